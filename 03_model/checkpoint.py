@@ -1,0 +1,70 @@
+"""The one checkpoint format every stage writes and reads.
+
+A checkpoint is a plain dict saved with `torch.save` and loaded with `torch.load(weights_only=True)`,
+so loading a file from elsewhere can never run code (a pickled object could). Only tensors, numbers,
+strings, lists and dicts go in:
+
+    {
+      "format": "llm-from-scratch/1",
+      "config": {...},          # the model config as a dict (dataclasses.asdict(GPTConfig))
+      "model":  {...},          # model.state_dict()
+      ...                       # whatever the stage adds: "optimizer", "scheduler", "step",
+    }                           # "rng", "data", "tokenizer" (path), "metrics", "lora", ...
+
+Stages share it: 04 writes model + training state, 05 reads "config" + "model" and adds LoRA weights,
+07 writes quantized weights beside the same config. Writes are atomic (temp file, then rename), so a
+run killed during a save keeps its previous checkpoint.
+
+Interview questions it answers:
+- What must a checkpoint hold to resume training exactly? (weights, optimizer moments, scheduler
+  step, loss-scaler state, RNG states, data position; weights alone only let you fine-tune)
+- Why `weights_only=True`? (pickle can execute arbitrary code on load)
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from fileio import UserError, atomic_path  # 01_data
+
+FORMAT = "llm-from-scratch/1"
+
+
+def save_checkpoint(path, config: dict, model_state: dict, **extra):
+    """Write {"format", "config", "model", **extra} to `path` atomically."""
+    ckpt = {"format": FORMAT, "config": dict(config), "model": model_state, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint dict, or raise a UserError that says what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no checkpoint there; train one first or check --ckpt/--resume")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickle with code in it ...
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); "
+                        "use an earlier checkpoint or retrain") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path}: not an llm-from-scratch checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def config_differences(saved: dict, current: dict, ignore=()) -> list:
+    """Names of config fields whose values differ, as 'field: saved=X current=Y' strings."""
+    keys = sorted((set(saved) | set(current)) - set(ignore))
+    return [f"{k}: saved={saved.get(k)!r} current={current.get(k)!r}"
+            for k in keys if saved.get(k) != current.get(k)]
+
+
+def check_config_matches(saved: dict, current: dict, path="checkpoint", ignore=()):
+    """Raise a UserError naming every differing field if the two configs do not match."""
+    diffs = config_differences(saved, current, ignore)
+    if diffs:
+        raise UserError(f"{path} was made with another config ({'; '.join(diffs)}); "
+                        "pass matching flags or start a new run")
