@@ -1,0 +1,534 @@
+"""Byte-level BPE: train it fast, encode exactly like GPT-2 / tiktoken, write token ids for pretraining.
+
+What it is. Byte Pair Encoding starts from the 256 byte values and repeatedly adds one new token:
+the concatenation of the adjacent pair of tokens that occurs most often in the training corpus.
+The ordered list of merges *is* the tokenizer. "Byte-level" means the base alphabet is bytes, not
+characters, so every string (Chinese, emoji, binary junk) is encodable and there is no [UNK].
+
+Pipeline of this file, in reading order:
+  1. pre-tokenize: a regex splits text into "pre-tokens" (words, number runs, punctuation runs,
+     whitespace); merges never cross a pre-token, so " dog" and "dog." share the token "dog".
+     Special tokens (`<|endoftext|>`, chat roles) are cut out first: never split, never merged.
+  2. count each distinct pre-token once (a Counter over the corpus: word -> frequency).
+  3. train: `train_merges_naive` is the textbook loop (recount every pair after every merge; a
+     small reference, minutes on a real corpus). `train_merges` is the real trainer: it keeps the
+     pair counts, an index pair -> words containing it, and a max-heap with lazy deletion, and after
+     each merge touches only the words that contained the merged pair.
+  4. encode: per pre-token, repeatedly merge the adjacent pair whose merged bytes have the lowest
+     rank (rank = token id), with a cache per pre-token. This is tiktoken's rule, so the ids equal a
+     `tiktoken.Encoding` built from our ranks, by construction (`to_tiktoken`, checked in tests).
+  5. decode: concatenate the tokens' bytes, then UTF-8 decode once with replacement (one token may
+     hold half a Chinese character; only the final string is decoded).
+
+Tie-break rule (written down because it decides which merges you get on small corpora): among
+pairs with equal count, pick the pair whose (left bytes, right bytes) is lexicographically
+greatest, e.g. (b"we", b"s") beats (b"n", b"e"). Both trainers use it, so they agree exactly.
+
+Vocabulary layout of a trained tokenizer: ids 0..255 are the bytes 0..255, ids 256.. are the merges
+in training order, and the special tokens come last in the order of SPECIAL_TOKENS (GPT-2 also puts
+`<|endoftext|>` last, id 50256). `vocab_size` counts all of them.
+
+Saved format (`save(dir)` -> dir/tokenizer.json, plain JSON):
+  {"format": "bpe-v1", "pattern": <regex>, "vocab": {"<id>": "<hex of the token's bytes>"},
+   "merges": [[left_id, right_id], ...] in order (merge i makes token 256 + i),
+   "special_tokens": {"<|endoftext|>": id, ...}}
+`from_gpt2(vocab.json, merges.txt)` reads OpenAI's GPT-2 files (their byte-to-unicode alphabet).
+
+Run:
+  python 02_tokenizer/bpe.py --data runs/tiny                 # train on data/train.jsonl, write tokens/
+  python 02_tokenizer/bpe.py --data runs/tiny --vocab-size 4096 --pattern gpt2
+
+Interview questions it answers:
+- Why byte-level? No unknown tokens, 256 base symbols cover every language; the cost is longer
+  sequences for non-Latin scripts (see bytes/token for Chinese in the outcome table).
+- Why pre-tokenize with a regex? Merges stay inside words, so "dog", "dog." and "dog!" do not each
+  become separate tokens; the GPT-4 pattern also caps digit runs at 3, which helps arithmetic.
+- How do you train BPE in O(changes) instead of O(corpus) per merge? (pair->words index + heap)
+- How are special tokens kept whole, and why must user text not be able to produce them?
+  (split on them before the regex; `encode_ordinary` treats a literal "<|endoftext|>" in a web page
+  as plain text, otherwise a document could inject an end-of-text or a fake `<|assistant|>` turn.)
+- What is bytes/token and why does it matter? It is the compression rate: a context of T tokens sees
+  T * bytes/token bytes of text, and training cost per byte falls as it rises.
+"""
+import argparse
+import heapq
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import regex
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from fileio import UserError, atomic_path, read_jsonl, run_cli, write_json  # 01_data
+
+# GPT-2's pattern: contractions, letter runs, digit runs, punctuation runs, each with an optional
+# leading space; `\s+(?!\S)` leaves the last space of a whitespace run to start the next word.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# GPT-4's (cl100k): case-insensitive contractions, digits in groups of at most 3, newlines apart.
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+
+# `<|endoftext|>` separates documents; the chat-role tokens are used by the SFT chat template (05).
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@dataclass
+class BPEConfig:
+    # 2048 suits a tiny GPT on a few MB of text: the embedding (2048 x d_model) stays a small part
+    # of the parameters, and every token id is seen thousands of times in training. A 50k vocabulary
+    # on 5 MB would leave most ids nearly untrained and the embedding larger than the model.
+    vocab_size: int = 2048
+    pattern: str = "gpt4"          # "gpt2", "gpt4", or a regex of your own
+    progress_every: int = 500      # print a progress line every this many merges
+
+
+# ---------------------------------------------------------------- 1. pre-tokenization
+def special_splitter(special_tokens):
+    """A regex that finds special tokens; longest first, so `<|end|>` never wins over `<|endoftext|>`-like
+    overlaps (regex alternation takes the first alternative that matches, not the longest)."""
+    if not special_tokens:
+        return None
+    return regex.compile("(" + "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)) + ")")
+
+
+def word_counts_of(texts, pattern, special_tokens=(), progress=None) -> Counter:
+    """Count every distinct pre-token (as UTF-8 bytes) in the corpus. Special tokens are cut out
+    first and never counted, so no merge can span a document boundary."""
+    pat = regex.compile(pattern)
+    splitter = special_splitter(special_tokens)
+    counts = Counter()
+    for i, text in enumerate(texts):
+        chunks = splitter.split(text)[::2] if splitter else [text]  # odd items are the specials
+        for chunk in chunks:
+            counts.update(pat.findall(chunk))
+        if progress and (i + 1) % 2000 == 0:
+            progress(f"pre-tokenized {i + 1} documents, {len(counts)} distinct pre-tokens")
+    return Counter({w.encode("utf-8"): n for w, n in counts.items()})
+
+
+# ---------------------------------------------------------------- 2. training
+def merge_ids(ids, pair, new_id):
+    """Replace every non-overlapping occurrence of `pair` in `ids` (left to right) by `new_id`."""
+    out, i, a, b = [], 0, pair[0], pair[1]
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def train_merges_naive(word_counts, n_merges):
+    """Reference trainer: recount all pairs after every merge. O(corpus) per merge; for tests."""
+    vocab = {i: bytes([i]) for i in range(256)}
+    words = {tuple(w): n for w, n in word_counts.items()}
+    merges = []
+    for k in range(n_merges):
+        stats = Counter()
+        for w, n in words.items():
+            for p in zip(w, w[1:]):
+                stats[p] += n
+        if not stats:
+            break
+        best = max(stats, key=lambda p: (stats[p], vocab[p[0]], vocab[p[1]]))  # count, then tie-break
+        new_id = 256 + k
+        vocab[new_id] = vocab[best[0]] + vocab[best[1]]
+        merges.append(best)
+        merged = Counter()
+        for w, n in words.items():
+            merged[tuple(merge_ids(w, best, new_id))] += n
+        words = merged
+    return merges
+
+
+class _Desc:
+    """Wraps a key so that heapq's min-heap pops the *greatest* key first (for the tie-break)."""
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __lt__(self, other):
+        return self.key > other.key
+
+
+def train_merges(word_counts, n_merges, progress=None, progress_every=500):
+    """Incremental BPE trainer; returns the merges [(left_id, right_id), ...], merge k makes id 256+k.
+
+    State, kept exact after every merge:
+      counts[pair]  = sum over words of freq(word) * occurrences of pair in word
+      where[pair]   = indices of the words that contain pair   (the pair -> words index)
+      heap          = entries (-count, _Desc((left bytes, right bytes)), pair); an entry is stale
+                      when its count differs from counts[pair] and is skipped when popped (lazy
+                      deletion), because a changed pair gets a fresh entry pushed.
+    A merge of (a, b) rewrites only the words in where[(a, b)]: their old pairs are subtracted,
+    their new pairs added. Most merges touch a few hundred words, not the whole corpus.
+    """
+    vocab = {i: bytes([i]) for i in range(256)}
+    words = [list(w) for w in word_counts]
+    freqs = list(word_counts.values())
+    counts, where = Counter(), {}
+    for wi, (w, n) in enumerate(zip(words, freqs)):
+        for p in zip(w, w[1:]):
+            counts[p] += n
+            where.setdefault(p, set()).add(wi)
+
+    def entry(p):
+        return (-counts[p], _Desc((vocab[p[0]], vocab[p[1]])), p)
+
+    heap = [entry(p) for p in counts]
+    heapq.heapify(heap)
+    merges = []
+    while len(merges) < n_merges and heap:
+        neg, _, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -neg:
+            continue  # stale entry: this pair's count changed after it was pushed
+        new_id = 256 + len(merges)
+        vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
+        merges.append(pair)
+        changed = set()
+        for wi in where.pop(pair):
+            old, n = words[wi], freqs[wi]
+            new = merge_ids(old, pair, new_id)
+            old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
+            for p in old_pairs:
+                counts[p] -= n
+            for p in new_pairs:
+                counts[p] += n
+            for p in set(old_pairs) - set(new_pairs):
+                if p != pair:
+                    where[p].discard(wi)
+            for p in new_pairs:
+                where.setdefault(p, set()).add(wi)
+            changed.update(old_pairs, new_pairs)
+            words[wi] = new
+        for p in changed:
+            if counts[p] > 0:
+                heapq.heappush(heap, entry(p))
+            else:
+                del counts[p]
+                where.pop(p, None)
+        if progress and len(merges) % progress_every == 0:
+            progress(f"merge {len(merges)}/{n_merges}: {vocab[new_id]!r} (count {-neg})")
+    return merges
+
+
+# ---------------------------------------------------------------- 3-5. the tokenizer
+class BPETokenizer:
+    """Byte-level BPE tokenizer: `vocab` id -> bytes, `ranks` bytes -> id, `merges` in order."""
+
+    def __init__(self, vocab, merges, special_tokens, pattern=GPT4_PATTERN):
+        self.vocab = dict(vocab)                      # id -> bytes, ordinary tokens only
+        self.merges = list(merges)                    # [(left_id, right_id)], in training order
+        self.special_tokens = dict(special_tokens)    # str -> id
+        self.pattern = PATTERNS.get(pattern, pattern)
+        self.ranks = {b: i for i, b in self.vocab.items()}
+        if len(self.ranks) != len(self.vocab):
+            raise UserError("vocab has two ids for the same bytes; each token's bytes must be unique")
+        self.byte_ids = [self.ranks.get(bytes([b])) for b in range(256)]
+        if None in self.byte_ids:
+            raise UserError("vocab lacks some of the 256 single bytes; a byte-level vocab needs all of them")
+        self.id_to_special = {i: s for s, i in self.special_tokens.items()}
+        self._pat = regex.compile(self.pattern)
+        self._special_re = special_splitter(self.special_tokens)
+        self._cache = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return max([*self.vocab, *self.special_tokens.values()]) + 1
+
+    @property
+    def eot_id(self) -> int:
+        return self.special_tokens["<|endoftext|>"]
+
+    # -------- training
+    @classmethod
+    def train(cls, texts, vocab_size, pattern="gpt4", special_tokens=SPECIAL_TOKENS,
+              progress=None, progress_every=500):
+        """Learn `vocab_size - 256 - len(special_tokens)` merges from an iterable of strings."""
+        n_merges = vocab_size - 256 - len(special_tokens)
+        if n_merges < 0:
+            raise UserError(f"vocab size {vocab_size} is smaller than 256 bytes + {len(special_tokens)} "
+                            f"special tokens; use at least {256 + len(special_tokens)}")
+        word_counts = word_counts_of(texts, PATTERNS.get(pattern, pattern), special_tokens, progress)
+        if not word_counts:
+            raise UserError("the training corpus is empty; pass documents with text in them")
+        merges = train_merges(word_counts, n_merges, progress, progress_every)
+        if len(merges) < n_merges and progress:
+            progress(f"corpus ran out of pairs after {len(merges)} merges; vocab is smaller than asked")
+        vocab = {i: bytes([i]) for i in range(256)}
+        for k, (a, b) in enumerate(merges):
+            vocab[256 + k] = vocab[a] + vocab[b]
+        specials = {s: 256 + len(merges) + i for i, s in enumerate(special_tokens)}
+        return cls(vocab, merges, specials, pattern)
+
+    # -------- encoding
+    def _bpe(self, piece: bytes) -> list:
+        """Merge the bytes of one pre-token: always the adjacent pair whose bytes have the lowest rank
+        (leftmost on ties), as tiktoken does. pair_ranks[i] is the rank of parts[i] + parts[i+1]."""
+        ranks, inf = self.ranks, float("inf")
+        parts = [bytes([b]) for b in piece]
+        pair_ranks = [ranks.get(a + b, inf) for a, b in zip(parts, parts[1:])]
+        while pair_ranks:
+            best = min(pair_ranks)
+            if best == inf:
+                break
+            i = pair_ranks.index(best)
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+            del pair_ranks[i]
+            if i > 0:  # only the two neighbours of the merged pair change
+                pair_ranks[i - 1] = ranks.get(parts[i - 1] + parts[i], inf)
+            if i < len(pair_ranks):
+                pair_ranks[i] = ranks.get(parts[i] + parts[i + 1], inf)
+        return [ranks[p] for p in parts]
+
+    def encode_ordinary(self, text: str) -> list:
+        """Encode text with no special-token handling: a literal "<|endoftext|>" is just text."""
+        ids, cache = [], self._cache
+        for word in self._pat.findall(text):
+            cached = cache.get(word)
+            if cached is None:
+                cached = self._bpe(word.encode("utf-8"))
+                if len(cache) < 500_000:
+                    cache[word] = cached
+            ids.extend(cached)
+        return ids
+
+    def encode(self, text: str, allowed_special=()) -> list:
+        """Encode text; special tokens named in `allowed_special` ("all" or a set) become their ids.
+        A special token in the text that is not allowed is an error (as in tiktoken): silently
+        encoding it as text or as a control token are both surprising."""
+        if not self._special_re:
+            return self.encode_ordinary(text)
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise UserError(f"allowed_special names {sorted(unknown)[0]!r}, which is not a special token "
+                            f"of this tokenizer; choose from {list(self.special_tokens)}")
+        ids = []
+        for i, chunk in enumerate(self._special_re.split(text)):
+            if i % 2 == 0:
+                ids.extend(self.encode_ordinary(chunk))
+            elif chunk in allowed:
+                ids.append(self.special_tokens[chunk])
+            else:
+                raise UserError(f"text contains the special token {chunk!r}, which allowed_special does not "
+                                f"allow; pass allowed_special={{{chunk!r}}} or 'all', or use encode_ordinary")
+        return ids
+
+    def encode_iterable(self, chunks, allowed_special=(), buffer_chars=1 << 16):
+        """Stream token ids from an iterable of strings (e.g. an open file) without reading it whole.
+
+        Text is buffered and cut only after a newline that has a non-space before it and a letter or
+        digit after it ("...end.\\nNext"): neither regex pattern lets a pre-token cross such a point,
+        and no special token contains a newline, so the ids equal `encode` on the whole text.
+        """
+        safe_cut = regex.compile(r"(?<=\S)\n(?=[\p{L}\p{N}])")
+        buf = ""
+        for chunk in chunks:
+            buf += chunk
+            if len(buf) < buffer_chars:
+                continue
+            cut = max((m.end() for m in safe_cut.finditer(buf, len(buf) - buffer_chars)), default=0)
+            if cut:
+                yield from self.encode(buf[:cut], allowed_special)
+                buf = buf[cut:]
+        if buf:
+            yield from self.encode(buf, allowed_special)
+
+    # -------- decoding
+    def decode_bytes(self, ids) -> bytes:
+        out = []
+        for i in ids:
+            b = self.vocab.get(i)
+            if b is None:
+                s = self.id_to_special.get(i)
+                if s is None:
+                    raise UserError(f"token id {i} is outside the vocabulary (size {self.vocab_size}); "
+                                    f"were these ids made by a different tokenizer?")
+                b = s.encode("utf-8")
+            out.append(b)
+        return b"".join(out)
+
+    def decode(self, ids) -> str:
+        # Decode the bytes once at the end: a token may end in the middle of a UTF-8 character.
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # -------- save / load / interop
+    def save(self, directory):
+        directory = Path(directory)
+        write_json(directory / "tokenizer.json", {
+            "format": "bpe-v1", "pattern": self.pattern,
+            "vocab": {str(i): b.hex() for i, b in sorted(self.vocab.items())},
+            "merges": [list(m) for m in self.merges],
+            "special_tokens": self.special_tokens})
+
+    @classmethod
+    def load(cls, directory):
+        path = Path(directory) / "tokenizer.json"
+        if not path.is_file():
+            raise UserError(f"{path}: no such file; train a tokenizer first (python 02_tokenizer/bpe.py --data ...)")
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("format") != "bpe-v1":
+            raise UserError(f"{path}: not a bpe-v1 tokenizer file")
+        vocab = {int(i): bytes.fromhex(h) for i, h in d["vocab"].items()}
+        merges = [tuple(m) for m in d["merges"]]
+        check_merges_match_vocab(vocab, merges, path)
+        return cls(vocab, merges, d["special_tokens"], d["pattern"])
+
+    @classmethod
+    def from_gpt2(cls, vocab_json, merges_txt):
+        """Load OpenAI's GPT-2 `vocab.json` + `merges.txt`. GPT-2 stores bytes as printable unicode
+        characters (bytes_to_unicode) so that the files are plain text; we undo that mapping."""
+        byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+        try:
+            encoder = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+            lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read GPT-2 files ({e}); pass vocab.json and merges.txt") from None
+        specials = {s: i for s, i in encoder.items() if s.startswith("<|") and s.endswith("|>")}
+        vocab = {i: bytes(byte_decoder[c] for c in s) for s, i in encoder.items() if s not in specials}
+        ranks = {b: i for i, b in vocab.items()}
+        merges = []
+        for line in lines:
+            if line.startswith("#version") or not line.strip():
+                continue
+            parts = line.split(" ")
+            try:
+                merges.append(tuple(ranks[bytes(byte_decoder[c] for c in s)] for s in parts))
+            except KeyError:
+                raise UserError(f"{merges_txt}: merge {line!r} uses a token missing from {vocab_json}; "
+                                f"the merges file does not match its vocab") from None
+        check_merges_match_vocab(vocab, merges, merges_txt)
+        return cls(vocab, merges, specials, GPT2_PATTERN)
+
+    def to_tiktoken(self, name="llm-from-scratch-bpe"):
+        """A tiktoken.Encoding with our ranks, pattern and special tokens (offline; nothing downloads)."""
+        import tiktoken
+        return tiktoken.Encoding(name=name, pat_str=self.pattern, mergeable_ranks=self.ranks,
+                                 special_tokens=self.special_tokens)
+
+
+def check_merges_match_vocab(vocab, merges, where):
+    """Merge k must produce token 256 + k, whose bytes are the concatenation of its two parts."""
+    for k, (a, b) in enumerate(merges):
+        if len(merges) + 256 > len(vocab) or a not in vocab or b not in vocab \
+                or vocab.get(256 + k) != vocab[a] + vocab[b]:
+            raise UserError(f"{where}: merge {k} ({a}, {b}) does not produce vocab id {256 + k}; "
+                            f"the merges file does not match its vocab")
+
+
+def bytes_to_unicode():
+    """GPT-2's map from the 256 bytes to printable characters: printable Latin-1 bytes map to
+    themselves, the rest (controls, space) to chr(256 + n) in byte order. So " " is "Ġ"."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + n)
+            n += 1
+    return mapping
+
+
+# ---------------------------------------------------------------- measuring
+def doc_group(doc) -> str:
+    """The outcome-table column a document belongs to: code, Chinese, or English prose."""
+    if doc.get("domain") == "code":
+        return "code"
+    return {"en": "english", "zh": "chinese"}.get(doc.get("lang"), "other")
+
+
+def bytes_per_token(encode, docs) -> dict:
+    """UTF-8 bytes per token, per group and over all docs (higher = better compression)."""
+    n_bytes, n_tokens = Counter(), Counter()
+    for doc in docs:
+        for g in (doc_group(doc), "all"):
+            n_bytes[g] += len(doc["text"].encode("utf-8"))
+            n_tokens[g] += len(encode(doc["text"]))
+    return {g: round(n_bytes[g] / n_tokens[g], 3) for g in n_bytes if n_tokens[g]}
+
+
+def gpt2_tiktoken(shared=REPO.parent / "shared" / "data" / "tokenizer"):
+    """tiktoken's GPT-2 Encoding built offline from ../shared/data/tokenizer, or None if absent."""
+    if not (shared / "gpt2_vocab.json").is_file():
+        return None
+    return BPETokenizer.from_gpt2(shared / "gpt2_vocab.json", shared / "gpt2_merges.txt").to_tiktoken("gpt2")
+
+
+def format_table(rows, columns) -> str:
+    """A markdown table from a list of dicts."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+def write_token_shard(path, docs, encode, eot_id, dtype):
+    """Encode each document, append `<|endoftext|>` after it, and write all ids as a flat array."""
+    ids = []
+    for doc in docs:
+        ids.extend(encode(doc["text"]))
+        ids.append(eot_id)
+    with atomic_path(path) as tmp:
+        np.asarray(ids, dtype=dtype).tofile(tmp)
+    return len(ids)
+
+
+def main(argv=None):
+    cfg = BPEConfig()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="run folder with data/train.jsonl and data/val.jsonl (from 01_data)")
+    ap.add_argument("--vocab-size", type=int, default=cfg.vocab_size,
+                    help=f"256 bytes + merges + {len(SPECIAL_TOKENS)} specials (default {cfg.vocab_size}: "
+                         "small enough that every id is well trained on a few MB)")
+    ap.add_argument("--pattern", default=cfg.pattern, help="pre-tokenizer regex: gpt2, gpt4, or your own")
+    args = ap.parse_args(argv)
+    run = Path(args.data)
+    train_docs = read_jsonl(run / "data" / "train.jsonl")
+    val_docs = read_jsonl(run / "data" / "val.jsonl")
+
+    def progress(msg):
+        print(f"  [{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+
+    t0 = time.perf_counter()
+    print(f"training byte-level BPE, vocab {args.vocab_size}, on {len(train_docs)} documents")
+    tok = BPETokenizer.train((d["text"] for d in train_docs), args.vocab_size, args.pattern,
+                             progress=progress, progress_every=max(100, args.vocab_size // 10))
+    train_s = time.perf_counter() - t0
+    tok.save(run / "tokenizer")
+
+    dtype = "uint16" if tok.vocab_size < 65536 else "uint32"
+    n_tokens = {}
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        progress(f"encoding {split} ({len(docs)} documents)")
+        n_tokens[split] = write_token_shard(run / "tokens" / f"{split}.bin", docs, tok.encode_ordinary,
+                                            tok.eot_id, dtype)
+    write_json(run / "tokens" / "meta.json", {"vocab_size": tok.vocab_size, "dtype": dtype, "eot_id": tok.eot_id,
+                                              "n_tokens": n_tokens, "tokenizer_dir": "tokenizer"})
+
+    rows = [{"tokenizer": "ours (BPE)", "vocab_size": tok.vocab_size, "train_s": round(train_s, 2),
+             **bytes_per_token(tok.encode_ordinary, val_docs)}]
+    gpt2 = gpt2_tiktoken()
+    if gpt2 is not None:
+        rows.append({"tokenizer": "GPT-2 (tiktoken)", "vocab_size": gpt2.n_vocab, "train_s": "-",
+                     **bytes_per_token(gpt2.encode_ordinary, val_docs)})
+    columns = ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"]
+    table = format_table(rows, columns)
+    print(f"\nbytes per token on val ({len(val_docs)} documents); tokens: {n_tokens}\n{table}")
+    write_json(run / "tokenizer" / "outcome.json", {"rows": rows, "n_tokens": n_tokens, "table": table})
+    print(f"wrote {run / 'tokenizer'} and {run / 'tokens'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
