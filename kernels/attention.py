@@ -192,6 +192,9 @@ def attention(q, k, v, causal=True, scale=None, backend="auto"):
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if causal and q.shape[2] > k.shape[2]:  # the first rows would see no key at all
+        raise ValueError(f"causal attention with {q.shape[2]} queries needs at least as many keys; "
+                         f"got {k.shape[2]}")
     if backend == "auto":
         backend = "triton" if triton_supports(q, k, v, causal) else "torch"
     if backend == "triton":
