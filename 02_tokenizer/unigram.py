@@ -1,0 +1,213 @@
+"""Unigram language-model tokenizer (SentencePiece-style): start big, prune by likelihood loss.
+
+What it is. A Unigram LM gives every piece x a probability p(x) and scores a segmentation
+x1..xk of a string by  log p(x1) + ... + log p(xk).  Encoding picks the best segmentation with
+Viterbi (dynamic programming over end positions). Training runs the other way from BPE/WordPiece:
+  1. seed: a large vocabulary of frequent substrings (scored by frequency x length) plus every
+     character of the corpus;
+  2. EM: E-step, segment every word with Viterbi under the current p and count the pieces used
+     (hard EM: the best segmentation only, not the sum over all of them); M-step, p(x) = count / total;
+  3. prune: for each piece, the loss of removing it is  count(x) * (log p(x) - log p(best split
+     of x without x)),  the drop in corpus log-likelihood when its uses fall back to the next best
+     segmentation. Drop the `prune_fraction` with the smallest loss (single characters are kept so
+     that every seen character stays encodable), re-run EM, repeat until the vocabulary has the
+     target size.
+Whitespace is part of the pieces: every space-separated word gets a leading `▁` ("▁the"), so
+decode is "".join(pieces).replace("▁", " "). No regex pre-tokenization is needed, so Chinese (no
+spaces) works as is: a whole clause is one "word" and Viterbi finds the multi-character pieces.
+
+What this version leaves out: the full forward-backward E-step (expected counts over all
+segmentations), subword regularization (sampling segmentations), byte fallback (an unseen character
+becomes <unk>), and SentencePiece's suffix-array seeding (we count substrings up to `max_piece_chars`).
+
+Run:
+  python 02_tokenizer/unigram.py --data runs/tiny --vocab-size 2048
+
+Interview questions it answers:
+- Unigram vs BPE: prune a large vocabulary by likelihood vs grow a small one by merges; a
+  probabilistic model gives n-best segmentations (subword regularization), BPE gives one.
+- What is `▁` in SentencePiece / T5 / LLaMA-1 vocabularies, and why can it tokenize Chinese
+  without a word segmenter?
+"""
+import argparse
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpe import bytes_per_token, format_table, write_json  # same stage
+from fileio import UserError, read_jsonl, run_cli  # 01_data, on sys.path via bpe
+
+SPACE = "▁"
+UNK = "<unk>"
+
+
+@dataclass
+class UnigramConfig:
+    vocab_size: int = 2048
+    max_piece_chars: int = 8       # longest substring considered as a piece
+    seed_multiplier: int = 8       # seed vocabulary = this many times the target size
+    prune_fraction: float = 0.25   # share of (non-character) pieces dropped per pruning round
+    em_iterations: int = 2         # EM iterations after each pruning round
+
+
+def words_of(text):
+    """SentencePiece's view of text: split on whitespace, mark each word's start with ▁."""
+    return [SPACE + w for w in text.split()]
+
+
+def viterbi(word, logp, max_len):
+    """Best segmentation of `word` under piece log-probs `logp`: (pieces, score), or (None, -inf).
+
+    best[j] = max over pieces x = word[i:j] of best[i] + logp[x]; shapes: best has len(word)+1 entries.
+    """
+    n = len(word)
+    best = [0.0] + [-math.inf] * n
+    back = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_len), j):
+            lp = logp.get(word[i:j])
+            if lp is not None and best[i] + lp > best[j]:
+                best[j], back[j] = best[i] + lp, i
+    if best[n] == -math.inf:
+        return None, -math.inf
+    pieces, j = [], n
+    while j > 0:
+        pieces.append(word[back[j]:j])
+        j = back[j]
+    return pieces[::-1], best[n]
+
+
+def seed_pieces(word_counts, cfg, target):
+    """All characters, plus the most frequent substrings (score = frequency x length)."""
+    chars, subs = Counter(), Counter()
+    for w, n in word_counts.items():
+        for c in w:
+            chars[c] += n
+        for i in range(len(w)):
+            for j in range(i + 2, min(len(w), i + cfg.max_piece_chars) + 1):
+                subs[w[i:j]] += n
+    top = sorted(subs, key=lambda s: (-subs[s] * len(s), s))[:target * cfg.seed_multiplier]
+    return {**chars, **{s: subs[s] for s in top}}, set(chars)
+
+
+def em_step(word_counts, logp, max_len):
+    """Hard EM: segment every word with Viterbi, count pieces, renormalize. Returns (logp, counts, loss)."""
+    counts, loss = Counter(), 0.0
+    for w, n in word_counts.items():
+        pieces, score = viterbi(w, logp, max_len)
+        for p in pieces:
+            counts[p] += n
+        loss -= n * score
+    total = sum(counts.values())
+    return {p: math.log(c / total) for p, c in counts.items()}, counts, loss
+
+
+def prune(logp, counts, chars, keep, max_len):
+    """Keep the `keep` pieces whose removal would cost the most log-likelihood (plus all chars)."""
+    losses = {}
+    for p, lp in list(logp.items()):
+        if p in chars:
+            continue
+        del logp[p]
+        _, alt = viterbi(p, logp, max_len)   # the best way to write this piece without it
+        logp[p] = lp
+        losses[p] = counts[p] * (lp - alt)
+    ranked = sorted(losses, key=lambda p: (-losses[p], p))[:max(0, keep - len(chars))]
+    kept = {p: logp[p] for p in ranked}
+    kept.update({c: logp.get(c, min(logp.values())) for c in chars})
+    return kept
+
+
+def train_unigram(word_counts, vocab_size, cfg=UnigramConfig(), progress=None):
+    """Return {piece: log p} with vocab_size - 1 pieces (the last id is <unk>)."""
+    target = vocab_size - 1
+    seed, chars = seed_pieces(word_counts, cfg, target)
+    total = sum(seed.values())
+    logp = {p: math.log(c / total) for p, c in seed.items()}
+    while True:
+        for _ in range(cfg.em_iterations):
+            logp, counts, loss = em_step(word_counts, logp, cfg.max_piece_chars)
+            logp.update({c: logp.get(c, math.log(0.5 / total)) for c in chars})  # unused chars stay
+        if progress:
+            progress(f"vocab {len(logp)} pieces, loss {loss / sum(word_counts.values()):.3f} nats/word")
+        if len(logp) <= target:
+            return logp
+        keep = max(target, int(len(logp) * (1 - cfg.prune_fraction)))
+        logp = prune(logp, counts, chars, keep, cfg.max_piece_chars)
+        if len(logp) <= len(chars):   # only characters left: nothing more to prune
+            return logp
+
+
+class UnigramTokenizer:
+    def __init__(self, logp, max_piece_chars=8):
+        self.pieces = sorted(logp, key=lambda p: (-logp[p], p)) + [UNK]
+        self.ids = {p: i for i, p in enumerate(self.pieces)}
+        self.logp = dict(logp)
+        self.unk_id = self.ids[UNK]
+        self.max_len = max_piece_chars
+        self._cache = {}
+
+    @property
+    def vocab_size(self):
+        return len(self.pieces)
+
+    @classmethod
+    def train(cls, texts, vocab_size, cfg=UnigramConfig(), progress=None):
+        if vocab_size < 2:
+            raise UserError(f"vocab size {vocab_size} is too small; Unigram needs at least 2 (a piece and <unk>)")
+        counts = Counter()
+        for text in texts:
+            counts.update(words_of(text))
+        if not counts:
+            raise UserError("the training corpus is empty; pass documents with text in them")
+        return cls(train_unigram(counts, vocab_size, cfg, progress), cfg.max_piece_chars)
+
+    def tokenize_word(self, word):
+        pieces = self._cache.get(word)
+        if pieces is None:
+            # An unseen character has no piece; give it a tiny probability and emit <unk> for it.
+            logp = self.logp
+            if any(c not in logp for c in word):
+                logp = {**logp, **{c: -1e9 for c in word if c not in logp}}
+            pieces, _ = viterbi(word, logp, self.max_len)
+            pieces = [p if p in self.ids else UNK for p in pieces]
+            self._cache[word] = pieces
+        return pieces
+
+    def tokenize(self, text):
+        return [p for w in words_of(text) for p in self.tokenize_word(w)]
+
+    def encode(self, text):
+        return [self.ids[p] for p in self.tokenize(text)]
+
+    def decode(self, ids):
+        for i in ids:
+            if not 0 <= i < len(self.pieces):
+                raise UserError(f"token id {i} is outside the vocabulary (size {len(self.pieces)})")
+        return "".join(self.pieces[i] for i in ids).replace(SPACE, " ").lstrip(" ")
+
+
+def main(argv=None):
+    cfg = UnigramConfig()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="run folder with data/train.jsonl and data/val.jsonl")
+    ap.add_argument("--vocab-size", type=int, default=cfg.vocab_size)
+    args = ap.parse_args(argv)
+    cfg.vocab_size = args.vocab_size
+    run = Path(args.data)
+    train_docs, val_docs = read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
+    t0 = time.perf_counter()
+    tok = UnigramTokenizer.train((d["text"] for d in train_docs), args.vocab_size, cfg,
+                                 progress=lambda m: print(f"  [{time.perf_counter() - t0:6.1f}s] {m}", flush=True))
+    row = {"tokenizer": "Unigram", "vocab_size": tok.vocab_size, "train_s": round(time.perf_counter() - t0, 2),
+           **bytes_per_token(tok.encode, val_docs)}
+    table = format_table([row], ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"])
+    example = val_docs[0]["text"][:120]
+    print(f"{table}\nexample: {' | '.join(tok.tokenize(example))}")
+    write_json(run / "tokenizer" / "outcome_unigram.json", {"rows": [row], "table": table})
+
+
+if __name__ == "__main__":
+    run_cli(main)

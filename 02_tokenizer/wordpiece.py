@@ -1,0 +1,205 @@
+"""WordPiece (BERT's tokenizer): merges chosen by likelihood gain, encoding by greedy longest match.
+
+What differs from BPE (bpe.py):
+- Symbols are characters, not bytes. A word is split into its first character and continuation
+  pieces written with a `##` prefix: "hugs" -> h ##u ##g ##s. A character never seen in training
+  makes the whole word `[UNK]` (byte-level BPE never needs an unknown token).
+- Which pair to merge: BPE takes the most frequent pair. WordPiece takes the pair with the highest
+      score(a, b) = count(ab) / (count(a) * count(b))
+  which is the gain in corpus log-likelihood of a unigram model when a and b become one symbol
+  (log p(ab) - log p(a) - log p(b), up to constants). It prefers pairs whose parts rarely occur
+  apart ("##q ##u"), not merely frequent pairs ("e ##s"), so it keeps rare words more intact.
+- Encoding does not replay merges: for each word, take the longest vocabulary piece that starts the
+  word, then the longest `##` piece that continues it, and so on (greedy longest-match-first, as in
+  BERT). If some position has no match, the whole word is `[UNK]`.
+- Pre-tokenization as in BERT: split on whitespace and punctuation, and every CJK character is its
+  own word. Decoding joins words with single spaces, so whitespace is not kept exactly.
+
+What this version leaves out: lower-casing and accent stripping (BERT-uncased), the 200-character
+word limit's exact value, and saving to BERT's vocab.txt (only BPE is used by later stages).
+
+Run:
+  python 02_tokenizer/wordpiece.py --data runs/tiny --vocab-size 2048
+
+Interview questions it answers:
+- BPE vs WordPiece: frequency vs likelihood-gain merge score; replayed merges vs longest match.
+- Why does BERT's vocab have `##` pieces, and why does it need `[UNK]` while GPT-2 does not?
+"""
+import argparse
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import regex
+
+from bpe import bytes_per_token, format_table, write_json  # same stage
+from fileio import UserError, read_jsonl, run_cli  # 01_data, on sys.path via bpe
+
+# A CJK character alone, a run of letters/digits (not CJK), or one punctuation/symbol character.
+BERT_PRETOKENIZE = regex.compile(r"\p{Han}|(?:(?!\p{Han})[\p{L}\p{N}\p{M}])+|[^\s\p{L}\p{N}\p{M}]")
+SPECIALS = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass
+class WordPieceConfig:
+    vocab_size: int = 2048
+    max_word_chars: int = 100   # longer "words" (URLs, base64) become [UNK] instead of 100 pieces
+
+
+def pretokenize(text):
+    return BERT_PRETOKENIZE.findall(text)
+
+
+def word_symbols(word):
+    """"hugs" -> ["h", "##u", "##g", "##s"]."""
+    return [word[0]] + ["##" + c for c in word[1:]]
+
+
+def merged_symbol(a, b):
+    return a + b[2:]   # "h" + "##u" -> "hu"; "##u" + "##g" -> "##ug"
+
+
+def train_wordpiece(word_counts, vocab_size, specials=SPECIALS, progress=None):
+    """Return the vocabulary (list of symbols): specials, the alphabet, then merges in order.
+
+    Pair counts, symbol counts and the pair -> words index are updated incrementally as in
+    bpe.train_merges. The best pair is found by a scan over all pairs each merge (the score of
+    every pair containing a or b changes after a merge, so a heap would need many updates).
+    """
+    words = [word_symbols(w) for w in word_counts]
+    freqs = list(word_counts.values())
+    sym_counts, pair_counts, where = Counter(), Counter(), {}
+    for wi, (w, n) in enumerate(zip(words, freqs)):
+        for s in w:
+            sym_counts[s] += n
+        for p in zip(w, w[1:]):
+            pair_counts[p] += n
+            where.setdefault(p, set()).add(wi)
+    vocab = list(specials) + sorted(sym_counts)
+    known = set(vocab)
+    while len(vocab) < vocab_size and pair_counts:
+        # score = count(ab) / (count(a) count(b)); ties go to the greater (a, b) strings.
+        a, b = max(pair_counts, key=lambda p: (pair_counts[p] / (sym_counts[p[0]] * sym_counts[p[1]]), p))
+        new = merged_symbol(a, b)
+        changed = set()
+        for wi in where.pop((a, b)):
+            old, n = words[wi], freqs[wi]
+            out, i = [], 0
+            while i < len(old):
+                if i + 1 < len(old) and old[i] == a and old[i + 1] == b:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(old[i])
+                    i += 1
+            for s in old:
+                sym_counts[s] -= n
+            for s in out:
+                sym_counts[s] += n
+            for p in zip(old, old[1:]):
+                pair_counts[p] -= n
+                if p != (a, b):
+                    where[p].discard(wi)
+            for p in zip(out, out[1:]):
+                pair_counts[p] += n
+                where.setdefault(p, set()).add(wi)
+            changed.update(zip(old, old[1:]))
+            words[wi] = out
+        for p in changed:
+            if pair_counts[p] <= 0:
+                del pair_counts[p]
+                where.pop(p, None)
+        if new not in known:       # "h"+"##ug" and "hu"+"##g" can make the same string
+            vocab.append(new)
+            known.add(new)
+        if progress and len(vocab) % 500 == 0:
+            progress(f"vocab {len(vocab)}/{vocab_size}: {new!r}")
+    return vocab
+
+
+class WordPieceTokenizer:
+    def __init__(self, vocab, max_word_chars=100):
+        self.vocab = list(vocab)
+        self.ids = {s: i for i, s in enumerate(self.vocab)}
+        self.unk_id = self.ids["[UNK]"]
+        self.max_word_chars = max_word_chars
+        self.max_piece_chars = max(len(s) for s in self.vocab)
+        self._cache = {}
+
+    @property
+    def vocab_size(self):
+        return len(self.vocab)
+
+    @classmethod
+    def train(cls, texts, vocab_size, progress=None):
+        if vocab_size < len(SPECIALS) + 1:
+            raise UserError(f"vocab size {vocab_size} is too small; WordPiece needs at least {len(SPECIALS) + 1}")
+        counts = Counter()
+        for text in texts:
+            counts.update(pretokenize(text))
+        if not counts:
+            raise UserError("the training corpus is empty; pass documents with text in them")
+        vocab = train_wordpiece(counts, vocab_size, progress=progress)
+        return cls(vocab)
+
+    def tokenize_word(self, word):
+        """Greedy longest-match-first: the longest piece at each position, `##` after the first."""
+        if len(word) > self.max_word_chars:
+            return ["[UNK]"]
+        pieces, start = [], 0
+        while start < len(word):
+            for end in range(min(len(word), start + self.max_piece_chars), start, -1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.ids:
+                    break
+            else:
+                return ["[UNK]"]   # no piece matches here: the whole word is unknown, as in BERT
+            pieces.append(piece)
+            start = end
+        return pieces
+
+    def tokenize(self, text):
+        return [p for w in pretokenize(text) for p in self.tokenize_word(w)]
+
+    def encode(self, text):
+        ids = []
+        for w in pretokenize(text):
+            cached = self._cache.get(w)
+            if cached is None:
+                cached = self._cache[w] = [self.ids[p] for p in self.tokenize_word(w)]
+            ids.extend(cached)
+        return ids
+
+    def decode(self, ids):
+        out = ""
+        for i in ids:
+            if not 0 <= i < len(self.vocab):
+                raise UserError(f"token id {i} is outside the vocabulary (size {len(self.vocab)})")
+            s = self.vocab[i]
+            out += s[2:] if s.startswith("##") else (" " + s if out else s)
+        return out
+
+
+def main(argv=None):
+    cfg = WordPieceConfig()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="run folder with data/train.jsonl and data/val.jsonl")
+    ap.add_argument("--vocab-size", type=int, default=cfg.vocab_size)
+    args = ap.parse_args(argv)
+    run = Path(args.data)
+    train_docs, val_docs = read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
+    t0 = time.perf_counter()
+    tok = WordPieceTokenizer.train((d["text"] for d in train_docs), args.vocab_size,
+                                   progress=lambda m: print(f"  [{time.perf_counter() - t0:6.1f}s] {m}", flush=True))
+    row = {"tokenizer": "WordPiece", "vocab_size": tok.vocab_size, "train_s": round(time.perf_counter() - t0, 2),
+           **bytes_per_token(tok.encode, val_docs)}
+    table = format_table([row], ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"])
+    example = val_docs[0]["text"][:120]
+    print(f"{table}\nexample: {' | '.join(tok.tokenize(example))}")
+    write_json(run / "tokenizer" / "outcome_wordpiece.json", {"rows": [row], "table": table})
+
+
+if __name__ == "__main__":
+    run_cli(main)
