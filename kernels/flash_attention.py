@@ -100,6 +100,40 @@ def _autotuned(kernel, configs):
 # Forward
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
+def _attn_fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, qk_scale, lo, hi, T, S,
+                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax over the K/V tiles [lo, hi): returns the updated (acc, l_i, m_i).
+
+    MASKED=False is the fast path for tiles every row of the Q tile fully sees (no bounds checks, no mask);
+    MASKED=True handles the tiles on the causal diagonal and the ragged tail of the keys.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        if MASKED:
+            col_ok = cols < S                                              # ragged tail of the keys
+            k = tl.load(k_base + cols[:, None] * stride_ks, mask=col_ok[:, None], other=0.0)   # (BLOCK_N, D)
+            v = tl.load(v_base + cols[:, None] * stride_vs, mask=col_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + cols[:, None] * stride_ks)
+            v = tl.load(v_base + cols[:, None] * stride_vs)
+        # scale·log2(e) folded into one multiply, so exp(x·scale) becomes exp2(x·qk_scale)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale   # (BLOCK_M, BLOCK_N) fp32
+        if MASKED:
+            keep = col_ok[None, :]
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + S - T)
+            s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every row sees key 0 in the first tile
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)                                  # rescales what earlier tiles added
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, O, LSE, qk_scale,
               stride_qb, stride_qh, stride_qt, stride_qd,
               stride_kb, stride_kh, stride_ks, stride_kd,
@@ -113,7 +147,6 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
     b, h = bh // H, bh % H
     h_kv = h // GROUP  # GQA: the query heads of one group read the same K/V head; no copy is made
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T                                                    # ragged tail of the queries
 
@@ -125,26 +158,19 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)                   # running row max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)                                  # running row sum of exp2
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)                        # fp32 accumulator whatever the input
-    # Causal, bottom-right aligned (query i sees keys j <= i + S - T): K tiles past the diagonal of the
-    # last row of this Q tile are fully masked, so the loop stops there (about half the work skipped).
-    hi = tl.minimum(S, start_m + BLOCK_M + S - T) if CAUSAL else S
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < S                                                  # ragged tail of the keys
-        k = tl.load(k_base + cols[:, None] * stride_ks, mask=col_ok[:, None], other=0.0)   # (BLOCK_N, D)
-        v = tl.load(v_base + cols[:, None] * stride_vs, mask=col_ok[:, None], other=0.0)
-        # scale·log2(e) folded into one multiply, so exp(x·scale) becomes exp2(x·qk_scale)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale   # (BLOCK_M, BLOCK_N) fp32
-        keep = col_ok[None, :]
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= offs_m[:, None] + S - T)
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every row sees key 0 in the first tile
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)                                  # rescales what earlier tiles added
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    # Causal, bottom-right aligned: query i sees keys j <= i + S - T. Keys up to start_m + S - T are seen
+    # by every row of this Q tile (no mask needed); K tiles past the last row's diagonal are fully masked,
+    # so the loop stops there (about half the work skipped).
+    if CAUSAL:
+        n_full = tl.minimum((start_m + S - T + 1) // BLOCK_N, S // BLOCK_N) * BLOCK_N
+        hi = tl.minimum(S, start_m + BLOCK_M + S - T)
+    else:
+        n_full = (S // BLOCK_N) * BLOCK_N
+        hi = S
+    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, qk_scale,
+                                    0, n_full, T, S, False, CAUSAL, PRECISION, BLOCK_N)
+    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, qk_scale,
+                                    n_full, hi, T, S, True, CAUSAL, PRECISION, BLOCK_N)
 
     o = acc / l_i[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
