@@ -48,6 +48,7 @@ sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "k
 from fileio import UserError, run_cli  # 01_data
 from attention import attention  # kernels
 from checkpoint import load_checkpoint, check_config_matches  # 03_model (this folder)
+from decoding import KVCache, apply_repetition_penalty, left_pad, sample_next  # 03_model
 
 CHOICES = {
     "pos_emb": ("learned", "sinusoidal", "rope", "none"),
@@ -129,7 +130,10 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        xf = x.float()
+        mean = xf.mean(-1, keepdim=True)
+        var = (xf - mean).pow(2).mean(-1, keepdim=True)  # biased variance, as in the paper and torch
+        return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight + self.bias
 
 
 class RMSNorm(nn.Module):
@@ -152,20 +156,20 @@ def make_norm(cfg: GPTConfig, dim=None):
 
 # ----------------------------------------------------------------------------- positions
 
-def sinusoidal_positions(n_pos: int, dim: int) -> torch.Tensor:
-    """The 2017 table: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)). (n_pos, dim)"""
-    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)   # (dim/2,)
-    pe = torch.zeros(n_pos, dim)
-    pe[:, 0::2] = torch.sin(pos * inv_freq)
-    pe[:, 1::2] = torch.cos(pos * inv_freq[: dim // 2])
-    return pe
+def sinusoidal_positions(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """The 2017 table, computed for the given positions (any shape) -> (..., dim), fp32:
+    PE[p, 2i] = sin(p / 10000^(2i/d)),  PE[p, 2i+1] = cos(p / 10000^(2i/d))."""
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)  # (ceil(d/2),)
+    angles = pos.float()[..., None] * inv_freq                                      # (..., ceil(d/2))
+    pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)              # sin, cos interleaved
+    return pe[..., :dim]
 
 
-def rope_tables(n_pos: int, head_dim: int, theta=10000.0):
-    """cos and sin of the RoPE angles p·θ_i, θ_i = theta^(-2i/hd), each (n_pos, hd/2)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.arange(n_pos, dtype=torch.float32)[:, None] * inv_freq             # (n_pos, hd/2)
+def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta=10000.0):
+    """cos and sin of the RoPE angles p·θ_i with θ_i = theta^(-2i/hd): each (..., hd/2), fp32.
+    Computed from the position ids on every call (cheap), so they stay fp32 even in a bf16 model."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
+    angles = pos.float()[..., None] * inv_freq                                      # (..., hd/2)
     return angles.cos(), angles.sin()
 
 
@@ -179,30 +183,6 @@ def apply_rope(x, cos, sin):
 
 # ----------------------------------------------------------------------------- attention
 
-class KVCache:
-    """Per-layer key/value buffers, preallocated once for the whole generation: (B, Hkv, max_len, hd).
-
-    `pos` counts the positions already written. Preallocation avoids a torch.cat (a full copy) per token.
-    """
-
-    def __init__(self, n_layer, max_len):
-        self.max_len = max_len
-        self.k = [None] * n_layer
-        self.v = [None] * n_layer
-        self.pos = 0
-
-    def update(self, layer, k, v):
-        """Write this step's k, v (B, Hkv, T, hd) after the cached ones; return all of them (B, Hkv, pos+T, hd)."""
-        if self.k[layer] is None:
-            B, Hkv, _, hd = k.shape
-            self.k[layer] = k.new_zeros(B, Hkv, self.max_len, hd)
-            self.v[layer] = v.new_zeros(B, Hkv, self.max_len, hd)
-        end = self.pos + k.shape[2]
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-
 def masked_attention(q, k, v, allowed):
     """softmax(QKᵀ/sqrt(hd) masked) V with an explicit boolean mask `allowed` (B, 1, T, S).
 
@@ -210,10 +190,10 @@ def masked_attention(q, k, v, allowed):
     and here the mask depends on per-row padding and on the cache offset.
     """
     H, Hkv = q.shape[1], k.shape[1]
-    if H != Hkv:  # GQA: query heads h·(H/Hkv) ... share key/value head h
+    if H != Hkv:  # GQA: with g = H/Hkv, query heads g·j ... g·j+g-1 share key/value head j
         k = k.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
-    att = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])     # (B, H, T, S)
+    att = (q.float() @ k.float().transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S)
     att = att.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
     return (att @ v.float()).to(q.dtype)                                          # (B, H, T, hd)
 
@@ -233,20 +213,25 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(hd, cfg.norm_eps)
             self.k_norm = RMSNorm(hd, cfg.norm_eps)
 
-    def forward(self, x, rope=None, allowed=None, cache=None, layer=0):
+    def forward(self, x, rope=None, allowed=None, cache=None, layer=0, context=None, causal=True):
+        """x (B, T, d) -> (B, T, d). Queries come from x; keys and values from x (self-attention) or from
+        `context` (B, S, d) (cross-attention, as in the encoder-decoder Transformer). `allowed`
+        (B, 1, T, S) is an explicit mask (padding, KV cache); without it attention is causal or not."""
         B, T, _ = x.shape
         cfg = self.cfg
-        q = self.wq(x).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)      # (B, H, T, hd)
-        k = self.wk(x).view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)   # (B, Hkv, T, hd)
-        v = self.wv(x).view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)   # (B, Hkv, T, hd)
+        src = x if context is None else context
+        S = src.shape[1]
+        q = self.wq(x).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)       # (B, H, T, hd)
+        k = self.wk(src).view(B, S, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
+        v = self.wv(src).view(B, S, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(layer, k, v)                                      # (B, Hkv, S, hd)
-        if allowed is None:  # the training path: plain causal attention over the whole sequence
-            y = attention(q, k, v, causal=True, backend=cfg.attn_backend)
+            k, v = cache.update(layer, k, v)                                      # (B, Hkv, pos+T, hd)
+        if allowed is None:  # the training path: one fused call over the whole sequence
+            y = attention(q, k, v, causal=causal, backend=cfg.attn_backend)
         else:
             y = masked_attention(q, k, v, allowed)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))                      # (B, T, d)
@@ -363,12 +348,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         if cfg.pos_emb == "learned":
             self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
-        elif cfg.pos_emb == "sinusoidal":  # a fixed table, not a parameter; rebuilt, so never saved
-            self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, cfg.n_embd), persistent=False)
-        elif cfg.pos_emb == "rope":
-            cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        # sinusoidal positions and RoPE angles are functions of the position, not parameters
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         # post-LN blocks already end with a norm; pre-LN leaves the residual stream unnormalized
@@ -449,8 +429,11 @@ class GPT(nn.Module):
         if self.cfg.pos_emb == "learned":
             x = x + self.pos_emb(pos)
         elif self.cfg.pos_emb == "sinusoidal":
-            x = x + self.pos_table[pos].to(x.dtype)
-        rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]) if self.cfg.pos_emb == "rope" else None
+            x = x + sinusoidal_positions(pos, self.cfg.n_embd).to(x.dtype)
+        rope = None
+        if self.cfg.pos_emb == "rope":
+            cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)       # (B or 1, T, hd/2)
+            rope = (cos[:, None], sin[:, None])                                         # (B or 1, 1, T, hd/2)
         x = self.drop(x)
         aux_total = x.new_zeros((), dtype=torch.float32)
         for layer, block in enumerate(self.blocks):
@@ -547,58 +530,6 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     """
     T = seq_len or cfg.block_size
     return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layer * T * cfg.n_embd
-
-
-# ----------------------------------------------------------------------------- sampling
-
-def left_pad(seqs, pad_id=0, device=None):
-    """A list of token-id lists -> (idx (B, T), attention_mask (B, T) bool), padded on the left so that
-    every row's last token is at the same position and generation appends to all rows at once."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool, device=device)
-    for i, s in enumerate(seqs):
-        if s:
-            idx[i, T - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
-            mask[i, T - len(s):] = True
-    return idx, mask
-
-
-def apply_repetition_penalty(logits, prev, penalty, mask=None):
-    """CTRL's penalty for every token already in the row: logit/penalty if positive, logit·penalty if not
-    (both lower its probability for penalty > 1). logits (B, V); prev (B, S); mask (B, S) or None."""
-    weight = torch.ones_like(prev, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
-    seen = torch.zeros_like(logits).scatter_add_(1, prev, weight) > 0                   # (B, V)
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-
-
-def top_k_filter(logits, k):
-    """Keep the k largest logits of each row; the rest become -inf."""
-    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]                  # (B, 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits, p):
-    """Nucleus: keep the smallest set of most likely tokens whose probability mass is >= p.
-    A token is dropped when the tokens more likely than it already reach p."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs                                          # (B, V) sorted
-    drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(1, order, mass_before >= p)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token id per row from logits (B, V): greedy at temperature 0, else sample softmax(logits/T)
-    after the top-k and top-p filters."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None and top_p < 1.0:
-        logits = top_p_filter(logits, top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,0 +1,102 @@
+"""Decoding: how a language model's next-token distribution becomes text, and the KV cache that makes it fast.
+
+`GPT.generate` (gpt.py) runs the loop; the pieces it uses live here as small functions you can try in
+a REPL on a hand-made logits tensor:
+
+    left_pad(seqs)               -> a batch of prompts, right-aligned, with an attention mask
+    apply_repetition_penalty     -> CTRL's penalty on tokens already present
+    top_k_filter, top_p_filter   -> which tokens may be sampled at all
+    sample_next                  -> greedy (temperature 0) or a sample from softmax(logits / T)
+    KVCache                      -> per-layer keys and values of the tokens seen so far
+
+    import torch; from decoding import top_p_filter
+    top_p_filter(torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log(), 0.7)   # keeps the first two
+
+Interview questions it answers:
+- Why a KV cache? Without it step t recomputes keys and values of all t previous tokens: O(T²)
+  projections for T tokens instead of O(T). Its size is 2 · n_layer · n_kv_head · head_dim · T
+  numbers per sequence, which is what GQA/MQA shrink.
+- Why left padding for batched generation? Every row then ends at the same position, so the new
+  token of every row is appended in the same column; the mask keeps padding out of attention and the
+  position ids count only real tokens, so a padded prompt behaves exactly like the prompt alone.
+- Top-k vs top-p? top-k keeps a fixed number of tokens however flat or peaked the distribution is;
+  top-p keeps the smallest set reaching mass p, so few tokens when the model is sure, many when not.
+- What does temperature do? logits / T: T < 1 sharpens towards greedy, T > 1 flattens towards uniform.
+"""
+import torch
+
+
+class KVCache:
+    """Per-layer key/value buffers, preallocated once for the whole generation: (B, Hkv, max_len, hd).
+
+    `pos` counts the positions already written. Preallocation avoids a torch.cat (a full copy) per token.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.max_len = max_len
+        self.k = [None] * n_layer
+        self.v = [None] * n_layer
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        """Write this step's k, v (B, Hkv, T, hd) after the cached ones; return all of them (B, Hkv, pos+T, hd)."""
+        if self.k[layer] is None:
+            B, Hkv, _, hd = k.shape
+            self.k[layer] = k.new_zeros(B, Hkv, self.max_len, hd)
+            self.v[layer] = v.new_zeros(B, Hkv, self.max_len, hd)
+        end = self.pos + k.shape[2]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def left_pad(seqs, pad_id=0, device=None):
+    """A list of token-id lists -> (idx (B, T), attention_mask (B, T) bool), padded on the left so that
+    every row's last token is at the same position and generation appends to all rows at once."""
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool, device=device)
+    for i, s in enumerate(seqs):
+        if s:
+            idx[i, T - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
+            mask[i, T - len(s):] = True
+    return idx, mask
+
+
+def apply_repetition_penalty(logits, prev, penalty, mask=None):
+    """CTRL's penalty for every token already in the row: logit/penalty if positive, logit·penalty if not
+    (both lower its probability for penalty > 1). logits (B, V); prev (B, S); mask (B, S) or None."""
+    weight = torch.ones_like(prev, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
+    seen = torch.zeros_like(logits).scatter_add_(1, prev, weight) > 0                   # (B, V)
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits of each row; the rest become -inf."""
+    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]                  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p):
+    """Nucleus: keep the smallest set of most likely tokens whose probability mass is >= p.
+    A token is dropped when the tokens more likely than it already reach p."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs                                          # (B, V) sorted
+    drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(1, order, mass_before >= p)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token id per row from logits (B, V): greedy at temperature 0, else sample softmax(logits/T)
+    after the top-k and top-p filters."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+

@@ -1,0 +1,387 @@
+"""Tests for 03_model: the GPT (gpt.py), decoding (decoding.py), checkpoints, the encoder-decoder (transformer.py).
+
+Each test states one property a reader can check against the paper or a hand computation.
+"""
+import dataclasses
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from checkpoint import save_checkpoint
+from decoding import (KVCache, apply_repetition_penalty, left_pad, sample_next, top_k_filter,
+                      top_p_filter)
+from fileio import UserError
+from gpt import (GPT, GPTConfig, LayerNorm, PRESETS, RMSNorm, apply_rope, flops_per_token,
+                 load_balancing_loss, matmul_params, rope_cos_sin, sinusoidal_positions)
+
+VARIANTS = {
+    "llama": dict(),
+    "gpt2": PRESETS["gpt2"],
+    "gqa+qknorm": dict(n_kv_head=2, qk_norm=True),
+    "mqa+untied": dict(n_kv_head=1, tie_weights=False),
+    "moe": dict(n_experts=4, moe_top_k=2),
+    "post-ln+sinusoidal+relu": dict(pre_norm=False, pos_emb="sinusoidal", mlp="relu", norm="layernorm"),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread avoids the contention that makes two threads ~10x slower on a
+    busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**kw) -> GPTConfig:
+    base = dict(vocab_size=67, block_size=48, n_layer=2, n_head=4, n_embd=32)
+    return GPTConfig(**{**base, **kw})
+
+
+def lively(cfg, seed=0) -> GPT:
+    """A random model whose greedy continuations vary: at the 0.02 init with tied weights every row just
+    repeats its last token, which would let a broken KV cache pass the equality tests."""
+    torch.manual_seed(seed)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shapes_loss_at_init_and_backward(name):
+    torch.manual_seed(0)
+    cfg = tiny(**VARIANTS[name])
+    model = GPT(cfg)
+    idx, targets = torch.randint(0, cfg.vocab_size, (2, 3, 20))
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 20, cfg.vocab_size)
+    assert model(idx)[1] is None
+    # small init => near-uniform predictions => cross-entropy ≈ ln V (targets unrelated to the input:
+    # with tied weights even a random model prefers to repeat its input token)
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.3
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_causal_mask_future_token_changes_no_past_logit(name):
+    model = lively(tiny(**VARIANTS[name]))
+    idx = torch.randint(0, 67, (2, 16))
+    changed = idx.clone()
+    changed[:, 10] = (idx[:, 10] + 1) % 67
+    a, b = model(idx)[0], model(changed)[0]
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)
+    assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-3)
+
+
+def test_ignore_index_minus_100_is_ignored():
+    model = lively(tiny())
+    idx = torch.randint(0, 67, (2, 12))
+    targets = idx.clone()
+    targets[:, :6] = -100
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, 6:].reshape(-1, 67), idx[:, 6:].reshape(-1))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_gqa_equals_mha_with_each_kv_head_repeated_for_its_group():
+    gqa = lively(tiny(n_kv_head=2))
+    mha = GPT(tiny(n_kv_head=4)).eval()
+    state = gqa.state_dict()
+    g, hd = 4 // 2, 32 // 4
+    for key in list(state):
+        if key.endswith(("attn.wk.weight", "attn.wv.weight")):  # (Hkv·hd, d) -> (H·hd, d)
+            w = state[key]
+            state[key] = w.view(2, hd, -1).repeat_interleave(g, dim=0).reshape(4 * hd, -1)
+    mha.load_state_dict(state)
+    idx = torch.randint(0, 67, (2, 16))
+    assert torch.allclose(gqa(idx)[0], mha(idx)[0], atol=1e-5)
+    assert GPTConfig(n_head=4, n_kv_head=None).n_kv_head == 4  # None means MHA
+
+
+def test_attention_backends_agree():
+    model = lively(tiny(n_kv_head=2))
+    idx = torch.randint(0, 67, (2, 16))
+    ref = model(idx)[0]
+    model.cfg.attn_backend = "sdpa"
+    assert torch.allclose(ref, model(idx)[0], atol=1e-4)
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    cfg = tiny(n_experts=2, moe_top_k=1)  # MoE too: its aux loss must flow through the checkpoint
+    torch.manual_seed(0)
+    a = GPT(cfg)
+    b = GPT(cfg)
+    b.load_state_dict(a.state_dict())
+    b.grad_checkpointing = True
+    idx = torch.randint(0, 67, (2, 16))
+    la, lb = a(idx, idx)[1], b(idx, idx)[1]
+    la.backward()
+    lb.backward()
+    assert torch.allclose(la, lb)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), name
+
+
+# ----------------------------------------------------------------------------- components
+
+def test_rmsnorm_and_layernorm_formulas():
+    x = torch.randn(3, 5, 16)
+    rms = RMSNorm(16)
+    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5)
+    assert torch.allclose(rms(x), expected, atol=1e-6)
+    ln = LayerNorm(16)
+    assert torch.allclose(ln(x), F.layer_norm(x, (16,), eps=1e-5), atol=1e-5)
+
+
+def test_sinusoidal_positions_match_the_paper_formula():
+    d = 10
+    pe = sinusoidal_positions(torch.arange(50), d)
+    assert pe.shape == (50, d)
+    for p in (0, 1, 7, 49):
+        for i in range(d // 2):
+            angle = p / 10000 ** (2 * i / d)
+            assert pe[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert pe[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_rope_preserves_norm_and_depends_only_on_relative_position():
+    hd = 16
+    q, k = torch.randn(1, 1, 1, hd), torch.randn(1, 1, 1, hd)
+
+    def rotated(x, p):
+        cos, sin = rope_cos_sin(torch.tensor([[p]]), hd)
+        return apply_rope(x, cos[:, None], sin[:, None])
+
+    assert torch.allclose(rotated(q, 9).norm(), q.norm(), atol=1e-5)
+    dots = [(rotated(q, m) * rotated(k, n)).sum().item() for m, n in [(5, 2), (13, 10), (40, 37)]]
+    assert dots[0] == pytest.approx(dots[1], abs=1e-4) == pytest.approx(dots[2], abs=1e-4)
+    assert (rotated(q, 5) * rotated(k, 4)).sum().item() != pytest.approx(dots[0], abs=1e-3)
+
+
+def test_moe_routes_each_token_to_k_experts_and_mixes_them_by_router_weight():
+    torch.manual_seed(0)
+    cfg = tiny(n_experts=4, moe_top_k=2)
+    moe = GPT(cfg).blocks[0].ffn
+    seen = []
+    for e, expert in enumerate(moe.experts):
+        expert.register_forward_hook(lambda m, inp, out, e=e: seen.append((e, inp[0].shape[0])))
+    x = torch.randn(2, 5, 32)
+    out, aux = moe(x)
+    assert sum(n for _, n in seen) == 10 * 2  # 10 tokens, 2 expert visits each
+    # the same output, token by token, straight from the definition
+    flat = x.reshape(-1, 32)
+    probs = moe.router(flat).softmax(-1)
+    for t in range(10):
+        top = probs[t].topk(2)
+        w = top.values / top.values.sum()
+        manual = sum(w[j] * moe.experts[e](flat[t:t + 1])[0] for j, e in enumerate(top.indices.tolist()))
+        assert torch.allclose(out.reshape(-1, 32)[t], manual, atol=1e-5)
+
+
+def test_load_balancing_loss_is_one_at_uniform_load_and_larger_when_skewed():
+    E, N = 4, 64
+    uniform = load_balancing_loss(torch.full((N, E), 1 / E), torch.arange(N)[:, None] % E, E)
+    assert uniform.item() == pytest.approx(1.0)
+    skewed_probs = torch.tensor([[0.7, 0.1, 0.1, 0.1]]).repeat(N, 1)
+    skewed = load_balancing_loss(skewed_probs, torch.zeros(N, 1, dtype=torch.long), E)
+    assert skewed.item() == pytest.approx(4 * 0.7)
+    # when the load follows the router (f = P = d), the loss is E·Σ d_i², which by Cauchy-Schwarz is
+    # >= 1 with equality only at d uniform
+    for counts in ([16, 16, 16, 16], [32, 16, 8, 8], [40, 8, 8, 8], [61, 1, 1, 1]):
+        d = torch.tensor(counts, dtype=torch.float32) / N
+        top_idx = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))[:, None]
+        loss = load_balancing_loss(d.repeat(N, 1), top_idx, E).item()
+        assert loss == pytest.approx(E * (d ** 2).sum().item())
+        assert loss >= 1.0 - 1e-6 and (loss > 1.01 or counts == [16] * 4)
+
+
+def test_moe_aux_loss_is_added_to_the_lm_loss():
+    torch.manual_seed(0)
+    cfg = tiny(n_experts=4, moe_aux_coef=0.5)
+    model = GPT(cfg)
+    idx = torch.randint(0, 67, (2, 16))
+    logits, loss = model(idx, idx)
+    ce = F.cross_entropy(logits.reshape(-1, 67), idx.reshape(-1))
+    assert torch.allclose(loss, ce + 0.5 * model.aux_loss)
+    assert model.aux_loss.item() >= 1.0 - 1e-6
+
+
+# ----------------------------------------------------------------------------- counting
+
+def test_gpt2_small_parameter_count_and_flops():
+    cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, **PRESETS["gpt2"])
+    with torch.device("meta"):  # shapes only, no memory
+        model = GPT(cfg)
+    assert model.num_params(non_embedding=False) == 124_439_808  # the published GPT-2 small count
+    assert model.num_params() == 124_439_808 - 50257 * 768 - 1024 * 768
+    n = matmul_params(cfg)
+    assert flops_per_token(cfg) == 6 * n + 12 * 12 * 1024 * 768
+
+
+@pytest.mark.parametrize("name", ["llama", "gqa+qknorm", "mqa+untied"])
+def test_matmul_params_counts_every_weight_matrix_a_token_passes(name):
+    cfg = tiny(**VARIANTS[name])
+    model = GPT(cfg)
+    block_mats = sum(p.numel() for n, p in model.blocks.named_parameters() if p.dim() == 2)
+    assert matmul_params(cfg) == block_mats + cfg.n_embd * cfg.vocab_size
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def test_top_p_keeps_the_smallest_set_reaching_mass_p():
+    logits = torch.tensor([[0.125, 0.5, 0.125, 0.25]]).log()  # sorted: 0.5, 0.25, 0.125, 0.125
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()
+    assert kept(0.4) == [False, True, False, False]      # 0.5 alone reaches 0.4
+    assert kept(0.7) == [False, True, False, True]       # 0.5 + 0.25 = 0.75 >= 0.7
+    assert sum(kept(0.8)) == 3                           # needs one of the 0.125s (0.875)
+    assert sum(kept(1.0)) == 4
+
+
+def test_top_k_temperature_and_repetition_penalty():
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0]])
+    assert torch.isfinite(top_k_filter(logits, 2)).tolist() == [[False, True, True, False]]
+    assert sample_next(logits, temperature=0).tolist() == [1]
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_next(logits, temperature=1.0, top_k=1, generator=g).item() for _ in range(20)]
+    assert set(draws) == {1}
+    prev = torch.tensor([[1, 3, 0]])
+    mask = torch.tensor([[True, True, False]])  # token 0 is padding: not penalized
+    out = apply_repetition_penalty(logits, prev, 2.0, mask)
+    assert out.tolist() == [[1.0, 1.5, 2.0, -2.0]]
+
+
+def test_left_pad_right_aligns_prompts():
+    idx, mask = left_pad([[5, 6], [7, 8, 9]], pad_id=0)
+    assert idx.tolist() == [[0, 5, 6], [7, 8, 9]]
+    assert mask.tolist() == [[False, True, True], [True, True, True]]
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gqa+qknorm", "moe", "post-ln+sinusoidal+relu"])
+def test_kv_cache_generation_equals_full_recomputation(name):
+    model = lively(tiny(**VARIANTS[name]))
+    idx = torch.randint(0, 67, (2, 7))
+    cached = model.generate(idx, 20, temperature=0)
+    full = model.generate(idx, 20, temperature=0, use_cache=False)
+    assert cached.tolist() == full.tolist()
+    assert len(set(cached[0, 7:].tolist())) > 3  # a real continuation, not one repeated token
+    # sampling too: the same generator seed gives the same draws
+    a = model.generate(idx, 20, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    b = model.generate(idx, 20, temperature=1.0, top_p=0.9, use_cache=False,
+                       generator=torch.Generator().manual_seed(1))
+    assert a.tolist() == b.tolist()
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "post-ln+sinusoidal+relu"])
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(name):
+    model = lively(tiny(**VARIANTS[name]))
+    prompts = [[3, 14, 15, 9], [26, 5], [35, 8, 9, 7, 9, 32, 3]]
+    idx, mask = left_pad(prompts, pad_id=0)
+    batch = model.generate(idx, 12, temperature=0, attention_mask=mask)
+    full = model.generate(idx, 12, temperature=0, attention_mask=mask, use_cache=False)
+    assert batch.tolist() == full.tolist()
+    for row, p in zip(batch, prompts):
+        alone = model.generate(torch.tensor([p]), 12, temperature=0)[0]
+        assert row[idx.shape[1]:].tolist() == alone[len(p):].tolist()
+
+
+def test_stop_tokens_end_a_row_and_pad_the_rest():
+    model = lively(tiny())
+    idx = torch.randint(0, 67, (2, 5))
+    free = model.generate(idx, 10, temperature=0)
+    stop = free[0, 7].item()  # row 0 produces this token at its third step
+    out = model.generate(idx, 10, temperature=0, stop_tokens=[stop], pad_id=66)
+    row0 = out[0, 5:].tolist()
+    first = row0.index(stop)
+    assert all(t == 66 for t in row0[first + 1:])
+    assert row0[:first + 1] == free[0, 5:5 + first + 1].tolist()
+
+
+def test_kv_cache_is_preallocated_once_per_layer():
+    cache = KVCache(n_layer=2, max_len=10)
+    k = torch.randn(1, 2, 4, 8)
+    k_all, _ = cache.update(0, k, k)
+    buffer = cache.k[0]
+    cache.pos = 4
+    k_all, _ = cache.update(0, k[:, :, :1], k[:, :, :1])
+    assert cache.k[0] is buffer and buffer.shape == (1, 2, 10, 8) and k_all.shape == (1, 2, 5, 8)
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_tiny_gpt_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = tiny(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=64)
+    model = GPT(cfg)
+    x = torch.randint(0, 64, (4, 33))
+    idx, targets = x[:, :-1], x[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    t0 = time.perf_counter()
+    for step in range(1, 301):
+        _, loss = model(idx, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.02:
+            break
+    print(f"overfit one batch: {step} steps, final loss {loss.item():.4f}, {time.perf_counter() - t0:.1f} s")
+    assert loss.item() < 0.05
+
+
+# ----------------------------------------------------------------------------- errors and checkpoints
+
+def test_bad_configs_and_inputs_raise_user_errors():
+    with pytest.raises(UserError, match="n_head=6 is not divisible by n_kv_head=4"):
+        GPTConfig(n_head=6, n_kv_head=4, n_embd=48)
+    with pytest.raises(UserError, match="choose one of"):
+        GPTConfig(norm="batchnorm")
+    model = GPT(tiny())
+    with pytest.raises(UserError, match=r"49 tokens.*block_size=48"):
+        model(torch.zeros(1, 49, dtype=torch.long))
+    with pytest.raises(UserError, match=r"prompt \(40 tokens\) \+ max_new_tokens \(10\) = 50 .*block_size=48"):
+        model.generate(torch.zeros(1, 40, dtype=torch.long), 10)
+
+
+def test_checkpoint_roundtrip_truncation_and_config_mismatch(tmp_path):
+    model = lively(tiny(n_kv_head=2))
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, dataclasses.asdict(model.cfg), model.state_dict(), step=7)
+    loaded = GPT.from_checkpoint(path)
+    idx = torch.randint(0, 67, (2, 10))
+    assert torch.equal(model(idx)[0], loaded(idx)[0])
+
+    other = dataclasses.replace(model.cfg, n_layer=3)
+    with pytest.raises(UserError, match=r"n_layer: saved=2 current=3"):
+        GPT.from_checkpoint(path, config=other)
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError, match="truncated.pt"):
+        GPT.from_checkpoint(truncated)
+
+    wrong = tmp_path / "wrong.pt"  # config says 3 layers, weights have 2
+    save_checkpoint(wrong, dataclasses.asdict(other), model.state_dict())
+    with pytest.raises(UserError, match="wrong.pt: weights do not fit"):
+        GPT.from_checkpoint(wrong)
+
+
+def test_cli_prints_size_and_reports_bad_flags_in_one_line(repo_root):
+    run = lambda *a: subprocess.run([sys.executable, str(repo_root / "03_model" / "gpt.py"), *a],
+                                    capture_output=True, text=True, timeout=120)
+    ok = run("--n-layer", "2", "--n-embd", "64", "--n-head", "4")
+    assert ok.returncode == 0 and "FLOPs / token" in ok.stdout
+    bad = run("--n-head", "6", "--n-kv-head", "4", "--n-embd", "48")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["error: n_head=6 is not divisible by n_kv_head=4; "
+                                               "each key/value head must serve the same number of query heads"]
