@@ -44,7 +44,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2 e), and exp2 is the hardware instruction
-LN2 = 0.6931471805599453
+LOG2E_K = tl.constexpr(LOG2E)            # kernels may read module globals only when they are constexpr
+LN2_K = tl.constexpr(0.6931471805599453)  # ln(2): converts the log2-domain LSE back to a natural log
 
 # One fixed tile shape per kernel under the interpreter (autotuning there would only burn CPU time).
 # The M and N sizes differ on purpose so the tests exercise tiles that straddle the causal diagonal.
@@ -175,7 +176,7 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
     o = acc / l_i[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
              o.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + bh * T + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=row_ok)  # natural log
+    tl.store(LSE + bh * T + offs_m, (m_i + tl.math.log2(l_i)) * LN2_K, mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,7 +235,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
             row_ok = rows < T
             q = tl.load(q_base + rows[:, None] * stride_qt, mask=row_ok[:, None], other=0.0)    # (BLOCK_M, D)
             do = tl.load(do_base + rows[:, None] * stride_dt, mask=row_ok[:, None], other=0.0)
-            lse2 = tl.load(LSE + (b * H + h) * T + rows, mask=row_ok, other=0.0) * 1.4426950408889634
+            lse2 = tl.load(LSE + (b * H + h) * T + rows, mask=row_ok, other=0.0) * LOG2E_K
             delta = tl.load(DELTA + (b * H + h) * T + rows, mask=row_ok, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale               # (BLOCK_M, BLOCK_N)
             keep = row_ok[:, None] & col_ok[None, :]
@@ -274,7 +275,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
                 mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dt + offs_d[None, :] * stride_dd,
                  mask=row_ok[:, None], other=0.0)
-    lse2 = tl.load(LSE + bh * T + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+    lse2 = tl.load(LSE + bh * T + offs_m, mask=row_ok, other=0.0) * LOG2E_K
     delta = tl.load(DELTA + bh * T + offs_m, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + h_kv * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + h_kv * stride_vh + offs_d[None, :] * stride_vd
@@ -305,6 +306,9 @@ _attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, BWD_CONFIGS)
 # ----------------------------------------------------------------------------------------------------
 # Launchers and the autograd Function
 # ----------------------------------------------------------------------------------------------------
+_TILED_DIM = {"fwd": "BLOCK_M", "dkdv": "BLOCK_N", "dq": "BLOCK_M"}  # which tile the grid's axis 0 walks
+
+
 def _launch(kernel, name, grid_dim0, n_programs, *args, **constexprs):
     """Run a kernel: the autotuned one picks BLOCK_M/BLOCK_N itself; the interpreter gets fixed tiles."""
     if INTERPRET:
@@ -312,9 +316,6 @@ def _launch(kernel, name, grid_dim0, n_programs, *args, **constexprs):
         kernel[(triton.cdiv(grid_dim0, cfg[_TILED_DIM[name]]), n_programs)](*args, **constexprs, **cfg)
     else:
         kernel[lambda meta: (triton.cdiv(grid_dim0, meta[_TILED_DIM[name]]), n_programs)](*args, **constexprs)
-
-
-_TILED_DIM = {"fwd": "BLOCK_M", "dkdv": "BLOCK_N", "dq": "BLOCK_M"}  # which tile the grid's axis 0 walks
 
 
 def _strides(x):
