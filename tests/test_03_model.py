@@ -18,6 +18,8 @@ from decoding import (KVCache, apply_repetition_penalty, left_pad, sample_next, 
 from fileio import UserError
 from gpt import (GPT, GPTConfig, LayerNorm, PRESETS, RMSNorm, apply_rope, flops_per_token,
                  load_balancing_loss, matmul_params, rope_cos_sin, sinusoidal_positions)
+import transformer as transformer_module
+from transformer import N_SENTINELS, Transformer, TransformerConfig, mlm_inputs, span_corrupt, special_ids
 
 VARIANTS = {
     "llama": dict(),
@@ -385,3 +387,96 @@ def test_cli_prints_size_and_reports_bad_flags_in_one_line(repo_root):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: n_head=6 is not divisible by n_kv_head=4; "
                                                "each key/value head must serve the same number of query heads"]
+
+
+# ----------------------------------------------------------------------------- transformer.py
+
+SPECIALS = special_ids(256)
+
+
+def small_transformer(seed=0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(TransformerConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0)).eval()
+
+
+def test_encoder_is_bidirectional_decoder_is_causal_and_reads_the_encoder():
+    model = small_transformer()
+    src, tgt = torch.randint(0, 256, (2, 12)), torch.randint(0, 256, (2, 9))
+    logits = model(src, tgt)
+    assert logits.shape == (2, 9, 256 + 2 + N_SENTINELS)
+    src2 = src.clone()
+    src2[:, -1] = (src[:, -1] + 1) % 256
+    assert not torch.allclose(model.encode(src)[:, 0], model.encode(src2)[:, 0], atol=1e-4)  # sees the future
+    assert not torch.allclose(logits, model(src2, tgt), atol=1e-4)  # cross-attention reads the encoder
+    tgt2 = tgt.clone()
+    tgt2[:, 5] = (tgt[:, 5] + 1) % 256
+    assert torch.allclose(logits[:, :5], model(src, tgt2)[:, :5], atol=1e-5)  # decoder: past only
+
+
+def test_mlm_corruption_is_15_percent_with_80_10_10():
+    tokens = torch.randint(0, 256, (200, 500))
+    inputs, labels = mlm_inputs(tokens, SPECIALS, generator=torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert chosen.float().mean().item() == pytest.approx(0.15, abs=0.005)
+    assert torch.equal(labels[chosen], tokens[chosen]) and torch.equal(inputs[~chosen], tokens[~chosen])
+    masked = (inputs[chosen] == SPECIALS["mask"]).float().mean().item()
+    unchanged = (inputs[chosen] == tokens[chosen]).float().mean().item()
+    assert masked == pytest.approx(0.8, abs=0.01)
+    assert unchanged == pytest.approx(0.1 + 0.1 / 256, abs=0.01)  # kept, or a random draw of the same token
+    assert (inputs[chosen] < 256).float().mean().item() == pytest.approx(0.2, abs=0.01)
+
+
+def test_span_corruption_source_and_target_rebuild_the_original():
+    g = torch.Generator().manual_seed(0)
+    sentinels = SPECIALS["sentinels"]
+    for L in (10, 40, 100):
+        lengths = set()
+        for _ in range(20):
+            row = torch.randint(0, 256, (L,)).tolist()
+            source, target = span_corrupt(row, sentinels, generator=g)
+            lengths.add((len(source), len(target)))
+            spans, current = {}, None  # target: <s_i> span_i ... <s_last>
+            for t in target:
+                if t in sentinels:
+                    current = t
+                    spans[t] = []
+                else:
+                    spans[current].append(t)
+            rebuilt = [x for t in source for x in (spans[t] if t in sentinels else [t])]
+            assert rebuilt == row
+            assert sum(len(v) for v in spans.values()) == max(1, round(0.15 * L))
+        assert len(lengths) == 1  # every example of length L has the same shapes: no padding needed
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm", "span"])
+def test_each_objective_learns_a_fixed_batch(objective):
+    model = small_transformer().train()
+    tokens = torch.randint(0, 256, (4, 24))
+    loss_fn = transformer_module.OBJECTIVES[objective]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):  # the same corruption every step, so the batch can be memorized
+        loss = loss_fn(model, tokens, SPECIALS, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_transformer_demo_writes_metrics_and_plot(tmp_path, capsys):
+    import json
+    (tmp_path / "data").mkdir()
+    text = "the cat sat on the mat. " * 40
+    (tmp_path / "data" / "train.jsonl").write_text(
+        "\n".join(json.dumps({"id": str(i), "text": text}) for i in range(5)))
+    transformer_module.main(["--data", str(tmp_path), "--seconds", "0.5", "--block-size", "32",
+                             "--n-layer", "1", "--n-embd", "32", "--batch-size", "4", "--tokenizer", "bytes"])
+    out = capsys.readouterr().out
+    assert "span" in out and "->" in out
+    metrics = json.loads((tmp_path / "transformer" / "metrics.json").read_text())
+    assert [r["objective"] for r in metrics["results"]] == ["clm", "mlm", "span"]
+    assert all(r["steps"] >= 1 for r in metrics["results"])
+    assert (tmp_path / "transformer" / "loss.png").stat().st_size > 1000
+    with pytest.raises(UserError, match="not found"):
+        transformer_module.main(["--data", str(tmp_path / "missing")])
