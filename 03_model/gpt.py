@@ -121,7 +121,8 @@ def config_from_dict(d: dict, source="config") -> GPTConfig:
 # ----------------------------------------------------------------------------- norms
 
 class LayerNorm(nn.Module):
-    """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, over the last (feature) dimension."""
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias over the last (feature) dimension,
+    var the biased variance mean((x - mean(x))²)."""
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()
@@ -129,11 +130,8 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x):
-        xf = x.float()
-        mean = xf.mean(-1, keepdim=True)
-        var = (xf - mean).pow(2).mean(-1, keepdim=True)  # biased variance, as in the paper and torch
-        return ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight + self.bias
+    def forward(self, x):  # torch's fused kernel computes exactly the formula above (checked in the tests)
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -296,9 +294,10 @@ class MoE(nn.Module):
         weights = (top_p / top_p.sum(dim=-1, keepdim=True)).to(x.dtype)          # (N, k)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
+            # run it even on zero tokens: every parameter then stays in the autograd graph, which DDP
+            # requires (an unused parameter would leave its gradient all-reduce waiting)
             token, slot = (top_idx == e).nonzero(as_tuple=True)                  # tokens routed to e
-            if token.numel():
-                out.index_add_(0, token, weights[token, slot, None] * expert(x[token]))
+            out.index_add_(0, token, weights[token, slot, None] * expert(x[token]))
         return out.view(shape), load_balancing_loss(probs, top_idx, len(self.experts))
 
 
@@ -463,10 +462,11 @@ class GPT(nn.Module):
             check_config_matches(ckpt["config"], dataclasses.asdict(config), path)
         model = cls(config_from_dict(ckpt["config"], path))
         state = {k.replace("_orig_mod.", ""): v for k, v in ckpt["model"].items()}  # torch.compile prefixes
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UserError(f"{path}: weights do not fit the saved config (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]}); the file is from another model")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:  # missing or unexpected keys, or shapes that differ
+            raise UserError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[1].strip()}); "
+                            "the file was not written from this config") from None
         return model.to(map_location)
 
     @torch.no_grad()
@@ -605,7 +605,9 @@ def main(argv=None):
         raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
                         "pass the tokenizer the model was trained with")
     prompts = args.prompt or ["Once upon a time"]
-    idx, mask = left_pad([tok.encode(s) for s in prompts], pad_id=tok.special_tokens.get("<|pad|>", 0))
+    # each prompt starts after <|endoftext|>, as every document did in the pretraining stream
+    idx, mask = left_pad([[tok.eot_id] + tok.encode(s) for s in prompts],
+                         pad_id=tok.special_tokens.get("<|pad|>", tok.eot_id))
     max_new = min(args.max_new_tokens, model.cfg.block_size - idx.shape[1])
     out = model.generate(idx, max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eot_id],

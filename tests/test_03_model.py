@@ -144,7 +144,8 @@ def test_rmsnorm_and_layernorm_formulas():
     expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5)
     assert torch.allclose(rms(x), expected, atol=1e-6)
     ln = LayerNorm(16)
-    assert torch.allclose(ln(x), F.layer_norm(x, (16,), eps=1e-5), atol=1e-5)
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    assert torch.allclose(ln(x), (x - mean) / torch.sqrt(var + 1e-5), atol=1e-5)
 
 
 def test_sinusoidal_positions_match_the_paper_formula():
@@ -480,3 +481,32 @@ def test_transformer_demo_writes_metrics_and_plot(tmp_path, capsys):
     assert (tmp_path / "transformer" / "loss.png").stat().st_size > 1000
     with pytest.raises(UserError, match="not found"):
         transformer_module.main(["--data", str(tmp_path / "missing")])
+
+
+def test_sampling_cli_loads_checkpoint_and_tokenizer(tmp_path, capsys):
+    import gpt as gpt_module
+    from bpe import BPETokenizer
+    tok = BPETokenizer.train(["the cat sat on the mat, the dog sat on the log"] * 5, vocab_size=280)
+    tok.save(tmp_path / "tokenizer")
+    model = lively(tiny(vocab_size=tok.vocab_size))
+    save_checkpoint(tmp_path / "pretrain" / "ckpt.pt", dataclasses.asdict(model.cfg), model.state_dict(),
+                    tokenizer=str(tmp_path / "tokenizer"))
+    gpt_module.main(["--ckpt", str(tmp_path / "pretrain" / "ckpt.pt"), "--prompt", "the cat",
+                     "--prompt", "a dog sat", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    assert "--- 'the cat'\nthe cat" in out and "--- 'a dog sat'\na dog sat" in out
+    small = lively(tiny(vocab_size=100))
+    save_checkpoint(tmp_path / "small.pt", dataclasses.asdict(small.cfg), small.state_dict())
+    with pytest.raises(UserError, match=rf"tokenizer has {tok.vocab_size} tokens but the model only 100"):
+        gpt_module.main(["--ckpt", str(tmp_path / "small.pt"), "--tokenizer", str(tmp_path / "tokenizer")])
+    with pytest.raises(UserError, match="no tokenizer found"):
+        gpt_module.main(["--ckpt", str(tmp_path / "small.pt")])
+
+
+def test_every_expert_gets_a_gradient_even_with_no_tokens_routed_to_it():
+    """DDP waits for a gradient of every parameter; an expert left out of the graph would hang it."""
+    torch.manual_seed(0)
+    model = GPT(tiny(n_experts=8, moe_top_k=1, n_layer=1))
+    idx = torch.randint(0, 67, (1, 2))  # 2 tokens, 8 experts: at least 6 receive nothing
+    model(idx, idx)[1].backward()
+    assert all(p.grad is not None for p in model.blocks[0].ffn.experts.parameters())
