@@ -110,8 +110,10 @@ class TrainConfig:
     eval_interval: int = 100
     eval_batches: int = 8
     patience: int = 0            # early stopping: evals without improvement (0 = off)
+    eval_train: bool = False     # also measure the loss on train windows, eval mode (overfit.py)
     log_interval: int = 10
     seed: int = 1337
+    quiet: bool = False          # print only the final line (scaling.py / overfit.py sweeps)
     stop_at: int = 0             # act as if killed after this step (to test --resume); 0 = off
     resume: bool = False
 
@@ -305,6 +307,7 @@ def save_state(path, model, opt, scaler, mcfg, cfg, step, best, world, rank):
         save_checkpoint(path, dataclasses.asdict(mcfg), model_state, optimizer=optim_state,
                         train_config=dataclasses.asdict(cfg), step=step, rng=rng,
                         scaler=scaler.state_dict(), best=best,
+                        tokenizer=str((Path(cfg.data) / "tokenizer").resolve()),
                         data={"seed": cfg.seed, "next_step": step, "world": world})
     if world > 1:
         dist.barrier()
@@ -431,7 +434,7 @@ def train(cfg: TrainConfig) -> dict:
     params = raw.num_params(non_embedding=False)
     tokens_per_step = cfg.batch_size * cfg.block_size
     tty = sys.stdout.isatty()
-    if rank == 0:
+    if rank == 0 and not cfg.quiet:
         print(f"model {params / 1e6:.2f}M params | {world} x {micro} x {accum} accum = {cfg.batch_size} seqs x "
               f"{cfg.block_size} tokens per step | {len(train_data):,} train tokens | {device} {cfg.dtype}"
               f"{' ' + cfg.parallel if world > 1 else ''} | unigram baseline {baseline:.3f}")
@@ -485,20 +488,23 @@ def train(cfg: TrainConfig) -> dict:
             last = {"step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_s": tok_s, "mfu": mfu, "skipped": found_inf, "loss_scale": scaler.scale}
             log(last)
-            if rank == 0 and tty:
+            if rank == 0 and tty and not cfg.quiet:
                 print(f"\rstep {step}/{cfg.max_steps} | loss {loss_sum:.4f} | lr {lr:.2e} | "
                       f"{tok_s:,.0f} tok/s" + (f" | MFU {mfu:.1%}" if mfu else ""), end="", flush=True)
 
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             val_loss = evaluate(model, val_data, cfg, micro, rank, world, device, autocast)
-            log({"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))})
+            rec = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+            if cfg.eval_train:
+                rec["train_eval_loss"] = evaluate(model, train_data, cfg, micro, rank, world, device, autocast)
+            log(rec)
             improved = val_loss < best["val_loss"]
             best.update(val_loss=min(val_loss, best["val_loss"]), bad_evals=0 if improved else best["bad_evals"] + 1)
             if improved:
                 best["step"] = step
             best["saved_step"] = step
             save_state(ckpt_path, model, opt, scaler, mcfg, cfg, step, best, world, rank)
-            if rank == 0:
+            if rank == 0 and not cfg.quiet:
                 print(("\r" if tty else "") + f"step {step}/{cfg.max_steps} | train {last.get('loss', loss_sum):.4f} "
                       f"| val {val_loss:.4f} (ppl {math.exp(min(val_loss, 50)):.1f}) | "
                       f"{last.get('tokens_per_s', 0):,.0f} tok/s"
@@ -518,6 +524,7 @@ def train(cfg: TrainConfig) -> dict:
                "best_val_loss": best["val_loss"], "best_step": best["step"], "unigram_val_loss": baseline,
                "train_loss": last.get("loss"), "tokens_seen": step * tokens_per_step, "wall_s": wall,
                "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"), "params": params,
+               "params_non_embedding": raw.num_params(non_embedding=True),
                "world": world, "device": device, "dtype": cfg.dtype, "ckpt": str(ckpt_path)}
     if rank == 0 and stopped != "stop_at":
         write_json(out / "outcome.json", outcome)

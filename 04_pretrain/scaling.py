@@ -1,0 +1,166 @@
+"""A scaling-law sweep you can run on a laptop: model sizes x token budgets, then fit L(N, D).
+
+    python 04_pretrain/scaling.py --data runs/tiny              # 6 sizes x 3 budgets, <= 10 min CPU
+
+Trains every (size, budget) pair with the tiny setup (cosine schedule to the end of each budget, so
+each run is a finished run, as in the Chinchilla paper's approach 3), reads its final val loss and fits
+
+    L(N, D) = E + A / N^alpha + B / D^beta        N = non-embedding parameters, D = training tokens
+
+with numpy: for fixed (alpha, beta) the model is linear in (E, A, B), so a grid over the two
+exponents with a least-squares solve at each point finds the global best fit without an iterative
+optimizer or a starting guess. It also fits the simpler power law L = A' N^-alpha' at the largest
+budget (a straight line in log-log). Prints the loss table, the fitted exponents, the fit's RMS
+error and a leave-one-out check; saves scaling.png and scaling.json under runs/<name>/scaling/.
+
+How far to trust it: a few minutes of CPU is 4-5 orders of magnitude below the smallest runs in the
+scaling-law papers. Budgets are short, so the small models are not converged and the big ones are
+undertrained; the exponents move noticeably when one point is left out (the leave-one-out column
+shows by how much). Read it as the method, not as a measurement of the constants.
+
+Interview questions it answers:
+- What do Kaplan et al. and Chinchilla say? (loss falls as a power law in N and D; compute-optimal
+  training uses ~20 tokens per parameter, so N and D should grow together, roughly N ~ C^0.5)
+- Why non-embedding parameters? (embedding tables add parameters but almost no FLOPs per token;
+  counting them bends the small-model end of the curve)
+- Why is a fit with an irreducible term E needed? (the data has entropy: loss cannot go to 0)
+"""
+import argparse
+import dataclasses
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from fileio import UserError, run_cli, atomic_path, write_json  # 01_data
+
+from pretrain import TrainConfig, train
+
+# (n_layer, n_embd, n_head): non-embedding params from ~6k to ~0.8M with the swiglu/rmsnorm model
+SIZES = [(1, 32, 2), (2, 48, 2), (2, 64, 4), (3, 96, 4), (4, 128, 4), (4, 160, 4)]
+
+
+@dataclasses.dataclass
+class ScalingConfig:
+    data: str = ""
+    steps: str = "75,150,300"      # token budgets as optimizer steps (D = steps x batch x block)
+    sizes: int = 6                 # how many of SIZES, smallest first
+    block_size: int = 64
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 1337
+
+
+def fit_chinchilla(N, D, L, alphas=np.linspace(0.05, 1.5, 59), betas=np.linspace(0.05, 1.5, 59)):
+    """Least-squares fit of L = E + A N^-alpha + B D^-beta: grid over (alpha, beta), linear solve inside.
+
+    Returns dict(E, A, B, alpha, beta, rms). Fits with a negative E, A or B are rejected (not a law).
+    """
+    best = None
+    for a, b in itertools.product(alphas, betas):
+        X = np.stack([np.ones_like(L), N ** -a, D ** -b], axis=1)        # (runs, 3)
+        coef, *_ = np.linalg.lstsq(X, L, rcond=None)
+        if coef[0] < 0 or coef[1] < 0 or coef[2] < 0:
+            continue
+        rms = float(np.sqrt(np.mean((X @ coef - L) ** 2)))
+        if best is None or rms < best["rms"]:
+            best = {"E": float(coef[0]), "A": float(coef[1]), "B": float(coef[2]),
+                    "alpha": float(a), "beta": float(b), "rms": rms}
+    if best is None:
+        raise UserError("no power law with positive coefficients fits these losses; "
+                        "train longer (--steps) or use more sizes")
+    return best
+
+
+def fit_power_law_in_n(N, L):
+    """L = A' N^-alpha' by a straight-line fit of log L on log N. Returns (alpha', A')."""
+    slope, intercept = np.polyfit(np.log(N), np.log(L), 1)
+    return float(-slope), float(np.exp(intercept))
+
+
+def leave_one_out(N, D, L):
+    """The spread of the fitted exponents when each run is left out in turn: (alpha range, beta range)."""
+    fits = [fit_chinchilla(np.delete(N, i), np.delete(D, i), np.delete(L, i)) for i in range(len(L))]
+    return ([min(f["alpha"] for f in fits), max(f["alpha"] for f in fits)],
+            [min(f["beta"] for f in fits), max(f["beta"] for f in fits)])
+
+
+def run_sweep(c: ScalingConfig, out: Path) -> list:
+    budgets = [int(s) for s in c.steps.split(",")]
+    rows = []
+    for (n_layer, n_embd, n_head), steps in itertools.product(SIZES[:c.sizes], budgets):
+        cfg = TrainConfig(data=c.data, out=str(out / f"L{n_layer}_d{n_embd}_s{steps}"), n_layer=n_layer,
+                          n_embd=n_embd, n_head=n_head, block_size=c.block_size, batch_size=c.batch_size,
+                          lr=c.lr, min_lr=c.lr / 10, warmup_steps=max(1, steps // 10), max_steps=steps,
+                          eval_interval=steps, eval_batches=8, log_interval=steps, seed=c.seed, quiet=True)
+        t = time.time()
+        res = train(cfg)
+        n = res["params_non_embedding"]
+        rows.append({"n_layer": n_layer, "n_embd": n_embd, "N": n, "steps": steps,
+                     "D": steps * c.batch_size * c.block_size, "val_loss": res["val_loss"],
+                     "seconds": time.time() - t})
+    return rows
+
+
+def plot(rows, fit, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = sorted({r["D"] for r in rows})
+    n_grid = np.geomspace(min(r["N"] for r in rows) * 0.8, max(r["N"] for r in rows) * 1.2, 100)
+    for D, color in zip(budgets, ["C0", "C1", "C2", "C3"]):
+        pts = sorted((r["N"], r["val_loss"]) for r in rows if r["D"] == D)
+        ax.plot(*zip(*pts), "o", color=color, label=f"D = {D / 1e6:.2f}M tokens")
+        ax.plot(n_grid, fit["E"] + fit["A"] * n_grid ** -fit["alpha"] + fit["B"] * D ** -fit["beta"],
+                "-", color=color, lw=1)
+    ax.set_xscale("log")
+    ax.set(xlabel="non-embedding parameters N", ylabel="final val loss",
+           title=f"L = {fit['E']:.2f} + {fit['A']:.3g}/N^{fit['alpha']:.2f} + {fit['B']:.3g}/D^{fit['beta']:.2f}")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(ScalingConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                       required=f.name == "data")
+    c = ScalingConfig(**vars(p.parse_args(argv)))
+    if not 3 <= c.sizes <= len(SIZES):
+        raise UserError(f"--sizes {c.sizes}: choose 3 to {len(SIZES)} model sizes")
+    out = Path(c.data) / "scaling"
+    t0 = time.time()
+    rows = run_sweep(c, out)
+    N, D, L = (np.array([r[k] for r in rows], dtype=np.float64) for k in ("N", "D", "val_loss"))
+    fit = fit_chinchilla(N, D, L)
+    alpha_n, _ = fit_power_law_in_n(N[D == D.max()], L[D == D.max()])
+    loo_alpha, loo_beta = leave_one_out(N, D, L)
+
+    print(f"{'layers':>6} {'d':>5} {'N (non-emb)':>12} {'D tokens':>10} {'val loss':>9} {'fit':>7} {'s':>5}")
+    for r, pred in zip(rows, fit["E"] + fit["A"] * N ** -fit["alpha"] + fit["B"] * D ** -fit["beta"]):
+        print(f"{r['n_layer']:6d} {r['n_embd']:5d} {r['N']:12,d} {r['D']:10,d} {r['val_loss']:9.4f} "
+              f"{pred:7.4f} {r['seconds']:5.0f}")
+    print(f"fit: L(N, D) = {fit['E']:.3f} + {fit['A']:.3g} / N^{fit['alpha']:.3f} + {fit['B']:.3g} / D^{fit['beta']:.3f}"
+          f"   (RMS error {fit['rms']:.4f} nats)")
+    print(f"leave-one-out: alpha in [{loo_alpha[0]:.2f}, {loo_alpha[1]:.2f}], beta in [{loo_beta[0]:.2f}, {loo_beta[1]:.2f}]")
+    print(f"power law in N at D = {int(D.max()):,}: L ~ N^-{alpha_n:.3f}   "
+          f"(Kaplan et al. 2020: alpha_N ~ 0.076; Chinchilla: alpha ~ 0.34, beta ~ 0.28)")
+    plot(rows, fit, out / "scaling.png")
+    write_json(out / "scaling.json", {"config": dataclasses.asdict(c), "runs": rows, "fit": fit,
+                                      "power_law_alpha_N": alpha_n, "loo_alpha": loo_alpha,
+                                      "loo_beta": loo_beta, "seconds": time.time() - t0})
+    print(f"sweep took {time.time() - t0:.0f}s; wrote {out}/scaling.json and scaling.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)
