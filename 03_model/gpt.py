@@ -46,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
 from fileio import UserError, run_cli  # 01_data
-from attention import attention  # kernels
+from attention import BACKENDS, attention  # kernels
 from checkpoint import load_checkpoint, check_config_matches  # 03_model (this folder)
 from decoding import KVCache, apply_repetition_penalty, left_pad, sample_next  # 03_model
 
@@ -54,7 +54,7 @@ CHOICES = {
     "pos_emb": ("learned", "sinusoidal", "rope", "none"),
     "norm": ("layernorm", "rmsnorm"),
     "mlp": ("gelu", "relu", "swiglu"),
-    "attn_backend": ("auto", "triton", "torch", "sdpa"),
+    "attn_backend": BACKENDS,
 }
 
 
@@ -79,7 +79,7 @@ class GPTConfig:
     moe_top_k: int = 2
     moe_aux_coef: float = 0.01     # weight of the load-balancing loss added to the LM loss
     tie_weights: bool = True       # LM head shares the token-embedding matrix
-    attn_backend: str = "auto"     # kernels/attention.py: auto | triton | torch | sdpa
+    attn_backend: str = "auto"     # kernels/attention.py: auto (Triton on CUDA) | triton | torch | tiled | sdpa
 
     def __post_init__(self):
         for field, allowed in CHOICES.items():
@@ -95,6 +95,11 @@ class GPTConfig:
                             "each key/value head must serve the same number of query heads")
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise UserError(f"RoPE rotates coordinate pairs, so the head dim must be even (got {self.head_dim})")
+        if self.attn_backend == "triton":  # forced: fail now, not at the first forward pass
+            from flash_attention import SUPPORTED_HEAD_DIMS  # kernels; loads Triton, so only when asked
+            if self.head_dim not in SUPPORTED_HEAD_DIMS:
+                raise UserError(f"head dim {self.head_dim} (n_embd/n_head) is not supported by the Triton kernel; "
+                                f"use one of {SUPPORTED_HEAD_DIMS} or --attn-backend auto")
         if self.n_experts and not 1 <= self.moe_top_k <= self.n_experts:
             raise UserError(f"moe_top_k={self.moe_top_k} must be between 1 and n_experts={self.n_experts}")
 

@@ -120,6 +120,23 @@ def test_attention_backends_agree():
     assert torch.allclose(ref, model(idx)[0], atol=1e-4)
 
 
+def test_triton_kernel_backend_gives_the_same_logits_and_gradients():
+    """The model through kernels/ (Triton; its interpreter on CPU): GQA, a ragged length of 20."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_kv_head=1, n_embd=64))
+    idx = torch.randint(0, 50, (1, 20))
+    results = []
+    for backend in ("torch", "triton"):
+        model.cfg.attn_backend = backend
+        model.zero_grad()
+        logits, loss = model(idx, idx)
+        loss.backward()
+        results.append((logits, [p.grad.clone() for p in model.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b))
+
+
 def test_grad_checkpointing_gives_the_same_loss_and_gradients():
     cfg = tiny(n_experts=2, moe_top_k=1)  # MoE too: its aux loss must flow through the checkpoint
     torch.manual_seed(0)
@@ -349,6 +366,8 @@ def test_bad_configs_and_inputs_raise_user_errors():
         GPTConfig(n_head=6, n_kv_head=4, n_embd=48)
     with pytest.raises(UserError, match="choose one of"):
         GPTConfig(norm="batchnorm")
+    with pytest.raises(UserError, match=r"head dim 24 .* not supported by the Triton kernel; use one of \(32, 64, 128\)"):
+        GPTConfig(n_embd=96, n_head=4, attn_backend="triton")
     model = GPT(tiny())
     with pytest.raises(UserError, match=r"49 tokens.*block_size=48"):
         model(torch.zeros(1, 49, dtype=torch.long))
