@@ -19,16 +19,9 @@ Data: the global batch of step s is `batch_size` random windows whose start offs
 generator seeded with (seed, s) only; rank r takes its rows of it. So a resumed run, or the same run
 on another number of processes, sees exactly the same tokens at every step.
 
-Distributed (under torchrun; gloo on CPU, NCCL on GPU):
-- DDP: every rank holds the whole model and optimizer; gradients are averaged with an all-reduce.
-- FSDP2 (`fully_shard` per block, then the root) = ZeRO-3: parameters, gradients and optimizer state
-  are all sharded; each block's parameters are all-gathered just before its forward/backward and
-  freed after, gradients are reduce-scattered. ZeRO-1 shards only the optimizer state (grads are
-  all-reduced as in DDP, each rank updates its slice of the weights then all-gathers them), ZeRO-2
-  also shards the gradients (reduce-scatter instead of all-reduce); both keep full weights per rank.
-- Checkpoints are *full* state dicts (torch.distributed.checkpoint.state_dict, full_state_dict=True):
-  gathered to rank 0 and written as one file, so a checkpoint from 2 FSDP ranks loads in one process
-  and vice versa. (Sharded DCP saves scale better; a full file is simpler to read and to reuse.)
+Distributed (under torchrun; gloo on CPU, NCCL on GPU): DDP or FSDP2 (= ZeRO-3), set up in
+parallel.py, which also explains ZeRO-1/2. Checkpoints hold full state dicts, so a run saved by N
+FSDP ranks resumes on any number of processes.
 
 Interview questions it answers:
 - How do you resume bit-exactly? (weights + optimizer moments + step + scaler + RNG states, and a
@@ -36,7 +29,7 @@ Interview questions it answers:
 - What does gradient accumulation change? (nothing in the math if each micro-loss is divided by the
   number of micro-batches; it trades memory for time; under DDP sync only on the last micro-step)
 - What is MFU? (achieved FLOP/s / peak FLOP/s, achieved = tokens/s x FLOPs per token (~6N + attention))
-- DDP vs FSDP vs ZeRO-1/2/3? (above). Why clip by the global norm? (one scale for all grads keeps
+- DDP vs FSDP vs ZeRO-1/2/3? (parallel.py). Why clip by the global norm? (one scale for all grads keeps
   the update direction; per-tensor clipping would change it)
 """
 import argparse
@@ -44,7 +37,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -63,6 +55,7 @@ from checkpoint import save_checkpoint, load_checkpoint, check_config_matches  #
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model: its architecture presets (gpt2 / llama)
 
+from parallel import full_state, grad_sync, load_full_state, rng_states, setup_distributed, wrap_model
 from optim import (DynamicLossScaler, Schedule, clip_grad_norm, lr_at, make_optimizer,
                    param_groups, set_lr)
 
@@ -147,6 +140,9 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
 # ----------------------------------------------------------------------------------------------
 # Data: memmap shards and deterministic batches
 
+SCAN_TOKENS = 20_000_000   # checks and the unigram baseline read at most this prefix of a shard
+
+
 def load_shards(data_dir: Path, train_tokens=0):
     """(train, val, meta): uint16/uint32 memmaps of 02_tokenizer's shards, checked against meta.json."""
     tok = data_dir / "tokens"
@@ -168,8 +164,9 @@ def load_shards(data_dir: Path, train_tokens=0):
         if expected is not None and len(arr) != expected:
             raise UserError(f"{path}: {len(arr)} tokens but meta.json says {expected}; the shards and "
                             "meta.json come from different runs: re-run the tokenizer")
-        if len(arr) and int(arr.max()) >= vocab:
-            raise UserError(f"{path}: token id {int(arr.max())} >= vocab_size {vocab} in meta.json; the shard "
+        top = int(arr[:SCAN_TOKENS].max()) if len(arr) else 0     # a prefix: shards can be GBs
+        if top >= vocab:
+            raise UserError(f"{path}: token id {top} >= vocab_size {vocab} in meta.json; the shard "
                             "was made by a different tokenizer: re-run `02_tokenizer/bpe.py`")
         shards[split] = arr
     train = shards["train"][:train_tokens] if train_tokens else shards["train"]
@@ -198,30 +195,17 @@ def rank_rows(starts, micro: int, rank: int, world: int, micro_batch: int):
 def unigram_loss(train, val, vocab_size: int) -> float:
     """Cross-entropy (nats/token) of val under the train shard's token frequencies (add-one smoothed).
 
+    (Over at most SCAN_TOKENS of each shard, plenty to estimate a unigram distribution.)
+
     The loss of a model that ignores context entirely: a trained LM must beat it clearly.
     """
-    counts = np.bincount(np.asarray(train), minlength=vocab_size).astype(np.float64) + 1.0
+    counts = np.bincount(np.asarray(train[:SCAN_TOKENS]), minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
-    return float(-logp[np.asarray(val)].mean())
+    return float(-logp[np.asarray(val[:SCAN_TOKENS])].mean())
 
 
 # ----------------------------------------------------------------------------------------------
-# Distributed setup and model wrapping
-
-def setup_distributed(cfg: TrainConfig):
-    """(rank, world, device). Under torchrun (WORLD_SIZE set) join the process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if cfg.device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    else:
-        device = cfg.device
-    if world > 1 and not dist.is_initialized():
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return rank, world, device
-
+# Settings that cannot run
 
 def check_config(cfg: TrainConfig, world: int, device: str):
     """Raise a UserError for settings that cannot run; returns (micro_batch, grad_accum)."""
@@ -244,61 +228,8 @@ def check_config(cfg: TrainConfig, world: int, device: str):
     return micro, cfg.batch_size // (micro * world)
 
 
-def wrap_model(model: GPT, cfg: TrainConfig, world: int, device: str):
-    """The module the loop calls: the model itself, DDP(model), or the FSDP2-sharded model."""
-    model.grad_checkpointing = cfg.grad_checkpointing
-    if cfg.compile:
-        model = torch.compile(model)
-    if world == 1:
-        return model
-    if cfg.parallel == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        return DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-    from torch.distributed.fsdp import fully_shard
-    for block in getattr(model, "_orig_mod", model).blocks:  # one all-gather unit per block
-        fully_shard(block)
-    fully_shard(model)                                      # embeddings, final norm, head
-    return model
-
-
-@contextlib.contextmanager
-def grad_sync(model, sync: bool):
-    """Skip the gradient all-reduce / reduce-scatter on non-final micro-steps."""
-    if hasattr(model, "no_sync") and not sync:              # DDP
-        with model.no_sync():
-            yield
-    elif hasattr(model, "set_requires_gradient_sync"):      # FSDP2
-        model.set_requires_gradient_sync(sync)
-        yield
-    else:
-        yield
-
-
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: full state dicts, so any world size and parallel mode can resume any checkpoint
-
-def full_state(model, opt, world):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-    options = StateDictOptions(full_state_dict=True, cpu_offload=world > 1)
-    return get_state_dict(model, opt, options=options)
-
-
-def load_full_state(model, opt, model_state, optim_state):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state,
-                   options=StateDictOptions(full_state_dict=True))
-
-
-def rng_states(world) -> dict:
-    """Every rank's torch RNG state (dropout), as uint8 tensors, gathered to all ranks."""
-    mine = {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)}
-    if world == 1:
-        return {"cpu": [mine["cpu"]], "cuda": [mine["cuda"]]}
-    gathered = [None] * world
-    dist.all_gather_object(gathered, mine)
-    return {"cpu": [g["cpu"] for g in gathered], "cuda": [g["cuda"] for g in gathered]}
-
+# Checkpoints: model + optimizer (full state dicts, parallel.py) + step, scaler, RNG, data position
 
 def save_state(path, model, opt, scaler, mcfg, cfg, step, best, world, rank):
     model_state, optim_state = full_state(model, opt, world)
@@ -393,7 +324,7 @@ class Diverged(UserError):
 # The loop
 
 def train(cfg: TrainConfig) -> dict:
-    rank, world, device = setup_distributed(cfg)
+    rank, world, device = setup_distributed(cfg.device)
     micro, accum = check_config(cfg, world, device)
     data_dir = Path(cfg.data)
     out = Path(cfg.out) if cfg.out else data_dir / "pretrain"
@@ -405,7 +336,7 @@ def train(cfg: TrainConfig) -> dict:
     mcfg = model_config(cfg, int(meta["vocab_size"]))
     torch.manual_seed(cfg.seed)                               # same initial weights on every rank
     raw = GPT(mcfg).to(device)
-    model = wrap_model(raw, cfg, world, device)
+    model = wrap_model(raw, cfg.parallel, world, device, cfg.compile, cfg.grad_checkpointing)
     opt = make_optimizer(cfg.optimizer, param_groups(raw, cfg.weight_decay), cfg.lr,
                          (cfg.beta1, cfg.beta2))
     sched = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
@@ -538,9 +469,27 @@ def train(cfg: TrainConfig) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Command line
 
+CHOICES = {"arch": ("llama", "gpt2"), "optimizer": ("adamw", "lamb"), "schedule": ("cosine", "wsd"),
+           "dtype": ("fp32", "bf16", "fp16"), "parallel": ("ddp", "fsdp"),
+           "attn_backend": ("auto", "triton", "torch", "tiled", "sdpa")}
+HELP = {"out": "output folder (default <data>/pretrain)", "arch": "03_model flavour",
+        "n_kv_head": "key/value heads for GQA/MQA (0 = n_head)",
+        "batch_size": "sequences per optimizer step, over all ranks and micro-batches",
+        "micro_batch": "sequences per forward on one rank (0 = batch_size / world size)",
+        "train_tokens": "train on the first N tokens only (0 = all)", "min_lr": "lr at the end of the decay",
+        "decay_frac": "WSD: fraction of max_steps spent decaying", "grad_clip": "global-norm clip (0 = off)",
+        "dtype": "fp16 adds the dynamic loss scaler", "parallel": "under torchrun",
+        "grad_checkpointing": "recompute each block in backward (less memory, ~30%% more compute)",
+        "peak_flops": "peak FLOP/s for MFU (0 = from the GPU name)",
+        "eval_batches": "val loss over eval_batches x batch_size fixed windows",
+        "patience": "early stopping: evals without improvement (0 = off)",
+        "eval_train": "also evaluate on train windows (overfit.py)", "quiet": "print only the last line",
+        "stop_at": "stop after this step as if killed, to try --resume (0 = off)",
+        "resume": "continue exactly from <out>/ckpt.pt"}
+
+
 def parse_config(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="runs/<name> with tokens/ from 02_tokenizer")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     defaults = TrainConfig()
@@ -548,13 +497,12 @@ def parse_config(argv=None) -> TrainConfig:
         if f.name in ("data",):
             continue
         flag = "--" + f.name.replace("_", "-")
+        help_text = f"{HELP.get(f.name, '')} (default: {getattr(defaults, f.name)!r} or the preset's)".strip()
         if f.type in (bool, "bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default: {getattr(defaults, f.name)}, or the preset's)")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
-            p.add_argument(flag, type=typ, default=None,
-                           help=f"(default: {getattr(defaults, f.name)!r}, or the preset's)")
+            p.add_argument(flag, type=typ, default=None, choices=CHOICES.get(f.name), help=help_text)
     args = p.parse_args(argv)
     values = {**PRESETS[args.preset], "data": args.data}
     values.update({k: v for k, v in vars(args).items() if v is not None and k != "preset"})
