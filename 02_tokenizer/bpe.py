@@ -77,6 +77,7 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 
 # `<|endoftext|>` separates documents; the chat-role tokens are used by the SFT chat template (05).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+SINGLE_BYTES = [bytes([b]) for b in range(256)]
 
 
 @dataclass
@@ -195,23 +196,26 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
         new_id = 256 + len(merges)
         vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
         merges.append(pair)
-        changed = set()
+        delta = Counter()   # net change of each pair's count caused by this merge
         for wi in where.pop(pair):
             old, n = words[wi], freqs[wi]
             new = merge_ids(old, pair, new_id)
             old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
             for p in old_pairs:
-                counts[p] -= n
+                delta[p] -= n
             for p in new_pairs:
-                counts[p] += n
-            for p in set(old_pairs) - set(new_pairs):
+                delta[p] += n
+            old_set, new_set = set(old_pairs), set(new_pairs)
+            for p in old_set - new_set:
                 if p != pair:
                     where[p].discard(wi)
-            for p in new_pairs:
+            for p in new_set - old_set:
                 where.setdefault(p, set()).add(wi)
-            changed.update(old_pairs, new_pairs)
             words[wi] = new
-        for p in changed:
+        for p, d in delta.items():
+            if d == 0:
+                continue  # e.g. (x, y) elsewhere in a touched word: subtracted and added back
+            counts[p] += d
             if counts[p] > 0:
                 heapq.heappush(heap, entry(p))
             else:
@@ -275,9 +279,9 @@ class BPETokenizer:
     def _bpe(self, piece: bytes) -> list:
         """Merge the bytes of one pre-token: always the adjacent pair whose bytes have the lowest rank
         (leftmost on ties), as tiktoken does. pair_ranks[i] is the rank of parts[i] + parts[i+1]."""
-        ranks, inf = self.ranks, float("inf")
-        parts = [bytes([b]) for b in piece]
-        pair_ranks = [ranks.get(a + b, inf) for a, b in zip(parts, parts[1:])]
+        get, inf = self.ranks.get, float("inf")
+        parts = [SINGLE_BYTES[b] for b in piece]
+        pair_ranks = [get(a + b, inf) for a, b in zip(parts, parts[1:])]
         while pair_ranks:
             best = min(pair_ranks)
             if best == inf:
@@ -286,10 +290,10 @@ class BPETokenizer:
             parts[i:i + 2] = [parts[i] + parts[i + 1]]
             del pair_ranks[i]
             if i > 0:  # only the two neighbours of the merged pair change
-                pair_ranks[i - 1] = ranks.get(parts[i - 1] + parts[i], inf)
+                pair_ranks[i - 1] = get(parts[i - 1] + parts[i], inf)
             if i < len(pair_ranks):
-                pair_ranks[i] = ranks.get(parts[i] + parts[i + 1], inf)
-        return [ranks[p] for p in parts]
+                pair_ranks[i] = get(parts[i] + parts[i + 1], inf)
+        return [self.ranks[p] for p in parts]
 
     def encode_ordinary(self, text: str) -> list:
         """Encode text with no special-token handling: a literal "<|endoftext|>" is just text."""
