@@ -1,12 +1,14 @@
 """A decoder-only GPT, written to be read top to bottom, with the switches modern LLMs flip.
 
-    config -> norms -> positions -> attention -> feed-forward (MLP / MoE) -> block -> GPT -> sampling -> CLI
+    config -> norms -> positions -> attention -> feed-forward (MLP / MoE) -> block -> GPT
+    -> GPT.generate -> FLOPs counting -> CLI
 
 One `GPTConfig` selects GPT-2 style (learned positions, LayerNorm, GELU, MHA) or Llama style (RoPE,
 RMSNorm, SwiGLU, GQA) or anything between, plus post-LN (the 2017 original), QK-norm and a
 mixture-of-experts feed-forward. `GPT.generate` is the one sampler of the repository: a
 preallocated KV cache, greedy / temperature / top-k / top-p, repetition penalty, stop tokens, and a
-batch of left-padded prompts with an attention mask. Later stages import it instead of writing their own.
+batch of left-padded prompts with an attention mask. Later stages import it instead of writing their
+own. Its small pieces (the cache, the filters, left padding) are functions in decoding.py.
 
     python 03_model/gpt.py --help
     python 03_model/gpt.py --n-layer 12 --n-embd 768 --n-head 12    # parameter count and FLOPs/token

@@ -117,7 +117,9 @@ class Transformer(nn.Module):
         self.encoder = nn.ModuleList(EncoderLayer(g) for _ in range(cfg.n_layer))
         self.decoder = nn.ModuleList(DecoderLayer(g) for _ in range(cfg.n_layer))
         self.drop = nn.Dropout(cfg.dropout)
-        for module in self.modules():  # Xavier-uniform, as the reference implementation did
+        # Xavier-uniform, the usual choice for this model: a LayerNorm after every sublayer rescales the
+        # stream, so the GPT-2 trick of shrinking residual projections by 1/sqrt(2·n_layer) is not needed
+        for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
