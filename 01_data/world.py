@@ -1,0 +1,505 @@
+"""A deterministic synthetic "micro-world" and its rendering into a training corpus and task sets.
+
+Why synthetic: the pipeline must run offline in seconds, and later stages must be able to *check*
+what a model learnt. So from one seed we build a small fictional world -- people, cities, animal
+species and objects, with attributes and relations -- and write about it in four domains:
+
+    dialog     multi-turn "User: ...\\nAssistant: ..." chats about the world's facts (English)
+    code       tiny Python programs over the world's numbers, each followed by its real printed output
+    knowledge  encyclopedia entries in English and in Chinese, and arithmetic word problems with answers
+    stories    short English stories using the entities, and web-like pages with nav/footer boilerplate
+
+Every fact is stored once in the `World` and every document is rendered from it, so facts agree
+across documents (Belmo Tarin is a baker in every text that mentions her) and stage 05-07 can grade
+answers. Text comes from regular templates with varied entities and several phrasings per fact: easy
+enough that a tiny GPT visibly learns it in minutes, varied enough that documents are not
+near-duplicates of each other (checked: the dedup stage removes no clean document on the default run).
+
+Task sets (written by `write_tasks`, each as `<name>_train.jsonl` and `<name>_heldout.jsonl`, the
+held-out part chosen by entity so no held-out question's subject appears in the train part):
+
+    sft_*.jsonl          {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                          "subject": entity name, "answer": short answer string}
+    preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
+                          "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
+                          the rule states why `chosen` is better (the ground truth for 06's reward model / DPO)
+    arithmetic_*.jsonl   {"prompt": str, "answer": int,
+                          "messages": [{"role": "user", ...}, {"role": "assistant", "content": "... The answer is N."}]}
+                          the answer is verifiable: 06 GRPO and 07 evaluation parse "The answer is N."
+
+Same seed -> byte-identical output: only `random.Random(seed)` is used, and no set of strings is ever
+iterated (Python salts string hashes per process).
+
+    python 01_data/world.py --seed 0 --chars 20000     # print a few rendered documents
+
+Interview questions it answers:
+- Why train on synthetic data at all? (controlled facts -> measurable learning; no licence/PII issues;
+  but it lacks real diversity, so a model trained only on it does not generalize to real text)
+- How do you keep facts consistent across a generated corpus? (one source of truth, rendered many ways)
+"""
+import argparse
+import contextlib
+import io
+import random
+from dataclasses import dataclass, field
+
+# Name syllables with a Chinese transliteration each, so every entity has an English and a Chinese name.
+SYLLABLES = [("ba", "巴"), ("bel", "贝"), ("ca", "卡"), ("dor", "多"), ("el", "埃"), ("fa", "法"),
+             ("gor", "戈"), ("ha", "哈"), ("in", "因"), ("ka", "卡"), ("lin", "林"), ("lo", "洛"),
+             ("ma", "马"), ("mi", "米"), ("mo", "莫"), ("na", "娜"), ("no", "诺"), ("pe", "佩"),
+             ("ra", "拉"), ("ri", "里"), ("ro", "罗"), ("sa", "萨"), ("sel", "塞"), ("ta", "塔"),
+             ("tin", "廷"), ("to", "托"), ("va", "瓦"), ("ven", "文"), ("wi", "维"), ("ya", "亚"),
+             ("zo", "佐"), ("an", "安"), ("or", "奥"), ("ul", "乌"), ("den", "登"), ("kor", "科")]
+JOBS = [("doctor", "医生"), ("teacher", "老师"), ("baker", "面包师"), ("farmer", "农民"), ("pilot", "飞行员"),
+        ("painter", "画家"), ("engineer", "工程师"), ("fisher", "渔夫"), ("singer", "歌手"), ("nurse", "护士"),
+        ("carpenter", "木匠"), ("librarian", "图书管理员"), ("gardener", "园丁"), ("tailor", "裁缝")]
+COLORS = [("red", "红色"), ("blue", "蓝色"), ("green", "绿色"), ("yellow", "黄色"), ("purple", "紫色"),
+          ("orange", "橙色"), ("white", "白色"), ("black", "黑色"), ("silver", "银色"), ("brown", "棕色")]
+# species: (en, zh, sound, food, food_zh, legs, habitat, habitat_zh)
+SPECIES = [("cat", "猫", "meow", "fish", "鱼", 4, "houses", "房子里"),
+           ("dog", "狗", "woof", "meat", "肉", 4, "houses", "房子里"),
+           ("rabbit", "兔子", "squeak", "carrots", "胡萝卜", 4, "meadows", "草地上"),
+           ("parrot", "鹦鹉", "squawk", "seeds", "种子", 2, "forests", "森林里"),
+           ("horse", "马", "neigh", "hay", "干草", 4, "farms", "农场里"),
+           ("goat", "山羊", "bleat", "grass", "草", 4, "hills", "山坡上"),
+           ("turtle", "乌龟", "hiss", "lettuce", "生菜", 4, "ponds", "池塘里"),
+           ("owl", "猫头鹰", "hoot", "mice", "老鼠", 2, "forests", "森林里"),
+           ("duck", "鸭子", "quack", "bread", "面包", 2, "ponds", "池塘里"),
+           ("cow", "牛", "moo", "grass", "草", 4, "farms", "农场里")]
+OBJECTS = [("lamp", "灯"), ("kite", "风筝"), ("bicycle", "自行车"), ("violin", "小提琴"), ("clock", "钟"),
+           ("umbrella", "雨伞"), ("teapot", "茶壶"), ("drum", "鼓"), ("boat", "小船"), ("camera", "相机")]
+MATERIALS = [("wood", "木头"), ("glass", "玻璃"), ("brass", "黄铜"), ("paper", "纸"), ("clay", "陶土"),
+             ("steel", "钢")]
+FOODS = [("apple pie", "苹果派"), ("noodle soup", "面条汤"), ("honey cake", "蜂蜜蛋糕"), ("fish stew", "鱼汤"),
+         ("plum jam", "李子酱"), ("rice bread", "米面包"), ("cheese rolls", "奶酪卷"), ("pepper dumplings", "辣椒饺子")]
+COUNTRIES = [("Norland", "诺兰"), ("Estavia", "埃斯塔维亚"), ("Merovia", "梅罗维亚"), ("Sudria", "苏德里亚")]
+ITEMS = ["apples", "books", "marbles", "coins", "stamps", "pencils", "shells", "cookies"]
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    n_people: int = 1200
+    n_cities: int = 100
+    n_objects: int = 900
+
+
+@dataclass
+class World:
+    people: list = field(default_factory=list)   # dicts: name, zh, age, job, city, pet, pet_name, color, friend, obj
+    cities: list = field(default_factory=list)   # dicts: name, zh, country, river, population, founded, food
+    species: list = field(default_factory=list)  # dicts from SPECIES
+    objects: list = field(default_factory=list)  # dicts: kind, zh, color, material, owner
+
+
+def make_name(rng, n_syll, used=None):
+    """A capitalized name and its Chinese transliteration; unique within `used` (a dict) when given."""
+    while True:
+        parts = [rng.choice(SYLLABLES) for _ in range(n_syll)]
+        en = "".join(p[0] for p in parts).capitalize()
+        if used is None or en not in used:
+            if used is not None:
+                used[en] = True
+            return en, "".join(p[1] for p in parts)
+
+
+def build_world(cfg: WorldConfig) -> World:
+    rng = random.Random(cfg.seed)
+    used = {}
+    w = World()
+    w.species = [dict(zip(["kind", "zh", "sound", "food", "food_zh", "legs", "habitat", "habitat_zh"], s))
+                 for s in SPECIES]
+    for _ in range(cfg.n_cities):
+        en, zh = make_name(rng, 3, used)
+        river, river_zh = make_name(rng, 2)
+        w.cities.append(dict(name=en, zh=zh, country=rng.choice(COUNTRIES), river=(river, river_zh),
+                             population=rng.randrange(2_000, 900_000), founded=rng.randrange(1100, 1950),
+                             food=rng.choice(FOODS)))
+    for _ in range(cfg.n_people):
+        while True:  # full names are unique; first names may repeat, as in life
+            first, first_zh = make_name(rng, 2)
+            last, last_zh = make_name(rng, rng.choice([2, 3]))
+            if f"{first} {last}" not in used:
+                used[f"{first} {last}"] = True
+                break
+        w.people.append(dict(name=f"{first} {last}", first=first, zh=f"{first_zh}·{last_zh}",
+                             age=rng.randrange(18, 80), job=rng.choice(JOBS), city=rng.choice(w.cities),
+                             pet=rng.choice(w.species), pet_name=make_name(rng, 2)[0],
+                             color=rng.choice(COLORS), gender=rng.choice(["she", "he"])))
+    for p in w.people:
+        p["friend"] = rng.choice([q for q in w.people if q is not p])
+    for i in range(cfg.n_objects):
+        kind = rng.choice(OBJECTS)
+        w.objects.append(dict(kind=kind, color=rng.choice(COLORS), material=rng.choice(MATERIALS),
+                              owner=w.people[i % len(w.people)], price=rng.randrange(3, 400)))
+    for o in w.objects:
+        o["owner"].setdefault("objects", []).append(o)
+    return w
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fact sentences: several phrasings per fact, so the same fact is seen in different words.
+
+def pronouns(p):
+    return ("she", "her") if p["gender"] == "she" else ("he", "his")
+
+
+def person_facts_en(rng, p):
+    s, pos = pronouns(p)
+    c = p["city"]
+    facts = [
+        rng.choice([f"{p['name']} is a {p['job'][0]} who lives in {c['name']}.",
+                    f"{p['name']} works as a {p['job'][0]} in {c['name']}.",
+                    f"In {c['name']}, {p['name']} earns a living as a {p['job'][0]}."]),
+        rng.choice([f"{p['first']} is {p['age']} years old.", f"{s.capitalize()} is {p['age']} years old.",
+                    f"{p['name']} turned {p['age']} this year."]),
+        rng.choice([f"{p['first']} has a {p['pet']['kind']} named {p['pet_name']}.",
+                    f"{pos.capitalize()} pet {p['pet']['kind']} is called {p['pet_name']}.",
+                    f"{p['pet_name']} the {p['pet']['kind']} lives with {p['first']}."]),
+        rng.choice([f"{pos.capitalize()} favorite color is {p['color'][0]}.",
+                    f"{p['first']} likes the color {p['color'][0]} best."]),
+        rng.choice([f"{p['first']}'s best friend is {p['friend']['name']}.",
+                    f"{p['name']} and {p['friend']['name']} are good friends."]),
+    ]
+    for o in p.get("objects", [])[:2]:
+        facts.append(rng.choice([f"{p['first']} owns a {o['color'][0]} {o['kind'][0]} made of {o['material'][0]}.",
+                                 f"{s.capitalize()} keeps a {o['material'][0]} {o['kind'][0]}, painted {o['color'][0]}."]))
+    return facts
+
+
+def city_facts_en(rng, c):
+    return [
+        rng.choice([f"{c['name']} is a city in {c['country'][0]}.", f"{c['name']} lies in {c['country'][0]}."]),
+        rng.choice([f"The river {c['river'][0]} flows through {c['name']}.",
+                    f"{c['name']} was built on the banks of the {c['river'][0]} river."]),
+        rng.choice([f"About {c['population']:,} people live in {c['name']}.",
+                    f"{c['name']} has a population of {c['population']:,}."]),
+        rng.choice([f"It was founded in {c['founded']}.", f"The city was founded in the year {c['founded']}."]),
+        rng.choice([f"{c['name']} is famous for its {c['food'][0]}.",
+                    f"Visitors come to {c['name']} to eat {c['food'][0]}."]),
+    ]
+
+
+def species_facts_en(rng, a):
+    return [f"The {a['kind']} says {a['sound']}.", f"A {a['kind']} likes to eat {a['food']}.",
+            f"A {a['kind']} has {a['legs']} legs.", f"Wild {a['kind']}s often live in {a['habitat']}."]
+
+
+def person_facts_zh(rng, p):
+    c = p["city"]
+    facts = [rng.choice([f"{p['zh']}是一名{p['job'][1]}，住在{c['zh']}。", f"{p['zh']}在{c['zh']}当{p['job'][1]}。"]),
+             rng.choice([f"{p['zh']}今年{p['age']}岁。", f"{p['zh']}的年龄是{p['age']}岁。"]),
+             f"{p['zh']}养了一只{p['pet']['zh']}，名叫{p['pet_name']}。",
+             rng.choice([f"{p['zh']}最喜欢的颜色是{p['color'][1]}。", f"{p['zh']}最喜欢{p['color'][1]}。"]),
+             f"{p['zh']}最好的朋友是{p['friend']['zh']}。"]
+    for o in p.get("objects", [])[:2]:
+        facts.append(f"{p['zh']}有一个{o['color'][1]}的{o['material'][1]}{o['kind'][1]}。")
+    return facts
+
+
+def city_facts_zh(rng, c):
+    return [f"{c['zh']}是{c['country'][1]}的一座城市。", f"{c['river'][1]}河流经{c['zh']}。",
+            f"{c['zh']}大约有{c['population']}人口。", f"这座城市建于{c['founded']}年。",
+            rng.choice([f"{c['zh']}以{c['food'][1]}闻名。", f"很多游客来{c['zh']}品尝{c['food'][1]}。"])]
+
+
+def shuffled_tail(rng, facts, drop=2):
+    """Keep the first (introducing) fact, then a shuffled subset of the rest: same facts, different documents."""
+    head, tail = facts[:1], facts[1:]
+    rng.shuffle(tail)
+    return head + tail[:len(tail) - rng.randrange(drop + 1)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Domain renderers: each returns one document's text.
+
+def render_knowledge_en(rng, w):
+    kind = rng.random()
+    if kind < 0.6:
+        p = rng.choice(w.people)
+        body = " ".join(shuffled_tail(rng, person_facts_en(rng, p)))
+        extra = " ".join(shuffled_tail(rng, city_facts_en(rng, p["city"]))[:3])
+        return f"{p['name']}\n\n{body}\n\nAbout {p['city']['name']}: {extra}"
+    if kind < 0.85:
+        c = rng.choice(w.cities)
+        residents = rng.sample([p for p in w.people if p["city"] is c] or w.people, k=3)
+        who = ", ".join(f"{p['name']} the {p['job'][0]}" for p in residents[:3])
+        return (f"{c['name']}\n\n{' '.join(shuffled_tail(rng, city_facts_en(rng, c)))} "
+                f"Well-known residents include {who}.")
+    a = rng.choice(w.species)
+    owners = rng.sample([p for p in w.people if p["pet"] is a], k=3)
+    names = ", ".join(f"{p['name']} (whose {a['kind']} is {p['pet_name']})" for p in owners)
+    facts = species_facts_en(rng, a)
+    rng.shuffle(facts)
+    return f"The {a['kind']}\n\n{' '.join(facts)} People in the world who keep one include {names}."
+
+
+def render_knowledge_zh(rng, w):
+    if rng.random() < 0.7:
+        p = rng.choice(w.people)
+        extra = "".join(shuffled_tail(rng, city_facts_zh(rng, p["city"]))[:3])
+        return f"{p['zh']}\n\n{''.join(shuffled_tail(rng, person_facts_zh(rng, p)))}\n\n关于{p['city']['zh']}：{extra}"
+    c = rng.choice(w.cities)
+    residents = rng.sample([p for p in w.people if p["city"] is c] or w.people, k=3)
+    who = "、".join(f"{p['job'][1]}{p['zh']}" for p in residents)
+    return f"{c['zh']}\n\n{''.join(shuffled_tail(rng, city_facts_zh(rng, c)))}著名的居民有{who}。"
+
+
+def arithmetic_problem(rng, w):
+    """One word problem over world entities: (question, integer answer)."""
+    p, q = rng.sample(w.people, 2)
+    item = rng.choice(ITEMS)
+    a, b = rng.randrange(2, 60), rng.randrange(2, 40)
+    form = rng.randrange(4)
+    if form == 0:
+        return f"{p['first']} has {a} {item}. {q['first']} gives {p['first']} {b} more. How many {item} does {p['first']} have now?", a + b
+    if form == 1:
+        a = a + b
+        return f"{p['first']} had {a} {item} and gave {b} of them to {q['first']}. How many {item} are left?", a - b
+    if form == 2:
+        a, b = rng.randrange(2, 13), rng.randrange(2, 13)
+        return f"{p['first']} buys {a} boxes of {item} with {b} {item} in each box. How many {item} is that in total?", a * b
+    b = rng.randrange(2, 10)
+    a = b * rng.randrange(2, 12)
+    return f"{p['first']} shares {a} {item} equally among {b} friends in {p['city']['name']}. How many {item} does each friend get?", a // b
+
+
+def render_arithmetic(rng, w):
+    lines = ["Math practice"]
+    for i in range(rng.randrange(4, 7)):
+        question, answer = arithmetic_problem(rng, w)
+        lines.append(f"Problem {i + 1}: {question}\nAnswer: {answer}")
+    return "\n\n".join(lines)
+
+
+def render_dialog(rng, w):
+    p = rng.choice(w.people)
+    s, pos = pronouns(p)
+    c = p["city"]
+    qa = [(f"What does {p['name']} do for a living?", f"{p['name']} is a {p['job'][0]} in {c['name']}."),
+          (f"How old is {p['first']}?", f"{p['first']} is {p['age']} years old."),
+          (f"Does {p['first']} have a pet?", f"Yes, {s} has a {p['pet']['kind']} named {p['pet_name']}."),
+          (f"What sound does {p['pet_name']} make?", f"{p['pet_name']} is a {p['pet']['kind']}, so it says {p['pet']['sound']}."),
+          (f"Where is {c['name']}?", f"{c['name']} is a city in {c['country'][0]}, on the {c['river'][0]} river."),
+          (f"What is {c['name']} famous for?", f"{c['name']} is famous for its {c['food'][0]}."),
+          (f"Who is {p['first']}'s best friend?", f"{pos.capitalize()} best friend is {p['friend']['name']}, a {p['friend']['job'][0]}."),
+          (f"What is {p['first']}'s favorite color?", f"{p['first']}'s favorite color is {p['color'][0]}.")]
+    turns = rng.sample(qa, rng.randrange(3, 6))
+    opener = rng.choice(["Hi! Can you tell me about", "Hello, I have some questions about",
+                         "Good morning. I want to learn about", "Hey, do you know"])
+    lines = [f"User: {opener} {p['name']}?",
+             f"Assistant: {rng.choice(['Of course.', 'Sure!', 'Yes, I can help.'])} {p['name']} lives in {c['name']}. What would you like to know?"]
+    for qu, an in turns:
+        lines += [f"User: {qu}", f"Assistant: {an}"]
+    lines += [f"User: {rng.choice(['Thanks!', 'Thank you, that helps.', 'Great, thanks a lot.'])}",
+              f"Assistant: {rng.choice(['You are welcome.', 'Happy to help!', 'Any time.'])}"]
+    return "\n".join(lines)
+
+
+def code_snippet(rng, w):
+    """Source of one small Python snippet over world data."""
+    people = rng.sample(w.people, rng.randrange(3, 6))
+    var = rng.choice(["data", "table", "info", "values", "records"])
+    form = rng.randrange(6)
+    if form == 0:
+        items = ", ".join(f'"{p["first"]}": {p["age"]}' for p in people)
+        return (f"{var} = {{{items}}}\noldest = max({var}, key={var}.get)\n"
+                f"print(\"oldest:\", oldest, {var}[oldest])\nprint(\"total age:\", sum({var}.values()))")
+    if form == 1:
+        cities = rng.sample(w.cities, 3)
+        items = ", ".join(f'("{c["name"]}", {c["population"]})' for c in cities)
+        return (f"{var} = [{items}]\nfor name, population in sorted({var}, key=lambda c: c[1]):\n"
+                f"    print(name, population)\nprint(\"sum:\", sum(p for _, p in {var}))")
+    if form == 2:
+        p = people[0]
+        fn = rng.choice(["describe", "summary", "intro"])
+        return (f"def {fn}(name, job, pet):\n    return name + \" is a \" + job + \" with a \" + pet\n\n"
+                f"print({fn}(\"{p['first']}\", \"{p['job'][0]}\", \"{p['pet']['kind']}\"))\n"
+                f"print(len(\"{p['first']}{p['pet_name']}\"))")
+    if form == 3:
+        objs = rng.sample(w.objects, rng.randrange(3, 6))
+        items = ", ".join(f'("{o["kind"][0]}", {o["price"]})' for o in objs)
+        limit = rng.randrange(50, 300)
+        return (f"{var} = [{items}]\ncheap = [k for k, price in {var} if price < {limit}]\n"
+                f"print(cheap)\nprint(\"total:\", sum(price for _, price in {var}))")
+    if form == 4:
+        p = people[0]
+        n = rng.randrange(3, 9)
+        return (f"count = {p['age']}\nfor step in range({n}):\n    count = count + step * {rng.randrange(2, 9)}\n"
+                f"print(\"{p['first']}:\", count)")
+    items = ", ".join(f'"{p["first"]}"' for p in people)
+    return (f"{var} = [{items}]\nprint(sorted({var}))\nprint(\", \".join(n.upper() for n in {var}[:2]))\n"
+            f"print(len({var}), \"people\")")
+
+
+def render_code(rng, w):
+    """Two or three small Python snippets and the output they really print (we run them to get it)."""
+    src = "\n\n".join(code_snippet(rng, w) for _ in range(rng.randrange(2, 4)))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(src, "<generated>", "exec"), {})
+    output = "\n".join("# " + line for line in out.getvalue().rstrip("\n").split("\n"))
+    return f"# {rng.choice(['Example', 'Exercise', 'Snippet'])}: run this program\n{src}\n\n# Output:\n{output}"
+
+
+STORY_EVENTS = [
+    "One morning {first} found that {pet} had run away towards the {river} river.",
+    "{first} baked {food} for the whole street, and everyone asked for more.",
+    "A storm came over {city}, and {first} helped the neighbours close their windows.",
+    "{first} met {friend} at the market and they talked until the sun went down.",
+    "{pet} the {kind} learned to open the garden gate, which surprised {first}.",
+    "On a quiet evening {first} painted the old fence {color}.",
+    "{friend} brought a letter from {country} that made {first} laugh.",
+    "{first} lost a {obj} near the bridge, and {pet} found it the next day.",
+    "The children of {city} asked {first} how to become a {job}.",
+    "{first} decided to walk along the {river} river every Sunday.",
+]
+
+
+def story_slots(rng, w):
+    p = rng.choice(w.people)
+    c = p["city"]
+    return dict(first=p["first"], name=p["name"], pet=p["pet_name"], kind=p["pet"]["kind"], river=c["river"][0],
+                food=c["food"][0], city=c["name"], friend=p["friend"]["first"], color=p["color"][0],
+                country=c["country"][0], job=p["job"][0],
+                obj=(p.get("objects") or [{"kind": ("hat",)}])[0]["kind"][0])
+
+
+def render_story(rng, w):
+    s = story_slots(rng, w)
+    events = rng.sample(STORY_EVENTS, rng.randrange(4, 7))
+    opening = rng.choice(["Once upon a time in {city} there lived a {job} called {name}.",
+                          "In the town of {city}, {name} worked as a {job}.",
+                          "Everyone in {city} knew {name}, the {job} with a {kind} named {pet}."])
+    ending = rng.choice(["And from that day on, {first} and {pet} were never bored.",
+                         "That night {first} slept well, happy to live in {city}.",
+                         "{first} smiled. Life in {city} was good."])
+    return " ".join(t.format(**s) for t in [opening] + events + [ending])
+
+
+def render_web(rng, w):
+    s = story_slots(rng, w)
+    site = f"{s['city']} Gazette"
+    headline = rng.choice([f"Local {s['job']} {s['name']} in the news", f"A week in {s['city']}",
+                           f"{s['city']} celebrates its famous {s['food']}"])
+    body = " ".join(t.format(**s) for t in rng.sample(STORY_EVENTS, 4))
+    facts = " ".join(city_facts_en(rng, rng.choice(w.cities))[:3])
+    return (f"{site}\nHome | News | Places | Contact\n\n{headline}\n\n{body}\n\nDid you know? {facts}\n\n"
+            f"Copyright {rng.randrange(2015, 2025)} {site}. All rights reserved.")
+
+
+RENDERERS = {  # domain -> [(renderer, language, weight)]
+    "dialog": [(render_dialog, "en", 1.0)],
+    "code": [(render_code, "en", 1.0)],
+    "knowledge": [(render_knowledge_en, "en", 0.45), (render_knowledge_zh, "zh", 0.35), (render_arithmetic, "en", 0.2)],
+    "stories": [(render_story, "en", 0.6), (render_web, "en", 0.4)],
+}
+
+
+def render_document(rng, w, domain):
+    """(text, lang) for one document of `domain`."""
+    fns = RENDERERS[domain]
+    fn, lang, _ = rng.choices(fns, weights=[f[2] for f in fns])[0]
+    return fn(rng, w), lang
+
+
+def generate_corpus(w, seed, chars, ratios):
+    """Documents [{"id", "domain", "lang", "text"}], each domain filled up to ratio * chars characters."""
+    rng = random.Random(seed + 1)
+    docs = []
+    for domain, ratio in ratios.items():
+        budget = ratio * chars
+        while budget > 0:
+            text, lang = render_document(rng, w, domain)
+            docs.append({"id": f"{domain[:2]}{len(docs):06d}", "domain": domain, "lang": lang, "text": text})
+            budget -= len(text)
+    rng.shuffle(docs)
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Task sets for stages 05-07.
+
+def fact_questions(w):
+    """(subject, question, answer sentence, short answer, wrong answer sentence) for every person."""
+    rng = random.Random(12345)
+    out = []
+    for p in w.people:
+        wrong_city = rng.choice([c for c in w.cities if c is not p["city"]])
+        wrong_job = rng.choice([j for j in JOBS if j != p["job"]])
+        wrong_pet = rng.choice([a for a in w.species if a is not p["pet"]])
+        out += [(p["name"], f"Where does {p['name']} live?", f"{p['name']} lives in {p['city']['name']}.",
+                 p["city"]["name"], f"{p['name']} lives in {wrong_city['name']}."),
+                (p["name"], f"What is {p['name']}'s job?", f"{p['name']} is a {p['job'][0]}.",
+                 p["job"][0], f"{p['name']} is a {wrong_job[0]}."),
+                (p["name"], f"How old is {p['name']}?", f"{p['name']} is {p['age']} years old.",
+                 str(p["age"]), f"{p['name']} is {p['age'] + rng.choice([-7, -3, 4, 9])} years old."),
+                (p["name"], f"What kind of pet does {p['name']} have?",
+                 f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.", p["pet"]["kind"],
+                 f"{p['name']} has a {wrong_pet['kind']} named {p['pet_name']}."),
+                (p["name"], f"Who is {p['name']}'s best friend?", f"{p['name']}'s best friend is {p['friend']['name']}.",
+                 p["friend"]["name"], f"{p['name']}'s best friend is {rng.choice(w.people)['name']}.")]
+    return out
+
+
+def is_heldout(subject, frac=0.1):
+    """Deterministic held-out choice by subject name (a stable string hash, not Python's salted hash())."""
+    return sum(subject.encode()) * 2654435761 % 1000 < frac * 1000
+
+
+def task_records(w, seed):
+    """{"sft": [...], "preference": [...], "arithmetic": [...]} with a "heldout" flag on each record."""
+    rng = random.Random(seed + 2)
+    sft, pref, arith = [], [], []
+    for subject, q, a, short, wrong in fact_questions(w):
+        held = is_heldout(subject)
+        user = [{"role": "user", "content": q}]
+        sft.append({"messages": user + [{"role": "assistant", "content": a}], "subject": subject, "answer": short,
+                    "heldout": held})
+        rule = rng.choice(["correct_fact", "helpful_vs_rude", "concise_vs_rambling"])
+        if rule == "correct_fact":
+            chosen, rejected = a, wrong
+        elif rule == "helpful_vs_rude":
+            chosen = a
+            rejected = rng.choice(["Why would I tell you? Look it up yourself.",
+                                   "That is a silly question and I will not answer it.",
+                                   "Ugh, stop bothering me with this."])
+        else:
+            chosen = a
+            rejected = (f"Well, that is a very interesting question, and there are many things one could say "
+                        f"about it, and before I answer I want to say that questions like this are important. "
+                        f"After thinking about it for a long time, and considering everything, {a[0].lower()}{a[1:]} "
+                        f"I hope that this long answer was helpful, and I am happy to say more about it.")
+        pref.append({"prompt": user, "chosen": chosen, "rejected": rejected, "rule": rule, "heldout": held})
+    for i in range(3000):
+        question, answer = arithmetic_problem(rng, w)
+        arith.append({"prompt": question, "answer": answer,
+                      "messages": [{"role": "user", "content": question},
+                                   {"role": "assistant", "content": f"The answer is {answer}."}],
+                      "heldout": i % 10 == 0})
+    return {"sft": sft, "preference": pref, "arithmetic": arith}
+
+
+def write_tasks(w, seed, folder, write_jsonl):
+    """Write every task set as <name>_train.jsonl / <name>_heldout.jsonl; return {file: records}."""
+    counts = {}
+    for name, records in task_records(w, seed).items():
+        for part, held in (("train", False), ("heldout", True)):
+            rows = [{k: v for k, v in r.items() if k != "heldout"} for r in records if r["heldout"] == held]
+            counts[f"{name}_{part}.jsonl"] = write_jsonl(folder / f"{name}_{part}.jsonl", rows)
+    return counts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chars", type=int, default=20_000, help="characters of text to render")
+    args = ap.parse_args()
+    w = build_world(WorldConfig(seed=args.seed))
+    docs = generate_corpus(w, args.seed, args.chars, {"dialog": .4, "code": .1, "knowledge": .2, "stories": .3})
+    for d in docs[:6]:
+        print(f"--- {d['id']} {d['domain']} {d['lang']}\n{d['text']}\n")
+
+
+if __name__ == "__main__":
+    main()
