@@ -13,7 +13,9 @@ Viterbi (dynamic programming over end positions). Training runs the other way fr
      that every seen character stays encodable), re-run EM, repeat until the vocabulary has the
      target size.
 Whitespace is part of the pieces: every space-separated word gets a leading `▁` ("▁the"), so
-decode is "".join(pieces).replace("▁", " "). No regex pre-tokenization is needed, so Chinese (no
+decode is "".join(pieces).replace("▁", " "). Runs of whitespace (newlines, code indentation)
+collapse to one space, as with SentencePiece's default normalization: decoding is lossy there, and
+bytes/token looks better than byte-level BPE's partly because whitespace costs no tokens. No regex pre-tokenization is needed, so Chinese (no
 spaces) works as is: a whole clause is one "word" and Viterbi finds the multi-character pieces.
 
 What this version leaves out: the full forward-backward E-step (expected counts over all

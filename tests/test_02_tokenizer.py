@@ -210,8 +210,9 @@ def test_wordpiece_hand_checked():
 
 
 def test_wordpiece_trains_on_mixed_corpus():
-    wp = WordPieceTokenizer.train(corpus(), 300)
+    wp = WordPieceTokenizer.train(corpus(), 300, min_pair_count=1)
     assert wp.vocab_size == 300
+    assert WordPieceTokenizer.train(corpus(), 300, min_pair_count=10**6).vocab_size < 300  # no pair that frequent
     assert wp.tokenize("我们") == ["我", "们"]  # each CJK character is its own word, as in BERT
     with pytest.raises(UserError, match="empty"):
         WordPieceTokenizer.train([" "], 300)
