@@ -529,3 +529,14 @@ def test_every_expert_gets_a_gradient_even_with_no_tokens_routed_to_it():
     idx = torch.randint(0, 67, (1, 2))  # 2 tokens, 8 experts: at least 6 receive nothing
     model(idx, idx)[1].backward()
     assert all(p.grad is not None for p in model.blocks[0].ffn.experts.parameters())
+
+
+def test_bench_generate_prints_a_table_and_saves_a_plot(tmp_path, capsys):
+    import bench_generate
+    bench_generate.main(["--lengths", "4,8", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+                         "--n-kv-head", "1", "--batch-size", "2", "--out", str(tmp_path / "g.png")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:2] == ["new", "tokens"] and lines[2].split()[0] == "4"
+    assert (tmp_path / "g.png").stat().st_size > 1000
+    with pytest.raises(UserError, match="comma-separated integers"):
+        bench_generate.main(["--lengths", "a,b"])
