@@ -55,7 +55,7 @@ import heapq
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +87,12 @@ class BPEConfig:
     # on 5 MB would leave most ids nearly untrained and the embedding larger than the model.
     vocab_size: int = 2048
     pattern: str = "gpt4"          # "gpt2", "gpt4", or a regex of your own
-    progress_every: int = 500      # print a progress line every this many merges
 
 
 # ---------------------------------------------------------------- 1. pre-tokenization
 def special_splitter(special_tokens):
-    """A regex that finds special tokens; longest first, so `<|end|>` never wins over `<|endoftext|>`-like
-    overlaps (regex alternation takes the first alternative that matches, not the longest)."""
+    """A regex that finds special tokens, longest first: alternation takes the first alternative that
+    matches, not the longest, so with "<|a|>" and "<|a|><|b|>" the longer one must be tried first."""
     if not special_tokens:
         return None
     return regex.compile("(" + "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)) + ")")
@@ -177,11 +176,11 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
     vocab = {i: bytes([i]) for i in range(256)}
     words = [list(w) for w in word_counts]
     freqs = list(word_counts.values())
-    counts, where = Counter(), {}
+    counts, where = Counter(), defaultdict(set)
     for wi, (w, n) in enumerate(zip(words, freqs)):
         for p in zip(w, w[1:]):
             counts[p] += n
-            where.setdefault(p, set()).add(wi)
+            where[p].add(wi)
 
     def entry(p):
         return (-counts[p], _Desc((vocab[p[0]], vocab[p[1]])), p)
@@ -210,7 +209,7 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
                 if p != pair:
                     where[p].discard(wi)
             for p in new_set - old_set:
-                where.setdefault(p, set()).add(wi)
+                where[p].add(wi)
             words[wi] = new
         for p, d in delta.items():
             if d == 0:

@@ -129,6 +129,16 @@ def test_matches_tiktoken_with_same_ranks(tok):
     assert tok.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
 
 
+def test_matches_tiktoken_on_generated_corpus():
+    from bench_bpe import generated_corpus   # 01_data's synthetic world, all four domains
+    docs = generated_corpus(150_000)
+    t = BPETokenizer.train(docs[: len(docs) // 2], 1000)
+    enc = t.to_tiktoken()
+    for doc in docs:   # half of them unseen in training
+        assert t.encode_ordinary(doc) == enc.encode_ordinary(doc)
+        assert t.decode(t.encode_ordinary(doc)) == doc
+
+
 def test_encode_iterable_equals_encode(tok, tmp_path):
     text = "\n".join(corpus(100, seed=3)) + "\nend.<|endoftext|>\nNext 42\n\n  x"
     path = tmp_path / "doc.txt"
