@@ -1,6 +1,6 @@
 """A scaling-law sweep you can run on a laptop: model sizes x token budgets, then fit L(N, D).
 
-    python 04_pretrain/scaling.py --data runs/tiny              # 6 sizes x 3 budgets, <= 10 min CPU
+    python 04_pretrain/scaling.py --data runs/tiny              # 5 sizes x 3 budgets, <= 10 min CPU
 
 Trains every (size, budget) pair with the tiny setup (cosine schedule to the end of each budget, so
 each run is a finished run, as in the Chinchilla paper's approach 3), reads its final val loss and fits
@@ -48,8 +48,8 @@ SIZES = [(1, 32, 2), (2, 48, 2), (2, 64, 4), (3, 96, 4), (4, 128, 4), (4, 160, 4
 @dataclasses.dataclass
 class ScalingConfig:
     data: str = ""
-    steps: str = "75,150,300"      # token budgets as optimizer steps (D = steps x batch x block)
-    sizes: int = 6                 # how many of SIZES, smallest first
+    steps: str = "50,100,200"      # token budgets as optimizer steps (D = steps x batch x block)
+    sizes: int = 5                 # how many of SIZES, smallest first
     block_size: int = 64
     batch_size: int = 16
     lr: float = 3e-3

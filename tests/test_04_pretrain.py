@@ -298,3 +298,27 @@ def test_cli_prints_one_line_error_and_exits_2(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# scaling.py and overfit.py: the analysis on known numbers
+
+def test_scaling_fit_recovers_a_known_law():
+    import scaling
+    N, D = np.meshgrid([1e4, 3e4, 1e5, 3e5, 1e6], [1e5, 3e5, 1e6])
+    N, D = N.ravel(), D.ravel()
+    L = 1.5 + 40 * N ** -0.35 + 300 * D ** -0.3
+    fit = scaling.fit_chinchilla(N, D, L)
+    assert fit["alpha"] == pytest.approx(0.35, abs=0.03) and fit["beta"] == pytest.approx(0.3, abs=0.03)
+    assert fit["E"] == pytest.approx(1.5, abs=0.1) and fit["rms"] < 1e-3
+    alpha, A = scaling.fit_power_law_in_n(np.array([1e4, 1e5, 1e6]), 7 * np.array([1e4, 1e5, 1e6]) ** -0.1)
+    assert alpha == pytest.approx(0.1) and A == pytest.approx(7)
+
+
+def test_overfit_summary_reads_early_stopping_at_the_best_eval():
+    import overfit
+    steps, train, val = [10, 20, 30], [3.0, 2.0, 1.0], [3.5, 3.0, 3.4]
+    final = overfit.summarize("baseline", steps, train, val)
+    early = overfit.summarize("early stop", steps, train, val, early_stop=True)
+    assert (final["val"], final["gap"]) == (3.4, pytest.approx(2.4))
+    assert (early["val"], early["train"], early["best_step"]) == (3.0, 2.0, 20)
