@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MERSENNE_61 = (1 << 61) - 1
+MERSENNE_31 = (1 << 31) - 1
 TOKEN_RE = re.compile(r"[\u3400-\u9fff]|\w+")  # a CJK character is one token; otherwise a word
 
 
@@ -99,10 +99,15 @@ def shingle_hashes(text: str, k: int, cache: dict) -> np.ndarray:
 
 
 def minhash_params(num_perm: int, seed: int):
-    """a_i in [1, 2^31), b_i in [0, p): a·x + b stays below 2^64 for 32-bit x, so uint64 never wraps."""
+    """a_i in [1, p), b_i in [0, p) with p = 2^31 - 1: for x < p, a·x + b < 2^62 fits uint64 exactly.
+
+    (A larger p with a small `a` is a trap: a·x + b would wrap mod p only a few times, h would be
+    almost linear in x, and every "permutation" would pick nearly the same minimum. The test against
+    true Jaccard caught exactly that in a first version.)
+    """
     rng = np.random.default_rng(seed)
-    a = rng.integers(1, 1 << 31, size=num_perm, dtype=np.uint64)
-    b = rng.integers(0, MERSENNE_61, size=num_perm, dtype=np.uint64)
+    a = rng.integers(1, MERSENNE_31, size=num_perm, dtype=np.uint64)
+    b = rng.integers(0, MERSENNE_31, size=num_perm, dtype=np.uint64)
     return a, b
 
 
@@ -110,7 +115,7 @@ def minhash_signatures(hash_lists, num_perm=128, seed=1, chunk_elems=1 << 24) ->
     """MinHash signatures of many documents at once, shape (N, num_perm), uint32.
 
     hash_lists: N arrays of shingle hashes (each non-empty). sig[d, i] = min over the shingles x of
-    document d of (a_i·x + b_i) mod p, with p = 2^61 - 1, kept to its low 32 bits.
+    document d of (a_i·x + b_i) mod p, with p = 2^31 - 1 and x = shingle hash mod p.
     """
     a, b = minhash_params(num_perm, seed)
     sig = np.empty((len(hash_lists), num_perm), dtype=np.uint32)
@@ -122,11 +127,11 @@ def minhash_signatures(hash_lists, num_perm=128, seed=1, chunk_elems=1 << 24) ->
         while d1 < len(hash_lists) and total + lengths[d1] <= chunk_elems // 16:
             total += lengths[d1]
             d1 += 1
-        x = np.concatenate(hash_lists[d0:d1])                              # (S,)
+        x = np.concatenate(hash_lists[d0:d1]) % np.uint64(MERSENNE_31)    # (S,)
         starts = np.concatenate([[0], np.cumsum(lengths[d0:d1])[:-1]])     # (docs,)
         for p0 in range(0, num_perm, 16):
-            hx = (a[p0:p0 + 16, None] * x[None, :] + b[p0:p0 + 16, None]) % np.uint64(MERSENNE_61)  # (16, S)
-            sig[d0:d1, p0:p0 + 16] = (np.minimum.reduceat(hx, starts, axis=1).T & 0xFFFFFFFF)
+            hx = (a[p0:p0 + 16, None] * x[None, :] + b[p0:p0 + 16, None]) % np.uint64(MERSENNE_31)  # (16, S)
+            sig[d0:d1, p0:p0 + 16] = np.minimum.reduceat(hx, starts, axis=1).T
         d0 = d1
     return sig
 

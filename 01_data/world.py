@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import io
 import random
+import re
 from dataclasses import dataclass, field
 
 # Name syllables with a Chinese transliteration each, so every entity has an English and a Chinese name.
@@ -396,11 +397,17 @@ RENDERERS = {  # domain -> [(renderer, language, weight)]
 }
 
 
+def fix_articles(text: str) -> str:
+    """'a engineer' -> 'an engineer' (templates write 'a {job}'; every vowel-initial word here takes 'an')."""
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
+
+
 def render_document(rng, w, domain):
     """(text, lang) for one document of `domain`."""
     fns = RENDERERS[domain]
     fn, lang, _ = rng.choices(fns, weights=[f[2] for f in fns])[0]
-    return fn(rng, w), lang
+    text = fn(rng, w)
+    return (text if domain == "code" else fix_articles(text)), lang  # code prints what it prints
 
 
 def generate_corpus(w, seed, chars, ratios):
@@ -452,6 +459,7 @@ def task_records(w, seed):
     rng = random.Random(seed + 2)
     sft, pref, arith = [], [], []
     for subject, q, a, short, wrong in fact_questions(w):
+        a, wrong = fix_articles(a), fix_articles(wrong)
         held = is_heldout(subject)
         user = [{"role": "user", "content": q}]
         sft.append({"messages": user + [{"role": "assistant", "content": a}], "subject": subject, "answer": short,
