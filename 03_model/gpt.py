@@ -595,6 +595,7 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", choices=sorted(PRESETS), default="llama", help="base config without --ckpt")
     for f in dataclasses.fields(GPTConfig):  # every config field can be set: --n-layer 12 --pos-emb learned
         kind = {bool: parse_bool, float: float, str: str}.get(f.type, int)
@@ -606,7 +607,9 @@ def main(argv=None):
         print(describe(config_from_args(args)))
         return
     ckpt_path = Path(args.ckpt)
-    model = GPT.from_checkpoint(ckpt_path)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda but no GPU is visible; use --device cpu")
+    model = GPT.from_checkpoint(ckpt_path, map_location=args.device)
     tok = load_tokenizer(ckpt_path, args.tokenizer)
     if tok.vocab_size > model.cfg.vocab_size:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
@@ -614,12 +617,15 @@ def main(argv=None):
     prompts = args.prompt or ["Once upon a time"]
     # each prompt starts after <|endoftext|>, as every document did in the pretraining stream
     idx, mask = left_pad([[tok.eot_id] + tok.encode(s) for s in prompts],
-                         pad_id=tok.special_tokens.get("<|pad|>", tok.eot_id))
+                         pad_id=tok.special_tokens.get("<|pad|>", tok.eot_id), device=args.device)
+    if idx.shape[1] >= model.cfg.block_size:
+        raise UserError(f"the longest prompt is {idx.shape[1]} tokens but the model's context is "
+                        f"{model.cfg.block_size}; shorten it")
     max_new = min(args.max_new_tokens, model.cfg.block_size - idx.shape[1])
     out = model.generate(idx, max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eot_id],
                          attention_mask=mask, pad_id=tok.eot_id,
-                         generator=torch.Generator().manual_seed(args.seed))
+                         generator=torch.Generator(device=args.device).manual_seed(args.seed))
     for prompt, row in zip(prompts, out[:, idx.shape[1]:].tolist()):
         if tok.eot_id in row:
             row = row[:row.index(tok.eot_id)]

@@ -518,6 +518,8 @@ def test_sampling_cli_loads_checkpoint_and_tokenizer(tmp_path, capsys):
     save_checkpoint(tmp_path / "small.pt", dataclasses.asdict(small.cfg), small.state_dict())
     with pytest.raises(UserError, match=rf"tokenizer has {tok.vocab_size} tokens but the model only 100"):
         gpt_module.main(["--ckpt", str(tmp_path / "small.pt"), "--tokenizer", str(tmp_path / "tokenizer")])
+    with pytest.raises(UserError, match=r"the longest prompt is \d+ tokens but the model's context is 48"):
+        gpt_module.main(["--ckpt", str(tmp_path / "pretrain" / "ckpt.pt"), "--prompt", "the cat sat " * 20])
     with pytest.raises(UserError, match="no tokenizer found"):
         gpt_module.main(["--ckpt", str(tmp_path / "small.pt")])
 
