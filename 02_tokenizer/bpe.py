@@ -150,6 +150,31 @@ def train_merges_naive(word_counts, n_merges):
     return merges
 
 
+def merge_counting_pairs(word, pair, new_id, n, delta):
+    """`merge_ids` that also records how the pair counts change, in `delta` (weighted by the word's
+    frequency n). At each occurrence of (a, b) with neighbours p and q, the pairs (p, a), (a, b),
+    (b, q) disappear and (p, new), (new, q) appear; nothing else in the word changes. p is read from
+    the output, so in "a b a b" the (new, a) counted at the first occurrence is taken back at the
+    second, which then adds (new, new). Cost: one pass over the word, not a recount of it."""
+    a, b = pair
+    out, i, length = [], 0, len(word)
+    while i < length:
+        if word[i] == a and i + 1 < length and word[i + 1] == b:
+            delta[pair] -= n
+            if out:
+                delta[out[-1], a] -= n
+                delta[out[-1], new_id] += n
+            if i + 2 < length:
+                delta[b, word[i + 2]] -= n
+                delta[new_id, word[i + 2]] += n
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
 class _Desc:
     """Wraps a key so that heapq's min-heap pops the *greatest* key first (for the tie-break)."""
     __slots__ = ("key",)
@@ -164,14 +189,17 @@ class _Desc:
 def train_merges(word_counts, n_merges, progress=None, progress_every=500):
     """Incremental BPE trainer; returns the merges [(left_id, right_id), ...], merge k makes id 256+k.
 
-    State, kept exact after every merge:
-      counts[pair]  = sum over words of freq(word) * occurrences of pair in word
-      where[pair]   = indices of the words that contain pair   (the pair -> words index)
+    State:
+      counts[pair]  = sum over words of freq(word) * occurrences of pair in word   (exact)
+      where[pair]   = indices of words that contain pair, or did once (the pair -> words index;
+                      a word that lost the pair is not removed, it is skipped when merged: cheaper
+                      than keeping the sets exact)
       heap          = entries (-count, _Desc((left bytes, right bytes)), pair); an entry is stale
                       when its count differs from counts[pair] and is skipped when popped (lazy
                       deletion), because a changed pair gets a fresh entry pushed.
-    A merge of (a, b) rewrites only the words in where[(a, b)]: their old pairs are subtracted,
-    their new pairs added. Most merges touch a few hundred words, not the whole corpus.
+    A merge of (a, b) rewrites only the words in where[(a, b)] and changes only the counts of the
+    pairs around each occurrence (merge_counting_pairs), so its cost is the size of the change,
+    not of the corpus.
     """
     vocab = {i: bytes([i]) for i in range(256)}
     words = [list(w) for w in word_counts]
@@ -197,23 +225,14 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
         merges.append(pair)
         delta = Counter()   # net change of each pair's count caused by this merge
         for wi in where.pop(pair):
-            old, n = words[wi], freqs[wi]
-            new = merge_ids(old, pair, new_id)
-            old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
-            for p in old_pairs:
-                delta[p] -= n
-            for p in new_pairs:
-                delta[p] += n
-            old_set, new_set = set(old_pairs), set(new_pairs)
-            for p in old_set - new_set:
-                if p != pair:
-                    where[p].discard(wi)
-            for p in new_set - old_set:
-                where[p].add(wi)
-            words[wi] = new
+            word = merge_counting_pairs(words[wi], pair, new_id, freqs[wi], delta)
+            for p in zip(word, word[1:]):
+                if new_id in p:
+                    where[p].add(wi)
+            words[wi] = word
         for p, d in delta.items():
             if d == 0:
-                continue  # e.g. (x, y) elsewhere in a touched word: subtracted and added back
+                continue  # e.g. the (new, a) of "a b a b", added and taken back
             counts[p] += d
             if counts[p] > 0:
                 heapq.heappush(heap, entry(p))
