@@ -23,7 +23,15 @@ Interview questions it answers:
   top-p keeps the smallest set reaching mass p, so few tokens when the model is sure, many when not.
 - What does temperature do? logits / T: T < 1 sharpens towards greedy, T > 1 flattens towards uniform.
 """
+import sys
+from pathlib import Path
+
 import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from fileio import UserError  # 01_data
 
 
 class KVCache:
@@ -100,3 +108,13 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
+    """A UserError naming the first setting outside its range (each would silently do something odd)."""
+    problems = [(max_new_tokens < 1, f"max_new_tokens={max_new_tokens} must be >= 1"),
+                (temperature < 0, f"temperature={temperature} must be >= 0 (0 = greedy)"),
+                (top_k is not None and top_k < 1, f"top_k={top_k} must be >= 1 (or unset)"),
+                (top_p is not None and not 0 < top_p <= 1, f"top_p={top_p} must be in (0, 1]"),
+                (repetition_penalty <= 0, f"repetition_penalty={repetition_penalty} must be > 0 (1 = off)")]
+    for bad, message in problems:
+        if bad:
+            raise UserError(message)

@@ -50,7 +50,7 @@ sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "k
 from fileio import UserError, run_cli  # 01_data
 from attention import BACKENDS, attention  # kernels
 from checkpoint import load_checkpoint, check_config_matches  # 03_model (this folder)
-from decoding import KVCache, apply_repetition_penalty, left_pad, sample_next  # 03_model
+from decoding import KVCache, apply_repetition_penalty, check_sampling_args, left_pad, sample_next  # 03_model
 
 CHOICES = {
     "pos_emb": ("learned", "sinusoidal", "rope", "none"),
@@ -487,6 +487,7 @@ class GPT(nn.Module):
         (the slow reference the KV cache must match exactly).
         """
         B, T0 = idx.shape
+        check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
         if T0 + max_new_tokens > self.cfg.block_size:
             raise UserError(f"prompt ({T0} tokens) + max_new_tokens ({max_new_tokens}) = {T0 + max_new_tokens} "
                             f"is longer than block_size={self.cfg.block_size}; shorten one of them")

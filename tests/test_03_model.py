@@ -371,6 +371,11 @@ def test_bad_configs_and_inputs_raise_user_errors():
     model = GPT(tiny())
     with pytest.raises(UserError, match=r"49 tokens.*block_size=48"):
         model(torch.zeros(1, 49, dtype=torch.long))
+    for bad, message in [(dict(temperature=-1), "temperature=-1 must be >= 0"),
+                         (dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"), (dict(top_k=0), "top_k=0"),
+                         (dict(repetition_penalty=0), "repetition_penalty=0 must be > 0")]:
+        with pytest.raises(UserError, match=message):
+            model.generate(torch.zeros(1, 4, dtype=torch.long), 5, **bad)
     with pytest.raises(UserError, match=r"prompt \(40 tokens\) \+ max_new_tokens \(10\) = 50 .*block_size=48"):
         model.generate(torch.zeros(1, 40, dtype=torch.long), 10)
 
