@@ -127,8 +127,12 @@ def build_world(cfg: WorldConfig) -> World:
                              age=rng.randrange(18, 80), job=rng.choice(JOBS), city=rng.choice(w.cities),
                              pet=rng.choice(w.species), pet_name=make_name(rng, 2)[0],
                              color=rng.choice(COLORS), gender=rng.choice(["she", "he"])))
-    for p in w.people:
-        p["friend"] = rng.choice([q for q in w.people if q is not p])
+    for i, p in enumerate(w.people):
+        p["friend"] = w.people[(i + rng.randrange(1, len(w.people))) % len(w.people)]  # anyone but p
+    for c in w.cities:
+        c["residents"] = [p for p in w.people if p["city"] is c]
+    for a in w.species:
+        a["owners"] = [p for p in w.people if p["pet"] is a]
     for i in range(cfg.n_objects):
         kind = rng.choice(OBJECTS)
         w.objects.append(dict(kind=kind, color=rng.choice(COLORS), material=rng.choice(MATERIALS),
@@ -223,12 +227,12 @@ def render_knowledge_en(rng, w):
         return f"{p['name']}\n\n{body}\n\nAbout {p['city']['name']}: {extra}"
     if kind < 0.85:
         c = rng.choice(w.cities)
-        residents = rng.sample([p for p in w.people if p["city"] is c] or w.people, k=3)
+        residents = rng.sample(c["residents"] or w.people, k=min(3, len(c["residents"] or w.people)))
         who = ", ".join(f"{p['name']} the {p['job'][0]}" for p in residents[:3])
         return (f"{c['name']}\n\n{' '.join(shuffled_tail(rng, city_facts_en(rng, c)))} "
                 f"Well-known residents include {who}.")
     a = rng.choice(w.species)
-    owners = rng.sample([p for p in w.people if p["pet"] is a], k=3)
+    owners = rng.sample(a["owners"], k=min(3, len(a["owners"])))
     names = ", ".join(f"{p['name']} (whose {a['kind']} is {p['pet_name']})" for p in owners)
     facts = species_facts_en(rng, a)
     rng.shuffle(facts)
@@ -241,7 +245,7 @@ def render_knowledge_zh(rng, w):
         extra = "".join(shuffled_tail(rng, city_facts_zh(rng, p["city"]))[:3])
         return f"{p['zh']}\n\n{''.join(shuffled_tail(rng, person_facts_zh(rng, p)))}\n\n关于{p['city']['zh']}：{extra}"
     c = rng.choice(w.cities)
-    residents = rng.sample([p for p in w.people if p["city"] is c] or w.people, k=3)
+    residents = rng.sample(c["residents"] or w.people, k=min(3, len(c["residents"] or w.people)))
     who = "、".join(f"{p['job'][1]}{p['zh']}" for p in residents)
     return f"{c['zh']}\n\n{''.join(shuffled_tail(rng, city_facts_zh(rng, c)))}著名的居民有{who}。"
 
