@@ -11,8 +11,9 @@ which steps acted, so prepare.py can score every step against the injected noise
     mask_pii           e-mails, phone numbers, ID numbers -> <EMAIL>, <PHONE>, <ID> (masked, not dropped)
     filter_toxic       drop documents with a word from the toxic lexicon
     filter_bias        drop documents with gender/region stereotype phrasing
-    filter_language    drop documents whose language is not English or Chinese (char n-gram naive Bayes)
     filter_length      drop documents under `min_tokens` tokens (a CJK character counts as a token)
+    filter_language    drop documents whose language is not English or Chinese (char n-gram naive Bayes);
+                       after the length filter because language ID is unreliable on a few words
     filter_quality     Gopher-style rules (Rae et al. 2021): mean word length, symbol ratio, repeated
                        lines, alphabetic words; code is checked by parsing it instead
 
@@ -169,7 +170,11 @@ def filter_quality(text, lang, domain, cfg: CleanConfig):
 
 
 STEPS = ["fix_encoding", "normalize_unicode", "strip_markup", "strip_boilerplate", "mask_pii",
-         "filter_toxic", "filter_bias", "filter_language", "filter_length", "filter_quality"]
+         "filter_toxic", "filter_bias", "filter_length", "filter_language", "filter_quality"]
+
+
+TEXT_STEPS = {"fix_encoding": fix_encoding, "strip_markup": strip_markup, "strip_boilerplate": strip_boilerplate,
+              "mask_pii": mask_pii, "filter_toxic": filter_toxic, "filter_bias": filter_bias}  # text -> (text, acted)
 
 
 def clean_document(doc, predict_lang, cfg: CleanConfig = CleanConfig()):
@@ -190,7 +195,7 @@ def clean_document(doc, predict_lang, cfg: CleanConfig = CleanConfig()):
         elif step == "normalize_unicode":
             new, did = normalize_unicode(text, keep_indent=doc["domain"] == "code")
         else:
-            new, did = globals()[step](text)
+            new, did = TEXT_STEPS[step](text)
         if did:
             acted.append(step)
         if new is None:
