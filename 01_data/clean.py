@@ -63,14 +63,19 @@ class CleanConfig:
     keep_langs: tuple = ("en", "zh")
 
 
-def fix_encoding(text):
-    """Repair mojibake per line by re-encoding as cp1252 and decoding as UTF-8; drop text with U+FFFD.
+def fix_encoding(text, max_replacement_frac=0.001):
+    """Repair mojibake per line by re-encoding as cp1252 and decoding as UTF-8; handle U+FFFD.
 
     A line counts as mojibake only if it has a typical mojibake pair (e.g. 'Ã©', 'â€') AND the round
     trip succeeds: genuine 'é' or Chinese text cannot be re-encoded that way, so it is left alone.
+    U+FFFD marks bytes lost before we got the text: more than 1 in 1000 characters and the text is
+    too damaged (drop it); a stray one in a long real chapter is just removed.
     """
-    if "\ufffd" in text:
+    n_bad = text.count("\ufffd")
+    if n_bad > max_replacement_frac * len(text):
         return None, True
+    if n_bad:
+        return fix_encoding(text.replace("\ufffd", ""))[0], True
     lines, acted = text.split("\n"), False
     for i, line in enumerate(lines):
         if not MOJIBAKE_HINT.search(line):

@@ -175,7 +175,10 @@ def outcome_table(docs, labels, acted, removed):
 
 
 def format_table(stats):
-    lines = ["noise type    step               injected  caught  missed  precision  recall"]
+    if not stats["noise"]:
+        lines = ["no noise labels (real input): no precision/recall, only what each step did"]
+    else:
+        lines = ["noise type    step               injected  caught  missed  precision  recall"]
     for kind, r in stats["noise"].items():
         if "step" in r:
             lines.append(f"{kind:13s} {r['step']:18s} {r['injected']:8d} {r['caught']:7d} {r['missed']:7d}"

@@ -83,6 +83,7 @@ def test_fix_encoding_repairs_mojibake_and_leaves_real_accents_alone():
         assert fix_encoding(good) == (good, False)  # genuine é / Chinese is not re-decoded
     assert fix_encoding("Les gens de Paris aiment le café.")[1] is False
     assert fix_encoding(broken_bytes(random.Random(0), "一段中文文本" * 50))[0] is None
+    assert fix_encoding("一段很长的中文文本。" * 200 + "\ufffd") == ("一段很长的中文文本。" * 200, True)
 
 
 def test_normalize_unicode():
@@ -272,3 +273,11 @@ def test_cli_error_is_one_line_and_exit_code_2(tmp_path, repo_root):
                         "--mix", "dialog=1,code=1"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_real_text_from_shared_data(shared_data, tmp_path):
+    stories = shared_data / "text" / "tinystories_valid_head.txt"
+    stats = prepare(PrepareConfig(inputs=(str(stories),)), tmp_path / "run", progress=False)
+    docs = read_split(tmp_path / "run" / "data", "train")
+    assert stats["domains"]["stories"]["docs_kept"] >= 0.8 * stats["domains"]["stories"]["docs_in"]
+    assert all(d["lang"] == "en" for d in docs) and not any("\ufffd" in d["text"] for d in docs)
