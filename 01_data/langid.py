@@ -11,8 +11,8 @@ polynomial hash computed by numpy over the code points, so training and scoring 
 operations per document instead of a Python loop per n-gram.
 
 Classes: "en", "zh" and "other". It is trained on generated text (English and Chinese documents of
-a world built from a different seed than the corpus, and French/Spanish/German sentences for
-"other"), which is why it works here; on real web text you would train on real labelled text
+a world built from a different seed than the corpus, and French/Spanish/German/Italian sentences
+for "other" that differ from the ones noise.py injects), which is why it works here; on real web text you would train on real labelled text
 (e.g. Wikipedia per language) -- fastText's lid.176 is the same idea with learnt embeddings.
 
 Interview questions it answers:
@@ -71,9 +71,25 @@ def predict_lang(model, text: str, cfg: LangIDConfig = LangIDConfig()) -> str:
     return LANGS[int(np.argmax(scores))]
 
 
+# Training text for "other": sentences written for this classifier only, *not* the ones noise.py
+# injects as wrong-language documents, so the wrong_lang score measures generalization.
+OTHER_TRAIN = {
+    "fr": ["La maison de {name} se trouve près de la gare de {city}.", "Nous avons visité le musée hier après-midi.",
+           "Elle préfère le thé au lait et les gâteaux aux pommes.", "Les enfants courent dans le jardin pendant que le chien aboie.",
+           "Il faut acheter des légumes, du fromage et une bouteille d'eau."],
+    "es": ["La casa de {name} está cerca de la estación de {city}.", "Ayer visitamos el museo con mis primos.",
+           "Ella prefiere el té con leche y los pasteles de manzana.", "Los niños corren en el jardín mientras el perro ladra.",
+           "Hay que comprar verduras, queso y una botella de agua."],
+    "de": ["Das Haus von {name} liegt in der Nähe vom Bahnhof in {city}.", "Gestern haben wir das Museum besucht.",
+           "Sie trinkt lieber Tee mit Milch und isst Apfelkuchen.", "Die Kinder laufen im Garten, während der Hund bellt.",
+           "Wir müssen Gemüse, Käse und eine Flasche Wasser kaufen."],
+    "it": ["La casa di {name} è vicino alla stazione di {city}.", "Ieri abbiamo visitato il museo con i nostri cugini.",
+           "Lei preferisce il tè con il latte e la torta di mele.", "I bambini corrono nel giardino mentre il cane abbaia."],
+}
+
+
 def training_texts(seed: int, n_per_lang: int = 300):
     """(texts, labels): en and zh documents of a world built from `seed`, and foreign sentences."""
-    from noise import FOREIGN  # local imports: langid stays importable on its own
     from world import WorldConfig, build_world, render_dialog, render_knowledge_en, render_knowledge_zh, render_story
     rng = random.Random(seed)
     w = build_world(WorldConfig(seed=seed, n_people=200, n_cities=20, n_objects=100))
@@ -83,7 +99,7 @@ def training_texts(seed: int, n_per_lang: int = 300):
         labels.append("en")
         texts.append(render_knowledge_zh(rng, w))
         labels.append("zh")
-        sents = rng.choice(list(FOREIGN.values()))
+        sents = rng.choice(list(OTHER_TRAIN.values()))
         p = rng.choice(w.people)
         texts.append(" ".join(s.format(name=p["name"], city=p["city"]["name"], river=p["city"]["river"][0])
                               for s in rng.sample(sents, 3)))

@@ -12,8 +12,9 @@ species and objects, with attributes and relations -- and write about it in four
 Every fact is stored once in the `World` and every document is rendered from it, so facts agree
 across documents (Belmo Tarin is a baker in every text that mentions her) and stage 05-07 can grade
 answers. Text comes from regular templates with varied entities and several phrasings per fact: easy
-enough that a tiny GPT visibly learns it in minutes, varied enough that documents are not
-near-duplicates of each other (checked: the dedup stage removes no clean document on the default run).
+enough that a tiny GPT visibly learns it in minutes, varied enough that few documents are
+near-duplicates of each other (about 1 in 200 at Jaccard >= 0.5 on the default corpus; prepare.py's
+`unique_documents` drops those before injecting noise, so every near-duplicate left is a labelled one).
 
 Task sets (written by `write_tasks`, each as `<name>_train.jsonl` and `<name>_heldout.jsonl`, the
 held-out part chosen by entity so no held-out question's subject appears in the train part):
