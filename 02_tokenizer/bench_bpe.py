@@ -7,7 +7,9 @@ What it measures, on one CPU core (pure Python, no multiprocessing):
   - encoding throughput in MB/s of our encoder (empty cache, so every distinct pre-token is merged
     once) beside a tiktoken.Encoding built from the same ranks (Rust), and the ratio.
 Goals from the issue: vocab 500 on 1 MB English < 1 s; vocab 10k on 10 MB < 60 s; encoding within
-5x of tiktoken. The naive trainer (recount everything after every merge) is timed on a small slice
+5x of tiktoken. Chinese is the hard case for both: with no spaces, a GPT-style regex makes one
+pre-token of every clause, so there are ~10x more distinct pre-tokens, each long; the first merges
+(pairs of UTF-8 lead bytes) touch nearly all of them, and encoding finds few cache hits. The naive trainer (recount everything after every merge) is timed on a small slice
 to show why the incremental one exists.
 
 Run:
