@@ -76,15 +76,20 @@ def predict_lang(model, text: str, cfg: LangIDConfig = LangIDConfig()) -> str:
 OTHER_TRAIN = {
     "fr": ["La maison de {name} se trouve près de la gare de {city}.", "Nous avons visité le musée hier après-midi.",
            "Elle préfère le thé au lait et les gâteaux aux pommes.", "Les enfants courent dans le jardin pendant que le chien aboie.",
-           "Il faut acheter des légumes, du fromage et une bouteille d'eau."],
+           "Il faut acheter des légumes, du fromage et une bouteille d'eau.", "Le renard dort sous un arbre au bord du chemin.",
+           "Quand il pleut, nous restons à la maison et nous lisons des livres.", "Mon voisin répare son vélo tous les samedis.",
+           "Les oiseaux chantent dès que le soleil se lève sur la vallée.", "Je voudrais une chambre avec une vue sur la mer, s'il vous plaît."],
     "es": ["La casa de {name} está cerca de la estación de {city}.", "Ayer visitamos el museo con mis primos.",
            "Ella prefiere el té con leche y los pasteles de manzana.", "Los niños corren en el jardín mientras el perro ladra.",
-           "Hay que comprar verduras, queso y una botella de agua."],
+           "Hay que comprar verduras, queso y una botella de agua.", "El zorro duerme debajo de un árbol junto al camino.",
+           "Cuando llueve, nos quedamos en casa y leemos libros.", "Mi vecino arregla su bicicleta todos los sábados."],
     "de": ["Das Haus von {name} liegt in der Nähe vom Bahnhof in {city}.", "Gestern haben wir das Museum besucht.",
            "Sie trinkt lieber Tee mit Milch und isst Apfelkuchen.", "Die Kinder laufen im Garten, während der Hund bellt.",
-           "Wir müssen Gemüse, Käse und eine Flasche Wasser kaufen."],
+           "Wir müssen Gemüse, Käse und eine Flasche Wasser kaufen.", "Der Fuchs schläft unter einem Baum am Wegrand.",
+           "Wenn es regnet, bleiben wir zu Hause und lesen Bücher.", "Mein Nachbar repariert jeden Samstag sein Fahrrad."],
     "it": ["La casa di {name} è vicino alla stazione di {city}.", "Ieri abbiamo visitato il museo con i nostri cugini.",
-           "Lei preferisce il tè con il latte e la torta di mele.", "I bambini corrono nel giardino mentre il cane abbaia."],
+           "Lei preferisce il tè con il latte e la torta di mele.", "I bambini corrono nel giardino mentre il cane abbaia.",
+           "La volpe dorme sotto un albero vicino alla strada.", "Quando piove restiamo a casa e leggiamo dei libri."],
 }
 
 
@@ -102,6 +107,6 @@ def training_texts(seed: int, n_per_lang: int = 300):
         sents = rng.choice(list(OTHER_TRAIN.values()))
         p = rng.choice(w.people)
         texts.append(" ".join(s.format(name=p["name"], city=p["city"]["name"], river=p["city"]["river"][0])
-                              for s in rng.sample(sents, 3)))
+                              for s in rng.sample(sents, 4)))
         labels.append("other")
     return texts, labels
