@@ -549,7 +549,7 @@ def main(argv=None):
     table = format_table(rows, columns)
     print(f"\nbytes per token on val ({len(val_docs)} documents); tokens: {n_tokens}\n{table}")
     example = val_docs[0]["text"][:120]
-    print("example: " + " | ".join(tok.decode([i]) for i in tok.encode_ordinary(example)))
+    print("example: " + " | ".join(tok.decode([i]).replace("\n", "\\n") for i in tok.encode_ordinary(example)))
     write_json(run / "tokenizer" / "outcome.json", {"rows": rows, "n_tokens": n_tokens, "table": table})
     print(f"wrote {run / 'tokenizer'} and {run / 'tokens'}")
 
