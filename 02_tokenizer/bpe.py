@@ -52,6 +52,7 @@ Interview questions it answers:
 """
 import argparse
 import heapq
+from itertools import repeat
 import json
 import sys
 import time
@@ -298,8 +299,10 @@ class BPETokenizer:
         """Merge the bytes of one pre-token: always the adjacent pair whose bytes have the lowest rank
         (leftmost on ties), as tiktoken does. pair_ranks[i] is the rank of parts[i] + parts[i+1]."""
         get, inf = self.ranks.get, float("inf")
-        parts = [SINGLE_BYTES[b] for b in piece]
-        pair_ranks = [get(a + b, inf) for a, b in zip(parts, parts[1:])]
+        # The two set-up lines are `[bytes([b]) for b in piece]` and `[get(a + b, inf) for adjacent
+        # a, b]` written with map so they run in C: most pieces of Chinese text miss the cache.
+        parts = list(map(SINGLE_BYTES.__getitem__, piece))
+        pair_ranks = list(map(get, map(bytes.__add__, parts, parts[1:]), repeat(inf)))
         while pair_ranks:
             best = min(pair_ranks)
             if best == inf:
