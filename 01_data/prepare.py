@@ -7,7 +7,7 @@
 Writes (README, "Artifacts"):
     runs/<name>/data/{train,val,test}.jsonl   {"id", "domain", "lang", "text"} one document per line
     runs/<name>/data/noise_labels.jsonl       {"id", "noise"}: the sidecar of injected noise labels
-    runs/<name>/data/tasks/*.jsonl            task sets for stages 05-07 (format: world.py docstring)
+    runs/<name>/data/tasks/*.jsonl            task sets for stages 05-07 (format: tasks.py docstring)
     runs/<name>/data/stats.json               the outcome table below, the config, seconds per step
 
 The outcome table: for every noise type, how many documents were injected, caught by the step
@@ -44,7 +44,8 @@ from dedup import DedupConfig, dedup, near_duplicate_clusters
 from fileio import UserError, read_jsonl, read_text, run_cli, write_json, write_jsonl
 from langid import predict_lang, train_langid, training_texts
 from noise import NOISE_TYPES, inject_noise
-from world import WorldConfig, build_world, generate_corpus, story_slots, write_tasks
+from tasks import write_tasks
+from world import WorldConfig, build_world, generate_corpus, story_slots
 
 DOMAINS = ["dialog", "code", "knowledge", "stories"]
 CATCHING_STEP = {"exact_dup": "exact_dedup", "near_dup": "near_dedup", "mojibake": "fix_encoding",

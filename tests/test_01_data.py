@@ -17,7 +17,8 @@ from fileio import UserError
 from langid import predict_lang, train_langid, training_texts
 from noise import NOISE_TYPES, broken_bytes, to_mojibake
 from prepare import PrepareConfig, main as prepare_main, prepare
-from world import WorldConfig, build_world, generate_corpus, task_records
+from tasks import task_records
+from world import WorldConfig, build_world, generate_corpus
 
 SMALL = 40_000  # characters: every noise type, ~1 s
 

@@ -1,0 +1,94 @@
+"""Task sets for stages 05-07, rendered from the micro-world (world.py), with held-out parts.
+
+Task sets (written by `write_tasks`, each as `<name>_train.jsonl` and `<name>_heldout.jsonl`, the
+held-out part chosen by entity so no held-out question's subject appears in the train part):
+
+    sft_*.jsonl          {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                          "subject": entity name, "answer": short answer string}
+    preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
+                          "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
+                          the rule states why `chosen` is better (the ground truth for 06's reward model / DPO)
+    arithmetic_*.jsonl   {"prompt": str, "answer": int,
+                          "messages": [{"role": "user", ...}, {"role": "assistant", "content": "... The answer is N."}]}
+                          the answer is verifiable: 06 GRPO and 07 evaluation parse "The answer is N."
+
+Interview questions it answers:
+- Why hold out by subject rather than by random question? (a random split puts other questions
+  about the same person in train, so the held-out score mixes recall with memorized context)
+- What makes a preference pair useful for DPO / a reward model? (one stated reason why `chosen` is
+  better, so the learnt preference can be checked)
+"""
+import random
+
+from world import JOBS, arithmetic_problem, fix_articles
+
+
+def fact_questions(w):
+    """(subject, question, answer sentence, short answer, wrong answer sentence) for every person."""
+    rng = random.Random(12345)
+    out = []
+    for p in w.people:
+        wrong_city = rng.choice([c for c in w.cities if c is not p["city"]])
+        wrong_job = rng.choice([j for j in JOBS if j != p["job"]])
+        wrong_pet = rng.choice([a for a in w.species if a is not p["pet"]])
+        out += [(p["name"], f"Where does {p['name']} live?", f"{p['name']} lives in {p['city']['name']}.",
+                 p["city"]["name"], f"{p['name']} lives in {wrong_city['name']}."),
+                (p["name"], f"What is {p['name']}'s job?", f"{p['name']} is a {p['job'][0]}.",
+                 p["job"][0], f"{p['name']} is a {wrong_job[0]}."),
+                (p["name"], f"How old is {p['name']}?", f"{p['name']} is {p['age']} years old.",
+                 str(p["age"]), f"{p['name']} is {p['age'] + rng.choice([-7, -3, 4, 9])} years old."),
+                (p["name"], f"What kind of pet does {p['name']} have?",
+                 f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.", p["pet"]["kind"],
+                 f"{p['name']} has a {wrong_pet['kind']} named {p['pet_name']}."),
+                (p["name"], f"Who is {p['name']}'s best friend?", f"{p['name']}'s best friend is {p['friend']['name']}.",
+                 p["friend"]["name"], f"{p['name']}'s best friend is {rng.choice(w.people)['name']}.")]
+    return out
+
+
+def is_heldout(subject, frac=0.1):
+    """Deterministic held-out choice by subject name (a stable string hash, not Python's salted hash())."""
+    return sum(subject.encode()) * 2654435761 % 1000 < frac * 1000
+
+
+def task_records(w, seed):
+    """{"sft": [...], "preference": [...], "arithmetic": [...]} with a "heldout" flag on each record."""
+    rng = random.Random(seed + 2)
+    sft, pref, arith = [], [], []
+    for subject, q, a, short, wrong in fact_questions(w):
+        a, wrong = fix_articles(a), fix_articles(wrong)
+        held = is_heldout(subject)
+        user = [{"role": "user", "content": q}]
+        sft.append({"messages": user + [{"role": "assistant", "content": a}], "subject": subject, "answer": short,
+                    "heldout": held})
+        rule = rng.choice(["correct_fact", "helpful_vs_rude", "concise_vs_rambling"])
+        if rule == "correct_fact":
+            chosen, rejected = a, wrong
+        elif rule == "helpful_vs_rude":
+            chosen = a
+            rejected = rng.choice(["Why would I tell you? Look it up yourself.",
+                                   "That is a silly question and I will not answer it.",
+                                   "Ugh, stop bothering me with this."])
+        else:
+            chosen = a
+            rejected = (f"Well, that is a very interesting question, and there are many things one could say "
+                        f"about it, and before I answer I want to say that questions like this are important. "
+                        f"After thinking about it for a long time, and considering everything, {a[0].lower()}{a[1:]} "
+                        f"I hope that this long answer was helpful, and I am happy to say more about it.")
+        pref.append({"prompt": user, "chosen": chosen, "rejected": rejected, "rule": rule, "heldout": held})
+    for i in range(3000):
+        question, answer = arithmetic_problem(rng, w)
+        arith.append({"prompt": question, "answer": answer,
+                      "messages": [{"role": "user", "content": question},
+                                   {"role": "assistant", "content": f"The answer is {answer}."}],
+                      "heldout": i % 10 == 0})
+    return {"sft": sft, "preference": pref, "arithmetic": arith}
+
+
+def write_tasks(w, seed, folder, write_jsonl):
+    """Write every task set as <name>_train.jsonl / <name>_heldout.jsonl; return {file: records}."""
+    counts = {}
+    for name, records in task_records(w, seed).items():
+        for part, held in (("train", False), ("heldout", True)):
+            rows = [{k: v for k, v in r.items() if k != "heldout"} for r in records if r["heldout"] == held]
+            counts[f"{name}_{part}.jsonl"] = write_jsonl(folder / f"{name}_{part}.jsonl", rows)
+    return counts
