@@ -7,7 +7,7 @@ characters, so every string (Chinese, emoji, binary junk) is encodable and there
 
 Pipeline of this file, in reading order:
   1. pre-tokenize: a regex splits text into "pre-tokens" (words, number runs, punctuation runs,
-     whitespace); merges never cross a pre-token, so " dog" and "dog." share the token "dog".
+     whitespace); merges never cross a pre-token, so "dog." and "dog!" share the token "dog".
      Special tokens (`<|endoftext|>`, chat roles) are cut out first: never split, never merged.
   2. count each distinct pre-token once (a Counter over the corpus: word -> frequency).
   3. train: `train_merges_naive` is the textbook loop (recount every pair after every merge; a
@@ -402,8 +402,11 @@ class BPETokenizer:
         path = Path(directory) / "tokenizer.json"
         if not path.is_file():
             raise UserError(f"{path}: no such file; train a tokenizer first (python 02_tokenizer/bpe.py --data ...)")
-        d = json.loads(path.read_text(encoding="utf-8"))
-        if d.get("format") != "bpe-v1":
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: not valid JSON ({e}); re-train or re-save the tokenizer") from None
+        if not isinstance(d, dict) or d.get("format") != "bpe-v1":
             raise UserError(f"{path}: not a bpe-v1 tokenizer file")
         vocab = {int(i): bytes.fromhex(h) for i, h in d["vocab"].items()}
         merges = [tuple(m) for m in d["merges"]]
