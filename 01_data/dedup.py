@@ -225,8 +225,11 @@ def main():
     print(f"threshold {args.threshold}, num_perm {args.num_perm} -> b={b} bands x r={r} rows")
     for s in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
         print(f"  Jaccard {s:.1f}: P(candidate) = {candidate_probability(s, b, r):.3f}")
-    texts = ["the cat sat on the mat and looked at the dog", "the cat sat on the mat and looked at a dog",
-             "The  cat sat on the mat and looked at the dog", "an entirely different sentence about boats"]
+    story = ("the cat sat on the mat and looked at the dog while the rain fell on the roof of the old house "
+             "and the children read their books by the fire until it was time for dinner")
+    texts = [story, story.replace("the dog", "a dog"), story.replace("the cat", "The  cat"),
+             "an entirely different sentence about boats on the river"]
+    print(f"true Jaccard of the near pair: {jaccard(shingle_set(texts[0], cfg.shingle), shingle_set(texts[1], cfg.shingle)):.2f}")
     print(dedup(texts, cfg))
 
 
