@@ -101,17 +101,20 @@ def near_copy(rng, text: str) -> str:
     return ("" if zh else " ").join(words)
 
 
-def fake_pii(rng):
+def fake_pii(rng, who):
+    """A sentence about `who` holding one made-up e-mail, phone number or ID number."""
     kind = rng.randrange(4)
     if kind == 0:
         user = "".join(rng.choice("abcdefghijklmnop") for _ in range(6))
-        return f"{user}.{rng.randrange(10, 99)}@{rng.choice(['mail.com', 'example.org', 'qq.com'])}"
+        email = f"{user}.{rng.randrange(10, 99)}@{rng.choice(['mail.com', 'example.org', 'qq.com'])}"
+        return rng.choice([f"You can write to {who} at {email}.", f"联系邮箱：{email}"])
     if kind == 1:
-        return f"+1 {rng.randrange(200, 999)}-{rng.randrange(200, 999)}-{rng.randrange(1000, 9999)}"
+        return f"Call {who} on +1 {rng.randrange(200, 999)}-{rng.randrange(200, 999)}-{rng.randrange(1000, 9999)} any time."
     if kind == 2:
-        return f"1{rng.choice('3589')}{rng.randrange(10**8, 10**9)}"  # Chinese mobile number
-    return f"{rng.randrange(110000, 659999)}{rng.randrange(1950, 2005)}{rng.randrange(1, 13):02d}" \
-           f"{rng.randrange(1, 29):02d}{rng.randrange(100, 999)}{rng.choice('0123456789X')}"  # 18-char ID
+        return f"{who}的手机号是1{rng.choice('3589')}{rng.randrange(10**8, 10**9)}。"  # Chinese mobile number
+    id_number = (f"{rng.randrange(110000, 659999)}{rng.randrange(1950, 2005)}{rng.randrange(1, 13):02d}"
+                 f"{rng.randrange(1, 29):02d}{rng.randrange(100, 999)}{rng.choice('0123456789X')}")  # 18-char ID
+    return rng.choice([f"{who}'s ID number is {id_number}.", f"身份证号：{id_number}"])
 
 
 def insert_sentence(rng, text: str, sentence: str) -> str:
@@ -137,10 +140,7 @@ def make_noisy(rng, kind: str, base: dict, slots: dict) -> str:
         ad = rng.choice(AD_LINES).format(url=url)
         return f"<html><body><div class=\"nav\"><a href=\"{url}\">Home</a></div>\n{paras}<div class=\"ad\">{ad}</div>\n</body></html>"
     if kind == "pii":
-        who = slots["first"]
-        s = rng.choice([f"You can write to {who} at {{}}.", f"Call {who} on {{}} any time.",
-                        f"{who}'s ID number is {{}}.", f"联系方式：{{}}"])
-        return insert_sentence(rng, text, s.format(fake_pii(rng)))
+        return insert_sentence(rng, text, fake_pii(rng, slots["first"]))
     if kind == "toxic":
         w = rng.choice(TOXIC_WORDS)
         return insert_sentence(rng, text, rng.choice([f"{slots['first']} is a total {w}.", f"Only an {w} would believe this.",
