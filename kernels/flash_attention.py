@@ -87,9 +87,13 @@ def _configs(pairs):
 # Bigger Q tiles reuse each K/V load more; 8 warps feed 128-row tiles; 3-4 stages hide the load latency.
 FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4),
                         (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 4)])
-# The backward holds k, v, dk, dv for its tile plus q, do per step: smaller tiles avoid register spills.
-BWD_CONFIGS = _configs([(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3),
-                        (64, 64, 8, 2), (32, 32, 4, 4), (128, 64, 8, 2)])
+# The backward holds more live tiles (dK/dV kernel: k, v, dk, dv; dQ kernel: q, do, dq), so its tiles are
+# smaller. Every list keeps configs that compile for sm_90 without register spills at head dims 64 and
+# 128 (ptxas resource usage, checked with kernels/compile_check.py); autotune picks the fastest.
+DKDV_CONFIGS = _configs([(32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2), (16, 128, 8, 3), (64, 64, 4, 3),
+                         (32, 32, 4, 4)])
+DQ_CONFIGS = _configs([(32, 64, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 2),
+                       (32, 32, 4, 4)])
 TUNE_KEY = ["T", "S", "HEAD_DIM", "CAUSAL", "GROUP"]
 
 
@@ -299,8 +303,8 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
 
 
 _attn_fwd_tuned = _autotuned(_attn_fwd, FWD_CONFIGS)
-_attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, BWD_CONFIGS)
-_attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, BWD_CONFIGS)
+_attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, DKDV_CONFIGS)
+_attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, DQ_CONFIGS)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Compile every attention kernel and autotune config for an NVIDIA GPU, on a machine without one.
+
+The interpreter (TRITON_INTERPRET=1) runs the kernels' logic on a CPU, but it accepts things the real
+compiler rejects (dot shapes, constexpr misuse, shared-memory overflow) and says nothing about registers.
+Triton ships the whole compiler chain, ptxas included, so a CPU machine can compile for sm_90 (H100) and
+read the resource usage of each config: registers per thread, spilled bytes (STACK > 0 means the config
+spills registers to local memory and will be slow), and shared memory per program.
+
+    python kernels/compile_check.py                       # bf16, head dims 64 and 128, every config
+    python kernels/compile_check.py --dtype float32 --head-dims 128 --kernels fwd
+
+Interview question: what limits the tile size of a flash-attention kernel? (Registers for the fp32
+accumulators and the resident Q/K/V tiles, and shared memory for the pipelined K/V loads.)
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"  # real compilation, even on a CPU machine (flash_attention keeps it)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+import flash_attention as fa  # noqa: E402
+
+TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+KERNELS = {  # name -> (kernel, autotune configs, the pointer arguments that hold the input dtype)
+    "fwd": (fa._attn_fwd, fa.FWD_CONFIGS, ("Q", "K", "V", "O")),
+    "dkdv": (fa._attn_bwd_dkdv, fa.DKDV_CONFIGS, ("Q", "K", "V", "DO", "DK", "DV")),
+    "dq": (fa._attn_bwd_dq, fa.DQ_CONFIGS, ("Q", "K", "V", "DO", "DQ")),
+}
+
+
+def signature(kernel, typed_ptrs, dtype, constexprs):
+    """Triton's argument types: the input-dtype pointers, fp32 pointers (LSE, delta), fp32 scales, i32 ints."""
+    sig = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in typed_ptrs:
+            sig[name] = "*" + TRITON_TYPES[dtype]
+        elif name in ("LSE", "DELTA"):
+            sig[name] = "*fp32"
+        elif name in ("qk_scale", "sm_scale"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def resource_usage(cubin):
+    """'REG:n STACK:n ...' from cuobjdump (shipped with Triton) for one compiled kernel."""
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
+    fields = dict(tok.split(":", 1) for line in out.splitlines() if "REG:" in line for tok in line.split()
+                  if ":" in tok)
+    return int(fields.get("REG", -1)), int(fields.get("STACK", -1))
+
+
+def compile_config(kernel, typed_ptrs, dtype, head_dim, causal, group, config, arch):
+    constexprs = dict(GROUP=group, HEAD_DIM=head_dim, CAUSAL=causal,
+                      PRECISION="ieee" if dtype == "float32" else "tf32", **config.kwargs)
+    src = ASTSource(kernel, signature(kernel, typed_ptrs, dtype, constexprs), constexprs)
+    t0 = time.perf_counter()
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    return compiled, time.perf_counter() - t0
+
+
+def main():
+    p = argparse.ArgumentParser(description="Compile the attention kernels for a GPU target and report "
+                                            "registers, spills and shared memory per autotune config.")
+    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], choices=list(fa.SUPPORTED_HEAD_DIMS))
+    p.add_argument("--dtype", default="bfloat16", choices=list(TRITON_TYPES))
+    p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100/H200)")
+    p.add_argument("--group", type=int, default=2, help="GQA group size compiled (query heads per K/V head)")
+    args = p.parse_args()
+    smem_limit = 227 * 1024  # per block on sm_90; configs above it fail to launch (autotune skips them)
+    print(f"{'kernel':<6} {'D':>4} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} | {'regs':>4} {'spill B':>7} "
+          f"{'smem KB':>7} {'compile s':>9}  (sm_{args.arch}, {args.dtype}, causal, GQA group {args.group})")
+    n_bad = 0
+    for name in args.kernels:
+        kernel, configs, typed_ptrs = KERNELS[name]
+        for head_dim in args.head_dims:
+            for config in configs:
+                kw = config.kwargs
+                head = (f"{name:<6} {head_dim:>4} {kw['BLOCK_M']:>4} {kw['BLOCK_N']:>4} {config.num_warps:>5} "
+                        f"{config.num_stages:>6} |")
+                try:
+                    compiled, seconds = compile_config(kernel, typed_ptrs, args.dtype, head_dim, True,
+                                                       args.group, config, args.arch)
+                except Exception as e:  # a config the compiler rejects: report it, keep going
+                    print(f"{head} FAILED: {str(e).splitlines()[0][:80]}")
+                    n_bad += 1
+                    continue
+                regs, spill = resource_usage(compiled.asm["cubin"])
+                smem = compiled.metadata.shared
+                note = "  <- spills" if spill > 0 else ""
+                note += "  <- too much shared memory" if smem > smem_limit else ""
+                print(f"{head} {regs:>4} {spill:>7} {smem / 1024:>7.1f} {seconds:>9.1f}{note}", flush=True)
+    return 1 if n_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
