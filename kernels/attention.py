@@ -11,7 +11,8 @@
     y = attention(q, k, v, causal=True)   # q (B, H, T, D); k, v (B, Hkv, S, D); H % Hkv == 0 (GQA/MQA)
 
 `python kernels/attention.py` checks 2 and 3 against 1 on small shapes (the interpreter runs 3 on a CPU);
-`python kernels/bench_attention.py` times 3 against PyTorch's SDPA on a GPU.
+`python kernels/bench_attention.py` times 3 against PyTorch's SDPA on a GPU;
+`python kernels/compile_check.py` compiles 3 for an H100 on any machine and reports registers and spills.
 
 The online softmax, for one query row and key tiles j = 1, 2, ...:
     m⁽ʲ⁾ = max(m⁽ʲ⁻¹⁾, max sⱼ)                         running maximum (numerical safety)

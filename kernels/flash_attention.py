@@ -88,8 +88,8 @@ def _configs(pairs):
 FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4),
                         (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 4)])
 # The backward holds more live tiles (dK/dV kernel: k, v, dk, dv; dQ kernel: q, do, dq), so its tiles are
-# smaller. Every list keeps configs that compile for sm_90 without register spills at head dims 64 and
-# 128 (ptxas resource usage, checked with kernels/compile_check.py); autotune picks the fastest.
+# smaller. Each list holds configs that compile for sm_90 without register spills at head dim 64 and at
+# 128 (ptxas resource usage from kernels/compile_check.py; some spill at 128); autotune picks the fastest.
 DKDV_CONFIGS = _configs([(32, 64, 8, 3), (64, 64, 8, 3), (32, 128, 8, 2), (16, 128, 8, 3), (64, 64, 4, 3),
                          (32, 32, 4, 4)])
 DQ_CONFIGS = _configs([(32, 64, 4, 3), (64, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 2),
