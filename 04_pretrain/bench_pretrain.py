@@ -72,7 +72,7 @@ def bench_row(name, cfg: GPTConfig, batch, steps, warmup, device, dtype, compile
     torch.manual_seed(0)
     raw = GPT(cfg).to(device)
     model = torch.compile(raw) if compile_ else raw
-    opt = AdamW(param_groups(raw, 0.1), lr=1e-4, betas=(0.9, 0.95))
+    opt = AdamW(param_groups(raw, 0.1), lr=1e-4, betas=(0.9, 0.95), foreach=device.startswith("cuda"))
     sec = time_steps(model, opt, batch, cfg.block_size, cfg.vocab_size, steps, warmup, device, dtype)
     tok_s = batch * cfg.block_size / sec
     mfu = tok_s * flops_per_token(cfg) / peak if peak else None

@@ -109,21 +109,28 @@ class AdamW(torch.optim.Optimizer):
         p   <- p - lr * m^ / (sqrt(v^) + eps)
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, foreach=False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.foreach = foreach
+
+    def _state(self, p):
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)       # m
+            state["exp_avg_sq"] = torch.zeros_like(p)    # v
+        return state
 
     @torch.no_grad()
     def step(self, closure=None):
+        if self.foreach:
+            return self._step_foreach()
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p)       # m
-                    state["exp_avg_sq"] = torch.zeros_like(p)    # v
+                state = self._state(p)
                 state["step"] += 1
                 t = state["step"].item()
                 m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
@@ -135,6 +142,31 @@ class AdamW(torch.optim.Optimizer):
                 bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
                 denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
                 p.addcdiv_(m, denom, value=-lr / bc1)
+
+    @torch.no_grad()
+    def _step_foreach(self):
+        """The same update on lists of tensors: each line is one fused multi-tensor op, so a GPU runs
+        ~10 kernels per group instead of ~10 per parameter (GPT-2 has ~150 parameter tensors)."""
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self._state(p) for p in params]
+            grads = [p.grad for p in params]
+            ms, vs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            for s in states:
+                s["step"] += 1
+            ts = [s["step"].item() for s in states]
+            torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_mul_(ms, b1)
+            torch._foreach_add_(ms, grads, alpha=1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, [math.sqrt(1 - b2 ** t) for t in ts])
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(params, ms, denom, [-lr / (1 - b1 ** t) for t in ts])
 
 
 class LAMB(torch.optim.Optimizer):
@@ -173,9 +205,9 @@ class LAMB(torch.optim.Optimizer):
                 p.add_(update, alpha=-lr * trust)
 
 
-def make_optimizer(name: str, groups, lr, betas, eps=1e-8):
+def make_optimizer(name: str, groups, lr, betas, eps=1e-8, foreach=False):
     if name == "adamw":
-        return AdamW(groups, lr=lr, betas=betas, eps=eps)
+        return AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=foreach)
     if name == "lamb":
         return LAMB(groups, lr=lr, betas=betas, eps=max(eps, 1e-6))
     raise ValueError(f"unknown optimizer {name!r}")

@@ -339,7 +339,7 @@ def train(cfg: TrainConfig) -> dict:
     raw = GPT(mcfg).to(device)
     model = wrap_model(raw, cfg.parallel, world, device, cfg.compile, cfg.grad_checkpointing)
     opt = make_optimizer(cfg.optimizer, param_groups(raw, cfg.weight_decay), cfg.lr,
-                         (cfg.beta1, cfg.beta2))
+                         (cfg.beta1, cfg.beta2), foreach=device.startswith("cuda"))
     sched = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
     scaler = DynamicLossScaler(enabled=cfg.dtype == "fp16")
     dev_type = torch.device(device).type

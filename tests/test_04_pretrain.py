@@ -88,6 +88,20 @@ def test_adamw_equals_torch_adamw_over_100_steps():
     assert set(opt_ours.state[next(ours.parameters())]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
+def test_foreach_adamw_equals_the_per_parameter_loop():
+    a, b = _mlp(), _mlp()
+    opt_a = optim.AdamW(optim.param_groups(a, 0.1), lr=1e-2, betas=(0.9, 0.95))
+    opt_b = optim.AdamW(optim.param_groups(b, 0.1), lr=1e-2, betas=(0.9, 0.95), foreach=True)
+    for _ in range(20):
+        x = torch.randn(16, 8)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
 def test_param_groups_no_decay_on_1d_and_embeddings():
     class M(torch.nn.Module):
         def __init__(self):
