@@ -502,6 +502,23 @@ def format_table(rows, columns) -> str:
 
 
 # ---------------------------------------------------------------- command line
+def train_and_report(name, run, train, outcome_file):
+    """The command-line body wordpiece.py and unigram.py share: train on runs/<name>/data/train.jsonl,
+    then print and save bytes/token on val in the same table as bpe.py's. Returns the tokenizer.
+    `train(texts, progress)` builds the tokenizer; it must have `encode` and `tokenize`."""
+    run = Path(run)
+    train_docs, val_docs = read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
+    t0 = time.perf_counter()
+    tok = train((d["text"] for d in train_docs),
+                lambda msg: print(f"  [{time.perf_counter() - t0:6.1f}s] {msg}", flush=True))
+    row = {"tokenizer": name, "vocab_size": tok.vocab_size, "train_s": round(time.perf_counter() - t0, 2),
+           **bytes_per_token(tok.encode, val_docs)}
+    table = format_table([row], ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"])
+    print(f"{table}\nexample: {' | '.join(tok.tokenize(val_docs[0]['text'][:120]))}")
+    write_json(run / "tokenizer" / outcome_file, {"rows": [row], "table": table})
+    return tok
+
+
 def write_token_shard(path, docs, encode, eot_id, dtype):
     """Encode each document, append `<|endoftext|>` after it, and write all ids as a flat array."""
     ids = []

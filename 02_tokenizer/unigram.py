@@ -33,13 +33,17 @@ Interview questions it answers:
 """
 import argparse
 import math
-import time
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpe import bytes_per_token, format_table, write_json  # same stage
-from fileio import UserError, read_jsonl, run_cli  # 01_data, on sys.path via bpe
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from fileio import UserError, run_cli  # 01_data
+
+from bpe import train_and_report  # same stage
 
 SPACE = "▁"
 UNK = "<unk>"
@@ -198,17 +202,8 @@ def main(argv=None):
     ap.add_argument("--vocab-size", type=int, default=cfg.vocab_size)
     args = ap.parse_args(argv)
     cfg.vocab_size = args.vocab_size
-    run = Path(args.data)
-    train_docs, val_docs = read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
-    t0 = time.perf_counter()
-    tok = UnigramTokenizer.train((d["text"] for d in train_docs), args.vocab_size, cfg,
-                                 progress=lambda m: print(f"  [{time.perf_counter() - t0:6.1f}s] {m}", flush=True))
-    row = {"tokenizer": "Unigram", "vocab_size": tok.vocab_size, "train_s": round(time.perf_counter() - t0, 2),
-           **bytes_per_token(tok.encode, val_docs)}
-    table = format_table([row], ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"])
-    example = val_docs[0]["text"][:120]
-    print(f"{table}\nexample: {' | '.join(tok.tokenize(example))}")
-    write_json(run / "tokenizer" / "outcome_unigram.json", {"rows": [row], "table": table})
+    train_and_report("Unigram", args.data, lambda texts, progress: UnigramTokenizer.train(
+        texts, args.vocab_size, cfg, progress=progress), "outcome_unigram.json")
 
 
 if __name__ == "__main__":

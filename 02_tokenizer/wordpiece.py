@@ -27,15 +27,18 @@ Interview questions it answers:
 """
 import argparse
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import regex
 
-from bpe import bytes_per_token, format_table, write_json  # same stage
-from fileio import UserError, read_jsonl, run_cli  # 01_data, on sys.path via bpe
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from fileio import UserError, run_cli  # 01_data
+
+from bpe import train_and_report  # same stage
 
 # A CJK character alone, a run of letters/digits (not CJK), or one punctuation/symbol character.
 BERT_PRETOKENIZE = regex.compile(r"\p{Han}|(?:(?!\p{Han})[\p{L}\p{N}\p{M}])+|[^\s\p{L}\p{N}\p{M}]")
@@ -198,17 +201,8 @@ def main(argv=None):
     ap.add_argument("--min-pair-count", type=int, default=cfg.min_pair_count,
                     help="pairs seen fewer times are never merged")
     args = ap.parse_args(argv)
-    run = Path(args.data)
-    train_docs, val_docs = read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
-    t0 = time.perf_counter()
-    tok = WordPieceTokenizer.train((d["text"] for d in train_docs), args.vocab_size, args.min_pair_count,
-                                   progress=lambda m: print(f"  [{time.perf_counter() - t0:6.1f}s] {m}", flush=True))
-    row = {"tokenizer": "WordPiece", "vocab_size": tok.vocab_size, "train_s": round(time.perf_counter() - t0, 2),
-           **bytes_per_token(tok.encode, val_docs)}
-    table = format_table([row], ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"])
-    example = val_docs[0]["text"][:120]
-    print(f"{table}\nexample: {' | '.join(tok.tokenize(example))}")
-    write_json(run / "tokenizer" / "outcome_wordpiece.json", {"rows": [row], "table": table})
+    train_and_report("WordPiece", args.data, lambda texts, progress: WordPieceTokenizer.train(
+        texts, args.vocab_size, args.min_pair_count, progress=progress), "outcome_wordpiece.json")
 
 
 if __name__ == "__main__":
