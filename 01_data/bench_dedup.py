@@ -26,6 +26,7 @@ from dedup import (DedupConfig, candidate_pairs, exact_duplicate_mask, jaccard, 
                    shingle_hashes, shingle_set, union_find_roots)
 from noise import near_copy
 from world import WorldConfig, build_world, generate_corpus
+from fileio import save_figure
 
 MIX = {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3}
 
@@ -137,9 +138,7 @@ def main():
     ax.barh(names, secs, color=["C0"] * len(t) + ["C1"] * bool(ds))
     ax.set_xlabel("seconds")
     ax.set_title(f"dedup of {len(texts):,} documents: {len(texts) / total:,.0f} docs/s (dedup.py total)")
-    fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
+    save_figure(fig, args.out)
     print(f"saved {args.out}", file=sys.stderr)
 
 

@@ -6,7 +6,7 @@ to a temporary file in the same folder and is then renamed over the target (`os.
 on POSIX and Windows when both paths are on one filesystem). And a user who passes a wrong path
 should read one line that names the problem and the fix, not a traceback from deep inside numpy.
 
-    from fileio import UserError, run_cli, atomic_write_text, write_jsonl, read_jsonl
+    from fileio import UserError, run_cli, atomic_write_text, write_jsonl, read_jsonl, save_figure
 
 Interview questions it answers:
 - How do you make a checkpoint write crash-safe? (write temp, fsync, rename; never overwrite in place)
@@ -45,6 +45,9 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); give it a normal file's mode
     try:
         yield tmp
         with open(tmp, "rb") as f:  # flush the bytes to disk before the rename makes them visible
@@ -63,6 +66,15 @@ def atomic_write_bytes(path, data: bytes):
 
 def atomic_write_text(path, text: str):
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_figure(fig, path, dpi=110):
+    """Lay out a matplotlib figure, write it as PNG atomically, and free it (pyplot keeps figures alive)."""
+    import matplotlib.pyplot as plt  # here, so stages that plot nothing never import matplotlib
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
 
 
 def write_json(path, obj):

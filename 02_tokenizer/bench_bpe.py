@@ -28,7 +28,7 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import run_cli, write_json  # 01_data
+from fileio import run_cli, write_json, save_figure  # 01_data
 
 from bpe import (GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, format_table, train_merges, train_merges_naive,
                  word_counts_of)  # same stage
@@ -129,7 +129,6 @@ def save_plot(train_rows, enc_rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from fileio import atomic_path
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name in dict.fromkeys(r["corpus"] for r in train_rows):
         rows = [r for r in train_rows if r["corpus"] == name]
@@ -143,9 +142,7 @@ def save_plot(train_rows, enc_rows, path):
     b.set_xticks(list(x), names, rotation=15, fontsize=8)
     b.set(ylabel="MB/s", title="encoding throughput")
     b.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

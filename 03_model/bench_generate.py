@@ -21,7 +21,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, atomic_path, run_cli  # 01_data
+from fileio import UserError, run_cli, save_figure  # 01_data
 from gpt import GPT, GPTConfig  # 03_model (this folder)
 
 
@@ -64,9 +64,7 @@ def save_plot(path, lengths, rows):
     ax.set(xlabel="new tokens", ylabel="tokens / s", xscale="log", yscale="log",
            title="generation speed with and without the KV cache")
     ax.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
-from fileio import UserError, atomic_path, read_jsonl, run_cli, write_json  # 01_data
+from fileio import UserError, read_jsonl, run_cli, write_json, save_figure  # 01_data
 from gpt import MLP, Attention, GPTConfig, LayerNorm, sinusoidal_positions  # 03_model (this folder)
 
 N_SENTINELS = 16
@@ -330,9 +330,7 @@ def save_plot(path, results):
         ax.plot(r["curve"], label=r["objective"], linewidth=1)
     ax.set(xlabel="step", ylabel="training loss", title="encoder-decoder Transformer: three objectives")
     ax.legend()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -33,7 +33,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from fileio import run_cli, atomic_path, write_json  # 01_data
+from fileio import run_cli, write_json, save_figure  # 01_data
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model
 
@@ -125,10 +125,7 @@ def plot(rows, path):
         ax.text(r["tokens_per_s"], i, f" {r['tokens_per_s']:,.0f}" + (f" ({r['mfu']:.0%} MFU)" if r["mfu"] else ""),
                 va="center", fontsize=8)
     ax.set(xlabel="training tokens/s (higher is better)", title="pretraining throughput")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -32,7 +32,7 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, run_cli, atomic_path, write_json  # 01_data
+from fileio import UserError, run_cli, write_json, save_figure  # 01_data
 
 from pretrain import TrainConfig, train
 
@@ -107,10 +107,7 @@ def plot(series, path):
         ax.plot(steps, va, "-", color=color, label=f"{name} val")
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="overfitting a small slice: train (dashed) vs val")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def format_table(rows) -> str:

@@ -50,7 +50,7 @@ import torch.distributed as dist
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from fileio import UserError, run_cli, atomic_path, write_json  # 01_data
+from fileio import UserError, run_cli, atomic_path, write_json, save_figure  # 01_data
 from checkpoint import save_checkpoint, load_checkpoint, check_config_matches  # 03_model
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model: its architecture presets (gpt2 / llama)
@@ -311,10 +311,7 @@ def plot_losses(records, baseline, path):
     ax.axhline(baseline, ls="--", c="gray", label=f"unigram baseline {baseline:.2f}")
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="pretraining loss")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 class Diverged(UserError):
@@ -461,8 +458,9 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0 and stopped != "stop_at":
         write_json(out / "outcome.json", outcome)
         plot_losses(records, baseline, out / "loss.png")
+        verdict = "better" if val_loss < baseline else "WORSE"
         print(f"done: val loss {val_loss:.4f} vs unigram baseline {baseline:.4f} "
-              f"({baseline - val_loss:+.3f} nats better) in {wall:.0f}s; wrote {out}/")
+              f"({abs(baseline - val_loss):.3f} nats {verdict}) in {wall:.0f}s; wrote {out}/")
     outcome["records"] = records
     return outcome
 

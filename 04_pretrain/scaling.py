@@ -37,7 +37,7 @@ import numpy as np
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, run_cli, atomic_path, write_json  # 01_data
+from fileio import UserError, run_cli, write_json, save_figure  # 01_data
 
 from pretrain import TrainConfig, train
 
@@ -123,10 +123,7 @@ def plot(rows, fit, path):
     ax.set(xlabel="non-embedding parameters N", ylabel="final val loss",
            title=f"L = {fit['E']:.2f} + {fit['A']:.3g}/N^{fit['alpha']:.2f} + {fit['B']:.3g}/D^{fit['beta']:.2f}")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None):

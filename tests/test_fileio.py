@@ -41,3 +41,14 @@ def test_read_text_rejects_missing_binary_and_empty(tmp_path):
     (tmp_path / "e.txt").write_text("  \n")
     with pytest.raises(UserError, match="empty"):
         read_text(tmp_path / "e.txt")
+
+
+def test_atomic_write_gives_a_normal_file_mode(tmp_path):
+    import os
+    from fileio import atomic_write_text
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
