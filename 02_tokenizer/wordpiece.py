@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from fileio import UserError, run_cli  # 01_data
 
-from bpe import train_and_report  # same stage
+from bpe import merge_ids, train_and_report  # same stage
 
 # A CJK character alone, a run of letters/digits (not CJK), or one punctuation/symbol character.
 BERT_PRETOKENIZE = regex.compile(r"\p{Han}|(?:(?!\p{Han})[\p{L}\p{N}\p{M}])+|[^\s\p{L}\p{N}\p{M}]")
@@ -97,14 +97,7 @@ def train_wordpiece(word_counts, vocab_size, specials=SPECIALS, min_pair_count=1
         changed = set()
         for wi in where.pop((a, b)):
             old, n = words[wi], freqs[wi]
-            out, i = [], 0
-            while i < len(old):
-                if i + 1 < len(old) and old[i] == a and old[i + 1] == b:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(old[i])
-                    i += 1
+            out = merge_ids(old, (a, b), new)   # bpe's merge works on any symbols, strings too
             for s in old:
                 sym_counts[s] -= n
             for s in out:
