@@ -88,8 +88,11 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """
     grads = [p.grad for p in params if p.grad is not None]
     total = global_norm(grads)
-    if max_norm > 0 and torch.isfinite(total):
+    if max_norm > 0 and grads:
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        # An inf/nan norm leaves the grads alone (the step is skipped or stopped). torch.where instead
+        # of `if torch.isfinite(total)` keeps the check on the device: no host sync here.
+        coef = torch.where(torch.isfinite(total), coef, torch.ones_like(coef))
         for g in grads:
             g.mul_(coef.to(g.dtype) if not hasattr(g, "to_local") else coef.item())
     return total

@@ -380,21 +380,21 @@ def train(cfg: TrainConfig) -> dict:
         lr = lr_at(step, sched)
         set_lr(opt, lr)
         starts = batch_starts(len(train_data), cfg.block_size, cfg.batch_size, cfg.seed, step)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for k in range(accum):
             x, y = get_batch(train_data, rank_rows(starts, k, rank, world, micro), cfg.block_size, device)
             with grad_sync(model, sync=k == accum - 1), autocast:
                 _, loss = model(x, y)
                 loss = loss / accum                            # the mean over the whole global batch
             scaler.scale_loss(loss).backward()
-            loss_sum += loss.item()
+            loss_sum += loss.detach().float()                  # stays on the device: no sync per micro-step
         if world > 1:                                          # report the global mean, not rank 0's
-            t = torch.tensor([loss_sum], device=device)
-            dist.all_reduce(t)
-            loss_sum = t.item() / world
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
         params_list = [p for p in model.parameters()]
         found_inf = scaler.unscale_(params_list)
-        grad_norm = clip_grad_norm(params_list, cfg.grad_clip).item()
+        grad_norm = clip_grad_norm(params_list, cfg.grad_clip)
+        loss_sum, grad_norm = torch.stack([loss_sum, grad_norm.float().to(device)]).tolist()  # the step's one host sync
         if not math.isfinite(loss_sum) or (not math.isfinite(grad_norm) and not scaler.enabled):
             kept = f"the last good checkpoint (step {best.get('saved_step', 0)}) is kept at {ckpt_path}" \
                 if ckpt_path.is_file() else "no checkpoint was written yet"
