@@ -24,9 +24,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 from dedup import (DedupConfig, candidate_pairs, exact_duplicate_mask, jaccard, lsh_params, minhash_signatures,
                    shingle_hashes, shingle_set, union_find_roots)
-from noise import near_copy
+from noise_inject import near_copy
 from world import WorldConfig, build_world, generate_corpus
-from fileio import save_figure
+from common import save_figure
 
 MIX = {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3}
 

@@ -30,7 +30,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from noise import CP1252, TOXIC_WORDS
+from noise_inject import CP1252, TOXIC_WORDS
 
 CP1252_BYTE = {ch: i for i, ch in enumerate(CP1252)}
 MOJIBAKE_HINT = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192"

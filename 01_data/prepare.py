@@ -41,9 +41,9 @@ import numpy as np
 
 from clean import STEPS, CleanConfig, clean_document
 from dedup import DedupConfig, dedup, near_duplicate_clusters
-from fileio import UserError, read_jsonl, read_text, run_cli, write_json, write_jsonl
-from langid import predict_lang, train_langid, training_texts
-from noise import NOISE_TYPES, inject_noise
+from common import UserError, read_jsonl, read_text, run_cli, write_json, write_jsonl
+from langid_ngram import predict_lang, train_langid, training_texts
+from noise_inject import NOISE_TYPES, inject_noise
 from tasks import write_tasks
 from world import WorldConfig, build_world, generate_corpus, story_slots
 

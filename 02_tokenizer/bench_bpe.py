@@ -28,7 +28,7 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import run_cli, write_json, save_figure  # 01_data
+from common import run_cli, write_json, save_figure  # 01_data
 
 from bpe import (GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, format_table, train_merges, train_merges_naive,
                  word_counts_of)  # same stage

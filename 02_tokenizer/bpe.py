@@ -66,7 +66,7 @@ import regex
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, atomic_path, read_jsonl, run_cli, write_json  # 01_data
+from common import UserError, atomic_path, read_jsonl, run_cli, write_json  # 01_data
 
 # GPT-2's pattern: contractions, letter runs, digit runs, punctuation runs, each with an optional
 # leading space; `\s+(?!\S)` leaves the last space of a whitespace run to start the next word.

@@ -41,7 +41,7 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, run_cli  # 01_data
+from common import UserError, run_cli  # 01_data
 
 from bpe import train_and_report  # same stage
 

@@ -21,7 +21,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, run_cli, save_figure  # 01_data
+from common import UserError, run_cli, save_figure  # 01_data
 from gpt import GPT, GPTConfig  # 03_model (this folder)
 
 

@@ -47,9 +47,9 @@ from torch.utils.checkpoint import checkpoint
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
-from fileio import UserError, run_cli  # 01_data
-from attention import BACKENDS, attention  # kernels
-from checkpoint import load_checkpoint, check_config_matches  # 03_model (this folder)
+from common import UserError, run_cli  # 01_data
+from attention_backends import BACKENDS, attention  # kernels
+from checkpoint_io import load_checkpoint, check_config_matches  # 03_model (this folder)
 from decoding import KVCache, apply_repetition_penalty, check_sampling_args, left_pad, sample_next  # 03_model
 
 CHOICES = {
@@ -81,7 +81,7 @@ class GPTConfig:
     moe_top_k: int = 2
     moe_aux_coef: float = 0.01     # weight of the load-balancing loss added to the LM loss
     tie_weights: bool = True       # LM head shares the token-embedding matrix
-    attn_backend: str = "auto"     # kernels/attention.py: auto (Triton on CUDA) | triton | torch | tiled | sdpa
+    attn_backend: str = "auto"     # kernels/attention_backends.py: auto (Triton on CUDA) | triton | torch | tiled | sdpa
 
     def __post_init__(self):
         for field, allowed in CHOICES.items():

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
-from fileio import UserError, read_jsonl, run_cli, write_json, save_figure  # 01_data
+from common import UserError, read_jsonl, run_cli, write_json, save_figure  # 01_data
 from gpt import MLP, Attention, GPTConfig, LayerNorm, sinusoidal_positions  # 03_model (this folder)
 
 N_SENTINELS = 16

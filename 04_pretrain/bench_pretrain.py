@@ -8,7 +8,7 @@ on the memmap it costs microseconds), after warm-up steps that absorb compilatio
 
 - CPU: the `tiny` preset of pretrain.py, fp32 eager (what the 3-minute run uses).
 - GPU: GPT-2 124M (vocab 50304, 12 x 768, context 1024), batch 12 x 1024, bf16 autocast:
-  eager vs torch.compile, each with our Triton FlashAttention (kernels/attention.py) and with
+  eager vs torch.compile, each with our Triton FlashAttention (kernels/attention_backends.py) and with
   PyTorch's SDPA. Reference point: nanoGPT reports ~444k tokens/s (~38 % MFU) compiled on an H100
   for this shape; the goal here is >= 45 % MFU.
 
@@ -33,11 +33,11 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from fileio import run_cli, write_json, save_figure  # 01_data
+from common import run_cli, write_json, save_figure  # 01_data
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model
 
-from optim import AdamW, clip_grad_norm, param_groups
+from optimizers import AdamW, clip_grad_norm, param_groups
 from pretrain import PEAK_FLOPS, PRESETS
 
 

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=2 04_pretrain/pretrain.py --data runs/tiny --parallel fsdp
     python 04_pretrain/pretrain.py --data runs/web --preset gpt2       # GPT-2 124M, for a GPU
 
-Writes `runs/<name>/pretrain/`: ckpt.pt (03_model/checkpoint.py format: model, optimizer, step,
+Writes `runs/<name>/pretrain/`: ckpt.pt (03_model/checkpoint_io.py format: model, optimizer, step,
 RNG states, loss scaler, data position), metrics.jsonl, loss.png and outcome.json.
 
 One optimizer step, in order (each a few lines of `train` below):
@@ -20,7 +20,7 @@ generator seeded with (seed, s) only; rank r takes its rows of it. So a resumed 
 on another number of processes, sees exactly the same tokens at every step.
 
 Distributed (under torchrun; gloo on CPU, NCCL on GPU): DDP or FSDP2 (= ZeRO-3), set up in
-parallel.py, which also explains ZeRO-1/2. Checkpoints hold full state dicts, so a run saved by N
+torch_parallel.py, which also explains ZeRO-1/2. Checkpoints hold full state dicts, so a run saved by N
 FSDP ranks resumes on any number of processes.
 
 Interview questions it answers:
@@ -29,7 +29,7 @@ Interview questions it answers:
 - What does gradient accumulation change? (nothing in the math if each micro-loss is divided by the
   number of micro-batches; it trades memory for time; under DDP sync only on the last micro-step)
 - What is MFU? (achieved FLOP/s / peak FLOP/s, achieved = tokens/s x FLOPs per token (~6N + attention))
-- DDP vs FSDP vs ZeRO-1/2/3? (parallel.py). Why clip by the global norm? (one scale for all grads keeps
+- DDP vs FSDP vs ZeRO-1/2/3? (torch_parallel.py). Why clip by the global norm? (one scale for all grads keeps
   the update direction; per-tensor clipping would change it)
 """
 import argparse
@@ -50,13 +50,13 @@ import torch.distributed as dist
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from fileio import UserError, run_cli, atomic_path, write_json, save_figure  # 01_data
-from checkpoint import save_checkpoint, load_checkpoint, check_config_matches  # 03_model
+from common import UserError, run_cli, atomic_path, write_json, save_figure  # 01_data
+from checkpoint_io import save_checkpoint, load_checkpoint, check_config_matches  # 03_model
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model: its architecture presets (gpt2 / llama)
 
-from parallel import full_state, grad_sync, load_full_state, rng_states, setup_distributed, wrap_model
-from optim import (DynamicLossScaler, Schedule, clip_grad_norm, lr_at, make_optimizer,
+from torch_parallel import full_state, grad_sync, load_full_state, rng_states, setup_distributed, wrap_model
+from optimizers import (DynamicLossScaler, Schedule, clip_grad_norm, lr_at, make_optimizer,
                    param_groups, set_lr)
 
 
@@ -230,7 +230,7 @@ def check_config(cfg: TrainConfig, world: int, device: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: model + optimizer (full state dicts, parallel.py) + step, scaler, RNG, data position
+# Checkpoints: model + optimizer (full state dicts, torch_parallel.py) + step, scaler, RNG, data position
 
 def save_state(path, model, opt, scaler, mcfg, cfg, step, best, world, rank):
     model_state, optim_state = full_state(model, opt, world)

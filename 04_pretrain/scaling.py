@@ -37,7 +37,7 @@ import numpy as np
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, run_cli, write_json, save_figure  # 01_data
+from common import UserError, run_cli, write_json, save_figure  # 01_data
 
 from pretrain import TrainConfig, train
 

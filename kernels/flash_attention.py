@@ -1,6 +1,6 @@
 """FlashAttention-2 in Triton: the forward kernel, the three backward kernels, and the autograd Function.
 
-The algorithm is the one `attention.py` spells out in plain PyTorch (`attention_tiled_forward` /
+The algorithm is the one `attention_backends.py` spells out in plain PyTorch (`attention_tiled_forward` /
 `attention_tiled_backward`); read that first, then this file side by side with it.
 
     from flash_attention import flash_attention

@@ -13,9 +13,9 @@ from clean import (CleanConfig, filter_bias, filter_length, filter_toxic, fix_en
                    normalize_unicode, quality_problems, strip_boilerplate, strip_markup)
 from dedup import (DedupConfig, candidate_probability, dedup, jaccard, lsh_params, minhash_signatures,
                    normalize_for_hash, shingle_hashes, shingle_set)
-from fileio import UserError
-from langid import predict_lang, train_langid, training_texts
-from noise import NOISE_TYPES, broken_bytes, to_mojibake
+from common import UserError
+from langid_ngram import predict_lang, train_langid, training_texts
+from noise_inject import NOISE_TYPES, broken_bytes, to_mojibake
 from prepare import PrepareConfig, main as prepare_main, prepare
 from tasks import task_records
 from world import WorldConfig, build_world, generate_corpus

@@ -11,7 +11,7 @@ import pytest
 
 from bpe import (GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, main as bpe_main, train_merges,
                  train_merges_naive, word_counts_of)
-from fileio import UserError
+from common import UserError
 from unigram import UnigramConfig, UnigramTokenizer, train_unigram, viterbi
 from wordpiece import SPECIALS, WordPieceTokenizer, train_wordpiece
 

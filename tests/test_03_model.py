@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import save_checkpoint
+from checkpoint_io import save_checkpoint
 from decoding import (KVCache, apply_repetition_penalty, left_pad, sample_next, top_k_filter,
                       top_p_filter)
-from fileio import UserError
+from common import UserError
 from gpt import (GPT, GPTConfig, LayerNorm, PRESETS, RMSNorm, apply_rope, flops_per_token,
                  load_balancing_loss, matmul_params, rope_cos_sin, sinusoidal_positions)
 import transformer as transformer_module

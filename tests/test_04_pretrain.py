@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-import optim
+import optimizers as optim
 import pretrain
-from fileio import UserError
+from common import UserError
 from pretrain import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def losses(records):
 
 
 # ----------------------------------------------------------------------------------------------
-# optim.py
+# optimizers.py
 
 def _mlp():
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""kernels/attention.py and kernels/flash_attention.py: every version agrees with naive attention.
+"""kernels/attention_backends.py and kernels/flash_attention.py: every version agrees with naive attention.
 
 The Triton kernel runs compiled on CUDA and in Triton's interpreter on a CPU (conftest sets
 TRITON_INTERPRET=1), so shapes here are small. The interpreter tiles are 32×16 (forward, dQ) and
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from attention import (attention, attention_naive, attention_tiled, attention_tiled_backward,
+from attention_backends import (attention, attention_naive, attention_tiled, attention_tiled_backward,
                        attention_tiled_forward)
 from flash_attention import INTERPRET, flash_attention, flash_attention_forward
 

@@ -6,7 +6,7 @@ to a temporary file in the same folder and is then renamed over the target (`os.
 on POSIX and Windows when both paths are on one filesystem). And a user who passes a wrong path
 should read one line that names the problem and the fix, not a traceback from deep inside numpy.
 
-    from fileio import UserError, run_cli, atomic_write_text, write_jsonl, read_jsonl, save_figure
+    from common import UserError, run_cli, atomic_write_text, write_jsonl, read_jsonl, save_figure
 
 Interview questions it answers:
 - How do you make a checkpoint write crash-safe? (write temp, fsync, rename; never overwrite in place)

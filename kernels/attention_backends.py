@@ -7,10 +7,10 @@
     3. flash_attention          (flash_attention.py) the same algorithm as Triton GPU kernels.
 
     import sys; sys.path.insert(0, "kernels")
-    from attention import attention
+    from attention_backends import attention
     y = attention(q, k, v, causal=True)   # q (B, H, T, D); k, v (B, Hkv, S, D); H % Hkv == 0 (GQA/MQA)
 
-`python kernels/attention.py` checks 2 and 3 against 1 on small shapes (the interpreter runs 3 on a CPU);
+`python kernels/attention_backends.py` checks 2 and 3 against 1 on small shapes (the interpreter runs 3 on a CPU);
 `python kernels/bench_attention.py` times 3 against PyTorch's SDPA on a GPU;
 `python kernels/compile_check.py` compiles 3 for an H100 on any machine and reports registers and spills.
 

@@ -1,9 +1,9 @@
-"""The shared helpers in 01_data/fileio.py: atomic writes, JSONL and readable errors."""
+"""The shared helpers in 01_data/common.py: atomic writes, JSONL and readable errors."""
 import json
 
 import pytest
 
-from fileio import UserError, atomic_path, read_jsonl, read_text, write_jsonl
+from common import UserError, atomic_path, read_jsonl, read_text, write_jsonl
 
 
 def test_atomic_path_keeps_old_file_when_write_fails(tmp_path):
@@ -45,7 +45,7 @@ def test_read_text_rejects_missing_binary_and_empty(tmp_path):
 
 def test_atomic_write_gives_a_normal_file_mode(tmp_path):
     import os
-    from fileio import atomic_write_text
+    from common import atomic_write_text
     umask = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")

@@ -28,7 +28,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from fileio import UserError, atomic_path  # 01_data
+from common import UserError, atomic_path  # 01_data
 
 FORMAT = "llm-from-scratch/1"
 

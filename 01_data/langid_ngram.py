@@ -12,7 +12,7 @@ operations per document instead of a Python loop per n-gram.
 
 Classes: "en", "zh" and "other". It is trained on generated text (English and Chinese documents of
 a world built from a different seed than the corpus, and French/Spanish/German/Italian sentences
-for "other" that differ from the ones noise.py injects), which is why it works here; on real web text you would train on real labelled text
+for "other" that differ from the ones noise_inject.py injects), which is why it works here; on real web text you would train on real labelled text
 (e.g. Wikipedia per language) -- fastText's lid.176 is the same idea with learnt embeddings.
 
 Interview questions it answers:
@@ -71,7 +71,7 @@ def predict_lang(model, text: str, cfg: LangIDConfig = LangIDConfig()) -> str:
     return LANGS[int(np.argmax(scores))]
 
 
-# Training text for "other": sentences written for this classifier only, *not* the ones noise.py
+# Training text for "other": sentences written for this classifier only, *not* the ones noise_inject.py
 # injects as wrong-language documents, so the wrong_lang score measures generalization.
 OTHER_TRAIN = {
     "fr": ["La maison de {name} se trouve près de la gare de {city}.", "Nous avons visité le musée hier après-midi.",
