@@ -41,7 +41,8 @@ import numpy as np
 
 from clean import STEPS, CleanConfig, clean_document
 from dedup import DedupConfig, dedup, near_duplicate_clusters
-from common import UserError, read_jsonl, read_text, run_cli, write_json, write_jsonl
+from common import (UserError, command_line, read_jsonl, read_text, run_cli, write_json, write_jsonl,
+                    write_manifest)
 from langid_ngram import predict_lang, train_langid, training_texts
 from noise_inject import NOISE_TYPES, inject_noise
 from tasks import write_tasks
@@ -200,7 +201,7 @@ def format_table(stats):
 # ---------------------------------------------------------------------------------------------------
 # The run.
 
-def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True):
+def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, command=None):
     """Run the whole stage into out/data (built in a temp folder, renamed at the end); return stats."""
     check_config(cfg)
     data = out / "data"
@@ -252,6 +253,8 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True):
                  "splits": {k: {"docs": len(v), "chars": sum(len(x["text"]) for x in v)} for k, v in splits.items()},
                  "tasks": tasks, "seconds": seconds}
         write_json(tmp / "stats.json", stats)
+        write_manifest(tmp, stage="01_data", config=config, inputs=cfg.inputs,
+                       command=command or command_line(__file__, ["--out", str(out)]))
         if data.exists():
             shutil.rmtree(data)
         tmp.rename(data)
@@ -324,7 +327,7 @@ def main(argv=None):
         raise UserError(f"cannot read --split {args.split!r}; write it as 0.9,0.05,0.05") from None
     cfg = PrepareConfig(seed=args.seed, chars=args.chars, noise_frac=args.noise_frac, mix=parse_mix(args.mix),
                         split=split, inputs=tuple(args.input), txt_split=args.txt_split, input_domain=args.input_domain)
-    stats = prepare(cfg, Path(args.out), overwrite=args.overwrite)
+    stats = prepare(cfg, Path(args.out), overwrite=args.overwrite, command=command_line(__file__, argv))
     print(format_table(stats))
     print(f"wrote {Path(args.out) / 'data'}", file=sys.stderr)
 

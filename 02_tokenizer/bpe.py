@@ -66,7 +66,8 @@ import regex
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, atomic_path, read_jsonl, run_cli, write_json  # 01_data
+from common import (UserError, atomic_path, check_artifact, command_line, read_jsonl, run_cli, write_json,  # 01_data
+                    write_manifest)
 
 # GPT-2's pattern: contractions, letter runs, digit runs, punctuation runs, each with an optional
 # leading space; `\s+(?!\S)` leaves the last space of a whitespace run to start the next word.
@@ -540,6 +541,7 @@ def main(argv=None):
     ap.add_argument("--pattern", default=cfg.pattern, help="pre-tokenizer regex: gpt2, gpt4, or your own")
     args = ap.parse_args(argv)
     run = Path(args.data)
+    check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
     train_docs = read_jsonl(run / "data" / "train.jsonl")
     val_docs = read_jsonl(run / "data" / "val.jsonl")
 
@@ -574,6 +576,11 @@ def main(argv=None):
     example = val_docs[0]["text"][:120]
     print("example: " + " | ".join(tok.decode([i]).replace("\n", "\\n") for i in tok.encode_ordinary(example)))
     write_json(run / "tokenizer" / "outcome.json", {"rows": rows, "n_tokens": n_tokens, "table": table})
+    command = command_line(__file__, argv)
+    write_manifest(run / "tokenizer", stage="02_tokenizer", command=command, config=vars(args),
+                   inputs=[run / "data"], files=["tokenizer.json", "outcome.json"])
+    write_manifest(run / "tokens", stage="02_tokenizer", command=command, config=vars(args),
+                   inputs=[run / "data", run / "tokenizer"])
     print(f"wrote {run / 'tokenizer'} and {run / 'tokens'}")
 
 

@@ -50,7 +50,7 @@ import torch.distributed as dist
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, run_cli, atomic_path, write_json, save_figure  # 01_data
+from common import UserError, run_cli, atomic_path, check_artifact, read_json, write_json, save_figure  # 01_data
 from checkpoint_io import save_checkpoint, load_checkpoint, check_config_matches  # 03_model
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model: its architecture presets (gpt2 / llama)
@@ -148,9 +148,8 @@ def load_shards(data_dir: Path, train_tokens=0):
     """(train, val, meta): uint16/uint32 memmaps of 02_tokenizer's shards, checked against meta.json."""
     tok = data_dir / "tokens"
     meta_path = tok / "meta.json"
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path}: no token shards; run `python 02_tokenizer/bpe.py --data {data_dir}` first")
-    meta = json.loads(meta_path.read_text())
+    check_artifact(tok, made_by=f"python 02_tokenizer/bpe.py --data {data_dir}")   # present, intact, current
+    meta = read_json(meta_path, made_by=f"python 02_tokenizer/bpe.py --data {data_dir}")
     dtype = np.dtype(meta.get("dtype", ""))
     vocab = int(meta["vocab_size"])
     if dtype not in (np.uint16, np.uint32):

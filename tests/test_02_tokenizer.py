@@ -11,7 +11,7 @@ import pytest
 
 from bpe import (GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, main as bpe_main, train_merges,
                  train_merges_naive, word_counts_of)
-from common import UserError
+from common import UserError, write_manifest
 from unigram import UnigramConfig, UnigramTokenizer, train_unigram, viterbi
 from wordpiece import SPECIALS, WordPieceTokenizer, train_wordpiece
 
@@ -258,6 +258,7 @@ def write_run(root, docs_train, docs_val):
         with open(root / "data" / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for i, (text, domain, lang) in enumerate(docs):
                 f.write(json.dumps({"id": f"{split}{i}", "domain": domain, "lang": lang, "text": text}) + "\n")
+    write_manifest(root / "data", stage="01_data", command="(test data)", config={})
 
 
 def test_cli_writes_tokenizer_and_shards(tmp_path):

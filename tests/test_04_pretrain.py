@@ -16,7 +16,7 @@ import torch
 
 import optimizers as optim
 import pretrain
-from common import UserError
+from common import UserError, write_manifest
 from pretrain import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ def write_shards(root: Path, n_train=40_000, n_val=4_000, vocab=VOCAB, dtype="ui
     (tok / "meta.json").write_text(json.dumps({
         "vocab_size": vocab, "dtype": dtype, "eot_id": 0,
         "n_tokens": {"train": n_train, "val": n_val}, "tokenizer_dir": "tokenizer"}))
+    write_manifest(tok, stage="02_tokenizer", command="(test shards)", config={"vocab": vocab})
     return root
 
 
@@ -285,11 +286,14 @@ def test_ddp_and_fsdp_on_two_processes_equal_single_process(shards, tmp_path):
 # Bad input: one clear line
 
 def test_missing_shards_and_vocab_mismatch(tmp_path):
-    with pytest.raises(UserError, match="no token shards.*02_tokenizer"):
+    with pytest.raises(UserError, match="tokens: missing; make it first with `python 02_tokenizer/bpe.py"):
         pretrain.train(small_cfg(tmp_path, tmp_path / "o"))
     write_shards(tmp_path, n_train=2000, n_val=500)
     meta = json.loads((tmp_path / "tokens" / "meta.json").read_text())
     (tmp_path / "tokens" / "meta.json").write_text(json.dumps({**meta, "vocab_size": 32}))
+    with pytest.raises(UserError, match="meta.json: changed or damaged"):
+        pretrain.train(small_cfg(tmp_path, tmp_path / "o"))
+    write_manifest(tmp_path / "tokens", stage="02_tokenizer", command="(test)", config={})
     with pytest.raises(UserError, match="different tokenizer"):
         pretrain.train(small_cfg(tmp_path, tmp_path / "o"))
 
