@@ -29,19 +29,23 @@ Interview questions it answers:
 """
 import contextlib
 import os
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "03_model")]
+from devices import resolve_device  # 03_model
 
 
 def setup_distributed(device_flag: str = "auto"):
     """(rank, world, device). Under torchrun (WORLD_SIZE set) join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_flag == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    else:
-        device = device_flag
+    device = resolve_device(device_flag, local_rank)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True     # fp32 matmuls on tensor cores (10-bit mantissa)
         torch.backends.cudnn.allow_tf32 = True
