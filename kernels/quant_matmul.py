@@ -352,10 +352,11 @@ def _qmm_gemm(X, W, S, Z, B, Y, M, N, K, KW, stride_xm, stride_xk, stride_wn, st
 # Autotune candidates for an H100-class GPU. Decode: (BLOCK_N, BLOCK_K, warps, stages). Narrow BLOCK_N keeps
 # ≥ 128 programs at N = 4096 (one per SM); a wide BLOCK_K and 3-5 stages keep enough bytes in flight per SM
 # (Little's law: ~3 TB/s × ~1 µs ≈ 3 MB across the GPU). Wider BLOCK_N at M = 16: each program re-reads x
-# (16 × BLOCK_K) from L2 for BLOCK_N weight rows, so narrow tiles spend more on x than on W.
+# (16 × BLOCK_K) from L2 for BLOCK_N weight rows, so narrow tiles spend more on x than on W. Tiles of 8192+
+# weights get 8 warps: with 4, the fp32 dequantized INT4 tile needs ~250 registers a thread (compile report).
 DECODE_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s) for n, k, w, s in
-                  [(16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 512, 4, 3), (32, 128, 4, 5),
-                   (64, 256, 4, 3), (64, 128, 4, 4), (128, 128, 8, 3)]]
+                  [(16, 256, 4, 4), (16, 512, 8, 3), (32, 256, 4, 4), (32, 512, 8, 3), (32, 128, 4, 5),
+                   (64, 256, 8, 3), (64, 128, 4, 4), (128, 128, 8, 3)]]
 # GEMM: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), the usual fp16 GEMM tiles; small BLOCK_M for M = 32-64.
 GEMM_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
                 for m, n, k, w, s in

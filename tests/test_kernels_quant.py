@@ -268,3 +268,31 @@ def test_gpu_autotuned_bf16(fmt):
 def test_gpu_autotuned_integer_part_exact(path):
     x, qw, bias = integer_valued_problem((4, 128, True), 16 if path == "decode" else 200, 1024, torch.bfloat16)
     assert torch.equal(triton_quant_matmul(x, qw, bias, path=path), quant_matmul_reference(x, qw, bias))
+
+
+# ---------------------------------------- the benchmark's logic and .ci/gpu ----------------------------------------
+def test_bench_goal_verdicts():
+    """The goal lines judge the worst M of each range: one slow M <= 16 fails the INT4 goal."""
+    import bench_quant_matmul as bench
+    rows = [dict(format=f, M=M, vs_bf16=r) for f, M, r in
+            [("int8", 1, 1.9), ("int8", 16, 1.85), ("int8", 256, 0.9), ("int4-g128", 1, 3.5), ("int4-g128", 8, 3.1),
+             ("int4-g128", 256, 0.7), ("bfloat16", 1, 1.0)]]
+    lines = bench.summarize_goals(rows, "NVIDIA H100 80GB HBM3")
+    assert lines == ["goal int8 >= 1.8x bf16 at M <= 16: worst 1.85x, best 1.90x -> met",
+                     "goal int8 >= 0.8x bf16 at M = 256: worst 0.90x, best 0.90x -> met",
+                     "goal int4-g128 >= 3.2x bf16 at M <= 16: worst 3.10x, best 3.50x -> NOT met",
+                     "goal int4-g128 >= 0.8x bf16 at M = 256: worst 0.70x, best 0.70x -> NOT met"]
+    assert bench.parse_format("int4-g64-asym") == (4, 64, False) and bench.parse_format("int8") == (8, None, True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_bench_and_ci_without_cuda_say_so_in_one_line(repo_root, capsys):
+    import subprocess
+
+    import bench_quant_matmul as bench
+    bench.main([])
+    assert capsys.readouterr().out.count("\n") == 1
+    with pytest.raises(UserError, match="unknown format 'int3'"):
+        bench.main(["--formats", "int3"])
+    ci = subprocess.run(["bash", str(repo_root / ".ci" / "gpu")], capture_output=True, text=True, timeout=120)
+    assert ci.returncode == 0 and ci.stdout.count("\n") == 1 and "no CUDA" in ci.stdout, ci.stdout + ci.stderr
