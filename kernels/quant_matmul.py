@@ -19,12 +19,12 @@ most scale/2; that is the whole error of round-to-nearest, and what the tests ch
 
 The layer computes y = x · Ŵᵀ. Three ways here, each checked against the one before:
     1. quant_matmul_reference   dequantize W to fp32, then one matmul: the definition, readable, any device.
-    2. _qmm_gemm (Triton)       M > 16 (prefill, training-size batches): a tiled GEMM whose weight tiles
-                                travel from memory as int bytes and are dequantized in registers.
-    3. _qmm_decode (Triton)     M ≤ 16 (token-by-token generation): a GEMV-style kernel. Each program owns
+    2. _qmm_decode (Triton)     M ≤ 16 (token-by-token generation): a GEMV-style kernel. Each program owns
                                 BLOCK_N output features for all M tokens and streams its rows of W once; the
                                 only cost that matters is reading W, and W is 2× (INT8) or ~3.9× (INT4-g128)
                                 smaller than bf16.
+    3. _qmm_gemm (Triton)       M > 16 (prefill, batched decoding): a tiled GEMM. Both kernels read weight
+                                tiles from memory as int bytes and dequantize them in registers.
 `quant_matmul` picks the kernel on CUDA and the reference elsewhere; a case the kernel does not take falls back
 to the reference with a one-time warning (never wrong numbers).
 
@@ -153,6 +153,21 @@ class QuantizedWeight:
     bits: int
     group_size: int | None              # None: one scale per output channel (INT8)
     in_features: int
+
+    def __post_init__(self):
+        """Refuse a malformed weight here, so neither the kernel nor the reference can misread one."""
+        N, K, G = self.qweight.shape[0], self.in_features, self.group_size
+        if self.bits == 8:
+            expect = (torch.int8, (N, K), (N,), None)
+        elif self.bits == 4 and G in GROUP_SIZES and K % G == 0:
+            expect = (torch.uint8, (N, K // 2), (N, K // G), None if self.zeros is None else (N, K // G))
+        else:
+            raise ValueError(f"no format with bits={self.bits}, group_size={G}, in_features={K}")
+        got = (self.qweight.dtype, tuple(self.qweight.shape), tuple(self.scales.shape),
+               None if self.zeros is None else tuple(self.zeros.shape))
+        if got != expect or (self.bits == 8 and self.zeros is not None):
+            raise ValueError(f"INT{self.bits} weight (codes dtype, codes, scales, zeros shapes) should be {expect}, "
+                             f"got {got}")
 
     @property
     def out_features(self):

@@ -89,6 +89,17 @@ def test_storage_layout_and_bytes():
     assert q4.nbytes() == pytest.approx(N * 256 * qm.weight_bytes_per_element(4, 128))
 
 
+def test_malformed_weight_is_refused():
+    """Codes stored as int8 for INT4 would be shifted with their sign bit: refused when built, not misread."""
+    good = quantize(torch.randn(8, 64), 4, 32)
+    with pytest.raises(ValueError, match="should be"):
+        qm.QuantizedWeight(good.qweight.view(torch.int8), good.scales, None, 4, 32, 64)
+    with pytest.raises(ValueError, match="should be"):
+        qm.QuantizedWeight(good.qweight, good.scales[:, :1], None, 4, 32, 64)
+    with pytest.raises(ValueError, match="no format"):
+        qm.QuantizedWeight(good.qweight, good.scales, None, 4, 48, 64)
+
+
 # ---------------------------------------- int4 packing ----------------------------------------
 def test_pack_int4_layout():
     """Byte j = q[2j] in the low nibble, q[2j+1] in the high one; negatives as two's-complement nibbles."""
@@ -256,7 +267,7 @@ def test_gpu_autotuned_bf16(fmt):
     """Every M bucket of both paths, N and K that no tile divides; bf16 tolerance (2⁻⁷ of the largest output)."""
     K, N_big = 1152, 1000
     qw = quantize(torch.randn(N_big, K) * 0.02, *fmt).to("cuda")
-    for M in (1, 2, 5, 16, 17, 100, 300):
+    for M in (1, 5, 16, 17, 300):
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         y = quant_matmul(x, qw).float()
         ref = quant_matmul_reference(x.double(), qw)
@@ -296,3 +307,4 @@ def test_bench_and_ci_without_cuda_say_so_in_one_line(repo_root, capsys):
         bench.main(["--formats", "int3"])
     ci = subprocess.run(["bash", str(repo_root / ".ci" / "gpu")], capture_output=True, text=True, timeout=120)
     assert ci.returncode == 0 and ci.stdout.count("\n") == 1 and "no CUDA" in ci.stdout, ci.stdout + ci.stderr
+
