@@ -175,7 +175,7 @@ def test_kernel_exact_on_batched_strided_activations(path):
     x, qw, bias = integer_valued_problem(fmt, 2 * T, K, torch.float32, seed=2)
     wide = torch.zeros(2 * T, 2 * K, device=DEVICE)
     wide[:, ::2] = x
-    x = wide[:, ::2].unflatten(0, (2, T))                 # strides (2TK·2/2T.., 2K, 2): a view, not a copy
+    x = wide[:, ::2].unflatten(0, (2, T))                 # (2, T, K), strides (T·2K, 2K, 2): a view
     assert x.stride(-1) == 2 and x.reshape(-1, K).data_ptr() == wide.data_ptr()
     y = triton_quant_matmul(x, qw, bias, path=path, config=TILES[path])
     assert y.shape == (2, T, N)
