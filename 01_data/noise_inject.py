@@ -33,7 +33,6 @@ Interview question it answers: how do you know a cleaning pipeline works? (injec
 measure precision and recall per filter -- with a filter that never saw the injector's lists --
 and look at the false positives on real clean text)
 """
-import random
 
 NOISE_TYPES = ["exact_dup", "near_dup", "mojibake", "html", "pii", "toxic", "bias", "too_short", "wrong_lang"]
 

@@ -9,7 +9,8 @@ Writes (README, "Artifacts"), built beside any earlier run and swapped in only w
     runs/<name>/data/{train,val,test}.jsonl   {"id", "domain", "lang", "text"} one document per line
     runs/<name>/data/noise_labels.jsonl       {"id", "noise"}: the sidecar of injected noise labels
     runs/<name>/data/tasks/*.jsonl            task sets for stages 05-07 (format: tasks.py docstring)
-    runs/<name>/data/stats.json               the outcome tables below, the config, seconds per step
+    runs/<name>/data/stats.json               the outcome tables below (data_outcome.py), the config, seconds
+    runs/<name>/data/outcome.png              precision/recall per noise type, characters removed per step
     runs/<name>/data/manifest.json            what made this folder (common.py); written last
 
 The outcome: for every noise type, how many documents were injected, caught by the step responsible
@@ -53,24 +54,16 @@ from common import (MANIFEST, UserError, check_config, claim_output, command_lin
                     read_json, read_jsonl, read_text, run_cli, run_lock, staged_dir, write_json, write_jsonl,
                     write_manifest)
 from dedup import DedupConfig, dedup, near_duplicate_clusters
-from filter_fp import filter_rates, format_rates
+from data_outcome import (WARN_HINTS, domain_table, format_table, noise_table, plot_outcome, step_table,
+                          warnings_for)
+from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
-from noise_inject import NOISE_TYPES, inject_noise
+from noise_inject import inject_noise
 from tasks import write_tasks
 from world import WorldConfig, build_world, generate_corpus, story_slots
 
 DOMAINS = ["dialog", "code", "knowledge", "stories"]
 SPLITS = ["train", "val", "test"]
-CATCHING_STEP = {"exact_dup": "exact_dedup", "near_dup": "near_dedup", "mojibake": "fix_encoding",
-                 "html": "strip_markup", "pii": "mask_pii", "toxic": "filter_toxic", "bias": "filter_bias",
-                 "too_short": "filter_length", "wrong_lang": "filter_language"}
-# What to look at when a step removes a large share of the input (the warning line says it).
-WARN_HINTS = {"filter_length": "short units; if they are parts of longer documents, try --txt-split file",
-              "mix": "the input's domains do not have the --mix shares, so the scarcest one limits the rest",
-              "filter_language": "is the input English or Chinese?",
-              "exact_dedup": "the input repeats itself", "near_dedup": "the input repeats itself"}
-
-
 @dataclass
 class PrepareConfig:
     seed: int = option(0, "seed of the world, the noise, the mix and the split", min=0)
@@ -243,102 +236,11 @@ def check_splits(splits, cfg: PrepareConfig):
 
 
 def dropped_everything(dropped, n_docs):
-    by_step = {s: sum(v == s for v in dropped.values()) for s in STEPS}
-    steps = ", ".join(f"{s} {n}" for s, n in by_step.items() if n)
-    return UserError(f"cleaning dropped all {n_docs} input document(s) ({steps}); nothing is left to split; "
-                     "check that the input is English or Chinese prose (or code with --input-domain code)")
-
-
-# ---------------------------------------------------------------------------------------------------
-# The outcome.
-
-def noise_table(docs, labels, acted, removed):
-    """Per noise type: injected, caught, missed, precision, recall of the step responsible for it."""
-    rows = {}
-    for kind in NOISE_TYPES:
-        step = CATCHING_STEP[kind]
-        flagged = [i for i in acted if step in acted[i] or removed.get(i) == step]
-        injected = [i for i, k in labels.items() if k == kind]
-        caught = sum(labels.get(i) == kind for i in flagged)
-        elsewhere = sum(1 for i in injected if removed.get(i) not in (None, step) and step not in acted.get(i, {}))
-        rows[kind] = {"step": step, "injected": len(injected), "caught": caught, "missed": len(injected) - caught,
-                      "missed_but_dropped": elsewhere, "flagged": len(flagged),
-                      "precision": caught / max(1, len(flagged)), "recall": caught / max(1, len(injected))}
-    clean_ids = [d["id"] for d in docs if d["id"] not in labels]
-    lost = [i for i in clean_ids if removed.get(i) or any(s.startswith("filter_") for s in acted.get(i, {}))]
-    rows["(clean docs)"] = {"injected": len(clean_ids), "wrongly_removed": len(lost)}
-    return rows
-
-
-def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
-    """Per step: documents changed and dropped, characters removed and their share of the input."""
-    input_chars = max(1, sum(len(d["text"]) for d in docs))
-    rows = {s: {"changed": 0, "dropped": 0, "chars": 0} for s in STEPS + ["exact_dedup", "near_dedup", "mix"]}
-    for doc_id, steps in acted.items():
-        for step, chars in steps.items():
-            rows[step]["dropped" if removed.get(doc_id) == step else "changed"] += 1
-            rows[step]["chars"] += chars
-    for d in kept_after_clean:
-        if removed.get(d["id"]) in ("exact_dedup", "near_dedup"):
-            rows[removed[d["id"]]]["dropped"] += 1
-            rows[removed[d["id"]]]["chars"] += len(d["text"])
-    rows["mix"] = {"changed": 0, "dropped": len(unique) - len(mixed),
-                   "chars": sum(len(d["text"]) for d in unique) - sum(len(d["text"]) for d in mixed)}
-    for r in rows.values():
-        r["share"] = r["chars"] / input_chars
-    return rows
-
-
-def domain_table(docs, unique, mixed):
-    total = max(1, sum(len(x["text"]) for x in mixed))
-    table = {}
-    for dom in DOMAINS:
-        chars = lambda part: sum(len(x["text"]) for x in part if x["domain"] == dom)
-        table[dom] = {"docs_in": sum(x["domain"] == dom for x in docs), "chars_in": chars(docs),
-                      "docs_kept": sum(x["domain"] == dom for x in unique), "chars_kept": chars(unique),
-                      "docs_mixed": sum(x["domain"] == dom for x in mixed), "chars_mixed": chars(mixed),
-                      "share": chars(mixed) / total}
-    return table
-
-
-def warnings_for(steps, threshold):
-    return [f"warning: {s} removed {r['share']:.1%} of the input characters ({r['dropped']:,} documents dropped), "
-            f"more than --warn-removed {threshold:g}; read what it removed before training on the rest"
-            + (f" ({WARN_HINTS[s]})" if s in WARN_HINTS else "")
-            for s, r in steps.items() if r["share"] > threshold]
-
-
-def format_table(stats):
-    lines = []
-    if stats["noise"]:
-        lines.append("noise type    step              injected  caught  missed  precision  recall  "
-                     "(missed, dropped by another step)")
-        for kind, r in stats["noise"].items():
-            if "step" in r:
-                lines.append(f"{kind:13s} {r['step']:17s} {r['injected']:8d} {r['caught']:7d} {r['missed']:7d}"
-                             f"  {r['precision']:9.3f} {r['recall']:7.3f}  {r['missed_but_dropped']}")
-            else:
-                lines.append(f"{kind:13s} clean documents {r['injected']}, wrongly removed {r['wrongly_removed']}")
-    else:
-        lines.append("no noise labels (real input or --noise-frac 0): no precision/recall, only what each step did")
-    lines.append(f"\ninput: {stats['input']['docs']:,} documents, {stats['input']['chars']:,} characters")
-    lines.append(f"{'step':18s} {'changed':>8s} {'dropped':>8s} {'chars removed':>14s} {'of input':>9s}")
-    for s, r in stats["steps"].items():
-        lines.append(f"{s:18s} {r['changed']:8,d} {r['dropped']:8,d} {r['chars']:14,d} {r['share']:9.1%}")
-    kept = sum(v["chars"] for v in stats["splits"].values())
-    lines.append(f"{'kept':18s} {'':8s} {'':8s} {kept:14,d} {kept / max(1, stats['input']['chars']):9.1%}")
-    lines.append("\ndomain      docs in  chars in   after clean+dedup   in mix   chars in mix  share")
-    for d, r in stats["domains"].items():
-        lines.append(f"{d:10s} {r['docs_in']:8d} {r['chars_in']:9,d} {r['docs_kept']:19d} {r['docs_mixed']:8d}"
-                     f" {r['chars_mixed']:14,d}  {r['share']:.3f}")
-    lines.append("\nsplits: " + ", ".join(f"{k} {v['docs']} docs / {v['chars']:,} chars" for k, v in stats["splits"].items()))
-    lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stats["seconds"].items()))
-    if stats["false_positives"]:
-        lines.append("\nfalse positives on clean real text (--fp-check): share of documents / characters each step "
-                     "changed or dropped")
-        lines += [format_rates(name, r) for name, r in stats["false_positives"].items()]
-    lines += stats["warnings"]
-    return "\n".join(lines)
+    by_step = Counter(dropped.values())
+    top = by_step.most_common(1)[0][0]
+    hint = WARN_HINTS.get(top, "check that the input is English or Chinese prose (or code with --input-domain code)")
+    steps = ", ".join(f"{s} {by_step[s]}" for s in STEPS if by_step[s])
+    return UserError(f"cleaning dropped all {n_docs} input document(s) ({steps}); nothing is left to split: {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -353,6 +255,9 @@ def check_prepare_config(cfg: PrepareConfig):
     if any(r < 0 for r in cfg.mix.values()) or abs(sum(cfg.mix.values()) - 1) > 1e-6:
         raise UserError(f"mixing ratios must be >= 0 and sum to 1 (they sum to {sum(cfg.mix.values()):g}); fix --mix, "
                         "e.g. --mix dialog=0.4,code=0.1,knowledge=0.2,stories=0.3")
+    if cfg.noise_frac > 0 and not cfg.input and not any(cfg.mix.get(d, 0) > 0 for d in DOMAINS if d != "code"):
+        raise UserError("noise is injected into prose (an edited program no longer parses), and --mix has none; "
+                        "give dialog, knowledge or stories a share, or pass --noise-frac 0")
     if len(cfg.split) != 3 or any(f <= 0 for f in cfg.split) or abs(sum(cfg.split) - 1) > 1e-6:
         raise UserError(f"--split {','.join(map(str, cfg.split))}: needs three shares (train, val, test), each above 0 "
                         "(stage 02 measures on val, stage 07 on test) and summing to 1, e.g. --split 0.9,0.05,0.05")
@@ -444,12 +349,13 @@ def build(cfg: PrepareConfig, config: dict, inputs, fp_texts, folder: Path, prog
              "noise": noise_table(docs, labels, acted, removed) if labels else {},
              "input": {"docs": len(docs), "chars": sum(len(x["text"]) for x in docs)},
              "steps": steps,
-             "domains": domain_table(docs, unique, mixed),
+             "domains": domain_table(docs, unique, mixed, DOMAINS),
              "splits": {k: {"docs": len(v), "chars": sum(len(x["text"]) for x in v)} for k, v in splits.items()},
              "false_positives": false_positives,
              "warnings": warnings_for(steps, cfg.warn_removed),
              "tasks": tasks, "seconds": seconds}
     write_json(folder / "stats.json", stats)
+    plot_outcome(stats, folder / "outcome.png", cfg.warn_removed)
     write_manifest(folder, stage="01_data", config=config, inputs=[*cfg.input, *cfg.fp_check], command=command)
     return stats
 

@@ -15,13 +15,14 @@ import pytest
 
 from clean import (CleanConfig, filter_bias, filter_length, filter_toxic, fix_encoding, is_biased, is_toxic,
                    mask_pii, normalize_unicode, quality_problems, strip_boilerplate, strip_markup)
-from common import UserError, check_artifact, run_lock
+from common import check_artifact, run_lock
 from dedup import (DedupConfig, candidate_probability, dedup, jaccard, lsh_params, minhash_signatures,
                    normalize_for_hash, shingle_hashes, shingle_set)
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
 from noise_inject import BIAS_EN, BIAS_ZH, NOISE_TYPES, TOXIC_EN, TOXIC_ZH, broken_bytes, fake_pii, to_mojibake
-from prepare import (PrepareConfig, cut_document, format_table, prepare, read_documents)
+from data_outcome import format_table
+from prepare import PrepareConfig, cut_document, prepare, read_documents
 from tasks import task_records
 from world import WorldConfig, build_world, generate_corpus
 
@@ -299,6 +300,7 @@ def test_cli_run_writes_what_its_table_says(small_cli_run):
     kept = [d for n in ("train", "val", "test") for d in read_split(data, n)]
     assert len({d["id"] for d in kept}) == len(kept) and all(d["text"].strip() for d in kept)
     assert sum(len(d["text"]) for d in kept) == stats["input"]["chars"] - sum(r["chars"] for r in stats["steps"].values())
+    assert (data / "outcome.png").read_bytes()[:4] == b"\x89PNG" and (data / "outcome.png").stat().st_size > 20_000
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["data"]
     assert r.stderr.strip().endswith(f"wrote {data}")
 
@@ -383,6 +385,7 @@ BAD_INPUTS = [
     ("mix not summing to 1", lambda t, run: ["--out", run, "--mix", "dialog=0.5,code=0.6"], "sum to 1"),
     ("mix unknown domain", lambda t, run: ["--out", run, "--mix", "poems=1"], "unknown domain 'poems'"),
     ("mix unreadable", lambda t, run: ["--out", run, "--mix", "dialog"], "cannot read"),
+    ("noise with code only", lambda t, run: ["--out", run, "--mix", "code=1"], "noise is injected into prose"),
     ("split with an empty part", lambda t, run: ["--out", run, "--split", "1,0,0"], "each above 0"),
     ("split with two parts", lambda t, run: ["--out", run, "--split", "0.5,0.5"], "three shares"),
     ("chars too small", lambda t, run: ["--out", run, "--chars", "100"], "--chars 100 is below its minimum"),
