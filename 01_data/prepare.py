@@ -53,9 +53,9 @@ from clean import STEPS, CleanConfig, clean_document
 from common import (MANIFEST, UserError, check_config, claim_output, command_line, option, parse_config,
                     read_json, read_jsonl, read_text, run_cli, run_lock, staged_dir, write_json, write_jsonl,
                     write_manifest)
-from dedup import DedupConfig, dedup, near_duplicate_clusters
 from data_outcome import (WARN_HINTS, domain_table, format_table, noise_table, plot_outcome, step_table,
                           warnings_for)
+from dedup import DedupConfig, dedup, near_duplicate_clusters
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
 from noise_inject import inject_noise
@@ -152,8 +152,9 @@ def read_documents(paths, cfg: PrepareConfig, prefix="in"):
                      for rec in read_jsonl(p)]
         else:
             text = read_text(p)
-            blocks = {"line": text.split("\n"), "blank": re.split(r"\n[ \t\u3000]*\n", text), "file": [text]}
-            units = [(cfg.input_domain, b) for b in blocks[cfg.txt_split]]
+            blocks = (text.split("\n") if cfg.txt_split == "line" else [text] if cfg.txt_split == "file"
+                      else re.split(r"\n[ \t\u3000]*\n", text))
+            units = [(cfg.input_domain, b) for b in blocks]
         for domain, text in units:
             docs += [{"domain": domain, "lang": "", "text": t} for t in cut_document(text.strip(), cfg.max_doc_chars)
                      if t.strip()]

@@ -466,6 +466,22 @@ def test_concurrent_writer_and_read_only_run_dir(small_cli_run, tmp_path, repo_r
     assert tree_hashes(run / "data") == before
 
 
+@pytest.mark.parametrize("script, argv, expect", [
+    ("dedup.py", [], "near copy   the cat sat on the mat and looked at a dog"),
+    ("dedup.py", ["--threshold", "2"], "error: --threshold 2.0 is above its maximum 1.0"),
+    ("world.py", ["--chars", "500", "--seed", "3"], "--- "),
+    ("world.py", ["--seed", "x"], "error: argument --seed: invalid int value"),
+    ("bench_dedup.py", ["--docs", "5"], "error: --docs 5 is below its minimum 100"),
+])
+def test_demo_commands_share_the_cli_contract(repo_root, script, argv, expect):
+    r = subprocess.run([sys.executable, str(repo_root / "01_data" / script), *argv], capture_output=True, text=True,
+                       timeout=60)
+    if expect.startswith("error:"):
+        assert r.returncode == 2 and r.stderr.startswith(expect) and r.stderr.count("\n") == 1, r.stderr
+    else:
+        assert r.returncode == 0 and expect in r.stdout, r.stderr
+
+
 def test_ctrl_c_midway_keeps_the_old_run(small_cli_run, repo_root):
     run, _ = small_cli_run
     before = tree_hashes(run / "data")
