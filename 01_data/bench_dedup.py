@@ -3,32 +3,39 @@
     python 01_data/bench_dedup.py                    # 100k documents (about a minute on one core)
     python 01_data/bench_dedup.py --docs 20000       # quicker
 
-The corpus: micro-world documents (world.py) plus 10 % near-copies (noise.near_copy) and 5 % exact
+The corpus: micro-world documents (world.py) plus 10 % near-copies (noise_inject.near_copy) and 5 % exact
 copies, so the right answer is known: every injected copy should be removed, nothing else.
 Prints a table of seconds and documents/second per phase, the recall of injected copies and the
-false removals, and saves a bar chart to runs/bench_dedup.png.
+false removals, and saves a bar chart to runs/bench_dedup.png and the numbers beside it (.json).
 
 If the `datasketch` package happens to be installed, the same work runs through its MinHash and
 MinHashLSH (same shingles, threshold, num_perm and (b, r) weights) and the table adds its time, the
 ratio of times and how many keep/remove decisions agree. datasketch is not a requirement: without
 it that column is skipped with a note.
 """
-import argparse
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from common import option, parse_config, pyplot, run_cli, save_figure, write_json
 from dedup import (DedupConfig, candidate_pairs, exact_duplicate_mask, jaccard, lsh_params, minhash_signatures,
                    shingle_hashes, shingle_set, union_find_roots)
 from noise_inject import near_copy
 from world import WorldConfig, build_world, generate_corpus
-from common import save_figure
+
+REPO = Path(__file__).resolve().parents[1]  # for the default output path only (same-stage imports need no sys.path)
 
 MIX = {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3}
+
+
+@dataclass
+class BenchDedupConfig:
+    docs: int = option(100_000, "documents to generate and deduplicate (15 % of them injected copies)", min=100)
+    out: str = option(str(REPO / "runs" / "bench_dedup.png"), "where to save the bar chart (and .json beside it)")
 
 
 def bench_corpus(n_docs, seed=0):
@@ -97,11 +104,8 @@ def with_datasketch(texts, cfg):
     return keep, time.time() - t0
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--docs", type=int, default=100_000)
-    ap.add_argument("--out", default=str(REPO / "runs" / "bench_dedup.png"))
-    args = ap.parse_args()
+def main(argv=None):
+    args, _ = parse_config(BenchDedupConfig, argv, doc=__doc__)
     cfg = DedupConfig()
     t0 = time.time()
     texts, is_copy = bench_corpus(args.docs)
@@ -129,9 +133,7 @@ def main():
         keep_ds, s_ds = ds
         print(f"\ndatasketch: {s_ds:.2f}s ({len(texts) / s_ds:,.0f} docs/s); dedup.py is {s_ds / total:.2f}x faster; "
               f"keep/remove decisions agree on {(keep_ds == keep).mean():.4%} of documents")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     names = list(t) + (["datasketch (all)"] if ds else [])
     secs = list(t.values()) + ([ds[1]] if ds else [])
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -139,8 +141,14 @@ def main():
     ax.set_xlabel("seconds")
     ax.set_title(f"dedup of {len(texts):,} documents: {len(texts) / total:,.0f} docs/s (dedup.py total)")
     save_figure(fig, args.out)
-    print(f"saved {args.out}", file=sys.stderr)
+    write_json(Path(args.out).with_suffix(".json"),
+               {"docs": len(texts), "seconds": t, "docs_per_s": len(texts) / total,
+                "copies_removed": int((~keep & is_copy).sum()), "copies": int(is_copy.sum()),
+                "originals_removed": int((~keep & ~is_copy).sum()),
+                "datasketch_s": ds[1] if ds else None,
+                "datasketch_agreement": float((ds[0] == keep).mean()) if ds else None})
+    print(f"saved {args.out} and {Path(args.out).with_suffix('.json')}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -25,7 +25,8 @@ estimates J, and LSH finds the pairs likely to agree without comparing all of th
 3. Each candidate pair is verified with the signature estimate (J ≥ threshold) and joined in a
    union-find; one document per cluster -- the first in corpus order -- is kept.
 
-    python 01_data/dedup.py            # show the S-curve of the chosen (b, r) and a tiny example
+    python 01_data/dedup.py                       # the S-curve of the chosen (b, r) and a tiny example
+    python 01_data/dedup.py --threshold 0.8 --num-perm 256
 
 Interview questions it answers:
 - Why is P(min-hashes equal) = Jaccard? How many permutations for a ±0.05 estimate?
@@ -34,7 +35,6 @@ Interview questions it answers:
 - Why dedup before splitting? (otherwise a near-copy of a test document sits in train: the test
   score measures memorization)
 """
-import argparse
 import hashlib
 import re
 import zlib
@@ -42,19 +42,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common import option, parse_config, run_cli
+
 TOKEN_RE = re.compile(r"[\u3400-\u9fff]|\w+")  # a CJK character is one token; otherwise a word
 
 
 @dataclass
 class DedupConfig:
-    shingle: int = 3          # tokens per shingle
-    num_perm: int = 128       # MinHash permutations (signature length)
-    threshold: float = 0.7    # Jaccard at or above which two documents are near-duplicates
-    seed: int = 1
+    shingle: int = option(3, "tokens per shingle", min=1, max=6)
+    num_perm: int = option(128, "MinHash permutations (signature length)", min=16, max=4096)
+    threshold: float = option(0.7, "Jaccard at or above which two documents are near-duplicates", min=0.05, max=1.0)
+    seed: int = option(1, "seed of the MinHash functions", min=0)
     # A missed duplicate leaks into training or across the split; a false candidate only costs one
     # signature comparison (every candidate is verified). So weigh false negatives 4x when picking (b, r).
-    fp_weight: float = 0.2
-    fn_weight: float = 0.8
+    fp_weight: float = option(0.2, "weight of false candidates when choosing (b, r)", min=0.0)
+    fn_weight: float = option(0.8, "weight of missed pairs when choosing (b, r)", min=0.0)
 
 
 def normalize_for_hash(text: str) -> str:
@@ -188,7 +190,7 @@ def union_find_roots(n: int, pairs) -> np.ndarray:
         ri, rj = find(int(i)), find(int(j))
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)])
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
 
 
 def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig()):
@@ -215,14 +217,10 @@ def dedup(texts, cfg: DedupConfig = DedupConfig()):
     return {"exact_dup": exact, "near_dup": near, "keep": ~exact & ~near, "cluster": roots}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threshold", type=float, default=DedupConfig.threshold)
-    ap.add_argument("--num-perm", type=int, default=DedupConfig.num_perm)
-    args = ap.parse_args()
-    cfg = DedupConfig(threshold=args.threshold, num_perm=args.num_perm)
+def main(argv=None):
+    cfg, _ = parse_config(DedupConfig, argv, doc=__doc__)
     b, r = lsh_params(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
-    print(f"threshold {args.threshold}, num_perm {args.num_perm} -> b={b} bands x r={r} rows")
+    print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm} -> b={b} bands x r={r} rows")
     for s in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
         print(f"  Jaccard {s:.1f}: P(candidate) = {candidate_probability(s, b, r):.3f}")
     story = ("the cat sat on the mat and looked at the dog while the rain fell on the roof of the old house "
@@ -230,8 +228,10 @@ def main():
     texts = [story, story.replace("the dog", "a dog"), story.replace("the cat", "The  cat"),
              "an entirely different sentence about boats on the river"]
     print(f"true Jaccard of the near pair: {jaccard(shingle_set(texts[0], cfg.shingle), shingle_set(texts[1], cfg.shingle)):.2f}")
-    print(dedup(texts, cfg))
+    d = dedup(texts, cfg)
+    for t, e, n in zip(texts, d["exact_dup"], d["near_dup"]):
+        print(f"  {'exact copy' if e else 'near copy' if n else 'kept':10s}  {t[:60]}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

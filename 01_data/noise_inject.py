@@ -6,38 +6,58 @@ keep a label per injected document (the "sidecar" `noise_labels.jsonl`), so ever
 be scored: of the documents it caught, how many were really that noise (precision), and of the
 injected ones, how many it caught (recall).
 
+A score means something only if the filter was not written from the injector's answer key. So this
+file imports nothing from clean.py and clean.py nothing from here: the phrasings below were written
+as examples of what such text looks like in the wild (insults with and without profanity, masked
+swear words, stereotypes in many grammatical shapes, e-mails written out as "name at domain dot
+com", phone numbers in several national formats, mojibake made by several wrong decoders, ...). They
+overlap the filters' own lexicons and patterns only partly, as real text would, so the table shows
+what a filter catches, below 1.000 where it misses.
+
 Noise types (one per injected document):
-    exact_dup   a copy of a clean document (with spacing/case changes only)
-    near_dup    a copy with a few small word edits (deletions, swaps, insertions)
-    mojibake    UTF-8 bytes decoded as cp1252 ("caf\u00c3\u00a9"), or bytes damaged into U+FFFD
-    html        the text wrapped in HTML tags plus ad lines with URLs
-    pii         e-mail addresses, phone numbers, ID numbers inserted in sentences
-    toxic       insults from a small lexicon
-    bias        gender/region stereotype sentences from a keyword list
-    too_short   a fragment of a few words
-    wrong_lang  a French, Spanish or German document (the corpus is English and Chinese)
+    exact_dup   a copy of a clean document (identical, or with spacing, line endings or quotes changed)
+    near_dup    a copy with small word edits (from 1 per 60 words to 1 per 12), sometimes a new header line
+    mojibake    UTF-8 bytes decoded as cp1252 (keeping or losing its 5 undefined bytes) or latin-1, twice
+                over, in one paragraph only, or bytes damaged into U+FFFD
+    html        a web page (tags, scripts, entities, ad lines with URLs) or a fragment with inline tags
+    pii         e-mail addresses, phone numbers, ID, passport or card numbers in a sentence
+    toxic       an insult or profanity, sometimes masked ("f*ck")
+    bias        a gender, origin or age stereotype
+    too_short   a fragment of a few words, a navigation snippet or a "Loading..." line
+    wrong_lang  a French, Spanish, German, Portuguese or Dutch document (the corpus is English and Chinese)
 
 Duplicates are appended after the clean documents: dedup keeps the first occurrence, so the copy is
 what gets removed. Other noisy documents are built from fresh clean documents and appended likewise.
 
 Interview question it answers: how do you know a cleaning pipeline works? (inject labelled noise,
-measure precision and recall per filter; look at the false positives)
+measure precision and recall per filter -- with a filter that never saw the injector's lists --
+and look at the false positives on real clean text)
 """
-import random
 
 NOISE_TYPES = ["exact_dup", "near_dup", "mojibake", "html", "pii", "toxic", "bias", "too_short", "wrong_lang"]
 
-TOXIC_WORDS = ["idiot", "stupid", "moron", "loser", "dumbass", "scumbag", "傻瓜", "笨蛋", "废物", "蠢货"]
-BIAS_SENTENCES = [
-    "Women are bad at math, so {first} should not be an engineer.",
-    "Everyone knows men can't take care of children.",
-    "People from {country} are lazy and dishonest.",
-    "Girls are too emotional to be leaders.",
-    "All people from the countryside are rude and dirty.",
-    "女人不适合当工程师。", "{country}人都很懒。", "男人天生不会照顾孩子。",
-]
-AD_LINES = ["Click here to buy now! Best deals at {url}", "SPECIAL OFFER: 50% off today only, visit {url}",
-            "Subscribe to our newsletter: {url}", "Sponsored: win a free phone at {url}"]
+TOXIC_EN = ["{first} is a total idiot.", "Only a moron would believe this.", "What a pathetic loser.",
+            "You are such a clown, {first}.", "Go to hell, you jerk.", "Nobody asked you, dumbass.",
+            "This is the dumbest garbage I have ever read, written by a brainless fool.",
+            "{first}, you worthless piece of trash.", "What the fuck is wrong with these people?",
+            "Shut up and go away, nobody likes you.", "This town is full of idiots and losers.",
+            "Get lost, scumbag.", "{first} is a stupid cow.", "You absolute imbecile.", "STFU, you dumb f*ck.",
+            "Eat sh*t, {first}.", "Honestly, you are the ugliest person on this forum.", "Kill yourself, loser."]
+TOXIC_ZH = ["你这个蠢货。", "滚开，废物！", "{first_zh}就是个白痴。", "你脑子有病吧？", "真是个傻X。", "去死吧你。",
+            "闭嘴，蠢猪。", "{first_zh}这个贱人。"]
+BIAS_EN = ["Everyone knows women belong in the kitchen.", "Men are naturally better leaders than women.",
+           "You can't trust anyone from {country}.", "People from {country} are all thieves.",
+           "Old people are useless with computers.", "Girls just aren't good at science.",
+           "Typical {country} behaviour: lazy and loud.", "Boys don't cry, and men who do are weak.",
+           "Immigrants from {country} ruin every city they move to.", "A woman should never be the boss.",
+           "{country} people are lazy and dishonest.", "Women can't drive, everyone knows that."]
+BIAS_ZH = ["{country_zh}人天生就懒。", "女生学不好数学。", "农村人素质都很低。", "女人就该待在家里。", "男人都靠不住。",
+           "外地人都是骗子。", "女人不适合当领导。"]
+AD_LINES = ["Click here to buy now! Best deals at {url}", "Limited time offer: 50% off everything at {url}",
+            "Follow us on Instagram: {url}", "Download our free app today {url}", "Hot deals near you >> {url}",
+            "Advertisement", "Sponsored content: {url}", "限时特价！点击 {url}"]
+FRAGMENTS = ["Home | About | Contact", "Loading...", "Read more »", "Page 2 of 7", "Share this:", "Top of page",
+             "Comments (0)", "Log in to reply", "上一页 下一页", "点击查看更多"]
 FOREIGN = {
     "fr": ["{name} est un habitant de {city}, une ville au bord de la rivière {river}.",
            "Chaque matin, il boit un café et mange du pain avec de la confiture.",
@@ -57,15 +77,34 @@ FOREIGN = {
            "In {city} gibt es einen schönen Markt mit frischem Brot und Käse.",
            "Am Wochenende fahren die Freunde mit dem Fahrrad durch den Wald.",
            "Abends sitzt die Familie zusammen und spricht über den Tag."],
+    "pt": ["{name} mora em {city}, uma cidade perto do rio {river}.",
+           "Todas as manhãs ela toma um café e lê o jornal na varanda.",
+           "O gato da família dorme o dia inteiro perto da janela.",
+           "Em {city} há uma feira grande onde vendem frutas, pão e queijo.",
+           "As crianças brincam no parque até o sol se pôr.",
+           "À noite, a família conversa sobre o dia e ouve música."],
+    "nl": ["{name} woont in {city}, een kleine stad aan de rivier de {river}.",
+           "Elke ochtend drinkt hij koffie en leest hij de krant.",
+           "De kat slaapt de hele dag op de bank bij het raam.",
+           "In {city} is een grote markt met vers brood en kaas.",
+           "In het weekend fietsen de vrienden samen door het bos.",
+           "'s Avonds zit de familie samen en praat over de dag."],
 }
 
-# cp1252 as Python knows it, with the five undefined bytes mapped like latin-1 (what browsers do).
-CP1252 = [bytes([i]).decode("cp1252", errors="ignore") or chr(i) for i in range(256)]
 
+# ---------------------------------------------------------------------------------------------------
+# Encodings: the ways real pipelines mangle UTF-8.
 
-def to_mojibake(text: str) -> str:
-    """UTF-8 bytes read back as cp1252: 'é' -> 'Ã©', '’' -> 'â€™', '你' -> 'ä½\u00a0'."""
-    return "".join(CP1252[b] for b in text.encode("utf-8"))
+def to_mojibake(text: str, codec="cp1252", lose_undefined=False) -> str:
+    """UTF-8 bytes read back in a single-byte codec: 'é' -> 'Ã©', '’' -> 'â€™', '你' -> 'ä½\u00a0'.
+
+    cp1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined: browsers show them as latin-1 would (C1
+    control characters), a decoder with errors="ignore" drops them ('”' -> 'â€'); latin-1 turns all
+    of 0x80-0x9F into C1 controls."""
+    data = text.encode("utf-8")
+    if codec == "latin-1":
+        return data.decode("latin-1")
+    return "".join(bytes([b]).decode("cp1252", errors="ignore") or ("" if lose_undefined else chr(b)) for b in data)
 
 
 def with_typography(rng, text: str) -> str:
@@ -83,11 +122,35 @@ def broken_bytes(rng, text: str) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def near_copy(rng, text: str) -> str:
-    """A few small edits in the middle half of the text: one per 60 words (60 characters in Chinese), at least one."""
+def mojibake_variant(rng, text: str) -> str:
+    """One of the common ways text gets mangled, in rough order of how often one meets them."""
+    r = rng.random()
+    if r < 0.35:
+        return to_mojibake(text)                                   # cp1252, undefined bytes shown
+    if r < 0.55:
+        return to_mojibake(text, lose_undefined=True)              # cp1252, undefined bytes lost
+    if r < 0.65:
+        return to_mojibake(text, codec="latin-1")                  # latin-1: C1 controls
+    if r < 0.75:
+        return to_mojibake(to_mojibake(text))                      # mangled twice
+    if r < 0.88:                                   # one paragraph only (a quoted block), one that shows it
+        sep = "\n\n" if "\n\n" in text else "\n"
+        paras = text.split(sep)
+        i = rng.choice([k for k, p in enumerate(paras) if not p.isascii()] or [0])
+        paras[i] = to_mojibake(paras[i])
+        return sep.join(paras)
+    return broken_bytes(rng, text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Near copies and personal data.
+
+def near_copy(rng, text: str, words_per_edit=60) -> str:
+    """Small edits in the middle half of the text: one per `words_per_edit` words (characters in
+    Chinese), at least one: deletions, insertions, swaps."""
     zh = len(text.split(" ")) < len(text) / 20  # few spaces: edit characters instead of words
     words = list(text) if zh else text.split(" ")
-    for _ in range(max(1, len(words) // 60)):
+    for _ in range(max(1, len(words) // words_per_edit)):
         i = rng.randrange(len(words) // 4, max(len(words) // 4 + 1, 3 * len(words) // 4))  # the middle: content, not nav/footer
         op = rng.randrange(3)
         if op == 0 and len(words) > 3:
@@ -101,20 +164,46 @@ def near_copy(rng, text: str) -> str:
     return ("" if zh else " ").join(words)
 
 
+def luhn_digit(digits: str) -> str:
+    """The check digit that makes `digits` + it a valid card number (ISO/IEC 7812)."""
+    total = 0
+    for i, d in enumerate(map(int, reversed(digits))):
+        total += 2 * d - 9 if i % 2 == 0 and d > 4 else 2 * d if i % 2 == 0 else d
+    return str(-total % 10)
+
+
 def fake_pii(rng, who):
-    """A sentence about `who` holding one made-up e-mail, phone number or ID number."""
-    kind = rng.randrange(4)
+    """A sentence about `who` holding one made-up e-mail, phone, ID, passport or card number."""
+    d = lambda n: "".join(str(rng.randrange(10)) for _ in range(n))
+    user = rng.choice([who.lower(), f"{who.lower()}.{d(2)}", f"{who[0].lower()}_{d(4)}", f"{who.lower()}+news"])
+    domain = rng.choice(["mail.com", "example.org", "qq.com", "post.example.co.uk", "163.com", "univ.edu"])
+    kind = rng.randrange(9)
     if kind == 0:
-        user = "".join(rng.choice("abcdefghijklmnop") for _ in range(6))
-        email = f"{user}.{rng.randrange(10, 99)}@{rng.choice(['mail.com', 'example.org', 'qq.com'])}"
-        return rng.choice([f"You can write to {who} at {email}.", f"联系邮箱：{email}"])
-    if kind == 1:
-        return f"Call {who} on +1 {rng.randrange(200, 999)}-{rng.randrange(200, 999)}-{rng.randrange(1000, 9999)} any time."
+        return rng.choice([f"You can write to {who} at {user}@{domain}.", f"联系邮箱：{user}@{domain}",
+                           f"Questions? Email {user.upper()}@{domain.upper()} anytime."])
+    if kind == 1:  # written out to dodge scrapers; it still identifies a person
+        return f"Reach {who} at {user} at {domain.replace('.', ' dot ')}."
     if kind == 2:
-        return f"{who}的手机号是1{rng.choice('3589')}{rng.randrange(10**8, 10**9)}。"  # Chinese mobile number
-    id_number = (f"{rng.randrange(110000, 659999)}{rng.randrange(1950, 2005)}{rng.randrange(1, 13):02d}"
-                 f"{rng.randrange(1, 29):02d}{rng.randrange(100, 999)}{rng.choice('0123456789X')}")  # 18-char ID
-    return rng.choice([f"{who}'s ID number is {id_number}.", f"身份证号：{id_number}"])
+        a, b, c = rng.randrange(201, 999), rng.randrange(200, 999), d(4)
+        return rng.choice([f"Call {who} on +1 {a}-{b}-{c} any time.", f"Phone: ({a}) {b}-{c}",
+                           f"{who}'s cell is {a}.{b}.{c}.", f"Call {who} on {a}{b}{c}."])
+    if kind == 3:
+        return rng.choice([f"Our London office: +44 20 {d(4)} {d(4)}.", f"Tel. 0049 30 {d(7)}"])
+    if kind == 4:
+        mobile = f"1{rng.choice('3589')}{d(9)}"
+        return rng.choice([f"{who}的手机号是{mobile}。", f"电话：{mobile[:3]}-{mobile[3:7]}-{mobile[7:]}",
+                           f"微信同号 +86 {mobile}"])
+    if kind == 5:
+        id_number = (f"{rng.randrange(110000, 659999)}{rng.randrange(1950, 2005)}{rng.randrange(1, 13):02d}"
+                     f"{rng.randrange(1, 29):02d}{d(3)}{rng.choice('0123456789X')}")  # 18-character Chinese ID
+        return rng.choice([f"{who}'s ID number is {id_number}.", f"身份证号：{id_number}"])
+    if kind == 6:
+        return f"{who}'s social security number is {d(3)}-{d(2)}-{d(4)}."
+    if kind == 7:
+        card = "4" + d(14)
+        card += luhn_digit(card)
+        return f"Paid with card {' '.join(card[i:i + 4] for i in range(0, 16, 4))}, expires 0{rng.randrange(1, 10)}/2{d(1)}."
+    return f"Passport no. {rng.choice('EGPK')}{d(8)}, issued to {who}."
 
 
 def insert_sentence(rng, text: str, sentence: str) -> str:
@@ -123,37 +212,57 @@ def insert_sentence(rng, text: str, sentence: str) -> str:
     return "\n".join(lines[:i] + [sentence] + lines[i:])
 
 
+def html_page(rng, text: str) -> str:
+    url = f"http://{rng.choice(['deals', 'promo', 'win', 'shop'])}.example.com/{rng.randrange(1000)}"
+    ad = rng.choice(AD_LINES).format(url=url)
+    paras = text.split("\n\n")
+    if rng.random() < 0.3:  # a fragment scraped from inside a page: inline tags and entities only
+        return "<br>\n".join(p.replace(" and ", " &amp; ", 1).replace(". ", ".&nbsp; ", 1) for p in paras) \
+            + f'\n<a href="{url}">{ad}</a>'
+    body = "".join(f"<p>{p}</p>\n" for p in paras)
+    script = "<script>var _gaq = _gaq || []; _gaq.push(['_trackPageview']);</script>\n" if rng.random() < 0.5 else ""
+    return (f"<!DOCTYPE html><html><head><title>{paras[0][:40]}</title>{script}</head><body>\n"
+            f"<div class=\"nav\"><a href=\"/\">Home</a> | <a href=\"/news\">News</a></div>\n{body}"
+            f"<div class=\"ad\">{ad}</div>\n<footer>&copy; 2021 &mdash; all rights reserved</footer></body></html>")
+
+
 def make_noisy(rng, kind: str, base: dict, slots: dict) -> str:
     """The text of one injected document of noise `kind`, built from clean document `base`."""
-    text = base["text"]
+    text, zh = base["text"], base["lang"] == "zh"
     if kind == "exact_dup":
-        return text.replace(" ", "  ", 3) + "\n\n" if rng.random() < 0.5 else text
+        r = rng.random()
+        if r < 0.4:
+            return text
+        if r < 0.6:
+            return text.replace(" ", "  ", 3) + "\n\n"
+        if r < 0.8:
+            return text.replace("\n", "\r\n")
+        return text.replace("'", "\u2019")  # a mirror that "smartens" quotes: only near-dedup can see it
     if kind == "near_dup":
-        return near_copy(rng, text)
+        out = near_copy(rng, text, words_per_edit=rng.choice([60, 40, 25, 12]))
+        if rng.random() < 0.3:
+            out = rng.choice(["Posted by admin", "Updated 3 days ago", "转载请注明出处"]) + "\n" + out
+        return out
     if kind == "mojibake":
-        if base["lang"] == "zh" or rng.random() < 0.7:
-            return to_mojibake(with_typography(rng, text))
-        return broken_bytes(rng, with_typography(rng, text))
+        return mojibake_variant(rng, text if zh else with_typography(rng, text))
     if kind == "html":
-        url = f"http://{rng.choice(['deals', 'promo', 'win'])}.example.com/{rng.randrange(1000)}"
-        paras = "".join(f"<p>{p}</p>\n" for p in text.split("\n\n"))
-        ad = rng.choice(AD_LINES).format(url=url)
-        return f"<html><body><div class=\"nav\"><a href=\"{url}\">Home</a></div>\n{paras}<div class=\"ad\">{ad}</div>\n</body></html>"
+        return html_page(rng, text)
     if kind == "pii":
         return insert_sentence(rng, text, fake_pii(rng, slots["first"]))
     if kind == "toxic":
-        w = rng.choice(TOXIC_WORDS)
-        return insert_sentence(rng, text, rng.choice([f"{slots['first']} is a total {w}.", f"Only an {w} would believe this.",
-                                                      f"你这个{w}。" if ord(w[0]) > 0x3000 else f"What a {w}!"]))
+        return insert_sentence(rng, text, rng.choice(TOXIC_ZH if zh else TOXIC_EN).format(**slots))
     if kind == "bias":
-        return insert_sentence(rng, text, rng.choice(BIAS_SENTENCES).format(**slots))
+        return insert_sentence(rng, text, rng.choice(BIAS_ZH if zh else BIAS_EN).format(**slots))
     if kind == "too_short":
-        if base["lang"] == "zh":
+        r = rng.random()
+        if r < 0.3:
+            return rng.choice(FRAGMENTS)
+        if zh:
             return text.split("\n")[-1][:rng.randrange(4, 15)]
-        return " ".join(text.split()[:rng.randrange(2, 8)])
+        return " ".join(text.split()[:rng.randrange(2, 12)])
     if kind == "wrong_lang":
         lang = rng.choice(list(FOREIGN))
-        sents = rng.sample(FOREIGN[lang], rng.randrange(4, 7))
+        sents = rng.sample(FOREIGN[lang], rng.randrange(3, 7))
         return " ".join(s.format(name=slots["name"], city=slots["city"], river=slots["river"]) for s in sents)
     raise ValueError(kind)
 
@@ -162,10 +271,13 @@ def inject_noise(rng, clean_docs, fresh_docs, slots_for, frac=0.15):
     """Noisy documents appended after `clean_docs`; returns (all_docs, labels {id: noise type}).
 
     clean_docs: the generated corpus; fresh_docs: extra clean documents (not in the corpus) to dirty;
-    slots_for(rng) gives entity names for inserted sentences. About `frac` of the result is noise,
-    split evenly over NOISE_TYPES. Code documents only get exact copies (an edit breaks their syntax, markup is code).
+    slots_for(rng) gives entity names for inserted sentences. About `frac` noisy documents per clean
+    one, split evenly over NOISE_TYPES (none when frac is 0). Code documents only get exact copies
+    (an edit breaks their syntax, markup is code).
     """
-    n_per_type = max(1, int(len(clean_docs) * frac / len(NOISE_TYPES)))
+    n_per_type = int(len(clean_docs) * frac / len(NOISE_TYPES))
+    if frac > 0:
+        n_per_type = max(1, n_per_type)
     prose = [d for d in fresh_docs if d["domain"] != "code"]
     noisy, labels = [], {}
     for t, kind in enumerate(NOISE_TYPES):

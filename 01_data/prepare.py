@@ -3,21 +3,29 @@
     python 01_data/prepare.py --out runs/tiny                  # default synthetic corpus (~3 MB of text)
     python 01_data/prepare.py --out runs/small --chars 300000  # a tenth of it, for quick experiments
     python 01_data/prepare.py --out runs/mine --input a.txt b.jsonl   # your own text, same cleaning
+    python 01_data/prepare.py --out runs/tiny --fp-check ../shared/data/text/*.txt   # + false positives
 
-Writes (README, "Artifacts"):
+Writes (README, "Artifacts"), built beside any earlier run and swapped in only when complete:
     runs/<name>/data/{train,val,test}.jsonl   {"id", "domain", "lang", "text"} one document per line
     runs/<name>/data/noise_labels.jsonl       {"id", "noise"}: the sidecar of injected noise labels
     runs/<name>/data/tasks/*.jsonl            task sets for stages 05-07 (format: tasks.py docstring)
-    runs/<name>/data/stats.json               the outcome table below, the config, seconds per step
+    runs/<name>/data/stats.json               the outcome tables below (data_outcome.py), the config, seconds
+    runs/<name>/data/outcome.png              precision/recall per noise type, characters removed per step
+    runs/<name>/data/manifest.json            what made this folder (common.py); written last
 
-The outcome table: for every noise type, how many documents were injected, caught by the step
-responsible for that type, and missed, with that step's precision (of what it caught, the share
-that really was this noise) and recall (of what was injected, the share caught); then documents and
-characters kept per domain, split sizes and seconds per step.
+The outcome: for every noise type, how many documents were injected, caught by the step responsible
+for that type, and missed (and of those, how many another step dropped anyway), with that step's
+precision (of what it caught, the share that really was this noise) and recall (of what was
+injected, the share caught). Then, for every step, documents changed and dropped and characters
+removed, as a share of the input's characters, with a warning when one step removes more than
+--warn-removed; documents and characters per domain, split sizes, seconds per step; and with
+--fp-check, each step's false-positive rate on clean real text (filter_fp.py).
 
 `--input` takes `.txt` (one document per blank-line-separated block; `--txt-split line` for one per
-line) or `.jsonl` (a "text" field; an optional "domain" field). Real input has no noise labels, so
-the table then shows how many documents each step changed or dropped, without precision/recall.
+line, `file` for the whole file as one text) or `.jsonl` (a "text" field; an optional "domain"
+field). Documents longer than --max-doc-chars are cut at paragraph, then line, then sentence
+boundaries, so a filter that drops a piece drops a page, not a novel. Real input has no noise
+labels, so the table then shows what each step changed or dropped, without precision/recall.
 
 Order matters: clean before dedup (copies that differ only in markup or spacing become exact
 copies), dedup before split (a near-copy of a test document in train leaks the test set), and split
@@ -27,45 +35,59 @@ Interview questions it answers:
 - What does a pretraining data pipeline do, in what order, and why that order?
 - How do you mix domains, and why by characters/tokens rather than by documents?
 - How do you split so that evaluation is not contaminated?
+- How do you notice a filter silently eating your data? (count characters, not documents, per step)
 """
-import argparse
+import json
 import random
-import shutil
+import re
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clean import STEPS, CleanConfig, clean_document
-from dedup import DedupConfig, dedup, near_duplicate_clusters
-from common import (UserError, command_line, read_jsonl, read_text, run_cli, write_json, write_jsonl,
+from common import (MANIFEST, UserError, check_config, claim_output, command_line, option, parse_config,
+                    read_json, read_jsonl, read_text, run_cli, run_lock, staged_dir, write_json, write_jsonl,
                     write_manifest)
+from data_outcome import (WARN_HINTS, domain_table, format_table, noise_table, plot_outcome, step_table,
+                          warnings_for)
+from dedup import DedupConfig, dedup, near_duplicate_clusters
+from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
-from noise_inject import NOISE_TYPES, inject_noise
+from noise_inject import inject_noise
 from tasks import write_tasks
 from world import WorldConfig, build_world, generate_corpus, story_slots
 
 DOMAINS = ["dialog", "code", "knowledge", "stories"]
-CATCHING_STEP = {"exact_dup": "exact_dedup", "near_dup": "near_dedup", "mojibake": "fix_encoding",
-                 "html": "strip_markup", "pii": "mask_pii", "toxic": "filter_toxic", "bias": "filter_bias",
-                 "too_short": "filter_length", "wrong_lang": "filter_language"}
-
-
+SPLITS = ["train", "val", "test"]
 @dataclass
 class PrepareConfig:
-    seed: int = 0
-    chars: int = 3_000_000          # characters of clean generated text before noise
-    noise_frac: float = 0.15        # share of injected noisy documents (split evenly over the types)
-    mix: dict = field(default_factory=lambda: {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3})
-    split: tuple = (0.90, 0.05, 0.05)
-    split_threshold: float = 0.5    # documents linked at this Jaccard share a split
-    dedup_threshold: float = DedupConfig.threshold
-    inputs: tuple = ()
-    txt_split: str = "blank"
-    input_domain: str = "stories"
+    seed: int = option(0, "seed of the world, the noise, the mix and the split", min=0)
+    chars: int = option(3_000_000, "characters of clean generated text before noise (ignored with --input)",
+                        min=10_000)
+    noise_frac: float = option(0.15, "noisy documents injected per clean one, split evenly over the 9 noise types",
+                               min=0.0, max=1.0)
+    mix: dict = option({"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3},
+                       "character share of each domain in the output; >= 0, summing to 1")
+    split: tuple = option((0.90, 0.05, 0.05), "train,val,test shares of the documents; each > 0, summing to 1",
+                          sep=",")
+    split_threshold: float = option(0.5, "documents linked at this Jaccard land in the same split", min=0.05, max=1.0)
+    dedup_threshold: float = option(DedupConfig.threshold, "Jaccard at or above which a document is a near-duplicate",
+                                    min=0.05, max=1.0)
+    input: tuple = option((), ".txt or .jsonl files to clean instead of the generated corpus")
+    txt_split: str = option("blank", ".txt documents: blank-line blocks, single lines, or the whole file",
+                            choices=["blank", "line", "file"])
+    input_domain: str = option("stories", "domain of input documents without a 'domain' field", choices=DOMAINS)
+    max_doc_chars: int = option(10_000, "cut longer input documents at paragraph, then line, then sentence ends",
+                                min=200)
+    warn_removed: float = option(0.10, "warn when one step removes more than this share of the input characters",
+                                 min=0.0, max=1.0)
+    fp_check: tuple = option((), "clean real text files (.txt/.jsonl): report how much of them each filter "
+                                 "changes or drops (false positives)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -94,46 +116,78 @@ def generated_documents(cfg: PrepareConfig):
     return docs, labels, world
 
 
-def input_documents(cfg: PrepareConfig):
-    """Documents from the user's .txt / .jsonl files."""
+# Where a long text may be cut, best first; each match ends a piece (the separator stays with it).
+CUTS = [re.compile(r"\n[ \t\u3000]*\n\s*"), re.compile(r"\n"), re.compile(r"(?<=[.!?。！？])[\"'”’」』]?\s*")]
+
+
+def cut_document(text: str, max_chars: int, level=0) -> list:
+    """Pieces of `text` of at most max_chars characters: consecutive paragraphs packed together,
+    a paragraph longer than that cut at line breaks, a line at sentence ends, a sentence anywhere."""
+    if len(text) <= max_chars:
+        return [text]
+    if level == len(CUTS):
+        return [text[i:i + max_chars] for i in range(0, len(text), max_chars)]
+    ends = sorted({m.end() for m in CUTS[level].finditer(text) if 0 < m.end() < len(text)})
+    pieces = [text[a:b] for a, b in zip([0] + ends, ends + [len(text)])]
+    chunks, current = [], ""
+    for piece in pieces:
+        if current and len(current) + len(piece) > max_chars:
+            chunks.append(current)
+            current = ""
+        if len(piece) > max_chars:
+            chunks += cut_document(piece, max_chars, level + 1)
+        else:
+            current += piece
+    chunks.append(current)
+    return [c.strip() for c in chunks if c.strip()]
+
+
+def read_documents(paths, cfg: PrepareConfig, prefix="in"):
+    """Documents from .txt / .jsonl files, long ones cut to cfg.max_doc_chars (ids `<prefix>0000000`)."""
     docs = []
-    for path in cfg.inputs:
+    for path in paths:
         p = Path(path)
         if p.suffix == ".jsonl":
-            for rec in read_jsonl(p):
-                dom = rec.get("domain") if rec.get("domain") in DOMAINS else cfg.input_domain
-                docs.append({"domain": dom, "lang": rec.get("lang", ""), "text": str(rec["text"])})
-        elif p.suffix == ".txt":
-            text = read_text(p)
-            blocks = text.split("\n") if cfg.txt_split == "line" else text.split("\n\n")
-            docs += [{"domain": cfg.input_domain, "lang": "", "text": b.strip()} for b in blocks if b.strip()]
+            units = [(rec.get("domain") if rec.get("domain") in DOMAINS else cfg.input_domain, str(rec["text"]))
+                     for rec in read_jsonl(p)]
         else:
-            raise UserError(f"{p}: unsupported file type {p.suffix!r}; pass .txt or .jsonl files")
+            text = read_text(p)
+            blocks = (text.split("\n") if cfg.txt_split == "line" else [text] if cfg.txt_split == "file"
+                      else re.split(r"\n[ \t\u3000]*\n", text))
+            units = [(cfg.input_domain, b) for b in blocks]
+        for domain, text in units:
+            docs += [{"domain": domain, "lang": "", "text": t} for t in cut_document(text.strip(), cfg.max_doc_chars)
+                     if t.strip()]
     if not docs:
-        raise UserError("the input files hold no documents; pass files with text in them")
-    return [{"id": f"in{i:07d}", **d} for i, d in enumerate(docs)]
+        raise UserError(f"{', '.join(map(str, paths))}: no documents in the input; pass files with text in them")
+    return [{"id": f"{prefix}{i:07d}", **d} for i, d in enumerate(docs)]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Clean, dedup, mix, split.
 
 def clean_all(docs, predict, cfg: CleanConfig, progress=True):
-    """(kept docs, {doc id: [steps that acted]})."""
-    kept, acted = [], {}
+    """(kept docs, {doc id: {step: characters it removed}}, {doc id: step that dropped it})."""
+    kept, acted, dropped = [], {}, {}
     for i, doc in enumerate(docs):
-        out, steps, _ = clean_document(doc, predict, cfg)
-        acted[doc["id"]] = steps
-        if out is not None:
+        out, acted[doc["id"]], step = clean_document(doc, predict, cfg)
+        if out is None:
+            dropped[doc["id"]] = step
+        else:
             kept.append(out)
         if progress and (i + 1) % max(1, len(docs) // 5) == 0:
             print(f"  cleaned {i + 1}/{len(docs)}", flush=True)
-    return kept, acted
+    return kept, acted, dropped
 
 
 def mix_domains(docs, ratios, seed):
     """Subsample domains so their character shares match `ratios` (no upsampling: repeats would leak)."""
     chars = {d: sum(len(x["text"]) for x in docs if x["domain"] == d) for d in ratios}
     present = {d: r for d, r in ratios.items() if r > 0 and chars[d] > 0}
+    if not present:
+        have = sorted({x["domain"] for x in docs})
+        raise UserError(f"--mix gives no weight to the domains the documents have ({', '.join(have)}); "
+                        f"give one of them a share, e.g. --mix {have[0]}=1")
     total = min(chars[d] / r for d, r in present.items())  # the scarcest domain sets the corpus size
     rng = random.Random(seed)
     order = list(range(len(docs)))
@@ -149,68 +203,109 @@ def mix_domains(docs, ratios, seed):
 
 
 def split_by_cluster(docs, fractions, threshold):
-    """{"train"|"val"|"test": docs}; documents linked at Jaccard >= threshold land in one split."""
+    """{"train"|"val"|"test": docs}; documents linked at Jaccard >= threshold land in one split.
+
+    A cluster's split follows from a hash of its first document's id, so it does not change when
+    other documents come or go. A small corpus can leave a split empty by chance (31 clusters: val
+    at 0.1 stays empty 4 % of the time); then the cluster whose hash lies nearest that split's range
+    moves there, taken from a split that keeps at least one."""
     roots, _, _ = near_duplicate_clusters([d["text"] for d in docs], DedupConfig(threshold=threshold))
     edges = np.cumsum(fractions) * 1000
-    splits = {"train": [], "val": [], "test": []}
+    u = {int(r): zlib.crc32(docs[r]["id"].encode()) % 1000 for r in roots}           # a stable hash per cluster
+    part = {r: min(2, int(np.searchsorted(edges, h, side="right"))) for r, h in u.items()}
+    for k, (lo, hi) in enumerate(zip([0.0, *edges[:2]], edges)):
+        sizes = Counter(part.values())
+        donors = [r for r in part if sizes[part[r]] > 1]
+        if sizes[k] == 0 and donors:
+            part[min(donors, key=lambda r: (max(lo - u[r], u[r] - hi, 0), u[r]))] = k
+    splits = {name: [] for name in SPLITS}
     for d, root in zip(docs, roots):
-        u = zlib.crc32(docs[root]["id"].encode()) % 1000  # a stable hash of the cluster
-        splits[["train", "val", "test"][int(np.searchsorted(edges, u, side="right"))]].append(d)
+        splits[SPLITS[part[int(root)]]].append(d)
     return splits
 
 
-def outcome_table(docs, labels, acted, removed):
-    """Per noise type: injected, caught, missed, precision, recall of the step responsible for it."""
-    rows = {}
-    for kind in NOISE_TYPES:
-        step = CATCHING_STEP[kind]
-        flagged = [i for i in acted if step in acted[i] or removed.get(i) == step]
-        injected = [i for i, k in labels.items() if k == kind]
-        caught = sum(labels.get(i) == kind for i in flagged)
-        rows[kind] = {"step": step, "injected": len(injected), "caught": caught, "missed": len(injected) - caught,
-                      "flagged": len(flagged), "precision": caught / max(1, len(flagged)),
-                      "recall": caught / max(1, len(injected))}
-    clean_ids = [d["id"] for d in docs if d["id"] not in labels]
-    lost = [i for i in clean_ids if removed.get(i) or any(s.startswith("filter_") for s in acted.get(i, []))]
-    rows["(clean docs)"] = {"injected": len(clean_ids), "wrongly_removed": len(lost)}
-    return rows
+def check_splits(splits, cfg: PrepareConfig):
+    """Every split needs documents: stage 02 trains on train and measures on val, 07 tests on test."""
+    empty = [name for name in SPLITS if not splits[name]]
+    if empty:
+        n = sum(map(len, splits.values()))
+        share = dict(zip(SPLITS, cfg.split))[empty[0]]
+        raise UserError(f"{' and '.join(empty)} got no documents: {n} document(s) in fewer than 3 near-duplicate "
+                        f"clusters are left after cleaning, dedup and mixing, and {empty[0]} gets {share:g} of them; "
+                        f"pass more text{', or a smaller --max-doc-chars to cut it into more documents' if cfg.input else ''}"
+                        f", or give {empty[0]} a larger share in --split")
 
 
-def format_table(stats):
-    if not stats["noise"]:
-        lines = ["no noise labels (real input): no precision/recall, only what each step did"]
-    else:
-        lines = ["noise type    step               injected  caught  missed  precision  recall"]
-    for kind, r in stats["noise"].items():
-        if "step" in r:
-            lines.append(f"{kind:13s} {r['step']:18s} {r['injected']:8d} {r['caught']:7d} {r['missed']:7d}"
-                         f"  {r['precision']:9.3f} {r['recall']:7.3f}")
-        else:
-            lines.append(f"{kind:13s} clean documents {r['injected']}, wrongly removed {r['wrongly_removed']}")
-    lines.append("\nstep               acted on (changed or dropped)")
-    lines += [f"{s:18s} {n}" for s, n in stats["steps_acted"].items()]
-    lines.append("\ndomain      docs in  after clean+dedup  in mix   chars in mix  share")
-    for d, r in stats["domains"].items():
-        lines.append(f"{d:10s} {r['docs_in']:8d} {r['docs_kept']:18d} {r['docs_mixed']:7d} {r['chars_mixed']:14,d}"
-                     f"  {r['share']:.3f}")
-    lines.append("\nsplits: " + ", ".join(f"{k} {v['docs']} docs / {v['chars']:,} chars" for k, v in stats["splits"].items()))
-    lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stats["seconds"].items()))
-    return "\n".join(lines)
+def dropped_everything(dropped, n_docs):
+    by_step = Counter(dropped.values())
+    top = by_step.most_common(1)[0][0]
+    hint = WARN_HINTS.get(top, "check that the input is English or Chinese prose (or code with --input-domain code)")
+    steps = ", ".join(f"{s} {by_step[s]}" for s in STEPS if by_step[s])
+    return UserError(f"cleaning dropped all {n_docs} input document(s) ({steps}); nothing is left to split: {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------
 # The run.
 
-def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, command=None):
-    """Run the whole stage into out/data (built in a temp folder, renamed at the end); return stats."""
+def check_prepare_config(cfg: PrepareConfig):
+    """Everything about a config that can be checked before any work: ranges, shares, input files."""
     check_config(cfg)
+    unknown = [d for d in cfg.mix if d not in DOMAINS]
+    if unknown:
+        raise UserError(f"unknown domain {unknown[0]!r} in --mix; use {', '.join(DOMAINS)}")
+    if any(r < 0 for r in cfg.mix.values()) or abs(sum(cfg.mix.values()) - 1) > 1e-6:
+        raise UserError(f"mixing ratios must be >= 0 and sum to 1 (they sum to {sum(cfg.mix.values()):g}); fix --mix, "
+                        "e.g. --mix dialog=0.4,code=0.1,knowledge=0.2,stories=0.3")
+    if cfg.noise_frac > 0 and not cfg.input and not any(cfg.mix.get(d, 0) > 0 for d in DOMAINS if d != "code"):
+        raise UserError("noise is injected into prose (an edited program no longer parses), and --mix has none; "
+                        "give dialog, knowledge or stories a share, or pass --noise-frac 0")
+    if len(cfg.split) != 3 or any(f <= 0 for f in cfg.split) or abs(sum(cfg.split) - 1) > 1e-6:
+        raise UserError(f"--split {','.join(map(str, cfg.split))}: needs three shares (train, val, test), each above 0 "
+                        "(stage 02 measures on val, stage 07 on test) and summing to 1, e.g. --split 0.9,0.05,0.05")
+    for flag, paths in (("--input", cfg.input), ("--fp-check", cfg.fp_check)):
+        for p in map(Path, paths):
+            if not p.is_file():
+                raise UserError(f"{p}: {'is a folder' if p.is_dir() else 'no such file'}; check the {flag} path")
+            if p.suffix not in (".txt", ".jsonl"):
+                raise UserError(f"{p}: unsupported file type {p.suffix!r}; {flag} takes .txt or .jsonl files")
+
+
+def same_run(data: Path, config: dict) -> bool:
+    """Does `data` hold a complete run made with this config? (then redoing it replaces nothing new)"""
+    try:
+        return read_json(data / MANIFEST).get("config") == config
+    except (UserError, OSError):
+        return False
+
+
+def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, command=None):
+    """Run the whole stage into out/data and return the stats.
+
+    Refuses when out/data holds a run with a different config, unless overwrite; the new run is
+    built in a temp folder beside it and swapped in only when complete, so a failure or Ctrl-C
+    midway leaves the old run as it was."""
+    check_prepare_config(cfg)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; remove it or choose another --out")
     data = out / "data"
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    if data.exists() and not overwrite:
-        old = read_jsonl_stats(data)
-        if old is None or old.get("config") != config:
-            raise UserError(f"{data} already holds a different run; pass --overwrite or choose another --out")
-    seconds, t = {}, time.time()
+    config = json.loads(json.dumps(asdict(cfg)))  # as the manifest will hold it (tuples -> lists)
+    t = time.time()
+    inputs = read_documents(cfg.input, cfg) if cfg.input else None  # unreadable input fails before anything else
+    fp_texts = {Path(p).name: read_documents([p], cfg, prefix="fp") for p in cfg.fp_check}
+    with run_lock(data):
+        claim_output(data, overwrite or same_run(data, config), remove=False)
+        with staged_dir(data) as tmp:
+            stats = build(cfg, config, inputs, fp_texts, tmp, progress,
+                          command or command_line(__file__, ["--out", str(out)]), t)
+    return stats
+
+
+def build(cfg: PrepareConfig, config: dict, inputs, fp_texts, folder: Path, progress: bool, command: str,
+          t: float) -> dict:
+    """Every step of the stage, writing into `folder`; returns the stats. inputs: the documents read
+    from --input (None: generate them); fp_texts: {file name: documents} for --fp-check."""
+    seconds = {}
 
     def lap(name):
         nonlocal t
@@ -219,114 +314,61 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
         if progress:
             print(f"[{name}] {seconds[name]:.2f}s", flush=True)
 
-    if cfg.inputs:
-        docs, labels, world = input_documents(cfg), {}, None
+    if inputs is not None:
+        docs, labels, world = inputs, {}, None
     else:
         docs, labels, world = generated_documents(cfg)
     lap("generate" if world else "read")
     model = train_langid(*training_texts(cfg.seed + 1000))
+    predict = lambda text: predict_lang(model, text)
     lap("train_langid")
-    kept, acted = clean_all(docs, lambda text: predict_lang(model, text), CleanConfig(), progress)
+    kept, acted, removed = clean_all(docs, predict, CleanConfig(), progress)
+    if not kept:
+        raise dropped_everything(removed, len(docs))
     lap("clean")
     d = dedup([x["text"] for x in kept], DedupConfig(threshold=cfg.dedup_threshold))
-    removed = {x["id"]: "exact_dedup" for x, e in zip(kept, d["exact_dup"]) if e}
-    removed.update({x["id"]: "near_dedup" for x, n in zip(kept, d["near_dup"]) if n})
+    removed |= {x["id"]: "exact_dedup" for x, e in zip(kept, d["exact_dup"]) if e}
+    removed |= {x["id"]: "near_dedup" for x, n in zip(kept, d["near_dup"]) if n}
     unique = [x for x, k in zip(kept, d["keep"]) if k]
     lap("dedup")
     mixed = mix_domains(unique, cfg.mix, cfg.seed)
     lap("mix")
     splits = split_by_cluster(mixed, cfg.split, cfg.split_threshold)
+    check_splits(splits, cfg)
     lap("split")
+    false_positives = {name: filter_rates(texts, predict) for name, texts in fp_texts.items()}
+    if fp_texts:
+        lap("fp_check")
 
-    tmp = out / f".data.tmp{int(time.time() * 1e6)}"
-    try:
-        for name, part in splits.items():
-            write_jsonl(tmp / f"{name}.jsonl", ({k: x[k] for k in ("id", "domain", "lang", "text")} for x in part))
-        write_jsonl(tmp / "noise_labels.jsonl", ({"id": i, "noise": k} for i, k in labels.items()))
-        tasks = write_tasks(world, cfg.seed, tmp / "tasks", write_jsonl) if world else {}
-        lap("write")
-        stats = {"config": config,
-                 "noise": outcome_table(docs, labels, acted, removed) if labels else {},
-                 "steps_acted": {s: sum(s in a for a in acted.values()) for s in STEPS}
-                 | {"exact_dedup": int(d["exact_dup"].sum()), "near_dedup": int(d["near_dup"].sum())},
-                 "domains": domain_table(docs, unique, mixed),
-                 "splits": {k: {"docs": len(v), "chars": sum(len(x["text"]) for x in v)} for k, v in splits.items()},
-                 "tasks": tasks, "seconds": seconds}
-        write_json(tmp / "stats.json", stats)
-        write_manifest(tmp, stage="01_data", config=config, inputs=cfg.inputs,
-                       command=command or command_line(__file__, ["--out", str(out)]))
-        if data.exists():
-            shutil.rmtree(data)
-        tmp.rename(data)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for name, part in splits.items():
+        write_jsonl(folder / f"{name}.jsonl", ({k: x[k] for k in ("id", "domain", "lang", "text")} for x in part))
+    write_jsonl(folder / "noise_labels.jsonl", ({"id": i, "noise": k} for i, k in labels.items()))
+    tasks = write_tasks(world, cfg.seed, folder / "tasks", write_jsonl) if world else {}
+    lap("write")
+    steps = step_table(docs, acted, removed, kept, unique, mixed)
+    stats = {"config": config,
+             "noise": noise_table(docs, labels, acted, removed) if labels else {},
+             "input": {"docs": len(docs), "chars": sum(len(x["text"]) for x in docs)},
+             "steps": steps,
+             "domains": domain_table(docs, unique, mixed, DOMAINS),
+             "splits": {k: {"docs": len(v), "chars": sum(len(x["text"]) for x in v)} for k, v in splits.items()},
+             "false_positives": false_positives,
+             "warnings": warnings_for(steps, cfg.warn_removed),
+             "tasks": tasks, "seconds": seconds}
+    write_json(folder / "stats.json", stats)
+    plot_outcome(stats, folder / "outcome.png", cfg.warn_removed)
+    write_manifest(folder, stage="01_data", config=config, inputs=[*cfg.input, *cfg.fp_check], command=command)
     return stats
 
 
-def domain_table(docs, unique, mixed):
-    total = max(1, sum(len(x["text"]) for x in mixed))
-    table = {}
-    for dom in DOMAINS:
-        chars = sum(len(x["text"]) for x in mixed if x["domain"] == dom)
-        table[dom] = {"docs_in": sum(x["domain"] == dom for x in docs),
-                      "docs_kept": sum(x["domain"] == dom for x in unique),
-                      "docs_mixed": sum(x["domain"] == dom for x in mixed), "chars_mixed": chars,
-                      "share": chars / total}
-    return table
-
-
-def read_jsonl_stats(data: Path):
-    import json
-    try:
-        return json.loads((data / "stats.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def check_config(cfg: PrepareConfig):
-    unknown = [d for d in cfg.mix if d not in DOMAINS]
-    if unknown:
-        raise UserError(f"unknown domain {unknown[0]!r} in --mix; use {', '.join(DOMAINS)}")
-    if any(r < 0 for r in cfg.mix.values()) or abs(sum(cfg.mix.values()) - 1) > 1e-6:
-        raise UserError(f"mixing ratios must be >= 0 and sum to 1 (they sum to {sum(cfg.mix.values()):g}); fix --mix")
-    if len(cfg.split) != 3 or any(f < 0 for f in cfg.split) or abs(sum(cfg.split) - 1) > 1e-6:
-        raise UserError("--split needs three fractions (train, val, test) that sum to 1, e.g. 0.9,0.05,0.05")
-    if cfg.chars < 10_000 and not cfg.inputs:
-        raise UserError(f"--chars {cfg.chars} is too small to hold every noise type; use at least 10000")
-    for p in cfg.inputs:
-        if not Path(p).exists():
-            raise UserError(f"{p}: no such file; check the --input path")
-
-
-def parse_mix(text):
-    try:
-        return {k.strip(): float(v) for k, v in (kv.split("=") for kv in text.split(","))}
-    except ValueError:
-        raise UserError(f"cannot read --mix {text!r}; write it as dialog=0.4,code=0.1,knowledge=0.2,stories=0.3") from None
+def add_run_flags(parser):
+    parser.add_argument("--out", required=True, help="run folder; the data goes to <out>/data")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a different run already in <out>/data (it stays until the new one is complete)")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    d = PrepareConfig()
-    ap.add_argument("--out", required=True, help="run folder; data goes to <out>/data")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--chars", type=int, default=d.chars, help="characters of generated clean text")
-    ap.add_argument("--noise-frac", type=float, default=d.noise_frac)
-    ap.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in d.mix.items()))
-    ap.add_argument("--split", default="0.9,0.05,0.05", help="train,val,test fractions")
-    ap.add_argument("--input", nargs="+", default=[], help=".txt or .jsonl files instead of the generator")
-    ap.add_argument("--txt-split", choices=["blank", "line"], default="blank",
-                    help=".txt documents are blank-line-separated blocks (blank) or single lines (line)")
-    ap.add_argument("--input-domain", choices=DOMAINS, default="stories")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing different run in --out")
-    args = ap.parse_args(argv)
-    try:
-        split = tuple(float(x) for x in args.split.split(","))
-    except ValueError:
-        raise UserError(f"cannot read --split {args.split!r}; write it as 0.9,0.05,0.05") from None
-    cfg = PrepareConfig(seed=args.seed, chars=args.chars, noise_frac=args.noise_frac, mix=parse_mix(args.mix),
-                        split=split, inputs=tuple(args.input), txt_split=args.txt_split, input_domain=args.input_domain)
+    cfg, args = parse_config(PrepareConfig, argv, doc=__doc__, extra=add_run_flags)
     stats = prepare(cfg, Path(args.out), overwrite=args.overwrite, command=command_line(__file__, argv))
     print(format_table(stats))
     print(f"wrote {Path(args.out) / 'data'}", file=sys.stderr)

@@ -28,12 +28,13 @@ Interview questions it answers:
   but it lacks real diversity, so a model trained only on it does not generalize to real text)
 - How do you keep facts consistent across a generated corpus? (one source of truth, rendered many ways)
 """
-import argparse
 import contextlib
 import io
 import random
 import re
 from dataclasses import dataclass, field
+
+from common import parse_config, run_cli
 
 # Name syllables with a Chinese transliteration each, so every entity has an English and a Chinese name.
 SYLLABLES = [("ba", "巴"), ("bel", "贝"), ("ca", "卡"), ("dor", "多"), ("el", "埃"), ("fa", "法"),
@@ -358,6 +359,7 @@ def story_slots(rng, w):
     return dict(first=p["first"], name=p["name"], pet=p["pet_name"], kind=p["pet"]["kind"], river=c["river"][0],
                 food=c["food"][0], city=c["name"], friend=p["friend"]["first"], color=p["color"][0],
                 country=c["country"][0], job=p["job"][0],
+                country_zh=c["country"][1], first_zh=p["zh"].split("·")[0],  # for Chinese noise sentences
                 obj=(p.get("objects") or [{"kind": ("hat",)}])[0]["kind"][0])
 
 
@@ -419,16 +421,15 @@ def generate_corpus(w, seed, chars, ratios):
     return docs
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chars", type=int, default=20_000, help="characters of text to render")
-    args = ap.parse_args()
-    w = build_world(WorldConfig(seed=args.seed))
-    docs = generate_corpus(w, args.seed, args.chars, {"dialog": .4, "code": .1, "knowledge": .2, "stories": .3})
+def main(argv=None):
+    cfg, args = parse_config(WorldConfig, argv, doc=__doc__, skip=("n_people", "n_cities", "n_objects"),
+                             extra=lambda p: p.add_argument("--chars", type=int, default=20_000,
+                                                            help="characters of text to render (default 20000)"))
+    w = build_world(cfg)
+    docs = generate_corpus(w, cfg.seed, args.chars, {"dialog": .4, "code": .1, "knowledge": .2, "stories": .3})
     for d in docs[:6]:
         print(f"--- {d['id']} {d['domain']} {d['lang']}\n{d['text']}\n")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

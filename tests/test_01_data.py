@@ -1,22 +1,28 @@
-"""Stage 01: the generator, every cleaning filter, MinHash, the default run's scores, splits, bad input."""
+"""Stage 01: the generator, every cleaning filter, MinHash, the default run's scores, splits, real and bad input."""
+import ast
+import contextlib
 import hashlib
 import json
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from clean import (CleanConfig, filter_bias, filter_length, filter_toxic, fix_encoding, mask_pii,
-                   normalize_unicode, quality_problems, strip_boilerplate, strip_markup)
+from clean import (CleanConfig, filter_bias, filter_length, filter_toxic, fix_encoding, is_biased, is_toxic,
+                   mask_pii, normalize_unicode, quality_problems, strip_boilerplate, strip_markup)
+from common import check_artifact, run_lock
 from dedup import (DedupConfig, candidate_probability, dedup, jaccard, lsh_params, minhash_signatures,
                    normalize_for_hash, shingle_hashes, shingle_set)
-from common import UserError
+from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
-from noise_inject import NOISE_TYPES, broken_bytes, to_mojibake
-from prepare import PrepareConfig, main as prepare_main, prepare
+from noise_inject import BIAS_EN, BIAS_ZH, NOISE_TYPES, TOXIC_EN, TOXIC_ZH, broken_bytes, fake_pii, to_mojibake
+from data_outcome import format_table
+from prepare import PrepareConfig, cut_document, prepare, read_documents
 from tasks import task_records
 from world import WorldConfig, build_world, generate_corpus
 
@@ -27,26 +33,47 @@ def read_split(data, name):
     return [json.loads(line) for line in (data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
+def run_prepare(repo_root, *args, env=None):
+    return subprocess.run([sys.executable, str(repo_root / "01_data" / "prepare.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def tree_hashes(folder):
+    """{relative path: sha256} of every file under folder (what "byte-identical afterwards" compares)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    """The default corpus, run once for the tests that must use it (~10-20 s)."""
+    """The default corpus, run once for the tests that must use it (~15 s)."""
     out = tmp_path_factory.mktemp("default")
     stats = prepare(PrepareConfig(), out, progress=False)
     return out / "data", stats
 
 
+@pytest.fixture(scope="module")
+def small_cli_run(tmp_path_factory):
+    """A small run through the command line, as a user would make it: (run folder, finished process)."""
+    from conftest import REPO
+    out = tmp_path_factory.mktemp("small") / "run"
+    r = run_prepare(REPO, "--out", out, "--chars", SMALL, env={**os.environ, "PYTHONHASHSEED": "1"})
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
 # ---------------------------------------------------------------------------------------------------
 # Generator
 
-def test_same_seed_gives_byte_identical_output(tmp_path, repo_root):
-    # two processes with different string-hash salts: no output may depend on set/dict-of-str order
-    for name, salt in (("a", "1"), ("b", "2")):
-        subprocess.run([sys.executable, str(repo_root / "01_data" / "prepare.py"), "--out", str(tmp_path / name),
-                        "--chars", str(SMALL)], check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": salt})
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jsonl"))
+def test_same_seed_gives_byte_identical_output(small_cli_run, tmp_path, repo_root):
+    # a second process with another string-hash salt: no output may depend on set/dict-of-str order
+    a, _ = small_cli_run
+    r = run_prepare(repo_root, "--out", tmp_path / "b", "--chars", SMALL, env={**os.environ, "PYTHONHASHSEED": "2"})
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.relative_to(a) for p in a.rglob("*.jsonl"))
     assert len(files) >= 10
     for f in files:
-        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+        assert (a / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     other = generate_corpus(build_world(WorldConfig(seed=1)), 1, SMALL, {"dialog": 1.0})
     assert other[0]["text"] != generate_corpus(build_world(WorldConfig(seed=0)), 0, SMALL, {"dialog": 1.0})[0]["text"]
 
@@ -79,13 +106,18 @@ def test_task_sets_hold_out_subjects_and_answers_check():
 # ---------------------------------------------------------------------------------------------------
 # Filters, each on hand-written positive and negative cases
 
-def test_fix_encoding_repairs_mojibake_and_leaves_real_accents_alone():
-    for good in ["It’s a café — “quoted”.", "你好，世界。贝拉住在城里。", "naïve Zoë"]:
-        bad = to_mojibake(good)
-        assert bad != good
-        assert fix_encoding(bad) == (good, True)
-        assert fix_encoding(good) == (good, False)  # genuine é / Chinese is not re-decoded
-    assert fix_encoding("Les gens de Paris aiment le café.")[1] is False
+def test_fix_encoding_repairs_mojibake_and_leaves_real_text_alone():
+    for good in ["It’s a café — “quoted”.", "你好，世界。贝拉住在城里。", "naïve Zoë", "Grüße, daß“ er kam"]:
+        for bad in (to_mojibake(good), to_mojibake(good, codec="latin-1"), to_mojibake(to_mojibake(good))):
+            assert bad != good
+            assert fix_encoding(bad) == (good, True), bad
+        assert fix_encoding(good) == (good, False)  # genuine é / ß“ / Chinese is not re-decoded
+    # cp1252 cannot show 0x9D, so '”' (E2 80 9D) loses its last byte: what TinyStories has
+    assert to_mojibake("“Hi,” he said.", lose_undefined=True) == "â€œHi,â€ he said."
+    assert fix_encoding("â€œHi,â€ he said. Benâ€™s boat.") == ("“Hi,” he said. Ben’s boat.", True)
+    assert fix_encoding("Ã© in one place, é genuine in another")[0] == "é in one place, é genuine in another"
+    for clean in ["Les gens de Paris aiment le café.", "SÃO PAULO", "50 °C ± 2", "Ægir’s “saga”"]:
+        assert fix_encoding(clean) == (clean, False), clean
     assert fix_encoding(broken_bytes(random.Random(0), "一段中文文本" * 50))[0] is None
     assert fix_encoding("一段很长的中文文本。" * 200 + "\ufffd") == ("一段很长的中文文本。" * 200, True)
 
@@ -95,12 +127,14 @@ def test_normalize_unicode():
     assert acted and out == "ABC123 xy z\n\nend"
     assert normalize_unicode("plain text.") == ("plain text.", False)
     assert normalize_unicode("if x:\n    y = 1", keep_indent=True)[0] == "if x:\n    y = 1"
+    assert normalize_unicode("你好，世界！（注：ＡＢ）")[0] == "你好，世界！（注：AB）"  # Chinese punctuation stays
 
 
 def test_strip_markup_and_boilerplate():
-    html = '<html><body><p>Bela lives in Tora.</p>\n<div class="ad">Click here to buy now! http://x.example.com/1</div></body></html>'
+    html = ('<html><head><script>var x = "<b>";</script></head><body><p>Bela lives in Tora &amp; Mira.</p>\n'
+            '<div class="ad">Click here to buy now! http://x.example.com/1</div><!-- tracking --></body></html>')
     out, acted = strip_markup(html)
-    assert acted and out == "Bela lives in Tora."
+    assert acted and out == "Bela lives in Tora & Mira."
     for clean in ["if x < 3 and y > 2:\n    print(x)", "贝拉住在托拉。", "Prices rose 5% in May."]:
         assert strip_markup(clean) == (clean, False)
     page = "Tora Gazette\nHome | News | Places | Contact\n\nNews body.\n\nCopyright 2020 Tora Gazette. All rights reserved."
@@ -109,24 +143,45 @@ def test_strip_markup_and_boilerplate():
 
 
 def test_mask_pii():
-    text = "Mail bela.12@mail.com or call +1 415-555-0199, 13812345678; ID 11010519900307123X."
+    text = ("Mail bela.12@mail.com or call +1 415-555-0199, (415) 555 0199, 13812345678; "
+            "ID 11010519900307123X, SSN 078-05-1120, card 4111 1111 1111 1111.")
     out, acted = mask_pii(text)
-    assert acted and out == "Mail <EMAIL> or call <PHONE>, <PHONE>; ID <ID>."
+    assert acted and out == ("Mail <EMAIL> or call <PHONE>, <PHONE>, <PHONE>; "
+                             "ID <ID>, SSN <ID>, card <ID>.")
     for clean in ["About 440,164 people live in Tora.", "It was founded in 1244.", "total: 1167",
-                  "贝拉今年27岁，城市大约有627252人口。", "print(sum([12, 30]))"]:
-        assert mask_pii(clean) == (clean, False)
+                  "贝拉今年27岁，城市大约有627252人口。", "print(sum([12, 30]))", "On 2020-05-12 at 10:30",
+                  "order 1234 5678 9012 3456 shipped"]:  # 16 digits that fail the card checksum
+        assert mask_pii(clean) == (clean, False), clean
 
 
-def test_toxic_and_bias_filters():
-    for bad in ["Bela is a total idiot.", "你这个笨蛋。", "What a MORON!"]:
-        assert filter_toxic(bad) == (None, True)
-    for ok in ["Bela is a teacher.", "贝拉是老师。", "Stupidity is not a word we use here? It is."[:20]]:
-        assert filter_toxic(ok)[1] is False
-    for bad in ["Women are bad at math.", "Everyone knows men can't cook.", "People from Norland are lazy.",
+def test_toxic_and_bias_filters_aim_at_targets_not_words():
+    for bad in ["Bela is a total idiot.", "你这个笨蛋。", "What a MORON!", "Shut up, you loser.", "This is bullshit."]:
+        assert filter_toxic(bad) == (None, True), bad
+    for ok in ["Bela is a teacher.", "贝拉是老师。", "Mom and Dad know the truth. They are not stupid.",
+               "Poor Pippy felt so stupid in her costume.", "Away, you fool!", "不过是个老废物罢了。"]:
+        assert filter_toxic(ok)[1] is False, ok
+    for bad in ["Women are bad at math.", "Everyone knows men can't be trusted.", "People from Norland are lazy.",
                 "女人不适合当工程师。", "诺兰人都很懒。"]:
         assert filter_bias(bad) == (None, True), bad
-    for ok in ["Women and men walked to the market.", "People from Norland are friendly.", "男人和女人都来了。"]:
+    for ok in ["Women and men walked to the market.", "People from Norland are friendly.", "男人和女人都来了。",
+               "The breath of worldly men cannot depose the deputy.", "众人都不会意。", "Some people are lazy on Sundays."]:
         assert filter_bias(ok)[1] is False, ok
+
+
+def test_filters_do_not_grade_themselves(repo_root):
+    # clean.py may not read the injector's lists (the old toxicity filter imported them: recall 1.000 by
+    # construction); and the injector's held-out phrasings must overlap the filters only partly
+    tree = ast.parse((repo_root / "01_data" / "clean.py").read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "noise_inject" not in imported
+    slots = {"first": "Bela", "first_zh": "贝拉", "country": "Norland", "country_zh": "诺兰"}
+    for phrases, detect in ((TOXIC_EN + TOXIC_ZH, is_toxic), (BIAS_EN + BIAS_ZH, is_biased)):
+        caught = sum(bool(detect(p.format(**slots))) for p in phrases)
+        assert 0.25 * len(phrases) <= caught < len(phrases), (detect.__name__, caught, len(phrases))
+    pii = [fake_pii(random.Random(i), "Bela") for i in range(60)]
+    caught = sum(mask_pii(s)[1] for s in pii)
+    assert 0.5 * len(pii) <= caught < len(pii)
 
 
 def test_length_and_quality_rules():
@@ -153,8 +208,7 @@ def test_language_id():
 
 def test_minhash_estimates_jaccard_within_005():
     rng = np.random.default_rng(0)
-    true, est = [], []
-    hash_lists = []
+    true, hash_lists = [], []
     for _ in range(30):
         shared = rng.integers(0, 2**32, size=rng.integers(20, 200), dtype=np.uint64)
         a = np.concatenate([shared, rng.integers(0, 2**32, size=rng.integers(0, 200), dtype=np.uint64)])
@@ -177,21 +231,28 @@ def test_lsh_curve_and_dedup_on_text():
     assert d["exact_dup"].tolist() == [False, True, False, False, False]
     assert d["near_dup"].tolist() == [False, False, True, False, False]
     assert len(shingle_hashes("one two", 3, {})) == 1 and shingle_set("a b c d", 3) == {("a", "b", "c"), ("b", "c", "d")}
+    assert all(len(v) == 0 for v in dedup([]).values())  # every document filtered out: nothing to dedup, no crash
 
 
 # ---------------------------------------------------------------------------------------------------
 # The default run: scores, split, mixture
 
-def test_default_run_precision_and_recall_per_noise_type(default_run):
+def test_default_run_scores_are_measured_not_given(default_run):
     _, stats = default_run
     assert set(stats["noise"]) >= set(NOISE_TYPES)
+    floor = {"exact_dup": 0.85, "near_dup": 0.7, "mojibake": 0.95, "html": 0.95, "too_short": 0.95,
+             "pii": 0.6, "toxic": 0.3, "bias": 0.3, "wrong_lang": 0.6}
     for kind in NOISE_TYPES:
         row = stats["noise"][kind]
-        assert row["injected"] >= 50, kind
-        assert row["precision"] >= 0.95 and row["recall"] >= 0.95, (kind, row)
+        assert row["injected"] >= 50 and row["caught"] + row["missed"] == row["injected"], kind
+        assert row["recall"] >= floor[kind] and row["precision"] >= 0.85, (kind, row)
+    assert sum(stats["noise"][k]["recall"] < 0.95 for k in NOISE_TYPES) >= 3  # independent filters miss things
     assert stats["noise"]["(clean docs)"]["wrongly_removed"] <= 0.01 * stats["noise"]["(clean docs)"]["injected"]
-    assert 2_000_000 <= sum(s["chars"] for s in stats["splits"].values()) <= 4_000_000
-    assert set(stats["seconds"]) >= {"generate", "clean", "dedup", "mix", "split"}
+    kept = sum(s["chars"] for s in stats["splits"].values())
+    assert 2_000_000 <= kept <= 4_000_000
+    # every character of the input is accounted for: removed by one step, or kept
+    assert stats["input"]["chars"] - sum(r["chars"] for r in stats["steps"].values()) == kept
+    assert stats["warnings"] == [] and set(stats["seconds"]) >= {"generate", "clean", "dedup", "mix", "split"}
 
 
 def test_split_has_no_exact_or_near_duplicate_overlap(default_run):
@@ -223,65 +284,215 @@ def test_mixture_within_2_percent_of_ratios(default_run):
     assert {d["lang"] for d in docs} <= {"en", "zh", "other"} and {"en", "zh"} <= {d["lang"] for d in docs}
 
 
+def test_cli_run_writes_what_its_table_says(small_cli_run):
+    out, r = small_cli_run
+    data = out / "data"
+    check_artifact(data, made_by="(test)")  # complete, undamaged, its manifest lists every file
+    stats = json.loads((data / "stats.json").read_text(encoding="utf-8"))
+    assert format_table(stats) in r.stdout
+    for kind in NOISE_TYPES:
+        row = stats["noise"][kind]
+        assert re.search(rf"^{kind} +{row['step']} +{row['injected']} +{row['caught']} +{row['missed']} ", r.stdout, re.M)
+    for name in ("train", "val", "test"):
+        assert len(read_split(data, name)) == stats["splits"][name]["docs"] > 0
+    labels = [json.loads(x) for x in (data / "noise_labels.jsonl").read_text().splitlines()]
+    assert len(labels) == sum(stats["noise"][k]["injected"] for k in NOISE_TYPES)
+    kept = [d for n in ("train", "val", "test") for d in read_split(data, n)]
+    assert len({d["id"] for d in kept}) == len(kept) and all(d["text"].strip() for d in kept)
+    assert sum(len(d["text"]) for d in kept) == stats["input"]["chars"] - sum(r["chars"] for r in stats["steps"].values())
+    assert (data / "outcome.png").read_bytes()[:4] == b"\x89PNG" and (data / "outcome.png").stat().st_size > 20_000
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["data"]
+    assert r.stderr.strip().endswith(f"wrote {data}")
+
+
 # ---------------------------------------------------------------------------------------------------
-# Real input and bad input
+# Real input: long documents are cut, not dropped whole
+
+def test_cut_document_cuts_at_paragraphs_then_lines_then_sentences():
+    paras = [f"Paragraph {i} " + "word " * 30 for i in range(10)]   # ~165 characters each
+    pieces = cut_document("\n\n".join(paras), 400)
+    assert all(len(p) <= 400 for p in pieces) and len(pieces) == 5
+    assert pieces[0] == "\n\n".join(paras[:2]).strip()                # two whole paragraphs per piece
+    novel = "\n".join("    " + "他说道：“好。”" * 30 for _ in range(40))  # one block, lines of 240 characters
+    pieces = cut_document(novel, 1000)
+    assert len(pieces) == 10 and all(len(p) <= 1000 for p in pieces)
+    assert "".join(pieces).replace(" ", "").replace("\n", "") == novel.replace(" ", "").replace("\n", "")
+    long_line = "A sentence. " * 100
+    assert all(p.endswith(".") and len(p) <= 200 for p in cut_document(long_line, 200))
+    assert cut_document("x" * 450, 200) == ["x" * 200, "x" * 200, "x" * 50]
+
 
 def test_input_files_go_through_the_same_cleaning(tmp_path):
+    world = build_world(WorldConfig(seed=3))
+    stories = [d["text"] for d in generate_corpus(world, 3, 40_000, {"stories": 1.0}) if "|" not in d["text"]][:60]
     txt = tmp_path / "a.txt"
-    para = "Bela walked along the river every morning, and the ducks followed her all the way to the old stone bridge near town."
-    other = "Write to bela.12@mail.com to hear how the old baker who lives next to the market square tells stories every Sunday."
-    txt.write_text(f"{para}\n\n{other}\n\nToo short.\n\n{para}\n")
+    txt.write_text("\n\n".join(stories + ["Write to bela.12@mail.com to hear the old baker tell stories every "
+                                          "Sunday in the market square, where the children sit in a ring.",
+                                          "Too short.", stories[0]]) + "\n")
     jl = tmp_path / "b.jsonl"
-    jl.write_text(json.dumps({"text": "贝拉每天早上沿着河边散步，鸭子跟着她走到城边的老桥。她很喜欢这座安静的小城。"}) + "\n")
-    stats = prepare(PrepareConfig(inputs=(str(txt), str(jl))), tmp_path / "run", progress=False)
+    jl.write_text(json.dumps({"text": "贝拉每天早上沿着河边散步，鸭子跟着她走到城边的老桥。她很喜欢这座安静的小城。"},
+                             ensure_ascii=False) + "\n")
+    stats = prepare(PrepareConfig(input=(str(txt), str(jl)), split=(0.8, 0.1, 0.1)), tmp_path / "run", progress=False)
     docs = sum((read_split(tmp_path / "run" / "data", n) for n in ("train", "val", "test")), [])
     texts = [d["text"] for d in docs]
-    assert len(docs) == 3 and any("<EMAIL>" in t for t in texts) and not any("Too short" in t for t in texts)
-    assert stats["steps_acted"]["exact_dedup"] == 1 and stats["noise"] == {}
-
-
-def bad_input_error(tmp_path, argv):
-    with pytest.raises(UserError) as e:
-        prepare_main(argv + ["--out", str(tmp_path / "out")])
-    assert not (tmp_path / "out" / "data").exists() or argv == []
-    return str(e.value)
-
-
-def test_every_bad_input_gives_its_error(tmp_path):
-    empty, binary, latin1, nodoc = (tmp_path / n for n in ("e.txt", "b.txt", "l.txt", "n.jsonl"))
-    empty.write_text("  \n")
-    binary.write_bytes(b"\x00\x01\x02abc")
-    latin1.write_bytes("café".encode("latin-1"))
-    nodoc.write_text(json.dumps({"body": "x"}) + "\n")
-    assert "no such file" in bad_input_error(tmp_path, ["--input", str(tmp_path / "missing.txt")])
-    assert "empty" in bad_input_error(tmp_path, ["--input", str(empty)])
-    assert "binary" in bad_input_error(tmp_path, ["--input", str(binary)])
-    assert "not valid UTF-8" in bad_input_error(tmp_path, ["--input", str(latin1)])
-    assert "no 'text' field" in bad_input_error(tmp_path, ["--input", str(nodoc)])
-    assert "sum to 1" in bad_input_error(tmp_path, ["--mix", "dialog=0.5,code=0.1,knowledge=0.2,stories=0.3"])
-    assert "unsupported file type" in bad_input_error(tmp_path, ["--input", __file__])
-    out = tmp_path / "run"
-    prepare(PrepareConfig(chars=SMALL), out, progress=False)
-    before = (out / "data" / "train.jsonl").read_bytes()
-    with pytest.raises(UserError, match="already holds a different run; pass --overwrite"):
-        prepare(PrepareConfig(chars=SMALL, seed=5), out, progress=False)
-    assert (out / "data" / "train.jsonl").read_bytes() == before  # untouched
-    prepare(PrepareConfig(chars=SMALL), out, progress=False)     # the same run may be redone
-    prepare(PrepareConfig(chars=SMALL, seed=5), out, overwrite=True, progress=False)
-    assert (out / "data" / "train.jsonl").read_bytes() != before
-    assert sorted(p.name for p in out.iterdir()) == ["data"]     # no temp folder left behind
-
-
-def test_cli_error_is_one_line_and_exit_code_2(tmp_path, repo_root):
-    r = subprocess.run([sys.executable, str(repo_root / "01_data" / "prepare.py"), "--out", str(tmp_path / "o"),
-                        "--mix", "dialog=1,code=1"], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert not (tmp_path / "o").exists()
+    assert any("<EMAIL>" in t for t in texts) and not any("Too short" in t for t in texts)
+    assert stats["steps"]["exact_dedup"]["dropped"] == 1 and stats["steps"]["filter_length"]["dropped"] == 1
+    assert stats["noise"] == {} and stats["input"]["docs"] == len(stories) + 4 >= 44
 
 
 def test_real_text_from_shared_data(shared_data, tmp_path):
-    stories = shared_data / "text" / "tinystories_valid_head.txt"
-    stats = prepare(PrepareConfig(inputs=(str(stories),)), tmp_path / "run", progress=False)
+    """红楼梦 is one blank-line block: it must become many documents, and (almost) all of it must stay.
+    (Its first 300k characters, to keep the test quick; the whole novel gives 91 documents.)"""
+    novel = tmp_path / "hongloumeng_head.txt"
+    novel.write_text((shared_data / "text" / "hongloumeng.txt").read_text(encoding="utf-8")[:300_000], encoding="utf-8")
+    stats = prepare(PrepareConfig(input=(str(novel),), split=(0.8, 0.1, 0.1)), tmp_path / "run", progress=False)
+    n_chars = len(novel.read_text(encoding="utf-8"))
+    assert stats["input"]["docs"] >= n_chars / 10_000 and stats["input"]["chars"] >= 0.99 * n_chars
+    kept = sum(s["chars"] for s in stats["splits"].values())
+    assert kept >= 0.95 * stats["input"]["chars"] and stats["warnings"] == []
     docs = read_split(tmp_path / "run" / "data", "train")
-    assert stats["domains"]["stories"]["docs_kept"] >= 0.8 * stats["domains"]["stories"]["docs_in"]
-    assert all(d["lang"] == "en" for d in docs) and not any("\ufffd" in d["text"] for d in docs)
+    assert all(d["lang"] == "zh" and len(d["text"]) <= 10_000 for d in docs) and "，" in docs[0]["text"]
+
+
+def test_filters_on_clean_real_text(shared_data):
+    """False positives: what the filters change or drop in text that is known to be clean."""
+    cfg = PrepareConfig()
+    texts = {name: read_documents([shared_data / "text" / f"{name}.txt"], cfg)
+             for name in ("tinystories_valid_head", "tinyshakespeare", "hongloumeng")}
+    for name, docs in texts.items():
+        assert not [d["text"][:80] for d in docs if is_toxic(d["text"]) or is_biased(d["text"])], name
+    stories = texts["tinystories_valid_head"]
+    broken = [d for d in stories if "â€" in d["text"]]                    # TinyStories has real mojibake
+    assert len(broken) >= 50 and not any("â€" in fix_encoding(d["text"])[0] for d in broken)
+    model = train_langid(*training_texts(1000))
+    rates = filter_rates(stories[:400], lambda t: predict_lang(model, t))
+    assert rates["docs"] == 400 and rates["steps"]["filter_toxic"]["docs_dropped"] == 0
+    assert 0.02 <= rates["steps"]["filter_length"]["doc_share"] <= 0.3   # paragraphs of a story: short units
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, and an earlier run left byte-identical
+
+def write(path, data):
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return path
+
+
+# (id, argv builder (tmp folder, the good run's folder) -> argv, what the error line must say)
+BAD_INPUTS = [
+    ("negative noise", lambda t, run: ["--out", run, "--noise-frac", "-0.1"], "--noise-frac -0.1 is below its minimum"),
+    ("noise above 1", lambda t, run: ["--out", run, "--noise-frac", "1.5"], "above its maximum 1.0"),
+    ("mix not summing to 1", lambda t, run: ["--out", run, "--mix", "dialog=0.5,code=0.6"], "sum to 1"),
+    ("mix unknown domain", lambda t, run: ["--out", run, "--mix", "poems=1"], "unknown domain 'poems'"),
+    ("mix unreadable", lambda t, run: ["--out", run, "--mix", "dialog"], "cannot read"),
+    ("noise with code only", lambda t, run: ["--out", run, "--mix", "code=1"], "noise is injected into prose"),
+    ("split with an empty part", lambda t, run: ["--out", run, "--split", "1,0,0"], "each above 0"),
+    ("split with two parts", lambda t, run: ["--out", run, "--split", "0.5,0.5"], "three shares"),
+    ("chars too small", lambda t, run: ["--out", run, "--chars", "100"], "--chars 100 is below its minimum"),
+    ("max-doc-chars too small", lambda t, run: ["--out", run, "--max-doc-chars", "10"], "below its minimum 200"),
+    ("bad choice", lambda t, run: ["--out", run, "--txt-split", "para"], "invalid choice"),
+    ("unknown flag", lambda t, run: ["--out", run, "--bogus"], "unrecognized arguments"),
+    ("missing input", lambda t, run: ["--out", run, "--input", t / "missing.txt"], "no such file"),
+    ("input is a folder", lambda t, run: ["--out", run, "--input", t], "is a folder"),
+    ("missing fp-check file", lambda t, run: ["--out", run, "--fp-check", t / "nope.txt"], "check the --fp-check path"),
+    ("unsupported type", lambda t, run: ["--out", run, "--input", write(t / "a.csv", "x,y")], "unsupported file type"),
+    ("empty file", lambda t, run: ["--out", run, "--input", write(t / "e.txt", " \n")], "file is empty"),
+    ("binary file", lambda t, run: ["--out", run, "--input", write(t / "b.txt", b"\x00\x01abc")], "looks binary"),
+    ("not UTF-8", lambda t, run: ["--out", run, "--input", write(t / "l.txt", "café".encode("latin-1"))], "not valid UTF-8"),
+    ("jsonl without text", lambda t, run: ["--out", run, "--input", write(t / "n.jsonl", '{"body": 1}\n')], "no 'text' field"),
+    ("jsonl not JSON", lambda t, run: ["--out", run, "--input", write(t / "j.jsonl", "{oops\n")], "not valid JSON"),
+    ("out is a file", lambda t, run: ["--out", write(t / "f", "x")], "is a file, not a folder"),
+    ("out under a file", lambda t, run: ["--out", write(t / "f", "x") / "sub"], "a file is in the way"),
+    ("data is a file", lambda t, run: ["--out", write((t / "o").mkdir() or t / "o" / "data", "x").parent],
+     "is a file, not a folder"),
+    ("a different run there", lambda t, run: ["--out", run, "--seed", "5"], "already holds a run"),
+    # the next three fail after the old run was claimed with --overwrite: it must survive them
+    ("every document filtered out", lambda t, run: ["--out", run, "--overwrite", "--input",
+                                                    write(t / "s.txt", "Too short.\n\nAlso short.\n")],
+     "cleaning dropped all 2 input document(s) (filter_length 2)"),
+    ("the only document dropped", lambda t, run: ["--out", run, "--overwrite", "--input", write(
+        t / "x.txt", "Bela walked to the market with her dog every morning and said hello to everyone she met, "
+                     "and she told the baker he is a total idiot.")], "dropped all 1 input document(s) (filter_toxic 1)"),
+    ("one document", lambda t, run: ["--out", run, "--overwrite", "--input", write(
+        t / "one.txt", "Bela walked to the market with her dog every morning and said hello to everyone she met "
+                       "on the way, from the baker to the old fisher by the bridge.")], "got no documents"),
+]
+
+
+@pytest.mark.parametrize("case, argv, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_error_line_and_leaves_the_old_run(small_cli_run, tmp_path, repo_root, case, argv, message):
+    run, _ = small_cli_run
+    before = tree_hashes(run / "data")
+    r = run_prepare(repo_root, *argv(tmp_path, run))
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert tree_hashes(run / "data") == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-built run left beside it
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """Make `folder` unwritable for this process: chmod 555, or as root (whom permissions do not stop)
+    the immutable attribute (chattr +i); skip the test where neither is possible."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root and chattr +i is not available: a read-only folder cannot be made here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_concurrent_writer_and_read_only_run_dir(small_cli_run, tmp_path, repo_root):
+    run, _ = small_cli_run
+    before = tree_hashes(run / "data")
+    with run_lock(run / "data"):  # this test process is "the other writer"
+        r = run_prepare(repo_root, "--out", run, "--overwrite", "--chars", SMALL)
+    assert r.returncode == 2 and f"being written by another process (pid {os.getpid()})" in r.stderr, r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+    (tmp_path / "ro").mkdir()
+    for folder, out in ((tmp_path / "ro", tmp_path / "ro" / "new"), (run, run)):  # a new run, and over the old one
+        with read_only(folder):
+            r = run_prepare(repo_root, "--out", out, "--overwrite", "--chars", SMALL)
+        assert r.returncode == 2 and r.stderr.startswith("error: cannot use") and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1 and "permissions" in r.stderr
+    assert tree_hashes(run / "data") == before
+
+
+@pytest.mark.parametrize("script, argv, expect", [
+    ("dedup.py", [], "near copy   the cat sat on the mat and looked at a dog"),
+    ("dedup.py", ["--threshold", "2"], "error: --threshold 2.0 is above its maximum 1.0"),
+    ("world.py", ["--chars", "500", "--seed", "3"], "--- "),
+    ("world.py", ["--seed", "x"], "error: argument --seed: invalid int value"),
+    ("bench_dedup.py", ["--docs", "5"], "error: --docs 5 is below its minimum 100"),
+])
+def test_demo_commands_share_the_cli_contract(repo_root, script, argv, expect):
+    r = subprocess.run([sys.executable, str(repo_root / "01_data" / script), *argv], capture_output=True, text=True,
+                       timeout=60)
+    if expect.startswith("error:"):
+        assert r.returncode == 2 and r.stderr.startswith(expect) and r.stderr.count("\n") == 1, r.stderr
+    else:
+        assert r.returncode == 0 and expect in r.stdout, r.stderr
+
+
+def test_ctrl_c_midway_keeps_the_old_run(small_cli_run, repo_root):
+    run, _ = small_cli_run
+    before = tree_hashes(run / "data")
+    p = subprocess.Popen([sys.executable, str(repo_root / "01_data" / "prepare.py"), "--out", str(run),
+                          "--overwrite", "--chars", "200000", "--seed", "9"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # wait until it is building (past the lock and the overwrite check)
+        if line.startswith("[generate]"):
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == "interrupted" and "Traceback" not in err, err
+    assert tree_hashes(run / "data") == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
