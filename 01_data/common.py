@@ -489,6 +489,10 @@ def remove_orphan_temps(out_dir) -> int:
     `.<out_dir name>.*.tmp` folders beside it (staged_dir). Call only under run_lock."""
     out_dir = Path(out_dir)
     removed = 0
+    old = sorted(out_dir.parent.glob(f".{out_dir.name}.old*.tmp"))
+    if old and not out_dir.exists():                # killed between staged_dir's two renames:
+        os.replace(old[0], out_dir)                 # the old run was set aside, the new never arrived
+        print(f"restored {out_dir} from {old[0].name} (a swap was interrupted)", file=sys.stderr)
     victims = list(out_dir.glob(".*.tmp")) if out_dir.is_dir() else []
     victims += list(out_dir.parent.glob(f".{out_dir.name}.*.tmp"))
     for p in victims:
@@ -569,7 +573,7 @@ def staged_dir(out_dir):
 
     The old folder stays intact until the new one is complete. The swap is two renames (old aside,
     new in) and the old copy is then deleted; a crash between the renames leaves both as
-    `.<name>.*.tmp` folders, which the next run's lock step removes."""
+    `.<name>.*.tmp` folders: the next run's lock step puts the old one back and removes the other."""
     import shutil
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

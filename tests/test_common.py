@@ -225,3 +225,14 @@ def test_claim_output_and_staged_dir(tmp_path):
     with pytest.raises(UserError, match="is a file, not a folder"):
         claim_output(tmp_path / "file", overwrite=True)
     assert remove_orphan_temps(tmp_path / "nothing") == 0
+
+
+def test_an_interrupted_swap_is_undone_at_the_next_lock(tmp_path):
+    out = tmp_path / "run"
+    make_artifact(out, "old")
+    os.replace(out, tmp_path / ".run.old9.tmp")          # killed between staged_dir's renames: old set aside,
+    (tmp_path / ".run.abc.tmp").mkdir()                   # ... the new one never renamed in
+    with run_lock(out):
+        pass
+    assert (out / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
