@@ -65,12 +65,12 @@ from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_
 # ----------------------------------------------------------------------------------------------
 # Stages and schedules
 
-def check_pipeline(n_layer: int, stages: int, micro_batches: int, batch: int):
+def check_pipeline(n_layer: int, stages: int, micro_batches: int, batch: int | None = None):
     """UserError for a split that cannot run; a warning when the bubble will dominate."""
     if stages > n_layer:
         raise UserError(f"{stages} pipeline stages but only {n_layer} blocks: each stage needs at least "
                         f"one block; use at most {n_layer} ranks or more --n-layer")
-    if batch % micro_batches:
+    if batch is not None and batch % micro_batches:
         raise UserError(f"--batch {batch} does not split into {micro_batches} equal micro-batches; "
                         f"choose --micro-batches dividing {batch}")
     if micro_batches < stages:
