@@ -166,7 +166,7 @@ class DDPConfig(DemoModel):
     accum: int = option(2, "micro-steps per optimizer step (no_sync on all but the last)", min=1)
     bucket_mb: float = option(0.05, "bucket size cap in MB (torch's DDP default: 25)", min=1e-6)
     lr: float = option(1e-2, "AdamW learning rate (large, so that a wrong step would show)", min=0)
-    out: str = option("", "also write the results as JSON to this file (empty: print only)")
+    out: str = option("", "folder to write ddp_by_hand.json into (empty: print only)")
 
 
 def check_config(cfg: DDPConfig):
@@ -269,7 +269,7 @@ def main(argv=None):
     if int(dist.get_rank() if dist.is_initialized() else 0) == 0:
         print(report(results[0], cfg))
         if cfg.out:
-            write_json(cfg.out, {"config": asdict(cfg), **results[0]})
+            write_json(Path(cfg.out) / "ddp_by_hand.json", {"config": asdict(cfg), **results[0]})
 
 
 if __name__ == "__main__":

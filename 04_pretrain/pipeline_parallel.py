@@ -22,6 +22,7 @@ each stage is busy m(t_F + t_B) of a step lasting (m + p - 1)(t_F + t_B), so it 
     bubble fraction = (p - 1) / (m + p - 1)          e.g. p = 4, m = 4: 43 %;  m = 32: 9 %
 
 which is why m >> p is wanted, and why 1F1B matters: it allows large m at the memory of p micro-batches.
+(`simulate` runs both schedules on a clock: with any t_F, t_B the idle fraction is exactly the formula.)
 (Interleaved 1F1B gives each rank several smaller stages and divides the bubble by their number.)
 
 Tied embeddings: the LM head shares the token embedding, but they sit on the first and last stage.
@@ -100,6 +101,35 @@ def schedule(kind: str, stage: int, stages: int, micro_batches: int) -> list:
             ops += [("F", warmup + i), ("B", i)]
         return ops + [("B", i) for i in range(m - warmup, m)]  # cool-down
     raise UserError(f"unknown pipeline schedule {kind!r}; choose gpipe or 1f1b")
+
+
+def simulate(kind: str, stages: int, micro_batches: int, t_f=1.0, t_b=1.0) -> dict:
+    """Run the schedules on a clock instead of ranks: an op starts when its stage is free and its input
+    exists (F_i on stage s needs F_i done on s-1; B_i needs B_i done on s+1). Returns the step time and
+    the mean idle fraction; with t_f = t_b it equals (p-1)/(m+p-1) exactly for both schedules."""
+    ops = [schedule(kind, s, stages, micro_batches) for s in range(stages)]
+    done, free, nxt, busy = {}, [0.0] * stages, [0] * stages, [0.0] * stages
+    while any(nxt[s] < len(ops[s]) for s in range(stages)):
+        progressed = False
+        for s in range(stages):
+            if nxt[s] == len(ops[s]):
+                continue
+            op, i = ops[s][nxt[s]]
+            if op == "F":
+                dep = (s - 1, "F", i) if s > 0 else None
+            else:                                   # the last stage's B_i follows its own F_i
+                dep = (s + 1, "B", i) if s < stages - 1 else (s, "F", i)
+            if dep is not None and dep not in done:
+                continue                            # blocked in recv: try the other stages
+            cost = t_f if op == "F" else t_b
+            done[(s, op, i)] = free[s] = max(free[s], done[dep] if dep else 0.0) + cost
+            busy[s] += cost
+            nxt[s] += 1
+            progressed = True
+        if not progressed:
+            raise RuntimeError(f"{kind} schedule deadlocks for p={stages}, m={micro_batches}")
+    span = max(free)
+    return {"step_time": span, "idle_fraction": sum(1 - b / span for b in busy) / stages}
 
 
 class GPTStage(nn.Module):

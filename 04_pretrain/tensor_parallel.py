@@ -249,7 +249,7 @@ def torch_tensor_parallel_block(block: nn.Module, cfg: GPTConfig, world: int) ->
 
 @dataclass
 class TPConfig(DemoModel):
-    out: str = option("", "also write the results as JSON to this file (empty: print only)")
+    out: str = option("", "folder to write tensor_parallel.json into (empty: print only)")
 
 
 def block_inputs(cfg: GPTConfig, batch: int, seed: int):
@@ -336,7 +336,7 @@ def main(argv=None):
     if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         print(report(results[0], cfg))
         if cfg.out:
-            write_json(cfg.out, {"config": asdict(cfg), **results[0]})
+            write_json(Path(cfg.out) / "tensor_parallel.json", {"config": asdict(cfg), **results[0]})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ Memory per rank, fp32 (4 bytes a value), P parameters:
     ZeRO-1            weights 4P + grads 4P + (m, v, master shard) 12P/N
     ZeRO-2            weights 4P + grads 4P/N + (m, v, master shard) 12P/N (between steps; see below)
 (the shard is this rank's fp32 master copy of its weights; under mixed precision the weights are bf16
-and it is the only fp32 copy; here the weights are fp32 already, so it is an extra 4P/N.)
+and it is the only fp32 copy, saved in checkpoints; here the weights are fp32 already, so it is an extra
+4P/N, refreshed from them at every step, and a checkpoint needs only the model and the gathered m, v.)
 
 Honest simplifications. The gradients are reduced after backward, in one flat call, not in buckets
 overlapped with backward as ddp_by_hand.py does; so during backward a ZeRO-2 rank still holds the full
@@ -149,6 +150,9 @@ class ZeroAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         self.reduce_gradients()
+        for i, a, view in self.pieces:                 # the fp32 weights are the truth here: pick up any
+            start = a - self.offsets[i]                # change made to them (a loaded checkpoint)
+            view.copy_(self.params[i].detach().reshape(-1)[start:start + view.numel()])
         for outer, inner in zip(self.param_groups, self.shard_opt.param_groups):
             inner.update({k: v for k, v in outer.items() if k != "params"})   # lr set by the schedule
         self.shard_opt.step()                          # AdamW on S values, not P
@@ -190,12 +194,18 @@ class ZeroAdamW(torch.optim.Optimizer):
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict):
-        """Take this rank's slices of a full (unsharded-layout) AdamW state dict."""
+        """Take this rank's slices of a full (unsharded-layout) AdamW state dict. As in torch.optim, the
+        saved groups' "params" lists give each parameter's key by position (an index, or a name when
+        torch.distributed.checkpoint.state_dict converted it)."""
+        keys = [k for g in state_dict["param_groups"] for k in g["params"]]
+        if len(keys) != len(self.params):
+            raise UserError(f"the optimizer state holds {len(keys)} parameters, this model {len(self.params)}; "
+                            "it was saved from another model")
         for g, saved in zip(self.param_groups, state_dict["param_groups"]):
             g.update({k: v for k, v in saved.items() if k != "params"})
         self.state.clear()
         for i, a, view in self.pieces:
-            saved = state_dict["state"].get(i) or state_dict["state"].get(str(i))
+            saved = state_dict["state"].get(keys[i])
             if saved is None:
                 continue
             start = a - self.offsets[i]
@@ -212,56 +222,60 @@ class ZeroConfig(DemoModel):
     steps: int = option(4, "optimizer steps compared", min=1)
     lr: float = option(1e-2, "AdamW learning rate", min=0)
     grad_clip: float = option(0.05, "global-norm clip (small, so that clipping is exercised; 0 = off)", min=0)
-    out: str = option("", "also write the results as JSON to this file (empty: print only)")
+    out: str = option("", "folder to write zero_sharding.json into (empty: print only)")
 
 
 def zero_worker(rank, world, cfg: ZeroConfig) -> dict:
-    rows = cfg.batch // world
-    ref = demo_model(cfg)
-    ref_opt = AdamW(param_groups(ref, 0.1), lr=cfg.lr, betas=(0.9, 0.95))
-    out = {"params": sum(p.numel() for p in ref.parameters())}
-    for stage in (1, 2):
+    """ZeRO-1 and ZeRO-2 against two unsharded references: DDP (the same averaged gradients, plain
+    AdamW: only the sharding differs) and one process on the whole batch (also the summation order)."""
+    rows = slice(rank * (cfg.batch // world), (rank + 1) * (cfg.batch // world))
+    out = {"params": sum(p.numel() for p in demo_model(cfg).parameters())}
+    runs = {}
+    for name in ("zero1", "zero2", "ddp", "single"):
         model = demo_model(cfg)
-        opt = ZeroAdamW(param_groups(model, 0.1), stage=stage, lr=cfg.lr, betas=(0.9, 0.95))
+        groups = param_groups(model, 0.1)
+        opt = (ZeroAdamW(groups, stage=int(name[-1]), lr=cfg.lr, betas=(0.9, 0.95)) if name.startswith("zero")
+               else AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95)))
         losses = []
         for step in range(cfg.steps):
             x, y = demo_batch(cfg, step)
-            _, loss = model(x[rank * rows:(rank + 1) * rows], y[rank * rows:(rank + 1) * rows])
+            part = slice(None) if name == "single" else rows
+            _, loss = model(x[part], y[part])
             loss.backward()
-            opt.clip_grad_norm(cfg.grad_clip)
-            grad_bytes = storage_bytes([p.grad for p in model.parameters()] + [opt.grad_shard])
+            if name == "ddp":
+                for p in model.parameters():
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            if name.startswith("zero"):
+                opt.clip_grad_norm(cfg.grad_clip)
+                grad_bytes = storage_bytes([p.grad for p in model.parameters()] + [opt.grad_shard])
+            else:
+                clip_grad_norm(list(model.parameters()), cfg.grad_clip)
+                grad_bytes = storage_bytes([p.grad for p in model.parameters()])
             opt.step()
             opt.zero_grad(set_to_none=True)
             total = loss.detach().clone()
-            dist.all_reduce(total)
-            losses.append(total.item() / world)
-        out[f"zero{stage}"] = {"losses": losses, "weights": [p.detach().clone() for p in model.parameters()],
-                               "state_bytes": state_bytes(opt), "shard_bytes": 4 * opt.shard_size,
-                               "grad_bytes": grad_bytes,
-                               "state_dict": opt.state_dict()}
-    ref_losses = []
-    for step in range(cfg.steps):
-        x, y = demo_batch(cfg, step)
-        _, loss = ref(x, y)
-        loss.backward()
-        clip_grad_norm(list(ref.parameters()), cfg.grad_clip)
-        ref_opt.step()
-        ref_opt.zero_grad(set_to_none=True)
-        ref_losses.append(loss.item())
-    full_sd = ref_opt.state_dict()
-    for stage in (1, 2):
-        r = out.pop(f"zero{stage}")
-        sd = r.pop("state_dict")
-        out[f"zero{stage}"] = {
-            "max_diff_loss": max_diff(torch.tensor(r["losses"]), torch.tensor(ref_losses)),
-            "max_diff_weight": max_diff(r.pop("weights"), list(ref.parameters())),
-            "max_diff_state_dict": max(max_diff(sd["state"][i][k], full_sd["state"][i][k])
-                                       for i in full_sd["state"] for k in ("exp_avg", "exp_avg_sq")),
-            "same_state_keys": sorted(sd["state"]) == sorted(full_sd["state"]),
-            "state_bytes": r["state_bytes"], "grad_bytes": r["grad_bytes"],
-            "master_shard_bytes": r["shard_bytes"], "losses": r["losses"]}
-    out["unsharded_state_bytes"] = state_bytes(ref_opt)
-    out["ref_losses"] = ref_losses
+            if name != "single":
+                dist.all_reduce(total)
+                total /= world
+            losses.append(total.item())
+        runs[name] = {"losses": torch.tensor(losses), "weights": [p.detach() for p in model.parameters()],
+                      "state_dict": opt.state_dict(), "state_bytes": state_bytes(opt), "grad_bytes": grad_bytes,
+                      "shard_bytes": 4 * opt.shard_size if name.startswith("zero") else 0}
+    ref = runs["single"]["state_dict"]
+    for name in ("zero1", "zero2"):
+        r = runs[name]
+        out[name] = {
+            "max_diff_loss": max_diff(r["losses"], runs["single"]["losses"]),
+            "max_diff_weight": max_diff(r["weights"], runs["single"]["weights"]),
+            "max_diff_weight_vs_ddp": max_diff(r["weights"], runs["ddp"]["weights"]),
+            "max_diff_state_dict": max(max_diff(r["state_dict"]["state"][i][k], ref["state"][i][k])
+                                       for i in ref["state"] for k in ("exp_avg", "exp_avg_sq")),
+            "same_state_keys": sorted(r["state_dict"]["state"]) == sorted(ref["state"]),
+            "state_bytes": r["state_bytes"], "grad_bytes": r["grad_bytes"], "master_shard_bytes": r["shard_bytes"],
+            "losses": r["losses"].tolist()}
+    out["unsharded_state_bytes"] = runs["single"]["state_bytes"]
+    out["ref_losses"] = runs["single"]["losses"].tolist()
     return out
 
 
@@ -271,8 +285,9 @@ def report(r: dict, cfg: ZeroConfig) -> str:
              f"clip {cfg.grad_clip}"]
     for s in (1, 2):
         z = r[f"zero{s}"]
-        lines.append(f"  ZeRO-{s}: max |loss diff| {z['max_diff_loss']:.2e}   max |weight diff| "
-                     f"{z['max_diff_weight']:.2e}   gathered state_dict vs AdamW's {z['max_diff_state_dict']:.2e}")
+        lines.append(f"  ZeRO-{s}: max |loss diff| {z['max_diff_loss']:.1e}   max |weight diff| {z['max_diff_weight']:.1e} "
+                     f"(vs DDP + AdamW, same gradients: {z['max_diff_weight_vs_ddp']:.1e})   gathered state_dict "
+                     f"vs AdamW's {z['max_diff_state_dict']:.1e}")
     u = r["unsharded_state_bytes"]
     lines += ["", f"bytes per rank (rank 0), fp32",
               f"{'':<18}{'AdamW state (m, v)':>20}{'master shard':>14}{'gradients':>12}{'state / unsharded':>20}",
@@ -297,7 +312,7 @@ def main(argv=None):
     if (dist.get_rank() if dist.is_initialized() else 0) == 0:
         print(report(results[0], cfg))
         if cfg.out:
-            write_json(cfg.out, {"config": asdict(cfg), **results[0]})
+            write_json(Path(cfg.out) / "zero_sharding.json", {"config": asdict(cfg), **results[0]})
 
 
 if __name__ == "__main__":
