@@ -131,7 +131,10 @@ def run_ranks(fn, world: int, *args, threads: int = 0) -> list:
                             f"pass --world {env_world} or change --nproc_per_node")
         rank = int(os.environ["RANK"])
         init_rank(rank, world)
-        return [fn(rank, world, *args)]
+        try:
+            return [fn(rank, world, *args)]
+        finally:
+            dist.destroy_process_group()
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
@@ -140,6 +143,11 @@ def run_ranks(fn, world: int, *args, threads: int = 0) -> list:
                        nprocs=world, start_method="spawn")
     out = dict(results.get() for _ in range(world))
     return [out[r] for r in range(world)]
+
+
+def prints_report() -> bool:
+    """True in the process that prints a demo's results: the parent of spawned ranks, or torchrun's rank 0."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ which is exactly the gradient of the mean loss over the whole batch. Three detai
    with earlier layers. At the end of backward (a callback queued on the autograd engine, as DDP and
    FSDP do) the loop waits for every handle and copies the averaged gradients back into `.grad`.
 3. no_sync. With gradient accumulation, gradients of the non-final micro-steps are summed locally;
-   communicating them would move k times the bytes for the same result. Inside `no_sync()` the
-   hooks do nothing; the final micro-step's backward all-reduces the accumulated sum.
+   communicating them would move k times the bytes for the same result. As in torch's DDP, the
+   forward decides: the backward of a forward run inside `no_sync()` (wherever that backward is
+   called) leaves the hooks idle; the final micro-step's backward all-reduces the accumulated sum.
 
 Traffic per optimizer step: one all-reduce of all gradients, 4·P bytes in fp32, of which a ring
 sends 2(N-1)/N · 4P per rank (collectives.py), whatever the number of micro-steps.
@@ -59,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, option, parse_config, run_cli, write_json  # 01_data
 
-from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_ranks
+from collectives import DemoModel, demo_batch, demo_model, max_diff, prints_report, ring_bytes, run_ranks
 from optimizers import AdamW, param_groups
 
 
@@ -103,7 +104,8 @@ class DataParallelByHand(nn.Module):
         self.buckets = make_buckets(params, bucket_mb * 2**20)
         self.bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
         self.n_params = len(params)
-        self.sync = True
+        self.sync = True                       # outside no_sync()
+        self.sync_backward = True              # what the last forward decided for its backward
         self.ready = [0] * len(self.buckets)   # gradients ready per bucket in this backward
         self.in_flight = []                    # (async work handle, bucket index, flat buffer)
         self.calls, self.bytes, self.launch_log = 0, 0, []
@@ -111,11 +113,13 @@ class DataParallelByHand(nn.Module):
             p.register_post_accumulate_grad_hook(self._grad_ready)
 
     def forward(self, *args, **kwargs):
+        if torch.is_grad_enabled():            # an evaluation forward (no_grad) has no backward
+            self.sync_backward = self.sync
         return self.module(*args, **kwargs)
 
     @contextlib.contextmanager
     def no_sync(self):
-        """Backward passes inside only accumulate into .grad; the next one outside communicates."""
+        """Forwards run inside: their backward only accumulates into .grad, without communication."""
         before, self.sync = self.sync, False
         try:
             yield
@@ -124,7 +128,7 @@ class DataParallelByHand(nn.Module):
 
     def _grad_ready(self, p: torch.Tensor):
         """Runs when p.grad holds this backward's full gradient (all uses of p accumulated)."""
-        if not self.sync:
+        if not self.sync_backward:
             return
         if not any(self.ready):                # the first gradient of this backward
             torch.autograd.Variable._execution_engine.queue_callback(self._wait_and_unpack)
@@ -244,7 +248,9 @@ def report(r: dict, cfg: DDPConfig) -> str:
         f"  max |grad diff|    vs torch DDP {r['max_diff_grad_vs_torch_ddp']:.2e}   vs one process on the "
         f"whole batch {r['max_diff_grad_vs_single']:.2e}",
         f"  max |weight diff|  vs torch DDP {r['max_diff_weight_vs_torch_ddp']:.2e}   vs one process "
-        f"{r['max_diff_weight_vs_single']:.2e}",
+        f"{r['max_diff_weight_vs_single']:.2e} after {cfg.steps} AdamW steps of lr {cfg.lr}",
+        "  (gradients: first step; AdamW divides by sqrt(v), so rounding-level gradient differences on "
+        "coordinates whose gradient is ~0 become lr-sized steps; torch DDP sums in our order: 0)",
         f"  overlap: gradients ready (of {r['grad_tensors']}) when each bucket's all-reduce started: "
         f"{r['grads_ready_at_each_launch']}",
         "",
@@ -255,7 +261,8 @@ def report(r: dict, cfg: DDPConfig) -> str:
         f"{r['bytes_per_step_without_no_sync']:>16,.0f}"
         f"{ring_bytes('all_reduce', r['bytes_per_step_without_no_sync'], N):>16,.0f}",
         f"(a ring all-reduce sends 2(N-1)/N x payload per rank = {2 * (N - 1) / N:.2f} x at N={N}: "
-        "a reduce-scatter then an all-gather, each (N-1)/N)",
+        "a reduce-scatter then an all-gather, each (N-1)/N;",
+        f" other N and the ZeRO stages: python 04_pretrain/collectives.py --params {P})",
     ]
     return "\n".join(lines)
 
@@ -266,7 +273,7 @@ def main(argv=None):
     if cfg.world < 2:
         raise UserError("--world must be at least 2 to compare data parallelism with one process")
     results = run_ranks(ddp_worker, cfg.world, cfg)
-    if int(dist.get_rank() if dist.is_initialized() else 0) == 0:
+    if prints_report():
         print(report(results[0], cfg))
         if cfg.out:
             write_json(Path(cfg.out) / "ddp_by_hand.json", {"config": asdict(cfg), **results[0]})

@@ -60,7 +60,7 @@ sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
 from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
 from gpt import rope_cos_sin, sinusoidal_positions  # 03_model
 
-from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, run_ranks
+from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, prints_report, run_ranks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def run_pipeline(stage_mod: GPTStage, ops, x, y, micro_batches: int, rank: int, 
             if stage_mod.first:
                 inp = x[i * mb:(i + 1) * mb]
             else:
-                inp = torch.empty(shape)
+                inp = torch.empty(shape, device=x.device)
                 dist.recv(inp, rank - 1)
                 inp.requires_grad_()
             t_recv = time.perf_counter()
@@ -316,7 +316,8 @@ def report(results: list, cfg: PipelineConfig) -> str:
     lines = [f"pipeline over {p} stages (blocks per stage {[r['stage_blocks'] for r in results]}), "
              f"{m} micro-batches of {cfg.batch // m}"]
     for kind in ("gpipe", "1f1b"):
-        lines.append(f"  {kind}: " + " | ".join(f"stage {s}: {' '.join(r[kind]['ops'])}" for s, r in enumerate(results)))
+        lines.append(f"  {kind}: " + " | ".join(f"stage {s}: {' '.join(r[kind]['ops'])}"
+                                                for s, r in enumerate(results)))
     lines += ["", f"{'':<8}{'max |grad diff| vs 1 process':>30}{'torch.pipelining':>18}{'idle (measured)':>17}"
               f"{'bubble (p-1)/(m+p-1)':>22}{'stored micro-batches':>22}"]
     for kind in ("gpipe", "1f1b"):
@@ -324,7 +325,8 @@ def report(results: list, cfg: PipelineConfig) -> str:
         tdiff = max(r[kind].get("torch_pipelining_max_diff_grad", float("nan")) for r in results)
         idle = sum(r[kind]["idle_fraction"] for r in results) / p
         stored = "/".join(str(r[kind]["peak_stored"]) for r in results)
-        lines.append(f"{kind:<8}{diff:>30.1e}{tdiff:>18.1e}{idle:>17.1%}{results[0]['bubble_formula']:>22.1%}{stored:>22}")
+        lines.append(f"{kind:<8}{diff:>30.1e}{tdiff:>18.1e}{idle:>17.1%}{results[0]['bubble_formula']:>22.1%}"
+                     f"{stored:>22}")
     last = results[-1]
     lines.append(f"loss: 1F1B {last['1f1b']['loss']:.6f}, GPipe {last['gpipe']['loss']:.6f}, one process "
                  f"{last['loss_single']:.6f}")
@@ -354,7 +356,7 @@ def main(argv=None):
     if cfg.world < 2:
         raise UserError("--world must be at least 2 (one rank per stage)")
     results = run_ranks(pp_worker, cfg.world, cfg)[0]       # every stage's results
-    if int(dist.get_rank() if dist.is_initialized() else 0) == 0:
+    if prints_report():
         print(report(results, cfg))
         if cfg.out:
             out = Path(cfg.out)

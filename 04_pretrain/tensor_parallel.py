@@ -64,9 +64,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
 from common import UserError, option, parse_config, run_cli, write_json  # 01_data
-from gpt import GPTConfig, MoE, rope_cos_sin, swiglu_hidden  # 03_model
+from gpt import GPTConfig, rope_cos_sin, swiglu_hidden  # 03_model
 
-from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, ring_bytes, run_ranks
+from collectives import (DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, prints_report,
+                         ring_bytes, run_ranks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +122,8 @@ class ColumnParallelLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, world: int):
         b = linear.bias
-        return cls(shard(linear.weight.detach(), 0, rank, world), None if b is None else shard(b.detach(), 0, rank, world))
+        bias = None if b is None else shard(b.detach(), 0, rank, world)
+        return cls(shard(linear.weight.detach(), 0, rank, world), bias)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -238,7 +240,8 @@ def torch_tensor_parallel_block(block: nn.Module, cfg: GPTConfig, world: int) ->
     check_tensor_parallel(cfg, world)
     tp = copy.deepcopy(block)
     plan = {f"attn.{n}": ColwiseParallel() for n in ("wq", "wk", "wv")} | {"attn.wo": RowwiseParallel()}
-    plan |= {f"ffn.{n}": ColwiseParallel() for n in ("up", "gate") if hasattr(tp.ffn, n)} | {"ffn.down": RowwiseParallel()}
+    plan |= {f"ffn.{n}": ColwiseParallel() for n in ("up", "gate") if hasattr(tp.ffn, n)}
+    plan["ffn.down"] = RowwiseParallel()
     parallelize_module(tp, init_device_mesh("cpu", (world,)), plan)
     tp.attn.cfg = local_attention_config(cfg, world)
     return tp
@@ -312,14 +315,16 @@ def report(r: dict, cfg: TPConfig) -> str:
     N = cfg.world
     act = cfg.batch * cfg.seq_len * cfg.n_embd * 4
     return "\n".join([
-        f"tensor parallel over {N} ranks (d={cfg.n_embd}, {cfg.n_head} heads, {cfg.n_kv_head} KV heads), max |difference|",
+        f"tensor parallel over {N} ranks (d={cfg.n_embd}, {cfg.n_head} heads, {cfg.n_kv_head} KV heads), "
+        "max |difference|",
         f"{'':<34}{'output':>10}{'dL/dx':>10}{'dL/dW':>10}",
         f"{'our TP block vs gpt.Block':<34}{r['block_max_diff_output']:>10.1e}{r['block_max_diff_grad_input']:>10.1e}"
         f"{r['block_max_diff_grad_weights']:>10.1e}",
         f"{'DTensor TP block vs gpt.Block':<34}{r['dtensor_max_diff_output']:>10.1e}"
         f"{r['dtensor_max_diff_grad_input']:>10.1e}{r['dtensor_max_diff_grad_weights']:>10.1e}",
         f"{'our TP block vs DTensor':<34}{r['ours_vs_dtensor_max_diff_output']:>10.1e}",
-        f"{'our TP GPT vs GPT (loss, grads)':<34}{r['gpt_max_diff_loss']:>10.1e}{'':>10}{r['gpt_max_diff_grads']:>10.1e}",
+        f"{'our TP GPT vs GPT (loss, grads)':<34}{r['gpt_max_diff_loss']:>10.1e}{'':>10}"
+        f"{r['gpt_max_diff_grads']:>10.1e}",
         f"state dict full -> {N} shards -> full: max |diff| {r['state_dict_roundtrip_max_diff']:.1e}, same keys: "
         f"{r['state_dict_same_keys']}",
         f"parameters per rank: block {r['block_local_params']:,} of {r['block_params']:,}; GPT "
@@ -333,7 +338,7 @@ def main(argv=None):
     cfg, _ = parse_config(TPConfig, argv, doc=__doc__)
     check_tensor_parallel(demo_gpt_config(cfg), cfg.world)
     results = run_ranks(tp_worker, cfg.world, cfg)
-    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+    if prints_report():
         print(report(results[0], cfg))
         if cfg.out:
             write_json(Path(cfg.out) / "tensor_parallel.json", {"config": asdict(cfg), **results[0]})

@@ -62,7 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, option, parse_config, run_cli, write_json  # 01_data
 
-from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_ranks, storage_bytes
+from collectives import (DemoModel, demo_batch, demo_model, max_diff, prints_report, ring_bytes, run_ranks,
+                         storage_bytes)
 from optimizers import AdamW, clip_grad_norm, param_groups
 
 
@@ -85,7 +86,7 @@ class ZeroAdamW(torch.optim.Optimizer):
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.params = [p for g in self.param_groups for p in g["params"]]
         self.sizes = [p.numel() for p in self.params]
-        self.offsets = [0] + list(torch.tensor(self.sizes).cumsum(0).tolist())   # p_i = flat[off_i:off_i+1]
+        self.offsets = [0] + torch.tensor(self.sizes).cumsum(0).tolist()   # param i is flat[offsets[i]:offsets[i+1]]
         self.shard_size = math.ceil(self.offsets[-1] / self.world)
         lo = self.rank * self.shard_size
         self.lo, self.hi = lo, lo + self.shard_size
@@ -156,7 +157,9 @@ class ZeroAdamW(torch.optim.Optimizer):
         for outer, inner in zip(self.param_groups, self.shard_opt.param_groups):
             inner.update({k: v for k, v in outer.items() if k != "params"})   # lr set by the schedule
         self.shard_opt.step()                          # AdamW on S values, not P
-        full = torch.empty(self.world * self.shard_size)
+        for _, _, view in self.pieces:                 # ZeRO-1: let the full gradient be freed by zero_grad
+            view.grad = None
+        full = self.weight_shard.new_empty(self.world * self.shard_size)
         dist.all_gather_single(full, self.weight_shard, group=self.group)
         for p, w in zip(self.params, full[:self.offsets[-1]].split(self.sizes)):
             p.copy_(w.view_as(p))
@@ -167,24 +170,25 @@ class ZeroAdamW(torch.optim.Optimizer):
 
     def _gathered(self, key: str) -> torch.Tensor:
         """The full flat vector of state `key` (exp_avg or exp_avg_sq), gathered from all shards."""
-        local = torch.zeros(self.shard_size)
+        local = torch.zeros_like(self.weight_shard)
         for _, a, view in self.pieces:
             if view in self.state:
                 local[a - self.lo:a - self.lo + view.numel()] = self.state[view][key]
-        full = torch.empty(self.world * self.shard_size)
+        full = local.new_empty(self.world * self.shard_size)
         dist.all_gather_single(full, local, group=self.group)
         return full
 
     def state_dict(self) -> dict:
         """What optimizers.AdamW(...).state_dict() would return for the full parameters."""
-        steps = torch.tensor(max([float(s["step"]) for s in self.state.values()], default=0.0))
+        steps = torch.tensor(max([float(s["step"]) for s in self.state.values()], default=0.0),
+                             device=self.weight_shard.device)
         dist.all_reduce(steps, op=dist.ReduceOp.MAX, group=self.group)    # a rank may own no piece
         m, v = self._gathered("exp_avg"), self._gathered("exp_avg_sq")
         state = {}
         if steps > 0:
             for i, p in enumerate(self.params):
                 a, b = self.offsets[i], self.offsets[i + 1]
-                state[i] = {"step": steps.clone().float(), "exp_avg": m[a:b].view_as(p).clone(),
+                state[i] = {"step": steps.cpu().float(), "exp_avg": m[a:b].view_as(p).clone(),
                             "exp_avg_sq": v[a:b].view_as(p).clone()}
         groups, start = [], 0
         for g in self.param_groups:
@@ -210,7 +214,7 @@ class ZeroAdamW(torch.optim.Optimizer):
                 continue
             start = a - self.offsets[i]
             self.state[view] = {"step": torch.as_tensor(saved["step"], dtype=torch.float32).clone(),
-                                **{k: saved[k].reshape(-1)[start:start + view.numel()].float().clone()
+                                **{k: saved[k].reshape(-1)[start:start + view.numel()].to(view).clone()
                                    for k in ("exp_avg", "exp_avg_sq")}}
 
 
@@ -285,7 +289,8 @@ def report(r: dict, cfg: ZeroConfig) -> str:
              f"clip {cfg.grad_clip}"]
     for s in (1, 2):
         z = r[f"zero{s}"]
-        lines.append(f"  ZeRO-{s}: max |loss diff| {z['max_diff_loss']:.1e}   max |weight diff| {z['max_diff_weight']:.1e} "
+        lines.append(f"  ZeRO-{s}: max |loss diff| {z['max_diff_loss']:.1e}   max |weight diff| "
+                     f"{z['max_diff_weight']:.1e} "
                      f"(vs DDP + AdamW, same gradients: {z['max_diff_weight_vs_ddp']:.1e})   gathered state_dict "
                      f"vs AdamW's {z['max_diff_state_dict']:.1e}")
     u = r["unsharded_state_bytes"]
@@ -309,7 +314,7 @@ def main(argv=None):
     if cfg.world < 2 or cfg.batch % cfg.world:
         raise UserError(f"--world must be >= 2 and divide --batch {cfg.batch}; e.g. --world 2 --batch 8")
     results = run_ranks(zero_worker, cfg.world, cfg)
-    if (dist.get_rank() if dist.is_initialized() else 0) == 0:
+    if prints_report():
         print(report(results[0], cfg))
         if cfg.out:
             write_json(Path(cfg.out) / "zero_sharding.json", {"config": asdict(cfg), **results[0]})
