@@ -36,7 +36,7 @@ Interview questions it answers:
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ import torch.distributed as dist
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, run_cli  # 01_data
+from common import UserError, option, parse_config, run_cli, write_json  # 01_data
 from gpt import GPT, GPTConfig  # 03_model
 
 
@@ -148,6 +148,17 @@ def run_ranks(fn, world: int, *args, threads: int = 0) -> list:
 def prints_report() -> bool:
     """True in the process that prints a demo's results: the parent of spawned ranks, or torchrun's rank 0."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_demo(worker, cfg, report, name: str) -> dict:
+    """A demo's command line after its checks: worker on cfg.world ranks, rank 0's results printed by
+    report(results, cfg) and, with --out, written to <out>/<name>.json."""
+    results = run_ranks(worker, cfg.world, cfg)[0]
+    if prints_report():
+        print(report(results, cfg))
+        if cfg.out:
+            write_json(Path(cfg.out) / f"{name}.json", {"config": asdict(cfg), **results})
+    return results
 
 
 # ----------------------------------------------------------------------------------------------

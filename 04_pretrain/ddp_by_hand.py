@@ -48,7 +48,7 @@ import contextlib
 import copy
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,9 +58,9 @@ import torch.nn as nn
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, run_cli, write_json  # 01_data
+from common import UserError, option, parse_config, run_cli  # 01_data
 
-from collectives import DemoModel, demo_batch, demo_model, max_diff, prints_report, ring_bytes, run_ranks
+from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_demo
 from optimizers import AdamW, param_groups
 
 
@@ -272,11 +272,7 @@ def main(argv=None):
     check_config(cfg)
     if cfg.world < 2:
         raise UserError("--world must be at least 2 to compare data parallelism with one process")
-    results = run_ranks(ddp_worker, cfg.world, cfg)
-    if prints_report():
-        print(report(results[0], cfg))
-        if cfg.out:
-            write_json(Path(cfg.out) / "ddp_by_hand.json", {"config": asdict(cfg), **results[0]})
+    run_demo(ddp_worker, cfg, report, "ddp_by_hand")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ Interview questions it answers:
 import copy
 import dataclasses
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,11 +63,10 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, run_cli, write_json  # 01_data
+from common import UserError, option, parse_config, run_cli  # 01_data
 from gpt import GPTConfig, rope_cos_sin, swiglu_hidden  # 03_model
 
-from collectives import (DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, prints_report,
-                         ring_bytes, run_ranks)
+from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, ring_bytes, run_demo
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,11 +336,7 @@ def report(r: dict, cfg: TPConfig) -> str:
 def main(argv=None):
     cfg, _ = parse_config(TPConfig, argv, doc=__doc__)
     check_tensor_parallel(demo_gpt_config(cfg), cfg.world)
-    results = run_ranks(tp_worker, cfg.world, cfg)
-    if prints_report():
-        print(report(results[0], cfg))
-        if cfg.out:
-            write_json(Path(cfg.out) / "tensor_parallel.json", {"config": asdict(cfg), **results[0]})
+    run_demo(tp_worker, cfg, report, "tensor_parallel")
 
 
 if __name__ == "__main__":

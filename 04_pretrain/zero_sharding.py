@@ -51,7 +51,7 @@ Interview questions it answers:
 """
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,10 +60,9 @@ import torch.distributed as dist
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, run_cli, write_json  # 01_data
+from common import UserError, option, parse_config, run_cli  # 01_data
 
-from collectives import (DemoModel, demo_batch, demo_model, max_diff, prints_report, ring_bytes, run_ranks,
-                         storage_bytes)
+from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_demo, storage_bytes
 from optimizers import AdamW, clip_grad_norm, param_groups
 
 
@@ -313,11 +312,7 @@ def main(argv=None):
     cfg, _ = parse_config(ZeroConfig, argv, doc=__doc__)
     if cfg.world < 2 or cfg.batch % cfg.world:
         raise UserError(f"--world must be >= 2 and divide --batch {cfg.batch}; e.g. --world 2 --batch 8")
-    results = run_ranks(zero_worker, cfg.world, cfg)
-    if prints_report():
-        print(report(results[0], cfg))
-        if cfg.out:
-            write_json(Path(cfg.out) / "zero_sharding.json", {"config": asdict(cfg), **results[0]})
+    run_demo(zero_worker, cfg, report, "zero_sharding")
 
 
 if __name__ == "__main__":
