@@ -341,7 +341,8 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
         show_bpb = lambda loss: f" ({bpb(loss):.3f} bits/byte)" if bpb(loss) else ""
         print(f"done ({stopped}): val loss {val_loss:.4f}{show_bpb(val_loss)} vs unigram baseline "
               f"{baseline:.4f}{show_bpb(baseline)}, {abs(baseline - val_loss):.3f} nats/token {verdict}; "
-              f"best {best['val_loss']:.4f} at step {best['step']} in {out / BEST}; {wall:.0f}s")
+              f"best {best['val_loss']:.4f} at step {best['step']} in {out / BEST}; {wall:.0f}s"
+              + ("" if bpb(val_loss) else " (no bits/byte: tokens/meta.json has no n_bytes; rerun 02_tokenizer)"))
     return {**outcome, "records": records}
 
 

@@ -693,3 +693,20 @@ def test_overfit_summary_reads_the_last_eval_and_the_best():
     steps, train, val = [10, 20, 30], [3.0, 2.0, 1.0], [3.5, 3.0, 3.4]
     row = overfit.summarize("baseline", steps, train, val)
     assert (row["val"], row["gap"], row["best_val"], row["best_step"]) == (3.4, pytest.approx(2.4), 3.0, 20)
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("overfit", [], "--data is required"),
+    ("overfit", ["--data", "{tmp}", "--train-tokens", "100"], "too small for block_size 64"),
+    ("overfit", ["--data", "{tmp}"], "tokens: missing; make it first with `python 02_tokenizer/bpe.py"),
+    ("scaling", ["--data", "{tmp}", "--steps", "50"], "at least 2 different budgets"),
+    ("scaling", ["--data", "{tmp}", "--sizes", "9"], "--sizes 9 is above its maximum 6"),
+    ("scaling", ["--data", "{tmp}"], "tokens: missing"),
+    ("bench_pretrain", ["--cpu-steps", "0"], "--cpu-steps 0 is below its minimum 1"),
+    ("bench_pretrain", ["--data", "{tmp}"], "tokens: missing"),
+])
+def test_the_other_commands_refuse_bad_input_before_writing(tmp_path, module, argv, message):
+    main = __import__(module).main
+    with pytest.raises(UserError, match=message):
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert not list(tmp_path.iterdir())                        # nothing written
