@@ -298,16 +298,16 @@ def test_early_stopping_keeps_the_best_weights_and_resets_its_counter(shards, tm
     # with patience 3 the run stops at step 14 (without the reset it would stop at step 12).
     script = iter([3.0, 2.5, 2.7, 2.4, 2.6, 2.8, 2.9, 2.0, 2.0])
     monkeypatch.setattr(pretrain, "evaluate", lambda *a, **k: next(script))
-    res = pretrain.train(small_cfg(shards, tmp_path / "es", max_steps=30, eval_interval=2, patience=3))
+    es = small_cfg(shards, tmp_path / "es", max_steps=30, eval_interval=2, patience=3)
+    res = pretrain.train(es)
     assert (res["status"], res["steps"], res["best_step"], res["best_val_loss"]) == ("early_stop", 14, 8, 2.4)
     best = torch.load(tmp_path / "es" / "best.pt", weights_only=True)
     last = torch.load(tmp_path / "es" / "ckpt.pt", weights_only=True)
     assert (best["step"], last["step"], last["best"]["bad_evals"]) == (8, 14, 3)
     assert not same_weights(best["model"], last["model"])    # what was kept is not the last weights ...
     script = iter([3.0, 2.5, 2.7, 2.4])
-    pretrain.train(small_cfg(shards, tmp_path / "to8", max_steps=30, eval_interval=2, patience=3, stop_at=8))
+    pretrain.train(dataclasses.replace(es, out=str(tmp_path / "to8"), stop_at=8))
     assert same_weights(best["model"], weights(tmp_path / "to8" / "ckpt.pt"))   # ... but the step-8 weights
-    es = small_cfg(shards, tmp_path / "es", max_steps=30, eval_interval=2, patience=3)
     assert pretrain.train(dataclasses.replace(es, resume=True))["status"] == "already_finished"
     row = overfit.restored_best(es)                           # overfit.py's `early stop` row measures best.pt
     model = GPT.from_checkpoint(tmp_path / "to8" / "ckpt.pt")
