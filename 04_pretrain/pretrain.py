@@ -302,6 +302,7 @@ def run_loop(s: Setup, step: int, best: dict, resumed: bool, command: str) -> di
             save_training_state(out, s.model, s.opt, s.scaler, header=s.header, step=step, best=best,
                                 improved=improved, world=s.world, rank=rank)
             saved_step = step
+            set_interrupt_hint(interrupt_hint(step, saved_step, s.resume_command))
             if talk:
                 print(("\r" if tty else "") + f"step {step}/{cfg.max_steps} | train {last.get('loss', loss):.4f} "
                       f"| val {val_loss:.4f}" + (" *" if improved else "  ") + f" | "
