@@ -96,6 +96,9 @@ def load_full_state(model, opt, model_state, optim_state):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
     set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
+    for group in opt.param_groups:   # set_state_dict hands tuples back as lists; the optimizers unpack
+        if isinstance(group.get("betas"), list):   # (b1, b2) either way, but state_dict() must round-trip
+            group["betas"] = tuple(group["betas"])
 
 
 def rng_states(world) -> dict:
