@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bpe import (GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, main as bpe_main, train_merges,
-                 train_merges_naive, word_counts_of)
+from bpe import GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, train_merges, train_merges_naive, word_counts_of
+from tokenizer_cli import main as bpe_main
 from common import UserError, write_manifest
 from unigram import UnigramConfig, UnigramTokenizer, train_unigram, viterbi
 from wordpiece import SPECIALS, WordPieceTokenizer, train_wordpiece
@@ -195,7 +195,7 @@ def test_gpt2_mismatched_merges_file(tmp_path, shared_data):
 
 # ---------------------------------------------------------------- bad input
 def test_bad_input_errors(tok):
-    with pytest.raises(UserError, match="smaller than 256"):
+    with pytest.raises(UserError, match="too small for BPE"):
         BPETokenizer.train(["abc"], 256 + len(SPECIAL_TOKENS) - 1)
     with pytest.raises(UserError, match="empty"):
         BPETokenizer.train(["", ""], 300)
@@ -281,4 +281,4 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, repo_root):
     write_run(tmp_path / "run", [("hello", "stories", "en")], [("hi", "stories", "en")])
     r = subprocess.run([sys.executable, str(repo_root / "02_tokenizer" / "bpe.py"), "--data", str(tmp_path / "run"),
                         "--vocab-size", "100"], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: vocab size 100") and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --vocab-size 100 is below its minimum 263") and "Traceback" not in r.stderr
