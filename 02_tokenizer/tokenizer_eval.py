@@ -15,6 +15,7 @@ Interview questions it answers:
 - Why is a vocabulary's bytes/token on Chinese a fairness question? (same price per token, fewer
   characters per token: users of some languages pay more and get shorter contexts)
 """
+import functools
 import sys
 from collections import Counter
 from pathlib import Path
@@ -48,6 +49,7 @@ def bytes_per_token(encode, docs) -> dict:
     return {g: round(n_bytes[g] / n_tokens[g], 3) for g in n_bytes if n_tokens[g]}
 
 
+@functools.cache
 def gpt2_tiktoken(files=GPT2_FILES):
     """tiktoken's GPT-2 Encoding built offline from OpenAI's vocab.json + merges.txt, or None."""
     if not (files / "gpt2_vocab.json").is_file():
