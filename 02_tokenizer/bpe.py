@@ -29,18 +29,16 @@ Tie-break rule (written down because it decides which merges you get on small co
 pairs with equal count, pick the pair whose (left bytes, right bytes) is lexicographically
 greatest, e.g. (b"we", b"s") beats (b"n", b"e"). All trainers use it, so they agree exactly.
 
-Vocabulary layout of a trained tokenizer: ids 0..255 are the bytes 0..255, ids 256.. are the merges
-in training order, and the special tokens come last in the order of SPECIAL_TOKENS (GPT-2 also puts
-`<|endoftext|>` last, id 50256). `vocab_size` counts all of them.
+Vocabulary layout: ids 0..255 are the bytes, 256.. the merges in training order, then the special
+tokens in the order of SPECIAL_TOKENS (GPT-2 also puts `<|endoftext|>` last, id 50256).
 
 Saved format (`save(dir)` -> dir/tokenizer.json, plain JSON): {"format": "bpe-v1", "pattern": <regex>,
   "vocab": {"<id>": "<hex of its bytes>"}, "special_tokens": {"<|endoftext|>": id, ...},
   "merges": [[left_id, right_id], ...] in order (merge i makes token 256 + i)}
 `from_gpt2(vocab.json, merges.txt)` reads OpenAI's GPT-2 files (their byte-to-unicode alphabet).
 
-Run:
-  python 02_tokenizer/bpe.py --data runs/tiny                 # train on data/train.jsonl, write tokens/
-  python 02_tokenizer/bpe.py --data runs/tiny --vocab-size 4096 --pattern gpt2
+Run (tokenizer_cli.py; writes runs/tiny/tokenizer/ and runs/tiny/tokens/):
+  python 02_tokenizer/bpe.py --data runs/tiny [--vocab-size 4096] [--pattern gpt2] [--overwrite]
 
 Interview questions it answers:
 - Why byte-level? No unknown tokens, 256 base symbols cover every language; the cost is longer
@@ -423,24 +421,13 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, directory):
-        """The tokenizer saved in directory/tokenizer.json. Missing, corrupt or inconsistent: a
-        UserError naming the command that makes it (from its manifest when there is one)."""
-        directory = Path(directory)
-        path = directory / "tokenizer.json"
-        made_by = f"python 02_tokenizer/bpe.py --data {directory.parent}"
-        with contextlib.suppress(UserError, KeyError):
-            made_by = read_json(directory / "manifest.json")["command"]
-        d = read_json(path, made_by)
-        try:
-            if d.get("format") != "bpe-v1":
-                raise ValueError("not a bpe-v1 tokenizer file")
+        """The tokenizer saved in directory/tokenizer.json (errors name the command to rerun)."""
+        def build(d):
             vocab = {int(i): bytes.fromhex(h) for i, h in d["vocab"].items()}
             merges = [tuple(m) for m in d["merges"]]
-            check_merges_match_vocab(vocab, merges, path)
+            check_merges_match_vocab(vocab, merges, Path(directory) / "tokenizer.json")
             return cls(vocab, merges, d["special_tokens"], d["pattern"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:   # UserError is a ValueError
-            why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-            raise UserError(f"{path}: not a usable tokenizer ({why}); rerun `{made_by}`") from None
+        return load_saved(directory, "tokenizer.json", "bpe-v1", "bpe.py", build)
 
     @classmethod
     def from_gpt2(cls, vocab_json, merges_txt):
@@ -469,6 +456,24 @@ class BPETokenizer:
         import tiktoken
         return tiktoken.Encoding(name=name, pat_str=self.pattern, mergeable_ranks=self.ranks,
                                  special_tokens=self.special_tokens)
+
+
+def load_saved(directory, filename, fmt, script, build):
+    """build(d) for the JSON object d in directory/filename, whose "format" must be `fmt`. A missing,
+    corrupt or inconsistent file is a UserError naming the command that makes it (the folder
+    manifest's command when there is one, else `python 02_tokenizer/<script> --data <run>`)."""
+    directory = Path(directory)
+    path, made_by = directory / filename, f"python 02_tokenizer/{script} --data {directory.parent}"
+    with contextlib.suppress(UserError, KeyError):
+        made_by = read_json(directory / "manifest.json")["command"]
+    d = read_json(path, made_by)
+    try:
+        if d.get("format") != fmt:
+            raise UserError(f"not a {fmt} file")
+        return build(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:   # UserError is a ValueError
+        why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        raise UserError(f"{path}: not a usable tokenizer ({why}); rerun `{made_by}`") from None
 
 
 def check_merges_match_vocab(vocab, merges, where):

@@ -40,8 +40,9 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, command_line, option, parse_config, read_json, run_cli, write_json  # 01_data
+from common import UserError, command_line, option, parse_config, run_cli, write_json  # 01_data
 
+from bpe import load_saved  # same stage
 from tokenizer_cli import add_run_flags, read_data, train_and_report  # same stage
 
 SPACE = "▁"
@@ -181,18 +182,13 @@ class UnigramTokenizer:
 
     @classmethod
     def load(cls, directory):
-        """The tokenizer saved in directory/unigram.json; missing or corrupt: a UserError naming the
-        command that makes it."""
-        path = Path(directory) / "unigram.json"
-        made_by = f"python 02_tokenizer/unigram.py --data {Path(directory).parent}"
-        d = read_json(path, made_by)
-        try:
+        """The tokenizer saved in directory/unigram.json (errors name the command to rerun)."""
+        def build(d):
             logp = {str(p): float(lp) for p, lp in d["log_probs"].items()}
-            if d.get("format") != "unigram-v1" or not logp or "" in logp or max(logp.values()) > 0:
-                raise ValueError("not a unigram-v1 file: non-empty pieces with log-probabilities <= 0")
+            if not logp or "" in logp or not all(lp <= 0 for lp in logp.values()):
+                raise UserError("log_probs must map non-empty pieces to log-probabilities <= 0")
             return cls(logp, int(d["max_piece_chars"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise UserError(f"{path}: not a usable tokenizer ({e}); rerun `{made_by}`") from None
+        return load_saved(directory, "unigram.json", "unigram-v1", "unigram.py", build)
 
     def tokenize_word(self, word):
         pieces = self._cache.get(word)

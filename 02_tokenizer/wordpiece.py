@@ -36,9 +36,9 @@ import regex
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, command_line, option, parse_config, read_json, run_cli, write_json  # 01_data
+from common import UserError, command_line, option, parse_config, run_cli, write_json  # 01_data
 
-from bpe import merge_ids  # same stage
+from bpe import load_saved, merge_ids  # same stage
 from tokenizer_cli import add_run_flags, read_data, train_and_report  # same stage
 
 # A CJK character alone, a run of letters/digits (not CJK), or one punctuation/symbol character.
@@ -161,19 +161,13 @@ class WordPieceTokenizer:
 
     @classmethod
     def load(cls, directory):
-        """The tokenizer saved in directory/wordpiece.json; missing or corrupt: a UserError naming the
-        command that makes it."""
-        path = Path(directory) / "wordpiece.json"
-        made_by = f"python 02_tokenizer/wordpiece.py --data {Path(directory).parent}"
-        d = read_json(path, made_by)
-        try:
+        """The tokenizer saved in directory/wordpiece.json (errors name the command to rerun)."""
+        def build(d):
             vocab = d["vocab"]
-            if d.get("format") != "wordpiece-v1" or not all(isinstance(p, str) and p for p in vocab) \
-                    or "[UNK]" not in vocab or len(set(vocab)) != len(vocab):
-                raise ValueError("not a wordpiece-v1 file: unique non-empty pieces, [UNK] among them")
+            if not all(isinstance(p, str) and p for p in vocab) or "[UNK]" not in vocab or len(set(vocab)) != len(vocab):
+                raise UserError("the vocab must be distinct non-empty strings, [UNK] among them")
             return cls(vocab, int(d["max_word_chars"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{path}: not a usable tokenizer ({e}); rerun `{made_by}`") from None
+        return load_saved(directory, "wordpiece.json", "wordpiece-v1", "wordpiece.py", build)
 
     def tokenize_word(self, word):
         """Greedy longest-match-first: the longest piece at each position, `##` after the first."""

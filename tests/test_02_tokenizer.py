@@ -228,6 +228,25 @@ def test_save_load_same_ids(tok, tmp_path):
         BPETokenizer.load(tmp_path / "t")
 
 
+@pytest.mark.parametrize("cls, filename, fmt, script", [
+    (BPETokenizer, "tokenizer.json", "bpe-v1", "bpe.py"), (WordPieceTokenizer, "wordpiece.json", "wordpiece-v1", "wordpiece.py"),
+    (UnigramTokenizer, "unigram.json", "unigram-v1", "unigram.py")], ids=["bpe", "wordpiece", "unigram"])
+def test_every_load_names_the_command_to_rerun(tmp_path, cls, filename, fmt, script):
+    folder = tmp_path / "run" / "saved"
+    folder.mkdir(parents=True)
+    rerun = rf"rerun `python 02_tokenizer/{script} --data .*run`"
+    for content, problem in ((None, "missing"), ('{"format": ', r"corrupt or truncated \(JSONDecodeError\)"),
+                             ('{"format": "other"}', rf"not a usable tokenizer \(not a {fmt} file\)"),
+                             (json.dumps({"format": fmt}), r"not a usable tokenizer \(KeyError"),
+                             (json.dumps({"format": fmt, "vocab": [], "log_probs": {}, "max_word_chars": 1,
+                                          "max_piece_chars": 1, "merges": [], "special_tokens": {}, "pattern": "x"}),
+                              r"not a usable tokenizer \((ValueError|UserError)?.*")):
+        if content is not None:
+            (folder / filename).write_text(content)
+        with pytest.raises(UserError, match=rf"{filename}: {problem}.*; {rerun}"):
+            cls.load(folder)
+
+
 # ---------------------------------------------------------------- GPT-2 compatibility
 @pytest.fixture(scope="module")
 def gpt2():
