@@ -51,7 +51,7 @@ class BenchConfig:
     quick: bool = option(False, "300k-character slices, vocab 2048 only, one repeat")
     vocab_sizes: list = option([2048, 10000], "vocabulary sizes to train (the largest is used to encode)", sep=",")
     repeats: int = option(3, "timed repeats of each side, interleaved; the best is kept", min=1)
-    out: str = option(str(REPO / "runs" / "bench_bpe"), "folder for bench_bpe.json and bench_bpe.png")
+    out: str = option("runs/bench_bpe", "folder for bench_bpe.json and bench_bpe.png")
 
 
 def generated_corpus(n_chars, seed=0):

@@ -347,7 +347,7 @@ class BPETokenizer:
             cache.clear()
             new = list(dict.fromkeys(chain.from_iterable(pieces)))
         cache.update(zip(new, self.bpe_pieces([w.encode("utf-8") for w in new])))
-        return [[i for w in words for i in cache[w]] for words in pieces]
+        return [list(chain.from_iterable(map(cache.__getitem__, words))) for words in pieces]
 
     def encode(self, text: str, allowed_special=()) -> list:
         """Encode text; special tokens named in `allowed_special` ("all" or a set) become their ids.

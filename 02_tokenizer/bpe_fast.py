@@ -105,9 +105,8 @@ def encode_pieces(pieces, byte_ids, table):
         done = best_rank == none
         if done.any():                                         # these pieces are finished
             m, k = lengths[done], owner[done]
-            shift = np.repeat(offsets[k] - starts[done], m)    # from here to the piece's place in final
-            within = np.repeat(starts[done], m) + np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m)
-            final[within + shift] = ids[within]
+            step = np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m)        # 0, 1, ... inside each piece
+            final[np.repeat(offsets[k], m) + step] = ids[np.repeat(starts[done], m) + step]
             final_lengths[k] = m
         going = ~done
         at, best_rank, start, end = at[going], best_rank[going], starts[going], starts[going] + lengths[going]
@@ -216,7 +215,8 @@ def train_merges_fast(word_counts, n_merges, progress=None, progress_every=500):
         desc.append(descending(vocab[new]))
         merges.append((a, b))
 
-        at = np.unique(np.concatenate(where.pop(key)))
+        chunks = where.pop(key)
+        at = np.sort(np.concatenate(chunks)) if len(chunks) > 1 else chunks[0]  # each chunk is sorted
         at = at[(sym[at] == a) & (sym[nxt[at]] == b)]  # drop positions whose pair has changed
         if a == b:
             at = every_other_in_runs(at, nxt)
@@ -249,9 +249,10 @@ def train_merges_fast(word_counts, n_merges, progress=None, progress_every=500):
             else:
                 del counts[k]
                 where.pop(k, None)
-        for k, v, c in zip(*group_by_key(made, made_at, made_f)):
-            counts[k] = c
-            where[k] = [v]
+        made_keys, made_positions, made_counts = group_by_key(made, made_at, made_f)
+        counts.update(zip(made_keys, made_counts))     # new pairs: all contain the new token
+        where.update((k, [v]) for k, v in zip(made_keys, made_positions))
+        for k in made_keys:
             heapq.heappush(heap, entry(k))
         if progress and len(merges) % progress_every == 0:
             progress(f"merge {len(merges)}/{n_merges}: {vocab[new]!r} (count {-neg})")
