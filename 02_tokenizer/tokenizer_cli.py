@@ -17,7 +17,8 @@ Each command:
      bytes_per_token.png, and manifest.json last, then swaps it in. bpe.py then does the same for
      tokens/ (token_shards.py), whose manifest lists data/ and tokenizer/ as its inputs, so
      04_pretrain refuses token ids from a tokenizer that has been retrained since.
-Ctrl-C or an error at any point leaves the previous folders as they were.
+Ctrl-C or an error leaves each folder either complete and new or as it was. A new tokenizer/
+beside the old tokens/ (stopped in between) reads as stale, so 04 refuses it until this is rerun.
 """
 import sys
 import time
