@@ -100,8 +100,11 @@ def random_texts(rng, n=12):
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_array_trainer_equals_readable_and_naive(seed):
+@pytest.mark.parametrize("few", [0, 10**9], ids=["all at once", "one by one"])
+@pytest.mark.parametrize("seed", range(8))
+def test_array_trainer_equals_readable_and_naive(seed, few, monkeypatch):
+    import bpe_fast
+    monkeypatch.setattr(bpe_fast, "FEW", few)      # every merge through one of its two paths
     rng = random.Random(seed)
     wc = word_counts_of(random_texts(rng), GPT4_PATTERN)
     n = rng.randint(1, 80)
