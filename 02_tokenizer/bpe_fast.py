@@ -54,9 +54,11 @@ def pair_keys(left, right):
 # 1. Encoding: every piece merges its best pair, all pieces at once, round after round
 
 def merge_table(ranks: dict):
-    """(keys, ranks) sorted by key: every pair of tokens (x, y) whose joined bytes are a token, and
-    that token's rank. Found by splitting each token's bytes at every point, so it holds exactly the
-    pairs that tiktoken's rule (`rank of bytes(x) + bytes(y)`) can merge, not only the trained merges."""
+    """(keys, ranks, can_left, can_right): every pair of tokens (x, y) whose joined bytes are a token,
+    as sorted keys and the joined token's rank; can_left[x] / can_right[y]: x starts / y ends some
+    pair (a cheap test that spares most binary searches). Found by splitting each token's bytes at
+    every point, so it holds exactly the pairs that tiktoken's rule (`rank of bytes(x) + bytes(y)`)
+    can merge, not only the trained merges."""
     left, right, merged = [], [], []
     for token, rank in ranks.items():
         for cut in range(1, len(token)):
@@ -67,17 +69,22 @@ def merge_table(ranks: dict):
                 merged.append(rank)
     keys = pair_keys(left, right)
     order = np.argsort(keys)
-    return keys[order], np.asarray(merged, np.int64)[order]
+    can_left, can_right = np.zeros((2, max(ranks.values(), default=0) + 1), bool)
+    can_left[left], can_right[right] = True, True
+    return keys[order], np.asarray(merged, np.int64)[order], can_left, can_right
 
 
 def rank_of_pairs(table, left, right, no_merge):
     """The rank of merging each (left[i], right[i]), or `no_merge`: a binary search in the table."""
-    keys, ranks = table
-    if len(keys) == 0:
-        return np.full(len(left), no_merge)
-    q = pair_keys(left, right)
+    keys, ranks, can_left, can_right = table
+    out = np.full(len(left), no_merge, np.int64)
+    maybe = np.flatnonzero(can_left[left] & can_right[right])
+    if len(keys) == 0 or len(maybe) == 0:
+        return out
+    q = pair_keys(left[maybe], right[maybe])
     i = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
-    return np.where(keys[i] == q, ranks[i], no_merge)
+    out[maybe] = np.where(keys[i] == q, ranks[i], no_merge)
+    return out
 
 
 def encode_pieces(pieces, byte_ids, table):
@@ -105,9 +112,12 @@ def encode_pieces(pieces, byte_ids, table):
     rank[:-1] = first[raw[:-1], raw[1:]]
     starts = np.cumsum(lengths) - lengths
     rank[starts + lengths - 1] = none                          # no pair across a piece boundary
+    count, key = np.arange(len(ids)), np.empty(len(ids), np.int64)   # reused: fewer fresh pages
     while len(owner):
         n = len(ids)
-        best_rank, at = np.divmod(np.minimum.reduceat(rank * n + np.arange(n), starts), n)
+        np.multiply(rank, n, out=key[:n])
+        key[:n] += count[:n]
+        best_rank, at = np.divmod(np.minimum.reduceat(key[:n], starts), n)
         done = best_rank == none
         if done.any():                                         # these pieces are finished
             m, k = lengths[done], owner[done]
