@@ -471,6 +471,7 @@ def rewrite_data(run):
 def hold_lock(run, folder):
     f = open(run / f".{folder}.lock", "a+")
     fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.truncate(0)
     f.write(str(os.getpid()))
     f.flush()
     return f
@@ -506,7 +507,7 @@ BAD_INPUTS = [   # (script, flags, what is done to a copy of base_run first, the
     ("bpe.py", ["--overwrite"], lambda run: ((run / ".tokens.lock").unlink(), (run / ".tokens.lock").mkdir()),
      r"cannot use .*\.tokens\.lock: Is a directory"),
     ("bpe.py", ["--overwrite"], lambda run: hold_lock(run, "tokens"),
-     r"run/tokens is being written by another process \(pid \d+\)"),
+     rf"run/tokens is being written by another process \(pid {os.getpid()}\)"),
     pytest.param("unigram.py", [], read_only, r"cannot use .*\.unigram\.lock: Permission denied",
                  marks=pytest.mark.skipif(IS_ROOT, reason="root ignores file permissions")),
     ("bench_bpe.py", ["--vocab-sizes", "100,2048"], None, r"--vocab-sizes 100 is too small; use at least 263"),
