@@ -15,7 +15,8 @@ arithmetic as bpe.py's, on whole arrays at once, and are tested equal to them.
    the per-piece loop takes - so after as many rounds as the longest piece has merges, every piece
    is done. Pieces leave the arrays as soon as nothing in them can merge.
    Cost per round: a few passes over the ids still being merged, in C. Measured (bench_bpe.py, CPU
-   time, 红楼梦, vocab 10k): ~4x faster than the per-piece loop; 4.3-4.9x tiktoken's time (was ~20x).
+   time, 红楼梦, vocab 10k): ~4x faster than the per-piece loop; about 5x tiktoken's time (4.3-6.0x
+   over six runs on a shared machine; the per-piece loop: ~20x).
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
