@@ -184,7 +184,8 @@ def save_plot(enc_rows, train_rows, path):
         a.bar([i + (k - 1) * 0.27 for i in x], [r[key] for r in enc_rows], 0.27, label=label)
     a.set_xticks(list(x), [r["corpus"] for r in enc_rows], fontsize=8)
     a.set(yscale="log", ylabel="MB/s (log)", title="encoding throughput, empty cache")
-    a.legend(fontsize=8)
+    a.set_ylim(top=6 * max(r["tiktoken_MB_s"] for r in enc_rows))      # room for the legend
+    a.legend(fontsize=8, ncol=3, loc="upper center")
     labels = [f"{r['corpus'].split()[0]}\nvocab {r['vocab']}" for r in train_rows]
     x = range(len(train_rows))
     b.bar([i - 0.2 for i in x], [r["reference_total_s"] for r in train_rows], 0.4, label="readable trainer")
