@@ -39,7 +39,7 @@ from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 
 from pretrain import TrainConfig, evaluate, train
-from token_shards import load_shards
+from batches import load_shards
 from train_state import BEST
 
 WARMUP = 20

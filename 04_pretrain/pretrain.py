@@ -25,7 +25,7 @@ One optimizer step, in order (`train_step` and the loop in `run_loop`):
   3. fp16: unscale the grads, skip the step if any is inf; clip by the global norm; optimizer step
   4. every `eval_interval` steps: val loss, best.pt if it improved, ckpt.pt, early-stopping check
 
-Data (token_shards.py): the global batch of step s is a pure function of (seed, s), so a resumed
+Data (batches.py): the global batch of step s is a pure function of (seed, s), so a resumed
 run, or the same run on another number of processes, sees exactly the same tokens at every step.
 Distributed (under torchrun; gloo on CPU, NCCL on GPU): DDP or FSDP2 (= ZeRO-3), set up in
 torch_parallel.py, which also explains ZeRO-1/2. Checkpoints hold full state dicts, so a run saved
@@ -37,7 +37,7 @@ Interview questions it answers:
 - What does gradient accumulation change? (nothing in the math if each micro-loss is divided by the
   number of micro-batches; it trades memory for time; under DDP sync only on the last micro-step)
 - What is MFU? (achieved FLOP/s / peak FLOP/s, achieved = tokens/s x FLOPs per token (~6N + attention))
-- What is bits per byte? (token_shards.bits_per_byte: the loss of the text, whatever the tokenizer)
+- What is bits per byte? (batches.bits_per_byte: the loss of the text, whatever the tokenizer)
 - DDP vs FSDP vs ZeRO-1/2/3? (torch_parallel.py). Why clip by the global norm? (one scale for all
   grads keeps the update direction; per-tensor clipping would change it)
 """
@@ -63,7 +63,7 @@ from common import (MANIFEST, UserError, atomic_write_text, claim_output, comman
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 
 from optimizers import DynamicLossScaler, Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr
-from token_shards import batch_starts, bits_per_byte, eval_starts, get_batch, load_shards, rank_rows, unigram_loss
+from batches import batch_starts, bits_per_byte, eval_starts, get_batch, load_shards, rank_rows, unigram_loss
 from torch_parallel import grad_sync, setup_distributed, wrap_model
 from pretrain_config import (PRESETS, TrainConfig, batch_split, check_device_support, check_train_config,
                              command_for, model_config, peak_flops)
@@ -83,7 +83,7 @@ class Setup:
     device: str
     micro: int                      # sequences per forward on one rank
     accum: int                      # micro-steps per optimizer step
-    train_data: np.ndarray          # token_shards.load_shards
+    train_data: np.ndarray          # batches.load_shards
     val_data: np.ndarray
     meta: dict                      # tokens/meta.json
     mcfg: GPTConfig

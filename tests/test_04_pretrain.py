@@ -29,7 +29,7 @@ import torch
 import optimizers as optim
 import overfit                          # imported here: it binds the real pretrain.evaluate (a test scripts it)
 import pretrain
-import token_shards
+import batches
 from common import UserError, check_artifact, run_lock, write_manifest
 from gpt import GPT
 from pretrain import TrainConfig
@@ -223,27 +223,27 @@ def test_betas_come_back_as_a_tuple_after_load_full_state():
 
 
 # ----------------------------------------------------------------------------------------------
-# token_shards.py: data order, the unigram baseline, bits per byte
+# batches.py: data order, the unigram baseline, bits per byte
 
 def test_batches_are_a_function_of_seed_and_step_and_ranks_partition_them():
-    a = token_shards.batch_starts(10_000, 16, 8, seed=1, step=5)
-    assert np.array_equal(a, token_shards.batch_starts(10_000, 16, 8, seed=1, step=5))
-    assert not np.array_equal(a, token_shards.batch_starts(10_000, 16, 8, seed=1, step=6))
+    a = batches.batch_starts(10_000, 16, 8, seed=1, step=5)
+    assert np.array_equal(a, batches.batch_starts(10_000, 16, 8, seed=1, step=5))
+    assert not np.array_equal(a, batches.batch_starts(10_000, 16, 8, seed=1, step=6))
     assert a.max() <= 10_000 - 17                            # room for x and the shifted y
-    parts = [token_shards.rank_rows(a, k, r, world=2, micro_batch=2) for k in range(2) for r in range(2)]
+    parts = [batches.rank_rows(a, k, r, world=2, micro_batch=2) for k in range(2) for r in range(2)]
     assert np.array_equal(np.concatenate(parts), a)          # 2 micro-steps x 2 ranks cover the batch
     data = np.arange(100, dtype=np.uint16)
-    x, y = token_shards.get_batch(data, np.array([3, 50]), 4, "cpu")
+    x, y = batches.get_batch(data, np.array([3, 50]), 4, "cpu")
     assert x.tolist() == [[3, 4, 5, 6], [50, 51, 52, 53]] and y.tolist() == [[4, 5, 6, 7], [51, 52, 53, 54]]
 
 
 def test_unigram_baseline_and_bits_per_byte_by_hand():
     train = np.array([0, 0, 0, 1], dtype=np.uint16)          # add-one counts over vocab 2: [4, 2]
-    assert token_shards.unigram_loss(train, np.array([0, 1]), 2) == pytest.approx(
+    assert batches.unigram_loss(train, np.array([0, 1]), 2) == pytest.approx(
         -(math.log(4 / 6) + math.log(2 / 6)) / 2)
     meta = {"n_tokens": {"val": 100}, "n_bytes": {"val": 400}}   # 4 bytes per token
-    assert token_shards.bits_per_byte(2.0, meta) == pytest.approx(2.0 / 4 / math.log(2))
-    assert token_shards.bits_per_byte(2.0, {"n_tokens": {"val": 100}}) is None   # an older meta.json
+    assert batches.bits_per_byte(2.0, meta) == pytest.approx(2.0 / 4 / math.log(2))
+    assert batches.bits_per_byte(2.0, {"n_tokens": {"val": 100}}) is None   # an older meta.json
 
 
 # ----------------------------------------------------------------------------------------------
