@@ -27,9 +27,11 @@ One optimizer step, in order (`train_step` and the loop in `run_loop`):
 
 Data (batches.py): the global batch of step s is a pure function of (seed, s), so a resumed
 run, or the same run on another number of processes, sees exactly the same tokens at every step.
-Distributed (under torchrun; gloo on CPU, NCCL on GPU): DDP or FSDP2 (= ZeRO-3), set up in
-torch_parallel.py, which also explains ZeRO-1/2. Checkpoints hold full state dicts, so a run saved
-by N FSDP ranks resumes on any number of processes.
+Distributed (under torchrun; gloo on CPU, NCCL on GPU): torch's DDP or FSDP2 (= ZeRO-3), set up in
+torch_parallel.py -- the production path -- or, to learn from, the hand-written equivalents proven
+equal to them: `--parallel ddp_by_hand` (ddp_by_hand.py: bucketed all-reduce from backward hooks) and
+`zero1`/`zero2` (zero_sharding.py: AdamW's state sharded over ranks). Checkpoints hold full state
+dicts, so a run saved by N FSDP or ZeRO ranks resumes on any number of processes.
 
 Interview questions it answers:
 - How do you resume bit-exactly? (weights + optimizer moments + step + scaler + RNG states, and a
@@ -64,7 +66,8 @@ from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 
 from optimizers import DynamicLossScaler, Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr
 from batches import batch_starts, bits_per_byte, eval_starts, get_batch, load_shards, rank_rows, unigram_loss
-from torch_parallel import grad_sync, setup_distributed, wrap_model
+from torch_parallel import grad_sync, setup_distributed, unwrap_for_state, wrap_model
+from zero_sharding import ZeroAdamW
 from pretrain_config import (PRESETS, TrainConfig, batch_split, check_device_support, check_train_config,
                              command_for, model_config, peak_flops)
 from train_state import (BEST, CKPT, check_resume, finished_reason, load_resume_checkpoint, read_metrics,
@@ -104,7 +107,10 @@ def build_model(cfg: TrainConfig, mcfg: GPTConfig, world: int, device: str):
     return raw, wrap_model(raw, cfg.parallel, world, device, cfg.compile, cfg.grad_checkpointing)
 
 
-def build_optimizer(cfg: TrainConfig, raw: GPT, device: str) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, raw: GPT, device: str, world: int = 1) -> torch.optim.Optimizer:
+    if cfg.parallel in ("zero1", "zero2") and world > 1:     # each rank keeps 1/world of AdamW's state
+        return ZeroAdamW(param_groups(raw, cfg.weight_decay), stage=int(cfg.parallel[-1]), lr=cfg.lr,
+                         betas=(cfg.beta1, cfg.beta2))
     return make_optimizer(cfg.optimizer, param_groups(raw, cfg.weight_decay), cfg.lr,
                           (cfg.beta1, cfg.beta2), foreach=device.startswith("cuda"))
 
@@ -116,7 +122,7 @@ def setup(cfg: TrainConfig, shards, tokens_id: str, out: Path, rank: int, world:
     micro, accum = batch_split(cfg, world)
     mcfg = model_config(cfg, meta["vocab_size"])
     raw, model = build_model(cfg, mcfg, world, device)
-    opt = build_optimizer(cfg, raw, device)
+    opt = build_optimizer(cfg, raw, device, world)
     sched = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
     autocast = (torch.autocast(torch.device(device).type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype])
                 if cfg.dtype != "fp32" else contextlib.nullcontext())
@@ -152,7 +158,8 @@ def train_step(s: Setup, step: int):
         loss_sum /= s.world
     params = list(s.model.parameters())
     found_inf = s.scaler.unscale_(params)
-    grad_norm = clip_grad_norm(params, cfg.grad_clip)
+    grad_norm = (s.opt.clip_grad_norm(cfg.grad_clip) if isinstance(s.opt, ZeroAdamW)   # reduces the grads first
+                 else clip_grad_norm(params, cfg.grad_clip))
     loss_value, norm_value = torch.stack([loss_sum, grad_norm.float().to(s.device)]).tolist()
     return loss_value, norm_value, found_inf
 
@@ -220,7 +227,7 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         s = setup(cfg, shards, tokens_id, out, rank, world, device)
         step, best = 0, {"val_loss": float("inf"), "step": -1, "bad_evals": 0}
         if ckpt is not None:
-            step, best = restore_training_state(ckpt, s.model, s.opt, s.scaler, s.header["config"], rank)
+            step, best = restore_training_state(ckpt, unwrap_for_state(s.model), s.opt, s.scaler, s.header["config"], rank)
         command = command_for(cfg) if cfg.resume or not command else command   # what makes this run from scratch
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +306,7 @@ def run_loop(s: Setup, step: int, best: dict, resumed: bool, command: str) -> di
             improved = val_loss < best["val_loss"]
             best = {"val_loss": val_loss, "step": step, "bad_evals": 0} if improved else \
                 {**best, "bad_evals": best["bad_evals"] + 1}  # the early-stopping counter resets on improvement
-            save_training_state(out, s.model, s.opt, s.scaler, header=s.header, step=step, best=best,
+            save_training_state(out, unwrap_for_state(s.model), s.opt, s.scaler, header=s.header, step=step, best=best,
                                 improved=improved, world=s.world, rank=rank)
             saved_step = step
             set_interrupt_hint(interrupt_hint(step, saved_step, s.resume_command))

@@ -72,7 +72,9 @@ class TrainConfig:
     # systems
     dtype: str = option("fp32", "autocast precision; fp16 adds the dynamic loss scaler",
                         choices=("fp32", "bf16", "fp16"))
-    parallel: str = option("ddp", "data parallelism under torchrun (torch_parallel.py)", choices=("ddp", "fsdp"))
+    parallel: str = option("ddp", "data parallelism under torchrun: torch's ddp/fsdp (torch_parallel.py), or the "
+                           "hand-written ddp_by_hand (ddp_by_hand.py), zero1/zero2 (zero_sharding.py)",
+                           choices=("ddp", "fsdp", "ddp_by_hand", "zero1", "zero2"))
     grad_checkpointing: bool = option(False, "recompute each block in backward: less memory, ~30% more compute")
     compile: bool = option(False, "torch.compile the model (needs a C++ compiler on CPU)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -136,6 +138,9 @@ def check_train_config(cfg: TrainConfig, world: int = 1):
     if not_changeable or (cfg.allow_config_change and not cfg.resume):
         raise UserError(f"--allow-config-change is for --resume, with fields among {', '.join(sorted(CHANGEABLE))}"
                         + (f" (not {', '.join(not_changeable)}: see train_state.py)" if not_changeable else ""))
+    if cfg.parallel in ("zero1", "zero2") and (cfg.optimizer != "adamw" or cfg.dtype == "fp16"):
+        raise UserError(f"--parallel {cfg.parallel} shards AdamW's state and has no fp16 loss scaler; "
+                        "use --optimizer adamw with --dtype fp32 or bf16")
     model_config(cfg, vocab_size=256)                         # the model's own checks (n_embd % n_head ...)
     batch_split(cfg, world)
 

@@ -63,6 +63,11 @@ def wrap_model(model, parallel: str, world: int, device: str, compile_=False, gr
         model = torch.compile(model)
     if world == 1:
         return model
+    if parallel == "ddp_by_hand":                            # the same contract, written out (ddp_by_hand.py)
+        from ddp_by_hand import DataParallelByHand
+        return DataParallelByHand(model)
+    if parallel in ("zero1", "zero2"):                       # the optimizer communicates (zero_sharding.py)
+        return model
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
@@ -84,6 +89,13 @@ def grad_sync(model, sync: bool):
         yield
     else:
         yield
+
+
+def unwrap_for_state(model):
+    """The module whose state dict a checkpoint holds: DataParallelByHand's inner module (torch's DDP
+    and FSDP are understood by get_state_dict itself), so every strategy writes the same keys."""
+    from ddp_by_hand import DataParallelByHand
+    return model.module if isinstance(model, DataParallelByHand) else model
 
 
 def full_state(model, opt, world):

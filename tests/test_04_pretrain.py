@@ -354,7 +354,10 @@ def test_mixed_precision_through_train_matches_fp32(shards, tmp_path, fp32_run, 
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["scaler"]["enabled"] == (dtype == "fp16")
 
 
-def test_ddp_and_fsdp_on_two_processes_equal_single_process(shards, tmp_path):
+PARALLEL_MODES = ("ddp", "fsdp", "ddp_by_hand", "zero1", "zero2")   # torch's, then the hand-written ones
+
+
+def test_every_parallel_mode_on_two_processes_equals_single_process(shards, tmp_path):
     kw = dict(max_steps=6, eval_interval=3, log_interval=1)
     single = pretrain.train(small_cfg(shards, tmp_path / "single", **kw))
     driver = tmp_path / "driver.py"
@@ -363,17 +366,17 @@ def test_ddp_and_fsdp_on_two_processes_equal_single_process(shards, tmp_path):
         sys.path.insert(0, {str(REPO / "04_pretrain")!r})
         import torch.distributed as dist
         import pretrain
-        for mode in ("ddp", "fsdp"):
+        for mode in {PARALLEL_MODES!r}:
             cfg = pretrain.TrainConfig(**{{**{small_cfg(shards, '', **kw).__dict__!r},
                                           "out": {str(tmp_path)!r} + "/" + mode, "parallel": mode}})
             pretrain.train(cfg)
         dist.destroy_process_group()
     """))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--standalone", str(driver)], capture_output=True, text=True, timeout=110)
+                           "--standalone", str(driver)], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref = weights(tmp_path / "single" / "ckpt.pt")
-    for mode in ("ddp", "fsdp"):
+    for mode in PARALLEL_MODES:
         ckpt = torch.load(tmp_path / mode / "ckpt.pt", weights_only=True)
         assert ckpt["data"]["world"] == 2
         records = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
@@ -381,9 +384,10 @@ def test_ddp_and_fsdp_on_two_processes_equal_single_process(shards, tmp_path):
             assert a[0] == b[0] and (a[1] or a[2]) == pytest.approx(b[1] or b[2], abs=1e-5), mode
         for k in ref:   # the all-reduce sums in another order: equal to float rounding
             torch.testing.assert_close(ckpt["model"][k], ref[k], atol=1e-5, rtol=0, msg=mode)
-    # a checkpoint written by 2 FSDP ranks resumes in one process
-    pretrain.train(small_cfg(shards, tmp_path / "fsdp", resume=True, max_steps=8, eval_interval=3,
-                             allow_config_change=["max_steps"]))
+    # checkpoints written by 2 FSDP or ZeRO-2 ranks resume in one process (full state dicts)
+    for mode in ("fsdp", "zero2"):
+        pretrain.train(small_cfg(shards, tmp_path / mode, resume=True, max_steps=8, eval_interval=3,
+                                 allow_config_change=["max_steps"]))
 
 
 # ----------------------------------------------------------------------------------------------
