@@ -350,10 +350,13 @@ def _strides(x):
 
 
 def flash_attention_forward(q, k, v, causal, scale):
-    """o (B, H, T, D) in q's dtype and lse (B, H, T) fp32 (natural log)."""
+    """o (B, H, T, D) in q's dtype and lse (B, H, T) fp32 (natural log).
+
+    o is stored as (B, T, H, D) and returned as a (B, H, T, D) view, as FlashAttention and SDPA do: the
+    model's merge of heads, o.transpose(1, 2).reshape(B, T, H·D), is then a view, not a copy."""
     B, H, T, D = q.shape
     S = k.shape[2]
-    o = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
+    o = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     _launch(_attn_fwd_tuned, "fwd", T, B * H,
             q, k, v, o, lse, scale * LOG2E, *_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T, S,
