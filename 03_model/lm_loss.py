@@ -43,7 +43,7 @@ def logsumexp(x, dim=-1, keepdim=False):
     """log Σ exp(x) along `dim` via m + log Σ exp(x - m), m = max (the module docstring's trick)."""
     m = x.amax(dim=dim, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))   # a row of all -inf: lse = -inf, not NaN
-    lse = m + (x - m).exp().sum(dim=dim, keepdim=True).log()
+    lse = m + (x - m).exp_().sum(dim=dim, keepdim=True).log()    # exp_ in place: one (N, V) buffer, not two
     return lse if keepdim else lse.squeeze(dim)
 
 
