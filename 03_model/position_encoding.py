@@ -39,15 +39,15 @@ def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta=10000.0):
 
 
 def apply_rope(x, cos, sin, pairs="interleaved"):
-    """Rotate coordinate pair i of every head vector by the angle p·θ_i:  (a, b) -> (a·cos - b·sin, a·sin + b·cos).
+    """Rotate coordinate pair i of each head vector by the angle p·θ_i: (a, b) -> (a·cos - b·sin, a·sin + b·cos).
 
     Which two coordinates form pair i is a convention, and checkpoints differ:
-        interleaved  (x_2i, x_2i+1)    RoFormer; Meta's Llama code (pairs as complex numbers); our default
+        interleaved  (x_2i, x_2i+1)    RoFormer, GPT-J; Meta's Llama code (pairs as complex numbers); ours
         half         (x_i, x_i+hd/2)   GPT-NeoX; Hugging Face Llama, Mistral, Qwen ("rotate_half")
     They are one model up to a fixed reordering of each head's q and k coordinates: q·k is unchanged
     when q and k are permuted alike, so converting a checkpoint permutes the rows of wq and wk
-    (`permute_rope_weights`) and nothing else. Loading weights under the wrong convention runs
-    without an error and gives a model that has forgotten word order: always check which one.
+    (`permute_rope_weights`) and nothing else. Weights loaded under the wrong convention run without
+    an error and give another, untrained-looking model: check which one a checkpoint uses.
     x (B, H, T, hd); cos/sin (B or 1, 1, T, hd/2).
     """
     xf = x.float()

@@ -767,7 +767,8 @@ def test_sampling_cli_prints_what_the_model_generates(tmp_path, capsys):
     assert text.startswith("the cat")
     # an older checkpoint holding an absolute tokenizer path still works
     old = tmp_path / "old.pt"
-    save_checkpoint(old, dataclasses.asdict(model.cfg), model.state_dict(), tokenizer=str(tmp_path / "run" / "tokenizer"))
+    save_checkpoint(old, dataclasses.asdict(model.cfg), model.state_dict(),
+                    tokenizer=str(tmp_path / "run" / "tokenizer"))
     sample_text.main(["--ckpt", str(old), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0",
                       "--repetition-penalty", "1"])
     assert capsys.readouterr().out == expected.split("--- 'a dog sat'")[0]
