@@ -39,11 +39,18 @@ import torch
 IGNORE_INDEX = -100   # the target value that contributes nothing (padding, prompt tokens in SFT)
 
 
-def logsumexp(x, dim=-1, keepdim=False):
-    """log Σ exp(x) along `dim` via m + log Σ exp(x - m), m = max (the module docstring's trick)."""
+def shifted_exp(x, dim=-1):
+    """(m, exp(x - m)) with m = max(x) along `dim`: the two pieces of the log-sum-exp trick.
+    Every exponent is <= 0, so nothing overflows; m is a constant for the gradient (its terms cancel)."""
     m = x.amax(dim=dim, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))   # a row of all -inf: lse = -inf, not NaN
-    lse = m + (x - m).exp_().sum(dim=dim, keepdim=True).log()    # exp_ in place: one (N, V) buffer, not two
+    return m, (x - m).exp_()                                      # exp_ in place: one (N, V) buffer, not two
+
+
+def logsumexp(x, dim=-1, keepdim=False):
+    """log Σ exp(x) along `dim`, computed as m + log Σ exp(x - m) (the module docstring's trick)."""
+    m, e = shifted_exp(x, dim)
+    lse = m + e.sum(dim=dim, keepdim=True).log()
     return lse if keepdim else lse.squeeze(dim)
 
 
@@ -59,27 +66,28 @@ def log_softmax(x, dim=-1):
 
 class CrossEntropyAndZ(torch.autograd.Function):
     """(mean cross-entropy, mean logsumexp²) over the rows whose target is not ignored, with the
-    closed-form gradient instead of autograd's graph of exp, sum and log (less memory, fewer passes)."""
+    closed-form gradient instead of autograd's graph of exp, sum and log (fewer passes over (N, V))."""
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
         valid = targets != ignore_index                                    # (N,)
         n = valid.sum().clamp(min=1)       # no target at all: loss 0 and zero gradients, not 0/0 = NaN
         safe = targets.where(valid, 0)                                     # any index for ignored rows
-        lse = logsumexp(logits)                                            # (N,)
+        m, e = shifted_exp(logits)                                         # (N, 1), e = exp(z - m) (N, V)
+        sum_e = e.sum(dim=-1)                                              # (N,), in [1, V]
+        lse = m.squeeze(-1) + sum_e.log()                                  # (N,)
         target_logit = logits.gather(1, safe[:, None]).squeeze(1)          # z_y, (N,)
         ce = ((lse - target_logit) * valid).sum() / n
         z_sq = (lse.square() * valid).sum() / n
-        ctx.save_for_backward(logits, lse, safe, valid, n)
+        ctx.save_for_backward(e, sum_e, lse, safe, valid, n)   # e, not the logits: softmax = e / sum_e
         return ce, z_sq
 
     @staticmethod
     def backward(ctx, grad_ce, grad_z):
         # per valid row, with p = softmax(z):  ∂ce/∂z = (p - onehot(y)) / n,  ∂z²/∂z = 2·lse·p / n
-        logits, lse, safe, valid, n = ctx.saved_tensors
-        row = valid.to(logits.dtype) / n                                   # (N,): 1/n, or 0 if ignored
-        grad = (logits - lse[:, None]).exp_()                              # p, (N, V)
-        grad.mul_(((grad_ce + 2 * grad_z * lse) * row)[:, None])
+        e, sum_e, lse, safe, valid, n = ctx.saved_tensors
+        row = valid.to(e.dtype) / n                                        # (N,): 1/n, or 0 if ignored
+        grad = e * ((grad_ce + 2 * grad_z * lse) * row / sum_e)[:, None]   # p · (...), one pass, (N, V)
         grad.scatter_add_(1, safe[:, None], (-grad_ce * row)[:, None])     # the -onehot(y) term
         return grad, None, None
 

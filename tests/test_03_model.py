@@ -807,6 +807,40 @@ def test_bench_generate_prints_and_saves_the_same_table(tmp_path, capsys):
     assert (tmp_path / "g.png").stat().st_size > 1000
 
 
+REFERENCE_MODEL = """
+from dataclasses import dataclass
+import torch.nn as nn, torch.nn.functional as F
+@dataclass
+class GPTConfig:
+    block_size: int; vocab_size: int; n_layer: int; n_head: int; n_embd: int; dropout: float; bias: bool
+class GPT(nn.Module):  # a bigram model standing in for another GPT implementation
+    def __init__(self, c):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(c.vocab_size, c.n_embd), nn.Linear(c.n_embd, c.vocab_size)
+    def forward(self, idx, targets):
+        logits = self.head(self.emb(idx))
+        return logits, F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+"""
+
+
+def test_bench_train_step_times_ours_beside_a_reference_model(tmp_path, capsys):
+    import bench_train_step
+    (tmp_path / "ref.py").write_text(REFERENCE_MODEL)
+    bench_train_step.main(["--contexts", "16,8", "--tokens", "32", "--n-layer", "1", "--n-embd", "32", "--steps", "1",
+                           "--vocab-size", "50", "--reference", str(tmp_path / "ref.py"), "--out", str(tmp_path / "t.png")])
+    lines = capsys.readouterr().out.splitlines()
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [(r["context"], r["model"]) for r in rows] == [(T, m) for T in (16, 8)
+                                                          for m in ("reference", "ours (auto)", "ours (torch)")]
+    ours = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=4, n_embd=32, **PRESETS["gpt2"]))
+    assert rows[1]["params"] == ours.num_params(non_embedding=False) and rows[0]["params"] == 50 * 32 * 2 + 50
+    for line, r in zip(lines[2:8], rows):
+        assert line.split()[:3] == [str(r["context"]), str(r["batch"]), r["model"].split()[0]]
+        assert line.endswith(", ".join(f"{v:.2f}x" for v in r["ratios"].values()))
+    assert rows[0]["ratios"] == {"wall_tok_s": 1.0, "best_tok_s": 1.0, "cpu_tok_s": 1.0}
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
 # ----------------------------------------------------------------------------- bad input, in a subprocess
 
 @pytest.fixture(scope="module")
