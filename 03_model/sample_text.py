@@ -34,7 +34,7 @@ from gpt import GPT  # 03_model
 @dataclass
 class SampleConfig:
     ckpt: str = option("", "checkpoint to sample from, e.g. runs/tiny/pretrain/ckpt.pt")
-    tokenizer: str = option("", "tokenizer folder (default: the one the checkpoint names)")
+    tokenizer: str = option("", "tokenizer folder; empty = the one the checkpoint names")
     prompt: list[str] = option(["Once upon a time"], "prompt text; several make a left-padded batch")
     max_new_tokens: int = option(64, "tokens to generate per prompt (cut to the model's context)", min=1)
     temperature: float = option(0.8, "softmax temperature; 0 = greedy", min=0.0)
