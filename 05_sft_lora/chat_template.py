@@ -115,11 +115,8 @@ def encode_prompt(tok, messages) -> list:
     Given a full conversation (ending with the assistant's answer), the answer is left out."""
     if messages and messages[-1]["role"] == "assistant":
         messages = messages[:-1]
-    sid = special_ids(tok)
-    ids = [sid[BOS]]
-    for m in messages:
-        ids += [sid[ROLE_TOKEN[m["role"]]], *tok.encode_ordinary(m["content"]), sid[END]]
-    return ids + [sid[ROLE_TOKEN["assistant"]]]
+    ids, _, _ = encode_chat(tok, messages)
+    return ids + [special_ids(tok)[ROLE_TOKEN["assistant"]]]
 
 
 def decode_answer(tok, ids) -> str:
