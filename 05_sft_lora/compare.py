@@ -46,17 +46,20 @@ METHODS = {  # name -> sft.py flags
     "lora_r16": ["--method", "lora", "--lora-r", "16"],
     "prefix": ["--method", "prefix"],
     "adapter": ["--method", "adapter"],
+    "full_mix": ["--method", "full", "--mix-pretrain", "0.25"],     # not in the default list: the
+    "lora_r8_mix": ["--method", "lora", "--lora-r", "8", "--mix-pretrain", "0.25"],   # forgetting remedy
 }
+DEFAULT_METHODS = ["full", "lora_r4", "lora_r8", "lora_r16", "prefix", "adapter"]
 
 
 @dataclass
 class CompareConfig:
     run: str = option("", "run folder runs/<name> with pretrain/, tokenizer/, data/")
     out: str = option("", "output folder; empty = <run>/sft_compare")
-    methods: list = option(list(METHODS), "methods to run, in order", sep=",")
-    steps: int = option(200, "optimizer steps per method (the same budget for all)", min=1)
+    methods: list = option(DEFAULT_METHODS, f"methods to run, in order, from {','.join(METHODS)}", sep=",")
+    steps: int = option(120, "optimizer steps per method (the same budget for all)", min=1)
     seed: int = option(1337, "the same seed for every method")
-    eval_limit: int = option(300, "held-out conversations answered greedily (0 = all)", min=0)
+    eval_limit: int = option(200, "held-out conversations answered greedily (0 = all)", min=0)
     sft_args: str = option("", "extra flags passed to every sft.py run, e.g. '--batch-size 8'")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the comparison already in the output folder")
@@ -93,7 +96,7 @@ def table_rows(outcomes: dict) -> list:
              "answer acc": f"{first['heldout_base'].get('answer_acc', float('nan')):.3f}", "forgetting": "0"}]
     for name, o in outcomes.items():
         t = o["heldout_tuned"]
-        rows.append({"method": name, "trainable params": pct(o["params"]), "wall s": f"{o['train_s']:.0f}",
+        rows.append({"method": name, "trainable params": pct(o["params"]), "wall s": f"{o['train_s']:.0f}", "CPU s": f"{o['train_cpu_s']:.0f}",
                      "RSS growth MB": f"{o['train_rss_growth_mb']:.0f}", "train state MB": f"{o['train_state_mb']:.1f}",
                      "exact match": f"{t['exact_match']:.3f}", "token F1": f"{t['token_f1']:.3f}",
                      "answer acc": f"{t.get('answer_acc', float('nan')):.3f}",
@@ -101,7 +104,7 @@ def table_rows(outcomes: dict) -> list:
     return rows
 
 
-COLUMNS = ["method", "trainable params", "wall s", "RSS growth MB", "train state MB", "exact match", "token F1",
+COLUMNS = ["method", "trainable params", "wall s", "CPU s", "RSS growth MB", "train state MB", "exact match", "token F1",
            "answer acc", "forgetting", "file KiB"]
 
 
