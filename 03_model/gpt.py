@@ -49,7 +49,7 @@ from checkpoint_io import load_checkpoint, check_config_matches  # 03_model (thi
 from decoding import KVCache, apply_repetition_penalty, beam_search, check_sampling_args, sample_next  # 03_model
 from lm_loss import cross_entropy_and_z  # 03_model
 from mixture_of_experts import MoE  # 03_model
-from position_encoding import (apply_rope, document_positions_and_mask, positions_and_mask,  # 03_model
+from position_encoding import (apply_rope, document_positions_and_mask, positions_and_mask, segment_positions_and_mask,  # 03_model
                                rope_cos_sin, sinusoidal_positions)
 
 
@@ -321,13 +321,14 @@ class GPT(nn.Module):
                 n -= self.pos_emb.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, attention_mask=None, cache=None):
+    def forward(self, idx, targets=None, attention_mask=None, cache=None, segments=None):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         attention_mask (B, cache.pos + T), 1 = token, 0 = left padding; cache: a KVCache (generation).
         With cfg.doc_boundary_id >= 0, a whole window (no cache, no padding mask: training and
         evaluation) is split into documents (`document_positions_and_mask`); generation treats each
-        row as one document, as its prompts start with <|endoftext|>.
+        row as one document, as its prompts start with <|endoftext|>. segments (B, T): explicit
+        segment ids (05's packed examples), each attending only to itself with positions from 0.
         loss = cross-entropy [+ z_loss_coef · z²] [+ moe_aux_coef · load balancing], lm_loss.py.
         """
         B, T = idx.shape
@@ -335,7 +336,9 @@ class GPT(nn.Module):
         if start + T > self.cfg.block_size:
             raise UserError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}; "
                             "crop the input or use a model with a longer context")
-        if self.cfg.doc_boundary_id >= 0 and cache is None and attention_mask is None:
+        if segments is not None:
+            pos, allowed = segment_positions_and_mask(segments)
+        elif self.cfg.doc_boundary_id >= 0 and cache is None and attention_mask is None:
             pos, allowed = document_positions_and_mask(idx, self.cfg.doc_boundary_id)
         else:
             pos, allowed = positions_and_mask(B, T, start, attention_mask, idx.device)

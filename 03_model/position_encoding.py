@@ -116,8 +116,17 @@ def document_positions_and_mask(idx, boundary_id):
     with RoPE, which sees only relative distances, the restart changes nothing. The effect of the
     mask on loss is measured by pretraining with it on and off (04_pretrain).
     """
-    B, T = idx.shape
-    t = torch.arange(T, device=idx.device)
-    start = torch.where(idx == boundary_id, t, 0).cummax(dim=1).values            # (B, T): first token of t's doc
-    allowed = (t[None, None, :] >= start[:, :, None]) & (t[None, None, :] <= t[None, :, None])   # (B, T, T)
+    return segment_positions_and_mask((idx == boundary_id).cumsum(dim=1))
+
+
+def segment_positions_and_mask(segment):
+    """The same for explicit segment ids (B, T), non-decreasing along each row (05's packed rows):
+        allowed[b, t, s] = segment[b, s] == segment[b, t] and s <= t      block-diagonal causal
+        pos[b, t]        = t - (first index of t's segment)"""
+    B, T = segment.shape
+    t = torch.arange(T, device=segment.device)
+    first = torch.ones_like(segment, dtype=torch.bool)
+    first[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    start = torch.where(first, t, 0).cummax(dim=1).values                          # (B, T): first token of t's segment
+    allowed = (segment[:, :, None] == segment[:, None, :]) & (t[None, None, :] <= t[None, :, None])   # (B, T, T)
     return t - start, allowed[:, None]

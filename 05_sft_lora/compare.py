@@ -34,10 +34,9 @@ import numpy as np
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer")]
-from common import (UserError, claim_output, command_line, option, parse_config, pyplot, read_json,  # 01_data
+sys.path[:0] = [str(REPO / "01_data")]
+from common import (UserError, claim_output, command_line, markdown_table, option, parse_config, pyplot, read_json,  # 01_data
                     run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
-from bpe import format_table  # 02_tokenizer
 
 METHODS = {  # name -> sft.py flags
     "full": ["--method", "full"],
@@ -138,7 +137,7 @@ def main(argv=None):
         with staged_dir(out) as tmp:
             outcomes = {m: run_method(cfg, m, tmp / m, eval_base=i == 0) for i, m in enumerate(cfg.methods)}
             rows = table_rows(outcomes)
-            table = format_table(rows, COLUMNS)
+            table = markdown_table(rows, COLUMNS)
             write_json(tmp / "compare.json", {"rows": rows, "outcomes": outcomes, "config": asdict(cfg)})
             plot(outcomes, tmp / "compare.png")
             write_manifest(tmp, stage="05_sft_lora", command=command_line(__file__, argv), config=asdict(cfg),

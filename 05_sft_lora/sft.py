@@ -54,7 +54,7 @@ from decoding import left_pad  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
-from pretrain import batch_starts, get_batch, load_shards  # 04_pretrain
+from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
 from adapter import BottleneckAdapters, load_adapters, save_adapters
 from chat_template import END, decode_answer, encode_prompt
@@ -304,12 +304,12 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     tok = load_tokenizer(cfg)
     train_path, held_path = task_file(cfg, cfg.train_file, "sft_train.jsonl"), task_file(cfg, cfg.heldout_file, "sft_heldout.jsonl")
     train_records, held_records = read_conversations(train_path), read_conversations(held_path)
-    pre_train, pre_val, _ = load_shards(run)
     model = GPT.from_checkpoint(base_path, map_location=device)
     if tok.vocab_size > model.cfg.vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} tokens but {base_path} only {model.cfg.vocab_size}; "
                         "the base was trained with another tokenizer: rerun 04_pretrain")
     T = model.cfg.block_size
+    pre_train, pre_val, _ = load_shards(run, T)
     examples, skipped = encode_examples(tok, train_records, T, cfg.strict, str(train_path))
     if not examples:
         raise UserError(f"{train_path}: every conversation is longer than the context ({T} tokens); "
