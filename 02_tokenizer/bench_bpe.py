@@ -1,39 +1,60 @@
-"""Benchmark of bpe.py: training time by vocabulary size and corpus size, encoding speed vs tiktoken.
+"""Benchmark of bpe.py: the readable reference loops against the numpy fast path, and against tiktoken.
 
-What it measures, on one CPU core (pure Python, no multiprocessing):
-  - training seconds for vocab 500 / 2k / 10k, split into pre-tokenization (regex + Counter) and
-    merges (the incremental trainer), on the generated corpus (01_data/world.py, 1 MB and 10 MB)
-    and on ../shared/data/text when present;
-  - encoding throughput in MB/s of our encoder (empty cache, so every distinct pre-token is merged
-    once) beside a tiktoken.Encoding built from the same ranks (Rust), and the ratio.
-Goals from the issue: vocab 500 on 1 MB English < 1 s; vocab 10k on 10 MB < 60 s; encoding within
-5x of tiktoken. Chinese is the hard case for both: with no spaces, a GPT-style regex makes one
-pre-token of every clause, so there are ~10x more distinct pre-tokens, each long; the first merges
-(pairs of UTF-8 lead bytes) touch nearly all of them, and encoding finds few cache hits. The naive trainer (recount everything after every merge) is timed on a small slice
-to show why the incremental one exists.
+What it measures, on one CPU core, English and Chinese (../shared/data/text when present:
+tinyshakespeare and 红楼梦; else 01_data's generated corpus):
+  - encoding throughput in MB/s, one call on the whole text with an empty cache (every distinct
+    pre-token merged once): the per-piece reference loop (bpe_piece with a cache, which is how
+    bpe.py encoded before the fast path), the fast path (encode_ordinary: new pieces merged
+    together in rounds on arrays), and a tiktoken.Encoding built from the same ranks (Rust).
+    The ids of all three are checked equal.
+  - training seconds at each vocabulary size: pre-tokenization (regex + Counter, shared), then the
+    merges by the readable incremental trainer (bpe.train_merges) and by the array trainer
+    (bpe_fast.train_merges_fast, what BPETokenizer.train uses). The merges are checked equal.
+  - (full run) the textbook trainer that recounts every pair after every merge, on a slice, to
+    show why the incremental ones exist.
+Timing: the machine may be shared, so the sides of each comparison are timed in the same run,
+interleaved (reference, fast, tiktoken, reference, ...); encoding keeps the best of `--repeats`,
+training (seconds to a minute per run) is timed once per side. Times are CPU seconds of this
+process (time.process_time): all three sides run on one core, and on a shared machine wall time
+would also count the other users' work.
+Goals from the issue: Chinese encoding within 5x of tiktoken, training substantially faster.
+
+Why Chinese is the hard case: with no spaces, a GPT-style regex makes one pre-token of every run of
+characters (~24 bytes), ~70 % of them distinct, so a per-piece cache rarely hits and every piece
+goes through the Python merge loop; in training, the first merges (UTF-8 byte pairs inside
+characters) touch nearly every word.
 
 Run:
-  python 02_tokenizer/bench_bpe.py                 # full table, about 3-5 minutes
-  python 02_tokenizer/bench_bpe.py --quick         # 1 MB corpora, vocab 500 and 2k only
+  python 02_tokenizer/bench_bpe.py              # full tables, a few minutes
+  python 02_tokenizer/bench_bpe.py --quick      # 300k-character slices, vocab 2048, one repeat
 Writes runs/bench_bpe/bench_bpe.{json,png}.
 
 Interview question it answers: why is BPE training O(corpus) per merge when done naively, and what
-makes it O(words touched) instead? (the pair -> words index and the lazy-deletion heap in bpe.py)
+makes it O(occurrences changed) instead? (the pair -> words index and the lazy-deletion heap)
 """
-import argparse
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import run_cli, write_json, save_figure  # 01_data
+from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
 
-from bpe import (GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, format_table, train_merges, train_merges_naive,
-                 word_counts_of)  # same stage
+from bpe import GPT4_PATTERN, MIN_VOCAB_SIZE, SPECIAL_TOKENS, BPETokenizer, train_merges, train_merges_naive, word_counts_of  # same stage
+from bpe_fast import train_merges_fast  # same stage
+from tokenizer_eval import format_table  # same stage
 
 SHARED_TEXT = REPO.parent / "shared" / "data" / "text"
+
+
+@dataclass
+class BenchConfig:
+    quick: bool = option(False, "300k-character slices, vocab 2048 only, one repeat")
+    vocab_sizes: list = option([2048, 10000], "vocabulary sizes to train (the largest is used to encode)", sep=",")
+    repeats: int = option(3, "timed repeats of each encoder, interleaved; the best is kept", min=1)
+    out: str = option("runs/bench_bpe", "folder for bench_bpe.json and bench_bpe.png")
 
 
 def generated_corpus(n_chars, seed=0):
@@ -45,102 +66,132 @@ def generated_corpus(n_chars, seed=0):
 
 
 def corpora(quick):
-    """name -> list of documents."""
-    out = {}
-    try:
-        out["generated 1MB"] = generated_corpus(1_000_000)
-        if not quick:
-            out["generated 10MB"] = generated_corpus(10_000_000, seed=1)
-    except (ImportError, AttributeError, TypeError) as e:
-        print(f"(01_data/world.py not usable here: {e}; skipping the generated corpus)")
-    if SHARED_TEXT.is_dir():
-        out["tinyshakespeare (en)"] = [(SHARED_TEXT / "tinyshakespeare.txt").read_text(encoding="utf-8")]
-        if not quick:
-            out["shared/text all (en+zh)"] = [p.read_text(encoding="utf-8") for p in sorted(SHARED_TEXT.glob("*.txt"))]
-    return out
+    """{name: text}: English and Chinese from ../shared/data/text, or the generated corpus."""
+    limit = 300_000 if quick else None
+    if (SHARED_TEXT / "hongloumeng.txt").is_file():
+        return {"English (tinyshakespeare)": (SHARED_TEXT / "tinyshakespeare.txt").read_text(encoding="utf-8")[:limit],
+                "Chinese (hongloumeng)": (SHARED_TEXT / "hongloumeng.txt").read_text(encoding="utf-8")[:limit]}
+    print(f"({SHARED_TEXT} not found: timing the generated corpus only)")
+    return {"generated (en/zh/code)": "\n".join(generated_corpus(limit or 1_000_000))}
 
 
-def time_training(docs, vocab_size):
-    t0 = time.perf_counter()
-    word_counts = word_counts_of(docs, GPT4_PATTERN, SPECIAL_TOKENS)
-    t1 = time.perf_counter()
-    merges = train_merges(word_counts, vocab_size - 256 - len(SPECIAL_TOKENS))
-    t2 = time.perf_counter()
-    return {"pretokenize_s": round(t1 - t0, 2), "merges_s": round(t2 - t1, 2), "total_s": round(t2 - t0, 2),
-            "n_merges": len(merges), "distinct_words": len(word_counts)}
+def encode_reference(tok, text):
+    """How bpe.py encoded before the fast path: each pre-token through bpe_piece, with a cache."""
+    ids, cache = [], {}
+    for word in tok._pat.findall(text):
+        cached = cache.get(word)
+        if cached is None:
+            cached = cache[word] = tok.bpe_piece(word.encode("utf-8"))
+        ids.extend(cached)
+    return ids
 
 
-def time_encoding(docs, vocab_size):
-    tok = BPETokenizer.train(docs, vocab_size)
+def best_of_interleaved(sides, repeats):
+    """{name: (best CPU seconds, last result)} for callables timed in turn, round after round."""
+    best, result = {name: float("inf") for name in sides}, {}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t0 = time.process_time()
+            result[name] = fn()
+            best[name] = min(best[name], time.process_time() - t0)
+    return {name: (best[name], result[name]) for name in sides}
+
+
+def time_encoding(name, text, tok, repeats):
     enc = tok.to_tiktoken()
-    mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
-    tok._cache.clear()
-    t0 = time.perf_counter()
-    ours = [tok.encode_ordinary(d) for d in docs]
-    t1 = time.perf_counter()
-    theirs = [enc.encode_ordinary(d) for d in docs]
-    t2 = time.perf_counter()
-    assert ours == theirs, "our ids differ from tiktoken's with the same ranks"
-    return {"ours_MB_s": round(mb / (t1 - t0), 2), "tiktoken_MB_s": round(mb / (t2 - t1), 2),
-            "slowdown_x": round((t1 - t0) / (t2 - t1), 1)}
+
+    def fast():
+        tok._cache.clear()                        # every distinct piece merged again, as the others do
+        return tok.encode_ordinary(text)
+
+    timed = best_of_interleaved({"reference": lambda: encode_reference(tok, text), "fast": fast,
+                                 "tiktoken": lambda: enc.encode_ordinary(text)}, repeats)
+    ids = {k: v[1] for k, v in timed.items()}
+    assert ids["reference"] == ids["fast"] == ids["tiktoken"], f"{name}: the three encoders disagree"
+    mb = len(text.encode("utf-8")) / 1e6
+    s = {k: v[0] for k, v in timed.items()}
+    return {"corpus": name, "MB": round(mb, 2), "vocab": tok.vocab_size,
+            "reference_MB_s": round(mb / s["reference"], 2), "fast_MB_s": round(mb / s["fast"], 2),
+            "tiktoken_MB_s": round(mb / s["tiktoken"], 2), "reference_vs_tiktoken_x": round(s["reference"] / s["tiktoken"], 1),
+            "fast_vs_tiktoken_x": round(s["fast"] / s["tiktoken"], 1), "speedup_x": round(s["reference"] / s["fast"], 1)}
+
+
+def time_training(name, text, vocab_size):
+    t0 = time.process_time()
+    word_counts = word_counts_of([text], GPT4_PATTERN, SPECIAL_TOKENS)
+    pretokenize_s = time.process_time() - t0
+    n = vocab_size - 256 - len(SPECIAL_TOKENS)
+    timed = best_of_interleaved({"reference": lambda: train_merges(word_counts, n),
+                                 "fast": lambda: train_merges_fast(word_counts, n)}, 1)
+    assert timed["reference"][1] == timed["fast"][1], f"{name}: the two trainers learned different merges"
+    ref, fast = timed["reference"][0], timed["fast"][0]
+    return {"corpus": name, "vocab": vocab_size, "distinct_words": len(word_counts),
+            "pretokenize_s": round(pretokenize_s, 2), "reference_merges_s": round(ref, 2),
+            "fast_merges_s": round(fast, 2), "speedup_x": round(ref / fast, 1),
+            "reference_total_s": round(pretokenize_s + ref, 2), "fast_total_s": round(pretokenize_s + fast, 2)}
+
+
+def time_naive(text):
+    """The textbook trainer against the incremental one: 100 merges on a 100 kB slice."""
+    wc = word_counts_of([text[:100_000]], GPT4_PATTERN)
+    timed = best_of_interleaved({"incremental": lambda: train_merges(wc, 100),
+                                 "naive": lambda: train_merges_naive(wc, 100)}, 1)
+    return {"slice": "100 kB", "merges": 100, **{f"{k}_s": round(v[0], 2) for k, v in timed.items()}}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 MB corpora and vocab 500/2k only")
-    ap.add_argument("--out", default=str(REPO / "runs" / "bench_bpe"))
-    args = ap.parse_args(argv)
-    vocab_sizes = [500, 2000] if args.quick else [500, 2000, 10000]
+    cfg, _ = parse_config(BenchConfig, argv, doc=__doc__)
+    vocab_sizes = [2048] if cfg.quick else sorted(cfg.vocab_sizes)
+    repeats = 1 if cfg.quick else cfg.repeats
+    if min(vocab_sizes) < MIN_VOCAB_SIZE:
+        raise UserError(f"--vocab-sizes {min(vocab_sizes)} is too small; use at least {MIN_VOCAB_SIZE}")
+    texts = corpora(cfg.quick)
+    print(f"timing on one core; the sides of each comparison interleaved in this run (the machine may be shared); "
+          f"encoding: best of {repeats}")
     train_rows, enc_rows = [], []
-    for name, docs in corpora(args.quick).items():
-        mb = round(sum(len(d.encode("utf-8")) for d in docs) / 1e6, 2)
+    for name, text in texts.items():
         for v in vocab_sizes:
-            row = {"corpus": name, "MB": mb, "vocab": v, **time_training(docs, v)}
-            print(row, flush=True)
-            train_rows.append(row)
-        enc = {"corpus": name, "MB": mb, "vocab": vocab_sizes[-1], **time_encoding(docs, vocab_sizes[-1])}
-        print(enc, flush=True)
-        enc_rows.append(enc)
+            train_rows.append(time_training(name, text, v))
+            print(train_rows[-1], flush=True)
+        tok = BPETokenizer.train([text], vocab_sizes[-1])
+        enc_rows.append(time_encoding(name, text, tok, repeats))
+        print(enc_rows[-1], flush=True)
+    naive = None if cfg.quick else time_naive(next(iter(texts.values())))
 
-    # The naive reference on a small slice, to show the gap the incremental trainer closes.
-    some = next(iter(corpora(quick=True).values()), None)
-    naive = None
-    if some:
-        wc = word_counts_of(["".join(some)[:200_000]], GPT4_PATTERN)
-        t0 = time.perf_counter()
-        train_merges(wc, 200)
-        t1 = time.perf_counter()
-        train_merges_naive(wc, 200)
-        t2 = time.perf_counter()
-        naive = {"slice": "200 kB", "merges": 200, "incremental_s": round(t1 - t0, 2), "naive_s": round(t2 - t1, 2)}
-
-    train_table = format_table(train_rows, ["corpus", "MB", "vocab", "distinct_words", "pretokenize_s", "merges_s", "total_s"])
-    enc_table = format_table(enc_rows, ["corpus", "MB", "vocab", "ours_MB_s", "tiktoken_MB_s", "slowdown_x"])
-    print(f"\ntraining (one core, pure Python)\n{train_table}\n\nencoding (empty cache)\n{enc_table}")
+    enc_table = format_table(enc_rows, ["corpus", "MB", "vocab", "reference_MB_s", "fast_MB_s", "tiktoken_MB_s",
+                                        "reference_vs_tiktoken_x", "fast_vs_tiktoken_x", "speedup_x"])
+    train_table = format_table(train_rows, ["corpus", "vocab", "distinct_words", "pretokenize_s",
+                                            "reference_merges_s", "fast_merges_s", "speedup_x",
+                                            "reference_total_s", "fast_total_s"])
+    print(f"\nencoding, one call on the whole text, empty cache (x = CPU seconds / tiktoken's)\n{enc_table}"
+          f"\n\ntraining, CPU seconds (pre-tokenization shared; merges by the readable vs the array trainer)"
+          f"\n{train_table}")
     if naive:
         print(f"\nnaive vs incremental trainer: {naive}")
-    out = Path(args.out)
-    write_json(out / "bench_bpe.json", {"training": train_rows, "encoding": enc_rows, "naive": naive})
-    save_plot(train_rows, enc_rows, out / "bench_bpe.png")
+    out = Path(cfg.out)
+    write_json(out / "bench_bpe.json", {"config": asdict(cfg), "encoding": enc_rows, "training": train_rows,
+                                        "naive": naive, "note": "CPU seconds; sides interleaved in one run"})
+    save_plot(enc_rows, train_rows, out / "bench_bpe.png")
     print(f"wrote {out / 'bench_bpe.json'} and {out / 'bench_bpe.png'}")
 
 
-def save_plot(train_rows, enc_rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in dict.fromkeys(r["corpus"] for r in train_rows):
-        rows = [r for r in train_rows if r["corpus"] == name]
-        a.plot([r["vocab"] for r in rows], [r["total_s"] for r in rows], "o-", label=name)
-    a.set(xscale="log", xlabel="vocab size", ylabel="training seconds", title="BPE training time")
-    a.legend(fontsize=8)
-    names = [r["corpus"] for r in enc_rows]
-    x = range(len(names))
-    b.bar([i - 0.2 for i in x], [r["ours_MB_s"] for r in enc_rows], 0.4, label="ours (Python)")
-    b.bar([i + 0.2 for i in x], [r["tiktoken_MB_s"] for r in enc_rows], 0.4, label="tiktoken (same ranks)")
-    b.set_xticks(list(x), names, rotation=15, fontsize=8)
-    b.set(ylabel="MB/s", title="encoding throughput")
+def save_plot(enc_rows, train_rows, path):
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    x = range(len(enc_rows))
+    for k, (key, label) in enumerate([("reference_MB_s", "reference loop (before)"), ("fast_MB_s", "fast path (now)"),
+                                      ("tiktoken_MB_s", "tiktoken, same ranks")]):
+        a.bar([i + (k - 1) * 0.27 for i in x], [r[key] for r in enc_rows], 0.27, label=label)
+    a.set_xticks(list(x), [r["corpus"] for r in enc_rows], fontsize=8)
+    a.set(yscale="log", ylabel="MB/s (log)", title="encoding throughput, empty cache")
+    a.set_ylim(top=6 * max(r["tiktoken_MB_s"] for r in enc_rows))      # room for the legend
+    a.legend(fontsize=8, ncol=3, loc="upper center")
+    labels = [f"{r['corpus'].split()[0]}\nvocab {r['vocab']}" for r in train_rows]
+    x = range(len(train_rows))
+    b.bar([i - 0.2 for i in x], [r["reference_total_s"] for r in train_rows], 0.4, label="readable trainer")
+    b.bar([i + 0.2 for i in x], [r["fast_total_s"] for r in train_rows], 0.4, label="array trainer (now)")
+    b.set_xticks(list(x), labels, fontsize=7)
+    b.set(ylabel="CPU seconds (incl. pre-tokenization)", title="BPE training time")
     b.legend(fontsize=8)
     save_figure(fig, path)
 

@@ -1,4 +1,4 @@
-"""Byte-level BPE: train it fast, encode exactly like GPT-2 / tiktoken, write token ids for pretraining.
+"""Byte-level BPE: train it, encode exactly like GPT-2 / tiktoken, save it, load GPT-2's files.
 
 What it is. Byte Pair Encoding starts from the 256 byte values and repeatedly adds one new token:
 the concatenation of the adjacent pair of tokens that occurs most often in the training corpus.
@@ -11,32 +11,34 @@ Pipeline of this file, in reading order:
      Special tokens (`<|endoftext|>`, chat roles) are cut out first: never split, never merged.
   2. count each distinct pre-token once (a Counter over the corpus: word -> frequency).
   3. train: `train_merges_naive` is the textbook loop (recount every pair after every merge; a
-     small reference, minutes on a real corpus). `train_merges` is the real trainer: it keeps the
-     pair counts, an index pair -> words containing it, and a max-heap with lazy deletion, and after
-     each merge touches only the words that contained the merged pair.
+     small reference, minutes on a real corpus). `train_merges` keeps the pair counts, an index
+     pair -> words containing it, and a max-heap with lazy deletion, and after each merge touches
+     only the words that contained the merged pair. `BPETokenizer.train` runs that algorithm on
+     numpy arrays (bpe_fast.py), tested equal.
   4. encode: per pre-token, repeatedly merge the adjacent pair whose merged bytes have the lowest
-     rank (rank = token id), with a cache per pre-token. This is tiktoken's rule, so the ids equal a
-     `tiktoken.Encoding` built from our ranks, by construction (`to_tiktoken`, checked in tests).
+     rank (rank = token id), with a cache per pre-token (`bpe_piece`, the readable reference). This
+     is tiktoken's rule, so the ids equal a `tiktoken.Encoding` built from our ranks, by
+     construction (`to_tiktoken`, checked in tests). Pre-tokens missing from the cache are merged
+     all together in rounds on arrays (bpe_fast.py): the same ids, much faster on Chinese.
   5. decode: concatenate the tokens' bytes, then UTF-8 decode once with replacement (one token may
      hold half a Chinese character; only the final string is decoded).
+Around it: tokenizer_eval.py measures bytes/token, token_shards.py writes the ids for pretraining,
+tokenizer_cli.py is the command line that bpe.py, wordpiece.py and unigram.py share.
 
 Tie-break rule (written down because it decides which merges you get on small corpora): among
 pairs with equal count, pick the pair whose (left bytes, right bytes) is lexicographically
-greatest, e.g. (b"we", b"s") beats (b"n", b"e"). Both trainers use it, so they agree exactly.
+greatest, e.g. (b"we", b"s") beats (b"n", b"e"). All trainers use it, so they agree exactly.
 
-Vocabulary layout of a trained tokenizer: ids 0..255 are the bytes 0..255, ids 256.. are the merges
-in training order, and the special tokens come last in the order of SPECIAL_TOKENS (GPT-2 also puts
-`<|endoftext|>` last, id 50256). `vocab_size` counts all of them.
+Vocabulary layout: ids 0..255 are the bytes, 256.. the merges in training order, then the special
+tokens in the order of SPECIAL_TOKENS (GPT-2 also puts `<|endoftext|>` last, id 50256).
 
-Saved format (`save(dir)` -> dir/tokenizer.json, plain JSON):
-  {"format": "bpe-v1", "pattern": <regex>, "vocab": {"<id>": "<hex of the token's bytes>"},
-   "merges": [[left_id, right_id], ...] in order (merge i makes token 256 + i),
-   "special_tokens": {"<|endoftext|>": id, ...}}
+Saved format (`save(dir)` -> dir/tokenizer.json, plain JSON): {"format": "bpe-v1", "pattern": <regex>,
+  "vocab": {"<id>": "<hex of its bytes>"}, "special_tokens": {"<|endoftext|>": id, ...},
+  "merges": [[left_id, right_id], ...] in order (merge i makes token 256 + i)}
 `from_gpt2(vocab.json, merges.txt)` reads OpenAI's GPT-2 files (their byte-to-unicode alphabet).
 
-Run:
-  python 02_tokenizer/bpe.py --data runs/tiny                 # train on data/train.jsonl, write tokens/
-  python 02_tokenizer/bpe.py --data runs/tiny --vocab-size 4096 --pattern gpt2
+Run (tokenizer_cli.py; writes runs/tiny/tokenizer/ and runs/tiny/tokens/):
+  python 02_tokenizer/bpe.py --data runs/tiny [--vocab-size 4096] [--pattern gpt2] [--overwrite]
 
 Interview questions it answers:
 - Why byte-level? No unknown tokens, 256 base symbols cover every language; the cost is longer
@@ -47,27 +49,23 @@ Interview questions it answers:
 - How are special tokens kept whole, and why must user text not be able to produce them?
   (split on them before the regex; `encode_ordinary` treats a literal "<|endoftext|>" in a web page
   as plain text, otherwise a document could inject an end-of-text or a fake `<|assistant|>` turn.)
-- What is bytes/token and why does it matter? It is the compression rate: a context of T tokens sees
-  T * bytes/token bytes of text, and training cost per byte falls as it rises.
 """
-import argparse
+import contextlib
 import heapq
-from itertools import repeat
-import json
 import sys
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 
-import numpy as np
 import regex
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import (UserError, atomic_path, check_artifact, command_line, read_jsonl, run_cli, write_json,  # 01_data
-                    write_manifest)
+from common import UserError, check_config, option, read_json, read_text, run_cli, write_json  # 01_data
+
+from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast  # same stage
 
 # GPT-2's pattern: contractions, letter runs, digit runs, punctuation runs, each with an optional
 # leading space; `\s+(?!\S)` leaves the last space of a whitespace run to start the next word.
@@ -80,6 +78,7 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 # `<|endoftext|>` separates documents; the chat-role tokens are used by the SFT chat template (05).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SINGLE_BYTES = [bytes([b]) for b in range(256)]
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1   # every byte, every special token, and one merge
 
 
 @dataclass
@@ -87,8 +86,24 @@ class BPEConfig:
     # 2048 suits a tiny GPT on a few MB of text: the embedding (2048 x d_model) stays a small part
     # of the parameters, and every token id is seen thousands of times in training. A 50k vocabulary
     # on 5 MB would leave most ids nearly untrained and the embedding larger than the model.
-    vocab_size: int = 2048
-    pattern: str = "gpt4"          # "gpt2", "gpt4", or a regex of your own
+    vocab_size: int = option(2048, f"256 bytes + merges + {len(SPECIAL_TOKENS)} special tokens, at least "
+                             f"{MIN_VOCAB_SIZE}", min=MIN_VOCAB_SIZE)
+    pattern: str = option("gpt4", "pre-tokenizer regex: gpt2, gpt4, or a regex of your own")
+
+
+def check_bpe_config(cfg: BPEConfig):
+    """Everything about a config that can be checked before reading any data (UserError if not)."""
+    check_config(cfg)
+    compile_pattern(cfg.pattern)
+
+
+def compile_pattern(pattern: str):
+    """The compiled pre-tokenizer regex for "gpt2", "gpt4" or a regex; a bad regex is a UserError."""
+    try:
+        return regex.compile(PATTERNS.get(pattern, pattern))
+    except regex.error as e:
+        raise UserError(f"--pattern {pattern!r} is not a valid regex ({str(e).splitlines()[0]}); "
+                        "fix it, or use gpt2 or gpt4") from None
 
 
 # ---------------------------------------------------------------- 1. pre-tokenization
@@ -103,7 +118,7 @@ def special_splitter(special_tokens):
 def word_counts_of(texts, pattern, special_tokens=(), progress=None) -> Counter:
     """Count every distinct pre-token (as UTF-8 bytes) in the corpus. Special tokens are cut out
     first and never counted, so no merge can span a document boundary."""
-    pat = regex.compile(pattern)
+    pat = compile_pattern(pattern)
     splitter = special_splitter(special_tokens)
     counts = Counter()
     for i, text in enumerate(texts):
@@ -177,17 +192,6 @@ def merge_counting_pairs(word, pair, new_id, n, delta):
     return out
 
 
-class _Desc:
-    """Wraps a key so that heapq's min-heap pops the *greatest* key first (for the tie-break)."""
-    __slots__ = ("key",)
-
-    def __init__(self, key):
-        self.key = key
-
-    def __lt__(self, other):
-        return self.key > other.key
-
-
 def train_merges(word_counts, n_merges, progress=None, progress_every=500):
     """Incremental BPE trainer; returns the merges [(left_id, right_id), ...], merge k makes id 256+k.
 
@@ -196,9 +200,10 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
       where[pair]   = indices of words that contain pair, or did once (the pair -> words index;
                       a word that lost the pair is not removed, it is skipped when merged: cheaper
                       than keeping the sets exact)
-      heap          = entries (-count, _Desc((left bytes, right bytes)), pair); an entry is stale
-                      when its count differs from counts[pair] and is skipped when popped (lazy
-                      deletion), because a changed pair gets a fresh entry pushed.
+      heap          = entries (-count, descending(left bytes), descending(right bytes), pair), so
+                      the min-heap pops the highest count, then the greatest bytes (the tie-break);
+                      an entry is stale when its count differs from counts[pair] and is skipped
+                      when popped (lazy deletion), because a changed pair gets a fresh entry.
     A merge of (a, b) rewrites only the words in where[(a, b)] and changes only the counts of the
     pairs around each occurrence (merge_counting_pairs), so its cost is the size of the change,
     not of the corpus.
@@ -213,13 +218,13 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
             where[p].add(wi)
 
     def entry(p):
-        return (-counts[p], _Desc((vocab[p[0]], vocab[p[1]])), p)
+        return (-counts[p], descending(vocab[p[0]]), descending(vocab[p[1]]), p)
 
     heap = [entry(p) for p in counts]
     heapq.heapify(heap)
     merges = []
     while len(merges) < n_merges and heap:
-        neg, _, pair = heapq.heappop(heap)
+        neg, _, _, pair = heapq.heappop(heap)
         if counts.get(pair, 0) != -neg:
             continue  # stale entry: this pair's count changed after it was pushed
         new_id = 256 + len(merges)
@@ -249,6 +254,7 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
 # ---------------------------------------------------------------- 3-5. the tokenizer
 class BPETokenizer:
     """Byte-level BPE tokenizer: `vocab` id -> bytes, `ranks` bytes -> id, `merges` in order."""
+    cache_size = 500_000          # pre-tokens whose ids are kept
 
     def __init__(self, vocab, merges, special_tokens, pattern=GPT4_PATTERN):
         self.vocab = dict(vocab)                      # id -> bytes, ordinary tokens only
@@ -262,9 +268,10 @@ class BPETokenizer:
         if None in self.byte_ids:
             raise UserError("vocab lacks some of the 256 single bytes; a byte-level vocab needs all of them")
         self.id_to_special = {i: s for s, i in self.special_tokens.items()}
-        self._pat = regex.compile(self.pattern)
+        self._pat = compile_pattern(self.pattern)
         self._special_re = special_splitter(self.special_tokens)
-        self._cache = {}
+        self._cache = {}              # pre-token -> its ids
+        self._merge_table = None      # for bpe_fast.encode_pieces, built on first use
 
     @property
     def vocab_size(self) -> int:
@@ -278,15 +285,16 @@ class BPETokenizer:
     @classmethod
     def train(cls, texts, vocab_size, pattern="gpt4", special_tokens=SPECIAL_TOKENS,
               progress=None, progress_every=500):
-        """Learn `vocab_size - 256 - len(special_tokens)` merges from an iterable of strings."""
+        """Learn `vocab_size - 256 - len(special_tokens)` merges from an iterable of strings
+        (with bpe_fast.train_merges_fast: train_merges' merges, on arrays)."""
         n_merges = vocab_size - 256 - len(special_tokens)
-        if n_merges < 0:
-            raise UserError(f"vocab size {vocab_size} is smaller than 256 bytes + {len(special_tokens)} "
-                            f"special tokens; use at least {256 + len(special_tokens)}")
-        word_counts = word_counts_of(texts, PATTERNS.get(pattern, pattern), special_tokens, progress)
+        if n_merges < 1:
+            raise UserError(f"vocab size {vocab_size} is too small for BPE: 256 bytes + {len(special_tokens)} "
+                            f"special tokens + at least one merge; use at least {256 + len(special_tokens) + 1}")
+        word_counts = word_counts_of(texts, pattern, special_tokens, progress)
         if not word_counts:
             raise UserError("the training corpus is empty; pass documents with text in them")
-        merges = train_merges(word_counts, n_merges, progress, progress_every)
+        merges = train_merges_fast(word_counts, n_merges, progress, progress_every)
         if len(merges) < n_merges and progress:
             progress(f"corpus ran out of pairs after {len(merges)} merges; vocab is smaller than asked")
         vocab = {i: bytes([i]) for i in range(256)}
@@ -296,12 +304,11 @@ class BPETokenizer:
         return cls(vocab, merges, specials, pattern)
 
     # -------- encoding
-    def _bpe(self, piece: bytes) -> list:
+    def bpe_piece(self, piece: bytes) -> list:
         """Merge the bytes of one pre-token: always the adjacent pair whose bytes have the lowest rank
         (leftmost on ties), as tiktoken does. pair_ranks[i] is the rank of parts[i] + parts[i+1]."""
         get, inf = self.ranks.get, float("inf")
-        # The two set-up lines are `[bytes([b]) for b in piece]` and `[get(a + b, inf) for adjacent
-        # a, b]` written with map so they run in C: most pieces of Chinese text miss the cache.
+        # `[bytes([b]) for b in piece]` and `[get(a + b, inf) for adjacent a, b]`, with map (in C)
         parts = list(map(SINGLE_BYTES.__getitem__, piece))
         pair_ranks = list(map(get, map(bytes.__add__, parts, parts[1:]), repeat(inf)))
         while pair_ranks:
@@ -317,22 +324,34 @@ class BPETokenizer:
                 pair_ranks[i] = get(parts[i] + parts[i + 1], inf)
         return [self.ranks[p] for p in parts]
 
+    def bpe_pieces(self, pieces) -> list:
+        """`bpe_piece` of each piece (bytes): a few one by one, many at once in rounds on arrays
+        (bpe_fast.encode_pieces, the same ids; it pays off from about a hundred pieces)."""
+        if len(pieces) < 100:
+            return list(map(self.bpe_piece, pieces))
+        if self._merge_table is None:
+            self._merge_table = merge_table(self.ranks)
+        return encode_pieces(pieces, self.byte_ids, self._merge_table)
+
     def encode_ordinary(self, text: str) -> list:
         """Encode text with no special-token handling: a literal "<|endoftext|>" is just text."""
-        ids, cache = [], self._cache
-        for word in self._pat.findall(text):
-            cached = cache.get(word)
-            if cached is None:
-                cached = self._bpe(word.encode("utf-8"))
-                if len(cache) < 500_000:
-                    cache[word] = cached
-            ids.extend(cached)
-        return ids
+        return self.encode_ordinary_batch([text])[0]
+
+    def encode_ordinary_batch(self, texts) -> list:
+        """`encode_ordinary` of each text. Each distinct pre-token is merged once: found in the cache,
+        or merged together with all the other pre-tokens of these texts that are not there yet."""
+        pieces = [self._pat.findall(t) for t in texts]
+        cache = self._cache
+        new = [w for w in dict.fromkeys(chain.from_iterable(pieces)) if w not in cache]
+        if len(cache) + len(new) > self.cache_size:  # bounded memory: start over rather than grow
+            cache.clear()
+            new = list(dict.fromkeys(chain.from_iterable(pieces)))
+        cache.update(zip(new, self.bpe_pieces([w.encode("utf-8") for w in new])))
+        return [list(chain.from_iterable(map(cache.__getitem__, words))) for words in pieces]
 
     def encode(self, text: str, allowed_special=()) -> list:
         """Encode text; special tokens named in `allowed_special` ("all" or a set) become their ids.
-        A special token in the text that is not allowed is an error (as in tiktoken): silently
-        encoding it as text or as a control token are both surprising."""
+        One that is not allowed is an error (as in tiktoken): as text or as control, it surprises."""
         if not self._special_re:
             return self.encode_ordinary(text)
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
@@ -371,6 +390,9 @@ class BPETokenizer:
         if buf:
             yield from self.encode(buf, allowed_special)
 
+    def tokenize(self, text: str) -> list:   # for showing: each token as text (half a character is �)
+        return [self.decode([i]) for i in self.encode_ordinary(text)]
+
     # -------- decoding
     def decode_bytes(self, ids) -> bytes:
         out = []
@@ -385,8 +407,7 @@ class BPETokenizer:
             out.append(b)
         return b"".join(out)
 
-    def decode(self, ids) -> str:
-        # Decode the bytes once at the end: a token may end in the middle of a UTF-8 character.
+    def decode(self, ids) -> str:   # bytes decoded once, at the end: a token may hold half a character
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # -------- save / load / interop
@@ -400,30 +421,20 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, directory):
-        path = Path(directory) / "tokenizer.json"
-        if not path.is_file():
-            raise UserError(f"{path}: no such file; train a tokenizer first (python 02_tokenizer/bpe.py --data ...)")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: not valid JSON ({e}); re-train or re-save the tokenizer") from None
-        if not isinstance(d, dict) or d.get("format") != "bpe-v1":
-            raise UserError(f"{path}: not a bpe-v1 tokenizer file")
-        vocab = {int(i): bytes.fromhex(h) for i, h in d["vocab"].items()}
-        merges = [tuple(m) for m in d["merges"]]
-        check_merges_match_vocab(vocab, merges, path)
-        return cls(vocab, merges, d["special_tokens"], d["pattern"])
+        """The tokenizer saved in directory/tokenizer.json (errors name the command to rerun)."""
+        def build(d):
+            vocab = {int(i): bytes.fromhex(h) for i, h in d["vocab"].items()}
+            merges = [tuple(m) for m in d["merges"]]
+            check_merges_match_vocab(vocab, merges, Path(directory) / "tokenizer.json")
+            return cls(vocab, merges, d["special_tokens"], d["pattern"])
+        return load_saved(directory, "tokenizer.json", "bpe-v1", "bpe.py", build)
 
     @classmethod
     def from_gpt2(cls, vocab_json, merges_txt):
         """Load OpenAI's GPT-2 `vocab.json` + `merges.txt`. GPT-2 stores bytes as printable unicode
         characters (bytes_to_unicode) so that the files are plain text; we undo that mapping."""
         byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
-        try:
-            encoder = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
-            lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read GPT-2 files ({e}); pass vocab.json and merges.txt") from None
+        encoder, lines = read_json(vocab_json), read_text(merges_txt).splitlines()
         specials = {s: i for s, i in encoder.items() if s.startswith("<|") and s.endswith("|>")}
         vocab = {i: bytes(byte_decoder[c] for c in s) for s, i in encoder.items() if s not in specials}
         ranks = {b: i for i, b in vocab.items()}
@@ -447,6 +458,24 @@ class BPETokenizer:
                                  special_tokens=self.special_tokens)
 
 
+def load_saved(directory, filename, fmt, script, build):
+    """build(d) for the JSON object d in directory/filename, whose "format" must be `fmt`. A missing,
+    corrupt or inconsistent file is a UserError naming the command that makes it (the folder
+    manifest's command when there is one, else `python 02_tokenizer/<script> --data <run>`)."""
+    directory = Path(directory)
+    path, made_by = directory / filename, f"python 02_tokenizer/{script} --data {directory.parent}"
+    with contextlib.suppress(UserError, KeyError):
+        made_by = read_json(directory / "manifest.json")["command"]
+    d = read_json(path, made_by)
+    try:
+        if d.get("format") != fmt:
+            raise UserError(f"not a {fmt} file")
+        return build(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:   # UserError is a ValueError
+        why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        raise UserError(f"{path}: not a usable tokenizer ({why}); rerun `{made_by}`") from None
+
+
 def check_merges_match_vocab(vocab, merges, where):
     """Merge k must produce token 256 + k, whose bytes are the concatenation of its two parts."""
     for k, (a, b) in enumerate(merges):
@@ -460,129 +489,10 @@ def bytes_to_unicode():
     """GPT-2's map from the 256 bytes to printable characters: printable Latin-1 bytes map to
     themselves, the rest (controls, space) to chr(256 + n) in byte order. So " " is "Ġ"."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + n)
-            n += 1
-    return mapping
+    others = iter(range(256, 512))
+    return {b: chr(b) if b in keep else chr(next(others)) for b in range(256)}
 
 
-# ---------------------------------------------------------------- measuring
-def doc_group(doc) -> str:
-    """The outcome-table column a document belongs to: code, Chinese, or English prose."""
-    if doc.get("domain") == "code":
-        return "code"
-    return {"en": "english", "zh": "chinese"}.get(doc.get("lang"), "other")
-
-
-def bytes_per_token(encode, docs) -> dict:
-    """UTF-8 bytes per token, per group and over all docs (higher = better compression)."""
-    n_bytes, n_tokens = Counter(), Counter()
-    for doc in docs:
-        for g in (doc_group(doc), "all"):
-            n_bytes[g] += len(doc["text"].encode("utf-8"))
-            n_tokens[g] += len(encode(doc["text"]))
-    return {g: round(n_bytes[g] / n_tokens[g], 3) for g in n_bytes if n_tokens[g]}
-
-
-def gpt2_tiktoken(shared=REPO.parent / "shared" / "data" / "tokenizer"):
-    """tiktoken's GPT-2 Encoding built offline from ../shared/data/tokenizer, or None if absent."""
-    if not (shared / "gpt2_vocab.json").is_file():
-        return None
-    return BPETokenizer.from_gpt2(shared / "gpt2_vocab.json", shared / "gpt2_merges.txt").to_tiktoken("gpt2")
-
-
-def format_table(rows, columns) -> str:
-    """A markdown table from a list of dicts."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- command line
-def train_and_report(name, run, train, outcome_file):
-    """The command-line body wordpiece.py and unigram.py share: train on runs/<name>/data/train.jsonl,
-    then print and save bytes/token on val in the same table as bpe.py's. Returns the tokenizer.
-    `train(texts, progress)` builds the tokenizer; it must have `encode` and `tokenize`."""
-    run = Path(run)
-    train_docs, val_docs = read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
-    t0 = time.perf_counter()
-    tok = train((d["text"] for d in train_docs),
-                lambda msg: print(f"  [{time.perf_counter() - t0:6.1f}s] {msg}", flush=True))
-    row = {"tokenizer": name, "vocab_size": tok.vocab_size, "train_s": round(time.perf_counter() - t0, 2),
-           **bytes_per_token(tok.encode, val_docs)}
-    table = format_table([row], ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"])
-    print(f"{table}\nexample: {' | '.join(tok.tokenize(val_docs[0]['text'][:120]))}")
-    write_json(run / "tokenizer" / outcome_file, {"rows": [row], "table": table})
-    return tok
-
-
-def write_token_shard(path, docs, encode, eot_id, dtype):
-    """Encode each document, append `<|endoftext|>` after it, and write all ids as a flat array."""
-    ids = []
-    for doc in docs:
-        ids.extend(encode(doc["text"]))
-        ids.append(eot_id)
-    with atomic_path(path) as tmp:
-        np.asarray(ids, dtype=dtype).tofile(tmp)
-    return len(ids)
-
-
-def main(argv=None):
-    cfg = BPEConfig()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="run folder with data/train.jsonl and data/val.jsonl (from 01_data)")
-    ap.add_argument("--vocab-size", type=int, default=cfg.vocab_size,
-                    help=f"256 bytes + merges + {len(SPECIAL_TOKENS)} specials (default {cfg.vocab_size}: "
-                         "small enough that every id is well trained on a few MB)")
-    ap.add_argument("--pattern", default=cfg.pattern, help="pre-tokenizer regex: gpt2, gpt4, or your own")
-    args = ap.parse_args(argv)
-    run = Path(args.data)
-    check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    train_docs = read_jsonl(run / "data" / "train.jsonl")
-    val_docs = read_jsonl(run / "data" / "val.jsonl")
-
-    def progress(msg):
-        print(f"  [{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
-
-    t0 = time.perf_counter()
-    print(f"training byte-level BPE, vocab {args.vocab_size}, on {len(train_docs)} documents")
-    tok = BPETokenizer.train((d["text"] for d in train_docs), args.vocab_size, args.pattern,
-                             progress=progress, progress_every=max(100, args.vocab_size // 10))
-    train_s = time.perf_counter() - t0
-    tok.save(run / "tokenizer")
-
-    dtype = "uint16" if tok.vocab_size < 65536 else "uint32"
-    n_tokens = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        progress(f"encoding {split} ({len(docs)} documents)")
-        n_tokens[split] = write_token_shard(run / "tokens" / f"{split}.bin", docs, tok.encode_ordinary,
-                                            tok.eot_id, dtype)
-    write_json(run / "tokens" / "meta.json", {"vocab_size": tok.vocab_size, "dtype": dtype, "eot_id": tok.eot_id,
-                                              "n_tokens": n_tokens, "tokenizer_dir": "tokenizer"})
-
-    rows = [{"tokenizer": "ours (BPE)", "vocab_size": tok.vocab_size, "train_s": round(train_s, 2),
-             **bytes_per_token(tok.encode_ordinary, val_docs)}]
-    gpt2 = gpt2_tiktoken()
-    if gpt2 is not None:
-        rows.append({"tokenizer": "GPT-2 (tiktoken)", "vocab_size": gpt2.n_vocab, "train_s": "-",
-                     **bytes_per_token(gpt2.encode_ordinary, val_docs)})
-    columns = ["tokenizer", "vocab_size", "train_s", "english", "chinese", "code", "all"]
-    table = format_table(rows, columns)
-    print(f"\nbytes per token on val ({len(val_docs)} documents); tokens: {n_tokens}\n{table}")
-    example = val_docs[0]["text"][:120]
-    print("example: " + " | ".join(tok.decode([i]).replace("\n", "\\n") for i in tok.encode_ordinary(example)))
-    write_json(run / "tokenizer" / "outcome.json", {"rows": rows, "n_tokens": n_tokens, "table": table})
-    command = command_line(__file__, argv)
-    write_manifest(run / "tokenizer", stage="02_tokenizer", command=command, config=vars(args),
-                   inputs=[run / "data"], files=["tokenizer.json", "outcome.json"])
-    write_manifest(run / "tokens", stage="02_tokenizer", command=command, config=vars(args),
-                   inputs=[run / "data", run / "tokenizer"])
-    print(f"wrote {run / 'tokenizer'} and {run / 'tokens'}")
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":      # the command line lives in tokenizer_cli.py; this is its BPE entry
+    from tokenizer_cli import main
     run_cli(main)

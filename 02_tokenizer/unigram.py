@@ -22,7 +22,7 @@ What this version leaves out: the full forward-backward E-step (expected counts 
 segmentations), subword regularization (sampling segmentations), byte fallback (an unseen character
 becomes <unk>), and SentencePiece's suffix-array seeding (we count substrings up to `max_piece_chars`).
 
-Run:
+Run (writes runs/tiny/unigram/: unigram.json, outcome.json, bytes_per_token.png, manifest.json):
   python 02_tokenizer/unigram.py --data runs/tiny --vocab-size 2048
 
 Interview questions it answers:
@@ -31,19 +31,19 @@ Interview questions it answers:
 - What is `▁` in SentencePiece / T5 / LLaMA-1 vocabularies, and why can it tokenize Chinese
   without a word segmenter?
 """
-import argparse
 import math
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, run_cli  # 01_data
+from common import UserError, command_line, option, parse_config, run_cli, write_json  # 01_data
 
-from bpe import train_and_report  # same stage
+from bpe import load_saved  # same stage
+from tokenizer_cli import add_run_flags, read_data, train_and_report  # same stage
 
 SPACE = "▁"
 UNK = "<unk>"
@@ -51,11 +51,13 @@ UNK = "<unk>"
 
 @dataclass
 class UnigramConfig:
-    vocab_size: int = 2048
-    max_piece_chars: int = 8       # longest substring considered as a piece
-    seed_multiplier: int = 8       # seed vocabulary = this many times the target size
-    prune_fraction: float = 0.25   # share of (non-character) pieces dropped per pruning round
-    em_iterations: int = 2         # EM iterations after each pruning round
+    vocab_size: int = option(2048, "pieces + <unk>; every character of the corpus is kept, so the corpus "
+                             "sets the real minimum (checked before training)", min=2)
+    max_piece_chars: int = option(8, "longest substring considered as a piece", min=1)
+    seed_multiplier: int = option(8, "seed vocabulary = this many times the target size", min=1)
+    prune_fraction: float = option(0.25, "share of (non-character) pieces dropped per pruning round",
+                                   min=0.01, max=0.99)
+    em_iterations: int = option(2, "EM iterations after each pruning round", min=1)
 
 
 def words_of(text):
@@ -127,8 +129,12 @@ def prune(logp, counts, chars, keep, max_len):
 
 
 def train_unigram(word_counts, vocab_size, cfg=UnigramConfig(), progress=None):
-    """Return {piece: log p} with vocab_size - 1 pieces (the last id is <unk>)."""
+    """Return {piece: log p} with at most vocab_size - 1 pieces (the last id is <unk>)."""
     target = vocab_size - 1
+    n_chars = len({c for w in word_counts for c in w})
+    if target < n_chars:
+        raise UserError(f"vocab size {vocab_size} is below Unigram's minimum for this corpus: {n_chars} "
+                        f"characters (all are kept) + <unk> = {n_chars + 1}; use --vocab-size {n_chars + 1} or more")
     seed, chars = seed_pieces(word_counts, cfg, target)
     total = sum(seed.values())
     logp = {p: math.log(c / total) for p, c in seed.items()}
@@ -170,6 +176,20 @@ class UnigramTokenizer:
             raise UserError("the training corpus is empty; pass documents with text in them")
         return cls(train_unigram(counts, vocab_size, cfg, progress), cfg.max_piece_chars)
 
+    def save(self, directory):
+        write_json(Path(directory) / "unigram.json", {"format": "unigram-v1", "max_piece_chars": self.max_len,
+                                                      "log_probs": self.logp})
+
+    @classmethod
+    def load(cls, directory):
+        """The tokenizer saved in directory/unigram.json (errors name the command to rerun)."""
+        def build(d):
+            logp = {str(p): float(lp) for p, lp in d["log_probs"].items()}
+            if not logp or "" in logp or not all(lp <= 0 for lp in logp.values()):
+                raise UserError("log_probs must map non-empty pieces to log-probabilities <= 0")
+            return cls(logp, int(d["max_piece_chars"]))
+        return load_saved(directory, "unigram.json", "unigram-v1", "unigram.py", build)
+
     def tokenize_word(self, word):
         pieces = self._cache.get(word)
         if pieces is None:
@@ -196,14 +216,13 @@ class UnigramTokenizer:
 
 
 def main(argv=None):
-    cfg = UnigramConfig()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="run folder with data/train.jsonl and data/val.jsonl")
-    ap.add_argument("--vocab-size", type=int, default=cfg.vocab_size)
-    args = ap.parse_args(argv)
-    cfg.vocab_size = args.vocab_size
-    train_and_report("Unigram", args.data, lambda texts, progress: UnigramTokenizer.train(
-        texts, args.vocab_size, cfg, progress=progress), "outcome_unigram.json")
+    cfg, args = parse_config(UnigramConfig, argv, doc=__doc__, extra=add_run_flags)
+    run = Path(args.data)
+    train_docs, val_docs = read_data(run)
+    train_and_report("Unigram", lambda texts, progress: UnigramTokenizer.train(texts, cfg.vocab_size, cfg, progress),
+                     lambda tok, folder: tok.save(folder), out=run / "unigram",
+                     docs={"train": train_docs, "val": val_docs}, config=asdict(cfg),
+                     command=command_line(__file__, argv), overwrite=args.overwrite, compare_with_bpe=True)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,19 @@ What differs from BPE (bpe.py):
   own word. Decoding joins words with single spaces, so whitespace is not kept exactly.
 
 What this version leaves out: lower-casing and accent stripping (BERT-uncased), the 200-character
-word limit's exact value, and saving to BERT's vocab.txt (only BPE is used by later stages).
+word limit's exact value, and BERT's vocab.txt format (the vocabulary is saved as JSON; only BPE is
+used by later stages).
 
-Run:
+Run (writes runs/tiny/wordpiece/: wordpiece.json, outcome.json, bytes_per_token.png, manifest.json):
   python 02_tokenizer/wordpiece.py --data runs/tiny --vocab-size 2048
 
 Interview questions it answers:
 - BPE vs WordPiece: frequency vs likelihood-gain merge score; replayed merges vs longest match.
 - Why does BERT's vocab have `##` pieces, and why does it need `[UNK]` while GPT-2 does not?
 """
-import argparse
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import regex
@@ -36,9 +36,10 @@ import regex
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, run_cli  # 01_data
+from common import UserError, command_line, option, parse_config, run_cli, write_json  # 01_data
 
-from bpe import merge_ids, train_and_report  # same stage
+from bpe import load_saved, merge_ids  # same stage
+from tokenizer_cli import add_run_flags, read_data, train_and_report  # same stage
 
 # A CJK character alone, a run of letters/digits (not CJK), or one punctuation/symbol character.
 BERT_PRETOKENIZE = regex.compile(r"\p{Han}|(?:(?!\p{Han})[\p{L}\p{N}\p{M}])+|[^\s\p{L}\p{N}\p{M}]")
@@ -47,12 +48,13 @@ SPECIALS = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 
 @dataclass
 class WordPieceConfig:
-    vocab_size: int = 2048
-    max_word_chars: int = 100   # longer "words" (URLs, base64) become [UNK] instead of 100 pieces
+    vocab_size: int = option(2048, "special tokens + every symbol of the corpus + merges (the corpus "
+                             "sets the real minimum, checked before training)", min=len(SPECIALS) + 1)
+    max_word_chars: int = option(100, "longer words (URLs, base64) become [UNK], not 100 pieces", min=1)
     # The score favours pairs of rare symbols: a number seen once ("5", "##57939") scores higher than
     # "t ##h". Real trainers therefore ignore rare pairs; without this, a small corpus spends the
     # vocabulary on one-off numbers and names (runs/tiny, vocab 2048: 1.28 bytes/token at 1, 2.06 at 10, 3.63 at 100).
-    min_pair_count: int = 100
+    min_pair_count: int = option(100, "pairs seen fewer times are never merged", min=1)
 
 
 def pretokenize(text):
@@ -84,6 +86,11 @@ def train_wordpiece(word_counts, vocab_size, specials=SPECIALS, min_pair_count=1
         for p in zip(w, w[1:]):
             pair_counts[p] += n
             where.setdefault(p, set()).add(wi)
+    minimum = len(specials) + len(sym_counts)
+    if vocab_size < minimum:
+        raise UserError(f"vocab size {vocab_size} is below WordPiece's minimum for this corpus: {len(specials)} "
+                        f"special tokens + {len(sym_counts)} symbols (characters, ##characters) = {minimum}; "
+                        f"use --vocab-size {minimum} or more")
     vocab = list(specials) + sorted(sym_counts)
     known = set(vocab)
     while len(vocab) < vocab_size and pair_counts:
@@ -137,7 +144,7 @@ class WordPieceTokenizer:
         return len(self.vocab)
 
     @classmethod
-    def train(cls, texts, vocab_size, min_pair_count=WordPieceConfig.min_pair_count, progress=None):
+    def train(cls, texts, vocab_size, min_pair_count=100, progress=None, max_word_chars=100):
         if vocab_size < len(SPECIALS) + 1:
             raise UserError(f"vocab size {vocab_size} is too small; WordPiece needs at least {len(SPECIALS) + 1}")
         counts = Counter()
@@ -146,7 +153,21 @@ class WordPieceTokenizer:
         if not counts:
             raise UserError("the training corpus is empty; pass documents with text in them")
         vocab = train_wordpiece(counts, vocab_size, min_pair_count=min_pair_count, progress=progress)
-        return cls(vocab)
+        return cls(vocab, max_word_chars)
+
+    def save(self, directory):
+        write_json(Path(directory) / "wordpiece.json", {"format": "wordpiece-v1", "vocab": self.vocab,
+                                                        "max_word_chars": self.max_word_chars})
+
+    @classmethod
+    def load(cls, directory):
+        """The tokenizer saved in directory/wordpiece.json (errors name the command to rerun)."""
+        def build(d):
+            vocab = d["vocab"]
+            if not all(isinstance(p, str) and p for p in vocab) or "[UNK]" not in vocab or len(set(vocab)) != len(vocab):
+                raise UserError("the vocab must be distinct non-empty strings, [UNK] among them")
+            return cls(vocab, int(d["max_word_chars"]))
+        return load_saved(directory, "wordpiece.json", "wordpiece-v1", "wordpiece.py", build)
 
     def tokenize_word(self, word):
         """Greedy longest-match-first: the longest piece at each position, `##` after the first."""
@@ -187,15 +208,14 @@ class WordPieceTokenizer:
 
 
 def main(argv=None):
-    cfg = WordPieceConfig()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True, help="run folder with data/train.jsonl and data/val.jsonl")
-    ap.add_argument("--vocab-size", type=int, default=cfg.vocab_size)
-    ap.add_argument("--min-pair-count", type=int, default=cfg.min_pair_count,
-                    help="pairs seen fewer times are never merged")
-    args = ap.parse_args(argv)
-    train_and_report("WordPiece", args.data, lambda texts, progress: WordPieceTokenizer.train(
-        texts, args.vocab_size, args.min_pair_count, progress=progress), "outcome_wordpiece.json")
+    cfg, args = parse_config(WordPieceConfig, argv, doc=__doc__, extra=add_run_flags)
+    run = Path(args.data)
+    train_docs, val_docs = read_data(run)
+    train_and_report("WordPiece", lambda texts, progress: WordPieceTokenizer.train(
+                         texts, cfg.vocab_size, cfg.min_pair_count, progress, cfg.max_word_chars),
+                     lambda tok, folder: tok.save(folder), out=run / "wordpiece",
+                     docs={"train": train_docs, "val": val_docs}, config=asdict(cfg),
+                     command=command_line(__file__, argv), overwrite=args.overwrite, compare_with_bpe=True)
 
 
 if __name__ == "__main__":

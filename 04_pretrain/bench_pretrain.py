@@ -21,9 +21,7 @@ Interview questions it answers:
   optimizer's per-tensor loop, attention's memory traffic; compile fuses the elementwise ops and
   removes launch overhead, flash attention removes the T x T score matrix)
 """
-import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,12 +31,24 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import run_cli, write_json, save_figure  # 01_data
+from common import (check_artifact, command_line, option, parse_config, pyplot, read_json, run_cli,  # 01_data
+                    run_lock, save_figure, write_json, write_manifest)
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model
 
 from optimizers import AdamW, clip_grad_norm, param_groups
-from pretrain import PEAK_FLOPS, PRESETS
+from pretrain_config import TrainConfig, peak_flops
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    data: str = option("", "runs/<name>: take the CPU row's vocab size from its tokens/ (optional)")
+    vocab: int = option(2048, "the CPU row's vocab size when --data is not given", min=2)
+    steps: int = option(20, "timed GPU steps per row", min=1)
+    cpu_steps: int = option(10, "timed CPU steps", min=1)
+    peak_flops: float = option(0.0, "GPU peak FLOP/s for MFU (0 = from the GPU name)", min=0.0)
+    peak_flops_cpu: float = option(0.0, "CPU peak FLOP/s for an MFU column (0 = none)", min=0.0)
+    out: str = option("runs/bench_pretrain", "output folder; each run replaces its table and plot")
 
 
 def time_steps(model, opt, batch, block, vocab, steps, warmup, device, dtype) -> float:
@@ -86,29 +96,31 @@ def bench_row(name, cfg: GPTConfig, batch, steps, warmup, device, dtype, compile
     return row
 
 
-def cpu_rows(args) -> list:
-    p = PRESETS["tiny"]
-    vocab = args.vocab
-    if args.data:
-        vocab = json.loads((Path(args.data) / "tokens" / "meta.json").read_text())["vocab_size"]
-    cfg = GPTConfig(vocab_size=vocab, block_size=p["block_size"], n_layer=p["n_layer"], n_head=p["n_head"],
-                    n_embd=p["n_embd"], attn_backend="auto", **gpt_module.PRESETS["llama"])
-    return [bench_row(f"cpu tiny preset fp32 eager", cfg, p["batch_size"], args.cpu_steps, 2, "cpu",
-                      torch.float32, False, args.peak_flops_cpu)]
+def cpu_rows(c: BenchConfig) -> list:
+    """The tiny run's shape (pretrain_config.TrainConfig defaults), fp32 eager."""
+    t = TrainConfig()
+    vocab = c.vocab
+    if c.data:
+        tokens = Path(c.data) / "tokens"
+        check_artifact(tokens, made_by=f"python 02_tokenizer/bpe.py --data {c.data}")
+        vocab = read_json(tokens / "meta.json")["vocab_size"]
+    cfg = GPTConfig(vocab_size=vocab, block_size=t.block_size, n_layer=t.n_layer, n_head=t.n_head,
+                    n_embd=t.n_embd, attn_backend="auto", **gpt_module.PRESETS[t.arch])
+    return [bench_row("cpu tiny preset fp32 eager", cfg, t.batch_size, c.cpu_steps, 2, "cpu",
+                      torch.float32, False, c.peak_flops_cpu)]
 
 
-def gpu_rows(args) -> list:
+def gpu_rows(c: BenchConfig) -> list:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    name = torch.cuda.get_device_name()
-    peak = args.peak_flops or next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
+    peak = peak_flops("cuda:0", c.peak_flops)
     rows = []
     for compile_, backend in ((False, "sdpa"), (False, "triton"), (True, "sdpa"), (True, "triton")):
         cfg = GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768,
                         attn_backend=backend, **gpt_module.PRESETS["gpt2"])
         label = f"gpt2-124M bf16 {'compiled' if compile_ else 'eager'} {backend}"
         try:
-            rows.append(bench_row(label, cfg, 12, args.steps, 10 if compile_ else 3, "cuda", torch.bfloat16,
+            rows.append(bench_row(label, cfg, 12, c.steps, 10 if compile_ else 3, "cuda", torch.bfloat16,
                                   compile_, peak))
         except Exception as e:  # one failing variant (e.g. no Triton) must not hide the others
             print(f"{label:<34} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
@@ -116,9 +128,7 @@ def gpu_rows(args) -> list:
 
 
 def plot(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
     ax.barh([r["name"] for r in rows], [r["tokens_per_s"] for r in rows])
     for i, r in enumerate(rows):
@@ -129,28 +139,21 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="", help="runs/<name>: take the CPU row's vocab size from its tokens/")
-    p.add_argument("--vocab", type=int, default=2048, help="CPU row's vocab size when --data is not given")
-    p.add_argument("--steps", type=int, default=20, help="timed GPU steps per row")
-    p.add_argument("--cpu-steps", type=int, default=10, help="timed CPU steps")
-    p.add_argument("--peak-flops", type=float, default=0.0, help="GPU peak FLOP/s; 0 = from the GPU name")
-    p.add_argument("--peak-flops-cpu", type=float, default=0.0, help="CPU peak FLOP/s for an MFU column (0 = none)")
-    p.add_argument("--out", default="runs/bench_pretrain")
-    args = p.parse_args(argv)
-    print(f"{'variant':<34} {'params':>8} {'batch':>10} {'ms/step':>9} {'tokens/s':>12} {'MFU':>6}")
-    rows = cpu_rows(args)
-    if torch.cuda.is_available():
-        rows += gpu_rows(args)
-    else:
-        print("no CUDA device: skipping the GPU rows (GPT-2 124M bf16, eager/compiled x Triton/SDPA)")
-    out = Path(args.out)
-    write_json(out / "bench_pretrain.json", {"rows": rows, "torch": torch.__version__,
-                                             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
-    plot(rows, out / "bench_pretrain.png")
+    c, _ = parse_config(BenchConfig, argv, doc=__doc__)
+    out = Path(c.out)
+    with run_lock(out):
+        print(f"{'variant':<34} {'params':>8} {'batch':>10} {'ms/step':>9} {'tokens/s':>12} {'MFU':>6}")
+        rows = cpu_rows(c)
+        if torch.cuda.is_available():
+            rows += gpu_rows(c)
+        else:
+            print("no CUDA device: skipping the GPU rows (GPT-2 124M bf16, eager/compiled x Triton/SDPA)")
+        write_json(out / "bench_pretrain.json", {"rows": rows, "torch": torch.__version__,
+                                                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
+        plot(rows, out / "bench_pretrain.png")
+        write_manifest(out, stage="04_bench_pretrain", command=command_line(__file__, argv),
+                       config=dataclasses.asdict(c), inputs=[Path(c.data) / "tokens"] if c.data else [])
     print(f"wrote {out}/bench_pretrain.json and bench_pretrain.png")
-
 
 if __name__ == "__main__":
     run_cli(main)

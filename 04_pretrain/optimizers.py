@@ -8,7 +8,7 @@ step uses it:
     set_lr(opt, lr_at(step, cfg))                        # warmup + cosine, or warmup-stable-decay
     found_inf = scaler.unscale_(params)                  # fp16 only: undo the loss scale, look for inf
     norm = clip_grad_norm(params, max_norm=1.0)          # global L2 norm over all gradients
-    opt.step(); scaler.update(found_inf)
+    scaler.step(opt, found_inf)                          # opt.step() unless fp16 overflowed
 
 Both optimizers subclass `torch.optim.Optimizer` only to inherit its bookkeeping (param groups,
 `state_dict`, `zero_grad`); the update rule itself is the few lines in `step`. They work unchanged
@@ -301,8 +301,16 @@ class DynamicLossScaler:
                 self.scale *= self.growth
                 self.good_steps = 0
 
+    def step(self, opt: torch.optim.Optimizer, found_inf: bool):
+        """The optimizer step, unless the gradients overflowed; then adapt the scale."""
+        if not found_inf:
+            opt.step()
+        self.update(found_inf)
+
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "good_steps": self.good_steps}
+        return {"enabled": self.enabled, "scale": self.scale, "good_steps": self.good_steps}
 
     def load_state_dict(self, d: dict):
-        self.scale, self.good_steps = float(d["scale"]), int(d["good_steps"])
+        """Continue a saved fp16 run's scale; a scaler saved disabled (fp32/bf16) has none to give."""
+        if self.enabled and d.get("enabled", True):
+            self.scale, self.good_steps = float(d["scale"]), int(d["good_steps"])

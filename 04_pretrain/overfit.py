@@ -8,7 +8,8 @@ same run is repeated with one regularizer at a time, and with all of them:
 
 - dropout      zero a random fraction of activations in training: no unit can rely on another
 - weight decay shrink every matrix toward 0 each step (AdamW's decoupled decay), limiting capacity
-- early stop   keep the weights from the eval with the lowest val loss (no extra cost at all)
+- early stop   keep the weights from the eval with the lowest val loss (no extra cost at all):
+               pretrain.py writes them to best.pt; the `early stop` row loads that file and measures it
 
 Prints, per variant: final train loss (eval mode, on the slice it trains on), final val loss,
 the gap between them, the best val loss and its step, and how much of the baseline's final val-loss
@@ -24,38 +25,58 @@ Interview questions it answers:
 - Is weight decay a regularizer in AdamW? (partly: it bounds the weight norm; in LLMs it mostly
   matters through its interaction with the learning rate and normalization layers.)
 """
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, run_cli, write_json, save_figure  # 01_data
+sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
+from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, pyplot,  # 01_data
+                    run_cli, run_lock, save_figure, write_json, write_manifest)
+from checkpoint_io import load_checkpoint  # 03_model
+from devices import resolve_device  # 03_model
+from gpt import GPT  # 03_model
 
-from pretrain import TrainConfig, train
+from pretrain import TrainConfig, evaluate, train
+from batches import load_shards
+from train_state import BEST
+
+WARMUP = 20
 
 
 @dataclasses.dataclass
 class OverfitConfig:
-    data: str = ""
-    train_tokens: int = 16_000   # the small slice the big model memorizes
-    n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 4
-    block_size: int = 64
-    batch_size: int = 16
-    max_steps: int = 300             # 300 x 16 x 64 tokens = ~19 passes over the 16k-token slice
-    eval_interval: int = 25
-    lr: float = 2e-3
-    dropout: float = 0.2
-    weight_decay: float = 1.0    # strong on purpose: AdamW's default 0.1 barely shows in 300 steps
-    seed: int = 1337
+    data: str = option("", "run folder runs/<name> holding tokens/ from 02_tokenizer (required)")
+    train_tokens: int = option(16_000, "the small slice of train tokens the big model memorizes", min=1)
+    n_layer: int = option(4, "transformer blocks", min=1)
+    n_embd: int = option(128, "model width", min=2)
+    n_head: int = option(4, "attention heads", min=1)
+    block_size: int = option(64, "context length", min=2)
+    batch_size: int = option(16, "sequences per step", min=1)
+    max_steps: int = option(300, "steps per variant (300 x 16 x 64 = ~19 passes over 16k tokens)",
+                            min=WARMUP + 1)
+    eval_interval: int = option(25, "steps between evals of train and val loss", min=1)
+    lr: float = option(2e-3, "peak learning rate (cosine to lr/10)", min=0.0)
+    dropout: float = option(0.2, "dropout of the dropout variants", min=0.0, max=0.95)
+    weight_decay: float = option(1.0, "weight decay of the decay variants (strong on purpose: AdamW's "
+                                      "0.1 barely shows in 300 steps)", min=0.0)
+    seed: int = option(1337, "initial weights, dropout and data order", min=0)
+    overwrite: bool = option(False, "replace the results already in runs/<name>/overfit")
+
+
+def check_overfit_config(c: OverfitConfig):
+    if not c.data:
+        raise UserError("--data is required: the run folder runs/<name> with tokens/ from 02_tokenizer")
+    if c.train_tokens < c.block_size * 4:
+        raise UserError(f"--train-tokens {c.train_tokens} is too small for block_size {c.block_size}; "
+                        "use at least 4 windows' worth")
+    if c.lr <= 0:
+        raise UserError(f"--lr {c.lr} must be > 0")
 
 
 def variants(c: OverfitConfig) -> dict:
-    """name -> TrainConfig overrides. `early stop` is the baseline's run read at its best eval."""
+    """name -> TrainConfig overrides. `early stop` is the baseline's best.pt, evaluated again."""
     return {"baseline": dict(dropout=0.0, weight_decay=0.0),
             "dropout": dict(dropout=c.dropout, weight_decay=0.0),
             "weight decay": dict(dropout=0.0, weight_decay=c.weight_decay),
@@ -68,11 +89,24 @@ def curves(records):
     return [r["step"] for r in evals], [r["train_eval_loss"] for r in evals], [r["val_loss"] for r in evals]
 
 
-def summarize(name, steps, tr, va, early_stop=False) -> dict:
+def summarize(name, steps, tr, va) -> dict:
+    """The row of a variant's last eval (its final weights), with its best val loss and step."""
     best = min(range(len(va)), key=va.__getitem__)
-    i = best if early_stop else len(va) - 1     # early stopping keeps the best eval's weights
-    return {"variant": name, "train": tr[i], "val": va[i], "gap": va[i] - tr[i],
-            "best_val": va[best], "best_step": steps[best], "final_step": steps[i]}
+    return {"variant": name, "train": tr[-1], "val": va[-1], "gap": va[-1] - tr[-1],
+            "best_val": va[best], "best_step": steps[best], "final_step": steps[-1]}
+
+
+def restored_best(cfg: TrainConfig) -> dict:
+    """Early stopping's row: the weights pretrain.py kept in best.pt, loaded and measured again on the
+    same train slice and val windows. (They equal the best eval's numbers: same weights, same text.)"""
+    path, device = Path(cfg.out) / BEST, resolve_device(cfg.device)
+    model = GPT.from_checkpoint(path, map_location=device)
+    train_data, val_data, _ = load_shards(Path(cfg.data), cfg.block_size, cfg.train_tokens)
+    n = cfg.eval_batches * cfg.batch_size
+    tr, va = (evaluate(model, data, cfg.block_size, n, cfg.batch_size, device) for data in (train_data, val_data))
+    step = int(load_checkpoint(path)["step"])
+    return {"variant": "early stop", "train": tr, "val": va, "gap": va - tr, "best_val": va,
+            "best_step": step, "final_step": step, "weights": str(path)}
 
 
 def run(c: OverfitConfig, out: Path) -> list:
@@ -81,14 +115,14 @@ def run(c: OverfitConfig, out: Path) -> list:
         cfg = TrainConfig(data=c.data, out=str(out / name.replace(" ", "_")), n_layer=c.n_layer,
                           n_embd=c.n_embd, n_head=c.n_head, block_size=c.block_size,
                           batch_size=c.batch_size, max_steps=c.max_steps, eval_interval=c.eval_interval,
-                          eval_batches=4, lr=c.lr, min_lr=c.lr / 10, warmup_steps=20,
+                          eval_batches=4, lr=c.lr, min_lr=c.lr / 10, warmup_steps=WARMUP,
                           train_tokens=c.train_tokens, eval_train=True, seed=c.seed,
                           log_interval=c.eval_interval, quiet=True, **override)
         print(f"--- {name}: dropout {cfg.dropout}, weight decay {cfg.weight_decay}")
         series[name] = curves(train(cfg)["records"])
         rows.append(summarize(name, *series[name]))
         if name == "baseline":
-            rows.append(summarize("early stop", *series[name], early_stop=True))
+            rows.append(restored_best(cfg))
     excess = rows[0]["val"] - rows[0]["best_val"]   # how far the baseline drifted past its best
     for r in rows:
         r["val_gain"] = rows[0]["val"] - r["val"]
@@ -98,9 +132,7 @@ def run(c: OverfitConfig, out: Path) -> list:
 
 
 def plot(series, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for (name, (steps, tr, va)), color in zip(series.items(), ["C0", "C1", "C2", "C3"]):
         ax.plot(steps, tr, "--", color=color, lw=1, label=f"{name} train")
@@ -120,19 +152,18 @@ def format_table(rows) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(OverfitConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                       required=f.name == "data")
-    c = OverfitConfig(**vars(p.parse_args(argv)))
-    if c.train_tokens < c.block_size * 4:
-        raise UserError(f"--train-tokens {c.train_tokens} is too small for block_size {c.block_size}; "
-                        "use at least 4 windows' worth")
-    out = Path(c.data) / "overfit"
-    rows = run(c, out)
-    print(format_table(rows))
-    write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
+    c, _ = parse_config(OverfitConfig, argv, doc=__doc__)
+    check_overfit_config(c)
+    run_dir = Path(c.data)
+    check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
+    out = run_dir / "overfit"
+    with run_lock(out):
+        claim_output(out, c.overwrite, remove=True)
+        rows = run(c, out)
+        print(format_table(rows))
+        write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
+        write_manifest(out, stage="04_overfit", command=command_line(__file__, argv), config=dataclasses.asdict(c),
+                       inputs=[run_dir / "tokens"])
     print(f"wrote {out}/overfit.json and overfit.png")
 
 

@@ -25,7 +25,6 @@ Interview questions it answers:
   counting them bends the small-model end of the curve)
 - Why is a fit with an irreducible term E needed? (the data has entropy: loss cannot go to 0)
 """
-import argparse
 import dataclasses
 import itertools
 import sys
@@ -37,7 +36,8 @@ import numpy as np
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, run_cli, write_json, save_figure  # 01_data
+from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, pyplot,  # 01_data
+                    run_cli, run_lock, save_figure, write_json, write_manifest)
 
 from pretrain import TrainConfig, train
 
@@ -47,13 +47,25 @@ SIZES = [(1, 32, 2), (2, 48, 2), (2, 64, 4), (3, 96, 4), (4, 128, 4), (4, 160, 4
 
 @dataclasses.dataclass
 class ScalingConfig:
-    data: str = ""
-    steps: str = "50,100,200"      # token budgets as optimizer steps (D = steps x batch x block)
-    sizes: int = 5                 # how many of SIZES, smallest first
-    block_size: int = 64
-    batch_size: int = 16
-    lr: float = 3e-3
-    seed: int = 1337
+    data: str = option("", "run folder runs/<name> holding tokens/ from 02_tokenizer (required)")
+    steps: list[int] = option([50, 100, 200], "token budgets as optimizer steps (D = steps x batch x block)",
+                              sep=",")
+    sizes: int = option(5, "how many of SIZES, smallest first", min=3, max=len(SIZES))
+    block_size: int = option(64, "context length", min=2)
+    batch_size: int = option(16, "sequences per step", min=1)
+    lr: float = option(3e-3, "peak learning rate (cosine to lr/10, warmup a tenth of each budget)", min=0.0)
+    seed: int = option(1337, "initial weights and data order", min=0)
+    overwrite: bool = option(False, "replace the results already in runs/<name>/scaling")
+
+
+def check_scaling_config(c: ScalingConfig):
+    if not c.data:
+        raise UserError("--data is required: the run folder runs/<name> with tokens/ from 02_tokenizer")
+    if len(c.steps) < 2 or min(c.steps) < 10 or len(set(c.steps)) != len(c.steps):
+        raise UserError(f"--steps {','.join(map(str, c.steps))}: give at least 2 different budgets of >= 10 "
+                        "steps each, e.g. 50,100,200 (a fit in D needs more than one D)")
+    if c.lr <= 0:
+        raise UserError(f"--lr {c.lr} must be > 0")
 
 
 def fit_chinchilla(N, D, L, alphas=np.linspace(0.05, 1.5, 59), betas=np.linspace(0.05, 1.5, 59)):
@@ -91,9 +103,8 @@ def leave_one_out(N, D, L):
 
 
 def run_sweep(c: ScalingConfig, out: Path) -> list:
-    budgets = [int(s) for s in c.steps.split(",")]
     rows = []
-    for (n_layer, n_embd, n_head), steps in itertools.product(SIZES[:c.sizes], budgets):
+    for (n_layer, n_embd, n_head), steps in itertools.product(SIZES[:c.sizes], c.steps):
         cfg = TrainConfig(data=c.data, out=str(out / f"L{n_layer}_d{n_embd}_s{steps}"), n_layer=n_layer,
                           n_embd=n_embd, n_head=n_head, block_size=c.block_size, batch_size=c.batch_size,
                           lr=c.lr, min_lr=c.lr / 10, warmup_steps=max(1, steps // 10), max_steps=steps,
@@ -108,9 +119,7 @@ def run_sweep(c: ScalingConfig, out: Path) -> list:
 
 
 def plot(rows, fit, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     budgets = sorted({r["D"] for r in rows})
     n_grid = np.geomspace(min(r["N"] for r in rows) * 0.8, max(r["N"] for r in rows) * 1.2, 100)
@@ -126,16 +135,8 @@ def plot(rows, fit, path):
     save_figure(fig, path)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(ScalingConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                       required=f.name == "data")
-    c = ScalingConfig(**vars(p.parse_args(argv)))
-    if not 3 <= c.sizes <= len(SIZES):
-        raise UserError(f"--sizes {c.sizes}: choose 3 to {len(SIZES)} model sizes")
-    out = Path(c.data) / "scaling"
+def sweep(c: ScalingConfig, out: Path, command: str):
+    """Train every (size, budget), fit the laws, print and save the results."""
     t0 = time.time()
     rows = run_sweep(c, out)
     N, D, L = (np.array([r[k] for r in rows], dtype=np.float64) for k in ("N", "D", "val_loss"))
@@ -156,7 +157,20 @@ def main(argv=None):
     write_json(out / "scaling.json", {"config": dataclasses.asdict(c), "runs": rows, "fit": fit,
                                       "power_law_alpha_N": alpha_n, "loo_alpha": loo_alpha,
                                       "loo_beta": loo_beta, "seconds": time.time() - t0})
+    write_manifest(out, stage="04_scaling", command=command, config=dataclasses.asdict(c),
+                   inputs=[Path(c.data) / "tokens"])
     print(f"sweep took {time.time() - t0:.0f}s; wrote {out}/scaling.json and scaling.png")
+
+
+def main(argv=None):
+    c, _ = parse_config(ScalingConfig, argv, doc=__doc__)
+    check_scaling_config(c)
+    run_dir = Path(c.data)
+    check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
+    out = run_dir / "scaling"
+    with run_lock(out):
+        claim_output(out, c.overwrite, remove=True)
+        sweep(c, out, command_line(__file__, argv))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,11 @@ def wrap_model(model, parallel: str, world: int, device: str, compile_=False, gr
         model = torch.compile(model)
     if world == 1:
         return model
+    if parallel == "ddp_by_hand":                            # the same contract, written out (ddp_by_hand.py)
+        from ddp_by_hand import DataParallelByHand
+        return DataParallelByHand(model)
+    if parallel in ("zero1", "zero2"):                       # the optimizer communicates (zero_sharding.py)
+        return model
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
         return DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
@@ -86,6 +91,13 @@ def grad_sync(model, sync: bool):
         yield
 
 
+def unwrap_for_state(model):
+    """The module whose state dict a checkpoint holds: DataParallelByHand's inner module (torch's DDP
+    and FSDP are understood by get_state_dict itself), so every strategy writes the same keys."""
+    from ddp_by_hand import DataParallelByHand
+    return model.module if isinstance(model, DataParallelByHand) else model
+
+
 def full_state(model, opt, world):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     options = StateDictOptions(full_state_dict=True, cpu_offload=world > 1)
@@ -96,6 +108,9 @@ def load_full_state(model, opt, model_state, optim_state):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
     set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state,
                    options=StateDictOptions(full_state_dict=True))
+    for group in opt.param_groups:   # set_state_dict hands tuples back as lists; the optimizers unpack
+        if isinstance(group.get("betas"), list):   # (b1, b2) either way, but state_dict() must round-trip
+            group["betas"] = tuple(group["betas"])
 
 
 def rng_states(world) -> dict:

@@ -1,19 +1,29 @@
-"""Stage 02: byte-level BPE (against a naive reference, hand-computed merges, tiktoken, GPT-2),
-WordPiece and Unigram on hand-checked examples, the CLI's artifacts, and the bad-input errors."""
+"""Stage 02: byte-level BPE (against a naive reference, hand-computed merges, tiktoken, GPT-2), its
+numpy fast path against the readable loops, WordPiece and Unigram on hand-checked examples, the
+commands' artifacts and printed tables, and a table of bad inputs run as a user would."""
+import fcntl
+import hashlib
 import json
+import os
 import random
+import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bpe import (GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, main as bpe_main, train_merges,
-                 train_merges_naive, word_counts_of)
-from common import UserError, write_manifest
+from bpe import GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, train_merges, train_merges_naive, word_counts_of
+from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast
+from common import UserError, check_artifact, write_manifest
+from tokenizer_cli import main as bpe_main
 from unigram import UnigramConfig, UnigramTokenizer, train_unigram, viterbi
+from unigram import main as unigram_main
 from wordpiece import SPECIALS, WordPieceTokenizer, train_wordpiece
+from wordpiece import main as wordpiece_main
 
 SAMPLES = {
     "english": "The quick brown fox didn't jump over 12345 lazy dogs.\n\n  Then it   slept.",
@@ -82,6 +92,39 @@ def test_specials_are_not_merged_across():
     assert all(b"<" not in t.vocab[256 + k] and b"|" not in t.vocab[256 + k] for k in range(len(t.merges)))
 
 
+
+def random_texts(rng, n=12):
+    """Short texts that stress the pair bookkeeping: runs ("aaaa", overlapping pairs), repeats
+    ("abab", adjacent occurrences), multi-byte characters, spaces that start new pre-tokens."""
+    alphabet = rng.choice(["ab", "aab ", "ab 你好", "a你a你 b", "xyz\n\t 1 22 333"])
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("few", [0, 10**9], ids=["all at once", "one by one"])
+@pytest.mark.parametrize("seed", range(8))
+def test_array_trainer_equals_readable_and_naive(seed, few, monkeypatch):
+    import bpe_fast
+    monkeypatch.setattr(bpe_fast, "FEW", few)      # every merge through one of its two paths
+    rng = random.Random(seed)
+    wc = word_counts_of(random_texts(rng), GPT4_PATTERN)
+    n = rng.randint(1, 80)
+    assert train_merges_fast(wc, n) == train_merges(wc, n) == train_merges_naive(wc, n)
+
+
+def test_array_trainer_equals_readable_on_real_text(shared_data):
+    for name, n_chars, n_merges in (("hongloumeng.txt", 30_000, 400), ("tinyshakespeare.txt", 50_000, 300)):
+        text = (shared_data / "text" / name).read_text(encoding="utf-8")[:n_chars]
+        wc = word_counts_of([text], GPT4_PATTERN, SPECIAL_TOKENS)
+        assert train_merges_fast(wc, n_merges) == train_merges(wc, n_merges), name
+
+
+def test_descending_orders_bytes_from_greatest():
+    rng = random.Random(0)
+    words = [b"", b"a", b"ab", b"abc", b"ab\x00", b"ab\xff", b"\xff", b"\x00"]
+    words += [bytes(rng.randrange(256) for _ in range(rng.randint(0, 4))) for _ in range(200)]
+    assert sorted(words, key=descending) == sorted(words, reverse=True)
+
+
 # ---------------------------------------------------------------- encoding and decoding
 @pytest.mark.parametrize("name", list(SAMPLES))
 def test_round_trip(tok, name):
@@ -139,6 +182,28 @@ def test_matches_tiktoken_on_generated_corpus():
         assert t.decode(t.encode_ordinary(doc)) == doc
 
 
+def test_fast_encoder_equals_per_piece_reference(tok):
+    rng = random.Random(1)
+    texts = corpus(300, seed=6) + list(SAMPLES.values())
+    texts += [bytes(rng.randrange(256) for _ in range(300)).decode("utf-8", errors="replace") for _ in range(30)]
+    pieces = sorted({w.encode("utf-8") for t in texts for w in tok._pat.findall(t)}) + [b"", b"a", b"\xe4"]
+    assert len(pieces) > 100        # bpe_pieces takes the array path from 100 pieces on
+    assert tok.bpe_pieces(pieces) == [tok.bpe_piece(p) for p in pieces]
+    assert encode_pieces(pieces[:3], tok.byte_ids, merge_table(tok.ranks)) == [tok.bpe_piece(p) for p in pieces[:3]]
+    tok._cache.clear()
+    assert tok.encode_ordinary_batch(texts) == [[i for w in tok._pat.findall(t) for i in tok.bpe_piece(w.encode())]
+                                                for t in texts]
+
+
+def test_fast_encoder_equals_reference_on_real_chinese(shared_data):
+    text = (shared_data / "text" / "hongloumeng.txt").read_text(encoding="utf-8")[:60_000]
+    t = BPETokenizer.train([text[:40_000]], 1000)        # the last third is unseen in training
+    t.cache_size = 1000                                  # the cache overflows: cleared and refilled
+    ids = t.encode_ordinary(text)
+    assert ids == [i for w in t._pat.findall(text) for i in t.bpe_piece(w.encode())]
+    assert ids == t.to_tiktoken().encode_ordinary(text) and t.decode(ids) == text
+
+
 def test_encode_iterable_equals_encode(tok, tmp_path):
     text = "\n".join(corpus(100, seed=3)) + "\nend.<|endoftext|>\nNext 42\n\n  x"
     path = tmp_path / "doc.txt"
@@ -158,6 +223,31 @@ def test_save_load_same_ids(tok, tmp_path):
     (tmp_path / "t" / "tokenizer.json").write_text(json.dumps(d))
     with pytest.raises(UserError, match="does not match its vocab"):
         BPETokenizer.load(tmp_path / "t")
+    (tmp_path / "t" / "tokenizer.json").write_text(json.dumps(d)[:100])          # truncated
+    with pytest.raises(UserError, match=r"corrupt or truncated.*rerun `python 02_tokenizer/bpe.py --data"):
+        BPETokenizer.load(tmp_path / "t")
+    (tmp_path / "t" / "tokenizer.json").write_text(json.dumps({**d, "vocab": {"x": "zz"}}))
+    with pytest.raises(UserError, match=r"not a usable tokenizer \(ValueError.*rerun"):
+        BPETokenizer.load(tmp_path / "t")
+
+
+@pytest.mark.parametrize("cls, filename, fmt, script", [
+    (BPETokenizer, "tokenizer.json", "bpe-v1", "bpe.py"), (WordPieceTokenizer, "wordpiece.json", "wordpiece-v1", "wordpiece.py"),
+    (UnigramTokenizer, "unigram.json", "unigram-v1", "unigram.py")], ids=["bpe", "wordpiece", "unigram"])
+def test_every_load_names_the_command_to_rerun(tmp_path, cls, filename, fmt, script):
+    folder = tmp_path / "run" / "saved"
+    folder.mkdir(parents=True)
+    rerun = rf"rerun `python 02_tokenizer/{script} --data .*run`"
+    for content, problem in ((None, "missing"), ('{"format": ', r"corrupt or truncated \(JSONDecodeError\)"),
+                             ('{"format": "other"}', rf"not a usable tokenizer \(not a {fmt} file\)"),
+                             (json.dumps({"format": fmt}), r"not a usable tokenizer \(KeyError"),
+                             (json.dumps({"format": fmt, "vocab": [], "log_probs": {}, "max_word_chars": 1,
+                                          "max_piece_chars": 1, "merges": [], "special_tokens": {}, "pattern": "x"}),
+                              r"not a usable tokenizer \((ValueError|UserError)?.*")):
+        if content is not None:
+            (folder / filename).write_text(content)
+        with pytest.raises(UserError, match=rf"{filename}: {problem}.*; {rerun}"):
+            cls.load(folder)
 
 
 # ---------------------------------------------------------------- GPT-2 compatibility
@@ -195,8 +285,10 @@ def test_gpt2_mismatched_merges_file(tmp_path, shared_data):
 
 # ---------------------------------------------------------------- bad input
 def test_bad_input_errors(tok):
-    with pytest.raises(UserError, match="smaller than 256"):
-        BPETokenizer.train(["abc"], 256 + len(SPECIAL_TOKENS) - 1)
+    with pytest.raises(UserError, match="too small for BPE"):
+        BPETokenizer.train(["abc"], 256 + len(SPECIAL_TOKENS))       # no room for a merge
+    with pytest.raises(UserError, match="not a valid regex"):
+        BPETokenizer.train(["abc"], 300, pattern="(?<")
     with pytest.raises(UserError, match="empty"):
         BPETokenizer.train(["", ""], 300)
     with pytest.raises(UserError, match="outside the vocabulary"):
@@ -251,7 +343,13 @@ def test_unigram_learns_frequent_words_and_chinese():
     assert uni.tokenize("hello q") == ["▁hello", "▁", "<unk>"]
 
 
-# ---------------------------------------------------------------- command line
+
+
+# ---------------------------------------------------------------- command line: artifacts and tables
+KINDS = [("stories", "en"), ("knowledge", "zh"), ("code", "en"), ("dialog", "en")]
+TABLE_HEADER = "| tokenizer | vocab_size | train_s | english | chinese | code | all |"
+
+
 def write_run(root, docs_train, docs_val):
     (root / "data").mkdir(parents=True)
     for split, docs in (("train", docs_train), ("val", docs_val)):
@@ -261,24 +359,179 @@ def write_run(root, docs_train, docs_val):
     write_manifest(root / "data", stage="01_data", command="(test data)", config={})
 
 
-def test_cli_writes_tokenizer_and_shards(tmp_path):
-    kinds = [("stories", "en"), ("knowledge", "zh"), ("code", "en"), ("dialog", "en")]
-    docs = [(text, *kinds[i % 4]) for i, text in enumerate(corpus(120, seed=5))]
-    write_run(tmp_path / "run", docs[:100], docs[100:])
-    bpe_main(["--data", str(tmp_path / "run"), "--vocab-size", "400"])
-    meta = json.loads((tmp_path / "run" / "tokens" / "meta.json").read_text())
-    assert meta["vocab_size"] == 400 and meta["dtype"] == "uint16" and meta["tokenizer_dir"] == "tokenizer"
-    tok = BPETokenizer.load(tmp_path / "run" / "tokenizer")
-    assert meta["eot_id"] == tok.eot_id
-    val = np.fromfile(tmp_path / "run" / "tokens" / "val.bin", dtype=np.uint16)
-    assert len(val) == meta["n_tokens"]["val"] and (val == tok.eot_id).sum() == 20
-    assert tok.decode(val.tolist()) == "".join(t + "<|endoftext|>" for t, _, _ in docs[100:])
-    outcome = json.loads((tmp_path / "run" / "tokenizer" / "outcome.json").read_text())
-    assert {"english", "chinese", "code"} <= set(outcome["rows"][0])
+def run_docs():
+    docs = [(text, *KINDS[i % 4]) for i, text in enumerate(corpus(120, seed=5))]
+    return docs[:100], docs[100:]
 
 
-def test_cli_bad_input_is_one_line_exit_2(tmp_path, repo_root):
-    write_run(tmp_path / "run", [("hello", "stories", "en")], [("hi", "stories", "en")])
-    r = subprocess.run([sys.executable, str(repo_root / "02_tokenizer" / "bpe.py"), "--data", str(tmp_path / "run"),
-                        "--vocab-size", "100"], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: vocab size 100") and "Traceback" not in r.stderr
+def file_hashes(root):
+    """{relative path: sha256} of every artifact file under root (hidden lock and temp files aside)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+
+
+def val_bytes_per_token(encode, val_docs):
+    return round(sum(len(t.encode("utf-8")) for t, _, _ in val_docs) / sum(len(encode(t)) for t, _, _ in val_docs), 3)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A run folder with data/ and BPE's tokenizer/ and tokens/ (vocab 300), made once; tests copy it."""
+    root = tmp_path_factory.mktemp("base") / "run"
+    write_run(root, *run_docs())
+    bpe_main(["--data", str(root), "--vocab-size", "300"])
+    return root
+
+
+def test_bpe_cli_writes_checked_artifacts_and_prints_the_table(tmp_path, capsys):
+    train_docs, val_docs = run_docs()
+    run = tmp_path / "run"
+    write_run(run, train_docs, val_docs)
+    bpe_main(["--data", str(run), "--vocab-size", "400"])
+    out = capsys.readouterr().out
+    tok = BPETokenizer.load(run / "tokenizer")
+    assert tok.vocab_size == 400
+    # the table printed is the one saved, and its numbers are what the saved tokenizer gives
+    outcome = json.loads((run / "tokenizer" / "outcome.json").read_text())
+    assert TABLE_HEADER in out and outcome["table"] in out and outcome["table"].startswith(TABLE_HEADER)
+    row = outcome["rows"][0]
+    assert row["tokenizer"] == "ours (BPE)" and row["vocab_size"] == 400
+    assert row["all"] == val_bytes_per_token(tok.encode_ordinary, val_docs)
+    assert {"english", "chinese", "code"} <= set(row)
+    assert (run / "tokenizer" / "bytes_per_token.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # manifests: complete, undamaged, current up the chain; tokens/ was made from data/ and tokenizer/
+    tokens_manifest = check_artifact(run / "tokens", made_by="(test)")
+    tok_manifest = json.loads((run / "tokenizer" / "manifest.json").read_text())
+    assert set(tok_manifest["files"]) == {"tokenizer.json", "outcome.json", "bytes_per_token.png"}
+    assert tok_manifest["command"].startswith("python 02_tokenizer/bpe.py --data")
+    assert tok_manifest["config"] == {"vocab_size": 400, "pattern": "gpt4"}
+    assert set(tokens_manifest["inputs"]) == {"../data", "../tokenizer"}
+    assert tokens_manifest["inputs"]["../tokenizer"]["id"] == tok_manifest["id"]
+    assert set(tokens_manifest["files"]) == {"train.bin", "val.bin", "meta.json"}
+    # the shards: every document, <|endoftext|> after each, and the counts 04 reads
+    meta = json.loads((run / "tokens" / "meta.json").read_text())
+    assert meta["vocab_size"] == 400 and meta["dtype"] == "uint16" and meta["eot_id"] == tok.eot_id
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        ids = np.fromfile(run / "tokens" / f"{split}.bin", dtype=np.uint16)
+        assert len(ids) == meta["n_tokens"][split] and (ids == tok.eot_id).sum() == len(docs)
+        assert tok.decode(ids.tolist()) == "".join(t + "<|endoftext|>" for t, _, _ in docs)
+        assert meta["n_bytes"][split] == sum(len(t.encode("utf-8")) for t, _, _ in docs)
+    assert f"tokens: {meta['n_tokens']}" in out
+
+
+@pytest.mark.parametrize("main, folder, cls, saved, args", [
+    (wordpiece_main, "wordpiece", WordPieceTokenizer, "wordpiece.json", ["--vocab-size", "400", "--min-pair-count", "2"]),
+    (unigram_main, "unigram", UnigramTokenizer, "unigram.json", ["--vocab-size", "300"])], ids=["wordpiece", "unigram"])
+def test_wordpiece_and_unigram_write_their_own_folder(base_run, tmp_path, capsys, main, folder, cls, saved, args):
+    run = shutil.copytree(base_run, tmp_path / "run")
+    bpe_artifacts = file_hashes(run)
+    main(["--data", str(run), *args])
+    out = capsys.readouterr().out
+    assert file_hashes(run / "tokenizer") == {k[len("tokenizer/"):]: v for k, v in bpe_artifacts.items()
+                                              if k.startswith("tokenizer/")}       # BPE's folder untouched
+    assert {k: v for k, v in file_hashes(run).items() if not k.startswith(folder)} == bpe_artifacts
+    manifest = check_artifact(run / folder, made_by="(test)")
+    assert set(manifest["files"]) == {saved, "outcome.json", "bytes_per_token.png"}
+    assert set(manifest["inputs"]) == {"../data", "../tokenizer"}           # compared with the run's BPE
+    outcome = json.loads((run / folder / "outcome.json").read_text())
+    assert outcome["table"] in out and TABLE_HEADER in out
+    names = [r["tokenizer"] for r in outcome["rows"]]
+    assert names[:2] == [cls.__name__.replace("Tokenizer", ""), "ours (BPE, run/tokenizer)"]
+    loaded = cls.load(run / folder)          # the saved vocabulary gives the numbers in the table
+    _, val_docs = run_docs()
+    assert outcome["rows"][0]["all"] == val_bytes_per_token(loaded.encode, val_docs)
+    assert outcome["rows"][0]["vocab_size"] == loaded.vocab_size <= int(args[1])
+    assert outcome["rows"][1]["all"] == val_bytes_per_token(BPETokenizer.load(run / "tokenizer").encode_ordinary, val_docs)
+
+
+def test_a_failure_while_writing_tokens_keeps_the_old_folder_which_then_reads_as_stale(base_run, tmp_path, monkeypatch):
+    import tokenizer_cli
+    run = shutil.copytree(base_run, tmp_path / "run")
+    old_tokens = file_hashes(run / "tokens")
+
+    def disk_full(out_dir, *a, **k):
+        (Path(out_dir) / "train.bin").write_bytes(b"half")
+        raise OSError(28, "No space left on device", str(Path(out_dir) / "train.bin"))
+
+    monkeypatch.setattr(tokenizer_cli, "write_token_shards", disk_full)
+    with pytest.raises(OSError):
+        bpe_main(["--data", str(run), "--vocab-size", "310", "--overwrite"])
+    assert file_hashes(run / "tokens") == old_tokens and not list(run.glob(".tokens.*.tmp"))
+    assert BPETokenizer.load(run / "tokenizer").vocab_size == 310      # tokenizer/ was complete: swapped in
+    with pytest.raises(UserError, match=r"tokens is stale: it was made from .*tokenizer"):
+        check_artifact(run / "tokens", made_by="(test)")
+
+
+# ---------------------------------------------------------------- command line: bad input, as a user meets it
+def rewrite_data(run):
+    """data/ rewritten (a new manifest id): what was made from the old one is now stale."""
+    write_manifest(run / "data", stage="01_data", command="(test data, again)", config={"again": True})
+
+
+def hold_lock(run, folder):
+    f = open(run / f".{folder}.lock", "a+")
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def read_only(run):
+    os.chmod(run, 0o555)
+
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+BAD_INPUTS = [   # (script, flags, what is done to a copy of base_run first, the error it must give)
+    ("bpe.py", ["--vocab-size", "262"], None, r"--vocab-size 262 is below its minimum 263"),
+    ("bpe.py", ["--vocab-size", "10"], None, r"--vocab-size 10 is below its minimum 263"),
+    ("bpe.py", ["--pattern", "(?<x"], None, r"--pattern '\(\?<x' is not a valid regex \(.+\)"),
+    ("bpe.py", ["--nope"], None, r"unrecognized arguments: --nope"),
+    ("wordpiece.py", ["--vocab-size", "5"], None, r"--vocab-size 5 is below its minimum 6"),
+    ("wordpiece.py", ["--vocab-size", "20"], None, r"vocab size 20 is below WordPiece's minimum for this corpus: "
+                                                   r"5 special tokens \+ \d+ symbols .* = \d+; use --vocab-size \d+ or more"),
+    ("unigram.py", ["--vocab-size", "1"], None, r"--vocab-size 1 is below its minimum 2"),
+    ("unigram.py", ["--vocab-size", "10"], None, r"vocab size 10 is below Unigram's minimum for this corpus: \d+ "
+                                                 r"characters .* use --vocab-size \d+ or more"),
+    ("unigram.py", ["--prune-fraction", "1.5"], None, r"--prune-fraction 1.5 is above its maximum 0.99"),
+    ("bpe.py", ["--overwrite"], lambda run: shutil.rmtree(run / "data"),
+     r"run/data: missing; make it first with `python 01_data/prepare.py --out .*run`"),
+    ("wordpiece.py", [], lambda run: (run / "data" / "manifest.json").unlink(), r"run/data: incomplete \(no manifest"),
+    ("unigram.py", [], lambda run: open(run / "data" / "train.jsonl", "a").write("{}\n"),
+     r"train.jsonl: changed or damaged since .*; rerun"),
+    ("wordpiece.py", [], rewrite_data, r"run/tokenizer is stale: .*rerun `python 02_tokenizer/bpe.py --data"),
+    ("unigram.py", [], lambda run: (run / "tokenizer" / "tokenizer.json").write_text('{"format": "bpe-v1", "vo'),
+     r"tokenizer.json: changed or damaged since `python 02_tokenizer/bpe.py --data .*`.*; rerun"),
+    ("bpe.py", [], None, r"run/tokens already holds a run \(`python 02_tokenizer/bpe.py --data .* --vocab-size 300`"),
+    ("wordpiece.py", [], lambda run: (run / "wordpiece").write_text("x"), r"run/wordpiece is a file, not a folder"),
+    ("bpe.py", ["--overwrite"], lambda run: ((run / ".tokens.lock").unlink(), (run / ".tokens.lock").mkdir()),
+     r"cannot use .*\.tokens\.lock: Is a directory"),
+    ("bpe.py", ["--overwrite"], lambda run: hold_lock(run, "tokens"),
+     rf"run/tokens is being written by another process \(pid {os.getpid()}\)"),
+    pytest.param("unigram.py", [], read_only, r"cannot use .*\.unigram\.lock: Permission denied",
+                 marks=pytest.mark.skipif(IS_ROOT, reason="root ignores file permissions")),
+    ("bench_bpe.py", ["--vocab-sizes", "100,2048"], None, r"--vocab-sizes 100 is too small; use at least 263"),
+    ("bench_bpe.py", ["--repeats", "0"], None, r"--repeats 0 is below its minimum 1"),
+]
+
+
+@pytest.mark.parametrize("script, flags, damage, message", BAD_INPUTS)
+def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(base_run, tmp_path, repo_root, script, flags, damage,
+                                                                 message):
+    run = shutil.copytree(base_run, tmp_path / "run")
+    held = damage(run) if damage else None
+    before = file_hashes(run)
+    data_flag = [] if script == "bench_bpe.py" else ["--data", str(run)]
+    try:
+        r = subprocess.run([sys.executable, str(repo_root / "02_tokenizer" / script), *data_flag, *flags],
+                           capture_output=True, text=True, timeout=60, cwd=repo_root)
+    finally:
+        os.chmod(run, 0o755)
+        if hasattr(held, "close"):
+            held.close()
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert file_hashes(run) == before

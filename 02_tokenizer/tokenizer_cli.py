@@ -1,0 +1,121 @@
+"""The command line of stage 02: train a tokenizer on runs/<name>/data/, measure it, write its folder.
+
+Three commands, one body (`train_and_report`), so all three read, lock, refuse, report and record
+their work the same way (01_data/common.py, README "How the code is laid out"):
+
+  python 02_tokenizer/bpe.py --data runs/tiny          # -> runs/tiny/tokenizer/ and runs/tiny/tokens/
+  python 02_tokenizer/wordpiece.py --data runs/tiny    # -> runs/tiny/wordpiece/
+  python 02_tokenizer/unigram.py --data runs/tiny      # -> runs/tiny/unigram/
+
+Each command:
+  1. checks its flags (vocab size at least the tokenizer's minimum, a regex that compiles) and
+     runs/<name>/data/ (present, complete, undamaged: `check_artifact`) before anything else;
+  2. locks its output folder(s) and refuses one that holds another run, unless --overwrite;
+  3. trains on data/train.jsonl, printing progress, then measures bytes/token on data/val.jsonl
+     beside GPT-2's (and beside this run's BPE tokenizer, for WordPiece and Unigram);
+  4. builds its folder beside the old one (`staged_dir`): the tokenizer, outcome.json (the table),
+     bytes_per_token.png, and manifest.json last, then swaps it in. bpe.py then does the same for
+     tokens/ (token_shards.py), whose manifest lists data/ and tokenizer/ as its inputs, so
+     04_pretrain refuses token ids from a tokenizer that has been retrained since.
+Ctrl-C or an error leaves each folder either complete and new or as it was. A new tokenizer/
+beside the old tokens/ (stopped in between) reads as stale, so 04 refuses it until this is rerun.
+"""
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from common import (check_artifact, claim_output, command_line, parse_config, read_jsonl, run_cli,  # 01_data
+                    run_lock, set_interrupt_hint, staged_dir, write_json, write_manifest)
+
+import bpe  # same stage
+from bpe import BPEConfig, BPETokenizer, check_bpe_config  # same stage
+from token_shards import write_token_shards  # same stage
+from tokenizer_eval import format_table, gpt2_tiktoken, measured_row, plot_bytes_per_token  # same stage
+
+
+def add_run_flags(parser):
+    """The flags every 02 command has beside its tokenizer's config."""
+    parser.add_argument("--data", required=True, help="run folder runs/<name> holding data/ from 01_data")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in the output folder")
+
+
+def read_data(run: Path):
+    """(train docs, val docs) of runs/<name>/data/, after checking it is complete and undamaged."""
+    check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
+    return read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
+
+
+def bpe_reference(run: Path):
+    """This run's BPE tokenizer, when bpe.py has made one (checked first), for comparison; else None."""
+    if not (run / "tokenizer").exists():
+        return None
+    check_artifact(run / "tokenizer", made_by=f"python 02_tokenizer/bpe.py --data {run}")
+    return BPETokenizer.load(run / "tokenizer")
+
+
+def train_and_report(name, train, save, *, out, docs, config, command, overwrite, compare_with_bpe=False):
+    """Train a tokenizer on docs["train"], measure it on docs["val"], write `out`. Returns the tokenizer.
+
+    train(texts, progress) -> tokenizer with `vocab_size`, `encode`, `tokenize`; save(tokenizer, folder).
+    `out` is locked and claimed before training, so a refusal costs no training time."""
+    out, run = Path(out), Path(out).parent
+    with run_lock(out):
+        claim_output(out, overwrite, remove=False)
+        reference = bpe_reference(run) if compare_with_bpe else None
+        set_interrupt_hint(f"{out} is unchanged; rerun `{command}`")
+        t0 = time.perf_counter()
+        print(f"training {name}, vocab {config['vocab_size']}, on {len(docs['train'])} documents", flush=True)
+        tok = train((d["text"] for d in docs["train"]),
+                    lambda msg: print(f"  [{time.perf_counter() - t0:6.1f}s] {msg}", flush=True))
+        train_s = round(time.perf_counter() - t0, 2)
+        val = docs["val"]
+        encode = getattr(tok, "encode_ordinary", tok.encode)   # BPE's: "<|endoftext|>" in a document is text
+        rows = [measured_row(name, tok.vocab_size, train_s, encode, val)]
+        if reference is not None:
+            rows.append(measured_row(f"ours (BPE, {run.name}/tokenizer)", reference.vocab_size, "-",
+                                     reference.encode_ordinary, val))
+        gpt2 = gpt2_tiktoken()
+        if gpt2 is not None:
+            rows.append(measured_row("GPT-2 (tiktoken)", gpt2.n_vocab, "-", gpt2.encode_ordinary, val))
+        table = format_table(rows)
+        example = " | ".join(tok.tokenize(val[0]["text"][:120])).replace("\n", "\\n") if val else ""
+        print(f"\nbytes per token on val ({len(val)} documents)\n{table}\nexample: {example}")
+        with staged_dir(out) as tmp:
+            save(tok, tmp)
+            write_json(tmp / "outcome.json", {"rows": rows, "table": table, "example": example})
+            plot_bytes_per_token(rows, tmp / "bytes_per_token.png")
+            inputs = [run / "data"] + ([run / "tokenizer"] if reference is not None else [])
+            write_manifest(tmp, stage="02_tokenizer", command=command, config=config, inputs=inputs)
+    print(f"wrote {out}")
+    return tok
+
+
+def main(argv=None):
+    """`python 02_tokenizer/bpe.py`: train byte-level BPE, then write the token shards for 04_pretrain."""
+    cfg, args = parse_config(BPEConfig, argv, doc=bpe.__doc__, extra=add_run_flags)
+    check_bpe_config(cfg)
+    run = Path(args.data)
+    command = command_line(REPO / "02_tokenizer" / "bpe.py", argv)
+    train_docs, val_docs = read_data(run)
+    tokens = run / "tokens"
+    with run_lock(tokens):
+        claim_output(tokens, args.overwrite, remove=False)
+        tok = train_and_report(
+            "ours (BPE)", lambda texts, progress: BPETokenizer.train(
+                texts, cfg.vocab_size, cfg.pattern, progress=progress, progress_every=max(100, cfg.vocab_size // 10)),
+            lambda tok, folder: tok.save(folder), out=run / "tokenizer", docs={"train": train_docs, "val": val_docs},
+            config=asdict(cfg), command=command, overwrite=args.overwrite)
+        set_interrupt_hint(f"{tokens} is unchanged; rerun `{command}`")
+        with staged_dir(tokens) as tmp:
+            meta = write_token_shards(tmp, {"train": train_docs, "val": val_docs}, tok)
+            write_manifest(tmp, stage="02_tokenizer", command=command, config=asdict(cfg),
+                           inputs=[run / "data", run / "tokenizer"])
+    print(f"tokens: {meta['n_tokens']}, UTF-8 bytes: {meta['n_bytes']}\nwrote {tokens}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
