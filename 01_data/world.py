@@ -441,15 +441,17 @@ def render_document(rng, w, domain):
     return (text if domain == "code" else fix_articles(text)), lang  # code prints what it prints
 
 
-def generate_corpus(w, seed, chars, ratios):
-    """Documents [{"id", "domain", "lang", "text"}], each domain filled up to ratio * chars characters."""
+def generate_corpus(w, seed, chars, ratios, first_id=0):
+    """Documents [{"id", "domain", "lang", "text"}], each domain filled up to ratio * chars characters;
+    ids are numbered from first_id (a later top-up round must not reuse an earlier round's ids)."""
     rng = random.Random(seed + 1)
     docs = []
     for domain, ratio in ratios.items():
         budget = ratio * chars
         while budget > 0:
             text, lang = render_document(rng, w, domain)
-            docs.append({"id": f"{domain[:2]}{len(docs):06d}", "domain": domain, "lang": lang, "text": text})
+            docs.append({"id": f"{domain[:2]}{first_id + len(docs):06d}", "domain": domain, "lang": lang,
+                         "text": text})
             budget -= len(text)
     rng.shuffle(docs)
     return docs

@@ -1,6 +1,10 @@
 """Does the base model know the facts of its world? A fact-recall probe, scored per attribute.
 
-    python 04_pretrain/fact_recall.py --data runs/tiny            # probes the pretrained checkpoint
+    python 04_pretrain/fact_recall.py --data runs/tiny            # probes runs/tiny/pretrain/best.pt
+    python 04_pretrain/fact_recall.py --data runs/tiny --ckpt runs/tiny/pretrain/ckpt.pt
+
+pretrain.py runs it at the end of every run on the generated world and saves the table in
+outcome.json ("fact_recall").
 
 SFT teaches a format; the knowledge must come from pretraining. So before fine-tuning we ask the
 base model to complete sentences whose next words state a fact, in phrasings the corpus uses
@@ -24,6 +28,7 @@ Interview questions it answers:
 """
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,9 +36,10 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model")]
-from common import UserError, read_jsonl  # 01_data
+from common import UserError, check_artifact, option, parse_config, read_jsonl, run_cli  # 01_data
 from bpe import BPETokenizer  # 02_tokenizer
 from decoding import left_pad  # 03_model
+from gpt import GPT  # 03_model
 
 ARTICLES = ("a ", "an ", "the ")
 
@@ -103,36 +109,43 @@ def load_probes(run: Path):
 
 
 def format_recall(table) -> str:
-    lines = ["attribute      n  recall  majority baseline"]
+    lines = [f"{'attribute':10s} {'n':>4s}  recall  majority baseline"]
     for attr, r in table.items():
-        lines.append(f"{attr:10s} {r['n']:5d}  {r['accuracy']:6.3f}  {r['majority_baseline']:6.3f}"
+        lines.append(f"{attr:10s} {r['n']:4d}  {r['accuracy']:6.3f}  {r['majority_baseline']:6.3f}"
                      + (f"  ({r['majority_answer']})" if r.get("majority_answer") else ""))
     return "\n".join(lines)
 
 
-def main(argv=None):
-    import argparse
-    sys.path[:0] = [str(REPO / "03_model")]
-    from checkpoint_io import load_checkpoint  # 03_model
-    from gpt import GPT, GPTConfig  # 03_model
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--ckpt", default="")
-    args = ap.parse_args(argv)
-    run = Path(args.data)
+def recall_of_checkpoint(run: Path, ckpt: Path, device="cpu"):
+    """The recall table of the checkpoint `ckpt` on run's probes; None when the run has none."""
     probes = load_probes(run)
-    if probes is None:
-        raise UserError(f"{run}/data/tasks/recall_heldout.jsonl: missing; rerun 01_data/prepare.py on the generated world")
-    ckpt = load_checkpoint(args.ckpt or run / "pretrain" / "ckpt.pt")
-    model = GPT(GPTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
-    tok = BPETokenizer.load(run / "tokenizer")
-    table = fact_recall(model, tok, *probes)
+    if probes is None or not Path(ckpt).is_file():
+        return None
+    model = GPT.from_checkpoint(ckpt, map_location=device).eval()
+    return fact_recall(model, BPETokenizer.load(run / "tokenizer"), *probes)
+
+
+@dataclass
+class RecallConfig:
+    data: str = option("", "run folder runs/<name> with data/tasks/ and tokenizer/ (required)")
+    ckpt: str = option("", "checkpoint to probe; empty = <data>/pretrain/best.pt")
+
+
+def main(argv=None):
+    cfg, _ = parse_config(RecallConfig, argv, doc=__doc__)
+    if not cfg.data:
+        raise UserError("--data is required; give the run folder, e.g. --data runs/tiny")
+    run = Path(cfg.data)
+    if load_probes(run) is None:
+        raise UserError(f"{run}/data/tasks/recall_heldout.jsonl is missing; the probes come from the generated "
+                        f"world: rerun `python 01_data/prepare.py --out {run}` without --input")
+    ckpt = Path(cfg.ckpt) if cfg.ckpt else run / "pretrain" / "best.pt"
+    check_artifact(ckpt.parent, made_by=f"python 04_pretrain/pretrain.py --data {run}")
+    table = recall_of_checkpoint(run, ckpt)
     print(format_recall(table))
     for ex in table["job"]["examples"] + table["city"]["examples"]:
         print(f"  {ex['prompt']!r} -> {ex['completion']!r} (true: {ex['answer']})")
 
 
 if __name__ == "__main__":
-    from common import run_cli  # 01_data
     run_cli(main)
