@@ -107,8 +107,21 @@ def generated_documents(cfg: PrepareConfig):
     """(documents with noise appended, noise labels {id: type}, the world)."""
     world = build_world(WorldConfig(seed=cfg.seed))
     extra = cfg.noise_frac * 1.2  # fresh documents to turn into noise
-    docs = unique_documents(generate_corpus(world, cfg.seed, int(cfg.chars * (1 + extra)), cfg.mix),
-                            cfg.split_threshold)
+    target = {domain: share * cfg.chars * (1 + extra) for domain, share in cfg.mix.items()}
+    docs = []
+    for round_ in range(4):
+        # A small world repeats itself, so near-duplicates are dropped; then each domain that fell short
+        # of its share is topped up (else mix.py would later have to cut every other domain to match).
+        have = Counter()
+        for d in docs:
+            have[d["domain"]] += len(d["text"])
+        short = {domain: target[domain] - have[domain] for domain in target if have[domain] < 0.98 * target[domain]}
+        if not short:
+            break
+        more = generate_corpus(world, cfg.seed + 1000 * round_, sum(short.values()),
+                               {domain: c / sum(short.values()) for domain, c in short.items()}, first_id=len(docs))
+        docs = unique_documents(docs + more, cfg.split_threshold)
+    random.Random(cfg.seed + 2).shuffle(docs)
     rng = random.Random(cfg.seed + 3)
     n_fresh = int(len(docs) * extra / (1 + extra))
     fresh, clean = docs[:n_fresh], docs[n_fresh:]

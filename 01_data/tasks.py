@@ -8,6 +8,10 @@ held-out part chosen by entity so no held-out question's subject appears in the 
     preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
                           "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
                           the rule states why `chosen` is better (the ground truth for 06's reward model / DPO)
+    recall_*.jsonl       {"prompt": str, "answer": str, "attribute": "job" | "city" | ..., "subject", "lang"}
+                          knowledge-style completion probes of the *base* model (04's fact_recall.py):
+                          "Noin Marora works as" -> "a tailor"; the held-out part uses the same subjects
+                          as sft_heldout, so 05 can tell recall (pretraining) from format (SFT)
     arithmetic_*.jsonl   {"prompt": str, "answer": int,
                           "messages": [{"role": "user", ...}, {"role": "assistant", "content": "... The answer is N."}]}
                           the answer is verifiable: 06 GRPO and 07 evaluation parse "The answer is N."
@@ -45,7 +49,26 @@ def fact_questions(w):
     return out
 
 
-def is_heldout(subject, frac=0.1):
+def recall_probes(w):
+    """Completion prompts whose next words state one fact, in phrasings the corpus uses (world.py).
+
+    One probe per person and attribute; the answer is the fact's first word(s) (an article before
+    the answer is skipped when scoring). Chinese probes use the Chinese name and fact sentence."""
+    out = []
+    for p in w.people:
+        job, city = p["job"][0], p["city"]["name"]
+        probe = lambda attr, prompt, answer, lang="en": out.append(
+            {"prompt": fix_articles(prompt), "answer": answer, "attribute": attr, "subject": p["name"], "lang": lang})
+        probe("job", f"{p['name']} works as", job)
+        probe("city", f"{p['name']} is a {job} who lives in", city)
+        probe("pet", f"{p['name']}'s pet is a", p["pet"]["kind"])
+        probe("color", f"{p['name']}'s favorite color is", p["color"][0])
+        probe("age", f"{p['name']} turned", str(p["age"]))
+        probe("job_zh", f"{p['zh']}是一名", p["job"][1], "zh")
+    return out
+
+
+def is_heldout(subject, frac=0.25):
     """Deterministic held-out choice by subject name (a stable string hash, not Python's salted hash())."""
     return sum(subject.encode()) * 2654435761 % 1000 < frac * 1000
 
@@ -81,7 +104,8 @@ def task_records(w, seed):
                       "messages": [{"role": "user", "content": question},
                                    {"role": "assistant", "content": f"The answer is {answer}."}],
                       "heldout": i % 10 == 0})
-    return {"sft": sft, "preference": pref, "arithmetic": arith}
+    recall = [{**r, "heldout": is_heldout(r["subject"])} for r in recall_probes(w)]
+    return {"sft": sft, "preference": pref, "arithmetic": arith, "recall": recall}
 
 
 def write_tasks(w, seed, folder, write_jsonl):

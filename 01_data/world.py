@@ -72,9 +72,9 @@ ITEMS = ["apples", "books", "marbles", "coins", "stamps", "pencils", "shells", "
 @dataclass
 class WorldConfig:
     seed: int = 0
-    n_people: int = 1200
-    n_cities: int = 100
-    n_objects: int = 900
+    n_people: int = 60
+    n_cities: int = 12
+    n_objects: int = 60
 
 
 @dataclass
@@ -149,11 +149,14 @@ def person_facts_en(rng, p):
                     f"{p['name']} works as a {p['job'][0]} in {c['name']}.",
                     f"In {c['name']}, {p['name']} earns a living as a {p['job'][0]}."]),
         rng.choice([f"{p['first']} is {p['age']} years old.", f"{s.capitalize()} is {p['age']} years old.",
-                    f"{p['name']} turned {p['age']} this year."]),
+                    f"{p['name']} turned {p['age']} this year.", f"{p['name']} is {p['age']} years old."]),
         rng.choice([f"{p['first']} has a {p['pet']['kind']} named {p['pet_name']}.",
+                    f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.",
+                    f"{p['name']}'s pet is a {p['pet']['kind']} called {p['pet_name']}.",
                     f"{pos.capitalize()} pet {p['pet']['kind']} is called {p['pet_name']}.",
                     f"{p['pet_name']} the {p['pet']['kind']} lives with {p['first']}."]),
         rng.choice([f"{pos.capitalize()} favorite color is {p['color'][0]}.",
+                    f"{p['name']}'s favorite color is {p['color'][0]}.",
                     f"{p['first']} likes the color {p['color'][0]} best."]),
         rng.choice([f"{p['first']}'s best friend is {p['friend']['name']}.",
                     f"{p['name']} and {p['friend']['name']} are good friends."]),
@@ -269,27 +272,58 @@ def render_arithmetic(rng, w):
     return "\n\n".join(lines)
 
 
+def dialog_turns(rng, p):
+    """Question-answer pairs about person p, their pet, city and friend: each fact in a few phrasings,
+    so two chats about the same person share facts but rarely their wording."""
+    s, pos = pronouns(p)
+    c, f, pet = p["city"], p["friend"], p["pet"]
+    ask = lambda *qs: rng.choice(qs)
+    return [
+        (ask(f"What does {p['name']} do for a living?", f"What is {p['first']}'s job?", f"Where does {p['first']} work?"),
+         ask(f"{p['name']} is a {p['job'][0]} in {c['name']}.", f"{s.capitalize()} works as a {p['job'][0]}.",
+             f"{p['first']} is a {p['job'][0]}.")),
+        (ask(f"How old is {p['first']}?", f"What is {p['name']}'s age?", f"Is {p['first']} young?"),
+         ask(f"{p['first']} is {p['age']} years old.", f"{p['name']} is {p['age']}.", f"{s.capitalize()} turned {p['age']} this year.")),
+        (ask(f"Does {p['first']} have a pet?", f"What pet does {p['name']} keep?", f"Tell me about {p['first']}'s pet."),
+         ask(f"Yes, {s} has a {pet['kind']} named {p['pet_name']}.", f"{p['name']}'s pet is a {pet['kind']} called {p['pet_name']}.",
+             f"{p['pet_name']}, a {pet['kind']}.")),
+        (ask(f"What sound does {p['pet_name']} make?", f"Is {p['pet_name']} noisy?"),
+         f"{p['pet_name']} is a {pet['kind']}, so it says {pet['sound']}."),
+        (ask(f"What does {p['pet_name']} eat?", f"What should I feed {p['pet_name']}?"),
+         ask(f"{p['pet_name']} is a {pet['kind']}, and a {pet['kind']} likes {pet['food']}.", f"Mostly {pet['food']}.")),
+        (ask(f"Where does {p['first']} live?", f"Which city is {p['name']} from?"),
+         ask(f"{p['name']} lives in {c['name']}.", f"{s.capitalize()} lives in {c['name']}, in {c['country'][0]}.")),
+        (ask(f"Where is {c['name']}?", f"Which country is {c['name']} in?"),
+         ask(f"{c['name']} is a city in {c['country'][0]}, on the {c['river'][0]} river.", f"It is in {c['country'][0]}.")),
+        (ask(f"What is {c['name']} famous for?", f"What should I eat in {c['name']}?"),
+         ask(f"{c['name']} is famous for its {c['food'][0]}.", f"Try the {c['food'][0]}.")),
+        (ask(f"Who is {p['first']}'s best friend?", f"Does {p['name']} have a best friend?"),
+         ask(f"{pos.capitalize()} best friend is {f['name']}, a {f['job'][0]}.", f"{p['first']}'s best friend is {f['name']}.")),
+        (ask(f"What does {f['first']} do?", f"And what is {f['name']}'s job?"),
+         f"{f['name']} works as a {f['job'][0]} in {f['city']['name']}."),
+        (ask(f"What is {p['first']}'s favorite color?", f"Which color does {p['name']} like best?"),
+         ask(f"{p['first']}'s favorite color is {p['color'][0]}.", f"{s.capitalize()} likes {p['color'][0]} best.")),
+    ] + [(f"Does {p['first']} own a {o['kind'][0]}?", f"Yes, a {o['color'][0]} one made of {o['material'][0]}.")
+         for o in p.get("objects", [])[:2]]
+
+
 def render_dialog(rng, w):
     p = rng.choice(w.people)
-    s, pos = pronouns(p)
     c = p["city"]
-    qa = [(f"What does {p['name']} do for a living?", f"{p['name']} is a {p['job'][0]} in {c['name']}."),
-          (f"How old is {p['first']}?", f"{p['first']} is {p['age']} years old."),
-          (f"Does {p['first']} have a pet?", f"Yes, {s} has a {p['pet']['kind']} named {p['pet_name']}."),
-          (f"What sound does {p['pet_name']} make?", f"{p['pet_name']} is a {p['pet']['kind']}, so it says {p['pet']['sound']}."),
-          (f"Where is {c['name']}?", f"{c['name']} is a city in {c['country'][0]}, on the {c['river'][0]} river."),
-          (f"What is {c['name']} famous for?", f"{c['name']} is famous for its {c['food'][0]}."),
-          (f"Who is {p['first']}'s best friend?", f"{pos.capitalize()} best friend is {p['friend']['name']}, a {p['friend']['job'][0]}."),
-          (f"What is {p['first']}'s favorite color?", f"{p['first']}'s favorite color is {p['color'][0]}.")]
-    turns = rng.sample(qa, rng.randrange(3, 6))
+    turns = rng.sample(dialog_turns(rng, p), rng.randrange(3, 7))
     opener = rng.choice(["Hi! Can you tell me about", "Hello, I have some questions about",
-                         "Good morning. I want to learn about", "Hey, do you know"])
+                         "Good morning. I want to learn about", "Hey, do you know", "Who is",
+                         "I am writing a report on", "Quick question about"])
+    greet = rng.choice(["Of course.", "Sure!", "Yes, I can help.", "Happy to.", "Certainly."])
+    intro = rng.choice([f"{p['name']} lives in {c['name']}.", f"{p['name']} is a {p['job'][0]}.",
+                        f"{p['name']} is from {c['name']} in {c['country'][0]}."])
     lines = [f"User: {opener} {p['name']}?",
-             f"Assistant: {rng.choice(['Of course.', 'Sure!', 'Yes, I can help.'])} {p['name']} lives in {c['name']}. What would you like to know?"]
+             f"Assistant: {greet} {intro} {rng.choice(['What would you like to know?', 'Ask away.', ''])}".rstrip()]
     for qu, an in turns:
         lines += [f"User: {qu}", f"Assistant: {an}"]
-    lines += [f"User: {rng.choice(['Thanks!', 'Thank you, that helps.', 'Great, thanks a lot.'])}",
-              f"Assistant: {rng.choice(['You are welcome.', 'Happy to help!', 'Any time.'])}"]
+    if rng.random() < 0.7:
+        lines += [f"User: {rng.choice(['Thanks!', 'Thank you, that helps.', 'Great, thanks a lot.', 'Perfect.'])}",
+                  f"Assistant: {rng.choice(['You are welcome.', 'Happy to help!', 'Any time.', 'Glad I could help.'])}"]
     return "\n".join(lines)
 
 
@@ -407,15 +441,17 @@ def render_document(rng, w, domain):
     return (text if domain == "code" else fix_articles(text)), lang  # code prints what it prints
 
 
-def generate_corpus(w, seed, chars, ratios):
-    """Documents [{"id", "domain", "lang", "text"}], each domain filled up to ratio * chars characters."""
+def generate_corpus(w, seed, chars, ratios, first_id=0):
+    """Documents [{"id", "domain", "lang", "text"}], each domain filled up to ratio * chars characters;
+    ids are numbered from first_id (a later top-up round must not reuse an earlier round's ids)."""
     rng = random.Random(seed + 1)
     docs = []
     for domain, ratio in ratios.items():
         budget = ratio * chars
         while budget > 0:
             text, lang = render_document(rng, w, domain)
-            docs.append({"id": f"{domain[:2]}{len(docs):06d}", "domain": domain, "lang": lang, "text": text})
+            docs.append({"id": f"{domain[:2]}{first_id + len(docs):06d}", "domain": domain, "lang": lang,
+                         "text": text})
             budget -= len(text)
     rng.shuffle(docs)
     return docs

@@ -65,6 +65,7 @@ from common import (MANIFEST, UserError, atomic_write_text, claim_output, comman
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 
 from optimizers import DynamicLossScaler, Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr
+from fact_recall import format_recall, recall_of_checkpoint
 from batches import batch_starts, bits_per_byte, eval_starts, get_batch, load_shards, rank_rows, unigram_loss
 from torch_parallel import grad_sync, setup_distributed, unwrap_for_state, wrap_model
 from zero_sharding import ZeroAdamW
@@ -342,6 +343,11 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
                "world": s.world, "device": s.device, "dtype": cfg.dtype,
                "weights": BEST, "resume_from": CKPT}          # best.pt for later stages, ckpt.pt to resume
     if s.rank == 0 and stopped != "stop_at":
+        # does the best checkpoint know its world's facts? (fact_recall.py; None on real text)
+        outcome["fact_recall"] = recall_of_checkpoint(Path(cfg.data), out / BEST, s.device)
+        if outcome["fact_recall"]:
+            print("fact recall of best.pt on the held-out subjects (greedy completions):")
+            print(format_recall(outcome["fact_recall"]))
         write_json(out / "outcome.json", outcome)
         plot_losses(records, baseline, out / "loss.png")
         write_run_manifest(out, cfg, command, "complete", s.resume_command)
