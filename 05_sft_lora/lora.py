@@ -87,6 +87,7 @@ class LoRALinear(nn.Module):
         return self.scale[name] * (self.lora_B[name] @ self.lora_A[name])
 
     def forward(self, x):
+        # >>> exercise: y = x Wᵀ + b + Σ_active w·(α/r)·dropout(x) Aᵀ Bᵀ, skipping adapters already merged into W
         y = F.linear(x, self.weight, self.bias)
         for name, w in self.active.items():
             if name in self.merged:
@@ -94,6 +95,7 @@ class LoRALinear(nn.Module):
             h = self.lora_dropout[name](x) @ self.lora_A[name].t()          # (..., r): small
             y = y + (h * (w * self.scale[name])) @ self.lora_B[name].t()    # scale the small tensor
         return y
+        # <<< exercise
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, adapters={ {n: A.shape[0] for n, A in self.lora_A.items()} }"
@@ -122,11 +124,10 @@ def check_lora_args(r, alpha, dropout=0.0):
         raise UserError(f"LoRA dropout={dropout} must be in [0, 1)")
 
 
-def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, name="default") -> list:
-    """Add adapter `name` to every nn.Linear whose name matches `targets`, freeze everything else,
-    make it the active adapter; returns the wrapped module names. A second call with another name
-    adds a second adapter to the same layers (the first one is frozen)."""
-    check_lora_args(r, alpha, dropout)
+def find_targets(model, targets, name="default") -> list:
+    """Names of the linear layers `targets` selects, after checking that adapter `name` can go on
+    each of them; a UserError listing the layers there are when nothing matches. sft.py calls it
+    before anything slow, inject_lora before changing anything."""
     shared = {}
     for _, m in model.named_modules(remove_duplicate=False):   # tied weights: lm_head is tok_emb
         for p in m.parameters(recurse=False):
@@ -135,13 +136,22 @@ def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, na
     if not chosen:
         raise UserError(f"LoRA targets {','.join(targets)} match no linear layer; the model has "
                         f"{', '.join(linear_names(model))}")
-    for n in chosen:                                           # check everything before changing anything
+    for n in chosen:
         module = model.get_submodule(n)
         if shared[id(module.weight)] > 1:
             raise UserError(f"{n} shares its weight with another layer (tied embeddings); merging LoRA "
                             "into it would change both, so leave it out of the targets")
         if isinstance(module, LoRALinear) and name in module.lora_A:
             raise UserError(f"{n} already has a LoRA adapter named {name!r}; pick another name")
+    return chosen
+
+
+def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, name="default") -> list:
+    """Add adapter `name` to every nn.Linear whose name matches `targets`, freeze everything else,
+    make it the active adapter; returns the wrapped module names. A second call with another name
+    adds a second adapter to the same layers (the first one is frozen)."""
+    check_lora_args(r, alpha, dropout)
+    chosen = find_targets(model, targets, name)
     for p in model.parameters():
         p.requires_grad_(False)
     for n in chosen:
@@ -178,11 +188,13 @@ def set_adapter(model, adapters):
 @torch.no_grad()
 def merge_lora(model):
     """W ← W + Σ_a w_a ΔW_a for the active adapters; the forward then skips their low-rank path."""
+    # >>> exercise: W ← W + w·(α/r)·B·A for each active adapter not yet merged; remember what was added
     for m in lora_modules(model).values():
         for name, w in m.active.items():
             if name not in m.merged:
                 m.weight += w * m.delta_weight(name)
                 m.merged[name] = w
+    # <<< exercise
 
 
 @torch.no_grad()
