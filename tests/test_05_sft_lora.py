@@ -277,6 +277,24 @@ def test_lora_adapter_save_load_round_trip_and_mismatched_base_refused(tmp_path)
         inject_lora(small_model(), ["wq"], r=0)
 
 
+def test_merge_cli_writes_a_plain_checkpoint_equal_to_base_plus_adapter(tmp_path, capsys):
+    import lora
+    base = small_model()
+    save_checkpoint(tmp_path / "pretrain" / "ckpt.pt", base.cfg.__dict__, base.state_dict())
+    model = lora_model()
+    randomize_lora(model)
+    save_lora(model, tmp_path / "sft" / "adapter.pt")
+    write_manifest(tmp_path / "sft", stage="05_sft_lora", command="(test)", config={})
+    lora.main(["--base", str(tmp_path / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "sft" / "adapter.pt"),
+               "--out", str(tmp_path / "merged")])
+    assert "adapter 'default', r=4, 8 layers" in capsys.readouterr().out          # wq, wv, wo, down x 2 blocks
+    merged = GPT.from_checkpoint(tmp_path / "merged" / "ckpt.pt")
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())   # a plain GPT of the base's shape
+    x = torch.randint(0, 360, (2, 12))
+    assert torch.allclose(merged(x)[0], model(x)[0], atol=1e-5)
+    assert (tmp_path / "merged" / "manifest.json").is_file()
+
+
 def test_switching_adapters_changes_outputs_and_switching_back_restores_them():
     model = lora_model()
     randomize_lora(model, "default", seed=1)
@@ -491,7 +509,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path):
     ok = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     other = small_model(n_embd=64, vocab_size=360)                          # an adapter for another base
     inject_lora(other, ["wq"], r=2, alpha=4)
-    save_lora(other, tmp_path / "other_adapter.pt")
+    save_lora(other, tmp_path / "other" / "adapter.pt")
+    write_manifest(tmp_path / "other", stage="05_sft_lora", command="(test)", config={})
+    (tmp_path / "loose").mkdir()
+    save_lora(other, tmp_path / "loose" / "adapter.pt")                    # not in a finished sft.py folder
     run = str(run_dir)
     cases = {  # name: (script, argv, what the one line must say)
         "missing field": ("sft", ["--train-file", jsonl("a.jsonl", {"instruction": "x", "output": "y"}, {"instruction": "x"})],
@@ -508,8 +529,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path):
         "mix out of range": ("sft", ["--mix-pretrain", "1.5"], r"--mix-pretrain 1.5 is above its maximum"),
         "no base": ("sft", ["--run", str(tmp_path / "empty")], r"pretrain: missing; make it first with `python 04_pretrain/pretrain.py"),
         "base file": ("sft", ["--base", str(tmp_path / "nope.pt")], r"no such checkpoint; 04_pretrain"),
-        "adapter base": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "other_adapter.pt"),
-                                  "--out", str(tmp_path / "merged.pt")], r"another shape or config \(n_embd: saved=64 current=32"),
+        "adapter base": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "other" / "adapter.pt"),
+                                  "--out", str(tmp_path / "merged")], r"another shape or config \(n_embd: saved=64 current=32"),
+        "adapter folder": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "loose" / "adapter.pt"),
+                                    "--out", str(tmp_path / "merged")], r"loose: incomplete \(no manifest.json"),
+        "merge base file": ("lora", ["--base", str(tmp_path / "nope.pt"), "--adapter", str(tmp_path / "other" / "adapter.pt")],
+                            r"no such checkpoint; 04_pretrain"),
         "merge without adapter": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt")], r"pass --base .* and --adapter"),
         "compare method": ("compare", ["--run", run, "--methods", "full,qlora", "--out", str(tmp_path / "out_cmp")],
                            r"unknown qlora; choose from full, lora_r4"),
@@ -524,7 +549,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res["stderr"], (name, lines)
         assert re.search(cases[name][2], lines[0]), (name, lines[0])
         assert not (tmp_path / f"out_{i}").exists(), name
-    assert not (tmp_path / "merged.pt").exists() and not (tmp_path / "out_cmp").exists()
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "out_cmp").exists()
     assert tree_hashes(run_dir) == before
 
 
