@@ -46,7 +46,8 @@ METHODS = {  # name -> sft.py flags
     "prefix": ["--method", "prefix"],
     "adapter": ["--method", "adapter"],
     "full_mix": ["--method", "full", "--mix-pretrain", "0.25"],     # not in the default list: the
-    "lora_r8_mix": ["--method", "lora", "--lora-r", "8", "--mix-pretrain", "0.25"],   # forgetting remedy
+    "lora_r8_mix": ["--method", "lora", "--lora-r", "8", "--mix-pretrain", "0.25"],   # forgetting remedy,
+    "lora_r8_lr3e-4": ["--method", "lora", "--lora-r", "8", "--lr", "3e-4"],   # and LoRA at full's learning rate
 }
 DEFAULT_METHODS = ["full", "lora_r4", "lora_r8", "lora_r16", "prefix", "adapter"]
 
