@@ -99,6 +99,7 @@ def encode_chat(tok, messages):
 
     loss_mask[t] = 1 for the content and the closing <|end|> of every assistant turn, else 0;
     labels[t] = input_ids[t] where loss_mask[t] else -100."""
+    # >>> exercise: ids = <|endoftext|> then per turn [role marker, content ids, <|end|>]; mask 1 on assistant content and its <|end|>; labels = ids where mask else -100
     sid = special_ids(tok)
     ids, mask = [sid[BOS]], [0]
     for m in messages:
@@ -108,6 +109,7 @@ def encode_chat(tok, messages):
         mask += [0] + [trained] * (len(content) + 1)
     labels = [t if keep else IGNORE for t, keep in zip(ids, mask)]
     return ids, labels, mask
+    # <<< exercise
 
 
 def encode_prompt(tok, messages) -> list:
@@ -137,10 +139,12 @@ def lm_inputs(input_ids, labels):
 def token_logprobs(logits, targets):
     """log p(target_t | tokens < t) for every position: logits (B, T, V), targets (B, T) with -100
     where ignored -> (B, T) float32, 0 at ignored positions."""
+    # >>> exercise: log_softmax over the vocabulary, gather the target's log-prob, zero it where the target is -100
     keep = targets != IGNORE
     logp = F.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)        # (B, T)
     return picked * keep
+    # <<< exercise
 
 
 def masked_logprob_sum(logits, targets):

@@ -22,8 +22,8 @@ The same file format and the parameter count are shared with prefix.py and adapt
 
     from lora import inject_lora, save_lora, load_lora, merge_lora, set_adapter
     inject_lora(model, ["wq", "wv"], r=8, alpha=16)      # freezes the base, wraps blocks.*.attn.wq/wv
-    python 05_sft_lora/lora.py --base runs/tiny/pretrain/ckpt.pt --adapter runs/tiny/sft/adapter.pt \\
-        --out runs/tiny/sft/merged.pt                    # a plain checkpoint with the adapter merged in
+    python 05_sft_lora/lora.py --base runs/tiny/pretrain/best.pt --adapter runs/tiny/sft/adapter.pt \\
+        --out runs/tiny/sft_merged                       # a plain checkpoint with the adapter merged in
 
 Interview questions it answers:
 - Why is B zero and not A? (one factor must be zero so that ΔW = 0 at init; then only the other
@@ -39,6 +39,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, run_cli  # 01_data
-from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
+from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, run_cli,  # 01_data
+                    run_lock, staged_dir, write_manifest)
+from checkpoint_io import config_differences, load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from gpt import GPT  # 03_model
 
 DEFAULT_TARGETS = ["wq", "wk", "wv", "wo", "up", "gate", "down"]   # attention q/k/v/o and the MLP
@@ -87,6 +89,7 @@ class LoRALinear(nn.Module):
         return self.scale[name] * (self.lora_B[name] @ self.lora_A[name])
 
     def forward(self, x):
+        # >>> exercise: y = x Wᵀ + b + Σ_active w·(α/r)·dropout(x) Aᵀ Bᵀ, skipping adapters already merged into W
         y = F.linear(x, self.weight, self.bias)
         for name, w in self.active.items():
             if name in self.merged:
@@ -94,6 +97,7 @@ class LoRALinear(nn.Module):
             h = self.lora_dropout[name](x) @ self.lora_A[name].t()          # (..., r): small
             y = y + (h * (w * self.scale[name])) @ self.lora_B[name].t()    # scale the small tensor
         return y
+        # <<< exercise
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, adapters={ {n: A.shape[0] for n, A in self.lora_A.items()} }"
@@ -122,11 +126,10 @@ def check_lora_args(r, alpha, dropout=0.0):
         raise UserError(f"LoRA dropout={dropout} must be in [0, 1)")
 
 
-def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, name="default") -> list:
-    """Add adapter `name` to every nn.Linear whose name matches `targets`, freeze everything else,
-    make it the active adapter; returns the wrapped module names. A second call with another name
-    adds a second adapter to the same layers (the first one is frozen)."""
-    check_lora_args(r, alpha, dropout)
+def find_targets(model, targets, name="default") -> list:
+    """Names of the linear layers `targets` selects, after checking that adapter `name` can go on
+    each of them; a UserError listing the layers there are when nothing matches. sft.py calls it
+    before anything slow, inject_lora before changing anything."""
     shared = {}
     for _, m in model.named_modules(remove_duplicate=False):   # tied weights: lm_head is tok_emb
         for p in m.parameters(recurse=False):
@@ -135,13 +138,22 @@ def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, na
     if not chosen:
         raise UserError(f"LoRA targets {','.join(targets)} match no linear layer; the model has "
                         f"{', '.join(linear_names(model))}")
-    for n in chosen:                                           # check everything before changing anything
+    for n in chosen:
         module = model.get_submodule(n)
         if shared[id(module.weight)] > 1:
             raise UserError(f"{n} shares its weight with another layer (tied embeddings); merging LoRA "
                             "into it would change both, so leave it out of the targets")
         if isinstance(module, LoRALinear) and name in module.lora_A:
             raise UserError(f"{n} already has a LoRA adapter named {name!r}; pick another name")
+    return chosen
+
+
+def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, name="default") -> list:
+    """Add adapter `name` to every nn.Linear whose name matches `targets`, freeze everything else,
+    make it the active adapter; returns the wrapped module names. A second call with another name
+    adds a second adapter to the same layers (the first one is frozen)."""
+    check_lora_args(r, alpha, dropout)
+    chosen = find_targets(model, targets, name)
     for p in model.parameters():
         p.requires_grad_(False)
     for n in chosen:
@@ -178,11 +190,13 @@ def set_adapter(model, adapters):
 @torch.no_grad()
 def merge_lora(model):
     """W ← W + Σ_a w_a ΔW_a for the active adapters; the forward then skips their low-rank path."""
+    # >>> exercise: W ← W + w·(α/r)·B·A for each active adapter not yet merged; remember what was added
     for m in lora_modules(model).values():
         for name, w in m.active.items():
             if name not in m.merged:
                 m.weight += w * m.delta_weight(name)
                 m.merged[name] = w
+    # <<< exercise
 
 
 @torch.no_grad()
@@ -275,32 +289,44 @@ def load_lora(model, path, name=None) -> str:
 
 @dataclass
 class MergeConfig:
-    base: str = option("", "base checkpoint the adapter was trained on (e.g. runs/tiny/pretrain/ckpt.pt)")
-    adapter: str = option("", "LoRA adapter file written by sft.py (e.g. runs/tiny/sft/adapter.pt)")
-    out: str = option("", "write the merged model here as a plain checkpoint; empty = only describe the adapter")
-    overwrite: bool = option(False, "replace an existing --out file")
+    base: str = option("", "base checkpoint the adapter was trained on (e.g. runs/tiny/pretrain/best.pt)")
+    adapter: str = option("", "LoRA adapter.pt in a folder written by sft.py (e.g. runs/tiny/sft/adapter.pt)")
+    out: str = option("", "folder for the merged model: ckpt.pt + manifest.json (e.g. runs/tiny/sft_merged); "
+                      "empty = only describe the adapter")
+    overwrite: bool = option(False, "replace the merged model already in --out")
 
 
 def main(argv=None):
     cfg, _ = parse_config(MergeConfig, argv, doc=__doc__)
     if not cfg.base or not cfg.adapter:
         raise UserError("pass --base <checkpoint> and --adapter <adapter.pt>; see --help")
-    model = GPT.from_checkpoint(cfg.base)
+    base, adapter = Path(cfg.base), Path(cfg.adapter)
+    check_artifact(adapter.parent, made_by="python 05_sft_lora/sft.py --run runs/<name>")
+    if not base.is_file():
+        raise UserError(f"--base {base}: no such checkpoint; 04_pretrain/pretrain.py makes one")
+    model = GPT.from_checkpoint(base)
     base_params = model.num_params(non_embedding=False)
-    name = load_lora(model, cfg.adapter)
+    name = load_lora(model, adapter)
     mods = lora_modules(model)
     n_lora = sum(m.lora_A[name].numel() + m.lora_B[name].numel() for m in mods.values())
-    print(f"{cfg.adapter}: adapter {name!r}, r={next(iter(mods.values())).lora_A[name].shape[0]}, "
+    print(f"{adapter}: adapter {name!r}, r={next(iter(mods.values())).lora_A[name].shape[0]}, "
           f"{len(mods)} layers, {n_lora:,} parameters ({100 * n_lora / base_params:.2f}% of the base's "
-          f"{base_params:,}), {Path(cfg.adapter).stat().st_size / 1024:.1f} KiB")
-    if cfg.out:
-        out = Path(cfg.out)
-        if out.exists() and not cfg.overwrite:
-            raise UserError(f"{out} exists; pass --overwrite to replace it")
-        merge_lora(model)
-        state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
-        save_checkpoint(out, dataclasses.asdict(model.cfg), state, merged_from={"base": cfg.base, "adapter": cfg.adapter})
-        print(f"wrote {out}: the base with the adapter merged in ({out.stat().st_size / 2**20:.2f} MiB)")
+          f"{base_params:,}), {adapter.stat().st_size / 1024:.1f} KiB")
+    if not cfg.out:
+        return
+    out = Path(cfg.out)
+    merge_lora(model)
+    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}   # the base's own keys
+    tok = tokenizer_dir(base, load_checkpoint(base).get("tokenizer"))
+    with run_lock(out):
+        claim_output(out, cfg.overwrite, remove=False)
+        with staged_dir(out) as tmp:
+            save_checkpoint(tmp / "ckpt.pt", dataclasses.asdict(model.cfg), state,
+                            merged_from={"base": str(base), "adapter": str(adapter)},
+                            **({"tokenizer": os.path.relpath(tok, out)} if tok else {}))
+            write_manifest(tmp, stage="05_sft_lora", command=command_line(__file__, argv), config=dataclasses.asdict(cfg),
+                           inputs=[base, adapter.parent])
+    print(f"wrote {out}/ckpt.pt: the base with the adapter merged in ({(out / 'ckpt.pt').stat().st_size / 2**20:.2f} MiB)")
 
 
 if __name__ == "__main__":

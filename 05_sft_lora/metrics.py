@@ -59,6 +59,7 @@ def token_f1(prediction: str, reference: str) -> float:
     """F1 = 2PR / (P + R), P = overlap / |pred|, R = overlap / |ref|, overlap = Σ_w min(count_pred(w),
     count_ref(w)) on normalized tokens (a word repeated in the prediction counts only as often as
     in the reference). Both empty: 1; one empty: 0."""
+    # >>> exercise: overlap = Σ_w min(count_pred, count_ref) of normalized tokens; P = overlap/|pred|, R = overlap/|ref|, F1 = 2PR/(P+R)
     pred, ref = normalize_answer(prediction), normalize_answer(reference)
     if not pred or not ref:
         return float(pred == ref)
@@ -67,6 +68,7 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     p, r = overlap / len(pred), overlap / len(ref)
     return 2 * p * r / (p + r)
+    # <<< exercise
 
 
 def ngrams(tokens, n) -> Counter:
@@ -98,6 +100,7 @@ def corpus_bleu(predictions, references, max_n=4) -> dict:
 def lcs_length(a, b) -> int:
     """Length of the longest common subsequence, by dynamic programming over one row:
     L[i][j] = L[i-1][j-1] + 1 if a_i = b_j else max(L[i-1][j], L[i][j-1])."""
+    # >>> exercise: dynamic programming: L[i][j] = L[i-1][j-1] + 1 if a_i == b_j else max(L[i-1][j], L[i][j-1])
     row = [0] * (len(b) + 1)                        # row[j] = L[i][j] for the current i
     for x in a:
         diag = 0                                    # L[i-1][j-1]
@@ -106,6 +109,7 @@ def lcs_length(a, b) -> int:
             row[j] = diag + 1 if x == y else max(up, row[j - 1])
             diag = up
     return row[-1]
+    # <<< exercise
 
 
 def rouge_l(prediction: str, reference: str, beta=1.0) -> float:

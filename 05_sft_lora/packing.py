@@ -58,6 +58,7 @@ def pack_rows(examples, block_size) -> list:
 
 def collate_packed(rows, pad_id, device=None):
     """(x, y, segment) tensors (B, T), T = the longest row; segment -1 on padding."""
+    # >>> exercise: lay each row's shifted examples side by side: x, y (-100 on padding), segment = example index (-1 on padding)
     T = max(sum(len(ex["input_ids"]) - 1 for ex in row) for row in rows)
     x = torch.full((len(rows), T), pad_id, dtype=torch.long)
     y = torch.full((len(rows), T), IGNORE, dtype=torch.long)
@@ -69,6 +70,7 @@ def collate_packed(rows, pad_id, device=None):
             x[b, t:t + len(xi)], y[b, t:t + len(yi)], seg[b, t:t + len(xi)] = torch.tensor(xi), torch.tensor(yi), i
             t += len(xi)
     return x.to(device), y.to(device), seg.to(device)
+    # <<< exercise
 
 
 def collate_padded(examples, pad_id, device=None):

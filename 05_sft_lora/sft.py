@@ -58,7 +58,7 @@ from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
 from adapter import BottleneckAdapters, load_adapters, save_adapters
 from chat_template import END, decode_answer, encode_prompt
-from lora import DEFAULT_TARGETS, count_params, describe_params, inject_lora, load_lora, save_lora
+from lora import DEFAULT_TARGETS, count_params, describe_params, find_targets, inject_lora, load_lora, save_lora
 from metrics import answer_in, exact_match, token_f1
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
 from prefix import PrefixTuning, attach_prefix, load_prefix, save_prefix
@@ -308,6 +308,8 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     if tok.vocab_size > model.cfg.vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} tokens but {base_path} only {model.cfg.vocab_size}; "
                         "the base was trained with another tokenizer: rerun 04_pretrain")
+    if cfg.method == "lora":
+        find_targets(model, cfg.lora_targets)          # bad targets fail now, not after the base's evaluation
     T = model.cfg.block_size
     pre_train, pre_val, _ = load_shards(run, T)
     examples, skipped = encode_examples(tok, train_records, T, cfg.strict, str(train_path))

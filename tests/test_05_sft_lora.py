@@ -277,6 +277,24 @@ def test_lora_adapter_save_load_round_trip_and_mismatched_base_refused(tmp_path)
         inject_lora(small_model(), ["wq"], r=0)
 
 
+def test_merge_cli_writes_a_plain_checkpoint_equal_to_base_plus_adapter(tmp_path, capsys):
+    import lora
+    base = small_model()
+    save_checkpoint(tmp_path / "pretrain" / "ckpt.pt", base.cfg.__dict__, base.state_dict())
+    model = lora_model()
+    randomize_lora(model)
+    save_lora(model, tmp_path / "sft" / "adapter.pt")
+    write_manifest(tmp_path / "sft", stage="05_sft_lora", command="(test)", config={})
+    lora.main(["--base", str(tmp_path / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "sft" / "adapter.pt"),
+               "--out", str(tmp_path / "merged")])
+    assert "adapter 'default', r=4, 8 layers" in capsys.readouterr().out          # wq, wv, wo, down x 2 blocks
+    merged = GPT.from_checkpoint(tmp_path / "merged" / "ckpt.pt")
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())   # a plain GPT of the base's shape
+    x = torch.randint(0, 360, (2, 12))
+    assert torch.allclose(merged(x)[0], model(x)[0], atol=1e-5)
+    assert (tmp_path / "merged" / "manifest.json").is_file()
+
+
 def test_switching_adapters_changes_outputs_and_switching_back_restores_them():
     model = lora_model()
     randomize_lora(model, "default", seed=1)
@@ -414,18 +432,19 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
 
 
 def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
-    out = tmp_path / "cmp"
+    out = tmp_path / "cmp"                    # one method: every sft.py process costs a torch import
     proc = subprocess.run([sys.executable, str(REPO / "05_sft_lora" / "compare.py"), "--run", str(run_dir), "--out", str(out),
-                           "--methods", "lora_r4,prefix", "--steps", "2", "--eval-limit", "3", "--device", "cpu",
+                           "--methods", "lora_r4", "--steps", "2", "--eval-limit", "3", "--device", "cpu",
                            "--sft-args", "--batch-size 2 --forget-windows 2 --max-new-tokens 4 --eval-interval 1"],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "compare.json").read_text())
-    assert [r["method"] for r in result["rows"]] == ["base (template only)", "lora_r4", "prefix"]
-    assert result["outcomes"]["lora_r4"]["params"]["trainable"] == 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32)
-                                                                             + 2 * (32 + 96) + (96 + 32))
+    assert [r["method"] for r in result["rows"]] == ["base (template only)", "lora_r4"]
+    o = result["outcomes"]["lora_r4"]
+    assert o["params"]["trainable"] == 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 96) + (96 + 32))
+    assert o["heldout_base"]["n"] == 3 and o["steps"] == 2 and o["train_cpu_s"] > 0
     assert "| lora_r4 |" in proc.stdout and (out / "compare.png").is_file() and (out / "manifest.json").is_file()
-    assert (out / "prefix" / "adapter.pt").is_file() and (out / "lora_r4" / "manifest.json").is_file()
+    assert (out / "lora_r4" / "adapter.pt").is_file() and (out / "lora_r4" / "manifest.json").is_file()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,6 +453,51 @@ def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
 def tree_hashes(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _fork_driver(cases_path):
+    """Run each case of cases_path (a JSON list of [script, argv]) as `python 05_sft_lora/<script>.py
+    <argv>` would, each in a forked child of this one interpreter: torch is imported once, not once
+    per case (on a loaded 2-core machine an import alone takes 10+ s)."""
+    import importlib
+    import tempfile
+    import traceback
+    from common import run_cli
+    results = []
+    for script, argv in json.loads(Path(cases_path).read_text()):
+        main = importlib.import_module(script).main
+        streams = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+        sys.stdout.flush(), sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:                                           # the child: the command line itself
+            os.dup2(streams[0].fileno(), 1)
+            os.dup2(streams[1].fileno(), 2)
+            code = 0
+            try:
+                run_cli(main, argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except BaseException:                              # what Python prints for an uncaught error
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        out, err = (f.seek(0) or f.read().decode() for f in streams)
+        results.append({"rc": os.waitstatus_to_exitcode(status), "stdout": out, "stderr": err})
+    Path(cases_path + ".out").write_text(json.dumps(results))
+
+
+def run_cases(cases, tmp: Path) -> list:
+    """[{rc, stdout, stderr}] of each (script, argv), through _fork_driver in one fresh interpreter."""
+    path = tmp / "cases.json"
+    path.write_text(json.dumps(cases))
+    folders = ("tests", "01_data", "02_tokenizer", "03_model", "04_pretrain", "05_sft_lora", "kernels")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in folders)}
+    proc = subprocess.run([sys.executable, "-c", "import sys, test_05_sft_lora as t; t._fork_driver(sys.argv[1])",
+                           str(path)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp / "cases.json.out").read_text())
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path):
@@ -445,38 +509,57 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path):
     ok = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     other = small_model(n_embd=64, vocab_size=360)                          # an adapter for another base
     inject_lora(other, ["wq"], r=2, alpha=4)
-    save_lora(other, tmp_path / "other_adapter.pt")
-    sft_py, lora_py, run = str(REPO / "05_sft_lora" / "sft.py"), str(REPO / "05_sft_lora" / "lora.py"), str(run_dir)
-    cases = {  # name: (argv, what the one line must say)
-        "missing field": ([sft_py, "--run", run, "--train-file", jsonl("a.jsonl", {"instruction": "x", "output": "y"},
-                                                                        {"instruction": "x"})], r"a.jsonl:2: .*'output'"),
-        "unknown role": ([sft_py, "--run", run, "--train-file", jsonl("b.jsonl", ok, {"messages": [
+    save_lora(other, tmp_path / "other" / "adapter.pt")
+    write_manifest(tmp_path / "other", stage="05_sft_lora", command="(test)", config={})
+    (tmp_path / "loose").mkdir()
+    save_lora(other, tmp_path / "loose" / "adapter.pt")                    # not in a finished sft.py folder
+    run = str(run_dir)
+    cases = {  # name: (script, argv, what the one line must say)
+        "missing field": ("sft", ["--train-file", jsonl("a.jsonl", {"instruction": "x", "output": "y"}, {"instruction": "x"})],
+                          r"a.jsonl:2: .*'output'"),
+        "unknown role": ("sft", ["--train-file", jsonl("b.jsonl", ok, {"messages": [
             {"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]})], r"b.jsonl:2: turn 0 has role 'bot'"),
-        "no final answer": ([sft_py, "--run", run, "--heldout-file", jsonl("c.jsonl", {"messages": [
-            {"role": "user", "content": "x"}]})], r"c.jsonl:1: the conversation ends with a user turn"),
-        "not json": ([sft_py, "--run", run, "--train-file", jsonl("d.jsonl", '{"messages": [\n')], r"d.jsonl:1: not valid JSON"),
-        "lora targets": ([sft_py, "--run", run, "--lora-targets", "q_proj,v_proj"],
-                         r"match no linear layer; the model has blocks\.\*\.attn\.wk"),
-        "rank 0": ([sft_py, "--run", run, "--lora-r", "0"], r"--lora-r 0 is below its minimum 1"),
-        "unknown method": ([sft_py, "--run", run, "--method", "qlora"], r"invalid choice"),
-        "no base": ([sft_py, "--run", str(tmp_path / "empty")], r"pretrain: missing; make it first with `python 04_pretrain/pretrain.py"),
-        "base file": ([sft_py, "--run", run, "--base", str(tmp_path / "nope.pt")], r"no such checkpoint; 04_pretrain"),
-        "adapter base": ([lora_py, "--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter",
-                          str(tmp_path / "other_adapter.pt"), "--out", str(tmp_path / "merged.pt")],
-                         r"another shape or config \(n_embd: saved=64 current=32"),
+        "no final answer": ("sft", ["--heldout-file", jsonl("c.jsonl", {"messages": [{"role": "user", "content": "x"}]})],
+                            r"c.jsonl:1: the conversation ends with a user turn"),
+        "not json": ("sft", ["--train-file", jsonl("d.jsonl", '{"messages": [\n')], r"d.jsonl:1: not valid JSON"),
+        "no such file": ("sft", ["--train-file", str(tmp_path / "nope.jsonl")], r"nope.jsonl"),
+        "lora targets": ("sft", ["--lora-targets", "q_proj,v_proj"], r"match no linear layer; the model has blocks\.\*\.attn\.wk"),
+        "rank 0": ("sft", ["--lora-r", "0"], r"--lora-r 0 is below its minimum 1"),
+        "unknown method": ("sft", ["--method", "qlora"], r"invalid choice"),
+        "mix out of range": ("sft", ["--mix-pretrain", "1.5"], r"--mix-pretrain 1.5 is above its maximum"),
+        "no base": ("sft", ["--run", str(tmp_path / "empty")], r"pretrain: missing; make it first with `python 04_pretrain/pretrain.py"),
+        "base file": ("sft", ["--base", str(tmp_path / "nope.pt")], r"no such checkpoint; 04_pretrain"),
+        "adapter base": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "other" / "adapter.pt"),
+                                  "--out", str(tmp_path / "merged")], r"another shape or config \(n_embd: saved=64 current=32"),
+        "adapter folder": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "loose" / "adapter.pt"),
+                                    "--out", str(tmp_path / "merged")], r"loose: incomplete \(no manifest.json"),
+        "merge base file": ("lora", ["--base", str(tmp_path / "nope.pt"), "--adapter", str(tmp_path / "other" / "adapter.pt")],
+                            r"no such checkpoint; 04_pretrain"),
+        "merge without adapter": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt")], r"pass --base .* and --adapter"),
+        "compare method": ("compare", ["--run", run, "--methods", "full,qlora", "--out", str(tmp_path / "out_cmp")],
+                           r"unknown qlora; choose from full, lora_r4"),
     }
+    argvs = [(script, ["--run", run, *argv, "--out", str(tmp_path / f"out_{i}")] if script == "sft" and "--run" not in argv
+              else [*argv, "--out", str(tmp_path / f"out_{i}")] if script == "sft" else argv)
+             for i, (script, argv, _) in enumerate(cases.values())]
     before = tree_hashes(run_dir)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {name: subprocess.Popen([sys.executable, *argv, "--out", str(tmp_path / f"out_{i}")] if argv[0] == sft_py
-                                    else [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, env=env)
-             for i, (name, (argv, _)) in enumerate(cases.items())}
-    for i, (name, proc) in enumerate(procs.items()):
-        _, err = proc.communicate(timeout=600)          # generous: a shared machine can be very slow
-        lines = err.strip().splitlines()
-        assert proc.returncode == 2, (name, err)
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)
-        assert re.search(cases[name][1], lines[0]), (name, lines[0])
+    for i, (name, res) in enumerate(zip(cases, run_cases(argvs, tmp_path))):
+        lines = [line for line in res["stderr"].splitlines() if line.strip()]
+        assert res["rc"] == 2, (name, res["stderr"])
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res["stderr"], (name, lines)
+        assert re.search(cases[name][2], lines[0]), (name, lines[0])
         assert not (tmp_path / f"out_{i}").exists(), name
-    assert not (tmp_path / "merged.pt").exists()
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "out_cmp").exists()
     assert tree_hashes(run_dir) == before
+
+
+@pytest.mark.parametrize("script, flags", [("sft", ["--method", "--lora-r", "--mix-pretrain", "--curriculum", "--patience"]),
+                                           ("compare", ["--methods", "--steps", "--sft-args"]),
+                                           ("lora", ["--base", "--adapter", "--out"])])
+def test_help_describes_every_command(script, flags, capsys):
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "Interview questions" in out
+    assert all(f in out for f in flags), out
