@@ -47,12 +47,12 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+from common import UserError, markdown_table, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
 from devices import resolve_device  # 03_model
 from gpt import PRESETS, GPT, GPTConfig  # 03_model
 from lora import DEFAULT_TARGETS  # 05_sft_lora
 
-from quantize import model_bytes, parse_format, quantize_model  # 07_distill_quant (this folder)
+from quant_linear import model_bytes, parse_format, quantize_model  # 07_distill_quant (this folder)
 
 SIZES = {  # GPT-2's published shapes (n_layer, n_head, n_embd, vocab); tiny is for the CPU comparison
     "tiny": (4, 4, 128, 512), "gpt2": (12, 12, 768, 50257), "gpt2-medium": (24, 16, 1024, 50257),
@@ -147,11 +147,18 @@ def bench_size(size, cfg, dtype, device):
             rows.append(dict(model=size, params_m=round(model.num_params(non_embedding=False) / 1e6, 1), format=name,
                              batch=batch, ms_per_token=ms, tok_s=batch * 1e3 / ms, vs_float=base_ms / ms,
                              gpu_ms_per_token=gpu_ms, weight_mib=model_bytes(m) / 2**20))
-            r = rows[-1]
-            gpu = f"{r['gpu_ms_per_token']:8.3f}" if r["gpu_ms_per_token"] else "       -"
-            print(f"{size:>11} {r['params_m']:>7} {name:>10} {batch:>5} | {ms:9.3f} {r['tok_s']:9.0f} "
-                  f"{r['vs_float']:6.2f}x | {gpu} | {r['weight_mib']:9.1f}", flush=True)
+            print(f"  {size} {name} batch {batch}: {ms:.3f} ms/token", flush=True)
     return rows
+
+
+def bench_table(rows, float_name) -> str:
+    f = lambda v, spec: "-" if v is None else format(v, spec)
+    return markdown_table([{"model": r["model"], "params M": r["params_m"], "format": r["format"], "batch": r["batch"],
+                            "ms/token": f(r["ms_per_token"], ".3f"), "tok/s": f(r["tok_s"], ".0f"),
+                            f"x {float_name}": f(r["vs_float"], ".2f"), "GPU ms/token": f(r["gpu_ms_per_token"], ".3f"),
+                            "weight MiB": f(r["weight_mib"], ".2f")} for r in rows],
+                          ["model", "params M", "format", "batch", "ms/token", "tok/s", f"x {float_name}",
+                           "GPU ms/token", "weight MiB"])
 
 
 def summary_lines(rows, float_name):
@@ -201,9 +208,8 @@ def main(argv=None):
                                                               "reference, not the kernel; says nothing of GPU speed"
     print(f"{where} | torch {torch.__version__} | prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens, greedy, "
           f"median of {cfg.repeats}; first runs autotune")
-    print(f"{'model':>11} {'params M':>7} {'format':>10} {'batch':>5} | {'ms/token':>9} {'tok/s':>9} {'x ' + float_name[:4]:>7} "
-          f"| {'GPU ms/t':>8} | {'weight MiB':>9}")
     rows = [r for size in sizes for r in bench_size(size, cfg, dtype, device)]
+    print(bench_table(rows, float_name))
     lines = summary_lines(rows, float_name)
     for line in lines:
         print(line)

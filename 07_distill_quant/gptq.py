@@ -59,14 +59,16 @@ class HessianCollector:
 
     def __init__(self, modules: dict):
         self.sums, self.counts = {}, {}
-        self.handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in modules.items()]
+        self.handles = [m.register_forward_pre_hook(lambda m, args, name=name: self.add(name, args[0]))
+                        for name, m in modules.items()]
 
-    def _hook(self, name):
-        def add(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()          # (rows, K)
-            self.sums[name] = self.sums.get(name, 0) + x.T @ x                     # Σ x xᵀ (K, K), fp64: no drift
-            self.counts[name] = self.counts.get(name, 0) + x.shape[0]
-        return add
+    def add(self, name, x):
+        """Add the inputs x (..., K) of layer `name`: Σ x xᵀ over its rows (in fp64: no drift over many batches)."""
+        # >>> exercise: flatten x to (rows, K), add xᵀx (K, K) to the layer's sum and the row count to its count
+        x = x.detach().reshape(-1, x.shape[-1]).double()                        # (rows, K)
+        self.sums[name] = self.sums.get(name, 0) + x.T @ x                      # Σ x xᵀ (K, K)
+        self.counts[name] = self.counts.get(name, 0) + x.shape[0]
+        # <<< exercise
 
     def hessians(self) -> dict:
         return {name: (2 * s / self.counts[name]).float() for name, s in self.sums.items()}
@@ -80,11 +82,51 @@ class HessianCollector:
 
 
 def inverse_hessian_cholesky(H, damp=0.01):
-    """U, upper triangular with H⁻¹ = UᵀU, for H (K, K) damped by damp · mean(diag H) on the diagonal."""
+    """U, upper triangular with UᵀU = (H + damp · mean(diag H) · I)⁻¹, for H (K, K)."""
+    # >>> exercise: damp the diagonal (on a copy), invert through a Cholesky factor, return H⁻¹'s upper Cholesky factor
     H = H.clone()
     H.diagonal().add_(damp * H.diagonal().mean().clamp(min=1e-8))
     H_inv = torch.cholesky_inverse(torch.linalg.cholesky(H))
     return torch.linalg.cholesky(H_inv, upper=True)
+    # <<< exercise
+
+
+def grid(w, bits, symmetric):
+    """(scale, zero or None) of the rows of w (N, G): the stored fp16 values (kernels/quant_matmul.py)."""
+    return (symmetric_scale(w, bits), None) if symmetric else asymmetric_scale_zero(w, bits)
+
+
+def round_to_grid(w, scale, zero, bits):
+    """(codes, ŵ) of a column w (N,) on each row's grid: q = round(w/s) [+ z], ŵ = (q - z)·s."""
+    if zero is None:
+        q = quantize_symmetric(w[:, None], scale, bits)[:, 0]
+        return q, q.float() * scale.float()
+    q = quantize_asymmetric(w[:, None], scale, zero, bits)[:, 0]
+    return q, (q.float() - zero.float()) * scale.float()
+
+
+def gptq_columns(W, U, bits, G, symmetric):
+    """(codes (N, K), scales (N, K/G), zeros (N, K/G) or None): GPTQ's loop over the columns of W (N, K).
+
+    Entering a group of G columns, its grid (scale, zero) is chosen from the weights as updated so far; then each
+    column k is rounded to the grid and its error, divided by U_kk, is spread over the columns not yet rounded:
+        e = (W[:, k] - Ŵ[:, k]) / U_kk          W[:, k+1:] -= e ⊗ U[k, k+1:]
+    G = K gives one grid per row (INT8, per output channel)."""
+    N, K = W.shape
+    W = W.clone()
+    codes = torch.empty(N, K, dtype=torch.int8 if symmetric else torch.uint8, device=W.device)
+    scales, zeros = [], []
+    # >>> exercise: for each column: new group -> grid from the current W; round the column; OBS update of the rest
+    for k in range(K):
+        if k % G == 0:
+            scale, zero = grid(W[:, k:k + G], bits, symmetric)
+            scales.append(scale)
+            zeros.append(zero)
+        codes[:, k], w_hat = round_to_grid(W[:, k], scale, zero, bits)
+        err = (W[:, k] - w_hat) / U[k, k]                                      # (N,)
+        W[:, k + 1:] -= err[:, None] * U[k, k + 1:][None, :]                   # the OBS update, all rows at once
+    return codes, torch.stack(scales, 1), None if symmetric else torch.stack(zeros, 1)
+    # <<< exercise
 
 
 def gptq_quantize(W, H, bits=4, group_size=128, symmetric=True, damp=0.01) -> QuantizedWeight:
@@ -99,43 +141,18 @@ def gptq_quantize(W, H, bits=4, group_size=128, symmetric=True, damp=0.01) -> Qu
     H = H.clone()
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    U = inverse_hessian_cholesky(H, damp)
-    codes = torch.zeros(N, K, dtype=torch.int8 if symmetric else torch.uint8, device=W.device)
-    if bits == 8:                                      # one scale per row, from the whole row, before any update
-        scale, zero, G = symmetric_scale(W, 8), None, K
-        scales, zeros = scale, None
-    else:
-        G = group_size
-        scales = torch.empty(N, K // G, dtype=torch.float16, device=W.device)
-        zeros = None if symmetric else torch.empty_like(scales)
-    for k in range(K):
-        if bits == 4 and k % G == 0:                   # entering group k // G: its scale from the current weights
-            group = W[:, k:k + G]
-            if symmetric:
-                scale, zero = symmetric_scale(group, 4), None
-            else:
-                scale, zero = asymmetric_scale_zero(group, 4)
-                zeros[:, k // G] = zero
-            scales[:, k // G] = scale
-        w = W[:, k:k + 1]                                                        # (N, 1)
-        if zero is None:
-            q = quantize_symmetric(w, scale, bits)
-            w_hat = q.float() * scale.float()[:, None]
-        else:
-            q = quantize_asymmetric(w, scale, zero, bits)
-            w_hat = (q.float() - zero.float()[:, None]) * scale.float()[:, None]
-        codes[:, k] = q[:, 0]
-        err = (w - w_hat) / U[k, k]                                              # (N, 1)
-        W[:, k + 1:] -= err * U[k, k + 1:][None, :]                              # the OBS update, all rows at once
+    G = K if bits == 8 else group_size
+    codes, scales, zeros = gptq_columns(W, inverse_hessian_cholesky(H, damp), bits, G, symmetric)
     if bits == 8:
-        return QuantizedWeight(codes, scales, None, 8, None, K)
+        return QuantizedWeight(codes, scales[:, 0], None, 8, None, K)
     return QuantizedWeight(pack_int4(codes, signed=symmetric), scales, zeros, 4, G, K)
 
 
 def output_error(W, W_hat, H) -> float:
     """Relative output error on the calibration inputs, from H alone (no need to keep X):
     ‖X(W - Ŵ)ᵀ‖_F / ‖XWᵀ‖_F = sqrt(tr(ΔHΔᵀ) / tr(WHWᵀ)), Δ = W - Ŵ, since H ∝ XᵀX."""
+    # >>> exercise: both traces in fp64 (Σ over rows of Δ H Δᵀ's diagonal), then the square root of their ratio
     W, delta = W.double(), (W.double() - W_hat.double())
     H = H.double()
     return float(torch.sqrt(((delta @ H) * delta).sum() / ((W @ H) * W).sum().clamp(min=1e-30)))
-
+    # <<< exercise
