@@ -62,10 +62,9 @@ from common import (UserError, atomic_write_text, check_artifact, check_config, 
 from bpe import BPETokenizer  # 02_tokenizer
 from devices import resolve_device  # 03_model
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
-from pretrain import evaluate  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
 from metrics import perplexity  # 05_sft_lora
-from sft import generate_answers, load_finetuned, score  # 05_sft_lora
+from sft import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
 
@@ -152,7 +151,7 @@ def build_variant(float_model, spec: QuantSpec, cfg, data: EvalData):
 def measure(model, spec: QuantSpec, data: EvalData) -> dict:
     """Size, validation perplexity on 04's fixed windows, and (for a chat model) held-out exact match."""
     T = model.cfg.block_size
-    loss = evaluate(model, data.val, T, data.windows, 16, data.device)   # token mean over the fixed windows
+    loss = corpus_loss(model, data.val, T, data.windows, data.device)   # token mean over fixed windows
     n = data.windows * T
     row = {"format": spec.name, "bytes": model_bytes(model), "val_ppl": perplexity(loss * n, n)}
     if data.heldout:
