@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
@@ -173,21 +174,33 @@ def tokens_per_second(model, prompt, n_new) -> float:
     return prompt.shape[0] * n_new / (time.perf_counter() - t0)
 
 
+@torch.no_grad()
+def kl_to_reference(model, x, ref_logp) -> float:
+    """Mean over positions of KL(p_fp32 ‖ p_model) = Σ_v p_ref(v) (log p_ref(v) - log p(v)), nats per token.
+    A perplexity change sums signed per-token changes that partly cancel (on a small model it can even come
+    out negative by chance); the KL is ≥ 0 and 0 only for identical predictions, so it ranks formats steadily."""
+    logp = F.log_softmax(model(x)[0].float(), dim=-1)
+    return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
+
+
 def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
     """(rows, models, layer metas) for each format; tokens/s is the best of `rounds` passes over all the models,
     interleaved, so a busy spell of a shared machine hits every format alike."""
     rows, models, metas = [], {}, {}
+    T = float_model.cfg.block_size
+    x = get_batch(data.val, eval_starts(len(data.val), T, min(data.windows, 16)), T, data.device)[0]
+    with torch.no_grad():
+        ref_logp = F.log_softmax(float_model(x)[0].float(), dim=-1)        # (B, T, V) of the fp32 model
     for spec in specs:
         model, layers, seconds = build_variant(float_model, spec, cfg, data)
-        row = {**measure(model, spec, data), "quantize_s": seconds}
+        row = {**measure(model, spec, data), "kl_fp32": kl_to_reference(model, x, ref_logp), "quantize_s": seconds}
         if layers and "calib_error_gptq" in next(iter(layers.values())):
             for key in ("calib_error_rtn", "calib_error_gptq"):
                 row[key] = sum(m[key] for m in layers.values()) / len(layers)
         rows.append(row)
         models[spec.name], metas[spec.name] = model, layers
-        print(f"{spec.name:>14}: perplexity {row['val_ppl']:.4f}"
+        print(f"{spec.name:>14}: perplexity {row['val_ppl']:.4f}, KL to fp32 {row['kl_fp32']:.2e}"
               + (f", exact match {row['exact_match']:.3f}" if "exact_match" in row else ""), flush=True)
-    T = float_model.cfg.block_size
     prompt = torch.as_tensor(data.val[:16].astype("int64"), device=data.device)[None]
     n_new = min(cfg.gen_tokens, T - prompt.shape[1])
     for r in range(rounds):
@@ -210,7 +223,7 @@ def goal_lines(rows) -> list:
 
 def plot_outcome(rows, stats, path, title):
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     names = [r["format"] for r in rows]
     axes[0].bar(names, [r["ppl_change_pct"] for r in rows], color="tab:blue")
     for name, limit in GOALS.items():
@@ -219,7 +232,9 @@ def plot_outcome(rows, stats, path, title):
     axes[0].set(ylabel="validation perplexity change vs fp32 (%)", title=title)
     axes[1].bar(names, [r["bytes"] / 2**20 for r in rows], color="tab:green")
     axes[1].set(ylabel="MiB of weights (parameters + buffers)", title="model size")
-    for ax in axes[:2]:
+    axes[3].bar(names, [max(r["kl_fp32"], 1e-12) for r in rows], color="tab:red")
+    axes[3].set(ylabel="KL(p_fp32 ‖ p) nats/token", yscale="log", title="how far predictions move")
+    for ax in (axes[0], axes[1], axes[3]):
         ax.tick_params(axis="x", rotation=35, labelsize=8)
     ratio = [s["max_over_mean"] for s in stats]
     axes[2].scatter(ratio, [s["int8_tensor"] for s in stats], label="INT8, one scale per tensor")
@@ -337,11 +352,12 @@ def outcome_table(rows) -> str:
     relative output error of its layers on the calibration data vs round-to-nearest's."""
     return markdown_table([{"format": r["format"], "bytes": f"{r['bytes']:,}", "x fp32": fmt(r["vs_fp32_bytes"], ".3f"),
                             "val ppl": fmt(r["val_ppl"], ".4f"), "change": fmt(r["ppl_change_pct"], "+.2f") + "%",
+                            "KL to fp32": fmt(r["kl_fp32"], ".2e"),
                             "exact match": fmt(r.get("exact_match"), ".3f"), "answer acc": fmt(r.get("answer_acc"), ".3f"),
                             "tok/s": fmt(r["tok_s"], ".0f"),
                             "calib out err rtn -> gptq": (f"{r['calib_error_rtn']:.4f} -> {r['calib_error_gptq']:.4f}"
                                                           if "calib_error_gptq" in r else "-")} for r in rows],
-                          ["format", "bytes", "x fp32", "val ppl", "change", "exact match", "answer acc", "tok/s",
+                          ["format", "bytes", "x fp32", "val ppl", "change", "KL to fp32", "exact match", "answer acc", "tok/s",
                            "calib out err rtn -> gptq"])
 
 

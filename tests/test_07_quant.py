@@ -293,6 +293,7 @@ def test_command_writes_the_outcome_and_a_checkpoint_that_loads(run_dir, capsys)
     assert list(rows) == ["fp32", "int8", "w8a8", "int4-g32", "int4-g32-gptq"] and outcome["saved_format"] == "int4-g32-gptq"
     assert rows["fp32"]["ppl_change_pct"] == 0 and rows["int4-g32"]["bytes"] < rows["int8"]["bytes"] < rows["fp32"]["bytes"]
     assert all(r["tok_s"] > 0 and r["val_ppl"] > 1 for r in rows.values())
+    assert rows["fp32"]["kl_fp32"] == 0 < rows["int8"]["kl_fp32"] < rows["int4-g32"]["kl_fp32"]
     assert rows["int4-g32-gptq"]["calib_error_gptq"] < rows["int4-g32-gptq"]["calib_error_rtn"]
     assert any(line.startswith("goal int8 perplexity change <= 1%") for line in outcome["goals"])
     assert "| int4-g32-gptq |" in (out / "tables.md").read_text()
