@@ -207,7 +207,7 @@ def main(argv=None):
     where = torch.cuda.get_device_name(device) if on_gpu else "CPU: QuantLinear runs the dequantize-then-matmul " \
                                                               "reference, not the kernel; says nothing of GPU speed"
     print(f"{where} | torch {torch.__version__} | prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens, greedy, "
-          f"median of {cfg.repeats}; first runs autotune")
+          f"median of {cfg.repeats}" + ("; the warm-up run autotunes" if on_gpu else ""))
     rows = [r for size in sizes for r in bench_size(size, cfg, dtype, device)]
     print(bench_table(rows, float_name))
     lines = summary_lines(rows, float_name)
