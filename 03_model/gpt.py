@@ -366,8 +366,9 @@ class GPT(nn.Module):
         self.aux_loss = torch.stack(aux).mean() if self.cfg.n_experts else None
         loss = None
         if targets is not None:
-            loss, self.z_loss = cross_entropy_and_z(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-            loss = loss + self.cfg.z_loss_coef * self.z_loss
+            loss, z_loss = cross_entropy_and_z(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+            loss = loss + self.cfg.z_loss_coef * z_loss
+            self.z_loss = z_loss.detach()   # detached: an attribute holding the graph would keep it alive
             if self.aux_loss is not None:
                 loss = loss + self.cfg.moe_aux_coef * self.aux_loss
         return logits, loss
