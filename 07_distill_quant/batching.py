@@ -34,17 +34,17 @@ mask saying which columns hold each row's tokens, and positions counted from tha
 keeps exactly that layout: one cache row per slot, one shared write column. A new request's prompt
 is prefilled alone, as GPT.generate would, and its keys/values are copied into its row so that it
 ends at the shared column: right-aligned, where left padding would have put it; the columns before
-it are masked out. The price of a shared column: (1) rows attend over masked "dead" columns (older
-requests' leftovers), (2) a request is admitted only when its worst case (prompt + max_tokens)
-fits before the end of the cache, so on admission the live columns are shifted left past the dead
-ones ("compaction", a copy), and a request that does not fit waits, (3) every slot reserves a full
-block_size row.
+it are masked out. The price of a shared column: (1) rows attend over masked "dead" columns (what
+finished requests left, and the columns before a short row), (2) when the write column reaches the
+end of the cache, every live row is moved left past the dead columns (a copy, `SlotCache.make_room`;
+it always frees a column, because a row starting at column 0 would already be at its length limit),
+and (3) every slot reserves a full block_size row of memory.
 
 Paged attention (vLLM, Kwon et al. 2023) removes all three: the cache is a pool of fixed-size blocks
 (e.g. 16 tokens), each sequence has a block table from its positions to blocks, and the attention
 kernel gathers through the table. Each sequence then has its own length (no shared column, no dead
-columns, no compaction), memory grows with the sequence instead of being reserved for max_tokens
-(vLLM reports near-zero waste and 2-4x more sequences in the same memory), and requests sharing a
+columns, no moves), memory grows with the sequence instead of a full context row being reserved per
+slot (vLLM reports near-zero waste and 2-4x more sequences in the same memory), and requests sharing a
 prompt prefix share its blocks. Here the whole cache is max_batch x block_size positions of a
 1M-parameter model, a few MB: the waste is not worth a custom kernel.
 
@@ -161,8 +161,8 @@ class SlotCache:
     """03's KVCache with one row per slot and one shared write column `pos` (module docstring).
 
     k, v per layer: (n_slots, Hkv, block_size, hd). mask (n_slots, block_size): column c of row s holds
-    one of its request's tokens. start[s], end[s]: the row's first column and the column its worst
-    case (prompt + max_tokens) would reach; None when the slot holds no live request."""
+    one of its request's tokens. A live row's tokens are the columns [start[s], pos): every step writes
+    each running row's new token at `pos`. start[s] is None when the slot holds no live request."""
 
     def __init__(self, model, n_slots):
         cfg, p = model.cfg, next(model.parameters())
@@ -172,48 +172,45 @@ class SlotCache:
         self.kv.k = [p.new_zeros(shape) for _ in range(cfg.n_layer)]
         self.kv.v = [p.new_zeros(shape) for _ in range(cfg.n_layer)]
         self.mask = torch.zeros(n_slots, cfg.block_size, dtype=torch.bool, device=p.device)
-        self.start, self.end = [None] * n_slots, [None] * n_slots
-        self.shifts = 0                   # compactions and moves done (the price of the shared column)
+        self.start = [None] * n_slots
+        self.moves = 0                    # column moves done: the price of the shared write column
 
     @property
     def pos(self) -> int:
         return self.kv.pos
 
-    def placement(self, n_prompt, n_new) -> tuple:
-        """(shift, fits): how far to move the live columns so that a prompt of n_prompt tokens ends at
-        the write column, and whether every live row's worst case and the new one's then fit.
-        Left past the dead columns first (compaction); right if the prompt is longer than what is left."""
-        live = [s for s in self.start if s is not None]
-        left = min(live) if live else self.pos            # columns before this are dead for every row
-        shift = max(n_prompt - (self.pos - left), 0) - left
-        ends = [e + shift for e in self.end if e is not None] + [self.pos + shift + n_new]
-        return shift, max(ends) <= self.max_len
+    def left(self) -> int:
+        """The first column any live row uses; everything before it is dead."""
+        return min((s for s in self.start if s is not None), default=self.pos)
 
-    def claim(self, slot, n_prompt, n_new):
-        """Reserve row `slot` for a request: its prompt goes in the n_prompt columns before the write column."""
-        shift, fits = self.placement(n_prompt, n_new)
-        assert fits, "claim() only after placement() said it fits"
-        if shift:
-            self.move_columns(shift)
-        self.start[slot], self.end[slot] = self.pos - n_prompt, self.pos + n_new
+    def claim(self, slot, n_prompt):
+        """Give row `slot` the n_prompt columns just before the write column (right-aligned, as left
+        padding would place it). When fewer columns are there, every live row moves right to make room."""
+        if self.pos < n_prompt:
+            self.move_columns(n_prompt - self.pos)
+        self.start[slot] = self.pos - n_prompt
         self.mask[slot] = False
-        self.mask[slot, self.pos - n_prompt:self.pos] = True
+        self.mask[slot, self.start[slot]:self.pos] = True
+
+    def make_room(self):
+        """Before a decode step at the last column: move every live row left past the dead columns.
+        Always frees a column: a live row starting at column 0 would be block_size tokens long, its limit,
+        and so finished already."""
+        if self.pos == self.max_len:
+            self.move_columns(-self.left())
 
     def move_columns(self, shift):
-        """Move the live columns [left, pos) of every row by `shift` (negative = left); positions are
+        """Move the live columns [left, pos) of every row by `shift` (negative = left). Positions are
         counted from the mask, so the model sees the same sequences afterwards."""
-        live = [s for s in self.start if s is not None]
-        lo = min(live) if live else self.pos
-        hi = self.pos
+        lo, hi = self.left(), self.pos
         for buf in self.kv.k + self.kv.v:                                # (n_slots, Hkv, L, hd)
             buf[:, :, lo + shift:hi + shift] = buf[:, :, lo:hi].clone()
         moved = self.mask[:, lo:hi].clone()
         self.mask[:] = False
         self.mask[:, lo + shift:hi + shift] = moved
         self.start = [None if s is None else s + shift for s in self.start]
-        self.end = [None if e is None else e + shift for e in self.end]
         self.kv.pos += shift
-        self.shifts += 1
+        self.moves += 1
 
     def write_prompt(self, slot, prompt_kv: KVCache):
         """Copy a prefilled prompt's keys/values (1, Hkv, n, hd) into the columns claimed for it."""
@@ -224,11 +221,12 @@ class SlotCache:
 
     def release(self, slot):
         self.mask[slot] = False
-        self.start[slot] = self.end[slot] = None
+        self.start[slot] = None
 
     def decode(self, model, idx, active):
         """One step for rows [0, B): idx (B, 1) holds each row's last token; rows in `active` keep
         theirs (mask 1 at the write column), the others compute padding. Returns logits (B, V)."""
+        self.make_room()
         B = idx.shape[0]
         self.mask[:B, self.pos] = False
         self.mask[active, self.pos] = True
@@ -263,7 +261,7 @@ class Engine:
         self.max_waiting = max_waiting
         self.cond = threading.Condition()   # guards `waiting`; wakes the background thread
         self.device = next(model.parameters()).device
-        self.stats = collections.Counter()  # prefills, decode_steps, decode_rows, finished_<reason>
+        self.stats = collections.Counter()  # prefills, decode_steps/rows/useful, finished_<reason>
         self.thread, self.stopping = None, False
 
     # -------- requests in
@@ -300,14 +298,10 @@ class Engine:
         if self.policy == "continuous" or not batch_running:   # static, sequential: only between batches
             with self.cond:
                 while self.waiting and None in self.slots:
-                    req = self.waiting[0]
-                    _, fits = self.cache.placement(len(req.prompt_ids), req.params.max_tokens)
-                    if not fits:       # first come, first served: the head waits for room, nobody overtakes
-                        break
-                    self.waiting.popleft()
+                    req = self.waiting.popleft()
                     req.slot = self.slots.index(None)  # the lowest free row: running rows stay near the top
                     self.slots[req.slot] = req
-                    self.cache.claim(req.slot, len(req.prompt_ids), req.params.max_tokens)
+                    self.cache.claim(req.slot, len(req.prompt_ids))
                     prefill.append(req)
         decode = [r for r in self.slots if r is not None and r.finish_reason is None]
         return prefill, decode
@@ -361,7 +355,8 @@ class Engine:
             idx[r.slot, 0] = r.output_ids[-1]
         logits = self.cache.decode(self.model, idx, [r.slot for r in reqs])      # (B, V)
         self.stats["decode_steps"] += 1
-        self.stats["decode_rows"] += B
+        self.stats["decode_rows"] += B                  # rows computed, padding included
+        self.stats["decode_useful"] += len(reqs)        # rows whose token is kept
         for r in reqs:
             self.append(r, self.sample(r, logits[r.slot]))
 
