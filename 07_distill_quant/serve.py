@@ -58,7 +58,8 @@ sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "0
 from common import UserError, option, parse_config, run_cli, set_interrupt_hint  # 01_data
 from checkpoint_io import load_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
-from gpt import GPT, load_tokenizer  # 03_model
+from gpt import GPT  # 03_model
+from sample_text import load_tokenizer  # 03_model
 from chat_template import BOS, END, ROLES, encode_prompt  # 05_sft_lora
 
 from batching import POLICIES, Engine, QueueFull, Request, SamplingParams  # this stage
@@ -88,12 +89,13 @@ class ServeConfig:
 def load_model(ckpt, tokenizer="", device="cpu"):
     """(model, tokenizer) of any stage's checkpoint (module docstring), on `device`, in eval mode."""
     path = Path(ckpt)
-    if "peft" in load_checkpoint(path):           # 05's adapter file: its base plus the adapter
+    saved = load_checkpoint(path, map_location=device)
+    if "peft" in saved:                           # 05's adapter file: its base plus the adapter
         from sft import load_finetuned  # 05_sft_lora; only here: it imports all of 04
         model, tok, _ = load_finetuned(path.parent, device)
     else:
-        model = GPT.from_checkpoint(path, map_location=device)
-        tok = load_tokenizer(path, tokenizer or None)
+        model = GPT.from_checkpoint(path, map_location=device, ckpt=saved)
+        tok = load_tokenizer(path, saved.get("tokenizer"), tokenizer)
     if tok.vocab_size > model.cfg.vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
                         "pass the tokenizer the model was trained with (--tokenizer)")
