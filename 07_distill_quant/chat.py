@@ -105,7 +105,7 @@ class ChatSession:
             name, _, value = word.partition("=")
             if name not in SETTINGS or not value:
                 raise UserError(f"cannot read {word!r}; write name=value with name one of {', '.join(SETTINGS)}")
-            kind = type(getattr(self.cfg, name))
+            kind = {f.name: f.type for f in dataclasses.fields(ChatConfig)}[name]   # int or float, not the value's type
             try:
                 changes[name] = kind(value)
             except ValueError:

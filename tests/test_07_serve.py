@@ -11,9 +11,11 @@ import hashlib
 import http.client
 import json
 import random
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -396,22 +398,21 @@ def test_twenty_concurrent_clients_all_get_complete_answers(server):
         assert text == want                              # greedy: batched with 19 others, the same answer
 
 
-def test_a_client_that_leaves_mid_stream_is_cancelled(server):
-    stats = server.engine.stats
-    before = stats["finished_cancelled"]
-    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
-    body = json.dumps({"prompt": "Four", "max_tokens": 50, "stream": True, "temperature": 0}).encode()
-    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    assert r.status == 200
-    r.fp.readline()                                      # the first event has begun: the request runs
-    conn.sock.shutdown(2)
-    conn.close()
-    for _ in range(100):
-        if stats["finished_cancelled"] > before:
-            break
-        threading.Event().wait(0.05)
-    assert stats["finished_cancelled"] == before + 1
+def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
+    engine, real_step = server.engine, server.engine.step
+    monkeypatch.setattr(engine, "step", lambda: (time.sleep(0.02), real_step())[1])   # 50 tokens take > 1 s
+    before = engine.stats["finished_cancelled"]
+    body = json.dumps({"prompt": "Four", "max_tokens": 50, "stream": True, "temperature": 0, "stop": "never"})
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as sock:
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        seen = b""
+        while b"data: " not in seen:                     # the answer has begun streaming: then leave
+            seen += sock.recv(4096)
+    deadline = time.time() + 10
+    while engine.stats["finished_cancelled"] == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.stats["finished_cancelled"] == before + 1 and not engine.busy()
     assert call(server, "/v1/models")[0] == 200
 
 
@@ -455,24 +456,36 @@ CLI_CASES = [  # (script, args, words in the error line)
     ("serve.py", [], "--ckpt is required"),
     ("serve.py", ["--ckpt", "{missing}"], "no checkpoint there"),
     ("serve.py", ["--ckpt", "{ckpt}", "--port", "70000"], "--port"),
-    ("serve.py", ["--ckpt", "{ckpt}", "--policy", "fastest"], "--policy"),
     ("serve.py", ["--ckpt", "{ckpt}", "--host", "256.1.1.1", "--port", "0"], "cannot listen on 256.1.1.1"),
     ("serve.py", ["--ckpt", "{ckpt}", "--tokenizer", "{missing}"], "no tokenizer found"),
-    ("chat.py", [], "--ckpt is required"),
     ("chat.py", ["--ckpt", "{ckpt}", "--temperature", "-1"], "--temperature"),
     ("bench_serve.py", ["--prompt-min", "9", "--prompt-max", "3"], "--prompt-min 9 is above --prompt-max 3"),
-    ("bench_serve.py", ["--policies", "sequential,warp"], "--policies"),
     ("bench_serve.py", ["--block-size", "32"], "exceeds the model's context of 32"),
 ]
 
 
-@pytest.mark.parametrize("script, args, words", CLI_CASES)
-def test_command_lines_answer_bad_input_with_one_error_line(ckpt, tmp_path, script, args, words):
-    args = [a.format(ckpt=ckpt, missing=tmp_path / "nothing.pt") for a in args]
+@pytest.fixture(scope="module")
+def cli_runs(ckpt, tmp_path_factory):
+    """Every case of CLI_CASES started at once (each pays for importing torch; together they overlap)
+    -> {case index: (returncode, stderr)}, with the run folder's hashes before and after."""
+    work = tmp_path_factory.mktemp("cli")
     before = sha(ckpt.parent.parent)
-    r = subprocess.run([sys.executable, str(REPO / "07_distill_quant" / script), *args, "--threads", "1"],
-                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path)
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert words in errors[0]
-    assert sha(ckpt.parent.parent) == before
+    procs = [subprocess.Popen([sys.executable, str(REPO / "07_distill_quant" / script),
+                               *[a.format(ckpt=ckpt, missing=work / "nothing.pt") for a in args], "--threads", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                              cwd=work) for script, args, _ in CLI_CASES]
+    results = {}
+    for i, p in enumerate(procs):
+        _, err = p.communicate(timeout=300)
+        results[i] = (p.returncode, err)
+    return results, before, sha(ckpt.parent.parent)
+
+
+@pytest.mark.parametrize("case", range(len(CLI_CASES)), ids=[f"{s}:{w}" for s, _, w in CLI_CASES])
+def test_command_lines_answer_bad_input_with_one_error_line(cli_runs, case):
+    results, before, after = cli_runs
+    returncode, stderr = results[case]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert returncode == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert CLI_CASES[case][2] in errors[0]
+    assert after == before
