@@ -138,14 +138,17 @@ class QueueFull(Exception):
 
 def cut_at_stop(text: str, stops) -> tuple:
     """(text before the earliest stop string, whether one was found)."""
+    # >>> exercise: the text before the earliest occurrence of any stop string, and whether one occurred
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return (text[:min(hits)], True) if hits else (text, False)
+    # <<< exercise
 
 
 def held_back(text: str, stops) -> int:
     """How many trailing characters must not be sent yet: U+FFFD at the end (a token ended inside a
     UTF-8 character; the next token completes it) and the longest tail that is the start of a stop
     string (the next token may complete the stop, and then that tail is not part of the answer)."""
+    # >>> exercise: trailing U+FFFDs vs the longest tail that is a proper prefix of a stop string: the larger
     n = len(text) - len(text.rstrip("\ufffd"))
     for s in stops:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
@@ -153,6 +156,7 @@ def held_back(text: str, stops) -> int:
                 n = max(n, k)
                 break
     return n
+    # <<< exercise
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -202,6 +206,7 @@ class SlotCache:
     def move_columns(self, shift):
         """Move the live columns [left, pos) of every row by `shift` (negative = left). Positions are
         counted from the mask, so the model sees the same sequences afterwards."""
+        # >>> exercise: move columns [left, pos) of every k/v buffer and the mask by shift; start[] and kv.pos too
         lo, hi = self.left(), self.pos
         for buf in self.kv.k + self.kv.v:                                # (n_slots, Hkv, L, hd)
             buf[:, :, lo + shift:hi + shift] = buf[:, :, lo:hi].clone()
@@ -211,6 +216,7 @@ class SlotCache:
         self.start = [None if s is None else s + shift for s in self.start]
         self.kv.pos += shift
         self.moves += 1
+        # <<< exercise
 
     def write_prompt(self, slot, prompt_kv: KVCache):
         """Copy a prefilled prompt's keys/values (1, Hkv, n, hd) into the columns claimed for it."""
@@ -226,6 +232,7 @@ class SlotCache:
     def decode(self, model, idx, active):
         """One step for rows [0, B): idx (B, 1) holds each row's last token; rows in `active` keep
         theirs (mask 1 at the write column), the others compute padding. Returns logits (B, V)."""
+        # >>> exercise: write column live for `active` rows only; the model on rows [0, B) through a KVCache view
         self.make_room()
         B = idx.shape[0]
         self.mask[:B, self.pos] = False
@@ -235,6 +242,7 @@ class SlotCache:
         logits, _ = model(idx, attention_mask=self.mask[:B, :self.pos + 1], cache=rows)
         self.kv.pos = rows.pos
         return logits[:, -1]
+        # <<< exercise
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -293,6 +301,7 @@ class Engine:
         """(prefill, decode): the requests whose prompts run now, and those that get one more token."""
         self.drop_cancelled()
         self.free_finished()
+        # >>> exercise: refill free slots from the queue (continuous: every step; others: between batches)
         prefill = []
         batch_running = any(r is not None for r in self.slots)
         if self.policy == "continuous" or not batch_running:   # static, sequential: only between batches
@@ -305,6 +314,7 @@ class Engine:
                     prefill.append(req)
         decode = [r for r in self.slots if r is not None and r.finish_reason is None]
         return prefill, decode
+        # <<< exercise
 
     def drop_cancelled(self):
         for req in self.slots:
@@ -318,10 +328,12 @@ class Engine:
     def free_finished(self):
         """Empty the slots of finished requests. Static batching keeps them until the whole batch is
         done: their rows go on computing padding, which is the waste continuous batching removes."""
+        # >>> exercise: free finished slots, except under static batching while its batch still runs
         occupied = [r for r in self.slots if r is not None]
         if self.policy == "static" and any(r.finish_reason is None for r in occupied):
             return
         self.slots = [None if r is None or r.finish_reason else r for r in self.slots]
+        # <<< exercise
 
     # -------- one step
 

@@ -39,7 +39,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (UserError, command_line, option, parse_config, pyplot, run_cli, run_lock,  # 01_data
+from common import (UserError, command_line, markdown_table, option, parse_config, pyplot, run_cli, run_lock,  # 01_data
                     save_figure, write_json, write_manifest)
 from devices import resolve_device  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
@@ -89,6 +89,7 @@ def check_bench_config(c: BenchServeConfig, block_size):
 
 def workload(c: BenchServeConfig, vocab) -> list:
     """[(arrival second, prompt ids, answer length)] in arrival order; the same for every policy."""
+    # >>> exercise: seeded Poisson arrivals (exponential gaps of mean 1/rate), uniform lengths, long_frac long
     rng = random.Random(c.seed)
     t, items = 0.0, []
     for _ in range(c.requests):
@@ -97,6 +98,7 @@ def workload(c: BenchServeConfig, vocab) -> list:
         items.append((t, prompt, n_out))
         t += rng.expovariate(c.rate)
     return items
+    # <<< exercise
 
 
 def serve(engine: Engine, items) -> list:
@@ -128,10 +130,17 @@ def summarize(policy, reqs, stats, reference) -> dict:
             "same_tokens": reference is None or all(a.output_ids == b.output_ids for a, b in zip(reqs, reference))}
 
 
-def print_row(r):
-    print(f"{r['policy']:<11} {r['tokens_per_s']:9.0f} {r['requests_per_s']:10.2f} {r['ttft_p50']:9.3f} "
-          f"{r['ttft_p95']:9.3f} {r['latency_p50']:9.3f} {r['latency_p95']:9.3f} {r['mean_batch']:6.2f} "
-          f"{r['padding']:8.0%}  {'yes' if r['same_tokens'] else 'NO'}", flush=True)
+COLUMNS = ("policy", "tokens/s", "requests/s", "TTFT p50 s", "TTFT p95 s", "latency p50 s", "latency p95 s",
+           "mean batch", "padding", "same tokens")
+
+
+def table_row(r) -> dict:
+    """One summarize() row as the printed table shows it."""
+    return {"policy": r["policy"], "tokens/s": f"{r['tokens_per_s']:.0f}", "requests/s": f"{r['requests_per_s']:.2f}",
+            "TTFT p50 s": f"{r['ttft_p50']:.3f}", "TTFT p95 s": f"{r['ttft_p95']:.3f}",
+            "latency p50 s": f"{r['latency_p50']:.3f}", "latency p95 s": f"{r['latency_p95']:.3f}",
+            "mean batch": f"{r['mean_batch']:.2f}", "padding": f"{r['padding']:.0%}",
+            "same tokens": "yes" if r["same_tokens"] else "NO"}
 
 
 def plot(rows, path, title):
@@ -172,8 +181,6 @@ def main(argv=None):
             f"{torch.get_num_threads()} thread(s); {c.requests} requests at {c.rate:g}/s, batch {c.max_batch}")
     with run_lock(out):
         print(what)
-        print(f"{'policy':<11} {'tokens/s':>9} {'requests/s':>10} {'TTFT p50':>9} {'TTFT p95':>9} "
-              f"{'lat p50':>9} {'lat p95':>9} {'batch':>6} {'padding':>8}  same tokens")
         warm = Engine(model, None, "continuous", 2)    # first calls allocate and pick kernels: not timed
         serve(warm, items[:2])
         rows, reference = [], None
@@ -182,8 +189,10 @@ def main(argv=None):
             reqs = serve(engine, items)
             rows.append(summarize(policy, reqs, engine.stats, reference))
             reference = reference or reqs
-            print_row(rows[-1])
-        write_json(out / "bench_serve.json", {"rows": rows, "setup": what, "config": dataclasses.asdict(c),
+            print(f"{policy}: {rows[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
+        table = markdown_table([table_row(r) for r in rows], COLUMNS)
+        print(table)
+        write_json(out / "bench_serve.json", {"rows": rows, "table": table, "setup": what, "config": dataclasses.asdict(c),
                                               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
         plot(rows, out / "bench_serve.png", what)
         write_manifest(out, stage="07_bench_serve", command=command_line(__file__, argv),

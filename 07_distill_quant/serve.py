@@ -301,8 +301,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_event(self, obj):
         """One server-sent event: `data: <json>` and a blank line."""
+        # >>> exercise: one server-sent event: the bytes `data: `, the JSON (or the bytes given), then a blank line
         self.wfile.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj, ensure_ascii=False).encode())
                          + b"\n\n")
+        # <<< exercise
 
     def log_message(self, format, *args):
         if self.server.log_requests:
