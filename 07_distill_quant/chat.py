@@ -10,7 +10,7 @@ It drives the same batching.Engine as serve.py, with the sequential policy (one 
 stepping it in this thread and printing each piece of text as the request streams it. Checkpoints
 load as in serve.py (load_model). Every turn sends the whole conversation again, rendered by 05's
 chat template: the model keeps no state between calls. When the conversation no longer leaves room
-for an answer of max_tokens, the oldest exchanges are dropped (the system prompt stays), and it says so.
+for an answer of max_tokens (at most half the context), the oldest exchanges are dropped (the system prompt stays), and it says so.
 
 Interview questions it answers:
 - Where is a chat model's memory of the conversation? (only in the prompt: each turn re-sends the
@@ -65,11 +65,13 @@ class ChatSession:
         self.stop_ids = [sid[END], sid[BOS]]
 
     def prompt_ids(self, messages) -> tuple:
-        """(ids, exchanges dropped): the oldest user+assistant pairs go until an answer of max_tokens fits."""
+        """(ids, exchanges dropped): the oldest user+assistant pairs go until an answer of max_tokens
+        (at most half the context) fits."""
         system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
         ctx, dropped = self.engine.model.cfg.block_size, 0
+        room = min(self.cfg.max_tokens, ctx // 2)         # else max_tokens = context would drop every turn
         ids = encode_prompt(self.tok, system + messages)
-        while len(ids) + self.cfg.max_tokens > ctx and len(messages) > 1:
+        while len(ids) + room > ctx and len(messages) > 1:
             messages, dropped = messages[2:], dropped + 1
             ids = encode_prompt(self.tok, system + messages)
         if len(ids) >= ctx:
