@@ -23,17 +23,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+sys.path[:0] = [str(REPO / "01_data"), str(REPO / "05_sft_lora")]
 from common import UserError, check_config, option, parse_config, run_cli  # 01_data
-from devices import resolve_device  # 03_model
 from chat_template import BOS, END, encode_prompt, special_ids  # 05_sft_lora
 
 from batching import Engine, Request, SamplingParams  # this stage
-from serve import load_model  # this stage
+from serve import model_from_flags  # this stage
 
 SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 HELP = ("commands: /reset (forget the conversation), /settings (show), /settings name=value ... (change: "
@@ -154,11 +151,7 @@ def write_out(text):
 
 def main(argv=None):
     cfg, _ = parse_config(ChatConfig, argv, doc=__doc__)
-    if not cfg.ckpt:
-        raise UserError("--ckpt is required: the checkpoint to talk to, e.g. runs/tiny/sft/ckpt.pt")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model, tok = load_model(cfg.ckpt, cfg.tokenizer, resolve_device(cfg.device))
+    model, tok = model_from_flags(cfg, "to talk to")
     session = ChatSession(Engine(model, tok, policy="sequential"), tok, cfg)
     print(f"{cfg.ckpt}: {model.num_params(non_embedding=False):,} parameters, context {model.cfg.block_size} tokens")
     run_chat(session, lambda: input("you> "), write_out)

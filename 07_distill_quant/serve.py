@@ -102,6 +102,16 @@ def load_model(ckpt, tokenizer="", device="cpu"):
     return model.eval(), tok
 
 
+def model_from_flags(cfg, purpose) -> tuple:
+    """(model, tokenizer) from the --ckpt, --tokenizer, --device and --threads flags that serve.py and
+    chat.py share; `purpose` completes the message when --ckpt is missing ("to serve", "to talk to")."""
+    if not cfg.ckpt:
+        raise UserError(f"--ckpt is required: the checkpoint {purpose}, e.g. runs/tiny/sft/ckpt.pt")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return load_model(cfg.ckpt, cfg.tokenizer, resolve_device(cfg.device))
+
+
 def default_model_name(ckpt) -> str:
     """runs/tiny/sft/ckpt.pt -> 'tiny/sft'."""
     path = Path(ckpt).resolve()
@@ -447,11 +457,7 @@ class Reply:
 
 def main(argv=None):
     cfg, _ = parse_config(ServeConfig, argv, doc=__doc__)
-    if not cfg.ckpt:
-        raise UserError("--ckpt is required: the checkpoint to serve, e.g. runs/tiny/sft/ckpt.pt")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model, tok = load_model(cfg.ckpt, cfg.tokenizer, resolve_device(cfg.device))
+    model, tok = model_from_flags(cfg, "to serve")
     name = cfg.model_name or default_model_name(cfg.ckpt)
     engine = Engine(model, tok, cfg.policy, cfg.max_batch, cfg.max_waiting)
     try:
