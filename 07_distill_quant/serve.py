@@ -205,6 +205,7 @@ class ChatServer(ThreadingHTTPServer):
     """One thread per connection (daemon threads: Ctrl-C does not wait for slow clients) and the
     engine's thread; handlers find the engine, tokenizer and settings here."""
     daemon_threads = True
+    request_queue_size = 128   # the listen backlog; socketserver's 5 reset connections of a 20-client burst
 
     def __init__(self, address, engine: Engine, tok, model_name, api_key="", max_body=256 * 1024,
                  default_max_tokens=256, log_requests=True):

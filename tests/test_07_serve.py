@@ -281,6 +281,10 @@ def test_models_health_and_a_chat_completion(server):
     assert status == 200 and [m["id"] for m in models["data"]] == ["test/model"]
     status, health = call(server, "/health")
     assert status == 200 and health["status"] == "ok"
+    with urllib.request.urlopen(url(server, "/"), timeout=30) as page:   # the chat page, no external assets
+        html = page.read().decode()
+    assert page.headers["Content-Type"].startswith("text/html") and "/v1/chat/completions" in html
+    assert "http://" not in html and "https://" not in html
     status, reply = call(server, "/v1/chat/completions", CHAT)
     assert status == 200 and reply["object"] == "chat.completion" and reply["model"] == "test/model"
     choice = reply["choices"][0]
