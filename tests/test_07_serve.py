@@ -1,0 +1,495 @@
+"""07_distill_quant serving: the batching engine (batching.py), the HTTP server (serve.py), the
+terminal chat (chat.py) and the benchmark's workload (bench_serve.py), with one-line errors for bad input.
+
+The model is an untrained 2-layer GPT and the tokenizer a small BPE trained here, so nothing depends
+on stages 01-05 having run. Untrained is enough: every check compares the engine with 03's
+GPT.generate on the same weights (greedy, so the tokens must be identical), or the server's answers
+with each other, never with a right answer.
+"""
+import dataclasses
+import hashlib
+import http.client
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from batching import Engine, QueueFull, Request, SamplingParams, SlotCache, cut_at_stop, held_back
+from bench_serve import BenchServeConfig, workload
+from bpe import BPETokenizer
+from chat import ChatConfig, ChatSession, run_chat
+from chat_template import encode_prompt
+from checkpoint_io import save_checkpoint
+from common import UserError, write_manifest
+from gpt import GPT, GPTConfig
+from serve import ChatServer
+
+REPO = Path(__file__).resolve().parents[1]
+CTX = 48
+
+
+def tiny_model(vocab=64, block_size=CTX, seed=0):
+    """An untrained GPT with large weights (std 0.5): its greedy output depends on every earlier token
+    (with the usual std 0.02 it repeats one token forever, which a broken cache would reproduce too)."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.5)
+    return model
+
+
+def reference(model, prompt, n):
+    """What 03's GPT.generate gives this prompt alone, greedy: the tokens every policy must reproduce."""
+    return model.generate(torch.tensor([prompt]), n, temperature=0)[0, len(prompt):].tolist()
+
+
+class Letters:
+    """A stand-in tokenizer for engine tests: id i decodes to one letter."""
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def mixed(model):
+    """Twelve requests of different prompt and answer lengths (some reach the context's end, so the
+    cache must move its columns), with the tokens each gets alone."""
+    rng = random.Random(0)
+    items = [([rng.randrange(64) for _ in range(rng.randint(2, 14))], rng.randint(1, 30)) for _ in range(12)]
+    return [(p, n, reference(model, p, n)) for p, n in items]
+
+
+# ----------------------------------------------------------------------------- the engine
+
+@pytest.mark.parametrize("policy", ["sequential", "static", "continuous"])
+def test_every_policy_gives_each_request_the_tokens_it_gets_alone(model, mixed, policy):
+    engine = Engine(model, None, policy, max_batch=3)
+    reqs = []
+    for i, (prompt, n, _) in enumerate(mixed):        # arrivals mid-flight: a step between some submits
+        reqs.append(engine.submit(Request(prompt, SamplingParams(max_tokens=n, temperature=0))))
+        if i % 3 == 0:
+            engine.step()
+    engine.run_until_idle()
+    assert [r.output_ids for r in reqs] == [ref for _, _, ref in mixed]
+    assert all(r.finish_reason == "length" for r in reqs)
+    assert engine.cache.moves > 0                     # the column moves were exercised, and harmless
+    assert engine.stats["decode_useful"] == sum(n - 1 for _, n, _ in mixed)   # the first token comes from prefill
+
+
+def test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits(model):
+    def trace(policy):
+        engine = Engine(model, None, policy, max_batch=2)
+        short, long_, late = (engine.submit(Request([1, 2, 3], SamplingParams(max_tokens=n, temperature=0)))
+                              for n in (2, 8, 3))
+        steps = 0
+        while late.first_token_at is None:
+            engine.step()
+            steps += 1
+        engine.run_until_idle()
+        return steps, late.slot, engine.stats
+    steps, slot, continuous = trace("continuous")
+    assert steps == 2 and slot == 0                   # short ends at step 1; late takes its row at step 2
+    steps, _, static = trace("static")
+    assert steps == 8                                 # late waits for the batch's longest member
+    padding = lambda stats: stats["decode_rows"] - stats["decode_useful"]
+    assert continuous["decode_useful"] == static["decode_useful"] == 1 + 7 + 2
+    assert padding(static) == 6 and padding(continuous) == 4   # short's finished row computed padding meanwhile
+
+
+def test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged(model, mixed):
+    engine = Engine(model, None, "continuous", max_batch=2)
+    (p0, n0, ref0), (p1, n1, _), (p2, n2, ref2) = mixed[0], mixed[1], mixed[2]
+    a = engine.submit(Request(p0, SamplingParams(max_tokens=n0, temperature=0)))
+    b = engine.submit(Request(p1, SamplingParams(max_tokens=30, temperature=0)))
+    c = engine.submit(Request(p2, SamplingParams(max_tokens=n2, temperature=0)))
+    engine.step()
+    assert c.slot is None and engine.slots[b.slot] is b
+    b.cancel()
+    engine.step()
+    assert b.finish_reason == "cancelled" and b.done.is_set() and c.slot == 1   # c took b's row at once
+    assert engine.cache.start[1] is not None and None in list(b.deltas.queue)   # b's stream is closed
+    engine.run_until_idle()
+    assert a.output_ids == ref0 and c.output_ids == ref2
+    assert engine.stats["finished_cancelled"] == 1 and not engine.busy()
+
+
+def test_seeded_sampling_is_per_request_whoever_shares_the_batch(model, mixed):
+    params = dict(max_tokens=12, temperature=1.0, top_p=0.9, top_k=20, repetition_penalty=1.3, seed=7)
+    alone = Engine(model, None, "sequential")
+    want = alone.submit(Request(mixed[0][0], SamplingParams(**params)))
+    alone.run_until_idle()
+    crowd = Engine(model, None, "continuous", max_batch=4)
+    others = [crowd.submit(Request(p, SamplingParams(max_tokens=n, temperature=1.0, seed=i)))
+              for i, (p, n, _) in enumerate(mixed[1:4])]
+    got = crowd.submit(Request(mixed[0][0], SamplingParams(**params)))
+    crowd.run_until_idle()
+    assert got.output_ids == want.output_ids and len(got.output_ids) == 12
+    assert len({tuple(r.output_ids) for r in others}) == 3
+
+
+def test_stop_strings_cut_the_text_and_streaming_never_sends_what_it_takes_back(model, mixed):
+    prompt, _, _ = mixed[3]
+    full = Letters().decode(reference(model, prompt, 20))
+    stop = full[8:10]
+    cut = full.find(stop)
+    assert cut >= 3                                    # the model's output, not the test, would be odd
+    engine = Engine(model, Letters(), "continuous", max_batch=2)
+    req = engine.submit(Request(prompt, SamplingParams(max_tokens=20, temperature=0, stop=(stop, "never"))))
+    pieces = []
+    while engine.busy():
+        engine.step()
+        while not req.deltas.empty():
+            pieces.append(req.deltas.get_nowait())
+    assert req.finish_reason == "stop" and req.text == full[:cut]
+    assert pieces[-1] is None and "".join(pieces[:-1]) == req.text and len(pieces) > 2   # it streamed
+
+
+def test_stop_id_ends_the_answer_and_is_kept_in_the_ids_only(model, mixed):
+    prompt, _, _ = mixed[4]
+    ref = reference(model, prompt, 10)
+    engine = Engine(model, Letters(), "continuous")
+    req = engine.submit(Request(prompt, SamplingParams(max_tokens=10, temperature=0), stop_ids=[ref[3]]))
+    engine.run_until_idle()
+    first = ref.index(ref[3])
+    assert req.output_ids == ref[:first + 1] and req.text == Letters().decode(ref[:first])
+    assert req.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("text, stops, cut, held", [
+    ("hello wor", ("world",), "hello wor", 3),          # "wor" may become "world": hold it
+    ("hello world!", ("world",), "hello ", 0),
+    ("say ab then abc", ("abc", "then"), "say ab ", 0),  # the earliest stop wins
+    ("caf\ufffd", (), "caf\ufffd", 1),                  # half a UTF-8 character: wait for the rest
+    ("abcab", ("abd",), "abcab", 2),
+    ("plain", (), "plain", 0),
+])
+def test_cut_at_stop_and_held_back(text, stops, cut, held):
+    assert cut_at_stop(text, stops)[0] == cut
+    assert held_back(cut, stops) == held
+
+
+def test_submit_refuses_what_can_never_run_and_a_full_queue(model):
+    engine = Engine(model, None, "continuous", max_waiting=1)
+    with pytest.raises(UserError, match=f"exceeds the model's context of {CTX}"):
+        engine.submit(Request([1] * 40, SamplingParams(max_tokens=9)))
+    with pytest.raises(UserError, match="empty"):
+        engine.submit(Request([], SamplingParams()))
+    with pytest.raises(UserError, match="top_p"):
+        engine.submit(Request([1], SamplingParams(top_p=0)))
+    engine.submit(Request([1], SamplingParams(max_tokens=1)))
+    with pytest.raises(QueueFull):
+        engine.submit(Request([1], SamplingParams(max_tokens=1)))
+
+
+def test_slot_cache_move_keeps_every_row_and_its_mask(model):
+    cache = SlotCache(model, 2)
+    cache.kv.pos = 10
+    for slot, n in ((0, 4), (1, 7)):
+        cache.claim(slot, n)
+        for k in cache.kv.k + cache.kv.v:
+            k[slot, :, 10 - n:10] = torch.arange(n, dtype=k.dtype)[:, None] + 100 * slot
+    before = [k[:, :, 3:10].clone() for k in cache.kv.k]
+    cache.move_columns(-3)
+    assert cache.pos == 7 and cache.start == [3, 0] and cache.left() == 0
+    assert all(torch.equal(k[:, :, 0:7], b) for k, b in zip(cache.kv.k, before))
+    assert cache.mask[0].nonzero().flatten().tolist() == [3, 4, 5, 6] and cache.mask[1, :7].all()
+    assert not cache.mask[:, 7:].any()
+
+
+# ----------------------------------------------------------------------------- the benchmark's workload
+
+def test_workload_is_seeded_poisson_with_the_asked_mix():
+    c = BenchServeConfig(requests=400, rate=50.0, long_frac=0.25)
+    items = workload(c, vocab=100)
+    assert items == workload(c, vocab=100) and items != workload(BenchServeConfig(requests=400, seed=1), vocab=100)
+    gaps = [b[0] - a[0] for a, b in zip(items, items[1:])]
+    assert items[0][0] == 0 and all(g >= 0 for g in gaps)
+    assert abs(sum(gaps) / len(gaps) - 1 / 50) < 0.2 / 50                       # mean gap 1/rate
+    assert 0.56 < sum(g < 1 / 50 for g in gaps) / len(gaps) < 0.70    # exponential: P(gap < mean) = 1 - 1/e
+    long_share = sum(n >= c.long_min for _, _, n in items) / len(items)
+    assert 0.18 < long_share < 0.32
+    assert all(c.prompt_min <= len(p) <= c.prompt_max for _, p, _ in items)
+
+
+# ----------------------------------------------------------------------------- the HTTP server
+
+@pytest.fixture(scope="module")
+def tok():
+    text = "Where does Noin Marora live? She lives in Pelk. What is two plus two? Four. 你好，世界。" * 3
+    return BPETokenizer.train([text], vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def server(tok):
+    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
+    engine = Engine(model, tok, "continuous", max_batch=4, max_waiting=64)
+    srv = ChatServer(("127.0.0.1", 0), engine, tok, "test/model", max_body=4096, default_max_tokens=8,
+                     log_requests=False)
+    engine.start()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    engine.stop()
+
+
+def url(srv, path):
+    return f"http://127.0.0.1:{srv.server_address[1]}{path}"
+
+
+def call(srv, path, body=None, raw=None, headers=None):
+    """(status, parsed JSON or the raw text of an event stream) of one request."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url(srv, path), data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+            return r.status, (text if r.headers["Content-Type"] == "text/event-stream" else json.loads(text))
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode())
+
+
+def sse_events(text):
+    """The `data:` payloads of a server-sent event stream, each event ended by a blank line."""
+    assert text.endswith("\n\n")
+    events = text[:-2].split("\n\n")
+    assert all(e.startswith("data: ") for e in events)
+    return [e[len("data: "):] for e in events]
+
+
+CHAT = {"messages": [{"role": "user", "content": "Where does Noin Marora live?"}], "temperature": 0, "max_tokens": 8}
+
+
+def test_models_health_and_a_chat_completion(server):
+    status, models = call(server, "/v1/models")
+    assert status == 200 and [m["id"] for m in models["data"]] == ["test/model"]
+    status, health = call(server, "/health")
+    assert status == 200 and health["status"] == "ok"
+    with urllib.request.urlopen(url(server, "/"), timeout=30) as page:   # the chat page, no external assets
+        html = page.read().decode()
+    assert page.headers["Content-Type"].startswith("text/html") and "/v1/chat/completions" in html
+    assert "http://" not in html and "https://" not in html
+    status, reply = call(server, "/v1/chat/completions", CHAT)
+    assert status == 200 and reply["object"] == "chat.completion" and reply["model"] == "test/model"
+    choice = reply["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
+    usage = reply["usage"]
+    assert usage["prompt_tokens"] == len(encode_prompt(server.tok, CHAT["messages"]))
+    assert 1 <= usage["completion_tokens"] <= 8 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_streamed_chat_rebuilds_the_same_text_and_ends_with_done(server):
+    _, whole = call(server, "/v1/chat/completions", CHAT)
+    status, stream = call(server, "/v1/chat/completions", {**CHAT, "stream": True,
+                                                            "stream_options": {"include_usage": True}})
+    events = sse_events(stream)
+    assert status == 200 and events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+
+
+def test_completions_stream_and_whole_agree(server):
+    body = {"prompt": "What is two plus", "temperature": 0, "max_tokens": 6}
+    status, whole = call(server, "/v1/completions", body)
+    assert status == 200 and whole["object"] == "text_completion"
+    _, stream = call(server, "/v1/completions", {**body, "stream": True})
+    chunks = [json.loads(e) for e in sse_events(stream)[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+    assert whole["usage"]["prompt_tokens"] == 1 + len(server.tok.encode_ordinary(body["prompt"]))   # <|endoftext|> first
+    assert 1 <= whole["usage"]["completion_tokens"] <= 6
+
+
+LONG = "Where does Noin Marora live? " * 40
+BAD_REQUESTS = [  # (path, raw body or JSON, status, words the message must contain, param)
+    ("/v1/chat/completions", b"{not json", 400, "not valid JSON", None),
+    ("/v1/chat/completions", b"[1, 2]", 400, "JSON object", None),
+    ("/v1/chat/completions", {"temperature": 0}, 400, "'messages'", "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "role", "messages[0]"),
+    ("/v1/chat/completions", {**CHAT, "temperature": "hot"}, 400, "'temperature' must be a number", "temperature"),
+    ("/v1/chat/completions", {**CHAT, "max_tokens": 0}, 400, "at least 1", "max_tokens"),
+    ("/v1/chat/completions", {**CHAT, "top_p": 1.5}, 400, "'top_p'", "top_p"),
+    ("/v1/chat/completions", {**CHAT, "model": "gpt-5"}, 404, "'gpt-5' does not exist", "model"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400, "context is 64", "messages"),
+    ("/v1/chat/completions", {**CHAT, "max_tokens": 60}, 400, "exceeds the model's context of 64", "max_tokens"),
+    ("/v1/chat/completions", {**CHAT, "stop": [""]}, 400, "'stop'", "stop"),
+    ("/v1/completions", {"max_tokens": 2}, 400, "'prompt'", "prompt"),
+    ("/v1/completions", b"{" + b" " * 5000 + b"}", 413, "at most 4096", None),
+    ("/v1/nothing", {}, 404, "no route", None),
+]
+
+
+@pytest.mark.parametrize("path, body, status, words, param", BAD_REQUESTS)
+def test_a_bad_request_gets_openai_error_json_and_the_server_keeps_serving(server, path, body, status, words, param):
+    got, reply = call(server, path, raw=body if isinstance(body, bytes) else None,
+                      body=None if isinstance(body, bytes) else body)
+    assert got == status
+    err = reply["error"]
+    assert words in err["message"] and err["param"] == param and err["type"] and set(err) == {"message", "type", "param", "code"}
+    if "context is 64" in words:                        # both numbers: the prompt's length and the context
+        n_prompt = int(err["message"].split("prompt is ")[1].split()[0])
+        assert n_prompt > 64
+    assert call(server, "/v1/models")[0] == 200
+
+
+def test_api_key_full_queue_and_truncated_body(server):
+    server.api_key = "sesame"
+    try:
+        assert call(server, "/v1/models")[0] == 401
+        assert call(server, "/v1/models", headers={"Authorization": "Bearer sesame"})[0] == 200
+        assert call(server, "/health")[0] == 200       # health stays open, for load balancers
+    finally:
+        server.api_key = ""
+    server.engine.max_waiting = 0
+    try:
+        req = urllib.request.Request(url(server, "/v1/chat/completions"), data=json.dumps(CHAT).encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 503 and e.value.headers["Retry-After"] == "1"
+        assert json.loads(e.value.read())["error"]["code"] == "server_overloaded"
+    finally:
+        server.engine.max_waiting = 64
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Type", "application/json")
+    conn.endheaders()                                   # no Content-Length
+    r = conn.getresponse()
+    assert r.status == 411 and "Content-Length" in json.loads(r.read())["error"]["message"]
+    assert call(server, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_twenty_concurrent_clients_all_get_complete_answers(server):
+    _, alone = call(server, "/v1/chat/completions", {**CHAT, "max_tokens": 4})
+    results = [None] * 20
+
+    def client(i):
+        body = {**CHAT, "max_tokens": 4, "stream": i % 2 == 1}
+        results[i] = call(server, "/v1/chat/completions", body)
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    want = alone["choices"][0]["message"]["content"]
+    for i, (status, reply) in enumerate(results):
+        assert status == 200
+        if i % 2:
+            events = sse_events(reply)
+            assert events[-1] == "[DONE]"
+            text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
+        else:
+            text = reply["choices"][0]["message"]["content"]
+        assert text == want                              # greedy: batched with 19 others, the same answer
+
+
+def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
+    engine, real_step = server.engine, server.engine.step
+    monkeypatch.setattr(engine, "step", lambda: (time.sleep(0.02), real_step())[1])   # 50 tokens take > 1 s
+    before = engine.stats["finished_cancelled"]
+    body = json.dumps({"prompt": "Four", "max_tokens": 50, "stream": True, "temperature": 0, "stop": "never"})
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as sock:
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        seen = b""
+        while b"data: " not in seen:                     # the answer has begun streaming: then leave
+            seen += sock.recv(4096)
+    deadline = time.time() + 10
+    while engine.stats["finished_cancelled"] == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.stats["finished_cancelled"] == before + 1 and not engine.busy()
+    assert call(server, "/v1/models")[0] == 200
+
+
+# ----------------------------------------------------------------------------- the terminal chat
+
+def test_chat_session_streams_keeps_history_and_handles_commands(tok):
+    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
+    session = ChatSession(Engine(model, tok, "sequential"), tok, ChatConfig(temperature=0, max_tokens=5))
+    lines = iter(["hello", "/settings max_tokens=3 temperature=0.5", "/settings top_p=2", "again", "/reset",
+                  "/nope"])
+    out = []
+
+    def read():
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+    run_chat(session, read, out.append)
+    shown = "".join(out)
+    assert "max_tokens=3" in shown and "temperature=0.5" in shown and "error: " in shown and "(conversation forgotten)" in shown
+    assert session.turns == [] and session.cfg.max_tokens == 3 and shown.count("assistant> ") == 2
+
+
+# ----------------------------------------------------------------------------- command lines
+
+def sha(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, tok):
+    run = tmp_path_factory.mktemp("run")
+    tok.save(run / "tokenizer")
+    write_manifest(run / "tokenizer", stage="02_tokenizer", command="(test)", config={})
+    model = tiny_model(vocab=tok.vocab_size, block_size=64)
+    save_checkpoint(run / "sft" / "ckpt.pt", dataclasses.asdict(model.cfg), model.state_dict(), tokenizer="../tokenizer")
+    return run / "sft" / "ckpt.pt"
+
+
+CLI_CASES = [  # (script, args, words in the error line)
+    ("serve.py", [], "--ckpt is required"),
+    ("serve.py", ["--ckpt", "{missing}"], "no checkpoint there"),
+    ("serve.py", ["--ckpt", "{ckpt}", "--port", "70000"], "--port"),
+    ("serve.py", ["--ckpt", "{ckpt}", "--host", "256.1.1.1", "--port", "0"], "cannot listen on 256.1.1.1"),
+    ("serve.py", ["--ckpt", "{ckpt}", "--tokenizer", "{missing}"], "no tokenizer found"),
+    ("chat.py", ["--ckpt", "{ckpt}", "--temperature", "-1"], "--temperature"),
+    ("bench_serve.py", ["--prompt-min", "9", "--prompt-max", "3"], "--prompt-min 9 is above --prompt-max 3"),
+    ("bench_serve.py", ["--block-size", "32"], "exceeds the model's context of 32"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(ckpt, tmp_path_factory):
+    """Every case of CLI_CASES started at once (each pays for importing torch; together they overlap)
+    -> {case index: (returncode, stderr)}, with the run folder's hashes before and after."""
+    work = tmp_path_factory.mktemp("cli")
+    before = sha(ckpt.parent.parent)
+    procs = [subprocess.Popen([sys.executable, str(REPO / "07_distill_quant" / script),
+                               *[a.format(ckpt=ckpt, missing=work / "nothing.pt") for a in args], "--threads", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                              cwd=work) for script, args, _ in CLI_CASES]
+    results = {}
+    for i, p in enumerate(procs):
+        _, err = p.communicate(timeout=300)
+        results[i] = (p.returncode, err)
+    return results, before, sha(ckpt.parent.parent)
+
+
+@pytest.mark.parametrize("case", range(len(CLI_CASES)), ids=[f"{s}:{w}" for s, _, w in CLI_CASES])
+def test_command_lines_answer_bad_input_with_one_error_line(cli_runs, case):
+    results, before, after = cli_runs
+    returncode, stderr = results[case]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert returncode == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert CLI_CASES[case][2] in errors[0]
+    assert after == before
