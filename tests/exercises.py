@@ -4,7 +4,7 @@ Run it:
     python tests/exercises.py list                                  # every exercise and its grading tests
     python tests/exercises.py make --stage 02_tokenizer --out ~/ex  # a copy with that stage's bodies blanked
     python tests/exercises.py make --all --out ~/ex                 # ... with every exercise blanked
-    cd ~/ex && python -m pytest -q tests/test_02_tokenizer.py       # grade (or run `list`'s narrower command)
+    cd ~/ex && python -m pytest -q tests/test_02_tokenizer.py       # grade (make prints one command per exercise)
     python tests/exercises.py check [--stage S]                     # prove each exercise is graded (CI does)
 
 The marker. A core function body carries a comment pair, with a one-line hint:
@@ -21,16 +21,18 @@ included, with `raise NotImplementedError("<hint>")` and the file still compiles
 The grading tests of an exercise are the tests of its stage (tests/test_<NN>_*.py, or
 tests/test_kernels_*.py for kernels/) that name the function: a test function whose code uses the
 function's name (for a method, the method's name as an attribute; for `forward` or `__call__`, the
-class's name), keeping only those that need no expensive fixture when there are any. GRADED_BY below replaces that rule for one exercise when it picks too much or too
-little. `check` proves the rule worked: in one copy per stage, the grading tests pass on the full
-code, and blanking each exercise alone makes at least one of them fail (fail, not error at import:
-a student's copy must still collect). It imports torch once and forks one pytest per exercise, so
-the whole check costs about a second per exercise plus the tests' own time.
+class's name), keeping only those that need no expensive fixture when there are any. GRADED_BY
+below replaces that rule for one exercise when it picks too much or too little. `check` proves
+the rule worked: in one copy per stage, the grading tests pass on the full code, and blanking each
+exercise alone makes at least one of them fail (fail, not error at import: a student's copy must
+still collect). It imports torch once and forks one pytest per exercise, so the whole check costs
+about a second per exercise plus the tests' own time.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import re
@@ -68,6 +70,8 @@ GRADED_BY: dict[str, list[str]] = {
                                             "test_kv_cache_generation_equals_full_recomputation"],
     "03_model/lm_loss.py:CrossEntropyAndZ.backward": [
         "test_cross_entropy_and_z_loss_values_and_gradients_match_autograd_of_torch"],
+    "04_pretrain/optimizers.py:AdamW.step": ["test_adamw_equals_torch_adamw_over_100_steps",
+                                             "test_foreach_adamw_equals_the_per_parameter_loop"],
     "kernels/attention_backends.py:causal_mask": ["test_naive_mask_is_the_definition_and_sdpa_agrees",
                                                   "test_causal_past_ignores_future_keys"],
     "kernels/attention_backends.py:attention_naive": ["test_naive_mask_is_the_definition_and_sdpa_agrees",
@@ -222,16 +226,19 @@ def file_exercises(root: Path, path: Path, stage: str) -> list[Exercise]:
     return found
 
 
-def test_functions(path: Path):
-    """(name, node) for every test function in a test file (top level and in Test* classes)."""
+@functools.lru_cache(maxsize=None)
+def test_functions(path: Path) -> list:
+    """[(name, node, names it uses, fixtures it asks for)] for every test function in a test file
+    (top level and in Test* classes); parsed once per file."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = []
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
-            yield node.name, node
+            found.append((node.name, node))
         elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            for sub in node.body:
-                if isinstance(sub, ast.FunctionDef) and sub.name.startswith("test"):
-                    yield f"{node.name}::{sub.name}", sub
+            found += [(f"{node.name}::{sub.name}", sub) for sub in node.body
+                      if isinstance(sub, ast.FunctionDef) and sub.name.startswith("test")]
+    return [(name, node, names_used(node), fixtures(node)) for name, node in found]
 
 
 def names_used(node) -> set:
@@ -247,19 +254,19 @@ def names_used(node) -> set:
 def grading_tests(root: Path, ex: Exercise) -> list[str]:
     """Node ids of the tests that grade `ex` (GRADED_BY, else the tests that name the function)."""
     files = stage_test_files(root, ex.stage)
-    tests = [(f.relative_to(root).as_posix(), name, node) for f in files for name, node in test_functions(f)]
+    tests = [(f.relative_to(root).as_posix(), *t) for f in files for t in test_functions(f)]
     if ex.key in GRADED_BY:
         wanted = GRADED_BY[ex.key]
-        ids = [f"{f}::{name}" for f, name, _ in tests if name in wanted]
-        missing = set(wanted) - {name for _, name, _ in tests}
+        ids = [f"{f}::{name}" for f, name, *_ in tests if name in wanted]
+        missing = set(wanted) - {t[1] for t in tests}
         if missing:
             raise MarkerError(f"GRADED_BY[{ex.key!r}] names tests that do not exist: {sorted(missing)}")
         return ids
     parts = ex.function.split(".")
     name = parts[-2] if parts[-1] in GENERIC_METHODS and len(parts) > 1 else parts[-1]
-    naming = [(f, test, node) for f, test, node in tests if name in names_used(node)]
-    cheap = [t for t in naming if fixtures(t[2]) <= CHEAP_FIXTURES]
-    return [f"{f}::{test}" for f, test, _ in (cheap or naming)]
+    naming = [t for t in tests if name in t[3]]
+    cheap = [t for t in naming if t[4] <= CHEAP_FIXTURES]
+    return [f"{t[0]}::{t[1]}" for t in (cheap or naming)]
 
 
 def fixtures(test) -> set:
@@ -302,8 +309,6 @@ def repo_files(root: Path) -> list[str]:
 
 def make_copy(root: Path, out: Path, exercises) -> None:
     """Copy the repository into `out` (which must be empty or absent), blanking `exercises`."""
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"error: {out} is not empty; pass a new folder to --out")
     by_file = {}
     for ex in exercises:
         by_file.setdefault(ex.file, []).append(ex)
@@ -451,8 +456,8 @@ def main(argv=None):
 
     try:
         if args.cmd == "_grade":  # internal: runs inside a copy, prints one JSON line
-            print(json.dumps(grade_stage(REPO, args.stage)))
-            return 0
+            print(json.dumps(grade_stage(REPO, args.stage)), flush=True)
+            os._exit(0)  # skip interpreter teardown: pre-imported triton prints leak warnings there
         known = [d.name for d in stage_dirs(REPO)]
         for s in (getattr(args, "stage", None) or []):
             if s not in known:
@@ -479,12 +484,17 @@ def main(argv=None):
         if out == REPO or REPO in out.parents:
             print("error: --out is inside this repository; pass a folder outside it", file=sys.stderr)
             return 2
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            print(f"error: {out} is not an empty folder; pass a new folder to --out", file=sys.stderr)
+            return 2
         make_copy(REPO, out, exercises)
         stages = sorted({e.stage for e in exercises})
         print(f"wrote {out} with {len(exercises)} exercises blanked in {', '.join(stages) or 'no stage'}")
         for s in stages:
             files = " ".join(f.relative_to(REPO).as_posix() for f in stage_test_files(REPO, s))
-            print(f"  grade {s}: cd {out} && python -m pytest -q {files}")
+            print(f"\n{s}, graded as a whole:  cd {out} && python -m pytest -q {files}")
+            for e in (e for e in exercises if e.stage == s):
+                print(f"  {e.file}:{e.function}:  python -m pytest -q {' '.join(e.tests)}")
         return 0
     # check
     stages = sorted({e.stage for e in exercises})
