@@ -120,7 +120,7 @@ def minhash_signatures(hash_lists, num_perm=128, seed=1, chunk_elems=1 << 24) ->
     few times, h is almost linear in x, every "permutation" picks nearly the same minimum, and the
     estimate was off by 0.1. The test against true Jaccard caught it.)
     """
-    # >>> exercise: sig[d, i] = min over document d's shingle hashes x of h_i(x) = ((a_i·x + b_i) mod 2^64) >> 32, as uint32 (uint64 arithmetic wraps for free)
+    # >>> exercise: sig[d, i] = min over d's shingle hashes x of ((a_i·x + b_i) mod 2^64) >> 32, uint32
     a, b = minhash_params(num_perm, seed)
     sig = np.empty((len(hash_lists), num_perm), dtype=np.uint32)
     lengths = np.array([len(h) for h in hash_lists])
@@ -164,7 +164,7 @@ def lsh_params(threshold: float, num_perm: int, fp_weight=0.5, fn_weight=0.5):
 
 def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     """Pairs (i, j), i < j, that share an identical band, shape (E, 2); each bucket links to its first doc."""
-    # >>> exercise: split sig into b bands of r rows; documents whose band rows are identical share a bucket: return the unique pairs (i, j), i < j, shape (E, 2)
+    # >>> exercise: b bands of r rows; documents with an identical band are candidates: unique (i, j), i < j
     n = len(sig)
     mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
     pairs = []
@@ -186,7 +186,7 @@ def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
 
 def union_find_roots(n: int, pairs) -> np.ndarray:
     """Cluster id per document: the smallest index in its connected component."""
-    # >>> exercise: union-find over the pairs; each document's cluster id is the smallest index in its connected component
+    # >>> exercise: union-find over the pairs; cluster id = smallest index in the connected component
     parent = list(range(n))
 
     def find(i):

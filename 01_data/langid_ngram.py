@@ -59,7 +59,7 @@ def train_langid(texts, labels, cfg: LangIDConfig = LangIDConfig()):
         k = LANGS.index(lang)
         counts[k] += np.bincount(ngram_ids(text, cfg), minlength=cfg.buckets)
         docs[k] += 1
-    # >>> exercise: naive Bayes: log P(L) from document counts; log P(g | L) from n-gram counts with add-alpha smoothing over all buckets
+    # >>> exercise: log P(L) from document counts; log P(g | L) from n-gram counts, add-alpha over all buckets
     log_prior = np.log(docs / docs.sum())
     log_like = np.log((counts + cfg.alpha) / (counts.sum(1, keepdims=True) + cfg.alpha * cfg.buckets))
     return log_prior, log_like

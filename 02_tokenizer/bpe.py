@@ -148,7 +148,7 @@ def merge_ids(ids, pair, new_id):
 
 def train_merges_naive(word_counts, n_merges):
     """Reference trainer: recount all pairs after every merge. O(corpus) per merge; for tests."""
-    # >>> exercise: each round: count adjacent pairs weighted by word count, merge the most frequent (ties: greater bytes), id 256+k
+    # >>> exercise: each round: count pairs weighted by word count; merge the most frequent (ties: greater bytes)
     vocab = {i: bytes([i]) for i in range(256)}
     words = {tuple(w): n for w, n in word_counts.items()}
     merges = []
@@ -177,7 +177,7 @@ def merge_counting_pairs(word, pair, new_id, n, delta):
     (b, q) disappear and (p, new), (new, q) appear; nothing else in the word changes. p is read from
     the output, so in "a b a b" the (new, a) counted at the first occurrence is taken back at the
     second, which then adds (new, new). Cost: one pass over the word, not a recount of it."""
-    # >>> exercise: merge_ids, plus in delta: pairs (p,a), (a,b), (b,q) lose n and (p,new), (new,q) gain n at each occurrence
+    # >>> exercise: merge_ids; in delta (p,a), (a,b), (b,q) lose n and (p,new), (new,q) gain n per occurrence
     a, b = pair
     out, i, length = [], 0, len(word)
     while i < length:
@@ -313,7 +313,7 @@ class BPETokenizer:
     def bpe_piece(self, piece: bytes) -> list:
         """Merge the bytes of one pre-token: always the adjacent pair whose bytes have the lowest rank
         (leftmost on ties), as tiktoken does. pair_ranks[i] is the rank of parts[i] + parts[i+1]."""
-        # >>> exercise: start from single bytes; repeatedly merge the adjacent pair of lowest rank (leftmost on ties); return the ids
+        # >>> exercise: from single bytes, merge the adjacent pair of lowest rank (leftmost on ties) till none
         get, inf = self.ranks.get, float("inf")
         # `[bytes([b]) for b in piece]` and `[get(a + b, inf) for adjacent a, b]`, with map (in C)
         parts = list(map(SINGLE_BYTES.__getitem__, piece))

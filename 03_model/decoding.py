@@ -55,7 +55,7 @@ class KVCache:
 
     def update(self, layer, k, v):
         """Write this step's k, v (B, Hkv, T, hd) after the cached ones; return all of them (B, Hkv, pos+T, hd)."""
-        # >>> exercise: allocate (B, Hkv, max_len, hd) buffers on the first call; write k, v at pos:pos+T; return the buffers up to pos+T
+        # >>> exercise: first call: zeros (B, Hkv, max_len, hd); write k, v at pos:pos+T; return up to pos+T
         if self.k[layer] is None:
             B, Hkv, _, hd = k.shape
             self.k[layer] = k.new_zeros(B, Hkv, self.max_len, hd)
@@ -102,7 +102,7 @@ def top_k_filter(logits, k):
 def top_p_filter(logits, p):
     """Nucleus: keep the smallest set of most likely tokens whose probability mass is >= p.
     A token is dropped when the tokens more likely than it already reach p."""
-    # >>> exercise: sort descending; drop a token when the probability mass of the tokens before it is already >= p; -inf the dropped
+    # >>> exercise: sort descending; drop a token once the mass of the tokens before it is >= p (to -inf)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs                                          # (B, V) sorted

@@ -87,7 +87,7 @@ class CrossEntropyAndZ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ce, grad_z):
         # per valid row, with p = softmax(z):  ∂ce/∂z = (p - onehot(y)) / n,  ∂z²/∂z = 2·lse·p / n
-        # >>> exercise: per valid row, with p = e / sum_e: ∂ce/∂z = (p - onehot(y)) / n and ∂z²/∂z = 2·lse·p / n; ignored rows get 0
+        # >>> exercise: p = e / sum_e: dce/dz = (p - onehot(y)) / n, dz²/dz = 2·lse·p / n; ignored rows 0
         e, sum_e, lse, safe, valid, n = ctx.saved_tensors
         row = valid.to(e.dtype) / n                                        # (N,): 1/n, or 0 if ignored
         grad = e * ((grad_ce + 2 * grad_z * lse) * row / sum_e)[:, None]   # p · (...), one pass, (N, V)

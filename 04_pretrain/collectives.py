@@ -54,7 +54,7 @@ from gpt import GPT, GPTConfig  # 03_model
 
 def ring_bytes(op: str, n_bytes: float, world: int) -> float:
     """Bytes one rank sends for collective `op` on a message of n_bytes (module docstring)."""
-    # >>> exercise: ring algorithms, per rank: reduce-scatter and all-gather send (N-1)/N·n, all-reduce twice that, broadcast n; 0 for N = 1
+    # >>> exercise: ring, per rank: reduce-scatter, all-gather (N-1)/N·n; all-reduce 2(N-1)/N·n; broadcast n
     if world == 1:
         return 0.0
     per_half = (world - 1) / world * n_bytes
@@ -71,7 +71,7 @@ def step_traffic(strategy: str, param_bytes: float, world: int) -> list:
     ZeRO-1 keeps full gradients, so zero_sharding.py all-reduces them; since its optimizer reads only
     its own slice, a reduce-scatter would do (the ZeRO paper counts stage 1 that way: the same 2Ψ as DDP).
     ZeRO-3 gathers the weights twice (forward and again in backward, they were freed in between)."""
-    # >>> exercise: ddp: all-reduce grads; zero1: all-reduce + all-gather; zero2: reduce-scatter + all-gather; zero3: all-gather twice + reduce-scatter
+    # >>> exercise: (op, payload, ring_bytes): ddp AR; zero1 AR + AG; zero2 RS + AG; zero3 AG + AG + RS
     g = param_bytes
     ops = {"ddp": [("all_reduce", g)],
            "zero1": [("all_reduce", g), ("all_gather", g)],

@@ -86,7 +86,7 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     Returns the norm before clipping (inf/nan if a gradient overflowed; then nothing is scaled).
     Same result as torch.nn.utils.clip_grad_norm_ (which adds 1e-6 to the denominator too).
     """
-    # >>> exercise: ||g|| over all grads as one vector (global_norm); scale each by min(1, max_norm / (||g|| + 1e-6)) unless non-finite; return ||g||
+    # >>> exercise: ||g|| = global_norm(grads); if finite, g *= min(1, max_norm / (||g|| + 1e-6)); return ||g||
     grads = [p.grad for p in params if p.grad is not None]
     total = global_norm(grads)
     if max_norm > 0 and grads:
@@ -130,7 +130,7 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         if self.foreach:
             return self._step_foreach()
-        # >>> exercise: per param: p *= 1 - lr·wd; m, v = EMAs of g, g² (b1, b2); bias-correct by 1 - b^t; p -= lr·m̂ / (√v̂ + eps)
+        # >>> exercise: p *= 1 - lr·wd; m, v: EMAs of g, g²; bias-correct by 1 - b^t; p -= lr·m̂ / (√v̂ + eps)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -240,7 +240,7 @@ def lr_at(step: int, s: Schedule) -> float:
     cosine  : min + (lr - min) * 0.5 * (1 + cos(pi * progress))   progress 0 -> 1 over [warmup, max)
     wsd     : lr flat, then linear to min_lr over the last decay_frac of max_steps
     """
-    # >>> exercise: warmup lr·(step+1)/warmup; cosine min + (lr - min)·½(1 + cos πt) over [warmup, max); wsd: flat, then linear to min
+    # >>> exercise: warmup lr·(s+1)/W; cosine min + (lr - min)·½(1 + cos π·progress); wsd flat, then linear
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
     if s.kind == "cosine":
@@ -296,7 +296,7 @@ class DynamicLossScaler:
         return bool(found.item() > 0)
 
     def update(self, found_inf: bool):
-        # >>> exercise: overflow: scale *= backoff and restart the count; after growth_interval good steps in a row: scale *= growth
+        # >>> exercise: overflow: scale *= backoff, count 0; growth_interval good steps in a row: scale *= growth
         if not self.enabled:
             return
         if found_inf:
