@@ -25,7 +25,8 @@ def test_every_marker_is_well_formed_and_names_its_grading_tests():
     exercises = find_exercises(REPO)  # raises MarkerError, naming file:line, on any broken pair
     assert exercises, "no exercise markers found"
     for ex in exercises:
-        assert ex.hint and ex.tests, f"{ex.key} has no hint or no grading test"
+        assert ex.tests, (f"no test of {ex.stage} names {ex.function}: add a GRADED_BY entry for {ex.key!r} "
+                          "in tests/exercises.py naming the fast tests that check it")
         assert all(t.startswith("tests/test_") and "::" in t for t in ex.tests), ex.tests
         blanked = blank_text((REPO / ex.file).read_text(encoding="utf-8"), [ex])
         assert "exercise: " + ex.hint in blanked and blanked.count("# >>> exercise") == \
