@@ -81,7 +81,9 @@ def shingle_set(text: str, k: int) -> set:
 
 
 def jaccard(a: set, b: set) -> float:
+    # >>> exercise: |A ∩ B| / |A ∪ B| (two empty sets: 0, not a division by zero)
     return len(a & b) / max(1, len(a | b))
+    # <<< exercise
 
 
 def shingle_hashes(text: str, k: int, cache: dict) -> np.ndarray:
@@ -118,6 +120,7 @@ def minhash_signatures(hash_lists, num_perm=128, seed=1, chunk_elems=1 << 24) ->
     few times, h is almost linear in x, every "permutation" picks nearly the same minimum, and the
     estimate was off by 0.1. The test against true Jaccard caught it.)
     """
+    # >>> exercise: sig[d, i] = min over d's shingle hashes x of ((a_i·x + b_i) mod 2^64) >> 32, uint32
     a, b = minhash_params(num_perm, seed)
     sig = np.empty((len(hash_lists), num_perm), dtype=np.uint32)
     lengths = np.array([len(h) for h in hash_lists])
@@ -135,11 +138,14 @@ def minhash_signatures(hash_lists, num_perm=128, seed=1, chunk_elems=1 << 24) ->
             sig[d0:d1, p0:p0 + 16] = np.minimum.reduceat(hx, starts, axis=1).T
         d0 = d1
     return sig
+    # <<< exercise
 
 
 def candidate_probability(s, b, r):
     """P(two documents with Jaccard s share at least one identical band) = 1 - (1 - s^r)^b."""
+    # >>> exercise: P(share >= 1 band) = 1 - (1 - s^r)^b for Jaccard s, b bands of r rows
     return 1.0 - (1.0 - np.asarray(s, dtype=float) ** r) ** b
+    # <<< exercise
 
 
 def lsh_params(threshold: float, num_perm: int, fp_weight=0.5, fn_weight=0.5):
@@ -158,6 +164,7 @@ def lsh_params(threshold: float, num_perm: int, fp_weight=0.5, fn_weight=0.5):
 
 def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     """Pairs (i, j), i < j, that share an identical band, shape (E, 2); each bucket links to its first doc."""
+    # >>> exercise: b bands of r rows; documents with an identical band are candidates: unique (i, j), i < j
     n = len(sig)
     mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
     pairs = []
@@ -174,10 +181,12 @@ def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     if not pairs:
         return np.empty((0, 2), dtype=np.int64)
     return np.unique(np.concatenate(pairs), axis=0)
+    # <<< exercise
 
 
 def union_find_roots(n: int, pairs) -> np.ndarray:
     """Cluster id per document: the smallest index in its connected component."""
+    # >>> exercise: union-find over the pairs; cluster id = smallest index in the connected component
     parent = list(range(n))
 
     def find(i):
@@ -191,6 +200,7 @@ def union_find_roots(n: int, pairs) -> np.ndarray:
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     return np.array([find(i) for i in range(n)], dtype=np.int64)
+    # <<< exercise
 
 
 def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig()):

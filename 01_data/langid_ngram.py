@@ -59,16 +59,20 @@ def train_langid(texts, labels, cfg: LangIDConfig = LangIDConfig()):
         k = LANGS.index(lang)
         counts[k] += np.bincount(ngram_ids(text, cfg), minlength=cfg.buckets)
         docs[k] += 1
+    # >>> exercise: log P(L) from document counts; log P(g | L) from n-gram counts, add-alpha over all buckets
     log_prior = np.log(docs / docs.sum())
     log_like = np.log((counts + cfg.alpha) / (counts.sum(1, keepdims=True) + cfg.alpha * cfg.buckets))
     return log_prior, log_like
+    # <<< exercise
 
 
 def predict_lang(model, text: str, cfg: LangIDConfig = LangIDConfig()) -> str:
     log_prior, log_like = model
     ids = ngram_ids(text, cfg)
+    # >>> exercise: argmax over languages of log P(L) + sum over the text's n-grams g of log P(g | L)
     scores = log_prior + log_like[:, ids].sum(axis=1)  # (3,)
     return LANGS[int(np.argmax(scores))]
+    # <<< exercise
 
 
 # Training text for "other": sentences written for this classifier only, *not* the ones noise_inject.py

@@ -133,6 +133,7 @@ def word_counts_of(texts, pattern, special_tokens=(), progress=None) -> Counter:
 # ---------------------------------------------------------------- 2. training
 def merge_ids(ids, pair, new_id):
     """Replace every non-overlapping occurrence of `pair` in `ids` (left to right) by `new_id`."""
+    # >>> exercise: scan left to right; where ids[i], ids[i+1] == pair emit new_id and skip both, else copy ids[i]
     out, i, a, b = [], 0, pair[0], pair[1]
     while i < len(ids):
         if i + 1 < len(ids) and ids[i] == a and ids[i + 1] == b:
@@ -142,10 +143,12 @@ def merge_ids(ids, pair, new_id):
             out.append(ids[i])
             i += 1
     return out
+    # <<< exercise
 
 
 def train_merges_naive(word_counts, n_merges):
     """Reference trainer: recount all pairs after every merge. O(corpus) per merge; for tests."""
+    # >>> exercise: each round: count pairs weighted by word count; merge the most frequent (ties: greater bytes)
     vocab = {i: bytes([i]) for i in range(256)}
     words = {tuple(w): n for w, n in word_counts.items()}
     merges = []
@@ -165,6 +168,7 @@ def train_merges_naive(word_counts, n_merges):
             merged[tuple(merge_ids(w, best, new_id))] += n
         words = merged
     return merges
+    # <<< exercise
 
 
 def merge_counting_pairs(word, pair, new_id, n, delta):
@@ -173,6 +177,7 @@ def merge_counting_pairs(word, pair, new_id, n, delta):
     (b, q) disappear and (p, new), (new, q) appear; nothing else in the word changes. p is read from
     the output, so in "a b a b" the (new, a) counted at the first occurrence is taken back at the
     second, which then adds (new, new). Cost: one pass over the word, not a recount of it."""
+    # >>> exercise: merge_ids; in delta (p,a), (a,b), (b,q) lose n and (p,new), (new,q) gain n per occurrence
     a, b = pair
     out, i, length = [], 0, len(word)
     while i < length:
@@ -190,6 +195,7 @@ def merge_counting_pairs(word, pair, new_id, n, delta):
             out.append(word[i])
             i += 1
     return out
+    # <<< exercise
 
 
 def train_merges(word_counts, n_merges, progress=None, progress_every=500):
@@ -307,6 +313,7 @@ class BPETokenizer:
     def bpe_piece(self, piece: bytes) -> list:
         """Merge the bytes of one pre-token: always the adjacent pair whose bytes have the lowest rank
         (leftmost on ties), as tiktoken does. pair_ranks[i] is the rank of parts[i] + parts[i+1]."""
+        # >>> exercise: from single bytes, merge the adjacent pair of lowest rank (leftmost on ties) till none
         get, inf = self.ranks.get, float("inf")
         # `[bytes([b]) for b in piece]` and `[get(a + b, inf) for adjacent a, b]`, with map (in C)
         parts = list(map(SINGLE_BYTES.__getitem__, piece))
@@ -323,6 +330,7 @@ class BPETokenizer:
             if i < len(pair_ranks):
                 pair_ranks[i] = get(parts[i] + parts[i + 1], inf)
         return [self.ranks[p] for p in parts]
+        # <<< exercise
 
     def bpe_pieces(self, pieces) -> list:
         """`bpe_piece` of each piece (bytes): a few one by one, many at once in rounds on arrays

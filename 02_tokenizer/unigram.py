@@ -70,6 +70,7 @@ def viterbi(word, logp, max_len):
 
     best[j] = max over pieces x = word[i:j] of best[i] + logp[x]; shapes: best has len(word)+1 entries.
     """
+    # >>> exercise: best[j] = max over i of best[i] + logp[word[i:j]] (pieces up to max_len); follow back-pointers
     n = len(word)
     best = [0.0] + [-math.inf] * n
     back = [0] * (n + 1)
@@ -85,6 +86,7 @@ def viterbi(word, logp, max_len):
         pieces.append(word[back[j]:j])
         j = back[j]
     return pieces[::-1], best[n]
+    # <<< exercise
 
 
 def seed_pieces(word_counts, cfg, target):

@@ -171,6 +171,7 @@ class WordPieceTokenizer:
 
     def tokenize_word(self, word):
         """Greedy longest-match-first: the longest piece at each position, `##` after the first."""
+        # >>> exercise: greedy longest match first; pieces after the first carry '##'; no match anywhere -> ['[UNK]']
         if len(word) > self.max_word_chars:
             return ["[UNK]"]
         pieces, start = [], 0
@@ -184,6 +185,7 @@ class WordPieceTokenizer:
             pieces.append(piece)
             start = end
         return pieces
+        # <<< exercise
 
     def tokenize(self, text):
         return [p for w in pretokenize(text) for p in self.tokenize_word(w)]

@@ -55,6 +55,7 @@ class KVCache:
 
     def update(self, layer, k, v):
         """Write this step's k, v (B, Hkv, T, hd) after the cached ones; return all of them (B, Hkv, pos+T, hd)."""
+        # >>> exercise: first call: zeros (B, Hkv, max_len, hd); write k, v at pos:pos+T; return up to pos+T
         if self.k[layer] is None:
             B, Hkv, _, hd = k.shape
             self.k[layer] = k.new_zeros(B, Hkv, self.max_len, hd)
@@ -63,6 +64,7 @@ class KVCache:
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        # <<< exercise
 
     def reorder(self, rows):
         """Keep the cache rows `rows` (N,), in that order, repeats allowed: beam i continues row rows[i]."""
@@ -100,11 +102,13 @@ def top_k_filter(logits, k):
 def top_p_filter(logits, p):
     """Nucleus: keep the smallest set of most likely tokens whose probability mass is >= p.
     A token is dropped when the tokens more likely than it already reach p."""
+    # >>> exercise: sort descending; drop a token once the mass of the tokens before it is >= p (to -inf)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs                                          # (B, V) sorted
     drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(1, order, mass_before >= p)
     return logits.masked_fill(drop, float("-inf"))
+    # <<< exercise
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

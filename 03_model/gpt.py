@@ -148,8 +148,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
+        # >>> exercise: x / sqrt(mean(x², last dim) + eps) · weight; mean of squares in fp32, out in x's dtype
         xf = x.float()  # the mean of squares in fp32, even under bf16 autocast
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        # <<< exercise
 
 
 def make_norm(cfg: GPTConfig, dim=None):

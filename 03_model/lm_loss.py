@@ -49,9 +49,11 @@ def shifted_exp(x, dim=-1):
 
 def logsumexp(x, dim=-1, keepdim=False):
     """log Σ exp(x) along `dim`, computed as m + log Σ exp(x - m) (the module docstring's trick)."""
+    # >>> exercise: m + log Σ exp(x - m) with m = max(x) (shifted_exp gives both pieces); keepdim as asked
     m, e = shifted_exp(x, dim)
     lse = m + e.sum(dim=dim, keepdim=True).log()
     return lse if keepdim else lse.squeeze(dim)
+    # <<< exercise
 
 
 def softmax(x, dim=-1):
@@ -85,11 +87,13 @@ class CrossEntropyAndZ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ce, grad_z):
         # per valid row, with p = softmax(z):  ∂ce/∂z = (p - onehot(y)) / n,  ∂z²/∂z = 2·lse·p / n
+        # >>> exercise: p = e / sum_e: dce/dz = (p - onehot(y)) / n, dz²/dz = 2·lse·p / n; ignored rows 0
         e, sum_e, lse, safe, valid, n = ctx.saved_tensors
         row = valid.to(e.dtype) / n                                        # (N,): 1/n, or 0 if ignored
         grad = e * ((grad_ce + 2 * grad_z * lse) * row / sum_e)[:, None]   # p · (...), one pass, (N, V)
         grad.scatter_add_(1, safe[:, None], (-grad_ce * row)[:, None])     # the -onehot(y) term
         return grad, None, None
+        # <<< exercise
 
 
 def cross_entropy_and_z(logits, targets, ignore_index=IGNORE_INDEX):

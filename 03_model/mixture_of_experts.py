@@ -28,9 +28,11 @@ def load_balancing_loss(probs, top_idx, n_experts):
     P_i = mean router probability of expert i (differentiable). Both are 1/E at a uniform load,
     where the loss is 1, its minimum when the router is balanced.  probs (N, E), top_idx (N, k).
     """
+    # >>> exercise: n_experts · Σ_i f_i·P_i; f_i = share of routing slots on expert i, P_i = mean router prob
     f = torch.bincount(top_idx.flatten(), minlength=n_experts).float() / top_idx.numel()   # (E,)
     P = probs.float().mean(dim=0)                                                           # (E,)
     return n_experts * (f * P).sum()
+    # <<< exercise
 
 
 class MoE(nn.Module):

@@ -50,6 +50,7 @@ def apply_rope(x, cos, sin, pairs="interleaved"):
     an error and give another, untrained-looking model: check which one a checkpoint uses.
     x (B, H, T, hd); cos/sin (B or 1, 1, T, hd/2).
     """
+    # >>> exercise: (a, b) -> (a·cos - b·sin, a·sin + b·cos); pairs (x_2i, x_2i+1), or (x_i, x_i+hd/2) if 'half'
     xf = x.float()
     if pairs == "half":
         a, b = xf.chunk(2, dim=-1)                                                  # (B, H, T, hd/2) each
@@ -57,6 +58,7 @@ def apply_rope(x, cos, sin, pairs="interleaved"):
     a, b = xf[..., 0::2], xf[..., 1::2]
     out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)              # (B, H, T, hd/2, 2)
     return out.flatten(-2).to(x.dtype)
+    # <<< exercise
 
 
 def permute_rope_weights(state: dict, cfg, to: str) -> dict:

@@ -110,9 +110,11 @@ def unigram_loss(train, val, vocab_size: int) -> float:
     The loss of a model that ignores context entirely: a trained LM must beat it clearly.
     (Over at most SCAN_TOKENS of each shard, plenty to estimate a unigram distribution.)
     """
+    # >>> exercise: add-one-smoothed token frequencies of train; mean -log p(token) over val (nats/token)
     counts = np.bincount(np.asarray(train[:SCAN_TOKENS]), minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
     return float(-logp[np.asarray(val[:SCAN_TOKENS])].mean())
+    # <<< exercise
 
 
 def bits_per_byte(loss: float, meta: dict, split: str = "val"):
@@ -128,4 +130,6 @@ def bits_per_byte(loss: float, meta: dict, split: str = "val"):
     n_tokens = meta.get("n_tokens", {}).get(split)
     if not n_bytes or not n_tokens or not math.isfinite(loss):
         return None
+    # >>> exercise: nats/token · tokens/bytes / ln 2
     return loss * n_tokens / n_bytes / math.log(2)
+    # <<< exercise

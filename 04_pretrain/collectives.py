@@ -54,11 +54,13 @@ from gpt import GPT, GPTConfig  # 03_model
 
 def ring_bytes(op: str, n_bytes: float, world: int) -> float:
     """Bytes one rank sends for collective `op` on a message of n_bytes (module docstring)."""
+    # >>> exercise: ring, per rank: reduce-scatter, all-gather (N-1)/N·n; all-reduce 2(N-1)/N·n; broadcast n
     if world == 1:
         return 0.0
     per_half = (world - 1) / world * n_bytes
     return {"all_reduce": 2 * per_half, "reduce_scatter": per_half, "all_gather": per_half,
             "broadcast": n_bytes}[op]
+    # <<< exercise
 
 
 def step_traffic(strategy: str, param_bytes: float, world: int) -> list:
@@ -69,12 +71,14 @@ def step_traffic(strategy: str, param_bytes: float, world: int) -> list:
     ZeRO-1 keeps full gradients, so zero_sharding.py all-reduces them; since its optimizer reads only
     its own slice, a reduce-scatter would do (the ZeRO paper counts stage 1 that way: the same 2Ψ as DDP).
     ZeRO-3 gathers the weights twice (forward and again in backward, they were freed in between)."""
+    # >>> exercise: (op, payload, ring_bytes): ddp AR; zero1 AR + AG; zero2 RS + AG; zero3 AG + AG + RS
     g = param_bytes
     ops = {"ddp": [("all_reduce", g)],
            "zero1": [("all_reduce", g), ("all_gather", g)],
            "zero2": [("reduce_scatter", g), ("all_gather", g)],
            "zero3": [("all_gather", g), ("all_gather", g), ("reduce_scatter", g)]}[strategy]
     return [(op, n, ring_bytes(op, n, world)) for op, n in ops]
+    # <<< exercise
 
 
 def traffic_table(params: float, worlds=(2, 4, 8), bytes_per_value=4) -> str:

@@ -86,6 +86,7 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     Returns the norm before clipping (inf/nan if a gradient overflowed; then nothing is scaled).
     Same result as torch.nn.utils.clip_grad_norm_ (which adds 1e-6 to the denominator too).
     """
+    # >>> exercise: ||g|| = global_norm(grads); if finite, g *= min(1, max_norm / (||g|| + 1e-6)); return ||g||
     grads = [p.grad for p in params if p.grad is not None]
     total = global_norm(grads)
     if max_norm > 0 and grads:
@@ -96,6 +97,7 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
         for g in grads:
             g.mul_(coef.to(g.dtype) if not hasattr(g, "to_local") else coef.item())
     return total
+    # <<< exercise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         if self.foreach:
             return self._step_foreach()
+        # >>> exercise: p *= 1 - lr·wd; m, v: EMAs of g, g²; bias-correct by 1 - b^t; p -= lr·m̂ / (√v̂ + eps)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -145,6 +148,7 @@ class AdamW(torch.optim.Optimizer):
                 bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
                 denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
                 p.addcdiv_(m, denom, value=-lr / bc1)
+        # <<< exercise
 
     @torch.no_grad()
     def _step_foreach(self):
@@ -236,6 +240,7 @@ def lr_at(step: int, s: Schedule) -> float:
     cosine  : min + (lr - min) * 0.5 * (1 + cos(pi * progress))   progress 0 -> 1 over [warmup, max)
     wsd     : lr flat, then linear to min_lr over the last decay_frac of max_steps
     """
+    # >>> exercise: warmup lr·(s+1)/W; cosine min + (lr - min)·½(1 + cos π·progress); wsd flat, then linear
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
     if s.kind == "cosine":
@@ -249,6 +254,7 @@ def lr_at(step: int, s: Schedule) -> float:
         progress = min(1.0, (step - decay_start) / decay_steps)
         return s.lr + (s.min_lr - s.lr) * progress
     raise ValueError(f"unknown schedule {s.kind!r}")
+    # <<< exercise
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float):
@@ -290,6 +296,7 @@ class DynamicLossScaler:
         return bool(found.item() > 0)
 
     def update(self, found_inf: bool):
+        # >>> exercise: overflow: scale *= backoff, count 0; growth_interval good steps in a row: scale *= growth
         if not self.enabled:
             return
         if found_inf:
@@ -300,6 +307,7 @@ class DynamicLossScaler:
             if self.good_steps >= self.growth_interval:
                 self.scale *= self.growth
                 self.good_steps = 0
+        # <<< exercise
 
     def step(self, opt: torch.optim.Optimizer, found_inf: bool):
         """The optimizer step, unless the gradients overflowed; then adapt the scale."""

@@ -65,7 +65,9 @@ BACKENDS = ("auto", "triton", "torch", "tiled", "sdpa")   # "torch" is the naive
 def causal_mask(T, S, device):
     """(T, S) bool, True where query i may see key j: j <= i + S - T (bottom-right aligned, so with a
     KV cache the T new queries sit after the S - T cached keys)."""
+    # >>> exercise: (T, S) bool, True where j <= i + S - T (bottom-right aligned for a KV cache)
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+    # <<< exercise
 
 
 def attention_naive(q, k, v, causal=True, scale=None, mask=None):
@@ -79,6 +81,7 @@ def attention_naive(q, k, v, causal=True, scale=None, mask=None):
     if H != Hkv:  # GQA/MQA: with g = H/Hkv, query heads g·j ... g·j+g-1 share key/value head j
         k = k.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
+    # >>> exercise: softmax(Q Kᵀ · scale, -inf where causal rule or mask forbids) V; scale 1/√D; fp32 math
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     acc = torch.promote_types(q.dtype, torch.float32)               # fp32 math for half inputs
     att = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * scale         # (B, H, T, S)
@@ -89,6 +92,7 @@ def attention_naive(q, k, v, causal=True, scale=None, mask=None):
         att = att.masked_fill(~keep, float("-inf"))
     att = att.softmax(dim=-1)
     return (att @ v.to(acc)).to(q.dtype)                            # (B, H, T, D)
+    # <<< exercise
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -116,6 +120,7 @@ def attention_tiled_forward(q, k, v, causal=True, scale=None, block_m=32, block_
     k, v = k[:, kv].to(acc_dtype), v[:, kv].to(acc_dtype)           # (B, H, S, D); the kernel indexes instead
     o = torch.empty(B, H, T, D, dtype=acc_dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=acc_dtype, device=q.device)
+    # >>> exercise: online softmax per Q tile: m'=max(m, rowmax s); l, acc *= exp(m-m'); o = acc/l; lse = m+log l
     for i0 in range(0, T, block_m):                                 # outer loop: Q tiles (one GPU program each)
         i1 = min(i0 + block_m, T)
         qi = q[:, :, i0:i1].to(acc_dtype)                           # (B, H, bm, D)
@@ -138,6 +143,7 @@ def attention_tiled_forward(q, k, v, causal=True, scale=None, block_m=32, block_
         o[:, :, i0:i1] = acc / l[..., None]                         # normalize once, at the end
         lse[:, :, i0:i1] = m + torch.log(l)
     return o.to(q.dtype), lse
+    # <<< exercise
 
 
 def attention_tiled_backward(q, k, v, o, lse, do, causal=True, scale=None, block_m=32, block_n=32):
@@ -154,6 +160,7 @@ def attention_tiled_backward(q, k, v, o, lse, do, causal=True, scale=None, block
     kv = _kv_head_index(H, Hkv, q.device)
     qf, dof = q.to(acc_dtype), do.to(acc_dtype)
     kf, vf = k[:, kv].to(acc_dtype), v[:, kv].to(acc_dtype)        # (B, H, S, D)
+    # >>> exercise: P = exp(s - lse); dV += PᵀdO; dS = P∘(dP - rowsum(dO∘O)); dQ, dK from dS; sum GQA groups
     delta = (dof * o.to(acc_dtype)).sum(dim=-1)                     # (B, H, T)
     dq = torch.zeros(B, H, T, D, dtype=acc_dtype, device=q.device)
     dk = torch.zeros(B, H, S, D, dtype=acc_dtype, device=q.device)  # per query head; summed per group below
@@ -178,6 +185,7 @@ def attention_tiled_backward(q, k, v, o, lse, do, causal=True, scale=None, block
     dk = dk.view(B, Hkv, group, S, D).sum(dim=2)                    # (B, Hkv, S, D)
     dv = dv.view(B, Hkv, group, S, D).sum(dim=2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    # <<< exercise
 
 
 class TiledAttentionFunction(torch.autograd.Function):

@@ -101,11 +101,13 @@ def asymmetric_scale_zero(w, bits):
 
     The range is widened to include 0 (min ≤ 0 ≤ max), so zero is an integer in [0, 2^b - 1] and the weight 0
     (padding, pruned weights) is represented exactly."""
+    # >>> exercise: widen [min, max] to hold 0; scale = (max - min) / (2^b - 1), zero = round(-min / scale); both fp16
     w = w.float()
     lo, hi = w.amin(dim=-1).clamp(max=0), w.amax(dim=-1).clamp(min=0)
     scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=FP16_TINY).to(torch.float16)
     zero = torch.round(-lo / scale.float()).clamp(0, 2 ** bits - 1).to(torch.float16)
     return scale, zero
+    # <<< exercise
 
 
 def quantize_symmetric(w, scale, bits):
@@ -131,17 +133,21 @@ def pack_int4(q, signed):
     if q.numel() and (q.min() < lo_limit or q.max() > hi_limit):
         raise ValueError(f"int4 values must lie in [{lo_limit}, {hi_limit}] ({'signed' if signed else 'unsigned'}); "
                          f"got [{q.min().item()}, {q.max().item()}]")
+    # >>> exercise: byte j = (q[2j] & 0xF) | (q[2j+1] & 0xF) << 4, as uint8
     nibbles = q.to(torch.int16) & 0xF                   # two's complement of a negative value, low 4 bits
     return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).to(torch.uint8)
+    # <<< exercise
 
 
 def unpack_int4(packed, signed):
     """(..., K/2) uint8 -> (..., K) int8, the inverse of pack_int4."""
+    # >>> exercise: low nibble first, then high; signed: nibble 8..15 -> -8..-1 (x ^ 8) - 8; int8 (..., 2·K/2)
     p = packed.to(torch.int16)
     lo, hi = p & 0xF, p >> 4
     if signed:                                          # nibble 0..7 -> 0..7, 8..15 -> -8..-1
         lo, hi = (lo ^ 8) - 8, (hi ^ 8) - 8
     return torch.stack((lo, hi), dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1]).to(torch.int8)
+    # <<< exercise
 
 
 @dataclass
