@@ -19,7 +19,7 @@ One step, for a batch of word problems (prompts) q:
 The prompt shows `shots` solved problems first ("The answer is N." as the assistant's reply): 05's SFT
 data has no arithmetic, so without one example of the format the SFT model would never produce it, every
 group would score 0 and there would be nothing to learn from. The same prompt is used before and after,
-and in compare.py, for every model.
+and in rl_compare.py, for every model.
 
 Measured on held-out problems, before and after: pass@1 (greedy answer correct) and pass@1 estimated from
 `eval_samples` samples at temperature 1 (05's unbiased pass_at_k with k = 1), the mean reward and the

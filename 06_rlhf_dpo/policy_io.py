@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common import UserError, check_artifact  # 01_data
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
-from gpt import GPT, load_tokenizer  # 03_model
+from gpt import GPT  # 03_model
+from sample_text import load_tokenizer  # 03_model
 from lora import merge_lora  # 05_sft_lora
 from sft import load_finetuned  # 05_sft_lora
 
@@ -93,7 +94,7 @@ def load_reference(path, policy, tok, device="cpu"):
 
 def save_policy(path, model, tokenizer_dir, **extra):
     """A plain 03 checkpoint of `model`; the tokenizer folder is stored relative to the checkpoint's
-    folder (the convention gpt.load_tokenizer reads), so the run folder can move."""
+    folder (the convention sample_text.load_tokenizer reads), so the run folder can move."""
     path = Path(path)
     save_checkpoint(path, dataclasses.asdict(model.cfg), model.state_dict(),
                     tokenizer=os.path.relpath(Path(tokenizer_dir).resolve(), path.parent.resolve()), **extra)
@@ -102,7 +103,13 @@ def save_policy(path, model, tokenizer_dir, **extra):
 def load_policy(path, device="cpu"):
     """(GPT, tokenizer) of a checkpoint written by save_policy (or any 03/04/05 full checkpoint)."""
     path = Path(path)
-    return GPT.from_checkpoint(path, map_location=device), load_tokenizer(path, None)
+    ckpt = load_checkpoint(path, device)
+    return GPT.from_checkpoint(path, map_location=device, ckpt=ckpt), checkpoint_tokenizer(path, ckpt)
+
+
+def checkpoint_tokenizer(path, ckpt):
+    """The tokenizer a loaded checkpoint names (its folder relative to the checkpoint's), checked as an artifact."""
+    return load_tokenizer(Path(path), ckpt.get("tokenizer"), "")
 
 
 def checkpoint_step(path) -> int | None:

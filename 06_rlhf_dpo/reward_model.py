@@ -52,10 +52,10 @@ from common import (UserError, check_artifact, check_config, claim_output, comma
                     pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl, write_manifest)
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
-from gpt import GPT, config_from_dict, load_tokenizer  # 03_model
+from gpt import GPT, config_from_dict  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, load_sft_policy, tokenizer_differences
+from policy_io import check_finite, checkpoint_tokenizer, load_sft_policy, tokenizer_differences
 from preference_data import encode_pairs, pad_id_of, read_hh_pairs, read_preference_pairs
 from rl_common import pad_responses
 
@@ -134,7 +134,7 @@ def load_reward_model(path, tok=None, device="cpu") -> RewardModel:
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[1].strip()})") from None
     if tok is not None:
-        diffs = tokenizer_differences(tok, load_tokenizer(path, None))
+        diffs = tokenizer_differences(tok, checkpoint_tokenizer(path, ckpt))
         if diffs:
             raise UserError(f"{path}: the reward model's tokenizer differs from the policy's ({', '.join(diffs)}); "
                             "train the reward model from the same run's SFT model")

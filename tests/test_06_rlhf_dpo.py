@@ -30,6 +30,9 @@ import policy_io
 import ppo
 import preference_data
 import reward_model
+import rl_compare
+import rlaif
+import rollouts
 import rule_judge
 from rl_common import (clipped_policy_loss, group_normalized_advantages, k3_kl, masked_mean, masked_normalize,
                        masked_whiten, microbatch_train_step, no_baseline_loss, pad_responses, policy_gradient_loss,
@@ -181,3 +184,214 @@ def test_microbatch_train_step_masks_averages_and_divides_by_accumulation():
     w.grad = None
     loss, _ = microbatch_train_step(per_token(), mask, grad_accum_steps=1, normalize_constant=4.0)   # Dr. GRPO: Σ / 4
     assert close(loss, (3 / 4 + 22 / 4) / 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# the ground-truth judge
+
+def test_rule_judge_applies_each_rule_to_new_text():
+    pair = {"chosen": "Kado lives in Belma.", "rejected": "Kado lives in Toro."}
+    # correct_fact: the short answer decides; without one, the words only the chosen response has
+    assert rule_judge.judge("correct_fact", "He lives in Belma.", "Kado lives in Toro.", pair, "Belma") == 1
+    assert rule_judge.judge("correct_fact", "Kado lives in Toro.", "Belma!", pair) == -1
+    # helpful_vs_rude: politeness first, then the fact; a polite wrong answer beats a rude right one
+    assert rule_judge.judge("helpful_vs_rude", "Kado lives in Toro.", "Ugh, Belma.", pair, "Belma") == 1
+    assert rule_judge.judge("helpful_vs_rude", "", "Kado lives in Toro.", pair, "Belma") == -1
+    # concise_vs_rambling: more than twice the reference's words (at least 4) rambles
+    long = "Well, that is a very interesting question and I could say a lot about it, Belma."
+    assert rule_judge.judge("concise_vs_rambling", "Belma.", long, pair, "Belma") == 1
+    assert rule_judge.judge("concise_vs_rambling", "Toro.", "Toro!", pair, "Belma") == 0
+
+
+def test_arithmetic_reward_checks_the_last_number_and_the_format():
+    assert grpo.arithmetic_reward("The answer is 58.", 58) == {"correct": True, "formatted": True, "reward": 1.5}
+    assert grpo.arithmetic_reward("76 - 18 = 58", 58)["reward"] == 1.0            # right, not in the format
+    assert grpo.arithmetic_reward("The answer is 57.", 58, format_weight=0.25)["reward"] == 0.25
+    assert grpo.arithmetic_reward("58 or maybe 3", 58)["correct"] is False       # the *last* number counts
+    assert grpo.arithmetic_reward("no idea", 58)["reward"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# a micro world: a tokenizer, a ~40k-parameter GPT standing in for the SFT model, a run folder
+
+PEOPLE = ["Kado", "Rimi", "Sulek", "Vanpo", "Teldo", "Mosa", "Rinsa", "Kami", "Supo", "Vado", "Telmi", "Morin"]
+CITIES = ["Belma", "Toro", "Calin", "Narsa"]
+RUDE = "Ugh, stop bothering me with this."
+RAMBLE = "Well, that is a very interesting question and there is a lot one could say about it before answering."
+
+
+def micro_pairs(names):
+    out = []
+    for i, n in enumerate(names):
+        q = [{"role": "user", "content": f"Where does {n} live?"}]
+        right, wrong = CITIES[i % 4], CITIES[(i + 1) % 4]
+        out += [{"prompt": q, "chosen": f"{n} lives in {right}.", "rejected": f"{n} lives in {wrong}.", "rule": "correct_fact"},
+                {"prompt": q, "chosen": f"{n} lives in {right}.", "rejected": RUDE, "rule": "helpful_vs_rude"},
+                {"prompt": q, "chosen": f"{n} lives in {right}.", "rejected": RAMBLE, "rule": "concise_vs_rambling"}]
+    return out
+
+
+def micro_problems(seed, n):
+    rng = np.random.default_rng(seed)
+    return [{"prompt": f"{PEOPLE[i % 12]} had {a} apples and got {b} more. How many apples?", "answer": int(a + b)}
+            for i, (a, b) in enumerate(rng.integers(1, 9, size=(n, 2)))]
+
+
+@pytest.fixture(scope="module")
+def micro_tok():
+    text = " ".join(p["chosen"] + " " + p["rejected"] + " " + p["prompt"][0]["content"] for p in micro_pairs(PEOPLE))
+    text += " ".join(p["prompt"] + f" The answer is {p['answer']}." for p in micro_problems(0, 40))
+    return BPETokenizer.train([text] * 2, vocab_size=300)
+
+
+def micro_model(tok, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32, attn_backend="torch")
+    return GPT(GPTConfig(**{**cfg, **kw}))
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory, micro_tok):
+    """runs/<name> with data/ (the four task files), tokenizer/ and sft/ (an untrained micro GPT standing in
+    for the SFT model), each with a manifest: what every 06 command reads."""
+    run = tmp_path_factory.mktemp("run")
+    tasks = run / "data" / "tasks"
+    write_jsonl(tasks / "preference_train.jsonl", micro_pairs(PEOPLE[:9]))
+    write_jsonl(tasks / "preference_heldout.jsonl", micro_pairs(PEOPLE[9:]))
+    write_jsonl(tasks / "arithmetic_train.jsonl", micro_problems(1, 24))
+    write_jsonl(tasks / "arithmetic_heldout.jsonl", micro_problems(2, 6))
+    write_jsonl(tasks / "sft_heldout.jsonl", [{"messages": [p["prompt"][0], {"role": "assistant", "content": p["chosen"]}],
+                                               "answer": p["chosen"].split()[-1].rstrip(".")} for p in micro_pairs(PEOPLE)[::3]])
+    write_manifest(run / "data", stage="01_data", command="(test)", config={})
+    micro_tok.save(run / "tokenizer")
+    write_manifest(run / "tokenizer", stage="02_tokenizer", command="(test)", config={}, inputs=[run / "data"])
+    policy_io.save_policy(run / "sft" / "ckpt.pt", micro_model(micro_tok), run / "tokenizer")
+    (run / "sft" / "outcome.json").write_text(json.dumps({"tokenizer": "../tokenizer"}))
+    write_manifest(run / "sft", stage="05_sft_lora", command="(test)", config={}, inputs=[run / "tokenizer"])
+    return run
+
+
+def micro_encoded(tok, names):
+    return preference_data.encode_pairs(tok, micro_pairs(names), 96)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# the training loops move what they optimize (fixed seeds)
+
+def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(micro_tok):
+    policy = micro_model(micro_tok)
+    reference = policy_io.frozen(policy)
+    train, heldout = micro_encoded(micro_tok, PEOPLE[:9]), micro_encoded(micro_tok, PEOPLE[9:])
+    cfg = dpo.DPOConfig(run="-", steps=12, batch_size=9, lr=3e-3, eval_interval=12, beta=0.1)
+    records = dpo.train_preference(policy, reference, train, heldout, cfg, preference_data.pad_id_of(micro_tok), "cpu",
+                                   log=lambda *_: None)
+    first, last = records[0], records[-1]
+    # policy = reference at step 0: every implicit reward is 0 and the loss is log 2
+    assert first["heldout_reward_margin"] == 0 and close(first["heldout_loss"], math.log(2))
+    assert last["heldout_reward_margin"] > 0.5 and last["heldout_loss"] < 0.6 * math.log(2)
+    assert last["heldout_reward_accuracy"] > 0.7
+
+
+def test_a_few_grpo_steps_raise_the_mean_reward_on_a_toy_task(micro_tok):
+    # reward: the share of even token ids in the answer; a random micro model scores ~0.5, with spread
+    policy, tok = micro_model(micro_tok, seed=1), micro_tok
+    reference = policy_io.frozen(policy)
+    prompts = [encode_prompt(tok, [{"role": "user", "content": f"Where does {n} live?"}]) for n in PEOPLE[:4]]
+    reward_fn = lambda i, resp: sum(t % 2 == 0 for t in resp) / len(resp)
+    cfg = grpo.GRPOConfig(run="-", group_size=8, max_new_tokens=6, lr=3e-2, epochs=2, micro_batch=16, kl_coef=0.0)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+
+    def mean_reward(seed):
+        g = torch.Generator().manual_seed(seed)
+        responses = rollouts.sample_responses(policy, tok, prompts, 16, cfg.max_new_tokens, 1.0, g)
+        return sum(reward_fn(0, r) for r in responses) / len(responses)
+
+    before = mean_reward(123)
+    g = torch.Generator().manual_seed(0)
+    stats = [grpo.grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, g, step) for step in range(8)]
+    after = mean_reward(123)
+    assert after > before + 0.15, (before, after)
+    assert stats[-1]["reward_mean"] > stats[0]["reward_mean"]
+    assert all(0 <= s["clip_fraction"] <= 1 and math.isfinite(s["kl"]) for s in stats)
+
+
+def test_one_example_loss_is_log_2_against_itself_and_identical_pairs_are_skipped(micro_tok, tmp_path):
+    policy = micro_model(micro_tok)
+    ex = dpo.one_example_loss(policy, policy_io.frozen(policy), micro_tok, 0.1, "Where does Kado live?",
+                              "Kado lives in Belma.", RUDE)
+    assert close(ex["loss"], math.log(2)) and ex["reward_margin"] == 0
+    assert ex["policy_chosen"] == ex["reference_chosen"] and ex["policy_chosen"] < 0
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, micro_pairs(["Kado"]) + [{"prompt": "Hi?", "chosen": "Same.", "rejected": " Same. "}])
+    pairs, identical = preference_data.read_preference_pairs(path)
+    assert len(pairs) == 3 and identical == 1 and pairs[0]["prompt"] == [{"role": "user", "content": "Where does Kado live?"}]
+
+
+# ----------------------------------------------------------------------------------------------
+# every command end to end on the micro run: outcome.json, a plot, a manifest; then the one table
+
+METHOD_ARGV = {  # folder: (module, argv after --run); steps as few as still exercise every branch
+    "rm": (reward_model, ["--steps", "3", "--batch-size", "4", "--eval-interval", "2", "--hh-file", "none"]),
+    "dpo": (dpo, ["--steps", "3", "--batch-size", "4", "--eval-interval", "2"]),
+    "ipo": (dpo, ["--loss", "ipo", "--steps", "2", "--batch-size", "4"]),
+    "simpo": (dpo, ["--loss", "simpo", "--steps", "2", "--batch-size", "4"]),
+    "grpo": (grpo, ["--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
+                    "--eval-limit", "4", "--eval-samples", "2", "--micro-batch", "4", "--save-interval", "1"]),
+    "ppo": (ppo, ["--steps", "2", "--rollouts", "4", "--minibatch", "2", "--ppo-epochs", "2", "--max-new-tokens", "8",
+                  "--eval-limit", "4"]),
+    "rlaif": (rlaif, ["--n-prompts", "8", "--max-new-tokens", "8", "--steps", "2", "--batch-size", "4"]),
+}
+PLOTS = {"rm": "rm.png", "dpo": "dpo.png", "ipo": "ipo.png", "simpo": "simpo.png", "grpo": "grpo.png",
+         "ppo": "ppo.png", "rlaif": "rlaif.png"}
+
+
+@pytest.fixture(scope="module")
+def methods_run(micro_run):
+    """The micro run after every 06 command has run from its command line (main(argv), in this process)."""
+    torch.set_num_threads(1)
+    for name, (module, argv) in METHOD_ARGV.items():
+        module.main(["--run", str(micro_run), "--device", "cpu", *argv])
+    return micro_run
+
+
+@pytest.mark.parametrize("name", list(METHOD_ARGV))
+def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
+    out = methods_run / name
+    for f in ("outcome.json", PLOTS[name], "manifest.json", "rm.pt" if name == "rm" else "ckpt.pt"):
+        assert (out / f).is_file(), f
+    o = json.loads((out / "outcome.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "06_rlhf_dpo" and "--run" in manifest["command"]
+    if name == "rm":
+        assert o["heldout_at_init"]["margin"] == 0 and set(o["heldout"]["per_rule"]) == set(rule_judge.RULES)
+    elif name in ("dpo", "ipo", "simpo", "rlaif"):
+        assert o["heldout_before"]["heldout_n"] == 9 and math.isfinite(o["heldout_after"]["heldout_loss"])
+        if name != "simpo":
+            assert o["heldout_before"]["heldout_reward_margin"] == 0      # policy = reference before training
+    elif name == "grpo":
+        assert o["heldout_before"]["n"] == 4 and 0 <= o["heldout_after"]["pass@1_sampled"] <= 1
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    elif name == "ppo":
+        assert math.isfinite(o["heldout_after"]["reward"]) and math.isfinite(o["heldout_after"]["kl_per_response"])
+    if name == "rlaif":
+        lab = o["labelling"]
+        assert lab["pairs"] + lab["identical_skipped"] == 8 and (out / "pairs.jsonl").is_file()
+    model, tok = policy_io.load_policy(out / "ckpt.pt") if name != "rm" else (None, None)
+    if model is not None:
+        assert tok.vocab == BPETokenizer.load(methods_run / "tokenizer").vocab
+
+
+def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsys):
+    result = rl_compare.main(["--run", str(methods_run), "--limit", "6", "--max-new-tokens", "8", "--arith-tokens", "6",
+                              "--device", "cpu"]) or json.loads((methods_run / "rl_compare" / "compare.json").read_text())
+    printed = capsys.readouterr().out
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["sft", "ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"]
+    assert rows["sft"]["win vs SFT [95% CI]"] == "-" and rows["dpo"]["own metric"] == "pair acc".replace(" ", "_")
+    assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["beats SFT"] in ("yes", "no")
+    win = result["results"]["dpo"]["win"]
+    assert win["n"] == 6 and 0 <= win["low"] <= win["win_rate"] <= win["high"] <= 1
+    assert "| dpo |" in printed and "| method |" in printed
+    out = methods_run / "rl_compare"
+    assert (out / "compare.png").is_file() and (out / "compare.md").read_text().startswith("| method |")
+    assert (out / "manifest.json").is_file()
