@@ -92,6 +92,7 @@ def preference_loss(loss_type, beta, policy_chosen, policy_rejected, ref_chosen=
 
     dpo, ipo: policy_*/ref_* are summed log-probs log π(y | x). simpo: policy_* are per-token means
     (masked_logprob_mean) and the reference is not used."""
+    # >>> exercise: rewards beta·(log pi − log pi_ref) (SimPO: beta·mean log pi); DPO/IPO/SimPO losses
     if loss_type == "simpo":
         chosen_rewards, rejected_rewards = beta * policy_chosen, beta * policy_rejected
         losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
@@ -105,6 +106,7 @@ def preference_loss(loss_type, beta, policy_chosen, policy_rejected, ref_chosen=
         else:
             raise ValueError(f"unknown preference loss {loss_type!r}; one of {LOSSES}")
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
+    # <<< exercise
 
 
 def batch_loss(policy, encoded, ref, cfg, pad_id, device):

@@ -101,6 +101,7 @@ def gae(rewards, values, mask, gamma, lam):
         δ_t = r_t + γ V_{t+1} m_{t+1} − V_t        (V after the last response token is 0: the episode ended)
         A_t = δ_t + γλ m_{t+1} A_{t+1}             computed backwards from the end
         R_t = A_t + V_t                            (the value model's regression target)"""
+    # >>> exercise: GAE backwards in t (delta_t, then A_t = delta_t + gamma·lambda·A_{t+1}); returns A and A + V
     B, T = rewards.shape
     mask = mask.to(rewards.dtype)
     advantages = torch.zeros_like(rewards)
@@ -113,6 +114,7 @@ def gae(rewards, values, mask, gamma, lam):
         advantages[:, t] = running
     advantages = advantages * mask
     return advantages, (advantages + values) * mask
+    # <<< exercise
 
 
 def token_rewards(score, log_probs, ref_log_probs, mask, kl_coef):

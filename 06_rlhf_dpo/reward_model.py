@@ -114,7 +114,9 @@ class RewardModel(nn.Module):
 
 def bradley_terry_loss(r_chosen, r_rejected):
     """−log σ(r_w − r_l), averaged over the pairs; softplus(−z) = −log σ(z) without overflow."""
+    # >>> exercise: Bradley-Terry: mean over pairs of -log sigma(r_chosen - r_rejected), computed without overflow
     return F.softplus(-(r_chosen - r_rejected)).mean()
+    # <<< exercise
 
 
 def save_reward_model(path, rm: RewardModel, tokenizer_dir, **extra):

@@ -74,8 +74,10 @@ def token_entropy(logits):
 
     With p = softmax(z), log p_v = z_v − lse(z), so H = −Σ_v p_v log p_v = lse(z) − Σ_v p_v z_v:
     no log of a tiny probability anywhere (uniform logits give log V)."""
+    # >>> exercise: H = logsumexp(z) - sum_v softmax(z)_v z_v over the last dim, in float32
     logits = logits.float()
     return torch.logsumexp(logits, dim=-1) - (logits.softmax(dim=-1) * logits).sum(dim=-1)
+    # <<< exercise
 
 
 def response_log_probs(model, x, y, with_entropy=False) -> dict:
@@ -133,6 +135,7 @@ def group_normalized_advantages(rewards, group_size, eps=1e-6, normalize_by_std=
                         "at least 2 per prompt; pass --group-size 2 or more")
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    # >>> exercise: per group A = r − mean (÷ (std + eps) if normalize_by_std); return A, raw rewards, stats
     raw = rewards.float()
     grouped = raw.view(-1, group_size)                                      # (n_prompts, G)
     mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)
@@ -143,6 +146,7 @@ def group_normalized_advantages(rewards, group_size, eps=1e-6, normalize_by_std=
              "reward_max": raw.max().item(), "reward_min": raw.min().item(),
              "frac_zero_std_groups": (std.squeeze(1) == 0).float().mean().item()}
     return advantages.reshape(-1), raw, stats
+    # <<< exercise
 
 
 # ----------------------------------------------------------------------------- policy-gradient losses
@@ -167,10 +171,12 @@ def clipped_policy_loss(advantages, log_probs, old_log_probs, clip_eps):
     cannot profit from moving a token's probability further than ε from where the sample came from.
     Returns (loss (B, T), {"clipped": (B, T) bool, where the clipped term was the smaller one, so the
     token gets no gradient; "ratio": ρ})."""
+    # >>> exercise: rho = exp(log pi − log pi_old), −min(rho·A, clip(rho, 1±eps)·A), and where the clip won
     ratio = torch.exp(log_probs - old_log_probs)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
     return -torch.minimum(unclipped, clipped), {"clipped": clipped < unclipped, "ratio": ratio}
+    # <<< exercise
 
 
 def policy_gradient_loss(kind, log_probs, rewards=None, advantages=None, old_log_probs=None, clip_eps=0.2):
@@ -189,8 +195,10 @@ def k3_kl(log_probs, ref_log_probs):
 
         r = log π_ref(y_t) − log π(y_t),   k3 = e^r − r − 1 ≥ 0,   E_π[k3] = KL(π ‖ π_ref)
     0 exactly where the two agree; its gradient pulls log π towards log π_ref."""
+    # >>> exercise: k3 = e^r - r - 1 with r = log pi_ref - log pi, per token
     r = ref_log_probs - log_probs
     return torch.exp(r) - r - 1
+    # <<< exercise
 
 
 # ----------------------------------------------------------------------------- one micro-batch

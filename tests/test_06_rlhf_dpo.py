@@ -21,7 +21,7 @@ import torch
 from bpe import BPETokenizer
 from chat_template import encode_chat, encode_prompt, lm_inputs
 from checkpoint_io import save_checkpoint
-from common import UserError, write_jsonl, write_manifest
+from common import UserError, run_cli, write_jsonl, write_manifest
 from gpt import GPT, GPTConfig
 
 import dpo
@@ -395,3 +395,83 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     out = methods_run / "rl_compare"
     assert (out / "compare.png").is_file() and (out / "compare.md").read_text().startswith("| method |")
     assert (out / "manifest.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line, exit 2, earlier artifacts untouched
+
+def tree_hashes(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(micro_run, micro_tok, tmp_path, capsys):
+    def jsonl(name, *recs):
+        path = tmp_path / name
+        path.write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in recs))
+        return str(path)
+
+    run = micro_run
+    good = micro_pairs(["Kado"])[0]
+    policy_io.save_policy(tmp_path / "wider.pt", micro_model(micro_tok, n_embd=64), run / "tokenizer")
+    other_tok = BPETokenizer.train(["Mosa Rinsa Vado lives in Belma and Toro, the answer is 7. " * 40] * 2, vocab_size=300)
+    other_tok.save(tmp_path / "tok2")
+    write_manifest(tmp_path / "tok2", stage="02_tokenizer", command="(test)", config={})
+    policy_io.save_policy(tmp_path / "other_tok.pt", micro_model(micro_tok), tmp_path / "tok2")
+    nan_rm = reward_model.RewardModel(micro_model(micro_tok))
+    torch.nn.init.constant_(nan_rm.head.bias, float("nan"))
+    reward_model.save_reward_model(tmp_path / "nan_rm.pt", nan_rm, run / "tokenizer")
+    script = {m: m for m in ("dpo", "grpo", "ppo", "rlaif", "rl_compare")}
+    r = ["--run", str(run)]
+    cases = {  # name: (argv, what the one line must say)
+        "missing field": ([script["dpo"], *r, "--train-file", jsonl("a.jsonl", good, {"prompt": "q", "chosen": "a"})],
+                          r"a\.jsonl:2: record has no 'rejected' field"),
+        "not json": ([script["dpo"], *r, "--train-file", jsonl("b.jsonl", good, '{"prompt": \n')], r"b\.jsonl:2: not valid JSON"),
+        "all identical": ([script["dpo"], *r, "--train-file", jsonl("c.jsonl", {**good, "rejected": good["chosen"]})],
+                          r"no usable pair \(1 had chosen identical to rejected\)"),
+        "prompt ends with the answer": ([script["dpo"], *r, "--heldout-file", jsonl("d.jsonl", {**good, "prompt": [
+            {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})], r"d\.jsonl:1: the prompt ends with a assistant"),
+        "unknown loss": ([script["dpo"], *r, "--loss", "kto"], r"invalid choice"),
+        "reference config": ([script["dpo"], *r, "--reference", str(tmp_path / "wider.pt")],
+                             r"is not the policy's model \(n_embd"),
+        "reference tokenizer": ([script["dpo"], *r, "--reference", str(tmp_path / "other_tok.pt")],
+                                r"is not the policy's model \(tokenizer vocab"),
+        "no sft model": ([script["dpo"], "--run", str(tmp_path / "empty")], r"sft: missing; make it first with `python 05_sft_lora"),
+        "group of 1": ([script["grpo"], *r, "--group-size", "1"], r"--group-size 1: GRPO's baseline .* at least 2"),
+        "rollout too long": ([script["grpo"], *r, "--max-new-tokens", "500"], r"longer than the model's context \(96\)"),
+        "answer not a number": ([script["grpo"], *r, "--train-file", jsonl("e.jsonl", {"prompt": "1 + 1?", "answer": "two"})],
+                                r"e\.jsonl: record 1 needs .* an integer 'answer'"),
+        "no reward model": ([script["ppo"], *r], r"rm: missing; make it first with `python 06_rlhf_dpo/reward_model.py"),
+        "nan reward": ([script["ppo"], *r, "--reward-model", str(tmp_path / "nan_rm.pt"), "--rollouts", "2", "--eval-limit", "2"],
+                       r"a reward-model score is nan at step 1; stopped \(no checkpoint had been written yet\)"),
+        "judge is no reward model": ([script["rlaif"], *r, "--judge", str(run / "sft" / "ckpt.pt")], r"not a reward model"),
+        "nothing to compare": ([script["rl_compare"], *r, "--methods", "ppo,grpo"], r"none of ppo, grpo has run yet"),
+    }
+    before = tree_hashes(run)
+    modules = {"dpo": dpo, "grpo": grpo, "ppo": ppo, "rlaif": rlaif, "rl_compare": rl_compare}
+    # two cases through a real process (the entry point, stderr, exit status), in parallel with the rest; the
+    # nan reward only there: it gets as far as building an optimizer, whose first use imports torch._dynamo (slow)
+    in_subprocess = ("missing field", "nan reward")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen([sys.executable, str(REPO / "06_rlhf_dpo" / f"{cases[name][0][0]}.py"),
+                                     *cases[name][0][1:], "--out", str(tmp_path / f"proc_{name[:3]}"), "--device", "cpu"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for name in in_subprocess}
+    results = {}
+    for i, (name, (argv, _)) in enumerate(cases.items()):
+        if name == "nan reward":
+            continue
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(modules[argv[0]].main, [*argv[1:], "--out", str(tmp_path / f"out_{i}"), "--device", "cpu"])
+        results[name] = (exit_info.value.code, capsys.readouterr().err, tmp_path / f"out_{i}")
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=600)          # generous: a shared machine can be very slow
+        results[f"{name} (process)"] = (proc.returncode, err, tmp_path / f"proc_{name[:3]}")
+    for name, (code, err, out) in results.items():
+        lines = err.strip().splitlines()
+        assert code == 2, (name, err)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)
+        assert re.search(cases[name.replace(" (process)", "")][1], lines[0]), (name, lines[0])
+        assert not (out / "manifest.json").exists() and (name.startswith("nan reward") or not out.exists()), name
+    assert tree_hashes(run) == before
