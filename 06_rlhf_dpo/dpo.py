@@ -48,9 +48,9 @@ from common import (UserError, check_config, claim_output, command_line, option,
 from devices import resolve_device  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, load_reference, load_sft_policy, save_policy
+from policy_io import check_finite, load_reference, load_sft_policy, save_policy, task_file
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
-from reward_model import load_pairs, preference_file
+from reward_model import load_pairs
 
 LOSSES = ("dpo", "ipo", "simpo")
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0}
@@ -244,8 +244,8 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
     pad = pad_id_of(tok)
-    train_path = preference_file(run, cfg.train_file, "preference_train.jsonl")
-    held_path = preference_file(run, cfg.heldout_file, "preference_heldout.jsonl")
+    train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
+    held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     train = load_pairs(tok, train_path, policy.cfg.block_size, "train")
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
     torch.manual_seed(cfg.seed)

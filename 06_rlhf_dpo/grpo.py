@@ -48,7 +48,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
-from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config,  # 01_data
+from common import (UserError, check_config, claim_output, command_line, option, parse_config,  # 01_data
                     pyplot, read_jsonl, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl,
                     write_manifest)
 from devices import resolve_device  # 03_model
@@ -56,7 +56,7 @@ from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretra
 from chat_template import encode_prompt  # 05_sft_lora
 from metrics import pass_at_k  # 05_sft_lora
 
-from policy_io import check_finite, load_reference, load_sft_policy, save_policy
+from policy_io import check_finite, load_reference, load_sft_policy, save_policy, task_file
 from preference_data import pad_id_of
 from rl_common import (PG_LOSSES, group_normalized_advantages, k3_kl, masked_mean, microbatch_train_step,
                        policy_gradient_loss, response_log_probs)
@@ -200,13 +200,6 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
 
 # ----------------------------------------------------------------------------- the run
 
-def problem_file(run, given, name) -> Path:
-    if given:
-        return Path(given)
-    check_artifact(Path(run) / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    return Path(run) / "data" / "tasks" / name
-
-
 def plot(records, before, after, path):
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -232,8 +225,8 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     out = Path(cfg.out) if cfg.out else run / "grpo"
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
-    train_path = problem_file(run, cfg.train_file, "arithmetic_train.jsonl")
-    held_path = problem_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")
+    train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
+    held_path = task_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")
     train, heldout = read_problems(train_path), read_problems(held_path)
     shots, train = train[:cfg.shots], train[cfg.shots:]
     if not train:

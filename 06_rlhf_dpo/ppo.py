@@ -47,11 +47,11 @@ sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pr
 from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config,  # 01_data
                     pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl, write_manifest)
 from devices import resolve_device  # 03_model
-from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
+from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
-from policy_io import check_finite, frozen, load_reference, load_sft_policy, save_policy
+from policy_io import check_finite, frozen, load_reference, load_sft_policy, save_policy, task_file
 from preference_data import encode_response, pad_id_of, read_preference_pairs
-from reward_model import load_reward_model, preference_file
+from reward_model import load_reward_model
 from rl_common import clipped_policy_loss, k3_kl, masked_mean, masked_whiten, microbatch_train_step, response_log_probs
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
 
@@ -280,8 +280,8 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     rm = frozen(load_reward_model(rm_path, tok, device))
     value_model = load_reward_model(rm_path, tok, device)          # V_ψ starts as the reward model
     value_model.requires_grad_(True)
-    prompts_path = preference_file(run, cfg.prompts_file, "preference_train.jsonl")
-    held_path = preference_file(run, cfg.heldout_file, "preference_heldout.jsonl")
+    prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
+    held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     prompts = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(prompts_path)[0])]
     held = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(held_path)[0])]
     held = held[:cfg.eval_limit] if cfg.eval_limit else held

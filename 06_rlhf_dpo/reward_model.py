@@ -48,14 +48,14 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
-from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config,  # 01_data
+from common import (UserError, check_config, claim_output, command_line, option, parse_config,  # 01_data
                     pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl, write_manifest)
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, checkpoint_tokenizer, load_sft_policy, tokenizer_differences
+from policy_io import check_finite, checkpoint_tokenizer, load_sft_policy, task_file, tokenizer_differences
 from preference_data import encode_pairs, pad_id_of, read_hh_pairs, read_preference_pairs
 from rl_common import pad_responses
 
@@ -202,13 +202,6 @@ def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_p
 
 # ----------------------------------------------------------------------------- the run
 
-def preference_file(run, given, name) -> Path:
-    if given:
-        return Path(given)
-    check_artifact(Path(run) / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    return Path(run) / "data" / "tasks" / name
-
-
 def load_pairs(tok, path, block_size, label):
     """Encoded pairs of a preference file, with what was skipped printed."""
     pairs, identical = read_preference_pairs(path)
@@ -260,8 +253,8 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
     out = Path(cfg.out) if cfg.out else run / "rm"
     policy, tok = load_sft_policy(run, device)
     pad = pad_id_of(tok)
-    train_path = preference_file(run, cfg.train_file, "preference_train.jsonl")
-    held_path = preference_file(run, cfg.heldout_file, "preference_heldout.jsonl")
+    train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
+    held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     train = load_pairs(tok, train_path, policy.cfg.block_size, "train")
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
     torch.manual_seed(cfg.seed)

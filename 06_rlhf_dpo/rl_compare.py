@@ -51,11 +51,11 @@ from devices import resolve_device  # 03_model
 from metrics import win_rate  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
-from grpo import arithmetic_eval, problem_file, read_problems
-from policy_io import check_same_model, frozen, load_policy, load_sft_policy
+from grpo import arithmetic_eval, read_problems
+from policy_io import check_same_model, frozen, load_policy, load_sft_policy, task_file
 from ppo import reward_of_responses, sequence_kl
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, read_preference_pairs
-from reward_model import load_reward_model, preference_file
+from reward_model import load_reward_model
 from rollouts import check_rollout_fits, decode_responses, sample_responses
 from rule_judge import answers_by_question, judge
 
@@ -100,7 +100,7 @@ def check_rl_compare_config(cfg: RLCompareConfig):
 def heldout_set(run, tok, cfg, block_size) -> dict:
     """The prompts every model answers: held-out preference pairs (with their rule and short answer) and
     arithmetic problems, cut to cfg.limit, plus the shots grpo.py shows."""
-    pairs, _ = read_preference_pairs(preference_file(run, "", "preference_heldout.jsonl"))
+    pairs, _ = read_preference_pairs(task_file(run, "", "preference_heldout.jsonl"))
     kept = [(p, enc[0]) for p in pairs for enc in [encode_pairs(tok, [p], block_size)[0]] if enc]  # fits the context
     kept = kept[:cfg.limit] if cfg.limit else kept
     pairs, encoded = [p for p, _ in kept], [e for _, e in kept]
@@ -108,8 +108,8 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
     check_rollout_fits(prompts, cfg.max_new_tokens, block_size)
     sft_files = [Path(run) / "data" / "tasks" / f"sft_{part}.jsonl" for part in ("train", "heldout")]
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
-    train = read_problems(problem_file(run, "", "arithmetic_train.jsonl"))
-    problems = read_problems(problem_file(run, "", "arithmetic_heldout.jsonl"))
+    train = read_problems(task_file(run, "", "arithmetic_train.jsonl"))
+    problems = read_problems(task_file(run, "", "arithmetic_heldout.jsonl"))
     return {"pairs": pairs, "encoded": encoded, "prompts": prompts, "answers": answers,
             "shots": train[:cfg.shots], "problems": problems[:cfg.limit] if cfg.limit else problems}
 

@@ -47,10 +47,10 @@ from devices import resolve_device  # 03_model
 from sft_data import read_conversations  # 05_sft_lora
 
 from dpo import DPOConfig, plot as plot_dpo, train_preference
-from policy_io import frozen, load_reference, load_sft_policy
+from policy_io import frozen, load_reference, load_sft_policy, task_file
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from ppo import reward_of_responses
-from reward_model import load_pairs, load_reward_model, preference_file
+from reward_model import load_pairs, load_reward_model
 from rollouts import check_rollout_fits, decode_responses, sample_responses
 from rule_judge import RULES, answers_by_question, judge
 
@@ -129,8 +129,8 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
         check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
         judge_path = run / "rm" / "rm.pt"
     judge_rm = frozen(load_reward_model(judge_path, tok, device))
-    prompts_path = preference_file(run, cfg.prompts_file, "preference_train.jsonl")
-    held_path = preference_file(run, cfg.heldout_file, "preference_heldout.jsonl")
+    prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
+    held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     records = read_preference_pairs(prompts_path)[0]
     records = [records[i] for i in torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.n_prompts].tolist()]
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -346,12 +347,15 @@ PLOTS = {"rm": "rm.png", "dpo": "dpo.png", "ipo": "ipo.png", "simpo": "simpo.png
 
 
 @pytest.fixture(scope="module")
-def methods_run(micro_run):
-    """The micro run after every 06 command has run from its command line (main(argv), in this process)."""
+def methods_run(micro_run, tmp_path_factory):
+    """A copy of the micro run after every 06 command has run from its command line (main(argv), in this
+    process); a copy, so that micro_run stays without rm/ and the method folders for the bad-input table."""
+    run = tmp_path_factory.mktemp("methods") / "run"
+    shutil.copytree(micro_run, run)
     torch.set_num_threads(1)
     for name, (module, argv) in METHOD_ARGV.items():
-        module.main(["--run", str(micro_run), "--device", "cpu", *argv])
-    return micro_run
+        module.main(["--run", str(run), "--device", "cpu", *argv])
+    return run
 
 
 @pytest.mark.parametrize("name", list(METHOD_ARGV))
