@@ -273,6 +273,11 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
                        inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []))
     print(f"after:  held-out pass@1 greedy {after['pass@1_greedy']:.3f}, sampled {after['pass@1_sampled']:.3f}, "
           f"mean reward {after['mean_reward']:.3f}, format {after['format_rate']:.3f}")
+    flat = sum(r["frac_zero_std_groups"] for r in records) / len(records)
+    if flat > 0.9:   # A = 0 for a group whose answers all score the same: no gradient from it
+        print(f"note: {flat:.0%} of the groups scored all alike (mostly all 0), so their advantages were 0 and GRPO "
+              "had almost nothing to learn from; the SFT model must sometimes earn the reward (more --shots, "
+              "arithmetic in the SFT data, a larger --group-size)")
     print(f"grpo: {cfg.steps} steps in {train_s:.0f}s; wrote {out}/")
     return outcome
 
