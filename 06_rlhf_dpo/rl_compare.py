@@ -13,7 +13,7 @@ model's, not the sampler's. The columns:
 
     win vs SFT     the method's answer against SFT's answer to the same held-out preference prompt, judged
                    by the pair's ground-truth rule (rule_judge.py; a tie counts ½), with the Wilson 95 %
-                   interval (05's metrics.win_rate)
+                   interval (05's metrics.win_rate) and the wins/losses/ties
     RM score       the reward model's mean score of the answers (rm/; it is what PPO maximizes, so it is
                    PPO's own metric, and RLAIF's judge)
     KL to SFT      Σ_t log π(y_t) − log π_SFT(y_t) over one sampled answer per prompt, averaged (nats/answer)
@@ -68,7 +68,7 @@ METHODS = {
     "grpo": ("06_rlhf_dpo/grpo.py --run {run}", "pass@1"),
     "rlaif": ("06_rlhf_dpo/rlaif.py --run {run}", "rm_score"),
 }
-COLUMNS = ["method", "win vs SFT [95% CI]", "RM score", "KL to SFT", "pair acc", "pass@1", "length", "train s",
+COLUMNS = ["method", "win vs SFT [95% CI] (W/L/T)", "RM score", "KL to SFT", "pair acc", "pass@1", "length", "train s",
            "own metric", "SFT on it", "beats SFT"]
 
 
@@ -128,7 +128,8 @@ def evaluate(model, sft, rm, tok, held, cfg, sft_texts=None, mean_logprob=False)
     if sft_texts is not None:
         verdicts = [judge(p["rule"], a, b, p, held["answers"].get(p["prompt"][-1]["content"]))
                     for p, a, b in zip(held["pairs"], texts, sft_texts)]
-        row["win"] = win_rate(verdicts.count(1), verdicts.count(-1), verdicts.count(0))
+        counts = {"wins": verdicts.count(1), "losses": verdicts.count(-1), "ties": verdicts.count(0)}
+        row["win"] = {**win_rate(counts["wins"], counts["losses"], counts["ties"]), **counts}
         row["kl"] = sequence_kl(model, sft, tok, held["prompts"], cfg.max_new_tokens, cfg.seed)["kl_per_response"]
     if rm is not None:
         row["rm_score"] = reward_of_responses(rm, held["prompts"], responses, pad, device).mean().item()
@@ -145,8 +146,8 @@ def table_row(name, r, sft_row, train_s) -> dict:
     """One markdown row: the numbers rounded, and the method's own metric against SFT's."""
     fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"
     win = r.get("win")
-    row = {"method": name, "win vs SFT [95% CI]": "-" if win is None else
-           f"{win['win_rate']:.3f} [{win['low']:.2f}, {win['high']:.2f}]",
+    row = {"method": name, "win vs SFT [95% CI] (W/L/T)": "-" if win is None else
+           f"{win['win_rate']:.3f} [{win['low']:.2f}, {win['high']:.2f}] ({win['wins']}/{win['losses']}/{win['ties']})",
            "RM score": fmt(r.get("rm_score")), "KL to SFT": fmt(r.get("kl"), 2), "pair acc": fmt(r["pair_acc"]),
            "pass@1": fmt(r["pass@1"]), "length": fmt(r["length"], 1), "train s": fmt(train_s, 0)}
     if name in METHODS:

@@ -391,10 +391,10 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     printed = capsys.readouterr().out
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["sft", "ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"]
-    assert rows["sft"]["win vs SFT [95% CI]"] == "-" and rows["dpo"]["own metric"] == "pair acc".replace(" ", "_")
+    assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "pair_acc"
     assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["beats SFT"] in ("yes", "no")
     win = result["results"]["dpo"]["win"]
-    assert win["n"] == 6 and 0 <= win["low"] <= win["win_rate"] <= win["high"] <= 1
+    assert win["n"] == 6 == win["wins"] + win["losses"] + win["ties"] and 0 <= win["low"] <= win["win_rate"] <= win["high"] <= 1
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
     assert (out / "compare.png").is_file() and (out / "compare.md").read_text().startswith("| method |")
