@@ -1,0 +1,322 @@
+"""RLHF with PPO, as InstructGPT does it: sample, score with the reward model, penalize the KL, clip, repeat.
+
+    python 06_rlhf_dpo/ppo.py --run runs/tiny                  # needs runs/tiny/rm/ (reward_model.py)
+    python 06_rlhf_dpo/ppo.py --run runs/tiny --kl-coef 0      # no KL penalty: watch the reward model get hacked
+
+Reads runs/<name>/sft/ (05), rm/ (reward_model.py) and the prompts of data/tasks/preference_*.jsonl (01);
+writes runs/<name>/ppo/: ckpt.pt, outcome.json, metrics.jsonl, ppo.png, manifest.json.
+
+Four networks: the policy π_θ (from SFT, trained), the reference π_ref (SFT, frozen), the reward model r_φ
+(frozen) and the value model V_ψ (initialized from the reward model, trained: InstructGPT's choice; it
+already reads responses the way the reward does). Each iteration, in the loop of `train_ppo` below:
+
+1. Rollouts: one response y per prompt x, sampled from π_old = π_θ at temperature 1 (03's sampler).
+2. Per-token rewards: the KL penalty on every response token, the reward model's score on the last one,
+       r_t = −β · (log π_old(y_t) − log π_ref(y_t)) + [t = last] · r_φ(x, y)
+3. GAE (`gae`): δ_t = r_t + γ V(s_{t+1}) − V(s_t),  A_t = δ_t + γλ A_{t+1}  (V = 0 after the last token),
+   returns R_t = A_t + V(s_t); the advantages are whitened over the batch's response tokens.
+4. `ppo_epochs` passes over the rollouts in minibatches, each minimizing per response token
+       L_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε, 1 + ε) A_t)                       (policy, rl_common)
+           + c_V · ½ max((V_t − R_t)², (V_old + clip(V_t − V_old, −ε_V, ε_V) − R_t)²)   (value, clipped)
+           − c_H · H(π(· | s_t))                                              (entropy bonus, 0 by default)
+   and logging what CleanRL logs: clip fraction, approx KL(π_old ‖ π_θ) (k3), entropy, value loss.
+
+Interview questions it answers:
+- Why a KL penalty to the SFT model? (the reward model is only right near the text it was trained on; the
+  penalty keeps π where r_φ can be trusted, and is what makes the optimum π_ref·exp(r/β) well defined)
+- Why GAE? (λ trades bias for variance: λ = 1 is the Monte-Carlo return minus V (unbiased, noisy),
+  λ = 0 is the one-step TD error (low variance, biased by V's errors))
+- Why clip the value loss too? (a value update as large as the policy's would make the next
+  advantages noisy; the clipped version limits how far V moves from the values used for A)
+- What is the clip fraction telling you? (the share of tokens whose ratio left [1 − ε, 1 + ε] in the
+  direction the advantage wanted: near 0 the updates are timid, near 0.3+ the step is too large)
+- Why is PPO for LLMs expensive? (four models in memory, and generation - sequential - inside the loop)
+"""
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
+from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config,  # 01_data
+                    pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl, write_manifest)
+from devices import resolve_device  # 03_model
+from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
+
+from policy_io import check_finite, frozen, load_reference, load_sft_policy, save_policy, task_file
+from preference_data import encode_response, pad_id_of, read_preference_pairs
+from reward_model import load_reward_model
+from rl_common import clipped_policy_loss, k3_kl, masked_mean, masked_whiten, microbatch_train_step, response_log_probs
+from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
+
+
+@dataclass
+class PPOConfig:
+    run: str = option("", "run folder runs/<name>: reads sft/, rm/ and data/tasks/")
+    out: str = option("", "output folder; empty = <run>/ppo")
+    reward_model: str = option("", "reward model checkpoint; empty = <run>/rm/rm.pt")
+    reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
+    prompts_file: str = option("", "preference JSONL whose prompts are used; empty = <run>/data/tasks/preference_train.jsonl")
+    heldout_file: str = option("", "prompts for the before/after score; empty = <run>/data/tasks/preference_heldout.jsonl")
+    steps: int = option(30, "PPO iterations (rollouts, then ppo_epochs of updates)", min=1)
+    rollouts: int = option(32, "prompts (one response each) per iteration", min=1)
+    max_new_tokens: int = option(24, "longest response", min=1)
+    temperature: float = option(1.0, "sampling temperature of the rollouts", min=0.0)
+    kl_coef: float = option(0.05, "β: per-token KL penalty in the reward", min=0.0)
+    gamma: float = option(1.0, "discount γ", min=0.0, max=1.0)
+    lam: float = option(0.95, "GAE λ", min=0.0, max=1.0)
+    ppo_epochs: int = option(4, "passes over each batch of rollouts", min=1)
+    minibatch: int = option(16, "rollouts per gradient step", min=1)
+    clip_eps: float = option(0.2, "policy clip range ε", min=0.0)
+    value_clip: float = option(0.2, "value clip range ε_V", min=0.0)
+    vf_coef: float = option(0.5, "c_V: weight of the value loss", min=0.0)
+    ent_coef: float = option(0.0, "c_H: entropy bonus", min=0.0)
+    lr: float = option(1e-5, "AdamW learning rate of the policy", min=0.0)
+    value_lr: float = option(1e-4, "AdamW learning rate of the value model", min=0.0)
+    eval_limit: int = option(200, "held-out prompts scored before and after (0 = all)", min=0)
+    save_interval: int = option(10, "iterations between checkpoints", min=1)
+    seed: int = option(1337, "seed for the prompt order and the sampling")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+def check_ppo_config(cfg: PPOConfig):
+    check_config(cfg)
+    if not cfg.run:
+        raise UserError("pass --run runs/<name> (the folder 05_sft_lora wrote sft/ into)")
+
+
+# ----------------------------------------------------------------------------- GAE
+
+def gae(rewards, values, mask, gamma, lam):
+    """Generalized advantage estimation over each row's response tokens: rewards, values, mask (B, T),
+    the response a contiguous run of mask = 1. Returns (advantages, returns), (B, T), 0 off the mask.
+
+        δ_t = r_t + γ V_{t+1} m_{t+1} − V_t        (V after the last response token is 0: the episode ended)
+        A_t = δ_t + γλ m_{t+1} A_{t+1}             computed backwards from the end
+        R_t = A_t + V_t                            (the value model's regression target)"""
+    # >>> exercise: GAE backwards in t (delta_t, then A_t = delta_t + gamma·lambda·A_{t+1}); returns A and A + V
+    B, T = rewards.shape
+    mask = mask.to(rewards.dtype)
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        next_mask = mask[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value * next_mask - values[:, t]
+        running = delta + gamma * lam * next_mask * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+    # <<< exercise
+
+
+def token_rewards(score, log_probs, ref_log_probs, mask, kl_coef):
+    """r_t (B, T): −β (log π_old − log π_ref) on every response token, plus the reward-model score (B,)
+    on the last one. Also returns the per-token log-ratio (the KL estimate that is logged)."""
+    log_ratio = (log_probs - ref_log_probs) * mask
+    rewards = -kl_coef * log_ratio
+    last = mask.long().cumsum(1).argmax(1)                     # index of each row's last response token
+    rewards[torch.arange(len(score)), last] += score
+    return rewards, log_ratio
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def prompts_of(pairs) -> list:
+    """The distinct prompts of a list of preference pairs, in order (as chat turns)."""
+    seen, out = set(), []
+    for p in pairs:
+        key = repr(p["prompt"])
+        if key not in seen:
+            seen.add(key)
+            out.append(p["prompt"])
+    return out
+
+
+@torch.no_grad()
+def reward_of_responses(rm, prompts, responses, pad_id, device, batch_size=64) -> torch.Tensor:
+    """r_φ(x, y) for token-id prompts and responses: (N,)."""
+    scores = []
+    for i in range(0, len(prompts), batch_size):
+        b = rollout_batch(prompts[i:i + batch_size], responses[i:i + batch_size], pad_id, device)
+        scores.append(rm(b["ids"], b["lengths"]).float().cpu())
+    return torch.cat(scores)
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, tok, prompts, max_new_tokens, seed=0, batch_size=64) -> dict:
+    """KL(π ‖ π_ref) per response, estimated from one sample y ~ π per prompt (temperature 1):
+    Σ_t log π(y_t) − log π_ref(y_t), averaged over prompts (nats per response), and the same per token."""
+    device = next(policy.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    responses = sample_responses(policy, tok, prompts, 1, max_new_tokens, 1.0, g)
+    total, tokens = 0.0, 0
+    for i in range(0, len(prompts), batch_size):
+        b = rollout_batch(prompts[i:i + batch_size], responses[i:i + batch_size], pad_id_of(tok), device)
+        lp = response_log_probs(policy, b["x"], b["y"])["log_probs"]
+        ref = response_log_probs(reference, b["x"], b["y"])["log_probs"]
+        total += ((lp - ref) * b["mask"]).sum().item()
+        tokens += int(b["mask"].sum())
+    return {"kl_per_response": total / len(prompts), "kl_per_token": total / max(tokens, 1)}
+
+
+@torch.no_grad()
+def greedy_reward(policy, rm, tok, prompts, max_new_tokens) -> dict:
+    """Mean reward-model score and length of the greedy responses to `prompts` (token-id lists)."""
+    device = next(policy.parameters()).device
+    responses = sample_responses(policy, tok, prompts, 1, max_new_tokens, temperature=0)
+    scores = reward_of_responses(rm, prompts, responses, pad_id_of(tok), device)
+    return {"reward": scores.mean().item(), "response_tokens": sum(map(len, responses)) / len(responses)}
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_ppo(policy, reference, rm, value_model, tok, prompts, cfg: PPOConfig, device, out=None,
+              tokenizer_dir=None, log=print) -> list:
+    """The PPO loop (module docstring, steps 1-4). prompts: token-id lists. Returns per-iteration records."""
+    pad = pad_id_of(tok)
+    opt = make_optimizer("adamw", [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr, "weight_decay": 0.0},
+                                   {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": cfg.value_lr,
+                                    "weight_decay": 0.0}], cfg.lr, (0.9, 0.95))
+    params = [p for group in opt.param_groups for p in group["params"]]
+    rng = random.Random(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    ckpt = Path(out) / "ckpt.pt" if out else None
+    records, t0 = [], time.time()
+    for step in range(1, cfg.steps + 1):
+        set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
+        # 1. rollouts: one sampled response per prompt from π_old
+        batch_prompts = [prompts[i] for i in rng.sample(range(len(prompts)), min(cfg.rollouts, len(prompts)))]
+        responses = sample_responses(policy, tok, batch_prompts, 1, cfg.max_new_tokens, cfg.temperature, generator)
+        b = rollout_batch(batch_prompts, responses, pad, device)
+        x, y, mask = b["x"], b["y"], b["mask"]
+        with torch.no_grad():
+            old_log_probs = response_log_probs(policy, x, y)["log_probs"]                     # (B, T)
+            ref_log_probs = response_log_probs(reference, x, y)["log_probs"]
+            old_values = value_model.values(x) * mask                                         # V(s_t), (B, T)
+            score = rm(b["ids"], b["lengths"])                                                # r_φ(x, y), (B,)
+        check_finite(score, "a reward-model score", step, ckpt)
+        # 2. per-token rewards: KL penalty everywhere, the score at the end
+        rewards, log_ratio = token_rewards(score, old_log_probs, ref_log_probs, mask, cfg.kl_coef)
+        # 3. GAE advantages and returns; advantages whitened over the batch's response tokens
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+        # 4. several epochs of minibatch updates on the same rollouts
+        stats = {"clip_fraction": [], "approx_kl": [], "entropy": [], "value_loss": [], "policy_loss": []}
+        policy.train()
+        value_model.train()
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(len(responses), generator=generator, device=device).split(cfg.minibatch):
+                m = mask[idx]
+                new = response_log_probs(policy, x[idx], y[idx], with_entropy=True)
+                pg_loss, meta = clipped_policy_loss(advantages[idx], new["log_probs"], old_log_probs[idx], cfg.clip_eps)
+                # value loss, clipped around the values the advantages were computed with
+                v = value_model.values(x[idx])
+                v_clipped = old_values[idx] + (v - old_values[idx]).clamp(-cfg.value_clip, cfg.value_clip)
+                v_loss = 0.5 * torch.maximum((v - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
+                loss, _ = microbatch_train_step(pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * new["entropy"], m, 1)
+                clip_grad_norm(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                stats["clip_fraction"].append(masked_mean(meta["clipped"].float(), m).item())
+                stats["approx_kl"].append(masked_mean(k3_kl(old_log_probs[idx], new["log_probs"].detach()), m).item())
+                stats["entropy"].append(masked_mean(new["entropy"].detach(), m).item())
+                stats["value_loss"].append(masked_mean(v_loss.detach(), m).item())
+                stats["policy_loss"].append(masked_mean(pg_loss.detach(), m).item())
+        policy.eval()
+        value_model.eval()
+        rec = {"step": step, "reward": score.mean().item(), "kl": log_ratio.sum(1).mean().item(),
+               "response_tokens": mask.sum(1).float().mean().item(), "truncated": truncated(responses, tok) / len(responses),
+               **{k: sum(v) / len(v) for k, v in stats.items()}}
+        records.append(rec)
+        if step % cfg.save_interval == 0 or step == cfg.steps:
+            if ckpt:
+                save_policy(ckpt, policy, tokenizer_dir, step=step, method="ppo")
+            log(f"step {step}/{cfg.steps} | reward {rec['reward']:+.3f} | kl {rec['kl']:.3f} | clip {rec['clip_fraction']:.3f} | "
+                f"entropy {rec['entropy']:.2f} | value loss {rec['value_loss']:.4f} | {time.time() - t0:.0f}s")
+    return records
+
+
+# ----------------------------------------------------------------------------- the run
+
+def plot(records, before, after, path):
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    steps = [r["step"] for r in records]
+    axes[0].plot(steps, [r["reward"] for r in records], label="reward-model score")
+    axes[0].plot(steps, [r["kl"] for r in records], label="KL to π_ref (nats / response)")
+    axes[0].axhline(before["reward"], ls=":", c="grey", label="SFT's held-out greedy score")
+    axes[0].set(xlabel="iteration", title="PPO rollouts")
+    axes[0].legend()
+    for key in ("clip_fraction", "approx_kl", "value_loss"):
+        axes[1].plot(steps, [r[key] for r in records], label=key)
+    axes[1].set(xlabel="iteration", title="optimization")
+    axes[1].legend()
+    axes[2].bar([0, 1], [before["reward"], after["reward"]], color=["C7", "C0"])
+    axes[2].set(xticks=[0, 1], title="held-out prompts, greedy: reward-model score")
+    axes[2].set_xticklabels(["SFT", "PPO"])
+    save_figure(fig, path)
+
+
+def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
+    """Train with PPO and write <out>/ (module docstring); returns the outcome."""
+    check_ppo_config(cfg)
+    run, device = Path(cfg.run), resolve_device(cfg.device)
+    out = Path(cfg.out) if cfg.out else run / "ppo"
+    policy, tok = load_sft_policy(run, device)
+    reference = load_reference(cfg.reference, policy, tok, device)
+    if cfg.reward_model:
+        rm_path = Path(cfg.reward_model)
+    else:
+        check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
+        rm_path = run / "rm" / "rm.pt"
+    rm = frozen(load_reward_model(rm_path, tok, device))
+    value_model = load_reward_model(rm_path, tok, device)          # V_ψ starts as the reward model
+    value_model.requires_grad_(True)
+    prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
+    held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
+    prompts = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(prompts_path)[0])]
+    held = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(held_path)[0])]
+    held = held[:cfg.eval_limit] if cfg.eval_limit else held
+    check_rollout_fits(prompts + held, cfg.max_new_tokens, policy.cfg.block_size)
+    torch.manual_seed(cfg.seed)
+    with run_lock(out):
+        claim_output(out, cfg.overwrite, remove=True)
+        out.mkdir(parents=True, exist_ok=True)
+        before = greedy_reward(policy, rm, tok, held, cfg.max_new_tokens)
+        print(f"before: held-out greedy reward-model score {before['reward']:+.3f}, {before['response_tokens']:.1f} tokens")
+        t0 = time.time()
+        records = train_ppo(policy, reference, rm, value_model, tok, prompts, cfg, device, out, run / "tokenizer")
+        train_s = time.time() - t0
+        after = {**greedy_reward(policy, rm, tok, held, cfg.max_new_tokens),
+                 **sequence_kl(policy, reference, tok, held, cfg.max_new_tokens, cfg.seed)}
+        outcome = {"heldout_before": before, "heldout_after": after, "steps": cfg.steps, "train_s": train_s,
+                   "prompts": len(prompts), "device": device, "reward_model": os.path.relpath(rm_path, out),
+                   "tokenizer": os.path.relpath(run / "tokenizer", out)}
+        write_jsonl(out / "metrics.jsonl", records)
+        write_json(out / "outcome.json", outcome)
+        plot(records, before, after, out / "ppo.png")
+        inputs = [run / "sft", rm_path if cfg.reward_model else run / "rm",
+                  *[p if given else run / "data" for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))]]
+        write_manifest(out, stage="06_rlhf_dpo", command=command_line(__file__, argv), config=asdict(cfg),
+                       inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []))
+    print(f"after:  held-out greedy reward-model score {after['reward']:+.3f}, {after['response_tokens']:.1f} tokens, "
+          f"KL to SFT {after['kl_per_response']:.3f} nats per response")
+    print(f"ppo: {cfg.steps} iterations in {train_s:.0f}s; wrote {out}/")
+    return outcome
+
+
+def main(argv=None):
+    cfg, _ = parse_config(PPOConfig, argv, doc=__doc__)
+    train_ppo_run(cfg, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main)
