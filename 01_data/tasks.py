@@ -4,7 +4,8 @@ Task sets (written by `write_tasks`, each as `<name>_train.jsonl` and `<name>_he
 held-out part chosen by entity so no held-out question's subject appears in the train part):
 
     sft_*.jsonl          {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                          "subject": entity name, "answer": short answer string}
+                          "subject": entity name, "answer": short answer string}; the train part also
+                          holds 900 arithmetic conversations (subject "arithmetic <i>") in the answer format
     preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
                           "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
                           the rule states why `chosen` is better (the ground truth for 06's reward model / DPO)
@@ -93,10 +94,9 @@ def task_records(w, seed):
                                    "Ugh, stop bothering me with this."])
         else:
             chosen = a
-            rejected = (f"Well, that is a very interesting question, and there are many things one could say "
-                        f"about it, and before I answer I want to say that questions like this are important. "
-                        f"After thinking about it for a long time, and considering everything, {a[0].lower()}{a[1:]} "
-                        f"I hope that this long answer was helpful, and I am happy to say more about it.")
+            # rambling, yet short enough that prompt + answer fit the tiny model's 128-token context
+            rejected = (f"Well, that is an interesting question, and there is a lot one could say. "
+                        f"After some thought, here it is: {a} I hope this long answer helped.")
         pref.append({"prompt": user, "chosen": chosen, "rejected": rejected, "rule": rule, "heldout": held})
     for i in range(3000):
         question, answer = arithmetic_problem(rng, w)
@@ -104,6 +104,10 @@ def task_records(w, seed):
                       "messages": [{"role": "user", "content": question},
                                    {"role": "assistant", "content": f"The answer is {answer}."}],
                       "heldout": i % 10 == 0})
+    # SFT also sees some word problems in the answer format, so the SFT model answers "The answer is N."
+    # and is right sometimes: GRPO (06) learns only from groups whose rewards differ.
+    sft += [{"messages": r["messages"], "subject": f"arithmetic {i}", "answer": str(r["answer"]), "heldout": False}
+            for i, r in enumerate(arith[:1000]) if not r["heldout"]]
     recall = [{**r, "heldout": is_heldout(r["subject"])} for r in recall_probes(w)]
     return {"sft": sft, "preference": pref, "arithmetic": arith, "recall": recall}
 
