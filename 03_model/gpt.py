@@ -217,6 +217,9 @@ class Attention(nn.Module):
         if cfg.qk_norm:  # bounds q·k, so logits cannot blow up (OLMo 2, Qwen 3)
             self.q_norm = RMSNorm(hd, cfg.norm_eps)
             self.k_norm = RMSNorm(hd, cfg.norm_eps)
+        # Hook for prefix tuning (05_sft_lora/prefix.py): kv_prefix(k, v, allowed) -> (k, v, allowed)
+        # with P learned keys/values in front. None (the default) leaves attention exactly as it is.
+        self.kv_prefix = None
 
     def forward(self, x, rope=None, allowed=None, cache=None, layer=0, context=None, causal=True):
         """x (B, T, d) -> (B, T, d). Queries come from x; keys and values from x (self-attention) or from
@@ -235,6 +238,8 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)                                      # (B, Hkv, pos+T, hd)
+        if self.kv_prefix is not None:  # after the cache: prefixes are not tokens, so never cached
+            k, v, allowed = self.kv_prefix(k, v, allowed)                         # (B, Hkv, P+S, hd)
         if allowed is None:  # the training path: one fused call over the whole sequence
             y = attention(q, k, v, causal=causal, backend=cfg.attn_backend)
         else:

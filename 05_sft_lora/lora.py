@@ -1,0 +1,307 @@
+"""LoRA: fine-tune a frozen model through low-rank updates of chosen linear layers.
+
+A frozen weight W (out × in) is used as W + ΔW with ΔW = (α/r) · B · A, A (r × in), B (out × r),
+r ≪ min(in, out). Only A and B train: r·(in + out) numbers per layer instead of in·out.
+
+    y = x Wᵀ + b + (α/r) · dropout(x) Aᵀ Bᵀ          (the low-rank path costs 2·r·(in+out) FLOPs/token)
+
+- A starts kaiming-uniform and B at zero, so ΔW = 0 and the wrapped model is exactly the base model
+  at step 0; the first gradient reaches B (∂L/∂B = (α/r)·gᵀ·(xAᵀ) ≠ 0), then A.
+- α/r: α is fixed once (often 2r of the first r tried) and r varied; the 1/r keeps the update's
+  size roughly steady across ranks, so the learning rate need not be retuned (Hu et al. 2021, §4.1).
+- Dropout is on the LoRA input only; the frozen path sees x unchanged.
+- Merge: W ← W + Σ_a w_a·(α/r)·B_a·A_a, after which inference costs exactly the base model's;
+  unmerge subtracts the same product (exact up to float rounding, ~1e-7 relative).
+- Several named adapters can sit on one base; `set_adapter(model, "qa")` switches, and
+  `set_adapter(model, {"qa": 0.5, "chat": 0.5})` combines them: ΔW = Σ_a w_a ΔW_a (a weighted
+  sum of low-rank updates is itself a valid update of rank <= Σ r_a).
+- The adapter file holds A and B alone (kilobytes) plus the base's config and its hash; loading it
+  onto a base of another shape or config is refused instead of silently producing garbage.
+
+The same file format and the parameter count are shared with prefix.py and adapter.py.
+
+    from lora import inject_lora, save_lora, load_lora, merge_lora, set_adapter
+    inject_lora(model, ["wq", "wv"], r=8, alpha=16)      # freezes the base, wraps blocks.*.attn.wq/wv
+    python 05_sft_lora/lora.py --base runs/tiny/pretrain/ckpt.pt --adapter runs/tiny/sft/adapter.pt \\
+        --out runs/tiny/sft/merged.pt                    # a plain checkpoint with the adapter merged in
+
+Interview questions it answers:
+- Why is B zero and not A? (one factor must be zero so that ΔW = 0 at init; then only the other
+  gets a gradient at step 0: ∂L/∂B = (α/r)·gᵀ(xAᵀ) ≠ 0 while ∂L/∂A = (α/r)·Bᵀ… = 0. Either works;
+  zeroing B keeps xAᵀ a well-scaled random projection of the input from the first step)
+- How many parameters does LoRA train? (r·(in+out) per adapted matrix; see the printed count)
+- Why is a merged LoRA model as fast as the base? (W + ΔW is one matrix of the original shape)
+- Why does LoRA forget less than full fine-tuning? (the update is confined to a rank-r subspace of
+  a few matrices; most directions of W, and the embeddings, cannot move)
+"""
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
+from common import UserError, option, parse_config, run_cli  # 01_data
+from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
+from gpt import GPT  # 03_model
+
+DEFAULT_TARGETS = ["wq", "wk", "wv", "wo", "up", "gate", "down"]   # attention q/k/v/o and the MLP
+
+
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus named low-rank updates. It holds the wrapped layer's own `weight` and
+    `bias` parameters, so the base's state-dict keys (`...wq.weight`) stay what they were."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        self.lora_A = nn.ParameterDict()        # name -> (r, in)
+        self.lora_B = nn.ParameterDict()        # name -> (out, r)
+        self.lora_dropout = nn.ModuleDict()
+        self.scale = {}                         # name -> α / r
+        self.active = {}                        # name -> weight in the combination
+        self.merged = {}                        # name -> weight already added into self.weight
+
+    def add_adapter(self, name, r, alpha, dropout=0.0):
+        A = torch.empty(r, self.in_features, device=self.weight.device)
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))          # nn.Linear's own init, fan_in = in
+        self.lora_A[name] = nn.Parameter(A)
+        self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=self.weight.device))
+        self.lora_dropout[name] = nn.Dropout(dropout)
+        self.scale[name] = alpha / r
+
+    def delta_weight(self, name) -> torch.Tensor:
+        """ΔW = (α/r) · B · A, (out, in)."""
+        return self.scale[name] * (self.lora_B[name] @ self.lora_A[name])
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        for name, w in self.active.items():
+            if name in self.merged:
+                continue                                      # already inside self.weight
+            A, B = self.lora_A[name], self.lora_B[name]
+            y = y + (w * self.scale[name]) * (self.lora_dropout[name](x) @ A.t() @ B.t())
+        return y
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, adapters={ {n: A.shape[0] for n, A in self.lora_A.items()} }"
+
+
+# ----------------------------------------------------------------------------- injection by name
+
+def linear_names(model) -> list:
+    """Names of the nn.Linear (or already LoRA-wrapped) modules, with layer numbers folded into `*`."""
+    names = {re.sub(r"\.\d+\.", ".*.", n) for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))}
+    return sorted(names)
+
+
+def matches(name, patterns) -> bool:
+    """A pattern matches a module's full name or its tail: 'wq' and 'attn.wq' match 'blocks.3.attn.wq';
+    shell wildcards work ('blocks.0.*', 'attn.w?')."""
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, "*." + p) for p in patterns)
+
+
+def check_lora_args(r, alpha, dropout=0.0):
+    if r < 1:
+        raise UserError(f"LoRA rank r={r} must be >= 1; typical values are 4 to 64")
+    if alpha <= 0:
+        raise UserError(f"LoRA alpha={alpha} must be > 0 (the update is scaled by alpha/r)")
+    if not 0 <= dropout < 1:
+        raise UserError(f"LoRA dropout={dropout} must be in [0, 1)")
+
+
+def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, name="default") -> list:
+    """Add adapter `name` to every nn.Linear whose name matches `targets`, freeze everything else,
+    make it the active adapter; returns the wrapped module names. A second call with another name
+    adds a second adapter to the same layers (the first one is frozen)."""
+    check_lora_args(r, alpha, dropout)
+    shared = {}
+    for _, m in model.named_modules(remove_duplicate=False):   # tied weights: lm_head is tok_emb
+        for p in m.parameters(recurse=False):
+            shared[id(p)] = shared.get(id(p), 0) + 1
+    chosen = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear)) and matches(n, targets)]
+    if not chosen:
+        raise UserError(f"LoRA targets {','.join(targets)} match no linear layer; the model has "
+                        f"{', '.join(linear_names(model))}")
+    for n in chosen:                                           # check everything before changing anything
+        module = model.get_submodule(n)
+        if shared[id(module.weight)] > 1:
+            raise UserError(f"{n} shares its weight with another layer (tied embeddings); merging LoRA "
+                            "into it would change both, so leave it out of the targets")
+        if isinstance(module, LoRALinear) and name in module.lora_A:
+            raise UserError(f"{n} already has a LoRA adapter named {name!r}; pick another name")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in chosen:
+        module = model.get_submodule(n)
+        if not isinstance(module, LoRALinear):
+            parent, _, child = n.rpartition(".")
+            module = LoRALinear(module)
+            setattr(model.get_submodule(parent) if parent else model, child, module)
+        module.add_adapter(name, r, alpha, dropout)
+    set_adapter(model, name)
+    return chosen
+
+
+def lora_modules(model) -> dict:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def set_adapter(model, adapters):
+    """Activate one adapter by name, or a weighted combination {name: weight}; {} = the base alone.
+    Only the named adapters' parameters are trainable afterwards."""
+    weights = {adapters: 1.0} if isinstance(adapters, str) else dict(adapters)
+    for n, m in lora_modules(model).items():
+        if m.merged:
+            raise UserError(f"{n} has merged adapters; call unmerge_lora before switching")
+        unknown = set(weights) - set(m.lora_A)
+        if unknown:
+            raise UserError(f"no LoRA adapter named {sorted(unknown)[0]!r}; this model has {sorted(m.lora_A)}")
+        m.active = weights
+        for a in m.lora_A:
+            m.lora_A[a].requires_grad_(a in weights)
+            m.lora_B[a].requires_grad_(a in weights)
+
+
+@torch.no_grad()
+def merge_lora(model):
+    """W ← W + Σ_a w_a ΔW_a for the active adapters; the forward then skips their low-rank path."""
+    for m in lora_modules(model).values():
+        for name, w in m.active.items():
+            if name not in m.merged:
+                m.weight += w * m.delta_weight(name)
+                m.merged[name] = w
+
+
+@torch.no_grad()
+def unmerge_lora(model):
+    """Subtract exactly what merge_lora added (the same products, recomputed)."""
+    for m in lora_modules(model).values():
+        for name, w in m.merged.items():
+            m.weight -= w * m.delta_weight(name)
+        m.merged = {}
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+def count_params(model, *extra_modules) -> dict:
+    """{"trainable", "total", "percent"}: the base model plus any PEFT modules kept beside it
+    (prefix.py and adapter.py keep theirs outside the model); a parameter is counted once."""
+    params = {id(p): p for m in (model, *extra_modules) for p in m.parameters()}.values()
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total = sum(p.numel() for p in params)
+    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+
+
+def describe_params(counts) -> str:
+    return f"trainable params: {counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f}%)"
+
+
+# ----------------------------------------------------------------------------- adapter files
+
+RUNTIME_FIELDS = ("attn_backend", "dropout")   # change how the model runs, not what its weights mean
+
+
+def config_hash(config: dict) -> str:
+    """A short fingerprint of what in a model config fixes the weights' shapes and meaning."""
+    kept = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_peft(path, model, kind: str, state: dict, **meta):
+    """Write a PEFT file: 03's checkpoint format with the *base's* config, the PEFT tensors as
+    "model", and {"kind", "base_config_hash", **meta} as "peft"."""
+    base_config = dataclasses.asdict(model.cfg)
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    save_checkpoint(path, base_config, state, peft={"kind": kind, "base_config_hash": config_hash(base_config), **meta})
+
+
+def load_peft(path, model, kind: str):
+    """(tensors, meta) of a PEFT file written by save_peft, after checking it was made for a base of
+    this model's config; otherwise a UserError naming the fields that differ."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("peft")
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        found = meta.get("kind") if isinstance(meta, dict) else "a full model checkpoint"
+        raise UserError(f"{path}: holds {found}, not a {kind} adapter; pass the {kind} file written by sft.py")
+    current = dataclasses.asdict(model.cfg)
+    if meta.get("base_config_hash") != config_hash(current):
+        diffs = config_differences(ckpt["config"], current, ignore=RUNTIME_FIELDS)
+        raise UserError(f"{path}: adapter was trained on a base of another shape or config "
+                        f"({'; '.join(diffs) or 'config hash differs'}); load it onto the base it was made for")
+    return ckpt["model"], meta
+
+
+def save_lora(model, path, name="default"):
+    """Save adapter `name`: A and B of every wrapped layer, its r, α and layer names (kilobytes)."""
+    mods = {n: m for n, m in lora_modules(model).items() if name in m.lora_A}
+    if not mods:
+        raise UserError(f"the model has no LoRA adapter named {name!r}")
+    state = {}
+    for n, m in mods.items():
+        state[f"{n}.A"], state[f"{n}.B"] = m.lora_A[name], m.lora_B[name]
+    any_mod = next(iter(mods.values()))
+    r = any_mod.lora_A[name].shape[0]
+    save_peft(path, model, "lora", state, name=name, r=r, alpha=any_mod.scale[name] * r, layers=sorted(mods))
+
+
+def load_lora(model, path, name=None) -> str:
+    """Add the adapter saved in `path` to `model` (under `name`, default its saved name), make it the
+    active one, and return the name."""
+    state, meta = load_peft(path, model, "lora")
+    name = name or meta["name"]
+    inject_lora(model, [f"{n}" for n in meta["layers"]], r=meta["r"], alpha=meta["alpha"], name=name)
+    mods = lora_modules(model)
+    with torch.no_grad():
+        for n in meta["layers"]:
+            mods[n].lora_A[name].copy_(state[f"{n}.A"])
+            mods[n].lora_B[name].copy_(state[f"{n}.B"])
+    return name
+
+
+# ----------------------------------------------------------------------------- command line
+
+@dataclass
+class MergeConfig:
+    base: str = option("", "base checkpoint the adapter was trained on (e.g. runs/tiny/pretrain/ckpt.pt)")
+    adapter: str = option("", "LoRA adapter file written by sft.py (e.g. runs/tiny/sft/adapter.pt)")
+    out: str = option("", "write the merged model here as a plain checkpoint; empty = only describe the adapter")
+    overwrite: bool = option(False, "replace an existing --out file")
+
+
+def main(argv=None):
+    cfg, _ = parse_config(MergeConfig, argv, doc=__doc__)
+    if not cfg.base or not cfg.adapter:
+        raise UserError("pass --base <checkpoint> and --adapter <adapter.pt>; see --help")
+    model = GPT.from_checkpoint(cfg.base)
+    base_params = model.num_params(non_embedding=False)
+    name = load_lora(model, cfg.adapter)
+    mods = lora_modules(model)
+    n_lora = sum(m.lora_A[name].numel() + m.lora_B[name].numel() for m in mods.values())
+    print(f"{cfg.adapter}: adapter {name!r}, r={next(iter(mods.values())).lora_A[name].shape[0]}, "
+          f"{len(mods)} layers, {n_lora:,} parameters ({100 * n_lora / base_params:.2f}% of the base's "
+          f"{base_params:,}), {Path(cfg.adapter).stat().st_size / 1024:.1f} KiB")
+    if cfg.out:
+        out = Path(cfg.out)
+        if out.exists() and not cfg.overwrite:
+            raise UserError(f"{out} exists; pass --overwrite to replace it")
+        merge_lora(model)
+        state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
+        save_checkpoint(out, dataclasses.asdict(model.cfg), state, merged_from={"base": cfg.base, "adapter": cfg.adapter})
+        print(f"wrote {out}: the base with the adapter merged in ({out.stat().st_size / 2**20:.2f} MiB)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,440 @@
+"""Supervised fine-tuning of 04's base model: full fine-tuning, LoRA, prefix tuning or adapters.
+
+    python 05_sft_lora/sft.py --run runs/tiny                        # LoRA r=8 on the task set
+    python 05_sft_lora/sft.py --run runs/tiny --method full --mix-pretrain 0.2 --patience 3
+    python 05_sft_lora/sft.py --run runs/tiny --train-file ../shared/data/sft/alpaca_zh_1k.jsonl
+
+Reads runs/<name>/pretrain/best.pt (else ckpt.pt), tokenizer/, and data/tasks/sft_{train,heldout}.jsonl
+(or any messages- or Alpaca-style JSONL). Writes runs/<name>/sft/: ckpt.pt (full fine-tuning) or
+adapter.pt (the PEFT weights alone, kilobytes), predictions.jsonl, metrics.jsonl, sft.png,
+outcome.json, manifest.json. It builds beside an existing run and swaps it in only when complete, so
+an interrupted run leaves the previous one as it was.
+
+One step: a batch of `batch_size` rows (several examples packed per row, packing.py; with
+--mix-pretrain a fraction of the rows are windows of pretraining text), loss = token-mean NLL on
+assistant tokens only (chat_template.py), AdamW on the trainable parameters, cosine schedule,
+gradient clipping (04's optimizers). Every `eval_interval` steps the loss on a validation split
+(by subject, from the training file) decides early stopping; the best state is restored.
+
+What the outcome measures, on the held-out subjects (never trained on):
+- exact match, token F1 and answer accuracy (the short answer appears) of greedy answers, for the
+  base model prompted with the same template and for the fine-tuned one;
+- forgetting: the loss on the pretraining corpus's val windows before and after.
+
+Interview questions it answers:
+- What does SFT teach? (a format and a behaviour: answer the question, then stop; the facts have to
+  come from pretraining, so held-out subjects measure whether SFT surfaces what the base knows)
+- Full fine-tuning vs PEFT? (full moves every weight: most capacity, most forgetting, a full copy per
+  task; LoRA/prefix/adapters train ~1% and store kilobytes; compare.py measures the trade)
+- How do you reduce catastrophic forgetting? (mix pretraining data into the batches, train fewer
+  parameters (PEFT), lower lr / fewer steps, early stopping)
+"""
+import dataclasses
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
+from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config, pyplot,  # 01_data
+                    read_json, run_cli, run_lock, save_figure, set_interrupt_hint, staged_dir, write_json,
+                    write_jsonl, write_manifest)
+from bpe import BPETokenizer  # 02_tokenizer
+from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
+from decoding import left_pad  # 03_model
+from devices import resolve_device  # 03_model
+from gpt import GPT  # 03_model
+from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
+from pretrain import batch_starts, get_batch, load_shards  # 04_pretrain
+
+from adapter import BottleneckAdapters, load_adapters, save_adapters
+from chat_template import END, decode_answer, encode_prompt
+from lora import DEFAULT_TARGETS, count_params, describe_params, inject_lora, load_lora, save_lora
+from metrics import answer_in, exact_match, token_f1
+from packing import collate_packed, collate_padded, forward_packed, pack_rows
+from prefix import PrefixTuning, attach_prefix, load_prefix, save_prefix
+from sft_data import encode_examples, epoch_order, read_conversations, split_validation
+
+METHODS = ("full", "lora", "prefix", "adapter")
+DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "prefix": 3e-3, "adapter": 3e-3}
+
+
+@dataclass
+class SFTConfig:
+    run: str = option("", "run folder runs/<name>: reads pretrain/, tokenizer/, data/tasks/")
+    out: str = option("", "output folder; empty = <run>/sft")
+    base: str = option("", "base checkpoint; empty = <run>/pretrain/best.pt, else ckpt.pt")
+    train_file: str = option("", "messages- or Alpaca-style JSONL; empty = <run>/data/tasks/sft_train.jsonl")
+    heldout_file: str = option("", "conversations for the final evaluation; empty = <run>/data/tasks/sft_heldout.jsonl")
+    method: str = option("lora", "what trains", choices=METHODS)
+    lora_r: int = option(8, "LoRA rank r", min=1)
+    lora_alpha: float = option(16.0, "LoRA scale: the update is (alpha/r)·B·A", min=1e-6)
+    lora_dropout: float = option(0.05, "dropout on the LoRA input", min=0.0, max=0.9)
+    lora_targets: list = option(DEFAULT_TARGETS, "module-name patterns to adapt", sep=",")
+    prefix_len: int = option(8, "prefix tuning: virtual tokens per layer", min=1)
+    prefix_hidden: int = option(128, "prefix tuning: width of the reparametrizing MLP", min=1)
+    adapter_dim: int = option(16, "adapters: bottleneck width m", min=1)
+    steps: int = option(200, "optimizer steps (early stopping may end sooner)", min=1)
+    batch_size: int = option(16, "rows per step; each row packs several examples", min=1)
+    lr: float = option(0.0, "peak learning rate; 0 = the method's default "
+                       + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()), min=0.0)
+    warmup_steps: int = option(20, "linear warmup steps", min=0)
+    weight_decay: float = option(0.0, "AdamW weight decay on matrices", min=0.0)
+    packing: bool = option(True, "pack examples into rows (block-diagonal attention); --no-packing pads one per row")
+    curriculum: str = option("none", "first epoch easy -> hard", choices=("none", "length", "turns"))
+    mix_pretrain: float = option(0.0, "fraction of each batch that is pretraining text (less forgetting)",
+                                 min=0.0, max=0.9)
+    val_frac: float = option(0.05, "fraction of training subjects held back to measure the loss", min=0.0, max=0.5)
+    eval_interval: int = option(50, "steps between validation losses", min=1)
+    patience: int = option(0, "early stopping: evaluations without improvement (0 = off)", min=0)
+    eval_limit: int = option(300, "held-out conversations answered greedily (0 = all)", min=0)
+    max_new_tokens: int = option(32, "longest generated answer", min=1)
+    eval_base: bool = option(True, "also answer the held-out questions with the base model")
+    forget_windows: int = option(64, "pretraining val windows for the forgetting measurement", min=1)
+    strict: bool = option(False, "an example longer than the context is an error instead of skipped")
+    seed: int = option(1337, "seed for the adapter init, data order and dropout")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+def check_sft_config(cfg: SFTConfig):
+    """Every field in its declared range (common.check_config, which parse_config also runs) and the
+    checks that involve several fields; a UserError otherwise. The function API calls it too."""
+    check_config(cfg)
+    if not cfg.run:
+        raise UserError("pass --run runs/<name> (the folder 04_pretrain wrote pretrain/ into)")
+    if cfg.method == "lora" and not cfg.lora_targets:
+        raise UserError("--lora-targets is empty; name at least one layer, e.g. wq,wv")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def base_checkpoint(cfg: SFTConfig) -> Path:
+    """The base model's file: --base, else the run's pretrain/best.pt, else pretrain/ckpt.pt."""
+    if cfg.base:
+        if not Path(cfg.base).is_file():
+            raise UserError(f"--base {cfg.base}: no such checkpoint; 04_pretrain/pretrain.py makes one")
+        return Path(cfg.base)
+    pre = Path(cfg.run) / "pretrain"
+    check_artifact(pre, made_by=f"python 04_pretrain/pretrain.py --data {cfg.run}")
+    return pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"
+
+
+def task_file(cfg, given, name) -> Path:
+    if given:
+        return Path(given)
+    check_artifact(Path(cfg.run) / "data", made_by=f"python 01_data/prepare.py --out {cfg.run}")
+    return Path(cfg.run) / "data" / "tasks" / name
+
+
+def load_tokenizer(cfg) -> BPETokenizer:
+    tok_dir = Path(cfg.run) / "tokenizer"
+    check_artifact(tok_dir, made_by=f"python 02_tokenizer/bpe.py --data {cfg.run}")
+    return BPETokenizer.load(tok_dir)
+
+
+# ----------------------------------------------------------------------------- methods
+
+def apply_method(model, cfg: SFTConfig) -> list:
+    """Make the method's parameters the trainable ones; returns the PEFT modules kept beside the model."""
+    if cfg.method == "full":
+        return []
+    if cfg.method == "lora":
+        inject_lora(model, cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        return []
+    if cfg.method == "prefix":
+        prefix = PrefixTuning(model.cfg, cfg.prefix_len, cfg.prefix_hidden).to(next(model.parameters()).device)
+        attach_prefix(model, prefix)
+        return [prefix]
+    adapters = BottleneckAdapters(model.cfg, cfg.adapter_dim).to(next(model.parameters()).device)
+    adapters.attach(model)
+    return [adapters]
+
+
+def save_tuned(model, extras, cfg, out: Path, tokenizer_dir) -> Path:
+    """Full fine-tuning: the whole model (ckpt.pt). PEFT: its weights alone (adapter.pt)."""
+    if cfg.method == "full":
+        save_checkpoint(out / "ckpt.pt", asdict(model.cfg), model.state_dict(), tokenizer=str(tokenizer_dir))
+        return out / "ckpt.pt"
+    path = out / "adapter.pt"
+    if cfg.method == "lora":
+        save_lora(model, path)
+    elif cfg.method == "prefix":
+        save_prefix(extras[0], model, path)
+    else:
+        save_adapters(extras[0], model, path)
+    return path
+
+
+def load_finetuned(sft_dir, device="cpu"):
+    """(model, tokenizer, peft) of a finished sft.py run: the full checkpoint (peft None), or the base
+    with its adapter attached (peft: the LoRA adapter's name, or the PrefixTuning / BottleneckAdapters
+    module, which lives beside the model). What 06 and 07 call to start from the SFT model."""
+    sft_dir = Path(sft_dir)
+    manifest = check_artifact(sft_dir, made_by="python 05_sft_lora/sft.py --run runs/<name>")
+    outcome = read_json(sft_dir / "outcome.json")
+    tok = BPETokenizer.load(sft_dir / outcome["tokenizer"])
+    if (sft_dir / "ckpt.pt").is_file():
+        return GPT.from_checkpoint(sft_dir / "ckpt.pt", map_location=device), tok, None
+    model = GPT.from_checkpoint(sft_dir / outcome["base_checkpoint"], map_location=device)
+    kind = load_checkpoint(sft_dir / "adapter.pt").get("peft", {}).get("kind")
+    loader = {"lora": load_lora, "prefix": load_prefix, "adapter": load_adapters}.get(kind)
+    if loader is None:
+        raise UserError(f"{sft_dir}/adapter.pt: unknown adapter kind {kind!r}; rerun `{manifest['command']}`")
+    return model, tok, loader(model, sft_dir / "adapter.pt")
+
+
+# ----------------------------------------------------------------------------- loss and evaluation
+
+def sft_batches(examples, cfg, block_size, epoch, pad_id, device):
+    """One epoch of (x, y, segment or None) batches in the epoch's order."""
+    order = epoch_order(examples, cfg.curriculum, epoch, cfg.seed)
+    if cfg.packing:
+        rows = pack_rows(order, block_size)
+        return [collate_packed(rows[i:i + cfg.batch_size], pad_id, device) for i in range(0, len(rows), cfg.batch_size)]
+    return [(*collate_padded(order[i:i + cfg.batch_size], pad_id, device), None)
+            for i in range(0, len(order), cfg.batch_size)]
+
+
+def batch_loss(model, x, y, segment):
+    """Token-mean NLL over the trained (assistant) tokens of a batch."""
+    _, loss = forward_packed(model, x, segment, y) if segment is not None else model(x, y)
+    return loss
+
+
+@torch.no_grad()
+def validation_loss(model, batches) -> float:
+    """Token-weighted mean NLL over fixed batches."""
+    was = model.training
+    model.eval()
+    total = count = 0.0
+    for x, y, seg in batches:
+        n = int((y != -100).sum())
+        total += batch_loss(model, x, y, seg).item() * n
+        count += n
+    model.train(was)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> float:
+    """Mean LM loss on `n_windows` evenly spaced windows of the pretraining val shard (forgetting)."""
+    starts = np.linspace(0, len(val_tokens) - block_size - 1, n_windows).astype(np.int64)
+    was = model.training
+    model.eval()
+    losses = [model(*get_batch(val_tokens, starts[i:i + batch], block_size, device))[1].item() * len(starts[i:i + batch])
+              for i in range(0, len(starts), batch)]
+    model.train(was)
+    return sum(losses) / len(starts)
+
+
+@torch.no_grad()
+def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64) -> list:
+    """Greedy answers (03's GPT.generate, KV cache, left-padded batches) to each conversation's
+    last user turn, prompted with the chat template; generation stops at <|end|>."""
+    end, pad = tok.special_tokens[END], tok.special_tokens.get("<|pad|>", tok.eot_id)
+    out = []
+    for i in range(0, len(conversations), batch):
+        prompts = [encode_prompt(tok, c) for c in conversations[i:i + batch]]
+        idx, mask = left_pad(prompts, pad_id=pad, device=device)
+        room = min(max_new_tokens, model.cfg.block_size - idx.shape[1])
+        if room < 1:
+            raise UserError(f"a held-out prompt fills the model's context ({idx.shape[1]} tokens); "
+                            "drop long conversations from the held-out file")
+        gen = model.generate(idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad)
+        out += [decode_answer(tok, row) for row in gen[:, idx.shape[1]:].tolist()]
+    return out
+
+
+def score(predictions, records) -> dict:
+    """Mean exact match, token F1 (vs the reference answer turn) and answer accuracy (short answer)."""
+    refs = [r["messages"][-1]["content"] for r in records]
+    shorts = [r.get("answer") for r in records]
+    res = {"exact_match": float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs)])),
+           "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs)])), "n": len(records)}
+    if all(isinstance(s, str) for s in shorts):
+        res["answer_acc"] = float(np.mean([answer_in(p, s) for p, s in zip(predictions, shorts)]))
+    return res
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plot(records, base_eval, tuned_eval, path, title):
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    tr = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if tr:
+        ax1.plot(*zip(*tr), lw=1, label="train (assistant tokens)")
+    if va:
+        ax1.plot(*zip(*va), "o-", label="validation subjects")
+    ax1.set(xlabel="step", ylabel="loss (nats/token)", title=title)
+    ax1.legend()
+    keys = [k for k in ("exact_match", "token_f1", "answer_acc") if k in tuned_eval]
+    xs = np.arange(len(keys))
+    if base_eval:
+        ax2.bar(xs - 0.2, [base_eval[k] for k in keys], 0.4, label="base + template")
+    ax2.bar(xs + 0.2, [tuned_eval[k] for k in keys], 0.4, label="fine-tuned")
+    ax2.set(xticks=xs, xticklabels=keys, ylim=(0, 1), title="held-out subjects, greedy answers")
+    ax2.legend()
+    save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def finetune(cfg: SFTConfig, argv=None) -> dict:
+    """Fine-tune, evaluate and write <out>/ (module docstring); returns the outcome dict."""
+    check_sft_config(cfg)
+    run = Path(cfg.run)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out) if cfg.out else run / "sft"
+    base_path = base_checkpoint(cfg)
+    tok = load_tokenizer(cfg)
+    train_path, held_path = task_file(cfg, cfg.train_file, "sft_train.jsonl"), task_file(cfg, cfg.heldout_file, "sft_heldout.jsonl")
+    train_records, held_records = read_conversations(train_path), read_conversations(held_path)
+    pre_train, pre_val, _ = load_shards(run)
+    model = GPT.from_checkpoint(base_path, map_location=device)
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise UserError(f"the tokenizer has {tok.vocab_size} tokens but {base_path} only {model.cfg.vocab_size}; "
+                        "the base was trained with another tokenizer: rerun 04_pretrain")
+    T = model.cfg.block_size
+    examples, skipped = encode_examples(tok, train_records, T, cfg.strict, str(train_path))
+    if not examples:
+        raise UserError(f"{train_path}: every conversation is longer than the context ({T} tokens); "
+                        "use shorter conversations or a base model with a longer context")
+    train_ex, val_ex = split_validation(examples, cfg.val_frac, cfg.seed)
+    held = held_records[:cfg.eval_limit] if cfg.eval_limit else held_records
+    print(f"{train_path}: {len(train_records)} conversations, {len(examples)} fit the context of {T} tokens, "
+          f"{skipped} skipped as longer (never cut); {len(train_ex)} train / {len(val_ex)} validation; "
+          f"{len(held)} held-out to answer")
+
+    pad = tok.special_tokens.get("<|pad|>", tok.eot_id)
+    base_eval, base_answers = None, None
+    if cfg.eval_base:
+        base_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
+        base_eval = score(base_answers, held)
+    forget_before = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
+
+    torch.manual_seed(cfg.seed)
+    extras = apply_method(model, cfg)
+    counts = count_params(model, *extras)
+    print(f"method {cfg.method}: {describe_params(counts)}")
+    trainable = torch.nn.ModuleList([model, *extras])
+    lr = cfg.lr or DEFAULT_LR[cfg.method]
+    opt = make_optimizer("adamw", param_groups(trainable, cfg.weight_decay), lr, (0.9, 0.95))
+    sched = Schedule(lr, lr / 10, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps, "cosine")
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    val_batches = sft_batches(val_ex, dataclasses.replace(cfg, curriculum="none"), T, 0, pad, device) if val_ex else []
+    n_pre = round(cfg.mix_pretrain * cfg.batch_size)
+    sft_rows = max(1, cfg.batch_size - n_pre)
+
+    records, best, bad_evals, stopped = [], {"val_loss": math.inf, "step": 0, "state": None}, 0, "steps"
+    rss_before, t0 = peak_rss_mb(), time.time()
+    epoch, batches, step = 0, [], 0
+    model.train()
+    for extra in extras:
+        extra.train()
+    while step < cfg.steps:
+        set_interrupt_hint(f"at step {step}; nothing was written ({out} is as it was); rerun to start again")
+        if not batches:
+            batches = sft_batches(train_ex, dataclasses.replace(cfg, batch_size=sft_rows), T, epoch, pad, device)
+            epoch += 1
+        x, y, seg = batches.pop(0)
+        set_lr(opt, lr_at(step, sched))
+        loss = batch_loss(model, x, y, seg)
+        if n_pre:  # pretraining windows: plain LM loss on every token, weighted by their share of the rows
+            px, py = get_batch(pre_train, batch_starts(len(pre_train), T, n_pre, cfg.seed, step), T, device)
+            loss = (1 - cfg.mix_pretrain) * loss + cfg.mix_pretrain * model(px, py)[1]
+        loss.backward()
+        grad_norm = clip_grad_norm(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        records.append({"step": step, "loss": loss.item(), "lr": lr_at(step - 1, sched), "grad_norm": float(grad_norm)})
+        if val_batches and (step % cfg.eval_interval == 0 or step == cfg.steps):
+            v = validation_loss(model, val_batches)
+            records.append({"step": step, "val_loss": v})
+            print(f"step {step}/{cfg.steps} | train {records[-2]['loss']:.4f} | validation {v:.4f} | "
+                  f"{time.time() - t0:.0f}s", flush=True)
+            if v < best["val_loss"]:
+                best = {"val_loss": v, "step": step, "state": [p.detach().clone() for p in params]}
+                bad_evals = 0
+            else:
+                bad_evals += 1
+            if cfg.patience and bad_evals >= cfg.patience:
+                stopped = "early_stop"
+                break
+    train_s = time.time() - t0
+    rss_after = peak_rss_mb()
+    if cfg.patience and best["state"] is not None:                 # early stopping keeps the best state
+        with torch.no_grad():
+            for p, saved in zip(params, best["state"]):
+                p.copy_(saved)
+    model.eval()
+
+    tuned_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
+    tuned_eval = score(tuned_answers, held)
+    forget_after = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
+    # what training holds beyond the frozen weights: gradients and AdamW's two moments per trainable number
+    state_mb = (counts["total"] + 3 * counts["trainable"]) * 4 / 2**20
+
+    with run_lock(out):
+        claim_output(out, cfg.overwrite, remove=False)
+        with staged_dir(out) as tmp:
+            tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(run / "tokenizer", out))
+            outcome = {
+                "method": cfg.method, "base_checkpoint": os.path.relpath(base_path, out),
+                "tokenizer": os.path.relpath(run / "tokenizer", out),
+                "params": counts, "lr": lr, "steps": step, "stopped": stopped, "best_step": best["step"],
+                "best_val_loss": best["val_loss"] if val_batches else None, "epochs": epoch,
+                "examples": {"train_file": str(train_path), "conversations": len(train_records), "used": len(examples),
+                             "skipped_too_long": skipped, "train": len(train_ex), "validation": len(val_ex),
+                             "heldout": len(held)},
+                "heldout_base": base_eval, "heldout_tuned": tuned_eval,
+                "corpus_val_loss": {"before": forget_before, "after": forget_after, "change": forget_after - forget_before},
+                "train_s": train_s, "s_per_step": train_s / max(step, 1), "device": device,
+                "peak_rss_mb": rss_after, "train_rss_growth_mb": rss_after - rss_before, "train_state_mb": state_mb,
+                "file": tuned_file.name, "file_kib": tuned_file.stat().st_size / 1024,
+            }
+            write_jsonl(tmp / "metrics.jsonl", records)
+            write_jsonl(tmp / "predictions.jsonl", [
+                {"question": r["messages"][-2]["content"], "reference": r["messages"][-1]["content"],
+                 "base": b, "tuned": a} for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))])
+            write_json(tmp / "outcome.json", outcome)
+            plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
+            inputs = [base_path if cfg.base else run / "pretrain", run / "tokenizer", run / "tokens"]
+            inputs += [Path(f) if f else run / "data" for f in (cfg.train_file, cfg.heldout_file)]
+            write_manifest(tmp, stage="05_sft_lora", command=command_line(__file__, argv), config=asdict(cfg), inputs=inputs)
+    report(outcome, out)
+    return outcome
+
+
+def report(o, out):
+    base, tuned, f = o["heldout_base"], o["heldout_tuned"], o["corpus_val_loss"]
+    line = lambda e: " ".join(f"{k} {e[k]:.3f}" for k in ("exact_match", "token_f1", "answer_acc") if k in e)
+    if base:
+        print(f"held-out, base model + template: {line(base)}")
+    print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
+    print(f"pretraining val loss {f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, forgetting if > 0)")
+    print(f"{o['steps']} steps in {o['train_s']:.0f}s; {o['file']} {o['file_kib']:.1f} KiB; wrote {out}/")
+
+
+def main(argv=None):
+    cfg, _ = parse_config(SFTConfig, argv, doc=__doc__)
+    finetune(cfg, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main)
