@@ -82,6 +82,10 @@ class GPTConfig:
     moe_aux_coef: float = 0.01     # weight of the load-balancing loss added to the LM loss
     tie_weights: bool = True       # LM head shares the token-embedding matrix
     attn_backend: str = "auto"     # kernels/attention_backends.py: auto (Triton on CUDA) | triton | torch | tiled | sdpa
+    # Explicit sizes for a model whose heads or MLP neurons were removed (07_distill_quant/prune.py):
+    # None = the usual n_embd // n_head and 4·n_embd (gelu/relu) or swiglu_hidden(n_embd).
+    head_size: int | None = None
+    mlp_hidden: int | None = None
 
     def __post_init__(self):
         for field, allowed in CHOICES.items():
@@ -89,7 +93,7 @@ class GPTConfig:
                 raise UserError(f"{field}={getattr(self, field)!r} is not supported; choose one of {', '.join(allowed)}")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                             "pick n_embd as a multiple of n_head")
         if self.n_head % self.n_kv_head:
@@ -107,7 +111,13 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return swiglu_hidden(self.n_embd) if self.mlp == "swiglu" else 4 * self.n_embd
 
 
 PRESETS = {  # two ends of the design space; any field can still be overridden
@@ -261,7 +271,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.kind = cfg.mlp
-        hidden = swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+        hidden = cfg.ffn_hidden
         self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         if cfg.mlp == "swiglu":
             self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
@@ -528,7 +538,7 @@ def matmul_params(cfg: GPTConfig) -> int:
     Norms and biases are left out: they cost O(d) per token, not O(d²)."""
     d, hd, L = cfg.n_embd, cfg.head_dim, cfg.n_layer
     attn = d * cfg.n_head * hd + 2 * d * cfg.n_kv_head * hd + cfg.n_head * hd * d   # wq, wk, wv, wo
-    mlp = 3 * d * swiglu_hidden(d) if cfg.mlp == "swiglu" else 2 * d * 4 * d
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ffn_hidden
     ffn = cfg.moe_top_k * mlp + d * cfg.n_experts if cfg.n_experts else mlp
     return L * (attn + ffn) + d * cfg.vocab_size                                    # + the LM head
 
