@@ -355,6 +355,14 @@ def read_jsonl(path, required=("text",)):
     return records
 
 
+def markdown_table(rows, columns) -> str:
+    """A markdown table from a list of dicts, one column per key in `columns` ("-" where a row has
+    no value). Every stage's printed table and the report card use it, so they read the same."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib

@@ -23,7 +23,7 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import pyplot, save_figure  # 01_data
+from common import markdown_table, pyplot, save_figure  # 01_data
 
 from bpe import BPETokenizer  # same stage
 
@@ -63,10 +63,8 @@ def measured_row(name, vocab_size, train_s, encode, docs) -> dict:
 
 
 def format_table(rows, columns=COLUMNS) -> str:
-    """A markdown table from a list of dicts ("-" where a row has no value)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    """The tokenizer comparison as a markdown table."""
+    return markdown_table(rows, columns)
 
 
 def plot_bytes_per_token(rows, path, title="bytes per token on val (higher = shorter sequences)"):

@@ -9,7 +9,10 @@ strings, lists and dicts go in:
       "config": {...},          # the model config as a dict (dataclasses.asdict(GPTConfig))
       "model":  {...},          # model.state_dict()
       ...                       # whatever the stage adds: "optimizer", "scheduler", "step",
-    }                           # "rng", "data", "tokenizer" (path), "metrics", "lora", ...
+    }                           # "rng", "data", "tokenizer", "metrics", "lora", ...
+
+"tokenizer" is the tokenizer folder relative to the checkpoint's own folder ("../tokenizer"), so a
+run folder can be moved or copied; `tokenizer_dir` resolves it (older checkpoints hold an absolute path).
 
 Stages share it: 04 writes model + training state, 05 reads "config" + "model" and adds LoRA weights,
 07 writes quantized weights beside the same config. Writes are atomic (temp file, then rename), so a
@@ -40,16 +43,19 @@ def save_checkpoint(path, config: dict, model_state: dict, **extra):
         torch.save(ckpt, tmp)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint dict, or raise a UserError that says what is wrong with the file."""
+def load_checkpoint(path, map_location="cpu", made_by="") -> dict:
+    """Load a checkpoint dict, or raise a UserError that says what is wrong with the file.
+    made_by: the command that makes it (e.g. `python 04_pretrain/pretrain.py --data runs/tiny`),
+    named in the message when the file is missing or damaged."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no checkpoint there; train one first or check --ckpt/--resume")
+        fix = f"make it with `{made_by}`" if made_by else "train one first or check --ckpt/--resume"
+        raise UserError(f"{path}: no checkpoint there; {fix}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickle with code in it ...
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); "
-                        "use an earlier checkpoint or retrain") from None
+        fix = f"remake it with `{made_by}`" if made_by else "use an earlier checkpoint or retrain"
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); {fix}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not an llm-from-scratch checkpoint (expected format {FORMAT!r})")
     return ckpt
@@ -68,3 +74,10 @@ def check_config_matches(saved: dict, current: dict, path="checkpoint", ignore=(
     if diffs:
         raise UserError(f"{path} was made with another config ({'; '.join(diffs)}); "
                         "pass matching flags or start a new run")
+
+
+def tokenizer_dir(ckpt_path, saved) -> Path | None:
+    """The folder a checkpoint's "tokenizer" entry names: relative to the checkpoint's folder, or absolute."""
+    if not isinstance(saved, str) or not saved:
+        return None
+    return Path(saved) if Path(saved).is_absolute() else Path(ckpt_path).parent / saved

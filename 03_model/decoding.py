@@ -7,6 +7,7 @@ a REPL on a hand-made logits tensor:
     apply_repetition_penalty     -> CTRL's penalty on tokens already present
     top_k_filter, top_p_filter   -> which tokens may be sampled at all
     sample_next                  -> greedy (temperature 0) or a sample from softmax(logits / T)
+    beam_search                  -> the most likely continuation that keeping k candidates finds
     KVCache                      -> per-layer keys and values of the tokens seen so far
 
     import torch; from decoding import top_p_filter
@@ -22,6 +23,11 @@ Interview questions it answers:
 - Top-k vs top-p? top-k keeps a fixed number of tokens however flat or peaked the distribution is;
   top-p keeps the smallest set reaching mass p, so few tokens when the model is sure, many when not.
 - What does temperature do? logits / T: T < 1 sharpens towards greedy, T > 1 flattens towards uniform.
+- Beam search vs greedy vs sampling? Greedy takes the best next token and can walk into a sequence
+  whose later tokens are all unlikely; beam search keeps the k best partial sequences by total
+  log-probability, so it finds likelier sequences (width 1 is greedy). It suits tasks with one right
+  answer (translation, short answers); for open-ended text the likeliest sequences are bland and
+  repetitive, which is why chat models sample.
 """
 import sys
 from pathlib import Path
@@ -32,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError  # 01_data
+from lm_loss import log_softmax  # 03_model (this folder)
 
 
 class KVCache:
@@ -56,6 +63,11 @@ class KVCache:
         self.k[layer][:, :, self.pos:end] = k
         self.v[layer][:, :, self.pos:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reorder(self, rows):
+        """Keep the cache rows `rows` (N,), in that order, repeats allowed: beam i continues row rows[i]."""
+        self.k = [None if k is None else k[rows] for k in self.k]
+        self.v = [None if v is None else v[rows] for v in self.v]
 
 
 def left_pad(seqs, pad_id=0, device=None):
@@ -118,3 +130,39 @@ def check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_pe
     for bad, message in problems:
         if bad:
             raise UserError(message)
+
+
+def beam_search(next_logits, prompt, max_new_tokens, beam_width, stop_tokens=(), length_penalty=0.0):
+    """Beam search: extend the beam_width most likely partial continuations by one token at a time.
+
+    next_logits(tokens (N, t), parents (N,) or None) -> logits (N, V): the next-token logits of N beams
+    after appending `tokens` to them, where beam i extends the beam in row parents[i] of the previous
+    call (so a KV cache can copy those rows first). prompt (T0,) int64.
+    Each step scores every one-token extension of every live beam by its total log-probability
+    Σ log p(token | prefix) and keeps the best beam_width; a beam that emits a stop token is finished.
+    Finished and surviving beams are ranked by log-probability / (new tokens)^length_penalty
+    (0: the likeliest sequence, which favours stopping early; ~1 removes that bias).
+    Returns (tokens (1, T0 + n) of the best beam, its total log-probability).
+    """
+    if max_new_tokens < 1 or beam_width < 1:
+        raise UserError(f"beam search needs max_new_tokens >= 1 and beam_width >= 1 (got {max_new_tokens}, "
+                        f"{beam_width})")
+    seqs, scores = prompt.view(1, -1), torch.zeros(1, device=prompt.device)     # (N, t), (N,)
+    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=prompt.device)
+    logits, finished = next_logits(seqs, None), []                               # finished: (rank, score, seq)
+    rank = lambda score, n: score / n ** length_penalty
+    for n in range(1, max_new_tokens + 1):
+        V = logits.shape[-1]
+        candidates = (scores[:, None] + log_softmax(logits.float())).flatten()   # (N·V,)
+        scores, flat = candidates.topk(min(beam_width, candidates.numel()))       # best first
+        parents, tokens = flat // V, flat % V
+        seqs = torch.cat([seqs[parents], tokens[:, None]], dim=1)
+        ended = torch.isin(tokens, stop)
+        finished += [(rank(s, n), s, q) for s, q in zip(scores[ended].tolist(), seqs[ended])]
+        if ended.all() or n == max_new_tokens:
+            break
+        seqs, scores, parents, tokens = seqs[~ended], scores[~ended], parents[~ended], tokens[~ended]
+        logits = next_logits(tokens[:, None], parents)
+    finished += [(rank(s, n), s, q) for s, q in zip(scores[~ended].tolist(), seqs[~ended])]
+    _, best_score, best = max(finished, key=lambda f: f[0])
+    return best[None], best_score

@@ -1,18 +1,20 @@
 """A decoder-only GPT, written to be read top to bottom, with the switches modern LLMs flip.
 
-    config -> norms -> positions -> attention -> feed-forward (MLP / MoE) -> block -> GPT
-    -> GPT.generate -> FLOPs counting -> CLI
+    config -> norms -> attention -> feed-forward -> block -> GPT (forward, loss, generate, beam
+    search) -> counting -> CLI
 
 One `GPTConfig` selects GPT-2 style (learned positions, LayerNorm, GELU, MHA) or Llama style (RoPE,
-RMSNorm, SwiGLU, GQA) or anything between, plus post-LN (the 2017 original), QK-norm and a
-mixture-of-experts feed-forward. `GPT.generate` is the one sampler of the repository: a
-preallocated KV cache, greedy / temperature / top-k / top-p, repetition penalty, stop tokens, and a
-batch of left-padded prompts with an attention mask. Later stages import it instead of writing their
-own. Its small pieces (the cache, the filters, left padding) are functions in decoding.py.
+RMSNorm, SwiGLU, GQA) or anything between, plus post-LN (the 2017 original), QK-norm, a
+mixture-of-experts feed-forward (mixture_of_experts.py), z-loss (lm_loss.py) and attention masked at
+document boundaries. `GPT.generate` is the one sampler of the repository: a preallocated KV cache,
+greedy / temperature / top-k / top-p, repetition penalty, stop tokens, and a batch of left-padded
+prompts with an attention mask; `GPT.beam_search` sits beside it. Later stages import them instead of
+writing their own; their small pieces are functions in decoding.py. Sampling from a checkpoint on the
+command line is sample_text.py; memory (KV cache, activations) is model_memory.py; positions
+(sinusoidal, RoPE, document boundaries) are position_encoding.py.
 
     python 03_model/gpt.py --help
-    python 03_model/gpt.py --n-layer 12 --n-embd 768 --n-head 12    # parameter count and FLOPs/token
-    python 03_model/gpt.py --ckpt runs/tiny/pretrain/ckpt.pt --prompt "Once upon a time"
+    python 03_model/gpt.py --n-layer 12 --n-embd 768 --n-head 12    # parameter count, FLOPs, memory
 
     from gpt import GPT, GPTConfig, flops_per_token
     model = GPT(GPTConfig(vocab_size=512, block_size=128, n_layer=4, n_head=4, n_embd=128))
@@ -23,16 +25,10 @@ Interview questions it answers:
   layer unscaled and training works without warmup tricks; post-LN normalizes the sum and needs warmup)
 - Why divide attention scores by sqrt(d)? (q·k of two unit-variance d-vectors has variance d; without
   the scale softmax saturates to one-hot and its gradient vanishes)
-- What does RoPE do? (rotates each (q, k) coordinate pair by an angle proportional to the position,
-  so q·k depends only on the relative distance)
 - How does GQA shrink the KV cache? (Hkv < H key/value heads, each shared by H/Hkv query heads:
   the cache is 2·L·Hkv·hd·T numbers per sequence instead of 2·L·H·hd·T)
-- What does top-p keep? (the smallest set of most likely tokens whose probability mass reaches p)
 - How many FLOPs per token? (6N for forward+backward of the matmuls, plus 12·L·T·d for attention)
-- What does a MoE router's auxiliary loss do? (pushes the fraction of tokens sent to each expert
-  towards uniform, so no expert starves and none is overloaded)
 """
-import argparse
 import dataclasses
 import math
 import sys
@@ -46,54 +42,55 @@ from torch.utils.checkpoint import checkpoint
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
-from common import UserError, run_cli  # 01_data
+sys.path[:0] = [str(REPO / "01_data"), str(REPO / "kernels")]
+from common import UserError, check_config, option, parse_config, run_cli  # 01_data
 from attention_backends import BACKENDS, attention  # kernels
 from checkpoint_io import load_checkpoint, check_config_matches  # 03_model (this folder)
-from decoding import KVCache, apply_repetition_penalty, check_sampling_args, left_pad, sample_next  # 03_model
+from decoding import KVCache, apply_repetition_penalty, beam_search, check_sampling_args, sample_next  # 03_model
+from lm_loss import cross_entropy_and_z  # 03_model
+from mixture_of_experts import MoE  # 03_model
+from position_encoding import (apply_rope, document_positions_and_mask, positions_and_mask, segment_positions_and_mask,  # 03_model
+                               rope_cos_sin, sinusoidal_positions)
 
-CHOICES = {
-    "pos_emb": ("learned", "sinusoidal", "rope", "none"),
-    "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "relu", "swiglu"),
-    "attn_backend": BACKENDS,
-}
+
+POS_EMB = ("learned", "sinusoidal", "rope", "none")
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 512
-    block_size: int = 256          # the longest sequence (context length) the model accepts
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None   # None = n_head (MHA); 1 = MQA; between = GQA
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False             # biases in Linear layers (GPT-2 had them; Llama has none)
-    pos_emb: str = "rope"          # learned (GPT-2) | sinusoidal (2017) | rope (Llama) | none
-    rope_theta: float = 10000.0
-    norm: str = "rmsnorm"          # layernorm | rmsnorm
-    norm_eps: float = 1e-5
-    pre_norm: bool = True          # False = post-LN, as in the original Transformer
-    qk_norm: bool = False          # RMSNorm on each head's q and k before the dot product
-    mlp: str = "swiglu"            # gelu | relu | swiglu
-    n_experts: int = 0             # 0 = dense feed-forward; > 0 = mixture of experts
-    moe_top_k: int = 2
-    moe_aux_coef: float = 0.01     # weight of the load-balancing loss added to the LM loss
-    tie_weights: bool = True       # LM head shares the token-embedding matrix
-    attn_backend: str = "auto"     # kernels/attention_backends.py: auto (Triton on CUDA) | triton | torch | tiled | sdpa
-    # Explicit sizes for a model whose heads or MLP neurons were removed (07_distill_quant/prune.py):
-    # None = the usual n_embd // n_head and 4·n_embd (gelu/relu) or swiglu_hidden(n_embd).
-    head_size: int | None = None
-    mlp_hidden: int | None = None
+    vocab_size: int = option(512, "tokens in the vocabulary", min=1)
+    block_size: int = option(256, "the longest sequence (context length) the model accepts", min=1)
+    n_layer: int = option(4, "transformer blocks", min=1)
+    n_head: int = option(4, "query heads", min=1)
+    n_kv_head: int = option(0, "key/value heads: 0 = n_head (MHA), 1 = MQA, between = GQA", min=0)
+    n_embd: int = option(128, "model width d", min=1)
+    dropout: float = option(0.0, "dropout on embeddings and residual branches", min=0.0, max=0.99)
+    bias: bool = option(False, "biases in Linear layers (GPT-2 had them; Llama has none)")
+    pos_emb: str = option("rope", "GPT-2: learned; 2017: sinusoidal; Llama: rope", choices=POS_EMB)
+    rope_theta: float = option(10000.0, "RoPE base: angle of pair i is p·theta^(-2i/hd)", min=1.0)
+    rope_pairs: str = option("interleaved", "RoPE's coordinate pairs (apply_rope)", choices=("interleaved", "half"))
+    norm: str = option("rmsnorm", "layernorm | rmsnorm", choices=("layernorm", "rmsnorm"))
+    norm_eps: float = option(1e-5, "epsilon inside the norm's square root", min=0.0)
+    pre_norm: bool = option(True, "normalize each sublayer's input (pre-LN); off = post-LN, the 2017 original")
+    qk_norm: bool = option(False, "RMSNorm on each head's q and k before the dot product")
+    mlp: str = option("swiglu", "gelu | relu | swiglu", choices=("gelu", "relu", "swiglu"))
+    n_experts: int = option(0, "0 = dense feed-forward; > 0 = mixture of experts", min=0)
+    moe_top_k: int = option(2, "experts per token", min=1)
+    moe_aux_coef: float = option(0.01, "weight of the load-balancing loss added to the LM loss", min=0.0)
+    tie_weights: bool = option(True, "LM head shares the token-embedding matrix")
+    attn_backend: str = option("auto", "auto: Triton on CUDA, SDPA on CPU (attention_backends.py)", choices=BACKENDS)
+    z_loss_coef: float = option(0.0, "+ coef·mean(logsumexp(logits)²), lm_loss.py; PaLM: 1e-4", min=0.0)
+    doc_boundary_id: int = option(-1, "token that opens a document (<|endoftext|>): attention does not cross "
+                                      "it and positions restart there; -1 = off", min=-1)
+    # Explicit sizes for a model whose heads or MLP neurons were removed (07_distill_quant/prune.py);
+    # 0 = the usual n_embd // n_head and 4·n_embd (gelu/relu) or swiglu_hidden(n_embd).
+    head_size: int = option(0, "per-head dim: 0 = n_embd // n_head (set by pruning)", min=0)
+    mlp_hidden: int = option(0, "MLP hidden units: 0 = 4·d (gelu/relu) or 8d/3 (swiglu) (set by pruning)", min=0)
 
     def __post_init__(self):
-        for field, allowed in CHOICES.items():
-            if getattr(self, field) not in allowed:
-                raise UserError(f"{field}={getattr(self, field)!r} is not supported; choose one of {', '.join(allowed)}")
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        if self.head_size is None and self.n_embd % self.n_head:
+        check_config(self)  # choices and ranges, as the command line checks them
+        self.n_kv_head = self.n_kv_head or self.n_head   # None or 0 = MHA (older configs say None)
+        if not self.head_size and self.n_embd % self.n_head:
             raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                             "pick n_embd as a multiple of n_head")
         if self.n_head % self.n_kv_head:
@@ -127,7 +124,8 @@ PRESETS = {  # two ends of the design space; any field can still be overridden
 
 
 def config_from_dict(d: dict, source="config") -> GPTConfig:
-    """Rebuild a GPTConfig from `dataclasses.asdict` output, with a clear error for unknown fields."""
+    """Rebuild a GPTConfig from `dataclasses.asdict` output, with a clear error for unknown fields.
+    Fields added since the dict was written take their defaults."""
     known = {f.name for f in dataclasses.fields(GPTConfig)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -169,49 +167,7 @@ def make_norm(cfg: GPTConfig, dim=None):
     return RMSNorm(dim, cfg.norm_eps) if cfg.norm == "rmsnorm" else LayerNorm(dim, cfg.norm_eps)
 
 
-# ----------------------------------------------------------------------------- positions
-
-def sinusoidal_positions(pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """The 2017 table, computed for the given positions (any shape) -> (..., dim), fp32:
-    PE[p, 2i] = sin(p / 10000^(2i/d)),  PE[p, 2i+1] = cos(p / 10000^(2i/d))."""
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)  # (ceil(d/2),)
-    angles = pos.float()[..., None] * inv_freq                                      # (..., ceil(d/2))
-    pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)              # sin, cos interleaved
-    return pe[..., :dim]
-
-
-def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta=10000.0):
-    """cos and sin of the RoPE angles p·θ_i with θ_i = theta^(-2i/hd): each (..., hd/2), fp32.
-    Computed from the position ids on every call (cheap), so they stay fp32 even in a bf16 model."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
-    angles = pos.float()[..., None] * inv_freq                                      # (..., hd/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin):
-    """Rotate each pair (x_2i, x_2i+1) by angle p·θ_i:
-    (x_2i, x_2i+1) -> (x_2i·cos - x_2i+1·sin, x_2i·sin + x_2i+1·cos).  x (B, H, T, hd); cos/sin (B, 1, T, hd/2)."""
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)          # (B, H, T, hd/2, 2)
-    return out.flatten(-2).to(x.dtype)
-
-
 # ----------------------------------------------------------------------------- attention
-
-def masked_attention(q, k, v, allowed):
-    """softmax(QKᵀ/sqrt(hd) masked) V with an explicit boolean mask `allowed` (B, 1, T, S).
-
-    The KV-cache and padding paths use this plain math: the flash kernel only knows "causal or not",
-    and here the mask depends on per-row padding and on the cache offset.
-    """
-    H, Hkv = q.shape[1], k.shape[1]
-    if H != Hkv:  # GQA: with g = H/Hkv, query heads g·j ... g·j+g-1 share key/value head j
-        k = k.repeat_interleave(H // Hkv, dim=1)
-        v = v.repeat_interleave(H // Hkv, dim=1)
-    att = (q.float() @ k.float().transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S)
-    att = att.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-    return (att @ v.float()).to(q.dtype)                                          # (B, H, T, hd)
-
 
 class Attention(nn.Module):
     """Multi-head self-attention with H query heads and Hkv key/value heads (MHA, GQA or MQA)."""
@@ -234,7 +190,7 @@ class Attention(nn.Module):
     def forward(self, x, rope=None, allowed=None, cache=None, layer=0, context=None, causal=True):
         """x (B, T, d) -> (B, T, d). Queries come from x; keys and values from x (self-attention) or from
         `context` (B, S, d) (cross-attention, as in the encoder-decoder Transformer). `allowed`
-        (B, 1, T, S) is an explicit mask (padding, KV cache); without it attention is causal or not."""
+        (B, 1, T, S) is an explicit mask (padding, KV cache, documents); without it attention is causal or not."""
         B, T, _ = x.shape
         cfg = self.cfg
         src = x if context is None else context
@@ -245,15 +201,16 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, *rope, cfg.rope_pairs), apply_rope(k, *rope, cfg.rope_pairs)
         if cache is not None:
             k, v = cache.update(layer, k, v)                                      # (B, Hkv, pos+T, hd)
         if self.kv_prefix is not None:  # after the cache: prefixes are not tokens, so never cached
             k, v, allowed = self.kv_prefix(k, v, allowed)                         # (B, Hkv, P+S, hd)
         if allowed is None:  # the training path: one fused call over the whole sequence
             y = attention(q, k, v, causal=causal, backend=cfg.attn_backend)
-        else:
-            y = masked_attention(q, k, v, allowed)
+        else:  # the Triton and tiled kernels know only causal-or-not: a mask goes to SDPA (or naive)
+            backend = cfg.attn_backend if cfg.attn_backend in ("torch", "sdpa") else "auto"
+            y = attention(q, k, v, causal=False, mask=allowed, backend=backend)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))                      # (B, T, d)
 
 
@@ -284,45 +241,6 @@ class MLP(nn.Module):
         return self.down(act(self.up(x)))
 
 
-def load_balancing_loss(probs, top_idx, n_experts):
-    """Switch-Transformer auxiliary loss: n_experts · Σ_i f_i · P_i.
-
-    f_i = fraction of routing slots (tokens × k) that go to expert i (counted, no gradient);
-    P_i = mean router probability of expert i (differentiable). Both are 1/E at a uniform load,
-    where the loss is 1, its minimum when the router is balanced.  probs (N, E), top_idx (N, k).
-    """
-    f = torch.bincount(top_idx.flatten(), minlength=n_experts).float() / top_idx.numel()   # (E,)
-    P = probs.float().mean(dim=0)                                                           # (E,)
-    return n_experts * (f * P).sum()
-
-
-class MoE(nn.Module):
-    """Mixture of experts: a router picks k of E MLPs per token; their outputs are mixed by the router's
-    renormalized probabilities. Capacity-free: every token reaches its k experts, none is dropped.
-    Each expert only runs on the tokens routed to it, so compute per token is k experts, not E."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.top_k = cfg.moe_top_k
-        self.router = nn.Linear(cfg.n_embd, cfg.n_experts, bias=False)
-        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.n_experts))
-
-    def forward(self, x):
-        """Returns (output like x, auxiliary load-balancing loss)."""
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])                                              # (N, d)
-        probs = self.router(x).float().softmax(dim=-1)                           # (N, E)
-        top_p, top_idx = probs.topk(self.top_k, dim=-1)                          # (N, k)
-        weights = (top_p / top_p.sum(dim=-1, keepdim=True)).to(x.dtype)          # (N, k)
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            # run it even on zero tokens: every parameter then stays in the autograd graph, which DDP
-            # requires (an unused parameter would leave its gradient all-reduce waiting)
-            token, slot = (top_idx == e).nonzero(as_tuple=True)                  # tokens routed to e
-            out.index_add_(0, token, weights[token, slot, None] * expert(x[token]))
-        return out.view(shape), load_balancing_loss(probs, top_idx, len(self.experts))
-
-
 # ----------------------------------------------------------------------------- block
 
 class Block(nn.Module):
@@ -335,7 +253,7 @@ class Block(nn.Module):
         self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg)
         self.norm2 = make_norm(cfg)
-        self.ffn = MoE(cfg) if cfg.n_experts else MLP(cfg)
+        self.ffn = MoE(cfg.n_embd, cfg.n_experts, cfg.moe_top_k, lambda: MLP(cfg)) if cfg.n_experts else MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def residual_projections(self):
@@ -345,10 +263,10 @@ class Block(nn.Module):
 
     def feed_forward(self, x):
         out = self.ffn(x)
-        return out if isinstance(out, tuple) else (out, x.new_zeros(()))
+        return out if isinstance(out, tuple) else (out, None)
 
     def forward(self, x, rope=None, allowed=None, cache=None, layer=0):
-        """Returns (x, MoE auxiliary loss or 0). x (B, T, d)."""
+        """Returns (x, MoE auxiliary loss or None). x (B, T, d)."""
         if self.pre_norm:
             x = x + self.drop(self.attn(self.norm1(x), rope, allowed, cache, layer))
             h, aux = self.feed_forward(self.norm2(x))
@@ -379,6 +297,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.grad_checkpointing = False
         self.aux_loss = None  # the last forward's MoE load-balancing loss, for logging
+        self.z_loss = None    # the last forward's mean logsumexp(logits)², for logging (lm_loss.py)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -412,40 +331,27 @@ class GPT(nn.Module):
                 n -= self.pos_emb.weight.numel()
         return n
 
-    def positions_and_mask(self, B, T, start, attention_mask, device):
-        """Position ids (B or 1, T) and the boolean mask `allowed` (B, 1, T, start+T), or None for plain causal.
-
-        With left padding the positions count real tokens only, so a padded prompt is seen exactly as
-        the same prompt alone: position = (number of real tokens up to here) - 1.
-        """
-        if attention_mask is not None:
-            keep = attention_mask.bool()                                            # (B, S)
-            pos = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, start:]              # (B, T)
-        else:
-            if start == 0:
-                return torch.arange(T, device=device)[None], None
-            keep = torch.ones(B, start + T, dtype=torch.bool, device=device)
-            pos = torch.arange(start, start + T, device=device)[None]               # (1, T)
-        S = start + T
-        q_abs = torch.arange(start, S, device=device)[:, None]                     # (T, 1)
-        k_abs = torch.arange(S, device=device)[None, :]                            # (1, S)
-        allowed = (k_abs <= q_abs) & keep[:, None, :]                               # (B, T, S)
-        # a padding query sees no real key; letting it see itself keeps its softmax finite (its
-        # output is never used, since no real token attends to a padding key)
-        allowed = allowed | (k_abs == q_abs)
-        return pos, allowed[:, None]                                                # (B, 1, T, S)
-
-    def forward(self, idx, targets=None, attention_mask=None, cache=None):
+    def forward(self, idx, targets=None, attention_mask=None, cache=None, segments=None):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         attention_mask (B, cache.pos + T), 1 = token, 0 = left padding; cache: a KVCache (generation).
+        With cfg.doc_boundary_id >= 0, a whole window (no cache, no padding mask: training and
+        evaluation) is split into documents (`document_positions_and_mask`); generation treats each
+        row as one document, as its prompts start with <|endoftext|>. segments (B, T): explicit
+        segment ids (05's packed examples), each attending only to itself with positions from 0.
+        loss = cross-entropy [+ z_loss_coef · z²] [+ moe_aux_coef · load balancing], lm_loss.py.
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise UserError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}; "
                             "crop the input or use a model with a longer context")
-        pos, allowed = self.positions_and_mask(B, T, start, attention_mask, idx.device)
+        if segments is not None:
+            pos, allowed = segment_positions_and_mask(segments)
+        elif self.cfg.doc_boundary_id >= 0 and cache is None and attention_mask is None:
+            pos, allowed = document_positions_and_mask(idx, self.cfg.doc_boundary_id)
+        else:
+            pos, allowed = positions_and_mask(B, T, start, attention_mask, idx.device)
         x = self.tok_emb(idx)                                                       # (B, T, d)
         if self.cfg.pos_emb == "learned":
             x = x + self.pos_emb(pos)
@@ -456,33 +362,36 @@ class GPT(nn.Module):
             cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)       # (B or 1, T, hd/2)
             rope = (cos[:, None], sin[:, None])                                         # (B or 1, 1, T, hd/2)
         x = self.drop(x)
-        aux_total = x.new_zeros((), dtype=torch.float32)
+        aux = []
         for layer, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and cache is None:
                 # keep only the block's input; recompute its insides during backward
-                x, aux = checkpoint(block, x, rope, allowed, use_reentrant=False)
+                x, layer_aux = checkpoint(block, x, rope, allowed, use_reentrant=False)
             else:
-                x, aux = block(x, rope, allowed, cache, layer)
-            aux_total = aux_total + aux
+                x, layer_aux = block(x, rope, allowed, cache, layer)
+            aux.append(layer_aux)
         if cache is not None:
             cache.pos += T
         logits = self.lm_head(self.norm_f(x))                                       # (B, T, V)
-        self.aux_loss = aux_total / self.cfg.n_layer if self.cfg.n_experts else None
+        self.aux_loss = torch.stack(aux).mean() if self.cfg.n_experts else None
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+            loss, self.z_loss = cross_entropy_and_z(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+            loss = loss + self.cfg.z_loss_coef * self.z_loss
             if self.aux_loss is not None:
                 loss = loss + self.cfg.moe_aux_coef * self.aux_loss
         return logits, loss
 
     @classmethod
-    def from_checkpoint(cls, path, config: GPTConfig | None = None, map_location="cpu") -> "GPT":
+    def from_checkpoint(cls, path, config: GPTConfig | None = None, map_location="cpu", made_by="", ckpt=None):
         """Build the model a checkpoint describes and load its weights. With `config`, first check the
-        saved config equals it (a UserError names every differing field)."""
-        ckpt = load_checkpoint(path, map_location)
+        saved config equals it (a UserError names every differing field). made_by: the command that
+        makes the file, named in the error when it is missing or corrupt; ckpt: the file already loaded."""
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path, map_location, made_by=made_by)
+        saved = config_from_dict(ckpt["config"], path)
         if config is not None:
-            check_config_matches(ckpt["config"], dataclasses.asdict(config), path)
-        model = cls(config_from_dict(ckpt["config"], path))
+            check_config_matches(dataclasses.asdict(saved), dataclasses.asdict(config), path)
+        model = cls(saved)
         state = {k.replace("_orig_mod.", ""): v for k, v in ckpt["model"].items()}  # torch.compile prefixes
         try:
             model.load_state_dict(state)
@@ -503,12 +412,11 @@ class GPT(nn.Module):
         """
         B, T0 = idx.shape
         check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        if T0 + max_new_tokens > self.cfg.block_size:
-            raise UserError(f"prompt ({T0} tokens) + max_new_tokens ({max_new_tokens}) = {T0 + max_new_tokens} "
-                            f"is longer than block_size={self.cfg.block_size}; shorten one of them")
+        self.check_length(T0, max_new_tokens)
         was_training = self.training
         self.eval()
-        mask = attention_mask.bool() if attention_mask is not None else None
+        # an explicit mask even without padding: both paths then take the same masked route
+        mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(idx, dtype=torch.bool)
         cache = KVCache(self.cfg.n_layer, T0 + max_new_tokens) if use_cache else None
         stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -521,14 +429,39 @@ class GPT(nn.Module):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)         # (B,)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             out = torch.cat([out, nxt[:, None]], dim=1)
-            if mask is not None:
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             done |= torch.isin(nxt, stop)
             if done.all():
                 break
             step_input = nxt[:, None]
         self.train(was_training)
         return out
+
+    @torch.no_grad()
+    def beam_search(self, idx, max_new_tokens, beam_width=4, stop_tokens=(), length_penalty=0.0):
+        """decoding.beam_search for one prompt idx (1, T0) -> (tokens (1, T0 + n), their log-probability).
+        One KV cache row per beam; a surviving beam copies its parent's row before each step."""
+        if idx.shape[0] != 1:
+            raise UserError(f"beam search takes one prompt at a time, got a batch of {idx.shape[0]}")
+        self.check_length(idx.shape[1], max_new_tokens)
+        was_training = self.training
+        self.eval()
+        cache = KVCache(self.cfg.n_layer, idx.shape[1] + max_new_tokens)
+
+        def next_logits(tokens, parents):                                           # tokens (N, t)
+            if parents is not None:
+                cache.reorder(parents)
+            return self(tokens, cache=cache)[0][:, -1].float()                      # (N, V)
+
+        result = beam_search(next_logits, idx[0], max_new_tokens, beam_width, stop_tokens, length_penalty)
+        self.train(was_training)
+        return result
+
+    def check_length(self, prompt_len, max_new_tokens):
+        if prompt_len + max_new_tokens > self.cfg.block_size:
+            raise UserError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+                            f"{prompt_len + max_new_tokens} is longer than block_size={self.cfg.block_size}; "
+                            "shorten one of them")
 
 
 # ----------------------------------------------------------------------------- counting
@@ -557,95 +490,27 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
 
 # ----------------------------------------------------------------------------- command line
 
-def load_tokenizer(ckpt_path: Path, tokenizer_dir):
-    """The tokenizer named by --tokenizer, else by the checkpoint's "tokenizer" entry, else the run's
-    tokenizer/ folder beside pretrain/ (runs/<name>/pretrain/ckpt.pt -> runs/<name>/tokenizer)."""
-    from bpe import BPETokenizer  # 02_tokenizer; imported here so the model itself never needs it
-    candidates = [Path(tokenizer_dir)] if tokenizer_dir else []
-    if not tokenizer_dir:
-        saved = load_checkpoint(ckpt_path).get("tokenizer")
-        if isinstance(saved, str):
-            candidates += [Path(saved), ckpt_path.parent / saved, ckpt_path.parent.parent / saved]
-        candidates.append(ckpt_path.parent.parent / "tokenizer")
-    for d in candidates:
-        if (d / "tokenizer.json").is_file():
-            return BPETokenizer.load(d)
-    raise UserError(f"no tokenizer found (looked in {', '.join(map(str, candidates))}); "
-                    "pass --tokenizer runs/<name>/tokenizer")
-
-
-def config_from_args(args) -> GPTConfig:
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    return GPTConfig(**{**PRESETS[args.preset], **overrides})
-
-
 def describe(cfg: GPTConfig) -> str:
-    model = GPT(cfg)
-    n_total, n_body = model.num_params(non_embedding=False), model.num_params()
-    kv_bytes = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * cfg.block_size * 2
+    from model_memory import activation_bytes_per_layer, kv_cache_bytes  # 03_model; only the CLI needs it
+    with torch.device("meta"):  # shapes only: any size is instant and takes no memory
+        model = GPT(cfg)
+    T = cfg.block_size
+    act = activation_bytes_per_layer(cfg, 1, T, torch.bfloat16) / 2**20 if not cfg.n_experts else float("nan")
     return "\n".join([
         f"config: {dataclasses.asdict(cfg)}",
-        f"parameters:            {n_total:,} ({n_body:,} without embeddings)",
+        f"parameters:            {model.num_params(False):,} ({model.num_params():,} without embeddings)",
         f"matmul params / token: {matmul_params(cfg):,}",
-        f"training FLOPs / token at T={cfg.block_size}: {flops_per_token(cfg):.3e}",
-        f"KV cache per sequence at T={cfg.block_size} in bf16: {kv_bytes / 2**20:.2f} MiB",
+        f"training FLOPs / token at T={T}: {flops_per_token(cfg):.3e}",
+        f"KV cache per sequence at T={T} in bf16: {kv_cache_bytes(cfg, 1, T) / 2**20:.2f} MiB",
+        f"saved activations per layer per sequence at T={T} in bf16, flash attention: {act:.2f} MiB"
+        + (" (MoE: depends on the routing)" if cfg.n_experts else ""),
     ])
 
 
-def parse_bool(s: str) -> bool:
-    if s.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-    return s.lower() in ("true", "1")
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Sample from a GPT checkpoint, or (without --ckpt) print the "
-                                "parameter count and FLOPs/token of a config.")
-    p.add_argument("--ckpt", help="checkpoint to sample from (e.g. runs/tiny/pretrain/ckpt.pt)")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the one the checkpoint names)")
-    p.add_argument("--prompt", action="append", help="prompt text; repeat for a batch (left-padded)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="llama", help="base config without --ckpt")
-    for f in dataclasses.fields(GPTConfig):  # every config field can be set: --n-layer 12 --pos-emb learned
-        kind = {bool: parse_bool, float: float, str: str}.get(f.type, int)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                       choices=CHOICES.get(f.name), help=f"config field (default {f.default})")
-    args = p.parse_args(argv)
-
-    if not args.ckpt:
-        print(describe(config_from_args(args)))
-        return
-    ckpt_path = Path(args.ckpt)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda but no GPU is visible; use --device cpu")
-    model = GPT.from_checkpoint(ckpt_path, map_location=args.device)
-    tok = load_tokenizer(ckpt_path, args.tokenizer)
-    if tok.vocab_size > model.cfg.vocab_size:
-        raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
-                        "pass the tokenizer the model was trained with")
-    prompts = args.prompt or ["Once upon a time"]
-    # each prompt starts after <|endoftext|>, as every document did in the pretraining stream
-    idx, mask = left_pad([[tok.eot_id] + tok.encode(s) for s in prompts],
-                         pad_id=tok.special_tokens.get("<|pad|>", tok.eot_id), device=args.device)
-    if idx.shape[1] >= model.cfg.block_size:
-        raise UserError(f"the longest prompt is {idx.shape[1]} tokens but the model's context is "
-                        f"{model.cfg.block_size}; shorten it")
-    max_new = min(args.max_new_tokens, model.cfg.block_size - idx.shape[1])
-    out = model.generate(idx, max_new, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eot_id],
-                         attention_mask=mask, pad_id=tok.eot_id,
-                         generator=torch.Generator(device=args.device).manual_seed(args.seed))
-    for prompt, row in zip(prompts, out[:, idx.shape[1]:].tolist()):
-        if tok.eot_id in row:
-            row = row[:row.index(tok.eot_id)]
-        print(f"--- {prompt!r}\n{prompt}{tok.decode(row)}")
+    """Parameter count, FLOPs/token and memory of a config; every GPTConfig field is a flag."""
+    cfg, _ = parse_config(GPTConfig, argv, doc=__doc__, presets=PRESETS, default_preset="llama")
+    print(describe(cfg))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ values from the encoder output ("memory").
 
 It trains each objective for `--seconds` on runs/<name>/data/train.jsonl (bytes as tokens, or the
 stage-02 BPE tokenizer when runs/<name>/tokenizer exists), prints the loss at the start and end of
-training and on held-out text, and saves runs/<name>/transformer/{metrics.json,loss.png}.
+training and on held-out text, and saves runs/<name>/transformer/{metrics.json,loss.png,manifest.json}
+(--overwrite to replace earlier results).
 The three losses are not comparable with each other: each predicts a different set of tokens.
 
 Interview questions it answers:
@@ -33,22 +34,23 @@ Interview questions it answers:
 - Why multiply embeddings by sqrt(d)? (with the 2017 init the embedding entries are ~1/sqrt(d); the
   scale brings them to the size of the sinusoidal positions they are added to)
 """
-import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
-from common import UserError, read_jsonl, run_cli, write_json, save_figure  # 01_data
-from gpt import MLP, Attention, GPTConfig, LayerNorm, sinusoidal_positions  # 03_model (this folder)
+from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, pyplot,  # 01_data
+                    read_jsonl, run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
+from gpt import MLP, Attention, GPTConfig, LayerNorm  # 03_model (this folder)
+from lm_loss import cross_entropy  # 03_model
+from position_encoding import sinusoidal_positions  # 03_model
 
 N_SENTINELS = 16
 
@@ -166,7 +168,7 @@ def special_ids(base_vocab: int) -> dict:
 def clm_loss(model: Transformer, tokens):
     """Causal LM with the decoder alone (a GPT): predict tokens[:, 1:] from tokens[:, :-1]."""
     logits = model.logits(model.decode(tokens[:, :-1]))
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
 def mlm_inputs(tokens, specials, rate=0.15, generator=None):
@@ -185,7 +187,7 @@ def mlm_loss(model: Transformer, tokens, specials, generator=None):
     """Masked LM with the encoder alone: cross-entropy on the chosen positions only."""
     inputs, labels = mlm_inputs(tokens, specials, generator=generator)
     logits = model.logits(model.encode(inputs))
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))   # -100: not chosen
 
 
 def random_segmentation(n: int, k: int, generator=None) -> list:
@@ -224,7 +226,7 @@ def span_loss(model: Transformer, tokens, specials, generator=None):
     tgt = torch.tensor([t for _, t in pairs], device=tokens.device)                 # (B, T)
     dec_in = torch.cat([torch.full_like(tgt[:, :1], specials["bos"]), tgt[:, :-1]], dim=1)
     logits = model(src, dec_in)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
 
 
 OBJECTIVES = {"clm": lambda m, x, sp, g: clm_loss(m, x), "mlm": mlm_loss, "span": span_loss}
@@ -234,30 +236,41 @@ OBJECTIVES = {"clm": lambda m, x, sp, g: clm_loss(m, x), "mlm": mlm_loss, "span"
 
 @dataclass
 class DemoConfig:
-    data: str = "runs/tiny"
-    seconds: float = 20.0
-    objectives: str = "clm,mlm,span"
-    tokenizer: str = "auto"    # auto (BPE when runs/<name>/tokenizer exists) | bytes | bpe
-    batch_size: int = 16
-    block_size: int = 128
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    lr: float = 1e-3
-    warmup: int = 50           # post-LN diverges without warmup (Xiong et al. 2020)
-    seed: int = 0
-    threads: int = 0           # torch CPU threads; 0 = torch's default (1 is faster on a busy machine)
+    data: str = option("runs/tiny", "run folder runs/<name> holding data/ from 01_data")
+    seconds: float = option(20.0, "training time per objective", min=0.1)
+    objectives: list[str] = option(["clm", "mlm", "span"], "objectives to train, in order", sep=",")
+    tokenizer: str = option("auto", "auto (BPE when runs/<name>/tokenizer exists) | bytes | bpe",
+                            choices=("auto", "bytes", "bpe"))
+    batch_size: int = option(16, "sequences per step", min=1)
+    block_size: int = option(128, "tokens per sequence", min=8)
+    n_layer: int = option(2, "layers per stack (encoder and decoder)", min=1)
+    n_head: int = option(4, "attention heads", min=1)
+    n_embd: int = option(128, "model width", min=8)
+    lr: float = option(1e-3, "peak learning rate", min=0.0)
+    warmup: int = option(50, "linear warmup steps; post-LN diverges without (Xiong et al. 2020)", min=1)
+    seed: int = option(0, "random seed")
+    threads: int = option(0, "torch CPU threads; 0 = torch's default (1 is faster on a busy machine)", min=0)
+    overwrite: bool = option(False, "replace the results already in runs/<name>/transformer")
+
+
+def check_demo_config(cfg: DemoConfig):
+    """Cross-field checks the command line cannot express, as one-line UserErrors."""
+    unknown = [n for n in cfg.objectives if n not in OBJECTIVES]
+    if unknown or not cfg.objectives:
+        raise UserError(f"--objectives: unknown {unknown or 'none given'}; choose from {', '.join(OBJECTIVES)}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"--n-embd {cfg.n_embd} is not divisible by --n-head {cfg.n_head}")
 
 
 def load_token_streams(cfg: DemoConfig):
     """(train ids, val ids, base vocab size, tokenizer name): every document encoded, one separator between."""
     run = Path(cfg.data)
     train_path = run / "data" / "train.jsonl"
-    if not train_path.is_file():
-        raise UserError(f"{train_path}: not found; make the corpus first: python 01_data/prepare.py --out {run}")
+    check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
     use_bpe = cfg.tokenizer == "bpe" or (cfg.tokenizer == "auto" and (run / "tokenizer" / "tokenizer.json").is_file())
     if use_bpe:
         from bpe import BPETokenizer  # 02_tokenizer, only when there is one
+        check_artifact(run / "tokenizer", made_by=f"python 02_tokenizer/bpe.py --data {run}")
         tok = BPETokenizer.load(run / "tokenizer")
         encode, sep, base = tok.encode_ordinary, [tok.eot_id], tok.vocab_size
     else:
@@ -322,9 +335,7 @@ def train_objective(name, cfg: DemoConfig, train, val, specials):
 
 
 def save_plot(path, results):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
         ax.plot(r["curve"], label=r["objective"], linewidth=1)
@@ -334,32 +345,31 @@ def save_plot(path, results):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Train the 2017 Transformer briefly on each objective "
-                                "(causal LM, masked LM, span corruption) and print the loss endpoints.")
-    for name, default in vars(DemoConfig()).items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    cfg = DemoConfig(**vars(p.parse_args(argv)))
-    names = [s.strip() for s in cfg.objectives.split(",") if s.strip()]
-    unknown = [n for n in names if n not in OBJECTIVES]
-    if unknown or not names:
-        raise UserError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
-    if cfg.tokenizer not in ("auto", "bytes", "bpe"):
-        raise UserError(f"--tokenizer {cfg.tokenizer!r}: choose auto, bytes or bpe")
+    cfg, _ = parse_config(DemoConfig, argv, doc=__doc__)
+    check_demo_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    run = Path(cfg.data)
+    out = run / "transformer"
     train, val, base, tok_name = load_token_streams(cfg)
     specials = special_ids(base)
-    print(f"{len(train):,} train / {len(val):,} val tokens ({tok_name}); {cfg.seconds:g} s per objective")
-    results = [train_objective(n, cfg, train, val, specials) for n in names]
-
-    print(f"\n{'objective':<10}{'steps':>7}{'train loss first -> last':>28}{'val loss before -> after':>28}{'tok/s':>9}")
-    for r in results:
-        print(f"{r['objective']:<10}{r['steps']:>7}{r['train_first']:>15.3f} -> {r['train_last']:<9.3f}"
-              f"{r['val_before']:>15.3f} -> {r['val_after']:<9.3f}{r['tokens_per_s']:>9}")
-    out = Path(cfg.data) / "transformer"
-    write_json(out / "metrics.json", {"config": vars(cfg), "tokenizer": tok_name,
-                                      "results": [{k: v for k, v in r.items() if k != "curve"} for r in results]})
-    save_plot(out / "loss.png", results)
+    with run_lock(out):
+        claim_output(out, cfg.overwrite, remove=False)   # refuse now, not after minutes of training
+        print(f"{len(train):,} train / {len(val):,} val tokens ({tok_name}); {cfg.seconds:g} s per objective")
+        results = [train_objective(n, cfg, train, val, specials) for n in cfg.objectives]
+        print(f"\n{'objective':<10}{'steps':>7}{'train loss first -> last':>28}{'val loss before -> after':>28}"
+              f"{'tok/s':>9}")
+        for r in results:
+            print(f"{r['objective']:<10}{r['steps']:>7}{r['train_first']:>15.3f} -> {r['train_last']:<9.3f}"
+                  f"{r['val_before']:>15.3f} -> {r['val_after']:<9.3f}{r['tokens_per_s']:>9}")
+        with staged_dir(out) as tmp:   # built beside the old results, swapped in when complete
+            write_json(tmp / "metrics.json", {"config": asdict(cfg), "tokenizer": tok_name,
+                                              "results": [{k: v for k, v in r.items() if k != "curve"}
+                                                          for r in results]})
+            save_plot(tmp / "loss.png", results)
+            inputs = [run / "data"] + ([run / "tokenizer"] if tok_name == "bpe" else [])
+            write_manifest(tmp, stage="03_model/transformer", command=command_line(__file__, argv),
+                           config=asdict(cfg), inputs=inputs)
     print(f"\nwrote {out / 'metrics.json'} and {out / 'loss.png'}")
 
 

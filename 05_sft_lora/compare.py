@@ -34,10 +34,9 @@ import numpy as np
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer")]
-from common import (UserError, claim_output, command_line, option, parse_config, pyplot, read_json,  # 01_data
+sys.path[:0] = [str(REPO / "01_data")]
+from common import (UserError, claim_output, command_line, markdown_table, option, parse_config, pyplot, read_json,  # 01_data
                     run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
-from bpe import format_table  # 02_tokenizer
 
 METHODS = {  # name -> sft.py flags
     "full": ["--method", "full"],
@@ -46,17 +45,20 @@ METHODS = {  # name -> sft.py flags
     "lora_r16": ["--method", "lora", "--lora-r", "16"],
     "prefix": ["--method", "prefix"],
     "adapter": ["--method", "adapter"],
+    "full_mix": ["--method", "full", "--mix-pretrain", "0.25"],     # not in the default list: the
+    "lora_r8_mix": ["--method", "lora", "--lora-r", "8", "--mix-pretrain", "0.25"],   # forgetting remedy
 }
+DEFAULT_METHODS = ["full", "lora_r4", "lora_r8", "lora_r16", "prefix", "adapter"]
 
 
 @dataclass
 class CompareConfig:
     run: str = option("", "run folder runs/<name> with pretrain/, tokenizer/, data/")
     out: str = option("", "output folder; empty = <run>/sft_compare")
-    methods: list = option(list(METHODS), "methods to run, in order", sep=",")
-    steps: int = option(200, "optimizer steps per method (the same budget for all)", min=1)
+    methods: list = option(DEFAULT_METHODS, f"methods to run, in order, from {','.join(METHODS)}", sep=",")
+    steps: int = option(120, "optimizer steps per method (the same budget for all)", min=1)
     seed: int = option(1337, "the same seed for every method")
-    eval_limit: int = option(300, "held-out conversations answered greedily (0 = all)", min=0)
+    eval_limit: int = option(200, "held-out conversations answered greedily (0 = all)", min=0)
     sft_args: str = option("", "extra flags passed to every sft.py run, e.g. '--batch-size 8'")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the comparison already in the output folder")
@@ -93,7 +95,7 @@ def table_rows(outcomes: dict) -> list:
              "answer acc": f"{first['heldout_base'].get('answer_acc', float('nan')):.3f}", "forgetting": "0"}]
     for name, o in outcomes.items():
         t = o["heldout_tuned"]
-        rows.append({"method": name, "trainable params": pct(o["params"]), "wall s": f"{o['train_s']:.0f}",
+        rows.append({"method": name, "trainable params": pct(o["params"]), "wall s": f"{o['train_s']:.0f}", "CPU s": f"{o['train_cpu_s']:.0f}",
                      "RSS growth MB": f"{o['train_rss_growth_mb']:.0f}", "train state MB": f"{o['train_state_mb']:.1f}",
                      "exact match": f"{t['exact_match']:.3f}", "token F1": f"{t['token_f1']:.3f}",
                      "answer acc": f"{t.get('answer_acc', float('nan')):.3f}",
@@ -101,7 +103,7 @@ def table_rows(outcomes: dict) -> list:
     return rows
 
 
-COLUMNS = ["method", "trainable params", "wall s", "RSS growth MB", "train state MB", "exact match", "token F1",
+COLUMNS = ["method", "trainable params", "wall s", "CPU s", "RSS growth MB", "train state MB", "exact match", "token F1",
            "answer acc", "forgetting", "file KiB"]
 
 
@@ -135,7 +137,7 @@ def main(argv=None):
         with staged_dir(out) as tmp:
             outcomes = {m: run_method(cfg, m, tmp / m, eval_base=i == 0) for i, m in enumerate(cfg.methods)}
             rows = table_rows(outcomes)
-            table = format_table(rows, COLUMNS)
+            table = markdown_table(rows, COLUMNS)
             write_json(tmp / "compare.json", {"rows": rows, "outcomes": outcomes, "config": asdict(cfg)})
             plot(outcomes, tmp / "compare.png")
             write_manifest(tmp, stage="05_sft_lora", command=command_line(__file__, argv), config=asdict(cfg),

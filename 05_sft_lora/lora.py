@@ -91,8 +91,8 @@ class LoRALinear(nn.Module):
         for name, w in self.active.items():
             if name in self.merged:
                 continue                                      # already inside self.weight
-            A, B = self.lora_A[name], self.lora_B[name]
-            y = y + (w * self.scale[name]) * (self.lora_dropout[name](x) @ A.t() @ B.t())
+            h = self.lora_dropout[name](x) @ self.lora_A[name].t()          # (..., r): small
+            y = y + (h * (w * self.scale[name])) @ self.lora_B[name].t()    # scale the small tensor
         return y
 
     def extra_repr(self):

@@ -16,9 +16,9 @@ padded batches give the same per-example loss (tested), and packing is purely a 
 The cost: the explicit-mask attention path (no fused causal kernel); on a CPU and at these lengths
 that is cheaper than the padding it saves.
 
-How the mask reaches the model without a change to 03_model: GPT.forward asks its method
-`positions_and_mask` for the position ids and the boolean mask (B, 1, T, S); `forward_packed`
-answers that one call with the packed ones (an instance attribute shadows the method for the call).
+How the mask reaches the model: GPT.forward takes `segments` (B, T), the example index of each
+token, and builds the position ids and the boolean mask (B, 1, T, T) with 03's
+`segment_positions_and_mask`, the same function its pretraining document masking uses.
 
 Every example is shifted on its own (x = ids[:-1], y = labels[1:]), so no target crosses from one
 example into the next.
@@ -83,26 +83,10 @@ def collate_padded(examples, pad_id, device=None):
     return x.to(device), y.to(device)
 
 
-def packed_positions_and_mask(segment):
-    """Position ids (B, T), restarting at 0 in each segment, and the block-diagonal causal mask
-    (B, 1, T, T): allowed[b, 0, t, s] = s <= t and segment[b, s] == segment[b, t]."""
-    B, T = segment.shape
-    t = torch.arange(T, device=segment.device)
-    starts = torch.ones_like(segment, dtype=torch.bool)
-    starts[:, 1:] = segment[:, 1:] != segment[:, :-1]                      # first token of a segment
-    start_index = torch.where(starts, t, 0).cummax(dim=-1).values           # (B, T)
-    allowed = (segment[:, :, None] == segment[:, None, :]) & (t[None, None, :] <= t[None, :, None])
-    return t - start_index, allowed[:, None]
-
-
 def forward_packed(model, x, segment, targets=None):
-    """model(x, targets) with packed examples kept apart (module docstring)."""
-    pos, allowed = packed_positions_and_mask(segment)
-    model.positions_and_mask = lambda *args, **kwargs: (pos, allowed)
-    try:
-        return model(x, targets)
-    finally:
-        del model.positions_and_mask                                        # the class method again
+    """model(x, targets) with packed examples kept apart (module docstring): 03's GPT takes the
+    segment ids and builds the block-diagonal causal mask and per-segment positions itself."""
+    return model(x, targets, segments=segment)
 
 
 def per_example_loss(logits, y, segment=None):

@@ -54,7 +54,7 @@ from decoding import left_pad  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
-from pretrain import batch_starts, get_batch, load_shards  # 04_pretrain
+from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
 from adapter import BottleneckAdapters, load_adapters, save_adapters
 from chat_template import END, decode_answer, encode_prompt
@@ -83,7 +83,7 @@ class SFTConfig:
     prefix_len: int = option(8, "prefix tuning: virtual tokens per layer", min=1)
     prefix_hidden: int = option(128, "prefix tuning: width of the reparametrizing MLP", min=1)
     adapter_dim: int = option(16, "adapters: bottleneck width m", min=1)
-    steps: int = option(200, "optimizer steps (early stopping may end sooner)", min=1)
+    steps: int = option(120, "optimizer steps (early stopping may end sooner)", min=1)
     batch_size: int = option(16, "rows per step; each row packs several examples", min=1)
     lr: float = option(0.0, "peak learning rate; 0 = the method's default "
                        + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()), min=0.0)
@@ -94,9 +94,9 @@ class SFTConfig:
     mix_pretrain: float = option(0.0, "fraction of each batch that is pretraining text (less forgetting)",
                                  min=0.0, max=0.9)
     val_frac: float = option(0.05, "fraction of training subjects held back to measure the loss", min=0.0, max=0.5)
-    eval_interval: int = option(50, "steps between validation losses", min=1)
+    eval_interval: int = option(40, "steps between validation losses", min=1)
     patience: int = option(0, "early stopping: evaluations without improvement (0 = off)", min=0)
-    eval_limit: int = option(300, "held-out conversations answered greedily (0 = all)", min=0)
+    eval_limit: int = option(200, "held-out conversations answered greedily (0 = all)", min=0)
     max_new_tokens: int = option(32, "longest generated answer", min=1)
     eval_base: bool = option(True, "also answer the held-out questions with the base model")
     forget_windows: int = option(64, "pretraining val windows for the forgetting measurement", min=1)
@@ -304,12 +304,12 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     tok = load_tokenizer(cfg)
     train_path, held_path = task_file(cfg, cfg.train_file, "sft_train.jsonl"), task_file(cfg, cfg.heldout_file, "sft_heldout.jsonl")
     train_records, held_records = read_conversations(train_path), read_conversations(held_path)
-    pre_train, pre_val, _ = load_shards(run)
     model = GPT.from_checkpoint(base_path, map_location=device)
     if tok.vocab_size > model.cfg.vocab_size:
         raise UserError(f"the tokenizer has {tok.vocab_size} tokens but {base_path} only {model.cfg.vocab_size}; "
                         "the base was trained with another tokenizer: rerun 04_pretrain")
     T = model.cfg.block_size
+    pre_train, pre_val, _ = load_shards(run, T)
     examples, skipped = encode_examples(tok, train_records, T, cfg.strict, str(train_path))
     if not examples:
         raise UserError(f"{train_path}: every conversation is longer than the context ({T} tokens); "
@@ -341,7 +341,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     sft_rows = max(1, cfg.batch_size - n_pre)
 
     records, best, bad_evals, stopped = [], {"val_loss": math.inf, "step": 0, "state": None}, 0, "steps"
-    rss_before, t0 = peak_rss_mb(), time.time()
+    rss_before, t0, cpu0 = peak_rss_mb(), time.time(), time.process_time()
     epoch, batches, step = 0, [], 0
     model.train()
     for extra in extras:
@@ -376,7 +376,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
             if cfg.patience and bad_evals >= cfg.patience:
                 stopped = "early_stop"
                 break
-    train_s = time.time() - t0
+    train_s, train_cpu_s = time.time() - t0, time.process_time() - cpu0
     rss_after = peak_rss_mb()
     if cfg.patience and best["state"] is not None:                 # early stopping keeps the best state
         with torch.no_grad():
@@ -404,7 +404,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
                              "heldout": len(held)},
                 "heldout_base": base_eval, "heldout_tuned": tuned_eval,
                 "corpus_val_loss": {"before": forget_before, "after": forget_after, "change": forget_after - forget_before},
-                "train_s": train_s, "s_per_step": train_s / max(step, 1), "device": device,
+                "train_s": train_s, "train_cpu_s": train_cpu_s, "s_per_step": train_s / max(step, 1), "device": device,
                 "peak_rss_mb": rss_after, "train_rss_growth_mb": rss_after - rss_before, "train_state_mb": state_mb,
                 "file": tuned_file.name, "file_kib": tuned_file.stat().st_size / 1024,
             }
@@ -428,7 +428,7 @@ def report(o, out):
         print(f"held-out, base model + template: {line(base)}")
     print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
     print(f"pretraining val loss {f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, forgetting if > 0)")
-    print(f"{o['steps']} steps in {o['train_s']:.0f}s; {o['file']} {o['file_kib']:.1f} KiB; wrote {out}/")
+    print(f"{o['steps']} steps in {o['train_s']:.0f}s ({o['train_cpu_s']:.0f} CPU s); {o['file']} {o['file_kib']:.1f} KiB; wrote {out}/")
 
 
 def main(argv=None):

@@ -138,7 +138,7 @@ def student_config(teacher_cfg: GPTConfig, cfg: DistillConfig) -> tuple:
     H = cfg.student_heads or max(1, d // t.head_dim)
     Hkv = max(1, H * t.n_kv_head // t.n_head)
     return dataclasses.replace(t, n_layer=cfg.student_layers, n_embd=d, n_head=H, n_kv_head=Hkv, dropout=0.0,
-                               head_size=None, mlp_hidden=None), None
+                               head_size=0, mlp_hidden=0), None
 
 
 def check_student(s: GPTConfig, t: GPTConfig, init: str):

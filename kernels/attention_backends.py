@@ -1,14 +1,27 @@
-"""Attention three ways, from the definition to FlashAttention-2, and the one function model code calls.
+"""Attention four ways, from the definition to FlashAttention-2, and the one function model code calls.
 
     1. attention_naive          softmax(Q Kᵀ · scale + mask) V, the (T, S) matrix in memory. The ground truth.
     2. attention_tiled_forward  the FlashAttention-2 algorithm in plain PyTorch: loop over Q tiles, stream
        attention_tiled_backward K/V tiles, online softmax, save only O and the log-sum-exp (LSE); the
                                 backward recomputes P from the LSE tile by tile. Slow, but readable.
     3. flash_attention          (flash_attention.py) the same algorithm as Triton GPU kernels.
+    4. SDPA                     PyTorch's fused scaled_dot_product_attention (C++/CUDA kernels).
 
     import sys; sys.path.insert(0, "kernels")
     from attention_backends import attention
     y = attention(q, k, v, causal=True)   # q (B, H, T, D); k, v (B, Hkv, S, D); H % Hkv == 0 (GQA/MQA)
+
+Which one runs, with backend="auto" (the model's default), and why:
+    CUDA, no mask, a shape the kernel takes  -> 3, our Triton kernel (what this folder teaches; measured
+                                                against SDPA by bench_attention.py)
+    CUDA otherwise (a mask, head dim 48 ...) -> 4, SDPA
+    CPU                                      -> 4, SDPA: its CPU kernel is the same blocked online softmax
+                                                in C++; it never builds the (T, S) score matrix or a mask
+    1 and 2 never run by default: 1 allocates B·H·T·S scores and probabilities plus a fresh (T, S) mask on
+    every call and keeps the probabilities for the backward (at context 256 that made a CPU training
+    step 1.45x slower than nanoGPT's model, which calls SDPA); 2 is Python loops. They stay as the
+    readable definitions every fast path is tested against. 3 and 2 know only "causal or not"; a
+    `mask` (padding, a KV cache, document boundaries) goes to SDPA or to 1.
 
 `python kernels/attention_backends.py` checks 2 and 3 against 1 on small shapes (the interpreter runs 3 on a CPU);
 `python kernels/bench_attention.py` times 3 against PyTorch's SDPA on a GPU;
@@ -29,33 +42,51 @@ Interview questions this file answers:
 - How does GQA change the backward? (dK, dV of a shared head are summed over the query heads that read it.)
 - Causal masking when T < S (a KV cache): query i sees keys j ≤ i + S - T (bottom-right aligned).
 """
-import argparse
 import math
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "triton", "torch", "tiled", "sdpa")
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from common import UserError, option, parse_config, run_cli  # 01_data
+
+BACKENDS = ("auto", "triton", "torch", "tiled", "sdpa")   # "torch" is the naive reference (1)
 
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Naive: the definition
 # ----------------------------------------------------------------------------------------------------
-def attention_naive(q, k, v, causal=True, scale=None):
-    """softmax(Q Kᵀ · scale + mask) V, materializing the (T, S) score matrix. The ground truth."""
+def causal_mask(T, S, device):
+    """(T, S) bool, True where query i may see key j: j <= i + S - T (bottom-right aligned, so with a
+    KV cache the T new queries sit after the S - T cached keys)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+def attention_naive(q, k, v, causal=True, scale=None, mask=None):
+    """softmax(Q Kᵀ · scale + M) V, materializing the (T, S) score matrix. The ground truth.
+
+    M is 0 where a query may see a key and -inf elsewhere: the causal rule and/or `mask`, a bool tensor
+    broadcastable to (B, H, T, S), True = may attend (padding, a KV cache, document boundaries).
+    """
     B, H, T, D = q.shape
-    Hkv = k.shape[1]
-    if H != Hkv:  # GQA/MQA: each group of H/Hkv query heads shares one K/V head
+    Hkv, S = k.shape[1], k.shape[2]
+    if H != Hkv:  # GQA/MQA: with g = H/Hkv, query heads g·j ... g·j+g-1 share key/value head j
         k = k.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     acc = torch.promote_types(q.dtype, torch.float32)               # fp32 math for half inputs
     att = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * scale         # (B, H, T, S)
-    if causal:
-        S = k.shape[2]
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-        att = att.masked_fill(~mask, float("-inf"))
+    keep = causal_mask(T, S, q.device) if causal else None
+    if mask is not None:
+        keep = mask if keep is None else keep & mask
+    if keep is not None:
+        att = att.masked_fill(~keep, float("-inf"))
     att = att.softmax(dim=-1)
     return (att @ v.to(acc)).to(q.dtype)                            # (B, H, T, D)
 
@@ -181,36 +212,49 @@ def triton_supports(q, k, v, causal):
             and not (causal and q.shape[2] > k.shape[2]))
 
 
-def attention(q, k, v, causal=True, scale=None, backend="auto"):
-    """softmax(Q Kᵀ · scale [+ causal mask]) V; q (B, H, T, D), k/v (B, Hkv, S, D) -> (B, H, T, D), q's dtype.
+def attention_sdpa(q, k, v, causal=True, scale=None, mask=None):
+    """PyTorch's fused kernel with our conventions: causal is bottom-right aligned (SDPA's is_causal is
+    top-left, which differs when T < S), a bool mask is combined with it, GQA without copying K/V."""
+    T, S = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None and (not causal or T == S):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=gqa)
+    keep = causal_mask(T, S, q.device) if causal else None
+    if mask is not None:
+        keep = mask if keep is None else keep & mask
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale, enable_gqa=gqa)
 
-    backend: "auto" = the Triton kernel on CUDA when the shape is supported, else "torch";
-    "triton" = force the kernel (a clear ValueError if the shape is unsupported; on a CPU it needs
-    TRITON_INTERPRET=1, which importing flash_attention sets when there is no GPU);
-    "torch" = the naive reference; "tiled" = the tiled PyTorch reference; "sdpa" = PyTorch's fused SDPA.
+
+def attention(q, k, v, causal=True, scale=None, backend="auto", mask=None):
+    """softmax(Q Kᵀ · scale + M) V; q (B, H, T, D), k/v (B, Hkv, S, D) -> (B, H, T, D), q's dtype.
+
+    M: the causal rule (query i sees keys j <= i + S - T) and/or `mask`, bool, broadcastable to
+    (B, H, T, S), True = may attend. A row must see at least one key (a fully masked row has no softmax).
+    backend: "auto" = the fastest correct one here (module docstring: Triton on CUDA, SDPA otherwise);
+    "triton" = force the kernel (a UserError if the shape is unsupported; on a CPU it runs in Triton's
+    interpreter, which importing flash_attention switches on when there is no GPU); "sdpa" = PyTorch's
+    fused kernel; "torch" = the naive reference; "tiled" = the tiled PyTorch reference.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise UserError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+        raise UserError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if causal and q.shape[2] > k.shape[2]:  # the first rows would see no key at all
-        raise ValueError(f"causal attention with {q.shape[2]} queries needs at least as many keys; "
-                         f"got {k.shape[2]}")
+        raise UserError(f"causal attention with {q.shape[2]} queries needs at least as many keys; "
+                        f"got {k.shape[2]}")
     if backend == "auto":
-        backend = "triton" if triton_supports(q, k, v, causal) else "torch"
+        backend = "triton" if mask is None and triton_supports(q, k, v, causal) else "sdpa"
+    if mask is not None and backend in ("triton", "tiled"):
+        raise UserError(f"the {backend} attention knows only causal or not, not an explicit mask; "
+                        "use backend auto, sdpa or torch")
     if backend == "triton":
         from flash_attention import flash_attention  # imported on use: the CPU path never loads Triton
         return flash_attention(q, k, v, causal, scale)
     if backend == "tiled":
         return attention_tiled(q, k, v, causal, scale)
     if backend == "sdpa":
-        if causal and q.shape[2] != k.shape[2]:  # SDPA's is_causal is top-left aligned; ours bottom-right
-            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.tril(k.shape[2] - q.shape[2]),
-                                                  scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
-                                              enable_gqa=q.shape[1] != k.shape[1])
-    return attention_naive(q, k, v, causal, scale)
+        return attention_sdpa(q, k, v, causal, scale, mask)
+    return attention_naive(q, k, v, causal, scale, mask)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -228,36 +272,36 @@ def max_errors(fn, q, k, v, causal):
     return [(a.float() - b).abs().max().item() for a, b in zip((o, *grads), (o_ref, *grads_ref))]
 
 
-def main():
-    p = argparse.ArgumentParser(description="Check the tiled reference and the Triton kernel against naive attention.")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--seq", type=int, default=72, help="keep it small on a CPU: the interpreter is slow")
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    args = p.parse_args()
-    if args.heads % args.kv_heads:
-        p.error(f"--heads ({args.heads}) must be a multiple of --kv-heads ({args.kv_heads})")
+@dataclass
+class CheckConfig:
+    batch: int = option(1, "batch size", min=1)
+    heads: int = option(4, "query heads", min=1)
+    kv_heads: int = option(2, "key/value heads (a divisor of --heads)", min=1)
+    seq: int = option(72, "sequence length; keep it small on a CPU: the interpreter is slow", min=1)
+    head_dim: int = option(64, "head dim", choices=(32, 64, 128))
+    dtype: str = option("float32", "input dtype", choices=("float32", "float16", "bfloat16"))
+
+
+def main(argv=None):
+    cfg, _ = parse_config(CheckConfig, argv, doc=__doc__)
+    if cfg.heads % cfg.kv_heads:
+        raise UserError(f"--heads ({cfg.heads}) must be a multiple of --kv-heads ({cfg.kv_heads})")
     from flash_attention import flash_attention
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, args.dtype)
+    dtype = getattr(torch, cfg.dtype)
     torch.manual_seed(0)
-    q = torch.randn(args.batch, args.heads, args.seq, args.head_dim, device=device, dtype=dtype)
-    k = torch.randn(args.batch, args.kv_heads, args.seq, args.head_dim, device=device, dtype=dtype)
+    q = torch.randn(cfg.batch, cfg.heads, cfg.seq, cfg.head_dim, device=device, dtype=dtype)
+    k = torch.randn(cfg.batch, cfg.kv_heads, cfg.seq, cfg.head_dim, device=device, dtype=dtype)
     v = torch.randn_like(k)
     print(f"{'version':<8} {'causal':<6} {'|o|':>9} {'|dq|':>9} {'|dk|':>9} {'|dv|':>9} {'time s':>7}  "
-          f"(max abs error vs naive, {args.dtype}, {device})")
-    for name, fn in [("tiled", attention_tiled), ("triton", flash_attention)]:
+          f"(max abs error vs naive, {cfg.dtype}, {device})")
+    for name, fn in [("tiled", attention_tiled), ("sdpa", attention_sdpa), ("triton", flash_attention)]:
         for causal in (False, True):
             t0 = time.perf_counter()
-            try:
-                errs = max_errors(fn, q, k, v, causal)
-            except ValueError as e:  # an unsupported shape or dtype: one line, exit code 2
-                p.exit(2, f"error: {e}\n")
+            errs = max_errors(fn, q, k, v, causal)   # an unsupported dtype raises a one-line UserError
             print(f"{name:<8} {str(causal):<6} " + " ".join(f"{e:9.2e}" for e in errs)
                   + f" {time.perf_counter() - t0:7.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,7 +1,7 @@
 """Benchmark: our Triton FlashAttention-2 vs PyTorch SDPA (flash backend) vs naive attention, on a GPU.
 
     python kernels/bench_attention.py                      # the full sweep (a few minutes on an H100)
-    python kernels/bench_attention.py --seqs 1024 4096 --head-dims 128 --modes causal
+    python kernels/bench_attention.py --seqs 1024,4096 --head-dims 128 --modes causal
 
 For each head dim (64, 128), mask (causal, full) and sequence length (512 … 16k), bf16, batch 4 and
 H = 2048 / D heads (a model width of 2048), it checks our output against SDPA once, then times
@@ -16,32 +16,42 @@ Goal on an H100 (from the issue): forward ≥ 1.2× SDPA and backward ≥ 1.0× 
 Interview questions: how do you count attention FLOPs, and why does the backward cost 2.5× the forward?
 Why is naive attention memory-bound (and out of memory at 16k) while flash attention is compute-bound?
 """
-import argparse
-import json
 import math
-import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+# Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
 
 
 @dataclass
 class BenchConfig:
-    batch: int = 4
-    model_width: int = 2048                       # heads = model_width // head_dim
-    head_dims: list = field(default_factory=lambda: [64, 128])
-    seqs: list = field(default_factory=lambda: [512, 1024, 2048, 4096, 8192, 16384])
-    modes: list = field(default_factory=lambda: ["causal", "full"])
-    dtype: str = "bfloat16"
-    naive_max_gib: float = 24.0                   # skip naive when its (T, S) matrices would exceed this
-    warmup_ms: int = 25
-    rep_ms: int = 100
-    out: str = str(REPO / "runs" / "bench_attention")
+    batch: int = option(4, "sequences per call", min=1)
+    model_width: int = option(2048, "heads = model_width // head_dim", min=32)
+    head_dims: list[int] = option([64, 128], "head dims to sweep (32, 64 or 128)", sep=",")
+    seqs: list[int] = option([512, 1024, 2048, 4096, 8192, 16384], "sequence lengths", sep=",")
+    modes: list[str] = option(["causal", "full"], "masks to sweep: causal, full", sep=",")
+    dtype: str = option("bfloat16", "input dtype", choices=("bfloat16", "float16"))
+    naive_max_gib: float = option(24.0, "skip naive when its (T, S) matrices would exceed this", min=0.0)
+    warmup_ms: int = option(25, "triton.testing.do_bench warm-up per timing", min=1)
+    rep_ms: int = option(100, "triton.testing.do_bench repetition time per timing", min=1)
+    out: str = option(str(REPO / "runs" / "bench_attention"), "folder for bench.json and bench.png")
+
+
+def check_bench_config(cfg: BenchConfig):
+    """The list flags' allowed values (parse_config checks single values only)."""
+    if not set(cfg.head_dims) <= {32, 64, 128} or not cfg.head_dims:
+        raise UserError(f"--head-dims {cfg.head_dims}: the kernel takes 32, 64 and 128")
+    if not set(cfg.modes) <= {"causal", "full"} or not cfg.modes:
+        raise UserError(f"--modes {cfg.modes}: choose causal and/or full")
+    if not cfg.seqs or min(cfg.seqs) < 1:
+        raise UserError(f"--seqs {cfg.seqs}: give positive sequence lengths")
 
 
 def attention_flops(B, H, T, D, causal, pass_name):
@@ -155,9 +165,7 @@ def summarize_goal(rows):
 
 def save_plot(rows, path):
     """TFLOP/s against sequence length: one row of panels per (head dim, mask), one column per pass."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     groups = sorted({(r["head_dim"], r["mode"]) for r in rows})
     passes = ("fwd", "bwd", "fwd+bwd")
     fig, axes = plt.subplots(len(groups), 3, figsize=(13, 3.2 * len(groups)), squeeze=False)
@@ -175,46 +183,24 @@ def save_plot(rows, path):
             ax.set_ylabel("TFLOP/s")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    save_figure(fig, path)
 
 
-def parse_args():
-    d = BenchConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--head-dims", type=int, nargs="+", default=d.head_dims, choices=[32, 64, 128])
-    p.add_argument("--seqs", type=int, nargs="+", default=d.seqs)
-    p.add_argument("--modes", nargs="+", default=d.modes, choices=["causal", "full"])
-    p.add_argument("--dtype", default=d.dtype, choices=["bfloat16", "float16"])
-    p.add_argument("--naive-max-gib", type=float, default=d.naive_max_gib)
-    p.add_argument("--out", default=d.out)
-    args = p.parse_args()
-    return BenchConfig(batch=args.batch, head_dims=args.head_dims, seqs=args.seqs, modes=args.modes,
-                       dtype=args.dtype, naive_max_gib=args.naive_max_gib, out=args.out)
-
-
-def main():
-    cfg = parse_args()
+def main(argv=None):
+    cfg, _ = parse_config(BenchConfig, argv, doc=__doc__)
+    check_bench_config(cfg)
     if not torch.cuda.is_available():
         print("bench_attention.py needs a CUDA GPU (none found here); nothing was measured.")
-        return 0
+        return
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | batch {cfg.batch}, {cfg.dtype}, "
           f"heads = {cfg.model_width} / D | err = max |ours - SDPA| over o, dq, dk, dv")
     rows = run_sweep(cfg)
     summarize_goal(rows)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "bench.json.tmp"
-    tmp.write_text(json.dumps({"config": asdict(cfg), "device": torch.cuda.get_device_name(), "rows": rows},
-                              indent=1))
-    os.replace(tmp, out / "bench.json")
+    write_json(out / "bench.json", {"config": asdict(cfg), "device": torch.cuda.get_device_name(), "rows": rows})
     save_plot(rows, out / "bench.png")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -12,22 +12,26 @@ spills registers to local memory and will be slow), and shared memory per progra
 Interview question: what limits the tile size of a flash-attention kernel? (Registers for the fp32
 accumulators and the resident Q/K/V tiles, and shared memory for the pipelined K/V loads.)
 """
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "0"  # real compilation, even on a CPU machine (flash_attention keeps it)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from common import UserError, option, parse_config, run_cli  # 01_data
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-import flash_attention as fa  # noqa: E402
+import flash_attention as fa  # noqa: E402  (kernels, this folder)
 
 TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 KERNELS = {  # name -> (kernel, autotune configs, the pointer arguments that hold the input dtype)
@@ -76,29 +80,35 @@ def compile_config(kernel, typed_ptrs, dtype, head_dim, causal, group, config, a
     return compiled, time.perf_counter() - t0
 
 
-def main():
-    p = argparse.ArgumentParser(description="Compile the attention kernels for a GPU target and report "
-                                            "registers, spills and shared memory per autotune config.")
-    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
-    p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], choices=list(fa.SUPPORTED_HEAD_DIMS))
-    p.add_argument("--dtype", default="bfloat16", choices=list(TRITON_TYPES))
-    p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100/H200)")
-    p.add_argument("--group", type=int, default=2, help="GQA group size compiled (query heads per K/V head)")
-    args = p.parse_args()
+@dataclass
+class CompileConfig:
+    kernels: list[str] = option(list(KERNELS), "kernels to compile: fwd, dkdv, dq", sep=",")
+    head_dims: list[int] = option([64, 128], "head dims (32, 64, 128)", sep=",")
+    dtype: str = option("bfloat16", "input dtype", choices=tuple(TRITON_TYPES))
+    arch: int = option(90, "compute capability x10 (90 = H100/H200)", min=50)
+    group: int = option(2, "GQA group size compiled (query heads per K/V head)", min=1)
+
+
+def main(argv=None):
+    """Compile the attention kernels for a GPU target and report registers, spills and shared memory."""
+    cfg, _ = parse_config(CompileConfig, argv, doc=__doc__)
+    if not set(cfg.kernels) <= set(KERNELS) or not set(cfg.head_dims) <= set(fa.SUPPORTED_HEAD_DIMS):
+        raise UserError(f"--kernels {cfg.kernels} / --head-dims {cfg.head_dims}: choose from "
+                        f"{', '.join(KERNELS)} / {', '.join(map(str, fa.SUPPORTED_HEAD_DIMS))}")
     smem_limit = 227 * 1024  # per block on sm_90; configs above it fail to launch (autotune skips them)
     print(f"{'kernel':<6} {'D':>4} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} | {'regs':>4} {'spill B':>7} "
-          f"{'smem KB':>7} {'compile s':>9}  (sm_{args.arch}, {args.dtype}, causal, GQA group {args.group})")
+          f"{'smem KB':>7} {'compile s':>9}  (sm_{cfg.arch}, {cfg.dtype}, causal, GQA group {cfg.group})")
     n_bad = 0
-    for name in args.kernels:
+    for name in cfg.kernels:
         kernel, configs, typed_ptrs = KERNELS[name]
-        for head_dim in args.head_dims:
+        for head_dim in cfg.head_dims:
             for config in configs:
                 kw = config.kwargs
                 head = (f"{name:<6} {head_dim:>4} {kw['BLOCK_M']:>4} {kw['BLOCK_N']:>4} {config.num_warps:>5} "
                         f"{config.num_stages:>6} |")
                 try:
-                    compiled, seconds = compile_config(kernel, typed_ptrs, args.dtype, head_dim, True,
-                                                       args.group, config, args.arch)
+                    compiled, seconds = compile_config(kernel, typed_ptrs, cfg.dtype, head_dim, True,
+                                                       cfg.group, config, cfg.arch)
                 except Exception as e:  # a config the compiler rejects: report it, keep going
                     print(f"{head} FAILED: {str(e).splitlines()[0][:80]}")
                     n_bad += 1
@@ -108,8 +118,10 @@ def main():
                 note = "  <- spills" if spill > 0 else ""
                 note += "  <- too much shared memory" if smem > smem_limit else ""
                 print(f"{head} {regs:>4} {spill:>7} {smem / 1024:>7.1f} {seconds:>9.1f}{note}", flush=True)
-    return 1 if n_bad else 0
+    if n_bad:
+        raise UserError(f"{n_bad} kernel config(s) failed to compile (listed above); fix them or drop them "
+                        "from the autotune lists in flash_attention.py")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

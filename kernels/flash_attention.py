@@ -31,8 +31,15 @@ Interview questions this file answers:
 """
 import math
 import os
+import sys
+from pathlib import Path
 
 import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data")]
+from common import UserError  # 01_data
 
 if not torch.cuda.is_available():  # must be set before the kernels are decorated
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -57,26 +64,26 @@ INTERPRET_CONFIGS = {
 
 
 def check_supported(q, k, v):
-    """Raise ValueError (naming what is supported) when the kernel cannot take these tensors."""
+    """Raise a UserError (a ValueError, naming what is supported) when the kernel cannot take these tensors."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"expected q (B, H, T, D) and k, v (B, Hkv, S, D); got {tuple(q.shape)}, "
+        raise UserError(f"expected q (B, H, T, D) and k, v (B, Hkv, S, D); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     D = q.shape[-1]
     if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"head dim {D} is not supported by the Triton kernel; use one of "
+        raise UserError(f"head dim {D} is not supported by the Triton kernel; use one of "
                          f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))} (or backend='torch')")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"q, k, v must share one dtype among float32, float16, bfloat16; got "
+        raise UserError(f"q, k, v must share one dtype among float32, float16, bfloat16; got "
                          f"{q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != v.shape or k.shape[-1] != D or k.shape[0] != q.shape[0]:
-        raise ValueError(f"k and v must both be (B, Hkv, S, {D}); got {tuple(k.shape)}, {tuple(v.shape)}")
+        raise UserError(f"k and v must both be (B, Hkv, S, {D}); got {tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[1] % k.shape[1]:
-        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+        raise UserError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if INTERPRET and q.dtype == torch.bfloat16:  # numpy has no bfloat16; the interpreter's tl.dot returns junk
-        raise ValueError("the Triton interpreter (CPU) cannot run bfloat16; use float16 or float32 there, "
+        raise UserError("the Triton interpreter (CPU) cannot run bfloat16; use float16 or float32 there, "
                          "or a GPU")
     if not (q.is_cuda or INTERPRET):
-        raise ValueError("the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
+        raise UserError("the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)")
 
 
 def _configs(pairs):
@@ -99,6 +106,17 @@ TUNE_KEY = ["T", "S", "HEAD_DIM", "CAUSAL", "GROUP"]
 
 def _autotuned(kernel, configs):
     return kernel if INTERPRET else triton.autotune(configs=configs, key=TUNE_KEY)(kernel)
+
+
+@triton.jit
+def _bh_offset(b, h, stride_b, stride_h):
+    """Element offset of (batch b, head h) = b·stride_b + h·stride_h, computed in int64.
+
+    Program ids and strides arrive as int32, and in int32 the product wraps around (to a negative
+    offset, a read far outside the tensor) once a tensor holds more than 2³¹ elements, e.g. batch 8 ×
+    32 heads × 64k tokens × head dim 128. Offsets inside one (b, h) slice (row·stride_t + d) stay int32:
+    they pass 2³¹ only beyond 2³¹/(H·D) tokens per sequence (524k at a width of 4096)."""
+    return b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -155,10 +173,10 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T                                                    # ragged tail of the queries
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+    q = tl.load(Q + _bh_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None], other=0.0)                           # (BLOCK_M, D), stays in registers
-    k_base = K + b * stride_kb + h_kv * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b * stride_vb + h_kv * stride_vh + offs_d[None, :] * stride_vd
+    k_base = K + _bh_offset(b, h_kv, stride_kb, stride_kh) + offs_d[None, :] * stride_kd
+    v_base = V + _bh_offset(b, h_kv, stride_vb, stride_vh) + offs_d[None, :] * stride_vd
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)                   # running row max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)                                  # running row sum of exp2
@@ -178,9 +196,9 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
                                     n_full, hi, T, S, True, CAUSAL, PRECISION, BLOCK_N)
 
     o = acc / l_i[:, None]
-    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+    tl.store(O + _bh_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
              o.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + bh * T + offs_m, (m_i + tl.math.log2(l_i)) * LN2_K, mask=row_ok)
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.math.log2(l_i)) * LN2_K, mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -196,11 +214,12 @@ def _attn_bwd_preprocess(O, DO, DELTA,
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     mask = (offs_m < T)[:, None]
-    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+    o = tl.load(O + _bh_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
                 mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dt + offs_d[None, :] * stride_dd,
+    do = tl.load(DO + _bh_offset(b, h, stride_db, stride_dh)
+                 + offs_m[:, None] * stride_dt + offs_d[None, :] * stride_dd,
                  mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + bh * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)   # delta = rowsum(dO ∘ O)
+    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)   # delta = rowsum(dO ∘ O)
 
 
 @triton.jit
@@ -222,9 +241,11 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < S
-    k = tl.load(K + b * stride_kb + h_kv * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd,
+    k = tl.load(K + _bh_offset(b, h_kv, stride_kb, stride_kh)
+                + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd,
                 mask=col_ok[:, None], other=0.0)                                   # (BLOCK_N, D)
-    v = tl.load(V + b * stride_vb + h_kv * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+    v = tl.load(V + _bh_offset(b, h_kv, stride_vb, stride_vh)
+                + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd,
                 mask=col_ok[:, None], other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -232,15 +253,16 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
     lo = (tl.maximum(start_n - (S - T), 0) // BLOCK_M) * BLOCK_M if CAUSAL else 0
     for g in range(GROUP):  # GQA: dK, dV of a shared head = sum over the query heads that read it
         h = h_kv * GROUP + g
-        q_base = Q + b * stride_qb + h * stride_qh + offs_d[None, :] * stride_qd
-        do_base = DO + b * stride_db + h * stride_dh + offs_d[None, :] * stride_dd
+        q_base = Q + _bh_offset(b, h, stride_qb, stride_qh) + offs_d[None, :] * stride_qd
+        do_base = DO + _bh_offset(b, h, stride_db, stride_dh) + offs_d[None, :] * stride_dd
+        row_base = (b * H + h).to(tl.int64) * T                                       # LSE and delta of head h
         for start_m in range(lo, T, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < T
             q = tl.load(q_base + rows[:, None] * stride_qt, mask=row_ok[:, None], other=0.0)    # (BLOCK_M, D)
             do = tl.load(do_base + rows[:, None] * stride_dt, mask=row_ok[:, None], other=0.0)
-            lse2 = tl.load(LSE + (b * H + h) * T + rows, mask=row_ok, other=0.0) * LOG2E_K
-            delta = tl.load(DELTA + (b * H + h) * T + rows, mask=row_ok, other=0.0)
+            lse2 = tl.load(LSE + row_base + rows, mask=row_ok, other=0.0) * LOG2E_K
+            delta = tl.load(DELTA + row_base + rows, mask=row_ok, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale               # (BLOCK_M, BLOCK_N)
             keep = row_ok[:, None] & col_ok[None, :]
             if CAUSAL:
@@ -251,7 +273,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
             ds = p * (dp - delta[:, None])                                                  # dS = P∘(dP - delta)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)           # dK += dSᵀ Q
     dk = dk * sm_scale  # s = scale · QKᵀ, so the scale is applied once here instead of per tile
-    g_off = b * stride_gb + h_kv * stride_gh + offs_n[:, None] * stride_gs + offs_d[None, :] * stride_gd
+    g_off = _bh_offset(b, h_kv, stride_gb, stride_gh) + offs_n[:, None] * stride_gs + offs_d[None, :] * stride_gd
     tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
@@ -275,14 +297,15 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+    q = tl.load(Q + _bh_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dt + offs_d[None, :] * stride_dd,
+    do = tl.load(DO + _bh_offset(b, h, stride_db, stride_dh)
+                 + offs_m[:, None] * stride_dt + offs_d[None, :] * stride_dd,
                  mask=row_ok[:, None], other=0.0)
-    lse2 = tl.load(LSE + bh * T + offs_m, mask=row_ok, other=0.0) * LOG2E_K
-    delta = tl.load(DELTA + bh * T + offs_m, mask=row_ok, other=0.0)
-    k_base = K + b * stride_kb + h_kv * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b * stride_vb + h_kv * stride_vh + offs_d[None, :] * stride_vd
+    lse2 = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0) * LOG2E_K
+    delta = tl.load(DELTA + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+    k_base = K + _bh_offset(b, h_kv, stride_kb, stride_kh) + offs_d[None, :] * stride_kd
+    v_base = V + _bh_offset(b, h_kv, stride_vb, stride_vh) + offs_d[None, :] * stride_vd
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     hi = tl.minimum(S, start_m + BLOCK_M + S - T) if CAUSAL else S   # same tile skipping as the forward
     for start_n in range(0, hi, BLOCK_N):
@@ -298,7 +321,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)                        # dQ += dS K
-    g_off = b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    g_off = _bh_offset(b, h, stride_gb, stride_gh) + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
     tl.store(DQ + g_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
@@ -327,10 +350,13 @@ def _strides(x):
 
 
 def flash_attention_forward(q, k, v, causal, scale):
-    """o (B, H, T, D) in q's dtype and lse (B, H, T) fp32 (natural log)."""
+    """o (B, H, T, D) in q's dtype and lse (B, H, T) fp32 (natural log).
+
+    o is stored as (B, T, H, D) and returned as a (B, H, T, D) view, as FlashAttention and SDPA do: the
+    model's merge of heads, o.transpose(1, 2).reshape(B, T, H·D), is then a view, not a copy."""
     B, H, T, D = q.shape
     S = k.shape[2]
-    o = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
+    o = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     _launch(_attn_fwd_tuned, "fwd", T, B * H,
             q, k, v, o, lse, scale * LOG2E, *_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T, S,
@@ -384,7 +410,7 @@ def flash_attention(q, k, v, causal=True, scale=None):
     """softmax(Q Kᵀ · scale [+ causal mask]) V with the Triton kernels. q (B, H, T, D); k, v (B, Hkv, S, D)."""
     check_supported(q, k, v)
     if causal and q.shape[2] > k.shape[2]:
-        raise ValueError(f"causal attention with {q.shape[2]} queries needs at least as many keys; "
+        raise UserError(f"causal attention with {q.shape[2]} queries needs at least as many keys; "
                          f"got {k.shape[2]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return FlashAttentionFunction.apply(q, k, v, causal, scale)

@@ -1,8 +1,11 @@
-"""Tests for 03_model: the GPT (gpt.py), decoding (decoding.py), checkpoints, the encoder-decoder (transformer.py).
+"""Tests for 03_model: the GPT (gpt.py) and its pieces (positions, loss, MoE, memory), decoding,
+checkpoints, the sampling CLI, the encoder-decoder (transformer.py) and the benchmark.
 
 Each test states one property a reader can check against the paper or a hand computation.
 """
 import dataclasses
+import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -11,13 +14,18 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
+import gpt as gpt_module
 from checkpoint_io import save_checkpoint
-from decoding import (KVCache, apply_repetition_penalty, left_pad, sample_next, top_k_filter,
+from common import UserError, write_manifest
+from decoding import (KVCache, apply_repetition_penalty, beam_search, left_pad, sample_next, top_k_filter,
                       top_p_filter)
-from common import UserError
-from gpt import (GPT, GPTConfig, LayerNorm, PRESETS, RMSNorm, apply_rope, flops_per_token,
-                 load_balancing_loss, matmul_params, rope_cos_sin, sinusoidal_positions)
+from gpt import GPT, GPTConfig, LayerNorm, PRESETS, RMSNorm, flops_per_token, matmul_params
+from lm_loss import cross_entropy, cross_entropy_and_z, log_softmax, logsumexp, softmax
+from mixture_of_experts import load_balancing_loss
+from model_memory import activation_bytes_per_layer, kv_cache_bytes
+from position_encoding import apply_rope, permute_rope_weights, rope_cos_sin, sinusoidal_positions
 import transformer as transformer_module
 from transformer import N_SENTINELS, Transformer, TransformerConfig, mlm_inputs, span_corrupt, special_ids
 
@@ -28,6 +36,7 @@ VARIANTS = {
     "mqa+untied": dict(n_kv_head=1, tie_weights=False),
     "moe": dict(n_experts=4, moe_top_k=2),
     "post-ln+sinusoidal+relu": dict(pre_norm=False, pos_emb="sinusoidal", mlp="relu", norm="layernorm"),
+    "docs+half-rope": dict(doc_boundary_id=0, rope_pairs="half", z_loss_coef=1e-3),
 }
 
 
@@ -112,12 +121,17 @@ def test_gqa_equals_mha_with_each_kv_head_repeated_for_its_group():
     assert GPTConfig(n_head=4, n_kv_head=None).n_kv_head == 4  # None means MHA
 
 
-def test_attention_backends_agree():
+def test_attention_backends_agree_with_and_without_a_mask():
+    """The default (SDPA on CPU) against the naive reference: plain causal, and the masked path that
+    left padding and the KV cache take."""
     model = lively(tiny(n_kv_head=2))
-    idx = torch.randint(0, 67, (2, 16))
-    ref = model(idx)[0]
-    model.cfg.attn_backend = "sdpa"
-    assert torch.allclose(ref, model(idx)[0], atol=1e-4)
+    idx, mask = left_pad([[5, 6, 7, 8, 9, 10], [11, 12, 13]])
+    out = {}
+    for backend in ("torch", "auto"):
+        model.cfg.attn_backend = backend
+        out[backend] = (model(idx)[0], model.generate(idx, 6, temperature=0, attention_mask=mask))
+    assert torch.allclose(out["torch"][0], out["auto"][0], atol=1e-4)
+    assert out["torch"][1].tolist() == out["auto"][1].tolist()
 
 
 def test_triton_kernel_backend_gives_the_same_logits_and_gradients():
@@ -176,20 +190,6 @@ def test_sinusoidal_positions_match_the_paper_formula():
             assert pe[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
 
 
-def test_rope_preserves_norm_and_depends_only_on_relative_position():
-    hd = 16
-    q, k = torch.randn(1, 1, 1, hd), torch.randn(1, 1, 1, hd)
-
-    def rotated(x, p):
-        cos, sin = rope_cos_sin(torch.tensor([[p]]), hd)
-        return apply_rope(x, cos[:, None], sin[:, None])
-
-    assert torch.allclose(rotated(q, 9).norm(), q.norm(), atol=1e-5)
-    dots = [(rotated(q, m) * rotated(k, n)).sum().item() for m, n in [(5, 2), (13, 10), (40, 37)]]
-    assert dots[0] == pytest.approx(dots[1], abs=1e-4) == pytest.approx(dots[2], abs=1e-4)
-    assert (rotated(q, 5) * rotated(k, 4)).sum().item() != pytest.approx(dots[0], abs=1e-3)
-
-
 def test_moe_routes_each_token_to_k_experts_and_mixes_them_by_router_weight():
     torch.manual_seed(0)
     cfg = tiny(n_experts=4, moe_top_k=2)
@@ -238,16 +238,212 @@ def test_moe_aux_loss_is_added_to_the_lm_loss():
     assert model.aux_loss.item() >= 1.0 - 1e-6
 
 
+@pytest.mark.parametrize("pairs", ["interleaved", "half"])
+def test_rope_pairings_both_preserve_norm_and_depend_only_on_relative_position(pairs):
+    hd = 16
+    q, k = torch.randn(1, 1, 1, hd), torch.randn(1, 1, 1, hd)
+
+    def rotated(x, p):
+        cos, sin = rope_cos_sin(torch.tensor([[p]]), hd)
+        return apply_rope(x, cos[:, None], sin[:, None], pairs)
+
+    assert torch.allclose(rotated(q, 9).norm(), q.norm(), atol=1e-5)
+    dots = [(rotated(q, m) * rotated(k, n)).sum().item() for m, n in [(5, 2), (13, 10), (40, 37)]]
+    assert dots[0] == pytest.approx(dots[1], abs=1e-4) == pytest.approx(dots[2], abs=1e-4)
+    assert (rotated(q, 5) * rotated(k, 4)).sum().item() != pytest.approx(dots[0], abs=1e-3)
+
+
+def test_rope_checkpoint_converts_between_pairings_by_permuting_q_and_k_rows():
+    """An interleaved-RoPE model and its half-split conversion (wq, wk rows and biases, QK-norm weights
+    permuted within each head) give the same logits; unconverted weights give another model."""
+    inter = lively(tiny(n_kv_head=2, qk_norm=True, bias=True))
+    with torch.no_grad():
+        for prm in inter.parameters():
+            if prm.dim() == 1:  # biases and norm weights too, so that their permutation matters
+                prm.add_(torch.randn_like(prm) * 0.3)
+    half = GPT(dataclasses.replace(inter.cfg, rope_pairs="half")).eval()
+    state = inter.state_dict()
+    half.load_state_dict(permute_rope_weights(state, inter.cfg, to="half"))
+    idx = torch.randint(0, 67, (2, 20))
+    assert torch.allclose(inter(idx)[0], half(idx)[0], atol=1e-5)
+    back = permute_rope_weights(half.state_dict(), inter.cfg, to="interleaved")
+    assert all(torch.equal(back[k], v) for k, v in state.items())
+    half.load_state_dict(state)  # the wrong convention: runs, but is not the same model
+    assert not torch.allclose(inter(idx)[0], half(idx)[0], atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_document_mask_a_token_never_sees_an_earlier_document(name):
+    """With doc_boundary_id set, tokens from the boundary on are unchanged when everything before it
+    is altered, and a document anywhere in the window gives the same outputs (positions restart)."""
+    model = lively(tiny(**VARIANTS[name], doc_boundary_id=0))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(1, 67, (2, 24), generator=g)   # ids >= 1: no boundary by chance
+    idx[:, 10] = 0                                      # a document opens at position 10
+    changed = idx.clone()
+    changed[:, :10] = torch.randint(1, 67, (2, 10), generator=g)
+    a, b = model(idx)[0], model(changed)[0]
+    assert torch.allclose(a[:, 10:], b[:, 10:], atol=1e-5)
+    assert not torch.allclose(a[:, :10], b[:, :10], atol=1e-3)
+    moved = torch.cat([torch.randint(1, 67, (2, 4), generator=g), idx[:, 10:],
+                       torch.randint(1, 67, (2, 6), generator=g)], dim=1)   # the same document at 4..17
+    assert torch.allclose(a[:, 10:], model(moved)[0][:, 4:18], atol=1e-5)
+    model.cfg.doc_boundary_id = -1                      # off: the earlier document leaks in
+    assert not torch.allclose(model(idx)[0][:, 10:], model(changed)[0][:, 10:], atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the loss (lm_loss.py)
+
+def test_logsumexp_softmax_log_softmax_match_torch_and_survive_huge_logits():
+    x = torch.randn(6, 50, dtype=torch.float64) * 3
+    x[0] += 1000.0                                      # exp overflows float64 past 709
+    x[1, :10] = float("-inf")                           # masked entries
+    x.requires_grad_()
+    for ours, theirs in [(logsumexp, lambda t: t.logsumexp(-1)), (softmax, lambda t: t.softmax(-1)),
+                         (log_softmax, lambda t: t.log_softmax(-1))]:
+        w = torch.randn_like(theirs(x))                 # a random upstream gradient
+        a, (ga,) = ours(x), torch.autograd.grad((ours(x).nan_to_num(neginf=0) * w).sum(), x)
+        b, (gb,) = theirs(x), torch.autograd.grad((theirs(x).nan_to_num(neginf=0) * w).sum(), x)
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b))
+        torch.testing.assert_close(a[torch.isfinite(a)], b[torch.isfinite(b)])
+        torch.testing.assert_close(ga, gb)
+    naive = x.detach().exp().sum(-1).log()              # what the trick avoids
+    assert torch.isinf(naive[0]) and torch.isfinite(logsumexp(x)[0])
+    assert logsumexp(torch.full((1, 4), float("-inf"))).item() == float("-inf")
+
+
+def test_cross_entropy_and_z_loss_values_and_gradients_match_autograd_of_torch():
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(12, 30, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    targets = torch.randint(0, 30, (12,), generator=g)
+    targets[[2, 7]] = -100                              # ignored positions
+    ce, z_sq = cross_entropy_and_z(logits, targets)
+    loss = ce + 0.3 * z_sq
+    (grad,) = torch.autograd.grad(loss, logits)
+    keep = targets != -100
+    ref = F.cross_entropy(logits, targets) + 0.3 * logits[keep].logsumexp(-1).square().mean()
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(grad, ref_grad)          # (softmax - onehot)/n + 2·coef·lse·softmax/n
+    assert grad[2].abs().max() == 0
+    none = torch.full((12,), -100)                      # nothing to predict: 0, not torch's NaN
+    assert cross_entropy(logits, none).item() == 0.0 and torch.isnan(F.cross_entropy(logits, none))
+
+
+def test_model_loss_is_lm_loss_cross_entropy_plus_z_loss(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gpt_module, "cross_entropy_and_z",
+                        lambda *a: calls.append(a) or cross_entropy_and_z(*a))
+    model = lively(tiny(z_loss_coef=0.01))
+    idx = torch.randint(0, 67, (2, 12))
+    logits, loss = model(idx, idx)
+    lse = logits.detach().reshape(-1, 67).logsumexp(-1)
+    expected = F.cross_entropy(logits.detach().reshape(-1, 67), idx.reshape(-1)) + 0.01 * lse.square().mean()
+    assert len(calls) == 1 and torch.allclose(loss, expected, atol=1e-5)
+    assert model.z_loss.item() == pytest.approx(lse.square().mean().item(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- memory (model_memory.py)
+
+def saved_bytes_of_one_block(cfg, B, T, dtype, checkpointing=False):
+    """Bytes of the tensors autograd keeps for the backward of block 0 (each storage once; weights and
+    the RoPE tables shared by all layers left out), measured with saved_tensors_hooks."""
+    torch.manual_seed(0)
+    model = GPT(cfg).to(dtype)
+    block = model.blocks[0]
+    cos, sin = rope_cos_sin(torch.arange(T)[None], cfg.head_dim)
+    rope = (cos[:, None], sin[:, None]) if cfg.pos_emb == "rope" else None
+    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), cos, sin]}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in skip:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(B, T, cfg.n_embd, dtype=dtype, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if checkpointing:
+            torch.utils.checkpoint.checkpoint(block, x, rope, None, use_reentrant=False)
+        else:
+            block(x, rope)
+    return sum(seen.values())
+
+
+MEMORY_CASES = [  # (variant, dtype, attention backend, checkpointing)
+    ("gpt2", torch.float32, "flash", False), ("gpt2", torch.bfloat16, "flash", False),
+    ("gpt2", torch.float32, "naive", False), ("gpt2", torch.bfloat16, "naive", False),
+    ("llama", torch.bfloat16, "flash", False), ("gqa+qknorm", torch.float32, "flash", False),
+    ("gqa+qknorm", torch.bfloat16, "naive", False), ("post-ln+sinusoidal+relu", torch.bfloat16, "flash", False),
+    ("llama", torch.float32, "flash", True),
+]
+
+
+@pytest.mark.parametrize("name,dtype,attention,checkpointing", MEMORY_CASES,
+                         ids=[f"{n}-{str(d)[6:]}-{a}{'-ckpt' if c else ''}" for n, d, a, c in MEMORY_CASES])
+def test_activation_bytes_per_layer_is_what_autograd_saves(name, dtype, attention, checkpointing):
+    cfg = tiny(**VARIANTS[name], attn_backend="auto" if attention == "flash" else "torch")
+    B, T = 2, 24   # T, head dim (8) and width (32) all differ, so no two terms can stand in for each other
+    measured = saved_bytes_of_one_block(cfg, B, T, dtype, checkpointing)
+    assert measured == activation_bytes_per_layer(cfg, B, T, dtype, attention, checkpointing, device="cpu")
+    with pytest.raises(ValueError, match="dense blocks"):
+        activation_bytes_per_layer(tiny(n_experts=2), B, T)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_activation_bytes_per_layer_matches_the_gpu_allocator(name):
+    cfg = GPTConfig(vocab_size=256, block_size=512, n_layer=1, n_head=4, n_embd=256, **PRESETS[name])
+    model = GPT(cfg).to("cuda", torch.bfloat16)
+    x = torch.randn(4, 512, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = rope_cos_sin(torch.arange(512, device="cuda")[None], cfg.head_dim)
+    rope = (cos[:, None], sin[:, None]) if cfg.pos_emb == "rope" else None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    y, _ = model.blocks[0](x, rope)
+    torch.cuda.synchronize()
+    # what stays allocated after the forward is what autograd saved, plus the output (x existed before)
+    kept = torch.cuda.memory_allocated() - before - y.numel() * y.element_size()
+    expected = activation_bytes_per_layer(cfg, 4, 512, torch.bfloat16) - x.numel() * x.element_size()
+    assert kept == pytest.approx(expected, rel=0.02)
+    assert torch.cuda.max_memory_allocated() - before >= expected   # the peak adds transients on top
+
+
+def test_kv_cache_bytes_is_what_the_cache_allocates():
+    cfg = tiny(n_kv_head=2)
+    model = GPT(cfg).eval()
+    cache = KVCache(cfg.n_layer, max_len=20)
+    with torch.no_grad():
+        model(torch.randint(0, 67, (3, 5)), cache=cache)
+    allocated = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    assert allocated == kv_cache_bytes(cfg, batch=3, seq_len=20, bytes_per_value=4)
+    assert kv_cache_bytes(tiny(), 3, 20) == 2 * kv_cache_bytes(cfg, 3, 20)   # MHA: 4 kv heads instead of 2
+
+
 # ----------------------------------------------------------------------------- counting
 
-def test_gpt2_small_parameter_count_and_flops():
+def test_gpt2_small_parameter_count():
     cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, **PRESETS["gpt2"])
     with torch.device("meta"):  # shapes only, no memory
         model = GPT(cfg)
     assert model.num_params(non_embedding=False) == 124_439_808  # the published GPT-2 small count
     assert model.num_params() == 124_439_808 - 50257 * 768 - 1024 * 768
-    n = matmul_params(cfg)
-    assert flops_per_token(cfg) == 6 * n + 12 * 12 * 1024 * 768
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gqa+qknorm", "mqa+untied", "moe"])
+def test_flops_per_token_equals_the_flops_counted_in_a_training_step(name):
+    """torch's FlopCounterMode counts every matmul of a real forward + backward; with naive attention
+    (plain matmuls over the full T×T square, the convention of the formula) it must equal
+    flops_per_token · tokens exactly, MoE routing included."""
+    torch.manual_seed(0)
+    cfg = tiny(**VARIANTS[name], attn_backend="torch")
+    model = GPT(cfg)
+    B, T = 2, 16
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    with FlopCounterMode(display=False) as counter:
+        model(idx, idx)[1].backward()
+    assert counter.get_total_flops() == flops_per_token(cfg, T) * B * T
 
 
 @pytest.mark.parametrize("name", ["llama", "gqa+qknorm", "mqa+untied"])
@@ -328,6 +524,38 @@ def test_stop_tokens_end_a_row_and_pad_the_rest():
     assert row0[:first + 1] == free[0, 5:5 + first + 1].tolist()
 
 
+def test_beam_search_finds_a_likelier_sequence_than_greedy():
+    """A hand-built 3-token model: first token A (0.6) or B (0.4); after A every token has 1/3, after B
+    the next is B with 0.9. Greedy takes A: 0.6 · 1/3 = 0.2. Beams of 2 keep B: 0.4 · 0.9 = 0.36."""
+    table = {(): [0.6, 0.4, 0.0], (0,): [1 / 3, 1 / 3, 1 / 3], (1,): [0.05, 0.9, 0.05]}
+    history = []
+
+    def next_logits(tokens, parents):   # keeps each beam's tokens the way a KV cache keeps its rows
+        nonlocal history
+        rows = tokens.tolist()
+        history = rows if parents is None else [history[p] + t for p, t in zip(parents.tolist(), rows)]
+        return torch.tensor([table[tuple(h[1:])] for h in history]).log()   # h[0] is the prompt
+
+    prompt = torch.tensor([7])
+    greedy, greedy_lp = beam_search(next_logits, prompt, 2, beam_width=1)
+    best, best_lp = beam_search(next_logits, prompt, 2, beam_width=2)
+    assert greedy[0, 1].item() == 0 and greedy_lp == pytest.approx(math.log(0.2))
+    assert best.tolist() == [[7, 1, 1]] and best_lp == pytest.approx(math.log(0.36))
+
+
+def test_beam_search_of_width_1_is_greedy_and_scores_are_the_models_log_probabilities():
+    model = lively(tiny(n_kv_head=2))
+    idx = torch.randint(0, 67, (1, 6))
+    greedy = model.generate(idx, 10, temperature=0)
+    assert model.beam_search(idx, 10, beam_width=1)[0].tolist() == greedy.tolist()
+    tokens, score = model.beam_search(idx, 10, beam_width=3)
+    # the score, computed step by step through a reordered KV cache, equals one full forward's
+    logp = model(tokens)[0][0, 5:-1].log_softmax(-1).gather(1, tokens[0, 6:, None]).sum().item()
+    assert score == pytest.approx(logp, abs=1e-4)
+    stop = greedy[0, 8].item()                       # the third generated token ends the greedy beam
+    assert model.beam_search(idx, 10, 1, stop_tokens=[stop])[0].tolist() == [greedy[0, :9].tolist()]
+
+
 def test_kv_cache_is_preallocated_once_per_layer():
     cache = KVCache(n_layer=2, max_len=10)
     k = torch.randn(1, 2, 4, 8)
@@ -364,7 +592,7 @@ def test_tiny_gpt_overfits_one_batch():
 def test_bad_configs_and_inputs_raise_user_errors():
     with pytest.raises(UserError, match="n_head=6 is not divisible by n_kv_head=4"):
         GPTConfig(n_head=6, n_kv_head=4, n_embd=48)
-    with pytest.raises(UserError, match="choose one of"):
+    with pytest.raises(UserError, match="'batchnorm' is not one of layernorm, rmsnorm"):
         GPTConfig(norm="batchnorm")
     with pytest.raises(UserError, match=r"head dim 24 .* not supported by the Triton kernel; use one of \(32, 64, 128\)"):
         GPTConfig(n_embd=96, n_head=4, attn_backend="triton")
@@ -401,17 +629,6 @@ def test_checkpoint_roundtrip_truncation_and_config_mismatch(tmp_path):
     save_checkpoint(wrong, dataclasses.asdict(other), model.state_dict())
     with pytest.raises(UserError, match="wrong.pt: weights do not fit"):
         GPT.from_checkpoint(wrong)
-
-
-def test_cli_prints_size_and_reports_bad_flags_in_one_line(repo_root):
-    run = lambda *a: subprocess.run([sys.executable, str(repo_root / "03_model" / "gpt.py"), *a],
-                                    capture_output=True, text=True, timeout=120)
-    ok = run("--n-layer", "2", "--n-embd", "64", "--n-head", "4")
-    assert ok.returncode == 0 and "FLOPs / token" in ok.stdout
-    bad = run("--n-head", "6", "--n-kv-head", "4", "--n-embd", "48")
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == ["error: n_head=6 is not divisible by n_kv_head=4; "
-                                               "each key/value head must serve the same number of query heads"]
 
 
 # ----------------------------------------------------------------------------- transformer.py
@@ -489,44 +706,82 @@ def test_each_objective_learns_a_fixed_batch(objective):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_transformer_demo_writes_metrics_and_plot(tmp_path, capsys):
-    import json
-    (tmp_path / "data").mkdir()
+def write_data_run(run):
+    """A runs/<name>/data/ folder with a manifest, as 01_data/prepare.py leaves it."""
+    (run / "data").mkdir(parents=True)
     text = "the cat sat on the mat. " * 40
-    (tmp_path / "data" / "train.jsonl").write_text(
-        "\n".join(json.dumps({"id": str(i), "text": text}) for i in range(5)))
-    transformer_module.main(["--data", str(tmp_path), "--seconds", "0.5", "--block-size", "32",
-                             "--n-layer", "1", "--n-embd", "32", "--batch-size", "4", "--tokenizer", "bytes"])
+    (run / "data" / "train.jsonl").write_text("\n".join(json.dumps({"id": str(i), "text": text}) for i in range(5)))
+    write_manifest(run / "data", stage="01_data", command="python 01_data/prepare.py", config={})
+
+
+def test_transformer_demo_prints_and_writes_the_same_measured_results(tmp_path, capsys):
+    write_data_run(tmp_path)
+    argv = ["--data", str(tmp_path), "--seconds", "0.5", "--block-size", "32", "--n-layer", "1", "--n-embd", "32",
+            "--batch-size", "4", "--tokenizer", "bytes"]
+    transformer_module.main(argv)
     out = capsys.readouterr().out
-    assert "span" in out and "->" in out
     metrics = json.loads((tmp_path / "transformer" / "metrics.json").read_text())
-    assert [r["objective"] for r in metrics["results"]] == ["clm", "mlm", "span"]
-    assert all(r["steps"] >= 1 for r in metrics["results"])
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["clm"], ["mlm"], ["span"])]
+    assert [r[0] for r in rows] == [r["objective"] for r in metrics["results"]] == ["clm", "mlm", "span"]
+    for printed, r in zip(rows, metrics["results"]):  # objective steps first -> last before -> after tok/s
+        assert int(printed[1]) == r["steps"] >= 1 and int(printed[-1]) == r["tokens_per_s"]
+        assert float(printed[2]) == pytest.approx(r["train_first"], abs=5e-4)
+        assert float(printed[5]) == pytest.approx(r["val_before"], abs=5e-4)
+        assert r["tokens_per_s"] == pytest.approx(r["steps"] * 4 * 32 / r["seconds"], rel=0.1)
+    # clm's untrained val loss is near ln(vocab): the model starts knowing nothing
+    assert metrics["results"][0]["val_before"] == pytest.approx(math.log(256 + 2 + 16), abs=1.0)
+    manifest = json.loads((tmp_path / "transformer" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"metrics.json", "loss.png"} and manifest["inputs"]
     assert (tmp_path / "transformer" / "loss.png").stat().st_size > 1000
-    with pytest.raises(UserError, match="not found"):
-        transformer_module.main(["--data", str(tmp_path / "missing")])
+    with pytest.raises(UserError, match="already holds a run"):
+        transformer_module.main(argv)
 
 
-def test_sampling_cli_loads_checkpoint_and_tokenizer(tmp_path, capsys):
-    import gpt as gpt_module
+def make_run(run):
+    """runs/<name>/tokenizer (with its manifest) and pretrain/ckpt.pt naming it as "../tokenizer",
+    as 04_pretrain writes it. Returns (model, tokenizer, checkpoint path)."""
     from bpe import BPETokenizer
     tok = BPETokenizer.train(["the cat sat on the mat, the dog sat on the log"] * 5, vocab_size=280)
-    tok.save(tmp_path / "tokenizer")
+    tok.save(run / "tokenizer")
+    write_manifest(run / "tokenizer", stage="02_tokenizer", command="python 02_tokenizer/bpe.py", config={})
     model = lively(tiny(vocab_size=tok.vocab_size))
-    save_checkpoint(tmp_path / "pretrain" / "ckpt.pt", dataclasses.asdict(model.cfg), model.state_dict(),
-                    tokenizer=str(tmp_path / "tokenizer"))
-    gpt_module.main(["--ckpt", str(tmp_path / "pretrain" / "ckpt.pt"), "--prompt", "the cat",
-                     "--prompt", "a dog sat", "--max-new-tokens", "8"])
-    out = capsys.readouterr().out
-    assert "--- 'the cat'\nthe cat" in out and "--- 'a dog sat'\na dog sat" in out
+    ckpt = run / "pretrain" / "ckpt.pt"
+    save_checkpoint(ckpt, dataclasses.asdict(model.cfg), model.state_dict(), tokenizer="../tokenizer")
+    return model, tok, ckpt
+
+
+def test_sampling_cli_prints_what_the_model_generates(tmp_path, capsys):
+    import sample_text
+    model, tok, ckpt = make_run(tmp_path / "run")
+    prompts = ["the cat", "a dog sat"]
+    sample_text.main(["--ckpt", str(ckpt), "--prompt", *prompts, "--max-new-tokens", "8", "--temperature", "0",
+                      "--repetition-penalty", "1"])
+    expected = ""
+    for p in prompts:  # each prompt alone, greedy: the left-padded batch must give the same
+        ids = [tok.eot_id] + tok.encode(p)
+        row = model.generate(torch.tensor([ids]), 8, temperature=0, stop_tokens=[tok.eot_id])[0, len(ids):].tolist()
+        expected += f"--- {p!r}\n{p}{tok.decode(row[:row.index(tok.eot_id)] if tok.eot_id in row else row)}\n"
+    assert capsys.readouterr().out == expected
+    # beam search: the printed log-probability is the model's for the printed tokens
+    sample_text.main(["--ckpt", str(ckpt), "--prompt", "the cat", "--beam-width", "3", "--max-new-tokens", "6"])
+    ids = [tok.eot_id] + tok.encode("the cat")
+    tokens, logprob = model.beam_search(torch.tensor([ids]), 6, 3, stop_tokens=[tok.eot_id])
+    head, text = capsys.readouterr().out.splitlines()[:2]
+    assert head == f"--- 'the cat' (beam search, log-probability {logprob:.2f})"
+    assert text.startswith("the cat")
+    # an older checkpoint holding an absolute tokenizer path still works
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, dataclasses.asdict(model.cfg), model.state_dict(),
+                    tokenizer=str(tmp_path / "run" / "tokenizer"))
+    sample_text.main(["--ckpt", str(old), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0",
+                      "--repetition-penalty", "1"])
+    assert capsys.readouterr().out == expected.split("--- 'a dog sat'")[0]
     small = lively(tiny(vocab_size=100))
     save_checkpoint(tmp_path / "small.pt", dataclasses.asdict(small.cfg), small.state_dict())
     with pytest.raises(UserError, match=rf"tokenizer has {tok.vocab_size} tokens but the model only 100"):
-        gpt_module.main(["--ckpt", str(tmp_path / "small.pt"), "--tokenizer", str(tmp_path / "tokenizer")])
-    with pytest.raises(UserError, match=r"the longest prompt is \d+ tokens but the model's context is 48"):
-        gpt_module.main(["--ckpt", str(tmp_path / "pretrain" / "ckpt.pt"), "--prompt", "the cat sat " * 20])
+        sample_text.main(["--ckpt", str(tmp_path / "small.pt"), "--tokenizer", str(tmp_path / "run" / "tokenizer")])
     with pytest.raises(UserError, match="no tokenizer found"):
-        gpt_module.main(["--ckpt", str(tmp_path / "small.pt")])
+        sample_text.main(["--ckpt", str(tmp_path / "small.pt")])
 
 
 def test_every_expert_gets_a_gradient_even_with_no_tokens_routed_to_it():
@@ -538,12 +793,100 @@ def test_every_expert_gets_a_gradient_even_with_no_tokens_routed_to_it():
     assert all(p.grad is not None for p in model.blocks[0].ffn.experts.parameters())
 
 
-def test_bench_generate_prints_a_table_and_saves_a_plot(tmp_path, capsys):
+def test_bench_generate_prints_and_saves_the_same_table(tmp_path, capsys):
     import bench_generate
     bench_generate.main(["--lengths", "4,8", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
                          "--n-kv-head", "1", "--batch-size", "2", "--out", str(tmp_path / "g.png")])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[:2] == ["new", "tokens"] and lines[2].split()[0] == "4"
+    saved = json.loads((tmp_path / "g.json").read_text())
+    assert lines[1].split()[:2] == ["new", "tokens"] and [int(l.split()[0]) for l in lines[2:4]] == [4, 8]
+    cfg = GPTConfig(vocab_size=512, block_size=16 + 8, n_layer=1, n_head=2, n_kv_head=1, n_embd=32)
+    for line, row in zip(lines[2:4], saved["rows"]):
+        n, cached, full, speedup, mib, mib_mha = line.split()
+        assert float(cached) == pytest.approx(row["cached_tok_s"], abs=0.5)
+        assert float(speedup[:-1]) == pytest.approx(row["cached_tok_s"] / row["no_cache_tok_s"], abs=0.051)
+        assert row["cache_mib_bf16"] == kv_cache_bytes(cfg, 2, 16 + int(n)) / 2**20
+        assert float(mib) == pytest.approx(row["cache_mib_bf16"], abs=0.005)
+        assert row["cache_mib_bf16_mha"] == pytest.approx(2 * row["cache_mib_bf16"])   # 2 query heads, 1 kv head
     assert (tmp_path / "g.png").stat().st_size > 1000
-    with pytest.raises(UserError, match="comma-separated integers"):
-        bench_generate.main(["--lengths", "a,b"])
+
+
+REFERENCE_MODEL = """
+from dataclasses import dataclass
+import torch.nn as nn, torch.nn.functional as F
+@dataclass
+class GPTConfig:
+    block_size: int; vocab_size: int; n_layer: int; n_head: int; n_embd: int; dropout: float; bias: bool
+class GPT(nn.Module):  # a bigram model standing in for another GPT implementation
+    def __init__(self, c):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(c.vocab_size, c.n_embd), nn.Linear(c.n_embd, c.vocab_size)
+    def forward(self, idx, targets):
+        logits = self.head(self.emb(idx))
+        return logits, F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+"""
+
+
+def test_bench_train_step_times_ours_beside_a_reference_model(tmp_path, capsys):
+    import bench_train_step
+    (tmp_path / "ref.py").write_text(REFERENCE_MODEL)
+    bench_train_step.main(["--contexts", "16,8", "--tokens", "32", "--n-layer", "1", "--n-embd", "32", "--steps", "1",
+                           "--vocab-size", "50", "--reference", str(tmp_path / "ref.py"), "--out", str(tmp_path / "t.png")])
+    lines = capsys.readouterr().out.splitlines()
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [(r["context"], r["model"]) for r in rows] == [(T, m) for T in (16, 8)
+                                                          for m in ("reference", "ours (auto)", "ours (torch)")]
+    ours = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=4, n_embd=32, **PRESETS["gpt2"]))
+    assert rows[1]["params"] == ours.num_params(non_embedding=False) and rows[0]["params"] == 50 * 32 * 2 + 50
+    for line, r in zip(lines[2:8], rows):
+        assert line.split()[:3] == [str(r["context"]), str(r["batch"]), r["model"].split()[0]]
+        assert line.endswith(", ".join(f"{v:.2f}x" for v in r["ratios"].values()))
+    assert rows[0]["ratios"] == {"wall_tok_s": 1.0, "best_tok_s": 1.0, "cpu_tok_s": 1.0}
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- bad input, in a subprocess
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    make_run(run)
+    (run / "corrupt.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    return run
+
+
+BAD_INPUT = [  # (script, arguments, part of the one error line); {run} is the run folder above.
+    # One case per class (missing / corrupt input, a flag out of range, a cross-field conflict, a device
+    # that is not there, input too long for the model): each costs a Python start with torch.
+    ("sample_text.py", ["--ckpt", "{run}/nothing/ckpt.pt"], "make it with `python 04_pretrain/pretrain.py --data"),
+    ("sample_text.py", ["--ckpt", "{run}/corrupt.pt"], "corrupt or truncated checkpoint"),
+    ("sample_text.py", ["--ckpt", "{run}/pretrain/ckpt.pt", "--device", "cuda:99"], "--device cuda:99"),
+    ("sample_text.py", ["--ckpt", "{run}/pretrain/ckpt.pt", "--prompt", "the cat sat " * 20], "longest prompt"),
+    ("sample_text.py", ["--ckpt", "{run}/pretrain/ckpt.pt", "--top-p", "2"], "--top-p 2.0 is above its maximum"),
+    ("gpt.py", ["--n-head", "6", "--n-kv-head", "4", "--n-embd", "48"], "n_head=6 is not divisible by n_kv_head=4"),
+    ("transformer.py", ["--data", "{run}/missing"], "missing; make it first with `python 01_data/prepare.py"),
+    ("bench_generate.py", ["--lengths", "4,b"], "cannot read '4,b' as a list of int"),
+]
+
+
+def test_bad_input_gets_one_error_line_exit_2_and_changes_no_file(sample_run, repo_root):
+    """Every class of bad input to 03's commands: exit 2, one `error:` line, no traceback, and the run's
+    files byte-identical afterwards. The commands run four at a time (each pays torch's import)."""
+    files = sorted(p for p in sample_run.rglob("*") if p.is_file())
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    results = []
+    for i in range(0, len(BAD_INPUT), 4):
+        procs = [(case, subprocess.Popen([sys.executable, str(repo_root / "03_model" / case[0]),
+                                          *[a.format(run=sample_run) for a in case[1]]],
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+                 for case in BAD_INPUT[i:i + 4]]
+        for case, proc in procs:
+            out, err = proc.communicate(timeout=120)
+            results.append((case, proc.returncode, out, err))
+    for (script, args, expected), _, out, err in results:
+        lines = err.strip().splitlines()
+        assert "Traceback" not in err, (script, args, err)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (script, args, err)
+    assert [rc for _, rc, _, _ in results] == [2] * len(BAD_INPUT)
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files} == before
+    assert sorted(p for p in sample_run.rglob("*") if p.is_file()) == files

@@ -413,6 +413,21 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
 
 
+def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, str(REPO / "05_sft_lora" / "compare.py"), "--run", str(run_dir), "--out", str(out),
+                           "--methods", "lora_r4,prefix", "--steps", "2", "--eval-limit", "3", "--device", "cpu",
+                           "--sft-args", "--batch-size 2 --forget-windows 2 --max-new-tokens 4 --eval-interval 1"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "compare.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["base (template only)", "lora_r4", "prefix"]
+    assert result["outcomes"]["lora_r4"]["params"]["trainable"] == 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32)
+                                                                             + 2 * (32 + 96) + (96 + 32))
+    assert "| lora_r4 |" in proc.stdout and (out / "compare.png").is_file() and (out / "manifest.json").is_file()
+    assert (out / "prefix" / "adapter.pt").is_file() and (out / "lora_r4" / "manifest.json").is_file()
+
+
 # ----------------------------------------------------------------------------------------------
 # bad input: one line, exit 2, nothing written
 

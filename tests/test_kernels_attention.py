@@ -13,10 +13,14 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
-from attention_backends import (attention, attention_naive, attention_tiled, attention_tiled_backward,
-                       attention_tiled_forward)
-from flash_attention import INTERPRET, flash_attention, flash_attention_forward
+import attention_backends
+from attention_backends import (attention, attention_naive, attention_sdpa, attention_tiled,
+                                attention_tiled_backward, attention_tiled_forward)
+from common import UserError
+from flash_attention import INTERPRET, _bh_offset, flash_attention, flash_attention_forward
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -41,9 +45,10 @@ def outputs_and_grads(fn, q, k, v, do, causal):
     return [t.float() for t in (o, *grads)]
 
 
-def assert_matches_naive(fn, q, k, v, causal, tol):
+def assert_matches_naive(fn, q, k, v, causal, tol, mask=None):
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    ref = outputs_and_grads(attention_naive, q.float(), k.float(), v.float(), do, causal)
+    naive = lambda q, k, v, causal: attention_naive(q, k, v, causal, mask=mask)
+    ref = outputs_and_grads(naive, q.float(), k.float(), v.float(), do, causal)
     got = outputs_and_grads(fn, q, k, v, do, causal)
     for name, a, b in zip(["o", "dq", "dk", "dv"], got, ref):
         assert a.shape == b.shape, name
@@ -112,20 +117,20 @@ def test_tiled_backward_skips_nothing_it_needs():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_unsupported_head_dim_names_the_supported_ones():
+def test_unsupported_head_dim_is_a_user_error_naming_the_supported_ones():
     q, k, v = make_qkv(1, 2, 2, 16, 16, 48)
-    with pytest.raises(ValueError, match="head dim 48.*32, 64, 128"):
+    with pytest.raises(UserError, match="head dim 48.*32, 64, 128"):
         attention(q, k, v, backend="triton")
     torch.testing.assert_close(attention(q, k, v, backend="auto"), attention_naive(q, k, v))  # falls back
 
 
 def test_dispatch_errors_and_backends():
     q, k, v = make_qkv(1, 4, 2, 24, 40, 32)
-    with pytest.raises(ValueError, match="unknown attention backend"):
+    with pytest.raises(UserError, match="unknown attention backend"):
         attention(q, k, v, backend="flash")
-    with pytest.raises(ValueError, match="multiple of key/value heads"):
+    with pytest.raises(UserError, match="multiple of key/value heads"):
         attention(q, k[:, :1].expand(1, 3, 40, 32), v[:, :1].expand(1, 3, 40, 32))
-    with pytest.raises(ValueError, match="at least as many keys"):
+    with pytest.raises(UserError, match="at least as many keys"):
         attention(q, k[:, :, :16], v[:, :, :16], causal=True)
     expected = attention_naive(q, k, v, causal=True)
     for backend in ["auto", "torch", "tiled", "sdpa", "triton"]:
@@ -133,10 +138,56 @@ def test_dispatch_errors_and_backends():
                                    atol=1e-5, rtol=1e-5, msg=backend)
 
 
+def test_auto_never_takes_the_naive_path(monkeypatch):
+    """auto = the fused kernel on every device (SDPA on a CPU), with and without a mask."""
+    q, k, v = make_qkv(1, 4, 2, 24, 24, 32)
+    expected = attention_naive(q, k, v, causal=True)
+    monkeypatch.setattr(attention_backends, "attention_naive", lambda *a, **kw: pytest.fail("naive ran"))
+    torch.testing.assert_close(attention(q, k, v, causal=True), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention(q, k, v, causal=False, mask=torch.ones(24, 24, dtype=torch.bool).tril()),
+                               expected, atol=1e-5, rtol=1e-5)
+
+
+def test_naive_mask_is_the_definition_and_sdpa_agrees():
+    """A per-row mask (left padding + causal + a KV-cache offset), checked row by row against the
+    softmax over only the allowed keys, and SDPA (the CPU default) against naive, gradients included."""
+    B, H, Hkv, T, S, D = 2, 4, 2, 6, 10, 32
+    q, k, v = make_qkv(B, H, Hkv, T, S, D)
+    keep = torch.ones(B, 1, T, S, dtype=torch.bool, device=DEVICE)
+    keep[1, :, :, :3] = False                                   # row 1: three padding keys
+    out = attention_naive(q, k, v, causal=True, mask=keep)
+    for b, h, i in [(0, 0, 0), (0, 3, 5), (1, 1, 0), (1, 2, 5)]:
+        seen = [j for j in range(S) if j <= i + S - T and keep[b, 0, i, j]]
+        kv = h // (H // Hkv)
+        w = (q[b, h, i] @ k[b, kv, seen].T / math.sqrt(D)).softmax(-1)
+        torch.testing.assert_close(out[b, h, i], w @ v[b, kv, seen], atol=1e-5, rtol=1e-5)
+    assert_matches_naive(lambda q, k, v, c: attention_sdpa(q, k, v, c, mask=keep),
+                         q, k, v, True, TOL[torch.float32], mask=keep)
+    for backend in ("triton", "tiled"):  # they know only causal-or-not: refuse, never ignore the mask
+        with pytest.raises(UserError, match="not an explicit mask"):
+            attention(q, k, v, backend=backend, mask=keep)
+
+
+@triton.jit
+def _offsets_kernel(OUT, stride_b, stride_h, H):
+    bh = tl.program_id(0)
+    tl.store(OUT + bh, _bh_offset(bh // H, bh % H, stride_b, stride_h))
+
+
+def test_batch_and_head_offsets_do_not_wrap_past_2_to_the_31():
+    """The kernels' (batch, head) offset with strides of a tensor of ~2³² elements: int32 would wrap
+    (batch 1, head 2 -> -2147483635 instead of 2147483661); the interpreter does int32 arithmetic too."""
+    B, H, stride_b, stride_h = 4, 3, 2**30 + 7, 2**29 + 3
+    out = torch.zeros(B * H, dtype=torch.int64, device=DEVICE)
+    _offsets_kernel[(B * H,)](out, stride_b, stride_h, H)
+    expected = [b * stride_b + h * stride_h for b in range(B) for h in range(H)]
+    assert max(expected) > 2**31 and out.tolist() == expected
+
+
 @pytest.mark.skipif(not INTERPRET, reason="only the interpreter lacks bfloat16")
 def test_interpreter_refuses_bfloat16():
     q, k, v = make_qkv(1, 2, 2, 16, 16, 32, torch.bfloat16)
-    with pytest.raises(ValueError, match="bfloat16"):
+    with pytest.raises(UserError, match="bfloat16"):
         flash_attention(q, k, v)
 
 
@@ -147,6 +198,7 @@ def test_causal_past_ignores_future_keys():
     k2[:, :, -1] += 5.0
     v2[:, :, -1] -= 5.0
     a, b = flash_attention(q, k, v, causal=True), flash_attention(q, k2, v2, causal=True)
+    assert a.transpose(1, 2).is_contiguous()   # o is stored (B, T, H, D): merging heads needs no copy
     assert torch.equal(a[:, :, :-1], b[:, :, :-1])
     assert not torch.allclose(a[:, :, -1], b[:, :, -1])
 
@@ -165,3 +217,19 @@ def test_gpu_fp32_and_fp16():
     for dtype in (torch.float32, torch.float16):
         q, k, v = make_qkv(1, 4, 4, 777, 777, 64, dtype)
         assert_matches_naive(flash_attention, q, k, v, True, TOL[dtype])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
+                    reason="needs a GPU with 40 GB")
+def test_gpu_batch_stride_past_2_to_the_31_elements():
+    """q, k, v whose second batch element starts 2³¹ elements into its buffer (12 GiB of fp16, little
+    compute): the compiled kernel must read it there, not at a wrapped-around negative offset."""
+    B, H, T, D = 2, 4, 256, 64
+    small = make_qkv(B, H, H, T, T, D, torch.float16)
+    big = []
+    for x in small:
+        buf = torch.empty(2**31 + x[0].numel(), dtype=x.dtype, device=x.device)
+        view = buf.as_strided(x.shape, (2**31, T * D, D, 1))
+        view.copy_(x)
+        big.append(view)
+    assert_matches_naive(flash_attention, *big, True, TOL[torch.float16])
