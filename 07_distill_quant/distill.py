@@ -52,8 +52,8 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (UserError, check_config, claim_output, command_line, option, parse_config, pyplot,  # 01_data
-                    run_cli, run_lock, save_figure, set_interrupt_hint, staged_dir, write_json, write_jsonl,
+from common import (UserError, check_config, claim_output, command_line, markdown_table, option, parse_config,  # 01_data
+                    pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, staged_dir, write_json, write_jsonl,
                     write_manifest)
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
@@ -201,10 +201,12 @@ def kd_loss(student_logits, teacher_logits, temperature: float):
     gradient falls as 1/T². Multiplying by T² keeps the soft-target gradient the size it has at T = 1
     whatever T is, so α mixes it with the hard-label gradient in the same proportion at every
     temperature (Hinton et al. 2015, section 2). tests/test_07_distill.py checks the ratio."""
+    # >>> exercise: T² times the mean over positions of KL(softmax(teacher/T) ‖ softmax(student/T))
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)                        # (...,)
     return temperature ** 2 * kl.mean()
+    # <<< exercise
 
 
 def layer_pairs(spec: str, n_student: int, n_teacher: int) -> list:
@@ -234,10 +236,12 @@ def feature_loss(student_h, teacher_h, proj: nn.Module, kind: str):
 
     mse: ‖W·h_s - h_t‖² / ‖h_t‖² over the batch, a relative error: 1 = predicting zeros, whatever the
     scale of the teacher's residual stream (it grows with depth). cosine: 1 - cos(W·h_s, h_t)."""
+    # >>> exercise: W·h_student vs h_teacher: 1 - cosine, or MSE over the mean square of h_teacher
     pred, target = proj(student_h).float(), teacher_h.float()
     if kind == "cosine":
         return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
     return (pred - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-8)
+    # <<< exercise
 
 
 @contextlib.contextmanager
@@ -411,15 +415,25 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
     return outcome
 
 
+COLUMNS = ["model", "params", "val ppl", "exact match", "token F1", "gen tok/s", "gap closed", "ms/step"]
+
+
+def table_rows(o: dict) -> list:
+    """The outcome's rows as the strings of the printed table (common.markdown_table)."""
+    rows = []
+    for name, r in o["rows"].items():
+        rows.append({"model": name, "params": f"{r['params']:,}", "val ppl": f"{r['val_ppl']:.2f}",
+                     "exact match": f"{r.get('exact_match', 0):.3f}", "token F1": f"{r.get('token_f1', 0):.3f}",
+                     "gen tok/s": f"{r['gen_tok_s']:.0f}",
+                     "gap closed": f"{r['gap_closed']:.0%}" if r.get("gap_closed") is not None else "-",
+                     "ms/step": f"{1000 * r['s_per_step']:.0f}" if "s_per_step" in r else "-"})
+    return rows
+
+
 def report(o: dict, out: Path):
     print(f"\nteacher {o['teacher']}; every student: {o['budget']['steps']} steps, {o['budget']['tokens']:,} tokens; "
           f"held-out n = {o['heldout_n']}")
-    print(f"{'model':<10}{'params':>10}{'val ppl':>9}{'exact':>7}{'F1':>7}{'tok/s':>8}{'gap closed':>12}{'ms/step':>9}")
-    for name, r in o["rows"].items():
-        gap = f"{r['gap_closed']:.0%}" if r.get("gap_closed") is not None else "-"
-        ms = f"{1000 * r['s_per_step']:.0f}" if "s_per_step" in r else "-"
-        print(f"{name:<10}{r['params']:>10,}{r['val_ppl']:>9.2f}{r.get('exact_match', 0):>7.3f}"
-              f"{r.get('token_f1', 0):>7.3f}{r['gen_tok_s']:>8.0f}{gap:>12}{ms:>9}")
+    print(markdown_table(table_rows(o), COLUMNS))
     print(f"gap closed = (L_scratch - L_student) / (L_scratch - L_teacher), L = val loss (nats); wrote {out}/")
 
 

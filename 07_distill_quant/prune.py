@@ -56,8 +56,8 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
-from common import (UserError, check_config, claim_output, command_line, option, parse_config, pyplot,  # 01_data
-                    run_cli, run_lock, save_figure, set_interrupt_hint, staged_dir, write_json, write_manifest)
+from common import (UserError, check_config, claim_output, command_line, markdown_table, option, parse_config,  # 01_data
+                    pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, staged_dir, write_json, write_manifest)
 from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
@@ -128,6 +128,7 @@ def magnitude_masks(model, fraction: float, scope="global") -> dict:
     """{name: bool mask, True = kept} zeroing exactly floor(fraction·n) weights of smallest |w|: over all
     prunable matrices together (global) or floor(fraction·n_matrix) in each (layer). Ties are broken
     by position (a stable sort), so the count is exact."""
+    # >>> exercise: masks zeroing exactly floor(f·n) smallest |w|, over all matrices (global) or each (layer)
     weights = prunable_weights(model)
 
     def keep_mask(values, n_drop):
@@ -142,6 +143,7 @@ def magnitude_masks(model, fraction: float, scope="global") -> dict:
         masks[n] = mask[i:i + w.numel()].view_as(w)
         i += w.numel()
     return masks
+    # <<< exercise
 
 
 @torch.no_grad()
@@ -184,6 +186,7 @@ def gates(model, head_gates=None, neuron_gates=None):
 
 def taylor_scores(model, batches, shape, kind: str) -> torch.Tensor:
     """E_batches |∂L/∂ξ| for gates ξ = 1 of the given (L, units) shape; kind: heads | neurons."""
+    # >>> exercise: gates ξ = 1 on every unit; average |∂L/∂ξ| over the batches (one backward each)
     device = next(model.parameters()).device
     xi = torch.ones(shape, device=device, requires_grad=True)
     score = torch.zeros(shape, device=device)
@@ -192,6 +195,7 @@ def taylor_scores(model, batches, shape, kind: str) -> torch.Tensor:
             loss = model(x, y)[1]
             score += torch.autograd.grad(loss, xi)[0].abs()
     return score / len(batches)
+    # <<< exercise
 
 
 @torch.no_grad()
@@ -387,13 +391,18 @@ def prune(cfg: PruneConfig, argv=None) -> dict:
     return outcome
 
 
+COLUMNS = ["variant", "params", "nonzero", "file KiB", "CSR KiB", "ppl pruned", "ppl recovered", "removed"]
+
+
+def table_rows(o: dict) -> list:
+    return [{"variant": r["variant"], "params": f"{r['params']:,}", "nonzero": f"{r['nonzero_params']:,}",
+             "file KiB": f"{r['file_kib']:.0f}", "CSR KiB": f"{r['csr_kib']:.0f}" if r["csr_kib"] else "-",
+             "ppl pruned": f"{r['ppl_pruned']:.2f}", "ppl recovered": f"{r['ppl_recovered']:.2f}", "removed": r["removed"]}
+            for r in o["rows"]]
+
+
 def report(o, out):
-    print(f"\n{'variant':<14}{'params':>10}{'nonzero':>10}{'file KiB':>10}{'CSR KiB':>9}{'ppl pruned':>12}"
-          f"{'recovered':>11}  removed")
-    for r in o["rows"]:
-        csr = f"{r['csr_kib']:.0f}" if r["csr_kib"] else "-"
-        print(f"{r['variant']:<14}{r['params']:>10,}{r['nonzero_params']:>10,}{r['file_kib']:>10.0f}{csr:>9}"
-              f"{r['ppl_pruned']:>12.2f}{r['ppl_recovered']:>11.2f}  {r['removed']}")
+    print(markdown_table(table_rows(o), COLUMNS))
     print("a mask shrinks nothing: magnitude rows keep every parameter and the file size; CSR KiB is what a "
           f"sparse format would store (computed); wrote {out}/")
 

@@ -50,8 +50,8 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config,  # 01_data
-                    pyplot, run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
+from common import (UserError, check_artifact, check_config, claim_output, command_line, markdown_table, option,  # 01_data
+                    parse_config, pyplot, run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
 from decoding import KVCache, check_sampling_args, top_k_filter, top_p_filter  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
@@ -111,6 +111,7 @@ def accept_drafts(p, q, drafts, generator=None):
 
     p (k+1, V): the target's distributions at the k drafted positions and the one after;
     q (k, V): the draft's distributions the drafts were sampled from; drafts: k token ids."""
+    # >>> exercise: accept d_i w.p. min(1, p_i(d_i)/q_i(d_i)); at a rejection resample from norm(max(0, p_i - q_i))
     for i, d in enumerate(drafts):
         u = torch.rand((), generator=generator, device=p.device)
         if u < p[i, d] / q[i, d]:                     # accept with probability min(1, p/q)
@@ -120,6 +121,7 @@ def accept_drafts(p, q, drafts, generator=None):
             residual = p[i]
         return i, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
     return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
+    # <<< exercise
 
 
 @torch.no_grad()
@@ -167,8 +169,10 @@ def speculative_generate(target: GPT, draft: GPT, prompt, max_new_tokens: int, k
 def expected_speedup(accept_rate: float, k: int, cost_ratio: float) -> float:
     """Leviathan et al.'s estimate: tokens per round (1 - a^(k+1)) / (1 - a) over the round's cost
     k·c + 1 in teacher forwards (c = draft forward time / teacher forward time)."""
+    # >>> exercise: expected tokens per round (1 - a^(k+1)) / (1 - a) over the round's cost k·c + 1
     a = min(accept_rate, 1 - 1e-9)
     return (1 - a ** (k + 1)) / ((1 - a) * (k * cost_ratio + 1))
+    # <<< exercise
 
 
 # ----------------------------------------------------------------------------- the bench
@@ -267,17 +271,25 @@ def run_bench(cfg: SpeculativeConfig, argv=None) -> dict:
     return outcome
 
 
-def report(o, out):
-    print(f"\n{'draft':<16}{'k':>3}{'accept':>8}{'tok/fwd':>9}{'tok/s':>8}{'speedup':>9}{'expected':>10}{'c':>6}{'same':>7}")
+COLUMNS = ["draft", "k", "accept rate", "tokens/teacher fwd", "tok/s", "speedup", "expected", "c", "same as teacher"]
+
+
+def table_rows(o: dict) -> list:
+    rows = []
     for r in o["rows"]:
-        if r["k"] == 0:
-            print(f"{r['draft']:<16}{'-':>3}{'-':>8}{1:>9.2f}{r['tok_s']:>8.0f}{1:>9.2f}")
-            continue
-        print(f"{r['draft']:<16}{r['k']:>3}{r['accept_rate']:>8.2f}{r['tokens_per_teacher_forward']:>9.2f}"
-              f"{r['tok_s']:>8.0f}{r['speedup']:>9.2f}{r['expected_speedup']:>10.2f}{r['cost_ratio']:>6.2f}"
-              f"{r['identical_to_teacher'] or '-':>7}")
-    print(f"accept = accepted / drafted; c = draft forward / teacher forward ({o['teacher_forward_ms']:.2f} ms); "
-          f"same = greedy outputs identical to the teacher's; wrote {out}/")
+        row = {"draft": r["draft"], "k": r["k"] or "-", "tok/s": f"{r['tok_s']:.0f}", "speedup": f"{r['speedup']:.2f}"}
+        if r["k"]:
+            row.update({"accept rate": f"{r['accept_rate']:.2f}", "tokens/teacher fwd": f"{r['tokens_per_teacher_forward']:.2f}",
+                        "expected": f"{r['expected_speedup']:.2f}", "c": f"{r['cost_ratio']:.2f}",
+                        "same as teacher": r["identical_to_teacher"] or "-"})
+        rows.append(row)
+    return rows
+
+
+def report(o, out):
+    print(markdown_table(table_rows(o), COLUMNS))
+    print(f"accept rate = accepted / drafted; c = draft forward / teacher forward ({o['teacher_forward_ms']:.2f} ms); "
+          f"expected = (1 - a^(k+1)) / ((1 - a)(k·c + 1)); same = greedy outputs identical to the teacher's; wrote {out}/")
 
 
 def plot(rows, path):
