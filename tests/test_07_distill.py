@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bpe import BPETokenizer
 from checkpoint_io import save_checkpoint
-from common import UserError, read_json, write_jsonl, write_manifest
+from common import UserError, check_artifact, read_json, write_jsonl, write_manifest
 from gpt import GPT, GPTConfig
 import distill
 import prune
@@ -366,7 +366,7 @@ def test_distill_writes_every_student_and_an_honest_outcome(distilled):
         assert g == pytest.approx((s - st) / (s - t))
         assert GPT.from_checkpoint(distilled / f"student_{name}.pt").cfg.n_layer == 2
     assert (distilled / "distill.png").stat().st_size > 1000
-    assert read_json(distilled / "manifest.json")["status"] == "complete"
+    assert check_artifact(distilled, made_by="(test)")["stage"] == "07_distill_quant/distill"
 
 
 def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, distilled, tmp_path):
@@ -402,11 +402,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, distilled, tmp
     d, s, p = (str(REPO / "07_distill_quant" / f) for f in ("distill.py", "speculative.py", "prune.py"))
     cases = {  # name: (argv, what the one line must say)
         "student larger": ([d, "--run", run, "--student-layers", "6"], r"larger than the teacher"),
-        "student wider": ([d, "--run", run, "--student-embd", "64"], r"larger than the teacher"),
         "other vocabulary": ([d, "--run", run, "--student-init", str(tmp_path / "other_vocab.pt")],
                              r"vocabulary \(77 tokens\) is not the teacher's"),
         "temperature 0": ([d, "--run", run, "--temperature", "0"], r"--temperature 0.0 must be > 0"),
-        "unknown method": ([d, "--run", run, "--methods", "logit,magic"], r"choose among scratch"),
         "no teacher file": ([d, "--run", run, "--teacher", str(tmp_path / "nope.pt")],
                             r"no such checkpoint; 04_pretrain/pretrain.py makes"),
         "no pretrain": ([d, "--run", str(tmp_path / "empty")], r"missing; make it first with `python 02_tokenizer"),
@@ -416,7 +414,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, distilled, tmp
                       r"missing; make it first with `python 07_distill_quant/distill.py"),
         "unknown draft": ([s, "--run", run, "--drafts", "logit,nope"], r"student_nope.pt: no such student"),
         "k 0": ([s, "--run", run, "--ks", "2,0"], r"each draft length k must be >= 1"),
-        "too long": ([s, "--run", run, "--prompt-tokens", "40", "--new-tokens", "40"], r"exceeds the context \(64\)"),
     }
     before = tree_hashes(run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
