@@ -1,7 +1,7 @@
 """Knowledge distillation: a smaller student learns from 04's (or 05's) model, three ways.
 
-    python 07_distill_quant/distill.py --run runs/tiny                    # four students, ~2 minutes
-    python 07_distill_quant/distill.py --run runs/tiny --methods scratch,logit --temperature 4 --alpha 0.1
+    python 07_distill_quant/distill.py --run runs/tiny                    # four students (CPU: ~15 min)
+    python 07_distill_quant/distill.py --run runs/tiny --methods scratch,logit --temperature 1 --alpha 0 --student-init teacher
     python 07_distill_quant/distill.py --run runs/tiny --teacher sft --steps 600 --student-embd 64
 
 Every student has the same architecture, initialization, data order, steps, batch and schedule; only
