@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -106,7 +107,6 @@ def nonzero_params(model) -> int:
 
 def checkpoint_kib(model, path) -> float:
     """Write the model in 03's checkpoint format and return the file's size in KiB."""
-    from dataclasses import asdict
     save_checkpoint(path, asdict(model.cfg), model.state_dict())
     return os.path.getsize(path) / 1024
 
