@@ -32,10 +32,12 @@ Writes runs/<name>/speculative/: outcome.json, speculative.png, manifest.json.
 Measured (2026-11-23, 2-core shared CPU, 6 prompts x 64 greedy tokens, drafts 2 x 128 vs a 4 x 128
 teacher): the logit-distilled draft (T = 1, α = 0) is accepted more often than the scratch draft at
 every k (0.52 / 0.40 / 0.25 vs 0.41 / 0.26 / 0.15 for k = 2 / 4 / 8) and every output equals the
-teacher's; but tokens/s fall to 0.4-0.8x of the teacher alone. At this size a forward is Python
-overhead, not a weight read: the draft costs c ≈ 0.5 of a teacher forward (not ≪ 1) and verifying
-k + 1 positions is not free, so the expected speedup itself is below 1. It pays where decoding is
-memory-bound: a large target on a GPU and a draft with c ≈ 0.05.
+teacher's; but tokens/s fall to 0.4-0.8x of the teacher alone: at acceptance 0.25-0.5 and a draft
+costing c ≈ 0.5 teacher forwards (at this size a forward is Python overhead, not a weight read) the
+expected speedup is itself below 1. A draft started from the teacher's blocks (distill.py
+--student-init teacher) is accepted 0.88 / 0.83 / 0.69 of the time, 2.7 / 4.2 / 6.1 tokens per teacher
+forward, and runs 1.11 / 1.22 / 1.13x faster than the teacher alone, even here. It pays most where
+decoding is memory-bound: a large target on a GPU and a draft with c ≈ 0.05.
 
 Interview questions it answers:
 - Why does speculative decoding speed anything up if the teacher still runs? (decoding one token is
