@@ -82,11 +82,15 @@ class GPTConfig:
     z_loss_coef: float = option(0.0, "+ coef·mean(logsumexp(logits)²), lm_loss.py; PaLM: 1e-4", min=0.0)
     doc_boundary_id: int = option(-1, "token that opens a document (<|endoftext|>): attention does not cross "
                                       "it and positions restart there; -1 = off", min=-1)
+    # Explicit sizes for a model whose heads or MLP neurons were removed (07_distill_quant/prune.py);
+    # 0 = the usual n_embd // n_head and 4·n_embd (gelu/relu) or swiglu_hidden(n_embd).
+    head_size: int = option(0, "per-head dim: 0 = n_embd // n_head (set by pruning)", min=0)
+    mlp_hidden: int = option(0, "MLP hidden units: 0 = 4·d (gelu/relu) or 8d/3 (swiglu) (set by pruning)", min=0)
 
     def __post_init__(self):
         check_config(self)  # choices and ranges, as the command line checks them
         self.n_kv_head = self.n_kv_head or self.n_head   # None or 0 = MHA (older configs say None)
-        if self.n_embd % self.n_head:
+        if not self.head_size and self.n_embd % self.n_head:
             raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                             "pick n_embd as a multiple of n_head")
         if self.n_head % self.n_kv_head:
@@ -104,7 +108,13 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return swiglu_hidden(self.n_embd) if self.mlp == "swiglu" else 4 * self.n_embd
 
 
 PRESETS = {  # two ends of the design space; any field can still be overridden
@@ -220,7 +230,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.kind = cfg.mlp
-        hidden = swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+        hidden = cfg.ffn_hidden
         self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         if cfg.mlp == "swiglu":
             self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
@@ -464,7 +474,7 @@ def matmul_params(cfg: GPTConfig) -> int:
     Norms and biases are left out: they cost O(d) per token, not O(d²)."""
     d, hd, L = cfg.n_embd, cfg.head_dim, cfg.n_layer
     attn = d * cfg.n_head * hd + 2 * d * cfg.n_kv_head * hd + cfg.n_head * hd * d   # wq, wk, wv, wo
-    mlp = 3 * d * swiglu_hidden(d) if cfg.mlp == "swiglu" else 2 * d * 4 * d
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ffn_hidden
     ffn = cfg.moe_top_k * mlp + d * cfg.n_experts if cfg.n_experts else mlp
     return L * (attn + ffn) + d * cfg.vocab_size                                    # + the LM head
 

@@ -1,0 +1,327 @@
+"""Speculative decoding: a small draft model proposes k tokens, the teacher checks them in one forward.
+
+    python 07_distill_quant/speculative.py --run runs/tiny                 # after distill.py
+    python 07_distill_quant/speculative.py --run runs/tiny --ks 1,2,4,8 --temperature 1 --new-tokens 96
+
+    tokens, stats = speculative_generate(teacher, draft, prompt_ids, max_new_tokens=64, k=4)
+
+One round, with the target (the teacher, p) and the draft (a distilled student, q):
+1. the draft samples d_1..d_k one at a time (its own KV cache): d_i ~ q_i = q(· | x, d_<i);
+2. the target runs ONE forward over the k drafted positions (plus the one token it has not seen),
+   which gives p_1..p_{k+1} with p_i = p(· | x, d_<i), using 03's KV cache;
+3. d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i)), left to right; at the first rejection
+   the token is resampled from the residual norm(max(0, p_i - q_i)) and the round ends; if all k
+   are accepted, one more token comes free from p_{k+1};
+4. both caches roll back to the accepted prefix: `cache.pos = n` (positions past it are simply
+   overwritten by the next update, so rollback costs nothing).
+
+Why the output is exactly the teacher's distribution (Leviathan et al. 2023; Chen et al. 2023): a
+token t comes out of step 3 either as an accepted draft, probability q(t)·min(1, p(t)/q(t)) =
+min(q(t), p(t)), or after a rejection, probability (1 - Σ_u min(p(u), q(u))) · max(0, p(t) - q(t)) /
+Σ_u max(0, p(u) - q(u)); the two normalizers are equal, so the sum is min(p, q) + max(0, p - q) = p(t).
+Greedy decoding is the case of one-hot p and q: a draft is kept iff it is the teacher's argmax, the
+correction is the teacher's argmax, so the tokens are exactly the teacher's greedy tokens.
+
+The bench (the command line) runs the teacher alone and speculative decoding with each draft from
+distill.py (the logit-distilled and the scratch student) for k = 2, 4, 8 on the same prompts, greedy
+by default, and reports the acceptance rate (accepted / drafted), tokens per teacher forward, tokens/s
+and the speedup, checking that greedy outputs equal the teacher's. Expected speedup with acceptance
+rate a, k drafts and a draft costing c teacher forwards: (1 - a^(k+1)) / ((1 - a)(k·c + 1)).
+Writes runs/<name>/speculative/: outcome.json, speculative.png, manifest.json.
+
+Measured (2026-11-23, 2-core shared CPU, 6 prompts x 64 greedy tokens, drafts 2 x 128 vs a 4 x 128
+teacher): the logit-distilled draft (T = 1, α = 0) is accepted more often than the scratch draft at
+every k (0.52 / 0.40 / 0.25 vs 0.41 / 0.26 / 0.15 for k = 2 / 4 / 8) and every output equals the
+teacher's; but tokens/s fall to 0.4-0.8x of the teacher alone: at acceptance 0.25-0.5 and a draft
+costing c ≈ 0.5 teacher forwards (at this size a forward is Python overhead, not a weight read) the
+expected speedup is itself below 1. A draft started from the teacher's blocks (distill.py
+--student-init teacher) is accepted 0.88 / 0.83 / 0.69 of the time, 2.7 / 4.2 / 6.1 tokens per teacher
+forward, and runs 1.11 / 1.22 / 1.13x faster than the teacher alone, even here. It pays most where
+decoding is memory-bound: a large target on a GPU and a draft with c ≈ 0.05.
+
+Interview questions it answers:
+- Why does speculative decoding speed anything up if the teacher still runs? (decoding one token is
+  memory-bound: reading all weights for one position; verifying k positions costs about the same
+  one read, so each teacher forward yields up to k+1 tokens instead of 1)
+- Does it change the output? (no: the accept/resample rule makes every token exactly teacher-distributed;
+  greedy gives the teacher's exact tokens, up to float ties between batched and one-at-a-time forwards)
+- What makes a good draft? (high acceptance = q close to p, which is what distillation optimizes,
+  and a low cost c; a draft from another tokenizer cannot be used at all)
+- How does the KV cache handle rejected tokens? (their keys and values were written past the accepted
+  prefix; moving the write position back is the whole rollback)
+"""
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
+from common import (UserError, check_artifact, check_config, claim_output, command_line, markdown_table, option,  # 01_data
+                    parse_config, pyplot, run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
+from decoding import KVCache, check_sampling_args, top_k_filter, top_p_filter  # 03_model
+from devices import resolve_device  # 03_model
+from gpt import GPT  # 03_model
+from batches import eval_starts, load_shards  # 04_pretrain
+
+from compress_eval import TEACHER_HELP, load_teacher
+
+
+@dataclass
+class SpeculativeConfig:
+    run: str = option("", "run folder runs/<name>: reads distill/ (the drafts) and the teacher")
+    teacher: str = option("pretrain", TEACHER_HELP + "; the one distill.py used")
+    distill: str = option("", "distill.py's output folder; empty = <run>/distill")
+    drafts: list = option(["logit", "scratch"], "students of distill.py to use as drafts", sep=",")
+    out: str = option("", "output folder; empty = <run>/speculative")
+    ks: list = option([2, 4, 8], "draft lengths k to compare", sep=",")
+    prompts: int = option(8, "prompts (val windows) per setting", min=1)
+    prompt_tokens: int = option(32, "tokens per prompt", min=1)
+    new_tokens: int = option(64, "tokens generated per prompt", min=1)
+    temperature: float = option(0.0, "0 = greedy (output = the teacher's exact tokens); > 0 samples", min=0.0)
+    top_k: int = option(0, "top-k filter for sampling (0 = off)", min=0)
+    top_p: float = option(1.0, "top-p filter for sampling (1 = off)", min=0.0, max=1.0)
+    seed: int = option(1234, "sampling seed", min=0)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+def check_speculative_config(cfg: SpeculativeConfig):
+    check_config(cfg)
+    if not cfg.run:
+        raise UserError("pass --run runs/<name> (the folder distill.py wrote distill/ into)")
+    if not cfg.ks or min(cfg.ks) < 1:
+        raise UserError(f"--ks {','.join(map(str, cfg.ks)) or '(none)'}: each draft length k must be >= 1")
+    if not cfg.drafts:
+        raise UserError("--drafts is empty; name at least one student of distill.py, e.g. logit")
+    check_sampling_args(cfg.new_tokens, cfg.temperature, cfg.top_k or None, cfg.top_p, 1.0)
+
+
+# ----------------------------------------------------------------------------- the algorithm
+
+def token_probs(logits, temperature=0.0, top_k=None, top_p=None):
+    """Next-token distributions (N, V) as 03's sampler defines them: one-hot at the argmax for
+    temperature 0, else softmax(logits / T) after the top-k / top-p filters (decoding.py)."""
+    logits = logits.float()
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits / temperature
+    if top_k:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return logits.softmax(-1)
+
+
+def accept_drafts(p, q, drafts, generator=None):
+    """The rejection-sampling rule: (number of drafts accepted m, the token that follows them).
+
+    p (k+1, V): the target's distributions at the k drafted positions and the one after;
+    q (k, V): the draft's distributions the drafts were sampled from; drafts: k token ids."""
+    # >>> exercise: accept d_i w.p. min(1, p_i(d_i)/q_i(d_i)); at a rejection resample from norm(max(0, p_i - q_i))
+    for i, d in enumerate(drafts):
+        u = torch.rand((), generator=generator, device=p.device)
+        if u < p[i, d] / q[i, d]:                     # accept with probability min(1, p/q)
+            continue
+        residual = (p[i] - q[i]).clamp(min=0)        # where the target wants more than the draft gave
+        if residual.sum() <= 0:                       # p == q up to rounding: p itself is the residual
+            residual = p[i]
+        return i, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+    return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
+    # <<< exercise
+
+
+@torch.no_grad()
+def speculative_generate(target: GPT, draft: GPT, prompt, max_new_tokens: int, k: int, temperature=0.0,
+                         top_k=None, top_p=None, generator=None, stop_tokens=()):
+    """Continue `prompt` (a list of ids) by up to max_new_tokens tokens distributed exactly as the
+    target's own sampling would; returns (new token ids, {"rounds", "drafted", "accepted"})."""
+    if target.cfg.vocab_size != draft.cfg.vocab_size:
+        raise UserError(f"the draft's vocabulary ({draft.cfg.vocab_size}) is not the target's "
+                        f"({target.cfg.vocab_size}); a draft must propose the target's token ids")
+    total = len(prompt) + max_new_tokens
+    if total > min(target.cfg.block_size, draft.cfg.block_size):
+        raise UserError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) is longer than the "
+                        f"context ({min(target.cfg.block_size, draft.cfg.block_size)}); shorten one of them")
+    device = next(target.parameters()).device
+    target.eval()
+    draft.eval()
+    t_cache, d_cache = KVCache(target.cfg.n_layer, total), KVCache(draft.cfg.n_layer, total)
+    tokens, stats = list(prompt), {"rounds": 0, "drafted": 0, "accepted": 0}
+    as_input = lambda ids: torch.tensor(ids, dtype=torch.long, device=device)[None]
+    while len(tokens) < total:
+        n = len(tokens)
+        k_round = min(k, total - n - 1)               # never draft past what is still wanted
+        drafts, q = [], []
+        for _ in range(k_round):                      # each draft forward feeds what its cache lacks
+            logits, _ = draft(as_input((tokens + drafts)[d_cache.pos:]), cache=d_cache)
+            q.append(token_probs(logits[:, -1], temperature, top_k, top_p)[0])
+            drafts.append(int(torch.multinomial(q[-1], 1, generator=generator)))
+        logits, _ = target(as_input((tokens + drafts)[t_cache.pos:]), cache=t_cache)   # one forward
+        p = token_probs(logits[0, -(k_round + 1):], temperature, top_k, top_p)         # (k_round+1, V)
+        m, nxt = accept_drafts(p, torch.stack(q) if q else p[:0], drafts, generator)
+        tokens += drafts[:m] + [nxt]
+        t_cache.pos = n + m                           # roll back: keep the keys/values of tokens[:n+m]
+        d_cache.pos = min(d_cache.pos, n + m)
+        stats["rounds"] += 1
+        stats["drafted"] += k_round
+        stats["accepted"] += m
+        hit = next((i for i, t in enumerate(tokens[n:]) if t in stop_tokens), None)
+        if hit is not None:
+            del tokens[n + hit + 1:]
+            break
+    return tokens[len(prompt):total], stats
+
+
+def expected_speedup(accept_rate: float, k: int, cost_ratio: float) -> float:
+    """Leviathan et al.'s estimate: tokens per round (1 - a^(k+1)) / (1 - a) over the round's cost
+    k·c + 1 in teacher forwards (c = draft forward time / teacher forward time)."""
+    # >>> exercise: expected tokens per round (1 - a^(k+1)) / (1 - a) over the round's cost k·c + 1
+    a = min(accept_rate, 1 - 1e-9)
+    return (1 - a ** (k + 1)) / ((1 - a) * (k * cost_ratio + 1))
+    # <<< exercise
+
+
+# ----------------------------------------------------------------------------- the bench
+
+def forward_ms(model: GPT, prompt: torch.Tensor, repeats=20) -> float:
+    """Milliseconds of one cached single-token forward (what a decoding step costs), best of repeats."""
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            cache = KVCache(model.cfg.n_layer, prompt.shape[1] + 1)
+            model(prompt, cache=cache)
+            t0 = time.perf_counter()
+            model(prompt[:, -1:], cache=cache)
+            best = min(best, time.perf_counter() - t0)
+    return 1000 * best
+
+
+def load_drafts(cfg: SpeculativeConfig, run: Path, device) -> tuple:
+    """({name: student GPT}, distill folder) after checking the folder (check_artifact)."""
+    folder = Path(cfg.distill) if cfg.distill else run / "distill"
+    check_artifact(folder, made_by=f"python 07_distill_quant/distill.py --run {run}")
+    drafts = {}
+    for name in cfg.drafts:
+        path = folder / f"student_{name}.pt"
+        if not path.is_file():
+            raise UserError(f"{path}: no such student; distill.py --methods {name} makes it "
+                            f"(the folder has {', '.join(sorted(p.stem[8:] for p in folder.glob('student_*.pt')))})")
+        drafts[name] = GPT.from_checkpoint(path, map_location=device).eval()
+    return drafts, folder
+
+
+def bench(cfg: SpeculativeConfig, teacher, drafts, prompts, device) -> dict:
+    """The teacher alone, then every (draft, k) on the same prompts; timings interleaved per prompt."""
+    sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p)
+    settings = [(name, k) for name in drafts for k in cfg.ks]
+    time_s = {s: 0.0 for s in [("teacher", 0)] + settings}
+    stats = {s: {"rounds": 0, "drafted": 0, "accepted": 0, "same_as_teacher": 0} for s in settings}
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    for prompt in prompts:
+        t0 = time.perf_counter()
+        ref = teacher.generate(prompt[None], cfg.new_tokens, generator=gen, **sampling)[0, len(prompt):].tolist()
+        time_s[("teacher", 0)] += time.perf_counter() - t0
+        for name, k in settings:
+            t0 = time.perf_counter()
+            out, st = speculative_generate(teacher, drafts[name], prompt.tolist(), cfg.new_tokens, k,
+                                           generator=gen, **sampling)
+            time_s[(name, k)] += time.perf_counter() - t0
+            for key in ("rounds", "drafted", "accepted"):
+                stats[(name, k)][key] += st[key]
+            stats[(name, k)]["same_as_teacher"] += int(out == ref)
+    n_tokens = cfg.new_tokens * len(prompts)
+    base = n_tokens / time_s[("teacher", 0)]
+    t_ms = forward_ms(teacher, prompts[0][None])
+    rows = [{"draft": "(teacher alone)", "k": 0, "tok_s": base, "speedup": 1.0}]
+    for name, k in settings:
+        st = stats[(name, k)]
+        a = st["accepted"] / max(st["drafted"], 1)
+        c = forward_ms(drafts[name], prompts[0][None]) / t_ms
+        rows.append({"draft": name, "k": k, "accept_rate": a, "tokens_per_teacher_forward": n_tokens / st["rounds"],
+                     "tok_s": n_tokens / time_s[(name, k)], "speedup": n_tokens / time_s[(name, k)] / base,
+                     "cost_ratio": c, "expected_speedup": expected_speedup(a, k, c),
+                     "identical_to_teacher": f"{st['same_as_teacher']}/{len(prompts)}" if cfg.temperature == 0 else None})
+    return {"rows": rows, "teacher_forward_ms": t_ms, "n_tokens": n_tokens}
+
+
+def run_bench(cfg: SpeculativeConfig, argv=None) -> dict:
+    check_speculative_config(cfg)
+    device = resolve_device(cfg.device)
+    run = Path(cfg.run)
+    out = Path(cfg.out) if cfg.out else run / "speculative"
+    teacher, _, source = load_teacher(run, cfg.teacher, device)
+    drafts, folder = load_drafts(cfg, run, device)
+    for name, d in drafts.items():
+        if d.cfg.vocab_size != teacher.cfg.vocab_size:
+            raise UserError(f"draft {name} has {d.cfg.vocab_size} tokens, the teacher {teacher.cfg.vocab_size}; "
+                            f"rerun distill.py with --teacher {cfg.teacher}")
+    if cfg.prompt_tokens + cfg.new_tokens > teacher.cfg.block_size:
+        raise UserError(f"--prompt-tokens {cfg.prompt_tokens} + --new-tokens {cfg.new_tokens} exceeds the "
+                        f"context ({teacher.cfg.block_size}); lower one of them")
+    _, val, _ = load_shards(run, teacher.cfg.block_size)
+    prompts = [torch.as_tensor(val[s:s + cfg.prompt_tokens].astype("int64"), device=device)
+               for s in eval_starts(len(val), cfg.prompt_tokens, cfg.prompts)]
+    with run_lock(out):
+        claim_output(out, cfg.overwrite, remove=False)
+        print(f"teacher {source}; drafts {', '.join(cfg.drafts)} from {folder}; {cfg.prompts} prompts x "
+              f"{cfg.new_tokens} tokens; {'greedy' if cfg.temperature == 0 else f'temperature {cfg.temperature}'}",
+              flush=True)
+        outcome = {"teacher": str(source), "distill": str(folder), "config": asdict(cfg), "device": device,
+                   **bench(cfg, teacher, drafts, prompts, device)}
+        with staged_dir(out) as tmp:
+            write_json(tmp / "outcome.json", outcome)
+            plot(outcome["rows"], tmp / "speculative.png")
+            write_manifest(tmp, stage="07_distill_quant/speculative", command=command_line(__file__, argv),
+                           config=asdict(cfg), inputs=[source, folder, run / "tokens"])
+    report(outcome, out)
+    return outcome
+
+
+COLUMNS = ["draft", "k", "accept rate", "tokens/teacher fwd", "tok/s", "speedup", "expected", "c", "same as teacher"]
+
+
+def table_rows(o: dict) -> list:
+    rows = []
+    for r in o["rows"]:
+        row = {"draft": r["draft"], "k": r["k"] or "-", "tok/s": f"{r['tok_s']:.0f}", "speedup": f"{r['speedup']:.2f}"}
+        if r["k"]:
+            row.update({"accept rate": f"{r['accept_rate']:.2f}", "tokens/teacher fwd": f"{r['tokens_per_teacher_forward']:.2f}",
+                        "expected": f"{r['expected_speedup']:.2f}", "c": f"{r['cost_ratio']:.2f}",
+                        "same as teacher": r["identical_to_teacher"] or "-"})
+        rows.append(row)
+    return rows
+
+
+def report(o, out):
+    print(markdown_table(table_rows(o), COLUMNS))
+    print(f"accept rate = accepted / drafted; c = draft forward / teacher forward ({o['teacher_forward_ms']:.2f} ms); "
+          f"expected = (1 - a^(k+1)) / ((1 - a)(k·c + 1)); same = greedy outputs identical to the teacher's; wrote {out}/")
+
+
+def plot(rows, path):
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["draft"] for r in rows if r["k"]):
+        rs = [r for r in rows if r["draft"] == name]
+        ax1.plot([r["k"] for r in rs], [r["accept_rate"] for r in rs], "o-", label=f"draft: {name} student")
+        ax2.plot([r["k"] for r in rs], [r["speedup"] for r in rs], "o-", label=f"{name}: measured")
+        ax2.plot([r["k"] for r in rs], [r["expected_speedup"] for r in rs], "x--", label=f"{name}: expected")
+    ax1.set(xlabel="k (drafted tokens per round)", ylabel="acceptance rate", ylim=(0, 1), title="acceptance")
+    ax2.axhline(1.0, color="gray", lw=1)
+    ax2.set(xlabel="k", ylabel="tokens/s relative to the teacher alone", title="speedup")
+    ax1.legend()
+    ax2.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def main(argv=None):
+    cfg, _ = parse_config(SpeculativeConfig, argv, doc=__doc__)
+    run_bench(cfg, argv)
+
+
+if __name__ == "__main__":
+    run_cli(main)
