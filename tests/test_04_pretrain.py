@@ -16,10 +16,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ import batches
 from common import UserError, check_artifact, run_lock, write_manifest
 from gpt import GPT
 from pretrain import TrainConfig
+from forked_cli import run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 64
@@ -438,34 +437,15 @@ def _inject_fault(nth: int, signame: str):
 
 def _fork_driver(cases_path):
     """Run each case of cases_path (a JSON list of {argv, fault, snapshot}) in a forked child."""
-    from common import code_version, pyplot, run_cli
+    from common import code_version, pyplot
     import torch._dynamo                                       # what every run imports on its first use
     pyplot(), code_version()                                   # (optimizer, plot, manifest): pay it once
     cases, results = json.loads(Path(cases_path).read_text()), []
     for case in cases:
-        streams = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-        sys.stdout.flush(), sys.stderr.flush()
         t0 = time.time()
-        pid = os.fork()
-        if pid == 0:                                           # the child: `python pretrain.py <argv>`
-            os.dup2(streams[0].fileno(), 1)
-            os.dup2(streams[1].fileno(), 2)
-            code = 0
-            try:
-                if case.get("fault"):
-                    _inject_fault(*case["fault"])
-                run_cli(pretrain.main, case["argv"])
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-            except BaseException:                              # what Python prints for an uncaught error
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush(), sys.stderr.flush()
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        out, err = (s.seek(0) or s.read().decode() for s in streams)
-        results.append({"rc": os.waitstatus_to_exitcode(status), "stdout": out, "stderr": err, "s": time.time() - t0,
-                        "files": _snapshot(Path(case["snapshot"]))})
+        fault = (lambda: _inject_fault(*case["fault"])) if case.get("fault") else None
+        result = run_forked(pretrain.main, case["argv"], before=fault)
+        results.append({**result, "s": time.time() - t0, "files": _snapshot(Path(case["snapshot"]))})
     Path(cases_path + ".out").write_text(json.dumps(results))
 
 

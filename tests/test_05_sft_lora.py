@@ -37,6 +37,7 @@ from packing import collate_packed, collate_padded, forward_packed, pack_rows, p
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, save_prefix
 import sft
 from sft_data import encode_examples, read_conversations
+from forked_cli import run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 ACTIONS = {"red": "stop", "green": "go", "yellow": "wait"}
@@ -462,29 +463,10 @@ def _fork_driver(cases_path):
     import importlib
     import tempfile
     import traceback
-    from common import run_cli
     results = []
     for script, argv in json.loads(Path(cases_path).read_text()):
         main = importlib.import_module(script).main
-        streams = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-        sys.stdout.flush(), sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:                                           # the child: the command line itself
-            os.dup2(streams[0].fileno(), 1)
-            os.dup2(streams[1].fileno(), 2)
-            code = 0
-            try:
-                run_cli(main, argv)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-            except BaseException:                              # what Python prints for an uncaught error
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush(), sys.stderr.flush()
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        out, err = (f.seek(0) or f.read().decode() for f in streams)
-        results.append({"rc": os.waitstatus_to_exitcode(status), "stdout": out, "stderr": err})
+        results.append(run_forked(main, argv))
     Path(cases_path + ".out").write_text(json.dumps(results))
 
 
