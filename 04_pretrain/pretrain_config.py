@@ -52,7 +52,7 @@ class TrainConfig:
     block_size: int = option(128, "context length in tokens", min=2)
     dropout: float = option(0.0, "dropout probability in training", min=0.0, max=0.95)
     attn_backend: str = option("auto", "attention kernel (03_model; auto = the fastest correct one here)",
-                               choices=gpt_module.CHOICES["attn_backend"])
+                               choices=gpt_module.BACKENDS)
     # the batch: batch_size sequences per optimizer step, split over ranks and micro-batches
     batch_size: int = option(16, "sequences per optimizer step, over all ranks and micro-batches", min=1)
     micro_batch: int = option(0, "sequences per forward on one rank (0 = batch_size / world size)", min=0)
