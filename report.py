@@ -126,7 +126,7 @@ def plot_cleaning(noise, path):
     ax.bar([x - 0.2 for x in xs], [noise[n]["precision"] for n in names], 0.4, label="precision", color="tab:blue")
     ax.bar([x + 0.2 for x in xs], [noise[n]["recall"] for n in names], 0.4, label="recall", color="tab:orange")
     ax.axhline(0.95, ls="--", c="gray", lw=1, label="bar 0.95")
-    ax.set(xticks=list(xs), ylim=(0, 1.12), ylabel="share of documents",
+    ax.set(xticks=list(xs), ylim=(0, 1.15), ylabel="share of documents",
            title="01 cleaning: precision and recall per injected noise type")
     ax.set_xticklabels(names, rotation=25, ha="right")
     ax.legend(loc="upper center", ncol=3, fontsize=8)
@@ -140,9 +140,9 @@ def tokenizer_section(run, figs) -> Section:
     if bpe is None:
         return s
     rows = list(bpe["rows"])
-    for other in ("wordpiece", "unigram"):               # their outcome repeats our BPE's row: keep theirs only
+    for other in ("wordpiece", "unigram"):               # their outcome repeats BPE's and GPT-2's rows: keep theirs
         o = outcome(run, other)
-        rows += [r for r in (o or {}).get("rows", []) if r["tokenizer"] not in {x["tokenizer"] for x in rows}]
+        rows += [r for r in (o or {}).get("rows", []) if not r["tokenizer"].startswith(("ours", "GPT-2"))]
     ours = next(r for r in rows if "ours" in r["tokenizer"] or "BPE" in r["tokenizer"])
     gpt2 = next((r for r in rows if "GPT-2" in r["tokenizer"]), None)
     s.headline = f"BPE vocab {ours['vocab_size']:,}: {ours['all']:.2f} bytes/token on val" + (
@@ -163,7 +163,7 @@ def plot_tokenizers(rows, langs, path):
     for i, r in enumerate(rows):
         ax.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(langs))],
                [r.get(k) if isinstance(r.get(k), (int, float)) else 0 for k in langs], width, label=r["tokenizer"])
-    ax.set(xticks=list(range(len(langs))), ylabel="UTF-8 bytes per token (higher = shorter sequences)",
+    ax.set(xticks=list(range(len(langs))), ylabel="UTF-8 bytes per token (higher: shorter)",
            title="02 tokenizers on the val split")
     ax.set_xticklabels(langs)
     ax.legend(fontsize=8)
@@ -294,10 +294,12 @@ def plot_sft_compare(base, outs, path):
     plt = pyplot()
     names = ["base", *outs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(names, [base["exact_match"]] + [v["heldout_tuned"]["exact_match"] for v in outs.values()],
-            color=["tab:gray"] + ["tab:blue"] * len(outs))
-    ax1.set(ylabel="held-out exact match", ylim=(0, 1), title="05 answers (greedy)")
-    ax2.bar(list(outs), [v["corpus_val_loss"]["change"] for v in outs.values()], color="tab:red")
+    bars = ax1.bar(names, [base["exact_match"]] + [v["heldout_tuned"]["exact_match"] for v in outs.values()],
+                   color=["tab:gray"] + ["tab:blue"] * len(outs))
+    ax1.bar_label(bars, fmt="%.3f", fontsize=8)           # a zero is a bar of height 0: say it in numbers
+    ax1.set(ylabel="held-out exact match", ylim=(0, 1.1), title="05 answers (greedy)")
+    bars = ax2.bar(list(outs), [v["corpus_val_loss"]["change"] for v in outs.values()], color="tab:red")
+    ax2.bar_label(bars, fmt="%+.3f", fontsize=8)
     ax2.axhline(0, c="gray", lw=0.8)
     ax2.set(ylabel="Δ pretraining val loss (nats/token)", title="forgetting (higher = more)")
     for ax in (ax1, ax2):
@@ -488,16 +490,21 @@ def drawn(figs, name, plot, *args):
     return figs / name
 
 
-def section_of(stage: str, run: Path, figs: Path) -> Section:
-    if not (REPO / SCRIPTS[stage]).is_file():
-        return Section(stage, stage, headline="not in this checkout")
+def section_of(stage: str, run: Path, figs) -> Section:
+    """The stage's section; figs: the folder to draw report_*.png into (None: draw nothing)."""
+    if not (REPO / SCRIPTS[stage]).is_file():                 # a later stage not merged yet
+        s = SECTIONS[stage](run, None)
+        s.headline, s.passed, s.body = f"not in this checkout ({SCRIPTS[stage]} is absent)", None, ""
+        return s
     return SECTIONS[stage](run, figs)
 
 
 def headline_of(stage: str, run) -> str:
     """One stage's headline and verdict, for run_all's progress line (no figures drawn)."""
-    if stage not in SECTIONS:
-        return ""
+    if stage in ("wordpiece", "unigram"):               # their rows join the tokenizer section
+        o = outcome(Path(run), stage)
+        r = o["rows"][0] if o else None
+        return f"{r['tokenizer']} vocab {r['vocab_size']:,}: {r['all']:.2f} bytes/token on val" if r else "not run"
     s = section_of(stage, Path(run), None)
     return f"{s.headline}{'' if s.passed is None else ' | ' + verdict(s.passed)}"
 
@@ -525,7 +532,8 @@ def write_report(run) -> Path:
         lines += ["", "## Time per stage", "", "Wall seconds of each stage's latest run (run_all.json), on the machine "
                   "that ran it at that moment: a shared machine makes them noisy.", "", markdown_table(rows, ["stage", "wall s"])]
     for s in sections:
-        lines += ["", f"## {s.title}", "", f"**{verdict(s.passed)}** {s.headline}" + (f" (bar: {s.bar})" if s.bar else "")]
+        mark = "" if s.passed is None else f"**{verdict(s.passed)}** "
+        lines += ["", f"## {s.title}", "", f"{mark}{s.headline}" + (f" (bar: {s.bar})" if s.bar else "")]
         if s.body:
             lines += ["", s.body]
     path = run / "report.md"
