@@ -105,9 +105,9 @@ STAGES = [
     Stage("grpo", "06_rlhf_dpo/grpo.py", "grpo", needs_tasks=True,
           flags={**TINY, "micro": ["--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens",
                                    "4", "--micro-batch", "4", "--eval-limit", "4", "--eval-samples", "1",
-                                   "--save-interval", "1"]}),
+                                   "--save-interval", "1", "--shots", "0"]}),
     Stage("rl_compare", "06_rlhf_dpo/rl_compare.py", "rl_compare", needs_tasks=True,
-          flags={**TINY, "micro": ["--limit", "4", "--max-new-tokens", "4", "--arith-tokens", "4"]}),
+          flags={**TINY, "micro": ["--limit", "4", "--max-new-tokens", "4", "--arith-tokens", "4", "--shots", "0"]}),
     # 07: compression and serving, all of the pretrained model (the teacher) unless a stage picks sft/.
     Stage("distill", "07_distill_quant/distill.py", "distill",
           flags={**TINY, "micro": ["--methods", "scratch,logit", "--steps", "3", "--batch-size", "4",
@@ -175,28 +175,23 @@ def run_folder(cfg: RunAllConfig) -> Path:
 
 
 def plan(cfg: RunAllConfig, from_stage=None, only_stage=None) -> list:
-    """[(stage, reason to skip or None)] in order, for the stages this invocation concerns."""
-    out, started = [], from_stage is None
-    for s in STAGES:
-        started = started or s.name == from_stage
-        if only_stage:
-            if s.name == only_stage:
-                out.append((s, None if (REPO / s.script).is_file() else "not in this checkout"))
-            continue
-        if not started:
-            continue
-        if s.optional and s.name not in cfg.add:
-            continue
-        if not (REPO / s.script).is_file():
-            reason = "not in this checkout"
-        elif cfg.preset not in s.flags:
-            reason = f"has no {cfg.preset} preset"
-        elif s.needs_tasks and cfg.data:
-            reason = "needs the synthetic task sets (data/tasks/), which --data text does not make"
-        else:
-            reason = None
-        out.append((s, reason))
-    return out
+    """[(stage, why it is skipped, or None)] in order, for the stages this invocation concerns."""
+    if only_stage:
+        chosen = [s for s in STAGES if s.name == only_stage]
+    else:
+        start = STAGE_NAMES.index(from_stage) if from_stage else 0
+        chosen = [s for s in STAGES[start:] if not s.optional or s.name in cfg.add]
+    return [(s, skip_reason(s, cfg)) for s in chosen]
+
+
+def skip_reason(s: Stage, cfg: RunAllConfig):
+    if not (REPO / s.script).is_file():
+        return "not in this checkout"
+    if cfg.preset not in s.flags:
+        return f"has no {cfg.preset} preset"
+    if s.needs_tasks and cfg.data:
+        return "needs the synthetic task sets (data/tasks/), which --data text does not make"
+    return None
 
 
 def command(stage: Stage, cfg: RunAllConfig, run: Path, overwrite: bool) -> list:
@@ -232,6 +227,7 @@ def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
             f.write(line)
+            f.flush()                                   # `tail -f` on the log follows the stage
             if show_output:
                 print("    " + line, end="", flush=True)
         proc.wait()
