@@ -44,7 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 # Cross-stage imports (README, "How the code is laid out").
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, markdown_table, option, parse_config, read_json, run_cli, write_json  # 01_data
+from common import (UserError, markdown_table, option, parse_config, read_json, run_cli, set_interrupt_hint,  # 01_data
+                    write_json)
 
 import report
 
@@ -149,9 +150,10 @@ class RunAllConfig:
 
 
 def add_stage_flags(parser):
-    parser.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, default=None,
-                        help="rerun this stage and every later one, reusing the earlier stages' folders")
-    parser.add_argument("--only", dest="only_stage", choices=STAGE_NAMES, default=None,
+    parser.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, default=None, metavar="STAGE",
+                        help="rerun this stage and every later one, reusing the earlier stages' folders; "
+                             "STAGE is one of " + ", ".join(STAGE_NAMES))
+    parser.add_argument("--only", dest="only_stage", choices=STAGE_NAMES, default=None, metavar="STAGE",
                         help="run only this stage (its inputs must already be in the run folder)")
 
 
@@ -274,6 +276,7 @@ def main(argv=None):
             continue
         if sys.stdout.isatty():                         # a terminal sees which stage is running now
             print(f"{head} running ...", end="\r", flush=True)
+        set_interrupt_hint(f"in stage {stage.name}; resume with `{resume_command(cfg, stage.name)}`")
         t0 = time.time()
         rc, log_text = run_stage(stage, command(stage, cfg, run, overwrite), run / "logs" / f"{stage.name}.log",
                                  cfg.show_output)
