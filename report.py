@@ -152,13 +152,14 @@ def tokenizer_section(run, figs) -> Section:
     table = [{"tokenizer": r["tokenizer"], "vocab": f"{r['vocab_size']:,}", "train s": r.get("train_s", "-"),
               **{k: num(r.get(k), 2) if isinstance(r.get(k), float) else r.get(k, "-") for k in langs}} for r in rows]
     s.body = "\n\n".join([markdown_table(table, ["tokenizer", "vocab", "train s", *langs]),
+                          "WordPiece and Unigram collapse runs of whitespace, which flatters their bytes/token.",
                           figure(drawn(figs, "report_tokenizer.png", plot_tokenizers, rows, langs), "bytes per token")])
     return s
 
 
 def plot_tokenizers(rows, langs, path):
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(9.5, 3.8))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
         ax.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(langs))],
@@ -166,7 +167,7 @@ def plot_tokenizers(rows, langs, path):
     ax.set(xticks=list(range(len(langs))), ylabel="UTF-8 bytes per token (higher: shorter)",
            title="02 tokenizers on the val split")
     ax.set_xticklabels(langs)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the bars, never over them
     save_figure(fig, path)
 
 

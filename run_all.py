@@ -81,7 +81,7 @@ STAGES = [
           flags={**TINY, "micro": ["--vocab-size", "400"]}),
     Stage("pretrain", "04_pretrain/pretrain.py", "pretrain", run_flag="--data",
           flags={"tiny": [], "small": ["--preset", "small"], "gpt2": ["--preset", "gpt2"],
-                 "micro": ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64",
+                 "micro": ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "128",
                            "--batch-size", "8", "--max-steps", "30", "--warmup-steps", "3", "--lr", "0.01",
                            "--min-lr", "0.001", "--eval-interval", "15", "--eval-batches", "2"]}),
     Stage("scaling", "04_pretrain/scaling.py", "scaling", run_flag="--data", optional=True,
