@@ -54,10 +54,6 @@ def outcome(run: Path, folder: str, name: str = "outcome.json"):
     return read_json(d / name) if finished(d) and (d / name).is_file() else None
 
 
-def read_records(path: Path) -> list:
-    return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()] if path.is_file() else []
-
-
 def num(x, digits=3, sign=False) -> str:
     """A number as text; a missing one as '-' and a NaN/inf visibly so (never hidden as a number)."""
     if x is None:
@@ -187,26 +183,10 @@ def pretrain_section(run, figs) -> Section:
         ("unigram baseline (nats/token)", num(o["unigram_val_loss"])), ("final train loss", num(o["train_loss"])),
         ("tokens/s", f"{o['tokens_per_s']:,.0f} ({o['device']}, {o['dtype']})"),
         ("MFU", num(o.get("mfu")))]]
-    records = read_records(run / "pretrain" / "metrics.jsonl")
     s.body = "\n\n".join([markdown_table(rows, ["quantity", "value"]),
-                          figure(drawn(figs, "report_pretrain.png", plot_pretrain, records, o), "loss curves")])
+                          figure(run / "pretrain" / "loss.png", "train and val loss against the unigram baseline "
+                                                                "(pretrain.py's plot)")])
     return s
-
-
-def plot_pretrain(records, o, path):
-    plt = pyplot()
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    if train:
-        ax.plot(*zip(*train), lw=1, label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", label="val loss")
-    ax.axhline(o["unigram_val_loss"], ls="--", c="gray", label=f"unigram baseline {o['unigram_val_loss']:.2f}")
-    ax.axhline(o["unigram_val_loss"] - 2, ls=":", c="tab:red", label="bar: 2 nats below unigram")
-    ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title="04 pretraining: train and val loss")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
 
 
 def scaling_section(run, figs) -> Section:
