@@ -344,8 +344,8 @@ def rl_compare_section(run, figs) -> Section:
     s.passed = bool(methods) and len(wins) == len(methods)
     s.headline = (f"{len(wins)} of {len(methods)} methods beat SFT on their own metric"
                   + (f" ({', '.join(wins)})" if wins else ""))
-    columns = list(o["rows"][0]) if o["rows"] else []
-    s.body = "\n\n".join([markdown_table(o["rows"], columns), *[f"- {m}" for m in o.get("missing", [])],
+    columns = list(dict.fromkeys(k for r in o["rows"] for k in r))     # SFT's row has no "own metric" columns
+    s.body = "\n\n".join([markdown_table(o["rows"], columns), "\n".join(f"- {m}" for m in o.get("missing", [])),
                           figure(run / "rl_compare" / "compare.png", "alignment comparison")])
     return s
 
