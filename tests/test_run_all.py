@@ -171,3 +171,12 @@ def test_last_error_line_prefers_the_stages_error_line():
     assert run_all.last_error_line("step 1\nerror: x is wrong; fix it\n", 2) == "x is wrong; fix it"
     assert run_all.last_error_line("Traceback ...\nKeyError: 'k'\n", 1) == "KeyError: 'k'"
     assert run_all.last_error_line("", 1) == "exit code 1 with no output"
+
+
+@pytest.mark.parametrize("args, message", [([], "pass --run"), (["--run", "no_such_run"], "no such run folder"),
+                                           (["--bogus"], "unrecognized")])
+def test_report_bad_input_gives_one_error_line_and_exit_2(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, str(REPO / "report.py"), *args], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
