@@ -277,25 +277,8 @@ def sft_compare_section(run, figs) -> Section:
         "Forgetting: change of the pretraining val loss (nats/token) after fine-tuning; higher = more forgotten.",
         markdown_table(rows, ["method", "trainable", "exact match", "token F1", "answer acc", "forgetting",
                               "file KiB", "train CPU s"]),
-        figure(drawn(figs, "report_sft.png", plot_sft_compare, base, outs), "exact match and forgetting per method")])
+        figure(run / "sft_compare" / "compare.png", "answers and forgetting per method (compare.py's plot)")])
     return s
-
-
-def plot_sft_compare(base, outs, path):
-    plt = pyplot()
-    names = ["base", *outs]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    bars = ax1.bar(names, [base["exact_match"]] + [v["heldout_tuned"]["exact_match"] for v in outs.values()],
-                   color=["tab:gray"] + ["tab:blue"] * len(outs))
-    ax1.bar_label(bars, fmt="%.3f", fontsize=8)           # a zero is a bar of height 0: say it in numbers
-    ax1.set(ylabel="held-out exact match", ylim=(0, 1.1), title="05 answers (greedy)")
-    bars = ax2.bar(list(outs), [v["corpus_val_loss"]["change"] for v in outs.values()], color="tab:red")
-    ax2.bar_label(bars, fmt="%+.3f", fontsize=8)
-    ax2.axhline(0, c="gray", lw=0.8)
-    ax2.set(ylabel="Δ pretraining val loss (nats/token)", title="forgetting (higher = more)")
-    for ax in (ax1, ax2):
-        ax.tick_params(axis="x", rotation=30)
-    save_figure(fig, path)
 
 
 def reward_model_section(run, figs) -> Section:
