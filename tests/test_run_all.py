@@ -1,0 +1,182 @@
+"""run_all.py and report.py: the micro pipeline end to end, its report card, resuming, failing, bad flags.
+
+One micro run (every stage of this checkout with a few seconds of work each, OMP_NUM_THREADS=1) is
+shared by the tests below; they copy it before changing anything.
+"""
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import report  # noqa: E402
+import run_all  # noqa: E402
+from common import check_artifact, read_json  # noqa: E402  (01_data, on the path via pyproject)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def run_all_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(REPO / "run_all.py"), *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def folder_hashes(run: Path, folders) -> dict:
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for f in folders for p in sorted((run / f).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    """(run folder, the run's stdout, the stages that ran) of one micro pipeline run."""
+    base = tmp_path_factory.mktemp("run_all")
+    run = base / "runs" / "smoke"
+    proc = run_all_cli("--preset", "micro", "--run", run, cwd=base)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cfg = run_all.RunAllConfig(preset="micro")
+    ran = [s for s, skip in run_all.plan(cfg) if skip is None]
+    return run, proc.stdout, ran
+
+
+def test_micro_pipeline_writes_every_stage_artifact_with_a_manifest(micro):
+    run, out, ran = micro
+    assert [s.name for s in ran][:5] == ["data", "tokenizer", "wordpiece", "unigram", "pretrain"]
+    for stage in ran:
+        manifest = check_artifact(run / stage.folder, made_by=stage.script)   # present, complete, undamaged, current
+        assert manifest.get("status", "complete") == "complete"
+        assert (run / "logs" / f"{stage.name}.log").is_file()
+    lines = [l for l in out.splitlines() if re.match(r"\[\s*\d+/\d+\] ", l)]
+    assert len(lines) == len(run_all.plan(run_all.RunAllConfig(preset="micro")))   # one line per stage
+    for stage in ran:                               # its line carries its wall time and the headline
+        line = next(l for l in lines if l.split("] ", 1)[1].split()[0] == stage.name)
+        assert re.search(r"\d s ", line) and "not run" not in line, line
+    times = read_json(run / "run_all.json")["seconds"]
+    assert set(times) == {s.name for s in ran} and all(v > 0 for v in times.values())
+
+
+def test_report_has_every_section_a_verdict_per_stage_and_no_missing_or_nan_number(micro):
+    run, _, ran = micro
+    text = (run / "report.md").read_text(encoding="utf-8")
+    assert not re.search(r"\bnan\b|\binf\b", text, re.IGNORECASE), "a NaN or inf number in the report"
+    top = text.split("\n## ")[0]
+    for stage in report.SECTIONS:
+        row = next(l for l in top.splitlines() if l.startswith(f"| {stage} |"))
+        if stage in {s.name for s in ran} and stage not in ("wordpiece", "unigram"):
+            assert "not run" not in row and re.search(r"\| (PASS|FAIL|-) \|$", row), row
+            assert re.search(r"\d", row.split("|")[2]), f"no number in the headline of {stage}: {row}"
+    for stage, section in report.SECTIONS.items():  # every section is there, ran or not
+        title = report.section_of(stage, run, None).title
+        assert f"\n## {title}\n" in text, title
+    for png in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):   # every image the report links exists
+        assert (run / png).is_file(), png
+    assert (run / "report_cleaning.png").is_file() and (run / "report_tokenizer.png").is_file()
+    # the headline numbers are the stage's own: the pretraining line quotes outcome.json's val loss
+    o = read_json(run / "pretrain" / "outcome.json")
+    assert f"val loss {o['best_val_loss']:.3f}" in top
+
+
+def test_report_of_an_empty_run_says_not_run_and_a_folder_without_manifest_does_not_count(tmp_path, micro):
+    run = tmp_path / "empty"
+    (run / "data").mkdir(parents=True)
+    shutil.copy(micro[0] / "data" / "stats.json", run / "data" / "stats.json")   # numbers, but no manifest
+    text = report.write_report(run).read_text(encoding="utf-8")
+    top = text.split("\n## ")[0]
+    for stage in report.SECTIONS:
+        row = next(l for l in top.splitlines() if l.startswith(f"| {stage} |"))
+        assert "not run" in row or "not in this checkout" in row, row
+        assert row.endswith("| - |")
+    assert "PASS" not in text and "FAIL" not in text
+
+
+def test_from_reruns_that_stage_on_and_reuses_the_earlier_ones(micro, tmp_path):
+    run = tmp_path / "runs" / "smoke"
+    shutil.copytree(micro[0], run)
+    last = micro[2][-1]                              # the cheapest rerun: the last stage that ran
+    earlier = [s.folder for s in micro[2][:-1]]
+    before = folder_hashes(run, earlier)
+    created = read_json(run / last.folder / "manifest.json")["created"]
+    proc = run_all_cli("--preset", "micro", "--run", run, "--from", last.name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert folder_hashes(run, earlier) == before      # reused, not rewritten
+    assert "--overwrite" in (run / "logs" / f"{last.name}.log").read_text().splitlines()[0]
+    check_artifact(run / last.folder, made_by=last.script)
+    assert read_json(run / last.folder / "manifest.json")["created"] >= created
+    stage_lines = [l for l in proc.stdout.splitlines() if re.match(r"\[\s*\d+/\d+\] ", l)]
+    assert [l for l in stage_lines if "skipped" not in l] == [stage_lines[0]] and last.name in stage_lines[0]
+
+
+def test_a_failing_stage_stops_the_run_with_its_error_and_the_resume_command(micro, tmp_path):
+    run = tmp_path / "runs" / "smoke"
+    shutil.copytree(micro[0], run)
+    (run / "pretrain" / "best.pt").unlink()           # sft must refuse the damaged pretraining run
+    before = folder_hashes(run, ["data", "tokens", "pretrain", "sft"])
+    proc = run_all_cli("--preset", "micro", "--run", run, "--from", "sft", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "stage sft failed" in errors[0] and "best.pt" in errors[0]
+    assert f"run_all.py --preset micro --run {run} --from sft" in errors[0]
+    assert "FAILED" in proc.stdout and "sft_compare" not in proc.stdout    # stopped there
+    assert folder_hashes(run, ["data", "tokens", "pretrain", "sft"]) == before
+
+
+def test_a_fresh_run_refuses_to_overwrite_an_existing_one(micro, tmp_path):
+    proc = run_all_cli("--preset", "micro", "--run", micro[0], cwd=tmp_path)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "--preset"),
+    (["--from", "nosuch"], "--from"),
+    (["--only", "sft", "--from", "sft"], "exclude each other"),
+    (["--nproc", "0"], "--nproc"),
+    (["--add", "pretrain"], "not an optional stage"),
+    (["--data", "no_such_file.txt"], "no_such_file.txt"),
+    (["--bogus"], "unrecognized"),
+])
+def test_bad_flags_give_one_error_line_and_exit_2(tmp_path, args, message):
+    proc = run_all_cli("--run", tmp_path / "r", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_plan_and_commands_follow_the_flags():
+    cfg = run_all.RunAllConfig(preset="tiny", data=["a.txt"])
+    plan = dict((s.name, skip) for s, skip in run_all.plan(cfg))
+    assert plan["data"] is None and plan["pretrain"] is None
+    assert plan["sft"] and "task sets" in plan["sft"]               # --data text has no task sets
+    assert "scaling" not in plan                                      # optional unless --add
+    stage = {s.name: s for s in run_all.STAGES}
+    assert run_all.command(stage["data"], cfg, Path("runs/x"), False)[-2:] == ["--input", "a.txt"]
+    assert run_all.command(stage["pretrain"], cfg, Path("runs/x"), False)[2:] == ["--data", "runs/x"]  # own defaults
+    gpu = run_all.RunAllConfig(preset="gpt2", nproc=4)
+    cmd = run_all.command(stage["pretrain"], gpu, Path("runs/g"), True)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=4"]
+    assert cmd[-3:] == ["--preset", "gpt2", "--overwrite"]
+    only = run_all.plan(run_all.RunAllConfig(), only_stage="pretrain")
+    assert [s.name for s, _ in only] == ["pretrain"]
+    names = [s.name for s, _ in run_all.plan(run_all.RunAllConfig(add=["scaling"]), from_stage="pretrain")]
+    assert names[:3] == ["pretrain", "scaling", "sft"]
+
+
+def test_last_error_line_prefers_the_stages_error_line():
+    assert run_all.last_error_line("step 1\nerror: x is wrong; fix it\n", 2) == "x is wrong; fix it"
+    assert run_all.last_error_line("Traceback ...\nKeyError: 'k'\n", 1) == "KeyError: 'k'"
+    assert run_all.last_error_line("", 1) == "exit code 1 with no output"
+
+
+@pytest.mark.parametrize("args, message", [([], "pass --run"), (["--run", "no_such_run"], "no such run folder"),
+                                           (["--bogus"], "unrecognized")])
+def test_report_bad_input_gives_one_error_line_and_exit_2(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, str(REPO / "report.py"), *args], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
