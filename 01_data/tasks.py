@@ -5,7 +5,7 @@ held-out part chosen by entity so no held-out question's subject appears in the 
 
     sft_*.jsonl          {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                           "subject": entity name, "answer": short answer string}; the train part also
-                          holds 900 arithmetic conversations (subject "arithmetic <i>") in the answer format
+                          holds 180 arithmetic conversations (subject "arithmetic <i>") in the answer format
     preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
                           "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
                           the rule states why `chosen` is better (the ground truth for 06's reward model / DPO)
@@ -106,8 +106,9 @@ def task_records(w, seed):
                       "heldout": i % 10 == 0})
     # SFT also sees some word problems in the answer format, so the SFT model answers "The answer is N."
     # and is right sometimes: GRPO (06) learns only from groups whose rewards differ.
+    # (a few: 900 of them drowned the 225 fact questions and SFT stopped copying names from the question)
     sft += [{"messages": r["messages"], "subject": f"arithmetic {i}", "answer": str(r["answer"]), "heldout": False}
-            for i, r in enumerate(arith[:1000]) if not r["heldout"]]
+            for i, r in enumerate(arith[:200]) if not r["heldout"]]
     recall = [{**r, "heldout": is_heldout(r["subject"])} for r in recall_probes(w)]
     return {"sft": sft, "preference": pref, "arithmetic": arith, "recall": recall}
 
