@@ -38,7 +38,7 @@ from train_state import CHANGEABLE
 
 @dataclass
 class TrainConfig:
-    """One pretraining run. The defaults are the `tiny` preset: CPU, generated corpus, 1200 steps of
+    """One pretraining run. The defaults are the `tiny` preset: CPU, generated corpus, 1000 steps of
     2048 tokens (~3 epochs of runs/tiny), 1.1M params, a few minutes on a laptop; the loss passes
     the unigram baseline within ~30 steps. Why several epochs: the world's 60 people are each
     described in many documents, and a fact must be seen many times before the model recalls it
@@ -66,7 +66,7 @@ class TrainConfig:
     schedule: str = option("cosine", "warmup then cosine decay, or warmup-stable-decay", choices=("cosine", "wsd"))
     warmup_steps: int = option(30, "steps of linear warmup (fewer than max_steps)", min=0)
     decay_frac: float = option(0.2, "wsd: fraction of max_steps spent decaying", min=0.0, max=1.0)
-    max_steps: int = option(1200, "optimizer steps in the run", min=1)
+    max_steps: int = option(1000, "optimizer steps in the run", min=1)
     weight_decay: float = option(0.1, "AdamW decoupled weight decay on matrices", min=0.0)
     beta1: float = option(0.9, "Adam first-moment decay", min=0.0, max=0.999999)
     beta2: float = option(0.95, "Adam second-moment decay", min=0.0, max=0.999999)

@@ -74,7 +74,7 @@ class GRPOConfig:
     heldout_file: str = option("", "held-out problems; empty = <run>/data/tasks/arithmetic_heldout.jsonl")
     reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
     shots: int = option(1, "solved problems shown before each question (taken from the train file)", min=0)
-    steps: int = option(40, "GRPO steps (each: rollouts, then `epochs` passes of updates)", min=1)
+    steps: int = option(25, "GRPO steps (each: rollouts, then `epochs` passes of updates)", min=1)
     prompts_per_step: int = option(8, "problems per step", min=1)
     group_size: int = option(8, "answers sampled per problem, G (>= 2)", min=0)
     max_new_tokens: int = option(10, "longest answer", min=1)
