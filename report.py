@@ -193,9 +193,17 @@ def pretrain_section(run, figs) -> Section:
         ("unigram baseline (nats/token)", num(o["unigram_val_loss"])), ("final train loss", num(o["train_loss"])),
         ("tokens/s", f"{o['tokens_per_s']:,.0f} ({o['device']}, {o['dtype']})"),
         ("MFU", num(o.get("mfu")))]]
-    s.body = "\n\n".join([markdown_table(rows, ["quantity", "value"]),
-                          figure(run / "pretrain" / "loss.png", "train and val loss against the unigram baseline "
-                                                                "(pretrain.py's plot)")])
+    parts = [markdown_table(rows, ["quantity", "value"]),
+             figure(run / "pretrain" / "loss.png", "train and val loss against the unigram baseline (pretrain.py's plot)")]
+    recall = o.get("fact_recall")
+    if recall:   # fact_recall.py: does the base know its world? (held-out subjects, greedy completions)
+        s.headline += f"; fact recall {recall['all']['accuracy']:.2f} (majority baseline {recall['all']['majority_baseline']:.2f})"
+        parts.append("Fact recall of best.pt on the held-out subjects (greedy completion of \"<name> works as\", ...; "
+                     "the majority baseline always answers the commonest value among the train subjects):\n\n"
+                     + markdown_table([{"attribute": a, "n": r["n"], "recall": num(r["accuracy"]),
+                                        "majority baseline": num(r["majority_baseline"])} for a, r in recall.items()],
+                                      ["attribute", "n", "recall", "majority baseline"]))
+    s.body = "\n\n".join(parts)
     return s
 
 

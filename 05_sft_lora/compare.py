@@ -119,7 +119,8 @@ def plot(outcomes, path):
     xs, width = np.arange(len(names)), 0.27
     for i, key in enumerate(("exact_match", "token_f1", "answer_acc")):
         ax1.bar(xs + (i - 1) * width, [e.get(key, 0) for e in evals], width, label=key)
-    ax1.set(xticks=xs, xticklabels=names, ylim=(0, 1), title="held-out subjects, greedy answers")
+    ax1.set(xticks=xs, xticklabels=names, ylim=(0, 1), ylabel="share of held-out questions",
+            title="held-out subjects, greedy answers")
     ax1.legend()
     ax2.bar(xs[1:], [o["corpus_val_loss"]["change"] for o in outcomes.values()], color="tab:red")
     ax2.axhline(0, c="gray", lw=0.8)

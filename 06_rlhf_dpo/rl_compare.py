@@ -167,11 +167,14 @@ def plot(results, path):
     axes[0].bar(tuned, [x["win_rate"] for x in w], yerr=[[x["win_rate"] - x["low"] for x in w],
                                                           [x["high"] - x["win_rate"] for x in w]], capsize=4)
     axes[0].axhline(0.5, ls=":", c="grey")
-    axes[0].set(ylim=(0, 1), title="win rate vs SFT (ground-truth rule, 95% CI)")
-    for ax, key, title in ((axes[1], "rm_score", "reward-model score"), (axes[2], "pair_acc", "pair accuracy"),
-                           (axes[3], "pass@1", "arithmetic pass@1 (greedy)")):
+    axes[0].set(ylim=(0, 1), ylabel="share of held-out prompts won (ties = ½)",
+                title="win rate vs SFT (ground-truth rule, 95% CI)")
+    for ax, key, title, unit in ((axes[1], "rm_score", "reward-model score", "mean reward (RM units)"),
+                                 (axes[2], "pair_acc", "pair accuracy", "share of held-out pairs"),
+                                 (axes[3], "pass@1", "arithmetic pass@1 (greedy)", "share solved")):
         ax.bar(names, [results[n].get(key) or 0.0 for n in names], color=["C7"] + ["C0"] * (len(names) - 1))
-        ax.set(title=title)
+        ax.set(title=title, ylabel=unit)
+        ax.set_ylim(bottom=0)
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
     save_figure(fig, path)
