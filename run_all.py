@@ -111,7 +111,8 @@ STAGES = [
           flags={**TINY, "micro": ["--limit", "4", "--max-new-tokens", "4", "--arith-tokens", "4", "--shots", "0"]}),
     # 07: compression and serving, all of the pretrained model (the teacher) unless a stage picks sft/.
     Stage("distill", "07_distill_quant/distill.py", "distill",
-          flags={**TINY, "micro": ["--methods", "scratch,logit", "--steps", "3", "--batch-size", "4",
+          flags={**TINY, "micro": ["--methods", "scratch,logit", "--student-layers", "1", "--student-embd", "16",
+                                   "--steps", "3", "--batch-size", "4",
                                    "--warmup-steps", "1", "--eval-windows", "2", "--eval-limit", "2",
                                    "--max-new-tokens", "4", "--speed-tokens", "4", "--speed-repeats", "1"]}),
     Stage("speculative", "07_distill_quant/speculative.py", "speculative",

@@ -108,7 +108,7 @@ def generated_documents(cfg: PrepareConfig):
     world = build_world(WorldConfig(seed=cfg.seed))
     extra = cfg.noise_frac * 1.2  # fresh documents to turn into noise
     target = {domain: share * cfg.chars * (1 + extra) for domain, share in cfg.mix.items()}
-    docs = []
+    docs, generated = [], 0
     for round_ in range(4):
         # A small world repeats itself, so near-duplicates are dropped; then each domain that fell short
         # of its share is topped up (else mix.py would later have to cut every other domain to match).
@@ -119,7 +119,8 @@ def generated_documents(cfg: PrepareConfig):
         if not short:
             break
         more = generate_corpus(world, cfg.seed + 1000 * round_, sum(short.values()),
-                               {domain: c / sum(short.values()) for domain, c in short.items()}, first_id=len(docs))
+                               {domain: c / sum(short.values()) for domain, c in short.items()}, first_id=generated)
+        generated += len(more)          # ids never repeat, even of documents dropped as near-duplicates
         docs = unique_documents(docs + more, cfg.split_threshold)
     random.Random(cfg.seed + 2).shuffle(docs)
     rng = random.Random(cfg.seed + 3)
