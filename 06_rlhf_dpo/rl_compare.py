@@ -172,9 +172,10 @@ def plot(results, path):
     for ax, key, title, unit in ((axes[1], "rm_score", "reward-model score", "mean reward (RM units)"),
                                  (axes[2], "pair_acc", "pair accuracy", "share of held-out pairs"),
                                  (axes[3], "pass@1", "arithmetic pass@1 (greedy)", "share solved")):
-        ax.bar(names, [results[n].get(key) or 0.0 for n in names], color=["C7"] + ["C0"] * (len(names) - 1))
-        ax.set(title=title, ylabel=unit)
-        ax.set_ylim(bottom=0)
+        values = [results[n].get(key) or 0.0 for n in names]
+        ax.bar(names, values, color=["C7"] + ["C0"] * (len(names) - 1))
+        low, high = min(0.0, *values), max(0.0, *values)              # the axis includes 0 (RM scores may be < 0)
+        ax.set(title=title, ylabel=unit, ylim=(1.1 * low, 1.1 * high if high > low else low + 1.0))
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
     save_figure(fig, path)
