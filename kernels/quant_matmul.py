@@ -53,7 +53,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError  # noqa: E402  01_data
+from common import UserError, run_cli  # noqa: E402  01_data
 
 if not torch.cuda.is_available():  # must be set before the kernels are decorated
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -490,7 +490,10 @@ def weight_bytes_per_element(bits, group_size, symmetric=True, in_features=4096)
     return bits / 8 + per_group / (group_size or in_features)
 
 
-if __name__ == "__main__":  # a quick look: quantization error and kernel vs reference on one small layer
+def main(argv=None):
+    """A quick look: quantization error and kernel vs reference on one small layer."""
+    if argv:
+        raise UserError(f"unexpected arguments {' '.join(argv)}; run `python kernels/quant_matmul.py` with none")
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16
@@ -503,3 +506,7 @@ if __name__ == "__main__":  # a quick look: quantization error and kernel vs ref
         print(f"{name:<15} max|Ŵ - W| {err_w:.4f}  max|kernel - reference| {(y - ref).abs().max().item():.2e}  "
               f"{weight_bytes_per_element(qw.bits, qw.group_size, qw.symmetric, 256):.3f} bytes/weight"
               f"{' (interpreter)' if INTERPRET else ''}")
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])
