@@ -40,11 +40,10 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+from common import UserError, markdown_table, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
 
 from bpe import GPT4_PATTERN, MIN_VOCAB_SIZE, SPECIAL_TOKENS, BPETokenizer, train_merges, train_merges_naive, word_counts_of  # same stage
 from bpe_fast import train_merges_fast  # same stage
-from tokenizer_eval import format_table  # same stage
 
 SHARED_TEXT = REPO.parent / "shared" / "data" / "text"
 
@@ -158,9 +157,9 @@ def main(argv=None):
         print(enc_rows[-1], flush=True)
     naive = None if cfg.quick else time_naive(next(iter(texts.values())))
 
-    enc_table = format_table(enc_rows, ["corpus", "MB", "vocab", "reference_MB_s", "fast_MB_s", "tiktoken_MB_s",
+    enc_table = markdown_table(enc_rows, ["corpus", "MB", "vocab", "reference_MB_s", "fast_MB_s", "tiktoken_MB_s",
                                         "reference_vs_tiktoken_x", "fast_vs_tiktoken_x", "speedup_x"])
-    train_table = format_table(train_rows, ["corpus", "vocab", "distinct_words", "pretokenize_s",
+    train_table = markdown_table(train_rows, ["corpus", "vocab", "distinct_words", "pretokenize_s",
                                             "reference_merges_s", "fast_merges_s", "speedup_x",
                                             "reference_total_s", "fast_total_s"])
     print(f"\nencoding, one call on the whole text, empty cache (x = CPU seconds / tiktoken's)\n{enc_table}"

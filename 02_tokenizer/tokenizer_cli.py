@@ -28,13 +28,13 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import (check_artifact, claim_output, command_line, parse_config, read_jsonl, run_cli,  # 01_data
+from common import (check_artifact, claim_output, command_line, markdown_table, parse_config, read_jsonl, run_cli,  # 01_data
                     run_lock, set_interrupt_hint, staged_dir, write_json, write_manifest)
 
 import bpe  # same stage
 from bpe import BPEConfig, BPETokenizer, check_bpe_config  # same stage
 from token_shards import write_token_shards  # same stage
-from tokenizer_eval import format_table, gpt2_tiktoken, measured_row, plot_bytes_per_token  # same stage
+from tokenizer_eval import COLUMNS, gpt2_tiktoken, measured_row, plot_bytes_per_token  # same stage
 
 
 def add_run_flags(parser):
@@ -81,7 +81,7 @@ def train_and_report(name, train, save, *, out, docs, config, command, overwrite
         gpt2 = gpt2_tiktoken()
         if gpt2 is not None:
             rows.append(measured_row("GPT-2 (tiktoken)", gpt2.n_vocab, "-", gpt2.encode_ordinary, val))
-        table = format_table(rows)
+        table = markdown_table(rows, COLUMNS)
         example = " | ".join(tok.tokenize(val[0]["text"][:120])).replace("\n", "\\n") if val else ""
         print(f"\nbytes per token on val ({len(val)} documents)\n{table}\nexample: {example}")
         with staged_dir(out) as tmp:

@@ -23,7 +23,7 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import markdown_table, pyplot, save_figure  # 01_data
+from common import pyplot, save_figure  # 01_data
 
 from bpe import BPETokenizer  # same stage
 
@@ -60,11 +60,6 @@ def gpt2_tiktoken(files=GPT2_FILES):
 def measured_row(name, vocab_size, train_s, encode, docs) -> dict:
     """One row of the table: a tokenizer's bytes/token on `docs`, per group."""
     return {"tokenizer": name, "vocab_size": vocab_size, "train_s": train_s, **bytes_per_token(encode, docs)}
-
-
-def format_table(rows, columns=COLUMNS) -> str:
-    """The tokenizer comparison as a markdown table."""
-    return markdown_table(rows, columns)
 
 
 def plot_bytes_per_token(rows, path, title="bytes per token on val (higher = shorter sequences)"):
