@@ -20,6 +20,7 @@ It lives at the root beside run_all.py because it reads every stage and belongs 
 import only from earlier ones). run_all.py also imports `headline_of` to print each stage's line as
 soon as the stage ends.
 """
+
 import json
 import math
 import sys
@@ -29,14 +30,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 # Cross-stage imports (README, "How the code is laid out").
 sys.path[:0] = [str(REPO / "01_data")]
-from common import (UserError, atomic_write_text, markdown_table, option, parse_config, pyplot, read_json,  # 01_data
-                    run_cli, save_figure)
+from common import (
+    UserError,
+    atomic_write_text,
+    markdown_table,
+    option,
+    parse_config,
+    pyplot,
+    read_json,  # 01_data
+    run_cli,
+    save_figure,
+)
 
 MANIFEST = "manifest.json"
 
 
 # ----------------------------------------------------------------------------------------------------
 # Reading a run: only finished stages count
+
 
 def finished(folder: Path) -> bool:
     """A stage's folder holds a finished run: its manifest is there (written last) and says complete."""
@@ -67,11 +78,12 @@ def num(x, digits=3, sign=False) -> str:
 @dataclass
 class Section:
     """What one stage contributes: its headline line, the bar it is held to, the verdict, the body."""
+
     stage: str
     title: str
     headline: str = "not run"
     bar: str = ""
-    passed: bool = None             # None: not run, or the bar does not apply (e.g. no labels on real text)
+    passed: bool = None  # None: not run, or the bar does not apply (e.g. no labels on real text)
     body: str = ""
 
 
@@ -85,9 +97,13 @@ RECALL_NOT_PROMISED = ("toxic", "bias")
 
 
 def data_section(run, figs) -> Section:
-    s = Section("data", "01 Data: cleaning, dedup, mixing, splits",
-                bar="precision >= 0.95 for every injected noise type, recall >= 0.95 for all but "
-                    + " and ".join(RECALL_NOT_PROMISED) + " (filters tested on phrasings they never saw)")
+    s = Section(
+        "data",
+        "01 Data: cleaning, dedup, mixing, splits",
+        bar="precision >= 0.95 for every injected noise type, recall >= 0.95 for all but "
+        + " and ".join(RECALL_NOT_PROMISED)
+        + " (filters tested on phrasings they never saw)",
+    )
     stats = outcome(run, "data", "stats.json")
     if stats is None:
         return s
@@ -97,30 +113,61 @@ def data_section(run, figs) -> Section:
     split_line = ", ".join(f"{k} {v['docs']:,} docs" for k, v in splits.items())
     if not noise:
         s.headline = f"real input text, no injected noise to score; {split_line}"
-        s.body = markdown_table([{"split": k, "docs": f"{v['docs']:,}", "chars": f"{v['chars']:,}"}
-                                 for k, v in splits.items()], ["split", "docs", "chars"])
+        s.body = markdown_table(
+            [{"split": k, "docs": f"{v['docs']:,}", "chars": f"{v['chars']:,}"} for k, v in splits.items()],
+            ["split", "docs", "chars"],
+        )
         return s
-    below = [f"{k} P {v['precision']:.2f} R {v['recall']:.2f}" for k, v in noise.items()
-             if v["precision"] < 0.95 or (v["recall"] < 0.95 and k not in RECALL_NOT_PROMISED)]
+    below = [
+        f"{k} P {v['precision']:.2f} R {v['recall']:.2f}"
+        for k, v in noise.items()
+        if v["precision"] < 0.95 or (v["recall"] < 0.95 and k not in RECALL_NOT_PROMISED)
+    ]
     s.passed = not below
     unpromised = ", ".join(f"{k} R {noise[k]['recall']:.2f}" for k in RECALL_NOT_PROMISED if k in noise)
-    s.headline = (f"{len(noise) - len(below)} of {len(noise)} noise types at the bar"
-                  + (f"; below: {'; '.join(below)}" if below else "")
-                  + (f"; lexicon recall {unpromised}" if unpromised else "")
-                  + f"; {clean.get('wrongly_removed', 0)} of {clean.get('injected', 0):,} clean docs wrongly removed")
-    rows = [{"noise type": k, "step": v["step"], "injected": v["injected"], "caught": v["caught"],
-             "missed": v["missed"], "precision": num(v["precision"]), "recall": num(v["recall"])}
-            for k, v in noise.items()]
-    domains = [{"domain": k, "docs kept": f"{v['docs_mixed']:,}", "chars": f"{v['chars_mixed']:,}",
-                "share": f"{100 * v['share']:.1f} %"} for k, v in stats.get("domains", {}).items()]
-    s.body = "\n\n".join([
-        "Cleaning, per injected noise type (precision: of what the step flagged, the share that was this noise; "
-        "recall: of what was injected, the share caught):",
-        markdown_table(rows, ["noise type", "step", "injected", "caught", "missed", "precision", "recall"]),
-        f"Clean documents wrongly removed: {clean.get('wrongly_removed', 0)} of {clean.get('injected', 0):,}. "
-        f"Splits: {split_line}.",
-        markdown_table(domains, ["domain", "docs kept", "chars", "share"]),
-        figure(drawn(figs, "report_cleaning.png", plot_cleaning, noise), "precision and recall per noise type")])
+    s.headline = (
+        f"{len(noise) - len(below)} of {len(noise)} noise types at the bar"
+        + (f"; below: {'; '.join(below)}" if below else "")
+        + (f"; lexicon recall {unpromised}" if unpromised else "")
+        + f"; {clean.get('wrongly_removed', 0)} of {clean.get('injected', 0):,} clean docs wrongly removed"
+    )
+    rows = [
+        {
+            "noise type": k,
+            "step": v["step"],
+            "injected": v["injected"],
+            "caught": v["caught"],
+            "missed": v["missed"],
+            "precision": num(v["precision"]),
+            "recall": num(v["recall"]),
+        }
+        for k, v in noise.items()
+    ]
+    domains = [
+        {
+            "domain": k,
+            "docs kept": f"{v['docs_mixed']:,}",
+            "chars": f"{v['chars_mixed']:,}",
+            "share": f"{100 * v['share']:.1f} %",
+        }
+        for k, v in stats.get("domains", {}).items()
+    ]
+    s.body = "\n\n".join(
+        [
+            "Cleaning, per injected noise type (precision: of what the step flagged, the share that was this noise; "
+            "recall: of what was injected, the share caught):",
+            markdown_table(
+                rows, ["noise type", "step", "injected", "caught", "missed", "precision", "recall"]
+            ),
+            f"Clean documents wrongly removed: {clean.get('wrongly_removed', 0)} of {clean.get('injected', 0):,}. "
+            f"Splits: {split_line}.",
+            markdown_table(domains, ["domain", "docs kept", "chars", "share"]),
+            figure(
+                drawn(figs, "report_cleaning.png", plot_cleaning, noise),
+                "precision and recall per noise type",
+            ),
+        ]
+    )
     return s
 
 
@@ -129,37 +176,64 @@ def plot_cleaning(noise, path):
     names = list(noise)
     fig, ax = plt.subplots(figsize=(9, 3.8))
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [noise[n]["precision"] for n in names], 0.4, label="precision", color="tab:blue")
-    ax.bar([x + 0.2 for x in xs], [noise[n]["recall"] for n in names], 0.4, label="recall", color="tab:orange")
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [noise[n]["precision"] for n in names],
+        0.4,
+        label="precision",
+        color="tab:blue",
+    )
+    ax.bar(
+        [x + 0.2 for x in xs], [noise[n]["recall"] for n in names], 0.4, label="recall", color="tab:orange"
+    )
     ax.axhline(0.95, ls="--", c="gray", lw=1, label="bar 0.95")
-    ax.set(xticks=list(xs), ylim=(0, 1.15), ylabel="share of documents",
-           title="01 cleaning: precision and recall per injected noise type")
+    ax.set(
+        xticks=list(xs),
+        ylim=(0, 1.15),
+        ylabel="share of documents",
+        title="01 cleaning: precision and recall per injected noise type",
+    )
     ax.set_xticklabels(names, rotation=25, ha="right")
     ax.legend(loc="upper center", ncol=3, fontsize=8)
     save_figure(fig, path)
 
 
 def tokenizer_section(run, figs) -> Section:
-    s = Section("tokenizer", "02 Tokenizer: bytes per token on val text",
-                bar="our BPE packs more bytes per token than GPT-2's tokenizer on this corpus")
+    s = Section(
+        "tokenizer",
+        "02 Tokenizer: bytes per token on val text",
+        bar="our BPE packs more bytes per token than GPT-2's tokenizer on this corpus",
+    )
     bpe = outcome(run, "tokenizer")
     if bpe is None:
         return s
     rows = list(bpe["rows"])
-    for other in ("wordpiece", "unigram"):               # their outcome repeats BPE's and GPT-2's rows: keep theirs
+    for other in ("wordpiece", "unigram"):  # their outcome repeats BPE's and GPT-2's rows: keep theirs
         o = outcome(run, other)
         rows += [r for r in (o or {}).get("rows", []) if not r["tokenizer"].startswith(("ours", "GPT-2"))]
     ours = next(r for r in rows if "ours" in r["tokenizer"] or "BPE" in r["tokenizer"])
     gpt2 = next((r for r in rows if "GPT-2" in r["tokenizer"]), None)
     s.headline = f"BPE vocab {ours['vocab_size']:,}: {ours['all']:.2f} bytes/token on val" + (
-        f" (GPT-2: {gpt2['all']:.2f})" if gpt2 else "")
+        f" (GPT-2: {gpt2['all']:.2f})" if gpt2 else ""
+    )
     s.passed = None if gpt2 is None else ours["all"] > gpt2["all"]
     langs = [k for k in ("english", "chinese", "code", "all") if k in ours]
-    table = [{"tokenizer": r["tokenizer"], "vocab": f"{r['vocab_size']:,}", "train s": r.get("train_s", "-"),
-              **{k: num(r.get(k), 2) if isinstance(r.get(k), float) else r.get(k, "-") for k in langs}} for r in rows]
-    s.body = "\n\n".join([markdown_table(table, ["tokenizer", "vocab", "train s", *langs]),
-                          "WordPiece and Unigram collapse runs of whitespace, which flatters their bytes/token.",
-                          figure(drawn(figs, "report_tokenizer.png", plot_tokenizers, rows, langs), "bytes per token")])
+    table = [
+        {
+            "tokenizer": r["tokenizer"],
+            "vocab": f"{r['vocab_size']:,}",
+            "train s": r.get("train_s", "-"),
+            **{k: num(r.get(k), 2) if isinstance(r.get(k), float) else r.get(k, "-") for k in langs},
+        }
+        for r in rows
+    ]
+    s.body = "\n\n".join(
+        [
+            markdown_table(table, ["tokenizer", "vocab", "train s", *langs]),
+            "WordPiece and Unigram collapse runs of whitespace, which flatters their bytes/token.",
+            figure(drawn(figs, "report_tokenizer.png", plot_tokenizers, rows, langs), "bytes per token"),
+        ]
+    )
     return s
 
 
@@ -168,12 +242,19 @@ def plot_tokenizers(rows, langs, path):
     fig, ax = plt.subplots(figsize=(9.5, 3.8))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        ax.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(langs))],
-               [r.get(k) if isinstance(r.get(k), (int, float)) else 0 for k in langs], width, label=r["tokenizer"])
-    ax.set(xticks=list(range(len(langs))), ylabel="UTF-8 bytes per token (higher: shorter)",
-           title="02 tokenizers on the val split")
+        ax.bar(
+            [j + (i - (len(rows) - 1) / 2) * width for j in range(len(langs))],
+            [r.get(k) if isinstance(r.get(k), (int, float)) else 0 for k in langs],
+            width,
+            label=r["tokenizer"],
+        )
+    ax.set(
+        xticks=list(range(len(langs))),
+        ylabel="UTF-8 bytes per token (higher: shorter)",
+        title="02 tokenizers on the val split",
+    )
     ax.set_xticklabels(langs)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # beside the bars, never over them
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     save_figure(fig, path)
 
 
@@ -184,49 +265,95 @@ def pretrain_section(run, figs) -> Section:
         return s
     gap = o["unigram_val_loss"] - o["best_val_loss"]
     s.passed = gap >= 2.0
-    s.headline = (f"val loss {o['best_val_loss']:.3f} nats/token ({o['best_val_bpb']:.3f} bits/byte) vs unigram "
-                  f"{o['unigram_val_loss']:.3f}: {gap:.2f} nats below")
-    rows = [{"quantity": k, "value": v} for k, v in [
-        ("parameters", f"{o['params']:,}"), ("steps", f"{o['steps']:,} ({o['status']})"),
-        ("tokens seen", f"{o['tokens_seen']:,}"), ("best val loss (nats/token)", num(o["best_val_loss"])),
-        ("at step", f"{o['best_step']:,}"), ("best val bits/byte", num(o["best_val_bpb"])),
-        ("unigram baseline (nats/token)", num(o["unigram_val_loss"])), ("final train loss", num(o["train_loss"])),
-        ("tokens/s", f"{o['tokens_per_s']:,.0f} ({o['device']}, {o['dtype']})"),
-        ("MFU", num(o.get("mfu")))]]
-    parts = [markdown_table(rows, ["quantity", "value"]),
-             figure(run / "pretrain" / "loss.png", "train and val loss against the unigram baseline (pretrain.py's plot)")]
+    s.headline = (
+        f"val loss {o['best_val_loss']:.3f} nats/token ({o['best_val_bpb']:.3f} bits/byte) vs unigram "
+        f"{o['unigram_val_loss']:.3f}: {gap:.2f} nats below"
+    )
+    rows = [
+        {"quantity": k, "value": v}
+        for k, v in [
+            ("parameters", f"{o['params']:,}"),
+            ("steps", f"{o['steps']:,} ({o['status']})"),
+            ("tokens seen", f"{o['tokens_seen']:,}"),
+            ("best val loss (nats/token)", num(o["best_val_loss"])),
+            ("at step", f"{o['best_step']:,}"),
+            ("best val bits/byte", num(o["best_val_bpb"])),
+            ("unigram baseline (nats/token)", num(o["unigram_val_loss"])),
+            ("final train loss", num(o["train_loss"])),
+            ("tokens/s", f"{o['tokens_per_s']:,.0f} ({o['device']}, {o['dtype']})"),
+            ("MFU", num(o.get("mfu"))),
+        ]
+    ]
+    parts = [
+        markdown_table(rows, ["quantity", "value"]),
+        figure(
+            run / "pretrain" / "loss.png",
+            "train and val loss against the unigram baseline (pretrain.py's plot)",
+        ),
+    ]
     recall = o.get("fact_recall")
-    if recall:   # fact_recall.py: does the base know its world? (held-out subjects, greedy completions)
+    if recall:  # fact_recall.py: does the base know its world? (held-out subjects, greedy completions)
         s.headline += f"; fact recall {recall['all']['accuracy']:.2f} (majority baseline {recall['all']['majority_baseline']:.2f})"
-        parts.append("Fact recall of best.pt on the held-out subjects (greedy completion of \"<name> works as\", ...; "
-                     "the majority baseline always answers the commonest value among the train subjects):\n\n"
-                     + markdown_table([{"attribute": a, "n": r["n"], "recall": num(r["accuracy"]),
-                                        "majority baseline": num(r["majority_baseline"])} for a, r in recall.items()],
-                                      ["attribute", "n", "recall", "majority baseline"]))
+        parts.append(
+            'Fact recall of best.pt on the held-out subjects (greedy completion of "<name> works as", ...; '
+            "the majority baseline always answers the commonest value among the train subjects):\n\n"
+            + markdown_table(
+                [
+                    {
+                        "attribute": a,
+                        "n": r["n"],
+                        "recall": num(r["accuracy"]),
+                        "majority baseline": num(r["majority_baseline"]),
+                    }
+                    for a, r in recall.items()
+                ],
+                ["attribute", "n", "recall", "majority baseline"],
+            )
+        )
     s.body = "\n\n".join(parts)
     return s
 
 
 def scaling_section(run, figs) -> Section:
-    s = Section("scaling", "04 Scaling-law fit (optional: `--add scaling`)",
-                bar="the fit's exponents alpha and beta are positive (loss falls with N and with D)")
+    s = Section(
+        "scaling",
+        "04 Scaling-law fit (optional: `--add scaling`)",
+        bar="the fit's exponents alpha and beta are positive (loss falls with N and with D)",
+    )
     o = outcome(run, "scaling", "scaling.json")
     if o is None:
         return s
     f = o["fit"]
     s.passed = f["alpha"] > 0 and f["beta"] > 0
-    s.headline = (f"L = {f['E']:.2f} + {f['A']:.3g}/N^{f['alpha']:.2f} + {f['B']:.3g}/D^{f['beta']:.2f}, "
-                  f"RMS error {f['rms']:.4f} nats over {len(o['runs'])} runs")
-    rows = [{"layers": r["n_layer"], "width": r["n_embd"], "N": f"{r['N']:,}", "D": f"{r['D']:,}",
-             "val loss": num(r["val_loss"])} for r in o["runs"]]
-    s.body = "\n\n".join([markdown_table(rows, ["layers", "width", "N", "D", "val loss"]),
-                          figure(run / "scaling" / "scaling.png", "scaling fit (scaling.py's plot)")])
+    s.headline = (
+        f"L = {f['E']:.2f} + {f['A']:.3g}/N^{f['alpha']:.2f} + {f['B']:.3g}/D^{f['beta']:.2f}, "
+        f"RMS error {f['rms']:.4f} nats over {len(o['runs'])} runs"
+    )
+    rows = [
+        {
+            "layers": r["n_layer"],
+            "width": r["n_embd"],
+            "N": f"{r['N']:,}",
+            "D": f"{r['D']:,}",
+            "val loss": num(r["val_loss"]),
+        }
+        for r in o["runs"]
+    ]
+    s.body = "\n\n".join(
+        [
+            markdown_table(rows, ["layers", "width", "N", "D", "val loss"]),
+            figure(run / "scaling" / "scaling.png", "scaling fit (scaling.py's plot)"),
+        ]
+    )
     return s
 
 
 def overfit_section(run, figs) -> Section:
-    s = Section("overfit", "04 Overfitting and regularization (optional: `--add overfit`)",
-                bar="a regularized variant closes part of the train/val gap")
+    s = Section(
+        "overfit",
+        "04 Overfitting and regularization (optional: `--add overfit`)",
+        bar="a regularized variant closes part of the train/val gap",
+    )
     o = outcome(run, "overfit", "overfit.json")
     if o is None:
         return s
@@ -234,11 +361,25 @@ def overfit_section(run, figs) -> Section:
     best = max(rows, key=lambda r: r["excess_closed"])
     s.passed = best["excess_closed"] > 0
     s.headline = f"best variant {best['variant']}: val {best['best_val']:.3f}, {100 * best['excess_closed']:.0f} % of the excess closed"
-    s.body = "\n\n".join([markdown_table([{"variant": r["variant"], "train": num(r["train"]), "val": num(r["val"]),
-                                           "gap": num(r["gap"]), "best val": num(r["best_val"]),
-                                           "excess closed": f"{100 * r['excess_closed']:.0f} %"} for r in rows],
-                                         ["variant", "train", "val", "gap", "best val", "excess closed"]),
-                          figure(run / "overfit" / "overfit.png", "overfitting curves (overfit.py's plot)")])
+    s.body = "\n\n".join(
+        [
+            markdown_table(
+                [
+                    {
+                        "variant": r["variant"],
+                        "train": num(r["train"]),
+                        "val": num(r["val"]),
+                        "gap": num(r["gap"]),
+                        "best val": num(r["best_val"]),
+                        "excess closed": f"{100 * r['excess_closed']:.0f} %",
+                    }
+                    for r in rows
+                ],
+                ["variant", "train", "val", "gap", "best val", "excess closed"],
+            ),
+            figure(run / "overfit" / "overfit.png", "overfitting curves (overfit.py's plot)"),
+        ]
+    )
     return s
 
 
@@ -249,24 +390,39 @@ def sft_section(run, figs) -> Section:
         return s
     b, t = o["heldout_base"], o["heldout_tuned"]
     s.passed = t["exact_match"] > b["exact_match"]
-    s.headline = (f"{o['method']}: held-out exact match {b['exact_match']:.3f} (base) -> {t['exact_match']:.3f} "
-                  f"on {t['n']} conversations; forgetting {o['corpus_val_loss']['change']:+.3f} nats")
-    rows = [{"model": "base + template", **eval_cells(b)}, {"model": f"after SFT ({o['method']})", **eval_cells(t)}]
-    s.body = "\n\n".join([
-        markdown_table(rows, ["model", "exact match", "token F1", "answer acc"]),
-        f"Trainable parameters {o['params']['trainable']:,} of {o['params']['total']:,} "
-        f"({o['params']['percent']:.2f} %); {o['steps']} steps ({o['stopped']}); pretraining val loss "
-        f"{o['corpus_val_loss']['before']:.3f} -> {o['corpus_val_loss']['after']:.3f} (forgetting if it rises)."])
+    s.headline = (
+        f"{o['method']}: held-out exact match {b['exact_match']:.3f} (base) -> {t['exact_match']:.3f} "
+        f"on {t['n']} conversations; forgetting {o['corpus_val_loss']['change']:+.3f} nats"
+    )
+    rows = [
+        {"model": "base + template", **eval_cells(b)},
+        {"model": f"after SFT ({o['method']})", **eval_cells(t)},
+    ]
+    s.body = "\n\n".join(
+        [
+            markdown_table(rows, ["model", "exact match", "token F1", "answer acc"]),
+            f"Trainable parameters {o['params']['trainable']:,} of {o['params']['total']:,} "
+            f"({o['params']['percent']:.2f} %); {o['steps']} steps ({o['stopped']}); pretraining val loss "
+            f"{o['corpus_val_loss']['before']:.3f} -> {o['corpus_val_loss']['after']:.3f} (forgetting if it rises).",
+        ]
+    )
     return s
 
 
 def eval_cells(e) -> dict:
-    return {"exact match": num(e["exact_match"]), "token F1": num(e["token_f1"]), "answer acc": num(e.get("answer_acc"))}
+    return {
+        "exact match": num(e["exact_match"]),
+        "token F1": num(e["token_f1"]),
+        "answer acc": num(e.get("answer_acc")),
+    }
 
 
 def sft_compare_section(run, figs) -> Section:
-    s = Section("sft_compare", "05 Fine-tuning methods compared (same base, data, steps, seed)",
-                bar="every method's exact match above the base model's")
+    s = Section(
+        "sft_compare",
+        "05 Fine-tuning methods compared (same base, data, steps, seed)",
+        bar="every method's exact match above the base model's",
+    )
     o = outcome(run, "sft_compare", "compare.json")
     if o is None:
         return s
@@ -275,17 +431,43 @@ def sft_compare_section(run, figs) -> Section:
     beats = {m: v["heldout_tuned"]["exact_match"] > base["exact_match"] for m, v in outs.items()}
     s.passed = all(beats.values())
     best = max(outs, key=lambda m: outs[m]["heldout_tuned"]["exact_match"])
-    s.headline = (f"best {best}: exact match {outs[best]['heldout_tuned']['exact_match']:.3f} (base "
-                  f"{base['exact_match']:.3f}); {sum(beats.values())} of {len(beats)} methods beat the base")
+    s.headline = (
+        f"best {best}: exact match {outs[best]['heldout_tuned']['exact_match']:.3f} (base "
+        f"{base['exact_match']:.3f}); {sum(beats.values())} of {len(beats)} methods beat the base"
+    )
     rows = [{"method": "base (template only)", "trainable": "0", **eval_cells(base), "forgetting": "-"}]
-    rows += [{"method": m, "trainable": f"{v['params']['trainable']:,} ({v['params']['percent']:.2f} %)",
-              **eval_cells(v["heldout_tuned"]), "forgetting": num(v["corpus_val_loss"]["change"], sign=True),
-              "file KiB": f"{v['file_kib']:.0f}", "train CPU s": f"{v['train_cpu_s']:.0f}"} for m, v in outs.items()]
-    s.body = "\n\n".join([
-        "Forgetting: change of the pretraining val loss (nats/token) after fine-tuning; higher = more forgotten.",
-        markdown_table(rows, ["method", "trainable", "exact match", "token F1", "answer acc", "forgetting",
-                              "file KiB", "train CPU s"]),
-        figure(run / "sft_compare" / "compare.png", "answers and forgetting per method (compare.py's plot)")])
+    rows += [
+        {
+            "method": m,
+            "trainable": f"{v['params']['trainable']:,} ({v['params']['percent']:.2f} %)",
+            **eval_cells(v["heldout_tuned"]),
+            "forgetting": num(v["corpus_val_loss"]["change"], sign=True),
+            "file KiB": f"{v['file_kib']:.0f}",
+            "train CPU s": f"{v['train_cpu_s']:.0f}",
+        }
+        for m, v in outs.items()
+    ]
+    s.body = "\n\n".join(
+        [
+            "Forgetting: change of the pretraining val loss (nats/token) after fine-tuning; higher = more forgotten.",
+            markdown_table(
+                rows,
+                [
+                    "method",
+                    "trainable",
+                    "exact match",
+                    "token F1",
+                    "answer acc",
+                    "forgetting",
+                    "file KiB",
+                    "train CPU s",
+                ],
+            ),
+            figure(
+                run / "sft_compare" / "compare.png", "answers and forgetting per method (compare.py's plot)"
+            ),
+        ]
+    )
     return s
 
 
@@ -298,14 +480,18 @@ def reward_model_section(run, figs) -> Section:
     s.passed = h["accuracy"] > 0.5
     s.headline = f"held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}; at init {o['heldout_at_init']['accuracy']:.3f})"
     per = [{"rule": k, "accuracy": num(v)} for k, v in h.get("per_rule", {}).items()]
-    s.body = "\n\n".join([markdown_table(per, ["rule", "accuracy"]), figure(run / "rm" / "rm.png", "reward model")])
+    s.body = "\n\n".join(
+        [markdown_table(per, ["rule", "accuracy"]), figure(run / "rm" / "rm.png", "reward model")]
+    )
     return s
 
 
 # method folder -> (key in its heldout_before/after, what the key measures)
-RL_METRICS = {"dpo": ("heldout_ranks_chosen", "share of held-out pairs with log π(y_w) > log π(y_l)"),
-              "ppo": ("reward", "held-out greedy reward-model score"),
-              "grpo": ("pass@1_greedy", "held-out arithmetic pass@1 (greedy)")}
+RL_METRICS = {
+    "dpo": ("heldout_ranks_chosen", "share of held-out pairs with log π(y_w) > log π(y_l)"),
+    "ppo": ("reward", "held-out greedy reward-model score"),
+    "grpo": ("pass@1_greedy", "held-out arithmetic pass@1 (greedy)"),
+}
 
 
 def rl_method_section(name):
@@ -321,28 +507,42 @@ def rl_method_section(name):
         s.headline = f"{what}: {before:.3f} -> {after:.3f} in {o['steps']} steps"
         s.body = figure(run / name / f"{name}.png", f"{name} training")
         return s
+
     return section
 
 
 def rl_compare_section(run, figs) -> Section:
-    s = Section("rl_compare", "06 Alignment methods against SFT (same held-out prompts, greedy)",
-                bar="each method beats SFT on the metric it optimizes")
+    s = Section(
+        "rl_compare",
+        "06 Alignment methods against SFT (same held-out prompts, greedy)",
+        bar="each method beats SFT on the metric it optimizes",
+    )
     o = outcome(run, "rl_compare", "compare.json")
     if o is None:
         return s
     methods = [r for r in o["rows"] if r.get("beats SFT") in ("yes", "no")]
     wins = [r["method"] for r in methods if r["beats SFT"] == "yes"]
     s.passed = bool(methods) and len(wins) == len(methods)
-    s.headline = (f"{len(wins)} of {len(methods)} methods beat SFT on their own metric"
-                  + (f" ({', '.join(wins)})" if wins else ""))
-    columns = list(dict.fromkeys(k for r in o["rows"] for k in r))     # SFT's row has no "own metric" columns
-    s.body = "\n\n".join([markdown_table(o["rows"], columns), "\n".join(f"- {m}" for m in o.get("missing", [])),
-                          figure(run / "rl_compare" / "compare.png", "alignment comparison")])
+    s.headline = f"{len(wins)} of {len(methods)} methods beat SFT on their own metric" + (
+        f" ({', '.join(wins)})" if wins else ""
+    )
+    columns = list(dict.fromkeys(k for r in o["rows"] for k in r))  # SFT's row has no "own metric" columns
+    s.body = "\n\n".join(
+        [
+            markdown_table(o["rows"], columns),
+            "\n".join(f"- {m}" for m in o.get("missing", [])),
+            figure(run / "rl_compare" / "compare.png", "alignment comparison"),
+        ]
+    )
     return s
 
 
 def distill_section(run, figs) -> Section:
-    s = Section("distill", "07 Distillation", bar="a distilled student beats the student trained from scratch (val loss)")
+    s = Section(
+        "distill",
+        "07 Distillation",
+        bar="a distilled student beats the student trained from scratch (val loss)",
+    )
     o = outcome(run, "distill")
     if o is None:
         return s
@@ -351,21 +551,41 @@ def distill_section(run, figs) -> Section:
     if "scratch" in rows and students:
         best = min(students, key=lambda k: students[k]["val_loss"])
         s.passed = students[best]["val_loss"] < rows["scratch"]["val_loss"]
-        s.headline = (f"best student {best}: val loss {students[best]['val_loss']:.3f} vs scratch "
-                      f"{rows['scratch']['val_loss']:.3f}, teacher {rows['teacher']['val_loss']:.3f}")
+        s.headline = (
+            f"best student {best}: val loss {students[best]['val_loss']:.3f} vs scratch "
+            f"{rows['scratch']['val_loss']:.3f}, teacher {rows['teacher']['val_loss']:.3f}"
+        )
     else:
         s.headline = "no scratch baseline or no distilled student in this run"
-    table = [{"model": k, "params": f"{v['params']:,}", "val loss": num(v["val_loss"]), "val ppl": num(v["val_ppl"], 2),
-              "exact match": num(v.get("exact_match")), "gap closed": num(v.get("gap_closed")),
-              "gen tok/s": num(v.get("gen_tok_s"), 0)} for k, v in rows.items()]
-    s.body = "\n\n".join([markdown_table(table, ["model", "params", "val loss", "val ppl", "exact match", "gap closed",
-                                                 "gen tok/s"]), figure(run / "distill" / "distill.png", "distillation")])
+    table = [
+        {
+            "model": k,
+            "params": f"{v['params']:,}",
+            "val loss": num(v["val_loss"]),
+            "val ppl": num(v["val_ppl"], 2),
+            "exact match": num(v.get("exact_match")),
+            "gap closed": num(v.get("gap_closed")),
+            "gen tok/s": num(v.get("gen_tok_s"), 0),
+        }
+        for k, v in rows.items()
+    ]
+    s.body = "\n\n".join(
+        [
+            markdown_table(
+                table, ["model", "params", "val loss", "val ppl", "exact match", "gap closed", "gen tok/s"]
+            ),
+            figure(run / "distill" / "distill.png", "distillation"),
+        ]
+    )
     return s
 
 
 def speculative_section(run, figs) -> Section:
-    s = Section("speculative", "07 Speculative decoding",
-                bar="greedy speculative output identical to the teacher's on every prompt")
+    s = Section(
+        "speculative",
+        "07 Speculative decoding",
+        bar="greedy speculative output identical to the teacher's on every prompt",
+    )
     o = outcome(run, "speculative")
     if o is None:
         return s
@@ -375,12 +595,29 @@ def speculative_section(run, figs) -> Section:
     if same and all(x is not None for x in same):
         s.passed = all(a == b for a, b in (x.split("/") for x in same))
     best = max(drafted, key=lambda r: r["speedup"]) if drafted else None
-    s.headline = (f"best {best['draft']} k={best['k']}: {best['speedup']:.2f}x the teacher alone, acceptance "
-                  f"{best['accept_rate']:.2f}" if best else "no draft setting in this run")
-    table = [{"draft": r["draft"], "k": r["k"], "accept rate": num(r.get("accept_rate")), "tok/s": num(r["tok_s"], 0),
-              "speedup": num(r["speedup"], 2), "identical": r.get("identical_to_teacher") or "-"} for r in rows]
-    s.body = "\n\n".join([markdown_table(table, ["draft", "k", "accept rate", "tok/s", "speedup", "identical"]),
-                          figure(run / "speculative" / "speculative.png", "speculative decoding")])
+    s.headline = (
+        f"best {best['draft']} k={best['k']}: {best['speedup']:.2f}x the teacher alone, acceptance "
+        f"{best['accept_rate']:.2f}"
+        if best
+        else "no draft setting in this run"
+    )
+    table = [
+        {
+            "draft": r["draft"],
+            "k": r["k"],
+            "accept rate": num(r.get("accept_rate")),
+            "tok/s": num(r["tok_s"], 0),
+            "speedup": num(r["speedup"], 2),
+            "identical": r.get("identical_to_teacher") or "-",
+        }
+        for r in rows
+    ]
+    s.body = "\n\n".join(
+        [
+            markdown_table(table, ["draft", "k", "accept rate", "tok/s", "speedup", "identical"]),
+            figure(run / "speculative" / "speculative.png", "speculative decoding"),
+        ]
+    )
     return s
 
 
@@ -391,12 +628,28 @@ def prune_section(run, figs) -> Section:
         return s
     rows = o["rows"]
     s.passed = all(r["ppl_recovered"] <= r["ppl_pruned"] for r in rows)
-    s.headline = "; ".join(f"{r['variant']} ppl {r['ppl_pruned']:.1f} -> {r['ppl_recovered']:.1f}" for r in rows[:3])
-    table = [{"variant": r["variant"], "removed": r["removed"], "nonzero params": f"{r['nonzero_params']:,}",
-              "ppl pruned": num(r["ppl_pruned"], 2), "ppl recovered": num(r["ppl_recovered"], 2),
-              "file KiB": num(r["file_kib"], 0)} for r in rows]
-    s.body = "\n\n".join([markdown_table(table, ["variant", "removed", "nonzero params", "ppl pruned", "ppl recovered",
-                                                 "file KiB"]), figure(run / "prune" / "prune.png", "pruning")])
+    s.headline = "; ".join(
+        f"{r['variant']} ppl {r['ppl_pruned']:.1f} -> {r['ppl_recovered']:.1f}" for r in rows[:3]
+    )
+    table = [
+        {
+            "variant": r["variant"],
+            "removed": r["removed"],
+            "nonzero params": f"{r['nonzero_params']:,}",
+            "ppl pruned": num(r["ppl_pruned"], 2),
+            "ppl recovered": num(r["ppl_recovered"], 2),
+            "file KiB": num(r["file_kib"], 0),
+        }
+        for r in rows
+    ]
+    s.body = "\n\n".join(
+        [
+            markdown_table(
+                table, ["variant", "removed", "nonzero params", "ppl pruned", "ppl recovered", "file KiB"]
+            ),
+            figure(run / "prune" / "prune.png", "pruning"),
+        ]
+    )
     return s
 
 
@@ -408,49 +661,111 @@ def quantize_section(run, figs) -> Section:
     by = {r["format"]: r for r in o["rows"]}
     if "int8" in by:
         s.passed = by["int8"]["ppl_change_pct"] <= 1.0
-    parts = [f"{k} {by[k]['ppl_change_pct']:+.2f} % ppl at {by[k]['vs_fp32_bytes']:.2f}x the fp32 bytes"
-             for k in ("int8", "int4-g32") if k in by]
+    parts = [
+        f"{k} {by[k]['ppl_change_pct']:+.2f} % ppl at {by[k]['vs_fp32_bytes']:.2f}x the fp32 bytes"
+        for k in ("int8", "int4-g32")
+        if k in by
+    ]
     s.headline = "; ".join(parts) or f"saved {o['saved_format']}"
-    table = [{"format": r["format"], "bytes": f"{r['bytes']:,}", "x fp32": num(r["vs_fp32_bytes"]),
-              "val ppl": num(r["val_ppl"], 3), "change": num(r["ppl_change_pct"], 2, sign=True) + " %",
-              "exact match": num(r.get("exact_match")), "tok/s": num(r.get("tok_s"), 0)} for r in o["rows"]]
-    s.body = "\n\n".join([markdown_table(table, ["format", "bytes", "x fp32", "val ppl", "change", "exact match", "tok/s"]),
-                          *[f"- {g}" for g in o.get("goals", [])], figure(run / "quant" / "quant.png", "quantization")])
+    table = [
+        {
+            "format": r["format"],
+            "bytes": f"{r['bytes']:,}",
+            "x fp32": num(r["vs_fp32_bytes"]),
+            "val ppl": num(r["val_ppl"], 3),
+            "change": num(r["ppl_change_pct"], 2, sign=True) + " %",
+            "exact match": num(r.get("exact_match")),
+            "tok/s": num(r.get("tok_s"), 0),
+        }
+        for r in o["rows"]
+    ]
+    s.body = "\n\n".join(
+        [
+            markdown_table(table, ["format", "bytes", "x fp32", "val ppl", "change", "exact match", "tok/s"]),
+            *[f"- {g}" for g in o.get("goals", [])],
+            figure(run / "quant" / "quant.png", "quantization"),
+        ]
+    )
     return s
 
 
 def serve_section(run, figs) -> Section:
-    s = Section("serve", "07 Serving: batching policies on one request stream",
-                bar="continuous batching serves more tokens/s than static batching, with the same tokens")
+    s = Section(
+        "serve",
+        "07 Serving: batching policies on one request stream",
+        bar="continuous batching serves more tokens/s than static batching, with the same tokens",
+    )
     o = outcome(run, "serve", "bench_serve.json")
     if o is None:
         return s
     by = {r["policy"]: r for r in o["rows"]}
     if "continuous" in by and "static" in by:
-        s.passed = by["continuous"]["tokens_per_s"] > by["static"]["tokens_per_s"] and by["continuous"]["same_tokens"]
+        s.passed = (
+            by["continuous"]["tokens_per_s"] > by["static"]["tokens_per_s"]
+            and by["continuous"]["same_tokens"]
+        )
     s.headline = ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s" for k, v in by.items())
-    table = [{"policy": r["policy"], "tokens/s": num(r["tokens_per_s"], 0), "requests/s": num(r["requests_per_s"], 2),
-              "TTFT p50 s": num(r["ttft_p50"]), "latency p95 s": num(r["latency_p95"]),
-              "mean batch": num(r["mean_batch"], 2), "same tokens": "yes" if r["same_tokens"] else "NO"} for r in o["rows"]]
-    s.body = "\n\n".join([f"Setup: {o.get('setup', '')}", markdown_table(table, list(table[0]) if table else []),
-                          figure(run / "serve" / "bench_serve.png", "serving")])
+    table = [
+        {
+            "policy": r["policy"],
+            "tokens/s": num(r["tokens_per_s"], 0),
+            "requests/s": num(r["requests_per_s"], 2),
+            "TTFT p50 s": num(r["ttft_p50"]),
+            "latency p95 s": num(r["latency_p95"]),
+            "mean batch": num(r["mean_batch"], 2),
+            "same tokens": "yes" if r["same_tokens"] else "NO",
+        }
+        for r in o["rows"]
+    ]
+    s.body = "\n\n".join(
+        [
+            f"Setup: {o.get('setup', '')}",
+            markdown_table(table, list(table[0]) if table else []),
+            figure(run / "serve" / "bench_serve.png", "serving"),
+        ]
+    )
     return s
 
 
-SECTIONS = {"data": data_section, "tokenizer": tokenizer_section, "pretrain": pretrain_section,
-            "scaling": scaling_section, "overfit": overfit_section, "sft": sft_section,
-            "sft_compare": sft_compare_section, "reward_model": reward_model_section,
-            "dpo": rl_method_section("dpo"), "ppo": rl_method_section("ppo"), "grpo": rl_method_section("grpo"),
-            "rl_compare": rl_compare_section, "distill": distill_section, "speculative": speculative_section,
-            "prune": prune_section, "quantize": quantize_section, "serve": serve_section}
+SECTIONS = {
+    "data": data_section,
+    "tokenizer": tokenizer_section,
+    "pretrain": pretrain_section,
+    "scaling": scaling_section,
+    "overfit": overfit_section,
+    "sft": sft_section,
+    "sft_compare": sft_compare_section,
+    "reward_model": reward_model_section,
+    "dpo": rl_method_section("dpo"),
+    "ppo": rl_method_section("ppo"),
+    "grpo": rl_method_section("grpo"),
+    "rl_compare": rl_compare_section,
+    "distill": distill_section,
+    "speculative": speculative_section,
+    "prune": prune_section,
+    "quantize": quantize_section,
+    "serve": serve_section,
+}
 # the scripts whose absence means "not in this checkout" rather than "not run"
-SCRIPTS = {"data": "01_data/prepare.py", "tokenizer": "02_tokenizer/bpe.py", "pretrain": "04_pretrain/pretrain.py",
-           "scaling": "04_pretrain/scaling.py", "overfit": "04_pretrain/overfit.py", "sft": "05_sft_lora/sft.py",
-           "sft_compare": "05_sft_lora/compare.py", "reward_model": "06_rlhf_dpo/reward_model.py",
-           "dpo": "06_rlhf_dpo/dpo.py", "ppo": "06_rlhf_dpo/ppo.py", "grpo": "06_rlhf_dpo/grpo.py",
-           "rl_compare": "06_rlhf_dpo/rl_compare.py", "distill": "07_distill_quant/distill.py",
-           "speculative": "07_distill_quant/speculative.py", "prune": "07_distill_quant/prune.py",
-           "quantize": "07_distill_quant/quantize.py", "serve": "07_distill_quant/bench_serve.py"}
+SCRIPTS = {
+    "data": "01_data/prepare.py",
+    "tokenizer": "02_tokenizer/bpe.py",
+    "pretrain": "04_pretrain/pretrain.py",
+    "scaling": "04_pretrain/scaling.py",
+    "overfit": "04_pretrain/overfit.py",
+    "sft": "05_sft_lora/sft.py",
+    "sft_compare": "05_sft_lora/compare.py",
+    "reward_model": "06_rlhf_dpo/reward_model.py",
+    "dpo": "06_rlhf_dpo/dpo.py",
+    "ppo": "06_rlhf_dpo/ppo.py",
+    "grpo": "06_rlhf_dpo/grpo.py",
+    "rl_compare": "06_rlhf_dpo/rl_compare.py",
+    "distill": "07_distill_quant/distill.py",
+    "speculative": "07_distill_quant/speculative.py",
+    "prune": "07_distill_quant/prune.py",
+    "quantize": "07_distill_quant/quantize.py",
+    "serve": "07_distill_quant/bench_serve.py",
+}
 
 
 def figure(path, alt: str) -> str:
@@ -474,7 +789,7 @@ def drawn(figs, name, plot, *args):
 
 def section_of(stage: str, run: Path, figs) -> Section:
     """The stage's section; figs: the folder to draw report_*.png into (None: draw nothing)."""
-    if not (REPO / SCRIPTS[stage]).is_file():                 # a later stage not merged yet
+    if not (REPO / SCRIPTS[stage]).is_file():  # a later stage not merged yet
         s = SECTIONS[stage](run, None)
         s.headline, s.passed, s.body = f"not in this checkout ({SCRIPTS[stage]} is absent)", None, ""
         return s
@@ -483,10 +798,14 @@ def section_of(stage: str, run: Path, figs) -> Section:
 
 def headline_of(stage: str, run) -> str:
     """One stage's headline and verdict, for run_all's progress line (no figures drawn)."""
-    if stage in ("wordpiece", "unigram"):               # their rows join the tokenizer section
+    if stage in ("wordpiece", "unigram"):  # their rows join the tokenizer section
         o = outcome(Path(run), stage)
         r = o["rows"][0] if o else None
-        return f"{r['tokenizer']} vocab {r['vocab_size']:,}: {r['all']:.2f} bytes/token on val" if r else "not run"
+        return (
+            f"{r['tokenizer']} vocab {r['vocab_size']:,}: {r['all']:.2f} bytes/token on val"
+            if r
+            else "not run"
+        )
     s = section_of(stage, Path(run), None)
     return f"{s.headline}{'' if s.passed is None else ' | ' + verdict(s.passed)}"
 
@@ -501,18 +820,32 @@ def write_report(run) -> Path:
     if not run.is_dir():
         raise UserError(f"{run}: no such run folder; run `python run_all.py --run {run.name}` first")
     sections = [section_of(stage, run, run) for stage in SECTIONS]
-    top = [{"stage": s.stage, "headline": s.headline, "bar": s.bar or "-", "result": verdict(s.passed)}
-           for s in sections]
+    top = [
+        {"stage": s.stage, "headline": s.headline, "bar": s.bar or "-", "result": verdict(s.passed)}
+        for s in sections
+    ]
     ran = [s for s in sections if s.passed is not None]
-    lines = [f"# Report card: {run}", "",
-             f"{sum(s.passed for s in ran)} of {len(ran)} stages with a verdict pass their bar; every number below is "
-             f"read from the files the stages wrote into `{run}/`.", "", markdown_table(top, ["stage", "headline", "bar", "result"])]
+    lines = [
+        f"# Report card: {run}",
+        "",
+        f"{sum(s.passed for s in ran)} of {len(ran)} stages with a verdict pass their bar; every number below is "
+        f"read from the files the stages wrote into `{run}/`.",
+        "",
+        markdown_table(top, ["stage", "headline", "bar", "result"]),
+    ]
     times = read_json(run / "run_all.json") if (run / "run_all.json").is_file() else None
     if times and times.get("seconds"):
         rows = [{"stage": k, "wall s": f"{v:.1f}"} for k, v in times["seconds"].items()]
         rows.append({"stage": "sum", "wall s": f"{sum(times['seconds'].values()):.1f}"})
-        lines += ["", "## Time per stage", "", "Wall seconds of each stage's latest run (run_all.json), on the machine "
-                  "that ran it at that moment: a shared machine makes them noisy.", "", markdown_table(rows, ["stage", "wall s"])]
+        lines += [
+            "",
+            "## Time per stage",
+            "",
+            "Wall seconds of each stage's latest run (run_all.json), on the machine "
+            "that ran it at that moment: a shared machine makes them noisy.",
+            "",
+            markdown_table(rows, ["stage", "wall s"]),
+        ]
     for s in sections:
         mark = "" if s.passed is None else f"**{verdict(s.passed)}** "
         lines += ["", f"## {s.title}", "", f"{mark}{s.headline}" + (f" (bar: {s.bar})" if s.bar else "")]

@@ -33,6 +33,7 @@ Interview questions it answers:
 - Why run stages as subprocesses, not function calls? (a fresh process per stage: no state leaks
   between stages, the memory is returned, a crash is contained, and the command is reproducible)
 """
+
 import os
 import shlex
 import subprocess
@@ -44,89 +45,367 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 # Cross-stage imports (README, "How the code is laid out").
 sys.path[:0] = [str(REPO / "01_data")]
-from common import (UserError, markdown_table, option, parse_config, read_json, run_cli, set_interrupt_hint,  # 01_data
-                    write_json)
+from common import (
+    UserError,
+    markdown_table,
+    option,
+    parse_config,
+    read_json,
+    run_cli,
+    set_interrupt_hint,  # 01_data
+    write_json,
+)
 
 import report
 
 PRESETS = ("micro", "tiny", "small", "gpt2")
-TIMES = "run_all.json"          # runs/<name>/run_all.json: wall seconds per stage
+TIMES = "run_all.json"  # runs/<name>/run_all.json: wall seconds per stage
 
 
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline: `python <script> <run flag> <run folder> <flags of the preset>`."""
+
     name: str
-    script: str                     # relative to the repository root
-    folder: str                     # the folder it writes under runs/<name>/ (done = it holds a manifest)
-    flags: dict                     # preset -> extra flags; a preset missing here skips the stage
-    run_flag: str = "--run"         # how the stage is told the run folder
-    optional: bool = False          # only with --add NAME (long experiments)
-    needs_tasks: bool = False       # reads data/tasks/ (the synthetic world's task sets; not made from --data text)
-    overwrite: bool = True          # has --overwrite (a stage that always replaces its folder has not)
+    script: str  # relative to the repository root
+    folder: str  # the folder it writes under runs/<name>/ (done = it holds a manifest)
+    flags: dict  # preset -> extra flags; a preset missing here skips the stage
+    run_flag: str = "--run"  # how the stage is told the run folder
+    optional: bool = False  # only with --add NAME (long experiments)
+    needs_tasks: bool = (
+        False  # reads data/tasks/ (the synthetic world's task sets; not made from --data text)
+    )
+    overwrite: bool = True  # has --overwrite (a stage that always replaces its folder has not)
 
 
 # Every stage's own defaults are its `tiny` run; `small`/`gpt2` use a stage's preset where it has one.
 TINY = {"tiny": [], "small": [], "gpt2": []}
-MICRO_SFT = ["--batch-size", "4", "--warmup-steps", "1", "--eval-interval", "2", "--max-new-tokens", "8",
-             "--forget-windows", "2"]
+MICRO_SFT = [
+    "--batch-size",
+    "4",
+    "--warmup-steps",
+    "1",
+    "--eval-interval",
+    "2",
+    "--max-new-tokens",
+    "8",
+    "--forget-windows",
+    "2",
+]
 STAGES = [
-    Stage("data", "01_data/prepare.py", "data", run_flag="--out",
-          flags={**TINY, "micro": ["--chars", "60000"]}),
-    Stage("tokenizer", "02_tokenizer/bpe.py", "tokens", run_flag="--data",
-          flags={**TINY, "micro": ["--vocab-size", "400"]}),
-    Stage("wordpiece", "02_tokenizer/wordpiece.py", "wordpiece", run_flag="--data",
-          flags={**TINY, "micro": ["--vocab-size", "400"]}),
-    Stage("unigram", "02_tokenizer/unigram.py", "unigram", run_flag="--data",
-          flags={**TINY, "micro": ["--vocab-size", "400"]}),
-    Stage("pretrain", "04_pretrain/pretrain.py", "pretrain", run_flag="--data",
-          flags={"tiny": [], "small": ["--preset", "small"], "gpt2": ["--preset", "gpt2"],
-                 "micro": ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "128",
-                           "--batch-size", "8", "--max-steps", "30", "--warmup-steps", "3", "--lr", "0.01",
-                           "--min-lr", "0.001", "--eval-interval", "15", "--eval-batches", "2"]}),
-    Stage("scaling", "04_pretrain/scaling.py", "scaling", run_flag="--data", optional=True,
-          flags={**TINY, "micro": ["--steps", "4,8", "--sizes", "2", "--block-size", "32", "--batch-size", "4"]}),
-    Stage("overfit", "04_pretrain/overfit.py", "overfit", run_flag="--data", optional=True,
-          flags={**TINY, "micro": ["--train-tokens", "2000", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-                                   "--block-size", "32", "--batch-size", "4", "--max-steps", "6",
-                                   "--eval-interval", "3"]}),
-    Stage("sft", "05_sft_lora/sft.py", "sft", needs_tasks=True,
-          flags={**TINY, "micro": ["--steps", "6", "--eval-limit", "4", *MICRO_SFT]}),
-    Stage("sft_compare", "05_sft_lora/compare.py", "sft_compare", needs_tasks=True,
-          flags={**TINY, "micro": ["--methods", "lora_r4", "--steps", "4", "--eval-limit", "4",
-                                   "--sft-args", " ".join(MICRO_SFT)]}),
+    Stage(
+        "data", "01_data/prepare.py", "data", run_flag="--out", flags={**TINY, "micro": ["--chars", "60000"]}
+    ),
+    Stage(
+        "tokenizer",
+        "02_tokenizer/bpe.py",
+        "tokens",
+        run_flag="--data",
+        flags={**TINY, "micro": ["--vocab-size", "400"]},
+    ),
+    Stage(
+        "wordpiece",
+        "02_tokenizer/wordpiece.py",
+        "wordpiece",
+        run_flag="--data",
+        flags={**TINY, "micro": ["--vocab-size", "400"]},
+    ),
+    Stage(
+        "unigram",
+        "02_tokenizer/unigram.py",
+        "unigram",
+        run_flag="--data",
+        flags={**TINY, "micro": ["--vocab-size", "400"]},
+    ),
+    Stage(
+        "pretrain",
+        "04_pretrain/pretrain.py",
+        "pretrain",
+        run_flag="--data",
+        flags={
+            "tiny": [],
+            "small": ["--preset", "small"],
+            "gpt2": ["--preset", "gpt2"],
+            "micro": [
+                "--n-layer",
+                "1",
+                "--n-head",
+                "2",
+                "--n-embd",
+                "32",
+                "--block-size",
+                "128",
+                "--batch-size",
+                "8",
+                "--max-steps",
+                "30",
+                "--warmup-steps",
+                "3",
+                "--lr",
+                "0.01",
+                "--min-lr",
+                "0.001",
+                "--eval-interval",
+                "15",
+                "--eval-batches",
+                "2",
+            ],
+        },
+    ),
+    Stage(
+        "scaling",
+        "04_pretrain/scaling.py",
+        "scaling",
+        run_flag="--data",
+        optional=True,
+        flags={
+            **TINY,
+            "micro": ["--steps", "4,8", "--sizes", "2", "--block-size", "32", "--batch-size", "4"],
+        },
+    ),
+    Stage(
+        "overfit",
+        "04_pretrain/overfit.py",
+        "overfit",
+        run_flag="--data",
+        optional=True,
+        flags={
+            **TINY,
+            "micro": [
+                "--train-tokens",
+                "2000",
+                "--n-layer",
+                "1",
+                "--n-embd",
+                "32",
+                "--n-head",
+                "2",
+                "--block-size",
+                "32",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "6",
+                "--eval-interval",
+                "3",
+            ],
+        },
+    ),
+    Stage(
+        "sft",
+        "05_sft_lora/sft.py",
+        "sft",
+        needs_tasks=True,
+        flags={**TINY, "micro": ["--steps", "6", "--eval-limit", "4", *MICRO_SFT]},
+    ),
+    Stage(
+        "sft_compare",
+        "05_sft_lora/compare.py",
+        "sft_compare",
+        needs_tasks=True,
+        flags={
+            **TINY,
+            "micro": [
+                "--methods",
+                "lora_r4",
+                "--steps",
+                "4",
+                "--eval-limit",
+                "4",
+                "--sft-args",
+                " ".join(MICRO_SFT),
+            ],
+        },
+    ),
     # 06: alignment. The reward model first (PPO and RLAIF use it), the methods, then their common table.
-    Stage("reward_model", "06_rlhf_dpo/reward_model.py", "rm", needs_tasks=True,
-          flags={**TINY, "micro": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3", "--hh-file", "none"]}),
-    Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", needs_tasks=True,
-          flags={**TINY, "micro": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3"]}),
-    Stage("ppo", "06_rlhf_dpo/ppo.py", "ppo", needs_tasks=True,
-          flags={**TINY, "micro": ["--steps", "2", "--rollouts", "4", "--minibatch", "4", "--ppo-epochs", "1",
-                                   "--max-new-tokens", "4", "--eval-limit", "4", "--save-interval", "1"]}),
-    Stage("grpo", "06_rlhf_dpo/grpo.py", "grpo", needs_tasks=True,
-          flags={**TINY, "micro": ["--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens",
-                                   "4", "--micro-batch", "4", "--eval-limit", "4", "--eval-samples", "1",
-                                   "--save-interval", "1", "--shots", "0"]}),
-    Stage("rl_compare", "06_rlhf_dpo/rl_compare.py", "rl_compare", needs_tasks=True,
-          flags={**TINY, "micro": ["--limit", "4", "--max-new-tokens", "4", "--arith-tokens", "4", "--shots", "0"]}),
+    Stage(
+        "reward_model",
+        "06_rlhf_dpo/reward_model.py",
+        "rm",
+        needs_tasks=True,
+        flags={
+            **TINY,
+            "micro": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3", "--hh-file", "none"],
+        },
+    ),
+    Stage(
+        "dpo",
+        "06_rlhf_dpo/dpo.py",
+        "dpo",
+        needs_tasks=True,
+        flags={**TINY, "micro": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3"]},
+    ),
+    Stage(
+        "ppo",
+        "06_rlhf_dpo/ppo.py",
+        "ppo",
+        needs_tasks=True,
+        flags={
+            **TINY,
+            "micro": [
+                "--steps",
+                "2",
+                "--rollouts",
+                "4",
+                "--minibatch",
+                "4",
+                "--ppo-epochs",
+                "1",
+                "--max-new-tokens",
+                "4",
+                "--eval-limit",
+                "4",
+                "--save-interval",
+                "1",
+            ],
+        },
+    ),
+    Stage(
+        "grpo",
+        "06_rlhf_dpo/grpo.py",
+        "grpo",
+        needs_tasks=True,
+        flags={
+            **TINY,
+            "micro": [
+                "--steps",
+                "2",
+                "--prompts-per-step",
+                "2",
+                "--group-size",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--micro-batch",
+                "4",
+                "--eval-limit",
+                "4",
+                "--eval-samples",
+                "1",
+                "--save-interval",
+                "1",
+                "--shots",
+                "0",
+            ],
+        },
+    ),
+    Stage(
+        "rl_compare",
+        "06_rlhf_dpo/rl_compare.py",
+        "rl_compare",
+        needs_tasks=True,
+        flags={
+            **TINY,
+            "micro": ["--limit", "4", "--max-new-tokens", "4", "--arith-tokens", "4", "--shots", "0"],
+        },
+    ),
     # 07: compression and serving, all of the pretrained model (the teacher) unless a stage picks sft/.
-    Stage("distill", "07_distill_quant/distill.py", "distill",
-          flags={**TINY, "micro": ["--methods", "scratch,logit", "--student-layers", "1", "--student-embd", "16",
-                                   "--steps", "3", "--batch-size", "4",
-                                   "--warmup-steps", "1", "--eval-windows", "2", "--eval-limit", "2",
-                                   "--max-new-tokens", "4", "--speed-tokens", "4", "--speed-repeats", "1"]}),
-    Stage("speculative", "07_distill_quant/speculative.py", "speculative",
-          flags={**TINY, "micro": ["--ks", "2", "--prompts", "1", "--prompt-tokens", "8", "--new-tokens", "8"]}),
-    Stage("prune", "07_distill_quant/prune.py", "prune",
-          flags={**TINY, "micro": ["--fractions", "0.5", "--heads", "0", "--neuron-fraction", "0",
-                                   "--recovery-steps", "2", "--batch-size", "4", "--eval-windows", "2",
-                                   "--score-batches", "1"]}),
-    Stage("quantize", "07_distill_quant/quantize.py", "quant",
-          flags={**TINY, "micro": ["--bits", "8", "--method", "rtn", "--compare", "fp32,int8", "--val-windows", "2",
-                                   "--eval-limit", "2", "--gen-tokens", "4", "--calib-windows", "2"]}),
-    Stage("serve", "07_distill_quant/bench_serve.py", "serve", run_flag="", overwrite=False,
-          flags={**TINY, "micro": ["--requests", "4", "--long-frac", "0", "--short-max", "4", "--policies",
-                                   "static,continuous"]}),
+    Stage(
+        "distill",
+        "07_distill_quant/distill.py",
+        "distill",
+        flags={
+            **TINY,
+            "micro": [
+                "--methods",
+                "scratch,logit",
+                "--student-layers",
+                "1",
+                "--student-embd",
+                "16",
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--warmup-steps",
+                "1",
+                "--eval-windows",
+                "2",
+                "--eval-limit",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--speed-tokens",
+                "4",
+                "--speed-repeats",
+                "1",
+            ],
+        },
+    ),
+    Stage(
+        "speculative",
+        "07_distill_quant/speculative.py",
+        "speculative",
+        flags={**TINY, "micro": ["--ks", "2", "--prompts", "1", "--prompt-tokens", "8", "--new-tokens", "8"]},
+    ),
+    Stage(
+        "prune",
+        "07_distill_quant/prune.py",
+        "prune",
+        flags={
+            **TINY,
+            "micro": [
+                "--fractions",
+                "0.5",
+                "--heads",
+                "0",
+                "--neuron-fraction",
+                "0",
+                "--recovery-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--eval-windows",
+                "2",
+                "--score-batches",
+                "1",
+            ],
+        },
+    ),
+    Stage(
+        "quantize",
+        "07_distill_quant/quantize.py",
+        "quant",
+        flags={
+            **TINY,
+            "micro": [
+                "--bits",
+                "8",
+                "--method",
+                "rtn",
+                "--compare",
+                "fp32,int8",
+                "--val-windows",
+                "2",
+                "--eval-limit",
+                "2",
+                "--gen-tokens",
+                "4",
+                "--calib-windows",
+                "2",
+            ],
+        },
+    ),
+    Stage(
+        "serve",
+        "07_distill_quant/bench_serve.py",
+        "serve",
+        run_flag="",
+        overwrite=False,
+        flags={
+            **TINY,
+            "micro": [
+                "--requests",
+                "4",
+                "--long-frac",
+                "0",
+                "--short-max",
+                "4",
+                "--policies",
+                "static,continuous",
+            ],
+        },
+    ),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -140,29 +419,52 @@ def stage_folder_args(stage: Stage, run: Path) -> list:
 
 @dataclass
 class RunAllConfig:
-    preset: str = option("tiny", "micro (seconds per stage, for the smoke test), tiny, small, gpt2", choices=PRESETS)
-    run: str = option("", "run name: artifacts go to runs/<run> (default: the preset's name); a name with a / "
-                          "is used as the folder itself")
+    preset: str = option(
+        "tiny", "micro (seconds per stage, for the smoke test), tiny, small, gpt2", choices=PRESETS
+    )
+    run: str = option(
+        "",
+        "run name: artifacts go to runs/<run> (default: the preset's name); a name with a / "
+        "is used as the folder itself",
+    )
     data: list = option([], "text files (.txt/.jsonl) to start from instead of the generated corpus")
     nproc: int = option(1, "processes for pretraining; > 1 launches it through torchrun (one per GPU)", min=1)
-    add: list = option([], "optional stages to run too: " + ", ".join(s.name for s in STAGES if s.optional), sep=",")
+    add: list = option(
+        [], "optional stages to run too: " + ", ".join(s.name for s in STAGES if s.optional), sep=","
+    )
     overwrite: bool = option(False, "replace the run already in the run folder, all stages")
     show_output: bool = option(False, "print each stage's own output too (it is always in runs/<run>/logs/)")
 
 
 def add_stage_flags(parser):
-    parser.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, default=None, metavar="STAGE",
-                        help="rerun this stage and every later one, reusing the earlier stages' folders; "
-                             "STAGE is one of " + ", ".join(STAGE_NAMES))
-    parser.add_argument("--only", dest="only_stage", choices=STAGE_NAMES, default=None, metavar="STAGE",
-                        help="run only this stage (its inputs must already be in the run folder)")
+    parser.add_argument(
+        "--from",
+        dest="from_stage",
+        choices=STAGE_NAMES,
+        default=None,
+        metavar="STAGE",
+        help="rerun this stage and every later one, reusing the earlier stages' folders; "
+        "STAGE is one of " + ", ".join(STAGE_NAMES),
+    )
+    parser.add_argument(
+        "--only",
+        dest="only_stage",
+        choices=STAGE_NAMES,
+        default=None,
+        metavar="STAGE",
+        help="run only this stage (its inputs must already be in the run folder)",
+    )
 
 
 def check_run_all_config(cfg: RunAllConfig, from_stage, only_stage):
-    unknown = [a for a in cfg.add if a not in STAGE_NAMES or not next(s for s in STAGES if s.name == a).optional]
+    unknown = [
+        a for a in cfg.add if a not in STAGE_NAMES or not next(s for s in STAGES if s.name == a).optional
+    ]
     if unknown:
-        raise UserError(f"--add {','.join(unknown)}: not an optional stage; choose from "
-                        f"{', '.join(s.name for s in STAGES if s.optional)}")
+        raise UserError(
+            f"--add {','.join(unknown)}: not an optional stage; choose from "
+            f"{', '.join(s.name for s in STAGES if s.optional)}"
+        )
     if from_stage and only_stage:
         raise UserError("--from and --only exclude each other; pass one of them")
     if cfg.nproc > 1 and cfg.preset == "micro":
@@ -205,8 +507,14 @@ def command(stage: Stage, cfg: RunAllConfig, run: Path, overwrite: bool) -> list
     if overwrite and stage.overwrite:
         argv.append("--overwrite")
     if stage.name == "pretrain" and cfg.nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.nproc}",
-                str(REPO / stage.script), *argv]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={cfg.nproc}",
+            str(REPO / stage.script),
+            *argv,
+        ]
     return [sys.executable, str(REPO / stage.script), *argv]
 
 
@@ -230,7 +538,7 @@ def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in proc.stdout:
             f.write(line)
-            f.flush()                                   # `tail -f` on the log follows the stage
+            f.flush()  # `tail -f` on the log follows the stage
             if show_output:
                 print("    " + line, end="", flush=True)
         proc.wait()
@@ -252,8 +560,10 @@ def refuse_existing_run(steps, run: Path, cfg: RunAllConfig, from_stage, only_st
         return
     there = [s.folder for s, why in steps if why is None and (run / s.folder).exists()]
     if there:
-        raise UserError(f"{run} already holds a run ({', '.join(there)}); pass --overwrite to redo it all, "
-                        f"--from STAGE to redo from one stage on, or choose another --run")
+        raise UserError(
+            f"{run} already holds a run ({', '.join(there)}); pass --overwrite to redo it all, "
+            f"--from STAGE to redo from one stage on, or choose another --run"
+        )
 
 
 def fmt_s(seconds: float) -> str:
@@ -267,26 +577,31 @@ def main(argv=None):
     steps = plan(cfg, args.from_stage, args.only_stage)
     refuse_existing_run(steps, run, cfg, args.from_stage, args.only_stage)
     overwrite = cfg.overwrite or bool(args.from_stage or args.only_stage)
-    print(f"run_all: preset {cfg.preset} into {run}/ ({len(steps)} stages; each stage's output in {run}/logs/)",
-          flush=True)
+    print(
+        f"run_all: preset {cfg.preset} into {run}/ ({len(steps)} stages; each stage's output in {run}/logs/)",
+        flush=True,
+    )
     times, t_start = read_times(run), time.time()
     for i, (stage, skip) in enumerate(steps, 1):
         head = f"[{i:>2}/{len(steps)}] {stage.name:<13}"
         if skip:
             print(f"{head} skipped: {stage.script} {skip}", flush=True)
             continue
-        if sys.stdout.isatty():                         # a terminal sees which stage is running now
+        if sys.stdout.isatty():  # a terminal sees which stage is running now
             print(f"{head} running ...", end="\r", flush=True)
         set_interrupt_hint(f"in stage {stage.name}; resume with `{resume_command(cfg, stage.name)}`")
         t0 = time.time()
-        rc, log_text = run_stage(stage, command(stage, cfg, run, overwrite), run / "logs" / f"{stage.name}.log",
-                                 cfg.show_output)
+        rc, log_text = run_stage(
+            stage, command(stage, cfg, run, overwrite), run / "logs" / f"{stage.name}.log", cfg.show_output
+        )
         seconds = time.time() - t0
         if rc != 0:
             print(f"{head} FAILED after {fmt_s(seconds)}", flush=True)
-            print(f"error: stage {stage.name} failed: {last_error_line(log_text, rc)}; its output is in "
-                  f"{run}/logs/{stage.name}.log; fix it, then resume with `{resume_command(cfg, stage.name)}`",
-                  file=sys.stderr)
+            print(
+                f"error: stage {stage.name} failed: {last_error_line(log_text, rc)}; its output is in "
+                f"{run}/logs/{stage.name}.log; fix it, then resume with `{resume_command(cfg, stage.name)}`",
+                file=sys.stderr,
+            )
             sys.exit(rc if rc in (2, 130) else 1)
         times["seconds"][stage.name] = round(seconds, 1)
         write_json(run / TIMES, times)
@@ -295,8 +610,10 @@ def main(argv=None):
     write_json(run / TIMES, times)
     path = report.write_report(run)
     rows = [{"stage": k, "seconds": f"{v:.1f}"} for k, v in times["seconds"].items()]
-    print(f"\ntime per stage (wall, this machine now):\n"
-          f"{markdown_table(rows + [{'stage': 'this invocation', 'seconds': f'{time.time() - t_start:.1f}'}], ['stage', 'seconds'])}")
+    print(
+        f"\ntime per stage (wall, this machine now):\n"
+        f"{markdown_table(rows + [{'stage': 'this invocation', 'seconds': f'{time.time() - t_start:.1f}'}], ['stage', 'seconds'])}"
+    )
     print(f"wrote {path}")
 
 
@@ -304,6 +621,7 @@ def read_times(run: Path) -> dict:
     """run_all.json: the wall time of each stage's latest run (kept across --from / --only)."""
     old = read_json(run / TIMES) if (run / TIMES).is_file() else {}
     return {"seconds": old.get("seconds", {}), "last_invocation_s": old.get("last_invocation_s")}
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -13,6 +13,7 @@ MinHashLSH (same shingles, threshold, num_perm and (b, r) weights) and the table
 ratio of times and how many keep/remove decisions agree. datasketch is not a requirement: without
 it that column is skipped with a note.
 """
+
 import random
 import sys
 import time
@@ -22,20 +23,35 @@ from pathlib import Path
 import numpy as np
 
 from common import option, parse_config, pyplot, run_cli, save_figure, write_json
-from dedup import (DedupConfig, candidate_pairs, exact_duplicate_mask, jaccard, lsh_params, minhash_signatures,
-                   shingle_hashes, shingle_set, union_find_roots)
+from dedup import (
+    DedupConfig,
+    candidate_pairs,
+    exact_duplicate_mask,
+    jaccard,
+    lsh_params,
+    minhash_signatures,
+    shingle_hashes,
+    shingle_set,
+    union_find_roots,
+)
 from noise_inject import near_copy
 from world import WorldConfig, build_world, generate_corpus
 
-REPO = Path(__file__).resolve().parents[1]  # for the default output path only (same-stage imports need no sys.path)
+REPO = (
+    Path(__file__).resolve().parents[1]
+)  # for the default output path only (same-stage imports need no sys.path)
 
 MIX = {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3}
 
 
 @dataclass
 class BenchDedupConfig:
-    docs: int = option(100_000, "documents to generate and deduplicate (15 % of them injected copies)", min=100)
-    out: str = option(str(REPO / "runs" / "bench_dedup.png"), "where to save the bar chart (and .json beside it)")
+    docs: int = option(
+        100_000, "documents to generate and deduplicate (15 % of them injected copies)", min=100
+    )
+    out: str = option(
+        str(REPO / "runs" / "bench_dedup.png"), "where to save the bar chart (and .json beside it)"
+    )
 
 
 def bench_corpus(n_docs, seed=0):
@@ -86,6 +102,7 @@ def with_datasketch(texts, cfg):
     except ImportError:
         return None
     from dedup import TOKEN_RE
+
     t0 = time.time()
     exact = exact_duplicate_mask(texts)
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=(cfg.fp_weight, cfg.fn_weight))
@@ -94,7 +111,9 @@ def with_datasketch(texts, cfg):
     for i in np.flatnonzero(~exact):
         toks = TOKEN_RE.findall(texts[i].lower())
         m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
-        m.update_batch([" ".join(toks[j:j + cfg.shingle]).encode() for j in range(max(1, len(toks) - cfg.shingle + 1))])
+        m.update_batch(
+            [" ".join(toks[j : j + cfg.shingle]).encode() for j in range(max(1, len(toks) - cfg.shingle + 1))]
+        )
         dups = [j for j in lsh.query(m) if parent.get(j) is not None]
         # verified like ours: estimated Jaccard >= threshold against an earlier kept document
         if not any(m.jaccard(parent[j]) >= cfg.threshold for j in dups):
@@ -109,30 +128,43 @@ def main(argv=None):
     cfg = DedupConfig()
     t0 = time.time()
     texts, is_copy = bench_corpus(args.docs)
-    print(f"generated {len(texts):,} documents ({sum(map(len, texts)) / 1e6:.1f} M characters, "
-          f"{is_copy.sum():,} injected copies) in {time.time() - t0:.1f}s")
+    print(
+        f"generated {len(texts):,} documents ({sum(map(len, texts)) / 1e6:.1f} M characters, "
+        f"{is_copy.sum():,} injected copies) in {time.time() - t0:.1f}s"
+    )
     keep, t, root_of = ours(texts, cfg)
     total = sum(t.values())
     print(f"\n{'phase':28s} {'seconds':>8s} {'docs/s':>10s}")
     for name, s in t.items():
         print(f"{name:28s} {s:8.2f} {len(texts) / max(s, 1e-9):10,.0f}")
     print(f"{'total (dedup.py)':28s} {total:8.2f} {len(texts) / total:10,.0f}")
-    print(f"\ninjected copies removed: {(~keep & is_copy).sum():,} / {is_copy.sum():,} "
-          f"(recall {(~keep & is_copy).sum() / is_copy.sum():.4f}); original documents removed: {(~keep & ~is_copy).sum():,}")
+    print(
+        f"\ninjected copies removed: {(~keep & is_copy).sum():,} / {is_copy.sum():,} "
+        f"(recall {(~keep & is_copy).sum() / is_copy.sum():.4f}); original documents removed: {(~keep & ~is_copy).sum():,}"
+    )
     lost = np.flatnonzero(~keep & ~is_copy)
-    true_j = [jaccard(shingle_set(texts[i], cfg.shingle), shingle_set(texts[root_of[i]], cfg.shingle)) for i in lost
-              if root_of[i] != i]
+    true_j = [
+        jaccard(shingle_set(texts[i], cfg.shingle), shingle_set(texts[root_of[i]], cfg.shingle))
+        for i in lost
+        if root_of[i] != i
+    ]
     if true_j:
-        print(f"  those originals vs the document kept for them: true Jaccard >= {cfg.threshold}: "
-              f"{sum(j >= cfg.threshold for j in true_j)} of {len(true_j)} (min {min(true_j):.2f}); the generator's "
-              f"templates make some natural near-duplicates, which dedup should remove")
+        print(
+            f"  those originals vs the document kept for them: true Jaccard >= {cfg.threshold}: "
+            f"{sum(j >= cfg.threshold for j in true_j)} of {len(true_j)} (min {min(true_j):.2f}); the generator's "
+            f"templates make some natural near-duplicates, which dedup should remove"
+        )
     ds = with_datasketch(texts, cfg)
     if ds is None:
-        print("\ndatasketch is not installed: the side-by-side column is skipped (pip install datasketch to compare).")
+        print(
+            "\ndatasketch is not installed: the side-by-side column is skipped (pip install datasketch to compare)."
+        )
     else:
         keep_ds, s_ds = ds
-        print(f"\ndatasketch: {s_ds:.2f}s ({len(texts) / s_ds:,.0f} docs/s); dedup.py is {s_ds / total:.2f}x faster; "
-              f"keep/remove decisions agree on {(keep_ds == keep).mean():.4%} of documents")
+        print(
+            f"\ndatasketch: {s_ds:.2f}s ({len(texts) / s_ds:,.0f} docs/s); dedup.py is {s_ds / total:.2f}x faster; "
+            f"keep/remove decisions agree on {(keep_ds == keep).mean():.4%} of documents"
+        )
     plt = pyplot()
     names = list(t) + (["datasketch (all)"] if ds else [])
     secs = list(t.values()) + ([ds[1]] if ds else [])
@@ -141,12 +173,19 @@ def main(argv=None):
     ax.set_xlabel("seconds")
     ax.set_title(f"dedup of {len(texts):,} documents: {len(texts) / total:,.0f} docs/s (dedup.py total)")
     save_figure(fig, args.out)
-    write_json(Path(args.out).with_suffix(".json"),
-               {"docs": len(texts), "seconds": t, "docs_per_s": len(texts) / total,
-                "copies_removed": int((~keep & is_copy).sum()), "copies": int(is_copy.sum()),
-                "originals_removed": int((~keep & ~is_copy).sum()),
-                "datasketch_s": ds[1] if ds else None,
-                "datasketch_agreement": float((ds[0] == keep).mean()) if ds else None})
+    write_json(
+        Path(args.out).with_suffix(".json"),
+        {
+            "docs": len(texts),
+            "seconds": t,
+            "docs_per_s": len(texts) / total,
+            "copies_removed": int((~keep & is_copy).sum()),
+            "copies": int(is_copy.sum()),
+            "originals_removed": int((~keep & ~is_copy).sum()),
+            "datasketch_s": ds[1] if ds else None,
+            "datasketch_agreement": float((ds[0] == keep).mean()) if ds else None,
+        },
+    )
     print(f"saved {args.out} and {Path(args.out).with_suffix('.json')}", file=sys.stderr)
 
 

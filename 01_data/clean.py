@@ -39,6 +39,7 @@ Interview questions it answers:
 - Why heuristic quality rules rather than a classifier? (cheap, transparent, no reference corpus
   needed; classifiers -- fastText on curated text, as in GPT-3 and FineWeb-Edu -- come next)
 """
+
 import ast
 import html
 import re
@@ -49,8 +50,12 @@ from dataclasses import dataclass
 # Encoding. UTF-8 writes every non-ASCII character as 2-4 bytes in 0x80-0xFF; read as cp1252 (or
 # latin-1, whose 0x80-0x9F are the C1 control characters) each byte becomes one character. This maps
 # those characters back to their bytes.
-MOJIBAKE_BYTE = {c: b for b in range(0x80, 0x100)                      # chr(b) is latin-1's reading
-                 for c in (bytes([b]).decode("cp1252", errors="ignore"), chr(b)) if c}
+MOJIBAKE_BYTE = {
+    c: b
+    for b in range(0x80, 0x100)  # chr(b) is latin-1's reading
+    for c in (bytes([b]).decode("cp1252", errors="ignore"), chr(b))
+    if c
+}
 MOJIBAKE_RUN = re.compile("[" + "".join(map(re.escape, MOJIBAKE_BYTE)) + "]{2,}")
 # A 2-byte decode is believable only into Latin, Greek or Cyrillic (U+0080-U+052F; the C1 controls
 # at its start are what text mangled twice passes through): German "daß“" is the bytes DF 93, which
@@ -72,8 +77,20 @@ SCRIPT_BLOCK = re.compile(r"(?is)<(script|style)\b[^>]*>.*?</\1\s*>|<!--.*?-->")
 HTML_TAG = re.compile(r"</?[a-zA-Z][^<>\n]*>")
 HTML_ENTITY = re.compile(r"&(?:[a-zA-Z]{2,8}|#\d{2,6}|#x[0-9a-fA-F]{2,6});")
 URL = re.compile(r"\b(?:https?://|www\.)\S+")
-AD_PHRASES = ["click here", "buy now", "special offer", "limited time", "subscribe to", "sign up now", "sponsored",
-              "advertisement", "free shipping", "% off", "order now", "act now"]
+AD_PHRASES = [
+    "click here",
+    "buy now",
+    "special offer",
+    "limited time",
+    "subscribe to",
+    "sign up now",
+    "sponsored",
+    "advertisement",
+    "free shipping",
+    "% off",
+    "order now",
+    "act now",
+]
 AD_WORDS = re.compile(r"(?i)\b(?:" + "|".join(map(re.escape, AD_PHRASES)) + r")\b")
 NAV_LINE = re.compile(r"^\s*(?:[A-Z][\w ]{1,15}\|\s*){2,}[A-Z][\w ]{1,15}\s*$", re.M)
 COPYRIGHT_LINE = re.compile(r"(?i)^\s*(copyright|©|\(c\)).{0,80}all rights reserved\.?\s*$", re.M)
@@ -81,9 +98,11 @@ COPYRIGHT_LINE = re.compile(r"(?i)^\s*(copyright|©|\(c\)).{0,80}all rights rese
 # ---------------------------------------------------------------------------------------------------
 # Personal data. Separators vary in real text ("415-555-0199", "(415) 555 0199", "415.555.0199").
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[a-zA-Z]{2,}\b")
-PHONE = re.compile(r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{4}"
-                   r"(?![ .-]?\d)"
-                   r"|(?<!\d)(?:\+?86[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?!\d)")
+PHONE = re.compile(
+    r"(?<![\w+])(?<!\d[ .-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{4}"
+    r"(?![ .-]?\d)"
+    r"|(?<!\d)(?:\+?86[ -]?)?1[3-9]\d[ -]?\d{4}[ -]?\d{4}(?!\d)"
+)
 ID_NUMBER = re.compile(r"(?<![\dA-Za-z])\d{17}[\dXx](?![\dA-Za-z])|(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)")
 CARD = re.compile(r"(?<!\d)\d{4}(?:[ -]?\d{4}){2}[ -]?\d{1,7}(?!\d)")
 NINE_DIGITS = re.compile(r"\d(?:[ ().+-]{0,2}\d){8}")  # every number above has at least 9 digits
@@ -91,11 +110,42 @@ NINE_DIGITS = re.compile(r"\d(?:[ ().+-]{0,2}\d){8}")  # every number above has 
 # ---------------------------------------------------------------------------------------------------
 # Toxicity: profanity that is abusive almost anywhere, and insults aimed at a person. Mild words
 # ("stupid", "fool", "dumb") alone are not toxic: children's stories and Shakespeare are full of them.
-PROFANITY_EN = {"fuck", "fucked", "fucking", "fucker", "motherfucker", "shit", "bullshit", "asshole", "bitch",
-                "cunt", "dickhead", "dumbass", "jackass", "scumbag", "douchebag", "retard", "moron", "imbecile"}
+PROFANITY_EN = {
+    "fuck",
+    "fucked",
+    "fucking",
+    "fucker",
+    "motherfucker",
+    "shit",
+    "bullshit",
+    "asshole",
+    "bitch",
+    "cunt",
+    "dickhead",
+    "dumbass",
+    "jackass",
+    "scumbag",
+    "douchebag",
+    "retard",
+    "moron",
+    "imbecile",
+}
 PROFANITY_ZH = ["傻逼", "他妈的", "操你", "王八蛋", "狗娘养", "贱人", "混蛋", "废柴"]
-INSULT_NOUNS = ["idiot", "moron", "imbecile", "cretin", "loser", "jerk", "dumbass", "scumbag", "retard", "pig",
-                "clown", "trash", "garbage"]
+INSULT_NOUNS = [
+    "idiot",
+    "moron",
+    "imbecile",
+    "cretin",
+    "loser",
+    "jerk",
+    "dumbass",
+    "scumbag",
+    "retard",
+    "pig",
+    "clown",
+    "trash",
+    "garbage",
+]
 INSULT_ADJ = ["stupid", "dumb", "worthless", "pathetic", "useless", "disgusting", "brainless", "ugly"]
 INSULT_ZH = ["笨蛋", "蠢货", "傻瓜", "白痴", "废物", "蠢猪", "猪头"]
 INSULT_WORDS = set(INSULT_NOUNS) | {w + "s" for w in INSULT_NOUNS} | set(INSULT_ADJ)
@@ -104,40 +154,64 @@ AIMED_EN = re.compile(  # "you idiot", "you're a total loser", "you are so stupi
     rf"(?i)\byou(?:'re| are| r)?\s+(?:(?:a|an|such|so|total|complete|absolute|little|{_ADJ})\s+){{0,3}}{_NOUN}\b"
     rf"|\byou(?:'re| are)\s+(?:so\s+|such\s+an?\s+)?{_ADJ}\b"
     rf"|\b(?:is|are|what)\s+(?:a|an)\s+(?:(?:total|complete|absolute|real|{_ADJ})\s+){{0,2}}{_NOUN}\b"
-    rf"|\bshut up\b[^.!?\n]{{0,20}}\b{_NOUN}\b")
-AIMED_ZH = re.compile(rf"你(?:这个|这|个|真是个|就是个|是个)?[^。！？\n]{{0,2}}?(?:{'|'.join(INSULT_ZH)})"
-                      r"|(?:笨蛋|蠢货|白痴|废物)[！!]")
+    rf"|\bshut up\b[^.!?\n]{{0,20}}\b{_NOUN}\b"
+)
+AIMED_ZH = re.compile(
+    rf"你(?:这个|这|个|真是个|就是个|是个)?[^。！？\n]{{0,2}}?(?:{'|'.join(INSULT_ZH)})"
+    r"|(?:笨蛋|蠢货|白痴|废物)[！!]"
+)
 WORD = re.compile(r"[a-z]+")
 
 # ---------------------------------------------------------------------------------------------------
 # Bias: a sweeping claim about a whole group. A keyword rule, not a classifier: it needs a group as
 # the subject and a generalizing claim about it.
-GROUP_EN = (r"women|men|girls|boys|females|males|old people|the elderly|immigrants|foreigners|"
-            r"(?:people|folks|anyone|everyone) from (?:the )?\w+|"
-            r"(?-i:(?!(?:Some|Many|Most|These|Those|The|Other|All|Few|Such|Good|Nice|Young|Old)\b)[A-Z]\w+) people")
-CLAIM_EN = (r"are (?:all |just |always |naturally |simply )?(?:lazy|stupid|dumb|dirty|dishonest|rude|inferior|"
-            r"useless|greedy|weak|criminals|thieves|liars|bad at|terrible at|not good at|worse at|too emotional)"
-            r"|(?:can't|cannot|can never|shouldn't|should not|should never) (?:be trusted|lead|drive|do math|"
-            r"handle|be (?:leaders|engineers|doctors|pilots|bosses))"
-            r"|belong in the kitchen|are naturally (?:better|worse)")
+GROUP_EN = (
+    r"women|men|girls|boys|females|males|old people|the elderly|immigrants|foreigners|"
+    r"(?:people|folks|anyone|everyone) from (?:the )?\w+|"
+    r"(?-i:(?!(?:Some|Many|Most|These|Those|The|Other|All|Few|Such|Good|Nice|Young|Old)\b)[A-Z]\w+) people"
+)
+CLAIM_EN = (
+    r"are (?:all |just |always |naturally |simply )?(?:lazy|stupid|dumb|dirty|dishonest|rude|inferior|"
+    r"useless|greedy|weak|criminals|thieves|liars|bad at|terrible at|not good at|worse at|too emotional)"
+    r"|(?:can't|cannot|can never|shouldn't|should not|should never) (?:be trusted|lead|drive|do math|"
+    r"handle|be (?:leaders|engineers|doctors|pilots|bosses))"
+    r"|belong in the kitchen|are naturally (?:better|worse)"
+)
 # "<place>人" needs two characters before 人, so 众人 / 别人 ("everyone", "others") are not groups.
-GROUP_ZH = r"女人|男人|女生|男生|女性|男性|女孩子?|男孩子?|老人|外地人|农村人|乡下人|外国人|[\u4e00-\u9fff]{2,5}人"
-CLAIM_ZH = (r"(?:都很|都是|全是|全都|天生就?|根本就?|生来就?|一般都)[^。！？\n]{0,4}?"
-            r"(?:不适合|不会|学不好|做不好|懒|笨|蠢|脏|坏|素质低|不诚实|靠不住|骗子|小偷)")
+GROUP_ZH = (
+    r"女人|男人|女生|男生|女性|男性|女孩子?|男孩子?|老人|外地人|农村人|乡下人|外国人|[\u4e00-\u9fff]{2,5}人"
+)
+CLAIM_ZH = (
+    r"(?:都很|都是|全是|全都|天生就?|根本就?|生来就?|一般都)[^。！？\n]{0,4}?"
+    r"(?:不适合|不会|学不好|做不好|懒|笨|蠢|脏|坏|素质低|不诚实|靠不住|骗子|小偷)"
+)
 BIAS_EN = re.compile(rf"(?i)\b(?:{GROUP_EN})\b[^.!?\n]{{0,25}}?\b(?:{CLAIM_EN})\b")
 BIAS_ZH = re.compile(rf"(?:{GROUP_ZH}){CLAIM_ZH}|(?:女人|女性|女生)不适合")
-GROUP_HEADS = {"women", "men", "girls", "boys", "females", "males", "people", "elderly", "immigrants", "foreigners",
-               "folks", "anyone", "everyone"}
+GROUP_HEADS = {
+    "women",
+    "men",
+    "girls",
+    "boys",
+    "females",
+    "males",
+    "people",
+    "elderly",
+    "immigrants",
+    "foreigners",
+    "folks",
+    "anyone",
+    "everyone",
+}
 
 TOKEN = re.compile(r"[\u3400-\u9fff]|\w+")
 
 
 @dataclass
 class CleanConfig:
-    min_tokens: int = 20             # drop documents shorter than this (CJK characters count one each)
+    min_tokens: int = 20  # drop documents shorter than this (CJK characters count one each)
     mean_word_len: tuple = (3.0, 10.0)
-    max_symbol_ratio: float = 0.1    # '#' and '...' per word (Gopher)
-    max_dup_line_frac: float = 0.3   # fraction of lines that repeat an earlier line
+    max_symbol_ratio: float = 0.1  # '#' and '...' per word (Gopher)
+    max_dup_line_frac: float = 0.3  # fraction of lines that repeat an earlier line
     min_alpha_word_frac: float = 0.8  # words with at least one letter
     keep_langs: tuple = ("en", "zh")
 
@@ -156,16 +230,24 @@ def decode_run(run: str) -> str:
     data = bytes(MOJIBAKE_BYTE[c] for c in run)
     out, i = [], 0
     while i < len(data):
-        n = 2 if 0xC2 <= data[i] <= 0xDF else 3 if 0xE0 <= data[i] <= 0xEF else 4 if 0xF0 <= data[i] <= 0xF4 else 0
+        n = (
+            2
+            if 0xC2 <= data[i] <= 0xDF
+            else 3
+            if 0xE0 <= data[i] <= 0xEF
+            else 4
+            if 0xF0 <= data[i] <= 0xF4
+            else 0
+        )
         try:
-            ch = data[i:i + n].decode("utf-8") if n and i + n <= len(data) else None
+            ch = data[i : i + n].decode("utf-8") if n and i + n <= len(data) else None
         except UnicodeDecodeError:
             ch = None
         if ch is not None and plausible(ch):
             out.append(ch)
             i += n
-        elif data[i:i + 2] in LOST_BYTE_GUESS and (i + 2 == len(data) or not 0x80 <= data[i + 2] <= 0xBF):
-            out.append(LOST_BYTE_GUESS[data[i:i + 2]])
+        elif data[i : i + 2] in LOST_BYTE_GUESS and (i + 2 == len(data) or not 0x80 <= data[i + 2] <= 0xBF):
+            out.append(LOST_BYTE_GUESS[data[i : i + 2]])
             i += 2
         else:
             out.append(run[i])
@@ -203,10 +285,12 @@ def normalize_unicode(text, keep_indent=False):
     keep_indent: leave leading spaces alone (code: Python's indentation is syntax).
     """
     parts = WIDE_PUNCT.split(text)  # odd indices: the punctuation to keep
-    out = CONTROL.sub("", "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts)))
+    out = CONTROL.sub(
+        "", "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
+    )
     lines = out.split("\n")
     if keep_indent:
-        out = "\n".join(ln[:len(ln) - len(ln.lstrip())] + re.sub(r"[ \t]+", " ", ln.strip()) for ln in lines)
+        out = "\n".join(ln[: len(ln) - len(ln.lstrip())] + re.sub(r"[ \t]+", " ", ln.strip()) for ln in lines)
     else:
         out = "\n".join(re.sub(r"[ \t]+", " ", ln).strip() for ln in lines)
     out = re.sub(r"\n{3,}", "\n\n", out).strip()
@@ -261,8 +345,12 @@ def is_toxic(text) -> bool:
     words = set(WORD.findall(text.lower()))
     if words & PROFANITY_EN or any(w in text for w in PROFANITY_ZH):
         return True
-    return bool(words & INSULT_WORDS and AIMED_EN.search(text)
-                or any(w in text for w in INSULT_ZH) and AIMED_ZH.search(text))
+    return bool(
+        words & INSULT_WORDS
+        and AIMED_EN.search(text)
+        or any(w in text for w in INSULT_ZH)
+        and AIMED_ZH.search(text)
+    )
 
 
 def is_biased(text) -> bool:
@@ -317,12 +405,28 @@ def filter_quality(text, lang, domain, cfg: CleanConfig):
     return (None, True) if quality_problems(text, lang, domain, cfg) else (text, False)
 
 
-STEPS = ["fix_encoding", "normalize_unicode", "strip_markup", "strip_boilerplate", "mask_pii",
-         "filter_toxic", "filter_bias", "filter_length", "filter_language", "filter_quality"]
+STEPS = [
+    "fix_encoding",
+    "normalize_unicode",
+    "strip_markup",
+    "strip_boilerplate",
+    "mask_pii",
+    "filter_toxic",
+    "filter_bias",
+    "filter_length",
+    "filter_language",
+    "filter_quality",
+]
 
 
-TEXT_STEPS = {"fix_encoding": fix_encoding, "strip_markup": strip_markup, "strip_boilerplate": strip_boilerplate,
-              "mask_pii": mask_pii, "filter_toxic": filter_toxic, "filter_bias": filter_bias}  # text -> (text, acted)
+TEXT_STEPS = {
+    "fix_encoding": fix_encoding,
+    "strip_markup": strip_markup,
+    "strip_boilerplate": strip_boilerplate,
+    "mask_pii": mask_pii,
+    "filter_toxic": filter_toxic,
+    "filter_bias": filter_bias,
+}  # text -> (text, acted)
 
 
 def clean_document(doc, predict_lang, cfg: CleanConfig = CleanConfig()):

@@ -31,6 +31,7 @@ Interview questions it answers:
 - How does a pipeline know an artifact is stale? (record what each output was made from, by content
   hash, and compare with what is there now: what make does with timestamps, done with hashes)
 """
+
 import argparse
 import contextlib
 import dataclasses
@@ -52,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 # ==================================================================================================
 # 1. Errors: one line, exit 2
 
+
 class UserError(ValueError):
     """Bad input from the user: the message names the problem and the fix, in one line.
 
@@ -66,16 +68,18 @@ def set_interrupt_hint(hint: str):
     _interrupt_hint[0] = hint
 
 
-OS_FIXES = {errno.EACCES: "check the folder's permissions or choose another --out",
-            errno.EPERM: "check the folder's permissions or choose another --out",
-            errno.EROFS: "the disk is read-only; choose another --out",
-            errno.ENOSPC: "the disk is full; free space or choose another --out",
-            errno.EDQUOT: "the disk quota is used up; free space or choose another --out",
-            errno.ENOTDIR: "a file is in the way of a folder; remove it or choose another --out",
-            errno.EEXIST: "a file is in the way of a folder; remove it or choose another --out",
-            errno.EISDIR: "a folder is where a file should be; remove it or choose another path",
-            errno.ENOENT: "check the path",
-            errno.ENAMETOOLONG: "choose a shorter path"}
+OS_FIXES = {
+    errno.EACCES: "check the folder's permissions or choose another --out",
+    errno.EPERM: "check the folder's permissions or choose another --out",
+    errno.EROFS: "the disk is read-only; choose another --out",
+    errno.ENOSPC: "the disk is full; free space or choose another --out",
+    errno.EDQUOT: "the disk quota is used up; free space or choose another --out",
+    errno.ENOTDIR: "a file is in the way of a folder; remove it or choose another --out",
+    errno.EEXIST: "a file is in the way of a folder; remove it or choose another --out",
+    errno.EISDIR: "a folder is where a file should be; remove it or choose another path",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
 
 
 def os_error_message(e: OSError) -> str:
@@ -92,7 +96,7 @@ def run_cli(main, argv=None):
         sys.exit(2)
     except OSError as e:
         if e.filename is None and e.errno not in OS_FIXES:
-            raise                                  # not a file problem: a bug or a network error
+            raise  # not a file problem: a bug or a network error
         print(f"error: {os_error_message(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -103,6 +107,7 @@ def run_cli(main, argv=None):
 
 # ==================================================================================================
 # 2. Config: a dataclass becomes a command line
+
 
 def option(default, help, *, choices=None, min=None, max=None, sep=None, cli=True):
     """A dataclass field that carries its command-line help and its allowed values.
@@ -151,7 +156,7 @@ def _field_parser(tp, meta, default=None):
         elem = args[0] if args else type(default[0]) if default else str
         sep = meta["sep"]
 
-        def convert(values):                       # a list (nargs="+") or one string (sep)
+        def convert(values):  # a list (nargs="+") or one string (sep)
             values = [values] if isinstance(values, str) else values
             parts = [x for v in values for x in (v.split(sep) if sep else [v]) if x != ""]
             try:
@@ -159,6 +164,7 @@ def _field_parser(tp, meta, default=None):
             except ValueError:
                 raise UserError(f"cannot read {' '.join(values)!r} as a list of {elem.__name__}") from None
             return tuple(out) if (origin or tp) is tuple else out
+
         return {"nargs": "+" if not sep else None, "type": str}, convert
     if origin is dict or tp is dict:
         return {"type": str}, parse_dict
@@ -187,8 +193,13 @@ def add_config_args(parser, cls, presets=None, skip=()):
         if per_preset:
             shown += "; preset " + ", ".join(per_preset)
         help_text = f"{meta['help']} ({shown})" if meta["help"] else f"({shown})"
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            help=help_text.replace("%", "%%"), **{k: v for k, v in kwargs.items() if v is not None})
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            help=help_text.replace("%", "%%"),
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
 
 
 def config_from_args(cls, args, base=None):
@@ -200,8 +211,9 @@ def config_from_args(cls, args, base=None):
         v = getattr(args, f.name, None)
         if v is None:
             continue
-        _, convert = _field_parser(hints[f.name], {"sep": None, "choices": None, **f.metadata},
-                                   getattr(defaults, f.name))
+        _, convert = _field_parser(
+            hints[f.name], {"sep": None, "choices": None, **f.metadata}, getattr(defaults, f.name)
+        )
         values[f.name] = convert(v) if convert else v
     unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
@@ -227,13 +239,20 @@ def check_config(cfg):
 def parse_config(cls, argv=None, *, doc="", presets=None, default_preset=None, skip=(), extra=None):
     """(config, args) from the command line. `extra(parser)` adds flags that are not config fields
     (--run, --overwrite ...); their values are on `args`. With presets, --preset picks the base values."""
-    parser = CLIParser(description=doc.strip().split("\n")[0] if doc else None,
-                       epilog=doc if doc else None, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CLIParser(
+        description=doc.strip().split("\n")[0] if doc else None,
+        epilog=doc if doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if extra:
         extra(parser)
     if presets:
-        parser.add_argument("--preset", choices=sorted(presets), default=default_preset,
-                            help=f"base values for the flags below (default {default_preset})")
+        parser.add_argument(
+            "--preset",
+            choices=sorted(presets),
+            default=default_preset,
+            help=f"base values for the flags below (default {default_preset})",
+        )
     add_config_args(parser, cls, presets, skip)
     args = parser.parse_args(argv)
     base = presets[args.preset] if presets else {}
@@ -252,6 +271,7 @@ def command_line(script: str, argv=None) -> str:
 
 # ==================================================================================================
 # 3. Files: atomic writes, JSON, JSONL, plots
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -314,7 +334,9 @@ def read_text(path) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 at byte {e.start}; convert it, e.g. `iconv -t UTF-8`") from None
+        raise UserError(
+            f"{path}: not valid UTF-8 at byte {e.start}; convert it, e.g. `iconv -t UTF-8`"
+        ) from None
     if not text.strip():
         raise UserError(f"{path}: file is empty; pass a file with text in it")
     return text
@@ -349,8 +371,10 @@ def read_jsonl(path, required=("text",)):
             raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
         missing = [k for k in required if k not in rec]
         if missing:
-            raise UserError(f"{path}:{lineno}: record has no {missing[0]!r} field; "
-                            f"each line needs {', '.join(map(repr, required))}")
+            raise UserError(
+                f"{path}:{lineno}: record has no {missing[0]!r} field; "
+                f"each line needs {', '.join(map(repr, required))}"
+            )
         records.append(rec)
     return records
 
@@ -366,8 +390,10 @@ def markdown_table(rows, columns) -> str:
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -406,8 +432,9 @@ def code_version() -> str:
     """The git commit of this checkout ('+dirty' with uncommitted changes), or 'unknown'."""
     if not _code_version:
         try:
-            run = lambda *a: subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True,
-                                            timeout=10, check=True).stdout.strip()
+            run = lambda *a: subprocess.run(
+                ["git", "-C", str(REPO), *a], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
             commit = run("rev-parse", "--short=12", "HEAD")
             dirty = run("status", "--porcelain", "--untracked-files=no")
             _code_version.append(commit + ("+dirty" if dirty else ""))
@@ -425,12 +452,15 @@ def write_manifest(out_dir, *, stage, command, config, inputs=(), files=None, ex
     The id is a hash of what matters (config, inputs, output hashes), not of the time it ran."""
     out_dir = Path(out_dir)
     if files is None:
-        files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")
-                       if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+        files = sorted(
+            str(p.relative_to(out_dir))
+            for p in out_dir.rglob("*")
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+        )
     recorded_inputs = {}
     for path in inputs:
         path = Path(path)
-        key = os.path.relpath(path.resolve(), out_dir.resolve())   # relative: the run folder can move
+        key = os.path.relpath(path.resolve(), out_dir.resolve())  # relative: the run folder can move
         if path.is_dir():
             up = read_json(path / MANIFEST)
             recorded_inputs[key] = {"id": up["id"], "stage": up["stage"], "created": up["created"]}
@@ -438,12 +468,23 @@ def write_manifest(out_dir, *, stage, command, config, inputs=(), files=None, ex
             fp = file_fingerprint(path)
             recorded_inputs[key] = {"bytes": fp["bytes"], "sha256": fp["sha256"]}
     fps = {name: file_fingerprint(out_dir / name) for name in files}
-    core = {"stage": stage, "config": config, "inputs": {k: v.get("id", v.get("sha256")) for k, v in recorded_inputs.items()},
-            "files": {k: v["sha256"] for k, v in fps.items()}}
-    manifest = {"id": hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16],
-                "stage": stage, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "code_version": code_version(), "config": config, "inputs": recorded_inputs,
-                "files": fps, **(extra or {})}
+    core = {
+        "stage": stage,
+        "config": config,
+        "inputs": {k: v.get("id", v.get("sha256")) for k, v in recorded_inputs.items()},
+        "files": {k: v["sha256"] for k, v in fps.items()},
+    }
+    manifest = {
+        "id": hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "stage": stage,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "code_version": code_version(),
+        "config": config,
+        "inputs": recorded_inputs,
+        "files": fps,
+        **(extra or {}),
+    }
     write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -464,12 +505,16 @@ def check_artifact(art_dir, made_by: str, _checked=None) -> dict:
     if not art_dir.is_dir():
         raise UserError(f"{art_dir}: missing; make it first with `{made_by}`")
     if not mpath.is_file():
-        raise UserError(f"{art_dir}: incomplete (no {MANIFEST}: the stage was interrupted, failed, or is "
-                        f"from an older version); rerun `{made_by}`")
+        raise UserError(
+            f"{art_dir}: incomplete (no {MANIFEST}: the stage was interrupted, failed, or is "
+            f"from an older version); rerun `{made_by}`"
+        )
     manifest = read_json(mpath, made_by)
     if manifest.get("status", "complete") != "complete":
-        raise UserError(f"{art_dir}: holds an unfinished run ({manifest.get('status')}); finish it with "
-                        f"`{manifest.get('resume_command', made_by)}` or rerun `{made_by}`")
+        raise UserError(
+            f"{art_dir}: holds an unfinished run ({manifest.get('status')}); finish it with "
+            f"`{manifest.get('resume_command', made_by)}` or rerun `{made_by}`"
+        )
     rerun = manifest.get("command") or made_by
     for name, fp in manifest.get("files", {}).items():
         p = art_dir / name
@@ -477,15 +522,19 @@ def check_artifact(art_dir, made_by: str, _checked=None) -> dict:
             raise UserError(f"{p}: missing (listed in {mpath}); rerun `{rerun}`")
         now = file_fingerprint(p, fp)
         if now["bytes"] != fp["bytes"] or now["sha256"] != fp["sha256"]:
-            raise UserError(f"{p}: changed or damaged since `{rerun}` wrote it ({now['bytes']} bytes, "
-                            f"was {fp['bytes']}); rerun `{rerun}`")
+            raise UserError(
+                f"{p}: changed or damaged since `{rerun}` wrote it ({now['bytes']} bytes, "
+                f"was {fp['bytes']}); rerun `{rerun}`"
+            )
     for up_path, rec in manifest.get("inputs", {}).items():
         up = Path(os.path.normpath(art_dir / up_path))
         if "id" in rec:
             up_manifest = check_artifact(up, f"the stage that makes {up}", _checked)
             if up_manifest["id"] != rec["id"]:
-                raise UserError(f"{art_dir} is stale: it was made from {up} of {rec['created']}, but {up} was "
-                                f"rewritten on {up_manifest['created']}; rerun `{rerun}`")
+                raise UserError(
+                    f"{art_dir} is stale: it was made from {up} of {rec['created']}, but {up} was "
+                    f"rewritten on {up_manifest['created']}; rerun `{rerun}`"
+                )
         elif up.is_file() and file_fingerprint(up)["sha256"] != rec["sha256"]:
             raise UserError(f"{art_dir} is stale: its input {up} changed since; rerun `{rerun}`")
     _checked[str(art_dir)] = manifest
@@ -498,8 +547,8 @@ def remove_orphan_temps(out_dir) -> int:
     out_dir = Path(out_dir)
     removed = 0
     old = sorted(out_dir.parent.glob(f".{out_dir.name}.old*.tmp"))
-    if old and not out_dir.exists():                # killed between staged_dir's two renames:
-        os.replace(old[0], out_dir)                 # the old run was set aside, the new never arrived
+    if old and not out_dir.exists():  # killed between staged_dir's two renames:
+        os.replace(old[0], out_dir)  # the old run was set aside, the new never arrived
         print(f"restored {out_dir} from {old[0].name} (a swap was interrupted)", file=sys.stderr)
     victims = list(out_dir.glob(".*.tmp")) if out_dir.is_dir() else []
     victims += list(out_dir.parent.glob(f".{out_dir.name}.*.tmp"))
@@ -507,6 +556,7 @@ def remove_orphan_temps(out_dir) -> int:
         with contextlib.suppress(FileNotFoundError):
             if p.is_dir():
                 import shutil
+
                 shutil.rmtree(p)
             else:
                 p.unlink()
@@ -526,6 +576,7 @@ def run_lock(out_dir, enabled=True):
         yield
         return
     import fcntl
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out_dir.parent / f".{out_dir.name}.lock"
@@ -536,8 +587,10 @@ def run_lock(out_dir, enabled=True):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            raise UserError(f"{out_dir} is being written by another process (pid {holder}); wait for it to "
-                            "finish, or choose another --out / --run") from None
+            raise UserError(
+                f"{out_dir} is being written by another process (pid {holder}); wait for it to "
+                "finish, or choose another --out / --run"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -547,7 +600,7 @@ def run_lock(out_dir, enabled=True):
             print(f"removed {n} temp file(s) left in {out_dir} by a killed run", file=sys.stderr)
         yield
     finally:
-        f.close()                                   # closing the descriptor releases the lock
+        f.close()  # closing the descriptor releases the lock
 
 
 def claim_output(out_dir, overwrite: bool, remove=True, resume_hint=""):
@@ -566,11 +619,14 @@ def claim_output(out_dir, overwrite: bool, remove=True, resume_hint=""):
         with contextlib.suppress(UserError, OSError):
             m = read_json(out_dir / MANIFEST)
             what = f" (`{m.get('command')}`, {m.get('created')})"
-        raise UserError(f"{out_dir} already holds a run{what}; pass --overwrite to replace it"
-                        f"{', ' + resume_hint if resume_hint else ''}, or choose another --out / --run")
+        raise UserError(
+            f"{out_dir} already holds a run{what}; pass --overwrite to replace it"
+            f"{', ' + resume_hint if resume_hint else ''}, or choose another --out / --run"
+        )
     if not remove:
         return
     import shutil
+
     shutil.rmtree(out_dir)
     print(f"--overwrite: removed the previous run in {out_dir}", file=sys.stderr)
 
@@ -583,6 +639,7 @@ def staged_dir(out_dir):
     new in) and the old copy is then deleted; a crash between the renames leaves both as
     `.<name>.*.tmp` folders: the next run's lock step puts the old one back and removes the other."""
     import shutil
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))

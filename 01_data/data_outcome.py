@@ -18,23 +18,33 @@ Interview questions it answers:
   toxicity filter that drops good text costs data -- precision, measured on clean text too)
 - How do you see a pipeline silently lose data? (account for every character, per step, with a threshold)
 """
+
 from clean import STEPS
 from common import pyplot, save_figure
 from filter_fp import format_rates
 from noise_inject import NOISE_TYPES
 
-CATCHING_STEP = {"exact_dup": "exact_dedup", "near_dup": "near_dedup", "mojibake": "fix_encoding",
-                 "html": "strip_markup", "pii": "mask_pii", "toxic": "filter_toxic", "bias": "filter_bias",
-                 "too_short": "filter_length", "wrong_lang": "filter_language"}
+CATCHING_STEP = {
+    "exact_dup": "exact_dedup",
+    "near_dup": "near_dedup",
+    "mojibake": "fix_encoding",
+    "html": "strip_markup",
+    "pii": "mask_pii",
+    "toxic": "filter_toxic",
+    "bias": "filter_bias",
+    "too_short": "filter_length",
+    "wrong_lang": "filter_language",
+}
 # What to look at when a step removes a large share of the input (the warning line says it).
-WARN_HINTS = {"filter_length": "short units; if they are parts of longer documents, try --txt-split file",
-              "mix": "the input's domains do not have the --mix shares, so the scarcest one limits the rest",
-              "filter_language": "is the input English or Chinese?",
-              "exact_dedup": "the input repeats itself", "near_dedup": "the input repeats itself",
-              "filter_toxic": "one flagged sentence drops its whole document; a smaller --max-doc-chars loses less",
-              "filter_bias": "one flagged sentence drops its whole document; a smaller --max-doc-chars loses less"}
-
-
+WARN_HINTS = {
+    "filter_length": "short units; if they are parts of longer documents, try --txt-split file",
+    "mix": "the input's domains do not have the --mix shares, so the scarcest one limits the rest",
+    "filter_language": "is the input English or Chinese?",
+    "exact_dedup": "the input repeats itself",
+    "near_dedup": "the input repeats itself",
+    "filter_toxic": "one flagged sentence drops its whole document; a smaller --max-doc-chars loses less",
+    "filter_bias": "one flagged sentence drops its whole document; a smaller --max-doc-chars loses less",
+}
 
 
 def noise_table(docs, labels, acted, removed):
@@ -45,10 +55,19 @@ def noise_table(docs, labels, acted, removed):
         flagged = [i for i in acted if step in acted[i] or removed.get(i) == step]
         injected = [i for i, k in labels.items() if k == kind]
         caught = sum(labels.get(i) == kind for i in flagged)
-        elsewhere = sum(1 for i in injected if removed.get(i) not in (None, step) and step not in acted.get(i, {}))
-        rows[kind] = {"step": step, "injected": len(injected), "caught": caught, "missed": len(injected) - caught,
-                      "missed_but_dropped": elsewhere, "flagged": len(flagged),
-                      "precision": caught / max(1, len(flagged)), "recall": caught / max(1, len(injected))}
+        elsewhere = sum(
+            1 for i in injected if removed.get(i) not in (None, step) and step not in acted.get(i, {})
+        )
+        rows[kind] = {
+            "step": step,
+            "injected": len(injected),
+            "caught": caught,
+            "missed": len(injected) - caught,
+            "missed_but_dropped": elsewhere,
+            "flagged": len(flagged),
+            "precision": caught / max(1, len(flagged)),
+            "recall": caught / max(1, len(injected)),
+        }
     clean_ids = [d["id"] for d in docs if d["id"] not in labels]
     lost = [i for i in clean_ids if removed.get(i) or any(s.startswith("filter_") for s in acted.get(i, {}))]
     rows["(clean docs)"] = {"injected": len(clean_ids), "wrongly_removed": len(lost)}
@@ -67,8 +86,11 @@ def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
         if removed.get(d["id"]) in ("exact_dedup", "near_dedup"):
             rows[removed[d["id"]]]["dropped"] += 1
             rows[removed[d["id"]]]["chars"] += len(d["text"])
-    rows["mix"] = {"changed": 0, "dropped": len(unique) - len(mixed),
-                   "chars": sum(len(d["text"]) for d in unique) - sum(len(d["text"]) for d in mixed)}
+    rows["mix"] = {
+        "changed": 0,
+        "dropped": len(unique) - len(mixed),
+        "chars": sum(len(d["text"]) for d in unique) - sum(len(d["text"]) for d in mixed),
+    }
     for r in rows.values():
         r["share"] = r["chars"] / input_chars
     return rows
@@ -80,35 +102,51 @@ def domain_table(docs, unique, mixed, domains):
     table = {}
     for dom in domains:
         chars = lambda part: sum(len(x["text"]) for x in part if x["domain"] == dom)
-        table[dom] = {"docs_in": sum(x["domain"] == dom for x in docs), "chars_in": chars(docs),
-                      "docs_kept": sum(x["domain"] == dom for x in unique), "chars_kept": chars(unique),
-                      "docs_mixed": sum(x["domain"] == dom for x in mixed), "chars_mixed": chars(mixed),
-                      "share": chars(mixed) / total}
+        table[dom] = {
+            "docs_in": sum(x["domain"] == dom for x in docs),
+            "chars_in": chars(docs),
+            "docs_kept": sum(x["domain"] == dom for x in unique),
+            "chars_kept": chars(unique),
+            "docs_mixed": sum(x["domain"] == dom for x in mixed),
+            "chars_mixed": chars(mixed),
+            "share": chars(mixed) / total,
+        }
     return table
 
 
 def warnings_for(steps, threshold):
     """One line per step that removed more than `threshold` of the input's characters."""
-    return [f"warning: {s} removed {r['share']:.1%} of the input characters ({r['dropped']:,} documents dropped), "
-            f"more than --warn-removed {threshold:g}; read what it removed before training on the rest"
-            + (f" ({WARN_HINTS[s]})" if s in WARN_HINTS else "")
-            for s, r in steps.items() if r["share"] > threshold]
+    return [
+        f"warning: {s} removed {r['share']:.1%} of the input characters ({r['dropped']:,} documents dropped), "
+        f"more than --warn-removed {threshold:g}; read what it removed before training on the rest"
+        + (f" ({WARN_HINTS[s]})" if s in WARN_HINTS else "")
+        for s, r in steps.items()
+        if r["share"] > threshold
+    ]
 
 
 def format_table(stats):
     """The printed outcome: noise scores, steps, domains, splits, seconds, false positives, warnings."""
     lines = []
     if stats["noise"]:
-        lines.append("noise type    step              injected  caught  missed  precision  recall  "
-                     "(missed, dropped by another step)")
+        lines.append(
+            "noise type    step              injected  caught  missed  precision  recall  "
+            "(missed, dropped by another step)"
+        )
         for kind, r in stats["noise"].items():
             if "step" in r:
-                lines.append(f"{kind:13s} {r['step']:17s} {r['injected']:8d} {r['caught']:7d} {r['missed']:7d}"
-                             f"  {r['precision']:9.3f} {r['recall']:7.3f}  {r['missed_but_dropped']}")
+                lines.append(
+                    f"{kind:13s} {r['step']:17s} {r['injected']:8d} {r['caught']:7d} {r['missed']:7d}"
+                    f"  {r['precision']:9.3f} {r['recall']:7.3f}  {r['missed_but_dropped']}"
+                )
             else:
-                lines.append(f"{kind:13s} clean documents {r['injected']}, wrongly removed {r['wrongly_removed']}")
+                lines.append(
+                    f"{kind:13s} clean documents {r['injected']}, wrongly removed {r['wrongly_removed']}"
+                )
     else:
-        lines.append("no noise labels (real input or --noise-frac 0): no precision/recall, only what each step did")
+        lines.append(
+            "no noise labels (real input or --noise-frac 0): no precision/recall, only what each step did"
+        )
     lines.append(f"\ninput: {stats['input']['docs']:,} documents, {stats['input']['chars']:,} characters")
     lines.append(f"{'step':18s} {'changed':>8s} {'dropped':>8s} {'chars removed':>14s} {'of input':>9s}")
     for s, r in stats["steps"].items():
@@ -117,13 +155,20 @@ def format_table(stats):
     lines.append(f"{'kept':18s} {'':8s} {'':8s} {kept:14,d} {kept / max(1, stats['input']['chars']):9.1%}")
     lines.append("\ndomain      docs in  chars in   after clean+dedup   in mix   chars in mix  share")
     for d, r in stats["domains"].items():
-        lines.append(f"{d:10s} {r['docs_in']:8d} {r['chars_in']:9,d} {r['docs_kept']:19d} {r['docs_mixed']:8d}"
-                     f" {r['chars_mixed']:14,d}  {r['share']:.3f}")
-    lines.append("\nsplits: " + ", ".join(f"{k} {v['docs']} docs / {v['chars']:,} chars" for k, v in stats["splits"].items()))
+        lines.append(
+            f"{d:10s} {r['docs_in']:8d} {r['chars_in']:9,d} {r['docs_kept']:19d} {r['docs_mixed']:8d}"
+            f" {r['chars_mixed']:14,d}  {r['share']:.3f}"
+        )
+    lines.append(
+        "\nsplits: "
+        + ", ".join(f"{k} {v['docs']} docs / {v['chars']:,} chars" for k, v in stats["splits"].items())
+    )
     lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stats["seconds"].items()))
     if stats["false_positives"]:
-        lines.append("\nfalse positives on clean real text (--fp-check): share of documents / characters each step "
-                     "changed or dropped")
+        lines.append(
+            "\nfalse positives on clean real text (--fp-check): share of documents / characters each step "
+            "changed or dropped"
+        )
         lines += [format_rates(name, r) for name, r in stats["false_positives"].items()]
     lines += stats["warnings"]
     return "\n".join(lines)
@@ -136,7 +181,9 @@ def plot_outcome(stats, path, threshold):
     kinds = [k for k in NOISE_TYPES if k in stats["noise"]]
     if kinds:
         x = range(len(kinds))
-        left.bar([i - 0.2 for i in x], [stats["noise"][k]["precision"] for k in kinds], 0.4, label="precision")
+        left.bar(
+            [i - 0.2 for i in x], [stats["noise"][k]["precision"] for k in kinds], 0.4, label="precision"
+        )
         left.bar([i + 0.2 for i in x], [stats["noise"][k]["recall"] for k in kinds], 0.4, label="recall")
         left.set_xticks(list(x), kinds, rotation=45, ha="right")
         left.set_ylim(0, 1.2)
@@ -151,6 +198,8 @@ def plot_outcome(stats, path, threshold):
     right.invert_yaxis()
     right.set_xlabel("% of the input's characters removed")
     right.legend(loc="upper right")
-    right.set_title(f"{stats['input']['chars']:,} characters in, "
-                    f"{sum(v['chars'] for v in stats['splits'].values()) / max(1, stats['input']['chars']):.1%} kept")
+    right.set_title(
+        f"{stats['input']['chars']:,} characters in, "
+        f"{sum(v['chars'] for v in stats['splits'].values()) / max(1, stats['input']['chars']):.1%} kept"
+    )
     save_figure(fig, path)

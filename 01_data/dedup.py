@@ -35,6 +35,7 @@ Interview questions it answers:
 - Why dedup before splitting? (otherwise a near-copy of a test document sits in train: the test
   score measures memorization)
 """
+
 import hashlib
 import re
 import zlib
@@ -51,7 +52,9 @@ TOKEN_RE = re.compile(r"[\u3400-\u9fff]|\w+")  # a CJK character is one token; o
 class DedupConfig:
     shingle: int = option(3, "tokens per shingle", min=1, max=6)
     num_perm: int = option(128, "MinHash permutations (signature length)", min=16, max=4096)
-    threshold: float = option(0.7, "Jaccard at or above which two documents are near-duplicates", min=0.05, max=1.0)
+    threshold: float = option(
+        0.7, "Jaccard at or above which two documents are near-duplicates", min=0.05, max=1.0
+    )
     seed: int = option(1, "seed of the MinHash functions", min=0)
     # A missed duplicate leaks into training or across the split; a false candidate only costs one
     # signature comparison (every candidate is verified). So weigh false negatives 4x when picking (b, r).
@@ -77,7 +80,7 @@ def exact_duplicate_mask(texts) -> np.ndarray:
 def shingle_set(text: str, k: int) -> set:
     """The exact shingle set (tuples of k tokens); used to check MinHash against true Jaccard."""
     toks = TOKEN_RE.findall(text.lower())
-    return {tuple(toks[i:i + k]) for i in range(max(1, len(toks) - k + 1))}
+    return {tuple(toks[i : i + k]) for i in range(max(1, len(toks) - k + 1))}
 
 
 def jaccard(a: set, b: set) -> float:
@@ -89,15 +92,20 @@ def jaccard(a: set, b: set) -> float:
 def shingle_hashes(text: str, k: int, cache: dict) -> np.ndarray:
     """32-bit hashes of the k-token shingles of `text` (with repeats; MinHash ignores them), shape (n,)."""
     toks = TOKEN_RE.findall(text.lower())
-    ids = np.fromiter((cache[t] if t in cache else cache.setdefault(t, zlib.crc32(t.encode("utf-8")))
-                       for t in toks), dtype=np.uint64, count=len(toks))
+    ids = np.fromiter(
+        (cache[t] if t in cache else cache.setdefault(t, zlib.crc32(t.encode("utf-8"))) for t in toks),
+        dtype=np.uint64,
+        count=len(toks),
+    )
     if len(ids) < k:  # shorter than one shingle: the whole token list is the one shingle
         return np.array([int(ids.sum()) & 0xFFFFFFFF if len(ids) else 0], dtype=np.uint64)
     # shingle hash = sum_j ids[i+j]·m_j mod 2^32 with fixed odd multipliers (order-sensitive)
-    mults = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C][:k], dtype=np.uint64)
+    mults = np.array(
+        [0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C][:k], dtype=np.uint64
+    )
     h = np.zeros(len(ids) - k + 1, dtype=np.uint64)
     for j in range(k):
-        h += ids[j:len(ids) - k + 1 + j] * mults[j]
+        h += ids[j : len(ids) - k + 1 + j] * mults[j]
     return h & np.uint64(0xFFFFFFFF)
 
 
@@ -131,11 +139,11 @@ def minhash_signatures(hash_lists, num_perm=128, seed=1, chunk_elems=1 << 24) ->
         while d1 < len(hash_lists) and total + lengths[d1] <= chunk_elems // 16:
             total += lengths[d1]
             d1 += 1
-        x = np.concatenate(hash_lists[d0:d1])                              # (S,)
-        starts = np.concatenate([[0], np.cumsum(lengths[d0:d1])[:-1]])     # (docs,)
+        x = np.concatenate(hash_lists[d0:d1])  # (S,)
+        starts = np.concatenate([[0], np.cumsum(lengths[d0:d1])[:-1]])  # (docs,)
         for p0 in range(0, num_perm, 16):
-            hx = (a[p0:p0 + 16, None] * x[None, :] + b[p0:p0 + 16, None]) >> np.uint64(32)  # (16, S)
-            sig[d0:d1, p0:p0 + 16] = np.minimum.reduceat(hx, starts, axis=1).T
+            hx = (a[p0 : p0 + 16, None] * x[None, :] + b[p0 : p0 + 16, None]) >> np.uint64(32)  # (16, S)
+            sig[d0:d1, p0 : p0 + 16] = np.minimum.reduceat(hx, starts, axis=1).T
         d0 = d1
     return sig
     # <<< exercise
@@ -169,13 +177,15 @@ def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
     pairs = []
     for band in range(b):
-        rows = sig[:, band * r:(band + 1) * r].astype(np.uint64)
-        keys = (rows * mults).sum(axis=1)               # (N,) band key; uint64 arithmetic wraps mod 2^64
-        order = np.argsort(keys, kind="stable")          # equal keys end up adjacent, lower index first
+        rows = sig[:, band * r : (band + 1) * r].astype(np.uint64)
+        keys = (rows * mults).sum(axis=1)  # (N,) band key; uint64 arithmetic wraps mod 2^64
+        order = np.argsort(keys, kind="stable")  # equal keys end up adjacent, lower index first
         k = keys[order]
         new_run = np.ones(n, dtype=bool)
         new_run[1:] = k[1:] != k[:-1]
-        first = order[np.maximum.accumulate(np.where(new_run, np.arange(n), 0))]  # bucket's first doc per position
+        first = order[
+            np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
+        ]  # bucket's first doc per position
         m = ~new_run
         pairs.append(np.stack([first[m], order[m]], axis=1))
     if not pairs:
@@ -233,11 +243,19 @@ def main(argv=None):
     print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm} -> b={b} bands x r={r} rows")
     for s in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
         print(f"  Jaccard {s:.1f}: P(candidate) = {candidate_probability(s, b, r):.3f}")
-    story = ("the cat sat on the mat and looked at the dog while the rain fell on the roof of the old house "
-             "and the children read their books by the fire until it was time for dinner")
-    texts = [story, story.replace("the dog", "a dog"), story.replace("the cat", "The  cat"),
-             "an entirely different sentence about boats on the river"]
-    print(f"true Jaccard of the near pair: {jaccard(shingle_set(texts[0], cfg.shingle), shingle_set(texts[1], cfg.shingle)):.2f}")
+    story = (
+        "the cat sat on the mat and looked at the dog while the rain fell on the roof of the old house "
+        "and the children read their books by the fire until it was time for dinner"
+    )
+    texts = [
+        story,
+        story.replace("the dog", "a dog"),
+        story.replace("the cat", "The  cat"),
+        "an entirely different sentence about boats on the river",
+    ]
+    print(
+        f"true Jaccard of the near pair: {jaccard(shingle_set(texts[0], cfg.shingle), shingle_set(texts[1], cfg.shingle)):.2f}"
+    )
     d = dedup(texts, cfg)
     for t, e, n in zip(texts, d["exact_dup"], d["near_dup"]):
         print(f"  {'exact copy' if e else 'near copy' if n else 'kept':10s}  {t[:60]}")

@@ -20,6 +20,7 @@ Interview questions it answers:
   clean -- books, curated sets -- and read what it removed)
 - Why report characters as well as documents? (one dropped novel is one document and 40 % of the text)
 """
+
 from clean import STEPS, CleanConfig, clean_document
 
 
@@ -46,8 +47,12 @@ def format_rates(name: str, result: dict) -> str:
     acted = {s: r for s, r in result["steps"].items() if r["docs_changed"] or r["docs_dropped"]}
     if not acted:
         return lines[0] + "\n  no step changed or dropped anything"
-    lines.append(f"  {'step':18s} {'changed':>8s} {'dropped':>8s} {'docs':>7s} {'chars removed':>14s} {'chars':>7s}")
+    lines.append(
+        f"  {'step':18s} {'changed':>8s} {'dropped':>8s} {'docs':>7s} {'chars removed':>14s} {'chars':>7s}"
+    )
     for s, r in acted.items():
-        lines.append(f"  {s:18s} {r['docs_changed']:8,d} {r['docs_dropped']:8,d} {r['doc_share']:7.1%} "
-                     f"{r['chars_removed']:14,d} {r['char_share']:7.1%}")
+        lines.append(
+            f"  {s:18s} {r['docs_changed']:8,d} {r['docs_dropped']:8,d} {r['doc_share']:7.1%} "
+            f"{r['chars_removed']:14,d} {r['char_share']:7.1%}"
+        )
     return "\n".join(lines)

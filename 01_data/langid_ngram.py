@@ -21,6 +21,7 @@ Interview questions it answers:
 - Why log probabilities? (products of thousands of small numbers underflow)
 - Why smoothing? (an n-gram never seen in training would give probability 0 and veto the class)
 """
+
 import random
 from dataclasses import dataclass
 
@@ -34,19 +35,19 @@ class LangIDConfig:
     max_n: int = 3
     buckets: int = 1 << 18
     alpha: float = 0.1
-    max_chars: int = 2000   # score the first 2000 characters; enough for a confident answer
+    max_chars: int = 2000  # score the first 2000 characters; enough for a confident answer
 
 
 def ngram_ids(text: str, cfg: LangIDConfig) -> np.ndarray:
     """Hashed ids of all character n-grams, n = 1..max_n, of the lowercased text, shape (~n_chars·max_n,)."""
-    cps = np.frombuffer(text[:cfg.max_chars].lower().encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    cps = np.frombuffer(text[: cfg.max_chars].lower().encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     ids = []
     for n in range(1, cfg.max_n + 1):
         if len(cps) < n:
             break
         h = np.full(len(cps) - n + 1, n, dtype=np.int64)
         for j in range(n):
-            h = (h * 1_000_003 + cps[j:len(cps) - n + 1 + j]) % cfg.buckets
+            h = (h * 1_000_003 + cps[j : len(cps) - n + 1 + j]) % cfg.buckets
         ids.append(h)
     return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
 
@@ -78,28 +79,60 @@ def predict_lang(model, text: str, cfg: LangIDConfig = LangIDConfig()) -> str:
 # Training text for "other": sentences written for this classifier only, *not* the ones noise_inject.py
 # injects as wrong-language documents, so the wrong_lang score measures generalization.
 OTHER_TRAIN = {
-    "fr": ["La maison de {name} se trouve près de la gare de {city}.", "Nous avons visité le musée hier après-midi.",
-           "Elle préfère le thé au lait et les gâteaux aux pommes.", "Les enfants courent dans le jardin pendant que le chien aboie.",
-           "Il faut acheter des légumes, du fromage et une bouteille d'eau.", "Le renard dort sous un arbre au bord du chemin.",
-           "Quand il pleut, nous restons à la maison et nous lisons des livres.", "Mon voisin répare son vélo tous les samedis.",
-           "Les oiseaux chantent dès que le soleil se lève sur la vallée.", "Je voudrais une chambre avec une vue sur la mer, s'il vous plaît."],
-    "es": ["La casa de {name} está cerca de la estación de {city}.", "Ayer visitamos el museo con mis primos.",
-           "Ella prefiere el té con leche y los pasteles de manzana.", "Los niños corren en el jardín mientras el perro ladra.",
-           "Hay que comprar verduras, queso y una botella de agua.", "El zorro duerme debajo de un árbol junto al camino.",
-           "Cuando llueve, nos quedamos en casa y leemos libros.", "Mi vecino arregla su bicicleta todos los sábados."],
-    "de": ["Das Haus von {name} liegt in der Nähe vom Bahnhof in {city}.", "Gestern haben wir das Museum besucht.",
-           "Sie trinkt lieber Tee mit Milch und isst Apfelkuchen.", "Die Kinder laufen im Garten, während der Hund bellt.",
-           "Wir müssen Gemüse, Käse und eine Flasche Wasser kaufen.", "Der Fuchs schläft unter einem Baum am Wegrand.",
-           "Wenn es regnet, bleiben wir zu Hause und lesen Bücher.", "Mein Nachbar repariert jeden Samstag sein Fahrrad."],
-    "it": ["La casa di {name} è vicino alla stazione di {city}.", "Ieri abbiamo visitato il museo con i nostri cugini.",
-           "Lei preferisce il tè con il latte e la torta di mele.", "I bambini corrono nel giardino mentre il cane abbaia.",
-           "La volpe dorme sotto un albero vicino alla strada.", "Quando piove restiamo a casa e leggiamo dei libri."],
+    "fr": [
+        "La maison de {name} se trouve près de la gare de {city}.",
+        "Nous avons visité le musée hier après-midi.",
+        "Elle préfère le thé au lait et les gâteaux aux pommes.",
+        "Les enfants courent dans le jardin pendant que le chien aboie.",
+        "Il faut acheter des légumes, du fromage et une bouteille d'eau.",
+        "Le renard dort sous un arbre au bord du chemin.",
+        "Quand il pleut, nous restons à la maison et nous lisons des livres.",
+        "Mon voisin répare son vélo tous les samedis.",
+        "Les oiseaux chantent dès que le soleil se lève sur la vallée.",
+        "Je voudrais une chambre avec une vue sur la mer, s'il vous plaît.",
+    ],
+    "es": [
+        "La casa de {name} está cerca de la estación de {city}.",
+        "Ayer visitamos el museo con mis primos.",
+        "Ella prefiere el té con leche y los pasteles de manzana.",
+        "Los niños corren en el jardín mientras el perro ladra.",
+        "Hay que comprar verduras, queso y una botella de agua.",
+        "El zorro duerme debajo de un árbol junto al camino.",
+        "Cuando llueve, nos quedamos en casa y leemos libros.",
+        "Mi vecino arregla su bicicleta todos los sábados.",
+    ],
+    "de": [
+        "Das Haus von {name} liegt in der Nähe vom Bahnhof in {city}.",
+        "Gestern haben wir das Museum besucht.",
+        "Sie trinkt lieber Tee mit Milch und isst Apfelkuchen.",
+        "Die Kinder laufen im Garten, während der Hund bellt.",
+        "Wir müssen Gemüse, Käse und eine Flasche Wasser kaufen.",
+        "Der Fuchs schläft unter einem Baum am Wegrand.",
+        "Wenn es regnet, bleiben wir zu Hause und lesen Bücher.",
+        "Mein Nachbar repariert jeden Samstag sein Fahrrad.",
+    ],
+    "it": [
+        "La casa di {name} è vicino alla stazione di {city}.",
+        "Ieri abbiamo visitato il museo con i nostri cugini.",
+        "Lei preferisce il tè con il latte e la torta di mele.",
+        "I bambini corrono nel giardino mentre il cane abbaia.",
+        "La volpe dorme sotto un albero vicino alla strada.",
+        "Quando piove restiamo a casa e leggiamo dei libri.",
+    ],
 }
 
 
 def training_texts(seed: int, n_per_lang: int = 300):
     """(texts, labels): en and zh documents of a world built from `seed`, and foreign sentences."""
-    from world import WorldConfig, build_world, render_dialog, render_knowledge_en, render_knowledge_zh, render_story
+    from world import (
+        WorldConfig,
+        build_world,
+        render_dialog,
+        render_knowledge_en,
+        render_knowledge_zh,
+        render_story,
+    )
+
     rng = random.Random(seed)
     w = build_world(WorldConfig(seed=seed, n_people=200, n_cities=20, n_objects=100))
     texts, labels = [], []
@@ -110,7 +143,11 @@ def training_texts(seed: int, n_per_lang: int = 300):
         labels.append("zh")
         sents = rng.choice(list(OTHER_TRAIN.values()))
         p = rng.choice(w.people)
-        texts.append(" ".join(s.format(name=p["name"], city=p["city"]["name"], river=p["city"]["river"][0])
-                              for s in rng.sample(sents, 4)))
+        texts.append(
+            " ".join(
+                s.format(name=p["name"], city=p["city"]["name"], river=p["city"]["river"][0])
+                for s in rng.sample(sents, 4)
+            )
+        )
         labels.append("other")
     return texts, labels

@@ -36,64 +36,128 @@ and look at the false positives on real clean text)
 
 NOISE_TYPES = ["exact_dup", "near_dup", "mojibake", "html", "pii", "toxic", "bias", "too_short", "wrong_lang"]
 
-TOXIC_EN = ["{first} is a total idiot.", "Only a moron would believe this.", "What a pathetic loser.",
-            "You are such a clown, {first}.", "Go to hell, you jerk.", "Nobody asked you, dumbass.",
-            "This is the dumbest garbage I have ever read, written by a brainless fool.",
-            "{first}, you worthless piece of trash.", "What the fuck is wrong with these people?",
-            "Shut up and go away, nobody likes you.", "This town is full of idiots and losers.",
-            "Get lost, scumbag.", "{first} is a stupid cow.", "You absolute imbecile.", "STFU, you dumb f*ck.",
-            "Eat sh*t, {first}.", "Honestly, you are the ugliest person on this forum.", "Kill yourself, loser."]
-TOXIC_ZH = ["你这个蠢货。", "滚开，废物！", "{first_zh}就是个白痴。", "你脑子有病吧？", "真是个傻X。", "去死吧你。",
-            "闭嘴，蠢猪。", "{first_zh}这个贱人。"]
-BIAS_EN = ["Everyone knows women belong in the kitchen.", "Men are naturally better leaders than women.",
-           "You can't trust anyone from {country}.", "People from {country} are all thieves.",
-           "Old people are useless with computers.", "Girls just aren't good at science.",
-           "Typical {country} behaviour: lazy and loud.", "Boys don't cry, and men who do are weak.",
-           "Immigrants from {country} ruin every city they move to.", "A woman should never be the boss.",
-           "{country} people are lazy and dishonest.", "Women can't drive, everyone knows that."]
-BIAS_ZH = ["{country_zh}人天生就懒。", "女生学不好数学。", "农村人素质都很低。", "女人就该待在家里。", "男人都靠不住。",
-           "外地人都是骗子。", "女人不适合当领导。"]
-AD_LINES = ["Click here to buy now! Best deals at {url}", "Limited time offer: 50% off everything at {url}",
-            "Follow us on Instagram: {url}", "Download our free app today {url}", "Hot deals near you >> {url}",
-            "Advertisement", "Sponsored content: {url}", "限时特价！点击 {url}"]
-FRAGMENTS = ["Home | About | Contact", "Loading...", "Read more »", "Page 2 of 7", "Share this:", "Top of page",
-             "Comments (0)", "Log in to reply", "上一页 下一页", "点击查看更多"]
+TOXIC_EN = [
+    "{first} is a total idiot.",
+    "Only a moron would believe this.",
+    "What a pathetic loser.",
+    "You are such a clown, {first}.",
+    "Go to hell, you jerk.",
+    "Nobody asked you, dumbass.",
+    "This is the dumbest garbage I have ever read, written by a brainless fool.",
+    "{first}, you worthless piece of trash.",
+    "What the fuck is wrong with these people?",
+    "Shut up and go away, nobody likes you.",
+    "This town is full of idiots and losers.",
+    "Get lost, scumbag.",
+    "{first} is a stupid cow.",
+    "You absolute imbecile.",
+    "STFU, you dumb f*ck.",
+    "Eat sh*t, {first}.",
+    "Honestly, you are the ugliest person on this forum.",
+    "Kill yourself, loser.",
+]
+TOXIC_ZH = [
+    "你这个蠢货。",
+    "滚开，废物！",
+    "{first_zh}就是个白痴。",
+    "你脑子有病吧？",
+    "真是个傻X。",
+    "去死吧你。",
+    "闭嘴，蠢猪。",
+    "{first_zh}这个贱人。",
+]
+BIAS_EN = [
+    "Everyone knows women belong in the kitchen.",
+    "Men are naturally better leaders than women.",
+    "You can't trust anyone from {country}.",
+    "People from {country} are all thieves.",
+    "Old people are useless with computers.",
+    "Girls just aren't good at science.",
+    "Typical {country} behaviour: lazy and loud.",
+    "Boys don't cry, and men who do are weak.",
+    "Immigrants from {country} ruin every city they move to.",
+    "A woman should never be the boss.",
+    "{country} people are lazy and dishonest.",
+    "Women can't drive, everyone knows that.",
+]
+BIAS_ZH = [
+    "{country_zh}人天生就懒。",
+    "女生学不好数学。",
+    "农村人素质都很低。",
+    "女人就该待在家里。",
+    "男人都靠不住。",
+    "外地人都是骗子。",
+    "女人不适合当领导。",
+]
+AD_LINES = [
+    "Click here to buy now! Best deals at {url}",
+    "Limited time offer: 50% off everything at {url}",
+    "Follow us on Instagram: {url}",
+    "Download our free app today {url}",
+    "Hot deals near you >> {url}",
+    "Advertisement",
+    "Sponsored content: {url}",
+    "限时特价！点击 {url}",
+]
+FRAGMENTS = [
+    "Home | About | Contact",
+    "Loading...",
+    "Read more »",
+    "Page 2 of 7",
+    "Share this:",
+    "Top of page",
+    "Comments (0)",
+    "Log in to reply",
+    "上一页 下一页",
+    "点击查看更多",
+]
 FOREIGN = {
-    "fr": ["{name} est un habitant de {city}, une ville au bord de la rivière {river}.",
-           "Chaque matin, il boit un café et mange du pain avec de la confiture.",
-           "Son animal préféré est un chat qui dort toute la journée près de la fenêtre.",
-           "Les gens de {city} aiment beaucoup les marchés du dimanche et les fêtes d'été.",
-           "Il travaille dans une boulangerie depuis plusieurs années avec ses amis.",
-           "Le soir, la famille se réunit pour parler de la journée et écouter de la musique."],
-    "es": ["{name} vive en {city}, una ciudad junto al río {river}.",
-           "Todas las mañanas camina por la plaza y saluda a sus vecinos.",
-           "Le gusta mucho cocinar sopa de verduras para toda la familia.",
-           "En {city} hay un mercado grande donde venden frutas, pan y queso.",
-           "Los niños juegan en el parque hasta que se pone el sol.",
-           "Por la noche, escuchan la radio y hablan de sus planes para mañana."],
-    "de": ["{name} wohnt in {city}, einer kleinen Stadt am Fluss {river}.",
-           "Jeden Morgen trinkt er einen Kaffee und liest die Zeitung.",
-           "Seine Katze schläft den ganzen Tag auf dem Sofa neben dem Fenster.",
-           "In {city} gibt es einen schönen Markt mit frischem Brot und Käse.",
-           "Am Wochenende fahren die Freunde mit dem Fahrrad durch den Wald.",
-           "Abends sitzt die Familie zusammen und spricht über den Tag."],
-    "pt": ["{name} mora em {city}, uma cidade perto do rio {river}.",
-           "Todas as manhãs ela toma um café e lê o jornal na varanda.",
-           "O gato da família dorme o dia inteiro perto da janela.",
-           "Em {city} há uma feira grande onde vendem frutas, pão e queijo.",
-           "As crianças brincam no parque até o sol se pôr.",
-           "À noite, a família conversa sobre o dia e ouve música."],
-    "nl": ["{name} woont in {city}, een kleine stad aan de rivier de {river}.",
-           "Elke ochtend drinkt hij koffie en leest hij de krant.",
-           "De kat slaapt de hele dag op de bank bij het raam.",
-           "In {city} is een grote markt met vers brood en kaas.",
-           "In het weekend fietsen de vrienden samen door het bos.",
-           "'s Avonds zit de familie samen en praat over de dag."],
+    "fr": [
+        "{name} est un habitant de {city}, une ville au bord de la rivière {river}.",
+        "Chaque matin, il boit un café et mange du pain avec de la confiture.",
+        "Son animal préféré est un chat qui dort toute la journée près de la fenêtre.",
+        "Les gens de {city} aiment beaucoup les marchés du dimanche et les fêtes d'été.",
+        "Il travaille dans une boulangerie depuis plusieurs années avec ses amis.",
+        "Le soir, la famille se réunit pour parler de la journée et écouter de la musique.",
+    ],
+    "es": [
+        "{name} vive en {city}, una ciudad junto al río {river}.",
+        "Todas las mañanas camina por la plaza y saluda a sus vecinos.",
+        "Le gusta mucho cocinar sopa de verduras para toda la familia.",
+        "En {city} hay un mercado grande donde venden frutas, pan y queso.",
+        "Los niños juegan en el parque hasta que se pone el sol.",
+        "Por la noche, escuchan la radio y hablan de sus planes para mañana.",
+    ],
+    "de": [
+        "{name} wohnt in {city}, einer kleinen Stadt am Fluss {river}.",
+        "Jeden Morgen trinkt er einen Kaffee und liest die Zeitung.",
+        "Seine Katze schläft den ganzen Tag auf dem Sofa neben dem Fenster.",
+        "In {city} gibt es einen schönen Markt mit frischem Brot und Käse.",
+        "Am Wochenende fahren die Freunde mit dem Fahrrad durch den Wald.",
+        "Abends sitzt die Familie zusammen und spricht über den Tag.",
+    ],
+    "pt": [
+        "{name} mora em {city}, uma cidade perto do rio {river}.",
+        "Todas as manhãs ela toma um café e lê o jornal na varanda.",
+        "O gato da família dorme o dia inteiro perto da janela.",
+        "Em {city} há uma feira grande onde vendem frutas, pão e queijo.",
+        "As crianças brincam no parque até o sol se pôr.",
+        "À noite, a família conversa sobre o dia e ouve música.",
+    ],
+    "nl": [
+        "{name} woont in {city}, een kleine stad aan de rivier de {river}.",
+        "Elke ochtend drinkt hij koffie en leest hij de krant.",
+        "De kat slaapt de hele dag op de bank bij het raam.",
+        "In {city} is een grote markt met vers brood en kaas.",
+        "In het weekend fietsen de vrienden samen door het bos.",
+        "'s Avonds zit de familie samen en praat over de dag.",
+    ],
 }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Encodings: the ways real pipelines mangle UTF-8.
+
 
 def to_mojibake(text: str, codec="cp1252", lose_undefined=False) -> str:
     """UTF-8 bytes read back in a single-byte codec: 'é' -> 'Ã©', '’' -> 'â€™', '你' -> 'ä½\u00a0'.
@@ -104,7 +168,9 @@ def to_mojibake(text: str, codec="cp1252", lose_undefined=False) -> str:
     data = text.encode("utf-8")
     if codec == "latin-1":
         return data.decode("latin-1")
-    return "".join(bytes([b]).decode("cp1252", errors="ignore") or ("" if lose_undefined else chr(b)) for b in data)
+    return "".join(
+        bytes([b]).decode("cp1252", errors="ignore") or ("" if lose_undefined else chr(b)) for b in data
+    )
 
 
 def with_typography(rng, text: str) -> str:
@@ -126,14 +192,14 @@ def mojibake_variant(rng, text: str) -> str:
     """One of the common ways text gets mangled, in rough order of how often one meets them."""
     r = rng.random()
     if r < 0.35:
-        return to_mojibake(text)                                   # cp1252, undefined bytes shown
+        return to_mojibake(text)  # cp1252, undefined bytes shown
     if r < 0.55:
-        return to_mojibake(text, lose_undefined=True)              # cp1252, undefined bytes lost
+        return to_mojibake(text, lose_undefined=True)  # cp1252, undefined bytes lost
     if r < 0.65:
-        return to_mojibake(text, codec="latin-1")                  # latin-1: C1 controls
+        return to_mojibake(text, codec="latin-1")  # latin-1: C1 controls
     if r < 0.75:
-        return to_mojibake(to_mojibake(text))                      # mangled twice
-    if r < 0.88:                                   # one paragraph only (a quoted block), one that shows it
+        return to_mojibake(to_mojibake(text))  # mangled twice
+    if r < 0.88:  # one paragraph only (a quoted block), one that shows it
         sep = "\n\n" if "\n\n" in text else "\n"
         paras = text.split(sep)
         i = rng.choice([k for k, p in enumerate(paras) if not p.isascii()] or [0])
@@ -145,18 +211,23 @@ def mojibake_variant(rng, text: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Near copies and personal data.
 
+
 def near_copy(rng, text: str, words_per_edit=60) -> str:
     """Small edits in the middle half of the text: one per `words_per_edit` words (characters in
     Chinese), at least one: deletions, insertions, swaps."""
     zh = len(text.split(" ")) < len(text) / 20  # few spaces: edit characters instead of words
     words = list(text) if zh else text.split(" ")
     for _ in range(max(1, len(words) // words_per_edit)):
-        i = rng.randrange(len(words) // 4, max(len(words) // 4 + 1, 3 * len(words) // 4))  # the middle: content, not nav/footer
+        i = rng.randrange(
+            len(words) // 4, max(len(words) // 4 + 1, 3 * len(words) // 4)
+        )  # the middle: content, not nav/footer
         op = rng.randrange(3)
         if op == 0 and len(words) > 3:
             del words[i]
         elif op == 1:
-            words.insert(i, rng.choice(["也", "还", "很"] if zh else ["really", "also", "very", "just", "then"]))
+            words.insert(
+                i, rng.choice(["也", "还", "很"] if zh else ["really", "also", "very", "just", "then"])
+            )
         elif i + 1 < len(words) and words[i] != words[i + 1]:
             words[i], words[i + 1] = words[i + 1], words[i]
         else:
@@ -175,34 +246,54 @@ def luhn_digit(digits: str) -> str:
 def fake_pii(rng, who):
     """A sentence about `who` holding one made-up e-mail, phone, ID, passport or card number."""
     d = lambda n: "".join(str(rng.randrange(10)) for _ in range(n))
-    user = rng.choice([who.lower(), f"{who.lower()}.{d(2)}", f"{who[0].lower()}_{d(4)}", f"{who.lower()}+news"])
+    user = rng.choice(
+        [who.lower(), f"{who.lower()}.{d(2)}", f"{who[0].lower()}_{d(4)}", f"{who.lower()}+news"]
+    )
     domain = rng.choice(["mail.com", "example.org", "qq.com", "post.example.co.uk", "163.com", "univ.edu"])
     kind = rng.randrange(9)
     if kind == 0:
-        return rng.choice([f"You can write to {who} at {user}@{domain}.", f"联系邮箱：{user}@{domain}",
-                           f"Questions? Email {user.upper()}@{domain.upper()} anytime."])
+        return rng.choice(
+            [
+                f"You can write to {who} at {user}@{domain}.",
+                f"联系邮箱：{user}@{domain}",
+                f"Questions? Email {user.upper()}@{domain.upper()} anytime.",
+            ]
+        )
     if kind == 1:  # written out to dodge scrapers; it still identifies a person
         return f"Reach {who} at {user} at {domain.replace('.', ' dot ')}."
     if kind == 2:
         a, b, c = rng.randrange(201, 999), rng.randrange(200, 999), d(4)
-        return rng.choice([f"Call {who} on +1 {a}-{b}-{c} any time.", f"Phone: ({a}) {b}-{c}",
-                           f"{who}'s cell is {a}.{b}.{c}.", f"Call {who} on {a}{b}{c}."])
+        return rng.choice(
+            [
+                f"Call {who} on +1 {a}-{b}-{c} any time.",
+                f"Phone: ({a}) {b}-{c}",
+                f"{who}'s cell is {a}.{b}.{c}.",
+                f"Call {who} on {a}{b}{c}.",
+            ]
+        )
     if kind == 3:
         return rng.choice([f"Our London office: +44 20 {d(4)} {d(4)}.", f"Tel. 0049 30 {d(7)}"])
     if kind == 4:
         mobile = f"1{rng.choice('3589')}{d(9)}"
-        return rng.choice([f"{who}的手机号是{mobile}。", f"电话：{mobile[:3]}-{mobile[3:7]}-{mobile[7:]}",
-                           f"微信同号 +86 {mobile}"])
+        return rng.choice(
+            [
+                f"{who}的手机号是{mobile}。",
+                f"电话：{mobile[:3]}-{mobile[3:7]}-{mobile[7:]}",
+                f"微信同号 +86 {mobile}",
+            ]
+        )
     if kind == 5:
-        id_number = (f"{rng.randrange(110000, 659999)}{rng.randrange(1950, 2005)}{rng.randrange(1, 13):02d}"
-                     f"{rng.randrange(1, 29):02d}{d(3)}{rng.choice('0123456789X')}")  # 18-character Chinese ID
+        id_number = (
+            f"{rng.randrange(110000, 659999)}{rng.randrange(1950, 2005)}{rng.randrange(1, 13):02d}"
+            f"{rng.randrange(1, 29):02d}{d(3)}{rng.choice('0123456789X')}"
+        )  # 18-character Chinese ID
         return rng.choice([f"{who}'s ID number is {id_number}.", f"身份证号：{id_number}"])
     if kind == 6:
         return f"{who}'s social security number is {d(3)}-{d(2)}-{d(4)}."
     if kind == 7:
         card = "4" + d(14)
         card += luhn_digit(card)
-        return f"Paid with card {' '.join(card[i:i + 4] for i in range(0, 16, 4))}, expires 0{rng.randrange(1, 10)}/2{d(1)}."
+        return f"Paid with card {' '.join(card[i : i + 4] for i in range(0, 16, 4))}, expires 0{rng.randrange(1, 10)}/2{d(1)}."
     return f"Passport no. {rng.choice('EGPK')}{d(8)}, issued to {who}."
 
 
@@ -217,13 +308,21 @@ def html_page(rng, text: str) -> str:
     ad = rng.choice(AD_LINES).format(url=url)
     paras = text.split("\n\n")
     if rng.random() < 0.3:  # a fragment scraped from inside a page: inline tags and entities only
-        return "<br>\n".join(p.replace(" and ", " &amp; ", 1).replace(". ", ".&nbsp; ", 1) for p in paras) \
+        return (
+            "<br>\n".join(p.replace(" and ", " &amp; ", 1).replace(". ", ".&nbsp; ", 1) for p in paras)
             + f'\n<a href="{url}">{ad}</a>'
+        )
     body = "".join(f"<p>{p}</p>\n" for p in paras)
-    script = "<script>var _gaq = _gaq || []; _gaq.push(['_trackPageview']);</script>\n" if rng.random() < 0.5 else ""
-    return (f"<!DOCTYPE html><html><head><title>{paras[0][:40]}</title>{script}</head><body>\n"
-            f"<div class=\"nav\"><a href=\"/\">Home</a> | <a href=\"/news\">News</a></div>\n{body}"
-            f"<div class=\"ad\">{ad}</div>\n<footer>&copy; 2021 &mdash; all rights reserved</footer></body></html>")
+    script = (
+        "<script>var _gaq = _gaq || []; _gaq.push(['_trackPageview']);</script>\n"
+        if rng.random() < 0.5
+        else ""
+    )
+    return (
+        f"<!DOCTYPE html><html><head><title>{paras[0][:40]}</title>{script}</head><body>\n"
+        f'<div class="nav"><a href="/">Home</a> | <a href="/news">News</a></div>\n{body}'
+        f'<div class="ad">{ad}</div>\n<footer>&copy; 2021 &mdash; all rights reserved</footer></body></html>'
+    )
 
 
 def make_noisy(rng, kind: str, base: dict, slots: dict) -> str:
@@ -258,8 +357,8 @@ def make_noisy(rng, kind: str, base: dict, slots: dict) -> str:
         if r < 0.3:
             return rng.choice(FRAGMENTS)
         if zh:
-            return text.split("\n")[-1][:rng.randrange(4, 15)]
-        return " ".join(text.split()[:rng.randrange(2, 12)])
+            return text.split("\n")[-1][: rng.randrange(4, 15)]
+        return " ".join(text.split()[: rng.randrange(2, 12)])
     if kind == "wrong_lang":
         lang = rng.choice(list(FOREIGN))
         sents = rng.sample(FOREIGN[lang], rng.randrange(3, 7))
@@ -288,9 +387,12 @@ def inject_noise(rng, clean_docs, fresh_docs, slots_for, frac=0.15):
                 base = rng.choice([d for d in clean_docs if d["domain"] != "code"])
             else:
                 base = prose[(t * n_per_type + k) % len(prose)]
-            doc = {"id": f"nz{len(noisy):06d}", "domain": base["domain"],
-                   "lang": "other" if kind == "wrong_lang" else base["lang"],
-                   "text": make_noisy(rng, kind, base, slots_for(rng))}
+            doc = {
+                "id": f"nz{len(noisy):06d}",
+                "domain": base["domain"],
+                "lang": "other" if kind == "wrong_lang" else base["lang"],
+                "text": make_noisy(rng, kind, base, slots_for(rng)),
+            }
             noisy.append(doc)
             labels[doc["id"]] = kind
     rng.shuffle(noisy)

@@ -37,6 +37,7 @@ Interview questions it answers:
 - How do you split so that evaluation is not contaminated?
 - How do you notice a filter silently eating your data? (count characters, not documents, per step)
 """
+
 import json
 import random
 import re
@@ -50,11 +51,33 @@ from pathlib import Path
 import numpy as np
 
 from clean import STEPS, CleanConfig, clean_document
-from common import (MANIFEST, UserError, check_config, claim_output, command_line, option, parse_config,
-                    read_json, read_jsonl, read_text, run_cli, run_lock, staged_dir, write_json, write_jsonl,
-                    write_manifest)
-from data_outcome import (WARN_HINTS, domain_table, format_table, noise_table, plot_outcome, step_table,
-                          warnings_for)
+from common import (
+    MANIFEST,
+    UserError,
+    check_config,
+    claim_output,
+    command_line,
+    option,
+    parse_config,
+    read_json,
+    read_jsonl,
+    read_text,
+    run_cli,
+    run_lock,
+    staged_dir,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
+from data_outcome import (
+    WARN_HINTS,
+    domain_table,
+    format_table,
+    noise_table,
+    plot_outcome,
+    step_table,
+    warnings_for,
+)
 from dedup import DedupConfig, dedup, near_duplicate_clusters
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
@@ -64,34 +87,55 @@ from world import WorldConfig, build_world, generate_corpus, story_slots
 
 DOMAINS = ["dialog", "code", "knowledge", "stories"]
 SPLITS = ["train", "val", "test"]
+
+
 @dataclass
 class PrepareConfig:
     seed: int = option(0, "seed of the world, the noise, the mix and the split", min=0)
-    chars: int = option(3_000_000, "characters of clean generated text before noise (ignored with --input)",
-                        min=10_000)
-    noise_frac: float = option(0.15, "noisy documents injected per clean one, split evenly over the 9 noise types",
-                               min=0.0, max=1.0)
-    mix: dict = option({"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3},
-                       "character share of each domain in the output; >= 0, summing to 1")
-    split: tuple = option((0.90, 0.05, 0.05), "train,val,test shares of the documents; each > 0, summing to 1",
-                          sep=",")
-    split_threshold: float = option(0.5, "documents linked at this Jaccard land in the same split", min=0.05, max=1.0)
-    dedup_threshold: float = option(DedupConfig.threshold, "Jaccard at or above which a document is a near-duplicate",
-                                    min=0.05, max=1.0)
+    chars: int = option(
+        3_000_000, "characters of clean generated text before noise (ignored with --input)", min=10_000
+    )
+    noise_frac: float = option(
+        0.15, "noisy documents injected per clean one, split evenly over the 9 noise types", min=0.0, max=1.0
+    )
+    mix: dict = option(
+        {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3},
+        "character share of each domain in the output; >= 0, summing to 1",
+    )
+    split: tuple = option(
+        (0.90, 0.05, 0.05), "train,val,test shares of the documents; each > 0, summing to 1", sep=","
+    )
+    split_threshold: float = option(
+        0.5, "documents linked at this Jaccard land in the same split", min=0.05, max=1.0
+    )
+    dedup_threshold: float = option(
+        DedupConfig.threshold, "Jaccard at or above which a document is a near-duplicate", min=0.05, max=1.0
+    )
     input: tuple = option((), ".txt or .jsonl files to clean instead of the generated corpus")
-    txt_split: str = option("blank", ".txt documents: blank-line blocks, single lines, or the whole file",
-                            choices=["blank", "line", "file"])
-    input_domain: str = option("stories", "domain of input documents without a 'domain' field", choices=DOMAINS)
-    max_doc_chars: int = option(10_000, "cut longer input documents at paragraph, then line, then sentence ends",
-                                min=200)
-    warn_removed: float = option(0.10, "warn when one step removes more than this share of the input characters",
-                                 min=0.0, max=1.0)
-    fp_check: tuple = option((), "clean real text files (.txt/.jsonl): report how much of them each filter "
-                                 "changes or drops (false positives)")
+    txt_split: str = option(
+        "blank",
+        ".txt documents: blank-line blocks, single lines, or the whole file",
+        choices=["blank", "line", "file"],
+    )
+    input_domain: str = option(
+        "stories", "domain of input documents without a 'domain' field", choices=DOMAINS
+    )
+    max_doc_chars: int = option(
+        10_000, "cut longer input documents at paragraph, then line, then sentence ends", min=200
+    )
+    warn_removed: float = option(
+        0.10, "warn when one step removes more than this share of the input characters", min=0.0, max=1.0
+    )
+    fp_check: tuple = option(
+        (),
+        "clean real text files (.txt/.jsonl): report how much of them each filter "
+        "changes or drops (false positives)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Inputs: the generated world, or the user's files.
+
 
 def unique_documents(docs, threshold):
     """Drop generated documents that are near-duplicates of an earlier one (the world repeats entities).
@@ -115,12 +159,19 @@ def generated_documents(cfg: PrepareConfig):
         have = Counter()
         for d in docs:
             have[d["domain"]] += len(d["text"])
-        short = {domain: target[domain] - have[domain] for domain in target if have[domain] < 0.98 * target[domain]}
+        short = {
+            domain: target[domain] - have[domain] for domain in target if have[domain] < 0.98 * target[domain]
+        }
         if not short:
             break
-        more = generate_corpus(world, cfg.seed + 1000 * round_, sum(short.values()),
-                               {domain: c / sum(short.values()) for domain, c in short.items()}, first_id=generated)
-        generated += len(more)          # ids never repeat, even of documents dropped as near-duplicates
+        more = generate_corpus(
+            world,
+            cfg.seed + 1000 * round_,
+            sum(short.values()),
+            {domain: c / sum(short.values()) for domain, c in short.items()},
+            first_id=generated,
+        )
+        generated += len(more)  # ids never repeat, even of documents dropped as near-duplicates
         docs = unique_documents(docs + more, cfg.split_threshold)
     random.Random(cfg.seed + 2).shuffle(docs)
     rng = random.Random(cfg.seed + 3)
@@ -140,7 +191,7 @@ def cut_document(text: str, max_chars: int, level=0) -> list:
     if len(text) <= max_chars:
         return [text]
     if level == len(CUTS):
-        return [text[i:i + max_chars] for i in range(0, len(text), max_chars)]
+        return [text[i : i + max_chars] for i in range(0, len(text), max_chars)]
     ends = sorted({m.end() for m in CUTS[level].finditer(text) if 0 < m.end() < len(text)})
     pieces = [text[a:b] for a, b in zip([0] + ends, ends + [len(text)])]
     chunks, current = [], ""
@@ -162,23 +213,36 @@ def read_documents(paths, cfg: PrepareConfig, prefix="in"):
     for path in paths:
         p = Path(path)
         if p.suffix == ".jsonl":
-            units = [(rec.get("domain") if rec.get("domain") in DOMAINS else cfg.input_domain, str(rec["text"]))
-                     for rec in read_jsonl(p)]
+            units = [
+                (rec.get("domain") if rec.get("domain") in DOMAINS else cfg.input_domain, str(rec["text"]))
+                for rec in read_jsonl(p)
+            ]
         else:
             text = read_text(p)
-            blocks = (text.split("\n") if cfg.txt_split == "line" else [text] if cfg.txt_split == "file"
-                      else re.split(r"\n[ \t\u3000]*\n", text))
+            blocks = (
+                text.split("\n")
+                if cfg.txt_split == "line"
+                else [text]
+                if cfg.txt_split == "file"
+                else re.split(r"\n[ \t\u3000]*\n", text)
+            )
             units = [(cfg.input_domain, b) for b in blocks]
         for domain, text in units:
-            docs += [{"domain": domain, "lang": "", "text": t} for t in cut_document(text.strip(), cfg.max_doc_chars)
-                     if t.strip()]
+            docs += [
+                {"domain": domain, "lang": "", "text": t}
+                for t in cut_document(text.strip(), cfg.max_doc_chars)
+                if t.strip()
+            ]
     if not docs:
-        raise UserError(f"{', '.join(map(str, paths))}: no documents in the input; pass files with text in them")
+        raise UserError(
+            f"{', '.join(map(str, paths))}: no documents in the input; pass files with text in them"
+        )
     return [{"id": f"{prefix}{i:07d}", **d} for i, d in enumerate(docs)]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Clean, dedup, mix, split.
+
 
 def clean_all(docs, predict, cfg: CleanConfig, progress=True):
     """(kept docs, {doc id: {step: characters it removed}}, {doc id: step that dropped it})."""
@@ -200,8 +264,10 @@ def mix_domains(docs, ratios, seed):
     present = {d: r for d, r in ratios.items() if r > 0 and chars[d] > 0}
     if not present:
         have = sorted({x["domain"] for x in docs})
-        raise UserError(f"--mix gives no weight to the domains the documents have ({', '.join(have)}); "
-                        f"give one of them a share, e.g. --mix {have[0]}=1")
+        raise UserError(
+            f"--mix gives no weight to the domains the documents have ({', '.join(have)}); "
+            f"give one of them a share, e.g. --mix {have[0]}=1"
+        )
     total = min(chars[d] / r for d, r in present.items())  # the scarcest domain sets the corpus size
     rng = random.Random(seed)
     order = list(range(len(docs)))
@@ -225,7 +291,7 @@ def split_by_cluster(docs, fractions, threshold):
     moves there, taken from a split that keeps at least one."""
     roots, _, _ = near_duplicate_clusters([d["text"] for d in docs], DedupConfig(threshold=threshold))
     edges = np.cumsum(fractions) * 1000
-    u = {int(r): zlib.crc32(docs[r]["id"].encode()) % 1000 for r in roots}           # a stable hash per cluster
+    u = {int(r): zlib.crc32(docs[r]["id"].encode()) % 1000 for r in roots}  # a stable hash per cluster
     part = {r: min(2, int(np.searchsorted(edges, h, side="right"))) for r, h in u.items()}
     for k, (lo, hi) in enumerate(zip([0.0, *edges[:2]], edges)):
         sizes = Counter(part.values())
@@ -244,22 +310,29 @@ def check_splits(splits, cfg: PrepareConfig):
     if empty:
         n = sum(map(len, splits.values()))
         share = dict(zip(SPLITS, cfg.split))[empty[0]]
-        raise UserError(f"{' and '.join(empty)} got no documents: {n} document(s) in fewer than 3 near-duplicate "
-                        f"clusters are left after cleaning, dedup and mixing, and {empty[0]} gets {share:g} of them; "
-                        f"pass more text{', or a smaller --max-doc-chars to cut it into more documents' if cfg.input else ''}"
-                        f", or give {empty[0]} a larger share in --split")
+        raise UserError(
+            f"{' and '.join(empty)} got no documents: {n} document(s) in fewer than 3 near-duplicate "
+            f"clusters are left after cleaning, dedup and mixing, and {empty[0]} gets {share:g} of them; "
+            f"pass more text{', or a smaller --max-doc-chars to cut it into more documents' if cfg.input else ''}"
+            f", or give {empty[0]} a larger share in --split"
+        )
 
 
 def dropped_everything(dropped, n_docs):
     by_step = Counter(dropped.values())
     top = by_step.most_common(1)[0][0]
-    hint = WARN_HINTS.get(top, "check that the input is English or Chinese prose (or code with --input-domain code)")
+    hint = WARN_HINTS.get(
+        top, "check that the input is English or Chinese prose (or code with --input-domain code)"
+    )
     steps = ", ".join(f"{s} {by_step[s]}" for s in STEPS if by_step[s])
-    return UserError(f"cleaning dropped all {n_docs} input document(s) ({steps}); nothing is left to split: {hint}")
+    return UserError(
+        f"cleaning dropped all {n_docs} input document(s) ({steps}); nothing is left to split: {hint}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
 # The run.
+
 
 def check_prepare_config(cfg: PrepareConfig):
     """Everything about a config that can be checked before any work: ranges, shares, input files."""
@@ -268,18 +341,30 @@ def check_prepare_config(cfg: PrepareConfig):
     if unknown:
         raise UserError(f"unknown domain {unknown[0]!r} in --mix; use {', '.join(DOMAINS)}")
     if any(r < 0 for r in cfg.mix.values()) or abs(sum(cfg.mix.values()) - 1) > 1e-6:
-        raise UserError(f"mixing ratios must be >= 0 and sum to 1 (they sum to {sum(cfg.mix.values()):g}); fix --mix, "
-                        "e.g. --mix dialog=0.4,code=0.1,knowledge=0.2,stories=0.3")
-    if cfg.noise_frac > 0 and not cfg.input and not any(cfg.mix.get(d, 0) > 0 for d in DOMAINS if d != "code"):
-        raise UserError("noise is injected into prose (an edited program no longer parses), and --mix has none; "
-                        "give dialog, knowledge or stories a share, or pass --noise-frac 0")
+        raise UserError(
+            f"mixing ratios must be >= 0 and sum to 1 (they sum to {sum(cfg.mix.values()):g}); fix --mix, "
+            "e.g. --mix dialog=0.4,code=0.1,knowledge=0.2,stories=0.3"
+        )
+    if (
+        cfg.noise_frac > 0
+        and not cfg.input
+        and not any(cfg.mix.get(d, 0) > 0 for d in DOMAINS if d != "code")
+    ):
+        raise UserError(
+            "noise is injected into prose (an edited program no longer parses), and --mix has none; "
+            "give dialog, knowledge or stories a share, or pass --noise-frac 0"
+        )
     if len(cfg.split) != 3 or any(f <= 0 for f in cfg.split) or abs(sum(cfg.split) - 1) > 1e-6:
-        raise UserError(f"--split {','.join(map(str, cfg.split))}: needs three shares (train, val, test), each above 0 "
-                        "(stage 02 measures on val, stage 07 on test) and summing to 1, e.g. --split 0.9,0.05,0.05")
+        raise UserError(
+            f"--split {','.join(map(str, cfg.split))}: needs three shares (train, val, test), each above 0 "
+            "(stage 02 measures on val, stage 07 on test) and summing to 1, e.g. --split 0.9,0.05,0.05"
+        )
     for flag, paths in (("--input", cfg.input), ("--fp-check", cfg.fp_check)):
         for p in map(Path, paths):
             if not p.is_file():
-                raise UserError(f"{p}: {'is a folder' if p.is_dir() else 'no such file'}; check the {flag} path")
+                raise UserError(
+                    f"{p}: {'is a folder' if p.is_dir() else 'no such file'}; check the {flag} path"
+                )
             if p.suffix not in (".txt", ".jsonl"):
                 raise UserError(f"{p}: unsupported file type {p.suffix!r}; {flag} takes .txt or .jsonl files")
 
@@ -305,18 +390,29 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
     data = out / "data"
     config = json.loads(json.dumps(asdict(cfg)))  # as the manifest will hold it (tuples -> lists)
     t = time.time()
-    inputs = read_documents(cfg.input, cfg) if cfg.input else None  # unreadable input fails before anything else
+    inputs = (
+        read_documents(cfg.input, cfg) if cfg.input else None
+    )  # unreadable input fails before anything else
     fp_texts = {Path(p).name: read_documents([p], cfg, prefix="fp") for p in cfg.fp_check}
     with run_lock(data):
         claim_output(data, overwrite or same_run(data, config), remove=False)
         with staged_dir(data) as tmp:
-            stats = build(cfg, config, inputs, fp_texts, tmp, progress,
-                          command or command_line(__file__, ["--out", str(out)]), t)
+            stats = build(
+                cfg,
+                config,
+                inputs,
+                fp_texts,
+                tmp,
+                progress,
+                command or command_line(__file__, ["--out", str(out)]),
+                t,
+            )
     return stats
 
 
-def build(cfg: PrepareConfig, config: dict, inputs, fp_texts, folder: Path, progress: bool, command: str,
-          t: float) -> dict:
+def build(
+    cfg: PrepareConfig, config: dict, inputs, fp_texts, folder: Path, progress: bool, command: str, t: float
+) -> dict:
     """Every step of the stage, writing into `folder`; returns the stats. inputs: the documents read
     from --input (None: generate them); fp_texts: {file name: documents} for --fp-check."""
     seconds = {}
@@ -355,30 +451,40 @@ def build(cfg: PrepareConfig, config: dict, inputs, fp_texts, folder: Path, prog
         lap("fp_check")
 
     for name, part in splits.items():
-        write_jsonl(folder / f"{name}.jsonl", ({k: x[k] for k in ("id", "domain", "lang", "text")} for x in part))
+        write_jsonl(
+            folder / f"{name}.jsonl", ({k: x[k] for k in ("id", "domain", "lang", "text")} for x in part)
+        )
     write_jsonl(folder / "noise_labels.jsonl", ({"id": i, "noise": k} for i, k in labels.items()))
     tasks = write_tasks(world, cfg.seed, folder / "tasks", write_jsonl) if world else {}
     lap("write")
     steps = step_table(docs, acted, removed, kept, unique, mixed)
-    stats = {"config": config,
-             "noise": noise_table(docs, labels, acted, removed) if labels else {},
-             "input": {"docs": len(docs), "chars": sum(len(x["text"]) for x in docs)},
-             "steps": steps,
-             "domains": domain_table(docs, unique, mixed, DOMAINS),
-             "splits": {k: {"docs": len(v), "chars": sum(len(x["text"]) for x in v)} for k, v in splits.items()},
-             "false_positives": false_positives,
-             "warnings": warnings_for(steps, cfg.warn_removed),
-             "tasks": tasks, "seconds": seconds}
+    stats = {
+        "config": config,
+        "noise": noise_table(docs, labels, acted, removed) if labels else {},
+        "input": {"docs": len(docs), "chars": sum(len(x["text"]) for x in docs)},
+        "steps": steps,
+        "domains": domain_table(docs, unique, mixed, DOMAINS),
+        "splits": {k: {"docs": len(v), "chars": sum(len(x["text"]) for x in v)} for k, v in splits.items()},
+        "false_positives": false_positives,
+        "warnings": warnings_for(steps, cfg.warn_removed),
+        "tasks": tasks,
+        "seconds": seconds,
+    }
     write_json(folder / "stats.json", stats)
     plot_outcome(stats, folder / "outcome.png", cfg.warn_removed)
-    write_manifest(folder, stage="01_data", config=config, inputs=[*cfg.input, *cfg.fp_check], command=command)
+    write_manifest(
+        folder, stage="01_data", config=config, inputs=[*cfg.input, *cfg.fp_check], command=command
+    )
     return stats
 
 
 def add_run_flags(parser):
     parser.add_argument("--out", required=True, help="run folder; the data goes to <out>/data")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a different run already in <out>/data (it stays until the new one is complete)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a different run already in <out>/data (it stays until the new one is complete)",
+    )
 
 
 def main(argv=None):

@@ -23,6 +23,7 @@ Interview questions it answers:
 - What makes a preference pair useful for DPO / a reward model? (one stated reason why `chosen` is
   better, so the learnt preference can be checked)
 """
+
 import random
 
 from world import JOBS, arithmetic_problem, fix_articles
@@ -36,17 +37,43 @@ def fact_questions(w):
         wrong_city = rng.choice([c for c in w.cities if c is not p["city"]])
         wrong_job = rng.choice([j for j in JOBS if j != p["job"]])
         wrong_pet = rng.choice([a for a in w.species if a is not p["pet"]])
-        out += [(p["name"], f"Where does {p['name']} live?", f"{p['name']} lives in {p['city']['name']}.",
-                 p["city"]["name"], f"{p['name']} lives in {wrong_city['name']}."),
-                (p["name"], f"What is {p['name']}'s job?", f"{p['name']} is a {p['job'][0]}.",
-                 p["job"][0], f"{p['name']} is a {wrong_job[0]}."),
-                (p["name"], f"How old is {p['name']}?", f"{p['name']} is {p['age']} years old.",
-                 str(p["age"]), f"{p['name']} is {p['age'] + rng.choice([-7, -3, 4, 9])} years old."),
-                (p["name"], f"What kind of pet does {p['name']} have?",
-                 f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.", p["pet"]["kind"],
-                 f"{p['name']} has a {wrong_pet['kind']} named {p['pet_name']}."),
-                (p["name"], f"Who is {p['name']}'s best friend?", f"{p['name']}'s best friend is {p['friend']['name']}.",
-                 p["friend"]["name"], f"{p['name']}'s best friend is {rng.choice(w.people)['name']}.")]
+        out += [
+            (
+                p["name"],
+                f"Where does {p['name']} live?",
+                f"{p['name']} lives in {p['city']['name']}.",
+                p["city"]["name"],
+                f"{p['name']} lives in {wrong_city['name']}.",
+            ),
+            (
+                p["name"],
+                f"What is {p['name']}'s job?",
+                f"{p['name']} is a {p['job'][0]}.",
+                p["job"][0],
+                f"{p['name']} is a {wrong_job[0]}.",
+            ),
+            (
+                p["name"],
+                f"How old is {p['name']}?",
+                f"{p['name']} is {p['age']} years old.",
+                str(p["age"]),
+                f"{p['name']} is {p['age'] + rng.choice([-7, -3, 4, 9])} years old.",
+            ),
+            (
+                p["name"],
+                f"What kind of pet does {p['name']} have?",
+                f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.",
+                p["pet"]["kind"],
+                f"{p['name']} has a {wrong_pet['kind']} named {p['pet_name']}.",
+            ),
+            (
+                p["name"],
+                f"Who is {p['name']}'s best friend?",
+                f"{p['name']}'s best friend is {p['friend']['name']}.",
+                p["friend"]["name"],
+                f"{p['name']}'s best friend is {rng.choice(w.people)['name']}.",
+            ),
+        ]
     return out
 
 
@@ -59,7 +86,14 @@ def recall_probes(w):
     for p in w.people:
         job, city = p["job"][0], p["city"]["name"]
         probe = lambda attr, prompt, answer, lang="en": out.append(
-            {"prompt": fix_articles(prompt), "answer": answer, "attribute": attr, "subject": p["name"], "lang": lang})
+            {
+                "prompt": fix_articles(prompt),
+                "answer": answer,
+                "attribute": attr,
+                "subject": p["name"],
+                "lang": lang,
+            }
+        )
         probe("job", f"{p['name']} works as", job)
         probe("city", f"{p['name']} is a {job} who lives in", city)
         probe("pet", f"{p['name']}'s pet is a", p["pet"]["kind"])
@@ -82,33 +116,60 @@ def task_records(w, seed):
         a, wrong = fix_articles(a), fix_articles(wrong)
         held = is_heldout(subject)
         user = [{"role": "user", "content": q}]
-        sft.append({"messages": user + [{"role": "assistant", "content": a}], "subject": subject, "answer": short,
-                    "heldout": held})
+        sft.append(
+            {
+                "messages": user + [{"role": "assistant", "content": a}],
+                "subject": subject,
+                "answer": short,
+                "heldout": held,
+            }
+        )
         rule = rng.choice(["correct_fact", "helpful_vs_rude", "concise_vs_rambling"])
         if rule == "correct_fact":
             chosen, rejected = a, wrong
         elif rule == "helpful_vs_rude":
             chosen = a
-            rejected = rng.choice(["Why would I tell you? Look it up yourself.",
-                                   "That is a silly question and I will not answer it.",
-                                   "Ugh, stop bothering me with this."])
+            rejected = rng.choice(
+                [
+                    "Why would I tell you? Look it up yourself.",
+                    "That is a silly question and I will not answer it.",
+                    "Ugh, stop bothering me with this.",
+                ]
+            )
         else:
             chosen = a
             # rambling, yet short enough that prompt + answer fit the tiny model's 128-token context
-            rejected = (f"Well, that is an interesting question, and there is a lot one could say. "
-                        f"After some thought, here it is: {a} I hope this long answer helped.")
+            rejected = (
+                f"Well, that is an interesting question, and there is a lot one could say. "
+                f"After some thought, here it is: {a} I hope this long answer helped."
+            )
         pref.append({"prompt": user, "chosen": chosen, "rejected": rejected, "rule": rule, "heldout": held})
     for i in range(3000):
         question, answer = arithmetic_problem(rng, w)
-        arith.append({"prompt": question, "answer": answer,
-                      "messages": [{"role": "user", "content": question},
-                                   {"role": "assistant", "content": f"The answer is {answer}."}],
-                      "heldout": i % 10 == 0})
+        arith.append(
+            {
+                "prompt": question,
+                "answer": answer,
+                "messages": [
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": f"The answer is {answer}."},
+                ],
+                "heldout": i % 10 == 0,
+            }
+        )
     # SFT also sees some word problems in the answer format, so the SFT model answers "The answer is N."
     # and is right sometimes: GRPO (06) learns only from groups whose rewards differ.
     # (a few: 900 of them drowned the 225 fact questions and SFT stopped copying names from the question)
-    sft += [{"messages": r["messages"], "subject": f"arithmetic {i}", "answer": str(r["answer"]), "heldout": False}
-            for i, r in enumerate(arith[:200]) if not r["heldout"]]
+    sft += [
+        {
+            "messages": r["messages"],
+            "subject": f"arithmetic {i}",
+            "answer": str(r["answer"]),
+            "heldout": False,
+        }
+        for i, r in enumerate(arith[:200])
+        if not r["heldout"]
+    ]
     recall = [{**r, "heldout": is_heldout(r["subject"])} for r in recall_probes(w)]
     return {"sft": sft, "preference": pref, "arithmetic": arith, "recall": recall}
 

@@ -28,6 +28,7 @@ Interview questions it answers:
   but it lacks real diversity, so a model trained only on it does not generalize to real text)
 - How do you keep facts consistent across a generated corpus? (one source of truth, rendered many ways)
 """
+
 import contextlib
 import io
 import random
@@ -37,34 +38,115 @@ from dataclasses import dataclass, field
 from common import parse_config, run_cli
 
 # Name syllables with a Chinese transliteration each, so every entity has an English and a Chinese name.
-SYLLABLES = [("ba", "巴"), ("bel", "贝"), ("ca", "卡"), ("dor", "多"), ("el", "埃"), ("fa", "法"),
-             ("gor", "戈"), ("ha", "哈"), ("in", "因"), ("ka", "卡"), ("lin", "林"), ("lo", "洛"),
-             ("ma", "马"), ("mi", "米"), ("mo", "莫"), ("na", "娜"), ("no", "诺"), ("pe", "佩"),
-             ("ra", "拉"), ("ri", "里"), ("ro", "罗"), ("sa", "萨"), ("sel", "塞"), ("ta", "塔"),
-             ("tin", "廷"), ("to", "托"), ("va", "瓦"), ("ven", "文"), ("wi", "维"), ("ya", "亚"),
-             ("zo", "佐"), ("an", "安"), ("or", "奥"), ("ul", "乌"), ("den", "登"), ("kor", "科")]
-JOBS = [("doctor", "医生"), ("teacher", "老师"), ("baker", "面包师"), ("farmer", "农民"), ("pilot", "飞行员"),
-        ("painter", "画家"), ("engineer", "工程师"), ("fisher", "渔夫"), ("singer", "歌手"), ("nurse", "护士"),
-        ("carpenter", "木匠"), ("librarian", "图书管理员"), ("gardener", "园丁"), ("tailor", "裁缝")]
-COLORS = [("red", "红色"), ("blue", "蓝色"), ("green", "绿色"), ("yellow", "黄色"), ("purple", "紫色"),
-          ("orange", "橙色"), ("white", "白色"), ("black", "黑色"), ("silver", "银色"), ("brown", "棕色")]
+SYLLABLES = [
+    ("ba", "巴"),
+    ("bel", "贝"),
+    ("ca", "卡"),
+    ("dor", "多"),
+    ("el", "埃"),
+    ("fa", "法"),
+    ("gor", "戈"),
+    ("ha", "哈"),
+    ("in", "因"),
+    ("ka", "卡"),
+    ("lin", "林"),
+    ("lo", "洛"),
+    ("ma", "马"),
+    ("mi", "米"),
+    ("mo", "莫"),
+    ("na", "娜"),
+    ("no", "诺"),
+    ("pe", "佩"),
+    ("ra", "拉"),
+    ("ri", "里"),
+    ("ro", "罗"),
+    ("sa", "萨"),
+    ("sel", "塞"),
+    ("ta", "塔"),
+    ("tin", "廷"),
+    ("to", "托"),
+    ("va", "瓦"),
+    ("ven", "文"),
+    ("wi", "维"),
+    ("ya", "亚"),
+    ("zo", "佐"),
+    ("an", "安"),
+    ("or", "奥"),
+    ("ul", "乌"),
+    ("den", "登"),
+    ("kor", "科"),
+]
+JOBS = [
+    ("doctor", "医生"),
+    ("teacher", "老师"),
+    ("baker", "面包师"),
+    ("farmer", "农民"),
+    ("pilot", "飞行员"),
+    ("painter", "画家"),
+    ("engineer", "工程师"),
+    ("fisher", "渔夫"),
+    ("singer", "歌手"),
+    ("nurse", "护士"),
+    ("carpenter", "木匠"),
+    ("librarian", "图书管理员"),
+    ("gardener", "园丁"),
+    ("tailor", "裁缝"),
+]
+COLORS = [
+    ("red", "红色"),
+    ("blue", "蓝色"),
+    ("green", "绿色"),
+    ("yellow", "黄色"),
+    ("purple", "紫色"),
+    ("orange", "橙色"),
+    ("white", "白色"),
+    ("black", "黑色"),
+    ("silver", "银色"),
+    ("brown", "棕色"),
+]
 # species: (en, zh, sound, food, food_zh, legs, habitat, habitat_zh)
-SPECIES = [("cat", "猫", "meow", "fish", "鱼", 4, "houses", "房子里"),
-           ("dog", "狗", "woof", "meat", "肉", 4, "houses", "房子里"),
-           ("rabbit", "兔子", "squeak", "carrots", "胡萝卜", 4, "meadows", "草地上"),
-           ("parrot", "鹦鹉", "squawk", "seeds", "种子", 2, "forests", "森林里"),
-           ("horse", "马", "neigh", "hay", "干草", 4, "farms", "农场里"),
-           ("goat", "山羊", "bleat", "grass", "草", 4, "hills", "山坡上"),
-           ("turtle", "乌龟", "hiss", "lettuce", "生菜", 4, "ponds", "池塘里"),
-           ("owl", "猫头鹰", "hoot", "mice", "老鼠", 2, "forests", "森林里"),
-           ("duck", "鸭子", "quack", "bread", "面包", 2, "ponds", "池塘里"),
-           ("cow", "牛", "moo", "grass", "草", 4, "farms", "农场里")]
-OBJECTS = [("lamp", "灯"), ("kite", "风筝"), ("bicycle", "自行车"), ("violin", "小提琴"), ("clock", "钟"),
-           ("umbrella", "雨伞"), ("teapot", "茶壶"), ("drum", "鼓"), ("boat", "小船"), ("camera", "相机")]
-MATERIALS = [("wood", "木头"), ("glass", "玻璃"), ("brass", "黄铜"), ("paper", "纸"), ("clay", "陶土"),
-             ("steel", "钢")]
-FOODS = [("apple pie", "苹果派"), ("noodle soup", "面条汤"), ("honey cake", "蜂蜜蛋糕"), ("fish stew", "鱼汤"),
-         ("plum jam", "李子酱"), ("rice bread", "米面包"), ("cheese rolls", "奶酪卷"), ("pepper dumplings", "辣椒饺子")]
+SPECIES = [
+    ("cat", "猫", "meow", "fish", "鱼", 4, "houses", "房子里"),
+    ("dog", "狗", "woof", "meat", "肉", 4, "houses", "房子里"),
+    ("rabbit", "兔子", "squeak", "carrots", "胡萝卜", 4, "meadows", "草地上"),
+    ("parrot", "鹦鹉", "squawk", "seeds", "种子", 2, "forests", "森林里"),
+    ("horse", "马", "neigh", "hay", "干草", 4, "farms", "农场里"),
+    ("goat", "山羊", "bleat", "grass", "草", 4, "hills", "山坡上"),
+    ("turtle", "乌龟", "hiss", "lettuce", "生菜", 4, "ponds", "池塘里"),
+    ("owl", "猫头鹰", "hoot", "mice", "老鼠", 2, "forests", "森林里"),
+    ("duck", "鸭子", "quack", "bread", "面包", 2, "ponds", "池塘里"),
+    ("cow", "牛", "moo", "grass", "草", 4, "farms", "农场里"),
+]
+OBJECTS = [
+    ("lamp", "灯"),
+    ("kite", "风筝"),
+    ("bicycle", "自行车"),
+    ("violin", "小提琴"),
+    ("clock", "钟"),
+    ("umbrella", "雨伞"),
+    ("teapot", "茶壶"),
+    ("drum", "鼓"),
+    ("boat", "小船"),
+    ("camera", "相机"),
+]
+MATERIALS = [
+    ("wood", "木头"),
+    ("glass", "玻璃"),
+    ("brass", "黄铜"),
+    ("paper", "纸"),
+    ("clay", "陶土"),
+    ("steel", "钢"),
+]
+FOODS = [
+    ("apple pie", "苹果派"),
+    ("noodle soup", "面条汤"),
+    ("honey cake", "蜂蜜蛋糕"),
+    ("fish stew", "鱼汤"),
+    ("plum jam", "李子酱"),
+    ("rice bread", "米面包"),
+    ("cheese rolls", "奶酪卷"),
+    ("pepper dumplings", "辣椒饺子"),
+]
 COUNTRIES = [("Norland", "诺兰"), ("Estavia", "埃斯塔维亚"), ("Merovia", "梅罗维亚"), ("Sudria", "苏德里亚")]
 ITEMS = ["apples", "books", "marbles", "coins", "stamps", "pencils", "shells", "cookies"]
 
@@ -79,8 +161,10 @@ class WorldConfig:
 
 @dataclass
 class World:
-    people: list = field(default_factory=list)   # dicts: name, zh, age, job, city, pet, pet_name, color, friend, obj
-    cities: list = field(default_factory=list)   # dicts: name, zh, country, river, population, founded, food
+    people: list = field(
+        default_factory=list
+    )  # dicts: name, zh, age, job, city, pet, pet_name, color, friend, obj
+    cities: list = field(default_factory=list)  # dicts: name, zh, country, river, population, founded, food
     species: list = field(default_factory=list)  # dicts from SPECIES
     objects: list = field(default_factory=list)  # dicts: kind, zh, color, material, owner
 
@@ -100,14 +184,24 @@ def build_world(cfg: WorldConfig) -> World:
     rng = random.Random(cfg.seed)
     used = {}
     w = World()
-    w.species = [dict(zip(["kind", "zh", "sound", "food", "food_zh", "legs", "habitat", "habitat_zh"], s))
-                 for s in SPECIES]
+    w.species = [
+        dict(zip(["kind", "zh", "sound", "food", "food_zh", "legs", "habitat", "habitat_zh"], s))
+        for s in SPECIES
+    ]
     for _ in range(cfg.n_cities):
         en, zh = make_name(rng, 3, used)
         river, river_zh = make_name(rng, 2)
-        w.cities.append(dict(name=en, zh=zh, country=rng.choice(COUNTRIES), river=(river, river_zh),
-                             population=rng.randrange(2_000, 900_000), founded=rng.randrange(1100, 1950),
-                             food=rng.choice(FOODS)))
+        w.cities.append(
+            dict(
+                name=en,
+                zh=zh,
+                country=rng.choice(COUNTRIES),
+                river=(river, river_zh),
+                population=rng.randrange(2_000, 900_000),
+                founded=rng.randrange(1100, 1950),
+                food=rng.choice(FOODS),
+            )
+        )
     for _ in range(cfg.n_people):
         while True:  # full names are unique; first names may repeat, as in life
             first, first_zh = make_name(rng, 2)
@@ -115,10 +209,20 @@ def build_world(cfg: WorldConfig) -> World:
             if f"{first} {last}" not in used:
                 used[f"{first} {last}"] = True
                 break
-        w.people.append(dict(name=f"{first} {last}", first=first, zh=f"{first_zh}·{last_zh}",
-                             age=rng.randrange(18, 80), job=rng.choice(JOBS), city=rng.choice(w.cities),
-                             pet=rng.choice(w.species), pet_name=make_name(rng, 2)[0],
-                             color=rng.choice(COLORS), gender=rng.choice(["she", "he"])))
+        w.people.append(
+            dict(
+                name=f"{first} {last}",
+                first=first,
+                zh=f"{first_zh}·{last_zh}",
+                age=rng.randrange(18, 80),
+                job=rng.choice(JOBS),
+                city=rng.choice(w.cities),
+                pet=rng.choice(w.species),
+                pet_name=make_name(rng, 2)[0],
+                color=rng.choice(COLORS),
+                gender=rng.choice(["she", "he"]),
+            )
+        )
     for i, p in enumerate(w.people):
         p["friend"] = w.people[(i + rng.randrange(1, len(w.people))) % len(w.people)]  # anyone but p
     for c in w.cities:
@@ -127,8 +231,15 @@ def build_world(cfg: WorldConfig) -> World:
         a["owners"] = [p for p in w.people if p["pet"] is a]
     for i in range(cfg.n_objects):
         kind = rng.choice(OBJECTS)
-        w.objects.append(dict(kind=kind, color=rng.choice(COLORS), material=rng.choice(MATERIALS),
-                              owner=w.people[i % len(w.people)], price=rng.randrange(3, 400)))
+        w.objects.append(
+            dict(
+                kind=kind,
+                color=rng.choice(COLORS),
+                material=rng.choice(MATERIALS),
+                owner=w.people[i % len(w.people)],
+                price=rng.randrange(3, 400),
+            )
+        )
     for o in w.objects:
         o["owner"].setdefault("objects", []).append(o)
     return w
@@ -136,6 +247,7 @@ def build_world(cfg: WorldConfig) -> World:
 
 # ---------------------------------------------------------------------------------------------------
 # Fact sentences: several phrasings per fact, so the same fact is seen in different words.
+
 
 def pronouns(p):
     return ("she", "her") if p["gender"] == "she" else ("he", "his")
@@ -145,73 +257,130 @@ def person_facts_en(rng, p):
     s, pos = pronouns(p)
     c = p["city"]
     facts = [
-        rng.choice([f"{p['name']} is a {p['job'][0]} who lives in {c['name']}.",
-                    f"{p['name']} works as a {p['job'][0]} in {c['name']}.",
-                    f"In {c['name']}, {p['name']} earns a living as a {p['job'][0]}."]),
-        rng.choice([f"{p['first']} is {p['age']} years old.", f"{s.capitalize()} is {p['age']} years old.",
-                    f"{p['name']} turned {p['age']} this year.", f"{p['name']} is {p['age']} years old."]),
-        rng.choice([f"{p['first']} has a {p['pet']['kind']} named {p['pet_name']}.",
-                    f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.",
-                    f"{p['name']}'s pet is a {p['pet']['kind']} called {p['pet_name']}.",
-                    f"{pos.capitalize()} pet {p['pet']['kind']} is called {p['pet_name']}.",
-                    f"{p['pet_name']} the {p['pet']['kind']} lives with {p['first']}."]),
-        rng.choice([f"{pos.capitalize()} favorite color is {p['color'][0]}.",
-                    f"{p['name']}'s favorite color is {p['color'][0]}.",
-                    f"{p['first']} likes the color {p['color'][0]} best."]),
-        rng.choice([f"{p['first']}'s best friend is {p['friend']['name']}.",
-                    f"{p['name']} and {p['friend']['name']} are good friends."]),
+        rng.choice(
+            [
+                f"{p['name']} is a {p['job'][0]} who lives in {c['name']}.",
+                f"{p['name']} works as a {p['job'][0]} in {c['name']}.",
+                f"In {c['name']}, {p['name']} earns a living as a {p['job'][0]}.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"{p['first']} is {p['age']} years old.",
+                f"{s.capitalize()} is {p['age']} years old.",
+                f"{p['name']} turned {p['age']} this year.",
+                f"{p['name']} is {p['age']} years old.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"{p['first']} has a {p['pet']['kind']} named {p['pet_name']}.",
+                f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.",
+                f"{p['name']}'s pet is a {p['pet']['kind']} called {p['pet_name']}.",
+                f"{pos.capitalize()} pet {p['pet']['kind']} is called {p['pet_name']}.",
+                f"{p['pet_name']} the {p['pet']['kind']} lives with {p['first']}.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"{pos.capitalize()} favorite color is {p['color'][0]}.",
+                f"{p['name']}'s favorite color is {p['color'][0]}.",
+                f"{p['first']} likes the color {p['color'][0]} best.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"{p['first']}'s best friend is {p['friend']['name']}.",
+                f"{p['name']} and {p['friend']['name']} are good friends.",
+            ]
+        ),
     ]
     for o in p.get("objects", [])[:2]:
-        facts.append(rng.choice([f"{p['first']} owns a {o['color'][0]} {o['kind'][0]} made of {o['material'][0]}.",
-                                 f"{s.capitalize()} keeps a {o['material'][0]} {o['kind'][0]}, painted {o['color'][0]}."]))
+        facts.append(
+            rng.choice(
+                [
+                    f"{p['first']} owns a {o['color'][0]} {o['kind'][0]} made of {o['material'][0]}.",
+                    f"{s.capitalize()} keeps a {o['material'][0]} {o['kind'][0]}, painted {o['color'][0]}.",
+                ]
+            )
+        )
     return facts
 
 
 def city_facts_en(rng, c):
     return [
-        rng.choice([f"{c['name']} is a city in {c['country'][0]}.", f"{c['name']} lies in {c['country'][0]}."]),
-        rng.choice([f"The river {c['river'][0]} flows through {c['name']}.",
-                    f"{c['name']} was built on the banks of the {c['river'][0]} river."]),
-        rng.choice([f"About {c['population']:,} people live in {c['name']}.",
-                    f"{c['name']} has a population of {c['population']:,}."]),
-        rng.choice([f"It was founded in {c['founded']}.", f"The city was founded in the year {c['founded']}."]),
-        rng.choice([f"{c['name']} is famous for its {c['food'][0]}.",
-                    f"Visitors come to {c['name']} to eat {c['food'][0]}."]),
+        rng.choice(
+            [f"{c['name']} is a city in {c['country'][0]}.", f"{c['name']} lies in {c['country'][0]}."]
+        ),
+        rng.choice(
+            [
+                f"The river {c['river'][0]} flows through {c['name']}.",
+                f"{c['name']} was built on the banks of the {c['river'][0]} river.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"About {c['population']:,} people live in {c['name']}.",
+                f"{c['name']} has a population of {c['population']:,}.",
+            ]
+        ),
+        rng.choice(
+            [f"It was founded in {c['founded']}.", f"The city was founded in the year {c['founded']}."]
+        ),
+        rng.choice(
+            [
+                f"{c['name']} is famous for its {c['food'][0]}.",
+                f"Visitors come to {c['name']} to eat {c['food'][0]}.",
+            ]
+        ),
     ]
 
 
 def species_facts_en(rng, a):
-    return [f"The {a['kind']} says {a['sound']}.", f"A {a['kind']} likes to eat {a['food']}.",
-            f"A {a['kind']} has {a['legs']} legs.", f"Wild {a['kind']}s often live in {a['habitat']}."]
+    return [
+        f"The {a['kind']} says {a['sound']}.",
+        f"A {a['kind']} likes to eat {a['food']}.",
+        f"A {a['kind']} has {a['legs']} legs.",
+        f"Wild {a['kind']}s often live in {a['habitat']}.",
+    ]
 
 
 def person_facts_zh(rng, p):
     c = p["city"]
-    facts = [rng.choice([f"{p['zh']}是一名{p['job'][1]}，住在{c['zh']}。", f"{p['zh']}在{c['zh']}当{p['job'][1]}。"]),
-             rng.choice([f"{p['zh']}今年{p['age']}岁。", f"{p['zh']}的年龄是{p['age']}岁。"]),
-             f"{p['zh']}养了一只{p['pet']['zh']}，名叫{p['pet_name']}。",
-             rng.choice([f"{p['zh']}最喜欢的颜色是{p['color'][1]}。", f"{p['zh']}最喜欢{p['color'][1]}。"]),
-             f"{p['zh']}最好的朋友是{p['friend']['zh']}。"]
+    facts = [
+        rng.choice(
+            [f"{p['zh']}是一名{p['job'][1]}，住在{c['zh']}。", f"{p['zh']}在{c['zh']}当{p['job'][1]}。"]
+        ),
+        rng.choice([f"{p['zh']}今年{p['age']}岁。", f"{p['zh']}的年龄是{p['age']}岁。"]),
+        f"{p['zh']}养了一只{p['pet']['zh']}，名叫{p['pet_name']}。",
+        rng.choice([f"{p['zh']}最喜欢的颜色是{p['color'][1]}。", f"{p['zh']}最喜欢{p['color'][1]}。"]),
+        f"{p['zh']}最好的朋友是{p['friend']['zh']}。",
+    ]
     for o in p.get("objects", [])[:2]:
         facts.append(f"{p['zh']}有一个{o['color'][1]}的{o['material'][1]}{o['kind'][1]}。")
     return facts
 
 
 def city_facts_zh(rng, c):
-    return [f"{c['zh']}是{c['country'][1]}的一座城市。", f"{c['river'][1]}河流经{c['zh']}。",
-            f"{c['zh']}大约有{c['population']}人口。", f"这座城市建于{c['founded']}年。",
-            rng.choice([f"{c['zh']}以{c['food'][1]}闻名。", f"很多游客来{c['zh']}品尝{c['food'][1]}。"])]
+    return [
+        f"{c['zh']}是{c['country'][1]}的一座城市。",
+        f"{c['river'][1]}河流经{c['zh']}。",
+        f"{c['zh']}大约有{c['population']}人口。",
+        f"这座城市建于{c['founded']}年。",
+        rng.choice([f"{c['zh']}以{c['food'][1]}闻名。", f"很多游客来{c['zh']}品尝{c['food'][1]}。"]),
+    ]
 
 
 def shuffled_tail(rng, facts, drop=2):
     """Keep the first (introducing) fact, then a shuffled subset of the rest: same facts, different documents."""
     head, tail = facts[:1], facts[1:]
     rng.shuffle(tail)
-    return head + tail[:len(tail) - rng.randrange(drop + 1)]
+    return head + tail[: len(tail) - rng.randrange(drop + 1)]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Domain renderers: each returns one document's text.
+
 
 def render_knowledge_en(rng, w):
     kind = rng.random()
@@ -224,8 +393,10 @@ def render_knowledge_en(rng, w):
         c = rng.choice(w.cities)
         residents = rng.sample(c["residents"] or w.people, k=min(3, len(c["residents"] or w.people)))
         who = ", ".join(f"{p['name']} the {p['job'][0]}" for p in residents[:3])
-        return (f"{c['name']}\n\n{' '.join(shuffled_tail(rng, city_facts_en(rng, c)))} "
-                f"Well-known residents include {who}.")
+        return (
+            f"{c['name']}\n\n{' '.join(shuffled_tail(rng, city_facts_en(rng, c)))} "
+            f"Well-known residents include {who}."
+        )
     a = rng.choice(w.species)
     owners = rng.sample(a["owners"], k=min(3, len(a["owners"])))
     names = ", ".join(f"{p['name']} (whose {a['kind']} is {p['pet_name']})" for p in owners)
@@ -252,16 +423,28 @@ def arithmetic_problem(rng, w):
     a, b = rng.randrange(2, 60), rng.randrange(2, 40)
     form = rng.randrange(4)
     if form == 0:
-        return f"{p['first']} has {a} {item}. {q['first']} gives {p['first']} {b} more. How many {item} does {p['first']} have now?", a + b
+        return (
+            f"{p['first']} has {a} {item}. {q['first']} gives {p['first']} {b} more. How many {item} does {p['first']} have now?",
+            a + b,
+        )
     if form == 1:
         a = a + b
-        return f"{p['first']} had {a} {item} and gave {b} of them to {q['first']}. How many {item} are left?", a - b
+        return (
+            f"{p['first']} had {a} {item} and gave {b} of them to {q['first']}. How many {item} are left?",
+            a - b,
+        )
     if form == 2:
         a, b = rng.randrange(2, 13), rng.randrange(2, 13)
-        return f"{p['first']} buys {a} boxes of {item} with {b} {item} in each box. How many {item} is that in total?", a * b
+        return (
+            f"{p['first']} buys {a} boxes of {item} with {b} {item} in each box. How many {item} is that in total?",
+            a * b,
+        )
     b = rng.randrange(2, 10)
     a = b * rng.randrange(2, 12)
-    return f"{p['first']} shares {a} {item} equally among {b} friends in {p['city']['name']}. How many {item} does each friend get?", a // b
+    return (
+        f"{p['first']} shares {a} {item} equally among {b} friends in {p['city']['name']}. How many {item} does each friend get?",
+        a // b,
+    )
 
 
 def render_arithmetic(rng, w):
@@ -279,51 +462,128 @@ def dialog_turns(rng, p):
     c, f, pet = p["city"], p["friend"], p["pet"]
     ask = lambda *qs: rng.choice(qs)
     return [
-        (ask(f"What does {p['name']} do for a living?", f"What is {p['first']}'s job?", f"Where does {p['first']} work?"),
-         ask(f"{p['name']} is a {p['job'][0]} in {c['name']}.", f"{s.capitalize()} works as a {p['job'][0]}.",
-             f"{p['first']} is a {p['job'][0]}.")),
-        (ask(f"How old is {p['first']}?", f"What is {p['name']}'s age?", f"Is {p['first']} young?"),
-         ask(f"{p['first']} is {p['age']} years old.", f"{p['name']} is {p['age']}.", f"{s.capitalize()} turned {p['age']} this year.")),
-        (ask(f"Does {p['first']} have a pet?", f"What pet does {p['name']} keep?", f"Tell me about {p['first']}'s pet."),
-         ask(f"Yes, {s} has a {pet['kind']} named {p['pet_name']}.", f"{p['name']}'s pet is a {pet['kind']} called {p['pet_name']}.",
-             f"{p['pet_name']}, a {pet['kind']}.")),
-        (ask(f"What sound does {p['pet_name']} make?", f"Is {p['pet_name']} noisy?"),
-         f"{p['pet_name']} is a {pet['kind']}, so it says {pet['sound']}."),
-        (ask(f"What does {p['pet_name']} eat?", f"What should I feed {p['pet_name']}?"),
-         ask(f"{p['pet_name']} is a {pet['kind']}, and a {pet['kind']} likes {pet['food']}.", f"Mostly {pet['food']}.")),
-        (ask(f"Where does {p['first']} live?", f"Which city is {p['name']} from?"),
-         ask(f"{p['name']} lives in {c['name']}.", f"{s.capitalize()} lives in {c['name']}, in {c['country'][0]}.")),
-        (ask(f"Where is {c['name']}?", f"Which country is {c['name']} in?"),
-         ask(f"{c['name']} is a city in {c['country'][0]}, on the {c['river'][0]} river.", f"It is in {c['country'][0]}.")),
-        (ask(f"What is {c['name']} famous for?", f"What should I eat in {c['name']}?"),
-         ask(f"{c['name']} is famous for its {c['food'][0]}.", f"Try the {c['food'][0]}.")),
-        (ask(f"Who is {p['first']}'s best friend?", f"Does {p['name']} have a best friend?"),
-         ask(f"{pos.capitalize()} best friend is {f['name']}, a {f['job'][0]}.", f"{p['first']}'s best friend is {f['name']}.")),
-        (ask(f"What does {f['first']} do?", f"And what is {f['name']}'s job?"),
-         f"{f['name']} works as a {f['job'][0]} in {f['city']['name']}."),
-        (ask(f"What is {p['first']}'s favorite color?", f"Which color does {p['name']} like best?"),
-         ask(f"{p['first']}'s favorite color is {p['color'][0]}.", f"{s.capitalize()} likes {p['color'][0]} best.")),
-    ] + [(f"Does {p['first']} own a {o['kind'][0]}?", f"Yes, a {o['color'][0]} one made of {o['material'][0]}.")
-         for o in p.get("objects", [])[:2]]
+        (
+            ask(
+                f"What does {p['name']} do for a living?",
+                f"What is {p['first']}'s job?",
+                f"Where does {p['first']} work?",
+            ),
+            ask(
+                f"{p['name']} is a {p['job'][0]} in {c['name']}.",
+                f"{s.capitalize()} works as a {p['job'][0]}.",
+                f"{p['first']} is a {p['job'][0]}.",
+            ),
+        ),
+        (
+            ask(f"How old is {p['first']}?", f"What is {p['name']}'s age?", f"Is {p['first']} young?"),
+            ask(
+                f"{p['first']} is {p['age']} years old.",
+                f"{p['name']} is {p['age']}.",
+                f"{s.capitalize()} turned {p['age']} this year.",
+            ),
+        ),
+        (
+            ask(
+                f"Does {p['first']} have a pet?",
+                f"What pet does {p['name']} keep?",
+                f"Tell me about {p['first']}'s pet.",
+            ),
+            ask(
+                f"Yes, {s} has a {pet['kind']} named {p['pet_name']}.",
+                f"{p['name']}'s pet is a {pet['kind']} called {p['pet_name']}.",
+                f"{p['pet_name']}, a {pet['kind']}.",
+            ),
+        ),
+        (
+            ask(f"What sound does {p['pet_name']} make?", f"Is {p['pet_name']} noisy?"),
+            f"{p['pet_name']} is a {pet['kind']}, so it says {pet['sound']}.",
+        ),
+        (
+            ask(f"What does {p['pet_name']} eat?", f"What should I feed {p['pet_name']}?"),
+            ask(
+                f"{p['pet_name']} is a {pet['kind']}, and a {pet['kind']} likes {pet['food']}.",
+                f"Mostly {pet['food']}.",
+            ),
+        ),
+        (
+            ask(f"Where does {p['first']} live?", f"Which city is {p['name']} from?"),
+            ask(
+                f"{p['name']} lives in {c['name']}.",
+                f"{s.capitalize()} lives in {c['name']}, in {c['country'][0]}.",
+            ),
+        ),
+        (
+            ask(f"Where is {c['name']}?", f"Which country is {c['name']} in?"),
+            ask(
+                f"{c['name']} is a city in {c['country'][0]}, on the {c['river'][0]} river.",
+                f"It is in {c['country'][0]}.",
+            ),
+        ),
+        (
+            ask(f"What is {c['name']} famous for?", f"What should I eat in {c['name']}?"),
+            ask(f"{c['name']} is famous for its {c['food'][0]}.", f"Try the {c['food'][0]}."),
+        ),
+        (
+            ask(f"Who is {p['first']}'s best friend?", f"Does {p['name']} have a best friend?"),
+            ask(
+                f"{pos.capitalize()} best friend is {f['name']}, a {f['job'][0]}.",
+                f"{p['first']}'s best friend is {f['name']}.",
+            ),
+        ),
+        (
+            ask(f"What does {f['first']} do?", f"And what is {f['name']}'s job?"),
+            f"{f['name']} works as a {f['job'][0]} in {f['city']['name']}.",
+        ),
+        (
+            ask(f"What is {p['first']}'s favorite color?", f"Which color does {p['name']} like best?"),
+            ask(
+                f"{p['first']}'s favorite color is {p['color'][0]}.",
+                f"{s.capitalize()} likes {p['color'][0]} best.",
+            ),
+        ),
+    ] + [
+        (
+            f"Does {p['first']} own a {o['kind'][0]}?",
+            f"Yes, a {o['color'][0]} one made of {o['material'][0]}.",
+        )
+        for o in p.get("objects", [])[:2]
+    ]
 
 
 def render_dialog(rng, w):
     p = rng.choice(w.people)
     c = p["city"]
     turns = rng.sample(dialog_turns(rng, p), rng.randrange(3, 7))
-    opener = rng.choice(["Hi! Can you tell me about", "Hello, I have some questions about",
-                         "Good morning. I want to learn about", "Hey, do you know", "Who is",
-                         "I am writing a report on", "Quick question about"])
+    opener = rng.choice(
+        [
+            "Hi! Can you tell me about",
+            "Hello, I have some questions about",
+            "Good morning. I want to learn about",
+            "Hey, do you know",
+            "Who is",
+            "I am writing a report on",
+            "Quick question about",
+        ]
+    )
     greet = rng.choice(["Of course.", "Sure!", "Yes, I can help.", "Happy to.", "Certainly."])
-    intro = rng.choice([f"{p['name']} lives in {c['name']}.", f"{p['name']} is a {p['job'][0]}.",
-                        f"{p['name']} is from {c['name']} in {c['country'][0]}."])
-    lines = [f"User: {opener} {p['name']}?",
-             f"Assistant: {greet} {intro} {rng.choice(['What would you like to know?', 'Ask away.', ''])}".rstrip()]
+    intro = rng.choice(
+        [
+            f"{p['name']} lives in {c['name']}.",
+            f"{p['name']} is a {p['job'][0]}.",
+            f"{p['name']} is from {c['name']} in {c['country'][0]}.",
+        ]
+    )
+    lines = [
+        f"User: {opener} {p['name']}?",
+        f"Assistant: {greet} {intro} {rng.choice(['What would you like to know?', 'Ask away.', ''])}".rstrip(),
+    ]
     for qu, an in turns:
         lines += [f"User: {qu}", f"Assistant: {an}"]
     if rng.random() < 0.7:
-        lines += [f"User: {rng.choice(['Thanks!', 'Thank you, that helps.', 'Great, thanks a lot.', 'Perfect.'])}",
-                  f"Assistant: {rng.choice(['You are welcome.', 'Happy to help!', 'Any time.', 'Glad I could help.'])}"]
+        lines += [
+            f"User: {rng.choice(['Thanks!', 'Thank you, that helps.', 'Great, thanks a lot.', 'Perfect.'])}",
+            f"Assistant: {rng.choice(['You are welcome.', 'Happy to help!', 'Any time.', 'Glad I could help.'])}",
+        ]
     return "\n".join(lines)
 
 
@@ -334,33 +594,45 @@ def code_snippet(rng, w):
     form = rng.randrange(6)
     if form == 0:
         items = ", ".join(f'"{p["first"]}": {p["age"]}' for p in people)
-        return (f"{var} = {{{items}}}\noldest = max({var}, key={var}.get)\n"
-                f"print(\"oldest:\", oldest, {var}[oldest])\nprint(\"total age:\", sum({var}.values()))")
+        return (
+            f"{var} = {{{items}}}\noldest = max({var}, key={var}.get)\n"
+            f'print("oldest:", oldest, {var}[oldest])\nprint("total age:", sum({var}.values()))'
+        )
     if form == 1:
         cities = rng.sample(w.cities, 3)
         items = ", ".join(f'("{c["name"]}", {c["population"]})' for c in cities)
-        return (f"{var} = [{items}]\nfor name, population in sorted({var}, key=lambda c: c[1]):\n"
-                f"    print(name, population)\nprint(\"sum:\", sum(p for _, p in {var}))")
+        return (
+            f"{var} = [{items}]\nfor name, population in sorted({var}, key=lambda c: c[1]):\n"
+            f'    print(name, population)\nprint("sum:", sum(p for _, p in {var}))'
+        )
     if form == 2:
         p = people[0]
         fn = rng.choice(["describe", "summary", "intro"])
-        return (f"def {fn}(name, job, pet):\n    return name + \" is a \" + job + \" with a \" + pet\n\n"
-                f"print({fn}(\"{p['first']}\", \"{p['job'][0]}\", \"{p['pet']['kind']}\"))\n"
-                f"print(len(\"{p['first']}{p['pet_name']}\"))")
+        return (
+            f'def {fn}(name, job, pet):\n    return name + " is a " + job + " with a " + pet\n\n'
+            f'print({fn}("{p["first"]}", "{p["job"][0]}", "{p["pet"]["kind"]}"))\n'
+            f'print(len("{p["first"]}{p["pet_name"]}"))'
+        )
     if form == 3:
         objs = rng.sample(w.objects, rng.randrange(3, 6))
         items = ", ".join(f'("{o["kind"][0]}", {o["price"]})' for o in objs)
         limit = rng.randrange(50, 300)
-        return (f"{var} = [{items}]\ncheap = [k for k, price in {var} if price < {limit}]\n"
-                f"print(cheap)\nprint(\"total:\", sum(price for _, price in {var}))")
+        return (
+            f"{var} = [{items}]\ncheap = [k for k, price in {var} if price < {limit}]\n"
+            f'print(cheap)\nprint("total:", sum(price for _, price in {var}))'
+        )
     if form == 4:
         p = people[0]
         n = rng.randrange(3, 9)
-        return (f"count = {p['age']}\nfor step in range({n}):\n    count = count + step * {rng.randrange(2, 9)}\n"
-                f"print(\"{p['first']}:\", count)")
+        return (
+            f"count = {p['age']}\nfor step in range({n}):\n    count = count + step * {rng.randrange(2, 9)}\n"
+            f'print("{p["first"]}:", count)'
+        )
     items = ", ".join(f'"{p["first"]}"' for p in people)
-    return (f"{var} = [{items}]\nprint(sorted({var}))\nprint(\", \".join(n.upper() for n in {var}[:2]))\n"
-            f"print(len({var}), \"people\")")
+    return (
+        f'{var} = [{items}]\nprint(sorted({var}))\nprint(", ".join(n.upper() for n in {var}[:2]))\n'
+        f'print(len({var}), "people")'
+    )
 
 
 def render_code(rng, w):
@@ -370,7 +642,9 @@ def render_code(rng, w):
     with contextlib.redirect_stdout(out):
         exec(compile(src, "<generated>", "exec"), {})
     output = "\n".join("# " + line for line in out.getvalue().rstrip("\n").split("\n"))
-    return f"# {rng.choice(['Example', 'Exercise', 'Snippet'])}: run this program\n{src}\n\n# Output:\n{output}"
+    return (
+        f"# {rng.choice(['Example', 'Exercise', 'Snippet'])}: run this program\n{src}\n\n# Output:\n{output}"
+    )
 
 
 STORY_EVENTS = [
@@ -390,40 +664,70 @@ STORY_EVENTS = [
 def story_slots(rng, w):
     p = rng.choice(w.people)
     c = p["city"]
-    return dict(first=p["first"], name=p["name"], pet=p["pet_name"], kind=p["pet"]["kind"], river=c["river"][0],
-                food=c["food"][0], city=c["name"], friend=p["friend"]["first"], color=p["color"][0],
-                country=c["country"][0], job=p["job"][0],
-                country_zh=c["country"][1], first_zh=p["zh"].split("·")[0],  # for Chinese noise sentences
-                obj=(p.get("objects") or [{"kind": ("hat",)}])[0]["kind"][0])
+    return dict(
+        first=p["first"],
+        name=p["name"],
+        pet=p["pet_name"],
+        kind=p["pet"]["kind"],
+        river=c["river"][0],
+        food=c["food"][0],
+        city=c["name"],
+        friend=p["friend"]["first"],
+        color=p["color"][0],
+        country=c["country"][0],
+        job=p["job"][0],
+        country_zh=c["country"][1],
+        first_zh=p["zh"].split("·")[0],  # for Chinese noise sentences
+        obj=(p.get("objects") or [{"kind": ("hat",)}])[0]["kind"][0],
+    )
 
 
 def render_story(rng, w):
     s = story_slots(rng, w)
     events = rng.sample(STORY_EVENTS, rng.randrange(4, 7))
-    opening = rng.choice(["Once upon a time in {city} there lived a {job} called {name}.",
-                          "In the town of {city}, {name} worked as a {job}.",
-                          "Everyone in {city} knew {name}, the {job} with a {kind} named {pet}."])
-    ending = rng.choice(["And from that day on, {first} and {pet} were never bored.",
-                         "That night {first} slept well, happy to live in {city}.",
-                         "{first} smiled. Life in {city} was good."])
+    opening = rng.choice(
+        [
+            "Once upon a time in {city} there lived a {job} called {name}.",
+            "In the town of {city}, {name} worked as a {job}.",
+            "Everyone in {city} knew {name}, the {job} with a {kind} named {pet}.",
+        ]
+    )
+    ending = rng.choice(
+        [
+            "And from that day on, {first} and {pet} were never bored.",
+            "That night {first} slept well, happy to live in {city}.",
+            "{first} smiled. Life in {city} was good.",
+        ]
+    )
     return " ".join(t.format(**s) for t in [opening] + events + [ending])
 
 
 def render_web(rng, w):
     s = story_slots(rng, w)
     site = f"{s['city']} Gazette"
-    headline = rng.choice([f"Local {s['job']} {s['name']} in the news", f"A week in {s['city']}",
-                           f"{s['city']} celebrates its famous {s['food']}"])
+    headline = rng.choice(
+        [
+            f"Local {s['job']} {s['name']} in the news",
+            f"A week in {s['city']}",
+            f"{s['city']} celebrates its famous {s['food']}",
+        ]
+    )
     body = " ".join(t.format(**s) for t in rng.sample(STORY_EVENTS, 4))
     facts = " ".join(city_facts_en(rng, rng.choice(w.cities))[:3])
-    return (f"{site}\nHome | News | Places | Contact\n\n{headline}\n\n{body}\n\nDid you know? {facts}\n\n"
-            f"Copyright {rng.randrange(2015, 2025)} {site}. All rights reserved.")
+    return (
+        f"{site}\nHome | News | Places | Contact\n\n{headline}\n\n{body}\n\nDid you know? {facts}\n\n"
+        f"Copyright {rng.randrange(2015, 2025)} {site}. All rights reserved."
+    )
 
 
 RENDERERS = {  # domain -> [(renderer, language, weight)]
     "dialog": [(render_dialog, "en", 1.0)],
     "code": [(render_code, "en", 1.0)],
-    "knowledge": [(render_knowledge_en, "en", 0.45), (render_knowledge_zh, "zh", 0.35), (render_arithmetic, "en", 0.2)],
+    "knowledge": [
+        (render_knowledge_en, "en", 0.45),
+        (render_knowledge_zh, "zh", 0.35),
+        (render_arithmetic, "en", 0.2),
+    ],
     "stories": [(render_story, "en", 0.6), (render_web, "en", 0.4)],
 }
 
@@ -450,19 +754,33 @@ def generate_corpus(w, seed, chars, ratios, first_id=0):
         budget = ratio * chars
         while budget > 0:
             text, lang = render_document(rng, w, domain)
-            docs.append({"id": f"{domain[:2]}{first_id + len(docs):06d}", "domain": domain, "lang": lang,
-                         "text": text})
+            docs.append(
+                {
+                    "id": f"{domain[:2]}{first_id + len(docs):06d}",
+                    "domain": domain,
+                    "lang": lang,
+                    "text": text,
+                }
+            )
             budget -= len(text)
     rng.shuffle(docs)
     return docs
 
 
 def main(argv=None):
-    cfg, args = parse_config(WorldConfig, argv, doc=__doc__, skip=("n_people", "n_cities", "n_objects"),
-                             extra=lambda p: p.add_argument("--chars", type=int, default=20_000,
-                                                            help="characters of text to render (default 20000)"))
+    cfg, args = parse_config(
+        WorldConfig,
+        argv,
+        doc=__doc__,
+        skip=("n_people", "n_cities", "n_objects"),
+        extra=lambda p: p.add_argument(
+            "--chars", type=int, default=20_000, help="characters of text to render (default 20000)"
+        ),
+    )
     w = build_world(cfg)
-    docs = generate_corpus(w, cfg.seed, args.chars, {"dialog": .4, "code": .1, "knowledge": .2, "stories": .3})
+    docs = generate_corpus(
+        w, cfg.seed, args.chars, {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3}
+    )
     for d in docs[:6]:
         print(f"--- {d['id']} {d['domain']} {d['lang']}\n{d['text']}\n")
 

@@ -32,6 +32,7 @@ Writes runs/bench_bpe/bench_bpe.{json,png}.
 Interview question it answers: why is BPE training O(corpus) per merge when done naively, and what
 makes it O(occurrences changed) instead? (the pair -> words index and the lazy-deletion heap)
 """
+
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -40,9 +41,26 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, markdown_table, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+from common import (
+    UserError,
+    markdown_table,
+    option,
+    parse_config,
+    pyplot,
+    run_cli,
+    save_figure,
+    write_json,
+)  # 01_data
 
-from bpe import GPT4_PATTERN, MIN_VOCAB_SIZE, SPECIAL_TOKENS, BPETokenizer, train_merges, train_merges_naive, word_counts_of  # same stage
+from bpe import (
+    GPT4_PATTERN,
+    MIN_VOCAB_SIZE,
+    SPECIAL_TOKENS,
+    BPETokenizer,
+    train_merges,
+    train_merges_naive,
+    word_counts_of,
+)  # same stage
 from bpe_fast import train_merges_fast  # same stage
 
 SHARED_TEXT = REPO.parent / "shared" / "data" / "text"
@@ -51,7 +69,9 @@ SHARED_TEXT = REPO.parent / "shared" / "data" / "text"
 @dataclass
 class BenchConfig:
     quick: bool = option(False, "300k-character slices, vocab 2048 only, one repeat")
-    vocab_sizes: list = option([2048, 10000], "vocabulary sizes to train (the largest is used to encode)", sep=",")
+    vocab_sizes: list = option(
+        [2048, 10000], "vocabulary sizes to train (the largest is used to encode)", sep=","
+    )
     repeats: int = option(3, "timed repeats of each encoder, interleaved; the best is kept", min=1)
     out: str = option("runs/bench_bpe", "folder for bench_bpe.json and bench_bpe.png")
 
@@ -59,8 +79,11 @@ class BenchConfig:
 def generated_corpus(n_chars, seed=0):
     """Documents from 01_data's synthetic world, about n_chars characters in all."""
     import world  # 01_data
+
     w = world.build_world(world.WorldConfig())
-    docs = world.generate_corpus(w, seed, n_chars, {"dialog": .4, "code": .1, "knowledge": .2, "stories": .3})
+    docs = world.generate_corpus(
+        w, seed, n_chars, {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3}
+    )
     return [d["text"] for d in docs]
 
 
@@ -68,8 +91,12 @@ def corpora(quick):
     """{name: text}: English and Chinese from ../shared/data/text, or the generated corpus."""
     limit = 300_000 if quick else None
     if (SHARED_TEXT / "hongloumeng.txt").is_file():
-        return {"English (tinyshakespeare)": (SHARED_TEXT / "tinyshakespeare.txt").read_text(encoding="utf-8")[:limit],
-                "Chinese (hongloumeng)": (SHARED_TEXT / "hongloumeng.txt").read_text(encoding="utf-8")[:limit]}
+        return {
+            "English (tinyshakespeare)": (SHARED_TEXT / "tinyshakespeare.txt").read_text(encoding="utf-8")[
+                :limit
+            ],
+            "Chinese (hongloumeng)": (SHARED_TEXT / "hongloumeng.txt").read_text(encoding="utf-8")[:limit],
+        }
     print(f"({SHARED_TEXT} not found: timing the generated corpus only)")
     return {"generated (en/zh/code)": "\n".join(generated_corpus(limit or 1_000_000))}
 
@@ -100,19 +127,32 @@ def time_encoding(name, text, tok, repeats):
     enc = tok.to_tiktoken()
 
     def fast():
-        tok._cache.clear()                        # every distinct piece merged again, as the others do
+        tok._cache.clear()  # every distinct piece merged again, as the others do
         return tok.encode_ordinary(text)
 
-    timed = best_of_interleaved({"reference": lambda: encode_reference(tok, text), "fast": fast,
-                                 "tiktoken": lambda: enc.encode_ordinary(text)}, repeats)
+    timed = best_of_interleaved(
+        {
+            "reference": lambda: encode_reference(tok, text),
+            "fast": fast,
+            "tiktoken": lambda: enc.encode_ordinary(text),
+        },
+        repeats,
+    )
     ids = {k: v[1] for k, v in timed.items()}
     assert ids["reference"] == ids["fast"] == ids["tiktoken"], f"{name}: the three encoders disagree"
     mb = len(text.encode("utf-8")) / 1e6
     s = {k: v[0] for k, v in timed.items()}
-    return {"corpus": name, "MB": round(mb, 2), "vocab": tok.vocab_size,
-            "reference_MB_s": round(mb / s["reference"], 2), "fast_MB_s": round(mb / s["fast"], 2),
-            "tiktoken_MB_s": round(mb / s["tiktoken"], 2), "reference_vs_tiktoken_x": round(s["reference"] / s["tiktoken"], 1),
-            "fast_vs_tiktoken_x": round(s["fast"] / s["tiktoken"], 1), "speedup_x": round(s["reference"] / s["fast"], 1)}
+    return {
+        "corpus": name,
+        "MB": round(mb, 2),
+        "vocab": tok.vocab_size,
+        "reference_MB_s": round(mb / s["reference"], 2),
+        "fast_MB_s": round(mb / s["fast"], 2),
+        "tiktoken_MB_s": round(mb / s["tiktoken"], 2),
+        "reference_vs_tiktoken_x": round(s["reference"] / s["tiktoken"], 1),
+        "fast_vs_tiktoken_x": round(s["fast"] / s["tiktoken"], 1),
+        "speedup_x": round(s["reference"] / s["fast"], 1),
+    }
 
 
 def time_training(name, text, vocab_size):
@@ -120,21 +160,34 @@ def time_training(name, text, vocab_size):
     word_counts = word_counts_of([text], GPT4_PATTERN, SPECIAL_TOKENS)
     pretokenize_s = time.process_time() - t0
     n = vocab_size - 256 - len(SPECIAL_TOKENS)
-    timed = best_of_interleaved({"reference": lambda: train_merges(word_counts, n),
-                                 "fast": lambda: train_merges_fast(word_counts, n)}, 1)
+    timed = best_of_interleaved(
+        {
+            "reference": lambda: train_merges(word_counts, n),
+            "fast": lambda: train_merges_fast(word_counts, n),
+        },
+        1,
+    )
     assert timed["reference"][1] == timed["fast"][1], f"{name}: the two trainers learned different merges"
     ref, fast = timed["reference"][0], timed["fast"][0]
-    return {"corpus": name, "vocab": vocab_size, "distinct_words": len(word_counts),
-            "pretokenize_s": round(pretokenize_s, 2), "reference_merges_s": round(ref, 2),
-            "fast_merges_s": round(fast, 2), "speedup_x": round(ref / fast, 1),
-            "reference_total_s": round(pretokenize_s + ref, 2), "fast_total_s": round(pretokenize_s + fast, 2)}
+    return {
+        "corpus": name,
+        "vocab": vocab_size,
+        "distinct_words": len(word_counts),
+        "pretokenize_s": round(pretokenize_s, 2),
+        "reference_merges_s": round(ref, 2),
+        "fast_merges_s": round(fast, 2),
+        "speedup_x": round(ref / fast, 1),
+        "reference_total_s": round(pretokenize_s + ref, 2),
+        "fast_total_s": round(pretokenize_s + fast, 2),
+    }
 
 
 def time_naive(text):
     """The textbook trainer against the incremental one: 100 merges on a 100 kB slice."""
     wc = word_counts_of([text[:100_000]], GPT4_PATTERN)
-    timed = best_of_interleaved({"incremental": lambda: train_merges(wc, 100),
-                                 "naive": lambda: train_merges_naive(wc, 100)}, 1)
+    timed = best_of_interleaved(
+        {"incremental": lambda: train_merges(wc, 100), "naive": lambda: train_merges_naive(wc, 100)}, 1
+    )
     return {"slice": "100 kB", "merges": 100, **{f"{k}_s": round(v[0], 2) for k, v in timed.items()}}
 
 
@@ -145,8 +198,10 @@ def main(argv=None):
     if min(vocab_sizes) < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab-sizes {min(vocab_sizes)} is too small; use at least {MIN_VOCAB_SIZE}")
     texts = corpora(cfg.quick)
-    print(f"timing on one core; the sides of each comparison interleaved in this run (the machine may be shared); "
-          f"encoding: best of {repeats}")
+    print(
+        f"timing on one core; the sides of each comparison interleaved in this run (the machine may be shared); "
+        f"encoding: best of {repeats}"
+    )
     train_rows, enc_rows = [], []
     for name, text in texts.items():
         for v in vocab_sizes:
@@ -157,19 +212,52 @@ def main(argv=None):
         print(enc_rows[-1], flush=True)
     naive = None if cfg.quick else time_naive(next(iter(texts.values())))
 
-    enc_table = markdown_table(enc_rows, ["corpus", "MB", "vocab", "reference_MB_s", "fast_MB_s", "tiktoken_MB_s",
-                                        "reference_vs_tiktoken_x", "fast_vs_tiktoken_x", "speedup_x"])
-    train_table = markdown_table(train_rows, ["corpus", "vocab", "distinct_words", "pretokenize_s",
-                                            "reference_merges_s", "fast_merges_s", "speedup_x",
-                                            "reference_total_s", "fast_total_s"])
-    print(f"\nencoding, one call on the whole text, empty cache (x = CPU seconds / tiktoken's)\n{enc_table}"
-          f"\n\ntraining, CPU seconds (pre-tokenization shared; merges by the readable vs the array trainer)"
-          f"\n{train_table}")
+    enc_table = markdown_table(
+        enc_rows,
+        [
+            "corpus",
+            "MB",
+            "vocab",
+            "reference_MB_s",
+            "fast_MB_s",
+            "tiktoken_MB_s",
+            "reference_vs_tiktoken_x",
+            "fast_vs_tiktoken_x",
+            "speedup_x",
+        ],
+    )
+    train_table = markdown_table(
+        train_rows,
+        [
+            "corpus",
+            "vocab",
+            "distinct_words",
+            "pretokenize_s",
+            "reference_merges_s",
+            "fast_merges_s",
+            "speedup_x",
+            "reference_total_s",
+            "fast_total_s",
+        ],
+    )
+    print(
+        f"\nencoding, one call on the whole text, empty cache (x = CPU seconds / tiktoken's)\n{enc_table}"
+        f"\n\ntraining, CPU seconds (pre-tokenization shared; merges by the readable vs the array trainer)"
+        f"\n{train_table}"
+    )
     if naive:
         print(f"\nnaive vs incremental trainer: {naive}")
     out = Path(cfg.out)
-    write_json(out / "bench_bpe.json", {"config": asdict(cfg), "encoding": enc_rows, "training": train_rows,
-                                        "naive": naive, "note": "CPU seconds; sides interleaved in one run"})
+    write_json(
+        out / "bench_bpe.json",
+        {
+            "config": asdict(cfg),
+            "encoding": enc_rows,
+            "training": train_rows,
+            "naive": naive,
+            "note": "CPU seconds; sides interleaved in one run",
+        },
+    )
     save_plot(enc_rows, train_rows, out / "bench_bpe.png")
     print(f"wrote {out / 'bench_bpe.json'} and {out / 'bench_bpe.png'}")
 
@@ -178,12 +266,17 @@ def save_plot(enc_rows, train_rows, path):
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
     x = range(len(enc_rows))
-    for k, (key, label) in enumerate([("reference_MB_s", "reference loop (before)"), ("fast_MB_s", "fast path (now)"),
-                                      ("tiktoken_MB_s", "tiktoken, same ranks")]):
+    for k, (key, label) in enumerate(
+        [
+            ("reference_MB_s", "reference loop (before)"),
+            ("fast_MB_s", "fast path (now)"),
+            ("tiktoken_MB_s", "tiktoken, same ranks"),
+        ]
+    ):
         a.bar([i + (k - 1) * 0.27 for i in x], [r[key] for r in enc_rows], 0.27, label=label)
     a.set_xticks(list(x), [r["corpus"] for r in enc_rows], fontsize=8)
     a.set(yscale="log", ylabel="MB/s (log)", title="encoding throughput, empty cache")
-    a.set_ylim(top=6 * max(r["tiktoken_MB_s"] for r in enc_rows))      # room for the legend
+    a.set_ylim(top=6 * max(r["tiktoken_MB_s"] for r in enc_rows))  # room for the legend
     a.legend(fontsize=8, ncol=3, loc="upper center")
     labels = [f"{r['corpus'].split()[0]}\nvocab {r['vocab']}" for r in train_rows]
     x = range(len(train_rows))

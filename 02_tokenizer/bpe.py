@@ -50,6 +50,7 @@ Interview questions it answers:
   (split on them before the regex; `encode_ordinary` treats a literal "<|endoftext|>" in a web page
   as plain text, otherwise a document could inject an end-of-text or a fake `<|assistant|>` turn.)
 """
+
 import contextlib
 import heapq
 import sys
@@ -71,14 +72,16 @@ from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast  
 # leading space; `\s+(?!\S)` leaves the last space of a whitespace run to start the next word.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # GPT-4's (cl100k): case-insensitive contractions, digits in groups of at most 3, newlines apart.
-GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
-                r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 
 # `<|endoftext|>` separates documents; the chat-role tokens are used by the SFT chat template (05).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SINGLE_BYTES = [bytes([b]) for b in range(256)]
-MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1   # every byte, every special token, and one merge
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1  # every byte, every special token, and one merge
 
 
 @dataclass
@@ -86,8 +89,11 @@ class BPEConfig:
     # 2048 suits a tiny GPT on a few MB of text: the embedding (2048 x d_model) stays a small part
     # of the parameters, and every token id is seen thousands of times in training. A 50k vocabulary
     # on 5 MB would leave most ids nearly untrained and the embedding larger than the model.
-    vocab_size: int = option(2048, f"256 bytes + merges + {len(SPECIAL_TOKENS)} special tokens, at least "
-                             f"{MIN_VOCAB_SIZE}", min=MIN_VOCAB_SIZE)
+    vocab_size: int = option(
+        2048,
+        f"256 bytes + merges + {len(SPECIAL_TOKENS)} special tokens, at least {MIN_VOCAB_SIZE}",
+        min=MIN_VOCAB_SIZE,
+    )
     pattern: str = option("gpt4", "pre-tokenizer regex: gpt2, gpt4, or a regex of your own")
 
 
@@ -102,8 +108,10 @@ def compile_pattern(pattern: str):
     try:
         return regex.compile(PATTERNS.get(pattern, pattern))
     except regex.error as e:
-        raise UserError(f"--pattern {pattern!r} is not a valid regex ({str(e).splitlines()[0]}); "
-                        "fix it, or use gpt2 or gpt4") from None
+        raise UserError(
+            f"--pattern {pattern!r} is not a valid regex ({str(e).splitlines()[0]}); "
+            "fix it, or use gpt2 or gpt4"
+        ) from None
 
 
 # ---------------------------------------------------------------- 1. pre-tokenization
@@ -112,7 +120,9 @@ def special_splitter(special_tokens):
     matches, not the longest, so with "<|a|>" and "<|a|><|b|>" the longer one must be tried first."""
     if not special_tokens:
         return None
-    return regex.compile("(" + "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)) + ")")
+    return regex.compile(
+        "(" + "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)) + ")"
+    )
 
 
 def word_counts_of(texts, pattern, special_tokens=(), progress=None) -> Counter:
@@ -236,7 +246,7 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
         new_id = 256 + len(merges)
         vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
         merges.append(pair)
-        delta = Counter()   # net change of each pair's count caused by this merge
+        delta = Counter()  # net change of each pair's count caused by this merge
         for wi in where.pop(pair):
             word = merge_counting_pairs(words[wi], pair, new_id, freqs[wi], delta)
             for p in zip(word, word[1:]):
@@ -260,12 +270,13 @@ def train_merges(word_counts, n_merges, progress=None, progress_every=500):
 # ---------------------------------------------------------------- 3-5. the tokenizer
 class BPETokenizer:
     """Byte-level BPE tokenizer: `vocab` id -> bytes, `ranks` bytes -> id, `merges` in order."""
-    cache_size = 500_000          # pre-tokens whose ids are kept
+
+    cache_size = 500_000  # pre-tokens whose ids are kept
 
     def __init__(self, vocab, merges, special_tokens, pattern=GPT4_PATTERN):
-        self.vocab = dict(vocab)                      # id -> bytes, ordinary tokens only
-        self.merges = list(merges)                    # [(left_id, right_id)], in training order
-        self.special_tokens = dict(special_tokens)    # str -> id
+        self.vocab = dict(vocab)  # id -> bytes, ordinary tokens only
+        self.merges = list(merges)  # [(left_id, right_id)], in training order
+        self.special_tokens = dict(special_tokens)  # str -> id
         self.pattern = PATTERNS.get(pattern, pattern)
         self.ranks = {b: i for i, b in self.vocab.items()}
         if len(self.ranks) != len(self.vocab):
@@ -276,8 +287,8 @@ class BPETokenizer:
         self.id_to_special = {i: s for s, i in self.special_tokens.items()}
         self._pat = compile_pattern(self.pattern)
         self._special_re = special_splitter(self.special_tokens)
-        self._cache = {}              # pre-token -> its ids
-        self._merge_table = None      # for bpe_fast.encode_pieces, built on first use
+        self._cache = {}  # pre-token -> its ids
+        self._merge_table = None  # for bpe_fast.encode_pieces, built on first use
 
     @property
     def vocab_size(self) -> int:
@@ -289,14 +300,23 @@ class BPETokenizer:
 
     # -------- training
     @classmethod
-    def train(cls, texts, vocab_size, pattern="gpt4", special_tokens=SPECIAL_TOKENS,
-              progress=None, progress_every=500):
+    def train(
+        cls,
+        texts,
+        vocab_size,
+        pattern="gpt4",
+        special_tokens=SPECIAL_TOKENS,
+        progress=None,
+        progress_every=500,
+    ):
         """Learn `vocab_size - 256 - len(special_tokens)` merges from an iterable of strings
         (with bpe_fast.train_merges_fast: train_merges' merges, on arrays)."""
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 1:
-            raise UserError(f"vocab size {vocab_size} is too small for BPE: 256 bytes + {len(special_tokens)} "
-                            f"special tokens + at least one merge; use at least {256 + len(special_tokens) + 1}")
+            raise UserError(
+                f"vocab size {vocab_size} is too small for BPE: 256 bytes + {len(special_tokens)} "
+                f"special tokens + at least one merge; use at least {256 + len(special_tokens) + 1}"
+            )
         word_counts = word_counts_of(texts, pattern, special_tokens, progress)
         if not word_counts:
             raise UserError("the training corpus is empty; pass documents with text in them")
@@ -323,7 +343,7 @@ class BPETokenizer:
             if best == inf:
                 break
             i = pair_ranks.index(best)
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
             del pair_ranks[i]
             if i > 0:  # only the two neighbours of the merged pair change
                 pair_ranks[i - 1] = get(parts[i - 1] + parts[i], inf)
@@ -365,8 +385,10 @@ class BPETokenizer:
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
-            raise UserError(f"allowed_special names {sorted(unknown)[0]!r}, which is not a special token "
-                            f"of this tokenizer; choose from {list(self.special_tokens)}")
+            raise UserError(
+                f"allowed_special names {sorted(unknown)[0]!r}, which is not a special token "
+                f"of this tokenizer; choose from {list(self.special_tokens)}"
+            )
         ids = []
         for i, chunk in enumerate(self._special_re.split(text)):
             if i % 2 == 0:
@@ -374,8 +396,10 @@ class BPETokenizer:
             elif chunk in allowed:
                 ids.append(self.special_tokens[chunk])
             else:
-                raise UserError(f"text contains the special token {chunk!r}, which allowed_special does not "
-                                f"allow; pass allowed_special={{{chunk!r}}} or 'all', or use encode_ordinary")
+                raise UserError(
+                    f"text contains the special token {chunk!r}, which allowed_special does not "
+                    f"allow; pass allowed_special={{{chunk!r}}} or 'all', or use encode_ordinary"
+                )
         return ids
 
     def encode_iterable(self, chunks, allowed_special=(), buffer_chars=1 << 16):
@@ -398,7 +422,7 @@ class BPETokenizer:
         if buf:
             yield from self.encode(buf, allowed_special)
 
-    def tokenize(self, text: str) -> list:   # for showing: each token as text (half a character is �)
+    def tokenize(self, text: str) -> list:  # for showing: each token as text (half a character is �)
         return [self.decode([i]) for i in self.encode_ordinary(text)]
 
     # -------- decoding
@@ -409,32 +433,41 @@ class BPETokenizer:
             if b is None:
                 s = self.id_to_special.get(i)
                 if s is None:
-                    raise UserError(f"token id {i} is outside the vocabulary (size {self.vocab_size}); "
-                                    f"were these ids made by a different tokenizer?")
+                    raise UserError(
+                        f"token id {i} is outside the vocabulary (size {self.vocab_size}); "
+                        f"were these ids made by a different tokenizer?"
+                    )
                 b = s.encode("utf-8")
             out.append(b)
         return b"".join(out)
 
-    def decode(self, ids) -> str:   # bytes decoded once, at the end: a token may hold half a character
+    def decode(self, ids) -> str:  # bytes decoded once, at the end: a token may hold half a character
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # -------- save / load / interop
     def save(self, directory):
         directory = Path(directory)
-        write_json(directory / "tokenizer.json", {
-            "format": "bpe-v1", "pattern": self.pattern,
-            "vocab": {str(i): b.hex() for i, b in sorted(self.vocab.items())},
-            "merges": [list(m) for m in self.merges],
-            "special_tokens": self.special_tokens})
+        write_json(
+            directory / "tokenizer.json",
+            {
+                "format": "bpe-v1",
+                "pattern": self.pattern,
+                "vocab": {str(i): b.hex() for i, b in sorted(self.vocab.items())},
+                "merges": [list(m) for m in self.merges],
+                "special_tokens": self.special_tokens,
+            },
+        )
 
     @classmethod
     def load(cls, directory):
         """The tokenizer saved in directory/tokenizer.json (errors name the command to rerun)."""
+
         def build(d):
             vocab = {int(i): bytes.fromhex(h) for i, h in d["vocab"].items()}
             merges = [tuple(m) for m in d["merges"]]
             check_merges_match_vocab(vocab, merges, Path(directory) / "tokenizer.json")
             return cls(vocab, merges, d["special_tokens"], d["pattern"])
+
         return load_saved(directory, "tokenizer.json", "bpe-v1", "bpe.py", build)
 
     @classmethod
@@ -454,16 +487,20 @@ class BPETokenizer:
             try:
                 merges.append(tuple(ranks[bytes(byte_decoder[c] for c in s)] for s in parts))
             except KeyError:
-                raise UserError(f"{merges_txt}: merge {line!r} uses a token missing from {vocab_json}; "
-                                f"the merges file does not match its vocab") from None
+                raise UserError(
+                    f"{merges_txt}: merge {line!r} uses a token missing from {vocab_json}; "
+                    f"the merges file does not match its vocab"
+                ) from None
         check_merges_match_vocab(vocab, merges, merges_txt)
         return cls(vocab, merges, specials, GPT2_PATTERN)
 
     def to_tiktoken(self, name="llm-from-scratch-bpe"):
         """A tiktoken.Encoding with our ranks, pattern and special tokens (offline; nothing downloads)."""
         import tiktoken
-        return tiktoken.Encoding(name=name, pat_str=self.pattern, mergeable_ranks=self.ranks,
-                                 special_tokens=self.special_tokens)
+
+        return tiktoken.Encoding(
+            name=name, pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens
+        )
 
 
 def load_saved(directory, filename, fmt, script, build):
@@ -479,7 +516,7 @@ def load_saved(directory, filename, fmt, script, build):
         if d.get("format") != fmt:
             raise UserError(f"not a {fmt} file")
         return build(d)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:   # UserError is a ValueError
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # UserError is a ValueError
         why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         raise UserError(f"{path}: not a usable tokenizer ({why}); rerun `{made_by}`") from None
 
@@ -487,10 +524,16 @@ def load_saved(directory, filename, fmt, script, build):
 def check_merges_match_vocab(vocab, merges, where):
     """Merge k must produce token 256 + k, whose bytes are the concatenation of its two parts."""
     for k, (a, b) in enumerate(merges):
-        if len(merges) + 256 > len(vocab) or a not in vocab or b not in vocab \
-                or vocab.get(256 + k) != vocab[a] + vocab[b]:
-            raise UserError(f"{where}: merge {k} ({a}, {b}) does not produce vocab id {256 + k}; "
-                            f"the merges file does not match its vocab")
+        if (
+            len(merges) + 256 > len(vocab)
+            or a not in vocab
+            or b not in vocab
+            or vocab.get(256 + k) != vocab[a] + vocab[b]
+        ):
+            raise UserError(
+                f"{where}: merge {k} ({a}, {b}) does not produce vocab id {256 + k}; "
+                f"the merges file does not match its vocab"
+            )
 
 
 def bytes_to_unicode():
@@ -501,6 +544,7 @@ def bytes_to_unicode():
     return {b: chr(b) if b in keep else chr(next(others)) for b in range(256)}
 
 
-if __name__ == "__main__":      # the command line lives in tokenizer_cli.py; this is its BPE entry
+if __name__ == "__main__":  # the command line lives in tokenizer_cli.py; this is its BPE entry
     from tokenizer_cli import main
+
     run_cli(main)

@@ -38,13 +38,14 @@ Interview questions it answers:
 - How do you vectorize a sequential algorithm? Find the unit that is independent (each piece; each
   occurrence of one pair) and do one step for all of them per array operation.
 """
+
 import heapq
 from collections import Counter, defaultdict
 
 import numpy as np
 
 LOW32 = (1 << 32) - 1
-FEW = 32       # merges with at most this many positions run one by one (merge_one_by_one)
+FEW = 32  # merges with at most this many positions run one by one (merge_one_by_one)
 
 
 def pair_keys(left, right):
@@ -54,6 +55,7 @@ def pair_keys(left, right):
 
 # ==================================================================================================
 # 1. Encoding: every piece merges its best pair, all pieces at once, round after round
+
 
 def merge_table(ranks: dict):
     """(keys, ranks, can_left, can_right): every pair of tokens (x, y) whose joined bytes are a token,
@@ -99,9 +101,9 @@ def encode_pieces(pieces, byte_ids, table):
     with nothing to merge leave (their ids are copied to `final`); the others merge there (the
     merged token's id is its rank, as in tiktoken), look up the two pair ranks beside it, and
     drop the right half of the pair."""
-    none = int(table[1].max()) + 1 if len(table[1]) else 1   # above every rank: "cannot merge"
+    none = int(table[1].max()) + 1 if len(table[1]) else 1  # above every rank: "cannot merge"
     lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
-    offsets = np.cumsum(lengths) - lengths                     # where each piece starts in `final`
+    offsets = np.cumsum(lengths) - lengths  # where each piece starts in `final`
     final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(pieces), np.int64)
     owner = np.flatnonzero(lengths > 0)
     lengths = lengths[owner]
@@ -113,17 +115,17 @@ def encode_pieces(pieces, byte_ids, table):
     rank = np.full(len(ids), none, np.int64)
     rank[:-1] = first[raw[:-1], raw[1:]]
     starts = np.cumsum(lengths) - lengths
-    rank[starts + lengths - 1] = none                          # no pair across a piece boundary
-    count, key = np.arange(len(ids)), np.empty(len(ids), np.int64)   # reused: fewer fresh pages
+    rank[starts + lengths - 1] = none  # no pair across a piece boundary
+    count, key = np.arange(len(ids)), np.empty(len(ids), np.int64)  # reused: fewer fresh pages
     while len(owner):
         n = len(ids)
         np.multiply(rank, n, out=key[:n])
         key[:n] += count[:n]
         best_rank, at = np.divmod(np.minimum.reduceat(key[:n], starts), n)
         done = best_rank == none
-        if done.any():                                         # these pieces are finished
+        if done.any():  # these pieces are finished
             m, k = lengths[done], owner[done]
-            step = np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m)        # 0, 1, ... inside each piece
+            step = np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m)  # 0, 1, ... inside each piece
             final[np.repeat(offsets[k], m) + step] = ids[np.repeat(starts[done], m) + step]
             final_lengths[k] = m
         going = ~done
@@ -133,17 +135,18 @@ def encode_pieces(pieces, byte_ids, table):
         rank[at[has_left] - 1] = rank_of_pairs(table, ids[at[has_left] - 1], best_rank[has_left], none)
         rank[at] = none
         rank[at[has_right]] = rank_of_pairs(table, best_rank[has_right], ids[at[has_right] + 2], none)
-        keep = np.repeat(going, lengths)                       # finished pieces and right halves go
+        keep = np.repeat(going, lengths)  # finished pieces and right halves go
         keep[at + 1] = False
         ids, rank = ids[keep], rank[keep]
         owner, lengths = owner[going], lengths[going] - 1
         starts = np.cumsum(lengths) - lengths
     flat = final.tolist()
-    return [flat[s:s + m] for s, m in zip(offsets.tolist(), final_lengths.tolist())]
+    return [flat[s : s + m] for s, m in zip(offsets.tolist(), final_lengths.tolist())]
 
 
 # ==================================================================================================
 # 2. Training: a merge rewrites all occurrences of its pair at once
+
 
 def descending(token: bytes) -> tuple:
     """A sort key that orders byte strings from greatest to least, for the trainers' tie-break
@@ -185,11 +188,11 @@ def merge_all_at_once(at, a, b, new, sym, nxt, prv, freq, end):
     """Merge (a, b) into `new` at the sorted positions `at` (stale ones dropped here), all at once.
     Returns the count changes [(pair key, change)] (a pair the merge made: its count) and the
     positions of the pairs it made [(pair key, array of left positions)]."""
-    at = at[(sym[at] == a) & (sym[nxt[at]] == b)]     # drop positions whose pair has changed
+    at = at[(sym[at] == a) & (sym[nxt[at]] == b)]  # drop positions whose pair has changed
     if a == b:
         at = every_other_in_runs(at, nxt)
-    j, p = nxt[at], prv[at]                            # right half, left neighbour
-    q = nxt[j]                                         # right neighbour
+    j, p = nxt[at], prv[at]  # right half, left neighbour
+    q = nxt[j]  # right neighbour
     f = freq[at]
     joined_left = np.concatenate([[False], p[1:] == j[:-1]])  # "a b a b": the 2nd's p is the 1st's b
     joined_right = np.concatenate([q[:-1] == at[1:], [False]])
@@ -204,8 +207,8 @@ def merge_all_at_once(at, a, b, new, sym, nxt, prv, freq, end):
     made_at = np.concatenate([p[has_left], at[has_right]])
     made_f = np.concatenate([f[has_left], f[has_right]])
 
-    sym[at] = new                                      # rewrite: t at the left position,
-    sym[j] = -1                                        # the right half unlinked
+    sym[at] = new  # rewrite: t at the left position,
+    sym[j] = -1  # the right half unlinked
     nxt[at] = q
     prv[q[has_right]] = at[has_right]
 
@@ -223,7 +226,7 @@ def merge_one_by_one(at, a, b, new, sym, nxt, prv, freq, end):
     for i in at.tolist():
         j = int(nxt[i])
         if sym[i] != a or sym[j] != b:
-            continue                                   # its pair has changed, or merged just now
+            continue  # its pair has changed, or merged just now
         p, q, f = int(prv[i]), int(nxt[j]), int(freq[i])
         change[a << 32 | b] -= f
         if p != end:
@@ -274,7 +277,7 @@ def train_merges_fast(word_counts, n_merges, progress=None, progress_every=500):
     where = {k: [v] for k, v in zip(keys, positions)}
     counts = dict(zip(keys, sums))
     vocab = [bytes([i]) for i in range(256)]
-    desc = [descending(t) for t in vocab]              # token id -> its tie-break key
+    desc = [descending(t) for t in vocab]  # token id -> its tie-break key
 
     def entry(key):
         return (-counts[key], desc[key >> 32], desc[key & LOW32], key)
@@ -286,7 +289,7 @@ def train_merges_fast(word_counts, n_merges, progress=None, progress_every=500):
         neg, _, _, key = heapq.heappop(heap)
         if counts.get(key, 0) != -neg:
             if key in counts:
-                heapq.heappush(heap, entry(key))      # its count fell since: back in at its true count
+                heapq.heappush(heap, entry(key))  # its count fell since: back in at its true count
             continue
         a, b, new = key >> 32, key & LOW32, 256 + len(merges)
         vocab.append(vocab[a] + vocab[b])
@@ -298,11 +301,11 @@ def train_merges_fast(word_counts, n_merges, progress=None, progress_every=500):
         merge = merge_one_by_one if len(at) <= FEW else merge_all_at_once
         changes, made_at = merge(at, a, b, new, sym, nxt, prv, freq, L)
         for k, c in changes:
-            if c > 0:                                  # a pair the merge made: new, so pushed now
+            if c > 0:  # a pair the merge made: new, so pushed now
                 counts[k] = c
                 heapq.heappush(heap, entry(k))
             elif counts[k] + c > 0:
-                counts[k] += c                         # fell: re-pushed when its old entry is popped
+                counts[k] += c  # fell: re-pushed when its old entry is popped
             else:
                 del counts[k]
                 where.pop(k, None)

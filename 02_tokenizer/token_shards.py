@@ -23,6 +23,7 @@ Interview questions it answers:
   separator tells the model that what follows is unrelated (and gives it a token to end text with).
 - What is bits per byte, and why report it beside the loss? (above: it does not depend on the tokenizer)
 """
+
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def write_token_shard(path, texts, encode_batch, eot_id, dtype, batch=1000):
     after each, write all ids as one flat array. Returns (tokens written, UTF-8 bytes of the texts)."""
     parts, n_bytes = [], 0
     for i in range(0, len(texts), batch):
-        chunk = texts[i:i + batch]
+        chunk = texts[i : i + batch]
         for ids in encode_batch(chunk):
             parts.append(np.asarray(ids + [eot_id], dtype=dtype))
         n_bytes += sum(len(t.encode("utf-8")) for t in chunk)
@@ -61,8 +62,15 @@ def write_token_shards(out_dir, splits, tok, progress=print) -> dict:
     for split, docs in splits.items():
         progress(f"encoding {split} ({len(docs)} documents)")
         n_tokens[split], n_bytes[split] = write_token_shard(
-            out_dir / f"{split}.bin", [d["text"] for d in docs], tok.encode_ordinary_batch, tok.eot_id, dtype)
-    meta = {"vocab_size": tok.vocab_size, "dtype": dtype, "eot_id": tok.eot_id,
-            "n_tokens": n_tokens, "n_bytes": n_bytes, "tokenizer_dir": "tokenizer"}
+            out_dir / f"{split}.bin", [d["text"] for d in docs], tok.encode_ordinary_batch, tok.eot_id, dtype
+        )
+    meta = {
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype,
+        "eot_id": tok.eot_id,
+        "n_tokens": n_tokens,
+        "n_bytes": n_bytes,
+        "tokenizer_dir": "tokenizer",
+    }
     write_json(out_dir / "meta.json", meta)
     return meta

@@ -20,6 +20,7 @@ Each command:
 Ctrl-C or an error leaves each folder either complete and new or as it was. A new tokenizer/
 beside the old tokens/ (stopped in between) reads as stale, so 04 refuses it until this is rerun.
 """
+
 import sys
 import time
 from dataclasses import asdict
@@ -28,8 +29,20 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import (check_artifact, claim_output, command_line, markdown_table, parse_config, read_jsonl, run_cli,  # 01_data
-                    run_lock, set_interrupt_hint, staged_dir, write_json, write_manifest)
+from common import (
+    check_artifact,
+    claim_output,
+    command_line,
+    markdown_table,
+    parse_config,
+    read_jsonl,
+    run_cli,  # 01_data
+    run_lock,
+    set_interrupt_hint,
+    staged_dir,
+    write_json,
+    write_manifest,
+)
 
 import bpe  # same stage
 from bpe import BPEConfig, BPETokenizer, check_bpe_config  # same stage
@@ -40,7 +53,9 @@ from tokenizer_eval import COLUMNS, gpt2_tiktoken, measured_row, plot_bytes_per_
 def add_run_flags(parser):
     """The flags every 02 command has beside its tokenizer's config."""
     parser.add_argument("--data", required=True, help="run folder runs/<name> holding data/ from 01_data")
-    parser.add_argument("--overwrite", action="store_true", help="replace the run already in the output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in the output folder"
+    )
 
 
 def read_data(run: Path):
@@ -69,15 +84,24 @@ def train_and_report(name, train, save, *, out, docs, config, command, overwrite
         set_interrupt_hint(f"{out} is unchanged; rerun `{command}`")
         t0 = time.perf_counter()
         print(f"training {name}, vocab {config['vocab_size']}, on {len(docs['train'])} documents", flush=True)
-        tok = train((d["text"] for d in docs["train"]),
-                    lambda msg: print(f"  [{time.perf_counter() - t0:6.1f}s] {msg}", flush=True))
+        tok = train(
+            (d["text"] for d in docs["train"]),
+            lambda msg: print(f"  [{time.perf_counter() - t0:6.1f}s] {msg}", flush=True),
+        )
         train_s = round(time.perf_counter() - t0, 2)
         val = docs["val"]
-        encode = getattr(tok, "encode_ordinary", tok.encode)   # BPE's: "<|endoftext|>" in a document is text
+        encode = getattr(tok, "encode_ordinary", tok.encode)  # BPE's: "<|endoftext|>" in a document is text
         rows = [measured_row(name, tok.vocab_size, train_s, encode, val)]
         if reference is not None:
-            rows.append(measured_row(f"ours (BPE, {run.name}/tokenizer)", reference.vocab_size, "-",
-                                     reference.encode_ordinary, val))
+            rows.append(
+                measured_row(
+                    f"ours (BPE, {run.name}/tokenizer)",
+                    reference.vocab_size,
+                    "-",
+                    reference.encode_ordinary,
+                    val,
+                )
+            )
         gpt2 = gpt2_tiktoken()
         if gpt2 is not None:
             rows.append(measured_row("GPT-2 (tiktoken)", gpt2.n_vocab, "-", gpt2.encode_ordinary, val))
@@ -105,15 +129,31 @@ def main(argv=None):
     with run_lock(tokens):
         claim_output(tokens, args.overwrite, remove=False)
         tok = train_and_report(
-            "ours (BPE)", lambda texts, progress: BPETokenizer.train(
-                texts, cfg.vocab_size, cfg.pattern, progress=progress, progress_every=max(100, cfg.vocab_size // 10)),
-            lambda tok, folder: tok.save(folder), out=run / "tokenizer", docs={"train": train_docs, "val": val_docs},
-            config=asdict(cfg), command=command, overwrite=args.overwrite)
+            "ours (BPE)",
+            lambda texts, progress: BPETokenizer.train(
+                texts,
+                cfg.vocab_size,
+                cfg.pattern,
+                progress=progress,
+                progress_every=max(100, cfg.vocab_size // 10),
+            ),
+            lambda tok, folder: tok.save(folder),
+            out=run / "tokenizer",
+            docs={"train": train_docs, "val": val_docs},
+            config=asdict(cfg),
+            command=command,
+            overwrite=args.overwrite,
+        )
         set_interrupt_hint(f"{tokens} is unchanged; rerun `{command}`")
         with staged_dir(tokens) as tmp:
             meta = write_token_shards(tmp, {"train": train_docs, "val": val_docs}, tok)
-            write_manifest(tmp, stage="02_tokenizer", command=command, config=asdict(cfg),
-                           inputs=[run / "data", run / "tokenizer"])
+            write_manifest(
+                tmp,
+                stage="02_tokenizer",
+                command=command,
+                config=asdict(cfg),
+                inputs=[run / "data", run / "tokenizer"],
+            )
     print(f"tokens: {meta['n_tokens']}, UTF-8 bytes: {meta['n_bytes']}\nwrote {tokens}")
 
 

@@ -15,6 +15,7 @@ Interview questions it answers:
 - Why is a vocabulary's bytes/token on Chinese a fairness question? (same price per token, fewer
   characters per token: users of some languages pay more and get shorter contexts)
 """
+
 import functools
 import sys
 from collections import Counter

@@ -31,6 +31,7 @@ Interview questions it answers:
 - What is `▁` in SentencePiece / T5 / LLaMA-1 vocabularies, and why can it tokenize Chinese
   without a word segmenter?
 """
+
 import math
 import sys
 from collections import Counter
@@ -51,12 +52,17 @@ UNK = "<unk>"
 
 @dataclass
 class UnigramConfig:
-    vocab_size: int = option(2048, "pieces + <unk>; every character of the corpus is kept, so the corpus "
-                             "sets the real minimum (checked before training)", min=2)
+    vocab_size: int = option(
+        2048,
+        "pieces + <unk>; every character of the corpus is kept, so the corpus "
+        "sets the real minimum (checked before training)",
+        min=2,
+    )
     max_piece_chars: int = option(8, "longest substring considered as a piece", min=1)
     seed_multiplier: int = option(8, "seed vocabulary = this many times the target size", min=1)
-    prune_fraction: float = option(0.25, "share of (non-character) pieces dropped per pruning round",
-                                   min=0.01, max=0.99)
+    prune_fraction: float = option(
+        0.25, "share of (non-character) pieces dropped per pruning round", min=0.01, max=0.99
+    )
     em_iterations: int = option(2, "EM iterations after each pruning round", min=1)
 
 
@@ -83,7 +89,7 @@ def viterbi(word, logp, max_len):
         return None, -math.inf
     pieces, j = [], n
     while j > 0:
-        pieces.append(word[back[j]:j])
+        pieces.append(word[back[j] : j])
         j = back[j]
     return pieces[::-1], best[n]
     # <<< exercise
@@ -98,7 +104,7 @@ def seed_pieces(word_counts, cfg, target):
         for i in range(len(w)):
             for j in range(i + 2, min(len(w), i + cfg.max_piece_chars) + 1):
                 subs[w[i:j]] += n
-    top = sorted(subs, key=lambda s: (-subs[s] * len(s), s))[:target * cfg.seed_multiplier]
+    top = sorted(subs, key=lambda s: (-subs[s] * len(s), s))[: target * cfg.seed_multiplier]
     return {**chars, **{s: subs[s] for s in top}}, set(chars)
 
 
@@ -121,10 +127,10 @@ def prune(logp, counts, chars, keep, max_len):
         if p in chars:
             continue
         del logp[p]
-        _, alt = viterbi(p, logp, max_len)   # the best way to write this piece without it
+        _, alt = viterbi(p, logp, max_len)  # the best way to write this piece without it
         logp[p] = lp
         losses[p] = counts[p] * (lp - alt)
-    ranked = sorted(losses, key=lambda p: (-losses[p], p))[:max(0, keep - len(chars))]
+    ranked = sorted(losses, key=lambda p: (-losses[p], p))[: max(0, keep - len(chars))]
     kept = {p: logp[p] for p in ranked}
     kept.update({c: logp.get(c, min(logp.values())) for c in chars})
     return kept
@@ -135,8 +141,10 @@ def train_unigram(word_counts, vocab_size, cfg=UnigramConfig(), progress=None):
     target = vocab_size - 1
     n_chars = len({c for w in word_counts for c in w})
     if target < n_chars:
-        raise UserError(f"vocab size {vocab_size} is below Unigram's minimum for this corpus: {n_chars} "
-                        f"characters (all are kept) + <unk> = {n_chars + 1}; use --vocab-size {n_chars + 1} or more")
+        raise UserError(
+            f"vocab size {vocab_size} is below Unigram's minimum for this corpus: {n_chars} "
+            f"characters (all are kept) + <unk> = {n_chars + 1}; use --vocab-size {n_chars + 1} or more"
+        )
     seed, chars = seed_pieces(word_counts, cfg, target)
     total = sum(seed.values())
     logp = {p: math.log(c / total) for p, c in seed.items()}
@@ -150,7 +158,7 @@ def train_unigram(word_counts, vocab_size, cfg=UnigramConfig(), progress=None):
             return logp
         keep = max(target, int(len(logp) * (1 - cfg.prune_fraction)))
         logp = prune(logp, counts, chars, keep, cfg.max_piece_chars)
-        if len(logp) <= len(chars):   # only characters left: nothing more to prune
+        if len(logp) <= len(chars):  # only characters left: nothing more to prune
             return logp
 
 
@@ -170,7 +178,9 @@ class UnigramTokenizer:
     @classmethod
     def train(cls, texts, vocab_size, cfg=UnigramConfig(), progress=None):
         if vocab_size < 2:
-            raise UserError(f"vocab size {vocab_size} is too small; Unigram needs at least 2 (a piece and <unk>)")
+            raise UserError(
+                f"vocab size {vocab_size} is too small; Unigram needs at least 2 (a piece and <unk>)"
+            )
         counts = Counter()
         for text in texts:
             counts.update(words_of(text))
@@ -179,17 +189,21 @@ class UnigramTokenizer:
         return cls(train_unigram(counts, vocab_size, cfg, progress), cfg.max_piece_chars)
 
     def save(self, directory):
-        write_json(Path(directory) / "unigram.json", {"format": "unigram-v1", "max_piece_chars": self.max_len,
-                                                      "log_probs": self.logp})
+        write_json(
+            Path(directory) / "unigram.json",
+            {"format": "unigram-v1", "max_piece_chars": self.max_len, "log_probs": self.logp},
+        )
 
     @classmethod
     def load(cls, directory):
         """The tokenizer saved in directory/unigram.json (errors name the command to rerun)."""
+
         def build(d):
             logp = {str(p): float(lp) for p, lp in d["log_probs"].items()}
             if not logp or "" in logp or not all(lp <= 0 for lp in logp.values()):
                 raise UserError("log_probs must map non-empty pieces to log-probabilities <= 0")
             return cls(logp, int(d["max_piece_chars"]))
+
         return load_saved(directory, "unigram.json", "unigram-v1", "unigram.py", build)
 
     def tokenize_word(self, word):
@@ -221,10 +235,17 @@ def main(argv=None):
     cfg, args = parse_config(UnigramConfig, argv, doc=__doc__, extra=add_run_flags)
     run = Path(args.data)
     train_docs, val_docs = read_data(run)
-    train_and_report("Unigram", lambda texts, progress: UnigramTokenizer.train(texts, cfg.vocab_size, cfg, progress),
-                     lambda tok, folder: tok.save(folder), out=run / "unigram",
-                     docs={"train": train_docs, "val": val_docs}, config=asdict(cfg),
-                     command=command_line(__file__, argv), overwrite=args.overwrite, compare_with_bpe=True)
+    train_and_report(
+        "Unigram",
+        lambda texts, progress: UnigramTokenizer.train(texts, cfg.vocab_size, cfg, progress),
+        lambda tok, folder: tok.save(folder),
+        out=run / "unigram",
+        docs={"train": train_docs, "val": val_docs},
+        config=asdict(cfg),
+        command=command_line(__file__, argv),
+        overwrite=args.overwrite,
+        compare_with_bpe=True,
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ Interview questions it answers:
 - BPE vs WordPiece: frequency vs likelihood-gain merge score; replayed merges vs longest match.
 - Why does BERT's vocab have `##` pieces, and why does it need `[UNK]` while GPT-2 does not?
 """
+
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -48,8 +49,12 @@ SPECIALS = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 
 @dataclass
 class WordPieceConfig:
-    vocab_size: int = option(2048, "special tokens + every symbol of the corpus + merges (the corpus "
-                             "sets the real minimum, checked before training)", min=len(SPECIALS) + 1)
+    vocab_size: int = option(
+        2048,
+        "special tokens + every symbol of the corpus + merges (the corpus "
+        "sets the real minimum, checked before training)",
+        min=len(SPECIALS) + 1,
+    )
     max_word_chars: int = option(100, "longer words (URLs, base64) become [UNK], not 100 pieces", min=1)
     # The score favours pairs of rare symbols: a number seen once ("5", "##57939") scores higher than
     # "t ##h". Real trainers therefore ignore rare pairs; without this, a small corpus spends the
@@ -62,12 +67,12 @@ def pretokenize(text):
 
 
 def word_symbols(word):
-    """"hugs" -> ["h", "##u", "##g", "##s"]."""
+    """ "hugs" -> ["h", "##u", "##g", "##s"]."""
     return [word[0]] + ["##" + c for c in word[1:]]
 
 
 def merged_symbol(a, b):
-    return a + b[2:]   # "h" + "##u" -> "hu"; "##u" + "##g" -> "##ug"
+    return a + b[2:]  # "h" + "##u" -> "hu"; "##u" + "##g" -> "##ug"
 
 
 def train_wordpiece(word_counts, vocab_size, specials=SPECIALS, min_pair_count=1, progress=None):
@@ -88,23 +93,31 @@ def train_wordpiece(word_counts, vocab_size, specials=SPECIALS, min_pair_count=1
             where.setdefault(p, set()).add(wi)
     minimum = len(specials) + len(sym_counts)
     if vocab_size < minimum:
-        raise UserError(f"vocab size {vocab_size} is below WordPiece's minimum for this corpus: {len(specials)} "
-                        f"special tokens + {len(sym_counts)} symbols (characters, ##characters) = {minimum}; "
-                        f"use --vocab-size {minimum} or more")
+        raise UserError(
+            f"vocab size {vocab_size} is below WordPiece's minimum for this corpus: {len(specials)} "
+            f"special tokens + {len(sym_counts)} symbols (characters, ##characters) = {minimum}; "
+            f"use --vocab-size {minimum} or more"
+        )
     vocab = list(specials) + sorted(sym_counts)
     known = set(vocab)
     while len(vocab) < vocab_size and pair_counts:
         # score = count(ab) / (count(a) count(b)) among pairs seen min_pair_count times;
         # ties go to the greater (a, b) strings.
-        a, b = max(pair_counts, key=lambda p: (pair_counts[p] >= min_pair_count,
-                                               pair_counts[p] / (sym_counts[p[0]] * sym_counts[p[1]]), p))
+        a, b = max(
+            pair_counts,
+            key=lambda p: (
+                pair_counts[p] >= min_pair_count,
+                pair_counts[p] / (sym_counts[p[0]] * sym_counts[p[1]]),
+                p,
+            ),
+        )
         if pair_counts[a, b] < min_pair_count:
             break
         new = merged_symbol(a, b)
         changed = set()
         for wi in where.pop((a, b)):
             old, n = words[wi], freqs[wi]
-            out = merge_ids(old, (a, b), new)   # bpe's merge works on any symbols, strings too
+            out = merge_ids(old, (a, b), new)  # bpe's merge works on any symbols, strings too
             for s in old:
                 sym_counts[s] -= n
             for s in out:
@@ -122,7 +135,7 @@ def train_wordpiece(word_counts, vocab_size, specials=SPECIALS, min_pair_count=1
             if pair_counts[p] <= 0:
                 del pair_counts[p]
                 where.pop(p, None)
-        if new not in known:       # "h"+"##ug" and "hu"+"##g" can make the same string
+        if new not in known:  # "h"+"##ug" and "hu"+"##g" can make the same string
             vocab.append(new)
             known.add(new)
         if progress and len(vocab) % 500 == 0:
@@ -146,7 +159,9 @@ class WordPieceTokenizer:
     @classmethod
     def train(cls, texts, vocab_size, min_pair_count=100, progress=None, max_word_chars=100):
         if vocab_size < len(SPECIALS) + 1:
-            raise UserError(f"vocab size {vocab_size} is too small; WordPiece needs at least {len(SPECIALS) + 1}")
+            raise UserError(
+                f"vocab size {vocab_size} is too small; WordPiece needs at least {len(SPECIALS) + 1}"
+            )
         counts = Counter()
         for text in texts:
             counts.update(pretokenize(text))
@@ -156,17 +171,25 @@ class WordPieceTokenizer:
         return cls(vocab, max_word_chars)
 
     def save(self, directory):
-        write_json(Path(directory) / "wordpiece.json", {"format": "wordpiece-v1", "vocab": self.vocab,
-                                                        "max_word_chars": self.max_word_chars})
+        write_json(
+            Path(directory) / "wordpiece.json",
+            {"format": "wordpiece-v1", "vocab": self.vocab, "max_word_chars": self.max_word_chars},
+        )
 
     @classmethod
     def load(cls, directory):
         """The tokenizer saved in directory/wordpiece.json (errors name the command to rerun)."""
+
         def build(d):
             vocab = d["vocab"]
-            if not all(isinstance(p, str) and p for p in vocab) or "[UNK]" not in vocab or len(set(vocab)) != len(vocab):
+            if (
+                not all(isinstance(p, str) and p for p in vocab)
+                or "[UNK]" not in vocab
+                or len(set(vocab)) != len(vocab)
+            ):
                 raise UserError("the vocab must be distinct non-empty strings, [UNK] among them")
             return cls(vocab, int(d["max_word_chars"]))
+
         return load_saved(directory, "wordpiece.json", "wordpiece-v1", "wordpiece.py", build)
 
     def tokenize_word(self, word):
@@ -181,7 +204,7 @@ class WordPieceTokenizer:
                 if piece in self.ids:
                     break
             else:
-                return ["[UNK]"]   # no piece matches here: the whole word is unknown, as in BERT
+                return ["[UNK]"]  # no piece matches here: the whole word is unknown, as in BERT
             pieces.append(piece)
             start = end
         return pieces
@@ -213,11 +236,19 @@ def main(argv=None):
     cfg, args = parse_config(WordPieceConfig, argv, doc=__doc__, extra=add_run_flags)
     run = Path(args.data)
     train_docs, val_docs = read_data(run)
-    train_and_report("WordPiece", lambda texts, progress: WordPieceTokenizer.train(
-                         texts, cfg.vocab_size, cfg.min_pair_count, progress, cfg.max_word_chars),
-                     lambda tok, folder: tok.save(folder), out=run / "wordpiece",
-                     docs={"train": train_docs, "val": val_docs}, config=asdict(cfg),
-                     command=command_line(__file__, argv), overwrite=args.overwrite, compare_with_bpe=True)
+    train_and_report(
+        "WordPiece",
+        lambda texts, progress: WordPieceTokenizer.train(
+            texts, cfg.vocab_size, cfg.min_pair_count, progress, cfg.max_word_chars
+        ),
+        lambda tok, folder: tok.save(folder),
+        out=run / "wordpiece",
+        docs={"train": train_docs, "val": val_docs},
+        config=asdict(cfg),
+        command=command_line(__file__, argv),
+        overwrite=args.overwrite,
+        compare_with_bpe=True,
+    )
 
 
 if __name__ == "__main__":

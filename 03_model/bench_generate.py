@@ -10,6 +10,7 @@ stored keys and values: O(n) token-passes. The table shows the gap growing with 
 Prints a table and saves runs/bench/generate.png and generate.json (pass --out to change them).
 Timings are of the machine it runs on; on a shared CPU they are noisy.
 """
+
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -54,9 +55,19 @@ def save_plot(path, rows):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["new_tokens"] for r in rows], [r["cached_tok_s"] for r in rows], "o-", label="KV cache")
-    ax.plot([r["new_tokens"] for r in rows], [r["no_cache_tok_s"] for r in rows], "o-", label="recompute everything")
-    ax.set(xlabel="new tokens", ylabel="tokens / s", xscale="log", yscale="log",
-           title="generation speed with and without the KV cache")
+    ax.plot(
+        [r["new_tokens"] for r in rows],
+        [r["no_cache_tok_s"] for r in rows],
+        "o-",
+        label="recompute everything",
+    )
+    ax.set(
+        xlabel="new tokens",
+        ylabel="tokens / s",
+        xscale="log",
+        yscale="log",
+        title="generation speed with and without the KV cache",
+    )
     ax.legend()
     save_figure(fig, path)
 
@@ -68,8 +79,14 @@ def main(argv=None):
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    mcfg = GPTConfig(vocab_size=512, block_size=cfg.prompt_len + max(cfg.lengths), n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd)   # UserError if they misfit
+    mcfg = GPTConfig(
+        vocab_size=512,
+        block_size=cfg.prompt_len + max(cfg.lengths),
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_kv_head=cfg.n_kv_head,
+        n_embd=cfg.n_embd,
+    )  # UserError if they misfit
     mha = GPTConfig(**{**asdict(mcfg), "n_kv_head": mcfg.n_head})
     torch.manual_seed(0)
     model = GPT(mcfg).to(device).eval()
@@ -77,20 +94,32 @@ def main(argv=None):
     tokens_per_second(model, idx, 4, True)  # warm-up
 
     rows = []
-    print(f"model: {model.num_params():,} params, {mcfg.n_layer} layers, {mcfg.n_head} query / "
-          f"{mcfg.n_kv_head} kv heads; batch {cfg.batch_size}, prompt {cfg.prompt_len}, {device}")
-    print(f"{'new tokens':>10} {'cached tok/s':>13} {'no-cache tok/s':>15} {'speedup':>8} "
-          f"{'cache MiB (bf16)':>17} {'as MHA':>8}")
+    print(
+        f"model: {model.num_params():,} params, {mcfg.n_layer} layers, {mcfg.n_head} query / "
+        f"{mcfg.n_kv_head} kv heads; batch {cfg.batch_size}, prompt {cfg.prompt_len}, {device}"
+    )
+    print(
+        f"{'new tokens':>10} {'cached tok/s':>13} {'no-cache tok/s':>15} {'speedup':>8} "
+        f"{'cache MiB (bf16)':>17} {'as MHA':>8}"
+    )
     for n in cfg.lengths:
         cached = tokens_per_second(model, idx, n, True)
         full = tokens_per_second(model, idx, n, False)
         total = cfg.prompt_len + n
-        rows.append({"new_tokens": n, "cached_tok_s": cached, "no_cache_tok_s": full,
-                     "cache_mib_bf16": kv_cache_bytes(mcfg, cfg.batch_size, total) / 2**20,
-                     "cache_mib_bf16_mha": kv_cache_bytes(mha, cfg.batch_size, total) / 2**20})
+        rows.append(
+            {
+                "new_tokens": n,
+                "cached_tok_s": cached,
+                "no_cache_tok_s": full,
+                "cache_mib_bf16": kv_cache_bytes(mcfg, cfg.batch_size, total) / 2**20,
+                "cache_mib_bf16_mha": kv_cache_bytes(mha, cfg.batch_size, total) / 2**20,
+            }
+        )
         r = rows[-1]
-        print(f"{n:>10} {cached:>13.0f} {full:>15.0f} {cached / full:>7.1f}x "
-              f"{r['cache_mib_bf16']:>17.2f} {r['cache_mib_bf16_mha']:>8.2f}")
+        print(
+            f"{n:>10} {cached:>13.0f} {full:>15.0f} {cached / full:>7.1f}x "
+            f"{r['cache_mib_bf16']:>17.2f} {r['cache_mib_bf16_mha']:>8.2f}"
+        )
     out = Path(cfg.out)
     write_json(out.with_suffix(".json"), {"config": asdict(cfg), "device": device, "rows": rows})
     save_plot(out, rows)

@@ -20,6 +20,7 @@ Interview question it answers:
 - Why is naive attention slow on a CPU too? (it writes and rereads B·H·T² scores and probabilities
   and builds a T×T mask per call; a fused kernel keeps a tile at a time in cache: the gap grows with T)
 """
+
 import importlib.util
 import statistics
 import sys
@@ -64,8 +65,14 @@ def load_reference(path):
 
 def build_models(cfg: StepBenchConfig, T: int) -> dict:
     """name -> (model, optimizer), all from the same seed, AdamW with the same settings."""
-    shape = dict(block_size=T, vocab_size=cfg.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                 n_embd=cfg.n_embd, dropout=0.0)
+    shape = dict(
+        block_size=T,
+        vocab_size=cfg.vocab_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        dropout=0.0,
+    )
     models = {}
     if cfg.reference:
         ref_gpt, ref_config = load_reference(cfg.reference)
@@ -73,7 +80,9 @@ def build_models(cfg: StepBenchConfig, T: int) -> dict:
         models["reference"] = ref_gpt(ref_config(**shape, bias=True))
     for backend in cfg.backends:
         torch.manual_seed(0)
-        models[f"ours ({backend})"] = GPT(GPTConfig(**shape, attn_backend=backend, tie_weights=True, **PRESETS["gpt2"]))
+        models[f"ours ({backend})"] = GPT(
+            GPTConfig(**shape, attn_backend=backend, tie_weights=True, **PRESETS["gpt2"])
+        )
     return {k: (m, torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.1)) for k, m in models.items()}
 
 
@@ -94,17 +103,25 @@ def time_context(cfg: StepBenchConfig, T: int) -> list:
     models = build_models(cfg, T)
     times = {k: [] for k in models}
     for k, (m, opt) in models.items():
-        one_step(m, opt, x, y)                                          # warm-up
+        one_step(m, opt, x, y)  # warm-up
     for step in range(cfg.steps):
-        order = list(models) if step % 2 == 0 else list(reversed(models))   # neither always goes first
+        order = list(models) if step % 2 == 0 else list(reversed(models))  # neither always goes first
         for k in order:
             times[k].append(one_step(*models[k], x, y))
     rows = []
     for k, (m, _) in models.items():
         wall, cpu = [t[0] for t in times[k]], [t[1] for t in times[k]]
-        rows.append({"model": k, "context": T, "batch": B, "params": sum(p.numel() for p in m.parameters()),
-                     "wall_tok_s": B * T / statistics.median(wall), "best_tok_s": B * T / min(wall),
-                     "cpu_tok_s": B * T / statistics.median(cpu)})
+        rows.append(
+            {
+                "model": k,
+                "context": T,
+                "batch": B,
+                "params": sum(p.numel() for p in m.parameters()),
+                "wall_tok_s": B * T / statistics.median(wall),
+                "best_tok_s": B * T / min(wall),
+                "cpu_tok_s": B * T / statistics.median(cpu),
+            }
+        )
     return rows
 
 
@@ -115,9 +132,13 @@ def save_plot(path, rows):
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        values = [next(r["cpu_tok_s"] for r in rows if r["model"] == name and r["context"] == T) for T in contexts]
+        values = [
+            next(r["cpu_tok_s"] for r in rows if r["model"] == name and r["context"] == T) for T in contexts
+        ]
         ax.bar([j + i * width for j in range(len(contexts))], values, width, label=name)
-    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(contexts))], [f"context {T}" for T in contexts])
+    ax.set_xticks(
+        [j + width * (len(names) - 1) / 2 for j in range(len(contexts))], [f"context {T}" for T in contexts]
+    )
     ax.set(ylabel="training tokens / s (CPU time)", title="one optimizer step, GPT-2 configuration")
     ax.legend()
     save_figure(fig, path)
@@ -130,23 +151,30 @@ def main(argv=None):
     if not cfg.contexts or min(cfg.contexts) < 1:
         raise UserError(f"--contexts {cfg.contexts}: give positive context lengths, e.g. 256,128")
     if cfg.reference:
-        load_reference(cfg.reference)                                   # a bad path fails before any timing
+        load_reference(cfg.reference)  # a bad path fails before any timing
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {cfg.n_layer} layers x {cfg.n_embd}, "
-          f"{cfg.n_head} heads, vocab {cfg.vocab_size}, {cfg.tokens} tokens/step; median of {cfg.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {cfg.n_layer} layers x {cfg.n_embd}, "
+        f"{cfg.n_head} heads, vocab {cfg.vocab_size}, {cfg.tokens} tokens/step; median of {cfg.steps} steps"
+    )
     first = "reference" if cfg.reference else f"ours ({cfg.backends[0]})"
-    print(f"{'context':>7} {'batch':>5} {'model':<14} {'params':>10} {'wall tok/s':>10} {'best':>6} {'cpu':>6}   "
-          f"ratio to {first}: wall, best, cpu")
+    print(
+        f"{'context':>7} {'batch':>5} {'model':<14} {'params':>10} {'wall tok/s':>10} {'best':>6} {'cpu':>6}   "
+        f"ratio to {first}: wall, best, cpu"
+    )
     rows = []
     for T in cfg.contexts:
         new = time_context(cfg, T)
         base = next(r for r in new if r["model"] == first)
         for r in new:
             r["ratios"] = {k: r[k] / base[k] for k in ("wall_tok_s", "best_tok_s", "cpu_tok_s")}
-            print(f"{T:>7} {r['batch']:>5} {r['model']:<14} {r['params']:>10,} {r['wall_tok_s']:>10.0f} "
-                  f"{r['best_tok_s']:>6.0f} {r['cpu_tok_s']:>6.0f}   "
-                  + ", ".join(f"{v:.2f}x" for v in r["ratios"].values()), flush=True)
+            print(
+                f"{T:>7} {r['batch']:>5} {r['model']:<14} {r['params']:>10,} {r['wall_tok_s']:>10.0f} "
+                f"{r['best_tok_s']:>6.0f} {r['cpu_tok_s']:>6.0f}   "
+                + ", ".join(f"{v:.2f}x" for v in r["ratios"].values()),
+                flush=True,
+            )
         rows += new
     out = Path(cfg.out)
     write_json(out.with_suffix(".json"), {"config": asdict(cfg), "torch": torch.__version__, "rows": rows})

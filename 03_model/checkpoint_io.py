@@ -23,6 +23,7 @@ Interview questions it answers:
   step, loss-scaler state, RNG states, data position; weights alone only let you fine-tune)
 - Why `weights_only=True`? (pickle can execute arbitrary code on load)
 """
+
 import sys
 from pathlib import Path
 
@@ -64,16 +65,21 @@ def load_checkpoint(path, map_location="cpu", made_by="") -> dict:
 def config_differences(saved: dict, current: dict, ignore=()) -> list:
     """Names of config fields whose values differ, as 'field: saved=X current=Y' strings."""
     keys = sorted((set(saved) | set(current)) - set(ignore))
-    return [f"{k}: saved={saved.get(k)!r} current={current.get(k)!r}"
-            for k in keys if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: saved={saved.get(k)!r} current={current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
 
 
 def check_config_matches(saved: dict, current: dict, path="checkpoint", ignore=()):
     """Raise a UserError naming every differing field if the two configs do not match."""
     diffs = config_differences(saved, current, ignore)
     if diffs:
-        raise UserError(f"{path} was made with another config ({'; '.join(diffs)}); "
-                        "pass matching flags or start a new run")
+        raise UserError(
+            f"{path} was made with another config ({'; '.join(diffs)}); "
+            "pass matching flags or start a new run"
+        )
 
 
 def tokenizer_dir(ckpt_path, saved) -> Path | None:

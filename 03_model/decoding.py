@@ -29,6 +29,7 @@ Interview questions it answers:
   answer (translation, short answers); for open-ended text the likeliest sequences are bland and
   repetitive, which is why chat models sample.
 """
+
 import sys
 from pathlib import Path
 
@@ -61,8 +62,8 @@ class KVCache:
             self.k[layer] = k.new_zeros(B, Hkv, self.max_len, hd)
             self.v[layer] = v.new_zeros(B, Hkv, self.max_len, hd)
         end = self.pos + k.shape[2]
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
         # <<< exercise
 
@@ -80,8 +81,8 @@ def left_pad(seqs, pad_id=0, device=None):
     mask = torch.zeros(len(seqs), T, dtype=torch.bool, device=device)
     for i, s in enumerate(seqs):
         if s:
-            idx[i, T - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
-            mask[i, T - len(s):] = True
+            idx[i, T - len(s) :] = torch.tensor(s, dtype=torch.long, device=device)
+            mask[i, T - len(s) :] = True
     return idx, mask
 
 
@@ -89,13 +90,13 @@ def apply_repetition_penalty(logits, prev, penalty, mask=None):
     """CTRL's penalty for every token already in the row: logit/penalty if positive, logit·penalty if not
     (both lower its probability for penalty > 1). logits (B, V); prev (B, S); mask (B, S) or None."""
     weight = torch.ones_like(prev, dtype=logits.dtype) if mask is None else mask.to(logits.dtype)
-    seen = torch.zeros_like(logits).scatter_add_(1, prev, weight) > 0                   # (B, V)
+    seen = torch.zeros_like(logits).scatter_add_(1, prev, weight) > 0  # (B, V)
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
 def top_k_filter(logits, k):
     """Keep the k largest logits of each row; the rest become -inf."""
-    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]                  # (B, 1)
+    kth = logits.topk(min(k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
@@ -105,7 +106,7 @@ def top_p_filter(logits, p):
     # >>> exercise: sort descending; drop a token once the mass of the tokens before it is >= p (to -inf)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs                                          # (B, V) sorted
+    mass_before = probs.cumsum(dim=-1) - probs  # (B, V) sorted
     drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(1, order, mass_before >= p)
     return logits.masked_fill(drop, float("-inf"))
     # <<< exercise
@@ -126,11 +127,13 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 
 def check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
     """A UserError naming the first setting outside its range (each would silently do something odd)."""
-    problems = [(max_new_tokens < 1, f"max_new_tokens={max_new_tokens} must be >= 1"),
-                (temperature < 0, f"temperature={temperature} must be >= 0 (0 = greedy)"),
-                (top_k is not None and top_k < 1, f"top_k={top_k} must be >= 1 (or unset)"),
-                (top_p is not None and not 0 < top_p <= 1, f"top_p={top_p} must be in (0, 1]"),
-                (repetition_penalty <= 0, f"repetition_penalty={repetition_penalty} must be > 0 (1 = off)")]
+    problems = [
+        (max_new_tokens < 1, f"max_new_tokens={max_new_tokens} must be >= 1"),
+        (temperature < 0, f"temperature={temperature} must be >= 0 (0 = greedy)"),
+        (top_k is not None and top_k < 1, f"top_k={top_k} must be >= 1 (or unset)"),
+        (top_p is not None and not 0 < top_p <= 1, f"top_p={top_p} must be in (0, 1]"),
+        (repetition_penalty <= 0, f"repetition_penalty={repetition_penalty} must be > 0 (1 = off)"),
+    ]
     for bad, message in problems:
         if bad:
             raise UserError(message)
@@ -149,16 +152,17 @@ def beam_search(next_logits, prompt, max_new_tokens, beam_width, stop_tokens=(),
     Returns (tokens (1, T0 + n) of the best beam, its total log-probability).
     """
     if max_new_tokens < 1 or beam_width < 1:
-        raise UserError(f"beam search needs max_new_tokens >= 1 and beam_width >= 1 (got {max_new_tokens}, "
-                        f"{beam_width})")
-    seqs, scores = prompt.view(1, -1), torch.zeros(1, device=prompt.device)     # (N, t), (N,)
+        raise UserError(
+            f"beam search needs max_new_tokens >= 1 and beam_width >= 1 (got {max_new_tokens}, {beam_width})"
+        )
+    seqs, scores = prompt.view(1, -1), torch.zeros(1, device=prompt.device)  # (N, t), (N,)
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=prompt.device)
-    logits, finished = next_logits(seqs, None), []                               # finished: (rank, score, seq)
-    rank = lambda score, n: score / n ** length_penalty
+    logits, finished = next_logits(seqs, None), []  # finished: (rank, score, seq)
+    rank = lambda score, n: score / n**length_penalty
     for n in range(1, max_new_tokens + 1):
         V = logits.shape[-1]
-        candidates = (scores[:, None] + log_softmax(logits.float())).flatten()   # (N·V,)
-        scores, flat = candidates.topk(min(beam_width, candidates.numel()))       # best first
+        candidates = (scores[:, None] + log_softmax(logits.float())).flatten()  # (N·V,)
+        scores, flat = candidates.topk(min(beam_width, candidates.numel()))  # best first
         parents, tokens = flat // V, flat % V
         seqs = torch.cat([seqs[parents], tokens[:, None]], dim=1)
         ended = torch.isin(tokens, stop)

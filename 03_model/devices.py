@@ -11,6 +11,7 @@ Interview question it answers:
 - Why is "auto" the default? (the same command runs on a laptop and on a GPU node; the fastest
   correct path on each device is chosen at run time, never by editing code)
 """
+
 import sys
 from pathlib import Path
 
@@ -31,13 +32,21 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> str:
         return "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
-            raise UserError(f"--device {name}: no CUDA device here (torch {torch.__version__}, {build}); "
-                            "use --device cpu or --device auto")
+            build = (
+                "a CPU-only build"
+                if torch.version.cuda is None
+                else f"CUDA {torch.version.cuda}, no GPU visible"
+            )
+            raise UserError(
+                f"--device {name}: no CUDA device here (torch {torch.__version__}, {build}); "
+                "use --device cpu or --device auto"
+            )
         index = name.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
-                            f"numbered 0..{torch.cuda.device_count() - 1}")
+            raise UserError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                f"numbered 0..{torch.cuda.device_count() - 1}"
+            )
         return name if index else f"cuda:{local_rank}"
     if name == "mps":
         if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):

@@ -29,6 +29,7 @@ Interview questions it answers:
   the cache is 2·L·Hkv·hd·T numbers per sequence instead of 2·L·H·hd·T)
 - How many FLOPs per token? (6N for forward+backward of the matmuls, plus 12·L·T·d for attention)
 """
+
 import dataclasses
 import math
 import sys
@@ -46,11 +47,23 @@ sys.path[:0] = [str(REPO / "01_data"), str(REPO / "kernels")]
 from common import UserError, check_config, option, parse_config, run_cli  # 01_data
 from attention_backends import BACKENDS, attention  # kernels
 from checkpoint_io import load_checkpoint, check_config_matches  # 03_model (this folder)
-from decoding import KVCache, apply_repetition_penalty, beam_search, check_sampling_args, sample_next  # 03_model
+from decoding import (
+    KVCache,
+    apply_repetition_penalty,
+    beam_search,
+    check_sampling_args,
+    sample_next,
+)  # 03_model
 from lm_loss import cross_entropy_and_z  # 03_model
 from mixture_of_experts import MoE  # 03_model
-from position_encoding import (apply_rope, document_positions_and_mask, positions_and_mask, segment_positions_and_mask,  # 03_model
-                               rope_cos_sin, sinusoidal_positions)
+from position_encoding import (
+    apply_rope,
+    document_positions_and_mask,
+    positions_and_mask,
+    segment_positions_and_mask,  # 03_model
+    rope_cos_sin,
+    sinusoidal_positions,
+)
 
 
 POS_EMB = ("learned", "sinusoidal", "rope", "none")
@@ -68,41 +81,62 @@ class GPTConfig:
     bias: bool = option(False, "biases in Linear layers (GPT-2 had them; Llama has none)")
     pos_emb: str = option("rope", "GPT-2: learned; 2017: sinusoidal; Llama: rope", choices=POS_EMB)
     rope_theta: float = option(10000.0, "RoPE base: angle of pair i is p·theta^(-2i/hd)", min=1.0)
-    rope_pairs: str = option("interleaved", "RoPE's coordinate pairs (apply_rope)", choices=("interleaved", "half"))
+    rope_pairs: str = option(
+        "interleaved", "RoPE's coordinate pairs (apply_rope)", choices=("interleaved", "half")
+    )
     norm: str = option("rmsnorm", "layernorm | rmsnorm", choices=("layernorm", "rmsnorm"))
     norm_eps: float = option(1e-5, "epsilon inside the norm's square root", min=0.0)
-    pre_norm: bool = option(True, "normalize each sublayer's input (pre-LN); off = post-LN, the 2017 original")
+    pre_norm: bool = option(
+        True, "normalize each sublayer's input (pre-LN); off = post-LN, the 2017 original"
+    )
     qk_norm: bool = option(False, "RMSNorm on each head's q and k before the dot product")
     mlp: str = option("swiglu", "gelu | relu | swiglu", choices=("gelu", "relu", "swiglu"))
     n_experts: int = option(0, "0 = dense feed-forward; > 0 = mixture of experts", min=0)
     moe_top_k: int = option(2, "experts per token", min=1)
     moe_aux_coef: float = option(0.01, "weight of the load-balancing loss added to the LM loss", min=0.0)
     tie_weights: bool = option(True, "LM head shares the token-embedding matrix")
-    attn_backend: str = option("auto", "auto: Triton on CUDA, SDPA on CPU (attention_backends.py)", choices=BACKENDS)
+    attn_backend: str = option(
+        "auto", "auto: Triton on CUDA, SDPA on CPU (attention_backends.py)", choices=BACKENDS
+    )
     z_loss_coef: float = option(0.0, "+ coef·mean(logsumexp(logits)²), lm_loss.py; PaLM: 1e-4", min=0.0)
-    doc_boundary_id: int = option(-1, "token that opens a document (<|endoftext|>): attention does not cross "
-                                      "it and positions restart there; -1 = off", min=-1)
+    doc_boundary_id: int = option(
+        -1,
+        "token that opens a document (<|endoftext|>): attention does not cross "
+        "it and positions restart there; -1 = off",
+        min=-1,
+    )
     # Explicit sizes for a model whose heads or MLP neurons were removed (07_distill_quant/prune.py);
     # 0 = the usual n_embd // n_head and 4·n_embd (gelu/relu) or swiglu_hidden(n_embd).
     head_size: int = option(0, "per-head dim: 0 = n_embd // n_head (set by pruning)", min=0)
-    mlp_hidden: int = option(0, "MLP hidden units: 0 = 4·d (gelu/relu) or 8d/3 (swiglu) (set by pruning)", min=0)
+    mlp_hidden: int = option(
+        0, "MLP hidden units: 0 = 4·d (gelu/relu) or 8d/3 (swiglu) (set by pruning)", min=0
+    )
 
     def __post_init__(self):
         check_config(self)  # choices and ranges, as the command line checks them
-        self.n_kv_head = self.n_kv_head or self.n_head   # None or 0 = MHA (older configs say None)
+        self.n_kv_head = self.n_kv_head or self.n_head  # None or 0 = MHA (older configs say None)
         if not self.head_size and self.n_embd % self.n_head:
-            raise UserError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                            "pick n_embd as a multiple of n_head")
+            raise UserError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                "pick n_embd as a multiple of n_head"
+            )
         if self.n_head % self.n_kv_head:
-            raise UserError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}; "
-                            "each key/value head must serve the same number of query heads")
+            raise UserError(
+                f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}; "
+                "each key/value head must serve the same number of query heads"
+            )
         if self.pos_emb == "rope" and self.head_dim % 2:
-            raise UserError(f"RoPE rotates coordinate pairs, so the head dim must be even (got {self.head_dim})")
+            raise UserError(
+                f"RoPE rotates coordinate pairs, so the head dim must be even (got {self.head_dim})"
+            )
         if self.attn_backend == "triton":  # forced: fail now, not at the first forward pass
             from flash_attention import SUPPORTED_HEAD_DIMS  # kernels; loads Triton, so only when asked
+
             if self.head_dim not in SUPPORTED_HEAD_DIMS:
-                raise UserError(f"head dim {self.head_dim} (n_embd/n_head) is not supported by the Triton kernel; "
-                                f"use one of {SUPPORTED_HEAD_DIMS} or --attn-backend auto")
+                raise UserError(
+                    f"head dim {self.head_dim} (n_embd/n_head) is not supported by the Triton kernel; "
+                    f"use one of {SUPPORTED_HEAD_DIMS} or --attn-backend auto"
+                )
         if self.n_experts and not 1 <= self.moe_top_k <= self.n_experts:
             raise UserError(f"moe_top_k={self.moe_top_k} must be between 1 and n_experts={self.n_experts}")
 
@@ -134,6 +168,7 @@ def config_from_dict(d: dict, source="config") -> GPTConfig:
 
 
 # ----------------------------------------------------------------------------- norms
+
 
 class LayerNorm(nn.Module):
     """y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias over the last (feature) dimension,
@@ -171,6 +206,7 @@ def make_norm(cfg: GPTConfig, dim=None):
 
 # ----------------------------------------------------------------------------- attention
 
+
 class Attention(nn.Module):
     """Multi-head self-attention with H query heads and Hkv key/value heads (MHA, GQA or MQA)."""
 
@@ -181,7 +217,7 @@ class Attention(nn.Module):
         self.wq = nn.Linear(cfg.n_embd, H * hd, bias=cfg.bias)
         self.wk = nn.Linear(cfg.n_embd, Hkv * hd, bias=cfg.bias)
         self.wv = nn.Linear(cfg.n_embd, Hkv * hd, bias=cfg.bias)
-        self.wo = nn.Linear(H * hd, cfg.n_embd, bias=cfg.bias)   # the residual projection
+        self.wo = nn.Linear(H * hd, cfg.n_embd, bias=cfg.bias)  # the residual projection
         if cfg.qk_norm:  # bounds q·k, so logits cannot blow up (OLMo 2, Qwen 3)
             self.q_norm = RMSNorm(hd, cfg.norm_eps)
             self.k_norm = RMSNorm(hd, cfg.norm_eps)
@@ -197,7 +233,7 @@ class Attention(nn.Module):
         cfg = self.cfg
         src = x if context is None else context
         S = src.shape[1]
-        q = self.wq(x).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)       # (B, H, T, hd)
+        q = self.wq(x).view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(src).view(B, S, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
         v = self.wv(src).view(B, S, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
         if cfg.qk_norm:
@@ -205,18 +241,19 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope, cfg.rope_pairs), apply_rope(k, *rope, cfg.rope_pairs)
         if cache is not None:
-            k, v = cache.update(layer, k, v)                                      # (B, Hkv, pos+T, hd)
+            k, v = cache.update(layer, k, v)  # (B, Hkv, pos+T, hd)
         if self.kv_prefix is not None:  # after the cache: prefixes are not tokens, so never cached
-            k, v, allowed = self.kv_prefix(k, v, allowed)                         # (B, Hkv, P+S, hd)
+            k, v, allowed = self.kv_prefix(k, v, allowed)  # (B, Hkv, P+S, hd)
         if allowed is None:  # the training path: one fused call over the whole sequence
             y = attention(q, k, v, causal=causal, backend=cfg.attn_backend)
         else:  # the Triton and tiled kernels know only causal-or-not: a mask goes to SDPA (or naive)
             backend = cfg.attn_backend if cfg.attn_backend in ("torch", "sdpa") else "auto"
             y = attention(q, k, v, causal=False, mask=allowed, backend=backend)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))                      # (B, T, d)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, d)
 
 
 # ----------------------------------------------------------------------------- feed-forward
+
 
 def swiglu_hidden(d: int, multiple=32) -> int:
     """SwiGLU has three matrices instead of two, so its hidden size is 2/3 of the usual 4d to keep the
@@ -234,7 +271,7 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
         if cfg.mlp == "swiglu":
             self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
-        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)   # the residual projection
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # the residual projection
 
     def forward(self, x):
         if self.kind == "swiglu":
@@ -244,6 +281,7 @@ class MLP(nn.Module):
 
 
 # ----------------------------------------------------------------------------- block
+
 
 class Block(nn.Module):
     """pre-LN:  x = x + attn(norm(x));  x = x + ffn(norm(x))
@@ -255,7 +293,9 @@ class Block(nn.Module):
         self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg)
         self.norm2 = make_norm(cfg)
-        self.ffn = MoE(cfg.n_embd, cfg.n_experts, cfg.moe_top_k, lambda: MLP(cfg)) if cfg.n_experts else MLP(cfg)
+        self.ffn = (
+            MoE(cfg.n_embd, cfg.n_experts, cfg.moe_top_k, lambda: MLP(cfg)) if cfg.n_experts else MLP(cfg)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def residual_projections(self):
@@ -280,6 +320,7 @@ class Block(nn.Module):
 
 # ----------------------------------------------------------------------------- the model
 
+
 class GPT(nn.Module):
     """token embedding (+ positions) -> n_layer blocks -> final norm -> LM head -> logits."""
 
@@ -299,7 +340,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.tok_emb.weight
         self.grad_checkpointing = False
         self.aux_loss = None  # the last forward's MoE load-balancing loss, for logging
-        self.z_loss = None    # the last forward's mean logsumexp(logits)², for logging (lm_loss.py)
+        self.z_loss = None  # the last forward's mean logsumexp(logits)², for logging (lm_loss.py)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -346,23 +387,25 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
-            raise UserError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}; "
-                            "crop the input or use a model with a longer context")
+            raise UserError(
+                f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}; "
+                "crop the input or use a model with a longer context"
+            )
         if segments is not None:
             pos, allowed = segment_positions_and_mask(segments)
         elif self.cfg.doc_boundary_id >= 0 and cache is None and attention_mask is None:
             pos, allowed = document_positions_and_mask(idx, self.cfg.doc_boundary_id)
         else:
             pos, allowed = positions_and_mask(B, T, start, attention_mask, idx.device)
-        x = self.tok_emb(idx)                                                       # (B, T, d)
+        x = self.tok_emb(idx)  # (B, T, d)
         if self.cfg.pos_emb == "learned":
             x = x + self.pos_emb(pos)
         elif self.cfg.pos_emb == "sinusoidal":
             x = x + sinusoidal_positions(pos, self.cfg.n_embd).to(x.dtype)
         rope = None
         if self.cfg.pos_emb == "rope":
-            cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)       # (B or 1, T, hd/2)
-            rope = (cos[:, None], sin[:, None])                                         # (B or 1, 1, T, hd/2)
+            cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)  # (B or 1, T, hd/2)
+            rope = (cos[:, None], sin[:, None])  # (B or 1, 1, T, hd/2)
         x = self.drop(x)
         aux = []
         for layer, block in enumerate(self.blocks):
@@ -374,19 +417,21 @@ class GPT(nn.Module):
             aux.append(layer_aux)
         if cache is not None:
             cache.pos += T
-        logits = self.lm_head(self.norm_f(x))                                       # (B, T, V)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         self.aux_loss = torch.stack(aux).mean() if self.cfg.n_experts else None
         loss = None
         if targets is not None:
             loss, z_loss = cross_entropy_and_z(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
             loss = loss + self.cfg.z_loss_coef * z_loss
-            self.z_loss = z_loss.detach()   # detached: an attribute holding the graph would keep it alive
+            self.z_loss = z_loss.detach()  # detached: an attribute holding the graph would keep it alive
             if self.aux_loss is not None:
                 loss = loss + self.cfg.moe_aux_coef * self.aux_loss
         return logits, loss
 
     @classmethod
-    def from_checkpoint(cls, path, config: GPTConfig | None = None, map_location="cpu", made_by="", ckpt=None):
+    def from_checkpoint(
+        cls, path, config: GPTConfig | None = None, map_location="cpu", made_by="", ckpt=None
+    ):
         """Build the model a checkpoint describes and load its weights. With `config`, first check the
         saved config equals it (a UserError names every differing field). made_by: the command that
         makes the file, named in the error when it is missing or corrupt; ckpt: the file already loaded."""
@@ -399,13 +444,27 @@ class GPT(nn.Module):
         try:
             model.load_state_dict(state)
         except RuntimeError as e:  # missing or unexpected keys, or shapes that differ
-            raise UserError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[1].strip()}); "
-                            "the file was not written from this config") from None
+            raise UserError(
+                f"{path}: weights do not fit the saved config ({str(e).splitlines()[1].strip()}); "
+                "the file was not written from this config"
+            ) from None
         return model.to(map_location)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                 stop_tokens=(), attention_mask=None, pad_id=0, use_cache=True, generator=None):
+    def generate(
+        self,
+        idx,
+        max_new_tokens,
+        temperature=1.0,
+        top_k=None,
+        top_p=None,
+        repetition_penalty=1.0,
+        stop_tokens=(),
+        attention_mask=None,
+        pad_id=0,
+        use_cache=True,
+        generator=None,
+    ):
         """Continue each prompt row of idx (B, T0); returns (B, T0 + n) with n <= max_new_tokens.
 
         attention_mask (B, T0): 0 marks left padding (see `left_pad`). temperature 0 = greedy.
@@ -426,10 +485,10 @@ class GPT(nn.Module):
         out, step_input = idx, idx  # with a cache, each step feeds only the new token
         for _ in range(max_new_tokens):
             logits, _ = self(step_input if use_cache else out, attention_mask=mask, cache=cache)
-            logits = logits[:, -1].float()                                          # (B, V)
+            logits = logits[:, -1].float()  # (B, V)
             if repetition_penalty != 1.0:
                 logits = apply_repetition_penalty(logits, out, repetition_penalty, mask)
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)         # (B,)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             out = torch.cat([out, nxt[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -451,10 +510,10 @@ class GPT(nn.Module):
         self.eval()
         cache = KVCache(self.cfg.n_layer, idx.shape[1] + max_new_tokens)
 
-        def next_logits(tokens, parents):                                           # tokens (N, t)
+        def next_logits(tokens, parents):  # tokens (N, t)
             if parents is not None:
                 cache.reorder(parents)
-            return self(tokens, cache=cache)[0][:, -1].float()                      # (N, V)
+            return self(tokens, cache=cache)[0][:, -1].float()  # (N, V)
 
         result = beam_search(next_logits, idx[0], max_new_tokens, beam_width, stop_tokens, length_penalty)
         self.train(was_training)
@@ -462,21 +521,24 @@ class GPT(nn.Module):
 
     def check_length(self, prompt_len, max_new_tokens):
         if prompt_len + max_new_tokens > self.cfg.block_size:
-            raise UserError(f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
-                            f"{prompt_len + max_new_tokens} is longer than block_size={self.cfg.block_size}; "
-                            "shorten one of them")
+            raise UserError(
+                f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+                f"{prompt_len + max_new_tokens} is longer than block_size={self.cfg.block_size}; "
+                "shorten one of them"
+            )
 
 
 # ----------------------------------------------------------------------------- counting
+
 
 def matmul_params(cfg: GPTConfig) -> int:
     """Weights a token multiplies through in one forward pass (MoE: only its k experts + the router).
     Norms and biases are left out: they cost O(d) per token, not O(d²)."""
     d, hd, L = cfg.n_embd, cfg.head_dim, cfg.n_layer
-    attn = d * cfg.n_head * hd + 2 * d * cfg.n_kv_head * hd + cfg.n_head * hd * d   # wq, wk, wv, wo
+    attn = d * cfg.n_head * hd + 2 * d * cfg.n_kv_head * hd + cfg.n_head * hd * d  # wq, wk, wv, wo
     mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ffn_hidden
     ffn = cfg.moe_top_k * mlp + d * cfg.n_experts if cfg.n_experts else mlp
-    return L * (attn + ffn) + d * cfg.vocab_size                                    # + the LM head
+    return L * (attn + ffn) + d * cfg.vocab_size  # + the LM head
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
@@ -493,21 +555,25 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def describe(cfg: GPTConfig) -> str:
     from model_memory import activation_bytes_per_layer, kv_cache_bytes  # 03_model; only the CLI needs it
+
     with torch.device("meta"):  # shapes only: any size is instant and takes no memory
         model = GPT(cfg)
     T = cfg.block_size
     act = activation_bytes_per_layer(cfg, 1, T, torch.bfloat16) / 2**20 if not cfg.n_experts else float("nan")
-    return "\n".join([
-        f"config: {dataclasses.asdict(cfg)}",
-        f"parameters:            {model.num_params(False):,} ({model.num_params():,} without embeddings)",
-        f"matmul params / token: {matmul_params(cfg):,}",
-        f"training FLOPs / token at T={T}: {flops_per_token(cfg):.3e}",
-        f"KV cache per sequence at T={T} in bf16: {kv_cache_bytes(cfg, 1, T) / 2**20:.2f} MiB",
-        f"saved activations per layer per sequence at T={T} in bf16, flash attention: {act:.2f} MiB"
-        + (" (MoE: depends on the routing)" if cfg.n_experts else ""),
-    ])
+    return "\n".join(
+        [
+            f"config: {dataclasses.asdict(cfg)}",
+            f"parameters:            {model.num_params(False):,} ({model.num_params():,} without embeddings)",
+            f"matmul params / token: {matmul_params(cfg):,}",
+            f"training FLOPs / token at T={T}: {flops_per_token(cfg):.3e}",
+            f"KV cache per sequence at T={T} in bf16: {kv_cache_bytes(cfg, 1, T) / 2**20:.2f} MiB",
+            f"saved activations per layer per sequence at T={T} in bf16, flash attention: {act:.2f} MiB"
+            + (" (MoE: depends on the routing)" if cfg.n_experts else ""),
+        ]
+    )
 
 
 def main(argv=None):

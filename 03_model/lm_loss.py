@@ -34,17 +34,18 @@ Interview questions it answers:
   fuse the two: the gradient is simple even though each piece's Jacobian is not)
 - What is z-loss and what does it prevent? (above)
 """
+
 import torch
 
-IGNORE_INDEX = -100   # the target value that contributes nothing (padding, prompt tokens in SFT)
+IGNORE_INDEX = -100  # the target value that contributes nothing (padding, prompt tokens in SFT)
 
 
 def shifted_exp(x, dim=-1):
     """(m, exp(x - m)) with m = max(x) along `dim`: the two pieces of the log-sum-exp trick.
     Every exponent is <= 0, so nothing overflows; m is a constant for the gradient (its terms cancel)."""
     m = x.amax(dim=dim, keepdim=True).detach()
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))   # a row of all -inf: lse = -inf, not NaN
-    return m, (x - m).exp_()                                      # exp_ in place: one (N, V) buffer, not two
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row of all -inf: lse = -inf, not NaN
+    return m, (x - m).exp_()  # exp_ in place: one (N, V) buffer, not two
 
 
 def logsumexp(x, dim=-1, keepdim=False):
@@ -72,16 +73,16 @@ class CrossEntropyAndZ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
-        valid = targets != ignore_index                                    # (N,)
-        n = valid.sum().clamp(min=1)       # no target at all: loss 0 and zero gradients, not 0/0 = NaN
-        safe = targets.where(valid, 0)                                     # any index for ignored rows
-        m, e = shifted_exp(logits)                                         # (N, 1), e = exp(z - m) (N, V)
-        sum_e = e.sum(dim=-1)                                              # (N,), in [1, V]
-        lse = m.squeeze(-1) + sum_e.log()                                  # (N,)
-        target_logit = logits.gather(1, safe[:, None]).squeeze(1)          # z_y, (N,)
+        valid = targets != ignore_index  # (N,)
+        n = valid.sum().clamp(min=1)  # no target at all: loss 0 and zero gradients, not 0/0 = NaN
+        safe = targets.where(valid, 0)  # any index for ignored rows
+        m, e = shifted_exp(logits)  # (N, 1), e = exp(z - m) (N, V)
+        sum_e = e.sum(dim=-1)  # (N,), in [1, V]
+        lse = m.squeeze(-1) + sum_e.log()  # (N,)
+        target_logit = logits.gather(1, safe[:, None]).squeeze(1)  # z_y, (N,)
         ce = ((lse - target_logit) * valid).sum() / n
         z_sq = (lse.square() * valid).sum() / n
-        ctx.save_for_backward(e, sum_e, lse, safe, valid, n)   # e, not the logits: softmax = e / sum_e
+        ctx.save_for_backward(e, sum_e, lse, safe, valid, n)  # e, not the logits: softmax = e / sum_e
         return ce, z_sq
 
     @staticmethod
@@ -89,9 +90,9 @@ class CrossEntropyAndZ(torch.autograd.Function):
         # per valid row, with p = softmax(z):  ∂ce/∂z = (p - onehot(y)) / n,  ∂z²/∂z = 2·lse·p / n
         # >>> exercise: p = e / sum_e: dce/dz = (p - onehot(y)) / n, dz²/dz = 2·lse·p / n; ignored rows 0
         e, sum_e, lse, safe, valid, n = ctx.saved_tensors
-        row = valid.to(e.dtype) / n                                        # (N,): 1/n, or 0 if ignored
-        grad = e * ((grad_ce + 2 * grad_z * lse) * row / sum_e)[:, None]   # p · (...), one pass, (N, V)
-        grad.scatter_add_(1, safe[:, None], (-grad_ce * row)[:, None])     # the -onehot(y) term
+        row = valid.to(e.dtype) / n  # (N,): 1/n, or 0 if ignored
+        grad = e * ((grad_ce + 2 * grad_z * lse) * row / sum_e)[:, None]  # p · (...), one pass, (N, V)
+        grad.scatter_add_(1, safe[:, None], (-grad_ce * row)[:, None])  # the -onehot(y) term
         return grad, None, None
         # <<< exercise
 

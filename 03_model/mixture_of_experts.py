@@ -17,6 +17,7 @@ Interview questions it answers:
 - Why must every expert run, even on zero tokens, under DDP? (an expert left out of the autograd graph
   gets no gradient, and DDP's all-reduce waits for it forever)
 """
+
 import torch
 import torch.nn as nn
 
@@ -29,8 +30,8 @@ def load_balancing_loss(probs, top_idx, n_experts):
     where the loss is 1, its minimum when the router is balanced.  probs (N, E), top_idx (N, k).
     """
     # >>> exercise: n_experts · Σ_i f_i·P_i; f_i = share of routing slots on expert i, P_i = mean router prob
-    f = torch.bincount(top_idx.flatten(), minlength=n_experts).float() / top_idx.numel()   # (E,)
-    P = probs.float().mean(dim=0)                                                           # (E,)
+    f = torch.bincount(top_idx.flatten(), minlength=n_experts).float() / top_idx.numel()  # (E,)
+    P = probs.float().mean(dim=0)  # (E,)
     return n_experts * (f * P).sum()
     # <<< exercise
 
@@ -49,14 +50,14 @@ class MoE(nn.Module):
     def forward(self, x):
         """Returns (output like x, auxiliary load-balancing loss)."""
         shape = x.shape
-        x = x.reshape(-1, shape[-1])                                              # (N, d)
-        probs = self.router(x).float().softmax(dim=-1)                           # (N, E)
-        top_p, top_idx = probs.topk(self.top_k, dim=-1)                          # (N, k)
-        weights = (top_p / top_p.sum(dim=-1, keepdim=True)).to(x.dtype)          # (N, k)
+        x = x.reshape(-1, shape[-1])  # (N, d)
+        probs = self.router(x).float().softmax(dim=-1)  # (N, E)
+        top_p, top_idx = probs.topk(self.top_k, dim=-1)  # (N, k)
+        weights = (top_p / top_p.sum(dim=-1, keepdim=True)).to(x.dtype)  # (N, k)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             # run it even on zero tokens: every parameter then stays in the autograd graph, which DDP
             # requires (an unused parameter would leave its gradient all-reduce waiting)
-            token, slot = (top_idx == e).nonzero(as_tuple=True)                  # tokens routed to e
+            token, slot = (top_idx == e).nonzero(as_tuple=True)  # tokens routed to e
             out.index_add_(0, token, weights[token, slot, None] * expert(x[token]))
         return out.view(shape), load_balancing_loss(probs, top_idx, len(self.experts))

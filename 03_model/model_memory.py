@@ -14,6 +14,7 @@ Interview questions it answers:
 - Why does activation memory, not weights, limit the batch at long context? (it grows with B·T and,
   without flash attention, with B·T²; weights and optimizer state do not grow at all)
 """
+
 import torch
 
 
@@ -29,8 +30,9 @@ def rmsnorm_saved_bytes(rows, dim, e) -> int:
     return rows * dim * 4 + rows * 4 + rows * dim * e
 
 
-def activation_bytes_per_layer(cfg, batch, seq_len, dtype=torch.bfloat16, attention="flash",
-                               checkpointing=False, device="cuda") -> int:
+def activation_bytes_per_layer(
+    cfg, batch, seq_len, dtype=torch.bfloat16, attention="flash", checkpointing=False, device="cuda"
+) -> int:
     """Bytes one transformer block keeps for its backward pass, for a dense GPTConfig (no MoE, no
     dropout, no document masking), weights and activations in `dtype` (no autocast).
 
@@ -57,8 +59,10 @@ def activation_bytes_per_layer(cfg, batch, seq_len, dtype=torch.bfloat16, attent
     In 16-bit for GPT-2 with flash this is 32·N·d bytes plus the statistics: Korthikanti et al.
     (2022)'s 34·s·b·h less its two dropout masks (s·b·h bytes each; no dropout here)."""
     if cfg.n_experts or cfg.dropout or cfg.doc_boundary_id >= 0:
-        raise ValueError("activation_bytes_per_layer covers dense blocks without dropout or document "
-                         "masking; measure the others with torch.autograd.graph.saved_tensors_hooks")
+        raise ValueError(
+            "activation_bytes_per_layer covers dense blocks without dropout or document "
+            "masking; measure the others with torch.autograd.graph.saved_tensors_hooks"
+        )
     if attention not in ("flash", "naive"):
         raise ValueError(f"attention={attention!r}: choose flash or naive")
     e = torch.empty((), dtype=dtype).element_size()
@@ -69,17 +73,18 @@ def activation_bytes_per_layer(cfg, batch, seq_len, dtype=torch.bfloat16, attent
         norm = rmsnorm_saved_bytes(N, d, e)
     else:
         norm = N * d * e + 2 * N * (4 if device == "cuda" or e == 4 else e)
-    total = 2 * norm + 2 * N * d * e                                              # norms, attention and MLP inputs
+    total = 2 * norm + 2 * N * d * e  # norms, attention and MLP inputs
     if cfg.qk_norm:
         total += rmsnorm_saved_bytes(N * H, hd, e) + rmsnorm_saved_bytes(N * Hkv, hd, e)
     if attention == "flash":
         total += N * (H + 2 * Hkv) * hd * e + N * d * e + batch * H * T * 4
         if device == "cpu" and cfg.pos_emb == "rope":
-            total += N * d * e                                                    # SDPA's o, merged by a copy
+            total += N * d * e  # SDPA's o, merged by a copy
     else:
         total += 3 * N * H * hd * 4 + batch * H * T * T * 4 + T * T + N * d * e
     if cfg.mlp == "swiglu":
         from gpt import swiglu_hidden  # 03_model; imported here: gpt.py imports this file's CLI helpers
+
         total += 4 * N * swiglu_hidden(d) * e
     else:
         total += (2 if cfg.mlp == "gelu" else 1) * N * 4 * d * e

@@ -18,15 +18,18 @@ Interview questions it answers:
 - Interleaved vs half-split RoPE, and why converting Llama weights permutes q_proj/k_proj? (`apply_rope`)
 - Should attention cross document boundaries in a packed pretraining window? (`document_positions_and_mask`)
 """
+
 import torch
 
 
 def sinusoidal_positions(pos: torch.Tensor, dim: int) -> torch.Tensor:
     """The 2017 table, computed for the given positions (any shape) -> (..., dim), fp32:
     PE[p, 2i] = sin(p / 10000^(2i/d)),  PE[p, 2i+1] = cos(p / 10000^(2i/d))."""
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)  # (ceil(d/2),)
-    angles = pos.float()[..., None] * inv_freq                                      # (..., ceil(d/2))
-    pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)              # sin, cos interleaved
+    inv_freq = 10000.0 ** (
+        -torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim
+    )  # (ceil(d/2),)
+    angles = pos.float()[..., None] * inv_freq  # (..., ceil(d/2))
+    pe = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # sin, cos interleaved
     return pe[..., :dim]
 
 
@@ -34,7 +37,7 @@ def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta=10000.0):
     """cos and sin of the RoPE angles p·θ_i with θ_i = theta^(-2i/hd): each (..., hd/2), fp32.
     Computed from the position ids on every call (cheap), so they stay fp32 even in a bf16 model."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos.device) / head_dim)
-    angles = pos.float()[..., None] * inv_freq                                      # (..., hd/2)
+    angles = pos.float()[..., None] * inv_freq  # (..., hd/2)
     return angles.cos(), angles.sin()
 
 
@@ -53,10 +56,10 @@ def apply_rope(x, cos, sin, pairs="interleaved"):
     # >>> exercise: (a, b) -> (a·cos - b·sin, a·sin + b·cos); pairs (x_2i, x_2i+1), or (x_i, x_i+hd/2) if 'half'
     xf = x.float()
     if pairs == "half":
-        a, b = xf.chunk(2, dim=-1)                                                  # (B, H, T, hd/2) each
+        a, b = xf.chunk(2, dim=-1)  # (B, H, T, hd/2) each
         return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).to(x.dtype)
     a, b = xf[..., 0::2], xf[..., 1::2]
-    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)              # (B, H, T, hd/2, 2)
+    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)  # (B, H, T, hd/2, 2)
     return out.flatten(-2).to(x.dtype)
     # <<< exercise
 
@@ -66,13 +69,13 @@ def permute_rope_weights(state: dict, cfg, to: str) -> dict:
     coordinate order [0, 2, 4, ..., 1, 3, 5, ...] is interleaved -> half (its inverse the other way).
     Applies to the rows of wq and wk (and their biases) and to the QK-norm weights."""
     hd = cfg.head_dim
-    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])              # half slot j <- interleaved perm[j]
+    perm = torch.cat([torch.arange(0, hd, 2), torch.arange(1, hd, 2)])  # half slot j <- interleaved perm[j]
     if to == "interleaved":
         perm = perm.argsort()
     out = dict(state)
     for name, w in state.items():
         if name.endswith(("attn.wq.weight", "attn.wq.bias", "attn.wk.weight", "attn.wk.bias")):
-            heads = w.shape[0] // hd                                                # (heads·hd, ...) rows
+            heads = w.shape[0] // hd  # (heads·hd, ...) rows
             out[name] = w.reshape(heads, hd, *w.shape[1:])[:, perm].reshape(w.shape)
         elif name.endswith(("attn.q_norm.weight", "attn.k_norm.weight")):
             out[name] = w[perm]
@@ -87,21 +90,21 @@ def positions_and_mask(B, T, start, attention_mask, device):
     the same prompt alone: position = (number of real tokens up to here) - 1.
     """
     if attention_mask is not None:
-        keep = attention_mask.bool()                                            # (B, S)
-        pos = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, start:]              # (B, T)
+        keep = attention_mask.bool()  # (B, S)
+        pos = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
     else:
         if start == 0:
             return torch.arange(T, device=device)[None], None
         keep = torch.ones(B, start + T, dtype=torch.bool, device=device)
-        pos = torch.arange(start, start + T, device=device)[None]               # (1, T)
+        pos = torch.arange(start, start + T, device=device)[None]  # (1, T)
     S = start + T
-    q_abs = torch.arange(start, S, device=device)[:, None]                     # (T, 1)
-    k_abs = torch.arange(S, device=device)[None, :]                            # (1, S)
-    allowed = (k_abs <= q_abs) & keep[:, None, :]                               # (B, T, S)
+    q_abs = torch.arange(start, S, device=device)[:, None]  # (T, 1)
+    k_abs = torch.arange(S, device=device)[None, :]  # (1, S)
+    allowed = (k_abs <= q_abs) & keep[:, None, :]  # (B, T, S)
     # a padding query sees no real key; letting it see itself keeps its softmax finite (its
     # output is never used, since no real token attends to a padding key)
     allowed = allowed | (k_abs == q_abs)
-    return pos, allowed[:, None]                                                # (B, 1, T, S)
+    return pos, allowed[:, None]  # (B, 1, T, S)
 
 
 def document_positions_and_mask(idx, boundary_id):
@@ -123,12 +126,14 @@ def document_positions_and_mask(idx, boundary_id):
 
 def segment_positions_and_mask(segment):
     """The same for explicit segment ids (B, T), non-decreasing along each row (05's packed rows):
-        allowed[b, t, s] = segment[b, s] == segment[b, t] and s <= t      block-diagonal causal
-        pos[b, t]        = t - (first index of t's segment)"""
+    allowed[b, t, s] = segment[b, s] == segment[b, t] and s <= t      block-diagonal causal
+    pos[b, t]        = t - (first index of t's segment)"""
     B, T = segment.shape
     t = torch.arange(T, device=segment.device)
     first = torch.ones_like(segment, dtype=torch.bool)
     first[:, 1:] = segment[:, 1:] != segment[:, :-1]
-    start = torch.where(first, t, 0).cummax(dim=1).values                          # (B, T): first token of t's segment
-    allowed = (segment[:, :, None] == segment[:, None, :]) & (t[None, None, :] <= t[None, :, None])   # (B, T, T)
+    start = torch.where(first, t, 0).cummax(dim=1).values  # (B, T): first token of t's segment
+    allowed = (segment[:, :, None] == segment[:, None, :]) & (
+        t[None, None, :] <= t[None, :, None]
+    )  # (B, T, T)
     return t - start, allowed[:, None]

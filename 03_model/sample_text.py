@@ -15,6 +15,7 @@ Interview questions it answers:
   without it the prompt looks like the middle of some other document)
 - What do temperature, top-k, top-p and the repetition penalty each change? (decoding.py)
 """
+
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,12 @@ class SampleConfig:
     max_new_tokens: int = option(64, "tokens to generate per prompt (cut to the model's context)", min=1)
     temperature: float = option(0.8, "softmax temperature; 0 = greedy", min=0.0)
     top_k: int = option(0, "sample among the k most likely tokens only; 0 = off", min=0)
-    top_p: float = option(0.95, "nucleus: the smallest set of tokens with this much mass; 1 = off",
-                          min=1e-6, max=1.0)
-    repetition_penalty: float = option(1.1, "divide positive logits of tokens already present by this",
-                                       min=1e-6)
+    top_p: float = option(
+        0.95, "nucleus: the smallest set of tokens with this much mass; 1 = off", min=1e-6, max=1.0
+    )
+    repetition_penalty: float = option(
+        1.1, "divide positive logits of tokens already present by this", min=1e-6
+    )
     beam_width: int = option(0, "beam search with this many beams instead of sampling; 0 = sample", min=0)
     seed: int = option(0, "random seed of the sampler")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
@@ -51,14 +54,19 @@ class SampleConfig:
 def load_tokenizer(ckpt_path: Path, saved, override: str):
     """The tokenizer of --tokenizer, else of the checkpoint's "tokenizer" entry, else runs/<name>/tokenizer."""
     from bpe import BPETokenizer  # 02_tokenizer
+
     named = tokenizer_dir(ckpt_path, saved)
-    candidates = [Path(override)] if override else [p for p in (named, ckpt_path.parent.parent / "tokenizer") if p]
+    candidates = (
+        [Path(override)] if override else [p for p in (named, ckpt_path.parent.parent / "tokenizer") if p]
+    )
     for folder in candidates:
         if (folder / "tokenizer.json").is_file():
             check_artifact(folder, made_by=f"python 02_tokenizer/bpe.py --data {folder.parent}")
             return BPETokenizer.load(folder)
-    raise UserError(f"no tokenizer found (looked in {', '.join(map(str, candidates))}); "
-                    "pass --tokenizer runs/<name>/tokenizer")
+    raise UserError(
+        f"no tokenizer found (looked in {', '.join(map(str, candidates))}); "
+        "pass --tokenizer runs/<name>/tokenizer"
+    )
 
 
 def main(argv=None):
@@ -72,34 +80,49 @@ def main(argv=None):
     model = GPT.from_checkpoint(ckpt_path, map_location=device, ckpt=ckpt).eval()
     tok = load_tokenizer(ckpt_path, ckpt.get("tokenizer"), cfg.tokenizer)
     if tok.vocab_size > model.cfg.vocab_size:
-        raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
-                        "pass the tokenizer the model was trained with")
+        raise UserError(
+            f"tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
+            "pass the tokenizer the model was trained with"
+        )
     prompts = [[tok.eot_id] + tok.encode(s) for s in cfg.prompt]
     longest = max(map(len, prompts))
     if longest >= model.cfg.block_size:
-        raise UserError(f"the longest prompt is {longest} tokens but the model's context is "
-                        f"{model.cfg.block_size}; shorten it")
+        raise UserError(
+            f"the longest prompt is {longest} tokens but the model's context is "
+            f"{model.cfg.block_size}; shorten it"
+        )
     max_new = min(cfg.max_new_tokens, model.cfg.block_size - longest)
     torch.manual_seed(cfg.seed)
     if cfg.beam_width:
         for text, ids in zip(cfg.prompt, prompts):
-            out, logprob = model.beam_search(torch.tensor([ids], device=device), max_new, cfg.beam_width,
-                                             stop_tokens=[tok.eot_id])
-            print(f"--- {text!r} (beam search, log-probability {logprob:.2f})\n"
-                  f"{text}{decode_continuation(tok, out[0, len(ids):].tolist())}")
+            out, logprob = model.beam_search(
+                torch.tensor([ids], device=device), max_new, cfg.beam_width, stop_tokens=[tok.eot_id]
+            )
+            print(
+                f"--- {text!r} (beam search, log-probability {logprob:.2f})\n"
+                f"{text}{decode_continuation(tok, out[0, len(ids) :].tolist())}"
+            )
         return
     idx, mask = left_pad(prompts, pad_id=tok.special_tokens.get("<|pad|>", tok.eot_id), device=device)
-    out = model.generate(idx, max_new, temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
-                         repetition_penalty=cfg.repetition_penalty, stop_tokens=[tok.eot_id],
-                         attention_mask=mask, pad_id=tok.eot_id,
-                         generator=torch.Generator(device=device).manual_seed(cfg.seed))
-    for text, row in zip(cfg.prompt, out[:, idx.shape[1]:].tolist()):
+    out = model.generate(
+        idx,
+        max_new,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k or None,
+        top_p=cfg.top_p,
+        repetition_penalty=cfg.repetition_penalty,
+        stop_tokens=[tok.eot_id],
+        attention_mask=mask,
+        pad_id=tok.eot_id,
+        generator=torch.Generator(device=device).manual_seed(cfg.seed),
+    )
+    for text, row in zip(cfg.prompt, out[:, idx.shape[1] :].tolist()):
         print(f"--- {text!r}\n{text}{decode_continuation(tok, row)}")
 
 
 def decode_continuation(tok, ids) -> str:
     """The generated tokens up to (not including) the first <|endoftext|>, as text."""
-    return tok.decode(ids[:ids.index(tok.eot_id)] if tok.eot_id in ids else ids)
+    return tok.decode(ids[: ids.index(tok.eot_id)] if tok.eot_id in ids else ids)
 
 
 if __name__ == "__main__":

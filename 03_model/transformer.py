@@ -34,6 +34,7 @@ Interview questions it answers:
 - Why multiply embeddings by sqrt(d)? (with the 2017 init the embedding entries are ~1/sqrt(d); the
   scale brings them to the size of the sinusoidal positions they are added to)
 """
+
 import math
 import sys
 import time
@@ -46,8 +47,22 @@ import torch.nn as nn
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
-from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, pyplot,  # 01_data
-                    read_jsonl, run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
+from common import (
+    UserError,
+    check_artifact,
+    claim_output,
+    command_line,
+    option,
+    parse_config,
+    pyplot,  # 01_data
+    read_jsonl,
+    run_cli,
+    run_lock,
+    save_figure,
+    staged_dir,
+    write_json,
+    write_manifest,
+)
 from gpt import MLP, Attention, GPTConfig, LayerNorm  # 03_model (this folder)
 from lm_loss import cross_entropy  # 03_model
 from position_encoding import sinusoidal_positions  # 03_model
@@ -57,9 +72,9 @@ N_SENTINELS = 16
 
 @dataclass
 class TransformerConfig:
-    vocab_size: int = 256 + 2 + N_SENTINELS   # bytes + [MASK] + [BOS] + sentinels
+    vocab_size: int = 256 + 2 + N_SENTINELS  # bytes + [MASK] + [BOS] + sentinels
     block_size: int = 128
-    n_layer: int = 2           # per stack; the paper's base model had 6 encoder + 6 decoder layers
+    n_layer: int = 2  # per stack; the paper's base model had 6 encoder + 6 decoder layers
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.1
@@ -67,13 +82,24 @@ class TransformerConfig:
 
     def layer_config(self) -> GPTConfig:
         """The same layers as gpt.py with the 2017 choices switched on."""
-        return GPTConfig(vocab_size=self.vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=True,
-                         pos_emb="sinusoidal", norm="layernorm", pre_norm=False, mlp="relu",
-                         attn_backend=self.attn_backend)
+        return GPTConfig(
+            vocab_size=self.vocab_size,
+            block_size=self.block_size,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            dropout=self.dropout,
+            bias=True,
+            pos_emb="sinusoidal",
+            norm="layernorm",
+            pre_norm=False,
+            mlp="relu",
+            attn_backend=self.attn_backend,
+        )
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 class EncoderLayer(nn.Module):
     """x = LN(x + SelfAttn(x));  x = LN(x + FFN(x)).  Bidirectional: every token sees every token."""
@@ -125,14 +151,16 @@ class Transformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.tok_emb.weight, std=cfg.n_embd ** -0.5)
+        nn.init.normal_(self.tok_emb.weight, std=cfg.n_embd**-0.5)
 
     def embed(self, idx):
         """tokens (B, T) -> tok_emb · sqrt(d) + sinusoidal positions (B, T, d)."""
         T = idx.shape[1]
         if T > self.cfg.block_size:
-            raise UserError(f"sequence of {T} tokens is longer than block_size={self.cfg.block_size}; "
-                            "crop it or raise --block-size")
+            raise UserError(
+                f"sequence of {T} tokens is longer than block_size={self.cfg.block_size}; "
+                "crop it or raise --block-size"
+            )
         pe = sinusoidal_positions(torch.arange(T, device=idx.device), self.cfg.n_embd)
         return self.drop(self.tok_emb(idx) * math.sqrt(self.cfg.n_embd) + pe)
 
@@ -151,7 +179,7 @@ class Transformer(nn.Module):
         return x
 
     def logits(self, h):
-        return h @ self.tok_emb.weight.T                                       # (B, T, V)
+        return h @ self.tok_emb.weight.T  # (B, T, V)
 
     def forward(self, src, tgt):
         return self.logits(self.decode(tgt, self.encode(src)))
@@ -159,10 +187,15 @@ class Transformer(nn.Module):
 
 # ----------------------------------------------------------------------------- objectives
 
+
 def special_ids(base_vocab: int) -> dict:
     """Ids appended after a base vocabulary (256 bytes or a BPE tokenizer): [MASK], [BOS], sentinels."""
-    return {"mask": base_vocab, "bos": base_vocab + 1,
-            "sentinels": list(range(base_vocab + 2, base_vocab + 2 + N_SENTINELS)), "base": base_vocab}
+    return {
+        "mask": base_vocab,
+        "bos": base_vocab + 1,
+        "sentinels": list(range(base_vocab + 2, base_vocab + 2 + N_SENTINELS)),
+        "base": base_vocab,
+    }
 
 
 def clm_loss(model: Transformer, tokens):
@@ -187,12 +220,12 @@ def mlm_loss(model: Transformer, tokens, specials, generator=None):
     """Masked LM with the encoder alone: cross-entropy on the chosen positions only."""
     inputs, labels = mlm_inputs(tokens, specials, generator=generator)
     logits = model.logits(model.encode(inputs))
-    return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))   # -100: not chosen
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))  # -100: not chosen
 
 
 def random_segmentation(n: int, k: int, generator=None) -> list:
     """k positive lengths summing to n, uniformly over the ways to cut n items into k runs."""
-    cuts = (torch.randperm(n - 1, generator=generator)[:k - 1] + 1).sort().values.tolist()
+    cuts = (torch.randperm(n - 1, generator=generator)[: k - 1] + 1).sort().values.tolist()
     bounds = [0, *cuts, n]
     return [b - a for a, b in zip(bounds, bounds[1:])]
 
@@ -213,8 +246,8 @@ def span_corrupt(row: list, sentinels, noise_density=0.15, mean_span=3.0, genera
     keep_lens = random_segmentation(L - n_noise, n_spans, generator)
     source, target, i = [], [], 0
     for s, (keep, noise) in enumerate(zip(keep_lens, noise_lens)):
-        source += row[i:i + keep] + [sentinels[s]]
-        target += [sentinels[s]] + row[i + keep:i + keep + noise]
+        source += row[i : i + keep] + [sentinels[s]]
+        target += [sentinels[s]] + row[i + keep : i + keep + noise]
         i += keep + noise
     return source, target + [sentinels[n_spans]]
 
@@ -222,8 +255,8 @@ def span_corrupt(row: list, sentinels, noise_density=0.15, mean_span=3.0, genera
 def span_loss(model: Transformer, tokens, specials, generator=None):
     """Encoder reads the corrupted source; decoder, fed [BOS] + target[:-1], predicts the target."""
     pairs = [span_corrupt(row, specials["sentinels"], generator=generator) for row in tokens.tolist()]
-    src = torch.tensor([s for s, _ in pairs], device=tokens.device)                 # (B, S)
-    tgt = torch.tensor([t for _, t in pairs], device=tokens.device)                 # (B, T)
+    src = torch.tensor([s for s, _ in pairs], device=tokens.device)  # (B, S)
+    tgt = torch.tensor([t for _, t in pairs], device=tokens.device)  # (B, T)
     dec_in = torch.cat([torch.full_like(tgt[:, :1], specials["bos"]), tgt[:, :-1]], dim=1)
     logits = model(src, dec_in)
     return cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
@@ -234,13 +267,15 @@ OBJECTIVES = {"clm": lambda m, x, sp, g: clm_loss(m, x), "mlm": mlm_loss, "span"
 
 # ----------------------------------------------------------------------------- the demo
 
+
 @dataclass
 class DemoConfig:
     data: str = option("runs/tiny", "run folder runs/<name> holding data/ from 01_data")
     seconds: float = option(20.0, "training time per objective", min=0.1)
     objectives: list[str] = option(["clm", "mlm", "span"], "objectives to train, in order", sep=",")
-    tokenizer: str = option("auto", "auto (BPE when runs/<name>/tokenizer exists) | bytes | bpe",
-                            choices=("auto", "bytes", "bpe"))
+    tokenizer: str = option(
+        "auto", "auto (BPE when runs/<name>/tokenizer exists) | bytes | bpe", choices=("auto", "bytes", "bpe")
+    )
     batch_size: int = option(16, "sequences per step", min=1)
     block_size: int = option(128, "tokens per sequence", min=8)
     n_layer: int = option(2, "layers per stack (encoder and decoder)", min=1)
@@ -257,7 +292,9 @@ def check_demo_config(cfg: DemoConfig):
     """Cross-field checks the command line cannot express, as one-line UserErrors."""
     unknown = [n for n in cfg.objectives if n not in OBJECTIVES]
     if unknown or not cfg.objectives:
-        raise UserError(f"--objectives: unknown {unknown or 'none given'}; choose from {', '.join(OBJECTIVES)}")
+        raise UserError(
+            f"--objectives: unknown {unknown or 'none given'}; choose from {', '.join(OBJECTIVES)}"
+        )
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n-embd {cfg.n_embd} is not divisible by --n-head {cfg.n_head}")
 
@@ -267,9 +304,12 @@ def load_token_streams(cfg: DemoConfig):
     run = Path(cfg.data)
     train_path = run / "data" / "train.jsonl"
     check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    use_bpe = cfg.tokenizer == "bpe" or (cfg.tokenizer == "auto" and (run / "tokenizer" / "tokenizer.json").is_file())
+    use_bpe = cfg.tokenizer == "bpe" or (
+        cfg.tokenizer == "auto" and (run / "tokenizer" / "tokenizer.json").is_file()
+    )
     if use_bpe:
         from bpe import BPETokenizer  # 02_tokenizer, only when there is one
+
         check_artifact(run / "tokenizer", made_by=f"python 02_tokenizer/bpe.py --data {run}")
         tok = BPETokenizer.load(run / "tokenizer")
         encode, sep, base = tok.encode_ordinary, [tok.eot_id], tok.vocab_size
@@ -287,25 +327,33 @@ def load_token_streams(cfg: DemoConfig):
     if val_path.is_file():
         val = stream(val_path)
     else:  # hold out the last 10 % of the training stream
-        train, val = train[: int(0.9 * len(train))], train[int(0.9 * len(train)):]
+        train, val = train[: int(0.9 * len(train))], train[int(0.9 * len(train)) :]
     if min(len(train), len(val)) <= cfg.block_size:
-        raise UserError(f"{train_path}: too little text for --block-size {cfg.block_size}; "
-                        "lower it or use a bigger corpus")
+        raise UserError(
+            f"{train_path}: too little text for --block-size {cfg.block_size}; "
+            "lower it or use a bigger corpus"
+        )
     return train, val, base, "bpe" if use_bpe else "bytes"
 
 
 def random_windows(ids, batch_size, length, generator):
     starts = torch.randint(0, len(ids) - length, (batch_size,), generator=generator)
-    return torch.stack([ids[s:s + length] for s in starts.tolist()])                # (B, L)
+    return torch.stack([ids[s : s + length] for s in starts.tolist()])  # (B, L)
 
 
 def train_objective(name, cfg: DemoConfig, train, val, specials):
     """Train a fresh Transformer on one objective for cfg.seconds; returns its metrics."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    model = Transformer(TransformerConfig(vocab_size=specials["base"] + 2 + N_SENTINELS,
-                                          block_size=cfg.block_size, n_layer=cfg.n_layer,
-                                          n_head=cfg.n_head, n_embd=cfg.n_embd))
+    model = Transformer(
+        TransformerConfig(
+            vocab_size=specials["base"] + 2 + N_SENTINELS,
+            block_size=cfg.block_size,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_embd=cfg.n_embd,
+        )
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
     loss_fn = OBJECTIVES[name]
     val_batch = random_windows(val, 32, cfg.block_size, torch.Generator().manual_seed(1))
@@ -328,10 +376,17 @@ def train_objective(name, cfg: DemoConfig, train, val, specials):
         losses.append(loss.item())
     seconds = time.perf_counter() - t0
     k = max(1, min(10, len(losses) // 4))
-    return {"objective": name, "steps": len(losses), "seconds": round(seconds, 1),
-            "train_first": sum(losses[:k]) / k, "train_last": sum(losses[-k:]) / k,
-            "val_before": val_before, "val_after": val_loss(),
-            "tokens_per_s": round(len(losses) * cfg.batch_size * cfg.block_size / seconds), "curve": losses}
+    return {
+        "objective": name,
+        "steps": len(losses),
+        "seconds": round(seconds, 1),
+        "train_first": sum(losses[:k]) / k,
+        "train_last": sum(losses[-k:]) / k,
+        "val_before": val_before,
+        "val_after": val_loss(),
+        "tokens_per_s": round(len(losses) * cfg.batch_size * cfg.block_size / seconds),
+        "curve": losses,
+    }
 
 
 def save_plot(path, results):
@@ -354,22 +409,36 @@ def main(argv=None):
     train, val, base, tok_name = load_token_streams(cfg)
     specials = special_ids(base)
     with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)   # refuse now, not after minutes of training
+        claim_output(out, cfg.overwrite, remove=False)  # refuse now, not after minutes of training
         print(f"{len(train):,} train / {len(val):,} val tokens ({tok_name}); {cfg.seconds:g} s per objective")
         results = [train_objective(n, cfg, train, val, specials) for n in cfg.objectives]
-        print(f"\n{'objective':<10}{'steps':>7}{'train loss first -> last':>28}{'val loss before -> after':>28}"
-              f"{'tok/s':>9}")
+        print(
+            f"\n{'objective':<10}{'steps':>7}{'train loss first -> last':>28}{'val loss before -> after':>28}"
+            f"{'tok/s':>9}"
+        )
         for r in results:
-            print(f"{r['objective']:<10}{r['steps']:>7}{r['train_first']:>15.3f} -> {r['train_last']:<9.3f}"
-                  f"{r['val_before']:>15.3f} -> {r['val_after']:<9.3f}{r['tokens_per_s']:>9}")
-        with staged_dir(out) as tmp:   # built beside the old results, swapped in when complete
-            write_json(tmp / "metrics.json", {"config": asdict(cfg), "tokenizer": tok_name,
-                                              "results": [{k: v for k, v in r.items() if k != "curve"}
-                                                          for r in results]})
+            print(
+                f"{r['objective']:<10}{r['steps']:>7}{r['train_first']:>15.3f} -> {r['train_last']:<9.3f}"
+                f"{r['val_before']:>15.3f} -> {r['val_after']:<9.3f}{r['tokens_per_s']:>9}"
+            )
+        with staged_dir(out) as tmp:  # built beside the old results, swapped in when complete
+            write_json(
+                tmp / "metrics.json",
+                {
+                    "config": asdict(cfg),
+                    "tokenizer": tok_name,
+                    "results": [{k: v for k, v in r.items() if k != "curve"} for r in results],
+                },
+            )
             save_plot(tmp / "loss.png", results)
             inputs = [run / "data"] + ([run / "tokenizer"] if tok_name == "bpe" else [])
-            write_manifest(tmp, stage="03_model/transformer", command=command_line(__file__, argv),
-                           config=asdict(cfg), inputs=inputs)
+            write_manifest(
+                tmp,
+                stage="03_model/transformer",
+                command=command_line(__file__, argv),
+                config=asdict(cfg),
+                inputs=inputs,
+            )
     print(f"\nwrote {out / 'metrics.json'} and {out / 'loss.png'}")
 
 

@@ -21,6 +21,7 @@ Interview questions it answers:
 - How do you compare the loss of models with different tokenizers? (bits per byte: nats per token
   x tokens / bytes / ln 2 is the cost of the text itself, whatever the text was cut into)
 """
+
 import math
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, check_artifact, read_json  # 01_data
 
-SCAN_TOKENS = 20_000_000   # the id check and the unigram baseline read at most this prefix of a shard
+SCAN_TOKENS = 20_000_000  # the id check and the unigram baseline read at most this prefix of a shard
 
 
 def load_shards(run: Path, block_size: int, train_tokens: int = 0):
@@ -46,20 +47,27 @@ def load_shards(run: Path, block_size: int, train_tokens: int = 0):
     """
     tok = Path(run) / "tokens"
     remake = f"python 02_tokenizer/bpe.py --data {run}"
-    check_artifact(tok, made_by=remake)                       # present, complete, intact, current
+    check_artifact(tok, made_by=remake)  # present, complete, intact, current
     meta = read_json(tok / "meta.json", made_by=remake)
     vocab, dtype = meta.get("vocab_size"), meta.get("dtype")
     if not isinstance(vocab, int) or vocab < 2 or dtype not in ("uint16", "uint32"):
-        raise UserError(f"{tok / 'meta.json'}: needs an integer vocab_size and dtype uint16 or uint32 "
-                        f"(has {vocab!r}, {dtype!r}); rerun `{remake}`")
-    shards = {split: open_shard(tok / f"{split}.bin", np.dtype(dtype), vocab,
-                                meta.get("n_tokens", {}).get(split), remake)
-              for split in ("train", "val")}
+        raise UserError(
+            f"{tok / 'meta.json'}: needs an integer vocab_size and dtype uint16 or uint32 "
+            f"(has {vocab!r}, {dtype!r}); rerun `{remake}`"
+        )
+    shards = {
+        split: open_shard(
+            tok / f"{split}.bin", np.dtype(dtype), vocab, meta.get("n_tokens", {}).get(split), remake
+        )
+        for split in ("train", "val")
+    }
     train = shards["train"][:train_tokens] if train_tokens else shards["train"]
     for split, arr in (("train", train), ("val", shards["val"])):
         if len(arr) < block_size + 2:
-            raise UserError(f"the {split} split has {len(arr)} tokens, fewer than block_size + 2 = "
-                            f"{block_size + 2}; lower --block-size or give it more data")
+            raise UserError(
+                f"the {split} split has {len(arr)} tokens, fewer than block_size + 2 = "
+                f"{block_size + 2}; lower --block-size or give it more data"
+            )
     return train, shards["val"], meta
 
 
@@ -67,16 +75,22 @@ def open_shard(path: Path, dtype: np.dtype, vocab: int, expected, remake: str) -
     """One shard as a read-only memmap, checked against meta.json's token count and vocab size."""
     size = path.stat().st_size
     if size == 0 or size % dtype.itemsize:
-        raise UserError(f"{path}: {size} bytes is not a whole number of {dtype.name} tokens (empty or "
-                        f"cut off); rerun `{remake}`")
+        raise UserError(
+            f"{path}: {size} bytes is not a whole number of {dtype.name} tokens (empty or "
+            f"cut off); rerun `{remake}`"
+        )
     arr = np.memmap(path, dtype=dtype, mode="r")
     if expected is not None and len(arr) != expected:
-        raise UserError(f"{path}: {len(arr)} tokens but meta.json says {expected}; the shards and "
-                        f"meta.json come from different runs: rerun `{remake}`")
-    top = int(arr[:SCAN_TOKENS].max())                       # a prefix: shards can be GBs
+        raise UserError(
+            f"{path}: {len(arr)} tokens but meta.json says {expected}; the shards and "
+            f"meta.json come from different runs: rerun `{remake}`"
+        )
+    top = int(arr[:SCAN_TOKENS].max())  # a prefix: shards can be GBs
     if top >= vocab:
-        raise UserError(f"{path}: token id {top} >= vocab_size {vocab} in meta.json; the shard was "
-                        f"made by a different tokenizer: rerun `{remake}`")
+        raise UserError(
+            f"{path}: token id {top} >= vocab_size {vocab} in meta.json; the shard was "
+            f"made by a different tokenizer: rerun `{remake}`"
+        )
     return arr
 
 
@@ -89,7 +103,7 @@ def batch_starts(n_tokens: int, block_size: int, batch_size: int, seed: int, ste
 def rank_rows(starts, micro: int, rank: int, world: int, micro_batch: int):
     """Rank `rank`'s rows of micro-step `micro`: global rows are laid out [micro][rank][row]."""
     i = (micro * world + rank) * micro_batch
-    return starts[i:i + micro_batch]
+    return starts[i : i + micro_batch]
 
 
 def eval_starts(n_tokens: int, block_size: int, n_windows: int) -> np.ndarray:
@@ -99,7 +113,7 @@ def eval_starts(n_tokens: int, block_size: int, n_windows: int) -> np.ndarray:
 
 def get_batch(data, starts, block_size, device):
     """x, y: (len(starts), block_size) int64; y is x shifted left by one token."""
-    rows = np.stack([data[s:s + block_size + 1] for s in starts]).astype(np.int64)
+    rows = np.stack([data[s : s + block_size + 1] for s in starts]).astype(np.int64)
     xy = torch.from_numpy(rows).to(device)
     return xy[:, :-1], xy[:, 1:]
 

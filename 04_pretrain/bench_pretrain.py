@@ -21,6 +21,7 @@ Interview questions it answers:
   optimizer's per-tensor loop, attention's memory traffic; compile fuses the elementwise ops and
   removes launch overhead, flash attention removes the T x T score matrix)
 """
+
 import dataclasses
 import sys
 import time
@@ -31,8 +32,19 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (check_artifact, command_line, option, parse_config, pyplot, read_json, run_cli,  # 01_data
-                    run_lock, save_figure, write_json, write_manifest)
+from common import (
+    check_artifact,
+    command_line,
+    option,
+    parse_config,
+    pyplot,
+    read_json,
+    run_cli,  # 01_data
+    run_lock,
+    save_figure,
+    write_json,
+    write_manifest,
+)
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model
 
@@ -86,10 +98,21 @@ def bench_row(name, cfg: GPTConfig, batch, steps, warmup, device, dtype, compile
     sec = time_steps(model, opt, batch, cfg.block_size, cfg.vocab_size, steps, warmup, device, dtype)
     tok_s = batch * cfg.block_size / sec
     mfu = tok_s * flops_per_token(cfg) / peak if peak else None
-    row = {"name": name, "device": device, "params_M": raw.num_params(non_embedding=False) / 1e6,
-           "batch": batch, "block": cfg.block_size, "ms_per_step": sec * 1e3, "tokens_per_s": tok_s, "mfu": mfu}
-    print(f"{name:<34} {row['params_M']:7.1f}M {batch:4d}x{cfg.block_size:<5d} {row['ms_per_step']:9.1f} "
-          f"{tok_s:12,.0f} " + (f"{mfu:6.1%}" if mfu else "     -"), flush=True)
+    row = {
+        "name": name,
+        "device": device,
+        "params_M": raw.num_params(non_embedding=False) / 1e6,
+        "batch": batch,
+        "block": cfg.block_size,
+        "ms_per_step": sec * 1e3,
+        "tokens_per_s": tok_s,
+        "mfu": mfu,
+    }
+    print(
+        f"{name:<34} {row['params_M']:7.1f}M {batch:4d}x{cfg.block_size:<5d} {row['ms_per_step']:9.1f} "
+        f"{tok_s:12,.0f} " + (f"{mfu:6.1%}" if mfu else "     -"),
+        flush=True,
+    )
     del model, raw, opt
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -104,10 +127,28 @@ def cpu_rows(c: BenchConfig) -> list:
         tokens = Path(c.data) / "tokens"
         check_artifact(tokens, made_by=f"python 02_tokenizer/bpe.py --data {c.data}")
         vocab = read_json(tokens / "meta.json")["vocab_size"]
-    cfg = GPTConfig(vocab_size=vocab, block_size=t.block_size, n_layer=t.n_layer, n_head=t.n_head,
-                    n_embd=t.n_embd, attn_backend="auto", **gpt_module.PRESETS[t.arch])
-    return [bench_row("cpu tiny preset fp32 eager", cfg, t.batch_size, c.cpu_steps, 2, "cpu",
-                      torch.float32, False, c.peak_flops_cpu)]
+    cfg = GPTConfig(
+        vocab_size=vocab,
+        block_size=t.block_size,
+        n_layer=t.n_layer,
+        n_head=t.n_head,
+        n_embd=t.n_embd,
+        attn_backend="auto",
+        **gpt_module.PRESETS[t.arch],
+    )
+    return [
+        bench_row(
+            "cpu tiny preset fp32 eager",
+            cfg,
+            t.batch_size,
+            c.cpu_steps,
+            2,
+            "cpu",
+            torch.float32,
+            False,
+            c.peak_flops_cpu,
+        )
+    ]
 
 
 def gpu_rows(c: BenchConfig) -> list:
@@ -116,12 +157,22 @@ def gpu_rows(c: BenchConfig) -> list:
     peak = peak_flops("cuda:0", c.peak_flops)
     rows = []
     for compile_, backend in ((False, "sdpa"), (False, "triton"), (True, "sdpa"), (True, "triton")):
-        cfg = GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768,
-                        attn_backend=backend, **gpt_module.PRESETS["gpt2"])
+        cfg = GPTConfig(
+            vocab_size=50304,
+            block_size=1024,
+            n_layer=12,
+            n_head=12,
+            n_embd=768,
+            attn_backend=backend,
+            **gpt_module.PRESETS["gpt2"],
+        )
         label = f"gpt2-124M bf16 {'compiled' if compile_ else 'eager'} {backend}"
         try:
-            rows.append(bench_row(label, cfg, 12, c.steps, 10 if compile_ else 3, "cuda", torch.bfloat16,
-                                  compile_, peak))
+            rows.append(
+                bench_row(
+                    label, cfg, 12, c.steps, 10 if compile_ else 3, "cuda", torch.bfloat16, compile_, peak
+                )
+            )
         except Exception as e:  # one failing variant (e.g. no Triton) must not hide the others
             print(f"{label:<34} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
     return rows
@@ -132,8 +183,13 @@ def plot(rows, path):
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
     ax.barh([r["name"] for r in rows], [r["tokens_per_s"] for r in rows])
     for i, r in enumerate(rows):
-        ax.text(r["tokens_per_s"], i, f" {r['tokens_per_s']:,.0f}" + (f" ({r['mfu']:.0%} MFU)" if r["mfu"] else ""),
-                va="center", fontsize=8)
+        ax.text(
+            r["tokens_per_s"],
+            i,
+            f" {r['tokens_per_s']:,.0f}" + (f" ({r['mfu']:.0%} MFU)" if r["mfu"] else ""),
+            va="center",
+            fontsize=8,
+        )
     ax.set(xlabel="training tokens/s (higher is better)", title="pretraining throughput")
     save_figure(fig, path)
 
@@ -148,12 +204,24 @@ def main(argv=None):
             rows += gpu_rows(c)
         else:
             print("no CUDA device: skipping the GPU rows (GPT-2 124M bf16, eager/compiled x Triton/SDPA)")
-        write_json(out / "bench_pretrain.json", {"rows": rows, "torch": torch.__version__,
-                                                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
+        write_json(
+            out / "bench_pretrain.json",
+            {
+                "rows": rows,
+                "torch": torch.__version__,
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            },
+        )
         plot(rows, out / "bench_pretrain.png")
-        write_manifest(out, stage="04_bench_pretrain", command=command_line(__file__, argv),
-                       config=dataclasses.asdict(c), inputs=[Path(c.data) / "tokens"] if c.data else [])
+        write_manifest(
+            out,
+            stage="04_bench_pretrain",
+            command=command_line(__file__, argv),
+            config=dataclasses.asdict(c),
+            inputs=[Path(c.data) / "tokens"] if c.data else [],
+        )
     print(f"wrote {out}/bench_pretrain.json and bench_pretrain.png")
+
 
 if __name__ == "__main__":
     run_cli(main)

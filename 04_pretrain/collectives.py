@@ -33,6 +33,7 @@ Interview questions it answers:
 - How do N processes find each other? (a rendezvous: one address and port every rank knows, here
   127.0.0.1 and a free port, or torchrun's MASTER_ADDR/MASTER_PORT; then ranks 0..N-1 connect)
 """
+
 import os
 import socket
 import sys
@@ -52,14 +53,19 @@ from gpt import GPT, GPTConfig  # 03_model
 # ----------------------------------------------------------------------------------------------
 # Bytes each rank sends, on a ring
 
+
 def ring_bytes(op: str, n_bytes: float, world: int) -> float:
     """Bytes one rank sends for collective `op` on a message of n_bytes (module docstring)."""
     # >>> exercise: ring, per rank: reduce-scatter, all-gather (N-1)/N·n; all-reduce 2(N-1)/N·n; broadcast n
     if world == 1:
         return 0.0
     per_half = (world - 1) / world * n_bytes
-    return {"all_reduce": 2 * per_half, "reduce_scatter": per_half, "all_gather": per_half,
-            "broadcast": n_bytes}[op]
+    return {
+        "all_reduce": 2 * per_half,
+        "reduce_scatter": per_half,
+        "all_gather": per_half,
+        "broadcast": n_bytes,
+    }[op]
     # <<< exercise
 
 
@@ -73,10 +79,12 @@ def step_traffic(strategy: str, param_bytes: float, world: int) -> list:
     ZeRO-3 gathers the weights twice (forward and again in backward, they were freed in between)."""
     # >>> exercise: (op, payload, ring_bytes): ddp AR; zero1 AR + AG; zero2 RS + AG; zero3 AG + AG + RS
     g = param_bytes
-    ops = {"ddp": [("all_reduce", g)],
-           "zero1": [("all_reduce", g), ("all_gather", g)],
-           "zero2": [("reduce_scatter", g), ("all_gather", g)],
-           "zero3": [("all_gather", g), ("all_gather", g), ("reduce_scatter", g)]}[strategy]
+    ops = {
+        "ddp": [("all_reduce", g)],
+        "zero1": [("all_reduce", g), ("all_gather", g)],
+        "zero2": [("reduce_scatter", g), ("all_gather", g)],
+        "zero3": [("all_gather", g), ("all_gather", g), ("reduce_scatter", g)],
+    }[strategy]
     return [(op, n, ring_bytes(op, n, world)) for op, n in ops]
     # <<< exercise
 
@@ -89,11 +97,15 @@ def traffic_table(params: float, worlds=(2, 4, 8), bytes_per_value=4) -> str:
         ops = " + ".join(op for op, _, _ in step_traffic(s, 1, 2))
         sent = [sum(b for _, _, b in step_traffic(s, params * bytes_per_value, n)) for n in worlds]
         lines.append(f"{s:<8} {ops:<44}" + "".join(f"{b / 2**20:>10.1f}M" for b in sent))
-    return "\n".join(lines) + f"\n(MiB sent per rank; P = {params:,.0f} parameters, {bytes_per_value} bytes each)"
+    return (
+        "\n".join(lines)
+        + f"\n(MiB sent per rank; P = {params:,.0f} parameters, {bytes_per_value} bytes each)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Starting ranks
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -106,7 +118,7 @@ def init_rank(rank: int, world: int, port: int | None = None, device: str = "cpu
     if dist.is_initialized():
         return
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    if port is None:                                       # torchrun set MASTER_ADDR, MASTER_PORT, RANK
+    if port is None:  # torchrun set MASTER_ADDR, MASTER_PORT, RANK
         dist.init_process_group(backend)
     else:
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -131,8 +143,10 @@ def run_ranks(fn, world: int, *args, threads: int = 0) -> list:
     env_world = int(os.environ.get("WORLD_SIZE", "0"))
     if env_world:
         if env_world != world:
-            raise UserError(f"torchrun started {env_world} processes but --world is {world}; "
-                            f"pass --world {env_world} or change --nproc_per_node")
+            raise UserError(
+                f"torchrun started {env_world} processes but --world is {world}; "
+                f"pass --world {env_world} or change --nproc_per_node"
+            )
         rank = int(os.environ["RANK"])
         init_rank(rank, world)
         try:
@@ -140,11 +154,13 @@ def run_ranks(fn, world: int, *args, threads: int = 0) -> list:
         finally:
             dist.destroy_process_group()
     import torch.multiprocessing as mp
+
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
     threads = threads or max(1, (os.cpu_count() or 1) // world)
-    mp.start_processes(_spawned, args=(world, free_port(), fn, args, results, threads),
-                       nprocs=world, start_method="spawn")
+    mp.start_processes(
+        _spawned, args=(world, free_port(), fn, args, results, threads), nprocs=world, start_method="spawn"
+    )
     out = dict(results.get() for _ in range(world))
     return [out[r] for r in range(world)]
 
@@ -168,9 +184,11 @@ def run_demo(worker, cfg, report, name: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The small GPT and batch every demo in this folder checks its parallel version on
 
+
 @dataclass
 class DemoModel:
     """Flags shared by the demos (ddp_by_hand, zero_sharding, tensor_parallel, pipeline_parallel)."""
+
     world: int = option(2, "number of ranks (processes); under torchrun, its --nproc_per_node", min=1)
     n_layer: int = option(4, "transformer blocks", min=1)
     n_head: int = option(4, "query heads", min=1)
@@ -184,8 +202,15 @@ class DemoModel:
 
 def demo_gpt_config(cfg: DemoModel) -> GPTConfig:
     """Llama-style (RoPE, RMSNorm, SwiGLU, GQA); the plain attention backend, exact on any device."""
-    return GPTConfig(vocab_size=cfg.vocab_size, block_size=cfg.seq_len, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd, attn_backend="torch")
+    return GPTConfig(
+        vocab_size=cfg.vocab_size,
+        block_size=cfg.seq_len,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_kv_head=cfg.n_kv_head,
+        n_embd=cfg.n_embd,
+        attn_backend="torch",
+    )
 
 
 def demo_batch(cfg: DemoModel, step: int):
@@ -216,17 +241,19 @@ def max_diff(a, b) -> float:
 # ----------------------------------------------------------------------------------------------
 # Command line: the traffic table
 
+
 @dataclass
 class TrafficConfig:
     params: float = option(124e6, "parameter count P (GPT-2 small: 124e6)", min=1)
     world: int = option(8, "largest number of data-parallel ranks in the table (powers of 2 up to it)", min=2)
-    bytes_per_value: int = option(4, "bytes per gradient/weight value communicated (fp32 4, bf16 2)",
-                                  choices=(2, 4))
+    bytes_per_value: int = option(
+        4, "bytes per gradient/weight value communicated (fp32 4, bf16 2)", choices=(2, 4)
+    )
 
 
 def main(argv=None):
     cfg, _ = parse_config(TrafficConfig, argv, doc=__doc__)
-    worlds = [2 ** i for i in range(1, 64) if 2 ** i <= cfg.world]
+    worlds = [2**i for i in range(1, 64) if 2**i <= cfg.world]
     print(traffic_table(cfg.params, worlds, cfg.bytes_per_value))
 
 

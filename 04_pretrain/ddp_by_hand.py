@@ -44,6 +44,7 @@ Interview questions it answers:
   identical forever; a broadcast from rank 0 guarantees it whatever each rank's seed was)
 - What does no_sync save? (k-1 of k all-reduces per optimizer step under k-step accumulation)
 """
+
 import contextlib
 import copy
 import sys
@@ -100,20 +101,20 @@ class DataParallelByHand(nn.Module):
         self.group = group
         self.world = dist.get_world_size(group)
         broadcast_parameters(module)
-        params = [p for p in module.parameters() if p.requires_grad]   # a tied weight appears once
+        params = [p for p in module.parameters() if p.requires_grad]  # a tied weight appears once
         self.buckets = make_buckets(params, bucket_mb * 2**20)
         self.bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
         self.n_params = len(params)
-        self.sync = True                       # outside no_sync()
-        self.sync_backward = True              # what the last forward decided for its backward
-        self.ready = [0] * len(self.buckets)   # gradients ready per bucket in this backward
-        self.in_flight = []                    # (async work handle, bucket index, flat buffer)
+        self.sync = True  # outside no_sync()
+        self.sync_backward = True  # what the last forward decided for its backward
+        self.ready = [0] * len(self.buckets)  # gradients ready per bucket in this backward
+        self.in_flight = []  # (async work handle, bucket index, flat buffer)
         self.calls, self.bytes, self.launch_log = 0, 0, []
         for p in params:
             p.register_post_accumulate_grad_hook(self._grad_ready)
 
     def forward(self, *args, **kwargs):
-        if torch.is_grad_enabled():            # an evaluation forward (no_grad) has no backward
+        if torch.is_grad_enabled():  # an evaluation forward (no_grad) has no backward
             self.sync_backward = self.sync
         return self.module(*args, **kwargs)
 
@@ -130,7 +131,7 @@ class DataParallelByHand(nn.Module):
         """Runs when p.grad holds this backward's full gradient (all uses of p accumulated)."""
         if not self.sync_backward:
             return
-        if not any(self.ready):                # the first gradient of this backward
+        if not any(self.ready):  # the first gradient of this backward
             torch.autograd.Variable._execution_engine.queue_callback(self._wait_and_unpack)
             self.launch_log = []
         b = self.bucket_of[p]
@@ -152,8 +153,10 @@ class DataParallelByHand(nn.Module):
         """End of backward: wait for every bucket, write the averaged gradients back into .grad."""
         if len(self.in_flight) != len(self.buckets):
             missing = [i for i, n in enumerate(self.ready) if n < len(self.buckets[i])]
-            raise RuntimeError(f"buckets {missing} never became ready: some parameters got no gradient "
-                               "in this backward (unused parameters); every rank would wait forever")
+            raise RuntimeError(
+                f"buckets {missing} never became ready: some parameters got no gradient "
+                "in this backward (unused parameters); every rank would wait forever"
+            )
         for work, b, flat in self.in_flight:
             work.wait()
             for p, g in zip(self.buckets[b], flat.split([p.numel() for p in self.buckets[b]])):
@@ -163,6 +166,7 @@ class DataParallelByHand(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # The check: the same steps with torch's DDP, with our DDP, and in one process on the whole batch
+
 
 @dataclass
 class DDPConfig(DemoModel):
@@ -175,8 +179,10 @@ class DDPConfig(DemoModel):
 
 def check_config(cfg: DDPConfig):
     if cfg.batch % (cfg.world * cfg.accum):
-        raise UserError(f"--batch {cfg.batch} must split evenly into --world {cfg.world} x --accum "
-                        f"{cfg.accum} micro-batches; choose a multiple of {cfg.world * cfg.accum}")
+        raise UserError(
+            f"--batch {cfg.batch} must split evenly into --world {cfg.world} x --accum "
+            f"{cfg.accum} micro-batches; choose a multiple of {cfg.world * cfg.accum}"
+        )
 
 
 def train_steps(model, opt, cfg, rank, world, sync_every_micro=False):
@@ -191,9 +197,13 @@ def train_steps(model, opt, cfg, rank, world, sync_every_micro=False):
         for k in range(cfg.accum):
             i = (k * world + rank) * rows
             last = k == cfg.accum - 1
-            quiet = model.no_sync() if world > 1 and not last and not sync_every_micro else contextlib.nullcontext()
+            quiet = (
+                model.no_sync()
+                if world > 1 and not last and not sync_every_micro
+                else contextlib.nullcontext()
+            )
             with quiet:
-                _, loss = model(x[i:i + rows], y[i:i + rows])
+                _, loss = model(x[i : i + rows], y[i : i + rows])
                 (loss / cfg.accum).backward()
             total += loss.detach() / cfg.accum
         if world > 1:
@@ -208,7 +218,8 @@ def train_steps(model, opt, cfg, rank, world, sync_every_micro=False):
 
 def ddp_worker(rank, world, cfg: DDPConfig) -> dict:
     from torch.nn.parallel import DistributedDataParallel
-    raw = demo_model(cfg, seed=cfg.seed + rank)        # different on every rank: the broadcast fixes it
+
+    raw = demo_model(cfg, seed=cfg.seed + rank)  # different on every rank: the broadcast fixes it
     ours = DataParallelByHand(raw, cfg.bucket_mb)
     theirs = DistributedDataParallel(copy.deepcopy(raw), bucket_cap_mb=cfg.bucket_mb)
     single = copy.deepcopy(raw)
@@ -220,18 +231,25 @@ def ddp_worker(rank, world, cfg: DDPConfig) -> dict:
     one_losses, one_grads = train_steps(single, opts[2], cfg, 0, 1)
     calls_per_step, bytes_per_step = ours.calls / cfg.steps, ours.bytes / cfg.steps
     log = ours.launch_log
-    eager = DataParallelByHand(copy.deepcopy(raw), cfg.bucket_mb)     # all-reduce on every micro-step
-    train_steps(eager, AdamW(param_groups(eager.module, 0.1), lr=cfg.lr), cfg, rank, world, sync_every_micro=True)
+    eager = DataParallelByHand(copy.deepcopy(raw), cfg.bucket_mb)  # all-reduce on every micro-step
+    train_steps(
+        eager, AdamW(param_groups(eager.module, 0.1), lr=cfg.lr), cfg, rank, world, sync_every_micro=True
+    )
     return {
-        "loss_ours": ours_losses, "loss_torch_ddp": ddp_losses, "loss_single": one_losses,
+        "loss_ours": ours_losses,
+        "loss_torch_ddp": ddp_losses,
+        "loss_single": one_losses,
         "max_diff_loss_vs_torch_ddp": max_diff(torch.tensor(ours_losses), torch.tensor(ddp_losses)),
         "max_diff_grad_vs_torch_ddp": max_diff(ours_grads, ddp_grads),
         "max_diff_grad_vs_single": max_diff(ours_grads, one_grads),
         "max_diff_weight_vs_torch_ddp": max_diff(list(raw.parameters()), list(theirs.module.parameters())),
         "max_diff_weight_vs_single": max_diff(list(raw.parameters()), list(single.parameters())),
-        "buckets": len(ours.buckets), "params": sum(p.numel() for p in raw.parameters()),
-        "grads_ready_at_each_launch": log, "grad_tensors": ours.n_params,
-        "calls_per_step": calls_per_step, "bytes_per_step": bytes_per_step,
+        "buckets": len(ours.buckets),
+        "params": sum(p.numel() for p in raw.parameters()),
+        "grads_ready_at_each_launch": log,
+        "grad_tensors": ours.n_params,
+        "calls_per_step": calls_per_step,
+        "bytes_per_step": bytes_per_step,
         "calls_per_step_without_no_sync": eager.calls / cfg.steps,
         "bytes_per_step_without_no_sync": eager.bytes / cfg.steps,
         "seconds_ours": t_ours,

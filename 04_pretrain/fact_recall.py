@@ -26,6 +26,7 @@ Interview questions it answers:
 - How do you probe a base model for knowledge? (cloze-style completions in the corpus's own phrasing,
   scored against a baseline that knows the answer distribution but not the subject)
 """
+
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -51,11 +52,11 @@ def completion_matches(completion: str, answer: str) -> bool:
     text = completion.lstrip()
     for art in ARTICLES:
         if text.lower().startswith(art) and not answer.lower().startswith(art.strip()):
-            text = text[len(art):]
+            text = text[len(art) :]
             break
     if not text.startswith(answer):
         return False
-    rest = text[len(answer):]
+    rest = text[len(answer) :]
     return not rest or not (rest[0].isalnum() and answer[-1].isascii())
 
 
@@ -73,10 +74,10 @@ def greedy_completions(model, tok, prompts, max_new_tokens=6, batch_size=64) -> 
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
-        ids = [tok.encode_ordinary(p) for p in prompts[i:i + batch_size]]
+        ids = [tok.encode_ordinary(p) for p in prompts[i : i + batch_size]]
         idx, mask = left_pad(ids, device=device)
         gen = model.generate(idx, max_new_tokens, temperature=0.0, attention_mask=mask)
-        out += [tok.decode(row[idx.shape[1]:].tolist()) for row in gen]
+        out += [tok.decode(row[idx.shape[1] :].tolist()) for row in gen]
     return out
 
 
@@ -87,15 +88,21 @@ def fact_recall(model, tok, probes, train_probes, max_new_tokens=6) -> dict:
     table = {}
     for attr in sorted({p["attribute"] for p in probes}):
         rows = [(p, c) for p, c in zip(probes, completions) if p["attribute"] == attr]
-        table[attr] = {"n": len(rows),
-                       "accuracy": sum(completion_matches(c, p["answer"]) for p, c in rows) / len(rows),
-                       "majority_baseline": sum(p["answer"] == majority.get(attr) for p, _ in rows) / len(rows),
-                       "majority_answer": majority.get(attr),
-                       "examples": [{"prompt": p["prompt"], "answer": p["answer"], "completion": c}
-                                    for p, c in rows[:3]]}
+        table[attr] = {
+            "n": len(rows),
+            "accuracy": sum(completion_matches(c, p["answer"]) for p, c in rows) / len(rows),
+            "majority_baseline": sum(p["answer"] == majority.get(attr) for p, _ in rows) / len(rows),
+            "majority_answer": majority.get(attr),
+            "examples": [
+                {"prompt": p["prompt"], "answer": p["answer"], "completion": c} for p, c in rows[:3]
+            ],
+        }
     n = sum(r["n"] for r in table.values())
-    table["all"] = {"n": n, "accuracy": sum(r["accuracy"] * r["n"] for r in table.values()) / max(n, 1),
-                    "majority_baseline": sum(r["majority_baseline"] * r["n"] for r in table.values()) / max(n, 1)}
+    table["all"] = {
+        "n": n,
+        "accuracy": sum(r["accuracy"] * r["n"] for r in table.values()) / max(n, 1),
+        "majority_baseline": sum(r["majority_baseline"] * r["n"] for r in table.values()) / max(n, 1),
+    }
     return table
 
 
@@ -105,14 +112,18 @@ def load_probes(run: Path):
     if not (tasks / "recall_heldout.jsonl").is_file():
         return None
     fields = ("prompt", "answer", "attribute")
-    return read_jsonl(tasks / "recall_heldout.jsonl", fields), read_jsonl(tasks / "recall_train.jsonl", fields)
+    return read_jsonl(tasks / "recall_heldout.jsonl", fields), read_jsonl(
+        tasks / "recall_train.jsonl", fields
+    )
 
 
 def format_recall(table) -> str:
     lines = [f"{'attribute':10s} {'n':>4s}  recall  majority baseline"]
     for attr, r in table.items():
-        lines.append(f"{attr:10s} {r['n']:4d}  {r['accuracy']:6.3f}  {r['majority_baseline']:6.3f}"
-                     + (f"  ({r['majority_answer']})" if r.get("majority_answer") else ""))
+        lines.append(
+            f"{attr:10s} {r['n']:4d}  {r['accuracy']:6.3f}  {r['majority_baseline']:6.3f}"
+            + (f"  ({r['majority_answer']})" if r.get("majority_answer") else "")
+        )
     return "\n".join(lines)
 
 
@@ -137,8 +148,10 @@ def main(argv=None):
         raise UserError("--data is required; give the run folder, e.g. --data runs/tiny")
     run = Path(cfg.data)
     if load_probes(run) is None:
-        raise UserError(f"{run}/data/tasks/recall_heldout.jsonl is missing; the probes come from the generated "
-                        f"world: rerun `python 01_data/prepare.py --out {run}` without --input")
+        raise UserError(
+            f"{run}/data/tasks/recall_heldout.jsonl is missing; the probes come from the generated "
+            f"world: rerun `python 01_data/prepare.py --out {run}` without --input"
+        )
     ckpt = Path(cfg.ckpt) if cfg.ckpt else run / "pretrain" / "best.pt"
     check_artifact(ckpt.parent, made_by=f"python 04_pretrain/pretrain.py --data {run}")
     table = recall_of_checkpoint(run, ckpt)

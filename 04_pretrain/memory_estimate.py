@@ -49,6 +49,7 @@ Interview questions it answers:
   the micro-batch and the layers; the T² term in naive attention is what FlashAttention removes;
   checkpointing trades it for one more forward)
 """
+
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ ACT_BYTES = {"fp32": 4, "bf16": 2}
 # ----------------------------------------------------------------------------------------------
 # Parameters: where they are, and which ones tensor parallelism splits
 
+
 def mlp_hidden(cfg: GPTConfig) -> int:
     return swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
 
@@ -83,13 +85,13 @@ def block_params(cfg: GPTConfig) -> tuple:
     replicated: the two norms (and QK-norms), and the row layers' biases (wo, down)."""
     d, hd, H, Hkv = cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_kv_head
     h, n_mats = mlp_hidden(cfg), 3 if cfg.mlp == "swiglu" else 2
-    norm = d if cfg.norm == "rmsnorm" else 2 * d                 # RMSNorm: weight; LayerNorm: weight + bias
-    split = d * H * hd + 2 * d * Hkv * hd + H * hd * d + n_mats * d * h      # wq, wk, wv, wo; MLP
+    norm = d if cfg.norm == "rmsnorm" else 2 * d  # RMSNorm: weight; LayerNorm: weight + bias
+    split = d * H * hd + 2 * d * Hkv * hd + H * hd * d + n_mats * d * h  # wq, wk, wv, wo; MLP
     replicated = 2 * norm + (2 * hd if cfg.qk_norm else 0)
     if cfg.bias:
-        split += H * hd + 2 * Hkv * hd + (n_mats - 1) * h        # column biases: wq, wk, wv; up (, gate)
-        replicated += 2 * d                                       # row biases: wo, down
-    if cfg.n_experts:                                             # E expert MLPs and the router
+        split += H * hd + 2 * Hkv * hd + (n_mats - 1) * h  # column biases: wq, wk, wv; up (, gate)
+        replicated += 2 * d  # row biases: wo, down
+    if cfg.n_experts:  # E expert MLPs and the router
         mlp = n_mats * d * h + ((n_mats - 1) * h + d if cfg.bias else 0)
         split += (cfg.n_experts - 1) * mlp + d * cfg.n_experts
     return split, replicated
@@ -99,9 +101,12 @@ def param_counts(cfg: GPTConfig) -> dict:
     """Parameters by place: embedding (tokens, learned positions), one block, final norm, LM head."""
     d = cfg.n_embd
     norm = d if cfg.norm == "rmsnorm" else 2 * d
-    return {"embedding": cfg.vocab_size * d + (cfg.block_size * d if cfg.pos_emb == "learned" else 0),
-            "block": sum(block_params(cfg)), "final_norm": norm if cfg.pre_norm else 0,
-            "head": 0 if cfg.tie_weights else cfg.vocab_size * d}
+    return {
+        "embedding": cfg.vocab_size * d + (cfg.block_size * d if cfg.pos_emb == "learned" else 0),
+        "block": sum(block_params(cfg)),
+        "final_norm": norm if cfg.pre_norm else 0,
+        "head": 0 if cfg.tie_weights else cfg.vocab_size * d,
+    }
 
 
 def total_params(cfg: GPTConfig) -> int:
@@ -125,6 +130,7 @@ def stage_params(cfg: GPTConfig, tp: int, pp: int, stage: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Activations
 
+
 def norm_activation_values(cfg: GPTConfig) -> tuple:
     """(values in the activation dtype, values always fp32) saved per token by one norm and the layer
     that reads its output. RMSNorm saves its input and x/rms (before the gain) and 1 statistic, all fp32;
@@ -143,40 +149,53 @@ def block_activation_values(cfg: GPTConfig, seq_len: int, tp=1, attention="flash
     kv, h = cfg.n_kv_head * hd, mlp_hidden(cfg)
     norm_act, norm_fp32 = norm_activation_values(cfg)
     readers = (3 + (2 if cfg.mlp == "swiglu" else 1)) if autocast else 2
-    qk_norm = 2 * (d + kv) + H + cfg.n_kv_head if cfg.qk_norm else 0    # input, x/rms, stats per head
-    if attention == "naive":       # q, K^T and V (GQA: repeated to H heads), probabilities, y (wo's input)
+    qk_norm = 2 * (d + kv) + H + cfg.n_kv_head if cfg.qk_norm else 0  # input, x/rms, stats per head
+    if attention == "naive":  # q, K^T and V (GQA: repeated to H heads), probabilities, y (wo's input)
         kv_saved = 2 * d if cfg.n_kv_head != H else 2 * kv
         attn_act, attn_fp32 = d + kv_saved + H * seq_len + d, 0
-    elif attention == "flash":     # the kernel saves q, k, v, its output o and the log-sum-exp; wo saves y
+    elif attention == "flash":  # the kernel saves q, k, v, its output o and the log-sum-exp; wo saves y
         attn_act, attn_fp32 = d + 2 * kv + d + d, H
     else:
         raise UserError(f"unknown attention {attention!r}; choose flash or naive")
-    mlp = 4 * h if cfg.mlp == "swiglu" else 2 * h                      # SwiGLU: gate, silu, up, product
+    mlp = 4 * h if cfg.mlp == "swiglu" else 2 * h  # SwiGLU: gate, silu, up, product
     return readers * norm_act + (attn_act + mlp) / tp, 2 * norm_fp32 + (qk_norm + attn_fp32) / tp
 
 
-def activation_bytes(cfg: GPTConfig, micro_batch: int, seq_len: int, layers: int, dtype="fp32", tp=1,
-                     attention="flash", checkpointing=False, first=True, last=True) -> dict:
+def activation_bytes(
+    cfg: GPTConfig,
+    micro_batch: int,
+    seq_len: int,
+    layers: int,
+    dtype="fp32",
+    tp=1,
+    attention="flash",
+    checkpointing=False,
+    first=True,
+    last=True,
+) -> dict:
     """Bytes of activations of one micro-batch through `layers` blocks (and the embedding / head when
     first / last): {"blocks", "head", "logits"}; "logits" is what the caller still holds (V per token,
     in the activation dtype: the lm_head's output)."""
     tokens, a = micro_batch * seq_len, ACT_BYTES[dtype]
     act, fp32 = block_activation_values(cfg, seq_len, tp, attention, autocast=dtype != "fp32")
     one_block = tokens * (act * a + fp32 * 4)
-    if checkpointing:                          # each block's input, plus one block recomputed in backward
+    if checkpointing:  # each block's input, plus one block recomputed in backward
         blocks = layers * tokens * cfg.n_embd * 4 + (one_block if layers else 0)
     else:
         blocks = layers * one_block
         if attention == "naive":
-            blocks += layers * seq_len ** 2                  # the causal mask, one byte per (query, key)
+            blocks += layers * seq_len**2  # the causal mask, one byte per (query, key)
     norm_act, norm_fp32 = norm_activation_values(cfg) if cfg.pre_norm else (cfg.n_embd, 0)
-    head = tokens * (norm_act * a + norm_fp32 * 4 + cfg.vocab_size * 4 + 8) if last else 0  # + log-softmax, targets
-    embed = tokens * 8 if first else 0                                                     # the token ids (int64)
+    head = (
+        tokens * (norm_act * a + norm_fp32 * 4 + cfg.vocab_size * 4 + 8) if last else 0
+    )  # + log-softmax, targets
+    embed = tokens * 8 if first else 0  # the token ids (int64)
     return {"blocks": blocks, "head": head + embed, "logits": tokens * cfg.vocab_size * a if last else 0}
 
 
 # ----------------------------------------------------------------------------------------------
 # Everything on one GPU
+
 
 def check_layout(cfg: GPTConfig, strategy: str, dp: int, tp: int, pp: int, micro_batches: int):
     if strategy not in STRATEGIES:
@@ -187,27 +206,52 @@ def check_layout(cfg: GPTConfig, strategy: str, dp: int, tp: int, pp: int, micro
         check_pipeline(cfg.n_layer, pp, micro_batches)
 
 
-def memory_per_gpu(cfg: GPTConfig, micro_batch: int, seq_len: int, dtype="bf16", weights="fp32",
-                   strategy="ddp", dp=1, tp=1, pp=1, micro_batches=1, schedule="1f1b",
-                   checkpointing=False, attention="flash") -> dict:
+def memory_per_gpu(
+    cfg: GPTConfig,
+    micro_batch: int,
+    seq_len: int,
+    dtype="bf16",
+    weights="fp32",
+    strategy="ddp",
+    dp=1,
+    tp=1,
+    pp=1,
+    micro_batches=1,
+    schedule="1f1b",
+    checkpointing=False,
+    attention="flash",
+) -> dict:
     """Bytes per GPU on the fullest pipeline stage: {"weights", "gradients", "optimizer",
     "activations", "total", "params", "stage"}. dp: data-parallel ranks that ZeRO shards over."""
     check_layout(cfg, strategy, dp, tp, pp, micro_batches)
     w_b, g_b, o_b = STATE_BYTES[weights]
-    level = STRATEGIES.index(strategy)                   # 0 DDP, 1-3 the ZeRO stage
+    level = STRATEGIES.index(strategy)  # 0 DDP, 1-3 the ZeRO stage
     best = None
     for stage in range(pp):
         P = stage_params(cfg, tp, pp, stage)
         layers = len(stage_layers(cfg.n_layer, pp, stage))
         in_flight = micro_batches if schedule == "gpipe" else min(pp - stage, micro_batches)
-        act = activation_bytes(cfg, micro_batch, seq_len, layers, dtype, tp, attention, checkpointing,
-                               first=stage == 0, last=stage == pp - 1)
-        mem = {"weights": P * w_b / (dp if level >= 3 else 1),
-               "gradients": P * g_b / (dp if level >= 2 else 1),
-               "optimizer": P * o_b / (dp if level >= 1 else 1),
-               "activations": in_flight * act["blocks"] + act["head"] + act["logits"],
-               "params": P, "stage": stage}
-        if level >= 3 and layers:                        # ZeRO-3 gathers one block's full weights at a time
+        act = activation_bytes(
+            cfg,
+            micro_batch,
+            seq_len,
+            layers,
+            dtype,
+            tp,
+            attention,
+            checkpointing,
+            first=stage == 0,
+            last=stage == pp - 1,
+        )
+        mem = {
+            "weights": P * w_b / (dp if level >= 3 else 1),
+            "gradients": P * g_b / (dp if level >= 2 else 1),
+            "optimizer": P * o_b / (dp if level >= 1 else 1),
+            "activations": in_flight * act["blocks"] + act["head"] + act["logits"],
+            "params": P,
+            "stage": stage,
+        }
+        if level >= 3 and layers:  # ZeRO-3 gathers one block's full weights at a time
             mem["weights"] += (block_params(cfg)[0] // tp + block_params(cfg)[1]) * w_b
         if dtype == "bf16" and weights == "fp32":
             # autocast casts each weight to bf16 once per forward and the matmuls save those copies for
@@ -223,10 +267,14 @@ def memory_per_gpu(cfg: GPTConfig, micro_batch: int, seq_len: int, dtype="bf16",
 # ----------------------------------------------------------------------------------------------
 # Command line
 
+
 @dataclass
 class MemoryConfig:
-    arch: str = option("llama", "03_model flavour (gpt2: learned positions, LayerNorm, GELU, biases)",
-                       choices=("llama", "gpt2"))
+    arch: str = option(
+        "llama",
+        "03_model flavour (gpt2: learned positions, LayerNorm, GELU, biases)",
+        choices=("llama", "gpt2"),
+    )
     n_layer: int = option(12, "blocks", min=1)
     n_head: int = option(12, "query heads", min=1)
     n_kv_head: int = option(0, "key/value heads (0 = n_head)", min=0)
@@ -236,8 +284,11 @@ class MemoryConfig:
     seq_len: int = option(1024, "tokens per sequence", min=1)
     micro_batch: int = option(8, "sequences per forward on one GPU", min=1)
     dtype: str = option("bf16", "activation dtype (bf16 = autocast)", choices=tuple(ACT_BYTES))
-    weights: str = option("fp32", "fp32: this repo's fp32 weights + autocast; mixed: bf16 weights, fp32 master",
-                          choices=tuple(STATE_BYTES))
+    weights: str = option(
+        "fp32",
+        "fp32: this repo's fp32 weights + autocast; mixed: bf16 weights, fp32 master",
+        choices=tuple(STATE_BYTES),
+    )
     strategy: str = option("ddp", "data parallelism: ddp, or the ZeRO stage", choices=STRATEGIES)
     dp: int = option(1, "data-parallel ranks (ZeRO shards over them)", min=1)
     tp: int = option(1, "tensor-parallel degree", min=1)
@@ -251,36 +302,67 @@ class MemoryConfig:
 
 PRESETS = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=512, seq_len=128, micro_batch=16),
-    "gpt2": dict(arch="gpt2", n_layer=12, n_head=12, n_embd=768, vocab_size=50304, seq_len=1024, micro_batch=12),
-    "gpt2-xl": dict(arch="gpt2", n_layer=48, n_head=25, n_embd=1600, vocab_size=50304, seq_len=1024, micro_batch=4),
-    "llama-7b": dict(n_layer=32, n_head=32, n_embd=4096, vocab_size=32000, seq_len=4096, micro_batch=1,
-                     tie_weights=False),
+    "gpt2": dict(
+        arch="gpt2", n_layer=12, n_head=12, n_embd=768, vocab_size=50304, seq_len=1024, micro_batch=12
+    ),
+    "gpt2-xl": dict(
+        arch="gpt2", n_layer=48, n_head=25, n_embd=1600, vocab_size=50304, seq_len=1024, micro_batch=4
+    ),
+    "llama-7b": dict(
+        n_layer=32, n_head=32, n_embd=4096, vocab_size=32000, seq_len=4096, micro_batch=1, tie_weights=False
+    ),
 }
 
 
 def gpt_config(cfg: MemoryConfig) -> GPTConfig:
-    return GPTConfig(vocab_size=cfg.vocab_size, block_size=cfg.seq_len, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                     n_kv_head=cfg.n_kv_head or None, n_embd=cfg.n_embd, tie_weights=cfg.tie_weights,
-                     **gpt_module.PRESETS[cfg.arch])
+    return GPTConfig(
+        vocab_size=cfg.vocab_size,
+        block_size=cfg.seq_len,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_kv_head=cfg.n_kv_head or None,
+        n_embd=cfg.n_embd,
+        tie_weights=cfg.tie_weights,
+        **gpt_module.PRESETS[cfg.arch],
+    )
 
 
 def estimate(cfg: MemoryConfig, gcfg: GPTConfig, strategy: str) -> dict:
-    return memory_per_gpu(gcfg, cfg.micro_batch, cfg.seq_len, cfg.dtype, cfg.weights, strategy, cfg.dp,
-                          cfg.tp, cfg.pp, cfg.micro_batches, cfg.schedule, cfg.checkpointing, cfg.attention)
+    return memory_per_gpu(
+        gcfg,
+        cfg.micro_batch,
+        cfg.seq_len,
+        cfg.dtype,
+        cfg.weights,
+        strategy,
+        cfg.dp,
+        cfg.tp,
+        cfg.pp,
+        cfg.micro_batches,
+        cfg.schedule,
+        cfg.checkpointing,
+        cfg.attention,
+    )
 
 
 def table(cfg: MemoryConfig, gcfg: GPTConfig) -> tuple:
     rows = {s: estimate(cfg, gcfg, s) for s in STRATEGIES}
     gib = lambda b: f"{b / 2**30:>10.2f}"
     head = f"{'strategy':<10}{'weights':>10}{'grads':>10}{'optimizer':>10}{'activations':>12}{'total':>10}"
-    lines = [f"{total_params(gcfg) / 1e6:,.1f}M parameters; on the fullest GPU {rows['ddp']['params'] / 1e6:,.1f}M "
-             f"(pipeline stage {rows['ddp']['stage']}); dp={cfg.dp} tp={cfg.tp} pp={cfg.pp}, micro-batch "
-             f"{cfg.micro_batch} x {cfg.seq_len} tokens, {cfg.dtype} activations, {cfg.weights} weights"
-             f"{', checkpointing' if cfg.checkpointing else ''}; GiB per GPU", head, "-" * len(head)]
+    lines = [
+        f"{total_params(gcfg) / 1e6:,.1f}M parameters; on the fullest GPU {rows['ddp']['params'] / 1e6:,.1f}M "
+        f"(pipeline stage {rows['ddp']['stage']}); dp={cfg.dp} tp={cfg.tp} pp={cfg.pp}, micro-batch "
+        f"{cfg.micro_batch} x {cfg.seq_len} tokens, {cfg.dtype} activations, {cfg.weights} weights"
+        f"{', checkpointing' if cfg.checkpointing else ''}; GiB per GPU",
+        head,
+        "-" * len(head),
+    ]
     for s, m in rows.items():
         mark = " <-" if s == cfg.strategy else ""
-        lines.append(f"{s:<10}{gib(m['weights'])}{gib(m['gradients'])}{gib(m['optimizer'])}  "
-                     f"{gib(m['activations'])}{gib(m['total'])}{mark}")
+        lines.append(
+            f"{s:<10}{gib(m['weights'])}{gib(m['gradients'])}{gib(m['optimizer'])}  "
+            f"{gib(m['activations'])}{gib(m['total'])}{mark}"
+        )
     return "\n".join(lines), rows
 
 
@@ -301,7 +383,10 @@ def main(argv=None):
     cfg, _ = parse_config(MemoryConfig, argv, doc=__doc__, presets=PRESETS, default_preset="gpt2")
     gcfg = gpt_config(cfg)
     if cfg.dp == 1 and cfg.strategy != "ddp":
-        print(f"note: --strategy {cfg.strategy} with --dp 1 shards over one rank, i.e. not at all", file=sys.stderr)
+        print(
+            f"note: --strategy {cfg.strategy} with --dp 1 shards over one rank, i.e. not at all",
+            file=sys.stderr,
+        )
     text, rows = table(cfg, gcfg)
     print(text)
     if cfg.out:

@@ -33,6 +33,7 @@ Interview questions it answers:
   underflow to 0, so the loss is multiplied by S before backward and grads divided by S after;
   bf16 has fp32's 8 exponent bits.)
 """
+
 import math
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ import torch.distributed as dist
 
 # ----------------------------------------------------------------------------------------------
 # Parameter groups: which weights get weight decay
+
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
     """Two groups: decay on matrices (ndim >= 2) except embeddings; no decay on 1-D params and `emb`.
@@ -53,12 +55,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "emb" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 # ----------------------------------------------------------------------------------------------
 # Norms that also work on FSDP2-sharded tensors
+
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """The part of `t` this rank holds (a DTensor's local shard, or `t` itself)."""
@@ -103,6 +105,7 @@ def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # AdamW and LAMB
 
+
 class AdamW(torch.optim.Optimizer):
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019), bias-corrected.
 
@@ -122,8 +125,8 @@ class AdamW(torch.optim.Optimizer):
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p)       # m
-            state["exp_avg_sq"] = torch.zeros_like(p)    # v
+            state["exp_avg"] = torch.zeros_like(p)  # m
+            state["exp_avg_sq"] = torch.zeros_like(p)  # v
         return state
 
     @torch.no_grad()
@@ -145,7 +148,7 @@ class AdamW(torch.optim.Optimizer):
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 # Same arithmetic order as torch.optim.AdamW, so the two agree to float rounding:
                 # lr * m^ / (sqrt(v^) + eps) = (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
-                bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+                bc1, bc2 = 1 - b1**t, 1 - b2**t
                 denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
                 p.addcdiv_(m, denom, value=-lr / bc1)
         # <<< exercise
@@ -171,17 +174,17 @@ class AdamW(torch.optim.Optimizer):
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
             denom = torch._foreach_sqrt(vs)
-            torch._foreach_div_(denom, [math.sqrt(1 - b2 ** t) for t in ts])
+            torch._foreach_div_(denom, [math.sqrt(1 - b2**t) for t in ts])
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, ms, denom, [-lr / (1 - b1 ** t) for t in ts])
+            torch._foreach_addcdiv_(params, ms, denom, [-lr / (1 - b1**t) for t in ts])
 
 
 class LAMB(torch.optim.Optimizer):
     """Layer-wise Adaptive Moments (You et al. 2020): Adam's direction, rescaled per parameter tensor.
 
-        u = m^ / (sqrt(v^) + eps) + wd * p            the AdamW update, decay included
-        r = ||p|| / ||u||   (1 if either norm is 0)   trust ratio
-        p <- p - lr * r * u
+    u = m^ / (sqrt(v^) + eps) + wd * p            the AdamW update, decay included
+    r = ||p|| / ||u||   (1 if either norm is 0)   trust ratio
+    p <- p - lr * r * u
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01):
@@ -204,7 +207,7 @@ class LAMB(torch.optim.Optimizer):
                 m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+                update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
                 if wd:
                     update = update + wd * p
                 w_norm, u_norm = global_norm([p]).item(), global_norm([update]).item()
@@ -223,14 +226,15 @@ def make_optimizer(name: str, groups, lr, betas, eps=1e-8, foreach=False):
 # ----------------------------------------------------------------------------------------------
 # Learning-rate schedules
 
+
 @dataclass
 class Schedule:
-    lr: float = 3e-4            # peak learning rate
-    min_lr: float = 3e-5        # floor at the end of the decay
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # floor at the end of the decay
     warmup_steps: int = 100
     max_steps: int = 1000
-    kind: str = "cosine"        # "cosine" (warmup + cosine decay) or "wsd" (warmup-stable-decay)
-    decay_frac: float = 0.2     # WSD: the last fraction of steps that decays to min_lr
+    kind: str = "cosine"  # "cosine" (warmup + cosine decay) or "wsd" (warmup-stable-decay)
+    decay_frac: float = 0.2  # WSD: the last fraction of steps that decays to min_lr
 
 
 def lr_at(step: int, s: Schedule) -> float:
@@ -265,6 +269,7 @@ def set_lr(opt: torch.optim.Optimizer, lr: float):
 # ----------------------------------------------------------------------------------------------
 # Dynamic loss scaling for fp16
 
+
 class DynamicLossScaler:
     """Multiply the loss by `scale` before backward; after backward divide grads by it.
 
@@ -273,8 +278,7 @@ class DynamicLossScaler:
     Disabled (scale 1, never skips) when `enabled` is False, so the loop has one code path.
     """
 
-    def __init__(self, enabled=True, init_scale=2.0 ** 16, growth_interval=2000,
-                 backoff=0.5, growth=2.0):
+    def __init__(self, enabled=True, init_scale=2.0**16, growth_interval=2000, backoff=0.5, growth=2.0):
         self.enabled = enabled
         self.scale = init_scale if enabled else 1.0
         self.growth_interval, self.backoff, self.growth = growth_interval, backoff, growth

@@ -25,6 +25,7 @@ Interview questions it answers:
 - Is weight decay a regularizer in AdamW? (partly: it bounds the weight norm; in LLMs it mostly
   matters through its interaction with the learning rate and normalization layers.)
 """
+
 import dataclasses
 import sys
 from pathlib import Path
@@ -32,8 +33,20 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, pyplot,  # 01_data
-                    run_cli, run_lock, save_figure, write_json, write_manifest)
+from common import (
+    UserError,
+    check_artifact,
+    claim_output,
+    command_line,
+    option,
+    parse_config,
+    pyplot,  # 01_data
+    run_cli,
+    run_lock,
+    save_figure,
+    write_json,
+    write_manifest,
+)
 from checkpoint_io import load_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
@@ -54,13 +67,17 @@ class OverfitConfig:
     n_head: int = option(4, "attention heads", min=1)
     block_size: int = option(64, "context length", min=2)
     batch_size: int = option(16, "sequences per step", min=1)
-    max_steps: int = option(300, "steps per variant (300 x 16 x 64 = ~19 passes over 16k tokens)",
-                            min=WARMUP + 1)
+    max_steps: int = option(
+        300, "steps per variant (300 x 16 x 64 = ~19 passes over 16k tokens)", min=WARMUP + 1
+    )
     eval_interval: int = option(25, "steps between evals of train and val loss", min=1)
     lr: float = option(2e-3, "peak learning rate (cosine to lr/10)", min=0.0)
     dropout: float = option(0.2, "dropout of the dropout variants", min=0.0, max=0.95)
-    weight_decay: float = option(1.0, "weight decay of the decay variants (strong on purpose: AdamW's "
-                                      "0.1 barely shows in 300 steps)", min=0.0)
+    weight_decay: float = option(
+        1.0,
+        "weight decay of the decay variants (strong on purpose: AdamW's 0.1 barely shows in 300 steps)",
+        min=0.0,
+    )
     seed: int = option(1337, "initial weights, dropout and data order", min=0)
     overwrite: bool = option(False, "replace the results already in runs/<name>/overfit")
 
@@ -69,18 +86,22 @@ def check_overfit_config(c: OverfitConfig):
     if not c.data:
         raise UserError("--data is required: the run folder runs/<name> with tokens/ from 02_tokenizer")
     if c.train_tokens < c.block_size * 4:
-        raise UserError(f"--train-tokens {c.train_tokens} is too small for block_size {c.block_size}; "
-                        "use at least 4 windows' worth")
+        raise UserError(
+            f"--train-tokens {c.train_tokens} is too small for block_size {c.block_size}; "
+            "use at least 4 windows' worth"
+        )
     if c.lr <= 0:
         raise UserError(f"--lr {c.lr} must be > 0")
 
 
 def variants(c: OverfitConfig) -> dict:
     """name -> TrainConfig overrides. `early stop` is the baseline's best.pt, evaluated again."""
-    return {"baseline": dict(dropout=0.0, weight_decay=0.0),
-            "dropout": dict(dropout=c.dropout, weight_decay=0.0),
-            "weight decay": dict(dropout=0.0, weight_decay=c.weight_decay),
-            "all three": dict(dropout=c.dropout, weight_decay=c.weight_decay)}
+    return {
+        "baseline": dict(dropout=0.0, weight_decay=0.0),
+        "dropout": dict(dropout=c.dropout, weight_decay=0.0),
+        "weight decay": dict(dropout=0.0, weight_decay=c.weight_decay),
+        "all three": dict(dropout=c.dropout, weight_decay=c.weight_decay),
+    }
 
 
 def curves(records):
@@ -92,8 +113,15 @@ def curves(records):
 def summarize(name, steps, tr, va) -> dict:
     """The row of a variant's last eval (its final weights), with its best val loss and step."""
     best = min(range(len(va)), key=va.__getitem__)
-    return {"variant": name, "train": tr[-1], "val": va[-1], "gap": va[-1] - tr[-1],
-            "best_val": va[best], "best_step": steps[best], "final_step": steps[-1]}
+    return {
+        "variant": name,
+        "train": tr[-1],
+        "val": va[-1],
+        "gap": va[-1] - tr[-1],
+        "best_val": va[best],
+        "best_step": steps[best],
+        "final_step": steps[-1],
+    }
 
 
 def restored_best(cfg: TrainConfig) -> dict:
@@ -103,27 +131,52 @@ def restored_best(cfg: TrainConfig) -> dict:
     model = GPT.from_checkpoint(path, map_location=device)
     train_data, val_data, _ = load_shards(Path(cfg.data), cfg.block_size, cfg.train_tokens)
     n = cfg.eval_batches * cfg.batch_size
-    tr, va = (evaluate(model, data, cfg.block_size, n, cfg.batch_size, device) for data in (train_data, val_data))
+    tr, va = (
+        evaluate(model, data, cfg.block_size, n, cfg.batch_size, device) for data in (train_data, val_data)
+    )
     step = int(load_checkpoint(path)["step"])
-    return {"variant": "early stop", "train": tr, "val": va, "gap": va - tr, "best_val": va,
-            "best_step": step, "final_step": step, "weights": str(path)}
+    return {
+        "variant": "early stop",
+        "train": tr,
+        "val": va,
+        "gap": va - tr,
+        "best_val": va,
+        "best_step": step,
+        "final_step": step,
+        "weights": str(path),
+    }
 
 
 def run(c: OverfitConfig, out: Path) -> list:
     rows, series = [], {}
     for name, override in variants(c).items():
-        cfg = TrainConfig(data=c.data, out=str(out / name.replace(" ", "_")), n_layer=c.n_layer,
-                          n_embd=c.n_embd, n_head=c.n_head, block_size=c.block_size,
-                          batch_size=c.batch_size, max_steps=c.max_steps, eval_interval=c.eval_interval,
-                          eval_batches=4, lr=c.lr, min_lr=c.lr / 10, warmup_steps=WARMUP,
-                          train_tokens=c.train_tokens, eval_train=True, seed=c.seed,
-                          log_interval=c.eval_interval, quiet=True, **override)
+        cfg = TrainConfig(
+            data=c.data,
+            out=str(out / name.replace(" ", "_")),
+            n_layer=c.n_layer,
+            n_embd=c.n_embd,
+            n_head=c.n_head,
+            block_size=c.block_size,
+            batch_size=c.batch_size,
+            max_steps=c.max_steps,
+            eval_interval=c.eval_interval,
+            eval_batches=4,
+            lr=c.lr,
+            min_lr=c.lr / 10,
+            warmup_steps=WARMUP,
+            train_tokens=c.train_tokens,
+            eval_train=True,
+            seed=c.seed,
+            log_interval=c.eval_interval,
+            quiet=True,
+            **override,
+        )
         print(f"--- {name}: dropout {cfg.dropout}, weight decay {cfg.weight_decay}")
         series[name] = curves(train(cfg)["records"])
         rows.append(summarize(name, *series[name]))
         if name == "baseline":
             rows.append(restored_best(cfg))
-    excess = rows[0]["val"] - rows[0]["best_val"]   # how far the baseline drifted past its best
+    excess = rows[0]["val"] - rows[0]["best_val"]  # how far the baseline drifted past its best
     for r in rows:
         r["val_gain"] = rows[0]["val"] - r["val"]
         r["excess_closed"] = r["val_gain"] / excess if excess > 0 else float("nan")
@@ -137,7 +190,9 @@ def plot(series, path):
     for (name, (steps, tr, va)), color in zip(series.items(), ["C0", "C1", "C2", "C3"]):
         ax.plot(steps, tr, "--", color=color, lw=1, label=f"{name} train")
         ax.plot(steps, va, "-", color=color, label=f"{name} val")
-    ax.set(xlabel="step", ylabel="loss (nats/token)", title="overfitting a small slice: train (dashed) vs val")
+    ax.set(
+        xlabel="step", ylabel="loss (nats/token)", title="overfitting a small slice: train (dashed) vs val"
+    )
     ax.legend(fontsize=7, ncol=2)
     save_figure(fig, path)
 
@@ -146,8 +201,10 @@ def format_table(rows) -> str:
     head = f"{'variant':<13} {'train':>7} {'val':>7} {'gap':>7} {'best val':>9} {'@step':>6} {'val gain':>9} {'excess closed':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['variant']:<13} {r['train']:7.3f} {r['val']:7.3f} {r['gap']:7.3f} {r['best_val']:9.3f} "
-                     f"{r['best_step']:6d} {r['val_gain']:+9.3f} {r['excess_closed']:14.0%}")
+        lines.append(
+            f"{r['variant']:<13} {r['train']:7.3f} {r['val']:7.3f} {r['gap']:7.3f} {r['best_val']:9.3f} "
+            f"{r['best_step']:6d} {r['val_gain']:+9.3f} {r['excess_closed']:14.0%}"
+        )
     return "\n".join(lines)
 
 
@@ -162,8 +219,13 @@ def main(argv=None):
         rows = run(c, out)
         print(format_table(rows))
         write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
-        write_manifest(out, stage="04_overfit", command=command_line(__file__, argv), config=dataclasses.asdict(c),
-                       inputs=[run_dir / "tokens"])
+        write_manifest(
+            out,
+            stage="04_overfit",
+            command=command_line(__file__, argv),
+            config=dataclasses.asdict(c),
+            inputs=[run_dir / "tokens"],
+        )
     print(f"wrote {out}/overfit.json and overfit.png")
 
 

@@ -43,6 +43,7 @@ Interview questions it answers:
 - What is communicated between stages? (only the boundary activations B·T·d forward and their
   gradients backward, point to point: much less than TP, so PP works across nodes)
 """
+
 import copy
 import sys
 import time
@@ -66,18 +67,26 @@ from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_
 # ----------------------------------------------------------------------------------------------
 # Stages and schedules
 
+
 def check_pipeline(n_layer: int, stages: int, micro_batches: int, batch: int | None = None):
     """UserError for a split that cannot run; a warning when the bubble will dominate."""
     if stages > n_layer:
-        raise UserError(f"{stages} pipeline stages but only {n_layer} blocks: each stage needs at least "
-                        f"one block; use at most {n_layer} ranks or more --n-layer")
+        raise UserError(
+            f"{stages} pipeline stages but only {n_layer} blocks: each stage needs at least "
+            f"one block; use at most {n_layer} ranks or more --n-layer"
+        )
     if batch is not None and batch % micro_batches:
-        raise UserError(f"--batch {batch} does not split into {micro_batches} equal micro-batches; "
-                        f"choose --micro-batches dividing {batch}")
+        raise UserError(
+            f"--batch {batch} does not split into {micro_batches} equal micro-batches; "
+            f"choose --micro-batches dividing {batch}"
+        )
     if micro_batches < stages:
-        print(f"warning: {micro_batches} micro-batches for {stages} stages: some stage is always idle and "
-              f"the bubble is {bubble_fraction(stages, micro_batches):.0%} of the step; use --micro-batches "
-              f">= {stages} (ideally several times more)", file=sys.stderr)
+        print(
+            f"warning: {micro_batches} micro-batches for {stages} stages: some stage is always idle and "
+            f"the bubble is {bubble_fraction(stages, micro_batches):.0%} of the step; use --micro-batches "
+            f">= {stages} (ideally several times more)",
+            file=sys.stderr,
+        )
 
 
 def stage_layers(n_layer: int, stages: int, stage: int) -> range:
@@ -97,7 +106,7 @@ def schedule(kind: str, stage: int, stages: int, micro_batches: int) -> list:
     if kind == "1f1b":
         warmup = min(stages - stage - 1, m)
         ops = [("F", i) for i in range(warmup)]
-        for i in range(m - warmup):                          # steady state: one forward, one backward
+        for i in range(m - warmup):  # steady state: one forward, one backward
             ops += [("F", warmup + i), ("B", i)]
         return ops + [("B", i) for i in range(m - warmup, m)]  # cool-down
     raise UserError(f"unknown pipeline schedule {kind!r}; choose gpipe or 1f1b")
@@ -117,10 +126,10 @@ def simulate(kind: str, stages: int, micro_batches: int, t_f=1.0, t_b=1.0) -> di
             op, i = ops[s][nxt[s]]
             if op == "F":
                 dep = (s - 1, "F", i) if s > 0 else None
-            else:                                   # the last stage's B_i follows its own F_i
+            else:  # the last stage's B_i follows its own F_i
                 dep = (s + 1, "B", i) if s < stages - 1 else (s, "F", i)
             if dep is not None and dep not in done:
-                continue                            # blocked in recv: try the other stages
+                continue  # blocked in recv: try the other stages
             cost = t_f if op == "F" else t_b
             done[(s, op, i)] = free[s] = max(free[s], done[dep] if dep else 0.0) + cost
             busy[s] += cost
@@ -139,8 +148,9 @@ class GPTStage(nn.Module):
         super().__init__()
         self.cfg = model.cfg
         self.first, self.last = stage == 0, stage == stages - 1
-        self.blocks = nn.ModuleDict({str(i): copy.deepcopy(model.blocks[i])
-                                     for i in stage_layers(model.cfg.n_layer, stages, stage)})
+        self.blocks = nn.ModuleDict(
+            {str(i): copy.deepcopy(model.blocks[i]) for i in stage_layers(model.cfg.n_layer, stages, stage)}
+        )
         if self.first:
             self.tok_emb = copy.deepcopy(model.tok_emb)
             if self.cfg.pos_emb == "learned":
@@ -148,7 +158,7 @@ class GPTStage(nn.Module):
             self.drop = copy.deepcopy(model.drop)
         if self.last:
             self.norm_f = copy.deepcopy(model.norm_f)
-            self.lm_head = copy.deepcopy(model.lm_head)     # a copy of the embedding when tied
+            self.lm_head = copy.deepcopy(model.lm_head)  # a copy of the embedding when tied
             if self.first and self.cfg.tie_weights:
                 self.lm_head.weight = self.tok_emb.weight
 
@@ -193,7 +203,7 @@ def run_pipeline(stage_mod: GPTStage, ops, x, y, micro_batches: int, rank: int, 
         start = time.perf_counter()
         if kind == "F":
             if stage_mod.first:
-                inp = x[i * mb:(i + 1) * mb]
+                inp = x[i * mb : (i + 1) * mb]
             else:
                 inp = torch.empty(shape, device=x.device)
                 dist.recv(inp, rank - 1)
@@ -201,7 +211,7 @@ def run_pipeline(stage_mod: GPTStage, ops, x, y, micro_batches: int, rank: int, 
             t_recv = time.perf_counter()
             out = stage_mod(inp)
             if stage_mod.last:
-                out = lm_loss(out, y[i * mb:(i + 1) * mb]) / micro_batches
+                out = lm_loss(out, y[i * mb : (i + 1) * mb]) / micro_batches
                 loss_sum += out.item()
             else:
                 act = out.detach()
@@ -224,11 +234,16 @@ def run_pipeline(stage_mod: GPTStage, ops, x, y, micro_batches: int, rank: int, 
         timeline.append((kind, i, t_recv - t0, time.perf_counter() - t0))
     for work, _ in sends:
         work.wait()
-    if tied_group is not None:                      # sum the two copies' gradients of the tied embedding
+    if tied_group is not None:  # sum the two copies' gradients of the tied embedding
         w = stage_mod.tok_emb.weight if stage_mod.first else stage_mod.lm_head.weight
         dist.all_reduce(w.grad, group=tied_group)
-    return {"timeline": timeline, "idle_s": idle, "step_s": time.perf_counter() - t0,
-            "loss": loss_sum, "peak_stored": peak}
+    return {
+        "timeline": timeline,
+        "idle_s": idle,
+        "step_s": time.perf_counter() - t0,
+        "loss": loss_sum,
+        "peak_stored": peak,
+    }
 
 
 def tied_embedding_group(model, stages: int):
@@ -242,11 +257,14 @@ def tied_embedding_group(model, stages: int):
 # ----------------------------------------------------------------------------------------------
 # The check: gradients against one process; bubble against the formula; torch.distributed.pipelining
 
+
 @dataclass
 class PipelineConfig(DemoModel):
     micro_batches: int = option(4, "micro-batches m per step (the bubble is (p-1)/(m+p-1))", min=1)
     repeats: int = option(3, "timed steps per schedule (the idle fraction is their median)", min=1)
-    torch_pipelining: bool = option(True, "also run the stages under torch.distributed.pipelining's schedules")
+    torch_pipelining: bool = option(
+        True, "also run the stages under torch.distributed.pipelining's schedules"
+    )
     out: str = option("", "folder for pipeline.json and pipeline_timeline.png (empty: print only)")
 
 
@@ -266,6 +284,7 @@ def torch_pipelining_grads(model, stage, stages, kind, x, y, micro_batches) -> f
     """A GPTStage whose gradients come from torch.distributed.pipelining's schedule `kind`
     (its loss_fn is ours; it scales each micro-batch's gradients by 1/m as we do)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
     mod = GPTStage(model, stage, stages)
     pipe_stage = PipelineStage(mod, stage, stages, torch.device("cpu"))
     sched = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[kind](pipe_stage, micro_batches, loss_fn=lm_loss)
@@ -279,13 +298,15 @@ def torch_pipelining_grads(model, stage, stages, kind, x, y, micro_batches) -> f
 
 
 def pp_worker(rank, world, cfg: PipelineConfig) -> dict:
-    torch.set_num_threads(1)                        # comparable stage timings on a shared machine
+    torch.set_num_threads(1)  # comparable stage timings on a shared machine
     model = demo_model(cfg)
     x, y = demo_batch(cfg, 0)
     ref = full_gradients(model, x, y)
     tied = tied_embedding_group(model, world)
-    out = {"stage_blocks": list(stage_layers(cfg.n_layer, world, rank)), "bubble_formula":
-           bubble_fraction(world, cfg.micro_batches)}
+    out = {
+        "stage_blocks": list(stage_layers(cfg.n_layer, world, rank)),
+        "bubble_formula": bubble_fraction(world, cfg.micro_batches),
+    }
     for kind in ("gpipe", "1f1b"):
         ops = schedule(kind, rank, world, cfg.micro_batches)
         runs = []
@@ -295,9 +316,14 @@ def pp_worker(rank, world, cfg: PipelineConfig) -> dict:
             runs.append(run_pipeline(stage_mod, ops, x, y, cfg.micro_batches, rank, tied))
         runs.sort(key=lambda r: r["idle_s"] / r["step_s"])
         r = runs[len(runs) // 2]
-        out[kind] = {"ops": [f"{k}{i}" for k, i in ops], "max_diff_grad": grad_diff(stage_mod, ref),
-                     "idle_fraction": r["idle_s"] / r["step_s"], "step_s": r["step_s"],
-                     "timeline": r["timeline"], "peak_stored": r["peak_stored"]}
+        out[kind] = {
+            "ops": [f"{k}{i}" for k, i in ops],
+            "max_diff_grad": grad_diff(stage_mod, ref),
+            "idle_fraction": r["idle_s"] / r["step_s"],
+            "step_s": r["step_s"],
+            "timeline": r["timeline"],
+            "peak_stored": r["peak_stored"],
+        }
         if stage_mod.last:
             out[kind]["loss"], out["loss_single"] = r["loss"], lm_loss(model(x)[0], y).item()
         if cfg.torch_pipelining:
@@ -307,31 +333,44 @@ def pp_worker(rank, world, cfg: PipelineConfig) -> dict:
                 dist.all_reduce(w.grad, group=tied)
             out[kind]["torch_pipelining_max_diff_grad"] = grad_diff(mod, ref)
     every = [None] * world
-    dist.all_gather_object(every, out)              # each rank returns all stages' results
+    dist.all_gather_object(every, out)  # each rank returns all stages' results
     return every
 
 
 def report(results: list, cfg: PipelineConfig) -> str:
     p, m = cfg.world, cfg.micro_batches
-    lines = [f"pipeline over {p} stages (blocks per stage {[r['stage_blocks'] for r in results]}), "
-             f"{m} micro-batches of {cfg.batch // m}"]
+    lines = [
+        f"pipeline over {p} stages (blocks per stage {[r['stage_blocks'] for r in results]}), "
+        f"{m} micro-batches of {cfg.batch // m}"
+    ]
     for kind in ("gpipe", "1f1b"):
-        lines.append(f"  {kind}: " + " | ".join(f"stage {s}: {' '.join(r[kind]['ops'])}"
-                                                for s, r in enumerate(results)))
-    lines += ["", f"{'':<8}{'max |grad diff| vs 1 process':>30}{'torch.pipelining':>18}{'idle (measured)':>17}"
-              f"{'bubble (p-1)/(m+p-1)':>22}{'stored micro-batches':>22}"]
+        lines.append(
+            f"  {kind}: "
+            + " | ".join(f"stage {s}: {' '.join(r[kind]['ops'])}" for s, r in enumerate(results))
+        )
+    lines += [
+        "",
+        f"{'':<8}{'max |grad diff| vs 1 process':>30}{'torch.pipelining':>18}{'idle (measured)':>17}"
+        f"{'bubble (p-1)/(m+p-1)':>22}{'stored micro-batches':>22}",
+    ]
     for kind in ("gpipe", "1f1b"):
         diff = max(r[kind]["max_diff_grad"] for r in results)
         tdiff = max(r[kind].get("torch_pipelining_max_diff_grad", float("nan")) for r in results)
         idle = sum(r[kind]["idle_fraction"] for r in results) / p
         stored = "/".join(str(r[kind]["peak_stored"]) for r in results)
-        lines.append(f"{kind:<8}{diff:>30.1e}{tdiff:>18.1e}{idle:>17.1%}{results[0]['bubble_formula']:>22.1%}"
-                     f"{stored:>22}")
+        lines.append(
+            f"{kind:<8}{diff:>30.1e}{tdiff:>18.1e}{idle:>17.1%}{results[0]['bubble_formula']:>22.1%}"
+            f"{stored:>22}"
+        )
     last = results[-1]
-    lines.append(f"loss: 1F1B {last['1f1b']['loss']:.6f}, GPipe {last['gpipe']['loss']:.6f}, one process "
-                 f"{last['loss_single']:.6f}")
-    lines.append("(idle = time blocked in recv / step time, mean over stages; it also counts the transfer "
-                 "itself and this machine's noise, and B takes ~2x F, so it only approximates the formula)")
+    lines.append(
+        f"loss: 1F1B {last['1f1b']['loss']:.6f}, GPipe {last['gpipe']['loss']:.6f}, one process "
+        f"{last['loss_single']:.6f}"
+    )
+    lines.append(
+        "(idle = time blocked in recv / step time, mean over stages; it also counts the transfer "
+        "itself and this machine's noise, and B takes ~2x F, so it only approximates the formula)"
+    )
     return "\n".join(lines)
 
 
@@ -343,19 +382,23 @@ def plot_timeline(results: list, cfg: PipelineConfig, path: Path):
             for k, i, a, b in r[kind]["timeline"]:
                 ax.barh(s, b - a, left=a, color="tab:blue" if k == "F" else "tab:orange", edgecolor="k")
                 ax.text((a + b) / 2, s, f"{k}{i}", ha="center", va="center", fontsize=7, color="w")
-        ax.set(yticks=range(len(results)), yticklabels=[f"stage {s}" for s in range(len(results))],
-               xlabel="seconds", title=f"{kind}: measured F (blue) and B (orange); gaps are the bubble")
+        ax.set(
+            yticks=range(len(results)),
+            yticklabels=[f"stage {s}" for s in range(len(results))],
+            xlabel="seconds",
+            title=f"{kind}: measured F (blue) and B (orange); gaps are the bubble",
+        )
         ax.invert_yaxis()
     save_figure(fig, path)
 
 
 def main(argv=None):
     cfg, _ = parse_config(PipelineConfig, argv, doc=__doc__)
-    demo_gpt_config(cfg)                                  # model settings that cannot run fail here
+    demo_gpt_config(cfg)  # model settings that cannot run fail here
     check_pipeline(cfg.n_layer, cfg.world, cfg.micro_batches, cfg.batch)
     if cfg.world < 2:
         raise UserError("--world must be at least 2 (one rank per stage)")
-    results = run_ranks(pp_worker, cfg.world, cfg)[0]       # every stage's results
+    results = run_ranks(pp_worker, cfg.world, cfg)[0]  # every stage's results
     if prints_report():
         print(report(results, cfg))
         if cfg.out:

@@ -43,6 +43,7 @@ Interview questions it answers:
 - DDP vs FSDP vs ZeRO-1/2/3? (torch_parallel.py). Why clip by the global norm? (one scale for all
   grads keeps the update direction; per-tensor clipping would change it)
 """
+
 import contextlib
 import dataclasses
 import json
@@ -60,23 +61,62 @@ import torch.distributed as dist
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (MANIFEST, UserError, atomic_write_text, claim_output, command_line, parse_config,  # 01_data
-                    pyplot, read_json, run_cli, run_lock, save_figure, set_interrupt_hint, write_json)
+from common import (
+    MANIFEST,
+    UserError,
+    atomic_write_text,
+    claim_output,
+    command_line,
+    parse_config,  # 01_data
+    pyplot,
+    read_json,
+    run_cli,
+    run_lock,
+    save_figure,
+    set_interrupt_hint,
+    write_json,
+)
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 
-from optimizers import DynamicLossScaler, Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr
+from optimizers import (
+    DynamicLossScaler,
+    Schedule,
+    clip_grad_norm,
+    lr_at,
+    make_optimizer,
+    param_groups,
+    set_lr,
+)
 from fact_recall import format_recall, recall_of_checkpoint
 from batches import batch_starts, bits_per_byte, eval_starts, get_batch, load_shards, rank_rows, unigram_loss
 from torch_parallel import grad_sync, setup_distributed, unwrap_for_state, wrap_model
 from zero_sharding import ZeroAdamW
-from pretrain_config import (PRESETS, TrainConfig, batch_split, check_device_support, check_train_config,
-                             command_for, model_config, peak_flops)
-from train_state import (BEST, CKPT, check_resume, finished_reason, load_resume_checkpoint, read_metrics,
-                         restore_training_state, save_training_state, write_run_manifest)
+from pretrain_config import (
+    PRESETS,
+    TrainConfig,
+    batch_split,
+    check_device_support,
+    check_train_config,
+    command_for,
+    model_config,
+    peak_flops,
+)
+from train_state import (
+    BEST,
+    CKPT,
+    check_resume,
+    finished_reason,
+    load_resume_checkpoint,
+    read_metrics,
+    restore_training_state,
+    save_training_state,
+    write_run_manifest,
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # Setup: everything the loop needs, built once
+
 
 @dataclass
 class Setup:
@@ -85,35 +125,44 @@ class Setup:
     rank: int
     world: int
     device: str
-    micro: int                      # sequences per forward on one rank
-    accum: int                      # micro-steps per optimizer step
-    train_data: np.ndarray          # batches.load_shards
+    micro: int  # sequences per forward on one rank
+    accum: int  # micro-steps per optimizer step
+    train_data: np.ndarray  # batches.load_shards
     val_data: np.ndarray
-    meta: dict                      # tokens/meta.json
+    meta: dict  # tokens/meta.json
     mcfg: GPTConfig
-    raw: GPT                        # the model itself: parameter counts
-    model: torch.nn.Module          # what the loop calls: raw, compiled, DDP- or FSDP-wrapped
+    raw: GPT  # the model itself: parameter counts
+    model: torch.nn.Module  # what the loop calls: raw, compiled, DDP- or FSDP-wrapped
     opt: torch.optim.Optimizer
     sched: Schedule
     scaler: DynamicLossScaler
     autocast: contextlib.AbstractContextManager
-    header: dict                    # what every checkpoint carries (train_state.save_training_state)
+    header: dict  # what every checkpoint carries (train_state.save_training_state)
     resume_command: str
 
 
 def build_model(cfg: TrainConfig, mcfg: GPTConfig, world: int, device: str):
     """(raw, model): the GPT, and the module the loop calls (torch_parallel.wrap_model)."""
-    torch.manual_seed(cfg.seed)                               # same initial weights on every rank
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
     raw = GPT(mcfg).to(device)
     return raw, wrap_model(raw, cfg.parallel, world, device, cfg.compile, cfg.grad_checkpointing)
 
 
 def build_optimizer(cfg: TrainConfig, raw: GPT, device: str, world: int = 1) -> torch.optim.Optimizer:
-    if cfg.parallel in ("zero1", "zero2") and world > 1:     # each rank keeps 1/world of AdamW's state
-        return ZeroAdamW(param_groups(raw, cfg.weight_decay), stage=int(cfg.parallel[-1]), lr=cfg.lr,
-                         betas=(cfg.beta1, cfg.beta2))
-    return make_optimizer(cfg.optimizer, param_groups(raw, cfg.weight_decay), cfg.lr,
-                          (cfg.beta1, cfg.beta2), foreach=device.startswith("cuda"))
+    if cfg.parallel in ("zero1", "zero2") and world > 1:  # each rank keeps 1/world of AdamW's state
+        return ZeroAdamW(
+            param_groups(raw, cfg.weight_decay),
+            stage=int(cfg.parallel[-1]),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+        )
+    return make_optimizer(
+        cfg.optimizer,
+        param_groups(raw, cfg.weight_decay),
+        cfg.lr,
+        (cfg.beta1, cfg.beta2),
+        foreach=device.startswith("cuda"),
+    )
 
 
 def setup(cfg: TrainConfig, shards, tokens_id: str, out: Path, rank: int, world: int, device: str) -> Setup:
@@ -125,20 +174,47 @@ def setup(cfg: TrainConfig, shards, tokens_id: str, out: Path, rank: int, world:
     raw, model = build_model(cfg, mcfg, world, device)
     opt = build_optimizer(cfg, raw, device, world)
     sched = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_frac)
-    autocast = (torch.autocast(torch.device(device).type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype])
-                if cfg.dtype != "fp32" else contextlib.nullcontext())
-    torch.manual_seed(cfg.seed + 1 + rank)                    # dropout masks differ across ranks
+    autocast = (
+        torch.autocast(
+            torch.device(device).type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
+        )
+        if cfg.dtype != "fp32"
+        else contextlib.nullcontext()
+    )
+    torch.manual_seed(cfg.seed + 1 + rank)  # dropout masks differ across ranks
     tokenizer = Path(cfg.data) / meta.get("tokenizer_dir", "tokenizer")
-    header = {"config": dataclasses.asdict(mcfg), "train_config": dataclasses.asdict(cfg),
-              "tokenizer": os.path.relpath(tokenizer.resolve(), out.resolve()),   # e.g. "../tokenizer"
-              "data": {"seed": cfg.seed, "world": world, "tokens_id": tokens_id}}
-    return Setup(cfg, out, rank, world, device, micro, accum, train_data, val_data, meta, mcfg, raw, model,
-                 opt, sched, DynamicLossScaler(enabled=cfg.dtype == "fp16"), autocast, header,
-                 command_for(cfg, resume=True))
+    header = {
+        "config": dataclasses.asdict(mcfg),
+        "train_config": dataclasses.asdict(cfg),
+        "tokenizer": os.path.relpath(tokenizer.resolve(), out.resolve()),  # e.g. "../tokenizer"
+        "data": {"seed": cfg.seed, "world": world, "tokens_id": tokens_id},
+    }
+    return Setup(
+        cfg,
+        out,
+        rank,
+        world,
+        device,
+        micro,
+        accum,
+        train_data,
+        val_data,
+        meta,
+        mcfg,
+        raw,
+        model,
+        opt,
+        sched,
+        DynamicLossScaler(enabled=cfg.dtype == "fp16"),
+        autocast,
+        header,
+        command_for(cfg, resume=True),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # One optimizer step, evaluation
+
 
 def train_step(s: Setup, step: int):
     """Forward and backward over the step's global batch, then unscale and clip.
@@ -148,26 +224,40 @@ def train_step(s: Setup, step: int):
     starts = batch_starts(len(s.train_data), cfg.block_size, cfg.batch_size, cfg.seed, step)
     loss_sum = torch.zeros((), device=s.device)
     for k in range(s.accum):
-        x, y = get_batch(s.train_data, rank_rows(starts, k, s.rank, s.world, s.micro), cfg.block_size, s.device)
+        x, y = get_batch(
+            s.train_data, rank_rows(starts, k, s.rank, s.world, s.micro), cfg.block_size, s.device
+        )
         with grad_sync(s.model, sync=k == s.accum - 1), s.autocast:
             _, loss = s.model(x, y)
-            loss = loss / s.accum                             # the mean over the whole global batch
+            loss = loss / s.accum  # the mean over the whole global batch
         s.scaler.scale_loss(loss).backward()
-        loss_sum += loss.detach().float()                     # stays on the device: no sync per micro-step
-    if s.world > 1:                                           # report the global mean, not rank 0's
+        loss_sum += loss.detach().float()  # stays on the device: no sync per micro-step
+    if s.world > 1:  # report the global mean, not rank 0's
         dist.all_reduce(loss_sum)
         loss_sum /= s.world
     params = list(s.model.parameters())
     found_inf = s.scaler.unscale_(params)
-    grad_norm = (s.opt.clip_grad_norm(cfg.grad_clip) if isinstance(s.opt, ZeroAdamW)   # reduces the grads first
-                 else clip_grad_norm(params, cfg.grad_clip))
+    grad_norm = (
+        s.opt.clip_grad_norm(cfg.grad_clip)
+        if isinstance(s.opt, ZeroAdamW)  # reduces the grads first
+        else clip_grad_norm(params, cfg.grad_clip)
+    )
     loss_value, norm_value = torch.stack([loss_sum, grad_norm.float().to(s.device)]).tolist()
     return loss_value, norm_value, found_inf
 
 
 @torch.no_grad()
-def evaluate(model, data, block_size: int, n_windows: int, micro: int, device: str,
-             autocast=contextlib.nullcontext(), rank=0, world=1) -> float:
+def evaluate(
+    model,
+    data,
+    block_size: int,
+    n_windows: int,
+    micro: int,
+    device: str,
+    autocast=contextlib.nullcontext(),
+    rank=0,
+    world=1,
+) -> float:
     """Mean loss over `n_windows` fixed, evenly spaced windows of `data`.
 
     The windows do not depend on the world size, so 1 and N processes report the same loss. They
@@ -175,7 +265,7 @@ def evaluate(model, data, block_size: int, n_windows: int, micro: int, device: s
     number of forwards (FSDP all-gathers inside each one, so a rank must not skip one).
     """
     starts = eval_starts(len(data), block_size, n_windows)
-    chunks = [starts[i:i + micro] for i in range(0, len(starts), micro)]
+    chunks = [starts[i : i + micro] for i in range(0, len(starts), micro)]
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -197,18 +287,19 @@ class Diverged(UserError):
 # ----------------------------------------------------------------------------------------------
 # The loop
 
+
 def train(cfg: TrainConfig, command: str = "") -> dict:
     """Train (or with cfg.resume, continue) the run `cfg` describes; returns its outcome with the
     metric records. Everything is checked before anything is written: config, device, token shards."""
     rank, world, device = setup_distributed(cfg.device)
     check_train_config(cfg, world)
     check_device_support(cfg, device)
-    shards = load_shards(Path(cfg.data), cfg.block_size, cfg.train_tokens)     # refuses bad or stale tokens
+    shards = load_shards(Path(cfg.data), cfg.block_size, cfg.train_tokens)  # refuses bad or stale tokens
     tokens_id = read_json(Path(cfg.data) / "tokens" / MANIFEST)["id"]
     out = Path(cfg.out) if cfg.out else Path(cfg.data) / "pretrain"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder; remove it or choose another --out")
-    with run_lock(out, enabled=rank == 0):                    # a second writer fails here, naming our pid
+    with run_lock(out, enabled=rank == 0):  # a second writer fails here, naming our pid
         ckpt = None
         if cfg.resume:
             ckpt = load_resume_checkpoint(out)
@@ -216,11 +307,14 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
             if changed and rank == 0:
                 print(f"--resume with {changed} (--allow-config-change)")
             done = finished_reason(ckpt, cfg)
-            if done:                                          # nothing is written
+            if done:  # nothing is written
                 if rank == 0:
                     print(f"{out}: {done}")
-                return {**(read_json(out / "outcome.json") if (out / "outcome.json").is_file() else {}),
-                        "status": "already_finished", "records": read_metrics(out, int(ckpt["step"]))}
+                return {
+                    **(read_json(out / "outcome.json") if (out / "outcome.json").is_file() else {}),
+                    "status": "already_finished",
+                    "records": read_metrics(out, int(ckpt["step"])),
+                }
         elif rank == 0:
             claim_output(out, cfg.overwrite, remove=True, resume_hint="or --resume to continue it")
         if world > 1:
@@ -228,13 +322,17 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
         s = setup(cfg, shards, tokens_id, out, rank, world, device)
         step, best = 0, {"val_loss": float("inf"), "step": -1, "bad_evals": 0}
         if ckpt is not None:
-            step, best = restore_training_state(ckpt, unwrap_for_state(s.model), s.opt, s.scaler, s.header["config"], rank)
-        command = command_for(cfg) if cfg.resume or not command else command   # what makes this run from scratch
+            step, best = restore_training_state(
+                ckpt, unwrap_for_state(s.model), s.opt, s.scaler, s.header["config"], rank
+            )
+        command = (
+            command_for(cfg) if cfg.resume or not command else command
+        )  # what makes this run from scratch
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             write_run_manifest(out, cfg, command, "running", s.resume_command, files=[])
-        outcome = run_loop(s, step, best, resumed=ckpt is not None, command=command)   # Ctrl-C in it: run_cli
-        set_interrupt_hint("")                                                           # prints the hint
+        outcome = run_loop(s, step, best, resumed=ckpt is not None, command=command)  # Ctrl-C in it: run_cli
+        set_interrupt_hint("")  # prints the hint
         return outcome
 
 
@@ -242,7 +340,7 @@ def run_loop(s: Setup, step: int, best: dict, resumed: bool, command: str) -> di
     """Optimizer steps from `step` to cfg.max_steps (or early stop), logging, evaluating, saving."""
     cfg, out, rank = s.cfg, s.out, s.rank
     records = read_metrics(out, step) if resumed else []
-    if rank == 0:                                             # drop what a killed run logged past the ckpt
+    if rank == 0:  # drop what a killed run logged past the ckpt
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     metrics_file = open(out / "metrics.jsonl", "a") if rank == 0 else None
 
@@ -252,22 +350,33 @@ def run_loop(s: Setup, step: int, best: dict, resumed: bool, command: str) -> di
             metrics_file.write(json.dumps(rec) + "\n")
             metrics_file.flush()
 
-    def measure(data):                                        # the loss on the same fixed windows every eval
-        return evaluate(s.model, data, cfg.block_size, cfg.eval_batches * cfg.batch_size, s.micro, s.device,
-                        s.autocast, rank, s.world)
+    def measure(data):  # the loss on the same fixed windows every eval
+        return evaluate(
+            s.model,
+            data,
+            cfg.block_size,
+            cfg.eval_batches * cfg.batch_size,
+            s.micro,
+            s.device,
+            s.autocast,
+            rank,
+            s.world,
+        )
 
     baseline = unigram_loss(s.train_data, s.val_data, s.mcfg.vocab_size)
     fpt, peak = flops_per_token(s.mcfg), peak_flops(s.device, cfg.peak_flops)
     tokens_per_step = cfg.batch_size * cfg.block_size
     tty, talk = sys.stdout.isatty(), rank == 0 and not cfg.quiet
     if talk:
-        print(f"model {s.raw.num_params(non_embedding=False) / 1e6:.2f}M params | {s.world} x {s.micro} x "
-              f"{s.accum} accum = {cfg.batch_size} seqs x {cfg.block_size} tokens per step | "
-              f"{len(s.train_data):,} train tokens | {s.device} {cfg.dtype}"
-              f"{' ' + cfg.parallel if s.world > 1 else ''} | unigram baseline {baseline:.3f}"
-              + (f" | resuming at step {step}" if resumed else ""))
+        print(
+            f"model {s.raw.num_params(non_embedding=False) / 1e6:.2f}M params | {s.world} x {s.micro} x "
+            f"{s.accum} accum = {cfg.batch_size} seqs x {cfg.block_size} tokens per step | "
+            f"{len(s.train_data):,} train tokens | {s.device} {cfg.dtype}"
+            f"{' ' + cfg.parallel if s.world > 1 else ''} | unigram baseline {baseline:.3f}"
+            + (f" | resuming at step {step}" if resumed else "")
+        )
 
-    saved_step = step if resumed else None                    # the step of the ckpt.pt on disk
+    saved_step = step if resumed else None  # the step of the ckpt.pt on disk
     t_start = t_last = time.time()
     stopped, val_loss, last = "max_steps", float("nan"), {}
     s.model.train()
@@ -278,50 +387,78 @@ def run_loop(s: Setup, step: int, best: dict, resumed: bool, command: str) -> di
         loss, grad_norm, found_inf = train_step(s, step)
         if not math.isfinite(loss) or (not math.isfinite(grad_norm) and not s.scaler.enabled):
             raise diverged(s, step, loss, grad_norm, saved_step, command)
-        s.scaler.step(s.opt, found_inf)                       # skipped when fp16 overflowed
+        s.scaler.step(s.opt, found_inf)  # skipped when fp16 overflowed
         s.opt.zero_grad(set_to_none=True)
         step += 1
-        set_interrupt_hint(interrupt_hint(step, saved_step, s.resume_command))   # what Ctrl-C will print
+        set_interrupt_hint(interrupt_hint(step, saved_step, s.resume_command))  # what Ctrl-C will print
 
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             now = time.time()
             n_steps = step % cfg.log_interval or cfg.log_interval
             tok_s = n_steps * tokens_per_step / max(now - t_last, 1e-9)
             t_last = now
-            last = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                    "mfu": tok_s * fpt / peak if peak else None, "skipped": found_inf,
-                    "loss_scale": s.scaler.scale}
+            last = {
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tok_s,
+                "mfu": tok_s * fpt / peak if peak else None,
+                "skipped": found_inf,
+                "loss_scale": s.scaler.scale,
+            }
             log(last)
             if talk and tty:
-                print(f"\rstep {step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
-                      + (f" | MFU {last['mfu']:.1%}" if last["mfu"] else ""), end="", flush=True)
+                print(
+                    f"\rstep {step}/{cfg.max_steps} | loss {loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s"
+                    + (f" | MFU {last['mfu']:.1%}" if last["mfu"] else ""),
+                    end="",
+                    flush=True,
+                )
 
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             val_loss = measure(s.val_data)
-            if not math.isfinite(val_loss):                   # checked before saving: keep the last good one
+            if not math.isfinite(val_loss):  # checked before saving: keep the last good one
                 raise diverged(s, step, val_loss, grad_norm, saved_step, command)
             rec = {"step": step, "val_loss": val_loss, "val_bpb": bits_per_byte(val_loss, s.meta)}
             if cfg.eval_train:
                 rec["train_eval_loss"] = measure(s.train_data)
             log(rec)
             improved = val_loss < best["val_loss"]
-            best = {"val_loss": val_loss, "step": step, "bad_evals": 0} if improved else \
-                {**best, "bad_evals": best["bad_evals"] + 1}  # the early-stopping counter resets on improvement
-            save_training_state(out, unwrap_for_state(s.model), s.opt, s.scaler, header=s.header, step=step, best=best,
-                                improved=improved, world=s.world, rank=rank)
+            best = (
+                {"val_loss": val_loss, "step": step, "bad_evals": 0}
+                if improved
+                else {**best, "bad_evals": best["bad_evals"] + 1}
+            )  # the early-stopping counter resets on improvement
+            save_training_state(
+                out,
+                unwrap_for_state(s.model),
+                s.opt,
+                s.scaler,
+                header=s.header,
+                step=step,
+                best=best,
+                improved=improved,
+                world=s.world,
+                rank=rank,
+            )
             saved_step = step
             set_interrupt_hint(interrupt_hint(step, saved_step, s.resume_command))
             if talk:
-                print(("\r" if tty else "") + f"step {step}/{cfg.max_steps} | train {last.get('loss', loss):.4f} "
-                      f"| val {val_loss:.4f}" + (" *" if improved else "  ") + f" | "
-                      f"{last.get('tokens_per_s', 0):,.0f} tok/s"
-                      + (f" | MFU {last['mfu']:.1%}" if last.get("mfu") else "")
-                      + f" | {time.time() - t_start:.0f}s", flush=True)
+                print(
+                    ("\r" if tty else "")
+                    + f"step {step}/{cfg.max_steps} | train {last.get('loss', loss):.4f} "
+                    f"| val {val_loss:.4f}" + (" *" if improved else "  ") + f" | "
+                    f"{last.get('tokens_per_s', 0):,.0f} tok/s"
+                    + (f" | MFU {last['mfu']:.1%}" if last.get("mfu") else "")
+                    + f" | {time.time() - t_start:.0f}s",
+                    flush=True,
+                )
             if cfg.patience and best["bad_evals"] >= cfg.patience:
                 stopped = "early_stop"
                 break
         if cfg.stop_at and step >= cfg.stop_at:
-            stopped = "stop_at"                               # a simulated kill: no final save
+            stopped = "stop_at"  # a simulated kill: no final save
             break
 
     if metrics_file:
@@ -333,15 +470,29 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
     """outcome.json, loss.png, the manifest marked complete; the outcome with its records."""
     cfg, out = s.cfg, s.out
     bpb = lambda loss: bits_per_byte(loss, s.meta)
-    outcome = {"status": stopped, "steps": step, "val_loss": val_loss, "val_bpb": bpb(val_loss),
-               "best_val_loss": best["val_loss"], "best_val_bpb": bpb(best["val_loss"]),
-               "best_step": best["step"], "unigram_val_loss": baseline, "unigram_val_bpb": bpb(baseline),
-               "train_loss": last.get("loss"), "tokens_seen": step * cfg.batch_size * cfg.block_size,
-               "wall_s": wall, "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"),
-               "params": s.raw.num_params(non_embedding=False),
-               "params_non_embedding": s.raw.num_params(non_embedding=True),
-               "world": s.world, "device": s.device, "dtype": cfg.dtype,
-               "weights": BEST, "resume_from": CKPT}          # best.pt for later stages, ckpt.pt to resume
+    outcome = {
+        "status": stopped,
+        "steps": step,
+        "val_loss": val_loss,
+        "val_bpb": bpb(val_loss),
+        "best_val_loss": best["val_loss"],
+        "best_val_bpb": bpb(best["val_loss"]),
+        "best_step": best["step"],
+        "unigram_val_loss": baseline,
+        "unigram_val_bpb": bpb(baseline),
+        "train_loss": last.get("loss"),
+        "tokens_seen": step * cfg.batch_size * cfg.block_size,
+        "wall_s": wall,
+        "tokens_per_s": last.get("tokens_per_s"),
+        "mfu": last.get("mfu"),
+        "params": s.raw.num_params(non_embedding=False),
+        "params_non_embedding": s.raw.num_params(non_embedding=True),
+        "world": s.world,
+        "device": s.device,
+        "dtype": cfg.dtype,
+        "weights": BEST,
+        "resume_from": CKPT,
+    }  # best.pt for later stages, ckpt.pt to resume
     if s.rank == 0 and stopped != "stop_at":
         # does the best checkpoint know its world's facts? (fact_recall.py; None on real text)
         outcome["fact_recall"] = recall_of_checkpoint(Path(cfg.data), out / BEST, s.device)
@@ -353,10 +504,16 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
         write_run_manifest(out, cfg, command, "complete", s.resume_command)
         verdict = "better" if val_loss < baseline else "WORSE"
         show_bpb = lambda loss: f" ({bpb(loss):.3f} bits/byte)" if bpb(loss) else ""
-        print(f"done ({stopped}): val loss {val_loss:.4f}{show_bpb(val_loss)} vs unigram baseline "
-              f"{baseline:.4f}{show_bpb(baseline)}, {abs(baseline - val_loss):.3f} nats/token {verdict}; "
-              f"best {best['val_loss']:.4f} at step {best['step']} in {out / BEST}; {wall:.0f}s"
-              + ("" if bpb(val_loss) else " (no bits/byte: tokens/meta.json has no n_bytes; rerun 02_tokenizer)"))
+        print(
+            f"done ({stopped}): val loss {val_loss:.4f}{show_bpb(val_loss)} vs unigram baseline "
+            f"{baseline:.4f}{show_bpb(baseline)}, {abs(baseline - val_loss):.3f} nats/token {verdict}; "
+            f"best {best['val_loss']:.4f} at step {best['step']} in {out / BEST}; {wall:.0f}s"
+            + (
+                ""
+                if bpb(val_loss)
+                else " (no bits/byte: tokens/meta.json has no n_bytes; rerun 02_tokenizer)"
+            )
+        )
     return {**outcome, "records": records}
 
 
@@ -369,19 +526,33 @@ def interrupt_hint(step: int, saved_step, resume_command: str) -> str:
 def diverged(s: Setup, step, loss, grad_norm, saved_step, command) -> Diverged:
     """Record the divergence (outcome.json, manifest) and return the error naming what is on disk."""
     if s.rank == 0:
-        write_json(s.out / "outcome.json", {"status": "diverged", "step": step, "loss": loss,
-                                            "grad_norm": grad_norm, "last_checkpoint_step": saved_step})
+        write_json(
+            s.out / "outcome.json",
+            {
+                "status": "diverged",
+                "step": step,
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "last_checkpoint_step": saved_step,
+            },
+        )
         write_run_manifest(s.out, s.cfg, command, "diverged", s.resume_command)
-    kept = f"{s.out / CKPT} (step {saved_step}) is the last good checkpoint" \
-        if saved_step is not None else "no checkpoint of this run was written yet"
+    kept = (
+        f"{s.out / CKPT} (step {saved_step}) is the last good checkpoint"
+        if saved_step is not None
+        else "no checkpoint of this run was written yet"
+    )
     if saved_step is not None and (s.out / BEST).is_file():
         kept += f", {s.out / BEST} the best weights"
-    return Diverged(f"loss is {loss} (grad norm {grad_norm}) at step {step}: training diverged; {kept}. "
-                    "Start again with a lower --lr or more --warmup-steps (--overwrite), or --dtype fp32")
+    return Diverged(
+        f"loss is {loss} (grad norm {grad_norm}) at step {step}: training diverged; {kept}. "
+        "Start again with a lower --lr or more --warmup-steps (--overwrite), or --dtype fp32"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The plot
+
 
 def plot_losses(records, baseline, path):
     plt = pyplot()
@@ -400,6 +571,7 @@ def plot_losses(records, baseline, path):
 
 # ----------------------------------------------------------------------------------------------
 # Command line
+
 
 def main(argv=None):
     cfg, _ = parse_config(TrainConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")

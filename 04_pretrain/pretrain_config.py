@@ -15,6 +15,7 @@ Interview questions it answers:
 - How is a global batch split? (batch_size = world size x micro_batch x accumulation steps; the
   accumulation count follows from the other two, and they must divide evenly)
 """
+
 import dataclasses
 import shutil
 import sys
@@ -36,6 +37,7 @@ from train_state import CHANGEABLE
 # ----------------------------------------------------------------------------------------------
 # Configuration and presets
 
+
 @dataclass
 class TrainConfig:
     """One pretraining run. The defaults are the `tiny` preset: CPU, generated corpus, 1000 steps of
@@ -43,6 +45,7 @@ class TrainConfig:
     the unigram baseline within ~30 steps. Why several epochs: the world's 60 people are each
     described in many documents, and a fact must be seen many times before the model recalls it
     (fact_recall.py measures that at the end of the run)."""
+
     data: str = option("", "run folder runs/<name> holding tokens/ from 02_tokenizer (required)")
     out: str = option("", "output folder (default <data>/pretrain)")
     # the model: 03_model GPTConfig fields; arch picks gpt.py's gpt2 / llama flavour
@@ -53,8 +56,11 @@ class TrainConfig:
     n_embd: int = option(128, "model width (a multiple of n_head)", min=2)
     block_size: int = option(128, "context length in tokens", min=2)
     dropout: float = option(0.0, "dropout probability in training", min=0.0, max=0.95)
-    attn_backend: str = option("auto", "attention kernel (03_model; auto = the fastest correct one here)",
-                               choices=gpt_module.BACKENDS)
+    attn_backend: str = option(
+        "auto",
+        "attention kernel (03_model; auto = the fastest correct one here)",
+        choices=gpt_module.BACKENDS,
+    )
     # the batch: batch_size sequences per optimizer step, split over ranks and micro-batches
     batch_size: int = option(16, "sequences per optimizer step, over all ranks and micro-batches", min=1)
     micro_batch: int = option(0, "sequences per forward on one rank (0 = batch_size / world size)", min=0)
@@ -63,7 +69,9 @@ class TrainConfig:
     optimizer: str = option("adamw", "update rule", choices=("adamw", "lamb"))
     lr: float = option(2e-3, "peak learning rate", min=0.0)
     min_lr: float = option(2e-4, "learning rate at the end of the decay", min=0.0)
-    schedule: str = option("cosine", "warmup then cosine decay, or warmup-stable-decay", choices=("cosine", "wsd"))
+    schedule: str = option(
+        "cosine", "warmup then cosine decay, or warmup-stable-decay", choices=("cosine", "wsd")
+    )
     warmup_steps: int = option(30, "steps of linear warmup (fewer than max_steps)", min=0)
     decay_frac: float = option(0.2, "wsd: fraction of max_steps spent decaying", min=0.0, max=1.0)
     max_steps: int = option(1000, "optimizer steps in the run", min=1)
@@ -72,19 +80,27 @@ class TrainConfig:
     beta2: float = option(0.95, "Adam second-moment decay", min=0.0, max=0.999999)
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)", min=0.0)
     # systems
-    dtype: str = option("fp32", "autocast precision; fp16 adds the dynamic loss scaler",
-                        choices=("fp32", "bf16", "fp16"))
-    parallel: str = option("ddp", "data parallelism under torchrun: torch's ddp/fsdp (torch_parallel.py), or the "
-                           "hand-written ddp_by_hand (ddp_by_hand.py), zero1/zero2 (zero_sharding.py)",
-                           choices=("ddp", "fsdp", "ddp_by_hand", "zero1", "zero2"))
-    grad_checkpointing: bool = option(False, "recompute each block in backward: less memory, ~30% more compute")
+    dtype: str = option(
+        "fp32", "autocast precision; fp16 adds the dynamic loss scaler", choices=("fp32", "bf16", "fp16")
+    )
+    parallel: str = option(
+        "ddp",
+        "data parallelism under torchrun: torch's ddp/fsdp (torch_parallel.py), or the "
+        "hand-written ddp_by_hand (ddp_by_hand.py), zero1/zero2 (zero_sharding.py)",
+        choices=("ddp", "fsdp", "ddp_by_hand", "zero1", "zero2"),
+    )
+    grad_checkpointing: bool = option(
+        False, "recompute each block in backward: less memory, ~30% more compute"
+    )
     compile: bool = option(False, "torch.compile the model (needs a C++ compiler on CPU)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     peak_flops: float = option(0.0, "peak FLOP/s for MFU (0 = from the GPU name; none on CPU)", min=0.0)
     # evaluation, checkpoints, logging
     eval_interval: int = option(100, "steps between evals (val loss, checkpoints, early stopping)", min=1)
     eval_batches: int = option(4, "val loss over eval_batches x batch_size fixed windows", min=1)
-    patience: int = option(0, "early stopping: stop after this many evals without improvement (0 = off)", min=0)
+    patience: int = option(
+        0, "early stopping: stop after this many evals without improvement (0 = off)", min=0
+    )
     eval_train: bool = option(False, "also measure the loss on train windows in eval mode (overfit.py)")
     log_interval: int = option(10, "steps between train-loss log lines", min=1)
     seed: int = option(1337, "initial weights, dropout and the data order", min=0)
@@ -93,25 +109,59 @@ class TrainConfig:
     # what to do with the output folder
     resume: bool = option(False, "continue the run in the output folder from its ckpt.pt")
     overwrite: bool = option(False, "replace the run already in the output folder (removes it first)")
-    allow_config_change: list[str] = option([], "with --resume: accept new values of these fields "
-                                                f"({', '.join(sorted(CHANGEABLE))})")
+    allow_config_change: list[str] = option(
+        [], f"with --resume: accept new values of these fields ({', '.join(sorted(CHANGEABLE))})"
+    )
 
 
 PRESETS = {
-    "tiny": {},   # the dataclass defaults
+    "tiny": {},  # the dataclass defaults
     # A laptop's hour or a GPU's minutes: nanoGPT's Shakespeare-char scale.
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3,
-                  min_lr=1e-4, warmup_steps=200, max_steps=5000, dropout=0.1, eval_interval=250,
-                  eval_batches=20),
+    "small": dict(
+        n_layer=6,
+        n_head=6,
+        n_embd=384,
+        block_size=256,
+        batch_size=64,
+        lr=1e-3,
+        min_lr=1e-4,
+        warmup_steps=200,
+        max_steps=5000,
+        dropout=0.1,
+        eval_interval=250,
+        eval_batches=20,
+    ),
     # GPT-2 124M: context 1024, ~0.5M tokens per step (480 x 1024), 10B tokens in 19073 steps.
-    "gpt2": dict(arch="gpt2", n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=480,
-                 micro_batch=12, lr=6e-4, min_lr=6e-5, warmup_steps=715, max_steps=19073,
-                 dtype="bf16", compile=True, eval_interval=500, eval_batches=40),
+    "gpt2": dict(
+        arch="gpt2",
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        batch_size=480,
+        micro_batch=12,
+        lr=6e-4,
+        min_lr=6e-5,
+        warmup_steps=715,
+        max_steps=19073,
+        dtype="bf16",
+        compile=True,
+        eval_interval=500,
+        eval_batches=40,
+    ),
 }
-RUN_CONTROL = ("resume", "overwrite", "allow_config_change", "stop_at", "quiet")   # not part of what a run is
+RUN_CONTROL = ("resume", "overwrite", "allow_config_change", "stop_at", "quiet")  # not part of what a run is
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12,
-              "A10": 125e12, "V100": 125e12, "T4": 65e12}   # dense bf16/fp16 tensor-core peaks
+PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "A10": 125e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}  # dense bf16/fp16 tensor-core peaks
 
 
 def peak_flops(device: str, override: float = 0.0) -> float:
@@ -130,20 +180,26 @@ def check_train_config(cfg: TrainConfig, world: int = 1):
     if cfg.lr <= 0 or cfg.min_lr > cfg.lr:
         raise UserError(f"--lr {cfg.lr} must be > 0 and --min-lr {cfg.min_lr} at most --lr")
     if cfg.warmup_steps >= cfg.max_steps:
-        raise UserError(f"--warmup-steps {cfg.warmup_steps} must be fewer than --max-steps {cfg.max_steps}: "
-                        "the schedule would never leave warmup")
+        raise UserError(
+            f"--warmup-steps {cfg.warmup_steps} must be fewer than --max-steps {cfg.max_steps}: "
+            "the schedule would never leave warmup"
+        )
     if cfg.stop_at >= cfg.max_steps:
         raise UserError(f"--stop-at {cfg.stop_at} must be before --max-steps {cfg.max_steps}")
     if cfg.resume and cfg.overwrite:
         raise UserError("--resume continues the run in the folder and --overwrite replaces it; pass one")
     not_changeable = sorted(set(cfg.allow_config_change) - CHANGEABLE)
     if not_changeable or (cfg.allow_config_change and not cfg.resume):
-        raise UserError(f"--allow-config-change is for --resume, with fields among {', '.join(sorted(CHANGEABLE))}"
-                        + (f" (not {', '.join(not_changeable)}: see train_state.py)" if not_changeable else ""))
+        raise UserError(
+            f"--allow-config-change is for --resume, with fields among {', '.join(sorted(CHANGEABLE))}"
+            + (f" (not {', '.join(not_changeable)}: see train_state.py)" if not_changeable else "")
+        )
     if cfg.parallel in ("zero1", "zero2") and (cfg.optimizer != "adamw" or cfg.dtype == "fp16"):
-        raise UserError(f"--parallel {cfg.parallel} shards AdamW's state and has no fp16 loss scaler; "
-                        "use --optimizer adamw with --dtype fp32 or bf16")
-    model_config(cfg, vocab_size=256)                         # the model's own checks (n_embd % n_head ...)
+        raise UserError(
+            f"--parallel {cfg.parallel} shards AdamW's state and has no fp16 loss scaler; "
+            "use --optimizer adamw with --dtype fp32 or bf16"
+        )
+    model_config(cfg, vocab_size=256)  # the model's own checks (n_embd % n_head ...)
     batch_split(cfg, world)
 
 
@@ -151,8 +207,10 @@ def batch_split(cfg: TrainConfig, world: int):
     """(micro, accum): sequences per forward on one rank, micro-steps per optimizer step."""
     micro = cfg.micro_batch or cfg.batch_size // world
     if micro < 1 or cfg.batch_size % (micro * world):
-        raise UserError(f"--batch-size {cfg.batch_size} is not divisible by micro_batch {micro} x world "
-                        f"size {world}; choose --batch-size as a multiple of {max(1, micro) * world}")
+        raise UserError(
+            f"--batch-size {cfg.batch_size} is not divisible by micro_batch {micro} x world "
+            f"size {world}; choose --batch-size as a multiple of {max(1, micro) * world}"
+        )
     return micro, cfg.batch_size // (micro * world)
 
 
@@ -164,10 +222,17 @@ def check_device_support(cfg: TrainConfig, device: str):
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_kv_head=cfg.n_kv_head or None, n_embd=cfg.n_embd,
-                     dropout=cfg.dropout, attn_backend=cfg.attn_backend,
-                     **gpt_module.PRESETS[cfg.arch])
+    return GPTConfig(
+        vocab_size=vocab_size,
+        block_size=cfg.block_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_kv_head=cfg.n_kv_head or None,
+        n_embd=cfg.n_embd,
+        dropout=cfg.dropout,
+        attn_backend=cfg.attn_backend,
+        **gpt_module.PRESETS[cfg.arch],
+    )
 
 
 def command_for(cfg: TrainConfig, resume=False) -> str:
@@ -183,5 +248,7 @@ def command_for(cfg: TrainConfig, resume=False) -> str:
         flag = "--" + k.replace("_", "-")
         argv += ([flag] if v else ["--no-" + flag[2:]]) if isinstance(v, bool) else [flag, str(v)]
     if resume:
-        argv += ["--resume"] + (["--allow-config-change", *cfg.allow_config_change] if cfg.allow_config_change else [])
+        argv += ["--resume"] + (
+            ["--allow-config-change", *cfg.allow_config_change] if cfg.allow_config_change else []
+        )
     return command_line(str(REPO / "04_pretrain" / "pretrain.py"), argv)

@@ -25,6 +25,7 @@ Interview questions it answers:
   counting them bends the small-model end of the curve)
 - Why is a fit with an irreducible term E needed? (the data has entropy: loss cannot go to 0)
 """
+
 import dataclasses
 import itertools
 import sys
@@ -36,8 +37,20 @@ import numpy as np
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, pyplot,  # 01_data
-                    run_cli, run_lock, save_figure, write_json, write_manifest)
+from common import (
+    UserError,
+    check_artifact,
+    claim_output,
+    command_line,
+    option,
+    parse_config,
+    pyplot,  # 01_data
+    run_cli,
+    run_lock,
+    save_figure,
+    write_json,
+    write_manifest,
+)
 
 from pretrain import TrainConfig, train
 
@@ -48,8 +61,9 @@ SIZES = [(1, 32, 2), (2, 48, 2), (2, 64, 4), (3, 96, 4), (4, 128, 4), (4, 160, 4
 @dataclasses.dataclass
 class ScalingConfig:
     data: str = option("", "run folder runs/<name> holding tokens/ from 02_tokenizer (required)")
-    steps: list[int] = option([50, 100, 200], "token budgets as optimizer steps (D = steps x batch x block)",
-                              sep=",")
+    steps: list[int] = option(
+        [50, 100, 200], "token budgets as optimizer steps (D = steps x batch x block)", sep=","
+    )
     sizes: int = option(5, "how many of SIZES, smallest first", min=3, max=len(SIZES))
     block_size: int = option(64, "context length", min=2)
     batch_size: int = option(16, "sequences per step", min=1)
@@ -62,8 +76,10 @@ def check_scaling_config(c: ScalingConfig):
     if not c.data:
         raise UserError("--data is required: the run folder runs/<name> with tokens/ from 02_tokenizer")
     if len(c.steps) < 2 or min(c.steps) < 10 or len(set(c.steps)) != len(c.steps):
-        raise UserError(f"--steps {','.join(map(str, c.steps))}: give at least 2 different budgets of >= 10 "
-                        "steps each, e.g. 50,100,200 (a fit in D needs more than one D)")
+        raise UserError(
+            f"--steps {','.join(map(str, c.steps))}: give at least 2 different budgets of >= 10 "
+            "steps each, e.g. 50,100,200 (a fit in D needs more than one D)"
+        )
     if c.lr <= 0:
         raise UserError(f"--lr {c.lr} must be > 0")
 
@@ -75,17 +91,25 @@ def fit_chinchilla(N, D, L, alphas=np.linspace(0.05, 1.5, 59), betas=np.linspace
     """
     best = None
     for a, b in itertools.product(alphas, betas):
-        X = np.stack([np.ones_like(L), N ** -a, D ** -b], axis=1)        # (runs, 3)
+        X = np.stack([np.ones_like(L), N**-a, D**-b], axis=1)  # (runs, 3)
         coef, *_ = np.linalg.lstsq(X, L, rcond=None)
         if coef[0] < 0 or coef[1] < 0 or coef[2] < 0:
             continue
         rms = float(np.sqrt(np.mean((X @ coef - L) ** 2)))
         if best is None or rms < best["rms"]:
-            best = {"E": float(coef[0]), "A": float(coef[1]), "B": float(coef[2]),
-                    "alpha": float(a), "beta": float(b), "rms": rms}
+            best = {
+                "E": float(coef[0]),
+                "A": float(coef[1]),
+                "B": float(coef[2]),
+                "alpha": float(a),
+                "beta": float(b),
+                "rms": rms,
+            }
     if best is None:
-        raise UserError("no power law with positive coefficients fits these losses; "
-                        "train longer (--steps) or use more sizes")
+        raise UserError(
+            "no power law with positive coefficients fits these losses; "
+            "train longer (--steps) or use more sizes"
+        )
     return best
 
 
@@ -98,23 +122,47 @@ def fit_power_law_in_n(N, L):
 def leave_one_out(N, D, L):
     """The spread of the fitted exponents when each run is left out in turn: (alpha range, beta range)."""
     fits = [fit_chinchilla(np.delete(N, i), np.delete(D, i), np.delete(L, i)) for i in range(len(L))]
-    return ([min(f["alpha"] for f in fits), max(f["alpha"] for f in fits)],
-            [min(f["beta"] for f in fits), max(f["beta"] for f in fits)])
+    return (
+        [min(f["alpha"] for f in fits), max(f["alpha"] for f in fits)],
+        [min(f["beta"] for f in fits), max(f["beta"] for f in fits)],
+    )
 
 
 def run_sweep(c: ScalingConfig, out: Path) -> list:
     rows = []
-    for (n_layer, n_embd, n_head), steps in itertools.product(SIZES[:c.sizes], c.steps):
-        cfg = TrainConfig(data=c.data, out=str(out / f"L{n_layer}_d{n_embd}_s{steps}"), n_layer=n_layer,
-                          n_embd=n_embd, n_head=n_head, block_size=c.block_size, batch_size=c.batch_size,
-                          lr=c.lr, min_lr=c.lr / 10, warmup_steps=max(1, steps // 10), max_steps=steps,
-                          eval_interval=steps, eval_batches=8, log_interval=steps, seed=c.seed, quiet=True)
+    for (n_layer, n_embd, n_head), steps in itertools.product(SIZES[: c.sizes], c.steps):
+        cfg = TrainConfig(
+            data=c.data,
+            out=str(out / f"L{n_layer}_d{n_embd}_s{steps}"),
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            block_size=c.block_size,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            min_lr=c.lr / 10,
+            warmup_steps=max(1, steps // 10),
+            max_steps=steps,
+            eval_interval=steps,
+            eval_batches=8,
+            log_interval=steps,
+            seed=c.seed,
+            quiet=True,
+        )
         t = time.time()
         res = train(cfg)
         n = res["params_non_embedding"]
-        rows.append({"n_layer": n_layer, "n_embd": n_embd, "N": n, "steps": steps,
-                     "D": steps * c.batch_size * c.block_size, "val_loss": res["val_loss"],
-                     "seconds": time.time() - t})
+        rows.append(
+            {
+                "n_layer": n_layer,
+                "n_embd": n_embd,
+                "N": n,
+                "steps": steps,
+                "D": steps * c.batch_size * c.block_size,
+                "val_loss": res["val_loss"],
+                "seconds": time.time() - t,
+            }
+        )
     return rows
 
 
@@ -126,11 +174,19 @@ def plot(rows, fit, path):
     for D, color in zip(budgets, ["C0", "C1", "C2", "C3"]):
         pts = sorted((r["N"], r["val_loss"]) for r in rows if r["D"] == D)
         ax.plot(*zip(*pts), "o", color=color, label=f"D = {D / 1e6:.2f}M tokens")
-        ax.plot(n_grid, fit["E"] + fit["A"] * n_grid ** -fit["alpha"] + fit["B"] * D ** -fit["beta"],
-                "-", color=color, lw=1)
+        ax.plot(
+            n_grid,
+            fit["E"] + fit["A"] * n_grid ** -fit["alpha"] + fit["B"] * D ** -fit["beta"],
+            "-",
+            color=color,
+            lw=1,
+        )
     ax.set_xscale("log")
-    ax.set(xlabel="non-embedding parameters N", ylabel="final val loss",
-           title=f"L = {fit['E']:.2f} + {fit['A']:.3g}/N^{fit['alpha']:.2f} + {fit['B']:.3g}/D^{fit['beta']:.2f}")
+    ax.set(
+        xlabel="non-embedding parameters N",
+        ylabel="final val loss",
+        title=f"L = {fit['E']:.2f} + {fit['A']:.3g}/N^{fit['alpha']:.2f} + {fit['B']:.3g}/D^{fit['beta']:.2f}",
+    )
     ax.legend()
     save_figure(fig, path)
 
@@ -146,19 +202,41 @@ def sweep(c: ScalingConfig, out: Path, command: str):
 
     print(f"{'layers':>6} {'d':>5} {'N (non-emb)':>12} {'D tokens':>10} {'val loss':>9} {'fit':>7} {'s':>5}")
     for r, pred in zip(rows, fit["E"] + fit["A"] * N ** -fit["alpha"] + fit["B"] * D ** -fit["beta"]):
-        print(f"{r['n_layer']:6d} {r['n_embd']:5d} {r['N']:12,d} {r['D']:10,d} {r['val_loss']:9.4f} "
-              f"{pred:7.4f} {r['seconds']:5.0f}")
-    print(f"fit: L(N, D) = {fit['E']:.3f} + {fit['A']:.3g} / N^{fit['alpha']:.3f} + {fit['B']:.3g} / D^{fit['beta']:.3f}"
-          f"   (RMS error {fit['rms']:.4f} nats)")
-    print(f"leave-one-out: alpha in [{loo_alpha[0]:.2f}, {loo_alpha[1]:.2f}], beta in [{loo_beta[0]:.2f}, {loo_beta[1]:.2f}]")
-    print(f"power law in N at D = {int(D.max()):,}: L ~ N^-{alpha_n:.3f}   "
-          f"(Kaplan et al. 2020: alpha_N ~ 0.076; Chinchilla: alpha ~ 0.34, beta ~ 0.28)")
+        print(
+            f"{r['n_layer']:6d} {r['n_embd']:5d} {r['N']:12,d} {r['D']:10,d} {r['val_loss']:9.4f} "
+            f"{pred:7.4f} {r['seconds']:5.0f}"
+        )
+    print(
+        f"fit: L(N, D) = {fit['E']:.3f} + {fit['A']:.3g} / N^{fit['alpha']:.3f} + {fit['B']:.3g} / D^{fit['beta']:.3f}"
+        f"   (RMS error {fit['rms']:.4f} nats)"
+    )
+    print(
+        f"leave-one-out: alpha in [{loo_alpha[0]:.2f}, {loo_alpha[1]:.2f}], beta in [{loo_beta[0]:.2f}, {loo_beta[1]:.2f}]"
+    )
+    print(
+        f"power law in N at D = {int(D.max()):,}: L ~ N^-{alpha_n:.3f}   "
+        f"(Kaplan et al. 2020: alpha_N ~ 0.076; Chinchilla: alpha ~ 0.34, beta ~ 0.28)"
+    )
     plot(rows, fit, out / "scaling.png")
-    write_json(out / "scaling.json", {"config": dataclasses.asdict(c), "runs": rows, "fit": fit,
-                                      "power_law_alpha_N": alpha_n, "loo_alpha": loo_alpha,
-                                      "loo_beta": loo_beta, "seconds": time.time() - t0})
-    write_manifest(out, stage="04_scaling", command=command, config=dataclasses.asdict(c),
-                   inputs=[Path(c.data) / "tokens"])
+    write_json(
+        out / "scaling.json",
+        {
+            "config": dataclasses.asdict(c),
+            "runs": rows,
+            "fit": fit,
+            "power_law_alpha_N": alpha_n,
+            "loo_alpha": loo_alpha,
+            "loo_beta": loo_beta,
+            "seconds": time.time() - t0,
+        },
+    )
+    write_manifest(
+        out,
+        stage="04_scaling",
+        command=command,
+        config=dataclasses.asdict(c),
+        inputs=[Path(c.data) / "tokens"],
+    )
     print(f"sweep took {time.time() - t0:.0f}s; wrote {out}/scaling.json and scaling.png")
 
 

@@ -49,6 +49,7 @@ Interview questions it answers:
 - How are GQA heads split? (query and key/value heads in the same contiguous groups, so each rank's
   query heads find their shared key/value head locally; needs N | Hkv)
 """
+
 import copy
 import dataclasses
 import sys
@@ -71,6 +72,7 @@ from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_
 
 # ----------------------------------------------------------------------------------------------
 # f and g
+
 
 class CopyToParallel(torch.autograd.Function):
     """f: identity forward; backward all-reduces dL/dx (each rank's branch saw only its heads/features)."""
@@ -104,6 +106,7 @@ class ReduceFromParallel(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 # The two parallel linear layers
 
+
 def shard(t: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
     """Rank's contiguous 1/world of t along dim."""
     return t.chunk(world, dim)[rank].clone()
@@ -115,7 +118,7 @@ class ColumnParallelLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        self.weight = nn.Parameter(weight)                         # (out/N, in)
+        self.weight = nn.Parameter(weight)  # (out/N, in)
         self.bias = nn.Parameter(bias) if bias is not None else None
 
     @classmethod
@@ -134,14 +137,16 @@ class RowParallelLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group=None):
         super().__init__()
-        self.weight = nn.Parameter(weight)                         # (out, in/N)
+        self.weight = nn.Parameter(weight)  # (out, in/N)
         self.bias = nn.Parameter(bias) if bias is not None else None
         self.group = group
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, world: int, group=None):
         b = linear.bias
-        return cls(shard(linear.weight.detach(), 1, rank, world), None if b is None else b.detach().clone(), group)
+        return cls(
+            shard(linear.weight.detach(), 1, rank, world), None if b is None else b.detach().clone(), group
+        )
 
     def forward(self, x):
         y = ReduceFromParallel.apply(F.linear(x, self.weight), self.group)
@@ -153,10 +158,20 @@ class RowParallelLinear(nn.Module):
 
 # Which dimension of each block tensor is split (column layers: 0 = output rows; row layers: 1 = input
 # columns). Tensors not listed (norms, row-layer biases) are replicated.
-SPLIT_DIM = {"attn.wq.weight": 0, "attn.wq.bias": 0, "attn.wk.weight": 0, "attn.wk.bias": 0,
-             "attn.wv.weight": 0, "attn.wv.bias": 0, "attn.wo.weight": 1,
-             "ffn.up.weight": 0, "ffn.up.bias": 0, "ffn.gate.weight": 0, "ffn.gate.bias": 0,
-             "ffn.down.weight": 1}
+SPLIT_DIM = {
+    "attn.wq.weight": 0,
+    "attn.wq.bias": 0,
+    "attn.wk.weight": 0,
+    "attn.wk.bias": 0,
+    "attn.wv.weight": 0,
+    "attn.wv.bias": 0,
+    "attn.wo.weight": 1,
+    "ffn.up.weight": 0,
+    "ffn.up.bias": 0,
+    "ffn.gate.weight": 0,
+    "ffn.gate.bias": 0,
+    "ffn.down.weight": 1,
+}
 
 
 def split_dim(key: str):
@@ -169,16 +184,24 @@ def check_tensor_parallel(cfg: GPTConfig, world: int):
     hidden = swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
     for what, n in (("n_head", cfg.n_head), ("n_kv_head", cfg.n_kv_head), ("MLP hidden size", hidden)):
         if n % world:
-            raise UserError(f"tensor parallelism over {world} ranks splits {what} = {n} into equal parts, "
-                            f"but {world} does not divide {n}; use a world size that divides it")
+            raise UserError(
+                f"tensor parallelism over {world} ranks splits {what} = {n} into equal parts, "
+                f"but {world} does not divide {n}; use a world size that divides it"
+            )
     if cfg.n_experts:
-        raise UserError("tensor parallelism of a mixture-of-experts block is not implemented; use --n-experts 0")
+        raise UserError(
+            "tensor parallelism of a mixture-of-experts block is not implemented; use --n-experts 0"
+        )
 
 
 def local_attention_config(cfg: GPTConfig, world: int) -> GPTConfig:
     """gpt.Attention.forward reads the head counts from its config: the local ones, same head_dim."""
-    return dataclasses.replace(cfg, n_head=cfg.n_head // world, n_kv_head=cfg.n_kv_head // world,
-                               n_embd=cfg.head_dim * cfg.n_head // world)
+    return dataclasses.replace(
+        cfg,
+        n_head=cfg.n_head // world,
+        n_kv_head=cfg.n_kv_head // world,
+        n_embd=cfg.head_dim * cfg.n_head // world,
+    )
 
 
 def enter_parallel_region(group):
@@ -236,6 +259,7 @@ def torch_tensor_parallel_block(block: nn.Module, cfg: GPTConfig, world: int) ->
     """The same split with torch.distributed.tensor.parallel (DTensor), for comparison."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
     check_tensor_parallel(cfg, world)
     tp = copy.deepcopy(block)
     plan = {f"attn.{n}": ColwiseParallel() for n in ("wq", "wk", "wv")} | {"attn.wo": RowwiseParallel()}
@@ -248,6 +272,7 @@ def torch_tensor_parallel_block(block: nn.Module, cfg: GPTConfig, world: int) ->
 
 # ----------------------------------------------------------------------------------------------
 # The check: a TP block and a TP GPT against the ordinary ones
+
 
 @dataclass
 class TPConfig(DemoModel):
@@ -267,7 +292,10 @@ def block_forward_backward(block, x, rope):
     y, _ = block(x, rope)
     w = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
     (y * w).sum().backward()
-    grads = {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad for n, p in block.named_parameters()}
+    grads = {
+        n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        for n, p in block.named_parameters()
+    }
     return y.detach(), x.grad, grads
 
 
@@ -280,19 +308,25 @@ def tp_worker(rank, world, cfg: TPConfig) -> dict:
 
     tp_block = tensor_parallel_block(full_block, gcfg, rank, world)
     y, dx, g = block_forward_backward(tp_block, x, rope)
-    g_full = gather_state_dict(g, world)                         # the gradients split like the weights
-    out = {"block_max_diff_output": max_diff(y, y_ref), "block_max_diff_grad_input": max_diff(dx, dx_ref),
-           "block_max_diff_grad_weights": max(max_diff(g_full[k], g_ref[k]) for k in g_ref),
-           "block_local_params": sum(p.numel() for p in tp_block.parameters()),
-           "block_params": sum(p.numel() for p in full_block.parameters())}
+    g_full = gather_state_dict(g, world)  # the gradients split like the weights
+    out = {
+        "block_max_diff_output": max_diff(y, y_ref),
+        "block_max_diff_grad_input": max_diff(dx, dx_ref),
+        "block_max_diff_grad_weights": max(max_diff(g_full[k], g_ref[k]) for k in g_ref),
+        "block_local_params": sum(p.numel() for p in tp_block.parameters()),
+        "block_params": sum(p.numel() for p in full_block.parameters()),
+    }
 
     dt_block = torch_tensor_parallel_block(full_block, gcfg, world)
     y_dt, dx_dt, g_dt = block_forward_backward(dt_block, x, rope)
-    out |= {"dtensor_max_diff_output": max_diff(y_dt, y_ref), "dtensor_max_diff_grad_input": max_diff(dx_dt, dx_ref),
-            "dtensor_max_diff_grad_weights": max(max_diff(g_dt[k], g_ref[k]) for k in g_ref),
-            "ours_vs_dtensor_max_diff_output": max_diff(y, y_dt)}
+    out |= {
+        "dtensor_max_diff_output": max_diff(y_dt, y_ref),
+        "dtensor_max_diff_grad_input": max_diff(dx_dt, dx_ref),
+        "dtensor_max_diff_grad_weights": max(max_diff(g_dt[k], g_ref[k]) for k in g_ref),
+        "ours_vs_dtensor_max_diff_output": max_diff(y, y_dt),
+    }
 
-    model.zero_grad(set_to_none=True)                            # block 0 holds the check's gradients
+    model.zero_grad(set_to_none=True)  # block 0 holds the check's gradients
     tp_model = tensor_parallel_gpt(model, rank, world)
     xb, yb = demo_batch(cfg, 0)
     _, loss_ref = model(xb, yb)
@@ -301,36 +335,43 @@ def tp_worker(rank, world, cfg: TPConfig) -> dict:
     loss.backward()
     grads = gather_state_dict({n: p.grad for n, p in tp_model.named_parameters()}, world)
     roundtrip = gather_state_dict(shard_state_dict(model.state_dict(), rank, world), world)
-    out |= {"gpt_loss": loss.item(), "gpt_max_diff_loss": abs(loss.item() - loss_ref.item()),
-            "gpt_max_diff_grads": max(max_diff(grads[n], p.grad) for n, p in model.named_parameters()),
-            "state_dict_roundtrip_max_diff": max(max_diff(roundtrip[k], v) for k, v in model.state_dict().items()),
-            "state_dict_same_keys": sorted(tp_model.state_dict()) == sorted(model.state_dict()),
-            "gpt_local_params": sum(p.numel() for p in tp_model.parameters()),
-            "gpt_params": sum(p.numel() for p in model.parameters())}
+    out |= {
+        "gpt_loss": loss.item(),
+        "gpt_max_diff_loss": abs(loss.item() - loss_ref.item()),
+        "gpt_max_diff_grads": max(max_diff(grads[n], p.grad) for n, p in model.named_parameters()),
+        "state_dict_roundtrip_max_diff": max(
+            max_diff(roundtrip[k], v) for k, v in model.state_dict().items()
+        ),
+        "state_dict_same_keys": sorted(tp_model.state_dict()) == sorted(model.state_dict()),
+        "gpt_local_params": sum(p.numel() for p in tp_model.parameters()),
+        "gpt_params": sum(p.numel() for p in model.parameters()),
+    }
     return out
 
 
 def report(r: dict, cfg: TPConfig) -> str:
     N = cfg.world
     act = cfg.batch * cfg.seq_len * cfg.n_embd * 4
-    return "\n".join([
-        f"tensor parallel over {N} ranks (d={cfg.n_embd}, {cfg.n_head} heads, {cfg.n_kv_head} KV heads), "
-        "max |difference|",
-        f"{'':<34}{'output':>10}{'dL/dx':>10}{'dL/dW':>10}",
-        f"{'our TP block vs gpt.Block':<34}{r['block_max_diff_output']:>10.1e}{r['block_max_diff_grad_input']:>10.1e}"
-        f"{r['block_max_diff_grad_weights']:>10.1e}",
-        f"{'DTensor TP block vs gpt.Block':<34}{r['dtensor_max_diff_output']:>10.1e}"
-        f"{r['dtensor_max_diff_grad_input']:>10.1e}{r['dtensor_max_diff_grad_weights']:>10.1e}",
-        f"{'our TP block vs DTensor':<34}{r['ours_vs_dtensor_max_diff_output']:>10.1e}",
-        f"{'our TP GPT vs GPT (loss, grads)':<34}{r['gpt_max_diff_loss']:>10.1e}{'':>10}"
-        f"{r['gpt_max_diff_grads']:>10.1e}",
-        f"state dict full -> {N} shards -> full: max |diff| {r['state_dict_roundtrip_max_diff']:.1e}, same keys: "
-        f"{r['state_dict_same_keys']}",
-        f"parameters per rank: block {r['block_local_params']:,} of {r['block_params']:,}; GPT "
-        f"{r['gpt_local_params']:,} of {r['gpt_params']:,} (embeddings and norms replicated)",
-        f"communication per block per micro-batch: 2 all-reduces forward + 2 backward of B*T*d*4 = {act:,} bytes; "
-        f"each sends {ring_bytes('all_reduce', act, N):,.0f} bytes per rank on a ring",
-    ])
+    return "\n".join(
+        [
+            f"tensor parallel over {N} ranks (d={cfg.n_embd}, {cfg.n_head} heads, {cfg.n_kv_head} KV heads), "
+            "max |difference|",
+            f"{'':<34}{'output':>10}{'dL/dx':>10}{'dL/dW':>10}",
+            f"{'our TP block vs gpt.Block':<34}{r['block_max_diff_output']:>10.1e}{r['block_max_diff_grad_input']:>10.1e}"
+            f"{r['block_max_diff_grad_weights']:>10.1e}",
+            f"{'DTensor TP block vs gpt.Block':<34}{r['dtensor_max_diff_output']:>10.1e}"
+            f"{r['dtensor_max_diff_grad_input']:>10.1e}{r['dtensor_max_diff_grad_weights']:>10.1e}",
+            f"{'our TP block vs DTensor':<34}{r['ours_vs_dtensor_max_diff_output']:>10.1e}",
+            f"{'our TP GPT vs GPT (loss, grads)':<34}{r['gpt_max_diff_loss']:>10.1e}{'':>10}"
+            f"{r['gpt_max_diff_grads']:>10.1e}",
+            f"state dict full -> {N} shards -> full: max |diff| {r['state_dict_roundtrip_max_diff']:.1e}, same keys: "
+            f"{r['state_dict_same_keys']}",
+            f"parameters per rank: block {r['block_local_params']:,} of {r['block_params']:,}; GPT "
+            f"{r['gpt_local_params']:,} of {r['gpt_params']:,} (embeddings and norms replicated)",
+            f"communication per block per micro-batch: 2 all-reduces forward + 2 backward of B*T*d*4 = {act:,} bytes; "
+            f"each sends {ring_bytes('all_reduce', act, N):,.0f} bytes per rank on a ring",
+        ]
+    )
 
 
 def main(argv=None):

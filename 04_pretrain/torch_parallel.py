@@ -27,6 +27,7 @@ Interview questions it answers:
 - Why must gradient sync be skipped on non-final accumulation micro-steps? (each all-reduce moves
   the full gradient; with k micro-steps, syncing every time costs k times the traffic for nothing)
 """
+
 import contextlib
 import os
 import sys
@@ -47,7 +48,7 @@ def setup_distributed(device_flag: str = "auto"):
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_flag, local_rank)
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True     # fp32 matmuls on tensor cores (10-bit mantissa)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (10-bit mantissa)
         torch.backends.cudnn.allow_tf32 = True
     if world > 1 and not dist.is_initialized():
         if device.startswith("cuda"):
@@ -63,28 +64,31 @@ def wrap_model(model, parallel: str, world: int, device: str, compile_=False, gr
         model = torch.compile(model)
     if world == 1:
         return model
-    if parallel == "ddp_by_hand":                            # the same contract, written out (ddp_by_hand.py)
+    if parallel == "ddp_by_hand":  # the same contract, written out (ddp_by_hand.py)
         from ddp_by_hand import DataParallelByHand
+
         return DataParallelByHand(model)
-    if parallel in ("zero1", "zero2"):                       # the optimizer communicates (zero_sharding.py)
+    if parallel in ("zero1", "zero2"):  # the optimizer communicates (zero_sharding.py)
         return model
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
+
         return DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     from torch.distributed.fsdp import fully_shard
+
     for block in getattr(model, "_orig_mod", model).blocks:  # one all-gather unit per block
         fully_shard(block)
-    fully_shard(model)                                      # embeddings, final norm, head
+    fully_shard(model)  # embeddings, final norm, head
     return model
 
 
 @contextlib.contextmanager
 def grad_sync(model, sync: bool):
     """Skip the gradient all-reduce / reduce-scatter on non-final micro-steps."""
-    if hasattr(model, "no_sync") and not sync:              # DDP
+    if hasattr(model, "no_sync") and not sync:  # DDP
         with model.no_sync():
             yield
-    elif hasattr(model, "set_requires_gradient_sync"):      # FSDP2
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
         model.set_requires_gradient_sync(sync)
         yield
     else:
@@ -95,28 +99,40 @@ def unwrap_for_state(model):
     """The module whose state dict a checkpoint holds: DataParallelByHand's inner module (torch's DDP
     and FSDP are understood by get_state_dict itself), so every strategy writes the same keys."""
     from ddp_by_hand import DataParallelByHand
+
     return model.module if isinstance(model, DataParallelByHand) else model
 
 
 def full_state(model, opt, world):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
     options = StateDictOptions(full_state_dict=True, cpu_offload=world > 1)
     return get_state_dict(model, opt, options=options)
 
 
 def load_full_state(model, opt, model_state, optim_state):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-    set_state_dict(model, opt, model_state_dict=model_state, optim_state_dict=optim_state,
-                   options=StateDictOptions(full_state_dict=True))
-    for group in opt.param_groups:   # set_state_dict hands tuples back as lists; the optimizers unpack
-        if isinstance(group.get("betas"), list):   # (b1, b2) either way, but state_dict() must round-trip
+
+    set_state_dict(
+        model,
+        opt,
+        model_state_dict=model_state,
+        optim_state_dict=optim_state,
+        options=StateDictOptions(full_state_dict=True),
+    )
+    for group in opt.param_groups:  # set_state_dict hands tuples back as lists; the optimizers unpack
+        if isinstance(group.get("betas"), list):  # (b1, b2) either way, but state_dict() must round-trip
             group["betas"] = tuple(group["betas"])
 
 
 def rng_states(world) -> dict:
     """Every rank's torch RNG state (dropout), as uint8 tensors, gathered to all ranks."""
-    mine = {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.zeros(0, dtype=torch.uint8)}
+    mine = {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state()
+        if torch.cuda.is_available()
+        else torch.zeros(0, dtype=torch.uint8),
+    }
     if world == 1:
         return {"cpu": [mine["cpu"]], "cuda": [mine["cuda"]]}
     gathered = [None] * world

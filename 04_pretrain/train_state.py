@@ -37,6 +37,7 @@ Interview questions it answers:
 - Why keep the best weights apart from the last ones? (early stopping: the last eval can be worse
   than the best; resuming needs the last, using the model needs the best)
 """
+
 import contextlib
 import dataclasses
 import json
@@ -56,17 +57,44 @@ from torch_parallel import full_state, load_full_state, rng_states
 
 CKPT, BEST = "ckpt.pt", "best.pt"
 
-FREE = {"data", "out", "micro_batch", "attn_backend", "parallel", "grad_checkpointing", "compile", "device",
-        "peak_flops", "log_interval", "eval_train", "quiet", "stop_at", "resume", "overwrite",
-        "allow_config_change"}
+FREE = {
+    "data",
+    "out",
+    "micro_batch",
+    "attn_backend",
+    "parallel",
+    "grad_checkpointing",
+    "compile",
+    "device",
+    "peak_flops",
+    "log_interval",
+    "eval_train",
+    "quiet",
+    "stop_at",
+    "resume",
+    "overwrite",
+    "allow_config_change",
+}
 CHANGEABLE = {"max_steps", "patience", "eval_interval", "eval_batches", "dtype", "dropout"}
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing and reading the two checkpoints
 
-def save_training_state(out: Path, model, opt, scaler, *, header: dict, step: int, best: dict,
-                        improved: bool, world: int, rank: int):
+
+def save_training_state(
+    out: Path,
+    model,
+    opt,
+    scaler,
+    *,
+    header: dict,
+    step: int,
+    best: dict,
+    improved: bool,
+    world: int,
+    rank: int,
+):
     """best.pt (if val improved) then ckpt.pt. Every rank calls it: FSDP gathers the full state.
 
     header: what both files carry: the model config, the training config, the tokenizer path
@@ -75,11 +103,25 @@ def save_training_state(out: Path, model, opt, scaler, *, header: dict, step: in
     rng = rng_states(world)
     if rank == 0:
         if improved:
-            save_checkpoint(out / BEST, header["config"], model_state, step=step, val_loss=best["val_loss"],
-                            **{k: v for k, v in header.items() if k != "config"})
-        save_checkpoint(out / CKPT, header["config"], model_state, optimizer=optim_state, step=step,
-                        rng=rng, scaler=scaler.state_dict(), best=dict(best),
-                        **{k: v for k, v in header.items() if k != "config"})
+            save_checkpoint(
+                out / BEST,
+                header["config"],
+                model_state,
+                step=step,
+                val_loss=best["val_loss"],
+                **{k: v for k, v in header.items() if k != "config"},
+            )
+        save_checkpoint(
+            out / CKPT,
+            header["config"],
+            model_state,
+            optimizer=optim_state,
+            step=step,
+            rng=rng,
+            scaler=scaler.state_dict(),
+            best=dict(best),
+            **{k: v for k, v in header.items() if k != "config"},
+        )
     if world > 1:
         dist.barrier()
 
@@ -88,10 +130,14 @@ def load_resume_checkpoint(out: Path) -> dict:
     """ckpt.pt of the run in `out`, or a UserError saying why there is nothing to resume."""
     path = out / CKPT
     if not path.is_file():
-        state = "holds no run" if not out.is_dir() or not any(out.iterdir()) else \
-            "has no ckpt.pt yet (the run stopped before its first eval)"
-        raise UserError(f"--resume: {out} {state}; start it without --resume (add --overwrite to "
-                        "replace what is there)")
+        state = (
+            "holds no run"
+            if not out.is_dir() or not any(out.iterdir())
+            else "has no ckpt.pt yet (the run stopped before its first eval)"
+        )
+        raise UserError(
+            f"--resume: {out} {state}; start it without --resume (add --overwrite to replace what is there)"
+        )
     return load_checkpoint(path)
 
 
@@ -110,6 +156,7 @@ def restore_training_state(ckpt: dict, model, opt, scaler, model_config: dict, r
 # ----------------------------------------------------------------------------------------------
 # When a checkpoint may be resumed
 
+
 def check_resume(ckpt: dict, cfg, tokens_id: str, path: Path) -> str:
     """Raise a UserError naming every field that forbids continuing `ckpt` with `cfg`; else return
     the accepted changes ('max_steps 300 -> 600'), '' if none.
@@ -118,23 +165,32 @@ def check_resume(ckpt: dict, cfg, tokens_id: str, path: Path) -> str:
     defaults = dataclasses.asdict(type(cfg)())
     saved = {**defaults, **ckpt.get("train_config", {})}
     now = dataclasses.asdict(cfg)
-    diffs = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-             if k not in FREE and saved.get(k) != now.get(k)}
+    diffs = {
+        k: (saved.get(k), now.get(k))
+        for k in sorted(set(saved) | set(now))
+        if k not in FREE and saved.get(k) != now.get(k)
+    }
     show = lambda ks: ", ".join(f"{k} {diffs[k][0]!r} -> {diffs[k][1]!r}" for k in ks)
     refused = [k for k in diffs if k not in CHANGEABLE]
     if refused:
-        raise UserError(f"--resume: {path} was trained with other settings ({show(refused)}); these change "
-                        "the data order, the schedule, the optimizer or the model, so the result would "
-                        "not be the run it continues. Pass the run's own values, or start a new run "
-                        "(--overwrite or another --out)")
+        raise UserError(
+            f"--resume: {path} was trained with other settings ({show(refused)}); these change "
+            "the data order, the schedule, the optimizer or the model, so the result would "
+            "not be the run it continues. Pass the run's own values, or start a new run "
+            "(--overwrite or another --out)"
+        )
     unasked = [k for k in diffs if k not in cfg.allow_config_change]
     if unasked:
-        raise UserError(f"--resume: {path} was trained with other settings ({show(unasked)}); to continue "
-                        f"with the new values say so: --allow-config-change {' '.join(unasked)}")
+        raise UserError(
+            f"--resume: {path} was trained with other settings ({show(unasked)}); to continue "
+            f"with the new values say so: --allow-config-change {' '.join(unasked)}"
+        )
     saved_tokens = ckpt.get("data", {}).get("tokens_id")
     if saved_tokens and saved_tokens != tokens_id:
-        raise UserError(f"--resume: {path} was trained on other tokens (manifest {saved_tokens}, now "
-                        f"{tokens_id}): tokens/ was rewritten since; start a new run with --overwrite")
+        raise UserError(
+            f"--resume: {path} was trained on other tokens (manifest {saved_tokens}, now "
+            f"{tokens_id}): tokens/ was rewritten since; start a new run with --overwrite"
+        )
     return show(diffs)
 
 
@@ -142,25 +198,35 @@ def finished_reason(ckpt: dict, cfg) -> str:
     """Why the run in `ckpt` has nothing left to do under `cfg` ('' if it has)."""
     step, best = int(ckpt["step"]), ckpt.get("best", {})
     if step >= cfg.max_steps:
-        return f"finished at step {step} (max_steps {cfg.max_steps}), nothing to do; to train longer " \
-               "add --max-steps N --allow-config-change max_steps"
+        return (
+            f"finished at step {step} (max_steps {cfg.max_steps}), nothing to do; to train longer "
+            "add --max-steps N --allow-config-change max_steps"
+        )
     if cfg.patience and best.get("bad_evals", 0) >= cfg.patience:
-        return f"stopped early at step {step} (no val improvement in {cfg.patience} evals; best " \
-               f"{best.get('val_loss'):.4f} at step {best.get('step')}), nothing to do; to go on raise " \
-               "--patience with --allow-config-change patience"
+        return (
+            f"stopped early at step {step} (no val improvement in {cfg.patience} evals; best "
+            f"{best.get('val_loss'):.4f} at step {best.get('step')}), nothing to do; to go on raise "
+            "--patience with --allow-config-change patience"
+        )
     return ""
-
 
 
 # ----------------------------------------------------------------------------------------------
 # The rest of the run folder: manifest and metrics
 
+
 def write_run_manifest(out: Path, cfg, command: str, status: str, resume_command: str, files=None):
     """manifest.json with the run's status: "running" from the start, then "complete" or "diverged".
     A later stage's check_artifact refuses anything but "complete", naming resume_command."""
-    write_manifest(out, stage="04_pretrain", command=command, config=dataclasses.asdict(cfg),
-                   inputs=[Path(cfg.data) / "tokens"], files=files,
-                   extra={"status": status, "resume_command": resume_command, "weights": BEST})
+    write_manifest(
+        out,
+        stage="04_pretrain",
+        command=command,
+        config=dataclasses.asdict(cfg),
+        inputs=[Path(cfg.data) / "tokens"],
+        files=files,
+        extra={"status": status, "resume_command": resume_command, "weights": BEST},
+    )
 
 
 def read_metrics(out: Path, upto_step: int) -> list:

@@ -49,6 +49,7 @@ Interview questions it answers:
 - Why pad the flat buffer? (reduce-scatter and all-gather need equal chunks on every rank)
 - How do you checkpoint a sharded optimizer? (gather to the unsharded layout, so it loads on any N)
 """
+
 import math
 import sys
 from dataclasses import dataclass
@@ -85,22 +86,24 @@ class ZeroAdamW(torch.optim.Optimizer):
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.params = [p for g in self.param_groups for p in g["params"]]
         self.sizes = [p.numel() for p in self.params]
-        self.offsets = [0] + torch.tensor(self.sizes).cumsum(0).tolist()   # param i is flat[offsets[i]:offsets[i+1]]
+        self.offsets = [0] + torch.tensor(self.sizes).cumsum(
+            0
+        ).tolist()  # param i is flat[offsets[i]:offsets[i+1]]
         self.shard_size = math.ceil(self.offsets[-1] / self.world)
         lo = self.rank * self.shard_size
         self.lo, self.hi = lo, lo + self.shard_size
         with torch.no_grad():
-            self.weight_shard = self.flatten([p.detach() for p in self.params])[self.lo:self.hi].clone()
-        self.grad_shard = torch.zeros_like(self.weight_shard)   # ZeRO-1 points it into the full gradient
+            self.weight_shard = self.flatten([p.detach() for p in self.params])[self.lo : self.hi].clone()
+        self.grad_shard = torch.zeros_like(self.weight_shard)  # ZeRO-1 points it into the full gradient
         # One piece per parameter that overlaps [lo, hi): a view into the shard, in the parameter's group.
-        self.pieces = []                               # (param index, start in the flat buffer, view)
+        self.pieces = []  # (param index, start in the flat buffer, view)
         groups, i = [], 0
         for g in self.param_groups:
             views = []
             for _ in g["params"]:
                 a, b = max(self.offsets[i], self.lo), min(self.offsets[i + 1], self.hi)
                 if a < b:
-                    view = self.weight_shard[a - self.lo:b - self.lo]
+                    view = self.weight_shard[a - self.lo : b - self.lo]
                     self.pieces.append((i, a, view))
                     views.append(view)
                 i += 1
@@ -124,15 +127,15 @@ class ZeroAdamW(torch.optim.Optimizer):
         flat.div_(self.world)
         if self.stage == 1:
             dist.all_reduce(flat, group=self.group)
-            for p, g in zip(self.params, flat[:self.offsets[-1]].split(self.sizes)):
-                p.grad = g.view_as(p)                  # views: the full gradient is held once
-            self.grad_shard = flat[self.lo:self.hi]
+            for p, g in zip(self.params, flat[: self.offsets[-1]].split(self.sizes)):
+                p.grad = g.view_as(p)  # views: the full gradient is held once
+            self.grad_shard = flat[self.lo : self.hi]
         else:
             dist.reduce_scatter_single(self.grad_shard, flat, group=self.group)
             for p in self.params:
                 p.grad = None
-        for _, a, view in self.pieces:                 # what the shard's AdamW reads as gradients
-            view.grad = self.grad_shard[a - self.lo:a - self.lo + view.numel()]
+        for _, a, view in self.pieces:  # what the shard's AdamW reads as gradients
+            view.grad = self.grad_shard[a - self.lo : a - self.lo + view.numel()]
         self.reduced = True
 
     @torch.no_grad()
@@ -141,7 +144,7 @@ class ZeroAdamW(torch.optim.Optimizer):
         optimizers.clip_grad_norm: scale by min(1, max_norm / (norm + 1e-6)) when finite."""
         self.reduce_gradients()
         sq = self.grad_shard.double().pow(2).sum()
-        dist.all_reduce(sq, group=self.group)          # the shards partition the flat gradient
+        dist.all_reduce(sq, group=self.group)  # the shards partition the flat gradient
         total = sq.sqrt().float()
         if max_norm > 0 and torch.isfinite(total):
             self.grad_shard.mul_((max_norm / (total + 1e-6)).clamp(max=1.0))
@@ -150,17 +153,17 @@ class ZeroAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         self.reduce_gradients()
-        for i, a, view in self.pieces:                 # the fp32 weights are the truth here: pick up any
-            start = a - self.offsets[i]                # change made to them (a loaded checkpoint)
-            view.copy_(self.params[i].detach().reshape(-1)[start:start + view.numel()])
+        for i, a, view in self.pieces:  # the fp32 weights are the truth here: pick up any
+            start = a - self.offsets[i]  # change made to them (a loaded checkpoint)
+            view.copy_(self.params[i].detach().reshape(-1)[start : start + view.numel()])
         for outer, inner in zip(self.param_groups, self.shard_opt.param_groups):
-            inner.update({k: v for k, v in outer.items() if k != "params"})   # lr set by the schedule
-        self.shard_opt.step()                          # AdamW on S values, not P
-        for _, _, view in self.pieces:                 # ZeRO-1: let the full gradient be freed by zero_grad
+            inner.update({k: v for k, v in outer.items() if k != "params"})  # lr set by the schedule
+        self.shard_opt.step()  # AdamW on S values, not P
+        for _, _, view in self.pieces:  # ZeRO-1: let the full gradient be freed by zero_grad
             view.grad = None
         full = self.weight_shard.new_empty(self.world * self.shard_size)
         dist.all_gather_single(full, self.weight_shard, group=self.group)
-        for p, w in zip(self.params, full[:self.offsets[-1]].split(self.sizes)):
+        for p, w in zip(self.params, full[: self.offsets[-1]].split(self.sizes)):
             p.copy_(w.view_as(p))
         self.reduced = False
 
@@ -172,27 +175,35 @@ class ZeroAdamW(torch.optim.Optimizer):
         local = torch.zeros_like(self.weight_shard)
         for _, a, view in self.pieces:
             if view in self.state:
-                local[a - self.lo:a - self.lo + view.numel()] = self.state[view][key]
+                local[a - self.lo : a - self.lo + view.numel()] = self.state[view][key]
         full = local.new_empty(self.world * self.shard_size)
         dist.all_gather_single(full, local, group=self.group)
         return full
 
     def state_dict(self) -> dict:
         """What optimizers.AdamW(...).state_dict() would return for the full parameters."""
-        steps = torch.tensor(max([float(s["step"]) for s in self.state.values()], default=0.0),
-                             device=self.weight_shard.device)
-        dist.all_reduce(steps, op=dist.ReduceOp.MAX, group=self.group)    # a rank may own no piece
+        steps = torch.tensor(
+            max([float(s["step"]) for s in self.state.values()], default=0.0), device=self.weight_shard.device
+        )
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX, group=self.group)  # a rank may own no piece
         m, v = self._gathered("exp_avg"), self._gathered("exp_avg_sq")
         state = {}
         if steps > 0:
             for i, p in enumerate(self.params):
                 a, b = self.offsets[i], self.offsets[i + 1]
-                state[i] = {"step": steps.cpu().float(), "exp_avg": m[a:b].view_as(p).clone(),
-                            "exp_avg_sq": v[a:b].view_as(p).clone()}
+                state[i] = {
+                    "step": steps.cpu().float(),
+                    "exp_avg": m[a:b].view_as(p).clone(),
+                    "exp_avg_sq": v[a:b].view_as(p).clone(),
+                }
         groups, start = [], 0
         for g in self.param_groups:
-            groups.append({**{k: v for k, v in g.items() if k != "params"},
-                           "params": list(range(start, start + len(g["params"])))})
+            groups.append(
+                {
+                    **{k: v for k, v in g.items() if k != "params"},
+                    "params": list(range(start, start + len(g["params"]))),
+                }
+            )
             start += len(g["params"])
         return {"state": state, "param_groups": groups}
 
@@ -202,8 +213,10 @@ class ZeroAdamW(torch.optim.Optimizer):
         torch.distributed.checkpoint.state_dict converted it)."""
         keys = [k for g in state_dict["param_groups"] for k in g["params"]]
         if len(keys) != len(self.params):
-            raise UserError(f"the optimizer state holds {len(keys)} parameters, this model {len(self.params)}; "
-                            "it was saved from another model")
+            raise UserError(
+                f"the optimizer state holds {len(keys)} parameters, this model {len(self.params)}; "
+                "it was saved from another model"
+            )
         for g, saved in zip(self.param_groups, state_dict["param_groups"]):
             g.update({k: v for k, v in saved.items() if k != "params"})
         self.state.clear()
@@ -212,13 +225,18 @@ class ZeroAdamW(torch.optim.Optimizer):
             if saved is None:
                 continue
             start = a - self.offsets[i]
-            self.state[view] = {"step": torch.as_tensor(saved["step"], dtype=torch.float32).clone(),
-                                **{k: saved[k].reshape(-1)[start:start + view.numel()].to(view).clone()
-                                   for k in ("exp_avg", "exp_avg_sq")}}
+            self.state[view] = {
+                "step": torch.as_tensor(saved["step"], dtype=torch.float32).clone(),
+                **{
+                    k: saved[k].reshape(-1)[start : start + view.numel()].to(view).clone()
+                    for k in ("exp_avg", "exp_avg_sq")
+                },
+            }
 
 
 # ----------------------------------------------------------------------------------------------
 # The check: ZeRO-1 and ZeRO-2 against unsharded AdamW in one process on the whole batch
+
 
 @dataclass
 class ZeroConfig(DemoModel):
@@ -237,8 +255,11 @@ def zero_worker(rank, world, cfg: ZeroConfig) -> dict:
     for name in ("zero1", "zero2", "ddp", "single"):
         model = demo_model(cfg)
         groups = param_groups(model, 0.1)
-        opt = (ZeroAdamW(groups, stage=int(name[-1]), lr=cfg.lr, betas=(0.9, 0.95)) if name.startswith("zero")
-               else AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95)))
+        opt = (
+            ZeroAdamW(groups, stage=int(name[-1]), lr=cfg.lr, betas=(0.9, 0.95))
+            if name.startswith("zero")
+            else AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+        )
         losses = []
         for step in range(cfg.steps):
             x, y = demo_batch(cfg, step)
@@ -262,9 +283,14 @@ def zero_worker(rank, world, cfg: ZeroConfig) -> dict:
                 dist.all_reduce(total)
                 total /= world
             losses.append(total.item())
-        runs[name] = {"losses": torch.tensor(losses), "weights": [p.detach() for p in model.parameters()],
-                      "state_dict": opt.state_dict(), "state_bytes": state_bytes(opt), "grad_bytes": grad_bytes,
-                      "shard_bytes": 4 * opt.shard_size if name.startswith("zero") else 0}
+        runs[name] = {
+            "losses": torch.tensor(losses),
+            "weights": [p.detach() for p in model.parameters()],
+            "state_dict": opt.state_dict(),
+            "state_bytes": state_bytes(opt),
+            "grad_bytes": grad_bytes,
+            "shard_bytes": 4 * opt.shard_size if name.startswith("zero") else 0,
+        }
     ref = runs["single"]["state_dict"]
     for name in ("zero1", "zero2"):
         r = runs[name]
@@ -272,11 +298,17 @@ def zero_worker(rank, world, cfg: ZeroConfig) -> dict:
             "max_diff_loss": max_diff(r["losses"], runs["single"]["losses"]),
             "max_diff_weight": max_diff(r["weights"], runs["single"]["weights"]),
             "max_diff_weight_vs_ddp": max_diff(r["weights"], runs["ddp"]["weights"]),
-            "max_diff_state_dict": max(max_diff(r["state_dict"]["state"][i][k], ref["state"][i][k])
-                                       for i in ref["state"] for k in ("exp_avg", "exp_avg_sq")),
+            "max_diff_state_dict": max(
+                max_diff(r["state_dict"]["state"][i][k], ref["state"][i][k])
+                for i in ref["state"]
+                for k in ("exp_avg", "exp_avg_sq")
+            ),
             "same_state_keys": sorted(r["state_dict"]["state"]) == sorted(ref["state"]),
-            "state_bytes": r["state_bytes"], "grad_bytes": r["grad_bytes"], "master_shard_bytes": r["shard_bytes"],
-            "losses": r["losses"].tolist()}
+            "state_bytes": r["state_bytes"],
+            "grad_bytes": r["grad_bytes"],
+            "master_shard_bytes": r["shard_bytes"],
+            "losses": r["losses"].tolist(),
+        }
     out["unsharded_state_bytes"] = runs["single"]["state_bytes"]
     out["ref_losses"] = runs["single"]["losses"].tolist()
     return out
@@ -284,27 +316,38 @@ def zero_worker(rank, world, cfg: ZeroConfig) -> dict:
 
 def report(r: dict, cfg: ZeroConfig) -> str:
     N, P = cfg.world, r["params"]
-    lines = [f"ZeRO by hand vs unsharded AdamW in one process, {N} ranks, {cfg.steps} steps, {P:,} params, "
-             f"clip {cfg.grad_clip}"]
+    lines = [
+        f"ZeRO by hand vs unsharded AdamW in one process, {N} ranks, {cfg.steps} steps, {P:,} params, "
+        f"clip {cfg.grad_clip}"
+    ]
     for s in (1, 2):
         z = r[f"zero{s}"]
-        lines.append(f"  ZeRO-{s}: max |loss diff| {z['max_diff_loss']:.1e}   max |weight diff| "
-                     f"{z['max_diff_weight']:.1e} "
-                     f"(vs DDP + AdamW, same gradients: {z['max_diff_weight_vs_ddp']:.1e})   gathered state_dict "
-                     f"vs AdamW's {z['max_diff_state_dict']:.1e}")
+        lines.append(
+            f"  ZeRO-{s}: max |loss diff| {z['max_diff_loss']:.1e}   max |weight diff| "
+            f"{z['max_diff_weight']:.1e} "
+            f"(vs DDP + AdamW, same gradients: {z['max_diff_weight_vs_ddp']:.1e})   gathered state_dict "
+            f"vs AdamW's {z['max_diff_state_dict']:.1e}"
+        )
     u = r["unsharded_state_bytes"]
-    lines += ["", f"bytes per rank (rank 0), fp32",
-              f"{'':<18}{'AdamW state (m, v)':>20}{'master shard':>14}{'gradients':>12}{'state / unsharded':>20}",
-              f"{'unsharded AdamW':<18}{u:>20,}{0:>14,}{4 * P:>12,}{1:>20.3f}"]
+    lines += [
+        "",
+        f"bytes per rank (rank 0), fp32",
+        f"{'':<18}{'AdamW state (m, v)':>20}{'master shard':>14}{'gradients':>12}{'state / unsharded':>20}",
+        f"{'unsharded AdamW':<18}{u:>20,}{0:>14,}{4 * P:>12,}{1:>20.3f}",
+    ]
     for s in (1, 2):
         z = r[f"zero{s}"]
-        lines.append(f"{'ZeRO-' + str(s):<18}{z['state_bytes']:>20,}{z['master_shard_bytes']:>14,}"
-                     f"{z['grad_bytes']:>12,}{z['state_bytes'] / u:>20.3f}")
+        lines.append(
+            f"{'ZeRO-' + str(s):<18}{z['state_bytes']:>20,}{z['master_shard_bytes']:>14,}"
+            f"{z['grad_bytes']:>12,}{z['state_bytes'] / u:>20.3f}"
+        )
     sent1 = ring_bytes("all_reduce", 4 * P, N) + ring_bytes("all_gather", 4 * P, N)
     sent2 = ring_bytes("reduce_scatter", 4 * P, N) + ring_bytes("all_gather", 4 * P, N)
-    lines += [f"(1/N = {1 / N:.3f}; the state holds m, v and a step count per piece)",
-              f"sent per rank per step on a ring: ZeRO-1 {sent1:,.0f} bytes (all-reduce + all-gather), "
-              f"ZeRO-2 {sent2:,.0f} (reduce-scatter + all-gather) = DDP's {ring_bytes('all_reduce', 4 * P, N):,.0f}"]
+    lines += [
+        f"(1/N = {1 / N:.3f}; the state holds m, v and a step count per piece)",
+        f"sent per rank per step on a ring: ZeRO-1 {sent1:,.0f} bytes (all-reduce + all-gather), "
+        f"ZeRO-2 {sent2:,.0f} (reduce-scatter + all-gather) = DDP's {ring_bytes('all_reduce', 4 * P, N):,.0f}",
+    ]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ Interview questions it answers:
 - Why a bottleneck? (m ≪ d keeps the count at 2·d·m per adapter, and the low rank limits how far
   the frozen model can be pushed, the same trade-off as LoRA's r)
 """
+
 import functools
 import sys
 from pathlib import Path

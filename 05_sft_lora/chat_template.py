@@ -44,6 +44,7 @@ Interview questions it answers:
 - Sum or mean of token log-probs for a response? (the sum is log p(response); DPO uses it; the mean
   removes the length bias when comparing responses of different lengths)
 """
+
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ from common import UserError  # 01_data
 ROLES = ("system", "user", "assistant")
 BOS, END = "<|endoftext|>", "<|end|>"
 ROLE_TOKEN = {role: f"<|{role}|>" for role in ROLES}
-IGNORE = -100                          # the label GPT.forward's cross-entropy skips
+IGNORE = -100  # the label GPT.forward's cross-entropy skips
 
 
 def check_messages(messages, where="conversation"):
@@ -67,13 +68,19 @@ def check_messages(messages, where="conversation"):
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} turns")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
             raise UserError(f"{where}: turn {i} must be an object with string 'role' and 'content'")
         if m["role"] not in ROLES:
             raise UserError(f"{where}: turn {i} has role {m['role']!r}; use one of {', '.join(ROLES)}")
     if messages[-1]["role"] != "assistant":
-        raise UserError(f"{where}: the conversation ends with a {messages[-1]['role']} turn; it must end "
-                        "with the assistant turn to train on (drop the trailing turn or add the answer)")
+        raise UserError(
+            f"{where}: the conversation ends with a {messages[-1]['role']} turn; it must end "
+            "with the assistant turn to train on (drop the trailing turn or add the answer)"
+        )
 
 
 def render_chat(messages, add_generation_prompt=False) -> str:
@@ -89,8 +96,10 @@ def special_ids(tok) -> dict:
     needed = [BOS, END, *ROLE_TOKEN.values()]
     missing = [s for s in needed if s not in tok.special_tokens]
     if missing:
-        raise UserError(f"the tokenizer has no {', '.join(missing)} token(s); retrain it with "
-                        "02_tokenizer/bpe.py, which adds the chat-role tokens")
+        raise UserError(
+            f"the tokenizer has no {', '.join(missing)} token(s); retrain it with "
+            "02_tokenizer/bpe.py, which adds the chat-role tokens"
+        )
     return {s: tok.special_tokens[s] for s in needed}
 
 
@@ -130,6 +139,7 @@ def decode_answer(tok, ids) -> str:
 
 # ----------------------------------------------------------------------------- tensors and log-probs
 
+
 def lm_inputs(input_ids, labels):
     """(x, y) for GPT.forward from aligned (B, T) input_ids and labels: x = ids[:, :-1], y = labels[:, 1:]
     (the logit at t scores the token at t+1)."""
@@ -142,7 +152,7 @@ def token_logprobs(logits, targets):
     # >>> exercise: log_softmax over the vocabulary, gather the target's log-prob, zero it where the target is -100
     keep = targets != IGNORE
     logp = F.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)        # (B, T)
+    picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (B, T)
     return picked * keep
     # <<< exercise
 

@@ -27,6 +27,7 @@ Interview questions it answers:
   and most directions of each weight matrix cannot; at LoRA's usual 10x larger rate it can forget
   more, as measured in the README: the forgetting column, and lora_r8_lr3e-4 beside full)
 """
+
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -37,8 +38,22 @@ import numpy as np
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
-from common import (UserError, claim_output, command_line, markdown_table, option, parse_config, pyplot, read_json,  # 01_data
-                    run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
+from common import (
+    UserError,
+    claim_output,
+    command_line,
+    markdown_table,
+    option,
+    parse_config,
+    pyplot,
+    read_json,  # 01_data
+    run_cli,
+    run_lock,
+    save_figure,
+    staged_dir,
+    write_json,
+    write_manifest,
+)
 
 METHODS = {  # name -> sft.py flags
     "full": ["--method", "full"],
@@ -47,11 +62,23 @@ METHODS = {  # name -> sft.py flags
     "lora_r16": ["--method", "lora", "--lora-r", "16"],
     "prefix": ["--method", "prefix"],
     "adapter": ["--method", "adapter"],
-    "full_mix": ["--method", "full", "--mix-pretrain", "0.25"],     # not in the default list: the
-    "lora_r8_mix": ["--method", "lora", "--lora-r", "8", "--mix-pretrain", "0.25"],   # forgetting remedy,
-    "lora_r8_lr3e-4": ["--method", "lora", "--lora-r", "8", "--lr", "3e-4"],   # and LoRA at full's learning rate
+    "full_mix": ["--method", "full", "--mix-pretrain", "0.25"],  # not in the default list: the
+    "lora_r8_mix": ["--method", "lora", "--lora-r", "8", "--mix-pretrain", "0.25"],  # forgetting remedy,
+    "lora_r8_lr3e-4": [
+        "--method",
+        "lora",
+        "--lora-r",
+        "8",
+        "--lr",
+        "3e-4",
+    ],  # and LoRA at full's learning rate
 }
-DEFAULT_METHODS = ["full", "lora_r8", "prefix", "adapter"]   # lora_r4 / lora_r16 by --methods: rank barely matters here
+DEFAULT_METHODS = [
+    "full",
+    "lora_r8",
+    "prefix",
+    "adapter",
+]  # lora_r4 / lora_r16 by --methods: rank barely matters here
 
 
 @dataclass
@@ -72,15 +99,33 @@ def check_compare_config(cfg):
         raise UserError("pass --run runs/<name> (the folder 04_pretrain wrote pretrain/ into)")
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
-        raise UserError(f"--methods {','.join(cfg.methods) or '(none)'}: unknown {', '.join(unknown) or 'empty list'}; "
-                        f"choose from {', '.join(METHODS)}")
+        raise UserError(
+            f"--methods {','.join(cfg.methods) or '(none)'}: unknown {', '.join(unknown) or 'empty list'}; "
+            f"choose from {', '.join(METHODS)}"
+        )
 
 
 def run_method(cfg, name, out, eval_base) -> dict:
     """One sft.py run in a fresh process; returns its outcome.json."""
-    cmd = [sys.executable, str(REPO / "05_sft_lora" / "sft.py"), "--run", cfg.run, "--out", str(out),
-           *METHODS[name], "--steps", str(cfg.steps), "--seed", str(cfg.seed), "--eval-limit", str(cfg.eval_limit),
-           "--device", cfg.device, "--eval-base" if eval_base else "--no-eval-base", *cfg.sft_args.split()]
+    cmd = [
+        sys.executable,
+        str(REPO / "05_sft_lora" / "sft.py"),
+        "--run",
+        cfg.run,
+        "--out",
+        str(out),
+        *METHODS[name],
+        "--steps",
+        str(cfg.steps),
+        "--seed",
+        str(cfg.seed),
+        "--eval-limit",
+        str(cfg.eval_limit),
+        "--device",
+        cfg.device,
+        "--eval-base" if eval_base else "--no-eval-base",
+        *cfg.sft_args.split(),
+    ]
     print(f"--- {name}: {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -93,21 +138,49 @@ def table_rows(outcomes: dict) -> list:
     """One row per method plus the base model's (from the first run, which answered with it too)."""
     first = next(iter(outcomes.values()))
     pct = lambda c: f"{c['trainable']:,} ({c['percent']:.2f}%)"
-    rows = [{"method": "base (template only)", "trainable params": "0", "exact match": f"{first['heldout_base']['exact_match']:.3f}",
-             "token F1": f"{first['heldout_base']['token_f1']:.3f}",
-             "answer acc": f"{first['heldout_base'].get('answer_acc', float('nan')):.3f}", "forgetting": "0"}]
+    rows = [
+        {
+            "method": "base (template only)",
+            "trainable params": "0",
+            "exact match": f"{first['heldout_base']['exact_match']:.3f}",
+            "token F1": f"{first['heldout_base']['token_f1']:.3f}",
+            "answer acc": f"{first['heldout_base'].get('answer_acc', float('nan')):.3f}",
+            "forgetting": "0",
+        }
+    ]
     for name, o in outcomes.items():
         t = o["heldout_tuned"]
-        rows.append({"method": name, "trainable params": pct(o["params"]), "wall s": f"{o['train_s']:.0f}", "CPU s": f"{o['train_cpu_s']:.0f}",
-                     "RSS growth MB": f"{o['train_rss_growth_mb']:.0f}", "train state MB": f"{o['train_state_mb']:.1f}",
-                     "exact match": f"{t['exact_match']:.3f}", "token F1": f"{t['token_f1']:.3f}",
-                     "answer acc": f"{t.get('answer_acc', float('nan')):.3f}",
-                     "forgetting": f"{o['corpus_val_loss']['change']:+.3f}", "file KiB": f"{o['file_kib']:.0f}"})
+        rows.append(
+            {
+                "method": name,
+                "trainable params": pct(o["params"]),
+                "wall s": f"{o['train_s']:.0f}",
+                "CPU s": f"{o['train_cpu_s']:.0f}",
+                "RSS growth MB": f"{o['train_rss_growth_mb']:.0f}",
+                "train state MB": f"{o['train_state_mb']:.1f}",
+                "exact match": f"{t['exact_match']:.3f}",
+                "token F1": f"{t['token_f1']:.3f}",
+                "answer acc": f"{t.get('answer_acc', float('nan')):.3f}",
+                "forgetting": f"{o['corpus_val_loss']['change']:+.3f}",
+                "file KiB": f"{o['file_kib']:.0f}",
+            }
+        )
     return rows
 
 
-COLUMNS = ["method", "trainable params", "wall s", "CPU s", "RSS growth MB", "train state MB", "exact match", "token F1",
-           "answer acc", "forgetting", "file KiB"]
+COLUMNS = [
+    "method",
+    "trainable params",
+    "wall s",
+    "CPU s",
+    "RSS growth MB",
+    "train state MB",
+    "exact match",
+    "token F1",
+    "answer acc",
+    "forgetting",
+    "file KiB",
+]
 
 
 def plot(outcomes, path):
@@ -119,13 +192,22 @@ def plot(outcomes, path):
     xs, width = np.arange(len(names)), 0.27
     for i, key in enumerate(("exact_match", "token_f1", "answer_acc")):
         ax1.bar(xs + (i - 1) * width, [e.get(key, 0) for e in evals], width, label=key)
-    ax1.set(xticks=xs, xticklabels=names, ylim=(0, 1), ylabel="share of held-out questions",
-            title="held-out subjects, greedy answers")
+    ax1.set(
+        xticks=xs,
+        xticklabels=names,
+        ylim=(0, 1),
+        ylabel="share of held-out questions",
+        title="held-out subjects, greedy answers",
+    )
     ax1.legend()
     ax2.bar(xs[1:], [o["corpus_val_loss"]["change"] for o in outcomes.values()], color="tab:red")
     ax2.axhline(0, c="gray", lw=0.8)
-    ax2.set(xticks=xs[1:], xticklabels=names[1:], ylabel="Δ pretraining val loss (nats/token)",
-            title="forgetting (higher = more forgotten)")
+    ax2.set(
+        xticks=xs[1:],
+        xticklabels=names[1:],
+        ylabel="Δ pretraining val loss (nats/token)",
+        title="forgetting (higher = more forgotten)",
+    )
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=30)
     save_figure(fig, path)
@@ -144,8 +226,13 @@ def main(argv=None):
             table = markdown_table(rows, COLUMNS)
             write_json(tmp / "compare.json", {"rows": rows, "outcomes": outcomes, "config": asdict(cfg)})
             plot(outcomes, tmp / "compare.png")
-            write_manifest(tmp, stage="05_sft_lora", command=command_line(__file__, argv), config=asdict(cfg),
-                           inputs=[run / "pretrain", run / "tokenizer", run / "data"])
+            write_manifest(
+                tmp,
+                stage="05_sft_lora",
+                command=command_line(__file__, argv),
+                config=asdict(cfg),
+                inputs=[run / "pretrain", run / "tokenizer", run / "data"],
+            )
     print(table)
     print(f"wrote {out}/ (compare.json, compare.png, one sft run per method)")
 

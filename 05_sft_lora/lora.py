@@ -34,6 +34,7 @@ Interview questions it answers:
 - Why does LoRA forget less than full fine-tuning? (the update is confined to a rank-r subspace of
   a few matrices; most directions of W, and the embeddings, cannot move)
 """
+
 import dataclasses
 import fnmatch
 import hashlib
@@ -52,12 +53,22 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (UserError, check_artifact, claim_output, command_line, option, parse_config, run_cli,  # 01_data
-                    run_lock, staged_dir, write_manifest)
+from common import (
+    UserError,
+    check_artifact,
+    claim_output,
+    command_line,
+    option,
+    parse_config,
+    run_cli,  # 01_data
+    run_lock,
+    staged_dir,
+    write_manifest,
+)
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from gpt import GPT  # 03_model
 
-DEFAULT_TARGETS = ["wq", "wk", "wv", "wo", "up", "gate", "down"]   # attention q/k/v/o and the MLP
+DEFAULT_TARGETS = ["wq", "wk", "wv", "wo", "up", "gate", "down"]  # attention q/k/v/o and the MLP
 
 
 class LoRALinear(nn.Module):
@@ -69,16 +80,16 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias
-        self.lora_A = nn.ParameterDict()        # name -> (r, in)
-        self.lora_B = nn.ParameterDict()        # name -> (out, r)
+        self.lora_A = nn.ParameterDict()  # name -> (r, in)
+        self.lora_B = nn.ParameterDict()  # name -> (out, r)
         self.lora_dropout = nn.ModuleDict()
-        self.scale = {}                         # name -> α / r
-        self.active = {}                        # name -> weight in the combination
-        self.merged = {}                        # name -> weight already added into self.weight
+        self.scale = {}  # name -> α / r
+        self.active = {}  # name -> weight in the combination
+        self.merged = {}  # name -> weight already added into self.weight
 
     def add_adapter(self, name, r, alpha, dropout=0.0):
         A = torch.empty(r, self.in_features, device=self.weight.device)
-        nn.init.kaiming_uniform_(A, a=math.sqrt(5))          # nn.Linear's own init, fan_in = in
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # nn.Linear's own init, fan_in = in
         self.lora_A[name] = nn.Parameter(A)
         self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=self.weight.device))
         self.lora_dropout[name] = nn.Dropout(dropout)
@@ -93,9 +104,9 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)
         for name, w in self.active.items():
             if name in self.merged:
-                continue                                      # already inside self.weight
-            h = self.lora_dropout[name](x) @ self.lora_A[name].t()          # (..., r): small
-            y = y + (h * (w * self.scale[name])) @ self.lora_B[name].t()    # scale the small tensor
+                continue  # already inside self.weight
+            h = self.lora_dropout[name](x) @ self.lora_A[name].t()  # (..., r): small
+            y = y + (h * (w * self.scale[name])) @ self.lora_B[name].t()  # scale the small tensor
         return y
         # <<< exercise
 
@@ -105,9 +116,14 @@ class LoRALinear(nn.Module):
 
 # ----------------------------------------------------------------------------- injection by name
 
+
 def linear_names(model) -> list:
     """Names of the nn.Linear (or already LoRA-wrapped) modules, with layer numbers folded into `*`."""
-    names = {re.sub(r"\.\d+\.", ".*.", n) for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))}
+    names = {
+        re.sub(r"\.\d+\.", ".*.", n)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, LoRALinear))
+    }
     return sorted(names)
 
 
@@ -131,18 +147,24 @@ def find_targets(model, targets, name="default") -> list:
     each of them; a UserError listing the layers there are when nothing matches. sft.py calls it
     before anything slow, inject_lora before changing anything."""
     shared = {}
-    for _, m in model.named_modules(remove_duplicate=False):   # tied weights: lm_head is tok_emb
+    for _, m in model.named_modules(remove_duplicate=False):  # tied weights: lm_head is tok_emb
         for p in m.parameters(recurse=False):
             shared[id(p)] = shared.get(id(p), 0) + 1
-    chosen = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear)) and matches(n, targets)]
+    chosen = [
+        n for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear)) and matches(n, targets)
+    ]
     if not chosen:
-        raise UserError(f"LoRA targets {','.join(targets)} match no linear layer; the model has "
-                        f"{', '.join(linear_names(model))}")
+        raise UserError(
+            f"LoRA targets {','.join(targets)} match no linear layer; the model has "
+            f"{', '.join(linear_names(model))}"
+        )
     for n in chosen:
         module = model.get_submodule(n)
         if shared[id(module.weight)] > 1:
-            raise UserError(f"{n} shares its weight with another layer (tied embeddings); merging LoRA "
-                            "into it would change both, so leave it out of the targets")
+            raise UserError(
+                f"{n} shares its weight with another layer (tied embeddings); merging LoRA "
+                "into it would change both, so leave it out of the targets"
+            )
         if isinstance(module, LoRALinear) and name in module.lora_A:
             raise UserError(f"{n} already has a LoRA adapter named {name!r}; pick another name")
     return chosen
@@ -180,7 +202,9 @@ def set_adapter(model, adapters):
             raise UserError(f"{n} has merged adapters; call unmerge_lora before switching")
         unknown = set(weights) - set(m.lora_A)
         if unknown:
-            raise UserError(f"no LoRA adapter named {sorted(unknown)[0]!r}; this model has {sorted(m.lora_A)}")
+            raise UserError(
+                f"no LoRA adapter named {sorted(unknown)[0]!r}; this model has {sorted(m.lora_A)}"
+            )
         m.active = weights
         for a in m.lora_A:
             m.lora_A[a].requires_grad_(a in weights)
@@ -210,6 +234,7 @@ def unmerge_lora(model):
 
 # ----------------------------------------------------------------------------- parameter counts
 
+
 def count_params(model, *extra_modules) -> dict:
     """{"trainable", "total", "percent"}: the base model plus any PEFT modules kept beside it
     (prefix.py and adapter.py keep theirs outside the model); a parameter is counted once."""
@@ -225,7 +250,7 @@ def describe_params(counts) -> str:
 
 # ----------------------------------------------------------------------------- adapter files
 
-RUNTIME_FIELDS = ("attn_backend", "dropout")   # change how the model runs, not what its weights mean
+RUNTIME_FIELDS = ("attn_backend", "dropout")  # change how the model runs, not what its weights mean
 
 
 def config_hash(config: dict) -> str:
@@ -239,7 +264,9 @@ def save_peft(path, model, kind: str, state: dict, **meta):
     "model", and {"kind", "base_config_hash", **meta} as "peft"."""
     base_config = dataclasses.asdict(model.cfg)
     state = {k: v.detach().cpu().clone() for k, v in state.items()}
-    save_checkpoint(path, base_config, state, peft={"kind": kind, "base_config_hash": config_hash(base_config), **meta})
+    save_checkpoint(
+        path, base_config, state, peft={"kind": kind, "base_config_hash": config_hash(base_config), **meta}
+    )
 
 
 def load_peft(path, model, kind: str):
@@ -249,12 +276,16 @@ def load_peft(path, model, kind: str):
     meta = ckpt.get("peft")
     if not isinstance(meta, dict) or meta.get("kind") != kind:
         found = meta.get("kind") if isinstance(meta, dict) else "a full model checkpoint"
-        raise UserError(f"{path}: holds {found}, not a {kind} adapter; pass the {kind} file written by sft.py")
+        raise UserError(
+            f"{path}: holds {found}, not a {kind} adapter; pass the {kind} file written by sft.py"
+        )
     current = dataclasses.asdict(model.cfg)
     if meta.get("base_config_hash") != config_hash(current):
         diffs = config_differences(ckpt["config"], current, ignore=RUNTIME_FIELDS)
-        raise UserError(f"{path}: adapter was trained on a base of another shape or config "
-                        f"({'; '.join(diffs) or 'config hash differs'}); load it onto the base it was made for")
+        raise UserError(
+            f"{path}: adapter was trained on a base of another shape or config "
+            f"({'; '.join(diffs) or 'config hash differs'}); load it onto the base it was made for"
+        )
     return ckpt["model"], meta
 
 
@@ -287,12 +318,16 @@ def load_lora(model, path, name=None) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
+
 @dataclass
 class MergeConfig:
     base: str = option("", "base checkpoint the adapter was trained on (e.g. runs/tiny/pretrain/best.pt)")
     adapter: str = option("", "LoRA adapter.pt in a folder written by sft.py (e.g. runs/tiny/sft/adapter.pt)")
-    out: str = option("", "folder for the merged model: ckpt.pt + manifest.json (e.g. runs/tiny/sft_merged); "
-                      "empty = only describe the adapter")
+    out: str = option(
+        "",
+        "folder for the merged model: ckpt.pt + manifest.json (e.g. runs/tiny/sft_merged); "
+        "empty = only describe the adapter",
+    )
     overwrite: bool = option(False, "replace the merged model already in --out")
 
 
@@ -309,24 +344,37 @@ def main(argv=None):
     name = load_lora(model, adapter)
     mods = lora_modules(model)
     n_lora = sum(m.lora_A[name].numel() + m.lora_B[name].numel() for m in mods.values())
-    print(f"{adapter}: adapter {name!r}, r={next(iter(mods.values())).lora_A[name].shape[0]}, "
-          f"{len(mods)} layers, {n_lora:,} parameters ({100 * n_lora / base_params:.2f}% of the base's "
-          f"{base_params:,}), {adapter.stat().st_size / 1024:.1f} KiB")
+    print(
+        f"{adapter}: adapter {name!r}, r={next(iter(mods.values())).lora_A[name].shape[0]}, "
+        f"{len(mods)} layers, {n_lora:,} parameters ({100 * n_lora / base_params:.2f}% of the base's "
+        f"{base_params:,}), {adapter.stat().st_size / 1024:.1f} KiB"
+    )
     if not cfg.out:
         return
     out = Path(cfg.out)
     merge_lora(model)
-    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}   # the base's own keys
+    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}  # the base's own keys
     tok = tokenizer_dir(base, load_checkpoint(base).get("tokenizer"))
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)
         with staged_dir(out) as tmp:
-            save_checkpoint(tmp / "ckpt.pt", dataclasses.asdict(model.cfg), state,
-                            merged_from={"base": str(base), "adapter": str(adapter)},
-                            **({"tokenizer": os.path.relpath(tok, out)} if tok else {}))
-            write_manifest(tmp, stage="05_sft_lora", command=command_line(__file__, argv), config=dataclasses.asdict(cfg),
-                           inputs=[base, adapter.parent])
-    print(f"wrote {out}/ckpt.pt: the base with the adapter merged in ({(out / 'ckpt.pt').stat().st_size / 2**20:.2f} MiB)")
+            save_checkpoint(
+                tmp / "ckpt.pt",
+                dataclasses.asdict(model.cfg),
+                state,
+                merged_from={"base": str(base), "adapter": str(adapter)},
+                **({"tokenizer": os.path.relpath(tok, out)} if tok else {}),
+            )
+            write_manifest(
+                tmp,
+                stage="05_sft_lora",
+                command=command_line(__file__, argv),
+                config=dataclasses.asdict(cfg),
+                inputs=[base, adapter.parent],
+            )
+    print(
+        f"wrote {out}/ckpt.pt: the base with the adapter merged in ({(out / 'ckpt.pt').stat().st_size / 2**20:.2f} MiB)"
+    )
 
 
 if __name__ == "__main__":

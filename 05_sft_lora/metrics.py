@@ -25,6 +25,7 @@ Interview questions it answers:
   the combinatorial formula is unbiased and has lower variance: 1 - C(n-c, k) / C(n, k))
 - How sure is a 55 % win rate over 200 comparisons? (Wilson 95 % interval about [48 %, 62 %])
 """
+
 import math
 import re
 import string
@@ -72,7 +73,7 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def ngrams(tokens, n) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def corpus_bleu(predictions, references, max_n=4) -> dict:
@@ -89,7 +90,7 @@ def corpus_bleu(predictions, references, max_n=4) -> dict:
         c, r = c + len(p), r + len(q)
         for n in range(1, max_n + 1):
             pn, rn = ngrams(p, n), ngrams(q, n)
-            matched[n - 1] += sum((pn & rn).values())                   # clipped counts
+            matched[n - 1] += sum((pn & rn).values())  # clipped counts
             total[n - 1] += sum(pn.values())
     precisions = [m / t if t else 0.0 for m, t in zip(matched, total)]
     bp = 1.0 if c > r else (math.exp(1 - r / c) if c else 0.0)
@@ -101,11 +102,11 @@ def lcs_length(a, b) -> int:
     """Length of the longest common subsequence, by dynamic programming over one row:
     L[i][j] = L[i-1][j-1] + 1 if a_i = b_j else max(L[i-1][j], L[i][j-1])."""
     # >>> exercise: dynamic programming: L[i][j] = L[i-1][j-1] + 1 if a_i == b_j else max(L[i-1][j], L[i][j-1])
-    row = [0] * (len(b) + 1)                        # row[j] = L[i][j] for the current i
+    row = [0] * (len(b) + 1)  # row[j] = L[i][j] for the current i
     for x in a:
-        diag = 0                                    # L[i-1][j-1]
+        diag = 0  # L[i-1][j-1]
         for j, y in enumerate(b, 1):
-            up = row[j]                             # L[i-1][j]
+            up = row[j]  # L[i-1][j]
             row[j] = diag + 1 if x == y else max(up, row[j - 1])
             diag = up
     return row[-1]
@@ -119,7 +120,7 @@ def rouge_l(prediction: str, reference: str, beta=1.0) -> float:
     if lcs == 0:
         return 0.0
     p, r = lcs / len(pred), lcs / len(ref)
-    return (1 + beta ** 2) * p * r / (r + beta ** 2 * p)
+    return (1 + beta**2) * p * r / (r + beta**2 * p)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -128,7 +129,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
     if n - c < k:
-        return 1.0                                  # every k-subset contains a correct sample
+        return 1.0  # every k-subset contains a correct sample
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
@@ -149,4 +150,4 @@ def answer_in(prediction: str, answer: str) -> float:
     """1.0 if the short answer's normalized tokens appear, contiguous and in order, in the normalized
     prediction ("Calinwi" in "Noin Marora lives in Calinwi."): the fact, whatever the phrasing."""
     pred, ans = normalize_answer(prediction), normalize_answer(answer)
-    return float(bool(ans) and any(pred[i:i + len(ans)] == ans for i in range(len(pred) - len(ans) + 1)))
+    return float(bool(ans) and any(pred[i : i + len(ans)] == ans for i in range(len(pred) - len(ans) + 1)))

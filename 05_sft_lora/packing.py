@@ -30,6 +30,7 @@ Interview questions it answers:
 - Packing vs padding: same gradients? (the same per-example losses; the batch mean differs only
   in which examples share a step)
 """
+
 import torch
 
 from chat_template import IGNORE, token_logprobs  # 05_sft_lora (this folder)
@@ -67,7 +68,11 @@ def collate_packed(rows, pad_id, device=None):
         t = 0
         for i, ex in enumerate(row):
             xi, yi = shifted(ex)
-            x[b, t:t + len(xi)], y[b, t:t + len(yi)], seg[b, t:t + len(xi)] = torch.tensor(xi), torch.tensor(yi), i
+            x[b, t : t + len(xi)], y[b, t : t + len(yi)], seg[b, t : t + len(xi)] = (
+                torch.tensor(xi),
+                torch.tensor(yi),
+                i,
+            )
             t += len(xi)
     return x.to(device), y.to(device), seg.to(device)
     # <<< exercise
@@ -81,7 +86,7 @@ def collate_padded(examples, pad_id, device=None):
     y = torch.full((len(examples), T), IGNORE, dtype=torch.long)
     for b, ex in enumerate(examples):
         xi, yi = shifted(ex)
-        x[b, :len(xi)], y[b, :len(yi)] = torch.tensor(xi), torch.tensor(yi)
+        x[b, : len(xi)], y[b, : len(yi)] = torch.tensor(xi), torch.tensor(yi)
     return x.to(device), y.to(device)
 
 

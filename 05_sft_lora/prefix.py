@@ -35,6 +35,7 @@ Interview questions it answers:
 - What does a prefix cost at inference? (P more keys per layer: attention over P + T keys, and
   L·2·Hkv·P·hd stored numbers; no change to the weights)
 """
+
 import functools
 import sys
 from pathlib import Path
@@ -57,10 +58,13 @@ class PrefixTuning(nn.Module):
         if n_prefix < 1 or hidden < 1:
             raise UserError(f"prefix length ({n_prefix}) and MLP width ({hidden}) must be >= 1")
         self.shape = (n_prefix, cfg.n_layer, 2, cfg.n_kv_head, cfg.head_dim)
-        self.embedding = nn.Parameter(torch.randn(n_prefix, cfg.n_embd) * 0.02)   # E, like a token embedding
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, cfg.n_layer * 2 * cfg.n_kv_head * cfg.head_dim))
-        self.folded = None                                   # (L, 2, Hkv, P, hd) after fold()
+        self.embedding = nn.Parameter(torch.randn(n_prefix, cfg.n_embd) * 0.02)  # E, like a token embedding
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, cfg.n_layer * 2 * cfg.n_kv_head * cfg.head_dim),
+        )
+        self.folded = None  # (L, 2, Hkv, P, hd) after fold()
 
     @property
     def n_prefix(self) -> int:
@@ -84,11 +88,11 @@ class PrefixTuning(nn.Module):
         always-visible columns to the mask `allowed` (B, 1, T, S) when there is one.
         (Training recomputes the small MLP here for each layer; after fold() it is a lookup.)"""
         B = k.shape[0]
-        pk, pv = self.prefixes()[layer].to(k.dtype)                               # (Hkv, P, hd) each
-        k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)                       # (B, Hkv, P+S, hd)
+        pk, pv = self.prefixes()[layer].to(k.dtype)  # (Hkv, P, hd) each
+        k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)  # (B, Hkv, P+S, hd)
         v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
         if allowed is not None:
-            seen = allowed.new_ones(*allowed.shape[:-1], self.n_prefix)           # (B, 1, T, P)
+            seen = allowed.new_ones(*allowed.shape[:-1], self.n_prefix)  # (B, 1, T, P)
             allowed = torch.cat([seen, allowed], dim=-1)
         return k, v, allowed
 

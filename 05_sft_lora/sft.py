@@ -29,6 +29,7 @@ Interview questions it answers:
 - How do you reduce catastrophic forgetting? (mix pretraining data into the batches, train fewer
   parameters (PEFT), lower lr / fewer steps, early stopping)
 """
+
 import dataclasses
 import json
 import math
@@ -44,10 +45,31 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config, pyplot,  # 01_data
-                    read_json, run_cli, run_lock, save_figure, set_interrupt_hint, staged_dir, write_json,
-                    write_jsonl, write_manifest)
+sys.path[:0] = [
+    str(REPO / "01_data"),
+    str(REPO / "02_tokenizer"),
+    str(REPO / "03_model"),
+    str(REPO / "04_pretrain"),
+]
+from common import (
+    UserError,
+    check_artifact,
+    check_config,
+    claim_output,
+    command_line,
+    option,
+    parse_config,
+    pyplot,  # 01_data
+    read_json,
+    run_cli,
+    run_lock,
+    save_figure,
+    set_interrupt_hint,
+    staged_dir,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from decoding import left_pad  # 03_model
@@ -58,7 +80,15 @@ from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
 from adapter import BottleneckAdapters, load_adapters, save_adapters
 from chat_template import END, decode_answer, encode_prompt
-from lora import DEFAULT_TARGETS, count_params, describe_params, find_targets, inject_lora, load_lora, save_lora
+from lora import (
+    DEFAULT_TARGETS,
+    count_params,
+    describe_params,
+    find_targets,
+    inject_lora,
+    load_lora,
+    save_lora,
+)
 from metrics import answer_in, exact_match, token_f1
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
 from prefix import PrefixTuning, attach_prefix, load_prefix, save_prefix
@@ -74,7 +104,9 @@ class SFTConfig:
     out: str = option("", "output folder; empty = <run>/sft")
     base: str = option("", "base checkpoint; empty = <run>/pretrain/best.pt, else ckpt.pt")
     train_file: str = option("", "messages- or Alpaca-style JSONL; empty = <run>/data/tasks/sft_train.jsonl")
-    heldout_file: str = option("", "conversations for the final evaluation; empty = <run>/data/tasks/sft_heldout.jsonl")
+    heldout_file: str = option(
+        "", "conversations for the final evaluation; empty = <run>/data/tasks/sft_heldout.jsonl"
+    )
     method: str = option("lora", "what trains", choices=METHODS)
     lora_r: int = option(8, "LoRA rank r", min=1)
     lora_alpha: float = option(16.0, "LoRA scale: the update is (alpha/r)·B·A", min=1e-6)
@@ -85,15 +117,24 @@ class SFTConfig:
     adapter_dim: int = option(16, "adapters: bottleneck width m", min=1)
     steps: int = option(120, "optimizer steps (early stopping may end sooner)", min=1)
     batch_size: int = option(16, "rows per step; each row packs several examples", min=1)
-    lr: float = option(0.0, "peak learning rate; 0 = the method's default "
-                       + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()), min=0.0)
+    lr: float = option(
+        0.0,
+        "peak learning rate; 0 = the method's default "
+        + ", ".join(f"{m} {v:g}" for m, v in DEFAULT_LR.items()),
+        min=0.0,
+    )
     warmup_steps: int = option(20, "linear warmup steps", min=0)
     weight_decay: float = option(0.0, "AdamW weight decay on matrices", min=0.0)
-    packing: bool = option(True, "pack examples into rows (block-diagonal attention); --no-packing pads one per row")
+    packing: bool = option(
+        True, "pack examples into rows (block-diagonal attention); --no-packing pads one per row"
+    )
     curriculum: str = option("none", "first epoch easy -> hard", choices=("none", "length", "turns"))
-    mix_pretrain: float = option(0.0, "fraction of each batch that is pretraining text (less forgetting)",
-                                 min=0.0, max=0.9)
-    val_frac: float = option(0.05, "fraction of training subjects held back to measure the loss", min=0.0, max=0.5)
+    mix_pretrain: float = option(
+        0.0, "fraction of each batch that is pretraining text (less forgetting)", min=0.0, max=0.9
+    )
+    val_frac: float = option(
+        0.05, "fraction of training subjects held back to measure the loss", min=0.0, max=0.5
+    )
     eval_interval: int = option(40, "steps between validation losses", min=1)
     patience: int = option(0, "early stopping: evaluations without improvement (0 = off)", min=0)
     eval_limit: int = option(200, "held-out conversations answered greedily (0 = all)", min=0)
@@ -117,6 +158,7 @@ def check_sft_config(cfg: SFTConfig):
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def base_checkpoint(cfg: SFTConfig) -> Path:
     """The base model's file: --base, else the run's pretrain/best.pt, else pretrain/ckpt.pt."""
@@ -144,6 +186,7 @@ def load_tokenizer(cfg) -> BPETokenizer:
 
 # ----------------------------------------------------------------------------- methods
 
+
 def apply_method(model, cfg: SFTConfig) -> list:
     """Make the method's parameters the trainable ones; returns the PEFT modules kept beside the model."""
     if cfg.method == "full":
@@ -152,7 +195,9 @@ def apply_method(model, cfg: SFTConfig) -> list:
         inject_lora(model, cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         return []
     if cfg.method == "prefix":
-        prefix = PrefixTuning(model.cfg, cfg.prefix_len, cfg.prefix_hidden).to(next(model.parameters()).device)
+        prefix = PrefixTuning(model.cfg, cfg.prefix_len, cfg.prefix_hidden).to(
+            next(model.parameters()).device
+        )
         attach_prefix(model, prefix)
         return [prefix]
     adapters = BottleneckAdapters(model.cfg, cfg.adapter_dim).to(next(model.parameters()).device)
@@ -195,14 +240,20 @@ def load_finetuned(sft_dir, device="cpu"):
 
 # ----------------------------------------------------------------------------- loss and evaluation
 
+
 def sft_batches(examples, cfg, block_size, epoch, pad_id, device):
     """One epoch of (x, y, segment or None) batches in the epoch's order."""
     order = epoch_order(examples, cfg.curriculum, epoch, cfg.seed)
     if cfg.packing:
         rows = pack_rows(order, block_size)
-        return [collate_packed(rows[i:i + cfg.batch_size], pad_id, device) for i in range(0, len(rows), cfg.batch_size)]
-    return [(*collate_padded(order[i:i + cfg.batch_size], pad_id, device), None)
-            for i in range(0, len(order), cfg.batch_size)]
+        return [
+            collate_packed(rows[i : i + cfg.batch_size], pad_id, device)
+            for i in range(0, len(rows), cfg.batch_size)
+        ]
+    return [
+        (*collate_padded(order[i : i + cfg.batch_size], pad_id, device), None)
+        for i in range(0, len(order), cfg.batch_size)
+    ]
 
 
 def batch_loss(model, x, y, segment):
@@ -231,8 +282,11 @@ def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> f
     starts = np.linspace(0, len(val_tokens) - block_size - 1, n_windows).astype(np.int64)
     was = model.training
     model.eval()
-    losses = [model(*get_batch(val_tokens, starts[i:i + batch], block_size, device))[1].item() * len(starts[i:i + batch])
-              for i in range(0, len(starts), batch)]
+    losses = [
+        model(*get_batch(val_tokens, starts[i : i + batch], block_size, device))[1].item()
+        * len(starts[i : i + batch])
+        for i in range(0, len(starts), batch)
+    ]
     model.train(was)
     return sum(losses) / len(starts)
 
@@ -244,14 +298,18 @@ def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64
     end, pad = tok.special_tokens[END], tok.special_tokens.get("<|pad|>", tok.eot_id)
     out = []
     for i in range(0, len(conversations), batch):
-        prompts = [encode_prompt(tok, c) for c in conversations[i:i + batch]]
+        prompts = [encode_prompt(tok, c) for c in conversations[i : i + batch]]
         idx, mask = left_pad(prompts, pad_id=pad, device=device)
         room = min(max_new_tokens, model.cfg.block_size - idx.shape[1])
         if room < 1:
-            raise UserError(f"a held-out prompt fills the model's context ({idx.shape[1]} tokens); "
-                            "drop long conversations from the held-out file")
-        gen = model.generate(idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad)
-        out += [decode_answer(tok, row) for row in gen[:, idx.shape[1]:].tolist()]
+            raise UserError(
+                f"a held-out prompt fills the model's context ({idx.shape[1]} tokens); "
+                "drop long conversations from the held-out file"
+            )
+        gen = model.generate(
+            idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad
+        )
+        out += [decode_answer(tok, row) for row in gen[:, idx.shape[1] :].tolist()]
     return out
 
 
@@ -259,8 +317,11 @@ def score(predictions, records) -> dict:
     """Mean exact match, token F1 (vs the reference answer turn) and answer accuracy (short answer)."""
     refs = [r["messages"][-1]["content"] for r in records]
     shorts = [r.get("answer") for r in records]
-    res = {"exact_match": float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs)])),
-           "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs)])), "n": len(records)}
+    res = {
+        "exact_match": float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs)])),
+        "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs)])),
+        "n": len(records),
+    }
     if all(isinstance(s, str) for s in shorts):
         res["answer_acc"] = float(np.mean([answer_in(p, s) for p, s in zip(predictions, shorts)]))
     return res
@@ -294,6 +355,7 @@ def plot(records, base_eval, tuned_eval, path, title):
 
 # ----------------------------------------------------------------------------- the run
 
+
 def finetune(cfg: SFTConfig, argv=None) -> dict:
     """Fine-tune, evaluate and write <out>/ (module docstring); returns the outcome dict."""
     check_sft_config(cfg)
@@ -302,25 +364,34 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     out = Path(cfg.out) if cfg.out else run / "sft"
     base_path = base_checkpoint(cfg)
     tok = load_tokenizer(cfg)
-    train_path, held_path = task_file(cfg, cfg.train_file, "sft_train.jsonl"), task_file(cfg, cfg.heldout_file, "sft_heldout.jsonl")
+    train_path, held_path = (
+        task_file(cfg, cfg.train_file, "sft_train.jsonl"),
+        task_file(cfg, cfg.heldout_file, "sft_heldout.jsonl"),
+    )
     train_records, held_records = read_conversations(train_path), read_conversations(held_path)
     model = GPT.from_checkpoint(base_path, map_location=device)
     if tok.vocab_size > model.cfg.vocab_size:
-        raise UserError(f"the tokenizer has {tok.vocab_size} tokens but {base_path} only {model.cfg.vocab_size}; "
-                        "the base was trained with another tokenizer: rerun 04_pretrain")
+        raise UserError(
+            f"the tokenizer has {tok.vocab_size} tokens but {base_path} only {model.cfg.vocab_size}; "
+            "the base was trained with another tokenizer: rerun 04_pretrain"
+        )
     if cfg.method == "lora":
-        find_targets(model, cfg.lora_targets)          # bad targets fail now, not after the base's evaluation
+        find_targets(model, cfg.lora_targets)  # bad targets fail now, not after the base's evaluation
     T = model.cfg.block_size
     pre_train, pre_val, _ = load_shards(run, T)
     examples, skipped = encode_examples(tok, train_records, T, cfg.strict, str(train_path))
     if not examples:
-        raise UserError(f"{train_path}: every conversation is longer than the context ({T} tokens); "
-                        "use shorter conversations or a base model with a longer context")
+        raise UserError(
+            f"{train_path}: every conversation is longer than the context ({T} tokens); "
+            "use shorter conversations or a base model with a longer context"
+        )
     train_ex, val_ex = split_validation(examples, cfg.val_frac, cfg.seed)
-    held = held_records[:cfg.eval_limit] if cfg.eval_limit else held_records
-    print(f"{train_path}: {len(train_records)} conversations, {len(examples)} fit the context of {T} tokens, "
-          f"{skipped} skipped as longer (never cut); {len(train_ex)} train / {len(val_ex)} validation; "
-          f"{len(held)} held-out to answer")
+    held = held_records[: cfg.eval_limit] if cfg.eval_limit else held_records
+    print(
+        f"{train_path}: {len(train_records)} conversations, {len(examples)} fit the context of {T} tokens, "
+        f"{skipped} skipped as longer (never cut); {len(train_ex)} train / {len(val_ex)} validation; "
+        f"{len(held)} held-out to answer"
+    )
 
     pad = tok.special_tokens.get("<|pad|>", tok.eot_id)
     base_eval, base_answers = None, None
@@ -338,7 +409,9 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     opt = make_optimizer("adamw", param_groups(trainable, cfg.weight_decay), lr, (0.9, 0.95))
     sched = Schedule(lr, lr / 10, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps, "cosine")
     params = [p for p in trainable.parameters() if p.requires_grad]
-    val_batches = sft_batches(val_ex, dataclasses.replace(cfg, curriculum="none"), T, 0, pad, device) if val_ex else []
+    val_batches = (
+        sft_batches(val_ex, dataclasses.replace(cfg, curriculum="none"), T, 0, pad, device) if val_ex else []
+    )
     n_pre = round(cfg.mix_pretrain * cfg.batch_size)
     sft_rows = max(1, cfg.batch_size - n_pre)
 
@@ -351,7 +424,9 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     while step < cfg.steps:
         set_interrupt_hint(f"at step {step}; nothing was written ({out} is as it was); rerun to start again")
         if not batches:
-            batches = sft_batches(train_ex, dataclasses.replace(cfg, batch_size=sft_rows), T, epoch, pad, device)
+            batches = sft_batches(
+                train_ex, dataclasses.replace(cfg, batch_size=sft_rows), T, epoch, pad, device
+            )
             epoch += 1
         x, y, seg = batches.pop(0)
         set_lr(opt, lr_at(step, sched))
@@ -364,12 +439,17 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        records.append({"step": step, "loss": loss.item(), "lr": lr_at(step - 1, sched), "grad_norm": float(grad_norm)})
+        records.append(
+            {"step": step, "loss": loss.item(), "lr": lr_at(step - 1, sched), "grad_norm": float(grad_norm)}
+        )
         if val_batches and (step % cfg.eval_interval == 0 or step == cfg.steps):
             v = validation_loss(model, val_batches)
             records.append({"step": step, "val_loss": v})
-            print(f"step {step}/{cfg.steps} | train {records[-2]['loss']:.4f} | validation {v:.4f} | "
-                  f"{time.time() - t0:.0f}s", flush=True)
+            print(
+                f"step {step}/{cfg.steps} | train {records[-2]['loss']:.4f} | validation {v:.4f} | "
+                f"{time.time() - t0:.0f}s",
+                flush=True,
+            )
             if v < best["val_loss"]:
                 best = {"val_loss": v, "step": step, "state": [p.detach().clone() for p in params]}
                 bad_evals = 0
@@ -380,7 +460,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
                 break
     train_s, train_cpu_s = time.time() - t0, time.process_time() - cpu0
     rss_after = peak_rss_mb()
-    if cfg.patience and best["state"] is not None:                 # early stopping keeps the best state
+    if cfg.patience and best["state"] is not None:  # early stopping keeps the best state
         with torch.no_grad():
             for p, saved in zip(params, best["state"]):
                 p.copy_(saved)
@@ -397,28 +477,66 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
         with staged_dir(out) as tmp:
             tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(run / "tokenizer", out))
             outcome = {
-                "method": cfg.method, "base_checkpoint": os.path.relpath(base_path, out),
+                "method": cfg.method,
+                "base_checkpoint": os.path.relpath(base_path, out),
                 "tokenizer": os.path.relpath(run / "tokenizer", out),
-                "params": counts, "lr": lr, "steps": step, "stopped": stopped, "best_step": best["step"],
-                "best_val_loss": best["val_loss"] if val_batches else None, "epochs": epoch,
-                "examples": {"train_file": str(train_path), "conversations": len(train_records), "used": len(examples),
-                             "skipped_too_long": skipped, "train": len(train_ex), "validation": len(val_ex),
-                             "heldout": len(held)},
-                "heldout_base": base_eval, "heldout_tuned": tuned_eval,
-                "corpus_val_loss": {"before": forget_before, "after": forget_after, "change": forget_after - forget_before},
-                "train_s": train_s, "train_cpu_s": train_cpu_s, "s_per_step": train_s / max(step, 1), "device": device,
-                "peak_rss_mb": rss_after, "train_rss_growth_mb": rss_after - rss_before, "train_state_mb": state_mb,
-                "file": tuned_file.name, "file_kib": tuned_file.stat().st_size / 1024,
+                "params": counts,
+                "lr": lr,
+                "steps": step,
+                "stopped": stopped,
+                "best_step": best["step"],
+                "best_val_loss": best["val_loss"] if val_batches else None,
+                "epochs": epoch,
+                "examples": {
+                    "train_file": str(train_path),
+                    "conversations": len(train_records),
+                    "used": len(examples),
+                    "skipped_too_long": skipped,
+                    "train": len(train_ex),
+                    "validation": len(val_ex),
+                    "heldout": len(held),
+                },
+                "heldout_base": base_eval,
+                "heldout_tuned": tuned_eval,
+                "corpus_val_loss": {
+                    "before": forget_before,
+                    "after": forget_after,
+                    "change": forget_after - forget_before,
+                },
+                "train_s": train_s,
+                "train_cpu_s": train_cpu_s,
+                "s_per_step": train_s / max(step, 1),
+                "device": device,
+                "peak_rss_mb": rss_after,
+                "train_rss_growth_mb": rss_after - rss_before,
+                "train_state_mb": state_mb,
+                "file": tuned_file.name,
+                "file_kib": tuned_file.stat().st_size / 1024,
             }
             write_jsonl(tmp / "metrics.jsonl", records)
-            write_jsonl(tmp / "predictions.jsonl", [
-                {"question": r["messages"][-2]["content"], "reference": r["messages"][-1]["content"],
-                 "base": b, "tuned": a} for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))])
+            write_jsonl(
+                tmp / "predictions.jsonl",
+                [
+                    {
+                        "question": r["messages"][-2]["content"],
+                        "reference": r["messages"][-1]["content"],
+                        "base": b,
+                        "tuned": a,
+                    }
+                    for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
+                ],
+            )
             write_json(tmp / "outcome.json", outcome)
             plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
             inputs = [base_path if cfg.base else run / "pretrain", run / "tokenizer", run / "tokens"]
             inputs += [Path(f) if f else run / "data" for f in (cfg.train_file, cfg.heldout_file)]
-            write_manifest(tmp, stage="05_sft_lora", command=command_line(__file__, argv), config=asdict(cfg), inputs=inputs)
+            write_manifest(
+                tmp,
+                stage="05_sft_lora",
+                command=command_line(__file__, argv),
+                config=asdict(cfg),
+                inputs=inputs,
+            )
     report(outcome, out)
     return outcome
 
@@ -429,8 +547,12 @@ def report(o, out):
     if base:
         print(f"held-out, base model + template: {line(base)}")
     print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
-    print(f"pretraining val loss {f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, forgetting if > 0)")
-    print(f"{o['steps']} steps in {o['train_s']:.0f}s ({o['train_cpu_s']:.0f} CPU s); {o['file']} {o['file_kib']:.1f} KiB; wrote {out}/")
+    print(
+        f"pretraining val loss {f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, forgetting if > 0)"
+    )
+    print(
+        f"{o['steps']} steps in {o['train_s']:.0f}s ({o['train_cpu_s']:.0f} CPU s); {o['file']} {o['file_kib']:.1f} KiB; wrote {out}/"
+    )
 
 
 def main(argv=None):

@@ -20,6 +20,7 @@ Interview questions it answers:
 - What is curriculum learning and does it help SFT? (short/simple examples first; a mild gain at best
   at this scale; it mainly changes what early checkpoints can do)
 """
+
 import random
 import sys
 from pathlib import Path
@@ -34,8 +35,10 @@ from chat_template import check_messages, encode_chat  # 05_sft_lora (this folde
 def alpaca_messages(rec, where) -> list:
     missing = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str)]
     if missing:
-        raise UserError(f"{where}: Alpaca record has no string {missing[0]!r} field; each line needs "
-                        "'instruction' and 'output' (and optionally 'input')")
+        raise UserError(
+            f"{where}: Alpaca record has no string {missing[0]!r} field; each line needs "
+            "'instruction' and 'output' (and optionally 'input')"
+        )
     extra = rec.get("input") or ""
     user = rec["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"]}]
@@ -53,8 +56,10 @@ def read_conversations(path) -> list:
         elif "instruction" in rec or "output" in rec:
             rec = {**rec, "messages": alpaca_messages(rec, where)}
         else:
-            raise UserError(f"{where}: record has no 'messages' field (nor Alpaca 'instruction'/'output'); "
-                            "write {\"messages\": [{\"role\": ..., \"content\": ...}]} per line")
+            raise UserError(
+                f"{where}: record has no 'messages' field (nor Alpaca 'instruction'/'output'); "
+                'write {"messages": [{"role": ..., "content": ...}]} per line'
+            )
         check_messages(rec["messages"], where)
         out.append(rec)
     return out
@@ -69,8 +74,10 @@ def encode_examples(tok, records, block_size, strict=False, where="data"):
         ids, labels, _ = encode_chat(tok, rec["messages"])
         if len(ids) - 1 > block_size:
             if strict:
-                raise UserError(f"{where}: conversation {i + 1} is {len(ids)} tokens, longer than the model's "
-                                f"context ({block_size} + 1); drop it or run without --strict to skip such examples")
+                raise UserError(
+                    f"{where}: conversation {i + 1} is {len(ids)} tokens, longer than the model's "
+                    f"context ({block_size} + 1); drop it or run without --strict to skip such examples"
+                )
             skipped += 1
             continue
         examples.append({"input_ids": ids, "labels": labels, "n_turns": len(rec["messages"]), "record": rec})
@@ -97,5 +104,5 @@ def epoch_order(examples, curriculum, epoch, seed) -> list:
     random.Random(seed * 1000 + epoch).shuffle(order)
     if curriculum != "none" and epoch == 0:
         key = (lambda ex: len(ex["input_ids"])) if curriculum == "length" else (lambda ex: ex["n_turns"])
-        order.sort(key=key)                                   # a stable sort keeps the shuffle within ties
+        order.sort(key=key)  # a stable sort keeps the shuffle within ties
     return order

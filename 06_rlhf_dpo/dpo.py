@@ -30,6 +30,7 @@ Interview questions it answers:
 - Why can DPO lower the chosen response's log-prob too? (only the difference is trained; both often
   fall, the rejected faster: the logged chosen/rejected rewards show it)
 """
+
 import os
 import random
 import sys
@@ -43,8 +44,22 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (UserError, check_config, claim_output, command_line, option, parse_config, pyplot, run_cli,  # 01_data
-                    run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl, write_manifest)
+from common import (
+    UserError,
+    check_config,
+    claim_output,
+    command_line,
+    option,
+    parse_config,
+    pyplot,
+    run_cli,  # 01_data
+    run_lock,
+    save_figure,
+    set_interrupt_hint,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from devices import resolve_device  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
@@ -64,7 +79,9 @@ class DPOConfig:
     train_file: str = option("", "preference JSONL; empty = <run>/data/tasks/preference_train.jsonl")
     heldout_file: str = option("", "held-out pairs; empty = <run>/data/tasks/preference_heldout.jsonl")
     reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
-    beta: float = option(0.0, "β; 0 = the loss's default " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_BETA.items()), min=0.0)
+    beta: float = option(
+        0.0, "β; 0 = the loss's default " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_BETA.items()), min=0.0
+    )
     simpo_gamma: float = option(1.0, "SimPO's target reward margin γ", min=0.0)
     steps: int = option(60, "optimizer steps", min=1)
     batch_size: int = option(16, "pairs per step", min=1)
@@ -87,7 +104,10 @@ def beta_of(cfg) -> float:
 
 # ----------------------------------------------------------------------------- the loss
 
-def preference_loss(loss_type, beta, policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, gamma=0.0):
+
+def preference_loss(
+    loss_type, beta, policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, gamma=0.0
+):
     """Per-pair losses (B,) and implicit rewards (chosen (B,), rejected (B,)), formulas in the docstring.
 
     dpo, ipo: policy_*/ref_* are summed log-probs log π(y | x). simpo: policy_* are per-token means
@@ -118,20 +138,29 @@ def batch_loss(policy, encoded, ref, cfg, pad_id, device):
     if cfg.loss == "simpo":
         losses, rc, rr = preference_loss("simpo", beta_of(cfg), means[:B], means[B:], gamma=cfg.simpo_gamma)
     else:
-        losses, rc, rr = preference_loss(cfg.loss, beta_of(cfg), sums[:B], sums[B:],
-                                         ref["chosen_sum"].to(device), ref["rejected_sum"].to(device))
+        losses, rc, rr = preference_loss(
+            cfg.loss,
+            beta_of(cfg),
+            sums[:B],
+            sums[B:],
+            ref["chosen_sum"].to(device),
+            ref["rejected_sum"].to(device),
+        )
     return losses.mean(), rc, rr, sums.detach()
 
 
-def one_example_loss(policy, reference, tok, beta, prompt, chosen, rejected, loss_type="dpo", gamma=0.0) -> dict:
+def one_example_loss(
+    policy, reference, tok, beta, prompt, chosen, rejected, loss_type="dpo", gamma=0.0
+) -> dict:
     """The loss of one pair, every intermediate number shown, for checking a single example by hand:
 
         one_example_loss(policy, reference, tok, 0.1, "Where does Noin Marora live?",
                          "Noin Marora lives in Calinwi.", "Ugh, stop bothering me with this.")
     prompt: a string (one user turn) or chat turns."""
     prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    (enc,), _ = encode_pairs(tok, [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "rule": "-"}],
-                             float("inf"))
+    (enc,), _ = encode_pairs(
+        tok, [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "rule": "-"}], float("inf")
+    )
     device = next(policy.parameters()).device
     x, y, _, _ = pair_batch([enc], pad_id_of(tok), device)
     with torch.no_grad():
@@ -141,13 +170,22 @@ def one_example_loss(policy, reference, tok, beta, prompt, chosen, rejected, los
         loss, rc, rr = preference_loss("simpo", beta, pm[:1], pm[1:], gamma=gamma)
     else:
         loss, rc, rr = preference_loss(loss_type, beta, ps[:1], ps[1:], rs[:1], rs[1:])
-    return {"loss": loss.item(), "policy_chosen": ps[0].item(), "policy_rejected": ps[1].item(),
-            "reference_chosen": rs[0].item(), "reference_rejected": rs[1].item(),
-            "policy_chosen_mean": pm[0].item(), "policy_rejected_mean": pm[1].item(),
-            "chosen_reward": rc.item(), "rejected_reward": rr.item(), "reward_margin": (rc - rr).item()}
+    return {
+        "loss": loss.item(),
+        "policy_chosen": ps[0].item(),
+        "policy_rejected": ps[1].item(),
+        "reference_chosen": rs[0].item(),
+        "reference_rejected": rs[1].item(),
+        "policy_chosen_mean": pm[0].item(),
+        "policy_rejected_mean": pm[1].item(),
+        "chosen_reward": rc.item(),
+        "rejected_reward": rr.item(),
+        "reward_margin": (rc - rr).item(),
+    }
 
 
 # ----------------------------------------------------------------------------- training and evaluation
+
 
 @torch.no_grad()
 def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) -> dict:
@@ -157,19 +195,25 @@ def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) ->
     policy.eval()
     losses, rc_all, rr_all, sums = [], [], [], []
     for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i:i + batch_size]
-        part = {k: v[i:i + batch_size] for k, v in ref.items()}
+        chunk = encoded[i : i + batch_size]
+        part = {k: v[i : i + batch_size] for k, v in ref.items()}
         loss, rc, rr, s = batch_loss(policy, chunk, part, cfg, pad_id, device)
         losses.append(loss.item() * len(chunk))
         rc_all.append(rc.cpu())
         rr_all.append(rr.cpu())
-        sums.append(torch.stack([s[:len(chunk)], s[len(chunk):]], 1).cpu())
+        sums.append(torch.stack([s[: len(chunk)], s[len(chunk) :]], 1).cpu())
     policy.train(was)
     rc, rr, s = torch.cat(rc_all), torch.cat(rr_all), torch.cat(sums)
-    return {"loss": sum(losses) / len(encoded), "reward_accuracy": (rc > rr).float().mean().item(),
-            "reward_margin": (rc - rr).mean().item(), "chosen_reward": rc.mean().item(),
-            "rejected_reward": rr.mean().item(), "logp_margin": (s[:, 0] - s[:, 1]).mean().item(),
-            "ranks_chosen": (s[:, 0] > s[:, 1]).float().mean().item(), "n": len(encoded)}
+    return {
+        "loss": sum(losses) / len(encoded),
+        "reward_accuracy": (rc > rr).float().mean().item(),
+        "reward_margin": (rc - rr).mean().item(),
+        "chosen_reward": rc.mean().item(),
+        "rejected_reward": rr.mean().item(),
+        "logp_margin": (s[:, 0] - s[:, 1]).mean().item(),
+        "ranks_chosen": (s[:, 0] > s[:, 1]).float().mean().item(),
+        "n": len(encoded),
+    }
 
 
 def reference_cache(reference, encoded, cfg, pad_id, device) -> dict:
@@ -181,8 +225,9 @@ def reference_cache(reference, encoded, cfg, pad_id, device) -> dict:
     return {"chosen_sum": cache["chosen_sum"], "rejected_sum": cache["rejected_sum"]}
 
 
-def train_preference(policy, reference, train, heldout, cfg: DPOConfig, pad_id, device, out=None, tokenizer_dir=None,
-                     log=print) -> list:
+def train_preference(
+    policy, reference, train, heldout, cfg: DPOConfig, pad_id, device, out=None, tokenizer_dir=None, log=print
+) -> list:
     """DPO/IPO/SimPO steps on encoded pairs; every eval_interval steps a held-out evaluation and (with `out`)
     a checkpoint out/ckpt.pt. Returns the log records."""
     ref_train = reference_cache(reference, train, cfg, pad_id, device)
@@ -191,28 +236,47 @@ def train_preference(policy, reference, train, heldout, cfg: DPOConfig, pad_id, 
     rng = random.Random(cfg.seed)
     order, records, t0 = [], [], time.time()
     ckpt = Path(out) / "ckpt.pt" if out else None
-    records.append({"step": 0, **{f"heldout_{k}": v for k, v in preference_eval(policy, heldout, ref_held, cfg, pad_id, device).items()}})
+    records.append(
+        {
+            "step": 0,
+            **{
+                f"heldout_{k}": v
+                for k, v in preference_eval(policy, heldout, ref_held, cfg, pad_id, device).items()
+            },
+        }
+    )
     policy.train()
     for step in range(1, cfg.steps + 1):
         set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
-        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        loss, rc, rr, _ = batch_loss(policy, [train[i] for i in idx], {k: v[idx] for k, v in ref_train.items()},
-                                     cfg, pad_id, device)
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        loss, rc, rr, _ = batch_loss(
+            policy, [train[i] for i in idx], {k: v[idx] for k, v in ref_train.items()}, cfg, pad_id, device
+        )
         check_finite(loss.detach(), f"the {cfg.loss} loss", step, ckpt)
         loss.backward()
         grad_norm = clip_grad_norm([p for p in policy.parameters() if p.requires_grad], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        records.append({"step": step, "loss": loss.item(), "reward_accuracy": (rc > rr).float().mean().item(),
-                        "reward_margin": (rc - rr).mean().item(), "chosen_reward": rc.mean().item(),
-                        "rejected_reward": rr.mean().item(), "grad_norm": float(grad_norm)})
+        records.append(
+            {
+                "step": step,
+                "loss": loss.item(),
+                "reward_accuracy": (rc > rr).float().mean().item(),
+                "reward_margin": (rc - rr).mean().item(),
+                "chosen_reward": rc.mean().item(),
+                "rejected_reward": rr.mean().item(),
+                "grad_norm": float(grad_norm),
+            }
+        )
         if step % cfg.eval_interval == 0 or step == cfg.steps:
             ev = preference_eval(policy, heldout, ref_held, cfg, pad_id, device)
             records.append({"step": step, **{f"heldout_{k}": v for k, v in ev.items()}})
-            log(f"step {step}/{cfg.steps} | loss {loss.item():.4f} | held-out reward accuracy {ev['reward_accuracy']:.3f} "
-                f"margin {ev['reward_margin']:+.3f} | {time.time() - t0:.0f}s")
+            log(
+                f"step {step}/{cfg.steps} | loss {loss.item():.4f} | held-out reward accuracy {ev['reward_accuracy']:.3f} "
+                f"margin {ev['reward_margin']:+.3f} | {time.time() - t0:.0f}s"
+            )
             if ckpt:
                 save_policy(ckpt, policy, tokenizer_dir, step=step, method=cfg.loss)
     policy.eval()
@@ -253,29 +317,51 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
         claim_output(out, cfg.overwrite, remove=True)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        records = train_preference(policy, reference, train, heldout, cfg, pad, device, out, run / "tokenizer")
+        records = train_preference(
+            policy, reference, train, heldout, cfg, pad, device, out, run / "tokenizer"
+        )
         train_s = time.time() - t0
         ev = [r for r in records if "heldout_loss" in r]
-        outcome = {"loss": cfg.loss, "beta": beta_of(cfg), "heldout_before": ev[0], "heldout_after": ev[-1],
-                   "train_pairs": len(train), "steps": cfg.steps, "train_s": train_s, "device": device,
-                   "tokenizer": os.path.relpath(run / "tokenizer", out)}
+        outcome = {
+            "loss": cfg.loss,
+            "beta": beta_of(cfg),
+            "heldout_before": ev[0],
+            "heldout_after": ev[-1],
+            "train_pairs": len(train),
+            "steps": cfg.steps,
+            "train_s": train_s,
+            "device": device,
+            "tokenizer": os.path.relpath(run / "tokenizer", out),
+        }
         write_jsonl(out / "metrics.jsonl", records)
         write_json(out / "outcome.json", outcome)
         plot(records, cfg, out / f"{cfg.loss}.png")
-        inputs = [run / "sft", *[p if given else run / "data" for p, given in
-                                 ((train_path, cfg.train_file), (held_path, cfg.heldout_file))]]
-        write_manifest(out, stage="06_rlhf_dpo", command=command_line(__file__, argv), config=asdict(cfg),
-                       inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []))
+        inputs = [
+            run / "sft",
+            *[
+                p if given else run / "data"
+                for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
+            ],
+        ]
+        write_manifest(
+            out,
+            stage="06_rlhf_dpo",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
+        )
     report(outcome, out)
     return outcome
 
 
 def report(o, out):
     b, a = o["heldout_before"], o["heldout_after"]
-    print(f"held-out pairs (n={a['heldout_n']}): reward accuracy {b['heldout_reward_accuracy']:.3f} -> "
-          f"{a['heldout_reward_accuracy']:.3f}, reward margin {b['heldout_reward_margin']:+.3f} -> "
-          f"{a['heldout_reward_margin']:+.3f}, log π(y_w) > log π(y_l) {b['heldout_ranks_chosen']:.3f} -> "
-          f"{a['heldout_ranks_chosen']:.3f}")
+    print(
+        f"held-out pairs (n={a['heldout_n']}): reward accuracy {b['heldout_reward_accuracy']:.3f} -> "
+        f"{a['heldout_reward_accuracy']:.3f}, reward margin {b['heldout_reward_margin']:+.3f} -> "
+        f"{a['heldout_reward_margin']:+.3f}, log π(y_w) > log π(y_l) {b['heldout_ranks_chosen']:.3f} -> "
+        f"{a['heldout_ranks_chosen']:.3f}"
+    )
     print(f"{o['loss']}: {o['steps']} steps in {o['train_s']:.0f}s; wrote {out}/")
 
 

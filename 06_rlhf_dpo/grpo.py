@@ -35,6 +35,7 @@ Interview questions it answers:
 - Why can a verifiable reward still be hacked? (a format reward alone is learnt first; the last-number rule
   is met by any text ending in the right number; the reward says what it checks, nothing more)
 """
+
 import os
 import random
 import re
@@ -47,10 +48,29 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
-from common import (UserError, check_config, claim_output, command_line, option, parse_config,  # 01_data
-                    pyplot, read_jsonl, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl,
-                    write_manifest)
+sys.path[:0] = [
+    str(REPO / "01_data"),
+    str(REPO / "03_model"),
+    str(REPO / "04_pretrain"),
+    str(REPO / "05_sft_lora"),
+]
+from common import (
+    UserError,
+    check_config,
+    claim_output,
+    command_line,
+    option,
+    parse_config,  # 01_data
+    pyplot,
+    read_jsonl,
+    run_cli,
+    run_lock,
+    save_figure,
+    set_interrupt_hint,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from devices import resolve_device  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 from chat_template import encode_prompt  # 05_sft_lora
@@ -58,8 +78,15 @@ from metrics import pass_at_k  # 05_sft_lora
 
 from policy_io import check_finite, load_reference, load_sft_policy, save_policy, task_file
 from preference_data import pad_id_of
-from rl_common import (PG_LOSSES, group_normalized_advantages, k3_kl, masked_mean, microbatch_train_step,
-                       policy_gradient_loss, response_log_probs)
+from rl_common import (
+    PG_LOSSES,
+    group_normalized_advantages,
+    k3_kl,
+    masked_mean,
+    microbatch_train_step,
+    policy_gradient_loss,
+    response_log_probs,
+)
 from rollouts import check_rollout_fits, decode_responses, rollout_batch, sample_responses, truncated
 
 NUMBER = re.compile(r"-?\d+")
@@ -70,7 +97,9 @@ FORMAT = re.compile(r"\s*The answer is (-?\d+)\.\s*")
 class GRPOConfig:
     run: str = option("", "run folder runs/<name>: reads sft/ (05) and data/tasks/arithmetic_*.jsonl (01)")
     out: str = option("", "output folder; empty = <run>/grpo")
-    train_file: str = option("", "problems JSONL {prompt, answer}; empty = <run>/data/tasks/arithmetic_train.jsonl")
+    train_file: str = option(
+        "", "problems JSONL {prompt, answer}; empty = <run>/data/tasks/arithmetic_train.jsonl"
+    )
     heldout_file: str = option("", "held-out problems; empty = <run>/data/tasks/arithmetic_heldout.jsonl")
     reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
     shots: int = option(1, "solved problems shown before each question (taken from the train file)", min=0)
@@ -81,12 +110,17 @@ class GRPOConfig:
     temperature: float = option(1.0, "sampling temperature of the rollouts", min=0.0)
     loss_type: str = option("grpo_clip", "per-token policy-gradient loss", choices=PG_LOSSES)
     std_normalize: bool = option(True, "divide advantages by the group's std (--no-std-normalize: Dr. GRPO)")
-    length_norm: str = option("mean", "per response: mean over its tokens, or sum / max_new_tokens (Dr. GRPO)",
-                              choices=("mean", "constant"))
+    length_norm: str = option(
+        "mean",
+        "per response: mean over its tokens, or sum / max_new_tokens (Dr. GRPO)",
+        choices=("mean", "constant"),
+    )
     clip_eps: float = option(0.2, "clip range ε of the ratio", min=0.0)
     kl_coef: float = option(0.04, "β_KL: weight of the k3 KL to the reference", min=0.0)
     epochs: int = option(2, "passes over each step's rollouts", min=1)
-    micro_batch: int = option(32, "responses per forward/backward (gradient accumulation over the rest)", min=1)
+    micro_batch: int = option(
+        32, "responses per forward/backward (gradient accumulation over the rest)", min=1
+    )
     lr: float = option(2e-5, "AdamW learning rate", min=0.0)
     format_weight: float = option(0.5, "reward for answering exactly 'The answer is N.'", min=0.0)
     eval_limit: int = option(200, "held-out problems evaluated (0 = all)", min=0)
@@ -102,11 +136,14 @@ def check_grpo_config(cfg: GRPOConfig):
     if not cfg.run:
         raise UserError("pass --run runs/<name> (the folder 05_sft_lora wrote sft/ into)")
     if cfg.group_size < 2:
-        raise UserError(f"--group-size {cfg.group_size}: GRPO's baseline is the mean of the other answers to the "
-                        "same problem, so it needs at least 2; pass --group-size 2 or more (8 is usual)")
+        raise UserError(
+            f"--group-size {cfg.group_size}: GRPO's baseline is the mean of the other answers to the "
+            "same problem, so it needs at least 2; pass --group-size 2 or more (8 is usual)"
+        )
 
 
 # ----------------------------------------------------------------------------- the verifiable reward
+
 
 def arithmetic_reward(text: str, answer: int, format_weight=0.5) -> dict:
     """{"correct": the last number in the text equals the answer, "formatted": the text is exactly
@@ -114,43 +151,71 @@ def arithmetic_reward(text: str, answer: int, format_weight=0.5) -> dict:
     numbers = NUMBER.findall(text)
     correct = bool(numbers) and int(numbers[-1]) == int(answer)
     formatted = FORMAT.fullmatch(text) is not None
-    return {"correct": correct, "formatted": formatted, "reward": float(correct) + format_weight * float(formatted)}
+    return {
+        "correct": correct,
+        "formatted": formatted,
+        "reward": float(correct) + format_weight * float(formatted),
+    }
 
 
 def read_problems(path) -> list:
     """Arithmetic records {prompt, answer (int)} from 01's JSONL (file and line named when one is broken)."""
     recs = read_jsonl(path, required=("prompt", "answer"))
     for n, r in enumerate(recs, 1):
-        if not isinstance(r["prompt"], str) or isinstance(r["answer"], bool) or not isinstance(r["answer"], int):
+        if (
+            not isinstance(r["prompt"], str)
+            or isinstance(r["answer"], bool)
+            or not isinstance(r["answer"], int)
+        ):
             raise UserError(f"{path}: record {n} needs a string 'prompt' and an integer 'answer'")
     return recs
 
 
 def problem_prompt(tok, question, shots) -> list:
     """Prompt ids: the solved examples as earlier turns, then the question, then <|assistant|>."""
-    turns = [t for s in shots for t in ({"role": "user", "content": s["prompt"]},
-                                        {"role": "assistant", "content": f"The answer is {s['answer']}."})]
+    turns = [
+        t
+        for s in shots
+        for t in (
+            {"role": "user", "content": s["prompt"]},
+            {"role": "assistant", "content": f"The answer is {s['answer']}."},
+        )
+    ]
     return encode_prompt(tok, turns + [{"role": "user", "content": question}])
 
 
 @torch.no_grad()
-def arithmetic_eval(model, tok, problems, shots, max_new_tokens, n_samples=4, format_weight=0.5, seed=0) -> dict:
+def arithmetic_eval(
+    model, tok, problems, shots, max_new_tokens, n_samples=4, format_weight=0.5, seed=0
+) -> dict:
     """pass@1 of the greedy answer, pass@1 estimated from n samples at temperature 1, mean sampled
     reward and the share of sampled answers in the format, over `problems`."""
     prompts = [problem_prompt(tok, p["prompt"], shots) for p in problems]
     greedy = decode_responses(tok, sample_responses(model, tok, prompts, 1, max_new_tokens, temperature=0))
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     sampled = decode_responses(tok, sample_responses(model, tok, prompts, n_samples, max_new_tokens, 1.0, g))
-    scores = [arithmetic_reward(t, problems[i // n_samples]["answer"], format_weight) for i, t in enumerate(sampled)]
-    correct = [sum(s["correct"] for s in scores[i * n_samples:(i + 1) * n_samples]) for i in range(len(problems))]
-    return {"pass@1_greedy": sum(arithmetic_reward(t, p["answer"])["correct"] for t, p in zip(greedy, problems)) / len(problems),
-            "pass@1_sampled": sum(pass_at_k(n_samples, c, 1) for c in correct) / len(problems),
-            "mean_reward": sum(s["reward"] for s in scores) / len(scores),
-            "format_rate": sum(s["formatted"] for s in scores) / len(scores), "n": len(problems),
-            "examples": [{"question": p["prompt"], "answer": p["answer"], "greedy": t} for p, t in zip(problems[:5], greedy)]}
+    scores = [
+        arithmetic_reward(t, problems[i // n_samples]["answer"], format_weight) for i, t in enumerate(sampled)
+    ]
+    correct = [
+        sum(s["correct"] for s in scores[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))
+    ]
+    return {
+        "pass@1_greedy": sum(arithmetic_reward(t, p["answer"])["correct"] for t, p in zip(greedy, problems))
+        / len(problems),
+        "pass@1_sampled": sum(pass_at_k(n_samples, c, 1) for c in correct) / len(problems),
+        "mean_reward": sum(s["reward"] for s in scores) / len(scores),
+        "format_rate": sum(s["formatted"] for s in scores) / len(scores),
+        "n": len(problems),
+        "examples": [
+            {"question": p["prompt"], "answer": p["answer"], "greedy": t}
+            for p, t in zip(problems[:5], greedy)
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------- one GRPO step
+
 
 def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, step=0, ckpt=None) -> dict:
     """Rollouts, rewards, group advantages and `cfg.epochs` clipped updates for one batch of prompts.
@@ -166,7 +231,7 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
     advantages, raw, stats = group_normalized_advantages(rewards, G, normalize_by_std=cfg.std_normalize)
     device = next(policy.parameters()).device
     b = rollout_batch([p for p in prompts for _ in range(G)], responses, pad_id_of(tok), device)
-    advantages, raw = advantages.to(device)[:, None], raw.to(device)[:, None]                  # (N, 1)
+    advantages, raw = advantages.to(device)[:, None], raw.to(device)[:, None]  # (N, 1)
     # 4. log π_old and log π_ref of the sampled tokens, fixed for this step
     with torch.no_grad():
         old_log_probs = response_log_probs(policy, b["x"], b["y"])["log_probs"]
@@ -179,11 +244,17 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
     policy.train()
     for _ in range(cfg.epochs):
         for s in range(0, N, mb):
-            sl, mask = slice(s, s + mb), b["mask"][s:s + mb]
+            sl, mask = slice(s, s + mb), b["mask"][s : s + mb]
             out = response_log_probs(policy, b["x"][sl], b["y"][sl], with_entropy=True)
-            pg, meta = policy_gradient_loss(cfg.loss_type, out["log_probs"], rewards=raw[sl], advantages=advantages[sl],
-                                            old_log_probs=old_log_probs[sl], clip_eps=cfg.clip_eps)
-            kl = k3_kl(out["log_probs"], ref_log_probs[sl])                                  # (mb, T)
+            pg, meta = policy_gradient_loss(
+                cfg.loss_type,
+                out["log_probs"],
+                rewards=raw[sl],
+                advantages=advantages[sl],
+                old_log_probs=old_log_probs[sl],
+                clip_eps=cfg.clip_eps,
+            )
+            kl = k3_kl(out["log_probs"], ref_log_probs[sl])  # (mb, T)
             microbatch_train_step(pg + cfg.kl_coef * kl, mask, n_micro, constant)
             clip_fracs.append(masked_mean(meta["clipped"].float(), mask).item() if "clipped" in meta else 0.0)
             kls.append(masked_mean(kl.detach(), mask).item())
@@ -193,12 +264,18 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
         opt.zero_grad(set_to_none=True)
     policy.eval()
     lengths = b["mask"].sum(1).float()
-    return {**stats, "kl": sum(kls) / len(kls), "clip_fraction": sum(clip_fracs) / len(clip_fracs),
-            "entropy": sum(entropies) / len(entropies), "response_tokens": lengths.mean().item(),
-            "truncated": truncated(responses, tok) / N}
+    return {
+        **stats,
+        "kl": sum(kls) / len(kls),
+        "clip_fraction": sum(clip_fracs) / len(clip_fracs),
+        "entropy": sum(entropies) / len(entropies),
+        "response_tokens": lengths.mean().item(),
+        "truncated": truncated(responses, tok) / N,
+    }
 
 
 # ----------------------------------------------------------------------------- the run
+
 
 def plot(records, before, after, path):
     plt = pyplot()
@@ -228,56 +305,101 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")
     train, heldout = read_problems(train_path), read_problems(held_path)
-    shots, train = train[:cfg.shots], train[cfg.shots:]
+    shots, train = train[: cfg.shots], train[cfg.shots :]
     if not train:
         raise UserError(f"{train_path}: no problems left after the {cfg.shots} shown as examples")
-    heldout = heldout[:cfg.eval_limit] if cfg.eval_limit else heldout
+    heldout = heldout[: cfg.eval_limit] if cfg.eval_limit else heldout
     prompts = [problem_prompt(tok, p["prompt"], shots) for p in train]
-    check_rollout_fits(prompts + [problem_prompt(tok, p["prompt"], shots) for p in heldout], cfg.max_new_tokens,
-                       policy.cfg.block_size)
+    check_rollout_fits(
+        prompts + [problem_prompt(tok, p["prompt"], shots) for p in heldout],
+        cfg.max_new_tokens,
+        policy.cfg.block_size,
+    )
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=True)
         out.mkdir(parents=True, exist_ok=True)
-        ev = lambda m: arithmetic_eval(m, tok, heldout, shots, cfg.max_new_tokens, cfg.eval_samples, cfg.format_weight, cfg.seed)
+        ev = lambda m: arithmetic_eval(
+            m, tok, heldout, shots, cfg.max_new_tokens, cfg.eval_samples, cfg.format_weight, cfg.seed
+        )
         before = ev(policy)
-        print(f"before: held-out pass@1 greedy {before['pass@1_greedy']:.3f}, sampled {before['pass@1_sampled']:.3f}, "
-              f"mean reward {before['mean_reward']:.3f}, format {before['format_rate']:.3f}")
+        print(
+            f"before: held-out pass@1 greedy {before['pass@1_greedy']:.3f}, sampled {before['pass@1_sampled']:.3f}, "
+            f"mean reward {before['mean_reward']:.3f}, format {before['format_rate']:.3f}"
+        )
         opt = make_optimizer("adamw", param_groups(policy, 0.0), cfg.lr, (0.9, 0.95))
         records, t0 = [], time.time()
         for step in range(1, cfg.steps + 1):
-            set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
+            set_interrupt_hint(
+                f"at step {step}; the run is incomplete; rerun with --overwrite to start again"
+            )
             batch = rng.sample(range(len(train)), cfg.prompts_per_step)
-            reward_fn = lambda i, resp: arithmetic_reward(tok.decode(resp[:-1] if resp[-1:] == [tok.special_tokens["<|end|>"]] else resp),
-                                                          train[batch[i]]["answer"], cfg.format_weight)["reward"]
-            stats = grpo_step(policy, reference, opt, tok, [prompts[i] for i in batch], reward_fn, cfg, generator,
-                              step, out / "ckpt.pt")
+            reward_fn = lambda i, resp: arithmetic_reward(
+                tok.decode(resp[:-1] if resp[-1:] == [tok.special_tokens["<|end|>"]] else resp),
+                train[batch[i]]["answer"],
+                cfg.format_weight,
+            )["reward"]
+            stats = grpo_step(
+                policy,
+                reference,
+                opt,
+                tok,
+                [prompts[i] for i in batch],
+                reward_fn,
+                cfg,
+                generator,
+                step,
+                out / "ckpt.pt",
+            )
             records.append({"step": step, **stats})
             if step % cfg.save_interval == 0 or step == cfg.steps:
                 save_policy(out / "ckpt.pt", policy, run / "tokenizer", step=step, method="grpo")
-                print(f"step {step}/{cfg.steps} | reward {stats['reward_mean']:.3f} | kl {stats['kl']:.4f} | "
-                      f"clip {stats['clip_fraction']:.3f} | entropy {stats['entropy']:.2f} | {time.time() - t0:.0f}s", flush=True)
+                print(
+                    f"step {step}/{cfg.steps} | reward {stats['reward_mean']:.3f} | kl {stats['kl']:.4f} | "
+                    f"clip {stats['clip_fraction']:.3f} | entropy {stats['entropy']:.2f} | {time.time() - t0:.0f}s",
+                    flush=True,
+                )
         train_s = time.time() - t0
         after = ev(policy)
-        outcome = {"heldout_before": before, "heldout_after": after, "steps": cfg.steps, "train_s": train_s,
-                   "rollouts_per_step": cfg.prompts_per_step * cfg.group_size, "device": device,
-                   "tokenizer": os.path.relpath(run / "tokenizer", out)}
+        outcome = {
+            "heldout_before": before,
+            "heldout_after": after,
+            "steps": cfg.steps,
+            "train_s": train_s,
+            "rollouts_per_step": cfg.prompts_per_step * cfg.group_size,
+            "device": device,
+            "tokenizer": os.path.relpath(run / "tokenizer", out),
+        }
         write_jsonl(out / "metrics.jsonl", records)
         write_json(out / "outcome.json", outcome)
         plot(records, before, after, out / "grpo.png")
-        inputs = [run / "sft", *[p if given else run / "data" for p, given in
-                                 ((train_path, cfg.train_file), (held_path, cfg.heldout_file))]]
-        write_manifest(out, stage="06_rlhf_dpo", command=command_line(__file__, argv), config=asdict(cfg),
-                       inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []))
-    print(f"after:  held-out pass@1 greedy {after['pass@1_greedy']:.3f}, sampled {after['pass@1_sampled']:.3f}, "
-          f"mean reward {after['mean_reward']:.3f}, format {after['format_rate']:.3f}")
+        inputs = [
+            run / "sft",
+            *[
+                p if given else run / "data"
+                for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
+            ],
+        ]
+        write_manifest(
+            out,
+            stage="06_rlhf_dpo",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
+        )
+    print(
+        f"after:  held-out pass@1 greedy {after['pass@1_greedy']:.3f}, sampled {after['pass@1_sampled']:.3f}, "
+        f"mean reward {after['mean_reward']:.3f}, format {after['format_rate']:.3f}"
+    )
     flat = sum(r["frac_zero_std_groups"] for r in records) / len(records)
-    if flat > 0.9:   # A = 0 for a group whose answers all score the same: no gradient from it
-        print(f"note: {flat:.0%} of the groups scored all alike (mostly all 0), so their advantages were 0 and GRPO "
-              "had almost nothing to learn from; the SFT model must sometimes earn the reward (more --shots, "
-              "arithmetic in the SFT data, a larger --group-size)")
+    if flat > 0.9:  # A = 0 for a group whose answers all score the same: no gradient from it
+        print(
+            f"note: {flat:.0%} of the groups scored all alike (mostly all 0), so their advantages were 0 and GRPO "
+            "had almost nothing to learn from; the SFT model must sometimes earn the reward (more --shots, "
+            "arithmetic in the SFT data, a larger --group-size)"
+        )
     print(f"grpo: {cfg.steps} steps in {train_s:.0f}s; wrote {out}/")
     return outcome
 

@@ -19,6 +19,7 @@ Interview questions it answers:
 - Why must policy and reference share the tokenizer? (a log-prob ratio is only meaningful for the same
   token sequence under both models)
 """
+
 import copy
 import dataclasses
 import os
@@ -37,7 +38,7 @@ from sample_text import load_tokenizer  # 03_model
 from lora import merge_lora  # 05_sft_lora
 from sft import load_finetuned  # 05_sft_lora
 
-RUNTIME_FIELDS = ("attn_backend",)          # how attention is computed, not what the model is
+RUNTIME_FIELDS = ("attn_backend",)  # how attention is computed, not what the model is
 
 
 def sft_made_by(run) -> str:
@@ -50,14 +51,16 @@ def load_sft_policy(run, device="cpu"):
     sft_dir = Path(run) / "sft"
     check_artifact(sft_dir, made_by=sft_made_by(run))
     model, tok, peft = load_finetuned(sft_dir, device)
-    if isinstance(peft, str):                                   # LoRA: W ← W + (α/r)·B·A, then a plain GPT
+    if isinstance(peft, str):  # LoRA: W ← W + (α/r)·B·A, then a plain GPT
         merge_lora(model)
         state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
         model = GPT(model.cfg).to(device)
         model.load_state_dict(state)
     elif peft is not None:
-        raise UserError(f"{sft_dir} holds a {type(peft).__name__} fine-tune, whose extra modules live beside "
-                        f"the model; 06 trains whole models: rerun `{sft_made_by(run)}` (or --method lora)")
+        raise UserError(
+            f"{sft_dir} holds a {type(peft).__name__} fine-tune, whose extra modules live beside "
+            f"the model; 06 trains whole models: rerun `{sft_made_by(run)}` (or --method lora)"
+        )
     return model, tok
 
 
@@ -70,16 +73,24 @@ def frozen(model):
 
 def tokenizer_differences(a, b) -> list:
     """What differs between two BPE tokenizers (vocabulary, merges, special tokens, pre-token pattern)."""
-    return [name for name in ("vocab", "merges", "special_tokens", "pattern") if getattr(a, name) != getattr(b, name)]
+    return [
+        name
+        for name in ("vocab", "merges", "special_tokens", "pattern")
+        if getattr(a, name) != getattr(b, name)
+    ]
 
 
 def check_same_model(policy, tok, other, other_tok, what="the reference"):
     """A UserError naming every config field and tokenizer part in which `other` differs from the policy."""
-    diffs = config_differences(dataclasses.asdict(policy.cfg), dataclasses.asdict(other.cfg), ignore=RUNTIME_FIELDS)
+    diffs = config_differences(
+        dataclasses.asdict(policy.cfg), dataclasses.asdict(other.cfg), ignore=RUNTIME_FIELDS
+    )
     diffs += [f"tokenizer {part}" for part in tokenizer_differences(tok, other_tok)]
     if diffs:
-        raise UserError(f"{what} is not the policy's model ({'; '.join(diffs)}); log π − log π_ref only means "
-                        "something for the same network and tokenizer: use a checkpoint of the SFT model's family")
+        raise UserError(
+            f"{what} is not the policy's model ({'; '.join(diffs)}); log π − log π_ref only means "
+            "something for the same network and tokenizer: use a checkpoint of the SFT model's family"
+        )
 
 
 def load_reference(path, policy, tok, device="cpu"):
@@ -96,8 +107,13 @@ def save_policy(path, model, tokenizer_dir, **extra):
     """A plain 03 checkpoint of `model`; the tokenizer folder is stored relative to the checkpoint's
     folder (the convention sample_text.load_tokenizer reads), so the run folder can move."""
     path = Path(path)
-    save_checkpoint(path, dataclasses.asdict(model.cfg), model.state_dict(),
-                    tokenizer=os.path.relpath(Path(tokenizer_dir).resolve(), path.parent.resolve()), **extra)
+    save_checkpoint(
+        path,
+        dataclasses.asdict(model.cfg),
+        model.state_dict(),
+        tokenizer=os.path.relpath(Path(tokenizer_dir).resolve(), path.parent.resolve()),
+        **extra,
+    )
 
 
 def load_policy(path, device="cpu"):
@@ -132,6 +148,9 @@ def check_finite(values, what, step, ckpt_path):
         return
     bad = "nan" if bool(torch.isnan(values).any()) else "inf"
     saved = checkpoint_step(ckpt_path)
-    kept = (f"the last good weights (step {saved}) are in {ckpt_path}" if saved is not None
-            else "no checkpoint had been written yet")
+    kept = (
+        f"the last good weights (step {saved}) are in {ckpt_path}"
+        if saved is not None
+        else "no checkpoint had been written yet"
+    )
     raise UserError(f"{what} is {bad} at step {step}; stopped ({kept}); check the reward model or lower --lr")

@@ -32,6 +32,7 @@ Interview questions it answers:
   direction the advantage wanted: near 0 the updates are timid, near 0.3+ the step is too large)
 - Why is PPO for LLMs expensive? (four models in memory, and generation - sequential - inside the loop)
 """
+
 import os
 import random
 import sys
@@ -44,15 +45,37 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config,  # 01_data
-                    pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl, write_manifest)
+from common import (
+    UserError,
+    check_artifact,
+    check_config,
+    claim_output,
+    command_line,
+    option,
+    parse_config,  # 01_data
+    pyplot,
+    run_cli,
+    run_lock,
+    save_figure,
+    set_interrupt_hint,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from devices import resolve_device  # 03_model
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
 from policy_io import check_finite, frozen, load_reference, load_sft_policy, save_policy, task_file
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_model import load_reward_model
-from rl_common import clipped_policy_loss, k3_kl, masked_mean, masked_whiten, microbatch_train_step, response_log_probs
+from rl_common import (
+    clipped_policy_loss,
+    k3_kl,
+    masked_mean,
+    masked_whiten,
+    microbatch_train_step,
+    response_log_probs,
+)
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
 
 
@@ -62,8 +85,12 @@ class PPOConfig:
     out: str = option("", "output folder; empty = <run>/ppo")
     reward_model: str = option("", "reward model checkpoint; empty = <run>/rm/rm.pt")
     reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
-    prompts_file: str = option("", "preference JSONL whose prompts are used; empty = <run>/data/tasks/preference_train.jsonl")
-    heldout_file: str = option("", "prompts for the before/after score; empty = <run>/data/tasks/preference_heldout.jsonl")
+    prompts_file: str = option(
+        "", "preference JSONL whose prompts are used; empty = <run>/data/tasks/preference_train.jsonl"
+    )
+    heldout_file: str = option(
+        "", "prompts for the before/after score; empty = <run>/data/tasks/preference_heldout.jsonl"
+    )
     steps: int = option(30, "PPO iterations (rollouts, then ppo_epochs of updates)", min=1)
     rollouts: int = option(32, "prompts (one response each) per iteration", min=1)
     max_new_tokens: int = option(24, "longest response", min=1)
@@ -94,6 +121,7 @@ def check_ppo_config(cfg: PPOConfig):
 
 # ----------------------------------------------------------------------------- GAE
 
+
 def gae(rewards, values, mask, gamma, lam):
     """Generalized advantage estimation over each row's response tokens: rewards, values, mask (B, T),
     the response a contiguous run of mask = 1. Returns (advantages, returns), (B, T), 0 off the mask.
@@ -122,12 +150,13 @@ def token_rewards(score, log_probs, ref_log_probs, mask, kl_coef):
     on the last one. Also returns the per-token log-ratio (the KL estimate that is logged)."""
     log_ratio = (log_probs - ref_log_probs) * mask
     rewards = -kl_coef * log_ratio
-    last = mask.long().cumsum(1).argmax(1)                     # index of each row's last response token
+    last = mask.long().cumsum(1).argmax(1)  # index of each row's last response token
     rewards[torch.arange(len(score)), last] += score
     return rewards, log_ratio
 
 
 # ----------------------------------------------------------------------------- evaluation
+
 
 def prompts_of(pairs) -> list:
     """The distinct prompts of a list of preference pairs, in order (as chat turns)."""
@@ -145,7 +174,7 @@ def reward_of_responses(rm, prompts, responses, pad_id, device, batch_size=64) -
     """r_φ(x, y) for token-id prompts and responses: (N,)."""
     scores = []
     for i in range(0, len(prompts), batch_size):
-        b = rollout_batch(prompts[i:i + batch_size], responses[i:i + batch_size], pad_id, device)
+        b = rollout_batch(prompts[i : i + batch_size], responses[i : i + batch_size], pad_id, device)
         scores.append(rm(b["ids"], b["lengths"]).float().cpu())
     return torch.cat(scores)
 
@@ -159,7 +188,7 @@ def sequence_kl(policy, reference, tok, prompts, max_new_tokens, seed=0, batch_s
     responses = sample_responses(policy, tok, prompts, 1, max_new_tokens, 1.0, g)
     total, tokens = 0.0, 0
     for i in range(0, len(prompts), batch_size):
-        b = rollout_batch(prompts[i:i + batch_size], responses[i:i + batch_size], pad_id_of(tok), device)
+        b = rollout_batch(prompts[i : i + batch_size], responses[i : i + batch_size], pad_id_of(tok), device)
         lp = response_log_probs(policy, b["x"], b["y"])["log_probs"]
         ref = response_log_probs(reference, b["x"], b["y"])["log_probs"]
         total += ((lp - ref) * b["mask"]).sum().item()
@@ -178,13 +207,39 @@ def greedy_reward(policy, rm, tok, prompts, max_new_tokens) -> dict:
 
 # ----------------------------------------------------------------------------- training
 
-def train_ppo(policy, reference, rm, value_model, tok, prompts, cfg: PPOConfig, device, out=None,
-              tokenizer_dir=None, log=print) -> list:
+
+def train_ppo(
+    policy,
+    reference,
+    rm,
+    value_model,
+    tok,
+    prompts,
+    cfg: PPOConfig,
+    device,
+    out=None,
+    tokenizer_dir=None,
+    log=print,
+) -> list:
     """The PPO loop (module docstring, steps 1-4). prompts: token-id lists. Returns per-iteration records."""
     pad = pad_id_of(tok)
-    opt = make_optimizer("adamw", [{"params": [p for p in policy.parameters() if p.requires_grad], "lr": cfg.lr, "weight_decay": 0.0},
-                                   {"params": [p for p in value_model.parameters() if p.requires_grad], "lr": cfg.value_lr,
-                                    "weight_decay": 0.0}], cfg.lr, (0.9, 0.95))
+    opt = make_optimizer(
+        "adamw",
+        [
+            {
+                "params": [p for p in policy.parameters() if p.requires_grad],
+                "lr": cfg.lr,
+                "weight_decay": 0.0,
+            },
+            {
+                "params": [p for p in value_model.parameters() if p.requires_grad],
+                "lr": cfg.value_lr,
+                "weight_decay": 0.0,
+            },
+        ],
+        cfg.lr,
+        (0.9, 0.95),
+    )
     params = [p for group in opt.param_groups for p in group["params"]]
     rng = random.Random(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -194,14 +249,16 @@ def train_ppo(policy, reference, rm, value_model, tok, prompts, cfg: PPOConfig, 
         set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
         # 1. rollouts: one sampled response per prompt from π_old
         batch_prompts = [prompts[i] for i in rng.sample(range(len(prompts)), min(cfg.rollouts, len(prompts)))]
-        responses = sample_responses(policy, tok, batch_prompts, 1, cfg.max_new_tokens, cfg.temperature, generator)
+        responses = sample_responses(
+            policy, tok, batch_prompts, 1, cfg.max_new_tokens, cfg.temperature, generator
+        )
         b = rollout_batch(batch_prompts, responses, pad, device)
         x, y, mask = b["x"], b["y"], b["mask"]
         with torch.no_grad():
-            old_log_probs = response_log_probs(policy, x, y)["log_probs"]                     # (B, T)
+            old_log_probs = response_log_probs(policy, x, y)["log_probs"]  # (B, T)
             ref_log_probs = response_log_probs(reference, x, y)["log_probs"]
-            old_values = value_model.values(x) * mask                                         # V(s_t), (B, T)
-            score = rm(b["ids"], b["lengths"])                                                # r_φ(x, y), (B,)
+            old_values = value_model.values(x) * mask  # V(s_t), (B, T)
+            score = rm(b["ids"], b["lengths"])  # r_φ(x, y), (B,)
         check_finite(score, "a reward-model score", step, ckpt)
         # 2. per-token rewards: KL penalty everywhere, the score at the end
         rewards, log_ratio = token_rewards(score, old_log_probs, ref_log_probs, mask, cfg.kl_coef)
@@ -213,38 +270,54 @@ def train_ppo(policy, reference, rm, value_model, tok, prompts, cfg: PPOConfig, 
         policy.train()
         value_model.train()
         for _ in range(cfg.ppo_epochs):
-            for idx in torch.randperm(len(responses), generator=generator, device=device).split(cfg.minibatch):
+            for idx in torch.randperm(len(responses), generator=generator, device=device).split(
+                cfg.minibatch
+            ):
                 m = mask[idx]
                 new = response_log_probs(policy, x[idx], y[idx], with_entropy=True)
-                pg_loss, meta = clipped_policy_loss(advantages[idx], new["log_probs"], old_log_probs[idx], cfg.clip_eps)
+                pg_loss, meta = clipped_policy_loss(
+                    advantages[idx], new["log_probs"], old_log_probs[idx], cfg.clip_eps
+                )
                 # value loss, clipped around the values the advantages were computed with
                 v = value_model.values(x[idx])
                 v_clipped = old_values[idx] + (v - old_values[idx]).clamp(-cfg.value_clip, cfg.value_clip)
                 v_loss = 0.5 * torch.maximum((v - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
-                loss, _ = microbatch_train_step(pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * new["entropy"], m, 1)
+                loss, _ = microbatch_train_step(
+                    pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * new["entropy"], m, 1
+                )
                 clip_grad_norm(params, 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 stats["clip_fraction"].append(masked_mean(meta["clipped"].float(), m).item())
-                stats["approx_kl"].append(masked_mean(k3_kl(old_log_probs[idx], new["log_probs"].detach()), m).item())
+                stats["approx_kl"].append(
+                    masked_mean(k3_kl(old_log_probs[idx], new["log_probs"].detach()), m).item()
+                )
                 stats["entropy"].append(masked_mean(new["entropy"].detach(), m).item())
                 stats["value_loss"].append(masked_mean(v_loss.detach(), m).item())
                 stats["policy_loss"].append(masked_mean(pg_loss.detach(), m).item())
         policy.eval()
         value_model.eval()
-        rec = {"step": step, "reward": score.mean().item(), "kl": log_ratio.sum(1).mean().item(),
-               "response_tokens": mask.sum(1).float().mean().item(), "truncated": truncated(responses, tok) / len(responses),
-               **{k: sum(v) / len(v) for k, v in stats.items()}}
+        rec = {
+            "step": step,
+            "reward": score.mean().item(),
+            "kl": log_ratio.sum(1).mean().item(),
+            "response_tokens": mask.sum(1).float().mean().item(),
+            "truncated": truncated(responses, tok) / len(responses),
+            **{k: sum(v) / len(v) for k, v in stats.items()},
+        }
         records.append(rec)
         if step % cfg.save_interval == 0 or step == cfg.steps:
             if ckpt:
                 save_policy(ckpt, policy, tokenizer_dir, step=step, method="ppo")
-            log(f"step {step}/{cfg.steps} | reward {rec['reward']:+.3f} | kl {rec['kl']:.3f} | clip {rec['clip_fraction']:.3f} | "
-                f"entropy {rec['entropy']:.2f} | value loss {rec['value_loss']:.4f} | {time.time() - t0:.0f}s")
+            log(
+                f"step {step}/{cfg.steps} | reward {rec['reward']:+.3f} | kl {rec['kl']:.3f} | clip {rec['clip_fraction']:.3f} | "
+                f"entropy {rec['entropy']:.2f} | value loss {rec['value_loss']:.4f} | {time.time() - t0:.0f}s"
+            )
     return records
 
 
 # ----------------------------------------------------------------------------- the run
+
 
 def plot(records, before, after, path):
     plt = pyplot()
@@ -278,37 +351,63 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
         check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
         rm_path = run / "rm" / "rm.pt"
     rm = frozen(load_reward_model(rm_path, tok, device))
-    value_model = load_reward_model(rm_path, tok, device)          # V_ψ starts as the reward model
+    value_model = load_reward_model(rm_path, tok, device)  # V_ψ starts as the reward model
     value_model.requires_grad_(True)
     prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     prompts = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(prompts_path)[0])]
     held = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(held_path)[0])]
-    held = held[:cfg.eval_limit] if cfg.eval_limit else held
+    held = held[: cfg.eval_limit] if cfg.eval_limit else held
     check_rollout_fits(prompts + held, cfg.max_new_tokens, policy.cfg.block_size)
     torch.manual_seed(cfg.seed)
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=True)
         out.mkdir(parents=True, exist_ok=True)
         before = greedy_reward(policy, rm, tok, held, cfg.max_new_tokens)
-        print(f"before: held-out greedy reward-model score {before['reward']:+.3f}, {before['response_tokens']:.1f} tokens")
+        print(
+            f"before: held-out greedy reward-model score {before['reward']:+.3f}, {before['response_tokens']:.1f} tokens"
+        )
         t0 = time.time()
-        records = train_ppo(policy, reference, rm, value_model, tok, prompts, cfg, device, out, run / "tokenizer")
+        records = train_ppo(
+            policy, reference, rm, value_model, tok, prompts, cfg, device, out, run / "tokenizer"
+        )
         train_s = time.time() - t0
-        after = {**greedy_reward(policy, rm, tok, held, cfg.max_new_tokens),
-                 **sequence_kl(policy, reference, tok, held, cfg.max_new_tokens, cfg.seed)}
-        outcome = {"heldout_before": before, "heldout_after": after, "steps": cfg.steps, "train_s": train_s,
-                   "prompts": len(prompts), "device": device, "reward_model": os.path.relpath(rm_path, out),
-                   "tokenizer": os.path.relpath(run / "tokenizer", out)}
+        after = {
+            **greedy_reward(policy, rm, tok, held, cfg.max_new_tokens),
+            **sequence_kl(policy, reference, tok, held, cfg.max_new_tokens, cfg.seed),
+        }
+        outcome = {
+            "heldout_before": before,
+            "heldout_after": after,
+            "steps": cfg.steps,
+            "train_s": train_s,
+            "prompts": len(prompts),
+            "device": device,
+            "reward_model": os.path.relpath(rm_path, out),
+            "tokenizer": os.path.relpath(run / "tokenizer", out),
+        }
         write_jsonl(out / "metrics.jsonl", records)
         write_json(out / "outcome.json", outcome)
         plot(records, before, after, out / "ppo.png")
-        inputs = [run / "sft", rm_path if cfg.reward_model else run / "rm",
-                  *[p if given else run / "data" for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))]]
-        write_manifest(out, stage="06_rlhf_dpo", command=command_line(__file__, argv), config=asdict(cfg),
-                       inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []))
-    print(f"after:  held-out greedy reward-model score {after['reward']:+.3f}, {after['response_tokens']:.1f} tokens, "
-          f"KL to SFT {after['kl_per_response']:.3f} nats per response")
+        inputs = [
+            run / "sft",
+            rm_path if cfg.reward_model else run / "rm",
+            *[
+                p if given else run / "data"
+                for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))
+            ],
+        ]
+        write_manifest(
+            out,
+            stage="06_rlhf_dpo",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
+        )
+    print(
+        f"after:  held-out greedy reward-model score {after['reward']:+.3f}, {after['response_tokens']:.1f} tokens, "
+        f"KL to SFT {after['kl_per_response']:.3f} nats per response"
+    )
     print(f"ppo: {cfg.steps} iterations in {train_s:.0f}s; wrote {out}/")
     return outcome
 

@@ -25,6 +25,7 @@ Interview questions it answers:
 - Why score the end-of-turn token too? (stopping is part of the response: without it a response that
   rambles on and one that stops would share a log-prob)
 """
+
 import re
 import sys
 from pathlib import Path
@@ -35,7 +36,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "05_sft_lora")]
 from common import UserError, read_jsonl, read_text  # 01_data
-from chat_template import END, check_messages, encode_prompt, lm_inputs, masked_logprob_mean, masked_logprob_sum  # 05_sft_lora
+from chat_template import (
+    END,
+    check_messages,
+    encode_prompt,
+    lm_inputs,
+    masked_logprob_mean,
+    masked_logprob_sum,
+)  # 05_sft_lora
 
 from rl_common import pad_responses
 
@@ -49,6 +57,7 @@ def pad_id_of(tok) -> int:
 
 # ----------------------------------------------------------------------------- reading
 
+
 def prompt_messages(prompt, where) -> list:
     """A pair's prompt as chat turns ending with a user turn; a UserError naming `where` otherwise."""
     if isinstance(prompt, str):
@@ -57,8 +66,10 @@ def prompt_messages(prompt, where) -> list:
         raise UserError(f"{where}: 'prompt' must be a string or a non-empty list of {{role, content}} turns")
     check_messages([*prompt, {"role": "assistant", "content": ""}], where)
     if prompt[-1]["role"] != "user":
-        raise UserError(f"{where}: the prompt ends with a {prompt[-1]['role']} turn; it must end with the user "
-                        "turn that chosen and rejected answer")
+        raise UserError(
+            f"{where}: the prompt ends with a {prompt[-1]['role']} turn; it must end with the user "
+            "turn that chosen and rejected answer"
+        )
     return prompt
 
 
@@ -74,15 +85,25 @@ def read_preference_pairs(path):
         where = f"{path}:{n}"
         for k in ("chosen", "rejected"):
             if not isinstance(rec[k], str):
-                raise UserError(f"{where}: {k!r} must be a string (the response text), got {type(rec[k]).__name__}")
+                raise UserError(
+                    f"{where}: {k!r} must be a string (the response text), got {type(rec[k]).__name__}"
+                )
         if rec["chosen"].strip() == rec["rejected"].strip():
             identical += 1
             continue
-        pairs.append({"prompt": prompt_messages(rec["prompt"], where), "chosen": rec["chosen"],
-                      "rejected": rec["rejected"], "rule": str(rec.get("rule", "unspecified"))})
+        pairs.append(
+            {
+                "prompt": prompt_messages(rec["prompt"], where),
+                "chosen": rec["chosen"],
+                "rejected": rec["rejected"],
+                "rule": str(rec.get("rule", "unspecified")),
+            }
+        )
     if not pairs:
-        raise UserError(f"{path}: no usable pair ({identical} had chosen identical to rejected); "
-                        "each line needs two different responses")
+        raise UserError(
+            f"{path}: no usable pair ({identical} had chosen identical to rejected); "
+            "each line needs two different responses"
+        )
     return pairs, identical
 
 
@@ -91,9 +112,11 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 def hh_messages(transcript: str) -> list:
     """'\\n\\nHuman: a\\n\\nAssistant: b' -> [{"role": "user", "content": "a"}, {"role": "assistant", ...}]."""
-    parts = HH_TURN.split(transcript)                        # ['', 'Human', 'a', 'Assistant', 'b', ...]
-    return [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
-            for who, text in zip(parts[1::2], parts[2::2])]
+    parts = HH_TURN.split(transcript)  # ['', 'Human', 'a', 'Assistant', 'b', ...]
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+        for who, text in zip(parts[1::2], parts[2::2])
+    ]
 
 
 def read_hh_pairs(path, limit=0):
@@ -103,17 +126,33 @@ def read_hh_pairs(path, limit=0):
     pairs, skipped = [], 0
     for rec in read_jsonl(path, required=("chosen", "rejected")):
         c, r = hh_messages(rec["chosen"]), hh_messages(rec["rejected"])
-        if (not c or not r or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant" or c[:-1] != r[:-1]
-                or not c[:-1] or c[-2]["role"] != "user" or c[-1]["content"] == r[-1]["content"]):
+        if (
+            not c
+            or not r
+            or c[-1]["role"] != "assistant"
+            or r[-1]["role"] != "assistant"
+            or c[:-1] != r[:-1]
+            or not c[:-1]
+            or c[-2]["role"] != "user"
+            or c[-1]["content"] == r[-1]["content"]
+        ):
             skipped += 1
             continue
-        pairs.append({"prompt": c[:-1], "chosen": c[-1]["content"], "rejected": r[-1]["content"], "rule": "hh_harmless"})
+        pairs.append(
+            {
+                "prompt": c[:-1],
+                "chosen": c[-1]["content"],
+                "rejected": r[-1]["content"],
+                "rule": "hh_harmless",
+            }
+        )
         if limit and len(pairs) >= limit:
             break
     return pairs, skipped
 
 
 # ----------------------------------------------------------------------------- tokens and batches
+
 
 def encode_response(tok, prompt, text):
     """(prompt_ids, response_ids) for a response to `prompt`: together exactly encode_chat's tokens."""
@@ -134,7 +173,9 @@ def encode_pairs(tok, pairs, block_size, shorten_prompt=False):
         if len(prompt_ids) + max(len(chosen), len(rejected)) > block_size:
             too_long += 1
             continue
-        out.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected, "rule": p["rule"]})
+        out.append(
+            {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected, "rule": p["rule"]}
+        )
     return out, too_long
 
 
@@ -159,10 +200,15 @@ def cached_log_probs(model, encoded, pad_id, batch_size=64, device=None) -> dict
     computed once (DPO's reference log-probs never change, so they are not recomputed each step)."""
     parts = {k: [] for k in ("chosen_sum", "rejected_sum", "chosen_mean", "rejected_mean")}
     for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i:i + batch_size]
+        chunk = encoded[i : i + batch_size]
         x, y, _, _ = pair_batch(chunk, pad_id, device)
         s, m = sequence_log_probs(model, x, y)
         B = len(chunk)
-        for key, t in (("chosen_sum", s[:B]), ("rejected_sum", s[B:]), ("chosen_mean", m[:B]), ("rejected_mean", m[B:])):
+        for key, t in (
+            ("chosen_sum", s[:B]),
+            ("rejected_sum", s[B:]),
+            ("chosen_mean", m[:B]),
+            ("rejected_mean", m[B:]),
+        ):
             parts[key].append(t.float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}

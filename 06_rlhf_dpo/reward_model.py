@@ -33,6 +33,7 @@ Interview questions it answers:
 - Why initialize the reward model from the SFT model? (it must read the same distribution of text the
   policy will produce, and it starts with the policy's knowledge; InstructGPT did the same)
 """
+
 import math
 import os
 import random
@@ -47,9 +48,28 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
-from common import (UserError, check_config, claim_output, command_line, option, parse_config,  # 01_data
-                    pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, write_json, write_jsonl, write_manifest)
+sys.path[:0] = [
+    str(REPO / "01_data"),
+    str(REPO / "03_model"),
+    str(REPO / "04_pretrain"),
+    str(REPO / "05_sft_lora"),
+]
+from common import (
+    UserError,
+    check_config,
+    claim_output,
+    command_line,
+    option,
+    parse_config,  # 01_data
+    pyplot,
+    run_cli,
+    run_lock,
+    save_figure,
+    set_interrupt_hint,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
@@ -68,7 +88,9 @@ class RMConfig:
     out: str = option("", "output folder; empty = <run>/rm")
     train_file: str = option("", "preference JSONL; empty = <run>/data/tasks/preference_train.jsonl")
     heldout_file: str = option("", "held-out pairs; empty = <run>/data/tasks/preference_heldout.jsonl")
-    hh_file: str = option("", "HH-RLHF pairs to test on; empty = ../shared/data/preference/ when present, 'none' = skip")
+    hh_file: str = option(
+        "", "HH-RLHF pairs to test on; empty = ../shared/data/preference/ when present, 'none' = skip"
+    )
     hh_limit: int = option(300, "HH pairs read at most", min=1)
     steps: int = option(150, "optimizer steps", min=1)
     batch_size: int = option(16, "pairs per step", min=1)
@@ -88,16 +110,17 @@ def check_rm_config(cfg: RMConfig):
 
 # ----------------------------------------------------------------------------- the model and its loss
 
+
 class RewardModel(nn.Module):
     """GPT body + scalar head. `values(ids)` (B, T): the head at every position (PPO's value model uses
     this); `forward(ids, lengths)` (B,): the reward, read at position lengths − 1."""
 
     def __init__(self, gpt: GPT):
         super().__init__()
-        gpt.lm_head = nn.Identity()           # the body now returns h_L (B, T, d) instead of logits
+        gpt.lm_head = nn.Identity()  # the body now returns h_L (B, T, d) instead of logits
         self.body = gpt
         self.head = nn.Linear(gpt.cfg.n_embd, 1)
-        nn.init.zeros_(self.head.weight)      # r = 0 for every input at the start: the first loss is log 2
+        nn.init.zeros_(self.head.weight)  # r = 0 for every input at the start: the first loss is log 2
         nn.init.zeros_(self.head.bias)
 
     @property
@@ -105,11 +128,11 @@ class RewardModel(nn.Module):
         return self.body.cfg
 
     def values(self, ids):
-        h, _ = self.body(ids)                                                # (B, T, d)
-        return self.head(h).squeeze(-1).float()                              # (B, T)
+        h, _ = self.body(ids)  # (B, T, d)
+        return self.head(h).squeeze(-1).float()  # (B, T)
 
     def forward(self, ids, lengths):
-        return self.values(ids)[torch.arange(ids.shape[0], device=ids.device), lengths - 1]   # (B,)
+        return self.values(ids)[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B,)
 
 
 def bradley_terry_loss(r_chosen, r_rejected):
@@ -120,8 +143,14 @@ def bradley_terry_loss(r_chosen, r_rejected):
 
 
 def save_reward_model(path, rm: RewardModel, tokenizer_dir, **extra):
-    save_checkpoint(path, asdict(rm.cfg), rm.state_dict(), kind="reward_model",
-                    tokenizer=os.path.relpath(Path(tokenizer_dir).resolve(), Path(path).parent.resolve()), **extra)
+    save_checkpoint(
+        path,
+        asdict(rm.cfg),
+        rm.state_dict(),
+        kind="reward_model",
+        tokenizer=os.path.relpath(Path(tokenizer_dir).resolve(), Path(path).parent.resolve()),
+        **extra,
+    )
 
 
 def load_reward_model(path, tok=None, device="cpu") -> RewardModel:
@@ -129,17 +158,23 @@ def load_reward_model(path, tok=None, device="cpu") -> RewardModel:
     path = Path(path)
     ckpt = load_checkpoint(path, device)
     if ckpt.get("kind") != "reward_model":
-        raise UserError(f"{path}: not a reward model (no scalar head); make one with 06_rlhf_dpo/reward_model.py")
+        raise UserError(
+            f"{path}: not a reward model (no scalar head); make one with 06_rlhf_dpo/reward_model.py"
+        )
     rm = RewardModel(GPT(config_from_dict(ckpt["config"], path)))
     try:
         rm.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit the saved config ({str(e).splitlines()[1].strip()})") from None
+        raise UserError(
+            f"{path}: weights do not fit the saved config ({str(e).splitlines()[1].strip()})"
+        ) from None
     if tok is not None:
         diffs = tokenizer_differences(tok, checkpoint_tokenizer(path, ckpt))
         if diffs:
-            raise UserError(f"{path}: the reward model's tokenizer differs from the policy's ({', '.join(diffs)}); "
-                            "train the reward model from the same run's SFT model")
+            raise UserError(
+                f"{path}: the reward model's tokenizer differs from the policy's ({', '.join(diffs)}); "
+                "train the reward model from the same run's SFT model"
+            )
     return rm.to(device).eval()
 
 
@@ -149,7 +184,7 @@ def pair_rewards(rm, encoded, pad_id, device):
     responses = [e["chosen_ids"] for e in encoded] + [e["rejected_ids"] for e in encoded]
     ids, _, lengths = pad_responses(prompts, responses, pad_id, device)
     r = rm(ids, lengths)
-    return r[:len(encoded)], r[len(encoded):]
+    return r[: len(encoded)], r[len(encoded) :]
 
 
 @torch.no_grad()
@@ -159,15 +194,22 @@ def pairwise_accuracy(rm, encoded, pad_id, device, batch_size=64) -> dict:
     rm.eval()
     right, margins = [], []
     for i in range(0, len(encoded), batch_size):
-        rc, rr = pair_rewards(rm, encoded[i:i + batch_size], pad_id, device)
+        rc, rr = pair_rewards(rm, encoded[i : i + batch_size], pad_id, device)
         right += (rc > rr).tolist()
         margins += (rc - rr).tolist()
     rm.train(was)
     rules = sorted({e["rule"] for e in encoded})
-    per_rule = {rule: sum(ok for ok, e in zip(right, encoded) if e["rule"] == rule) /
-                sum(1 for e in encoded if e["rule"] == rule) for rule in rules}
-    return {"accuracy": sum(right) / len(right), "per_rule": per_rule, "n": len(right),
-            "margin": sum(margins) / len(margins)}
+    per_rule = {
+        rule: sum(ok for ok, e in zip(right, encoded) if e["rule"] == rule)
+        / sum(1 for e in encoded if e["rule"] == rule)
+        for rule in rules
+    }
+    return {
+        "accuracy": sum(right) / len(right),
+        "per_rule": per_rule,
+        "n": len(right),
+        "margin": sum(margins) / len(margins),
+    }
 
 
 def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_path=None, log=print) -> list:
@@ -180,8 +222,8 @@ def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_p
         set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
-        batch = [train[i] for i in order[:cfg.batch_size]]
-        del order[:cfg.batch_size]
+        batch = [train[i] for i in order[: cfg.batch_size]]
+        del order[: cfg.batch_size]
         rc, rr = pair_rewards(rm, batch, pad_id, device)
         loss = bradley_terry_loss(rc, rr)
         check_finite(loss.detach(), "the reward-model loss", step, ckpt_path)
@@ -189,56 +231,93 @@ def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_p
         grad_norm = clip_grad_norm([p for p in rm.parameters() if p.requires_grad], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        records.append({"step": step, "loss": loss.item(), "train_accuracy": (rc > rr).float().mean().item(),
-                        "grad_norm": float(grad_norm)})
+        records.append(
+            {
+                "step": step,
+                "loss": loss.item(),
+                "train_accuracy": (rc > rr).float().mean().item(),
+                "grad_norm": float(grad_norm),
+            }
+        )
         if step % cfg.eval_interval == 0 or step == cfg.steps:
             acc = pairwise_accuracy(rm, heldout, pad_id, device)
             records.append({"step": step, "heldout_accuracy": acc["accuracy"], "per_rule": acc["per_rule"]})
-            log(f"step {step}/{cfg.steps} | loss {loss.item():.4f} | held-out accuracy {acc['accuracy']:.3f} | "
-                f"{time.time() - t0:.0f}s")
+            log(
+                f"step {step}/{cfg.steps} | loss {loss.item():.4f} | held-out accuracy {acc['accuracy']:.3f} | "
+                f"{time.time() - t0:.0f}s"
+            )
     rm.eval()
     return records
 
 
 # ----------------------------------------------------------------------------- the run
 
+
 def load_pairs(tok, path, block_size, label):
     """Encoded pairs of a preference file, with what was skipped printed."""
     pairs, identical = read_preference_pairs(path)
     encoded, too_long = encode_pairs(tok, pairs, block_size)
-    print(f"{label} {path}: {len(encoded)} pairs; skipped {identical} with chosen identical to rejected, "
-          f"{too_long} longer than the context ({block_size})")
+    print(
+        f"{label} {path}: {len(encoded)} pairs; skipped {identical} with chosen identical to rejected, "
+        f"{too_long} longer than the context ({block_size})"
+    )
     if not encoded:
-        raise UserError(f"{path}: every pair is longer than the context ({block_size} tokens); use shorter pairs")
+        raise UserError(
+            f"{path}: every pair is longer than the context ({block_size} tokens); use shorter pairs"
+        )
     return encoded
 
 
 def hh_accuracy(rm, tok, cfg, pad_id, device):
     """Pairwise accuracy on HH-RLHF pairs, or None when no file is given or found."""
-    path = None if cfg.hh_file == "none" else Path(cfg.hh_file) if cfg.hh_file else HH_DEFAULT if HH_DEFAULT.is_file() else None
+    path = (
+        None
+        if cfg.hh_file == "none"
+        else Path(cfg.hh_file)
+        if cfg.hh_file
+        else HH_DEFAULT
+        if HH_DEFAULT.is_file()
+        else None
+    )
     if path is None:
         return None
     pairs, skipped = read_hh_pairs(path, cfg.hh_limit)
     encoded, too_long = encode_pairs(tok, pairs, rm.cfg.block_size, shorten_prompt=True)
     if not encoded:
         return {"file": str(path), "n": 0, "skipped": skipped, "too_long": too_long}
-    return {"file": str(path), **pairwise_accuracy(rm, encoded, pad_id, device), "skipped": skipped, "too_long": too_long}
+    return {
+        "file": str(path),
+        **pairwise_accuracy(rm, encoded, pad_id, device),
+        "skipped": skipped,
+        "too_long": too_long,
+    }
 
 
 def plot(records, outcome, path):
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot([r["step"] for r in records if "loss" in r], [r["loss"] for r in records if "loss" in r], lw=1, label="train loss")
+    ax1.plot(
+        [r["step"] for r in records if "loss" in r],
+        [r["loss"] for r in records if "loss" in r],
+        lw=1,
+        label="train loss",
+    )
     ax1.axhline(math.log(2), ls=":", c="grey", label="log 2 (no preference)")
     ev = [r for r in records if "heldout_accuracy" in r]
     ax1b = ax1.twinx()
-    ax1b.plot([r["step"] for r in ev], [r["heldout_accuracy"] for r in ev], "o-", c="C1", label="held-out accuracy")
+    ax1b.plot(
+        [r["step"] for r in ev], [r["heldout_accuracy"] for r in ev], "o-", c="C1", label="held-out accuracy"
+    )
     ax1b.set(ylim=(0, 1), ylabel="accuracy")
     ax1.set(xlabel="step", ylabel="Bradley–Terry loss", title="reward model training")
     ax1.legend(loc="center left")
     per = outcome["heldout"]["per_rule"]
     names = list(per) + ["all"] + (["HH"] if outcome.get("hh") and outcome["hh"].get("n") else [])
-    vals = list(per.values()) + [outcome["heldout"]["accuracy"]] + ([outcome["hh"]["accuracy"]] if "HH" in names else [])
+    vals = (
+        list(per.values())
+        + [outcome["heldout"]["accuracy"]]
+        + ([outcome["hh"]["accuracy"]] if "HH" in names else [])
+    )
     ax2.bar(range(len(names)), vals, color=["C0"] * len(per) + ["C2"] + ["C3"] * ("HH" in names))
     ax2.axhline(0.5, ls=":", c="grey")
     ax2.set(xticks=range(len(names)), ylim=(0, 1), title="held-out pairwise accuracy")
@@ -267,16 +346,33 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
         records = train_reward_model(rm, train, heldout, cfg, pad, device, out / "rm.pt")
         train_s = time.time() - t0
         after = pairwise_accuracy(rm, heldout, pad, device)
-        outcome = {"heldout": after, "heldout_at_init": before, "hh": hh_accuracy(rm, tok, cfg, pad, device),
-                   "train_pairs": len(train), "steps": cfg.steps, "train_s": train_s, "device": device,
-                   "tokenizer": os.path.relpath(run / "tokenizer", out)}
+        outcome = {
+            "heldout": after,
+            "heldout_at_init": before,
+            "hh": hh_accuracy(rm, tok, cfg, pad, device),
+            "train_pairs": len(train),
+            "steps": cfg.steps,
+            "train_s": train_s,
+            "device": device,
+            "tokenizer": os.path.relpath(run / "tokenizer", out),
+        }
         save_reward_model(out / "rm.pt", rm, run / "tokenizer", step=cfg.steps)
         write_jsonl(out / "metrics.jsonl", records)
         write_json(out / "outcome.json", outcome)
         plot(records, outcome, out / "rm.png")
-        write_manifest(out, stage="06_rlhf_dpo", command=command_line(__file__, argv), config=asdict(cfg),
-                       inputs=[run / "sft", *[p if given else run / "data" for p, given in
-                                             ((train_path, cfg.train_file), (held_path, cfg.heldout_file))]])
+        write_manifest(
+            out,
+            stage="06_rlhf_dpo",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=[
+                run / "sft",
+                *[
+                    p if given else run / "data"
+                    for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
+                ],
+            ],
+        )
     report(outcome, out)
     return outcome
 
@@ -284,11 +380,20 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
 def report(o, out):
     h = o["heldout"]
     rules = " ".join(f"{k} {v:.3f}" for k, v in h["per_rule"].items())
-    print(f"held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}; at init {o['heldout_at_init']['accuracy']:.3f}) | {rules}")
+    print(
+        f"held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}; at init {o['heldout_at_init']['accuracy']:.3f}) | {rules}"
+    )
     if o["hh"]:
         hh = o["hh"]
-        print(f"HH-RLHF harmless pairs: " + (f"accuracy {hh['accuracy']:.3f} (n={hh['n']}, {hh['too_long']} too long "
-                                            f"even cut to the last turn)" if hh["n"] else "none fit the context"))
+        print(
+            f"HH-RLHF harmless pairs: "
+            + (
+                f"accuracy {hh['accuracy']:.3f} (n={hh['n']}, {hh['too_long']} too long "
+                f"even cut to the last turn)"
+                if hh["n"]
+                else "none fit the context"
+            )
+        )
     print(f"{o['steps']} steps in {o['train_s']:.0f}s; wrote {out}/")
 
 

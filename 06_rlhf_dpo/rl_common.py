@@ -34,6 +34,7 @@ Interview questions it answers:
 - Why compute entropy from logsumexp? (softmax then log underflows to log 0 = −inf and 0·(−inf) = nan
   for very unlikely tokens; lse − Σ p·z never takes the log of a probability)
 """
+
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ PG_LOSSES = ("no_baseline", "reinforce_with_baseline", "grpo_clip")
 
 # ----------------------------------------------------------------------------- batches of responses
 
+
 def pad_responses(prompts, responses, pad_id, device=None):
     """Right-padded (input_ids (B, L), labels (B, L), lengths (B,)) for prompt + response token lists.
 
@@ -62,12 +64,13 @@ def pad_responses(prompts, responses, pad_id, device=None):
     input_ids = torch.full((len(lengths), L), pad_id, dtype=torch.long)
     labels = torch.full((len(lengths), L), IGNORE, dtype=torch.long)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        input_ids[i, :lengths[i]] = torch.tensor(p + r, dtype=torch.long)
-        labels[i, len(p):lengths[i]] = torch.tensor(r, dtype=torch.long)
+        input_ids[i, : lengths[i]] = torch.tensor(p + r, dtype=torch.long)
+        labels[i, len(p) : lengths[i]] = torch.tensor(r, dtype=torch.long)
     return input_ids.to(device), labels.to(device), torch.tensor(lengths, device=device)
 
 
 # ----------------------------------------------------------------------------- log-probs and entropy
+
 
 def token_entropy(logits):
     """Entropy in nats of each next-token distribution: logits (..., V) -> (...).
@@ -86,7 +89,7 @@ def response_log_probs(model, x, y, with_entropy=False) -> dict:
     x, y: (B, T) token ids and labels from chat_template.lm_inputs (y = −100 where not scored).
     Returns {"log_probs": (B, T) float32, log π(y_t | x_≤t), 0 where y = −100;
              "entropy": (B, T), H(π(· | x_≤t)) at every position (mask it yourself)}."""
-    logits, _ = model(x)                                                    # (B, T, V)
+    logits, _ = model(x)  # (B, T, V)
     out = {"log_probs": token_logprobs(logits, y)}
     if with_entropy:
         out["entropy"] = token_entropy(logits)
@@ -94,6 +97,7 @@ def response_log_probs(model, x, y, with_entropy=False) -> dict:
 
 
 # ----------------------------------------------------------------------------- masked reductions
+
 
 def masked_mean(x, mask, dim=None):
     """Σ x·m / Σ m over `dim` (every element when None); x and mask broadcast, mask bool or 0/1.
@@ -121,6 +125,7 @@ def masked_whiten(x, mask, eps=1e-8):
 
 # ----------------------------------------------------------------------------- advantages (GRPO)
 
+
 def group_normalized_advantages(rewards, group_size, eps=1e-6, normalize_by_std=True):
     """GRPO's advantages: each response's reward compared with the other answers to the same prompt.
 
@@ -131,25 +136,32 @@ def group_normalized_advantages(rewards, group_size, eps=1e-6, normalize_by_std=
     Returns (advantages (N,), raw rewards (N,), stats: mean/std/max/min reward and the fraction of
     groups with zero spread)."""
     if group_size < 2:
-        raise UserError(f"group size {group_size}: GRPO compares answers to the same prompt, so it needs "
-                        "at least 2 per prompt; pass --group-size 2 or more")
+        raise UserError(
+            f"group size {group_size}: GRPO compares answers to the same prompt, so it needs "
+            "at least 2 per prompt; pass --group-size 2 or more"
+        )
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     # >>> exercise: per group A = r − mean (÷ (std + eps) if normalize_by_std); return A, raw rewards, stats
     raw = rewards.float()
-    grouped = raw.view(-1, group_size)                                      # (n_prompts, G)
+    grouped = raw.view(-1, group_size)  # (n_prompts, G)
     mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)
     advantages = grouped - mean
     if normalize_by_std:
         advantages = advantages / (std + eps)
-    stats = {"reward_mean": raw.mean().item(), "reward_std": raw.std().item() if raw.numel() > 1 else 0.0,
-             "reward_max": raw.max().item(), "reward_min": raw.min().item(),
-             "frac_zero_std_groups": (std.squeeze(1) == 0).float().mean().item()}
+    stats = {
+        "reward_mean": raw.mean().item(),
+        "reward_std": raw.std().item() if raw.numel() > 1 else 0.0,
+        "reward_max": raw.max().item(),
+        "reward_min": raw.min().item(),
+        "frac_zero_std_groups": (std.squeeze(1) == 0).float().mean().item(),
+    }
     return advantages.reshape(-1), raw, stats
     # <<< exercise
 
 
 # ----------------------------------------------------------------------------- policy-gradient losses
+
 
 def no_baseline_loss(rewards, log_probs):
     """REINFORCE: −R · log π(y_t), per token. rewards (B, 1) broadcast over log_probs (B, T)."""
@@ -203,6 +215,7 @@ def k3_kl(log_probs, ref_log_probs):
 
 # ----------------------------------------------------------------------------- one micro-batch
 
+
 def microbatch_train_step(per_token_loss, mask, grad_accum_steps, normalize_constant=None):
     """Reduce a per-token loss (B, T) over the response tokens, scale it for gradient accumulation and
     call backward. Returns (the loss as it was backpropagated, {"per_sequence_loss": (B,)}).
@@ -212,7 +225,7 @@ def microbatch_train_step(per_token_loss, mask, grad_accum_steps, normalize_cons
         backward on:   mean over the B responses / grad_accum_steps
     Dividing by the accumulation steps makes k micro-batches of B sum to the gradient of one batch of k·B."""
     if normalize_constant is None:
-        per_sequence = masked_mean(per_token_loss, mask, dim=-1)                          # (B,)
+        per_sequence = masked_mean(per_token_loss, mask, dim=-1)  # (B,)
     else:
         per_sequence = masked_normalize(per_token_loss, mask, dim=-1, constant=normalize_constant)
     loss = per_sequence.mean() / grad_accum_steps

@@ -34,6 +34,7 @@ Interview questions it answers:
 - Why can a method win on its own metric and lose on the win rate? (its metric is a proxy: the reward
   model's score, the implicit reward, a format check; the rule is the ground truth)
 """
+
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -44,9 +45,25 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import (UserError, atomic_write_text, check_artifact, check_config, claim_output, command_line,  # 01_data
-                    markdown_table, option, parse_config, pyplot, read_json, run_cli, run_lock, save_figure, staged_dir,
-                    write_json, write_manifest)
+from common import (
+    UserError,
+    atomic_write_text,
+    check_artifact,
+    check_config,
+    claim_output,
+    command_line,  # 01_data
+    markdown_table,
+    option,
+    parse_config,
+    pyplot,
+    read_json,
+    run_cli,
+    run_lock,
+    save_figure,
+    staged_dir,
+    write_json,
+    write_manifest,
+)
 from devices import resolve_device  # 03_model
 from metrics import win_rate  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
@@ -68,8 +85,19 @@ METHODS = {
     "grpo": ("06_rlhf_dpo/grpo.py --run {run}", "pass@1"),
     "rlaif": ("06_rlhf_dpo/rlaif.py --run {run}", "rm_score"),
 }
-COLUMNS = ["method", "win vs SFT [95% CI] (W/L/T)", "RM score", "KL to SFT", "pair acc", "pass@1", "length", "train s",
-           "own metric", "SFT on it", "beats SFT"]
+COLUMNS = [
+    "method",
+    "win vs SFT [95% CI] (W/L/T)",
+    "RM score",
+    "KL to SFT",
+    "pair acc",
+    "pass@1",
+    "length",
+    "train s",
+    "own metric",
+    "SFT on it",
+    "beats SFT",
+]
 
 
 @dataclass
@@ -80,7 +108,9 @@ class RLCompareConfig:
     limit: int = option(100, "held-out preference pairs and arithmetic problems used (0 = all)", min=0)
     shots: int = option(1, "solved arithmetic examples before each problem (as grpo.py --shots)", min=0)
     max_new_tokens: int = option(24, "longest answer to a preference prompt", min=1)
-    arith_tokens: int = option(10, "longest answer to an arithmetic problem (as grpo.py --max-new-tokens)", min=1)
+    arith_tokens: int = option(
+        10, "longest answer to an arithmetic problem (as grpo.py --max-new-tokens)", min=1
+    )
     seed: int = option(1337, "seed of the sampled answers the KL is measured on")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the table already in the output folder")
@@ -97,12 +127,15 @@ def check_rl_compare_config(cfg: RLCompareConfig):
 
 # ----------------------------------------------------------------------------- the held-out set
 
+
 def heldout_set(run, tok, cfg, block_size) -> dict:
     """The prompts every model answers: held-out preference pairs (with their rule and short answer) and
     arithmetic problems, cut to cfg.limit, plus the shots grpo.py shows."""
     pairs, _ = read_preference_pairs(task_file(run, "", "preference_heldout.jsonl"))
-    kept = [(p, enc[0]) for p in pairs for enc in [encode_pairs(tok, [p], block_size)[0]] if enc]  # fits the context
-    kept = kept[:cfg.limit] if cfg.limit else kept
+    kept = [
+        (p, enc[0]) for p in pairs for enc in [encode_pairs(tok, [p], block_size)[0]] if enc
+    ]  # fits the context
+    kept = kept[: cfg.limit] if cfg.limit else kept
     pairs, encoded = [p for p, _ in kept], [e for _, e in kept]
     prompts = [e["prompt_ids"] for e in encoded]
     check_rollout_fits(prompts, cfg.max_new_tokens, block_size)
@@ -110,11 +143,18 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
     train = read_problems(task_file(run, "", "arithmetic_train.jsonl"))
     problems = read_problems(task_file(run, "", "arithmetic_heldout.jsonl"))
-    return {"pairs": pairs, "encoded": encoded, "prompts": prompts, "answers": answers,
-            "shots": train[:cfg.shots], "problems": problems[:cfg.limit] if cfg.limit else problems}
+    return {
+        "pairs": pairs,
+        "encoded": encoded,
+        "prompts": prompts,
+        "answers": answers,
+        "shots": train[: cfg.shots],
+        "problems": problems[: cfg.limit] if cfg.limit else problems,
+    }
 
 
 # ----------------------------------------------------------------------------- one model's numbers
+
 
 @torch.no_grad()
 def evaluate(model, sft, rm, tok, held, cfg, sft_texts=None, mean_logprob=False) -> dict:
@@ -126,17 +166,23 @@ def evaluate(model, sft, rm, tok, held, cfg, sft_texts=None, mean_logprob=False)
     texts = decode_responses(tok, responses)
     row = {"length": sum(map(len, responses)) / len(responses)}
     if sft_texts is not None:
-        verdicts = [judge(p["rule"], a, b, p, held["answers"].get(p["prompt"][-1]["content"]))
-                    for p, a, b in zip(held["pairs"], texts, sft_texts)]
+        verdicts = [
+            judge(p["rule"], a, b, p, held["answers"].get(p["prompt"][-1]["content"]))
+            for p, a, b in zip(held["pairs"], texts, sft_texts)
+        ]
         counts = {"wins": verdicts.count(1), "losses": verdicts.count(-1), "ties": verdicts.count(0)}
         row["win"] = {**win_rate(counts["wins"], counts["losses"], counts["ties"]), **counts}
-        row["kl"] = sequence_kl(model, sft, tok, held["prompts"], cfg.max_new_tokens, cfg.seed)["kl_per_response"]
+        row["kl"] = sequence_kl(model, sft, tok, held["prompts"], cfg.max_new_tokens, cfg.seed)[
+            "kl_per_response"
+        ]
     if rm is not None:
         row["rm_score"] = reward_of_responses(rm, held["prompts"], responses, pad, device).mean().item()
     lp = cached_log_probs(model, held["encoded"], pad, device=device)
     key = "mean" if mean_logprob else "sum"
     row["pair_acc"] = (lp[f"chosen_{key}"] > lp[f"rejected_{key}"]).float().mean().item()
-    arith = arithmetic_eval(model, tok, held["problems"], held["shots"], cfg.arith_tokens, n_samples=1, seed=cfg.seed)
+    arith = arithmetic_eval(
+        model, tok, held["problems"], held["shots"], cfg.arith_tokens, n_samples=1, seed=cfg.seed
+    )
     row["pass@1"] = arith["pass@1_greedy"]
     row["eval_s"] = time.time() - t0
     return row, texts
@@ -146,15 +192,28 @@ def table_row(name, r, sft_row, train_s) -> dict:
     """One markdown row: the numbers rounded, and the method's own metric against SFT's."""
     fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"
     win = r.get("win")
-    row = {"method": name, "win vs SFT [95% CI] (W/L/T)": "-" if win is None else
-           f"{win['win_rate']:.3f} [{win['low']:.2f}, {win['high']:.2f}] ({win['wins']}/{win['losses']}/{win['ties']})",
-           "RM score": fmt(r.get("rm_score")), "KL to SFT": fmt(r.get("kl"), 2), "pair acc": fmt(r["pair_acc"]),
-           "pass@1": fmt(r["pass@1"]), "length": fmt(r["length"], 1), "train s": fmt(train_s, 0)}
+    row = {
+        "method": name,
+        "win vs SFT [95% CI] (W/L/T)": "-"
+        if win is None
+        else f"{win['win_rate']:.3f} [{win['low']:.2f}, {win['high']:.2f}] ({win['wins']}/{win['losses']}/{win['ties']})",
+        "RM score": fmt(r.get("rm_score")),
+        "KL to SFT": fmt(r.get("kl"), 2),
+        "pair acc": fmt(r["pair_acc"]),
+        "pass@1": fmt(r["pass@1"]),
+        "length": fmt(r["length"], 1),
+        "train s": fmt(train_s, 0),
+    }
     if name in METHODS:
         own = METHODS[name][1]
         mine, base = r.get(own), sft_row.get(f"{own}_own_{name}", sft_row.get(own))
-        row.update({"own metric": own, "SFT on it": fmt(base), "beats SFT":
-                    "-" if mine is None or base is None else ("yes" if mine > base else "no")})
+        row.update(
+            {
+                "own metric": own,
+                "SFT on it": fmt(base),
+                "beats SFT": "-" if mine is None or base is None else ("yes" if mine > base else "no"),
+            }
+        )
     return row
 
 
@@ -164,17 +223,26 @@ def plot(results, path):
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     tuned = [n for n in names if "win" in results[n]]
     w = [results[n]["win"] for n in tuned]
-    axes[0].bar(tuned, [x["win_rate"] for x in w], yerr=[[x["win_rate"] - x["low"] for x in w],
-                                                          [x["high"] - x["win_rate"] for x in w]], capsize=4)
+    axes[0].bar(
+        tuned,
+        [x["win_rate"] for x in w],
+        yerr=[[x["win_rate"] - x["low"] for x in w], [x["high"] - x["win_rate"] for x in w]],
+        capsize=4,
+    )
     axes[0].axhline(0.5, ls=":", c="grey")
-    axes[0].set(ylim=(0, 1), ylabel="share of held-out prompts won (ties = ½)",
-                title="win rate vs SFT (ground-truth rule, 95% CI)")
-    for ax, key, title, unit in ((axes[1], "rm_score", "reward-model score", "mean reward (RM units)"),
-                                 (axes[2], "pair_acc", "pair accuracy", "share of held-out pairs"),
-                                 (axes[3], "pass@1", "arithmetic pass@1 (greedy)", "share solved")):
+    axes[0].set(
+        ylim=(0, 1),
+        ylabel="share of held-out prompts won (ties = ½)",
+        title="win rate vs SFT (ground-truth rule, 95% CI)",
+    )
+    for ax, key, title, unit in (
+        (axes[1], "rm_score", "reward-model score", "mean reward (RM units)"),
+        (axes[2], "pair_acc", "pair accuracy", "share of held-out pairs"),
+        (axes[3], "pass@1", "arithmetic pass@1 (greedy)", "share solved"),
+    ):
         values = [results[n].get(key) or 0.0 for n in names]
         ax.bar(names, values, color=["C7"] + ["C0"] * (len(names) - 1))
-        low, high = min(0.0, *values), max(0.0, *values)              # the axis includes 0 (RM scores may be < 0)
+        low, high = min(0.0, *values), max(0.0, *values)  # the axis includes 0 (RM scores may be < 0)
         ax.set(title=title, ylabel=unit, ylim=(1.1 * low, 1.1 * high if high > low else low + 1.0))
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
@@ -182,6 +250,7 @@ def plot(results, path):
 
 
 # ----------------------------------------------------------------------------- the run
+
 
 def available_methods(run, methods) -> tuple:
     """(present: {name: folder}, missing: [lines naming the command that makes each])."""
@@ -205,8 +274,10 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
     sft = frozen(sft)
     present, missing = available_methods(run, cfg.methods)
     if not present:
-        raise UserError(f"{run}: none of {', '.join(cfg.methods)} has run yet; train one first, e.g. "
-                        f"`python 06_rlhf_dpo/dpo.py --run {run}`")
+        raise UserError(
+            f"{run}: none of {', '.join(cfg.methods)} has run yet; train one first, e.g. "
+            f"`python 06_rlhf_dpo/dpo.py --run {run}`"
+        )
     rm = None
     if (run / "rm" / "manifest.json").is_file():
         check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
@@ -219,7 +290,9 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
     for name, folder in present.items():
         model, model_tok = load_policy(folder / "ckpt.pt", device)
         check_same_model(sft, tok, model, model_tok, f"{folder}/ckpt.pt")
-        results[name], _ = evaluate(model.eval(), sft, rm, tok, held, cfg, sft_texts, mean_logprob=name == "simpo")
+        results[name], _ = evaluate(
+            model.eval(), sft, rm, tok, held, cfg, sft_texts, mean_logprob=name == "simpo"
+        )
         train_s[name] = read_json(folder / "outcome.json").get("train_s")
         print(f"{name}: evaluated in {results[name]['eval_s']:.0f}s", flush=True)
     rows = [table_row(n, r, sft_row, train_s[n]) for n, r in results.items()]
@@ -227,13 +300,34 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)
         with staged_dir(out) as tmp:
-            write_json(tmp / "compare.json", {"rows": rows, "results": results, "missing": missing, "n_pairs":
-                                              len(held["pairs"]), "n_problems": len(held["problems"]), "config": asdict(cfg)})
+            write_json(
+                tmp / "compare.json",
+                {
+                    "rows": rows,
+                    "results": results,
+                    "missing": missing,
+                    "n_pairs": len(held["pairs"]),
+                    "n_problems": len(held["problems"]),
+                    "config": asdict(cfg),
+                },
+            )
             atomic_write_text(tmp / "compare.md", table + "\n")
             plot(results, tmp / "compare.png")
-            write_manifest(tmp, stage="06_rlhf_dpo", command=command_line(__file__, argv), config=asdict(cfg),
-                           inputs=[run / "sft", run / "data", *present.values(), *([run / "rm"] if rm is not None else [])])
-    print(f"held-out: {len(held['pairs'])} preference prompts, {len(held['problems'])} arithmetic problems; greedy answers")
+            write_manifest(
+                tmp,
+                stage="06_rlhf_dpo",
+                command=command_line(__file__, argv),
+                config=asdict(cfg),
+                inputs=[
+                    run / "sft",
+                    run / "data",
+                    *present.values(),
+                    *([run / "rm"] if rm is not None else []),
+                ],
+            )
+    print(
+        f"held-out: {len(held['pairs'])} preference prompts, {len(held['problems'])} arithmetic problems; greedy answers"
+    )
     print(table)
     for line in missing:
         print(line)

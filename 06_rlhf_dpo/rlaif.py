@@ -30,6 +30,7 @@ Interview questions it answers:
 - How would you check an AI judge? (agreement with a trusted judge on a sample - here the ground-truth
   rule - reported with coverage, before trusting its labels)
 """
+
 import os
 import sys
 import time
@@ -41,8 +42,20 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import (UserError, check_artifact, check_config, claim_output, command_line, option, parse_config,  # 01_data
-                    run_cli, run_lock, write_json, write_jsonl, write_manifest)
+from common import (
+    UserError,
+    check_artifact,
+    check_config,
+    claim_output,
+    command_line,
+    option,
+    parse_config,  # 01_data
+    run_cli,
+    run_lock,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from devices import resolve_device  # 03_model
 from sft_data import read_conversations  # 05_sft_lora
 
@@ -61,8 +74,12 @@ class RLAIFConfig:
     out: str = option("", "output folder; empty = <run>/rlaif")
     judge: str = option("", "the judge: a reward-model checkpoint; empty = <run>/rm/rm.pt")
     reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
-    prompts_file: str = option("", "preference JSONL whose prompts are answered; empty = <run>/data/tasks/preference_train.jsonl")
-    heldout_file: str = option("", "held-out human-labelled pairs; empty = <run>/data/tasks/preference_heldout.jsonl")
+    prompts_file: str = option(
+        "", "preference JSONL whose prompts are answered; empty = <run>/data/tasks/preference_train.jsonl"
+    )
+    heldout_file: str = option(
+        "", "held-out human-labelled pairs; empty = <run>/data/tasks/preference_heldout.jsonl"
+    )
     n_prompts: int = option(256, "prompts answered twice", min=1)
     max_new_tokens: int = option(24, "longest answer", min=1)
     temperature: float = option(1.0, "sampling temperature of the two answers", min=0.0)
@@ -89,7 +106,9 @@ def self_labelled_pairs(policy, judge_rm, tok, records, cfg, answers, device) ->
     check_rollout_fits(prompts, cfg.max_new_tokens, policy.cfg.block_size)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     responses = sample_responses(policy, tok, prompts, 2, cfg.max_new_tokens, cfg.temperature, g)
-    scores = reward_of_responses(judge_rm, [p for p in prompts for _ in range(2)], responses, pad_id_of(tok), device)
+    scores = reward_of_responses(
+        judge_rm, [p for p in prompts for _ in range(2)], responses, pad_id_of(tok), device
+    )
     texts = decode_responses(tok, responses)
     encoded, rows, identical, agree, decided = [], [], 0, 0, 0
     for i, rec in enumerate(records):
@@ -103,16 +122,29 @@ def self_labelled_pairs(policy, judge_rm, tok, records, cfg, answers, device) ->
         if rec["rule"] in RULES:
             question = rec["prompt"][-1]["content"]
             truth = judge(rec["rule"], texts[2 * i], texts[2 * i + 1], rec, answers.get(question))
-        if truth:                                              # the rule decides this pair
+        if truth:  # the rule decides this pair
             decided += 1
             agree += (truth > 0) == first_wins
-        encoded.append({"prompt_ids": prompts[i], "chosen_ids": chosen, "rejected_ids": rejected, "rule": "rlaif"})
-        rows.append({"prompt": rec["prompt"], "chosen": texts[2 * i] if first_wins else texts[2 * i + 1],
-                     "rejected": texts[2 * i + 1] if first_wins else texts[2 * i], "rule": rec["rule"],
-                     "judge_margin": abs(scores[2 * i] - scores[2 * i + 1]).item(), "ground_truth_agrees":
-                     None if not truth else (truth > 0) == first_wins})
-    stats = {"prompts": len(records), "pairs": len(encoded), "identical_skipped": identical,
-             "decided_by_rule": decided, "judge_agreement": agree / decided if decided else None}
+        encoded.append(
+            {"prompt_ids": prompts[i], "chosen_ids": chosen, "rejected_ids": rejected, "rule": "rlaif"}
+        )
+        rows.append(
+            {
+                "prompt": rec["prompt"],
+                "chosen": texts[2 * i] if first_wins else texts[2 * i + 1],
+                "rejected": texts[2 * i + 1] if first_wins else texts[2 * i],
+                "rule": rec["rule"],
+                "judge_margin": abs(scores[2 * i] - scores[2 * i + 1]).item(),
+                "ground_truth_agrees": None if not truth else (truth > 0) == first_wins,
+            }
+        )
+    stats = {
+        "prompts": len(records),
+        "pairs": len(encoded),
+        "identical_skipped": identical,
+        "decided_by_rule": decided,
+        "judge_agreement": agree / decided if decided else None,
+    }
     return encoded, rows, stats
 
 
@@ -132,7 +164,12 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
     prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     records = read_preference_pairs(prompts_path)[0]
-    records = [records[i] for i in torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.n_prompts].tolist()]
+    records = [
+        records[i]
+        for i in torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.seed))[
+            : cfg.n_prompts
+        ].tolist()
+    ]
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
     sft_files = [run / "data" / "tasks" / f"sft_{part}.jsonl" for part in ("train", "heldout")]
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
@@ -143,30 +180,63 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
         t0 = time.time()
         encoded, rows, stats = self_labelled_pairs(policy, judge_rm, tok, records, cfg, answers, device)
         if not encoded:
-            raise UserError("every sampled pair had two identical answers; raise --temperature or --n-prompts")
+            raise UserError(
+                "every sampled pair had two identical answers; raise --temperature or --n-prompts"
+            )
         agreement = "n/a" if stats["judge_agreement"] is None else f"{stats['judge_agreement']:.3f}"
-        print(f"{stats['pairs']} self-labelled pairs ({stats['identical_skipped']} identical skipped); the judge agrees "
-              f"with the ground-truth rule on {agreement} of the {stats['decided_by_rule']} pairs the rule decides")
-        dpo_cfg = DPOConfig(run=cfg.run, loss="dpo", beta=cfg.beta, steps=cfg.steps, batch_size=cfg.batch_size,
-                            lr=cfg.lr, eval_interval=cfg.eval_interval, seed=cfg.seed)
-        records_log = train_preference(policy, reference, encoded, heldout, dpo_cfg, pad_id_of(tok), device, out,
-                                       run / "tokenizer")
+        print(
+            f"{stats['pairs']} self-labelled pairs ({stats['identical_skipped']} identical skipped); the judge agrees "
+            f"with the ground-truth rule on {agreement} of the {stats['decided_by_rule']} pairs the rule decides"
+        )
+        dpo_cfg = DPOConfig(
+            run=cfg.run,
+            loss="dpo",
+            beta=cfg.beta,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            eval_interval=cfg.eval_interval,
+            seed=cfg.seed,
+        )
+        records_log = train_preference(
+            policy, reference, encoded, heldout, dpo_cfg, pad_id_of(tok), device, out, run / "tokenizer"
+        )
         train_s = time.time() - t0
         ev = [r for r in records_log if "heldout_loss" in r]
-        outcome = {"judge": os.path.relpath(judge_path, out), "labelling": stats, "heldout_before": ev[0],
-                   "heldout_after": ev[-1], "steps": cfg.steps, "train_s": train_s, "device": device,
-                   "tokenizer": os.path.relpath(run / "tokenizer", out)}
+        outcome = {
+            "judge": os.path.relpath(judge_path, out),
+            "labelling": stats,
+            "heldout_before": ev[0],
+            "heldout_after": ev[-1],
+            "steps": cfg.steps,
+            "train_s": train_s,
+            "device": device,
+            "tokenizer": os.path.relpath(run / "tokenizer", out),
+        }
         write_jsonl(out / "pairs.jsonl", rows)
         write_jsonl(out / "metrics.jsonl", records_log)
         write_json(out / "outcome.json", outcome)
         plot_dpo(records_log, dpo_cfg, out / "rlaif.png")
-        inputs = [run / "sft", judge_path if cfg.judge else run / "rm",
-                  *[p if given else run / "data" for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))]]
-        write_manifest(out, stage="06_rlhf_dpo", command=command_line(__file__, argv), config=asdict(cfg),
-                       inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []))
+        inputs = [
+            run / "sft",
+            judge_path if cfg.judge else run / "rm",
+            *[
+                p if given else run / "data"
+                for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))
+            ],
+        ]
+        write_manifest(
+            out,
+            stage="06_rlhf_dpo",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
+        )
     b, a = outcome["heldout_before"], outcome["heldout_after"]
-    print(f"held-out human pairs: reward accuracy {b['heldout_reward_accuracy']:.3f} -> {a['heldout_reward_accuracy']:.3f}, "
-          f"log π(y_w) > log π(y_l) {b['heldout_ranks_chosen']:.3f} -> {a['heldout_ranks_chosen']:.3f}")
+    print(
+        f"held-out human pairs: reward accuracy {b['heldout_reward_accuracy']:.3f} -> {a['heldout_reward_accuracy']:.3f}, "
+        f"log π(y_w) > log π(y_l) {b['heldout_ranks_chosen']:.3f} -> {a['heldout_ranks_chosen']:.3f}"
+    )
     print(f"rlaif: {cfg.steps} DPO steps, {train_s:.0f}s with the sampling; wrote {out}/")
     return outcome
 

@@ -19,6 +19,7 @@ Interview questions it answers:
 - Why keep the stop token in the response? (the decision to stop is an action; a reward for concise
   answers can only act through its probability)
 """
+
 import sys
 from pathlib import Path
 
@@ -43,13 +44,16 @@ def check_rollout_fits(prompts, max_new_tokens, block_size, flag="--max-new-toke
     """A UserError when the longest prompt plus max_new_tokens does not fit the model's context."""
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > block_size:
-        raise UserError(f"a rollout of {longest} prompt + {max_new_tokens} new tokens is longer than the model's "
-                        f"context ({block_size}); lower {flag} to at most {block_size - longest} or use shorter prompts")
+        raise UserError(
+            f"a rollout of {longest} prompt + {max_new_tokens} new tokens is longer than the model's "
+            f"context ({block_size}); lower {flag} to at most {block_size - longest} or use shorter prompts"
+        )
 
 
 @torch.no_grad()
-def sample_responses(model, tok, prompts, n=1, max_new_tokens=32, temperature=1.0, generator=None,
-                     batch_size=64) -> list:
+def sample_responses(
+    model, tok, prompts, n=1, max_new_tokens=32, temperature=1.0, generator=None, batch_size=64
+) -> list:
     """n responses per prompt, in order (prompt i's are at [i·n, (i+1)·n)): token-id lists that end with
     the first stop token, or after max_new_tokens. temperature 0 = greedy (then n > 1 repeats)."""
     check_rollout_fits(prompts, max_new_tokens, model.cfg.block_size)
@@ -58,10 +62,17 @@ def sample_responses(model, tok, prompts, n=1, max_new_tokens=32, temperature=1.
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(rows), batch_size):
-        idx, mask = left_pad(rows[i:i + batch_size], pad_id=pad, device=device)
-        gen = model.generate(idx, max_new_tokens, temperature=temperature, stop_tokens=stops,
-                             attention_mask=mask, pad_id=pad, generator=generator)
-        for row in gen[:, idx.shape[1]:].tolist():
+        idx, mask = left_pad(rows[i : i + batch_size], pad_id=pad, device=device)
+        gen = model.generate(
+            idx,
+            max_new_tokens,
+            temperature=temperature,
+            stop_tokens=stops,
+            attention_mask=mask,
+            pad_id=pad,
+            generator=generator,
+        )
+        for row in gen[:, idx.shape[1] :].tolist():
             cut = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
             out.append(row[:cut])
     return out

@@ -30,6 +30,7 @@ Interview questions it answers:
 - Why can a reward model's score rise while the true win rate does not? (the policy finds what the
   reward model rewards but the rule does not care about: reward hacking / overoptimization)
 """
+
 import sys
 from pathlib import Path
 
@@ -40,8 +41,18 @@ from metrics import answer_in, normalize_answer, words  # 05_sft_lora
 
 RULES = ("correct_fact", "helpful_vs_rude", "concise_vs_rambling")
 # 01_data/tasks.py's three rude replies are built from these phrases; the rest are common insults
-RUDE_PHRASES = ("why would i tell you", "look it up yourself", "silly question", "will not answer",
-                "stop bothering", "ugh", "shut up", "go away", "stupid", "idiot")
+RUDE_PHRASES = (
+    "why would i tell you",
+    "look it up yourself",
+    "silly question",
+    "will not answer",
+    "stop bothering",
+    "ugh",
+    "shut up",
+    "go away",
+    "stupid",
+    "idiot",
+)
 RAMBLING_FACTOR = 2.0
 
 
@@ -59,7 +70,11 @@ def states_fact(text: str, chosen: str, rejected: str, answer=None) -> bool:
     """The response gives the chosen response's fact (see the module docstring)."""
     if answer:
         return bool(answer_in(text, answer))
-    said, good, bad = set(normalize_answer(text)), set(normalize_answer(chosen)), set(normalize_answer(rejected))
+    said, good, bad = (
+        set(normalize_answer(text)),
+        set(normalize_answer(chosen)),
+        set(normalize_answer(rejected)),
+    )
     return bool(good - bad) and good - bad <= said and not (bad - good) & said
 
 

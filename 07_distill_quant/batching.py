@@ -63,6 +63,7 @@ Interview questions it answers:
 - What happens when a client disconnects? (`Request.cancel`; the engine frees its slot at the next
   step, so a dead client stops costing compute)
 """
+
 import collections
 import itertools
 import queue
@@ -87,14 +88,15 @@ POLICIES = ("sequential", "static", "continuous")
 @dataclass
 class SamplingParams:
     """One request's settings (OpenAI's names where OpenAI has them)."""
+
     max_tokens: int = 64
-    temperature: float = 1.0          # 0 = greedy
+    temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int | None = None
-    repetition_penalty: float = 1.0   # 1 = off
-    stop: tuple = ()                  # stop strings: the text ends before the first one found
-    seed: int | None = None           # a generator of its own: the same draws however it is batched
-    ignore_eos: bool = False          # run to max_tokens whatever is generated (benchmarks)
+    repetition_penalty: float = 1.0  # 1 = off
+    stop: tuple = ()  # stop strings: the text ends before the first one found
+    seed: int | None = None  # a generator of its own: the same draws however it is batched
+    ignore_eos: bool = False  # run to max_tokens whatever is generated (benchmarks)
 
 
 class Request:
@@ -102,21 +104,22 @@ class Request:
 
     `deltas` receives each piece of text as soon as it is final, then None; `done` is set at the end.
     Times are time.perf_counter() seconds; `arrival` defaults to the moment of submit."""
+
     _ids = itertools.count()
 
     def __init__(self, prompt_ids, params: SamplingParams | None = None, stop_ids=(), arrival=None):
         self.id = next(Request._ids)
         self.prompt_ids = [int(t) for t in prompt_ids]
         self.params = params or SamplingParams()
-        self.stop_ids = set(stop_ids)     # token ids that end the answer (03's stop_tokens)
-        self.output_ids = []              # generated ids; a final stop id is kept, as in GPT.generate
-        self.text = ""                    # the answer: stop id and stop string cut off
-        self.streamed = 0                 # characters of `text` already put on `deltas`
-        self.finish_reason = None         # "stop" | "length" | "cancelled" | "error"
+        self.stop_ids = set(stop_ids)  # token ids that end the answer (03's stop_tokens)
+        self.output_ids = []  # generated ids; a final stop id is kept, as in GPT.generate
+        self.text = ""  # the answer: stop id and stop string cut off
+        self.streamed = 0  # characters of `text` already put on `deltas`
+        self.finish_reason = None  # "stop" | "length" | "cancelled" | "error"
         self.deltas = queue.Queue()
         self.done = threading.Event()
         self.cancelled = False
-        self.slot = None                  # its row in the KV cache while it runs
+        self.slot = None  # its row in the KV cache while it runs
         self.generator = None if self.params.seed is None else torch.Generator().manual_seed(self.params.seed)
         self.arrival, self.first_token_at, self.finished_at = arrival, None, None
 
@@ -136,11 +139,12 @@ class QueueFull(Exception):
 
 # ----------------------------------------------------------------------------- streaming text
 
+
 def cut_at_stop(text: str, stops) -> tuple:
     """(text before the earliest stop string, whether one was found)."""
     # >>> exercise: the text before the earliest occurrence of any stop string, and whether one occurred
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[:min(hits)], True) if hits else (text, False)
+    return (text[: min(hits)], True) if hits else (text, False)
     # <<< exercise
 
 
@@ -161,6 +165,7 @@ def held_back(text: str, stops) -> int:
 
 # ----------------------------------------------------------------------------- the KV cache
 
+
 class SlotCache:
     """03's KVCache with one row per slot and one shared write column `pos` (module docstring).
 
@@ -177,7 +182,7 @@ class SlotCache:
         self.kv.v = [p.new_zeros(shape) for _ in range(cfg.n_layer)]
         self.mask = torch.zeros(n_slots, cfg.block_size, dtype=torch.bool, device=p.device)
         self.start = [None] * n_slots
-        self.moves = 0                    # column moves done: the price of the shared write column
+        self.moves = 0  # column moves done: the price of the shared write column
 
     @property
     def pos(self) -> int:
@@ -194,7 +199,7 @@ class SlotCache:
             self.move_columns(n_prompt - self.pos)
         self.start[slot] = self.pos - n_prompt
         self.mask[slot] = False
-        self.mask[slot, self.start[slot]:self.pos] = True
+        self.mask[slot, self.start[slot] : self.pos] = True
 
     def make_room(self):
         """Before a decode step at the last column: move every live row left past the dead columns.
@@ -208,11 +213,11 @@ class SlotCache:
         counted from the mask, so the model sees the same sequences afterwards."""
         # >>> exercise: move columns [left, pos) of every k/v buffer and the mask by shift; start[] and kv.pos too
         lo, hi = self.left(), self.pos
-        for buf in self.kv.k + self.kv.v:                                # (n_slots, Hkv, L, hd)
-            buf[:, :, lo + shift:hi + shift] = buf[:, :, lo:hi].clone()
+        for buf in self.kv.k + self.kv.v:  # (n_slots, Hkv, L, hd)
+            buf[:, :, lo + shift : hi + shift] = buf[:, :, lo:hi].clone()
         moved = self.mask[:, lo:hi].clone()
         self.mask[:] = False
-        self.mask[:, lo + shift:hi + shift] = moved
+        self.mask[:, lo + shift : hi + shift] = moved
         self.start = [None if s is None else s + shift for s in self.start]
         self.kv.pos += shift
         self.moves += 1
@@ -222,8 +227,8 @@ class SlotCache:
         """Copy a prefilled prompt's keys/values (1, Hkv, n, hd) into the columns claimed for it."""
         n = prompt_kv.pos
         for layer, (k, v) in enumerate(zip(prompt_kv.k, prompt_kv.v)):
-            self.kv.k[layer][slot, :, self.pos - n:self.pos] = k[0, :, :n]
-            self.kv.v[layer][slot, :, self.pos - n:self.pos] = v[0, :, :n]
+            self.kv.k[layer][slot, :, self.pos - n : self.pos] = k[0, :, :n]
+            self.kv.v[layer][slot, :, self.pos - n : self.pos] = v[0, :, :n]
 
     def release(self, slot):
         self.mask[slot] = False
@@ -237,15 +242,16 @@ class SlotCache:
         B = idx.shape[0]
         self.mask[:B, self.pos] = False
         self.mask[active, self.pos] = True
-        rows = KVCache(len(self.kv.k), self.max_len)      # a view of rows [0, B): writes land in ours
+        rows = KVCache(len(self.kv.k), self.max_len)  # a view of rows [0, B): writes land in ours
         rows.k, rows.v, rows.pos = [k[:B] for k in self.kv.k], [v[:B] for v in self.kv.v], self.pos
-        logits, _ = model(idx, attention_mask=self.mask[:B, :self.pos + 1], cache=rows)
+        logits, _ = model(idx, attention_mask=self.mask[:B, : self.pos + 1], cache=rows)
         self.kv.pos = rows.pos
         return logits[:, -1]
         # <<< exercise
 
 
 # ----------------------------------------------------------------------------- the engine
+
 
 class Engine:
     """A scheduler over one model, one SlotCache and one waiting queue.
@@ -263,11 +269,11 @@ class Engine:
         self.model = model.eval()
         self.decode_text = tokenizer.decode if tokenizer is not None else (lambda ids: "")
         self.policy = policy
-        self.slots = [None] * (1 if policy == "sequential" else max_batch)   # the Request in each row
+        self.slots = [None] * (1 if policy == "sequential" else max_batch)  # the Request in each row
         self.cache = SlotCache(model, len(self.slots))
         self.waiting = collections.deque()
         self.max_waiting = max_waiting
-        self.cond = threading.Condition()   # guards `waiting`; wakes the background thread
+        self.cond = threading.Condition()  # guards `waiting`; wakes the background thread
         self.device = next(model.parameters()).device
         self.stats = collections.Counter()  # prefills, decode_steps/rows/useful, finished_<reason>
         self.thread, self.stopping = None, False
@@ -281,8 +287,10 @@ class Engine:
         if n == 0:
             raise UserError("the prompt is empty; give at least one token")
         if n + p.max_tokens > ctx:
-            raise UserError(f"the prompt ({n} tokens) + max_tokens ({p.max_tokens}) = {n + p.max_tokens} "
-                            f"exceeds the model's context of {ctx} tokens; shorten one of them")
+            raise UserError(
+                f"the prompt ({n} tokens) + max_tokens ({p.max_tokens}) = {n + p.max_tokens} "
+                f"exceeds the model's context of {ctx} tokens; shorten one of them"
+            )
         with self.cond:
             if len(self.waiting) >= self.max_waiting:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting already")
@@ -304,7 +312,7 @@ class Engine:
         # >>> exercise: refill free slots from the queue (continuous: every step; others: between batches)
         prefill = []
         batch_running = any(r is not None for r in self.slots)
-        if self.policy == "continuous" or not batch_running:   # static, sequential: only between batches
+        if self.policy == "continuous" or not batch_running:  # static, sequential: only between batches
             with self.cond:
                 while self.waiting and None in self.slots:
                     req = self.waiting.popleft()
@@ -342,7 +350,7 @@ class Engine:
         prefill, decode = self.schedule()
         for req in prefill:
             self.prefill(req)
-        decode = [r for r in decode if r.finish_reason is None]   # a prefill may have finished one already
+        decode = [r for r in decode if r.finish_reason is None]  # a prefill may have finished one already
         if decode:
             self.decode(decode)
         return bool(prefill or decode)
@@ -353,7 +361,7 @@ class Engine:
         into the request's cache row, and its first token from the last position's logits."""
         prompt_kv = KVCache(len(self.cache.kv.k), len(req.prompt_ids))
         idx = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
-        logits, _ = self.model(idx, cache=prompt_kv)                            # (1, n, V)
+        logits, _ = self.model(idx, cache=prompt_kv)  # (1, n, V)
         self.cache.write_prompt(req.slot, prompt_kv)
         self.stats["prefills"] += 1
         self.append(req, self.sample(req, logits[0, -1]))
@@ -362,20 +370,20 @@ class Engine:
     def decode(self, reqs):
         """One token for each running request, all in one forward pass over rows [0, B)."""
         B = 1 + max(i for i, r in enumerate(self.slots) if r is not None)
-        idx = torch.zeros(B, 1, dtype=torch.long, device=self.device)   # padding rows feed token 0
+        idx = torch.zeros(B, 1, dtype=torch.long, device=self.device)  # padding rows feed token 0
         for r in reqs:
             idx[r.slot, 0] = r.output_ids[-1]
-        logits = self.cache.decode(self.model, idx, [r.slot for r in reqs])      # (B, V)
+        logits = self.cache.decode(self.model, idx, [r.slot for r in reqs])  # (B, V)
         self.stats["decode_steps"] += 1
-        self.stats["decode_rows"] += B                  # rows computed, padding included
-        self.stats["decode_useful"] += len(reqs)        # rows whose token is kept
+        self.stats["decode_rows"] += B  # rows computed, padding included
+        self.stats["decode_useful"] += len(reqs)  # rows whose token is kept
         for r in reqs:
             self.append(r, self.sample(r, logits[r.slot]))
 
     def sample(self, req: Request, logits) -> int:
         """03's sampler on one row (logits (V,)) with this request's own settings and generator."""
         p = req.params
-        logits = logits[None].float()                                            # (1, V)
+        logits = logits[None].float()  # (1, V)
         if p.repetition_penalty != 1.0:
             seen = torch.tensor([req.prompt_ids + req.output_ids], device=logits.device)
             logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
@@ -391,8 +399,9 @@ class Engine:
         req.output_ids.append(token)
         p = req.params
         hit_stop_id = token in req.stop_ids and not p.ignore_eos
-        text, hit_stop_str = cut_at_stop(self.decode_text(req.output_ids[:-1] if hit_stop_id else req.output_ids),
-                                         p.stop)
+        text, hit_stop_str = cut_at_stop(
+            self.decode_text(req.output_ids[:-1] if hit_stop_id else req.output_ids), p.stop
+        )
         req.text = text
         if hit_stop_id or hit_stop_str:
             self.finish(req, "stop")
@@ -403,7 +412,7 @@ class Engine:
 
     def send(self, req: Request, upto: int):
         if upto > req.streamed:
-            req.deltas.put(req.text[req.streamed:upto])
+            req.deltas.put(req.text[req.streamed : upto])
             req.streamed = upto
 
     def finish(self, req: Request, reason: str):
@@ -436,7 +445,7 @@ class Engine:
                     self.cond.wait()
             try:
                 self.step()
-            except Exception:                  # a bug: fail what is running, keep the server alive
+            except Exception:  # a bug: fail what is running, keep the server alive
                 traceback.print_exc()
                 self.fail_all("error")
 

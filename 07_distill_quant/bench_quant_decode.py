@@ -35,6 +35,7 @@ Interview questions it answers:
 - Why quantize the LM head here but not in quantize.py? (for speed it is 31% of gpt2's weights; for accuracy
   it shares its matrix with the embedding and its logits are sensitive, so quantize.py leaves it float)
 """
+
 import copy
 import statistics
 import sys
@@ -47,7 +48,16 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import UserError, markdown_table, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+from common import (
+    UserError,
+    markdown_table,
+    option,
+    parse_config,
+    pyplot,
+    run_cli,
+    save_figure,
+    write_json,
+)  # 01_data
 from devices import resolve_device  # 03_model
 from gpt import PRESETS, GPT, GPTConfig  # 03_model
 from lora import DEFAULT_TARGETS  # 05_sft_lora
@@ -55,15 +65,22 @@ from lora import DEFAULT_TARGETS  # 05_sft_lora
 from quant_linear import model_bytes, parse_format, quantize_model  # 07_distill_quant (this folder)
 
 SIZES = {  # GPT-2's published shapes (n_layer, n_head, n_embd, vocab); tiny is for the CPU comparison
-    "tiny": (4, 4, 128, 512), "gpt2": (12, 12, 768, 50257), "gpt2-medium": (24, 16, 1024, 50257),
-    "gpt2-large": (36, 20, 1280, 50257), "gpt2-xl": (48, 25, 1600, 50257)}
+    "tiny": (4, 4, 128, 512),
+    "gpt2": (12, 12, 768, 50257),
+    "gpt2-medium": (24, 16, 1024, 50257),
+    "gpt2-large": (36, 20, 1280, 50257),
+    "gpt2-xl": (48, 25, 1600, 50257),
+}
 
 
 @dataclass
 class BenchConfig:
-    sizes: list = option([], "models from " + ", ".join(SIZES) + " (empty = gpt2,gpt2-xl on a GPU, tiny on a CPU)",
-                         sep=",")
-    formats: list = option(["int8", "int4-g128", "int4-g32"], "quantized formats (quantize.py names)", sep=",")
+    sizes: list = option(
+        [], "models from " + ", ".join(SIZES) + " (empty = gpt2,gpt2-xl on a GPU, tiny on a CPU)", sep=","
+    )
+    formats: list = option(
+        ["int8", "int4-g128", "int4-g32"], "quantized formats (quantize.py names)", sep=","
+    )
     batches: list = option([1, 16], "sequences decoded together", sep=",")
     prompt_len: int = option(32, "prompt tokens", min=1)
     new_tokens: int = option(64, "generated tokens per run", min=1)
@@ -86,9 +103,15 @@ def check_bench_config(cfg):
 
 def make_model(size, block_size, dtype, device):
     n_layer, n_head, n_embd, vocab = SIZES[size]
-    cfg = GPTConfig(vocab_size=vocab, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                    **PRESETS["gpt2"])
-    with torch.device(device):                       # initialize on the GPU: a 1.5B model in seconds
+    cfg = GPTConfig(
+        vocab_size=vocab,
+        block_size=block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        **PRESETS["gpt2"],
+    )
+    with torch.device(device):  # initialize on the GPU: a 1.5B model in seconds
         model = GPT(cfg)
     return model.to(dtype).eval()
 
@@ -116,6 +139,7 @@ def ms_per_token(model, prompt, n_new, repeats, device):
 def gpu_ms_per_token(model, prompt, n_new):
     """Summed GPU kernel time per generated token of one run (torch.profiler), or None if it cannot be read."""
     from torch.profiler import ProfilerActivity, profile
+
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model.generate(prompt, n_new, temperature=0)
@@ -144,21 +168,52 @@ def bench_size(size, cfg, dtype, device):
             ms = ms_per_token(m, prompt, cfg.new_tokens, cfg.repeats, device)
             base_ms = base_ms or ms
             gpu_ms = gpu_ms_per_token(m, prompt, cfg.new_tokens) if device.startswith("cuda") else None
-            rows.append(dict(model=size, params_m=round(model.num_params(non_embedding=False) / 1e6, 1), format=name,
-                             batch=batch, ms_per_token=ms, tok_s=batch * 1e3 / ms, vs_float=base_ms / ms,
-                             gpu_ms_per_token=gpu_ms, weight_mib=model_bytes(m) / 2**20))
+            rows.append(
+                dict(
+                    model=size,
+                    params_m=round(model.num_params(non_embedding=False) / 1e6, 1),
+                    format=name,
+                    batch=batch,
+                    ms_per_token=ms,
+                    tok_s=batch * 1e3 / ms,
+                    vs_float=base_ms / ms,
+                    gpu_ms_per_token=gpu_ms,
+                    weight_mib=model_bytes(m) / 2**20,
+                )
+            )
             print(f"  {size} {name} batch {batch}: {ms:.3f} ms/token", flush=True)
     return rows
 
 
 def bench_table(rows, float_name) -> str:
     f = lambda v, spec: "-" if v is None else format(v, spec)
-    return markdown_table([{"model": r["model"], "params M": r["params_m"], "format": r["format"], "batch": r["batch"],
-                            "ms/token": f(r["ms_per_token"], ".3f"), "tok/s": f(r["tok_s"], ".0f"),
-                            f"x {float_name}": f(r["vs_float"], ".2f"), "GPU ms/token": f(r["gpu_ms_per_token"], ".3f"),
-                            "weight MiB": f(r["weight_mib"], ".2f")} for r in rows],
-                          ["model", "params M", "format", "batch", "ms/token", "tok/s", f"x {float_name}",
-                           "GPU ms/token", "weight MiB"])
+    return markdown_table(
+        [
+            {
+                "model": r["model"],
+                "params M": r["params_m"],
+                "format": r["format"],
+                "batch": r["batch"],
+                "ms/token": f(r["ms_per_token"], ".3f"),
+                "tok/s": f(r["tok_s"], ".0f"),
+                f"x {float_name}": f(r["vs_float"], ".2f"),
+                "GPU ms/token": f(r["gpu_ms_per_token"], ".3f"),
+                "weight MiB": f(r["weight_mib"], ".2f"),
+            }
+            for r in rows
+        ],
+        [
+            "model",
+            "params M",
+            "format",
+            "batch",
+            "ms/token",
+            "tok/s",
+            f"x {float_name}",
+            "GPU ms/token",
+            "weight MiB",
+        ],
+    )
 
 
 def summary_lines(rows, float_name):
@@ -167,10 +222,19 @@ def summary_lines(rows, float_name):
     for r in rows:
         if r["format"] == float_name:
             continue
-        base = next(b for b in rows if b["model"] == r["model"] and b["batch"] == r["batch"] and b["format"] == float_name)
-        gpu = (f", GPU kernel time {base['gpu_ms_per_token'] / r['gpu_ms_per_token']:.2f}x"
-               if r["gpu_ms_per_token"] and base["gpu_ms_per_token"] else "")
-        lines.append(f"{r['model']} batch {r['batch']} {r['format']}: wall clock {r['vs_float']:.2f}x {float_name}{gpu}")
+        base = next(
+            b
+            for b in rows
+            if b["model"] == r["model"] and b["batch"] == r["batch"] and b["format"] == float_name
+        )
+        gpu = (
+            f", GPU kernel time {base['gpu_ms_per_token'] / r['gpu_ms_per_token']:.2f}x"
+            if r["gpu_ms_per_token"] and base["gpu_ms_per_token"]
+            else ""
+        )
+        lines.append(
+            f"{r['model']} batch {r['batch']} {r['format']}: wall clock {r['vs_float']:.2f}x {float_name}{gpu}"
+        )
     return lines
 
 
@@ -183,11 +247,24 @@ def save_plot(rows, path, float_name):
         batches = list(dict.fromkeys(r["batch"] for r in rows if r["model"] == size))
         width = 0.8 / len(names)
         for i, name in enumerate(names):
-            tok_s = [next(r["tok_s"] for r in rows if r["model"] == size and r["batch"] == b and r["format"] == name)
-                     for b in batches]
-            ax.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(batches))], tok_s, width, label=name)
-        ax.set(xticks=range(len(batches)), xticklabels=[f"batch {b}" for b in batches], ylabel="tokens / s",
-               title=f"{size}: decode speed vs {float_name} (wall clock)")
+            tok_s = [
+                next(
+                    r["tok_s"] for r in rows if r["model"] == size and r["batch"] == b and r["format"] == name
+                )
+                for b in batches
+            ]
+            ax.bar(
+                [j + (i - (len(names) - 1) / 2) * width for j in range(len(batches))],
+                tok_s,
+                width,
+                label=name,
+            )
+        ax.set(
+            xticks=range(len(batches)),
+            xticklabels=[f"batch {b}" for b in batches],
+            ylabel="tokens / s",
+            title=f"{size}: decode speed vs {float_name} (wall clock)",
+        )
         ax.legend(fontsize=8)
     save_figure(fig, path)
 
@@ -196,26 +273,36 @@ def main(argv=None):
     cfg, _ = parse_config(BenchConfig, argv, doc=__doc__)
     check_bench_config(cfg)
     if cfg.device == "auto" and not torch.cuda.is_available():
-        print("bench_quant_decode.py: no CUDA GPU here, nothing was measured (--device cpu runs a tiny CPU "
-              "comparison of the reference path)")
+        print(
+            "bench_quant_decode.py: no CUDA GPU here, nothing was measured (--device cpu runs a tiny CPU "
+            "comparison of the reference path)"
+        )
         return
     device = resolve_device(cfg.device)
     on_gpu = device.startswith("cuda")
-    dtype = torch.bfloat16 if on_gpu else torch.float32           # the Triton interpreter cannot do bf16
+    dtype = torch.bfloat16 if on_gpu else torch.float32  # the Triton interpreter cannot do bf16
     sizes = cfg.sizes or (["gpt2", "gpt2-xl"] if on_gpu else ["tiny"])
     float_name = str(dtype).removeprefix("torch.")
-    where = torch.cuda.get_device_name(device) if on_gpu else "CPU: QuantLinear runs the dequantize-then-matmul " \
-                                                              "reference, not the kernel; says nothing of GPU speed"
-    print(f"{where} | torch {torch.__version__} | prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens, greedy, "
-          f"median of {cfg.repeats}" + ("; the warm-up run autotunes" if on_gpu else ""))
+    where = (
+        torch.cuda.get_device_name(device)
+        if on_gpu
+        else "CPU: QuantLinear runs the dequantize-then-matmul "
+        "reference, not the kernel; says nothing of GPU speed"
+    )
+    print(
+        f"{where} | torch {torch.__version__} | prompt {cfg.prompt_len}, {cfg.new_tokens} new tokens, greedy, "
+        f"median of {cfg.repeats}" + ("; the warm-up run autotunes" if on_gpu else "")
+    )
     rows = [r for size in sizes for r in bench_size(size, cfg, dtype, device)]
     print(bench_table(rows, float_name))
     lines = summary_lines(rows, float_name)
     for line in lines:
         print(line)
     out = Path(cfg.out)
-    write_json(out / "bench_quant_decode.json", {"config": asdict(cfg), "device": where, "torch": torch.__version__,
-                                                 "goals": lines, "rows": rows})
+    write_json(
+        out / "bench_quant_decode.json",
+        {"config": asdict(cfg), "device": where, "torch": torch.__version__, "goals": lines, "rows": rows},
+    )
     save_plot(rows, out / "bench_quant_decode.png", float_name)
     print(f"wrote {out / 'bench_quant_decode.json'} and {out / 'bench_quant_decode.png'}")
 

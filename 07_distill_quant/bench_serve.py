@@ -30,6 +30,7 @@ Interview questions it answers:
   1M-parameter model, all three gave 29 tokens/s and median latencies of 0.25-0.37 s, because a step of
   so small a model costs about the same for 1 or 8 rows)
 """
+
 import dataclasses
 import random
 import sys
@@ -42,8 +43,19 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (UserError, command_line, markdown_table, option, parse_config, pyplot, run_cli, run_lock,  # 01_data
-                    save_figure, write_json, write_manifest)
+from common import (
+    UserError,
+    command_line,
+    markdown_table,
+    option,
+    parse_config,
+    pyplot,
+    run_cli,
+    run_lock,  # 01_data
+    save_figure,
+    write_json,
+    write_manifest,
+)
 from devices import resolve_device  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
@@ -69,8 +81,9 @@ class BenchServeConfig:
     long_max: int = option(80, "longest long answer", min=1)
     long_frac: float = option(0.25, "share of requests with a long answer", min=0.0, max=1.0)
     max_batch: int = option(8, "slots of the static and continuous policies", min=1)
-    policies: list = option(list(POLICIES), "policies to run, in order (the first is the reference for "
-                            "'same tokens')", sep=",")
+    policies: list = option(
+        list(POLICIES), "policies to run, in order (the first is the reference for 'same tokens')", sep=","
+    )
     seed: int = option(0, "seed of the workload and of the random model")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = option(1, "torch CPU threads (0 = torch's default)", min=0)
@@ -80,11 +93,15 @@ class BenchServeConfig:
 def check_bench_config(c: BenchServeConfig, block_size):
     for lo, hi in (("prompt_min", "prompt_max"), ("short_min", "short_max"), ("long_min", "long_max")):
         if getattr(c, lo) > getattr(c, hi):
-            raise UserError(f"--{lo.replace('_', '-')} {getattr(c, lo)} is above --{hi.replace('_', '-')} "
-                            f"{getattr(c, hi)}")
+            raise UserError(
+                f"--{lo.replace('_', '-')} {getattr(c, lo)} is above --{hi.replace('_', '-')} "
+                f"{getattr(c, hi)}"
+            )
     if c.prompt_max + max(c.short_max, c.long_max) > block_size:
-        raise UserError(f"--prompt-max {c.prompt_max} + the longest answer {max(c.short_max, c.long_max)} "
-                        f"exceeds the model's context of {block_size}; lower them")
+        raise UserError(
+            f"--prompt-max {c.prompt_max} + the longest answer {max(c.short_max, c.long_max)} "
+            f"exceeds the model's context of {block_size}; lower them"
+        )
     unknown = [p for p in c.policies if p not in POLICIES]
     if unknown or not c.policies:
         raise UserError(f"--policies {','.join(c.policies)}: use some of {', '.join(POLICIES)}")
@@ -97,7 +114,11 @@ def workload(c: BenchServeConfig, vocab) -> list:
     t, items = 0.0, []
     for _ in range(c.requests):
         prompt = [rng.randrange(vocab) for _ in range(rng.randint(c.prompt_min, c.prompt_max))]
-        n_out = rng.randint(c.long_min, c.long_max) if rng.random() < c.long_frac else rng.randint(c.short_min, c.short_max)
+        n_out = (
+            rng.randint(c.long_min, c.long_max)
+            if rng.random() < c.long_frac
+            else rng.randint(c.short_min, c.short_max)
+        )
         items.append((t, prompt, n_out))
         t += rng.expovariate(c.rate)
     return items
@@ -106,8 +127,10 @@ def workload(c: BenchServeConfig, vocab) -> list:
 
 def serve(engine: Engine, items) -> list:
     """Replay the workload in real time: submit each request at its arrival, step the engine meanwhile."""
-    reqs = [Request(prompt, SamplingParams(max_tokens=n_out, temperature=0, ignore_eos=True))
-            for _, prompt, n_out in items]
+    reqs = [
+        Request(prompt, SamplingParams(max_tokens=n_out, temperature=0, ignore_eos=True))
+        for _, prompt, n_out in items
+    ]
     start, nxt = time.perf_counter(), 0
     while nxt < len(reqs) or engine.busy():
         now = time.perf_counter() - start
@@ -115,7 +138,7 @@ def serve(engine: Engine, items) -> list:
             reqs[nxt].arrival = start + items[nxt][0]
             engine.submit(reqs[nxt])
             nxt += 1
-        if not engine.step() and nxt < len(reqs):     # idle until the next arrival
+        if not engine.step() and nxt < len(reqs):  # idle until the next arrival
             time.sleep(max(0.0, items[nxt][0] - (time.perf_counter() - start)))
     return reqs
 
@@ -125,25 +148,49 @@ def summarize(policy, reqs, stats, reference) -> dict:
     ttft = [r.first_token_at - r.arrival for r in reqs]
     latency = [r.finished_at - r.arrival for r in reqs]
     pct = lambda xs, q: float(np.percentile(xs, q))
-    return {"policy": policy, "tokens_per_s": sum(len(r.output_ids) for r in reqs) / span,
-            "requests_per_s": len(reqs) / span, "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95),
-            "latency_p50": pct(latency, 50), "latency_p95": pct(latency, 95),
-            "mean_batch": stats["decode_rows"] / max(stats["decode_steps"], 1),
-            "padding": 1 - stats["decode_useful"] / max(stats["decode_rows"], 1),
-            "same_tokens": reference is None or all(a.output_ids == b.output_ids for a, b in zip(reqs, reference))}
+    return {
+        "policy": policy,
+        "tokens_per_s": sum(len(r.output_ids) for r in reqs) / span,
+        "requests_per_s": len(reqs) / span,
+        "ttft_p50": pct(ttft, 50),
+        "ttft_p95": pct(ttft, 95),
+        "latency_p50": pct(latency, 50),
+        "latency_p95": pct(latency, 95),
+        "mean_batch": stats["decode_rows"] / max(stats["decode_steps"], 1),
+        "padding": 1 - stats["decode_useful"] / max(stats["decode_rows"], 1),
+        "same_tokens": reference is None
+        or all(a.output_ids == b.output_ids for a, b in zip(reqs, reference)),
+    }
 
 
-COLUMNS = ("policy", "tokens/s", "requests/s", "TTFT p50 s", "TTFT p95 s", "latency p50 s", "latency p95 s",
-           "mean batch", "padding", "same tokens")
+COLUMNS = (
+    "policy",
+    "tokens/s",
+    "requests/s",
+    "TTFT p50 s",
+    "TTFT p95 s",
+    "latency p50 s",
+    "latency p95 s",
+    "mean batch",
+    "padding",
+    "same tokens",
+)
 
 
 def table_row(r) -> dict:
     """One summarize() row as the printed table shows it."""
-    return {"policy": r["policy"], "tokens/s": f"{r['tokens_per_s']:.0f}", "requests/s": f"{r['requests_per_s']:.2f}",
-            "TTFT p50 s": f"{r['ttft_p50']:.3f}", "TTFT p95 s": f"{r['ttft_p95']:.3f}",
-            "latency p50 s": f"{r['latency_p50']:.3f}", "latency p95 s": f"{r['latency_p95']:.3f}",
-            "mean batch": f"{r['mean_batch']:.2f}", "padding": f"{r['padding']:.0%}",
-            "same tokens": "yes" if r["same_tokens"] else "NO"}
+    return {
+        "policy": r["policy"],
+        "tokens/s": f"{r['tokens_per_s']:.0f}",
+        "requests/s": f"{r['requests_per_s']:.2f}",
+        "TTFT p50 s": f"{r['ttft_p50']:.3f}",
+        "TTFT p95 s": f"{r['ttft_p95']:.3f}",
+        "latency p50 s": f"{r['latency_p50']:.3f}",
+        "latency p95 s": f"{r['latency_p95']:.3f}",
+        "mean batch": f"{r['mean_batch']:.2f}",
+        "padding": f"{r['padding']:.0%}",
+        "same tokens": "yes" if r["same_tokens"] else "NO",
+    }
 
 
 def plot(rows, path, title):
@@ -167,7 +214,9 @@ def build_model(c: BenchServeConfig, device):
     if c.ckpt:
         return load_model(c.ckpt, device=device)[0]
     torch.manual_seed(c.seed)
-    cfg = GPTConfig(vocab_size=c.vocab, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
+    cfg = GPTConfig(
+        vocab_size=c.vocab, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd
+    )
     return GPT(cfg).to(device).eval()
 
 
@@ -180,11 +229,13 @@ def main(argv=None):
     check_bench_config(c, model.cfg.block_size)
     items = workload(c, model.cfg.vocab_size)
     out = Path(c.out)
-    what = (f"{c.ckpt or 'random model'} ({model.num_params(non_embedding=False) / 1e6:.2f}M parameters), {device}, "
-            f"{torch.get_num_threads()} thread(s); {c.requests} requests at {c.rate:g}/s, batch {c.max_batch}")
+    what = (
+        f"{c.ckpt or 'random model'} ({model.num_params(non_embedding=False) / 1e6:.2f}M parameters), {device}, "
+        f"{torch.get_num_threads()} thread(s); {c.requests} requests at {c.rate:g}/s, batch {c.max_batch}"
+    )
     with run_lock(out):
         print(what)
-        warm = Engine(model, None, "continuous", 2)    # first calls allocate and pick kernels: not timed
+        warm = Engine(model, None, "continuous", 2)  # first calls allocate and pick kernels: not timed
         serve(warm, items[:2])
         rows, reference = [], None
         for policy in c.policies:
@@ -195,11 +246,25 @@ def main(argv=None):
             print(f"{policy}: {rows[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
         table = markdown_table([table_row(r) for r in rows], COLUMNS)
         print(table)
-        write_json(out / "bench_serve.json", {"rows": rows, "table": table, "setup": what, "config": dataclasses.asdict(c),
-                                              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
+        write_json(
+            out / "bench_serve.json",
+            {
+                "rows": rows,
+                "table": table,
+                "setup": what,
+                "config": dataclasses.asdict(c),
+                "torch": torch.__version__,
+                "date": time.strftime("%Y-%m-%d"),
+            },
+        )
         plot(rows, out / "bench_serve.png", what)
-        write_manifest(out, stage="07_bench_serve", command=command_line(__file__, argv),
-                       config=dataclasses.asdict(c), inputs=[Path(c.ckpt)] if c.ckpt else [])
+        write_manifest(
+            out,
+            stage="07_bench_serve",
+            command=command_line(__file__, argv),
+            config=dataclasses.asdict(c),
+            inputs=[Path(c.ckpt)] if c.ckpt else [],
+        )
     print(f"wrote {out}/bench_serve.json and bench_serve.png")
 
 

@@ -18,6 +18,7 @@ Interview questions it answers:
 - What happens when a conversation outgrows the context? (something must go: here the oldest
   exchanges; others summarize them or retrieve the relevant ones)
 """
+
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -33,13 +34,17 @@ from batching import Engine, Request, SamplingParams  # this stage
 from serve import model_from_flags  # this stage
 
 SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
-HELP = ("commands: /reset (forget the conversation), /settings (show), /settings name=value ... (change: "
-        f"{', '.join(SETTINGS)}), /help, /quit")
+HELP = (
+    "commands: /reset (forget the conversation), /settings (show), /settings name=value ... (change: "
+    f"{', '.join(SETTINGS)}), /help, /quit"
+)
 
 
 @dataclass
 class ChatConfig:
-    ckpt: str = option("", "checkpoint to talk to: runs/<name>/sft/ckpt.pt (or adapter.pt, or pretrain/best.pt)")
+    ckpt: str = option(
+        "", "checkpoint to talk to: runs/<name>/sft/ckpt.pt (or adapter.pt, or pretrain/best.pt)"
+    )
     tokenizer: str = option("", "tokenizer folder (default: the one the checkpoint names)")
     system: str = option("", "system prompt, kept at the start of every turn (empty = none)")
     max_tokens: int = option(128, "longest answer in tokens (capped by what the context leaves)", min=1)
@@ -57,8 +62,8 @@ class ChatSession:
 
     def __init__(self, engine: Engine, tok, cfg: ChatConfig):
         self.engine, self.tok, self.cfg = engine, tok, cfg
-        self.turns = []                                   # user and assistant messages, oldest first
-        sid = special_ids(tok)                            # a UserError if it has no chat tokens
+        self.turns = []  # user and assistant messages, oldest first
+        sid = special_ids(tok)  # a UserError if it has no chat tokens
         self.stop_ids = [sid[END], sid[BOS]]
 
     def prompt_ids(self, messages) -> tuple:
@@ -66,26 +71,35 @@ class ChatSession:
         (at most half the context) fits."""
         system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
         ctx, dropped = self.engine.model.cfg.block_size, 0
-        room = min(self.cfg.max_tokens, ctx // 2)         # else max_tokens = context would drop every turn
+        room = min(self.cfg.max_tokens, ctx // 2)  # else max_tokens = context would drop every turn
         ids = encode_prompt(self.tok, system + messages)
         while len(ids) + room > ctx and len(messages) > 1:
             messages, dropped = messages[2:], dropped + 1
             ids = encode_prompt(self.tok, system + messages)
         if len(ids) >= ctx:
-            raise UserError(f"this message makes a prompt of {len(ids)} tokens but the model's context is {ctx}; "
-                            "write a shorter one (or /reset)")
+            raise UserError(
+                f"this message makes a prompt of {len(ids)} tokens but the model's context is {ctx}; "
+                "write a shorter one (or /reset)"
+            )
         return ids, dropped
 
     def reply(self, text, write):
         """Answer the user's `text`, writing the answer as it streams; returns the finished Request."""
         ids, dropped = self.prompt_ids(self.turns + [{"role": "user", "content": text}])
         if dropped:
-            self.turns = self.turns[2 * dropped:]
-            write(f"(dropped the {dropped} oldest exchange(s) to fit the {self.engine.model.cfg.block_size}-token context)\n")
+            self.turns = self.turns[2 * dropped :]
+            write(
+                f"(dropped the {dropped} oldest exchange(s) to fit the {self.engine.model.cfg.block_size}-token context)\n"
+            )
         c = self.cfg
-        params = SamplingParams(max_tokens=min(c.max_tokens, self.engine.model.cfg.block_size - len(ids)),
-                                temperature=c.temperature, top_p=c.top_p, top_k=c.top_k or None,
-                                repetition_penalty=c.repetition_penalty, seed=c.seed + len(self.turns) // 2)
+        params = SamplingParams(
+            max_tokens=min(c.max_tokens, self.engine.model.cfg.block_size - len(ids)),
+            temperature=c.temperature,
+            top_p=c.top_p,
+            top_k=c.top_k or None,
+            repetition_penalty=c.repetition_penalty,
+            seed=c.seed + len(self.turns) // 2,
+        )
         req = self.engine.submit(Request(ids, params, self.stop_ids))
         while self.engine.busy():
             self.engine.step()
@@ -103,12 +117,18 @@ class ChatSession:
         for word in args:
             name, _, value = word.partition("=")
             if name not in SETTINGS or not value:
-                raise UserError(f"cannot read {word!r}; write name=value with name one of {', '.join(SETTINGS)}")
-            kind = {f.name: f.type for f in dataclasses.fields(ChatConfig)}[name]   # int or float, not the value's type
+                raise UserError(
+                    f"cannot read {word!r}; write name=value with name one of {', '.join(SETTINGS)}"
+                )
+            kind = {f.name: f.type for f in dataclasses.fields(ChatConfig)}[
+                name
+            ]  # int or float, not the value's type
             try:
                 changes[name] = kind(value)
             except ValueError:
-                raise UserError(f"{name}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
+                raise UserError(
+                    f"{name}={value!r} is not {'an integer' if kind is int else 'a number'}"
+                ) from None
         new = dataclasses.replace(self.cfg, **changes)
         check_config(new)
         self.cfg = new
@@ -140,7 +160,7 @@ def run_chat(session: ChatSession, read_line, write):
             else:
                 write("assistant> ")
                 session.reply(line, write)
-        except UserError as e:                   # a bad setting or too long a message: say so, keep going
+        except UserError as e:  # a bad setting or too long a message: say so, keep going
             write(f"error: {e}\n")
 
 
@@ -153,7 +173,9 @@ def main(argv=None):
     cfg, _ = parse_config(ChatConfig, argv, doc=__doc__)
     model, tok = model_from_flags(cfg, "to talk to")
     session = ChatSession(Engine(model, tok, policy="sequential"), tok, cfg)
-    print(f"{cfg.ckpt}: {model.num_params(non_embedding=False):,} parameters, context {model.cfg.block_size} tokens")
+    print(
+        f"{cfg.ckpt}: {model.num_params(non_embedding=False):,} parameters, context {model.cfg.block_size} tokens"
+    )
     run_chat(session, lambda: input("you> "), write_out)
 
 

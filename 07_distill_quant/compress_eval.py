@@ -19,6 +19,7 @@ Interview questions it answers:
 - Why the best of several timings and not the mean? (on a shared machine noise only ever adds time:
   the minimum is the closest to what the code costs)
 """
+
 import contextlib
 import math
 import os
@@ -31,8 +32,13 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model"),
-                str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
+sys.path[:0] = [
+    str(REPO / "01_data"),
+    str(REPO / "02_tokenizer"),
+    str(REPO / "03_model"),
+    str(REPO / "04_pretrain"),
+    str(REPO / "05_sft_lora"),
+]
 from common import UserError, check_artifact  # 01_data
 from bpe import BPETokenizer  # 02_tokenizer
 from bench_generate import tokens_per_second  # 03_model
@@ -65,22 +71,28 @@ def load_teacher(run, which: str, device="cpu"):
     elif which == "sft":
         model, _, peft = load_finetuned(run / "sft", device)
         if peft is not None and not lora_modules(model):
-            raise UserError(f"{run / 'sft'} holds a prefix/adapter model, which this stage cannot use as a "
-                            "plain GPT; rerun 05_sft_lora/sft.py with --method full or lora, or use --teacher pretrain")
+            raise UserError(
+                f"{run / 'sft'} holds a prefix/adapter model, which this stage cannot use as a "
+                "plain GPT; rerun 05_sft_lora/sft.py with --method full or lora, or use --teacher pretrain"
+            )
         if peft is not None:
             model = merged_copy(model)
         source = run / "sft"
     else:
         path = Path(which)
         if not path.is_file():
-            raise UserError(f"--teacher {which}: no such checkpoint; 04_pretrain/pretrain.py makes "
-                            f"{run}/pretrain/best.pt (--teacher pretrain), 05_sft_lora/sft.py --method full "
-                            f"makes {run}/sft/ckpt.pt (--teacher sft)")
+            raise UserError(
+                f"--teacher {which}: no such checkpoint; 04_pretrain/pretrain.py makes "
+                f"{run}/pretrain/best.pt (--teacher pretrain), 05_sft_lora/sft.py --method full "
+                f"makes {run}/sft/ckpt.pt (--teacher sft)"
+            )
         model, source = GPT.from_checkpoint(path, map_location=device), path
     tok = BPETokenizer.load(tok_dir)
     if tok.vocab_size > model.cfg.vocab_size:
-        raise UserError(f"the tokenizer in {tok_dir} has {tok.vocab_size} tokens but the teacher only "
-                        f"{model.cfg.vocab_size}; it was trained with another tokenizer: rerun 04_pretrain")
+        raise UserError(
+            f"the tokenizer in {tok_dir} has {tok.vocab_size} tokens but the teacher only "
+            f"{model.cfg.vocab_size}; it was trained with another tokenizer: rerun 04_pretrain"
+        )
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -91,7 +103,7 @@ def merged_copy(model) -> GPT:
     """A plain GPT holding W + (alpha/r)·B·A for every LoRA layer (05's merge), without the wrappers."""
     merge_lora(model)
     plain = GPT(model.cfg).to(next(model.parameters()).device)
-    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}   # LoRALinear keeps W's key
+    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}  # LoRALinear keeps W's key
     plain.load_state_dict(state, strict=True)
     return plain
 
@@ -150,6 +162,7 @@ def peak_memory_mb(device) -> float:
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

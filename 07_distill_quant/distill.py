@@ -47,6 +47,7 @@ Interview questions it answers:
 - Why compare with a student from scratch on the same budget? (the gap closed is the part due to the
   teacher; without the baseline a "distilled" number says nothing)
 """
+
 import contextlib
 import dataclasses
 import os
@@ -62,17 +63,41 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (UserError, check_config, claim_output, command_line, markdown_table, option, parse_config,  # 01_data
-                    pyplot, run_cli, run_lock, save_figure, set_interrupt_hint, staged_dir, write_json, write_jsonl,
-                    write_manifest)
+from common import (
+    UserError,
+    check_config,
+    claim_output,
+    command_line,
+    markdown_table,
+    option,
+    parse_config,  # 01_data
+    pyplot,
+    run_cli,
+    run_lock,
+    save_figure,
+    set_interrupt_hint,
+    staged_dir,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
 
-from compress_eval import (TEACHER_HELP, count_params, generation_speeds, heldout_conversations, load_teacher,
-                           measure, peak_memory_mb, speed_prompt, timed)
+from compress_eval import (
+    TEACHER_HELP,
+    count_params,
+    generation_speeds,
+    heldout_conversations,
+    load_teacher,
+    measure,
+    peak_memory_mb,
+    speed_prompt,
+    timed,
+)
 
 METHODS = ("scratch", "logit", "sequence", "feature")
 
@@ -86,17 +111,28 @@ class DistillConfig:
     student_layers: int = option(2, "student blocks", min=1)
     student_embd: int = option(0, "student width (0 = the teacher's)", min=0)
     student_heads: int = option(0, "student attention heads (0 = keep the teacher's head size)", min=0)
-    student_init: str = option("random", "random; teacher (copy evenly spaced teacher blocks: needs the teacher's "
-                               "width); or the .pt checkpoint of a smaller model with the teacher's vocabulary")
+    student_init: str = option(
+        "random",
+        "random; teacher (copy evenly spaced teacher blocks: needs the teacher's "
+        "width); or the .pt checkpoint of a smaller model with the teacher's vocabulary",
+    )
     # T = 1, α = 0 by default: on both bases measured (below) it beat T = 2, α = 0.5
     temperature: float = option(1.0, "softmax temperature T of the soft targets (> 0; 1 = the plain softmax)")
-    alpha: float = option(0.0, "weight of the hard-label CE; 1 - alpha goes to the soft targets", min=0.0, max=1.0)
-    feature_layers: str = option("auto", "student:teacher block pairs, 1-based, e.g. 1:2,2:4 (auto = evenly spaced)")
-    feature_loss: str = option("mse", "hidden-state loss: relative MSE or 1 - cosine", choices=("mse", "cosine"))
+    alpha: float = option(
+        0.0, "weight of the hard-label CE; 1 - alpha goes to the soft targets", min=0.0, max=1.0
+    )
+    feature_layers: str = option(
+        "auto", "student:teacher block pairs, 1-based, e.g. 1:2,2:4 (auto = evenly spaced)"
+    )
+    feature_loss: str = option(
+        "mse", "hidden-state loss: relative MSE or 1 - cosine", choices=("mse", "cosine")
+    )
     feature_weight: float = option(1.0, "β, weight of the hidden-state loss", min=0.0)
     seq_pool: int = option(256, "teacher generations for sequence-level KD (cycled through)", min=1)
     seq_prompt: int = option(16, "real tokens that start each teacher generation", min=1)
-    seq_temperature: float = option(1.0, "sampling temperature of the teacher's generations (0 = greedy)", min=0.0)
+    seq_temperature: float = option(
+        1.0, "sampling temperature of the teacher's generations (0 = greedy)", min=0.0
+    )
     steps: int = option(150, "optimizer steps per student (the same budget for every one)", min=1)
     batch_size: int = option(16, "sequences per step", min=1)
     lr: float = option(2e-3, "peak learning rate", min=0.0)
@@ -120,17 +156,22 @@ def check_distill_config(cfg: DistillConfig):
     if not cfg.run:
         raise UserError("pass --run runs/<name> (the folder 04_pretrain wrote pretrain/ into)")
     if not cfg.temperature > 0:
-        raise UserError(f"--temperature {cfg.temperature} must be > 0 (softmax(z/T): T = 1 is the plain "
-                        "softmax, T > 1 softens it; T -> 0 would be an argmax with no gradient)")
+        raise UserError(
+            f"--temperature {cfg.temperature} must be > 0 (softmax(z/T): T = 1 is the plain "
+            "softmax, T > 1 softens it; T -> 0 would be an argmax with no gradient)"
+        )
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown or not cfg.methods:
         raise UserError(f"--methods {','.join(cfg.methods) or '(none)'}: choose among {', '.join(METHODS)}")
     if cfg.min_lr > cfg.lr or cfg.warmup_steps >= cfg.steps:
-        raise UserError(f"need --min-lr <= --lr and --warmup-steps < --steps (got {cfg.min_lr}, {cfg.lr}, "
-                        f"{cfg.warmup_steps}, {cfg.steps})")
+        raise UserError(
+            f"need --min-lr <= --lr and --warmup-steps < --steps (got {cfg.min_lr}, {cfg.lr}, "
+            f"{cfg.warmup_steps}, {cfg.steps})"
+        )
 
 
 # ----------------------------------------------------------------------------- the student
+
 
 def param_count(cfg: GPTConfig) -> int:
     """Parameters of a GPT with this config (built once on the CPU: a student is never larger than the
@@ -148,28 +189,44 @@ def student_config(teacher_cfg: GPTConfig, cfg: DistillConfig) -> tuple:
     d = cfg.student_embd or t.n_embd
     H = cfg.student_heads or max(1, d // t.head_dim)
     Hkv = max(1, H * t.n_kv_head // t.n_head)
-    return dataclasses.replace(t, n_layer=cfg.student_layers, n_embd=d, n_head=H, n_kv_head=Hkv, dropout=0.0,
-                               head_size=0, mlp_hidden=0), None
+    return dataclasses.replace(
+        t,
+        n_layer=cfg.student_layers,
+        n_embd=d,
+        n_head=H,
+        n_kv_head=Hkv,
+        dropout=0.0,
+        head_size=0,
+        mlp_hidden=0,
+    ), None
 
 
 def check_student(s: GPTConfig, t: GPTConfig, init: str):
     """A UserError unless the student can learn from this teacher: the same token ids (soft targets are
     distributions over one vocabulary), a context at least the teacher's, and no larger than it."""
     if s.vocab_size != t.vocab_size:
-        raise UserError(f"the student's vocabulary ({s.vocab_size} tokens) is not the teacher's ({t.vocab_size}); "
-                        "distillation matches distributions over the same token ids: use a student made with "
-                        "the teacher's tokenizer")
+        raise UserError(
+            f"the student's vocabulary ({s.vocab_size} tokens) is not the teacher's ({t.vocab_size}); "
+            "distillation matches distributions over the same token ids: use a student made with "
+            "the teacher's tokenizer"
+        )
     if s.block_size < t.block_size:
-        raise UserError(f"the student's context ({s.block_size}) is shorter than the teacher's ({t.block_size}), "
-                        "whose windows it trains on; use a student with block_size >= the teacher's")
+        raise UserError(
+            f"the student's context ({s.block_size}) is shorter than the teacher's ({t.block_size}), "
+            "whose windows it trains on; use a student with block_size >= the teacher's"
+        )
     n_s, n_t = param_count(s), param_count(t)
     if s.n_layer > t.n_layer or s.n_embd > t.n_embd or n_s > n_t:
-        raise UserError(f"the student ({n_s:,} parameters, {s.n_layer} layers x {s.n_embd} wide) is larger than "
-                        f"the teacher ({n_t:,}, {t.n_layer} x {t.n_embd}); a student must be smaller: lower "
-                        "--student-layers / --student-embd")
+        raise UserError(
+            f"the student ({n_s:,} parameters, {s.n_layer} layers x {s.n_embd} wide) is larger than "
+            f"the teacher ({n_t:,}, {t.n_layer} x {t.n_embd}); a student must be smaller: lower "
+            "--student-layers / --student-embd"
+        )
     if init == "teacher" and (s.n_embd, s.n_head, s.n_kv_head) != (t.n_embd, t.n_head, t.n_kv_head):
-        raise UserError(f"--student-init teacher copies teacher blocks, so the student needs the teacher's width "
-                        f"and heads ({t.n_embd} wide, {t.n_head} heads); drop --student-embd/--student-heads")
+        raise UserError(
+            f"--student-init teacher copies teacher blocks, so the student needs the teacher's width "
+            f"and heads ({t.n_embd} wide, {t.n_head} heads); drop --student-embd/--student-heads"
+        )
 
 
 def evenly_spaced(n_student: int, n_teacher: int) -> list:
@@ -193,7 +250,7 @@ def init_from_teacher(student: GPT, teacher: GPT):
 
 
 def make_student(s_cfg: GPTConfig, init: str, init_state, teacher: GPT, seed: int, device) -> GPT:
-    torch.manual_seed(seed)                        # every student starts from the same weights
+    torch.manual_seed(seed)  # every student starts from the same weights
     student = GPT(s_cfg).to(device)
     if init_state is not None:
         student.load_state_dict(init_state)
@@ -203,6 +260,7 @@ def make_student(s_cfg: GPTConfig, init: str, init_state, teacher: GPT, seed: in
 
 
 # ----------------------------------------------------------------------------- the losses
+
 
 def kd_loss(student_logits, teacher_logits, temperature: float):
     """T² · KL(p ‖ q) per position, averaged; p = softmax(teacher/T), q = softmax(student/T), (..., V).
@@ -215,8 +273,8 @@ def kd_loss(student_logits, teacher_logits, temperature: float):
     # >>> exercise: T² times the mean over positions of KL(softmax(teacher/T) ‖ softmax(student/T))
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)                        # (...,)
-    return temperature ** 2 * kl.mean()
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (...,)
+    return temperature**2 * kl.mean()
     # <<< exercise
 
 
@@ -230,9 +288,13 @@ def layer_pairs(spec: str, n_student: int, n_teacher: int) -> list:
         try:
             s, t = (int(x) for x in part.split(":"))
         except ValueError:
-            raise UserError(f"--feature-layers {spec!r}: write student:teacher block pairs, e.g. 1:2,2:4") from None
+            raise UserError(
+                f"--feature-layers {spec!r}: write student:teacher block pairs, e.g. 1:2,2:4"
+            ) from None
         if not (1 <= s <= n_student and 1 <= t <= n_teacher):
-            raise UserError(f"--feature-layers {part}: the student has blocks 1..{n_student}, the teacher 1..{n_teacher}")
+            raise UserError(
+                f"--feature-layers {part}: the student has blocks 1..{n_student}, the teacher 1..{n_teacher}"
+            )
         pairs.append((s, t))
     return pairs
 
@@ -260,8 +322,10 @@ def block_outputs(model: GPT, layers):
     """Yield a dict that each forward fills with {block (1-based): its output (B, T, d)} (forward hooks:
     03's model is not changed; a Block returns (x, aux))."""
     got = {}
-    hooks = [model.blocks[i - 1].register_forward_hook(lambda m, args, out, i=i: got.__setitem__(i, out[0]))
-             for i in layers]
+    hooks = [
+        model.blocks[i - 1].register_forward_hook(lambda m, args, out, i=i: got.__setitem__(i, out[0]))
+        for i in layers
+    ]
     try:
         yield got
     finally:
@@ -271,10 +335,12 @@ def block_outputs(model: GPT, layers):
 
 # ----------------------------------------------------------------------------- the data
 
+
 def real_batches(train, block_size, cfg: DistillConfig, device):
     """step -> (x, y): 04's windows, a pure function of (seed, step), so every student sees the same."""
-    return lambda step: get_batch(train, batch_starts(len(train), block_size, cfg.batch_size, cfg.seed, step),
-                                  block_size, device)
+    return lambda step: get_batch(
+        train, batch_starts(len(train), block_size, cfg.batch_size, cfg.seed, step), block_size, device
+    )
 
 
 @torch.no_grad()
@@ -283,30 +349,45 @@ def teacher_generations(teacher: GPT, train, cfg: DistillConfig, device, chunk=6
     the teacher's continuation sampled with 03's GPT.generate (KV cache) at seq_temperature."""
     T = teacher.cfg.block_size
     if cfg.seq_prompt >= T:
-        raise UserError(f"--seq-prompt {cfg.seq_prompt} leaves nothing to generate in a context of {T}; lower it")
+        raise UserError(
+            f"--seq-prompt {cfg.seq_prompt} leaves nothing to generate in a context of {T}; lower it"
+        )
     starts = batch_starts(len(train), T, cfg.seq_pool, cfg.seed + 1, 0)
-    prompts = get_batch(train, starts, T, device)[0][:, :cfg.seq_prompt]
+    prompts = get_batch(train, starts, T, device)[0][:, : cfg.seq_prompt]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    rows = [teacher.generate(prompts[i:i + chunk], T - cfg.seq_prompt, temperature=cfg.seq_temperature, generator=gen)
-            for i in range(0, len(prompts), chunk)]
+    rows = [
+        teacher.generate(
+            prompts[i : i + chunk], T - cfg.seq_prompt, temperature=cfg.seq_temperature, generator=gen
+        )
+        for i in range(0, len(prompts), chunk)
+    ]
     return torch.cat(rows)
 
 
 def generated_batches(pool: torch.Tensor, batch_size: int):
     """step -> (x, y) from the teacher's generations, cycling through the pool (windows of T - 1)."""
+
     def batch(step):
         rows = pool[[(step * batch_size + i) % len(pool) for i in range(batch_size)]]
         return rows[:, :-1], rows[:, 1:]
+
     return batch
 
 
 # ----------------------------------------------------------------------------- training
 
-def train_student(student: GPT, teacher: GPT, method: str, cfg: DistillConfig, next_batch, device, log=print) -> dict:
+
+def train_student(
+    student: GPT, teacher: GPT, method: str, cfg: DistillConfig, next_batch, device, log=print
+) -> dict:
     """Train `student` in place for cfg.steps; returns {"records", "s_per_step", "teacher_ms", "student_ms",
     "peak_mb"}. The teacher runs once per batch under no_grad (logit and feature methods only)."""
     soft = method in ("logit", "feature")
-    pairs = layer_pairs(cfg.feature_layers, student.cfg.n_layer, teacher.cfg.n_layer) if method == "feature" else []
+    pairs = (
+        layer_pairs(cfg.feature_layers, student.cfg.n_layer, teacher.cfg.n_layer)
+        if method == "feature"
+        else []
+    )
     proj = projections(pairs, student.cfg.n_embd, teacher.cfg.n_embd).to(device)
     trainable = nn.ModuleList([student, proj])
     opt = make_optimizer("adamw", param_groups(trainable, cfg.weight_decay), cfg.lr, (0.9, 0.95))
@@ -315,13 +396,19 @@ def train_student(student: GPT, teacher: GPT, method: str, cfg: DistillConfig, n
     student.train()
     records, times, t0 = [], {}, time.time()
     for step in range(cfg.steps):
-        set_interrupt_hint(f"at step {step} of the {method} student; nothing was written; rerun to start again")
+        set_interrupt_hint(
+            f"at step {step} of the {method} student; nothing was written; rerun to start again"
+        )
         x, y = next_batch(step)
         set_lr(opt, lr_at(step, sched))
         rec = {"method": method, "step": step + 1}
         if soft:
-            with timed(times, "teacher", device), torch.no_grad(), block_outputs(teacher, [t for _, t in pairs]) as t_h:
-                t_logits, _ = teacher(x)           # once per batch: soft targets and hidden states together
+            with (
+                timed(times, "teacher", device),
+                torch.no_grad(),
+                block_outputs(teacher, [t for _, t in pairs]) as t_h,
+            ):
+                t_logits, _ = teacher(x)  # once per batch: soft targets and hidden states together
         with timed(times, "student", device):
             with block_outputs(student, [s for s, _ in pairs]) as s_h:
                 logits, ce = student(x, y)
@@ -332,7 +419,9 @@ def train_student(student: GPT, teacher: GPT, method: str, cfg: DistillConfig, n
                 loss = cfg.alpha * ce + (1 - cfg.alpha) * kd
                 rec["kd"] = kd.item()
             if pairs:
-                feat = sum(feature_loss(s_h[s], t_h[t], w, cfg.feature_loss) for (s, t), w in zip(pairs, proj)) / len(pairs)
+                feat = sum(
+                    feature_loss(s_h[s], t_h[t], w, cfg.feature_loss) for (s, t), w in zip(pairs, proj)
+                ) / len(pairs)
                 loss = loss + cfg.feature_weight * feat
                 rec["feature"] = feat.item()
             loss.backward()
@@ -343,13 +432,20 @@ def train_student(student: GPT, teacher: GPT, method: str, cfg: DistillConfig, n
         if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
             n = step + 1
             parts = " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("method", "step"))
-            log(f"{method:<9} step {n}/{cfg.steps} | {parts} | {1000 * (time.time() - t0) / n:.0f} ms/step "
+            log(
+                f"{method:<9} step {n}/{cfg.steps} | {parts} | {1000 * (time.time() - t0) / n:.0f} ms/step "
                 f"(teacher {1000 * times.get('teacher', 0) / n:.0f}, student {1000 * times['student'] / n:.0f}) | "
-                f"peak memory {peak_memory_mb(device):.0f} MB", flush=True)
+                f"peak memory {peak_memory_mb(device):.0f} MB",
+                flush=True,
+            )
     student.eval()
-    return {"records": records, "s_per_step": (time.time() - t0) / cfg.steps,
-            "teacher_ms": 1000 * times.get("teacher", 0) / cfg.steps, "student_ms": 1000 * times["student"] / cfg.steps,
-            "peak_mb": peak_memory_mb(device)}
+    return {
+        "records": records,
+        "s_per_step": (time.time() - t0) / cfg.steps,
+        "teacher_ms": 1000 * times.get("teacher", 0) / cfg.steps,
+        "student_ms": 1000 * times["student"] / cfg.steps,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
 def gap_closed(loss_student: float, loss_scratch: float, loss_teacher: float):
@@ -360,6 +456,7 @@ def gap_closed(loss_student: float, loss_scratch: float, loss_teacher: float):
 
 
 # ----------------------------------------------------------------------------- the run
+
 
 def distill(cfg: DistillConfig, argv=None) -> dict:
     """Train the students, measure everything, write <out>/ (module docstring); returns the outcome."""
@@ -374,20 +471,27 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
     train, val, _ = load_shards(run, T)
     heldout = heldout_conversations(run, cfg.eval_limit)
     with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)             # refuse now, not after training
-        print(f"teacher {source} ({count_params(teacher):,} params, {teacher.cfg.n_layer} x {teacher.cfg.n_embd}); "
-              f"student {param_count(s_cfg):,} params ({s_cfg.n_layer} x {s_cfg.n_embd}, {s_cfg.n_head} heads), "
-              f"init {cfg.student_init if cfg.student_init in ('random', 'teacher') else 'from ' + cfg.student_init}; "
-              f"{cfg.steps} steps x {cfg.batch_size} x {T} tokens each")
+        claim_output(out, cfg.overwrite, remove=False)  # refuse now, not after training
+        print(
+            f"teacher {source} ({count_params(teacher):,} params, {teacher.cfg.n_layer} x {teacher.cfg.n_embd}); "
+            f"student {param_count(s_cfg):,} params ({s_cfg.n_layer} x {s_cfg.n_embd}, {s_cfg.n_head} heads), "
+            f"init {cfg.student_init if cfg.student_init in ('random', 'teacher') else 'from ' + cfg.student_init}; "
+            f"{cfg.steps} steps x {cfg.batch_size} x {T} tokens each"
+        )
         students, training = {}, {}
         for method in cfg.methods:
-            init = "random" if method == "scratch" else cfg.student_init   # scratch: random init, as named
-            student = make_student(s_cfg, init, None if method == "scratch" else init_state, teacher, cfg.seed, device)
+            init = "random" if method == "scratch" else cfg.student_init  # scratch: random init, as named
+            student = make_student(
+                s_cfg, init, None if method == "scratch" else init_state, teacher, cfg.seed, device
+            )
             if method == "sequence":
                 t0 = time.time()
                 pool = teacher_generations(teacher, train, cfg, device)
-                print(f"sequence: the teacher wrote {len(pool)} sequences of {pool.shape[1]} tokens in "
-                      f"{time.time() - t0:.1f}s", flush=True)
+                print(
+                    f"sequence: the teacher wrote {len(pool)} sequences of {pool.shape[1]} tokens in "
+                    f"{time.time() - t0:.1f}s",
+                    flush=True,
+                )
                 batches = generated_batches(pool, cfg.batch_size)
             else:
                 batches = real_batches(train, T, cfg, device)
@@ -396,32 +500,64 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
 
         print("measuring: val perplexity, held-out answers, generation speed", flush=True)
         models = {"teacher": teacher, **students}
-        rows = {name: measure(m, tok, val, heldout, eval_windows=cfg.eval_windows,
-                              max_new_tokens=cfg.max_new_tokens, device=device) for name, m in models.items()}
+        rows = {
+            name: measure(
+                m,
+                tok,
+                val,
+                heldout,
+                eval_windows=cfg.eval_windows,
+                max_new_tokens=cfg.max_new_tokens,
+                device=device,
+            )
+            for name, m in models.items()
+        }
         speeds = generation_speeds(models, speed_prompt(val, 16), cfg.speed_tokens, cfg.speed_repeats, device)
         for name, row in rows.items():
             row["gen_tok_s"] = speeds[name]
-            row["gap_closed"] = (gap_closed(row["val_loss"], rows["scratch"]["val_loss"], rows["teacher"]["val_loss"])
-                                 if "scratch" in rows and name not in ("teacher", "scratch") else None)
+            row["gap_closed"] = (
+                gap_closed(row["val_loss"], rows["scratch"]["val_loss"], rows["teacher"]["val_loss"])
+                if "scratch" in rows and name not in ("teacher", "scratch")
+                else None
+            )
             row.update({k: v for k, v in training.get(name, {}).items() if k != "records"})
 
         with staged_dir(out) as tmp:
             for method, student in students.items():
-                save_checkpoint(tmp / f"student_{method}.pt", asdict(student.cfg), student.state_dict(),
-                                tokenizer=os.path.relpath(run / "tokenizer", out),
-                                distill={"method": method, "teacher": str(source)})
-            outcome = {"teacher": str(source), "teacher_config": asdict(teacher.cfg), "student_config": asdict(s_cfg),
-                       "student_init": cfg.student_init, "budget": {"steps": cfg.steps, "batch_size": cfg.batch_size,
-                                                                    "tokens": cfg.steps * cfg.batch_size * T},
-                       "heldout_n": len(heldout), "device": device, "rows": rows}
+                save_checkpoint(
+                    tmp / f"student_{method}.pt",
+                    asdict(student.cfg),
+                    student.state_dict(),
+                    tokenizer=os.path.relpath(run / "tokenizer", out),
+                    distill={"method": method, "teacher": str(source)},
+                )
+            outcome = {
+                "teacher": str(source),
+                "teacher_config": asdict(teacher.cfg),
+                "student_config": asdict(s_cfg),
+                "student_init": cfg.student_init,
+                "budget": {
+                    "steps": cfg.steps,
+                    "batch_size": cfg.batch_size,
+                    "tokens": cfg.steps * cfg.batch_size * T,
+                },
+                "heldout_n": len(heldout),
+                "device": device,
+                "rows": rows,
+            }
             write_json(tmp / "outcome.json", outcome)
             write_jsonl(tmp / "metrics.jsonl", [r for t in training.values() for r in t["records"]])
             plot(rows, training, tmp / "distill.png")
             inputs = [source, run / "tokenizer", run / "tokens", run / "data"]
             if cfg.student_init not in ("random", "teacher"):
                 inputs.append(Path(cfg.student_init))
-            write_manifest(tmp, stage="07_distill_quant/distill", command=command_line(__file__, argv),
-                           config=asdict(cfg), inputs=inputs)
+            write_manifest(
+                tmp,
+                stage="07_distill_quant/distill",
+                command=command_line(__file__, argv),
+                config=asdict(cfg),
+                inputs=inputs,
+            )
     report(outcome, out)
     return outcome
 
@@ -433,19 +569,30 @@ def table_rows(o: dict) -> list:
     """The outcome's rows as the strings of the printed table (common.markdown_table)."""
     rows = []
     for name, r in o["rows"].items():
-        rows.append({"model": name, "params": f"{r['params']:,}", "val ppl": f"{r['val_ppl']:.2f}",
-                     "exact match": f"{r.get('exact_match', 0):.3f}", "token F1": f"{r.get('token_f1', 0):.3f}",
-                     "gen tok/s": f"{r['gen_tok_s']:.0f}",
-                     "gap closed": f"{r['gap_closed']:.0%}" if r.get("gap_closed") is not None else "-",
-                     "ms/step": f"{1000 * r['s_per_step']:.0f}" if "s_per_step" in r else "-"})
+        rows.append(
+            {
+                "model": name,
+                "params": f"{r['params']:,}",
+                "val ppl": f"{r['val_ppl']:.2f}",
+                "exact match": f"{r.get('exact_match', 0):.3f}",
+                "token F1": f"{r.get('token_f1', 0):.3f}",
+                "gen tok/s": f"{r['gen_tok_s']:.0f}",
+                "gap closed": f"{r['gap_closed']:.0%}" if r.get("gap_closed") is not None else "-",
+                "ms/step": f"{1000 * r['s_per_step']:.0f}" if "s_per_step" in r else "-",
+            }
+        )
     return rows
 
 
 def report(o: dict, out: Path):
-    print(f"\nteacher {o['teacher']}; every student: {o['budget']['steps']} steps, {o['budget']['tokens']:,} tokens; "
-          f"held-out n = {o['heldout_n']}")
+    print(
+        f"\nteacher {o['teacher']}; every student: {o['budget']['steps']} steps, {o['budget']['tokens']:,} tokens; "
+        f"held-out n = {o['heldout_n']}"
+    )
     print(markdown_table(table_rows(o), COLUMNS))
-    print(f"gap closed = (L_scratch - L_student) / (L_scratch - L_teacher), L = val loss (nats); wrote {out}/")
+    print(
+        f"gap closed = (L_scratch - L_student) / (L_scratch - L_teacher), L = val loss (nats); wrote {out}/"
+    )
 
 
 def plot(rows: dict, training: dict, path):
@@ -454,7 +601,9 @@ def plot(rows: dict, training: dict, path):
     for method, t in training.items():
         recs = t["records"]
         ax1.plot([r["step"] for r in recs], [r["ce"] for r in recs], lw=1, label=method)
-    ax1.set(xlabel="step", ylabel="hard-label CE on its batch (nats)", title="students (sequence: teacher's text)")
+    ax1.set(
+        xlabel="step", ylabel="hard-label CE on its batch (nats)", title="students (sequence: teacher's text)"
+    )
     ax1.legend()
     names = list(rows)
     ax2.bar(names, [rows[n]["val_ppl"] for n in names], color=["gray"] + ["C0"] * (len(names) - 1))

@@ -39,6 +39,7 @@ Interview questions it answers:
 - GPTQ vs AWQ? (GPTQ changes the not-yet-quantized weights to compensate rounding; AWQ rescales input
   channels by activation size before plain rounding, so salient weights round with relatively less error)
 """
+
 import sys
 from pathlib import Path
 
@@ -48,8 +49,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "kernels")]
 from common import UserError  # 01_data
-from quant_matmul import (QuantizedWeight, asymmetric_scale_zero, check_quant_settings, pack_int4,  # kernels
-                          quantize_asymmetric, quantize_symmetric, symmetric_scale)
+from quant_matmul import (
+    QuantizedWeight,
+    asymmetric_scale_zero,
+    check_quant_settings,
+    pack_int4,  # kernels
+    quantize_asymmetric,
+    quantize_symmetric,
+    symmetric_scale,
+)
 
 
 class HessianCollector:
@@ -59,14 +67,16 @@ class HessianCollector:
 
     def __init__(self, modules: dict):
         self.sums, self.counts = {}, {}
-        self.handles = [m.register_forward_pre_hook(lambda m, args, name=name: self.add(name, args[0]))
-                        for name, m in modules.items()]
+        self.handles = [
+            m.register_forward_pre_hook(lambda m, args, name=name: self.add(name, args[0]))
+            for name, m in modules.items()
+        ]
 
     def add(self, name, x):
         """Add the inputs x (..., K) of layer `name`: Σ x xᵀ over its rows (in fp64: no drift over many batches)."""
         # >>> exercise: flatten x to (rows, K), add xᵀx (K, K) to the layer's sum and the row count to its count
-        x = x.detach().reshape(-1, x.shape[-1]).double()                        # (rows, K)
-        self.sums[name] = self.sums.get(name, 0) + x.T @ x                      # Σ x xᵀ (K, K)
+        x = x.detach().reshape(-1, x.shape[-1]).double()  # (rows, K)
+        self.sums[name] = self.sums.get(name, 0) + x.T @ x  # Σ x xᵀ (K, K)
         self.counts[name] = self.counts.get(name, 0) + x.shape[0]
         # <<< exercise
 
@@ -119,12 +129,12 @@ def gptq_columns(W, U, bits, G, symmetric):
     # >>> exercise: for each column: new group -> grid from the current W; round the column; OBS update of the rest
     for k in range(K):
         if k % G == 0:
-            scale, zero = grid(W[:, k:k + G], bits, symmetric)
+            scale, zero = grid(W[:, k : k + G], bits, symmetric)
             scales.append(scale)
             zeros.append(zero)
         codes[:, k], w_hat = round_to_grid(W[:, k], scale, zero, bits)
-        err = (W[:, k] - w_hat) / U[k, k]                                      # (N,)
-        W[:, k + 1:] -= err[:, None] * U[k, k + 1:][None, :]                   # the OBS update, all rows at once
+        err = (W[:, k] - w_hat) / U[k, k]  # (N,)
+        W[:, k + 1 :] -= err[:, None] * U[k, k + 1 :][None, :]  # the OBS update, all rows at once
     return codes, torch.stack(scales, 1), None if symmetric else torch.stack(zeros, 1)
     # <<< exercise
 
@@ -134,10 +144,12 @@ def gptq_quantize(W, H, bits=4, group_size=128, symmetric=True, damp=0.01) -> Qu
     quant_matmul.quantize (INT8 per output channel, INT4 in groups along K), other codes."""
     check_quant_settings(bits, group_size if bits == 4 else None, W.shape[1])
     if bits == 8 and not symmetric:
-        raise UserError("INT8 here is symmetric only (one scale per output channel); use symmetric, or bits=4 for zero points")
+        raise UserError(
+            "INT8 here is symmetric only (one scale per output channel); use symmetric, or bits=4 for zero points"
+        )
     W = W.detach().float().clone()
     N, K = W.shape
-    dead = H.diagonal() == 0                           # an input that was always 0: its weights cannot matter
+    dead = H.diagonal() == 0  # an input that was always 0: its weights cannot matter
     H = H.clone()
     H[dead, dead] = 1.0
     W[:, dead] = 0.0

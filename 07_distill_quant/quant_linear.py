@@ -37,6 +37,7 @@ Interview questions it answers:
 - Why merge LoRA before quantizing? (a quantized layer keeps no float W for BA to be added to; merge, then round
   W + (α/r)BA once. QLoRA goes the other way: it trains the adapter on top of an already quantized base)
 """
+
 import dataclasses
 import math
 import re
@@ -50,12 +51,24 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora"), str(REPO / "kernels")]
+sys.path[:0] = [
+    str(REPO / "01_data"),
+    str(REPO / "03_model"),
+    str(REPO / "05_sft_lora"),
+    str(REPO / "kernels"),
+]
 from common import UserError  # 01_data
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from lora import DEFAULT_TARGETS, LoRALinear, matches  # 05_sft_lora
-from quant_matmul import QuantizedWeight, check_quant_settings, dequantize, quant_matmul, quantize, quantize_symmetric  # kernels
+from quant_matmul import (
+    QuantizedWeight,
+    check_quant_settings,
+    dequantize,
+    quant_matmul,
+    quantize,
+    quantize_symmetric,
+)  # kernels
 
 from gptq import HessianCollector, gptq_quantize, output_error  # 07_distill_quant (this folder)
 
@@ -68,12 +81,13 @@ FLOAT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 @dataclass(frozen=True)
 class QuantSpec:
     """One format: a float dtype, or bits / group size / zero points / activation bits / how codes are chosen."""
+
     name: str
-    bits: int = 0                  # 0 = a float format
+    bits: int = 0  # 0 = a float format
     group_size: int | None = None  # INT4 only; INT8 has one scale per output channel
     symmetric: bool = True
-    act_bits: int = 0              # 8 = W8A8
-    method: str = "rtn"            # rtn (round to nearest) | gptq
+    act_bits: int = 0  # 8 = W8A8
+    method: str = "rtn"  # rtn (round to nearest) | gptq
 
 
 def parse_format(name: str) -> QuantSpec:
@@ -82,8 +96,10 @@ def parse_format(name: str) -> QuantSpec:
         return QuantSpec(name)
     m = re.fullmatch(r"(int8|w8a8|int4-g(\d+)(-asym)?)(-gptq)?", name)
     if not m:
-        raise UserError(f"unknown format {name!r}; use fp32, bf16, fp16, int8, w8a8 or int4-g32/64/128, "
-                        "with -asym (INT4 zero points) and/or -gptq, e.g. int4-g128-asym-gptq")
+        raise UserError(
+            f"unknown format {name!r}; use fp32, bf16, fp16, int8, w8a8 or int4-g32/64/128, "
+            "with -asym (INT4 zero points) and/or -gptq, e.g. int4-g128-asym-gptq"
+        )
     method = "gptq" if m[4] else "rtn"
     if m[2] is None:
         return QuantSpec(name, 8, None, True, 8 if m[1] == "w8a8" else 0, method)
@@ -92,7 +108,9 @@ def parse_format(name: str) -> QuantSpec:
 
 
 def format_name(bits, group_size, symmetric, act_bits, method) -> str:
-    base = ("w8a8" if act_bits else "int8") if bits == 8 else f"int4-g{group_size}{'' if symmetric else '-asym'}"
+    base = (
+        ("w8a8" if act_bits else "int8") if bits == 8 else f"int4-g{group_size}{'' if symmetric else '-asym'}"
+    )
     return base + ("-gptq" if method == "gptq" else "")
 
 
@@ -116,10 +134,10 @@ def w8a8_matmul(x, qw: QuantizedWeight, bias=None):
     The activation scale is computed on the fly and never stored, so it stays fp32 (no fp16 rounding).
     A fused kernel would quantize x, run the int8 GEMM and apply both scales in its epilogue in one pass."""
     # >>> exercise: per-token scale s_x = max_k |x| / 127, int8 codes of x, int32 Σ_k q_x q_w, then both scales
-    x2 = x.reshape(-1, x.shape[-1]).float()                              # (M, K)
-    s_x = (x2.abs().amax(dim=-1) / 127).clamp(min=1e-12)                 # (M,)
-    q_x = quantize_symmetric(x2, s_x, 8)                                 # (M, K) int8
-    acc = int8_matmul(q_x, qw.qweight)                                   # (M, N) int32
+    x2 = x.reshape(-1, x.shape[-1]).float()  # (M, K)
+    s_x = (x2.abs().amax(dim=-1) / 127).clamp(min=1e-12)  # (M,)
+    q_x = quantize_symmetric(x2, s_x, 8)  # (M, K) int8
+    acc = int8_matmul(q_x, qw.qweight)  # (M, N) int32
     y = acc.float() * s_x[:, None] * qw.scales.float()[None, :]
     if bias is not None:
         y = y + bias.float()
@@ -139,7 +157,12 @@ class QuantLinear(nn.Module):
         if act_bits and qw.bits != 8:
             raise UserError("int8 activations (W8A8) need int8 weights; use --bits 8")
         self.in_features, self.out_features = in_features, qw.out_features
-        self.bits, self.group_size, self.act_bits, self.padded_in = qw.bits, qw.group_size, act_bits, qw.in_features
+        self.bits, self.group_size, self.act_bits, self.padded_in = (
+            qw.bits,
+            qw.group_size,
+            act_bits,
+            qw.in_features,
+        )
         self.register_buffer("qweight", qw.qweight)
         self.register_buffer("scales", qw.scales)
         self.register_buffer("zeros", qw.zeros)
@@ -149,7 +172,9 @@ class QuantLinear(nn.Module):
     def empty(cls, meta: dict, device="cpu"):
         """A layer of the shapes `meta` describes (a checkpoint's layer entry), to load the saved buffers into."""
         N, Kp, G, bits = meta["out_features"], meta["padded_in"], meta["group_size"], meta["bits"]
-        codes = torch.zeros(N, Kp, dtype=torch.int8) if bits == 8 else torch.zeros(N, Kp // 2, dtype=torch.uint8)
+        codes = (
+            torch.zeros(N, Kp, dtype=torch.int8) if bits == 8 else torch.zeros(N, Kp // 2, dtype=torch.uint8)
+        )
         groups = (N,) if bits == 8 else (N, Kp // G)
         zeros = None if meta["symmetric"] else torch.zeros(groups, dtype=torch.float16)
         qw = QuantizedWeight(codes, torch.ones(groups, dtype=torch.float16), zeros, bits, G, Kp)
@@ -157,15 +182,24 @@ class QuantLinear(nn.Module):
         return cls(qw, meta["in_features"], bias, meta["act_bits"]).to(device)
 
     def quantized_weight(self) -> QuantizedWeight:
-        return QuantizedWeight(self.qweight, self.scales, self.zeros, self.bits, self.group_size, self.padded_in)
+        return QuantizedWeight(
+            self.qweight, self.scales, self.zeros, self.bits, self.group_size, self.padded_in
+        )
 
     def meta(self) -> dict:
-        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.zeros is None,
-                "act_bits": self.act_bits, "in_features": self.in_features, "padded_in": self.padded_in,
-                "out_features": self.out_features, "bias": self.bias is not None}
+        return {
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.zeros is None,
+            "act_bits": self.act_bits,
+            "in_features": self.in_features,
+            "padded_in": self.padded_in,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+        }
 
     def forward(self, x):
-        if self.padded_in != self.in_features:                  # zero features for the zero-padded columns
+        if self.padded_in != self.in_features:  # zero features for the zero-padded columns
             x = F.pad(x, (0, self.padded_in - self.in_features))
         if self.act_bits:
             return w8a8_matmul(x, self.quantized_weight(), self.bias)
@@ -192,9 +226,11 @@ class QuantLinear(nn.Module):
 def check_no_unmerged_lora(model):
     for name, m in model.named_modules():
         if isinstance(m, LoRALinear) and set(m.lora_A) - set(m.merged):
-            raise UserError(f"{name} has LoRA adapter(s) {sorted(set(m.lora_A) - set(m.merged))} not merged into its "
-                            "weight; merge first (lora.merge_lora, or `python 05_sft_lora/lora.py --base ... --adapter "
-                            "... --out merged.pt`): a quantized layer has no float weight for an adapter to add to")
+            raise UserError(
+                f"{name} has LoRA adapter(s) {sorted(set(m.lora_A) - set(m.merged))} not merged into its "
+                "weight; merge first (lora.merge_lora, or `python 05_sft_lora/lora.py --base ... --adapter "
+                "... --out merged.pt`): a quantized layer has no float weight for an adapter to add to"
+            )
 
 
 def unwrap_merged_lora(model):
@@ -209,10 +245,16 @@ def unwrap_merged_lora(model):
 
 def target_layers(model, targets) -> list:
     """Names of the linear layers (nn.Linear, or LoRALinear with merged adapters) matching `targets` (lora.matches)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear)) and matches(n, targets)]
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, (nn.Linear, LoRALinear)) and matches(n, targets)
+    ]
     if not names:
-        have = sorted({re.sub(r"\.\d+\.", ".*.", n) for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise UserError(f"--targets {','.join(targets)} match no linear layer; the model has {', '.join(have)}")
+        have = sorted(
+            {re.sub(r"\.\d+\.", ".*.", n) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise UserError(
+            f"--targets {','.join(targets)} match no linear layer; the model has {', '.join(have)}"
+        )
     return names
 
 
@@ -235,7 +277,7 @@ def quantize_weight(weight, spec: QuantSpec, padded_in: int, H=None, damp=0.01) 
     G = spec.group_size if spec.bits == 4 else None
     if H is None:
         return quantize(W, spec.bits, G, spec.symmetric)
-    H = F.pad(H, (0, padded_in - H.shape[0], 0, padded_in - H.shape[0]))    # padded inputs: "dead", weight 0
+    H = F.pad(H, (0, padded_in - H.shape[0], 0, padded_in - H.shape[0]))  # padded inputs: "dead", weight 0
     return gptq_quantize(W, H, spec.bits, G, spec.symmetric, damp)
 
 
@@ -255,7 +297,9 @@ def replace_module(model, name, new):
 
 
 @torch.no_grad()
-def quantize_model(model, spec: QuantSpec, targets=DEFAULT_TARGETS, pad_groups=True, calibration=(), damp=0.01):
+def quantize_model(
+    model, spec: QuantSpec, targets=DEFAULT_TARGETS, pad_groups=True, calibration=(), damp=0.01
+):
     """Replace every target linear layer by a QuantLinear of format `spec`, in place; returns {name: meta}.
 
     GPTQ (spec.method "gptq") goes block by block: one pass of the `calibration` token batches (B, T) through
@@ -296,7 +340,6 @@ def quantize_model(model, spec: QuantSpec, targets=DEFAULT_TARGETS, pad_groups=T
     return meta
 
 
-
 # ----------------------------------------------------------------------------------------------------
 # 4. The quantized checkpoint: 03's format with the packed tensors and the quantization config
 # ----------------------------------------------------------------------------------------------------
@@ -304,8 +347,9 @@ def save_quantized(path, model, spec: QuantSpec, layers: dict, **extra):
     """checkpoint_io's dict: "config" (the GPTConfig), "model" (the state dict: qweight/scales/zeros/bias
     buffers in place of each quantized layer's weight), and "quantization" (the format and every layer's meta),
     which is all load_quantized needs to rebuild the layers: nothing is re-quantized on loading."""
-    save_checkpoint(path, asdict(model.cfg), model.state_dict(), quantization={**asdict(spec), "layers": layers},
-                    **extra)
+    save_checkpoint(
+        path, asdict(model.cfg), model.state_dict(), quantization={**asdict(spec), "layers": layers}, **extra
+    )
 
 
 def load_weights(model, state: dict, path):
@@ -313,19 +357,27 @@ def load_weights(model, state: dict, path):
     in_model = sorted(n for n, m in model.named_modules() if isinstance(m, QuantLinear))
     in_file = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
     if in_file and not in_model:
-        raise UserError(f"{path} holds a quantized model ({len(in_file)} quantized layers); a float model cannot "
-                        "load it: use quantize.load_quantized")
+        raise UserError(
+            f"{path} holds a quantized model ({len(in_file)} quantized layers); a float model cannot "
+            "load it: use quantize.load_quantized"
+        )
     if in_model and not in_file:
-        raise UserError(f"{path} holds float weights; a quantized model cannot load them: load them into a float "
-                        "GPT (GPT.from_checkpoint) and quantize that")
+        raise UserError(
+            f"{path} holds float weights; a quantized model cannot load them: load them into a float "
+            "GPT (GPT.from_checkpoint) and quantize that"
+        )
     if in_model != in_file:
-        raise UserError(f"{path} quantizes other layers than this model ({sorted(set(in_model) ^ set(in_file))[:3]} "
-                        "differ); load it with quantize.load_quantized, which builds the layers it describes")
+        raise UserError(
+            f"{path} quantizes other layers than this model ({sorted(set(in_model) ^ set(in_file))[:3]} "
+            "differ); load it with quantize.load_quantized, which builds the layers it describes"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit the model ({str(e).splitlines()[1].strip()}); the file was "
-                        "written for another config") from None
+        raise UserError(
+            f"{path}: weights do not fit the model ({str(e).splitlines()[1].strip()}); the file was "
+            "written for another config"
+        ) from None
 
 
 def load_quantized(path, device="cpu"):
@@ -334,8 +386,10 @@ def load_quantized(path, device="cpu"):
     ckpt = load_checkpoint(path, map_location=device)
     q = ckpt.get("quantization")
     if not isinstance(q, dict):
-        raise UserError(f"{path}: a float checkpoint, not a quantized one; quantize it first (`python "
-                        f"07_distill_quant/quantize.py --run runs/<name> --ckpt {path}`) or load it with GPT.from_checkpoint")
+        raise UserError(
+            f"{path}: a float checkpoint, not a quantized one; quantize it first (`python "
+            f"07_distill_quant/quantize.py --run runs/<name> --ckpt {path}`) or load it with GPT.from_checkpoint"
+        )
     model = GPT(config_from_dict(ckpt["config"], path))
     for name, meta in q["layers"].items():
         replace_module(model, name, QuantLinear.empty(meta))
@@ -347,12 +401,16 @@ def load_float_model(path, device="cpu"):
     """A float GPT from a plain model checkpoint; a quantized model or a PEFT adapter file is refused."""
     ckpt = load_checkpoint(path)
     if "quantization" in ckpt:
-        raise UserError(f"{path} holds a quantized model ({ckpt['quantization'].get('name')}); it cannot be loaded "
-                        "as a float model or quantized again: pass the float checkpoint it was made from")
+        raise UserError(
+            f"{path} holds a quantized model ({ckpt['quantization'].get('name')}); it cannot be loaded "
+            "as a float model or quantized again: pass the float checkpoint it was made from"
+        )
     if "peft" in ckpt:
-        raise UserError(f"{path} holds a {ckpt['peft'].get('kind')} adapter, not a model; merge first: `python "
-                        f"05_sft_lora/lora.py --base <its base checkpoint> --adapter {path} --out "
-                        f"{Path(path).parent / 'merged.pt'}`, then pass --ckpt {Path(path).parent / 'merged.pt'}")
+        raise UserError(
+            f"{path} holds a {ckpt['peft'].get('kind')} adapter, not a model; merge first: `python "
+            f"05_sft_lora/lora.py --base <its base checkpoint> --adapter {path} --out "
+            f"{Path(path).parent / 'merged.pt'}`, then pass --ckpt {Path(path).parent / 'merged.pt'}"
+        )
     return GPT.from_checkpoint(path, map_location=device)
 
 

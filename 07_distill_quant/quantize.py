@@ -42,6 +42,7 @@ Interview questions it answers:
 - Which metric to trust for a quantized model? (perplexity moves first and smoothly; exact match on a small
   held-out set is coarse: a 0.5 % perplexity change rarely flips a greedy answer)
 """
+
 import copy
 import os
 import platform
@@ -55,11 +56,32 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "04_pretrain"),
-                str(REPO / "05_sft_lora"), str(REPO / "kernels")]
-from common import (UserError, atomic_write_text, check_artifact, check_config, claim_output, command_line, markdown_table,  # 01_data
-                    option, parse_config, pyplot, run_cli, run_lock, save_figure, staged_dir, write_json,
-                    write_manifest)
+sys.path[:0] = [
+    str(REPO / "01_data"),
+    str(REPO / "02_tokenizer"),
+    str(REPO / "03_model"),
+    str(REPO / "04_pretrain"),
+    str(REPO / "05_sft_lora"),
+    str(REPO / "kernels"),
+]
+from common import (
+    UserError,
+    atomic_write_text,
+    check_artifact,
+    check_config,
+    claim_output,
+    command_line,
+    markdown_table,  # 01_data
+    option,
+    parse_config,
+    pyplot,
+    run_cli,
+    run_lock,
+    save_figure,
+    staged_dir,
+    write_json,
+    write_manifest,
+)
 from bpe import BPETokenizer  # 02_tokenizer
 from devices import resolve_device  # 03_model
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
@@ -69,12 +91,22 @@ from sft import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_l
 from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
 
-from quant_linear import (FLOAT_FORMATS, QuantSpec, format_name, load_float_model, load_quantized,  # 07 (here)
-                          model_bytes, padded_in_features, parse_format, quantize_model, save_quantized,
-                          target_layers)
+from quant_linear import (
+    FLOAT_FORMATS,
+    QuantSpec,
+    format_name,
+    load_float_model,
+    load_quantized,  # 07 (here)
+    model_bytes,
+    padded_in_features,
+    parse_format,
+    quantize_model,
+    save_quantized,
+    target_layers,
+)
 
 DEFAULT_COMPARE = ["fp32", "bf16", "int8", "w8a8", "int4-g128", "int4-g32", "int4-g32-gptq"]
-GOALS = {"int8": 1.0, "int4-g32": 5.0}          # issue 14: perplexity change ≤ 1 % (INT8), ≤ 5 % (INT4-g32)
+GOALS = {"int8": 1.0, "int4-g32": 5.0}  # issue 14: perplexity change ≤ 1 % (INT8), ≤ 5 % (INT4-g32)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,9 +126,9 @@ def fake_quantize(w, bits, per, symmetric=True):
     else:
         lo = sets.amin(dim=-1, keepdim=True).clamp(max=0)
         hi = sets.amax(dim=-1, keepdim=True).clamp(min=0)
-        s = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-12)
+        s = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
         z = torch.round(-lo / s)
-        w_hat = ((torch.round(sets / s) + z).clamp(0, 2 ** bits - 1) - z) * s
+        w_hat = ((torch.round(sets / s) + z).clamp(0, 2**bits - 1) - z) * s
     return w_hat.reshape(N, K)
     # <<< exercise
 
@@ -105,8 +137,13 @@ def relative_error(w, w_hat) -> float:
     return float((w_hat - w.float()).norm() / w.float().norm())
 
 
-STAT_COLUMNS = {"int8_tensor": (8, "tensor", True), "int8_channel": (8, "channel", True),
-                "int4_channel": (4, "channel", True), "int4_g32": (4, 32, True), "int4_g32_asym": (4, 32, False)}
+STAT_COLUMNS = {
+    "int8_tensor": (8, "tensor", True),
+    "int8_channel": (8, "channel", True),
+    "int4_channel": (4, "channel", True),
+    "int4_g32": (4, 32, True),
+    "int4_g32_asym": (4, 32, False),
+}
 
 
 @torch.no_grad()
@@ -128,10 +165,10 @@ def weight_stats(model, targets) -> list:
 # ----------------------------------------------------------------------------------------------------
 @dataclass
 class EvalData:
-    val: object                    # validation token shard (04's memmap)
-    calibration: list              # GPTQ: (B, T) token batches from the training shard
+    val: object  # validation token shard (04's memmap)
+    calibration: list  # GPTQ: (B, T) token batches from the training shard
     tok: BPETokenizer
-    heldout: list                  # conversations for exact match; [] = not measured
+    heldout: list  # conversations for exact match; [] = not measured
     windows: int
     max_new_tokens: int
     device: str
@@ -143,8 +180,9 @@ def build_variant(float_model, spec: QuantSpec, cfg, data: EvalData):
     model = copy.deepcopy(float_model)
     if spec.bits == 0:
         return model.to(FLOAT_FORMATS[spec.name]).eval(), {}, time.perf_counter() - t0
-    layers = quantize_model(model, spec, cfg.targets, cfg.pad_groups, data.calibration if spec.method == "gptq" else (),
-                            cfg.damp)
+    layers = quantize_model(
+        model, spec, cfg.targets, cfg.pad_groups, data.calibration if spec.method == "gptq" else (), cfg.damp
+    )
     return model.eval(), layers, time.perf_counter() - t0
 
 
@@ -152,12 +190,13 @@ def build_variant(float_model, spec: QuantSpec, cfg, data: EvalData):
 def measure(model, spec: QuantSpec, data: EvalData) -> dict:
     """Size, validation perplexity on 04's fixed windows, and (for a chat model) held-out exact match."""
     T = model.cfg.block_size
-    loss = corpus_loss(model, data.val, T, data.windows, data.device)   # token mean over fixed windows
+    loss = corpus_loss(model, data.val, T, data.windows, data.device)  # token mean over fixed windows
     n = data.windows * T
     row = {"format": spec.name, "bytes": model_bytes(model), "val_ppl": perplexity(loss * n, n)}
     if data.heldout:
-        answers = generate_answers(model, data.tok, [r["messages"] for r in data.heldout], data.max_new_tokens,
-                                   data.device)
+        answers = generate_answers(
+            model, data.tok, [r["messages"] for r in data.heldout], data.max_new_tokens, data.device
+        )
         row.update({k: v for k, v in score(answers, data.heldout).items() if k != "n"})
     return row
 
@@ -190,17 +229,24 @@ def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
     T = float_model.cfg.block_size
     x = get_batch(data.val, eval_starts(len(data.val), T, min(data.windows, 16)), T, data.device)[0]
     with torch.no_grad():
-        ref_logp = F.log_softmax(float_model(x)[0].float(), dim=-1)        # (B, T, V) of the fp32 model
+        ref_logp = F.log_softmax(float_model(x)[0].float(), dim=-1)  # (B, T, V) of the fp32 model
     for spec in specs:
         model, layers, seconds = build_variant(float_model, spec, cfg, data)
-        row = {**measure(model, spec, data), "kl_fp32": kl_to_reference(model, x, ref_logp), "quantize_s": seconds}
+        row = {
+            **measure(model, spec, data),
+            "kl_fp32": kl_to_reference(model, x, ref_logp),
+            "quantize_s": seconds,
+        }
         if layers and "calib_error_gptq" in next(iter(layers.values())):
             for key in ("calib_error_rtn", "calib_error_gptq"):
                 row[key] = sum(m[key] for m in layers.values()) / len(layers)
         rows.append(row)
         models[spec.name], metas[spec.name] = model, layers
-        print(f"{spec.name:>14}: perplexity {row['val_ppl']:.4f}, KL to fp32 {row['kl_fp32']:.2e}"
-              + (f", exact match {row['exact_match']:.3f}" if "exact_match" in row else ""), flush=True)
+        print(
+            f"{spec.name:>14}: perplexity {row['val_ppl']:.4f}, KL to fp32 {row['kl_fp32']:.2e}"
+            + (f", exact match {row['exact_match']:.3f}" if "exact_match" in row else ""),
+            flush=True,
+        )
     prompt = torch.as_tensor(data.val[:16].astype("int64"), device=data.device)[None]
     n_new = min(cfg.gen_tokens, T - prompt.shape[1])
     for r in range(rounds):
@@ -215,9 +261,12 @@ def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
 
 def goal_lines(rows) -> list:
     by_name = {r["format"]: r for r in rows}
-    lines = [f"goal {name} perplexity change <= {limit:g}%: {by_name[name]['ppl_change_pct']:+.2f}% -> "
-             f"{'met' if by_name[name]['ppl_change_pct'] <= limit else 'NOT met'}"
-             for name, limit in GOALS.items() if name in by_name and "fp32" in by_name]
+    lines = [
+        f"goal {name} perplexity change <= {limit:g}%: {by_name[name]['ppl_change_pct']:+.2f}% -> "
+        f"{'met' if by_name[name]['ppl_change_pct'] <= limit else 'NOT met'}"
+        for name, limit in GOALS.items()
+        if name in by_name and "fp32" in by_name
+    ]
     return lines
 
 
@@ -239,8 +288,12 @@ def plot_outcome(rows, stats, path, title):
     ratio = [s["max_over_mean"] for s in stats]
     axes[2].scatter(ratio, [s["int8_tensor"] for s in stats], label="INT8, one scale per tensor")
     axes[2].scatter(ratio, [s["int8_channel"] for s in stats], label="INT8, one scale per output channel")
-    axes[2].set(xlabel="max|w| / mean|w| of the layer", ylabel="‖Ŵ - W‖ / ‖W‖", yscale="log",
-                title="why outliers hurt a per-tensor scale")
+    axes[2].set(
+        xlabel="max|w| / mean|w| of the layer",
+        ylabel="‖Ŵ - W‖ / ‖W‖",
+        yscale="log",
+        title="why outliers hurt a per-tensor scale",
+    )
     axes[2].legend(fontsize=8)
     save_figure(fig, path)
 
@@ -251,24 +304,39 @@ def plot_outcome(rows, stats, path, title):
 @dataclass
 class QuantConfig:
     run: str = option("", "run folder runs/<name> with pretrain/ (or sft/), tokens/, tokenizer/")
-    ckpt: str = option("", "float checkpoint to quantize; empty = <run>/sft when it is a finished run, "
-                           "else <run>/pretrain/best.pt")
+    ckpt: str = option(
+        "",
+        "float checkpoint to quantize; empty = <run>/sft when it is a finished run, "
+        "else <run>/pretrain/best.pt",
+    )
     out: str = option("", "output folder; empty = <run>/quant")
-    load: str = option("", "only evaluate this saved quantized checkpoint (perplexity, tokens/s); writes nothing")
+    load: str = option(
+        "", "only evaluate this saved quantized checkpoint (perplexity, tokens/s); writes nothing"
+    )
     bits: int = option(4, "bits per weight of the saved model: 4 (group-wise) or 8 (per output channel)")
     group_size: int = option(32, "INT4: weights sharing one scale along in_features: 32, 64 or 128")
     symmetric: bool = option(True, "symmetric codes; --no-symmetric: INT4 with fp16 zero points")
-    activation_bits: int = option(0, "0 = weight-only; 8 = W8A8 (int8 activations, one scale per token; --bits 8)")
-    method: str = option("gptq", "how codes are chosen: round to nearest, or GPTQ on calibration data",
-                         choices=("rtn", "gptq"))
+    activation_bits: int = option(
+        0, "0 = weight-only; 8 = W8A8 (int8 activations, one scale per token; --bits 8)"
+    )
+    method: str = option(
+        "gptq", "how codes are chosen: round to nearest, or GPTQ on calibration data", choices=("rtn", "gptq")
+    )
     targets: list = option(DEFAULT_TARGETS, "module-name patterns of the layers to quantize", sep=",")
-    pad_groups: bool = option(True, "zero-pad in_features to a multiple of the group size when it does not "
-                                    "divide (--no-pad-groups: an error)")
-    compare: list = option(DEFAULT_COMPARE, "formats measured side by side (empty = only the saved one)", sep=",")
+    pad_groups: bool = option(
+        True,
+        "zero-pad in_features to a multiple of the group size when it does not "
+        "divide (--no-pad-groups: an error)",
+    )
+    compare: list = option(
+        DEFAULT_COMPARE, "formats measured side by side (empty = only the saved one)", sep=","
+    )
     calib_windows: int = option(32, "GPTQ: training windows of block_size tokens for the Hessians", min=1)
     damp: float = option(0.01, "GPTQ: fraction of mean(diag H) added to H's diagonal", min=0.0)
     val_windows: int = option(64, "validation windows of block_size tokens for perplexity", min=1)
-    eval_limit: int = option(100, "held-out conversations answered greedily for exact match (0 = skip)", min=0)
+    eval_limit: int = option(
+        100, "held-out conversations answered greedily for exact match (0 = skip)", min=0
+    )
     max_new_tokens: int = option(24, "longest generated answer", min=1)
     gen_tokens: int = option(64, "new tokens (batch 1, greedy) timed for tokens/s", min=1)
     seed: int = option(1337, "seed (nothing here is random but ties in generation)")
@@ -302,17 +370,26 @@ def load_source(cfg, run: Path, device):
     if cfg.ckpt:
         path = Path(cfg.ckpt)
         manifest = check_artifact(path.parent, made_by=f"the stage that wrote {path}")
-        return load_float_model(path, device), BPETokenizer.load(tok_dir), path, path.parent, \
-            manifest.get("stage") == "05_sft_lora"
+        return (
+            load_float_model(path, device),
+            BPETokenizer.load(tok_dir),
+            path,
+            path.parent,
+            manifest.get("stage") == "05_sft_lora",
+        )
     sft_dir = run / "sft"
     if sft_dir.is_dir():
         model, tok, peft = load_finetuned(sft_dir, device)
         if peft is None or isinstance(peft, str):
             if isinstance(peft, str):
                 merge_lora(model)
-                print(f"{sft_dir}: merged LoRA adapter {peft!r} into the weights (W += (α/r)·B·A) before quantizing")
+                print(
+                    f"{sft_dir}: merged LoRA adapter {peft!r} into the weights (W += (α/r)·B·A) before quantizing"
+                )
             return model, tok, sft_dir / ("ckpt.pt" if peft is None else "adapter.pt"), sft_dir, True
-        print(f"{sft_dir}: a prefix/adapter run cannot be merged into the weights; quantizing the pretrained base")
+        print(
+            f"{sft_dir}: a prefix/adapter run cannot be merged into the weights; quantizing the pretrained base"
+        )
     pre = run / "pretrain"
     check_artifact(pre, made_by=f"python 04_pretrain/pretrain.py --data {run}")
     path = pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"
@@ -323,16 +400,20 @@ def eval_data(cfg, run: Path, model, tok, chat: bool, device) -> EvalData:
     T = model.cfg.block_size
     train, val, _ = load_shards(run, T)
     starts = eval_starts(len(train), T, cfg.calib_windows)
-    calibration = [get_batch(train, starts[i:i + 16], T, device)[0] for i in range(0, len(starts), 16)]
+    calibration = [get_batch(train, starts[i : i + 16], T, device)[0] for i in range(0, len(starts), 16)]
     heldout = []
     if chat and cfg.eval_limit:
         check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
-        heldout = read_conversations(run / "data" / "tasks" / "sft_heldout.jsonl")[:cfg.eval_limit]
+        heldout = read_conversations(run / "data" / "tasks" / "sft_heldout.jsonl")[: cfg.eval_limit]
     return EvalData(val, calibration, tok, heldout, cfg.val_windows, cfg.max_new_tokens, device)
 
 
 def machine(device) -> str:
-    where = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else f"CPU, {os.cpu_count()} cores"
+    where = (
+        torch.cuda.get_device_name(device)
+        if str(device).startswith("cuda")
+        else f"CPU, {os.cpu_count()} cores"
+    )
     return f"{platform.node()} ({where}), torch {torch.__version__}"
 
 
@@ -342,23 +423,55 @@ def fmt(value, spec) -> str:
 
 def stats_table(stats) -> str:
     """The outlier table: max|w| / mean|w| and ‖Ŵ - W‖ / ‖W‖ of each granularity, one row per layer."""
-    return markdown_table([{"layer": s["layer"], "max/mean": fmt(s["max_over_mean"], ".1f"),
-                            **{k: fmt(s[k], ".4f") for k in STAT_COLUMNS}} for s in stats],
-                          ["layer", "max/mean", *STAT_COLUMNS])
+    return markdown_table(
+        [
+            {
+                "layer": s["layer"],
+                "max/mean": fmt(s["max_over_mean"], ".1f"),
+                **{k: fmt(s[k], ".4f") for k in STAT_COLUMNS},
+            }
+            for s in stats
+        ],
+        ["layer", "max/mean", *STAT_COLUMNS],
+    )
 
 
 def outcome_table(rows) -> str:
     """One row per format: size, perplexity and its change, exact match, tokens/s, and for GPTQ the mean
     relative output error of its layers on the calibration data vs round-to-nearest's."""
-    return markdown_table([{"format": r["format"], "bytes": f"{r['bytes']:,}", "x fp32": fmt(r["vs_fp32_bytes"], ".3f"),
-                            "val ppl": fmt(r["val_ppl"], ".4f"), "change": fmt(r["ppl_change_pct"], "+.2f") + "%",
-                            "KL to fp32": fmt(r["kl_fp32"], ".2e"),
-                            "exact match": fmt(r.get("exact_match"), ".3f"), "answer acc": fmt(r.get("answer_acc"), ".3f"),
-                            "tok/s": fmt(r["tok_s"], ".0f"),
-                            "calib out err rtn -> gptq": (f"{r['calib_error_rtn']:.4f} -> {r['calib_error_gptq']:.4f}"
-                                                          if "calib_error_gptq" in r else "-")} for r in rows],
-                          ["format", "bytes", "x fp32", "val ppl", "change", "KL to fp32", "exact match", "answer acc", "tok/s",
-                           "calib out err rtn -> gptq"])
+    return markdown_table(
+        [
+            {
+                "format": r["format"],
+                "bytes": f"{r['bytes']:,}",
+                "x fp32": fmt(r["vs_fp32_bytes"], ".3f"),
+                "val ppl": fmt(r["val_ppl"], ".4f"),
+                "change": fmt(r["ppl_change_pct"], "+.2f") + "%",
+                "KL to fp32": fmt(r["kl_fp32"], ".2e"),
+                "exact match": fmt(r.get("exact_match"), ".3f"),
+                "answer acc": fmt(r.get("answer_acc"), ".3f"),
+                "tok/s": fmt(r["tok_s"], ".0f"),
+                "calib out err rtn -> gptq": (
+                    f"{r['calib_error_rtn']:.4f} -> {r['calib_error_gptq']:.4f}"
+                    if "calib_error_gptq" in r
+                    else "-"
+                ),
+            }
+            for r in rows
+        ],
+        [
+            "format",
+            "bytes",
+            "x fp32",
+            "val ppl",
+            "change",
+            "KL to fp32",
+            "exact match",
+            "answer acc",
+            "tok/s",
+            "calib out err rtn -> gptq",
+        ],
+    )
 
 
 def evaluate_saved(cfg, device):
@@ -366,13 +479,22 @@ def evaluate_saved(cfg, device):
     path = Path(cfg.load)
     check_artifact(path.parent, made_by=f"python 07_distill_quant/quantize.py --run {cfg.run}")
     model, q = load_quantized(path, device)
-    data = EvalData(load_shards(Path(cfg.run), model.cfg.block_size)[1], [], None, [], cfg.val_windows,
-                    cfg.max_new_tokens, device)
+    data = EvalData(
+        load_shards(Path(cfg.run), model.cfg.block_size)[1],
+        [],
+        None,
+        [],
+        cfg.val_windows,
+        cfg.max_new_tokens,
+        device,
+    )
     row = measure(model, parse_format(q["name"]), data)
     prompt = torch.as_tensor(data.val[:16].astype("int64"), device=device)[None]
     tok_s = tokens_per_second(model, prompt, min(cfg.gen_tokens, model.cfg.block_size - 16))
-    print(f"{path}: {q['name']}, {len(q['layers'])} quantized layers, {row['bytes']:,} bytes, "
-          f"val perplexity {row['val_ppl']:.4f}, {tok_s:.0f} tokens/s ({device})")
+    print(
+        f"{path}: {q['name']}, {len(q['layers'])} quantized layers, {row['bytes']:,} bytes, "
+        f"val perplexity {row['val_ppl']:.4f}, {tok_s:.0f} tokens/s ({device})"
+    )
 
 
 def main(argv=None):
@@ -385,7 +507,7 @@ def main(argv=None):
     run = Path(cfg.run)
     model, tok, source, source_dir, chat = load_source(cfg, run, device)
     model.eval()
-    specs = [s for s in dict.fromkeys([*compare, spec]) if s.bits]        # every shape check before any work
+    specs = [s for s in dict.fromkeys([*compare, spec]) if s.bits]  # every shape check before any work
     for s in specs:
         for name in target_layers(model, cfg.targets):
             padded_in_features(name, model.get_submodule(name).in_features, s, cfg.pad_groups)
@@ -394,34 +516,63 @@ def main(argv=None):
         claim_output(out, cfg.overwrite, remove=False)
         data = eval_data(cfg, run, model, tok, chat, device)
         stats = weight_stats(model, cfg.targets)
-        print(f"{source}: {model_bytes(model):,} bytes; measuring {', '.join(s.name for s in dict.fromkeys([*compare, spec]))}"
-              + ("" if chat else " (a pretrained model: perplexity only, no exact match)"), flush=True)
+        print(
+            f"{source}: {model_bytes(model):,} bytes; measuring {', '.join(s.name for s in dict.fromkeys([*compare, spec]))}"
+            + ("" if chat else " (a pretrained model: perplexity only, no exact match)"),
+            flush=True,
+        )
         rows, models, metas = compare_formats(model, list(dict.fromkeys([*compare, spec])), cfg, data)
         saved = models[spec.name]
         with staged_dir(out) as tmp:
-            save_quantized(tmp / "model.pt", saved, spec, metas[spec.name],
-                           tokenizer=str(Path("..") / "tokenizer"), source=str(source))
-            reloaded, _ = load_quantized(tmp / "model.pt", device)        # the format must load back as it is
+            save_quantized(
+                tmp / "model.pt",
+                saved,
+                spec,
+                metas[spec.name],
+                tokenizer=str(Path("..") / "tokenizer"),
+                source=str(source),
+            )
+            reloaded, _ = load_quantized(tmp / "model.pt", device)  # the format must load back as it is
             x = data.calibration[0][:2]
             if not torch.equal(saved(x)[0], reloaded(x)[0]):
                 raise RuntimeError("the reloaded quantized model computes other logits than the saved one")
             goals = goal_lines(rows)
-            outcome = {"source": str(source), "chat_model": chat, "saved_format": spec.name, "rows": rows,
-                       "goals": goals, "weight_stats": stats, "layers": metas[spec.name], "device": device,
-                       "machine": machine(device), "date": time.strftime("%Y-%m-%d"),
-                       "exact_match": "measured on the held-out task set" if chat else
-                                      "not measured: no finished SFT run, the model is a pretrained one"}
+            outcome = {
+                "source": str(source),
+                "chat_model": chat,
+                "saved_format": spec.name,
+                "rows": rows,
+                "goals": goals,
+                "weight_stats": stats,
+                "layers": metas[spec.name],
+                "device": device,
+                "machine": machine(device),
+                "date": time.strftime("%Y-%m-%d"),
+                "exact_match": "measured on the held-out task set"
+                if chat
+                else "not measured: no finished SFT run, the model is a pretrained one",
+            }
             write_json(tmp / "outcome.json", outcome)
-            atomic_write_text(tmp / "tables.md", f"{stats_table(stats)}\n\n{outcome_table(rows)}\n\n"
-                              + "".join(f"- {line}\n" for line in goals))
+            atomic_write_text(
+                tmp / "tables.md",
+                f"{stats_table(stats)}\n\n{outcome_table(rows)}\n\n"
+                + "".join(f"- {line}\n" for line in goals),
+            )
             plot_outcome(rows, stats, tmp / "quant.png", f"{source} (saved: {spec.name})")
-            write_manifest(tmp, stage="07_quantize", command=command_line(__file__, argv), config=asdict(cfg),
-                           inputs=[source_dir, run / "tokens", run / "tokenizer", *([run / "data"] if chat else [])])
+            write_manifest(
+                tmp,
+                stage="07_quantize",
+                command=command_line(__file__, argv),
+                config=asdict(cfg),
+                inputs=[source_dir, run / "tokens", run / "tokenizer", *([run / "data"] if chat else [])],
+            )
     print(stats_table(stats), outcome_table(rows), sep="\n\n")
     for line in goals:
         print(line)
-    print(f"reloaded model.pt without re-quantizing: identical logits; wrote {out}/ (model.pt "
-          f"{(out / 'model.pt').stat().st_size:,} bytes)")
+    print(
+        f"reloaded model.pt without re-quantizing: identical logits; wrote {out}/ (model.pt "
+        f"{(out / 'model.pt').stat().st_size:,} bytes)"
+    )
     return outcome
 
 

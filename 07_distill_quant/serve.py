@@ -37,6 +37,7 @@ Interview questions it answers:
   Retry-After instead of growing latency without bound, validation before any compute, cancelling
   the work of clients that went away)
 """
+
 import hmac
 import json
 import queue
@@ -54,7 +55,12 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+sys.path[:0] = [
+    str(REPO / "01_data"),
+    str(REPO / "02_tokenizer"),
+    str(REPO / "03_model"),
+    str(REPO / "05_sft_lora"),
+]
 from common import UserError, option, parse_config, run_cli, set_interrupt_hint  # 01_data
 from checkpoint_io import load_checkpoint  # 03_model
 from devices import resolve_device  # 03_model
@@ -69,10 +75,15 @@ PAGE = Path(__file__).with_name("chat_page.html")
 
 @dataclass
 class ServeConfig:
-    ckpt: str = option("", "checkpoint to serve: runs/<name>/pretrain/best.pt, runs/<name>/sft/ckpt.pt or adapter.pt")
+    ckpt: str = option(
+        "", "checkpoint to serve: runs/<name>/pretrain/best.pt, runs/<name>/sft/ckpt.pt or adapter.pt"
+    )
     tokenizer: str = option("", "tokenizer folder (default: the one the checkpoint names)")
-    host: str = option("127.0.0.1", "address to listen on. WARNING: the server has no authentication unless "
-                       "--api-key is set, and no TLS; any other address lets everyone who can reach it use it")
+    host: str = option(
+        "127.0.0.1",
+        "address to listen on. WARNING: the server has no authentication unless "
+        "--api-key is set, and no TLS; any other address lets everyone who can reach it use it",
+    )
     port: int = option(8000, "TCP port (0 = any free port)", min=0, max=65535)
     api_key: str = option("", "if set, /v1 requests must send the header `Authorization: Bearer <key>`")
     model_name: str = option("", "the model id clients send and /v1/models lists (default: <run>/<folder>)")
@@ -90,15 +101,18 @@ def load_model(ckpt, tokenizer="", device="cpu"):
     """(model, tokenizer) of any stage's checkpoint (module docstring), on `device`, in eval mode."""
     path = Path(ckpt)
     saved = load_checkpoint(path, map_location=device)
-    if "peft" in saved:                           # 05's adapter file: its base plus the adapter
+    if "peft" in saved:  # 05's adapter file: its base plus the adapter
         from sft import load_finetuned  # 05_sft_lora; only here: it imports all of 04
+
         model, tok, _ = load_finetuned(path.parent, device)
     else:
         model = GPT.from_checkpoint(path, map_location=device, ckpt=saved)
         tok = load_tokenizer(path, saved.get("tokenizer"), tokenizer)
     if tok.vocab_size > model.cfg.vocab_size:
-        raise UserError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
-                        "pass the tokenizer the model was trained with (--tokenizer)")
+        raise UserError(
+            f"the tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
+            "pass the tokenizer the model was trained with (--tokenizer)"
+        )
     return model.eval(), tok
 
 
@@ -120,6 +134,7 @@ def default_model_name(ckpt) -> str:
 
 # ----------------------------------------------------------------------------- checking a request
 
+
 class APIError(Exception):
     """An answer in OpenAI's error shape: status, message, and what went wrong where."""
 
@@ -131,8 +146,14 @@ class APIError(Exception):
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
 
 
-JSON_TYPE = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-             dict: "an object"}
+JSON_TYPE = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
 
 
 def get_field(body, name, kinds, default=None):
@@ -143,8 +164,11 @@ def get_field(body, name, kinds, default=None):
         return default
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         wanted = "a number" if float in kinds else " or ".join(JSON_TYPE[k] for k in kinds)
-        raise APIError(400, f"'{name}' must be {wanted}, "
-                            f"got {JSON_TYPE.get(type(value), type(value).__name__)}", param=name)
+        raise APIError(
+            400,
+            f"'{name}' must be {wanted}, got {JSON_TYPE.get(type(value), type(value).__name__)}",
+            param=name,
+        )
     return value
 
 
@@ -157,17 +181,25 @@ def sampling_params(body, n_prompt, ctx, default_max_tokens) -> SamplingParams:
     """The request's settings, each checked; max_tokens against the room the prompt leaves."""
     room = ctx - n_prompt
     if room < 1:
-        raise APIError(400, f"the prompt is {n_prompt} tokens but the model's context is {ctx} tokens, which "
-                            "must also hold at least one generated token; shorten the prompt",
-                       param="messages", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the prompt is {n_prompt} tokens but the model's context is {ctx} tokens, which "
+            "must also hold at least one generated token; shorten the prompt",
+            param="messages",
+            code="context_length_exceeded",
+        )
     max_tokens = get_field(body, "max_completion_tokens", (int,), get_field(body, "max_tokens", (int,)))
     if max_tokens is None:
         max_tokens = min(default_max_tokens, room)
     check_range("max_tokens", max_tokens, max_tokens >= 1, "at least 1")
     if max_tokens > room:
-        raise APIError(400, f"the prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) = {n_prompt + max_tokens} "
-                            f"exceeds the model's context of {ctx} tokens; ask for at most {room} tokens",
-                       param="max_tokens", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) = {n_prompt + max_tokens} "
+            f"exceeds the model's context of {ctx} tokens; ask for at most {room} tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
     temperature = get_field(body, "temperature", (int, float), 1.0)
     check_range("temperature", temperature, 0 <= temperature <= 2, "between 0 and 2 (0 = greedy)")
     top_p = get_field(body, "top_p", (int, float), 1.0)
@@ -181,19 +213,33 @@ def sampling_params(body, n_prompt, ctx, default_max_tokens) -> SamplingParams:
     stop = get_field(body, "stop", (str, list), [])
     stop = [stop] if isinstance(stop, str) else stop
     if len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise APIError(400, "'stop' must be a non-empty string or an array of at most 4 of them", param="stop")
-    return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=top_k,
-                          repetition_penalty=float(penalty), stop=tuple(stop), seed=get_field(body, "seed", (int,)))
+        raise APIError(
+            400, "'stop' must be a non-empty string or an array of at most 4 of them", param="stop"
+        )
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=top_k,
+        repetition_penalty=float(penalty),
+        stop=tuple(stop),
+        seed=get_field(body, "seed", (int,)),
+    )
 
 
 def chat_prompt_ids(tok, messages) -> list:
     """The conversation rendered by 05's template, ending with the assistant marker."""
     if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty array of {role, content} objects", param="messages")
+        raise APIError(
+            400, "'messages' must be a non-empty array of {role, content} objects", param="messages"
+        )
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise APIError(400, f"messages[{i}] must be an object with 'role' ({', '.join(ROLES)}) and a "
-                                f"string 'content'", param=f"messages[{i}]")
+            raise APIError(
+                400,
+                f"messages[{i}] must be an object with 'role' ({', '.join(ROLES)}) and a string 'content'",
+                param=f"messages[{i}]",
+            )
     if messages[-1]["role"] == "assistant":
         raise APIError(400, "the last message is the assistant's; end with a user message", param="messages")
     return encode_prompt(tok, [{"role": m["role"], "content": m["content"]} for m in messages])
@@ -201,14 +247,25 @@ def chat_prompt_ids(tok, messages) -> list:
 
 # ----------------------------------------------------------------------------- the server
 
+
 class ChatServer(ThreadingHTTPServer):
     """One thread per connection (daemon threads: Ctrl-C does not wait for slow clients) and the
     engine's thread; handlers find the engine, tokenizer and settings here."""
-    daemon_threads = True
-    request_queue_size = 128   # the listen backlog; socketserver's 5 reset connections of a 20-client burst
 
-    def __init__(self, address, engine: Engine, tok, model_name, api_key="", max_body=256 * 1024,
-                 default_max_tokens=256, log_requests=True):
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog; socketserver's 5 reset connections of a 20-client burst
+
+    def __init__(
+        self,
+        address,
+        engine: Engine,
+        tok,
+        model_name,
+        api_key="",
+        max_body=256 * 1024,
+        default_max_tokens=256,
+        log_requests=True,
+    ):
         super().__init__(address, Handler)
         self.engine, self.tok, self.model_name, self.api_key = engine, tok, model_name, api_key
         self.max_body, self.default_max_tokens, self.log_requests = max_body, default_max_tokens, log_requests
@@ -238,9 +295,18 @@ class Handler(BaseHTTPRequestHandler):
         try:
             path = self.path.split("?", 1)[0]
             if path not in routes:
-                known = ("GET /", "GET /health", "GET /v1/models", "POST /v1/chat/completions", "POST /v1/completions")
-                raise APIError(404, f"no route {self.command} {path}; this server has {', '.join(known)}",
-                               code="unknown_url")
+                known = (
+                    "GET /",
+                    "GET /health",
+                    "GET /v1/models",
+                    "POST /v1/chat/completions",
+                    "POST /v1/completions",
+                )
+                raise APIError(
+                    404,
+                    f"no route {self.command} {path}; this server has {', '.join(known)}",
+                    code="unknown_url",
+                )
             if path.startswith("/v1/"):
                 self.check_api_key()
             routes[path]()
@@ -249,8 +315,8 @@ class Handler(BaseHTTPRequestHandler):
         except ClientGone:
             pass
         except (BrokenPipeError, ConnectionResetError):
-            pass                                  # the client left before its answer was written
-        except Exception as e:                    # a bug: say so in the server's log, not to the client
+            pass  # the client left before its answer was written
+        except Exception as e:  # a bug: say so in the server's log, not to the client
             self.log_error("internal error: %r", e)
             traceback.print_exc()
             err = APIError(500, "internal server error; see the server's log", kind="server_error")
@@ -264,33 +330,48 @@ class Handler(BaseHTTPRequestHandler):
         key = self.server.api_key
         given = self.headers.get("Authorization", "")
         if key and not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            raise APIError(401, "missing or wrong API key; send the header `Authorization: Bearer <key>`",
-                           code="invalid_api_key")
+            raise APIError(
+                401,
+                "missing or wrong API key; send the header `Authorization: Bearer <key>`",
+                code="invalid_api_key",
+            )
 
     # -------- reading and writing
 
     def read_json(self) -> dict:
         """The request body as a JSON object, within the size limit."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise APIError(411, "send the body with a Content-Length header (chunked bodies are not supported)")
+            raise APIError(
+                411, "send the body with a Content-Length header (chunked bodies are not supported)"
+            )
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            raise APIError(411, "the request needs a Content-Length header with the body's size in bytes") from None
+            raise APIError(
+                411, "the request needs a Content-Length header with the body's size in bytes"
+            ) from None
         limit = self.server.max_body
         if length > limit:
-            self.discard(min(length, 16 * limit))   # read it, so the client sees our answer, not a reset
-            raise APIError(413, f"the body is {length} bytes; this server accepts at most {limit} (--max-body-kib)")
+            self.discard(min(length, 16 * limit))  # read it, so the client sees our answer, not a reset
+            raise APIError(
+                413, f"the body is {length} bytes; this server accepts at most {limit} (--max-body-kib)"
+            )
         try:
             body = json.loads(self.rfile.read(max(length, 0)))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise APIError(400, f"the body is not valid JSON ({e})") from None
         if not isinstance(body, dict):
-            raise APIError(400, f"the body must be a JSON object, got {JSON_TYPE.get(type(body), type(body).__name__)}")
+            raise APIError(
+                400, f"the body must be a JSON object, got {JSON_TYPE.get(type(body), type(body).__name__)}"
+            )
         model = get_field(body, "model", (str,))
         if model is not None and model != self.server.model_name:
-            raise APIError(404, f"the model {model!r} does not exist; this server serves {self.server.model_name!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model {model!r} does not exist; this server serves {self.server.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
         return body
 
     def discard(self, n):
@@ -313,8 +394,11 @@ class Handler(BaseHTTPRequestHandler):
     def send_event(self, obj):
         """One server-sent event: `data: <json>` and a blank line."""
         # >>> exercise: one server-sent event: the bytes `data: `, the JSON (or the bytes given), then a blank line
-        self.wfile.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj, ensure_ascii=False).encode())
-                         + b"\n\n")
+        self.wfile.write(
+            b"data: "
+            + (obj if isinstance(obj, bytes) else json.dumps(obj, ensure_ascii=False).encode())
+            + b"\n\n"
+        )
         # <<< exercise
 
     def log_message(self, format, *args):
@@ -341,15 +425,35 @@ class Handler(BaseHTTPRequestHandler):
 
     def health(self):
         engine = self.server.engine
-        self.send_json(200, {"status": "ok", "model": self.server.model_name, "policy": engine.policy,
-                             "running": sum(r is not None for r in engine.slots), "waiting": len(engine.waiting),
-                             "stats": dict(engine.stats)})
+        self.send_json(
+            200,
+            {
+                "status": "ok",
+                "model": self.server.model_name,
+                "policy": engine.policy,
+                "running": sum(r is not None for r in engine.slots),
+                "waiting": len(engine.waiting),
+                "stats": dict(engine.stats),
+            },
+        )
 
     def models(self):
         s = self.server
-        self.send_json(200, {"object": "list", "data": [{
-            "id": s.model_name, "object": "model", "created": s.created, "owned_by": "llm-from-scratch",
-            "context_length": s.engine.model.cfg.block_size}]})
+        self.send_json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": s.model_name,
+                        "object": "model",
+                        "created": s.created,
+                        "owned_by": "llm-from-scratch",
+                        "context_length": s.engine.model.cfg.block_size,
+                    }
+                ],
+            },
+        )
 
     # -------- POST
 
@@ -358,7 +462,7 @@ class Handler(BaseHTTPRequestHandler):
         tok = self.server.tok
         try:
             ids = chat_prompt_ids(tok, body.get("messages"))
-        except UserError as e:                    # a tokenizer without chat tokens (a base model's may lack them)
+        except UserError as e:  # a tokenizer without chat tokens (a base model's may lack them)
             raise APIError(400, f"{e}; use /v1/completions with this model") from None
         stop_ids = [tok.special_tokens[END], tok.special_tokens[BOS]]
         self.generate(body, ids, stop_ids, chat=True)
@@ -376,13 +480,20 @@ class Handler(BaseHTTPRequestHandler):
         s = self.server
         params = sampling_params(body, len(ids), s.engine.model.cfg.block_size, s.default_max_tokens)
         stream = get_field(body, "stream", (bool,), False)
-        include_usage = get_field(get_field(body, "stream_options", (dict,), {}), "include_usage", (bool,), False)
+        include_usage = get_field(
+            get_field(body, "stream_options", (dict,), {}), "include_usage", (bool,), False
+        )
         req = Request(ids, params, stop_ids)
         try:
             s.engine.submit(req)
         except QueueFull as e:
-            raise APIError(503, f"the server is busy ({e}); retry shortly", kind="server_error",
-                           code="server_overloaded", headers={"Retry-After": "1"}) from None
+            raise APIError(
+                503,
+                f"the server is busy ({e}); retry shortly",
+                kind="server_error",
+                code="server_overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
         except UserError as e:
             raise APIError(400, str(e)) from None
         reply = Reply(req, s.model_name, chat)
@@ -394,7 +505,9 @@ class Handler(BaseHTTPRequestHandler):
                 req.cancel()
                 raise ClientGone
         if req.finish_reason == "error":
-            raise APIError(500, "the engine failed on this request; see the server's log", kind="server_error")
+            raise APIError(
+                500, "the engine failed on this request; see the server's log", kind="server_error"
+            )
         self.send_json(200, reply.full())
 
     def stream_reply(self, req, reply, include_usage):
@@ -416,7 +529,9 @@ class Handler(BaseHTTPRequestHandler):
                     break
                 self.send_event(reply.chunk({"content": piece} if reply.chat else piece))
             if req.finish_reason == "error":
-                self.send_event(APIError(500, "the engine failed on this request", kind="server_error").body())
+                self.send_event(
+                    APIError(500, "the engine failed on this request", kind="server_error").body()
+                )
             else:
                 self.send_event(reply.chunk({} if reply.chat else "", req.finish_reason))
                 if include_usage:
@@ -436,7 +551,11 @@ class Reply:
         self.created = int(time.time())
 
     def head(self, kind) -> dict:
-        obj = {"chat": "chat.completion", "chunk": "chat.completion.chunk"}[kind] if self.chat else "text_completion"
+        obj = (
+            {"chat": "chat.completion", "chunk": "chat.completion.chunk"}[kind]
+            if self.chat
+            else "text_completion"
+        )
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def usage(self) -> dict:
@@ -445,9 +564,16 @@ class Reply:
 
     def full(self) -> dict:
         r = self.req
-        choice = ({"index": 0, "message": {"role": "assistant", "content": r.text}} if self.chat
-                  else {"index": 0, "text": r.text, "logprobs": None})
-        return {**self.head("chat"), "choices": [{**choice, "finish_reason": r.finish_reason}], "usage": self.usage()}
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": r.text}}
+            if self.chat
+            else {"index": 0, "text": r.text, "logprobs": None}
+        )
+        return {
+            **self.head("chat"),
+            "choices": [{**choice, "finish_reason": r.finish_reason}],
+            "usage": self.usage(),
+        }
 
     def chunk(self, delta, finish_reason=None) -> dict:
         choice = {"index": 0, "delta": delta} if self.chat else {"index": 0, "text": delta, "logprobs": None}
@@ -456,24 +582,38 @@ class Reply:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def main(argv=None):
     cfg, _ = parse_config(ServeConfig, argv, doc=__doc__)
     model, tok = model_from_flags(cfg, "to serve")
     name = cfg.model_name or default_model_name(cfg.ckpt)
     engine = Engine(model, tok, cfg.policy, cfg.max_batch, cfg.max_waiting)
     try:
-        server = ChatServer((cfg.host, cfg.port), engine, tok, name, cfg.api_key, cfg.max_body_kib * 1024,
-                            cfg.max_tokens, log_requests=not cfg.quiet)
-    except OSError as e:                          # port taken, address not on this machine, bad host name
-        raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); choose another --port "
-                        "or --host") from None
+        server = ChatServer(
+            (cfg.host, cfg.port),
+            engine,
+            tok,
+            name,
+            cfg.api_key,
+            cfg.max_body_kib * 1024,
+            cfg.max_tokens,
+            log_requests=not cfg.quiet,
+        )
+    except OSError as e:  # port taken, address not on this machine, bad host name
+        raise UserError(
+            f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e}); choose another --port or --host"
+        ) from None
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
-        print(f"warning: listening on {cfg.host} with no --api-key: anyone who can reach it can use it",
-              file=sys.stderr)
+        print(
+            f"warning: listening on {cfg.host} with no --api-key: anyone who can reach it can use it",
+            file=sys.stderr,
+        )
     host, port = server.server_address[:2]
-    print(f"serving {name} ({model.num_params(non_embedding=False):,} parameters, context "
-          f"{model.cfg.block_size}, {cfg.policy} batching of up to {cfg.max_batch}) on http://{host}:{port}/",
-          flush=True)
+    print(
+        f"serving {name} ({model.num_params(non_embedding=False):,} parameters, context "
+        f"{model.cfg.block_size}, {cfg.policy} batching of up to {cfg.max_batch}) on http://{host}:{port}/",
+        flush=True,
+    )
     set_interrupt_hint("the server stopped")
     engine.start()
     try:

@@ -50,6 +50,7 @@ Interview questions it answers:
 - How does the KV cache handle rejected tokens? (their keys and values were written past the accepted
   prefix; moving the write position back is the whole rollback)
 """
+
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -60,8 +61,23 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (UserError, check_artifact, check_config, claim_output, command_line, markdown_table, option,  # 01_data
-                    parse_config, pyplot, run_cli, run_lock, save_figure, staged_dir, write_json, write_manifest)
+from common import (
+    UserError,
+    check_artifact,
+    check_config,
+    claim_output,
+    command_line,
+    markdown_table,
+    option,  # 01_data
+    parse_config,
+    pyplot,
+    run_cli,
+    run_lock,
+    save_figure,
+    staged_dir,
+    write_json,
+    write_manifest,
+)
 from decoding import KVCache, check_sampling_args, top_k_filter, top_p_filter  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
@@ -102,6 +118,7 @@ def check_speculative_config(cfg: SpeculativeConfig):
 
 # ----------------------------------------------------------------------------- the algorithm
 
+
 def token_probs(logits, temperature=0.0, top_k=None, top_p=None):
     """Next-token distributions (N, V) as 03's sampler defines them: one-hot at the argmax for
     temperature 0, else softmax(logits / T) after the top-k / top-p filters (decoding.py)."""
@@ -124,10 +141,10 @@ def accept_drafts(p, q, drafts, generator=None):
     # >>> exercise: accept d_i w.p. min(1, p_i(d_i)/q_i(d_i)); at a rejection resample from norm(max(0, p_i - q_i))
     for i, d in enumerate(drafts):
         u = torch.rand((), generator=generator, device=p.device)
-        if u < p[i, d] / q[i, d]:                     # accept with probability min(1, p/q)
+        if u < p[i, d] / q[i, d]:  # accept with probability min(1, p/q)
             continue
-        residual = (p[i] - q[i]).clamp(min=0)        # where the target wants more than the draft gave
-        if residual.sum() <= 0:                       # p == q up to rounding: p itself is the residual
+        residual = (p[i] - q[i]).clamp(min=0)  # where the target wants more than the draft gave
+        if residual.sum() <= 0:  # p == q up to rounding: p itself is the residual
             residual = p[i]
         return i, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
     return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
@@ -135,17 +152,31 @@ def accept_drafts(p, q, drafts, generator=None):
 
 
 @torch.no_grad()
-def speculative_generate(target: GPT, draft: GPT, prompt, max_new_tokens: int, k: int, temperature=0.0,
-                         top_k=None, top_p=None, generator=None, stop_tokens=()):
+def speculative_generate(
+    target: GPT,
+    draft: GPT,
+    prompt,
+    max_new_tokens: int,
+    k: int,
+    temperature=0.0,
+    top_k=None,
+    top_p=None,
+    generator=None,
+    stop_tokens=(),
+):
     """Continue `prompt` (a list of ids) by up to max_new_tokens tokens distributed exactly as the
     target's own sampling would; returns (new token ids, {"rounds", "drafted", "accepted"})."""
     if target.cfg.vocab_size != draft.cfg.vocab_size:
-        raise UserError(f"the draft's vocabulary ({draft.cfg.vocab_size}) is not the target's "
-                        f"({target.cfg.vocab_size}); a draft must propose the target's token ids")
+        raise UserError(
+            f"the draft's vocabulary ({draft.cfg.vocab_size}) is not the target's "
+            f"({target.cfg.vocab_size}); a draft must propose the target's token ids"
+        )
     total = len(prompt) + max_new_tokens
     if total > min(target.cfg.block_size, draft.cfg.block_size):
-        raise UserError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) is longer than the "
-                        f"context ({min(target.cfg.block_size, draft.cfg.block_size)}); shorten one of them")
+        raise UserError(
+            f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) is longer than the "
+            f"context ({min(target.cfg.block_size, draft.cfg.block_size)}); shorten one of them"
+        )
     device = next(target.parameters()).device
     target.eval()
     draft.eval()
@@ -154,26 +185,26 @@ def speculative_generate(target: GPT, draft: GPT, prompt, max_new_tokens: int, k
     as_input = lambda ids: torch.tensor(ids, dtype=torch.long, device=device)[None]
     while len(tokens) < total:
         n = len(tokens)
-        k_round = min(k, total - n - 1)               # never draft past what is still wanted
+        k_round = min(k, total - n - 1)  # never draft past what is still wanted
         drafts, q = [], []
-        for _ in range(k_round):                      # each draft forward feeds what its cache lacks
-            logits, _ = draft(as_input((tokens + drafts)[d_cache.pos:]), cache=d_cache)
+        for _ in range(k_round):  # each draft forward feeds what its cache lacks
+            logits, _ = draft(as_input((tokens + drafts)[d_cache.pos :]), cache=d_cache)
             q.append(token_probs(logits[:, -1], temperature, top_k, top_p)[0])
             drafts.append(int(torch.multinomial(q[-1], 1, generator=generator)))
-        logits, _ = target(as_input((tokens + drafts)[t_cache.pos:]), cache=t_cache)   # one forward
-        p = token_probs(logits[0, -(k_round + 1):], temperature, top_k, top_p)         # (k_round+1, V)
+        logits, _ = target(as_input((tokens + drafts)[t_cache.pos :]), cache=t_cache)  # one forward
+        p = token_probs(logits[0, -(k_round + 1) :], temperature, top_k, top_p)  # (k_round+1, V)
         m, nxt = accept_drafts(p, torch.stack(q) if q else p[:0], drafts, generator)
         tokens += drafts[:m] + [nxt]
-        t_cache.pos = n + m                           # roll back: keep the keys/values of tokens[:n+m]
+        t_cache.pos = n + m  # roll back: keep the keys/values of tokens[:n+m]
         d_cache.pos = min(d_cache.pos, n + m)
         stats["rounds"] += 1
         stats["drafted"] += k_round
         stats["accepted"] += m
         hit = next((i for i, t in enumerate(tokens[n:]) if t in stop_tokens), None)
         if hit is not None:
-            del tokens[n + hit + 1:]
+            del tokens[n + hit + 1 :]
             break
-    return tokens[len(prompt):total], stats
+    return tokens[len(prompt) : total], stats
 
 
 def expected_speedup(accept_rate: float, k: int, cost_ratio: float) -> float:
@@ -186,6 +217,7 @@ def expected_speedup(accept_rate: float, k: int, cost_ratio: float) -> float:
 
 
 # ----------------------------------------------------------------------------- the bench
+
 
 def forward_ms(model: GPT, prompt: torch.Tensor, repeats=20) -> float:
     """Milliseconds of one cached single-token forward (what a decoding step costs), best of repeats."""
@@ -208,8 +240,10 @@ def load_drafts(cfg: SpeculativeConfig, run: Path, device) -> tuple:
     for name in cfg.drafts:
         path = folder / f"student_{name}.pt"
         if not path.is_file():
-            raise UserError(f"{path}: no such student; distill.py --methods {name} makes it "
-                            f"(the folder has {', '.join(sorted(p.stem[8:] for p in folder.glob('student_*.pt')))})")
+            raise UserError(
+                f"{path}: no such student; distill.py --methods {name} makes it "
+                f"(the folder has {', '.join(sorted(p.stem[8:] for p in folder.glob('student_*.pt')))})"
+            )
         drafts[name] = GPT.from_checkpoint(path, map_location=device).eval()
     return drafts, folder
 
@@ -223,12 +257,15 @@ def bench(cfg: SpeculativeConfig, teacher, drafts, prompts, device) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     for prompt in prompts:
         t0 = time.perf_counter()
-        ref = teacher.generate(prompt[None], cfg.new_tokens, generator=gen, **sampling)[0, len(prompt):].tolist()
+        ref = teacher.generate(prompt[None], cfg.new_tokens, generator=gen, **sampling)[
+            0, len(prompt) :
+        ].tolist()
         time_s[("teacher", 0)] += time.perf_counter() - t0
         for name, k in settings:
             t0 = time.perf_counter()
-            out, st = speculative_generate(teacher, drafts[name], prompt.tolist(), cfg.new_tokens, k,
-                                           generator=gen, **sampling)
+            out, st = speculative_generate(
+                teacher, drafts[name], prompt.tolist(), cfg.new_tokens, k, generator=gen, **sampling
+            )
             time_s[(name, k)] += time.perf_counter() - t0
             for key in ("rounds", "drafted", "accepted"):
                 stats[(name, k)][key] += st[key]
@@ -241,10 +278,21 @@ def bench(cfg: SpeculativeConfig, teacher, drafts, prompts, device) -> dict:
         st = stats[(name, k)]
         a = st["accepted"] / max(st["drafted"], 1)
         c = forward_ms(drafts[name], prompts[0][None]) / t_ms
-        rows.append({"draft": name, "k": k, "accept_rate": a, "tokens_per_teacher_forward": n_tokens / st["rounds"],
-                     "tok_s": n_tokens / time_s[(name, k)], "speedup": n_tokens / time_s[(name, k)] / base,
-                     "cost_ratio": c, "expected_speedup": expected_speedup(a, k, c),
-                     "identical_to_teacher": f"{st['same_as_teacher']}/{len(prompts)}" if cfg.temperature == 0 else None})
+        rows.append(
+            {
+                "draft": name,
+                "k": k,
+                "accept_rate": a,
+                "tokens_per_teacher_forward": n_tokens / st["rounds"],
+                "tok_s": n_tokens / time_s[(name, k)],
+                "speedup": n_tokens / time_s[(name, k)] / base,
+                "cost_ratio": c,
+                "expected_speedup": expected_speedup(a, k, c),
+                "identical_to_teacher": f"{st['same_as_teacher']}/{len(prompts)}"
+                if cfg.temperature == 0
+                else None,
+            }
+        )
     return {"rows": rows, "teacher_forward_ms": t_ms, "n_tokens": n_tokens}
 
 
@@ -257,49 +305,90 @@ def run_bench(cfg: SpeculativeConfig, argv=None) -> dict:
     drafts, folder = load_drafts(cfg, run, device)
     for name, d in drafts.items():
         if d.cfg.vocab_size != teacher.cfg.vocab_size:
-            raise UserError(f"draft {name} has {d.cfg.vocab_size} tokens, the teacher {teacher.cfg.vocab_size}; "
-                            f"rerun distill.py with --teacher {cfg.teacher}")
+            raise UserError(
+                f"draft {name} has {d.cfg.vocab_size} tokens, the teacher {teacher.cfg.vocab_size}; "
+                f"rerun distill.py with --teacher {cfg.teacher}"
+            )
     if cfg.prompt_tokens + cfg.new_tokens > teacher.cfg.block_size:
-        raise UserError(f"--prompt-tokens {cfg.prompt_tokens} + --new-tokens {cfg.new_tokens} exceeds the "
-                        f"context ({teacher.cfg.block_size}); lower one of them")
+        raise UserError(
+            f"--prompt-tokens {cfg.prompt_tokens} + --new-tokens {cfg.new_tokens} exceeds the "
+            f"context ({teacher.cfg.block_size}); lower one of them"
+        )
     _, val, _ = load_shards(run, teacher.cfg.block_size)
-    prompts = [torch.as_tensor(val[s:s + cfg.prompt_tokens].astype("int64"), device=device)
-               for s in eval_starts(len(val), cfg.prompt_tokens, cfg.prompts)]
+    prompts = [
+        torch.as_tensor(val[s : s + cfg.prompt_tokens].astype("int64"), device=device)
+        for s in eval_starts(len(val), cfg.prompt_tokens, cfg.prompts)
+    ]
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)
-        print(f"teacher {source}; drafts {', '.join(cfg.drafts)} from {folder}; {cfg.prompts} prompts x "
-              f"{cfg.new_tokens} tokens; {'greedy' if cfg.temperature == 0 else f'temperature {cfg.temperature}'}",
-              flush=True)
-        outcome = {"teacher": str(source), "distill": str(folder), "config": asdict(cfg), "device": device,
-                   **bench(cfg, teacher, drafts, prompts, device)}
+        print(
+            f"teacher {source}; drafts {', '.join(cfg.drafts)} from {folder}; {cfg.prompts} prompts x "
+            f"{cfg.new_tokens} tokens; {'greedy' if cfg.temperature == 0 else f'temperature {cfg.temperature}'}",
+            flush=True,
+        )
+        outcome = {
+            "teacher": str(source),
+            "distill": str(folder),
+            "config": asdict(cfg),
+            "device": device,
+            **bench(cfg, teacher, drafts, prompts, device),
+        }
         with staged_dir(out) as tmp:
             write_json(tmp / "outcome.json", outcome)
             plot(outcome["rows"], tmp / "speculative.png")
-            write_manifest(tmp, stage="07_distill_quant/speculative", command=command_line(__file__, argv),
-                           config=asdict(cfg), inputs=[source, folder, run / "tokens"])
+            write_manifest(
+                tmp,
+                stage="07_distill_quant/speculative",
+                command=command_line(__file__, argv),
+                config=asdict(cfg),
+                inputs=[source, folder, run / "tokens"],
+            )
     report(outcome, out)
     return outcome
 
 
-COLUMNS = ["draft", "k", "accept rate", "tokens/teacher fwd", "tok/s", "speedup", "expected", "c", "same as teacher"]
+COLUMNS = [
+    "draft",
+    "k",
+    "accept rate",
+    "tokens/teacher fwd",
+    "tok/s",
+    "speedup",
+    "expected",
+    "c",
+    "same as teacher",
+]
 
 
 def table_rows(o: dict) -> list:
     rows = []
     for r in o["rows"]:
-        row = {"draft": r["draft"], "k": r["k"] or "-", "tok/s": f"{r['tok_s']:.0f}", "speedup": f"{r['speedup']:.2f}"}
+        row = {
+            "draft": r["draft"],
+            "k": r["k"] or "-",
+            "tok/s": f"{r['tok_s']:.0f}",
+            "speedup": f"{r['speedup']:.2f}",
+        }
         if r["k"]:
-            row.update({"accept rate": f"{r['accept_rate']:.2f}", "tokens/teacher fwd": f"{r['tokens_per_teacher_forward']:.2f}",
-                        "expected": f"{r['expected_speedup']:.2f}", "c": f"{r['cost_ratio']:.2f}",
-                        "same as teacher": r["identical_to_teacher"] or "-"})
+            row.update(
+                {
+                    "accept rate": f"{r['accept_rate']:.2f}",
+                    "tokens/teacher fwd": f"{r['tokens_per_teacher_forward']:.2f}",
+                    "expected": f"{r['expected_speedup']:.2f}",
+                    "c": f"{r['cost_ratio']:.2f}",
+                    "same as teacher": r["identical_to_teacher"] or "-",
+                }
+            )
         rows.append(row)
     return rows
 
 
 def report(o, out):
     print(markdown_table(table_rows(o), COLUMNS))
-    print(f"accept rate = accepted / drafted; c = draft forward / teacher forward ({o['teacher_forward_ms']:.2f} ms); "
-          f"expected = (1 - a^(k+1)) / ((1 - a)(k·c + 1)); same = greedy outputs identical to the teacher's; wrote {out}/")
+    print(
+        f"accept rate = accepted / drafted; c = draft forward / teacher forward ({o['teacher_forward_ms']:.2f} ms); "
+        f"expected = (1 - a^(k+1)) / ((1 - a)(k·c + 1)); same = greedy outputs identical to the teacher's; wrote {out}/"
+    )
 
 
 def plot(rows, path):

@@ -42,6 +42,7 @@ Interview questions this file answers:
 - How does GQA change the backward? (dK, dV of a shared head are summed over the query heads that read it.)
 - Causal masking when T < S (a KV cache): query i sees keys j ≤ i + S - T (bottom-right aligned).
 """
+
 import math
 import sys
 import time
@@ -56,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, option, parse_config, run_cli  # 01_data
 
-BACKENDS = ("auto", "triton", "torch", "tiled", "sdpa")   # "torch" is the naive reference (1)
+BACKENDS = ("auto", "triton", "torch", "tiled", "sdpa")  # "torch" is the naive reference (1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -83,15 +84,15 @@ def attention_naive(q, k, v, causal=True, scale=None, mask=None):
         v = v.repeat_interleave(H // Hkv, dim=1)
     # >>> exercise: softmax(Q Kᵀ · scale, -inf where causal rule or mask forbids) V; scale 1/√D; fp32 math
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    acc = torch.promote_types(q.dtype, torch.float32)               # fp32 math for half inputs
-    att = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * scale         # (B, H, T, S)
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 math for half inputs
+    att = (q.to(acc) @ k.to(acc).transpose(-2, -1)) * scale  # (B, H, T, S)
     keep = causal_mask(T, S, q.device) if causal else None
     if mask is not None:
         keep = mask if keep is None else keep & mask
     if keep is not None:
         att = att.masked_fill(~keep, float("-inf"))
     att = att.softmax(dim=-1)
-    return (att @ v.to(acc)).to(q.dtype)                            # (B, H, T, D)
+    return (att @ v.to(acc)).to(q.dtype)  # (B, H, T, D)
     # <<< exercise
 
 
@@ -115,32 +116,32 @@ def attention_tiled_forward(q, k, v, causal=True, scale=None, block_m=32, block_
     B, H, T, D = q.shape
     S = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    acc_dtype = torch.promote_types(q.dtype, torch.float32)         # fp32 (fp64 for gradcheck)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 (fp64 for gradcheck)
     kv = _kv_head_index(H, k.shape[1], q.device)
-    k, v = k[:, kv].to(acc_dtype), v[:, kv].to(acc_dtype)           # (B, H, S, D); the kernel indexes instead
+    k, v = k[:, kv].to(acc_dtype), v[:, kv].to(acc_dtype)  # (B, H, S, D); the kernel indexes instead
     o = torch.empty(B, H, T, D, dtype=acc_dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=acc_dtype, device=q.device)
     # >>> exercise: online softmax per Q tile: m'=max(m, rowmax s); l, acc *= exp(m-m'); o = acc/l; lse = m+log l
-    for i0 in range(0, T, block_m):                                 # outer loop: Q tiles (one GPU program each)
+    for i0 in range(0, T, block_m):  # outer loop: Q tiles (one GPU program each)
         i1 = min(i0 + block_m, T)
-        qi = q[:, :, i0:i1].to(acc_dtype)                           # (B, H, bm, D)
+        qi = q[:, :, i0:i1].to(acc_dtype)  # (B, H, bm, D)
         m = torch.full((B, H, i1 - i0), float("-inf"), dtype=acc_dtype, device=q.device)
         l = torch.zeros(B, H, i1 - i0, dtype=acc_dtype, device=q.device)
         acc = torch.zeros(B, H, i1 - i0, D, dtype=acc_dtype, device=q.device)
-        for j0 in range(0, S, block_n):                             # inner loop: stream K/V tiles
+        for j0 in range(0, S, block_n):  # inner loop: stream K/V tiles
             if causal and j0 > i1 - 1 + S - T:
-                break                                               # this and later tiles are fully masked
+                break  # this and later tiles are fully masked
             j1 = min(j0 + block_n, S)
-            s = (qi @ k[:, :, j0:j1].transpose(-2, -1)) * scale     # (B, H, bm, bn)
+            s = (qi @ k[:, :, j0:j1].transpose(-2, -1)) * scale  # (B, H, bm, bn)
             if causal:
                 s = s.masked_fill(~_tile_mask(i0, i1, j0, j1, T, S, q.device), float("-inf"))
-            m_new = torch.maximum(m, s.amax(dim=-1))                # finite: the first tile holds key 0
-            p = torch.exp(s - m_new[..., None])                     # (B, H, bm, bn)
-            alpha = torch.exp(m - m_new)                            # how much the old max overstated
+            m_new = torch.maximum(m, s.amax(dim=-1))  # finite: the first tile holds key 0
+            p = torch.exp(s - m_new[..., None])  # (B, H, bm, bn)
+            alpha = torch.exp(m - m_new)  # how much the old max overstated
             l = l * alpha + p.sum(dim=-1)
-            acc = acc * alpha[..., None] + p @ v[:, :, j0:j1]       # (B, H, bm, D)
+            acc = acc * alpha[..., None] + p @ v[:, :, j0:j1]  # (B, H, bm, D)
             m = m_new
-        o[:, :, i0:i1] = acc / l[..., None]                         # normalize once, at the end
+        o[:, :, i0:i1] = acc / l[..., None]  # normalize once, at the end
         lse[:, :, i0:i1] = m + torch.log(l)
     return o.to(q.dtype), lse
     # <<< exercise
@@ -159,30 +160,30 @@ def attention_tiled_backward(q, k, v, o, lse, do, causal=True, scale=None, block
     acc_dtype = torch.promote_types(q.dtype, torch.float32)
     kv = _kv_head_index(H, Hkv, q.device)
     qf, dof = q.to(acc_dtype), do.to(acc_dtype)
-    kf, vf = k[:, kv].to(acc_dtype), v[:, kv].to(acc_dtype)        # (B, H, S, D)
+    kf, vf = k[:, kv].to(acc_dtype), v[:, kv].to(acc_dtype)  # (B, H, S, D)
     # >>> exercise: P = exp(s - lse); dV += PᵀdO; dS = P∘(dP - rowsum(dO∘O)); dQ, dK from dS; sum GQA groups
-    delta = (dof * o.to(acc_dtype)).sum(dim=-1)                     # (B, H, T)
+    delta = (dof * o.to(acc_dtype)).sum(dim=-1)  # (B, H, T)
     dq = torch.zeros(B, H, T, D, dtype=acc_dtype, device=q.device)
     dk = torch.zeros(B, H, S, D, dtype=acc_dtype, device=q.device)  # per query head; summed per group below
     dv = torch.zeros(B, H, S, D, dtype=acc_dtype, device=q.device)
-    for j0 in range(0, S, block_n):                                 # outer loop: K/V tiles (the dK/dV kernel)
+    for j0 in range(0, S, block_n):  # outer loop: K/V tiles (the dK/dV kernel)
         j1 = min(j0 + block_n, S)
-        kj, vj = kf[:, :, j0:j1], vf[:, :, j0:j1]                   # (B, H, bn, D)
-        first = max(0, j0 - (S - T)) // block_m * block_m if causal else 0   # earlier Q tiles see none of kj
+        kj, vj = kf[:, :, j0:j1], vf[:, :, j0:j1]  # (B, H, bn, D)
+        first = max(0, j0 - (S - T)) // block_m * block_m if causal else 0  # earlier Q tiles see none of kj
         for i0 in range(first, T, block_m):
             i1 = min(i0 + block_m, T)
-            qi, doi = qf[:, :, i0:i1], dof[:, :, i0:i1]            # (B, H, bm, D)
-            s = (qi @ kj.transpose(-2, -1)) * scale                 # (B, H, bm, bn)
+            qi, doi = qf[:, :, i0:i1], dof[:, :, i0:i1]  # (B, H, bm, D)
+            s = (qi @ kj.transpose(-2, -1)) * scale  # (B, H, bm, bn)
             p = torch.exp(s - lse[:, :, i0:i1, None].to(acc_dtype))
             if causal:
                 p = p.masked_fill(~_tile_mask(i0, i1, j0, j1, T, S, q.device), 0.0)
             dv[:, :, j0:j1] += p.transpose(-2, -1) @ doi
-            dp = doi @ vj.transpose(-2, -1)                         # (B, H, bm, bn)
+            dp = doi @ vj.transpose(-2, -1)  # (B, H, bm, bn)
             ds = p * (dp - delta[:, :, i0:i1, None])
             dq[:, :, i0:i1] += (ds @ kj) * scale
             dk[:, :, j0:j1] += (ds.transpose(-2, -1) @ qi) * scale
     group = H // Hkv
-    dk = dk.view(B, Hkv, group, S, D).sum(dim=2)                    # (B, Hkv, S, D)
+    dk = dk.view(B, Hkv, group, S, D).sum(dim=2)  # (B, Hkv, S, D)
     dv = dv.view(B, Hkv, group, S, D).sum(dim=2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
     # <<< exercise
@@ -215,9 +216,15 @@ def attention_tiled(q, k, v, causal=True, scale=None, block_m=32, block_n=32):
 # ----------------------------------------------------------------------------------------------------
 def triton_supports(q, k, v, causal):
     """True when the Triton kernel can run these tensors on a GPU (what "auto" asks before using it)."""
-    return (q.is_cuda and q.dim() == 4 and q.shape[-1] in (32, 64, 128) and q.dtype == k.dtype == v.dtype
-            and q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.shape[1] % k.shape[1] == 0
-            and not (causal and q.shape[2] > k.shape[2]))
+    return (
+        q.is_cuda
+        and q.dim() == 4
+        and q.shape[-1] in (32, 64, 128)
+        and q.dtype == k.dtype == v.dtype
+        and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and q.shape[1] % k.shape[1] == 0
+        and not (causal and q.shape[2] > k.shape[2])
+    )
 
 
 def attention_sdpa(q, k, v, causal=True, scale=None, mask=None):
@@ -248,15 +255,19 @@ def attention(q, k, v, causal=True, scale=None, backend="auto", mask=None):
     if q.shape[1] % k.shape[1]:
         raise UserError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if causal and q.shape[2] > k.shape[2]:  # the first rows would see no key at all
-        raise UserError(f"causal attention with {q.shape[2]} queries needs at least as many keys; "
-                        f"got {k.shape[2]}")
+        raise UserError(
+            f"causal attention with {q.shape[2]} queries needs at least as many keys; got {k.shape[2]}"
+        )
     if backend == "auto":
         backend = "triton" if mask is None and triton_supports(q, k, v, causal) else "sdpa"
     if mask is not None and backend in ("triton", "tiled"):
-        raise UserError(f"the {backend} attention knows only causal or not, not an explicit mask; "
-                        "use backend auto, sdpa or torch")
+        raise UserError(
+            f"the {backend} attention knows only causal or not, not an explicit mask; "
+            "use backend auto, sdpa or torch"
+        )
     if backend == "triton":
         from flash_attention import flash_attention  # imported on use: the CPU path never loads Triton
+
         return flash_attention(q, k, v, causal, scale)
     if backend == "tiled":
         return attention_tiled(q, k, v, causal, scale)
@@ -295,20 +306,26 @@ def main(argv=None):
     if cfg.heads % cfg.kv_heads:
         raise UserError(f"--heads ({cfg.heads}) must be a multiple of --kv-heads ({cfg.kv_heads})")
     from flash_attention import flash_attention
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, cfg.dtype)
     torch.manual_seed(0)
     q = torch.randn(cfg.batch, cfg.heads, cfg.seq, cfg.head_dim, device=device, dtype=dtype)
     k = torch.randn(cfg.batch, cfg.kv_heads, cfg.seq, cfg.head_dim, device=device, dtype=dtype)
     v = torch.randn_like(k)
-    print(f"{'version':<8} {'causal':<6} {'|o|':>9} {'|dq|':>9} {'|dk|':>9} {'|dv|':>9} {'time s':>7}  "
-          f"(max abs error vs naive, {cfg.dtype}, {device})")
+    print(
+        f"{'version':<8} {'causal':<6} {'|o|':>9} {'|dq|':>9} {'|dk|':>9} {'|dv|':>9} {'time s':>7}  "
+        f"(max abs error vs naive, {cfg.dtype}, {device})"
+    )
     for name, fn in [("tiled", attention_tiled), ("sdpa", attention_sdpa), ("triton", flash_attention)]:
         for causal in (False, True):
             t0 = time.perf_counter()
-            errs = max_errors(fn, q, k, v, causal)   # an unsupported dtype raises a one-line UserError
-            print(f"{name:<8} {str(causal):<6} " + " ".join(f"{e:9.2e}" for e in errs)
-                  + f" {time.perf_counter() - t0:7.2f}")
+            errs = max_errors(fn, q, k, v, causal)  # an unsupported dtype raises a one-line UserError
+            print(
+                f"{name:<8} {str(causal):<6} "
+                + " ".join(f"{e:9.2e}" for e in errs)
+                + f" {time.perf_counter() - t0:7.2f}"
+            )
 
 
 if __name__ == "__main__":

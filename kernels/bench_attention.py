@@ -16,6 +16,7 @@ Goal on an H100 (from the issue): forward ≥ 1.2× SDPA and backward ≥ 1.0× 
 Interview questions: how do you count attention FLOPs, and why does the backward cost 2.5× the forward?
 Why is naive attention memory-bound (and out of memory at 16k) while flash attention is compute-bound?
 """
+
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -70,7 +71,7 @@ def implementations():
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
     def naive(q, k, v, causal):  # the textbook version in the input dtype (attention_naive upcasts to fp32)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))        # (B, H, T, T)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
         if causal:
             mask = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool, device=q.device).tril()
             att = att.masked_fill(~mask, float("-inf"))
@@ -82,6 +83,7 @@ def implementations():
 def time_passes(fn, q, k, v, causal, cfg):
     """Milliseconds (median, triton.testing.do_bench) of forward, backward and forward+backward."""
     from triton.testing import do_bench
+
     inputs = [t.detach().requires_grad_() for t in (q, k, v)]
     do = torch.randn_like(q)
 
@@ -92,10 +94,15 @@ def time_passes(fn, q, k, v, causal, cfg):
         torch.autograd.grad(forward(), inputs, do)
 
     o = forward()  # the graph the backward-only timing replays
-    ms = {"fwd": do_bench(forward, warmup=cfg.warmup_ms, rep=cfg.rep_ms),
-          "bwd": do_bench(lambda: torch.autograd.grad(o, inputs, do, retain_graph=True),
-                          warmup=cfg.warmup_ms, rep=cfg.rep_ms),
-          "fwd+bwd": do_bench(forward_backward, warmup=cfg.warmup_ms, rep=cfg.rep_ms)}
+    ms = {
+        "fwd": do_bench(forward, warmup=cfg.warmup_ms, rep=cfg.rep_ms),
+        "bwd": do_bench(
+            lambda: torch.autograd.grad(o, inputs, do, retain_graph=True),
+            warmup=cfg.warmup_ms,
+            rep=cfg.rep_ms,
+        ),
+        "fwd+bwd": do_bench(forward_backward, warmup=cfg.warmup_ms, rep=cfg.rep_ms),
+    }
     del o
     return ms
 
@@ -115,16 +122,19 @@ def run_sweep(cfg):
     impls = implementations()
     dtype = getattr(torch, cfg.dtype)
     rows = []
-    print(f"{'D':>4} {'mode':<6} {'seq':>6} {'pass':<8} | {'ours ms':>8} {'TF/s':>7} | {'sdpa ms':>8} "
-          f"{'TF/s':>7} | {'naive ms':>8} {'TF/s':>7} | {'ours/sdpa':>9} {'err':>8}")
+    print(
+        f"{'D':>4} {'mode':<6} {'seq':>6} {'pass':<8} | {'ours ms':>8} {'TF/s':>7} | {'sdpa ms':>8} "
+        f"{'TF/s':>7} | {'naive ms':>8} {'TF/s':>7} | {'ours/sdpa':>9} {'err':>8}"
+    )
     for D in cfg.head_dims:
         H = cfg.model_width // D
         for mode in cfg.modes:
             causal = mode == "causal"
             for T in cfg.seqs:
                 g = torch.Generator(device="cuda").manual_seed(0)
-                q, k, v = (torch.randn(cfg.batch, H, T, D, device="cuda", dtype=dtype, generator=g)
-                           for _ in range(3))
+                q, k, v = (
+                    torch.randn(cfg.batch, H, T, D, device="cuda", dtype=dtype, generator=g) for _ in range(3)
+                )
                 err = check_against_sdpa(impls, q, k, v, causal)
                 naive_gib = 5 * cfg.batch * H * T * T * q.element_size() / 2**30  # scores, probs, grads, mask
                 for name, fn in impls.items():
@@ -134,8 +144,19 @@ def run_sweep(cfg):
                         ms = time_passes(fn, q, k, v, causal, cfg)
                     for pass_name, t in ms.items():
                         tflops = attention_flops(cfg.batch, H, T, D, causal, pass_name) / (t * 1e-3) / 1e12
-                        rows.append(dict(impl=name, head_dim=D, heads=H, mode=mode, seq=T, pass_=pass_name,
-                                         ms=t, tflops=tflops, max_err_vs_sdpa=err))
+                        rows.append(
+                            dict(
+                                impl=name,
+                                head_dim=D,
+                                heads=H,
+                                mode=mode,
+                                seq=T,
+                                pass_=pass_name,
+                                ms=t,
+                                tflops=tflops,
+                                max_err_vs_sdpa=err,
+                            )
+                        )
                 print_rows([r for r in rows if r["head_dim"] == D and r["mode"] == mode and r["seq"] == T])
                 del q, k, v
                 torch.cuda.empty_cache()
@@ -147,20 +168,28 @@ def print_rows(rows):
     by = {(r["impl"], r["pass_"]): r for r in rows}
     for pass_name in ("fwd", "bwd", "fwd+bwd"):
         o, s, n = by[("ours", pass_name)], by[("sdpa_flash", pass_name)], by[("naive", pass_name)]
-        print(f"{o['head_dim']:>4} {o['mode']:<6} {o['seq']:>6} {pass_name:<8} | {o['ms']:8.3f} {o['tflops']:7.1f} | "
-              f"{s['ms']:8.3f} {s['tflops']:7.1f} | {n['ms']:8.3f} {n['tflops']:7.1f} | "
-              f"{s['ms'] / o['ms']:8.2f}x {o['max_err_vs_sdpa']:8.1e}", flush=True)
+        print(
+            f"{o['head_dim']:>4} {o['mode']:<6} {o['seq']:>6} {pass_name:<8} | {o['ms']:8.3f} {o['tflops']:7.1f} | "
+            f"{s['ms']:8.3f} {s['tflops']:7.1f} | {n['ms']:8.3f} {n['tflops']:7.1f} | "
+            f"{s['ms'] / o['ms']:8.2f}x {o['max_err_vs_sdpa']:8.1e}",
+            flush=True,
+        )
 
 
 def summarize_goal(rows):
     """The issue's goal: at seq >= 4k, forward >= 1.2x SDPA and backward >= 1.0x SDPA."""
     by = {(r["impl"], r["head_dim"], r["mode"], r["seq"], r["pass_"]): r["ms"] for r in rows}
     for pass_name, goal in (("fwd", 1.2), ("bwd", 1.0)):
-        ratios = [by[("sdpa_flash", D, m, T, p)] / by[("ours", D, m, T, p)]
-                  for (impl, D, m, T, p) in by if impl == "ours" and p == pass_name and T >= 4096]
+        ratios = [
+            by[("sdpa_flash", D, m, T, p)] / by[("ours", D, m, T, p)]
+            for (impl, D, m, T, p) in by
+            if impl == "ours" and p == pass_name and T >= 4096
+        ]
         if ratios:
-            print(f"goal {pass_name} >= {goal}x SDPA at seq >= 4k: worst {min(ratios):.2f}x, "
-                  f"best {max(ratios):.2f}x -> {'met' if min(ratios) >= goal else 'NOT met'}")
+            print(
+                f"goal {pass_name} >= {goal}x SDPA at seq >= 4k: worst {min(ratios):.2f}x, "
+                f"best {max(ratios):.2f}x -> {'met' if min(ratios) >= goal else 'NOT met'}"
+            )
 
 
 def save_plot(rows, path):
@@ -173,8 +202,15 @@ def save_plot(rows, path):
         for j, pass_name in enumerate(passes):
             ax = axes[i][j]
             for impl in ("ours", "sdpa_flash", "naive"):
-                pts = sorted((r["seq"], r["tflops"]) for r in rows if r["impl"] == impl and r["head_dim"] == D
-                             and r["mode"] == mode and r["pass_"] == pass_name and not math.isnan(r["tflops"]))
+                pts = sorted(
+                    (r["seq"], r["tflops"])
+                    for r in rows
+                    if r["impl"] == impl
+                    and r["head_dim"] == D
+                    and r["mode"] == mode
+                    and r["pass_"] == pass_name
+                    and not math.isnan(r["tflops"])
+                )
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=impl)
             ax.set_xscale("log", base=2)
@@ -192,12 +228,16 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("bench_attention.py needs a CUDA GPU (none found here); nothing was measured.")
         return
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | batch {cfg.batch}, {cfg.dtype}, "
-          f"heads = {cfg.model_width} / D | err = max |ours - SDPA| over o, dq, dk, dv")
+    print(
+        f"{torch.cuda.get_device_name()} | torch {torch.__version__} | batch {cfg.batch}, {cfg.dtype}, "
+        f"heads = {cfg.model_width} / D | err = max |ours - SDPA| over o, dq, dk, dv"
+    )
     rows = run_sweep(cfg)
     summarize_goal(rows)
     out = Path(cfg.out)
-    write_json(out / "bench.json", {"config": asdict(cfg), "device": torch.cuda.get_device_name(), "rows": rows})
+    write_json(
+        out / "bench.json", {"config": asdict(cfg), "device": torch.cuda.get_device_name(), "rows": rows}
+    )
     save_plot(rows, out / "bench.png")
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
 

@@ -27,6 +27,7 @@ Interview questions it answers:
   instructions compete with loads; fewer bytes per program make latency harder to hide.)
 - Why does the advantage vanish at large M? (The matmul turns compute-bound; dequantizing is extra work.)
 """
+
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -40,11 +41,23 @@ sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
 
 FORMATS = ["int8"] + [f"int4-g{g}{a}" for g in (32, 64, 128) for a in ("", "-asym")]
-GOALS = {"int8": 1.8, "int4": 3.2}     # × bf16 at M ≤ 16; and ≥ 0.8× at M = 256 for both
+GOALS = {"int8": 1.8, "int4": 3.2}  # × bf16 at M ≤ 16; and ≥ 0.8× at M = 256 for both
 LARGE_M_GOAL = 0.8
-PEAK_GBS = {"H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "H200": 4800, "GH200": 4000,  # first match wins
-            "A100-SXM4-80GB": 2039, "A100 80GB PCIe": 1935, "A100": 1555, "L40S": 864, "L4": 300,
-            "RTX 4090": 1008, "RTX 3090": 936, "A10G": 600}
+PEAK_GBS = {
+    "H100 NVL": 3900,
+    "H100 PCIe": 2000,
+    "H100": 3350,
+    "H200": 4800,
+    "GH200": 4000,  # first match wins
+    "A100-SXM4-80GB": 2039,
+    "A100 80GB PCIe": 1935,
+    "A100": 1555,
+    "L40S": 864,
+    "L4": 300,
+    "RTX 4090": 1008,
+    "RTX 3090": 936,
+    "A10G": 600,
+}
 
 
 @dataclass
@@ -55,10 +68,16 @@ class BenchConfig:
     dtype: str = option("bfloat16", "activation dtype", choices=["bfloat16", "float16"])
     warmup_ms: int = option(25, "do_bench warm-up per measurement, ms", min=1)
     rep_ms: int = option(100, "do_bench repetitions per measurement, ms", min=1)
-    peak_gbs: float = option(0.0, "GPU peak memory bandwidth in GB/s; 0 = look it up from the GPU name", min=0)
+    peak_gbs: float = option(
+        0.0, "GPU peak memory bandwidth in GB/s; 0 = look it up from the GPU name", min=0
+    )
     out: str = option("runs/bench_quant_matmul", "folder for bench_quant_matmul.json and .png")
-    compile_arch: int = option(0, "compile every kernel config for sm_<arch> (90 = H100) and print registers "
-                                  "and spills instead of timing; needs no GPU (0 = off)", min=0)
+    compile_arch: int = option(
+        0,
+        "compile every kernel config for sm_<arch> (90 = H100) and print registers "
+        "and spills instead of timing; needs no GPU (0 = off)",
+        min=0,
+    )
 
 
 def check_config(cfg):
@@ -67,8 +86,10 @@ def check_config(cfg):
         raise UserError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
     bad_sizes = [n for n in cfg.sizes if n < 128 or n % 128]
     if bad_sizes:
-        raise UserError(f"--sizes {bad_sizes[0]} is not a multiple of 128 (every INT4 group size must divide K); "
-                        "use e.g. 4096")
+        raise UserError(
+            f"--sizes {bad_sizes[0]} is not a multiple of 128 (every INT4 group size must divide K); "
+            "use e.g. 4096"
+        )
     if min(cfg.ms) < 1:
         raise UserError(f"--ms {min(cfg.ms)}: M must be at least 1")
 
@@ -93,6 +114,7 @@ def peak_bandwidth_gbs(cfg):
 
 def time_us(fn, cfg):
     from triton.testing import do_bench
+
     return do_bench(fn, warmup=cfg.warmup_ms, rep=cfg.rep_ms, return_mode="median") * 1e3
 
 
@@ -115,17 +137,37 @@ def bench_size(qm, size, cfg, peak):
         x = torch.randn(M, size, device="cuda", dtype=dtype, generator=g)
         t_ref = time_us(lambda: torch.matmul(x, w_half.T), cfg)
         ref_bytes = w_half.numel() * w_half.element_size()
-        rows.append(dict(size=size, M=M, format=cfg.dtype, us=t_ref, weight_bytes=ref_bytes,
-                         gbs=ref_bytes / t_ref / 1e3, peak_frac=ref_bytes / t_ref / 1e3 / peak if peak else None,
-                         vs_bf16=1.0, max_rel_err=0.0))
+        rows.append(
+            dict(
+                size=size,
+                M=M,
+                format=cfg.dtype,
+                us=t_ref,
+                weight_bytes=ref_bytes,
+                gbs=ref_bytes / t_ref / 1e3,
+                peak_frac=ref_bytes / t_ref / 1e3 / peak if peak else None,
+                vs_bf16=1.0,
+                max_rel_err=0.0,
+            )
+        )
         for name, qw in quantized.items():
             err = max_rel_error(qm, x, qw)
             t = time_us(lambda: qm.quant_matmul(x, qw), cfg)
             nbytes = qw.nbytes()
-            rows.append(dict(size=size, M=M, format=name, us=t, weight_bytes=nbytes, gbs=nbytes / t / 1e3,
-                             peak_frac=nbytes / t / 1e3 / peak if peak else None, vs_bf16=t_ref / t,
-                             max_rel_err=err))
-        print_rows(rows[-1 - len(quantized):])
+            rows.append(
+                dict(
+                    size=size,
+                    M=M,
+                    format=name,
+                    us=t,
+                    weight_bytes=nbytes,
+                    gbs=nbytes / t / 1e3,
+                    peak_frac=nbytes / t / 1e3 / peak if peak else None,
+                    vs_bf16=t_ref / t,
+                    max_rel_err=err,
+                )
+            )
+        print_rows(rows[-1 - len(quantized) :])
     return rows
 
 
@@ -138,7 +180,9 @@ def print_rows(rows):
     pct = lambda r: f"{100 * r['peak_frac']:4.0f}" if r["peak_frac"] else "   -"
     ref, ours = rows[0], rows[1:]
     cells = "".join(f" | {r['us']:14.1f} {r['gbs']:6.0f} {pct(r)} {r['vs_bf16']:5.2f}x" for r in ours)
-    print(f"{ref['size']:>5} {ref['M']:>4} | {ref['us']:14.1f} {ref['gbs']:6.0f} {pct(ref)}{cells}", flush=True)
+    print(
+        f"{ref['size']:>5} {ref['M']:>4} | {ref['us']:14.1f} {ref['gbs']:6.0f} {pct(ref)}{cells}", flush=True
+    )
 
 
 def summarize_goals(rows, device):
@@ -146,13 +190,17 @@ def summarize_goals(rows, device):
     lines = []
     for name in dict.fromkeys(r["format"] for r in rows if r["format"].startswith("int")):
         goal = GOALS["int8" if name == "int8" else "int4"]
-        for label, pick, target in (("M <= 16", lambda M: M <= 16, goal), ("M = 256", lambda M: M == 256,
-                                                                             LARGE_M_GOAL)):
+        for label, pick, target in (
+            ("M <= 16", lambda M: M <= 16, goal),
+            ("M = 256", lambda M: M == 256, LARGE_M_GOAL),
+        ):
             ratios = [r["vs_bf16"] for r in rows if r["format"] == name and pick(r["M"])]
             if ratios:
                 verdict = "met" if min(ratios) >= target else "NOT met"
-                lines.append(f"goal {name} >= {target}x bf16 at {label}: worst {min(ratios):.2f}x, "
-                             f"best {max(ratios):.2f}x -> {verdict}")
+                lines.append(
+                    f"goal {name} >= {target}x bf16 at {label}: worst {min(ratios):.2f}x, "
+                    f"best {max(ratios):.2f}x -> {verdict}"
+                )
     if "H100" not in device:
         lines.append(f"(the goals are for an H100; this is {device})")
     for line in lines:
@@ -166,14 +214,19 @@ def save_plot(rows, cfg, path):
     fig, axes = plt.subplots(2, len(cfg.sizes), figsize=(5.5 * len(cfg.sizes), 7), squeeze=False)
     for j, size in enumerate(cfg.sizes):
         for name in [cfg.dtype] + cfg.formats:
-            pts = sorted((r["M"], r["vs_bf16"], r["peak_frac"] or 0) for r in rows
-                         if r["size"] == size and r["format"] == name)
+            pts = sorted(
+                (r["M"], r["vs_bf16"], r["peak_frac"] or 0)
+                for r in rows
+                if r["size"] == size and r["format"] == name
+            )
             ms, ratio, frac = zip(*pts)
             axes[0][j].plot(ms, ratio, marker="o", label=name)
             axes[1][j].plot(ms, [100 * f for f in frac], marker="o", label=name)
         for goal in sorted(set(GOALS.values()) | {LARGE_M_GOAL}):
             axes[0][j].axhline(goal, ls="--", lw=0.8, color="gray")
-        axes[0][j].set(title=f"N = K = {size}: speed-up over {cfg.dtype}", ylabel=f"× {cfg.dtype} (higher is better)")
+        axes[0][j].set(
+            title=f"N = K = {size}: speed-up over {cfg.dtype}", ylabel=f"× {cfg.dtype} (higher is better)"
+        )
         axes[1][j].set(title="weight bytes / time", ylabel="% of peak bandwidth", xlabel="M (tokens)")
         for ax in axes[:, j]:
             ax.set_xscale("log", base=2)
@@ -190,47 +243,71 @@ def compile_report(cfg):
 
     Uses the same route as kernels/compile_check.py (Triton's compiler and ptxas run on the CPU). Arguments
     get the specializations a real launch gives them: contiguous x (stride 1 along K), 16-divisible sizes."""
-    os.environ["TRITON_INTERPRET"] = "0"     # before quant_matmul is imported: real kernels, not the interpreter
+    os.environ["TRITON_INTERPRET"] = "0"  # before quant_matmul is imported: real kernels, not the interpreter
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from compile_check import resource_usage  # kernels/
     import quant_matmul as qm
+
     if qm.INTERPRET:
-        raise UserError("quant_matmul was already imported for the interpreter; run --compile-arch in a fresh "
-                        "process without TRITON_INTERPRET=1")
+        raise UserError(
+            "quant_matmul was already imported for the interpreter; run --compile-arch in a fresh "
+            "process without TRITON_INTERPRET=1"
+        )
     act = {"bfloat16": "bf16", "float16": "fp16"}[cfg.dtype]
     smem_limit = 227 * 1024
-    print(f"{'kernel':<6} {'format':<15} {'tile (M/N/K)':>13} {'warps':>5} {'stages':>6} | {'regs':>4} "
-          f"{'spill B':>7} {'smem KB':>7}  (sm_{cfg.compile_arch}, {cfg.dtype})")
+    print(
+        f"{'kernel':<6} {'format':<15} {'tile (M/N/K)':>13} {'warps':>5} {'stages':>6} | {'regs':>4} "
+        f"{'spill B':>7} {'smem KB':>7}  (sm_{cfg.compile_arch}, {cfg.dtype})"
+    )
     n_bad = 0
     for path, configs in (("decode", qm.DECODE_CONFIGS), ("gemm", qm.GEMM_CONFIGS)):
         kernel = qm.KERNELS[path]
         for name in cfg.formats:
             bits, group, symmetric = parse_format(name)
             for config in configs:
-                consts = dict(BITS=bits, GROUP=group or 4096, ASYM=not symmetric, HAS_BIAS=False, PRECISION="tf32",
-                              stride_xk=1, B=None, **config.kwargs)
+                consts = dict(
+                    BITS=bits,
+                    GROUP=group or 4096,
+                    ASYM=not symmetric,
+                    HAS_BIAS=False,
+                    PRECISION="tf32",
+                    stride_xk=1,
+                    B=None,
+                    **config.kwargs,
+                )
                 if symmetric:
                     consts["Z"] = None
                 ptr = {"X": act, "Y": act, "W": "i8" if bits == 8 else "u8", "S": "fp16", "Z": "fp16"}
-                sig = {a: "constexpr" if a in consts else ("*" + ptr[a] if a in ptr else "i32") for a in kernel.arg_names}
+                sig = {
+                    a: "constexpr" if a in consts else ("*" + ptr[a] if a in ptr else "i32")
+                    for a in kernel.arg_names
+                }
                 aligned = ["X", "Y", "W", "S", "Z", "N", "K", "KW", "stride_xm", "stride_wn", "stride_ym"]
-                attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned if a not in consts}
+                attrs = {
+                    (kernel.arg_names.index(a),): [["tt.divisibility", 16]]
+                    for a in aligned
+                    if a not in consts
+                }
                 kw = config.kwargs
                 tile = f"{kw.get('BLOCK_M', 16)}/{kw['BLOCK_N']}/{kw['BLOCK_K']}"
                 head = f"{path:<6} {name:<15} {tile:>13} {config.num_warps:>5} {config.num_stages:>6} |"
                 try:
-                    compiled = triton.compile(ASTSource(kernel, sig, consts, attrs),
-                                              target=GPUTarget("cuda", cfg.compile_arch, 32),
-                                              options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+                    compiled = triton.compile(
+                        ASTSource(kernel, sig, consts, attrs),
+                        target=GPUTarget("cuda", cfg.compile_arch, 32),
+                        options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
+                    )
                 except Exception as e:  # a config the compiler rejects: report it, keep going
                     print(f"{head} FAILED: {str(e).splitlines()[0][:80]}")
                     n_bad += 1
                     continue
                 regs, spill = resource_usage(compiled.asm["cubin"])
                 smem = compiled.metadata.shared
-                note = ("  <- spills" if spill > 0 else "") + ("  <- too much shared memory" if smem > smem_limit else "")
+                note = ("  <- spills" if spill > 0 else "") + (
+                    "  <- too much shared memory" if smem > smem_limit else ""
+                )
                 print(f"{head} {regs:>4} {spill:>7} {smem / 1024:>7.1f}{note}", flush=True)
     if n_bad:
         raise UserError(f"{n_bad} config(s) failed to compile for sm_{cfg.compile_arch}; see the lines above")
@@ -243,23 +320,38 @@ def main(argv=None):
     if cfg.compile_arch:
         return compile_report(cfg)
     if not torch.cuda.is_available():
-        print("bench_quant_matmul.py needs a CUDA GPU (none found here); nothing was measured "
-              "(--compile-arch 90 compiles the kernels for an H100 without one).")
+        print(
+            "bench_quant_matmul.py needs a CUDA GPU (none found here); nothing was measured "
+            "(--compile-arch 90 compiles the kernels for an H100 without one)."
+        )
         return
     import triton
     import quant_matmul as qm  # kernels/; imported here so the no-GPU path never loads Triton's kernels
+
     device = torch.cuda.get_device_name()
     peak = peak_bandwidth_gbs(cfg)
-    print(f"{device} | torch {torch.__version__} | triton {triton.__version__} | CUDA {torch.version.cuda} | "
-          f"peak {peak:.0f} GB/s{' (unknown GPU: pass --peak-gbs)' if not peak else ''} | {cfg.dtype} x, "
-          f"median µs of y = x·Wᵀ with L2 flushed; first calls autotune")
+    print(
+        f"{device} | torch {torch.__version__} | triton {triton.__version__} | CUDA {torch.version.cuda} | "
+        f"peak {peak:.0f} GB/s{' (unknown GPU: pass --peak-gbs)' if not peak else ''} | {cfg.dtype} x, "
+        f"median µs of y = x·Wᵀ with L2 flushed; first calls autotune"
+    )
     print_header(cfg)
     rows = [r for size in cfg.sizes for r in bench_size(qm, size, cfg, peak)]
     goals = summarize_goals(rows, device)
     out = Path(cfg.out)
-    write_json(out / "bench_quant_matmul.json",
-               {"config": asdict(cfg), "device": device, "torch": torch.__version__, "triton": triton.__version__,
-                "cuda": torch.version.cuda, "peak_gbs": peak, "goals": goals, "rows": rows})
+    write_json(
+        out / "bench_quant_matmul.json",
+        {
+            "config": asdict(cfg),
+            "device": device,
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "cuda": torch.version.cuda,
+            "peak_gbs": peak,
+            "goals": goals,
+            "rows": rows,
+        },
+    )
     save_plot(rows, cfg, out / "bench_quant_matmul.png")
     print(f"wrote {out / 'bench_quant_matmul.json'} and {out / 'bench_quant_matmul.png'}")
 

@@ -12,6 +12,7 @@ spills registers to local memory and will be slow), and shared memory per progra
 Interview question: what limits the tile size of a flash-attention kernel? (Registers for the fp32
 accumulators and the resident Q/K/V tiles, and shared memory for the pipelined K/V loads.)
 """
+
 import os
 import subprocess
 import sys
@@ -65,18 +66,27 @@ def resource_usage(cubin):
         f.write(cubin)
         f.flush()
         out = subprocess.run([str(cuobjdump), "-res-usage", f.name], capture_output=True, text=True).stdout
-    fields = dict(tok.split(":", 1) for line in out.splitlines() if "REG:" in line for tok in line.split()
-                  if ":" in tok)
+    fields = dict(
+        tok.split(":", 1) for line in out.splitlines() if "REG:" in line for tok in line.split() if ":" in tok
+    )
     return int(fields.get("REG", -1)), int(fields.get("STACK", -1))
 
 
 def compile_config(kernel, typed_ptrs, dtype, head_dim, causal, group, config, arch):
-    constexprs = dict(GROUP=group, HEAD_DIM=head_dim, CAUSAL=causal,
-                      PRECISION="ieee" if dtype == "float32" else "tf32", **config.kwargs)
+    constexprs = dict(
+        GROUP=group,
+        HEAD_DIM=head_dim,
+        CAUSAL=causal,
+        PRECISION="ieee" if dtype == "float32" else "tf32",
+        **config.kwargs,
+    )
     src = ASTSource(kernel, signature(kernel, typed_ptrs, dtype, constexprs), constexprs)
     t0 = time.perf_counter()
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    compiled = triton.compile(
+        src,
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
+    )
     return compiled, time.perf_counter() - t0
 
 
@@ -93,22 +103,29 @@ def main(argv=None):
     """Compile the attention kernels for a GPU target and report registers, spills and shared memory."""
     cfg, _ = parse_config(CompileConfig, argv, doc=__doc__)
     if not set(cfg.kernels) <= set(KERNELS) or not set(cfg.head_dims) <= set(fa.SUPPORTED_HEAD_DIMS):
-        raise UserError(f"--kernels {cfg.kernels} / --head-dims {cfg.head_dims}: choose from "
-                        f"{', '.join(KERNELS)} / {', '.join(map(str, fa.SUPPORTED_HEAD_DIMS))}")
+        raise UserError(
+            f"--kernels {cfg.kernels} / --head-dims {cfg.head_dims}: choose from "
+            f"{', '.join(KERNELS)} / {', '.join(map(str, fa.SUPPORTED_HEAD_DIMS))}"
+        )
     smem_limit = 227 * 1024  # per block on sm_90; configs above it fail to launch (autotune skips them)
-    print(f"{'kernel':<6} {'D':>4} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} | {'regs':>4} {'spill B':>7} "
-          f"{'smem KB':>7} {'compile s':>9}  (sm_{cfg.arch}, {cfg.dtype}, causal, GQA group {cfg.group})")
+    print(
+        f"{'kernel':<6} {'D':>4} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} | {'regs':>4} {'spill B':>7} "
+        f"{'smem KB':>7} {'compile s':>9}  (sm_{cfg.arch}, {cfg.dtype}, causal, GQA group {cfg.group})"
+    )
     n_bad = 0
     for name in cfg.kernels:
         kernel, configs, typed_ptrs = KERNELS[name]
         for head_dim in cfg.head_dims:
             for config in configs:
                 kw = config.kwargs
-                head = (f"{name:<6} {head_dim:>4} {kw['BLOCK_M']:>4} {kw['BLOCK_N']:>4} {config.num_warps:>5} "
-                        f"{config.num_stages:>6} |")
+                head = (
+                    f"{name:<6} {head_dim:>4} {kw['BLOCK_M']:>4} {kw['BLOCK_N']:>4} {config.num_warps:>5} "
+                    f"{config.num_stages:>6} |"
+                )
                 try:
-                    compiled, seconds = compile_config(kernel, typed_ptrs, cfg.dtype, head_dim, True,
-                                                       cfg.group, config, cfg.arch)
+                    compiled, seconds = compile_config(
+                        kernel, typed_ptrs, cfg.dtype, head_dim, True, cfg.group, config, cfg.arch
+                    )
                 except Exception as e:  # a config the compiler rejects: report it, keep going
                     print(f"{head} FAILED: {str(e).splitlines()[0][:80]}")
                     n_bad += 1
@@ -119,8 +136,10 @@ def main(argv=None):
                 note += "  <- too much shared memory" if smem > smem_limit else ""
                 print(f"{head} {regs:>4} {spill:>7} {smem / 1024:>7.1f} {seconds:>9.1f}{note}", flush=True)
     if n_bad:
-        raise UserError(f"{n_bad} kernel config(s) failed to compile (listed above); fix them or drop them "
-                        "from the autotune lists in flash_attention.py")
+        raise UserError(
+            f"{n_bad} kernel config(s) failed to compile (listed above); fix them or drop them "
+            "from the autotune lists in flash_attention.py"
+        )
 
 
 if __name__ == "__main__":

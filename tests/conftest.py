@@ -4,6 +4,7 @@ Stage folders start with digits, so they are not packages; every stage file puts
 imports from on sys.path (README, "How the code is laid out"). For tests, pyproject.toml's
 `pythonpath` puts every stage folder on the path once.
 """
+
 import os
 from pathlib import Path
 

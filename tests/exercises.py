@@ -28,6 +28,7 @@ exercise alone makes at least one of them fail (fail, not error at import: a stu
 still collect). It imports torch once and forks one pytest per exercise, so the whole check costs
 about a second per exercise plus the tests' own time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,34 +61,66 @@ GRADED_BY: dict[str, list[str]] = {
     "01_data/clean.py:luhn_ok": ["test_mask_pii"],
     "01_data/dedup.py:candidate_pairs": ["test_lsh_curve_and_dedup_on_text"],
     "01_data/dedup.py:union_find_roots": ["test_lsh_curve_and_dedup_on_text"],
-    "02_tokenizer/bpe.py:merge_ids": ["test_tie_break_prefers_greatest_bytes", "test_incremental_trainer_equals_naive"],
-    "02_tokenizer/bpe.py:merge_counting_pairs": ["test_tie_break_prefers_greatest_bytes",
-                                                 "test_incremental_trainer_equals_naive"],
-    "02_tokenizer/bpe.py:BPETokenizer.bpe_piece": ["test_hand_computed_merges",
-                                                   "test_fast_encoder_equals_per_piece_reference"],
+    "02_tokenizer/bpe.py:merge_ids": [
+        "test_tie_break_prefers_greatest_bytes",
+        "test_incremental_trainer_equals_naive",
+    ],
+    "02_tokenizer/bpe.py:merge_counting_pairs": [
+        "test_tie_break_prefers_greatest_bytes",
+        "test_incremental_trainer_equals_naive",
+    ],
+    "02_tokenizer/bpe.py:BPETokenizer.bpe_piece": [
+        "test_hand_computed_merges",
+        "test_fast_encoder_equals_per_piece_reference",
+    ],
     "02_tokenizer/wordpiece.py:WordPieceTokenizer.tokenize_word": ["test_wordpiece_hand_checked"],
-    "03_model/decoding.py:KVCache.update": ["test_kv_cache_is_preallocated_once_per_layer",
-                                            "test_kv_cache_generation_equals_full_recomputation"],
+    "03_model/decoding.py:KVCache.update": [
+        "test_kv_cache_is_preallocated_once_per_layer",
+        "test_kv_cache_generation_equals_full_recomputation",
+    ],
     "03_model/lm_loss.py:CrossEntropyAndZ.backward": [
-        "test_cross_entropy_and_z_loss_values_and_gradients_match_autograd_of_torch"],
-    "04_pretrain/optimizers.py:AdamW.step": ["test_adamw_equals_torch_adamw_over_100_steps",
-                                             "test_foreach_adamw_equals_the_per_parameter_loop"],
-    "kernels/attention_backends.py:causal_mask": ["test_naive_mask_is_the_definition_and_sdpa_agrees",
-                                                  "test_causal_past_ignores_future_keys"],
-    "kernels/attention_backends.py:attention_naive": ["test_naive_mask_is_the_definition_and_sdpa_agrees",
-                                                      "test_dispatch_errors_and_backends"],
-    "kernels/attention_backends.py:attention_tiled_forward": ["test_lse_is_logsumexp_of_scaled_scores", "test_tiled_half"],
-    "kernels/attention_backends.py:attention_tiled_backward": ["test_tiled_backward_gradcheck_float64",
-                                                               "test_tiled_backward_skips_nothing_it_needs"],
-    "kernels/quant_matmul.py:asymmetric_scale_zero": ["test_zero_point_helps_a_skewed_group",
-                                                      "test_round_trip_error_is_at_most_half_a_step"],
-    "05_sft_lora/chat_template.py:token_logprobs": ["test_masked_logprob_helpers_sum_only_the_trained_positions"],
-    "07_distill_quant/batching.py:Engine.schedule": ["test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits"],
+        "test_cross_entropy_and_z_loss_values_and_gradients_match_autograd_of_torch"
+    ],
+    "04_pretrain/optimizers.py:AdamW.step": [
+        "test_adamw_equals_torch_adamw_over_100_steps",
+        "test_foreach_adamw_equals_the_per_parameter_loop",
+    ],
+    "kernels/attention_backends.py:causal_mask": [
+        "test_naive_mask_is_the_definition_and_sdpa_agrees",
+        "test_causal_past_ignores_future_keys",
+    ],
+    "kernels/attention_backends.py:attention_naive": [
+        "test_naive_mask_is_the_definition_and_sdpa_agrees",
+        "test_dispatch_errors_and_backends",
+    ],
+    "kernels/attention_backends.py:attention_tiled_forward": [
+        "test_lse_is_logsumexp_of_scaled_scores",
+        "test_tiled_half",
+    ],
+    "kernels/attention_backends.py:attention_tiled_backward": [
+        "test_tiled_backward_gradcheck_float64",
+        "test_tiled_backward_skips_nothing_it_needs",
+    ],
+    "kernels/quant_matmul.py:asymmetric_scale_zero": [
+        "test_zero_point_helps_a_skewed_group",
+        "test_round_trip_error_is_at_most_half_a_step",
+    ],
+    "05_sft_lora/chat_template.py:token_logprobs": [
+        "test_masked_logprob_helpers_sum_only_the_trained_positions"
+    ],
+    "07_distill_quant/batching.py:Engine.schedule": [
+        "test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits"
+    ],
     "07_distill_quant/batching.py:Engine.free_finished": [
-        "test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits"],
-    "07_distill_quant/gptq.py:HessianCollector.add": ["test_hessian_collector_is_two_over_n_xtx_and_removes_its_hooks"],
+        "test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits"
+    ],
+    "07_distill_quant/gptq.py:HessianCollector.add": [
+        "test_hessian_collector_is_two_over_n_xtx_and_removes_its_hooks"
+    ],
     "07_distill_quant/gptq.py:gptq_columns": ["test_gptq_lowers_the_output_error_of_round_to_nearest"],
-    "07_distill_quant/serve.py:Handler.send_event": ["test_streamed_chat_rebuilds_the_same_text_and_ends_with_done"],
+    "07_distill_quant/serve.py:Handler.send_event": [
+        "test_streamed_chat_rebuilds_the_same_text_and_ends_with_done"
+    ],
 }
 
 
@@ -98,11 +131,11 @@ class MarkerError(ValueError):
 @dataclass
 class Exercise:
     stage: str
-    file: str          # relative to the repository root, with forward slashes
-    function: str      # qualified name: "dedup_loss" or "BPETokenizer.encode"
+    file: str  # relative to the repository root, with forward slashes
+    function: str  # qualified name: "dedup_loss" or "BPETokenizer.encode"
     hint: str
-    start: int         # 0-based line index of the opening marker
-    end: int           # 0-based line index of the closing marker (inclusive)
+    start: int  # 0-based line index of the opening marker
+    end: int  # 0-based line index of the closing marker (inclusive)
     indent: str
     tests: list[str] = field(default_factory=list)  # pytest node ids, relative to the root
 
@@ -113,7 +146,9 @@ class Exercise:
 
 # ------------------------------------------------------------------------- finding the exercises
 def stage_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and (re.match(r"\d\d_", p.name) or p.name == "kernels"))
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and (re.match(r"\d\d_", p.name) or p.name == "kernels")
+    )
 
 
 def stage_test_files(root: Path, stage: str) -> list[Path]:
@@ -134,6 +169,7 @@ def functions_by_line(tree: ast.AST):
                 walk(child, prefix + child.name + ".")
             else:
                 walk(child, prefix)
+
     walk(tree, "")
     return out
 
@@ -155,7 +191,9 @@ def parse_markers(text: str, where: str) -> list[tuple[int, int, str, str]]:
         m_open, m_close = OPEN.match(line), CLOSE.match(line)
         if m_open:
             if open_at is not None:
-                raise MarkerError(f"{where}:{i + 1}: exercise opened inside the one opened at line {open_at[0] + 1}")
+                raise MarkerError(
+                    f"{where}:{i + 1}: exercise opened inside the one opened at line {open_at[0] + 1}"
+                )
             hint = m_open["hint"].strip()
             if not hint:
                 raise MarkerError(f"{where}:{i + 1}: exercise marker without a hint (# >>> exercise: <hint>)")
@@ -164,12 +202,16 @@ def parse_markers(text: str, where: str) -> list[tuple[int, int, str, str]]:
             if open_at is None:
                 raise MarkerError(f"{where}:{i + 1}: '# <<< exercise' without an opening marker")
             if m_close["indent"] != open_at[1]:
-                raise MarkerError(f"{where}:{i + 1}: closing marker indented unlike its opening at line {open_at[0] + 1}")
+                raise MarkerError(
+                    f"{where}:{i + 1}: closing marker indented unlike its opening at line {open_at[0] + 1}"
+                )
             pairs.append((open_at[0], i, open_at[1], open_at[2]))
             open_at = None
         elif ANY_MARK.search(line):
-            raise MarkerError(f"{where}:{i + 1}: malformed exercise marker; write '# >>> exercise: <hint>' "
-                              "and '# <<< exercise' on lines of their own")
+            raise MarkerError(
+                f"{where}:{i + 1}: malformed exercise marker; write '# >>> exercise: <hint>' "
+                "and '# <<< exercise' on lines of their own"
+            )
     if open_at is not None:
         raise MarkerError(f"{where}:{open_at[0] + 1}: exercise opened but never closed ('# <<< exercise')")
     return pairs
@@ -182,18 +224,24 @@ def check_suffix(tree, lines: list[str], start: int, end: int, indent: str, wher
         raise MarkerError(f"{where}:{start + 1}: exercise marker outside any function body")
     body_col = node.body[0].col_offset
     if len(indent) != body_col:
-        raise MarkerError(f"{where}:{start + 1}: marker must sit at {qual}'s body indentation ({body_col} columns)")
+        raise MarkerError(
+            f"{where}:{start + 1}: marker must sit at {qual}'s body indentation ({body_col} columns)"
+        )
     inside = [s for s in node.body if start + 1 < s.lineno < end + 1]
     if not inside:
         raise MarkerError(f"{where}:{start + 1}: exercise marks no statement of {qual}")
     after = [s for s in node.body if s.end_lineno > end + 1]
     if after:
-        raise MarkerError(f"{where}:{after[0].lineno}: {qual} goes on after '# <<< exercise'; the markers must "
-                          "close over the rest of the body (a complete suffix)")
+        raise MarkerError(
+            f"{where}:{after[0].lineno}: {qual} goes on after '# <<< exercise'; the markers must "
+            "close over the rest of the body (a complete suffix)"
+        )
     straddle = [s for s in node.body if s.lineno < start + 1 < s.end_lineno]
     if straddle:
         raise MarkerError(f"{where}:{start + 1}: the opening marker sits inside a statement of {qual}")
-    stray = [i for i in range(node.end_lineno, end) if lines[i].strip() and not lines[i].strip().startswith("#")]
+    stray = [
+        i for i in range(node.end_lineno, end) if lines[i].strip() and not lines[i].strip().startswith("#")
+    ]
     if stray:
         raise MarkerError(f"{where}:{stray[0] + 1}: code between the end of {qual} and its '# <<< exercise'")
     return qual
@@ -203,8 +251,10 @@ def blank_lines(lines: list[str], exercises) -> list[str]:
     """Lines of a file with each exercise's marked lines replaced by one `raise NotImplementedError`."""
     out, i = [], 0
     for ex in sorted(exercises, key=lambda e: e.start):
-        out += lines[i:ex.start]
-        out.append(f"{ex.indent}raise NotImplementedError({json.dumps('exercise: ' + ex.hint, ensure_ascii=False)})")
+        out += lines[i : ex.start]
+        out.append(
+            f"{ex.indent}raise NotImplementedError({json.dumps('exercise: ' + ex.hint, ensure_ascii=False)})"
+        )
         i = ex.end + 1
     return out + lines[i:]
 
@@ -243,8 +293,11 @@ def test_functions(path: Path) -> list:
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
             found.append((node.name, node))
         elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            found += [(f"{node.name}::{sub.name}", sub) for sub in node.body
-                      if isinstance(sub, ast.FunctionDef) and sub.name.startswith("test")]
+            found += [
+                (f"{node.name}::{sub.name}", sub)
+                for sub in node.body
+                if isinstance(sub, ast.FunctionDef) and sub.name.startswith("test")
+            ]
     return [(name, node, names_used(node), fixtures(node)) for name, node in found]
 
 
@@ -305,13 +358,20 @@ def find_exercises(root: Path = REPO, stages=None) -> list[Exercise]:
 def repo_files(root: Path) -> list[str]:
     """The files git would commit: tracked plus untracked-not-ignored (so runs/ stays behind)."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                             capture_output=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout
         return sorted({p for p in out.decode().split("\0") if p and (root / p).is_file()})
     except (OSError, subprocess.CalledProcessError):  # not a git checkout: everything but outputs
         skip = {".git", "runs", "__pycache__", ".pytest_cache"}
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                      if p.is_file() and not skip & set(p.relative_to(root).parts))
+        return sorted(
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and not skip & set(p.relative_to(root).parts)
+        )
 
 
 def make_copy(root: Path, out: Path, exercises) -> None:
@@ -323,7 +383,9 @@ def make_copy(root: Path, out: Path, exercises) -> None:
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if rel in by_file:
-            dst.write_text(blank_text((root / rel).read_text(encoding="utf-8"), by_file[rel]), encoding="utf-8")
+            dst.write_text(
+                blank_text((root / rel).read_text(encoding="utf-8"), by_file[rel]), encoding="utf-8"
+            )
         else:
             shutil.copy2(root / rel, dst)
 
@@ -341,8 +403,22 @@ def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float =
             os.dup2(fd, 2)
             os.chdir(copy)
             import pytest
-            code = int(pytest.main(["-q", "-x", "-p", "no:cacheprovider", "-p", "no:unraisableexception",
-                                    "-o", "addopts=", *node_ids]))
+
+            code = int(
+                pytest.main(
+                    [
+                        "-q",
+                        "-x",
+                        "-p",
+                        "no:cacheprovider",
+                        "-p",
+                        "no:unraisableexception",
+                        "-o",
+                        "addopts=",
+                        *node_ids,
+                    ]
+                )
+            )
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -364,6 +440,7 @@ def grade_stage(copy: Path, stage: str) -> list[dict]:
     import torch  # noqa: F401  (imported once here, shared by every forked child)
     import numpy  # noqa: F401
     import pytest  # noqa: F401
+
     if not torch.cuda.is_available():  # as tests/conftest.py does, before triton is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
     for heavy in ("triton", "regex", "tiktoken"):  # third-party imports the stages share, loaded once
@@ -372,6 +449,7 @@ def grade_stage(copy: Path, stage: str) -> list[dict]:
         except ImportError:
             pass
     import gc
+
     gc.freeze()  # torch's many objects out of every child's collections (pytest collects at exit)
     exercises = find_exercises(copy, [stage])
     logs = Path(tempfile.mkdtemp(prefix="exercise-logs-"))
@@ -379,14 +457,33 @@ def grade_stage(copy: Path, stage: str) -> list[dict]:
     union = sorted({t for ex in exercises for t in ex.tests})
     t0 = time.time()
     code = pytest_in_child(copy, union, logs / "full.log") if union else 5
-    results.append({"stage": stage, "function": "(full code)", "tests": len(union), "exit": code,
-                    "ok": code == 0, "seconds": round(time.time() - t0, 1),
-                    "log": "" if code == 0 else tail(logs / "full.log")})
+    results.append(
+        {
+            "stage": stage,
+            "function": "(full code)",
+            "tests": len(union),
+            "exit": code,
+            "ok": code == 0,
+            "seconds": round(time.time() - t0, 1),
+            "log": "" if code == 0 else tail(logs / "full.log"),
+        }
+    )
     for ex in exercises:
-        if results[0]["exit"] != 0:  # the stage itself is broken: blanking proves nothing; say so per exercise
-            results.append({"stage": stage, "file": ex.file, "function": ex.function, "tests": len(ex.tests),
-                            "exit": None, "ok": False, "seconds": 0,
-                            "log": "not graded: its stage's grading tests fail on the full code (see above)"})
+        if (
+            results[0]["exit"] != 0
+        ):  # the stage itself is broken: blanking proves nothing; say so per exercise
+            results.append(
+                {
+                    "stage": stage,
+                    "file": ex.file,
+                    "function": ex.function,
+                    "tests": len(ex.tests),
+                    "exit": None,
+                    "ok": False,
+                    "seconds": 0,
+                    "log": "not graded: its stage's grading tests fail on the full code (see above)",
+                }
+            )
             continue
         path = copy / ex.file
         text = path.read_text(encoding="utf-8")
@@ -399,9 +496,18 @@ def grade_stage(copy: Path, stage: str) -> list[dict]:
                 path.write_text(text, encoding="utf-8")
         else:
             code = 5
-        results.append({"stage": stage, "file": ex.file, "function": ex.function, "tests": len(ex.tests),
-                        "exit": code, "ok": code == 1, "seconds": round(time.time() - t0, 1),
-                        "log": "" if code == 1 else tail(logs / "ex.log")})
+        results.append(
+            {
+                "stage": stage,
+                "file": ex.file,
+                "function": ex.function,
+                "tests": len(ex.tests),
+                "exit": code,
+                "ok": code == 1,
+                "seconds": round(time.time() - t0, 1),
+                "log": "" if code == 1 else tail(logs / "ex.log"),
+            }
+        )
     shutil.rmtree(logs, ignore_errors=True)
     return results
 
@@ -415,8 +521,7 @@ def tail(path: Path, n: int = 15) -> str:
 
 def check(root: Path, stages, jobs: int) -> list[dict]:
     """grade_stage for each stage in its own copy and process, `jobs` at a time."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     with tempfile.TemporaryDirectory(prefix="exercise-check-") as tmp:
         procs, results, pending = [], [], list(stages)
         copy_root = Path(tmp) / "repo"
@@ -426,8 +531,15 @@ def check(root: Path, stages, jobs: int) -> list[dict]:
                 stage = pending.pop(0)
                 copy = Path(tmp) / stage
                 shutil.copytree(copy_root, copy)
-                procs.append(subprocess.Popen([sys.executable, str(copy / "tests" / "exercises.py"), "_grade", stage],
-                                              cwd=copy, env=env, stdout=subprocess.PIPE, text=True))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, str(copy / "tests" / "exercises.py"), "_grade", stage],
+                        cwd=copy,
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                )
             time.sleep(0.05)
             for p in [p for p in procs if p.poll() is not None]:
                 procs.remove(p)
@@ -435,8 +547,17 @@ def check(root: Path, stages, jobs: int) -> list[dict]:
                 try:
                     results += json.loads(out.strip().splitlines()[-1])
                 except (json.JSONDecodeError, IndexError):
-                    results.append({"stage": p.args[-1], "function": "(grader crashed)", "ok": False, "exit": p.returncode,
-                                    "tests": 0, "seconds": 0, "log": out[-2000:]})
+                    results.append(
+                        {
+                            "stage": p.args[-1],
+                            "function": "(grader crashed)",
+                            "ok": False,
+                            "exit": p.returncode,
+                            "tests": 0,
+                            "seconds": 0,
+                            "log": out[-2000:],
+                        }
+                    )
     return results
 
 
@@ -444,6 +565,7 @@ def check(root: Path, stages, jobs: int) -> list[dict]:
 def table(rows, columns) -> str:
     sys.path.insert(0, str(REPO / "01_data"))
     from common import markdown_table  # 01_data
+
     return markdown_table([{k: str(v).replace("|", "\\|") for k, v in r.items()} for r in rows], columns)
 
 
@@ -471,7 +593,7 @@ def main(argv=None):
             print(json.dumps(grade_stage(REPO, args.stage)), flush=True)
             os._exit(0)  # skip interpreter teardown: pre-imported triton prints leak warnings there
         known = [d.name for d in stage_dirs(REPO)]
-        for s in (getattr(args, "stage", None) or []):
+        for s in getattr(args, "stage", None) or []:
             if s not in known:
                 raise MarkerError(f"unknown stage {s!r}; choose from {', '.join(known)}")
         exercises = find_exercises(REPO, getattr(args, "stage", None))
@@ -483,8 +605,16 @@ def main(argv=None):
         if args.json:
             print(json.dumps([asdict(e) | {"key": e.key} for e in exercises], indent=1, ensure_ascii=False))
             return 0
-        rows = [{"stage": e.stage, "file": e.file.split("/")[-1], "function": e.function, "hint": e.hint,
-                 "graded by": ", ".join(t.split("::", 1)[1] for t in e.tests) or "NOTHING"} for e in exercises]
+        rows = [
+            {
+                "stage": e.stage,
+                "file": e.file.split("/")[-1],
+                "function": e.function,
+                "hint": e.hint,
+                "graded by": ", ".join(t.split("::", 1)[1] for t in e.tests) or "NOTHING",
+            }
+            for e in exercises
+        ]
         print(table(rows, ["stage", "file", "function", "hint", "graded by"]))
         counts = {}
         for e in exercises:
@@ -515,12 +645,18 @@ def main(argv=None):
     if args.json:
         print(json.dumps(results))
     else:
-        print(table([r | {"ok": "yes" if r["ok"] else "NO"} for r in results],
-                    ["stage", "function", "tests", "exit", "ok", "seconds"]))
+        print(
+            table(
+                [r | {"ok": "yes" if r["ok"] else "NO"} for r in results],
+                ["stage", "function", "tests", "exit", "ok", "seconds"],
+            )
+        )
         for r in results:
             if not r["ok"]:
-                print(f"\n{r['stage']} {r['function']}: exit {r['exit']} "
-                      f"({'expected 0' if r['function'] == '(full code)' else 'expected 1: a test fails'})\n{r['log']}")
+                print(
+                    f"\n{r['stage']} {r['function']}: exit {r['exit']} "
+                    f"({'expected 0' if r['function'] == '(full code)' else 'expected 1: a test fails'})\n{r['log']}"
+                )
         print(f"\n{sum(r['ok'] for r in results)}/{len(results)} ok in {time.time() - t0:.0f} s")
     return 0 if all(r["ok"] for r in results) else 1
 

@@ -5,6 +5,7 @@ torch each time. A child forked from one warm interpreter starts in milliseconds
 like the command line: `run_cli(main, argv)`, its stdout and stderr captured, its exit code kept
 (an uncaught exception prints its traceback and exits 1, as Python would).
 """
+
 import os
 import sys
 import tempfile

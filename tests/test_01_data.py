@@ -1,4 +1,5 @@
 """Stage 01: the generator, every cleaning filter, MinHash, the default run's scores, splits, real and bad input."""
+
 import ast
 import contextlib
 import hashlib
@@ -13,14 +14,44 @@ import sys
 import numpy as np
 import pytest
 
-from clean import (CleanConfig, filter_bias, filter_length, filter_toxic, fix_encoding, is_biased, is_toxic,
-                   mask_pii, normalize_unicode, quality_problems, strip_boilerplate, strip_markup)
+from clean import (
+    CleanConfig,
+    filter_bias,
+    filter_length,
+    filter_toxic,
+    fix_encoding,
+    is_biased,
+    is_toxic,
+    mask_pii,
+    normalize_unicode,
+    quality_problems,
+    strip_boilerplate,
+    strip_markup,
+)
 from common import check_artifact, run_lock
-from dedup import (DedupConfig, candidate_probability, dedup, jaccard, lsh_params, minhash_signatures,
-                   normalize_for_hash, shingle_hashes, shingle_set)
+from dedup import (
+    DedupConfig,
+    candidate_probability,
+    dedup,
+    jaccard,
+    lsh_params,
+    minhash_signatures,
+    normalize_for_hash,
+    shingle_hashes,
+    shingle_set,
+)
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
-from noise_inject import BIAS_EN, BIAS_ZH, NOISE_TYPES, TOXIC_EN, TOXIC_ZH, broken_bytes, fake_pii, to_mojibake
+from noise_inject import (
+    BIAS_EN,
+    BIAS_ZH,
+    NOISE_TYPES,
+    TOXIC_EN,
+    TOXIC_ZH,
+    broken_bytes,
+    fake_pii,
+    to_mojibake,
+)
 from data_outcome import format_table
 from prepare import PrepareConfig, cut_document, prepare, read_documents
 from tasks import task_records
@@ -34,14 +65,22 @@ def read_split(data, name):
 
 
 def run_prepare(repo_root, *args, env=None):
-    return subprocess.run([sys.executable, str(repo_root / "01_data" / "prepare.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "01_data" / "prepare.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def tree_hashes(folder):
     """{relative path: sha256} of every file under folder (what "byte-identical afterwards" compares)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +95,7 @@ def default_run(tmp_path_factory):
 def small_cli_run(tmp_path_factory):
     """A small run through the command line, as a user would make it: (run folder, finished process)."""
     from conftest import REPO
+
     out = tmp_path_factory.mktemp("small") / "run"
     r = run_prepare(REPO, "--out", out, "--chars", SMALL, env={**os.environ, "PYTHONHASHSEED": "1"})
     assert r.returncode == 0, r.stderr
@@ -65,17 +105,23 @@ def small_cli_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------
 # Generator
 
+
 def test_same_seed_gives_byte_identical_output(small_cli_run, tmp_path, repo_root):
     # a second process with another string-hash salt: no output may depend on set/dict-of-str order
     a, _ = small_cli_run
-    r = run_prepare(repo_root, "--out", tmp_path / "b", "--chars", SMALL, env={**os.environ, "PYTHONHASHSEED": "2"})
+    r = run_prepare(
+        repo_root, "--out", tmp_path / "b", "--chars", SMALL, env={**os.environ, "PYTHONHASHSEED": "2"}
+    )
     assert r.returncode == 0, r.stderr
     files = sorted(p.relative_to(a) for p in a.rglob("*.jsonl"))
     assert len(files) >= 10
     for f in files:
         assert (a / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     other = generate_corpus(build_world(WorldConfig(seed=1)), 1, SMALL, {"dialog": 1.0})
-    assert other[0]["text"] != generate_corpus(build_world(WorldConfig(seed=0)), 0, SMALL, {"dialog": 1.0})[0]["text"]
+    assert (
+        other[0]["text"]
+        != generate_corpus(build_world(WorldConfig(seed=0)), 0, SMALL, {"dialog": 1.0})[0]["text"]
+    )
 
 
 def test_code_documents_print_what_they_say():
@@ -84,6 +130,7 @@ def test_code_documents_print_what_they_say():
         src, out = d["text"].split("\n\n# Output:\n")
         import contextlib
         import io
+
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             exec(src, {})
@@ -97,7 +144,11 @@ def test_task_sets_hold_out_subjects_and_answers_check():
     assert held and train and not (held & train)
     for r in tasks["sft"][:50]:
         assert r["answer"] in r["messages"][1]["content"]
-    assert {r["rule"] for r in tasks["preference"]} == {"correct_fact", "helpful_vs_rude", "concise_vs_rambling"}
+    assert {r["rule"] for r in tasks["preference"]} == {
+        "correct_fact",
+        "helpful_vs_rude",
+        "concise_vs_rambling",
+    }
     for r in tasks["arithmetic"][:200]:
         assert r["messages"][1]["content"] == f"The answer is {r['answer']}."
         assert isinstance(r["answer"], int) and r["answer"] >= 0
@@ -105,6 +156,7 @@ def test_task_sets_hold_out_subjects_and_answers_check():
 
 # ---------------------------------------------------------------------------------------------------
 # Filters, each on hand-written positive and negative cases
+
 
 def test_fix_encoding_repairs_mojibake_and_leaves_real_text_alone():
     for good in ["It’s a café — “quoted”.", "你好，世界。贝拉住在城里。", "naïve Zoë", "Grüße, daß“ er kam"]:
@@ -127,12 +179,16 @@ def test_normalize_unicode():
     assert acted and out == "ABC123 xy z\n\nend"
     assert normalize_unicode("plain text.") == ("plain text.", False)
     assert normalize_unicode("if x:\n    y = 1", keep_indent=True)[0] == "if x:\n    y = 1"
-    assert normalize_unicode("你好，世界！（注：ＡＢ）")[0] == "你好，世界！（注：AB）"  # Chinese punctuation stays
+    assert (
+        normalize_unicode("你好，世界！（注：ＡＢ）")[0] == "你好，世界！（注：AB）"
+    )  # Chinese punctuation stays
 
 
 def test_strip_markup_and_boilerplate():
-    html = ('<html><head><script>var x = "<b>";</script></head><body><p>Bela lives in Tora &amp; Mira.</p>\n'
-            '<div class="ad">Click here to buy now! http://x.example.com/1</div><!-- tracking --></body></html>')
+    html = (
+        '<html><head><script>var x = "<b>";</script></head><body><p>Bela lives in Tora &amp; Mira.</p>\n'
+        '<div class="ad">Click here to buy now! http://x.example.com/1</div><!-- tracking --></body></html>'
+    )
     out, acted = strip_markup(html)
     assert acted and out == "Bela lives in Tora & Mira."
     for clean in ["if x < 3 and y > 2:\n    print(x)", "贝拉住在托拉。", "Prices rose 5% in May."]:
@@ -143,28 +199,58 @@ def test_strip_markup_and_boilerplate():
 
 
 def test_mask_pii():
-    text = ("Mail bela.12@mail.com or call +1 415-555-0199, (415) 555 0199, 13812345678; "
-            "ID 11010519900307123X, SSN 078-05-1120, card 4111 1111 1111 1111.")
+    text = (
+        "Mail bela.12@mail.com or call +1 415-555-0199, (415) 555 0199, 13812345678; "
+        "ID 11010519900307123X, SSN 078-05-1120, card 4111 1111 1111 1111."
+    )
     out, acted = mask_pii(text)
-    assert acted and out == ("Mail <EMAIL> or call <PHONE>, <PHONE>, <PHONE>; "
-                             "ID <ID>, SSN <ID>, card <ID>.")
-    for clean in ["About 440,164 people live in Tora.", "It was founded in 1244.", "total: 1167",
-                  "贝拉今年27岁，城市大约有627252人口。", "print(sum([12, 30]))", "On 2020-05-12 at 10:30",
-                  "order 1234 5678 9012 3456 shipped"]:  # 16 digits that fail the card checksum
+    assert acted and out == ("Mail <EMAIL> or call <PHONE>, <PHONE>, <PHONE>; ID <ID>, SSN <ID>, card <ID>.")
+    for clean in [
+        "About 440,164 people live in Tora.",
+        "It was founded in 1244.",
+        "total: 1167",
+        "贝拉今年27岁，城市大约有627252人口。",
+        "print(sum([12, 30]))",
+        "On 2020-05-12 at 10:30",
+        "order 1234 5678 9012 3456 shipped",
+    ]:  # 16 digits that fail the card checksum
         assert mask_pii(clean) == (clean, False), clean
 
 
 def test_toxic_and_bias_filters_aim_at_targets_not_words():
-    for bad in ["Bela is a total idiot.", "你这个笨蛋。", "What a MORON!", "Shut up, you loser.", "This is bullshit."]:
+    for bad in [
+        "Bela is a total idiot.",
+        "你这个笨蛋。",
+        "What a MORON!",
+        "Shut up, you loser.",
+        "This is bullshit.",
+    ]:
         assert filter_toxic(bad) == (None, True), bad
-    for ok in ["Bela is a teacher.", "贝拉是老师。", "Mom and Dad know the truth. They are not stupid.",
-               "Poor Pippy felt so stupid in her costume.", "Away, you fool!", "不过是个老废物罢了。"]:
+    for ok in [
+        "Bela is a teacher.",
+        "贝拉是老师。",
+        "Mom and Dad know the truth. They are not stupid.",
+        "Poor Pippy felt so stupid in her costume.",
+        "Away, you fool!",
+        "不过是个老废物罢了。",
+    ]:
         assert filter_toxic(ok)[1] is False, ok
-    for bad in ["Women are bad at math.", "Everyone knows men can't be trusted.", "People from Norland are lazy.",
-                "女人不适合当工程师。", "诺兰人都很懒。"]:
+    for bad in [
+        "Women are bad at math.",
+        "Everyone knows men can't be trusted.",
+        "People from Norland are lazy.",
+        "女人不适合当工程师。",
+        "诺兰人都很懒。",
+    ]:
         assert filter_bias(bad) == (None, True), bad
-    for ok in ["Women and men walked to the market.", "People from Norland are friendly.", "男人和女人都来了。",
-               "The breath of worldly men cannot depose the deputy.", "众人都不会意。", "Some people are lazy on Sundays."]:
+    for ok in [
+        "Women and men walked to the market.",
+        "People from Norland are friendly.",
+        "男人和女人都来了。",
+        "The breath of worldly men cannot depose the deputy.",
+        "众人都不会意。",
+        "Some people are lazy on Sundays.",
+    ]:
         assert filter_bias(ok)[1] is False, ok
 
 
@@ -172,8 +258,9 @@ def test_filters_do_not_grade_themselves(repo_root):
     # clean.py may not read the injector's lists (the old toxicity filter imported them: recall 1.000 by
     # construction); and the injector's held-out phrasings must overlap the filters only partly
     tree = ast.parse((repo_root / "01_data" / "clean.py").read_text(encoding="utf-8"))
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
-               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
     assert "noise_inject" not in imported
     slots = {"first": "Bela", "first_zh": "贝拉", "country": "Norland", "country_zh": "诺兰"}
     for phrases, detect in ((TOXIC_EN + TOXIC_ZH, is_toxic), (BIAS_EN + BIAS_ZH, is_biased)):
@@ -187,7 +274,9 @@ def test_filters_do_not_grade_themselves(repo_root):
 def test_length_and_quality_rules():
     cfg = CleanConfig()
     assert filter_length("Bela is a teacher.", cfg)[0] is None
-    assert filter_length("贝拉是一名老师，住在托拉。她今年二十七岁，喜欢蓝色。", cfg)[1] is False  # 24 characters
+    assert (
+        filter_length("贝拉是一名老师，住在托拉。她今年二十七岁，喜欢蓝色。", cfg)[1] is False
+    )  # 24 characters
     assert quality_problems("same line\n" * 5, "en", "stories", cfg) == ["repeated lines"]
     assert "symbol ratio" in quality_problems("# # # # word word", "en", "stories", cfg)
     assert quality_problems("Bela lives in Tora and likes blue.", "en", "stories", cfg) == []
@@ -205,6 +294,7 @@ def test_language_id():
 
 # ---------------------------------------------------------------------------------------------------
 # Dedup
+
 
 def test_minhash_estimates_jaccard_within_005():
     rng = np.random.default_rng(0)
@@ -224,32 +314,62 @@ def test_minhash_estimates_jaccard_within_005():
 
 def test_lsh_curve_and_dedup_on_text():
     b, r = lsh_params(0.7, 128, 0.5, 0.5)
-    assert b * r <= 128 and candidate_probability(0.9, b, r) > 0.99 and candidate_probability(0.3, b, r) < 0.01
+    assert (
+        b * r <= 128 and candidate_probability(0.9, b, r) > 0.99 and candidate_probability(0.3, b, r) < 0.01
+    )
     base = "Bela Tora is a baker who lives in Mira. She is 27 years old and likes the color blue. " * 3
-    texts = [base, base.upper(), base.replace("27", "28", 1), "贝拉是一名面包师，住在米拉。" * 3, "Unrelated words about boats and rivers. " * 5]
+    texts = [
+        base,
+        base.upper(),
+        base.replace("27", "28", 1),
+        "贝拉是一名面包师，住在米拉。" * 3,
+        "Unrelated words about boats and rivers. " * 5,
+    ]
     d = dedup(texts, DedupConfig())
     assert d["exact_dup"].tolist() == [False, True, False, False, False]
     assert d["near_dup"].tolist() == [False, False, True, False, False]
-    assert len(shingle_hashes("one two", 3, {})) == 1 and shingle_set("a b c d", 3) == {("a", "b", "c"), ("b", "c", "d")}
-    assert all(len(v) == 0 for v in dedup([]).values())  # every document filtered out: nothing to dedup, no crash
+    assert len(shingle_hashes("one two", 3, {})) == 1 and shingle_set("a b c d", 3) == {
+        ("a", "b", "c"),
+        ("b", "c", "d"),
+    }
+    assert all(
+        len(v) == 0 for v in dedup([]).values()
+    )  # every document filtered out: nothing to dedup, no crash
 
 
 # ---------------------------------------------------------------------------------------------------
 # The default run: scores, split, mixture
 
+
 def test_default_run_scores_are_measured_not_given(default_run):
     _, stats = default_run
     assert set(stats["noise"]) >= set(NOISE_TYPES)
-    floor = {"exact_dup": 0.85, "near_dup": 0.7, "mojibake": 0.95, "html": 0.95, "too_short": 0.95,
-             "pii": 0.6, "toxic": 0.3, "bias": 0.3, "wrong_lang": 0.6}
+    floor = {
+        "exact_dup": 0.85,
+        "near_dup": 0.7,
+        "mojibake": 0.95,
+        "html": 0.95,
+        "too_short": 0.95,
+        "pii": 0.6,
+        "toxic": 0.3,
+        "bias": 0.3,
+        "wrong_lang": 0.6,
+    }
     for kind in NOISE_TYPES:
         row = stats["noise"][kind]
         assert row["injected"] >= 50 and row["caught"] + row["missed"] == row["injected"], kind
         # near_dup's precision is lower: in the 60-person world, documents about one person share much
         # of their text, and near_dedup also flags ~15 clean ones (of ~6,000) as copies of each other
-        assert row["recall"] >= floor[kind] and row["precision"] >= (0.8 if kind == "near_dup" else 0.85), (kind, row)
-    assert sum(stats["noise"][k]["recall"] < 0.95 for k in NOISE_TYPES) >= 3  # independent filters miss things
-    assert stats["noise"]["(clean docs)"]["wrongly_removed"] <= 0.01 * stats["noise"]["(clean docs)"]["injected"]
+        assert row["recall"] >= floor[kind] and row["precision"] >= (0.8 if kind == "near_dup" else 0.85), (
+            kind,
+            row,
+        )
+    assert (
+        sum(stats["noise"][k]["recall"] < 0.95 for k in NOISE_TYPES) >= 3
+    )  # independent filters miss things
+    assert (
+        stats["noise"]["(clean docs)"]["wrongly_removed"] <= 0.01 * stats["noise"]["(clean docs)"]["injected"]
+    )
     kept = sum(s["chars"] for s in stats["splits"].values())
     assert 2_000_000 <= kept <= 4_000_000
     # every character of the input is accounted for: removed by one step, or kept
@@ -260,14 +380,21 @@ def test_default_run_scores_are_measured_not_given(default_run):
 def test_split_has_no_exact_or_near_duplicate_overlap(default_run):
     data, _ = default_run
     splits = {n: read_split(data, n) for n in ("train", "val", "test")}
-    keys = {n: {hashlib.sha1(normalize_for_hash(d["text"]).encode()).digest() for d in docs} for n, docs in splits.items()}
-    assert not (keys["train"] & keys["val"]) and not (keys["train"] & keys["test"]) and not (keys["val"] & keys["test"])
+    keys = {
+        n: {hashlib.sha1(normalize_for_hash(d["text"]).encode()).digest() for d in docs}
+        for n, docs in splits.items()
+    }
+    assert (
+        not (keys["train"] & keys["val"])
+        and not (keys["train"] & keys["test"])
+        and not (keys["val"] & keys["test"])
+    )
     train, held = splits["train"], splits["val"] + splits["test"]
     cache = {}
     sig = minhash_signatures([shingle_hashes(d["text"], 3, cache) for d in train + held])
-    sig_train, sig_held = sig[:len(train)], sig[len(train):]
+    sig_train, sig_held = sig[: len(train)], sig[len(train) :]
     for i in range(0, len(held), 64):  # estimated Jaccard of every held-out doc against every train doc
-        est = (sig_held[i:i + 64, None, :] == sig_train[None, :, :]).mean(axis=2)  # (64, n_train)
+        est = (sig_held[i : i + 64, None, :] == sig_train[None, :, :]).mean(axis=2)  # (64, n_train)
         for h, t in zip(*np.nonzero(est >= 0.5)):
             true = jaccard(shingle_set(held[i + h]["text"], 3), shingle_set(train[t]["text"], 3))
             assert true < 0.7, (held[i + h]["id"], train[t]["id"], true)
@@ -294,15 +421,21 @@ def test_cli_run_writes_what_its_table_says(small_cli_run):
     assert format_table(stats) in r.stdout
     for kind in NOISE_TYPES:
         row = stats["noise"][kind]
-        assert re.search(rf"^{kind} +{row['step']} +{row['injected']} +{row['caught']} +{row['missed']} ", r.stdout, re.M)
+        assert re.search(
+            rf"^{kind} +{row['step']} +{row['injected']} +{row['caught']} +{row['missed']} ", r.stdout, re.M
+        )
     for name in ("train", "val", "test"):
         assert len(read_split(data, name)) == stats["splits"][name]["docs"] > 0
     labels = [json.loads(x) for x in (data / "noise_labels.jsonl").read_text().splitlines()]
     assert len(labels) == sum(stats["noise"][k]["injected"] for k in NOISE_TYPES)
     kept = [d for n in ("train", "val", "test") for d in read_split(data, n)]
     assert len({d["id"] for d in kept}) == len(kept) and all(d["text"].strip() for d in kept)
-    assert sum(len(d["text"]) for d in kept) == stats["input"]["chars"] - sum(r["chars"] for r in stats["steps"].values())
-    assert (data / "outcome.png").read_bytes()[:4] == b"\x89PNG" and (data / "outcome.png").stat().st_size > 20_000
+    assert sum(len(d["text"]) for d in kept) == stats["input"]["chars"] - sum(
+        r["chars"] for r in stats["steps"].values()
+    )
+    assert (data / "outcome.png").read_bytes()[:4] == b"\x89PNG" and (
+        data / "outcome.png"
+    ).stat().st_size > 20_000
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["data"]
     assert r.stderr.strip().endswith(f"wrote {data}")
 
@@ -310,11 +443,12 @@ def test_cli_run_writes_what_its_table_says(small_cli_run):
 # ---------------------------------------------------------------------------------------------------
 # Real input: long documents are cut, not dropped whole
 
+
 def test_cut_document_cuts_at_paragraphs_then_lines_then_sentences():
-    paras = [f"Paragraph {i} " + "word " * 30 for i in range(10)]   # ~165 characters each
+    paras = [f"Paragraph {i} " + "word " * 30 for i in range(10)]  # ~165 characters each
     pieces = cut_document("\n\n".join(paras), 400)
     assert all(len(p) <= 400 for p in pieces) and len(pieces) == 5
-    assert pieces[0] == "\n\n".join(paras[:2]).strip()                # two whole paragraphs per piece
+    assert pieces[0] == "\n\n".join(paras[:2]).strip()  # two whole paragraphs per piece
     novel = "\n".join("    " + "他说道：“好。”" * 30 for _ in range(40))  # one block, lines of 240 characters
     pieces = cut_document(novel, 1000)
     assert len(pieces) == 10 and all(len(p) <= 1000 for p in pieces)
@@ -326,15 +460,33 @@ def test_cut_document_cuts_at_paragraphs_then_lines_then_sentences():
 
 def test_input_files_go_through_the_same_cleaning(tmp_path):
     world = build_world(WorldConfig(seed=3))
-    stories = [d["text"] for d in generate_corpus(world, 3, 40_000, {"stories": 1.0}) if "|" not in d["text"]][:60]
+    stories = [
+        d["text"] for d in generate_corpus(world, 3, 40_000, {"stories": 1.0}) if "|" not in d["text"]
+    ][:60]
     txt = tmp_path / "a.txt"
-    txt.write_text("\n\n".join(stories + ["Write to bela.12@mail.com to hear the old baker tell stories every "
-                                          "Sunday in the market square, where the children sit in a ring.",
-                                          "Too short.", stories[0]]) + "\n")
+    txt.write_text(
+        "\n\n".join(
+            stories
+            + [
+                "Write to bela.12@mail.com to hear the old baker tell stories every "
+                "Sunday in the market square, where the children sit in a ring.",
+                "Too short.",
+                stories[0],
+            ]
+        )
+        + "\n"
+    )
     jl = tmp_path / "b.jsonl"
-    jl.write_text(json.dumps({"text": "贝拉每天早上沿着河边散步，鸭子跟着她走到城边的老桥。她很喜欢这座安静的小城。"},
-                             ensure_ascii=False) + "\n")
-    stats = prepare(PrepareConfig(input=(str(txt), str(jl)), split=(0.8, 0.1, 0.1)), tmp_path / "run", progress=False)
+    jl.write_text(
+        json.dumps(
+            {"text": "贝拉每天早上沿着河边散步，鸭子跟着她走到城边的老桥。她很喜欢这座安静的小城。"},
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+    stats = prepare(
+        PrepareConfig(input=(str(txt), str(jl)), split=(0.8, 0.1, 0.1)), tmp_path / "run", progress=False
+    )
     docs = sum((read_split(tmp_path / "run" / "data", n) for n in ("train", "val", "test")), [])
     texts = [d["text"] for d in docs]
     assert any("<EMAIL>" in t for t in texts) and not any("Too short" in t for t in texts)
@@ -346,8 +498,12 @@ def test_real_text_from_shared_data(shared_data, tmp_path):
     """红楼梦 is one blank-line block: it must become many documents, and (almost) all of it must stay.
     (Its first 300k characters, to keep the test quick; the whole novel gives 91 documents.)"""
     novel = tmp_path / "hongloumeng_head.txt"
-    novel.write_text((shared_data / "text" / "hongloumeng.txt").read_text(encoding="utf-8")[:300_000], encoding="utf-8")
-    stats = prepare(PrepareConfig(input=(str(novel),), split=(0.8, 0.1, 0.1)), tmp_path / "run", progress=False)
+    novel.write_text(
+        (shared_data / "text" / "hongloumeng.txt").read_text(encoding="utf-8")[:300_000], encoding="utf-8"
+    )
+    stats = prepare(
+        PrepareConfig(input=(str(novel),), split=(0.8, 0.1, 0.1)), tmp_path / "run", progress=False
+    )
     n_chars = len(novel.read_text(encoding="utf-8"))
     assert stats["input"]["docs"] >= n_chars / 10_000 and stats["input"]["chars"] >= 0.99 * n_chars
     kept = sum(s["chars"] for s in stats["splits"].values())
@@ -359,21 +515,24 @@ def test_real_text_from_shared_data(shared_data, tmp_path):
 def test_filters_on_clean_real_text(shared_data):
     """False positives: what the filters change or drop in text that is known to be clean."""
     cfg = PrepareConfig()
-    texts = {name: read_documents([shared_data / "text" / f"{name}.txt"], cfg)
-             for name in ("tinystories_valid_head", "tinyshakespeare", "hongloumeng")}
+    texts = {
+        name: read_documents([shared_data / "text" / f"{name}.txt"], cfg)
+        for name in ("tinystories_valid_head", "tinyshakespeare", "hongloumeng")
+    }
     for name, docs in texts.items():
         assert not [d["text"][:80] for d in docs if is_toxic(d["text"]) or is_biased(d["text"])], name
     stories = texts["tinystories_valid_head"]
-    broken = [d for d in stories if "â€" in d["text"]]                    # TinyStories has real mojibake
+    broken = [d for d in stories if "â€" in d["text"]]  # TinyStories has real mojibake
     assert len(broken) >= 50 and not any("â€" in fix_encoding(d["text"])[0] for d in broken)
     model = train_langid(*training_texts(1000))
     rates = filter_rates(stories[:400], lambda t: predict_lang(model, t))
     assert rates["docs"] == 400 and rates["steps"]["filter_toxic"]["docs_dropped"] == 0
-    assert 0.02 <= rates["steps"]["filter_length"]["doc_share"] <= 0.3   # paragraphs of a story: short units
+    assert 0.02 <= rates["steps"]["filter_length"]["doc_share"] <= 0.3  # paragraphs of a story: short units
 
 
 # ---------------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2, and an earlier run left byte-identical
+
 
 def write(path, data):
     path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
@@ -382,47 +541,120 @@ def write(path, data):
 
 # (id, argv builder (tmp folder, the good run's folder) -> argv, what the error line must say)
 BAD_INPUTS = [
-    ("negative noise", lambda t, run: ["--out", run, "--noise-frac", "-0.1"], "--noise-frac -0.1 is below its minimum"),
+    (
+        "negative noise",
+        lambda t, run: ["--out", run, "--noise-frac", "-0.1"],
+        "--noise-frac -0.1 is below its minimum",
+    ),
     ("noise above 1", lambda t, run: ["--out", run, "--noise-frac", "1.5"], "above its maximum 1.0"),
     ("mix not summing to 1", lambda t, run: ["--out", run, "--mix", "dialog=0.5,code=0.6"], "sum to 1"),
     ("mix unknown domain", lambda t, run: ["--out", run, "--mix", "poems=1"], "unknown domain 'poems'"),
     ("mix unreadable", lambda t, run: ["--out", run, "--mix", "dialog"], "cannot read"),
-    ("noise with code only", lambda t, run: ["--out", run, "--mix", "code=1"], "noise is injected into prose"),
+    (
+        "noise with code only",
+        lambda t, run: ["--out", run, "--mix", "code=1"],
+        "noise is injected into prose",
+    ),
     ("split with an empty part", lambda t, run: ["--out", run, "--split", "1,0,0"], "each above 0"),
     ("split with two parts", lambda t, run: ["--out", run, "--split", "0.5,0.5"], "three shares"),
     ("chars too small", lambda t, run: ["--out", run, "--chars", "100"], "--chars 100 is below its minimum"),
-    ("max-doc-chars too small", lambda t, run: ["--out", run, "--max-doc-chars", "10"], "below its minimum 200"),
+    (
+        "max-doc-chars too small",
+        lambda t, run: ["--out", run, "--max-doc-chars", "10"],
+        "below its minimum 200",
+    ),
     ("bad choice", lambda t, run: ["--out", run, "--txt-split", "para"], "invalid choice"),
     ("unknown flag", lambda t, run: ["--out", run, "--bogus"], "unrecognized arguments"),
     ("missing input", lambda t, run: ["--out", run, "--input", t / "missing.txt"], "no such file"),
     ("input is a folder", lambda t, run: ["--out", run, "--input", t], "is a folder"),
-    ("missing fp-check file", lambda t, run: ["--out", run, "--fp-check", t / "nope.txt"], "check the --fp-check path"),
-    ("unsupported type", lambda t, run: ["--out", run, "--input", write(t / "a.csv", "x,y")], "unsupported file type"),
+    (
+        "missing fp-check file",
+        lambda t, run: ["--out", run, "--fp-check", t / "nope.txt"],
+        "check the --fp-check path",
+    ),
+    (
+        "unsupported type",
+        lambda t, run: ["--out", run, "--input", write(t / "a.csv", "x,y")],
+        "unsupported file type",
+    ),
     ("empty file", lambda t, run: ["--out", run, "--input", write(t / "e.txt", " \n")], "file is empty"),
-    ("binary file", lambda t, run: ["--out", run, "--input", write(t / "b.txt", b"\x00\x01abc")], "looks binary"),
-    ("not UTF-8", lambda t, run: ["--out", run, "--input", write(t / "l.txt", "café".encode("latin-1"))], "not valid UTF-8"),
-    ("jsonl without text", lambda t, run: ["--out", run, "--input", write(t / "n.jsonl", '{"body": 1}\n')], "no 'text' field"),
-    ("jsonl not JSON", lambda t, run: ["--out", run, "--input", write(t / "j.jsonl", "{oops\n")], "not valid JSON"),
+    (
+        "binary file",
+        lambda t, run: ["--out", run, "--input", write(t / "b.txt", b"\x00\x01abc")],
+        "looks binary",
+    ),
+    (
+        "not UTF-8",
+        lambda t, run: ["--out", run, "--input", write(t / "l.txt", "café".encode("latin-1"))],
+        "not valid UTF-8",
+    ),
+    (
+        "jsonl without text",
+        lambda t, run: ["--out", run, "--input", write(t / "n.jsonl", '{"body": 1}\n')],
+        "no 'text' field",
+    ),
+    (
+        "jsonl not JSON",
+        lambda t, run: ["--out", run, "--input", write(t / "j.jsonl", "{oops\n")],
+        "not valid JSON",
+    ),
     ("out is a file", lambda t, run: ["--out", write(t / "f", "x")], "is a file, not a folder"),
     ("out under a file", lambda t, run: ["--out", write(t / "f", "x") / "sub"], "a file is in the way"),
-    ("data is a file", lambda t, run: ["--out", write((t / "o").mkdir() or t / "o" / "data", "x").parent],
-     "is a file, not a folder"),
+    (
+        "data is a file",
+        lambda t, run: ["--out", write((t / "o").mkdir() or t / "o" / "data", "x").parent],
+        "is a file, not a folder",
+    ),
     ("a different run there", lambda t, run: ["--out", run, "--seed", "5"], "already holds a run"),
     # the next three fail after the old run was claimed with --overwrite: it must survive them
-    ("every document filtered out", lambda t, run: ["--out", run, "--overwrite", "--input",
-                                                    write(t / "s.txt", "Too short.\n\nAlso short.\n")],
-     "cleaning dropped all 2 input document(s) (filter_length 2)"),
-    ("the only document dropped", lambda t, run: ["--out", run, "--overwrite", "--input", write(
-        t / "x.txt", "Bela walked to the market with her dog every morning and said hello to everyone she met, "
-                     "and she told the baker he is a total idiot.")], "dropped all 1 input document(s) (filter_toxic 1)"),
-    ("one document", lambda t, run: ["--out", run, "--overwrite", "--input", write(
-        t / "one.txt", "Bela walked to the market with her dog every morning and said hello to everyone she met "
-                       "on the way, from the baker to the old fisher by the bridge.")], "got no documents"),
+    (
+        "every document filtered out",
+        lambda t, run: [
+            "--out",
+            run,
+            "--overwrite",
+            "--input",
+            write(t / "s.txt", "Too short.\n\nAlso short.\n"),
+        ],
+        "cleaning dropped all 2 input document(s) (filter_length 2)",
+    ),
+    (
+        "the only document dropped",
+        lambda t, run: [
+            "--out",
+            run,
+            "--overwrite",
+            "--input",
+            write(
+                t / "x.txt",
+                "Bela walked to the market with her dog every morning and said hello to everyone she met, "
+                "and she told the baker he is a total idiot.",
+            ),
+        ],
+        "dropped all 1 input document(s) (filter_toxic 1)",
+    ),
+    (
+        "one document",
+        lambda t, run: [
+            "--out",
+            run,
+            "--overwrite",
+            "--input",
+            write(
+                t / "one.txt",
+                "Bela walked to the market with her dog every morning and said hello to everyone she met "
+                "on the way, from the baker to the old fisher by the bridge.",
+            ),
+        ],
+        "got no documents",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, argv, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_is_one_error_line_and_leaves_the_old_run(small_cli_run, tmp_path, repo_root, case, argv, message):
+def test_bad_input_is_one_error_line_and_leaves_the_old_run(
+    small_cli_run, tmp_path, repo_root, case, argv, message
+):
     run, _ = small_cli_run
     before = tree_hashes(run / "data")
     r = run_prepare(repo_root, *argv(tmp_path, run))
@@ -460,24 +692,36 @@ def test_concurrent_writer_and_read_only_run_dir(small_cli_run, tmp_path, repo_r
     assert r.returncode == 2 and f"being written by another process (pid {os.getpid()})" in r.stderr, r.stderr
     assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
     (tmp_path / "ro").mkdir()
-    for folder, out in ((tmp_path / "ro", tmp_path / "ro" / "new"), (run, run)):  # a new run, and over the old one
+    for folder, out in (
+        (tmp_path / "ro", tmp_path / "ro" / "new"),
+        (run, run),
+    ):  # a new run, and over the old one
         with read_only(folder):
             r = run_prepare(repo_root, "--out", out, "--overwrite", "--chars", SMALL)
-        assert r.returncode == 2 and r.stderr.startswith("error: cannot use") and "Traceback" not in r.stderr, r.stderr
+        assert (
+            r.returncode == 2 and r.stderr.startswith("error: cannot use") and "Traceback" not in r.stderr
+        ), r.stderr
         assert r.stderr.count("\n") == 1 and "permissions" in r.stderr
     assert tree_hashes(run / "data") == before
 
 
-@pytest.mark.parametrize("script, argv, expect", [
-    ("dedup.py", [], "near copy   the cat sat on the mat and looked at a dog"),
-    ("dedup.py", ["--threshold", "2"], "error: --threshold 2.0 is above its maximum 1.0"),
-    ("world.py", ["--chars", "500", "--seed", "3"], "--- "),
-    ("world.py", ["--seed", "x"], "error: argument --seed: invalid int value"),
-    ("bench_dedup.py", ["--docs", "5"], "error: --docs 5 is below its minimum 100"),
-])
+@pytest.mark.parametrize(
+    "script, argv, expect",
+    [
+        ("dedup.py", [], "near copy   the cat sat on the mat and looked at a dog"),
+        ("dedup.py", ["--threshold", "2"], "error: --threshold 2.0 is above its maximum 1.0"),
+        ("world.py", ["--chars", "500", "--seed", "3"], "--- "),
+        ("world.py", ["--seed", "x"], "error: argument --seed: invalid int value"),
+        ("bench_dedup.py", ["--docs", "5"], "error: --docs 5 is below its minimum 100"),
+    ],
+)
 def test_demo_commands_share_the_cli_contract(repo_root, script, argv, expect):
-    r = subprocess.run([sys.executable, str(repo_root / "01_data" / script), *argv], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(repo_root / "01_data" / script), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if expect.startswith("error:"):
         assert r.returncode == 2 and r.stderr.startswith(expect) and r.stderr.count("\n") == 1, r.stderr
     else:
@@ -487,9 +731,22 @@ def test_demo_commands_share_the_cli_contract(repo_root, script, argv, expect):
 def test_ctrl_c_midway_keeps_the_old_run(small_cli_run, repo_root):
     run, _ = small_cli_run
     before = tree_hashes(run / "data")
-    p = subprocess.Popen([sys.executable, str(repo_root / "01_data" / "prepare.py"), "--out", str(run),
-                          "--overwrite", "--chars", "200000", "--seed", "9"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(repo_root / "01_data" / "prepare.py"),
+            "--out",
+            str(run),
+            "--overwrite",
+            "--chars",
+            "200000",
+            "--seed",
+            "9",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in p.stdout:  # wait until it is building (past the lock and the overwrite check)
         if line.startswith("[generate]"):
             break

@@ -1,6 +1,7 @@
 """Stage 02: byte-level BPE (against a naive reference, hand-computed merges, tiktoken, GPT-2), its
 numpy fast path against the readable loops, WordPiece and Unigram on hand-checked examples, the
 commands' artifacts and printed tables, and a table of bad inputs run as a user would."""
+
 import fcntl
 import hashlib
 import json
@@ -16,7 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bpe import GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, BPETokenizer, train_merges, train_merges_naive, word_counts_of
+from bpe import (
+    GPT2_PATTERN,
+    GPT4_PATTERN,
+    SPECIAL_TOKENS,
+    BPETokenizer,
+    train_merges,
+    train_merges_naive,
+    word_counts_of,
+)
 from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast
 from common import UserError, check_artifact, write_manifest
 from tokenizer_cli import main as bpe_main
@@ -43,11 +52,19 @@ def corpus(n_docs=300, seed=0):
         if kind == 0:
             docs.append(" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))).capitalize() + ".")
         elif kind == 1:
-            docs.append("".join(rng.choice("我们你他的是在有一个人这中大为上们来说国到") for _ in range(rng.randint(5, 40))) + "。")
+            docs.append(
+                "".join(
+                    rng.choice("我们你他的是在有一个人这中大为上们来说国到")
+                    for _ in range(rng.randint(5, 40))
+                )
+                + "。"
+            )
         elif kind == 2:
             docs.append(f"def f{i}(x):\n    return x * {rng.randint(0, 999)} + {rng.choice(words)!r}\n")
         else:
-            docs.append(f"{rng.choice(words)} {rng.randint(0, 10**6)}, {rng.choice(words)}! {SAMPLES['emoji']}")
+            docs.append(
+                f"{rng.choice(words)} {rng.randint(0, 10**6)}, {rng.choice(words)}! {SAMPLES['emoji']}"
+            )
     return docs
 
 
@@ -65,7 +82,11 @@ def test_hand_computed_merges():
     texts = ["low"] * 5 + ["lower"] * 2 + ["newest"] * 6
     t = BPETokenizer.train(texts, 256 + 5 + len(SPECIAL_TOKENS))
     assert [t.vocab[256 + k] for k in range(5)] == [b"we", b"lo", b"wes", b"west", b"ne"]
-    assert t.merges[0] == (ord("w"), ord("e")) and t.merges[2] == (256, ord("s")) and t.merges[4] == (ord("n"), ord("e"))
+    assert (
+        t.merges[0] == (ord("w"), ord("e"))
+        and t.merges[2] == (256, ord("s"))
+        and t.merges[4] == (ord("n"), ord("e"))
+    )
     assert t.special_tokens["<|endoftext|>"] == 261 and t.vocab_size == 267 and t.eot_id == 261
     assert [t.vocab[i] for i in t.encode("newest lower")] == [b"ne", b"west", b" ", b"lo", b"we", b"r"]
 
@@ -92,7 +113,6 @@ def test_specials_are_not_merged_across():
     assert all(b"<" not in t.vocab[256 + k] and b"|" not in t.vocab[256 + k] for k in range(len(t.merges)))
 
 
-
 def random_texts(rng, n=12):
     """Short texts that stress the pair bookkeeping: runs ("aaaa", overlapping pairs), repeats
     ("abab", adjacent occurrences), multi-byte characters, spaces that start new pre-tokens."""
@@ -104,7 +124,8 @@ def random_texts(rng, n=12):
 @pytest.mark.parametrize("seed", range(8))
 def test_array_trainer_equals_readable_and_naive(seed, few, monkeypatch):
     import bpe_fast
-    monkeypatch.setattr(bpe_fast, "FEW", few)      # every merge through one of its two paths
+
+    monkeypatch.setattr(bpe_fast, "FEW", few)  # every merge through one of its two paths
     rng = random.Random(seed)
     wc = word_counts_of(random_texts(rng), GPT4_PATTERN)
     n = rng.randint(1, 80)
@@ -173,11 +194,12 @@ def test_matches_tiktoken_with_same_ranks(tok):
 
 
 def test_matches_tiktoken_on_generated_corpus():
-    from bench_bpe import generated_corpus   # 01_data's synthetic world, all four domains
+    from bench_bpe import generated_corpus  # 01_data's synthetic world, all four domains
+
     docs = generated_corpus(150_000)
     t = BPETokenizer.train(docs[: len(docs) // 2], 1000)
     enc = t.to_tiktoken()
-    for doc in docs:   # half of them unseen in training
+    for doc in docs:  # half of them unseen in training
         assert t.encode_ordinary(doc) == enc.encode_ordinary(doc)
         assert t.decode(t.encode_ordinary(doc)) == doc
 
@@ -185,20 +207,25 @@ def test_matches_tiktoken_on_generated_corpus():
 def test_fast_encoder_equals_per_piece_reference(tok):
     rng = random.Random(1)
     texts = corpus(300, seed=6) + list(SAMPLES.values())
-    texts += [bytes(rng.randrange(256) for _ in range(300)).decode("utf-8", errors="replace") for _ in range(30)]
+    texts += [
+        bytes(rng.randrange(256) for _ in range(300)).decode("utf-8", errors="replace") for _ in range(30)
+    ]
     pieces = sorted({w.encode("utf-8") for t in texts for w in tok._pat.findall(t)}) + [b"", b"a", b"\xe4"]
-    assert len(pieces) > 100        # bpe_pieces takes the array path from 100 pieces on
+    assert len(pieces) > 100  # bpe_pieces takes the array path from 100 pieces on
     assert tok.bpe_pieces(pieces) == [tok.bpe_piece(p) for p in pieces]
-    assert encode_pieces(pieces[:3], tok.byte_ids, merge_table(tok.ranks)) == [tok.bpe_piece(p) for p in pieces[:3]]
+    assert encode_pieces(pieces[:3], tok.byte_ids, merge_table(tok.ranks)) == [
+        tok.bpe_piece(p) for p in pieces[:3]
+    ]
     tok._cache.clear()
-    assert tok.encode_ordinary_batch(texts) == [[i for w in tok._pat.findall(t) for i in tok.bpe_piece(w.encode())]
-                                                for t in texts]
+    assert tok.encode_ordinary_batch(texts) == [
+        [i for w in tok._pat.findall(t) for i in tok.bpe_piece(w.encode())] for t in texts
+    ]
 
 
 def test_fast_encoder_equals_reference_on_real_chinese(shared_data):
     text = (shared_data / "text" / "hongloumeng.txt").read_text(encoding="utf-8")[:60_000]
-    t = BPETokenizer.train([text[:40_000]], 1000)        # the last third is unseen in training
-    t.cache_size = 1000                                  # the cache overflows: cleared and refilled
+    t = BPETokenizer.train([text[:40_000]], 1000)  # the last third is unseen in training
+    t.cache_size = 1000  # the cache overflows: cleared and refilled
     ids = t.encode_ordinary(text)
     assert ids == [i for w in t._pat.findall(text) for i in t.bpe_piece(w.encode())]
     assert ids == t.to_tiktoken().encode_ordinary(text) and t.decode(ids) == text
@@ -223,7 +250,7 @@ def test_save_load_same_ids(tok, tmp_path):
     (tmp_path / "t" / "tokenizer.json").write_text(json.dumps(d))
     with pytest.raises(UserError, match="does not match its vocab"):
         BPETokenizer.load(tmp_path / "t")
-    (tmp_path / "t" / "tokenizer.json").write_text(json.dumps(d)[:100])          # truncated
+    (tmp_path / "t" / "tokenizer.json").write_text(json.dumps(d)[:100])  # truncated
     with pytest.raises(UserError, match=r"corrupt or truncated.*rerun `python 02_tokenizer/bpe.py --data"):
         BPETokenizer.load(tmp_path / "t")
     (tmp_path / "t" / "tokenizer.json").write_text(json.dumps({**d, "vocab": {"x": "zz"}}))
@@ -231,19 +258,40 @@ def test_save_load_same_ids(tok, tmp_path):
         BPETokenizer.load(tmp_path / "t")
 
 
-@pytest.mark.parametrize("cls, filename, fmt, script", [
-    (BPETokenizer, "tokenizer.json", "bpe-v1", "bpe.py"), (WordPieceTokenizer, "wordpiece.json", "wordpiece-v1", "wordpiece.py"),
-    (UnigramTokenizer, "unigram.json", "unigram-v1", "unigram.py")], ids=["bpe", "wordpiece", "unigram"])
+@pytest.mark.parametrize(
+    "cls, filename, fmt, script",
+    [
+        (BPETokenizer, "tokenizer.json", "bpe-v1", "bpe.py"),
+        (WordPieceTokenizer, "wordpiece.json", "wordpiece-v1", "wordpiece.py"),
+        (UnigramTokenizer, "unigram.json", "unigram-v1", "unigram.py"),
+    ],
+    ids=["bpe", "wordpiece", "unigram"],
+)
 def test_every_load_names_the_command_to_rerun(tmp_path, cls, filename, fmt, script):
     folder = tmp_path / "run" / "saved"
     folder.mkdir(parents=True)
     rerun = rf"rerun `python 02_tokenizer/{script} --data .*run`"
-    for content, problem in ((None, "missing"), ('{"format": ', r"corrupt or truncated \(JSONDecodeError\)"),
-                             ('{"format": "other"}', rf"not a usable tokenizer \(not a {fmt} file\)"),
-                             (json.dumps({"format": fmt}), r"not a usable tokenizer \(KeyError"),
-                             (json.dumps({"format": fmt, "vocab": [], "log_probs": {}, "max_word_chars": 1,
-                                          "max_piece_chars": 1, "merges": [], "special_tokens": {}, "pattern": "x"}),
-                              r"not a usable tokenizer \((ValueError|UserError)?.*")):
+    for content, problem in (
+        (None, "missing"),
+        ('{"format": ', r"corrupt or truncated \(JSONDecodeError\)"),
+        ('{"format": "other"}', rf"not a usable tokenizer \(not a {fmt} file\)"),
+        (json.dumps({"format": fmt}), r"not a usable tokenizer \(KeyError"),
+        (
+            json.dumps(
+                {
+                    "format": fmt,
+                    "vocab": [],
+                    "log_probs": {},
+                    "max_word_chars": 1,
+                    "max_piece_chars": 1,
+                    "merges": [],
+                    "special_tokens": {},
+                    "pattern": "x",
+                }
+            ),
+            r"not a usable tokenizer \((ValueError|UserError)?.*",
+        ),
+    ):
         if content is not None:
             (folder / filename).write_text(content)
         with pytest.raises(UserError, match=rf"{filename}: {problem}.*; {rerun}"):
@@ -254,6 +302,7 @@ def test_every_load_names_the_command_to_rerun(tmp_path, cls, filename, fmt, scr
 @pytest.fixture(scope="module")
 def gpt2():
     from conftest import SHARED_DATA
+
     d = SHARED_DATA / "tokenizer"
     if not (d / "gpt2_vocab.json").is_file():
         pytest.skip("GPT-2 files absent")
@@ -286,7 +335,7 @@ def test_gpt2_mismatched_merges_file(tmp_path, shared_data):
 # ---------------------------------------------------------------- bad input
 def test_bad_input_errors(tok):
     with pytest.raises(UserError, match="too small for BPE"):
-        BPETokenizer.train(["abc"], 256 + len(SPECIAL_TOKENS))       # no room for a merge
+        BPETokenizer.train(["abc"], 256 + len(SPECIAL_TOKENS))  # no room for a merge
     with pytest.raises(UserError, match="not a valid regex"):
         BPETokenizer.train(["abc"], 300, pattern="(?<")
     with pytest.raises(UserError, match="empty"):
@@ -314,7 +363,9 @@ def test_wordpiece_hand_checked():
 def test_wordpiece_trains_on_mixed_corpus():
     wp = WordPieceTokenizer.train(corpus(), 300, min_pair_count=1)
     assert wp.vocab_size == 300
-    assert WordPieceTokenizer.train(corpus(), 300, min_pair_count=10**6).vocab_size < 300  # no pair that frequent
+    assert (
+        WordPieceTokenizer.train(corpus(), 300, min_pair_count=10**6).vocab_size < 300
+    )  # no pair that frequent
     assert wp.tokenize("我们") == ["我", "们"]  # each CJK character is its own word, as in BERT
     with pytest.raises(UserError, match="empty"):
         WordPieceTokenizer.train([" "], 300)
@@ -323,9 +374,16 @@ def test_wordpiece_trains_on_mixed_corpus():
 def test_unigram_viterbi_hand_checked():
     # "▁ab": ▁|a|b = .1*.2*.2 = .004, ▁|ab = .1*.4 = .04, ▁a|b = .3*.2 = .06 (best).
     import math
-    logp = {"▁": math.log(.1), "a": math.log(.2), "b": math.log(.2), "▁a": math.log(.3), "ab": math.log(.4)}
+
+    logp = {
+        "▁": math.log(0.1),
+        "a": math.log(0.2),
+        "b": math.log(0.2),
+        "▁a": math.log(0.3),
+        "ab": math.log(0.4),
+    }
     pieces, score = viterbi("▁ab", logp, 8)
-    assert pieces == ["▁a", "b"] and score == pytest.approx(math.log(.06))
+    assert pieces == ["▁a", "b"] and score == pytest.approx(math.log(0.06))
     assert viterbi("▁ax", logp, 8) == (None, -math.inf)
 
 
@@ -337,12 +395,10 @@ def test_unigram_learns_frequent_words_and_chinese():
     # pieces found with no word segmentation (Viterbi prefers few, likely pieces).
     assert len(logp) <= 27 and "▁hello" in logp and "▁world" in logp
     assert any(len(p) >= 2 and "北" in p for p in logp)
-    assert all(c in logp for c in "我爱北京天安门xyz")   # every seen character survives pruning
+    assert all(c in logp for c in "我爱北京天安门xyz")  # every seen character survives pruning
     uni = UnigramTokenizer(logp, cfg.max_piece_chars)
     assert uni.decode(uni.encode("hello world 我爱北京")) == "hello world 我爱北京"
     assert uni.tokenize("hello q") == ["▁hello", "▁", "<unk>"]
-
-
 
 
 # ---------------------------------------------------------------- command line: artifacts and tables
@@ -355,7 +411,9 @@ def write_run(root, docs_train, docs_val):
     for split, docs in (("train", docs_train), ("val", docs_val)):
         with open(root / "data" / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for i, (text, domain, lang) in enumerate(docs):
-                f.write(json.dumps({"id": f"{split}{i}", "domain": domain, "lang": lang, "text": text}) + "\n")
+                f.write(
+                    json.dumps({"id": f"{split}{i}", "domain": domain, "lang": lang, "text": text}) + "\n"
+                )
     write_manifest(root / "data", stage="01_data", command="(test data)", config={})
 
 
@@ -366,12 +424,17 @@ def run_docs():
 
 def file_hashes(root):
     """{relative path: sha256} of every artifact file under root (hidden lock and temp files aside)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
 
 
 def val_bytes_per_token(encode, val_docs):
-    return round(sum(len(t.encode("utf-8")) for t, _, _ in val_docs) / sum(len(encode(t)) for t, _, _ in val_docs), 3)
+    return round(
+        sum(len(t.encode("utf-8")) for t, _, _ in val_docs) / sum(len(encode(t)) for t, _, _ in val_docs), 3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -419,33 +482,52 @@ def test_bpe_cli_writes_checked_artifacts_and_prints_the_table(tmp_path, capsys)
     assert f"tokens: {meta['n_tokens']}" in out
 
 
-@pytest.mark.parametrize("main, folder, cls, saved, args", [
-    (wordpiece_main, "wordpiece", WordPieceTokenizer, "wordpiece.json", ["--vocab-size", "400", "--min-pair-count", "2"]),
-    (unigram_main, "unigram", UnigramTokenizer, "unigram.json", ["--vocab-size", "300"])], ids=["wordpiece", "unigram"])
-def test_wordpiece_and_unigram_write_their_own_folder(base_run, tmp_path, capsys, main, folder, cls, saved, args):
+@pytest.mark.parametrize(
+    "main, folder, cls, saved, args",
+    [
+        (
+            wordpiece_main,
+            "wordpiece",
+            WordPieceTokenizer,
+            "wordpiece.json",
+            ["--vocab-size", "400", "--min-pair-count", "2"],
+        ),
+        (unigram_main, "unigram", UnigramTokenizer, "unigram.json", ["--vocab-size", "300"]),
+    ],
+    ids=["wordpiece", "unigram"],
+)
+def test_wordpiece_and_unigram_write_their_own_folder(
+    base_run, tmp_path, capsys, main, folder, cls, saved, args
+):
     run = shutil.copytree(base_run, tmp_path / "run")
     bpe_artifacts = file_hashes(run)
     main(["--data", str(run), *args])
     out = capsys.readouterr().out
-    assert file_hashes(run / "tokenizer") == {k[len("tokenizer/"):]: v for k, v in bpe_artifacts.items()
-                                              if k.startswith("tokenizer/")}       # BPE's folder untouched
+    assert file_hashes(run / "tokenizer") == {
+        k[len("tokenizer/") :]: v for k, v in bpe_artifacts.items() if k.startswith("tokenizer/")
+    }  # BPE's folder untouched
     assert {k: v for k, v in file_hashes(run).items() if not k.startswith(folder)} == bpe_artifacts
     manifest = check_artifact(run / folder, made_by="(test)")
     assert set(manifest["files"]) == {saved, "outcome.json", "bytes_per_token.png"}
-    assert set(manifest["inputs"]) == {"../data", "../tokenizer"}           # compared with the run's BPE
+    assert set(manifest["inputs"]) == {"../data", "../tokenizer"}  # compared with the run's BPE
     outcome = json.loads((run / folder / "outcome.json").read_text())
     assert outcome["table"] in out and TABLE_HEADER in out
     names = [r["tokenizer"] for r in outcome["rows"]]
     assert names[:2] == [cls.__name__.replace("Tokenizer", ""), "ours (BPE, run/tokenizer)"]
-    loaded = cls.load(run / folder)          # the saved vocabulary gives the numbers in the table
+    loaded = cls.load(run / folder)  # the saved vocabulary gives the numbers in the table
     _, val_docs = run_docs()
     assert outcome["rows"][0]["all"] == val_bytes_per_token(loaded.encode, val_docs)
     assert outcome["rows"][0]["vocab_size"] == loaded.vocab_size <= int(args[1])
-    assert outcome["rows"][1]["all"] == val_bytes_per_token(BPETokenizer.load(run / "tokenizer").encode_ordinary, val_docs)
+    assert outcome["rows"][1]["all"] == val_bytes_per_token(
+        BPETokenizer.load(run / "tokenizer").encode_ordinary, val_docs
+    )
 
 
-def test_a_failure_while_writing_tokens_keeps_the_old_folder_which_then_reads_as_stale(base_run, tmp_path, monkeypatch):
+def test_a_failure_while_writing_tokens_keeps_the_old_folder_which_then_reads_as_stale(
+    base_run, tmp_path, monkeypatch
+):
     import tokenizer_cli
+
     run = shutil.copytree(base_run, tmp_path / "run")
     old_tokens = file_hashes(run / "tokens")
 
@@ -457,7 +539,7 @@ def test_a_failure_while_writing_tokens_keeps_the_old_folder_which_then_reads_as
     with pytest.raises(OSError):
         bpe_main(["--data", str(run), "--vocab-size", "310", "--overwrite"])
     assert file_hashes(run / "tokens") == old_tokens and not list(run.glob(".tokens.*.tmp"))
-    assert BPETokenizer.load(run / "tokenizer").vocab_size == 310      # tokenizer/ was complete: swapped in
+    assert BPETokenizer.load(run / "tokenizer").vocab_size == 310  # tokenizer/ was complete: swapped in
     with pytest.raises(UserError, match=r"tokens is stale: it was made from .*tokenizer"):
         check_artifact(run / "tokens", made_by="(test)")
 
@@ -482,49 +564,110 @@ def read_only(run):
 
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-BAD_INPUTS = [   # (script, flags, what is done to a copy of base_run first, the error it must give)
+BAD_INPUTS = [  # (script, flags, what is done to a copy of base_run first, the error it must give)
     ("bpe.py", ["--vocab-size", "262"], None, r"--vocab-size 262 is below its minimum 263"),
     ("bpe.py", ["--vocab-size", "10"], None, r"--vocab-size 10 is below its minimum 263"),
     ("bpe.py", ["--pattern", "(?<x"], None, r"--pattern '\(\?<x' is not a valid regex \(.+\)"),
     ("bpe.py", ["--nope"], None, r"unrecognized arguments: --nope"),
     ("wordpiece.py", ["--vocab-size", "5"], None, r"--vocab-size 5 is below its minimum 6"),
-    ("wordpiece.py", ["--vocab-size", "20"], None, r"vocab size 20 is below WordPiece's minimum for this corpus: "
-                                                   r"5 special tokens \+ \d+ symbols .* = \d+; use --vocab-size \d+ or more"),
+    (
+        "wordpiece.py",
+        ["--vocab-size", "20"],
+        None,
+        r"vocab size 20 is below WordPiece's minimum for this corpus: "
+        r"5 special tokens \+ \d+ symbols .* = \d+; use --vocab-size \d+ or more",
+    ),
     ("unigram.py", ["--vocab-size", "1"], None, r"--vocab-size 1 is below its minimum 2"),
-    ("unigram.py", ["--vocab-size", "10"], None, r"vocab size 10 is below Unigram's minimum for this corpus: \d+ "
-                                                 r"characters .* use --vocab-size \d+ or more"),
+    (
+        "unigram.py",
+        ["--vocab-size", "10"],
+        None,
+        r"vocab size 10 is below Unigram's minimum for this corpus: \d+ "
+        r"characters .* use --vocab-size \d+ or more",
+    ),
     ("unigram.py", ["--prune-fraction", "1.5"], None, r"--prune-fraction 1.5 is above its maximum 0.99"),
-    ("bpe.py", ["--overwrite"], lambda run: shutil.rmtree(run / "data"),
-     r"run/data: missing; make it first with `python 01_data/prepare.py --out .*run`"),
-    ("wordpiece.py", [], lambda run: (run / "data" / "manifest.json").unlink(), r"run/data: incomplete \(no manifest"),
-    ("unigram.py", [], lambda run: open(run / "data" / "train.jsonl", "a").write("{}\n"),
-     r"train.jsonl: changed or damaged since .*; rerun"),
+    (
+        "bpe.py",
+        ["--overwrite"],
+        lambda run: shutil.rmtree(run / "data"),
+        r"run/data: missing; make it first with `python 01_data/prepare.py --out .*run`",
+    ),
+    (
+        "wordpiece.py",
+        [],
+        lambda run: (run / "data" / "manifest.json").unlink(),
+        r"run/data: incomplete \(no manifest",
+    ),
+    (
+        "unigram.py",
+        [],
+        lambda run: open(run / "data" / "train.jsonl", "a").write("{}\n"),
+        r"train.jsonl: changed or damaged since .*; rerun",
+    ),
     ("wordpiece.py", [], rewrite_data, r"run/tokenizer is stale: .*rerun `python 02_tokenizer/bpe.py --data"),
-    ("unigram.py", [], lambda run: (run / "tokenizer" / "tokenizer.json").write_text('{"format": "bpe-v1", "vo'),
-     r"tokenizer.json: changed or damaged since `python 02_tokenizer/bpe.py --data .*`.*; rerun"),
-    ("bpe.py", [], None, r"run/tokens already holds a run \(`python 02_tokenizer/bpe.py --data .* --vocab-size 300`"),
-    ("wordpiece.py", [], lambda run: (run / "wordpiece").write_text("x"), r"run/wordpiece is a file, not a folder"),
-    ("bpe.py", ["--overwrite"], lambda run: ((run / ".tokens.lock").unlink(), (run / ".tokens.lock").mkdir()),
-     r"cannot use .*\.tokens\.lock: Is a directory"),
-    ("bpe.py", ["--overwrite"], lambda run: hold_lock(run, "tokens"),
-     rf"run/tokens is being written by another process \(pid {os.getpid()}\)"),
-    pytest.param("unigram.py", [], read_only, r"cannot use .*\.unigram\.lock: Permission denied",
-                 marks=pytest.mark.skipif(IS_ROOT, reason="root ignores file permissions")),
-    ("bench_bpe.py", ["--vocab-sizes", "100,2048"], None, r"--vocab-sizes 100 is too small; use at least 263"),
+    (
+        "unigram.py",
+        [],
+        lambda run: (run / "tokenizer" / "tokenizer.json").write_text('{"format": "bpe-v1", "vo'),
+        r"tokenizer.json: changed or damaged since `python 02_tokenizer/bpe.py --data .*`.*; rerun",
+    ),
+    (
+        "bpe.py",
+        [],
+        None,
+        r"run/tokens already holds a run \(`python 02_tokenizer/bpe.py --data .* --vocab-size 300`",
+    ),
+    (
+        "wordpiece.py",
+        [],
+        lambda run: (run / "wordpiece").write_text("x"),
+        r"run/wordpiece is a file, not a folder",
+    ),
+    (
+        "bpe.py",
+        ["--overwrite"],
+        lambda run: ((run / ".tokens.lock").unlink(), (run / ".tokens.lock").mkdir()),
+        r"cannot use .*\.tokens\.lock: Is a directory",
+    ),
+    (
+        "bpe.py",
+        ["--overwrite"],
+        lambda run: hold_lock(run, "tokens"),
+        rf"run/tokens is being written by another process \(pid {os.getpid()}\)",
+    ),
+    pytest.param(
+        "unigram.py",
+        [],
+        read_only,
+        r"cannot use .*\.unigram\.lock: Permission denied",
+        marks=pytest.mark.skipif(IS_ROOT, reason="root ignores file permissions"),
+    ),
+    (
+        "bench_bpe.py",
+        ["--vocab-sizes", "100,2048"],
+        None,
+        r"--vocab-sizes 100 is too small; use at least 263",
+    ),
     ("bench_bpe.py", ["--repeats", "0"], None, r"--repeats 0 is below its minimum 1"),
 ]
 
 
 @pytest.mark.parametrize("script, flags, damage, message", BAD_INPUTS)
-def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(base_run, tmp_path, repo_root, script, flags, damage,
-                                                                 message):
+def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(
+    base_run, tmp_path, repo_root, script, flags, damage, message
+):
     run = shutil.copytree(base_run, tmp_path / "run")
     held = damage(run) if damage else None
     before = file_hashes(run)
     data_flag = [] if script == "bench_bpe.py" else ["--data", str(run)]
     try:
-        r = subprocess.run([sys.executable, str(repo_root / "02_tokenizer" / script), *data_flag, *flags],
-                           capture_output=True, text=True, timeout=60, cwd=repo_root)
+        r = subprocess.run(
+            [sys.executable, str(repo_root / "02_tokenizer" / script), *data_flag, *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=repo_root,
+        )
     finally:
         os.chmod(run, 0o755)
         if hasattr(held, "close"):

@@ -3,6 +3,7 @@ checkpoints, the sampling CLI, the encoder-decoder (transformer.py) and the benc
 
 Each test states one property a reader can check against the paper or a hand computation.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -19,8 +20,15 @@ from torch.utils.flop_counter import FlopCounterMode
 import gpt as gpt_module
 from checkpoint_io import save_checkpoint
 from common import UserError, write_manifest
-from decoding import (KVCache, apply_repetition_penalty, beam_search, left_pad, sample_next, top_k_filter,
-                      top_p_filter)
+from decoding import (
+    KVCache,
+    apply_repetition_penalty,
+    beam_search,
+    left_pad,
+    sample_next,
+    top_k_filter,
+    top_p_filter,
+)
 from gpt import GPT, GPTConfig, LayerNorm, PRESETS, RMSNorm, flops_per_token, matmul_params
 from lm_loss import cross_entropy, cross_entropy_and_z, log_softmax, logsumexp, softmax
 from mixture_of_experts import load_balancing_loss
@@ -68,6 +76,7 @@ def lively(cfg, seed=0) -> GPT:
 
 
 # ----------------------------------------------------------------------------- the forward pass
+
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_shapes_loss_at_init_and_backward(name):
@@ -169,10 +178,11 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
 
 # ----------------------------------------------------------------------------- components
 
+
 def test_rmsnorm_and_layernorm_formulas():
     x = torch.randn(3, 5, 16)
     rms = RMSNorm(16)
-    expected = x / torch.sqrt((x ** 2).mean(-1, keepdim=True) + 1e-5)
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5)
     assert torch.allclose(rms(x), expected, atol=1e-6)
     ln = LayerNorm(16)
     mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
@@ -206,7 +216,7 @@ def test_moe_routes_each_token_to_k_experts_and_mixes_them_by_router_weight():
     for t in range(10):
         top = probs[t].topk(2)
         w = top.values / top.values.sum()
-        manual = sum(w[j] * moe.experts[e](flat[t:t + 1])[0] for j, e in enumerate(top.indices.tolist()))
+        manual = sum(w[j] * moe.experts[e](flat[t : t + 1])[0] for j, e in enumerate(top.indices.tolist()))
         assert torch.allclose(out.reshape(-1, 32)[t], manual, atol=1e-5)
 
 
@@ -223,7 +233,7 @@ def test_load_balancing_loss_is_one_at_uniform_load_and_larger_when_skewed():
         d = torch.tensor(counts, dtype=torch.float32) / N
         top_idx = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))[:, None]
         loss = load_balancing_loss(d.repeat(N, 1), top_idx, E).item()
-        assert loss == pytest.approx(E * (d ** 2).sum().item())
+        assert loss == pytest.approx(E * (d**2).sum().item())
         assert loss >= 1.0 - 1e-6 and (loss > 1.01 or counts == [16] * 4)
 
 
@@ -278,36 +288,42 @@ def test_document_mask_a_token_never_sees_an_earlier_document(name):
     is altered, and a document anywhere in the window gives the same outputs (positions restart)."""
     model = lively(tiny(**VARIANTS[name], doc_boundary_id=0))
     g = torch.Generator().manual_seed(0)
-    idx = torch.randint(1, 67, (2, 24), generator=g)   # ids >= 1: no boundary by chance
-    idx[:, 10] = 0                                      # a document opens at position 10
+    idx = torch.randint(1, 67, (2, 24), generator=g)  # ids >= 1: no boundary by chance
+    idx[:, 10] = 0  # a document opens at position 10
     changed = idx.clone()
     changed[:, :10] = torch.randint(1, 67, (2, 10), generator=g)
     a, b = model(idx)[0], model(changed)[0]
     assert torch.allclose(a[:, 10:], b[:, 10:], atol=1e-5)
     assert not torch.allclose(a[:, :10], b[:, :10], atol=1e-3)
-    moved = torch.cat([torch.randint(1, 67, (2, 4), generator=g), idx[:, 10:],
-                       torch.randint(1, 67, (2, 6), generator=g)], dim=1)   # the same document at 4..17
+    moved = torch.cat(
+        [torch.randint(1, 67, (2, 4), generator=g), idx[:, 10:], torch.randint(1, 67, (2, 6), generator=g)],
+        dim=1,
+    )  # the same document at 4..17
     assert torch.allclose(a[:, 10:], model(moved)[0][:, 4:18], atol=1e-5)
-    model.cfg.doc_boundary_id = -1                      # off: the earlier document leaks in
+    model.cfg.doc_boundary_id = -1  # off: the earlier document leaks in
     assert not torch.allclose(model(idx)[0][:, 10:], model(changed)[0][:, 10:], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- the loss (lm_loss.py)
 
+
 def test_logsumexp_softmax_log_softmax_match_torch_and_survive_huge_logits():
     x = torch.randn(6, 50, dtype=torch.float64) * 3
-    x[0] += 1000.0                                      # exp overflows float64 past 709
-    x[1, :10] = float("-inf")                           # masked entries
+    x[0] += 1000.0  # exp overflows float64 past 709
+    x[1, :10] = float("-inf")  # masked entries
     x.requires_grad_()
-    for ours, theirs in [(logsumexp, lambda t: t.logsumexp(-1)), (softmax, lambda t: t.softmax(-1)),
-                         (log_softmax, lambda t: t.log_softmax(-1))]:
-        w = torch.randn_like(theirs(x))                 # a random upstream gradient
+    for ours, theirs in [
+        (logsumexp, lambda t: t.logsumexp(-1)),
+        (softmax, lambda t: t.softmax(-1)),
+        (log_softmax, lambda t: t.log_softmax(-1)),
+    ]:
+        w = torch.randn_like(theirs(x))  # a random upstream gradient
         a, (ga,) = ours(x), torch.autograd.grad((ours(x).nan_to_num(neginf=0) * w).sum(), x)
         b, (gb,) = theirs(x), torch.autograd.grad((theirs(x).nan_to_num(neginf=0) * w).sum(), x)
         assert torch.equal(torch.isfinite(a), torch.isfinite(b))
         torch.testing.assert_close(a[torch.isfinite(a)], b[torch.isfinite(b)])
         torch.testing.assert_close(ga, gb)
-    naive = x.detach().exp().sum(-1).log()              # what the trick avoids
+    naive = x.detach().exp().sum(-1).log()  # what the trick avoids
     assert torch.isinf(naive[0]) and torch.isfinite(logsumexp(x)[0])
     assert logsumexp(torch.full((1, 4), float("-inf"))).item() == float("-inf")
 
@@ -316,7 +332,7 @@ def test_cross_entropy_and_z_loss_values_and_gradients_match_autograd_of_torch()
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(12, 30, generator=g, dtype=torch.float64) * 4).requires_grad_()
     targets = torch.randint(0, 30, (12,), generator=g)
-    targets[[2, 7]] = -100                              # ignored positions
+    targets[[2, 7]] = -100  # ignored positions
     ce, z_sq = cross_entropy_and_z(logits, targets)
     loss = ce + 0.3 * z_sq
     (grad,) = torch.autograd.grad(loss, logits)
@@ -324,16 +340,17 @@ def test_cross_entropy_and_z_loss_values_and_gradients_match_autograd_of_torch()
     ref = F.cross_entropy(logits, targets) + 0.3 * logits[keep].logsumexp(-1).square().mean()
     (ref_grad,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(loss, ref)
-    torch.testing.assert_close(grad, ref_grad)          # (softmax - onehot)/n + 2·coef·lse·softmax/n
+    torch.testing.assert_close(grad, ref_grad)  # (softmax - onehot)/n + 2·coef·lse·softmax/n
     assert grad[2].abs().max() == 0
-    none = torch.full((12,), -100)                      # nothing to predict: 0, not torch's NaN
+    none = torch.full((12,), -100)  # nothing to predict: 0, not torch's NaN
     assert cross_entropy(logits, none).item() == 0.0 and torch.isnan(F.cross_entropy(logits, none))
 
 
 def test_model_loss_is_lm_loss_cross_entropy_plus_z_loss(monkeypatch):
     calls = []
-    monkeypatch.setattr(gpt_module, "cross_entropy_and_z",
-                        lambda *a: calls.append(a) or cross_entropy_and_z(*a))
+    monkeypatch.setattr(
+        gpt_module, "cross_entropy_and_z", lambda *a: calls.append(a) or cross_entropy_and_z(*a)
+    )
     model = lively(tiny(z_loss_coef=0.01))
     idx = torch.randint(0, 67, (2, 12))
     logits, loss = model(idx, idx)
@@ -344,6 +361,7 @@ def test_model_loss_is_lm_loss_cross_entropy_plus_z_loss(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- memory (model_memory.py)
+
 
 def saved_bytes_of_one_block(cfg, B, T, dtype, checkpointing=False):
     """Bytes of the tensors autograd keeps for the backward of block 0 (each storage once; weights and
@@ -371,19 +389,26 @@ def saved_bytes_of_one_block(cfg, B, T, dtype, checkpointing=False):
 
 
 MEMORY_CASES = [  # (variant, dtype, attention backend, checkpointing)
-    ("gpt2", torch.float32, "flash", False), ("gpt2", torch.bfloat16, "flash", False),
-    ("gpt2", torch.float32, "naive", False), ("gpt2", torch.bfloat16, "naive", False),
-    ("llama", torch.bfloat16, "flash", False), ("gqa+qknorm", torch.float32, "flash", False),
-    ("gqa+qknorm", torch.bfloat16, "naive", False), ("post-ln+sinusoidal+relu", torch.bfloat16, "flash", False),
+    ("gpt2", torch.float32, "flash", False),
+    ("gpt2", torch.bfloat16, "flash", False),
+    ("gpt2", torch.float32, "naive", False),
+    ("gpt2", torch.bfloat16, "naive", False),
+    ("llama", torch.bfloat16, "flash", False),
+    ("gqa+qknorm", torch.float32, "flash", False),
+    ("gqa+qknorm", torch.bfloat16, "naive", False),
+    ("post-ln+sinusoidal+relu", torch.bfloat16, "flash", False),
     ("llama", torch.float32, "flash", True),
 ]
 
 
-@pytest.mark.parametrize("name,dtype,attention,checkpointing", MEMORY_CASES,
-                         ids=[f"{n}-{str(d)[6:]}-{a}{'-ckpt' if c else ''}" for n, d, a, c in MEMORY_CASES])
+@pytest.mark.parametrize(
+    "name,dtype,attention,checkpointing",
+    MEMORY_CASES,
+    ids=[f"{n}-{str(d)[6:]}-{a}{'-ckpt' if c else ''}" for n, d, a, c in MEMORY_CASES],
+)
 def test_activation_bytes_per_layer_is_what_autograd_saves(name, dtype, attention, checkpointing):
     cfg = tiny(**VARIANTS[name], attn_backend="auto" if attention == "flash" else "torch")
-    B, T = 2, 24   # T, head dim (8) and width (32) all differ, so no two terms can stand in for each other
+    B, T = 2, 24  # T, head dim (8) and width (32) all differ, so no two terms can stand in for each other
     measured = saved_bytes_of_one_block(cfg, B, T, dtype, checkpointing)
     assert measured == activation_bytes_per_layer(cfg, B, T, dtype, attention, checkpointing, device="cpu")
     with pytest.raises(ValueError, match="dense blocks"):
@@ -407,7 +432,7 @@ def test_activation_bytes_per_layer_matches_the_gpu_allocator(name):
     kept = torch.cuda.memory_allocated() - before - y.numel() * y.element_size()
     expected = activation_bytes_per_layer(cfg, 4, 512, torch.bfloat16) - x.numel() * x.element_size()
     assert kept == pytest.approx(expected, rel=0.02)
-    assert torch.cuda.max_memory_allocated() - before >= expected   # the peak adds transients on top
+    assert torch.cuda.max_memory_allocated() - before >= expected  # the peak adds transients on top
 
 
 def test_kv_cache_bytes_is_what_the_cache_allocates():
@@ -418,10 +443,11 @@ def test_kv_cache_bytes_is_what_the_cache_allocates():
         model(torch.randint(0, 67, (3, 5)), cache=cache)
     allocated = sum(t.numel() * t.element_size() for t in cache.k + cache.v)
     assert allocated == kv_cache_bytes(cfg, batch=3, seq_len=20, bytes_per_value=4)
-    assert kv_cache_bytes(tiny(), 3, 20) == 2 * kv_cache_bytes(cfg, 3, 20)   # MHA: 4 kv heads instead of 2
+    assert kv_cache_bytes(tiny(), 3, 20) == 2 * kv_cache_bytes(cfg, 3, 20)  # MHA: 4 kv heads instead of 2
 
 
 # ----------------------------------------------------------------------------- counting
+
 
 def test_gpt2_small_parameter_count():
     cfg = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, **PRESETS["gpt2"])
@@ -456,12 +482,13 @@ def test_matmul_params_counts_every_weight_matrix_a_token_passes(name):
 
 # ----------------------------------------------------------------------------- decoding
 
+
 def test_top_p_keeps_the_smallest_set_reaching_mass_p():
     logits = torch.tensor([[0.125, 0.5, 0.125, 0.25]]).log()  # sorted: 0.5, 0.25, 0.125, 0.125
     kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()
-    assert kept(0.4) == [False, True, False, False]      # 0.5 alone reaches 0.4
-    assert kept(0.7) == [False, True, False, True]       # 0.5 + 0.25 = 0.75 >= 0.7
-    assert sum(kept(0.8)) == 3                           # needs one of the 0.125s (0.875)
+    assert kept(0.4) == [False, True, False, False]  # 0.5 alone reaches 0.4
+    assert kept(0.7) == [False, True, False, True]  # 0.5 + 0.25 = 0.75 >= 0.7
+    assert sum(kept(0.8)) == 3  # needs one of the 0.125s (0.875)
     assert sum(kept(1.0)) == 4
 
 
@@ -494,8 +521,9 @@ def test_kv_cache_generation_equals_full_recomputation(name):
     assert len(set(cached[0, 7:].tolist())) > 3  # a real continuation, not one repeated token
     # sampling too: the same generator seed gives the same draws
     a = model.generate(idx, 20, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(1))
-    b = model.generate(idx, 20, temperature=1.0, top_p=0.9, use_cache=False,
-                       generator=torch.Generator().manual_seed(1))
+    b = model.generate(
+        idx, 20, temperature=1.0, top_p=0.9, use_cache=False, generator=torch.Generator().manual_seed(1)
+    )
     assert a.tolist() == b.tolist()
 
 
@@ -509,7 +537,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(name):
     assert batch.tolist() == full.tolist()
     for row, p in zip(batch, prompts):
         alone = model.generate(torch.tensor([p]), 12, temperature=0)[0]
-        assert row[idx.shape[1]:].tolist() == alone[len(p):].tolist()
+        assert row[idx.shape[1] :].tolist() == alone[len(p) :].tolist()
 
 
 def test_stop_tokens_end_a_row_and_pad_the_rest():
@@ -520,8 +548,8 @@ def test_stop_tokens_end_a_row_and_pad_the_rest():
     out = model.generate(idx, 10, temperature=0, stop_tokens=[stop], pad_id=66)
     row0 = out[0, 5:].tolist()
     first = row0.index(stop)
-    assert all(t == 66 for t in row0[first + 1:])
-    assert row0[:first + 1] == free[0, 5:5 + first + 1].tolist()
+    assert all(t == 66 for t in row0[first + 1 :])
+    assert row0[: first + 1] == free[0, 5 : 5 + first + 1].tolist()
 
 
 def test_beam_search_finds_a_likelier_sequence_than_greedy():
@@ -530,11 +558,11 @@ def test_beam_search_finds_a_likelier_sequence_than_greedy():
     table = {(): [0.6, 0.4, 0.0], (0,): [1 / 3, 1 / 3, 1 / 3], (1,): [0.05, 0.9, 0.05]}
     history = []
 
-    def next_logits(tokens, parents):   # keeps each beam's tokens the way a KV cache keeps its rows
+    def next_logits(tokens, parents):  # keeps each beam's tokens the way a KV cache keeps its rows
         nonlocal history
         rows = tokens.tolist()
         history = rows if parents is None else [history[p] + t for p, t in zip(parents.tolist(), rows)]
-        return torch.tensor([table[tuple(h[1:])] for h in history]).log()   # h[0] is the prompt
+        return torch.tensor([table[tuple(h[1:])] for h in history]).log()  # h[0] is the prompt
 
     prompt = torch.tensor([7])
     greedy, greedy_lp = beam_search(next_logits, prompt, 2, beam_width=1)
@@ -552,7 +580,7 @@ def test_beam_search_of_width_1_is_greedy_and_scores_are_the_models_log_probabil
     # the score, computed step by step through a reordered KV cache, equals one full forward's
     logp = model(tokens)[0][0, 5:-1].log_softmax(-1).gather(1, tokens[0, 6:, None]).sum().item()
     assert score == pytest.approx(logp, abs=1e-4)
-    stop = greedy[0, 8].item()                       # the third generated token ends the greedy beam
+    stop = greedy[0, 8].item()  # the third generated token ends the greedy beam
     assert model.beam_search(idx, 10, 1, stop_tokens=[stop])[0].tolist() == [greedy[0, :9].tolist()]
 
 
@@ -567,6 +595,7 @@ def test_kv_cache_is_preallocated_once_per_layer():
 
 
 # ----------------------------------------------------------------------------- training
+
 
 def test_tiny_gpt_overfits_one_batch():
     torch.manual_seed(0)
@@ -589,22 +618,30 @@ def test_tiny_gpt_overfits_one_batch():
 
 # ----------------------------------------------------------------------------- errors and checkpoints
 
+
 def test_bad_configs_and_inputs_raise_user_errors():
     with pytest.raises(UserError, match="n_head=6 is not divisible by n_kv_head=4"):
         GPTConfig(n_head=6, n_kv_head=4, n_embd=48)
     with pytest.raises(UserError, match="'batchnorm' is not one of layernorm, rmsnorm"):
         GPTConfig(norm="batchnorm")
-    with pytest.raises(UserError, match=r"head dim 24 .* not supported by the Triton kernel; use one of \(32, 64, 128\)"):
+    with pytest.raises(
+        UserError, match=r"head dim 24 .* not supported by the Triton kernel; use one of \(32, 64, 128\)"
+    ):
         GPTConfig(n_embd=96, n_head=4, attn_backend="triton")
     model = GPT(tiny())
     with pytest.raises(UserError, match=r"49 tokens.*block_size=48"):
         model(torch.zeros(1, 49, dtype=torch.long))
-    for bad, message in [(dict(temperature=-1), "temperature=-1 must be >= 0"),
-                         (dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"), (dict(top_k=0), "top_k=0"),
-                         (dict(repetition_penalty=0), "repetition_penalty=0 must be > 0")]:
+    for bad, message in [
+        (dict(temperature=-1), "temperature=-1 must be >= 0"),
+        (dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+        (dict(top_k=0), "top_k=0"),
+        (dict(repetition_penalty=0), "repetition_penalty=0 must be > 0"),
+    ]:
         with pytest.raises(UserError, match=message):
             model.generate(torch.zeros(1, 4, dtype=torch.long), 5, **bad)
-    with pytest.raises(UserError, match=r"prompt \(40 tokens\) \+ max_new_tokens \(10\) = 50 .*block_size=48"):
+    with pytest.raises(
+        UserError, match=r"prompt \(40 tokens\) \+ max_new_tokens \(10\) = 50 .*block_size=48"
+    ):
         model.generate(torch.zeros(1, 40, dtype=torch.long), 10)
 
 
@@ -710,14 +747,30 @@ def write_data_run(run):
     """A runs/<name>/data/ folder with a manifest, as 01_data/prepare.py leaves it."""
     (run / "data").mkdir(parents=True)
     text = "the cat sat on the mat. " * 40
-    (run / "data" / "train.jsonl").write_text("\n".join(json.dumps({"id": str(i), "text": text}) for i in range(5)))
+    (run / "data" / "train.jsonl").write_text(
+        "\n".join(json.dumps({"id": str(i), "text": text}) for i in range(5))
+    )
     write_manifest(run / "data", stage="01_data", command="python 01_data/prepare.py", config={})
 
 
 def test_transformer_demo_prints_and_writes_the_same_measured_results(tmp_path, capsys):
     write_data_run(tmp_path)
-    argv = ["--data", str(tmp_path), "--seconds", "0.5", "--block-size", "32", "--n-layer", "1", "--n-embd", "32",
-            "--batch-size", "4", "--tokenizer", "bytes"]
+    argv = [
+        "--data",
+        str(tmp_path),
+        "--seconds",
+        "0.5",
+        "--block-size",
+        "32",
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "32",
+        "--batch-size",
+        "4",
+        "--tokenizer",
+        "bytes",
+    ]
     transformer_module.main(argv)
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "transformer" / "metrics.json").read_text())
@@ -741,6 +794,7 @@ def make_run(run):
     """runs/<name>/tokenizer (with its manifest) and pretrain/ckpt.pt naming it as "../tokenizer",
     as 04_pretrain writes it. Returns (model, tokenizer, checkpoint path)."""
     from bpe import BPETokenizer
+
     tok = BPETokenizer.train(["the cat sat on the mat, the dog sat on the log"] * 5, vocab_size=280)
     tok.save(run / "tokenizer")
     write_manifest(run / "tokenizer", stage="02_tokenizer", command="python 02_tokenizer/bpe.py", config={})
@@ -752,18 +806,37 @@ def make_run(run):
 
 def test_sampling_cli_prints_what_the_model_generates(tmp_path, capsys):
     import sample_text
+
     model, tok, ckpt = make_run(tmp_path / "run")
     prompts = ["the cat", "a dog sat"]
-    sample_text.main(["--ckpt", str(ckpt), "--prompt", *prompts, "--max-new-tokens", "8", "--temperature", "0",
-                      "--repetition-penalty", "1"])
+    sample_text.main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--prompt",
+            *prompts,
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1",
+        ]
+    )
     expected = ""
     for p in prompts:  # each prompt alone, greedy: the left-padded batch must give the same
         ids = [tok.eot_id] + tok.encode(p)
-        row = model.generate(torch.tensor([ids]), 8, temperature=0, stop_tokens=[tok.eot_id])[0, len(ids):].tolist()
-        expected += f"--- {p!r}\n{p}{tok.decode(row[:row.index(tok.eot_id)] if tok.eot_id in row else row)}\n"
+        row = model.generate(torch.tensor([ids]), 8, temperature=0, stop_tokens=[tok.eot_id])[
+            0, len(ids) :
+        ].tolist()
+        expected += (
+            f"--- {p!r}\n{p}{tok.decode(row[: row.index(tok.eot_id)] if tok.eot_id in row else row)}\n"
+        )
     assert capsys.readouterr().out == expected
     # beam search: the printed log-probability is the model's for the printed tokens
-    sample_text.main(["--ckpt", str(ckpt), "--prompt", "the cat", "--beam-width", "3", "--max-new-tokens", "6"])
+    sample_text.main(
+        ["--ckpt", str(ckpt), "--prompt", "the cat", "--beam-width", "3", "--max-new-tokens", "6"]
+    )
     ids = [tok.eot_id] + tok.encode("the cat")
     tokens, logprob = model.beam_search(torch.tensor([ids]), 6, 3, stop_tokens=[tok.eot_id])
     head, text = capsys.readouterr().out.splitlines()[:2]
@@ -771,15 +844,30 @@ def test_sampling_cli_prints_what_the_model_generates(tmp_path, capsys):
     assert text.startswith("the cat")
     # an older checkpoint holding an absolute tokenizer path still works
     old = tmp_path / "old.pt"
-    save_checkpoint(old, dataclasses.asdict(model.cfg), model.state_dict(),
-                    tokenizer=str(tmp_path / "run" / "tokenizer"))
-    sample_text.main(["--ckpt", str(old), "--prompt", "the cat", "--max-new-tokens", "8", "--temperature", "0",
-                      "--repetition-penalty", "1"])
+    save_checkpoint(
+        old, dataclasses.asdict(model.cfg), model.state_dict(), tokenizer=str(tmp_path / "run" / "tokenizer")
+    )
+    sample_text.main(
+        [
+            "--ckpt",
+            str(old),
+            "--prompt",
+            "the cat",
+            "--max-new-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--repetition-penalty",
+            "1",
+        ]
+    )
     assert capsys.readouterr().out == expected.split("--- 'a dog sat'")[0]
     small = lively(tiny(vocab_size=100))
     save_checkpoint(tmp_path / "small.pt", dataclasses.asdict(small.cfg), small.state_dict())
     with pytest.raises(UserError, match=rf"tokenizer has {tok.vocab_size} tokens but the model only 100"):
-        sample_text.main(["--ckpt", str(tmp_path / "small.pt"), "--tokenizer", str(tmp_path / "run" / "tokenizer")])
+        sample_text.main(
+            ["--ckpt", str(tmp_path / "small.pt"), "--tokenizer", str(tmp_path / "run" / "tokenizer")]
+        )
     with pytest.raises(UserError, match="no tokenizer found"):
         sample_text.main(["--ckpt", str(tmp_path / "small.pt")])
 
@@ -795,8 +883,25 @@ def test_every_expert_gets_a_gradient_even_with_no_tokens_routed_to_it():
 
 def test_bench_generate_prints_and_saves_the_same_table(tmp_path, capsys):
     import bench_generate
-    bench_generate.main(["--lengths", "4,8", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-                         "--n-kv-head", "1", "--batch-size", "2", "--out", str(tmp_path / "g.png")])
+
+    bench_generate.main(
+        [
+            "--lengths",
+            "4,8",
+            "--n-layer",
+            "1",
+            "--n-embd",
+            "32",
+            "--n-head",
+            "2",
+            "--n-kv-head",
+            "1",
+            "--batch-size",
+            "2",
+            "--out",
+            str(tmp_path / "g.png"),
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     saved = json.loads((tmp_path / "g.json").read_text())
     assert lines[1].split()[:2] == ["new", "tokens"] and [int(l.split()[0]) for l in lines[2:4]] == [4, 8]
@@ -807,7 +912,9 @@ def test_bench_generate_prints_and_saves_the_same_table(tmp_path, capsys):
         assert float(speedup[:-1]) == pytest.approx(row["cached_tok_s"] / row["no_cache_tok_s"], abs=0.051)
         assert row["cache_mib_bf16"] == kv_cache_bytes(cfg, 2, 16 + int(n)) / 2**20
         assert float(mib) == pytest.approx(row["cache_mib_bf16"], abs=0.005)
-        assert row["cache_mib_bf16_mha"] == pytest.approx(2 * row["cache_mib_bf16"])   # 2 query heads, 1 kv head
+        assert row["cache_mib_bf16_mha"] == pytest.approx(
+            2 * row["cache_mib_bf16"]
+        )  # 2 query heads, 1 kv head
     assert (tmp_path / "g.png").stat().st_size > 1000
 
 
@@ -829,13 +936,33 @@ class GPT(nn.Module):  # a bigram model standing in for another GPT implementati
 
 def test_bench_train_step_times_ours_beside_a_reference_model(tmp_path, capsys):
     import bench_train_step
+
     (tmp_path / "ref.py").write_text(REFERENCE_MODEL)
-    bench_train_step.main(["--contexts", "16,8", "--tokens", "32", "--n-layer", "1", "--n-embd", "32", "--steps", "1",
-                           "--vocab-size", "50", "--reference", str(tmp_path / "ref.py"), "--out", str(tmp_path / "t.png")])
+    bench_train_step.main(
+        [
+            "--contexts",
+            "16,8",
+            "--tokens",
+            "32",
+            "--n-layer",
+            "1",
+            "--n-embd",
+            "32",
+            "--steps",
+            "1",
+            "--vocab-size",
+            "50",
+            "--reference",
+            str(tmp_path / "ref.py"),
+            "--out",
+            str(tmp_path / "t.png"),
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
-    assert [(r["context"], r["model"]) for r in rows] == [(T, m) for T in (16, 8)
-                                                          for m in ("reference", "ours (auto)", "ours (torch)")]
+    assert [(r["context"], r["model"]) for r in rows] == [
+        (T, m) for T in (16, 8) for m in ("reference", "ours (auto)", "ours (torch)")
+    ]
     ours = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=4, n_embd=32, **PRESETS["gpt2"]))
     assert rows[1]["params"] == ours.num_params(non_embedding=False) and rows[0]["params"] == 50 * 32 * 2 + 50
     for line, r in zip(lines[2:8], rows):
@@ -846,6 +973,7 @@ def test_bench_train_step_times_ours_beside_a_reference_model(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- bad input, in a subprocess
+
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
@@ -858,12 +986,28 @@ def sample_run(tmp_path_factory):
 BAD_INPUT = [  # (script, arguments, part of the one error line); {run} is the run folder above.
     # One case per class (missing / corrupt input, a flag out of range, a cross-field conflict, a device
     # that is not there, input too long for the model): each costs a Python start with torch.
-    ("sample_text.py", ["--ckpt", "{run}/nothing/ckpt.pt"], "make it with `python 04_pretrain/pretrain.py --data"),
+    (
+        "sample_text.py",
+        ["--ckpt", "{run}/nothing/ckpt.pt"],
+        "make it with `python 04_pretrain/pretrain.py --data",
+    ),
     ("sample_text.py", ["--ckpt", "{run}/corrupt.pt"], "corrupt or truncated checkpoint"),
     ("sample_text.py", ["--ckpt", "{run}/pretrain/ckpt.pt", "--device", "cuda:99"], "--device cuda:99"),
-    ("sample_text.py", ["--ckpt", "{run}/pretrain/ckpt.pt", "--prompt", "the cat sat " * 20], "longest prompt"),
-    ("sample_text.py", ["--ckpt", "{run}/pretrain/ckpt.pt", "--top-p", "2"], "--top-p 2.0 is above its maximum"),
-    ("gpt.py", ["--n-head", "6", "--n-kv-head", "4", "--n-embd", "48"], "n_head=6 is not divisible by n_kv_head=4"),
+    (
+        "sample_text.py",
+        ["--ckpt", "{run}/pretrain/ckpt.pt", "--prompt", "the cat sat " * 20],
+        "longest prompt",
+    ),
+    (
+        "sample_text.py",
+        ["--ckpt", "{run}/pretrain/ckpt.pt", "--top-p", "2"],
+        "--top-p 2.0 is above its maximum",
+    ),
+    (
+        "gpt.py",
+        ["--n-head", "6", "--n-kv-head", "4", "--n-embd", "48"],
+        "n_head=6 is not divisible by n_kv_head=4",
+    ),
     ("transformer.py", ["--data", "{run}/missing"], "missing; make it first with `python 01_data/prepare.py"),
     ("bench_generate.py", ["--lengths", "4,b"], "cannot read '4,b' as a list of int"),
 ]
@@ -876,17 +1020,33 @@ def test_bad_input_gets_one_error_line_exit_2_and_changes_no_file(sample_run, re
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     results = []
     for i in range(0, len(BAD_INPUT), 4):
-        procs = [(case, subprocess.Popen([sys.executable, str(repo_root / "03_model" / case[0]),
-                                          *[a.format(run=sample_run) for a in case[1]]],
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-                 for case in BAD_INPUT[i:i + 4]]
+        procs = [
+            (
+                case,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(repo_root / "03_model" / case[0]),
+                        *[a.format(run=sample_run) for a in case[1]],
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+            for case in BAD_INPUT[i : i + 4]
+        ]
         for case, proc in procs:
             out, err = proc.communicate(timeout=120)
             results.append((case, proc.returncode, out, err))
     for (script, args, expected), _, out, err in results:
         lines = err.strip().splitlines()
         assert "Traceback" not in err, (script, args, err)
-        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (script, args, err)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+            script,
+            args,
+            err,
+        )
     assert [rc for _, rc, _, _ in results] == [2] * len(BAD_INPUT)
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files} == before
     assert sorted(p for p in sample_run.rglob("*") if p.is_file()) == files

@@ -9,6 +9,7 @@ read from the question and the name ignored; an untrained base answers nothing o
 must lift exact match on the held-out names. (Copying the name into the answer as well takes a tiny
 model from scratch far longer than a test may run.)
 """
+
 import hashlib
 import json
 import os
@@ -24,15 +25,42 @@ import torch
 
 from adapter import BottleneckAdapters
 from bpe import BPETokenizer
-from chat_template import (IGNORE, ROLE_TOKEN, encode_chat, encode_prompt, lm_inputs, masked_logprob_mean,
-                           masked_logprob_sum, render_chat, special_ids)
+from chat_template import (
+    IGNORE,
+    ROLE_TOKEN,
+    encode_chat,
+    encode_prompt,
+    lm_inputs,
+    masked_logprob_mean,
+    masked_logprob_sum,
+    render_chat,
+    special_ids,
+)
 from checkpoint_io import save_checkpoint
 from common import UserError, write_jsonl, write_manifest
 from gpt import GPT, GPTConfig
-from lora import (LoRALinear, count_params, inject_lora, load_lora, lora_modules, merge_lora, save_lora,
-                  set_adapter, unmerge_lora)
-from metrics import (answer_in, corpus_bleu, exact_match, lcs_length, pass_at_k, perplexity, rouge_l,
-                     token_f1, win_rate)
+from lora import (
+    LoRALinear,
+    count_params,
+    inject_lora,
+    load_lora,
+    lora_modules,
+    merge_lora,
+    save_lora,
+    set_adapter,
+    unmerge_lora,
+)
+from metrics import (
+    answer_in,
+    corpus_bleu,
+    exact_match,
+    lcs_length,
+    pass_at_k,
+    perplexity,
+    rouge_l,
+    token_f1,
+    win_rate,
+)
 from packing import collate_packed, collate_padded, forward_packed, pack_rows, per_example_loss
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, save_prefix
 import sft
@@ -46,32 +74,47 @@ ACTIONS = {"red": "stop", "green": "go", "yellow": "wait"}
 # ----------------------------------------------------------------------------------------------
 # fixtures: a tokenizer, a small model, a whole run folder
 
+
 def light_task(names, seed):
     rng = random.Random(seed)
     out = []
     for name in names:
         for colour in ACTIONS:
             if rng.random() < 0.8:
-                out.append({"messages": [
-                    {"role": "user", "content": f"What should {name} do at a {colour} light?"},
-                    {"role": "assistant", "content": f"{ACTIONS[colour].capitalize()}."}],
-                    "subject": name, "answer": ACTIONS[colour]})
+                out.append(
+                    {
+                        "messages": [
+                            {"role": "user", "content": f"What should {name} do at a {colour} light?"},
+                            {"role": "assistant", "content": f"{ACTIONS[colour].capitalize()}."},
+                        ],
+                        "subject": name,
+                        "answer": ACTIONS[colour],
+                    }
+                )
     return out
 
 
-NAMES = [a + b for a in ("Ka", "Ri", "Mo", "Tel", "Su", "Van") for b in ("do", "rin", "mi", "sa", "lek", "po")]
+NAMES = [
+    a + b for a in ("Ka", "Ri", "Mo", "Tel", "Su", "Van") for b in ("do", "rin", "mi", "sa", "lek", "po")
+]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    text = " ".join(f"What should {n} do at a {c} light? {a.capitalize()}."
-                    for n in NAMES for c, a in ACTIONS.items()) + " system prompt: answer briefly. 你好"
+    text = (
+        " ".join(
+            f"What should {n} do at a {c} light? {a.capitalize()}." for n in NAMES for c, a in ACTIONS.items()
+        )
+        + " system prompt: answer briefly. 你好"
+    )
     return BPETokenizer.train([text] * 3, vocab_size=360)
 
 
 def small_model(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=360, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, attn_backend="torch")
+    cfg = dict(
+        vocab_size=360, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, attn_backend="torch"
+    )
     return GPT(GPTConfig(**{**cfg, **kw}))
 
 
@@ -85,43 +128,62 @@ def run_dir(tmp_path_factory, tok):
     write_manifest(data, stage="01_data", command="(test)", config={})
     tok.save(run / "tokenizer")
     write_manifest(run / "tokenizer", stage="02_tokenizer", command="(test)", config={}, inputs=[data])
-    ids = np.array(tok.encode_ordinary(" ".join(f"{n} should {a}." for n in NAMES for a in ACTIONS.values()) * 4),
-                   dtype=np.uint16)
+    ids = np.array(
+        tok.encode_ordinary(" ".join(f"{n} should {a}." for n in NAMES for a in ACTIONS.values()) * 4),
+        dtype=np.uint16,
+    )
     (run / "tokens").mkdir()
     ids.tofile(run / "tokens" / "train.bin")
     ids[::-1].copy().tofile(run / "tokens" / "val.bin")
-    (run / "tokens" / "meta.json").write_text(json.dumps({"vocab_size": tok.vocab_size, "dtype": "uint16",
-                                                          "eot_id": tok.eot_id, "n_tokens": {"train": len(ids), "val": len(ids)}}))
+    (run / "tokens" / "meta.json").write_text(
+        json.dumps(
+            {
+                "vocab_size": tok.vocab_size,
+                "dtype": "uint16",
+                "eot_id": tok.eot_id,
+                "n_tokens": {"train": len(ids), "val": len(ids)},
+            }
+        )
+    )
     write_manifest(run / "tokens", stage="02_tokenizer", command="(test)", config={}, inputs=[data])
     model = small_model(vocab_size=tok.vocab_size)
     save_checkpoint(run / "pretrain" / "ckpt.pt", model.cfg.__dict__, model.state_dict())
-    write_manifest(run / "pretrain", stage="04_pretrain", command="(test)", config={}, inputs=[run / "tokens"])
+    write_manifest(
+        run / "pretrain", stage="04_pretrain", command="(test)", config={}, inputs=[run / "tokens"]
+    )
     return run
 
 
-TWO_TURNS = [{"role": "system", "content": "answer briefly."},
-             {"role": "user", "content": "The light at Kado is red. What should Kado do?"},
-             {"role": "assistant", "content": "Kado should stop."},
-             {"role": "user", "content": "你好"},
-             {"role": "assistant", "content": "Kado should go."}]
+TWO_TURNS = [
+    {"role": "system", "content": "answer briefly."},
+    {"role": "user", "content": "The light at Kado is red. What should Kado do?"},
+    {"role": "assistant", "content": "Kado should stop."},
+    {"role": "user", "content": "你好"},
+    {"role": "assistant", "content": "Kado should go."},
+]
 
 
 # ----------------------------------------------------------------------------------------------
 # chat template and loss mask
 
+
 def test_loss_mask_covers_exactly_the_assistant_tokens_and_their_end(tok):
     ids, labels, mask = encode_chat(tok, TWO_TURNS)
     sid = special_ids(tok)
     # build the expected mask by hand, turn by turn
-    expected = [0]                                                          # <|endoftext|>
+    expected = [0]  # <|endoftext|>
     for m in TWO_TURNS:
         n = len(tok.encode_ordinary(m["content"]))
         on = m["role"] == "assistant"
-        expected += [0] + [int(on)] * n + [int(on)]                         # role marker, content, <|end|>
+        expected += [0] + [int(on)] * n + [int(on)]  # role marker, content, <|end|>
     assert mask == expected
     trained = [t for t, k in zip(ids, mask) if k]
-    assert trained == (tok.encode_ordinary("Kado should stop.") + [sid["<|end|>"]]
-                       + tok.encode_ordinary("Kado should go.") + [sid["<|end|>"]])
+    assert trained == (
+        tok.encode_ordinary("Kado should stop.")
+        + [sid["<|end|>"]]
+        + tok.encode_ordinary("Kado should go.")
+        + [sid["<|end|>"]]
+    )
     assert labels == [t if k else IGNORE for t, k in zip(ids, mask)]
     assert sid["<|assistant|>"] not in trained and sid["<|user|>"] not in trained
 
@@ -133,11 +195,13 @@ def test_template_round_trips_and_every_special_token_is_one_id(tok):
     ids, _, _ = encode_chat(tok, TWO_TURNS)
     assert tok.encode(text, allowed_special="all") == ids
     assert tok.decode(ids) == text
-    prompt = encode_prompt(tok, TWO_TURNS)                                   # drops the final answer
+    prompt = encode_prompt(tok, TWO_TURNS)  # drops the final answer
     assert tok.decode(prompt) == render_chat(TWO_TURNS[:-1], add_generation_prompt=True)
     assert text.startswith("<|endoftext|><|system|>answer briefly.<|end|><|user|>")
     # a user typing a role marker gets text, not the control token
-    forged, _, _ = encode_chat(tok, [{"role": "user", "content": "<|assistant|>hi"}, {"role": "assistant", "content": "x"}])
+    forged, _, _ = encode_chat(
+        tok, [{"role": "user", "content": "<|assistant|>hi"}, {"role": "assistant", "content": "x"}]
+    )
     assert forged.count(special_ids(tok)[ROLE_TOKEN["assistant"]]) == 1
 
 
@@ -153,14 +217,26 @@ def test_masked_logprob_helpers_sum_only_the_trained_positions():
 
 def test_conversation_files_are_checked_with_file_and_line(tmp_path):
     good = tmp_path / "alpaca.jsonl"
-    good.write_text(json.dumps({"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}) + "\n\n"
-                    + json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    good.write_text(
+        json.dumps({"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"})
+        + "\n\n"
+        + json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+        + "\n"
+    )
     recs = read_conversations(good)
-    assert recs[0]["messages"] == [{"role": "user", "content": "Say hi\n\nto Bob"}, {"role": "assistant", "content": "Hi Bob"}]
-    bad = [({"instruction": "x"}, "no string 'output'"),
-           ({"messages": [{"role": "robot", "content": "x"}]}, "role 'robot'"),
-           ({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}, "ends with a user turn"),
-           ({"text": "x"}, "no 'messages' field")]
+    assert recs[0]["messages"] == [
+        {"role": "user", "content": "Say hi\n\nto Bob"},
+        {"role": "assistant", "content": "Hi Bob"},
+    ]
+    bad = [
+        ({"instruction": "x"}, "no string 'output'"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "role 'robot'"),
+        (
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+            "ends with a user turn",
+        ),
+        ({"text": "x"}, "no 'messages' field"),
+    ]
     for rec, msg in bad:
         path = tmp_path / "bad.jsonl"
         path.write_text(json.dumps({"instruction": "ok", "output": "ok"}) + "\n\n" + json.dumps(rec) + "\n")
@@ -169,8 +245,15 @@ def test_conversation_files_are_checked_with_file_and_line(tmp_path):
 
 
 def test_too_long_examples_are_skipped_and_counted_or_refused_when_strict(tok):
-    recs = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "Kado should go. " * n}]}
-            for n in (1, 30, 2)]
+    recs = [
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "Kado should go. " * n},
+            ]
+        }
+        for n in (1, 30, 2)
+    ]
     examples, skipped = encode_examples(tok, recs, block_size=40)
     assert skipped == 1 and len(examples) == 2
     assert all(len(ex["input_ids"]) - 1 <= 40 for ex in examples)
@@ -185,12 +268,15 @@ def test_real_alpaca_files_parse_and_long_answers_are_skipped_not_cut(shared_dat
     assert all(r["messages"][-1]["role"] == "assistant" for r in en + zh)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in zh[0]["messages"][0]["content"])
     examples, skipped = encode_examples(tok, zh[:20], block_size=128)
-    assert skipped + len(examples) == 20 and skipped > 0                   # long Chinese answers do not fit
-    assert all(tok.decode(ex["input_ids"]) == render_chat(ex["record"]["messages"]) for ex in examples)  # whole
+    assert skipped + len(examples) == 20 and skipped > 0  # long Chinese answers do not fit
+    assert all(
+        tok.decode(ex["input_ids"]) == render_chat(ex["record"]["messages"]) for ex in examples
+    )  # whole
 
 
 # ----------------------------------------------------------------------------------------------
 # packing
+
 
 @pytest.mark.parametrize("pos_emb", ["learned", "rope"])
 def test_packed_and_padded_batches_give_the_same_loss_per_example(tok, pos_emb):
@@ -198,18 +284,19 @@ def test_packed_and_padded_batches_give_the_same_loss_per_example(tok, pos_emb):
     examples, _ = encode_examples(tok, recs, block_size=64)
     model = small_model(vocab_size=tok.vocab_size, pos_emb=pos_emb)
     rows = pack_rows(examples, 64)
-    assert len(rows) < len(examples)                                         # several examples per row
+    assert len(rows) < len(examples)  # several examples per row
     x, y, seg = collate_packed(rows, pad_id=0)
     packed = per_example_loss(forward_packed(model, x, seg)[0], y, seg)
     xp, yp = collate_padded(examples, pad_id=0)
     padded = per_example_loss(model(xp)[0], yp)
     assert np.allclose(packed, padded, atol=1e-5)
-    naive = per_example_loss(model(x)[0], y, seg)                           # the leak packing must avoid
+    naive = per_example_loss(model(x)[0], y, seg)  # the leak packing must avoid
     assert not np.allclose(naive, padded, atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------
 # LoRA
+
 
 def lora_model():
     model = small_model()
@@ -231,7 +318,7 @@ def test_lora_at_init_is_bit_identical_to_the_base():
     assert torch.equal(model(x)[0], base)
     assert all(isinstance(model.get_submodule(f"blocks.{i}.attn.wq"), LoRALinear) for i in range(2))
     assert not isinstance(model.blocks[0].attn.wk, LoRALinear)
-    assert set(small_model().state_dict()) <= set(model.state_dict())           # base keys unchanged
+    assert set(small_model().state_dict()) <= set(model.state_dict())  # base keys unchanged
 
 
 def test_lora_merge_then_unmerge_restores_the_weights_and_merged_equals_unmerged():
@@ -258,7 +345,7 @@ def test_only_lora_parameters_receive_gradients():
     assert got and all(".lora_A." in n or ".lora_B." in n for n in got)
     assert got == {n for n, p in model.named_parameters() if p.requires_grad}
     c = count_params(model)
-    assert c["trainable"] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 32) + (96 + 32))   # layers·r·Σ(in+out)
+    assert c["trainable"] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 32) + (96 + 32))  # layers·r·Σ(in+out)
 
 
 def test_lora_adapter_save_load_round_trip_and_mismatched_base_refused(tmp_path):
@@ -280,17 +367,26 @@ def test_lora_adapter_save_load_round_trip_and_mismatched_base_refused(tmp_path)
 
 def test_merge_cli_writes_a_plain_checkpoint_equal_to_base_plus_adapter(tmp_path, capsys):
     import lora
+
     base = small_model()
     save_checkpoint(tmp_path / "pretrain" / "ckpt.pt", base.cfg.__dict__, base.state_dict())
     model = lora_model()
     randomize_lora(model)
     save_lora(model, tmp_path / "sft" / "adapter.pt")
     write_manifest(tmp_path / "sft", stage="05_sft_lora", command="(test)", config={})
-    lora.main(["--base", str(tmp_path / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "sft" / "adapter.pt"),
-               "--out", str(tmp_path / "merged")])
-    assert "adapter 'default', r=4, 8 layers" in capsys.readouterr().out          # wq, wv, wo, down x 2 blocks
+    lora.main(
+        [
+            "--base",
+            str(tmp_path / "pretrain" / "ckpt.pt"),
+            "--adapter",
+            str(tmp_path / "sft" / "adapter.pt"),
+            "--out",
+            str(tmp_path / "merged"),
+        ]
+    )
+    assert "adapter 'default', r=4, 8 layers" in capsys.readouterr().out  # wq, wv, wo, down x 2 blocks
     merged = GPT.from_checkpoint(tmp_path / "merged" / "ckpt.pt")
-    assert not any(isinstance(m, LoRALinear) for m in merged.modules())   # a plain GPT of the base's shape
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())  # a plain GPT of the base's shape
     x = torch.randint(0, 360, (2, 12))
     assert torch.allclose(merged(x)[0], model(x)[0], atol=1e-5)
     assert (tmp_path / "merged" / "manifest.json").is_file()
@@ -322,6 +418,7 @@ def test_switching_adapters_changes_outputs_and_switching_back_restores_them():
 # ----------------------------------------------------------------------------------------------
 # prefix tuning and adapters (and the 03 hook)
 
+
 def test_prefix_hook_unused_or_detached_leaves_the_base_bit_identical(tmp_path):
     x = torch.randint(0, 360, (2, 12))
     model = small_model()
@@ -331,9 +428,9 @@ def test_prefix_hook_unused_or_detached_leaves_the_base_bit_identical(tmp_path):
     attach_prefix(model, prefix)
     y1 = model(x)[0]
     assert not torch.allclose(y1, y0, atol=1e-4)
-    assert set(model.state_dict()) == keys                                   # the prefix lives beside the model
+    assert set(model.state_dict()) == keys  # the prefix lives beside the model
     prefix.fold()
-    assert torch.equal(model(x)[0], y1)                                     # folding changes nothing
+    assert torch.equal(model(x)[0], y1)  # folding changes nothing
     assert [n for n, _ in prefix.named_parameters()] == ["folded"]
     save_prefix(prefix, model, tmp_path / "p.pt")
     detach_prefix(model)
@@ -347,20 +444,24 @@ def test_prefix_works_with_the_kv_cache_padding_and_packing(tok):
     model = small_model(vocab_size=tok.vocab_size, pos_emb="learned")
     prefix = PrefixTuning(model.cfg, n_prefix=4, hidden=16)
     with torch.no_grad():
-        prefix.mlp[2].bias.normal_()                                        # prefixes that matter
+        prefix.mlp[2].bias.normal_()  # prefixes that matter
     attach_prefix(model, prefix)
     prompts = [encode_prompt(tok, ex["messages"]) for ex in light_task(NAMES[:2], 0)[:3]]
     from decoding import left_pad
+
     idx, mask = left_pad(prompts, pad_id=0)
     cached = model.generate(idx, 6, temperature=0, attention_mask=mask)
     assert torch.equal(cached, model.generate(idx, 6, temperature=0, attention_mask=mask, use_cache=False))
     alone = model.generate(torch.tensor([prompts[1]]), 6, temperature=0)
-    assert torch.equal(alone[0], cached[1, idx.shape[1] - len(prompts[1]):])
+    assert torch.equal(alone[0], cached[1, idx.shape[1] - len(prompts[1]) :])
     examples, _ = encode_examples(tok, light_task(NAMES[:3], 0), 64)
     x, y, seg = collate_packed(pack_rows(examples, 64), 0)
     xp, yp = collate_padded(examples, 0)
-    assert np.allclose(per_example_loss(forward_packed(model, x, seg)[0], y, seg),
-                       per_example_loss(model(xp)[0], yp), atol=1e-5)
+    assert np.allclose(
+        per_example_loss(forward_packed(model, x, seg)[0], y, seg),
+        per_example_loss(model(xp)[0], yp),
+        atol=1e-5,
+    )
 
 
 def test_bottleneck_adapters_start_as_identity_train_alone_and_detach_cleanly():
@@ -369,7 +470,7 @@ def test_bottleneck_adapters_start_as_identity_train_alone_and_detach_cleanly():
     y0 = model(x)[0]
     adapters = BottleneckAdapters(model.cfg, dim=4)
     adapters.attach(model)
-    assert torch.equal(model(x)[0], y0)                                     # up = 0: identity at init
+    assert torch.equal(model(x)[0], y0)  # up = 0: identity at init
     with torch.no_grad():
         for a in adapters.attn:
             a.up.weight.normal_()
@@ -386,6 +487,7 @@ def test_bottleneck_adapters_start_as_identity_train_alone_and_detach_cleanly():
 # ----------------------------------------------------------------------------------------------
 # metrics on hand-computed examples
 
+
 def test_metrics_on_hand_computed_examples():
     assert perplexity(2 * np.log(4), 2) == pytest.approx(4.0)
     assert exact_match("The cat sat!", "cat  sat") == 1.0 and exact_match("cat sat down", "cat sat") == 0.0
@@ -393,7 +495,7 @@ def test_metrics_on_hand_computed_examples():
     # pred = [dog dog dog cat], ref = [dog cat mat]: overlap = min(3,1) dog + 1 cat = 2; P = 2/4, R = 2/3
     assert token_f1("dog dog dog cat", "dog cat mat") == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
     # ROUGE-L: LCS of "a b c d e" and "a x c y e" is "a c e" (3): P = 3/5, R = 3/5
-    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4                 # the textbook example
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4  # the textbook example
     assert rouge_l("a b c d e", "a x c y e") == pytest.approx(0.6)
     assert rouge_l("a b c", "a b c d e f") == pytest.approx(2 * 1 * 0.5 / 1.5)
     # BLEU: candidate "the cat sat on mat" (5) vs reference "the cat sat on the mat" (6)
@@ -402,22 +504,36 @@ def test_metrics_on_hand_computed_examples():
     assert b["precisions"] == pytest.approx([1, 3 / 4, 2 / 3, 1 / 2])
     assert b["bp"] == pytest.approx(np.exp(1 - 6 / 5))
     assert b["bleu"] == pytest.approx(np.exp(1 - 6 / 5) * (1 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25)
-    assert corpus_bleu(["a a a a"], ["a b c d"])["precisions"][0] == pytest.approx(1 / 4)   # clipped counts
+    assert corpus_bleu(["a a a a"], ["a b c d"])["precisions"][0] == pytest.approx(1 / 4)  # clipped counts
     # pass@k: n = 5, c = 2, k = 2: 1 - C(3,2)/C(5,2) = 1 - 3/10
     assert pass_at_k(5, 2, 2) == pytest.approx(0.7)
     assert pass_at_k(5, 4, 2) == 1.0 and pass_at_k(5, 0, 3) == 0.0
-    w = win_rate(60, 30, 10)                                                # p = 65/100
+    w = win_rate(60, 30, 10)  # p = 65/100
     assert w["win_rate"] == pytest.approx(0.65) and w["low"] < 0.65 < w["high"]
     assert (w["low"], w["high"]) == pytest.approx((0.5525, 0.7364), abs=1e-3)
-    assert answer_in("Kado lives in Calinwi.", "calinwi") == 1.0 and answer_in("Kado lives.", "Calinwi") == 0.0
+    assert (
+        answer_in("Kado lives in Calinwi.", "calinwi") == 1.0 and answer_in("Kado lives.", "Calinwi") == 0.0
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # the SFT run
 
+
 def sft_cfg(run, out, **kw):
-    base = dict(run=str(run), out=str(out), steps=60, batch_size=8, eval_interval=30, warmup_steps=5,
-                eval_limit=40, max_new_tokens=8, forget_windows=4, device="cpu", val_frac=0.1)
+    base = dict(
+        run=str(run),
+        out=str(out),
+        steps=60,
+        batch_size=8,
+        eval_interval=30,
+        warmup_steps=5,
+        eval_limit=40,
+        max_new_tokens=8,
+        forget_windows=4,
+        device="cpu",
+        val_frac=0.1,
+    )
     return sft.SFTConfig(**{**base, **kw})
 
 
@@ -433,27 +549,55 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
 
 
 def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
-    out = tmp_path / "cmp"                    # one method: every sft.py process costs a torch import
-    proc = subprocess.run([sys.executable, str(REPO / "05_sft_lora" / "compare.py"), "--run", str(run_dir), "--out", str(out),
-                           "--methods", "lora_r4", "--steps", "2", "--eval-limit", "3", "--device", "cpu",
-                           "--sft-args", "--batch-size 2 --forget-windows 2 --max-new-tokens 4 --eval-interval 1"],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    out = tmp_path / "cmp"  # one method: every sft.py process costs a torch import
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "05_sft_lora" / "compare.py"),
+            "--run",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--methods",
+            "lora_r4",
+            "--steps",
+            "2",
+            "--eval-limit",
+            "3",
+            "--device",
+            "cpu",
+            "--sft-args",
+            "--batch-size 2 --forget-windows 2 --max-new-tokens 4 --eval-interval 1",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "compare.json").read_text())
     assert [r["method"] for r in result["rows"]] == ["base (template only)", "lora_r4"]
     o = result["outcomes"]["lora_r4"]
-    assert o["params"]["trainable"] == 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 96) + (96 + 32))
+    assert o["params"]["trainable"] == 2 * 4 * (
+        (32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 96) + (96 + 32)
+    )
     assert o["heldout_base"]["n"] == 3 and o["steps"] == 2 and o["train_cpu_s"] > 0
-    assert "| lora_r4 |" in proc.stdout and (out / "compare.png").is_file() and (out / "manifest.json").is_file()
+    assert (
+        "| lora_r4 |" in proc.stdout and (out / "compare.png").is_file() and (out / "manifest.json").is_file()
+    )
     assert (out / "lora_r4" / "adapter.pt").is_file() and (out / "lora_r4" / "manifest.json").is_file()
 
 
 # ----------------------------------------------------------------------------------------------
 # bad input: one line, exit 2, nothing written
 
+
 def tree_hashes(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _fork_driver(cases_path):
@@ -463,6 +607,7 @@ def _fork_driver(cases_path):
     import importlib
     import tempfile
     import traceback
+
     results = []
     for script, argv in json.loads(Path(cases_path).read_text()):
         main = importlib.import_module(script).main
@@ -475,9 +620,18 @@ def run_cases(cases, tmp: Path) -> list:
     path = tmp / "cases.json"
     path.write_text(json.dumps(cases))
     folders = ("tests", "01_data", "02_tokenizer", "03_model", "04_pretrain", "05_sft_lora", "kernels")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in folders)}
-    proc = subprocess.run([sys.executable, "-c", "import sys, test_05_sft_lora as t; t._fork_driver(sys.argv[1])",
-                           str(path)], env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in folders),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, test_05_sft_lora as t; t._fork_driver(sys.argv[1])", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((tmp / "cases.json.out").read_text())
 
@@ -489,57 +643,132 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path):
         return str(path)
 
     ok = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    other = small_model(n_embd=64, vocab_size=360)                          # an adapter for another base
+    other = small_model(n_embd=64, vocab_size=360)  # an adapter for another base
     inject_lora(other, ["wq"], r=2, alpha=4)
     save_lora(other, tmp_path / "other" / "adapter.pt")
     write_manifest(tmp_path / "other", stage="05_sft_lora", command="(test)", config={})
     (tmp_path / "loose").mkdir()
-    save_lora(other, tmp_path / "loose" / "adapter.pt")                    # not in a finished sft.py folder
+    save_lora(other, tmp_path / "loose" / "adapter.pt")  # not in a finished sft.py folder
     run = str(run_dir)
     cases = {  # name: (script, argv, what the one line must say)
-        "missing field": ("sft", ["--train-file", jsonl("a.jsonl", {"instruction": "x", "output": "y"}, {"instruction": "x"})],
-                          r"a.jsonl:2: .*'output'"),
-        "unknown role": ("sft", ["--train-file", jsonl("b.jsonl", ok, {"messages": [
-            {"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]})], r"b.jsonl:2: turn 0 has role 'bot'"),
-        "no final answer": ("sft", ["--heldout-file", jsonl("c.jsonl", {"messages": [{"role": "user", "content": "x"}]})],
-                            r"c.jsonl:1: the conversation ends with a user turn"),
-        "not json": ("sft", ["--train-file", jsonl("d.jsonl", '{"messages": [\n')], r"d.jsonl:1: not valid JSON"),
+        "missing field": (
+            "sft",
+            ["--train-file", jsonl("a.jsonl", {"instruction": "x", "output": "y"}, {"instruction": "x"})],
+            r"a.jsonl:2: .*'output'",
+        ),
+        "unknown role": (
+            "sft",
+            [
+                "--train-file",
+                jsonl(
+                    "b.jsonl",
+                    ok,
+                    {"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]},
+                ),
+            ],
+            r"b.jsonl:2: turn 0 has role 'bot'",
+        ),
+        "no final answer": (
+            "sft",
+            ["--heldout-file", jsonl("c.jsonl", {"messages": [{"role": "user", "content": "x"}]})],
+            r"c.jsonl:1: the conversation ends with a user turn",
+        ),
+        "not json": (
+            "sft",
+            ["--train-file", jsonl("d.jsonl", '{"messages": [\n')],
+            r"d.jsonl:1: not valid JSON",
+        ),
         "no such file": ("sft", ["--train-file", str(tmp_path / "nope.jsonl")], r"nope.jsonl"),
-        "lora targets": ("sft", ["--lora-targets", "q_proj,v_proj"], r"match no linear layer; the model has blocks\.\*\.attn\.wk"),
+        "lora targets": (
+            "sft",
+            ["--lora-targets", "q_proj,v_proj"],
+            r"match no linear layer; the model has blocks\.\*\.attn\.wk",
+        ),
         "rank 0": ("sft", ["--lora-r", "0"], r"--lora-r 0 is below its minimum 1"),
         "unknown method": ("sft", ["--method", "qlora"], r"invalid choice"),
         "mix out of range": ("sft", ["--mix-pretrain", "1.5"], r"--mix-pretrain 1.5 is above its maximum"),
-        "no base": ("sft", ["--run", str(tmp_path / "empty")], r"pretrain: missing; make it first with `python 04_pretrain/pretrain.py"),
+        "no base": (
+            "sft",
+            ["--run", str(tmp_path / "empty")],
+            r"pretrain: missing; make it first with `python 04_pretrain/pretrain.py",
+        ),
         "base file": ("sft", ["--base", str(tmp_path / "nope.pt")], r"no such checkpoint; 04_pretrain"),
-        "adapter base": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "other" / "adapter.pt"),
-                                  "--out", str(tmp_path / "merged")], r"another shape or config \(n_embd: saved=64 current=32"),
-        "adapter folder": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt"), "--adapter", str(tmp_path / "loose" / "adapter.pt"),
-                                    "--out", str(tmp_path / "merged")], r"loose: incomplete \(no manifest.json"),
-        "merge base file": ("lora", ["--base", str(tmp_path / "nope.pt"), "--adapter", str(tmp_path / "other" / "adapter.pt")],
-                            r"no such checkpoint; 04_pretrain"),
-        "merge without adapter": ("lora", ["--base", str(run_dir / "pretrain" / "ckpt.pt")], r"pass --base .* and --adapter"),
-        "compare method": ("compare", ["--run", run, "--methods", "full,qlora", "--out", str(tmp_path / "out_cmp")],
-                           r"unknown qlora; choose from full, lora_r4"),
+        "adapter base": (
+            "lora",
+            [
+                "--base",
+                str(run_dir / "pretrain" / "ckpt.pt"),
+                "--adapter",
+                str(tmp_path / "other" / "adapter.pt"),
+                "--out",
+                str(tmp_path / "merged"),
+            ],
+            r"another shape or config \(n_embd: saved=64 current=32",
+        ),
+        "adapter folder": (
+            "lora",
+            [
+                "--base",
+                str(run_dir / "pretrain" / "ckpt.pt"),
+                "--adapter",
+                str(tmp_path / "loose" / "adapter.pt"),
+                "--out",
+                str(tmp_path / "merged"),
+            ],
+            r"loose: incomplete \(no manifest.json",
+        ),
+        "merge base file": (
+            "lora",
+            ["--base", str(tmp_path / "nope.pt"), "--adapter", str(tmp_path / "other" / "adapter.pt")],
+            r"no such checkpoint; 04_pretrain",
+        ),
+        "merge without adapter": (
+            "lora",
+            ["--base", str(run_dir / "pretrain" / "ckpt.pt")],
+            r"pass --base .* and --adapter",
+        ),
+        "compare method": (
+            "compare",
+            ["--run", run, "--methods", "full,qlora", "--out", str(tmp_path / "out_cmp")],
+            r"unknown qlora; choose from full, lora_r4",
+        ),
     }
-    argvs = [(script, ["--run", run, *argv, "--out", str(tmp_path / f"out_{i}")] if script == "sft" and "--run" not in argv
-              else [*argv, "--out", str(tmp_path / f"out_{i}")] if script == "sft" else argv)
-             for i, (script, argv, _) in enumerate(cases.values())]
+    argvs = [
+        (
+            script,
+            ["--run", run, *argv, "--out", str(tmp_path / f"out_{i}")]
+            if script == "sft" and "--run" not in argv
+            else [*argv, "--out", str(tmp_path / f"out_{i}")]
+            if script == "sft"
+            else argv,
+        )
+        for i, (script, argv, _) in enumerate(cases.values())
+    ]
     before = tree_hashes(run_dir)
     for i, (name, res) in enumerate(zip(cases, run_cases(argvs, tmp_path))):
         lines = [line for line in res["stderr"].splitlines() if line.strip()]
         assert res["rc"] == 2, (name, res["stderr"])
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res["stderr"], (name, lines)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res["stderr"], (
+            name,
+            lines,
+        )
         assert re.search(cases[name][2], lines[0]), (name, lines[0])
         assert not (tmp_path / f"out_{i}").exists(), name
     assert not (tmp_path / "merged").exists() and not (tmp_path / "out_cmp").exists()
     assert tree_hashes(run_dir) == before
 
 
-@pytest.mark.parametrize("script, flags", [("sft", ["--method", "--lora-r", "--mix-pretrain", "--curriculum", "--patience"]),
-                                           ("compare", ["--methods", "--steps", "--sft-args"]),
-                                           ("lora", ["--base", "--adapter", "--out"])])
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        ("sft", ["--method", "--lora-r", "--mix-pretrain", "--curriculum", "--patience"]),
+        ("compare", ["--methods", "--steps", "--sft-args"]),
+        ("lora", ["--base", "--adapter", "--out"]),
+    ],
+)
 def test_help_describes_every_command(script, flags, capsys):
     import importlib
+
     with pytest.raises(SystemExit) as e:
         importlib.import_module(script).main(["--help"])
     out = capsys.readouterr().out

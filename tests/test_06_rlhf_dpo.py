@@ -5,6 +5,7 @@ The numbers in the hand-computed tests are worked out in the comments beside the
 says which formula broke. The tiny runs use a BPE tokenizer and a GPT of ~40k parameters made here
 (no pipeline): they check that the training loops move the quantity they optimize, with fixed seeds.
 """
+
 import hashlib
 import json
 import math
@@ -35,23 +36,40 @@ import rl_compare
 import rlaif
 import rollouts
 import rule_judge
-from rl_common import (clipped_policy_loss, group_normalized_advantages, k3_kl, masked_mean, masked_normalize,
-                       masked_whiten, microbatch_train_step, no_baseline_loss, pad_responses, policy_gradient_loss,
-                       reinforce_with_baseline_loss, response_log_probs, token_entropy)
+from rl_common import (
+    clipped_policy_loss,
+    group_normalized_advantages,
+    k3_kl,
+    masked_mean,
+    masked_normalize,
+    masked_whiten,
+    microbatch_train_step,
+    no_baseline_loss,
+    pad_responses,
+    policy_gradient_loss,
+    reinforce_with_baseline_loss,
+    response_log_probs,
+    token_entropy,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def close(a, b, tol=1e-5):
-    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol)
+    return torch.allclose(
+        torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=tol
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # hand-computed formulas
 
+
 def test_bradley_terry_loss_by_hand():
     # −log σ(2 − 0) = log(1 + e^−2) = 0.126928;  −log σ(0 − 1) = log(1 + e) = 1.313262;  mean 0.720095
-    assert close(reward_model.bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])), 0.720095)
+    assert close(
+        reward_model.bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])), 0.720095
+    )
     assert close(reward_model.bradley_terry_loss(torch.tensor([3.0]), torch.tensor([3.0])), math.log(2))
     # only the difference matters: adding a constant to both rewards changes nothing
     assert close(reward_model.bradley_terry_loss(torch.tensor([102.0]), torch.tensor([100.0])), 0.126928)
@@ -66,7 +84,7 @@ def test_gae_on_a_four_step_trajectory_with_a_terminal_reward():
     # A3 = 0.2; A2 = 0.02 + 0.72·0.2 = 0.164; A1 = 0.03 + 0.72·0.164 = 0.14808; A0 = 0.04 + 0.72·0.14808 = 0.1466176
     adv, ret = ppo.gae(rewards, values, mask, gamma=0.9, lam=0.8)
     assert close(adv, [[0.1466176, 0.14808, 0.164, 0.2]])
-    assert close(ret, [[0.6466176, 0.74808, 0.864, 1.0]])                   # R = A + V
+    assert close(ret, [[0.6466176, 0.74808, 0.864, 1.0]])  # R = A + V
     # λ = 1: the Monte-Carlo return γ^(3−t)·1 minus V_t
     adv1, _ = ppo.gae(rewards, values, mask, gamma=0.9, lam=1.0)
     assert close(adv1, [[0.729 - 0.5, 0.81 - 0.6, 0.9 - 0.7, 1.0 - 0.8]])
@@ -74,25 +92,37 @@ def test_gae_on_a_four_step_trajectory_with_a_terminal_reward():
     wide_r, wide_v, wide_m = torch.zeros(1, 9), torch.full((1, 9), 7.0), torch.zeros(1, 9)
     wide_r[0, 2:6], wide_v[0, 2:6], wide_m[0, 2:6] = rewards[0], values[0], 1
     wide_adv, _ = ppo.gae(wide_r, wide_v, wide_m, gamma=0.9, lam=0.8)
-    assert close(wide_adv[0, 2:6], adv[0]) and wide_adv[0, :2].abs().sum() == 0 and wide_adv[0, 6:].abs().sum() == 0
+    assert (
+        close(wide_adv[0, 2:6], adv[0])
+        and wide_adv[0, :2].abs().sum() == 0
+        and wide_adv[0, 6:].abs().sum() == 0
+    )
 
 
 def test_token_rewards_put_the_score_on_the_last_response_token():
     mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
-    lp, ref = torch.full((2, 5), -1.0), torch.full((2, 5), -1.5)            # log π − log π_ref = 0.5 per token
+    lp, ref = torch.full((2, 5), -1.0), torch.full((2, 5), -1.5)  # log π − log π_ref = 0.5 per token
     r, log_ratio = ppo.token_rewards(torch.tensor([2.0, -1.0]), lp, ref, mask, kl_coef=0.1)
     assert close(r, [[0, -0.05, -0.05, 2 - 0.05, 0], [0, 0, -1 - 0.05, 0, 0]])
     assert close(log_ratio.sum(1), [1.5, 0.5])
 
 
-@pytest.mark.parametrize("adv, ratio, loss, clipped", [
-    (1.0, 1.1, -1.1, False),    # inside [0.8, 1.2]: the plain ratio·A
-    (1.0, 1.5, -1.2, True),     # A > 0, ratio above 1 + ε: capped at 1.2·A, no gradient
-    (1.0, 0.5, -0.5, False),    # A > 0, ratio below 1 − ε: min picks the unclipped 0.5 (a mistake is still corrected)
-    (-1.0, 0.9, 0.9, False),    # inside, negative advantage
-    (-1.0, 0.5, 0.8, True),     # A < 0, ratio below 1 − ε: min(−0.5, −0.8) = −0.8, capped
-    (-1.0, 1.5, 1.5, False),    # A < 0, ratio above 1 + ε: min(−1.5, −1.2) = −1.5, unclipped
-])
+@pytest.mark.parametrize(
+    "adv, ratio, loss, clipped",
+    [
+        (1.0, 1.1, -1.1, False),  # inside [0.8, 1.2]: the plain ratio·A
+        (1.0, 1.5, -1.2, True),  # A > 0, ratio above 1 + ε: capped at 1.2·A, no gradient
+        (
+            1.0,
+            0.5,
+            -0.5,
+            False,
+        ),  # A > 0, ratio below 1 − ε: min picks the unclipped 0.5 (a mistake is still corrected)
+        (-1.0, 0.9, 0.9, False),  # inside, negative advantage
+        (-1.0, 0.5, 0.8, True),  # A < 0, ratio below 1 − ε: min(−0.5, −0.8) = −0.8, capped
+        (-1.0, 1.5, 1.5, False),  # A < 0, ratio above 1 + ε: min(−1.5, −1.2) = −1.5, unclipped
+    ],
+)
 def test_ppo_clipped_objective_inside_and_outside_the_range(adv, ratio, loss, clipped):
     old = torch.tensor([[math.log(0.4)]])
     new = (old + math.log(ratio)).requires_grad_(True)
@@ -105,13 +135,22 @@ def test_ppo_clipped_objective_inside_and_outside_the_range(adv, ratio, loss, cl
 
 def test_policy_gradient_losses_by_name():
     lp = torch.tensor([[-1.0, -2.0]])
-    assert close(no_baseline_loss(torch.tensor([[3.0]]), lp), [[3.0, 6.0]])                         # −R·log π
-    assert close(reinforce_with_baseline_loss(torch.tensor([[-0.5]]), lp), [[-0.5, -1.0]])          # −A·log π
+    assert close(no_baseline_loss(torch.tensor([[3.0]]), lp), [[3.0, 6.0]])  # −R·log π
+    assert close(reinforce_with_baseline_loss(torch.tensor([[-0.5]]), lp), [[-0.5, -1.0]])  # −A·log π
     for kind in ("no_baseline", "reinforce_with_baseline", "grpo_clip"):
-        loss, _ = policy_gradient_loss(kind, lp, rewards=torch.tensor([[3.0]]), advantages=torch.tensor([[-0.5]]),
-                                       old_log_probs=lp, clip_eps=0.2)
+        loss, _ = policy_gradient_loss(
+            kind,
+            lp,
+            rewards=torch.tensor([[3.0]]),
+            advantages=torch.tensor([[-0.5]]),
+            old_log_probs=lp,
+            clip_eps=0.2,
+        )
         assert loss.shape == (1, 2)
-    assert close(policy_gradient_loss("grpo_clip", lp, advantages=torch.tensor([[2.0]]), old_log_probs=lp)[0], [[-2.0, -2.0]])
+    assert close(
+        policy_gradient_loss("grpo_clip", lp, advantages=torch.tensor([[2.0]]), old_log_probs=lp)[0],
+        [[-2.0, -2.0]],
+    )
 
 
 def test_dpo_ipo_simpo_losses_on_given_log_probs():
@@ -123,10 +162,19 @@ def test_dpo_ipo_simpo_losses_on_given_log_probs():
     assert close(dpo.preference_loss("ipo", 0.1, pc, pr, rc, rr)[0], [9.0])
     # SimPO on per-token means: chosen −5 over 5 tokens = −1, rejected −9 over 3 = −3;
     # −log σ(2·(−1) − 2·(−3) − 1) = −log σ(3) = log(1 + e^−3) = 0.048587
-    assert close(dpo.preference_loss("simpo", 2.0, torch.tensor([-1.0]), torch.tensor([-3.0]), gamma=1.0)[0], [0.048587])
+    assert close(
+        dpo.preference_loss("simpo", 2.0, torch.tensor([-1.0]), torch.tensor([-3.0]), gamma=1.0)[0],
+        [0.048587],
+    )
     # policy = reference: every DPO loss is log 2, whatever the log-probs
-    same = dpo.preference_loss("dpo", 0.5, torch.tensor([-3.0, -40.0]), torch.tensor([-7.0, -2.0]),
-                               torch.tensor([-3.0, -40.0]), torch.tensor([-7.0, -2.0]))[0]
+    same = dpo.preference_loss(
+        "dpo",
+        0.5,
+        torch.tensor([-3.0, -40.0]),
+        torch.tensor([-7.0, -2.0]),
+        torch.tensor([-3.0, -40.0]),
+        torch.tensor([-7.0, -2.0]),
+    )[0]
     assert close(same, [math.log(2)] * 2)
 
 
@@ -136,7 +184,9 @@ def test_group_normalized_advantages_including_equal_rewards():
     # group 2: all equal -> 0 / (0 + eps) = 0, not nan
     adv, raw, stats = group_normalized_advantages(rewards, group_size=4, eps=1e-6)
     assert close(adv, [1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0], tol=1e-4) and torch.isfinite(adv).all()
-    assert torch.equal(raw, rewards) and stats["frac_zero_std_groups"] == 0.5 and stats["reward_mean"] == 1.125
+    assert (
+        torch.equal(raw, rewards) and stats["frac_zero_std_groups"] == 0.5 and stats["reward_mean"] == 1.125
+    )
     adv_mean_only, _, _ = group_normalized_advantages(rewards, group_size=4, normalize_by_std=False)
     assert close(adv_mean_only, [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0])
     with pytest.raises(UserError, match="at least 2"):
@@ -155,20 +205,22 @@ def test_k3_kl_is_zero_for_equal_policies_and_positive_otherwise():
 def test_masked_mean_and_normalize_with_and_without_dim():
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     m = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool)
-    assert close(masked_mean(x, m), 3.0)                         # (1 + 2 + 6) / 3
+    assert close(masked_mean(x, m), 3.0)  # (1 + 2 + 6) / 3
     assert close(masked_mean(x, m, dim=1), [1.5, 6.0])
     assert close(masked_mean(x, m, dim=0), [1.0, 2.0, 6.0])
-    assert close(masked_normalize(x, m, constant=2.0), 4.5)      # 9 / 2
+    assert close(masked_normalize(x, m, constant=2.0), 4.5)  # 9 / 2
     assert close(masked_normalize(x, m, dim=1, constant=2.0), [1.5, 3.0])
     assert close(masked_normalize(x, m, dim=0), [1.0, 2.0, 6.0])
-    w = masked_whiten(x, m)                                      # masked values 1, 2, 6: mean 3, std sqrt(14/3)
+    w = masked_whiten(x, m)  # masked values 1, 2, 6: mean 3, std sqrt(14/3)
     assert close(w[m], (torch.tensor([1.0, 2.0, 6.0]) - 3) / math.sqrt(14 / 3)) and w[~m].abs().sum() == 0
 
 
 def test_entropy_of_a_uniform_distribution_is_log_v_and_stable():
     assert close(token_entropy(torch.zeros(3, 50)), [math.log(50)] * 3)
-    assert close(token_entropy(torch.full((1, 7), 1e4)), [math.log(7)], tol=1e-3)   # shift-invariant, no overflow
-    assert close(token_entropy(torch.tensor([[0.0, -1e30, -1e30]])), [0.0])           # one sure token, no nan
+    assert close(
+        token_entropy(torch.full((1, 7), 1e4)), [math.log(7)], tol=1e-3
+    )  # shift-invariant, no overflow
+    assert close(token_entropy(torch.tensor([[0.0, -1e30, -1e30]])), [0.0])  # one sure token, no nan
     logits = torch.randn(4, 11)
     p = logits.softmax(-1)
     assert close(token_entropy(logits), -(p * p.log()).sum(-1))
@@ -176,19 +228,24 @@ def test_entropy_of_a_uniform_distribution_is_log_v_and_stable():
 
 def test_microbatch_train_step_masks_averages_and_divides_by_accumulation():
     w = torch.tensor([1.0, 2.0], requires_grad=True)
-    per_token = lambda: torch.stack([w[0] * torch.tensor([1.0, 2.0, 3.0]), w[1] * torch.tensor([4.0, 5.0, 6.0])])
+    per_token = lambda: torch.stack(
+        [w[0] * torch.tensor([1.0, 2.0, 3.0]), w[1] * torch.tensor([4.0, 5.0, 6.0])]
+    )
     mask = torch.tensor([[1, 1, 0], [0, 1, 1]], dtype=torch.bool)
     # per response: 1·(1 + 2)/2 = 1.5 and 2·(5 + 6)/2 = 11; mean 6.25; / 2 accumulation steps = 3.125
     loss, meta = microbatch_train_step(per_token(), mask, grad_accum_steps=2)
     assert close(loss, 3.125) and close(meta["per_sequence_loss"], [1.5, 11.0])
-    assert close(w.grad, [1.5 / 2 / 2, 5.5 / 2 / 2])             # ∂/∂w0 = (3/2)/2/2, ∂/∂w1 = (11/2)/2/2
+    assert close(w.grad, [1.5 / 2 / 2, 5.5 / 2 / 2])  # ∂/∂w0 = (3/2)/2/2, ∂/∂w1 = (11/2)/2/2
     w.grad = None
-    loss, _ = microbatch_train_step(per_token(), mask, grad_accum_steps=1, normalize_constant=4.0)   # Dr. GRPO: Σ / 4
+    loss, _ = microbatch_train_step(
+        per_token(), mask, grad_accum_steps=1, normalize_constant=4.0
+    )  # Dr. GRPO: Σ / 4
     assert close(loss, (3 / 4 + 22 / 4) / 2)
 
 
 # ----------------------------------------------------------------------------------------------
 # the ground-truth judge
+
 
 def test_rule_judge_applies_each_rule_to_new_text():
     pair = {"chosen": "Kado lives in Belma.", "rejected": "Kado lives in Toro."}
@@ -205,20 +262,39 @@ def test_rule_judge_applies_each_rule_to_new_text():
 
 
 def test_arithmetic_reward_checks_the_last_number_and_the_format():
-    assert grpo.arithmetic_reward("The answer is 58.", 58) == {"correct": True, "formatted": True, "reward": 1.5}
-    assert grpo.arithmetic_reward("76 - 18 = 58", 58)["reward"] == 1.0            # right, not in the format
+    assert grpo.arithmetic_reward("The answer is 58.", 58) == {
+        "correct": True,
+        "formatted": True,
+        "reward": 1.5,
+    }
+    assert grpo.arithmetic_reward("76 - 18 = 58", 58)["reward"] == 1.0  # right, not in the format
     assert grpo.arithmetic_reward("The answer is 57.", 58, format_weight=0.25)["reward"] == 0.25
-    assert grpo.arithmetic_reward("58 or maybe 3", 58)["correct"] is False       # the *last* number counts
+    assert grpo.arithmetic_reward("58 or maybe 3", 58)["correct"] is False  # the *last* number counts
     assert grpo.arithmetic_reward("no idea", 58)["reward"] == 0.0
 
 
 # ----------------------------------------------------------------------------------------------
 # a micro world: a tokenizer, a ~40k-parameter GPT standing in for the SFT model, a run folder
 
-PEOPLE = ["Kado", "Rimi", "Sulek", "Vanpo", "Teldo", "Mosa", "Rinsa", "Kami", "Supo", "Vado", "Telmi", "Morin"]
+PEOPLE = [
+    "Kado",
+    "Rimi",
+    "Sulek",
+    "Vanpo",
+    "Teldo",
+    "Mosa",
+    "Rinsa",
+    "Kami",
+    "Supo",
+    "Vado",
+    "Telmi",
+    "Morin",
+]
 CITIES = ["Belma", "Toro", "Calin", "Narsa"]
 RUDE = "Ugh, stop bothering me with this."
-RAMBLE = "Well, that is a very interesting question and there is a lot one could say about it before answering."
+RAMBLE = (
+    "Well, that is a very interesting question and there is a lot one could say about it before answering."
+)
 
 
 def micro_pairs(names):
@@ -226,21 +302,40 @@ def micro_pairs(names):
     for i, n in enumerate(names):
         q = [{"role": "user", "content": f"Where does {n} live?"}]
         right, wrong = CITIES[i % 4], CITIES[(i + 1) % 4]
-        out += [{"prompt": q, "chosen": f"{n} lives in {right}.", "rejected": f"{n} lives in {wrong}.", "rule": "correct_fact"},
-                {"prompt": q, "chosen": f"{n} lives in {right}.", "rejected": RUDE, "rule": "helpful_vs_rude"},
-                {"prompt": q, "chosen": f"{n} lives in {right}.", "rejected": RAMBLE, "rule": "concise_vs_rambling"}]
+        out += [
+            {
+                "prompt": q,
+                "chosen": f"{n} lives in {right}.",
+                "rejected": f"{n} lives in {wrong}.",
+                "rule": "correct_fact",
+            },
+            {"prompt": q, "chosen": f"{n} lives in {right}.", "rejected": RUDE, "rule": "helpful_vs_rude"},
+            {
+                "prompt": q,
+                "chosen": f"{n} lives in {right}.",
+                "rejected": RAMBLE,
+                "rule": "concise_vs_rambling",
+            },
+        ]
     return out
 
 
 def micro_problems(seed, n):
     rng = np.random.default_rng(seed)
-    return [{"prompt": f"{PEOPLE[i % 12]} had {a} apples and got {b} more. How many apples?", "answer": int(a + b)}
-            for i, (a, b) in enumerate(rng.integers(1, 9, size=(n, 2)))]
+    return [
+        {
+            "prompt": f"{PEOPLE[i % 12]} had {a} apples and got {b} more. How many apples?",
+            "answer": int(a + b),
+        }
+        for i, (a, b) in enumerate(rng.integers(1, 9, size=(n, 2)))
+    ]
 
 
 @pytest.fixture(scope="module")
 def micro_tok():
-    text = " ".join(p["chosen"] + " " + p["rejected"] + " " + p["prompt"][0]["content"] for p in micro_pairs(PEOPLE))
+    text = " ".join(
+        p["chosen"] + " " + p["rejected"] + " " + p["prompt"][0]["content"] for p in micro_pairs(PEOPLE)
+    )
     text += " ".join(p["prompt"] + f" The answer is {p['answer']}." for p in micro_problems(0, 40))
     return BPETokenizer.train([text] * 2, vocab_size=300)
 
@@ -261,11 +356,21 @@ def micro_run(tmp_path_factory, micro_tok):
     write_jsonl(tasks / "preference_heldout.jsonl", micro_pairs(PEOPLE[9:]))
     write_jsonl(tasks / "arithmetic_train.jsonl", micro_problems(1, 24))
     write_jsonl(tasks / "arithmetic_heldout.jsonl", micro_problems(2, 6))
-    write_jsonl(tasks / "sft_heldout.jsonl", [{"messages": [p["prompt"][0], {"role": "assistant", "content": p["chosen"]}],
-                                               "answer": p["chosen"].split()[-1].rstrip(".")} for p in micro_pairs(PEOPLE)[::3]])
+    write_jsonl(
+        tasks / "sft_heldout.jsonl",
+        [
+            {
+                "messages": [p["prompt"][0], {"role": "assistant", "content": p["chosen"]}],
+                "answer": p["chosen"].split()[-1].rstrip("."),
+            }
+            for p in micro_pairs(PEOPLE)[::3]
+        ],
+    )
     write_manifest(run / "data", stage="01_data", command="(test)", config={})
     micro_tok.save(run / "tokenizer")
-    write_manifest(run / "tokenizer", stage="02_tokenizer", command="(test)", config={}, inputs=[run / "data"])
+    write_manifest(
+        run / "tokenizer", stage="02_tokenizer", command="(test)", config={}, inputs=[run / "data"]
+    )
     policy_io.save_policy(run / "sft" / "ckpt.pt", micro_model(micro_tok), run / "tokenizer")
     (run / "sft" / "outcome.json").write_text(json.dumps({"tokenizer": "../tokenizer"}))
     write_manifest(run / "sft", stage="05_sft_lora", command="(test)", config={}, inputs=[run / "tokenizer"])
@@ -279,13 +384,22 @@ def micro_encoded(tok, names):
 # ----------------------------------------------------------------------------------------------
 # the training loops move what they optimize (fixed seeds)
 
+
 def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(micro_tok):
     policy = micro_model(micro_tok)
     reference = policy_io.frozen(policy)
     train, heldout = micro_encoded(micro_tok, PEOPLE[:9]), micro_encoded(micro_tok, PEOPLE[9:])
     cfg = dpo.DPOConfig(run="-", steps=12, batch_size=9, lr=3e-3, eval_interval=12, beta=0.1)
-    records = dpo.train_preference(policy, reference, train, heldout, cfg, preference_data.pad_id_of(micro_tok), "cpu",
-                                   log=lambda *_: None)
+    records = dpo.train_preference(
+        policy,
+        reference,
+        train,
+        heldout,
+        cfg,
+        preference_data.pad_id_of(micro_tok),
+        "cpu",
+        log=lambda *_: None,
+    )
     first, last = records[0], records[-1]
     # policy = reference at step 0: every implicit reward is 0 and the loss is log 2
     assert first["heldout_reward_margin"] == 0 and close(first["heldout_loss"], math.log(2))
@@ -299,7 +413,9 @@ def test_a_few_grpo_steps_raise_the_mean_reward_on_a_toy_task(micro_tok):
     reference = policy_io.frozen(policy)
     prompts = [encode_prompt(tok, [{"role": "user", "content": f"Where does {n} live?"}]) for n in PEOPLE[:4]]
     reward_fn = lambda i, resp: sum(t % 2 == 0 for t in resp) / len(resp)
-    cfg = grpo.GRPOConfig(run="-", group_size=8, max_new_tokens=6, lr=3e-2, epochs=2, micro_batch=16, kl_coef=0.0)
+    cfg = grpo.GRPOConfig(
+        run="-", group_size=8, max_new_tokens=6, lr=3e-2, epochs=2, micro_batch=16, kl_coef=0.0
+    )
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
 
     def mean_reward(seed):
@@ -309,7 +425,9 @@ def test_a_few_grpo_steps_raise_the_mean_reward_on_a_toy_task(micro_tok):
 
     before = mean_reward(123)
     g = torch.Generator().manual_seed(0)
-    stats = [grpo.grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, g, step) for step in range(8)]
+    stats = [
+        grpo.grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, g, step) for step in range(8)
+    ]
     after = mean_reward(123)
     assert after > before + 0.15, (before, after)
     assert stats[-1]["reward_mean"] > stats[0]["reward_mean"]
@@ -318,14 +436,25 @@ def test_a_few_grpo_steps_raise_the_mean_reward_on_a_toy_task(micro_tok):
 
 def test_one_example_loss_is_log_2_against_itself_and_identical_pairs_are_skipped(micro_tok, tmp_path):
     policy = micro_model(micro_tok)
-    ex = dpo.one_example_loss(policy, policy_io.frozen(policy), micro_tok, 0.1, "Where does Kado live?",
-                              "Kado lives in Belma.", RUDE)
+    ex = dpo.one_example_loss(
+        policy,
+        policy_io.frozen(policy),
+        micro_tok,
+        0.1,
+        "Where does Kado live?",
+        "Kado lives in Belma.",
+        RUDE,
+    )
     assert close(ex["loss"], math.log(2)) and ex["reward_margin"] == 0
     assert ex["policy_chosen"] == ex["reference_chosen"] and ex["policy_chosen"] < 0
     path = tmp_path / "p.jsonl"
     write_jsonl(path, micro_pairs(["Kado"]) + [{"prompt": "Hi?", "chosen": "Same.", "rejected": " Same. "}])
     pairs, identical = preference_data.read_preference_pairs(path)
-    assert len(pairs) == 3 and identical == 1 and pairs[0]["prompt"] == [{"role": "user", "content": "Where does Kado live?"}]
+    assert (
+        len(pairs) == 3
+        and identical == 1
+        and pairs[0]["prompt"] == [{"role": "user", "content": "Where does Kado live?"}]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,14 +465,55 @@ METHOD_ARGV = {  # folder: (module, argv after --run); steps as few as still exe
     "dpo": (dpo, ["--steps", "3", "--batch-size", "4", "--eval-interval", "2"]),
     "ipo": (dpo, ["--loss", "ipo", "--steps", "2", "--batch-size", "4"]),
     "simpo": (dpo, ["--loss", "simpo", "--steps", "2", "--batch-size", "4"]),
-    "grpo": (grpo, ["--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "6",
-                    "--eval-limit", "4", "--eval-samples", "2", "--micro-batch", "4", "--save-interval", "1"]),
-    "ppo": (ppo, ["--steps", "2", "--rollouts", "4", "--minibatch", "2", "--ppo-epochs", "2", "--max-new-tokens", "8",
-                  "--eval-limit", "4"]),
+    "grpo": (
+        grpo,
+        [
+            "--steps",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--group-size",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--eval-limit",
+            "4",
+            "--eval-samples",
+            "2",
+            "--micro-batch",
+            "4",
+            "--save-interval",
+            "1",
+        ],
+    ),
+    "ppo": (
+        ppo,
+        [
+            "--steps",
+            "2",
+            "--rollouts",
+            "4",
+            "--minibatch",
+            "2",
+            "--ppo-epochs",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--eval-limit",
+            "4",
+        ],
+    ),
     "rlaif": (rlaif, ["--n-prompts", "8", "--max-new-tokens", "8", "--steps", "2", "--batch-size", "4"]),
 }
-PLOTS = {"rm": "rm.png", "dpo": "dpo.png", "ipo": "ipo.png", "simpo": "simpo.png", "grpo": "grpo.png",
-         "ppo": "ppo.png", "rlaif": "rlaif.png"}
+PLOTS = {
+    "rm": "rm.png",
+    "dpo": "dpo.png",
+    "ipo": "ipo.png",
+    "simpo": "simpo.png",
+    "grpo": "grpo.png",
+    "ppo": "ppo.png",
+    "rlaif": "rlaif.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -371,12 +541,14 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
     elif name in ("dpo", "ipo", "simpo", "rlaif"):
         assert o["heldout_before"]["heldout_n"] == 9 and math.isfinite(o["heldout_after"]["heldout_loss"])
         if name != "simpo":
-            assert o["heldout_before"]["heldout_reward_margin"] == 0      # policy = reference before training
+            assert o["heldout_before"]["heldout_reward_margin"] == 0  # policy = reference before training
     elif name == "grpo":
         assert o["heldout_before"]["n"] == 4 and 0 <= o["heldout_after"]["pass@1_sampled"] <= 1
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     elif name == "ppo":
-        assert math.isfinite(o["heldout_after"]["reward"]) and math.isfinite(o["heldout_after"]["kl_per_response"])
+        assert math.isfinite(o["heldout_after"]["reward"]) and math.isfinite(
+            o["heldout_after"]["kl_per_response"]
+        )
     if name == "rlaif":
         lab = o["labelling"]
         assert lab["pairs"] + lab["identical_skipped"] == 8 and (out / "pairs.jsonl").is_file()
@@ -386,15 +558,30 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
 
 
 def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsys):
-    result = rl_compare.main(["--run", str(methods_run), "--limit", "6", "--max-new-tokens", "8", "--arith-tokens", "6",
-                              "--device", "cpu"]) or json.loads((methods_run / "rl_compare" / "compare.json").read_text())
+    result = rl_compare.main(
+        [
+            "--run",
+            str(methods_run),
+            "--limit",
+            "6",
+            "--max-new-tokens",
+            "8",
+            "--arith-tokens",
+            "6",
+            "--device",
+            "cpu",
+        ]
+    ) or json.loads((methods_run / "rl_compare" / "compare.json").read_text())
     printed = capsys.readouterr().out
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["sft", "ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"]
     assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "pair_acc"
     assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["beats SFT"] in ("yes", "no")
     win = result["results"]["dpo"]["win"]
-    assert win["n"] == 6 == win["wins"] + win["losses"] + win["ties"] and 0 <= win["low"] <= win["win_rate"] <= win["high"] <= 1
+    assert (
+        win["n"] == 6 == win["wins"] + win["losses"] + win["ties"]
+        and 0 <= win["low"] <= win["win_rate"] <= win["high"] <= 1
+    )
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
     assert (out / "compare.png").is_file() and (out / "compare.md").read_text().startswith("| method |")
@@ -404,12 +591,18 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
 # ----------------------------------------------------------------------------------------------
 # bad input: one line, exit 2, earlier artifacts untouched
 
+
 def tree_hashes(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
-def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(micro_run, micro_tok, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
+    micro_run, micro_tok, tmp_path, capsys
+):
     def jsonl(name, *recs):
         path = tmp_path / name
         path.write_text("".join(r if isinstance(r, str) else json.dumps(r) + "\n" for r in recs))
@@ -418,7 +611,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(micro_r
     run = micro_run
     good = micro_pairs(["Kado"])[0]
     policy_io.save_policy(tmp_path / "wider.pt", micro_model(micro_tok, n_embd=64), run / "tokenizer")
-    other_tok = BPETokenizer.train(["Mosa Rinsa Vado lives in Belma and Toro, the answer is 7. " * 40] * 2, vocab_size=300)
+    other_tok = BPETokenizer.train(
+        ["Mosa Rinsa Vado lives in Belma and Toro, the answer is 7. " * 40] * 2, vocab_size=300
+    )
     other_tok.save(tmp_path / "tok2")
     write_manifest(tmp_path / "tok2", stage="02_tokenizer", command="(test)", config={})
     policy_io.save_policy(tmp_path / "other_tok.pt", micro_model(micro_tok), tmp_path / "tok2")
@@ -428,51 +623,124 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(micro_r
     script = {m: m for m in ("dpo", "grpo", "ppo", "rlaif", "rl_compare")}
     r = ["--run", str(run)]
     cases = {  # name: (argv, what the one line must say)
-        "missing field": ([script["dpo"], *r, "--train-file", jsonl("a.jsonl", good, {"prompt": "q", "chosen": "a"})],
-                          r"a\.jsonl:2: record has no 'rejected' field"),
-        "not json": ([script["dpo"], *r, "--train-file", jsonl("b.jsonl", good, '{"prompt": \n')], r"b\.jsonl:2: not valid JSON"),
-        "all identical": ([script["dpo"], *r, "--train-file", jsonl("c.jsonl", {**good, "rejected": good["chosen"]})],
-                          r"no usable pair \(1 had chosen identical to rejected\)"),
-        "prompt ends with the answer": ([script["dpo"], *r, "--heldout-file", jsonl("d.jsonl", {**good, "prompt": [
-            {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})], r"d\.jsonl:1: the prompt ends with a assistant"),
+        "missing field": (
+            [script["dpo"], *r, "--train-file", jsonl("a.jsonl", good, {"prompt": "q", "chosen": "a"})],
+            r"a\.jsonl:2: record has no 'rejected' field",
+        ),
+        "not json": (
+            [script["dpo"], *r, "--train-file", jsonl("b.jsonl", good, '{"prompt": \n')],
+            r"b\.jsonl:2: not valid JSON",
+        ),
+        "all identical": (
+            [script["dpo"], *r, "--train-file", jsonl("c.jsonl", {**good, "rejected": good["chosen"]})],
+            r"no usable pair \(1 had chosen identical to rejected\)",
+        ),
+        "prompt ends with the answer": (
+            [
+                script["dpo"],
+                *r,
+                "--heldout-file",
+                jsonl(
+                    "d.jsonl",
+                    {
+                        **good,
+                        "prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                    },
+                ),
+            ],
+            r"d\.jsonl:1: the prompt ends with a assistant",
+        ),
         "unknown loss": ([script["dpo"], *r, "--loss", "kto"], r"invalid choice"),
-        "reference config": ([script["dpo"], *r, "--reference", str(tmp_path / "wider.pt")],
-                             r"is not the policy's model \(n_embd"),
-        "reference tokenizer": ([script["dpo"], *r, "--reference", str(tmp_path / "other_tok.pt")],
-                                r"is not the policy's model \(tokenizer vocab"),
-        "no sft model": ([script["dpo"], "--run", str(tmp_path / "empty")], r"sft: missing; make it first with `python 05_sft_lora"),
-        "group of 1": ([script["grpo"], *r, "--group-size", "1"], r"--group-size 1: GRPO's baseline .* at least 2"),
-        "rollout too long": ([script["grpo"], *r, "--max-new-tokens", "500"], r"longer than the model's context \(96\)"),
-        "answer not a number": ([script["grpo"], *r, "--train-file", jsonl("e.jsonl", {"prompt": "1 + 1?", "answer": "two"})],
-                                r"e\.jsonl: record 1 needs .* an integer 'answer'"),
-        "no reward model": ([script["ppo"], *r], r"rm: missing; make it first with `python 06_rlhf_dpo/reward_model.py"),
-        "nan reward": ([script["ppo"], *r, "--reward-model", str(tmp_path / "nan_rm.pt"), "--rollouts", "2", "--eval-limit", "2"],
-                       r"a reward-model score is nan at step 1; stopped \(no checkpoint had been written yet\)"),
-        "judge is no reward model": ([script["rlaif"], *r, "--judge", str(run / "sft" / "ckpt.pt")], r"not a reward model"),
-        "nothing to compare": ([script["rl_compare"], *r, "--methods", "ppo,grpo"], r"none of ppo, grpo has run yet"),
+        "reference config": (
+            [script["dpo"], *r, "--reference", str(tmp_path / "wider.pt")],
+            r"is not the policy's model \(n_embd",
+        ),
+        "reference tokenizer": (
+            [script["dpo"], *r, "--reference", str(tmp_path / "other_tok.pt")],
+            r"is not the policy's model \(tokenizer vocab",
+        ),
+        "no sft model": (
+            [script["dpo"], "--run", str(tmp_path / "empty")],
+            r"sft: missing; make it first with `python 05_sft_lora",
+        ),
+        "group of 1": (
+            [script["grpo"], *r, "--group-size", "1"],
+            r"--group-size 1: GRPO's baseline .* at least 2",
+        ),
+        "rollout too long": (
+            [script["grpo"], *r, "--max-new-tokens", "500"],
+            r"longer than the model's context \(96\)",
+        ),
+        "answer not a number": (
+            [script["grpo"], *r, "--train-file", jsonl("e.jsonl", {"prompt": "1 + 1?", "answer": "two"})],
+            r"e\.jsonl: record 1 needs .* an integer 'answer'",
+        ),
+        "no reward model": (
+            [script["ppo"], *r],
+            r"rm: missing; make it first with `python 06_rlhf_dpo/reward_model.py",
+        ),
+        "nan reward": (
+            [
+                script["ppo"],
+                *r,
+                "--reward-model",
+                str(tmp_path / "nan_rm.pt"),
+                "--rollouts",
+                "2",
+                "--eval-limit",
+                "2",
+            ],
+            r"a reward-model score is nan at step 1; stopped \(no checkpoint had been written yet\)",
+        ),
+        "judge is no reward model": (
+            [script["rlaif"], *r, "--judge", str(run / "sft" / "ckpt.pt")],
+            r"not a reward model",
+        ),
+        "nothing to compare": (
+            [script["rl_compare"], *r, "--methods", "ppo,grpo"],
+            r"none of ppo, grpo has run yet",
+        ),
     }
     before = tree_hashes(run)
     modules = {"dpo": dpo, "grpo": grpo, "ppo": ppo, "rlaif": rlaif, "rl_compare": rl_compare}
     # one case also through a real process (the entry point, stderr, exit status), in parallel with the rest
     in_subprocess = ("missing field",)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {name: subprocess.Popen([sys.executable, str(REPO / "06_rlhf_dpo" / f"{cases[name][0][0]}.py"),
-                                     *cases[name][0][1:], "--out", str(tmp_path / f"proc_{name[:3]}"), "--device", "cpu"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for name in in_subprocess}
+    procs = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "06_rlhf_dpo" / f"{cases[name][0][0]}.py"),
+                *cases[name][0][1:],
+                "--out",
+                str(tmp_path / f"proc_{name[:3]}"),
+                "--device",
+                "cpu",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in in_subprocess
+    }
     results = {}
     for i, (name, (argv, _)) in enumerate(cases.items()):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
-            run_cli(modules[argv[0]].main, [*argv[1:], "--out", str(tmp_path / f"out_{i}"), "--device", "cpu"])
+            run_cli(
+                modules[argv[0]].main, [*argv[1:], "--out", str(tmp_path / f"out_{i}"), "--device", "cpu"]
+            )
         results[name] = (exit_info.value.code, capsys.readouterr().err, tmp_path / f"out_{i}")
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=600)          # generous: a shared machine can be very slow
+        _, err = proc.communicate(timeout=600)  # generous: a shared machine can be very slow
         results[f"{name} (process)"] = (proc.returncode, err, tmp_path / f"proc_{name[:3]}")
     for name, (code, err, out) in results.items():
         lines = err.strip().splitlines()
         assert code == 2, (name, err)
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)
         assert re.search(cases[name.replace(" (process)", "")][1], lines[0]), (name, lines[0])
-        assert not (out / "manifest.json").exists() and (name.startswith("nan reward") or not out.exists()), name
+        assert not (out / "manifest.json").exists() and (name.startswith("nan reward") or not out.exists()), (
+            name
+        )
     assert tree_hashes(run) == before

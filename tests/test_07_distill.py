@@ -5,6 +5,7 @@ teacher, each with its manifest), so the tests do not depend on stages 01-05 hav
 tiny (d = 32, 2-4 layers): these tests check the algorithms and the plumbing; the measured tables
 come from the command lines on a real base (README).
 """
+
 import copy
 import hashlib
 import json
@@ -27,9 +28,27 @@ from gpt import GPT, GPTConfig
 import distill
 import prune
 import speculative
-from distill import DistillConfig, check_student, feature_loss, kd_loss, layer_pairs, projections, student_config
-from prune import (PruneConfig, apply_masks, gates, heads_to_keep, magnitude_masks, neurons_to_keep, prunable_weights,
-                   recovery_finetune, remove_units, taylor_scores)
+from distill import (
+    DistillConfig,
+    check_student,
+    feature_loss,
+    kd_loss,
+    layer_pairs,
+    projections,
+    student_config,
+)
+from prune import (
+    PruneConfig,
+    apply_masks,
+    gates,
+    heads_to_keep,
+    magnitude_masks,
+    neurons_to_keep,
+    prunable_weights,
+    recovery_finetune,
+    remove_units,
+    taylor_scores,
+)
 from speculative import SpeculativeConfig, accept_drafts, expected_speedup, speculative_generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,45 +75,77 @@ def sharpened(model, scale=4.0):
 # ----------------------------------------------------------------------------------------------
 # a run folder with a teacher
 
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     text = " ".join(f"{n} should {a} at a {c} light." for n in NAMES for c, a in ACTIONS.items())
     tok = BPETokenizer.train([text + " What should do? 你好"] * 3, vocab_size=300)
-    qa = [{"messages": [{"role": "user", "content": f"What should {n} do at a {c} light?"},
-                        {"role": "assistant", "content": f"{a.capitalize()}."}]}
-          for n in NAMES for c, a in ACTIONS.items()]
+    qa = [
+        {
+            "messages": [
+                {"role": "user", "content": f"What should {n} do at a {c} light?"},
+                {"role": "assistant", "content": f"{a.capitalize()}."},
+            ]
+        }
+        for n in NAMES
+        for c, a in ACTIONS.items()
+    ]
     write_jsonl(run / "data" / "tasks" / "sft_heldout.jsonl", qa[:4])
     write_manifest(run / "data", stage="01_data", command="(test)", config={})
     tok.save(run / "tokenizer")
-    write_manifest(run / "tokenizer", stage="02_tokenizer", command="(test)", config={}, inputs=[run / "data"])
+    write_manifest(
+        run / "tokenizer", stage="02_tokenizer", command="(test)", config={}, inputs=[run / "data"]
+    )
     ids = np.array(tok.encode_ordinary(text) * 6, dtype=np.uint16)
     (run / "tokens").mkdir()
     ids.tofile(run / "tokens" / "train.bin")
     ids[: len(ids) // 2].copy().tofile(run / "tokens" / "val.bin")
-    (run / "tokens" / "meta.json").write_text(json.dumps({"vocab_size": tok.vocab_size, "dtype": "uint16",
-                                                          "eot_id": tok.eot_id,
-                                                          "n_tokens": {"train": len(ids), "val": len(ids) // 2}}))
+    (run / "tokens" / "meta.json").write_text(
+        json.dumps(
+            {
+                "vocab_size": tok.vocab_size,
+                "dtype": "uint16",
+                "eot_id": tok.eot_id,
+                "n_tokens": {"train": len(ids), "val": len(ids) // 2},
+            }
+        )
+    )
     write_manifest(run / "tokens", stage="02_tokenizer", command="(test)", config={}, inputs=[run / "data"])
     teacher = tiny(vocab_size=tok.vocab_size, block_size=64, n_layer=4)
-    x = torch.as_tensor(ids[:1 + 8 * 64].astype(np.int64)).view(-1)
+    x = torch.as_tensor(ids[: 1 + 8 * 64].astype(np.int64)).view(-1)
     opt = torch.optim.AdamW(teacher.parameters(), lr=3e-3)
     teacher.train()
-    for step in range(30):                     # enough to make the teacher better than a fresh student
+    for step in range(30):  # enough to make the teacher better than a fresh student
         i = torch.randint(0, len(x) - 65, (8,), generator=torch.Generator().manual_seed(step))
-        rows = torch.stack([x[j:j + 65] for j in i])
+        rows = torch.stack([x[j : j + 65] for j in i])
         teacher(rows[:, :-1], rows[:, 1:])[1].backward()
         opt.step()
         opt.zero_grad()
     save_checkpoint(run / "pretrain" / "best.pt", teacher.cfg.__dict__, teacher.state_dict())
-    write_manifest(run / "pretrain", stage="04_pretrain", command="(test)", config={}, inputs=[run / "tokens"])
+    write_manifest(
+        run / "pretrain", stage="04_pretrain", command="(test)", config={}, inputs=[run / "tokens"]
+    )
     return run
 
 
 def tiny_distill(run, out, **kw):
-    base = dict(run=str(run), out=str(out), steps=6, warmup_steps=1, batch_size=4, student_layers=2, seq_pool=4,
-                eval_windows=4, eval_limit=2, max_new_tokens=4, speed_tokens=4, speed_repeats=1, log_interval=3,
-                device="cpu")
+    base = dict(
+        run=str(run),
+        out=str(out),
+        steps=6,
+        warmup_steps=1,
+        batch_size=4,
+        student_layers=2,
+        seq_pool=4,
+        eval_windows=4,
+        eval_limit=2,
+        max_new_tokens=4,
+        speed_tokens=4,
+        speed_repeats=1,
+        log_interval=3,
+        device="cpu",
+    )
     return DistillConfig(**{**base, **kw})
 
 
@@ -107,6 +158,7 @@ def distilled(run_dir):
 
 # ----------------------------------------------------------------------------------------------
 # distillation losses
+
 
 def test_kd_loss_equals_a_hand_computation_and_is_zero_for_the_teacher_itself():
     s = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
@@ -132,6 +184,7 @@ def test_the_t_squared_factor_keeps_the_gradient_size_across_temperatures():
         z = student.clone().requires_grad_(True)
         kd_loss(z, teacher, T).backward()
         return z.grad.norm().item()
+
     g4, g8, g16 = grad_norm(4.0), grad_norm(8.0), grad_norm(16.0)
     # with T²: about constant once T is large next to the logits; without it they would fall as 1/T²
     assert g8 / g4 == pytest.approx(1.0, abs=0.15) and g16 / g8 == pytest.approx(1.0, abs=0.05)
@@ -146,11 +199,11 @@ def test_feature_projection_shapes_and_loss():
     proj = projections(pairs, 16, 32)
     h_s = torch.randn(3, 5, 16)
     assert len(proj) == 2 and proj[0](h_s).shape == (3, 5, 32)
-    h_t = proj[0](h_s).detach()                                      # the teacher's states are W·h_s exactly
+    h_t = proj[0](h_s).detach()  # the teacher's states are W·h_s exactly
     assert feature_loss(h_s, h_t, proj[0], "mse").item() == pytest.approx(0.0, abs=1e-7)
     assert feature_loss(h_s, h_t, proj[0], "cosine").item() == pytest.approx(0.0, abs=1e-6)
     assert feature_loss(h_s, 3 * h_t, proj[0], "cosine").item() == pytest.approx(0.0, abs=1e-6)  # scale-free
-    assert feature_loss(h_s, 2 * h_t, proj[0], "mse").item() == pytest.approx(0.25, rel=1e-5)    # (1-2)²/2²
+    assert feature_loss(h_s, 2 * h_t, proj[0], "mse").item() == pytest.approx(0.25, rel=1e-5)  # (1-2)²/2²
     assert feature_loss(h_s, -h_t, proj[0], "cosine").item() == pytest.approx(2.0, rel=1e-5)
     with pytest.raises(UserError, match="student has blocks 1..2"):
         layer_pairs("3:1", 2, 4)
@@ -177,9 +230,14 @@ def test_a_few_steps_of_logit_distillation_lower_the_students_kl_to_the_teacher(
     def kl():
         with torch.no_grad():
             return kd_loss(student(x)[0], teacher(x)[0], 1.0).item()
+
     before = kl()
-    cfg = DistillConfig(run="x", steps=15, warmup_steps=1, lr=3e-3, temperature=2.0, alpha=0.0, log_interval=100)
-    out = distill.train_student(student, teacher, "logit", cfg, lambda step: (x, y), "cpu", log=lambda *a, **k: None)
+    cfg = DistillConfig(
+        run="x", steps=15, warmup_steps=1, lr=3e-3, temperature=2.0, alpha=0.0, log_interval=100
+    )
+    out = distill.train_student(
+        student, teacher, "logit", cfg, lambda step: (x, y), "cpu", log=lambda *a, **k: None
+    )
     assert kl() < 0.7 * before
     assert [r["step"] for r in out["records"]] == list(range(1, 16)) and "kd" in out["records"][0]
 
@@ -187,8 +245,12 @@ def test_a_few_steps_of_logit_distillation_lower_the_students_kl_to_the_teacher(
 def test_feature_distillation_trains_the_projection_and_lowers_the_hidden_state_loss():
     teacher, student = tiny(seed=1, n_layer=4), tiny(seed=2, n_layer=2, n_embd=16)
     x = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0))
-    cfg = DistillConfig(run="x", steps=12, warmup_steps=1, lr=5e-3, alpha=1.0, feature_weight=1.0, log_interval=100)
-    out = distill.train_student(student, teacher, "feature", cfg, lambda step: (x, x), "cpu", log=lambda *a, **k: None)
+    cfg = DistillConfig(
+        run="x", steps=12, warmup_steps=1, lr=5e-3, alpha=1.0, feature_weight=1.0, log_interval=100
+    )
+    out = distill.train_student(
+        student, teacher, "feature", cfg, lambda step: (x, x), "cpu", log=lambda *a, **k: None
+    )
     feats = [r["feature"] for r in out["records"]]
     assert feats[-1] < 0.8 * feats[0]
 
@@ -196,11 +258,12 @@ def test_feature_distillation_trains_the_projection_and_lowers_the_hidden_state_
 # ----------------------------------------------------------------------------------------------
 # speculative decoding
 
+
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
 def test_greedy_speculative_decoding_gives_exactly_the_teachers_tokens(k):
     # untied embeddings: a random tied model just repeats its last token, which any draft guesses
     target = sharpened(tiny(seed=3, n_layer=3, vocab_size=48, block_size=64, tie_weights=False), 2.0)
-    draft = copy.deepcopy(target)                       # a draft that agrees often but not always
+    draft = copy.deepcopy(target)  # a draft that agrees often but not always
     with torch.no_grad():
         for p in draft.parameters():
             p.add_(0.3 * p.std() * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -208,16 +271,17 @@ def test_greedy_speculative_decoding_gives_exactly_the_teachers_tokens(k):
     want = target.generate(prompt, 40, temperature=0)[0, 6:].tolist()
     got, stats = speculative_generate(target, draft, prompt[0].tolist(), 40, k)
     assert got == want and len(set(want)) > 5
-    assert 0 < stats["accepted"] < stats["drafted"]     # both paths, accept and reject-and-roll-back, ran
-    assert stats["rounds"] < 40                         # fewer target forwards than tokens
+    assert 0 < stats["accepted"] < stats["drafted"]  # both paths, accept and reject-and-roll-back, ran
+    assert stats["rounds"] < 40  # fewer target forwards than tokens
 
 
 def test_a_draft_equal_to_the_target_is_always_accepted_when_sampling():
     target = tiny(seed=4, vocab_size=48, block_size=64)
     gen = torch.Generator().manual_seed(0)
-    got, stats = speculative_generate(target, copy.deepcopy(target), [1, 2, 3], 30, 4, temperature=1.0,
-                                      generator=gen)
-    assert len(got) == 30 and stats["accepted"] >= stats["drafted"] - 1     # p = q up to float rounding
+    got, stats = speculative_generate(
+        target, copy.deepcopy(target), [1, 2, 3], 30, 4, temperature=1.0, generator=gen
+    )
+    assert len(got) == 30 and stats["accepted"] >= stats["drafted"] - 1  # p = q up to float rounding
 
 
 def test_the_acceptance_rule_samples_exactly_the_target_distribution():
@@ -229,7 +293,9 @@ def test_the_acceptance_rule_samples_exactly_the_target_distribution():
     n = 10000
     first = torch.zeros(5)
     second = torch.zeros(5)
-    drafts = torch.stack([torch.multinomial(q[i], n, replacement=True, generator=gen) for i in range(2)], 1).tolist()
+    drafts = torch.stack(
+        [torch.multinomial(q[i], n, replacement=True, generator=gen) for i in range(2)], 1
+    ).tolist()
     for d in drafts:
         m, nxt = accept_drafts(p, q, d, gen)
         first[d[0] if m >= 1 else nxt] += 1
@@ -243,14 +309,17 @@ def test_the_acceptance_rule_samples_exactly_the_target_distribution():
 
 def test_acceptance_rule_edge_cases():
     one_hot = torch.eye(4)
-    assert accept_drafts(one_hot[[2, 1, 0]], one_hot[[2, 1]], [2, 1]) == (2, 0)     # all accepted + the free one
-    assert accept_drafts(one_hot[[2, 1, 0]], one_hot[[2, 3]], [2, 3]) == (1, 1)     # rejected: the target's token
-    assert accept_drafts(one_hot[[3]], one_hot[:0], []) == (0, 3)                   # k = 0: plain decoding
+    assert accept_drafts(one_hot[[2, 1, 0]], one_hot[[2, 1]], [2, 1]) == (2, 0)  # all accepted + the free one
+    assert accept_drafts(one_hot[[2, 1, 0]], one_hot[[2, 3]], [2, 3]) == (
+        1,
+        1,
+    )  # rejected: the target's token
+    assert accept_drafts(one_hot[[3]], one_hot[:0], []) == (0, 3)  # k = 0: plain decoding
 
 
 def test_expected_speedup_formula():
     assert expected_speedup(0.0, 4, 0.0) == pytest.approx(1.0)
-    assert expected_speedup(0.5, 2, 0.0) == pytest.approx(1.75)        # 1 + 0.5 + 0.25 tokens per round
+    assert expected_speedup(0.5, 2, 0.0) == pytest.approx(1.75)  # 1 + 0.5 + 0.25 tokens per round
     assert expected_speedup(0.5, 2, 0.5) == pytest.approx(1.75 / 2)
     assert expected_speedup(1.0, 4, 0.25) == pytest.approx(2.5, rel=1e-6)  # 5 tokens for 2 forwards' cost
 
@@ -258,19 +327,31 @@ def test_expected_speedup_formula():
 # ----------------------------------------------------------------------------------------------
 # pruning
 
+
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_magnitude_pruning_masks_exactly_the_fraction_and_the_mask_survives_training(scope, run_dir):
     model = tiny(seed=5)
     n = sum(w.numel() for w in prunable_weights(model).values())
     masks = magnitude_masks(model, 0.5, scope)
     assert sum(int((~m).sum()) for m in masks.values()) == (
-        int(0.5 * n) if scope == "global" else sum(int(0.5 * w.numel()) for w in prunable_weights(model).values()))
-    kept = torch.cat([w.detach().abs().flatten()[m.flatten()] for w, m in zip(prunable_weights(model).values(),
-                                                                                masks.values())])
-    dropped = torch.cat([w.detach().abs().flatten()[~m.flatten()] for w, m in zip(prunable_weights(model).values(),
-                                                                                   masks.values())])
+        int(0.5 * n)
+        if scope == "global"
+        else sum(int(0.5 * w.numel()) for w in prunable_weights(model).values())
+    )
+    kept = torch.cat(
+        [
+            w.detach().abs().flatten()[m.flatten()]
+            for w, m in zip(prunable_weights(model).values(), masks.values())
+        ]
+    )
+    dropped = torch.cat(
+        [
+            w.detach().abs().flatten()[~m.flatten()]
+            for w, m in zip(prunable_weights(model).values(), masks.values())
+        ]
+    )
     if scope == "global":
-        assert dropped.max() <= kept.min()                # the smallest |w| went, over all matrices at once
+        assert dropped.max() <= kept.min()  # the smallest |w| went, over all matrices at once
     apply_masks(model, masks)
     zeros = {k: (v == 0) for k, v in prunable_weights(model).items()}
     assert all((zeros[k] == ~m).all() for k, m in masks.items())
@@ -295,14 +376,16 @@ def test_gates_of_ones_and_keeping_every_head_leave_the_model_unchanged():
 
 
 @pytest.mark.parametrize("n_kv_head,unit,n_remove", [(4, "group", 1), (2, "group", 2), (2, "query", 2)])
-def test_removing_heads_equals_gating_them_off_and_saves_exactly_their_weights(n_kv_head, unit, n_remove, tmp_path):
+def test_removing_heads_equals_gating_them_off_and_saves_exactly_their_weights(
+    n_kv_head, unit, n_remove, tmp_path
+):
     model = tiny(seed=7, n_kv_head=n_kv_head)
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.1, 0.7, 0.05]])
     q_keep, kv_keep = heads_to_keep(scores, n_remove, n_kv_head, unit)
     if (n_kv_head, unit) == (4, "group"):
-        assert q_keep == [[0, 2, 3], [0, 1, 2]]                # the lowest-scoring head of each layer went
+        assert q_keep == [[0, 2, 3], [0, 1, 2]]  # the lowest-scoring head of each layer went
     if (n_kv_head, unit) == (2, "group"):
-        assert q_keep == [[0, 1], [2, 3]] and kv_keep == [[0], [1]]    # the weaker group of each layer went
+        assert q_keep == [[0, 1], [2, 3]] and kv_keep == [[0], [1]]  # the weaker group of each layer went
     if unit == "query":
         assert q_keep == [[0, 2], [0, 2]] and kv_keep == [[0, 1], [0, 1]]
     small = remove_units(model, q_keep, kv_keep)
@@ -314,10 +397,13 @@ def test_removing_heads_equals_gating_them_off_and_saves_exactly_their_weights(n
         assert torch.allclose(small(x)[0], model(x)[0], atol=1e-5)
     d, hd = model.cfg.n_embd, model.cfg.head_dim
     kv_removed = n_kv_head - len(kv_keep[0])
-    per_layer = n_remove * hd * d * 2 + kv_removed * hd * d * 2            # wq rows + wo columns, wk + wv rows
-    assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in small.parameters()) == 2 * per_layer
+    per_layer = n_remove * hd * d * 2 + kv_removed * hd * d * 2  # wq rows + wo columns, wk + wv rows
+    assert (
+        sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in small.parameters())
+        == 2 * per_layer
+    )
     save_checkpoint(tmp_path / "small.pt", small.cfg.__dict__, small.state_dict())
-    again = GPT.from_checkpoint(tmp_path / "small.pt")                      # head_size is in the config
+    again = GPT.from_checkpoint(tmp_path / "small.pt")  # head_size is in the config
     assert torch.equal(again(x)[0], small(x)[0])
 
 
@@ -325,7 +411,7 @@ def test_removing_neurons_equals_gating_them_off():
     model = tiny(seed=8)
     h = model.cfg.ffn_hidden
     keep = neurons_to_keep(torch.arange(2 * h, dtype=torch.float).view(2, h).flip(1), 0.25)
-    assert keep[0] == list(range(h - int(0.25 * h)))                  # the highest scores are the first units
+    assert keep[0] == list(range(h - int(0.25 * h)))  # the highest scores are the first units
     small = remove_units(model, neuron_keep=keep)
     g = torch.zeros(2, h)
     g[:, keep[0]] = 1
@@ -336,7 +422,7 @@ def test_removing_neurons_equals_gating_them_off():
 
 
 def test_taylor_scores_are_the_gate_gradients():
-    model = sharpened(tiny(seed=9), 3.0)          # larger gradients, so a finite difference resolves them
+    model = sharpened(tiny(seed=9), 3.0)  # larger gradients, so a finite difference resolves them
     x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
     batches = [(x, x.roll(-1, 1))]
     s = taylor_scores(model, batches, (2, 4), "heads")
@@ -347,19 +433,24 @@ def test_taylor_scores_are_the_gate_gradients():
         xi[layer, head] = value
         with torch.no_grad(), gates(model, head_gates=xi):
             return model(*batches[0])[1].item()
+
     for layer, head in [(0, 1), (1, 3)]:
         numeric = abs(loss_at(layer, head, 1 + eps) - loss_at(layer, head, 1 - eps)) / (2 * eps)
         assert s[layer, head].item() == pytest.approx(numeric, rel=0.03)
-    assert s.min() > 0 and s.max() / s.min() > 2                       # the heads are told apart
+    assert s.min() > 0 and s.max() / s.min() > 2  # the heads are told apart
 
 
 # ----------------------------------------------------------------------------------------------
 # the command lines' outcomes
 
+
 def test_distill_writes_every_student_and_an_honest_outcome(distilled):
     o = read_json(distilled / "outcome.json")
     assert set(o["rows"]) == {"teacher", "scratch", "logit", "sequence", "feature"}
-    assert o["rows"]["scratch"]["gap_closed"] is None and o["rows"]["teacher"]["params"] > o["rows"]["logit"]["params"]
+    assert (
+        o["rows"]["scratch"]["gap_closed"] is None
+        and o["rows"]["teacher"]["params"] > o["rows"]["logit"]["params"]
+    )
     for name in ("logit", "sequence", "feature"):
         g = o["rows"][name]["gap_closed"]
         s, t, st = (o["rows"][k]["val_loss"] for k in ("scratch", "teacher", name))
@@ -370,24 +461,58 @@ def test_distill_writes_every_student_and_an_honest_outcome(distilled):
 
 
 def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, distilled, tmp_path):
-    o = speculative.run_bench(SpeculativeConfig(run=str(run_dir), out=str(tmp_path / "spec"), ks=[2, 4], prompts=2,
-                                                prompt_tokens=8, new_tokens=12, device="cpu"))
+    o = speculative.run_bench(
+        SpeculativeConfig(
+            run=str(run_dir),
+            out=str(tmp_path / "spec"),
+            ks=[2, 4],
+            prompts=2,
+            prompt_tokens=8,
+            new_tokens=12,
+            device="cpu",
+        )
+    )
     rows = [r for r in o["rows"] if r["k"]]
-    for bad, msg in (({"ks": [2, 0]}, "each draft length k must be >= 1"), ({"drafts": ["nope"]}, "no such student"),
-                     ({"new_tokens": 60}, r"exceeds the context \(64\)")):
+    for bad, msg in (
+        ({"ks": [2, 0]}, "each draft length k must be >= 1"),
+        ({"drafts": ["nope"]}, "no such student"),
+        ({"new_tokens": 60}, r"exceeds the context \(64\)"),
+    ):
         with pytest.raises(UserError, match=msg):
-            speculative.run_bench(SpeculativeConfig(**{"run": str(run_dir), "out": str(tmp_path / "x"), **bad}))
+            speculative.run_bench(
+                SpeculativeConfig(**{"run": str(run_dir), "out": str(tmp_path / "x"), **bad})
+            )
     assert not (tmp_path / "x").exists()
-    assert [(r["draft"], r["k"]) for r in rows] == [("logit", 2), ("logit", 4), ("scratch", 2), ("scratch", 4)]
+    assert [(r["draft"], r["k"]) for r in rows] == [
+        ("logit", 2),
+        ("logit", 4),
+        ("scratch", 2),
+        ("scratch", 4),
+    ]
     assert all(r["identical_to_teacher"] == "2/2" and 0 <= r["accept_rate"] <= 1 for r in rows)
-    p = prune.prune(PruneConfig(run=str(run_dir), out=str(tmp_path / "prune"), fractions=[0.5], heads=1,
-                                neuron_fraction=0.5, score_batches=1, recovery_steps=1, batch_size=2, eval_windows=4,
-                                device="cpu"))
+    p = prune.prune(
+        PruneConfig(
+            run=str(run_dir),
+            out=str(tmp_path / "prune"),
+            fractions=[0.5],
+            heads=1,
+            neuron_fraction=0.5,
+            score_batches=1,
+            recovery_steps=1,
+            batch_size=2,
+            eval_windows=4,
+            device="cpu",
+        )
+    )
     by = {r["variant"]: r for r in p["rows"]}
-    assert by["magnitude_50"]["params"] == by["dense"]["params"] and by["magnitude_50"]["file_kib"] == pytest.approx(
-        by["dense"]["file_kib"], rel=0.01)                            # a mask shrinks nothing
+    assert by["magnitude_50"]["params"] == by["dense"]["params"] and by["magnitude_50"][
+        "file_kib"
+    ] == pytest.approx(by["dense"]["file_kib"], rel=0.01)  # a mask shrinks nothing
     assert by["magnitude_50"]["nonzero_after_recovery"] == by["magnitude_50"]["nonzero_params"]
-    assert by["heads_1"]["params"] < by["dense"]["params"] and by["neurons_50"]["file_kib"] < by["dense"]["file_kib"]
+    assert (
+        by["heads_1"]["params"] < by["dense"]["params"]
+        and by["neurons_50"]["file_kib"] < by["dense"]["file_kib"]
+    )
     for folder, png in (("spec", "speculative.png"), ("prune", "prune.png")):
         assert (tmp_path / folder / png).is_file() and (tmp_path / folder / "manifest.json").is_file()
 
@@ -395,9 +520,13 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
 # ----------------------------------------------------------------------------------------------
 # bad input: one line, exit 2, nothing written
 
+
 def tree_hashes(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, distilled, tmp_path):
@@ -408,23 +537,42 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, distilled, tmp
     # one case per class of bad input (issue 13); each case is a fresh interpreter importing torch
     cases = {  # name: (argv, what the one line must say)
         "student larger": ([d, "--run", run, "--student-layers", "6"], r"larger than the teacher"),
-        "other vocabulary": ([d, "--run", run, "--student-init", str(tmp_path / "other_vocab.pt")],
-                             r"vocabulary \(77 tokens\) is not the teacher's"),
+        "other vocabulary": (
+            [d, "--run", run, "--student-init", str(tmp_path / "other_vocab.pt")],
+            r"vocabulary \(77 tokens\) is not the teacher's",
+        ),
         "temperature 0": ([d, "--run", run, "--temperature", "0"], r"--temperature 0.0 must be > 0"),
-        "no teacher file": ([d, "--run", run, "--teacher", str(tmp_path / "nope.pt")],
-                            r"no such checkpoint; 04_pretrain/pretrain.py makes"),
-        "fraction 1": ([p, "--run", run, "--fractions", "0.5,1.0"], r"pruning fraction 1.0 is outside \[0, 1\)"),
-        "too many heads": ([p, "--run", run, "--heads", "4"], r"a layer has 4 heads and at least one must stay"),
-        "no drafts": ([s, "--run", run, "--distill", str(tmp_path / "none")],
-                      r"missing; make it first with `python 07_distill_quant/distill.py"),
+        "no teacher file": (
+            [d, "--run", run, "--teacher", str(tmp_path / "nope.pt")],
+            r"no such checkpoint; 04_pretrain/pretrain.py makes",
+        ),
+        "fraction 1": (
+            [p, "--run", run, "--fractions", "0.5,1.0"],
+            r"pruning fraction 1.0 is outside \[0, 1\)",
+        ),
+        "too many heads": (
+            [p, "--run", run, "--heads", "4"],
+            r"a layer has 4 heads and at least one must stay",
+        ),
+        "no drafts": (
+            [s, "--run", run, "--distill", str(tmp_path / "none")],
+            r"missing; make it first with `python 07_distill_quant/distill.py",
+        ),
     }
     before = tree_hashes(run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {name: subprocess.Popen([sys.executable, *argv, "--out", str(tmp_path / f"out_{i}"), "--device", "cpu"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for i, (name, (argv, _)) in enumerate(cases.items())}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *argv, "--out", str(tmp_path / f"out_{i}"), "--device", "cpu"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i, (name, (argv, _)) in enumerate(cases.items())
+    }
     for i, (name, proc) in enumerate(procs.items()):
-        _, err = proc.communicate(timeout=600)          # generous: a shared machine can be very slow
+        _, err = proc.communicate(timeout=600)  # generous: a shared machine can be very slow
         lines = err.strip().splitlines()
         assert proc.returncode == 2, (name, err)
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)

@@ -6,6 +6,7 @@ on stages 01-05 having run. Untrained is enough: every check compares the engine
 GPT.generate on the same weights (greedy, so the tokens must be identical), or the server's answers
 with each other, never with a right answer.
 """
+
 import dataclasses
 import hashlib
 import http.client
@@ -51,11 +52,12 @@ def tiny_model(vocab=64, block_size=CTX, seed=0):
 
 def reference(model, prompt, n):
     """What 03's GPT.generate gives this prompt alone, greedy: the tokens every policy must reproduce."""
-    return model.generate(torch.tensor([prompt]), n, temperature=0)[0, len(prompt):].tolist()
+    return model.generate(torch.tensor([prompt]), n, temperature=0)[0, len(prompt) :].tolist()
 
 
 class Letters:
     """A stand-in tokenizer for engine tests: id i decodes to one letter."""
+
     def decode(self, ids):
         return "".join(chr(97 + i % 26) for i in ids)
 
@@ -76,39 +78,46 @@ def mixed(model):
 
 # ----------------------------------------------------------------------------- the engine
 
+
 @pytest.mark.parametrize("policy", ["sequential", "static", "continuous"])
 def test_every_policy_gives_each_request_the_tokens_it_gets_alone(model, mixed, policy):
     engine = Engine(model, None, policy, max_batch=3)
     reqs = []
-    for i, (prompt, n, _) in enumerate(mixed):        # arrivals mid-flight: a step between some submits
+    for i, (prompt, n, _) in enumerate(mixed):  # arrivals mid-flight: a step between some submits
         reqs.append(engine.submit(Request(prompt, SamplingParams(max_tokens=n, temperature=0))))
         if i % 3 == 0:
             engine.step()
     engine.run_until_idle()
     assert [r.output_ids for r in reqs] == [ref for _, _, ref in mixed]
     assert all(r.finish_reason == "length" for r in reqs)
-    assert engine.cache.moves > 0                     # the column moves were exercised, and harmless
-    assert engine.stats["decode_useful"] == sum(n - 1 for _, n, _ in mixed)   # the first token comes from prefill
+    assert engine.cache.moves > 0  # the column moves were exercised, and harmless
+    assert engine.stats["decode_useful"] == sum(
+        n - 1 for _, n, _ in mixed
+    )  # the first token comes from prefill
 
 
 def test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits(model):
     def trace(policy):
         engine = Engine(model, None, policy, max_batch=2)
-        short, long_, late = (engine.submit(Request([1, 2, 3], SamplingParams(max_tokens=n, temperature=0)))
-                              for n in (2, 8, 3))
+        short, long_, late = (
+            engine.submit(Request([1, 2, 3], SamplingParams(max_tokens=n, temperature=0))) for n in (2, 8, 3)
+        )
         steps = 0
         while late.first_token_at is None:
             engine.step()
             steps += 1
         engine.run_until_idle()
         return steps, late.slot, engine.stats
+
     steps, slot, continuous = trace("continuous")
-    assert steps == 2 and slot == 0                   # short ends at step 1; late takes its row at step 2
+    assert steps == 2 and slot == 0  # short ends at step 1; late takes its row at step 2
     steps, _, static = trace("static")
-    assert steps == 8                                 # late waits for the batch's longest member
+    assert steps == 8  # late waits for the batch's longest member
     padding = lambda stats: stats["decode_rows"] - stats["decode_useful"]
     assert continuous["decode_useful"] == static["decode_useful"] == 1 + 7 + 2
-    assert padding(static) == 6 and padding(continuous) == 4   # short's finished row computed padding meanwhile
+    assert (
+        padding(static) == 6 and padding(continuous) == 4
+    )  # short's finished row computed padding meanwhile
 
 
 def test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged(model, mixed):
@@ -121,8 +130,8 @@ def test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged(model, 
     assert c.slot is None and engine.slots[b.slot] is b
     b.cancel()
     engine.step()
-    assert b.finish_reason == "cancelled" and b.done.is_set() and c.slot == 1   # c took b's row at once
-    assert engine.cache.start[1] is not None and None in list(b.deltas.queue)   # b's stream is closed
+    assert b.finish_reason == "cancelled" and b.done.is_set() and c.slot == 1  # c took b's row at once
+    assert engine.cache.start[1] is not None and None in list(b.deltas.queue)  # b's stream is closed
     engine.run_until_idle()
     assert a.output_ids == ref0 and c.output_ids == ref2
     assert engine.stats["finished_cancelled"] == 1 and not engine.busy()
@@ -134,8 +143,10 @@ def test_seeded_sampling_is_per_request_whoever_shares_the_batch(model, mixed):
     want = alone.submit(Request(mixed[0][0], SamplingParams(**params)))
     alone.run_until_idle()
     crowd = Engine(model, None, "continuous", max_batch=4)
-    others = [crowd.submit(Request(p, SamplingParams(max_tokens=n, temperature=1.0, seed=i)))
-              for i, (p, n, _) in enumerate(mixed[1:4])]
+    others = [
+        crowd.submit(Request(p, SamplingParams(max_tokens=n, temperature=1.0, seed=i)))
+        for i, (p, n, _) in enumerate(mixed[1:4])
+    ]
     got = crowd.submit(Request(mixed[0][0], SamplingParams(**params)))
     crowd.run_until_idle()
     assert got.output_ids == want.output_ids and len(got.output_ids) == 12
@@ -147,7 +158,7 @@ def test_stop_strings_cut_the_text_and_streaming_never_sends_what_it_takes_back(
     full = Letters().decode(reference(model, prompt, 20))
     stop = full[8:10]
     cut = full.find(stop)
-    assert cut >= 3                                    # the model's output, not the test, would be odd
+    assert cut >= 3  # the model's output, not the test, would be odd
     engine = Engine(model, Letters(), "continuous", max_batch=2)
     req = engine.submit(Request(prompt, SamplingParams(max_tokens=20, temperature=0, stop=(stop, "never"))))
     pieces = []
@@ -156,7 +167,7 @@ def test_stop_strings_cut_the_text_and_streaming_never_sends_what_it_takes_back(
         while not req.deltas.empty():
             pieces.append(req.deltas.get_nowait())
     assert req.finish_reason == "stop" and req.text == full[:cut]
-    assert pieces[-1] is None and "".join(pieces[:-1]) == req.text and len(pieces) > 2   # it streamed
+    assert pieces[-1] is None and "".join(pieces[:-1]) == req.text and len(pieces) > 2  # it streamed
 
 
 def test_stop_id_ends_the_answer_and_is_kept_in_the_ids_only(model, mixed):
@@ -166,18 +177,21 @@ def test_stop_id_ends_the_answer_and_is_kept_in_the_ids_only(model, mixed):
     req = engine.submit(Request(prompt, SamplingParams(max_tokens=10, temperature=0), stop_ids=[ref[3]]))
     engine.run_until_idle()
     first = ref.index(ref[3])
-    assert req.output_ids == ref[:first + 1] and req.text == Letters().decode(ref[:first])
+    assert req.output_ids == ref[: first + 1] and req.text == Letters().decode(ref[:first])
     assert req.finish_reason == "stop"
 
 
-@pytest.mark.parametrize("text, stops, cut, held", [
-    ("hello wor", ("world",), "hello wor", 3),          # "wor" may become "world": hold it
-    ("hello world!", ("world",), "hello ", 0),
-    ("say ab then abc", ("abc", "then"), "say ab ", 0),  # the earliest stop wins
-    ("caf\ufffd", (), "caf\ufffd", 1),                  # half a UTF-8 character: wait for the rest
-    ("abcab", ("abd",), "abcab", 2),
-    ("plain", (), "plain", 0),
-])
+@pytest.mark.parametrize(
+    "text, stops, cut, held",
+    [
+        ("hello wor", ("world",), "hello wor", 3),  # "wor" may become "world": hold it
+        ("hello world!", ("world",), "hello ", 0),
+        ("say ab then abc", ("abc", "then"), "say ab ", 0),  # the earliest stop wins
+        ("caf\ufffd", (), "caf\ufffd", 1),  # half a UTF-8 character: wait for the rest
+        ("abcab", ("abd",), "abcab", 2),
+        ("plain", (), "plain", 0),
+    ],
+)
 def test_cut_at_stop_and_held_back(text, stops, cut, held):
     assert cut_at_stop(text, stops)[0] == cut
     assert held_back(cut, stops) == held
@@ -202,7 +216,7 @@ def test_slot_cache_move_keeps_every_row_and_its_mask(model):
     for slot, n in ((0, 4), (1, 7)):
         cache.claim(slot, n)
         for k in cache.kv.k + cache.kv.v:
-            k[slot, :, 10 - n:10] = torch.arange(n, dtype=k.dtype)[:, None] + 100 * slot
+            k[slot, :, 10 - n : 10] = torch.arange(n, dtype=k.dtype)[:, None] + 100 * slot
     before = [k[:, :, 3:10].clone() for k in cache.kv.k]
     cache.move_columns(-3)
     assert cache.pos == 7 and cache.start == [3, 0] and cache.left() == 0
@@ -213,20 +227,24 @@ def test_slot_cache_move_keeps_every_row_and_its_mask(model):
 
 # ----------------------------------------------------------------------------- the benchmark's workload
 
+
 def test_workload_is_seeded_poisson_with_the_asked_mix():
     c = BenchServeConfig(requests=400, rate=50.0, long_frac=0.25)
     items = workload(c, vocab=100)
-    assert items == workload(c, vocab=100) and items != workload(BenchServeConfig(requests=400, seed=1), vocab=100)
+    assert items == workload(c, vocab=100) and items != workload(
+        BenchServeConfig(requests=400, seed=1), vocab=100
+    )
     gaps = [b[0] - a[0] for a, b in zip(items, items[1:])]
     assert items[0][0] == 0 and all(g >= 0 for g in gaps)
-    assert abs(sum(gaps) / len(gaps) - 1 / 50) < 0.2 / 50                       # mean gap 1/rate
-    assert 0.56 < sum(g < 1 / 50 for g in gaps) / len(gaps) < 0.70    # exponential: P(gap < mean) = 1 - 1/e
+    assert abs(sum(gaps) / len(gaps) - 1 / 50) < 0.2 / 50  # mean gap 1/rate
+    assert 0.56 < sum(g < 1 / 50 for g in gaps) / len(gaps) < 0.70  # exponential: P(gap < mean) = 1 - 1/e
     long_share = sum(n >= c.long_min for _, _, n in items) / len(items)
     assert 0.18 < long_share < 0.32
     assert all(c.prompt_min <= len(p) <= c.prompt_max for _, p, _ in items)
 
 
 # ----------------------------------------------------------------------------- the HTTP server
+
 
 @pytest.fixture(scope="module")
 def tok():
@@ -238,8 +256,9 @@ def tok():
 def server(tok):
     model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
     engine = Engine(model, tok, "continuous", max_batch=4, max_waiting=64)
-    srv = ChatServer(("127.0.0.1", 0), engine, tok, "test/model", max_body=4096, default_max_tokens=8,
-                     log_requests=False)
+    srv = ChatServer(
+        ("127.0.0.1", 0), engine, tok, "test/model", max_body=4096, default_max_tokens=8, log_requests=False
+    )
     engine.start()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -256,7 +275,9 @@ def url(srv, path):
 def call(srv, path, body=None, raw=None, headers=None):
     """(status, parsed JSON or the raw text of an event stream) of one request."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url(srv, path), data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url(srv, path), data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             text = r.read().decode()
@@ -270,10 +291,14 @@ def sse_events(text):
     assert text.endswith("\n\n")
     events = text[:-2].split("\n\n")
     assert all(e.startswith("data: ") for e in events)
-    return [e[len("data: "):] for e in events]
+    return [e[len("data: ") :] for e in events]
 
 
-CHAT = {"messages": [{"role": "user", "content": "Where does Noin Marora live?"}], "temperature": 0, "max_tokens": 8}
+CHAT = {
+    "messages": [{"role": "user", "content": "Where does Noin Marora live?"}],
+    "temperature": 0,
+    "max_tokens": 8,
+}
 
 
 def test_models_health_and_a_chat_completion(server):
@@ -281,7 +306,7 @@ def test_models_health_and_a_chat_completion(server):
     assert status == 200 and [m["id"] for m in models["data"]] == ["test/model"]
     status, health = call(server, "/health")
     assert status == 200 and health["status"] == "ok"
-    with urllib.request.urlopen(url(server, "/"), timeout=30) as page:   # the chat page, no external assets
+    with urllib.request.urlopen(url(server, "/"), timeout=30) as page:  # the chat page, no external assets
         html = page.read().decode()
     assert page.headers["Content-Type"].startswith("text/html") and "/v1/chat/completions" in html
     assert "http://" not in html and "https://" not in html
@@ -291,13 +316,17 @@ def test_models_health_and_a_chat_completion(server):
     assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length")
     usage = reply["usage"]
     assert usage["prompt_tokens"] == len(encode_prompt(server.tok, CHAT["messages"]))
-    assert 1 <= usage["completion_tokens"] <= 8 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert (
+        1 <= usage["completion_tokens"] <= 8
+        and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    )
 
 
 def test_streamed_chat_rebuilds_the_same_text_and_ends_with_done(server):
     _, whole = call(server, "/v1/chat/completions", CHAT)
-    status, stream = call(server, "/v1/chat/completions", {**CHAT, "stream": True,
-                                                            "stream_options": {"include_usage": True}})
+    status, stream = call(
+        server, "/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    )
     events = sse_events(stream)
     assert status == 200 and events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
@@ -316,7 +345,9 @@ def test_completions_stream_and_whole_agree(server):
     _, stream = call(server, "/v1/completions", {**body, "stream": True})
     chunks = [json.loads(e) for e in sse_events(stream)[:-1]]
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
-    assert whole["usage"]["prompt_tokens"] == 1 + len(server.tok.encode_ordinary(body["prompt"]))   # <|endoftext|> first
+    assert whole["usage"]["prompt_tokens"] == 1 + len(
+        server.tok.encode_ordinary(body["prompt"])
+    )  # <|endoftext|> first
     assert 1 <= whole["usage"]["completion_tokens"] <= 6
 
 
@@ -326,12 +357,30 @@ BAD_REQUESTS = [  # (path, raw body or JSON, status, words the message must cont
     ("/v1/chat/completions", b"[1, 2]", 400, "JSON object", None),
     ("/v1/chat/completions", {"temperature": 0}, 400, "'messages'", "messages"),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "role", "messages[0]"),
-    ("/v1/chat/completions", {**CHAT, "temperature": "hot"}, 400, "'temperature' must be a number", "temperature"),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "temperature": "hot"},
+        400,
+        "'temperature' must be a number",
+        "temperature",
+    ),
     ("/v1/chat/completions", {**CHAT, "max_tokens": 0}, 400, "at least 1", "max_tokens"),
     ("/v1/chat/completions", {**CHAT, "top_p": 1.5}, 400, "'top_p'", "top_p"),
     ("/v1/chat/completions", {**CHAT, "model": "gpt-5"}, 404, "'gpt-5' does not exist", "model"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}, 400, "context is 64", "messages"),
-    ("/v1/chat/completions", {**CHAT, "max_tokens": 60}, 400, "exceeds the model's context of 64", "max_tokens"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": LONG}]},
+        400,
+        "context is 64",
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "max_tokens": 60},
+        400,
+        "exceeds the model's context of 64",
+        "max_tokens",
+    ),
     ("/v1/chat/completions", {**CHAT, "stop": [""]}, 400, "'stop'", "stop"),
     ("/v1/completions", {"max_tokens": 2}, 400, "'prompt'", "prompt"),
     ("/v1/completions", b"{" + b" " * 5000 + b"}", 413, "at most 4096", None),
@@ -340,13 +389,24 @@ BAD_REQUESTS = [  # (path, raw body or JSON, status, words the message must cont
 
 
 @pytest.mark.parametrize("path, body, status, words, param", BAD_REQUESTS)
-def test_a_bad_request_gets_openai_error_json_and_the_server_keeps_serving(server, path, body, status, words, param):
-    got, reply = call(server, path, raw=body if isinstance(body, bytes) else None,
-                      body=None if isinstance(body, bytes) else body)
+def test_a_bad_request_gets_openai_error_json_and_the_server_keeps_serving(
+    server, path, body, status, words, param
+):
+    got, reply = call(
+        server,
+        path,
+        raw=body if isinstance(body, bytes) else None,
+        body=None if isinstance(body, bytes) else body,
+    )
     assert got == status
     err = reply["error"]
-    assert words in err["message"] and err["param"] == param and err["type"] and set(err) == {"message", "type", "param", "code"}
-    if "context is 64" in words:                        # both numbers: the prompt's length and the context
+    assert (
+        words in err["message"]
+        and err["param"] == param
+        and err["type"]
+        and set(err) == {"message", "type", "param", "code"}
+    )
+    if "context is 64" in words:  # both numbers: the prompt's length and the context
         n_prompt = int(err["message"].split("prompt is ")[1].split()[0])
         assert n_prompt > 64
     assert call(server, "/v1/models")[0] == 200
@@ -357,7 +417,7 @@ def test_api_key_full_queue_and_truncated_body(server):
     try:
         assert call(server, "/v1/models")[0] == 401
         assert call(server, "/v1/models", headers={"Authorization": "Bearer sesame"})[0] == 200
-        assert call(server, "/health")[0] == 200       # health stays open, for load balancers
+        assert call(server, "/health")[0] == 200  # health stays open, for load balancers
     finally:
         server.api_key = ""
     server.engine.max_waiting = 0
@@ -372,7 +432,7 @@ def test_api_key_full_queue_and_truncated_body(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
     conn.putrequest("POST", "/v1/chat/completions")
     conn.putheader("Content-Type", "application/json")
-    conn.endheaders()                                   # no Content-Length
+    conn.endheaders()  # no Content-Length
     r = conn.getresponse()
     assert r.status == 411 and "Content-Length" in json.loads(r.read())["error"]["message"]
     assert call(server, "/v1/chat/completions", CHAT)[0] == 200
@@ -385,6 +445,7 @@ def test_twenty_concurrent_clients_all_get_complete_answers(server):
     def client(i):
         body = {**CHAT, "max_tokens": 4, "stream": i % 2 == 1}
         results[i] = call(server, "/v1/chat/completions", body)
+
     threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()
@@ -399,19 +460,21 @@ def test_twenty_concurrent_clients_all_get_complete_answers(server):
             text = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1])
         else:
             text = reply["choices"][0]["message"]["content"]
-        assert text == want                              # greedy: batched with 19 others, the same answer
+        assert text == want  # greedy: batched with 19 others, the same answer
 
 
 def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
     engine, real_step = server.engine, server.engine.step
-    monkeypatch.setattr(engine, "step", lambda: (time.sleep(0.02), real_step())[1])   # 50 tokens take > 1 s
+    monkeypatch.setattr(engine, "step", lambda: (time.sleep(0.02), real_step())[1])  # 50 tokens take > 1 s
     before = engine.stats["finished_cancelled"]
     body = json.dumps({"prompt": "Four", "max_tokens": 50, "stream": True, "temperature": 0, "stop": "never"})
     with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as sock:
-        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        sock.sendall(
+            f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
         seen = b""
-        while b"data: " not in seen:                     # the answer has begun streaming: then leave
+        while b"data: " not in seen:  # the answer has begun streaming: then leave
             seen += sock.recv(4096)
     deadline = time.time() + 10
     while engine.stats["finished_cancelled"] == before and time.time() < deadline:
@@ -422,11 +485,13 @@ def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
 
 # ----------------------------------------------------------------------------- the terminal chat
 
+
 def test_chat_session_streams_keeps_history_and_handles_commands(tok):
     model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
     session = ChatSession(Engine(model, tok, "sequential"), tok, ChatConfig(temperature=0, max_tokens=5))
-    lines = iter(["hello", "/settings max_tokens=3 temperature=0.5", "/settings top_p=2", "again", "/reset",
-                  "/nope"])
+    lines = iter(
+        ["hello", "/settings max_tokens=3 temperature=0.5", "/settings top_p=2", "again", "/reset", "/nope"]
+    )
     out = []
 
     def read():
@@ -434,16 +499,25 @@ def test_chat_session_streams_keeps_history_and_handles_commands(tok):
             return next(lines)
         except StopIteration:
             raise EOFError from None
+
     run_chat(session, read, out.append)
     shown = "".join(out)
-    assert "max_tokens=3" in shown and "temperature=0.5" in shown and "error: " in shown and "(conversation forgotten)" in shown
+    assert (
+        "max_tokens=3" in shown
+        and "temperature=0.5" in shown
+        and "error: " in shown
+        and "(conversation forgotten)" in shown
+    )
     assert session.turns == [] and session.cfg.max_tokens == 3 and shown.count("assistant> ") == 2
 
 
 # ----------------------------------------------------------------------------- command lines
 
+
 def sha(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -452,7 +526,9 @@ def ckpt(tmp_path_factory, tok):
     tok.save(run / "tokenizer")
     write_manifest(run / "tokenizer", stage="02_tokenizer", command="(test)", config={})
     model = tiny_model(vocab=tok.vocab_size, block_size=64)
-    save_checkpoint(run / "sft" / "ckpt.pt", dataclasses.asdict(model.cfg), model.state_dict(), tokenizer="../tokenizer")
+    save_checkpoint(
+        run / "sft" / "ckpt.pt", dataclasses.asdict(model.cfg), model.state_dict(), tokenizer="../tokenizer"
+    )
     return run / "sft" / "ckpt.pt"
 
 
@@ -474,10 +550,23 @@ def cli_runs(ckpt, tmp_path_factory):
     -> {case index: (returncode, stderr)}, with the run folder's hashes before and after."""
     work = tmp_path_factory.mktemp("cli")
     before = sha(ckpt.parent.parent)
-    procs = [subprocess.Popen([sys.executable, str(REPO / "07_distill_quant" / script),
-                               *[a.format(ckpt=ckpt, missing=work / "nothing.pt") for a in args], "--threads", "1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                              cwd=work) for script, args, _ in CLI_CASES]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "07_distill_quant" / script),
+                *[a.format(ckpt=ckpt, missing=work / "nothing.pt") for a in args],
+                "--threads",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=work,
+        )
+        for script, args, _ in CLI_CASES
+    ]
     results = {}
     for i, p in enumerate(procs):
         _, err = p.communicate(timeout=300)

@@ -1,4 +1,5 @@
 """The shared helpers in 01_data/common.py: atomic writes, JSONL and readable errors."""
+
 import json
 
 import pytest
@@ -46,6 +47,7 @@ def test_read_text_rejects_missing_binary_and_empty(tmp_path):
 def test_atomic_write_gives_a_normal_file_mode(tmp_path):
     import os
     from common import atomic_write_text
+
     umask = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")
@@ -63,8 +65,16 @@ import subprocess
 import sys
 import textwrap
 
-from common import (check_artifact, claim_output, option, parse_config, remove_orphan_temps, run_lock,
-                    staged_dir, write_manifest)
+from common import (
+    check_artifact,
+    claim_output,
+    option,
+    parse_config,
+    remove_orphan_temps,
+    run_lock,
+    staged_dir,
+    write_manifest,
+)
 
 
 @dataclasses.dataclass
@@ -81,14 +91,35 @@ class DemoConfig:
 def test_parse_config_types_defaults_and_presets():
     cfg, _ = parse_config(DemoConfig, [])
     assert cfg == DemoConfig()
-    cfg, _ = parse_config(DemoConfig, ["--steps", "5", "--no-fast", "--split", "0.5,0.5", "--files", "a", "b",
-                                       "--mix", "x=0.25,y=0.75", "--name", "b"])
-    assert (cfg.steps, cfg.fast, cfg.split, cfg.files, cfg.mix, cfg.name) == \
-        (5, False, (0.5, 0.5), ["a", "b"], {"x": 0.25, "y": 0.75}, "b")
+    cfg, _ = parse_config(
+        DemoConfig,
+        [
+            "--steps",
+            "5",
+            "--no-fast",
+            "--split",
+            "0.5,0.5",
+            "--files",
+            "a",
+            "b",
+            "--mix",
+            "x=0.25,y=0.75",
+            "--name",
+            "b",
+        ],
+    )
+    assert (cfg.steps, cfg.fast, cfg.split, cfg.files, cfg.mix, cfg.name) == (
+        5,
+        False,
+        (0.5, 0.5),
+        ["a", "b"],
+        {"x": 0.25, "y": 0.75},
+        "b",
+    )
     cfg, _ = parse_config(DemoConfig, ["--fast"], presets={"big": {"steps": 100}}, default_preset="big")
     assert cfg.steps == 100 and cfg.fast is True
     cfg, _ = parse_config(DemoConfig, ["--steps", "3"], presets={"big": {"steps": 100}}, default_preset="big")
-    assert cfg.steps == 3                                   # a flag beats the preset
+    assert cfg.steps == 3  # a flag beats the preset
 
 
 def test_parse_config_help_shows_defaults_and_preset_values(capsys):
@@ -99,15 +130,18 @@ def test_parse_config_help_shows_defaults_and_preset_values(capsys):
     assert "--fast, --no-fast" in out and "(default 0.9,0.1)" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps 0 is below its minimum 1"),
-    (["--lr", "-1"], "--lr -1.0 is below its minimum"),
-    (["--name", "c"], "invalid choice"),
-    (["--steps", "x"], "invalid int value"),
-    (["--bogus"], "unrecognized arguments"),
-    (["--split", "0.5,a"], "cannot read"),
-    (["--mix", "x"], "cannot read"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps 0 is below its minimum 1"),
+        (["--lr", "-1"], "--lr -1.0 is below its minimum"),
+        (["--name", "c"], "invalid choice"),
+        (["--steps", "x"], "invalid int value"),
+        (["--bogus"], "unrecognized arguments"),
+        (["--split", "0.5,a"], "cannot read"),
+        (["--mix", "x"], "cannot read"),
+    ],
+)
 def test_parse_config_bad_values_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):
         parse_config(DemoConfig, argv)
@@ -116,27 +150,42 @@ def test_parse_config_bad_values_are_user_errors(argv, message):
 # ----------------------------------------------------------------------------------------------
 # run_cli: the one error contract (run in a subprocess: exit codes and stderr are the contract)
 
+
 def run_snippet(tmp_path, body, *args):
     script = tmp_path / "snippet.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO_01)!r})
         from common import *
         def main():
-        """) + textwrap.indent(textwrap.dedent(body), "    ") + "\nrun_cli(main)\n")
+        """)
+        + textwrap.indent(textwrap.dedent(body), "    ")
+        + "\nrun_cli(main)\n"
+    )
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
 
 
 REPO_01 = __import__("pathlib").Path(__file__).resolve().parents[1] / "01_data"
 
 
-@pytest.mark.parametrize("body, code, first_words", [
-    ("raise UserError('bad thing; fix it')", 2, "error: bad thing; fix it"),
-    ("open('/proc/nope/x', 'w')", 2, "error: cannot use /proc/nope/x"),
-    ("import os; os.makedirs(sys.argv[1] + '/f', exist_ok=True); open(sys.argv[1] + '/f', 'w')", 2, "error: cannot use"),
-    ("set_interrupt_hint('at step 3; continue with --resume'); raise KeyboardInterrupt", 130,
-     "interrupted; at step 3; continue with --resume"),
-])
+@pytest.mark.parametrize(
+    "body, code, first_words",
+    [
+        ("raise UserError('bad thing; fix it')", 2, "error: bad thing; fix it"),
+        ("open('/proc/nope/x', 'w')", 2, "error: cannot use /proc/nope/x"),
+        (
+            "import os; os.makedirs(sys.argv[1] + '/f', exist_ok=True); open(sys.argv[1] + '/f', 'w')",
+            2,
+            "error: cannot use",
+        ),
+        (
+            "set_interrupt_hint('at step 3; continue with --resume'); raise KeyboardInterrupt",
+            130,
+            "interrupted; at step 3; continue with --resume",
+        ),
+    ],
+)
 def test_run_cli_turns_expected_failures_into_one_line(tmp_path, body, code, first_words):
     r = run_snippet(tmp_path, body, str(tmp_path))
     assert r.returncode == code, r.stderr
@@ -152,6 +201,7 @@ def test_run_cli_keeps_the_traceback_of_a_bug(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # Manifests, staleness, locks, overwrite
+
 
 def make_artifact(path, text, inputs=()):
     path.mkdir(parents=True, exist_ok=True)
@@ -171,12 +221,12 @@ def test_manifest_detects_missing_damaged_and_stale_artifacts(tmp_path):
     down_m = make_artifact(tmp_path / "down", "two", inputs=[up])
     assert down_m["inputs"] == {"../up": {"id": m_up["id"], "stage": "demo", "created": m_up["created"]}}
     assert check_artifact(tmp_path / "down", "make down")["id"] == down_m["id"]
-    make_artifact(up, "changed")                          # upstream rerun with new content
+    make_artifact(up, "changed")  # upstream rerun with new content
     with pytest.raises(UserError, match="down is stale: it was made from .*up.*rerun `make down`"):
         check_artifact(tmp_path / "down", "make down")
-    make_artifact(up, "one")                              # same content again: same id, not stale
+    make_artifact(up, "one")  # same content again: same id, not stale
     check_artifact(tmp_path / "down", "make down")
-    with open(up / "a.txt", "a") as f:                    # damaged in place (truncation, an editor ...)
+    with open(up / "a.txt", "a") as f:  # damaged in place (truncation, an editor ...)
         f.write("!")
     with pytest.raises(UserError, match="a.txt: changed or damaged"):
         check_artifact(tmp_path / "down", "make down")
@@ -186,27 +236,35 @@ def test_run_lock_refuses_a_second_writer_and_removes_orphans(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / ".ckpt.pt.abc.tmp").write_bytes(b"half")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time; sys.path.insert(0, {str(REPO_01)!r})
         from common import run_lock
         with run_lock({str(out)!r}):
-            print('locked', flush=True); time.sleep(30)""")], stdout=subprocess.PIPE, text=True)
+            print('locked', flush=True); time.sleep(30)"""),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        assert not (out / ".ckpt.pt.abc.tmp").exists()     # the orphan went when the lock was taken
+        assert not (out / ".ckpt.pt.abc.tmp").exists()  # the orphan went when the lock was taken
         with pytest.raises(UserError, match=rf"being written by another process \(pid {holder.pid}\)"):
             with run_lock(out):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with run_lock(out):                                   # kill -9 released it
+    with run_lock(out):  # kill -9 released it
         pass
 
 
 def test_claim_output_and_staged_dir(tmp_path):
     out = tmp_path / "run"
-    claim_output(out, overwrite=False)                    # nothing there: fine
+    claim_output(out, overwrite=False)  # nothing there: fine
     make_artifact(out, "old")
     with pytest.raises(UserError, match="already holds a run .*make run.*--overwrite"):
         claim_output(out, overwrite=False)
@@ -214,7 +272,7 @@ def test_claim_output_and_staged_dir(tmp_path):
         with staged_dir(out) as tmp:
             (tmp / "a.txt").write_text("new")
             raise RuntimeError("killed half-way")
-    assert (out / "a.txt").read_text() == "old"           # the old run is untouched
+    assert (out / "a.txt").read_text() == "old"  # the old run is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # and no temp folder is left
     with staged_dir(out) as tmp:
         (tmp / "a.txt").write_text("new")
@@ -230,8 +288,8 @@ def test_claim_output_and_staged_dir(tmp_path):
 def test_an_interrupted_swap_is_undone_at_the_next_lock(tmp_path):
     out = tmp_path / "run"
     make_artifact(out, "old")
-    os.replace(out, tmp_path / ".run.old9.tmp")          # killed between staged_dir's renames: old set aside,
-    (tmp_path / ".run.abc.tmp").mkdir()                   # ... the new one never renamed in
+    os.replace(out, tmp_path / ".run.old9.tmp")  # killed between staged_dir's renames: old set aside,
+    (tmp_path / ".run.abc.tmp").mkdir()  # ... the new one never renamed in
     with run_lock(out):
         pass
     assert (out / "a.txt").read_text() == "old"

@@ -4,6 +4,7 @@
 `raise NotImplementedError` at least one of them fails (a failure, not a collection error). The
 check runs each exercise's few named tests, never the whole suite, in one copy per stage.
 """
+
 import json
 import os
 import subprocess
@@ -17,20 +18,31 @@ SCRIPT = REPO / "tests" / "exercises.py"
 
 
 def run_script(*args, timeout=120):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_every_marker_is_well_formed_and_names_its_grading_tests():
     exercises = find_exercises(REPO)  # raises MarkerError, naming file:line, on any broken pair
     assert exercises, "no exercise markers found"
     for ex in exercises:
-        assert ex.tests, (f"no test of {ex.stage} names {ex.function}: add a GRADED_BY entry for {ex.key!r} "
-                          "in tests/exercises.py naming the fast tests that check it")
+        assert ex.tests, (
+            f"no test of {ex.stage} names {ex.function}: add a GRADED_BY entry for {ex.key!r} "
+            "in tests/exercises.py naming the fast tests that check it"
+        )
         assert all(t.startswith("tests/test_") and "::" in t for t in ex.tests), ex.tests
         blanked = blank_text((REPO / ex.file).read_text(encoding="utf-8"), [ex])
-        assert "exercise: " + ex.hint in blanked and blanked.count("# >>> exercise") == \
-            (REPO / ex.file).read_text(encoding="utf-8").count("# >>> exercise") - 1
+        assert (
+            "exercise: " + ex.hint in blanked
+            and blanked.count("# >>> exercise")
+            == (REPO / ex.file).read_text(encoding="utf-8").count("# >>> exercise") - 1
+        )
     keys = [ex.key for ex in exercises]
     assert len(keys) == len(set(keys)), "two exercises in one function"
     assert {ex.stage for ex in exercises} <= {d.name for d in stage_dirs(REPO)}
@@ -72,17 +84,29 @@ def test_blanking_keeps_the_docstring_and_compiles(tmp_path):
 BROKEN = {
     "never closed": ("def f():\n    # >>> exercise: h\n    return 1\n", "never closed"),
     "close without open": ("def f():\n    return 1\n    # <<< exercise\n", "without an opening"),
-    "nested": ("def f():\n    # >>> exercise: a\n    # >>> exercise: b\n    return 1\n    # <<< exercise\n"
-               "    # <<< exercise\n", "inside the one opened"),
+    "nested": (
+        "def f():\n    # >>> exercise: a\n    # >>> exercise: b\n    return 1\n    # <<< exercise\n"
+        "    # <<< exercise\n",
+        "inside the one opened",
+    ),
     "no hint": ("def f():\n    # >>> exercise:\n    return 1\n    # <<< exercise\n", "without a hint"),
-    "not a suffix": ("def f():\n    # >>> exercise: h\n    a = 1\n    # <<< exercise\n    return a\n",
-                     "complete suffix"),
+    "not a suffix": (
+        "def f():\n    # >>> exercise: h\n    a = 1\n    # <<< exercise\n    return a\n",
+        "complete suffix",
+    ),
     "outside a function": ("# >>> exercise: h\nA = 1\n# <<< exercise\n", "outside any function"),
-    "wrong indentation": ("def f():\n    if True:\n        # >>> exercise: h\n        return 1\n"
-                          "        # <<< exercise\n", "body indentation"),
-    "closes after the next function": ("def f():\n    # >>> exercise: h\n    return 1\n\n\ndef g():\n"
-                                       "    return 2\n    # <<< exercise\n", "goes on after|between the end"),
-    "indent mismatch": ("def f():\n    # >>> exercise: h\n    return 1\n  # <<< exercise\n", "indented unlike"),
+    "wrong indentation": (
+        "def f():\n    if True:\n        # >>> exercise: h\n        return 1\n        # <<< exercise\n",
+        "body indentation",
+    ),
+    "closes after the next function": (
+        "def f():\n    # >>> exercise: h\n    return 1\n\n\ndef g():\n    return 2\n    # <<< exercise\n",
+        "goes on after|between the end",
+    ),
+    "indent mismatch": (
+        "def f():\n    # >>> exercise: h\n    return 1\n  # <<< exercise\n",
+        "indented unlike",
+    ),
     "misspelt": ("def f():\n    # >>>exercise h\n    return 1\n", "malformed exercise marker"),
 }
 
@@ -129,7 +153,9 @@ def test_every_exercise_is_graded_by_a_test_that_fails_when_it_is_blanked():
     results = json.loads(r.stdout.strip().splitlines()[-1])
     stages = {ex.stage for ex in find_exercises(REPO)}
     assert {x["stage"] for x in results} == stages
-    assert len(results) == len(find_exercises(REPO)) + len(stages)   # one "(full code)" row per stage
-    bad = [f"{x['stage']} {x['function']}: exit {x['exit']}\n{x.get('log', '')}" for x in results if not x["ok"]]
+    assert len(results) == len(find_exercises(REPO)) + len(stages)  # one "(full code)" row per stage
+    bad = [
+        f"{x['stage']} {x['function']}: exit {x['exit']}\n{x.get('log', '')}" for x in results if not x["ok"]
+    ]
     assert not bad, "\n\n".join(bad)
     assert r.returncode == 0

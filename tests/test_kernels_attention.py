@@ -9,6 +9,7 @@ Tolerances (max absolute error against naive attention computed in float32, inpu
 The interpreter cannot run bfloat16 (numpy has none; its tl.dot returns junk), so on a CPU the kernel is
 checked in float16 and bfloat16 is checked on the tiled reference; bfloat16 kernel tests need a GPU.
 """
+
 import math
 
 import pytest
@@ -17,8 +18,14 @@ import triton
 import triton.language as tl
 
 import attention_backends
-from attention_backends import (attention, attention_naive, attention_sdpa, attention_tiled,
-                                attention_tiled_backward, attention_tiled_forward)
+from attention_backends import (
+    attention,
+    attention_naive,
+    attention_sdpa,
+    attention_tiled,
+    attention_tiled_backward,
+    attention_tiled_forward,
+)
 from common import UserError
 from flash_attention import INTERPRET, _bh_offset, flash_attention, flash_attention_forward
 
@@ -26,14 +33,21 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 # (B, H, Hkv, T, S, D): MHA with a ragged tail, GQA, MQA, fewer queries than keys (KV cache), head dim 128
-SHAPES = [(1, 2, 2, 50, 50, 32), (1, 4, 2, 40, 40, 64), (1, 4, 1, 33, 33, 32), (1, 2, 1, 24, 56, 32),
-          (1, 1, 1, 20, 20, 128)]
+SHAPES = [
+    (1, 2, 2, 50, 50, 32),
+    (1, 4, 2, 40, 40, 64),
+    (1, 4, 1, 33, 33, 32),
+    (1, 2, 1, 24, 56, 32),
+    (1, 1, 1, 20, 20, 128),
+]
 
 
 def make_qkv(B, H, Hkv, T, S, D, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(shape, generator=g).to(DEVICE, dtype)
-               for shape in [(B, H, T, D), (B, Hkv, S, D), (B, Hkv, S, D)])
+    q, k, v = (
+        torch.randn(shape, generator=g).to(DEVICE, dtype)
+        for shape in [(B, H, T, D), (B, Hkv, S, D), (B, Hkv, S, D)]
+    )
     return q, k, v
 
 
@@ -65,7 +79,7 @@ def test_matches_naive_fp32(fn, shape, causal):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_kernel_fp16(causal):
-    q, k, v = make_qkv(2, 2, 1, 50, 50, 64, torch.float16)   # B = 2: the batch stride is used
+    q, k, v = make_qkv(2, 2, 1, 50, 50, 64, torch.float16)  # B = 2: the batch stride is used
     assert_matches_naive(flash_attention, q, k, v, causal, TOL[torch.float16])
 
 
@@ -79,7 +93,7 @@ def test_kernel_on_strided_views():
     """A fused QKV projection viewed as (B, T, heads, D) then transposed: nothing is contiguous."""
     B, T, H, D = 1, 40, 2, 32
     qkv = torch.randn(B, T, 3 * H, D, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    q, k, v = (qkv[:, :, i * H:(i + 1) * H].transpose(1, 2) for i in range(3))
+    q, k, v = (qkv[:, :, i * H : (i + 1) * H].transpose(1, 2) for i in range(3))
     assert not q.is_contiguous()
     assert_matches_naive(flash_attention, q, k, v, True, TOL[torch.float32])
 
@@ -113,7 +127,9 @@ def test_tiled_backward_skips_nothing_it_needs():
     reference = attention_tiled_backward(q, k, v, o, lse, do, True, None, 32, 32)
     for block_m, block_n in [(5, 7), (16, 3), (64, 64)]:
         o2, lse2 = attention_tiled_forward(q, k, v, True, None, block_m, block_n)
-        for a, b in zip(attention_tiled_backward(q, k, v, o2, lse2, do, True, None, block_m, block_n), reference):
+        for a, b in zip(
+            attention_tiled_backward(q, k, v, o2, lse2, do, True, None, block_m, block_n), reference
+        ):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -134,8 +150,9 @@ def test_dispatch_errors_and_backends():
         attention(q, k[:, :, :16], v[:, :, :16], causal=True)
     expected = attention_naive(q, k, v, causal=True)
     for backend in ["auto", "torch", "tiled", "sdpa", "triton"]:
-        torch.testing.assert_close(attention(q, k, v, causal=True, backend=backend), expected,
-                                   atol=1e-5, rtol=1e-5, msg=backend)
+        torch.testing.assert_close(
+            attention(q, k, v, causal=True, backend=backend), expected, atol=1e-5, rtol=1e-5, msg=backend
+        )
 
 
 def test_auto_never_takes_the_naive_path(monkeypatch):
@@ -144,8 +161,12 @@ def test_auto_never_takes_the_naive_path(monkeypatch):
     expected = attention_naive(q, k, v, causal=True)
     monkeypatch.setattr(attention_backends, "attention_naive", lambda *a, **kw: pytest.fail("naive ran"))
     torch.testing.assert_close(attention(q, k, v, causal=True), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(attention(q, k, v, causal=False, mask=torch.ones(24, 24, dtype=torch.bool).tril()),
-                               expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        attention(q, k, v, causal=False, mask=torch.ones(24, 24, dtype=torch.bool).tril()),
+        expected,
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_naive_mask_is_the_definition_and_sdpa_agrees():
@@ -154,15 +175,16 @@ def test_naive_mask_is_the_definition_and_sdpa_agrees():
     B, H, Hkv, T, S, D = 2, 4, 2, 6, 10, 32
     q, k, v = make_qkv(B, H, Hkv, T, S, D)
     keep = torch.ones(B, 1, T, S, dtype=torch.bool, device=DEVICE)
-    keep[1, :, :, :3] = False                                   # row 1: three padding keys
+    keep[1, :, :, :3] = False  # row 1: three padding keys
     out = attention_naive(q, k, v, causal=True, mask=keep)
     for b, h, i in [(0, 0, 0), (0, 3, 5), (1, 1, 0), (1, 2, 5)]:
         seen = [j for j in range(S) if j <= i + S - T and keep[b, 0, i, j]]
         kv = h // (H // Hkv)
         w = (q[b, h, i] @ k[b, kv, seen].T / math.sqrt(D)).softmax(-1)
         torch.testing.assert_close(out[b, h, i], w @ v[b, kv, seen], atol=1e-5, rtol=1e-5)
-    assert_matches_naive(lambda q, k, v, c: attention_sdpa(q, k, v, c, mask=keep),
-                         q, k, v, True, TOL[torch.float32], mask=keep)
+    assert_matches_naive(
+        lambda q, k, v, c: attention_sdpa(q, k, v, c, mask=keep), q, k, v, True, TOL[torch.float32], mask=keep
+    )
     for backend in ("triton", "tiled"):  # they know only causal-or-not: refuse, never ignore the mask
         with pytest.raises(UserError, match="not an explicit mask"):
             attention(q, k, v, backend=backend, mask=keep)
@@ -198,7 +220,7 @@ def test_causal_past_ignores_future_keys():
     k2[:, :, -1] += 5.0
     v2[:, :, -1] -= 5.0
     a, b = flash_attention(q, k, v, causal=True), flash_attention(q, k2, v2, causal=True)
-    assert a.transpose(1, 2).is_contiguous()   # o is stored (B, T, H, D): merging heads needs no copy
+    assert a.transpose(1, 2).is_contiguous()  # o is stored (B, T, H, D): merging heads needs no copy
     assert torch.equal(a[:, :, :-1], b[:, :, :-1])
     assert not torch.allclose(a[:, :, -1], b[:, :, -1])
 
@@ -208,7 +230,7 @@ def test_causal_past_ignores_future_keys():
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("D", [64, 128])
 def test_gpu_bf16_large(D, causal):
-    q, k, v = make_qkv(2, 8, 2, 1000, 1000, D, torch.bfloat16)   # 1000: ragged for every autotune tile
+    q, k, v = make_qkv(2, 8, 2, 1000, 1000, D, torch.bfloat16)  # 1000: ragged for every autotune tile
     assert_matches_naive(flash_attention, q, k, v, causal, TOL[torch.bfloat16])
 
 
@@ -219,8 +241,10 @@ def test_gpu_fp32_and_fp16():
         assert_matches_naive(flash_attention, q, k, v, True, TOL[dtype])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
-                    reason="needs a GPU with 40 GB")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
+    reason="needs a GPU with 40 GB",
+)
 def test_gpu_batch_stride_past_2_to_the_31_elements():
     """q, k, v whose second batch element starts 2³¹ elements into its buffer (12 GiB of fp16, little
     compute): the compiled kernel must read it there, not at a wrapped-around negative offset."""

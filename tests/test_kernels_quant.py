@@ -16,6 +16,7 @@ What must hold, and how tight:
   0.4-0.6 fp16 ulp of the largest output (mostly the final rounding to fp16), 1.5e-7 · max|y| in fp32;
   allowed 2 ulps (2⁻¹⁰ · max|y|) in fp16 and 1e-6 · max|y| in fp32.
 """
+
 import warnings
 
 import pytest
@@ -23,14 +24,24 @@ import torch
 
 import quant_matmul as qm
 from common import UserError
-from quant_matmul import (INTERPRET, dequantize, pack_int4, quant_matmul, quant_matmul_reference, quantize,
-                          triton_quant_matmul, unpack_int4)
+from quant_matmul import (
+    INTERPRET,
+    dequantize,
+    pack_int4,
+    quant_matmul,
+    quant_matmul_reference,
+    quantize,
+    triton_quant_matmul,
+    unpack_int4,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The fixed tiles the CPU tests use; on a GPU the same tiles are compiled (no autotuning in these tests).
 TILES = {"decode": qm.INTERPRET_CONFIGS["decode"], "gemm": qm.INTERPRET_CONFIGS["gemm"]}
 FORMATS = [(8, None, True)] + [(4, g, sym) for g in (32, 64, 128) for sym in (True, False)]
-FORMAT_IDS = ["int8"] + [f"int4-g{g}-{'sym' if sym else 'asym'}" for g in (32, 64, 128) for sym in (True, False)]
+FORMAT_IDS = ["int8"] + [
+    f"int4-g{g}-{'sym' if sym else 'asym'}" for g in (32, 64, 128) for sym in (True, False)
+]
 K_FOR = {None: 100, 32: 96, 64: 192, 128: 384}
 M_FOR = {"decode": 13, "gemm": 20}
 N = 40
@@ -57,16 +68,16 @@ def per_element_scale(qw):
 def test_round_trip_error_is_at_most_half_a_step(fmt, skew):
     bits, group, symmetric = fmt
     w = make_weight(24, K_FOR[group], skew=skew)
-    w[0] = 0.0                                       # an all-zero row: the scale floor must keep it exact
+    w[0] = 0.0  # an all-zero row: the scale floor must keep it exact
     qw = quantize(w, bits, group, symmetric)
     err = (dequantize(qw) - w).abs()
     half_step = per_element_scale(qw) / 2
     assert (err <= half_step * (1 + 1e-3)).all(), f"worst err/step {(err / (2 * half_step)).max():.4f}"
     assert torch.equal(dequantize(qw)[0], torch.zeros(w.shape[1]))
     q = qm.unpacked_codes(qw).int()
-    lo, hi = (-qm.QMAX[bits], qm.QMAX[bits]) if symmetric else (0, 2 ** bits - 1)
+    lo, hi = (-qm.QMAX[bits], qm.QMAX[bits]) if symmetric else (0, 2**bits - 1)
     assert lo <= q.min() and q.max() <= hi
-    if symmetric:                                    # the largest |w| of each group lands on ±qmax
+    if symmetric:  # the largest |w| of each group lands on ±qmax
         assert q.abs().max() == qm.QMAX[bits]
 
 
@@ -80,11 +91,20 @@ def test_zero_point_helps_a_skewed_group():
 def test_storage_layout_and_bytes():
     w = make_weight(N, 256)
     q8, q4, q4a = quantize(w, 8, None), quantize(w, 4, 128), quantize(w, 4, 64, symmetric=False)
-    assert (q8.qweight.dtype, q8.qweight.shape, q8.scales.shape, q8.scales.dtype) == \
-        (torch.int8, (N, 256), (N,), torch.float16)
-    assert (q4.qweight.dtype, q4.qweight.shape, q4.scales.shape, q4.zeros) == (torch.uint8, (N, 128), (N, 2), None)
+    assert (q8.qweight.dtype, q8.qweight.shape, q8.scales.shape, q8.scales.dtype) == (
+        torch.int8,
+        (N, 256),
+        (N,),
+        torch.float16,
+    )
+    assert (q4.qweight.dtype, q4.qweight.shape, q4.scales.shape, q4.zeros) == (
+        torch.uint8,
+        (N, 128),
+        (N, 2),
+        None,
+    )
     assert (q4a.zeros.shape, q4a.zeros.dtype) == ((N, 4), torch.float16)
-    assert torch.equal(q4a.zeros, q4a.zeros.round())           # integer zero points, stored exactly in fp16
+    assert torch.equal(q4a.zeros, q4a.zeros.round())  # integer zero points, stored exactly in fp16
     assert q4.nbytes() == N * 256 // 2 + N * 2 * 2
     assert q4.nbytes() == pytest.approx(N * 256 * qm.weight_bytes_per_element(4, 128))
 
@@ -113,7 +133,7 @@ def test_pack_unpack_round_trip_every_byte(signed):
     """Every one of the 256 (low, high) pairs, in both directions, in a 3-D tensor."""
     lo, hi = (-8, 7) if signed else (0, 15)
     vals = torch.arange(lo, hi + 1)
-    pairs = torch.cartesian_prod(vals, vals).reshape(4, 32, 2 * 2)   # (..., K) with K even, every pair once
+    pairs = torch.cartesian_prod(vals, vals).reshape(4, 32, 2 * 2)  # (..., K) with K even, every pair once
     packed = pack_int4(pairs, signed)
     assert packed.dtype == torch.uint8 and packed.shape == (4, 32, 2)
     assert torch.equal(unpack_int4(packed, signed).long(), pairs)
@@ -142,8 +162,8 @@ def test_kernel_dequantizes_exactly(fmt, path):
     """One-hot activations pick single columns of Ŵ: y[m, n] = Ŵ[n, k_m], bit for bit (fp32, no rounding)."""
     K = K_FOR[fmt[1]]
     qw = quantized_on_device(fmt, K)
-    picks = torch.tensor([0, 1, 31, 32, 33, K // 2, K - 2, K - 1, 63, 64, 5, 17, 95])   # group edges, ends
-    if path == "gemm":                               # GEMM: M = 20 > 16, ragged against BLOCK_M
+    picks = torch.tensor([0, 1, 31, 32, 33, K // 2, K - 2, K - 1, 63, 64, 5, 17, 95])  # group edges, ends
+    if path == "gemm":  # GEMM: M = 20 > 16, ragged against BLOCK_M
         picks = torch.cat([picks, torch.arange(K - 7, K)])
     x = torch.nn.functional.one_hot(picks, K).float().to(DEVICE)
     y = triton_quant_matmul(x, qw, path=path, config=TILES[path])
@@ -175,7 +195,7 @@ def test_kernel_exact_on_batched_strided_activations(path):
     x, qw, bias = integer_valued_problem(fmt, 2 * T, K, torch.float32, seed=2)
     wide = torch.zeros(2 * T, 2 * K, device=DEVICE)
     wide[:, ::2] = x
-    x = wide[:, ::2].unflatten(0, (2, T))                 # (2, T, K), strides (T·2K, 2K, 2): a view
+    x = wide[:, ::2].unflatten(0, (2, T))  # (2, T, K), strides (T·2K, 2K, 2): a view
     assert x.stride(-1) == 2 and x.reshape(-1, K).data_ptr() == wide.data_ptr()
     y = triton_quant_matmul(x, qw, bias, path=path, config=TILES[path])
     assert y.shape == (2, T, N)
@@ -193,7 +213,9 @@ def test_gemm_kernel_takes_a_handful_of_rows():
 # ---------------------------------------- kernels: random data ----------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("path", ["decode", "gemm"])
-@pytest.mark.parametrize("fmt", [FORMATS[0], FORMATS[1], FORMATS[-1]], ids=["int8", "int4-g32", "int4-g128-asym"])
+@pytest.mark.parametrize(
+    "fmt", [FORMATS[0], FORMATS[1], FORMATS[-1]], ids=["int8", "int4-g32", "int4-g128-asym"]
+)
 def test_kernel_matches_reference_random(fmt, path, dtype):
     g = torch.Generator().manual_seed(4)
     qw = quantized_on_device(fmt, K_FOR[fmt[1]])
@@ -201,7 +223,7 @@ def test_kernel_matches_reference_random(fmt, path, dtype):
     bias = torch.randn(N, generator=g).to(DEVICE, dtype)
     y = triton_quant_matmul(x, qw, bias, path=path, config=TILES[path]).float()
     ref = quant_matmul_reference(x.double(), qw, bias.double())
-    tol = (2 ** -10 if dtype == torch.float16 else 1e-6) * ref.abs().max().item()
+    tol = (2**-10 if dtype == torch.float16 else 1e-6) * ref.abs().max().item()
     assert (y - ref).abs().max().item() <= tol
 
 
@@ -215,7 +237,7 @@ def test_dispatch_backends():
     x, qw, bias = integer_valued_problem((4, 64, True), 3, 192, torch.float32)
     ref = quant_matmul_reference(x, qw, bias)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")               # the supported path warns about nothing
+        warnings.simplefilter("error")  # the supported path warns about nothing
         for backend in ("auto", "torch", "triton"):
             assert torch.equal(quant_matmul(x, qw, bias, backend=backend), ref), backend
     with pytest.raises(ValueError, match="unknown backend"):
@@ -227,7 +249,7 @@ def test_dispatch_backends():
 def unsupported_cases():
     cases = [("float64", torch.float64)]
     if INTERPRET:
-        cases.append(("bfloat16", torch.bfloat16))   # numpy has no bfloat16; on a GPU the kernel takes it
+        cases.append(("bfloat16", torch.bfloat16))  # numpy has no bfloat16; on a GPU the kernel takes it
     return cases
 
 
@@ -242,14 +264,17 @@ def test_fallback_warns_once_and_is_exact(fresh_warnings, reason, dtype):
         assert y.dtype == dtype and torch.equal(y, quant_matmul_reference(x, qw))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(bits=3, group_size=32), "bits must be 4 or 8, got 3"),
-    (dict(bits=16, group_size=None), "bits must be 4 or 8, got 16"),
-    (dict(bits=4, group_size=48), "group size must be one of 32, 64, 128, got 48"),
-    (dict(bits=4, group_size=128), "group size 128 does not divide in_features 96; use group size 32"),
-    (dict(bits=8, group_size=128), "one scale per output channel"),
-    (dict(bits=8, group_size=None, symmetric=False), "symmetric only"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(bits=3, group_size=32), "bits must be 4 or 8, got 3"),
+        (dict(bits=16, group_size=None), "bits must be 4 or 8, got 16"),
+        (dict(bits=4, group_size=48), "group size must be one of 32, 64, 128, got 48"),
+        (dict(bits=4, group_size=128), "group size 128 does not divide in_features 96; use group size 32"),
+        (dict(bits=8, group_size=128), "one scale per output channel"),
+        (dict(bits=8, group_size=None, symmetric=False), "symmetric only"),
+    ],
+)
 def test_bad_settings_are_user_errors(kwargs, match):
     with pytest.raises(UserError, match=match):
         quantize(torch.randn(8, 96), **kwargs)
@@ -262,7 +287,9 @@ def test_in_features_no_group_size_divides():
 
 # ---------------------------- GPU only: the autotuned kernels at realistic sizes ----------------------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("fmt", [FORMATS[0], FORMATS[1], FORMATS[-1]], ids=["int8", "int4-g32", "int4-g128-asym"])
+@pytest.mark.parametrize(
+    "fmt", [FORMATS[0], FORMATS[1], FORMATS[-1]], ids=["int8", "int4-g32", "int4-g128-asym"]
+)
 def test_gpu_autotuned_bf16(fmt):
     """Every M bucket of both paths, N and K that no tile divides; bf16 tolerance (2⁻⁷ of the largest output)."""
     K, N_big = 1152, 1000
@@ -271,13 +298,15 @@ def test_gpu_autotuned_bf16(fmt):
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         y = quant_matmul(x, qw).float()
         ref = quant_matmul_reference(x.double(), qw)
-        assert (y - ref).abs().max().item() <= 2 ** -7 * ref.abs().max().item(), M
+        assert (y - ref).abs().max().item() <= 2**-7 * ref.abs().max().item(), M
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("path", ["decode", "gemm"])
 def test_gpu_autotuned_integer_part_exact(path):
-    x, qw, bias = integer_valued_problem((4, 128, True), 16 if path == "decode" else 200, 1024, torch.bfloat16)
+    x, qw, bias = integer_valued_problem(
+        (4, 128, True), 16 if path == "decode" else 200, 1024, torch.bfloat16
+    )
     assert torch.equal(triton_quant_matmul(x, qw, bias, path=path), quant_matmul_reference(x, qw, bias))
 
 
@@ -285,15 +314,31 @@ def test_gpu_autotuned_integer_part_exact(path):
 def test_bench_goal_verdicts():
     """The goal lines judge the worst M of each range: one slow M <= 16 fails the INT4 goal."""
     import bench_quant_matmul as bench
-    rows = [dict(format=f, M=M, vs_bf16=r) for f, M, r in
-            [("int8", 1, 1.9), ("int8", 16, 1.85), ("int8", 256, 0.9), ("int4-g128", 1, 3.5), ("int4-g128", 8, 3.1),
-             ("int4-g128", 256, 0.7), ("bfloat16", 1, 1.0)]]
+
+    rows = [
+        dict(format=f, M=M, vs_bf16=r)
+        for f, M, r in [
+            ("int8", 1, 1.9),
+            ("int8", 16, 1.85),
+            ("int8", 256, 0.9),
+            ("int4-g128", 1, 3.5),
+            ("int4-g128", 8, 3.1),
+            ("int4-g128", 256, 0.7),
+            ("bfloat16", 1, 1.0),
+        ]
+    ]
     lines = bench.summarize_goals(rows, "NVIDIA H100 80GB HBM3")
-    assert lines == ["goal int8 >= 1.8x bf16 at M <= 16: worst 1.85x, best 1.90x -> met",
-                     "goal int8 >= 0.8x bf16 at M = 256: worst 0.90x, best 0.90x -> met",
-                     "goal int4-g128 >= 3.2x bf16 at M <= 16: worst 3.10x, best 3.50x -> NOT met",
-                     "goal int4-g128 >= 0.8x bf16 at M = 256: worst 0.70x, best 0.70x -> NOT met"]
-    assert bench.parse_format("int4-g64-asym") == (4, 64, False) and bench.parse_format("int8") == (8, None, True)
+    assert lines == [
+        "goal int8 >= 1.8x bf16 at M <= 16: worst 1.85x, best 1.90x -> met",
+        "goal int8 >= 0.8x bf16 at M = 256: worst 0.90x, best 0.90x -> met",
+        "goal int4-g128 >= 3.2x bf16 at M <= 16: worst 3.10x, best 3.50x -> NOT met",
+        "goal int4-g128 >= 0.8x bf16 at M = 256: worst 0.70x, best 0.70x -> NOT met",
+    ]
+    assert bench.parse_format("int4-g64-asym") == (4, 64, False) and bench.parse_format("int8") == (
+        8,
+        None,
+        True,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
@@ -301,10 +346,10 @@ def test_bench_and_ci_without_cuda_say_so_in_one_line(repo_root, capsys):
     import subprocess
 
     import bench_quant_matmul as bench
+
     bench.main([])
     assert capsys.readouterr().out.count("\n") == 1
     with pytest.raises(UserError, match="unknown format 'int3'"):
         bench.main(["--formats", "int3"])
     ci = subprocess.run(["bash", str(repo_root / ".ci" / "gpu")], capture_output=True, text=True, timeout=120)
     assert ci.returncode == 0 and ci.stdout.count("\n") == 1 and "no CUDA" in ci.stdout, ci.stdout + ci.stderr
-

@@ -5,6 +5,7 @@ bare name from a folder on sys.path. That only works if no two folders hold the 
 name hides a standard-library or installed package (a stage's `noise.py` would hide PyPI's `noise`
 from every other file on the path).
 """
+
 import ast
 import importlib.metadata
 import importlib.util
@@ -12,11 +13,27 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["01_data", "02_tokenizer", "03_model", "04_pretrain", "05_sft_lora", "06_rlhf_dpo",
-          "07_distill_quant", "kernels"]
+STAGES = [
+    "01_data",
+    "02_tokenizer",
+    "03_model",
+    "04_pretrain",
+    "05_sft_lora",
+    "06_rlhf_dpo",
+    "07_distill_quant",
+    "kernels",
+]
 # Where each folder sits in the flow: kernels/ comes after 01 (it uses common.py) and before 03.
-ORDER = {"01_data": 1, "02_tokenizer": 2, "kernels": 2.5, "03_model": 3, "04_pretrain": 4,
-         "05_sft_lora": 5, "06_rlhf_dpo": 6, "07_distill_quant": 7}
+ORDER = {
+    "01_data": 1,
+    "02_tokenizer": 2,
+    "kernels": 2.5,
+    "03_model": 3,
+    "04_pretrain": 4,
+    "05_sft_lora": 5,
+    "06_rlhf_dpo": 6,
+    "07_distill_quant": 7,
+}
 
 
 def modules():
@@ -39,9 +56,12 @@ def test_no_module_shadows_the_standard_library_or_an_installed_package():
     installed = set(importlib.metadata.packages_distributions())
     clashes = []
     for name in modules():
-        if name in sys.stdlib_module_names or name in installed or \
-                importlib.util.find_spec(name, None) and \
-                importlib.machinery.PathFinder.find_spec(name, others) is not None:
+        if (
+            name in sys.stdlib_module_names
+            or name in installed
+            or importlib.util.find_spec(name, None)
+            and importlib.machinery.PathFinder.find_spec(name, others) is not None
+        ):
             clashes.append(name)
     assert not clashes, f"these module names hide another module of the same name: {clashes}"
 

@@ -3,6 +3,7 @@
 One micro run (every stage of this checkout with a few seconds of work each, OMP_NUM_THREADS=1) is
 shared by the tests below; they copy it before changing anything.
 """
+
 import hashlib
 import os
 import re
@@ -23,13 +24,23 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def run_all_cli(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "run_all.py"), *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_all.py"), *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def folder_hashes(run: Path, folders) -> dict:
-    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for f in folders for p in sorted((run / f).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for f in folders
+        for p in sorted((run / f).rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +59,14 @@ def test_micro_pipeline_writes_every_stage_artifact_with_a_manifest(micro):
     run, out, ran = micro
     assert [s.name for s in ran][:5] == ["data", "tokenizer", "wordpiece", "unigram", "pretrain"]
     for stage in ran:
-        manifest = check_artifact(run / stage.folder, made_by=stage.script)   # present, complete, undamaged, current
+        manifest = check_artifact(
+            run / stage.folder, made_by=stage.script
+        )  # present, complete, undamaged, current
         assert manifest.get("status", "complete") == "complete"
         assert (run / "logs" / f"{stage.name}.log").is_file()
     lines = [l for l in out.splitlines() if re.match(r"\[\s*\d+/\d+\] ", l)]
-    assert len(lines) == len(run_all.plan(run_all.RunAllConfig(preset="micro")))   # one line per stage
-    for stage in ran:                               # its line carries its wall time and the headline
+    assert len(lines) == len(run_all.plan(run_all.RunAllConfig(preset="micro")))  # one line per stage
+    for stage in ran:  # its line carries its wall time and the headline
         line = next(l for l in lines if l.split("] ", 1)[1].split()[0] == stage.name)
         assert re.search(r"\d s ", line) and "not run" not in line, line
     times = read_json(run / "run_all.json")["seconds"]
@@ -73,7 +86,7 @@ def test_report_has_every_section_a_verdict_per_stage_and_no_missing_or_nan_numb
     for stage, section in report.SECTIONS.items():  # every section is there, ran or not
         title = report.section_of(stage, run, None).title
         assert f"\n## {title}\n" in text, title
-    for png in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):   # every image the report links exists
+    for png in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):  # every image the report links exists
         assert (run / png).is_file(), png
     assert (run / "report_cleaning.png").is_file() and (run / "report_tokenizer.png").is_file()
     # the headline numbers are the stage's own: the pretraining line quotes outcome.json's val loss
@@ -84,7 +97,7 @@ def test_report_has_every_section_a_verdict_per_stage_and_no_missing_or_nan_numb
 def test_report_of_an_empty_run_says_not_run_and_a_folder_without_manifest_does_not_count(tmp_path, micro):
     run = tmp_path / "empty"
     (run / "data").mkdir(parents=True)
-    shutil.copy(micro[0] / "data" / "stats.json", run / "data" / "stats.json")   # numbers, but no manifest
+    shutil.copy(micro[0] / "data" / "stats.json", run / "data" / "stats.json")  # numbers, but no manifest
     text = report.write_report(run).read_text(encoding="utf-8")
     top = text.split("\n## ")[0]
     for stage in report.SECTIONS:
@@ -97,14 +110,14 @@ def test_report_of_an_empty_run_says_not_run_and_a_folder_without_manifest_does_
 def test_from_reruns_that_stage_on_and_reuses_the_earlier_ones(micro, tmp_path):
     run = tmp_path / "runs" / "smoke"
     shutil.copytree(micro[0], run)
-    last = micro[2][-1]                              # the cheapest rerun: the last stage that ran
+    last = micro[2][-1]  # the cheapest rerun: the last stage that ran
     earlier = [s.folder for s in micro[2][:-1]]
     before = folder_hashes(run, earlier)
     created = read_json(run / last.folder / "manifest.json")["created"]
     proc = run_all_cli("--preset", "micro", "--run", run, "--from", last.name, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert folder_hashes(run, earlier) == before      # reused, not rewritten
-    if last.overwrite:                                # bench_serve (the last stage now) always replaces its folder
+    assert folder_hashes(run, earlier) == before  # reused, not rewritten
+    if last.overwrite:  # bench_serve (the last stage now) always replaces its folder
         assert "--overwrite" in (run / "logs" / f"{last.name}.log").read_text().splitlines()[0]
     check_artifact(run / last.folder, made_by=last.script)
     assert read_json(run / last.folder / "manifest.json")["created"] >= created
@@ -115,7 +128,7 @@ def test_from_reruns_that_stage_on_and_reuses_the_earlier_ones(micro, tmp_path):
 def test_a_failing_stage_stops_the_run_with_its_error_and_the_resume_command(micro, tmp_path):
     run = tmp_path / "runs" / "smoke"
     shutil.copytree(micro[0], run)
-    (run / "pretrain" / "best.pt").unlink()           # sft must refuse the damaged pretraining run
+    (run / "pretrain" / "best.pt").unlink()  # sft must refuse the damaged pretraining run
     before = folder_hashes(run, ["data", "tokens", "pretrain", "sft"])
     proc = run_all_cli("--preset", "micro", "--run", run, "--from", "sft", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -123,7 +136,7 @@ def test_a_failing_stage_stops_the_run_with_its_error_and_the_resume_command(mic
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "stage sft failed" in errors[0] and "best.pt" in errors[0]
     assert f"run_all.py --preset micro --run {run} --from sft" in errors[0]
-    assert "FAILED" in proc.stdout and "sft_compare" not in proc.stdout    # stopped there
+    assert "FAILED" in proc.stdout and "sft_compare" not in proc.stdout  # stopped there
     assert folder_hashes(run, ["data", "tokens", "pretrain", "sft"]) == before
 
 
@@ -132,15 +145,18 @@ def test_a_fresh_run_refuses_to_overwrite_an_existing_one(micro, tmp_path):
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--preset", "huge"], "--preset"),
-    (["--from", "nosuch"], "--from"),
-    (["--only", "sft", "--from", "sft"], "exclude each other"),
-    (["--nproc", "0"], "--nproc"),
-    (["--add", "pretrain"], "not an optional stage"),
-    (["--data", "no_such_file.txt"], "no_such_file.txt"),
-    (["--bogus"], "unrecognized"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "huge"], "--preset"),
+        (["--from", "nosuch"], "--from"),
+        (["--only", "sft", "--from", "sft"], "exclude each other"),
+        (["--nproc", "0"], "--nproc"),
+        (["--add", "pretrain"], "not an optional stage"),
+        (["--data", "no_such_file.txt"], "no_such_file.txt"),
+        (["--bogus"], "unrecognized"),
+    ],
+)
 def test_bad_flags_give_one_error_line_and_exit_2(tmp_path, args, message):
     proc = run_all_cli("--run", tmp_path / "r", *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -153,11 +169,14 @@ def test_plan_and_commands_follow_the_flags():
     cfg = run_all.RunAllConfig(preset="tiny", data=["a.txt"])
     plan = dict((s.name, skip) for s, skip in run_all.plan(cfg))
     assert plan["data"] is None and plan["pretrain"] is None
-    assert plan["sft"] and "task sets" in plan["sft"]               # --data text has no task sets
-    assert "scaling" not in plan                                      # optional unless --add
+    assert plan["sft"] and "task sets" in plan["sft"]  # --data text has no task sets
+    assert "scaling" not in plan  # optional unless --add
     stage = {s.name: s for s in run_all.STAGES}
     assert run_all.command(stage["data"], cfg, Path("runs/x"), False)[-2:] == ["--input", "a.txt"]
-    assert run_all.command(stage["pretrain"], cfg, Path("runs/x"), False)[2:] == ["--data", "runs/x"]  # own defaults
+    assert run_all.command(stage["pretrain"], cfg, Path("runs/x"), False)[2:] == [
+        "--data",
+        "runs/x",
+    ]  # own defaults
     gpu = run_all.RunAllConfig(preset="gpt2", nproc=4)
     cmd = run_all.command(stage["pretrain"], gpu, Path("runs/g"), True)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=4"]
@@ -174,10 +193,18 @@ def test_last_error_line_prefers_the_stages_error_line():
     assert run_all.last_error_line("", 1) == "exit code 1 with no output"
 
 
-@pytest.mark.parametrize("args, message", [([], "pass --run"), (["--run", "no_such_run"], "no such run folder"),
-                                           (["--bogus"], "unrecognized")])
+@pytest.mark.parametrize(
+    "args, message",
+    [([], "pass --run"), (["--run", "no_such_run"], "no such run folder"), (["--bogus"], "unrecognized")],
+)
 def test_report_bad_input_gives_one_error_line_and_exit_2(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, str(REPO / "report.py"), *args], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "report.py"), *args],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
