@@ -45,6 +45,7 @@ from bench_generate import tokens_per_second  # 03_model
 from checkpoint_io import save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from lora import lora_modules, merge_lora  # 05_sft_lora
+from metrics import corpus_bleu, rouge_l  # 05_sft_lora
 from sft import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
@@ -148,12 +149,16 @@ def generation_speeds(models: dict, prompt, n_new: int, repeats: int, device) ->
 
 
 def measure(model, tok, val, heldout, *, eval_windows, max_new_tokens, device) -> dict:
-    """Parameters, val loss and perplexity, held-out exact match / token F1 / answer accuracy (05)."""
+    """Parameters, val loss and perplexity, held-out exact match / token F1 / answer accuracy (05), and
+    corpus BLEU and mean ROUGE-L of the answers against the reference answers (05's metrics.py)."""
     loss = corpus_loss(model, val, model.cfg.block_size, eval_windows, device)
     row = {"params": count_params(model), "val_loss": loss, "val_ppl": math.exp(loss)}
     if heldout:
         answers = generate_answers(model, tok, [r["messages"] for r in heldout], max_new_tokens, device)
         row.update({k: v for k, v in score(answers, heldout).items() if k != "n"})
+        refs = [r["messages"][-1]["content"] for r in heldout]  # free text: BLEU and ROUGE-L too
+        row["bleu"] = corpus_bleu(answers, refs)["bleu"]
+        row["rouge_l"] = sum(rouge_l(a, r) for a, r in zip(answers, refs)) / len(refs)
     return row
 
 

@@ -457,6 +457,46 @@ def test_one_example_loss_is_log_2_against_itself_and_identical_pairs_are_skippe
     )
 
 
+def test_reward_model_bar_counts_ties_as_half_and_must_clear_the_strongest_baseline(micro_tok):
+    encoded = micro_encoded(micro_tok, PEOPLE[:4])
+    assert reward_model.tie_scores([2, 1, 1], [1, 1, 2]) == [1.0, 0.5, 0.0]
+    length = reward_model.summarize_scores(reward_model.length_rule_scores(encoded), encoded)
+    # the rude and rambling replies of the micro pairs are longer than the chosen answer
+    assert length["per_rule"]["helpful_vs_rude"]["accuracy"] == 1.0
+    perfect = reward_model.summarize_scores([1.0] * 300, [{"rule": "r"}] * 300)
+    at_baseline = reward_model.summarize_scores([1.0] * 240 + [0.0] * 60, [{"rule": "r"}] * 300)
+    baselines = {"prefer the shorter response": {**at_baseline, "accuracy": 0.8}}
+    assert reward_model.reward_model_bar(perfect, baselines)["passed"]
+    assert not reward_model.reward_model_bar(at_baseline, baselines)["passed"]  # equal to it is not better
+    ties = reward_model.summarize_scores([0.5] * 300, [{"rule": "r"}] * 300)  # a zero head: every pair tied
+    assert ties["accuracy"] == 0.5 and not reward_model.reward_model_bar(ties, {"none": ties})["passed"]
+
+
+def test_a_reward_model_trained_on_shuffled_labels_fails_its_bar(micro_run, tmp_path):
+    # the crippled stage: half the train pairs have chosen and rejected swapped, so no rule can be learnt
+    rng = np.random.default_rng(0)
+    pairs = micro_pairs(PEOPLE[:9])
+    shuffled = [
+        {**p, "chosen": p["rejected"], "rejected": p["chosen"]} if rng.random() < 0.5 else p for p in pairs
+    ]
+    write_jsonl(tmp_path / "shuffled.jsonl", shuffled)
+    torch.set_num_threads(1)
+    o = reward_model.main(
+        [
+            "--run",
+            str(micro_run),
+            "--out",
+            str(tmp_path / "rm"),
+            "--train-file",
+            str(tmp_path / "shuffled.jsonl"),
+        ]
+        + ["--steps", "20", "--batch-size", "8", "--lr", "3e-3", "--hh-file", "none", "--device", "cpu"]
+    ) or json.loads((tmp_path / "rm" / "outcome.json").read_text())
+    bar = o["bar"]
+    assert bar["passed"] is False and bar["n"] == 9 and bar["direction"] == "higher"
+    assert bar["threshold"] >= 0.5 and bar["interval"][0] < bar["threshold"]
+
+
 # ----------------------------------------------------------------------------------------------
 # every command end to end on the micro run: outcome.json, a plot, a manifest; then the one table
 
@@ -538,6 +578,9 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
     assert manifest["stage"] == "06_rlhf_dpo" and "--run" in manifest["command"]
     if name == "rm":
         assert o["heldout_at_init"]["margin"] == 0 and set(o["heldout"]["per_rule"]) == set(rule_judge.RULES)
+        assert o["heldout_at_init"]["accuracy"] == 0.5  # a zero head ties every pair: 1/2, not 0
+        assert set(o["baselines"]) == {"prefer the shorter response", "untrained model (random weights)"}
+        assert o["bar"]["passed"] in (True, False) and o["bar"]["n"] == 9
     elif name in ("dpo", "ipo", "simpo", "rlaif"):
         assert o["heldout_before"]["heldout_n"] == 9 and math.isfinite(o["heldout_after"]["heldout_loss"])
         if name != "simpo":

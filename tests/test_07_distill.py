@@ -451,13 +451,42 @@ def test_distill_writes_every_student_and_an_honest_outcome(distilled):
         o["rows"]["scratch"]["gap_closed"] is None
         and o["rows"]["teacher"]["params"] > o["rows"]["logit"]["params"]
     )
+    seeds = o["rows"]["scratch"]["val_loss_seeds"]
+    assert len(seeds) == 3 and seeds[0] == o["rows"]["scratch"]["val_loss"] and len(set(seeds)) == 3
     for name in ("logit", "sequence", "feature"):
         g = o["rows"][name]["gap_closed"]
-        s, t, st = (o["rows"][k]["val_loss"] for k in ("scratch", "teacher", name))
+        s, t, st = sum(seeds) / 3, o["rows"]["teacher"]["val_loss"], o["rows"][name]["val_loss"]
         assert g == pytest.approx((s - st) / (s - t))
         assert GPT.from_checkpoint(distilled / f"student_{name}.pt").cfg.n_layer == 2
+    bar = o["bar"]
+    assert bar["threshold"] == 0.5 and bar["n"] == 3 and bar["direction"] == "higher"
     assert (distilled / "distill.png").stat().st_size > 1000
     assert check_artifact(distilled, made_by="(test)")["stage"] == "07_distill_quant/distill"
+
+
+def test_the_distillation_bar_is_the_gap_closed_against_the_goal():
+    rows = lambda student: {
+        "teacher": {"val_loss": 1.0},
+        "scratch": {"val_loss": 3.0},
+        "logit": {"val_loss": student},
+    }
+    good = distill.distill_bar(rows(1.5), [3.0, 3.02, 2.98], 0.5)  # 75 % of the gap, seeds agree
+    assert good["passed"] and good["value"] == pytest.approx(0.75) and good["interval"][0] > 0.5
+    assert not distill.distill_bar(rows(2.9), [3.0, 3.02, 2.98], 0.5)[
+        "passed"
+    ]  # better than scratch: not enough
+    noisy = distill.distill_bar(rows(1.9), [3.0, 3.9, 2.1], 0.5)  # 55 % at the mean, but the seeds disagree
+    assert noisy["value"] == pytest.approx(0.55) and not noisy["passed"]
+    assert not distill.distill_bar(rows(1.5), [], 0.5)["passed"]  # no scratch baseline: nothing measured
+
+
+def test_a_three_step_distillation_fails_its_bar(run_dir, tmp_path):
+    # the crippled stage: 3 steps move no student far from its initialization
+    o = distill.distill(
+        tiny_distill(run_dir, tmp_path / "d3", steps=3, methods=["scratch", "logit"], eval_limit=0)
+    )
+    assert o["bar"]["passed"] is False and o["bar"]["n"] == 3
+    assert o["bar"]["value"] is None or o["bar"]["value"] < 0.5
 
 
 def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, distilled, tmp_path):
