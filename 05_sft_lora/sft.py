@@ -17,8 +17,11 @@ gradient clipping (04's optimizers). Every `eval_interval` steps the loss on a v
 (by subject, from the training file) decides early stopping; the best state is restored.
 
 What the outcome measures, on the held-out subjects (never trained on):
-- exact match, token F1 and answer accuracy (the short answer appears) of greedy answers, for the
-  base model prompted with the same template and for the fine-tuned one;
+- exact match, token F1 and answer accuracy (the short answer appears) of greedy answers, cut to the
+  answer span, for the base model prompted with the same template and for the fine-tuned one;
+- the bar (sft_baselines.py): SFT's exact match minus the strongest of three baselines (the base
+  zero-shot, the base with --shots training examples in its prompt, the majority answer per question
+  form), paired over the questions, its 95 % bootstrap interval wholly above 0;
 - forgetting: the loss on the pretraining corpus's val windows before and after.
 
 Interview questions it answers:
@@ -90,6 +93,7 @@ from lora import (
     save_lora,
 )
 from metrics import answer_in, exact_match, token_f1
+from sft_baselines import answer_span, few_shot_conversations, majority_answers, sft_bar
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
 from prefix import PrefixTuning, attach_prefix, load_prefix, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
@@ -139,7 +143,8 @@ class SFTConfig:
     patience: int = option(0, "early stopping: evaluations without improvement (0 = off)", min=0)
     eval_limit: int = option(200, "held-out conversations answered greedily (0 = all)", min=0)
     max_new_tokens: int = option(32, "longest generated answer", min=1)
-    eval_base: bool = option(True, "also answer the held-out questions with the base model")
+    eval_base: bool = option(True, "also answer the held-out questions with the base model (the baselines)")
+    shots: int = option(3, "training conversations in the base model's few-shot prompt (a baseline)", min=0)
     forget_windows: int = option(64, "pretraining val windows for the forgetting measurement", min=1)
     strict: bool = option(False, "an example longer than the context is an error instead of skipped")
     seed: int = option(1337, "seed for the adapter init, data order and dropout")
@@ -314,7 +319,9 @@ def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64
 
 
 def score(predictions, records) -> dict:
-    """Mean exact match, token F1 (vs the reference answer turn) and answer accuracy (short answer)."""
+    """Mean exact match, token F1 (vs the reference answer turn) and answer accuracy (short answer), each
+    of the answer's span (sft_baselines.answer_span: up to the first newline or chat marker)."""
+    predictions = [answer_span(p) for p in predictions]
     refs = [r["messages"][-1]["content"] for r in records]
     shorts = [r.get("answer") for r in records]
     res = {
@@ -325,6 +332,16 @@ def score(predictions, records) -> dict:
     if all(isinstance(s, str) for s in shorts):
         res["answer_acc"] = float(np.mean([answer_in(p, s) for p, s in zip(predictions, shorts)]))
     return res
+
+
+def fitting_few_shot(tok, held, train_records, cfg, block_size) -> tuple:
+    """(shots, conversations): the few-shot prompts with the most shots (at most cfg.shots) that leave
+    room for a max_new_tokens answer in the context; (0, []) when not even one shot fits."""
+    for k in range(cfg.shots, 0, -1):
+        convs = few_shot_conversations(held, train_records, k, cfg.seed)
+        if max(len(encode_prompt(tok, c)) for c in convs) + cfg.max_new_tokens <= block_size:
+            return k, convs
+    return 0, []
 
 
 def peak_rss_mb() -> float:
@@ -394,10 +411,17 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     )
 
     pad = tok.special_tokens.get("<|pad|>", tok.eot_id)
-    base_eval, base_answers = None, None
+    base_eval, base_answers, baselines, shots = None, None, {}, 0
     if cfg.eval_base:
         base_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
         base_eval = score(base_answers, held)
+        baselines["base, zero-shot"] = base_answers
+        shots, few_shot = fitting_few_shot(tok, held, train_records, cfg, T)
+        if shots:
+            baselines[f"base, {shots}-shot"] = generate_answers(
+                model, tok, few_shot, cfg.max_new_tokens, device
+            )
+    baselines["majority answer"] = majority_answers(held, train_records)
     forget_before = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
 
     torch.manual_seed(cfg.seed)
@@ -468,6 +492,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
 
     tuned_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
     tuned_eval = score(tuned_answers, held)
+    bar, contenders = sft_bar(tuned_answers, baselines, held, f"SFT ({cfg.method})")
     forget_after = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
     # what training holds beyond the frozen weights: gradients and AdamW's two moments per trainable number
     state_mb = (counts["total"] + 3 * counts["trainable"]) * 4 / 2**20
@@ -498,6 +523,9 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
                 },
                 "heldout_base": base_eval,
                 "heldout_tuned": tuned_eval,
+                "bar": bar,
+                "contenders": contenders,  # exact match with its Wilson interval: SFT and every baseline
+                "few_shot": shots,
                 "corpus_val_loss": {
                     "before": forget_before,
                     "after": forget_after,
@@ -520,10 +548,10 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
                     {
                         "question": r["messages"][-2]["content"],
                         "reference": r["messages"][-1]["content"],
-                        "base": b,
                         "tuned": a,
+                        **{name: answers[i] for name, answers in baselines.items()},
                     }
-                    for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
+                    for i, (r, a) in enumerate(zip(held, tuned_answers))
                 ],
             )
             write_json(tmp / "outcome.json", outcome)
@@ -547,6 +575,12 @@ def report(o, out):
     if base:
         print(f"held-out, base model + template: {line(base)}")
     print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
+    b = o["bar"]
+    print(f"exact match of the answer span, 95 % Wilson intervals: {b['note']}")
+    print(
+        f"bar: SFT minus {b['baseline_name']} = {b['value']:+.3f} [{b['interval'][0]:+.3f}, "
+        f"{b['interval'][1]:+.3f}] (paired, n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
+    )
     print(
         f"pretraining val loss {f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, forgetting if > 0)"
     )
