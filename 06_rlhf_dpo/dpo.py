@@ -65,7 +65,8 @@ from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretra
 
 from policy_io import check_finite, load_reference, load_sft_policy, save_policy, task_file
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
-from reward_model import load_pairs
+from reward_model import length_rule_scores, load_pairs, tie_scores
+from alignment_bars import INFORMATIVE_RULES, informative, paired_bar
 
 LOSSES = ("dpo", "ipo", "simpo")
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0}
@@ -316,13 +317,35 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=True)
         out.mkdir(parents=True, exist_ok=True)
+        key = "mean" if cfg.loss == "simpo" else "sum"  # the score the loss trains
+        ranks = lambda m: tie_scores(
+            *(
+                cached_log_probs(m, heldout, pad, device=device)[f"{w}_{key}"].tolist()
+                for w in ("chosen", "rejected")
+            )
+        )
+        before_ranks = ranks(policy)  # the policy is still the SFT model
         t0 = time.time()
         records = train_preference(
             policy, reference, train, heldout, cfg, pad, device, out, run / "tokenizer"
         )
         train_s = time.time() - t0
         ev = [r for r in records if "heldout_loss" in r]
+        idx = informative(heldout)
+        pick = lambda xs: [xs[i] for i in idx]
         outcome = {
+            "bar": paired_bar(
+                f"held-out pair accuracy on the informative pairs (log π(y_w) > log π(y_l) by {key}, ties 1/2)",
+                cfg.loss.upper(),
+                pick(ranks(policy)),
+                {
+                    "SFT (before training)": pick(before_ranks),
+                    "prefer the shorter response": pick(length_rule_scores(heldout)),
+                },
+                note=f"{len(idx)} of {len(heldout)} held-out pairs carry information (rules "
+                f"{', '.join(INFORMATIVE_RULES)}: chosen and rejected differ only in the fact); SFT on all "
+                f"pairs: {sum(before_ranks) / len(before_ranks):.3f}",
+            ),
             "loss": cfg.loss,
             "beta": beta_of(cfg),
             "heldout_before": ev[0],
@@ -361,6 +384,11 @@ def report(o, out):
         f"{a['heldout_reward_accuracy']:.3f}, reward margin {b['heldout_reward_margin']:+.3f} -> "
         f"{a['heldout_reward_margin']:+.3f}, log π(y_w) > log π(y_l) {b['heldout_ranks_chosen']:.3f} -> "
         f"{a['heldout_ranks_chosen']:.3f}"
+    )
+    bar = o["bar"]
+    print(
+        f"bar: {bar['metric']}: {bar['value']:+.3f} [{bar['interval'][0]:+.3f}, {bar['interval'][1]:+.3f}] "
+        f"vs {bar['baseline_name']} (n={bar['n']}): {'PASS' if bar['passed'] else 'FAIL'}; {bar['note']}"
     )
     print(f"{o['loss']}: {o['steps']} steps in {o['train_s']:.0f}s; wrote {out}/")
 

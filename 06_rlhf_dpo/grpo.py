@@ -41,6 +41,7 @@ import random
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,6 +89,7 @@ from rl_common import (
     response_log_probs,
 )
 from rollouts import check_rollout_fits, decode_responses, rollout_batch, sample_responses, truncated
+from alignment_bars import paired_bar, summary
 
 NUMBER = re.compile(r"-?\d+")
 FORMAT = re.compile(r"\s*The answer is (-?\d+)\.\s*")
@@ -200,9 +202,11 @@ def arithmetic_eval(
     correct = [
         sum(s["correct"] for s in scores[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))
     ]
+    right = [float(arithmetic_reward(t, p["answer"])["correct"]) for t, p in zip(greedy, problems)]
     return {
-        "pass@1_greedy": sum(arithmetic_reward(t, p["answer"])["correct"] for t, p in zip(greedy, problems))
-        / len(problems),
+        "pass@1_greedy": sum(right) / len(problems),
+        "pass@1_greedy_interval": summary(right)["interval"],  # Wilson 95 %
+        "greedy_correct": right,  # per problem, for the paired bar
         "pass@1_sampled": sum(pass_at_k(n_samples, c, 1) for c in correct) / len(problems),
         "mean_reward": sum(s["reward"] for s in scores) / len(scores),
         "format_rate": sum(s["formatted"] for s in scores) / len(scores),
@@ -363,7 +367,18 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
                 )
         train_s = time.time() - t0
         after = ev(policy)
+        common = Counter(p["answer"] for p in train).most_common(1)[0][0]
         outcome = {
+            "bar": paired_bar(
+                "held-out arithmetic pass@1 (greedy)",
+                "GRPO",
+                after["greedy_correct"],
+                {
+                    "SFT (before GRPO)": before["greedy_correct"],
+                    f"majority answer ({common})": [float(p["answer"] == common) for p in heldout],
+                },
+                note="held out by wording and number range (01_data/tasks.py)",
+            ),
             "heldout_before": before,
             "heldout_after": after,
             "steps": cfg.steps,
@@ -392,6 +407,11 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     print(
         f"after:  held-out pass@1 greedy {after['pass@1_greedy']:.3f}, sampled {after['pass@1_sampled']:.3f}, "
         f"mean reward {after['mean_reward']:.3f}, format {after['format_rate']:.3f}"
+    )
+    b = outcome["bar"]
+    print(
+        f"bar: pass@1 {b['note'].split('; held out')[0]}; GRPO minus {b['baseline_name']} {b['value']:+.3f} "
+        f"[{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] (paired, n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
     )
     flat = sum(r["frac_zero_std_groups"] for r in records) / len(records)
     if flat > 0.9:  # A = 0 for a group whose answers all score the same: no gradient from it
