@@ -619,12 +619,17 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["sft", "ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"]
     assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "pair_acc"
-    assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["beats SFT"] in ("yes", "no")
-    win = result["results"]["dpo"]["win"]
+    assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["own metric"] == "gold"
+    assert rows["ppo"]["beats baselines"] in ("yes", "no") and "majority answer" in rows
+    win = result["results"]["dpo"]["win"]  # --limit 6 takes 6 questions; the micro held-out file has 3
     assert (
-        win["n"] == 6 == win["wins"] + win["losses"] + win["ties"]
-        and 0 <= win["low"] <= win["win_rate"] <= win["high"] <= 1
+        win["n"] == 3 == win["wins"] + win["losses"] + win["ties"]
+        and 0 <= win["interval"][0] <= win["win_rate"] <= win["interval"][1] <= 1
     )
+    bars = result["bars"]
+    assert set(bars) == {"ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"}
+    assert bars["dpo"]["n"] == 3 and bars["grpo"]["n"] == 6  # informative (correct_fact) pairs; problems
+    assert not bars["ppo"]["passed"] and "rule-judge" in bars["ppo"]["metric"]  # 2 PPO steps move nothing
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
     assert (out / "compare.png").is_file() and (out / "compare.md").read_text().startswith("| method |")
