@@ -617,7 +617,17 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     ) or json.loads((methods_run / "rl_compare" / "compare.json").read_text())
     printed = capsys.readouterr().out
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["sft", "ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"]
+    assert list(rows) == [
+        "sft",
+        "ppo",
+        "dpo",
+        "ipo",
+        "simpo",
+        "grpo",
+        "rlaif",
+        "majority answer",
+        "prefer the shorter response",
+    ]
     assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "pair_acc"
     assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["own metric"] == "gold"
     assert rows["ppo"]["beats baselines"] in ("yes", "no") and "majority answer" in rows

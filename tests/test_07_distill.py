@@ -480,6 +480,18 @@ def test_the_distillation_bar_is_the_gap_closed_against_the_goal():
     assert not distill.distill_bar(rows(1.5), [], 0.5)["passed"]  # no scratch baseline: nothing measured
 
 
+def test_the_speculative_bar_needs_identical_output_and_a_speedup_beyond_its_interval():
+    row = lambda same, speed, lo, hi: {
+        "draft": "logit", "k": 2, "identical_to_teacher": same, "speedup": speed, "speedup_interval": [lo, hi]
+    }  # fmt: skip
+    teacher = {"draft": "(teacher alone)", "k": 0, "speedup": 1.0}
+    assert speculative.speculative_bar([teacher, row("8/8", 1.5, 1.3, 1.7)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row("8/8", 1.1, 0.9, 1.3)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row("8/8", 0.86, 0.8, 0.9)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row("7/8", 3.0, 2.8, 3.2)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row(None, 3.0, 2.8, 3.2)], 1.0, False)["passed"]
+
+
 def test_a_three_step_distillation_fails_its_bar(run_dir, tmp_path):
     # the crippled stage: 3 steps move no student far from its initialization
     o = distill.distill(
@@ -519,6 +531,8 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
         ("scratch", 4),
     ]
     assert all(r["identical_to_teacher"] == "2/2" and 0 <= r["accept_rate"] <= 1 for r in rows)
+    assert all(r["speedup_interval"][0] <= r["speedup"] <= r["speedup_interval"][1] for r in rows)
+    assert o["timed_units"] == 3 * 2 and o["bar"]["n"] == 6 and o["bar"]["threshold"] == 1.0
     p = prune.prune(
         PruneConfig(
             run=str(run_dir),
