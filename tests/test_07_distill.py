@@ -492,6 +492,21 @@ def test_the_speculative_bar_needs_identical_output_and_a_speedup_beyond_its_int
     assert not speculative.speculative_bar([teacher, row(None, 3.0, 2.8, 3.2)], 1.0, False)["passed"]
 
 
+def test_the_pruning_bar_subtracts_the_dense_controls_recovery():
+    rng = np.random.default_rng(0)
+    base = rng.normal(2.0, 0.1, 32)
+    dense = (base, base - 0.05)  # the control gains 0.05 nats from the same steps
+    damaged_and_recovered = (base + 1.0, base + 0.2)  # +1.0 from pruning, 0.8 recovered
+    only_the_control_gain = (base + 1.0, base + 0.95)  # recovered exactly what dense gains anyway
+    bar, bars = prune.prune_bars({"dense": dense, "a": damaged_and_recovered})
+    assert bar["passed"] and bar["value"] == pytest.approx(0.75) and bar["n"] == 32
+    bar, bars = prune.prune_bars({"dense": dense, "a": damaged_and_recovered, "b": only_the_control_gain})
+    assert not bar["passed"] and "b" in bar["note"] and bars["a"]["passed"]
+    harmless = (base + 0.0, base - 0.05)  # pruning changed nothing: nothing to recover, no verdict from it
+    bar, _ = prune.prune_bars({"dense": dense, "c": harmless})
+    assert bar["value"] is None and not bar["passed"]
+
+
 def test_a_three_step_distillation_fails_its_bar(run_dir, tmp_path):
     # the crippled stage: 3 steps move no student far from its initialization
     o = distill.distill(
@@ -556,6 +571,8 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
         by["heads_1"]["params"] < by["dense"]["params"]
         and by["neurons_50"]["file_kib"] < by["dense"]["file_kib"]
     )
+    assert {b["metric"].split(":")[0] for b in p["bars"]} == {"magnitude_50", "heads_1", "neurons_50"}
+    assert p["bar"]["passed"] in (True, False) and p["bar"]["n"] in (4, None)
     for folder, png in (("spec", "speculative.png"), ("prune", "prune.png")):
         assert (tmp_path / folder / png).is_file() and (tmp_path / folder / "manifest.json").is_file()
 
