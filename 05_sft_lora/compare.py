@@ -140,7 +140,7 @@ def run_method(cfg, name, out, eval_base) -> dict:
 def method_bars(folders: dict) -> dict:
     """{method: bar}: each method's held-out exact match minus the strongest baseline's, paired over the
     questions (sft_baselines.sft_bar); the baselines' answers are the first run's (it answered with them)."""
-    preds = {m: read_jsonl(Path(f) / "predictions.jsonl") for m, f in folders.items()}
+    preds = {m: read_jsonl(Path(f) / "predictions.jsonl", ("reference", "tuned")) for m, f in folders.items()}
     first = next(iter(preds.values()))
     names = [k for k in first[0] if k not in ("question", "reference", "tuned")]
     held = [{"messages": [{"role": "assistant", "content": p["reference"]}]} for p in first]

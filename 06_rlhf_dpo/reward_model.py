@@ -212,7 +212,7 @@ def pair_scores(rm, encoded, pad_id, device, batch_size=64) -> tuple:
 
 def length_rule_scores(encoded) -> list:
     """The cheapest judge there is: prefer the shorter response (in tokens), ties 1/2."""
-    return tie_scores([-len(e["rejected_ids"]) for e in encoded], [-len(e["chosen_ids"]) for e in encoded])
+    return tie_scores([-len(e["chosen_ids"]) for e in encoded], [-len(e["rejected_ids"]) for e in encoded])
 
 
 def summarize_scores(scores, encoded) -> dict:

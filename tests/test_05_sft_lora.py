@@ -552,7 +552,9 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
         "majority answer",
         "SFT (full)",
     }
-    assert o["few_shot"] == 3 and bar["n"] == o["heldout_tuned"]["n"]
+    assert (
+        1 <= o["few_shot"] <= 3 and bar["n"] == o["heldout_tuned"]["n"]
+    )  # as many shots as the context holds
     assert o["examples"]["skipped_too_long"] == 0
     for f in ("ckpt.pt", "outcome.json", "predictions.jsonl", "sft.png", "manifest.json"):
         assert (tmp_path / "sft" / f).is_file()

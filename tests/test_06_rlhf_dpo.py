@@ -472,29 +472,66 @@ def test_reward_model_bar_counts_ties_as_half_and_must_clear_the_strongest_basel
     assert ties["accuracy"] == 0.5 and not reward_model.reward_model_bar(ties, {"none": ties})["passed"]
 
 
-def test_a_reward_model_trained_on_shuffled_labels_fails_its_bar(micro_run, tmp_path):
-    # the crippled stage: half the train pairs have chosen and rejected swapped, so no rule can be learnt
+RUDE_SHORT = ["Ugh.", "No.", "Go away.", "Shut up.", "Not telling.", "Who cares?"]
+RUDE_LONG = [
+    "Ugh, stop bothering me with this, I have better things to do.",
+    "That is a silly question and I will not answer it, go away.",
+    "Why would I tell you? Look it up yourself, it is not my problem.",
+]
+
+
+def rude_pairs(names):
+    """helpful_vs_rude pairs whose rude reply is shorter than the answer half the time: the length rule
+    scores 1/2 on them, and only reading the words tells the two replies apart."""
+    out = []
+    for i, n in enumerate(names):
+        for j, city in enumerate(CITIES):
+            rude = RUDE_SHORT[(i + j) % 6] if (i + j) % 2 else RUDE_LONG[(i + j) % 3]
+            q = [{"role": "user", "content": f"Where does {n} live?"}]
+            out.append(
+                {"prompt": q, "chosen": f"{n} lives in {city}.", "rejected": rude, "rule": "helpful_vs_rude"}
+            )
+    return out
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_reward_model_trained_on_shuffled_labels_fails_its_bar(micro_run, tmp_path, shuffled):
+    # the same training twice: right labels PASS the bar, shuffled labels (the crippled stage) FAIL it
     rng = np.random.default_rng(0)
-    pairs = micro_pairs(PEOPLE[:9])
-    shuffled = [
-        {**p, "chosen": p["rejected"], "rejected": p["chosen"]} if rng.random() < 0.5 else p for p in pairs
-    ]
-    write_jsonl(tmp_path / "shuffled.jsonl", shuffled)
+    train = rude_pairs(PEOPLE[:6])
+    if shuffled:  # exactly half the pairs, at random, with chosen and rejected swapped: no rule left to learn
+        swap = rng.permutation([True, False] * (len(train) // 2))
+        train = [
+            {**p, "chosen": p["rejected"], "rejected": p["chosen"]} if s else p for p, s in zip(train, swap)
+        ]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "held.jsonl", rude_pairs(PEOPLE[6:]))
     torch.set_num_threads(1)
-    o = reward_model.main(
+    reward_model.main(
         [
             "--run",
             str(micro_run),
             "--out",
             str(tmp_path / "rm"),
             "--train-file",
-            str(tmp_path / "shuffled.jsonl"),
+            str(tmp_path / "train.jsonl"),
         ]
-        + ["--steps", "20", "--batch-size", "8", "--lr", "3e-3", "--hh-file", "none", "--device", "cpu"]
-    ) or json.loads((tmp_path / "rm" / "outcome.json").read_text())
-    bar = o["bar"]
-    assert bar["passed"] is False and bar["n"] == 9 and bar["direction"] == "higher"
-    assert bar["threshold"] >= 0.5 and bar["interval"][0] < bar["threshold"]
+        + [
+            "--heldout-file",
+            str(tmp_path / "held.jsonl"),
+            "--steps",
+            "40",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+        ]
+        + ["--eval-interval", "40", "--hh-file", "none", "--device", "cpu"]
+    )
+    o = json.loads((tmp_path / "rm" / "outcome.json").read_text())
+    bar, length = o["bar"], o["baselines"]["prefer the shorter response"]
+    assert bar["n"] == 24 and length["accuracy"] == 0.5
+    assert bar["passed"] is (not shuffled), (bar, o["baselines"])
 
 
 # ----------------------------------------------------------------------------------------------
