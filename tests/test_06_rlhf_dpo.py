@@ -673,8 +673,11 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
         win["n"] == 3 == win["wins"] + win["losses"] + win["ties"]
         and 0 <= win["interval"][0] <= win["win_rate"] <= win["interval"][1] <= 1
     )
-    bars = result["bars"]
+    bars = {
+        b["metric"].split(": ")[1].split()[0]: b for b in result["bars"]
+    }  # "<metric>: <method> minus ..."
     assert set(bars) == {"ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"}
+    assert result["bar"]["threshold"] == 6 and result["bar"]["n"] == 6
     assert bars["dpo"]["n"] == 3 and bars["grpo"]["n"] == 6  # informative (correct_fact) pairs; problems
     assert not bars["ppo"]["passed"] and "rule-judge" in bars["ppo"]["metric"]  # 2 PPO steps move nothing
     assert "| dpo |" in printed and "| method |" in printed
