@@ -45,6 +45,7 @@ Interview questions it answers:
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -492,7 +493,8 @@ def distill_bar(rows: dict, scratch_losses: list, goal: float) -> dict:
     lt, ls = rows["teacher"]["val_loss"], students[best]["val_loss"]
     lo, hi = t_interval(scratch_losses)
     g = gap_closed(ls, mean(scratch_losses), lt)
-    ends = [gap_closed(ls, x, lt) for x in (lo, hi)]
+    # a scratch bound at or below the teacher leaves no gap there: the share closed is unbounded below
+    ends = [gap_closed(ls, x, lt) if x > lt else -math.inf for x in (lo, hi)]
     note = f"best student: {best}; scratch: mean of {len(scratch_losses)} seeds"
     if g is None:
         note += "; the teacher is no better than scratch: there is no gap to close"
@@ -502,7 +504,7 @@ def distill_bar(rows: dict, scratch_losses: list, goal: float) -> dict:
         value=g,
         baseline=0.0,
         baseline_name=f"student trained from scratch (mean of {len(scratch_losses)} seeds)",
-        interval=None if None in ends or g is None or len(scratch_losses) < 2 else [min(ends), max(ends)],
+        interval=None if g is None or len(scratch_losses) < 2 else [min(ends), max(ends)],
         n=len(scratch_losses),
         note=note,
     )

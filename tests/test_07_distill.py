@@ -525,6 +525,7 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
             prompts=2,
             prompt_tokens=8,
             new_tokens=12,
+            repeats=2,
             device="cpu",
         )
     )
@@ -547,7 +548,7 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
     ]
     assert all(r["identical_to_teacher"] == "2/2" and 0 <= r["accept_rate"] <= 1 for r in rows)
     assert all(r["speedup_interval"][0] <= r["speedup"] <= r["speedup_interval"][1] for r in rows)
-    assert o["timed_units"] == 3 * 2 and o["bar"]["n"] == 6 and o["bar"]["threshold"] == 1.0
+    assert o["timed_units"] == 2 * 2 and o["bar"]["n"] == 4 and o["bar"]["threshold"] == 1.0
     p = prune.prune(
         PruneConfig(
             run=str(run_dir),
