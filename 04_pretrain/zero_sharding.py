@@ -123,19 +123,28 @@ class ZeroAdamW(torch.optim.Optimizer):
         ZeRO-2: every .grad is dropped, the rank keeps its slice only). Once per step."""
         if self.reduced:
             return
+        # A parameter with no gradient on any rank (frozen, or unused this step) is skipped by AdamW,
+        # weight decay included, exactly as optimizers.AdamW skips it; one that got a gradient on some
+        # rank only counts as zero on the others (what DDP's average would say). Hence one small MAX.
+        has_grad = torch.tensor(
+            [p.grad is not None for p in self.params], dtype=torch.uint8, device=self.weight_shard.device
+        )
+        dist.all_reduce(has_grad, op=dist.ReduceOp.MAX, group=self.group)
+        self.has_grad = has_grad.bool().tolist()
         flat = self.flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
         flat.div_(self.world)
         if self.stage == 1:
             dist.all_reduce(flat, group=self.group)
-            for p, g in zip(self.params, flat[: self.offsets[-1]].split(self.sizes)):
-                p.grad = g.view_as(p)  # views: the full gradient is held once
+            for p, g, has in zip(self.params, flat[: self.offsets[-1]].split(self.sizes), self.has_grad):
+                p.grad = g.view_as(p) if has else None  # views: the full gradient is held once
             self.grad_shard = flat[self.lo : self.hi]
         else:
             dist.reduce_scatter_single(self.grad_shard, flat, group=self.group)
             for p in self.params:
                 p.grad = None
-        for _, a, view in self.pieces:  # what the shard's AdamW reads as gradients
-            view.grad = self.grad_shard[a - self.lo : a - self.lo + view.numel()]
+        for i, a, view in self.pieces:  # what the shard's AdamW reads as gradients (None: skipped)
+            grad = self.grad_shard[a - self.lo : a - self.lo + view.numel()]
+            view.grad = grad if self.has_grad[i] else None
         self.reduced = True
 
     @torch.no_grad()
