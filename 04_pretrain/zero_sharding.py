@@ -13,8 +13,9 @@ fp32) and does the same update: N copies of identical work. ZeRO (Rajbhandari et
                                             drops the full gradient: 1/N of the gradient memory
             AdamW on its shard; all_gather  as ZeRO-1
 
-The update is elementwise, so updating a slice gives exactly the values the full update would have
-written there: the result equals unsharded AdamW (checked below to float rounding, the all-reduce
+A parameter that got no gradient on any rank (frozen, or unused) is skipped, weight decay included,
+as optimizers.AdamW skips it. The update is elementwise, so updating a slice gives exactly the values
+the full update would have written there: the result equals unsharded AdamW (checked below to float rounding, the all-reduce
 sums in another order). The optimizer really is 04's `optimizers.AdamW`: this file hands it the
 shard's pieces (one view per parameter that overlaps the shard, in that parameter's param group, so
 weight decay and lr schedules work unchanged).
@@ -30,8 +31,8 @@ and it is the only fp32 copy, saved in checkpoints; here the weights are fp32 al
 Honest simplifications. The gradients are reduced after backward, in one flat call, not in buckets
 overlapped with backward as ddp_by_hand.py does; so during backward a ZeRO-2 rank still holds the full
 gradient for a moment (DeepSpeed reduce-scatters bucket by bucket and frees each, so it never does).
-ZeRO-3 (shard the weights too, all-gather each block before use) is torch's FSDP2, the production
-path in torch_parallel.py.
+ZeRO-3 (shard the weights too, all-gather each block before use) is zero3_by_hand.py, proven equal to
+torch's FSDP2, the production path in torch_parallel.py.
 
     python 04_pretrain/zero_sharding.py --world 2         # equality with AdamW + state bytes per rank
 
@@ -80,7 +81,9 @@ class ZeroAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, stage=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, group=None):
         if stage not in (1, 2):
-            raise UserError(f"ZeRO stage {stage} is not implemented here; choose 1 or 2 (stage 3 is FSDP)")
+            raise UserError(
+                f"ZeRO stage {stage} is not implemented here; choose 1 or 2 (stage 3: zero3_by_hand.py)"
+            )
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.stage, self.group = stage, group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
