@@ -64,7 +64,7 @@ def softmax(x, dim=-1):
     to the spacing of |lse| (at logits ~100, 8e-6 in fp32) and exp turns that into a relative error of
     each probability, so rows sum to 1 ± 3e-6; here x - m is exact for the entries that matter (the
     largest is exactly 0, exp(0) = 1) and the only rounding is one exp and one division per element."""
-    m, e = shifted_exp(x, dim)
+    _, e = shifted_exp(x, dim)
     return e / e.sum(dim=dim, keepdim=True)
 
 

@@ -133,7 +133,7 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         if self.foreach:
             return self._step_foreach()
-        # >>> exercise: p *= 1 - lr·wd; m, v: EMAs of g, g²; bias-correct by 1 - b^t; p -= lr·m̂ / (√v̂ + eps)
+        # >>> exercise: p *= 1 - lr·wd; m.lerp_(g, 1 - b1), v EMA of g²; bias-correct; p -= lr·m̂ / (√v̂ + eps), torch's op order (graded bit-exact)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:

@@ -425,6 +425,7 @@ def main(argv=None):
     cfg, _ = parse_config(Zero3Config, argv, doc=__doc__)
     if cfg.world < 2 or cfg.batch % cfg.world:
         raise UserError(f"--world must be >= 2 and divide --batch {cfg.batch}; e.g. --world 2 --batch 8")
+    freeze(demo_model(cfg), cfg.freeze)  # a wrong name fails here, not inside the spawned ranks
     run_demo(zero3_worker, cfg, report, "zero3_by_hand")
 
 

@@ -169,8 +169,8 @@ def _every_mode(rank, world):
     (max over ranks), and the parameter and optimizer-state bytes rank 0 holds between steps."""
     import copy
 
-    import torch.distributed as dist
     import tensor_parallel as tp
+    import torch.distributed as dist
     import zero3_by_hand as z3
     from ddp_by_hand import DataParallelByHand
     from optimizers import AdamW
@@ -180,7 +180,7 @@ def _every_mode(rank, world):
     cfg = collectives.DemoModel(**SMALL)
     start = z3.freeze(collectives.demo_model(cfg), ",".join(FROZEN))
     rows = slice(rank * 4, rank * 4 + 4)
-    adamw = dict(lr=1e-2, betas=(0.9, 0.95))
+    adamw = {"lr": 1e-2, "betas": (0.9, 0.95)}
 
     def train(model, opt, part, autocast=None, grads_agree=None, losses=None):
         for step in range(STEPS):
@@ -733,6 +733,8 @@ BAD = [
         "MLP hidden size = 256",
     ),
     ("pipeline_parallel.py", ["--world", "3", "--n-layer", "2"], "3 pipeline stages but only 2 blocks"),
+    ("zero3_by_hand.py", ["--world", "3"], "divide --batch 8"),
+    ("zero3_by_hand.py", ["--freeze", "blocks.0.nope"], "no parameter 'blocks.0.nope'"),
     ("memory_estimate.py", ["--strategy", "zero4", "--out", "{out}"], "invalid choice: 'zero4'"),
 ]
 

@@ -134,7 +134,7 @@ def _mlp():
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_adamw_is_bit_equal_to_torch_adamw_over_100_steps(foreach):
+def test_adamw_equals_torch_adamw_over_100_steps(foreach):
     """torch.equal, not a tolerance: the same ops in the same order (m.lerp_, v.mul_.addcmul_, sqrt(v) /
     bc2**0.5 + eps). A frozen bias (no .grad) is skipped by both, weight decay included."""
     ours, ref = _mlp(), _mlp()
