@@ -70,7 +70,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, option, parse_config, run_cli  # 01_data
 
-from collectives import DemoModel, demo_batch, demo_model, max_diff, run_demo, storage_bytes
+from collectives import DemoModel, demo_batch, demo_model, max_diff, rank_mean, run_demo, storage_bytes
 from ddp_by_hand import broadcast_parameters
 from optimizers import AdamW, param_groups
 
@@ -356,11 +356,7 @@ def zero3_worker(rank, world, cfg: Zero3Config) -> dict:
                 held = model.held_bytes()  # gradient shards exist between backward and step
             opt.step()
             opt.zero_grad(set_to_none=True)
-            total = loss.detach().clone()
-            if name != "single":
-                dist.all_reduce(total)
-                total /= world
-            losses.append(total.item())
+            losses.append(rank_mean(loss, 1 if name == "single" else world))
         runs[name] = {
             "losses": torch.tensor(losses),
             "weights": full_state(model),

@@ -64,7 +64,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, option, parse_config, run_cli  # 01_data
 
-from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_demo, storage_bytes
+from collectives import (
+    DemoModel,
+    demo_batch,
+    demo_model,
+    max_diff,
+    rank_mean,
+    ring_bytes,
+    run_demo,
+    storage_bytes,
+)
 from optimizers import AdamW, clip_grad_norm, param_groups
 
 
@@ -290,11 +299,7 @@ def zero_worker(rank, world, cfg: ZeroConfig) -> dict:
                 grad_bytes = storage_bytes([p.grad for p in model.parameters()])
             opt.step()
             opt.zero_grad(set_to_none=True)
-            total = loss.detach().clone()
-            if name != "single":
-                dist.all_reduce(total)
-                total /= world
-            losses.append(total.item())
+            losses.append(rank_mean(loss, 1 if name == "single" else world))
         runs[name] = {
             "losses": torch.tensor(losses),
             "weights": [p.detach() for p in model.parameters()],
