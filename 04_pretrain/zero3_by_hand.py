@@ -136,6 +136,11 @@ class Zero3ByHand(nn.Module):
                 p.register_post_accumulate_grad_hook(lambda p, u=u: self._grad_ready(u))
 
     def forward(self, *args, **kwargs):
+        if getattr(self.module, "grad_checkpointing", False) and torch.is_grad_enabled():
+            raise UserError(
+                "ZeRO-3 by hand frees each block after its forward, so the recomputation of activation "
+                "checkpointing would free it again inside backward; turn grad_checkpointing off"
+            )
         self._gather(self.root)
         out = self.module(*args, **kwargs)
         if not torch.is_grad_enabled():
@@ -364,6 +369,9 @@ def zero3_worker(rank, world, cfg: Zero3Config) -> dict:
             "opt": opt,
         }
     ref, z = runs["single"]["weights"], runs["zero3"]
+    with torch.no_grad():  # an evaluation forward: every unit gathered for it and freed after
+        x, y = demo_batch(cfg, cfg.steps)
+        eval_diff = abs(z["model"](x, y)[1].item() - runs["single"]["model"](x, y)[1].item())
     names = list(ref)
     m = z["model"]
     frozen = [n for n in cfg.freeze.split(",") if n]
@@ -382,7 +390,9 @@ def zero3_worker(rank, world, cfg: Zero3Config) -> dict:
         "frozen_unchanged": all(
             torch.equal(z["weights"][n], dict(start.named_parameters())[n]) for n in frozen
         ),
-        "gathers_per_step": m.gathers / cfg.steps,
+        "gathers_per_step": (m.gathers - len(m.units)) / cfg.steps,  # the evaluation gathered each once
+        "eval_loss_diff": eval_diff,
+        "gathered_after_eval": m.live_bytes,
         "units": len(m.units),
         "peak_gathered_bytes": m.peak_gathered_bytes,
         "held": held,

@@ -468,6 +468,7 @@ def test_zero3_by_hand_equals_fsdp2_bit_for_bit(two_ranks):
         z = r["zero3"]
         assert z["max_diff_weight_vs_fsdp2"] == 0.0 and z["max_diff_weight"] < 1e-5 and z["frozen_unchanged"]
         assert z["gathers_per_step"] == 2 * SMALL["n_layer"] + 1  # forward and backward per block, root once
+        assert z["eval_loss_diff"] < 1e-5 and z["gathered_after_eval"] == 0  # no_grad forward frees all
 
 
 def test_zero3_shards_matrices_and_replicates_norms(two_ranks):
