@@ -25,7 +25,7 @@ Interview questions it answers:
   compare r = 4, 8, 16 here)
 - Does PEFT forget less? (at the same learning rate, yes: fewer parameters move, and the embeddings
   and most directions of each weight matrix cannot; at LoRA's usual 10x larger rate it can forget
-  more, as measured in the README: the forgetting column, and lora_r8_lr3e-4 beside full)
+  more: compare the forgetting column of lora_r8 and lora_r8_lr3e-4 beside full)
 """
 
 import subprocess
