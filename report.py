@@ -78,6 +78,23 @@ class Section:
     body: str = ""
 
 
+def bar_text(b: dict) -> str:
+    """A stage's bar (SCHEMA.md) in one line: metric, value [interval] (n), threshold, baseline."""
+    interval = "" if b.get("interval") is None else f" [{num(b['interval'][0])}, {num(b['interval'][1])}]"
+    n = "" if b.get("n") is None else f" (n={b['n']:,})"
+    side = ">" if b["direction"] == "higher" else "<"
+    base = "" if b.get("baseline") is None else f"; baseline {b['baseline_name']} {num(b['baseline'])}"
+    return f"{b['metric']}: {num(b['value'])}{interval}{n}, must be {side} {num(b['threshold'])}{base}"
+
+
+def apply_bar(s: "Section", o: dict) -> "Section":
+    """The verdict of a stage that writes its own bar (outcome.json "bar") is that bar's."""
+    b = o.get("bar")
+    if b:
+        s.passed, s.bar = b["passed"], bar_text(b)
+    return s
+
+
 # ----------------------------------------------------------------------------------------------------
 # One function per stage: (run, figure folder) -> Section. Each reads only its stage's files.
 
@@ -397,7 +414,20 @@ def sft_section(run, figs) -> Section:
             f"{o['corpus_val_loss']['before']:.3f} -> {o['corpus_val_loss']['after']:.3f} (forgetting if it rises).",
         ]
     )
-    return s
+    contenders = o.get("contenders")
+    if contenders:
+        s.body += "\n\n" + markdown_table(
+            [
+                {
+                    "contender": k,
+                    "exact match [95% CI]": f"{num(v['exact_match'])} [{num(v['interval'][0])}, {num(v['interval'][1])}]",
+                    "n": v["n"],
+                }
+                for k, v in contenders.items()
+            ],
+            ["contender", "exact match [95% CI]", "n"],
+        )
+    return apply_bar(s, o)
 
 
 def eval_cells(e) -> dict:
@@ -412,19 +442,24 @@ def sft_compare_section(run, figs) -> Section:
     s = Section(
         "sft_compare",
         "05 Fine-tuning methods compared (same base, data, steps, seed)",
-        bar="every method's exact match above the base model's",
+        bar="every method's exact match above the strongest baseline's (base zero-/few-shot, majority answer), paired interval above 0",
     )
     o = outcome(run, "sft_compare", "compare.json")
     if o is None:
         return s
     outs = o["outcomes"]
     base = next(iter(outs.values()))["heldout_base"]
-    beats = {m: v["heldout_tuned"]["exact_match"] > base["exact_match"] for m, v in outs.items()}
+    bars = o.get("bars") or {}
+    beats = {
+        m: bars[m]["passed"] if m in bars else v["heldout_tuned"]["exact_match"] > base["exact_match"]
+        for m, v in outs.items()
+    }
     s.passed = all(beats.values())
     best = max(outs, key=lambda m: outs[m]["heldout_tuned"]["exact_match"])
     s.headline = (
         f"best {best}: exact match {outs[best]['heldout_tuned']['exact_match']:.3f} (base "
-        f"{base['exact_match']:.3f}); {sum(beats.values())} of {len(beats)} methods beat the base"
+        f"{base['exact_match']:.3f}); {sum(beats.values())} of {len(beats)} methods beat the strongest baseline "
+        "(paired 95 % interval above 0)"
     )
     rows = [{"method": "base (template only)", "trainable": "0", **eval_cells(base), "forgetting": "-"}]
     rows += [
@@ -470,11 +505,23 @@ def reward_model_section(run, figs) -> Section:
     h = o["heldout"]
     s.passed = h["accuracy"] > 0.5
     s.headline = f"held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}; at init {o['heldout_at_init']['accuracy']:.3f})"
-    per = [{"rule": k, "accuracy": num(v)} for k, v in h.get("per_rule", {}).items()]
+    acc = lambda v: num(v["accuracy"] if isinstance(v, dict) else v)
+    baselines = o.get("baselines", {})
+    per = [
+        {
+            "rule": k,
+            "reward model": acc(v),
+            **{b: acc(bl["per_rule"].get(k, {})) for b, bl in baselines.items()},
+        }
+        for k, v in h.get("per_rule", {}).items()
+    ]
     s.body = "\n\n".join(
-        [markdown_table(per, ["rule", "accuracy"]), figure(run / "rm" / "rm.png", "reward model")]
+        [
+            markdown_table(per, ["rule", "reward model", *baselines]),
+            figure(run / "rm" / "rm.png", "reward model"),
+        ]
     )
-    return s
+    return apply_bar(s, o)
 
 
 # method folder -> (key in its heldout_before/after, what the key measures)
@@ -497,7 +544,7 @@ def rl_method_section(name):
         s.passed = after > before
         s.headline = f"{what}: {before:.3f} -> {after:.3f} in {o['steps']} steps"
         s.body = figure(run / name / f"{name}.png", f"{name} training")
-        return s
+        return apply_bar(s, o)
 
     return section
 
@@ -511,8 +558,9 @@ def rl_compare_section(run, figs) -> Section:
     o = outcome(run, "rl_compare", "compare.json")
     if o is None:
         return s
-    methods = [r for r in o["rows"] if r.get("beats SFT") in ("yes", "no")]
-    wins = [r["method"] for r in methods if r["beats SFT"] == "yes"]
+    verdict_key = "beats baselines" if any("beats baselines" in r for r in o["rows"]) else "beats SFT"
+    methods = [r for r in o["rows"] if r.get(verdict_key) in ("yes", "no")]
+    wins = [r["method"] for r in methods if r[verdict_key] == "yes"]
     s.passed = bool(methods) and len(wins) == len(methods)
     s.headline = f"{len(wins)} of {len(methods)} methods beat SFT on their own metric" + (
         f" ({', '.join(wins)})" if wins else ""
@@ -525,7 +573,7 @@ def rl_compare_section(run, figs) -> Section:
             figure(run / "rl_compare" / "compare.png", "alignment comparison"),
         ]
     )
-    return s
+    return apply_bar(s, o)
 
 
 def distill_section(run, figs) -> Section:
@@ -568,7 +616,7 @@ def distill_section(run, figs) -> Section:
             figure(run / "distill" / "distill.png", "distillation"),
         ]
     )
-    return s
+    return apply_bar(s, o)
 
 
 def speculative_section(run, figs) -> Section:
@@ -609,7 +657,7 @@ def speculative_section(run, figs) -> Section:
             figure(run / "speculative" / "speculative.png", "speculative decoding"),
         ]
     )
-    return s
+    return apply_bar(s, o)
 
 
 def prune_section(run, figs) -> Section:
@@ -641,7 +689,7 @@ def prune_section(run, figs) -> Section:
             figure(run / "prune" / "prune.png", "pruning"),
         ]
     )
-    return s
+    return apply_bar(s, o)
 
 
 def quantize_section(run, figs) -> Section:
