@@ -18,7 +18,14 @@ DPO's implicit reward is r(x, y) = β log π_θ(y)/π_ref(y) (SimPO's: β/|y| lo
 margin is r(y_w) − r(y_l) and the reward accuracy P(r(y_w) > r(y_l)). π_ref never changes, so its
 log-probs are computed once for every pair and cached (preference_data.cached_log_probs).
 
+The bar (outcome.json "bar", alignment_bars.py): pair accuracy (log π(y_w) > log π(y_l), ties 1/2) on the
+held-out pairs that carry information - correct_fact, where chosen and rejected differ only in the fact;
+an SFT model already ranks nearly every rude or rambling reply below its own kind of answer - after
+training minus the stronger of SFT's and the length rule's, paired, 95 % interval above 0. The implicit-
+reward accuracy is 0 at the start only because every pair ties (π = π_ref); it is logged, not judged.
+
 Interview questions it answers:
+- Which preference pairs carry information? (those the starting model does not already rank right)
 - Where does DPO come from? (the KL-regularized RL objective max E[r] − β KL(π‖π_ref) has the closed-form
   optimum π* ∝ π_ref·exp(r/β), so r = β log π*/π_ref + const; putting that r into Bradley–Terry gives a
   loss on π alone, the constant cancelling in the difference)

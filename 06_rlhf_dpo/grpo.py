@@ -21,9 +21,11 @@ data has no arithmetic, so without one example of the format the SFT model would
 group would score 0 and there would be nothing to learn from. The same prompt is used before and after,
 and in rl_compare.py, for every model.
 
-Measured on held-out problems, before and after: pass@1 (greedy answer correct) and pass@1 estimated from
-`eval_samples` samples at temperature 1 (05's unbiased pass_at_k with k = 1), the mean reward and the
-share of answers in the format.
+Measured on held-out problems (held out by wording and number range, 01's tasks.py), before and after:
+pass@1 (greedy answer correct, with its Wilson interval) and pass@1 estimated from `eval_samples`
+samples at temperature 1 (05's unbiased pass_at_k with k = 1), the mean reward and the share of answers
+in the format. The bar (outcome.json "bar", alignment_bars.paired_bar): greedy pass@1 after GRPO minus
+the stronger of SFT's and the majority answer's, paired over the problems, 95 % interval above 0.
 
 Interview questions it answers:
 - Why no value model? (the group mean of G sampled answers to the same prompt is a baseline for free;

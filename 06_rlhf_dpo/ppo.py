@@ -21,6 +21,11 @@ already reads responses the way the reward does). Each iteration, in the loop of
            − c_H · H(π(· | s_t))                                              (entropy bonus, 0 by default)
    and logging what CleanRL logs: clip fraction, approx KL(π_old ‖ π_θ) (k3), entropy, value loss.
 
+Judged (outcome.json "bar", alignment_bars.py) by the gold rule judge (rule_judge.py) on held-out prompts:
+the share of greedy answers it accepts, after PPO minus the stronger of SFT's and the majority answer's,
+paired over the prompts, 95 % interval above 0. The reward model's score is reported, never judged: PPO
+optimized it, so it would grade itself.
+
 Interview questions it answers:
 - Why a KL penalty to the SFT model? (the reward model is only right near the text it was trained on; the
   penalty keeps π where r_φ can be trusted, and is what makes the optimum π_ref·exp(r/β) well defined)
