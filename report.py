@@ -82,7 +82,7 @@ def bar_text(b: dict) -> str:
     """A stage's bar (SCHEMA.md) in one line: metric, value [interval] (n), threshold, baseline."""
     interval = "" if b.get("interval") is None else f" [{num(b['interval'][0])}, {num(b['interval'][1])}]"
     n = "" if b.get("n") is None else f" (n={b['n']:,})"
-    side = ">" if b["direction"] == "higher" else "<"
+    side = (">" if b["direction"] == "higher" else "<") + ("=" if b.get("inclusive") else "")
     base = "" if b.get("baseline") is None else f"; baseline {b['baseline_name']} {num(b['baseline'])}"
     return f"{b['metric']}: {num(b['value'])}{interval}{n}, must be {side} {num(b['threshold'])}{base}"
 

@@ -282,7 +282,7 @@ def stage_bar(bars: dict) -> dict:
         baseline_name="SFT",
         n=len(bars),
         note=f"pass: {', '.join(wins) or 'none'}; fail: {', '.join(k for k in bars if k not in wins) or 'none'}",
-    )
+    ) | {"inclusive": True}
 
 
 def plot(results, path):

@@ -500,7 +500,7 @@ def distill_bar(rows: dict, scratch_losses: list, goal: float) -> dict:
         interval=None if g is None or len(scratch_losses) < 2 else [min(ends), max(ends)],
         n=len(scratch_losses),
         note=note,
-    )
+    ) | {"inclusive": True}
 
 
 # ----------------------------------------------------------------------------- the run
