@@ -22,7 +22,7 @@ The bar (outcome.json "bar", alignment_bars.py): pair accuracy (log π(y_w) > lo
 held-out pairs that carry information - correct_fact, where chosen and rejected differ only in the fact;
 an SFT model already ranks nearly every rude or rambling reply below its own kind of answer - after
 training minus the stronger of SFT's and the length rule's, paired, 95 % interval above 0. The implicit-
-reward accuracy is 0 at the start only because every pair ties (π = π_ref); it is logged, not judged.
+reward accuracy starts at 1/2 because every pair ties (π = π_ref; a tie counts 1/2); it is logged, not judged.
 
 Interview questions it answers:
 - Which preference pairs carry information? (those the starting model does not already rank right)
@@ -190,6 +190,11 @@ def one_example_loss(
 # ----------------------------------------------------------------------------- training and evaluation
 
 
+def tie_share(better, worse) -> float:
+    """Share of pairs with better > worse, a tie counting 1/2 (no preference is not a wrong one)."""
+    return ((better > worse).float() + 0.5 * (better == worse).float()).mean().item()
+
+
 @torch.no_grad()
 def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) -> dict:
     """Mean loss, implicit reward accuracy and margin, mean chosen/rejected rewards, and how often the
@@ -209,12 +214,12 @@ def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) ->
     rc, rr, s = torch.cat(rc_all), torch.cat(rr_all), torch.cat(sums)
     return {
         "loss": sum(losses) / len(encoded),
-        "reward_accuracy": (rc > rr).float().mean().item(),
+        "reward_accuracy": tie_share(rc, rr),  # 1/2 at the start: π = π_ref ties every pair
         "reward_margin": (rc - rr).mean().item(),
         "chosen_reward": rc.mean().item(),
         "rejected_reward": rr.mean().item(),
         "logp_margin": (s[:, 0] - s[:, 1]).mean().item(),
-        "ranks_chosen": (s[:, 0] > s[:, 1]).float().mean().item(),
+        "ranks_chosen": tie_share(s[:, 0], s[:, 1]),
         "n": len(encoded),
     }
 
@@ -266,7 +271,7 @@ def train_preference(
             {
                 "step": step,
                 "loss": loss.item(),
-                "reward_accuracy": (rc > rr).float().mean().item(),
+                "reward_accuracy": tie_share(rc, rr),
                 "reward_margin": (rc - rr).mean().item(),
                 "chosen_reward": rc.mean().item(),
                 "rejected_reward": rr.mean().item(),
