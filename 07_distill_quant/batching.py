@@ -66,6 +66,7 @@ Interview questions it answers:
 
 import collections
 import itertools
+import math
 import queue
 import sys
 import threading
@@ -318,6 +319,8 @@ class Engine:
         """Queue a request; a UserError if it can never run, QueueFull if the queue is full."""
         p, n, ctx = req.params, len(req.prompt_ids), self.model.cfg.block_size
         check_sampling_args(p.max_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty)
+        if not all(math.isfinite(x) for x in (p.temperature, p.top_p, p.repetition_penalty)):
+            raise UserError(f"temperature, top_p and repetition_penalty must be finite numbers, got {p}")
         lo, hi = PENALTY_RANGE
         if not lo <= p.repetition_penalty <= hi:
             raise UserError(
@@ -403,7 +406,7 @@ class Engine:
         logits, _ = self.model(idx, cache=prompt_kv)  # (1, n, V)
         self.cache.write_prompt(req.slot, prompt_kv)
         self.stats["prefills"] += 1
-        self.append(req, self.sample(req, logits[0, -1]))
+        self.next_token(req, logits[0, -1])
 
     @torch.no_grad()
     def decode(self, reqs):

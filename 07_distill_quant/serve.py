@@ -54,19 +54,11 @@ Interview questions it answers:
 """
 
 import dataclasses
-import hmac
-import io
-import ipaddress
 import json
 import queue
-import select
-import socket
 import sys
-import threading
 import time
-import traceback
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
@@ -99,7 +91,7 @@ from openai_api import (  # this stage
     parse_body,
     sampling_params,
 )
-from serve_metrics import Metrics  # this stage
+from http_edge import ClientGone, GuardedHandler, GuardedServer  # this stage
 
 PAGE = Path(__file__).with_name("chat_page.html")
 
@@ -177,140 +169,16 @@ def default_model_name(ckpt) -> str:
     return f"{path.parent.parent.name}/{path.parent.name}"
 
 
-# ----------------------------------------------------------------------------- who may call
-
-
-def host_name(host_header) -> str:
-    """'localhost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
-    if host_header.startswith("["):
-        return host_header[1 : host_header.find("]")]
-    return host_header.partition(":")[0]
-
-
-def host_allowed(host_header, bound_host) -> bool:
-    """Whether a Host header names this machine directly: an IP address, localhost or --host. A DNS
-    name is refused, because a rebinding attack's page reaches 127.0.0.1 under its own name."""
-    if not host_header:  # HTTP/1.0 clients may send none; browsers always send one
-        return True
-    name = host_name(host_header).lower().rstrip(".")
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return name in ("localhost", bound_host.lower())
-
-
-def origin_allowed(origin, host_header, cors_origins) -> bool:
-    """Whether a browser page from `origin` may call: the server's own page, or one --cors-origin
-    names. No Origin header: not a cross-site browser request (curl, SDKs, same-origin GETs)."""
-    if origin is None:
-        return True
-    return origin == f"http://{host_header}" or origin in cors_origins or "*" in cors_origins
-
-
 # ----------------------------------------------------------------------------- the server
 
 
-class ChatServer(ThreadingHTTPServer):
-    """One thread per connection (daemon threads: Ctrl-C does not wait for slow clients), at most
-    max_connections of them, and the engine's thread; handlers find the engine and settings here."""
+class ChatServer(GuardedServer):
+    """http_edge's server plus what the handlers of this API need: the engine, tokenizer and settings."""
 
-    daemon_threads = True
-    request_queue_size = 128  # the listen backlog; socketserver's 5 reset connections of a 20-client burst
-
-    def __init__(
-        self,
-        address,
-        engine: Engine,
-        tok,
-        model_name,
-        api_key="",
-        max_body=256 * 1024,
-        default_max_tokens=256,
-        log_requests=True,
-        timeout=10.0,
-        max_connections=128,
-        cors_origins=(),
-    ):
-        super().__init__(address, Handler)
-        self.engine, self.tok, self.model_name, self.api_key = engine, tok, model_name, api_key
-        self.max_body, self.default_max_tokens, self.log_requests = max_body, default_max_tokens, log_requests
-        self.timeout_s, self.max_connections, self.cors_origins = (
-            timeout,
-            max_connections,
-            tuple(cors_origins),
-        )
-        self.created, self.host = int(time.time()), address[0]
-        self.metrics = Metrics()
-        self.open_connections, self.lock = 0, threading.Lock()
-
-    def process_request(self, request, client_address):
-        """A thread for the connection, or, past the cap, a short one that answers 503 and closes."""
-        with self.lock:
-            full = self.open_connections >= self.max_connections
-            self.open_connections += not full
-        if full:
-            threading.Thread(target=self.refuse, args=(request,), daemon=True).start()
-        else:
-            super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self.lock:
-                self.open_connections -= 1
-
-    def refuse(self, sock):
-        """503 to a connection over the cap. Its request head is read first (for at most a second):
-        closing a socket with unread bytes sends a reset, and the client would not see the answer."""
-        body = (
-            b'{"error": {"message": "too many connections; retry shortly", "type": "server_error", '
-            b'"param": null, "code": "server_overloaded"}}'
-        )
-        try:
-            sock.settimeout(1.0)
-            seen = b""
-            while b"\r\n\r\n" not in seen and len(seen) < 65536:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                seen += chunk
-        except OSError:
-            pass
-        try:
-            sock.sendall(
-                b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-        except OSError:
-            pass
-        self.metrics.count_response("(over the connection cap)", 503)
-        self.shutdown_request(sock)
-
-
-class DeadlineReader(io.RawIOBase):
-    """The connection's bytes, where no read may end after `handler.deadline` (time.monotonic()).
-    A socket timeout alone bounds each recv, so a client sending one byte every few seconds would hold
-    the connection for ever (slowloris); the deadline bounds the whole header, then the whole body."""
-
-    def __init__(self, sock, handler):
-        super().__init__()
-        self.sock, self.handler = sock, handler
-
-    def readable(self):
-        return True
-
-    def readinto(self, buf):
-        left = self.handler.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the client took too long to send its request")
-        self.sock.settimeout(left)
-        return self.sock.recv_into(buf)
-
-
-class ClientGone(Exception):
-    """The client closed its connection (or stopped reading); its requests have been cancelled."""
+    def __init__(self, address, engine: Engine, tok, model_name, default_max_tokens=256, **edge):
+        super().__init__(address, Handler, **edge)
+        self.engine, self.tok, self.model_name = engine, tok, model_name
+        self.default_max_tokens, self.created = default_max_tokens, int(time.time())
 
 
 # Each route: {method: Handler method}. GET /v1/models/{id} is matched by prefix.
@@ -323,191 +191,21 @@ ROUTES = {
     "/v1/chat/completions": {"POST": "chat_completions"},
     "/v1/completions": {"POST": "completions"},
 }
-KEYED = ("/v1/", "/metrics")  # with --api-key, these need it
 
 
-def route_of(path) -> str:
-    """The ROUTES key a path falls under ('' for none): also the metrics' route label."""
-    if path in ROUTES:
-        return path
-    return "/v1/models/" if path.startswith("/v1/models/") and len(path) > len("/v1/models/") else ""
-
-
-class Handler(BaseHTTPRequestHandler):
-    """One connection: the protocol's edges (deadlines, malformed lines, methods), who may call, then
-    the endpoints. One request per connection (HTTP/1.0): a slow client holds one thread at most."""
+class Handler(GuardedHandler):
+    """The API's endpoints; the protocol's edges and the caller checks are http_edge's."""
 
     server: ChatServer
-    server_version = "llm-from-scratch"
-    cors_origin = None  # the Origin to echo in Access-Control-Allow-Origin, when --cors-origin allows it
-    deadline = 0.0
-
-    def version_string(self):
-        return self.server_version
-
-    # -------- the protocol
-
-    def setup(self):
-        super().setup()
-        self.rfile = io.BufferedReader(DeadlineReader(self.connection, self))
-
-    def handle_one_request(self):
-        self.deadline = time.monotonic() + self.server.timeout_s  # for the request line and headers
-        super().handle_one_request()  # a TimeoutError there closes the connection
-
-    def parse_request(self):
-        """http.server's parsing, after refusing what it mishandles: a request line of other than three
-        words (it takes `GET /` as HTTP/0.9, waits for headers that never come, and answers without a
-        status line) and garbage (answered without a status line too)."""
-        line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = line.split()
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
-            self.command, self.path, self.requestline = None, "", line[:200]
-            self.send_error(
-                400, "the request line must be `METHOD /path HTTP/1.1` (HTTP/0.9 is not supported)"
-            )
-            return False
-        return super().parse_request()
-
-    def send_error(self, code, message=None, explain=None):
-        """http.server's own errors in the JSON shape, with a status line; 501 (it has no do_<METHOD>)
-        becomes 405 with Allow, or 404."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # http.server writes no status line for it
-            self.request_version = "HTTP/1.0"
-        if code == 501 and getattr(self, "command", None):
-            return self.route()
-        self.send_json(code, APIError(code, message or self.responses.get(code, ("error",))[0]).body())
-
-    def send_response(self, code, message=None):
-        route = route_of(getattr(self, "path", "").split("?")[0])
-        self.server.metrics.count_response(route or "(other)", code)
-        self.connection.settimeout(self.server.timeout_s)  # each write of the answer, from here on
-        super().send_response(code, message)
-
-    def end_headers(self):
-        if self.cors_origin:
-            self.send_header("Access-Control-Allow-Origin", self.cors_origin)
-            self.send_header("Vary", "Origin")
-        super().end_headers()
-
-    def do_GET(self):
-        self.route()
-
-    def do_POST(self):
-        self.route()
-
-    def do_OPTIONS(self):  # a browser's CORS preflight
-        self.route()
-
-    # -------- routing and who may call
-
-    def route(self):
-        try:
-            path = self.path.split("?", 1)[0]
-            self.check_caller()
-            methods = ROUTES.get(route_of(path))
-            if methods is None:
-                known = ", ".join(
-                    f"{m} {p}{'{id}' if p.endswith('/') else ''}" for p, ms in ROUTES.items() for m in ms
-                )
-                raise APIError(
-                    404, f"no route {self.command} {path}; this server has {known}", code="unknown_url"
-                )
-            allow = ", ".join(methods)
-            if self.command == "OPTIONS":
-                self.preflight(allow)
-                return
-            if self.command not in methods:
-                raise APIError(
-                    405,
-                    f"{self.command} is not allowed on {path}; use {allow}",
-                    code="method_not_allowed",
-                    headers={"Allow": allow},
-                )
-            if path.startswith(KEYED) and not self.has_key():
-                raise APIError(
-                    401,
-                    "missing or wrong API key; send the header `Authorization: Bearer <key>`",
-                    code="invalid_api_key",
-                )
-            getattr(self, methods[self.command])()
-        except APIError as e:
-            self.send_json(e.status, e.body(), e.headers)
-        except (ClientGone, BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True  # the client left (or stopped reading) before its answer was written
-        except Exception as e:  # a bug: say so in the server's log, not to the client
-            self.log_error("internal error: %r", e)
-            traceback.print_exc()
-            self.send_json(
-                500, APIError(500, "internal server error; see the server's log", kind="server_error").body()
-            )
-
-    def check_caller(self):
-        """403 for a page from another origin (unless --cors-origin allows it) and, without an API key,
-        for a Host that does not name this machine directly (DNS rebinding)."""
-        s, host, origin = self.server, self.headers.get("Host", ""), self.headers.get("Origin")
-        if not s.api_key and not host_allowed(host, s.host):
-            raise APIError(
-                403,
-                f"the Host header {host!r} does not name this machine (DNS-rebinding protection); "
-                "connect by IP address or localhost, or start the server with --api-key",
-                code="host_not_allowed",
-            )
-        if not origin_allowed(origin, host, s.cors_origins):
-            raise APIError(
-                403,
-                f"requests from pages at {origin!r} are not allowed; start the server with --cors-origin {origin}",
-                code="origin_not_allowed",
-            )
-        if origin is not None and origin != f"http://{host}":
-            self.cors_origin = origin
-
-    def preflight(self, allow):
-        self.send_response(204)
-        self.send_header("Allow", allow)
-        if self.cors_origin:
-            self.send_header("Access-Control-Allow-Methods", allow)
-            self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
-            self.send_header("Access-Control-Max-Age", "600")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def has_key(self) -> bool:
-        key = self.server.api_key
-        given = self.headers.get("Authorization", "")
-        return not key or hmac.compare_digest(given.encode(), f"Bearer {key}".encode())
+    routes = ROUTES
+    keyed = ("/v1/", "/metrics")  # with --api-key, these need it
 
     # -------- reading and writing
 
     def read_json(self, known) -> dict:
         """The request body as a checked JSON object (openai_api.parse_body), within the size limit
         and the deadline, naming only fields in `known`."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise APIError(
-                411, "send the body with a Content-Length header (chunked bodies are not supported)"
-            )
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise APIError(
-                411, "the request needs a Content-Length header with the body's size in bytes"
-            ) from None
-        limit = self.server.max_body
-        self.deadline = time.monotonic() + self.server.timeout_s
-        try:
-            if length > limit:
-                self.discard(min(length, 16 * limit))  # read it, so the client sees our answer, not a reset
-                raise APIError(
-                    413, f"the body is {length} bytes; this server accepts at most {limit} (--max-body-kib)"
-                )
-            raw = self.rfile.read(max(length, 0))
-        except TimeoutError:
-            raise APIError(
-                408, f"the body did not arrive within {self.server.timeout_s:g} s (Content-Length: {length})"
-            ) from None
-        if len(raw) < length:
-            raise APIError(400, f"the body ended after {len(raw)} of its {length} bytes (Content-Length)")
+        raw = self.read_body()
         body = parse_body(raw)
         check_known_fields(body, known)
         model = get_field(body, "model", (str,))
@@ -520,27 +218,6 @@ class Handler(BaseHTTPRequestHandler):
             )
         return body
 
-    def discard(self, n):
-        while n > 0:
-            chunk = self.rfile.read(min(n, 1 << 16))
-            if not chunk:
-                break
-            n -= len(chunk)
-
-    def send_json(self, status, obj, headers=None):
-        self.send_bytes(
-            status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json", headers
-        )
-
-    def send_bytes(self, status, data, content_type, headers=None):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
     def send_event(self, obj):
         """One server-sent event: `data: <json>` and a blank line."""
         # >>> exercise: one server-sent event: the bytes `data: `, the JSON (or the bytes given), then a blank line
@@ -550,18 +227,6 @@ class Handler(BaseHTTPRequestHandler):
             + b"\n\n"
         )
         # <<< exercise
-
-    def log_message(self, format, *args):
-        if self.server.log_requests:
-            super().log_message(format, *args)
-
-    def client_gone(self) -> bool:
-        """Whether the client closed the connection: its socket reads as end-of-file."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except OSError:
-            return True
 
     # -------- GET
 
@@ -746,9 +411,9 @@ def main(argv=None):
             engine,
             tok,
             name,
-            cfg.api_key,
-            cfg.max_body_kib * 1024,
-            cfg.max_tokens,
+            default_max_tokens=cfg.max_tokens,
+            api_key=cfg.api_key,
+            max_body=cfg.max_body_kib * 1024,
             log_requests=not cfg.quiet,
             timeout=cfg.timeout,
             max_connections=cfg.max_connections,
