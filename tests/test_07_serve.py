@@ -39,7 +39,8 @@ from bpe import BPETokenizer
 from chat import ChatConfig, ChatSession, run_chat
 from chat_template import encode_prompt
 from checkpoint_io import save_checkpoint
-from common import UserError, write_manifest
+from common.cli import UserError
+from common.runs import write_manifest
 from gpt import GPT, GPTConfig
 import serve
 from serve import ChatServer
@@ -538,6 +539,34 @@ def test_chat_session_streams_keeps_history_and_handles_commands(tok):
     assert session.turns == [] and session.cfg.max_tokens == 3 and shown.count("assistant> ") == 2
 
 
+def test_chat_settings_that_used_to_crash_are_errors_and_the_conversation_survives(tok):
+    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
+    cfg = ChatConfig(temperature=1e-300, max_tokens=4)  # --temperature 1e-300: now greedy, not a traceback
+    session = ChatSession(Engine(model, tok, "sequential"), tok, cfg)
+    lines = iter(
+        [
+            "hello",
+            "/settings seed=99999999999999999999999",
+            "/settings temperature=nan",
+            "/settings repetition_penalty=1e-300",
+            "again",
+        ]
+    )
+    out = []
+
+    def read():
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    run_chat(session, read, out.append)
+    shown = "".join(out)
+    assert shown.count("error: ") == 3 and "Traceback" not in shown
+    assert len(session.turns) == 4 and session.cfg.seed == 0  # both exchanges kept, nothing changed
+    assert "<|" not in shown  # every special token ends an answer; none is printed
+
+
 # ----------------------------------------------------------------------------- command lines
 
 
@@ -566,6 +595,9 @@ CLI_CASES = [  # (script, args, words in the error line)
     ("serve.py", ["--ckpt", "{ckpt}", "--host", "256.1.1.1", "--port", "0"], "cannot listen on 256.1.1.1"),
     ("serve.py", ["--ckpt", "{ckpt}", "--tokenizer", "{missing}"], "no tokenizer found"),
     ("chat.py", ["--ckpt", "{ckpt}", "--temperature", "-1"], "--temperature"),
+    ("chat.py", ["--ckpt", "{ckpt}", "--seed", "99999999999999999999999"], "--seed"),
+    ("chat.py", ["--ckpt", "{ckpt}", "--top-p", "nan"], "top_p=nan is not a finite number"),
+    ("serve.py", ["--ckpt", "{ckpt}", "--timeout", "0"], "--timeout"),
     ("bench_serve.py", ["--prompt-min", "9", "--prompt-max", "3"], "--prompt-min 9 is above --prompt-max 3"),
     ("bench_serve.py", ["--block-size", "32"], "exceeds the model's context of 32"),
 ]
