@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -509,6 +510,47 @@ def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
         time.sleep(0.05)
     assert engine.stats["finished_cancelled"] == before + 1 and not engine.busy()
     assert call(server, "/v1/models")[0] == 200
+
+
+# ----------------------------------------------------------------------------- the chat page
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="the chat page's script runs in node")
+def test_the_chat_page_fits_the_context_drops_old_turns_and_reports_a_dead_server(server):
+    """The page's own script (a stub DOM, real fetch): its defaults work on a 64-token model, a long
+    conversation keeps working by dropping the oldest exchanges, the label appears once the key is
+    typed, a server that is gone gives a message, and no special token shows up as text."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    server.api_key = "sesame"
+    try:
+        run = subprocess.run(
+            [
+                "node",
+                str(REPO / "tests" / "chat_page_harness.js"),
+                url(server, ""),
+                str(REPO / "07_distill_quant" / "chat_page.html"),
+                "sesame",
+                "6",
+                dead,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.api_key = ""
+    assert run.returncode == 0, run.stderr
+    page = json.loads(run.stdout)
+    assert page["before"] == "(type the API key)" and page["after"] == "test/model, context 64"
+    assert page["placeholder"] == "auto (≤ 64)"  # the room the context leaves, not 128 (more than all of it)
+    bubbles = [b for b in page["log"] if b["tag"] == "div"]
+    answers = [b for b in bubbles if b["cls"] != "user"]
+    assert [b["cls"] for b in answers[:-1]] == ["assistant"] * 6, page["log"]  # every message answered
+    assert any("dropped the oldest exchange" in b["text"] for b in page["log"] if b["tag"] == "small")
+    assert answers[-1]["cls"] == "error" and "cannot reach the server" in answers[-1]["text"]
+    assert not any("<|" in b["text"] for b in bubbles)
 
 
 # ----------------------------------------------------------------------------- the terminal chat
