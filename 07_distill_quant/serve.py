@@ -20,22 +20,21 @@ prefix tuning or bottleneck adapters, loaded onto their base by 05's load_finetu
 (--method full), any file in 03's checkpoint format holding a GPT. The tokenizer is the one the
 checkpoint names (stored relative to the checkpoint's folder), or --tokenizer.
 
-How it is built: one ThreadingHTTPServer thread per connection reads and checks the request
-(openai_api.py), then hands batching.Requests to the one Engine thread (batching.py), which owns the
-model and decodes every running request together; the handler thread streams the text as it appears.
-A failure while sampling one request ends that request alone; a bug in the shared forward pass ends
-the running ones with 500, and the server goes on.
+How it is built: one ThreadingHTTPServer thread per connection (http_edge.py: deadlines, connection
+cap, protocol edges, who may call) reads and checks the request (openai_api.py), then hands
+batching.Requests to the one Engine thread (batching.py), which owns the model and decodes every
+running request together; the handler thread streams the text as it appears. A failure while
+sampling one request ends that request alone; a bug in the shared forward pass ends the running ones
+with 500, and the server goes on. GET /metrics reports latency, errors, throughput and load
+(serve_metrics.py).
 
-What a client cannot do to it (each has a test in tests/test_07_serve.py):
-- hold a thread forever: the request line and headers must arrive within --timeout seconds, the body
-  within --timeout more, and each write of the answer must be accepted within --timeout (a client
-  that stops reading its stream is cancelled); past --max-connections open connections, a new one gets
-  503 + Retry-After at once (a thread that only reads its request and answers);
-- break other requests: settings are range-checked before any compute and the sampler maps the
-  float32 limits (batching.MIN_TEMPERATURE); a bad body is a 400, a full queue a 503;
-- drive it from a web page: a request whose Origin is not the server's own page (or one allowed by
-  --cors-origin) gets 403, and without --api-key so does a Host header that is neither an IP address
-  nor localhost (DNS rebinding: evil.example resolved to 127.0.0.1 is still evil.example);
+What a client cannot do to it (each has a test in tests/test_07_serve.py; the README has the table):
+- hold a thread for ever: headers, then body, within --timeout seconds each, every write of the answer
+  taken within it; past --max-connections a new connection gets 503 + Retry-After at once;
+- break other requests: settings are range-checked before any compute, the sampler maps the float32
+  limits (batching.MIN_TEMPERATURE), and a failure inside one request's sampling is kept to it;
+- drive it from a web page: another origin's request gets 403 unless --cors-origin names it, and
+  without --api-key so does a Host header that is not an IP address or localhost (DNS rebinding);
 - read anything without the key: with --api-key, /v1 and /metrics need it, /health says only "ok".
 It binds 127.0.0.1 and has no TLS: put it behind a reverse proxy before exposing it beyond your machine.
 
