@@ -556,13 +556,9 @@ def test_the_chat_page_fits_the_context_drops_old_turns_and_reports_a_dead_serve
 # ----------------------------------------------------------------------------- the terminal chat
 
 
-def test_chat_session_streams_keeps_history_and_handles_commands(tok):
-    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
-    session = ChatSession(Engine(model, tok, "sequential"), tok, ChatConfig(temperature=0, max_tokens=5))
-    lines = iter(
-        ["hello", "/settings max_tokens=3 temperature=0.5", "/settings top_p=2", "again", "/reset", "/nope"]
-    )
-    out = []
+def chat_transcript(session, lines) -> str:
+    """What run_chat shows when the user types `lines`, then Ctrl-D."""
+    lines, out = iter(lines), []
 
     def read():
         try:
@@ -571,7 +567,16 @@ def test_chat_session_streams_keeps_history_and_handles_commands(tok):
             raise EOFError from None
 
     run_chat(session, read, out.append)
-    shown = "".join(out)
+    return "".join(out)
+
+
+def test_chat_session_streams_keeps_history_and_handles_commands(tok):
+    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
+    session = ChatSession(Engine(model, tok, "sequential"), tok, ChatConfig(temperature=0, max_tokens=5))
+    shown = chat_transcript(
+        session,
+        ["hello", "/settings max_tokens=3 temperature=0.5", "/settings top_p=2", "again", "/reset", "/nope"],
+    )
     assert (
         "max_tokens=3" in shown
         and "temperature=0.5" in shown
@@ -585,25 +590,16 @@ def test_chat_settings_that_used_to_crash_are_errors_and_the_conversation_surviv
     model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
     cfg = ChatConfig(temperature=1e-300, max_tokens=4)  # --temperature 1e-300: now greedy, not a traceback
     session = ChatSession(Engine(model, tok, "sequential"), tok, cfg)
-    lines = iter(
+    shown = chat_transcript(
+        session,
         [
             "hello",
             "/settings seed=99999999999999999999999",
             "/settings temperature=nan",
             "/settings repetition_penalty=1e-300",
             "again",
-        ]
+        ],
     )
-    out = []
-
-    def read():
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-
-    run_chat(session, read, out.append)
-    shown = "".join(out)
     assert shown.count("error: ") == 3 and "Traceback" not in shown
     assert len(session.turns) == 4 and session.cfg.seed == 0  # both exchanges kept, nothing changed
     assert "<|" not in shown  # every special token ends an answer; none is printed
