@@ -106,7 +106,7 @@ class GuardedServer(ThreadingHTTPServer):
         )
         self.host = address[0]
         self.metrics = Metrics()
-        self.open_connections, self.lock = 0, threading.Lock()
+        self.open_connections, self.refusing, self.lock = 0, 0, threading.Lock()
 
     def process_request(self, request, client_address):
         """A thread for the connection, or, past the cap, a short one that answers 503 and closes."""
@@ -114,7 +114,13 @@ class GuardedServer(ThreadingHTTPServer):
             full = self.open_connections >= self.max_connections
             self.open_connections += not full
         if full:
-            threading.Thread(target=self.refuse, args=(request,), daemon=True).start()
+            with self.lock:  # the refusing threads are bounded too: past as many again, no courtesy read
+                polite = self.refusing < self.max_connections
+                self.refusing += polite
+            if polite:
+                threading.Thread(target=self.refuse, args=(request, True), daemon=True).start()
+            else:
+                self.refuse(request, False)
         else:
             super().process_request(request, client_address)
 
@@ -125,15 +131,15 @@ class GuardedServer(ThreadingHTTPServer):
             with self.lock:
                 self.open_connections -= 1
 
-    def refuse(self, sock):
-        """503 to a connection over the cap. Its request head is read first (for at most a second):
-        closing a socket with unread bytes sends a reset, and the client would not see the answer."""
+    def refuse(self, sock, polite):
+        """503 to a connection over the cap. Politely, its request head is read first (for at most a
+        second): closing a socket with unread bytes sends a reset, and the client may not see the answer."""
         body = (
             b'{"error": {"message": "too many connections; retry shortly", "type": "server_error", '
             b'"param": null, "code": "server_overloaded"}}'
         )
         try:
-            sock.settimeout(1.0)
+            sock.settimeout(1.0 if polite else 0.0)
             seen = b""
             while b"\r\n\r\n" not in seen and len(seen) < 65536:
                 chunk = sock.recv(65536)
@@ -151,6 +157,9 @@ class GuardedServer(ThreadingHTTPServer):
             pass
         self.metrics.count_response("(over the connection cap)", 503)
         self.shutdown_request(sock)
+        if polite:
+            with self.lock:
+                self.refusing -= 1
 
 
 class DeadlineReader(io.RawIOBase):
