@@ -319,7 +319,7 @@ class Engine:
         """Queue a request; a UserError if it can never run, QueueFull if the queue is full."""
         p, n, ctx = req.params, len(req.prompt_ids), self.model.cfg.block_size
         check_sampling_args(p.max_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty)
-        if not all(math.isfinite(x) for x in (p.temperature, p.top_p, p.repetition_penalty)):
+        if not all(math.isfinite(x) for x in (p.temperature, p.top_p or 1.0, p.repetition_penalty)):
             raise UserError(f"temperature, top_p and repetition_penalty must be finite numbers, got {p}")
         lo, hi = PENALTY_RANGE
         if not lo <= p.repetition_penalty <= hi:
@@ -451,14 +451,16 @@ class Engine:
             logits = apply_presence_frequency(logits, req.output_ids, p.presence_penalty, p.frequency_penalty)
         if p.logit_bias:
             ids = torch.tensor(list(p.logit_bias), device=logits.device)
-            logits[0, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device)
+            bias = torch.tensor([list(p.logit_bias.values())], device=logits.device)  # (1, k)
+            logits = logits.index_add(1, ids, bias)  # out of place: the model's row stays as it was
         if not torch.isfinite(logits).all():  # multinomial would raise (CPU) or assert (CUDA)
             raise ValueError(f"request {req.id}: non-finite logits; its settings or the model are broken")
         gen = req.generator
         if gen is not None and gen.device != logits.device:
             gen = req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
         temperature = 0.0 if p.temperature < MIN_TEMPERATURE else p.temperature
-        return int(sample_next(logits, temperature, p.top_k, max(p.top_p, MIN_TOP_P), gen)[0])
+        top_p = None if p.top_p is None else max(p.top_p, MIN_TOP_P)
+        return int(sample_next(logits, temperature, p.top_k, top_p, gen)[0])
 
     def append(self, req: Request, token: int):
         """Add a generated token: update the text, stream what is final, finish on stop or length."""

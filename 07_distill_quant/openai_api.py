@@ -380,7 +380,7 @@ class Reply:
         lp = None
         if r.params.logprobs is not None:
             # until the end, hold back the newest token: it may be a stop id, which is not in the answer
-            upto = len(answer_ids(r)) if finish_reason else len(r.logprobs) - 1
+            upto = len(answer_ids(r)) if finish_reason else max(0, len(r.logprobs) - 1)
             lp = self.logprobs(i, upto)
         choice = {"index": i, "delta": delta} if self.chat else {"index": i, "text": delta}
         return {**self.head("chunk"), "choices": [{**choice, "logprobs": lp, "finish_reason": finish_reason}]}
