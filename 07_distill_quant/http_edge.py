@@ -99,11 +99,8 @@ class GuardedServer(ThreadingHTTPServer):
     ):
         super().__init__(address, handler)
         self.api_key, self.max_body, self.log_requests = api_key, max_body, log_requests
-        self.timeout_s, self.max_connections, self.cors_origins = (
-            timeout,
-            max_connections,
-            tuple(cors_origins),
-        )
+        self.timeout_s, self.max_connections = timeout, max_connections
+        self.cors_origins = tuple(cors_origins)
         self.host = address[0]
         self.metrics = Metrics()
         self.open_connections, self.refusing, self.lock = 0, 0, threading.Lock()
