@@ -420,7 +420,7 @@ def sft_section(run, figs) -> Section:
             [
                 {
                     "contender": k,
-                    "exact match [95% CI]": f"{num(v['exact_match'])} [{num(v['interval'][0])}, {num(v['interval'][1])}]",
+                    "exact match [95% CI]": f"{num(v['mean'])} [{num(v['interval'][0])}, {num(v['interval'][1])}]",
                     "n": v["n"],
                 }
                 for k, v in contenders.items()

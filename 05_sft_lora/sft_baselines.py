@@ -87,35 +87,37 @@ def em_scores(answers: list, held: list) -> list:
 
 
 def summary(scores: list) -> dict:
-    """{"exact_match", "interval" (Wilson 95 %), "n"} of per-question 0/1 scores."""
-    return {
-        "exact_match": sum(scores) / len(scores),
-        "interval": list(wilson_interval(sum(scores), len(scores))),
-        "n": len(scores),
-    }
+    """{"mean", "interval" (Wilson 95 % of a share), "n"} of per-item scores in [0, 1]."""
+    n = len(scores)
+    return {"mean": sum(scores) / n, "interval": list(wilson_interval(sum(scores), n)), "n": n}
+
+
+def paired_bar(metric: str, name: str, scores: list, contenders: dict, note: str = "") -> dict:
+    """`name`'s per-item scores minus the strongest contender's (name -> scores on the same items),
+    paired bootstrap 95 % interval, passing when it lies wholly above 0 (06's bars use it too)."""
+    best, base = max(contenders.items(), key=lambda kv: sum(kv[1]))
+    table = {k: summary(v) for k, v in {**contenders, name: scores}.items()}
+    shares = "; ".join(
+        f"{k} {v['mean']:.3f} [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]" for k, v in table.items()
+    )
+    return make_bar(
+        f"{metric}: {name} minus the strongest baseline (paired)",
+        table[name]["mean"] - table[best]["mean"],
+        threshold=0.0,
+        direction="higher",
+        baseline=table[best]["mean"],
+        baseline_name=best,
+        interval=paired_bootstrap_interval(scores, base),
+        n=len(scores),
+        note=f"{shares}{'; ' + note if note else ''}",
+    )
 
 
 def sft_bar(tuned: list, baselines: dict, held: list, what: str = "SFT") -> tuple:
     """(bar, table): the bar is the exact match of `tuned` answers minus the strongest baseline's
     (baselines: name -> answers), paired over the held-out questions, passing when the 95 % interval
-    lies wholly above 0; table: name -> summary() of every contender."""
-    ours = em_scores(tuned, held)
+    lies wholly above 0; table: name -> summary() of every contender's exact match."""
     scored = {name: em_scores(a, held) for name, a in baselines.items()}
-    name, best = max(scored.items(), key=lambda kv: sum(kv[1]))
-    table = {name: summary(s) for name, s in scored.items()} | {what: summary(ours)}
-    note = "; ".join(
-        f"{k} {v['exact_match']:.3f} [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
-        for k, v in table.items()
-    )
-    bar = make_bar(
-        f"held-out exact match, {what} minus the strongest baseline (paired)",
-        table[what]["exact_match"] - table[name]["exact_match"],
-        threshold=0.0,
-        direction="higher",
-        baseline=table[name]["exact_match"],
-        baseline_name=name,
-        interval=paired_bootstrap_interval(ours, best),
-        n=len(ours),
-        note=note,
-    )
-    return bar, table
+    ours = em_scores(tuned, held)
+    table = {k: summary(v) for k, v in {**scored, what: ours}.items()}
+    return paired_bar("held-out exact match", what, ours, scored), table

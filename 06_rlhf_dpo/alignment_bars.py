@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.outcome import make_bar
-from common.stats import paired_bootstrap_interval, wilson_interval, win_rate_with_ties
-from sft_baselines import majority_answers  # 05_sft_lora
+from common.stats import win_rate_with_ties
+from sft_baselines import majority_answers, paired_bar, summary  # noqa: F401 (06 imports them from here); 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
 from rule_judge import answers_by_question, judge
@@ -85,33 +85,6 @@ def gold_acceptance(texts: list, pair_groups: list, answers: dict) -> list:
         answer = answers.get(user_question(group[0]["prompt"]))
         out.append(float(all(judge(p["rule"], text, p["chosen"], p, answer) >= 0 for p in group)))
     return out
-
-
-def summary(scores: list) -> dict:
-    """{"mean", "interval" (Wilson 95 % of a share), "n"} of per-item scores in [0, 1]."""
-    n = len(scores)
-    return {"mean": sum(scores) / n, "interval": list(wilson_interval(sum(scores), n)), "n": n}
-
-
-def paired_bar(metric: str, name: str, scores: list, contenders: dict, note: str = "") -> dict:
-    """`name`'s per-item scores minus the strongest contender's (name -> scores on the same items),
-    paired bootstrap 95 % interval, passing when it lies wholly above 0."""
-    best, base = max(contenders.items(), key=lambda kv: sum(kv[1]))
-    table = {k: summary(v) for k, v in {**contenders, name: scores}.items()}
-    shares = "; ".join(
-        f"{k} {v['mean']:.3f} [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]" for k, v in table.items()
-    )
-    return make_bar(
-        f"{metric}: {name} minus the strongest baseline (paired)",
-        table[name]["mean"] - table[best]["mean"],
-        threshold=0.0,
-        direction="higher",
-        baseline=table[best]["mean"],
-        baseline_name=best,
-        interval=paired_bootstrap_interval(scores, base),
-        n=len(scores),
-        note=f"{shares}{'; ' + note if note else ''}",
-    )
 
 
 def win_bar(verdicts: list, name: str) -> dict:
