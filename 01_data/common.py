@@ -580,17 +580,23 @@ def run_lock(out_dir, enabled=True):
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    f = open(lock_path, "a+")
-    try:
+    while True:  # the holder deletes the file when done: a lock taken on a deleted file is no lock
+        f = open(lock_path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
+            f.close()
             raise UserError(
                 f"{out_dir} is being written by another process (pid {holder}); wait for it to "
                 "finish, or choose another --out / --run"
             ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        f.close()
+    try:
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -600,7 +606,9 @@ def run_lock(out_dir, enabled=True):
             print(f"removed {n} temp file(s) left in {out_dir} by a killed run", file=sys.stderr)
         yield
     finally:
-        f.close()  # closing the descriptor releases the lock
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # removed while still held, so no one can lock it in between
+        f.close()  # closing the descriptor releases the lock (kill -9 too; the file then stays, harmless)
 
 
 def claim_output(out_dir, overwrite: bool, remove=True, resume_hint=""):
