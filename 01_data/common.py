@@ -640,6 +640,22 @@ def claim_output(out_dir, overwrite: bool, remove=True, resume_hint=""):
 
 
 @contextlib.contextmanager
+def fresh_output(out_dir, overwrite: bool, resume_hint=""):
+    """Everything a stage that makes a new run in out_dir does around its work, in one block:
+
+        with fresh_output(out, cfg.overwrite) as tmp:   # lock taken, out claimed: before any work
+            ...train, writing into tmp...               # out still holds the last good result
+                                                        # swapped in only when the block succeeds
+    A second writer fails at once (run_lock); a folder holding a run is refused without --overwrite
+    before minutes of training are spent (claim_output); a run that fails, diverges, runs out of disk or
+    is killed leaves the previous result untouched (staged_dir)."""
+    with run_lock(out_dir):
+        claim_output(out_dir, overwrite, remove=False, resume_hint=resume_hint)
+        with staged_dir(out_dir) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
 def staged_dir(out_dir):
     """Yield a temp folder beside out_dir; when the block succeeds, it replaces out_dir.
 

@@ -64,6 +64,7 @@ from common import (
     write_manifest,
 )
 from gpt import MLP, Attention, GPTConfig, LayerNorm  # 03_model (this folder)
+from divergence import DivergenceGuard  # 03_model (this folder)
 from lm_loss import cross_entropy  # 03_model
 from position_encoding import sinusoidal_positions  # 03_model
 
@@ -366,12 +367,14 @@ def train_objective(name, cfg: DemoConfig, train, val, specials):
         return loss
 
     val_before, losses, t0 = val_loss(), [], time.perf_counter()
+    guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})")
     while time.perf_counter() - t0 < cfg.seconds:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (len(losses) + 1) / cfg.warmup)
         loss = loss_fn(model, random_windows(train, cfg.batch_size, cfg.block_size, g), specials, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        guard.check(len(losses) + 1, loss)
         opt.step()
         losses.append(loss.item())
     seconds = time.perf_counter() - t0

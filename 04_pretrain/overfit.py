@@ -36,13 +36,12 @@ sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
 from common import (
     UserError,
     check_artifact,
-    claim_output,
     command_line,
+    fresh_output,
     option,
     parse_config,
     pyplot,  # 01_data
     run_cli,
-    run_lock,
     save_figure,
     write_json,
     write_manifest,
@@ -214,13 +213,12 @@ def main(argv=None):
     run_dir = Path(c.data)
     check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
     out = run_dir / "overfit"
-    with run_lock(out):
-        claim_output(out, c.overwrite, remove=True)
-        rows = run(c, out)
+    with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
+        rows = run(c, tmp)
         print(format_table(rows))
-        write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
+        write_json(tmp / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
         write_manifest(
-            out,
+            tmp,
             stage="04_overfit",
             command=command_line(__file__, argv),
             config=dataclasses.asdict(c),

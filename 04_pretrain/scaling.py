@@ -40,13 +40,12 @@ sys.path[:0] = [str(REPO / "01_data")]
 from common import (
     UserError,
     check_artifact,
-    claim_output,
     command_line,
+    fresh_output,
     option,
     parse_config,
     pyplot,  # 01_data
     run_cli,
-    run_lock,
     save_figure,
     write_json,
     write_manifest,
@@ -237,7 +236,7 @@ def sweep(c: ScalingConfig, out: Path, command: str):
         config=dataclasses.asdict(c),
         inputs=[Path(c.data) / "tokens"],
     )
-    print(f"sweep took {time.time() - t0:.0f}s; wrote {out}/scaling.json and scaling.png")
+    print(f"sweep took {time.time() - t0:.0f}s")
 
 
 def main(argv=None):
@@ -246,9 +245,9 @@ def main(argv=None):
     run_dir = Path(c.data)
     check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
     out = run_dir / "scaling"
-    with run_lock(out):
-        claim_output(out, c.overwrite, remove=True)
-        sweep(c, out, command_line(__file__, argv))
+    with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
+        sweep(c, tmp, command_line(__file__, argv))
+    print(f"wrote {out}/scaling.json and scaling.png")
 
 
 if __name__ == "__main__":

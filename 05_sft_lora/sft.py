@@ -55,17 +55,15 @@ from common import (
     UserError,
     check_artifact,
     check_config,
-    claim_output,
     command_line,
+    fresh_output,
     option,
     parse_config,
     pyplot,  # 01_data
     read_json,
     run_cli,
-    run_lock,
     save_figure,
     set_interrupt_hint,
-    staged_dir,
     write_json,
     write_jsonl,
     write_manifest,
@@ -73,6 +71,7 @@ from common import (
 from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from decoding import left_pad  # 03_model
+from divergence import DivergenceGuard  # 03_model
 from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
@@ -359,6 +358,15 @@ def plot(records, base_eval, tuned_eval, path, title):
 def finetune(cfg: SFTConfig, argv=None) -> dict:
     """Fine-tune, evaluate and write <out>/ (module docstring); returns the outcome dict."""
     check_sft_config(cfg)
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "sft"
+    with fresh_output(out, cfg.overwrite) as tmp:  # refused or locked before any training
+        outcome = finetune_into(tmp, cfg, argv)
+    report(outcome, out)
+    return outcome
+
+
+def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
+    """The work of `finetune`, written into tmp (a folder beside <out>, swapped in when complete)."""
     run = Path(cfg.run)
     device = resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out else run / "sft"
@@ -416,6 +424,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     sft_rows = max(1, cfg.batch_size - n_pre)
 
     records, best, bad_evals, stopped = [], {"val_loss": math.inf, "step": 0, "state": None}, 0, "steps"
+    guard = DivergenceGuard(lower=f"--lr (now {lr:g})", vocab_size=model.cfg.vocab_size)
     rss_before, t0, cpu0 = peak_rss_mb(), time.time(), time.process_time()
     epoch, batches, step = 0, [], 0
     model.train()
@@ -436,6 +445,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
             loss = (1 - cfg.mix_pretrain) * loss + cfg.mix_pretrain * model(px, py)[1]
         loss.backward()
         grad_norm = clip_grad_norm(params, 1.0)
+        guard.check(step + 1, loss, grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -472,72 +482,68 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     # what training holds beyond the frozen weights: gradients and AdamW's two moments per trainable number
     state_mb = (counts["total"] + 3 * counts["trainable"]) * 4 / 2**20
 
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)
-        with staged_dir(out) as tmp:
-            tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(run / "tokenizer", out))
-            outcome = {
-                "method": cfg.method,
-                "base_checkpoint": os.path.relpath(base_path, out),
-                "tokenizer": os.path.relpath(run / "tokenizer", out),
-                "params": counts,
-                "lr": lr,
-                "steps": step,
-                "stopped": stopped,
-                "best_step": best["step"],
-                "best_val_loss": best["val_loss"] if val_batches else None,
-                "epochs": epoch,
-                "examples": {
-                    "train_file": str(train_path),
-                    "conversations": len(train_records),
-                    "used": len(examples),
-                    "skipped_too_long": skipped,
-                    "train": len(train_ex),
-                    "validation": len(val_ex),
-                    "heldout": len(held),
-                },
-                "heldout_base": base_eval,
-                "heldout_tuned": tuned_eval,
-                "corpus_val_loss": {
-                    "before": forget_before,
-                    "after": forget_after,
-                    "change": forget_after - forget_before,
-                },
-                "train_s": train_s,
-                "train_cpu_s": train_cpu_s,
-                "s_per_step": train_s / max(step, 1),
-                "device": device,
-                "peak_rss_mb": rss_after,
-                "train_rss_growth_mb": rss_after - rss_before,
-                "train_state_mb": state_mb,
-                "file": tuned_file.name,
-                "file_kib": tuned_file.stat().st_size / 1024,
+    tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(run / "tokenizer", out))
+    outcome = {
+        "method": cfg.method,
+        "base_checkpoint": os.path.relpath(base_path, out),
+        "tokenizer": os.path.relpath(run / "tokenizer", out),
+        "params": counts,
+        "lr": lr,
+        "steps": step,
+        "stopped": stopped,
+        "best_step": best["step"],
+        "best_val_loss": best["val_loss"] if val_batches else None,
+        "epochs": epoch,
+        "examples": {
+            "train_file": str(train_path),
+            "conversations": len(train_records),
+            "used": len(examples),
+            "skipped_too_long": skipped,
+            "train": len(train_ex),
+            "validation": len(val_ex),
+            "heldout": len(held),
+        },
+        "heldout_base": base_eval,
+        "heldout_tuned": tuned_eval,
+        "corpus_val_loss": {
+            "before": forget_before,
+            "after": forget_after,
+            "change": forget_after - forget_before,
+        },
+        "train_s": train_s,
+        "train_cpu_s": train_cpu_s,
+        "s_per_step": train_s / max(step, 1),
+        "device": device,
+        "peak_rss_mb": rss_after,
+        "train_rss_growth_mb": rss_after - rss_before,
+        "train_state_mb": state_mb,
+        "file": tuned_file.name,
+        "file_kib": tuned_file.stat().st_size / 1024,
+    }
+    write_jsonl(tmp / "metrics.jsonl", records)
+    write_jsonl(
+        tmp / "predictions.jsonl",
+        [
+            {
+                "question": r["messages"][-2]["content"],
+                "reference": r["messages"][-1]["content"],
+                "base": b,
+                "tuned": a,
             }
-            write_jsonl(tmp / "metrics.jsonl", records)
-            write_jsonl(
-                tmp / "predictions.jsonl",
-                [
-                    {
-                        "question": r["messages"][-2]["content"],
-                        "reference": r["messages"][-1]["content"],
-                        "base": b,
-                        "tuned": a,
-                    }
-                    for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
-                ],
-            )
-            write_json(tmp / "outcome.json", outcome)
-            plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
-            inputs = [base_path if cfg.base else run / "pretrain", run / "tokenizer", run / "tokens"]
-            inputs += [Path(f) if f else run / "data" for f in (cfg.train_file, cfg.heldout_file)]
-            write_manifest(
-                tmp,
-                stage="05_sft_lora",
-                command=command_line(__file__, argv),
-                config=asdict(cfg),
-                inputs=inputs,
-            )
-    report(outcome, out)
+            for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
+        ],
+    )
+    write_json(tmp / "outcome.json", outcome)
+    plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
+    inputs = [base_path if cfg.base else run / "pretrain", run / "tokenizer", run / "tokens"]
+    inputs += [Path(f) if f else run / "data" for f in (cfg.train_file, cfg.heldout_file)]
+    write_manifest(
+        tmp,
+        stage="05_sft_lora",
+        command=command_line(__file__, argv),
+        config=asdict(cfg),
+        inputs=inputs,
+    )
     return outcome
 
 

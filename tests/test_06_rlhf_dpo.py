@@ -690,7 +690,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
                 "--eval-limit",
                 "2",
             ],
-            r"a reward-model score is nan at step 1; stopped \(no checkpoint had been written yet\)",
+            r"a reward-model score is nan at step 1; stopped without writing this run \(the previous result",
         ),
         "judge is no reward model": (
             [script["rlaif"], *r, "--judge", str(run / "sft" / "ckpt.pt")],
