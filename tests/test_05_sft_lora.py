@@ -548,6 +548,24 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
 
 
+def test_sft_claims_its_folder_before_any_work_and_a_diverging_overwrite_keeps_the_old_result(
+    run_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "outcome.json").write_text('{"old": true}')
+    with monkeypatch.context() as m:  # refused before the base is even looked up, let alone trained
+        m.setattr(sft, "base_checkpoint", lambda cfg: pytest.fail("work started before the claim"))
+        with pytest.raises(UserError, match="already holds a run; pass --overwrite"):
+            sft.finetune(sft_cfg(run_dir, out))
+    cfg = sft_cfg(run_dir, out, method="full", lr=1e9, steps=6, eval_base=False, overwrite=True)
+    with pytest.raises(UserError, match=r"training diverged at step \d: .*; lower --lr \(now 1e\+09\)"):
+        sft.finetune(cfg)
+    assert [p.name for p in tmp_path.iterdir()] == ["sft"] and (
+        out / "outcome.json"
+    ).read_text() == '{"old": true}'
+
+
 def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
     out = tmp_path / "cmp"  # one method: every sft.py process costs a torch import
     proc = subprocess.run(
