@@ -5,6 +5,7 @@ shared by the tests below; they copy it before changing anything.
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -208,3 +209,53 @@ def test_report_bad_input_gives_one_error_line_and_exit_2(tmp_path, args, messag
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+CLAIM_PROBE = """
+import contextlib, io, json, runpy, sys
+import torch
+
+def no_model_yet(*args, **kwargs):
+    raise AssertionError("a model ran before the output folder was claimed")
+
+torch.nn.Module.__call__ = no_model_yet  # loading weights is allowed, running them is work
+results, path = {}, list(sys.path)
+for name, script, argv in json.loads(sys.argv[1]):
+    sys.argv, sys.path[:] = [script, *argv], [script.rsplit("/", 1)[0], *path]  # as `python script argv`
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        except BaseException as e:
+            code, err = 1, io.StringIO(repr(e))
+    results[name] = [code, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_every_stage_refuses_a_folder_holding_a_run_before_any_work(micro, tmp_path):
+    """Each stage's own command line, on a finished run, without --overwrite: one line saying the folder holds
+    a run, before a single forward pass (the child makes every nn.Module call fail), and nothing changed.
+    One process for all the stages."""
+    run = tmp_path / "runs" / "smoke"
+    shutil.copytree(micro[0], run)
+    cfg = run_all.RunAllConfig(preset="micro")
+    # bench_serve always replaces its own folder; data redoes a run of the same config by design
+    stages = [s for s in micro[2] if s.overwrite and s.name != "data"]
+    before = folder_hashes(run, [s.folder for s in micro[2]])
+    jobs = [[s.name, str(REPO / s.script), run_all.command(s, cfg, run, False)[2:]] for s in stages]
+    proc = subprocess.run(
+        [sys.executable, "-c", CLAIM_PROBE, json.dumps(jobs)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (code, err) in results.items():
+        assert code == 2 and "already holds a run" in err and "--overwrite" in err, (name, code, err)
+    assert len(results) >= 12 and folder_hashes(run, [s.folder for s in micro[2]]) == before
