@@ -36,6 +36,7 @@ from chat_template import (
     render_chat,
     special_ids,
 )
+import checkpoint_io
 from checkpoint_io import save_checkpoint
 from common import UserError, write_jsonl, write_manifest
 from gpt import GPT, GPTConfig
@@ -548,12 +549,13 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
 
 
-def test_sft_claims_its_folder_before_any_work_and_a_diverging_overwrite_keeps_the_old_result(
+def test_sft_claims_its_folder_first_and_a_diverging_or_disk_full_overwrite_keeps_the_old_result(
     run_dir, tmp_path, monkeypatch
 ):
     out = tmp_path / "sft"
     out.mkdir()
-    (out / "outcome.json").write_text('{"old": true}')
+    OLD = '{"old": true}'
+    (out / "outcome.json").write_text(OLD)
     with monkeypatch.context() as m:  # refused before the base is even looked up, let alone trained
         m.setattr(sft, "base_checkpoint", lambda cfg: pytest.fail("work started before the claim"))
         with pytest.raises(UserError, match="already holds a run; pass --overwrite"):
@@ -561,9 +563,19 @@ def test_sft_claims_its_folder_before_any_work_and_a_diverging_overwrite_keeps_t
     cfg = sft_cfg(run_dir, out, method="full", lr=1e9, steps=6, eval_base=False, overwrite=True)
     with pytest.raises(UserError, match=r"training diverged at step \d: .*; lower --lr \(now 1e\+09\)"):
         sft.finetune(cfg)
-    assert [p.name for p in tmp_path.iterdir()] == ["sft"] and (
-        out / "outcome.json"
-    ).read_text() == '{"old": true}'
+    assert [p.name for p in tmp_path.iterdir()] == ["sft"] and (out / "outcome.json").read_text() == OLD
+
+    def full_disk(obj, f):  # what torch.save does on ENOSPC: part of the file, then a RuntimeError
+        Path(f).write_bytes(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    cfg = sft_cfg(run_dir, out, method="full", steps=2, eval_base=False, eval_limit=2, overwrite=True)
+    with pytest.raises(
+        UserError, match=r"could not write the checkpoint .*; free space or choose --out elsewhere"
+    ):
+        sft.finetune(cfg)
+    assert [p.name for p in tmp_path.iterdir()] == ["sft"] and (out / "outcome.json").read_text() == OLD
 
 
 def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
