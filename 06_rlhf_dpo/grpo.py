@@ -160,15 +160,7 @@ def arithmetic_reward(text: str, answer: int, format_weight=0.5) -> dict:
 
 def read_problems(path) -> list:
     """Arithmetic records {prompt, answer (int)} from 01's JSONL (file and line named when one is broken)."""
-    recs = read_jsonl(path, required=("prompt", "answer"))
-    for n, r in enumerate(recs, 1):
-        if (
-            not isinstance(r["prompt"], str)
-            or isinstance(r["answer"], bool)
-            or not isinstance(r["answer"], int)
-        ):
-            raise UserError(f"{path}: record {n} needs a string 'prompt' and an integer 'answer'")
-    return recs
+    return read_jsonl(path, required=("prompt", "answer"), types={"prompt": str, "answer": int})
 
 
 def problem_prompt(tok, question, shots) -> list:

@@ -673,7 +673,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
         ),
         "answer not a number": (
             [script["grpo"], *r, "--train-file", jsonl("e.jsonl", {"prompt": "1 + 1?", "answer": "two"})],
-            r"e\.jsonl: record 1 needs .* an integer 'answer'",
+            r"e\.jsonl:1: 'answer' must be an integer, got str \(\"two\"\); fix that line",
         ),
         "no reward model": (
             [script["ppo"], *r],
