@@ -30,8 +30,8 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
 
 
 @dataclass

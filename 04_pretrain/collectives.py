@@ -45,8 +45,9 @@ import torch.distributed as dist
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, run_cli, write_json  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import write_json
 from gpt import GPT, GPTConfig  # 03_model
 
 
@@ -229,6 +230,15 @@ def storage_bytes(tensors) -> int:
     """Bytes of the distinct memory blocks behind `tensors` (views of one buffer count once; None skipped)."""
     blocks = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None}
     return sum(blocks.values())
+
+
+def rank_mean(t: torch.Tensor, world: int) -> float:
+    """The mean of a scalar (a loss) over all ranks; world 1: the value itself."""
+    total = t.detach().float().clone()
+    if world > 1:
+        dist.all_reduce(total)
+        total /= world
+    return total.item()
 
 
 def max_diff(a, b) -> float:

@@ -57,8 +57,9 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
 from position_encoding import rope_cos_sin, sinusoidal_positions  # 03_model
 
 from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, prints_report, run_ranks
@@ -271,13 +272,13 @@ class PipelineConfig(DemoModel):
 def full_gradients(model, x, y) -> dict:
     model.zero_grad(set_to_none=True)
     lm_loss(model(x)[0], y).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def grad_diff(stage_mod: GPTStage, ref: dict) -> float:
     """max |grad - one-process grad| over this stage's parameters (a tied head copy vs the embedding)."""
     name = lambda n: "tok_emb.weight" if n == "lm_head.weight" and stage_mod.cfg.tie_weights else n
-    return max(max_diff(p.grad, ref[name(n)]) for n, p in stage_mod.named_parameters())
+    return max(max_diff(p.grad, ref[name(n)]) for n, p in stage_mod.named_parameters() if p.requires_grad)
 
 
 def torch_pipelining_grads(model, stage, stages, kind, x, y, micro_batches) -> float:

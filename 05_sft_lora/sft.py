@@ -45,34 +45,23 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(REPO / "01_data"),
-    str(REPO / "02_tokenizer"),
-    str(REPO / "03_model"),
-    str(REPO / "04_pretrain"),
-]
-from common import (
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
+from common.cli import (
     UserError,
-    check_artifact,
     check_config,
     command_line,
-    fresh_output,
     option,
     parse_config,
-    pyplot,  # 01_data
-    read_json,
     run_cli,
-    save_figure,
     set_interrupt_hint,
-    write_json,
-    write_jsonl,
-    write_manifest,
 )
+from common.files import pyplot, read_json, save_figure, write_json, write_jsonl
+from common.runs import check_artifact, fresh_output, write_manifest
+from common.devices import resolve_device
 from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from decoding import left_pad  # 03_model
 from divergence import DivergenceGuard  # 03_model
-from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from common import UserError, read_jsonl
+from common.cli import UserError
+from common.files import read_jsonl
 from fact_recall import load_probes
 from grpo import read_problems
 from preference_data import read_hh_pairs, read_preference_pairs
