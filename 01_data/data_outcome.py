@@ -77,7 +77,10 @@ def noise_table(docs, labels, acted, removed):
 def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
     """Per step: documents changed and dropped, characters removed and their share of the input."""
     input_chars = max(1, sum(len(d["text"]) for d in docs))
-    rows = {s: {"changed": 0, "dropped": 0, "chars": 0} for s in STEPS + ["exact_dedup", "near_dedup", "mix"]}
+    rows = {
+        s: {"changed": 0, "dropped": 0, "chars": 0}
+        for s in STEPS + ["line_dedup", "exact_dedup", "near_dedup", "mix"]
+    }
     for doc_id, steps in acted.items():
         for step, chars in steps.items():
             rows[step]["dropped" if removed.get(doc_id) == step else "changed"] += 1

@@ -39,7 +39,9 @@ Interview questions it answers:
 import hashlib
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -263,3 +265,49 @@ def main(argv=None):
 
 if __name__ == "__main__":
     run_cli(main)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Line-level dedup: web pages repeat the same lines (menus, cookie notices, footers) across documents;
+# whole-document dedup cannot see them. CCNet and Dolma drop such repeated lines or paragraphs.
+
+
+def line_key(line: str) -> bytes:
+    return hashlib.sha1(normalize_for_hash(line).encode("utf-8")).digest()[:8]
+
+
+def line_dedup(texts, max_docs: int):
+    """The texts with every line that occurs (normalized) in more than `max_docs` documents removed.
+
+    Two passes: count, per line hash, the documents holding it; then drop those lines. Blank lines
+    stay; runs of blank lines left behind collapse to one. Returns (new texts, number of lines dropped)."""
+    docs_with = Counter()
+    for t in texts:
+        docs_with.update({line_key(ln) for ln in t.split("\n") if ln.strip()})
+    common = {k for k, n in docs_with.items() if n > max_docs}
+    out, dropped = [], 0
+    for t in texts:
+        lines = t.split("\n")
+        kept = [ln for ln in lines if not ln.strip() or line_key(ln) not in common]
+        dropped += len(lines) - len(kept)
+        out.append(re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip() if len(kept) < len(lines) else t)
+    return out, dropped
+
+
+def exact_line_dedup(paths, out_suffix=".dedup"):
+    """Exact-line dedup over a list of text files: each file written beside itself with `out_suffix`,
+    keeping only the first occurrence of every stripped line across all files (blank lines kept).
+    Returns {path: lines removed}."""
+    seen, removed = set(), {}
+    for path in map(Path, paths):
+        out, n = [], 0
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            key = line.strip()
+            if key and key in seen:
+                n += 1
+                continue
+            seen.add(key)
+            out.append(line)
+        path.with_name(path.name + out_suffix).write_text("\n".join(out), encoding="utf-8")
+        removed[str(path)] = n
+    return removed

@@ -1,4 +1,4 @@
-"""Stage 01: generate -> inject noise -> clean -> dedup -> mix -> split, and measure every step.
+"""Stage 01: generate -> inject noise -> clean -> line dedup -> dedup -> mix -> split, and measure every step.
 
     python 01_data/prepare.py --out runs/tiny                  # default synthetic corpus (~3 MB of text)
     python 01_data/prepare.py --out runs/small --chars 300000  # a tenth of it, for quick experiments
@@ -78,7 +78,7 @@ from data_outcome import (
     step_table,
     warnings_for,
 )
-from dedup import DedupConfig, dedup, near_duplicate_clusters
+from dedup import DedupConfig, dedup, line_dedup, near_duplicate_clusters
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
 from noise_inject import inject_noise
@@ -122,6 +122,12 @@ class PrepareConfig:
     )
     max_doc_chars: int = option(
         10_000, "cut longer input documents at paragraph, then line, then sentence ends", min=200
+    )
+    line_dedup_docs: int = option(
+        0,
+        "drop every line (menus, cookie notices, footers) that occurs in more than this many "
+        "documents; 0 = off",
+        min=0,
     )
     warn_removed: float = option(
         0.10, "warn when one step removes more than this share of the input characters", min=0.0, max=1.0
@@ -256,6 +262,22 @@ def clean_all(docs, predict, cfg: CleanConfig, progress=True):
         if progress and (i + 1) % max(1, len(docs) // 5) == 0:
             print(f"  cleaned {i + 1}/{len(docs)}", flush=True)
     return kept, acted, dropped
+
+
+def line_dedup_all(kept, acted, removed, max_docs):
+    """Prose documents with lines common to more than max_docs documents removed (dedup.line_dedup);
+    the characters go to the "line_dedup" step, and a document left empty is dropped by it."""
+    prose = [i for i, x in enumerate(kept) if x["domain"] != "code"]
+    texts, _ = line_dedup([kept[i]["text"] for i in prose], max_docs)
+    out = list(kept)
+    for i, text in zip(prose, texts):
+        doc = kept[i]
+        if len(text) != len(doc["text"]):
+            acted[doc["id"]]["line_dedup"] = len(doc["text"]) - len(text)
+            out[i] = {**doc, "text": text}
+            if not text:
+                removed[doc["id"]] = "line_dedup"
+    return [x for x in out if x["text"]]
 
 
 def mix_domains(docs, ratios, seed):
@@ -436,6 +458,9 @@ def build(
     if not kept:
         raise dropped_everything(removed, len(docs))
     lap("clean")
+    if cfg.line_dedup_docs:
+        kept = line_dedup_all(kept, acted, removed, cfg.line_dedup_docs)
+        lap("line_dedup")
     d = dedup([x["text"] for x in kept], DedupConfig(threshold=cfg.dedup_threshold))
     removed |= {x["id"]: "exact_dedup" for x, e in zip(kept, d["exact_dup"]) if e}
     removed |= {x["id"]: "near_dedup" for x, n in zip(kept, d["near_dup"]) if n}
