@@ -103,6 +103,7 @@ COPYRIGHT_LINE = re.compile(r"(?i)^\s*(copyright|©|\(c\)).{0,80}all rights rese
 # learns "an address goes here" and never sees one). Numbers are found by a loose pattern and then
 # *validated*: a checksum (Luhn for cards, ISO 7064 for Chinese IDs), a plausible shape (a phone's
 # digit count and grouping), and the words around it ("call", "tel" vs "order", "SKU", "model").
+# Boundaries are ASCII ([A-Za-z0-9_], not \w): in "手机号是13812345678" the 是 is a \w character.
 PLACEHOLDER = {
     "email": "|||EMAIL_ADDRESS|||",
     "phone": "|||PHONE_NUMBER|||",
@@ -117,16 +118,20 @@ EMAIL = re.compile(
     r"|\b[\w.+-]+ ?(?: at |\(at\)|\[at\]) ?[\w-]+(?:(?: dot | ?[(\[]dot[)\]] ?)[\w-]+)*(?: dot | ?[(\[]dot[)\]] ?)[a-z]{2,6}\b"
 )
 IPV4 = re.compile(
-    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"
+    r"(?<![A-Za-z0-9_.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)"
 )
-IPV6 = re.compile(r"(?<![\w:.])(?=[0-9a-fA-F:]*\d)[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?![\w:])")
-CN_ID = re.compile(r"(?<![\w])\d{17}[\dXx](?![\w])")
-SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
-CARD = re.compile(r"(?<![\w+-])\d(?:[ -]?\d){12,18}(?![\w-]|[ -]\d)")
-PASSPORT = re.compile(r"\b[A-Z]{1,2}\d{6,9}\b")  # only after the word: alone it is any code
+IPV6 = re.compile(
+    r"(?<![A-Za-z0-9_:.])(?=[0-9a-fA-F:]*\d)[0-9a-fA-F]{0,4}(?::[0-9a-fA-F]{0,4}){2,7}(?![A-Za-z0-9_:])"
+)
+CN_ID = re.compile(r"(?<![A-Za-z0-9_])\d{17}[\dXx](?![A-Za-z0-9_])")
+SSN = re.compile(r"(?<![A-Za-z0-9_-])(?!000)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![A-Za-z0-9_-])")
+CARD = re.compile(r"(?<![A-Za-z0-9_+-])\d(?:[ -]?\d){12,18}(?![A-Za-z0-9_-]|[ -]\d)")
+PASSPORT = re.compile(
+    r"(?<![A-Za-z0-9_])[A-Z]{1,2}\d{6,9}(?![A-Za-z0-9_])"
+)  # only after the word: alone it is any code
 PASSPORT_BEFORE = re.compile(r"(?i)(?:passport|护照)(?: no\.?| number| #|号码?)?\W{0,3}$")
 PHONE = re.compile(
-    r"(?<![\w+.,/-])(?:(?:\+|00)\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,8}){1,5}(?![\w]|[ .,/:-]?\d)"
+    r"(?<![A-Za-z0-9_+.,/-])(?:(?:\+|00)\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,8}){1,5}(?![A-Za-z0-9_]|[ .,/:-]?\d)"
 )
 PHONE_WORDS = re.compile(
     r"(?i)(?:phone|tel|call|mobile|cell|fax|whatsapp|sms|text me|ring|dial|电话|手机|联系|微信|致电)\W{0,3}\w{0,12}\W{0,3}$"

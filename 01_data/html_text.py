@@ -46,10 +46,10 @@ TOKENS = re.compile(
     r"|<\?.*?>"  # processing instruction
     r"|</?[a-zA-Z][\w:-]*(?:\s+[^\s\"'>/=]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'>]+))?)*\s*/?>"  # a tag
     r"|[^<]+|<",  # text; a lone '<' is text too
-    re.S,
+    re.DOTALL,
 )
-TAG = re.compile(r"<(/?)([a-zA-Z][\w:-]*)(.*?)(/?)>$", re.S)
-ATTR_CLASS_ID = re.compile(r"""\b(?:class|id)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+TAG = re.compile(r"<(/?)([a-zA-Z][\w:-]*)(.*?)(/?)>$", re.DOTALL)
+ATTR_CLASS_ID = re.compile(r"""\b(?:class|id)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
 RAW_TEXT = {"script", "style", "textarea", "title"}
 HIDDEN = {
     "head",
@@ -116,6 +116,7 @@ LOOKS_LIKE_HTML = re.compile(
     r"(?i)<!doctype|<!--|</?(?:html|head|body|p|div|span|a|br|b|i|em|strong|ul|ol|li|h[1-6]|table|tr|td|"
     r"script|style|section|article|nav|footer|header|img|meta|link|title|pre|code|blockquote)\b[^<>]*>"
 )
+BLOCK_TAG = re.compile(r"(?i)<(?:" + "|".join(sorted(BLOCK - {"br", "hr"})) + r")\b")
 SHORT_WORDS = 10
 
 
@@ -131,22 +132,27 @@ def is_furniture(attrs: str) -> bool:
     )
 
 
-def page_blocks(page: str) -> list:
-    """[(tag, text, characters inside links)] for every visible block of the page, in order.
+def page_blocks(page: str, lines_are_blocks=False) -> list:
+    """[(tag, text, characters inside links, starts a paragraph)] for every visible block of the page, in order.
 
-    tag is the block element that holds the text ("p", "li", "h2", "pre", ...)."""
+    tag is the block element that holds the text ("p", "li", "h2", "pre", ...). lines_are_blocks:
+    a line break in the text ends a block too (for fragments: text with a few inline tags, whose
+    line breaks are the writer's, not the browser's)."""
     blocks, parts, link_chars = [], [], 0
     stack = []  # open elements: (name, hides its content)
     hidden = 0  # how many open elements hide their content
     in_link = in_pre = 0
     block_tag = "p"
 
-    def flush():
-        nonlocal parts, link_chars
+    new_paragraph = True  # does the next block start a paragraph (not just a new line of a fragment)?
+
+    def flush(by_newline=False):
+        nonlocal parts, link_chars, new_paragraph
         text = "".join(parts)
-        text = text.strip("\n") if in_pre else " ".join(text.split())
+        text = text.strip("\n") if in_pre or block_tag == "pre" else " ".join(text.split())
         if text.strip():
-            blocks.append((block_tag, text, link_chars))
+            blocks.append((block_tag, text, link_chars, new_paragraph))
+        new_paragraph = not by_newline or not text.strip()  # a blank line starts a paragraph
         parts, link_chars = [], 0
 
     raw_end = None  # inside <script>/<style>: the closing tag we wait for
@@ -162,15 +168,18 @@ def page_blocks(page: str) -> list:
                 if stack:
                     hidden -= stack.pop()[1]
             continue
-        if tok.startswith("<!") or tok.startswith("<?"):
+        if tok.startswith(("<!", "<?")):
             continue
         tag = TAG.match(tok) if len(tok) > 2 and tok[1] != " " else None
         if tag is None:  # text
             if not hidden:
                 text = html.unescape(tok).replace("\xa0", " ")
-                parts.append(text)
-                if in_link:
-                    link_chars += len(text.strip())
+                for k, line in enumerate(text.split("\n") if lines_are_blocks and not in_pre else [text]):
+                    if k:
+                        flush(by_newline=True)
+                    parts.append(line)
+                    if in_link:
+                        link_chars += len(line.strip())
             continue
         closing, name, attrs, self_closing = tag.group(1), tag.group(2).lower(), tag.group(3), tag.group(4)
         if closing:
@@ -206,7 +215,9 @@ def page_blocks(page: str) -> list:
         if name in RAW_TEXT:
             raw_end = f"</{name}"
     flush()
-    return [(t, text.strip(" |") if t != "pre" else text, lc) for t, text, lc in blocks if text.strip(" |")]
+    return [
+        (t, text.strip(" |") if t != "pre" else text, lc, p) for t, text, lc, p in blocks if text.strip(" |")
+    ]
 
 
 def is_boilerplate(tag: str, text: str, link_chars: int) -> bool:
@@ -218,9 +229,10 @@ def is_boilerplate(tag: str, text: str, link_chars: int) -> bool:
 
 def html_to_text(page: str) -> str:
     """The readable text of an HTML page: paragraphs split by blank lines, list items as "- " lines."""
-    blocks = page_blocks(page)
-    bad = [is_boilerplate(*b) for b in blocks]
-    for i, (tag, text, _) in enumerate(blocks):  # jusText's context rule for short blocks
+    fragment = not BLOCK_TAG.search(page)
+    blocks = page_blocks(page, lines_are_blocks=fragment)
+    bad = [is_boilerplate(tag, text, links) for tag, text, links, _ in blocks]
+    for i, (tag, text, _, _) in enumerate(blocks):  # jusText's context rule for short blocks
         short = len(text.split()) < SHORT_WORDS and len(text) < 4 * SHORT_WORDS
         if short and tag not in HEADING and 0 < i < len(blocks) - 1 and bad[i - 1] and bad[i + 1]:
             bad[i] = True
@@ -228,11 +240,11 @@ def html_to_text(page: str) -> str:
         if blocks[i][0] in HEADING and (i == len(blocks) - 1 or bad[i + 1]):
             bad[i] = True
     out = []
-    for (tag, text, _), drop in zip(blocks, bad):
+    for (tag, text, _, new_paragraph), drop in zip(blocks, bad):
         if drop:
             continue
         line = f"- {text}" if tag == "li" else text
-        if out and tag == "li" and out[-1].startswith("- "):
+        if out and (tag == "li" and out[-1].startswith("- ") or fragment and not new_paragraph):
             out[-1] += "\n" + line
         else:
             out.append(line)
