@@ -169,7 +169,7 @@ def number_rich_clean_text(rng, n_sentences=400) -> str:
     return " ".join(out)
 
 
-def pii_scores(mask_counts, seed=0, rounds=30):
+def pii_scores(mask_counts, seed=0, rounds=30, clean_sentences=400):
     """Recall per type on held-out PII and false masks per 10,000 tokens of clean number-rich text.
 
     mask_counts(text) -> (masked text, {type: count})."""
@@ -179,7 +179,7 @@ def pii_scores(mask_counts, seed=0, rounds=30):
         for sentence, kind in held_out_pii(rng):
             total[kind] = total.get(kind, 0) + 1
             found[kind] = found.get(kind, 0) + (sum(mask_counts(sentence)[1].values()) >= 1)
-    clean = number_rich_clean_text(random.Random(seed + 1))
+    clean = number_rich_clean_text(random.Random(seed + 1), clean_sentences)
     n_false = sum(mask_counts(clean)[1].values())
     tokens = len(text_tokens(clean))
     return {
