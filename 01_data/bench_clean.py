@@ -25,10 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clean import mask_pii_counts
+from clean import is_toxic, mask_pii_counts
 from common import option, parse_config, pyplot, run_cli, save_figure
 from html_text import html_to_text, token_f1
 from langid_ngram import predict_lang, train_langid, training_texts
+from learned_data import quality_sets, toxicity_sets
+from learned_filter import precision_recall, predict_proba, train_classifier
 from noise_inject import html_page, make_noisy
 from pii_eval import pii_scores
 from world import WorldConfig, build_world, generate_corpus, story_slots
@@ -75,7 +77,7 @@ def pii_contenders():
             return text, {r.entity_type: 1 for r in found}
 
         out["presidio-analyzer"] = presidio
-    except Exception as e:  # not installed, or no spaCy model: skipped, and said so
+    except (ImportError, OSError, ValueError) as e:  # not installed, or no spaCy model: skipped, said so
         print(f"presidio-analyzer skipped ({type(e).__name__})")
     return out
 
@@ -198,6 +200,32 @@ def main(argv=None):
     print(f"{'identifier':24s} {'foreign recall':>14s} {'clean lost':>10s} {'ms/doc':>7s}")
     for name, r in lang_rows.items():
         print(f"{name:24s} {r['foreign_recall']:14.3f} {r['clean_lost']:10d} {r['ms_per_doc']:7.2f}")
+    print("\nlearned filters (hashed n-grams + logistic regression, learned_filter.py), held-out sources")
+    (train_x, train_y), (test_x, test_y) = quality_sets(seed=0)
+    t = time.perf_counter()
+    quality = train_classifier(train_x, train_y)
+    train_s = time.perf_counter() - t
+    probs = predict_proba(quality, test_x)
+    print(
+        f"quality: trained on {len(train_x)} texts (style-A junk) in {train_s:.1f}s; "
+        f"tested on {len(test_x)} (other sources, style-B junk)"
+    )
+    for threshold in (0.5, 0.2):
+        r = precision_recall(probs, test_y, threshold)
+        print(
+            f"  P(junk) >= {threshold}: precision {r['precision']:.3f}, recall {r['recall']:.3f} "
+            f"({r['fp']} of {r['negatives']} good texts flagged)"
+        )
+    pools = toxicity_sets(seed=0)
+    for a, b in (("A", "B"), ("B", "A")):
+        model = train_classifier(*pools[a])
+        r = precision_recall(predict_proba(model, pools[b][0]), pools[b][1])
+        lex = precision_recall([float(is_toxic(x)) for x in pools[b][0]], pools[b][1])
+        print(
+            f"toxicity, train {a} -> test {b} ({sum(pools[b][1])} toxic, {r['negatives']} harmless): "
+            f"classifier precision {r['precision']:.3f} recall {r['recall']:.3f}; "
+            f"lexicon (clean.is_toxic) precision {lex['precision']:.3f} recall {lex['recall']:.3f}"
+        )
     print(
         f"\nload average at start {load:.2f}, at end {os.getloadavg()[0]:.2f}; timings are minima of {cfg.repeats} interleaved runs"
     )

@@ -893,3 +893,29 @@ def test_ctrl_c_midway_keeps_the_old_run(small_cli_run, repo_root):
     assert p.returncode == 130 and err.strip() == "interrupted" and "Traceback" not in err, err
     assert tree_hashes(run / "data") == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_learned_filter_separates_what_it_was_taught_and_scores_precision_recall():
+    from learned_filter import ClassifierConfig, precision_recall, predict_proba, train_classifier
+
+    good = [
+        f"The {a} walked to the {b} with her friend and they talked about the weather."
+        for a in ("girl", "boy", "cat", "dog")
+        for b in ("park", "river", "shop")
+    ]
+    bad = [
+        f"cheap {a} best {a} buy {a} online {b} sale {b} discount"
+        for a in ("shoes", "loans", "pills", "watches")
+        for b in ("now", "today", "free")
+    ]
+    model = train_classifier(
+        good + bad, [0] * len(good) + [1] * len(bad), ClassifierConfig(buckets=1 << 14, steps=100)
+    )
+    probs = predict_proba(
+        model, ["The fox walked to the park with his friend.", "buy cheap shoes online sale now discount"]
+    )
+    assert probs[0] < 0.5 < probs[1]
+    r = precision_recall([0.9, 0.8, 0.2, 0.6], [1, 0, 1, 0])
+    assert (
+        (r["tp"], r["fp"], r["fn"]) == (1, 2, 1) and abs(r["precision"] - 1 / 3) < 1e-9 and r["recall"] == 0.5
+    )
