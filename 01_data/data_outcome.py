@@ -74,6 +74,11 @@ WARN_HINTS = {
 }
 
 
+def doc_chars(doc) -> int:
+    """Characters of a document: its text, or the "chars" a streamed run kept instead of the text."""
+    return doc["chars"] if "chars" in doc else len(doc["text"])
+
+
 def noise_table(docs, labels, acted, removed):
     """Per noise type: injected, caught, missed, precision, recall of the step responsible for it."""
     rows = {}
@@ -106,7 +111,7 @@ def noise_table(docs, labels, acted, removed):
 
 def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
     """Per step: documents changed and dropped, characters removed and their share of the input."""
-    input_chars = max(1, sum(len(d["text"]) for d in docs))
+    input_chars = max(1, sum(map(doc_chars, docs)))
     rows = {
         s: {"changed": 0, "dropped": 0, "chars": 0}
         for s in STEPS + ["line_dedup", "exact_dedup", "near_dedup", "mix"]
@@ -118,11 +123,11 @@ def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
     for d in kept_after_clean:
         if removed.get(d["id"]) in ("exact_dedup", "near_dedup"):
             rows[removed[d["id"]]]["dropped"] += 1
-            rows[removed[d["id"]]]["chars"] += len(d["text"])
+            rows[removed[d["id"]]]["chars"] += doc_chars(d)
     rows["mix"] = {
         "changed": 0,
         "dropped": len(unique) - len(mixed),
-        "chars": sum(len(d["text"]) for d in unique) - sum(len(d["text"]) for d in mixed),
+        "chars": sum(map(doc_chars, unique)) - sum(map(doc_chars, mixed)),
     }
     for r in rows.values():
         r["share"] = r["chars"] / input_chars
@@ -131,10 +136,10 @@ def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
 
 def domain_table(docs, unique, mixed, domains):
     """Per domain: documents and characters in the input, after cleaning and dedup, in the mix."""
-    total = max(1, sum(len(x["text"]) for x in mixed))
+    total = max(1, sum(map(doc_chars, mixed)))
     table = {}
     for dom in domains:
-        chars = lambda part: sum(len(x["text"]) for x in part if x["domain"] == dom)
+        chars = lambda part: sum(doc_chars(x) for x in part if x["domain"] == dom)
         table[dom] = {
             "docs_in": sum(x["domain"] == dom for x in docs),
             "chars_in": chars(docs),

@@ -215,16 +215,24 @@ def union_find_roots(n: int, pairs) -> np.ndarray:
     # <<< exercise
 
 
-def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig()):
-    """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs."""
+def signatures(texts, cfg: DedupConfig = DedupConfig()) -> np.ndarray:
+    """MinHash signatures of the texts, shape (N, num_perm); each row depends on its text only, so
+    signatures computed shard by shard (prepare_stream.py) stack into the same matrix."""
     cache = {}
-    sig = minhash_signatures([shingle_hashes(t, cfg.shingle, cache) for t in texts], cfg.num_perm, cfg.seed)
+    return minhash_signatures([shingle_hashes(t, cfg.shingle, cache) for t in texts], cfg.num_perm, cfg.seed)
+
+
+def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig(), sig=None):
+    """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
+    With `sig` given, `texts` is not read: the index runs over signatures alone."""
+    if sig is None:
+        sig = signatures(texts, cfg)
     b, r = lsh_params(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
     pairs = candidate_pairs(sig, b, r)
     if len(pairs):
         est = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)  # estimated Jaccard per candidate
         pairs = pairs[est >= cfg.threshold]
-    return union_find_roots(len(texts), pairs), sig, pairs
+    return union_find_roots(len(sig), pairs), sig, pairs
 
 
 def dedup(texts, cfg: DedupConfig = DedupConfig()):
@@ -237,34 +245,6 @@ def dedup(texts, cfg: DedupConfig = DedupConfig()):
     roots = np.arange(len(texts))
     roots[idx] = idx[roots_sub]
     return {"exact_dup": exact, "near_dup": near, "keep": ~exact & ~near, "cluster": roots}
-
-
-def main(argv=None):
-    cfg, _ = parse_config(DedupConfig, argv, doc=__doc__)
-    b, r = lsh_params(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
-    print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm} -> b={b} bands x r={r} rows")
-    for s in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
-        print(f"  Jaccard {s:.1f}: P(candidate) = {candidate_probability(s, b, r):.3f}")
-    story = (
-        "the cat sat on the mat and looked at the dog while the rain fell on the roof of the old house "
-        "and the children read their books by the fire until it was time for dinner"
-    )
-    texts = [
-        story,
-        story.replace("the dog", "a dog"),
-        story.replace("the cat", "The  cat"),
-        "an entirely different sentence about boats on the river",
-    ]
-    print(
-        f"true Jaccard of the near pair: {jaccard(shingle_set(texts[0], cfg.shingle), shingle_set(texts[1], cfg.shingle)):.2f}"
-    )
-    d = dedup(texts, cfg)
-    for t, e, n in zip(texts, d["exact_dup"], d["near_dup"]):
-        print(f"  {'exact copy' if e else 'near copy' if n else 'kept':10s}  {t[:60]}")
-
-
-if __name__ == "__main__":
-    run_cli(main)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,3 +291,32 @@ def exact_line_dedup(paths, out_suffix=".dedup"):
         path.with_name(path.name + out_suffix).write_text("\n".join(out), encoding="utf-8")
         removed[str(path)] = n
     return removed
+
+
+def main(argv=None):
+    cfg, _ = parse_config(DedupConfig, argv, doc=__doc__)
+    b, r = lsh_params(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
+    print(f"threshold {cfg.threshold}, num_perm {cfg.num_perm} -> b={b} bands x r={r} rows")
+    for s in (0.3, 0.5, 0.6, 0.7, 0.8, 0.9):
+        print(f"  Jaccard {s:.1f}: P(candidate) = {candidate_probability(s, b, r):.3f}")
+    story = (
+        "the cat sat on the mat and looked at the dog while the rain fell on the roof of the old house "
+        "and the children read their books by the fire until it was time for dinner"
+    )
+    texts = [
+        story,
+        story.replace("the dog", "a dog"),
+        story.replace("the cat", "The  cat"),
+        "an entirely different sentence about boats on the river",
+    ]
+    print(
+        f"true Jaccard of the near pair: {jaccard(shingle_set(texts[0], cfg.shingle), shingle_set(texts[1], cfg.shingle)):.2f}"
+    )
+    d = dedup(texts, cfg)
+    for t, e, n in zip(texts, d["exact_dup"], d["near_dup"]):
+        print(f"  {'exact copy' if e else 'near copy' if n else 'kept':10s}  {t[:60]}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
+

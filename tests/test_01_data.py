@@ -515,6 +515,28 @@ def test_default_run_scores_are_measured_not_given(default_run):
     assert stats["warnings"] == [] and set(stats["seconds"]) >= {"generate", "clean", "dedup", "mix", "split"}
 
 
+def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(default_run, tmp_path):
+    # shards, 2 worker processes, dedup and split over keys and signatures only: every document must
+    # land where the in-memory run put it, and every step must count the same characters
+    from data_outcome import step_table
+    from prepare import decide_streamed, generated_documents
+    from prepare_stream import clean_all_streamed
+
+    data, stats = default_run
+    cfg = PrepareConfig()
+    docs, _, _ = generated_documents(cfg)
+    model = train_langid(*training_texts(cfg.seed + 1000))
+    meta = clean_all_streamed(
+        iter(docs), model, tmp_path / "shards", workers=2, shard_docs=1000, progress=False
+    )
+    removed, unique, mixed, splits = decide_streamed(meta, cfg)
+    for name in ("train", "val", "test"):
+        assert [x["id"] for x in splits[name]] == [x["id"] for x in read_split(data, name)], name
+    steps = step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed)
+    assert steps == stats["steps"]
+    assert len(list((tmp_path / "shards").glob("shard_*.jsonl"))) == -(-len(docs) // 1000)
+
+
 def test_split_has_no_exact_or_near_duplicate_overlap(default_run):
     data, _ = default_run
     splits = {n: read_split(data, n) for n in ("train", "val", "test")}
