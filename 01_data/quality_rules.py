@@ -132,27 +132,29 @@ def duplicate_ngram_ok(units, n, max_frac) -> bool:
 
 
 def gopher_problems(text: str, lang: str, min_words=50, max_words=100_000, rules=None) -> list:
-    """The names of the Gopher rules this document fails ([] = keep); `rules`: check only these names."""
+    """The names of the Gopher rules this document fails ([] = keep); `rules`: check only these names
+    (each check runs only when asked for: the n-gram ones cost most)."""
     ws = words(text, lang)
     lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
-    paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    units = [u.lower() for u in UNIT.findall(text)] if lang == "zh" else [w.lower() for w in ws]
+    units = lambda: [u.lower() for u in UNIT.findall(text)] if lang == "zh" else [w.lower() for w in ws]
     checks = {
-        "word count": word_count_ok(ws, min_words, max_words),
-        "mean word length": mean_word_length_ok(ws, lang),
-        "symbol ratio": symbol_ratio_ok(text, ws),
-        "bullet lines": bullet_lines_ok(lines),
-        "ellipsis lines": ellipsis_lines_ok(lines),
-        "few alphabetic words": alphabetic_words_ok(ws),
-        "no stop words": stop_words_ok(ws, lang),
-        "repeated lines": duplicate_share_ok(lines, 0.3, 0.2),
-        "repeated paragraphs": duplicate_share_ok(paras, 0.3, 0.2),
+        "word count": lambda: word_count_ok(ws, min_words, max_words),
+        "mean word length": lambda: mean_word_length_ok(ws, lang),
+        "symbol ratio": lambda: symbol_ratio_ok(text, ws),
+        "bullet lines": lambda: bullet_lines_ok(lines),
+        "ellipsis lines": lambda: ellipsis_lines_ok(lines),
+        "few alphabetic words": lambda: alphabetic_words_ok(ws),
+        "no stop words": lambda: stop_words_ok(ws, lang),
+        "repeated lines": lambda: duplicate_share_ok(lines, 0.3, 0.2),
+        "repeated paragraphs": lambda: duplicate_share_ok(
+            [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()], 0.3, 0.2
+        ),
     }
     for n, limit in TOP_NGRAM.items():
-        checks[f"top {n}-gram"] = top_ngram_ok(units, n, limit)
+        checks[f"top {n}-gram"] = lambda n=n, limit=limit: top_ngram_ok(units(), n, limit)
     for n, limit in DUP_NGRAM.items():
-        checks[f"duplicate {n}-grams"] = duplicate_ngram_ok(units, n, limit)
-    return [name for name, ok in checks.items() if not ok and (rules is None or name in rules)]
+        checks[f"duplicate {n}-grams"] = lambda n=n, limit=limit: duplicate_ngram_ok(units(), n, limit)
+    return [name for name, ok in checks.items() if (rules is None or name in rules) and not ok()]
 
 
 PIPELINE_RULES = {
