@@ -21,12 +21,17 @@ beside the standard tool on the same labelled inputs, and report quality and spe
 import os
 import random
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import option, parse_config, run_cli
+from common.files import pyplot, save_figure
 from clean import is_toxic, mask_pii_counts
-from common import option, parse_config, pyplot, run_cli, save_figure
 from html_text import html_to_text, token_f1
 from langid_ngram import predict_lang, train_langid, training_texts
 from learned_data import quality_sets, toxicity_sets

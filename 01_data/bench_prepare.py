@@ -24,7 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure
 
 HERE = Path(__file__).resolve().parent
 STORIES = HERE.parent.parent / "shared" / "data" / "text" / "tinystories_valid_head.txt"

@@ -35,13 +35,18 @@ Interview questions it answers:
 import hashlib
 import json
 import re
+import sys
 from collections import deque
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
 from clean import CleanConfig, clean_document
-from common import UserError
 from dedup import DedupConfig, near_duplicate_clusters, normalize_for_hash, signatures
 from langid_ngram import predict_lang
 
