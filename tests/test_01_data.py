@@ -347,6 +347,12 @@ ZH_PROSE = "今年夏天雨水很少，流经小城的河水降到了四十年�
         ("repeated paragraphs", PROSE, "\n\n".join([PROSE] * 3)),
         ("top 2-gram", PROSE, PROSE + " new york" * 30),
         ("duplicate 5-grams", PROSE, PROSE + " " + PROSE[:150]),
+        ("top 3-gram", PROSE, PROSE + " new york city" * 30),
+        ("top 4-gram", PROSE, PROSE + " in new york city" * 30),
+        ("duplicate 6-grams", PROSE, PROSE + " " + PROSE),
+        ("duplicate 7-grams", PROSE, PROSE + " " + PROSE),
+        ("duplicate 8-grams", PROSE, PROSE + " " + PROSE),
+        ("duplicate 9-grams", PROSE, PROSE + " " + PROSE),
         ("duplicate 10-grams", PROSE, PROSE + " " + PROSE),
     ],
 )
@@ -941,3 +947,18 @@ def test_learned_filter_separates_what_it_was_taught_and_scores_precision_recall
     assert (
         (r["tp"], r["fp"], r["fn"]) == (1, 2, 1) and abs(r["precision"] - 1 / 3) < 1e-9 and r["recall"] == 0.5
     )
+
+
+def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
+    from prepare import DOMAINS
+    from prepare_stream import iter_documents
+
+    long = " ".join(f"Sentence {i} is here." for i in range(200))
+    txt = tmp_path / "a.txt"
+    txt.write_text(f"One.\n\n\nTwo\nlines.\n \t\nThree.\n\u3000\n{long}\r\n\r\nFour.\n", encoding="utf-8")
+    jl = tmp_path / "b.jsonl"
+    jl.write_text('{"text": "x y z", "domain": "code"}\n\n{"text": "w"}\n', encoding="utf-8")
+    for split in ("blank", "line", "file"):
+        cfg = PrepareConfig(input=(str(txt), str(jl)), txt_split=split, max_doc_chars=500)
+        streamed = list(iter_documents(cfg.input, cfg, cut_document, DOMAINS))
+        assert streamed == read_documents(cfg.input, cfg), split
