@@ -10,7 +10,8 @@ noise labels and count what it cost in real text.
                        collapsed (newlines kept)
     strip_markup       an HTML page -> its readable text (html_text.py), then URLs and ad lines
     strip_boilerplate  web navigation and copyright lines (not counted as noise: clean web pages have them)
-    mask_pii           e-mails, phone numbers, ID and card numbers -> <EMAIL>, <PHONE>, <ID> (masked, not dropped)
+    mask_pii           e-mails, phones, IPv4/IPv6, cards (Luhn), Chinese IDs (check digit), SSNs, passports
+                       -> |||EMAIL_ADDRESS|||, |||PHONE_NUMBER|||, ... (masked, not dropped; counts per type)
     filter_toxic       drop documents with profanity or an insult aimed at someone
     filter_bias        drop documents that claim a whole group (gender, origin, age) is bad at or is something
     filter_length      drop documents under `min_tokens` tokens (a CJK character counts as a token)
@@ -38,7 +39,7 @@ Interview questions it answers:
 - Why does a word list over-filter? (words are not intent: "stupid" in a children's story, "men
   cannot" in Shakespeare; aim the rule at a target -- "you idiot" -- and measure it on clean text)
 - Why heuristic quality rules rather than a classifier? (cheap, transparent, no reference corpus
-  needed; classifiers -- fastText on curated text, as in GPT-3 and FineWeb-Edu -- come next)
+  needed; a classifier -- fastText on curated text, as in GPT-3 and FineWeb-Edu -- is learned_filter.py)
 """
 
 import ast
