@@ -219,9 +219,10 @@ def union_find_roots(n: int, pairs) -> np.ndarray:
     # <<< exercise
 
 
-def signatures(texts, cfg: DedupConfig = DedupConfig()) -> np.ndarray:
+def signatures(texts, cfg: DedupConfig = None) -> np.ndarray:
     """MinHash signatures of the texts, shape (N, num_perm); each row depends on its text only, so
     signatures computed shard by shard (prepare_stream.py) stack into the same matrix."""
+    cfg = cfg or DedupConfig()
     cache = {}
     return minhash_signatures([shingle_hashes(t, cfg.shingle, cache) for t in texts], cfg.num_perm, cfg.seed)
 
@@ -256,25 +257,39 @@ def dedup(texts, cfg: DedupConfig = DedupConfig()):
 # whole-document dedup cannot see them. CCNet and Dolma drop such repeated lines or paragraphs.
 
 
-def line_key(line: str) -> bytes:
-    return hashlib.sha1(normalize_for_hash(line).encode("utf-8")).digest()[:8]
+def line_key(line: str) -> int:
+    """A line's 64-bit key: the first 8 bytes of SHA-1 of the normalized line."""
+    return int.from_bytes(hashlib.sha1(normalize_for_hash(line).encode("utf-8")).digest()[:8], "little")
+
+
+def doc_line_keys(text: str) -> set:
+    """The keys of the document's non-blank lines (a line counts once per document)."""
+    return {line_key(ln) for ln in text.split("\n") if ln.strip()}
+
+
+def common_lines(key_sets, max_docs: int) -> set:
+    """Keys found in more than max_docs of the documents' key sets."""
+    docs_with = Counter()
+    for keys in key_sets:
+        docs_with.update(keys)
+    return {k for k, n in docs_with.items() if n > max_docs}
+
+
+def drop_lines(text: str, common: set) -> str:
+    """The text without its lines in `common`; blank lines stay, runs of them collapse to one."""
+    lines = text.split("\n")
+    kept = [ln for ln in lines if not ln.strip() or line_key(ln) not in common]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip() if len(kept) < len(lines) else text
 
 
 def line_dedup(texts, max_docs: int):
     """The texts with every line that occurs (normalized) in more than `max_docs` documents removed.
 
-    Two passes: count, per line hash, the documents holding it; then drop those lines. Blank lines
-    stay; runs of blank lines left behind collapse to one. Returns (new texts, number of lines dropped)."""
-    docs_with = Counter()
-    for t in texts:
-        docs_with.update({line_key(ln) for ln in t.split("\n") if ln.strip()})
-    common = {k for k, n in docs_with.items() if n > max_docs}
-    out, dropped = [], 0
-    for t in texts:
-        lines = t.split("\n")
-        kept = [ln for ln in lines if not ln.strip() or line_key(ln) not in common]
-        dropped += len(lines) - len(kept)
-        out.append(re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip() if len(kept) < len(lines) else t)
+    Two passes: count, per line hash, the documents holding it; then drop those lines (prepare_stream.py
+    makes the same two passes over shards, keeping only the keys). Returns (new texts, lines dropped)."""
+    common = common_lines((doc_line_keys(t) for t in texts), max_docs)
+    out = [drop_lines(t, common) for t in texts]
+    dropped = sum(ln.strip() != "" and line_key(ln) in common for t in texts for ln in t.split("\n"))
     return out, dropped
 
 

@@ -416,11 +416,6 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
     data = out / "data"
     config = json.loads(json.dumps(asdict(cfg)))  # as the manifest will hold it (tuples -> lists)
     t = time.time()
-    if cfg.input and cfg.line_dedup_docs:
-        raise UserError(
-            "--line-dedup-docs works on the generated corpus only for now (the streaming path for --input "
-            "does not dedup lines yet); drop one of the two flags"
-        )
     for path in cfg.input:  # a wrong file fails here, before an earlier run is claimed
         check_input_head(Path(path))
     fp_texts = {Path(p).name: read_documents([p], cfg, prefix="fp") for p in cfg.fp_check}
@@ -501,7 +496,9 @@ def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Pa
     lengths, keys and signatures, then write the kept documents shard by shard."""
     shard_dir = folder / "shards"
     docs = iter_documents(cfg.input, cfg, cut_document, DOMAINS)
-    meta = clean_all_streamed(docs, model, shard_dir, cfg.workers, progress=progress)
+    meta = clean_all_streamed(
+        docs, model, shard_dir, cfg.workers, progress=progress, line_dedup_docs=cfg.line_dedup_docs
+    )
     inputs = [{"id": i, "domain": d, "chars": n} for i, d, n in meta["inputs"]]
     acted, removed, kept = meta["acted"], meta["dropped"], meta["kept"]
     if not kept:

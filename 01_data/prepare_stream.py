@@ -17,6 +17,9 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
    the split clusters over the signatures (dedup.near_duplicate_clusters with sig=...), the domain
    mix over lengths. A signature depends only on its text, so these are the decisions the in-memory
    pipeline makes (a test checks it on the default corpus).
+   With --line-dedup-docs, a pass in between: the workers also return each prose document's line
+   keys, the main process counts documents per key, and a second map over the shards drops the
+   common lines and refreshes the keys and signatures (line_dedup_shard).
 4. Write: the temporary shards are read back once per split and the kept documents written out.
 
 Peak memory is the metadata (about 0.6 KB per document, mostly the signature) plus the shards in
@@ -47,7 +50,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError
 from clean import CleanConfig, clean_document
-from dedup import DedupConfig, near_duplicate_clusters, normalize_for_hash, signatures
+from dedup import (
+    DedupConfig,
+    doc_line_keys,
+    drop_lines,
+    near_duplicate_clusters,
+    normalize_for_hash,
+    signatures,
+)
 from langid_ngram import predict_lang
 
 BLANK_LINE = re.compile(r"[ \t\u3000]*")
@@ -140,14 +150,15 @@ def exact_key(text: str) -> bytes:
     return hashlib.sha1(normalize_for_hash(text).encode("utf-8")).digest()[:8]
 
 
-def start_worker(model, clean_cfg):
-    _WORKER["model"], _WORKER["cfg"] = model, clean_cfg
+def start_worker(model, clean_cfg, want_lines=False):
+    _WORKER["model"], _WORKER["cfg"], _WORKER["lines"] = model, clean_cfg, want_lines
 
 
 def clean_shard(index, docs, folder):
-    """Clean one shard, write its kept documents to folder/shard_<index>.jsonl, return metadata only."""
+    """Clean one shard, write its kept documents to folder/shard_<index>.jsonl, return metadata only
+    (with line dedup on, also each kept prose document's line keys, as a uint64 array)."""
     model, cfg = _WORKER["model"], _WORKER["cfg"]
-    meta = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": []}
+    meta = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": [], "lines": []}
     kept_texts = []
     with open(folder / f"shard_{index:06d}.jsonl", "w", encoding="utf-8") as f:
         for doc in docs:
@@ -164,8 +175,58 @@ def clean_shard(index, docs, folder):
             meta["kept"].append({"id": out["id"], "domain": out["domain"], "chars": len(out["text"])})
             meta["keys"].append(exact_key(out["text"]))
             kept_texts.append(out["text"])
+            if _WORKER["lines"] and out["domain"] != "code":  # code is not line-deduped
+                meta["lines"].append(np.fromiter(doc_line_keys(out["text"]), dtype=np.uint64))
     meta["sig"] = signatures(kept_texts) if kept_texts else np.zeros((0, DedupConfig.num_perm), np.uint32)
     return meta
+
+
+def line_dedup_shard(index, folder, common):
+    """Drop the `common` lines from one shard's prose documents, rewrite the shard, and return its
+    new metadata: kept, keys, sig, and {id: characters removed}, [ids left empty]."""
+    path = folder / f"shard_{index:06d}.jsonl"
+    meta = {"kept": [], "keys": [], "changed": {}, "emptied": []}
+    texts = []
+    with open(path, encoding="utf-8") as src, open(path.with_suffix(".tmp"), "w", encoding="utf-8") as dst:
+        for line in src:
+            doc = json.loads(line)
+            text = doc["text"] if doc["domain"] == "code" else drop_lines(doc["text"], common)
+            if text != doc["text"]:
+                meta["changed"][doc["id"]] = len(doc["text"]) - len(text)
+            if not text:
+                meta["emptied"].append(doc["id"])
+                continue
+            dst.write(json.dumps({**doc, "text": text}, ensure_ascii=False) + "\n")
+            meta["kept"].append({"id": doc["id"], "domain": doc["domain"], "chars": len(text)})
+            meta["keys"].append(exact_key(text))
+            texts.append(text)
+    path.with_suffix(".tmp").replace(path)
+    meta["sig"] = signatures(texts) if texts else np.zeros((0, DedupConfig.num_perm), np.uint32)
+    return meta
+
+
+def streamed_line_dedup(merged, folder: Path, n_shards: int, max_docs: int, workers: int):
+    """Second pass for line dedup: the lines whose keys are in more than max_docs prose documents
+    are removed from every shard, and the kept metadata is rebuilt (as prepare.line_dedup_all does
+    in memory: its characters go to the "line_dedup" step, an emptied document is dropped by it)."""
+    keys, counts = np.unique(
+        np.concatenate(merged.pop("lines") or [np.zeros(0, np.uint64)]), return_counts=True
+    )
+    common = {int(k) for k in keys[counts > max_docs]}
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            parts = pool.starmap(line_dedup_shard, [(i, folder, common) for i in range(n_shards)])
+    else:
+        parts = [line_dedup_shard(i, folder, common) for i in range(n_shards)]
+    merged["kept"], merged["keys"] = [], []
+    for part in parts:
+        merged["kept"] += part["kept"]
+        merged["keys"] += part["keys"]
+        for doc_id, chars in part["changed"].items():
+            merged["acted"].setdefault(doc_id, {})["line_dedup"] = chars
+        merged["dropped"] |= dict.fromkeys(part["emptied"], "line_dedup")
+    merged["sig"] = np.concatenate([p["sig"] for p in parts]) if parts else merged["sig"]
+    return merged
 
 
 def shards(docs, size):
@@ -179,21 +240,27 @@ def shards(docs, size):
         yield batch
 
 
-def clean_all_streamed(docs, model, folder: Path, workers=1, shard_docs=2000, progress=True):
+def clean_all_streamed(
+    docs, model, folder: Path, workers=1, shard_docs=2000, progress=True, line_dedup_docs=0
+):
     """Clean an iterable of documents shard by shard; returns the metadata of all shards merged, in
     input order: inputs [(id, domain, chars)], acted, dropped, kept [{"id", "domain", "chars"}],
-    keys [bytes], sig (kept docs, num_perm) uint32."""
+    keys [bytes], sig (kept docs, num_perm) uint32. line_dedup_docs > 0: then drop the lines found
+    in more than that many prose documents (a second pass over the shards)."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = CleanConfig()
     results = {}
+    want_lines = line_dedup_docs > 0
     if workers <= 1:
-        start_worker(model, cfg)
+        start_worker(model, cfg, want_lines)
         for i, shard in enumerate(shards(docs, shard_docs)):
             results[i] = clean_shard(i, shard, folder)
             if progress:
                 print(f"  cleaned shard {i + 1}", flush=True)
     else:
-        with get_context("fork").Pool(workers, initializer=start_worker, initargs=(model, cfg)) as pool:
+        with get_context("fork").Pool(
+            workers, initializer=start_worker, initargs=(model, cfg, want_lines)
+        ) as pool:
             in_flight = deque()  # at most 2 shards per worker are read ahead of the workers
             for i, shard in enumerate(shards(docs, shard_docs)):
                 in_flight.append((i, pool.apply_async(clean_shard, (i, shard, folder))))
@@ -205,15 +272,19 @@ def clean_all_streamed(docs, model, folder: Path, workers=1, shard_docs=2000, pr
             while in_flight:
                 j, res = in_flight.popleft()
                 results[j] = res.get()
-    merged = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": [], "sig": []}
+    merged = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": [], "lines": [], "sig": []}
+    n_shards = len(results)
     for i in sorted(results):
         r = results.pop(i)
-        for k in ("inputs", "kept", "keys"):
+        for k in ("inputs", "kept", "keys", "lines"):
             merged[k] += r[k]
         merged["acted"].update(r["acted"])
         merged["dropped"].update(r["dropped"])
         merged["sig"].append(r["sig"])
     merged["sig"] = np.concatenate(merged["sig"]) if merged["sig"] else np.zeros((0, 128), np.uint32)
+    if want_lines:
+        return streamed_line_dedup(merged, folder, n_shards, line_dedup_docs, workers)
+    merged.pop("lines")
     return merged
 
 

@@ -543,6 +543,27 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     assert len(list((tmp_path / "shards").glob("shard_*.jsonl"))) == -(-len(docs) // 1000)
 
 
+def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
+    from data_outcome import step_table
+    from prepare import decide_streamed, generated_documents
+    from prepare_stream import clean_all_streamed
+
+    cfg = PrepareConfig(chars=200_000, line_dedup_docs=10)
+    stats = prepare(cfg, tmp_path / "run", progress=False)
+    assert stats["steps"]["line_dedup"]["changed"] > 0
+    docs, _, _ = generated_documents(cfg)
+    model = train_langid(*training_texts(cfg.seed + 1000))
+    meta = clean_all_streamed(
+        iter(docs), model, tmp_path / "shards", workers=2, shard_docs=300, progress=False, line_dedup_docs=10
+    )
+    removed, unique, mixed, splits = decide_streamed(meta, cfg)
+    for name in ("train", "val", "test"):
+        assert [x["id"] for x in splits[name]] == [
+            x["id"] for x in read_split(tmp_path / "run" / "data", name)
+        ]
+    assert step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed) == stats["steps"]
+
+
 def test_split_has_no_exact_or_near_duplicate_overlap(default_run):
     data, _ = default_run
     splits = {n: read_split(data, n) for n in ("train", "val", "test")}
