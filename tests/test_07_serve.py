@@ -582,3 +582,22 @@ def test_command_lines_answer_bad_input_with_one_error_line(cli_runs, case):
     assert returncode == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
     assert CLI_CASES[case][2] in errors[0]
     assert after == before
+
+
+def test_cut_at_a_stop_at_position_zero_and_hold_the_longest_prefix():
+    assert cut_at_stop("world!", ("world",)) == ("", True)
+    assert cut_at_stop("a stop b stop", ("stop",)) == ("a ", True)  # the first occurrence
+    # "xabab" ends with "ab" and with "abab", both prefixes of "ababc": hold the longer, 4
+    assert held_back("xabab", ("ababc",)) == 4
+    # "hello wor": "wor" may start "world" (3), "r" may start "r!" (1): hold 3, whatever the order
+    assert held_back("hello wor", ("world", "r!")) == held_back("hello wor", ("r!", "world")) == 3
+
+
+def test_static_batching_keeps_a_finished_row_until_its_batch_ends(model):
+    engine = Engine(model, None, "static", max_batch=2)
+    for n in (8, 2):  # long in row 0, short in row 1
+        engine.submit(Request([1, 2, 3], SamplingParams(max_tokens=n, temperature=0)))
+    engine.run_until_idle()
+    # long decodes 7 times (its first token comes from the prefill), short once; static batching
+    # keeps short's finished row in the batch: 2 rows a step, 14 rows, 7 + 1 = 8 of them useful
+    assert engine.stats["decode_rows"] == 14 and engine.stats["decode_useful"] == 8
