@@ -487,9 +487,9 @@ def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float =
 
 def preimport() -> None:
     """Import what every stage shares once, before forking: torch, numpy, pytest, triton, ..."""
-    import torch
     import numpy  # noqa: F401
     import pytest  # noqa: F401
+    import torch
 
     if not torch.cuda.is_available():  # as tests/conftest.py does, before triton is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -615,7 +615,7 @@ def worker(copy: Path) -> None:
         task = json.loads(line)
         try:
             row = run_task(copy, task, exercises, specs, logs)
-        except Exception as e:  # a broken spec or copy: report it as this task's failure
+        except Exception as e:  # noqa: BLE001  (a broken spec or copy: this task's failure, not the check's)
             row = {
                 "kind": task["kind"],
                 "stage": task["stage"],
@@ -890,7 +890,7 @@ def main(argv=None):
         if args.bug:
             seed = args.seed if args.seed is not None else random.randrange(10**6)
             try:
-                ex, i, m = plant_bug(REPO, out, args.bug, seed)
+                ex, _, m = plant_bug(REPO, out, args.bug, seed)
             except MarkerError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
