@@ -5,7 +5,9 @@ Run it:
     python tests/exercises.py make --stage 02_tokenizer --out ~/ex  # a copy with that stage's bodies blanked
     python tests/exercises.py make --all --out ~/ex                 # ... with every exercise blanked
     cd ~/ex && python -m pytest -q tests/test_02_tokenizer.py       # grade (make prints one command per exercise)
-    python tests/exercises.py check [--stage S]                     # prove each exercise is graded (CI does)
+    python tests/exercises.py check [--stage S]                     # prove each exercise is graded
+    python tests/exercises.py check --mutants                       # ... and every wrong answer fails (CI)
+    python tests/exercises.py make --bug 04_pretrain --out ~/drill  # one wrong line planted: find it
 
 The marker. A core function body carries a comment pair, with a one-line hint:
 
@@ -23,10 +25,21 @@ tests/test_kernels_*.py for kernels/) that name the function: a test function wh
 function's name (for a method, the method's name as an attribute; for `forward` or `__call__`, the
 class's name), keeping only those that need no expensive fixture when there are any. GRADED_BY
 below replaces that rule for one exercise when it picks too much or too little. `check` proves
-the rule worked: in one copy per stage, the grading tests pass on the full code, and blanking each
-exercise alone makes at least one of them fail (fail, not error at import: a student's copy must
-still collect). It imports torch once and forks one pytest per exercise, so the whole check costs
-about a second per exercise plus the tests' own time.
+the rule worked: the grading tests pass on the full code, and blanking each exercise alone makes at
+least one of them fail (fail, not error at import: a student's copy must still collect).
+
+Wrong answers. A missing body is the easy half; a student's wrong answer is an off-by-one, a sign, a
+missing normalization. tests/exercise_mutants.py lists at least three per exercise (the text each
+replaces inside the marked lines, and what is wrong); `check --mutants` applies each in a scratch
+copy and requires a grading test to fail, and stops with "mutant N of exercise K: text not found"
+when an exercise changed under its spec. `make --bug STAGE` plants one of them, at random, in a copy
+for a find-the-bug drill; `check --stage STAGE` there confirms the student's fix. `check --student
+STAGE` proves a blanked stage works as a course: every grading test fails on NotImplementedError, and
+filling in one exercise turns exactly its tests green.
+
+Speed: `--jobs` worker processes (2), each with its own copy of the repository, import torch once
+and fork one pytest per task (the full code of a stage, a blanked exercise, one mutant), taking the
+next task when free; a task runs only its exercise's grading tests, stopping at the first failure.
 """
 
 from __future__ import annotations
