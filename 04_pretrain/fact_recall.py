@@ -36,8 +36,10 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model")]
-from common import UserError, check_artifact, option, parse_config, read_jsonl, run_cli  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import read_jsonl
+from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
 from decoding import left_pad  # 03_model
 from gpt import GPT  # 03_model

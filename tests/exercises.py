@@ -790,8 +790,8 @@ def plant_bug(root: Path, out: Path, stage: str, seed: int):
 
 # --------------------------------------------------------------------------------- command line
 def table(rows, columns) -> str:
-    sys.path.insert(0, str(REPO / "01_data"))
-    from common import markdown_table  # 01_data
+    sys.path.insert(0, str(REPO))
+    from common.files import markdown_table
 
     return markdown_table([{k: str(v).replace("|", "\\|") for k, v in r.items()} for r in rows], columns)
 
