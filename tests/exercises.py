@@ -926,8 +926,10 @@ def main(argv=None):
             print(
                 f"wrote {out} with one bug planted in {args.bug} (seed {seed}): a test fails; find the line."
             )
-            print(f"  see it fail:     cd {out} && python -m pytest -q {files}")
-            print(f"  confirm the fix: cd {out} && python tests/exercises.py check --stage {args.bug}")
+            print(
+                f"  see it fail, then confirm the fix: cd {out} && python tests/exercises.py check --stage {args.bug}"
+            )
+            print(f"  or run the stage's whole test files: cd {out} && python -m pytest -q {files}")
             if args.answer:
                 print(f"answer: {ex.file}, {ex.function}: {m.why}\n  was: {m.old!r}\n  now: {m.new!r}")
             return 0
