@@ -525,6 +525,12 @@ MUTANTS: dict[str, list[M]] = {
         M("self.mask[:B, : self.pos + 1]", "self.mask[:B, : self.pos]", "the new token does not see itself"),
         M("        self.make_room()\n", "", "no room made at the last column"),
         M("self.kv.pos = rows.pos", "pass", "the write position does not advance"),
+        M(
+            "self.mask[active, self.pos] = True",
+            "self.mask[:B, self.pos] = True",
+            "inactive rows marked live",
+            survives="harmless: an inactive row's logits are discarded and claim() resets its mask row",
+        ),
     ],
     "07_distill_quant/batching.py:Engine.schedule": [
         M(
@@ -542,6 +548,12 @@ MUTANTS: dict[str, list[M]] = {
             "req.slot = len(self.slots) - 1 - self.slots[::-1].index(None)",
             "the highest free row: padding rows below the running ones",
         ),
+        M(
+            "r is not None and r.finish_reason is None]",
+            "r is not None]",
+            "decodes finished requests",
+            survives="Engine.step filters the decode list again (a prefill may finish a request)",
+        ),
     ],
     "07_distill_quant/batching.py:Engine.free_finished": [
         M('self.policy == "static" and any(', "any(", "continuous batching also waits for the whole batch"),
@@ -554,6 +566,12 @@ MUTANTS: dict[str, list[M]] = {
             "None if r is None or r.finish_reason else r",
             'None if r is None or r.finish_reason == "length" else r',
             "frees only requests that ran to max_tokens, not stopped or cancelled ones",
+        ),
+        M(
+            'self.policy == "static"',
+            'self.policy != "continuous"',
+            "sequential treated as static",
+            survives="sequential has one slot: waiting for its batch is waiting for its one request",
         ),
     ],
     "07_distill_quant/bench_serve.py:workload": [
@@ -678,6 +696,12 @@ MUTANTS: dict[str, list[M]] = {
             "max(0, j0 - (S - T)) // block_m",
             "max(0, j1 - 1 - (S - T)) // block_m",
             "starts at the first row that sees the whole K tile, not any of it",
+        ),
+        M(
+            "max(0, j0 - (S - T)) // block_m * block_m",
+            "max(0, j0 - (S - T))",
+            "Q tiles start at the first row that sees the K tile, not on the block grid",
+            survives="the same rows, tiled differently: only a GPU grid needs the alignment",
         ),
         M("dq[:, :, i0:i1] += (ds @ kj) * scale", "dq[:, :, i0:i1] += ds @ kj", "dQ without the scale"),
         M(
