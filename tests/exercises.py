@@ -489,6 +489,7 @@ def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float =
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.chdir(copy)
+            os.environ["COLUMNS"] = "1000"  # -rA summary lines whole, not cut to a terminal's width
             import pytest
 
             args = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "-o", "addopts="]
