@@ -342,8 +342,8 @@ MUTANTS: dict[str, list[M]] = {
         M("p.mul_(1 - lr * wd)", "p.mul_(1 - wd)", "decay not scaled by lr"),
         M("bc1, bc2 = 1 - b1**t, 1 - b2**t", "bc1, bc2 = 1.0, 1.0", "no bias correction"),
         M(
-            "(v.sqrt() / math.sqrt(bc2)).add_(eps)",
-            "((v + eps).sqrt() / math.sqrt(bc2))",
+            "(v.sqrt() / bc2**0.5).add_(eps)",
+            "((v + eps).sqrt() / bc2**0.5)",
             "eps inside the root",
         ),
         M("p.mul_(1 - lr * wd)", "g = g + wd * p", "L2 in the gradient (Adam), not decoupled decay (AdamW)"),
