@@ -585,32 +585,32 @@ def run_task(copy: Path, task: dict, exercises: dict, specs: dict, logs: Path) -
 
 
 def student_copy_check(copy: Path, stage: str, exercises: dict, logs: Path) -> dict:
-    """With every exercise of `stage` blanked, each grading test fails on a NotImplementedError of
-    an exercise (not an import error); filling in one exercise turns exactly its tests green."""
+    """`make --all` works as a course for `stage`: with every exercise of the repository blanked, each
+    of the stage's grading tests fails on an exercise's NotImplementedError (not an import error);
+    and with the earlier stages done, filling in one exercise of the stage turns exactly its tests green."""
     mine = [ex for ex in exercises.values() if ex.stage == stage]
     union = sorted({t for ex in mine for t in ex.tests})
     by_file = {}
-    for ex in mine:
+    for ex in exercises.values():
         by_file.setdefault(ex.file, []).append(ex)
     originals = {f: (copy / f).read_text(encoding="utf-8") for f in by_file}
     problems = []
 
-    def blank_all_but(keep):
+    def blank(keep):
         for f, exs in by_file.items():
-            (copy / f).write_text(
-                blank_text(originals[f], [e for e in exs if e is not keep]), encoding="utf-8"
-            )
+            gone = [e for e in exs if keep(e)]
+            (copy / f).write_text(blank_text(originals[f], gone) if gone else originals[f], encoding="utf-8")
 
     try:
-        blank_all_but(None)
+        blank(lambda e: True)  # what `make --all` writes
         log = logs / "student.log"
         pytest_in_child(copy, union, log, extra=["-rA"])
         seen = outcomes(log)
         for t in union:
             if "NotImplementedError: exercise:" not in seen.get(t, ""):
                 problems.append(f"all blanked: {t} should fail on NotImplementedError, got {seen.get(t)!r}")
-        for ex in mine:
-            blank_all_but(ex)
+        for ex in mine:  # a student at this stage: the earlier stages filled in, this one blanked
+            blank(lambda e, ex=ex: e.stage == stage and e is not ex)
             pytest_in_child(copy, union, log, extra=["-rA"])
             seen = outcomes(log)
             green = {t for t in union if seen.get(t) == "PASSED"}
