@@ -54,6 +54,7 @@ import random
 import re
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -737,41 +738,46 @@ def check(
                 busy.pop(p, None)
                 p.stdin.close()
 
-        for p in workers:
-            feed(p)
-        while busy:
-            for key, _ in sel.select():
-                p = key.data
-                line = p.stdout.readline()
-                if not line:  # the worker died: its task fails, the others take the rest
-                    sel.unregister(p.stdout)
-                    task = busy.pop(p, None)
-                    if task:
-                        results.append(
-                            {
-                                "kind": task["kind"],
-                                "stage": task["stage"],
-                                "function": "(worker crashed)",
-                                "mutant": task.get("index"),
-                                "ok": False,
-                                "exit": p.wait(),
-                                "tests": 0,
-                                "seconds": 0,
-                                "log": task.get("key", ""),
-                            }
-                        )
-                    continue
-                if line.startswith("@@ "):
-                    results.append(json.loads(line[3:]))
-                    if progress:
-                        r = results[-1]
-                        print(
-                            f"[{len(results)}/{len(tasks)}] {time.time() - t0:4.0f} s  {r['stage']} "
-                            f"{r['function']} {r['kind']} {r.get('mutant') or ''}: {'ok' if r['ok'] else 'NOT OK'}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                    feed(p)
+        try:
+            for p in workers:
+                feed(p)
+            while busy:
+                for key, _ in sel.select():
+                    p = key.data
+                    line = p.stdout.readline()
+                    if not line:  # the worker died: its task fails, the others take the rest
+                        sel.unregister(p.stdout)
+                        task = busy.pop(p, None)
+                        if task:
+                            results.append(
+                                {
+                                    "kind": task["kind"],
+                                    "stage": task["stage"],
+                                    "function": "(worker crashed)",
+                                    "mutant": task.get("index"),
+                                    "ok": False,
+                                    "exit": p.wait(),
+                                    "tests": 0,
+                                    "seconds": 0,
+                                    "log": task.get("key", ""),
+                                }
+                            )
+                        continue
+                    if line.startswith("@@ "):
+                        results.append(json.loads(line[3:]))
+                        if progress:
+                            r = results[-1]
+                            print(
+                                f"[{len(results)}/{len(tasks)}] {time.time() - t0:4.0f} s  {r['stage']} "
+                                f"{r['function']} {r['kind']} {r.get('mutant') or ''}: {'ok' if r['ok'] else 'NOT OK'}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                        feed(p)
+        finally:  # interrupted (Ctrl-C, SIGTERM): no worker outlives the check
+            for p in workers:
+                if p.poll() is None and p in busy:
+                    p.kill()
         for p in workers:
             p.wait()
     failed = {r["stage"] for r in results if r["kind"] == "full" and not r["ok"]}
@@ -950,6 +956,7 @@ def main(argv=None):
     # check
     stages = sorted({e.stage for e in exercises})
     t0 = time.time()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the copies are removed on a kill
     try:
         results = check(
             REPO, stages, args.jobs, args.mutants, args.student or [], args.progress, args.exercise or []
