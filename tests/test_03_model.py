@@ -1075,7 +1075,7 @@ def test_bad_input_gets_one_error_line_exit_2_and_changes_no_file(sample_run, re
 def test_top_p_keeps_the_token_whose_mass_reaches_p_exactly():
     # four equal logits: softmax is exactly 0.25 each, the mass before each sorted token exactly
     # 0, 0.25, 0.5, 0.75 (no rounding), so the boundary is tested, not float noise
-    kept = lambda p: int(torch.isfinite(top_p_filter(torch.zeros(1, 4), p)).sum())  # noqa: E731
+    kept = lambda p: int(torch.isfinite(top_p_filter(torch.zeros(1, 4), p)).sum())
     assert kept(0.5) == 2  # 0.25 + 0.25 reaches 0.5: the third token (mass before it 0.5) goes
     assert kept(0.25) == 1 and kept(0.75) == 3 and kept(0.7) == 3 and kept(1.0) == 4
 

@@ -784,7 +784,7 @@ def test_ring_bytes_and_step_traffic_by_hand():
     # a broadcast relays the whole payload along the ring: 1000
     assert collectives.ring_bytes("broadcast", 1000, 4) == 1000
     assert collectives.ring_bytes("all_gather", 1000, 2) == 500
-    ops = lambda s: [op for op, _, _ in collectives.step_traffic(s, 1000, 4)]  # noqa: E731
+    ops = lambda s: [op for op, _, _ in collectives.step_traffic(s, 1000, 4)]
     assert ops("ddp") == ["all_reduce"]
     assert ops("zero1") == ["all_reduce", "all_gather"]  # full gradient, then the updated shards
     assert ops("zero2") == ["reduce_scatter", "all_gather"]

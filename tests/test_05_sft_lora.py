@@ -818,7 +818,7 @@ def test_lora_linear_by_hand_with_a_bias_and_a_second_merge():
 
 
 def test_collate_packed_by_hand():
-    ex = lambda ids: {"input_ids": ids, "labels": [-100] + ids[1:]}  # noqa: E731
+    ex = lambda ids: {"input_ids": ids, "labels": [-100] + ids[1:]}
     x, y, seg = collate_packed([[ex([1, 2, 3]), ex([4, 5])], [ex([6, 7])]], pad_id=9)
     # row 0: (1 2 | 4) scored on (2 3 | 5); row 1: (6) on (7), then padding; T = 3
     assert x.tolist() == [[1, 2, 4], [6, 9, 9]]

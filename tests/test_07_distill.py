@@ -603,7 +603,7 @@ def test_magnitude_masks_by_hand():
     with torch.no_grad():
         model.blocks[0].weight.copy_(torch.tensor([[-5.0, 0.1, 2.0]]))
         model.blocks[1].weight.copy_(torch.tensor([[-0.2, 3.0]]))
-    kept = lambda f, scope: [m.flatten().tolist() for m in magnitude_masks(model, f, scope).values()]  # noqa: E731
+    kept = lambda f, scope: [m.flatten().tolist() for m in magnitude_masks(model, f, scope).values()]
     # global, 5 weights: floor(0.7·5) = 3 smallest |w| go: 0.1, -0.2, 2.0 (rounding 3.5 would drop 4)
     assert kept(0.7, "global") == [[True, False, False], [False, True]]
     # per matrix: floor(0.5·3) = 1 (0.1) and floor(0.5·2) = 1 (-0.2)
