@@ -191,7 +191,7 @@ def test_every_exercise_and_every_mutant_is_graded_and_a_student_copy_works():
     each exercise blanked alone fails one of them; each mutant fails one of them; and in 06's student
     copy every grading test fails on NotImplementedError and filling one exercise turns exactly its
     tests green."""
-    r = run_script("check", "--mutants", "--student", "06_rlhf_dpo", "--json", "--jobs", "2", timeout=900)
+    r = run_script("check", "--mutants", "--student", "06_rlhf_dpo", "--json", "--jobs", "2", timeout=1800)
     results = json.loads(r.stdout.strip().splitlines()[-1])
     exercises = find_exercises(REPO)
     specs = load_mutants(REPO)
