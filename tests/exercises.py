@@ -7,6 +7,8 @@ Run it:
     cd ~/ex && python -m pytest -q tests/test_02_tokenizer.py       # grade (make prints one command per exercise)
     python tests/exercises.py check [--stage S]                     # prove each exercise is graded
     python tests/exercises.py check --mutants                       # ... and every wrong answer fails (CI)
+    python tests/exercises.py check --mutants --exercise top_p      # one exercise, while writing its tests
+    python tests/exercises.py check --student 06_rlhf_dpo           # a blanked stage works as a course
     python tests/exercises.py make --bug 04_pretrain --out ~/drill  # one wrong line planted: find it
 
 The marker. A core function body carries a comment pair, with a one-line hint:
