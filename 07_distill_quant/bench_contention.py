@@ -106,7 +106,8 @@ def run_workload(name: str, cfg: ContentionConfig) -> float:
     elif name == "generate_b16":
         target.generate(prompts, n, temperature=1.0, top_p=0.95, generator=g)
     elif name == "beam_search":
-        target.beam_search(prompts[:1], n // 2, beam_width=4)
+        for p in prompts[:4]:
+            target.beam_search(p[None], n // 2, beam_width=4)
     elif name == "speculative":
         for p in prompts[:2]:
             speculative_generate(target, draft, p.tolist(), n, k=4)
