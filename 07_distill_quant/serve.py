@@ -60,8 +60,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
