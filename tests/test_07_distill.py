@@ -596,3 +596,27 @@ def test_bench_contention_checks_its_flags_and_times_a_workload(tmp_path):
     with pytest.raises(UserError, match="--worker 'nope' unknown"):
         run_workload("nope", ContentionConfig())
     assert run_workload("beam_search", ContentionConfig(new_tokens=4)) > 0
+
+
+def test_distill_and_prune_stop_a_diverging_run_and_keep_the_previous_result(run_dir, distilled, tmp_path):
+    before = tree_hashes(distilled)
+    diverged = r"training diverged at step \d+: .*; lower --lr \(now 1e\+09\)"
+    with pytest.raises(UserError, match=diverged):
+        distill.distill(tiny_distill(run_dir, distilled, lr=1e9, overwrite=True))
+    assert tree_hashes(distilled) == before
+    cfg = PruneConfig(
+        run=str(run_dir),
+        out=str(tmp_path / "prune"),
+        fractions=[0.5],
+        heads=0,
+        neuron_fraction=0,
+        score_batches=1,
+        recovery_steps=4,
+        lr=1e9,
+        batch_size=2,
+        eval_windows=4,
+        device="cpu",
+    )
+    with pytest.raises(UserError, match=diverged):
+        prune.prune(cfg)
+    assert list(tmp_path.iterdir()) == []
