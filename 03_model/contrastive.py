@@ -207,13 +207,13 @@ class ContrastiveConfig:
     )
     synonym_p: float = option(0.5, "probability of replacing each synonym-table phrase", min=0.0, max=1.0)
     methods: list[str] = option(["paraphrase", "simcse", "no-neg"], "positives to train with", sep=",")
-    steps: int = option(300, "training steps per method", min=1)
+    steps: int = option(200, "training steps per method", min=1)
     batch_size: int = option(32, "positive pairs per step (distinct people: the rest are negatives)", min=2)
     tau: float = option(0.05, "InfoNCE temperature", min=1e-3)
     lr: float = option(1e-3, "peak learning rate", min=0.0)
     n_layer: int = option(2, "encoder layers", min=1)
     n_head: int = option(4, "attention heads", min=1)
-    n_embd: int = option(128, "model width", min=8)
+    n_embd: int = option(64, "model width", min=8)
     dropout: float = option(0.1, "dropout (SimCSE's only augmentation)", min=0.0, max=0.9)
     block_size: int = option(160, "bytes per text (longer texts are cropped)", min=16)
     seed: int = option(0, "random seed")
@@ -268,7 +268,7 @@ def training_pair(rng: random.Random, person: dict, method: str, cfg: Contrastiv
     return a, b
 
 
-def train_encoder(method: str, cfg: ContrastiveConfig, people: list) -> tuple[Transformer, list]:
+def train_encoder(method: str, cfg: ContrastiveConfig, people: list, log=None) -> tuple[Transformer, list]:
     """A fresh encoder trained `cfg.steps` steps on pairs from `people`; returns (model, losses)."""
     model = new_encoder(cfg)
     model.train()
@@ -290,6 +290,8 @@ def train_encoder(method: str, cfg: ContrastiveConfig, people: list) -> tuple[Tr
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if log and (step + 1) % 50 == 0:
+            log(f"  {method} step {step + 1}/{cfg.steps}: loss {np.mean(losses[-50:]):.3f}")
     return model, losses
 
 
@@ -328,7 +330,7 @@ def run_experiment(cfg: ContrastiveConfig, log=print) -> dict:
     results["untrained encoder"] = evaluate_encoder(new_encoder(cfg), texts, labels, cfg)
     for method in cfg.methods:
         t0 = time.perf_counter()
-        model, losses = train_encoder(method, cfg, train_people)
+        model, losses = train_encoder(method, cfg, train_people, log)
         results[method] = {
             **evaluate_encoder(model, texts, labels, cfg),
             "loss_first": losses[0],
