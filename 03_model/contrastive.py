@@ -207,7 +207,7 @@ class ContrastiveConfig:
     )
     synonym_p: float = option(0.5, "probability of replacing each synonym-table phrase", min=0.0, max=1.0)
     methods: list[str] = option(["paraphrase", "simcse", "no-neg"], "positives to train with", sep=",")
-    steps: int = option(200, "training steps per method", min=1)
+    steps: int = option(120, "training steps per method", min=1)
     batch_size: int = option(32, "positive pairs per step (distinct people: the rest are negatives)", min=2)
     tau: float = option(0.05, "InfoNCE temperature", min=1e-3)
     lr: float = option(1e-3, "peak learning rate", min=0.0)

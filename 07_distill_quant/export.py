@@ -190,8 +190,8 @@ def hf_config(cfg: GPTConfig, arch: str, bos_eos_id: int | None = None) -> dict:
             "mlp_bias": cfg.bias,
             "tie_word_embeddings": cfg.tie_weights,
         }
-    if bos_eos_id is not None:
-        out["bos_token_id"] = out["eos_token_id"] = bos_eos_id
+    # None when there is no tokenizer: each architecture's defaults (GPT-2: 50256) would name a wrong token
+    out["bos_token_id"] = out["eos_token_id"] = bos_eos_id
     return {"architectures": [arch], "torch_dtype": "float32", **out}
 
 

@@ -136,7 +136,7 @@ def _trace(model, idx, pk, path, cache_axes):
                 "new_k": {1: "batch", 3: "total"},
                 "new_v": {1: "batch", 3: "total"},
             },
-            opset_version=17,
+            opset_version=18,  # the dynamo exporter's own opset: no version conversion afterwards
             dynamo=True,  # torch.export: the graph is captured from Python, sizes stay symbolic
         )
 
