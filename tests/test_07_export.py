@@ -131,3 +131,30 @@ def test_onnx_with_kv_cache_gives_the_logits_and_greedy_tokens_of_eager(tmp_path
         assert abs(torch.from_numpy(logits[0]) - model(torch.tensor([prompt]))[0][0, -1]).max() < 1e-4
     assert new_k.shape == (2, 1, 2, len(prompt), model.cfg.head_dim)  # the cache grew by the prompt
     assert O.onnx_greedy(session, model.cfg, prompt, 12) == O.eager_greedy(model, prompt, 12)
+
+
+def test_bad_input_to_the_export_commands_is_one_error_line_exit_2(tmp_path, capsys):
+    from common.cli import run_cli
+
+    model = tiny_model("gpt2", pos_emb="sinusoidal")  # matches no HF architecture
+    save_checkpoint(tmp_path / "sin.pt", model.cfg.__dict__, model.state_dict())
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"not a safetensors file")
+    cases = [
+        ([], "exactly one of"),
+        (["--out", "x", "--ckpt", "a.pt", "--import-hf", "b"], "exactly one of"),
+        (["--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "missing.pt")], "no checkpoint"),
+        (["--out", str(tmp_path / "o"), "--ckpt", str(tmp_path / "sin.pt")], "neither"),
+        (["--out", str(tmp_path / "o.pt"), "--import-hf", str(tmp_path / "nothing")], "missing"),
+        (["--out", str(tmp_path / "o.pt"), "--import-hf", str(tmp_path / "hf")], "safetensors"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as e:
+            run_cli(E.main, argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (
+            argv,
+            err,
+        )
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.pt").exists()
