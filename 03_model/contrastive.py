@@ -68,7 +68,7 @@ from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import write_json
 from common.outcome import make_bar
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
-from common.stats import bootstrap_interval, wilson_interval
+from common.stats import bootstrap_interval
 from transformer import N_SENTINELS, Transformer, TransformerConfig  # 03_model (this folder)
 from world import WorldConfig, build_world, person_facts_en  # 01_data
 
@@ -177,14 +177,23 @@ def tfidf_similarity(texts: list[str]) -> np.ndarray:
     return X @ X.T
 
 
-def summarize(hits: np.ndarray, rr: np.ndarray) -> dict:
-    """recall@1 with its Wilson interval, MRR with a bootstrap interval over queries."""
+def summarize(hits: np.ndarray, rr: np.ndarray, labels: list) -> dict:
+    """recall@1 and MRR with 95 % bootstrap intervals that resample *people*, not queries: the
+    queries about one person share their difficulty, so resampling queries would give too narrow an
+    interval (every person has the same number of queries, so the mean of per-person means is the mean)."""
+    labels = np.asarray(labels)
+    people = np.unique(labels)
+    per_person = [
+        np.array([hits[labels == p].mean() for p in people]),
+        np.array([rr[labels == p].mean() for p in people]),
+    ]
     return {
         "recall_at_1": float(hits.mean()),
-        "recall_at_1_interval": list(wilson_interval(hits.sum(), len(hits))),
+        "recall_at_1_interval": list(bootstrap_interval(per_person[0])),
         "mrr": float(rr.mean()),
-        "mrr_interval": list(bootstrap_interval(rr)),
+        "mrr_interval": list(bootstrap_interval(per_person[1])),
         "n_queries": len(hits),
+        "n_people": len(people),
     }
 
 
@@ -315,7 +324,11 @@ def evaluate_encoder(model: Transformer, texts: list, labels: list, cfg: Contras
     hits, rr = retrieval_scores((z @ z.T).numpy(), labels)
     lab = torch.tensor(labels)
     a_idx, b_idx = torch.nonzero((lab[:, None] == lab[None, :]).triu(1), as_tuple=True)  # positive pairs
-    return {**summarize(hits, rr), "alignment": alignment(z[a_idx], z[b_idx]), "uniformity": uniformity(z)}
+    return {
+        **summarize(hits, rr, labels),
+        "alignment": alignment(z[a_idx], z[b_idx]),
+        "uniformity": uniformity(z),
+    }
 
 
 def run_experiment(cfg: ContrastiveConfig, log=print) -> dict:
@@ -326,7 +339,7 @@ def run_experiment(cfg: ContrastiveConfig, log=print) -> dict:
     log(f"{len(train_people)} training people; {len(test_people)} held-out people x {cfg.views} texts, e.g.")
     for t in texts[: cfg.views]:
         log(f"  {t}")
-    results = {"tf-idf": summarize(*retrieval_scores(tfidf_similarity(texts), labels))}
+    results = {"tf-idf": summarize(*retrieval_scores(tfidf_similarity(texts), labels), labels)}
     results["untrained encoder"] = evaluate_encoder(new_encoder(cfg), texts, labels, cfg)
     for method in cfg.methods:
         t0 = time.perf_counter()
@@ -358,8 +371,8 @@ def outcome_block(metrics: dict) -> dict:
         baseline=baselines[base_name],
         baseline_name=base_name,
         interval=res[best]["recall_at_1_interval"],
-        n=res[best]["n_queries"],
-        note="queries of one person are correlated; Wilson over queries is optimistic about n",
+        n=res[best]["n_people"],
+        note=f"{res[best]['n_queries']} queries about {res[best]['n_people']} held-out people; interval resamples people",
     )
     headline = (
         f"contrastive encoder ({best}) recall@1 {res[best]['recall_at_1']:.3f} vs {base_name} "
