@@ -714,3 +714,19 @@ def test_array_encoder_equals_reference_on_hongloumeng_with_gpt2_ranks(gpt2, sha
     gpt2._cache.clear()
     ids = gpt2.encode_ordinary(text)
     assert ids == [i for w in gpt2._pat.findall(text) for i in gpt2.bpe_piece(w.encode())]
+
+
+def test_unigram_viterbi_tries_pieces_of_exactly_max_len():
+    import math
+
+    # "abc" with max_len 3: the whole word (p = .5) beats a|b|c (.1³ = .001) and ab|c (.2·.1 = .02);
+    # with max_len 2 it may not be used: ab|c wins
+    logp = {
+        "a": math.log(0.1),
+        "b": math.log(0.1),
+        "c": math.log(0.1),
+        "ab": math.log(0.2),
+        "abc": math.log(0.5),
+    }
+    assert viterbi("abc", logp, 3) == (["abc"], pytest.approx(math.log(0.5)))
+    assert viterbi("abc", logp, 2) == (["ab", "c"], pytest.approx(math.log(0.02)))
