@@ -110,7 +110,8 @@ def greedy_completions(model, tok, prompts, max_new_tokens=6, batch_size=64) -> 
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
-        ids = [tok.encode_ordinary(p) for p in prompts[i : i + batch_size]]
+        room = model.cfg.block_size - max_new_tokens  # a prompt longer than the context keeps its end
+        ids = [tok.encode_ordinary(p)[-room:] for p in prompts[i : i + batch_size]]
         idx, mask = left_pad(ids, device=device)
         gen = model.generate(idx, max_new_tokens, temperature=0.0, attention_mask=mask)
         out += [tok.decode(row[idx.shape[1] :].tolist()) for row in gen]

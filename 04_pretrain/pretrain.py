@@ -495,14 +495,16 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
         "weights": BEST,
         "resume_from": CKPT,
     }  # best.pt for later stages, ckpt.pt to resume
-    if s.rank == 0 and stopped != "stop_at":
+    held = None
+    if s.rank == 0 and stopped != "stop_at" and cfg.final_eval:
         # the headline and bar: best.pt on the whole val and test splits vs Kneser-Ney n-grams (heldout_loss.py)
         held = heldout_outcome(Path(cfg.data), out / BEST, s.device)
         outcome.update(headline=held["headline"], bar=held["bar"], heldout=held["heldout"])
         # does the best checkpoint know its world's facts? (fact_recall.py; None on real text)
         outcome["fact_recall"] = recall_of_checkpoint(Path(cfg.data), out / BEST, s.device)
         outcome["bars"] = [held["bar"]] + ([outcome["fact_recall"]["bar"]] if outcome["fact_recall"] else [])
-        if outcome["fact_recall"]:
+    if s.rank == 0 and stopped != "stop_at":
+        if outcome.get("fact_recall"):
             print("fact recall of best.pt, every person, greedy completions:")
             print(format_recall(outcome["fact_recall"]))
         write_json(out / "outcome.json", outcome)
@@ -520,7 +522,8 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
                 else " (no bits/byte: tokens/meta.json has no n_bytes; rerun 02_tokenizer)"
             )
         )
-        print(f"{held['headline']}: {'PASS' if held['bar']['passed'] else 'FAIL'}")
+        if held:
+            print(f"{held['headline']}: {'PASS' if held['bar']['passed'] else 'FAIL'}")
     return {**outcome, "records": records}
 
 
