@@ -97,23 +97,16 @@ def fit_chinchilla(N, D, L, alphas=np.linspace(0.05, 1.5, 59), betas=np.linspace
 
     Returns dict(E, A, B, alpha, beta, rms), or None when no fit has E, A, B >= 0 (no law of this form
     fits: losses that do not fall with N or D). A negative coefficient is rejected, not clipped."""
-    best = None
-    for a, b in itertools.product(alphas, betas):
-        X = np.stack([np.ones_like(L), N**-a, D**-b], axis=1)  # (runs, 3)
-        coef, *_ = np.linalg.lstsq(X, L, rcond=None)
-        if coef[0] < 0 or coef[1] < 0 or coef[2] < 0:
-            continue
-        rms = float(np.sqrt(np.mean((X @ coef - L) ** 2)))
-        if best is None or rms < best["rms"]:
-            best = {
-                "E": float(coef[0]),
-                "A": float(coef[1]),
-                "B": float(coef[2]),
-                "alpha": float(a),
-                "beta": float(b),
-                "rms": rms,
-            }
-    return best
+    a, b = (g.ravel() for g in np.meshgrid(alphas, betas, indexing="ij"))  # every grid point at once
+    X = np.stack([np.ones((a.size, L.size)), N[None] ** -a[:, None], D[None] ** -b[:, None]], axis=2)
+    coef = np.linalg.pinv(X) @ L  # (grid, 3): the least-squares (E, A, B) at each (alpha, beta)
+    rms = np.sqrt(np.mean((np.einsum("grk,gk->gr", X, coef) - L) ** 2, axis=1))  # (grid,)
+    rms[(coef < 0).any(axis=1)] = np.inf  # not a law: rejected, not clipped
+    i = int(np.argmin(rms))
+    if not np.isfinite(rms[i]):
+        return None
+    E, A, B = (float(x) for x in coef[i])
+    return {"E": E, "A": A, "B": B, "alpha": float(a[i]), "beta": float(b[i]), "rms": float(rms[i])}
 
 
 def predict_law(fit, N, D):
