@@ -69,6 +69,7 @@ from common import (
     write_jsonl,
     write_manifest,
 )
+from contamination import contamination_report, format_contamination
 from data_outcome import (
     WARN_HINTS,
     domain_table,
@@ -457,6 +458,9 @@ def build(
     write_jsonl(folder / "noise_labels.jsonl", ({"id": i, "noise": k} for i, k in labels.items()))
     tasks = write_tasks(world, cfg.seed, folder / "tasks", write_jsonl) if world else {}
     lap("write")
+    contamination = contamination_report(folder) if world else []  # eval sets vs training data
+    if world:
+        lap("contamination")
     steps = step_table(docs, acted, removed, kept, unique, mixed)
     stats = {
         "config": config,
@@ -468,6 +472,7 @@ def build(
         "false_positives": false_positives,
         "warnings": warnings_for(steps, cfg.warn_removed),
         "tasks": tasks,
+        "contamination": contamination,
         "seconds": seconds,
     }
     write_json(folder / "stats.json", stats)
@@ -491,6 +496,10 @@ def main(argv=None):
     cfg, args = parse_config(PrepareConfig, argv, doc=__doc__, extra=add_run_flags)
     stats = prepare(cfg, Path(args.out), overwrite=args.overwrite, command=command_line(__file__, argv))
     print(format_table(stats))
+    if stats["contamination"]:
+        print(
+            f"\ncontamination: longest word n-gram shared with the training data\n{format_contamination(stats['contamination'])}"
+        )
     print(f"wrote {Path(args.out) / 'data'}", file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ the number of n-grams seen once (n1) and twice (n2) at that order (Ney, Essen & 
 weight D_k t_k(h) / d_k(h) is exactly the mass the discounts took away, so Σ_w P_k(w | h) = 1.
 
 How it is computed. An n-gram is one 64-bit key, a polynomial hash of its token ids with wrap-around
-(key_k[i] = key_{k-1}[i-1] · B + id_i + 1 mod 2^64): counting is np.unique over keys and a lookup is a
+(key_k[i] = key_{k-1}[i-1] · B + id_i + 1 mod 2^64; 01_data/contamination.ngram_keys): counting is np.unique over keys and a lookup is a
 binary search (np.searchsorted) in the sorted unique keys, so a million tokens and order 8 take seconds
 without a Python loop per token. Two different n-grams sharing a key has probability about m² / 2^65
 for m distinct n-grams (1e-8 for m = 1e6): negligible next to the smoothing.
@@ -48,23 +48,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "01_data")]
 from common import UserError, option, parse_config, run_cli  # 01_data
+from contamination import MULT, ngram_keys  # 01_data: the same n-gram hashing
 
 from batches import load_shards, load_test_shard
-
-MULT = np.uint64(0x9E3779B97F4A7C15)  # an odd 64-bit multiplier (the golden-ratio constant)
-
-
-def ngram_keys(tokens: np.ndarray, max_order: int) -> list:
-    """keys[k][i] (k = 1..max_order): the hash of tokens[i-k+1 .. i], for i >= k-1 (earlier entries unused)."""
-    t = np.asarray(tokens, dtype=np.uint64) + np.uint64(1)  # +1: id 0 is not the same as "no token"
-    keys = [None, t.copy()]
-    with np.errstate(over="ignore"):  # wrap-around is the point
-        for k in range(2, max_order + 1):
-            prev = keys[k - 1]
-            cur = np.zeros_like(t)
-            cur[k - 1 :] = prev[k - 2 : -1] * MULT + t[k - 1 :]
-            keys.append(cur)
-    return keys
 
 
 def lookup(sorted_keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
