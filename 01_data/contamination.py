@@ -9,6 +9,8 @@ longest run of consecutive words the item shares with each training side:
 
     pretraining   data/train.jsonl (what 04 trains on)
     SFT train     data/tasks/sft_train.jsonl (what 05 fine-tunes on)
+    06 train      data/tasks/arithmetic_train.jsonl and preference_train.jsonl (GRPO's problems, the
+                  reward model's and DPO's pairs)
 
 and reports per set and side: the number of items, the median and largest longest overlap (words),
 the share of items that share a run of >= LONG words (13 in GPT-3's contamination study), and the
@@ -102,12 +104,13 @@ def longest_overlaps(train_texts, items, vocab: Vocab | None = None) -> list:
     for n in range(1, max_n + 1):
         if n > 1:
             ckey, ikey = longer_keys(ckey, ct, n), longer_keys(ikey, it, n)
-        train = np.unique(ckey[n - 1 :])
+        train = np.sort(ckey[n - 1 :])  # one sort of the corpus per n; the items are few: binary search
         pos = np.arange(n - 1, flat.size)
         pos = pos[owner[pos] == owner[pos - n + 1]]  # n-grams inside one item
         if pos.size == 0:
             break
-        hit = pos[np.isin(ikey[pos], train)]
+        at = np.minimum(np.searchsorted(train, ikey[pos]), train.size - 1)
+        hit = pos[train[at] == ikey[pos]]
         if hit.size == 0:
             break  # no n-gram of any item occurs, so no longer one does either
         best[np.unique(owner[hit])] = n
@@ -161,14 +164,21 @@ def contamination_report(data: Path) -> list:
     """One row per (evaluation set, training side): see the module docstring. data = runs/<name>/data."""
     tasks = data / "tasks"
     sides = {"pretraining": [d["text"] for d in read_jsonl(data / "train.jsonl")]}
-    if (tasks / "sft_train.jsonl").is_file():
-        sides["SFT train"] = [
-            conversation_text(r) for r in read_jsonl(tasks / "sft_train.jsonl", ("messages",))
-        ]
+    read = lambda name, fields: read_jsonl(tasks / name, fields) if (tasks / name).is_file() else []
+    pair = lambda r: f"{conversation_text({'messages': r['prompt']})} {r['chosen']} {r['rejected']}"
+    sides["SFT train"] = [conversation_text(r) for r in read("sft_train.jsonl", ("messages",))]
+    sides["06 train (arithmetic, preference pairs)"] = [
+        conversation_text(r) for r in read("arithmetic_train.jsonl", ("messages",))
+    ] + [pair(r) for r in read("preference_train.jsonl", ("prompt", "chosen", "rejected"))]
+    sides = {k: v for k, v in sides.items() if v}
+    sets = eval_sets(tasks)
+    everything = [x for items in sets.values() for x in items]
     rows = []
     for side, texts in sides.items():
-        for name, items in eval_sets(tasks).items():
-            rows.append(summarize(name, side, items, longest_overlaps(texts, items)))
+        overlaps, start = longest_overlaps(texts, everything), 0  # one pass over the side for all sets
+        for name, items in sets.items():
+            rows.append(summarize(name, side, items, overlaps[start : start + len(items)]))
+            start += len(items)
     return rows
 
 
