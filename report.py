@@ -29,18 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 # Cross-stage imports (README, "How the code is laid out").
-sys.path[:0] = [str(REPO / "01_data")]
-from common import (
-    UserError,
-    atomic_write_text,
-    markdown_table,
-    option,
-    parse_config,
-    pyplot,
-    read_json,  # 01_data
-    run_cli,
-    save_figure,
-)
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure
 
 MANIFEST = "manifest.json"
 

@@ -44,17 +44,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 # Cross-stage imports (README, "How the code is laid out").
-sys.path[:0] = [str(REPO / "01_data")]
-from common import (
-    UserError,
-    markdown_table,
-    option,
-    parse_config,
-    read_json,
-    run_cli,
-    set_interrupt_hint,  # 01_data
-    write_json,
-)
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
+from common.files import markdown_table, read_json, write_json
 
 import report
 

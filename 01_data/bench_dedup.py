@@ -22,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common import option, parse_config, pyplot, run_cli, save_figure, write_json
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
 from dedup import (
     DedupConfig,
     candidate_pairs,

@@ -43,7 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import UserError, check_artifact, option, parse_config, read_jsonl, run_cli
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import read_jsonl
+from common.runs import check_artifact
 
 MAX_N = 64  # overlaps are measured up to this many words
 LONG = 13  # GPT-3's contamination n-gram length

@@ -19,8 +19,14 @@ Interview questions it answers:
 - How do you see a pipeline silently lose data? (account for every character, per step, with a threshold)
 """
 
+import sys
+from pathlib import Path
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.files import pyplot, save_figure
 from clean import STEPS
-from common import pyplot, save_figure
 from filter_fp import format_rates
 from noise_inject import NOISE_TYPES
 

@@ -38,12 +38,17 @@ Interview questions it answers:
 
 import hashlib
 import re
+import sys
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from common import option, parse_config, run_cli
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import option, parse_config, run_cli
 
 TOKEN_RE = re.compile(r"[\u3400-\u9fff]|\w+")  # a CJK character is one token; otherwise a word
 

@@ -11,7 +11,7 @@ Writes (README, "Artifacts"), built beside any earlier run and swapped in only w
     runs/<name>/data/tasks/*.jsonl            task sets for stages 05-07 (format: tasks.py docstring)
     runs/<name>/data/stats.json               the outcome tables below (data_outcome.py), the config, seconds
     runs/<name>/data/outcome.png              precision/recall per noise type, characters removed per step
-    runs/<name>/data/manifest.json            what made this folder (common.py); written last
+    runs/<name>/data/manifest.json            what made this folder (common/runs.py); written last
 
 The outcome: for every noise type, how many documents were injected, caught by the step responsible
 for that type, and missed (and of those, how many another step dropped anyway), with that step's
@@ -50,25 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
+from common.files import read_json, read_jsonl, read_text, write_json, write_jsonl
+from common.runs import MANIFEST, claim_output, run_lock, staged_dir, write_manifest
 from clean import STEPS, CleanConfig, clean_document
-from common import (
-    MANIFEST,
-    UserError,
-    check_config,
-    claim_output,
-    command_line,
-    option,
-    parse_config,
-    read_json,
-    read_jsonl,
-    read_text,
-    run_cli,
-    run_lock,
-    staged_dir,
-    write_json,
-    write_jsonl,
-    write_manifest,
-)
 from contamination import contamination_report, format_contamination
 from data_outcome import (
     WARN_HINTS,

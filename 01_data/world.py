@@ -33,9 +33,14 @@ import contextlib
 import io
 import random
 import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from common import parse_config, run_cli
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import parse_config, run_cli
 
 # Name syllables with a Chinese transliteration each, so every entity has an English and a Chinese name.
 SYLLABLES = [

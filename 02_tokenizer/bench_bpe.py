@@ -40,17 +40,9 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import (
-    UserError,
-    markdown_table,
-    option,
-    parse_config,
-    pyplot,
-    run_cli,
-    save_figure,
-    write_json,
-)  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "01_data")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import markdown_table, pyplot, save_figure, write_json
 
 from bpe import (
     GPT4_PATTERN,

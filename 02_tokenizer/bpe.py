@@ -63,8 +63,9 @@ import regex
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, check_config, option, read_json, read_text, run_cli, write_json  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, check_config, option, run_cli
+from common.files import read_json, read_text, write_json
 
 from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast  # same stage
 

@@ -8,7 +8,7 @@ What 04_pretrain reads from runs/<name>/tokens/:
                         "n_tokens": {"train": N, "val": N, "test": N}   ids in each file, separators included,
                         "n_bytes":  {"train": B, "val": B}}  UTF-8 bytes of the documents encoded,
                                                              separators excluded (they are not text)
-  manifest.json        written last (01_data/common.py): the folder is complete and current.
+  manifest.json        written last (common/runs.py): the folder is complete and current.
 
 Why n_bytes: a loss per token depends on the tokenizer (a tokenizer with longer tokens has fewer,
 harder tokens), so runs with different tokenizers cannot be compared by it. Per byte they can:
@@ -32,8 +32,8 @@ import numpy as np
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import atomic_path, write_json  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.files import atomic_path, write_json
 
 
 def shard_dtype(vocab_size: int) -> str:

@@ -1,7 +1,7 @@
 """The command line of stage 02: train a tokenizer on runs/<name>/data/, measure it, write its folder.
 
 Three commands, one body (`train_and_report`), so all three read, lock, refuse, report and record
-their work the same way (01_data/common.py, README "How the code is laid out"):
+their work the same way (common/, README "How the code is laid out"):
 
   python 02_tokenizer/bpe.py --data runs/tiny          # -> runs/tiny/tokenizer/ and runs/tiny/tokens/
   python 02_tokenizer/wordpiece.py --data runs/tiny    # -> runs/tiny/wordpiece/
@@ -28,21 +28,10 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import (
-    check_artifact,
-    claim_output,
-    command_line,
-    markdown_table,
-    parse_config,
-    read_jsonl,
-    run_cli,  # 01_data
-    run_lock,
-    set_interrupt_hint,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO)]
+from common.cli import command_line, parse_config, run_cli, set_interrupt_hint
+from common.files import markdown_table, read_jsonl, write_json
+from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 
 import bpe  # same stage
 from bpe import BPEConfig, BPETokenizer, check_bpe_config  # same stage

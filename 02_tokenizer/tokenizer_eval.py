@@ -23,8 +23,8 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import pyplot, save_figure  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.files import pyplot, save_figure
 
 from bpe import BPETokenizer  # same stage
 

@@ -36,8 +36,9 @@ import regex
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, command_line, option, parse_config, run_cli, write_json  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.files import write_json
 
 from bpe import load_saved, merge_ids  # same stage
 from tokenizer_cli import add_run_flags, read_data, train_and_report  # same stage

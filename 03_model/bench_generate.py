@@ -20,9 +20,10 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
-from devices import resolve_device  # 03_model (this folder)
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
+from common.devices import resolve_device
 from gpt import GPT, GPTConfig  # 03_model
 from model_memory import kv_cache_bytes  # 03_model
 

@@ -31,8 +31,9 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, atomic_path  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
+from common.files import atomic_path
 
 FORMAT = "llm-from-scratch/1"
 

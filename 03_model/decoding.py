@@ -37,8 +37,8 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
 from lm_loss import log_softmax  # 03_model (this folder)
 
 

@@ -43,8 +43,8 @@ from torch.utils.checkpoint import checkpoint
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "kernels")]
-from common import UserError, check_config, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "kernels")]
+from common.cli import UserError, check_config, option, parse_config, run_cli
 from attention_backends import BACKENDS, attention  # kernels
 from checkpoint_io import load_checkpoint, check_config_matches  # 03_model (this folder)
 from decoding import (

@@ -24,11 +24,12 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer")]
-from common import UserError, check_artifact, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.runs import check_artifact
+from common.devices import resolve_device
 from checkpoint_io import load_checkpoint, tokenizer_dir  # 03_model (this folder)
 from decoding import left_pad  # 03_model
-from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 
 

@@ -46,23 +46,10 @@ import torch.nn as nn
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
-from common import (
-    UserError,
-    check_artifact,
-    claim_output,
-    command_line,
-    option,
-    parse_config,
-    pyplot,  # 01_data
-    read_jsonl,
-    run_cli,
-    run_lock,
-    save_figure,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
+from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.files import pyplot, read_jsonl, save_figure, write_json
+from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from gpt import MLP, Attention, GPTConfig, LayerNorm  # 03_model (this folder)
 from lm_loss import cross_entropy  # 03_model
 from position_encoding import sinusoidal_positions  # 03_model

@@ -31,8 +31,10 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, check_artifact, read_json  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
+from common.files import read_json
+from common.runs import check_artifact
 
 SCAN_TOKENS = 20_000_000  # the id check and the unigram baseline read at most this prefix of a shard
 

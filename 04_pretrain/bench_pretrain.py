@@ -31,20 +31,10 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (
-    check_artifact,
-    command_line,
-    option,
-    parse_config,
-    pyplot,
-    read_json,
-    run_cli,  # 01_data
-    run_lock,
-    save_figure,
-    write_json,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import command_line, option, parse_config, run_cli
+from common.files import pyplot, read_json, save_figure, write_json
+from common.runs import check_artifact, run_lock, write_manifest
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model
 

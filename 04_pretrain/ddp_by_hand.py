@@ -58,8 +58,8 @@ import torch.nn as nn
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
 
 from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_demo
 from optimizers import AdamW, param_groups

@@ -48,18 +48,12 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "02_tokenizer"), str(REPO / "03_model")]
-from common import (  # 01_data
-    UserError,
-    check_artifact,
-    make_bar,
-    option,
-    parse_config,
-    read_json,
-    read_jsonl,
-    run_cli,
-    wilson_interval,
-)
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import read_json, read_jsonl
+from common.runs import check_artifact
+from common.stats import wilson_interval
+from common.outcome import make_bar
 from bpe import BPETokenizer  # 02_tokenizer
 from decoding import left_pad  # 03_model
 from gpt import GPT  # 03_model

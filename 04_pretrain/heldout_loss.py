@@ -41,16 +41,11 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (  # 01_data
-    UserError,
-    check_artifact,
-    make_bar,
-    option,
-    paired_bootstrap_interval,
-    parse_config,
-    run_cli,
-)
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.runs import check_artifact
+from common.stats import paired_bootstrap_interval
+from common.outcome import make_bar
 from gpt import GPT  # 03_model
 
 from batches import bits_per_byte, load_shards, load_test_shard, unigram_loss

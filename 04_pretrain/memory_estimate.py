@@ -56,8 +56,9 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
 from gpt import GPTConfig, swiglu_hidden  # 03_model
 import gpt as gpt_module  # 03_model: the gpt2 / llama architecture presets
 

@@ -46,8 +46,8 @@ import numpy as np
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "01_data")]
+from common.cli import UserError, option, parse_config, run_cli
 from contamination import MULT, ngram_keys  # 01_data: the same n-gram hashing
 
 from batches import load_shards, load_test_shard

@@ -37,25 +37,13 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (
-    UserError,
-    make_bar,
-    paired_bootstrap_interval,
-    check_artifact,
-    claim_output,
-    command_line,
-    option,
-    parse_config,
-    pyplot,  # 01_data
-    run_cli,
-    run_lock,
-    save_figure,
-    write_json,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
+from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.stats import paired_bootstrap_interval
+from common.outcome import make_bar
 from checkpoint_io import load_checkpoint  # 03_model
-from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 
 from pretrain import TrainConfig, evaluate, train

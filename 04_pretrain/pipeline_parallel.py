@@ -57,8 +57,9 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
 from position_encoding import rope_cos_sin, sinusoidal_positions  # 03_model
 
 from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, prints_report, run_ranks

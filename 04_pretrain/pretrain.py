@@ -61,22 +61,10 @@ import torch.distributed as dist
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (
-    MANIFEST,
-    UserError,
-    atomic_write_text,
-    claim_output,
-    command_line,
-    parse_config,  # 01_data
-    pyplot,
-    read_json,
-    run_cli,
-    run_lock,
-    save_figure,
-    set_interrupt_hint,
-    write_json,
-)
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, command_line, parse_config, run_cli, set_interrupt_hint
+from common.files import atomic_write_text, pyplot, read_json, save_figure, write_json
+from common.runs import MANIFEST, claim_output, run_lock
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 
 from optimizers import (

@@ -26,8 +26,8 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, check_config, command_line, option  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, check_config, command_line, option
 from gpt import GPTConfig  # 03_model
 import gpt as gpt_module  # 03_model: its architecture presets (gpt2 / llama) and choices
 

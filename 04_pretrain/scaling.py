@@ -42,23 +42,12 @@ import numpy as np
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import (
-    UserError,
-    bootstrap_interval,
-    make_bar,
-    check_artifact,
-    claim_output,
-    command_line,
-    option,
-    parse_config,
-    pyplot,  # 01_data
-    run_cli,
-    run_lock,
-    save_figure,
-    write_json,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
+from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.stats import bootstrap_interval
+from common.outcome import make_bar
 
 from pretrain import TrainConfig, train
 

@@ -63,8 +63,8 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, option, parse_config, run_cli
 from gpt import GPTConfig, rope_cos_sin, swiglu_hidden  # 03_model
 
 from collectives import DemoModel, demo_batch, demo_gpt_config, demo_model, max_diff, ring_bytes, run_demo

@@ -38,8 +38,8 @@ import torch.distributed as dist
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "03_model")]
-from devices import resolve_device  # 03_model
+sys.path[:0] = [str(REPO)]
+from common.devices import resolve_device
 
 
 def setup_distributed(device_flag: str = "auto"):

@@ -49,8 +49,9 @@ import torch.distributed as dist
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError, write_manifest  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError
+from common.runs import write_manifest
 from checkpoint_io import check_config_matches, load_checkpoint, save_checkpoint  # 03_model
 
 from torch_parallel import full_state, load_full_state, rng_states

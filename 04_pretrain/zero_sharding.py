@@ -60,8 +60,8 @@ import torch.distributed as dist
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
 
 from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_demo, storage_bytes
 from optimizers import AdamW, clip_grad_norm, param_groups

@@ -53,8 +53,8 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
 
 ROLES = ("system", "user", "assistant")
 BOS, END = "<|endoftext|>", "<|end|>"

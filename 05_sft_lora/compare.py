@@ -37,23 +37,10 @@ import numpy as np
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import (
-    UserError,
-    claim_output,
-    command_line,
-    markdown_table,
-    option,
-    parse_config,
-    pyplot,
-    read_json,  # 01_data
-    run_cli,
-    run_lock,
-    save_figure,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.files import markdown_table, pyplot, read_json, save_figure, write_json
+from common.runs import claim_output, run_lock, staged_dir, write_manifest
 
 METHODS = {  # name -> sft.py flags
     "full": ["--method", "full"],

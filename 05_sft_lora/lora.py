@@ -52,19 +52,9 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (
-    UserError,
-    check_artifact,
-    claim_output,
-    command_line,
-    option,
-    parse_config,
-    run_cli,  # 01_data
-    run_lock,
-    staged_dir,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from gpt import GPT  # 03_model
 

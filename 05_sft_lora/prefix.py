@@ -45,8 +45,8 @@ import torch.nn as nn
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
 from lora import load_peft, save_peft  # 05_sft_lora (this folder): the shared adapter-file format
 
 

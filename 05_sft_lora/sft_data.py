@@ -27,8 +27,9 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, read_jsonl, read_text  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
+from common.files import read_jsonl, read_text
 from chat_template import check_messages, encode_chat  # 05_sft_lora (this folder)
 
 

@@ -48,30 +48,19 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(REPO / "01_data"),
-    str(REPO / "03_model"),
-    str(REPO / "04_pretrain"),
-    str(REPO / "05_sft_lora"),
-]
-from common import (
+sys.path[:0] = [str(REPO), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
+from common.cli import (
     UserError,
     check_config,
-    claim_output,
     command_line,
     option,
-    parse_config,  # 01_data
-    pyplot,
-    read_jsonl,
+    parse_config,
     run_cli,
-    run_lock,
-    save_figure,
     set_interrupt_hint,
-    write_json,
-    write_jsonl,
-    write_manifest,
 )
-from devices import resolve_device  # 03_model
+from common.files import pyplot, read_jsonl, save_figure, write_json, write_jsonl
+from common.runs import claim_output, run_lock, write_manifest
+from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 from chat_template import encode_prompt  # 05_sft_lora
 from metrics import pass_at_k  # 05_sft_lora

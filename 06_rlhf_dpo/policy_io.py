@@ -30,8 +30,9 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import UserError, check_artifact  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+from common.cli import UserError
+from common.runs import check_artifact
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model

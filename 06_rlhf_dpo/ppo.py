@@ -44,25 +44,19 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (
+sys.path[:0] = [str(REPO), str(REPO / "04_pretrain")]
+from common.cli import (
     UserError,
-    check_artifact,
     check_config,
-    claim_output,
     command_line,
     option,
-    parse_config,  # 01_data
-    pyplot,
+    parse_config,
     run_cli,
-    run_lock,
-    save_figure,
     set_interrupt_hint,
-    write_json,
-    write_jsonl,
-    write_manifest,
 )
-from devices import resolve_device  # 03_model
+from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
 from policy_io import check_finite, frozen, load_reference, load_sft_policy, save_policy, task_file

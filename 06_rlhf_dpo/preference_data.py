@@ -34,8 +34,9 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "05_sft_lora")]
-from common import UserError, read_jsonl, read_text  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
+from common.cli import UserError
+from common.files import read_jsonl, read_text
 from chat_template import (
     END,
     check_messages,

@@ -48,30 +48,20 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(REPO / "01_data"),
-    str(REPO / "03_model"),
-    str(REPO / "04_pretrain"),
-    str(REPO / "05_sft_lora"),
-]
-from common import (
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
+from common.cli import (
     UserError,
     check_config,
-    claim_output,
     command_line,
     option,
-    parse_config,  # 01_data
-    pyplot,
+    parse_config,
     run_cli,
-    run_lock,
-    save_figure,
     set_interrupt_hint,
-    write_json,
-    write_jsonl,
-    write_manifest,
 )
+from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.runs import claim_output, run_lock, write_manifest
+from common.devices import resolve_device
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
-from devices import resolve_device  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 

@@ -42,8 +42,8 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "05_sft_lora")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
+from common.cli import UserError
 from chat_template import IGNORE, token_logprobs  # 05_sft_lora
 
 PG_LOSSES = ("no_baseline", "reinforce_with_baseline", "grpo_clip")

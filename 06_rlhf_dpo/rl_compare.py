@@ -44,27 +44,11 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import (
-    UserError,
-    atomic_write_text,
-    check_artifact,
-    check_config,
-    claim_output,
-    command_line,  # 01_data
-    markdown_table,
-    option,
-    parse_config,
-    pyplot,
-    read_json,
-    run_cli,
-    run_lock,
-    save_figure,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
-from devices import resolve_device  # 03_model
+sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
+from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
+from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure, write_json
+from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
+from common.devices import resolve_device
 from metrics import win_rate  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 

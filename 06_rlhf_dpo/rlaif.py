@@ -41,22 +41,11 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import (
-    UserError,
-    check_artifact,
-    check_config,
-    claim_output,
-    command_line,
-    option,
-    parse_config,  # 01_data
-    run_cli,
-    run_lock,
-    write_json,
-    write_jsonl,
-    write_manifest,
-)
-from devices import resolve_device  # 03_model
+sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
+from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
+from common.files import write_json, write_jsonl
+from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.devices import resolve_device
 from sft_data import read_conversations  # 05_sft_lora
 
 from dpo import DPOConfig, plot as plot_dpo, train_preference

@@ -27,8 +27,8 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+from common.cli import UserError
 from decoding import left_pad  # 03_model
 from chat_template import BOS, END, decode_answer, lm_inputs  # 05_sft_lora
 

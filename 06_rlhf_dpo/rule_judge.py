@@ -36,7 +36,7 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "05_sft_lora")]
+sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from metrics import answer_in, normalize_answer, words  # 05_sft_lora
 
 RULES = ("correct_fact", "helpful_vs_rude", "concise_vs_rambling")

@@ -78,8 +78,8 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError
 from decoding import KVCache, apply_repetition_penalty, check_sampling_args, sample_next  # 03_model
 
 POLICIES = ("sequential", "static", "continuous")

@@ -47,18 +47,10 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
-from common import (
-    UserError,
-    markdown_table,
-    option,
-    parse_config,
-    pyplot,
-    run_cli,
-    save_figure,
-    write_json,
-)  # 01_data
-from devices import resolve_device  # 03_model
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import markdown_table, pyplot, save_figure, write_json
+from common.devices import resolve_device
 from gpt import PRESETS, GPT, GPTConfig  # 03_model
 from lora import DEFAULT_TARGETS  # 05_sft_lora
 

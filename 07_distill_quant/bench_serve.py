@@ -42,21 +42,11 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model")]
-from common import (
-    UserError,
-    command_line,
-    markdown_table,
-    option,
-    parse_config,
-    pyplot,
-    run_cli,
-    run_lock,  # 01_data
-    save_figure,
-    write_json,
-    write_manifest,
-)
-from devices import resolve_device  # 03_model
+sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.files import markdown_table, pyplot, save_figure, write_json
+from common.runs import run_lock, write_manifest
+from common.devices import resolve_device
 from gpt import GPT, GPTConfig  # 03_model
 
 from batching import POLICIES, Engine, Request, SamplingParams  # this stage

@@ -26,8 +26,8 @@ from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "05_sft_lora")]
-from common import UserError, check_config, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
+from common.cli import UserError, check_config, option, parse_config, run_cli
 from chat_template import BOS, END, encode_prompt, special_ids  # 05_sft_lora
 
 from batching import Engine, Request, SamplingParams  # this stage

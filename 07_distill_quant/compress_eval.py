@@ -33,13 +33,14 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [
-    str(REPO / "01_data"),
+    str(REPO),
     str(REPO / "02_tokenizer"),
     str(REPO / "03_model"),
     str(REPO / "04_pretrain"),
     str(REPO / "05_sft_lora"),
 ]
-from common import UserError, check_artifact  # 01_data
+from common.cli import UserError
+from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
 from bench_generate import tokens_per_second  # 03_model
 from checkpoint_io import save_checkpoint  # 03_model

@@ -62,27 +62,20 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
+from common.cli import (
     UserError,
     check_config,
-    claim_output,
     command_line,
-    markdown_table,
     option,
-    parse_config,  # 01_data
-    pyplot,
+    parse_config,
     run_cli,
-    run_lock,
-    save_figure,
     set_interrupt_hint,
-    staged_dir,
-    write_json,
-    write_jsonl,
-    write_manifest,
 )
+from common.files import markdown_table, pyplot, save_figure, write_json, write_jsonl
+from common.runs import claim_output, run_lock, staged_dir, write_manifest
+from common.devices import resolve_device
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
-from devices import resolve_device  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain

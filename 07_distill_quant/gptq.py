@@ -47,8 +47,8 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "kernels")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "kernels")]
+from common.cli import UserError
 from quant_matmul import (
     QuantizedWeight,
     asymmetric_scale_zero,

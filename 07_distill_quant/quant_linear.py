@@ -51,13 +51,8 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(REPO / "01_data"),
-    str(REPO / "03_model"),
-    str(REPO / "05_sft_lora"),
-    str(REPO / "kernels"),
-]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora"), str(REPO / "kernels")]
+from common.cli import UserError
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from lora import DEFAULT_TARGETS, LoRALinear, matches  # 05_sft_lora

@@ -57,33 +57,17 @@ import torch.nn.functional as F
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [
-    str(REPO / "01_data"),
+    str(REPO),
     str(REPO / "02_tokenizer"),
-    str(REPO / "03_model"),
     str(REPO / "04_pretrain"),
     str(REPO / "05_sft_lora"),
     str(REPO / "kernels"),
 ]
-from common import (
-    UserError,
-    atomic_write_text,
-    check_artifact,
-    check_config,
-    claim_output,
-    command_line,
-    markdown_table,  # 01_data
-    option,
-    parse_config,
-    pyplot,
-    run_cli,
-    run_lock,
-    save_figure,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
+from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
+from common.files import atomic_write_text, markdown_table, pyplot, save_figure, write_json
+from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
+from common.devices import resolve_device
 from bpe import BPETokenizer  # 02_tokenizer
-from devices import resolve_device  # 03_model
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
 from metrics import perplexity  # 05_sft_lora

@@ -55,15 +55,10 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(REPO / "01_data"),
-    str(REPO / "02_tokenizer"),
-    str(REPO / "03_model"),
-    str(REPO / "05_sft_lora"),
-]
-from common import UserError, option, parse_config, run_cli, set_interrupt_hint  # 01_data
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
+from common.devices import resolve_device
 from checkpoint_io import load_checkpoint  # 03_model
-from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
 from chat_template import BOS, END, ROLES, encode_prompt  # 05_sft_lora

@@ -60,26 +60,12 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common import (
-    UserError,
-    check_artifact,
-    check_config,
-    claim_output,
-    command_line,
-    markdown_table,
-    option,  # 01_data
-    parse_config,
-    pyplot,
-    run_cli,
-    run_lock,
-    save_figure,
-    staged_dir,
-    write_json,
-    write_manifest,
-)
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
+from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
+from common.files import markdown_table, pyplot, save_figure, write_json
+from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
+from common.devices import resolve_device
 from decoding import KVCache, check_sampling_args, top_k_filter, top_p_filter  # 03_model
-from devices import resolve_device  # 03_model
 from gpt import GPT  # 03_model
 from batches import eval_starts, load_shards  # 04_pretrain
 

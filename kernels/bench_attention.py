@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
 
 
 @dataclass

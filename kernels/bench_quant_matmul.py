@@ -37,8 +37,9 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, pyplot, run_cli, save_figure, write_json  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure, write_json
 
 FORMATS = ["int8"] + [f"int4-g{g}{a}" for g in (32, 64, 128) for a in ("", "-asym")]
 GOALS = {"int8": 1.8, "int4": 3.2}  # × bf16 at M ≤ 16; and ≥ 0.8× at M = 256 for both

@@ -25,8 +25,8 @@ os.environ["TRITON_INTERPRET"] = "0"  # real compilation, even on a CPU machine 
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError, option, parse_config, run_cli  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402

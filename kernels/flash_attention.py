@@ -39,8 +39,8 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError  # 01_data
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
 
 if not torch.cuda.is_available():  # must be set before the kernels are decorated
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -563,8 +563,8 @@ def check(root: Path, stages, jobs: int) -> list[dict]:
 
 # --------------------------------------------------------------------------------- command line
 def table(rows, columns) -> str:
-    sys.path.insert(0, str(REPO / "01_data"))
-    from common import markdown_table  # 01_data
+    sys.path.insert(0, str(REPO))
+    from common.files import markdown_table
 
     return markdown_table([{k: str(v).replace("|", "\\|") for k, v in r.items()} for r in rows], columns)
 

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import traceback
 
-from common import run_cli  # 01_data
+from common.cli import run_cli
 
 
 def run_forked(main, argv, before=None) -> dict:

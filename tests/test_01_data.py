@@ -28,7 +28,7 @@ from clean import (
     strip_boilerplate,
     strip_markup,
 )
-from common import check_artifact, run_lock
+from common.runs import check_artifact, run_lock
 from dedup import (
     DedupConfig,
     candidate_probability,

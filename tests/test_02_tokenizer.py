@@ -27,7 +27,8 @@ from bpe import (
     word_counts_of,
 )
 from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast
-from common import UserError, check_artifact, write_manifest
+from common.cli import UserError
+from common.runs import check_artifact, write_manifest
 from tokenizer_cli import main as bpe_main
 from unigram import UnigramConfig, UnigramTokenizer, train_unigram, viterbi
 from unigram import main as unigram_main

@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import gpt as gpt_module
 from checkpoint_io import save_checkpoint
-from common import UserError, write_manifest
+from common.cli import UserError
+from common.runs import write_manifest
 from decoding import (
     KVCache,
     apply_repetition_penalty,

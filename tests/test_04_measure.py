@@ -13,7 +13,7 @@ import pytest
 import fact_recall as fr
 import pretrain
 import scaling
-from common import write_manifest
+from common.runs import write_manifest
 from ngram_lm import KneserNey, NgramLookup
 from pretrain import TrainConfig
 

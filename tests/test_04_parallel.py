@@ -19,7 +19,7 @@ import torch
 import collectives
 import memory_estimate as mem
 import pipeline_parallel as pp
-from common import UserError
+from common.cli import UserError
 from gpt import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,8 @@ import optimizers as optim
 import overfit  # imported here: it binds the real pretrain.evaluate (a test scripts it)
 import pretrain
 import batches
-from common import UserError, check_artifact, run_lock, write_manifest
+from common.cli import UserError
+from common.runs import check_artifact, run_lock, write_manifest
 from gpt import GPT
 from pretrain import TrainConfig
 from forked_cli import run_forked
@@ -502,7 +503,8 @@ def _inject_fault(nth: int, signame: str):
 
 def _fork_driver(cases_path):
     """Run each case of cases_path (a JSON list of {argv, fault, snapshot}) in a forked child."""
-    from common import code_version, pyplot
+    from common.files import pyplot
+    from common.runs import code_version
     import torch._dynamo  # what every run imports on its first use
 
     pyplot(), code_version()  # (optimizer, plot, manifest): pay it once
@@ -524,7 +526,7 @@ def run_cases(cases: list, tmp: Path) -> list:
         "PYTHONPATH": os.pathsep.join(
             [
                 str(REPO / d)
-                for d in ("tests", "01_data", "02_tokenizer", "03_model", "04_pretrain", "kernels")
+                for d in ("tests", "", "01_data", "02_tokenizer", "03_model", "04_pretrain", "kernels")
             ]
         ),
     }

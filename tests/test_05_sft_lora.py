@@ -37,7 +37,9 @@ from chat_template import (
     special_ids,
 )
 from checkpoint_io import save_checkpoint
-from common import UserError, write_jsonl, write_manifest
+from common.cli import UserError
+from common.files import write_jsonl
+from common.runs import write_manifest
 from gpt import GPT, GPTConfig
 from lora import (
     LoRALinear,
@@ -698,7 +700,7 @@ def run_cases(cases, tmp: Path) -> list:
     """[{rc, stdout, stderr}] of each (script, argv), through _fork_driver in one fresh interpreter."""
     path = tmp / "cases.json"
     path.write_text(json.dumps(cases))
-    folders = ("tests", "01_data", "02_tokenizer", "03_model", "04_pretrain", "05_sft_lora", "kernels")
+    folders = ("tests", "", "01_data", "02_tokenizer", "03_model", "04_pretrain", "05_sft_lora", "kernels")
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -23,7 +23,9 @@ import torch
 from bpe import BPETokenizer
 from chat_template import encode_chat, encode_prompt, lm_inputs
 from checkpoint_io import save_checkpoint
-from common import UserError, run_cli, write_jsonl, write_manifest
+from common.cli import UserError, run_cli
+from common.files import write_jsonl
+from common.runs import write_manifest
 from gpt import GPT, GPTConfig
 
 import dpo

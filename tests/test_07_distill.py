@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from bpe import BPETokenizer
 from checkpoint_io import save_checkpoint
-from common import UserError, check_artifact, read_json, write_jsonl, write_manifest
+from common.cli import UserError
+from common.files import read_json, write_jsonl
+from common.runs import check_artifact, write_manifest
 from gpt import GPT, GPTConfig
 import distill
 import prune

@@ -24,7 +24,8 @@ import gptq
 import quant_linear
 from bpe import BPETokenizer
 from checkpoint_io import save_checkpoint
-from common import UserError, run_cli, write_manifest
+from common.cli import UserError, run_cli
+from common.runs import write_manifest
 from gpt import GPT, GPTConfig
 from gptq import HessianCollector, gptq_quantize, inverse_hessian_cholesky, output_error
 from lora import inject_lora, merge_lora, save_lora

@@ -30,7 +30,8 @@ from bpe import BPETokenizer
 from chat import ChatConfig, ChatSession, run_chat
 from chat_template import encode_prompt
 from checkpoint_io import save_checkpoint
-from common import UserError, write_manifest
+from common.cli import UserError
+from common.runs import write_manifest
 from gpt import GPT, GPTConfig
 from serve import ChatServer
 

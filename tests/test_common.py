@@ -1,10 +1,11 @@
-"""The shared helpers in 01_data/common.py: atomic writes, JSONL and readable errors."""
+"""The shared framework in common/: atomic writes, JSONL, readable errors, run folders, outcome bars."""
 
 import json
 
 import pytest
 
-from common import UserError, atomic_path, read_jsonl, read_text, write_jsonl
+from common.cli import UserError
+from common.files import atomic_path, read_jsonl, read_text, write_jsonl
 
 
 def test_atomic_path_keeps_old_file_when_write_fails(tmp_path):
@@ -46,7 +47,7 @@ def test_read_text_rejects_missing_binary_and_empty(tmp_path):
 
 def test_atomic_write_gives_a_normal_file_mode(tmp_path):
     import os
-    from common import atomic_write_text
+    from common.files import atomic_write_text
 
     umask = os.umask(0o022)
     try:
@@ -65,11 +66,10 @@ import subprocess
 import sys
 import textwrap
 
-from common import (
+from common.cli import option, parse_config
+from common.runs import (
     check_artifact,
     claim_output,
-    option,
-    parse_config,
     remove_orphan_temps,
     run_lock,
     staged_dir,
@@ -156,8 +156,10 @@ def run_snippet(tmp_path, body, *args):
     script.write_text(
         textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(REPO_01)!r})
-        from common import *
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from common.cli import *
+        from common.files import *
+        from common.runs import *
         def main():
         """)
         + textwrap.indent(textwrap.dedent(body), "    ")
@@ -166,7 +168,7 @@ def run_snippet(tmp_path, body, *args):
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
 
 
-REPO_01 = __import__("pathlib").Path(__file__).resolve().parents[1] / "01_data"
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -241,8 +243,8 @@ def test_run_lock_refuses_a_second_writer_and_removes_orphans(tmp_path):
             sys.executable,
             "-c",
             textwrap.dedent(f"""
-        import sys, time; sys.path.insert(0, {str(REPO_01)!r})
-        from common import run_lock
+        import sys, time; sys.path.insert(0, {str(REPO_ROOT)!r})
+        from common.runs import run_lock
         with run_lock({str(out)!r}):
             print('locked', flush=True); time.sleep(30)"""),
         ],
@@ -294,3 +296,34 @@ def test_an_interrupted_swap_is_undone_at_the_next_lock(tmp_path):
         pass
     assert (out / "a.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+
+
+# ------------------------------------------------------------------------------ common/outcome.py
+from common.outcome import make_bar  # noqa: E402
+
+
+def test_make_bar_passes_only_when_the_whole_interval_clears_the_threshold():
+    lower = dict(threshold=1.0, direction="lower")
+    assert make_bar("loss", 0.5, **lower)["passed"]
+    assert not make_bar("loss", 1.5, **lower)["passed"]
+    assert not make_bar("loss", 0.5, interval=(0.4, 1.1), **lower)["passed"]  # point clears, interval not
+    assert make_bar("loss", 0.5, interval=(0.4, 0.9), n=10, **lower)["passed"]
+    higher = dict(threshold=0.5, direction="higher")
+    assert make_bar("acc", 0.9, interval=(0.6, 0.95), **higher)["passed"]
+    assert not make_bar("acc", 0.9, interval=(0.4, 0.95), **higher)["passed"]
+    assert not make_bar("acc", 0.5, **higher)["passed"]  # the threshold itself fails ...
+    assert make_bar("acc", 0.5, inclusive=True, **higher)["passed"]  # ... unless the bar says >=
+    assert not make_bar("acc", None, **higher)["passed"]
+    assert not make_bar("acc", float("nan"), **higher)["passed"]
+    bar = make_bar("acc", 0.9, baseline=0.3, baseline_name="majority", n=40, note="x", **higher)
+    assert set(bar) == {"metric", "value", "interval", "n", "baseline", "baseline_name", "threshold",
+                        "direction", "passed", "note"}  # fmt: skip
+
+
+def test_make_bar_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="direction"):
+        make_bar("x", 1.0, threshold=0.5, direction="up")
+    with pytest.raises(ValueError, match="not ordered"):
+        make_bar("x", 1.0, threshold=0.5, direction="higher", interval=(0.9, 0.1))
+    with pytest.raises(ValueError, match="not a count"):
+        make_bar("x", 1.0, threshold=0.5, direction="higher", n=2.5)

@@ -26,7 +26,7 @@ from attention_backends import (
     attention_tiled_backward,
     attention_tiled_forward,
 )
-from common import UserError
+from common.cli import UserError
 from flash_attention import INTERPRET, _bh_offset, flash_attention, flash_attention_forward
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

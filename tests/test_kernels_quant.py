@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import quant_matmul as qm
-from common import UserError
+from common.cli import UserError
 from quant_matmul import (
     INTERPRET,
     dequantize,

@@ -3,7 +3,9 @@
 Stage folders are not packages (their names start with digits), so every module is imported by its
 bare name from a folder on sys.path. That only works if no two folders hold the same name and no
 name hides a standard-library or installed package (a stage's `noise.py` would hide PyPI's `noise`
-from every other file on the path).
+from every other file on the path). The framework is the package `common/` at the repository root
+(`from common.cli import run_cli`); it and kernels/ come before every stage, so neither may import a
+stage, and a stage imports only earlier stages, common/ and kernels/.
 """
 
 import ast
@@ -12,8 +14,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = [
+    "common",
     "01_data",
     "02_tokenizer",
     "03_model",
@@ -23,11 +28,12 @@ STAGES = [
     "07_distill_quant",
     "kernels",
 ]
-# Where each folder sits in the flow: kernels/ comes after 01 (it uses common.py) and before 03.
+# Where each folder sits in the flow: common/ first, then kernels/ (it uses only common/), then the stages.
 ORDER = {
+    "common": 0,
+    "kernels": 0.5,
     "01_data": 1,
     "02_tokenizer": 2,
-    "kernels": 2.5,
     "03_model": 3,
     "04_pretrain": 4,
     "05_sft_lora": 5,
@@ -55,7 +61,9 @@ def test_no_module_shadows_the_standard_library_or_an_installed_package():
     others = [p for p in sys.path if p not in ours]
     installed = set(importlib.metadata.packages_distributions())
     clashes = []
-    for name in modules():
+    # common/'s modules are imported as common.<name>, so only the package name itself can clash
+    bare = [m for m, folders in modules().items() if folders != ["common"]] + ["common"]
+    for name in bare:
         if (
             name in sys.stdlib_module_names
             or name in installed
@@ -75,12 +83,46 @@ def imported_names(path: Path):
             yield node.module.split(".")[0]
 
 
-def test_imports_only_flow_forward():
-    owner = {m: s[0] for m, s in modules().items()}
+def backward_imports(repo: Path = REPO) -> list:
+    """'<folder>/<file> imports <module> from <folder>' for every import against the flow."""
+    owner = {}
+    for stage in STAGES:
+        for f in sorted((repo / stage).glob("*.py")):
+            owner.setdefault(f.stem, stage)
+    owner["common"] = "common"  # the package itself: `from common.cli import ...`
     backwards = []
     for stage in STAGES:
-        for f in (REPO / stage).glob("*.py"):
+        for f in sorted((repo / stage).glob("*.py")):
             for name in imported_names(f):
-                if name in owner and ORDER[owner[name]] > ORDER[stage]:
+                if name in owner and owner[name] != stage and ORDER[owner[name]] > ORDER[stage]:
                     backwards.append(f"{stage}/{f.name} imports {name} from {owner[name]}")
-    assert not backwards, "a stage may import only from earlier stages and kernels/: " + "; ".join(backwards)
+    return backwards
+
+
+def test_imports_only_flow_forward():
+    backwards = backward_imports()
+    assert not backwards, (
+        "a stage may import only from earlier stages, common/ and kernels/; common/ and kernels/ from no stage: "
+        + "; ".join(backwards)
+    )
+
+
+@pytest.mark.parametrize(
+    "folder, line",
+    [
+        ("kernels", "from world import make_world"),  # kernels/ importing 01_data
+        ("common", "from world import make_world"),  # the framework importing 01_data
+        ("common", "import kernel_x"),  # the framework importing kernels/
+        ("02_tokenizer", "from gpt import GPT"),  # a stage importing a later stage
+    ],
+)
+def test_the_layout_check_rejects_a_backward_import(tmp_path, folder, line):
+    for stage in STAGES:
+        (tmp_path / stage).mkdir()
+    (tmp_path / "01_data" / "world.py").write_text("def make_world(): pass\n")
+    (tmp_path / "03_model" / "gpt.py").write_text("class GPT: pass\n")
+    (tmp_path / "kernels" / "kernel_x.py").write_text("from common.cli import run_cli\n")
+    (tmp_path / "02_tokenizer" / "bpe.py").write_text("from world import make_world\nimport kernel_x\n")
+    assert backward_imports(tmp_path) == []  # forward imports (and kernels/ using common/) are fine
+    (tmp_path / folder / "bad.py").write_text(line + "\n")
+    assert len(backward_imports(tmp_path)) == 1

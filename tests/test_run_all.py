@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import report  # noqa: E402
 import run_all  # noqa: E402
-from common import check_artifact, read_json  # noqa: E402  (01_data, on the path via pyproject)
+from common.files import read_json
+from common.runs import check_artifact
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 

@@ -1,6 +1,6 @@
 """Which device a command runs on: the one function every stage's `--device` flag goes through.
 
-    from devices import resolve_device
+    from common.devices import resolve_device
     device = resolve_device("auto")      # "cuda" when a GPU is visible, else "cpu"
 
 A flag that names a device this machine does not have is bad input, not a bug: it gets the
@@ -12,15 +12,9 @@ Interview question it answers:
   correct path on each device is chosen at run time, never by editing code)
 """
 
-import sys
-from pathlib import Path
-
 import torch
 
-# Cross-stage imports (README, "How the code is laid out").
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "01_data")]
-from common import UserError  # 01_data
+from common.cli import UserError
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> str:
