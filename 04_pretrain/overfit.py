@@ -43,6 +43,7 @@ from common.files import pyplot, save_figure, write_json
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.stats import paired_bootstrap_interval
 from common.outcome import make_bar
+from common.devices import resolve_device
 from checkpoint_io import load_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 
