@@ -5,7 +5,7 @@ must beat, over the same token shards, with no training at all.
     nll = lm.token_nll(test_tokens)          # (N,) nats of each test token given its n-1 predecessors
     float(nll.mean())                        # test loss in nats/token, comparable with pretrain.py's
 
-    python 04_pretrain/ngram_lm.py --data runs/tiny --orders 2,3,4,6,8     # a table of test losses
+    python 04_pretrain/ngram_lm.py --data runs/tiny --orders 2,3,4,8,16     # a table of test losses
 
 Interpolated Kneser-Ney (Chen & Goodman 1998, "interpolated KN" with one discount per order). For a
 context h = w_{i-k+1..i-1} of order k and the token w = w_i:
@@ -210,7 +210,7 @@ def key_of(ids) -> int:
     return key
 
 
-def ngram_losses(train, test, vocab_size: int, orders=(2, 3, 4, 6, 8)) -> dict:
+def ngram_losses(train, test, vocab_size: int, orders=(2, 3, 4, 6, 8, 12, 16)) -> dict:
     """{order: per-token nll array of test} for each order, each model fitted on train."""
     return {k: KneserNey.fit(train, k, vocab_size).token_nll(test) for k in orders}
 
@@ -218,7 +218,7 @@ def ngram_losses(train, test, vocab_size: int, orders=(2, 3, 4, 6, 8)) -> dict:
 @dataclass
 class NgramConfig:
     data: str = option("", "run folder runs/<name> holding tokens/ from 02_tokenizer (required)")
-    orders: list[int] = option([2, 3, 4, 6, 8], "n-gram orders to fit (1..16)", sep=",")
+    orders: list[int] = option([2, 3, 4, 6, 8, 12, 16], "n-gram orders to fit (1..16)", sep=",")
 
 
 def main(argv=None):
