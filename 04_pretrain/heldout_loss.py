@@ -54,7 +54,8 @@ from ngram_lm import KneserNey
 
 EVAL_MAX_TOKENS = 2_000_000  # per split: the whole tiny split; a sample of the start of a huge one
 NGRAM_ORDERS = (2, 3, 4, 6, 8, 12, 16)  # on templated text the loss keeps falling past 8
-NGRAM_TRAIN_TOKENS = 20_000_000  # the n-gram counts at most this prefix of the training shard
+NGRAM_TRAIN_TOKENS = 5_000_000  # the n-grams count at most this prefix of the training shard (keys of
+# all 16 orders are held at once: 16 x 8 bytes per token, 640 MB at 5M tokens)
 
 
 def window_starts(n_tokens: int, block_size: int) -> np.ndarray:
