@@ -114,6 +114,8 @@ def heldout_outcome(run: Path, ckpt: Path, device: str = "cpu", orders=NGRAM_ORD
     value, base = float(m.mean()), float(b.mean())
     unigram = unigram_loss(train, splits[bar_split], vocab)
     name = f"interpolated Kneser-Ney {best_k}-gram on the training shard (order chosen on val)"
+    if len(train) > NGRAM_TRAIN_TOKENS:
+        name += f", counted on its first {NGRAM_TRAIN_TOKENS:,} tokens"
     bar = make_bar(
         f"{bar_split} loss (nats/token), best.pt",
         value,
