@@ -265,6 +265,7 @@ def main(argv=None):
         print(format_table(rows))
         print(f"{verdict['headline']}: {'PASS' if verdict['bar']['passed'] else 'FAIL'}")
         write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows, **verdict})
+        write_json(out / "outcome.json", verdict)  # {"headline", "bar"}: what report.py lays out
         write_manifest(
             out,
             stage="04_overfit",

@@ -268,6 +268,7 @@ def sweep(c: ScalingConfig, out: Path, command: str):
         f"(Kaplan et al. 2020: alpha_N ~ 0.076; Chinchilla: alpha ~ 0.34, beta ~ 0.28)"
     )
     plot(rows, fit, out / "scaling.png")  # nan curves when no law fits: the points alone
+    write_json(out / "outcome.json", {"headline": headline, "bar": bar})  # what report.py lays out
     write_json(
         out / "scaling.json",
         {
