@@ -160,8 +160,9 @@ def format_heldout(res: dict) -> str:
         lines.append(
             f"| Kneser-Ney {k}-gram{' (chosen)' if int(k) == h['ngram_order'] else ''} | {cells(v)} |"
         )
+    lo, hi = b["interval"]
     lines.append(
-        f"bar: {b['metric']} {b['value']:.4f} {b['interval']} < {b['threshold']:.4f}: "
+        f"bar: {b['metric']} {b['value']:.4f} [{lo:.4f}, {hi:.4f}] < {b['threshold']:.4f}: "
         f"{'PASS' if b['passed'] else 'FAIL'}"
     )
     return "\n".join(lines)
