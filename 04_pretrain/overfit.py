@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
-from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.runs import check_artifact, fresh_output, write_manifest
 from common.stats import paired_bootstrap_interval
 from common.outcome import make_bar
 from common.devices import resolve_device
@@ -258,16 +258,15 @@ def main(argv=None):
     run_dir = Path(c.data)
     check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
     out = run_dir / "overfit"
-    with run_lock(out):
-        claim_output(out, c.overwrite, remove=True)
-        rows = run(c, out)
-        verdict = regularization_bar(c, out, rows)
+    with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
+        rows = run(c, tmp)
+        verdict = regularization_bar(c, tmp, rows)
         print(format_table(rows))
         print(f"{verdict['headline']}: {'PASS' if verdict['bar']['passed'] else 'FAIL'}")
-        write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows, **verdict})
-        write_json(out / "outcome.json", verdict)  # {"headline", "bar"}: what report.py lays out
+        write_json(tmp / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows, **verdict})
+        write_json(tmp / "outcome.json", verdict)  # {"headline", "bar"}: what report.py lays out
         write_manifest(
-            out,
+            tmp,
             stage="04_overfit",
             command=command_line(__file__, argv),
             config=dataclasses.asdict(c),
