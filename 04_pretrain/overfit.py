@@ -193,7 +193,7 @@ def regularization_bar(c: OverfitConfig, out: Path, rows) -> dict:
     regularized = [r for r in rows if r["variant"] not in ("baseline", "early stop")]
     chosen = min(regularized, key=lambda r: r["val"])
     device = resolve_device(TrainConfig().device)
-    train_data, val_data, meta = load_shards(Path(c.data), c.block_size, c.train_tokens)
+    _, val_data, meta = load_shards(Path(c.data), c.block_size, c.train_tokens)
     test = load_test_shard(Path(c.data), meta)
     split, data = ("test", test) if test is not None and len(test) > 2 * c.block_size else ("val", val_data)
     losses = {}
