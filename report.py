@@ -259,6 +259,37 @@ def bar_line(b: dict) -> str:
     return f"{b['metric']}: {num(b['value'])}{iv}{n}, must be {side} {num(b['threshold'])}{base}"
 
 
+BAR_COLUMNS = ["stage", "metric", "value", "95 % interval", "n", "baseline", "threshold", "verdict"]
+
+
+def bar_rows(run: Path) -> list:
+    """One row per bar in the outcome.json of every finished stage folder of the run (a stage with
+    several writes "bars"; "bar" is the one that decides its verdict, marked *)."""
+    rows = []
+    for folder in sorted(p for p in Path(run).iterdir() if p.is_dir()):
+        o = outcome(Path(run), folder.name)
+        if not isinstance(o, dict) or not isinstance(o.get("bar"), dict):
+            continue
+        for b in o.get("bars") or [o["bar"]]:
+            iv = b.get("interval")
+            base = b.get("baseline")
+            rows.append(
+                {
+                    "stage": folder.name + (" *" if b == o["bar"] and len(o.get("bars") or []) > 1 else ""),
+                    "metric": b["metric"],
+                    "value": num(b["value"]),
+                    "95 % interval": f"[{num(iv[0])}, {num(iv[1])}]" if iv else "-",
+                    "n": num(b.get("n")),
+                    "baseline": f"{b.get('baseline_name') or 'baseline'} {num(base)}"
+                    if base is not None
+                    else "-",
+                    "threshold": ("< " if b["direction"] == "lower" else "> ") + num(b["threshold"]),
+                    "verdict": verdict(b["passed"]),
+                }
+            )
+    return rows
+
+
 def pretrain_section(run, figs) -> Section:
     s = Section(
         "pretrain",
@@ -876,6 +907,18 @@ def write_report(run) -> Path:
         "",
         markdown_table(top, ["stage", "headline", "bar", "result"]),
     ]
+    bars = bar_rows(run)
+    if bars:
+        lines += [
+            "",
+            "## Bars",
+            "",
+            "Every bar a stage wrote into its outcome.json (SCHEMA.md): the metric, its value and 95 % interval "
+            "over n items, the strongest cheap baseline, the threshold and which side of it passes. A bar "
+            "passes only when its whole interval is on the passing side.",
+            "",
+            markdown_table(bars, BAR_COLUMNS),
+        ]
     times = read_json(run / "run_all.json") if (run / "run_all.json").is_file() else None
     seconds = times.get("seconds") if isinstance(times, dict) else None
     if not isinstance(seconds, dict) or not all(isinstance(v, (int, float)) for v in seconds.values()):

@@ -94,3 +94,25 @@ def test_an_older_pretraining_outcome_without_a_bar_gets_no_verdict(tmp_path):
         o.pop(k)
     write_stage(tmp_path, "pretrain", o)
     assert report.section_of("pretrain", tmp_path, None).passed is None
+
+
+def test_the_bars_table_lists_every_stage_bar_with_its_verdict(tmp_path):
+    good = loss_bar(0.59, (0.57, 0.61))
+    recall = make_bar("fact recall", 0.15, threshold=0.117, direction="higher", interval=(0.11, 0.19), n=360)
+    write_stage(tmp_path, "pretrain", pretrain_outcome(good, bars=[good, recall]))
+    write_stage(
+        tmp_path, "overfit", {"headline": "x", "bar": make_bar("loss", 1.0, threshold=0.9, direction="lower")}
+    )
+    rows = report.bar_rows(tmp_path)
+    assert [(r["stage"], r["verdict"]) for r in rows] == [
+        ("overfit", "FAIL"),
+        ("pretrain *", "PASS"),
+        ("pretrain", "FAIL"),
+    ]
+    assert (
+        rows[1]["95 % interval"] == "[0.570, 0.610]"
+        and rows[1]["threshold"] == "< 0.630"
+        and rows[1]["n"] == "262"
+    )
+    assert rows[2]["threshold"] == "> 0.117" and rows[0]["95 % interval"] == "-"
+    assert "## Bars" in report.write_report(tmp_path).read_text()
