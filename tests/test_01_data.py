@@ -983,3 +983,72 @@ def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
         cfg = PrepareConfig(input=(str(txt), str(jl)), txt_split=split, max_doc_chars=500)
         streamed = list(iter_documents(cfg.input, cfg, cut_document, DOMAINS))
         assert streamed == read_documents(cfg.input, cfg), split
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hand-computed edges of the exercised functions (issue 26: each wrong answer in
+# tests/exercise_mutants.py must fail one of these)
+
+
+def test_luhn_by_hand_including_a_doubled_five():
+    from clean import luhn_ok
+
+    # 79927398713 from the right: 3 + 2·1 + 7 + (2·8 = 16 -> 7) + 9 + 2·3 + 7 + 2·2 + 9 + (2·9 = 18 -> 9) + 7
+    # = 3 + 2 + 7 + 7 + 9 + 6 + 7 + 4 + 9 + 9 + 7 = 70 -> valid; change the check digit and it is not
+    assert luhn_ok("79927398713") and not luhn_ok("79927398710")
+    # "59": 9 + (2·5 = 10 -> 1 + 0 = 1) = 10 -> valid (2·5 kept as 10 gives 19; 2·5 mod 10 gives 9)
+    assert luhn_ok("59") and luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+
+
+def test_jaccard_by_hand_and_on_empty_sets():
+    # {1,2,3} ∩ {2,3,4} = {2,3}, ∪ = {1,2,3,4}: 2/4
+    assert jaccard({1, 2, 3}, {2, 3, 4}) == 0.5 and jaccard({1}, {1}) == 1.0
+    assert jaccard(set(), set()) == 0.0 and jaccard(set(), {1}) == 0.0  # no division by zero, and 0
+
+
+def test_minhash_signatures_equal_a_naive_loop_over_the_hash_family():
+    from dedup import minhash_params
+
+    rng = np.random.default_rng(1)
+    hash_lists = [rng.integers(0, 2**32, size=n, dtype=np.uint64) for n in (1, 5, 40, 3, 17)]
+    a, b = minhash_params(20, 7)
+    # h_i(x) = ((a_i·x + b_i) mod 2^64) >> 32 with Python integers, then the min over the document
+    want = [
+        [min(((int(a[i]) * int(x) + int(b[i])) % 2**64) >> 32 for x in h) for i in range(20)]
+        for h in hash_lists
+    ]
+    for chunk in (16 * 8, 1 << 24):  # several document batches, then one
+        sig = minhash_signatures(hash_lists, num_perm=20, seed=7, chunk_elems=chunk)
+        assert sig.dtype == np.uint32 and sig.tolist() == want
+
+
+def test_lsh_probability_pairs_and_roots_by_hand():
+    from dedup import candidate_pairs, union_find_roots
+
+    # s = 0.5, b = 3 bands of r = 2 rows: 1 - (1 - 0.5^2)^3 = 1 - 0.75^3 = 1 - 0.421875 = 0.578125
+    assert candidate_probability(0.5, 3, 2) == pytest.approx(0.578125)
+    assert candidate_probability(np.array([0.0, 1.0]), 3, 2).tolist() == [0.0, 1.0]
+    sig = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [7, 7, 3, 4], [5, 5, 5, 5], [1, 2, 0, 0]], dtype=np.uint32)
+    # band 0 (columns 0-1): docs 0, 1, 4 share (1, 2); band 1 (columns 2-3): docs 0, 2 share (3, 4)
+    assert candidate_pairs(sig, 2, 2).tolist() == [[0, 1], [0, 2], [0, 4]]
+    assert candidate_pairs(sig[[3, 1, 0]], 2, 2).tolist() == [[1, 2]]  # i < j whatever the order
+    # components {0, 2}, {1, 3, 4} -> ids = smallest member
+    assert union_find_roots(5, [(3, 4), (1, 4), (0, 2)]).tolist() == [0, 1, 0, 1, 1]
+    # a chain 4-3-2-1: every node's id is 1, however long the chain of parents got
+    assert union_find_roots(5, np.array([[3, 4], [2, 3], [1, 2]])).tolist() == [0, 1, 1, 1, 1]
+
+
+def test_langid_naive_bayes_by_hand():
+    from langid_ngram import LangIDConfig, ngram_ids
+
+    cfg = LangIDConfig(max_n=1, buckets=64, alpha=0.001)
+    a, b = ngram_ids("ab", cfg).tolist()  # (1·1000003 + 97) mod 64 = 36, then 37
+    model = train_langid(["ab"] * 3 + ["aaab", "d"], ["en"] * 3 + ["zh", "other"], cfg)
+    log_prior, log_like = model
+    assert np.exp(log_prior) == pytest.approx([3 / 5, 1 / 5, 1 / 5])  # documents per language
+    # en: a 3, b 3 of 6 unigrams; zh: a 3, b 1 of 4: P(g | L) = (count + 0.001) / (total + 0.001·64)
+    assert np.exp(log_like[0, [a, b, 0]]) == pytest.approx([3.001 / 6.064, 3.001 / 6.064, 0.001 / 6.064])
+    assert np.exp(log_like[1, [a, b]]) == pytest.approx([3.001 / 4.064, 1.001 / 4.064])
+    # "aa": en log .6 + 2 log .4949 = -1.917 beats zh log .2 + 2 log .7384 = -2.216 (without the
+    # prior zh would win); "aaa": zh -2.519 beats en -2.621 (a mean over n-grams would pick en)
+    assert predict_lang(model, "aa", cfg) == "en" and predict_lang(model, "aaa", cfg) == "zh"
