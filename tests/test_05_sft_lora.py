@@ -938,7 +938,10 @@ def test_token_f1_counts_repeats_and_scores_empty_answers():
     # pred [dog dog cat], ref [dog dog mat]: overlap = min(2, 2) dogs = 2 (a set overlap gives 1);
     # P = R = 2/3, F1 = 2/3
     assert token_f1("dog dog cat", "dog dog mat") == pytest.approx(2 / 3)
-    assert token_f1("", "") == 1.0 and token_f1("the", "a") == 1.0  # both empty after normalization
+    # both empty after normalization: SQuAD v1.1's F1 is 0 (its overlap is 0), its EM is 1
+    assert token_f1("", "") == 0.0 and token_f1("the", "a") == 0.0
+    # punctuation deleted and articles dropped before the tokens are compared
+    assert token_f1("The U.S. don't", "us dont") == 1.0
     assert token_f1("", "cat") == 0.0 and token_f1("cat", "") == 0.0 and token_f1("dog", "cat") == 0.0
 
 
