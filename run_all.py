@@ -110,6 +110,14 @@ STAGES = [
         run_flag="--data",
         flags={**TINY, "micro": ["--vocab-size", "400"]},
     ),
+    Stage(  # contrastive pretraining makes its own texts from the world: no earlier stage needed
+        "contrastive",
+        "03_model/contrastive.py",
+        "contrastive",
+        run_flag="--data",
+        optional=True,
+        flags={**TINY, "micro": ["--preset", "micro"]},
+    ),
     Stage(
         "pretrain",
         "04_pretrain/pretrain.py",
