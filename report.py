@@ -267,26 +267,34 @@ def bar_rows(run: Path) -> list:
     several writes "bars"; "bar" is the one that decides its verdict, marked *)."""
     rows = []
     for folder in sorted(p for p in Path(run).iterdir() if p.is_dir()):
-        o = outcome(Path(run), folder.name)
-        if not isinstance(o, dict) or not isinstance(o.get("bar"), dict):
+        try:
+            rows += bar_rows_of(folder.name, outcome(Path(run), folder.name))
+        except DAMAGED:  # the stage's own row says its results are unreadable
             continue
-        for b in o.get("bars") or [o["bar"]]:
-            iv = b.get("interval")
-            base = b.get("baseline")
-            rows.append(
-                {
-                    "stage": folder.name + (" *" if b == o["bar"] and len(o.get("bars") or []) > 1 else ""),
-                    "metric": b["metric"],
-                    "value": num(b["value"]),
-                    "95 % interval": f"[{num(iv[0])}, {num(iv[1])}]" if iv else "-",
-                    "n": num(b.get("n")),
-                    "baseline": f"{b.get('baseline_name') or 'baseline'} {num(base)}"
-                    if base is not None
-                    else "-",
-                    "threshold": ("< " if b["direction"] == "lower" else "> ") + num(b["threshold"]),
-                    "verdict": verdict(b["passed"]),
-                }
-            )
+    return rows
+
+
+def bar_rows_of(stage: str, o) -> list:
+    if not isinstance(o, dict) or not isinstance(o.get("bar"), dict):
+        return []
+    rows = []
+    for b in o.get("bars") or [o["bar"]]:
+        iv = b.get("interval")
+        base = b.get("baseline")
+        rows.append(
+            {
+                "stage": stage + (" *" if b == o["bar"] and len(o.get("bars") or []) > 1 else ""),
+                "metric": b["metric"],
+                "value": num(b["value"]),
+                "95 % interval": f"[{num(iv[0])}, {num(iv[1])}]" if iv else "-",
+                "n": num(b.get("n")),
+                "baseline": f"{b.get('baseline_name') or 'baseline'} {num(base)}"
+                if base is not None
+                else "-",
+                "threshold": ("< " if b["direction"] == "lower" else "> ") + num(b["threshold"]),
+                "verdict": verdict(b["passed"]),
+            }
+        )
     return rows
 
 
