@@ -46,7 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.runs import run_lock, write_manifest
-from common.devices import resolve_device
+from common.devices import resolve_device, set_threads
 from gpt import GPT, GPTConfig  # 03_model
 
 from batching import POLICIES, Engine, Request, SamplingParams  # this stage
@@ -212,8 +212,7 @@ def build_model(c: BenchServeConfig, device):
 
 def main(argv=None):
     c, _ = parse_config(BenchServeConfig, argv, doc=__doc__)
-    if c.threads:
-        torch.set_num_threads(c.threads)
+    set_threads(c.threads)  # pins decoding too (common/devices.py)
     device = resolve_device(c.device)
     model = build_model(c, device)
     check_bench_config(c, model.cfg.block_size)

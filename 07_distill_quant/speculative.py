@@ -64,7 +64,7 @@ sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
-from common.devices import resolve_device
+from common.devices import decoding_threads, resolve_device
 from decoding import KVCache, check_sampling_args, top_k_filter, top_p_filter  # 03_model
 from gpt import GPT  # 03_model
 from batches import eval_starts, load_shards  # 04_pretrain
@@ -138,6 +138,7 @@ def accept_drafts(p, q, drafts, generator=None):
 
 
 @torch.no_grad()
+@decoding_threads()  # draft and verify forwards are tiny: one thread (common/devices.py says why)
 def speculative_generate(
     target: GPT,
     draft: GPT,
