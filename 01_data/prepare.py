@@ -58,6 +58,7 @@ from common.cli import UserError, check_config, command_line, option, parse_conf
 from common.files import read_json, read_jsonl, read_text, write_json, write_jsonl
 from common.runs import MANIFEST, claim_output, run_lock, staged_dir, write_manifest
 from clean import STEPS, CleanConfig, clean_document
+from contamination import contamination_report, format_contamination
 from data_outcome import (
     WARN_HINTS,
     doc_chars,
@@ -542,6 +543,10 @@ def decide_streamed(meta, cfg: PrepareConfig, lap=lambda name: None):
 def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, command) -> dict:
     """The stats (data_outcome.py's tables), stats.json, the plot and the manifest; returns the stats."""
     docs, labels, acted, removed, kept, unique, mixed, splits = outcome
+    t = time.time()
+    contamination = contamination_report(folder) if tasks else []  # eval sets vs training data
+    if tasks:
+        seconds = {**seconds, "contamination": time.time() - t}
     steps = step_table(docs, acted, removed, kept, unique, mixed)
     stats = {
         "config": config,
@@ -553,6 +558,7 @@ def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, 
         "false_positives": false_positives,
         "warnings": warnings_for(steps, cfg.warn_removed),
         "tasks": tasks,
+        "contamination": contamination,
         "seconds": seconds,
     }
     write_json(folder / "stats.json", stats)
@@ -576,6 +582,10 @@ def main(argv=None):
     cfg, args = parse_config(PrepareConfig, argv, doc=__doc__, extra=add_run_flags)
     stats = prepare(cfg, Path(args.out), overwrite=args.overwrite, command=command_line(__file__, argv))
     print(format_table(stats))
+    if stats["contamination"]:
+        print(
+            f"\ncontamination: longest word n-gram shared with the training data\n{format_contamination(stats['contamination'])}"
+        )
     print(f"wrote {Path(args.out) / 'data'}", file=sys.stderr)
 
 

@@ -135,7 +135,14 @@ def main(argv=None):
         )
         set_interrupt_hint(f"{tokens} is unchanged; rerun `{command}`")
         with staged_dir(tokens) as tmp:
-            meta = write_token_shards(tmp, {"train": train_docs, "val": val_docs}, tok)
+            # test.bin too, when 01 made a test split: 04 reports its headline loss on it, once, at the end
+            test = run / "data" / "test.jsonl"
+            splits = {
+                "train": train_docs,
+                "val": val_docs,
+                **({"test": read_jsonl(test)} if test.is_file() else {}),
+            }
+            meta = write_token_shards(tmp, splits, tok)
             write_manifest(
                 tmp,
                 stage="02_tokenizer",

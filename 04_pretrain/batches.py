@@ -73,6 +73,17 @@ def load_shards(run: Path, block_size: int, train_tokens: int = 0):
     return train, shards["val"], meta
 
 
+def load_test_shard(run: Path, meta: dict):
+    """The test shard (tokens/test.bin) as a checked memmap, or None when 02 wrote none (an older run,
+    or data with no test split). Pretraining reads it once, after training: it chooses nothing."""
+    path = Path(run) / "tokens" / "test.bin"
+    if not path.is_file():
+        return None
+    remake = f"python 02_tokenizer/bpe.py --data {run}"
+    expected = meta.get("n_tokens", {}).get("test")
+    return open_shard(path, np.dtype(meta["dtype"]), meta["vocab_size"], expected, remake)
+
+
 def open_shard(path: Path, dtype: np.dtype, vocab: int, expected, remake: str) -> np.ndarray:
     """One shard as a read-only memmap, checked against meta.json's token count and vocab size."""
     size = path.stat().st_size

@@ -9,7 +9,8 @@ Writes `runs/<name>/pretrain/` (train_state.py says what each checkpoint holds):
 - best.pt: the weights of the eval with the lowest val loss. **Later stages load this one.**
 - ckpt.pt: the full training state of the last eval; `--resume` continues from it bit-exactly.
 - metrics.jsonl, loss.png, outcome.json (val loss in nats/token and bits per byte, the unigram
-  baseline, tokens/s, MFU), and manifest.json: "running" from the start, "complete" at the end,
+  baseline, tokens/s, MFU; the headline and bar: best.pt on the whole val and test splits against
+  Kneser-Ney n-grams, heldout_loss.py; fact recall, fact_recall.py), and manifest.json: "running" from the start, "complete" at the end,
   so a later stage refuses a run that is unfinished, diverged or damaged.
 
 The folder is locked while a process writes it; a fresh run into a folder that holds another run
@@ -77,6 +78,7 @@ from optimizers import (
     set_lr,
 )
 from fact_recall import format_recall, recall_of_checkpoint
+from heldout_loss import heldout_outcome
 from batches import batch_starts, bits_per_byte, eval_starts, get_batch, load_shards, rank_rows, unigram_loss
 from torch_parallel import grad_sync, setup_distributed, unwrap_for_state, wrap_model
 from zero_sharding import ZeroAdamW
@@ -484,11 +486,17 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
         "weights": BEST,
         "resume_from": CKPT,
     }  # best.pt for later stages, ckpt.pt to resume
-    if s.rank == 0 and stopped != "stop_at":
+    held = None
+    if s.rank == 0 and stopped != "stop_at" and cfg.final_eval:
+        # the headline and bar: best.pt on the whole val and test splits vs Kneser-Ney n-grams (heldout_loss.py)
+        held = heldout_outcome(Path(cfg.data), out / BEST, s.device)
+        outcome.update(headline=held["headline"], bar=held["bar"], heldout=held["heldout"])
         # does the best checkpoint know its world's facts? (fact_recall.py; None on real text)
         outcome["fact_recall"] = recall_of_checkpoint(Path(cfg.data), out / BEST, s.device)
-        if outcome["fact_recall"]:
-            print("fact recall of best.pt on the held-out subjects (greedy completions):")
+        outcome["bars"] = [held["bar"]] + ([outcome["fact_recall"]["bar"]] if outcome["fact_recall"] else [])
+    if s.rank == 0 and stopped != "stop_at":
+        if outcome.get("fact_recall"):
+            print("fact recall of best.pt, every person, greedy completions:")
             print(format_recall(outcome["fact_recall"]))
         write_json(out / "outcome.json", outcome)
         plot_losses(records, baseline, out / "loss.png")
@@ -505,6 +513,8 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
                 else " (no bits/byte: tokens/meta.json has no n_bytes; rerun 02_tokenizer)"
             )
         )
+        if held:
+            print(f"{held['headline']}: {'PASS' if held['bar']['passed'] else 'FAIL'}")
     return {**outcome, "records": records}
 
 

@@ -102,6 +102,9 @@ class TrainConfig:
         0, "early stopping: stop after this many evals without improvement (0 = off)", min=0
     )
     eval_train: bool = option(False, "also measure the loss on train windows in eval mode (overfit.py)")
+    final_eval: bool = option(
+        True, "at the end: best.pt on the whole val/test splits vs n-grams, and fact recall (sweeps skip it)"
+    )
     log_interval: int = option(10, "steps between train-loss log lines", min=1)
     seed: int = option(1337, "initial weights, dropout and the data order", min=0)
     quiet: bool = option(False, "print only the final line (sweeps)")
@@ -150,7 +153,14 @@ PRESETS = {
         eval_batches=40,
     ),
 }
-RUN_CONTROL = ("resume", "overwrite", "allow_config_change", "stop_at", "quiet")  # not part of what a run is
+RUN_CONTROL = (
+    "resume",
+    "overwrite",
+    "allow_config_change",
+    "stop_at",
+    "quiet",
+    "final_eval",
+)  # not part of what a run is
 
 PEAK_FLOPS = {
     "H100": 989e12,

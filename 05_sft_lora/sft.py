@@ -80,7 +80,7 @@ from lora import (
     load_lora,
     save_lora,
 )
-from metrics import answer_in, exact_match, token_f1
+from metrics import answer_in, corpus_bleu, exact_match, rouge_l, token_f1
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
 from prefix import PrefixTuning, attach_prefix, load_prefix, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
@@ -308,12 +308,15 @@ def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64
 
 
 def score(predictions, records) -> dict:
-    """Mean exact match, token F1 (vs the reference answer turn) and answer accuracy (short answer)."""
+    """Mean exact match and token F1 (SQuAD v1.1), corpus BLEU (sacrebleu's defaults) and mean ROUGE-L
+    (rouge-score's) against the reference answer turn, and answer accuracy (the short answer)."""
     refs = [r["messages"][-1]["content"] for r in records]
     shorts = [r.get("answer") for r in records]
     res = {
         "exact_match": float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs)])),
         "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs)])),
+        "bleu": corpus_bleu(predictions, refs)["bleu"],  # sacrebleu's default corpus BLEU, 0-100
+        "rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(predictions, refs)])),
         "n": len(records),
     }
     if all(isinstance(s, str) for s in shorts):
@@ -337,7 +340,7 @@ def plot(records, base_eval, tuned_eval, path, title):
         ax1.plot(*zip(*va), "o-", label="validation subjects")
     ax1.set(xlabel="step", ylabel="loss (nats/token)", title=title)
     ax1.legend()
-    keys = [k for k in ("exact_match", "token_f1", "answer_acc") if k in tuned_eval]
+    keys = [k for k in ("exact_match", "token_f1", "rouge_l", "answer_acc") if k in tuned_eval]
     xs = np.arange(len(keys))
     if base_eval:
         ax2.bar(xs - 0.2, [base_eval[k] for k in keys], 0.4, label="base + template")
@@ -609,7 +612,11 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
 
 def report(o, out):
     base, tuned, f = o["heldout_base"], o["heldout_tuned"], o["corpus_val_loss"]
-    line = lambda e: " ".join(f"{k} {e[k]:.3f}" for k in ("exact_match", "token_f1", "answer_acc") if k in e)
+    keys = ("exact_match", "token_f1", "rouge_l", "answer_acc")
+    line = lambda e: (
+        " ".join(f"{k} {e[k]:.3f}" for k in keys if k in e)
+        + (f" bleu {e['bleu']:.1f}" if "bleu" in e else "")
+    )
     if base:
         print(f"held-out, base model + template: {line(base)}")
     print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
