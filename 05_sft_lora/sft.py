@@ -31,7 +31,6 @@ Interview questions it answers:
 """
 
 import dataclasses
-import json
 import math
 import os
 import resource

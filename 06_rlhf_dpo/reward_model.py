@@ -376,7 +376,7 @@ def report(o, out):
     if o["hh"]:
         hh = o["hh"]
         print(
-            f"HH-RLHF harmless pairs: "
+            "HH-RLHF harmless pairs: "
             + (
                 f"accuracy {hh['accuracy']:.3f} (n={hh['n']}, {hh['too_long']} too long "
                 f"even cut to the last turn)"

@@ -233,7 +233,7 @@ def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
         )
     prompt = torch.as_tensor(data.val[:16].astype("int64"), device=data.device)[None]
     n_new = min(cfg.gen_tokens, T - prompt.shape[1])
-    for r in range(rounds):
+    for _ in range(rounds):
         for row in rows:
             row["tok_s"] = max(row.get("tok_s", 0.0), tokens_per_second(models[row["format"]], prompt, n_new))
     base = next((r for r in rows if r["format"] == "fp32"), rows[0])

@@ -606,7 +606,7 @@ def test_tiny_gpt_overfits_one_batch():
     idx, targets = x[:, :-1], x[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     t0 = time.perf_counter()
-    for step in range(1, 301):
+    for step in range(1, 301):  # noqa: B007 (printed after the loop)
         _, loss = model(idx, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -1040,7 +1040,7 @@ def test_bad_input_gets_one_error_line_exit_2_and_changes_no_file(sample_run, re
         for case, proc in procs:
             out, err = proc.communicate(timeout=120)
             results.append((case, proc.returncode, out, err))
-    for (script, args, expected), _, out, err in results:
+    for (script, args, expected), _, _, err in results:
         lines = err.strip().splitlines()
         assert "Traceback" not in err, (script, args, err)
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (

@@ -30,7 +30,6 @@ from chat_template import (
     ROLE_TOKEN,
     encode_chat,
     encode_prompt,
-    lm_inputs,
     masked_logprob_mean,
     masked_logprob_sum,
     render_chat,
@@ -607,8 +606,6 @@ def _fork_driver(cases_path):
     <argv>` would, each in a forked child of this one interpreter: torch is imported once, not once
     per case (on a loaded 2-core machine an import alone takes 10+ s)."""
     import importlib
-    import tempfile
-    import traceback
 
     results = []
     for script, argv in json.loads(Path(cases_path).read_text()):

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bpe import BPETokenizer
 from checkpoint_io import save_checkpoint
@@ -357,7 +356,6 @@ def test_magnitude_pruning_masks_exactly_the_fraction_and_the_mask_survives_trai
     apply_masks(model, masks)
     zeros = {k: (v == 0) for k, v in prunable_weights(model).items()}
     assert all((zeros[k] == ~m).all() for k, m in masks.items())
-    x = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0))
     unmasked = copy.deepcopy(model)
     cfg = PruneConfig(run="x", recovery_steps=2, batch_size=2, lr=1e-2)
     recovery_finetune(model, np.random.randint(0, 64, 500).astype(np.uint16), cfg, "cpu", masks)

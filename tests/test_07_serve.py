@@ -123,7 +123,7 @@ def test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits(model
 
 def test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged(model, mixed):
     engine = Engine(model, None, "continuous", max_batch=2)
-    (p0, n0, ref0), (p1, n1, _), (p2, n2, ref2) = mixed[0], mixed[1], mixed[2]
+    (p0, n0, ref0), (p1, _, _), (p2, n2, ref2) = mixed[0], mixed[1], mixed[2]
     a = engine.submit(Request(p0, SamplingParams(max_tokens=n0, temperature=0)))
     b = engine.submit(Request(p1, SamplingParams(max_tokens=30, temperature=0)))
     c = engine.submit(Request(p2, SamplingParams(max_tokens=n2, temperature=0)))
