@@ -504,6 +504,7 @@ def _fork_driver(cases_path):
     """Run each case of cases_path (a JSON list of {argv, fault, snapshot}) in a forked child."""
     from common.files import pyplot
     from common.runs import code_version
+    import torch._dynamo  # noqa: F401  (what every run imports on its first use: pay it before forking)
 
     pyplot(), code_version()  # (optimizer, plot, manifest): pay it once
     cases, results = json.loads(Path(cases_path).read_text()), []
