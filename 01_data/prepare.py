@@ -62,6 +62,7 @@ from data_outcome import (
     domain_table,
     format_table,
     noise_table,
+    outcome_block,
     plot_outcome,
     step_table,
     warnings_for,
@@ -119,6 +120,10 @@ class PrepareConfig:
         "clean real text files (.txt/.jsonl): report how much of them each filter "
         "changes or drops (false positives)",
     )
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(chars=60000)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -459,6 +464,7 @@ def build(
         "seconds": seconds,
     }
     write_json(folder / "stats.json", stats)
+    write_json(folder / "outcome.json", outcome_block(stats))
     plot_outcome(stats, folder / "outcome.png", cfg.warn_removed)
     write_manifest(
         folder, stage="01_data", config=config, inputs=[*cfg.input, *cfg.fp_check], command=command
@@ -476,7 +482,9 @@ def add_run_flags(parser):
 
 
 def main(argv=None):
-    cfg, args = parse_config(PrepareConfig, argv, doc=__doc__, extra=add_run_flags)
+    cfg, args = parse_config(
+        PrepareConfig, argv, doc=__doc__, extra=add_run_flags, presets=PRESETS, default_preset="tiny"
+    )
     stats = prepare(cfg, Path(args.out), overwrite=args.overwrite, command=command_line(__file__, argv))
     print(format_table(stats))
     print(f"wrote {Path(args.out) / 'data'}", file=sys.stderr)

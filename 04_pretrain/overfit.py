@@ -37,6 +37,7 @@ from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from checkpoint_io import load_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 
@@ -69,6 +70,22 @@ class OverfitConfig:
     )
     seed: int = option(1337, "initial weights, dropout and data order", min=0)
     overwrite: bool = option(False, "replace the results already in runs/<name>/overfit")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        train_tokens=2000,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        block_size=32,
+        batch_size=4,
+        max_steps=21,
+        eval_interval=3,
+    ),
+}
 
 
 def check_overfit_config(c: OverfitConfig):
@@ -197,8 +214,23 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): the best regularized variant must close
+    part of the excess val loss."""
+    best = max(rows, key=lambda r: r["excess_closed"])
+    headline = f"best variant {best['variant']}: val {best['best_val']:.3f}, {100 * best['excess_closed']:.0f} % of the excess closed"
+    bar = make_bar(
+        "share of the excess val loss closed by the best variant",
+        best["excess_closed"],
+        threshold=0.0,
+        direction="higher",
+        note="a regularized variant closes part of the train/val gap",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    c, _ = parse_config(OverfitConfig, argv, doc=__doc__)
+    c, _ = parse_config(OverfitConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_overfit_config(c)
     run_dir = Path(c.data)
     check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
@@ -208,6 +240,7 @@ def main(argv=None):
         rows = run(c, out)
         print(format_table(rows))
         write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
+        write_json(out / "outcome.json", outcome_block(rows))
         write_manifest(
             out,
             stage="04_overfit",

@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, parse_config, run_cli, set_interrupt_hint
 from common.files import atomic_write_text, pyplot, read_json, save_figure, write_json
+from common.outcome import make_bar
 from common.runs import MANIFEST, claim_output, run_lock
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 
@@ -487,6 +488,7 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
         if outcome["fact_recall"]:
             print("fact recall of best.pt on the held-out subjects (greedy completions):")
             print(format_recall(outcome["fact_recall"]))
+        outcome.update(outcome_block(outcome))
         write_json(out / "outcome.json", outcome)
         plot_losses(records, baseline, out / "loss.png")
         write_run_manifest(out, cfg, command, "complete", s.resume_command)
@@ -503,6 +505,34 @@ def finish(s: Setup, step, best, stopped, val_loss, baseline, last, records, wal
             )
         )
     return {**outcome, "records": records}
+
+
+GAP_BAR = 2.0  # nats/token the val loss must be below the unigram baseline's
+
+
+def outcome_block(o: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): the best val loss against the unigram
+    baseline (what counting words gets), held to GAP_BAR nats/token below it."""
+    gap = o["unigram_val_loss"] - o["best_val_loss"]
+    bpb_text = f"{o['best_val_bpb']:.3f}" if o["best_val_bpb"] is not None else "-"
+    headline = (
+        f"val loss {o['best_val_loss']:.3f} nats/token ({bpb_text} bits/byte) vs unigram "
+        f"{o['unigram_val_loss']:.3f}: {gap:.2f} nats below"
+    )
+    recall = o.get("fact_recall")
+    if recall:  # fact_recall.py: does the base know its world? (held-out subjects, greedy completions)
+        headline += f"; fact recall {recall['all']['accuracy']:.2f} (majority baseline {recall['all']['majority_baseline']:.2f})"
+    bar = make_bar(
+        "val loss below the unigram baseline's (nats/token)",
+        gap,
+        threshold=GAP_BAR,
+        direction="higher",
+        inclusive=True,
+        baseline=0.0,
+        baseline_name=f"unigram model (val loss {o['unigram_val_loss']:.3f})",
+        note=f"val loss >= {GAP_BAR:g} nats/token below the unigram baseline",
+    )
+    return {"headline": headline, "bar": bar}
 
 
 def interrupt_hint(step: int, saved_step, resume_command: str) -> str:

@@ -116,6 +116,19 @@ class TrainConfig:
 
 PRESETS = {
     "tiny": {},  # the dataclass defaults
+    # seconds, for the smoke test (run_all.py --preset micro): that everything connects, not quality
+    "micro": dict(
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        batch_size=8,
+        lr=0.01,
+        min_lr=0.001,
+        warmup_steps=3,
+        max_steps=30,
+        eval_interval=15,
+        eval_batches=2,
+    ),
     # A laptop's hour or a GPU's minutes: nanoGPT's Shakespeare-char scale.
     "small": dict(
         n_layer=6,

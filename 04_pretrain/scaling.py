@@ -40,6 +40,7 @@ sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.outcome import make_bar
 
 from pretrain import TrainConfig, train
 
@@ -59,6 +60,10 @@ class ScalingConfig:
     lr: float = option(3e-3, "peak learning rate (cosine to lr/10, warmup a tenth of each budget)", min=0.0)
     seed: int = option(1337, "initial weights and data order", min=0)
     overwrite: bool = option(False, "replace the results already in runs/<name>/scaling")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(steps=[10, 12], sizes=3, block_size=32, batch_size=4)}
 
 
 def check_scaling_config(c: ScalingConfig):
@@ -207,6 +212,7 @@ def sweep(c: ScalingConfig, out: Path, command: str):
         f"(Kaplan et al. 2020: alpha_N ~ 0.076; Chinchilla: alpha ~ 0.34, beta ~ 0.28)"
     )
     plot(rows, fit, out / "scaling.png")
+    write_json(out / "outcome.json", outcome_block(fit, rows))
     write_json(
         out / "scaling.json",
         {
@@ -229,8 +235,26 @@ def sweep(c: ScalingConfig, out: Path, command: str):
     print(f"sweep took {time.time() - t0:.0f}s; wrote {out}/scaling.json and scaling.png")
 
 
+def outcome_block(fit, rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): the fit's exponents must be positive
+    (loss falls with N and with D); the bar's value is the smaller of the two."""
+    headline = (
+        f"L = {fit['E']:.2f} + {fit['A']:.3g}/N^{fit['alpha']:.2f} + {fit['B']:.3g}/D^{fit['beta']:.2f}, "
+        f"RMS error {fit['rms']:.4f} nats over {len(rows)} runs"
+    )
+    bar = make_bar(
+        "min(alpha, beta) of the fitted L(N, D)",
+        min(fit["alpha"], fit["beta"]),
+        threshold=0.0,
+        direction="higher",
+        n=len(rows),
+        note="the fit's exponents alpha and beta are positive (loss falls with N and with D)",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    c, _ = parse_config(ScalingConfig, argv, doc=__doc__)
+    c, _ = parse_config(ScalingConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_scaling_config(c)
     run_dir = Path(c.data)
     check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")

@@ -57,6 +57,7 @@ from common.cli import (
 from common.files import pyplot, read_json, save_figure, write_json, write_jsonl
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from decoding import left_pad  # 03_model
@@ -131,6 +132,21 @@ class SFTConfig:
     seed: int = option(1337, "seed for the adapter init, data order and dropout")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        steps=6,
+        batch_size=4,
+        warmup_steps=1,
+        eval_interval=2,
+        eval_limit=4,
+        max_new_tokens=8,
+        forget_windows=2,
+    ),
+}
 
 
 def check_sft_config(cfg: SFTConfig):
@@ -512,6 +528,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
                     for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
                 ],
             )
+            outcome.update(outcome_block(outcome))
             write_json(tmp / "outcome.json", outcome)
             plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
             inputs = [base_path if cfg.base else run / "pretrain", run / "tokenizer", run / "tokens"]
@@ -541,8 +558,34 @@ def report(o, out):
     )
 
 
+def outcome_block(o: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): held-out exact match above the base
+    model's (the template alone); no bar when the base was not evaluated."""
+    b, t = o["heldout_base"], o["heldout_tuned"]
+    if b is None:
+        return {
+            "headline": f"{o['method']}: held-out exact match {t['exact_match']:.3f} on {t['n']} conversations",
+            "bar": None,
+        }
+    headline = (
+        f"{o['method']}: held-out exact match {b['exact_match']:.3f} (base) -> {t['exact_match']:.3f} "
+        f"on {t['n']} conversations; forgetting {o['corpus_val_loss']['change']:+.3f} nats"
+    )
+    bar = make_bar(
+        "held-out exact match",
+        t["exact_match"],
+        threshold=b["exact_match"],
+        direction="higher",
+        baseline=b["exact_match"],
+        baseline_name="the base model with the chat template",
+        n=t["n"],
+        note="held-out exact match above the base model's",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(SFTConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(SFTConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     finetune(cfg, argv)
 
 

@@ -58,7 +58,14 @@ from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, load_reference, load_sft_policy, save_policy, task_file
+from policy_io import (
+    check_finite,
+    load_reference,
+    load_sft_policy,
+    method_outcome_block,
+    save_policy,
+    task_file,
+)
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
 from reward_model import load_pairs
 
@@ -85,6 +92,10 @@ class DPOConfig:
     seed: int = option(1337, "seed for the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(steps=3, batch_size=4, eval_interval=3)}
 
 
 def check_dpo_config(cfg: DPOConfig):
@@ -329,6 +340,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(run / "tokenizer", out),
         }
         write_jsonl(out / "metrics.jsonl", records)
+        outcome.update(method_outcome_block("dpo", outcome))
         write_json(out / "outcome.json", outcome)
         plot(records, cfg, out / f"{cfg.loss}.png")
         inputs = [
@@ -361,7 +373,7 @@ def report(o, out):
 
 
 def main(argv=None):
-    cfg, _ = parse_config(DPOConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(DPOConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_dpo_run(cfg, argv)
 
 

@@ -65,7 +65,14 @@ from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretra
 from chat_template import encode_prompt  # 05_sft_lora
 from metrics import pass_at_k  # 05_sft_lora
 
-from policy_io import check_finite, load_reference, load_sft_policy, save_policy, task_file
+from policy_io import (
+    check_finite,
+    load_reference,
+    load_sft_policy,
+    method_outcome_block,
+    save_policy,
+    task_file,
+)
 from preference_data import pad_id_of
 from rl_common import (
     PG_LOSSES,
@@ -118,6 +125,23 @@ class GRPOConfig:
     seed: int = option(1337, "seed for the problem order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        shots=0,
+        steps=2,
+        prompts_per_step=2,
+        group_size=2,
+        max_new_tokens=4,
+        micro_batch=4,
+        eval_limit=4,
+        eval_samples=1,
+        save_interval=1,
+    ),
+}
 
 
 def check_grpo_config(cfg: GRPOConfig):
@@ -362,6 +386,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(run / "tokenizer", out),
         }
         write_jsonl(out / "metrics.jsonl", records)
+        outcome.update(method_outcome_block("grpo", outcome))
         write_json(out / "outcome.json", outcome)
         plot(records, before, after, out / "grpo.png")
         inputs = [
@@ -394,7 +419,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
 
 
 def main(argv=None):
-    cfg, _ = parse_config(GRPOConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(GRPOConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_grpo_run(cfg, argv)
 
 

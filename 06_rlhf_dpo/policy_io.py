@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common.cli import UserError
 from common.runs import check_artifact
+from common.outcome import make_bar
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
@@ -155,3 +156,28 @@ def check_finite(values, what, step, ckpt_path):
         else "no checkpoint had been written yet"
     )
     raise UserError(f"{what} is {bad} at step {step}; stopped ({kept}); check the reward model or lower --lr")
+
+
+# method -> (key in its outcome's heldout_before/after, what the key measures)
+METHOD_METRICS = {
+    "dpo": ("heldout_ranks_chosen", "share of held-out pairs with log π(y_w) > log π(y_l)"),
+    "ppo": ("reward", "held-out greedy reward-model score"),
+    "grpo": ("pass@1_greedy", "held-out arithmetic pass@1 (greedy)"),
+}
+
+
+def method_outcome_block(method: str, o: dict) -> dict:
+    """{"headline", "bar"} of an alignment method's outcome.json (common/outcome.py): the metric it
+    optimizes, higher after training than before (the policy before training is the baseline)."""
+    key, what = METHOD_METRICS[method]
+    before, after = o["heldout_before"].get(key), o["heldout_after"].get(key)
+    bar = make_bar(
+        what,
+        after,
+        threshold=before,
+        direction="higher",
+        baseline=before,
+        baseline_name="the same policy before training",
+        note=f"{what}: higher after training than before",
+    )
+    return {"headline": f"{what}: {before:.3f} -> {after:.3f} in {o['steps']} steps", "bar": bar}

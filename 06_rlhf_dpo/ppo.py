@@ -59,7 +59,15 @@ from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
-from policy_io import check_finite, frozen, load_reference, load_sft_policy, save_policy, task_file
+from policy_io import (
+    check_finite,
+    frozen,
+    load_reference,
+    load_sft_policy,
+    method_outcome_block,
+    save_policy,
+    task_file,
+)
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_model import load_reward_model
 from rl_common import (
@@ -105,6 +113,15 @@ class PPOConfig:
     seed: int = option(1337, "seed for the prompt order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        steps=2, rollouts=4, max_new_tokens=4, ppo_epochs=1, minibatch=4, eval_limit=4, save_interval=1
+    ),
+}
 
 
 def check_ppo_config(cfg: PPOConfig):
@@ -381,6 +398,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(run / "tokenizer", out),
         }
         write_jsonl(out / "metrics.jsonl", records)
+        outcome.update(method_outcome_block("ppo", outcome))
         write_json(out / "outcome.json", outcome)
         plot(records, before, after, out / "ppo.png")
         inputs = [
@@ -407,7 +425,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
 
 
 def main(argv=None):
-    cfg, _ = parse_config(PPOConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(PPOConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_ppo_run(cfg, argv)
 
 

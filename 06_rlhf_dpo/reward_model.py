@@ -61,6 +61,7 @@ from common.cli import (
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
@@ -90,6 +91,10 @@ class RMConfig:
     seed: int = option(1337, "seed for the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(hh_file="none", steps=3, batch_size=4, eval_interval=3)}
 
 
 def check_rm_config(cfg: RMConfig):
@@ -348,6 +353,7 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
         }
         save_reward_model(out / "rm.pt", rm, run / "tokenizer", step=cfg.steps)
         write_jsonl(out / "metrics.jsonl", records)
+        outcome.update(outcome_block(outcome))
         write_json(out / "outcome.json", outcome)
         plot(records, outcome, out / "rm.png")
         write_manifest(
@@ -387,8 +393,25 @@ def report(o, out):
     print(f"{o['steps']} steps in {o['train_s']:.0f}s; wrote {out}/")
 
 
+def outcome_block(o: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): held-out pairwise accuracy above chance."""
+    h = o["heldout"]
+    headline = f"held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}; at init {o['heldout_at_init']['accuracy']:.3f})"
+    bar = make_bar(
+        "held-out pairwise accuracy",
+        h["accuracy"],
+        threshold=0.5,
+        direction="higher",
+        baseline=0.5,
+        baseline_name="chance",
+        n=h["n"],
+        note="held-out pairwise accuracy above 0.5 (chance)",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(RMConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(RMConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_rm_run(cfg, argv)
 
 

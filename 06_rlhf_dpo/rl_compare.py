@@ -49,6 +49,7 @@ from common.cli import UserError, check_config, command_line, option, parse_conf
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure, write_json
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from metrics import win_rate  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
@@ -98,6 +99,10 @@ class RLCompareConfig:
     seed: int = option(1337, "seed of the sampled answers the KL is measured on")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the table already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(limit=4, shots=0, max_new_tokens=4, arith_tokens=4)}
 
 
 def check_rl_compare_config(cfg: RLCompareConfig):
@@ -295,6 +300,7 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                     "config": asdict(cfg),
                 },
             )
+            write_json(tmp / "outcome.json", outcome_block(rows))
             atomic_write_text(tmp / "compare.md", table + "\n")
             plot(results, tmp / "compare.png")
             write_manifest(
@@ -326,8 +332,29 @@ def evaluate_pair_mean(model, tok, held) -> float:
     return (lp["chosen_mean"] > lp["rejected_mean"]).float().mean().item()
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): each method beats SFT on the metric it
+    optimizes; the bar's value is the share of methods that do (all of them must)."""
+    methods = [r for r in rows if r.get("beats SFT") in ("yes", "no")]
+    wins = [r["method"] for r in methods if r["beats SFT"] == "yes"]
+    headline = f"{len(wins)} of {len(methods)} methods beat SFT on their own metric" + (
+        f" ({', '.join(wins)})" if wins else ""
+    )
+    bar = make_bar(
+        "share of methods that beat SFT on the held-out metric they optimize",
+        len(wins) / len(methods) if methods else None,
+        threshold=1.0,
+        direction="higher",
+        inclusive=True,
+        n=len(methods),
+        baseline_name="the SFT policy",
+        note="each method beats SFT on the metric it optimizes",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(RLCompareConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(RLCompareConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     compare_run(cfg, argv)
 
 

@@ -75,6 +75,7 @@ from common.cli import (
 from common.files import markdown_table, pyplot, save_figure, write_json, write_jsonl
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
@@ -141,6 +142,25 @@ class DistillConfig:
     seed: int = option(1337, "student init and data order (the same for every student)", min=0)
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        methods=["scratch", "logit"],
+        student_layers=1,
+        student_embd=16,
+        steps=3,
+        batch_size=4,
+        warmup_steps=1,
+        eval_windows=2,
+        eval_limit=2,
+        max_new_tokens=4,
+        speed_tokens=4,
+        speed_repeats=1,
+    ),
+}
 
 
 def check_distill_config(cfg: DistillConfig):
@@ -538,6 +558,7 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
                 "device": device,
                 "rows": rows,
             }
+            outcome.update(outcome_block(rows))
             write_json(tmp / "outcome.json", outcome)
             write_jsonl(tmp / "metrics.jsonl", [r for t in training.values() for r in t["records"]])
             plot(rows, training, tmp / "distill.png")
@@ -609,8 +630,31 @@ def plot(rows: dict, training: dict, path):
     save_figure(fig, path)
 
 
+def outcome_block(rows: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): the best distilled student's val loss
+    below the student trained from scratch on the same budget; no bar without both."""
+    students = {k: v for k, v in rows.items() if k not in ("teacher", "scratch")}
+    if "scratch" not in rows or not students:
+        return {"headline": "no scratch baseline or no distilled student in this run", "bar": None}
+    best = min(students, key=lambda k: students[k]["val_loss"])
+    headline = (
+        f"best student {best}: val loss {students[best]['val_loss']:.3f} vs scratch "
+        f"{rows['scratch']['val_loss']:.3f}, teacher {rows['teacher']['val_loss']:.3f}"
+    )
+    bar = make_bar(
+        "val loss of the best distilled student (nats/token)",
+        students[best]["val_loss"],
+        threshold=rows["scratch"]["val_loss"],
+        direction="lower",
+        baseline=rows["scratch"]["val_loss"],
+        baseline_name="the same student trained from scratch, same budget",
+        note="a distilled student beats the student trained from scratch (val loss)",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(DistillConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(DistillConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     distill(cfg, argv)
 
 

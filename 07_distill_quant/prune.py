@@ -74,6 +74,7 @@ from common.cli import (
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from gpt import GPT  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
@@ -115,6 +116,21 @@ class PruneConfig:
     seed: int = option(7, "data order of the scores and the recovery fine-tune", min=0)
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        fractions=[0.5],
+        heads=0,
+        neuron_fraction=0.0,
+        score_batches=1,
+        recovery_steps=2,
+        batch_size=4,
+        eval_windows=2,
+    ),
+}
 
 
 def check_prune_config(cfg: PruneConfig):
@@ -466,6 +482,7 @@ def prune(cfg: PruneConfig, argv=None) -> dict:
                     flush=True,
                 )
             outcome = {"model": str(source), "config": asdict(cfg), "device": device, "rows": rows}
+            outcome.update(outcome_block(rows))
             write_json(tmp / "outcome.json", outcome)
             plot(rows, tmp / "prune.png")
             write_manifest(
@@ -524,8 +541,26 @@ def plot(rows, path):
     save_figure(fig, path)
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): recovery fine-tuning lowers every pruned
+    variant's perplexity; the bar's value is the largest change (recovered - pruned), which must be <= 0."""
+    headline = "; ".join(
+        f"{r['variant']} ppl {r['ppl_pruned']:.1f} -> {r['ppl_recovered']:.1f}" for r in rows[:3]
+    )
+    bar = make_bar(
+        "largest val perplexity change from recovery fine-tuning (recovered - pruned)",
+        max((r["ppl_recovered"] - r["ppl_pruned"] for r in rows), default=0.0),
+        threshold=0.0,
+        direction="lower",
+        inclusive=True,
+        n=len(rows),
+        note="recovery fine-tuning lowers every pruned variant's perplexity",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(PruneConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(PruneConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     prune(cfg, argv)
 
 

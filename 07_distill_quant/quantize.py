@@ -67,6 +67,7 @@ from common.cli import UserError, check_config, command_line, option, parse_conf
 from common.files import atomic_write_text, markdown_table, pyplot, save_figure, write_json
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from bpe import BPETokenizer  # 02_tokenizer
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
@@ -328,6 +329,21 @@ class QuantConfig:
     overwrite: bool = option(False, "replace the run already in the output folder")
 
 
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        bits=8,
+        method="rtn",
+        compare=["fp32", "int8"],
+        calib_windows=2,
+        val_windows=2,
+        eval_limit=2,
+        gen_tokens=4,
+    ),
+}
+
+
 def check_quant_config(cfg: QuantConfig):
     """(the saved format, the compared formats), or a UserError for a setting that cannot work."""
     check_config(cfg)
@@ -481,8 +497,32 @@ def evaluate_saved(cfg, device):
     )
 
 
+def outcome_block(rows, saved_format: str) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): INT8 perplexity change <= 1 % (no bar
+    when int8 was not among the compared formats)."""
+    by = {r["format"]: r for r in rows}
+    parts = [
+        f"{k} {by[k]['ppl_change_pct']:+.2f} % ppl at {by[k]['vs_fp32_bytes']:.2f}x the fp32 bytes"
+        for k in ("int8", "int4-g32")
+        if k in by
+    ]
+    bar = None
+    if "int8" in by:
+        bar = make_bar(
+            "INT8 val perplexity change vs fp32 (%)",
+            by["int8"]["ppl_change_pct"],
+            threshold=1.0,
+            direction="lower",
+            inclusive=True,
+            baseline=0.0,
+            baseline_name="fp32 (the model itself)",
+            note="INT8 perplexity change <= 1 %",
+        )
+    return {"headline": "; ".join(parts) or f"saved {saved_format}", "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(QuantConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(QuantConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     spec, compare = check_quant_config(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -536,6 +576,7 @@ def main(argv=None):
                 if chat
                 else "not measured: no finished SFT run, the model is a pretrained one",
             }
+            outcome.update(outcome_block(rows, spec.name))
             write_json(tmp / "outcome.json", outcome)
             atomic_write_text(
                 tmp / "tables.md",
