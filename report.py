@@ -5,16 +5,11 @@
 
 Every number comes from the files the stages wrote into that run folder (stats.json, outcome.json,
 metrics.jsonl, compare.json ...), none is typed here; a stage whose folder holds no finished run
-(no manifest.json) is reported as "not run", never as a number. At the top, one line per stage: its
-headline result, the bar it is held to, and PASS / FAIL. The bars are the ones the project promises:
-
-    data         precision >= 0.95 per injected noise type; recall too, but for the toxicity and bias
-                 lexicons, which are tested on phrasings they never saw (their recall is reported)
-    tokenizer    more bytes per token than GPT-2's tokenizer on this corpus's val text
-    pretrain     val loss at least 2 nats/token below the unigram baseline (what counting words gets)
-    sft          held-out exact match above the base model's (the template alone)
-    alignment    each method beats SFT on the metric it optimizes
-    quantize     INT8 perplexity change <= 1 %
+(no manifest.json) is reported as "not run", never as a number. At the top, one line per stage: the
+headline, the bar and the verdict the stage itself wrote into its outcome.json (`"headline"`, `"bar"`,
+made by common/outcome.make_bar): this file decides no verdict and holds no threshold, it lays out what
+the stages measured, with their tables and plots. The stages and their folders come from the registry
+(common/layout.py).
 
 It lives at the root beside run_all.py because it reads every stage and belongs to none (a stage may
 import only from earlier ones). run_all.py also imports `headline_of` to print each stage's line as
@@ -32,8 +27,8 @@ REPO = Path(__file__).resolve().parent
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure
-
-MANIFEST = "manifest.json"
+from common.layout import stage as stage_entry
+from common.runs import MANIFEST
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -596,26 +591,6 @@ SECTIONS = {
     "quantize": quantize_section,
     "serve": serve_section,
 }
-# the scripts whose absence means "not in this checkout" rather than "not run"
-SCRIPTS = {
-    "data": "01_data/prepare.py",
-    "tokenizer": "02_tokenizer/bpe.py",
-    "pretrain": "04_pretrain/pretrain.py",
-    "scaling": "04_pretrain/scaling.py",
-    "overfit": "04_pretrain/overfit.py",
-    "sft": "05_sft_lora/sft.py",
-    "sft_compare": "05_sft_lora/compare.py",
-    "reward_model": "06_rlhf_dpo/reward_model.py",
-    "dpo": "06_rlhf_dpo/dpo.py",
-    "ppo": "06_rlhf_dpo/ppo.py",
-    "grpo": "06_rlhf_dpo/grpo.py",
-    "rl_compare": "06_rlhf_dpo/rl_compare.py",
-    "distill": "07_distill_quant/distill.py",
-    "speculative": "07_distill_quant/speculative.py",
-    "prune": "07_distill_quant/prune.py",
-    "quantize": "07_distill_quant/quantize.py",
-    "serve": "07_distill_quant/bench_serve.py",
-}
 
 
 def figure(path, alt: str) -> str:
@@ -639,9 +614,10 @@ def drawn(figs, name, plot, *args):
 
 def section_of(stage: str, run: Path, figs) -> Section:
     """The stage's section; figs: the folder to draw report_*.png into (None: draw nothing)."""
-    if not (REPO / SCRIPTS[stage]).is_file():  # a later stage not merged yet
+    script = stage_entry(stage).script
+    if not (REPO / script).is_file():  # a later stage not merged yet
         s = SECTIONS[stage](run, None)
-        s.headline, s.passed, s.body = f"not in this checkout ({SCRIPTS[stage]} is absent)", None, ""
+        s.headline, s.passed, s.body = f"not in this checkout ({script} is absent)", None, ""
         return s
     return SECTIONS[stage](run, figs)
 
