@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure
-from common.layout import stage as stage_entry
+from common.layout import RunLayout, stage as stage_entry
 from common.runs import MANIFEST
 
 
@@ -245,7 +245,7 @@ def pretrain_section(run, figs) -> Section:
     parts = [
         markdown_table(rows, ["quantity", "value"]),
         figure(
-            run / "pretrain" / "loss.png",
+            RunLayout(run).pretrain / "loss.png",
             "train and val loss against the unigram baseline (pretrain.py's plot)",
         ),
     ]
@@ -403,7 +403,7 @@ def reward_model_section(run, figs) -> Section:
     h = o["heldout"]
     per = [{"rule": k, "accuracy": num(v)} for k, v in h.get("per_rule", {}).items()]
     s.body = "\n\n".join(
-        [markdown_table(per, ["rule", "accuracy"]), figure(run / "rm" / "rm.png", "reward model")]
+        [markdown_table(per, ["rule", "accuracy"]), figure(RunLayout(run).rm / "rm.png", "reward model")]
     )
     return s
 
@@ -458,7 +458,7 @@ def distill_section(run, figs) -> Section:
             markdown_table(
                 table, ["model", "params", "val loss", "val ppl", "exact match", "gap closed", "gen tok/s"]
             ),
-            figure(run / "distill" / "distill.png", "distillation"),
+            figure(RunLayout(run).distill / "distill.png", "distillation"),
         ]
     )
     return s
@@ -539,7 +539,7 @@ def quantize_section(run, figs) -> Section:
         [
             markdown_table(table, ["format", "bytes", "x fp32", "val ppl", "change", "exact match", "tok/s"]),
             *[f"- {g}" for g in o.get("goals", [])],
-            figure(run / "quant" / "quant.png", "quantization"),
+            figure(RunLayout(run).quant / "quant.png", "quantization"),
         ]
     )
     return s
@@ -566,7 +566,7 @@ def serve_section(run, figs) -> Section:
         [
             f"Setup: {o.get('setup', '')}",
             markdown_table(table, list(table[0]) if table else []),
-            figure(run / "serve" / "bench_serve.png", "serving"),
+            figure(RunLayout(run).serve / "bench_serve.png", "serving"),
         ]
     )
     return s

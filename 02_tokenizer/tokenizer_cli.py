@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import command_line, parse_config, run_cli, set_interrupt_hint
 from common.files import markdown_table, read_jsonl, write_json
+from common.layout import RunLayout
 from common.outcome import make_bar
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 
@@ -50,16 +51,16 @@ def add_run_flags(parser):
 
 def read_data(run: Path):
     """(train docs, val docs) of runs/<name>/data/, after checking it is complete and undamaged."""
-    check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    return read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
+    check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
+    return read_jsonl(RunLayout(run).data / "train.jsonl"), read_jsonl(RunLayout(run).data / "val.jsonl")
 
 
 def bpe_reference(run: Path):
     """This run's BPE tokenizer, when bpe.py has made one (checked first), for comparison; else None."""
-    if not (run / "tokenizer").exists():
+    if not (RunLayout(run).tokenizer).exists():
         return None
-    check_artifact(run / "tokenizer", made_by=f"python 02_tokenizer/bpe.py --data {run}")
-    return BPETokenizer.load(run / "tokenizer")
+    check_artifact(RunLayout(run).tokenizer, made_by=RunLayout(run).made_by("tokenizer"))
+    return BPETokenizer.load(RunLayout(run).tokenizer)
 
 
 def train_and_report(name, train, save, *, out, docs, config, command, overwrite, compare_with_bpe=False):
@@ -103,7 +104,7 @@ def train_and_report(name, train, save, *, out, docs, config, command, overwrite
             block = outcome_block(rows, held_to_bar=not compare_with_bpe)
             write_json(tmp / "outcome.json", {**block, "rows": rows, "table": table, "example": example})
             plot_bytes_per_token(rows, tmp / "bytes_per_token.png")
-            inputs = [run / "data"] + ([run / "tokenizer"] if reference is not None else [])
+            inputs = [RunLayout(run).data] + ([RunLayout(run).tokenizer] if reference is not None else [])
             write_manifest(tmp, stage="02_tokenizer", command=command, config=config, inputs=inputs)
     print(f"wrote {out}")
     return tok
@@ -145,7 +146,7 @@ def main(argv=None):
     run = Path(args.data)
     command = command_line(REPO / "02_tokenizer" / "bpe.py", argv)
     train_docs, val_docs = read_data(run)
-    tokens = run / "tokens"
+    tokens = RunLayout(run).tokens
     with run_lock(tokens):
         claim_output(tokens, args.overwrite, remove=False)
         tok = train_and_report(
@@ -158,7 +159,7 @@ def main(argv=None):
                 progress_every=max(100, cfg.vocab_size // 10),
             ),
             lambda tok, folder: tok.save(folder),
-            out=run / "tokenizer",
+            out=RunLayout(run).tokenizer,
             docs={"train": train_docs, "val": val_docs},
             config=asdict(cfg),
             command=command,
@@ -172,7 +173,7 @@ def main(argv=None):
                 stage="02_tokenizer",
                 command=command,
                 config=asdict(cfg),
-                inputs=[run / "data", run / "tokenizer"],
+                inputs=[RunLayout(run).data, RunLayout(run).tokenizer],
             )
     print(f"tokens: {meta['n_tokens']}, UTF-8 bytes: {meta['n_bytes']}\nwrote {tokens}")
 

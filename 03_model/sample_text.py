@@ -26,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer")]
 from common.cli import UserError, option, parse_config, run_cli
+from common.layout import RunLayout
 from common.runs import check_artifact
 from common.devices import resolve_device
 from checkpoint_io import load_checkpoint, tokenizer_dir  # 03_model (this folder)
@@ -58,11 +59,13 @@ def load_tokenizer(ckpt_path: Path, saved, override: str):
 
     named = tokenizer_dir(ckpt_path, saved)
     candidates = (
-        [Path(override)] if override else [p for p in (named, ckpt_path.parent.parent / "tokenizer") if p]
+        [Path(override)]
+        if override
+        else [p for p in (named, RunLayout(ckpt_path.parent.parent).tokenizer) if p]
     )
     for folder in candidates:
         if (folder / "tokenizer.json").is_file():
-            check_artifact(folder, made_by=f"python 02_tokenizer/bpe.py --data {folder.parent}")
+            check_artifact(folder, made_by=RunLayout(folder.parent).made_by("tokenizer"))
             return BPETokenizer.load(folder)
     raise UserError(
         f"no tokenizer found (looked in {', '.join(map(str, candidates))}); "

@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model")]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import read_jsonl
+from common.layout import RunLayout
 from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
 from decoding import left_pad  # 03_model
@@ -110,7 +111,7 @@ def fact_recall(model, tok, probes, train_probes, max_new_tokens=6) -> dict:
 
 def load_probes(run: Path):
     """(held-out probes, train probes) from 01's data/tasks/recall_*.jsonl; None when absent (real text)."""
-    tasks = run / "data" / "tasks"
+    tasks = RunLayout(run).tasks
     if not (tasks / "recall_heldout.jsonl").is_file():
         return None
     fields = ("prompt", "answer", "attribute")
@@ -135,7 +136,7 @@ def recall_of_checkpoint(run: Path, ckpt: Path, device="cpu"):
     if probes is None or not Path(ckpt).is_file():
         return None
     model = GPT.from_checkpoint(ckpt, map_location=device).eval()
-    return fact_recall(model, BPETokenizer.load(run / "tokenizer"), *probes)
+    return fact_recall(model, BPETokenizer.load(RunLayout(run).tokenizer), *probes)
 
 
 @dataclass
@@ -154,8 +155,8 @@ def main(argv=None):
             f"{run}/data/tasks/recall_heldout.jsonl is missing; the probes come from the generated "
             f"world: rerun `python 01_data/prepare.py --out {run}` without --input"
         )
-    ckpt = Path(cfg.ckpt) if cfg.ckpt else run / "pretrain" / "best.pt"
-    check_artifact(ckpt.parent, made_by=f"python 04_pretrain/pretrain.py --data {run}")
+    ckpt = Path(cfg.ckpt) if cfg.ckpt else RunLayout(run).pretrain / "best.pt"
+    check_artifact(ckpt.parent, made_by=RunLayout(run).made_by("pretrain"))
     table = recall_of_checkpoint(run, ckpt)
     print(format_recall(table))
     for ex in table["job"]["examples"] + table["city"]["examples"]:

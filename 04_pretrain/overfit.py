@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -233,7 +234,7 @@ def main(argv=None):
     c, _ = parse_config(OverfitConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_overfit_config(c)
     run_dir = Path(c.data)
-    check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
+    check_artifact(RunLayout(run_dir).tokens, made_by=RunLayout(run_dir).made_by("tokenizer"))
     out = run_dir / "overfit"
     with run_lock(out):
         claim_output(out, c.overwrite, remove=True)
@@ -246,7 +247,7 @@ def main(argv=None):
             stage="04_overfit",
             command=command_line(__file__, argv),
             config=dataclasses.asdict(c),
-            inputs=[run_dir / "tokens"],
+            inputs=[RunLayout(run_dir).tokens],
         )
     print(f"wrote {out}/overfit.json and overfit.png")
 

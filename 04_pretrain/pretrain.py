@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, parse_config, run_cli, set_interrupt_hint
 from common.files import atomic_write_text, pyplot, read_json, save_figure, write_json
+from common.layout import RunLayout
 from common.outcome import make_bar
 from common.runs import MANIFEST, claim_output, run_lock
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
@@ -284,8 +285,8 @@ def train(cfg: TrainConfig, command: str = "") -> dict:
     check_train_config(cfg, world)
     check_device_support(cfg, device)
     shards = load_shards(Path(cfg.data), cfg.block_size, cfg.train_tokens)  # refuses bad or stale tokens
-    tokens_id = read_json(Path(cfg.data) / "tokens" / MANIFEST)["id"]
-    out = Path(cfg.out) if cfg.out else Path(cfg.data) / "pretrain"
+    tokens_id = read_json(RunLayout(cfg.data).tokens / MANIFEST)["id"]
+    out = Path(cfg.out) if cfg.out else RunLayout(cfg.data).pretrain
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not a folder; remove it or choose another --out")
     with run_lock(out, enabled=rank == 0):  # a second writer fails here, naming our pid

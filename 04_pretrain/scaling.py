@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.outcome import make_bar
 
@@ -230,7 +231,7 @@ def sweep(c: ScalingConfig, out: Path, command: str):
         stage="04_scaling",
         command=command,
         config=dataclasses.asdict(c),
-        inputs=[Path(c.data) / "tokens"],
+        inputs=[RunLayout(c.data).tokens],
     )
     print(f"sweep took {time.time() - t0:.0f}s; wrote {out}/scaling.json and scaling.png")
 
@@ -257,7 +258,7 @@ def main(argv=None):
     c, _ = parse_config(ScalingConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_scaling_config(c)
     run_dir = Path(c.data)
-    check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
+    check_artifact(RunLayout(run_dir).tokens, made_by=RunLayout(run_dir).made_by("tokenizer"))
     out = run_dir / "scaling"
     with run_lock(out):
         claim_output(out, c.overwrite, remove=True)

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, read_json, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.outcome import make_bar
 
@@ -254,7 +255,7 @@ def main(argv=None):
                 stage="05_sft_lora",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[run / "pretrain", run / "tokenizer", run / "data"],
+                inputs=[RunLayout(run).pretrain, RunLayout(run).tokenizer, RunLayout(run).data],
             )
     print(table)
     print(f"wrote {out}/ (compare.json, compare.png, one sft run per method)")

@@ -55,6 +55,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, read_json, save_figure, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -168,21 +169,21 @@ def base_checkpoint(cfg: SFTConfig) -> Path:
         if not Path(cfg.base).is_file():
             raise UserError(f"--base {cfg.base}: no such checkpoint; 04_pretrain/pretrain.py makes one")
         return Path(cfg.base)
-    pre = Path(cfg.run) / "pretrain"
-    check_artifact(pre, made_by=f"python 04_pretrain/pretrain.py --data {cfg.run}")
+    pre = RunLayout(cfg.run).pretrain
+    check_artifact(pre, made_by=RunLayout(cfg.run).made_by("pretrain"))
     return pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"
 
 
 def task_file(cfg, given, name) -> Path:
     if given:
         return Path(given)
-    check_artifact(Path(cfg.run) / "data", made_by=f"python 01_data/prepare.py --out {cfg.run}")
-    return Path(cfg.run) / "data" / "tasks" / name
+    check_artifact(RunLayout(cfg.run).data, made_by=RunLayout(cfg.run).made_by("data"))
+    return RunLayout(cfg.run).tasks / name
 
 
 def load_tokenizer(cfg) -> BPETokenizer:
-    tok_dir = Path(cfg.run) / "tokenizer"
-    check_artifact(tok_dir, made_by=f"python 02_tokenizer/bpe.py --data {cfg.run}")
+    tok_dir = RunLayout(cfg.run).tokenizer
+    check_artifact(tok_dir, made_by=RunLayout(cfg.run).made_by("tokenizer"))
     return BPETokenizer.load(tok_dir)
 
 
@@ -227,7 +228,7 @@ def load_finetuned(sft_dir, device="cpu"):
     with its adapter attached (peft: the LoRA adapter's name, or the PrefixTuning / BottleneckAdapters
     module, which lives beside the model). What 06 and 07 call to start from the SFT model."""
     sft_dir = Path(sft_dir)
-    manifest = check_artifact(sft_dir, made_by="python 05_sft_lora/sft.py --run runs/<name>")
+    manifest = check_artifact(sft_dir, made_by=RunLayout("runs/<name>").made_by("sft"))
     outcome = read_json(sft_dir / "outcome.json")
     tok = BPETokenizer.load(sft_dir / outcome["tokenizer"])
     if (sft_dir / "ckpt.pt").is_file():
@@ -363,7 +364,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     check_sft_config(cfg)
     run = Path(cfg.run)
     device = resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "sft"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).sft
     base_path = base_checkpoint(cfg)
     tok = load_tokenizer(cfg)
     train_path, held_path = (
@@ -477,11 +478,11 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)
         with staged_dir(out) as tmp:
-            tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(run / "tokenizer", out))
+            tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(RunLayout(run).tokenizer, out))
             outcome = {
                 "method": cfg.method,
                 "base_checkpoint": os.path.relpath(base_path, out),
-                "tokenizer": os.path.relpath(run / "tokenizer", out),
+                "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
                 "params": counts,
                 "lr": lr,
                 "steps": step,
@@ -531,8 +532,12 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
             outcome.update(outcome_block(outcome))
             write_json(tmp / "outcome.json", outcome)
             plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
-            inputs = [base_path if cfg.base else run / "pretrain", run / "tokenizer", run / "tokens"]
-            inputs += [Path(f) if f else run / "data" for f in (cfg.train_file, cfg.heldout_file)]
+            inputs = [
+                base_path if cfg.base else RunLayout(run).pretrain,
+                RunLayout(run).tokenizer,
+                RunLayout(run).tokens,
+            ]
+            inputs += [Path(f) if f else RunLayout(run).data for f in (cfg.train_file, cfg.heldout_file)]
             write_manifest(
                 tmp,
                 stage="05_sft_lora",

@@ -54,6 +54,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
@@ -324,7 +325,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         records = train_preference(
-            policy, reference, train, heldout, cfg, pad, device, out, run / "tokenizer"
+            policy, reference, train, heldout, cfg, pad, device, out, RunLayout(run).tokenizer
         )
         train_s = time.time() - t0
         ev = [r for r in records if "heldout_loss" in r]
@@ -337,16 +338,16 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             "steps": cfg.steps,
             "train_s": train_s,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(out / "metrics.jsonl", records)
         outcome.update(method_outcome_block("dpo", outcome))
         write_json(out / "outcome.json", outcome)
         plot(records, cfg, out / f"{cfg.loss}.png")
         inputs = [
-            run / "sft",
+            RunLayout(run).sft,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
             ],
         ]

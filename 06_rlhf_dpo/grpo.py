@@ -59,6 +59,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, read_jsonl, save_figure, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
@@ -312,7 +313,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     """Train with GRPO and write <out>/ (module docstring); returns the outcome."""
     check_grpo_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "grpo"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).grpo
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
     train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
@@ -368,7 +369,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             )
             records.append({"step": step, **stats})
             if step % cfg.save_interval == 0 or step == cfg.steps:
-                save_policy(out / "ckpt.pt", policy, run / "tokenizer", step=step, method="grpo")
+                save_policy(out / "ckpt.pt", policy, RunLayout(run).tokenizer, step=step, method="grpo")
                 print(
                     f"step {step}/{cfg.steps} | reward {stats['reward_mean']:.3f} | kl {stats['kl']:.4f} | "
                     f"clip {stats['clip_fraction']:.3f} | entropy {stats['entropy']:.2f} | {time.time() - t0:.0f}s",
@@ -383,16 +384,16 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             "train_s": train_s,
             "rollouts_per_step": cfg.prompts_per_step * cfg.group_size,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(out / "metrics.jsonl", records)
         outcome.update(method_outcome_block("grpo", outcome))
         write_json(out / "outcome.json", outcome)
         plot(records, before, after, out / "grpo.png")
         inputs = [
-            run / "sft",
+            RunLayout(run).sft,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
             ],
         ]

@@ -32,6 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common.cli import UserError
+from common.layout import RunLayout
 from common.runs import check_artifact
 from common.outcome import make_bar
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
@@ -50,7 +51,7 @@ def sft_made_by(run) -> str:
 def load_sft_policy(run, device="cpu"):
     """(policy GPT, tokenizer) from runs/<name>/sft/: a full fine-tune as it is, a LoRA fine-tune with its
     adapter merged into the weights (so every parameter can train, as in the full case)."""
-    sft_dir = Path(run) / "sft"
+    sft_dir = RunLayout(run).sft
     check_artifact(sft_dir, made_by=sft_made_by(run))
     model, tok, peft = load_finetuned(sft_dir, device)
     if isinstance(peft, str):  # LoRA: W ← W + (α/r)·B·A, then a plain GPT
@@ -134,8 +135,8 @@ def task_file(run, given, name) -> Path:
     """The file the user gave, else runs/<name>/data/tasks/<name> once 01's data folder checks out."""
     if given:
         return Path(given)
-    check_artifact(Path(run) / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    return Path(run) / "data" / "tasks" / name
+    check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
+    return RunLayout(run).tasks / name
 
 
 def checkpoint_step(path) -> int | None:

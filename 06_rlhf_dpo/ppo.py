@@ -55,6 +55,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
@@ -353,14 +354,14 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     """Train with PPO and write <out>/ (module docstring); returns the outcome."""
     check_ppo_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "ppo"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).ppo
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
     if cfg.reward_model:
         rm_path = Path(cfg.reward_model)
     else:
-        check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
-        rm_path = run / "rm" / "rm.pt"
+        check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+        rm_path = RunLayout(run).rm / "rm.pt"
     rm = frozen(load_reward_model(rm_path, tok, device))
     value_model = load_reward_model(rm_path, tok, device)  # V_ψ starts as the reward model
     value_model.requires_grad_(True)
@@ -380,7 +381,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
         )
         t0 = time.time()
         records = train_ppo(
-            policy, reference, rm, value_model, tok, prompts, cfg, device, out, run / "tokenizer"
+            policy, reference, rm, value_model, tok, prompts, cfg, device, out, RunLayout(run).tokenizer
         )
         train_s = time.time() - t0
         after = {
@@ -395,17 +396,17 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "prompts": len(prompts),
             "device": device,
             "reward_model": os.path.relpath(rm_path, out),
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(out / "metrics.jsonl", records)
         outcome.update(method_outcome_block("ppo", outcome))
         write_json(out / "outcome.json", outcome)
         plot(records, before, after, out / "ppo.png")
         inputs = [
-            run / "sft",
-            rm_path if cfg.reward_model else run / "rm",
+            RunLayout(run).sft,
+            rm_path if cfg.reward_model else RunLayout(run).rm,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))
             ],
         ]

@@ -59,6 +59,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -324,7 +325,7 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
     """Train and evaluate a reward model and write <out>/ (module docstring); returns the outcome."""
     check_rm_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "rm"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).rm
     policy, tok = load_sft_policy(run, device)
     pad = pad_id_of(tok)
     train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
@@ -349,9 +350,9 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
             "steps": cfg.steps,
             "train_s": train_s,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
-        save_reward_model(out / "rm.pt", rm, run / "tokenizer", step=cfg.steps)
+        save_reward_model(out / "rm.pt", rm, RunLayout(run).tokenizer, step=cfg.steps)
         write_jsonl(out / "metrics.jsonl", records)
         outcome.update(outcome_block(outcome))
         write_json(out / "outcome.json", outcome)
@@ -362,9 +363,9 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
             command=command_line(__file__, argv),
             config=asdict(cfg),
             inputs=[
-                run / "sft",
+                RunLayout(run).sft,
                 *[
-                    p if given else run / "data"
+                    p if given else RunLayout(run).data
                     for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
                 ],
             ],

@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -128,7 +129,7 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
     pairs, encoded = [p for p, _ in kept], [e for _, e in kept]
     prompts = [e["prompt_ids"] for e in encoded]
     check_rollout_fits(prompts, cfg.max_new_tokens, block_size)
-    sft_files = [Path(run) / "data" / "tasks" / f"sft_{part}.jsonl" for part in ("train", "heldout")]
+    sft_files = [RunLayout(run).tasks / f"sft_{part}.jsonl" for part in ("train", "heldout")]
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
     train = read_problems(task_file(run, "", "arithmetic_train.jsonl"))
     problems = read_problems(task_file(run, "", "arithmetic_heldout.jsonl"))
@@ -268,9 +269,9 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
             f"`python 06_rlhf_dpo/dpo.py --run {run}`"
         )
     rm = None
-    if (run / "rm" / "manifest.json").is_file():
-        check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
-        rm = frozen(load_reward_model(run / "rm" / "rm.pt", tok, device))
+    if (RunLayout(run).rm / "manifest.json").is_file():
+        check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+        rm = frozen(load_reward_model(RunLayout(run).rm / "rm.pt", tok, device))
     held = heldout_set(run, tok, cfg, sft.cfg.block_size)
     torch.manual_seed(cfg.seed)
     sft_row, sft_texts = evaluate(sft, sft, rm, tok, held, cfg)
@@ -309,10 +310,10 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
                 inputs=[
-                    run / "sft",
-                    run / "data",
+                    RunLayout(run).sft,
+                    RunLayout(run).data,
                     *present.values(),
-                    *([run / "rm"] if rm is not None else []),
+                    *([RunLayout(run).rm] if rm is not None else []),
                 ],
             )
     print(

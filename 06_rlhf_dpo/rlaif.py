@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from sft_data import read_conversations  # 05_sft_lora
@@ -147,8 +148,8 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
     if cfg.judge:
         judge_path = Path(cfg.judge)
     else:
-        check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
-        judge_path = run / "rm" / "rm.pt"
+        check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+        judge_path = RunLayout(run).rm / "rm.pt"
     judge_rm = frozen(load_reward_model(judge_path, tok, device))
     prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
@@ -160,7 +161,7 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
         ].tolist()
     ]
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
-    sft_files = [run / "data" / "tasks" / f"sft_{part}.jsonl" for part in ("train", "heldout")]
+    sft_files = [RunLayout(run).tasks / f"sft_{part}.jsonl" for part in ("train", "heldout")]
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
     torch.manual_seed(cfg.seed)
     with run_lock(out):
@@ -188,7 +189,15 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             seed=cfg.seed,
         )
         records_log = train_preference(
-            policy, reference, encoded, heldout, dpo_cfg, pad_id_of(tok), device, out, run / "tokenizer"
+            policy,
+            reference,
+            encoded,
+            heldout,
+            dpo_cfg,
+            pad_id_of(tok),
+            device,
+            out,
+            RunLayout(run).tokenizer,
         )
         train_s = time.time() - t0
         ev = [r for r in records_log if "heldout_loss" in r]
@@ -200,17 +209,17 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             "steps": cfg.steps,
             "train_s": train_s,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(out / "pairs.jsonl", rows)
         write_jsonl(out / "metrics.jsonl", records_log)
         write_json(out / "outcome.json", outcome)
         plot_dpo(records_log, dpo_cfg, out / "rlaif.png")
         inputs = [
-            run / "sft",
-            judge_path if cfg.judge else run / "rm",
+            RunLayout(run).sft,
+            judge_path if cfg.judge else RunLayout(run).rm,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))
             ],
         ]

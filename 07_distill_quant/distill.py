@@ -73,6 +73,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import markdown_table, pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -476,7 +477,7 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
     check_distill_config(cfg)
     device = resolve_device(cfg.device)
     run = Path(cfg.run)
-    out = Path(cfg.out) if cfg.out else run / "distill"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).distill
     teacher, tok, source = load_teacher(run, cfg.teacher, device)
     s_cfg, init_state = student_config(teacher.cfg, cfg)
     check_student(s_cfg, teacher.cfg, cfg.student_init)
@@ -541,7 +542,7 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
                     tmp / f"student_{method}.pt",
                     asdict(student.cfg),
                     student.state_dict(),
-                    tokenizer=os.path.relpath(run / "tokenizer", out),
+                    tokenizer=os.path.relpath(RunLayout(run).tokenizer, out),
                     distill={"method": method, "teacher": str(source)},
                 )
             outcome = {
@@ -562,7 +563,7 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
             write_json(tmp / "outcome.json", outcome)
             write_jsonl(tmp / "metrics.jsonl", [r for t in training.values() for r in t["records"]])
             plot(rows, training, tmp / "distill.png")
-            inputs = [source, run / "tokenizer", run / "tokens", run / "data"]
+            inputs = [source, RunLayout(run).tokenizer, RunLayout(run).tokens, RunLayout(run).data]
             if cfg.student_init not in ("random", "teacher"):
                 inputs.append(Path(cfg.student_init))
             write_manifest(

@@ -72,6 +72,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import markdown_table, pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -490,7 +491,7 @@ def prune(cfg: PruneConfig, argv=None) -> dict:
                 stage="07_distill_quant/prune",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[source, run / "tokens"],
+                inputs=[source, RunLayout(run).tokens],
             )
     report(outcome, out)
     return outcome

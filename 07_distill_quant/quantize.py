@@ -65,6 +65,7 @@ sys.path[:0] = [
 ]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -365,8 +366,8 @@ def check_quant_config(cfg: QuantConfig):
 def load_source(cfg, run: Path, device):
     """(float model, tokenizer, checkpoint path, folder read, is_chat): --ckpt, else the run's SFT model, else
     its pretrained one. A LoRA SFT run is merged (exact); prefix/adapter PEFT cannot be, so the base is used."""
-    tok_dir = run / "tokenizer"
-    check_artifact(tok_dir, made_by=f"python 02_tokenizer/bpe.py --data {run}")
+    tok_dir = RunLayout(run).tokenizer
+    check_artifact(tok_dir, made_by=RunLayout(run).made_by("tokenizer"))
     if cfg.ckpt:
         path = Path(cfg.ckpt)
         manifest = check_artifact(path.parent, made_by=f"the stage that wrote {path}")
@@ -377,7 +378,7 @@ def load_source(cfg, run: Path, device):
             path.parent,
             manifest.get("stage") == "05_sft_lora",
         )
-    sft_dir = run / "sft"
+    sft_dir = RunLayout(run).sft
     if sft_dir.is_dir():
         model, tok, peft = load_finetuned(sft_dir, device)
         if peft is None or isinstance(peft, str):
@@ -390,8 +391,8 @@ def load_source(cfg, run: Path, device):
         print(
             f"{sft_dir}: a prefix/adapter run cannot be merged into the weights; quantizing the pretrained base"
         )
-    pre = run / "pretrain"
-    check_artifact(pre, made_by=f"python 04_pretrain/pretrain.py --data {run}")
+    pre = RunLayout(run).pretrain
+    check_artifact(pre, made_by=RunLayout(run).made_by("pretrain"))
     path = pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"
     return load_float_model(path, device), BPETokenizer.load(tok_dir), path, pre, False
 
@@ -403,8 +404,8 @@ def eval_data(cfg, run: Path, model, tok, chat: bool, device) -> EvalData:
     calibration = [get_batch(train, starts[i : i + 16], T, device)[0] for i in range(0, len(starts), 16)]
     heldout = []
     if chat and cfg.eval_limit:
-        check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
-        heldout = read_conversations(run / "data" / "tasks" / "sft_heldout.jsonl")[: cfg.eval_limit]
+        check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
+        heldout = read_conversations(RunLayout(run).tasks / "sft_heldout.jsonl")[: cfg.eval_limit]
     return EvalData(val, calibration, tok, heldout, cfg.val_windows, cfg.max_new_tokens, device)
 
 
@@ -477,7 +478,7 @@ def outcome_table(rows) -> str:
 def evaluate_saved(cfg, device):
     """--load: rebuild a saved quantized model (no re-quantizing), print its perplexity and tokens/s."""
     path = Path(cfg.load)
-    check_artifact(path.parent, made_by=f"python 07_distill_quant/quantize.py --run {cfg.run}")
+    check_artifact(path.parent, made_by=RunLayout(cfg.run).made_by("quant"))
     model, q = load_quantized(path, device)
     data = EvalData(
         load_shards(Path(cfg.run), model.cfg.block_size)[1],
@@ -535,7 +536,7 @@ def main(argv=None):
     for s in specs:
         for name in target_layers(model, cfg.targets):
             padded_in_features(name, model.get_submodule(name).in_features, s, cfg.pad_groups)
-    out = Path(cfg.out) if cfg.out else run / "quant"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).quant
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)
         data = eval_data(cfg, run, model, tok, chat, device)
@@ -589,7 +590,12 @@ def main(argv=None):
                 stage="07_quantize",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[source_dir, run / "tokens", run / "tokenizer", *([run / "data"] if chat else [])],
+                inputs=[
+                    source_dir,
+                    RunLayout(run).tokens,
+                    RunLayout(run).tokenizer,
+                    *([RunLayout(run).data] if chat else []),
+                ],
             )
     print(stats_table(stats), outcome_table(rows), sep="\n\n")
     for line in goals:

@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -225,8 +226,8 @@ def forward_ms(model: GPT, prompt: torch.Tensor, repeats=20) -> float:
 
 def load_drafts(cfg: SpeculativeConfig, run: Path, device) -> tuple:
     """({name: student GPT}, distill folder) after checking the folder (check_artifact)."""
-    folder = Path(cfg.distill) if cfg.distill else run / "distill"
-    check_artifact(folder, made_by=f"python 07_distill_quant/distill.py --run {run}")
+    folder = Path(cfg.distill) if cfg.distill else RunLayout(run).distill
+    check_artifact(folder, made_by=RunLayout(run).made_by("distill"))
     drafts = {}
     for name in cfg.drafts:
         path = folder / f"student_{name}.pt"
@@ -333,7 +334,7 @@ def run_bench(cfg: SpeculativeConfig, argv=None) -> dict:
                 stage="07_distill_quant/speculative",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[source, folder, run / "tokens"],
+                inputs=[source, folder, RunLayout(run).tokens],
             )
     report(outcome, out)
     return outcome

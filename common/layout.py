@@ -37,7 +37,9 @@ class Stage:
     run_flag: str = "--run"  # how the stage is told the run folder
     presets: tuple = ("micro",)  # run_all presets passed on as --preset (others: the stage's defaults)
     optional: bool = False  # only with run_all --add NAME (long experiments)
-    needs_tasks: bool = False  # reads data/tasks/ (the synthetic world's task sets; not made from --data text)
+    needs_tasks: bool = (
+        False  # reads data/tasks/ (the synthetic world's task sets; not made from --data text)
+    )
     overwrite: bool = True  # has --overwrite (a stage that always replaces its folder has not)
 
 
@@ -65,7 +67,11 @@ STAGES = [
     Stage("ppo", "06_rlhf_dpo/ppo.py", "ppo", ("data", "sft", "rm"), needs_tasks=True),
     Stage("grpo", "06_rlhf_dpo/grpo.py", "grpo", ("data", "sft"), needs_tasks=True),
     Stage(
-        "rl_compare", "06_rlhf_dpo/rl_compare.py", "rl_compare", ("sft", "rm", "dpo", "ppo", "grpo"), needs_tasks=True
+        "rl_compare",
+        "06_rlhf_dpo/rl_compare.py",
+        "rl_compare",
+        ("sft", "rm", "dpo", "ppo", "grpo"),
+        needs_tasks=True,
     ),
     # 07: compression and serving, all of the pretrained model (the teacher) unless a stage picks sft/.
     Stage("distill", "07_distill_quant/distill.py", "distill", ("data", *PRE)),
@@ -104,6 +110,7 @@ class RunLayout:
         s = writer_of(folder)
         return f"python {s.script} {s.run_flag} {self.root}" if s.run_flag else f"python {s.script}"
 
+    # one property per folder, in pipeline order (what `runs/<name>/` holds after a full run)
     data = property(lambda self: self.root / "data")
     tasks = property(lambda self: self.root / "data" / "tasks")  # 01's task sets, inside data/
     tokenizer = property(lambda self: self.root / "tokenizer")
@@ -111,5 +118,10 @@ class RunLayout:
     pretrain = property(lambda self: self.root / "pretrain")
     sft = property(lambda self: self.root / "sft")
     rm = property(lambda self: self.root / "rm")
+    dpo = property(lambda self: self.root / "dpo")
+    ppo = property(lambda self: self.root / "ppo")
+    grpo = property(lambda self: self.root / "grpo")
     distill = property(lambda self: self.root / "distill")
+    quant = property(lambda self: self.root / "quant")
+    serve = property(lambda self: self.root / "serve")
     logs = property(lambda self: self.root / "logs")  # run_all's copy of each stage's output
