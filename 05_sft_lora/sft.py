@@ -54,33 +54,30 @@ from common.cli import (
     run_cli,
     set_interrupt_hint,
 )
-from common.files import pyplot, read_json, save_figure, write_json, write_jsonl
+from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
 from bpe import BPETokenizer  # 02_tokenizer
-from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
-from decoding import left_pad  # 03_model
+from checkpoint_io import save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
-from adapter import BottleneckAdapters, load_adapters, save_adapters
-from chat_template import END, decode_answer, encode_prompt
+from adapter import BottleneckAdapters, save_adapters
 from lora import (
     DEFAULT_TARGETS,
     count_params,
     describe_params,
     find_targets,
     inject_lora,
-    load_lora,
     save_lora,
 )
-from metrics import answer_in, exact_match, token_f1
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
-from prefix import PrefixTuning, attach_prefix, load_prefix, save_prefix
+from prefix import PrefixTuning, attach_prefix, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
+from finetuned import corpus_loss, generate_answers, score
 
 METHODS = ("full", "lora", "prefix", "adapter")
 DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "prefix": 3e-3, "adapter": 3e-3}
@@ -223,24 +220,6 @@ def save_tuned(model, extras, cfg, out: Path, tokenizer_dir) -> Path:
     return path
 
 
-def load_finetuned(sft_dir, device="cpu"):
-    """(model, tokenizer, peft) of a finished sft.py run: the full checkpoint (peft None), or the base
-    with its adapter attached (peft: the LoRA adapter's name, or the PrefixTuning / BottleneckAdapters
-    module, which lives beside the model). What 06 and 07 call to start from the SFT model."""
-    sft_dir = Path(sft_dir)
-    manifest = check_artifact(sft_dir, made_by=RunLayout("runs/<name>").made_by("sft"))
-    outcome = read_json(sft_dir / "outcome.json")
-    tok = BPETokenizer.load(sft_dir / outcome["tokenizer"])
-    if (sft_dir / "ckpt.pt").is_file():
-        return GPT.from_checkpoint(sft_dir / "ckpt.pt", map_location=device), tok, None
-    model = GPT.from_checkpoint(sft_dir / outcome["base_checkpoint"], map_location=device)
-    kind = load_checkpoint(sft_dir / "adapter.pt").get("peft", {}).get("kind")
-    loader = {"lora": load_lora, "prefix": load_prefix, "adapter": load_adapters}.get(kind)
-    if loader is None:
-        raise UserError(f"{sft_dir}/adapter.pt: unknown adapter kind {kind!r}; rerun `{manifest['command']}`")
-    return model, tok, loader(model, sft_dir / "adapter.pt")
-
-
 # ----------------------------------------------------------------------------- loss and evaluation
 
 
@@ -277,57 +256,6 @@ def validation_loss(model, batches) -> float:
         count += n
     model.train(was)
     return total / max(count, 1)
-
-
-@torch.no_grad()
-def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> float:
-    """Mean LM loss on `n_windows` evenly spaced windows of the pretraining val shard (forgetting)."""
-    starts = np.linspace(0, len(val_tokens) - block_size - 1, n_windows).astype(np.int64)
-    was = model.training
-    model.eval()
-    losses = [
-        model(*get_batch(val_tokens, starts[i : i + batch], block_size, device))[1].item()
-        * len(starts[i : i + batch])
-        for i in range(0, len(starts), batch)
-    ]
-    model.train(was)
-    return sum(losses) / len(starts)
-
-
-@torch.no_grad()
-def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64) -> list:
-    """Greedy answers (03's GPT.generate, KV cache, left-padded batches) to each conversation's
-    last user turn, prompted with the chat template; generation stops at <|end|>."""
-    end, pad = tok.special_tokens[END], tok.special_tokens.get("<|pad|>", tok.eot_id)
-    out = []
-    for i in range(0, len(conversations), batch):
-        prompts = [encode_prompt(tok, c) for c in conversations[i : i + batch]]
-        idx, mask = left_pad(prompts, pad_id=pad, device=device)
-        room = min(max_new_tokens, model.cfg.block_size - idx.shape[1])
-        if room < 1:
-            raise UserError(
-                f"a held-out prompt fills the model's context ({idx.shape[1]} tokens); "
-                "drop long conversations from the held-out file"
-            )
-        gen = model.generate(
-            idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad
-        )
-        out += [decode_answer(tok, row) for row in gen[:, idx.shape[1] :].tolist()]
-    return out
-
-
-def score(predictions, records) -> dict:
-    """Mean exact match, token F1 (vs the reference answer turn) and answer accuracy (short answer)."""
-    refs = [r["messages"][-1]["content"] for r in records]
-    shorts = [r.get("answer") for r in records]
-    res = {
-        "exact_match": float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs)])),
-        "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs)])),
-        "n": len(records),
-    }
-    if all(isinstance(s, str) for s in shorts):
-        res["answer_acc"] = float(np.mean([answer_in(p, s) for p, s in zip(predictions, shorts)]))
-    return res
 
 
 def peak_rss_mb() -> float:

@@ -39,7 +39,7 @@ from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
 from lora import merge_lora  # 05_sft_lora
-from sft import load_finetuned  # 05_sft_lora
+from finetuned import load_finetuned  # 05_sft_lora
 
 RUNTIME_FIELDS = ("attn_backend",)  # how attention is computed, not what the model is
 

@@ -51,7 +51,7 @@ from common.outcome import make_bar
 from gpt import GPT, GPTConfig  # 03_model
 
 from batching import POLICIES, Engine, Request, SamplingParams  # this stage
-from serve import load_model  # this stage
+from served_model import load_model  # this stage
 
 
 @dataclasses.dataclass

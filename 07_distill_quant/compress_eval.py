@@ -7,8 +7,8 @@ A compressed model is only as good as what it keeps, so every model in this stag
 same way, on the same text:
 - val perplexity: exp(mean NLL) over fixed, evenly spaced windows of 02's val shard (05's
   `corpus_loss`), so two models are scored on exactly the same tokens;
-- held-out exact match: 05's evaluation (greedy answers with the chat template, `sft.generate_answers`
-  + `sft.score`, i.e. 05's metrics) on the held-out subjects of the task set;
+- held-out exact match: 05's evaluation (greedy answers with the chat template, `finetuned.generate_answers`
+  + `finetuned.score`, i.e. 05's metrics) on the held-out subjects of the task set;
 - generation tokens/s: 03's GPT.generate, greedy, batch 1, with the KV cache (`bench_generate`),
   the best of a few interleaved repeats because the machine may be shared;
 - parameters: every stored number (tied embedding counted once) and, for pruning, the nonzero ones.
@@ -47,7 +47,7 @@ from bench_generate import tokens_per_second  # 03_model
 from checkpoint_io import save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from lora import lora_modules, merge_lora  # 05_sft_lora
-from sft import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
+from finetuned import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
 TEACHER_HELP = "pretrain (04's best.pt), sft (05's fine-tuned model) or the path of a .pt checkpoint"

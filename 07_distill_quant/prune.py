@@ -79,7 +79,7 @@ from common.outcome import make_bar
 from gpt import GPT  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
-from sft import corpus_loss  # 05_sft_lora
+from finetuned import corpus_loss  # 05_sft_lora
 
 from compress_eval import TEACHER_HELP, checkpoint_kib, count_params, load_teacher, nonzero_params
 

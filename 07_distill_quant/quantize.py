@@ -73,7 +73,7 @@ from bpe import BPETokenizer  # 02_tokenizer
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
 from metrics import perplexity  # 05_sft_lora
-from sft import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
+from finetuned import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
 

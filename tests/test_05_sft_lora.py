@@ -64,6 +64,7 @@ from metrics import (
 )
 from packing import collate_packed, collate_padded, forward_packed, pack_rows, per_example_loss
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, save_prefix
+from finetuned import load_finetuned
 import sft
 from sft_data import encode_examples, read_conversations
 from forked_cli import run_forked
@@ -545,7 +546,7 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
     assert o["examples"]["skipped_too_long"] == 0
     for f in ("ckpt.pt", "outcome.json", "predictions.jsonl", "sft.png", "manifest.json"):
         assert (tmp_path / "sft" / f).is_file()
-    model, tok, peft = sft.load_finetuned(tmp_path / "sft")
+    model, tok, peft = load_finetuned(tmp_path / "sft")
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
 
 
