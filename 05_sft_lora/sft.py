@@ -55,7 +55,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
-from common.layout import RunLayout
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -169,13 +169,6 @@ def base_checkpoint(cfg: SFTConfig) -> Path:
     pre = RunLayout(cfg.run).pretrain
     check_artifact(pre, made_by=RunLayout(cfg.run).made_by("pretrain"))
     return pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"
-
-
-def task_file(cfg, given, name) -> Path:
-    if given:
-        return Path(given)
-    check_artifact(RunLayout(cfg.run).data, made_by=RunLayout(cfg.run).made_by("data"))
-    return RunLayout(cfg.run).tasks / name
 
 
 def load_tokenizer(cfg) -> BPETokenizer:
@@ -296,8 +289,8 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     base_path = base_checkpoint(cfg)
     tok = load_tokenizer(cfg)
     train_path, held_path = (
-        task_file(cfg, cfg.train_file, "sft_train.jsonl"),
-        task_file(cfg, cfg.heldout_file, "sft_heldout.jsonl"),
+        task_file(cfg.run, cfg.train_file, "sft_train.jsonl"),
+        task_file(cfg.run, cfg.heldout_file, "sft_heldout.jsonl"),
     )
     train_records, held_records = read_conversations(train_path), read_conversations(held_path)
     model = GPT.from_checkpoint(base_path, map_location=device)

@@ -54,19 +54,12 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
-from common.layout import RunLayout
+from common.layout import RunLayout, task_file
 from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import (
-    check_finite,
-    load_reference,
-    load_sft_policy,
-    method_outcome_block,
-    save_policy,
-    task_file,
-)
+from policy_io import check_finite, load_reference, load_sft_policy, method_outcome_block, save_policy
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
 from reward_model import load_pairs
 

@@ -59,21 +59,14 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, read_jsonl, save_figure, write_json, write_jsonl
-from common.layout import RunLayout
+from common.layout import RunLayout, task_file
 from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 from chat_template import encode_prompt  # 05_sft_lora
 from metrics import pass_at_k  # 05_sft_lora
 
-from policy_io import (
-    check_finite,
-    load_reference,
-    load_sft_policy,
-    method_outcome_block,
-    save_policy,
-    task_file,
-)
+from policy_io import check_finite, load_reference, load_sft_policy, method_outcome_block, save_policy
 from preference_data import pad_id_of
 from rl_common import (
     PG_LOSSES,

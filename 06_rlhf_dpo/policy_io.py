@@ -131,14 +131,6 @@ def checkpoint_tokenizer(path, ckpt):
     return load_tokenizer(Path(path), ckpt.get("tokenizer"), "")
 
 
-def task_file(run, given, name) -> Path:
-    """The file the user gave, else runs/<name>/data/tasks/<name> once 01's data folder checks out."""
-    if given:
-        return Path(given)
-    check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
-    return RunLayout(run).tasks / name
-
-
 def checkpoint_step(path) -> int | None:
     """The step saved in a checkpoint, or None when there is none."""
     return load_checkpoint(path).get("step") if Path(path).is_file() else None

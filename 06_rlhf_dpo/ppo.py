@@ -55,20 +55,12 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
-from common.layout import RunLayout
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
-from policy_io import (
-    check_finite,
-    frozen,
-    load_reference,
-    load_sft_policy,
-    method_outcome_block,
-    save_policy,
-    task_file,
-)
+from policy_io import check_finite, frozen, load_reference, load_sft_policy, method_outcome_block, save_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_model import load_reward_model
 from rl_common import (

@@ -59,7 +59,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
-from common.layout import RunLayout
+from common.layout import RunLayout, task_file
 from common.runs import claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -67,7 +67,7 @@ from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, checkpoint_tokenizer, load_sft_policy, task_file, tokenizer_differences
+from policy_io import check_finite, checkpoint_tokenizer, load_sft_policy, tokenizer_differences
 from preference_data import encode_pairs, pad_id_of, read_hh_pairs, read_preference_pairs
 from rl_common import pad_responses
 

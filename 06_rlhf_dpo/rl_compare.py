@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure, write_json
-from common.layout import RunLayout
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
@@ -55,7 +55,7 @@ from metrics import win_rate  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
 from grpo import arithmetic_eval, read_problems
-from policy_io import check_same_model, frozen, load_policy, load_sft_policy, task_file
+from policy_io import check_same_model, frozen, load_policy, load_sft_policy
 from ppo import reward_of_responses, sequence_kl
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, read_preference_pairs
 from reward_model import load_reward_model

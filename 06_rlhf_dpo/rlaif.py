@@ -44,13 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import write_json, write_jsonl
-from common.layout import RunLayout
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.devices import resolve_device
 from sft_data import read_conversations  # 05_sft_lora
 
 from dpo import DPOConfig, plot as plot_dpo, train_preference
-from policy_io import frozen, load_reference, load_sft_policy, task_file
+from policy_io import frozen, load_reference, load_sft_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from ppo import reward_of_responses
 from reward_model import load_pairs, load_reward_model

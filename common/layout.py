@@ -24,6 +24,8 @@ Interview question it answers:
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.runs import check_artifact
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -125,3 +127,11 @@ class RunLayout:
     quant = property(lambda self: self.root / "quant")
     serve = property(lambda self: self.root / "serve")
     logs = property(lambda self: self.root / "logs")  # run_all's copy of each stage's output
+
+
+def task_file(run, given, name) -> Path:
+    """The file the user gave, else runs/<name>/data/tasks/<name> once 01's data folder checks out."""
+    if given:
+        return Path(given)
+    check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
+    return RunLayout(run).tasks / name
