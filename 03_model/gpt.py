@@ -56,6 +56,7 @@ from decoding import (
 )  # 03_model
 from lm_loss import cross_entropy_and_z  # 03_model
 from mixture_of_experts import MoE  # 03_model
+from model_memory import activation_bytes_per_layer, kv_cache_bytes  # 03_model
 from position_encoding import (
     apply_rope,
     document_positions_and_mask,
@@ -557,8 +558,6 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
 
 
 def describe(cfg: GPTConfig) -> str:
-    from model_memory import activation_bytes_per_layer, kv_cache_bytes  # 03_model; only the CLI needs it
-
     with torch.device("meta"):  # shapes only: any size is instant and takes no memory
         model = GPT(cfg)
     T = cfg.block_size
