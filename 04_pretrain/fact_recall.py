@@ -42,7 +42,7 @@ from common.files import read_jsonl
 from common.layout import RunLayout
 from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
-from decoding import left_pad  # 03_model
+from decoding import generate, left_pad  # 03_model
 from gpt import GPT  # 03_model
 
 ARTICLES = ("a ", "an ", "the ")
@@ -79,7 +79,7 @@ def greedy_completions(model, tok, prompts, max_new_tokens=6, batch_size=64) -> 
     for i in range(0, len(prompts), batch_size):
         ids = [tok.encode_ordinary(p) for p in prompts[i : i + batch_size]]
         idx, mask = left_pad(ids, device=device)
-        gen = model.generate(idx, max_new_tokens, temperature=0.0, attention_mask=mask)
+        gen = generate(model, idx, max_new_tokens, temperature=0.0, attention_mask=mask)
         out += [tok.decode(row[idx.shape[1] :].tolist()) for row in gen]
     return out
 

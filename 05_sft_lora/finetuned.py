@@ -28,7 +28,7 @@ from common.layout import RunLayout
 from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import load_checkpoint  # 03_model
-from decoding import left_pad  # 03_model
+from decoding import generate, left_pad  # 03_model
 from gpt import GPT  # 03_model
 from batches import get_batch  # 04_pretrain
 
@@ -74,7 +74,7 @@ def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> f
 
 @torch.no_grad()
 def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64) -> list:
-    """Greedy answers (03's GPT.generate, KV cache, left-padded batches) to each conversation's
+    """Greedy answers (03's decoding.generate, KV cache, left-padded batches) to each conversation's
     last user turn, prompted with the chat template; generation stops at <|end|>."""
     end, pad = tok.special_tokens[END], tok.special_tokens.get("<|pad|>", tok.eot_id)
     out = []
@@ -87,8 +87,8 @@ def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64
                 f"a held-out prompt fills the model's context ({idx.shape[1]} tokens); "
                 "drop long conversations from the held-out file"
             )
-        gen = model.generate(
-            idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad
+        gen = generate(
+            model, idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad
         )
         out += [decode_answer(tok, row) for row in gen[:, idx.shape[1] :].tolist()]
     return out

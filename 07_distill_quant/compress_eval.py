@@ -9,7 +9,7 @@ same way, on the same text:
   `corpus_loss`), so two models are scored on exactly the same tokens;
 - held-out exact match: 05's evaluation (greedy answers with the chat template, `finetuned.generate_answers`
   + `finetuned.score`, i.e. 05's metrics) on the held-out subjects of the task set;
-- generation tokens/s: 03's GPT.generate, greedy, batch 1, with the KV cache (`bench_generate`),
+- generation tokens/s: 03's decoding.generate, greedy, batch 1, with the KV cache (`bench_generate`),
   the best of a few interleaved repeats because the machine may be shared;
 - parameters: every stored number (tied embedding counted once) and, for pruning, the nonzero ones.
 

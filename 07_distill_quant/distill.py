@@ -77,6 +77,7 @@ from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
+from decoding import generate  # 03_model
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
@@ -360,7 +361,7 @@ def real_batches(train, block_size, cfg: DistillConfig, device):
 @torch.no_grad()
 def teacher_generations(teacher: GPT, train, cfg: DistillConfig, device, chunk=64) -> torch.Tensor:
     """(seq_pool, block_size) token ids: each row `seq_prompt` real tokens from the train shard, then
-    the teacher's continuation sampled with 03's GPT.generate (KV cache) at seq_temperature."""
+    the teacher's continuation sampled with 03's decoding.generate (KV cache) at seq_temperature."""
     T = teacher.cfg.block_size
     if cfg.seq_prompt >= T:
         raise UserError(
@@ -370,8 +371,12 @@ def teacher_generations(teacher: GPT, train, cfg: DistillConfig, device, chunk=6
     prompts = get_batch(train, starts, T, device)[0][:, : cfg.seq_prompt]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = [
-        teacher.generate(
-            prompts[i : i + chunk], T - cfg.seq_prompt, temperature=cfg.seq_temperature, generator=gen
+        generate(
+            teacher,
+            prompts[i : i + chunk],
+            T - cfg.seq_prompt,
+            temperature=cfg.seq_temperature,
+            generator=gen,
         )
         for i in range(0, len(prompts), chunk)
     ]

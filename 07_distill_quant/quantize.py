@@ -69,6 +69,7 @@ from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
+from decoding import generate  # 03_model
 from bpe import BPETokenizer  # 02_tokenizer
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
@@ -193,7 +194,7 @@ def tokens_per_second(model, prompt, n_new) -> float:
     if prompt.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    model.generate(prompt, n_new, temperature=0)
+    generate(model, prompt, n_new, temperature=0)
     if prompt.is_cuda:
         torch.cuda.synchronize()
     return prompt.shape[0] * n_new / (time.perf_counter() - t0)

@@ -67,7 +67,7 @@ from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
-from decoding import KVCache, check_sampling_args, top_k_filter, top_p_filter  # 03_model
+from decoding import KVCache, check_sampling_args, generate, top_k_filter, top_p_filter  # 03_model
 from gpt import GPT  # 03_model
 from batches import eval_starts, load_shards  # 04_pretrain
 
@@ -249,7 +249,7 @@ def bench(cfg: SpeculativeConfig, teacher, drafts, prompts, device) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     for prompt in prompts:
         t0 = time.perf_counter()
-        ref = teacher.generate(prompt[None], cfg.new_tokens, generator=gen, **sampling)[
+        ref = generate(teacher, prompt[None], cfg.new_tokens, generator=gen, **sampling)[
             0, len(prompt) :
         ].tolist()
         time_s[("teacher", 0)] += time.perf_counter() - t0

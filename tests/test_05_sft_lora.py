@@ -39,6 +39,7 @@ from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.files import write_jsonl
 from common.runs import write_manifest
+from decoding import generate
 from gpt import GPT, GPTConfig
 from lora import (
     LoRALinear,
@@ -452,9 +453,9 @@ def test_prefix_works_with_the_kv_cache_padding_and_packing(tok):
     from decoding import left_pad
 
     idx, mask = left_pad(prompts, pad_id=0)
-    cached = model.generate(idx, 6, temperature=0, attention_mask=mask)
-    assert torch.equal(cached, model.generate(idx, 6, temperature=0, attention_mask=mask, use_cache=False))
-    alone = model.generate(torch.tensor([prompts[1]]), 6, temperature=0)
+    cached = generate(model, idx, 6, temperature=0, attention_mask=mask)
+    assert torch.equal(cached, generate(model, idx, 6, temperature=0, attention_mask=mask, use_cache=False))
+    alone = generate(model, torch.tensor([prompts[1]]), 6, temperature=0)
     assert torch.equal(alone[0], cached[1, idx.shape[1] - len(prompts[1]) :])
     examples, _ = encode_examples(tok, light_task(NAMES[:3], 0), 64)
     x, y, seg = collate_packed(pack_rows(examples, 64), 0)

@@ -3,7 +3,7 @@ terminal chat (chat.py) and the benchmark's workload (bench_serve.py), with one-
 
 The model is an untrained 2-layer GPT and the tokenizer a small BPE trained here, so nothing depends
 on stages 01-05 having run. Untrained is enough: every check compares the engine with 03's
-GPT.generate on the same weights (greedy, so the tokens must be identical), or the server's answers
+decoding.generate on the same weights (greedy, so the tokens must be identical), or the server's answers
 with each other, never with a right answer.
 """
 
@@ -32,6 +32,7 @@ from chat_template import encode_prompt
 from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.runs import write_manifest
+from decoding import generate
 from gpt import GPT, GPTConfig
 from serve import ChatServer
 
@@ -52,8 +53,8 @@ def tiny_model(vocab=64, block_size=CTX, seed=0):
 
 
 def reference(model, prompt, n):
-    """What 03's GPT.generate gives this prompt alone, greedy: the tokens every policy must reproduce."""
-    return model.generate(torch.tensor([prompt]), n, temperature=0)[0, len(prompt) :].tolist()
+    """What 03's decoding.generate gives this prompt alone, greedy: the tokens every policy must reproduce."""
+    return generate(model, torch.tensor([prompt]), n, temperature=0)[0, len(prompt) :].tolist()
 
 
 class Letters:
