@@ -232,6 +232,15 @@ def storage_bytes(tensors) -> int:
     return sum(blocks.values())
 
 
+def rank_mean(t: torch.Tensor, world: int) -> float:
+    """The mean of a scalar (a loss) over all ranks; world 1: the value itself."""
+    total = t.detach().float().clone()
+    if world > 1:
+        dist.all_reduce(total)
+        total /= world
+    return total.item()
+
+
 def max_diff(a, b) -> float:
     """max |a - b| over tensors or over two equally long lists of tensors."""
     if isinstance(a, torch.Tensor):

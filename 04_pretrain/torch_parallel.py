@@ -15,6 +15,9 @@ What each strategy keeps on every rank (P = parameters, for mixed-precision Adam
   all-gathered just before its forward (and again before its backward) and freed after; gradients
   are reduce-scattered. Memory per rank ~16P/N plus one block's full weights; communication ~1.5x DDP.
 Sharding is per block (`model.blocks`), then the root takes the embeddings, final norm and head.
+zero3_by_hand.py writes the same thing out. Mixed precision under FSDP2 (`mixed_precision="bf16"`):
+fp32 shards and optimizer, bf16 weights gathered for compute, gradients reduced in fp32
+(`fsdp_mixed_precision`); tests/test_04_parallel.py measures it against one process under autocast.
 
 Checkpoints use *full* state dicts (torch.distributed.checkpoint.state_dict, full_state_dict=True):
 every shard is gathered, rank 0 writes one ordinary file, so a checkpoint from 2 FSDP ranks loads in
@@ -57,8 +60,38 @@ def setup_distributed(device_flag: str = "auto"):
     return rank, world, device
 
 
-def wrap_model(model, parallel: str, world: int, device: str, compile_=False, grad_checkpointing=False):
-    """The module the loop calls: the model itself, DDP(model), or the FSDP2-sharded model."""
+def fsdp_mixed_precision(dtype: str | None):
+    """FSDP2's MixedPrecisionPolicy for `dtype` ("bf16", "fp16"; None or "fp32": none).
+
+    The sharded parameters, the optimizer and its state stay fp32 (the "master weights"); each unit's
+    all-gather casts the shard to the low dtype first, so forward and backward run on bf16/fp16 weights
+    and half the bytes cross the wire; the gradients are cast back to fp32 before the reduce-scatter
+    (reduce_dtype), so the sum over ranks is taken in fp32 and lands in fp32 shards. Unlike autocast,
+    every op runs in the low dtype (norms and softmax too, unless the model upcasts them itself, as
+    03_model's RMSNorm and loss do). fp16 still needs a loss scale for small gradients
+    (optimizers.DynamicLossScaler); bf16 does not."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype in (None, "fp32"):
+        return MixedPrecisionPolicy()
+    if dtype not in low:
+        raise ValueError(f"unknown FSDP mixed precision {dtype!r}; choose fp32, bf16 or fp16")
+    return MixedPrecisionPolicy(param_dtype=low[dtype], reduce_dtype=torch.float32)
+
+
+def wrap_model(
+    model,
+    parallel: str,
+    world: int,
+    device: str,
+    compile_=False,
+    grad_checkpointing=False,
+    mixed_precision=None,
+):
+    """The module the loop calls: the model itself, DDP(model), or the FSDP2-sharded model.
+    mixed_precision ("bf16"/"fp16", FSDP only): gather low-precision weights, reduce in fp32
+    (fsdp_mixed_precision); then run the loop without autocast."""
     model.grad_checkpointing = grad_checkpointing
     if compile_:
         model = torch.compile(model)
@@ -76,9 +109,10 @@ def wrap_model(model, parallel: str, world: int, device: str, compile_=False, gr
         return DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
     from torch.distributed.fsdp import fully_shard
 
+    mp = fsdp_mixed_precision(mixed_precision)
     for block in getattr(model, "_orig_mod", model).blocks:  # one all-gather unit per block
-        fully_shard(block)
-    fully_shard(model)  # embeddings, final norm, head
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)  # embeddings, final norm, head
     return model
 
 

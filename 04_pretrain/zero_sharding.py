@@ -13,8 +13,9 @@ fp32) and does the same update: N copies of identical work. ZeRO (Rajbhandari et
                                             drops the full gradient: 1/N of the gradient memory
             AdamW on its shard; all_gather  as ZeRO-1
 
-The update is elementwise, so updating a slice gives exactly the values the full update would have
-written there: the result equals unsharded AdamW (checked below to float rounding, the all-reduce
+A parameter that got no gradient on any rank (frozen, or unused) is skipped, weight decay included,
+as optimizers.AdamW skips it. The update is elementwise, so updating a slice gives exactly the values
+the full update would have written there: the result equals unsharded AdamW (checked below to float rounding, the all-reduce
 sums in another order). The optimizer really is 04's `optimizers.AdamW`: this file hands it the
 shard's pieces (one view per parameter that overlaps the shard, in that parameter's param group, so
 weight decay and lr schedules work unchanged).
@@ -30,8 +31,8 @@ and it is the only fp32 copy, saved in checkpoints; here the weights are fp32 al
 Honest simplifications. The gradients are reduced after backward, in one flat call, not in buckets
 overlapped with backward as ddp_by_hand.py does; so during backward a ZeRO-2 rank still holds the full
 gradient for a moment (DeepSpeed reduce-scatters bucket by bucket and frees each, so it never does).
-ZeRO-3 (shard the weights too, all-gather each block before use) is torch's FSDP2, the production
-path in torch_parallel.py.
+ZeRO-3 (shard the weights too, all-gather each block before use) is zero3_by_hand.py, proven equal to
+torch's FSDP2, the production path in torch_parallel.py.
 
     python 04_pretrain/zero_sharding.py --world 2         # equality with AdamW + state bytes per rank
 
@@ -63,7 +64,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli
 
-from collectives import DemoModel, demo_batch, demo_model, max_diff, ring_bytes, run_demo, storage_bytes
+from collectives import (
+    DemoModel,
+    demo_batch,
+    demo_model,
+    max_diff,
+    rank_mean,
+    ring_bytes,
+    run_demo,
+    storage_bytes,
+)
 from optimizers import AdamW, clip_grad_norm, param_groups
 
 
@@ -80,7 +90,9 @@ class ZeroAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, stage=1, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, group=None):
         if stage not in (1, 2):
-            raise UserError(f"ZeRO stage {stage} is not implemented here; choose 1 or 2 (stage 3 is FSDP)")
+            raise UserError(
+                f"ZeRO stage {stage} is not implemented here; choose 1 or 2 (stage 3: zero3_by_hand.py)"
+            )
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.stage, self.group = stage, group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
@@ -123,19 +135,28 @@ class ZeroAdamW(torch.optim.Optimizer):
         ZeRO-2: every .grad is dropped, the rank keeps its slice only). Once per step."""
         if self.reduced:
             return
+        # A parameter with no gradient on any rank (frozen, or unused this step) is skipped by AdamW,
+        # weight decay included, exactly as optimizers.AdamW skips it; one that got a gradient on some
+        # rank only counts as zero on the others (what DDP's average would say). Hence one small MAX.
+        has_grad = torch.tensor(
+            [p.grad is not None for p in self.params], dtype=torch.uint8, device=self.weight_shard.device
+        )
+        dist.all_reduce(has_grad, op=dist.ReduceOp.MAX, group=self.group)
+        self.has_grad = has_grad.bool().tolist()
         flat = self.flatten([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
         flat.div_(self.world)
         if self.stage == 1:
             dist.all_reduce(flat, group=self.group)
-            for p, g in zip(self.params, flat[: self.offsets[-1]].split(self.sizes)):
-                p.grad = g.view_as(p)  # views: the full gradient is held once
+            for p, g, has in zip(self.params, flat[: self.offsets[-1]].split(self.sizes), self.has_grad):
+                p.grad = g.view_as(p) if has else None  # views: the full gradient is held once
             self.grad_shard = flat[self.lo : self.hi]
         else:
             dist.reduce_scatter_single(self.grad_shard, flat, group=self.group)
             for p in self.params:
                 p.grad = None
-        for _, a, view in self.pieces:  # what the shard's AdamW reads as gradients
-            view.grad = self.grad_shard[a - self.lo : a - self.lo + view.numel()]
+        for i, a, view in self.pieces:  # what the shard's AdamW reads as gradients (None: skipped)
+            grad = self.grad_shard[a - self.lo : a - self.lo + view.numel()]
+            view.grad = grad if self.has_grad[i] else None
         self.reduced = True
 
     @torch.no_grad()
@@ -278,11 +299,7 @@ def zero_worker(rank, world, cfg: ZeroConfig) -> dict:
                 grad_bytes = storage_bytes([p.grad for p in model.parameters()])
             opt.step()
             opt.zero_grad(set_to_none=True)
-            total = loss.detach().clone()
-            if name != "single":
-                dist.all_reduce(total)
-                total /= world
-            losses.append(total.item())
+            losses.append(rank_mean(loss, 1 if name == "single" else world))
         runs[name] = {
             "losses": torch.tensor(losses),
             "weights": [p.detach() for p in model.parameters()],

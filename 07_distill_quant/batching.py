@@ -66,6 +66,7 @@ Interview questions it answers:
 
 import collections
 import itertools
+import math
 import queue
 import sys
 import threading
@@ -97,6 +98,19 @@ class SamplingParams:
     stop: tuple = ()  # stop strings: the text ends before the first one found
     seed: int | None = None  # a generator of its own: the same draws however it is batched
     ignore_eos: bool = False  # run to max_tokens whatever is generated (benchmarks)
+    presence_penalty: float = 0.0  # OpenAI's: minus this from every token generated at least once
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times how often the token was generated
+    logit_bias: dict | None = None  # {token id: added to its logit}, -100 bans, +100 forces
+    logprobs: int | None = None  # record each token's log-probability and this many alternatives
+
+
+# Settings whose float32 arithmetic breaks the sampler are mapped to their limit before sampling:
+# logits / 1e-300 overflow to inf (and inf - inf = NaN in softmax), and top_p = 1e-300 is 0 in float32,
+# which drops every token. T -> 0 is greedy and p -> 0 keeps the most likely token alone, so the limits
+# are exact. A repetition penalty far from 1 has no such limit: Engine.submit refuses it.
+MIN_TEMPERATURE = 1e-4  # below: greedy
+MIN_TOP_P = 1e-6  # below: the most likely token alone
+PENALTY_RANGE = (1e-2, 1e2)  # repetition_penalty outside it multiplies logits toward 0 or inf
 
 
 class Request:
@@ -120,6 +134,7 @@ class Request:
         self.done = threading.Event()
         self.cancelled = False
         self.slot = None  # its row in the KV cache while it runs
+        self.logprobs = []  # with params.logprobs: (log p of each token, [(alternative id, log p), ...])
         self.generator = None if self.params.seed is None else torch.Generator().manual_seed(self.params.seed)
         self.arrival, self.first_token_at, self.finished_at = arrival, None, None
 
@@ -161,6 +176,26 @@ def held_back(text: str, stops) -> int:
                 break
     return n
     # <<< exercise
+
+
+# ----------------------------------------------------------------------------- sampling extras
+
+
+def apply_presence_frequency(logits, output_ids, presence, frequency):
+    """OpenAI's penalties on the tokens generated so far: logit[j] -= frequency·count[j] +
+    presence·[count[j] > 0]. logits (1, V). Unlike CTRL's repetition penalty they subtract (so they
+    treat positive and negative logits alike) and count only the answer, not the prompt."""
+    counts = torch.bincount(torch.tensor(output_ids, device=logits.device), minlength=logits.shape[-1])
+    counts = counts[: logits.shape[-1]].to(logits.dtype)
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def token_logprobs(logits, token, k) -> tuple:
+    """(log p of `token`, [(id, log p) of the k likeliest tokens]) under the model's own distribution
+    log_softmax(logits) (before temperature, penalties and filters: what the model believes)."""
+    logp = logits.float().log_softmax(dim=-1)
+    top = logp.topk(min(k, logp.shape[-1])) if k else None
+    return float(logp[token]), [] if top is None else list(zip(top.indices.tolist(), top.values.tolist()))
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -284,6 +319,13 @@ class Engine:
         """Queue a request; a UserError if it can never run, QueueFull if the queue is full."""
         p, n, ctx = req.params, len(req.prompt_ids), self.model.cfg.block_size
         check_sampling_args(p.max_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty)
+        if not all(math.isfinite(x) for x in (p.temperature, p.top_p or 1.0, p.repetition_penalty)):
+            raise UserError(f"temperature, top_p and repetition_penalty must be finite numbers, got {p}")
+        lo, hi = PENALTY_RANGE
+        if not lo <= p.repetition_penalty <= hi:
+            raise UserError(
+                f"repetition_penalty={p.repetition_penalty} must be between {lo} and {hi} (1 = off)"
+            )
         if n == 0:
             raise UserError("the prompt is empty; give at least one token")
         if n + p.max_tokens > ctx:
@@ -349,7 +391,7 @@ class Engine:
         """Run one scheduling step; False when there was nothing to do."""
         prefill, decode = self.schedule()
         for req in prefill:
-            self.prefill(req)
+            self.alone(self.prefill, req)
         decode = [r for r in decode if r.finish_reason is None]  # a prefill may have finished one already
         if decode:
             self.decode(decode)
@@ -364,7 +406,7 @@ class Engine:
         logits, _ = self.model(idx, cache=prompt_kv)  # (1, n, V)
         self.cache.write_prompt(req.slot, prompt_kv)
         self.stats["prefills"] += 1
-        self.append(req, self.sample(req, logits[0, -1]))
+        self.next_token(req, logits[0, -1])
 
     @torch.no_grad()
     def decode(self, reqs):
@@ -378,7 +420,25 @@ class Engine:
         self.stats["decode_rows"] += B  # rows computed, padding included
         self.stats["decode_useful"] += len(reqs)  # rows whose token is kept
         for r in reqs:
-            self.append(r, self.sample(r, logits[r.slot]))
+            self.alone(self.next_token, r, logits[r.slot])
+
+    def alone(self, work, req: Request, *args):
+        """work(req, *args), where a failure ends this request alone (finish_reason "error") and the
+        others go on: one client's odd settings or a token its tokenizer cannot decode must not fail
+        every stream in the batch. A failure of the shared decode pass still fails them all (`loop`)."""
+        try:
+            work(req, *args)
+        except Exception:
+            traceback.print_exc()
+            if req.finish_reason is None:
+                self.finish(req, "error")
+
+    def next_token(self, req: Request, logits):
+        """Sample this request's next token from its row of logits (V,) and append it."""
+        token = self.sample(req, logits)
+        if req.params.logprobs is not None:
+            req.logprobs.append(token_logprobs(logits, token, req.params.logprobs))
+        self.append(req, token)
 
     def sample(self, req: Request, logits) -> int:
         """03's sampler on one row (logits (V,)) with this request's own settings and generator."""
@@ -387,10 +447,20 @@ class Engine:
         if p.repetition_penalty != 1.0:
             seen = torch.tensor([req.prompt_ids + req.output_ids], device=logits.device)
             logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and req.output_ids:
+            logits = apply_presence_frequency(logits, req.output_ids, p.presence_penalty, p.frequency_penalty)
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            bias = torch.tensor([list(p.logit_bias.values())], device=logits.device)  # (1, k)
+            logits = logits.index_add(1, ids, bias)  # out of place: the model's row stays as it was
+        if not torch.isfinite(logits).all():  # multinomial would raise (CPU) or assert (CUDA)
+            raise ValueError(f"request {req.id}: non-finite logits; its settings or the model are broken")
         gen = req.generator
         if gen is not None and gen.device != logits.device:
             gen = req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
-        return int(sample_next(logits, p.temperature, p.top_k, p.top_p, gen)[0])
+        temperature = 0.0 if p.temperature < MIN_TEMPERATURE else p.temperature
+        top_p = None if p.top_p is None else max(p.top_p, MIN_TOP_P)
+        return int(sample_next(logits, temperature, p.top_k, top_p, gen)[0])
 
     def append(self, req: Request, token: int):
         """Add a generated token: update the text, stream what is final, finish on stop or length."""

@@ -1,7 +1,7 @@
 """Throughput and latency of the three batching policies (batching.py) on one Poisson stream of requests.
 
     python 07_distill_quant/bench_serve.py                    # a random model of the tiny run's shape, CPU
-    python 07_distill_quant/bench_serve.py --ckpt runs/tiny/sft/ckpt.pt --rate 30 --requests 96
+    python 07_distill_quant/bench_serve.py --ckpt runs/tiny/sft/adapter.pt --rate 30 --requests 96
 
 The workload is fixed by --seed: request i arrives at the i-th event of a Poisson process of --rate
 requests per second (exponential gaps between arrivals), with a prompt of random tokens, its length

@@ -1,7 +1,7 @@
 """Talk to any checkpoint in the terminal: the conversation is kept, the answer streams as it is made.
 
-    python 07_distill_quant/chat.py --ckpt runs/tiny/sft/ckpt.pt
-    python 07_distill_quant/chat.py --ckpt runs/tiny/sft/ckpt.pt --temperature 0 --system "Answer briefly."
+    python 07_distill_quant/chat.py --ckpt runs/tiny/sft/adapter.pt
+    python 07_distill_quant/chat.py --ckpt runs/tiny/sft/adapter.pt --temperature 0 --system "Answer briefly."
 
 Commands: /reset forgets the conversation; /settings shows the sampling settings and
 `/settings temperature=0.2 max_tokens=64` changes them; /help; /quit (or Ctrl-D). Ctrl-C quits.
@@ -20,6 +20,7 @@ Interview questions it answers:
 """
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, option, parse_config, run_cli
-from chat_template import BOS, END, encode_prompt, special_ids  # 05_sft_lora
+from chat_template import encode_prompt, special_ids  # 05_sft_lora
 
-from batching import Engine, Request, SamplingParams  # this stage
+from batching import PENALTY_RANGE, Engine, Request, SamplingParams  # this stage
 from served_model import model_from_flags  # this stage
 
 SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
@@ -43,7 +44,8 @@ HELP = (
 @dataclass
 class ChatConfig:
     ckpt: str = option(
-        "", "checkpoint to talk to: runs/<name>/sft/ckpt.pt (or adapter.pt, or pretrain/best.pt)"
+        "",
+        "checkpoint to talk to: runs/<name>/sft/adapter.pt (LoRA SFT), sft/ckpt.pt (full) or pretrain/best.pt",
     )
     tokenizer: str = option("", "tokenizer folder (default: the one the checkpoint names)")
     system: str = option("", "system prompt, kept at the start of every turn (empty = none)")
@@ -51,8 +53,10 @@ class ChatConfig:
     temperature: float = option(0.7, "0 = greedy", min=0.0, max=2.0)
     top_p: float = option(0.95, "nucleus sampling mass (1 = off)", min=1e-6, max=1.0)
     top_k: int = option(0, "sample among the k most likely tokens (0 = off)", min=0)
-    repetition_penalty: float = option(1.0, "CTRL's penalty on tokens already present (1 = off)", min=1e-6)
-    seed: int = option(0, "seed of the first answer's sampling; turn t uses seed + t")
+    repetition_penalty: float = option(
+        1.0, "CTRL's penalty on tokens already present (1 = off)", min=PENALTY_RANGE[0], max=PENALTY_RANGE[1]
+    )
+    seed: int = option(0, "seed of the first answer's sampling; turn t uses seed + t", min=0, max=2**64 - 1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
 
@@ -63,8 +67,9 @@ class ChatSession:
     def __init__(self, engine: Engine, tok, cfg: ChatConfig):
         self.engine, self.tok, self.cfg = engine, tok, cfg
         self.turns = []  # user and assistant messages, oldest first
-        sid = special_ids(tok)  # a UserError if it has no chat tokens
-        self.stop_ids = [sid[END], sid[BOS]]
+        special_ids(tok)  # a UserError if it has no chat tokens
+        # every special token ends the answer: none is text (else a stray <|pad|> is printed literally)
+        self.stop_ids = list(tok.special_tokens.values())
 
     def prompt_ids(self, messages) -> tuple:
         """(ids, exchanges dropped): the oldest user+assistant pairs go until an answer of max_tokens
@@ -98,7 +103,7 @@ class ChatSession:
             top_p=c.top_p,
             top_k=c.top_k or None,
             repetition_penalty=c.repetition_penalty,
-            seed=c.seed + len(self.turns) // 2,
+            seed=(c.seed + len(self.turns) // 2) % 2**64,  # manual_seed takes at most 2**64 - 1
         )
         req = self.engine.submit(Request(ids, params, self.stop_ids))
         while self.engine.busy():
@@ -130,9 +135,18 @@ class ChatSession:
                     f"{name}={value!r} is not {'an integer' if kind is int else 'a number'}"
                 ) from None
         new = dataclasses.replace(self.cfg, **changes)
-        check_config(new)
+        check_settings(new)
         self.cfg = new
         return "  ".join(f"{n}={getattr(new, n)}" for n in SETTINGS)
+
+
+def check_settings(cfg: ChatConfig):
+    """The flags' ranges, and no NaN or infinity (which every range comparison lets through)."""
+    check_config(cfg)
+    for name in SETTINGS:
+        value = getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{name}={value} is not a finite number; see /help for the ranges")
 
 
 def run_chat(session: ChatSession, read_line, write):
@@ -171,6 +185,7 @@ def write_out(text):
 
 def main(argv=None):
     cfg, _ = parse_config(ChatConfig, argv, doc=__doc__)
+    check_settings(cfg)
     model, tok = model_from_flags(cfg, "to talk to")
     session = ChatSession(Engine(model, tok, policy="sequential"), tok, cfg)
     print(

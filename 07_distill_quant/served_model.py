@@ -53,13 +53,16 @@ def model_from_flags(cfg, purpose) -> tuple:
     """(model, tokenizer) from the --ckpt, --tokenizer, --device and --threads flags that serve.py and
     chat.py share; `purpose` completes the message when --ckpt is missing ("to serve", "to talk to")."""
     if not cfg.ckpt:
-        raise UserError(f"--ckpt is required: the checkpoint {purpose}, e.g. runs/tiny/sft/ckpt.pt")
+        raise UserError(
+            f"--ckpt is required: the checkpoint {purpose}, e.g. runs/tiny/sft/adapter.pt (LoRA SFT) "
+            "or runs/tiny/pretrain/best.pt"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return load_model(cfg.ckpt, cfg.tokenizer, resolve_device(cfg.device))
 
 
 def default_model_name(ckpt) -> str:
-    """runs/tiny/sft/ckpt.pt -> 'tiny/sft'."""
+    """runs/tiny/sft/adapter.pt -> 'tiny/sft'."""
     path = Path(ckpt).resolve()
     return f"{path.parent.parent.name}/{path.parent.name}"

@@ -134,10 +134,19 @@ def _mlp():
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
 
 
-def test_adamw_equals_torch_adamw_over_100_steps():
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adamw_equals_torch_adamw_over_100_steps(foreach):
+    """torch.equal, not a tolerance: the same ops in the same order (m.lerp_, v.mul_.addcmul_, sqrt(v) /
+    bc2**0.5 + eps). A frozen bias (no .grad) is skipped by both, weight decay included."""
     ours, ref = _mlp(), _mlp()
-    opt_ours = optim.AdamW(optim.param_groups(ours, 0.1), lr=1e-2, betas=(0.9, 0.95))
-    opt_ref = torch.optim.AdamW(optim.param_groups(ref, 0.1), lr=1e-2, betas=(0.9, 0.95))
+    for m in (ours, ref):
+        m[0].bias.requires_grad_(False)
+    groups = lambda m: [
+        {"params": [m[0].weight, m[2].weight], "weight_decay": 0.1},
+        {"params": [m[0].bias, m[2].bias], "weight_decay": 0.0},
+    ]
+    opt_ours = optim.AdamW(groups(ours), lr=1e-2, betas=(0.9, 0.95), foreach=foreach)
+    opt_ref = torch.optim.AdamW(groups(ref), lr=1e-2, betas=(0.9, 0.95), foreach=foreach)
     gen = torch.Generator().manual_seed(1)
     for _ in range(100):
         x = torch.randn(32, 8, generator=gen)
@@ -146,8 +155,13 @@ def test_adamw_equals_torch_adamw_over_100_steps():
             model(x).pow(2).mean().backward()
             opt.step()
     for p, q in zip(ours.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
-    assert set(opt_ours.state[next(ours.parameters())]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert torch.equal(p, q)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        if p.requires_grad:
+            for k in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(opt_ours.state[p][k], opt_ref.state[q][k])
+    assert torch.equal(ours[0].bias, _mlp()[0].bias) and ours[0].bias not in opt_ours.state
+    assert set(opt_ours.state[ours[0].weight]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
 def test_foreach_adamw_equals_the_per_parameter_loop():
@@ -161,7 +175,7 @@ def test_foreach_adamw_equals_the_per_parameter_loop():
             model(x).pow(2).mean().backward()
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+        assert torch.equal(p, q)
 
 
 def test_param_groups_no_decay_on_1d_and_embeddings():

@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,7 +25,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from batching import Engine, QueueFull, Request, SamplingParams, SlotCache, cut_at_stop, held_back
+from batching import (
+    Engine,
+    QueueFull,
+    Request,
+    SamplingParams,
+    SlotCache,
+    apply_presence_frequency,
+    cut_at_stop,
+    held_back,
+)
 from bench_serve import BenchServeConfig, workload
 from bpe import BPETokenizer
 from chat import ChatConfig, ChatSession, run_chat
@@ -34,6 +44,7 @@ from common.cli import UserError
 from common.runs import write_manifest
 from decoding import generate
 from gpt import GPT, GPTConfig
+import serve
 from serve import ChatServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,20 +265,35 @@ def tok():
     return BPETokenizer.train([text], vocab_size=300)
 
 
-@pytest.fixture(scope="module")
-def server(tok):
+def start_server(tok, **kw):
     model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
     engine = Engine(model, tok, "continuous", max_batch=4, max_waiting=64)
     srv = ChatServer(
-        ("127.0.0.1", 0), engine, tok, "test/model", max_body=4096, default_max_tokens=8, log_requests=False
+        ("127.0.0.1", 0),
+        engine,
+        tok,
+        "test/model",
+        max_body=16384,
+        default_max_tokens=8,
+        log_requests=False,
+        **kw,
     )
     engine.start()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def stop_server(srv):
     srv.shutdown()
     srv.server_close()
-    engine.stop()
+    srv.engine.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tok):
+    srv = start_server(tok)
+    yield srv
+    stop_server(srv)
 
 
 def url(srv, path):
@@ -385,7 +411,7 @@ BAD_REQUESTS = [  # (path, raw body or JSON, status, words the message must cont
     ),
     ("/v1/chat/completions", {**CHAT, "stop": [""]}, 400, "'stop'", "stop"),
     ("/v1/completions", {"max_tokens": 2}, 400, "'prompt'", "prompt"),
-    ("/v1/completions", b"{" + b" " * 5000 + b"}", 413, "at most 4096", None),
+    ("/v1/completions", b"{" + b" " * 20000 + b"}", 413, "at most 16384", None),
     ("/v1/nothing", {}, 404, "no route", None),
 ]
 
@@ -472,12 +498,14 @@ def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
     body = json.dumps({"prompt": "Four", "max_tokens": 50, "stream": True, "temperature": 0, "stop": "never"})
     with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as sock:
         sock.sendall(
-            f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
         )
         seen = b""
         while b"data: " not in seen:  # the answer has begun streaming: then leave
-            seen += sock.recv(4096)
+            chunk = sock.recv(4096)
+            assert chunk, seen  # the server closed without streaming
+            seen += chunk
     deadline = time.time() + 10
     while engine.stats["finished_cancelled"] == before and time.time() < deadline:
         time.sleep(0.05)
@@ -485,16 +513,53 @@ def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
     assert call(server, "/v1/models")[0] == 200
 
 
+# ----------------------------------------------------------------------------- the chat page
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="the chat page's script runs in node")
+def test_the_chat_page_fits_the_context_drops_old_turns_and_reports_a_dead_server(server):
+    """The page's own script (a stub DOM, real fetch): its defaults work on a 64-token model, a long
+    conversation keeps working by dropping the oldest exchanges, the label appears once the key is
+    typed, a server that is gone gives a message, and no special token shows up as text."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    server.api_key = "sesame"
+    try:
+        run = subprocess.run(
+            [
+                "node",
+                str(REPO / "tests" / "chat_page_harness.js"),
+                url(server, ""),
+                str(REPO / "07_distill_quant" / "chat_page.html"),
+                "sesame",
+                "6",
+                dead,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.api_key = ""
+    assert run.returncode == 0, run.stderr
+    page = json.loads(run.stdout)
+    assert page["before"] == "(type the API key)" and page["after"] == "test/model, context 64"
+    assert page["placeholder"] == "auto (≤ 64)"  # the room the context leaves, not 128 (more than all of it)
+    bubbles = [b for b in page["log"] if b["tag"] == "div"]
+    answers = [b for b in bubbles if b["cls"] != "user"]
+    assert [b["cls"] for b in answers[:-1]] == ["assistant"] * 6, page["log"]  # every message answered
+    assert any("dropped the oldest exchange" in b["text"] for b in page["log"] if b["tag"] == "small")
+    assert answers[-1]["cls"] == "error" and "cannot reach the server" in answers[-1]["text"]
+    assert not any("<|" in b["text"] for b in bubbles)
+
+
 # ----------------------------------------------------------------------------- the terminal chat
 
 
-def test_chat_session_streams_keeps_history_and_handles_commands(tok):
-    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
-    session = ChatSession(Engine(model, tok, "sequential"), tok, ChatConfig(temperature=0, max_tokens=5))
-    lines = iter(
-        ["hello", "/settings max_tokens=3 temperature=0.5", "/settings top_p=2", "again", "/reset", "/nope"]
-    )
-    out = []
+def chat_transcript(session, lines) -> str:
+    """What run_chat shows when the user types `lines`, then Ctrl-D."""
+    lines, out = iter(lines), []
 
     def read():
         try:
@@ -503,7 +568,16 @@ def test_chat_session_streams_keeps_history_and_handles_commands(tok):
             raise EOFError from None
 
     run_chat(session, read, out.append)
-    shown = "".join(out)
+    return "".join(out)
+
+
+def test_chat_session_streams_keeps_history_and_handles_commands(tok):
+    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
+    session = ChatSession(Engine(model, tok, "sequential"), tok, ChatConfig(temperature=0, max_tokens=5))
+    shown = chat_transcript(
+        session,
+        ["hello", "/settings max_tokens=3 temperature=0.5", "/settings top_p=2", "again", "/reset", "/nope"],
+    )
     assert (
         "max_tokens=3" in shown
         and "temperature=0.5" in shown
@@ -511,6 +585,25 @@ def test_chat_session_streams_keeps_history_and_handles_commands(tok):
         and "(conversation forgotten)" in shown
     )
     assert session.turns == [] and session.cfg.max_tokens == 3 and shown.count("assistant> ") == 2
+
+
+def test_chat_settings_that_used_to_crash_are_errors_and_the_conversation_survives(tok):
+    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
+    cfg = ChatConfig(temperature=1e-300, max_tokens=4)  # --temperature 1e-300: now greedy, not a traceback
+    session = ChatSession(Engine(model, tok, "sequential"), tok, cfg)
+    shown = chat_transcript(
+        session,
+        [
+            "hello",
+            "/settings seed=99999999999999999999999",
+            "/settings temperature=nan",
+            "/settings repetition_penalty=1e-300",
+            "again",
+        ],
+    )
+    assert shown.count("error: ") == 3 and "Traceback" not in shown
+    assert len(session.turns) == 4 and session.cfg.seed == 0  # both exchanges kept, nothing changed
+    assert "<|" not in shown  # every special token ends an answer; none is printed
 
 
 # ----------------------------------------------------------------------------- command lines
@@ -541,6 +634,9 @@ CLI_CASES = [  # (script, args, words in the error line)
     ("serve.py", ["--ckpt", "{ckpt}", "--host", "256.1.1.1", "--port", "0"], "cannot listen on 256.1.1.1"),
     ("serve.py", ["--ckpt", "{ckpt}", "--tokenizer", "{missing}"], "no tokenizer found"),
     ("chat.py", ["--ckpt", "{ckpt}", "--temperature", "-1"], "--temperature"),
+    ("chat.py", ["--ckpt", "{ckpt}", "--seed", "99999999999999999999999"], "--seed"),
+    ("chat.py", ["--ckpt", "{ckpt}", "--top-p", "nan"], "top_p=nan is not a finite number"),
+    ("serve.py", ["--ckpt", "{ckpt}", "--timeout", "0"], "--timeout"),
     ("bench_serve.py", ["--prompt-min", "9", "--prompt-max", "3"], "--prompt-min 9 is above --prompt-max 3"),
     ("bench_serve.py", ["--block-size", "32"], "exceeds the model's context of 32"),
 ]
@@ -584,3 +680,443 @@ def test_command_lines_answer_bad_input_with_one_error_line(cli_runs, case):
     assert returncode == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
     assert CLI_CASES[case][2] in errors[0]
     assert after == before
+
+
+# ----------------------------------------------------------------------------- one request cannot break others
+
+
+def test_a_poisoned_row_fails_alone_and_the_batch_keeps_its_tokens(model, mixed):
+    engine = Engine(model, None, "continuous", max_batch=3)
+    (p0, n0, ref0), (p1, _, _), (p2, n2, ref2) = mixed[5], mixed[6], mixed[7]
+    a = engine.submit(Request(p0, SamplingParams(max_tokens=n0, temperature=0)))
+    b = engine.submit(Request(p1, SamplingParams(max_tokens=20, temperature=1.0)))
+    c = engine.submit(Request(p2, SamplingParams(max_tokens=n2, temperature=0)))
+    engine.step()
+    b.params.repetition_penalty = float("nan")  # what no check let through: its sampling now raises
+    engine.run_until_idle()
+    assert b.finish_reason == "error" and b.done.is_set() and None in list(b.deltas.queue)
+    assert a.output_ids == ref0 and c.output_ids == ref2 and engine.stats["finished_error"] == 1
+
+
+@pytest.mark.parametrize("setting", [{"temperature": 1e-300}, {"temperature": 1.0, "top_p": 1e-300}])
+def test_settings_at_float32_limits_sample_their_limit_greedy(model, mixed, setting):
+    prompt, n, ref = mixed[8]
+    engine = Engine(model, None, "continuous")
+    req = engine.submit(Request(prompt, SamplingParams(max_tokens=n, **setting)))
+    engine.run_until_idle()
+    assert req.finish_reason == "length" and req.output_ids == ref  # T -> 0 and p -> 0 are argmax
+
+
+@pytest.mark.parametrize("penalty", [1e-300, 1e300, float("nan")])
+def test_a_repetition_penalty_without_a_limit_is_refused_up_front(model, penalty):
+    with pytest.raises(UserError, match="repetition_penalty"):
+        Engine(model).submit(Request([1, 2], SamplingParams(repetition_penalty=penalty)))
+
+
+def test_presence_and_frequency_penalties_subtract_per_generated_token():
+    logits = torch.zeros(1, 5)
+    out = apply_presence_frequency(logits, [1, 3, 3, 3], presence=0.5, frequency=0.25)
+    assert out.tolist() == [[0.0, -0.75, 0.0, -1.25, 0.0]]
+
+
+def stream_text(reply):
+    events = sse_events(reply)
+    assert events[-1] == "[DONE]"
+    return "".join(
+        c["choices"][0]["delta"].get("content", "") for c in map(json.loads, events[:-1]) if c.get("choices")
+    )
+
+
+def test_a_poisoned_request_fails_alone_while_concurrent_streams_complete(server, monkeypatch):
+    engine, real_sample = server.engine, server.engine.sample
+
+    def sample(req, logits):
+        if req.params.seed == 666:
+            raise RuntimeError("poison")  # the request an unforeseen setting breaks inside the sampler
+        time.sleep(0.005)  # keep the streams in flight while the poison runs
+        return real_sample(req, logits)
+
+    monkeypatch.setattr(engine, "sample", sample)
+    _, alone = call(server, "/v1/chat/completions", CHAT)
+    want = alone["choices"][0]["message"]["content"]
+    results = {}
+
+    def client(name, body):
+        results[name] = call(server, "/v1/chat/completions", body)
+
+    bodies = {f"stream{i}": {**CHAT, "stream": True} for i in range(3)}
+    bodies["poison"] = {**CHAT, "temperature": 1, "seed": 666}
+    bodies["tiny_t"] = {**CHAT, "temperature": 1e-300}  # the issue's poisons, now mapped to their limit
+    bodies["tiny_p"] = {**CHAT, "temperature": 1, "top_p": 1e-300}
+    threads = [threading.Thread(target=client, args=item) for item in bodies.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results["poison"][0] == 500 and results["poison"][1]["error"]["type"] == "server_error"
+    assert all(
+        results[f"stream{i}"][0] == 200 and stream_text(results[f"stream{i}"][1]) == want for i in range(3)
+    )
+    for name in ("tiny_t", "tiny_p"):
+        assert results[name][0] == 200 and results[name][1]["choices"][0]["message"]["content"] == want
+    assert engine.stats["finished_error"] >= 1 and not engine.busy()
+
+
+# ----------------------------------------------------------------------------- slow and stalled clients
+
+
+@pytest.fixture()
+def guarded(tok):
+    srv = start_server(tok, timeout=0.5, max_connections=4)
+    yield srv
+    stop_server(srv)
+
+
+def connect(srv):
+    return socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=10)
+
+
+def read_all(sock) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_stalled_clients_are_dropped_after_the_deadline_and_the_cap_answers_503(guarded):
+    port = guarded.server_address[1]
+    body = json.dumps(CHAT)
+    stalled = [connect(guarded) for _ in range(4)]
+    stalled[0].sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never end
+    stalled[1].sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 500\r\n\r\n{"
+    )  # body never ends
+    stalled[2].sendall(b"GET /health HT")  # a slowloris: one byte now and then, never a whole line
+    deadline = time.time() + 10
+    while guarded.open_connections < 4 and time.time() < deadline:
+        time.sleep(0.01)
+    assert guarded.open_connections == 4
+    extra = connect(guarded)  # over the cap: answered at once, not queued behind the stalled ones
+    extra.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    over = read_all(extra)
+    assert over.startswith(b"HTTP/1.0 503") and b"Retry-After: 1" in over and b"server_overloaded" in over
+    started = time.time()
+    for _ in range(8):  # the slowloris keeps sending; it is cut at the deadline all the same
+        time.sleep(0.1)
+        try:
+            stalled[2].sendall(b"T")
+        except OSError:
+            break
+    answers = [read_all(s) for s in stalled]  # each ends: the server closed it
+    assert time.time() - started < 5
+    assert answers[1].startswith(b"HTTP/1.0 408") and b"did not arrive" in answers[1]
+    deadline = time.time() + 10
+    while guarded.open_connections and time.time() < deadline:
+        time.sleep(0.01)
+    assert guarded.open_connections == 0
+    assert call(guarded, "/v1/chat/completions", json.loads(body))[0] == 200
+    for s in stalled + [extra]:
+        s.close()
+
+
+def test_a_client_that_stops_reading_its_stream_releases_its_connection(guarded, monkeypatch):
+    """A write the client does not accept within the deadline ends the answer. Small socket buffers on
+    both ends make the ~30 KB stream block (loopback would otherwise buffer it all)."""
+    real_setup = serve.Handler.setup
+
+    def setup(handler):
+        handler.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        real_setup(handler)
+
+    monkeypatch.setattr(serve.Handler, "setup", setup)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", guarded.server_address[1]))
+    body = json.dumps({"prompt": "Four", "max_tokens": 60, "stream": True, "stop": "never", "logprobs": 5})
+    sock.sendall(f"POST /v1/completions HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+    deadline = time.time() + 10
+    while not guarded.open_connections and time.time() < deadline:
+        time.sleep(0.01)
+    started = time.time()
+    while guarded.open_connections and time.time() < started + 20:  # never read: it must not hold for ever
+        time.sleep(0.05)
+    assert guarded.open_connections == 0 and time.time() - started < 10
+    deadline = time.time() + 10
+    while guarded.engine.busy() and time.time() < deadline:
+        time.sleep(0.01)
+    assert not guarded.engine.busy()
+    received = len(read_all(sock))
+    assert 0 < received < 30000  # it had begun, and was cut: the rest was never written
+    sock.close()
+
+
+# ----------------------------------------------------------------------------- every class of bad input
+
+
+def raw_exchange(srv, data: bytes, timeout=10) -> bytes:
+    with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_all(sock)
+
+
+def post_raw(srv, path, raw: bytes) -> tuple:
+    status, reply = call(srv, path, raw=raw)
+    return status, reply["error"]
+
+
+HOSTILE_BODIES = [  # (raw body, words in the message, param): each class of parseable-but-bad input
+    (
+        b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        "lone UTF-16 surrogate",
+        "messages[0].content",
+    ),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "seed": 18446744073709551616}', "'seed'", "seed"),
+    (
+        b'{"messages": [{"role": "user", "content": "hi"}], "seed": ' + b"9" * 3000 + b"}",
+        "seed",
+        "seed",
+    ),
+    (b'{"messages": [], "max_tokens": ' + b"7" * 5000 + b"}", "too many digits", None),
+    (
+        b'{"messages": [{"role": "user", "content": "hi"}], "temperature": ' + b"1" * 400 + b"}",
+        "temperature",
+        "temperature",
+    ),
+    (b"[" * 1500 + b"]" * 1500, "nested too deeply", None),
+    (b'{"metadata": ' + b"[" * 40 + b"]" * 40 + b"}", "nested too deeply", None),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "NaN", None),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', "Infinity", None),
+    (b'\xff\xfe{"a": 1}', "JSON", None),
+]
+
+
+@pytest.mark.parametrize("raw, words, param", HOSTILE_BODIES, ids=range(len(HOSTILE_BODIES)))
+def test_hostile_bodies_get_a_400_in_openai_shape(server, raw, words, param):
+    status, err = post_raw(server, "/v1/chat/completions", raw)
+    assert status == 400 and words in err["message"] and err["param"] == param, err
+    assert set(err) == {"message", "type", "param", "code"}
+
+
+IGNORED_BEFORE = [  # (path, extra fields, param named): what used to be silently ignored
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("/v1/chat/completions", {"tool_choice": "auto"}, "tool_choice"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"functions": []}, "functions"),
+    ("/v1/chat/completions", {"top_logprobs": 3}, "top_logprobs"),  # without logprobs: true
+    ("/v1/chat/completions", {"presence_penalty": 3}, "presence_penalty"),
+    ("/v1/chat/completions", {"logit_bias": {"99999": 1}}, "logit_bias"),
+    ("/v1/chat/completions", {"n": 9}, "n"),
+    ("/v1/chat/completions", {"repetition_penalty": 1e-300}, "repetition_penalty"),
+    ("/v1/completions", {"echo": True}, "echo"),
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"suffix": "x"}, "suffix"),
+    ("/v1/completions", {"logprobs": 9}, "logprobs"),
+]
+
+
+@pytest.mark.parametrize("path, extra, param", IGNORED_BEFORE, ids=[p for _, _, p in IGNORED_BEFORE])
+def test_a_parameter_this_server_does_not_implement_is_refused_by_name(server, path, extra, param):
+    base = CHAT if "chat" in path else {"prompt": "Four", "max_tokens": 2}
+    status, reply = call(server, path, {**base, **extra})
+    assert status == 400 and reply["error"]["param"] == param and param in reply["error"]["message"]
+
+
+PROTOCOL_CASES = [  # (bytes sent, status line start, words in the answer)
+    (b"PUT /v1/models HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.0 405", b"Allow: GET"),
+    (b"DELETE /v1/chat/completions HTTP/1.1\r\n\r\n", b"HTTP/1.0 405", b"Allow: POST"),
+    (b"GET /v1/chat/completions HTTP/1.1\r\n\r\n", b"HTTP/1.0 405", b"Allow: POST"),
+    (b"PATCH /nowhere HTTP/1.1\r\n\r\n", b"HTTP/1.0 404", b"no route"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", b"HTTP/1.0 400", b"request line"),
+    (b"HELLO\r\n\r\n", b"HTTP/1.0 400", b"request line"),
+    (b"GET /\r\n", b"HTTP/1.0 400", b"HTTP/0.9"),  # used to wait for headers for ever
+    (b"GET / HTTP/x.y\r\n\r\n", b"HTTP/1.0 400", b"version"),
+    (b"GET / HTTP/2.0\r\n\r\n", b"HTTP/1.0 505", b"error"),
+]
+
+
+@pytest.mark.parametrize("sent, status, words", PROTOCOL_CASES, ids=range(len(PROTOCOL_CASES)))
+def test_protocol_edges_get_a_status_line_and_a_json_error(server, sent, status, words):
+    answer = raw_exchange(server, sent)
+    assert answer.startswith(status) and words in answer, answer[:300]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400(server):
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}")
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.0 400") and b"ended after 2 of its 100 bytes" in answer
+
+
+# ----------------------------------------------------------------------------- parameters implemented
+
+
+def test_logprobs_whole_and_streamed_agree_and_follow_openai_shapes(server):
+    body = {**CHAT, "logprobs": True, "top_logprobs": 3, "max_tokens": 6}
+    status, whole = call(server, "/v1/chat/completions", body)
+    content = whole["choices"][0]["logprobs"]["content"]
+    stop_token = whole["choices"][0]["finish_reason"] == "stop"  # its id ended the answer, not part of it
+    assert status == 200 and len(content) == whole["usage"]["completion_tokens"] - stop_token >= 1
+    for entry in content:  # greedy: the chosen token is the likeliest alternative
+        tops = entry["top_logprobs"]
+        assert len(tops) == 3 and tops[0]["logprob"] >= tops[1]["logprob"] >= tops[2]["logprob"]
+        assert entry["token"] == tops[0]["token"] and entry["logprob"] == pytest.approx(tops[0]["logprob"])
+        assert entry["logprob"] <= 0 and bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"]
+    assert (
+        "".join(bytes(e["bytes"]).decode("latin-1") for e in content)
+        .encode("latin-1")
+        .decode("utf-8", "replace")
+        == whole["choices"][0]["message"]["content"]
+    )
+    _, stream = call(server, "/v1/chat/completions", {**body, "stream": True})
+    chunks = [json.loads(e) for e in sse_events(stream)[:-1]]
+    streamed = [e for c in chunks for e in ((c["choices"][0].get("logprobs") or {}).get("content") or [])]
+    assert [e["token"] for e in streamed] == [
+        e["token"] for e in content
+    ]  # batched: logprobs equal to rounding
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in content], abs=1e-4)
+    status, comp = call(
+        server, "/v1/completions", {"prompt": "Four", "max_tokens": 5, "temperature": 0, "logprobs": 2}
+    )
+    lp = comp["choices"][0]["logprobs"]
+    assert status == 200 and len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 5
+    assert all(len(t) <= 2 for t in lp["top_logprobs"]) and lp["text_offset"][0] == 0
+
+
+def test_n_answers_logit_bias_penalties_and_special_tokens(server):
+    status, reply = call(server, "/v1/chat/completions", {**CHAT, "n": 3, "temperature": 0})
+    texts = [c["message"]["content"] for c in reply["choices"]]
+    assert status == 200 and [c["index"] for c in reply["choices"]] == [0, 1, 2] and len(set(texts)) == 1
+    one = call(server, "/v1/chat/completions", {**CHAT, "temperature": 0})[1]["usage"]
+    k = one["completion_tokens"]
+    assert reply["usage"] == {**one, "completion_tokens": 3 * k, "total_tokens": one["prompt_tokens"] + 3 * k}
+    _, stream = call(
+        server, "/v1/completions", {"prompt": "Four", "n": 2, "max_tokens": 4, "stream": True, "seed": 3}
+    )
+    chunks = [json.loads(e) for e in sse_events(stream)[:-1]]
+    assert {c["choices"][0]["index"] for c in chunks} == {0, 1}
+    assert sum(c["choices"][0]["finish_reason"] is not None for c in chunks) == 2
+    a_id = server.tok.encode_ordinary("A")[0]
+    _, forced = call(
+        server, "/v1/completions", {"prompt": "x", "max_tokens": 4, "logit_bias": {str(a_id): 100}}
+    )
+    assert forced["choices"][0]["text"] == "AAAA"
+    _, penalized = call(
+        server,
+        "/v1/completions",
+        {
+            "prompt": "x",
+            "max_tokens": 4,
+            "temperature": 0,
+            "logit_bias": {str(a_id): 5},
+            "frequency_penalty": 2,
+        },
+    )
+    assert penalized["choices"][0]["text"] != "AAAA"  # the penalty outweighs the bias after a repeat or two
+    pad = (
+        server.tok.special_tokens["<|pad|>"] if "<|pad|>" in server.tok.special_tokens else server.tok.eot_id
+    )
+    _, special = call(
+        server, "/v1/chat/completions", {**CHAT, "temperature": 1, "logit_bias": {str(pad): 100}}
+    )
+    choice = special["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"] == ""  # no literal <|pad|>
+
+
+def test_get_one_model_by_id(server):
+    status, card = call(server, "/v1/models/test/model")
+    assert status == 200 and card["id"] == "test/model" and card["context_length"] == 64
+    status, reply = call(server, "/v1/models/gpt-5")
+    assert status == 404 and reply["error"]["code"] == "model_not_found"
+
+
+# ----------------------------------------------------------------------------- browser safety
+
+
+def test_cross_origin_pages_and_foreign_host_names_are_refused(server):
+    port = server.server_address[1]
+    own = {"Origin": f"http://127.0.0.1:{port}"}
+    assert call(server, "/v1/chat/completions", CHAT, headers=own)[0] == 200  # the chat page itself
+    status, reply = call(server, "/v1/chat/completions", CHAT, headers={"Origin": "http://evil.example"})
+    assert (
+        status == 403
+        and reply["error"]["code"] == "origin_not_allowed"
+        and "--cors-origin" in reply["error"]["message"]
+    )
+    text_plain = {
+        "Origin": "http://evil.example",
+        "Content-Type": "text/plain",
+    }  # a "simple" request: no preflight
+    assert call(server, "/v1/chat/completions", CHAT, headers=text_plain)[0] == 403
+    rebound = raw_exchange(server, f"GET /v1/models HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n".encode())
+    assert rebound.startswith(b"HTTP/1.0 403") and b"host_not_allowed" in rebound
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert raw_exchange(server, f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()).startswith(
+            b"HTTP/1.0 200"
+        )
+    server.cors_origins = ("http://localhost:3000",)
+    try:
+        allowed = {"Origin": "http://localhost:3000"}
+        req = urllib.request.Request(url(server, "/v1/models"), headers=allowed)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        pre = raw_exchange(
+            server,
+            b"OPTIONS /v1/chat/completions HTTP/1.1\r\nOrigin: http://localhost:3000\r\n"
+            b"Access-Control-Request-Method: POST\r\n\r\n",
+        )
+        assert pre.startswith(b"HTTP/1.0 204") and b"Access-Control-Allow-Methods: POST" in pre
+        assert b"Access-Control-Allow-Headers: Authorization, Content-Type" in pre
+    finally:
+        server.cors_origins = ()
+
+
+def test_with_an_api_key_health_tells_only_liveness_and_host_names_are_allowed(server):
+    port = server.server_address[1]
+    server.api_key = "sesame"
+    try:
+        status, health = call(server, "/health")
+        assert status == 200 and health == {"status": "ok"}
+        key = {"Authorization": "Bearer sesame"}
+        assert call(server, "/health", headers=key)[1]["model"] == "test/model"
+        assert call(server, "/metrics", raw=None)[0] == 401
+        named = raw_exchange(
+            server,
+            f"GET /v1/models HTTP/1.1\r\nHost: myserver.lan:{port}\r\nAuthorization: Bearer sesame\r\n\r\n".encode(),
+        )
+        assert named.startswith(b"HTTP/1.0 200")  # behind a proxy, under its own name: the key protects it
+    finally:
+        server.api_key = ""
+
+
+# ----------------------------------------------------------------------------- monitoring
+
+
+def test_metrics_are_prometheus_text_with_requests_latencies_and_load(server):
+    call(server, "/v1/chat/completions", {**CHAT, "stream": True})
+    call(server, "/v1/chat/completions", {**CHAT, "top_p": 2})
+    with urllib.request.urlopen(url(server, "/metrics"), timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.startswith(("# HELP ", "# TYPE "))
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    assert samples['llm_http_responses_total{route="/v1/chat/completions",status="200"}'] >= 1
+    assert samples['llm_http_responses_total{route="/v1/chat/completions",status="400"}'] >= 1
+    for hist in (
+        "llm_time_to_first_token_seconds",
+        "llm_time_per_output_token_seconds",
+        "llm_request_duration_seconds",
+    ):
+        buckets = [v for k, v in samples.items() if k.startswith(hist + "_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == samples[hist + "_count"] >= 1
+        assert samples[hist + "_sum"] > 0
+    assert samples["llm_generated_tokens_total"] >= 1
+    assert samples["llm_requests_running"] == 0 and samples["llm_requests_waiting"] == 0
+    assert samples["llm_batch_slots"] == 4 and samples["llm_open_connections"] >= 1  # this scrape's
+    assert samples["llm_generation_tokens_per_second"] >= 0
