@@ -65,6 +65,12 @@ def test_micro_pipeline_writes_every_stage_artifact_with_a_manifest(micro):
         )  # present, complete, undamaged, current
         assert manifest.get("status", "complete") == "complete"
         assert (run / "logs" / f"{stage.name}.log").is_file()
+        block = read_json(run / stage.folder / "outcome.json")  # SCHEMA.md: every stage writes its bar
+        assert block["headline"] and "not run" not in block["headline"], stage.name
+        bar = block["bar"]
+        if bar is not None:  # None: the stage has no bar (wordpiece, unigram) or it cannot apply here
+            assert {"metric", "value", "threshold", "direction", "passed"} <= set(bar), stage.name
+            assert bar["direction"] in ("lower", "higher") and isinstance(bar["passed"], bool), stage.name
     lines = [l for l in out.splitlines() if re.match(r"\[\s*\d+/\d+\] ", l)]
     assert len(lines) == len(run_all.plan(run_all.RunAllConfig(preset="micro")))  # one line per stage
     for stage in ran:  # its line carries its wall time and the headline
