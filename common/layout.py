@@ -44,6 +44,11 @@ class Stage:
     )
     overwrite: bool = True  # has --overwrite (a stage that always replaces its folder has not)
 
+    @property
+    def outcome_folder(self) -> str:
+        """The folder holding its outcome.json (bpe.py writes it beside the tokenizer, not the shards)."""
+        return self.writes[0] if self.writes else self.folder
+
 
 PRE = ("tokenizer", "tokens", "pretrain")  # what every stage after pretraining reads
 STAGES = [

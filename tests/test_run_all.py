@@ -65,7 +65,7 @@ def test_micro_pipeline_writes_every_stage_artifact_with_a_manifest(micro):
         )  # present, complete, undamaged, current
         assert manifest.get("status", "complete") == "complete"
         assert (run / "logs" / f"{stage.name}.log").is_file()
-        block = read_json(run / stage.folder / "outcome.json")  # SCHEMA.md: every stage writes its bar
+        block = read_json(run / stage.outcome_folder / "outcome.json")  # SCHEMA.md: every stage's bar
         assert block["headline"] and "not run" not in block["headline"], stage.name
         bar = block["bar"]
         if bar is not None:  # None: the stage has no bar (wordpiece, unigram) or it cannot apply here
