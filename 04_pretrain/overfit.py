@@ -42,7 +42,7 @@ from common.outcome import make_bar
 from checkpoint_io import load_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 
-from pretrain import TrainConfig, evaluate, train
+from pretrain_loop import TrainConfig, evaluate, train
 from batches import load_shards
 from train_state import BEST
 

@@ -1,6 +1,6 @@
 """What a pretraining run is: its config (= its command line), presets, and the checks before it starts.
 
-    cfg = TrainConfig(data="runs/tiny", max_steps=100)      # the function API; pretrain.train(cfg)
+    cfg = TrainConfig(data="runs/tiny", max_steps=100)      # the function API; pretrain_loop.train(cfg)
     python 04_pretrain/pretrain.py --help                    # the same fields as flags, with each preset's values
 
 Every field is one flag with its help, default and allowed range (common.option). The defaults are

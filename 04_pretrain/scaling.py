@@ -43,7 +43,7 @@ from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.outcome import make_bar
 
-from pretrain import TrainConfig, train
+from pretrain_loop import TrainConfig, train
 
 # (n_layer, n_embd, n_head): non-embedding params from ~6k to ~0.8M with the swiglu/rmsnorm model
 SIZES = [(1, 32, 2), (2, 48, 2), (2, 64, 4), (3, 96, 4), (4, 128, 4), (4, 160, 4)]
