@@ -612,6 +612,10 @@ def drawn(figs, name, plot, *args):
     return figs / name
 
 
+# what reading a hand-edited or damaged file raises: corrupt JSON, a missing key, a wrong type, an empty list
+DAMAGED = (UserError, LookupError, TypeError, ValueError, AttributeError, ArithmeticError, StopIteration)
+
+
 def section_of(stage: str, run: Path, figs) -> Section:
     """The stage's section; figs: the folder to draw report_*.png into (None: draw nothing)."""
     script = stage_entry(stage).script
@@ -619,14 +623,31 @@ def section_of(stage: str, run: Path, figs) -> Section:
         s = SECTIONS[stage](run, None)
         s.headline, s.passed, s.body = f"not in this checkout ({script} is absent)", None, ""
         return s
-    return SECTIONS[stage](run, figs)
+    try:
+        return SECTIONS[stage](run, figs)
+    except DAMAGED as e:
+        return unreadable(SECTIONS[stage](Path("/nonexistent"), None), e)  # the empty section: its title
+
+
+def unreadable(s: Section, e: Exception) -> Section:
+    """A section whose files parse as JSON but hold a wrong or missing field (edited by hand, or written by
+    another version): said in its headline, so one bad file never takes the whole report card down."""
+    why = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {str(e)[:80]}"
+    s.headline = (
+        f"unreadable results ({why}); a file in its folder is damaged or hand-edited: rerun the stage"
+    )
+    s.passed, s.body = None, ""
+    return s
 
 
 def headline_of(stage: str, run) -> str:
     """One stage's headline and verdict, for run_all's progress line (no figures drawn)."""
     if stage in ("wordpiece", "unigram"):  # their rows join the tokenizer section
-        o = outcome(Path(run), stage)
-        return o.get("headline", "(the stage wrote no headline)") if o else "not run"
+        try:
+            o = outcome(Path(run), stage)
+            return o.get("headline", "(the stage wrote no headline)") if o else "not run"
+        except DAMAGED as e:
+            return unreadable(Section(stage, stage), e).headline
     s = section_of(stage, Path(run), None)
     return f"{s.headline}{'' if s.passed is None else ' | ' + verdict(s.passed)}"
 
@@ -655,6 +676,9 @@ def write_report(run) -> Path:
         markdown_table(top, ["stage", "headline", "bar", "result"]),
     ]
     times = read_json(run / "run_all.json") if (run / "run_all.json").is_file() else None
+    seconds = times.get("seconds") if isinstance(times, dict) else None
+    if not isinstance(seconds, dict) or not all(isinstance(v, (int, float)) for v in seconds.values()):
+        times = None  # absent, or not run_all's {"seconds": {stage: number}}: no time table
     if times and times.get("seconds"):
         rows = [{"stage": k, "wall s": f"{v:.1f}"} for k, v in times["seconds"].items()]
         rows.append({"stage": "sum", "wall s": f"{sum(times['seconds'].values()):.1f}"})

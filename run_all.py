@@ -20,7 +20,8 @@ here. A stage whose script is not in this checkout is skipped with a line saying
 One line per stage: its number, name, wall time and headline result (report.py reads it from the
 outcome the stage wrote). The stage's own output goes to runs/<name>/logs/<stage>.log (`--show-output`
 also prints it). A stage that fails stops the run with its one-line error and the `--from` command
-that resumes from it. At the end: the time per stage and in total, and report.py writes
+that resumes from it; its output goes to <stage>.failed.log, and <stage>.log stays the log of the last
+good run, the one the stage's folder holds. At the end: the time per stage and in total, and report.py writes
 runs/<name>/report.md, the report card.
 
 Reusing a run: a fresh run refuses to write into a run folder that already holds one unless
@@ -119,6 +120,11 @@ def check_run_all_config(cfg: RunAllConfig, from_stage, only_stage):
     for f in cfg.data:
         if not Path(f).is_file():
             raise UserError(f"--data {f}: no such file; pass .txt or .jsonl files")
+    if cfg.run and not Path(cfg.run).is_absolute() and ".." in Path(cfg.run).parts:
+        raise UserError(
+            f"--run {cfg.run}: climbs out of this folder with '..'; give a run name (it goes to runs/<name>) "
+            "or an absolute path"
+        )
 
 
 def run_folder(cfg: RunAllConfig) -> Path:
@@ -177,10 +183,13 @@ def last_error_line(log_text: str, returncode: int) -> str:
 
 def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
     """Run one stage, its stdout and stderr into `log` (and the terminal with show_output).
-    Returns (return code, the log's text)."""
+    Returns (return code, the path of its log, the log's text). The output goes to <stage>.running.log
+    while it runs; success makes it <stage>.log, failure <stage>.failed.log, so a failed rerun never
+    replaces the log of the stage's last good run (the one its folder still holds)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "w", encoding="utf-8") as f:
+    running = log.with_name(f"{stage.name}.running.log")
+    with open(running, "w", encoding="utf-8") as f:
         f.write("$ " + shlex.join(argv) + "\n")
         f.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -190,7 +199,11 @@ def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
             if show_output:
                 print("    " + line, end="", flush=True)
         proc.wait()
-    return proc.returncode, log.read_text(encoding="utf-8")
+    final = log if proc.returncode == 0 else log.with_name(f"{stage.name}.failed.log")
+    os.replace(running, final)
+    if proc.returncode == 0:
+        log.with_name(f"{stage.name}.failed.log").unlink(missing_ok=True)
+    return proc.returncode, final, final.read_text(encoding="utf-8")
 
 
 def resume_command(cfg: RunAllConfig, stage: str) -> str:
@@ -239,7 +252,7 @@ def main(argv=None):
             print(f"{head} running ...", end="\r", flush=True)
         set_interrupt_hint(f"in stage {stage.name}; resume with `{resume_command(cfg, stage.name)}`")
         t0 = time.time()
-        rc, log_text = run_stage(
+        rc, log_path, log_text = run_stage(
             stage,
             command(stage, cfg, run, overwrite),
             RunLayout(run).logs / f"{stage.name}.log",
@@ -250,7 +263,7 @@ def main(argv=None):
             print(f"{head} FAILED after {fmt_s(seconds)}", flush=True)
             print(
                 f"error: stage {stage.name} failed: {last_error_line(log_text, rc)}; its output is in "
-                f"{run}/logs/{stage.name}.log; fix it, then resume with `{resume_command(cfg, stage.name)}`",
+                f"{log_path}; fix it, then resume with `{resume_command(cfg, stage.name)}`",
                 file=sys.stderr,
             )
             sys.exit(rc if rc in (2, 130) else 1)

@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import read_json, read_jsonl, read_text, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import MANIFEST, claim_output, run_lock, staged_dir, write_manifest
 from clean import STEPS, CleanConfig, clean_document
 from data_outcome import (
@@ -380,7 +381,7 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; remove it or choose another --out")
-    data = out / "data"
+    data = RunLayout(out).data
     config = json.loads(json.dumps(asdict(cfg)))  # as the manifest will hold it (tuples -> lists)
     t = time.time()
     inputs = (

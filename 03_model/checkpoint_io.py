@@ -16,14 +16,23 @@ run folder can be moved or copied; `tokenizer_dir` resolves it (older checkpoint
 
 Stages share it: 04 writes model + training state, 05 reads "config" + "model" and adds LoRA weights,
 07 writes quantized weights beside the same config. Writes are atomic (temp file, then rename), so a
-run killed during a save keeps its previous checkpoint.
+run killed during a save keeps its previous checkpoint; a save that fails (a full disk: `torch.save`
+raises RuntimeError, not OSError) removes its temp file and becomes a one-line `error: ...; fix`.
+
+"sha256" is a digest of everything else in the dict (every tensor's dtype, shape and bytes, every other
+value's repr, in key order). The zip container has no checksum of its own, so a flipped byte in a
+weight would otherwise load silently and be trained on; `load_checkpoint` recomputes it and refuses a
+mismatch. Checkpoints written before the digest existed load without the check.
 
 Interview questions it answers:
 - What must a checkpoint hold to resume training exactly? (weights, optimizer moments, scheduler
   step, loss-scaler state, RNG states, data position; weights alone only let you fine-tune)
 - Why `weights_only=True`? (pickle can execute arbitrary code on load)
+- How do you know a checkpoint is intact? (a digest of the tensors stored beside them, checked on load)
 """
 
+import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,11 +47,66 @@ from common.files import atomic_path
 FORMAT = "llm-from-scratch/1"
 
 
+def digest(obj, h=None) -> str:
+    """SHA-256 over a checkpoint's contents: tensors by dtype, shape and raw bytes, the rest by repr;
+    dict keys in sorted order so the digest does not depend on insertion order."""
+    h = h or hashlib.sha256()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            digest(obj[k], h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            digest(v, h)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest()
+
+
 def save_checkpoint(path, config: dict, model_state: dict, **extra):
-    """Write {"format", "config", "model", **extra} to `path` atomically."""
+    """Write {"format", "config", "model", **extra, "sha256"} to `path` atomically. A failed write
+    (disk full, no permission) leaves no partial file and raises a UserError saying what to do."""
     ckpt = {"format": FORMAT, "config": dict(config), "model": model_state, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    ckpt["sha256"] = digest(ckpt)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+    except (RuntimeError, OSError) as e:  # torch.save reports ENOSPC as RuntimeError ("unexpected pos ...")
+        raise UserError(
+            f"{path}: could not write the checkpoint ({why_save_failed(e, path, ckpt)}); "
+            "free space or choose --out elsewhere"
+        ) from None
+
+
+def why_save_failed(e, path, ckpt) -> str:
+    """A reason a person can act on: torch's own message for a full disk is 'unexpected pos 896 vs 790'."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    need = sum(t.numel() * t.element_size() for t in tensors(ckpt))
+    free = shutil.disk_usage(Path(path).parent).free
+    if free < need + 2**20:
+        return f"the disk has {free / 2**20:.1f} MiB free, the checkpoint needs about {need / 2**20:.1f} MiB"
+    return f"torch.save: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+
+def tensors(obj):
+    """Every tensor inside nested dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors(v)
 
 
 def load_checkpoint(path, map_location="cpu", made_by="") -> dict:
@@ -60,6 +124,10 @@ def load_checkpoint(path, map_location="cpu", made_by="") -> dict:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); {fix}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not an llm-from-scratch checkpoint (expected format {FORMAT!r})")
+    saved = ckpt.pop("sha256", None)
+    if saved is not None and saved != digest(ckpt):
+        fix = f"remake it with `{made_by}`" if made_by else "use an earlier checkpoint or retrain"
+        raise UserError(f"{path}: damaged checkpoint (its SHA-256 does not match its contents); {fix}")
     return ckpt
 
 

@@ -52,6 +52,7 @@ from common.files import pyplot, read_jsonl, save_figure, write_json
 from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from gpt import MLP, Attention, GPTConfig, LayerNorm  # 03_model (this folder)
+from divergence import DivergenceGuard  # 03_model (this folder)
 from lm_loss import cross_entropy  # 03_model
 from position_encoding import sinusoidal_positions  # 03_model
 
@@ -354,12 +355,14 @@ def train_objective(name, cfg: DemoConfig, train, val, specials):
         return loss
 
     val_before, losses, t0 = val_loss(), [], time.perf_counter()
+    guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})")
     while time.perf_counter() - t0 < cfg.seconds:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (len(losses) + 1) / cfg.warmup)
         loss = loss_fn(model, random_windows(train, cfg.batch_size, cfg.block_size, g), specials, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        guard.check(len(losses) + 1, loss)
         opt.step()
         losses.append(loss.item())
     seconds = time.perf_counter() - t0

@@ -115,8 +115,9 @@ def load_probes(run: Path):
     if not (tasks / "recall_heldout.jsonl").is_file():
         return None
     fields = ("prompt", "answer", "attribute")
-    return read_jsonl(tasks / "recall_heldout.jsonl", fields), read_jsonl(
-        tasks / "recall_train.jsonl", fields
+    types = dict.fromkeys(fields, str)
+    return read_jsonl(tasks / "recall_heldout.jsonl", fields, types), read_jsonl(
+        tasks / "recall_train.jsonl", fields, types
     )
 
 

@@ -36,7 +36,7 @@ sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
 from common.layout import RunLayout
-from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
 from checkpoint_io import load_checkpoint  # 03_model
@@ -236,14 +236,13 @@ def main(argv=None):
     run_dir = Path(c.data)
     check_artifact(RunLayout(run_dir).tokens, made_by=RunLayout(run_dir).made_by("tokenizer"))
     out = run_dir / "overfit"
-    with run_lock(out):
-        claim_output(out, c.overwrite, remove=True)
-        rows = run(c, out)
+    with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
+        rows = run(c, tmp)
         print(format_table(rows))
-        write_json(out / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
-        write_json(out / "outcome.json", outcome_block(rows))
+        write_json(tmp / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
+        write_json(tmp / "outcome.json", outcome_block(rows))
         write_manifest(
-            out,
+            tmp,
             stage="04_overfit",
             command=command_line(__file__, argv),
             config=dataclasses.asdict(c),

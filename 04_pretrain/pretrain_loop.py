@@ -68,6 +68,7 @@ from common.files import atomic_write_text, pyplot, read_json, save_figure, writ
 from common.layout import RunLayout
 from common.outcome import make_bar
 from common.runs import MANIFEST, claim_output, run_lock
+from divergence import DivergenceGuard  # 03_model
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 
 from optimizers import (
@@ -372,12 +373,14 @@ def run_loop(s: Setup, step: int, best: dict, resumed: bool, command: str) -> di
     stopped, val_loss, last = "max_steps", float("nan"), {}
     s.model.train()
     set_interrupt_hint(interrupt_hint(step, saved_step, s.resume_command))
+    guard = DivergenceGuard(vocab_size=s.mcfg.vocab_size)  # decides; `diverged` records and explains
     while step < cfg.max_steps:
         lr = lr_at(step, s.sched)
         set_lr(s.opt, lr)
         loss, grad_norm, found_inf = train_step(s, step)
-        if not math.isfinite(loss) or (not math.isfinite(grad_norm) and not s.scaler.enabled):
-            raise diverged(s, step, loss, grad_norm, saved_step, command)
+        why = guard.problem(loss, None if s.scaler.enabled else grad_norm)  # fp16: inf grads are skipped
+        if why:
+            raise diverged(s, step, loss, grad_norm, saved_step, command, why)
         s.scaler.step(s.opt, found_inf)  # skipped when fp16 overflowed
         s.opt.zero_grad(set_to_none=True)
         step += 1
@@ -543,7 +546,7 @@ def interrupt_hint(step: int, saved_step, resume_command: str) -> str:
     return f"at step {step}; continue from the checkpoint of step {saved_step} with `{resume_command}`"
 
 
-def diverged(s: Setup, step, loss, grad_norm, saved_step, command) -> Diverged:
+def diverged(s: Setup, step, loss, grad_norm, saved_step, command, why="") -> Diverged:
     """Record the divergence (outcome.json, manifest) and return the error naming what is on disk."""
     if s.rank == 0:
         write_json(
@@ -565,7 +568,7 @@ def diverged(s: Setup, step, loss, grad_norm, saved_step, command) -> Diverged:
     if saved_step is not None and (s.out / BEST).is_file():
         kept += f", {s.out / BEST} the best weights"
     return Diverged(
-        f"loss is {loss} (grad norm {grad_norm}) at step {step}: training diverged; {kept}. "
+        f"{why or f'loss is {loss} (grad norm {grad_norm})'} at step {step}: training diverged; {kept}. "
         "Start again with a lower --lr or more --warmup-steps (--overwrite), or --dtype fp32"
     )
 

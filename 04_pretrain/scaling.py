@@ -40,8 +40,8 @@ sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
 from common.layout import RunLayout
-from common.runs import check_artifact, claim_output, run_lock, write_manifest
 from common.outcome import make_bar
+from common.runs import check_artifact, fresh_output, write_manifest
 
 from pretrain_loop import TrainConfig, train
 
@@ -233,7 +233,7 @@ def sweep(c: ScalingConfig, out: Path, command: str):
         config=dataclasses.asdict(c),
         inputs=[RunLayout(c.data).tokens],
     )
-    print(f"sweep took {time.time() - t0:.0f}s; wrote {out}/scaling.json and scaling.png")
+    print(f"sweep took {time.time() - t0:.0f}s")
 
 
 def outcome_block(fit, rows) -> dict:
@@ -260,9 +260,9 @@ def main(argv=None):
     run_dir = Path(c.data)
     check_artifact(RunLayout(run_dir).tokens, made_by=RunLayout(run_dir).made_by("tokenizer"))
     out = run_dir / "scaling"
-    with run_lock(out):
-        claim_output(out, c.overwrite, remove=True)
-        sweep(c, out, command_line(__file__, argv))
+    with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
+        sweep(c, tmp, command_line(__file__, argv))
+    print(f"wrote {out}/scaling.json and scaling.png")
 
 
 if __name__ == "__main__":

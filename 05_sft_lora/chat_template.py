@@ -65,14 +65,20 @@ def check_messages(messages, where="conversation"):
     """Raise a UserError unless `messages` is a list of {role, content} turns with known roles that
     ends with an assistant turn (the turn that is trained or scored). `where`: 'file.jsonl:12'."""
     if not isinstance(messages, list) or not messages:
-        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} turns")
+        raise UserError(
+            f"{where}: 'messages' must be a non-empty list of {{role, content}} turns; "
+            'write "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]'
+        )
     for i, m in enumerate(messages):
         if (
             not isinstance(m, dict)
             or not isinstance(m.get("role"), str)
             or not isinstance(m.get("content"), str)
         ):
-            raise UserError(f"{where}: turn {i} must be an object with string 'role' and 'content'")
+            raise UserError(
+                f"{where}: turn {i} must be an object with string 'role' and 'content'; "
+                'write it as {"role": "user", "content": "..."}'
+            )
         if m["role"] not in ROLES:
             raise UserError(f"{where}: turn {i} has role {m['role']!r}; use one of {', '.join(ROLES)}")
     if messages[-1]["role"] != "assistant":

@@ -2,13 +2,16 @@
 
     python 05_sft_lora/sft.py --run runs/tiny                        # LoRA r=8 on the task set
     python 05_sft_lora/sft.py --run runs/tiny --method full --mix-pretrain 0.2 --patience 3
+    python 05_sft_lora/sft.py --run runs/tiny --resume              # continue a killed run, bit-exact
     python 05_sft_lora/sft.py --run runs/tiny --train-file ../shared/data/sft/alpaca_zh_1k.jsonl
 
 Reads runs/<name>/pretrain/best.pt (else ckpt.pt), tokenizer/, and data/tasks/sft_{train,heldout}.jsonl
 (or any messages- or Alpaca-style JSONL). Writes runs/<name>/sft/: ckpt.pt (full fine-tuning) or
 adapter.pt (the PEFT weights alone, kilobytes), predictions.jsonl, metrics.jsonl, sft.png,
 outcome.json, manifest.json. It builds beside an existing run and swaps it in only when complete, so
-an interrupted run leaves the previous one as it was.
+an interrupted run leaves the previous one as it was. Every `eval_interval` steps the training state
+(weights, AdamW moments, data position, RNG) goes to runs/<name>/.sft.resume.pt: `--resume` continues a
+killed run from there, bit-exactly.
 
 One step: a batch of `batch_size` rows (several examples packed per row, packing.py; with
 --mix-pretrain a fraction of the rows are windows of pretraining text), loss = token-mean NLL on
@@ -56,11 +59,12 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
+from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
 from bpe import BPETokenizer  # 02_tokenizer
-from checkpoint_io import save_checkpoint  # 03_model
+from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
+from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
@@ -130,6 +134,9 @@ class SFTConfig:
     seed: int = option(1337, "seed for the adapter init, data order and dropout")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --eval-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -283,6 +290,62 @@ def plot(records, base_eval, tuned_eval, path, title):
 def finetune(cfg: SFTConfig, argv=None) -> dict:
     """Fine-tune, evaluate and write <out>/ (module docstring); returns the outcome dict."""
     check_sft_config(cfg)
+    out = Path(cfg.out) if cfg.out else RunLayout(cfg.run).sft
+    if cfg.resume and not resume_path(out).is_file():
+        raise UserError(f"--resume: no interrupted run of {out} to continue; start one without --resume")
+    with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # refused or locked before any training
+        outcome = finetune_into(tmp, cfg, argv)
+    resume_path(out).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    report(outcome, out)
+    return outcome
+
+
+def resume_path(out: Path) -> Path:
+    """Where a run in progress keeps its training state: beside <out>, which only ever holds complete runs
+    (the run is built in a temp folder that a kill -9 leaves behind and the next run deletes)."""
+    return out.parent / f".{out.name}.resume.pt"
+
+
+def save_training_state(path, cfg, trainable, opt, step, epoch, used, records, best, bad_evals):
+    """Everything the loop needs to continue bit-exactly: weights, AdamW moments, the position in the data
+    (epoch and batches used of it), the log, the early-stopping state and the RNG (LoRA dropout draws)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    save_checkpoint(
+        path,
+        asdict(cfg),
+        trainable.state_dict(),
+        optimizer=opt.state_dict(),
+        step=step,
+        epoch=epoch,
+        used=used,
+        records=records,
+        best=best,
+        bad_evals=bad_evals,
+        rng=rng,
+    )
+
+
+def load_training_state(path, cfg, trainable, opt) -> dict:
+    """The saved state, after loading weights, optimizer and RNG; refuses one made with other settings."""
+    state = load_checkpoint(path, made_by="python 05_sft_lora/sft.py (without --resume)")
+    diffs = config_differences(state["config"], asdict(cfg), ignore=("resume", "overwrite"))
+    if diffs:
+        raise UserError(
+            f"--resume: the interrupted run used other settings ({'; '.join(diffs)}); pass the same flags, "
+            "or start again without --resume"
+        )
+    trainable.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
+    """The work of `finetune`, written into tmp (a folder beside <out>, swapped in when complete)."""
     run = Path(cfg.run)
     device = resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out else RunLayout(run).sft
@@ -340,19 +403,33 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     sft_rows = max(1, cfg.batch_size - n_pre)
 
     records, best, bad_evals, stopped = [], {"val_loss": math.inf, "step": 0, "state": None}, 0, "steps"
+    guard = DivergenceGuard(lower=f"--lr (now {lr:g})", vocab_size=model.cfg.vocab_size)
     rss_before, t0, cpu0 = peak_rss_mb(), time.time(), time.process_time()
-    epoch, batches, step = 0, [], 0
+    epoch, batches, step, used, saved_step = 0, [], 0, 0, None
+    epoch_batches = lambda e: sft_batches(
+        train_ex, dataclasses.replace(cfg, batch_size=sft_rows), T, e, pad, device
+    )
+    if cfg.resume:
+        s = load_training_state(resume_path(out), cfg, trainable, opt)
+        step, epoch, used, records, best, bad_evals = (
+            s[k] for k in ("step", "epoch", "used", "records", "best", "bad_evals")
+        )
+        batches = epoch_batches(epoch - 1)[used:] if epoch else []
+        saved_step = step
+        print(f"--resume: continuing at step {step} of {cfg.steps}")
+    else:
+        resume_path(out).unlink(missing_ok=True)  # a fresh run abandons an older interrupted one
     model.train()
     for extra in extras:
         extra.train()
     while step < cfg.steps:
-        set_interrupt_hint(f"at step {step}; nothing was written ({out} is as it was); rerun to start again")
+        saved = f"continue from step {saved_step} with --resume" if saved_step else "rerun to start again"
+        set_interrupt_hint(f"at step {step}; {out} is as it was; {saved}")
         if not batches:
-            batches = sft_batches(
-                train_ex, dataclasses.replace(cfg, batch_size=sft_rows), T, epoch, pad, device
-            )
+            batches, used = epoch_batches(epoch), 0
             epoch += 1
         x, y, seg = batches.pop(0)
+        used += 1
         set_lr(opt, lr_at(step, sched))
         loss = batch_loss(model, x, y, seg)
         if n_pre:  # pretraining windows: plain LM loss on every token, weighted by their share of the rows
@@ -360,6 +437,7 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
             loss = (1 - cfg.mix_pretrain) * loss + cfg.mix_pretrain * model(px, py)[1]
         loss.backward()
         grad_norm = clip_grad_norm(params, 1.0)
+        guard.check(step + 1, loss, grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -382,6 +460,11 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
             if cfg.patience and bad_evals >= cfg.patience:
                 stopped = "early_stop"
                 break
+        if step % cfg.eval_interval == 0 and step < cfg.steps:
+            save_training_state(
+                resume_path(out), cfg, trainable, opt, step, epoch, used, records, best, bad_evals
+            )
+            saved_step = step
     train_s, train_cpu_s = time.time() - t0, time.process_time() - cpu0
     rss_after = peak_rss_mb()
     if cfg.patience and best["state"] is not None:  # early stopping keeps the best state
@@ -396,77 +479,73 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     # what training holds beyond the frozen weights: gradients and AdamW's two moments per trainable number
     state_mb = (counts["total"] + 3 * counts["trainable"]) * 4 / 2**20
 
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)
-        with staged_dir(out) as tmp:
-            tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(RunLayout(run).tokenizer, out))
-            outcome = {
-                "method": cfg.method,
-                "base_checkpoint": os.path.relpath(base_path, out),
-                "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
-                "params": counts,
-                "lr": lr,
-                "steps": step,
-                "stopped": stopped,
-                "best_step": best["step"],
-                "best_val_loss": best["val_loss"] if val_batches else None,
-                "epochs": epoch,
-                "examples": {
-                    "train_file": str(train_path),
-                    "conversations": len(train_records),
-                    "used": len(examples),
-                    "skipped_too_long": skipped,
-                    "train": len(train_ex),
-                    "validation": len(val_ex),
-                    "heldout": len(held),
-                },
-                "heldout_base": base_eval,
-                "heldout_tuned": tuned_eval,
-                "corpus_val_loss": {
-                    "before": forget_before,
-                    "after": forget_after,
-                    "change": forget_after - forget_before,
-                },
-                "train_s": train_s,
-                "train_cpu_s": train_cpu_s,
-                "s_per_step": train_s / max(step, 1),
-                "device": device,
-                "peak_rss_mb": rss_after,
-                "train_rss_growth_mb": rss_after - rss_before,
-                "train_state_mb": state_mb,
-                "file": tuned_file.name,
-                "file_kib": tuned_file.stat().st_size / 1024,
+    tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(RunLayout(run).tokenizer, out))
+    outcome = {
+        "method": cfg.method,
+        "base_checkpoint": os.path.relpath(base_path, out),
+        "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
+        "params": counts,
+        "lr": lr,
+        "steps": step,
+        "stopped": stopped,
+        "best_step": best["step"],
+        "best_val_loss": best["val_loss"] if val_batches else None,
+        "epochs": epoch,
+        "examples": {
+            "train_file": str(train_path),
+            "conversations": len(train_records),
+            "used": len(examples),
+            "skipped_too_long": skipped,
+            "train": len(train_ex),
+            "validation": len(val_ex),
+            "heldout": len(held),
+        },
+        "heldout_base": base_eval,
+        "heldout_tuned": tuned_eval,
+        "corpus_val_loss": {
+            "before": forget_before,
+            "after": forget_after,
+            "change": forget_after - forget_before,
+        },
+        "train_s": train_s,
+        "train_cpu_s": train_cpu_s,
+        "s_per_step": train_s / max(step, 1),
+        "device": device,
+        "peak_rss_mb": rss_after,
+        "train_rss_growth_mb": rss_after - rss_before,
+        "train_state_mb": state_mb,
+        "file": tuned_file.name,
+        "file_kib": tuned_file.stat().st_size / 1024,
+    }
+    write_jsonl(tmp / "metrics.jsonl", records)
+    write_jsonl(
+        tmp / "predictions.jsonl",
+        [
+            {
+                "question": r["messages"][-2]["content"],
+                "reference": r["messages"][-1]["content"],
+                "base": b,
+                "tuned": a,
             }
-            write_jsonl(tmp / "metrics.jsonl", records)
-            write_jsonl(
-                tmp / "predictions.jsonl",
-                [
-                    {
-                        "question": r["messages"][-2]["content"],
-                        "reference": r["messages"][-1]["content"],
-                        "base": b,
-                        "tuned": a,
-                    }
-                    for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
-                ],
-            )
-            outcome.update(outcome_block(outcome))
-            write_json(tmp / "outcome.json", outcome)
-            plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
-            inputs = [
-                base_path if cfg.base else RunLayout(run).pretrain,
-                RunLayout(run).tokenizer,
-                RunLayout(run).tokens,
-            ]
-            inputs += [Path(f) if f else RunLayout(run).data for f in (cfg.train_file, cfg.heldout_file)]
-            write_manifest(
-                tmp,
-                stage="05_sft_lora",
-                command=command_line(__file__, argv),
-                config=asdict(cfg),
-                inputs=inputs,
-            )
-    report(outcome, out)
+            for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
+        ],
+    )
+    outcome.update(outcome_block(outcome))
+    write_json(tmp / "outcome.json", outcome)
+    plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
+    inputs = [
+        base_path if cfg.base else RunLayout(run).pretrain,
+        RunLayout(run).tokenizer,
+        RunLayout(run).tokens,
+    ]
+    inputs += [Path(f) if f else RunLayout(run).data for f in (cfg.train_file, cfg.heldout_file)]
+    write_manifest(
+        tmp,
+        stage="05_sft_lora",
+        command=command_line(__file__, argv),
+        config=asdict(cfg),
+        inputs=inputs,
+    )
     return outcome
 
 

@@ -35,6 +35,7 @@ from chat_template import check_messages, encode_chat  # 05_sft_lora (this folde
 
 def alpaca_messages(rec, where) -> list:
     missing = [k for k in ("instruction", "output") if not isinstance(rec.get(k), str)]
+    missing += [k for k in ("input",) if not isinstance(rec.get(k) or "", str)]  # optional, but a string
     if missing:
         raise UserError(
             f"{where}: Alpaca record has no string {missing[0]!r} field; each line needs "

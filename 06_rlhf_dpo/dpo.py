@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "04_pretrain")]
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
 from common.cli import (
     UserError,
     check_config,
@@ -55,11 +55,12 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import claim_output, run_lock, write_manifest
+from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
+from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, load_reference, load_sft_policy, method_outcome_block, save_policy
+from policy_io import load_reference, load_sft_policy, method_outcome_block, save_policy
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
 from reward_model import load_pairs
 
@@ -246,17 +247,18 @@ def train_preference(
         }
     )
     policy.train()
+    guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})")
     for step in range(1, cfg.steps + 1):
-        set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
+        set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
         loss, rc, rr, _ = batch_loss(
             policy, [train[i] for i in idx], {k: v[idx] for k, v in ref_train.items()}, cfg, pad_id, device
         )
-        check_finite(loss.detach(), f"the {cfg.loss} loss", step, ckpt)
         loss.backward()
         grad_norm = clip_grad_norm([p for p in policy.parameters() if p.requires_grad], 1.0)
+        guard.check(step, loss, grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         records.append(
@@ -313,12 +315,10 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
     train = load_pairs(tok, train_path, policy.cfg.block_size, "train")
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
     torch.manual_seed(cfg.seed)
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=True)
-        out.mkdir(parents=True, exist_ok=True)
+    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         t0 = time.time()
         records = train_preference(
-            policy, reference, train, heldout, cfg, pad, device, out, RunLayout(run).tokenizer
+            policy, reference, train, heldout, cfg, pad, device, tmp, RunLayout(run).tokenizer
         )
         train_s = time.time() - t0
         ev = [r for r in records if "heldout_loss" in r]
@@ -333,10 +333,10 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             "device": device,
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
-        write_jsonl(out / "metrics.jsonl", records)
+        write_jsonl(tmp / "metrics.jsonl", records)
         outcome.update(method_outcome_block("dpo", outcome))
-        write_json(out / "outcome.json", outcome)
-        plot(records, cfg, out / f"{cfg.loss}.png")
+        write_json(tmp / "outcome.json", outcome)
+        plot(records, cfg, tmp / f"{cfg.loss}.png")
         inputs = [
             RunLayout(run).sft,
             *[
@@ -345,7 +345,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             ],
         ]
         write_manifest(
-            out,
+            tmp,
             stage="06_rlhf_dpo",
             command=command_line(__file__, argv),
             config=asdict(cfg),

@@ -48,7 +48,7 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
 from common.cli import (
     UserError,
     check_config,
@@ -60,8 +60,9 @@ from common.cli import (
 )
 from common.files import pyplot, read_jsonl, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import claim_output, run_lock, write_manifest
+from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
+from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 from chat_template import encode_prompt  # 05_sft_lora
 from metrics import pass_at_k  # 05_sft_lora
@@ -167,15 +168,7 @@ def arithmetic_reward(text: str, answer: int, format_weight=0.5) -> dict:
 
 def read_problems(path) -> list:
     """Arithmetic records {prompt, answer (int)} from 01's JSONL (file and line named when one is broken)."""
-    recs = read_jsonl(path, required=("prompt", "answer"))
-    for n, r in enumerate(recs, 1):
-        if (
-            not isinstance(r["prompt"], str)
-            or isinstance(r["answer"], bool)
-            or not isinstance(r["answer"], int)
-        ):
-            raise UserError(f"{path}: record {n} needs a string 'prompt' and an integer 'answer'")
-    return recs
+    return read_jsonl(path, required=("prompt", "answer"), types={"prompt": str, "answer": int})
 
 
 def problem_prompt(tok, question, shots) -> list:
@@ -224,7 +217,7 @@ def arithmetic_eval(
 # ----------------------------------------------------------------------------- one GRPO step
 
 
-def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, step=0, ckpt=None) -> dict:
+def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, step=0) -> dict:
     """Rollouts, rewards, group advantages and `cfg.epochs` clipped updates for one batch of prompts.
 
     prompts: token-id lists; reward_fn(prompt_index, response_ids) -> float. Returns the step's statistics."""
@@ -233,7 +226,7 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
     responses = sample_responses(policy, tok, prompts, G, cfg.max_new_tokens, cfg.temperature, generator)
     # 2. rewards; a nan/inf stops the run with the last checkpoint kept
     rewards = torch.tensor([reward_fn(i // G, r) for i, r in enumerate(responses)], dtype=torch.float32)
-    check_finite(rewards, "a reward", step, ckpt)
+    check_finite(rewards, "a reward", step)
     # 3. advantages within each group, one number per response, broadcast over its tokens
     advantages, raw, stats = group_normalized_advantages(rewards, G, normalize_by_std=cfg.std_normalize)
     device = next(policy.parameters()).device
@@ -247,7 +240,7 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
     N, mb = len(responses), cfg.micro_batch
     n_micro = (N + mb - 1) // mb
     constant = cfg.max_new_tokens if cfg.length_norm == "constant" else None
-    clip_fracs, kls, entropies = [], [], []
+    clip_fracs, kls, entropies, losses = [], [], [], []
     policy.train()
     for _ in range(cfg.epochs):
         for s in range(0, N, mb):
@@ -262,11 +255,13 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
                 clip_eps=cfg.clip_eps,
             )
             kl = k3_kl(out["log_probs"], ref_log_probs[sl])  # (mb, T)
-            microbatch_train_step(pg + cfg.kl_coef * kl, mask, n_micro, constant)
+            loss, _ = microbatch_train_step(pg + cfg.kl_coef * kl, mask, n_micro, constant)
+            losses.append(loss.item())
             clip_fracs.append(masked_mean(meta["clipped"].float(), mask).item() if "clipped" in meta else 0.0)
             kls.append(masked_mean(kl.detach(), mask).item())
             entropies.append(masked_mean(out["entropy"].detach(), mask).item())
-        clip_grad_norm([p for p in policy.parameters() if p.requires_grad], 1.0)
+        grad_norm = clip_grad_norm([p for p in policy.parameters() if p.requires_grad], 1.0)
+        DivergenceGuard(lower=f"--lr (now {cfg.lr:g})").check(step, sum(losses), grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
     policy.eval()
@@ -325,9 +320,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     torch.manual_seed(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=True)
-        out.mkdir(parents=True, exist_ok=True)
+    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         ev = lambda m: arithmetic_eval(
             m, tok, heldout, shots, cfg.max_new_tokens, cfg.eval_samples, cfg.format_weight, cfg.seed
         )
@@ -339,9 +332,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
         opt = make_optimizer("adamw", param_groups(policy, 0.0), cfg.lr, (0.9, 0.95))
         records, t0 = [], time.time()
         for step in range(1, cfg.steps + 1):
-            set_interrupt_hint(
-                f"at step {step}; the run is incomplete; rerun with --overwrite to start again"
-            )
+            set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
             batch = rng.sample(range(len(train)), cfg.prompts_per_step)
             reward_fn = lambda i, resp: arithmetic_reward(
                 tok.decode(resp[:-1] if resp[-1:] == [tok.special_tokens["<|end|>"]] else resp),
@@ -358,11 +349,10 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
                 cfg,
                 generator,
                 step,
-                out / "ckpt.pt",
             )
             records.append({"step": step, **stats})
             if step % cfg.save_interval == 0 or step == cfg.steps:
-                save_policy(out / "ckpt.pt", policy, RunLayout(run).tokenizer, step=step, method="grpo")
+                save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, step=step, method="grpo")
                 print(
                     f"step {step}/{cfg.steps} | reward {stats['reward_mean']:.3f} | kl {stats['kl']:.4f} | "
                     f"clip {stats['clip_fraction']:.3f} | entropy {stats['entropy']:.2f} | {time.time() - t0:.0f}s",
@@ -379,10 +369,10 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             "device": device,
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
-        write_jsonl(out / "metrics.jsonl", records)
+        write_jsonl(tmp / "metrics.jsonl", records)
         outcome.update(method_outcome_block("grpo", outcome))
-        write_json(out / "outcome.json", outcome)
-        plot(records, before, after, out / "grpo.png")
+        write_json(tmp / "outcome.json", outcome)
+        plot(records, before, after, tmp / "grpo.png")
         inputs = [
             RunLayout(run).sft,
             *[
@@ -391,7 +381,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             ],
         ]
         write_manifest(
-            out,
+            tmp,
             stage="06_rlhf_dpo",
             command=command_line(__file__, argv),
             config=asdict(cfg),

@@ -10,8 +10,9 @@ so the reference must be the same network with the same tokenizer as the policy:
 refuses a pair that differs in any config field or in the tokenizer (a different vocabulary would make
 log π(y) − log π_ref(y) compare the probabilities of different strings).
 
-Also here: `check_finite`, the guard every training loop runs on its rewards and losses (a nan reward
-stops the run with one line, and the checkpoint of the last good step stays on disk).
+Also here: `check_finite`, the guard the RL loops run on their rewards (a nan reward stops the run with
+one line; the command's `fresh_output` then discards the run and the previous result stays). Losses and
+gradient norms go through 03's `DivergenceGuard`, as in every trainer.
 
 Interview questions it answers:
 - Why keep a frozen copy of the SFT model? (the KL term to it stops the policy drifting into text the
@@ -131,24 +132,16 @@ def checkpoint_tokenizer(path, ckpt):
     return load_tokenizer(Path(path), ckpt.get("tokenizer"), "")
 
 
-def checkpoint_step(path) -> int | None:
-    """The step saved in a checkpoint, or None when there is none."""
-    return load_checkpoint(path).get("step") if Path(path).is_file() else None
-
-
-def check_finite(values, what, step, ckpt_path):
-    """Stop the run with one line when `values` hold a nan or inf; the last good checkpoint stays."""
+def check_finite(values, what, step):
+    """Stop the run with one line when `values` hold a nan or inf."""
     values = torch.as_tensor(values)
     if bool(torch.isfinite(values).all()):
         return
     bad = "nan" if bool(torch.isnan(values).any()) else "inf"
-    saved = checkpoint_step(ckpt_path)
-    kept = (
-        f"the last good weights (step {saved}) are in {ckpt_path}"
-        if saved is not None
-        else "no checkpoint had been written yet"
+    raise UserError(
+        f"{what} is {bad} at step {step}; stopped without writing this run (the previous result, if any, "
+        "is kept); check the reward model or lower --lr"
     )
-    raise UserError(f"{what} is {bad} at step {step}; stopped ({kept}); check the reward model or lower --lr")
 
 
 # method -> (key in its outcome's heldout_before/after, what the key measures)

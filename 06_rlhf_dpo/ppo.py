@@ -44,7 +44,7 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "04_pretrain")]
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
 from common.cli import (
     UserError,
     check_config,
@@ -56,8 +56,9 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
+from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
 from policy_io import check_finite, frozen, load_reference, load_sft_policy, method_outcome_block, save_policy
@@ -250,7 +251,7 @@ def train_ppo(
     ckpt = Path(out) / "ckpt.pt" if out else None
     records, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
-        set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
+        set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
         # 1. rollouts: one sampled response per prompt from π_old
         batch_prompts = [prompts[i] for i in rng.sample(range(len(prompts)), min(cfg.rollouts, len(prompts)))]
         responses = sample_responses(
@@ -263,7 +264,7 @@ def train_ppo(
             ref_log_probs = response_log_probs(reference, x, y)["log_probs"]
             old_values = value_model.values(x) * mask  # V(s_t), (B, T)
             score = rm(b["ids"], b["lengths"])  # r_φ(x, y), (B,)
-        check_finite(score, "a reward-model score", step, ckpt)
+        check_finite(score, "a reward-model score", step)
         # 2. per-token rewards: KL penalty everywhere, the score at the end
         rewards, log_ratio = token_rewards(score, old_log_probs, ref_log_probs, mask, cfg.kl_coef)
         # 3. GAE advantages and returns; advantages whitened over the batch's response tokens
@@ -289,7 +290,8 @@ def train_ppo(
                 loss, _ = microbatch_train_step(
                     pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * new["entropy"], m, 1
                 )
-                clip_grad_norm(params, 1.0)
+                grad_norm = clip_grad_norm(params, 1.0)
+                DivergenceGuard(lower=f"--lr (now {cfg.lr:g})").check(step, loss, grad_norm)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 stats["clip_fraction"].append(masked_mean(meta["clipped"].float(), m).item())
@@ -364,16 +366,14 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     held = held[: cfg.eval_limit] if cfg.eval_limit else held
     check_rollout_fits(prompts + held, cfg.max_new_tokens, policy.cfg.block_size)
     torch.manual_seed(cfg.seed)
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=True)
-        out.mkdir(parents=True, exist_ok=True)
+    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         before = greedy_reward(policy, rm, tok, held, cfg.max_new_tokens)
         print(
             f"before: held-out greedy reward-model score {before['reward']:+.3f}, {before['response_tokens']:.1f} tokens"
         )
         t0 = time.time()
         records = train_ppo(
-            policy, reference, rm, value_model, tok, prompts, cfg, device, out, RunLayout(run).tokenizer
+            policy, reference, rm, value_model, tok, prompts, cfg, device, tmp, RunLayout(run).tokenizer
         )
         train_s = time.time() - t0
         after = {
@@ -390,10 +390,10 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "reward_model": os.path.relpath(rm_path, out),
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
-        write_jsonl(out / "metrics.jsonl", records)
+        write_jsonl(tmp / "metrics.jsonl", records)
         outcome.update(method_outcome_block("ppo", outcome))
-        write_json(out / "outcome.json", outcome)
-        plot(records, before, after, out / "ppo.png")
+        write_json(tmp / "outcome.json", outcome)
+        plot(records, before, after, tmp / "ppo.png")
         inputs = [
             RunLayout(run).sft,
             rm_path if cfg.reward_model else RunLayout(run).rm,
@@ -403,7 +403,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             ],
         ]
         write_manifest(
-            out,
+            tmp,
             stage="06_rlhf_dpo",
             command=command_line(__file__, argv),
             config=asdict(cfg),

@@ -64,7 +64,10 @@ def prompt_messages(prompt, where) -> list:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list) or not prompt:
-        raise UserError(f"{where}: 'prompt' must be a string or a non-empty list of {{role, content}} turns")
+        raise UserError(
+            f"{where}: 'prompt' must be a string or a non-empty list of {{role, content}} turns; "
+            'write "prompt": "the question" or "prompt": [{"role": "user", "content": "the question"}]'
+        )
     check_messages([*prompt, {"role": "assistant", "content": ""}], where)
     if prompt[-1]["role"] != "user":
         raise UserError(
@@ -79,16 +82,11 @@ def read_preference_pairs(path):
 
     A record without prompt/chosen/rejected is a UserError naming the file and line; a pair whose two
     responses are identical carries no preference, so it is skipped and counted."""
-    records = read_jsonl(path, required=FIELDS)
+    records = read_jsonl(path, required=FIELDS, types={"chosen": str, "rejected": str})
     line_numbers = [n for n, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
     pairs, identical = [], 0
     for rec, n in zip(records, line_numbers):
         where = f"{path}:{n}"
-        for k in ("chosen", "rejected"):
-            if not isinstance(rec[k], str):
-                raise UserError(
-                    f"{where}: {k!r} must be a string (the response text), got {type(rec[k]).__name__}"
-                )
         if rec["chosen"].strip() == rec["rejected"].strip():
             identical += 1
             continue
@@ -125,7 +123,7 @@ def read_hh_pairs(path, limit=0):
     the prompt is every turn before the last assistant turn, which must be the same in both transcripts;
     pairs where it differs, or whose last replies are equal, are skipped."""
     pairs, skipped = [], 0
-    for rec in read_jsonl(path, required=("chosen", "rejected")):
+    for rec in read_jsonl(path, required=("chosen", "rejected"), types={"chosen": str, "rejected": str}):
         c, r = hh_messages(rec["chosen"]), hh_messages(rec["rejected"])
         if (
             not c

@@ -60,14 +60,15 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import claim_output, run_lock, write_manifest
+from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
+from divergence import DivergenceGuard  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, checkpoint_tokenizer, load_sft_policy, tokenizer_differences
+from policy_io import checkpoint_tokenizer, load_sft_policy, tokenizer_differences
 from preference_data import encode_pairs, pad_id_of, read_hh_pairs, read_preference_pairs
 from rl_common import pad_responses
 
@@ -214,17 +215,18 @@ def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_p
     rng = random.Random(cfg.seed)
     order, records, t0 = [], [], time.time()
     rm.train()
+    guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})")
     for step in range(1, cfg.steps + 1):
-        set_interrupt_hint(f"at step {step}; the run is incomplete; rerun with --overwrite to start again")
+        set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         batch = [train[i] for i in order[: cfg.batch_size]]
         del order[: cfg.batch_size]
         rc, rr = pair_rewards(rm, batch, pad_id, device)
         loss = bradley_terry_loss(rc, rr)
-        check_finite(loss.detach(), "the reward-model loss", step, ckpt_path)
         loss.backward()
         grad_norm = clip_grad_norm([p for p in rm.parameters() if p.requires_grad], 1.0)
+        guard.check(step, loss, grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         records.append(
@@ -334,12 +336,10 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
     torch.manual_seed(cfg.seed)
     rm = RewardModel(policy).to(device)
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=True)
-        out.mkdir(parents=True, exist_ok=True)
+    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         before = pairwise_accuracy(rm, heldout, pad, device)
         t0 = time.time()
-        records = train_reward_model(rm, train, heldout, cfg, pad, device, out / "rm.pt")
+        records = train_reward_model(rm, train, heldout, cfg, pad, device, tmp / "rm.pt")
         train_s = time.time() - t0
         after = pairwise_accuracy(rm, heldout, pad, device)
         outcome = {
@@ -352,13 +352,13 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
             "device": device,
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
-        save_reward_model(out / "rm.pt", rm, RunLayout(run).tokenizer, step=cfg.steps)
-        write_jsonl(out / "metrics.jsonl", records)
+        save_reward_model(tmp / "rm.pt", rm, RunLayout(run).tokenizer, step=cfg.steps)
+        write_jsonl(tmp / "metrics.jsonl", records)
         outcome.update(outcome_block(outcome))
-        write_json(out / "outcome.json", outcome)
-        plot(records, outcome, out / "rm.png")
+        write_json(tmp / "outcome.json", outcome)
+        plot(records, outcome, tmp / "rm.png")
         write_manifest(
-            out,
+            tmp,
             stage="06_rlhf_dpo",
             command=command_line(__file__, argv),
             config=asdict(cfg),

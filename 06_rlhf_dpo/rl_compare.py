@@ -48,7 +48,7 @@ sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure, write_json
 from common.layout import RunLayout, task_file
-from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
+from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
 from metrics import win_rate  # 05_sft_lora
@@ -268,54 +268,52 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
             f"{run}: none of {', '.join(cfg.methods)} has run yet; train one first, e.g. "
             f"`python 06_rlhf_dpo/dpo.py --run {run}`"
         )
-    rm = None
-    if (RunLayout(run).rm / "manifest.json").is_file():
-        check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
-        rm = frozen(load_reward_model(RunLayout(run).rm / "rm.pt", tok, device))
-    held = heldout_set(run, tok, cfg, sft.cfg.block_size)
-    torch.manual_seed(cfg.seed)
-    sft_row, sft_texts = evaluate(sft, sft, rm, tok, held, cfg)
-    sft_row["pair_acc_own_simpo"] = evaluate_pair_mean(sft, tok, held)
-    results, train_s = {"sft": sft_row}, {"sft": None}
-    for name, folder in present.items():
-        model, model_tok = load_policy(folder / "ckpt.pt", device)
-        check_same_model(sft, tok, model, model_tok, f"{folder}/ckpt.pt")
-        results[name], _ = evaluate(
-            model.eval(), sft, rm, tok, held, cfg, sft_texts, mean_logprob=name == "simpo"
+    with fresh_output(out, cfg.overwrite) as tmp:  # refused or locked before the evaluations
+        rm = None
+        if (RunLayout(run).rm / "manifest.json").is_file():
+            check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+            rm = frozen(load_reward_model(RunLayout(run).rm / "rm.pt", tok, device))
+        held = heldout_set(run, tok, cfg, sft.cfg.block_size)
+        torch.manual_seed(cfg.seed)
+        sft_row, sft_texts = evaluate(sft, sft, rm, tok, held, cfg)
+        sft_row["pair_acc_own_simpo"] = evaluate_pair_mean(sft, tok, held)
+        results, train_s = {"sft": sft_row}, {"sft": None}
+        for name, folder in present.items():
+            model, model_tok = load_policy(folder / "ckpt.pt", device)
+            check_same_model(sft, tok, model, model_tok, f"{folder}/ckpt.pt")
+            results[name], _ = evaluate(
+                model.eval(), sft, rm, tok, held, cfg, sft_texts, mean_logprob=name == "simpo"
+            )
+            train_s[name] = read_json(folder / "outcome.json").get("train_s")
+            print(f"{name}: evaluated in {results[name]['eval_s']:.0f}s", flush=True)
+        rows = [table_row(n, r, sft_row, train_s[n]) for n, r in results.items()]
+        table = markdown_table(rows, COLUMNS)
+        write_json(
+            tmp / "compare.json",
+            {
+                "rows": rows,
+                "results": results,
+                "missing": missing,
+                "n_pairs": len(held["pairs"]),
+                "n_problems": len(held["problems"]),
+                "config": asdict(cfg),
+            },
         )
-        train_s[name] = read_json(folder / "outcome.json").get("train_s")
-        print(f"{name}: evaluated in {results[name]['eval_s']:.0f}s", flush=True)
-    rows = [table_row(n, r, sft_row, train_s[n]) for n, r in results.items()]
-    table = markdown_table(rows, COLUMNS)
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)
-        with staged_dir(out) as tmp:
-            write_json(
-                tmp / "compare.json",
-                {
-                    "rows": rows,
-                    "results": results,
-                    "missing": missing,
-                    "n_pairs": len(held["pairs"]),
-                    "n_problems": len(held["problems"]),
-                    "config": asdict(cfg),
-                },
-            )
-            write_json(tmp / "outcome.json", outcome_block(rows))
-            atomic_write_text(tmp / "compare.md", table + "\n")
-            plot(results, tmp / "compare.png")
-            write_manifest(
-                tmp,
-                stage="06_rlhf_dpo",
-                command=command_line(__file__, argv),
-                config=asdict(cfg),
-                inputs=[
-                    RunLayout(run).sft,
-                    RunLayout(run).data,
-                    *present.values(),
-                    *([RunLayout(run).rm] if rm is not None else []),
-                ],
-            )
+        write_json(tmp / "outcome.json", outcome_block(rows))
+        atomic_write_text(tmp / "compare.md", table + "\n")
+        plot(results, tmp / "compare.png")
+        write_manifest(
+            tmp,
+            stage="06_rlhf_dpo",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=[
+                RunLayout(run).sft,
+                RunLayout(run).data,
+                *present.values(),
+                *([RunLayout(run).rm] if rm is not None else []),
+            ],
+        )
     print(
         f"held-out: {len(held['pairs'])} preference prompts, {len(held['problems'])} arithmetic problems; greedy answers"
     )

@@ -45,7 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import check_artifact, claim_output, run_lock, write_manifest
+from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from sft_data import read_conversations  # 05_sft_lora
 
@@ -164,9 +164,7 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
     sft_files = [RunLayout(run).tasks / f"sft_{part}.jsonl" for part in ("train", "heldout")]
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
     torch.manual_seed(cfg.seed)
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=True)
-        out.mkdir(parents=True, exist_ok=True)
+    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         t0 = time.time()
         encoded, rows, stats = self_labelled_pairs(policy, judge_rm, tok, records, cfg, answers, device)
         if not encoded:
@@ -196,7 +194,7 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             dpo_cfg,
             pad_id_of(tok),
             device,
-            out,
+            tmp,
             RunLayout(run).tokenizer,
         )
         train_s = time.time() - t0
@@ -211,10 +209,10 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             "device": device,
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
-        write_jsonl(out / "pairs.jsonl", rows)
-        write_jsonl(out / "metrics.jsonl", records_log)
-        write_json(out / "outcome.json", outcome)
-        plot_dpo(records_log, dpo_cfg, out / "rlaif.png")
+        write_jsonl(tmp / "pairs.jsonl", rows)
+        write_jsonl(tmp / "metrics.jsonl", records_log)
+        write_json(tmp / "outcome.json", outcome)
+        plot_dpo(records_log, dpo_cfg, tmp / "rlaif.png")
         inputs = [
             RunLayout(run).sft,
             judge_path if cfg.judge else RunLayout(run).rm,
@@ -224,7 +222,7 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             ],
         ]
         write_manifest(
-            out,
+            tmp,
             stage="06_rlhf_dpo",
             command=command_line(__file__, argv),
             config=asdict(cfg),

@@ -79,6 +79,7 @@ from common.devices import resolve_device
 from common.outcome import make_bar
 from decoding import generate  # 03_model
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
+from divergence import DivergenceGuard  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
@@ -414,6 +415,7 @@ def train_student(
     params = [p for p in trainable.parameters() if p.requires_grad]
     student.train()
     records, times, t0 = [], {}, time.time()
+    guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})", vocab_size=student.cfg.vocab_size)
     for step in range(cfg.steps):
         set_interrupt_hint(
             f"at step {step} of the {method} student; nothing was written; rerun to start again"
@@ -444,7 +446,7 @@ def train_student(
                 loss = loss + cfg.feature_weight * feat
                 rec["feature"] = feat.item()
             loss.backward()
-            clip_grad_norm(params, 1.0)
+            guard.check(step + 1, loss, clip_grad_norm(params, 1.0))
             opt.step()
             opt.zero_grad(set_to_none=True)
         records.append(rec)

@@ -76,6 +76,7 @@ from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
+from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
@@ -397,11 +398,13 @@ def recovery_finetune(model: GPT, train, cfg: PruneConfig, device, masks=None, l
     opt = make_optimizer("adamw", param_groups(model, 0.0), cfg.lr, (0.9, 0.95))
     model.train()
     T = model.cfg.block_size
+    guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})", vocab_size=model.cfg.vocab_size)
     for step in range(cfg.recovery_steps):
         set_interrupt_hint(f"at recovery step {step} of {label}; nothing was written; rerun to start again")
         x, y = get_batch(train, batch_starts(len(train), T, cfg.batch_size, cfg.seed + 1, step), T, device)
-        model(x, y)[1].backward()
-        clip_grad_norm(list(model.parameters()), 1.0)
+        loss = model(x, y)[1]
+        loss.backward()
+        guard.check(step + 1, loss, clip_grad_norm(list(model.parameters()), 1.0))
         opt.step()
         opt.zero_grad(set_to_none=True)
         if masks:

@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [
     str(REPO),
     str(REPO / "02_tokenizer"),
+    str(REPO / "03_model"),
     str(REPO / "04_pretrain"),
     str(REPO / "05_sft_lora"),
     str(REPO / "kernels"),
@@ -204,9 +205,12 @@ def tokens_per_second(model, prompt, n_new) -> float:
 def kl_to_reference(model, x, ref_logp) -> float:
     """Mean over positions of KL(p_fp32 ‖ p_model) = Σ_v p_ref(v) (log p_ref(v) - log p(v)), nats per token.
     A perplexity change sums signed per-token changes that partly cancel (on a small model it can even come
-    out negative by chance); the KL is ≥ 0 and 0 only for identical predictions, so it ranks formats steadily."""
-    logp = F.log_softmax(model(x)[0].float(), dim=-1)
-    return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
+    out negative by chance); the KL is ≥ 0 and 0 only for identical predictions, so it ranks formats steadily.
+    Between nearly identical distributions (int8) the true KL is ~1e-6 and float32 rounding of the sum is
+    ~1e-8 with either sign, so the sum is taken in float64 and what rounding leaves below 0 is clamped to 0."""
+    logp = F.log_softmax(model(x)[0].double(), dim=-1)
+    per_position = F.kl_div(logp, ref_logp.double(), log_target=True, reduction="none").sum(-1)
+    return float(per_position.clamp(min=0).mean())
 
 
 def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
@@ -216,7 +220,7 @@ def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
     T = float_model.cfg.block_size
     x = get_batch(data.val, eval_starts(len(data.val), T, min(data.windows, 16)), T, data.device)[0]
     with torch.no_grad():
-        ref_logp = F.log_softmax(float_model(x)[0].float(), dim=-1)  # (B, T, V) of the fp32 model
+        ref_logp = F.log_softmax(float_model(x)[0].double(), dim=-1)  # (B, T, V) of the fp32 model
     for spec in specs:
         model, layers, seconds = build_variant(float_model, spec, cfg, data)
         row = {

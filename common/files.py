@@ -109,8 +109,13 @@ def read_json(path, made_by="") -> dict:
     return obj
 
 
-def read_jsonl(path, required=("text",)):
-    """Read a JSONL file into a list of dicts; every record must have the `required` fields."""
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}
+
+
+def read_jsonl(path, required=("text",), types=None):
+    """Read a JSONL file into a list of dicts; every record must have the `required` fields, and each field
+    named in `types` ({field: type}; "text" is a string unless said otherwise) must have that type."""
+    types = {"text": str, **(types or {})}
     records = []
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
@@ -120,13 +125,21 @@ def read_jsonl(path, required=("text",)):
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
         if not isinstance(rec, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            raise UserError(
+                f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}; write one {{...}} per line"
+            )
         missing = [k for k in required if k not in rec]
         if missing:
             raise UserError(
                 f"{path}:{lineno}: record has no {missing[0]!r} field; "
                 f"each line needs {', '.join(map(repr, required))}"
             )
+        for k, tp in types.items():
+            if k in rec and (not isinstance(rec[k], tp) or (tp is int and isinstance(rec[k], bool))):
+                raise UserError(
+                    f"{path}:{lineno}: {k!r} must be {TYPE_NAMES.get(tp, tp.__name__)}, got "
+                    f"{type(rec[k]).__name__} ({json.dumps(rec[k], ensure_ascii=False)[:40]}); fix that line"
+                )
         records.append(rec)
     return records
 

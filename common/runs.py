@@ -205,17 +205,23 @@ def run_lock(out_dir, enabled=True):
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    f = open(lock_path, "a+")
-    try:
+    while True:  # the holder deletes the file when done: a lock taken on a deleted file is no lock
+        f = open(lock_path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
+            f.close()
             raise UserError(
                 f"{out_dir} is being written by another process (pid {holder}); wait for it to "
                 "finish, or choose another --out / --run"
             ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        f.close()
+    try:
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -225,7 +231,9 @@ def run_lock(out_dir, enabled=True):
             print(f"removed {n} temp file(s) left in {out_dir} by a killed run", file=sys.stderr)
         yield
     finally:
-        f.close()  # closing the descriptor releases the lock
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # removed while still held, so no one can lock it in between
+        f.close()  # closing the descriptor releases the lock (kill -9 too; the file then stays, harmless)
 
 
 def claim_output(out_dir, overwrite: bool, remove=True, resume_hint=""):
@@ -254,6 +262,22 @@ def claim_output(out_dir, overwrite: bool, remove=True, resume_hint=""):
 
     shutil.rmtree(out_dir)
     print(f"--overwrite: removed the previous run in {out_dir}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def fresh_output(out_dir, overwrite: bool, resume_hint=""):
+    """Everything a stage that makes a new run in out_dir does around its work, in one block:
+
+        with fresh_output(out, cfg.overwrite) as tmp:   # lock taken, out claimed: before any work
+            ...train, writing into tmp...               # out still holds the last good result
+                                                        # swapped in only when the block succeeds
+    A second writer fails at once (run_lock); a folder holding a run is refused without --overwrite
+    before minutes of training are spent (claim_output); a run that fails, diverges, runs out of disk or
+    is killed leaves the previous result untouched (staged_dir)."""
+    with run_lock(out_dir):
+        claim_output(out_dir, overwrite, remove=False, resume_hint=resume_hint)
+        with staged_dir(out_dir) as tmp:
+            yield tmp
 
 
 @contextlib.contextmanager

@@ -627,7 +627,7 @@ BAD_INPUTS = [  # (script, flags, what is done to a copy of base_run first, the 
     (
         "bpe.py",
         ["--overwrite"],
-        lambda run: ((run / ".tokens.lock").unlink(), (run / ".tokens.lock").mkdir()),
+        lambda run: ((run / ".tokens.lock").unlink(missing_ok=True), (run / ".tokens.lock").mkdir()),
         r"cannot use .*\.tokens\.lock: Is a directory",
     ),
     (

@@ -10,6 +10,7 @@ must lift exact match on the held-out names. (Copying the name into the answer a
 model from scratch far longer than a test may run.)
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from chat_template import (
     render_chat,
     special_ids,
 )
+import checkpoint_io
 from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.files import write_jsonl
@@ -549,6 +552,75 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
         assert (tmp_path / "sft" / f).is_file()
     model, tok, peft = load_finetuned(tmp_path / "sft")
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
+
+
+def test_sft_claims_its_folder_first_and_a_diverging_or_disk_full_overwrite_keeps_the_old_result(
+    run_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "sft"
+    out.mkdir()
+    OLD = '{"old": true}'
+    (out / "outcome.json").write_text(OLD)
+    with monkeypatch.context() as m:  # refused before the base is even looked up, let alone trained
+        m.setattr(sft, "base_checkpoint", lambda cfg: pytest.fail("work started before the claim"))
+        with pytest.raises(UserError, match="already holds a run; pass --overwrite"):
+            sft.finetune(sft_cfg(run_dir, out))
+    cfg = sft_cfg(run_dir, out, method="full", lr=1e9, steps=6, eval_base=False, overwrite=True)
+    with pytest.raises(UserError, match=r"training diverged at step \d: .*; lower --lr \(now 1e\+09\)"):
+        sft.finetune(cfg)
+    assert [p.name for p in tmp_path.iterdir()] == ["sft"] and (out / "outcome.json").read_text() == OLD
+
+    def full_disk(obj, f):  # what torch.save does on ENOSPC: part of the file, then a RuntimeError
+        Path(f).write_bytes(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
+    cfg = sft_cfg(run_dir, out, method="full", steps=2, eval_base=False, eval_limit=2, overwrite=True)
+    with pytest.raises(
+        UserError, match=r"could not write the checkpoint .*; free space or choose --out elsewhere"
+    ):
+        sft.finetune(cfg)
+    assert [p.name for p in tmp_path.iterdir()] == ["sft"] and (out / "outcome.json").read_text() == OLD
+
+
+def test_sft_killed_with_sigkill_resumes_bit_exactly(run_dir, tmp_path):
+    """A real process, kill -9 after its first saved state; --resume finishes it in this process, and the
+    adapter, the log and the answers equal those of a run never interrupted."""
+    kw = dict(steps=12, eval_interval=4, eval_base=False, eval_limit=1, forget_windows=1, lora_dropout=0.1)
+    full = sft.finetune(sft_cfg(run_dir, tmp_path / "full", **kw))
+    cfg = sft_cfg(run_dir, tmp_path / "cut", **kw)
+    defaults = sft.SFTConfig()
+    argv = [
+        f"--{k.replace('_', '-')}={v}"
+        if not isinstance(v, bool)
+        else f"--{'' if v else 'no-'}{k.replace('_', '-')}"
+        for k, v in dataclasses.asdict(cfg).items()
+        if v != getattr(defaults, k)
+    ]
+    state = tmp_path / ".cut.resume.pt"
+    threads = str(torch.get_num_threads())  # the same float sums in both processes
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    child = subprocess.Popen(
+        [sys.executable, str(REPO / "05_sft_lora" / "sft.py"), *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not state.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.kill()  # SIGKILL: no handler runs, the temp folder is left behind
+    child.wait()
+    assert state.exists() and not (tmp_path / "cut").exists(), "the child finished before it was killed"
+    resumed = sft.finetune(dataclasses.replace(cfg, resume=True))
+    assert not state.exists() and resumed["heldout_tuned"] == full["heldout_tuned"]
+    a, b = (torch.load(tmp_path / d / "adapter.pt", weights_only=True)["model"] for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (
+        tmp_path / "full" / "metrics.jsonl"
+    ).read_text()
+    with pytest.raises(UserError, match="--resume: no interrupted run"):
+        sft.finetune(dataclasses.replace(cfg, resume=True))
 
 
 def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):

@@ -672,7 +672,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
         ),
         "answer not a number": (
             [script["grpo"], *r, "--train-file", jsonl("e.jsonl", {"prompt": "1 + 1?", "answer": "two"})],
-            r"e\.jsonl: record 1 needs .* an integer 'answer'",
+            r"e\.jsonl:1: 'answer' must be an integer, got str \(\"two\"\); fix that line",
         ),
         "no reward model": (
             [script["ppo"], *r],
@@ -689,7 +689,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
                 "--eval-limit",
                 "2",
             ],
-            r"a reward-model score is nan at step 1; stopped \(no checkpoint had been written yet\)",
+            r"a reward-model score is nan at step 1; stopped without writing this run \(the previous result",
         ),
         "judge is no reward model": (
             [script["rlaif"], *r, "--judge", str(run / "sft" / "ckpt.pt")],
@@ -743,3 +743,28 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
             name
         )
     assert tree_hashes(run) == before
+
+
+@pytest.mark.parametrize("name", ["rm", "dpo", "grpo", "ppo", "rlaif"])
+def test_a_diverging_overwrite_names_the_flag_and_keeps_the_previous_result(
+    methods_run, name, capsys, monkeypatch
+):
+    """--lr 1e9 blows every trainer up within a few steps: the divergence guard stops it with one line naming
+    the flag, and since the new run is built beside the old one, the previous result survives --overwrite."""
+    module, argv = METHOD_ARGV[name]
+    if name == "grpo":  # the untrained micro policy never earns a reward: zero advantages, zero gradient,
+        monkeypatch.setattr(grpo, "k3_kl", lambda lp, ref: torch.full_like(lp, math.nan))  # so inject a nan
+    out = methods_run / name
+    before = tree_hashes(out)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(
+            module.main, ["--run", str(methods_run), "--device", "cpu", *argv, "--lr", "1e9", "--overwrite"]
+        )
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert re.search(r"^error: training diverged at step \d+: the (loss|gradient norm) is (nan|inf)", err), (
+        err
+    )
+    assert err.endswith("lower --lr (now 1e+09)"), err
+    assert tree_hashes(out) == before
+    assert not [p for p in methods_run.iterdir() if p.name.startswith(f".{name}.")]  # no temp, no lock left

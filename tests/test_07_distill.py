@@ -580,3 +580,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, distilled, tmp
         assert re.search(cases[name][1], lines[0]), (name, lines[0])
         assert not (tmp_path / f"out_{i}").exists(), name
     assert tree_hashes(run_dir) == before
+
+
+def test_distill_and_prune_stop_a_diverging_run_and_keep_the_previous_result(run_dir, distilled, tmp_path):
+    before = tree_hashes(distilled)
+    diverged = r"training diverged at step \d+: .*; lower --lr \(now 1e\+09\)"
+    with pytest.raises(UserError, match=diverged):
+        distill.distill(tiny_distill(run_dir, distilled, lr=1e9, overwrite=True))
+    assert tree_hashes(distilled) == before
+    cfg = PruneConfig(
+        run=str(run_dir),
+        out=str(tmp_path / "prune"),
+        fractions=[0.5],
+        heads=0,
+        neuron_fraction=0,
+        score_batches=1,
+        recovery_steps=4,
+        lr=1e9,
+        batch_size=2,
+        eval_windows=4,
+        device="cpu",
+    )
+    with pytest.raises(UserError, match=diverged):
+        prune.prune(cfg)
+    assert list(tmp_path.iterdir()) == []

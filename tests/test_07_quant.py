@@ -373,7 +373,11 @@ def test_command_writes_the_outcome_and_a_checkpoint_that_loads(run_dir, capsys)
         and rows["int4-g32"]["bytes"] < rows["int8"]["bytes"] < rows["fp32"]["bytes"]
     )
     assert all(r["tok_s"] > 0 and r["val_ppl"] > 1 for r in rows.values())
-    assert rows["fp32"]["kl_fp32"] == 0 < rows["int8"]["kl_fp32"] < rows["int4-g32"]["kl_fp32"]
+    # KL in nats per token (float64, so rounding is ~1e-15): the fp32 row is the reference itself; int8 moves
+    # predictions measurably but by less than 1e-4 nats (measured ~1e-8 on this untrained model), and less
+    # than int4 does (~5e-6). The bounds sit orders of magnitude from both the values and the rounding.
+    kl = {k: r["kl_fp32"] for k, r in rows.items()}
+    assert kl["fp32"] < 1e-12 < kl["int8"] < min(1e-4, kl["int4-g32"]), kl
     assert rows["int4-g32-gptq"]["calib_error_gptq"] < rows["int4-g32-gptq"]["calib_error_rtn"]
     assert any(line.startswith("goal int8 perplexity change <= 1%") for line in outcome["goals"])
     assert "| int4-g32-gptq |" in (out / "tables.md").read_text()

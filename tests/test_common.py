@@ -295,7 +295,7 @@ def test_an_interrupted_swap_is_undone_at_the_next_lock(tmp_path):
     with run_lock(out):
         pass
     assert (out / "a.txt").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the lock file goes with the lock
 
 
 # ------------------------------------------------------------------------------ common/outcome.py

@@ -5,6 +5,7 @@ shared by the tests below; they copy it before changing anything.
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -83,6 +84,7 @@ def test_micro_pipeline_writes_every_stage_artifact_with_a_manifest(micro):
 def test_report_has_every_section_a_verdict_per_stage_and_no_missing_or_nan_number(micro):
     run, _, ran = micro
     text = (run / "report.md").read_text(encoding="utf-8")
+    assert "unreadable results" not in text  # a bug in report.py would hide there
     assert not re.search(r"\bnan\b|\binf\b", text, re.IGNORECASE), "a NaN or inf number in the report"
     top = text.split("\n## ")[0]
     for stage in report.SECTIONS:
@@ -99,6 +101,31 @@ def test_report_has_every_section_a_verdict_per_stage_and_no_missing_or_nan_numb
     # the headline numbers are the stage's own: the pretraining line quotes outcome.json's val loss
     o = read_json(run / "pretrain" / "outcome.json")
     assert f"val loss {o['best_val_loss']:.3f}" in top
+
+
+def mangled(obj):
+    """The same JSON with every type wrong: numbers become strings, strings numbers, lists hold one item."""
+    if isinstance(obj, dict):
+        return {k: mangled(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [mangled(obj[0])] if obj else ["x"]
+    return 7 if isinstance(obj, str) else "x" if obj is not None else {}
+
+
+def test_report_of_outcome_files_with_wrong_field_types_says_so_per_stage_and_never_tracebacks(
+    micro, tmp_path
+):
+    run = tmp_path / "smoke"
+    shutil.copytree(micro[0], run)
+    for path in [*run.glob("*/outcome.json"), *run.glob("*/*.json"), run / "run_all.json"]:
+        if path.name != "manifest.json":
+            path.write_text(json.dumps(mangled(json.loads(path.read_text()))))
+    (run / "pretrain" / "outcome.json").write_text("{not json")
+    text = report.write_report(run).read_text(encoding="utf-8")  # no exception
+    top = text.split("\n## ")[0]
+    assert "| pretrain | unreadable results (" in top and "corrupt or truncated" in top
+    unreadable = [l for l in top.splitlines() if "unreadable results" in l]
+    assert len(unreadable) >= 5 and all(l.endswith("| - |") and "rerun the stage" in l for l in unreadable)
 
 
 def test_report_of_an_empty_run_says_not_run_and_a_folder_without_manifest_does_not_count(tmp_path, micro):
@@ -136,7 +163,7 @@ def test_a_failing_stage_stops_the_run_with_its_error_and_the_resume_command(mic
     run = tmp_path / "runs" / "smoke"
     shutil.copytree(micro[0], run)
     (run / "pretrain" / "best.pt").unlink()  # sft must refuse the damaged pretraining run
-    before = folder_hashes(run, ["data", "tokens", "pretrain", "sft"])
+    before = folder_hashes(run, ["data", "tokens", "pretrain", "sft", "logs"])
     proc = run_all_cli("--preset", "micro", "--run", run, "--from", "sft", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
@@ -144,7 +171,10 @@ def test_a_failing_stage_stops_the_run_with_its_error_and_the_resume_command(mic
     assert "stage sft failed" in errors[0] and "best.pt" in errors[0]
     assert f"run_all.py --preset micro --run {run} --from sft" in errors[0]
     assert "FAILED" in proc.stdout and "sft_compare" not in proc.stdout  # stopped there
-    assert folder_hashes(run, ["data", "tokens", "pretrain", "sft"]) == before
+    failed = run / "logs" / "sft.failed.log"
+    assert f"its output is in {failed}" in errors[0] and "best.pt" in failed.read_text()
+    failed.unlink()  # the good run's log (sft.log) is as it was
+    assert folder_hashes(run, ["data", "tokens", "pretrain", "sft", "logs"]) == before
 
 
 def test_a_fresh_run_refuses_to_overwrite_an_existing_one(micro, tmp_path):
@@ -162,6 +192,7 @@ def test_a_fresh_run_refuses_to_overwrite_an_existing_one(micro, tmp_path):
         (["--add", "pretrain"], "not an optional stage"),
         (["--data", "no_such_file.txt"], "no_such_file.txt"),
         (["--bogus"], "unrecognized"),
+        (["--run", "../../x"], "--run ../../x: climbs out of this folder"),
     ],
 )
 def test_bad_flags_give_one_error_line_and_exit_2(tmp_path, args, message):
@@ -215,3 +246,53 @@ def test_report_bad_input_gives_one_error_line_and_exit_2(tmp_path, args, messag
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+CLAIM_PROBE = """
+import contextlib, io, json, runpy, sys
+import torch
+
+def no_model_yet(*args, **kwargs):
+    raise AssertionError("a model ran before the output folder was claimed")
+
+torch.nn.Module.__call__ = no_model_yet  # loading weights is allowed, running them is work
+results, path = {}, list(sys.path)
+for name, script, argv in json.loads(sys.argv[1]):
+    sys.argv, sys.path[:] = [script, *argv], [script.rsplit("/", 1)[0], *path]  # as `python script argv`
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        except BaseException as e:
+            code, err = 1, io.StringIO(repr(e))
+    results[name] = [code, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_every_stage_refuses_a_folder_holding_a_run_before_any_work(micro, tmp_path):
+    """Each stage's own command line, on a finished run, without --overwrite: one line saying the folder holds
+    a run, before a single forward pass (the child makes every nn.Module call fail), and nothing changed.
+    One process for all the stages."""
+    run = tmp_path / "runs" / "smoke"
+    shutil.copytree(micro[0], run)
+    cfg = run_all.RunAllConfig(preset="micro")
+    # bench_serve always replaces its own folder; data redoes a run of the same config by design
+    stages = [s for s in micro[2] if s.overwrite and s.name != "data"]
+    before = folder_hashes(run, [s.folder for s in micro[2]])
+    jobs = [[s.name, str(REPO / s.script), run_all.command(s, cfg, run, False)[2:]] for s in stages]
+    proc = subprocess.run(
+        [sys.executable, "-c", CLAIM_PROBE, json.dumps(jobs)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (code, err) in results.items():
+        assert code == 2 and "already holds a run" in err and "--overwrite" in err, (name, code, err)
+    assert len(results) >= 12 and folder_hashes(run, [s.folder for s in micro[2]]) == before
