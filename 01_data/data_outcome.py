@@ -3,7 +3,8 @@
 Four tables, in stats.json and printed, and one plot (data/outcome.png):
 
     noise     per injected noise type: injected, caught by the step responsible for it, missed (and of
-              those, how many another step dropped anyway), that step's precision and recall
+              those, how many another step dropped anyway), that step's precision and recall with
+              their 95 % Wilson intervals, and the bar: PASS when both intervals clear 0.95
     steps     per step (the cleaning steps, exact and near dedup, the domain mix): documents changed
               and dropped, characters removed and their share of the input; with what is kept they
               add up to the input, so no text leaves unaccounted
@@ -42,6 +43,32 @@ CATCHING_STEP = {
     "too_short": "filter_length",
     "wrong_lang": "filter_language",
 }
+# The bar, per noise type: recall and precision >= BAR, judged on the lower end of their 95 % Wilson
+# intervals (with ~108 injected documents of a type, that needs at least 107 caught). The lexicon
+# filters are not claimed to reach it: word lists miss phrasings they have not seen (issue 25 asks for
+# a learned classifier), so their rows say "not claimed" instead of a verdict.
+BAR = 0.95
+NOT_CLAIMED = {"toxic", "bias"}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple:
+    """95 % Wilson score interval of a proportion k/n: (centre ± half-width) / (1 + z²/n), with
+    centre = p + z²/2n and half-width = z·sqrt(p(1-p)/n + z²/4n²). (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = p + z * z / (2 * n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def verdict(kind: str, caught: int, injected: int, flagged: int) -> str:
+    """PASS when the lower ends of both intervals clear BAR; "not claimed" for the lexicon filters."""
+    if kind in NOT_CLAIMED:
+        return "not claimed"
+    return "PASS" if min(wilson(caught, injected)[0], wilson(caught, flagged)[0]) >= BAR else "FAIL"
+
+
 # What to look at when a step removes a large share of the input (the warning line says it).
 WARN_HINTS = {
     "filter_length": "short units; if they are parts of longer documents, try --txt-split file",
@@ -52,6 +79,11 @@ WARN_HINTS = {
     "filter_toxic": "one flagged sentence drops its whole document; a smaller --max-doc-chars loses less",
     "filter_bias": "one flagged sentence drops its whole document; a smaller --max-doc-chars loses less",
 }
+
+
+def doc_chars(doc) -> int:
+    """Characters of a document: its text, or the "chars" a streamed run kept instead of the text."""
+    return doc["chars"] if "chars" in doc else len(doc["text"])
 
 
 def noise_table(docs, labels, acted, removed):
@@ -74,6 +106,9 @@ def noise_table(docs, labels, acted, removed):
             "flagged": len(flagged),
             "precision": caught / max(1, len(flagged)),
             "recall": caught / max(1, len(injected)),
+            "recall_ci": wilson(caught, len(injected)),
+            "precision_ci": wilson(caught, len(flagged)),
+            "bar": verdict(kind, caught, len(injected), len(flagged)),
         }
     clean_ids = [d["id"] for d in docs if d["id"] not in labels]
     lost = [i for i in clean_ids if removed.get(i) or any(s.startswith("filter_") for s in acted.get(i, {}))]
@@ -83,8 +118,11 @@ def noise_table(docs, labels, acted, removed):
 
 def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
     """Per step: documents changed and dropped, characters removed and their share of the input."""
-    input_chars = max(1, sum(len(d["text"]) for d in docs))
-    rows = {s: {"changed": 0, "dropped": 0, "chars": 0} for s in STEPS + ["exact_dedup", "near_dedup", "mix"]}
+    input_chars = max(1, sum(map(doc_chars, docs)))
+    rows = {
+        s: {"changed": 0, "dropped": 0, "chars": 0}
+        for s in STEPS + ["line_dedup", "exact_dedup", "near_dedup", "mix"]
+    }
     for doc_id, steps in acted.items():
         for step, chars in steps.items():
             rows[step]["dropped" if removed.get(doc_id) == step else "changed"] += 1
@@ -92,11 +130,11 @@ def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
     for d in kept_after_clean:
         if removed.get(d["id"]) in ("exact_dedup", "near_dedup"):
             rows[removed[d["id"]]]["dropped"] += 1
-            rows[removed[d["id"]]]["chars"] += len(d["text"])
+            rows[removed[d["id"]]]["chars"] += doc_chars(d)
     rows["mix"] = {
         "changed": 0,
         "dropped": len(unique) - len(mixed),
-        "chars": sum(len(d["text"]) for d in unique) - sum(len(d["text"]) for d in mixed),
+        "chars": sum(map(doc_chars, unique)) - sum(map(doc_chars, mixed)),
     }
     for r in rows.values():
         r["share"] = r["chars"] / input_chars
@@ -105,10 +143,10 @@ def step_table(docs, acted, removed, kept_after_clean, unique, mixed):
 
 def domain_table(docs, unique, mixed, domains):
     """Per domain: documents and characters in the input, after cleaning and dedup, in the mix."""
-    total = max(1, sum(len(x["text"]) for x in mixed))
+    total = max(1, sum(map(doc_chars, mixed)))
     table = {}
     for dom in domains:
-        chars = lambda part: sum(len(x["text"]) for x in part if x["domain"] == dom)
+        chars = lambda part: sum(doc_chars(x) for x in part if x["domain"] == dom)
         table[dom] = {
             "docs_in": sum(x["domain"] == dom for x in docs),
             "chars_in": chars(docs),
@@ -137,14 +175,15 @@ def format_table(stats):
     lines = []
     if stats["noise"]:
         lines.append(
-            "noise type    step              injected  caught  missed  precision  recall  "
-            "(missed, dropped by another step)"
+            "noise type    step              injected  caught  missed  precision  recall  recall 95% CI  "
+            f"bar (both CIs >= {BAR})  (missed, dropped by another step)"
         )
         for kind, r in stats["noise"].items():
             if "step" in r:
                 lines.append(
                     f"{kind:13s} {r['step']:17s} {r['injected']:8d} {r['caught']:7d} {r['missed']:7d}"
-                    f"  {r['precision']:9.3f} {r['recall']:7.3f}  {r['missed_but_dropped']}"
+                    f"  {r['precision']:9.3f} {r['recall']:7.3f}  {r['recall_ci'][0]:.3f}-{r['recall_ci'][1]:.3f}"
+                    f"    {r['bar']:21s}  {r['missed_but_dropped']}"
                 )
             else:
                 lines.append(

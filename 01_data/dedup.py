@@ -40,6 +40,7 @@ import hashlib
 import re
 import sys
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,16 +219,25 @@ def union_find_roots(n: int, pairs) -> np.ndarray:
     # <<< exercise
 
 
-def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig()):
-    """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs."""
+def signatures(texts, cfg: DedupConfig = None) -> np.ndarray:
+    """MinHash signatures of the texts, shape (N, num_perm); each row depends on its text only, so
+    signatures computed shard by shard (prepare_stream.py) stack into the same matrix."""
+    cfg = cfg or DedupConfig()
     cache = {}
-    sig = minhash_signatures([shingle_hashes(t, cfg.shingle, cache) for t in texts], cfg.num_perm, cfg.seed)
+    return minhash_signatures([shingle_hashes(t, cfg.shingle, cache) for t in texts], cfg.num_perm, cfg.seed)
+
+
+def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig(), sig=None):
+    """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
+    With `sig` given, `texts` is not read: the index runs over signatures alone."""
+    if sig is None:
+        sig = signatures(texts, cfg)
     b, r = lsh_params(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
     pairs = candidate_pairs(sig, b, r)
     if len(pairs):
         est = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)  # estimated Jaccard per candidate
         pairs = pairs[est >= cfg.threshold]
-    return union_find_roots(len(texts), pairs), sig, pairs
+    return union_find_roots(len(sig), pairs), sig, pairs
 
 
 def dedup(texts, cfg: DedupConfig = DedupConfig()):
@@ -240,6 +250,66 @@ def dedup(texts, cfg: DedupConfig = DedupConfig()):
     roots = np.arange(len(texts))
     roots[idx] = idx[roots_sub]
     return {"exact_dup": exact, "near_dup": near, "keep": ~exact & ~near, "cluster": roots}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Line-level dedup: web pages repeat the same lines (menus, cookie notices, footers) across documents;
+# whole-document dedup cannot see them. CCNet and Dolma drop such repeated lines or paragraphs.
+
+
+def line_key(line: str) -> int:
+    """A line's 64-bit key: the first 8 bytes of SHA-1 of the normalized line."""
+    return int.from_bytes(hashlib.sha1(normalize_for_hash(line).encode("utf-8")).digest()[:8], "little")
+
+
+def doc_line_keys(text: str) -> set:
+    """The keys of the document's non-blank lines (a line counts once per document)."""
+    return {line_key(ln) for ln in text.split("\n") if ln.strip()}
+
+
+def common_lines(key_sets, max_docs: int) -> set:
+    """Keys found in more than max_docs of the documents' key sets."""
+    docs_with = Counter()
+    for keys in key_sets:
+        docs_with.update(keys)
+    return {k for k, n in docs_with.items() if n > max_docs}
+
+
+def drop_lines(text: str, common: set) -> str:
+    """The text without its lines in `common`; blank lines stay, runs of them collapse to one."""
+    lines = text.split("\n")
+    kept = [ln for ln in lines if not ln.strip() or line_key(ln) not in common]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip() if len(kept) < len(lines) else text
+
+
+def line_dedup(texts, max_docs: int):
+    """The texts with every line that occurs (normalized) in more than `max_docs` documents removed.
+
+    Two passes: count, per line hash, the documents holding it; then drop those lines (prepare_stream.py
+    makes the same two passes over shards, keeping only the keys). Returns (new texts, lines dropped)."""
+    common = common_lines((doc_line_keys(t) for t in texts), max_docs)
+    out = [drop_lines(t, common) for t in texts]
+    dropped = sum(ln.strip() != "" and line_key(ln) in common for t in texts for ln in t.split("\n"))
+    return out, dropped
+
+
+def exact_line_dedup(paths, out_suffix=".dedup"):
+    """Exact-line dedup over a list of text files: each file written beside itself with `out_suffix`,
+    keeping only the first occurrence of every stripped line across all files (blank lines kept).
+    Returns {path: lines removed}."""
+    seen, removed = set(), {}
+    for path in map(Path, paths):
+        out, n = [], 0
+        for line in path.read_text(encoding="utf-8").split("\n"):
+            key = line.strip()
+            if key and key in seen:
+                n += 1
+                continue
+            seen.add(key)
+            out.append(line)
+        path.with_name(path.name + out_suffix).write_text("\n".join(out), encoding="utf-8")
+        removed[str(path)] = n
+    return removed
 
 
 def main(argv=None):

@@ -10,9 +10,11 @@ and we predict the L with the largest score. N-grams are hashed into V = 2^18 bu
 polynomial hash computed by numpy over the code points, so training and scoring are a few vector
 operations per document instead of a Python loop per n-gram.
 
-Classes: "en", "zh" and "other". It is trained on generated text (English and Chinese documents of
-a world built from a different seed than the corpus, and French/Spanish/German/Italian sentences
-for "other" that differ from the ones noise_inject.py injects), which is why it works here; on real web text you would train on real labelled text
+Classes: "en", "zh" and "other". It is trained on English and Chinese documents of a world built
+from a different seed than the corpus, plus everyday English and Chinese sentences written for it
+(not by the generator), and for "other" on sentences in nine languages (French, Spanish, German,
+Italian, Portuguese, Dutch, Swedish, Polish, Indonesian) that differ from the ones noise_inject.py
+injects. On real web text you would train on real labelled text
 (e.g. Wikipedia per language) -- fastText's lid.176 is the same idea with learnt embeddings.
 
 Interview questions it answers:
@@ -119,6 +121,80 @@ OTHER_TRAIN = {
         "La volpe dorme sotto un albero vicino alla strada.",
         "Quando piove restiamo a casa e leggiamo dei libri.",
     ],
+    "pt": [
+        "A casa de {name} fica perto da estação de {city}.",
+        "Ontem fomos ao museu com os nossos primos.",
+        "Ela prefere chá com leite e bolo de maçã.",
+        "As crianças correm no quintal enquanto o cachorro late.",
+        "Precisamos comprar legumes, queijo e uma garrafa de água.",
+        "A raposa dorme debaixo de uma árvore ao lado da estrada.",
+        "Quando chove, ficamos em casa e lemos livros.",
+        "O meu vizinho conserta a bicicleta todos os sábados.",
+        "Não sei se ele vai chegar a tempo para o almoço.",
+        "Os pássaros cantam quando o sol nasce sobre o vale.",
+    ],
+    "nl": [
+        "Het huis van {name} staat vlak bij het station van {city}.",
+        "Gisteren zijn we met onze neven naar het museum geweest.",
+        "Zij drinkt liever thee met melk en eet appeltaart.",
+        "De kinderen rennen door de tuin terwijl de hond blaft.",
+        "We moeten groenten, kaas en een fles water kopen.",
+        "De vos slaapt onder een boom naast het pad.",
+        "Als het regent, blijven we thuis en lezen we boeken.",
+        "Mijn buurman repareert elke zaterdag zijn fiets.",
+        "Ik weet niet of hij op tijd is voor het eten.",
+        "De vogels zingen zodra de zon boven het dal opkomt.",
+    ],
+    "sv": [
+        "Huset där {name} bor ligger nära stationen i {city}.",
+        "Igår besökte vi museet med våra kusiner.",
+        "Barnen springer i trädgården medan hunden skäller.",
+        "Vi måste köpa grönsaker, ost och en flaska vatten.",
+        "När det regnar stannar vi hemma och läser böcker.",
+    ],
+    "pl": [
+        "Dom, w którym mieszka {name}, stoi blisko dworca w {city}.",
+        "Wczoraj odwiedziliśmy muzeum razem z kuzynami.",
+        "Dzieci biegają po ogrodzie, a pies szczeka.",
+        "Musimy kupić warzywa, ser i butelkę wody.",
+        "Kiedy pada deszcz, zostajemy w domu i czytamy książki.",
+    ],
+    "id": [
+        "Rumah {name} dekat dengan stasiun kereta di {city}.",
+        "Kemarin kami mengunjungi museum bersama sepupu kami.",
+        "Anak-anak berlari di kebun sementara anjing menggonggong.",
+        "Kita harus membeli sayur, keju, dan sebotol air.",
+        "Kalau hujan, kami tinggal di rumah dan membaca buku.",
+    ],
+}
+
+# English and Chinese written for this classifier, not by the generator: so the model knows more
+# of each language than the world's templates (everyday topics the generated world never mentions).
+EXTRA_TRAIN = {
+    "en": [
+        "The weather report says it will rain tomorrow, so bring an umbrella to work.",
+        "She opened the laptop, checked her email and answered three messages before lunch.",
+        "Our neighbours are painting their fence white this weekend.",
+        "If you heat water to a hundred degrees at sea level, it begins to boil.",
+        "The committee will publish its decision after the meeting on Thursday.",
+        "He could not find his keys, which were in the pocket of his other coat.",
+        "Most of the students passed the exam, although the last question was hard.",
+        "Please leave your shoes at the door and make yourself at home.",
+        "A long queue had formed outside the bakery before it opened.",
+        "The train was delayed by twenty minutes because of a signal failure.",
+    ],
+    "zh": [
+        "天气预报说明天会下雨，出门记得带伞。",
+        "她打开电脑，查看了邮件，午饭前回复了三封信。",
+        "这个周末，邻居们要把篱笆刷成白色。",
+        "在海平面上，把水加热到一百度就会沸腾。",
+        "委员会将在星期四开会后公布决定。",
+        "他找不到钥匙，原来钥匙在另一件外套的口袋里。",
+        "大多数学生都通过了考试，虽然最后一道题很难。",
+        "请把鞋子放在门口，就像在自己家一样。",
+        "面包店还没开门，外面就排起了长队。",
+        "由于信号故障，火车晚点了二十分钟。",
+    ],
 }
 
 
@@ -150,4 +226,8 @@ def training_texts(seed: int, n_per_lang: int = 300):
             )
         )
         labels.append("other")
+    for lang, sents in EXTRA_TRAIN.items():  # each hand-written sentence a few times, in groups of 3
+        for _ in range(n_per_lang // 10):
+            texts.append(" ".join(rng.sample(sents, 3)))
+            labels.append(lang)
     return texts, labels

@@ -1,4 +1,4 @@
-"""Stage 01: generate -> inject noise -> clean -> dedup -> mix -> split, and measure every step.
+"""Stage 01: generate -> inject noise -> clean -> line dedup -> dedup -> mix -> split, and measure every step.
 
     python 01_data/prepare.py --out runs/tiny                  # default synthetic corpus (~3 MB of text)
     python 01_data/prepare.py --out runs/small --chars 300000  # a tenth of it, for quick experiments
@@ -41,6 +41,7 @@ Interview questions it answers:
 import json
 import random
 import re
+import shutil
 import sys
 import time
 import zlib
@@ -60,6 +61,7 @@ from common.runs import MANIFEST, claim_output, run_lock, staged_dir, write_mani
 from clean import STEPS, CleanConfig, clean_document
 from data_outcome import (
     WARN_HINTS,
+    doc_chars,
     domain_table,
     format_table,
     noise_table,
@@ -68,10 +70,17 @@ from data_outcome import (
     step_table,
     warnings_for,
 )
-from dedup import DedupConfig, dedup, near_duplicate_clusters
+from dedup import DedupConfig, dedup, line_dedup, near_duplicate_clusters
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
 from noise_inject import inject_noise
+from prepare_stream import (
+    check_input_head,
+    clean_all_streamed,
+    dedup_by_fingerprints,
+    iter_documents,
+    read_shard_docs,
+)
 from tasks import write_tasks
 from world import WorldConfig, build_world, generate_corpus, story_slots
 
@@ -112,6 +121,17 @@ class PrepareConfig:
     )
     max_doc_chars: int = option(
         10_000, "cut longer input documents at paragraph, then line, then sentence ends", min=200
+    )
+    line_dedup_docs: int = option(
+        0,
+        "drop every line (menus, cookie notices, footers) that occurs in more than this many "
+        "documents; 0 = off",
+        min=0,
+    )
+    workers: int = option(
+        1,
+        "--input: worker processes cleaning shards in parallel (each holds 2 shards of 2,000 documents)",
+        min=1,
     )
     warn_removed: float = option(
         0.10, "warn when one step removes more than this share of the input characters", min=0.0, max=1.0
@@ -252,9 +272,25 @@ def clean_all(docs, predict, cfg: CleanConfig, progress=True):
     return kept, acted, dropped
 
 
+def line_dedup_all(kept, acted, removed, max_docs):
+    """Prose documents with lines common to more than max_docs documents removed (dedup.line_dedup);
+    the characters go to the "line_dedup" step, and a document left empty is dropped by it."""
+    prose = [i for i, x in enumerate(kept) if x["domain"] != "code"]
+    texts, _ = line_dedup([kept[i]["text"] for i in prose], max_docs)
+    out = list(kept)
+    for i, text in zip(prose, texts):
+        doc = kept[i]
+        if len(text) != len(doc["text"]):
+            acted[doc["id"]]["line_dedup"] = len(doc["text"]) - len(text)
+            out[i] = {**doc, "text": text}
+            if not text:
+                removed[doc["id"]] = "line_dedup"
+    return [x for x in out if x["text"]]
+
+
 def mix_domains(docs, ratios, seed):
     """Subsample domains so their character shares match `ratios` (no upsampling: repeats would leak)."""
-    chars = {d: sum(len(x["text"]) for x in docs if x["domain"] == d) for d in ratios}
+    chars = {d: sum(doc_chars(x) for x in docs if x["domain"] == d) for d in ratios}
     present = {d: r for d, r in ratios.items() if r > 0 and chars[d] > 0}
     if not present:
         have = sorted({x["domain"] for x in docs})
@@ -270,20 +306,22 @@ def mix_domains(docs, ratios, seed):
     out = []
     for i in order:
         d = docs[i]["domain"]
-        if d in present and taken[d] + len(docs[i]["text"]) / 2 <= present[d] / sum(present.values()) * total:
+        if d in present and taken[d] + doc_chars(docs[i]) / 2 <= present[d] / sum(present.values()) * total:
             out.append(docs[i])
-            taken[d] += len(docs[i]["text"])
+            taken[d] += doc_chars(docs[i])
     return sorted(out, key=lambda x: x["id"])
 
 
-def split_by_cluster(docs, fractions, threshold):
+def split_by_cluster(docs, fractions, threshold, sig=None):
     """{"train"|"val"|"test": docs}; documents linked at Jaccard >= threshold land in one split.
 
     A cluster's split follows from a hash of its first document's id, so it does not change when
     other documents come or go. A small corpus can leave a split empty by chance (31 clusters: val
     at 0.1 stays empty 4 % of the time); then the cluster whose hash lies nearest that split's range
-    moves there, taken from a split that keeps at least one."""
-    roots, _, _ = near_duplicate_clusters([d["text"] for d in docs], DedupConfig(threshold=threshold))
+    moves there, taken from a split that keeps at least one. sig: the documents' MinHash signatures
+    (streaming: the texts are not in memory)."""
+    texts = None if sig is not None else [d["text"] for d in docs]
+    roots, _, _ = near_duplicate_clusters(texts, DedupConfig(threshold=threshold), sig=sig)
     edges = np.cumsum(fractions) * 1000
     u = {int(r): zlib.crc32(docs[r]["id"].encode()) % 1000 for r in roots}  # a stable hash per cluster
     part = {r: min(2, int(np.searchsorted(edges, h, side="right"))) for r, h in u.items()}
@@ -384,9 +422,8 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
     data = RunLayout(out).data
     config = json.loads(json.dumps(asdict(cfg)))  # as the manifest will hold it (tuples -> lists)
     t = time.time()
-    inputs = (
-        read_documents(cfg.input, cfg) if cfg.input else None
-    )  # unreadable input fails before anything else
+    for path in cfg.input:  # a wrong file fails here, before an earlier run is claimed
+        check_input_head(Path(path))
     fp_texts = {Path(p).name: read_documents([p], cfg, prefix="fp") for p in cfg.fp_check}
     with run_lock(data):
         claim_output(data, overwrite or same_run(data, config), remove=False)
@@ -394,7 +431,6 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
             stats = build(
                 cfg,
                 config,
-                inputs,
                 fp_texts,
                 tmp,
                 progress,
@@ -405,10 +441,10 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
 
 
 def build(
-    cfg: PrepareConfig, config: dict, inputs, fp_texts, folder: Path, progress: bool, command: str, t: float
+    cfg: PrepareConfig, config: dict, fp_texts, folder: Path, progress: bool, command: str, t: float
 ) -> dict:
-    """Every step of the stage, writing into `folder`; returns the stats. inputs: the documents read
-    from --input (None: generate them); fp_texts: {file name: documents} for --fp-check."""
+    """Every step of the stage, writing into `folder`; returns the stats. The generated corpus is
+    cleaned in memory; --input is streamed (build_streamed). fp_texts: {file name: documents} for --fp-check."""
     seconds = {}
 
     def lap(name):
@@ -418,11 +454,14 @@ def build(
         if progress:
             print(f"[{name}] {seconds[name]:.2f}s", flush=True)
 
-    if inputs is not None:
-        docs, labels, world = inputs, {}, None
-    else:
-        docs, labels, world = generated_documents(cfg)
-    lap("generate" if world else "read")
+    lap.seconds = seconds
+
+    if cfg.input:
+        model = train_langid(*training_texts(cfg.seed + 1000))
+        lap("train_langid")
+        return build_streamed(cfg, config, model, fp_texts, folder, progress, command, lap)
+    docs, labels, world = generated_documents(cfg)
+    lap("generate")
     model = train_langid(*training_texts(cfg.seed + 1000))
     predict = lambda text: predict_lang(model, text)
     lap("train_langid")
@@ -430,6 +469,9 @@ def build(
     if not kept:
         raise dropped_everything(removed, len(docs))
     lap("clean")
+    if cfg.line_dedup_docs:
+        kept = line_dedup_all(kept, acted, removed, cfg.line_dedup_docs)
+        lap("line_dedup")
     d = dedup([x["text"] for x in kept], DedupConfig(threshold=cfg.dedup_threshold))
     removed |= {x["id"]: "exact_dedup" for x, e in zip(kept, d["exact_dup"]) if e}
     removed |= {x["id"]: "near_dedup" for x, n in zip(kept, d["near_dup"]) if n}
@@ -451,14 +493,69 @@ def build(
     write_jsonl(folder / "noise_labels.jsonl", ({"id": i, "noise": k} for i, k in labels.items()))
     tasks = write_tasks(world, cfg.seed, folder / "tasks", write_jsonl) if world else {}
     lap("write")
+    outcome = (docs, labels, acted, removed, kept, unique, mixed, splits)
+    return finish(cfg, config, outcome, false_positives, tasks, seconds, folder, command)
+
+
+def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Path, progress, command, lap):
+    """build() for --input: read, clean and fingerprint in shards (prepare_stream.py), decide over
+    lengths, keys and signatures, then write the kept documents shard by shard."""
+    shard_dir = folder / "shards"
+    docs = iter_documents(cfg.input, cfg, cut_document, DOMAINS)
+    meta = clean_all_streamed(
+        docs, model, shard_dir, cfg.workers, progress=progress, line_dedup_docs=cfg.line_dedup_docs
+    )
+    inputs = [{"id": i, "domain": d, "chars": n} for i, d, n in meta["inputs"]]
+    acted, removed, kept = meta["acted"], meta["dropped"], meta["kept"]
+    if not kept:
+        raise dropped_everything(removed, len(inputs))
+    lap("read+clean")
+    removed, unique, mixed, splits = decide_streamed(meta, cfg, lap)
+    check_splits(splits, cfg)
+    lap("split")
+    predict = lambda text: predict_lang(model, text)
+    false_positives = {name: filter_rates(texts, predict) for name, texts in fp_texts.items()}
+    if fp_texts:
+        lap("fp_check")
+    split_of = {x["id"]: name for name, part in splits.items() for x in part}
+    for name in SPLITS:
+        write_jsonl(
+            folder / f"{name}.jsonl", (d for d in read_shard_docs(shard_dir) if split_of.get(d["id"]) == name)
+        )
+    shutil.rmtree(shard_dir)
+    write_jsonl(folder / "noise_labels.jsonl", [])
+    lap("write")
+    outcome = (inputs, {}, acted, removed, kept, unique, mixed, splits)
+    return finish(cfg, config, outcome, false_positives, {}, dict(lap.seconds), folder, command)
+
+
+def decide_streamed(meta, cfg: PrepareConfig, lap=lambda name: None):
+    """(removed, unique, mixed, splits) from a streamed run's metadata: dedup over keys and
+    signatures, the mix over lengths, the split over signatures -- the in-memory decisions."""
+    kept, removed = meta["kept"], dict(meta["dropped"])
+    exact, near, keep = dedup_by_fingerprints(meta["keys"], meta["sig"], cfg.dedup_threshold)
+    removed |= {x["id"]: "exact_dedup" for x, e in zip(kept, exact) if e}
+    removed |= {x["id"]: "near_dedup" for x, n in zip(kept, near) if n}
+    unique = [x for x, k in zip(kept, keep) if k]
+    lap("dedup")
+    mixed = mix_domains(unique, cfg.mix, cfg.seed)
+    lap("mix")
+    row = {x["id"]: i for i, x in enumerate(kept)}
+    sig = meta["sig"][[row[x["id"]] for x in mixed]]
+    return removed, unique, mixed, split_by_cluster(mixed, cfg.split, cfg.split_threshold, sig=sig)
+
+
+def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, command) -> dict:
+    """The stats (data_outcome.py's tables), stats.json, the plot and the manifest; returns the stats."""
+    docs, labels, acted, removed, kept, unique, mixed, splits = outcome
     steps = step_table(docs, acted, removed, kept, unique, mixed)
     stats = {
         "config": config,
         "noise": noise_table(docs, labels, acted, removed) if labels else {},
-        "input": {"docs": len(docs), "chars": sum(len(x["text"]) for x in docs)},
+        "input": {"docs": len(docs), "chars": sum(map(doc_chars, docs))},
         "steps": steps,
         "domains": domain_table(docs, unique, mixed, DOMAINS),
-        "splits": {k: {"docs": len(v), "chars": sum(len(x["text"]) for x in v)} for k, v in splits.items()},
+        "splits": {k: {"docs": len(v), "chars": sum(map(doc_chars, v))} for k, v in splits.items()},
         "false_positives": false_positives,
         "warnings": warnings_for(steps, cfg.warn_removed),
         "tasks": tasks,

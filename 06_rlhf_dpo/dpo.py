@@ -113,7 +113,7 @@ def preference_loss(
 
     dpo, ipo: policy_*/ref_* are summed log-probs log π(y | x). simpo: policy_* are per-token means
     (masked_logprob_mean) and the reference is not used."""
-    # >>> exercise: rewards beta·(log pi − log pi_ref) (SimPO: beta·mean log pi); DPO/IPO/SimPO losses
+    # >>> exercise: r = beta·(log pi − log pi_ref); DPO −log σ(r_c − r_r); IPO (h − 1/(2 beta))² on the log-ratios h; SimPO −log σ(r_c − r_r − gamma), r = beta·mean log pi
     if loss_type == "simpo":
         chosen_rewards, rejected_rewards = beta * policy_chosen, beta * policy_rejected
         losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)

@@ -142,7 +142,7 @@ def group_normalized_advantages(rewards, group_size, eps=1e-6, normalize_by_std=
         )
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    # >>> exercise: per group A = r − mean (÷ (std + eps) if normalize_by_std); return A, raw rewards, stats
+    # >>> exercise: per group of consecutive rewards A = r − mean (÷ (std + eps), std unbiased as torch.std, if normalize_by_std); return A, raw rewards, stats
     raw = rewards.float()
     grouped = raw.view(-1, group_size)  # (n_prompts, G)
     mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)

@@ -325,7 +325,7 @@ def feature_loss(student_h, teacher_h, proj: nn.Module, kind: str):
 
     mse: ‖W·h_s - h_t‖² / ‖h_t‖² over the batch, a relative error: 1 = predicting zeros, whatever the
     scale of the teacher's residual stream (it grows with depth). cosine: 1 - cos(W·h_s, h_t)."""
-    # >>> exercise: W·h_student vs h_teacher: 1 - cosine, or MSE over the mean square of h_teacher
+    # >>> exercise: W·h_student vs h_teacher: mean over positions of 1 - cosine (over features), or MSE over the mean square of h_teacher
     pred, target = proj(student_h).float(), teacher_h.float()
     if kind == "cosine":
         return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()

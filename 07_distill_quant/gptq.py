@@ -126,7 +126,7 @@ def gptq_columns(W, U, bits, G, symmetric):
     W = W.clone()
     codes = torch.empty(N, K, dtype=torch.int8 if symmetric else torch.uint8, device=W.device)
     scales, zeros = [], []
-    # >>> exercise: for each column: new group -> grid from the current W; round the column; OBS update of the rest
+    # >>> exercise: for each column k: new group -> grid from the current W; round; err = (w - ŵ) / U[k, k]; W[:, k+1:] -= err·U[k, k+1:]
     for k in range(K):
         if k % G == 0:
             scale, zero = grid(W[:, k : k + G], bits, symmetric)

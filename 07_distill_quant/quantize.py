@@ -103,7 +103,7 @@ GOALS = {"int8": 1.0, "int4-g32": 5.0}  # issue 14: perplexity change ≤ 1 % (I
 def fake_quantize(w, bits, per, symmetric=True):
     """Ŵ (N, K): w quantized and dequantized in fp32 with one scale (and zero point) per `per`: "tensor",
     "channel" (a row of W) or an int G (G consecutive inputs of a row; G divides K)."""
-    # >>> exercise: group w into sets by `per`, then the symmetric or asymmetric formula of the docstring, per set
+    # >>> exercise: group w into sets by `per`, then per set: symmetric s = max|w| / (2^(b-1) - 1); asymmetric: widen [min, max] to hold 0, s = range / (2^b - 1)
     N, K = w.shape
     w = w.float()
     sets = w.reshape(1, N * K) if per == "tensor" else w if per == "channel" else w.reshape(N, K // per, per)

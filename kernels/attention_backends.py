@@ -121,7 +121,7 @@ def attention_tiled_forward(q, k, v, causal=True, scale=None, block_m=32, block_
     k, v = k[:, kv].to(acc_dtype), v[:, kv].to(acc_dtype)  # (B, H, S, D); the kernel indexes instead
     o = torch.empty(B, H, T, D, dtype=acc_dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=acc_dtype, device=q.device)
-    # >>> exercise: online softmax per Q tile: m'=max(m, rowmax s); l, acc *= exp(m-m'); o = acc/l; lse = m+log l
+    # >>> exercise: online softmax per Q tile: m'=max(m, rowmax s); l, acc *= exp(m-m'); o = acc/l; lse = m+log l; skip only K tiles past the diagonal
     for i0 in range(0, T, block_m):  # outer loop: Q tiles (one GPU program each)
         i1 = min(i0 + block_m, T)
         qi = q[:, :, i0:i1].to(acc_dtype)  # (B, H, bm, D)

@@ -5,7 +5,11 @@ Run it:
     python tests/exercises.py make --stage 02_tokenizer --out ~/ex  # a copy with that stage's bodies blanked
     python tests/exercises.py make --all --out ~/ex                 # ... with every exercise blanked
     cd ~/ex && python -m pytest -q tests/test_02_tokenizer.py       # grade (make prints one command per exercise)
-    python tests/exercises.py check [--stage S]                     # prove each exercise is graded (CI does)
+    python tests/exercises.py check [--stage S]                     # prove each exercise is graded
+    python tests/exercises.py check --mutants                       # ... and every wrong answer fails (CI)
+    python tests/exercises.py check --mutants --exercise top_p      # one exercise, while writing its tests
+    python tests/exercises.py check --student 06_rlhf_dpo           # a blanked stage works as a course
+    python tests/exercises.py make --bug 04_pretrain --out ~/drill  # one wrong line planted: find it
 
 The marker. A core function body carries a comment pair, with a one-line hint:
 
@@ -23,10 +27,21 @@ tests/test_kernels_*.py for kernels/) that name the function: a test function wh
 function's name (for a method, the method's name as an attribute; for `forward` or `__call__`, the
 class's name), keeping only those that need no expensive fixture when there are any. GRADED_BY
 below replaces that rule for one exercise when it picks too much or too little. `check` proves
-the rule worked: in one copy per stage, the grading tests pass on the full code, and blanking each
-exercise alone makes at least one of them fail (fail, not error at import: a student's copy must
-still collect). It imports torch once and forks one pytest per exercise, so the whole check costs
-about a second per exercise plus the tests' own time.
+the rule worked: the grading tests pass on the full code, and blanking each exercise alone makes at
+least one of them fail (fail, not error at import: a student's copy must still collect).
+
+Wrong answers. A missing body is the easy half; a student's wrong answer is an off-by-one, a sign, a
+missing normalization. tests/exercise_mutants.py lists at least three per exercise (the text each
+replaces inside the marked lines, and what is wrong); `check --mutants` applies each in a scratch
+copy and requires a grading test to fail, and stops with "mutant N of exercise K: text not found"
+when an exercise changed under its spec. `make --bug STAGE` plants one of them, at random, in a copy
+for a find-the-bug drill; `check --stage STAGE` there confirms the student's fix. `check --student
+STAGE` proves a blanked stage works as a course: every grading test fails on NotImplementedError, and
+filling in one exercise turns exactly its tests green.
+
+Speed: `--jobs` worker processes (2), each with its own copy of the repository, import torch once
+and fork one pytest per task (the full code of a stage, a blanked exercise, one mutant), taking the
+next task when free; a task runs only its exercise's grading tests, stopping at the first failure.
 """
 
 from __future__ import annotations
@@ -34,10 +49,14 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import importlib.util
 import json
 import os
+import random
 import re
+import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,9 +77,15 @@ CHEAP_FIXTURES = {"tmp_path", "monkeypatch", "capsys", "repo_root", "request", "
 # "stage/file.py:Qual.name" -> test function names in the stage's test files, when the rule above
 # would pick a slow end-to-end test or none at all. Keep every list to fast tests (CI runs them).
 GRADED_BY: dict[str, list[str]] = {
-    "01_data/clean.py:luhn_ok": ["test_mask_pii"],
-    "01_data/dedup.py:candidate_pairs": ["test_lsh_curve_and_dedup_on_text"],
-    "01_data/dedup.py:union_find_roots": ["test_lsh_curve_and_dedup_on_text"],
+    "01_data/clean.py:luhn_ok": ["test_mask_pii", "test_luhn_by_hand_including_a_doubled_five"],
+    "01_data/dedup.py:candidate_pairs": [
+        "test_lsh_curve_and_dedup_on_text",
+        "test_lsh_probability_pairs_and_roots_by_hand",
+    ],
+    "01_data/dedup.py:union_find_roots": [
+        "test_lsh_curve_and_dedup_on_text",
+        "test_lsh_probability_pairs_and_roots_by_hand",
+    ],
     "02_tokenizer/bpe.py:merge_ids": [
         "test_tie_break_prefers_greatest_bytes",
         "test_incremental_trainer_equals_naive",
@@ -96,6 +121,7 @@ GRADED_BY: dict[str, list[str]] = {
     "kernels/attention_backends.py:attention_tiled_forward": [
         "test_lse_is_logsumexp_of_scaled_scores",
         "test_tiled_half",
+        "test_tiled_forward_keeps_the_key_tile_that_starts_on_the_diagonal",
     ],
     "kernels/attention_backends.py:attention_tiled_backward": [
         "test_tiled_backward_gradcheck_float64",
@@ -108,11 +134,18 @@ GRADED_BY: dict[str, list[str]] = {
     "05_sft_lora/chat_template.py:token_logprobs": [
         "test_masked_logprob_helpers_sum_only_the_trained_positions"
     ],
+    "07_distill_quant/batching.py:SlotCache.decode": [
+        "test_stop_id_ends_the_answer_and_is_kept_in_the_ids_only",
+        "test_every_policy_gives_each_request_the_tokens_it_gets_alone",
+    ],
     "07_distill_quant/batching.py:Engine.schedule": [
-        "test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits"
+        "test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits",
+        "test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged",
     ],
     "07_distill_quant/batching.py:Engine.free_finished": [
-        "test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits"
+        "test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits",
+        "test_static_batching_keeps_a_finished_row_until_its_batch_ends",
+        "test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged",
     ],
     "07_distill_quant/gptq.py:HessianCollector.add": [
         "test_hessian_collector_is_two_over_n_xtx_and_removes_its_hooks"
@@ -374,12 +407,14 @@ def repo_files(root: Path) -> list[str]:
         )
 
 
-def make_copy(root: Path, out: Path, exercises) -> None:
+def make_copy(root: Path, out: Path, exercises, skip=frozenset()) -> None:
     """Copy the repository into `out` (which must be empty or absent), blanking `exercises`."""
     by_file = {}
     for ex in exercises:
         by_file.setdefault(ex.file, []).append(ex)
     for rel in repo_files(root):
+        if rel in skip:
+            continue
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if rel in by_file:
@@ -390,35 +425,78 @@ def make_copy(root: Path, out: Path, exercises) -> None:
             shutil.copy2(root / rel, dst)
 
 
+# ------------------------------------------------------------------------------------- mutants
+def load_mutants(root: Path) -> dict:
+    """MUTANTS of root/tests/exercise_mutants.py; {} where the file is absent (a `make --bug` copy)."""
+    path = root / "tests" / "exercise_mutants.py"
+    if not path.exists():
+        return {}
+    spec = importlib.util.spec_from_file_location("exercise_mutants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MUTANTS
+
+
+def mutant_label(ex: Exercise, i: int, m) -> str:
+    return f"mutant {i} of exercise {ex.key} ({m.why})"
+
+
+def mutant_text(text: str, ex: Exercise, i: int, m) -> str:
+    """`text` (ex's file) with mutant `i` applied inside ex's marked lines; MarkerError, loudly, when
+    the text it replaces is not there exactly once (the exercise changed: repair the spec)."""
+    lines = text.split("\n")
+    region = "\n".join(lines[ex.start + 1 : ex.end])
+    n = region.count(m.old)
+    if n != 1:
+        where = "not found" if n == 0 else f"found {n} times"
+        raise MarkerError(
+            f"{mutant_label(ex, i, m)}: text {where} in the exercise: {m.old!r}; "
+            "repair its spec in tests/exercise_mutants.py"
+        )
+    out = "\n".join(lines[: ex.start + 1] + region.replace(m.old, m.new).split("\n") + lines[ex.end :])
+    try:
+        compile(out, ex.file, "exec")
+    except SyntaxError as e:
+        raise MarkerError(f"{mutant_label(ex, i, m)}: the mutated file does not compile: {e.msg}") from None
+    return out
+
+
+def mutant_errors(root: Path, exercises, specs: dict) -> list[str]:
+    """Every spec that names no exercise or whose text no longer matches, as a message."""
+    errors, by_key = [], {ex.key: ex for ex in exercises}
+    stages = {ex.stage for ex in exercises}
+    for key, ms in specs.items():
+        ex = by_key.get(key)
+        if ex is None:
+            if key.split("/")[0] in stages:
+                errors.append(f"mutants of {key}: no such exercise (moved or renamed? repair the key)")
+            continue
+        text = (root / ex.file).read_text(encoding="utf-8")
+        for i, m in enumerate(ms, 1):
+            try:
+                mutant_text(text, ex, i, m)
+            except MarkerError as e:
+                errors.append(str(e))
+    return errors
+
+
 # ------------------------------------------------------------------------------------- grading
-def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float = 300) -> int:
+def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float = 300, extra=()) -> int:
     """pytest's exit code for `node_ids` in a forked child (0 pass, 1 a test failed, 2 collection
-    error, 5 none collected); the parent has torch imported already, the stage modules not."""
+    error, 5 none collected, 124 timed out); the parent has torch imported, the stage modules not."""
     pid = os.fork()
-    if pid == 0:  # child: fresh imports of the (possibly blanked) stage modules from `copy`
+    if pid == 0:  # child: fresh imports of the (possibly blanked or mutated) stage modules from `copy`
         code = 3
         try:
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.chdir(copy)
+            os.environ["COLUMNS"] = "1000"  # -rA summary lines whole, not cut to a terminal's width
             import pytest
 
-            code = int(
-                pytest.main(
-                    [
-                        "-q",
-                        "-x",
-                        "-p",
-                        "no:cacheprovider",
-                        "-p",
-                        "no:unraisableexception",
-                        "-o",
-                        "addopts=",
-                        *node_ids,
-                    ]
-                )
-            )
+            args = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "-o", "addopts="]
+            code = int(pytest.main([*args, *extra, *node_ids]))
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -432,18 +510,18 @@ def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float =
             os.kill(pid, 9)
             os.waitpid(pid, 0)
             return 124
-        time.sleep(0.02)
+        time.sleep(0.01)
 
 
-def grade_stage(copy: Path, stage: str) -> list[dict]:
-    """In a full copy: the grading tests pass, and blanking each exercise alone fails one of them."""
-    import torch  # noqa: F401  (imported once here, shared by every forked child)
+def preimport() -> None:
+    """Import what every stage shares once, before forking: torch, numpy, pytest, triton, ..."""
     import numpy  # noqa: F401
     import pytest  # noqa: F401
+    import torch
 
     if not torch.cuda.is_available():  # as tests/conftest.py does, before triton is imported
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    for heavy in ("triton", "regex", "tiktoken"):  # third-party imports the stages share, loaded once
+    for heavy in ("triton", "regex", "tiktoken", "matplotlib"):  # third-party imports, loaded once
         try:
             __import__(heavy)
         except ImportError:
@@ -451,65 +529,135 @@ def grade_stage(copy: Path, stage: str) -> list[dict]:
     import gc
 
     gc.freeze()  # torch's many objects out of every child's collections (pytest collects at exit)
-    exercises = find_exercises(copy, [stage])
-    logs = Path(tempfile.mkdtemp(prefix="exercise-logs-"))
-    results = []
-    union = sorted({t for ex in exercises for t in ex.tests})
-    t0 = time.time()
-    code = pytest_in_child(copy, union, logs / "full.log") if union else 5
-    results.append(
-        {
-            "stage": stage,
-            "function": "(full code)",
-            "tests": len(union),
-            "exit": code,
-            "ok": code == 0,
-            "seconds": round(time.time() - t0, 1),
-            "log": "" if code == 0 else tail(logs / "full.log"),
-        }
-    )
-    for ex in exercises:
-        if (
-            results[0]["exit"] != 0
-        ):  # the stage itself is broken: blanking proves nothing; say so per exercise
-            results.append(
-                {
-                    "stage": stage,
-                    "file": ex.file,
-                    "function": ex.function,
-                    "tests": len(ex.tests),
-                    "exit": None,
-                    "ok": False,
-                    "seconds": 0,
-                    "log": "not graded: its stage's grading tests fail on the full code (see above)",
-                }
-            )
-            continue
+
+
+def outcomes(log: Path) -> dict:
+    """{test function node id: "PASSED" or "FAILED <message>"} from pytest's -rA summary; a
+    parametrized test counts as failed when any of its cases failed."""
+    out = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.match(r"^(PASSED|FAILED|ERROR) (\S+)(?: - (.*))?$", line)
+        if m:
+            node = m[2].split("[", 1)[0]
+            if m[1] == "PASSED":
+                out.setdefault(node, "PASSED")
+            else:
+                out[node] = f"FAILED {m[3] or m[1]}"
+    return out
+
+
+def run_task(copy: Path, task: dict, exercises: dict, specs: dict, logs: Path) -> dict:
+    """One unit of `check` in a worker's copy: the full code passes ("full"), the exercise blanked
+    fails ("blank"), one mutant fails ("mutant"), or a stage's student copy works ("student")."""
+    kind, t0 = task["kind"], time.time()
+    row = {"kind": kind, "stage": task["stage"], "function": "(full code)", "mutant": None, "why": ""}
+    log = logs / "task.log"
+    if kind == "full":
+        tests = task["tests"]
+        code = pytest_in_child(copy, tests, log, extra=["-x"]) if tests else 5
+        ok = code == 0
+    elif kind == "student":
+        return row | student_copy_check(copy, task["stage"], exercises, logs) | {"seconds": time.time() - t0}
+    else:
+        ex = exercises[task["key"]]
+        row |= {"file": ex.file, "function": ex.function}
+        tests = ex.tests
         path = copy / ex.file
         text = path.read_text(encoding="utf-8")
-        t0 = time.time()
-        if ex.tests:
-            path.write_text(blank_text(text, [ex]), encoding="utf-8")
-            try:
-                code = pytest_in_child(copy, ex.tests, logs / "ex.log")
-            finally:
-                path.write_text(text, encoding="utf-8")
+        if kind == "blank":
+            changed = blank_text(text, [ex])
         else:
-            code = 5
-        results.append(
-            {
-                "stage": stage,
-                "file": ex.file,
-                "function": ex.function,
-                "tests": len(ex.tests),
-                "exit": code,
-                "ok": code == 1,
-                "seconds": round(time.time() - t0, 1),
-                "log": "" if code == 1 else tail(logs / "ex.log"),
+            m = specs[ex.key][task["index"] - 1]
+            row |= {"mutant": task["index"], "why": m.why, "survives": m.survives}
+            changed = mutant_text(text, ex, task["index"], m)
+        path.write_text(changed, encoding="utf-8")
+        try:
+            code = pytest_in_child(copy, tests, log, timeout=120, extra=["-x"]) if tests else 5
+        finally:
+            path.write_text(text, encoding="utf-8")
+        ok = code in (1, 124) if kind == "mutant" else code == 1  # killed (a hang is killed too)
+        if kind == "mutant" and not ok and row["survives"]:
+            ok = True  # an accepted survivor: the spec says why no test can tell it from the code
+    return row | {
+        "tests": len(tests),
+        "exit": code,
+        "ok": ok,
+        "seconds": round(time.time() - t0, 2),
+        "log": "" if (ok and kind != "mutant") or code == 1 else tail(log),
+    }
+
+
+def student_copy_check(copy: Path, stage: str, exercises: dict, logs: Path) -> dict:
+    """`make --all` works as a course for `stage`: with every exercise of the repository blanked, each
+    of the stage's grading tests fails on an exercise's NotImplementedError (not an import error);
+    and with the earlier stages done, filling in one exercise of the stage turns exactly its tests green."""
+    mine = [ex for ex in exercises.values() if ex.stage == stage]
+    union = sorted({t for ex in mine for t in ex.tests})
+    by_file = {}
+    for ex in exercises.values():
+        by_file.setdefault(ex.file, []).append(ex)
+    originals = {f: (copy / f).read_text(encoding="utf-8") for f in by_file}
+    problems = []
+
+    def blank(keep):
+        for f, exs in by_file.items():
+            gone = [e for e in exs if keep(e)]
+            (copy / f).write_text(blank_text(originals[f], gone) if gone else originals[f], encoding="utf-8")
+
+    try:
+        blank(lambda e: True)  # what `make --all` writes
+        log = logs / "student.log"
+        pytest_in_child(copy, union, log, extra=["-rA"])
+        seen = outcomes(log)
+        for t in union:
+            if "NotImplementedError: exercise:" not in seen.get(t, ""):
+                problems.append(f"all blanked: {t} should fail on NotImplementedError, got {seen.get(t)!r}")
+        for ex in mine:  # a student at this stage: the earlier stages filled in, this one blanked
+            blank(lambda e, ex=ex: e.stage == stage and e is not ex)
+            pytest_in_child(copy, union, log, extra=["-rA"])
+            seen = outcomes(log)
+            green = {t for t in union if seen.get(t) == "PASSED"}
+            if green != set(ex.tests):
+                problems.append(
+                    f"only {ex.function} filled in: green {sorted(green)}, expected exactly {sorted(ex.tests)}"
+                )
+    finally:
+        for f, text in originals.items():
+            (copy / f).write_text(text, encoding="utf-8")
+    return {
+        "function": "(student copy)",
+        "tests": len(union),
+        "exit": None,
+        "ok": not problems,
+        "log": "\n".join(problems),
+    }
+
+
+def worker(copy: Path) -> None:
+    """`_worker`: grade the tasks read from stdin (one JSON a line) in `copy`, one '@@ <JSON>' line each."""
+    preimport()
+    exercises = {ex.key: ex for ex in find_exercises(copy)}
+    specs = load_mutants(copy)
+    logs = Path(tempfile.mkdtemp(prefix="exercise-logs-"))
+    for line in sys.stdin:
+        task = json.loads(line)
+        try:
+            row = run_task(copy, task, exercises, specs, logs)
+        except Exception as e:  # noqa: BLE001  (a broken spec or copy: this task's failure, not the check's)
+            row = {
+                "kind": task["kind"],
+                "stage": task["stage"],
+                "function": task.get("key", "?"),
+                "mutant": task.get("index"),
+                "ok": False,
+                "exit": None,
+                "tests": 0,
+                "seconds": 0,
+                "log": f"{type(e).__name__}: {e}",
             }
-        )
+        sys.stdout.write("@@ " + json.dumps(row) + "\n")
+        sys.stdout.flush()
     shutil.rmtree(logs, ignore_errors=True)
-    return results
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -519,46 +667,145 @@ def tail(path: Path, n: int = 15) -> str:
         return ""
 
 
-def check(root: Path, stages, jobs: int) -> list[dict]:
-    """grade_stage for each stage in its own copy and process, `jobs` at a time."""
+def check_tasks(exercises, specs: dict, mutants: bool, student: list) -> list[dict]:
+    """The work of `check`, slowest stages' tasks first so that the workers finish together."""
+    stages = sorted({ex.stage for ex in exercises}, reverse=True)
+    tasks = [
+        {
+            "kind": "full",
+            "stage": s,
+            "tests": sorted({t for ex in exercises if ex.stage == s for t in ex.tests}),
+        }
+        for s in stages
+    ]
+    tasks += [{"kind": "student", "stage": s} for s in student]
+    for s in stages:
+        for ex in (e for e in exercises if e.stage == s):
+            tasks.append({"kind": "blank", "stage": s, "key": ex.key})
+            if mutants:
+                tasks += [
+                    {"kind": "mutant", "stage": s, "key": ex.key, "index": i}
+                    for i in range(1, len(specs.get(ex.key, [])) + 1)
+                ]
+    return tasks
+
+
+def check(
+    root: Path, stages, jobs: int, mutants: bool = False, student=(), progress=False, only=()
+) -> list[dict]:
+    """Every task of `check_tasks` in `jobs` worker processes, each in its own copy of the repository,
+    each importing torch once and forking one pytest per task; a task goes to whichever is free.
+    `only`: keep the exercises whose key contains one of these strings."""
+    exercises = find_exercises(root, stages)
+    specs = load_mutants(root) if mutants else {}
+    errors = mutant_errors(root, exercises, specs)
+    if errors:
+        raise MarkerError("\n".join(errors))
+    if only:
+        exercises = [ex for ex in exercises if any(o in ex.key for o in only)]
+    tasks = check_tasks(exercises, specs, mutants, list(student))
+    t0 = time.time()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    results = []
     with tempfile.TemporaryDirectory(prefix="exercise-check-") as tmp:
-        procs, results, pending = [], [], list(stages)
-        copy_root = Path(tmp) / "repo"
-        make_copy(root, copy_root, [])
-        while pending or procs:
-            while pending and len(procs) < jobs:
-                stage = pending.pop(0)
-                copy = Path(tmp) / stage
-                shutil.copytree(copy_root, copy)
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, str(copy / "tests" / "exercises.py"), "_grade", stage],
-                        cwd=copy,
-                        env=env,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                    )
+        base = Path(tmp) / "repo"
+        make_copy(root, base, [])
+        workers = []
+        for w in range(max(1, min(jobs, len(tasks)))):
+            copy = Path(tmp) / f"worker{w}"
+            shutil.copytree(base, copy)
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, str(copy / "tests" / "exercises.py"), "_worker"],
+                    cwd=copy,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    bufsize=1,
                 )
-            time.sleep(0.05)
-            for p in [p for p in procs if p.poll() is not None]:
-                procs.remove(p)
-                out = p.stdout.read()
-                try:
-                    results += json.loads(out.strip().splitlines()[-1])
-                except (json.JSONDecodeError, IndexError):
-                    results.append(
-                        {
-                            "stage": p.args[-1],
-                            "function": "(grader crashed)",
-                            "ok": False,
-                            "exit": p.returncode,
-                            "tests": 0,
-                            "seconds": 0,
-                            "log": out[-2000:],
-                        }
-                    )
+            )
+        sel = selectors.DefaultSelector()
+        busy = {}
+        for p in workers:
+            sel.register(p.stdout, selectors.EVENT_READ, p)
+        pending = list(tasks)
+
+        def feed(p):
+            if pending:
+                busy[p] = pending.pop(0)
+                p.stdin.write(json.dumps(busy[p]) + "\n")
+                p.stdin.flush()
+            else:
+                busy.pop(p, None)
+                p.stdin.close()
+
+        try:
+            for p in workers:
+                feed(p)
+            while busy:
+                for key, _ in sel.select():
+                    p = key.data
+                    line = p.stdout.readline()
+                    if not line:  # the worker died: its task fails, the others take the rest
+                        sel.unregister(p.stdout)
+                        task = busy.pop(p, None)
+                        if task:
+                            results.append(
+                                {
+                                    "kind": task["kind"],
+                                    "stage": task["stage"],
+                                    "function": "(worker crashed)",
+                                    "mutant": task.get("index"),
+                                    "ok": False,
+                                    "exit": p.wait(),
+                                    "tests": 0,
+                                    "seconds": 0,
+                                    "log": task.get("key", ""),
+                                }
+                            )
+                        continue
+                    if line.startswith("@@ "):
+                        results.append(json.loads(line[3:]))
+                        if progress:
+                            r = results[-1]
+                            print(
+                                f"[{len(results)}/{len(tasks)}] {time.time() - t0:4.0f} s  {r['stage']} "
+                                f"{r['function']} {r['kind']} {r.get('mutant') or ''}: {'ok' if r['ok'] else 'NOT OK'}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                        feed(p)
+        finally:  # interrupted (Ctrl-C, SIGTERM): no worker outlives the check
+            for p in workers:
+                if p.poll() is None and p in busy:
+                    p.kill()
+        for p in workers:
+            p.wait()
+    failed = {r["stage"] for r in results if r["kind"] == "full" and not r["ok"]}
+    for r in results:  # a stage whose full code fails proves nothing by blanking or mutating it
+        if r["stage"] in failed and r["kind"] in ("blank", "mutant"):
+            r |= {
+                "ok": False,
+                "log": "not graded: its stage's grading tests fail on the full code (see above)",
+            }
     return results
+
+
+def plant_bug(root: Path, out: Path, stage: str, seed: int):
+    """A copy of the repository with one mutant of `stage`, chosen by `seed`, and no mutant list."""
+    exercises = find_exercises(root, [stage])
+    specs = load_mutants(root)
+    choices = [
+        (ex, i, m) for ex in exercises for i, m in enumerate(specs.get(ex.key, []), 1) if not m.survives
+    ]
+    if not choices:
+        raise MarkerError(f"stage {stage} has no mutants in tests/exercise_mutants.py to plant")
+    ex, i, m = random.Random(seed).choice(choices)
+    make_copy(root, out, [], skip={"tests/exercise_mutants.py"})
+    path = out / ex.file
+    path.write_text(mutant_text(path.read_text(encoding="utf-8"), ex, i, m), encoding="utf-8")
+    return ex, i, m
 
 
 # --------------------------------------------------------------------------------- command line
@@ -569,31 +816,73 @@ def table(rows, columns) -> str:
     return markdown_table([{k: str(v).replace("|", "\\|") for k, v in r.items()} for r in rows], columns)
 
 
+def summary_rows(results) -> list[dict]:
+    """Per stage: exercises, blanked ones that fail, mutants, mutants killed, accepted survivors."""
+    rows = {}
+    for r in results:
+        row = rows.setdefault(
+            r["stage"],
+            {"stage": r["stage"], "exercises": 0, "blank fails": 0, "mutants": 0, "killed": 0, "accepted": 0},
+        )
+        if r["kind"] == "blank":
+            row["exercises"] += 1
+            row["blank fails"] += r["ok"]
+        elif r["kind"] == "mutant":
+            row["mutants"] += 1
+            row["killed"] += r["ok"] and r["exit"] in (1, 124)
+            row["accepted"] += r["ok"] and r["exit"] not in (1, 124)
+    return [rows[s] for s in sorted(rows)]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_list = sub.add_parser("list", help="every exercise: stage, file, function, hint, grading tests")
     p_list.add_argument("--stage", action="append", help="only this stage (repeatable)")
     p_list.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p_make = sub.add_parser("make", help="a copy of the repository with exercises blanked")
+    p_make = sub.add_parser(
+        "make", help="a copy of the repository with exercises blanked, or one bug planted"
+    )
     which = p_make.add_mutually_exclusive_group(required=True)
     which.add_argument("--stage", action="append", help="blank this stage's exercises (repeatable)")
     which.add_argument("--all", action="store_true", help="blank every exercise")
+    which.add_argument(
+        "--bug", metavar="STAGE", help="plant one wrong line (a mutant) in this stage: find it"
+    )
     p_make.add_argument("--out", required=True, help="a new (or empty) folder for the copy")
+    p_make.add_argument("--seed", type=int, help="with --bug: which mutant (default: a random one)")
+    p_make.add_argument("--answer", action="store_true", help="with --bug: print where the bug is (teachers)")
     p_check = sub.add_parser("check", help="prove every exercise is graded (what CI runs)")
     p_check.add_argument("--stage", action="append", help="only this stage (repeatable)")
-    p_check.add_argument("--jobs", type=int, default=2, help="stages graded at once")
+    p_check.add_argument("--jobs", type=int, default=2, help="worker processes (each imports torch once)")
+    p_check.add_argument(
+        "--mutants",
+        action="store_true",
+        help="also require every wrong implementation in exercise_mutants.py to fail",
+    )
+    p_check.add_argument(
+        "--student",
+        action="append",
+        metavar="STAGE",
+        help="also prove STAGE's student copy: all blanked, every test fails on NotImplementedError; "
+        "filling in one exercise turns exactly its tests green",
+    )
     p_check.add_argument("--json", action="store_true", help="print the results as JSON")
-    p_grade = sub.add_parser("_grade", help=argparse.SUPPRESS)
-    p_grade.add_argument("stage")
+    p_check.add_argument(
+        "--exercise", action="append", metavar="TEXT", help="only exercises whose file:function contains TEXT"
+    )
+    p_check.add_argument("--progress", action="store_true", help="one line per task on stderr as it ends")
+    sub.add_parser("_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     try:
-        if args.cmd == "_grade":  # internal: runs inside a copy, prints one JSON line
-            print(json.dumps(grade_stage(REPO, args.stage)), flush=True)
+        if args.cmd == "_worker":  # internal: runs inside a copy, reads tasks, prints results
+            worker(REPO)
             os._exit(0)  # skip interpreter teardown: pre-imported triton prints leak warnings there
         known = [d.name for d in stage_dirs(REPO)]
-        for s in getattr(args, "stage", None) or []:
+        asked = (getattr(args, "stage", None) or []) + (getattr(args, "student", None) or [])
+        asked += [args.bug] if getattr(args, "bug", None) else []
+        for s in asked:
             if s not in known:
                 raise MarkerError(f"unknown stage {s!r}; choose from {', '.join(known)}")
         exercises = find_exercises(REPO, getattr(args, "stage", None))
@@ -605,6 +894,7 @@ def main(argv=None):
         if args.json:
             print(json.dumps([asdict(e) | {"key": e.key} for e in exercises], indent=1, ensure_ascii=False))
             return 0
+        specs = load_mutants(REPO)
         rows = [
             {
                 "stage": e.stage,
@@ -612,14 +902,20 @@ def main(argv=None):
                 "function": e.function,
                 "hint": e.hint,
                 "graded by": ", ".join(t.split("::", 1)[1] for t in e.tests) or "NOTHING",
+                "mutants": len(specs.get(e.key, [])),
             }
             for e in exercises
         ]
-        print(table(rows, ["stage", "file", "function", "hint", "graded by"]))
+        print(table(rows, ["stage", "file", "function", "hint", "graded by", "mutants"]))
         counts = {}
         for e in exercises:
             counts[e.stage] = counts.get(e.stage, 0) + 1
-        print("\n" + ", ".join(f"{s}: {n}" for s, n in counts.items()) + f"; {len(exercises)} exercises")
+        n_mut = sum(r["mutants"] for r in rows)
+        print(
+            "\n"
+            + ", ".join(f"{s}: {n}" for s, n in counts.items())
+            + f"; {len(exercises)} exercises, {n_mut} mutants"
+        )
         return 0
     if args.cmd == "make":
         out = Path(args.out).expanduser().resolve()
@@ -629,6 +925,27 @@ def main(argv=None):
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             print(f"error: {out} is not an empty folder; pass a new folder to --out", file=sys.stderr)
             return 2
+        if (args.seed is not None or args.answer) and not args.bug:
+            print("error: --seed and --answer go with --bug; add --bug STAGE", file=sys.stderr)
+            return 2
+        if args.bug:
+            seed = args.seed if args.seed is not None else random.randrange(10**6)
+            try:
+                ex, _, m = plant_bug(REPO, out, args.bug, seed)
+            except MarkerError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            files = " ".join(f.relative_to(REPO).as_posix() for f in stage_test_files(REPO, args.bug))
+            print(
+                f"wrote {out} with one bug planted in {args.bug} (seed {seed}): a test fails; find the line."
+            )
+            print(
+                f"  see it fail, then confirm the fix: cd {out} && python tests/exercises.py check --stage {args.bug}"
+            )
+            print(f"  or run the stage's whole test files: cd {out} && python -m pytest -q {files}")
+            if args.answer:
+                print(f"answer: {ex.file}, {ex.function}: {m.why}\n  was: {m.old!r}\n  now: {m.new!r}")
+            return 0
         make_copy(REPO, out, exercises)
         stages = sorted({e.stage for e in exercises})
         print(f"wrote {out} with {len(exercises)} exercises blanked in {', '.join(stages) or 'no stage'}")
@@ -641,21 +958,38 @@ def main(argv=None):
     # check
     stages = sorted({e.stage for e in exercises})
     t0 = time.time()
-    results = check(REPO, stages, args.jobs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the copies are removed on a kill
+    try:
+        results = check(
+            REPO, stages, args.jobs, args.mutants, args.student or [], args.progress, args.exercise or []
+        )
+    except MarkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(results))
     else:
         print(
             table(
-                [r | {"ok": "yes" if r["ok"] else "NO"} for r in results],
-                ["stage", "function", "tests", "exit", "ok", "seconds"],
+                summary_rows(results), ["stage", "exercises", "blank fails", "mutants", "killed", "accepted"]
             )
         )
+        expect = {
+            "full": "expected 0: the tests pass",
+            "blank": "expected 1: a test fails",
+            "mutant": "expected 1: a test fails",
+            "student": "expected a working student copy",
+        }
         for r in results:
             if not r["ok"]:
+                what = f"mutant {r['mutant']} ({r['why']})" if r["kind"] == "mutant" else r["kind"]
                 print(
-                    f"\n{r['stage']} {r['function']}: exit {r['exit']} "
-                    f"({'expected 0' if r['function'] == '(full code)' else 'expected 1: a test fails'})\n{r['log']}"
+                    f"\n{r['stage']} {r['function']} {what}: exit {r['exit']} ({expect[r['kind']]})\n{r['log']}"
+                )
+        for r in results:
+            if r["ok"] and r["kind"] == "mutant" and r["exit"] not in (1, 124):
+                print(
+                    f"\naccepted survivor: {r['function']} mutant {r['mutant']} ({r['why']}): {r['survives']}"
                 )
         print(f"\n{sum(r['ok'] for r in results)}/{len(results)} ok in {time.time() - t0:.0f} s")
     return 0 if all(r["ok"] for r in results) else 1

@@ -22,7 +22,10 @@ from clean import (
     fix_encoding,
     is_biased,
     is_toxic,
+    cn_id_ok,
+    luhn_ok,
     mask_pii,
+    mask_pii_counts,
     normalize_unicode,
     quality_problems,
     strip_boilerplate,
@@ -39,7 +42,12 @@ from dedup import (
     normalize_for_hash,
     shingle_hashes,
     shingle_set,
+    exact_line_dedup,
+    line_dedup,
 )
+from html_text import html_to_text, looks_like_html, token_f1
+from pii_eval import pii_scores
+from quality_rules import c4_clean_lines, c4_line_ok, gopher_problems
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
 from noise_inject import (
@@ -49,10 +57,9 @@ from noise_inject import (
     TOXIC_EN,
     TOXIC_ZH,
     broken_bytes,
-    fake_pii,
     to_mojibake,
 )
-from data_outcome import format_table
+from data_outcome import BAR, NOT_CLAIMED, format_table, wilson
 from prepare import PrepareConfig, cut_document, prepare, read_documents
 from tasks import task_records
 from world import WorldConfig, build_world, generate_corpus
@@ -201,20 +208,41 @@ def test_strip_markup_and_boilerplate():
 def test_mask_pii():
     text = (
         "Mail bela.12@mail.com or call +1 415-555-0199, (415) 555 0199, 13812345678; "
-        "ID 11010519900307123X, SSN 078-05-1120, card 4111 1111 1111 1111."
+        "ID 11010519491231002X, SSN 078-05-1120, card 4111 1111 1111 1111, from 10.0.0.12 and fe80::1ff:fe23:4567:890a."
     )
-    out, acted = mask_pii(text)
-    assert acted and out == ("Mail <EMAIL> or call <PHONE>, <PHONE>, <PHONE>; ID <ID>, SSN <ID>, card <ID>.")
+    out, counts = mask_pii_counts(text)
+    assert out == (
+        "Mail |||EMAIL_ADDRESS||| or call |||PHONE_NUMBER|||, |||PHONE_NUMBER|||, |||PHONE_NUMBER|||; "
+        "ID |||CN_ID_NUMBER|||, SSN |||US_SSN|||, card |||CREDIT_CARD|||, from |||IP_ADDRESS||| and |||IP_ADDRESS|||."
+    )
+    assert counts == {"email": 1, "phone": 3, "cn_id": 1, "ssn": 1, "card": 1, "ip": 2}
+    assert mask_pii(text)[1] is True
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+    assert cn_id_ok("11010519491231002X") and not cn_id_ok("110105194912310021")  # the check digit
+    assert mask_pii_counts("Anna的手机号是13812345678。")[1] == {"phone": 1}  # 是 is \w: ASCII boundaries
     for clean in [
         "About 440,164 people live in Tora.",
         "It was founded in 1244.",
         "total: 1167",
         "贝拉今年27岁，城市大约有627252人口。",
         "print(sum([12, 30]))",
-        "On 2020-05-12 at 10:30",
-        "order 1234 5678 9012 3456 shipped",
-    ]:  # 16 digits that fail the card checksum
+        "On 2020-05-12 at 10:30:00",
+        "order 1234 5678 9012 3456 shipped",  # 16 digits that fail the card checksum
+        "ID 110105194912310021 is not valid",  # 18 digits that fail the ID check digit
+        "Upgrade to version 1.2.3.4 or build 10.0.19045.3570.",
+        "The census counted people in 1990 2000 2010 and 2020.",
+        "ISBN 978-0-13-110362-7; barcode 4006381333931; part no. 123-4567-8901",
+        "It costs $1,299.99 and std::vector<int> holds 3.14159.",
+    ]:
         assert mask_pii(clean) == (clean, False), clean
+
+
+def test_pii_on_held_out_formats_and_number_rich_clean_text():
+    # formats the patterns were not written from (pii_eval.py), and clean text full of years, prices,
+    # versions, dates, ISBNs and part numbers: issue 25's goals, recall >= 0.95, <= 1 false mask per 10k tokens
+    scores = pii_scores(mask_pii_counts, seed=11, rounds=10)
+    assert scores["items"] == 180 and min(scores["per_type"].values()) >= 0.95, scores
+    assert scores["false_masks_per_10k_tokens"] <= 1.0, scores
 
 
 def test_toxic_and_bias_filters_aim_at_targets_not_words():
@@ -266,9 +294,8 @@ def test_filters_do_not_grade_themselves(repo_root):
     for phrases, detect in ((TOXIC_EN + TOXIC_ZH, is_toxic), (BIAS_EN + BIAS_ZH, is_biased)):
         caught = sum(bool(detect(p.format(**slots))) for p in phrases)
         assert 0.25 * len(phrases) <= caught < len(phrases), (detect.__name__, caught, len(phrases))
-    pii = [fake_pii(random.Random(i), "Bela") for i in range(60)]
-    caught = sum(mask_pii(s)[1] for s in pii)
-    assert 0.5 * len(pii) <= caught < len(pii)
+    # the PII masker is scored on held-out formats (pii_eval.py), which it imports nothing from either
+    assert "pii_eval" not in imported
 
 
 def test_length_and_quality_rules():
@@ -284,12 +311,128 @@ def test_length_and_quality_rules():
     assert quality_problems("def f():\n    return 1", "en", "code", cfg) == []
 
 
+PROSE = (
+    "The river that runs through the town has fallen to its lowest level in forty years, and the boats "
+    "that carry visitors to the old mill have been tied up since August. Farmers upstream have been asked "
+    "to water their fields at night, when less of the water is lost to the sun and the wind."
+)
+ZH_PROSE = "今年夏天雨水很少，流经小城的河水降到了四十年来的最低水平。农民们被要求在晚上浇地，因为晚上蒸发得少。我们在河边看到了以前从没见过的石头，这是很多老人也不记得的事情。"
+
+
+@pytest.mark.parametrize(
+    "rule, kept, dropped",
+    [
+        ("word count", PROSE, "The river fell and the boats stayed in port."),
+        ("word count", ZH_PROSE, "河水降到了最低水平。"),
+        ("mean word length", PROSE, " ".join(["a b c of to be"] * 10)),
+        ("symbol ratio", PROSE, PROSE + " #tag" * 10 + " ..." * 4),
+        (
+            "bullet lines",
+            PROSE + "\n- one item\n- two items",
+            "\n".join(f"- {w} and the other" for w in PROSE.split()[:60]),
+        ),
+        (
+            "ellipsis lines",
+            PROSE.replace(". ", ".\n") + "\nThe end of it.\nRead more...",
+            "\n".join(f"{PROSE[:80]} {i}..." for i in range(5)),
+        ),
+        ("few alphabetic words", PROSE, PROSE + " 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15"),
+        ("no stop words", PROSE, " ".join(["Buy cheap shoes online now"] * 12)),
+        (
+            "no stop words",
+            ZH_PROSE,
+            "河水降到最低水平，农民晚上浇地，因为晚上蒸发少，看到以前没见过石头，老人也记得。" * 2,
+        ),
+        ("repeated lines", PROSE + "\nThe end.", "\n".join([PROSE] + ["Click to share this story."] * 4)),
+        ("repeated paragraphs", PROSE, "\n\n".join([PROSE] * 3)),
+        ("top 2-gram", PROSE, PROSE + " new york" * 30),
+        ("duplicate 5-grams", PROSE, PROSE + " " + PROSE[:150]),
+        ("top 3-gram", PROSE, PROSE + " new york city" * 30),
+        ("top 4-gram", PROSE, PROSE + " in new york city" * 30),
+        ("duplicate 6-grams", PROSE, PROSE + " " + PROSE),
+        ("duplicate 7-grams", PROSE, PROSE + " " + PROSE),
+        ("duplicate 8-grams", PROSE, PROSE + " " + PROSE),
+        ("duplicate 9-grams", PROSE, PROSE + " " + PROSE),
+        ("duplicate 10-grams", PROSE, PROSE + " " + PROSE),
+    ],
+)
+def test_gopher_rules_keep_one_and_drop_one(rule, kept, dropped):
+    lang = "zh" if "河" in kept else "en"
+    assert rule not in gopher_problems(kept, lang), (rule, gopher_problems(kept, lang))
+    assert rule in gopher_problems(dropped, lang), (rule, gopher_problems(dropped, lang))
+
+
+def test_c4_line_rules():
+    assert c4_line_ok("The committee will publish its decision on Thursday.")
+    assert not c4_line_ok("Home | News | Sport")  # no terminal punctuation
+    assert not c4_line_ok("Thanks a lot!")  # fewer than 5 words
+    assert not c4_line_ok("Please enable JavaScript to view the comments.")
+    assert not c4_line_ok("By using this site you agree to our privacy policy.")
+    assert c4_line_ok("今年夏天雨水很少。") and not c4_line_ok("下一页")
+    prose = PROSE + " The office expects the level to recover in October."
+    page = f"Menu\n{prose}\nWe use cookies to improve the site.\nShare this"
+    assert c4_clean_lines(page) == prose
+    assert c4_clean_lines("Lorem ipsum dolor sit amet. " * 5) is None
+    assert c4_clean_lines("function f() { return 1; }. A. B. C.") is None
+    assert c4_clean_lines("One sentence only, with enough words.") is None  # fewer than 3 sentences
+
+
+def test_line_dedup_across_documents(tmp_path):
+    menu, cookie = "Home | News | Contact", "We use cookies. OK"
+    texts = [f"{menu}\nStory {i} is about a fox and a hen.\n{cookie}" for i in range(5)] + ["A quiet page."]
+    out, dropped = line_dedup(texts, max_docs=3)
+    assert out[0] == "Story 0 is about a fox and a hen." and out[-1] == "A quiet page." and dropped == 10
+    assert line_dedup(texts, max_docs=5) == (texts, 0)  # in 5 documents: not more than 5
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("x\ny\nx\n", encoding="utf-8")
+    b.write_text("y\nz\n", encoding="utf-8")
+    assert exact_line_dedup([a, b]) == {str(a): 1, str(b): 1}
+    assert (tmp_path / "b.txt.dedup").read_text(encoding="utf-8") == "z\n"
+
+
+def test_wilson_interval_known_values():
+    # p = 0.5, n = 100: centre 0.5, half-width 1.96 * sqrt(0.0025 + 0.0000960) / 1.0384 = 0.0960
+    lo, hi = wilson(50, 100)
+    assert abs(lo - 0.4038) < 1e-4 and abs(hi - 0.5962) < 1e-4
+    assert wilson(108, 108)[0] > 0.95 > wilson(107, 108)[0]  # with 108 items, one miss fails a 0.95 bar
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_html_to_text_reads_like_the_page():
+    page = (
+        "<!DOCTYPE html><html><head><title>T</title><style>p{}</style></head><body><!-- c -->"
+        "<nav><a href='/'>Home</a></nav><p>Read this with a <a href='x'>link</a> &amp; more.</p>"
+        "<ul><li>one</li><li>two</li></ul><script>var s = '<b>';</script><pre>a  b\n  c</pre>"
+        "<footer>(c) 2024</footer></body></html>"
+    )
+    assert html_to_text(page) == "Read this with a link & more.\n\n- one\n- two\n\na  b\n  c"
+    assert html_to_text("x < 3 and <b>y</b> > 2") == "x < 3 and y > 2"
+    assert not looks_like_html("if x < 3 and y > 2:") and looks_like_html("a<br>b")
+    assert token_f1("the cat sat", "the cat sat") == 1.0 and token_f1("", "") == 1.0
+    assert token_f1("a b", "c d") == 0.0 and abs(token_f1("a b", "a c") - 0.5) < 1e-9
+
+
+def test_html_fixtures_against_gold_text(repo_root):
+    # a dozen realistic pages (article with nav, forum thread, product page, Chinese news, ...), each
+    # with the text a reader wants; token F1 (bench_clean.py prints the table beside trafilatura)
+    scores = {
+        p.stem: token_f1(
+            html_to_text(p.read_text(encoding="utf-8")), p.with_suffix(".txt").read_text(encoding="utf-8")
+        )
+        for p in sorted((repo_root / "01_data" / "html_fixtures").glob("*.html"))
+    }
+    assert len(scores) >= 12 and min(scores.values()) >= 0.9, scores
+    assert sum(scores.values()) / len(scores) >= 0.97, scores
+
+
 def test_language_id():
     model = train_langid(*training_texts(7))
     assert predict_lang(model, "The owl lives in the forest and eats mice at night.") == "en"
     assert predict_lang(model, "猫头鹰住在森林里，晚上吃老鼠。") == "zh"
     assert predict_lang(model, "Le hibou vit dans la forêt et mange des souris la nuit.") == "other"
     assert predict_lang(model, "Die Eule lebt im Wald und frisst nachts Mäuse.") == "other"
+    assert predict_lang(model, "De uil woont in het bos en eet 's nachts muizen.") == "other"
+    assert predict_lang(model, "A coruja mora na floresta e come ratos à noite.") == "other"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -350,10 +493,10 @@ def test_default_run_scores_are_measured_not_given(default_run):
         "mojibake": 0.95,
         "html": 0.95,
         "too_short": 0.95,
-        "pii": 0.6,
+        "pii": 0.9,
         "toxic": 0.3,
         "bias": 0.3,
-        "wrong_lang": 0.6,
+        "wrong_lang": 0.9,
     }
     for kind in NOISE_TYPES:
         row = stats["noise"][kind]
@@ -364,9 +507,10 @@ def test_default_run_scores_are_measured_not_given(default_run):
             kind,
             row,
         )
-    assert (
-        sum(stats["noise"][k]["recall"] < 0.95 for k in NOISE_TYPES) >= 3
-    )  # independent filters miss things
+    for kind in NOISE_TYPES:  # the verdict is whatever the intervals say; the test checks only that rule
+        row = stats["noise"][kind]
+        expect = min(row["recall_ci"][0], row["precision_ci"][0]) >= BAR
+        assert row["bar"] == ("not claimed" if kind in NOT_CLAIMED else "PASS" if expect else "FAIL"), kind
     assert (
         stats["noise"]["(clean docs)"]["wrongly_removed"] <= 0.01 * stats["noise"]["(clean docs)"]["injected"]
     )
@@ -375,6 +519,49 @@ def test_default_run_scores_are_measured_not_given(default_run):
     # every character of the input is accounted for: removed by one step, or kept
     assert stats["input"]["chars"] - sum(r["chars"] for r in stats["steps"].values()) == kept
     assert stats["warnings"] == [] and set(stats["seconds"]) >= {"generate", "clean", "dedup", "mix", "split"}
+
+
+def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(default_run, tmp_path):
+    # shards, 2 worker processes, dedup and split over keys and signatures only: every document must
+    # land where the in-memory run put it, and every step must count the same characters
+    from data_outcome import step_table
+    from prepare import decide_streamed, generated_documents
+    from prepare_stream import clean_all_streamed
+
+    data, stats = default_run
+    cfg = PrepareConfig()
+    docs, _, _ = generated_documents(cfg)
+    model = train_langid(*training_texts(cfg.seed + 1000))
+    meta = clean_all_streamed(
+        iter(docs), model, tmp_path / "shards", workers=2, shard_docs=1000, progress=False
+    )
+    removed, unique, mixed, splits = decide_streamed(meta, cfg)
+    for name in ("train", "val", "test"):
+        assert [x["id"] for x in splits[name]] == [x["id"] for x in read_split(data, name)], name
+    steps = step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed)
+    assert steps == stats["steps"]
+    assert len(list((tmp_path / "shards").glob("shard_*.jsonl"))) == -(-len(docs) // 1000)
+
+
+def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
+    from data_outcome import step_table
+    from prepare import decide_streamed, generated_documents
+    from prepare_stream import clean_all_streamed
+
+    cfg = PrepareConfig(chars=200_000, line_dedup_docs=10)
+    stats = prepare(cfg, tmp_path / "run", progress=False)
+    assert stats["steps"]["line_dedup"]["changed"] > 0
+    docs, _, _ = generated_documents(cfg)
+    model = train_langid(*training_texts(cfg.seed + 1000))
+    meta = clean_all_streamed(
+        iter(docs), model, tmp_path / "shards", workers=2, shard_docs=300, progress=False, line_dedup_docs=10
+    )
+    removed, unique, mixed, splits = decide_streamed(meta, cfg)
+    for name in ("train", "val", "test"):
+        assert [x["id"] for x in splits[name]] == [
+            x["id"] for x in read_split(tmp_path / "run" / "data", name)
+        ]
+    assert step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed) == stats["steps"]
 
 
 def test_split_has_no_exact_or_near_duplicate_overlap(default_run):
@@ -489,7 +676,7 @@ def test_input_files_go_through_the_same_cleaning(tmp_path):
     )
     docs = sum((read_split(tmp_path / "run" / "data", n) for n in ("train", "val", "test")), [])
     texts = [d["text"] for d in docs]
-    assert any("<EMAIL>" in t for t in texts) and not any("Too short" in t for t in texts)
+    assert any("|||EMAIL_ADDRESS|||" in t for t in texts) and not any("Too short" in t for t in texts)
     assert stats["steps"]["exact_dedup"]["dropped"] == 1 and stats["steps"]["filter_length"]["dropped"] == 1
     assert stats["noise"] == {} and stats["input"]["docs"] == len(stories) + 4 >= 44
 
@@ -755,3 +942,113 @@ def test_ctrl_c_midway_keeps_the_old_run(small_cli_run, repo_root):
     assert p.returncode == 130 and err.strip() == "interrupted" and "Traceback" not in err, err
     assert tree_hashes(run / "data") == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_learned_filter_separates_what_it_was_taught_and_scores_precision_recall():
+    from learned_filter import ClassifierConfig, precision_recall, predict_proba, train_classifier
+
+    good = [
+        f"The {a} walked to the {b} with her friend and they talked about the weather."
+        for a in ("girl", "boy", "cat", "dog")
+        for b in ("park", "river", "shop")
+    ]
+    bad = [
+        f"cheap {a} best {a} buy {a} online {b} sale {b} discount"
+        for a in ("shoes", "loans", "pills", "watches")
+        for b in ("now", "today", "free")
+    ]
+    model = train_classifier(
+        good + bad, [0] * len(good) + [1] * len(bad), ClassifierConfig(buckets=1 << 14, steps=100)
+    )
+    probs = predict_proba(
+        model, ["The fox walked to the park with his friend.", "buy cheap shoes online sale now discount"]
+    )
+    assert probs[0] < 0.5 < probs[1]
+    r = precision_recall([0.9, 0.8, 0.2, 0.6], [1, 0, 1, 0])
+    assert (
+        (r["tp"], r["fp"], r["fn"]) == (1, 2, 1) and abs(r["precision"] - 1 / 3) < 1e-9 and r["recall"] == 0.5
+    )
+
+
+def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
+    from prepare import DOMAINS
+    from prepare_stream import iter_documents
+
+    long = " ".join(f"Sentence {i} is here." for i in range(200))
+    txt = tmp_path / "a.txt"
+    txt.write_text(f"One.\n\n\nTwo\nlines.\n \t\nThree.\n\u3000\n{long}\r\n\r\nFour.\n", encoding="utf-8")
+    jl = tmp_path / "b.jsonl"
+    jl.write_text('{"text": "x y z", "domain": "code"}\n\n{"text": "w"}\n', encoding="utf-8")
+    for split in ("blank", "line", "file"):
+        cfg = PrepareConfig(input=(str(txt), str(jl)), txt_split=split, max_doc_chars=500)
+        streamed = list(iter_documents(cfg.input, cfg, cut_document, DOMAINS))
+        assert streamed == read_documents(cfg.input, cfg), split
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hand-computed edges of the exercised functions (issue 26: each wrong answer in
+# tests/exercise_mutants.py must fail one of these)
+
+
+def test_luhn_by_hand_including_a_doubled_five():
+    from clean import luhn_ok
+
+    # 79927398713 from the right: 3 + 2·1 + 7 + (2·8 = 16 -> 7) + 9 + 2·3 + 7 + 2·2 + 9 + (2·9 = 18 -> 9) + 7
+    # = 3 + 2 + 7 + 7 + 9 + 6 + 7 + 4 + 9 + 9 + 7 = 70 -> valid; change the check digit and it is not
+    assert luhn_ok("79927398713") and not luhn_ok("79927398710")
+    # "59": 9 + (2·5 = 10 -> 1 + 0 = 1) = 10 -> valid (2·5 kept as 10 gives 19; 2·5 mod 10 gives 9)
+    assert luhn_ok("59") and luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+
+
+def test_jaccard_by_hand_and_on_empty_sets():
+    # {1,2,3} ∩ {2,3,4} = {2,3}, ∪ = {1,2,3,4}: 2/4
+    assert jaccard({1, 2, 3}, {2, 3, 4}) == 0.5 and jaccard({1}, {1}) == 1.0
+    assert jaccard(set(), set()) == 0.0 and jaccard(set(), {1}) == 0.0  # no division by zero, and 0
+
+
+def test_minhash_signatures_equal_a_naive_loop_over_the_hash_family():
+    from dedup import minhash_params
+
+    rng = np.random.default_rng(1)
+    hash_lists = [rng.integers(0, 2**32, size=n, dtype=np.uint64) for n in (1, 5, 40, 3, 17)]
+    a, b = minhash_params(20, 7)
+    # h_i(x) = ((a_i·x + b_i) mod 2^64) >> 32 with Python integers, then the min over the document
+    want = [
+        [min(((int(a[i]) * int(x) + int(b[i])) % 2**64) >> 32 for x in h) for i in range(20)]
+        for h in hash_lists
+    ]
+    for chunk in (16 * 8, 1 << 24):  # several document batches, then one
+        sig = minhash_signatures(hash_lists, num_perm=20, seed=7, chunk_elems=chunk)
+        assert sig.dtype == np.uint32 and sig.tolist() == want
+
+
+def test_lsh_probability_pairs_and_roots_by_hand():
+    from dedup import candidate_pairs, union_find_roots
+
+    # s = 0.5, b = 3 bands of r = 2 rows: 1 - (1 - 0.5^2)^3 = 1 - 0.75^3 = 1 - 0.421875 = 0.578125
+    assert candidate_probability(0.5, 3, 2) == pytest.approx(0.578125)
+    assert candidate_probability(np.array([0.0, 1.0]), 3, 2).tolist() == [0.0, 1.0]
+    sig = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [7, 7, 3, 4], [5, 5, 5, 5], [1, 2, 0, 0]], dtype=np.uint32)
+    # band 0 (columns 0-1): docs 0, 1, 4 share (1, 2); band 1 (columns 2-3): docs 0, 2 share (3, 4)
+    assert candidate_pairs(sig, 2, 2).tolist() == [[0, 1], [0, 2], [0, 4]]
+    assert candidate_pairs(sig[[3, 1, 0]], 2, 2).tolist() == [[1, 2]]  # i < j whatever the order
+    # components {0, 2}, {1, 3, 4} -> ids = smallest member
+    assert union_find_roots(5, [(3, 4), (1, 4), (0, 2)]).tolist() == [0, 1, 0, 1, 1]
+    # a chain 4-3-2-1: every node's id is 1, however long the chain of parents got
+    assert union_find_roots(5, np.array([[3, 4], [2, 3], [1, 2]])).tolist() == [0, 1, 1, 1, 1]
+
+
+def test_langid_naive_bayes_by_hand():
+    from langid_ngram import LangIDConfig, ngram_ids
+
+    cfg = LangIDConfig(max_n=1, buckets=64, alpha=0.001)
+    a, b = ngram_ids("ab", cfg).tolist()  # (1·1000003 + 97) mod 64 = 36, then 37
+    model = train_langid(["ab"] * 3 + ["aaab", "d"], ["en"] * 3 + ["zh", "other"], cfg)
+    log_prior, log_like = model
+    assert np.exp(log_prior) == pytest.approx([3 / 5, 1 / 5, 1 / 5])  # documents per language
+    # en: a 3, b 3 of 6 unigrams; zh: a 3, b 1 of 4: P(g | L) = (count + 0.001) / (total + 0.001·64)
+    assert np.exp(log_like[0, [a, b, 0]]) == pytest.approx([3.001 / 6.064, 3.001 / 6.064, 0.001 / 6.064])
+    assert np.exp(log_like[1, [a, b]]) == pytest.approx([3.001 / 4.064, 1.001 / 4.064])
+    # "aa": en log .6 + 2 log .4949 = -1.917 beats zh log .2 + 2 log .7384 = -2.216 (without the
+    # prior zh would win); "aaa": zh -2.519 beats en -2.621 (a mean over n-grams would pick en)
+    assert predict_lang(model, "aa", cfg) == "en" and predict_lang(model, "aaa", cfg) == "zh"

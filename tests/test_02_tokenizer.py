@@ -679,3 +679,19 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert re.search(message, lines[0]), lines[0]
     assert file_hashes(run) == before
+
+
+def test_unigram_viterbi_tries_pieces_of_exactly_max_len():
+    import math
+
+    # "abc" with max_len 3: the whole word (p = .5) beats a|b|c (.1³ = .001) and ab|c (.2·.1 = .02);
+    # with max_len 2 it may not be used: ab|c wins
+    logp = {
+        "a": math.log(0.1),
+        "b": math.log(0.1),
+        "c": math.log(0.1),
+        "ab": math.log(0.2),
+        "abc": math.log(0.5),
+    }
+    assert viterbi("abc", logp, 3) == (["abc"], pytest.approx(math.log(0.5)))
+    assert viterbi("abc", logp, 2) == (["ab", "c"], pytest.approx(math.log(0.02)))

@@ -1144,3 +1144,54 @@ def test_bad_input_gets_one_error_line_exit_2_and_changes_no_file(sample_run, re
     assert [rc for _, rc, _, _ in results] == [2] * len(BAD_INPUT)
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files} == before
     assert sorted(p for p in sample_run.rglob("*") if p.is_file()) == files
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-computed edges of the exercised functions (issue 26: each wrong answer in
+# tests/exercise_mutants.py must fail one of these)
+
+
+def test_top_p_keeps_the_token_whose_mass_reaches_p_exactly():
+    # four equal logits: softmax is exactly 0.25 each, the mass before each sorted token exactly
+    # 0, 0.25, 0.5, 0.75 (no rounding), so the boundary is tested, not float noise
+    kept = lambda p: int(torch.isfinite(top_p_filter(torch.zeros(1, 4), p)).sum())
+    assert kept(0.5) == 2  # 0.25 + 0.25 reaches 0.5: the third token (mass before it 0.5) goes
+    assert kept(0.25) == 1 and kept(0.75) == 3 and kept(0.7) == 3 and kept(1.0) == 4
+
+
+def test_rmsnorm_applies_its_gain_and_eps_inside_the_root():
+    rms = RMSNorm(4)
+    with torch.no_grad():
+        rms.weight.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, -2.0, 2.0, -2.0], [0.01, 0.01, -0.01, 0.01]])
+    # mean of squares per row: 1, 4, 1e-4; y = x / sqrt(ms + 1e-5) · w
+    ms = torch.tensor([[1.0], [4.0], [1e-4]])
+    torch.testing.assert_close(rms(x), x / torch.sqrt(ms + 1e-5) * rms.weight)
+    # the last row: 0.01 / sqrt(1.1e-4) = 0.9535 (eps outside the root would give 0.999)
+    assert rms(x)[2, 0].item() == pytest.approx(0.01 / math.sqrt(1.1e-4), rel=1e-5)
+
+
+def test_logsumexp_along_another_dim_and_keepdim():
+    x = torch.randn(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(logsumexp(x, dim=0), x.logsumexp(0))
+    torch.testing.assert_close(logsumexp(x, dim=0, keepdim=True), x.logsumexp(0, keepdim=True))
+    assert logsumexp(x, dim=-1, keepdim=True).shape == (3, 1)
+
+
+def test_load_balancing_loss_with_two_experts_per_token_by_hand():
+    # E = 4, tokens routed to (0, 1) and (0, 2): f = [2, 1, 1, 0] / 4 routing slots
+    probs = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.4, 0.1, 0.3, 0.2]])  # P = [0.4, 0.2, 0.25, 0.15]
+    # 4 · (0.5·0.4 + 0.25·0.2 + 0.25·0.25 + 0·0.15) = 4 · 0.3125 = 1.25
+    assert load_balancing_loss(probs, torch.tensor([[0, 1], [0, 2]]), 4).item() == pytest.approx(1.25)
+
+
+@pytest.mark.parametrize(
+    "pairs, want", [("interleaved", [-2.0, 1.0, 3.0, 4.0]), ("half", [-3.0, 2.0, 1.0, 4.0])]
+)
+def test_apply_rope_by_hand(pairs, want):
+    # hd = 4, angles θ0 = 90° (cos 0, sin 1) and θ1 = 0; x = [1, 2, 3, 4]
+    # interleaved pairs (1, 2), (3, 4): (1·0 - 2·1, 1·1 + 2·0) = (-2, 1); (3, 4) unrotated
+    # half pairs (1, 3), (2, 4): (1·0 - 3·1, 1·1 + 3·0) = (-3, 1) to positions 0 and 2; (2, 4) unrotated
+    cos, sin = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2), torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 1, 4)
+    assert apply_rope(x, cos, sin, pairs).flatten().tolist() == want

@@ -777,3 +777,16 @@ def test_fewer_micro_batches_than_stages_warns_about_the_bubble(capsys):
     assert err.startswith("warning: 2 micro-batches for 4 stages") and "60%" in err
     pp.check_pipeline(n_layer=4, stages=2, micro_batches=8)
     assert capsys.readouterr().err == ""
+
+
+def test_ring_bytes_and_step_traffic_by_hand():
+    # N = 4, n = 1000 bytes: reduce-scatter and all-gather (N-1)/N·n = 750; all-reduce twice that;
+    # a broadcast relays the whole payload along the ring: 1000
+    assert collectives.ring_bytes("broadcast", 1000, 4) == 1000
+    assert collectives.ring_bytes("all_gather", 1000, 2) == 500
+    ops = lambda s: [op for op, _, _ in collectives.step_traffic(s, 1000, 4)]
+    assert ops("ddp") == ["all_reduce"]
+    assert ops("zero1") == ["all_reduce", "all_gather"]  # full gradient, then the updated shards
+    assert ops("zero2") == ["reduce_scatter", "all_gather"]
+    assert ops("zero3") == ["all_gather", "all_gather", "reduce_scatter"]  # forward, backward, grads
+    assert sum(b for _, _, b in collectives.step_traffic("zero3", 1000, 4)) == 3 * 750

@@ -929,3 +929,39 @@ def test_the_other_commands_refuse_bad_input_before_writing(tmp_path, module, ar
     with pytest.raises(UserError, match=message):
         main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-computed edges of the exercised functions (issue 26: each wrong answer in
+# tests/exercise_mutants.py must fail one of these)
+
+
+def test_clip_grad_norm_leaves_small_off_and_non_finite_gradients_alone():
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([3.0, 4.0])  # norm 5
+    assert optim.clip_grad_norm([p], 10.0).item() == pytest.approx(5.0)  # min(1, 10 / 5) = 1: unchanged
+    assert p.grad.tolist() == [3.0, 4.0]
+    assert optim.clip_grad_norm([p], 0.0).item() == pytest.approx(5.0)  # max_norm 0: clipping is off
+    assert p.grad.tolist() == [3.0, 4.0]
+    assert optim.clip_grad_norm([p], 1.0).item() == pytest.approx(5.0)  # the norm before clipping
+    torch.testing.assert_close(p.grad, torch.tensor([0.6, 0.8]))  # scaled by 1 / (5 + 1e-6)
+    p.grad = torch.tensor([float("inf"), 1.0])
+    assert torch.isinf(optim.clip_grad_norm([p], 1.0))
+    assert p.grad.tolist() == [float("inf"), 1.0]  # left for the caller to skip, not turned into nan
+
+
+def test_wsd_decays_to_min_lr_and_loss_scaler_counts_good_steps_in_a_row():
+    w = optim.Schedule(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=100, kind="wsd", decay_frac=0.2)
+    assert optim.lr_at(90, w) == pytest.approx(0.55)  # 1 + (0.1 - 1) · 10/20
+    assert optim.lr_at(100, w) == pytest.approx(0.1)
+    s = optim.DynamicLossScaler(init_scale=64.0, growth_interval=3)
+    # good, good, overflow (halve, count restarts), three good (double), three good (double again)
+    for found, want in zip([0, 0, 1, 0, 0, 0, 0, 0, 0], [64, 64, 32, 32, 32, 64, 64, 64, 128]):
+        s.update(bool(found))
+        assert s.scale == want
+
+
+def test_unigram_baseline_smooths_an_unseen_val_token():
+    train, val = np.array([0, 0, 0, 1], dtype=np.uint16), np.array([0, 2], dtype=np.uint16)
+    # add-one counts of train over vocab 3: [4, 2, 1] of 7; val: -(ln 4/7 + ln 1/7) / 2 nats
+    assert batches.unigram_loss(train, val, 3) == pytest.approx(-(math.log(4 / 7) + math.log(1 / 7)) / 2)

@@ -847,3 +847,51 @@ def test_help_describes_every_command(script, flags, capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0 and "Interview questions" in out
     assert all(f in out for f in flags), out
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-computed edges of the exercised functions (issue 26: each wrong answer in
+# tests/exercise_mutants.py must fail one of these)
+
+
+def test_token_f1_counts_repeats_and_scores_empty_answers():
+    # pred [dog dog cat], ref [dog dog mat]: overlap = min(2, 2) dogs = 2 (a set overlap gives 1);
+    # P = R = 2/3, F1 = 2/3
+    assert token_f1("dog dog cat", "dog dog mat") == pytest.approx(2 / 3)
+    assert token_f1("", "") == 1.0 and token_f1("the", "a") == 1.0  # both empty after normalization
+    assert token_f1("", "cat") == 0.0 and token_f1("cat", "") == 0.0 and token_f1("dog", "cat") == 0.0
+
+
+def test_lcs_takes_the_diagonal_from_the_previous_row():
+    # "ab" vs "aa": only one a of "aa" can pair with the single a of "ab": L = 1
+    assert lcs_length(list("ab"), list("aa")) == 1 and lcs_length([], list("abc")) == 0
+
+
+def test_lora_linear_by_hand_with_a_bias_and_a_second_merge():
+    base = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        base.weight.copy_(torch.eye(2))
+        base.bias.copy_(torch.tensor([0.5, -0.5]))
+    m = LoRALinear(base)
+    m.add_adapter("a", r=1, alpha=2.0)  # α/r = 2
+    with torch.no_grad():
+        m.lora_A["a"].copy_(torch.tensor([[1.0, 1.0]]))
+        m.lora_B["a"].copy_(torch.tensor([[1.0], [2.0]]))
+    m.active = {"a": 0.5}
+    x = torch.tensor([[1.0, 2.0]])
+    # y = x Wᵀ + b + 0.5·2·(x Aᵀ) Bᵀ = [1, 2] + [0.5, -0.5] + 1·3·[1, 2] = [4.5, 7.5]
+    assert m(x).tolist() == [[4.5, 7.5]]
+    model = torch.nn.Sequential(m)
+    merge_lora(model)
+    merge_lora(model)  # already merged: adds nothing
+    # W + 0.5·2·B·A = I + [[1, 1], [2, 2]] = [[2, 1], [2, 3]]; the forward skips the merged adapter
+    assert m.weight.tolist() == [[2.0, 1.0], [2.0, 3.0]] and m(x).tolist() == [[4.5, 7.5]]
+
+
+def test_collate_packed_by_hand():
+    ex = lambda ids: {"input_ids": ids, "labels": [-100] + ids[1:]}
+    x, y, seg = collate_packed([[ex([1, 2, 3]), ex([4, 5])], [ex([6, 7])]], pad_id=9)
+    # row 0: (1 2 | 4) scored on (2 3 | 5); row 1: (6) on (7), then padding; T = 3
+    assert x.tolist() == [[1, 2, 4], [6, 9, 9]]
+    assert y.tolist() == [[2, 3, 5], [7, -100, -100]]
+    assert seg.tolist() == [[0, 0, 1], [0, -1, -1]]

@@ -768,3 +768,20 @@ def test_a_diverging_overwrite_names_the_flag_and_keeps_the_previous_result(
     assert err.endswith("lower --lr (now 1e+09)"), err
     assert tree_hashes(out) == before
     assert not [p for p in methods_run.iterdir() if p.name.startswith(f".{name}.")]  # no temp, no lock left
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-computed edges of the exercised functions (issue 26: each wrong answer in
+# tests/exercise_mutants.py must fail one of these)
+
+
+def test_bradley_terry_loss_at_huge_margins():
+    # margin −1000: −log σ(−1000) = log(1 + e^1000) = 1000 (+ e^−1000); log(sigmoid) would give inf
+    assert close(reward_model.bradley_terry_loss(torch.tensor([-1000.0]), torch.tensor([0.0])), 1000.0)
+    assert close(reward_model.bradley_terry_loss(torch.tensor([1000.0]), torch.tensor([0.0])), 0.0)
+
+
+def test_entropy_of_low_precision_logits_is_float32():
+    # bf16 logits: the entropy comes back in float32 (a bf16 sum of 50 terms loses ~3 digits)
+    h = token_entropy(torch.zeros(2, 50, dtype=torch.bfloat16))
+    assert h.dtype == torch.float32 and close(h, [math.log(50)] * 2)

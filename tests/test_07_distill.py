@@ -604,3 +604,39 @@ def test_distill_and_prune_stop_a_diverging_run_and_keep_the_previous_result(run
     with pytest.raises(UserError, match=diverged):
         prune.prune(cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-computed edges of the exercised functions (issue 26: each wrong answer in
+# tests/exercise_mutants.py must fail one of these)
+
+
+def test_feature_loss_by_hand_with_a_scale_per_position():
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (B=1, T=2, d=2)
+    pred = torch.tensor([[[2.0, 0.0], [0.0, 3.0]]])  # each position a multiple of its target
+    ident = torch.nn.Identity()
+    assert feature_loss(pred, target, ident, "cosine").item() == pytest.approx(0.0, abs=1e-6)  # cos = 1 each
+    # mse: mean((pred - target)²) = (1 + 0 + 0 + 4) / 4 = 1.25 over mean(target²) = 2 / 4 = 0.5 -> 2.5
+    assert feature_loss(pred, target, ident, "mse").item() == pytest.approx(2.5)
+
+
+def test_magnitude_masks_by_hand():
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([torch.nn.Linear(3, 1, bias=False), torch.nn.Linear(2, 1, bias=False)])
+    with torch.no_grad():
+        model.blocks[0].weight.copy_(torch.tensor([[-5.0, 0.1, 2.0]]))
+        model.blocks[1].weight.copy_(torch.tensor([[-0.2, 3.0]]))
+    kept = lambda f, scope: [m.flatten().tolist() for m in magnitude_masks(model, f, scope).values()]
+    # global, 5 weights: floor(0.7·5) = 3 smallest |w| go: 0.1, -0.2, 2.0 (rounding 3.5 would drop 4)
+    assert kept(0.7, "global") == [[True, False, False], [False, True]]
+    # per matrix: floor(0.5·3) = 1 (0.1) and floor(0.5·2) = 1 (-0.2)
+    assert kept(0.5, "layer") == [[True, False, True], [False, True]]
+
+
+def test_taylor_scores_average_over_batches():
+    model = sharpened(tiny(seed=9), 3.0)
+    gen = torch.Generator().manual_seed(0)
+    b1, b2 = (torch.randint(0, 64, (2, 16), generator=gen) for _ in range(2))
+    batches = [(b1, b1.roll(-1, 1)), (b2, b2.roll(-1, 1))]
+    one = [taylor_scores(model, [b], (2, 4), "heads") for b in batches]
+    torch.testing.assert_close(taylor_scores(model, batches, (2, 4), "heads"), (one[0] + one[1]) / 2)

@@ -473,3 +473,10 @@ def test_bad_input_as_a_real_command_prints_one_line_and_exits_2(run_dir, bad_in
         assert re.search(bad_inputs[name][1], lines[0]), (name, lines[0])
         assert not (tmp_path / name).exists(), name
     assert tree_hashes(run_dir) == before
+
+
+def test_asymmetric_fake_quantize_keeps_zero_on_the_grid_by_hand():
+    # 2 bits, one all-positive row: the range widens to [0, 4] so that 0 is a level: s = 4/3, z = 0;
+    # 1, 2, 3, 4 -> codes round(0.75, 1.5, 2.25, 3) = 1, 2, 2, 3 -> 4/3, 8/3, 8/3, 4
+    w_hat = fake_quantize(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), 2, "channel", symmetric=False)
+    torch.testing.assert_close(w_hat, torch.tensor([[4 / 3, 8 / 3, 8 / 3, 4.0]]))

@@ -1120,3 +1120,22 @@ def test_metrics_are_prometheus_text_with_requests_latencies_and_load(server):
     assert samples["llm_requests_running"] == 0 and samples["llm_requests_waiting"] == 0
     assert samples["llm_batch_slots"] == 4 and samples["llm_open_connections"] >= 1  # this scrape's
     assert samples["llm_generation_tokens_per_second"] >= 0
+
+
+def test_cut_at_a_stop_at_position_zero_and_hold_the_longest_prefix():
+    assert cut_at_stop("world!", ("world",)) == ("", True)
+    assert cut_at_stop("a stop b stop", ("stop",)) == ("a ", True)  # the first occurrence
+    # "xabab" ends with "ab" and with "abab", both prefixes of "ababc": hold the longer, 4
+    assert held_back("xabab", ("ababc",)) == 4
+    # "hello wor": "wor" may start "world" (3), "r" may start "r!" (1): hold 3, whatever the order
+    assert held_back("hello wor", ("world", "r!")) == held_back("hello wor", ("r!", "world")) == 3
+
+
+def test_static_batching_keeps_a_finished_row_until_its_batch_ends(model):
+    engine = Engine(model, None, "static", max_batch=2)
+    for n in (8, 2):  # long in row 0, short in row 1
+        engine.submit(Request([1, 2, 3], SamplingParams(max_tokens=n, temperature=0)))
+    engine.run_until_idle()
+    # long decodes 7 times (its first token comes from the prefill), short once; static batching
+    # keeps short's finished row in the batch: 2 rows a step, 14 rows, 7 + 1 = 8 of them useful
+    assert engine.stats["decode_rows"] == 14 and engine.stats["decode_useful"] == 8

@@ -1,8 +1,10 @@
 """The graded exercises (tests/exercises.py): every marker is well formed, and every exercise is graded.
 
-"Graded" means: with the full code its grading tests pass, and with that exercise alone blanked to
-`raise NotImplementedError` at least one of them fails (a failure, not a collection error). The
-check runs each exercise's few named tests, never the whole suite, in one copy per stage.
+"Graded" means: with the full code its grading tests pass; with that exercise alone blanked to
+`raise NotImplementedError` at least one of them fails (a failure, not a collection error); and with
+each of its wrong answers in tests/exercise_mutants.py (an off-by-one, a sign, a missing mask ...)
+at least one of them fails too. The check runs each exercise's few named tests, never the whole
+suite, in two worker copies that import torch once and fork one pytest per task.
 """
 
 import json
@@ -11,8 +13,18 @@ import subprocess
 import sys
 
 import pytest
-
-from exercises import REPO, MarkerError, blank_text, file_exercises, find_exercises, stage_dirs
+from exercise_mutants import M
+from exercises import (
+    REPO,
+    MarkerError,
+    blank_text,
+    file_exercises,
+    find_exercises,
+    load_mutants,
+    mutant_errors,
+    mutant_text,
+    stage_dirs,
+)
 
 SCRIPT = REPO / "tests" / "exercises.py"
 
@@ -147,15 +159,94 @@ def test_list_shows_every_exercise_with_its_tests():
     assert "NOTHING" not in r.stdout
 
 
-def test_every_exercise_is_graded_by_a_test_that_fails_when_it_is_blanked():
-    """One copy per stage; its grading tests pass on the full code; each exercise blanked alone fails one."""
-    r = run_script("check", "--json", "--jobs", "2", timeout=400)
+def test_every_exercise_has_three_mutants_whose_text_matches():
+    """tests/exercise_mutants.py names every exercise, with at least three wrong answers, each found
+    exactly once in its exercise's marked lines (a spec that no longer matches fails loudly)."""
+    exercises = find_exercises(REPO)
+    specs = load_mutants(REPO)
+    assert not mutant_errors(REPO, exercises, specs)
+    few = [ex.key for ex in exercises if len(specs.get(ex.key, [])) < 3]
+    assert not few, f"fewer than three mutants in tests/exercise_mutants.py: {few}"
+    assert set(specs) <= {ex.key for ex in exercises}, set(specs) - {ex.key for ex in exercises}
+
+
+def test_a_mutant_whose_text_is_gone_is_named_with_its_exercise(tmp_path):
+    path = tmp_path / "stage_x" / "mod.py"
+    path.parent.mkdir()
+    path.write_text(GOOD)
+    box, twice = file_exercises(tmp_path, path, "stage_x")
+    assert "        a = w + h\n" in mutant_text(GOOD, box, 1, M("w * h", "w + h", "adds"))
+    with pytest.raises(
+        MarkerError, match=r"mutant 2 of exercise stage_x/mod.py:Box.area \(gone\): text not found"
+    ):
+        mutant_text(GOOD, box, 2, M("w * h * 2", "w", "gone"))
+    with pytest.raises(MarkerError, match="found 2 times"):
+        mutant_text(GOOD, twice, 1, M("x", "y", "which x?"))
+    with pytest.raises(MarkerError, match="does not compile"):
+        mutant_text(GOOD, box, 3, M("a = w * h", "a = (", "broken"))
+
+
+def test_every_exercise_and_every_mutant_is_graded_and_a_student_copy_works():
+    """One check, what CI runs: in two worker copies, each stage's grading tests pass on the full code;
+    each exercise blanked alone fails one of them; each mutant fails one of them; and in 06's student
+    copy every grading test fails on NotImplementedError and filling one exercise turns exactly its
+    tests green."""
+    r = run_script("check", "--mutants", "--student", "06_rlhf_dpo", "--json", "--jobs", "2", timeout=1800)
     results = json.loads(r.stdout.strip().splitlines()[-1])
-    stages = {ex.stage for ex in find_exercises(REPO)}
-    assert {x["stage"] for x in results} == stages
-    assert len(results) == len(find_exercises(REPO)) + len(stages)  # one "(full code)" row per stage
+    exercises = find_exercises(REPO)
+    specs = load_mutants(REPO)
+    kinds = [x["kind"] for x in results]
+    assert kinds.count("full") == len({ex.stage for ex in exercises}) and kinds.count("student") == 1
+    assert kinds.count("blank") == len(exercises)
+    assert kinds.count("mutant") == sum(len(specs.get(ex.key, [])) for ex in exercises)
     bad = [
-        f"{x['stage']} {x['function']}: exit {x['exit']}\n{x.get('log', '')}" for x in results if not x["ok"]
+        f"{x['stage']} {x['function']} {x['kind']} {x.get('mutant') or ''} {x.get('why', '')}: "
+        f"exit {x['exit']}\n{x.get('log', '')}"
+        for x in results
+        if not x["ok"]
     ]
     assert not bad, "\n\n".join(bad)
     assert r.returncode == 0
+
+
+def test_make_bug_plants_one_mutant_and_check_confirms_the_fix(tmp_path):
+    out = tmp_path / "drill"
+    r = run_script("make", "--bug", "06_rlhf_dpo", "--seed", "5", "--answer", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "a test fails; find the line" in r.stdout and "answer:" in r.stdout
+    assert not (out / "tests" / "exercise_mutants.py").exists()  # the answers stay with the teacher
+    changed = [
+        f.relative_to(out).as_posix()
+        for f in (out / "06_rlhf_dpo").glob("*.py")
+        if f.read_bytes() != (REPO / f.relative_to(out)).read_bytes()
+    ]
+    assert len(changed) == 1 and changed[0] in r.stdout, (changed, r.stdout)
+    assert run_script(
+        "make", "--bug", "06_rlhf_dpo", "--seed", "5", "--out", str(tmp_path / "again")
+    ).stdout.split("\n")[0] == r.stdout.split("\n")[0].replace(
+        str(out), str(tmp_path / "again")
+    )  # the seed picks the same bug
+    tests = [t for ex in find_exercises(REPO, ["06_rlhf_dpo"]) if ex.file == changed[0] for t in ex.tests]
+    failing = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert failing.returncode == 1, failing.stdout[-2000:]
+    (out / changed[0]).write_bytes((REPO / changed[0]).read_bytes())  # the student's fix
+    fixed = subprocess.run(
+        [sys.executable, str(out / "tests" / "exercises.py"), "check", "--stage", "06_rlhf_dpo"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-2000:]
+    bad = run_script("make", "--bug", "99_nothing", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "unknown stage" in bad.stderr
+    seed_alone = run_script("make", "--stage", "06_rlhf_dpo", "--seed", "1", "--out", str(tmp_path / "y"))
+    assert seed_alone.returncode == 2 and seed_alone.stderr.startswith("error:")

@@ -257,3 +257,14 @@ def test_gpu_batch_stride_past_2_to_the_31_elements():
         view.copy_(x)
         big.append(view)
     assert_matches_naive(flash_attention, *big, True, TOL[torch.float16])
+
+
+def test_tiled_forward_keeps_the_key_tile_that_starts_on_the_diagonal():
+    # block_m = 3, block_n = 2: the Q tile [0, 3) ends at row 2, whose diagonal key 2 starts the
+    # K tile [2, 4); that tile holds the last key row 2 may see, so it must not be skipped. With
+    # 7 queries behind 9 keys (a KV cache) the diagonal shifts by S - T = 2.
+    for T, S in [(7, 7), (7, 9)]:
+        q, k, v = make_qkv(1, 2, 2, T, S, 32)
+        for bm, bn in [(3, 2), (2, 1), (4, 3)]:
+            o, _ = attention_tiled_forward(q, k, v, True, None, bm, bn)
+            torch.testing.assert_close(o, attention_naive(q, k, v, True), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,150 @@
+"""Benchmark: time and peak memory of prepare.py --input at growing input sizes.
+
+    python 01_data/bench_prepare.py --sizes-mb 5,50            # streamed, 1 and 2 workers
+    python 01_data/bench_prepare.py --sizes-mb 5,50,500 --baseline /tmp/old/01_data/prepare.py
+
+The input is TinyStories paragraphs (../shared/data/text/tinystories_valid_head.txt, or generated
+stories when it is absent) with one word in four replaced by another word of the text, so that the
+copies are not near-duplicates of each other, written as a blank-line-separated .txt of the size
+asked. Each contender runs as its own process; its peak memory is the largest sum of the resident
+memory of the process and its children, sampled every 0.1 s from /proc. --baseline runs an older
+prepare.py (e.g. `git archive <commit> 01_data | tar -x -C /tmp/old`) on the same files, in turn
+with ours. Prints a table and saves a plot.
+
+Interview question it answers: how do you show a pipeline scales? (time and peak memory at
+sizes ten times apart: time should grow linearly, memory should not grow with the text)
+"""
+
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError, option, parse_config, run_cli
+from common.files import pyplot, save_figure
+
+HERE = Path(__file__).resolve().parent
+STORIES = HERE.parent.parent / "shared" / "data" / "text" / "tinystories_valid_head.txt"
+
+
+@dataclass
+class BenchPrepareConfig:
+    sizes_mb: tuple = option((5, 50), "input sizes in MB", sep=",")
+    workers: tuple = option((1, 2), "worker counts of the streamed run", sep=",")
+    baseline: str = option("", "an older prepare.py to run on the same inputs (empty: none)")
+    work: str = option("runs/bench_prepare", "folder for the inputs and the runs")
+    plot: str = option("runs/bench/bench_prepare.png", "where to save the plot")
+
+
+def paragraphs() -> list:
+    if STORIES.exists():
+        text = STORIES.read_text(encoding="utf-8")
+        return [p.strip() for p in re.split(r"\n\s*\n|<\|endoftext\|>", text) if len(p.strip()) > 100]
+    from world import WorldConfig, build_world, generate_corpus
+
+    w = build_world(WorldConfig(seed=9))
+    return [d["text"] for d in generate_corpus(w, 9, 500_000, {"stories": 1.0})]
+
+
+def make_input(path: Path, megabytes: float, seed=0):
+    """A .txt of blank-line-separated perturbed paragraphs, about `megabytes` MB."""
+    if path.exists() and abs(path.stat().st_size - megabytes * 1e6) < 0.05 * megabytes * 1e6:
+        return
+    rng = random.Random(seed)
+    paras = paragraphs()
+    vocab = sorted({w for p in paras for w in p.split()})
+    written = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < megabytes * 1e6:
+            words = rng.choice(paras).split()
+            text = " ".join(rng.choice(vocab) if rng.random() < 0.25 else w for w in words) + "\n\n"
+            f.write(text)
+            written += len(text.encode("utf-8"))
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (from /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def run_measured(cmd) -> tuple:
+    """(seconds, peak bytes of the process tree, return code) of a command."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.1)
+    err = proc.stderr.read()
+    if proc.returncode != 0:
+        print(err[-2000:], file=sys.stderr)
+    return time.perf_counter() - t, peak, proc.returncode
+
+
+def main(argv=None):
+    cfg, _ = parse_config(BenchPrepareConfig, argv, doc=__doc__)
+    if cfg.baseline and not Path(cfg.baseline).is_file():
+        raise UserError(
+            f"--baseline {cfg.baseline}: no such file; pass an older prepare.py or leave it empty"
+        )
+    work = Path(cfg.work)
+    work.mkdir(parents=True, exist_ok=True)
+    contenders = {f"streamed, {w} worker{'s' * (w > 1)}": (str(HERE / "prepare.py"), w) for w in cfg.workers}
+    if cfg.baseline:
+        contenders = {"before (in memory)": (cfg.baseline, 0), **contenders}
+    rows = []
+    print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
+    print(
+        f"{'input':>8s}  {'contender':22s} {'seconds':>8s} {'peak GB':>8s} {'MB/s':>6s} {'MB/s per worker':>16s}"
+    )
+    for mb in cfg.sizes_mb:
+        path = work / f"stories_{mb}mb.txt"
+        make_input(path, mb)
+        size = path.stat().st_size / 1e6
+        for name, (script, workers) in contenders.items():
+            cmd = [sys.executable, script, "--out", str(work / f"run_{mb}_{workers}"), "--overwrite"]
+            cmd += ["--input", str(path), "--noise-frac", "0", "--mix", "stories=1"]
+            cmd += ["--workers", str(workers)] if workers else []
+            seconds, peak, rc = run_measured(cmd)
+            rows.append((size, name, seconds, peak, rc))
+            status = "" if rc == 0 else f"  (exit {rc})"
+            print(
+                f"{size:6.1f}MB  {name:22s} {seconds:8.1f} {peak / 1e9:8.2f} {size / seconds:6.2f}"
+                f" {size / seconds / max(1, workers):16.2f}{status}",
+                flush=True,
+            )
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name in contenders:
+        pts = [(s, t, p) for s, n, t, p, rc in rows if n == name and rc == 0]
+        left.plot([s for s, _, _ in pts], [t for _, t, _ in pts], "o-", label=name)
+        right.plot([s for s, _, _ in pts], [p / 1e9 for _, _, p in pts], "o-", label=name)
+    for ax, label in ((left, "seconds"), (right, "peak memory, GB")):
+        ax.set_xscale("log")
+        ax.set_xlabel("input, MB")
+        ax.set_ylabel(label)
+        ax.legend()
+    save_figure(fig, Path(cfg.plot))
+    print(f"wrote {cfg.plot}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

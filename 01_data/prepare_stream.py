@@ -1,0 +1,310 @@
+"""Streaming the stage over input files of any size: shards, a bounded pool of workers, an index of
+signatures instead of texts. prepare.py uses it for --input.
+
+    python 01_data/prepare.py --out runs/web --input shard1.jsonl shard2.jsonl --workers 4
+
+Memory is what limits a pipeline that holds every document at once (about 32 bytes per input byte
+before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *text*:
+
+1. Read. Input files are read line by line and cut into documents (the rules of prepare.py's
+   read_documents); every `shard_docs` documents form a shard.
+2. Clean and fingerprint, in a pool of `workers` processes with at most 2 shards per worker in
+   flight (a bounded queue: a fast reader cannot pile the whole input into memory). A worker cleans
+   each document (clean.py), writes the kept ones to a temporary shard file, and returns only
+   *metadata*: per document its length and what each step did, and per kept document its exact-dedup
+   key (8 bytes of SHA-1) and its MinHash signature (128 x 4 bytes).
+3. Decide, in the main process, over metadata alone: exact dedup over the keys, near-dedup and
+   the split clusters over the signatures (dedup.near_duplicate_clusters with sig=...), the domain
+   mix over lengths. A signature depends only on its text, so these are the decisions the in-memory
+   pipeline makes (a test checks it on the default corpus).
+   With --line-dedup-docs, a pass in between: the workers also return each prose document's line
+   keys, the main process counts documents per key, and a second map over the shards drops the
+   common lines and refreshes the keys and signatures (line_dedup_shard).
+4. Write: the temporary shards are read back once per split and the kept documents written out.
+
+Peak memory is the metadata (about 0.6 KB per document, mostly the signature) plus the shards in
+flight. One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a
+task (`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
+decisions are a reduce over signatures (an LSH band is a group-by key), and the writes are a second
+map over the shards with the decision table broadcast -- the same three phases, spread over machines.
+
+Interview questions it answers:
+- How do you dedup a corpus that does not fit in memory? (keep fingerprints, not texts: exact
+  hashes and MinHash signatures; LSH bands are a group-by; write in a second pass)
+- Why a bounded queue in front of a worker pool? (an unbounded one reads the whole input ahead of
+  the workers, which is the memory problem again)
+"""
+
+import hashlib
+import json
+import re
+import sys
+from collections import deque
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]
+from common.cli import UserError
+from clean import CleanConfig, clean_document
+from dedup import (
+    DedupConfig,
+    doc_line_keys,
+    drop_lines,
+    near_duplicate_clusters,
+    normalize_for_hash,
+    signatures,
+)
+from langid_ngram import predict_lang
+
+BLANK_LINE = re.compile(r"[ \t\u3000]*")
+_WORKER = {}  # the language model and clean config, set once per worker process
+
+
+def iter_lines(path: Path, stop_after=None):
+    """(line number, line without its newline) of a UTF-8 file, read lazily; a UserError with the
+    same wording as common.read_text for a binary, non-UTF-8 or empty file. stop_after: stop
+    (quietly) at the first line that starts after this many bytes."""
+    offset, seen_text = 0, False
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if stop_after is not None and offset > stop_after:
+                return
+            if offset < 65536 and b"\x00" in raw[: 65536 - offset]:
+                raise UserError(f"{path}: looks binary (NUL bytes); pass a UTF-8 text or .jsonl file")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{path}: not valid UTF-8 at byte {offset + e.start}; convert it, e.g. `iconv -t UTF-8`"
+                ) from None
+            offset += len(raw)
+            seen_text = seen_text or bool(line.strip())
+            yield lineno, line.removesuffix("\n")
+    if not seen_text:
+        raise UserError(f"{path}: file is empty; pass a file with text in it")
+
+
+def jsonl_record(path, lineno: int, line: str) -> dict:
+    """One JSONL line as a dict with a "text" field, or a UserError naming the line."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
+    if not isinstance(rec, dict):
+        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+    if "text" not in rec:
+        raise UserError(f"{path}:{lineno}: record has no 'text' field; each line needs 'text'")
+    return rec
+
+
+def check_input_head(path: Path, head_bytes=1 << 20):
+    """The checks iter_units makes, on the first MB of a file only, so that a wrong file fails at
+    once, before an earlier run is touched; a fault deeper in a large file fails when the stream
+    gets there (the earlier run still stays until the new one is complete)."""
+    for lineno, line in iter_lines(path, stop_after=head_bytes):
+        if path.suffix == ".jsonl" and line.strip():
+            jsonl_record(path, lineno, line)
+
+
+def iter_units(path: Path, txt_split: str, default_domain: str, domains):
+    """(domain, text) units of one input file: JSONL records, or .txt blocks/lines/the whole file."""
+    if path.suffix == ".jsonl":
+        for lineno, line in iter_lines(path):
+            if line.strip():
+                rec = jsonl_record(path, lineno, line)
+                yield (
+                    (rec.get("domain") if rec.get("domain") in domains else default_domain),
+                    str(rec["text"]),
+                )
+        return
+    block = []
+    for _, line in iter_lines(path):
+        if txt_split == "line":
+            yield default_domain, line
+        elif txt_split == "blank" and BLANK_LINE.fullmatch(line):
+            yield default_domain, "\n".join(block)
+            block = []
+        else:
+            block.append(line)
+    if txt_split != "line":
+        yield default_domain, "\n".join(block)
+
+
+def iter_documents(paths, cfg, cut_document, domains):
+    """Documents {"id", "domain", "lang", "text"} from the files, long ones cut, ids `in0000000`."""
+    i = 0
+    for path in map(Path, paths):
+        for domain, text in iter_units(path, cfg.txt_split, cfg.input_domain, domains):
+            for piece in cut_document(text.strip(), cfg.max_doc_chars):
+                if piece.strip():
+                    yield {"id": f"in{i:07d}", "domain": domain, "lang": "", "text": piece}
+                    i += 1
+
+
+def exact_key(text: str) -> bytes:
+    """The exact-dedup key: the first 8 bytes of SHA-1 of the normalized text (as dedup.py hashes it)."""
+    return hashlib.sha1(normalize_for_hash(text).encode("utf-8")).digest()[:8]
+
+
+def start_worker(model, clean_cfg, want_lines=False):
+    _WORKER["model"], _WORKER["cfg"], _WORKER["lines"] = model, clean_cfg, want_lines
+
+
+def clean_shard(index, docs, folder):
+    """Clean one shard, write its kept documents to folder/shard_<index>.jsonl, return metadata only
+    (with line dedup on, also each kept prose document's line keys, as a uint64 array)."""
+    model, cfg = _WORKER["model"], _WORKER["cfg"]
+    meta = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": [], "lines": []}
+    kept_texts = []
+    with open(folder / f"shard_{index:06d}.jsonl", "w", encoding="utf-8") as f:
+        for doc in docs:
+            out, acted, step = clean_document(doc, lambda t: predict_lang(model, t), cfg)
+            meta["inputs"].append((doc["id"], doc["domain"], len(doc["text"])))
+            if acted:
+                meta["acted"][doc["id"]] = acted
+            if out is None:
+                meta["dropped"][doc["id"]] = step
+                continue
+            f.write(
+                json.dumps({k: out[k] for k in ("id", "domain", "lang", "text")}, ensure_ascii=False) + "\n"
+            )
+            meta["kept"].append({"id": out["id"], "domain": out["domain"], "chars": len(out["text"])})
+            meta["keys"].append(exact_key(out["text"]))
+            kept_texts.append(out["text"])
+            if _WORKER["lines"] and out["domain"] != "code":  # code is not line-deduped
+                meta["lines"].append(np.fromiter(doc_line_keys(out["text"]), dtype=np.uint64))
+    meta["sig"] = signatures(kept_texts) if kept_texts else np.zeros((0, DedupConfig.num_perm), np.uint32)
+    return meta
+
+
+def line_dedup_shard(index, folder, common):
+    """Drop the `common` lines from one shard's prose documents, rewrite the shard, and return its
+    new metadata: kept, keys, sig, and {id: characters removed}, [ids left empty]."""
+    path = folder / f"shard_{index:06d}.jsonl"
+    meta = {"kept": [], "keys": [], "changed": {}, "emptied": []}
+    texts = []
+    with open(path, encoding="utf-8") as src, open(path.with_suffix(".tmp"), "w", encoding="utf-8") as dst:
+        for line in src:
+            doc = json.loads(line)
+            text = doc["text"] if doc["domain"] == "code" else drop_lines(doc["text"], common)
+            if text != doc["text"]:
+                meta["changed"][doc["id"]] = len(doc["text"]) - len(text)
+            if not text:
+                meta["emptied"].append(doc["id"])
+                continue
+            dst.write(json.dumps({**doc, "text": text}, ensure_ascii=False) + "\n")
+            meta["kept"].append({"id": doc["id"], "domain": doc["domain"], "chars": len(text)})
+            meta["keys"].append(exact_key(text))
+            texts.append(text)
+    path.with_suffix(".tmp").replace(path)
+    meta["sig"] = signatures(texts) if texts else np.zeros((0, DedupConfig.num_perm), np.uint32)
+    return meta
+
+
+def streamed_line_dedup(merged, folder: Path, n_shards: int, max_docs: int, workers: int):
+    """Second pass for line dedup: the lines whose keys are in more than max_docs prose documents
+    are removed from every shard, and the kept metadata is rebuilt (as prepare.line_dedup_all does
+    in memory: its characters go to the "line_dedup" step, an emptied document is dropped by it)."""
+    keys, counts = np.unique(
+        np.concatenate(merged.pop("lines") or [np.zeros(0, np.uint64)]), return_counts=True
+    )
+    common = {int(k) for k in keys[counts > max_docs]}
+    if workers > 1:
+        with get_context("fork").Pool(workers) as pool:
+            parts = pool.starmap(line_dedup_shard, [(i, folder, common) for i in range(n_shards)])
+    else:
+        parts = [line_dedup_shard(i, folder, common) for i in range(n_shards)]
+    merged["kept"], merged["keys"] = [], []
+    for part in parts:
+        merged["kept"] += part["kept"]
+        merged["keys"] += part["keys"]
+        for doc_id, chars in part["changed"].items():
+            merged["acted"].setdefault(doc_id, {})["line_dedup"] = chars
+        merged["dropped"] |= dict.fromkeys(part["emptied"], "line_dedup")
+    merged["sig"] = np.concatenate([p["sig"] for p in parts]) if parts else merged["sig"]
+    return merged
+
+
+def shards(docs, size):
+    batch = []
+    for d in docs:
+        batch.append(d)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def clean_all_streamed(
+    docs, model, folder: Path, workers=1, shard_docs=2000, progress=True, line_dedup_docs=0
+):
+    """Clean an iterable of documents shard by shard; returns the metadata of all shards merged, in
+    input order: inputs [(id, domain, chars)], acted, dropped, kept [{"id", "domain", "chars"}],
+    keys [bytes], sig (kept docs, num_perm) uint32. line_dedup_docs > 0: then drop the lines found
+    in more than that many prose documents (a second pass over the shards)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = CleanConfig()
+    results = {}
+    want_lines = line_dedup_docs > 0
+    if workers <= 1:
+        start_worker(model, cfg, want_lines)
+        for i, shard in enumerate(shards(docs, shard_docs)):
+            results[i] = clean_shard(i, shard, folder)
+            if progress:
+                print(f"  cleaned shard {i + 1}", flush=True)
+    else:
+        with get_context("fork").Pool(
+            workers, initializer=start_worker, initargs=(model, cfg, want_lines)
+        ) as pool:
+            in_flight = deque()  # at most 2 shards per worker are read ahead of the workers
+            for i, shard in enumerate(shards(docs, shard_docs)):
+                in_flight.append((i, pool.apply_async(clean_shard, (i, shard, folder))))
+                while len(in_flight) >= 2 * workers:
+                    j, res = in_flight.popleft()
+                    results[j] = res.get()
+                    if progress:
+                        print(f"  cleaned shard {j + 1}", flush=True)
+            while in_flight:
+                j, res = in_flight.popleft()
+                results[j] = res.get()
+    merged = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": [], "lines": [], "sig": []}
+    n_shards = len(results)
+    for i in sorted(results):
+        r = results.pop(i)
+        for k in ("inputs", "kept", "keys", "lines"):
+            merged[k] += r[k]
+        merged["acted"].update(r["acted"])
+        merged["dropped"].update(r["dropped"])
+        merged["sig"].append(r["sig"])
+    merged["sig"] = np.concatenate(merged["sig"]) if merged["sig"] else np.zeros((0, 128), np.uint32)
+    if want_lines:
+        return streamed_line_dedup(merged, folder, n_shards, line_dedup_docs, workers)
+    merged.pop("lines")
+    return merged
+
+
+def dedup_by_fingerprints(keys, sig, threshold):
+    """Masks exact_dup, near_dup, keep over the kept documents: dedup.dedup's decisions, from the
+    8-byte keys and the signatures alone."""
+    seen, exact = set(), np.zeros(len(keys), dtype=bool)
+    for i, k in enumerate(keys):
+        exact[i] = k in seen
+        seen.add(k)
+    idx = np.flatnonzero(~exact)
+    roots, _, _ = near_duplicate_clusters(None, DedupConfig(threshold=threshold), sig=sig[idx])
+    near = np.zeros(len(keys), dtype=bool)
+    near[idx] = roots != np.arange(len(idx))
+    return exact, near, ~exact & ~near
+
+
+def read_shard_docs(folder: Path):
+    """The kept documents back from the temporary shards, in order."""
+    for path in sorted(folder.glob("shard_*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
