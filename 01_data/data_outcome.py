@@ -224,7 +224,6 @@ def format_table(stats):
 # their recall measures how far a word list generalizes, which no bar promises; their precision is held
 # to the bar like every other step's.
 RECALL_NOT_PROMISED = ("toxic", "bias")
-BAR = 0.95  # precision, and recall but for RECALL_NOT_PROMISED, per injected noise type
 
 
 def outcome_block(stats) -> dict:
