@@ -572,9 +572,24 @@ def serve_section(run, figs) -> Section:
     return s
 
 
+def headline_section(name: str, title: str):
+    """A section holding only what the stage wrote in outcome.json (headline, bar): for a stage whose
+    tables live in its own outcome and README rather than here."""
+
+    def section(run, figs) -> Section:
+        s = Section(name, title)
+        stage_block(s, run, stage_entry(name).outcome_folder)
+        return s
+
+    return section
+
+
 SECTIONS = {
     "data": data_section,
     "tokenizer": tokenizer_section,
+    "contrastive": headline_section(
+        "contrastive", "03 Contrastive pretraining (optional: `--add contrastive`)"
+    ),
     "pretrain": pretrain_section,
     "scaling": scaling_section,
     "overfit": overfit_section,

@@ -56,7 +56,7 @@ import heapq
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from pathlib import Path
 
 import regex
@@ -67,7 +67,7 @@ sys.path[:0] = [str(REPO)]
 from common.cli import UserError, check_config, option, run_cli
 from common.files import read_json, read_text, write_json
 
-from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast  # same stage
+from bpe_fast import descending, encode_pieces, encode_texts, merge_table, train_merges_fast  # same stage
 
 # GPT-2's pattern: contractions, letter runs, digit runs, punctuation runs, each with an optional
 # leading space; `\s+(?!\S)` leaves the last space of a whitespace run to start the next word.
@@ -376,6 +376,14 @@ class BPETokenizer:
         pieces = [self._pat.findall(t) for t in texts]
         cache = self._cache
         new = [w for w in dict.fromkeys(chain.from_iterable(pieces)) if w not in cache]
+        if len(new) >= 1000:  # mostly new text: every piece merged at once and the texts gathered in arrays
+            if self._merge_table is None:
+                self._merge_table = merge_table(self.ranks)
+            ids, cacheable = encode_texts(pieces, self.byte_ids, self._merge_table)
+            if len(cache) + len(cacheable) > self.cache_size:  # bounded memory: start over
+                cache.clear()
+            cache.update(islice(cacheable.items(), self.cache_size))
+            return ids
         if len(cache) + len(new) > self.cache_size:  # bounded memory: start over rather than grow
             cache.clear()
             new = list(dict.fromkeys(chain.from_iterable(pieces)))

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
-from common.devices import resolve_device
+from common.devices import resolve_device, set_threads
 from decoding import generate
 from gpt import GPT, GPTConfig  # 03_model
 from model_memory import kv_cache_bytes  # 03_model
@@ -79,8 +79,7 @@ def main(argv=None):
     if not cfg.lengths or min(cfg.lengths) < 1:
         raise UserError(f"--lengths {cfg.lengths}: give one or more positive token counts, e.g. 32,64,128")
     device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)  # pins decoding too (common/devices.py)
     mcfg = GPTConfig(
         vocab_size=512,
         block_size=cfg.prompt_len + max(cfg.lengths),

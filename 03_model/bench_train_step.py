@@ -33,6 +33,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "kernels")]
+from common.devices import set_threads
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
 from attention_backends import BACKENDS  # kernels
@@ -153,8 +154,7 @@ def main(argv=None):
         raise UserError(f"--contexts {cfg.contexts}: give positive context lengths, e.g. 256,128")
     if cfg.reference:
         load_reference(cfg.reference)  # a bad path fails before any timing
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)  # pins decoding too (common/devices.py)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {cfg.n_layer} layers x {cfg.n_embd}, "
         f"{cfg.n_head} heads, vocab {cfg.vocab_size}, {cfg.tokens} tokens/step; median of {cfg.steps} steps"

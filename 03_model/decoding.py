@@ -40,6 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError
+from common.devices import decoding_threads
 from lm_loss import log_softmax  # 03_model (this folder)
 
 
@@ -222,19 +223,20 @@ def generate(
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
     done = torch.zeros(B, dtype=torch.bool, device=idx.device)
     out, step_input = idx, idx  # with a cache, each step feeds only the new token
-    for _ in range(max_new_tokens):
-        logits, _ = model(step_input if use_cache else out, attention_mask=mask, cache=cache)
-        logits = logits[:, -1].float()  # (B, V)
-        if repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, out, repetition_penalty, mask)
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out = torch.cat([out, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        done |= torch.isin(nxt, stop)
-        if done.all():
-            break
-        step_input = nxt[:, None]
+    with decoding_threads():  # tiny per-step products: one thread (common/devices.py says why)
+        for _ in range(max_new_tokens):
+            logits, _ = model(step_input if use_cache else out, attention_mask=mask, cache=cache)
+            logits = logits[:, -1].float()  # (B, V)
+            if repetition_penalty != 1.0:
+                logits = apply_repetition_penalty(logits, out, repetition_penalty, mask)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            done |= torch.isin(nxt, stop)
+            if done.all():
+                break
+            step_input = nxt[:, None]
     model.train(was_training)
     return out
 
@@ -255,6 +257,7 @@ def generate_beam(model, idx, max_new_tokens, beam_width=4, stop_tokens=(), leng
             cache.reorder(parents)
         return model(tokens, cache=cache)[0][:, -1].float()  # (N, V)
 
-    result = beam_search(next_logits, idx[0], max_new_tokens, beam_width, stop_tokens, length_penalty)
+    with decoding_threads():
+        result = beam_search(next_logits, idx[0], max_new_tokens, beam_width, stop_tokens, length_penalty)
     model.train(was_training)
     return result

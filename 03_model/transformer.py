@@ -47,6 +47,7 @@ import torch.nn as nn
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
+from common.devices import set_threads
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, read_jsonl, save_figure, write_json
 from common.layout import RunLayout
@@ -393,8 +394,7 @@ def save_plot(path, results):
 def main(argv=None):
     cfg, _ = parse_config(DemoConfig, argv, doc=__doc__)
     check_demo_config(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)  # pins decoding too (common/devices.py)
     run = Path(cfg.data)
     out = run / "transformer"
     train, val, base, tok_name = load_token_streams(cfg)

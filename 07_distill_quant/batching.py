@@ -81,6 +81,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError
+from common.devices import decoding_threads
 from decoding import KVCache, apply_repetition_penalty, check_sampling_args, sample_next  # 03_model
 
 POLICIES = ("sequential", "static", "continuous")
@@ -390,11 +391,12 @@ class Engine:
     def step(self) -> bool:
         """Run one scheduling step; False when there was nothing to do."""
         prefill, decode = self.schedule()
-        for req in prefill:
-            self.alone(self.prefill, req)
-        decode = [r for r in decode if r.finish_reason is None]  # a prefill may have finished one already
-        if decode:
-            self.decode(decode)
+        with decoding_threads():  # a handful of rows per step: one thread (common/devices.py says why)
+            for req in prefill:
+                self.alone(self.prefill, req)
+            decode = [r for r in decode if r.finish_reason is None]  # a prefill may have finished one
+            if decode:
+                self.decode(decode)
         return bool(prefill or decode)
 
     @torch.no_grad()

@@ -46,7 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.runs import run_lock, write_manifest
-from common.devices import resolve_device
+from common.devices import resolve_device, set_threads
 from common.outcome import make_bar
 from gpt import GPT, GPTConfig  # 03_model
 
@@ -240,8 +240,7 @@ def outcome_block(rows) -> dict:
 
 def main(argv=None):
     c, _ = parse_config(BenchServeConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
-    if c.threads:
-        torch.set_num_threads(c.threads)
+    set_threads(c.threads)  # pins decoding too (common/devices.py)
     device = resolve_device(c.device)
     model = build_model(c, device)
     check_bench_config(c, model.cfg.block_size)

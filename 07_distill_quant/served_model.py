@@ -19,13 +19,12 @@ Interview question it answers:
 import sys
 from pathlib import Path
 
-import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common.cli import UserError
-from common.devices import resolve_device
+from common.devices import resolve_device, set_threads
 from checkpoint_io import load_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
@@ -57,8 +56,7 @@ def model_from_flags(cfg, purpose) -> tuple:
             f"--ckpt is required: the checkpoint {purpose}, e.g. runs/tiny/sft/adapter.pt (LoRA SFT) "
             "or runs/tiny/pretrain/best.pt"
         )
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)  # pins decoding too (common/devices.py)
     return load_model(cfg.ckpt, cfg.tokenizer, resolve_device(cfg.device))
 
 

@@ -65,7 +65,7 @@ from common.cli import UserError, check_config, command_line, option, parse_conf
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
-from common.devices import resolve_device
+from common.devices import decoding_threads, resolve_device
 from common.outcome import make_bar
 from decoding import KVCache, check_sampling_args, generate, top_k_filter, top_p_filter  # 03_model
 from gpt import GPT  # 03_model
@@ -144,6 +144,7 @@ def accept_drafts(p, q, drafts, generator=None):
 
 
 @torch.no_grad()
+@decoding_threads()  # draft and verify forwards are tiny: one thread (common/devices.py says why)
 def speculative_generate(
     target: GPT,
     draft: GPT,

@@ -7,10 +7,34 @@ A flag that names a device this machine does not have is bad input, not a bug: i
 project's one-line error (`error: --device cuda: ...; use --device cpu`) instead of the
 AssertionError torch raises deep inside the first `.to(device)`.
 
-Interview question it answers:
+How many CPU threads a workload gets is chosen here too, in one place:
+
+    from common.devices import decoding_threads, set_threads
+    set_threads(cfg.threads)              # --threads N pins every workload to N; 0 leaves the choice here
+    with decoding_threads():              # GPT.generate, beam search, speculative decoding, the serving engine
+        ...                               # one token per row per step: runs on ONE thread
+
+Large matrix work (training, evaluation, long prefills) keeps torch's default, all cores. Decoding
+gets one thread because each step is a chain of tiny products ((B, d) x (d, 4d) with B a handful of
+rows): split over n threads, each piece is a few microseconds of work followed by a barrier where
+the threads spin-wait for each other. On an idle machine that costs little; on a busy one (a browser,
+a second experiment) one of the threads is descheduled, and the others spin at every barrier of
+every layer of every token until it runs again: decoding slowed 67x under a load of 4 on 2 cores
+where training slowed 3-4x (issue 29; the table of 07_distill_quant/bench_contention.py). One thread
+has no barrier to wait at, and a tiny product gains almost nothing from a second core anyway.
+An explicit choice always wins: `--threads N` (through `set_threads`) or OMP_NUM_THREADS /
+MKL_NUM_THREADS in the environment leave the thread count alone everywhere.
+
+Interview questions it answers:
 - Why is "auto" the default? (the same command runs on a laptop and on a GPU node; the fastest
   correct path on each device is chosen at run time, never by editing code)
+- Why can more threads make decoding slower? (a decoding step is many tiny matmuls, each ending in
+  a barrier; with more runnable threads than free cores, the threads that arrive first busy-wait
+  for a descheduled one, so the step takes as long as the slowest thread's wait for a core)
 """
+
+import os
+from contextlib import contextmanager
 
 import torch
 
@@ -47,3 +71,35 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> str:
             raise UserError("--device mps: Apple's Metal backend is not available here; use --device cpu")
         return "mps"
     raise UserError(f"--device {name!r} unknown; use auto, cpu, cuda, cuda:N or mps")
+
+
+_pinned_threads = 0  # set by --threads N (set_threads); 0 = not pinned
+
+
+def set_threads(n: int) -> None:
+    """--threads N (N > 0): every workload runs on N threads, decoding included; 0 keeps the
+    per-workload choice (all cores for matrix work, one thread for decoding)."""
+    global _pinned_threads
+    if n:
+        torch.set_num_threads(n)
+        _pinned_threads = n
+
+
+def threads_pinned() -> bool:
+    """True when the user chose the thread count: --threads, or OMP_NUM_THREADS / MKL_NUM_THREADS."""
+    return bool(_pinned_threads) or any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+
+
+@contextmanager
+def decoding_threads(n: int = 1):
+    """Run the body on n intra-op threads (default one; see the module docstring for why), then restore
+    the count it found. A no-op when the user pinned the count, or when it is already <= n (nested use)."""
+    before = torch.get_num_threads()
+    if threads_pinned() or before <= n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -56,6 +56,8 @@ STAGES = [
     Stage("tokenizer", "02_tokenizer/bpe.py", "tokens", ("data",), ("tokenizer",), run_flag="--data"),
     Stage("wordpiece", "02_tokenizer/wordpiece.py", "wordpiece", ("data", "tokenizer"), run_flag="--data"),
     Stage("unigram", "02_tokenizer/unigram.py", "unigram", ("data", "tokenizer"), run_flag="--data"),
+    # contrastive pretraining makes its own texts from the world: no earlier stage needed
+    Stage("contrastive", "03_model/contrastive.py", "contrastive", run_flag="--data", optional=True),
     Stage(
         "pretrain",
         "04_pretrain/pretrain.py",

@@ -26,7 +26,7 @@ from bpe import (
     train_merges_naive,
     word_counts_of,
 )
-from bpe_fast import descending, encode_pieces, merge_table, train_merges_fast
+from bpe_fast import descending, encode_pieces, encode_texts, merge_table, train_merges_fast
 from common.cli import UserError
 from common.runs import check_artifact, write_manifest
 from tokenizer_cli import main as bpe_main
@@ -679,6 +679,41 @@ def test_bad_input_is_one_error_line_exit_2_and_changes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert re.search(message, lines[0]), lines[0]
     assert file_hashes(run) == before
+
+
+def test_array_encoder_of_many_new_pieces_equals_per_piece_reference(tok):
+    """encode_ordinary_batch's path for mostly new text (bpe_fast.encode_texts: every piece merged
+    at once, the texts gathered in arrays) against the readable per-piece loop: English, Chinese,
+    random bytes, empty texts; then again with a warm cache, and with a cache too small to hold it."""
+    rng = random.Random(2)
+    texts = corpus(600, seed=7) + ["", *SAMPLES.values(), ""]
+    texts += [
+        bytes(rng.randrange(256) for _ in range(200)).decode("utf-8", errors="replace") for _ in range(20)
+    ]
+    reference = [[i for w in tok._pat.findall(t) for i in tok.bpe_piece(w.encode())] for t in texts]
+    tok._cache.clear()
+    ids, cacheable = encode_texts([tok._pat.findall(t) for t in texts], tok.byte_ids, merge_table(tok.ranks))
+    assert (
+        ids == reference and cacheable and all(cacheable[w] == tok.bpe_piece(w.encode()) for w in cacheable)
+    )
+    assert (
+        len({w for t in texts for w in tok._pat.findall(t)}) >= 1000
+    )  # encode_ordinary_batch takes this path
+    assert tok.encode_ordinary_batch(texts) == reference  # cold
+    assert tok.encode_ordinary_batch(texts) == reference  # warm: the repeated pieces come from the cache
+    size, tok.cache_size = tok.cache_size, 50
+    try:
+        tok._cache.clear()
+        assert tok.encode_ordinary_batch(texts) == reference and len(tok._cache) <= 50
+    finally:
+        tok.cache_size = size
+
+
+def test_array_encoder_equals_reference_on_hongloumeng_with_gpt2_ranks(gpt2, shared_data):
+    text = (shared_data / "text" / "hongloumeng.txt").read_text(encoding="utf-8")[:80_000]
+    gpt2._cache.clear()
+    ids = gpt2.encode_ordinary(text)
+    assert ids == [i for w in gpt2._pat.findall(text) for i in gpt2.bpe_piece(w.encode())]
 
 
 def test_unigram_viterbi_tries_pieces_of_exactly_max_len():

@@ -1146,6 +1146,26 @@ def test_bad_input_gets_one_error_line_exit_2_and_changes_no_file(sample_run, re
     assert sorted(p for p in sample_run.rglob("*") if p.is_file()) == files
 
 
+def test_generate_and_beam_search_decode_on_one_thread(monkeypatch):
+    """The thread policy of common/devices.py reaches the decoding loop; the caller's count comes back."""
+    import common.devices as devices
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "_pinned_threads", 0)
+    model = GPT(tiny()).eval()
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)
+    try:
+        generate(model, torch.tensor([[1, 2, 3]]), 4, temperature=0)
+        generate_beam(model, torch.tensor([[1, 2, 3]]), 3, beam_width=2)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Hand-computed edges of the exercised functions (issue 26: each wrong answer in
 # tests/exercise_mutants.py must fail one of these)

@@ -582,6 +582,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, distilled, tmp
     assert tree_hashes(run_dir) == before
 
 
+def test_bench_contention_checks_its_flags_and_times_a_workload(tmp_path):
+    import bench_contention
+    from bench_contention import ContentionConfig, run_workload
+
+    with pytest.raises(UserError, match="--workloads nope unknown"):
+        bench_contention.main(["--workloads", "nope"])
+    with pytest.raises(UserError, match="--policies fast unknown"):
+        bench_contention.main(["--policies", "fast"])
+    with pytest.raises(UserError, match="no pretrain/ckpt.pt there"):
+        bench_contention.main(["--run", str(tmp_path)])
+    with pytest.raises(UserError, match="--worker 'nope' unknown"):
+        run_workload("nope", ContentionConfig())
+    assert run_workload("beam_search", ContentionConfig(new_tokens=4)) > 0
+
+
 def test_distill_and_prune_stop_a_diverging_run_and_keep_the_previous_result(run_dir, distilled, tmp_path):
     before = tree_hashes(distilled)
     diverged = r"training diverged at step \d+: .*; lower --lr \(now 1e\+09\)"

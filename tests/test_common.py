@@ -327,3 +327,35 @@ def test_make_bar_rejects_bad_arguments():
         make_bar("x", 1.0, threshold=0.5, direction="higher", interval=(0.9, 0.1))
     with pytest.raises(ValueError, match="not a count"):
         make_bar("x", 1.0, threshold=0.5, direction="higher", n=2.5)
+
+
+def test_decoding_threads_one_thread_inside_restored_after_and_pinned_respected(monkeypatch):
+    import common.devices as devices
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "_pinned_threads", 0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with devices.decoding_threads():
+            assert torch.get_num_threads() == 1
+            with devices.decoding_threads():  # nested: still one, and the outer restore still works
+                assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):  # restored even when the body fails
+            with devices.decoding_threads():
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user chose: left alone
+        with devices.decoding_threads():
+            assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        devices.set_threads(2)  # --threads 2: pinned for decoding too
+        with devices.decoding_threads():
+            assert torch.get_num_threads() == 2
+        devices.set_threads(0)  # --threads 0 (the default) changes nothing
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
