@@ -51,11 +51,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model")]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import read_json, read_jsonl
+from common.layout import RunLayout
 from common.runs import check_artifact
 from common.stats import wilson_interval
 from common.outcome import make_bar
 from bpe import BPETokenizer  # 02_tokenizer
-from decoding import left_pad  # 03_model
+from decoding import generate, left_pad  # 03_model
 from gpt import GPT  # 03_model
 
 from ngram_lm import NgramLookup
@@ -107,7 +108,7 @@ def greedy_completions(model, tok, prompts, max_new_tokens=6, batch_size=64) -> 
         room = model.cfg.block_size - max_new_tokens  # a prompt longer than the context keeps its end
         ids = [tok.encode_ordinary(p)[-room:] for p in prompts[i : i + batch_size]]
         idx, mask = left_pad(ids, device=device)
-        gen = model.generate(idx, max_new_tokens, temperature=0.0, attention_mask=mask)
+        gen = generate(model, idx, max_new_tokens, temperature=0.0, attention_mask=mask)
         out += [tok.decode(row[idx.shape[1] :].tolist()) for row in gen]
     return out
 
@@ -189,7 +190,7 @@ def fact_recall(model, tok, probes, lookup: NgramLookup | None = None, max_new_t
 def load_probes(run: Path):
     """Every probe of 01's data/tasks/recall_{train,heldout}.jsonl (all people: pretraining saw them
     all; the split is SFT's); None when absent (real text)."""
-    tasks = run / "data" / "tasks"
+    tasks = RunLayout(run).tasks
     if not (tasks / "recall_heldout.jsonl").is_file():
         return None
     fields = ("prompt", "answer", "attribute")
@@ -201,7 +202,8 @@ def load_probes(run: Path):
 
 def training_lookup(run: Path, order=LOOKUP_ORDER) -> NgramLookup | None:
     """The lookup table over the first LOOKUP_TOKENS tokens of run/tokens/train.bin; None without it."""
-    meta_path, shard = run / "tokens" / "meta.json", run / "tokens" / "train.bin"
+    tokens = RunLayout(run).tokens
+    meta_path, shard = tokens / "meta.json", tokens / "train.bin"
     if not shard.is_file() or not meta_path.is_file():
         return None
     dtype = np.dtype(read_json(meta_path)["dtype"])
@@ -231,7 +233,7 @@ def recall_of_checkpoint(run: Path, ckpt: Path, device="cpu"):
     if probes is None or not Path(ckpt).is_file():
         return None
     model = GPT.from_checkpoint(ckpt, map_location=device).eval()
-    return fact_recall(model, BPETokenizer.load(run / "tokenizer"), probes, training_lookup(run))
+    return fact_recall(model, BPETokenizer.load(RunLayout(run).tokenizer), probes, training_lookup(run))
 
 
 @dataclass
@@ -250,8 +252,8 @@ def main(argv=None):
             f"{run}/data/tasks/recall_heldout.jsonl is missing; the probes come from the generated "
             f"world: rerun `python 01_data/prepare.py --out {run}` without --input"
         )
-    ckpt = Path(cfg.ckpt) if cfg.ckpt else run / "pretrain" / "best.pt"
-    check_artifact(ckpt.parent, made_by=f"python 04_pretrain/pretrain.py --data {run}")
+    ckpt = Path(cfg.ckpt) if cfg.ckpt else RunLayout(run).pretrain / "best.pt"
+    check_artifact(ckpt.parent, made_by=RunLayout(run).made_by("pretrain"))
     result = recall_of_checkpoint(run, ckpt)
     print(format_recall(result))
     for ex in result["examples"]:

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.stats import paired_bootstrap_interval
 from common.outcome import make_bar
@@ -47,7 +48,7 @@ from common.devices import resolve_device
 from checkpoint_io import load_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 
-from pretrain import TrainConfig, evaluate, train
+from pretrain_loop import TrainConfig, evaluate, train
 from batches import load_shards, load_test_shard
 from heldout_loss import window_token_losses
 from train_state import BEST, CKPT
@@ -77,6 +78,22 @@ class OverfitConfig:
     )
     seed: int = option(1337, "initial weights, dropout and data order", min=0)
     overwrite: bool = option(False, "replace the results already in runs/<name>/overfit")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        train_tokens=2000,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        block_size=32,
+        batch_size=4,
+        max_steps=21,
+        eval_interval=3,
+    ),
+}
 
 
 def check_overfit_config(c: OverfitConfig):
@@ -253,10 +270,10 @@ def format_table(rows) -> str:
 
 
 def main(argv=None):
-    c, _ = parse_config(OverfitConfig, argv, doc=__doc__)
+    c, _ = parse_config(OverfitConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_overfit_config(c)
     run_dir = Path(c.data)
-    check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
+    check_artifact(RunLayout(run_dir).tokens, made_by=RunLayout(run_dir).made_by("tokenizer"))
     out = run_dir / "overfit"
     with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
         rows = run(c, tmp)
@@ -270,7 +287,7 @@ def main(argv=None):
             stage="04_overfit",
             command=command_line(__file__, argv),
             config=dataclasses.asdict(c),
-            inputs=[run_dir / "tokens"],
+            inputs=[RunLayout(run_dir).tokens],
         )
     print(f"wrote {out}/overfit.json and overfit.png")
 

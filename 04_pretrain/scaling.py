@@ -45,11 +45,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
+from common.layout import RunLayout
+from common.outcome import make_bar
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.stats import bootstrap_interval
-from common.outcome import make_bar
 
-from pretrain import TrainConfig, train
+from pretrain_loop import TrainConfig, train
 
 # (n_layer, n_embd, n_head): non-embedding params from ~6k to ~0.8M with the swiglu/rmsnorm model
 SIZES = [(1, 32, 2), (2, 48, 2), (2, 64, 4), (3, 96, 4), (4, 128, 4), (4, 160, 4)]
@@ -67,6 +68,10 @@ class ScalingConfig:
     lr: float = option(3e-3, "peak learning rate (cosine to lr/10, warmup a tenth of each budget)", min=0.0)
     seed: int = option(1337, "initial weights and data order", min=0)
     overwrite: bool = option(False, "replace the results already in runs/<name>/scaling")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(steps=[10, 12], sizes=3, block_size=32, batch_size=4)}
 
 
 def check_scaling_config(c: ScalingConfig):
@@ -289,16 +294,16 @@ def sweep(c: ScalingConfig, out: Path, command: str):
         stage="04_scaling",
         command=command,
         config=dataclasses.asdict(c),
-        inputs=[Path(c.data) / "tokens"],
+        inputs=[RunLayout(c.data).tokens],
     )
     print(f"sweep took {time.time() - t0:.0f}s")
 
 
 def main(argv=None):
-    c, _ = parse_config(ScalingConfig, argv, doc=__doc__)
+    c, _ = parse_config(ScalingConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_scaling_config(c)
     run_dir = Path(c.data)
-    check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
+    check_artifact(RunLayout(run_dir).tokens, made_by=RunLayout(run_dir).made_by("tokenizer"))
     out = run_dir / "scaling"
     with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
         sweep(c, tmp, command_line(__file__, argv))

@@ -47,13 +47,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure, write_json
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
 from metrics import win_rate  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
 from grpo import arithmetic_eval, read_problems
-from policy_io import check_same_model, frozen, load_policy, load_sft_policy, task_file
+from policy_io import check_same_model, frozen, load_policy, load_sft_policy
 from ppo import reward_of_responses, sequence_kl
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, read_preference_pairs
 from reward_model import load_reward_model
@@ -100,6 +102,10 @@ class RLCompareConfig:
     overwrite: bool = option(False, "replace the table already in the output folder")
 
 
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(limit=4, shots=0, max_new_tokens=4, arith_tokens=4)}
+
+
 def check_rl_compare_config(cfg: RLCompareConfig):
     check_config(cfg)
     if not cfg.run:
@@ -123,7 +129,7 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
     pairs, encoded = [p for p, _ in kept], [e for _, e in kept]
     prompts = [e["prompt_ids"] for e in encoded]
     check_rollout_fits(prompts, cfg.max_new_tokens, block_size)
-    sft_files = [Path(run) / "data" / "tasks" / f"sft_{part}.jsonl" for part in ("train", "heldout")]
+    sft_files = [RunLayout(run).tasks / f"sft_{part}.jsonl" for part in ("train", "heldout")]
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
     train = read_problems(task_file(run, "", "arithmetic_train.jsonl"))
     problems = read_problems(task_file(run, "", "arithmetic_heldout.jsonl"))
@@ -264,9 +270,9 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
         )
     with fresh_output(out, cfg.overwrite) as tmp:  # refused or locked before the evaluations
         rm = None
-        if (run / "rm" / "manifest.json").is_file():
-            check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
-            rm = frozen(load_reward_model(run / "rm" / "rm.pt", tok, device))
+        if (RunLayout(run).rm / "manifest.json").is_file():
+            check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+            rm = frozen(load_reward_model(RunLayout(run).rm / "rm.pt", tok, device))
         held = heldout_set(run, tok, cfg, sft.cfg.block_size)
         torch.manual_seed(cfg.seed)
         sft_row, sft_texts = evaluate(sft, sft, rm, tok, held, cfg)
@@ -293,6 +299,7 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                 "config": asdict(cfg),
             },
         )
+        write_json(tmp / "outcome.json", outcome_block(rows))
         atomic_write_text(tmp / "compare.md", table + "\n")
         plot(results, tmp / "compare.png")
         write_manifest(
@@ -301,10 +308,10 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
             command=command_line(__file__, argv),
             config=asdict(cfg),
             inputs=[
-                run / "sft",
-                run / "data",
+                RunLayout(run).sft,
+                RunLayout(run).data,
                 *present.values(),
-                *([run / "rm"] if rm is not None else []),
+                *([RunLayout(run).rm] if rm is not None else []),
             ],
         )
     print(
@@ -324,8 +331,29 @@ def evaluate_pair_mean(model, tok, held) -> float:
     return (lp["chosen_mean"] > lp["rejected_mean"]).float().mean().item()
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): each method beats SFT on the metric it
+    optimizes; the bar's value is the share of methods that do (all of them must)."""
+    methods = [r for r in rows if r.get("beats SFT") in ("yes", "no")]
+    wins = [r["method"] for r in methods if r["beats SFT"] == "yes"]
+    headline = f"{len(wins)} of {len(methods)} methods beat SFT on their own metric" + (
+        f" ({', '.join(wins)})" if wins else ""
+    )
+    bar = make_bar(
+        "share of methods that beat SFT on the held-out metric they optimize",
+        len(wins) / len(methods) if methods else None,
+        threshold=1.0,
+        direction="higher",
+        inclusive=True,
+        n=len(methods),
+        baseline_name="the SFT policy",
+        note="each method beats SFT on the metric it optimizes",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(RLCompareConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(RLCompareConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     compare_run(cfg, argv)
 
 

@@ -32,7 +32,6 @@ from chat_template import (
     ROLE_TOKEN,
     encode_chat,
     encode_prompt,
-    lm_inputs,
     masked_logprob_mean,
     masked_logprob_sum,
     render_chat,
@@ -43,6 +42,7 @@ from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.files import write_jsonl
 from common.runs import write_manifest
+from decoding import generate
 from gpt import GPT, GPTConfig
 from lora import (
     LoRALinear,
@@ -74,6 +74,7 @@ from metrics import (
 )
 from packing import collate_packed, collate_padded, forward_packed, pack_rows, per_example_loss
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, save_prefix
+from finetuned import load_finetuned
 import sft
 from sft_data import encode_examples, read_conversations
 from forked_cli import run_forked
@@ -461,9 +462,9 @@ def test_prefix_works_with_the_kv_cache_padding_and_packing(tok):
     from decoding import left_pad
 
     idx, mask = left_pad(prompts, pad_id=0)
-    cached = model.generate(idx, 6, temperature=0, attention_mask=mask)
-    assert torch.equal(cached, model.generate(idx, 6, temperature=0, attention_mask=mask, use_cache=False))
-    alone = model.generate(torch.tensor([prompts[1]]), 6, temperature=0)
+    cached = generate(model, idx, 6, temperature=0, attention_mask=mask)
+    assert torch.equal(cached, generate(model, idx, 6, temperature=0, attention_mask=mask, use_cache=False))
+    alone = generate(model, torch.tensor([prompts[1]]), 6, temperature=0)
     assert torch.equal(alone[0], cached[1, idx.shape[1] - len(prompts[1]) :])
     examples, _ = encode_examples(tok, light_task(NAMES[:3], 0), 64)
     x, y, seg = collate_packed(pack_rows(examples, 64), 0)
@@ -628,7 +629,7 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
     assert o["examples"]["skipped_too_long"] == 0
     for f in ("ckpt.pt", "outcome.json", "predictions.jsonl", "sft.png", "manifest.json"):
         assert (tmp_path / "sft" / f).is_file()
-    model, tok, peft = sft.load_finetuned(tmp_path / "sft")
+    model, tok, peft = load_finetuned(tmp_path / "sft")
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
 
 
@@ -758,8 +759,6 @@ def _fork_driver(cases_path):
     <argv>` would, each in a forked child of this one interpreter: torch is imported once, not once
     per case (on a loaded 2-core machine an import alone takes 10+ s)."""
     import importlib
-    import tempfile
-    import traceback
 
     results = []
     for script, argv in json.loads(Path(cases_path).read_text()):
