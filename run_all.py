@@ -10,11 +10,12 @@
     python run_all.py --data a.txt b.jsonl         # start from your text instead of the generated corpus
 
 Each stage runs as a subprocess of its own command (the same one its README shows), so what this file
-does is exactly what you would type by hand; nothing here knows how a stage works. A stage is one entry
-of STAGES: its name, its script, the folder it writes, and its flags for each preset (a preset a stage
-has no entry for skips it). For `tiny` (the default) every stage runs with its own defaults: the
-hyperparameters live in the stage's config, not here. Only `micro`, the smoke test's preset, passes
-explicit small flags. A stage whose script is not in this checkout is skipped with a line saying so.
+does is exactly what you would type by hand; nothing here knows how a stage works. The stages and
+their order come from the registry, `STAGES` in common/layout.py: one line per stage with its name,
+its script and the folder it writes. For `tiny` (the default) every stage runs with its own defaults;
+for `micro` (the smoke test), `small` and `gpt2`, a stage that has that preset in its own
+`parse_config` presets gets `--preset NAME`: the values live in the stage, beside its config, not
+here. A stage whose script is not in this checkout is skipped with a line saying so.
 
 One line per stage: its number, name, wall time and headline result (report.py reads it from the
 outcome the stage wrote). The stage's own output goes to runs/<name>/logs/<stage>.log (`--show-output`
@@ -48,6 +49,7 @@ REPO = Path(__file__).resolve().parent
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
 from common.files import markdown_table, read_json, write_json
+from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage
 
 import report
 
@@ -55,366 +57,11 @@ PRESETS = ("micro", "tiny", "small", "gpt2")
 TIMES = "run_all.json"  # runs/<name>/run_all.json: wall seconds per stage
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One step of the pipeline: `python <script> <run flag> <run folder> <flags of the preset>`."""
-
-    name: str
-    script: str  # relative to the repository root
-    folder: str  # the folder it writes under runs/<name>/ (done = it holds a manifest)
-    flags: dict  # preset -> extra flags; a preset missing here skips the stage
-    run_flag: str = "--run"  # how the stage is told the run folder
-    optional: bool = False  # only with --add NAME (long experiments)
-    needs_tasks: bool = (
-        False  # reads data/tasks/ (the synthetic world's task sets; not made from --data text)
-    )
-    overwrite: bool = True  # has --overwrite (a stage that always replaces its folder has not)
-
-
-# Every stage's own defaults are its `tiny` run; `small`/`gpt2` use a stage's preset where it has one.
-TINY = {"tiny": [], "small": [], "gpt2": []}
-MICRO_SFT = [
-    "--batch-size",
-    "4",
-    "--warmup-steps",
-    "1",
-    "--eval-interval",
-    "2",
-    "--max-new-tokens",
-    "8",
-    "--forget-windows",
-    "2",
-]
-STAGES = [
-    Stage(
-        "data", "01_data/prepare.py", "data", run_flag="--out", flags={**TINY, "micro": ["--chars", "60000"]}
-    ),
-    Stage(
-        "tokenizer",
-        "02_tokenizer/bpe.py",
-        "tokens",
-        run_flag="--data",
-        flags={**TINY, "micro": ["--vocab-size", "400"]},
-    ),
-    Stage(
-        "wordpiece",
-        "02_tokenizer/wordpiece.py",
-        "wordpiece",
-        run_flag="--data",
-        flags={**TINY, "micro": ["--vocab-size", "400"]},
-    ),
-    Stage(
-        "unigram",
-        "02_tokenizer/unigram.py",
-        "unigram",
-        run_flag="--data",
-        flags={**TINY, "micro": ["--vocab-size", "400"]},
-    ),
-    Stage(  # contrastive pretraining makes its own texts from the world: no earlier stage needed
-        "contrastive",
-        "03_model/contrastive.py",
-        "contrastive",
-        run_flag="--data",
-        optional=True,
-        flags={**TINY, "micro": ["--preset", "micro"]},
-    ),
-    Stage(
-        "pretrain",
-        "04_pretrain/pretrain.py",
-        "pretrain",
-        run_flag="--data",
-        flags={
-            "tiny": [],
-            "small": ["--preset", "small"],
-            "gpt2": ["--preset", "gpt2"],
-            "micro": [
-                "--n-layer",
-                "1",
-                "--n-head",
-                "2",
-                "--n-embd",
-                "32",
-                "--block-size",
-                "128",
-                "--batch-size",
-                "8",
-                "--max-steps",
-                "30",
-                "--warmup-steps",
-                "3",
-                "--lr",
-                "0.01",
-                "--min-lr",
-                "0.001",
-                "--eval-interval",
-                "15",
-                "--eval-batches",
-                "2",
-            ],
-        },
-    ),
-    Stage(
-        "scaling",
-        "04_pretrain/scaling.py",
-        "scaling",
-        run_flag="--data",
-        optional=True,
-        flags={
-            **TINY,
-            "micro": ["--steps", "4,8", "--sizes", "2", "--block-size", "32", "--batch-size", "4"],
-        },
-    ),
-    Stage(
-        "overfit",
-        "04_pretrain/overfit.py",
-        "overfit",
-        run_flag="--data",
-        optional=True,
-        flags={
-            **TINY,
-            "micro": [
-                "--train-tokens",
-                "2000",
-                "--n-layer",
-                "1",
-                "--n-embd",
-                "32",
-                "--n-head",
-                "2",
-                "--block-size",
-                "32",
-                "--batch-size",
-                "4",
-                "--max-steps",
-                "6",
-                "--eval-interval",
-                "3",
-            ],
-        },
-    ),
-    Stage(
-        "sft",
-        "05_sft_lora/sft.py",
-        "sft",
-        needs_tasks=True,
-        flags={**TINY, "micro": ["--steps", "6", "--eval-limit", "4", *MICRO_SFT]},
-    ),
-    Stage(
-        "sft_compare",
-        "05_sft_lora/compare.py",
-        "sft_compare",
-        needs_tasks=True,
-        flags={
-            **TINY,
-            "micro": [
-                "--methods",
-                "lora_r4",
-                "--steps",
-                "4",
-                "--eval-limit",
-                "4",
-                "--sft-args",
-                " ".join(MICRO_SFT),
-            ],
-        },
-    ),
-    # 06: alignment. The reward model first (PPO and RLAIF use it), the methods, then their common table.
-    Stage(
-        "reward_model",
-        "06_rlhf_dpo/reward_model.py",
-        "rm",
-        needs_tasks=True,
-        flags={
-            **TINY,
-            "micro": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3", "--hh-file", "none"],
-        },
-    ),
-    Stage(
-        "dpo",
-        "06_rlhf_dpo/dpo.py",
-        "dpo",
-        needs_tasks=True,
-        flags={**TINY, "micro": ["--steps", "3", "--batch-size", "4", "--eval-interval", "3"]},
-    ),
-    Stage(
-        "ppo",
-        "06_rlhf_dpo/ppo.py",
-        "ppo",
-        needs_tasks=True,
-        flags={
-            **TINY,
-            "micro": [
-                "--steps",
-                "2",
-                "--rollouts",
-                "4",
-                "--minibatch",
-                "4",
-                "--ppo-epochs",
-                "1",
-                "--max-new-tokens",
-                "4",
-                "--eval-limit",
-                "4",
-                "--save-interval",
-                "1",
-            ],
-        },
-    ),
-    Stage(
-        "grpo",
-        "06_rlhf_dpo/grpo.py",
-        "grpo",
-        needs_tasks=True,
-        flags={
-            **TINY,
-            "micro": [
-                "--steps",
-                "2",
-                "--prompts-per-step",
-                "2",
-                "--group-size",
-                "2",
-                "--max-new-tokens",
-                "4",
-                "--micro-batch",
-                "4",
-                "--eval-limit",
-                "4",
-                "--eval-samples",
-                "1",
-                "--save-interval",
-                "1",
-                "--shots",
-                "0",
-            ],
-        },
-    ),
-    Stage(
-        "rl_compare",
-        "06_rlhf_dpo/rl_compare.py",
-        "rl_compare",
-        needs_tasks=True,
-        flags={
-            **TINY,
-            "micro": ["--limit", "4", "--max-new-tokens", "4", "--arith-tokens", "4", "--shots", "0"],
-        },
-    ),
-    # 07: compression and serving, all of the pretrained model (the teacher) unless a stage picks sft/.
-    Stage(
-        "distill",
-        "07_distill_quant/distill.py",
-        "distill",
-        flags={
-            **TINY,
-            "micro": [
-                "--methods",
-                "scratch,logit",
-                "--student-layers",
-                "1",
-                "--student-embd",
-                "16",
-                "--steps",
-                "3",
-                "--batch-size",
-                "4",
-                "--warmup-steps",
-                "1",
-                "--eval-windows",
-                "2",
-                "--eval-limit",
-                "2",
-                "--max-new-tokens",
-                "4",
-                "--speed-tokens",
-                "4",
-                "--speed-repeats",
-                "1",
-            ],
-        },
-    ),
-    Stage(
-        "speculative",
-        "07_distill_quant/speculative.py",
-        "speculative",
-        flags={**TINY, "micro": ["--ks", "2", "--prompts", "1", "--prompt-tokens", "8", "--new-tokens", "8"]},
-    ),
-    Stage(
-        "prune",
-        "07_distill_quant/prune.py",
-        "prune",
-        flags={
-            **TINY,
-            "micro": [
-                "--fractions",
-                "0.5",
-                "--heads",
-                "0",
-                "--neuron-fraction",
-                "0",
-                "--recovery-steps",
-                "2",
-                "--batch-size",
-                "4",
-                "--eval-windows",
-                "2",
-                "--score-batches",
-                "1",
-            ],
-        },
-    ),
-    Stage(
-        "quantize",
-        "07_distill_quant/quantize.py",
-        "quant",
-        flags={
-            **TINY,
-            "micro": [
-                "--bits",
-                "8",
-                "--method",
-                "rtn",
-                "--compare",
-                "fp32,int8",
-                "--val-windows",
-                "2",
-                "--eval-limit",
-                "2",
-                "--gen-tokens",
-                "4",
-                "--calib-windows",
-                "2",
-            ],
-        },
-    ),
-    Stage(
-        "serve",
-        "07_distill_quant/bench_serve.py",
-        "serve",
-        run_flag="",
-        overwrite=False,
-        flags={
-            **TINY,
-            "micro": [
-                "--requests",
-                "4",
-                "--long-frac",
-                "0",
-                "--short-max",
-                "4",
-                "--policies",
-                "static,continuous",
-            ],
-        },
-    ),
-]
-STAGE_NAMES = [s.name for s in STAGES]
-
-
 def stage_folder_args(stage: Stage, run: Path) -> list:
     """How a stage is told where the run is (bench_serve takes a checkpoint and an output folder)."""
-    if stage.name == "serve":
-        return ["--ckpt", str(run / "pretrain" / "best.pt"), "--out", str(run / stage.folder)]
+    if not stage.run_flag:
+        layout = RunLayout(run)
+        return ["--ckpt", str(layout.pretrain / "best.pt"), "--out", str(layout.folder(stage.folder))]
     return [stage.run_flag, str(run)]
 
 
@@ -498,8 +145,6 @@ def plan(cfg: RunAllConfig, from_stage=None, only_stage=None) -> list:
 def skip_reason(s: Stage, cfg: RunAllConfig):
     if not (REPO / s.script).is_file():
         return "not in this checkout"
-    if cfg.preset not in s.flags:
-        return f"has no {cfg.preset} preset"
     if s.needs_tasks and cfg.data:
         return "needs the synthetic task sets (data/tasks/), which --data text does not make"
     return None
@@ -507,7 +152,10 @@ def skip_reason(s: Stage, cfg: RunAllConfig):
 
 def command(stage: Stage, cfg: RunAllConfig, run: Path, overwrite: bool) -> list:
     """The stage's command line, as you would type it."""
-    argv = [*stage_folder_args(stage, run), *stage.flags[cfg.preset]]
+    argv = [
+        *stage_folder_args(stage, run),
+        *(["--preset", cfg.preset] if cfg.preset in stage.presets else []),
+    ]
     if stage.name == "data" and cfg.data:
         argv += ["--input", *cfg.data]
     if overwrite and stage.overwrite:
@@ -605,7 +253,10 @@ def main(argv=None):
         set_interrupt_hint(f"in stage {stage.name}; resume with `{resume_command(cfg, stage.name)}`")
         t0 = time.time()
         rc, log_path, log_text = run_stage(
-            stage, command(stage, cfg, run, overwrite), run / "logs" / f"{stage.name}.log", cfg.show_output
+            stage,
+            command(stage, cfg, run, overwrite),
+            RunLayout(run).logs / f"{stage.name}.log",
+            cfg.show_output,
         )
         seconds = time.time() - t0
         if rc != 0:

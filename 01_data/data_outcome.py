@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.files import pyplot, save_figure
+from common.outcome import make_bar
 from clean import STEPS
 from filter_fp import format_rates
 from noise_inject import NOISE_TYPES
@@ -217,6 +218,46 @@ def format_table(stats):
         lines += [format_rates(name, r) for name, r in stats["false_positives"].items()]
     lines += stats["warnings"]
     return "\n".join(lines)
+
+
+# The toxicity and bias filters are lexicons that never saw the injector's phrasings (noise_inject.py):
+# their recall measures how far a word list generalizes, which no bar promises; their precision is held
+# to the bar like every other step's.
+RECALL_NOT_PROMISED = ("toxic", "bias")
+
+
+def outcome_block(stats) -> dict:
+    """{"headline", "bar"} of the stage's outcome.json (common/outcome.py): no bar on real text."""
+    noise = {k: v for k, v in stats.get("noise", {}).items() if "precision" in v}
+    clean = stats.get("noise", {}).get("(clean docs)", {})
+    splits = stats.get("splits", {})
+    split_line = ", ".join(f"{k} {v['docs']:,} docs" for k, v in splits.items())
+    if not noise:
+        return {"headline": f"real input text, no injected noise to score; {split_line}", "bar": None}
+    below = [
+        f"{k} P {v['precision']:.2f} R {v['recall']:.2f}"
+        for k, v in noise.items()
+        if v["precision"] < BAR or (v["recall"] < BAR and k not in RECALL_NOT_PROMISED)
+    ]
+    unpromised = ", ".join(f"{k} R {noise[k]['recall']:.2f}" for k in RECALL_NOT_PROMISED if k in noise)
+    headline = (
+        f"{len(noise) - len(below)} of {len(noise)} noise types at the bar"
+        + (f"; below: {'; '.join(below)}" if below else "")
+        + (f"; lexicon recall {unpromised}" if unpromised else "")
+        + f"; {clean.get('wrongly_removed', 0)} of {clean.get('injected', 0):,} clean docs wrongly removed"
+    )
+    bar = make_bar(
+        "injected noise types below the bar (test of the cleaning steps on labelled injected noise)",
+        len(below),
+        threshold=0,
+        direction="lower",
+        inclusive=True,
+        n=len(noise),
+        note=f"precision >= {BAR} for every injected noise type, recall >= {BAR} for all but "
+        + " and ".join(RECALL_NOT_PROMISED)
+        + " (filters tested on phrasings they never saw)",
+    )
+    return {"headline": headline, "bar": bar}
 
 
 def plot_outcome(stats, path, threshold):

@@ -56,14 +56,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import read_json, read_jsonl, read_text, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import MANIFEST, claim_output, run_lock, staged_dir, write_manifest
 from clean import STEPS, CleanConfig, clean_document
+from contamination import contamination_report, format_contamination
 from data_outcome import (
     WARN_HINTS,
     doc_chars,
     domain_table,
     format_table,
     noise_table,
+    outcome_block,
     plot_outcome,
     step_table,
     warnings_for,
@@ -139,6 +142,10 @@ class PrepareConfig:
         "clean real text files (.txt/.jsonl): report how much of them each filter "
         "changes or drops (false positives)",
     )
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(chars=60000)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,7 +420,7 @@ def prepare(cfg: PrepareConfig, out: Path, overwrite=False, progress=True, comma
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; remove it or choose another --out")
-    data = out / "data"
+    data = RunLayout(out).data
     config = json.loads(json.dumps(asdict(cfg)))  # as the manifest will hold it (tuples -> lists)
     t = time.time()
     for path in cfg.input:  # a wrong file fails here, before an earlier run is claimed
@@ -542,6 +549,10 @@ def decide_streamed(meta, cfg: PrepareConfig, lap=lambda name: None):
 def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, command) -> dict:
     """The stats (data_outcome.py's tables), stats.json, the plot and the manifest; returns the stats."""
     docs, labels, acted, removed, kept, unique, mixed, splits = outcome
+    t = time.time()
+    contamination = contamination_report(folder) if tasks else []  # eval sets vs training data
+    if tasks:
+        seconds = {**seconds, "contamination": time.time() - t}
     steps = step_table(docs, acted, removed, kept, unique, mixed)
     stats = {
         "config": config,
@@ -553,9 +564,11 @@ def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, 
         "false_positives": false_positives,
         "warnings": warnings_for(steps, cfg.warn_removed),
         "tasks": tasks,
+        "contamination": contamination,
         "seconds": seconds,
     }
     write_json(folder / "stats.json", stats)
+    write_json(folder / "outcome.json", outcome_block(stats))
     plot_outcome(stats, folder / "outcome.png", cfg.warn_removed)
     write_manifest(
         folder, stage="01_data", config=config, inputs=[*cfg.input, *cfg.fp_check], command=command
@@ -573,9 +586,15 @@ def add_run_flags(parser):
 
 
 def main(argv=None):
-    cfg, args = parse_config(PrepareConfig, argv, doc=__doc__, extra=add_run_flags)
+    cfg, args = parse_config(
+        PrepareConfig, argv, doc=__doc__, extra=add_run_flags, presets=PRESETS, default_preset="tiny"
+    )
     stats = prepare(cfg, Path(args.out), overwrite=args.overwrite, command=command_line(__file__, argv))
     print(format_table(stats))
+    if stats["contamination"]:
+        print(
+            f"\ncontamination: longest word n-gram shared with the training data\n{format_contamination(stats['contamination'])}"
+        )
     print(f"wrote {Path(args.out) / 'data'}", file=sys.stderr)
 
 

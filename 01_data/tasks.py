@@ -12,10 +12,12 @@ held-out part chosen by entity so no held-out question's subject appears in the 
                           the rejected replies of the held-out pairs come from pools disjoint from the train
                           pairs' (RUDE, RAMBLE), rude replies are shorter than the answer about half the time,
                           and the held-out part pairs every question with all three rules
-    recall_*.jsonl       {"prompt": str, "answer": str, "attribute": "job" | "city" | ..., "subject", "lang"}
-                          knowledge-style completion probes of the *base* model (04's fact_recall.py):
-                          "Noin Marora works as" -> "a tailor"; the held-out part uses the same subjects
-                          as sft_heldout, so 05 can tell recall (pretraining) from format (SFT)
+    recall_*.jsonl       {"prompt": str, "answer": str, "attribute": "job" | "city" | ..., "phrasing":
+                          "corpus" | "novel", "subject", "lang"}: knowledge-style completion probes of the
+                          *base* model (04's fact_recall.py): "Noin Marora works as" -> "a tailor" (the
+                          corpus's phrasing) and "By trade, Noin Marora is" -> "a tailor" (one no document
+                          uses); the held-out part uses the same subjects as sft_heldout, so 05 can tell
+                          recall (pretraining) from format (SFT)
     arithmetic_*.jsonl   {"prompt": str, "answer": int,
                           "messages": [{"role": "user", ...}, {"role": "assistant", "content": "... The answer is N."}]}
                           the answer is verifiable: 06 GRPO and 07 evaluation parse "The answer is N.";
@@ -35,7 +37,7 @@ Interview questions it answers:
 
 import random
 
-from world import JOBS, arithmetic_parts, fix_articles
+from world import JOBS, RECALL_PHRASINGS, arithmetic_parts, fix_articles
 
 
 def fact_questions(w):
@@ -88,28 +90,36 @@ def fact_questions(w):
 
 
 def recall_probes(w):
-    """Completion prompts whose next words state one fact, in phrasings the corpus uses (world.py).
+    """Completion prompts whose next words state one fact (world.RECALL_PHRASINGS), for every person.
 
-    One probe per person and attribute; the answer is the fact's first word(s) (an article before
-    the answer is skipped when scoring). Chinese probes use the Chinese name and fact sentence."""
+    Per person and attribute: one probe in the phrasing the corpus uses ("phrasing": "corpus") and
+    one in a phrasing no document uses ("novel", the person's index picks which of the attribute's
+    novel phrasings), so 04 reports recall and memorized word order side by side. The answer is the
+    fact's first word(s) (an article before it is skipped when scoring); Chinese probes use the
+    Chinese name and the Chinese job."""
     out = []
-    for p in w.people:
-        job, city = p["job"][0], p["city"]["name"]
-        probe = lambda attr, prompt, answer, lang="en": out.append(
-            {
-                "prompt": fix_articles(prompt),
-                "answer": answer,
-                "attribute": attr,
-                "subject": p["name"],
-                "lang": lang,
-            }
-        )
-        probe("job", f"{p['name']} works as", job)
-        probe("city", f"{p['name']} is a {job} who lives in", city)
-        probe("pet", f"{p['name']}'s pet is a", p["pet"]["kind"])
-        probe("color", f"{p['name']}'s favorite color is", p["color"][0])
-        probe("age", f"{p['name']} turned", str(p["age"]))
-        probe("job_zh", f"{p['zh']}是一名", p["job"][1], "zh")
+    for i, p in enumerate(w.people):
+        answers = {
+            "job": p["job"][0],
+            "city": p["city"]["name"],
+            "pet": p["pet"]["kind"],
+            "color": p["color"][0],
+            "age": str(p["age"]),
+            "job_zh": p["job"][1],
+        }
+        for attr, (corpus, novel) in RECALL_PHRASINGS.items():
+            for phrasing, template in (("corpus", corpus), ("novel", novel[i % len(novel)])):
+                prompt = template.format(name=p["name"], zh=p["zh"], job=p["job"][0])
+                out.append(
+                    {
+                        "prompt": fix_articles(prompt),
+                        "answer": answers[attr],
+                        "attribute": attr,
+                        "phrasing": phrasing,
+                        "subject": p["name"],
+                        "lang": "zh" if attr.endswith("_zh") else "en",
+                    }
+                )
     return out
 
 

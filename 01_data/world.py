@@ -258,6 +258,27 @@ def pronouns(p):
     return ("she", "her") if p["gender"] == "she" else ("he", "his")
 
 
+# Fact-recall probes (tasks.recall_probes, 04_pretrain/fact_recall.py): per attribute, the phrasing a
+# document uses, whose next words state the fact ("corpus"), and phrasings no document uses ("novel"):
+# a model that stored the fact answers both; one that memorized word sequences answers only the first.
+# The answer follows the prompt after a space (an article before it is skipped when scoring).
+# tests/test_01_data.py checks that no novel prompt occurs in a generated corpus.
+RECALL_PHRASINGS = {
+    "job": (
+        "{name} works as",
+        ["By trade, {name} is", "{name}'s occupation is", "The profession of {name} is"],
+    ),
+    "city": (
+        "{name} is a {job} who lives in",
+        ["{name}'s home town is", "{name} resides in", "The place {name} calls home is"],
+    ),
+    "pet": ("{name}'s pet is a", ["The animal that {name} looks after is a", "{name} takes care of a"]),
+    "color": ("{name}'s favorite color is", ["The color {name} prefers is", "{name}'s preferred color is"]),
+    "age": ("{name} turned", ["The age of {name} is", "{name}'s age in years:"]),
+    "job_zh": ("{zh}是一名", ["{zh}的职业是", "{zh}从事的工作是"]),
+}
+
+
 def person_facts_en(rng, p):
     s, pos = pronouns(p)
     c = p["city"]

@@ -98,6 +98,10 @@ class BPEConfig:
     pattern: str = option("gpt4", "pre-tokenizer regex: gpt2, gpt4, or a regex of your own")
 
 
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(vocab_size=400)}
+
+
 def check_bpe_config(cfg: BPEConfig):
     """Everything about a config that can be checked before reading any data (UserError if not)."""
     check_config(cfg)

@@ -1,10 +1,11 @@
 """Token shards for pretraining: every document of a split encoded, `<|endoftext|>` after each, one flat file.
 
 What 04_pretrain reads from runs/<name>/tokens/:
-  train.bin, val.bin   all token ids of the split, end to end, as a flat array of uint16 (vocabulary
-                       up to 65,536) or uint32, in the machine's byte order; no header
+  train.bin, val.bin,  all token ids of the split, end to end, as a flat array of uint16 (vocabulary
+  test.bin             up to 65,536) or uint32, in the machine's byte order; no header (test.bin when
+                       01 made a test split: 04 evaluates on it once, at the end, never to choose)
   meta.json            {"vocab_size", "dtype", "eot_id", "tokenizer_dir": "tokenizer",
-                        "n_tokens": {"train": N, "val": N}   ids in each file, separators included,
+                        "n_tokens": {"train": N, "val": N, "test": N}   ids in each file, separators included,
                         "n_bytes":  {"train": B, "val": B}}  UTF-8 bytes of the documents encoded,
                                                              separators excluded (they are not text)
   manifest.json        written last (common/runs.py): the folder is complete and current.

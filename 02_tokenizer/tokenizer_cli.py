@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import command_line, parse_config, run_cli, set_interrupt_hint
 from common.files import markdown_table, read_jsonl, write_json
+from common.layout import RunLayout
+from common.outcome import make_bar
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 
 import bpe  # same stage
@@ -49,16 +51,16 @@ def add_run_flags(parser):
 
 def read_data(run: Path):
     """(train docs, val docs) of runs/<name>/data/, after checking it is complete and undamaged."""
-    check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    return read_jsonl(run / "data" / "train.jsonl"), read_jsonl(run / "data" / "val.jsonl")
+    check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
+    return read_jsonl(RunLayout(run).data / "train.jsonl"), read_jsonl(RunLayout(run).data / "val.jsonl")
 
 
 def bpe_reference(run: Path):
     """This run's BPE tokenizer, when bpe.py has made one (checked first), for comparison; else None."""
-    if not (run / "tokenizer").exists():
+    if not (RunLayout(run).tokenizer).exists():
         return None
-    check_artifact(run / "tokenizer", made_by=f"python 02_tokenizer/bpe.py --data {run}")
-    return BPETokenizer.load(run / "tokenizer")
+    check_artifact(RunLayout(run).tokenizer, made_by=RunLayout(run).made_by("tokenizer"))
+    return BPETokenizer.load(RunLayout(run).tokenizer)
 
 
 def train_and_report(name, train, save, *, out, docs, config, command, overwrite, compare_with_bpe=False):
@@ -99,22 +101,52 @@ def train_and_report(name, train, save, *, out, docs, config, command, overwrite
         print(f"\nbytes per token on val ({len(val)} documents)\n{table}\nexample: {example}")
         with staged_dir(out) as tmp:
             save(tok, tmp)
-            write_json(tmp / "outcome.json", {"rows": rows, "table": table, "example": example})
+            block = outcome_block(rows, held_to_bar=not compare_with_bpe)
+            write_json(tmp / "outcome.json", {**block, "rows": rows, "table": table, "example": example})
             plot_bytes_per_token(rows, tmp / "bytes_per_token.png")
-            inputs = [run / "data"] + ([run / "tokenizer"] if reference is not None else [])
+            inputs = [RunLayout(run).data] + ([RunLayout(run).tokenizer] if reference is not None else [])
             write_manifest(tmp, stage="02_tokenizer", command=command, config=config, inputs=inputs)
     print(f"wrote {out}")
     return tok
 
 
+def outcome_block(rows, held_to_bar: bool) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py). rows[0] is the tokenizer just trained;
+    only BPE, the pipeline's tokenizer, is held to a bar: more bytes per token than GPT-2's."""
+    ours = rows[0]
+    gpt2 = next((r for r in rows if "GPT-2" in r["tokenizer"]), None)
+    if not held_to_bar:
+        return {
+            "headline": f"{ours['tokenizer']} vocab {ours['vocab_size']:,}: {ours['all']:.2f} bytes/token on val",
+            "bar": None,
+        }
+    headline = f"BPE vocab {ours['vocab_size']:,}: {ours['all']:.2f} bytes/token on val" + (
+        f" (GPT-2: {gpt2['all']:.2f})" if gpt2 else ""
+    )
+    if gpt2 is None:  # tiktoken absent: nothing to compare with
+        return {"headline": headline, "bar": None}
+    bar = make_bar(
+        "UTF-8 bytes per token on the val split",
+        ours["all"],
+        threshold=gpt2["all"],
+        direction="higher",
+        baseline=gpt2["all"],
+        baseline_name="GPT-2's tokenizer (tiktoken)",
+        note="our BPE packs more bytes per token than GPT-2's tokenizer on this corpus",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
     """`python 02_tokenizer/bpe.py`: train byte-level BPE, then write the token shards for 04_pretrain."""
-    cfg, args = parse_config(BPEConfig, argv, doc=bpe.__doc__, extra=add_run_flags)
+    cfg, args = parse_config(
+        BPEConfig, argv, doc=bpe.__doc__, extra=add_run_flags, presets=bpe.PRESETS, default_preset="tiny"
+    )
     check_bpe_config(cfg)
     run = Path(args.data)
     command = command_line(REPO / "02_tokenizer" / "bpe.py", argv)
     train_docs, val_docs = read_data(run)
-    tokens = run / "tokens"
+    tokens = RunLayout(run).tokens
     with run_lock(tokens):
         claim_output(tokens, args.overwrite, remove=False)
         tok = train_and_report(
@@ -127,7 +159,7 @@ def main(argv=None):
                 progress_every=max(100, cfg.vocab_size // 10),
             ),
             lambda tok, folder: tok.save(folder),
-            out=run / "tokenizer",
+            out=RunLayout(run).tokenizer,
             docs={"train": train_docs, "val": val_docs},
             config=asdict(cfg),
             command=command,
@@ -135,13 +167,20 @@ def main(argv=None):
         )
         set_interrupt_hint(f"{tokens} is unchanged; rerun `{command}`")
         with staged_dir(tokens) as tmp:
-            meta = write_token_shards(tmp, {"train": train_docs, "val": val_docs}, tok)
+            # test.bin too, when 01 made a test split: 04 reports its headline loss on it, once, at the end
+            test = run / "data" / "test.jsonl"
+            splits = {
+                "train": train_docs,
+                "val": val_docs,
+                **({"test": read_jsonl(test)} if test.is_file() else {}),
+            }
+            meta = write_token_shards(tmp, splits, tok)
             write_manifest(
                 tmp,
                 stage="02_tokenizer",
                 command=command,
                 config=asdict(cfg),
-                inputs=[run / "data", run / "tokenizer"],
+                inputs=[RunLayout(run).data, RunLayout(run).tokenizer],
             )
     print(f"tokens: {meta['n_tokens']}, UTF-8 bytes: {meta['n_bytes']}\nwrote {tokens}")
 

@@ -67,6 +67,10 @@ class UnigramConfig:
     em_iterations: int = option(2, "EM iterations after each pruning round", min=1)
 
 
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(vocab_size=400)}
+
+
 def words_of(text):
     """SentencePiece's view of text: split on whitespace, mark each word's start with ▁."""
     return [SPACE + w for w in text.split()]
@@ -233,7 +237,9 @@ class UnigramTokenizer:
 
 
 def main(argv=None):
-    cfg, args = parse_config(UnigramConfig, argv, doc=__doc__, extra=add_run_flags)
+    cfg, args = parse_config(
+        UnigramConfig, argv, doc=__doc__, extra=add_run_flags, presets=PRESETS, default_preset="tiny"
+    )
     run = Path(args.data)
     train_docs, val_docs = read_data(run)
     train_and_report(

@@ -63,6 +63,10 @@ class WordPieceConfig:
     min_pair_count: int = option(100, "pairs seen fewer times are never merged", min=1)
 
 
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(vocab_size=400)}
+
+
 def pretokenize(text):
     return BERT_PRETOKENIZE.findall(text)
 
@@ -234,7 +238,9 @@ class WordPieceTokenizer:
 
 
 def main(argv=None):
-    cfg, args = parse_config(WordPieceConfig, argv, doc=__doc__, extra=add_run_flags)
+    cfg, args = parse_config(
+        WordPieceConfig, argv, doc=__doc__, extra=add_run_flags, presets=PRESETS, default_preset="tiny"
+    )
     run = Path(args.data)
     train_docs, val_docs = read_data(run)
     train_and_report(

@@ -24,6 +24,7 @@ sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
 from common.devices import resolve_device, set_threads
+from decoding import generate
 from gpt import GPT, GPTConfig  # 03_model
 from model_memory import kv_cache_bytes  # 03_model
 
@@ -46,7 +47,7 @@ def tokens_per_second(model, idx, n_new, use_cache):
     if idx.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    out = model.generate(idx, n_new, temperature=0, use_cache=use_cache)
+    out = generate(model, idx, n_new, temperature=0, use_cache=use_cache)
     if idx.is_cuda:
         torch.cuda.synchronize()
     return (out.shape[1] - idx.shape[1]) * idx.shape[0] / (time.perf_counter() - t0)

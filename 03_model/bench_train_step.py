@@ -104,7 +104,7 @@ def time_context(cfg: StepBenchConfig, T: int) -> list:
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
     models = build_models(cfg, T)
     times = {k: [] for k in models}
-    for k, (m, opt) in models.items():
+    for m, opt in models.values():
         one_step(m, opt, x, y)  # warm-up
     for step in range(cfg.steps):
         order = list(models) if step % 2 == 0 else list(reversed(models))  # neither always goes first

@@ -1,7 +1,8 @@
 """Decoding: how a language model's next-token distribution becomes text, and the KV cache that makes it fast.
 
-`GPT.generate` (gpt.py) runs the loop; the pieces it uses live here as small functions you can try in
-a REPL on a hand-made logits tensor:
+`generate(model, idx, ...)` runs the loop for any model whose forward takes (idx, attention_mask, cache)
+and returns (logits, loss), 03's GPT and 05's fine-tuned ones alike; `generate_beam` is beam search for
+one prompt. The pieces they use are small functions you can try in a REPL on a hand-made logits tensor:
 
     left_pad(seqs)               -> a batch of prompts, right-aligned, with an attention mask
     apply_repetition_penalty     -> CTRL's penalty on tokens already present
@@ -39,6 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError
+from common.devices import decoding_threads
 from lm_loss import log_softmax  # 03_model (this folder)
 
 
@@ -174,3 +176,88 @@ def beam_search(next_logits, prompt, max_new_tokens, beam_width, stop_tokens=(),
     finished += [(rank(s, n), s, q) for s, q in zip(scores[~ended].tolist(), seqs[~ended])]
     _, best_score, best = max(finished, key=lambda f: f[0])
     return best[None], best_score
+
+
+# ----------------------------------------------------------------------------- a model's decoding loops
+
+
+def check_length(model, prompt_len, max_new_tokens):
+    if prompt_len + max_new_tokens > model.cfg.block_size:
+        raise UserError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{prompt_len + max_new_tokens} is longer than block_size={model.cfg.block_size}; "
+            "shorten one of them"
+        )
+
+
+@torch.no_grad()
+def generate(
+    model,
+    idx,
+    max_new_tokens,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    repetition_penalty=1.0,
+    stop_tokens=(),
+    attention_mask=None,
+    pad_id=0,
+    use_cache=True,
+    generator=None,
+):
+    """Continue each prompt row of idx (B, T0); returns (B, T0 + n) with n <= max_new_tokens.
+
+    attention_mask (B, T0): 0 marks left padding (see `left_pad`). temperature 0 = greedy.
+    A row that emits a stop token keeps it and is padded with `pad_id` from then on; the loop ends
+    when every row has stopped. use_cache=False recomputes the whole sequence at every step
+    (the slow reference the KV cache must match exactly).
+    """
+    B, T0 = idx.shape
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    check_length(model, T0, max_new_tokens)
+    was_training = model.training
+    model.eval()
+    # an explicit mask even without padding: both paths then take the same masked route
+    mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(idx, dtype=torch.bool)
+    cache = KVCache(model.cfg.n_layer, T0 + max_new_tokens) if use_cache else None
+    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
+    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+    out, step_input = idx, idx  # with a cache, each step feeds only the new token
+    with decoding_threads():  # tiny per-step products: one thread (common/devices.py says why)
+        for _ in range(max_new_tokens):
+            logits, _ = model(step_input if use_cache else out, attention_mask=mask, cache=cache)
+            logits = logits[:, -1].float()  # (B, V)
+            if repetition_penalty != 1.0:
+                logits = apply_repetition_penalty(logits, out, repetition_penalty, mask)
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            done |= torch.isin(nxt, stop)
+            if done.all():
+                break
+            step_input = nxt[:, None]
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def generate_beam(model, idx, max_new_tokens, beam_width=4, stop_tokens=(), length_penalty=0.0):
+    """beam_search (above) for a model and one prompt idx (1, T0) -> (tokens (1, T0 + n), their log-probability).
+    One KV cache row per beam; a surviving beam copies its parent's row before each step."""
+    if idx.shape[0] != 1:
+        raise UserError(f"beam search takes one prompt at a time, got a batch of {idx.shape[0]}")
+    check_length(model, idx.shape[1], max_new_tokens)
+    was_training = model.training
+    model.eval()
+    cache = KVCache(model.cfg.n_layer, idx.shape[1] + max_new_tokens)
+
+    def next_logits(tokens, parents):  # tokens (N, t)
+        if parents is not None:
+            cache.reorder(parents)
+        return model(tokens, cache=cache)[0][:, -1].float()  # (N, V)
+
+    with decoding_threads():
+        result = beam_search(next_logits, idx[0], max_new_tokens, beam_width, stop_tokens, length_penalty)
+    model.train(was_training)
+    return result

@@ -1,15 +1,14 @@
 """A decoder-only GPT, written to be read top to bottom, with the switches modern LLMs flip.
 
-    config -> norms -> attention -> feed-forward -> block -> GPT (forward, loss, generate, beam
-    search) -> counting -> CLI
+    config -> norms -> attention -> feed-forward -> block -> GPT (forward, loss) -> counting -> CLI
 
 One `GPTConfig` selects GPT-2 style (learned positions, LayerNorm, GELU, MHA) or Llama style (RoPE,
 RMSNorm, SwiGLU, GQA) or anything between, plus post-LN (the 2017 original), QK-norm, a
 mixture-of-experts feed-forward (mixture_of_experts.py), z-loss (lm_loss.py) and attention masked at
-document boundaries. `GPT.generate` is the one sampler of the repository: a preallocated KV cache,
-greedy / temperature / top-k / top-p, repetition penalty, stop tokens, and a batch of left-padded
-prompts with an attention mask; `GPT.beam_search` sits beside it. Later stages import them instead of
-writing their own; their small pieces are functions in decoding.py. Sampling from a checkpoint on the
+document boundaries. The class is the network; decoding it is decoding.py's `generate(model, idx)`,
+the one sampler of the repository (a preallocated KV cache, greedy / temperature / top-k / top-p,
+repetition penalty, stop tokens, a batch of left-padded prompts with an attention mask), with
+`generate_beam` beside it. Later stages import them instead of writing their own. Sampling from a checkpoint on the
 command line is sample_text.py; memory (KV cache, activations) is model_memory.py; positions
 (sinusoidal, RoPE, document boundaries) are position_encoding.py.
 
@@ -45,18 +44,11 @@ from torch.utils.checkpoint import checkpoint
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "kernels")]
 from common.cli import UserError, check_config, option, parse_config, run_cli
-from common.devices import decoding_threads
 from attention_backends import BACKENDS, attention  # kernels
 from checkpoint_io import load_checkpoint, check_config_matches  # 03_model (this folder)
-from decoding import (
-    KVCache,
-    apply_repetition_penalty,
-    beam_search,
-    check_sampling_args,
-    sample_next,
-)  # 03_model
 from lm_loss import cross_entropy_and_z  # 03_model
 from mixture_of_experts import MoE  # 03_model
+from model_memory import activation_bytes_per_layer, kv_cache_bytes  # 03_model
 from position_encoding import (
     apply_rope,
     document_positions_and_mask,
@@ -451,85 +443,6 @@ class GPT(nn.Module):
             ) from None
         return model.to(map_location)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        idx,
-        max_new_tokens,
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
-        repetition_penalty=1.0,
-        stop_tokens=(),
-        attention_mask=None,
-        pad_id=0,
-        use_cache=True,
-        generator=None,
-    ):
-        """Continue each prompt row of idx (B, T0); returns (B, T0 + n) with n <= max_new_tokens.
-
-        attention_mask (B, T0): 0 marks left padding (see `left_pad`). temperature 0 = greedy.
-        A row that emits a stop token keeps it and is padded with `pad_id` from then on; the loop ends
-        when every row has stopped. use_cache=False recomputes the whole sequence at every step
-        (the slow reference the KV cache must match exactly).
-        """
-        B, T0 = idx.shape
-        check_sampling_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        self.check_length(T0, max_new_tokens)
-        was_training = self.training
-        self.eval()
-        # an explicit mask even without padding: both paths then take the same masked route
-        mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(idx, dtype=torch.bool)
-        cache = KVCache(self.cfg.n_layer, T0 + max_new_tokens) if use_cache else None
-        stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        out, step_input = idx, idx  # with a cache, each step feeds only the new token
-        with decoding_threads():  # tiny per-step products: one thread (common/devices.py says why)
-            for _ in range(max_new_tokens):
-                logits, _ = self(step_input if use_cache else out, attention_mask=mask, cache=cache)
-                logits = logits[:, -1].float()  # (B, V)
-                if repetition_penalty != 1.0:
-                    logits = apply_repetition_penalty(logits, out, repetition_penalty, mask)
-                nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-                nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-                out = torch.cat([out, nxt[:, None]], dim=1)
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                done |= torch.isin(nxt, stop)
-                if done.all():
-                    break
-                step_input = nxt[:, None]
-        self.train(was_training)
-        return out
-
-    @torch.no_grad()
-    def beam_search(self, idx, max_new_tokens, beam_width=4, stop_tokens=(), length_penalty=0.0):
-        """decoding.beam_search for one prompt idx (1, T0) -> (tokens (1, T0 + n), their log-probability).
-        One KV cache row per beam; a surviving beam copies its parent's row before each step."""
-        if idx.shape[0] != 1:
-            raise UserError(f"beam search takes one prompt at a time, got a batch of {idx.shape[0]}")
-        self.check_length(idx.shape[1], max_new_tokens)
-        was_training = self.training
-        self.eval()
-        cache = KVCache(self.cfg.n_layer, idx.shape[1] + max_new_tokens)
-
-        def next_logits(tokens, parents):  # tokens (N, t)
-            if parents is not None:
-                cache.reorder(parents)
-            return self(tokens, cache=cache)[0][:, -1].float()  # (N, V)
-
-        with decoding_threads():
-            result = beam_search(next_logits, idx[0], max_new_tokens, beam_width, stop_tokens, length_penalty)
-        self.train(was_training)
-        return result
-
-    def check_length(self, prompt_len, max_new_tokens):
-        if prompt_len + max_new_tokens > self.cfg.block_size:
-            raise UserError(
-                f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
-                f"{prompt_len + max_new_tokens} is longer than block_size={self.cfg.block_size}; "
-                "shorten one of them"
-            )
-
 
 # ----------------------------------------------------------------------------- counting
 
@@ -560,8 +473,6 @@ def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
 
 
 def describe(cfg: GPTConfig) -> str:
-    from model_memory import activation_bytes_per_layer, kv_cache_bytes  # 03_model; only the CLI needs it
-
     with torch.device("meta"):  # shapes only: any size is instant and takes no memory
         model = GPT(cfg)
     T = cfg.block_size

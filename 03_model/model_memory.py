@@ -83,9 +83,7 @@ def activation_bytes_per_layer(
     else:
         total += 3 * N * H * hd * 4 + batch * H * T * T * 4 + T * T + N * d * e
     if cfg.mlp == "swiglu":
-        from gpt import swiglu_hidden  # 03_model; imported here: gpt.py imports this file's CLI helpers
-
-        total += 4 * N * swiglu_hidden(d) * e
+        total += 4 * N * cfg.ffn_hidden * e  # gpt.swiglu_hidden(d) (or a pruned model's own size)
     else:
         total += (2 if cfg.mlp == "gelu" else 1) * N * 4 * d * e
     return total

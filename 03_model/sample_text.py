@@ -1,4 +1,4 @@
-"""Sample text from a trained GPT checkpoint: the command line of GPT.generate and GPT.beam_search.
+"""Sample text from a trained GPT checkpoint: the command line of decoding.generate and decoding.generate_beam.
 
     python 03_model/sample_text.py --ckpt runs/tiny/pretrain/ckpt.pt --prompt "Once upon a time"
     python 03_model/sample_text.py --ckpt runs/tiny/pretrain/ckpt.pt --prompt "The cat" "A dog" --temperature 0
@@ -26,10 +26,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer")]
 from common.cli import UserError, option, parse_config, run_cli
+from common.layout import RunLayout
 from common.runs import check_artifact
 from common.devices import resolve_device
 from checkpoint_io import load_checkpoint, tokenizer_dir  # 03_model (this folder)
-from decoding import left_pad  # 03_model
+from decoding import generate, generate_beam, left_pad  # 03_model
 from gpt import GPT  # 03_model
 
 
@@ -58,11 +59,13 @@ def load_tokenizer(ckpt_path: Path, saved, override: str):
 
     named = tokenizer_dir(ckpt_path, saved)
     candidates = (
-        [Path(override)] if override else [p for p in (named, ckpt_path.parent.parent / "tokenizer") if p]
+        [Path(override)]
+        if override
+        else [p for p in (named, RunLayout(ckpt_path.parent.parent).tokenizer) if p]
     )
     for folder in candidates:
         if (folder / "tokenizer.json").is_file():
-            check_artifact(folder, made_by=f"python 02_tokenizer/bpe.py --data {folder.parent}")
+            check_artifact(folder, made_by=RunLayout(folder.parent).made_by("tokenizer"))
             return BPETokenizer.load(folder)
     raise UserError(
         f"no tokenizer found (looked in {', '.join(map(str, candidates))}); "
@@ -96,8 +99,8 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)
     if cfg.beam_width:
         for text, ids in zip(cfg.prompt, prompts):
-            out, logprob = model.beam_search(
-                torch.tensor([ids], device=device), max_new, cfg.beam_width, stop_tokens=[tok.eot_id]
+            out, logprob = generate_beam(
+                model, torch.tensor([ids], device=device), max_new, cfg.beam_width, stop_tokens=[tok.eot_id]
             )
             print(
                 f"--- {text!r} (beam search, log-probability {logprob:.2f})\n"
@@ -105,7 +108,8 @@ def main(argv=None):
             )
         return
     idx, mask = left_pad(prompts, pad_id=tok.special_tokens.get("<|pad|>", tok.eot_id), device=device)
-    out = model.generate(
+    out = generate(
+        model,
         idx,
         max_new,
         temperature=cfg.temperature,

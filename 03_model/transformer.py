@@ -50,6 +50,7 @@ sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "kernels")]
 from common.devices import set_threads
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, read_jsonl, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from gpt import MLP, Attention, GPTConfig, LayerNorm  # 03_model (this folder)
 from divergence import DivergenceGuard  # 03_model (this folder)
@@ -291,16 +292,16 @@ def check_demo_config(cfg: DemoConfig):
 def load_token_streams(cfg: DemoConfig):
     """(train ids, val ids, base vocab size, tokenizer name): every document encoded, one separator between."""
     run = Path(cfg.data)
-    train_path = run / "data" / "train.jsonl"
-    check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
+    train_path = RunLayout(run).data / "train.jsonl"
+    check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
     use_bpe = cfg.tokenizer == "bpe" or (
-        cfg.tokenizer == "auto" and (run / "tokenizer" / "tokenizer.json").is_file()
+        cfg.tokenizer == "auto" and (RunLayout(run).tokenizer / "tokenizer.json").is_file()
     )
     if use_bpe:
         from bpe import BPETokenizer  # 02_tokenizer, only when there is one
 
-        check_artifact(run / "tokenizer", made_by=f"python 02_tokenizer/bpe.py --data {run}")
-        tok = BPETokenizer.load(run / "tokenizer")
+        check_artifact(RunLayout(run).tokenizer, made_by=RunLayout(run).made_by("tokenizer"))
+        tok = BPETokenizer.load(RunLayout(run).tokenizer)
         encode, sep, base = tok.encode_ordinary, [tok.eot_id], tok.vocab_size
     else:
         encode, sep, base = (lambda s: list(s.encode("utf-8"))), [0], 256
@@ -312,7 +313,7 @@ def load_token_streams(cfg: DemoConfig):
         return torch.tensor(ids, dtype=torch.long)
 
     train = stream(train_path)
-    val_path = run / "data" / "val.jsonl"
+    val_path = RunLayout(run).data / "val.jsonl"
     if val_path.is_file():
         val = stream(val_path)
     else:  # hold out the last 10 % of the training stream
@@ -421,7 +422,7 @@ def main(argv=None):
                 },
             )
             save_plot(tmp / "loss.png", results)
-            inputs = [run / "data"] + ([run / "tokenizer"] if tok_name == "bpe" else [])
+            inputs = [RunLayout(run).data] + ([RunLayout(run).tokenizer] if tok_name == "bpe" else [])
             write_manifest(
                 tmp,
                 stage="03_model/transformer",

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError
 from common.files import read_json
+from common.layout import RunLayout
 from common.runs import check_artifact
 
 SCAN_TOKENS = 20_000_000  # the id check and the unigram baseline read at most this prefix of a shard
@@ -47,8 +48,8 @@ def load_shards(run: Path, block_size: int, train_tokens: int = 0):
     shard cut off mid-token, ids the vocabulary does not have, and a split too short for one window.
     train_tokens > 0 keeps only the first N train tokens (overfit.py).
     """
-    tok = Path(run) / "tokens"
-    remake = f"python 02_tokenizer/bpe.py --data {run}"
+    tok = RunLayout(run).tokens
+    remake = RunLayout(run).made_by("tokenizer")
     check_artifact(tok, made_by=remake)  # present, complete, intact, current
     meta = read_json(tok / "meta.json", made_by=remake)
     vocab, dtype = meta.get("vocab_size"), meta.get("dtype")
@@ -71,6 +72,17 @@ def load_shards(run: Path, block_size: int, train_tokens: int = 0):
                 f"{block_size + 2}; lower --block-size or give it more data"
             )
     return train, shards["val"], meta
+
+
+def load_test_shard(run: Path, meta: dict):
+    """The test shard (tokens/test.bin) as a checked memmap, or None when 02 wrote none (an older run,
+    or data with no test split). Pretraining reads it once, after training: it chooses nothing."""
+    path = RunLayout(run).tokens / "test.bin"
+    if not path.is_file():
+        return None
+    remake = RunLayout(run).made_by("tokens")
+    expected = meta.get("n_tokens", {}).get("test")
+    return open_shard(path, np.dtype(meta["dtype"]), meta["vocab_size"], expected, remake)
 
 
 def open_shard(path: Path, dtype: np.dtype, vocab: int, expected, remake: str) -> np.ndarray:

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import command_line, option, parse_config, run_cli
 from common.files import pyplot, read_json, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, run_lock, write_manifest
 from gpt import GPT, GPTConfig, flops_per_token  # 03_model
 import gpt as gpt_module  # 03_model
@@ -114,8 +115,8 @@ def cpu_rows(c: BenchConfig) -> list:
     t = TrainConfig()
     vocab = c.vocab
     if c.data:
-        tokens = Path(c.data) / "tokens"
-        check_artifact(tokens, made_by=f"python 02_tokenizer/bpe.py --data {c.data}")
+        tokens = RunLayout(c.data).tokens
+        check_artifact(tokens, made_by=RunLayout(c.data).made_by("tokenizer"))
         vocab = read_json(tokens / "meta.json")["vocab_size"]
     cfg = GPTConfig(
         vocab_size=vocab,
@@ -208,7 +209,7 @@ def main(argv=None):
             stage="04_bench_pretrain",
             command=command_line(__file__, argv),
             config=dataclasses.asdict(c),
-            inputs=[Path(c.data) / "tokens"] if c.data else [],
+            inputs=[RunLayout(c.data).tokens] if c.data else [],
         )
     print(f"wrote {out}/bench_pretrain.json and bench_pretrain.png")
 

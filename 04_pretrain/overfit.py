@@ -16,6 +16,11 @@ the gap between them, the best val loss and its step, and how much of the baseli
 excess (final val - best val of the baseline) each technique removes. Saves overfit.png (train and
 val curves) and overfit.json under runs/<name>/overfit/.
 
+The bar (`regularization_bar`): early stopping is free, so a regularizer earns its place only by
+beating it. The regularized variant with the lowest final val loss is measured on the whole test
+split against the baseline's best.pt, with a paired bootstrap interval over windows; the early-stop
+row is that threshold, never a contender (it would close 100 % of the excess by construction).
+
 Interview questions it answers:
 - How do you tell overfitting from underfitting? (train loss falls and val loss rises = overfit;
   both high = underfit. The gap is the generalization error.)
@@ -35,14 +40,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, fresh_output, write_manifest
+from common.stats import paired_bootstrap_interval
+from common.outcome import make_bar
 from common.devices import resolve_device
 from checkpoint_io import load_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 
-from pretrain import TrainConfig, evaluate, train
-from batches import load_shards
-from train_state import BEST
+from pretrain_loop import TrainConfig, evaluate, train
+from batches import load_shards, load_test_shard
+from heldout_loss import window_token_losses
+from train_state import BEST, CKPT
 
 WARMUP = 20
 
@@ -69,6 +78,22 @@ class OverfitConfig:
     )
     seed: int = option(1337, "initial weights, dropout and data order", min=0)
     overwrite: bool = option(False, "replace the results already in runs/<name>/overfit")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        train_tokens=2000,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        block_size=32,
+        batch_size=4,
+        max_steps=21,
+        eval_interval=3,
+    ),
+}
 
 
 def check_overfit_config(c: OverfitConfig):
@@ -158,6 +183,7 @@ def run(c: OverfitConfig, out: Path) -> list:
             seed=c.seed,
             log_interval=c.eval_interval,
             quiet=True,
+            final_eval=False,
             **override,
         )
         print(f"--- {name}: dropout {cfg.dropout}, weight decay {cfg.weight_decay}")
@@ -168,9 +194,50 @@ def run(c: OverfitConfig, out: Path) -> list:
     excess = rows[0]["val"] - rows[0]["best_val"]  # how far the baseline drifted past its best
     for r in rows:
         r["val_gain"] = rows[0]["val"] - r["val"]
-        r["excess_closed"] = r["val_gain"] / excess if excess > 0 else float("nan")
+        # the early-stop row is the baseline's own best weights: it closes 100 % by construction
+        r["excess_closed"] = (
+            r["val_gain"] / excess if excess > 0 and r["variant"] != "early stop" else float("nan")
+        )
     plot(series, out / "overfit.png")
     return rows
+
+
+def regularization_bar(c: OverfitConfig, out: Path, rows) -> dict:
+    """The bar: the best regularized variant (chosen by its own final val loss) against early stopping,
+    the free regularizer every run already has. Both are measured again on the whole test split (val
+    where there is none): the variant's final weights (ckpt.pt) against the baseline's best.pt, with a
+    95 % paired bootstrap interval over windows. The early-stop row is the threshold, not a contender."""
+    regularized = [r for r in rows if r["variant"] not in ("baseline", "early stop")]
+    chosen = min(regularized, key=lambda r: r["val"])
+    device = resolve_device(TrainConfig().device)
+    _, val_data, meta = load_shards(Path(c.data), c.block_size, c.train_tokens)
+    test = load_test_shard(Path(c.data), meta)
+    split, data = ("test", test) if test is not None and len(test) > 2 * c.block_size else ("val", val_data)
+    losses = {}
+    for name, path in (
+        ("chosen", out / chosen["variant"].replace(" ", "_") / CKPT),
+        ("early", out / "baseline" / BEST),
+    ):
+        model = GPT.from_checkpoint(path, map_location=device)
+        losses[name] = window_token_losses(model, data, c.block_size, device).mean(axis=1)
+    value, base = float(losses["chosen"].mean()), float(losses["early"].mean())
+    lo, hi = paired_bootstrap_interval(losses["chosen"], losses["early"])
+    bar = make_bar(
+        f"{split} loss (nats/token) of the best regularized variant ({chosen['variant']}), final weights",
+        value,
+        threshold=base,
+        direction="lower",
+        baseline=base,
+        baseline_name="early stopping: the unregularized baseline's best.pt",
+        interval=[base + lo, base + hi],
+        n=len(losses["chosen"]),
+        note=f"{len(losses['chosen'])} windows of {c.block_size} tokens; paired bootstrap over windows",
+    )
+    headline = (
+        f"{chosen['variant']}: {split} loss {value:.3f} [{base + lo:.3f}, {base + hi:.3f}] "
+        f"vs early stopping {base:.3f} (baseline final {rows[0]['val']:.3f} on val)"
+    )
+    return {"headline": headline, "bar": bar}
 
 
 def plot(series, path):
@@ -192,27 +259,35 @@ def format_table(rows) -> str:
     for r in rows:
         lines.append(
             f"{r['variant']:<13} {r['train']:7.3f} {r['val']:7.3f} {r['gap']:7.3f} {r['best_val']:9.3f} "
-            f"{r['best_step']:6d} {r['val_gain']:+9.3f} {r['excess_closed']:14.0%}"
+            f"{r['best_step']:6d} {r['val_gain']:+9.3f} "
+            + (
+                f"{r['excess_closed']:14.0%}"
+                if r["excess_closed"] == r["excess_closed"]
+                else f"{'(reference)':>14}"
+            )
         )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    c, _ = parse_config(OverfitConfig, argv, doc=__doc__)
+    c, _ = parse_config(OverfitConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_overfit_config(c)
     run_dir = Path(c.data)
-    check_artifact(run_dir / "tokens", made_by=f"python 02_tokenizer/bpe.py --data {run_dir}")
+    check_artifact(RunLayout(run_dir).tokens, made_by=RunLayout(run_dir).made_by("tokenizer"))
     out = run_dir / "overfit"
     with fresh_output(out, c.overwrite) as tmp:  # the old result stays until this one succeeds
         rows = run(c, tmp)
+        verdict = regularization_bar(c, tmp, rows)
         print(format_table(rows))
-        write_json(tmp / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows})
+        print(f"{verdict['headline']}: {'PASS' if verdict['bar']['passed'] else 'FAIL'}")
+        write_json(tmp / "overfit.json", {"config": dataclasses.asdict(c), "rows": rows, **verdict})
+        write_json(tmp / "outcome.json", verdict)  # {"headline", "bar"}: what report.py lays out
         write_manifest(
             tmp,
             stage="04_overfit",
             command=command_line(__file__, argv),
             config=dataclasses.asdict(c),
-            inputs=[run_dir / "tokens"],
+            inputs=[RunLayout(run_dir).tokens],
         )
     print(f"wrote {out}/overfit.json and overfit.png")
 

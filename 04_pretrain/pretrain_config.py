@@ -1,6 +1,6 @@
 """What a pretraining run is: its config (= its command line), presets, and the checks before it starts.
 
-    cfg = TrainConfig(data="runs/tiny", max_steps=100)      # the function API; pretrain.train(cfg)
+    cfg = TrainConfig(data="runs/tiny", max_steps=100)      # the function API; pretrain_loop.train(cfg)
     python 04_pretrain/pretrain.py --help                    # the same fields as flags, with each preset's values
 
 Every field is one flag with its help, default and allowed range (common.option). The defaults are
@@ -102,6 +102,9 @@ class TrainConfig:
         0, "early stopping: stop after this many evals without improvement (0 = off)", min=0
     )
     eval_train: bool = option(False, "also measure the loss on train windows in eval mode (overfit.py)")
+    final_eval: bool = option(
+        True, "at the end: best.pt on the whole val/test splits vs n-grams, and fact recall (sweeps skip it)"
+    )
     log_interval: int = option(10, "steps between train-loss log lines", min=1)
     seed: int = option(1337, "initial weights, dropout and the data order", min=0)
     quiet: bool = option(False, "print only the final line (sweeps)")
@@ -116,6 +119,19 @@ class TrainConfig:
 
 PRESETS = {
     "tiny": {},  # the dataclass defaults
+    # seconds, for the smoke test (run_all.py --preset micro): that everything connects, not quality
+    "micro": dict(
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        batch_size=8,
+        lr=0.01,
+        min_lr=0.001,
+        warmup_steps=3,
+        max_steps=30,
+        eval_interval=15,
+        eval_batches=2,
+    ),
     # A laptop's hour or a GPU's minutes: nanoGPT's Shakespeare-char scale.
     "small": dict(
         n_layer=6,
@@ -150,7 +166,14 @@ PRESETS = {
         eval_batches=40,
     ),
 }
-RUN_CONTROL = ("resume", "overwrite", "allow_config_change", "stop_at", "quiet")  # not part of what a run is
+RUN_CONTROL = (
+    "resume",
+    "overwrite",
+    "allow_config_change",
+    "stop_at",
+    "quiet",
+    "final_eval",
+)  # not part of what a run is
 
 PEAK_FLOPS = {
     "H100": 989e12,

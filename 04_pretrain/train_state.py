@@ -51,6 +51,7 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError
+from common.layout import RunLayout
 from common.runs import write_manifest
 from checkpoint_io import check_config_matches, load_checkpoint, save_checkpoint  # 03_model
 
@@ -224,7 +225,7 @@ def write_run_manifest(out: Path, cfg, command: str, status: str, resume_command
         stage="04_pretrain",
         command=command,
         config=dataclasses.asdict(cfg),
-        inputs=[Path(cfg.data) / "tokens"],
+        inputs=[RunLayout(cfg.data).tokens],
         files=files,
         extra={"status": status, "resume_command": resume_command, "weights": BEST},
     )

@@ -348,7 +348,7 @@ def report(r: dict, cfg: ZeroConfig) -> str:
     u = r["unsharded_state_bytes"]
     lines += [
         "",
-        f"bytes per rank (rank 0), fp32",
+        "bytes per rank (rank 0), fp32",
         f"{'':<18}{'AdamW state (m, v)':>20}{'master shard':>14}{'gradients':>12}{'state / unsharded':>20}",
         f"{'unsharded AdamW':<18}{u:>20,}{0:>14,}{4 * P:>12,}{1:>20.3f}",
     ]

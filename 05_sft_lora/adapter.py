@@ -33,7 +33,6 @@ import functools
 import sys
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

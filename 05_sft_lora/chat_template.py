@@ -48,7 +48,6 @@ Interview questions it answers:
 import sys
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").

@@ -40,7 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, read_json, read_jsonl, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
+from common.outcome import make_bar
 
 from sft_baselines import sft_bar
 
@@ -81,6 +83,18 @@ class CompareConfig:
     sft_args: str = option("", "extra flags passed to every sft.py run, e.g. '--batch-size 8'")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the comparison already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        methods=["lora_r4"],
+        steps=4,
+        eval_limit=4,
+        sft_args="--batch-size 4 --warmup-steps 1 --eval-interval 2 --max-new-tokens 8 --forget-windows 2",
+    ),
+}
 
 
 def check_compare_config(cfg):
@@ -221,8 +235,30 @@ def plot(outcomes, path):
     save_figure(fig, path)
 
 
+def outcome_block(outs: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): every method's held-out exact match
+    above the base model's; the bar's value is the worst method's."""
+    base = next(iter(outs.values()))["heldout_base"]
+    beats = {m: v["heldout_tuned"]["exact_match"] > base["exact_match"] for m, v in outs.items()}
+    best = max(outs, key=lambda m: outs[m]["heldout_tuned"]["exact_match"])
+    headline = (
+        f"best {best}: exact match {outs[best]['heldout_tuned']['exact_match']:.3f} (base "
+        f"{base['exact_match']:.3f}); {sum(beats.values())} of {len(beats)} methods beat the base"
+    )
+    bar = make_bar(
+        "held-out exact match of the worst method",
+        min(v["heldout_tuned"]["exact_match"] for v in outs.values()),
+        threshold=base["exact_match"],
+        direction="higher",
+        baseline=base["exact_match"],
+        baseline_name="the base model with the chat template",
+        note="every method's exact match above the base model's",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(CompareConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(CompareConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     check_compare_config(cfg)
     run = Path(cfg.run)
     out = Path(cfg.out) if cfg.out else run / "sft_compare"
@@ -237,13 +273,18 @@ def main(argv=None):
                 tmp / "compare.json",
                 {"rows": rows, "bars": bars, "outcomes": outcomes, "config": asdict(cfg)},
             )
+            block = outcome_block(outcomes)
+            if bars:  # every method must beat the strongest baseline: the weakest method's bar decides
+                block["bar"] = min(bars.values(), key=lambda b: b["interval"][0])
+                block["bars"] = list(bars.values())
+            write_json(tmp / "outcome.json", block)
             plot(outcomes, tmp / "compare.png")
             write_manifest(
                 tmp,
                 stage="05_sft_lora",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[run / "pretrain", run / "tokenizer", run / "data"],
+                inputs=[RunLayout(run).pretrain, RunLayout(run).tokenizer, RunLayout(run).data],
             )
     print(table)
     print(f"wrote {out}/ (compare.json, compare.png, one sft run per method)")

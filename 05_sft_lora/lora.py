@@ -54,6 +54,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, command_line, option, parse_config, run_cli
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from gpt import GPT  # 03_model
@@ -326,7 +327,7 @@ def main(argv=None):
     if not cfg.base or not cfg.adapter:
         raise UserError("pass --base <checkpoint> and --adapter <adapter.pt>; see --help")
     base, adapter = Path(cfg.base), Path(cfg.adapter)
-    check_artifact(adapter.parent, made_by="python 05_sft_lora/sft.py --run runs/<name>")
+    check_artifact(adapter.parent, made_by=RunLayout("runs/<name>").made_by("sft"))
     if not base.is_file():
         raise UserError(f"--base {base}: no such checkpoint; 04_pretrain/pretrain.py makes one")
     model = GPT.from_checkpoint(base)

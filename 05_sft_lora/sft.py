@@ -37,7 +37,6 @@ Interview questions it answers:
 """
 
 import dataclasses
-import json
 import math
 import os
 import resource
@@ -61,33 +60,32 @@ from common.cli import (
     run_cli,
     set_interrupt_hint,
 )
-from common.files import pyplot, read_json, save_figure, write_json, write_jsonl
+from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
-from decoding import left_pad  # 03_model
 from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
-from adapter import BottleneckAdapters, load_adapters, save_adapters
-from chat_template import END, decode_answer, encode_prompt
+from adapter import BottleneckAdapters, save_adapters
 from lora import (
     DEFAULT_TARGETS,
     count_params,
     describe_params,
     find_targets,
     inject_lora,
-    load_lora,
     save_lora,
 )
-from metrics import answer_in, exact_match, token_f1
-from sft_baselines import answer_span, few_shot_conversations, majority_answers, sft_bar
+from chat_template import encode_prompt
+from sft_baselines import few_shot_conversations, majority_answers, sft_bar
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
-from prefix import PrefixTuning, attach_prefix, load_prefix, save_prefix
+from prefix import PrefixTuning, attach_prefix, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
+from finetuned import corpus_loss, generate_answers, score
 
 METHODS = ("full", "lora", "prefix", "adapter")
 DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "prefix": 3e-3, "adapter": 3e-3}
@@ -146,6 +144,21 @@ class SFTConfig:
     )
 
 
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        steps=6,
+        batch_size=4,
+        warmup_steps=1,
+        eval_interval=2,
+        eval_limit=4,
+        max_new_tokens=8,
+        forget_windows=2,
+    ),
+}
+
+
 def check_sft_config(cfg: SFTConfig):
     """Every field in its declared range (common.check_config, which parse_config also runs) and the
     checks that involve several fields; a UserError otherwise. The function API calls it too."""
@@ -165,21 +178,14 @@ def base_checkpoint(cfg: SFTConfig) -> Path:
         if not Path(cfg.base).is_file():
             raise UserError(f"--base {cfg.base}: no such checkpoint; 04_pretrain/pretrain.py makes one")
         return Path(cfg.base)
-    pre = Path(cfg.run) / "pretrain"
-    check_artifact(pre, made_by=f"python 04_pretrain/pretrain.py --data {cfg.run}")
+    pre = RunLayout(cfg.run).pretrain
+    check_artifact(pre, made_by=RunLayout(cfg.run).made_by("pretrain"))
     return pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"
 
 
-def task_file(cfg, given, name) -> Path:
-    if given:
-        return Path(given)
-    check_artifact(Path(cfg.run) / "data", made_by=f"python 01_data/prepare.py --out {cfg.run}")
-    return Path(cfg.run) / "data" / "tasks" / name
-
-
 def load_tokenizer(cfg) -> BPETokenizer:
-    tok_dir = Path(cfg.run) / "tokenizer"
-    check_artifact(tok_dir, made_by=f"python 02_tokenizer/bpe.py --data {cfg.run}")
+    tok_dir = RunLayout(cfg.run).tokenizer
+    check_artifact(tok_dir, made_by=RunLayout(cfg.run).made_by("tokenizer"))
     return BPETokenizer.load(tok_dir)
 
 
@@ -217,24 +223,6 @@ def save_tuned(model, extras, cfg, out: Path, tokenizer_dir) -> Path:
     else:
         save_adapters(extras[0], model, path)
     return path
-
-
-def load_finetuned(sft_dir, device="cpu"):
-    """(model, tokenizer, peft) of a finished sft.py run: the full checkpoint (peft None), or the base
-    with its adapter attached (peft: the LoRA adapter's name, or the PrefixTuning / BottleneckAdapters
-    module, which lives beside the model). What 06 and 07 call to start from the SFT model."""
-    sft_dir = Path(sft_dir)
-    manifest = check_artifact(sft_dir, made_by="python 05_sft_lora/sft.py --run runs/<name>")
-    outcome = read_json(sft_dir / "outcome.json")
-    tok = BPETokenizer.load(sft_dir / outcome["tokenizer"])
-    if (sft_dir / "ckpt.pt").is_file():
-        return GPT.from_checkpoint(sft_dir / "ckpt.pt", map_location=device), tok, None
-    model = GPT.from_checkpoint(sft_dir / outcome["base_checkpoint"], map_location=device)
-    kind = load_checkpoint(sft_dir / "adapter.pt").get("peft", {}).get("kind")
-    loader = {"lora": load_lora, "prefix": load_prefix, "adapter": load_adapters}.get(kind)
-    if loader is None:
-        raise UserError(f"{sft_dir}/adapter.pt: unknown adapter kind {kind!r}; rerun `{manifest['command']}`")
-    return model, tok, loader(model, sft_dir / "adapter.pt")
 
 
 # ----------------------------------------------------------------------------- loss and evaluation
@@ -275,59 +263,6 @@ def validation_loss(model, batches) -> float:
     return total / max(count, 1)
 
 
-@torch.no_grad()
-def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> float:
-    """Mean LM loss on `n_windows` evenly spaced windows of the pretraining val shard (forgetting)."""
-    starts = np.linspace(0, len(val_tokens) - block_size - 1, n_windows).astype(np.int64)
-    was = model.training
-    model.eval()
-    losses = [
-        model(*get_batch(val_tokens, starts[i : i + batch], block_size, device))[1].item()
-        * len(starts[i : i + batch])
-        for i in range(0, len(starts), batch)
-    ]
-    model.train(was)
-    return sum(losses) / len(starts)
-
-
-@torch.no_grad()
-def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64) -> list:
-    """Greedy answers (03's GPT.generate, KV cache, left-padded batches) to each conversation's
-    last user turn, prompted with the chat template; generation stops at <|end|>."""
-    end, pad = tok.special_tokens[END], tok.special_tokens.get("<|pad|>", tok.eot_id)
-    out = []
-    for i in range(0, len(conversations), batch):
-        prompts = [encode_prompt(tok, c) for c in conversations[i : i + batch]]
-        idx, mask = left_pad(prompts, pad_id=pad, device=device)
-        room = min(max_new_tokens, model.cfg.block_size - idx.shape[1])
-        if room < 1:
-            raise UserError(
-                f"a held-out prompt fills the model's context ({idx.shape[1]} tokens); "
-                "drop long conversations from the held-out file"
-            )
-        gen = model.generate(
-            idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad
-        )
-        out += [decode_answer(tok, row) for row in gen[:, idx.shape[1] :].tolist()]
-    return out
-
-
-def score(predictions, records) -> dict:
-    """Mean exact match, token F1 (vs the reference answer turn) and answer accuracy (short answer), each
-    of the answer's span (sft_baselines.answer_span: up to the first newline or chat marker)."""
-    predictions = [answer_span(p) for p in predictions]
-    refs = [r["messages"][-1]["content"] for r in records]
-    shorts = [r.get("answer") for r in records]
-    res = {
-        "exact_match": float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs)])),
-        "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs)])),
-        "n": len(records),
-    }
-    if all(isinstance(s, str) for s in shorts):
-        res["answer_acc"] = float(np.mean([answer_in(p, s) for p, s in zip(predictions, shorts)]))
-    return res
-
-
 def fitting_few_shot(tok, held, train_records, cfg, block_size) -> tuple:
     """(shots, conversations): the few-shot prompts with the most shots (at most cfg.shots) that leave
     room for a max_new_tokens answer in the context; (0, []) when not even one shot fits."""
@@ -354,7 +289,7 @@ def plot(records, base_eval, tuned_eval, path, title):
         ax1.plot(*zip(*va), "o-", label="validation subjects")
     ax1.set(xlabel="step", ylabel="loss (nats/token)", title=title)
     ax1.legend()
-    keys = [k for k in ("exact_match", "token_f1", "answer_acc") if k in tuned_eval]
+    keys = [k for k in ("exact_match", "token_f1", "rouge_l", "answer_acc") if k in tuned_eval]
     xs = np.arange(len(keys))
     if base_eval:
         ax2.bar(xs - 0.2, [base_eval[k] for k in keys], 0.4, label="base + template")
@@ -370,7 +305,7 @@ def plot(records, base_eval, tuned_eval, path, title):
 def finetune(cfg: SFTConfig, argv=None) -> dict:
     """Fine-tune, evaluate and write <out>/ (module docstring); returns the outcome dict."""
     check_sft_config(cfg)
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "sft"
+    out = Path(cfg.out) if cfg.out else RunLayout(cfg.run).sft
     if cfg.resume and not resume_path(out).is_file():
         raise UserError(f"--resume: no interrupted run of {out} to continue; start one without --resume")
     with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # refused or locked before any training
@@ -428,12 +363,12 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
     """The work of `finetune`, written into tmp (a folder beside <out>, swapped in when complete)."""
     run = Path(cfg.run)
     device = resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "sft"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).sft
     base_path = base_checkpoint(cfg)
     tok = load_tokenizer(cfg)
     train_path, held_path = (
-        task_file(cfg, cfg.train_file, "sft_train.jsonl"),
-        task_file(cfg, cfg.heldout_file, "sft_heldout.jsonl"),
+        task_file(cfg.run, cfg.train_file, "sft_train.jsonl"),
+        task_file(cfg.run, cfg.heldout_file, "sft_heldout.jsonl"),
     )
     train_records, held_records = read_conversations(train_path), read_conversations(held_path)
     model = GPT.from_checkpoint(base_path, map_location=device)
@@ -567,11 +502,11 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
     # what training holds beyond the frozen weights: gradients and AdamW's two moments per trainable number
     state_mb = (counts["total"] + 3 * counts["trainable"]) * 4 / 2**20
 
-    tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(run / "tokenizer", out))
+    tuned_file = save_tuned(model, extras, cfg, tmp, os.path.relpath(RunLayout(run).tokenizer, out))
     outcome = {
         "method": cfg.method,
         "base_checkpoint": os.path.relpath(base_path, out),
-        "tokenizer": os.path.relpath(run / "tokenizer", out),
+        "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         "params": counts,
         "lr": lr,
         "steps": step,
@@ -621,10 +556,15 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
             for i, (r, a) in enumerate(zip(held, tuned_answers))
         ],
     )
+    outcome.update(outcome_block(outcome))
     write_json(tmp / "outcome.json", outcome)
     plot(records, base_eval, tuned_eval, tmp / "sft.png", f"SFT ({cfg.method})")
-    inputs = [base_path if cfg.base else run / "pretrain", run / "tokenizer", run / "tokens"]
-    inputs += [Path(f) if f else run / "data" for f in (cfg.train_file, cfg.heldout_file)]
+    inputs = [
+        base_path if cfg.base else RunLayout(run).pretrain,
+        RunLayout(run).tokenizer,
+        RunLayout(run).tokens,
+    ]
+    inputs += [Path(f) if f else RunLayout(run).data for f in (cfg.train_file, cfg.heldout_file)]
     write_manifest(
         tmp,
         stage="05_sft_lora",
@@ -637,7 +577,11 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
 
 def report(o, out):
     base, tuned, f = o["heldout_base"], o["heldout_tuned"], o["corpus_val_loss"]
-    line = lambda e: " ".join(f"{k} {e[k]:.3f}" for k in ("exact_match", "token_f1", "answer_acc") if k in e)
+    keys = ("exact_match", "token_f1", "rouge_l", "answer_acc")
+    line = lambda e: (
+        " ".join(f"{k} {e[k]:.3f}" for k in keys if k in e)
+        + (f" bleu {e['bleu']:.1f}" if "bleu" in e else "")
+    )
     if base:
         print(f"held-out, base model + template: {line(base)}")
     print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
@@ -655,8 +599,19 @@ def report(o, out):
     )
 
 
+def outcome_block(o: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): the bar sft_baselines.sft_bar made (SFT's
+    exact match minus the strongest baseline's, paired interval above 0), with the headline beside it."""
+    t, b = o["heldout_tuned"], o["bar"]
+    headline = (
+        f"{o['method']}: held-out exact match {t['exact_match']:.3f} vs {b['baseline_name']} "
+        f"{b['baseline']:.3f} on {t['n']} conversations; forgetting {o['corpus_val_loss']['change']:+.3f} nats"
+    )
+    return {"headline": headline, "bar": b}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(SFTConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(SFTConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     finetune(cfg, argv)
 
 

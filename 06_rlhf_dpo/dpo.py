@@ -61,12 +61,13 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout, task_file
 from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import load_reference, load_sft_policy, save_policy, task_file
+from policy_io import load_reference, load_sft_policy, method_outcome_block, save_policy
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
 from reward_model import length_rule_scores, load_pairs, tie_scores
 from alignment_bars import INFORMATIVE_RULES, informative, paired_bar
@@ -94,6 +95,10 @@ class DPOConfig:
     seed: int = option(1337, "seed for the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(steps=3, batch_size=4, eval_interval=3)}
 
 
 def check_dpo_config(cfg: DPOConfig):
@@ -334,7 +339,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
         before_ranks = ranks(policy)  # the policy is still the SFT model
         t0 = time.time()
         records = train_preference(
-            policy, reference, train, heldout, cfg, pad, device, tmp, run / "tokenizer"
+            policy, reference, train, heldout, cfg, pad, device, tmp, RunLayout(run).tokenizer
         )
         train_s = time.time() - t0
         ev = [r for r in records if "heldout_loss" in r]
@@ -361,15 +366,16 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             "steps": cfg.steps,
             "train_s": train_s,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
+        outcome["headline"] = method_outcome_block("dpo", outcome)["headline"]  # the bar is paired_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, cfg, tmp / f"{cfg.loss}.png")
         inputs = [
-            run / "sft",
+            RunLayout(run).sft,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
             ],
         ]
@@ -401,7 +407,7 @@ def report(o, out):
 
 
 def main(argv=None):
-    cfg, _ = parse_config(DPOConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(DPOConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_dpo_run(cfg, argv)
 
 

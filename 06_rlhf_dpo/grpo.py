@@ -62,6 +62,7 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, read_jsonl, save_figure, write_json, write_jsonl
+from common.layout import RunLayout, task_file
 from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
@@ -69,7 +70,7 @@ from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretra
 from chat_template import encode_prompt  # 05_sft_lora
 from metrics import pass_at_k  # 05_sft_lora
 
-from policy_io import check_finite, load_reference, load_sft_policy, save_policy, task_file
+from policy_io import check_finite, load_reference, load_sft_policy, method_outcome_block, save_policy
 from preference_data import pad_id_of
 from rl_common import (
     PG_LOSSES,
@@ -123,6 +124,23 @@ class GRPOConfig:
     seed: int = option(1337, "seed for the problem order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        shots=0,
+        steps=2,
+        prompts_per_step=2,
+        group_size=2,
+        max_new_tokens=4,
+        micro_batch=4,
+        eval_limit=4,
+        eval_samples=1,
+        save_interval=1,
+    ),
+}
 
 
 def check_grpo_config(cfg: GRPOConfig):
@@ -289,7 +307,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     """Train with GRPO and write <out>/ (module docstring); returns the outcome."""
     check_grpo_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "grpo"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).grpo
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
     train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
@@ -340,7 +358,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             )
             records.append({"step": step, **stats})
             if step % cfg.save_interval == 0 or step == cfg.steps:
-                save_policy(tmp / "ckpt.pt", policy, run / "tokenizer", step=step, method="grpo")
+                save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, step=step, method="grpo")
                 print(
                     f"step {step}/{cfg.steps} | reward {stats['reward_mean']:.3f} | kl {stats['kl']:.4f} | "
                     f"clip {stats['clip_fraction']:.3f} | entropy {stats['entropy']:.2f} | {time.time() - t0:.0f}s",
@@ -366,15 +384,16 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             "train_s": train_s,
             "rollouts_per_step": cfg.prompts_per_step * cfg.group_size,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
+        outcome["headline"] = method_outcome_block("grpo", outcome)["headline"]  # the bar is paired_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, before, after, tmp / "grpo.png")
         inputs = [
-            run / "sft",
+            RunLayout(run).sft,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
             ],
         ]
@@ -406,7 +425,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
 
 
 def main(argv=None):
-    cfg, _ = parse_config(GRPOConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(GRPOConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_grpo_run(cfg, argv)
 
 

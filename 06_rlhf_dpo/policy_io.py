@@ -33,12 +33,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common.cli import UserError
+from common.layout import RunLayout
 from common.runs import check_artifact
+from common.outcome import make_bar
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
 from lora import merge_lora  # 05_sft_lora
-from sft import load_finetuned  # 05_sft_lora
+from finetuned import load_finetuned  # 05_sft_lora
 
 RUNTIME_FIELDS = ("attn_backend",)  # how attention is computed, not what the model is
 
@@ -50,7 +52,7 @@ def sft_made_by(run) -> str:
 def load_sft_policy(run, device="cpu"):
     """(policy GPT, tokenizer) from runs/<name>/sft/: a full fine-tune as it is, a LoRA fine-tune with its
     adapter merged into the weights (so every parameter can train, as in the full case)."""
-    sft_dir = Path(run) / "sft"
+    sft_dir = RunLayout(run).sft
     check_artifact(sft_dir, made_by=sft_made_by(run))
     model, tok, peft = load_finetuned(sft_dir, device)
     if isinstance(peft, str):  # LoRA: W ← W + (α/r)·B·A, then a plain GPT
@@ -130,14 +132,6 @@ def checkpoint_tokenizer(path, ckpt):
     return load_tokenizer(Path(path), ckpt.get("tokenizer"), "")
 
 
-def task_file(run, given, name) -> Path:
-    """The file the user gave, else runs/<name>/data/tasks/<name> once 01's data folder checks out."""
-    if given:
-        return Path(given)
-    check_artifact(Path(run) / "data", made_by=f"python 01_data/prepare.py --out {run}")
-    return Path(run) / "data" / "tasks" / name
-
-
 def check_finite(values, what, step):
     """Stop the run with one line when `values` hold a nan or inf."""
     values = torch.as_tensor(values)
@@ -148,3 +142,28 @@ def check_finite(values, what, step):
         f"{what} is {bad} at step {step}; stopped without writing this run (the previous result, if any, "
         "is kept); check the reward model or lower --lr"
     )
+
+
+# method -> (key in its outcome's heldout_before/after, what the key measures)
+METHOD_METRICS = {
+    "dpo": ("heldout_ranks_chosen", "share of held-out pairs with log π(y_w) > log π(y_l)"),
+    "ppo": ("reward", "held-out greedy reward-model score"),
+    "grpo": ("pass@1_greedy", "held-out arithmetic pass@1 (greedy)"),
+}
+
+
+def method_outcome_block(method: str, o: dict) -> dict:
+    """{"headline", "bar"} of an alignment method's outcome.json (common/outcome.py): the metric it
+    optimizes, higher after training than before (the policy before training is the baseline)."""
+    key, what = METHOD_METRICS[method]
+    before, after = o["heldout_before"].get(key), o["heldout_after"].get(key)
+    bar = make_bar(
+        what,
+        after,
+        threshold=before,
+        direction="higher",
+        baseline=before,
+        baseline_name="the same policy before training",
+        note=f"{what}: higher after training than before",
+    )
+    return {"headline": f"{what}: {before:.3f} -> {after:.3f} in {o['steps']} steps", "bar": bar}

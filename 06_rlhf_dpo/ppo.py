@@ -60,12 +60,13 @@ from common.cli import (
     set_interrupt_hint,
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
-from policy_io import check_finite, frozen, load_reference, load_sft_policy, save_policy, task_file
+from policy_io import check_finite, frozen, load_reference, load_sft_policy, method_outcome_block, save_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_model import load_reward_model
 from rl_common import (
@@ -119,6 +120,15 @@ class PPOConfig:
     seed: int = option(1337, "seed for the prompt order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        steps=2, rollouts=4, max_new_tokens=4, ppo_epochs=1, minibatch=4, eval_limit=4, save_interval=1
+    ),
+}
 
 
 def check_ppo_config(cfg: PPOConfig):
@@ -355,14 +365,14 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     """Train with PPO and write <out>/ (module docstring); returns the outcome."""
     check_ppo_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "ppo"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).ppo
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
     if cfg.reward_model:
         rm_path = Path(cfg.reward_model)
     else:
-        check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
-        rm_path = run / "rm" / "rm.pt"
+        check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+        rm_path = RunLayout(run).rm / "rm.pt"
     rm = frozen(load_reward_model(rm_path, tok, device))
     value_model = load_reward_model(rm_path, tok, device)  # V_ψ starts as the reward model
     value_model.requires_grad_(True)
@@ -385,7 +395,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
         )
         t0 = time.time()
         records = train_ppo(
-            policy, reference, rm, value_model, tok, prompts, cfg, device, tmp, run / "tokenizer"
+            policy, reference, rm, value_model, tok, prompts, cfg, device, tmp, RunLayout(run).tokenizer
         )
         train_s = time.time() - t0
         after = {
@@ -418,16 +428,17 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "prompts": len(prompts),
             "device": device,
             "reward_model": os.path.relpath(rm_path, out),
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
+        outcome["headline"] = method_outcome_block("ppo", outcome)["headline"]  # the bar: the gold rule judge
         write_json(tmp / "outcome.json", outcome)
         plot(records, before, after, tmp / "ppo.png")
         inputs = [
-            run / "sft",
-            rm_path if cfg.reward_model else run / "rm",
+            RunLayout(run).sft,
+            rm_path if cfg.reward_model else RunLayout(run).rm,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))
             ],
         ]
@@ -453,7 +464,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
 
 
 def main(argv=None):
-    cfg, _ = parse_config(PPOConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(PPOConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_ppo_run(cfg, argv)
 
 

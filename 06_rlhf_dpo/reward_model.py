@@ -63,6 +63,7 @@ from common.cli import (
 from common.outcome import make_bar
 from common.stats import wilson_interval
 from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout, task_file
 from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
@@ -70,7 +71,7 @@ from divergence import DivergenceGuard  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import checkpoint_tokenizer, load_sft_policy, task_file, tokenizer_differences
+from policy_io import checkpoint_tokenizer, load_sft_policy, tokenizer_differences
 from preference_data import encode_pairs, pad_id_of, read_hh_pairs, read_preference_pairs
 from rl_common import pad_responses
 
@@ -95,6 +96,10 @@ class RMConfig:
     seed: int = option(1337, "seed for the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(hh_file="none", steps=3, batch_size=4, eval_interval=3)}
 
 
 def check_rm_config(cfg: RMConfig):
@@ -374,7 +379,7 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
     """Train and evaluate a reward model and write <out>/ (module docstring); returns the outcome."""
     check_rm_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
-    out = Path(cfg.out) if cfg.out else run / "rm"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).rm
     policy, tok = load_sft_policy(run, device)
     pad = pad_id_of(tok)
     train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
@@ -405,10 +410,11 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
             "steps": cfg.steps,
             "train_s": train_s,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
-        save_reward_model(tmp / "rm.pt", rm, run / "tokenizer", step=cfg.steps)
+        save_reward_model(tmp / "rm.pt", rm, RunLayout(run).tokenizer, step=cfg.steps)
         write_jsonl(tmp / "metrics.jsonl", records)
+        outcome["headline"] = outcome_block(outcome)["headline"]  # the bar is reward_model_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, outcome, tmp / "rm.png")
         write_manifest(
@@ -417,9 +423,9 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
             command=command_line(__file__, argv),
             config=asdict(cfg),
             inputs=[
-                run / "sft",
+                RunLayout(run).sft,
                 *[
-                    p if given else run / "data"
+                    p if given else RunLayout(run).data
                     for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
                 ],
             ],
@@ -441,7 +447,7 @@ def report(o, out):
     if o["hh"]:
         hh = o["hh"]
         print(
-            f"HH-RLHF harmless pairs: "
+            "HH-RLHF harmless pairs: "
             + (
                 f"accuracy {hh['accuracy']:.3f} (n={hh['n']}, {hh['too_long']} too long "
                 f"even cut to the last turn)"
@@ -452,8 +458,25 @@ def report(o, out):
     print(f"{o['steps']} steps in {o['train_s']:.0f}s; wrote {out}/")
 
 
+def outcome_block(o: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): held-out pairwise accuracy above chance."""
+    h = o["heldout"]
+    headline = f"held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}; at init {o['heldout_at_init']['accuracy']:.3f})"
+    bar = make_bar(
+        "held-out pairwise accuracy",
+        h["accuracy"],
+        threshold=0.5,
+        direction="higher",
+        baseline=0.5,
+        baseline_name="chance",
+        n=h["n"],
+        note="held-out pairwise accuracy above 0.5 (chance)",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(RMConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(RMConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     train_rm_run(cfg, argv)
 
 

@@ -58,13 +58,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, read_json, save_figure, write_json
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
 from common.stats import win_rate_with_ties
 
 from grpo import arithmetic_eval, read_problems
-from policy_io import check_same_model, frozen, load_policy, load_sft_policy, task_file
+from policy_io import check_same_model, frozen, load_policy, load_sft_policy
 from ppo import reward_of_responses, sequence_kl
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, read_preference_pairs
 from reward_model import length_rule_scores, load_reward_model, tie_scores
@@ -127,6 +128,10 @@ class RLCompareConfig:
     seed: int = option(1337, "seed of the sampled answers the KL is measured on")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the table already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(limit=4, shots=0, max_new_tokens=4, arith_tokens=4)}
 
 
 def check_rl_compare_config(cfg: RLCompareConfig):
@@ -348,9 +353,9 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
         )
     with fresh_output(out, cfg.overwrite) as tmp:  # refused or locked before the evaluations
         rm = None
-        if (run / "rm" / "manifest.json").is_file():
-            check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
-            rm = frozen(load_reward_model(run / "rm" / "rm.pt", tok, device))
+        if (RunLayout(run).rm / "manifest.json").is_file():
+            check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+            rm = frozen(load_reward_model(RunLayout(run).rm / "rm.pt", tok, device))
         held = heldout_set(run, tok, cfg, sft.cfg.block_size)
         torch.manual_seed(cfg.seed)
         sft_row, sft_texts = evaluate(sft, sft, rm, tok, held, cfg)
@@ -386,6 +391,10 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                 "config": asdict(cfg),
             },
         )
+        write_json(
+            tmp / "outcome.json",
+            {"headline": stage_bar(bars)["note"], "bar": stage_bar(bars), "bars": list(bars.values())},
+        )
         atomic_write_text(tmp / "compare.md", table + "\n")
         plot(results, tmp / "compare.png")
         write_manifest(
@@ -394,10 +403,10 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
             command=command_line(__file__, argv),
             config=asdict(cfg),
             inputs=[
-                run / "sft",
-                run / "data",
+                RunLayout(run).sft,
+                RunLayout(run).data,
                 *present.values(),
-                *([run / "rm"] if rm is not None else []),
+                *([RunLayout(run).rm] if rm is not None else []),
             ],
         )
     print(
@@ -422,8 +431,29 @@ def evaluate_pair_mean(model, tok, held) -> list:
     return [ranks[i] for i in held["informative"]]
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): each method beats SFT on the metric it
+    optimizes; the bar's value is the share of methods that do (all of them must)."""
+    methods = [r for r in rows if r.get("beats SFT") in ("yes", "no")]
+    wins = [r["method"] for r in methods if r["beats SFT"] == "yes"]
+    headline = f"{len(wins)} of {len(methods)} methods beat SFT on their own metric" + (
+        f" ({', '.join(wins)})" if wins else ""
+    )
+    bar = make_bar(
+        "share of methods that beat SFT on the held-out metric they optimize",
+        len(wins) / len(methods) if methods else None,
+        threshold=1.0,
+        direction="higher",
+        inclusive=True,
+        n=len(methods),
+        baseline_name="the SFT policy",
+        note="each method beats SFT on the metric it optimizes",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(RLCompareConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(RLCompareConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     compare_run(cfg, argv)
 
 

@@ -44,12 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import write_json, write_jsonl
+from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from sft_data import read_conversations  # 05_sft_lora
 
 from dpo import DPOConfig, plot as plot_dpo, train_preference
-from policy_io import frozen, load_reference, load_sft_policy, task_file
+from policy_io import frozen, load_reference, load_sft_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from ppo import reward_of_responses
 from reward_model import load_pairs, load_reward_model
@@ -147,8 +148,8 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
     if cfg.judge:
         judge_path = Path(cfg.judge)
     else:
-        check_artifact(run / "rm", made_by=f"python 06_rlhf_dpo/reward_model.py --run {run}")
-        judge_path = run / "rm" / "rm.pt"
+        check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
+        judge_path = RunLayout(run).rm / "rm.pt"
     judge_rm = frozen(load_reward_model(judge_path, tok, device))
     prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
@@ -160,7 +161,7 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
         ].tolist()
     ]
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
-    sft_files = [run / "data" / "tasks" / f"sft_{part}.jsonl" for part in ("train", "heldout")]
+    sft_files = [RunLayout(run).tasks / f"sft_{part}.jsonl" for part in ("train", "heldout")]
     answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
     torch.manual_seed(cfg.seed)
     with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
@@ -186,7 +187,15 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             seed=cfg.seed,
         )
         records_log = train_preference(
-            policy, reference, encoded, heldout, dpo_cfg, pad_id_of(tok), device, tmp, run / "tokenizer"
+            policy,
+            reference,
+            encoded,
+            heldout,
+            dpo_cfg,
+            pad_id_of(tok),
+            device,
+            tmp,
+            RunLayout(run).tokenizer,
         )
         train_s = time.time() - t0
         ev = [r for r in records_log if "heldout_loss" in r]
@@ -198,17 +207,17 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             "steps": cfg.steps,
             "train_s": train_s,
             "device": device,
-            "tokenizer": os.path.relpath(run / "tokenizer", out),
+            "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "pairs.jsonl", rows)
         write_jsonl(tmp / "metrics.jsonl", records_log)
         write_json(tmp / "outcome.json", outcome)
         plot_dpo(records_log, dpo_cfg, tmp / "rlaif.png")
         inputs = [
-            run / "sft",
-            judge_path if cfg.judge else run / "rm",
+            RunLayout(run).sft,
+            judge_path if cfg.judge else RunLayout(run).rm,
             *[
-                p if given else run / "data"
+                p if given else RunLayout(run).data
                 for p, given in ((prompts_path, cfg.prompts_file), (held_path, cfg.heldout_file))
             ],
         ]

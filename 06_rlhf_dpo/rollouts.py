@@ -4,7 +4,7 @@
     responses = sample_responses(policy, tok, prompts, n=4, max_new_tokens=24, temperature=1.0, generator=g)
     batch = rollout_batch(prompts * 1, responses, pad_id)     # x, y, mask, ids, lengths
 
-`sample_responses` left-pads the prompts (03's left_pad), runs GPT.generate with its KV cache and
+`sample_responses` left-pads the prompts (03's left_pad), runs decoding.generate with its KV cache and
 cuts each row after its first <|end|> (or <|endoftext|>); the stop token stays in the response, so the
 log-prob of stopping is trained like every other token. A row that reaches max_new_tokens without
 stopping is returned as it is (`truncated` counts them: a reward that prefers stopping sees it).
@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common.cli import UserError
-from decoding import left_pad  # 03_model
+from decoding import generate, left_pad  # 03_model
 from chat_template import BOS, END, decode_answer, lm_inputs  # 05_sft_lora
 
 from preference_data import pad_id_of
@@ -63,7 +63,8 @@ def sample_responses(
     out = []
     for i in range(0, len(rows), batch_size):
         idx, mask = left_pad(rows[i : i + batch_size], pad_id=pad, device=device)
-        gen = model.generate(
+        gen = generate(
+            model,
             idx,
             max_new_tokens,
             temperature=temperature,

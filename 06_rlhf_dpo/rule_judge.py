@@ -81,9 +81,9 @@ def states_fact(text: str, chosen: str, rejected: str, answer=None) -> bool:
     if answer:
         return bool(answer_in(text, answer))
     said, good, bad = (
-        set(normalize_answer(text)),
-        set(normalize_answer(chosen)),
-        set(normalize_answer(rejected)),
+        set(normalize_answer(text).split()),
+        set(normalize_answer(chosen).split()),
+        set(normalize_answer(rejected).split()),
     )
     return bool(good - bad) and good - bad <= said and not (bad - good) & said
 

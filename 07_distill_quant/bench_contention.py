@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import markdown_table, write_json
+from decoding import generate, generate_beam  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
 WORKLOADS = ["pretrain", "generate_b1", "generate_b16", "beam_search", "speculative", "engine"]
@@ -102,12 +103,12 @@ def run_workload(name: str, cfg: ContentionConfig) -> float:
             opt.step()
     elif name == "generate_b1":
         for p in prompts[:4]:
-            target.generate(p[None], n, temperature=1.0, top_k=50, generator=g)
+            generate(target, p[None], n, temperature=1.0, top_k=50, generator=g)
     elif name == "generate_b16":
-        target.generate(prompts, n, temperature=1.0, top_p=0.95, generator=g)
+        generate(target, prompts, n, temperature=1.0, top_p=0.95, generator=g)
     elif name == "beam_search":
         for p in prompts[:4]:
-            target.beam_search(p[None], n // 2, beam_width=4)
+            generate_beam(target, p[None], n // 2, beam_width=4)
     elif name == "speculative":
         for p in prompts[:2]:
             speculative_generate(target, draft, p.tolist(), n, k=4)

@@ -5,7 +5,7 @@
     python 07_distill_quant/bench_quant_decode.py --device cpu        # a tiny CPU comparison of the reference path
 
 For each size (random weights: speed does not depend on their values), format and batch size: a prompt of
---prompt-len tokens, then --new-tokens greedy tokens with 03's GPT.generate (KV cache). The quantized models are
+--prompt-len tokens, then --new-tokens greedy tokens with 03's decoding.generate (KV cache). The quantized models are
 the bf16 model with every linear layer, the LM head included, swapped for a QuantLinear (quantize.py, round to
 nearest), which calls kernels/quant_matmul.py's Triton kernels. Printed and saved (bench_quant_decode.json for
 .ci/gpu's report, .png) per row:
@@ -51,6 +51,7 @@ sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.devices import resolve_device
+from decoding import generate  # 03_model
 from gpt import PRESETS, GPT, GPTConfig  # 03_model
 from lora import DEFAULT_TARGETS  # 05_sft_lora
 
@@ -116,12 +117,12 @@ def sync(device):
 @torch.no_grad()
 def ms_per_token(model, prompt, n_new, repeats, device):
     """Median wall-clock ms per generated token over `repeats` runs (after one warm-up run)."""
-    model.generate(prompt, n_new, temperature=0)
+    generate(model, prompt, n_new, temperature=0)
     times = []
     for _ in range(repeats):
         sync(device)
         t0 = time.perf_counter()
-        model.generate(prompt, n_new, temperature=0)
+        generate(model, prompt, n_new, temperature=0)
         sync(device)
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times) / n_new
@@ -134,7 +135,7 @@ def gpu_ms_per_token(model, prompt, n_new):
 
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            model.generate(prompt, n_new, temperature=0)
+            generate(model, prompt, n_new, temperature=0)
             torch.cuda.synchronize()
         total_us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
     except Exception as e:  # a profiler that cannot run here (no CUPTI): the wall-clock numbers still stand

@@ -47,10 +47,11 @@ from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.runs import run_lock, write_manifest
 from common.devices import resolve_device, set_threads
+from common.outcome import make_bar
 from gpt import GPT, GPTConfig  # 03_model
 
 from batching import POLICIES, Engine, Request, SamplingParams  # this stage
-from serve import load_model  # this stage
+from served_model import load_model  # this stage
 
 
 @dataclasses.dataclass
@@ -78,6 +79,13 @@ class BenchServeConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = option(1, "torch CPU threads (0 = torch's default)", min=0)
     out: str = option("runs/bench_serve", "output folder; each run replaces its table and plot")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(requests=4, short_max=4, long_frac=0.0, policies=["static", "continuous"]),
+}
 
 
 def check_bench_config(c: BenchServeConfig, block_size):
@@ -210,8 +218,28 @@ def build_model(c: BenchServeConfig, device):
     return GPT(cfg).to(device).eval()
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): continuous batching serves more tokens/s
+    than static batching, with the same tokens (different tokens: the value is None, a fail)."""
+    by = {r["policy"]: r for r in rows}
+    bar = None
+    if "continuous" in by and "static" in by:
+        same = by["continuous"]["same_tokens"]
+        bar = make_bar(
+            "tokens/s of continuous batching",
+            by["continuous"]["tokens_per_s"] if same else None,
+            threshold=by["static"]["tokens_per_s"],
+            direction="higher",
+            baseline=by["static"]["tokens_per_s"],
+            baseline_name="static batching, same request stream",
+            note="continuous batching serves more tokens/s than static batching, with the same tokens"
+            + ("" if same else "; continuous batching gave different tokens"),
+        )
+    return {"headline": ", ".join(f"{k} {v['tokens_per_s']:.0f} tok/s" for k, v in by.items()), "bar": bar}
+
+
 def main(argv=None):
-    c, _ = parse_config(BenchServeConfig, argv, doc=__doc__)
+    c, _ = parse_config(BenchServeConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     set_threads(c.threads)  # pins decoding too (common/devices.py)
     device = resolve_device(c.device)
     model = build_model(c, device)
@@ -246,6 +274,7 @@ def main(argv=None):
                 "date": time.strftime("%Y-%m-%d"),
             },
         )
+        write_json(out / "outcome.json", outcome_block(rows))
         plot(rows, out / "bench_serve.png", what)
         write_manifest(
             out,

@@ -8,7 +8,7 @@ Commands: /reset forgets the conversation; /settings shows the sampling settings
 
 It drives the same batching.Engine as serve.py, with the sequential policy (one request at a time),
 stepping it in this thread and printing each piece of text as the request streams it. Checkpoints
-load as in serve.py (load_model). Every turn sends the whole conversation again, rendered by 05's
+load as in serve.py (served_model.load_model). Every turn sends the whole conversation again, rendered by 05's
 chat template: the model keeps no state between calls. When the conversation no longer leaves room
 for an answer of max_tokens (at most half the context), the oldest exchanges are dropped (the system prompt stays), and it says so.
 
@@ -32,7 +32,7 @@ from common.cli import UserError, check_config, option, parse_config, run_cli
 from chat_template import encode_prompt, special_ids  # 05_sft_lora
 
 from batching import PENALTY_RANGE, Engine, Request, SamplingParams  # this stage
-from serve import model_from_flags  # this stage
+from served_model import model_from_flags  # this stage
 
 SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 HELP = (

@@ -7,9 +7,9 @@ A compressed model is only as good as what it keeps, so every model in this stag
 same way, on the same text:
 - val perplexity: exp(mean NLL) over fixed, evenly spaced windows of 02's val shard (05's
   `corpus_loss`), so two models are scored on exactly the same tokens;
-- held-out exact match: 05's evaluation (greedy answers with the chat template, `sft.generate_answers`
-  + `sft.score`, i.e. 05's metrics) on the held-out subjects of the task set;
-- generation tokens/s: 03's GPT.generate, greedy, batch 1, with the KV cache (`bench_generate`),
+- held-out exact match: 05's evaluation (greedy answers with the chat template, `finetuned.generate_answers`
+  + `finetuned.score`, i.e. 05's metrics) on the held-out subjects of the task set;
+- generation tokens/s: 03's decoding.generate, greedy, batch 1, with the KV cache (`bench_generate`),
   the best of a few interleaved repeats because the machine may be shared;
 - parameters: every stored number (tied embedding counted once) and, for pruning, the nonzero ones.
 
@@ -40,21 +40,21 @@ sys.path[:0] = [
     str(REPO / "05_sft_lora"),
 ]
 from common.cli import UserError
+from common.layout import RunLayout
 from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
 from bench_generate import tokens_per_second  # 03_model
 from checkpoint_io import save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from lora import lora_modules, merge_lora  # 05_sft_lora
-from metrics import corpus_bleu, rouge_l  # 05_sft_lora
-from sft import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
+from finetuned import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
 TEACHER_HELP = "pretrain (04's best.pt), sft (05's fine-tuned model) or the path of a .pt checkpoint"
 
 
 def pretrain_made_by(run) -> str:
-    return f"python 04_pretrain/pretrain.py --data {run}"
+    return RunLayout(run).made_by("pretrain")
 
 
 def load_teacher(run, which: str, device="cpu"):
@@ -63,15 +63,15 @@ def load_teacher(run, which: str, device="cpu"):
     pretrain: runs/<name>/pretrain/best.pt (else ckpt.pt), checked with check_artifact; sft: 05's
     finished run (full fine-tuning, or the base with its LoRA merged in); else a checkpoint file."""
     run = Path(run)
-    tok_dir = run / "tokenizer"
-    check_artifact(tok_dir, made_by=f"python 02_tokenizer/bpe.py --data {run}")
+    tok_dir = RunLayout(run).tokenizer
+    check_artifact(tok_dir, made_by=RunLayout(run).made_by("tokenizer"))
     if which == "pretrain":
-        pre = run / "pretrain"
+        pre = RunLayout(run).pretrain
         check_artifact(pre, made_by=pretrain_made_by(run))
         path, source = (pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"), pre
         model = GPT.from_checkpoint(path, map_location=device)
     elif which == "sft":
-        model, _, peft = load_finetuned(run / "sft", device)
+        model, _, peft = load_finetuned(RunLayout(run).sft, device)
         if peft is not None and not lora_modules(model):
             raise UserError(
                 f"{run / 'sft'} holds a prefix/adapter model, which this stage cannot use as a "
@@ -79,7 +79,7 @@ def load_teacher(run, which: str, device="cpu"):
             )
         if peft is not None:
             model = merged_copy(model)
-        source = run / "sft"
+        source = RunLayout(run).sft
     else:
         path = Path(which)
         if not path.is_file():
@@ -127,8 +127,8 @@ def checkpoint_kib(model, path) -> float:
 
 def heldout_conversations(run, limit: int) -> list:
     """The first `limit` held-out conversations of 01's task set (subjects never trained on)."""
-    data = Path(run) / "data"
-    check_artifact(data, made_by=f"python 01_data/prepare.py --out {run}")
+    data = RunLayout(run).data
+    check_artifact(data, made_by=RunLayout(run).made_by("data"))
     records = read_conversations(data / "tasks" / "sft_heldout.jsonl")
     return records[:limit] if limit else records
 
@@ -150,16 +150,12 @@ def generation_speeds(models: dict, prompt, n_new: int, repeats: int, device) ->
 
 
 def measure(model, tok, val, heldout, *, eval_windows, max_new_tokens, device) -> dict:
-    """Parameters, val loss and perplexity, held-out exact match / token F1 / answer accuracy (05), and
-    corpus BLEU and mean ROUGE-L of the answers against the reference answers (05's metrics.py)."""
+    """Parameters, val loss and perplexity, held-out exact match / token F1 / answer accuracy (05)."""
     loss = corpus_loss(model, val, model.cfg.block_size, eval_windows, device)
     row = {"params": count_params(model), "val_loss": loss, "val_ppl": math.exp(loss)}
     if heldout:
         answers = generate_answers(model, tok, [r["messages"] for r in heldout], max_new_tokens, device)
         row.update({k: v for k, v in score(answers, heldout).items() if k != "n"})
-        refs = [r["messages"][-1]["content"] for r in heldout]  # free text: BLEU and ROUGE-L too
-        row["bleu"] = corpus_bleu(answers, refs)["bleu"]
-        row["rouge_l"] = sum(rouge_l(a, r) for a, r in zip(answers, refs)) / len(refs)
     return row
 
 

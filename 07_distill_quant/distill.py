@@ -71,8 +71,10 @@ from common.cli import (
 from common.outcome import make_bar
 from common.stats import t_interval
 from common.files import markdown_table, pyplot, save_figure, write_json, write_jsonl
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
+from decoding import generate  # 03_model
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from divergence import DivergenceGuard  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
@@ -147,6 +149,25 @@ class DistillConfig:
     gap_goal: float = option(0.5, "the bar: share of the teacher-scratch gap the best student must close")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        methods=["scratch", "logit"],
+        student_layers=1,
+        student_embd=16,
+        steps=3,
+        batch_size=4,
+        warmup_steps=1,
+        eval_windows=2,
+        eval_limit=2,
+        max_new_tokens=4,
+        speed_tokens=4,
+        speed_repeats=1,
+    ),
+}
 
 
 def check_distill_config(cfg: DistillConfig):
@@ -345,7 +366,7 @@ def real_batches(train, block_size, cfg: DistillConfig, device):
 @torch.no_grad()
 def teacher_generations(teacher: GPT, train, cfg: DistillConfig, device, chunk=64) -> torch.Tensor:
     """(seq_pool, block_size) token ids: each row `seq_prompt` real tokens from the train shard, then
-    the teacher's continuation sampled with 03's GPT.generate (KV cache) at seq_temperature."""
+    the teacher's continuation sampled with 03's decoding.generate (KV cache) at seq_temperature."""
     T = teacher.cfg.block_size
     if cfg.seq_prompt >= T:
         raise UserError(
@@ -355,8 +376,12 @@ def teacher_generations(teacher: GPT, train, cfg: DistillConfig, device, chunk=6
     prompts = get_batch(train, starts, T, device)[0][:, : cfg.seq_prompt]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = [
-        teacher.generate(
-            prompts[i : i + chunk], T - cfg.seq_prompt, temperature=cfg.seq_temperature, generator=gen
+        generate(
+            teacher,
+            prompts[i : i + chunk],
+            T - cfg.seq_prompt,
+            temperature=cfg.seq_temperature,
+            generator=gen,
         )
         for i in range(0, len(prompts), chunk)
     ]
@@ -513,7 +538,7 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
     check_distill_config(cfg)
     device = resolve_device(cfg.device)
     run = Path(cfg.run)
-    out = Path(cfg.out) if cfg.out else run / "distill"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).distill
     teacher, tok, source = load_teacher(run, cfg.teacher, device)
     s_cfg, init_state = student_config(teacher.cfg, cfg)
     check_student(s_cfg, teacher.cfg, cfg.student_init)
@@ -587,7 +612,7 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
                     tmp / f"student_{method}.pt",
                     asdict(student.cfg),
                     student.state_dict(),
-                    tokenizer=os.path.relpath(run / "tokenizer", out),
+                    tokenizer=os.path.relpath(RunLayout(run).tokenizer, out),
                     distill={"method": method, "teacher": str(source)},
                 )
             outcome = {
@@ -605,10 +630,11 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
                 "rows": rows,
                 "bar": distill_bar(rows, scratch_losses, cfg.gap_goal),
             }
+            outcome["headline"] = outcome_block(rows)["headline"]  # the bar is distill_bar's
             write_json(tmp / "outcome.json", outcome)
             write_jsonl(tmp / "metrics.jsonl", [r for t in training.values() for r in t["records"]])
             plot(rows, training, tmp / "distill.png")
-            inputs = [source, run / "tokenizer", run / "tokens", run / "data"]
+            inputs = [source, RunLayout(run).tokenizer, RunLayout(run).tokens, RunLayout(run).data]
             if cfg.student_init not in ("random", "teacher"):
                 inputs.append(Path(cfg.student_init))
             write_manifest(
@@ -689,8 +715,31 @@ def plot(rows: dict, training: dict, path):
     save_figure(fig, path)
 
 
+def outcome_block(rows: dict) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): the best distilled student's val loss
+    below the student trained from scratch on the same budget; no bar without both."""
+    students = {k: v for k, v in rows.items() if k not in ("teacher", "scratch")}
+    if "scratch" not in rows or not students:
+        return {"headline": "no scratch baseline or no distilled student in this run", "bar": None}
+    best = min(students, key=lambda k: students[k]["val_loss"])
+    headline = (
+        f"best student {best}: val loss {students[best]['val_loss']:.3f} vs scratch "
+        f"{rows['scratch']['val_loss']:.3f}, teacher {rows['teacher']['val_loss']:.3f}"
+    )
+    bar = make_bar(
+        "val loss of the best distilled student (nats/token)",
+        students[best]["val_loss"],
+        threshold=rows["scratch"]["val_loss"],
+        direction="lower",
+        baseline=rows["scratch"]["val_loss"],
+        baseline_name="the same student trained from scratch, same budget",
+        note="a distilled student beats the student trained from scratch (val loss)",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(DistillConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(DistillConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     distill(cfg, argv)
 
 

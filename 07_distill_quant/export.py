@@ -53,9 +53,9 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "kernels")]
-from checkpoint_io import load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import atomic_write_bytes, write_json
+from checkpoint_io import load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
 from position_encoding import permute_rope_weights  # 03_model
 

@@ -43,8 +43,8 @@ import torch.nn as nn
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "kernels")]
-from checkpoint_io import load_checkpoint  # 03_model
 from common.cli import UserError, option, parse_config, run_cli
+from checkpoint_io import load_checkpoint  # 03_model
 from decoding import KVCache  # 03_model
 from gpt import GPT, PRESETS, GPTConfig, config_from_dict  # 03_model
 from position_encoding import rope_cos_sin, sinusoidal_positions  # 03_model

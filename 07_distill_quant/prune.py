@@ -78,6 +78,7 @@ from common.cli import (
 from common.outcome import make_bar
 from common.stats import bootstrap_interval
 from common.files import markdown_table, pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
@@ -121,6 +122,21 @@ class PruneConfig:
     seed: int = option(7, "data order of the scores and the recovery fine-tune", min=0)
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        fractions=[0.5],
+        heads=0,
+        neuron_fraction=0.0,
+        score_batches=1,
+        recovery_steps=2,
+        batch_size=4,
+        eval_windows=2,
+    ),
+}
 
 
 def check_prune_config(cfg: PruneConfig):
@@ -541,6 +557,7 @@ def prune(cfg: PruneConfig, argv=None) -> dict:
                 "bar": bar,
                 "bars": list(bars.values()),
             }
+            outcome["headline"] = outcome_block(rows)["headline"]
             write_json(tmp / "outcome.json", outcome)
             plot(rows, tmp / "prune.png")
             write_manifest(
@@ -548,7 +565,7 @@ def prune(cfg: PruneConfig, argv=None) -> dict:
                 stage="07_distill_quant/prune",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[source, run / "tokens"],
+                inputs=[source, RunLayout(run).tokens],
             )
     report(outcome, out)
     return outcome
@@ -609,8 +626,26 @@ def plot(rows, path):
     save_figure(fig, path)
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): recovery fine-tuning lowers every pruned
+    variant's perplexity; the bar's value is the largest change (recovered - pruned), which must be <= 0."""
+    headline = "; ".join(
+        f"{r['variant']} ppl {r['ppl_pruned']:.1f} -> {r['ppl_recovered']:.1f}" for r in rows[:3]
+    )
+    bar = make_bar(
+        "largest val perplexity change from recovery fine-tuning (recovered - pruned)",
+        max((r["ppl_recovered"] - r["ppl_pruned"] for r in rows), default=0.0),
+        threshold=0.0,
+        direction="lower",
+        inclusive=True,
+        n=len(rows),
+        note="recovery fine-tuning lowers every pruned variant's perplexity",
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(PruneConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(PruneConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     prune(cfg, argv)
 
 

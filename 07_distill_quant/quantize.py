@@ -59,19 +59,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [
     str(REPO),
     str(REPO / "02_tokenizer"),
+    str(REPO / "03_model"),
     str(REPO / "04_pretrain"),
     str(REPO / "05_sft_lora"),
     str(REPO / "kernels"),
 ]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import atomic_write_text, markdown_table, pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
+from common.outcome import make_bar
+from decoding import generate  # 03_model
 from bpe import BPETokenizer  # 02_tokenizer
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
 from metrics import perplexity  # 05_sft_lora
-from sft import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
+from finetuned import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
 
@@ -191,7 +195,7 @@ def tokens_per_second(model, prompt, n_new) -> float:
     if prompt.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    model.generate(prompt, n_new, temperature=0)
+    generate(model, prompt, n_new, temperature=0)
     if prompt.is_cuda:
         torch.cuda.synchronize()
     return prompt.shape[0] * n_new / (time.perf_counter() - t0)
@@ -236,7 +240,7 @@ def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
         )
     prompt = torch.as_tensor(data.val[:16].astype("int64"), device=data.device)[None]
     n_new = min(cfg.gen_tokens, T - prompt.shape[1])
-    for r in range(rounds):
+    for _ in range(rounds):
         for row in rows:
             row["tok_s"] = max(row.get("tok_s", 0.0), tokens_per_second(models[row["format"]], prompt, n_new))
     base = next((r for r in rows if r["format"] == "fp32"), rows[0])
@@ -331,6 +335,21 @@ class QuantConfig:
     overwrite: bool = option(False, "replace the run already in the output folder")
 
 
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        bits=8,
+        method="rtn",
+        compare=["fp32", "int8"],
+        calib_windows=2,
+        val_windows=2,
+        eval_limit=2,
+        gen_tokens=4,
+    ),
+}
+
+
 def check_quant_config(cfg: QuantConfig):
     """(the saved format, the compared formats), or a UserError for a setting that cannot work."""
     check_config(cfg)
@@ -352,8 +371,8 @@ def check_quant_config(cfg: QuantConfig):
 def load_source(cfg, run: Path, device):
     """(float model, tokenizer, checkpoint path, folder read, is_chat): --ckpt, else the run's SFT model, else
     its pretrained one. A LoRA SFT run is merged (exact); prefix/adapter PEFT cannot be, so the base is used."""
-    tok_dir = run / "tokenizer"
-    check_artifact(tok_dir, made_by=f"python 02_tokenizer/bpe.py --data {run}")
+    tok_dir = RunLayout(run).tokenizer
+    check_artifact(tok_dir, made_by=RunLayout(run).made_by("tokenizer"))
     if cfg.ckpt:
         path = Path(cfg.ckpt)
         manifest = check_artifact(path.parent, made_by=f"the stage that wrote {path}")
@@ -364,7 +383,7 @@ def load_source(cfg, run: Path, device):
             path.parent,
             manifest.get("stage") == "05_sft_lora",
         )
-    sft_dir = run / "sft"
+    sft_dir = RunLayout(run).sft
     if sft_dir.is_dir():
         model, tok, peft = load_finetuned(sft_dir, device)
         if peft is None or isinstance(peft, str):
@@ -377,8 +396,8 @@ def load_source(cfg, run: Path, device):
         print(
             f"{sft_dir}: a prefix/adapter run cannot be merged into the weights; quantizing the pretrained base"
         )
-    pre = run / "pretrain"
-    check_artifact(pre, made_by=f"python 04_pretrain/pretrain.py --data {run}")
+    pre = RunLayout(run).pretrain
+    check_artifact(pre, made_by=RunLayout(run).made_by("pretrain"))
     path = pre / "best.pt" if (pre / "best.pt").is_file() else pre / "ckpt.pt"
     return load_float_model(path, device), BPETokenizer.load(tok_dir), path, pre, False
 
@@ -390,8 +409,8 @@ def eval_data(cfg, run: Path, model, tok, chat: bool, device) -> EvalData:
     calibration = [get_batch(train, starts[i : i + 16], T, device)[0] for i in range(0, len(starts), 16)]
     heldout = []
     if chat and cfg.eval_limit:
-        check_artifact(run / "data", made_by=f"python 01_data/prepare.py --out {run}")
-        heldout = read_conversations(run / "data" / "tasks" / "sft_heldout.jsonl")[: cfg.eval_limit]
+        check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
+        heldout = read_conversations(RunLayout(run).tasks / "sft_heldout.jsonl")[: cfg.eval_limit]
     return EvalData(val, calibration, tok, heldout, cfg.val_windows, cfg.max_new_tokens, device)
 
 
@@ -464,7 +483,7 @@ def outcome_table(rows) -> str:
 def evaluate_saved(cfg, device):
     """--load: rebuild a saved quantized model (no re-quantizing), print its perplexity and tokens/s."""
     path = Path(cfg.load)
-    check_artifact(path.parent, made_by=f"python 07_distill_quant/quantize.py --run {cfg.run}")
+    check_artifact(path.parent, made_by=RunLayout(cfg.run).made_by("quant"))
     model, q = load_quantized(path, device)
     data = EvalData(
         load_shards(Path(cfg.run), model.cfg.block_size)[1],
@@ -484,8 +503,32 @@ def evaluate_saved(cfg, device):
     )
 
 
+def outcome_block(rows, saved_format: str) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): INT8 perplexity change <= 1 % (no bar
+    when int8 was not among the compared formats)."""
+    by = {r["format"]: r for r in rows}
+    parts = [
+        f"{k} {by[k]['ppl_change_pct']:+.2f} % ppl at {by[k]['vs_fp32_bytes']:.2f}x the fp32 bytes"
+        for k in ("int8", "int4-g32")
+        if k in by
+    ]
+    bar = None
+    if "int8" in by:
+        bar = make_bar(
+            "INT8 val perplexity change vs fp32 (%)",
+            by["int8"]["ppl_change_pct"],
+            threshold=1.0,
+            direction="lower",
+            inclusive=True,
+            baseline=0.0,
+            baseline_name="fp32 (the model itself)",
+            note="INT8 perplexity change <= 1 %",
+        )
+    return {"headline": "; ".join(parts) or f"saved {saved_format}", "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(QuantConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(QuantConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     spec, compare = check_quant_config(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -498,7 +541,7 @@ def main(argv=None):
     for s in specs:
         for name in target_layers(model, cfg.targets):
             padded_in_features(name, model.get_submodule(name).in_features, s, cfg.pad_groups)
-    out = Path(cfg.out) if cfg.out else run / "quant"
+    out = Path(cfg.out) if cfg.out else RunLayout(run).quant
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)
         data = eval_data(cfg, run, model, tok, chat, device)
@@ -539,6 +582,7 @@ def main(argv=None):
                 if chat
                 else "not measured: no finished SFT run, the model is a pretrained one",
             }
+            outcome.update(outcome_block(rows, spec.name))
             write_json(tmp / "outcome.json", outcome)
             atomic_write_text(
                 tmp / "tables.md",
@@ -551,7 +595,12 @@ def main(argv=None):
                 stage="07_quantize",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[source_dir, run / "tokens", run / "tokenizer", *([run / "data"] if chat else [])],
+                inputs=[
+                    source_dir,
+                    RunLayout(run).tokens,
+                    RunLayout(run).tokenizer,
+                    *([RunLayout(run).data] if chat else []),
+                ],
             )
     print(stats_table(stats), outcome_table(rows), sep="\n\n")
     for line in goals:

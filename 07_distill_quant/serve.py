@@ -60,14 +60,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "05_sft_lora")]
 from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
-from common.devices import resolve_device, set_threads
-from checkpoint_io import load_checkpoint  # 03_model
-from gpt import GPT  # 03_model
-from sample_text import load_tokenizer  # 03_model
 from chat_template import ROLES, encode_prompt  # 05_sft_lora
 
 from batching import POLICIES, Engine, QueueFull, Request  # this stage
@@ -84,6 +81,7 @@ from openai_api import (  # this stage
     sampling_params,
 )
 from http_edge import ClientGone, GuardedHandler, GuardedServer  # this stage
+from served_model import default_model_name, model_from_flags  # this stage
 
 PAGE = Path(__file__).with_name("chat_page.html")
 
@@ -121,43 +119,6 @@ class ServeConfig:
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     quiet: bool = option(False, "do not log each request to stderr")
-
-
-def load_model(ckpt, tokenizer="", device="cpu"):
-    """(model, tokenizer) of any stage's checkpoint (module docstring), on `device`, in eval mode."""
-    path = Path(ckpt)
-    saved = load_checkpoint(path, map_location=device)
-    if "peft" in saved:  # 05's adapter file: its base plus the adapter
-        from sft import load_finetuned  # 05_sft_lora; only here: it imports all of 04
-
-        model, tok, _ = load_finetuned(path.parent, device)
-    else:
-        model = GPT.from_checkpoint(path, map_location=device, ckpt=saved)
-        tok = load_tokenizer(path, saved.get("tokenizer"), tokenizer)
-    if tok.vocab_size > model.cfg.vocab_size:
-        raise UserError(
-            f"the tokenizer has {tok.vocab_size} tokens but the model only {model.cfg.vocab_size}; "
-            "pass the tokenizer the model was trained with (--tokenizer)"
-        )
-    return model.eval(), tok
-
-
-def model_from_flags(cfg, purpose) -> tuple:
-    """(model, tokenizer) from the --ckpt, --tokenizer, --device and --threads flags that serve.py and
-    chat.py share; `purpose` completes the message when --ckpt is missing ("to serve", "to talk to")."""
-    if not cfg.ckpt:
-        raise UserError(
-            f"--ckpt is required: the checkpoint {purpose}, e.g. runs/tiny/sft/adapter.pt (LoRA SFT) "
-            "or runs/tiny/pretrain/best.pt"
-        )
-    set_threads(cfg.threads)  # pins decoding too (common/devices.py)
-    return load_model(cfg.ckpt, cfg.tokenizer, resolve_device(cfg.device))
-
-
-def default_model_name(ckpt) -> str:
-    """runs/tiny/sft/adapter.pt -> 'tiny/sft'."""
-    path = Path(ckpt).resolve()
-    return f"{path.parent.parent.name}/{path.parent.name}"
 
 
 # ----------------------------------------------------------------------------- the server

@@ -62,11 +62,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
+from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import decoding_threads, resolve_device
 from common.outcome import make_bar
 from common.stats import bootstrap_interval
-from decoding import KVCache, check_sampling_args, top_k_filter, top_p_filter  # 03_model
+from decoding import KVCache, check_sampling_args, generate, top_k_filter, top_p_filter  # 03_model
 from gpt import GPT  # 03_model
 from batches import eval_starts, load_shards  # 04_pretrain
 
@@ -97,6 +98,10 @@ class SpeculativeConfig:
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+
+
+# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
+PRESETS = {"tiny": {}, "micro": dict(ks=[2], prompts=1, prompt_tokens=8, new_tokens=8)}
 
 
 def check_speculative_config(cfg: SpeculativeConfig):
@@ -229,8 +234,8 @@ def forward_ms(model: GPT, prompt: torch.Tensor, repeats=20) -> float:
 
 def load_drafts(cfg: SpeculativeConfig, run: Path, device) -> tuple:
     """({name: student GPT}, distill folder) after checking the folder (check_artifact)."""
-    folder = Path(cfg.distill) if cfg.distill else run / "distill"
-    check_artifact(folder, made_by=f"python 07_distill_quant/distill.py --run {run}")
+    folder = Path(cfg.distill) if cfg.distill else RunLayout(run).distill
+    check_artifact(folder, made_by=RunLayout(run).made_by("distill"))
     drafts = {}
     for name in cfg.drafts:
         path = folder / f"student_{name}.pt"
@@ -253,7 +258,7 @@ def bench(cfg: SpeculativeConfig, teacher, drafts, prompts, device) -> dict:
     settings = [(name, k) for name in drafts for k in cfg.ks]
     stats = {s: {"rounds": 0, "drafted": 0, "accepted": 0, "same_as_teacher": 0} for s in settings}
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    teacher_alone = lambda p: teacher.generate(p[None], cfg.new_tokens, generator=gen, **sampling)[
+    teacher_alone = lambda p: generate(teacher, p[None], cfg.new_tokens, generator=gen, **sampling)[
         0, len(p) :
     ]
     spec = lambda p, name, k: speculative_generate(
@@ -375,6 +380,7 @@ def run_bench(cfg: SpeculativeConfig, argv=None) -> dict:
         }
         outcome["bar"] = speculative_bar(outcome["rows"], cfg.speed_bar, cfg.temperature == 0)
         outcome["bar"]["n"] = outcome["timed_units"]
+        outcome["headline"] = outcome_block(outcome["rows"])["headline"]
         with staged_dir(out) as tmp:
             write_json(tmp / "outcome.json", outcome)
             plot(outcome["rows"], tmp / "speculative.png")
@@ -383,7 +389,7 @@ def run_bench(cfg: SpeculativeConfig, argv=None) -> dict:
                 stage="07_distill_quant/speculative",
                 command=command_line(__file__, argv),
                 config=asdict(cfg),
-                inputs=[source, folder, run / "tokens"],
+                inputs=[source, folder, RunLayout(run).tokens],
             )
     report(outcome, out)
     return outcome
@@ -456,8 +462,35 @@ def plot(rows, path):
     save_figure(fig, path)
 
 
+def outcome_block(rows) -> dict:
+    """{"headline", "bar"} of outcome.json (common/outcome.py): greedy speculative output identical to
+    the teacher's on every prompt; the bar's value is the number of draft settings that differ."""
+    drafted = [r for r in rows if r.get("k")]
+    same = [r.get("identical_to_teacher") for r in drafted]
+    bar = None
+    if same and all(x is not None for x in same):
+        differ = sum(a != b for a, b in (x.split("/") for x in same))
+        bar = make_bar(
+            "draft settings whose greedy output differs from the teacher's",
+            differ,
+            threshold=0,
+            direction="lower",
+            inclusive=True,
+            n=len(same),
+            note="greedy speculative output identical to the teacher's on every prompt",
+        )
+    best = max(drafted, key=lambda r: r["speedup"]) if drafted else None
+    headline = (
+        f"best {best['draft']} k={best['k']}: {best['speedup']:.2f}x the teacher alone, acceptance "
+        f"{best['accept_rate']:.2f}"
+        if best
+        else "no draft setting in this run"
+    )
+    return {"headline": headline, "bar": bar}
+
+
 def main(argv=None):
-    cfg, _ = parse_config(SpeculativeConfig, argv, doc=__doc__)
+    cfg, _ = parse_config(SpeculativeConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     run_bench(cfg, argv)
 
 

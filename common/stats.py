@@ -94,7 +94,7 @@ def paired_bootstrap_interval(
 
 
 def sign_test_p(wins: int, losses: int) -> float:
-    """Two-sided exact binomial p-value of wins vs losses under 'each decisive pair is a coin flip' (ties dropped)."""
+    """Two-sided exact binomial p-value of wins vs losses, each decisive pair a coin flip (ties dropped)."""
     n = wins + losses
     if n == 0:
         return 1.0
@@ -120,7 +120,7 @@ def win_rate_with_ties(wins: int, losses: int, ties: int) -> dict:
 
 
 def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """95 % Student-t interval of the mean of a few values (e.g. 3 seeds): mean +- t_{0.975, n-1} s / sqrt(n)."""
+    """95 % Student-t interval of the mean of a few values (e.g. seeds): mean +- t_{0.975,n-1} s / sqrt(n)."""
     x = np.asarray(values, dtype=np.float64)
     if x.size < 2:
         v = float(x.mean()) if x.size else float("nan")

@@ -98,7 +98,7 @@ def time_passes(fn, q, k, v, causal, cfg):
     ms = {
         "fwd": do_bench(forward, warmup=cfg.warmup_ms, rep=cfg.rep_ms),
         "bwd": do_bench(
-            lambda: torch.autograd.grad(o, inputs, do, retain_graph=True),
+            lambda: torch.autograd.grad(o, inputs, do, retain_graph=True),  # noqa: F821 (o is deleted after)
             warmup=cfg.warmup_ms,
             rep=cfg.rep_ms,
         ),

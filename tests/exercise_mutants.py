@@ -405,7 +405,11 @@ MUTANTS: dict[str, list[M]] = {
         M("if name not in m.merged:", "if True:", "merges an adapter already merged"),
     ],
     "05_sft_lora/metrics.py:token_f1": [
-        M("return float(pred == ref)", "return 0.0", "two empty answers score 0, not 1"),
+        M(
+            "normalize_answer(prediction).split(), normalize_answer(reference).split()",
+            "prediction.lower().split(), reference.lower().split()",
+            "tokens not normalized: punctuation and articles count",
+        ),
         M(
             "sum((Counter(pred) & Counter(ref)).values())",
             "len(set(pred) & set(ref))",

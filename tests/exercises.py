@@ -316,7 +316,7 @@ def file_exercises(root: Path, path: Path, stage: str) -> list[Exercise]:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def test_functions(path: Path) -> list:
     """[(name, node, names it uses, fixtures it asks for)] for every test function in a test file
     (top level and in Test* classes); parsed once per file."""

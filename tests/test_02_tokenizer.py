@@ -163,7 +163,7 @@ def test_round_trip_random_bytes(tok):
 
 
 def test_decode_partial_character_replaced_only_at_the_end(tok):
-    ids = [tok.byte_ids[b] for b in "你".encode("utf-8")]
+    ids = [tok.byte_ids[b] for b in "你".encode()]
     assert tok.decode(ids[:2]) == "\ufffd"
     assert tok.decode(ids[:2] + ids[2:]) == "你"  # bytes joined first, decoded once
 

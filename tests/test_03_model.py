@@ -24,6 +24,7 @@ import checkpoint_io
 from checkpoint_io import load_checkpoint, save_checkpoint
 from common.cli import UserError
 from common.runs import write_manifest
+from decoding import generate, generate_beam
 from divergence import DivergenceGuard
 from decoding import (
     KVCache,
@@ -143,7 +144,7 @@ def test_attention_backends_agree_with_and_without_a_mask():
     out = {}
     for backend in ("torch", "auto"):
         model.cfg.attn_backend = backend
-        out[backend] = (model(idx)[0], model.generate(idx, 6, temperature=0, attention_mask=mask))
+        out[backend] = (model(idx)[0], generate(model, idx, 6, temperature=0, attention_mask=mask))
     assert torch.allclose(out["torch"][0], out["auto"][0], atol=1e-4)
     assert out["torch"][1].tolist() == out["auto"][1].tolist()
 
@@ -534,14 +535,20 @@ def test_left_pad_right_aligns_prompts():
 def test_kv_cache_generation_equals_full_recomputation(name):
     model = lively(tiny(**VARIANTS[name]))
     idx = torch.randint(0, 67, (2, 7))
-    cached = model.generate(idx, 20, temperature=0)
-    full = model.generate(idx, 20, temperature=0, use_cache=False)
+    cached = generate(model, idx, 20, temperature=0)
+    full = generate(model, idx, 20, temperature=0, use_cache=False)
     assert cached.tolist() == full.tolist()
     assert len(set(cached[0, 7:].tolist())) > 3  # a real continuation, not one repeated token
     # sampling too: the same generator seed gives the same draws
-    a = model.generate(idx, 20, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(1))
-    b = model.generate(
-        idx, 20, temperature=1.0, top_p=0.9, use_cache=False, generator=torch.Generator().manual_seed(1)
+    a = generate(model, idx, 20, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(1))
+    b = generate(
+        model,
+        idx,
+        20,
+        temperature=1.0,
+        top_p=0.9,
+        use_cache=False,
+        generator=torch.Generator().manual_seed(1),
     )
     assert a.tolist() == b.tolist()
 
@@ -551,20 +558,20 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(name):
     model = lively(tiny(**VARIANTS[name]))
     prompts = [[3, 14, 15, 9], [26, 5], [35, 8, 9, 7, 9, 32, 3]]
     idx, mask = left_pad(prompts, pad_id=0)
-    batch = model.generate(idx, 12, temperature=0, attention_mask=mask)
-    full = model.generate(idx, 12, temperature=0, attention_mask=mask, use_cache=False)
+    batch = generate(model, idx, 12, temperature=0, attention_mask=mask)
+    full = generate(model, idx, 12, temperature=0, attention_mask=mask, use_cache=False)
     assert batch.tolist() == full.tolist()
     for row, p in zip(batch, prompts):
-        alone = model.generate(torch.tensor([p]), 12, temperature=0)[0]
+        alone = generate(model, torch.tensor([p]), 12, temperature=0)[0]
         assert row[idx.shape[1] :].tolist() == alone[len(p) :].tolist()
 
 
 def test_stop_tokens_end_a_row_and_pad_the_rest():
     model = lively(tiny())
     idx = torch.randint(0, 67, (2, 5))
-    free = model.generate(idx, 10, temperature=0)
+    free = generate(model, idx, 10, temperature=0)
     stop = free[0, 7].item()  # row 0 produces this token at its third step
-    out = model.generate(idx, 10, temperature=0, stop_tokens=[stop], pad_id=66)
+    out = generate(model, idx, 10, temperature=0, stop_tokens=[stop], pad_id=66)
     row0 = out[0, 5:].tolist()
     first = row0.index(stop)
     assert all(t == 66 for t in row0[first + 1 :])
@@ -593,14 +600,14 @@ def test_beam_search_finds_a_likelier_sequence_than_greedy():
 def test_beam_search_of_width_1_is_greedy_and_scores_are_the_models_log_probabilities():
     model = lively(tiny(n_kv_head=2))
     idx = torch.randint(0, 67, (1, 6))
-    greedy = model.generate(idx, 10, temperature=0)
-    assert model.beam_search(idx, 10, beam_width=1)[0].tolist() == greedy.tolist()
-    tokens, score = model.beam_search(idx, 10, beam_width=3)
+    greedy = generate(model, idx, 10, temperature=0)
+    assert generate_beam(model, idx, 10, beam_width=1)[0].tolist() == greedy.tolist()
+    tokens, score = generate_beam(model, idx, 10, beam_width=3)
     # the score, computed step by step through a reordered KV cache, equals one full forward's
     logp = model(tokens)[0][0, 5:-1].log_softmax(-1).gather(1, tokens[0, 6:, None]).sum().item()
     assert score == pytest.approx(logp, abs=1e-4)
     stop = greedy[0, 8].item()  # the third generated token ends the greedy beam
-    assert model.beam_search(idx, 10, 1, stop_tokens=[stop])[0].tolist() == [greedy[0, :9].tolist()]
+    assert generate_beam(model, idx, 10, 1, stop_tokens=[stop])[0].tolist() == [greedy[0, :9].tolist()]
 
 
 def test_kv_cache_is_preallocated_once_per_layer():
@@ -624,7 +631,7 @@ def test_tiny_gpt_overfits_one_batch():
     idx, targets = x[:, :-1], x[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     t0 = time.perf_counter()
-    for step in range(1, 301):
+    for step in range(1, 301):  # noqa: B007 (printed after the loop)
         _, loss = model(idx, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -657,11 +664,11 @@ def test_bad_configs_and_inputs_raise_user_errors():
         (dict(repetition_penalty=0), "repetition_penalty=0 must be > 0"),
     ]:
         with pytest.raises(UserError, match=message):
-            model.generate(torch.zeros(1, 4, dtype=torch.long), 5, **bad)
+            generate(model, torch.zeros(1, 4, dtype=torch.long), 5, **bad)
     with pytest.raises(
         UserError, match=r"prompt \(40 tokens\) \+ max_new_tokens \(10\) = 50 .*block_size=48"
     ):
-        model.generate(torch.zeros(1, 40, dtype=torch.long), 10)
+        generate(model, torch.zeros(1, 40, dtype=torch.long), 10)
 
 
 def test_checkpoint_roundtrip_truncation_and_config_mismatch(tmp_path):
@@ -913,7 +920,7 @@ def test_sampling_cli_prints_what_the_model_generates(tmp_path, capsys):
     expected = ""
     for p in prompts:  # each prompt alone, greedy: the left-padded batch must give the same
         ids = [tok.eot_id] + tok.encode(p)
-        row = model.generate(torch.tensor([ids]), 8, temperature=0, stop_tokens=[tok.eot_id])[
+        row = generate(model, torch.tensor([ids]), 8, temperature=0, stop_tokens=[tok.eot_id])[
             0, len(ids) :
         ].tolist()
         expected += (
@@ -925,7 +932,7 @@ def test_sampling_cli_prints_what_the_model_generates(tmp_path, capsys):
         ["--ckpt", str(ckpt), "--prompt", "the cat", "--beam-width", "3", "--max-new-tokens", "6"]
     )
     ids = [tok.eot_id] + tok.encode("the cat")
-    tokens, logprob = model.beam_search(torch.tensor([ids]), 6, 3, stop_tokens=[tok.eot_id])
+    tokens, logprob = generate_beam(model, torch.tensor([ids]), 6, 3, stop_tokens=[tok.eot_id])
     head, text = capsys.readouterr().out.splitlines()[:2]
     assert head == f"--- 'the cat' (beam search, log-probability {logprob:.2f})"
     assert text.startswith("the cat")
@@ -1126,7 +1133,7 @@ def test_bad_input_gets_one_error_line_exit_2_and_changes_no_file(sample_run, re
         for case, proc in procs:
             out, err = proc.communicate(timeout=120)
             results.append((case, proc.returncode, out, err))
-    for (script, args, expected), _, out, err in results:
+    for (script, args, expected), _, _, err in results:
         lines = err.strip().splitlines()
         assert "Traceback" not in err, (script, args, err)
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
@@ -1151,8 +1158,8 @@ def test_generate_and_beam_search_decode_on_one_thread(monkeypatch):
     model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
     torch.set_num_threads(2)
     try:
-        model.generate(torch.tensor([[1, 2, 3]]), 4, temperature=0)
-        model.beam_search(torch.tensor([[1, 2, 3]]), 3, beam_width=2)
+        generate(model, torch.tensor([[1, 2, 3]]), 4, temperature=0)
+        generate_beam(model, torch.tensor([[1, 2, 3]]), 3, beam_width=2)
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
     finally:

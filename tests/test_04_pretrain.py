@@ -26,13 +26,14 @@ import pytest
 import torch
 
 import optimizers as optim
-import overfit  # imported here: it binds the real pretrain.evaluate (a test scripts it)
+import overfit  # imported here: it binds the real pretrain_loop.evaluate (a test scripts it)
 import pretrain
+import pretrain_loop
 import batches
 from common.cli import UserError
 from common.runs import check_artifact, run_lock, write_manifest
 from gpt import GPT
-from pretrain import TrainConfig
+from pretrain_loop import TrainConfig
 from forked_cli import run_forked
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +110,7 @@ def small_cfg(data, out, **kw):
         eval_batches=2,
         log_interval=1,
         attn_backend="torch",
+        final_eval=False,  # the held-out bar and fact recall have their own tests (test_04_measure.py)
     )
     return TrainConfig(**{**base, **kw})
 
@@ -299,7 +301,7 @@ def test_unigram_baseline_and_bits_per_byte_by_hand():
 
 def test_training_beats_unigram_and_leaves_a_complete_run(shards, tmp_path):
     out = tmp_path / "pretrain"
-    res = pretrain.train(small_cfg(shards, out, max_steps=40, eval_interval=20))
+    res = pretrain_loop.train(small_cfg(shards, out, max_steps=40, eval_interval=20))
     assert res["val_loss"] < res["unigram_val_loss"] - 0.3
     assert res["val_bpb"] == pytest.approx(res["val_loss"] / BYTES_PER_TOKEN / math.log(2))
     outcome = json.loads((out / "outcome.json").read_text())
@@ -316,8 +318,8 @@ def test_training_beats_unigram_and_leaves_a_complete_run(shards, tmp_path):
 
 def test_accumulation_equals_one_big_batch(shards, tmp_path):
     # fp32: 4 micro-batches of 2 with loss/4 vs one batch of 8; only summation order differs.
-    one = pretrain.train(small_cfg(shards, tmp_path / "one", max_steps=5, micro_batch=8))
-    acc = pretrain.train(small_cfg(shards, tmp_path / "acc", max_steps=5, micro_batch=2))
+    one = pretrain_loop.train(small_cfg(shards, tmp_path / "one", max_steps=5, micro_batch=8))
+    acc = pretrain_loop.train(small_cfg(shards, tmp_path / "acc", max_steps=5, micro_batch=2))
     for a, b in zip(losses(one["records"]), losses(acc["records"])):
         assert a[0] == b[0]
         assert (a[1] or a[2]) == pytest.approx(b[1] or b[2], abs=1e-5)
@@ -328,10 +330,10 @@ def test_accumulation_equals_one_big_batch(shards, tmp_path):
 
 def test_kill_and_resume_is_bit_exact(shards, tmp_path):
     kw = dict(max_steps=12, eval_interval=4, dropout=0.1)  # dropout: the RNG state must resume too
-    full = pretrain.train(small_cfg(shards, tmp_path / "full", **kw))
-    killed = pretrain.train(small_cfg(shards, tmp_path / "cut", stop_at=10, **kw))
+    full = pretrain_loop.train(small_cfg(shards, tmp_path / "full", **kw))
+    killed = pretrain_loop.train(small_cfg(shards, tmp_path / "cut", stop_at=10, **kw))
     assert killed["status"] == "stop_at"  # steps 9-10 are lost, ckpt is at step 8
-    resumed = pretrain.train(small_cfg(shards, tmp_path / "cut", resume=True, **kw))
+    resumed = pretrain_loop.train(small_cfg(shards, tmp_path / "cut", resume=True, **kw))
     assert losses(resumed["records"]) == losses(full["records"])
     wa = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
     wb = torch.load(tmp_path / "cut" / "ckpt.pt", weights_only=True)
@@ -345,35 +347,35 @@ def test_early_stopping_keeps_the_best_weights_and_resets_its_counter(shards, tm
     # Best at step 4, worse at 6, better again at 8 (the counter resets), then 3 worse evals in a row:
     # with patience 3 the run stops at step 14 (without the reset it would stop at step 12).
     script = iter([3.0, 2.5, 2.7, 2.4, 2.6, 2.8, 2.9, 2.0, 2.0])
-    monkeypatch.setattr(pretrain, "evaluate", lambda *a, **k: next(script))
+    monkeypatch.setattr(pretrain_loop, "evaluate", lambda *a, **k: next(script))
     es = small_cfg(shards, tmp_path / "es", max_steps=30, eval_interval=2, patience=3)
-    res = pretrain.train(es)
+    res = pretrain_loop.train(es)
     assert (res["status"], res["steps"], res["best_step"], res["best_val_loss"]) == ("early_stop", 14, 8, 2.4)
     best = torch.load(tmp_path / "es" / "best.pt", weights_only=True)
     last = torch.load(tmp_path / "es" / "ckpt.pt", weights_only=True)
     assert (best["step"], last["step"], last["best"]["bad_evals"]) == (8, 14, 3)
     assert not same_weights(best["model"], last["model"])  # what was kept is not the last weights ...
     script = iter([3.0, 2.5, 2.7, 2.4])
-    pretrain.train(dataclasses.replace(es, out=str(tmp_path / "to8"), stop_at=8))
+    pretrain_loop.train(dataclasses.replace(es, out=str(tmp_path / "to8"), stop_at=8))
     assert same_weights(best["model"], weights(tmp_path / "to8" / "ckpt.pt"))  # ... but the step-8 weights
-    assert pretrain.train(dataclasses.replace(es, resume=True))["status"] == "already_finished"
+    assert pretrain_loop.train(dataclasses.replace(es, resume=True))["status"] == "already_finished"
     row = overfit.restored_best(es)  # overfit.py's `early stop` row measures best.pt
     model = GPT.from_checkpoint(tmp_path / "to8" / "ckpt.pt")
     assert row["best_step"] == 8 and row["val"] == pytest.approx(
-        overfit.evaluate(model, pretrain.load_shards(shards, 16)[1], 16, es.eval_batches * 8, 8, "cpu"),
+        overfit.evaluate(model, pretrain_loop.load_shards(shards, 16)[1], 16, es.eval_batches * 8, 8, "cpu"),
         abs=1e-6,
     )
 
 
 def test_divergence_stops_and_names_the_checkpoint_on_disk(shards, tmp_path, monkeypatch):
-    real_step = pretrain.train_step
+    real_step = pretrain_loop.train_step
     monkeypatch.setattr(
-        pretrain,
+        pretrain_loop,
         "train_step",  # step 5 (0-based) returns a nan loss
         lambda s, step: (float("nan"), 1.0, False) if step == 5 else real_step(s, step),
     )
-    with pytest.raises(pretrain.Diverged, match=r"at step 5: training diverged; .*ckpt.pt \(step 4\)"):
-        pretrain.train(small_cfg(shards, tmp_path, max_steps=10, eval_interval=2))
+    with pytest.raises(pretrain_loop.Diverged, match=r"at step 5: training diverged; .*ckpt.pt \(step 4\)"):
+        pretrain_loop.train(small_cfg(shards, tmp_path, max_steps=10, eval_interval=2))
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 4
     assert json.loads((tmp_path / "outcome.json").read_text())["status"] == "diverged"
     with pytest.raises(UserError, match="unfinished run \\(diverged\\)"):
@@ -381,8 +383,8 @@ def test_divergence_stops_and_names_the_checkpoint_on_disk(shards, tmp_path, mon
 
 
 def test_a_real_divergence_before_the_first_checkpoint(shards, tmp_path):
-    with pytest.raises(pretrain.Diverged, match="no checkpoint of this run was written yet"):
-        pretrain.train(
+    with pytest.raises(pretrain_loop.Diverged, match="no checkpoint of this run was written yet"):
+        pretrain_loop.train(
             small_cfg(shards, tmp_path, max_steps=50, eval_interval=10, lr=1e30, min_lr=1e30, grad_clip=0)
         )
     assert not (tmp_path / "ckpt.pt").exists()
@@ -390,14 +392,16 @@ def test_a_real_divergence_before_the_first_checkpoint(shards, tmp_path):
 
 @pytest.fixture(scope="module")
 def fp32_run(shards, tmp_path_factory):
-    return pretrain.train(small_cfg(shards, tmp_path_factory.mktemp("fp32"), max_steps=6, eval_interval=3))
+    return pretrain_loop.train(
+        small_cfg(shards, tmp_path_factory.mktemp("fp32"), max_steps=6, eval_interval=3)
+    )
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_mixed_precision_through_train_matches_fp32(shards, tmp_path, fp32_run, dtype):
     # Autocast runs the matmuls in 16 bits (on CPU too); weights, grads and optimizer stay fp32. The
     # gradient norm is measured after unscaling, so a scaler that did not undo its scale shows here.
-    res = pretrain.train(small_cfg(shards, tmp_path, max_steps=6, eval_interval=3, dtype=dtype))
+    res = pretrain_loop.train(small_cfg(shards, tmp_path, max_steps=6, eval_interval=3, dtype=dtype))
     for ours, ref in zip(res["records"], fp32_run["records"], strict=True):
         if "loss" in ours:
             assert ours["loss"] == pytest.approx(ref["loss"], abs=0.05)
@@ -413,18 +417,18 @@ PARALLEL_MODES = ("ddp", "fsdp", "ddp_by_hand", "zero1", "zero2")  # torch's, th
 
 def test_every_parallel_mode_on_two_processes_equals_single_process(shards, tmp_path):
     kw = dict(max_steps=6, eval_interval=3, log_interval=1)
-    single = pretrain.train(small_cfg(shards, tmp_path / "single", **kw))
+    single = pretrain_loop.train(small_cfg(shards, tmp_path / "single", **kw))
     driver = tmp_path / "driver.py"
     driver.write_text(
         textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(REPO / "04_pretrain")!r})
         import torch.distributed as dist
-        import pretrain
+        import pretrain_loop
         for mode in {PARALLEL_MODES!r}:
-            cfg = pretrain.TrainConfig(**{{**{small_cfg(shards, "", **kw).__dict__!r},
+            cfg = pretrain_loop.TrainConfig(**{{**{small_cfg(shards, "", **kw).__dict__!r},
                                           "out": {str(tmp_path)!r} + "/" + mode, "parallel": mode}})
-            pretrain.train(cfg)
+            pretrain_loop.train(cfg)
         dist.destroy_process_group()
     """)
     )
@@ -446,7 +450,7 @@ def test_every_parallel_mode_on_two_processes_equals_single_process(shards, tmp_
             torch.testing.assert_close(ckpt["model"][k], ref[k], atol=1e-5, rtol=0, msg=mode)
     # checkpoints written by 2 FSDP or ZeRO-2 ranks resume in one process (full state dicts)
     for mode in ("fsdp", "zero2"):
-        pretrain.train(
+        pretrain_loop.train(
             small_cfg(
                 shards,
                 tmp_path / mode,
@@ -473,11 +477,11 @@ def test_config_checks_name_the_field_and_the_fix(shards, tmp_path):
     ]
     for kw, message in cases:
         with pytest.raises(UserError, match=message):
-            pretrain.train(small_cfg(shards, tmp_path / "never", **kw))
+            pretrain_loop.train(small_cfg(shards, tmp_path / "never", **kw))
     assert not (tmp_path / "never").exists()
-    pretrain.train(small_cfg(shards, tmp_path / "run", max_steps=4, eval_interval=2, stop_at=2))
+    pretrain_loop.train(small_cfg(shards, tmp_path / "run", max_steps=4, eval_interval=2, stop_at=2))
     with pytest.raises(UserError, match="n_embd 32 -> 64"):
-        pretrain.train(
+        pretrain_loop.train(
             small_cfg(shards, tmp_path / "run", max_steps=4, eval_interval=2, n_embd=64, resume=True)
         )
 
@@ -518,7 +522,7 @@ def _fork_driver(cases_path):
     """Run each case of cases_path (a JSON list of {argv, fault, snapshot}) in a forked child."""
     from common.files import pyplot
     from common.runs import code_version
-    import torch._dynamo  # what every run imports on its first use
+    import torch._dynamo  # noqa: F401  (what every run imports on its first use: pay it before forking)
 
     pyplot(), code_version()  # (optimizer, plot, manifest): pay it once
     cases, results = json.loads(Path(cases_path).read_text()), []
@@ -572,8 +576,8 @@ TINY = dict(
 
 
 def cli_argv(root: Path, **kw) -> list:
-    """The flags of the TINY run in `root`, as pretrain.command_for writes them."""
-    return shlex.split(pretrain.command_for(TrainConfig(data=str(root), **{**TINY, **kw})))[2:]
+    """The flags of the TINY run in `root`, as pretrain_loop.command_for writes them."""
+    return shlex.split(pretrain_loop.command_for(TrainConfig(data=str(root), **{**TINY, **kw})))[2:]
 
 
 def _flip_byte(path: Path, at=100):
@@ -757,7 +761,7 @@ def cli(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     bases = {"plain": write_shards(tmp / "plain"), "finished": tmp / "finished"}
     shutil.copytree(bases["plain"], bases["finished"])
-    pretrain.train(TrainConfig(data=str(bases["finished"]), quiet=True, **TINY))
+    pretrain_loop.train(TrainConfig(data=str(bases["finished"]), quiet=True, **TINY))
     cases, names = [], []
 
     def copy_of(base, damage=None):
@@ -834,7 +838,7 @@ def test_kill_9_during_a_save_leaves_an_orphan_that_the_next_start_removes(cli):
 
 def test_ctrl_c_during_a_save_exits_130_with_one_line_and_keeps_the_last_checkpoint(cli):
     res, _, root = cli[0]["Ctrl-C during a save"]
-    resume = pretrain.command_for(TrainConfig(data=str(root), **TINY), resume=True)
+    resume = pretrain_loop.command_for(TrainConfig(data=str(root), **TINY), resume=True)
     assert res["rc"] == 130 and "Traceback" not in res["stderr"]
     assert error_lines(res) == [
         f"interrupted; at step 4; continue from the checkpoint of step 2 with `{resume}`"
@@ -881,8 +885,8 @@ def test_help_shows_each_presets_values(capsys):
     with pytest.raises(SystemExit):
         pretrain.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "transformer blocks (default 4; preset small 6, gpt2 12)" in out
-    assert "peak learning rate (default 0.002; preset small 0.001, gpt2 0.0006)" in out
+    assert "transformer blocks (default 4; preset micro 1, small 6, gpt2 12)" in out
+    assert "peak learning rate (default 0.002; preset micro 0.01, small 0.001, gpt2 0.0006)" in out
 
 
 # ----------------------------------------------------------------------------------------------

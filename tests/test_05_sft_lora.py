@@ -32,7 +32,6 @@ from chat_template import (
     ROLE_TOKEN,
     encode_chat,
     encode_prompt,
-    lm_inputs,
     masked_logprob_mean,
     masked_logprob_sum,
     render_chat,
@@ -43,6 +42,7 @@ from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.files import write_jsonl
 from common.runs import write_manifest
+from decoding import generate
 from gpt import GPT, GPTConfig
 from lora import (
     LoRALinear,
@@ -57,17 +57,24 @@ from lora import (
 )
 from metrics import (
     answer_in,
+    char_exact_match,
+    char_f1,
     corpus_bleu,
     exact_match,
     lcs_length,
+    normalize_answer,
     pass_at_k,
     perplexity,
     rouge_l,
+    sentence_bleu,
     token_f1,
+    tokenize_13a,
+    tokenize_zh,
     win_rate,
 )
 from packing import collate_packed, collate_padded, forward_packed, pack_rows, per_example_loss
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, save_prefix
+from finetuned import load_finetuned
 import sft
 import sft_baselines
 from sft_data import encode_examples, read_conversations
@@ -456,9 +463,9 @@ def test_prefix_works_with_the_kv_cache_padding_and_packing(tok):
     from decoding import left_pad
 
     idx, mask = left_pad(prompts, pad_id=0)
-    cached = model.generate(idx, 6, temperature=0, attention_mask=mask)
-    assert torch.equal(cached, model.generate(idx, 6, temperature=0, attention_mask=mask, use_cache=False))
-    alone = model.generate(torch.tensor([prompts[1]]), 6, temperature=0)
+    cached = generate(model, idx, 6, temperature=0, attention_mask=mask)
+    assert torch.equal(cached, generate(model, idx, 6, temperature=0, attention_mask=mask, use_cache=False))
+    alone = generate(model, torch.tensor([prompts[1]]), 6, temperature=0)
     assert torch.equal(alone[0], cached[1, idx.shape[1] - len(prompts[1]) :])
     examples, _ = encode_examples(tok, light_task(NAMES[:3], 0), 64)
     x, y, seg = collate_packed(pack_rows(examples, 64), 0)
@@ -494,32 +501,105 @@ def test_bottleneck_adapters_start_as_identity_train_alone_and_detach_cleanly():
 # metrics on hand-computed examples
 
 
-def test_metrics_on_hand_computed_examples():
-    assert perplexity(2 * np.log(4), 2) == pytest.approx(4.0)
+def test_squad_exact_match_and_f1_on_hand_computed_examples():
+    # SQuAD v1.1 deletes ASCII punctuation (it does not split on it), drops a/an/the, folds case
+    assert normalize_answer("The  U.S. don't, 12,345!") == "us dont 12345"
+    assert exact_match("don't", "dont") == exact_match("12,345", "12345") == exact_match("U.S.", "us") == 1.0
     assert exact_match("The cat sat!", "cat  sat") == 1.0 and exact_match("cat sat down", "cat sat") == 0.0
-    # F1 with a repeated token: pred "the the the cat" -> [cat] after articles go; use non-articles
-    # pred = [dog dog dog cat], ref = [dog cat mat]: overlap = min(3,1) dog + 1 cat = 2; P = 2/4, R = 2/3
-    assert token_f1("dog dog dog cat", "dog cat mat") == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
-    # ROUGE-L: LCS of "a b c d e" and "a x c y e" is "a c e" (3): P = 3/5, R = 3/5
+    assert exact_match("do not", "don't") == 0.0  # no contraction expansion
+    assert normalize_answer("theatre an apple") == "theatre apple"  # whole words only
+    # pred = [dog dog dog cat], ref = [dog cat mat]: overlap = min(3,1) dog + 1 cat = 2; P = 2/4, R = 2/3,
+    # F1 = 2 (1/2)(2/3) / (1/2 + 2/3) = (2/3) / (7/6) = 4/7
+    assert token_f1("dog dog dog cat", "dog cat mat") == pytest.approx(4 / 7)
+    # "the cat" -> [cat]; "a cat sat down" -> [cat sat down]: overlap 1, P = 1, R = 1/3, F1 = (2/3)/(4/3) = 1/2
+    assert token_f1("the cat", "a cat sat down") == pytest.approx(0.5)
+    assert token_f1("don't stop", "dont stop") == 1.0
+    # two empty answers: the v1.1 script's F1 is 0 (no overlap), its EM is 1 (equal strings)
+    assert token_f1("", "") == 0.0 and exact_match("", "") == 1.0 and token_f1("the", "a") == 0.0
+    assert token_f1("cat", "") == 0.0
+    # character level for Chinese: "北京市" vs "北京": overlap 2, P = 2/3, R = 1, F1 = (4/3)/(5/3) = 4/5
+    assert char_f1("北京市", "北京") == pytest.approx(0.8)
+    assert char_exact_match("北京。", " 北 京 ") == 1.0 and char_exact_match("北京", "南京") == 0.0
+    assert exact_match("北京市", "北京") == 0.0 and token_f1("北京市", "北京") == 0.0  # one token each
+    assert (
+        answer_in("Kado lives in Calinwi.", "calinwi") == 1.0 and answer_in("Kado lives.", "Calinwi") == 0.0
+    )
+
+
+def test_bleu_and_rouge_l_on_hand_computed_examples():
+    # 13a: marks split off except ' and , . between digits and - not after a digit; case kept
+    assert tokenize_13a("Don't stop: 12,345.6 U.S. e-mail 3-4 x.") == (
+        ["Don't", "stop", ":", "12,345.6", "U", ".", "S", ".", "e-mail", "3", "-", "4", "x", "."]
+    )
+    assert tokenize_13a("a &amp; b") == ["a", "&", "b"]
+    assert tokenize_zh("我们ab，x") == ["我", "们", "ab", "，", "x"]
+    # corpus: "the cat sat on mat" (5) vs "the cat sat on the mat" (6): p1 = 5/5, p2 = 3/4 (the cat,
+    # cat sat, sat on), p3 = 2/3, p4 = 1/2; BP = exp(1 - 6/5) = 0.8187; (1 · 3/4 · 2/3 · 1/2)^(1/4) =
+    # (1/4)^(1/4) = 0.7071; BLEU = 100 · 0.8187 · 0.7071 = 57.89
+    b = corpus_bleu(["the cat sat on mat"], ["the cat sat on the mat"])
+    assert b["precisions"] == pytest.approx([100, 75, 200 / 3, 50])
+    assert b["bp"] == pytest.approx(np.exp(1 - 6 / 5))
+    assert b["bleu"] == pytest.approx(100 * np.exp(1 - 6 / 5) * 0.25**0.25) and round(b["bleu"], 2) == 57.89
+    assert corpus_bleu(["a a a a"], ["a b c d"])["precisions"][0] == pytest.approx(25)  # clipped: 1 of 4
+    # one exact word: the sentence score uses effective order 1 (100); the corpus score has no 2-gram
+    # to count (p2 = 0, log 0 -> BLEU 0)
+    assert sentence_bleu("cat", "cat")["bleu"] == pytest.approx(100)
+    assert corpus_bleu(["cat"], ["cat"])["bleu"] == 0.0
+    # case-sensitive with exp smoothing: [The cat] vs [the cat]: p1 = 1/2; p2: 0 of 1 matched, first
+    # zero order -> 1/(2 · 1) = 1/2; effective order 2; BLEU = 100 · sqrt(1/2 · 1/2) = 50
+    assert sentence_bleu("The cat", "the cat")["bleu"] == pytest.approx(50)
+    # zh: 我爱北京 vs 我爱上海: p1 = 2/4, p2 = 1/3, p3: 0 of 2 -> 1/(2·2), p4: 0 of 1 -> 1/(4·1);
+    # BLEU = 100 · (1/2 · 1/3 · 1/4 · 1/4)^(1/4) = 100 · 96^(-1/4) = 31.95
+    assert sentence_bleu("我爱北京", "我爱上海", tokenize="zh")["bleu"] == pytest.approx(100 * 96**-0.25)
+    assert sentence_bleu("x", "y")["bleu"] == 0.0 and corpus_bleu([""], ["a"])["bleu"] == 0.0
+    # ROUGE-L: LCS of "a b c d e" and "a x c y e" is "a c e" (3): P = R = 3/5
     assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4  # the textbook example
     assert rouge_l("a b c d e", "a x c y e") == pytest.approx(0.6)
     assert rouge_l("a b c", "a b c d e f") == pytest.approx(2 * 1 * 0.5 / 1.5)
-    # BLEU: candidate "the cat sat on mat" (5) vs reference "the cat sat on the mat" (6)
-    # p1 = 5/5, p2 = 3/4 (the cat, cat sat, sat on), p3 = 2/3, p4 = 1/2; BP = exp(1 - 6/5)
-    b = corpus_bleu(["the cat sat on mat"], ["the cat sat on the mat"])
-    assert b["precisions"] == pytest.approx([1, 3 / 4, 2 / 3, 1 / 2])
-    assert b["bp"] == pytest.approx(np.exp(1 - 6 / 5))
-    assert b["bleu"] == pytest.approx(np.exp(1 - 6 / 5) * (1 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25)
-    assert corpus_bleu(["a a a a"], ["a b c d"])["precisions"][0] == pytest.approx(1 / 4)  # clipped counts
+    # rouge-score's tokenizer: [don t stop] vs [dont stop]: LCS 1, P = 1/3, R = 1/2, F = (1/3)/(5/6) = 0.4
+    assert rouge_l("don't stop", "dont stop") == pytest.approx(0.4)
+    assert rouge_l("Cat, sat.", "cat sat") == 1.0  # punctuation is not a token, case folded
+    # Chinese: the default tokenizer deletes it (0); lang="zh" keeps characters: LCS 我爱 = 2 of 4 and 4
+    assert rouge_l("我爱北京", "我爱上海") == 0.0 and rouge_l("我爱北京", "我爱上海", lang="zh") == 0.5
+
+
+TRICKY = [
+    ("Don't stop: 12,345.6 U.S. e-mail 3-4 x.", "Do not stop at 12,345.6 in the U.S., e-mail 3-4."),
+    ("The cat sat on the mat.", "the cat sat on mat"),
+    ("cat", "cat"),
+    ("\u201cQuoted\u201d -- a &amp; b <skipped> (x) [y] {z}", "Quoted a & b (x)"),
+    ("我们在北京，ab 12.5", "我们住在北京。ab 12,5"),
+    ("", "nothing"),
+    ("Kado lives in Calinwi.", "Kado Marora lives in Calinwi, near the river."),
+]
+
+
+def test_bleu_equals_sacrebleu_when_installed():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    preds, refs = zip(*TRICKY)
+    for tok in ("13a", "zh"):
+        got = corpus_bleu(list(preds), list(refs), tokenize=tok)["bleu"]
+        assert got == pytest.approx(sacrebleu.corpus_bleu(list(preds), [list(refs)], tokenize=tok).score)
+        for p, r in TRICKY:
+            want = sacrebleu.sentence_bleu(p, [r], tokenize=tok).score
+            assert sentence_bleu(p, r, tokenize=tok)["bleu"] == pytest.approx(want), (p, r, tok)
+
+
+def test_rouge_l_equals_rouge_score_when_installed():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    for p, r in TRICKY:
+        assert rouge_l(p, r) == pytest.approx(scorer.score(r, p)["rougeL"].fmeasure), (p, r)
+
+
+def test_other_metrics_on_hand_computed_examples():
+    assert perplexity(2 * np.log(4), 2) == pytest.approx(4.0)
     # pass@k: n = 5, c = 2, k = 2: 1 - C(3,2)/C(5,2) = 1 - 3/10
     assert pass_at_k(5, 2, 2) == pytest.approx(0.7)
     assert pass_at_k(5, 4, 2) == 1.0 and pass_at_k(5, 0, 3) == 0.0
     w = win_rate(60, 30, 10)  # p = 65/100
     assert w["win_rate"] == pytest.approx(0.65) and w["low"] < 0.65 < w["high"]
     assert (w["low"], w["high"]) == pytest.approx((0.5525, 0.7364), abs=1e-3)
-    assert (
-        answer_in("Kado lives in Calinwi.", "calinwi") == 1.0 and answer_in("Kado lives.", "Calinwi") == 0.0
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -563,7 +643,7 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
     assert o["examples"]["skipped_too_long"] == 0
     for f in ("ckpt.pt", "outcome.json", "predictions.jsonl", "sft.png", "manifest.json"):
         assert (tmp_path / "sft" / f).is_file()
-    model, tok, peft = sft.load_finetuned(tmp_path / "sft")
+    model, tok, peft = load_finetuned(tmp_path / "sft")
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
 
 
@@ -716,8 +796,6 @@ def _fork_driver(cases_path):
     <argv>` would, each in a forked child of this one interpreter: torch is imported once, not once
     per case (on a loaded 2-core machine an import alone takes 10+ s)."""
     import importlib
-    import tempfile
-    import traceback
 
     results = []
     for script, argv in json.loads(Path(cases_path).read_text()):
@@ -896,7 +974,10 @@ def test_token_f1_counts_repeats_and_scores_empty_answers():
     # pred [dog dog cat], ref [dog dog mat]: overlap = min(2, 2) dogs = 2 (a set overlap gives 1);
     # P = R = 2/3, F1 = 2/3
     assert token_f1("dog dog cat", "dog dog mat") == pytest.approx(2 / 3)
-    assert token_f1("", "") == 1.0 and token_f1("the", "a") == 1.0  # both empty after normalization
+    # both empty after normalization: SQuAD v1.1's F1 is 0 (its overlap is 0), its EM is 1
+    assert token_f1("", "") == 0.0 and token_f1("the", "a") == 0.0
+    # punctuation deleted and articles dropped before the tokens are compared
+    assert token_f1("The U.S. don't", "us dont") == 1.0
     assert token_f1("", "cat") == 0.0 and token_f1("cat", "") == 0.0 and token_f1("dog", "cat") == 0.0
 
 

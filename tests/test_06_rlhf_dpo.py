@@ -21,8 +21,7 @@ import pytest
 import torch
 
 from bpe import BPETokenizer
-from chat_template import encode_chat, encode_prompt, lm_inputs
-from checkpoint_io import save_checkpoint
+from chat_template import encode_prompt
 from common.cli import UserError, run_cli
 from common.files import write_jsonl
 from common.runs import write_manifest
@@ -47,10 +46,8 @@ from rl_common import (
     masked_whiten,
     microbatch_train_step,
     no_baseline_loss,
-    pad_responses,
     policy_gradient_loss,
     reinforce_with_baseline_loss,
-    response_log_probs,
     token_entropy,
 )
 
@@ -602,7 +599,7 @@ def methods_run(micro_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("methods") / "run"
     shutil.copytree(micro_run, run)
     torch.set_num_threads(1)
-    for name, (module, argv) in METHOD_ARGV.items():
+    for module, argv in METHOD_ARGV.values():
         module.main(["--run", str(run), "--device", "cpu", *argv])
     return run
 

@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import gptq
 import quant_linear
 from bpe import BPETokenizer
 from checkpoint_io import save_checkpoint

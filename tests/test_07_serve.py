@@ -3,7 +3,7 @@ terminal chat (chat.py) and the benchmark's workload (bench_serve.py), with one-
 
 The model is an untrained 2-layer GPT and the tokenizer a small BPE trained here, so nothing depends
 on stages 01-05 having run. Untrained is enough: every check compares the engine with 03's
-GPT.generate on the same weights (greedy, so the tokens must be identical), or the server's answers
+decoding.generate on the same weights (greedy, so the tokens must be identical), or the server's answers
 with each other, never with a right answer.
 """
 
@@ -42,6 +42,7 @@ from chat_template import encode_prompt
 from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.runs import write_manifest
+from decoding import generate
 from gpt import GPT, GPTConfig
 import serve
 from serve import ChatServer
@@ -63,8 +64,8 @@ def tiny_model(vocab=64, block_size=CTX, seed=0):
 
 
 def reference(model, prompt, n):
-    """What 03's GPT.generate gives this prompt alone, greedy: the tokens every policy must reproduce."""
-    return model.generate(torch.tensor([prompt]), n, temperature=0)[0, len(prompt) :].tolist()
+    """What 03's decoding.generate gives this prompt alone, greedy: the tokens every policy must reproduce."""
+    return generate(model, torch.tensor([prompt]), n, temperature=0)[0, len(prompt) :].tolist()
 
 
 class Letters:
@@ -134,7 +135,7 @@ def test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits(model
 
 def test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged(model, mixed):
     engine = Engine(model, None, "continuous", max_batch=2)
-    (p0, n0, ref0), (p1, n1, _), (p2, n2, ref2) = mixed[0], mixed[1], mixed[2]
+    (p0, n0, ref0), (p1, _, _), (p2, n2, ref2) = mixed[0], mixed[1], mixed[2]
     a = engine.submit(Request(p0, SamplingParams(max_tokens=n0, temperature=0)))
     b = engine.submit(Request(p1, SamplingParams(max_tokens=30, temperature=0)))
     c = engine.submit(Request(p2, SamplingParams(max_tokens=n2, temperature=0)))
@@ -800,7 +801,7 @@ def test_stalled_clients_are_dropped_after_the_deadline_and_the_cap_answers_503(
     over = read_all(extra)
     assert over.startswith(b"HTTP/1.0 503") and b"Retry-After: 1" in over and b"server_overloaded" in over
     started = time.time()
-    for i in range(8):  # the slowloris keeps sending; it is cut at the deadline all the same
+    for _ in range(8):  # the slowloris keeps sending; it is cut at the deadline all the same
         time.sleep(0.1)
         try:
             stalled[2].sendall(b"T")

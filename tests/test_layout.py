@@ -126,3 +126,36 @@ def test_the_layout_check_rejects_a_backward_import(tmp_path, folder, line):
     assert backward_imports(tmp_path) == []  # forward imports (and kernels/ using common/) are fine
     (tmp_path / folder / "bad.py").write_text(line + "\n")
     assert len(backward_imports(tmp_path)) == 1
+
+
+# ------------------------------------------------------------------- the stage registry (common/layout.py)
+from common.layout import STAGES as REGISTRY, RunLayout  # noqa: E402
+
+
+def test_the_registry_names_real_scripts_each_reading_only_what_an_earlier_stage_wrote():
+    written = set()
+    for s in REGISTRY:
+        assert (REPO / s.script).is_file(), s.script
+        missing = [f for f in s.upstream if f not in written]
+        assert not missing, f"{s.name} reads {missing}, which no earlier stage writes"
+        written |= {s.folder, *s.writes}
+    assert len({s.name for s in REGISTRY}) == len(REGISTRY) == len({s.folder for s in REGISTRY})
+
+
+def test_every_stage_has_its_own_micro_preset_so_the_smoke_test_runs_it():
+    """run_all --preset micro passes --preset micro to each stage: the stage must define it."""
+    lacking = [s.name for s in REGISTRY if "micro" in s.presets and '"micro"' not in _config_source(s)]
+    assert not lacking, f"stages without a micro preset in their parse_config presets: {lacking}"
+
+
+def _config_source(s) -> str:
+    """The stage script and the modules of its folder (a preset may live beside the config class)."""
+    return "".join(p.read_text(encoding="utf-8") for p in (REPO / s.script).parent.glob("*.py"))
+
+
+def test_run_layout_paths_and_rerun_commands():
+    layout = RunLayout("runs/x")
+    assert layout.tokenizer == Path("runs/x/tokenizer") and layout.tasks == Path("runs/x/data/tasks")
+    assert layout.made_by("tokenizer") == "python 02_tokenizer/bpe.py --data runs/x"
+    assert layout.made_by("data") == "python 01_data/prepare.py --out runs/x"
+    assert layout.made_by("rm") == "python 06_rlhf_dpo/reward_model.py --run runs/x"

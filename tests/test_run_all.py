@@ -66,6 +66,12 @@ def test_micro_pipeline_writes_every_stage_artifact_with_a_manifest(micro):
         )  # present, complete, undamaged, current
         assert manifest.get("status", "complete") == "complete"
         assert (run / "logs" / f"{stage.name}.log").is_file()
+        block = read_json(run / stage.outcome_folder / "outcome.json")  # SCHEMA.md: every stage's bar
+        assert block["headline"] and "not run" not in block["headline"], stage.name
+        bar = block["bar"]
+        if bar is not None:  # None: the stage has no bar (wordpiece, unigram) or it cannot apply here
+            assert {"metric", "value", "threshold", "direction", "passed"} <= set(bar), stage.name
+            assert bar["direction"] in ("lower", "higher") and isinstance(bar["passed"], bool), stage.name
     lines = [l for l in out.splitlines() if re.match(r"\[\s*\d+/\d+\] ", l)]
     assert len(lines) == len(run_all.plan(run_all.RunAllConfig(preset="micro")))  # one line per stage
     for stage in ran:  # its line carries its wall time and the headline
@@ -86,15 +92,15 @@ def test_report_has_every_section_a_verdict_per_stage_and_no_missing_or_nan_numb
         if stage in {s.name for s in ran} and stage not in ("wordpiece", "unigram"):
             assert "not run" not in row and re.search(r"\| (PASS|FAIL|-) \|$", row), row
             assert re.search(r"\d", row.split("|")[2]), f"no number in the headline of {stage}: {row}"
-    for stage, section in report.SECTIONS.items():  # every section is there, ran or not
+    for stage in report.SECTIONS:  # every section is there, ran or not
         title = report.section_of(stage, run, None).title
         assert f"\n## {title}\n" in text, title
     for png in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):  # every image the report links exists
         assert (run / png).is_file(), png
     assert (run / "report_cleaning.png").is_file() and (run / "report_tokenizer.png").is_file()
-    # the headline numbers are the stage's own: the pretraining line quotes outcome.json's val loss
+    # the headline numbers are the stage's own: the pretraining line quotes outcome.json's held-out loss
     o = read_json(run / "pretrain" / "outcome.json")
-    assert f"val loss {o['best_val_loss']:.3f}" in top
+    assert f"{o['heldout']['split']} loss {o['bar']['value']:.3f}" in top
 
 
 def mangled(obj):

@@ -1,0 +1,114 @@
+"""A finished SFT run as a library: load the fine-tuned model, generate its answers, score them.
+
+sft.py trains; this file is what 06 and 07 (and sft.py itself) use afterwards, so no stage imports a
+command script for its functions:
+
+    from finetuned import generate_answers, load_finetuned, score
+    model, tok, peft = load_finetuned("runs/tiny/sft")
+    answers = generate_answers(model, tok, conversations, max_new_tokens=48, device="cpu")
+    score(answers, conversations)      # {"exact_match", "token_f1", "answer_acc", "n"}
+
+Interview question it answers:
+- How is a PEFT model shipped? (the base checkpoint once, plus kilobytes of adapter weights per task;
+  loading attaches the adapter to the base, or merges it for serving: lora.merge_lora)
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "04_pretrain")]
+from common.cli import UserError
+from common.files import read_json
+from common.layout import RunLayout
+from common.runs import check_artifact
+from bpe import BPETokenizer  # 02_tokenizer
+from checkpoint_io import load_checkpoint  # 03_model
+from decoding import generate, left_pad  # 03_model
+from gpt import GPT  # 03_model
+from batches import get_batch  # 04_pretrain
+
+from adapter import load_adapters
+from chat_template import END, decode_answer, encode_prompt
+from lora import load_lora
+from metrics import answer_in, corpus_bleu, exact_match, rouge_l, token_f1
+from sft_baselines import answer_span
+from prefix import load_prefix
+
+
+def load_finetuned(sft_dir, device="cpu"):
+    """(model, tokenizer, peft) of a finished sft.py run: the full checkpoint (peft None), or the base
+    with its adapter attached (peft: the LoRA adapter's name, or the PrefixTuning / BottleneckAdapters
+    module, which lives beside the model). What 06 and 07 call to start from the SFT model."""
+    sft_dir = Path(sft_dir)
+    manifest = check_artifact(sft_dir, made_by=RunLayout("runs/<name>").made_by("sft"))
+    outcome = read_json(sft_dir / "outcome.json")
+    tok = BPETokenizer.load(sft_dir / outcome["tokenizer"])
+    if (sft_dir / "ckpt.pt").is_file():
+        return GPT.from_checkpoint(sft_dir / "ckpt.pt", map_location=device), tok, None
+    model = GPT.from_checkpoint(sft_dir / outcome["base_checkpoint"], map_location=device)
+    kind = load_checkpoint(sft_dir / "adapter.pt").get("peft", {}).get("kind")
+    loader = {"lora": load_lora, "prefix": load_prefix, "adapter": load_adapters}.get(kind)
+    if loader is None:
+        raise UserError(f"{sft_dir}/adapter.pt: unknown adapter kind {kind!r}; rerun `{manifest['command']}`")
+    return model, tok, loader(model, sft_dir / "adapter.pt")
+
+
+@torch.no_grad()
+def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> float:
+    """Mean LM loss on `n_windows` evenly spaced windows of the pretraining val shard (forgetting)."""
+    starts = np.linspace(0, len(val_tokens) - block_size - 1, n_windows).astype(np.int64)
+    was = model.training
+    model.eval()
+    losses = [
+        model(*get_batch(val_tokens, starts[i : i + batch], block_size, device))[1].item()
+        * len(starts[i : i + batch])
+        for i in range(0, len(starts), batch)
+    ]
+    model.train(was)
+    return sum(losses) / len(starts)
+
+
+@torch.no_grad()
+def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64) -> list:
+    """Greedy answers (03's decoding.generate, KV cache, left-padded batches) to each conversation's
+    last user turn, prompted with the chat template; generation stops at <|end|>."""
+    end, pad = tok.special_tokens[END], tok.special_tokens.get("<|pad|>", tok.eot_id)
+    out = []
+    for i in range(0, len(conversations), batch):
+        prompts = [encode_prompt(tok, c) for c in conversations[i : i + batch]]
+        idx, mask = left_pad(prompts, pad_id=pad, device=device)
+        room = min(max_new_tokens, model.cfg.block_size - idx.shape[1])
+        if room < 1:
+            raise UserError(
+                f"a held-out prompt fills the model's context ({idx.shape[1]} tokens); "
+                "drop long conversations from the held-out file"
+            )
+        gen = generate(
+            model, idx, room, temperature=0, stop_tokens=[end, tok.eot_id], attention_mask=mask, pad_id=pad
+        )
+        out += [decode_answer(tok, row) for row in gen[:, idx.shape[1] :].tolist()]
+    return out
+
+
+def score(predictions, records) -> dict:
+    """Mean exact match and token F1 (SQuAD v1.1), corpus BLEU (sacrebleu's defaults) and mean ROUGE-L
+    (rouge-score's) against the reference answer turn, and answer accuracy (the short answer), each of
+    the answer's span (sft_baselines.answer_span: up to the first newline or chat marker)."""
+    predictions = [answer_span(p) for p in predictions]
+    refs = [r["messages"][-1]["content"] for r in records]
+    shorts = [r.get("answer") for r in records]
+    res = {
+        "exact_match": float(np.mean([exact_match(p, r) for p, r in zip(predictions, refs)])),
+        "token_f1": float(np.mean([token_f1(p, r) for p, r in zip(predictions, refs)])),
+        "bleu": corpus_bleu(predictions, refs)["bleu"],  # sacrebleu's default corpus BLEU, 0-100
+        "rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(predictions, refs)])),
+        "n": len(records),
+    }
+    if all(isinstance(s, str) for s in shorts):
+        res["answer_acc"] = float(np.mean([answer_in(p, s) for p, s in zip(predictions, shorts)]))
+    return res
