@@ -393,7 +393,12 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
         )
         write_json(
             tmp / "outcome.json",
-            {"headline": stage_bar(bars)["note"], "bar": stage_bar(bars), "bars": list(bars.values())},
+            {
+                "headline": f"{sum(b['passed'] for b in bars.values())} of {len(bars)} methods beat SFT and "
+                f"the cheap baseline on their own metric ({stage_bar(bars)['note']})",
+                "bar": stage_bar(bars),
+                "bars": list(bars.values()),
+            },
         )
         atomic_write_text(tmp / "compare.md", table + "\n")
         plot(results, tmp / "compare.png")
