@@ -436,27 +436,6 @@ def evaluate_pair_mean(model, tok, held) -> list:
     return [ranks[i] for i in held["informative"]]
 
 
-def outcome_block(rows) -> dict:
-    """{"headline", "bar"} of outcome.json (common/outcome.py): each method beats SFT on the metric it
-    optimizes; the bar's value is the share of methods that do (all of them must)."""
-    methods = [r for r in rows if r.get("beats SFT") in ("yes", "no")]
-    wins = [r["method"] for r in methods if r["beats SFT"] == "yes"]
-    headline = f"{len(wins)} of {len(methods)} methods beat SFT on their own metric" + (
-        f" ({', '.join(wins)})" if wins else ""
-    )
-    bar = make_bar(
-        "share of methods that beat SFT on the held-out metric they optimize",
-        len(wins) / len(methods) if methods else None,
-        threshold=1.0,
-        direction="higher",
-        inclusive=True,
-        n=len(methods),
-        baseline_name="the SFT policy",
-        note="each method beats SFT on the metric it optimizes",
-    )
-    return {"headline": headline, "bar": bar}
-
-
 def main(argv=None):
     cfg, _ = parse_config(RLCompareConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     compare_run(cfg, argv)
