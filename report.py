@@ -475,7 +475,10 @@ def reward_model_section(run, figs) -> Section:
     if o is None or not stage_block(s, run, "rm"):
         return s
     h = o["heldout"]
-    per = [{"rule": k, "accuracy": num(v)} for k, v in h.get("per_rule", {}).items()]
+    per = [
+        {"rule": k, "accuracy": num(v["accuracy"] if isinstance(v, dict) else v)}
+        for k, v in h.get("per_rule", {}).items()
+    ]
     s.body = "\n\n".join(
         [markdown_table(per, ["rule", "accuracy"]), figure(RunLayout(run).rm / "rm.png", "reward model")]
     )

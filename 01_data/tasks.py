@@ -8,7 +8,10 @@ held-out part chosen by entity so no held-out question's subject appears in the 
                           holds 180 arithmetic conversations (subject "arithmetic <i>") in the answer format
     preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
                           "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
-                          the rule states why `chosen` is better (the ground truth for 06's reward model / DPO)
+                          the rule states why `chosen` is better (the ground truth for 06's reward model / DPO);
+                          the rejected replies of the held-out pairs come from pools disjoint from the train
+                          pairs' (RUDE, RAMBLE), rude replies are shorter than the answer about half the time,
+                          and the held-out part pairs every question with all three rules
     recall_*.jsonl       {"prompt": str, "answer": str, "attribute": "job" | "city" | ..., "phrasing":
                           "corpus" | "novel", "subject", "lang"}: knowledge-style completion probes of the
                           *base* model (04's fact_recall.py): "Noin Marora works as" -> "a tailor" (the
@@ -17,18 +20,24 @@ held-out part chosen by entity so no held-out question's subject appears in the 
                           recall (pretraining) from format (SFT)
     arithmetic_*.jsonl   {"prompt": str, "answer": int,
                           "messages": [{"role": "user", ...}, {"role": "assistant", "content": "... The answer is N."}]}
-                          the answer is verifiable: 06 GRPO and 07 evaluation parse "The answer is N."
+                          the answer is verifiable: 06 GRPO and 07 evaluation parse "The answer is N.";
+                          "form" and "numbers" say which problem it is. The held-out part is held out by
+                          wording and number range (world.ARITH_RANGES), so it shares form and numbers
+                          with no train problem and no problem of the pretraining corpus
 
 Interview questions it answers:
 - Why hold out by subject rather than by random question? (a random split puts other questions
   about the same person in train, so the held-out score mixes recall with memorized context)
 - What makes a preference pair useful for DPO / a reward model? (one stated reason why `chosen` is
-  better, so the learnt preference can be checked)
+  better, so the learnt preference can be checked; and nothing cheaper than the reason gives it away:
+  not the length, not a rejected string seen in training)
+- Why hold out arithmetic by template and number range? (every 10th generated problem shares its
+  wording and often its very numbers with training problems: the score then measures recall)
 """
 
 import random
 
-from world import JOBS, RECALL_PHRASINGS, arithmetic_problem, fix_articles
+from world import JOBS, RECALL_PHRASINGS, arithmetic_parts, fix_articles
 
 
 def fact_questions(w):
@@ -39,6 +48,7 @@ def fact_questions(w):
         wrong_city = rng.choice([c for c in w.cities if c is not p["city"]])
         wrong_job = rng.choice([j for j in JOBS if j != p["job"]])
         wrong_pet = rng.choice([a for a in w.species if a is not p["pet"]])
+        wrong_friend = rng.choice([o for o in w.people if o is not p["friend"] and o is not p])
         out += [
             (
                 p["name"],
@@ -73,7 +83,7 @@ def fact_questions(w):
                 f"Who is {p['name']}'s best friend?",
                 f"{p['name']}'s best friend is {p['friend']['name']}.",
                 p["friend"]["name"],
-                f"{p['name']}'s best friend is {rng.choice(w.people)['name']}.",
+                f"{p['name']}'s best friend is {wrong_friend['name']}.",
             ),
         ]
     return out
@@ -118,6 +128,57 @@ def is_heldout(subject, frac=0.25):
     return sum(subject.encode()) * 2654435761 % 1000 < frac * 1000
 
 
+RULES = ["correct_fact", "helpful_vs_rude", "concise_vs_rambling"]
+
+# Rejected answers come from pools split in two: the train pairs draw from the first half, the held-out
+# pairs from the second, so a reward model cannot pass by remembering the train pairs' exact strings.
+# Rude replies come in short and long forms so that "prefer the shorter answer" is right about half the
+# time on them; a rambling reply restates the fact in its own words inside filler (it never contains
+# the chosen answer verbatim), so length is the rule's point there and nothing else gives it away.
+RUDE = (
+    # train pool
+    ["No.", "Not telling.", "Look it up yourself.", "Why would I tell you? Figure it out on your own, if you can.",
+     "Ugh, stop bothering me with this.", "That is a silly question and I will not answer it, so go away."],
+    # held-out pool
+    ["Go away.", "Ask someone else.", "Nope, not my problem.", "I have better things to do than answer questions like yours.",
+     "Who cares? Leave me alone.", "What a pointless thing to ask; I am not wasting my time on you today."],
+)  # fmt: skip
+RAMBLE = (
+    (["Well, that is an interesting question, and there is a lot one could say.", "Let me think about it for a moment.",
+      "People ask me this sort of thing all the time, you know."],
+     ["I hope that helps, although I could go on and on about it.", "Anyway, that is more or less the story."]),
+    (["Hmm, so, where do I even begin with something like this?", "Okay, give me a second, because this takes some explaining.",
+      "Funny you should ask, since I was just thinking about that."],
+     ["There is a lot more to it, but that is the gist of it all.", "Well, that is what I have heard, anyway, for what it is worth."]),
+)  # fmt: skip
+
+
+def rejected_answer(rng, rule, answer, wrong, heldout):
+    """The rejected reply of a preference pair under `rule`, drawn from the train or the held-out pool."""
+    if rule == "correct_fact":
+        return wrong
+    if rule == "helpful_vs_rude":
+        pool = RUDE[heldout]
+        shorter = [r for r in pool if len(r) < len(answer)]
+        longer = [r for r in pool if len(r) > len(answer)]
+        side = shorter if shorter and (not longer or rng.random() < 0.5) else longer
+        return rng.choice(side)
+    opening, closing = RAMBLE[heldout]
+    restated = answer.rstrip(".")
+    hedges = (
+        (" lives in ", " lives, I believe, in "),
+        (" has ", " has, I think, "),
+        (" is ", " is, as far as I know, "),
+    )
+    for plain, hedged in hedges:
+        if plain in restated:
+            restated = restated.replace(plain, hedged, 1)
+            break
+    else:
+        restated = "As far as I know, " + restated
+    return f"{rng.choice(opening)} {restated[0].upper() + restated[1:]}. {rng.choice(closing)}"
+
+
 def task_records(w, seed):
     """{"sft": [...], "preference": [...], "arithmetic": [...]} with a "heldout" flag on each record."""
     rng = random.Random(seed + 2)
@@ -134,39 +195,29 @@ def task_records(w, seed):
                 "heldout": held,
             }
         )
-        rule = rng.choice(["correct_fact", "helpful_vs_rude", "concise_vs_rambling"])
-        if rule == "correct_fact":
-            chosen, rejected = a, wrong
-        elif rule == "helpful_vs_rude":
-            chosen = a
-            rejected = rng.choice(
-                [
-                    "Why would I tell you? Look it up yourself.",
-                    "That is a silly question and I will not answer it.",
-                    "Ugh, stop bothering me with this.",
-                ]
+        rules = RULES if held else [rng.choice(RULES)]  # held-out: every rule on every question (3x n)
+        for rule in rules:
+            pref.append(
+                {"prompt": user, "chosen": a, "rejected": rejected_answer(rng, rule, a, wrong, held)}
+                | {"rule": rule, "heldout": held}
             )
-        else:
-            chosen = a
-            # rambling, yet short enough that prompt + answer fit the tiny model's 128-token context
-            rejected = (
-                f"Well, that is an interesting question, and there is a lot one could say. "
-                f"After some thought, here it is: {a} I hope this long answer helped."
+    # arithmetic: held out by template and number range (world.arithmetic_parts), not every 10th item
+    for held, count in ((False, 2700), (True, 300)):
+        for _ in range(count):
+            question, answer, form, numbers = arithmetic_parts(rng, w, heldout=held)
+            arith.append(
+                {
+                    "prompt": question,
+                    "answer": answer,
+                    "messages": [
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": f"The answer is {answer}."},
+                    ],
+                    "form": form,
+                    "numbers": list(numbers),
+                    "heldout": held,
+                }
             )
-        pref.append({"prompt": user, "chosen": chosen, "rejected": rejected, "rule": rule, "heldout": held})
-    for i in range(3000):
-        question, answer = arithmetic_problem(rng, w)
-        arith.append(
-            {
-                "prompt": question,
-                "answer": answer,
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": f"The answer is {answer}."},
-                ],
-                "heldout": i % 10 == 0,
-            }
-        )
     # SFT also sees some word problems in the answer format, so the SFT model answers "The answer is N."
     # and is right sometimes: GRPO (06) learns only from groups whose rewards differ.
     # (a few: 900 of them drowned the 225 fact questions and SFT stopped copying names from the question)
@@ -177,8 +228,7 @@ def task_records(w, seed):
             "answer": str(r["answer"]),
             "heldout": False,
         }
-        for i, r in enumerate(arith[:200])
-        if not r["heldout"]
+        for i, r in enumerate(arith[:180])
     ]
     recall = [{**r, "heldout": is_heldout(r["subject"])} for r in recall_probes(w)]
     return {"sft": sft, "preference": pref, "arithmetic": arith, "recall": recall}

@@ -442,35 +442,65 @@ def render_knowledge_zh(rng, w):
     return f"{c['zh']}\n\n{''.join(shuffled_tail(rng, city_facts_zh(rng, c)))}著名的居民有{who}。"
 
 
-def arithmetic_problem(rng, w):
-    """One word problem over world entities: (question, integer answer)."""
+def arithmetic_problem(rng, w, heldout=False):
+    """One word problem over world entities: (question, integer answer). See arithmetic_parts."""
+    question, answer, _, _ = arithmetic_parts(rng, w, heldout)
+    return question, answer
+
+
+# The held-out arithmetic (01's tasks.py) differs from everything trained on in two ways at once: its
+# wording (the second template of each form) and its numbers (the first operand lies above the training
+# range), so no held-out problem shares form and numbers with a training problem or a corpus problem.
+# The corpus (render_arithmetic) and the train split draw only the training side.
+ARITH_RANGES = {  # form -> (training range, held-out range) of the first operand
+    "add": ((2, 60), (60, 90)),
+    "sub": ((2, 60), (60, 90)),
+    "mul": ((2, 13), (13, 20)),
+    "div": ((2, 12), (12, 20)),
+}
+
+
+def arithmetic_parts(rng, w, heldout=False):
+    """(question, answer, form, numbers): one word problem, its form ("add", "sub", "mul", "div") and
+    the numbers the question states; heldout=True draws the held-out template and number range."""
     p, q = rng.sample(w.people, 2)
     item = rng.choice(ITEMS)
     a, b = rng.randrange(2, 60), rng.randrange(2, 40)
-    form = rng.randrange(4)
-    if form == 0:
-        return (
-            f"{p['first']} has {a} {item}. {q['first']} gives {p['first']} {b} more. How many {item} does {p['first']} have now?",
-            a + b,
+    form = ("add", "sub", "mul", "div")[rng.randrange(4)]
+    lo, hi = ARITH_RANGES[form][heldout]
+    P, Q = p["first"], q["first"]
+    if form == "add":
+        a = rng.randrange(lo, hi) if heldout else a
+        text = (
+            f"{P} starts the day with {a} {item}, and {Q} hands over {b} extra. What is {P}'s total number of {item}?"
+            if heldout
+            else f"{P} has {a} {item}. {Q} gives {P} {b} more. How many {item} does {P} have now?"
         )
-    if form == 1:
-        a = a + b
-        return (
-            f"{p['first']} had {a} {item} and gave {b} of them to {q['first']}. How many {item} are left?",
-            a - b,
+        return text, a + b, form, (a, b)
+    if form == "sub":
+        a = (rng.randrange(lo, hi) if heldout else a) + b
+        text = (
+            f"Out of {a} {item}, {P} passes {b} on to {Q}. How many {item} does {P} keep?"
+            if heldout
+            else f"{P} had {a} {item} and gave {b} of them to {Q}. How many {item} are left?"
         )
-    if form == 2:
-        a, b = rng.randrange(2, 13), rng.randrange(2, 13)
-        return (
-            f"{p['first']} buys {a} boxes of {item} with {b} {item} in each box. How many {item} is that in total?",
-            a * b,
+        return text, a - b, form, (a, b)
+    if form == "mul":
+        a, b = rng.randrange(lo, hi), rng.randrange(2, 13)
+        text = (
+            f"There are {a} bags of {item} and {P} puts {b} {item} into every bag. How many {item} are in the bags?"
+            if heldout
+            else f"{P} buys {a} boxes of {item} with {b} {item} in each box. How many {item} is that in total?"
         )
+        return text, a * b, form, (a, b)
     b = rng.randrange(2, 10)
-    a = b * rng.randrange(2, 12)
-    return (
-        f"{p['first']} shares {a} {item} equally among {b} friends in {p['city']['name']}. How many {item} does each friend get?",
-        a // b,
+    a = b * rng.randrange(lo, hi)
+    text = (
+        f"In {p['city']['name']}, {b} friends split {a} {item} evenly with {P}'s help. What does one friend receive?"
+        if heldout
+        else f"{P} shares {a} {item} equally among {b} friends in {p['city']['name']}. How many {item} does each friend get?"
     )
+    return text, a // b, form, (a, b)
 
 
 def render_arithmetic(rng, w):

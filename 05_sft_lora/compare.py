@@ -25,7 +25,7 @@ Interview questions it answers:
   compare r = 4, 8, 16 here)
 - Does PEFT forget less? (at the same learning rate, yes: fewer parameters move, and the embeddings
   and most directions of each weight matrix cannot; at LoRA's usual 10x larger rate it can forget
-  more, as measured in the README: the forgetting column, and lora_r8_lr3e-4 beside full)
+  more: compare the forgetting column of lora_r8 and lora_r8_lr3e-4 beside full)
 """
 
 import subprocess
@@ -39,10 +39,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
-from common.files import markdown_table, pyplot, read_json, save_figure, write_json
+from common.files import markdown_table, pyplot, read_json, read_jsonl, save_figure, write_json
 from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.outcome import make_bar
+
+from sft_baselines import sft_bar
 
 METHODS = {  # name -> sft.py flags
     "full": ["--method", "full"],
@@ -135,7 +137,18 @@ def run_method(cfg, name, out, eval_base) -> dict:
     return read_json(out / "outcome.json")
 
 
-def table_rows(outcomes: dict) -> list:
+def method_bars(folders: dict) -> dict:
+    """{method: bar}: each method's held-out exact match minus the strongest baseline's, paired over the
+    questions (sft_baselines.sft_bar); the baselines' answers are the first run's (it answered with them)."""
+    preds = {m: read_jsonl(Path(f) / "predictions.jsonl", ("reference", "tuned")) for m, f in folders.items()}
+    first = next(iter(preds.values()))
+    names = [k for k in first[0] if k not in ("question", "reference", "tuned")]
+    held = [{"messages": [{"role": "assistant", "content": p["reference"]}]} for p in first]
+    baselines = {n: [p[n] for p in first] for n in names}
+    return {m: sft_bar([p["tuned"] for p in ps], baselines, held, m)[0] for m, ps in preds.items()}
+
+
+def table_rows(outcomes: dict, bars: dict = None) -> list:
     """One row per method plus the base model's (from the first run, which answered with it too)."""
     first = next(iter(outcomes.values()))
     pct = lambda c: f"{c['trainable']:,} ({c['percent']:.2f}%)"
@@ -166,6 +179,12 @@ def table_rows(outcomes: dict) -> list:
                 "file KiB": f"{o['file_kib']:.0f}",
             }
         )
+        b = (bars or {}).get(name)
+        if b:
+            rows[-1]["EM minus best baseline [95% CI]"] = (
+                f"{b['value']:+.3f} [{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] vs {b['baseline_name']}"
+            )
+            rows[-1]["beats baselines"] = "yes" if b["passed"] else "no"
     return rows
 
 
@@ -181,6 +200,8 @@ COLUMNS = [
     "answer acc",
     "forgetting",
     "file KiB",
+    "EM minus best baseline [95% CI]",
+    "beats baselines",
 ]
 
 
@@ -245,10 +266,18 @@ def main(argv=None):
         claim_output(out, cfg.overwrite, remove=False)
         with staged_dir(out) as tmp:
             outcomes = {m: run_method(cfg, m, tmp / m, eval_base=i == 0) for i, m in enumerate(cfg.methods)}
-            rows = table_rows(outcomes)
+            bars = method_bars({m: tmp / m for m in outcomes})
+            rows = table_rows(outcomes, bars)
             table = markdown_table(rows, COLUMNS)
-            write_json(tmp / "compare.json", {"rows": rows, "outcomes": outcomes, "config": asdict(cfg)})
-            write_json(tmp / "outcome.json", outcome_block(outcomes))
+            write_json(
+                tmp / "compare.json",
+                {"rows": rows, "bars": bars, "outcomes": outcomes, "config": asdict(cfg)},
+            )
+            block = outcome_block(outcomes)
+            if bars:  # every method must beat the strongest baseline: the weakest method's bar decides
+                block["bar"] = min(bars.values(), key=lambda b: b["interval"][0])
+                block["bars"] = list(bars.values())
+            write_json(tmp / "outcome.json", block)
             plot(outcomes, tmp / "compare.png")
             write_manifest(
                 tmp,

@@ -36,6 +36,7 @@ from adapter import load_adapters
 from chat_template import END, decode_answer, encode_prompt
 from lora import load_lora
 from metrics import answer_in, corpus_bleu, exact_match, rouge_l, token_f1
+from sft_baselines import answer_span
 from prefix import load_prefix
 
 
@@ -96,7 +97,9 @@ def generate_answers(model, tok, conversations, max_new_tokens, device, batch=64
 
 def score(predictions, records) -> dict:
     """Mean exact match and token F1 (SQuAD v1.1), corpus BLEU (sacrebleu's defaults) and mean ROUGE-L
-    (rouge-score's) against the reference answer turn, and answer accuracy (the short answer)."""
+    (rouge-score's) against the reference answer turn, and answer accuracy (the short answer), each of
+    the answer's span (sft_baselines.answer_span: up to the first newline or chat marker)."""
+    predictions = [answer_span(p) for p in predictions]
     refs = [r["messages"][-1]["content"] for r in records]
     shorts = [r.get("answer") for r in records]
     res = {

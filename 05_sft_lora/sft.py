@@ -20,8 +20,11 @@ gradient clipping (04's optimizers). Every `eval_interval` steps the loss on a v
 (by subject, from the training file) decides early stopping; the best state is restored.
 
 What the outcome measures, on the held-out subjects (never trained on):
-- exact match, token F1 and answer accuracy (the short answer appears) of greedy answers, for the
-  base model prompted with the same template and for the fine-tuned one;
+- exact match, token F1 and answer accuracy (the short answer appears) of greedy answers, cut to the
+  answer span, for the base model prompted with the same template and for the fine-tuned one;
+- the bar (sft_baselines.py): SFT's exact match minus the strongest of three baselines (the base
+  zero-shot, the base with --shots training examples in its prompt, the majority answer per question
+  form), paired over the questions, its 95 % bootstrap interval wholly above 0;
 - forgetting: the loss on the pretraining corpus's val windows before and after.
 
 Interview questions it answers:
@@ -61,7 +64,6 @@ from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
-from common.outcome import make_bar
 from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
 from divergence import DivergenceGuard  # 03_model
@@ -78,6 +80,8 @@ from lora import (
     inject_lora,
     save_lora,
 )
+from chat_template import encode_prompt
+from sft_baselines import few_shot_conversations, majority_answers, sft_bar
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
 from prefix import PrefixTuning, attach_prefix, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
@@ -128,7 +132,8 @@ class SFTConfig:
     patience: int = option(0, "early stopping: evaluations without improvement (0 = off)", min=0)
     eval_limit: int = option(200, "held-out conversations answered greedily (0 = all)", min=0)
     max_new_tokens: int = option(32, "longest generated answer", min=1)
-    eval_base: bool = option(True, "also answer the held-out questions with the base model")
+    eval_base: bool = option(True, "also answer the held-out questions with the base model (the baselines)")
+    shots: int = option(3, "training conversations in the base model's few-shot prompt (a baseline)", min=0)
     forget_windows: int = option(64, "pretraining val windows for the forgetting measurement", min=1)
     strict: bool = option(False, "an example longer than the context is an error instead of skipped")
     seed: int = option(1337, "seed for the adapter init, data order and dropout")
@@ -258,6 +263,16 @@ def validation_loss(model, batches) -> float:
     return total / max(count, 1)
 
 
+def fitting_few_shot(tok, held, train_records, cfg, block_size) -> tuple:
+    """(shots, conversations): the few-shot prompts with the most shots (at most cfg.shots) that leave
+    room for a max_new_tokens answer in the context; (0, []) when not even one shot fits."""
+    for k in range(cfg.shots, 0, -1):
+        convs = few_shot_conversations(held, train_records, k, cfg.seed)
+        if max(len(encode_prompt(tok, c)) for c in convs) + cfg.max_new_tokens <= block_size:
+            return k, convs
+    return 0, []
+
+
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -381,10 +396,17 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
     )
 
     pad = tok.special_tokens.get("<|pad|>", tok.eot_id)
-    base_eval, base_answers = None, None
+    base_eval, base_answers, baselines, shots = None, None, {}, 0
     if cfg.eval_base:
         base_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
         base_eval = score(base_answers, held)
+        baselines["base, zero-shot"] = base_answers
+        shots, few_shot = fitting_few_shot(tok, held, train_records, cfg, T)
+        if shots:
+            baselines[f"base, {shots}-shot"] = generate_answers(
+                model, tok, few_shot, cfg.max_new_tokens, device
+            )
+    baselines["majority answer"] = majority_answers(held, train_records)
     forget_before = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
 
     torch.manual_seed(cfg.seed)
@@ -475,6 +497,7 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
 
     tuned_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
     tuned_eval = score(tuned_answers, held)
+    bar, contenders = sft_bar(tuned_answers, baselines, held, f"SFT ({cfg.method})")
     forget_after = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
     # what training holds beyond the frozen weights: gradients and AdamW's two moments per trainable number
     state_mb = (counts["total"] + 3 * counts["trainable"]) * 4 / 2**20
@@ -502,6 +525,9 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
         },
         "heldout_base": base_eval,
         "heldout_tuned": tuned_eval,
+        "bar": bar,
+        "contenders": contenders,  # exact match with its Wilson interval: SFT and every baseline
+        "few_shot": shots,
         "corpus_val_loss": {
             "before": forget_before,
             "after": forget_after,
@@ -524,10 +550,10 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
             {
                 "question": r["messages"][-2]["content"],
                 "reference": r["messages"][-1]["content"],
-                "base": b,
                 "tuned": a,
+                **{name: answers[i] for name, answers in baselines.items()},
             }
-            for r, a, b in zip(held, tuned_answers, base_answers or [None] * len(held))
+            for i, (r, a) in enumerate(zip(held, tuned_answers))
         ],
     )
     outcome.update(outcome_block(outcome))
@@ -559,6 +585,12 @@ def report(o, out):
     if base:
         print(f"held-out, base model + template: {line(base)}")
     print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
+    b = o["bar"]
+    print(f"exact match of the answer span, 95 % Wilson intervals: {b['note']}")
+    print(
+        f"bar: SFT minus {b['baseline_name']} = {b['value']:+.3f} [{b['interval'][0]:+.3f}, "
+        f"{b['interval'][1]:+.3f}] (paired, n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
+    )
     print(
         f"pretraining val loss {f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, forgetting if > 0)"
     )
@@ -568,29 +600,14 @@ def report(o, out):
 
 
 def outcome_block(o: dict) -> dict:
-    """{"headline", "bar"} of outcome.json (common/outcome.py): held-out exact match above the base
-    model's (the template alone); no bar when the base was not evaluated."""
-    b, t = o["heldout_base"], o["heldout_tuned"]
-    if b is None:
-        return {
-            "headline": f"{o['method']}: held-out exact match {t['exact_match']:.3f} on {t['n']} conversations",
-            "bar": None,
-        }
+    """{"headline", "bar"} of outcome.json (common/outcome.py): the bar sft_baselines.sft_bar made (SFT's
+    exact match minus the strongest baseline's, paired interval above 0), with the headline beside it."""
+    t, b = o["heldout_tuned"], o["bar"]
     headline = (
-        f"{o['method']}: held-out exact match {b['exact_match']:.3f} (base) -> {t['exact_match']:.3f} "
-        f"on {t['n']} conversations; forgetting {o['corpus_val_loss']['change']:+.3f} nats"
+        f"{o['method']}: held-out exact match {t['exact_match']:.3f} vs {b['baseline_name']} "
+        f"{b['baseline']:.3f} on {t['n']} conversations; forgetting {o['corpus_val_loss']['change']:+.3f} nats"
     )
-    bar = make_bar(
-        "held-out exact match",
-        t["exact_match"],
-        threshold=b["exact_match"],
-        direction="higher",
-        baseline=b["exact_match"],
-        baseline_name="the base model with the chat template",
-        n=t["n"],
-        note="held-out exact match above the base model's",
-    )
-    return {"headline": headline, "bar": bar}
+    return {"headline": headline, "bar": b}
 
 
 def main(argv=None):

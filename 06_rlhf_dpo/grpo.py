@@ -21,9 +21,11 @@ data has no arithmetic, so without one example of the format the SFT model would
 group would score 0 and there would be nothing to learn from. The same prompt is used before and after,
 and in rl_compare.py, for every model.
 
-Measured on held-out problems, before and after: pass@1 (greedy answer correct) and pass@1 estimated from
-`eval_samples` samples at temperature 1 (05's unbiased pass_at_k with k = 1), the mean reward and the
-share of answers in the format.
+Measured on held-out problems (held out by wording and number range, 01's tasks.py), before and after:
+pass@1 (greedy answer correct, with its Wilson interval) and pass@1 estimated from `eval_samples`
+samples at temperature 1 (05's unbiased pass_at_k with k = 1), the mean reward and the share of answers
+in the format. The bar (outcome.json "bar", alignment_bars.paired_bar): greedy pass@1 after GRPO minus
+the stronger of SFT's and the majority answer's, paired over the problems, 95 % interval above 0.
 
 Interview questions it answers:
 - Why no value model? (the group mean of G sampled answers to the same prompt is a baseline for free;
@@ -41,6 +43,7 @@ import random
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,6 +82,7 @@ from rl_common import (
     response_log_probs,
 )
 from rollouts import check_rollout_fits, decode_responses, rollout_batch, sample_responses, truncated
+from alignment_bars import paired_bar, summary
 
 NUMBER = re.compile(r"-?\d+")
 FORMAT = re.compile(r"\s*The answer is (-?\d+)\.\s*")
@@ -200,9 +204,11 @@ def arithmetic_eval(
     correct = [
         sum(s["correct"] for s in scores[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))
     ]
+    right = [float(arithmetic_reward(t, p["answer"])["correct"]) for t, p in zip(greedy, problems)]
     return {
-        "pass@1_greedy": sum(arithmetic_reward(t, p["answer"])["correct"] for t, p in zip(greedy, problems))
-        / len(problems),
+        "pass@1_greedy": sum(right) / len(problems),
+        "pass@1_greedy_interval": summary(right)["interval"],  # Wilson 95 %
+        "greedy_correct": right,  # per problem, for the paired bar
         "pass@1_sampled": sum(pass_at_k(n_samples, c, 1) for c in correct) / len(problems),
         "mean_reward": sum(s["reward"] for s in scores) / len(scores),
         "format_rate": sum(s["formatted"] for s in scores) / len(scores),
@@ -360,7 +366,18 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
                 )
         train_s = time.time() - t0
         after = ev(policy)
+        common = Counter(p["answer"] for p in train).most_common(1)[0][0]
         outcome = {
+            "bar": paired_bar(
+                "held-out arithmetic pass@1 (greedy)",
+                "GRPO",
+                after["greedy_correct"],
+                {
+                    "SFT (before GRPO)": before["greedy_correct"],
+                    f"majority answer ({common})": [float(p["answer"] == common) for p in heldout],
+                },
+                note="held out by wording and number range (01_data/tasks.py)",
+            ),
             "heldout_before": before,
             "heldout_after": after,
             "steps": cfg.steps,
@@ -370,7 +387,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome.update(method_outcome_block("grpo", outcome))
+        outcome["headline"] = method_outcome_block("grpo", outcome)["headline"]  # the bar is paired_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, before, after, tmp / "grpo.png")
         inputs = [
@@ -390,6 +407,11 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     print(
         f"after:  held-out pass@1 greedy {after['pass@1_greedy']:.3f}, sampled {after['pass@1_sampled']:.3f}, "
         f"mean reward {after['mean_reward']:.3f}, format {after['format_rate']:.3f}"
+    )
+    b = outcome["bar"]
+    print(
+        f"bar: pass@1 {b['note'].split('; held out')[0]}; GRPO minus {b['baseline_name']} {b['value']:+.3f} "
+        f"[{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] (paired, n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
     )
     flat = sum(r["frac_zero_std_groups"] for r in records) / len(records)
     if flat > 0.9:  # A = 0 for a group whose answers all score the same: no gradient from it

@@ -21,6 +21,11 @@ already reads responses the way the reward does). Each iteration, in the loop of
            − c_H · H(π(· | s_t))                                              (entropy bonus, 0 by default)
    and logging what CleanRL logs: clip fraction, approx KL(π_old ‖ π_θ) (k3), entropy, value loss.
 
+Judged (outcome.json "bar", alignment_bars.py) by the gold rule judge (rule_judge.py) on held-out prompts:
+the share of greedy answers it accepts, after PPO minus the stronger of SFT's and the majority answer's,
+paired over the prompts, 95 % interval above 0. The reward model's score is reported, never judged: PPO
+optimized it, so it would grade itself.
+
 Interview questions it answers:
 - Why a KL penalty to the SFT model? (the reward model is only right near the text it was trained on; the
   penalty keeps π where r_φ can be trusted, and is what makes the optimum π_ref·exp(r/β) well defined)
@@ -72,7 +77,15 @@ from rl_common import (
     microbatch_train_step,
     response_log_probs,
 )
-from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
+from rollouts import check_rollout_fits, decode_responses, rollout_batch, sample_responses, truncated
+from alignment_bars import (
+    gold_acceptance,
+    group_by_prompt,
+    majority_replies,
+    paired_bar,
+    short_answers,
+    user_question,
+)
 
 
 @dataclass
@@ -207,7 +220,11 @@ def greedy_reward(policy, rm, tok, prompts, max_new_tokens) -> dict:
     device = next(policy.parameters()).device
     responses = sample_responses(policy, tok, prompts, 1, max_new_tokens, temperature=0)
     scores = reward_of_responses(rm, prompts, responses, pad_id_of(tok), device)
-    return {"reward": scores.mean().item(), "response_tokens": sum(map(len, responses)) / len(responses)}
+    return {
+        "reward": scores.mean().item(),
+        "response_tokens": sum(map(len, responses)) / len(responses),
+        "answers": decode_responses(tok, responses),  # for the gold judge; not written to the outcome
+    }
 
 
 # ----------------------------------------------------------------------------- training
@@ -362,8 +379,13 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     prompts = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(prompts_path)[0])]
-    held = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(held_path)[0])]
-    held = held[: cfg.eval_limit] if cfg.eval_limit else held
+    held_pairs = read_preference_pairs(held_path)[0]
+    held_prompts = prompts_of(held_pairs)
+    held_prompts = held_prompts[: cfg.eval_limit] if cfg.eval_limit else held_prompts
+    held = [encode_response(tok, p, "")[0] for p in held_prompts]
+    by_question = group_by_prompt(held_pairs)
+    groups = [by_question[user_question(p)] for p in held_prompts]  # every rule stated for each prompt
+    answers = short_answers(run)
     check_rollout_fits(prompts + held, cfg.max_new_tokens, policy.cfg.block_size)
     torch.manual_seed(cfg.seed)
     with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
@@ -380,7 +402,25 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             **greedy_reward(policy, rm, tok, held, cfg.max_new_tokens),
             **sequence_kl(policy, reference, tok, held, cfg.max_new_tokens, cfg.seed),
         }
+        # the bar: the gold rule judge (never the reward model PPO optimized), against SFT and the majority answer
+        gold = {
+            "PPO": gold_acceptance(after.pop("answers"), groups, answers),
+            "SFT (before PPO)": gold_acceptance(before.pop("answers"), groups, answers),
+            "majority answer": gold_acceptance(
+                majority_replies([user_question(p) for p in held_prompts], run), groups, answers
+            ),
+        }
+        before["gold_acceptance"], after["gold_acceptance"] = (
+            sum(gold[k]) / len(gold[k]) for k in ("SFT (before PPO)", "PPO")
+        )
         outcome = {
+            "bar": paired_bar(
+                "held-out gold rule-judge acceptance (greedy)",
+                "PPO",
+                gold.pop("PPO"),
+                gold,
+                note="the reward model's own score is reported beside it, never judged",
+            ),
             "heldout_before": before,
             "heldout_after": after,
             "steps": cfg.steps,
@@ -391,7 +431,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome.update(method_outcome_block("ppo", outcome))
+        outcome["headline"] = method_outcome_block("ppo", outcome)["headline"]  # the bar: the gold rule judge
         write_json(tmp / "outcome.json", outcome)
         plot(records, before, after, tmp / "ppo.png")
         inputs = [
@@ -412,6 +452,12 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     print(
         f"after:  held-out greedy reward-model score {after['reward']:+.3f}, {after['response_tokens']:.1f} tokens, "
         f"KL to SFT {after['kl_per_response']:.3f} nats per response"
+    )
+    b = outcome["bar"]
+    print(
+        f"bar: gold rule-judge acceptance {before['gold_acceptance']:.3f} -> {after['gold_acceptance']:.3f}; "
+        f"PPO minus {b['baseline_name']} {b['value']:+.3f} [{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] "
+        f"(paired, n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
     )
     print(f"ppo: {cfg.steps} iterations in {train_s:.0f}s; wrote {out}/")
     return outcome

@@ -18,8 +18,10 @@ The loss (Bradley–Terry: P(y_w ≻ y_l) = σ(r_w − r_l)), averaged over a ba
 Only differences of rewards are trained, so r is defined up to a constant. The head starts at zero:
 every response scores 0 and the first loss is exactly log 2.
 
-Measured: pairwise accuracy (r_chosen > r_rejected) on the held-out pairs (subjects never trained on),
-overall and per rule; and on Anthropic's HH-RLHF harmless pairs from ../shared/data/preference/ when
+Measured: pairwise accuracy (r_chosen > r_rejected; a tie counts 1/2, never as wrong) on the held-out
+pairs (subjects never trained on, rejected replies from pools never trained on), overall and per rule,
+beside two baselines: "prefer the shorter response" and an untrained network. The bar: the accuracy's
+95 % Wilson interval lies wholly above the stronger of the two (and above chance); and on Anthropic's HH-RLHF harmless pairs from ../shared/data/preference/ when
 present (conversations cut to their last user turn when longer than the context) - out of domain for a
 model that has only seen the synthetic world, so near chance is the honest expectation there.
 
@@ -58,11 +60,12 @@ from common.cli import (
     run_cli,
     set_interrupt_hint,
 )
+from common.outcome import make_bar
+from common.stats import wilson_interval
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
-from common.outcome import make_bar
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from divergence import DivergenceGuard  # 03_model
 from gpt import GPT, config_from_dict  # 03_model
@@ -184,29 +187,78 @@ def pair_rewards(rm, encoded, pad_id, device):
     return r[: len(encoded)], r[len(encoded) :]
 
 
+def tie_scores(better, worse) -> list:
+    """Per pair 1 when better > worse, 1/2 on a tie (no preference is not a wrong preference), else 0."""
+    return [1.0 if b > w else 0.5 if b == w else 0.0 for b, w in zip(better, worse)]
+
+
 @torch.no_grad()
-def pairwise_accuracy(rm, encoded, pad_id, device, batch_size=64) -> dict:
-    """{"accuracy": P(r_chosen > r_rejected), "per_rule": {rule: accuracy}, "n": pairs, "margin": mean r_w − r_l}."""
+def pair_scores(rm, encoded, pad_id, device, batch_size=64) -> tuple:
+    """(scores, margins): per pair 1 / 1/2 / 0 as r_chosen >, =, < r_rejected, and r_chosen - r_rejected."""
     was = rm.training
     rm.eval()
-    right, margins = [], []
+    scores, margins = [], []
     for i in range(0, len(encoded), batch_size):
         rc, rr = pair_rewards(rm, encoded[i : i + batch_size], pad_id, device)
-        right += (rc > rr).tolist()
+        scores += tie_scores(rc.tolist(), rr.tolist())
         margins += (rc - rr).tolist()
     rm.train(was)
+    return scores, margins
+
+
+def length_rule_scores(encoded) -> list:
+    """The cheapest judge there is: prefer the shorter response (in tokens), ties 1/2."""
+    return tie_scores([-len(e["chosen_ids"]) for e in encoded], [-len(e["rejected_ids"]) for e in encoded])
+
+
+def summarize_scores(scores, encoded) -> dict:
+    """{"accuracy", "interval" (Wilson 95 %), "n", "per_rule": {rule: {"accuracy", "interval", "n"}}}."""
+
+    def one(xs):
+        return {
+            "accuracy": sum(xs) / len(xs),
+            "interval": list(wilson_interval(sum(xs), len(xs))),
+            "n": len(xs),
+        }
+
     rules = sorted({e["rule"] for e in encoded})
-    per_rule = {
-        rule: sum(ok for ok, e in zip(right, encoded) if e["rule"] == rule)
-        / sum(1 for e in encoded if e["rule"] == rule)
-        for rule in rules
-    }
-    return {
-        "accuracy": sum(right) / len(right),
-        "per_rule": per_rule,
-        "n": len(right),
-        "margin": sum(margins) / len(margins),
-    }
+    per_rule = {r: one([x for x, e in zip(scores, encoded) if e["rule"] == r]) for r in rules}
+    return {**one(scores), "per_rule": per_rule}
+
+
+def pairwise_accuracy(rm, encoded, pad_id, device, batch_size=64) -> dict:
+    """summarize_scores of the reward model's pair scores (ties 1/2), plus "margin": mean r_w - r_l."""
+    scores, margins = pair_scores(rm, encoded, pad_id, device, batch_size)
+    return {**summarize_scores(scores, encoded), "margin": sum(margins) / len(margins)}
+
+
+def untrained_reward_model(cfg, seed, device) -> RewardModel:
+    """A freshly initialized GPT with a random (not zero) scalar head: what pair accuracy means by chance,
+    including whatever a random network picks up from length or shared words."""
+    torch.manual_seed(seed)
+    rm = RewardModel(GPT(cfg)).to(device)
+    nn.init.normal_(rm.head.weight, std=0.02)
+    return rm
+
+
+def reward_model_bar(rm_eval: dict, baselines: dict) -> dict:
+    """The bar: held-out pair accuracy (ties 1/2), its Wilson interval wholly above the strongest baseline.
+
+    baselines: name -> summarize_scores dict (the length rule, an untrained model, ...); chance is 0.5."""
+    name, best = max(baselines.items(), key=lambda kv: kv[1]["accuracy"])
+    threshold = max(0.5, best["accuracy"])
+    return make_bar(
+        "held-out pair accuracy (ties 1/2)",
+        rm_eval["accuracy"],
+        threshold=threshold,
+        direction="higher",
+        baseline=best["accuracy"],
+        baseline_name=name if best["accuracy"] >= 0.5 else "chance (0.5)",
+        interval=rm_eval["interval"],
+        n=rm_eval["n"],
+        note="held-out rejected replies come from pools disjoint from training; per-rule accuracies "
+        "beside the length rule in per_rule_baselines",
+    )
 
 
 def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_path=None, log=print) -> list:
@@ -309,7 +361,7 @@ def plot(records, outcome, path):
     ax1b.set(ylim=(0, 1), ylabel="accuracy")
     ax1.set(xlabel="step", ylabel="Bradley–Terry loss", title="reward model training")
     ax1.legend(loc="center left")
-    per = outcome["heldout"]["per_rule"]
+    per = {k: v["accuracy"] for k, v in outcome["heldout"]["per_rule"].items()}
     names = list(per) + ["all"] + (["HH"] if outcome.get("hh") and outcome["hh"].get("n") else [])
     vals = (
         list(per.values())
@@ -342,9 +394,17 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
         records = train_reward_model(rm, train, heldout, cfg, pad, device, tmp / "rm.pt")
         train_s = time.time() - t0
         after = pairwise_accuracy(rm, heldout, pad, device)
+        baselines = {
+            "prefer the shorter response": summarize_scores(length_rule_scores(heldout), heldout),
+            "untrained model (random weights)": pairwise_accuracy(
+                untrained_reward_model(policy.cfg, cfg.seed, device), heldout, pad, device
+            ),
+        }
         outcome = {
+            "bar": reward_model_bar(after, baselines),
             "heldout": after,
             "heldout_at_init": before,
+            "baselines": baselines,
             "hh": hh_accuracy(rm, tok, cfg, pad, device),
             "train_pairs": len(train),
             "steps": cfg.steps,
@@ -354,7 +414,7 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
         }
         save_reward_model(tmp / "rm.pt", rm, RunLayout(run).tokenizer, step=cfg.steps)
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome.update(outcome_block(outcome))
+        outcome["headline"] = outcome_block(outcome)["headline"]  # the bar is reward_model_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, outcome, tmp / "rm.png")
         write_manifest(
@@ -375,10 +435,14 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
 
 
 def report(o, out):
-    h = o["heldout"]
-    rules = " ".join(f"{k} {v:.3f}" for k, v in h["per_rule"].items())
+    h, b = o["heldout"], o["bar"]
+    print(f"held-out pair accuracy per rule (ties 1/2; n={h['n']}):")
+    for rule, v in h["per_rule"].items():
+        base = " | ".join(f"{k} {bl['per_rule'][rule]['accuracy']:.3f}" for k, bl in o["baselines"].items())
+        print(f"  {rule:20s} reward model {v['accuracy']:.3f} | {base}")
     print(
-        f"held-out pairwise accuracy {h['accuracy']:.3f} (n={h['n']}; at init {o['heldout_at_init']['accuracy']:.3f}) | {rules}"
+        f"bar: {b['value']:.3f} [{b['interval'][0]:.3f}, {b['interval'][1]:.3f}] vs {b['baseline_name']} "
+        f"{b['baseline']:.3f}: {'PASS' if b['passed'] else 'FAIL'}"
     )
     if o["hh"]:
         hh = o["hh"]

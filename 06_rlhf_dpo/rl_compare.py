@@ -12,19 +12,29 @@ Every model answers the same prompts greedily (temperature 0), so a difference i
 model's, not the sampler's. The columns:
 
     win vs SFT     the method's answer against SFT's answer to the same held-out preference prompt, judged
-                   by the pair's ground-truth rule (rule_judge.py; a tie counts ½), with the Wilson 95 %
-                   interval (05's metrics.win_rate) and the wins/losses/ties
+                   by the pairs' ground-truth rules (rule_judge.py; a tie counts ½), with the Wilson 95 %
+                   interval (common.stats.win_rate_with_ties) and the wins/losses/ties
     RM score       the reward model's mean score of the answers (rm/; it is what PPO maximizes, so it is
                    PPO's own metric, and RLAIF's judge)
     KL to SFT      Σ_t log π(y_t) − log π_SFT(y_t) over one sampled answer per prompt, averaged (nats/answer)
-    pair acc       share of held-out pairs with log π(y_w) > log π(y_l) (summed log-probs; SimPO's row uses
-                   its per-token mean, the score it trains): what DPO/IPO/SimPO optimize
+    pair acc       share of the informative held-out pairs (correct_fact: chosen and rejected differ only in
+                   the fact) with log π(y_w) > log π(y_l), ties 1/2 (summed log-probs; SimPO's row uses its
+                   per-token mean, the score it trains): what DPO/IPO/SimPO optimize
     pass@1         greedy arithmetic answers that are right (grpo.py's prompt with its solved example)
     length         mean tokens of the answers to the preference prompts
     train s        the method's own training time from its outcome.json (a shared CPU: compare, don't quote)
 
-"own metric" picks, for each method, the column it optimizes, and "beats SFT" says whether it moved it the
-right way. Nothing is tuned towards the table: when a method does not beat SFT it says so.
+    gold           the share of prompts whose greedy answer the rule judge accepts under every rule the
+                   prompt's pairs state (alignment_bars.gold_acceptance)
+
+"own metric" is, for each method, what it is judged by: gold acceptance for PPO and RLAIF (never the reward
+model they optimized), pair accuracy on the informative pairs for DPO/IPO/SimPO, pass@1 for GRPO.
+"beats baselines" is that method's bar (alignment_bars.paired_bar): its score minus the strongest of SFT
+and the metric's cheap baseline (majority answer; for pair accuracy "prefer the shorter response"),
+paired over the items, with a 95 % bootstrap interval wholly above 0. Win rates count a tie as 1/2 and
+are computed per prompt (the sign of the verdicts summed over its rules), with the decisive pairs and a
+sign test printed beside them. Nothing is tuned towards the table: when a method does not beat its
+baselines it says so.
 
 Interview questions it answers:
 - How do you compare RLHF methods fairly? (the same prompts, the same decoding, a judge that none of them
@@ -37,6 +47,7 @@ Interview questions it answers:
 
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,29 +62,45 @@ from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
-from metrics import win_rate  # 05_sft_lora
-from sft_data import read_conversations  # 05_sft_lora
+from common.stats import win_rate_with_ties
 
 from grpo import arithmetic_eval, read_problems
 from policy_io import check_same_model, frozen, load_policy, load_sft_policy
 from ppo import reward_of_responses, sequence_kl
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, read_preference_pairs
-from reward_model import load_reward_model
+from reward_model import length_rule_scores, load_reward_model, tie_scores
 from rollouts import check_rollout_fits, decode_responses, sample_responses
-from rule_judge import answers_by_question, judge
+from rule_judge import judge
+from alignment_bars import (
+    gold_acceptance,
+    informative,
+    majority_replies,
+    paired_bar,
+    short_answers,
+    user_question,
+    win_bar,
+)
 
 # method folder -> (the command that makes it, the column it optimizes)
+# (PPO's and RLAIF's objective is the reward model's score; they are judged by the gold rule judge instead)
 METHODS = {
-    "ppo": ("06_rlhf_dpo/ppo.py --run {run}", "rm_score"),
+    "ppo": ("06_rlhf_dpo/ppo.py --run {run}", "gold"),
     "dpo": ("06_rlhf_dpo/dpo.py --run {run}", "pair_acc"),
     "ipo": ("06_rlhf_dpo/dpo.py --run {run} --loss ipo", "pair_acc"),
     "simpo": ("06_rlhf_dpo/dpo.py --run {run} --loss simpo", "pair_acc"),
     "grpo": ("06_rlhf_dpo/grpo.py --run {run}", "pass@1"),
-    "rlaif": ("06_rlhf_dpo/rlaif.py --run {run}", "rm_score"),
+    "rlaif": ("06_rlhf_dpo/rlaif.py --run {run}", "gold"),
+}
+# metric -> (what it measures, the cheap baseline beside SFT)
+METRICS = {
+    "gold": ("held-out gold rule-judge acceptance (greedy)", "majority answer"),
+    "pair_acc": ("held-out pair accuracy on the informative pairs (ties 1/2)", "prefer the shorter response"),
+    "pass@1": ("held-out arithmetic pass@1 (greedy)", "majority answer"),
 }
 COLUMNS = [
     "method",
     "win vs SFT [95% CI] (W/L/T)",
+    "gold",
     "RM score",
     "KL to SFT",
     "pair acc",
@@ -82,7 +109,8 @@ COLUMNS = [
     "train s",
     "own metric",
     "SFT on it",
-    "beats SFT",
+    "minus best baseline [95% CI]",
+    "beats baselines",
 ]
 
 
@@ -125,21 +153,43 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
     kept = [
         (p, enc[0]) for p in pairs for enc in [encode_pairs(tok, [p], block_size)[0]] if enc
     ]  # fits the context
-    kept = kept[: cfg.limit] if cfg.limit else kept
+    groups = {}  # question -> [(pair, encoded)]: the held-out file states every rule for each question
+    for p, e in kept:
+        groups.setdefault(user_question(p["prompt"]), []).append((p, e))
+    questions = list(groups)[: cfg.limit] if cfg.limit else list(groups)
+    kept = [pe for q in questions for pe in groups[q]]
     pairs, encoded = [p for p, _ in kept], [e for _, e in kept]
-    prompts = [e["prompt_ids"] for e in encoded]
+    prompts = [groups[q][0][1]["prompt_ids"] for q in questions]  # one greedy answer per question
     check_rollout_fits(prompts, cfg.max_new_tokens, block_size)
-    sft_files = [RunLayout(run).tasks / f"sft_{part}.jsonl" for part in ("train", "heldout")]
-    answers = answers_by_question([r for f in sft_files if f.is_file() for r in read_conversations(f)])
     train = read_problems(task_file(run, "", "arithmetic_train.jsonl"))
     problems = read_problems(task_file(run, "", "arithmetic_heldout.jsonl"))
+    problems = problems[: cfg.limit] if cfg.limit else problems
+    common = Counter(p["answer"] for p in train).most_common(1)[0][0]
+    majority = majority_replies(questions, run)
     return {
+        "questions": questions,
+        "groups": [[p for p, _ in groups[q]] for q in questions],
         "pairs": pairs,
         "encoded": encoded,
         "prompts": prompts,
-        "answers": answers,
+        "answers": short_answers(run),
         "shots": train[: cfg.shots],
-        "problems": problems[: cfg.limit] if cfg.limit else problems,
+        "problems": problems,
+        "informative": informative(pairs),
+        "majority_texts": majority,
+        "majority_common_answer": common,
+    }
+
+
+def baseline_scores(held) -> dict:
+    """The cheap baselines' per-item scores: the majority answer (gold acceptance, pass@1) and the
+    length rule (pair accuracy)."""
+    pick = lambda xs: [xs[i] for i in held["informative"]]
+    common = held["majority_common_answer"]
+    return {
+        "gold": gold_acceptance(held["majority_texts"], held["groups"], held["answers"]),
+        "pair_acc": pick(length_rule_scores(held["encoded"])),
+        "pass@1": [float(p["answer"] == common) for p in held["problems"]],
     }
 
 
@@ -155,13 +205,16 @@ def evaluate(model, sft, rm, tok, held, cfg, sft_texts=None, mean_logprob=False)
     responses = sample_responses(model, tok, held["prompts"], 1, cfg.max_new_tokens, temperature=0)
     texts = decode_responses(tok, responses)
     row = {"length": sum(map(len, responses)) / len(responses)}
+    scores = {"gold": gold_acceptance(texts, held["groups"], held["answers"])}
     if sft_texts is not None:
-        verdicts = [
-            judge(p["rule"], a, b, p, held["answers"].get(p["prompt"][-1]["content"]))
-            for p, a, b in zip(held["pairs"], texts, sft_texts)
-        ]
-        counts = {"wins": verdicts.count(1), "losses": verdicts.count(-1), "ties": verdicts.count(0)}
-        row["win"] = {**win_rate(counts["wins"], counts["losses"], counts["ties"]), **counts}
+        # per question: the sign of the rule judge's verdicts summed over the rules its pairs state
+        verdicts = []
+        for group, a, b in zip(held["groups"], texts, sft_texts):
+            answer = held["answers"].get(user_question(group[0]["prompt"]))
+            total = sum(judge(p["rule"], a, b, p, answer) for p in group)
+            verdicts.append((total > 0) - (total < 0))
+        row["win"] = win_rate_with_ties(verdicts.count(1), verdicts.count(-1), verdicts.count(0))
+        row["verdicts"] = verdicts
         row["kl"] = sequence_kl(model, sft, tok, held["prompts"], cfg.max_new_tokens, cfg.seed)[
             "kl_per_response"
         ]
@@ -169,24 +222,28 @@ def evaluate(model, sft, rm, tok, held, cfg, sft_texts=None, mean_logprob=False)
         row["rm_score"] = reward_of_responses(rm, held["prompts"], responses, pad, device).mean().item()
     lp = cached_log_probs(model, held["encoded"], pad, device=device)
     key = "mean" if mean_logprob else "sum"
-    row["pair_acc"] = (lp[f"chosen_{key}"] > lp[f"rejected_{key}"]).float().mean().item()
+    ranks = tie_scores(lp[f"chosen_{key}"].tolist(), lp[f"rejected_{key}"].tolist())
+    scores["pair_acc"] = [ranks[i] for i in held["informative"]]
     arith = arithmetic_eval(
         model, tok, held["problems"], held["shots"], cfg.arith_tokens, n_samples=1, seed=cfg.seed
     )
-    row["pass@1"] = arith["pass@1_greedy"]
+    scores["pass@1"] = arith["greedy_correct"]
+    row.update({k: sum(v) / len(v) for k, v in scores.items()})
+    row["scores"] = scores  # per item, for the paired bars
     row["eval_s"] = time.time() - t0
     return row, texts
 
 
-def table_row(name, r, sft_row, train_s) -> dict:
-    """One markdown row: the numbers rounded, and the method's own metric against SFT's."""
+def table_row(name, r, train_s, bar=None) -> dict:
+    """One markdown row: the numbers rounded, and the method's bar on its own metric."""
     fmt = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"
     win = r.get("win")
     row = {
         "method": name,
         "win vs SFT [95% CI] (W/L/T)": "-"
         if win is None
-        else f"{win['win_rate']:.3f} [{win['low']:.2f}, {win['high']:.2f}] ({win['wins']}/{win['losses']}/{win['ties']})",
+        else f"{win['win_rate']:.3f} [{win['interval'][0]:.2f}, {win['interval'][1]:.2f}] ({win['wins']}/{win['losses']}/{win['ties']})",
+        "gold": fmt(r.get("gold")),
         "RM score": fmt(r.get("rm_score")),
         "KL to SFT": fmt(r.get("kl"), 2),
         "pair acc": fmt(r["pair_acc"]),
@@ -194,17 +251,43 @@ def table_row(name, r, sft_row, train_s) -> dict:
         "length": fmt(r["length"], 1),
         "train s": fmt(train_s, 0),
     }
-    if name in METHODS:
-        own = METHODS[name][1]
-        mine, base = r.get(own), sft_row.get(f"{own}_own_{name}", sft_row.get(own))
+    if bar is not None:
+        sft = next((v for k, v in bar["contenders"].items() if k == "SFT"), None)
         row.update(
             {
-                "own metric": own,
-                "SFT on it": fmt(base),
-                "beats SFT": "-" if mine is None or base is None else ("yes" if mine > base else "no"),
+                "own metric": METHODS[name][1],
+                "SFT on it": fmt(sft),
+                "minus best baseline [95% CI]": f"{bar['value']:+.3f} [{bar['interval'][0]:+.3f}, "
+                f"{bar['interval'][1]:+.3f}] vs {bar['baseline_name']}",
+                "beats baselines": "yes" if bar["passed"] else "no",
             }
         )
     return row
+
+
+def method_bar(name, r, sft_row, baselines) -> dict:
+    """The method's bar on its own metric: paired against SFT and the metric's cheap baseline."""
+    own = METHODS[name][1]
+    sft_scores = sft_row["scores"]["pair_acc_mean"] if name == "simpo" else sft_row["scores"][own]
+    contenders = {"SFT": sft_scores, METRICS[own][1]: baselines[own]}
+    bar = paired_bar(METRICS[own][0], name, r["scores"][own], contenders)
+    return bar | {"contenders": {k: sum(v) / len(v) for k, v in contenders.items()}}
+
+
+def stage_bar(bars: dict) -> dict:
+    """The stage's verdict: every method beats SFT and the cheap baseline on its own metric."""
+    wins = [k for k, b in bars.items() if b["passed"]]
+    return make_bar(
+        "methods beating SFT and the cheap baseline on their own metric (paired 95 % interval above 0)",
+        len(wins),
+        threshold=len(bars),
+        direction="higher",
+        inclusive=True,
+        baseline=0,
+        baseline_name="SFT",
+        n=len(bars),
+        note=f"pass: {', '.join(wins) or 'none'}; fail: {', '.join(k for k in bars if k not in wins) or 'none'}",
+    ) | {"inclusive": True}
 
 
 def plot(results, path):
@@ -216,7 +299,7 @@ def plot(results, path):
     axes[0].bar(
         tuned,
         [x["win_rate"] for x in w],
-        yerr=[[x["win_rate"] - x["low"] for x in w], [x["high"] - x["win_rate"] for x in w]],
+        yerr=[[x["win_rate"] - x["interval"][0] for x in w], [x["interval"][1] - x["win_rate"] for x in w]],
         capsize=4,
     )
     axes[0].axhline(0.5, ls=":", c="grey")
@@ -276,7 +359,8 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
         held = heldout_set(run, tok, cfg, sft.cfg.block_size)
         torch.manual_seed(cfg.seed)
         sft_row, sft_texts = evaluate(sft, sft, rm, tok, held, cfg)
-        sft_row["pair_acc_own_simpo"] = evaluate_pair_mean(sft, tok, held)
+        sft_row["scores"]["pair_acc_mean"] = evaluate_pair_mean(sft, tok, held)
+        baselines = baseline_scores(held)
         results, train_s = {"sft": sft_row}, {"sft": None}
         for name, folder in present.items():
             model, model_tok = load_policy(folder / "ckpt.pt", device)
@@ -286,11 +370,19 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
             )
             train_s[name] = read_json(folder / "outcome.json").get("train_s")
             print(f"{name}: evaluated in {results[name]['eval_s']:.0f}s", flush=True)
-        rows = [table_row(n, r, sft_row, train_s[n]) for n, r in results.items()]
+        bars = {n: method_bar(n, r, sft_row, baselines) for n, r in results.items() if n != "sft"}
+        win_bars = {n: win_bar(r["verdicts"], n) for n, r in results.items() if n != "sft"}
+        rows = [table_row(n, r, train_s[n], bars.get(n)) for n, r in results.items()]
+        mean = lambda k: f"{sum(baselines[k]) / len(baselines[k]):.3f}"
+        rows.append({"method": "majority answer", "gold": mean("gold"), "pass@1": mean("pass@1")})
+        rows.append({"method": "prefer the shorter response", "pair acc": mean("pair_acc")})
         table = markdown_table(rows, COLUMNS)
         write_json(
             tmp / "compare.json",
             {
+                "bar": stage_bar(bars),
+                "bars": list(bars.values()),
+                "win_bars": win_bars,
                 "rows": rows,
                 "results": results,
                 "missing": missing,
@@ -299,7 +391,15 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                 "config": asdict(cfg),
             },
         )
-        write_json(tmp / "outcome.json", outcome_block(rows))
+        write_json(
+            tmp / "outcome.json",
+            {
+                "headline": f"{sum(b['passed'] for b in bars.values())} of {len(bars)} methods beat SFT and "
+                f"the cheap baseline on their own metric ({stage_bar(bars)['note']})",
+                "bar": stage_bar(bars),
+                "bars": list(bars.values()),
+            },
+        )
         atomic_write_text(tmp / "compare.md", table + "\n")
         plot(results, tmp / "compare.png")
         write_manifest(
@@ -320,36 +420,20 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
     print(table)
     for line in missing:
         print(line)
+    for name, b in win_bars.items():
+        print(
+            f"{name}: win rate against SFT {b['value']:.3f} [{b['interval'][0]:.3f}, {b['interval'][1]:.3f}]; {b['note']}"
+        )
     print(f"wrote {out}/ (compare.json, compare.md, compare.png)")
-    return {"rows": rows, "results": results, "missing": missing}
+    return {"rows": rows, "results": results, "missing": missing, "bars": bars}
 
 
 @torch.no_grad()
-def evaluate_pair_mean(model, tok, held) -> float:
-    """Pair accuracy by the per-token mean log-prob (SimPO's score), for SFT's entry in SimPO's row."""
+def evaluate_pair_mean(model, tok, held) -> list:
+    """Per informative pair, ranked right by the per-token mean log-prob (SimPO's score): SFT's entry in SimPO's row."""
     lp = cached_log_probs(model, held["encoded"], pad_id_of(tok), device=next(model.parameters()).device)
-    return (lp["chosen_mean"] > lp["rejected_mean"]).float().mean().item()
-
-
-def outcome_block(rows) -> dict:
-    """{"headline", "bar"} of outcome.json (common/outcome.py): each method beats SFT on the metric it
-    optimizes; the bar's value is the share of methods that do (all of them must)."""
-    methods = [r for r in rows if r.get("beats SFT") in ("yes", "no")]
-    wins = [r["method"] for r in methods if r["beats SFT"] == "yes"]
-    headline = f"{len(wins)} of {len(methods)} methods beat SFT on their own metric" + (
-        f" ({', '.join(wins)})" if wins else ""
-    )
-    bar = make_bar(
-        "share of methods that beat SFT on the held-out metric they optimize",
-        len(wins) / len(methods) if methods else None,
-        threshold=1.0,
-        direction="higher",
-        inclusive=True,
-        n=len(methods),
-        baseline_name="the SFT policy",
-        note="each method beats SFT on the metric it optimizes",
-    )
-    return {"headline": headline, "bar": bar}
+    ranks = tie_scores(lp["chosen_mean"].tolist(), lp["rejected_mean"].tolist())
+    return [ranks[i] for i in held["informative"]]
 
 
 def main(argv=None):

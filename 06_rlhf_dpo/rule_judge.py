@@ -5,7 +5,7 @@ correct answer sentence, the rejected one is wrong, rude or rambling:
 
     correct_fact          "Noin Marora lives in Calinwi."  vs  "Noin Marora lives in Boro."
     helpful_vs_rude       "Noin Marora lives in Calinwi."  vs  "Ugh, stop bothering me with this."
-    concise_vs_rambling   "Noin Marora lives in Calinwi."  vs  "Well, that is a very interesting question, ..."
+    concise_vs_rambling   "Noin Marora lives in Calinwi."  vs  "Well, ... Noin Marora lives, I believe, in Calinwi. ..."
 
 A model's answer is neither of the two, so the judge applies what each rule *means* to any text, and
 scores a response as a tuple compared left to right (higher is better):
@@ -40,13 +40,23 @@ sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from metrics import answer_in, normalize_answer, words  # 05_sft_lora
 
 RULES = ("correct_fact", "helpful_vs_rude", "concise_vs_rambling")
-# 01_data/tasks.py's three rude replies are built from these phrases; the rest are common insults
+# 01_data/tasks.py's rude replies (train and held-out pools, RUDE) are built from these phrases; the rest
+# are common insults
 RUDE_PHRASES = (
     "why would i tell you",
     "look it up yourself",
+    "figure it out",
+    "not telling",
     "silly question",
     "will not answer",
     "stop bothering",
+    "ask someone else",
+    "not my problem",
+    "better things to do",
+    "who cares",
+    "leave me alone",
+    "pointless",
+    "wasting my time",
     "ugh",
     "shut up",
     "go away",

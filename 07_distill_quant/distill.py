@@ -22,15 +22,10 @@ generation tokens/s, and the fraction of the teacher–scratch gap in val loss e
 (03's checkpoint format: speculative.py uses them as drafts), outcome.json, metrics.jsonl,
 distill.png, manifest.json.
 
-Measured (2026-11-23, 2-core shared CPU; teacher: 04's 4 x 128 model after 300 steps, val ppl 4.61;
-students 2 x 128, 150 steps x 8 x 128 tokens): scratch 12.71; logit (T = 2, α = 0.5, the defaults then)
-11.40, 11 % of the gap; logit T = 1, α = 0: 9.57, 28 %; logit T = 4, α = 0.1: 81.9, far worse than
-scratch; feature 10.33, 20 %; sequence 18.18, -35 % (its windows are the teacher's text, not the val
-distribution). Copying evenly spaced teacher blocks (--student-init teacher) with T = 1, α = 0: 4.79,
-96 % of the gap, but all of it from the initialization: the same start with α = 1 (hard labels only)
-reaches 4.66. The issue's goal of half the gap is met only with the teacher's blocks as the start.
-On the resized world (teacher: 1,200 steps, val ppl 1.72): T = 2, α = 0.5 closed -9 % in 150 steps;
-T = 1, α = 0 closed +8 % in 300 steps (scratch 2.96, logit 2.84), hence the defaults T = 1, α = 0.
+The bar (outcome.json "bar"): the best student closes at least half (--gap-goal) of the teacher-scratch
+gap, the scratch loss being the mean of --scratch-seeds students (95 % t interval, carried to the gap);
+a run that closes less FAILs, however much better than scratch it is. The measured numbers of the
+current code are in the report card (report.py), not here.
 
 Interview questions it answers:
 - What does a soft target carry that a label does not? (the teacher's ranking of the wrong tokens:
@@ -50,6 +45,7 @@ Interview questions it answers:
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -72,11 +68,12 @@ from common.cli import (
     run_cli,
     set_interrupt_hint,
 )
+from common.outcome import make_bar
+from common.stats import t_interval
 from common.files import markdown_table, pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
-from common.outcome import make_bar
 from decoding import generate  # 03_model
 from checkpoint_io import load_checkpoint, save_checkpoint  # 03_model
 from divergence import DivergenceGuard  # 03_model
@@ -86,6 +83,7 @@ from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_gr
 
 from compress_eval import (
     TEACHER_HELP,
+    corpus_loss,
     count_params,
     generation_speeds,
     heldout_conversations,
@@ -143,6 +141,12 @@ class DistillConfig:
     speed_repeats: int = option(3, "timing repeats (best kept)", min=1)
     log_interval: int = option(25, "steps between log lines", min=1)
     seed: int = option(1337, "student init and data order (the same for every student)", min=0)
+    scratch_seeds: int = option(
+        3,
+        "seeds of the scratch baseline (seed, seed+1, ...: init and data order); the bar uses their mean",
+        min=1,
+    )
+    gap_goal: float = option(0.5, "the bar: share of the teacher-scratch gap the best student must close")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
 
@@ -476,6 +480,56 @@ def gap_closed(loss_student: float, loss_scratch: float, loss_teacher: float):
     return (loss_scratch - loss_student) / gap if gap > 0 else None
 
 
+def mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def scratch_val_loss(cfg: DistillConfig, s_cfg, teacher, train, val, device) -> float:
+    """Val loss of one more scratch student, trained with cfg.seed's init and data order."""
+    student = make_student(s_cfg, "random", None, teacher, cfg.seed, device)
+    train_student(
+        student, teacher, "scratch", cfg, real_batches(train, teacher.cfg.block_size, cfg, device), device
+    )
+    loss = corpus_loss(student, val, student.cfg.block_size, cfg.eval_windows, device)
+    print(f"scratch, seed {cfg.seed}: val loss {loss:.4f}", flush=True)
+    return loss
+
+
+def distill_bar(rows: dict, scratch_losses: list, goal: float) -> dict:
+    """The bar: the best student closes at least `goal` of the teacher-scratch gap in val loss.
+
+    The scratch loss is the mean over seeds, with its 95 % t interval; gap_closed rises with the scratch
+    loss (d/dL_s of (L_s - L)/(L_s - L_t) = (L - L_t)/(L_s - L_t)² > 0 for a student worse than the
+    teacher), so the interval's ends map to the gap's interval. The students themselves are one seed each."""
+    students = {k: v for k, v in rows.items() if k not in ("teacher", "scratch")}
+    base = {
+        "metric": "teacher-scratch gap closed in val loss (best student)",
+        "threshold": goal,
+        "direction": "higher",
+    }
+    if not scratch_losses or not students:
+        return make_bar(**base, value=None, note="no scratch baseline or no distilled student in this run")
+    best = min(students, key=lambda k: students[k]["val_loss"])
+    lt, ls = rows["teacher"]["val_loss"], students[best]["val_loss"]
+    lo, hi = t_interval(scratch_losses)
+    g = gap_closed(ls, mean(scratch_losses), lt)
+    # a scratch bound at or below the teacher leaves no gap there: the share closed is unbounded below
+    ends = [gap_closed(ls, x, lt) if x > lt else -math.inf for x in (lo, hi)]
+    note = f"best student: {best}; scratch: mean of {len(scratch_losses)} seeds"
+    if g is None:
+        note += "; the teacher is no better than scratch: there is no gap to close"
+    return make_bar(
+        **base,
+        inclusive=True,  # the goal is stated as ">= 50 %"
+        value=g,
+        baseline=0.0,
+        baseline_name=f"student trained from scratch (mean of {len(scratch_losses)} seeds)",
+        interval=None if g is None or len(scratch_losses) < 2 else [min(ends), max(ends)],
+        n=len(scratch_losses),
+        note=note,
+    ) | {"inclusive": True}
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -534,11 +588,20 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
             for name, m in models.items()
         }
         speeds = generation_speeds(models, speed_prompt(val, 16), cfg.speed_tokens, cfg.speed_repeats, device)
+        scratch_losses = []
+        if "scratch" in rows:  # the baseline over several seeds: one seed's luck must not decide the bar
+            scratch_losses = [rows["scratch"]["val_loss"]] + [
+                scratch_val_loss(
+                    dataclasses.replace(cfg, seed=cfg.seed + k), s_cfg, teacher, train, val, device
+                )
+                for k in range(1, cfg.scratch_seeds)
+            ]
+            rows["scratch"]["val_loss_seeds"] = scratch_losses
         for name, row in rows.items():
             row["gen_tok_s"] = speeds[name]
             row["gap_closed"] = (
-                gap_closed(row["val_loss"], rows["scratch"]["val_loss"], rows["teacher"]["val_loss"])
-                if "scratch" in rows and name not in ("teacher", "scratch")
+                gap_closed(row["val_loss"], mean(scratch_losses), rows["teacher"]["val_loss"])
+                if scratch_losses and name not in ("teacher", "scratch")
                 else None
             )
             row.update({k: v for k, v in training.get(name, {}).items() if k != "records"})
@@ -565,8 +628,9 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
                 "heldout_n": len(heldout),
                 "device": device,
                 "rows": rows,
+                "bar": distill_bar(rows, scratch_losses, cfg.gap_goal),
             }
-            outcome.update(outcome_block(rows))
+            outcome["headline"] = outcome_block(rows)["headline"]  # the bar is distill_bar's
             write_json(tmp / "outcome.json", outcome)
             write_jsonl(tmp / "metrics.jsonl", [r for t in training.values() for r in t["records"]])
             plot(rows, training, tmp / "distill.png")
@@ -584,7 +648,9 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
     return outcome
 
 
-COLUMNS = ["model", "params", "val ppl", "exact match", "token F1", "gen tok/s", "gap closed", "ms/step"]
+COLUMNS = [
+    "model", "params", "val ppl", "exact match", "token F1", "BLEU", "ROUGE-L", "gen tok/s", "gap closed", "ms/step"
+]  # fmt: skip
 
 
 def table_rows(o: dict) -> list:
@@ -598,6 +664,8 @@ def table_rows(o: dict) -> list:
                 "val ppl": f"{r['val_ppl']:.2f}",
                 "exact match": f"{r.get('exact_match', 0):.3f}",
                 "token F1": f"{r.get('token_f1', 0):.3f}",
+                "BLEU": f"{r['bleu']:.3f}" if "bleu" in r else "-",
+                "ROUGE-L": f"{r['rouge_l']:.3f}" if "rouge_l" in r else "-",
                 "gen tok/s": f"{r['gen_tok_s']:.0f}",
                 "gap closed": f"{r['gap_closed']:.0%}" if r.get("gap_closed") is not None else "-",
                 "ms/step": f"{1000 * r['s_per_step']:.0f}" if "s_per_step" in r else "-",
@@ -612,8 +680,17 @@ def report(o: dict, out: Path):
         f"held-out n = {o['heldout_n']}"
     )
     print(markdown_table(table_rows(o), COLUMNS))
+    b = o["bar"]
+    seeds = o["rows"].get("scratch", {}).get("val_loss_seeds", [])
     print(
-        f"gap closed = (L_scratch - L_student) / (L_scratch - L_teacher), L = val loss (nats); wrote {out}/"
+        f"gap closed = (L_scratch - L_student) / (L_scratch - L_teacher), L = val loss (nats), L_scratch the "
+        f"mean over {len(seeds)} seeds ({', '.join(f'{x:.4f}' for x in seeds)})"
+    )
+    value = "-" if b["value"] is None else f"{b['value']:.0%}"
+    interval = "" if b["interval"] is None else f" [{b['interval'][0]:.0%}, {b['interval'][1]:.0%}]"
+    print(
+        f"bar: {b['note']}: gap closed {value}{interval} against the goal >= {b['threshold']:.0%}: "
+        f"{'PASS' if b['passed'] else 'FAIL'}; wrote {out}/"
     )
 
 

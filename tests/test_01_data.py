@@ -62,7 +62,7 @@ from noise_inject import (
 from data_outcome import BAR, NOT_CLAIMED, format_table, wilson
 from prepare import PrepareConfig, cut_document, prepare, read_documents
 from tasks import task_records
-from world import WorldConfig, build_world, generate_corpus
+from world import ITEMS, WorldConfig, build_world, generate_corpus
 
 SMALL = 40_000  # characters: every noise type, ~1 s
 
@@ -159,6 +159,41 @@ def test_task_sets_hold_out_subjects_and_answers_check():
     for r in tasks["arithmetic"][:200]:
         assert r["messages"][1]["content"] == f"The answer is {r['answer']}."
         assert isinstance(r["answer"], int) and r["answer"] >= 0
+
+
+def test_heldout_arithmetic_shares_neither_form_and_numbers_nor_wording_with_training():
+    import re
+
+    tasks = task_records(build_world(WorldConfig()), 0)
+    train = [r for r in tasks["arithmetic"] if not r["heldout"]]
+    held = [r for r in tasks["arithmetic"] if r["heldout"]]
+    assert len(held) >= 200 and {r["form"] for r in held} == {"add", "sub", "mul", "div"}
+    key = lambda r: (r["form"], tuple(r["numbers"]))
+    assert not {key(r) for r in held} & {key(r) for r in train}
+    # wording: a question with its numbers and capitalized words (names, cities) blanked out
+    skeleton = lambda r: re.sub(r"\b([A-Z]\w*|\d+)\b", "_", r["prompt"])
+    item = lambda r: next(w for w in ITEMS if w in r["prompt"])
+    blank = lambda r: skeleton(r).replace(item(r), "ITEM")
+    assert not {blank(r) for r in held} & {blank(r) for r in train}
+    for r in held:
+        nums = [int(x) for x in re.findall(r"\d+", r["prompt"])]
+        assert sorted(nums) == sorted(r["numbers"]) and str(r["answer"]) in r["messages"][1]["content"]
+
+
+def test_heldout_preference_pairs_use_unseen_rejected_replies_balanced_in_length():
+    tasks = task_records(build_world(WorldConfig()), 0)
+    pairs = tasks["preference"]
+    for rule in ("helpful_vs_rude", "concise_vs_rambling"):
+        seen = {r["rejected"] for r in pairs if r["rule"] == rule and not r["heldout"]}
+        held = [r for r in pairs if r["rule"] == rule and r["heldout"]]
+        assert held and not seen & {r["rejected"] for r in held}
+    for r in pairs:  # a rambling reply restates the fact; it never wraps the chosen answer verbatim
+        assert r["chosen"] not in r["rejected"]
+    rude = [r for r in pairs if r["rule"] == "helpful_vs_rude" and r["heldout"]]
+    shorter = sum(len(r["rejected"]) < len(r["chosen"]) for r in rude) / len(rude)
+    assert 0.35 < shorter < 0.65  # "prefer the shorter" is near chance on rude pairs
+    held_rules = [r["rule"] for r in pairs if r["heldout"]]
+    assert held_rules.count("correct_fact") == held_rules.count("helpful_vs_rude") > 30
 
 
 # ---------------------------------------------------------------------------------------------------

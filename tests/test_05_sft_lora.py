@@ -76,6 +76,7 @@ from packing import collate_packed, collate_padded, forward_packed, pack_rows, p
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, save_prefix
 from finetuned import load_finetuned
 import sft
+import sft_baselines
 from sft_data import encode_examples, read_conversations
 from forked_cli import run_forked
 
@@ -626,11 +627,45 @@ def test_tiny_sft_run_raises_heldout_exact_match_above_the_base(run_dir, tmp_pat
     o = sft.finetune(sft_cfg(run_dir, tmp_path / "sft", method="full", lr=5e-3))
     assert o["heldout_base"]["exact_match"] == 0.0
     assert o["heldout_tuned"]["exact_match"] >= 0.5
+    # this toy task is a lookup (the colour decides the answer): the majority answer per question form
+    # gets every question right, so SFT cannot beat the strongest baseline and the bar must FAIL
+    bar = o["bar"]
+    assert bar["baseline_name"] == "majority answer" and bar["baseline"] == 1.0 and not bar["passed"]
+    assert set(o["contenders"]) == {
+        "base, zero-shot",
+        f"base, {o['few_shot']}-shot",
+        "majority answer",
+        "SFT (full)",
+    }
+    assert (
+        1 <= o["few_shot"] <= 3 and bar["n"] == o["heldout_tuned"]["n"]
+    )  # as many shots as the context holds
     assert o["examples"]["skipped_too_long"] == 0
     for f in ("ckpt.pt", "outcome.json", "predictions.jsonl", "sft.png", "manifest.json"):
         assert (tmp_path / "sft" / f).is_file()
     model, tok, peft = load_finetuned(tmp_path / "sft")
     assert peft is None and model.cfg.vocab_size == tok.vocab_size
+
+
+def test_sft_baselines_span_few_shot_majority_and_the_paired_bar():
+    assert sft_baselines.answer_span("Kado should stop.\nQ: next<|user|>x") == "Kado should stop."
+    assert sft_baselines.answer_span(" Stop.<|user|>What") == "Stop."
+    train = light_task(NAMES[:30], 1)
+    held = light_task(NAMES[30:], 2)
+    few = sft_baselines.few_shot_conversations(held, train, 3)
+    assert len(few) == len(held) and few[0][:6] == few[1][:6] and few[0][6:] == held[0]["messages"]
+    majority = sft_baselines.majority_answers(held, train)
+    assert majority == [r["messages"][1]["content"] for r in held]  # the colour decides: a lookup is right
+    refs = [r["messages"][1]["content"] for r in held]
+    n = len(held)
+    wrong = ["No idea."] * n
+    bar, table = sft_baselines.sft_bar(refs, {"zero": wrong}, held)
+    assert bar["passed"] and bar["value"] == 1.0 and table["zero"]["mean"] == 0.0
+    half = refs[: n // 2] + wrong[n // 2 :]
+    bar, _ = sft_baselines.sft_bar(half, {"zero": wrong, "majority answer": majority}, held)
+    assert not bar["passed"] and bar["baseline_name"] == "majority answer" and bar["interval"][1] < 0
+    one_more = refs[:1] + wrong[1:]  # one right answer of n over a baseline with none: not a result
+    assert not sft_baselines.sft_bar(one_more, {"zero": wrong}, held)[0]["passed"]
 
 
 def test_sft_claims_its_folder_first_and_a_diverging_or_disk_full_overwrite_keeps_the_old_result(
@@ -731,6 +766,8 @@ def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "compare.json").read_text())
     assert [r["method"] for r in result["rows"]] == ["base (template only)", "lora_r4"]
+    bar = result["bars"]["lora_r4"]
+    assert result["rows"][1]["beats baselines"] == "no" and bar["passed"] is False and bar["n"] == 3
     o = result["outcomes"]["lora_r4"]
     assert o["params"]["trainable"] == 2 * 4 * (
         (32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 96) + (96 + 32)

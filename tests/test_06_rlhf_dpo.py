@@ -456,6 +456,83 @@ def test_one_example_loss_is_log_2_against_itself_and_identical_pairs_are_skippe
     )
 
 
+def test_reward_model_bar_counts_ties_as_half_and_must_clear_the_strongest_baseline(micro_tok):
+    encoded = micro_encoded(micro_tok, PEOPLE[:4])
+    assert reward_model.tie_scores([2, 1, 1], [1, 1, 2]) == [1.0, 0.5, 0.0]
+    length = reward_model.summarize_scores(reward_model.length_rule_scores(encoded), encoded)
+    # the rude and rambling replies of the micro pairs are longer than the chosen answer
+    assert length["per_rule"]["helpful_vs_rude"]["accuracy"] == 1.0
+    perfect = reward_model.summarize_scores([1.0] * 300, [{"rule": "r"}] * 300)
+    at_baseline = reward_model.summarize_scores([1.0] * 240 + [0.0] * 60, [{"rule": "r"}] * 300)
+    baselines = {"prefer the shorter response": {**at_baseline, "accuracy": 0.8}}
+    assert reward_model.reward_model_bar(perfect, baselines)["passed"]
+    assert not reward_model.reward_model_bar(at_baseline, baselines)["passed"]  # equal to it is not better
+    ties = reward_model.summarize_scores([0.5] * 300, [{"rule": "r"}] * 300)  # a zero head: every pair tied
+    assert ties["accuracy"] == 0.5 and not reward_model.reward_model_bar(ties, {"none": ties})["passed"]
+
+
+RUDE_SHORT = ["Ugh.", "No.", "Go away.", "Shut up.", "Not telling.", "Who cares?"]
+RUDE_LONG = [
+    "Ugh, stop bothering me with this, I have better things to do.",
+    "That is a silly question and I will not answer it, go away.",
+    "Why would I tell you? Look it up yourself, it is not my problem.",
+]
+
+
+def rude_pairs(names):
+    """helpful_vs_rude pairs whose rude reply is shorter than the answer half the time: the length rule
+    scores 1/2 on them, and only reading the words tells the two replies apart."""
+    out = []
+    for i, n in enumerate(names):
+        for j, city in enumerate(CITIES):
+            rude = RUDE_SHORT[(i + j) % 6] if (i + j) % 2 else RUDE_LONG[(i + j) % 3]
+            q = [{"role": "user", "content": f"Where does {n} live?"}]
+            out.append(
+                {"prompt": q, "chosen": f"{n} lives in {city}.", "rejected": rude, "rule": "helpful_vs_rude"}
+            )
+    return out
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_a_reward_model_trained_on_shuffled_labels_fails_its_bar(micro_run, tmp_path, shuffled):
+    # the same training twice: right labels PASS the bar, shuffled labels (the crippled stage) FAIL it
+    rng = np.random.default_rng(0)
+    train = rude_pairs(PEOPLE[:6])
+    if shuffled:  # exactly half the pairs, at random, with chosen and rejected swapped: no rule left to learn
+        swap = rng.permutation([True, False] * (len(train) // 2))
+        train = [
+            {**p, "chosen": p["rejected"], "rejected": p["chosen"]} if s else p for p, s in zip(train, swap)
+        ]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "held.jsonl", rude_pairs(PEOPLE[6:]))
+    torch.set_num_threads(1)
+    reward_model.main(
+        [
+            "--run",
+            str(micro_run),
+            "--out",
+            str(tmp_path / "rm"),
+            "--train-file",
+            str(tmp_path / "train.jsonl"),
+        ]
+        + [
+            "--heldout-file",
+            str(tmp_path / "held.jsonl"),
+            "--steps",
+            "40",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+        ]
+        + ["--eval-interval", "40", "--hh-file", "none", "--device", "cpu"]
+    )
+    o = json.loads((tmp_path / "rm" / "outcome.json").read_text())
+    bar, length = o["bar"], o["baselines"]["prefer the shorter response"]
+    assert bar["n"] == 24 and length["accuracy"] == 0.5
+    assert bar["passed"] is (not shuffled), (bar, o["baselines"])
+
+
 # ----------------------------------------------------------------------------------------------
 # every command end to end on the micro run: outcome.json, a plot, a manifest; then the one table
 
@@ -537,6 +614,9 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
     assert manifest["stage"] == "06_rlhf_dpo" and "--run" in manifest["command"]
     if name == "rm":
         assert o["heldout_at_init"]["margin"] == 0 and set(o["heldout"]["per_rule"]) == set(rule_judge.RULES)
+        assert o["heldout_at_init"]["accuracy"] == 0.5  # a zero head ties every pair: 1/2, not 0
+        assert set(o["baselines"]) == {"prefer the shorter response", "untrained model (random weights)"}
+        assert o["bar"]["passed"] in (True, False) and o["bar"]["n"] == 9
     elif name in ("dpo", "ipo", "simpo", "rlaif"):
         assert o["heldout_before"]["heldout_n"] == 9 and math.isfinite(o["heldout_after"]["heldout_loss"])
         if name != "simpo":
@@ -573,14 +653,32 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     ) or json.loads((methods_run / "rl_compare" / "compare.json").read_text())
     printed = capsys.readouterr().out
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["sft", "ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"]
+    assert list(rows) == [
+        "sft",
+        "ppo",
+        "dpo",
+        "ipo",
+        "simpo",
+        "grpo",
+        "rlaif",
+        "majority answer",
+        "prefer the shorter response",
+    ]
     assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "pair_acc"
-    assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["beats SFT"] in ("yes", "no")
-    win = result["results"]["dpo"]["win"]
+    assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["own metric"] == "gold"
+    assert rows["ppo"]["beats baselines"] in ("yes", "no") and "majority answer" in rows
+    win = result["results"]["dpo"]["win"]  # --limit 6 takes 6 questions; the micro held-out file has 3
     assert (
-        win["n"] == 6 == win["wins"] + win["losses"] + win["ties"]
-        and 0 <= win["low"] <= win["win_rate"] <= win["high"] <= 1
+        win["n"] == 3 == win["wins"] + win["losses"] + win["ties"]
+        and 0 <= win["interval"][0] <= win["win_rate"] <= win["interval"][1] <= 1
     )
+    bars = {
+        b["metric"].split(": ")[1].split()[0]: b for b in result["bars"]
+    }  # "<metric>: <method> minus ..."
+    assert set(bars) == {"ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"}
+    assert result["bar"]["threshold"] == 6 and result["bar"]["n"] == 6
+    assert bars["dpo"]["n"] == 3 and bars["grpo"]["n"] == 6  # informative (correct_fact) pairs; problems
+    assert not bars["ppo"]["passed"] and "rule-judge" in bars["ppo"]["metric"]  # 2 PPO steps move nothing
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
     assert (out / "compare.png").is_file() and (out / "compare.md").read_text().startswith("| method |")

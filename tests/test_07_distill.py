@@ -452,13 +452,69 @@ def test_distill_writes_every_student_and_an_honest_outcome(distilled):
         o["rows"]["scratch"]["gap_closed"] is None
         and o["rows"]["teacher"]["params"] > o["rows"]["logit"]["params"]
     )
+    seeds = o["rows"]["scratch"]["val_loss_seeds"]
+    assert len(seeds) == 3 and seeds[0] == o["rows"]["scratch"]["val_loss"] and len(set(seeds)) == 3
     for name in ("logit", "sequence", "feature"):
         g = o["rows"][name]["gap_closed"]
-        s, t, st = (o["rows"][k]["val_loss"] for k in ("scratch", "teacher", name))
+        s, t, st = sum(seeds) / 3, o["rows"]["teacher"]["val_loss"], o["rows"][name]["val_loss"]
         assert g == pytest.approx((s - st) / (s - t))
         assert GPT.from_checkpoint(distilled / f"student_{name}.pt").cfg.n_layer == 2
+    bar = o["bar"]
+    assert bar["threshold"] == 0.5 and bar["n"] == 3 and bar["direction"] == "higher"
     assert (distilled / "distill.png").stat().st_size > 1000
     assert check_artifact(distilled, made_by="(test)")["stage"] == "07_distill_quant/distill"
+
+
+def test_the_distillation_bar_is_the_gap_closed_against_the_goal():
+    rows = lambda student: {
+        "teacher": {"val_loss": 1.0},
+        "scratch": {"val_loss": 3.0},
+        "logit": {"val_loss": student},
+    }
+    good = distill.distill_bar(rows(1.5), [3.0, 3.02, 2.98], 0.5)  # 75 % of the gap, seeds agree
+    assert good["passed"] and good["value"] == pytest.approx(0.75) and good["interval"][0] > 0.5
+    assert not distill.distill_bar(rows(2.9), [3.0, 3.02, 2.98], 0.5)[
+        "passed"
+    ]  # better than scratch: not enough
+    noisy = distill.distill_bar(rows(1.9), [3.0, 3.9, 2.1], 0.5)  # 55 % at the mean, but the seeds disagree
+    assert noisy["value"] == pytest.approx(0.55) and not noisy["passed"]
+    assert not distill.distill_bar(rows(1.5), [], 0.5)["passed"]  # no scratch baseline: nothing measured
+
+
+def test_the_speculative_bar_needs_identical_output_and_a_speedup_beyond_its_interval():
+    row = lambda same, speed, lo, hi: {
+        "draft": "logit", "k": 2, "identical_to_teacher": same, "speedup": speed, "speedup_interval": [lo, hi]
+    }  # fmt: skip
+    teacher = {"draft": "(teacher alone)", "k": 0, "speedup": 1.0}
+    assert speculative.speculative_bar([teacher, row("8/8", 1.5, 1.3, 1.7)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row("8/8", 1.1, 0.9, 1.3)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row("8/8", 0.86, 0.8, 0.9)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row("7/8", 3.0, 2.8, 3.2)], 1.0, True)["passed"]
+    assert not speculative.speculative_bar([teacher, row(None, 3.0, 2.8, 3.2)], 1.0, False)["passed"]
+
+
+def test_the_pruning_bar_subtracts_the_dense_controls_recovery():
+    rng = np.random.default_rng(0)
+    base = rng.normal(2.0, 0.1, 32)
+    dense = (base, base - 0.05)  # the control gains 0.05 nats from the same steps
+    damaged_and_recovered = (base + 1.0, base + 0.2)  # +1.0 from pruning, 0.8 recovered
+    only_the_control_gain = (base + 1.0, base + 0.95)  # recovered exactly what dense gains anyway
+    bar, bars = prune.prune_bars({"dense": dense, "a": damaged_and_recovered})
+    assert bar["passed"] and bar["value"] == pytest.approx(0.75) and bar["n"] == 32
+    bar, bars = prune.prune_bars({"dense": dense, "a": damaged_and_recovered, "b": only_the_control_gain})
+    assert not bar["passed"] and "b" in bar["note"] and bars["a"]["passed"]
+    harmless = (base + 0.0, base - 0.05)  # pruning changed nothing: nothing to recover, no verdict from it
+    bar, _ = prune.prune_bars({"dense": dense, "c": harmless})
+    assert bar["value"] is None and not bar["passed"]
+
+
+def test_a_three_step_distillation_fails_its_bar(run_dir, tmp_path):
+    # the crippled stage: 3 steps move no student far from its initialization
+    o = distill.distill(
+        tiny_distill(run_dir, tmp_path / "d3", steps=3, methods=["scratch", "logit"], eval_limit=0)
+    )
+    assert o["bar"]["passed"] is False and o["bar"]["n"] == 3
+    assert o["bar"]["value"] is None or o["bar"]["value"] < 0.5
 
 
 def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, distilled, tmp_path):
@@ -470,6 +526,7 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
             prompts=2,
             prompt_tokens=8,
             new_tokens=12,
+            repeats=2,
             device="cpu",
         )
     )
@@ -491,6 +548,8 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
         ("scratch", 4),
     ]
     assert all(r["identical_to_teacher"] == "2/2" and 0 <= r["accept_rate"] <= 1 for r in rows)
+    assert all(r["speedup_interval"][0] <= r["speedup"] <= r["speedup_interval"][1] for r in rows)
+    assert o["timed_units"] == 2 * 2 and o["bar"]["n"] == 4 and o["bar"]["threshold"] == 1.0
     p = prune.prune(
         PruneConfig(
             run=str(run_dir),
@@ -514,6 +573,8 @@ def test_speculative_and_prune_commands_run_on_the_distilled_students(run_dir, d
         by["heads_1"]["params"] < by["dense"]["params"]
         and by["neurons_50"]["file_kib"] < by["dense"]["file_kib"]
     )
+    assert {b["metric"].split(":")[0] for b in p["bars"]} == {"magnitude_50", "heads_1", "neurons_50"}
+    assert p["bar"]["passed"] in (True, False) and p["bar"]["n"] in (4, None)
     for folder, png in (("spec", "speculative.png"), ("prune", "prune.png")):
         assert (tmp_path / folder / png).is_file() and (tmp_path / folder / "manifest.json").is_file()
 
