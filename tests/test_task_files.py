@@ -56,8 +56,8 @@ def test_a_wrong_field_type_names_file_line_problem_and_fix(tmp_path, reader, ba
     if reader is load_probes:
         tasks = tmp_path / "data" / "tasks"
         tasks.mkdir(parents=True)
-        for part in ("heldout", "train"):
-            (tasks / f"recall_{part}.jsonl").write_text(text)
+        (tasks / "recall_train.jsonl").write_text(json.dumps(good) + "\n")  # only the held-out file is bad
+        (tasks / "recall_heldout.jsonl").write_text(text)
         path, call = tasks / "recall_heldout.jsonl", lambda: load_probes(tmp_path)
     else:
         path = tmp_path / "f.jsonl"
