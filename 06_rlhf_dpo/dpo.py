@@ -67,7 +67,7 @@ from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import load_reference, load_sft_policy, method_outcome_block, save_policy
+from policy_io import load_reference, load_sft_policy, method_headline, save_policy
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
 from reward_model import length_rule_scores, load_pairs, tie_scores
 from alignment_bars import INFORMATIVE_RULES, informative, paired_bar
@@ -369,7 +369,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome["headline"] = method_outcome_block("dpo", outcome)["headline"]  # the bar is paired_bar's
+        outcome["headline"] = method_headline("dpo", outcome)  # leads with the bar, paired_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, cfg, tmp / f"{cfg.loss}.png")
         inputs = [

@@ -70,7 +70,7 @@ from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretra
 from chat_template import encode_prompt  # 05_sft_lora
 from metrics import pass_at_k  # 05_sft_lora
 
-from policy_io import check_finite, load_reference, load_sft_policy, method_outcome_block, save_policy
+from policy_io import check_finite, load_reference, load_sft_policy, method_headline, save_policy
 from preference_data import pad_id_of
 from rl_common import (
     PG_LOSSES,
@@ -387,7 +387,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome["headline"] = method_outcome_block("grpo", outcome)["headline"]  # the bar is paired_bar's
+        outcome["headline"] = method_headline("grpo", outcome)  # leads with the bar, paired_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, before, after, tmp / "grpo.png")
         inputs = [

@@ -35,7 +35,6 @@ sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
 from common.cli import UserError
 from common.layout import RunLayout
 from common.runs import check_artifact
-from common.outcome import make_bar
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
@@ -152,18 +151,17 @@ METHOD_METRICS = {
 }
 
 
-def method_outcome_block(method: str, o: dict) -> dict:
-    """{"headline", "bar"} of an alignment method's outcome.json (common/outcome.py): the metric it
-    optimizes, higher after training than before (the policy before training is the baseline)."""
+def method_headline(method: str, o: dict) -> str:
+    """The report card's line for an alignment method: its bar first (o["bar"], alignment_bars.paired_bar:
+    the method minus the strongest cheap baseline, paired, with its 95 % interval), then the metric the
+    method optimizes, before and after training (reported, never judged: a method is not graded by
+    the quantity it pushed up)."""
     key, what = METHOD_METRICS[method]
     before, after = o["heldout_before"].get(key), o["heldout_after"].get(key)
-    bar = make_bar(
-        what,
-        after,
-        threshold=before,
-        direction="higher",
-        baseline=before,
-        baseline_name="the same policy before training",
-        note=f"{what}: higher after training than before",
+    b = o["bar"]
+    lo, hi = b["interval"] if b.get("interval") else (float("nan"), float("nan"))
+    lead = (
+        f"{b['metric'].split(':')[0]}: {method.upper()} minus {b['baseline_name']} "
+        f"{b['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n = {b['n']})"
     )
-    return {"headline": f"{what}: {before:.3f} -> {after:.3f} in {o['steps']} steps", "bar": bar}
+    return f"{lead}; {what} {before:.3f} -> {after:.3f} in {o['steps']} steps"

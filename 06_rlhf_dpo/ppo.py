@@ -66,7 +66,7 @@ from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
-from policy_io import check_finite, frozen, load_reference, load_sft_policy, method_outcome_block, save_policy
+from policy_io import check_finite, frozen, load_reference, load_sft_policy, method_headline, save_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_model import load_reward_model
 from rl_common import (
@@ -431,7 +431,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome["headline"] = method_outcome_block("ppo", outcome)["headline"]  # the bar: the gold rule judge
+        outcome["headline"] = method_headline("ppo", outcome)  # leads with the bar, paired_bar's
         write_json(tmp / "outcome.json", outcome)
         plot(records, before, after, tmp / "ppo.png")
         inputs = [
