@@ -12,7 +12,7 @@ cheap baseline, per held-out item and paired, with a 95 % interval.
 
 Baselines, on the same items: the SFT model (where every method starts), the majority answer (the
 commonest training answer to the question's form: sft_baselines.majority_answers), and for pair
-accuracy "prefer the shorter response" (reward_model.length_rule_scores). A method passes when its
+accuracy "prefer the shorter response" (reward_scoring.length_rule_scores). A method passes when its
 score minus the strongest baseline's, paired over the items, has a 95 % bootstrap interval wholly
 above 0. Win rates against SFT count a tie as 1/2 (Wilson interval) and report the decisive pairs with
 a sign test.

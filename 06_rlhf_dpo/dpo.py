@@ -69,7 +69,7 @@ from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretra
 
 from policy_io import load_reference, load_sft_policy, method_headline, save_policy
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
-from reward_model import length_rule_scores, load_pairs, tie_scores
+from reward_scoring import length_rule_scores, load_pairs, tie_scores
 from alignment_bars import INFORMATIVE_RULES, informative, paired_bar
 
 LOSSES = ("dpo", "ipo", "simpo")

@@ -40,7 +40,6 @@ Interview questions it answers:
 
 import os
 import random
-import re
 import sys
 import time
 from collections import Counter
@@ -61,14 +60,12 @@ from common.cli import (
     run_cli,
     set_interrupt_hint,
 )
-from common.files import pyplot, read_jsonl, save_figure, write_json, write_jsonl
+from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import fresh_output, write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
-from chat_template import encode_prompt  # 05_sft_lora
-from metrics import pass_at_k  # 05_sft_lora
 
 from policy_io import check_finite, load_reference, load_sft_policy, method_headline, save_policy
 from preference_data import pad_id_of
@@ -81,11 +78,9 @@ from rl_common import (
     policy_gradient_loss,
     response_log_probs,
 )
-from rollouts import check_rollout_fits, decode_responses, rollout_batch, sample_responses, truncated
-from alignment_bars import paired_bar, summary
-
-NUMBER = re.compile(r"-?\d+")
-FORMAT = re.compile(r"\s*The answer is (-?\d+)\.\s*")
+from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
+from alignment_bars import paired_bar
+from arithmetic_task import arithmetic_eval, arithmetic_reward, problem_prompt, read_problems
 
 
 @dataclass
@@ -155,69 +150,6 @@ def check_grpo_config(cfg: GRPOConfig):
 
 
 # ----------------------------------------------------------------------------- the verifiable reward
-
-
-def arithmetic_reward(text: str, answer: int, format_weight=0.5) -> dict:
-    """{"correct": the last number in the text equals the answer, "formatted": the text is exactly
-    'The answer is N.', "reward": correct + format_weight · formatted}."""
-    numbers = NUMBER.findall(text)
-    correct = bool(numbers) and int(numbers[-1]) == int(answer)
-    formatted = FORMAT.fullmatch(text) is not None
-    return {
-        "correct": correct,
-        "formatted": formatted,
-        "reward": float(correct) + format_weight * float(formatted),
-    }
-
-
-def read_problems(path) -> list:
-    """Arithmetic records {prompt, answer (int)} from 01's JSONL (file and line named when one is broken)."""
-    return read_jsonl(path, required=("prompt", "answer"), types={"prompt": str, "answer": int})
-
-
-def problem_prompt(tok, question, shots) -> list:
-    """Prompt ids: the solved examples as earlier turns, then the question, then <|assistant|>."""
-    turns = [
-        t
-        for s in shots
-        for t in (
-            {"role": "user", "content": s["prompt"]},
-            {"role": "assistant", "content": f"The answer is {s['answer']}."},
-        )
-    ]
-    return encode_prompt(tok, turns + [{"role": "user", "content": question}])
-
-
-@torch.no_grad()
-def arithmetic_eval(
-    model, tok, problems, shots, max_new_tokens, n_samples=4, format_weight=0.5, seed=0
-) -> dict:
-    """pass@1 of the greedy answer, pass@1 estimated from n samples at temperature 1, mean sampled
-    reward and the share of sampled answers in the format, over `problems`."""
-    prompts = [problem_prompt(tok, p["prompt"], shots) for p in problems]
-    greedy = decode_responses(tok, sample_responses(model, tok, prompts, 1, max_new_tokens, temperature=0))
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    sampled = decode_responses(tok, sample_responses(model, tok, prompts, n_samples, max_new_tokens, 1.0, g))
-    scores = [
-        arithmetic_reward(t, problems[i // n_samples]["answer"], format_weight) for i, t in enumerate(sampled)
-    ]
-    correct = [
-        sum(s["correct"] for s in scores[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))
-    ]
-    right = [float(arithmetic_reward(t, p["answer"])["correct"]) for t, p in zip(greedy, problems)]
-    return {
-        "pass@1_greedy": sum(right) / len(problems),
-        "pass@1_greedy_interval": summary(right)["interval"],  # Wilson 95 %
-        "greedy_correct": right,  # per problem, for the paired bar
-        "pass@1_sampled": sum(pass_at_k(n_samples, c, 1) for c in correct) / len(problems),
-        "mean_reward": sum(s["reward"] for s in scores) / len(scores),
-        "format_rate": sum(s["formatted"] for s in scores) / len(scores),
-        "n": len(problems),
-        "examples": [
-            {"question": p["prompt"], "answer": p["answer"], "greedy": t}
-            for p, t in zip(problems[:5], greedy)
-        ],
-    }
 
 
 # ----------------------------------------------------------------------------- one GRPO step

@@ -40,6 +40,9 @@ from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
 from lora import merge_lora  # 05_sft_lora
 from finetuned import load_finetuned  # 05_sft_lora
+from preference_data import pad_id_of
+from rl_common import response_log_probs
+from rollouts import rollout_batch, sample_responses
 
 RUNTIME_FIELDS = ("attn_backend",)  # how attention is computed, not what the model is
 
@@ -165,3 +168,20 @@ def method_headline(method: str, o: dict) -> str:
         f"{b['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n = {b['n']})"
     )
     return f"{lead}; {what} {before:.3f} -> {after:.3f} in {o['steps']} steps"
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, tok, prompts, max_new_tokens, seed=0, batch_size=64) -> dict:
+    """KL(π ‖ π_ref) per response, estimated from one sample y ~ π per prompt (temperature 1):
+    Σ_t log π(y_t) − log π_ref(y_t), averaged over prompts (nats per response), and the same per token."""
+    device = next(policy.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    responses = sample_responses(policy, tok, prompts, 1, max_new_tokens, 1.0, g)
+    total, tokens = 0.0, 0
+    for i in range(0, len(prompts), batch_size):
+        b = rollout_batch(prompts[i : i + batch_size], responses[i : i + batch_size], pad_id_of(tok), device)
+        lp = response_log_probs(policy, b["x"], b["y"])["log_probs"]
+        ref = response_log_probs(reference, b["x"], b["y"])["log_probs"]
+        total += ((lp - ref) * b["mask"]).sum().item()
+        tokens += int(b["mask"].sum())
+    return {"kl_per_response": total / len(prompts), "kl_per_token": total / max(tokens, 1)}

@@ -68,7 +68,7 @@ from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
 from policy_io import check_finite, frozen, load_reference, load_sft_policy, method_headline, save_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
-from reward_model import load_reward_model
+from reward_scoring import load_reward_model
 from rl_common import (
     clipped_policy_loss,
     k3_kl,
@@ -86,6 +86,8 @@ from alignment_bars import (
     short_answers,
     user_question,
 )
+from reward_scoring import reward_of_responses
+from policy_io import sequence_kl
 
 
 @dataclass
@@ -185,33 +187,6 @@ def prompts_of(pairs) -> list:
             seen.add(key)
             out.append(p["prompt"])
     return out
-
-
-@torch.no_grad()
-def reward_of_responses(rm, prompts, responses, pad_id, device, batch_size=64) -> torch.Tensor:
-    """r_φ(x, y) for token-id prompts and responses: (N,)."""
-    scores = []
-    for i in range(0, len(prompts), batch_size):
-        b = rollout_batch(prompts[i : i + batch_size], responses[i : i + batch_size], pad_id, device)
-        scores.append(rm(b["ids"], b["lengths"]).float().cpu())
-    return torch.cat(scores)
-
-
-@torch.no_grad()
-def sequence_kl(policy, reference, tok, prompts, max_new_tokens, seed=0, batch_size=64) -> dict:
-    """KL(π ‖ π_ref) per response, estimated from one sample y ~ π per prompt (temperature 1):
-    Σ_t log π(y_t) − log π_ref(y_t), averaged over prompts (nats per response), and the same per token."""
-    device = next(policy.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    responses = sample_responses(policy, tok, prompts, 1, max_new_tokens, 1.0, g)
-    total, tokens = 0.0, 0
-    for i in range(0, len(prompts), batch_size):
-        b = rollout_batch(prompts[i : i + batch_size], responses[i : i + batch_size], pad_id_of(tok), device)
-        lp = response_log_probs(policy, b["x"], b["y"])["log_probs"]
-        ref = response_log_probs(reference, b["x"], b["y"])["log_probs"]
-        total += ((lp - ref) * b["mask"]).sum().item()
-        tokens += int(b["mask"].sum())
-    return {"kl_per_response": total / len(prompts), "kl_per_token": total / max(tokens, 1)}
 
 
 @torch.no_grad()

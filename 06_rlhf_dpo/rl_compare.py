@@ -64,11 +64,12 @@ from common.devices import resolve_device
 from common.outcome import make_bar
 from common.stats import win_rate_with_ties
 
-from grpo import arithmetic_eval, read_problems
+from arithmetic_task import arithmetic_eval, read_problems
 from policy_io import check_same_model, frozen, load_policy, load_sft_policy
-from ppo import reward_of_responses, sequence_kl
+from policy_io import sequence_kl
+from reward_scoring import reward_of_responses
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, read_preference_pairs
-from reward_model import length_rule_scores, load_reward_model, tie_scores
+from reward_scoring import length_rule_scores, load_reward_model, tie_scores
 from rollouts import check_rollout_fits, decode_responses, sample_responses
 from rule_judge import judge
 from alignment_bars import (

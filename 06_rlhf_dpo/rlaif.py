@@ -52,8 +52,8 @@ from sft_data import read_conversations  # 05_sft_lora
 from dpo import DPOConfig, plot as plot_dpo, train_preference
 from policy_io import frozen, load_reference, load_sft_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
-from ppo import reward_of_responses
-from reward_model import load_pairs, load_reward_model
+from reward_scoring import reward_of_responses
+from reward_scoring import load_pairs, load_reward_model
 from rollouts import check_rollout_fits, decode_responses, sample_responses
 from rule_judge import RULES, answers_by_question, judge
 

@@ -28,11 +28,13 @@ from common.runs import write_manifest
 from gpt import GPT, GPTConfig
 
 import dpo
+import arithmetic_task
 import grpo
 import policy_io
 import ppo
 import preference_data
 import reward_model
+import reward_scoring
 import rl_compare
 import rlaif
 import rollouts
@@ -261,15 +263,17 @@ def test_rule_judge_applies_each_rule_to_new_text():
 
 
 def test_arithmetic_reward_checks_the_last_number_and_the_format():
-    assert grpo.arithmetic_reward("The answer is 58.", 58) == {
+    assert arithmetic_task.arithmetic_reward("The answer is 58.", 58) == {
         "correct": True,
         "formatted": True,
         "reward": 1.5,
     }
-    assert grpo.arithmetic_reward("76 - 18 = 58", 58)["reward"] == 1.0  # right, not in the format
-    assert grpo.arithmetic_reward("The answer is 57.", 58, format_weight=0.25)["reward"] == 0.25
-    assert grpo.arithmetic_reward("58 or maybe 3", 58)["correct"] is False  # the *last* number counts
-    assert grpo.arithmetic_reward("no idea", 58)["reward"] == 0.0
+    assert arithmetic_task.arithmetic_reward("76 - 18 = 58", 58)["reward"] == 1.0  # right, not in the format
+    assert arithmetic_task.arithmetic_reward("The answer is 57.", 58, format_weight=0.25)["reward"] == 0.25
+    assert (
+        arithmetic_task.arithmetic_reward("58 or maybe 3", 58)["correct"] is False
+    )  # the *last* number counts
+    assert arithmetic_task.arithmetic_reward("no idea", 58)["reward"] == 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,16 +462,16 @@ def test_one_example_loss_is_log_2_against_itself_and_identical_pairs_are_skippe
 
 def test_reward_model_bar_counts_ties_as_half_and_must_clear_the_strongest_baseline(micro_tok):
     encoded = micro_encoded(micro_tok, PEOPLE[:4])
-    assert reward_model.tie_scores([2, 1, 1], [1, 1, 2]) == [1.0, 0.5, 0.0]
-    length = reward_model.summarize_scores(reward_model.length_rule_scores(encoded), encoded)
+    assert reward_scoring.tie_scores([2, 1, 1], [1, 1, 2]) == [1.0, 0.5, 0.0]
+    length = reward_scoring.summarize_scores(reward_scoring.length_rule_scores(encoded), encoded)
     # the rude and rambling replies of the micro pairs are longer than the chosen answer
     assert length["per_rule"]["helpful_vs_rude"]["accuracy"] == 1.0
-    perfect = reward_model.summarize_scores([1.0] * 300, [{"rule": "r"}] * 300)
-    at_baseline = reward_model.summarize_scores([1.0] * 240 + [0.0] * 60, [{"rule": "r"}] * 300)
+    perfect = reward_scoring.summarize_scores([1.0] * 300, [{"rule": "r"}] * 300)
+    at_baseline = reward_scoring.summarize_scores([1.0] * 240 + [0.0] * 60, [{"rule": "r"}] * 300)
     baselines = {"prefer the shorter response": {**at_baseline, "accuracy": 0.8}}
     assert reward_model.reward_model_bar(perfect, baselines)["passed"]
     assert not reward_model.reward_model_bar(at_baseline, baselines)["passed"]  # equal to it is not better
-    ties = reward_model.summarize_scores([0.5] * 300, [{"rule": "r"}] * 300)  # a zero head: every pair tied
+    ties = reward_scoring.summarize_scores([0.5] * 300, [{"rule": "r"}] * 300)  # a zero head: every pair tied
     assert ties["accuracy"] == 0.5 and not reward_model.reward_model_bar(ties, {"none": ties})["passed"]
 
 
@@ -714,9 +718,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
     other_tok.save(tmp_path / "tok2")
     write_manifest(tmp_path / "tok2", stage="02_tokenizer", command="(test)", config={})
     policy_io.save_policy(tmp_path / "other_tok.pt", micro_model(micro_tok), tmp_path / "tok2")
-    nan_rm = reward_model.RewardModel(micro_model(micro_tok))
+    nan_rm = reward_scoring.RewardModel(micro_model(micro_tok))
     torch.nn.init.constant_(nan_rm.head.bias, float("nan"))
-    reward_model.save_reward_model(tmp_path / "nan_rm.pt", nan_rm, run / "tokenizer")
+    reward_scoring.save_reward_model(tmp_path / "nan_rm.pt", nan_rm, run / "tokenizer")
     script = {m: m for m in ("dpo", "grpo", "ppo", "rlaif", "rl_compare")}
     r = ["--run", str(run)]
     cases = {  # name: (argv, what the one line must say)

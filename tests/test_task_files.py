@@ -8,7 +8,7 @@ import pytest
 from common.cli import UserError
 from common.files import read_jsonl
 from fact_recall import load_probes
-from grpo import read_problems
+from arithmetic_task import read_problems
 from preference_data import read_hh_pairs, read_preference_pairs
 from sft_data import read_conversations
 
