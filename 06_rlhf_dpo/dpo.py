@@ -1,79 +1,80 @@
-"""DPO and its family (IPO, SimPO): learn from preference pairs directly, with no reward model and no sampling.
+"""DPO for factuality (and IPO, SimPO): prefer the SFT model's own correct answers over its wrong ones.
 
     python 06_rlhf_dpo/dpo.py --run runs/tiny                   # DPO, writes runs/tiny/dpo/
     python 06_rlhf_dpo/dpo.py --run runs/tiny --loss ipo        # writes runs/tiny/ipo/
     python 06_rlhf_dpo/dpo.py --run runs/tiny --loss simpo      # writes runs/tiny/simpo/
+    python 06_rlhf_dpo/dpo.py --run runs/tiny --pairs style --out runs/tiny/dpo_style   # the old pairs
 
-Reads runs/<name>/sft/ (05) and data/tasks/preference_{train,heldout}.jsonl (01); writes
-runs/<name>/<loss>/: ckpt.pt, outcome.json, metrics.jsonl, <loss>.png, manifest.json.
+Reads runs/<name>/sft/ (05) and 01's task files: sft_{train,heldout}.jsonl (questions and the world's
+answers) and preference_{train,heldout}.jsonl (templated style pairs); writes runs/<name>/<loss>/:
+ckpt.pt, outcome.json, pairs.jsonl (the pairs it trained on), metrics.jsonl, <loss>.png, manifest.json.
 
-With π_θ the policy, π_ref the frozen SFT model, y_w ≻ y_l a pair and log π(y) = Σ_t log π(y_t | x, y_<t)
-(05's masked_logprob_sum over the response and its <|end|>):
+The recipe of Tian et al. (2023), "Fine-tuning Language Models for Factuality":
+1. pairs (factual_pairs.py): for each TRAINING-half question, sample --samples answers from the SFT
+   model at --temperature, judge each against the task file's answer, pair a correct with a wrong one;
+2. train the policy (a copy of the SFT model) on them with DPO, IPO or SimPO (preference_training.py,
+   the math there), the frozen SFT model as π_ref;
+3. judge on the HELD-OUT half (people whose QA was never trained on): greedy answers, error rate
+   1 − answer accuracy (the fact is stated; the bar) and 1 − exact match (reported beside it).
 
-    DPO    L = −log σ(β[(log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))])
-    IPO    L = (h − 1/(2β))²,   h = (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))
-    SimPO  L = −log σ(β/|y_w| · log π_θ(y_w) − β/|y_l| · log π_θ(y_l) − γ)     (no reference; per-token mean)
+The bar (factuality.py): the held-out error rate's relative reduction against the stronger of the SFT
+model and the majority answer, ≥ 0.30 with a paired 95 % bootstrap interval wholly above 0. Beside it,
+measured and reported, never judged: the KL from SFT on held-out questions (policy_io.sequence_kl, nats
+per sampled answer), the training half's error rate, and a sanity check - pair accuracy on the
+held-out style pairs (rude, rambling), length-balanced so "prefer the shorter" scores exactly 1/2.
 
-DPO's implicit reward is r(x, y) = β log π_θ(y)/π_ref(y) (SimPO's: β/|y| log π_θ(y)); the logged reward
-margin is r(y_w) − r(y_l) and the reward accuracy P(r(y_w) > r(y_l)). π_ref never changes, so its
-log-probs are computed once for every pair and cached (preference_data.cached_log_probs).
-
-The bar (outcome.json "bar", alignment_bars.py): pair accuracy (log π(y_w) > log π(y_l), ties 1/2) on the
-held-out pairs that carry information - correct_fact, where chosen and rejected differ only in the fact;
-an SFT model already ranks nearly every rude or rambling reply below its own kind of answer - after
-training minus the stronger of SFT's and the length rule's, paired, 95 % interval above 0. The implicit-
-reward accuracy starts at 1/2 because every pair ties (π = π_ref; a tie counts 1/2); it is logged, not judged.
+--pairs style trains on the templated style pairs instead (the pipeline's old DPO): a control for the
+factual bar, which it should not pass.
 
 Interview questions it answers:
-- Which preference pairs carry information? (those the starting model does not already rank right)
+- Which preference pairs carry information? (those the starting model does not already rank right: the
+  templated rude/rambling pairs start at 0.99 pair accuracy after SFT; the model's own wrong answers are
+  exactly where it is unsure)
 - Where does DPO come from? (the KL-regularized RL objective max E[r] − β KL(π‖π_ref) has the closed-form
   optimum π* ∝ π_ref·exp(r/β), so r = β log π*/π_ref + const; putting that r into Bradley–Terry gives a
   loss on π alone, the constant cancelling in the difference)
-- What is DPO's loss when π_θ = π_ref? (−log σ(0) = log 2, for every pair: `preference_loss`)
-- Why IPO? (DPO keeps pushing h → ∞ on pairs it already ranks right - with deterministic preferences it
-  overfits and drifts far from π_ref; IPO regresses h to a finite target 1/(2β))
-- What does SimPO change? (no reference model: the length-normalized log-prob is the reward, which
-  removes DPO's bias towards longer responses, and a margin γ asks for a clear gap)
-- Why can DPO lower the chosen response's log-prob too? (only the difference is trained; both often
-  fall, the rejected faster: the logged chosen/rejected rewards show it)
+- How can preference tuning make a model more factual without new facts? (it moves probability towards
+  answers the model already gives sometimes: sharpening knowledge stored in pretraining; a fact never
+  sampled right gives no pair)
+- Why measure the KL from SFT? (DPO's optimum stays close to π_ref only through β; a large KL with a small
+  gain means the policy drifted, e.g. into shorter or degenerate answers)
 """
 
 import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
-from common.cli import (
-    UserError,
-    check_config,
-    command_line,
-    option,
-    parse_config,
-    run_cli,
-    set_interrupt_hint,
-)
-from common.files import pyplot, save_figure, write_json, write_jsonl
+sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
+from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
+from common.devices import resolve_device
+from common.files import write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import fresh_output, write_manifest
-from common.devices import resolve_device
-from divergence import DivergenceGuard  # 03_model
-from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
+from chat_template import encode_prompt  # 05_sft_lora
 
-from policy_io import load_reference, load_sft_policy, method_headline, save_policy
-from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
+from alignment_bars import INFORMATIVE_RULES
+from factual_pairs import length_balanced, on_policy_pairs, qa_records, question_of
+from factuality import GOAL, error_summary, fact_scores, majority_scores, reduction_bar
+from policy_io import load_reference, load_sft_policy, sequence_kl
+from preference_data import cached_log_probs, encode_pairs, pad_id_of
+from preference_training import (  # noqa: F401 (rlaif.py and the tests read them from here)
+    DEFAULT_BETA,
+    LOSSES,
+    beta_of,
+    one_example_loss,
+    plot,
+    preference_loss,
+    train_preference,
+)
 from reward_scoring import length_rule_scores, load_pairs, tie_scores
-from alignment_bars import INFORMATIVE_RULES, informative, paired_bar
 
-LOSSES = ("dpo", "ipo", "simpo")
-DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0}
+PAIR_SOURCES = ("factual", "style")
 
 
 @dataclass
@@ -81,8 +82,32 @@ class DPOConfig:
     run: str = option("", "run folder runs/<name>: reads sft/ (05) and data/tasks/ (01)")
     out: str = option("", "output folder; empty = <run>/<loss>")
     loss: str = option("dpo", "which member of the family", choices=LOSSES)
-    train_file: str = option("", "preference JSONL; empty = <run>/data/tasks/preference_train.jsonl")
-    heldout_file: str = option("", "held-out pairs; empty = <run>/data/tasks/preference_heldout.jsonl")
+    pairs: str = option(
+        "factual",
+        "training pairs: factual = the SFT model's own answers to training-half questions, correct ≻ wrong; "
+        "style = the templated pairs of --train-file (a control)",
+        choices=PAIR_SOURCES,
+    )
+    qa_train_file: str = option(
+        "", "questions + answers to sample pairs for; empty = <run>/data/tasks/sft_train.jsonl"
+    )
+    qa_heldout_file: str = option(
+        "", "held-out questions (the bar); empty = <run>/data/tasks/sft_heldout.jsonl"
+    )
+    train_file: str = option(
+        "", "style pairs JSONL (given: trains on it, as --pairs style); empty = preference_train.jsonl"
+    )
+    heldout_file: str = option(
+        "", "held-out style pairs (the sanity check); empty = preference_heldout.jsonl"
+    )
+    samples: int = option(8, "answers sampled per training question", min=2)
+    temperature: float = option(1.0, "sampling temperature of those answers (> 0)", min=0.01)
+    pairs_per_prompt: int = option(4, "most pairs kept per question", min=1)
+    max_new_tokens: int = option(16, "longest sampled or greedy answer", min=1)
+    limit: int = option(0, "training questions sampled (0 = all)", min=0)
+    gold_chosen: bool = option(
+        False, "a question with no correct sample pairs the task file's answer with a wrong one (off-policy)"
+    )
     reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
     beta: float = option(
         0.0, "β; 0 = the loss's default " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_BETA.items()), min=0.0
@@ -92,13 +117,18 @@ class DPOConfig:
     batch_size: int = option(16, "pairs per step", min=1)
     lr: float = option(5e-5, "AdamW learning rate", min=0.0)
     eval_interval: int = option(20, "steps between held-out evaluations (and checkpoints)", min=1)
-    seed: int = option(1337, "seed for the pair order")
+    seed: int = option(1337, "seed for the samples and the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
-PRESETS = {"tiny": {}, "micro": dict(steps=3, batch_size=4, eval_interval=3)}
+PRESETS = {
+    "tiny": {},
+    "micro": dict(
+        steps=3, batch_size=4, eval_interval=3, samples=2, max_new_tokens=8, limit=8, gold_chosen=True
+    ),
+}
 
 
 def check_dpo_config(cfg: DPOConfig):
@@ -107,259 +137,134 @@ def check_dpo_config(cfg: DPOConfig):
         raise UserError("pass --run runs/<name> (the folder 05_sft_lora wrote sft/ into)")
 
 
-def beta_of(cfg) -> float:
-    return cfg.beta or DEFAULT_BETA[cfg.loss]
+# ----------------------------------------------------------------------------- the pairs
 
 
-# ----------------------------------------------------------------------------- the loss
-
-
-def preference_loss(
-    loss_type, beta, policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, gamma=0.0
-):
-    """Per-pair losses (B,) and implicit rewards (chosen (B,), rejected (B,)), formulas in the docstring.
-
-    dpo, ipo: policy_*/ref_* are summed log-probs log π(y | x). simpo: policy_* are per-token means
-    (masked_logprob_mean) and the reference is not used."""
-    # >>> exercise: r = beta·(log pi − log pi_ref); DPO −log σ(r_c − r_r); IPO (h − 1/(2 beta))² on the log-ratios h; SimPO −log σ(r_c − r_r − gamma), r = beta·mean log pi
-    if loss_type == "simpo":
-        chosen_rewards, rejected_rewards = beta * policy_chosen, beta * policy_rejected
-        losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
-    else:
-        chosen_logratio, rejected_logratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
-        chosen_rewards, rejected_rewards = beta * chosen_logratio, beta * rejected_logratio
-        if loss_type == "dpo":
-            losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
-        elif loss_type == "ipo":
-            losses = (chosen_logratio - rejected_logratio - 1 / (2 * beta)) ** 2
-        else:
-            raise ValueError(f"unknown preference loss {loss_type!r}; one of {LOSSES}")
-    return losses, chosen_rewards.detach(), rejected_rewards.detach()
-    # <<< exercise
-
-
-def batch_loss(policy, encoded, ref, cfg, pad_id, device):
-    """(mean loss, chosen rewards, rejected rewards, policy sums) for encoded pairs; `ref` holds their
-    cached reference log-probs ("chosen_sum", "rejected_sum")."""
-    x, y, _, _ = pair_batch(encoded, pad_id, device)
-    sums, means = sequence_log_probs(policy, x, y)
-    B = len(encoded)
-    if cfg.loss == "simpo":
-        losses, rc, rr = preference_loss("simpo", beta_of(cfg), means[:B], means[B:], gamma=cfg.simpo_gamma)
-    else:
-        losses, rc, rr = preference_loss(
-            cfg.loss,
-            beta_of(cfg),
-            sums[:B],
-            sums[B:],
-            ref["chosen_sum"].to(device),
-            ref["rejected_sum"].to(device),
+def factual_training_pairs(policy, tok, questions, held, cfg, block_size) -> dict:
+    """On-policy factual pairs for the training questions (and, to log the implicit reward on, for the
+    held-out ones: never trained on), encoded; a UserError when no training question yields one."""
+    t0 = time.time()
+    pairs, stats = on_policy_pairs(policy, tok, questions, cfg, cfg.seed, cfg.gold_chosen)
+    held_pairs, held_stats = on_policy_pairs(policy, tok, held, cfg, cfg.seed + 1, cfg.gold_chosen)
+    train, too_long = encode_pairs(tok, pairs, block_size)
+    heldout, _ = encode_pairs(tok, held_pairs, block_size)
+    if not train:
+        raise UserError(
+            f"no training question yielded a correct and a wrong answer ({stats['with_pair']} of "
+            f"{stats['questions']}: {stats['all_correct']} all correct, {stats['all_wrong']} all wrong); "
+            "raise --samples or --temperature, or pass --gold-chosen"
         )
-    return losses.mean(), rc, rr, sums.detach()
+    stats.update(too_long=too_long, seconds=time.time() - t0)
+    return {"train": train, "texts": pairs, "stats": stats, "heldout": heldout, "heldout_stats": held_stats}
 
 
-def one_example_loss(
-    policy, reference, tok, beta, prompt, chosen, rejected, loss_type="dpo", gamma=0.0
-) -> dict:
-    """The loss of one pair, every intermediate number shown, for checking a single example by hand:
-
-        one_example_loss(policy, reference, tok, 0.1, "Where does Noin Marora live?",
-                         "Noin Marora lives in Calinwi.", "Ugh, stop bothering me with this.")
-    prompt: a string (one user turn) or chat turns."""
-    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    (enc,), _ = encode_pairs(
-        tok, [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "rule": "-"}], float("inf")
-    )
-    device = next(policy.parameters()).device
-    x, y, _, _ = pair_batch([enc], pad_id_of(tok), device)
-    with torch.no_grad():
-        ps, pm = sequence_log_probs(policy, x, y)
-        rs, rm = sequence_log_probs(reference, x, y)
-    if loss_type == "simpo":
-        loss, rc, rr = preference_loss("simpo", beta, pm[:1], pm[1:], gamma=gamma)
-    else:
-        loss, rc, rr = preference_loss(loss_type, beta, ps[:1], ps[1:], rs[:1], rs[1:])
-    return {
-        "loss": loss.item(),
-        "policy_chosen": ps[0].item(),
-        "policy_rejected": ps[1].item(),
-        "reference_chosen": rs[0].item(),
-        "reference_rejected": rs[1].item(),
-        "policy_chosen_mean": pm[0].item(),
-        "policy_rejected_mean": pm[1].item(),
-        "chosen_reward": rc.item(),
-        "rejected_reward": rr.item(),
-        "reward_margin": (rc - rr).item(),
-    }
+def sanity_pairs(style_heldout, seed) -> list:
+    """The held-out style pairs (every rule but the fact's), length-balanced by tokens."""
+    style = [e for e in style_heldout if e["rule"] not in INFORMATIVE_RULES]
+    return length_balanced(style, "chosen_ids", "rejected_ids", seed)
 
 
-# ----------------------------------------------------------------------------- training and evaluation
+def pair_ranks(model, encoded, key, pad, device) -> list:
+    """Per pair 1 / 1/2 / 0 as the model scores chosen >, =, < rejected (key: "sum" or "mean" log-prob)."""
+    if not encoded:
+        return []
+    lp = cached_log_probs(model, encoded, pad, device=device)
+    return tie_scores(lp[f"chosen_{key}"].tolist(), lp[f"rejected_{key}"].tolist())
 
 
-def tie_share(better, worse) -> float:
-    """Share of pairs with better > worse, a tie counting 1/2 (no preference is not a wrong one)."""
-    return ((better > worse).float() + 0.5 * (better == worse).float()).mean().item()
+def share(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
 
 
-@torch.no_grad()
-def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) -> dict:
-    """Mean loss, implicit reward accuracy and margin, mean chosen/rejected rewards, and how often the
-    policy itself gives the chosen response the higher log-prob (log π(y_w) > log π(y_l)), on `encoded`."""
-    was = policy.training
-    policy.eval()
-    losses, rc_all, rr_all, sums = [], [], [], []
-    for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i : i + batch_size]
-        part = {k: v[i : i + batch_size] for k, v in ref.items()}
-        loss, rc, rr, s = batch_loss(policy, chunk, part, cfg, pad_id, device)
-        losses.append(loss.item() * len(chunk))
-        rc_all.append(rc.cpu())
-        rr_all.append(rr.cpu())
-        sums.append(torch.stack([s[: len(chunk)], s[len(chunk) :]], 1).cpu())
-    policy.train(was)
-    rc, rr, s = torch.cat(rc_all), torch.cat(rr_all), torch.cat(sums)
-    return {
-        "loss": sum(losses) / len(encoded),
-        "reward_accuracy": tie_share(rc, rr),  # 1/2 at the start: π = π_ref ties every pair
-        "reward_margin": (rc - rr).mean().item(),
-        "chosen_reward": rc.mean().item(),
-        "rejected_reward": rr.mean().item(),
-        "logp_margin": (s[:, 0] - s[:, 1]).mean().item(),
-        "ranks_chosen": tie_share(s[:, 0], s[:, 1]),
-        "n": len(encoded),
-    }
-
-
-def reference_cache(reference, encoded, cfg, pad_id, device) -> dict:
-    """The reference log-probs of every pair, once (SimPO has no reference: zeros, never read)."""
-    if cfg.loss == "simpo":
-        zeros = torch.zeros(len(encoded))
-        return {"chosen_sum": zeros, "rejected_sum": zeros}
-    cache = cached_log_probs(reference, encoded, pad_id, device=device)
-    return {"chosen_sum": cache["chosen_sum"], "rejected_sum": cache["rejected_sum"]}
-
-
-def train_preference(
-    policy, reference, train, heldout, cfg: DPOConfig, pad_id, device, out=None, tokenizer_dir=None, log=print
-) -> list:
-    """DPO/IPO/SimPO steps on encoded pairs; every eval_interval steps a held-out evaluation and (with `out`)
-    a checkpoint out/ckpt.pt. Returns the log records."""
-    ref_train = reference_cache(reference, train, cfg, pad_id, device)
-    ref_held = reference_cache(reference, heldout, cfg, pad_id, device)
-    opt = make_optimizer("adamw", param_groups(policy, 0.0), cfg.lr, (0.9, 0.95))
-    rng = random.Random(cfg.seed)
-    order, records, t0 = [], [], time.time()
-    ckpt = Path(out) / "ckpt.pt" if out else None
-    records.append(
-        {
-            "step": 0,
-            **{
-                f"heldout_{k}": v
-                for k, v in preference_eval(policy, heldout, ref_held, cfg, pad_id, device).items()
-            },
-        }
-    )
-    policy.train()
-    guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})")
-    for step in range(1, cfg.steps + 1):
-        set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
-        if len(order) < cfg.batch_size:
-            order += rng.sample(range(len(train)), len(train))
-        idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        loss, rc, rr, _ = batch_loss(
-            policy, [train[i] for i in idx], {k: v[idx] for k, v in ref_train.items()}, cfg, pad_id, device
-        )
-        loss.backward()
-        grad_norm = clip_grad_norm([p for p in policy.parameters() if p.requires_grad], 1.0)
-        guard.check(step, loss, grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        records.append(
-            {
-                "step": step,
-                "loss": loss.item(),
-                "reward_accuracy": tie_share(rc, rr),
-                "reward_margin": (rc - rr).mean().item(),
-                "chosen_reward": rc.mean().item(),
-                "rejected_reward": rr.mean().item(),
-                "grad_norm": float(grad_norm),
-            }
-        )
-        if step % cfg.eval_interval == 0 or step == cfg.steps:
-            ev = preference_eval(policy, heldout, ref_held, cfg, pad_id, device)
-            records.append({"step": step, **{f"heldout_{k}": v for k, v in ev.items()}})
-            log(
-                f"step {step}/{cfg.steps} | loss {loss.item():.4f} | held-out reward accuracy {ev['reward_accuracy']:.3f} "
-                f"margin {ev['reward_margin']:+.3f} | {time.time() - t0:.0f}s"
-            )
-            if ckpt:
-                save_policy(ckpt, policy, tokenizer_dir, step=step, method=cfg.loss)
-    policy.eval()
-    return records
-
-
-def plot(records, cfg, path):
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    tr = [r for r in records if "loss" in r]
-    ax1.plot([r["step"] for r in tr], [r["loss"] for r in tr], lw=1, label="train loss")
-    ax1.set(xlabel="step", ylabel="loss", title=f"{cfg.loss.upper()} (β={beta_of(cfg):g})")
-    ax1.legend()
-    ev = [r for r in records if "heldout_reward_margin" in r]
-    steps = [r["step"] for r in ev]
-    ax2.plot(steps, [r["heldout_chosen_reward"] for r in ev], "o-", label="chosen reward")
-    ax2.plot(steps, [r["heldout_rejected_reward"] for r in ev], "o-", label="rejected reward")
-    ax2.plot(steps, [r["heldout_reward_margin"] for r in ev], "o-", label="margin")
-    ax2.set(xlabel="step", ylabel="implicit reward (held-out mean)", title="held-out pairs")
-    ax2.legend()
-    save_figure(fig, path)
+# ----------------------------------------------------------------------------- the run
 
 
 def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
-    """Train one of DPO/IPO/SimPO and write <out>/ (module docstring); returns the outcome."""
+    """Build the pairs, train one of DPO/IPO/SimPO, measure, write <out>/ (module docstring); returns the outcome."""
     check_dpo_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out else run / cfg.loss
+    source = "style" if cfg.train_file else cfg.pairs
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
-    pad = pad_id_of(tok)
-    train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
+    pad, block = pad_id_of(tok), policy.cfg.block_size
+    qa_train_path = task_file(run, cfg.qa_train_file, "sft_train.jsonl")
+    qa_held_path = task_file(run, cfg.qa_heldout_file, "sft_heldout.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
-    train = load_pairs(tok, train_path, policy.cfg.block_size, "train")
-    heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
+    qa_train, qa_held = qa_records(qa_train_path), qa_records(qa_held_path)
+    questions = qa_train[: cfg.limit] if cfg.limit else qa_train
+    style_held = load_pairs(tok, held_path, block, "held-out style")
+    sanity = sanity_pairs(style_held, cfg.seed)
     torch.manual_seed(cfg.seed)
-    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
-        key = "mean" if cfg.loss == "simpo" else "sum"  # the score the loss trains
-        ranks = lambda m: tie_scores(
-            *(
-                cached_log_probs(m, heldout, pad, device=device)[f"{w}_{key}"].tolist()
-                for w in ("chosen", "rejected")
-            )
+    policy.eval()
+    if source == "factual":
+        made = factual_training_pairs(policy, tok, questions, qa_held, cfg, block)
+        train, texts, pair_stats = made["train"], made["texts"], made["stats"]
+        log_pairs = made["heldout"] or sanity or style_held  # what the training log evaluates
+        print(
+            f"factual pairs: {pair_stats['with_pair']} of {pair_stats['questions']} training questions yield "
+            f"a pair ({pair_stats['all_correct']} all correct, {pair_stats['all_wrong']} all wrong), "
+            f"{len(train)} pairs; sample accuracy {pair_stats['sample_accuracy']:.3f}; "
+            f"{pair_stats['seconds']:.0f}s"
         )
-        before_ranks = ranks(policy)  # the policy is still the SFT model
+        train_path = None
+    else:
+        train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
+        train, texts, pair_stats = load_pairs(tok, train_path, block, "train"), None, None
+        log_pairs = style_held
+    key = "mean" if cfg.loss == "simpo" else "sum"  # the score the loss trains
+    sft_held = fact_scores(policy, tok, qa_held, cfg.max_new_tokens)  # the policy is still the SFT model
+    sft_train = fact_scores(policy, tok, questions, cfg.max_new_tokens)
+    majority = majority_scores(qa_held, qa_train)
+    sanity_before = pair_ranks(policy, sanity, key, pad, device)
+    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         t0 = time.time()
         records = train_preference(
-            policy, reference, train, heldout, cfg, pad, device, tmp, RunLayout(run).tokenizer
+            policy, reference, train, log_pairs, cfg, pad, device, tmp, RunLayout(run).tokenizer
         )
         train_s = time.time() - t0
+        name = cfg.loss.upper()
+        tuned_held = fact_scores(policy, tok, qa_held, cfg.max_new_tokens)
+        tuned_train = fact_scores(policy, tok, questions, cfg.max_new_tokens)
+        prompts = [encode_prompt(tok, question_of(r)) for r in qa_held]
+        kl = sequence_kl(policy, reference, tok, prompts, cfg.max_new_tokens, seed=cfg.seed)
+        bars = [
+            reduction_bar(
+                METRIC_NAMES[m],
+                name,
+                tuned_held[m],
+                {"SFT": sft_held[m], "majority answer": majority[m]},
+                note=f"{source} pairs; KL from SFT {kl['kl_per_response']:.3f} nats per answer",
+            )
+            for m in ("answer_acc", "exact_match")
+        ]
         ev = [r for r in records if "heldout_loss" in r]
-        idx = informative(heldout)
-        pick = lambda xs: [xs[i] for i in idx]
         outcome = {
-            "bar": paired_bar(
-                f"held-out pair accuracy on the informative pairs (log π(y_w) > log π(y_l) by {key}, ties 1/2)",
-                cfg.loss.upper(),
-                pick(ranks(policy)),
-                {
-                    "SFT (before training)": pick(before_ranks),
-                    "prefer the shorter response": pick(length_rule_scores(heldout)),
-                },
-                note=f"{len(idx)} of {len(heldout)} held-out pairs carry information (rules "
-                f"{', '.join(INFORMATIVE_RULES)}: chosen and rejected differ only in the fact); SFT on all "
-                f"pairs: {sum(before_ranks) / len(before_ranks):.3f}",
-            ),
+            "bar": bars[0],
+            "bars": bars,
+            "pairs": source,
             "loss": cfg.loss,
             "beta": beta_of(cfg),
+            "goal": GOAL,
+            "heldout_error": {
+                who: {METRIC_NAMES[m]: error_summary(s[m]) for m in METRIC_NAMES}
+                for who, s in (("SFT", sft_held), ("majority answer", majority), (name, tuned_held))
+            },
+            "train_half_error": {
+                who: {METRIC_NAMES[m]: error_summary(s[m]) for m in METRIC_NAMES}
+                for who, s in (("SFT", sft_train), (name, tuned_train))
+            },
+            "kl_from_sft": kl,
+            "pair_stats": pair_stats,
+            "heldout_pair_stats": made["heldout_stats"] if source == "factual" else None,
+            "sanity_style_pairs": {
+                "what": "held-out style pairs (rude, rambling), length-balanced: pair accuracy by "
+                f"{key} log-prob, ties 1/2; a sanity check, not the bar",
+                "n": len(sanity),
+                "prefer the shorter response": share(length_rule_scores(sanity)),
+                "SFT": share(sanity_before),
+                name: share(pair_ranks(policy, sanity, key, pad, device)),
+            },
             "heldout_before": ev[0],
             "heldout_after": ev[-1],
             "train_pairs": len(train),
@@ -368,42 +273,84 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             "device": device,
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
+        outcome["headline"] = headline(outcome, name)
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome["headline"] = method_headline("dpo", outcome)  # leads with the bar, paired_bar's
+        write_jsonl(tmp / "answers.jsonl", answer_rows(qa_held, sft_held, tuned_held, name))
+        if texts is not None:
+            write_jsonl(tmp / "pairs.jsonl", texts)
         write_json(tmp / "outcome.json", outcome)
         plot(records, cfg, tmp / f"{cfg.loss}.png")
-        inputs = [
-            RunLayout(run).sft,
-            *[
-                p if given else RunLayout(run).data
-                for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
-            ],
-        ]
+        given = [(p, g) for p, g in ((qa_train_path, cfg.qa_train_file), (qa_held_path, cfg.qa_heldout_file))]
+        given += [(held_path, cfg.heldout_file)] + ([(train_path, cfg.train_file)] if train_path else [])
+        inputs = [RunLayout(run).sft] + sorted({str(p if g else RunLayout(run).data) for p, g in given})
         write_manifest(
             tmp,
             stage="06_rlhf_dpo",
             command=command_line(__file__, argv),
             config=asdict(cfg),
-            inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
+            inputs=[Path(p) for p in inputs] + ([Path(cfg.reference)] if cfg.reference else []),
         )
     report(outcome, out)
     return outcome
 
 
+METRIC_NAMES = {"answer_acc": "answer accuracy", "exact_match": "exact match"}
+
+
+def answer_rows(held, before, after, name) -> list:
+    """One row per held-out question: the truth, SFT's greedy answer and the tuned model's, each judged."""
+    return [
+        {
+            "question": r["messages"][-2]["content"],
+            "answer": r["answer"],
+            "SFT": before["answers"][i],
+            "SFT_correct": before["answer_acc"][i],
+            name: after["answers"][i],
+            f"{name}_correct": after["answer_acc"][i],
+        }
+        for i, r in enumerate(held)
+    ]
+
+
+def headline(o, name) -> str:
+    b, em = o["bars"]
+    lo, hi = b["interval"]
+    err = o["heldout_error"]
+    return (
+        f"held-out answer error rate {err['SFT']['answer accuracy']['error_rate']:.3f} (SFT) -> "
+        f"{err[name]['answer accuracy']['error_rate']:.3f} ({name}): relative reduction {b['value']:+.3f} "
+        f"[{lo:+.3f}, {hi:+.3f}] against {b['baseline_name']} (goal >= {o['goal']:.2f}, n = {b['n']}); "
+        f"exact-match error {err['SFT']['exact match']['error_rate']:.3f} -> "
+        f"{err[name]['exact match']['error_rate']:.3f} ({em['value']:+.3f}); KL from SFT "
+        f"{o['kl_from_sft']['kl_per_response']:.2f} nats/answer; {o['train_pairs']} {o['pairs']} pairs"
+    )
+
+
 def report(o, out):
-    b, a = o["heldout_before"], o["heldout_after"]
+    name = o["loss"].upper()
+    print(f"{'held-out (n=' + str(o['bar']['n']) + ')':<22} {'answer error':>12} {'exact-match error':>18}")
+    for who, e in o["heldout_error"].items():
+        print(
+            f"{who:<22} {e['answer accuracy']['error_rate']:>12.3f} {e['exact match']['error_rate']:>18.3f}"
+        )
+    t = o["train_half_error"]
     print(
-        f"held-out pairs (n={a['heldout_n']}): reward accuracy {b['heldout_reward_accuracy']:.3f} -> "
-        f"{a['heldout_reward_accuracy']:.3f}, reward margin {b['heldout_reward_margin']:+.3f} -> "
-        f"{a['heldout_reward_margin']:+.3f}, log π(y_w) > log π(y_l) {b['heldout_ranks_chosen']:.3f} -> "
-        f"{a['heldout_ranks_chosen']:.3f}"
+        f"training half: answer error {t['SFT']['answer accuracy']['error_rate']:.3f} (SFT) -> "
+        f"{t[name]['answer accuracy']['error_rate']:.3f} ({name})"
     )
-    bar = o["bar"]
+    s = o["sanity_style_pairs"]
     print(
-        f"bar: {bar['metric']}: {bar['value']:+.3f} [{bar['interval'][0]:+.3f}, {bar['interval'][1]:+.3f}] "
-        f"vs {bar['baseline_name']} (n={bar['n']}): {'PASS' if bar['passed'] else 'FAIL'}; {bar['note']}"
+        f"sanity, style pairs (n={s['n']}, length-balanced): pair accuracy SFT {s['SFT']:.3f} -> "
+        f"{name} {s[name]:.3f}; length rule {s['prefer the shorter response']:.3f}"
     )
-    print(f"{o['loss']}: {o['steps']} steps in {o['train_s']:.0f}s; wrote {out}/")
+    for bar in o["bars"]:
+        lo, hi = bar["interval"]
+        print(
+            f"{'bar' if bar is o['bars'][0] else 'also'}: {bar['metric']}: {bar['value']:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}] (n={bar['n']}): {'PASS' if bar['passed'] else 'FAIL'}; {bar['note']}"
+        )
+    print(f"KL from SFT {o['kl_from_sft']['kl_per_response']:.3f} nats/answer")
+    print(f"{o['loss']}: {o['steps']} steps on {o['train_pairs']} pairs in {o['train_s']:.0f}s; wrote {out}/")
 
 
 def main(argv=None):

@@ -436,19 +436,36 @@ MUTANTS: dict[str, list[M]] = {
         M("t += len(xi)", "t += len(xi) - 1", "examples overlap by one position"),
     ],
     # --------------------------------------------------------------------------- 06_rlhf_dpo
-    "06_rlhf_dpo/dpo.py:preference_loss": [
+    "06_rlhf_dpo/preference_training.py:dpo_loss": [
         M(
-            "losses = -F.logsigmoid(chosen_rewards - rejected_rewards)\n",
-            "losses = -F.logsigmoid(rejected_rewards - chosen_rewards)\n",
+            "-F.logsigmoid(chosen_rewards - rejected_rewards)",
+            "-F.logsigmoid(rejected_rewards - chosen_rewards)",
             "DPO prefers the rejected answer",
         ),
-        M("1 / (2 * beta)", "1 / beta", "IPO's target margin is 1/(2β)"),
         M(
-            "policy_chosen - ref_chosen, policy_rejected - ref_rejected",
-            "policy_chosen - ref_rejected, policy_rejected - ref_chosen",
-            "reference log-probs of the other answer",
+            "beta * (policy_rejected - ref_rejected)",
+            "beta * (policy_rejected - ref_chosen)",
+            "reference log-prob of the other answer",
         ),
+        M(
+            "beta * (policy_chosen - ref_chosen)",
+            "(policy_chosen - ref_chosen)",
+            "forgets β on the chosen side",
+        ),
+    ],
+    "06_rlhf_dpo/preference_training.py:ipo_loss": [
+        M("1 / (2 * beta)", "1 / beta", "IPO's target margin is 1/(2β)"),
+        M(") ** 2", ").abs()", "an absolute, not a squared, regression"),
+        M(
+            "(chosen_logratio - rejected_logratio - 1",
+            "(beta * (chosen_logratio - rejected_logratio) - 1",
+            "β scales the log-ratio gap, which IPO regresses unscaled",
+        ),
+    ],
+    "06_rlhf_dpo/preference_training.py:simpo_loss": [
         M("rejected_rewards - gamma)", "rejected_rewards + gamma)", "SimPO's margin with the wrong sign"),
+        M("beta * policy_rejected_mean", "policy_rejected_mean", "forgets β on the rejected side"),
+        M("losses = -F.logsigmoid(", "losses = F.logsigmoid(", "maximizes the loss"),
     ],
     "06_rlhf_dpo/ppo.py:gae": [
         M("gamma * lam * next_mask * running", "gamma * next_mask * running", "forgets λ"),

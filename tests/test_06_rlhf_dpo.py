@@ -359,6 +359,16 @@ def micro_run(tmp_path_factory, micro_tok):
     write_jsonl(tasks / "preference_heldout.jsonl", micro_pairs(PEOPLE[9:]))
     write_jsonl(tasks / "arithmetic_train.jsonl", micro_problems(1, 24))
     write_jsonl(tasks / "arithmetic_heldout.jsonl", micro_problems(2, 6))
+    write_jsonl(  # the training half's questions, which dpo.py samples its factual pairs for
+        tasks / "sft_train.jsonl",
+        [
+            {
+                "messages": [p["prompt"][0], {"role": "assistant", "content": p["chosen"]}],
+                "answer": p["chosen"].split()[-1].rstrip("."),
+            }
+            for p in micro_pairs(PEOPLE[:9])[::3]
+        ],
+    )
     write_jsonl(
         tasks / "sft_heldout.jsonl",
         [
@@ -542,9 +552,9 @@ def test_a_reward_model_trained_on_shuffled_labels_fails_its_bar(micro_run, tmp_
 
 METHOD_ARGV = {  # folder: (module, argv after --run); steps as few as still exercise every branch
     "rm": (reward_model, ["--steps", "3", "--batch-size", "4", "--eval-interval", "2", "--hh-file", "none"]),
-    "dpo": (dpo, ["--steps", "3", "--batch-size", "4", "--eval-interval", "2"]),
-    "ipo": (dpo, ["--loss", "ipo", "--steps", "2", "--batch-size", "4"]),
-    "simpo": (dpo, ["--loss", "simpo", "--steps", "2", "--batch-size", "4"]),
+    "dpo": (dpo, ["--steps", "3", "--batch-size", "4", "--eval-interval", "2", "--gold-chosen"]),
+    "ipo": (dpo, ["--loss", "ipo", "--steps", "2", "--batch-size", "4", "--gold-chosen"]),
+    "simpo": (dpo, ["--loss", "simpo", "--steps", "2", "--batch-size", "4", "--pairs", "style"]),
     "grpo": (
         grpo,
         [
@@ -622,7 +632,14 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
         assert set(o["baselines"]) == {"prefer the shorter response", "untrained model (random weights)"}
         assert o["bar"]["passed"] in (True, False) and o["bar"]["n"] == 9
     elif name in ("dpo", "ipo", "simpo", "rlaif"):
-        assert o["heldout_before"]["heldout_n"] == 9 and math.isfinite(o["heldout_after"]["heldout_loss"])
+        assert math.isfinite(o["heldout_after"]["heldout_loss"])
+        if name in ("simpo", "rlaif"):  # trained on style pairs, logged on the 9 held-out style pairs
+            assert o["heldout_before"]["heldout_n"] == 9
+        else:  # factual pairs: the bar is the held-out error rate, with the KL from SFT beside it
+            assert (
+                o["pairs"] == "factual" and o["bar"]["n"] == len(PEOPLE) and (out / "pairs.jsonl").is_file()
+            )
+            assert o["bar"]["passed"] in (True, False) and math.isfinite(o["kl_from_sft"]["kl_per_response"])
         if name != "simpo":
             assert o["heldout_before"]["heldout_reward_margin"] == 0  # policy = reference before training
     elif name == "grpo":
@@ -752,6 +769,10 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
             r"d\.jsonl:1: the prompt ends with a assistant",
         ),
         "unknown loss": ([script["dpo"], *r, "--loss", "kto"], r"invalid choice"),
+        "no factual pair": (  # the untrained micro model never samples a right answer
+            [script["dpo"], *r, "--samples", "2", "--max-new-tokens", "6"],
+            r"no training question yielded a correct and a wrong answer .* or pass --gold-chosen",
+        ),
         "reference config": (
             [script["dpo"], *r, "--reference", str(tmp_path / "wider.pt")],
             r"is not the policy's model \(n_embd",
