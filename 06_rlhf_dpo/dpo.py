@@ -7,7 +7,9 @@
 
 Reads runs/<name>/sft/ (05) and 01's task files: sft_{train,heldout}.jsonl (questions and the world's
 answers) and preference_{train,heldout}.jsonl (templated style pairs); writes runs/<name>/<loss>/:
-ckpt.pt, outcome.json, pairs.jsonl (the pairs it trained on), metrics.jsonl, <loss>.png, manifest.json.
+ckpt.pt, outcome.json, pairs.jsonl (the factual pairs it trained on), answers.jsonl (per held-out
+question: the truth, SFT's and the tuned model's greedy answer, each judged), metrics.jsonl, <loss>.png,
+manifest.json.
 
 The recipe of Tian et al. (2023), "Fine-tuning Language Models for Factuality":
 1. pairs (factual_pairs.py): for each TRAINING-half question, sample --samples answers from the SFT
@@ -203,7 +205,8 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
         log_pairs = made["heldout"] or sanity or style_held  # what the training log evaluates
         print(
             f"factual pairs: {pair_stats['with_pair']} of {pair_stats['questions']} training questions yield "
-            f"a pair ({pair_stats['all_correct']} all correct, {pair_stats['all_wrong']} all wrong), "
+            f"a pair ({pair_stats['all_correct']} all correct, {pair_stats['all_wrong']} all wrong, "
+            f"{pair_stats['gold_chosen']} of those paired with the task file's answer), "
             f"{len(train)} pairs; sample accuracy {pair_stats['sample_accuracy']:.3f}; "
             f"{pair_stats['seconds']:.0f}s"
         )

@@ -125,5 +125,5 @@ def reduction_bar(metric: str, name: str, scores: list, contenders: dict, goal=G
         "passed": size["passed"] and change["passed"],
         "note": f"error rates: {rates}; passes when the reduction is >= {goal:.2f} and its paired 95 % "
         f"interval lies above 0 (size {'met' if size['passed'] else 'missed'}, interval "
-        f"{'excludes' if change['passed'] else 'includes'} no change){'; ' + note if note else ''}",
+        f"{'above' if change['passed'] else 'not above'} 0){'; ' + note if note else ''}",
     }
