@@ -37,55 +37,26 @@ Interview questions it answers:
 
 import random
 
-from world import JOBS, RECALL_PHRASINGS, arithmetic_parts, fix_articles
+from biographies import QA_ATTRIBUTES, qa_pairs
+from world import COLORS, JOBS, RECALL_PHRASINGS, arithmetic_parts, fix_articles, is_heldout
 
 
-def fact_questions(w):
-    """(subject, question, answer sentence, short answer, wrong answer sentence) for every person."""
+def fact_questions(w, lang="en"):
+    """(subject, question, answer sentence, short answer, wrong answer sentence) for every person and
+    attribute (biographies.qa_pairs: city, job, age, pet, favorite color), in English or Chinese; the
+    wrong answer states another value of the same attribute (06's factual preference pairs)."""
     rng = random.Random(12345)
     out = []
     for p in w.people:
-        wrong_city = rng.choice([c for c in w.cities if c is not p["city"]])
-        wrong_job = rng.choice([j for j in JOBS if j != p["job"]])
-        wrong_pet = rng.choice([a for a in w.species if a is not p["pet"]])
-        wrong_friend = rng.choice([o for o in w.people if o is not p["friend"] and o is not p])
-        out += [
-            (
-                p["name"],
-                f"Where does {p['name']} live?",
-                f"{p['name']} lives in {p['city']['name']}.",
-                p["city"]["name"],
-                f"{p['name']} lives in {wrong_city['name']}.",
-            ),
-            (
-                p["name"],
-                f"What is {p['name']}'s job?",
-                f"{p['name']} is a {p['job'][0]}.",
-                p["job"][0],
-                f"{p['name']} is a {wrong_job[0]}.",
-            ),
-            (
-                p["name"],
-                f"How old is {p['name']}?",
-                f"{p['name']} is {p['age']} years old.",
-                str(p["age"]),
-                f"{p['name']} is {p['age'] + rng.choice([-7, -3, 4, 9])} years old.",
-            ),
-            (
-                p["name"],
-                f"What kind of pet does {p['name']} have?",
-                f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.",
-                p["pet"]["kind"],
-                f"{p['name']} has a {wrong_pet['kind']} named {p['pet_name']}.",
-            ),
-            (
-                p["name"],
-                f"Who is {p['name']}'s best friend?",
-                f"{p['name']}'s best friend is {p['friend']['name']}.",
-                p["friend"]["name"],
-                f"{p['name']}'s best friend is {wrong_friend['name']}.",
-            ),
-        ]
+        wrong = dict(p)
+        wrong["city"] = rng.choice([c for c in w.cities if c is not p["city"]])
+        wrong["job"] = rng.choice([j for j in JOBS if j != p["job"]])
+        wrong["age"] = p["age"] + rng.choice([-7, -3, 4, 9])
+        wrong["pet"] = rng.choice([a for a in w.species if a is not p["pet"]])
+        wrong["color"] = rng.choice([c for c in COLORS if c != p["color"]])
+        wrong_answers = {attr: a for attr, _, a, _ in qa_pairs(wrong, lang)}
+        for attr, q, a, short in qa_pairs(p, lang):
+            out.append((p["name"], q, a, short, wrong_answers[attr]))
     return out
 
 
@@ -121,11 +92,6 @@ def recall_probes(w):
                     }
                 )
     return out
-
-
-def is_heldout(subject, frac=0.25):
-    """Deterministic held-out choice by subject name (a stable string hash, not Python's salted hash())."""
-    return sum(subject.encode()) * 2654435761 % 1000 < frac * 1000
 
 
 RULES = ["correct_fact", "helpful_vs_rude", "concise_vs_rambling"]
@@ -167,6 +133,7 @@ def rejected_answer(rng, rule, answer, wrong, heldout):
     restated = answer.rstrip(".")
     hedges = (
         (" lives in ", " lives, I believe, in "),
+        (" works as ", " works, I believe, as "),
         (" has ", " has, I think, "),
         (" is ", " is, as far as I know, "),
     )
@@ -182,8 +149,28 @@ def rejected_answer(rng, rule, answer, wrong, heldout):
 def task_records(w, seed):
     """{"sft": [...], "preference": [...], "arithmetic": [...]} with a "heldout" flag on each record."""
     rng = random.Random(seed + 2)
-    sft, pref, arith = [], [], []
-    for subject, q, a, short, wrong in fact_questions(w):
+    sft, sft_zh, pref, arith = [], [], [], []
+    zh_bios = {p["name"]: p["zh_bios"] for p in w.people}
+    # Chinese: the training half's questions train (in sft_train, "lang": "zh"); the held-out half's go
+    # to sft_zh_heldout, marked by whether that person has Chinese biographies or English ones only
+    for k, (subject, q, a, short, _) in enumerate(fact_questions(w, "zh")):
+        held = is_heldout(subject)
+        record = {
+            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "subject": subject,
+            "answer": short,
+            "attribute": QA_ATTRIBUTES[k % len(QA_ATTRIBUTES)],
+            "lang": "zh",
+            "heldout": held,
+        }
+        if held:
+            zh_name = next(p["zh"] for p in w.people if p["name"] == subject)
+            sft_zh.append(
+                record | {"subject_zh": zh_name, "bios": "en+zh" if zh_bios[subject] else "en only"}
+            )
+        else:
+            sft_zh.append(record)  # written to sft_train below (sft_zh_train would repeat it)
+    for k, (subject, q, a, short, wrong) in enumerate(fact_questions(w)):
         a, wrong = fix_articles(a), fix_articles(wrong)
         held = is_heldout(subject)
         user = [{"role": "user", "content": q}]
@@ -192,6 +179,8 @@ def task_records(w, seed):
                 "messages": user + [{"role": "assistant", "content": a}],
                 "subject": subject,
                 "answer": short,
+                "attribute": QA_ATTRIBUTES[k % len(QA_ATTRIBUTES)],
+                "lang": "en",
                 "heldout": held,
             }
         )
@@ -230,8 +219,10 @@ def task_records(w, seed):
         }
         for i, r in enumerate(arith[:180])
     ]
+    sft += [r for r in sft_zh if not r["heldout"]]
+    sft_zh = [r for r in sft_zh if r["heldout"]]
     recall = [{**r, "heldout": is_heldout(r["subject"])} for r in recall_probes(w)]
-    return {"sft": sft, "preference": pref, "arithmetic": arith, "recall": recall}
+    return {"sft": sft, "sft_zh": sft_zh, "preference": pref, "arithmetic": arith, "recall": recall}
 
 
 def write_tasks(w, seed, folder, write_jsonl):
@@ -240,5 +231,7 @@ def write_tasks(w, seed, folder, write_jsonl):
     for name, records in task_records(w, seed).items():
         for part, held in (("train", False), ("heldout", True)):
             rows = [{k: v for k, v in r.items() if k != "heldout"} for r in records if r["heldout"] == held]
+            if not rows and name == "sft_zh":
+                continue  # only a held-out part: the training half's Chinese questions are in sft_train
             counts[f"{name}_{part}.jsonl"] = write_jsonl(folder / f"{name}_{part}.jsonl", rows)
     return counts
