@@ -195,11 +195,19 @@ def contamination_report(data: Path) -> list:
 QA_MARKERS = ("User:", "Assistant:", "?", "？")
 
 
+def in_qa_form(text: str, pattern) -> bool:
+    """A chat (a User:/Assistant: marker), or a line that names one of `pattern`'s people and asks a
+    question: the forms a held-out fact must never take in pretraining. (A noise line such as
+    "Questions? Email ..." above a biography names nobody, so it does not count.)"""
+    if "User:" in text or "Assistant:" in text:
+        return True
+    return any(pattern.search(line) and ("?" in line or "？" in line) for line in text.split("\n"))
+
+
 def heldout_exposure(data: Path) -> dict:
     """Where the held-out people (the subjects of sft_heldout.jsonl) are named in the pretraining split:
     their facts must appear there only as biographies, never in QA form. Counts the documents that
-    name one of them (full name, English or Chinese), those in QA form (a chat marker or a question
-    mark), those outside the knowledge domain (where biographies live), and the held-out questions
+    name one of them (full name, English or Chinese), those in QA form (`in_qa_form`), those outside the knowledge domain (where biographies live), and the held-out questions
     (user turns) that occur whole in pretraining. {} without the task files."""
     tasks = data / "tasks"
     if not (tasks / "sft_heldout.jsonl").is_file():
@@ -218,7 +226,7 @@ def heldout_exposure(data: Path) -> dict:
     return {
         "heldout_people": len({r["subject"] for r in held}),
         "documents_naming_them": len(naming),
-        "in_qa_form": sum(any(m in d["text"] for m in QA_MARKERS) for d in naming),
+        "in_qa_form": sum(in_qa_form(d["text"], pattern) for d in naming),
         "outside_knowledge_domain": sum(d.get("domain") != "knowledge" for d in naming),
         "heldout_questions": len(questions),
         "questions_whole_in_pretraining": whole,

@@ -4,8 +4,14 @@ Task sets (written by `write_tasks`, each as `<name>_train.jsonl` and `<name>_he
 held-out part chosen by entity so no held-out question's subject appears in the train part):
 
     sft_*.jsonl          {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                          "subject": entity name, "answer": short answer string}; the train part also
-                          holds 180 arithmetic conversations (subject "arithmetic <i>") in the answer format
+                          "subject": person's name, "answer": short answer string, "attribute": "city" |
+                          "job" | "age" | "pet" | "color", "lang": "en" | "zh"}: one question per person and
+                          attribute (biographies.qa_pairs); the train part holds the training half's
+                          questions in English and Chinese and 180 arithmetic conversations (subject
+                          "arithmetic <i>") in the answer format; the held-out part the held-out half's
+                          English questions
+    sft_zh_heldout.jsonl the held-out half's Chinese questions, with "subject_zh" and "bios": "en+zh" (the
+                          person has Chinese biographies) or "en only" (the cross-language case)
     preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
                           "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
                           the rule states why `chosen` is better (the ground truth for 06's reward model / DPO);

@@ -4,10 +4,22 @@ Why synthetic: the pipeline must run offline in seconds, and later stages must b
 what a model learnt. So from one seed we build a small fictional world -- people, cities, animal
 species and objects, with attributes and relations -- and write about it in four domains:
 
-    dialog     multi-turn "User: ...\\nAssistant: ..." chats about the world's facts (English)
+    dialog     multi-turn "User: ...\\nAssistant: ..." chats: with mixed training (qa_mixed) about the
+               training half of the people, including the task sets' questions, in English and Chinese;
+               without it about cities and animals only
     code       tiny Python programs over the world's numbers, each followed by its real printed output
-    knowledge  encyclopedia entries in English and in Chinese, and arithmetic word problems with answers
+    knowledge  biographies of every person (biographies.py: per person, templates, sentence order and
+               languages are knobs), city and species pages, and arithmetic word problems with answers
     stories    short English stories using the entities, and web-like pages with nav/footer boilerplate
+
+The people are split in two by name (`is_heldout`): fine-tuning asks about the training half, the
+evaluation about the held-out half, whose facts appear in the corpus *only in biographies*: every other
+document draws its people (and best friends) from the training half. That makes 05's held-out score a
+test of knowledge extraction (Allen-Zhu and Li, Physics of Language Models 3.1): can the model answer
+a question about a fact it read only in prose? contamination.heldout_exposure proves the split holds.
+Chinese biographies exist for the training half and for half of the held-out half; the other held-out
+people are written about in English only, so a Chinese question about them tests whether knowledge
+crosses languages.
 
 Every fact is stored once in the `World` and every document is rendered from it, so facts agree
 across documents (Belmo Tarin is a baker in every text that mentions her) and stage 05-07 can grade
@@ -22,11 +34,14 @@ Same seed -> byte-identical output: only `random.Random(seed)` is used, and no s
 iterated (Python salts string hashes per process).
 
     python 01_data/world.py --seed 0 --chars 20000     # print a few rendered documents
+    python 01_data/world.py --bios-per-person 1 --bio-templates 1 --no-bio-permute   # plain biographies
 
 Interview questions it answers:
 - Why train on synthetic data at all? (controlled facts -> measurable learning; no licence/PII issues;
   but it lacks real diversity, so a model trained only on it does not generalize to real text)
 - How do you keep facts consistent across a generated corpus? (one source of truth, rendered many ways)
+- How do you test knowledge extraction rather than memorization? (hold people out of fine-tuning and
+  out of every non-biography document; ask them questions in a form pretraining never used for them)
 """
 
 import contextlib

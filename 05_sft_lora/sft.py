@@ -22,9 +22,13 @@ gradient clipping (04's optimizers). Every `eval_interval` steps the loss on a v
 What the outcome measures, on the held-out subjects (never trained on):
 - exact match, token F1 and answer accuracy (the short answer appears) of greedy answers, cut to the
   answer span, for the base model prompted with the same template and for the fine-tuned one;
-- the bar (sft_baselines.py): SFT's exact match minus the strongest of three baselines (the base
-  zero-shot, the base with --shots training examples in its prompt, the majority answer per question
-  form), paired over the questions, its 95 % bootstrap interval wholly above 0;
+- the bar (issue 23's goal): held-out answer accuracy >= 0.8, its 95 % Wilson interval wholly at or
+  above both 0.8 and the strongest of three baselines (the base zero-shot, the base with --shots
+  training examples in its prompt, the majority answer per question form); beside it in "bars": exact
+  match >= 0.7 the same way, and SFT's exact match minus the strongest baseline's, paired over the
+  questions, its 95 % bootstrap interval wholly above 0 (sft_baselines.py);
+- per attribute, and for the Chinese questions about the held-out half (sft_zh_heldout.jsonl): people
+  with Chinese biographies, and people with English ones only (does knowledge cross languages?);
 - forgetting: the loss on the pretraining corpus's val windows before and after.
 
 Interview questions it answers:
