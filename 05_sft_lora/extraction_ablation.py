@@ -50,10 +50,13 @@ class AblationConfig:
     n_layer: int = option(4, "transformer blocks", min=1)
     n_embd: int = option(128, "model width", min=8)
     pretrain_steps: int = option(600, "pretraining steps per cell", min=1)
+    batch_size: int = option(16, "pretraining sequences of 128 tokens per step", min=1)
     sft_steps: int = option(120, "SFT steps per cell (full fine-tuning)", min=1)
     seed: int = option(0, "seed of the world and the corpus", min=0)
     overwrite: bool = option(False, "replace cells already in --out")
-    reuse: bool = option(False, "read the cells already complete in --out instead of running them again")
+    reuse: bool = option(
+        False, "keep what the cells in --out already finished (data, tokenizer, pretraining, SFT)"
+    )
 
 
 PRESETS = {
@@ -74,25 +77,27 @@ def run(cmd: list, log: Path):
 
 
 def run_cell(cfg: AblationConfig, name: str, augment: bool, mixed: bool, command: str) -> dict:
+    """One cell: its corpus, tokenizer, pretraining and SFT (each skipped with --reuse when its
+    outcome is already there), then its row of the table."""
     folder = Path(cfg.out) / name
-    if cfg.reuse and (folder / "sft" / "outcome.json").is_file():
-        cell = read_json(folder / "cell.json")
-        pre, sft = (read_json(folder / s / "outcome.json") for s in ("pretrain", "sft"))
-        return cell_result(name, augment, mixed, pre, sft) | {
-            k: cell[k] for k in ("seconds", "docs", "chars")
-        }
-    if folder.exists() and not cfg.overwrite:
-        raise UserError(f"{folder} exists; pass --overwrite to replace it, or another --out")
-    if folder.exists():
+    done = lambda stage: (
+        cfg.reuse
+        and (folder / stage / ("outcome.json" if stage != "tokenizer" else "manifest.json")).is_file()
+    )
+    if folder.exists() and not (cfg.overwrite or cfg.reuse):
+        raise UserError(
+            f"{folder} exists; pass --overwrite to replace it, --reuse to finish it, or another --out"
+        )
+    if folder.exists() and not cfg.reuse:
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    w = cell_world(cfg.people, cfg.bios, augment, mixed, cfg.seed)
-    sizes = write_cell_data(folder, w, cfg.repeats, cfg.seed, asdict(cfg) | {"cell": name}, command)
+    cell_file = folder / "cell.json"
+    cell = read_json(cell_file) if cfg.reuse and cell_file.is_file() else {"seconds": {}}
+    if not (folder / "data" / "manifest.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        w = cell_world(cfg.people, cfg.bios, augment, mixed, cfg.seed)
+        cell |= write_cell_data(folder, w, cfg.repeats, cfg.seed, asdict(cfg) | {"cell": name}, command)
     small = cfg.pretrain_steps < 50  # micro: every stage at its smallest
-    t = {}
-    t0 = time.time()
-    run(["02_tokenizer/bpe.py", "--data", folder, "--vocab-size", cfg.vocab_size], folder / "tokenizer.log")
-    t["tokenizer"] = time.time() - t0
+    tasks = folder / "data" / "tasks"
     pre = ["04_pretrain/pretrain.py", "--data", folder, "--max-steps", cfg.pretrain_steps]
     pre += ["--n-layer", cfg.n_layer, "--n-embd", cfg.n_embd, "--n-head", max(1, cfg.n_embd // 32)]
     pre += [
@@ -101,26 +106,31 @@ def run_cell(cfg: AblationConfig, name: str, augment: bool, mixed: bool, command
         "--eval-interval",
         max(1, cfg.pretrain_steps // 2),
     ]
-    pre += ["--quiet"]
-    t0 = time.time()
-    run(pre, folder / "pretrain.log")
-    t["pretrain"] = time.time() - t0
-    tasks = folder / "data" / "tasks"
+    pre += ["--batch-size", cfg.batch_size, "--quiet"]
+    # SFT: full fine-tuning, stopped early by the loss on validation *subjects* (training-half people held
+    # back from SFT): the same question the held-out half asks, so training stops before SFT memorizes
+    # its own people's answers instead of learning to extract
     sft = ["05_sft_lora/sft.py", "--run", folder, "--method", "full", "--steps", cfg.sft_steps]
     sft += ["--train-file", tasks / "sft_facts_train.jsonl", "--no-eval-base", "--eval-limit", 0]
+    sft += ["--val-frac", 0.2, "--eval-interval", max(1, cfg.sft_steps // 12), "--patience", 3]
     sft += ["--zh-heldout-file", "none"] + (["--preset", "micro"] if small else [])
-    t0 = time.time()
-    run(sft, folder / "sft.log")
-    t["sft"] = time.time() - t0
-    result = cell_result(
-        name,
-        augment,
-        mixed,
-        read_json(folder / "pretrain" / "outcome.json"),
-        read_json(folder / "sft" / "outcome.json"),
-    )
-    write_json(folder / "cell.json", {"seconds": t, **sizes})
-    return result | {"seconds": t, **sizes}
+    stages = [
+        ("tokenizer", ["02_tokenizer/bpe.py", "--data", folder, "--vocab-size", cfg.vocab_size]),
+        ("pretrain", pre),
+        ("sft", sft),
+    ]
+    for stage, cmd in stages:
+        if done(stage):
+            continue
+        t0 = time.time()
+        run(
+            cmd + (["--overwrite"] if stage != "tokenizer" and (folder / stage).exists() else []),
+            folder / f"{stage}.log",
+        )
+        cell["seconds"][stage] = time.time() - t0
+    write_json(cell_file, cell)
+    pre_o, sft_o = (read_json(folder / s / "outcome.json") for s in ("pretrain", "sft"))
+    return cell_result(name, augment, mixed, pre_o, sft_o) | cell
 
 
 def ablation_bar(rows: list) -> dict:
