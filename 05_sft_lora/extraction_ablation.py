@@ -124,7 +124,7 @@ def run_cell(cfg: AblationConfig, name: str, augment: bool, mixed: bool, command
             continue
         t0 = time.time()
         run(
-            cmd + (["--overwrite"] if stage != "tokenizer" and (folder / stage).exists() else []),
+            cmd + (["--overwrite"] if (folder / stage).exists() else []),
             folder / f"{stage}.log",
         )
         cell["seconds"][stage] = time.time() - t0
