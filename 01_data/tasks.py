@@ -17,7 +17,8 @@ held-out part chosen by entity so no held-out question's subject appears in the 
                           the rule states why `chosen` is better (the ground truth for 06's reward model / DPO);
                           the rejected replies of the held-out pairs come from pools disjoint from the train
                           pairs' (RUDE, RAMBLE), rude replies are shorter than the answer about half the time,
-                          and the held-out part pairs every question with all three rules
+                          and the held-out part pairs every question of the first PAIRED_HELDOUT (20)
+                          held-out people with all three rules (300 pairs)
     recall_*.jsonl       {"prompt": str, "answer": str, "attribute": "job" | "city" | ..., "phrasing":
                           "corpus" | "novel", "subject", "lang"}: knowledge-style completion probes of the
                           *base* model (04's fact_recall.py): "Noin Marora works as" -> "a tailor" (the
@@ -101,6 +102,7 @@ def recall_probes(w):
 
 
 RULES = ["correct_fact", "helpful_vs_rude", "concise_vs_rambling"]
+PAIRED_HELDOUT = 20  # held-out people whose questions get preference pairs (5 questions x 3 rules each)
 
 # Rejected answers come from pools split in two: the train pairs draw from the first half, the held-out
 # pairs from the second, so a reward model cannot pass by remembering the train pairs' exact strings.
@@ -176,6 +178,7 @@ def task_records(w, seed):
             )
         else:
             sft_zh.append(record)  # written to sft_train below (sft_zh_train would repeat it)
+    paired = {}  # held-out subject -> its order among the held-out people
     for k, (subject, q, a, short, wrong) in enumerate(fact_questions(w)):
         a, wrong = fix_articles(a), fix_articles(wrong)
         held = is_heldout(subject)
@@ -190,7 +193,12 @@ def task_records(w, seed):
                 "heldout": held,
             }
         )
-        rules = RULES if held else [rng.choice(RULES)]  # held-out: every rule on every question (3x n)
+        # held-out: every rule on every question (3x n) of the first PAIRED_HELDOUT held-out people (the
+        # set 06 scores stays near 300 pairs as the world grows)
+        if held:
+            rules = RULES if paired.setdefault(subject, len(paired)) < PAIRED_HELDOUT else []
+        else:
+            rules = [rng.choice(RULES)]
         for rule in rules:
             pref.append(
                 {"prompt": user, "chosen": a, "rejected": rejected_answer(rng, rule, a, wrong, held)}
