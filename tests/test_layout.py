@@ -156,6 +156,6 @@ def _config_source(s) -> str:
 def test_run_layout_paths_and_rerun_commands():
     layout = RunLayout("runs/x")
     assert layout.tokenizer == Path("runs/x/tokenizer") and layout.tasks == Path("runs/x/data/tasks")
-    assert layout.made_by("tokenizer") == "python 02_tokenizer/bpe.py --data runs/x"
+    assert layout.made_by("tokenizer") == "python 02_tokenizer/train_tokenizer.py --data runs/x"
     assert layout.made_by("data") == "python 01_data/prepare.py --out runs/x"
     assert layout.made_by("rm") == "python 06_rlhf_dpo/reward_model.py --run runs/x"
