@@ -47,6 +47,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, option, parse_config, run_cli
+from common.layout import RunLayout
 from common.runs import check_artifact
 from common.stats import paired_bootstrap_interval
 from common.outcome import make_bar
@@ -198,8 +199,8 @@ def main(argv=None):
     if not cfg.data:
         raise UserError("--data is required; give the run folder, e.g. --data runs/tiny")
     run = Path(cfg.data)
-    ckpt = Path(cfg.ckpt) if cfg.ckpt else run / "pretrain" / "best.pt"
-    check_artifact(ckpt.parent, made_by=f"python 04_pretrain/pretrain.py --data {run}")
+    ckpt = Path(cfg.ckpt) if cfg.ckpt else RunLayout(run).pretrain / "best.pt"
+    check_artifact(ckpt.parent, made_by=RunLayout(run).made_by("pretrain"))
     res = heldout_outcome(run, ckpt, cfg.device)
     print(format_heldout(res))
     print(res["headline"])
