@@ -8,6 +8,9 @@ command script for its functions:
     answers = generate_answers(model, tok, conversations, max_new_tokens=48, device="cpu")
     score(answers, conversations)      # {"exact_match", "token_f1", "answer_acc", "n"}
 
+`corpus_loss` (the forgetting metric, 07's loss of a compressed model) is 04's one held-out loss
+(heldout_loss.py), passed on from here.
+
 Interview question it answers:
 - How is a PEFT model shipped? (the base checkpoint once, plus kilobytes of adapter weights per task;
   loading attaches the adapter to the base, or merges it for serving: lora.merge_lora)
