@@ -9,6 +9,7 @@ stage, and a stage imports only earlier stages, common/ and kernels/.
 """
 
 import ast
+import functools
 import importlib.metadata
 import importlib.util
 import sys
@@ -251,8 +252,13 @@ def import_circles(graph: dict) -> list:
     return circles
 
 
+@functools.cache
+def repo_graph() -> dict:
+    return import_graph(REPO)  # read once for both checks
+
+
 def test_no_command_is_imported_for_its_functions():
-    found = commands_imported(import_graph(), command_modules())
+    found = commands_imported(repo_graph(), command_modules())
     new = sorted(found - KNOWN_COMMAND_IMPORTS)
     assert not new, (
         "a command script is never imported for its functions; move what is shared into a module "
@@ -261,7 +267,7 @@ def test_no_command_is_imported_for_its_functions():
 
 
 def test_no_import_circles():
-    circles = import_circles(import_graph())
+    circles = import_circles(repo_graph())
     assert not circles, f"modules that import each other (a circle): {circles}"
 
 
