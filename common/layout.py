@@ -53,7 +53,9 @@ class Stage:
 PRE = ("tokenizer", "tokens", "pretrain")  # what every stage after pretraining reads
 STAGES = [
     Stage("data", "01_data/prepare.py", "data", run_flag="--out"),
-    Stage("tokenizer", "02_tokenizer/train_tokenizer.py", "tokens", ("data",), ("tokenizer",), run_flag="--data"),
+    Stage(
+        "tokenizer", "02_tokenizer/train_tokenizer.py", "tokens", ("data",), ("tokenizer",), run_flag="--data"
+    ),
     Stage("wordpiece", "02_tokenizer/wordpiece.py", "wordpiece", ("data", "tokenizer"), run_flag="--data"),
     Stage("unigram", "02_tokenizer/unigram.py", "unigram", ("data", "tokenizer"), run_flag="--data"),
     # contrastive pretraining makes its own texts from the world: no earlier stage needed

@@ -917,7 +917,11 @@ def test_overfit_summary_reads_the_last_eval_and_the_best():
     [
         ("overfit", [], "--data is required"),
         ("overfit", ["--data", "{tmp}", "--train-tokens", "100"], "too small for block_size 64"),
-        ("overfit", ["--data", "{tmp}"], "tokens: missing; make it first with `python 02_tokenizer/train_tokenizer.py"),
+        (
+            "overfit",
+            ["--data", "{tmp}"],
+            "tokens: missing; make it first with `python 02_tokenizer/train_tokenizer.py",
+        ),
         ("scaling", ["--data", "{tmp}", "--steps", "50"], "at least 2 different budgets"),
         ("scaling", ["--data", "{tmp}", "--sizes", "9"], "--sizes 9 is above its maximum 6"),
         ("scaling", ["--data", "{tmp}"], "tokens: missing"),
