@@ -43,14 +43,14 @@ from extraction import CELLS, cell_result, cell_world, format_table, plot_grid, 
 class AblationConfig:
     out: str = option("runs/ablation", "folder for the cells' runs, the table and the plot")
     cells: list = option([c[0] for c in CELLS], "which cells to run", sep=",")
-    people: int = option(200, "people in the world (half held out)", min=4)
-    bios: int = option(8, "augmentation on: distinct biographies per person", min=2)
+    people: int = option(40, "people in the world (half held out)", min=4)
+    bios: int = option(6, "augmentation on: distinct biographies per person", min=2)
     repeats: int = option(8, "biography documents per person in the corpus (every cell)", min=1)
     vocab_size: int = option(1024, "BPE vocabulary of each cell's tokenizer", min=300)
-    n_layer: int = option(4, "transformer blocks", min=1)
-    n_embd: int = option(128, "model width", min=8)
-    pretrain_steps: int = option(600, "pretraining steps per cell", min=1)
-    batch_size: int = option(16, "pretraining sequences of 128 tokens per step", min=1)
+    n_layer: int = option(2, "transformer blocks", min=1)
+    n_embd: int = option(64, "model width", min=8)
+    pretrain_steps: int = option(800, "pretraining steps per cell", min=1)
+    batch_size: int = option(8, "pretraining sequences of 128 tokens per step", min=1)
     sft_steps: int = option(120, "SFT steps per cell (full fine-tuning)", min=1)
     seed: int = option(0, "seed of the world and the corpus", min=0)
     overwrite: bool = option(False, "replace cells already in --out")
@@ -130,7 +130,7 @@ def run_cell(cfg: AblationConfig, name: str, augment: bool, mixed: bool, command
         cell["seconds"][stage] = time.time() - t0
     write_json(cell_file, cell)
     pre_o, sft_o = (read_json(folder / s / "outcome.json") for s in ("pretrain", "sft"))
-    return cell_result(name, augment, mixed, pre_o, sft_o) | cell
+    return cell_result(name, augment, mixed, pre_o, sft_o) | {"docs": None, "chars": None} | cell
 
 
 def ablation_bar(rows: list) -> dict:
