@@ -444,7 +444,7 @@ def test_prefix_hook_unused_or_detached_leaves_the_base_bit_identical(tmp_path):
     assert set(model.state_dict()) == keys  # the prefix lives beside the model
     prefix.fold()
     assert torch.equal(model(x)[0], y1)  # folding changes nothing
-    assert [n for n, _ in prefix.named_parameters()] == ["folded"]
+    assert [n for n, _ in prefix.named_parameters()] == ["token_in", "token_out", "folded"]  # MLP gone
     save_prefix(prefix, model, tmp_path / "p.pt")
     detach_prefix(model)
     assert torch.equal(model(x)[0], y0)
