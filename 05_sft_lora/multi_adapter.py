@@ -44,7 +44,7 @@ from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.stats import paired_bootstrap_interval, wilson_interval
 
 from finetuned import answer_requests, load_named_adapters
-from metrics import answer_in, exact_match
+from metrics import answer_in, exact_match, token_f1
 from sft_baselines import answer_span
 from sft_data import read_conversations
 
@@ -114,12 +114,14 @@ def train_adapter(cfg, name, stem, out: Path) -> dict:
 
 
 def correct(answers, records) -> dict:
-    """Per question: answer accuracy (the short answer appears; exact match where a record has none)
-    and exact match of the answer span against the reference turn."""
+    """Per question: answer accuracy (the short answer appears; exact match where a record has none),
+    exact match and token F1 (the answer's form: "The answer is 45." against "... 56." scores 0.75)
+    of the answer span against the reference turn."""
     spans = [answer_span(a) for a in answers]
-    em = [exact_match(s, r["messages"][-1]["content"]) for s, r in zip(spans, records)]
+    refs = [r["messages"][-1]["content"] for r in records]
+    em = [exact_match(s, ref) for s, ref in zip(spans, refs)]
     acc = [answer_in(s, str(r["answer"])) if "answer" in r else e for s, r, e in zip(spans, records, em)]
-    return {"acc": acc, "em": em}
+    return {"acc": acc, "em": em, "f1": [token_f1(s, ref) for s, ref in zip(spans, refs)]}
 
 
 def settings(names) -> dict:
@@ -173,6 +175,42 @@ def switching_bars(res, tasks) -> list:
     return bars
 
 
+def summarize(cfg, folder: Path, tasks: dict, held: dict, device) -> tuple:
+    """(rows, columns, bars) from the adapters trained in folder/<task>/; writes multi_adapter.json and
+    outcome.json there."""
+    model, tok = load_named_adapters({n: folder / n for n in tasks}, device)
+    res = measure(model, tok, held, cfg, device)
+    rows = [
+        {
+            "adapter": label,
+            **{f"{t} answer acc [95% CI]": share(v[t]["acc"]) for t in tasks},
+            **{f"{t} exact match": f"{np.mean(v[t]['em']):.3f}" for t in tasks},
+            **{f"{t} token F1": f"{np.mean(v[t]['f1']):.3f}" for t in tasks},
+        }
+        for label, v in res.items()
+    ]
+    columns = ["adapter"] + [
+        f"{t} {c}" for c in ("answer acc [95% CI]", "exact match", "token F1") for t in tasks
+    ]
+    bars = switching_bars(res, tasks)
+    sizes = {n: read_json(folder / n / "outcome.json")["file_kib"] for n in tasks}
+    own = {t: np.mean(res[f"adapter {t}"][t]["acc"]) for t in tasks}
+    base = {t: np.mean(res["base (no adapter)"][t]["acc"]) for t in tasks}
+    headline = "; ".join(f"{t}: own adapter {own[t]:.3f}, base {base[t]:.3f}" for t in tasks)
+    headline += " (held-out answer accuracy); adapters " + ", ".join(
+        f"{n} {k:.0f} KiB" for n, k in sizes.items()
+    )
+    write_json(
+        folder / "multi_adapter.json",
+        {"rows": rows, "results": res, "bars": bars, "adapter_kib": sizes, "config": asdict(cfg)},
+    )
+    write_json(
+        folder / "outcome.json",
+        {"headline": headline, "bar": min(bars, key=lambda b: b["interval"][0]), "bars": bars},
+    )
+    return rows, columns, bars
+
+
 def main(argv=None):
     cfg, _ = parse_config(MultiConfig, argv, doc=__doc__, presets=PRESETS, default_preset="tiny")
     if not cfg.run:
@@ -188,40 +226,9 @@ def main(argv=None):
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)
         with staged_dir(out) as tmp:
-            outcomes = {n: train_adapter(cfg, n, s, tmp / n) for n, s in tasks.items()}
-            model, tok = load_named_adapters({n: tmp / n for n in tasks}, device)
-            res = measure(model, tok, held, cfg, device)
-            rows = [
-                {
-                    "adapter": label,
-                    **{f"{t} answer acc [95% CI]": share(v[t]["acc"]) for t in tasks},
-                    **{f"{t} exact match": f"{np.mean(v[t]['em']):.3f}" for t in tasks},
-                }
-                for label, v in res.items()
-            ]
-            columns = (
-                ["adapter"]
-                + [f"{t} answer acc [95% CI]" for t in tasks]
-                + [f"{t} exact match" for t in tasks]
-            )
-            bars = switching_bars(res, tasks)
-            sizes = {n: o["file_kib"] for n, o in outcomes.items()}
-            headline = (
-                "; ".join(
-                    f"{t}: own adapter {np.mean(res[f'adapter {t}'][t]['acc']):.3f}, base {np.mean(res['base (no adapter)'][t]['acc']):.3f}"
-                    for t in tasks
-                )
-                + " (held-out answer accuracy); adapters "
-                + ", ".join(f"{n} {k:.0f} KiB" for n, k in sizes.items())
-            )
-            write_json(
-                tmp / "multi_adapter.json",
-                {"rows": rows, "results": res, "bars": bars, "adapter_kib": sizes, "config": asdict(cfg)},
-            )
-            write_json(
-                tmp / "outcome.json",
-                {"headline": headline, "bar": min(bars, key=lambda b: b["interval"][0]), "bars": bars},
-            )
+            for n, stem in tasks.items():
+                train_adapter(cfg, n, stem, tmp / n)
+            rows, columns, bars = summarize(cfg, tmp, tasks, held, device)
             write_manifest(
                 tmp,
                 stage="05_sft_lora",
