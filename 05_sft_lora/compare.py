@@ -394,7 +394,9 @@ def plot(chosen, grid, evals, base_windows, path):
     names = list(chosen)
     accs = [np.mean(evals[chosen[m]]["acc"]) for m in names]
     ivs = [wilson_interval(sum(evals[chosen[m]]["acc"]), len(evals[chosen[m]]["acc"])) for m in names]
-    err = np.array([[a - lo for a, (lo, _) in zip(accs, ivs)], [hi - a for a, (_, hi) in zip(accs, ivs)]])
+    err = np.clip(
+        [[a - lo for a, (lo, _) in zip(accs, ivs)], [hi - a for a, (_, hi) in zip(accs, ivs)]], 0, None
+    )
     ax1.bar(names, accs, yerr=err, capsize=4, color="tab:blue")
     if "full" in chosen:
         ax1.axhline(
