@@ -30,9 +30,11 @@ Interview questions it answers:
   rows, and a new request starts at the next step instead of after the current batch's longest answer)
 - What is the cost of batching for one request? (each step computes more rows, so on a machine where
   a step's time grows with the batch its tokens come slower than alone; servers cap the batch. At a
-  low arrival rate the batch is ~1 and the policies are alike: measured at 0.5 requests/s on the
-  1M-parameter model, all three gave 29 tokens/s and median latencies of 0.25-0.37 s, because a step of
-  so small a model costs about the same for 1 or 8 rows)
+  low arrival rate the batch is ~1 and the policies are alike (try --rate 0.5), because a step of so
+  small a model costs about the same for 1 or 8 rows)
+- Why judge throughput over repeated passes in alternation? (one pass samples the machine's load at
+  that moment; the ratio of two policies served back to back cancels most of it, and its interval over
+  passes says whether the gap survives the noise)
 """
 
 import dataclasses
