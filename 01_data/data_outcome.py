@@ -290,7 +290,7 @@ RECALL_NOT_PROMISED = ("toxic", "bias")
 
 def noise_bar(kind: str, row: dict, n_docs: int) -> dict:
     """The bar of one noise type: min(precision, recall) of its step, judged on the lower end of the
-    binding one's 95 % Wilson interval (>= BAR). Baseline: the step that flags every document, whose
+    binding one's 95 % Wilson interval (> BAR). Baseline: the step that flags every document, whose
     recall is 1 and precision the type's share of the input, so min(P, R) = injected / documents."""
     binding = "precision" if row["precision"] < row["recall"] else "recall"
     prevalence = row["injected"] / max(1, n_docs)
@@ -299,7 +299,6 @@ def noise_bar(kind: str, row: dict, n_docs: int) -> dict:
         min(row["precision"], row["recall"]),
         threshold=BAR,
         direction="higher",
-        inclusive=True,
         interval=row[f"{binding}_ci"],
         n=row["flagged"] if binding == "precision" else row["injected"],
         baseline=prevalence,

@@ -453,7 +453,8 @@ def report(o, out):
     print(
         f"accept rate = accepted / drafted; c = draft forward / teacher forward ({o['teacher_forward_ms']:.2f} ms); "
         f"expected = (1 - a^(k+1)) / ((1 - a)(k·c + 1)); same = greedy outputs identical to the teacher's; "
-        f"speedup [95 % interval] over {o['timed_units']} (pass, prompt) timings after a warm-up"
+        f"speedup [95 % interval over {o.get('prompts', '?')} prompts, each the mean of its passes] from "
+        f"{o['timed_units']} (pass, prompt) timings after a warm-up; the bar's interval is Bonferroni-widened"
     )
     b = o["bar"]
     value = "-" if b["value"] is None else f"{b['value']:.2f}x"
