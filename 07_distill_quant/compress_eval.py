@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +44,8 @@ from common.cli import UserError
 from common.layout import RunLayout
 from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
-from batches import get_batch  # 04_pretrain
+from batches import eval_starts  # 04_pretrain
+from heldout_loss import window_token_losses  # 04_pretrain
 from bench_generate import tokens_per_second  # 03_model
 from checkpoint_io import save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
@@ -152,19 +152,12 @@ def generation_speeds(models: dict, prompt, n_new: int, repeats: int, device) ->
     return best
 
 
-@torch.no_grad()
 def window_losses(model, val, n_windows: int, device, batch=16) -> np.ndarray:
     """Mean next-token loss of each of n evenly spaced val windows (corpus_loss's windows, one number
     each), shape (n_windows,): the unit the paired intervals of prune.py and quantize.py resample.
     With windows of equal length their mean is corpus_loss."""
     T = model.cfg.block_size
-    starts = np.linspace(0, len(val) - T - 1, n_windows).astype(np.int64)
-    out = []
-    for i in range(0, len(starts), batch):
-        x, y = get_batch(val, starts[i : i + batch], T, device)
-        logits = model(x)[0]
-        out.append(F.cross_entropy(logits.transpose(1, 2).float(), y, reduction="none").mean(1).cpu())
-    return torch.cat(out).double().numpy()
+    return window_token_losses(model, val, T, device, eval_starts(len(val), T, n_windows), batch).mean(axis=1)
 
 
 def measure(model, tok, val, heldout, *, eval_windows, max_new_tokens, device) -> dict:
