@@ -139,8 +139,10 @@ class DistillConfig:
 # README's table: every method and the temperature sweep, over the same 3 seeds.
 PRESETS = {
     "tiny": {},
-    "micro": dict(
+    "micro": dict(  # micro's teacher has one block: a smaller student must be narrower, so it starts random
         student_layers=1,
+        student_embd=16,
+        student_init="random",
         steps=3,
         batch_size=4,
         warmup_steps=1,
