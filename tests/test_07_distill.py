@@ -31,7 +31,7 @@ import distill
 import prune
 import speculative
 from distill import DistillConfig
-from distill_outcome import add_gaps, distill_bar, gap_closed
+from distill_outcome import add_gaps, deciding_bar, distill_bar, gap_closed
 from distill_student import check_student, evenly_spaced, make_student, student_config, train_student
 from kd_losses import feature_loss, kd_loss, layer_pairs, projections
 from prune import (
@@ -290,9 +290,16 @@ def test_the_gap_is_paired_by_seed_chosen_on_val_and_the_bar_can_fail():
     bar = distill_bar(rows, 0.5)
     assert bar["passed"] and "logit" in bar["note"] and bar["value"] == pytest.approx(0.7) and bar["n"] == 3
     assert not distill_bar(rows, 0.75)["passed"]
-    rows["hard"]["val_loss_seeds"] = [1.0, 1.0, 1.0]  # now hard is chosen: mean 33 %, interval below 0
-    bar = distill_bar(rows, 0.5)
-    assert "hard" in bar["note"] and not bar["passed"] and bar["interval"][0] < 0 < 0.5 < bar["interval"][1]
+    rows["hard"]["val_loss_seeds"] = [1.0, 1.0, 1.0]  # the best on val, but a control: never the one judged
+    assert "logit" in distill_bar(rows, 0.5)["note"]
+    # beyond the start: hard - logit = 1.3, -0.2, 1.3 nats: the mean is positive, the interval is not
+    bar, bars = deciding_bar(rows, 0.5)
+    assert bars[0]["passed"] and not bar["passed"] and bar is bars[1] and bar["interval"][0] < 0
+    rows["hard"]["test_loss_seeds"] = [1.8, 1.5, 1.8]  # logit beats its start by 0.2 on every seed
+    bar, bars = deciding_bar(rows, 0.5)
+    assert bars[1]["passed"] and bar is bars[0] and bar["passed"] and bars[1]["value"] == pytest.approx(0.2)
+    rows["hard"]["test_loss_seeds"] = [1.6, 1.3, 1.6]  # no better than its start: the start did it all
+    assert not deciding_bar(rows, 0.5)[0]["passed"]
     assert gap_closed(1.0, 1.0, 1.0) is None  # no gap: nothing to close, and the bar has no value
     assert distill_bar({"teacher": rows["teacher"], "scratch": rows["scratch"]}, 0.5)["value"] is None
 
