@@ -98,12 +98,12 @@ from sft_baselines import (
     summary,
 )
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
-from prefix import PrefixTuning, attach_prefix, save_prefix
+from prefix import PrefixTuning, attach_prefix, marker_ids, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
 from finetuned import corpus_loss, generate_answers, score
 
 METHODS = ("full", "lora", "prefix", "adapter")
-DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "prefix": 3e-3, "adapter": 3e-3}
+DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "prefix": 1e-2, "adapter": 3e-3}
 
 
 @dataclass
@@ -212,7 +212,7 @@ def load_tokenizer(cfg) -> BPETokenizer:
 # ----------------------------------------------------------------------------- methods
 
 
-def apply_method(model, cfg: SFTConfig) -> list:
+def apply_method(model, cfg: SFTConfig, marker_ids=()) -> list:
     """Make the method's parameters the trainable ones; returns the PEFT modules kept beside the model."""
     if cfg.method == "full":
         return []
@@ -220,7 +220,7 @@ def apply_method(model, cfg: SFTConfig) -> list:
         inject_lora(model, cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
         return []
     if cfg.method == "prefix":
-        prefix = PrefixTuning(model.cfg, cfg.prefix_len, cfg.prefix_hidden).to(
+        prefix = PrefixTuning(model.cfg, cfg.prefix_len, cfg.prefix_hidden, marker_ids).to(
             next(model.parameters()).device
         )
         attach_prefix(model, prefix)
@@ -430,7 +430,7 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
     forget_before = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
 
     torch.manual_seed(cfg.seed)
-    extras = apply_method(model, cfg)
+    extras = apply_method(model, cfg, marker_ids(tok))
     counts = count_params(model, *extras)
     print(f"method {cfg.method}: {describe_params(counts)}")
     trainable = torch.nn.ModuleList([model, *extras])
