@@ -9,8 +9,8 @@
 The world knows the truth, so there are two rewards (Gao, Schulman and Hilton 2022, *Scaling Laws for
 Reward Model Overoptimization*):
 
-- **gold** r*(x, y): the rule judge (rule_judge.py, alignment_bars.gold_acceptance) - 1 when the answer
-  states the question's fact, politely, concisely (every rule the prompt's pairs state), else 0;
+- **gold** r*(x, y): the rule judge (rule_judge.gold_score) - the share of the three things the rules ask
+  for that the answer does: it states the question's fact, it is polite, it is concise (0, 1/3, 2/3, 1);
 - **proxy** r_φ(x, y): the reward model (reward_model.py), trained on a few hundred preference pairs.
 
 A policy is a distribution, so its gold reward is E_{y ~ π}[r*(x, y)], estimated from `samples` answers
@@ -49,11 +49,20 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
-from alignment_bars import gold_acceptance
+from alignment_bars import user_question
+from rule_judge import gold_score
 from preference_data import pad_id_of
 from reward_scoring import reward_of_responses
 from rl_common import response_log_probs
 from rollouts import decode_responses, rollout_batch, sample_responses
+
+
+def gold_scores(texts, groups, answers) -> list:
+    """rule_judge.gold_score of each response; groups[i]: the pairs of response i's prompt."""
+    return [
+        gold_score(t, g[0], answers.get(user_question(g[0]["prompt"])))
+        for t, g in zip(texts, groups, strict=True)
+    ]
 
 
 def bon_kl(n: int) -> float:
@@ -113,8 +122,8 @@ def policy_rewards(
     responses = sampled_answers(policy, tok, prompts, samples, max_new_tokens, g)
     rows = [p for p in prompts for _ in range(samples)]
     texts = decode_responses(tok, responses)
-    accepted = gold_acceptance(texts, [grp for grp in groups for _ in range(samples)], answers)
-    gold = [sum(accepted[i * samples : (i + 1) * samples]) / samples for i in range(len(prompts))]
+    scores = gold_scores(texts, [grp for grp in groups for _ in range(samples)], answers)
+    gold = [sum(scores[i * samples : (i + 1) * samples]) / samples for i in range(len(prompts))]
     proxy = reward_of_responses(rm, rows, responses, pad_id_of(tok), device) if rm is not None else None
     kl = response_kl(policy, reference, tok, rows, responses)
     return {

@@ -57,8 +57,8 @@ from common.outcome import make_bar
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.stats import paired_bootstrap_interval
 
-from alignment_bars import gold_acceptance, group_by_prompt, short_answers
-from gold_reward import best_of_n, bon_kl, sampled_answers
+from alignment_bars import group_by_prompt, short_answers
+from gold_reward import best_of_n, bon_kl, gold_scores, sampled_answers
 from policy_io import frozen, load_sft_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_scoring import load_reward_model, reward_of_responses
@@ -248,7 +248,7 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
     proxy = reward_of_responses(rm, rows_in, responses, pad_id_of(tok), device).numpy().reshape(-1, N)
     texts = decode_responses(tok, responses)
     groups = [by_question[q] for q in questions for _ in range(N)]
-    gold = np.array(gold_acceptance(texts, groups, answers)).reshape(-1, N)
+    gold = np.array(gold_scores(texts, groups, answers)).reshape(-1, N)
     rows = best_of_n_curve(proxy, gold)
     shape = peak_and_fall(rows)
     ppo = ppo_rows(ppo_path) if ppo_path else []

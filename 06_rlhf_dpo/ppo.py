@@ -89,7 +89,7 @@ from alignment_bars import (
 )
 from reward_scoring import reward_of_responses
 from policy_io import sequence_kl
-from gold_reward import policy_rewards
+from gold_reward import gold_scores, policy_rewards
 
 
 @dataclass
@@ -379,8 +379,10 @@ def prompt_groups(pairs, limit=0) -> tuple:
 
 def ppo_bars(curve, best, per_prompt, greedy, majority) -> list:
     """[main bar, greedy bar]: the GOLD reward of the selected checkpoint minus the strongest baseline's,
-    paired over the held-out prompts. Main: sampled answers (the policy's expected gold reward, the
-    quantity PPO's objective is about); second: greedy answers (a different decoding, reported beside)."""
+    paired over the held-out prompts. Main: the graded gold reward of sampled answers (the policy's
+    expected gold reward, the quantity PPO's objective is about); second: the greedy answer accepted under
+    every rule (a different decoding, reported beside). per_prompt: step -> per-prompt gold; greedy:
+    {"PPO", "SFT"} -> per-prompt acceptance; majority: {"gold", "acceptance"} of the majority answer."""
     name = f"PPO (step {best['step']})"
     note = (
         f"checkpoint chosen by the gold reward on training prompts (step {best['step']} of "
@@ -388,17 +390,18 @@ def ppo_bars(curve, best, per_prompt, greedy, majority) -> list:
         "is reported beside it, never judged"
     )
     sampled = paired_bar(
-        f"held-out gold reward (rule judge; {curve[0]['samples']} answers per prompt sampled at T = 1)",
+        f"held-out gold reward (rule judge: fact, polite, concise; {curve[0]['samples']} answers per prompt "
+        "sampled at T = 1)",
         name,
         per_prompt[best["step"]],
-        {"SFT (before PPO)": per_prompt[0], "majority answer": majority},
+        {"SFT (before PPO)": per_prompt[0], "majority answer": majority["gold"]},
         note=note,
     )
     greedy_bar = paired_bar(
         "held-out gold rule-judge acceptance (greedy)",
         name,
         greedy["PPO"],
-        {"SFT (before PPO)": greedy["SFT"], "majority answer": majority},
+        {"SFT (before PPO)": greedy["SFT"], "majority answer": majority["acceptance"]},
         note=note,
     )
     return [sampled, greedy_bar]
@@ -486,9 +489,11 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
         )
         curve = [r for r in records if "gold" in r]
         before["gold_sampled"], after["gold_sampled"] = curve[0]["gold"], best["gold"]
-        majority = gold_acceptance(
-            majority_replies([user_question(p) for p in held_prompts], run), groups, answers
-        )
+        majority_texts = majority_replies([user_question(p) for p in held_prompts], run)
+        majority = {
+            "gold": gold_scores(majority_texts, groups, answers),
+            "acceptance": gold_acceptance(majority_texts, groups, answers),
+        }
         bars = ppo_bars(curve, best, per_prompt, greedy, majority)
         outcome = {
             "bar": bars[0],

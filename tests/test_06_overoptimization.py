@@ -83,7 +83,8 @@ def ppo_bar_inputs(sft_gold, ppo_gold, proxy_after):
     ]
     best = {"step": 10, "gold": np.mean(ppo_gold), "proxy": proxy_after}
     greedy = {"PPO": list(ppo_gold), "SFT": list(sft_gold)}
-    return curve, best, {0: list(sft_gold), 10: list(ppo_gold)}, greedy, [0.0] * n
+    majority = {"gold": [0.0] * n, "acceptance": [0.0] * n}
+    return curve, best, {0: list(sft_gold), 10: list(ppo_gold)}, greedy, majority
 
 
 def test_ppo_bar_is_the_gold_reward_over_sft_and_fails_when_only_the_proxy_rose():
