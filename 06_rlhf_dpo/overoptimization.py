@@ -70,8 +70,10 @@ class OveroptConfig:
     run: str = option("", "run folder runs/<name>: reads sft/, rm/, ppo/ and data/tasks/")
     out: str = option("", "output folder; empty = <run>/overopt")
     reward_model: str = option("", "the proxy: a reward-model checkpoint; empty = <run>/rm/rm.pt")
-    ppo: str = option(
-        "", "ppo.py's outcome.json with its checkpoints' curve; empty = <run>/ppo/, 'none' = skip"
+    ppo: list = option(
+        [],
+        "ppo.py output folders whose checkpoints join the table; empty = <run>/ppo/, 'none' = skip",
+        sep=",",
     )
     heldout_file: str = option("", "prompts; empty = <run>/data/tasks/preference_heldout.jsonl")
     eval_limit: int = option(200, "held-out prompts (0 = all)", min=0)
@@ -163,14 +165,20 @@ def overopt_bar(rows) -> dict:
     )
 
 
-def ppo_rows(path) -> list:
-    """PPO's checkpoints from its outcome.json: rows like best_of_n_curve's (no per-prompt gold)."""
+def ppo_rows(folder) -> list:
+    """PPO's checkpoints from <folder>/outcome.json: rows like best_of_n_curve's (no per-prompt gold),
+    the method named by its learning rate and KL coefficient (from the manifest's config)."""
+    path = Path(folder) / "outcome.json"
     o = read_json(path)
+    config = read_json(Path(folder) / "manifest.json").get("config", {})
+    name = (
+        f"PPO (lr {config['lr']:g}, β {config['kl_coef']:g})" if {"lr", "kl_coef"} <= set(config) else "PPO"
+    )
     if "curve" not in o:
         raise UserError(f"{path}: no 'curve' of checkpoints (an older ppo.py); rerun 06_rlhf_dpo/ppo.py")
     return [
         {
-            "method": "PPO",
+            "method": name,
             "n": f"step {r['step']}",
             "kl": r["kl_sft"],
             "sqrt_kl": max(r["kl_sft"], 0.0) ** 0.5,
@@ -196,7 +204,8 @@ def table(rows) -> str:
 def plot(rows, path):
     plt = pyplot()
     fig, (ax_gold, ax_proxy) = plt.subplots(1, 2, figsize=(11, 4))
-    for method, marker in (("best-of-n", "o-"), ("PPO", "s--")):
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for method, marker in zip(methods, ["o-", "s--", "^--", "v--", "d--"]):
         rs = [r for r in rows if r["method"] == method]
         if rs:
             x = [r["sqrt_kl"] for r in rs]
@@ -228,11 +237,9 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
         check_artifact(RunLayout(run).rm, made_by=RunLayout(run).made_by("rm"))
         rm_path = RunLayout(run).rm / "rm.pt"
     rm = frozen(load_reward_model(rm_path, tok, device))
-    ppo_path = None
-    if cfg.ppo != "none":
-        ppo_dir = Path(cfg.ppo) if cfg.ppo else RunLayout(run).ppo
-        check_artifact(ppo_dir, made_by=RunLayout(run).made_by("ppo"))
-        ppo_path = ppo_dir / "outcome.json"
+    ppo_dirs = [] if cfg.ppo == ["none"] else [Path(p) for p in cfg.ppo] or [RunLayout(run).ppo]
+    for d in ppo_dirs:
+        check_artifact(d, made_by=RunLayout(run).made_by("ppo"))
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     pairs = read_preference_pairs(held_path)[0]
     by_question = group_by_prompt(pairs)
@@ -251,7 +258,7 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
     gold = np.array(gold_scores(texts, groups, answers)).reshape(-1, N)
     rows = best_of_n_curve(proxy, gold)
     shape = peak_and_fall(rows)
-    ppo = ppo_rows(ppo_path) if ppo_path else []
+    ppo = [row for d in ppo_dirs for row in ppo_rows(d)]
     seconds = time.time() - t0
     bar = overopt_bar(rows)
     outcome = {
@@ -280,7 +287,7 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
             inputs=[
                 RunLayout(run).sft,
                 rm_path if cfg.reward_model else RunLayout(run).rm,
-                *([ppo_path.parent] if ppo_path else []),
+                *ppo_dirs,
                 held_path if cfg.heldout_file else RunLayout(run).data,
             ],
         )

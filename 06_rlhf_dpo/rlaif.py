@@ -448,10 +448,11 @@ def headline(o) -> str:
     ag = o["labelling"]["agreement"]["AI judge (language model)"]
     b, g = o["bar"], o["heldout_gold"]
     lo, hi = b["interval"]
+    length = o["labelling"]["agreement"]["prefer the shorter answer"]
     agree = f"{ag['agreement']:.3f}" if ag["n"] else "n/a"
+    length = f"{length['agreement']:.3f}" if length["n"] else "n/a"
     return (
-        f"AI judge agrees with gold on {agree} of {ag['n']} pairs (length rule "
-        f"{o['labelling']['agreement']['prefer the shorter answer']['agreement'] or 0:.3f}); held-out gold: SFT "
+        f"AI judge agrees with gold on {agree} of {ag['n']} pairs (length rule {length}); held-out gold: SFT "
         f"{g['SFT']['mean']:.3f}, RLAIF {g['RLAIF (AI labels)']['mean']:.3f} ({b['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]), "
         f"gold labels {g['gold labels']['mean']:.3f}"
     )
