@@ -49,12 +49,20 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
-from alignment_bars import user_question
+from alignment_bars import group_by_prompt, user_question
 from rule_judge import gold_score
 from preference_data import pad_id_of
 from reward_scoring import reward_of_responses
 from rl_common import response_log_probs
 from rollouts import decode_responses, rollout_batch, sample_responses
+
+
+def prompt_groups(pairs, limit=0) -> tuple:
+    """(prompts as chat turns, their pair groups): each question once, in file order, with every pair that
+    states a rule for it (the gold judge applies them all); the first `limit` questions (0 = all)."""
+    groups = list(group_by_prompt(pairs).values())
+    groups = groups[:limit] if limit else groups
+    return [g[0]["prompt"] for g in groups], groups
 
 
 def gold_scores(texts, groups, answers) -> list:

@@ -57,8 +57,8 @@ from common.outcome import make_bar
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.stats import paired_bootstrap_interval
 
-from alignment_bars import group_by_prompt, short_answers
-from gold_reward import best_of_n, bon_kl, gold_scores, sampled_answers
+from alignment_bars import short_answers
+from gold_reward import best_of_n, bon_kl, gold_scores, prompt_groups, sampled_answers
 from policy_io import frozen, load_sft_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_scoring import load_reward_model, reward_of_responses
@@ -242,9 +242,8 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
         check_artifact(d, made_by=RunLayout(run).made_by("ppo"))
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     pairs = read_preference_pairs(held_path)[0]
-    by_question = group_by_prompt(pairs)
-    questions = list(by_question)[: cfg.eval_limit] if cfg.eval_limit else list(by_question)
-    prompts = [encode_response(tok, by_question[q][0]["prompt"], "")[0] for q in questions]
+    chats, question_groups = prompt_groups(pairs, cfg.eval_limit)
+    prompts = [encode_response(tok, c, "")[0] for c in chats]
     check_rollout_fits(prompts, cfg.max_new_tokens, policy.cfg.block_size)
     answers = short_answers(run)
     N = cfg.samples
@@ -254,7 +253,7 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
     rows_in = [p for p in prompts for _ in range(N)]
     proxy = reward_of_responses(rm, rows_in, responses, pad_id_of(tok), device).numpy().reshape(-1, N)
     texts = decode_responses(tok, responses)
-    groups = [by_question[q] for q in questions for _ in range(N)]
+    groups = [g for g in question_groups for _ in range(N)]
     gold = np.array(gold_scores(texts, groups, answers)).reshape(-1, N)
     rows = best_of_n_curve(proxy, gold)
     shape = peak_and_fall(rows)

@@ -94,7 +94,6 @@ from rl_common import (
 from rollouts import check_rollout_fits, decode_responses, rollout_batch, sample_responses, truncated
 from alignment_bars import (
     gold_acceptance,
-    group_by_prompt,
     majority_replies,
     paired_bar,
     short_answers,
@@ -102,7 +101,7 @@ from alignment_bars import (
 )
 from reward_scoring import reward_of_responses
 from policy_io import sequence_kl
-from gold_reward import gold_scores, policy_rewards
+from gold_reward import gold_scores, policy_rewards, prompt_groups
 
 
 @dataclass
@@ -205,17 +204,6 @@ def token_rewards(score, log_probs, ref_log_probs, mask, kl_coef):
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-def prompts_of(pairs) -> list:
-    """The distinct prompts of a list of preference pairs, in order (as chat turns)."""
-    seen, out = set(), []
-    for p in pairs:
-        key = repr(p["prompt"])
-        if key not in seen:
-            seen.add(key)
-            out.append(p["prompt"])
-    return out
 
 
 @torch.no_grad()
@@ -381,15 +369,6 @@ def plot(records, path):
     save_figure(fig, path)
 
 
-def prompt_groups(pairs, limit=0) -> tuple:
-    """(prompts as chat turns, their pair groups): each distinct prompt once, with every pair that states
-    a rule for it (the gold judge applies them all); the first `limit` (0 = all)."""
-    prompts = prompts_of(pairs)
-    prompts = prompts[:limit] if limit else prompts
-    by_question = group_by_prompt(pairs)
-    return prompts, [by_question[user_question(p)] for p in prompts]
-
-
 def ppo_bars(curve, best, per_prompt, greedy, majority) -> list:
     """[main bar, greedy bar]: the GOLD reward of the selected checkpoint minus the strongest baseline's,
     paired over the held-out prompts. Main: the graded gold reward of sampled answers (the policy's
@@ -438,7 +417,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
     train_pairs = read_preference_pairs(prompts_path)[0]
-    prompts = [encode_response(tok, p, "")[0] for p in prompts_of(train_pairs)]
+    prompts = [encode_response(tok, p, "")[0] for p in prompt_groups(train_pairs)[0]]
     held_prompts, groups = prompt_groups(read_preference_pairs(held_path)[0], cfg.eval_limit)
     sel_prompts, sel_groups = prompt_groups(train_pairs, cfg.select_prompts)
     held = [encode_response(tok, p, "")[0] for p in held_prompts]

@@ -58,9 +58,9 @@ from common.runs import check_artifact, fresh_output, write_manifest
 from common.stats import paired_bootstrap_interval, wilson_interval
 from checkpoint_io import load_checkpoint  # 03_model
 
-from alignment_bars import group_by_prompt, paired_bar, short_answers, user_question
+from alignment_bars import paired_bar, short_answers, user_question
 from dpo import DPOConfig, train_preference
-from gold_reward import policy_rewards
+from gold_reward import policy_rewards, prompt_groups
 from policy_io import frozen, load_policy, load_reference, load_sft_policy, save_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
 from reward_scoring import load_pairs, load_reward_model, reward_of_responses
@@ -291,10 +291,8 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
     records = [records[i] for i in pick.tolist()]
     held_pairs = read_preference_pairs(held_path)[0]
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
-    by_question = group_by_prompt(held_pairs)
-    questions = list(by_question)[: cfg.eval_limit] if cfg.eval_limit else list(by_question)
-    held = [encode_response(tok, by_question[q][0]["prompt"], "")[0] for q in questions]
-    groups = [by_question[q] for q in questions]
+    chats, groups = prompt_groups(held_pairs, cfg.eval_limit)
+    held = [encode_response(tok, c, "")[0] for c in chats]
     answers = short_answers(run)
     torch.manual_seed(cfg.seed)
     with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
@@ -325,52 +323,34 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
         )
         pad = pad_id_of(tok)
         sft_state = {k: v.clone() for k, v in policy.state_dict().items()}
-        sft_eval = policy_rewards(
-            policy,
-            reference,
-            None,
-            tok,
-            held,
-            groups,
-            answers,
-            cfg.eval_samples,
-            cfg.max_new_tokens,
-            cfg.seed,
-        )
+
+        def held_gold():  # the policy's gold reward on the held-out prompts, the same samples' seed each time
+            return policy_rewards(
+                policy,
+                reference,
+                None,
+                tok,
+                held,
+                groups,
+                answers,
+                cfg.eval_samples,
+                cfg.max_new_tokens,
+                cfg.seed,
+            )
+
+        sft_eval = held_gold()
         log_gold = (
             train_preference(policy, reference, gold_pairs, heldout, dpo_cfg, pad, device)
             if gold_pairs
             else []
         )
-        gold_eval = policy_rewards(
-            policy,
-            reference,
-            None,
-            tok,
-            held,
-            groups,
-            answers,
-            cfg.eval_samples,
-            cfg.max_new_tokens,
-            cfg.seed,
-        )
+        gold_eval = held_gold()
         save_policy(tmp / "gold_labels.pt", policy, RunLayout(run).tokenizer, steps=cfg.steps, labels="gold")
         policy.load_state_dict(sft_state)
         log_ai = (
             train_preference(policy, reference, ai_pairs, heldout, dpo_cfg, pad, device) if ai_pairs else []
         )
-        ai_eval = policy_rewards(
-            policy,
-            reference,
-            None,
-            tok,
-            held,
-            groups,
-            answers,
-            cfg.eval_samples,
-            cfg.max_new_tokens,
-            cfg.seed,
-        )
+        ai_eval = held_gold()
         save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, steps=cfg.steps, method="rlaif")
         train_s = time.time() - t0
         per_prompt = {
@@ -473,9 +453,9 @@ def report(o, cfg, out):
         "(what the judge's errors cost)"
     )
     for b in o["bars"]:
-        lo, hi = b["interval"] if b["interval"] else (float("nan"), float("nan"))
+        interval = "[{:+.3f}, {:+.3f}]".format(*b["interval"]) if b["interval"] else "(no pairs, no interval)"
         print(
-            f"bar: {b['metric']}: {b['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
+            f"bar: {b['metric']}: {b['value']:+.3f} {interval} (n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
         )
     print(
         f"rlaif: 2 x {cfg.steps} DPO steps, {o['train_s']:.0f}s with the sampling and scoring; wrote {out}/"
