@@ -76,6 +76,7 @@ from common.cli import (
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
+from common.stats import paired_bootstrap_interval
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
@@ -491,6 +492,11 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "bar": bars[0],
             "bars": bars,
             "best_step": best["step"],
+            "gold_minus_sft": {  # against SFT alone (the bar is against the stronger baseline)
+                "value": best["gold"] - curve[0]["gold"],
+                "interval": list(paired_bootstrap_interval(per_prompt[best["step"]], per_prompt[0])),
+                "n": len(held),
+            },
             "curve": [
                 {k: r[k] for k in ("step", "gold", "proxy", "kl_sft", "select_gold", "select_proxy")}
                 for r in curve
@@ -543,6 +549,11 @@ def report(o, final_step, out):
     print(
         f"greedy: reward-model score {b['reward']:+.3f} -> {a['reward']:+.3f}, {a['response_tokens']:.1f} tokens, "
         f"KL to SFT {a['kl_per_response']:.3f} nats per response"
+    )
+    d = o["gold_minus_sft"]
+    print(
+        f"held-out gold reward (sampled): PPO minus SFT {d['value']:+.3f} "
+        f"[{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}] (paired, n={d['n']})"
     )
     for bar in o["bars"]:
         lo, hi = bar["interval"]
