@@ -1,8 +1,8 @@
 """The gold reward of a policy, and best-of-n against a proxy: the pieces of the over-optimization lab.
 
     gold = policy_rewards(policy, reference, rm, tok, prompts, groups, answers, samples=4)
-    gold["gold"]          # per prompt: the share of its sampled answers the rule judge accepts
-    gold["proxy"], gold["kl"]   # the reward model's mean score, KL(π ‖ π_ref) in nats per response
+    gold["gold"]          # per prompt: the mean gold reward of its sampled answers
+    gold["gold_mean"], gold["proxy_mean"], gold["kl"]   # means; KL(π ‖ π_ref) in nats per response
     best_of_n(proxy, gold_scores, n=8)   # E[gold of the answer the proxy ranks first among n samples]
     bon_kl(8)                            # log 8 − 7/8 = 1.204 nats
 
@@ -18,9 +18,10 @@ per prompt at temperature 1 - the distribution PPO optimizes and the KL is measu
 always recorded separately: an optimizer sees only the proxy, and is judged only by the gold.
 
 Best-of-n: draw n answers from π_SFT, keep the one the proxy scores highest. Its distribution's KL from
-π_SFT is at most (exactly, when no two answers tie)
+π_SFT is (Gao et al., section 2; exact when the answers never tie, as for a continuous distribution,
+an upper bound when they can: Beirami et al. 2024)
 
-    KL_bon(n) = log n − (n − 1) / n                      (Stiennon et al. 2020, appendix; Gao et al. eq. 1)
+    KL_bon(n) = log n − (n − 1) / n
 
 From N ≥ n samples per prompt the expected reward of best-of-n has an unbiased estimator: sort the N
 answers by proxy score; the one of rank i (0-based, ascending) is the best of a random n-subset exactly
