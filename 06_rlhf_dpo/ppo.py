@@ -431,20 +431,11 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     def evaluate(step):
         """Gold and proxy of this checkpoint on held-out prompts (the curve) and on training prompts (the
         choice of checkpoint); the best-so-far weights are kept in memory."""
-        h = policy_rewards(
-            policy, reference, rm, tok, held, groups, answers, cfg.eval_samples, cfg.max_new_tokens, cfg.seed
-        )
-        s = policy_rewards(
-            policy,
-            reference,
-            rm,
-            tok,
-            sel,
-            sel_groups,
-            answers,
-            cfg.eval_samples,
-            cfg.max_new_tokens,
-            cfg.seed,
+        h, s = (
+            policy_rewards(
+                policy, reference, rm, tok, ps, gs, answers, cfg.eval_samples, cfg.max_new_tokens, cfg.seed
+            )
+            for ps, gs in ((held, groups), (sel, sel_groups))
         )
         per_prompt[step] = h["gold"]
         point = {
