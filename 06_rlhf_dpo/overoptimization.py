@@ -225,6 +225,19 @@ def plot(rows, path):
     save_figure(fig, path)
 
 
+def sampled_rewards(policy, rm, tok, prompts, question_groups, answers, cfg, device) -> tuple:
+    """(proxy, gold), each (prompts, N): cfg.samples answers per prompt from the SFT model at T = 1, scored
+    by the reward model and by the rule judge."""
+    N = cfg.samples
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    responses = sampled_answers(policy, tok, prompts, N, cfg.max_new_tokens, g)
+    rows = [p for p in prompts for _ in range(N)]
+    proxy = reward_of_responses(rm, rows, responses, pad_id_of(tok), device).numpy().reshape(-1, N)
+    groups = [grp for grp in question_groups for _ in range(N)]
+    gold = np.array(gold_scores(decode_responses(tok, responses), groups, answers)).reshape(-1, N)
+    return proxy, gold
+
+
 def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
     """Best-of-n against the proxy, PPO's checkpoints beside it; writes <out>/ and returns the outcome."""
     check_overopt_config(cfg)
@@ -247,33 +260,25 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
     check_rollout_fits(prompts, cfg.max_new_tokens, policy.cfg.block_size)
     answers = short_answers(run)
     N = cfg.samples
-    t0 = time.time()
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    responses = sampled_answers(policy, tok, prompts, N, cfg.max_new_tokens, g)
-    rows_in = [p for p in prompts for _ in range(N)]
-    proxy = reward_of_responses(rm, rows_in, responses, pad_id_of(tok), device).numpy().reshape(-1, N)
-    texts = decode_responses(tok, responses)
-    groups = [g for g in question_groups for _ in range(N)]
-    gold = np.array(gold_scores(texts, groups, answers)).reshape(-1, N)
-    rows = best_of_n_curve(proxy, gold)
-    shape = peak_and_fall(rows)
-    ppo = [row for d in ppo_dirs for row in ppo_rows(d)]
-    seconds = time.time() - t0
-    bar = overopt_bar(rows)
-    outcome = {
-        "bar": bar,
-        "best_of_n": [{k: v for k, v in r.items() if k != "per_prompt_gold"} for r in rows],
-        "ppo": ppo,
-        "shape": shape,
-        "prompts": len(prompts),
-        "samples": N,
-        "correlation": float(np.corrcoef(proxy.ravel(), gold.ravel())[0, 1]) if gold.std() > 0 else None,
-        "seconds": seconds,
-        "device": device,
-        "reward_model": os.path.relpath(rm_path, out),
-    }
-    outcome["headline"] = headline(outcome)
-    with fresh_output(out, cfg.overwrite) as tmp:
+    ppo = [row for d in ppo_dirs for row in ppo_rows(d)]  # read first: a bad file stops before any work
+    with fresh_output(out, cfg.overwrite) as tmp:  # claimed before the first sample
+        t0 = time.time()
+        proxy, gold = sampled_rewards(policy, rm, tok, prompts, question_groups, answers, cfg, device)
+        rows = best_of_n_curve(proxy, gold)
+        bar = overopt_bar(rows)
+        outcome = {
+            "bar": bar,
+            "best_of_n": [{k: v for k, v in r.items() if k != "per_prompt_gold"} for r in rows],
+            "ppo": ppo,
+            "shape": peak_and_fall(rows),
+            "prompts": len(prompts),
+            "samples": N,
+            "correlation": float(np.corrcoef(proxy.ravel(), gold.ravel())[0, 1]) if gold.std() > 0 else None,
+            "seconds": time.time() - t0,
+            "device": device,
+            "reward_model": os.path.relpath(rm_path, out),
+        }
+        outcome["headline"] = headline(outcome)
         md = table(rows + ppo)
         atomic_write_text(tmp / "table.md", md)
         write_json(tmp / "outcome.json", outcome)
@@ -297,7 +302,9 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
         f"bar: {bar['metric']}: {bar['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={bar['n']}): "
         f"{'PASS' if bar['passed'] else 'FAIL'}"
     )
-    print(f"overopt: {len(prompts)} prompts x {N} samples in {seconds:.0f}s; wrote {out}/ (overopt.png)")
+    print(
+        f"overopt: {len(prompts)} prompts x {N} samples in {outcome['seconds']:.0f}s; wrote {out}/ (overopt.png)"
+    )
     return outcome
 
 
