@@ -556,7 +556,7 @@ def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, 
     steps = step_table(docs, acted, removed, kept, unique, mixed)
     stats = {
         "config": config,
-        "noise": noise_table(docs, labels, acted, removed) if labels else {},
+        "noise": noise_table(docs, labels, acted, removed, cfg.dedup_threshold) if labels else {},
         "input": {"docs": len(docs), "chars": sum(map(doc_chars, docs))},
         "steps": steps,
         "domains": domain_table(docs, unique, mixed, DOMAINS),
