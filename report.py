@@ -693,6 +693,8 @@ SECTIONS = {
     "reward_model": reward_model_section,
     "dpo": rl_method_section("dpo"),
     "ppo": rl_method_section("ppo"),
+    "overopt": headline_section("overopt", "06 Reward over-optimization: best-of-n and PPO against a proxy"),
+    "rlaif": headline_section("rlaif", "06 RLAIF: an AI judge's labels, measured against the gold judge"),
     "grpo": rl_method_section("grpo"),
     "rl_compare": rl_compare_section,
     "distill": distill_section,
