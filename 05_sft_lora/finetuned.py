@@ -8,7 +8,18 @@ command script for its functions:
     answers = generate_answers(model, tok, conversations, max_new_tokens=48, device="cpu")
     score(answers, conversations)      # {"exact_match", "token_f1", "answer_acc", "n"}
 
-Interview question it answers:
+`corpus_loss` (the forgetting metric, 07's loss of a compressed model) is 04's one held-out loss
+(heldout_loss.py), passed on from here.
+
+Several LoRA adapters on one base, switched per request (multi_adapter.py measures it):
+
+    model, tok = load_named_adapters({"facts": "runs/x/facts", "arithmetic": "runs/x/arithmetic"})
+    answer_requests(model, tok, [("facts", conv1), ("arithmetic", conv2), ({"facts": .5, "arithmetic": .5}, conv3)])
+
+Interview questions it answers:
+- How do you serve many fine-tunes of one model? (one base in memory, a named adapter per task or
+  customer, kilobytes each; each request names its adapter and is batched with requests for the same
+  one: S-LoRA / vLLM's multi-LoRA serving; `answer_requests` does it one group at a time)
 - How is a PEFT model shipped? (the base checkpoint once, plus kilobytes of adapter weights per task;
   loading attaches the adapter to the base, or merges it for serving: lora.merge_lora)
 """
@@ -30,11 +41,13 @@ from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import load_checkpoint  # 03_model
 from decoding import generate, left_pad  # 03_model
 from gpt import GPT  # 03_model
-from batches import get_batch  # 04_pretrain
+
+# the one held-out loss (04): SFT's forgetting and 07's compressed models import it from here too
+from heldout_loss import corpus_loss as corpus_loss  # 04_pretrain
 
 from adapter import load_adapters
 from chat_template import END, decode_answer, encode_prompt
-from lora import load_lora
+from lora import load_lora, set_adapter
 from metrics import answer_in, corpus_bleu, exact_match, rouge_l, token_f1
 from sft_baselines import answer_span
 from prefix import load_prefix
@@ -58,19 +71,55 @@ def load_finetuned(sft_dir, device="cpu"):
     return model, tok, loader(model, sft_dir / "adapter.pt")
 
 
-@torch.no_grad()
-def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> float:
-    """Mean LM loss on `n_windows` evenly spaced windows of the pretraining val shard (forgetting)."""
-    starts = np.linspace(0, len(val_tokens) - block_size - 1, n_windows).astype(np.int64)
-    was = model.training
+def load_named_adapters(sft_dirs: dict, device="cpu"):
+    """(model, tokenizer): the base that every run in {name: sft_dir} was trained on, with each run's
+    LoRA adapter loaded under its name (none active until a request names one). Refuses runs that are
+    not LoRA or were trained on different base checkpoints (a LoRA update means nothing on another base)."""
+    if not sft_dirs:
+        raise UserError("name at least one adapter: {name: sft run folder}")
+    bases = {}
+    for name, d in sft_dirs.items():
+        d = Path(d)
+        check_artifact(d, made_by=RunLayout("runs/<name>").made_by("sft"))
+        if (
+            not (d / "adapter.pt").is_file()
+            or load_checkpoint(d / "adapter.pt").get("peft", {}).get("kind") != "lora"
+        ):
+            raise UserError(f"{d}: not a LoRA run (no LoRA adapter.pt); train it with sft.py --method lora")
+        bases[name] = (d / read_json(d / "outcome.json")["base_checkpoint"]).resolve()
+    if len(set(bases.values())) > 1:
+        raise UserError(
+            "the adapters were trained on different bases ("
+            + ", ".join(f"{n}: {b}" for n, b in bases.items())
+            + "); train every adapter on the same base checkpoint"
+        )
+    first = Path(next(iter(sft_dirs.values())))
+    tok = BPETokenizer.load(first / read_json(first / "outcome.json")["tokenizer"])
+    model = GPT.from_checkpoint(next(iter(bases.values())), map_location=device)
+    for name, d in sft_dirs.items():
+        load_lora(model, Path(d) / "adapter.pt", name=name)
+    set_adapter(model, {})
     model.eval()
-    losses = [
-        model(*get_batch(val_tokens, starts[i : i + batch], block_size, device))[1].item()
-        * len(starts[i : i + batch])
-        for i in range(0, len(starts), batch)
-    ]
-    model.train(was)
-    return sum(losses) / len(starts)
+    return model, tok
+
+
+def answer_requests(model, tok, requests, max_new_tokens=32, device="cpu") -> list:
+    """Greedy answers to [(adapter, conversation)], in order. `adapter`: a name, a weighted combination
+    {name: weight} (ΔW = Σ w_a ΔW_a) or {} for the base alone. Requests for the same adapter are batched
+    together, the adapter switched between groups (lora.set_adapter: no copy of any weight)."""
+    groups = {}
+    for i, (adapter, _) in enumerate(requests):
+        key = adapter if isinstance(adapter, str) else tuple(sorted(dict(adapter).items()))
+        groups.setdefault(key, []).append(i)
+    answers = [None] * len(requests)
+    for key, idx in groups.items():
+        set_adapter(model, key if isinstance(key, str) else dict(key))
+        for i, a in zip(
+            idx, generate_answers(model, tok, [requests[i][1] for i in idx], max_new_tokens, device)
+        ):
+            answers[i] = a
+    set_adapter(model, {})
+    return answers
 
 
 @torch.no_grad()

@@ -59,9 +59,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +84,14 @@ from gpt import GPT  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from compress_eval import TEACHER_HELP, checkpoint_kib, count_params, load_teacher, nonzero_params
+from compress_eval import (
+    TEACHER_HELP,
+    checkpoint_kib,
+    count_params,
+    load_teacher,
+    nonzero_params,
+    window_losses,
+)
 
 
 @dataclass
@@ -449,20 +454,6 @@ def variants(teacher: GPT, train, cfg: PruneConfig, device):
             remove_units(teacher, neuron_keep=keep),
             None,
         )
-
-
-@torch.no_grad()
-def window_losses(model: GPT, val, n_windows: int, device, batch=16) -> np.ndarray:
-    """Mean next-token loss of each of n evenly spaced val windows (corpus_loss's windows, one number
-    each): the unit the paired intervals resample."""
-    T = model.cfg.block_size
-    starts = np.linspace(0, len(val) - T - 1, n_windows).astype(np.int64)
-    out = []
-    for i in range(0, len(starts), batch):
-        x, y = get_batch(val, starts[i : i + batch], T, device)
-        logits, _ = model(x)
-        out.append(F.cross_entropy(logits.transpose(1, 2).float(), y, reduction="none").mean(1).cpu())
-    return torch.cat(out).double().numpy()
 
 
 def prune_bars(losses: dict) -> tuple:

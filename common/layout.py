@@ -13,7 +13,7 @@ command by hand:
     from common.layout import RunLayout
     layout = RunLayout("runs/tiny")
     check_artifact(layout.tokens, made_by=layout.made_by("tokens"))
-    # -> error: runs/tiny/tokens: missing; make it first with `python 02_tokenizer/bpe.py --data runs/tiny`
+    # -> error: runs/tiny/tokens: missing; make it first with `python 02_tokenizer/train_tokenizer.py --data runs/tiny`
 
 Interview question it answers:
 - Why declare a pipeline's stages as data rather than as code that calls them? (the orchestrator,
@@ -35,7 +35,7 @@ class Stage:
     script: str  # relative to the repository root
     folder: str  # the folder it writes under runs/<name>/ (done = it holds a manifest)
     upstream: tuple = ()  # the folders it reads
-    writes: tuple = ()  # further folders it writes (bpe.py: tokenizer/ beside tokens/)
+    writes: tuple = ()  # further folders it writes (train_tokenizer.py: tokenizer/ beside tokens/)
     run_flag: str = "--run"  # how the stage is told the run folder
     presets: tuple = ("micro",)  # run_all presets passed on as --preset (others: the stage's defaults)
     optional: bool = False  # only with run_all --add NAME (long experiments)
@@ -46,14 +46,16 @@ class Stage:
 
     @property
     def outcome_folder(self) -> str:
-        """The folder holding its outcome.json (bpe.py writes it beside the tokenizer, not the shards)."""
+        """The folder holding its outcome.json (train_tokenizer.py writes it beside the tokenizer, not the shards)."""
         return self.writes[0] if self.writes else self.folder
 
 
 PRE = ("tokenizer", "tokens", "pretrain")  # what every stage after pretraining reads
 STAGES = [
     Stage("data", "01_data/prepare.py", "data", run_flag="--out"),
-    Stage("tokenizer", "02_tokenizer/bpe.py", "tokens", ("data",), ("tokenizer",), run_flag="--data"),
+    Stage(
+        "tokenizer", "02_tokenizer/train_tokenizer.py", "tokens", ("data",), ("tokenizer",), run_flag="--data"
+    ),
     Stage("wordpiece", "02_tokenizer/wordpiece.py", "wordpiece", ("data", "tokenizer"), run_flag="--data"),
     Stage("unigram", "02_tokenizer/unigram.py", "unigram", ("data", "tokenizer"), run_flag="--data"),
     # contrastive pretraining makes its own texts from the world: no earlier stage needed
@@ -74,6 +76,14 @@ STAGES = [
     Stage("reward_model", "06_rlhf_dpo/reward_model.py", "rm", ("data", "sft"), needs_tasks=True),
     Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", ("data", "sft"), needs_tasks=True),
     Stage("ppo", "06_rlhf_dpo/ppo.py", "ppo", ("data", "sft", "rm"), needs_tasks=True),
+    Stage(
+        "overopt",
+        "06_rlhf_dpo/overoptimization.py",
+        "overopt",
+        ("data", "sft", "rm", "ppo"),
+        needs_tasks=True,
+    ),
+    Stage("rlaif", "06_rlhf_dpo/rlaif.py", "rlaif", ("data", "pretrain", "sft"), needs_tasks=True),
     Stage("grpo", "06_rlhf_dpo/grpo.py", "grpo", ("data", "sft"), needs_tasks=True),
     Stage(
         "rl_compare",
@@ -129,6 +139,8 @@ class RunLayout:
     rm = property(lambda self: self.root / "rm")
     dpo = property(lambda self: self.root / "dpo")
     ppo = property(lambda self: self.root / "ppo")
+    overopt = property(lambda self: self.root / "overopt")
+    rlaif = property(lambda self: self.root / "rlaif")
     grpo = property(lambda self: self.root / "grpo")
     distill = property(lambda self: self.root / "distill")
     quant = property(lambda self: self.root / "quant")

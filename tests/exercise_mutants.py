@@ -127,7 +127,7 @@ MUTANTS: dict[str, list[M]] = {
         M("log_like[:, ids]", "log_like[:, np.unique(ids)]", "each distinct n-gram counted once"),
     ],
     # -------------------------------------------------------------------------- 02_tokenizer
-    "02_tokenizer/bpe.py:merge_ids": [
+    "02_tokenizer/bpe_merges.py:merge_ids": [
         M(
             "            i += 2\n",
             "            i += 1\n",
@@ -140,12 +140,12 @@ MUTANTS: dict[str, list[M]] = {
             "merges the pair in either order",
         ),
     ],
-    "02_tokenizer/bpe.py:train_merges_naive": [
+    "02_tokenizer/bpe_merges.py:train_merges_naive": [
         M("stats[p] += n", "stats[p] += 1", "pair counts not weighted by the word's count"),
         M("(stats[p], vocab[p[0]], vocab[p[1]])", "(stats[p], p)", "ties broken by id, not by bytes"),
         M("for p in zip(w, w[1:]):", "for p in set(zip(w, w[1:])):", "a pair counted once per word"),
     ],
-    "02_tokenizer/bpe.py:merge_counting_pairs": [
+    "02_tokenizer/bpe_merges.py:merge_counting_pairs": [
         M("            delta[pair] -= n\n", "", "the merged pair keeps its count"),
         M("                delta[out[-1], a] -= n\n", "", "the left neighbour pair keeps its count"),
         M(
@@ -604,7 +604,7 @@ MUTANTS: dict[str, list[M]] = {
             "long with probability 1 - long_frac",
         ),
     ],
-    "07_distill_quant/distill.py:kd_loss": [
+    "07_distill_quant/kd_losses.py:kd_loss": [
         M("return temperature**2 * kl.mean()", "return kl.mean()", "forgets T²"),
         M(
             "(log_p.exp() * (log_p - log_q))",
@@ -613,7 +613,7 @@ MUTANTS: dict[str, list[M]] = {
         ),
         M("teacher_logits.float() / temperature", "teacher_logits.float()", "the teacher not softened by T"),
     ],
-    "07_distill_quant/distill.py:feature_loss": [
+    "07_distill_quant/kd_losses.py:feature_loss": [
         M(
             "cosine_similarity(pred, target, dim=-1)",
             "cosine_similarity(pred, target, dim=0)",

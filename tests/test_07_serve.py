@@ -738,7 +738,9 @@ def stream_text(reply):
 
 
 def test_a_poisoned_request_fails_alone_while_concurrent_streams_complete(server, monkeypatch):
-    engine, real_sample = server.engine, server.engine.sample
+    import batching
+
+    engine, real_sample = server.engine, batching.sample_token
 
     def sample(req, logits):
         if req.params.seed == 666:
@@ -746,7 +748,7 @@ def test_a_poisoned_request_fails_alone_while_concurrent_streams_complete(server
         time.sleep(0.005)  # keep the streams in flight while the poison runs
         return real_sample(req, logits)
 
-    monkeypatch.setattr(engine, "sample", sample)
+    monkeypatch.setattr(batching, "sample_token", sample)
     _, alone = call(server, "/v1/chat/completions", CHAT)
     want = alone["choices"][0]["message"]["content"]
     results = {}
