@@ -68,12 +68,12 @@ HELDOUT_TEMPLATES = {
 
 
 def world_seed_of(run) -> int:
-    """The seed 01 built the run's world from (its manifest's config), so the questions ask about the
-    people the model was pretrained on."""
+    """The seed 01 built the run's world from (its manifest's config; WorldConfig's default when the
+    config names none), so the questions ask about the people the model was pretrained on."""
     path = Path(run) / "data" / "manifest.json"
     try:
-        return int(json.loads(path.read_text())["config"]["seed"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return int(json.loads(path.read_text())["config"].get("seed", WorldConfig().seed))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(
             f"{path}: cannot read the world's seed ({e}); run `python 01_data/prepare.py --out {run}` "
             "or pass --train-file/--heldout-file"
@@ -104,8 +104,11 @@ def fact_problems(world_seed=0) -> tuple:
     return split["train"], split["heldout"], candidates
 
 
-def fact_reward(text: str, answer: str, candidates) -> dict:
-    """{"correct": the text names `answer` and no other candidate (whole words, any case), "reward": 0/1}."""
+def fact_reward(text: str, answer: str, candidates, subject: str = "") -> dict:
+    """{"correct": the text names `answer` and no other candidate (whole words, any case), "reward": 0/1}.
+    The subject's own name is removed first: a person may share a word with a city (Ansel Zoelfa)."""
+    if subject:
+        text = re.sub(re.escape(subject), " ", text, flags=re.IGNORECASE)
     words = " " + " ".join(re.findall(r"[a-z]+", text.lower())) + " "
     named = [c for c in candidates if f" {c.lower()} " in words]
     correct = len(named) == 1 and named[0].lower() == answer.lower()

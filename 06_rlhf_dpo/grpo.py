@@ -194,7 +194,7 @@ def load_task(cfg, run, tok) -> dict:
             for a in candidates
         }
         majority = lambda ps: [float(p["answer"] == common[p["attribute"]]) for p in ps]
-        score = lambda p, text: fact_reward(text, p["answer"], candidates[p["attribute"]])
+        score = lambda p, text: fact_reward(text, p["answer"], candidates[p["attribute"]], p["subject"])
         return {
             "train": train,
             "heldout": heldout,

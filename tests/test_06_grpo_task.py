@@ -50,6 +50,10 @@ def test_the_reward_is_the_truth_and_a_list_of_candidates_earns_nothing(split):
     assert fact_task.fact_reward(f"{city} or {other}.", city, candidates["city"])["reward"] == 0.0
     assert fact_task.fact_reward(f"{other}.", city, candidates["city"])["reward"] == 0.0
     assert fact_task.fact_reward(f"{city}ia.", city, candidates["city"])["reward"] == 0.0  # whole words
+    # the subject's own name does not count as naming a candidate (a person may be called Ansel Zoelfa)
+    said = f"Ansel {other} lives in {city}."
+    assert fact_task.fact_reward(said, city, candidates["city"], subject=f"Ansel {other}")["correct"]
+    assert not fact_task.fact_reward(said, city, candidates["city"])["correct"]
 
 
 def test_group_normalized_advantages_equal_the_hand_computed_values():
