@@ -8,7 +8,7 @@ tinyshakespeare and 红楼梦; else 01_data's generated corpus):
     together in rounds on arrays), and a tiktoken.Encoding built from the same ranks (Rust).
     The ids of all three are checked equal.
   - training seconds at each vocabulary size: pre-tokenization (regex + Counter, shared), then the
-    merges by the readable incremental trainer (bpe.train_merges) and by the array trainer
+    merges by the readable incremental trainer (bpe_merges.train_merges) and by the array trainer
     (bpe_fast.train_merges_fast, what BPETokenizer.train uses). The merges are checked equal.
   - (full run) the textbook trainer that recounts every pair after every merge, on a slice, to
     show why the incremental ones exist.
@@ -46,16 +46,10 @@ sys.path[:0] = [str(REPO), str(REPO / "01_data")]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import markdown_table, pyplot, save_figure, write_json
 
-from bpe import (
-    GPT4_PATTERN,
-    MIN_VOCAB_SIZE,
-    SPECIAL_TOKENS,
-    BPETokenizer,
-    train_merges,
-    train_merges_naive,
-    word_counts_of,
-)  # same stage
+from bpe import MIN_VOCAB_SIZE, BPETokenizer  # same stage
+from bpe_merges import train_merges, train_merges_naive  # same stage
 from bpe_fast import train_merges_fast  # same stage
+from pretokenize import GPT4_PATTERN, SPECIAL_TOKENS, word_counts_of  # same stage
 
 SHARED_TEXT = REPO.parent / "shared" / "data" / "text"
 GPT2_FILES = REPO.parent / "shared" / "data" / "tokenizer"

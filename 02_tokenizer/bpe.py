@@ -1,33 +1,25 @@
-"""Byte-level BPE: train it, encode exactly like GPT-2 / tiktoken, save it, load GPT-2's files.
+"""Byte-level BPE: the tokenizer. Encode exactly like GPT-2 / tiktoken, decode, save, load GPT-2's files.
 
 What it is. Byte Pair Encoding starts from the 256 byte values and repeatedly adds one new token:
 the concatenation of the adjacent pair of tokens that occurs most often in the training corpus.
 The ordered list of merges *is* the tokenizer. "Byte-level" means the base alphabet is bytes, not
 characters, so every string (Chinese, emoji, binary junk) is encodable and there is no [UNK].
 
-Pipeline of this file, in reading order:
-  1. pre-tokenize: a regex splits text into "pre-tokens" (words, number runs, punctuation runs,
-     whitespace); merges never cross a pre-token, so "dog." and "dog!" share the token "dog".
-     Special tokens (`<|endoftext|>`, chat roles) are cut out first: never split, never merged.
-  2. count each distinct pre-token once (a Counter over the corpus: word -> frequency).
-  3. train: `train_merges_naive` is the textbook loop (recount every pair after every merge; a
-     small reference, minutes on a real corpus). `train_merges` keeps the pair counts, an index
-     pair -> words containing it, and a max-heap with lazy deletion, and after each merge touches
-     only the words that contained the merged pair. `BPETokenizer.train` runs that algorithm on
-     numpy arrays (bpe_fast.py), tested equal.
-  4. encode: per pre-token, repeatedly merge the adjacent pair whose merged bytes have the lowest
+The stage in reading order, one file per concept:
+  1. pretokenize.py: a regex splits text into pre-tokens; special tokens are cut out first.
+  2. bpe_merges.py: learning the merges (the textbook loop, then the incremental trainer);
+     bpe_fast.py: the same trainer and encoder on numpy arrays, tested equal.
+  3. this file, `BPETokenizer`: training (`train`, on bpe_fast), then
+     encode: per pre-token, repeatedly merge the adjacent pair whose merged bytes have the lowest
      rank (rank = token id), with a cache per pre-token (`bpe_piece`, the readable reference). This
      is tiktoken's rule, so the ids equal a `tiktoken.Encoding` built from our ranks, by
      construction (`to_tiktoken`, checked in tests). Pre-tokens missing from the cache are merged
      all together in rounds on arrays (bpe_fast.py): the same ids, much faster on Chinese.
-  5. decode: concatenate the tokens' bytes, then UTF-8 decode once with replacement (one token may
+     decode: concatenate the tokens' bytes, then UTF-8 decode once with replacement (one token may
      hold half a Chinese character; only the final string is decoded).
-Around it: tokenizer_eval.py measures bytes/token, token_shards.py writes the ids for pretraining,
-tokenizer_cli.py is the command line that bpe.py, wordpiece.py and unigram.py share.
-
-Tie-break rule (written down because it decides which merges you get on small corpora): among
-pairs with equal count, pick the pair whose (left bytes, right bytes) is lexicographically
-greatest, e.g. (b"we", b"s") beats (b"n", b"e"). All trainers use it, so they agree exactly.
+     save / load, and OpenAI's GPT-2 files.
+  4. tokenizer_eval.py measures bytes/token, token_shards.py writes the ids for pretraining,
+     tokenizer_cli.py is the body the three commands share, train_tokenizer.py is BPE's command.
 
 Vocabulary layout: ids 0..255 are the bytes, 256.. the merges in training order, then the special
 tokens in the order of SPECIAL_TOKENS (GPT-2 also puts `<|endoftext|>` last, id 50256).
@@ -37,25 +29,22 @@ Saved format (`save(dir)` -> dir/tokenizer.json, plain JSON): {"format": "bpe-v1
   "merges": [[left_id, right_id], ...] in order (merge i makes token 256 + i)}
 `from_gpt2(vocab.json, merges.txt)` reads OpenAI's GPT-2 files (their byte-to-unicode alphabet).
 
-Run (tokenizer_cli.py; writes runs/tiny/tokenizer/ and runs/tiny/tokens/):
-  python 02_tokenizer/bpe.py --data runs/tiny [--vocab-size 4096] [--pattern gpt2] [--overwrite]
+Use it (a library; the command that trains it on a run is train_tokenizer.py):
+    tok = BPETokenizer.load("runs/tiny/tokenizer"); tok.encode("hello"); tok.decode(ids)
+    python 02_tokenizer/train_tokenizer.py --data runs/tiny   # -> runs/tiny/tokenizer/ and tokens/
 
 Interview questions it answers:
 - Why byte-level? No unknown tokens, 256 base symbols cover every language; the cost is longer
   sequences for non-Latin scripts (see bytes/token for Chinese in the outcome table).
-- Why pre-tokenize with a regex? Merges stay inside words, so "dog", "dog." and "dog!" do not each
-  become separate tokens; the GPT-4 pattern also caps digit runs at 3, which helps arithmetic.
-- How do you train BPE in O(changes) instead of O(corpus) per merge? (pair->words index + heap)
+- How does BPE encode a word, and why is it "lowest rank first" and not "longest match"? (bpe_piece)
 - How are special tokens kept whole, and why must user text not be able to produce them?
   (split on them before the regex; `encode_ordinary` treats a literal "<|endoftext|>" in a web page
   as plain text, otherwise a document could inject an end-of-text or a fake `<|assistant|>` turn.)
+- Why decode bytes once at the end rather than token by token? (a token may end mid-character)
 """
 
 import contextlib
-import heapq
 import sys
-from collections import Counter, defaultdict
-from dataclasses import dataclass
 from itertools import chain, islice, repeat
 from pathlib import Path
 
@@ -64,215 +53,25 @@ import regex
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
-from common.cli import UserError, check_config, option, run_cli
+from common.cli import UserError
 from common.files import read_json, read_text, write_json
+from common.layout import RunLayout
 
-from bpe_fast import descending, encode_pieces, encode_texts, merge_table, train_merges_fast  # same stage
-
-# GPT-2's pattern: contractions, letter runs, digit runs, punctuation runs, each with an optional
-# leading space; `\s+(?!\S)` leaves the last space of a whitespace run to start the next word.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-# GPT-4's (cl100k): case-insensitive contractions, digits in groups of at most 3, newlines apart.
-GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
-    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+from bpe_fast import encode_pieces, encode_texts, merge_table, train_merges_fast  # same stage
+from pretokenize import (  # same stage
+    GPT2_PATTERN,
+    GPT4_PATTERN,
+    PATTERNS,
+    SPECIAL_TOKENS,
+    compile_pattern,
+    special_splitter,
+    word_counts_of,
 )
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 
-# `<|endoftext|>` separates documents; the chat-role tokens are used by the SFT chat template (05).
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SINGLE_BYTES = [bytes([b]) for b in range(256)]
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + 1  # every byte, every special token, and one merge
 
 
-@dataclass
-class BPEConfig:
-    # 2048 suits a tiny GPT on a few MB of text: the embedding (2048 x d_model) stays a small part
-    # of the parameters, and every token id is seen thousands of times in training. A 50k vocabulary
-    # on 5 MB would leave most ids nearly untrained and the embedding larger than the model.
-    vocab_size: int = option(
-        2048,
-        f"256 bytes + merges + {len(SPECIAL_TOKENS)} special tokens, at least {MIN_VOCAB_SIZE}",
-        min=MIN_VOCAB_SIZE,
-    )
-    pattern: str = option("gpt4", "pre-tokenizer regex: gpt2, gpt4, or a regex of your own")
-
-
-# `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
-PRESETS = {"tiny": {}, "micro": dict(vocab_size=400)}
-
-
-def check_bpe_config(cfg: BPEConfig):
-    """Everything about a config that can be checked before reading any data (UserError if not)."""
-    check_config(cfg)
-    compile_pattern(cfg.pattern)
-
-
-def compile_pattern(pattern: str):
-    """The compiled pre-tokenizer regex for "gpt2", "gpt4" or a regex; a bad regex is a UserError."""
-    try:
-        return regex.compile(PATTERNS.get(pattern, pattern))
-    except regex.error as e:
-        raise UserError(
-            f"--pattern {pattern!r} is not a valid regex ({str(e).splitlines()[0]}); "
-            "fix it, or use gpt2 or gpt4"
-        ) from None
-
-
-# ---------------------------------------------------------------- 1. pre-tokenization
-def special_splitter(special_tokens):
-    """A regex that finds special tokens, longest first: alternation takes the first alternative that
-    matches, not the longest, so with "<|a|>" and "<|a|><|b|>" the longer one must be tried first."""
-    if not special_tokens:
-        return None
-    return regex.compile(
-        "(" + "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)) + ")"
-    )
-
-
-def word_counts_of(texts, pattern, special_tokens=(), progress=None) -> Counter:
-    """Count every distinct pre-token (as UTF-8 bytes) in the corpus. Special tokens are cut out
-    first and never counted, so no merge can span a document boundary."""
-    pat = compile_pattern(pattern)
-    splitter = special_splitter(special_tokens)
-    counts = Counter()
-    for i, text in enumerate(texts):
-        chunks = splitter.split(text)[::2] if splitter else [text]  # odd items are the specials
-        for chunk in chunks:
-            counts.update(pat.findall(chunk))
-        if progress and (i + 1) % 2000 == 0:
-            progress(f"pre-tokenized {i + 1} documents, {len(counts)} distinct pre-tokens")
-    return Counter({w.encode("utf-8"): n for w, n in counts.items()})
-
-
-# ---------------------------------------------------------------- 2. training
-def merge_ids(ids, pair, new_id):
-    """Replace every non-overlapping occurrence of `pair` in `ids` (left to right) by `new_id`."""
-    # >>> exercise: scan left to right; where ids[i], ids[i+1] == pair emit new_id and skip both, else copy ids[i]
-    out, i, a, b = [], 0, pair[0], pair[1]
-    while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == a and ids[i + 1] == b:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-    # <<< exercise
-
-
-def train_merges_naive(word_counts, n_merges):
-    """Reference trainer: recount all pairs after every merge. O(corpus) per merge; for tests."""
-    # >>> exercise: each round: count pairs weighted by word count; merge the most frequent (ties: greater bytes)
-    vocab = {i: bytes([i]) for i in range(256)}
-    words = {tuple(w): n for w, n in word_counts.items()}
-    merges = []
-    for k in range(n_merges):
-        stats = Counter()
-        for w, n in words.items():
-            for p in zip(w, w[1:]):
-                stats[p] += n
-        if not stats:
-            break
-        best = max(stats, key=lambda p: (stats[p], vocab[p[0]], vocab[p[1]]))  # count, then tie-break
-        new_id = 256 + k
-        vocab[new_id] = vocab[best[0]] + vocab[best[1]]
-        merges.append(best)
-        merged = Counter()
-        for w, n in words.items():
-            merged[tuple(merge_ids(w, best, new_id))] += n
-        words = merged
-    return merges
-    # <<< exercise
-
-
-def merge_counting_pairs(word, pair, new_id, n, delta):
-    """`merge_ids` that also records how the pair counts change, in `delta` (weighted by the word's
-    frequency n). At each occurrence of (a, b) with neighbours p and q, the pairs (p, a), (a, b),
-    (b, q) disappear and (p, new), (new, q) appear; nothing else in the word changes. p is read from
-    the output, so in "a b a b" the (new, a) counted at the first occurrence is taken back at the
-    second, which then adds (new, new). Cost: one pass over the word, not a recount of it."""
-    # >>> exercise: merge_ids; in delta (p,a), (a,b), (b,q) lose n and (p,new), (new,q) gain n per occurrence
-    a, b = pair
-    out, i, length = [], 0, len(word)
-    while i < length:
-        if word[i] == a and i + 1 < length and word[i + 1] == b:
-            delta[pair] -= n
-            if out:
-                delta[out[-1], a] -= n
-                delta[out[-1], new_id] += n
-            if i + 2 < length:
-                delta[b, word[i + 2]] -= n
-                delta[new_id, word[i + 2]] += n
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out
-    # <<< exercise
-
-
-def train_merges(word_counts, n_merges, progress=None, progress_every=500):
-    """Incremental BPE trainer; returns the merges [(left_id, right_id), ...], merge k makes id 256+k.
-
-    State:
-      counts[pair]  = sum over words of freq(word) * occurrences of pair in word   (exact)
-      where[pair]   = indices of words that contain pair, or did once (the pair -> words index;
-                      a word that lost the pair is not removed, it is skipped when merged: cheaper
-                      than keeping the sets exact)
-      heap          = entries (-count, descending(left bytes), descending(right bytes), pair), so
-                      the min-heap pops the highest count, then the greatest bytes (the tie-break);
-                      an entry is stale when its count differs from counts[pair] and is skipped
-                      when popped (lazy deletion), because a changed pair gets a fresh entry.
-    A merge of (a, b) rewrites only the words in where[(a, b)] and changes only the counts of the
-    pairs around each occurrence (merge_counting_pairs), so its cost is the size of the change,
-    not of the corpus.
-    """
-    vocab = {i: bytes([i]) for i in range(256)}
-    words = [list(w) for w in word_counts]
-    freqs = list(word_counts.values())
-    counts, where = Counter(), defaultdict(set)
-    for wi, (w, n) in enumerate(zip(words, freqs)):
-        for p in zip(w, w[1:]):
-            counts[p] += n
-            where[p].add(wi)
-
-    def entry(p):
-        return (-counts[p], descending(vocab[p[0]]), descending(vocab[p[1]]), p)
-
-    heap = [entry(p) for p in counts]
-    heapq.heapify(heap)
-    merges = []
-    while len(merges) < n_merges and heap:
-        neg, _, _, pair = heapq.heappop(heap)
-        if counts.get(pair, 0) != -neg:
-            continue  # stale entry: this pair's count changed after it was pushed
-        new_id = 256 + len(merges)
-        vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
-        merges.append(pair)
-        delta = Counter()  # net change of each pair's count caused by this merge
-        for wi in where.pop(pair):
-            word = merge_counting_pairs(words[wi], pair, new_id, freqs[wi], delta)
-            for p in zip(word, word[1:]):
-                if new_id in p:
-                    where[p].add(wi)
-            words[wi] = word
-        for p, d in delta.items():
-            if d == 0:
-                continue  # e.g. the (new, a) of "a b a b", added and taken back
-            counts[p] += d
-            if counts[p] > 0:
-                heapq.heappush(heap, entry(p))
-            else:
-                del counts[p]
-                where.pop(p, None)
-        if progress and len(merges) % progress_every == 0:
-            progress(f"merge {len(merges)}/{n_merges}: {vocab[new_id]!r} (count {-neg})")
-    return merges
-
-
-# ---------------------------------------------------------------- 3-5. the tokenizer
 class BPETokenizer:
     """Byte-level BPE tokenizer: `vocab` id -> bytes, `ranks` bytes -> id, `merges` in order."""
 
@@ -481,7 +280,7 @@ class BPETokenizer:
             check_merges_match_vocab(vocab, merges, Path(directory) / "tokenizer.json")
             return cls(vocab, merges, d["special_tokens"], d["pattern"])
 
-        return load_saved(directory, "tokenizer.json", "bpe-v1", "bpe.py", build)
+        return load_saved(directory, "tokenizer.json", "bpe-v1", "tokenizer", build)
 
     @classmethod
     def from_gpt2(cls, vocab_json, merges_txt):
@@ -516,12 +315,12 @@ class BPETokenizer:
         )
 
 
-def load_saved(directory, filename, fmt, script, build):
+def load_saved(directory, filename, fmt, folder, build):
     """build(d) for the JSON object d in directory/filename, whose "format" must be `fmt`. A missing,
     corrupt or inconsistent file is a UserError naming the command that makes it (the folder
-    manifest's command when there is one, else `python 02_tokenizer/<script> --data <run>`)."""
+    manifest's command when there is one, else the command that writes `folder` of the run)."""
     directory = Path(directory)
-    path, made_by = directory / filename, f"python 02_tokenizer/{script} --data {directory.parent}"
+    path, made_by = directory / filename, RunLayout(directory.parent).made_by(folder)
     with contextlib.suppress(UserError, KeyError):
         made_by = read_json(directory / "manifest.json")["command"]
     d = read_json(path, made_by)
@@ -555,9 +354,3 @@ def bytes_to_unicode():
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = iter(range(256, 512))
     return {b: chr(b) if b in keep else chr(next(others)) for b in range(256)}
-
-
-if __name__ == "__main__":  # the command line lives in tokenizer_cli.py; this is its BPE entry
-    from tokenizer_cli import main
-
-    run_cli(main)

@@ -1,12 +1,12 @@
-"""The fast path of bpe.py: BPE training and encoding on numpy arrays, the same merges and ids.
+"""The fast path of bpe_merges.py and bpe.py: BPE training and encoding on numpy arrays, same results.
 
-Why it exists. bpe.py's readable versions do their work one Python step at a time: the encoder
-merges one pre-token ("piece") at a time, the trainer rewrites one word at a time. That is fine
-for English, where a few thousand distinct words cover most of a corpus, and slow for Chinese:
+Why it exists. The readable versions (bpe_merges.py, bpe.py) do their work one Python step at a
+time: the encoder merges one pre-token ("piece") at a time, the trainer rewrites one word at a
+time. That is fine for English, where a few thousand distinct words cover most of a corpus, and slow for Chinese:
 under the GPT-4 pattern a run of Chinese characters is one piece (~24 bytes), about 70 % of the
 pieces in 红楼梦 are distinct, so the encoder's cache misses and the trainer's first merges (the
 UTF-8 byte pairs inside characters) touch nearly every word. Both versions here do the same
-arithmetic as bpe.py's, on whole arrays at once, and are tested equal to them.
+arithmetic as theirs, on whole arrays at once, and are tested equal to them.
 
 1. Encoding in rounds (`encode_pieces_flat`). Lay all distinct pieces end to end in one array of
    token ids. Every pair of tokens (x, y) whose joined bytes are a token t is a row of a sorted table
@@ -23,16 +23,16 @@ arithmetic as bpe.py's, on whole arrays at once, and are tested equal to them.
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
-   so nothing is ever copied. The pair -> words index of bpe.train_merges becomes pair -> positions:
+   so nothing is ever copied. The pair -> words index of bpe_merges.train_merges becomes pair -> positions:
    the left position of every occurrence, stale ones dropped when read. A merge of (a, b) reads its
    positions, rewrites them all at once, and turns the neighbours into count changes (the same
-   bookkeeping as bpe.merge_counting_pairs, written for arrays):
+   bookkeeping as bpe_merges.merge_counting_pairs, written for arrays):
        ... p a b q ...  ->  ... p t q ...   with t the new token, each weighted by the word's count:
        (a, b) -1,  (p, a) -1, (p, t) +1,  (b, q) -1, (t, q) +1
    with two adjacent occurrences "a b a b" sharing one (b, a), which becomes one (t, t).
    A merge with few occurrences (late merges, most of a large vocabulary) is cheaper one by one
    in plain Python than through numpy's per-call cost: `merge_one_by_one`, tested equal.
-   The heap, tie-break and stopping rule are bpe.train_merges', so the merges are identical.
+   The heap, tie-break and stopping rule are bpe_merges.train_merges', so the merges are identical.
    Measured (bench_bpe.py, CPU time): 4-9x faster than train_merges on 红楼梦 (vocab 10k / 2048),
    2-3.5x on English.
 
@@ -294,7 +294,7 @@ def merge_all_at_once(at, a, b, new, sym, nxt, prv, freq, end):
 
 def merge_one_by_one(at, a, b, new, sym, nxt, prv, freq, end):
     """`merge_all_at_once` in plain Python, for a merge with few occurrences, where numpy's cost per
-    call outweighs the work: bpe.merge_counting_pairs on positions. Each left neighbour is read
+    call outweighs the work: bpe_merges.merge_counting_pairs on positions. Each left neighbour is read
     after the occurrence before it was rewritten, so "a b a b" and "a a a" come out the same."""
     change, made = Counter(), defaultdict(list)
     for i in at.tolist():
@@ -319,14 +319,14 @@ def merge_one_by_one(at, a, b, new, sym, nxt, prv, freq, end):
 
 
 def train_merges_fast(word_counts, n_merges, progress=None, progress_every=500):
-    """bpe.train_merges on arrays: the same merges [(left_id, right_id), ...], merge k makes 256+k.
+    """bpe_merges.train_merges on arrays: the same merges [(left_id, right_id), ...], merge k makes 256+k.
 
     Arrays over the L bytes of all distinct words laid end to end, plus one sentinel slot at L:
       sym[i]  symbol at position i (-1 once merged into its left neighbour; sym[L] = -1)
       nxt[i], prv[i]  next / previous live position in the same word, or L at the word's ends
       freq[i] count of the word position i belongs to
     where[pair key] = list of arrays of positions i with (sym[i], sym[nxt[i]]) == pair, or that had it
-    once (checked when read). counts[pair key] and the heap as in bpe.train_merges, with one change
+    once (checked when read). counts[pair key] and the heap as in bpe_merges.train_merges, with one change
     that saves most pushes: a count that falls gets no new entry; its old, larger entry is re-pushed
     with the true count when popped. Only a new pair is pushed at once (the pairs a merge creates all
     contain the new token, so they are new; the pairs it removes only fall)."""

@@ -14,7 +14,7 @@ Why n_bytes: a loss per token depends on the tokenizer (a tokenizer with longer 
 harder tokens), so runs with different tokenizers cannot be compared by it. Per byte they can:
     bits per byte = (mean loss in nats per token) * n_tokens / (n_bytes * ln 2)
 
-Run: written by `python 02_tokenizer/bpe.py --data runs/<name>` (tokenizer_cli.py), after training.
+Run: written by `python 02_tokenizer/train_tokenizer.py --data runs/<name>`, after training.
 
 Interview questions it answers:
 - Why store token ids as a flat uint16 file? Two bytes per token, no parsing, and `np.memmap` reads

@@ -1,9 +1,10 @@
-"""The command line of stage 02: train a tokenizer on runs/<name>/data/, measure it, write its folder.
+"""The body of stage 02's three commands: train a tokenizer on runs/<name>/data/, measure it, write its folder.
 
 Three commands, one body (`train_and_report`), so all three read, lock, refuse, report and record
-their work the same way (common/, README "How the code is laid out"):
+their work the same way (common/, README "How the code is laid out"). This file is a library; the
+commands are:
 
-  python 02_tokenizer/bpe.py --data runs/tiny          # -> runs/tiny/tokenizer/ and runs/tiny/tokens/
+  python 02_tokenizer/train_tokenizer.py --data runs/tiny   # BPE -> runs/tiny/tokenizer/ and tokens/
   python 02_tokenizer/wordpiece.py --data runs/tiny    # -> runs/tiny/wordpiece/
   python 02_tokenizer/unigram.py --data runs/tiny      # -> runs/tiny/unigram/
 
@@ -14,7 +15,7 @@ Each command:
   3. trains on data/train.jsonl, printing progress, then measures bytes/token on data/val.jsonl
      beside GPT-2's (and beside this run's BPE tokenizer, for WordPiece and Unigram);
   4. builds its folder beside the old one (`staged_dir`): the tokenizer, outcome.json (the table),
-     bytes_per_token.png, and manifest.json last, then swaps it in. bpe.py then does the same for
+     bytes_per_token.png, and manifest.json last, then swaps it in. train_tokenizer.py then does the same for
      tokens/ (token_shards.py), whose manifest lists data/ and tokenizer/ as its inputs, so
      04_pretrain refuses token ids from a tokenizer that has been retrained since.
 Ctrl-C or an error leaves each folder either complete and new or as it was. A new tokenizer/
@@ -23,21 +24,18 @@ beside the old tokens/ (stopped in between) reads as stale, so 04 refuses it unt
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
-from common.cli import command_line, parse_config, run_cli, set_interrupt_hint
+from common.cli import set_interrupt_hint
 from common.files import markdown_table, read_jsonl, write_json
 from common.layout import RunLayout
 from common.outcome import make_bar
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 
-import bpe  # same stage
-from bpe import BPEConfig, BPETokenizer, check_bpe_config  # same stage
-from token_shards import write_token_shards  # same stage
+from bpe import BPETokenizer  # same stage
 from tokenizer_eval import COLUMNS, gpt2_tiktoken, measured_row, plot_bytes_per_token  # same stage
 
 
@@ -56,7 +54,7 @@ def read_data(run: Path):
 
 
 def bpe_reference(run: Path):
-    """This run's BPE tokenizer, when bpe.py has made one (checked first), for comparison; else None."""
+    """This run's BPE tokenizer, when train_tokenizer.py has made one (checked first), for comparison; else None."""
     if not (RunLayout(run).tokenizer).exists():
         return None
     check_artifact(RunLayout(run).tokenizer, made_by=RunLayout(run).made_by("tokenizer"))
@@ -135,55 +133,3 @@ def outcome_block(rows, held_to_bar: bool) -> dict:
         note="our BPE packs more bytes per token than GPT-2's tokenizer on this corpus",
     )
     return {"headline": headline, "bar": bar}
-
-
-def main(argv=None):
-    """`python 02_tokenizer/bpe.py`: train byte-level BPE, then write the token shards for 04_pretrain."""
-    cfg, args = parse_config(
-        BPEConfig, argv, doc=bpe.__doc__, extra=add_run_flags, presets=bpe.PRESETS, default_preset="tiny"
-    )
-    check_bpe_config(cfg)
-    run = Path(args.data)
-    command = command_line(REPO / "02_tokenizer" / "bpe.py", argv)
-    train_docs, val_docs = read_data(run)
-    tokens = RunLayout(run).tokens
-    with run_lock(tokens):
-        claim_output(tokens, args.overwrite, remove=False)
-        tok = train_and_report(
-            "ours (BPE)",
-            lambda texts, progress: BPETokenizer.train(
-                texts,
-                cfg.vocab_size,
-                cfg.pattern,
-                progress=progress,
-                progress_every=max(100, cfg.vocab_size // 10),
-            ),
-            lambda tok, folder: tok.save(folder),
-            out=RunLayout(run).tokenizer,
-            docs={"train": train_docs, "val": val_docs},
-            config=asdict(cfg),
-            command=command,
-            overwrite=args.overwrite,
-        )
-        set_interrupt_hint(f"{tokens} is unchanged; rerun `{command}`")
-        with staged_dir(tokens) as tmp:
-            # test.bin too, when 01 made a test split: 04 reports its headline loss on it, once, at the end
-            test = run / "data" / "test.jsonl"
-            splits = {
-                "train": train_docs,
-                "val": val_docs,
-                **({"test": read_jsonl(test)} if test.is_file() else {}),
-            }
-            meta = write_token_shards(tmp, splits, tok)
-            write_manifest(
-                tmp,
-                stage="02_tokenizer",
-                command=command,
-                config=asdict(cfg),
-                inputs=[RunLayout(run).data, RunLayout(run).tokenizer],
-            )
-    print(f"tokens: {meta['n_tokens']}, UTF-8 bytes: {meta['n_bytes']}\nwrote {tokens}")
-
-
-if __name__ == "__main__":
-    run_cli(main)

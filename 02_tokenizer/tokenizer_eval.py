@@ -6,7 +6,7 @@ It is measured per group of documents (English prose, Chinese, code, all), becau
 what matters: a tokenizer trained mostly on English gives Chinese few bytes per token (GPT-2: 1.37
 on 红楼梦, where a character is 3 bytes, against ~4 on English prose), so the same model sees a
 third as much Chinese text per context window. GPT-2's tokenizer (tiktoken, built offline from ../shared/data/tokenizer when
-present) is the reference row. tokenizer_cli.py prints the table, saves it in outcome.json and
+present) is the reference row. tokenizer_cli.py (the body of the three commands) prints the table, saves it in outcome.json and
 draws bytes_per_token.png for each of the three tokenizers.
 
 Interview questions it answers:

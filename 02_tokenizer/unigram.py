@@ -209,7 +209,7 @@ class UnigramTokenizer:
                 raise UserError("log_probs must map non-empty pieces to log-probabilities <= 0")
             return cls(logp, int(d["max_piece_chars"]))
 
-        return load_saved(directory, "unigram.json", "unigram-v1", "unigram.py", build)
+        return load_saved(directory, "unigram.json", "unigram-v1", "unigram", build)
 
     def tokenize_word(self, word):
         pieces = self._cache.get(word)

@@ -40,7 +40,8 @@ sys.path[:0] = [str(REPO)]
 from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import write_json
 
-from bpe import load_saved, merge_ids  # same stage
+from bpe import load_saved  # same stage
+from bpe_merges import merge_ids  # same stage
 from tokenizer_cli import add_run_flags, read_data, train_and_report  # same stage
 
 # A CJK character alone, a run of letters/digits (not CJK), or one punctuation/symbol character.
@@ -84,7 +85,7 @@ def train_wordpiece(word_counts, vocab_size, specials=SPECIALS, min_pair_count=1
     """Return the vocabulary (list of symbols): specials, the alphabet, then merges in order.
 
     Pair counts, symbol counts and the pair -> words index are updated incrementally as in
-    bpe.train_merges. The best pair is found by a scan over all pairs each merge (the score of
+    bpe_merges.train_merges. The best pair is found by a scan over all pairs each merge (the score of
     every pair containing a or b changes after a merge, so a heap would need many updates).
     """
     words = [word_symbols(w) for w in word_counts]
@@ -195,7 +196,7 @@ class WordPieceTokenizer:
                 raise UserError("the vocab must be distinct non-empty strings, [UNK] among them")
             return cls(vocab, int(d["max_word_chars"]))
 
-        return load_saved(directory, "wordpiece.json", "wordpiece-v1", "wordpiece.py", build)
+        return load_saved(directory, "wordpiece.json", "wordpiece-v1", "wordpiece", build)
 
     def tokenize_word(self, word):
         """Greedy longest-match-first: the longest piece at each position, `##` after the first."""

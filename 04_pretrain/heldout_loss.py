@@ -4,6 +4,8 @@ strongest cheap baseline (a Kneser-Ney n-gram on the same shards), with a paired
     python 04_pretrain/heldout_loss.py --data runs/tiny          # best.pt; prints the bar and the table
 
 pretrain.py calls `heldout_outcome` at the end of a run and puts its headline and bar in outcome.json.
+`window_token_losses` is the one held-out loss every stage uses: pretraining's periodic evals, SFT's
+forgetting and 07's compressed models (`corpus_loss`, fixed evenly spaced windows), 07's intervals.
 
 What is measured, and why this way:
 - The checkpoint is best.pt (the lowest loss of the run's periodic val evaluations: what every later
@@ -32,6 +34,7 @@ Interview questions it answers:
   resampling whole windows keeps their dependence, and pairing removes the shared difficulty)
 """
 
+import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +47,13 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, option, parse_config, run_cli
+from common.layout import RunLayout
 from common.runs import check_artifact
 from common.stats import paired_bootstrap_interval
 from common.outcome import make_bar
 from gpt import GPT  # 03_model
 
-from batches import bits_per_byte, load_shards, load_test_shard, unigram_loss
+from batches import bits_per_byte, eval_starts, get_batch, load_shards, load_test_shard, unigram_loss
 from ngram_lm import KneserNey
 
 EVAL_MAX_TOKENS = 2_000_000  # per split: the whole tiny split; a sample of the start of a huge one
@@ -65,20 +69,35 @@ def window_starts(n_tokens: int, block_size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def window_token_losses(model, data, block_size: int, device: str, batch: int = 32) -> np.ndarray:
-    """(n_windows, block_size): -ln p(target) of every target token of every window."""
-    starts = window_starts(len(data), block_size)
+def window_token_losses(
+    model, data, block_size: int, device: str, starts=None, batch: int = 32, autocast=contextlib.nullcontext()
+) -> np.ndarray:
+    """(n_windows, block_size): -ln p(target) of every target token of the windows at `starts`
+    (default: the whole split in consecutive windows, `window_starts`), the model in eval mode.
+
+    The one held-out loss of the repository: the headline here, pretraining's periodic evals,
+    `corpus_loss` (05's forgetting, 07's compressed models) and 07's per-window intervals all read it.
+    Pure cross-entropy in fp32, whatever the model adds to its training loss (z-loss, MoE balancing).
+    """
+    starts = window_starts(len(data), block_size) if starts is None else starts
+    was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(starts), batch):
-        rows = np.stack(
-            [np.asarray(data[s : s + block_size + 1], dtype=np.int64) for s in starts[i : i + batch]]
-        )
-        xy = torch.from_numpy(rows).to(device)
-        logits, _ = model(xy[:, :-1])
-        nll = F.cross_entropy(logits.float().flatten(0, 1), xy[:, 1:].flatten(), reduction="none")
-        out.append(nll.view(len(rows), block_size).double().cpu().numpy())
+        x, y = get_batch(data, starts[i : i + batch], block_size, device)
+        with autocast:
+            logits, _ = model(x)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        out.append(nll.view(len(x), block_size).double().cpu().numpy())
+    model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, block_size))
+
+
+def corpus_loss(model, tokens, block_size: int, n_windows: int, device: str, batch: int = 16) -> float:
+    """Mean loss (nats/token) over `n_windows` fixed, evenly spaced windows of `tokens`
+    (batches.eval_starts): the same text at every call, so two models or two moments compare."""
+    starts = eval_starts(len(tokens), block_size, n_windows)
+    return float(window_token_losses(model, tokens, block_size, device, starts, batch).mean())
 
 
 def ngram_window_losses(nll: np.ndarray, starts: np.ndarray, block_size: int) -> np.ndarray:
@@ -180,8 +199,8 @@ def main(argv=None):
     if not cfg.data:
         raise UserError("--data is required; give the run folder, e.g. --data runs/tiny")
     run = Path(cfg.data)
-    ckpt = Path(cfg.ckpt) if cfg.ckpt else run / "pretrain" / "best.pt"
-    check_artifact(ckpt.parent, made_by=f"python 04_pretrain/pretrain.py --data {run}")
+    ckpt = Path(cfg.ckpt) if cfg.ckpt else RunLayout(run).pretrain / "best.pt"
+    check_artifact(ckpt.parent, made_by=RunLayout(run).made_by("pretrain"))
     res = heldout_outcome(run, ckpt, cfg.device)
     print(format_heldout(res))
     print(res["headline"])

@@ -83,7 +83,7 @@ from optimizers import (
     set_lr,
 )
 from fact_recall import format_recall, recall_of_checkpoint
-from heldout_loss import heldout_outcome
+from heldout_loss import heldout_outcome, window_token_losses
 from batches import batch_starts, bits_per_byte, eval_starts, get_batch, load_shards, rank_rows, unigram_loss
 from torch_parallel import grad_sync, setup_distributed, unwrap_for_state, wrap_model
 from zero_sharding import ZeroAdamW
@@ -253,7 +253,7 @@ def evaluate(
     rank=0,
     world=1,
 ) -> float:
-    """Mean loss over `n_windows` fixed, evenly spaced windows of `data`.
+    """Mean loss over `n_windows` fixed, evenly spaced windows of `data` (heldout_loss.py measures it).
 
     The windows do not depend on the world size, so 1 and N processes report the same loss. They
     are cut into chunks of `micro` rows dealt round-robin to the ranks: every rank runs the same
@@ -261,17 +261,11 @@ def evaluate(
     """
     starts = eval_starts(len(data), block_size, n_windows)
     chunks = [starts[i : i + micro] for i in range(0, len(starts), micro)]
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     for rows in chunks[rank::world]:
-        x, y = get_batch(data, rows, block_size, device)
-        with autocast:
-            _, loss = model(x, y)
-        total += loss.double()
+        total += float(window_token_losses(model, data, block_size, device, rows, micro, autocast).mean())
     if world > 1:
         dist.all_reduce(total)
-    model.train(was_training)
     return total.item() / len(chunks)
 
 

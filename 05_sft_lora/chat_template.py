@@ -103,7 +103,7 @@ def special_ids(tok) -> dict:
     if missing:
         raise UserError(
             f"the tokenizer has no {', '.join(missing)} token(s); retrain it with "
-            "02_tokenizer/bpe.py, which adds the chat-role tokens"
+            "02_tokenizer/train_tokenizer.py, which adds the chat-role tokens"
         )
     return {s: tok.special_tokens[s] for s in needed}
 

@@ -8,6 +8,9 @@ command script for its functions:
     answers = generate_answers(model, tok, conversations, max_new_tokens=48, device="cpu")
     score(answers, conversations)      # {"exact_match", "token_f1", "answer_acc", "n"}
 
+`corpus_loss` (the forgetting metric, 07's loss of a compressed model) is 04's one held-out loss
+(heldout_loss.py), passed on from here.
+
 Interview question it answers:
 - How is a PEFT model shipped? (the base checkpoint once, plus kilobytes of adapter weights per task;
   loading attaches the adapter to the base, or merges it for serving: lora.merge_lora)
@@ -30,7 +33,9 @@ from bpe import BPETokenizer  # 02_tokenizer
 from checkpoint_io import load_checkpoint  # 03_model
 from decoding import generate, left_pad  # 03_model
 from gpt import GPT  # 03_model
-from batches import get_batch  # 04_pretrain
+
+# the one held-out loss (04): SFT's forgetting and 07's compressed models import it from here too
+from heldout_loss import corpus_loss as corpus_loss  # 04_pretrain
 
 from adapter import load_adapters
 from chat_template import END, decode_answer, encode_prompt
@@ -56,21 +61,6 @@ def load_finetuned(sft_dir, device="cpu"):
     if loader is None:
         raise UserError(f"{sft_dir}/adapter.pt: unknown adapter kind {kind!r}; rerun `{manifest['command']}`")
     return model, tok, loader(model, sft_dir / "adapter.pt")
-
-
-@torch.no_grad()
-def corpus_loss(model, val_tokens, block_size, n_windows, device, batch=16) -> float:
-    """Mean LM loss on `n_windows` evenly spaced windows of the pretraining val shard (forgetting)."""
-    starts = np.linspace(0, len(val_tokens) - block_size - 1, n_windows).astype(np.int64)
-    was = model.training
-    model.eval()
-    losses = [
-        model(*get_batch(val_tokens, starts[i : i + batch], block_size, device))[1].item()
-        * len(starts[i : i + batch])
-        for i in range(0, len(starts), batch)
-    ]
-    model.train(was)
-    return sum(losses) / len(starts)
 
 
 @torch.no_grad()

@@ -179,7 +179,7 @@ def held_back(text: str, stops) -> int:
     # <<< exercise
 
 
-# ----------------------------------------------------------------------------- sampling extras
+# ----------------------------------------------------------------------------- sampling, one request at a time
 
 
 def apply_presence_frequency(logits, output_ids, presence, frequency):
@@ -197,6 +197,31 @@ def token_logprobs(logits, token, k) -> tuple:
     logp = logits.float().log_softmax(dim=-1)
     top = logp.topk(min(k, logp.shape[-1])) if k else None
     return float(logp[token]), [] if top is None else list(zip(top.indices.tolist(), top.values.tolist()))
+
+
+def sample_token(req: Request, logits) -> int:
+    """03's sampler on one row (logits (V,)) with this request's own settings and generator: the
+    penalties and logit bias first (out of place: the model's row stays as it was), then
+    temperature, top-k and top-p at their float32-safe limits."""
+    p = req.params
+    logits = logits[None].float()  # (1, V)
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor([req.prompt_ids + req.output_ids], device=logits.device)
+        logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and req.output_ids:
+        logits = apply_presence_frequency(logits, req.output_ids, p.presence_penalty, p.frequency_penalty)
+    if p.logit_bias:
+        ids = torch.tensor(list(p.logit_bias), device=logits.device)
+        bias = torch.tensor([list(p.logit_bias.values())], device=logits.device)  # (1, k)
+        logits = logits.index_add(1, ids, bias)
+    if not torch.isfinite(logits).all():  # multinomial would raise (CPU) or assert (CUDA)
+        raise ValueError(f"request {req.id}: non-finite logits; its settings or the model are broken")
+    gen = req.generator
+    if gen is not None and gen.device != logits.device:
+        gen = req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
+    temperature = 0.0 if p.temperature < MIN_TEMPERATURE else p.temperature
+    top_p = None if p.top_p is None else max(p.top_p, MIN_TOP_P)
+    return int(sample_next(logits, temperature, p.top_k, top_p, gen)[0])
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -437,32 +462,10 @@ class Engine:
 
     def next_token(self, req: Request, logits):
         """Sample this request's next token from its row of logits (V,) and append it."""
-        token = self.sample(req, logits)
+        token = sample_token(req, logits)
         if req.params.logprobs is not None:
             req.logprobs.append(token_logprobs(logits, token, req.params.logprobs))
         self.append(req, token)
-
-    def sample(self, req: Request, logits) -> int:
-        """03's sampler on one row (logits (V,)) with this request's own settings and generator."""
-        p = req.params
-        logits = logits[None].float()  # (1, V)
-        if p.repetition_penalty != 1.0:
-            seen = torch.tensor([req.prompt_ids + req.output_ids], device=logits.device)
-            logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
-        if (p.presence_penalty or p.frequency_penalty) and req.output_ids:
-            logits = apply_presence_frequency(logits, req.output_ids, p.presence_penalty, p.frequency_penalty)
-        if p.logit_bias:
-            ids = torch.tensor(list(p.logit_bias), device=logits.device)
-            bias = torch.tensor([list(p.logit_bias.values())], device=logits.device)  # (1, k)
-            logits = logits.index_add(1, ids, bias)  # out of place: the model's row stays as it was
-        if not torch.isfinite(logits).all():  # multinomial would raise (CPU) or assert (CUDA)
-            raise ValueError(f"request {req.id}: non-finite logits; its settings or the model are broken")
-        gen = req.generator
-        if gen is not None and gen.device != logits.device:
-            gen = req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
-        temperature = 0.0 if p.temperature < MIN_TEMPERATURE else p.temperature
-        top_p = None if p.top_p is None else max(p.top_p, MIN_TOP_P)
-        return int(sample_next(logits, temperature, p.top_k, top_p, gen)[0])
 
     def append(self, req: Request, token: int):
         """Add a generated token: update the text, stream what is final, finish on stop or length."""

@@ -4,7 +4,10 @@
     python 07_distill_quant/chat.py --ckpt runs/tiny/sft/adapter.pt --temperature 0 --system "Answer briefly."
 
 Commands: /reset forgets the conversation; /settings shows the sampling settings and
-`/settings temperature=0.2 max_tokens=64` changes them; /help; /quit (or Ctrl-D). Ctrl-C quits.
+`/settings temperature=0.2 max_tokens=64` changes them; /good and /bad rate the last answer, and
+`/bad The better answer.` gives the answer it should have been (appended to --feedback, by default
+<run>/feedback/feedback.jsonl, for `sft.py --feedback` and `dpo.py --feedback`: 05's feedback_data.py);
+/help; /quit (or Ctrl-D). Ctrl-C quits.
 
 It drives the same batching.Engine as serve.py, with the sequential policy (one request at a time),
 stepping it in this thread and printing each piece of text as the request streams it. Checkpoints
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, option, parse_config, run_cli
 from chat_template import encode_prompt, special_ids  # 05_sft_lora
+from feedback_data import append_feedback, feedback_path_for  # 05_sft_lora
 
 from batching import PENALTY_RANGE, Engine, Request, SamplingParams  # this stage
 from served_model import model_from_flags  # this stage
@@ -37,7 +41,7 @@ from served_model import model_from_flags  # this stage
 SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 HELP = (
     "commands: /reset (forget the conversation), /settings (show), /settings name=value ... (change: "
-    f"{', '.join(SETTINGS)}), /help, /quit"
+    f"{', '.join(SETTINGS)}), /good or /bad [the better answer] (rate the last answer), /help, /quit"
 )
 
 
@@ -57,6 +61,7 @@ class ChatConfig:
         1.0, "CTRL's penalty on tokens already present (1 = off)", min=PENALTY_RANGE[0], max=PENALTY_RANGE[1]
     )
     seed: int = option(0, "seed of the first answer's sampling; turn t uses seed + t", min=0, max=2**64 - 1)
+    feedback: str = option("", "JSONL file /good and /bad append to (default: <run>/feedback/feedback.jsonl)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
 
@@ -67,6 +72,7 @@ class ChatSession:
     def __init__(self, engine: Engine, tok, cfg: ChatConfig):
         self.engine, self.tok, self.cfg = engine, tok, cfg
         self.turns = []  # user and assistant messages, oldest first
+        self.feedback_path = Path(cfg.feedback) if cfg.feedback else feedback_path_for(cfg.ckpt)
         special_ids(tok)  # a UserError if it has no chat tokens
         # every special token ends the answer: none is text (else a stray <|pad|> is printed literally)
         self.stop_ids = list(tok.special_tokens.values())
@@ -115,6 +121,19 @@ class ChatSession:
         write(" [...]\n" if req.finish_reason == "length" else "\n")
         self.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": req.text}]
         return req
+
+    def rate(self, rating, better="") -> str:
+        """Append the user's rating of the last answer (and the better answer, if given) to the feedback
+        file; return what was saved, for the user to see."""
+        if not self.turns:
+            raise UserError("there is no answer to rate yet; ask something first")
+        if better and rating == "up":
+            raise UserError("/good takes no text; to give a better answer use /bad followed by it")
+        system = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
+        record = {"messages": system + self.turns[:-1], "answer": self.turns[-1]["content"], "rating": rating}
+        record |= {"better": better} if better else {}
+        append_feedback(self.feedback_path, record | {"model": str(self.cfg.ckpt)})
+        return f"(saved to {self.feedback_path}: rated {rating}{', with a better answer' if better else ''})"
 
     def settings(self, args) -> str:
         """Change settings from 'name=value' words (checked as the flags are); return them all."""
@@ -169,6 +188,9 @@ def run_chat(session: ChatSession, read_line, write):
                 write("(conversation forgotten)\n")
             elif command == "/settings":
                 write(session.settings(args) + "\n")
+            elif command in ("/good", "/bad"):
+                better = line[len(command) :].strip()
+                write(session.rate("up" if command == "/good" else "down", better) + "\n")
             elif command == "/help" or command.startswith("/"):
                 write(f"{HELP}\n")
             else:
@@ -176,6 +198,8 @@ def run_chat(session: ChatSession, read_line, write):
                 session.reply(line, write)
         except UserError as e:  # a bad setting or too long a message: say so, keep going
             write(f"error: {e}\n")
+        except OSError as e:  # the feedback file cannot be written: the conversation goes on
+            write(f"error: could not save the rating ({e.strerror}); check --feedback\n")
 
 
 def write_out(text):

@@ -61,7 +61,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +82,8 @@ from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
-from batches import batch_starts, get_batch, load_shards  # 04_pretrain
+from batches import batch_starts, eval_starts, get_batch, load_shards  # 04_pretrain
+from heldout_loss import window_token_losses  # 04_pretrain
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
 from compress_eval import TEACHER_HELP, checkpoint_kib, count_params, load_teacher, nonzero_params
@@ -451,18 +451,11 @@ def variants(teacher: GPT, train, cfg: PruneConfig, device):
         )
 
 
-@torch.no_grad()
 def window_losses(model: GPT, val, n_windows: int, device, batch=16) -> np.ndarray:
     """Mean next-token loss of each of n evenly spaced val windows (corpus_loss's windows, one number
     each): the unit the paired intervals resample."""
     T = model.cfg.block_size
-    starts = np.linspace(0, len(val) - T - 1, n_windows).astype(np.int64)
-    out = []
-    for i in range(0, len(starts), batch):
-        x, y = get_batch(val, starts[i : i + batch], T, device)
-        logits, _ = model(x)
-        out.append(F.cross_entropy(logits.transpose(1, 2).float(), y, reduction="none").mean(1).cpu())
-    return torch.cat(out).double().numpy()
+    return window_token_losses(model, val, T, device, eval_starts(len(val), T, n_windows), batch).mean(axis=1)
 
 
 def prune_bars(losses: dict) -> tuple:

@@ -9,7 +9,9 @@
 Endpoints: POST /v1/chat/completions (messages rendered with 05's chat template; "stream": true sends
 server-sent events, `data: {chunk}` lines ending with `data: [DONE]`), POST /v1/completions (plain
 continuation of a prompt), GET /v1/models and /v1/models/{id}, GET /health, GET /metrics, GET / (the
-chat page, chat_page.html). Responses carry usage token counts. Understood fields: model, messages /
+chat page, chat_page.html), and one extension, POST /v1/feedback: a user's up/down rating of an answer
+(with an optional better answer), appended to --feedback for the next SFT/DPO round (05's
+feedback_data.py). Responses carry usage token counts. Understood fields: model, messages /
 prompt, max_tokens (or max_completion_tokens), temperature, top_p, stop, seed, n (up to 8 answers,
 decoded together), stream, stream_options.include_usage, presence_penalty, frequency_penalty,
 logit_bias, logprobs (and top_logprobs), and two extensions, top_k and repetition_penalty. Any other
@@ -66,6 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "05_sft_lora")]
 from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
 from chat_template import ROLES, encode_prompt  # 05_sft_lora
+from feedback_data import append_feedback, feedback_path_for  # 05_sft_lora
 
 from batching import POLICIES, Engine, QueueFull, Request  # this stage
 from openai_api import (  # this stage
@@ -107,6 +110,10 @@ class ServeConfig:
         "other cross-origin requests get 403",
     )
     model_name: str = option("", "the model id clients send and /v1/models lists (default: <run>/<folder>)")
+    feedback: str = option(
+        "",
+        "JSONL file the ratings of POST /v1/feedback are appended to (default: <run>/feedback/feedback.jsonl)",
+    )
     policy: str = option("continuous", "batching policy (batching.py)", choices=POLICIES)
     max_batch: int = option(8, "requests decoded together (KV-cache slots)", min=1)
     max_waiting: int = option(64, "requests that may wait for a slot; more get 503 + Retry-After", min=0)
@@ -127,9 +134,12 @@ class ServeConfig:
 class ChatServer(GuardedServer):
     """http_edge's server plus what the handlers of this API need: the engine, tokenizer and settings."""
 
-    def __init__(self, address, engine: Engine, tok, model_name, default_max_tokens=256, **edge):
+    def __init__(
+        self, address, engine: Engine, tok, model_name, default_max_tokens=256, feedback_path=None, **edge
+    ):
         super().__init__(address, Handler, **edge)
         self.engine, self.tok, self.model_name = engine, tok, model_name
+        self.feedback_path = feedback_path  # None: POST /v1/feedback answers 404
         self.default_max_tokens, self.created = default_max_tokens, int(time.time())
 
 
@@ -142,7 +152,9 @@ ROUTES = {
     "/v1/models/": {"GET": "model"},
     "/v1/chat/completions": {"POST": "chat_completions"},
     "/v1/completions": {"POST": "completions"},
+    "/v1/feedback": {"POST": "feedback"},
 }
+FEEDBACK_FIELDS = {"model", "messages", "answer", "rating", "better"}
 
 
 class Handler(GuardedHandler):
@@ -251,6 +263,21 @@ class Handler(GuardedHandler):
         tok = self.server.tok
         # after <|endoftext|>, as every document began in pretraining
         self.generate(body, [tok.eot_id] + tok.encode_ordinary(prompt), chat=False)
+
+    def feedback(self):
+        """A rating of an answer, appended to the feedback file in this connection's thread, never the
+        engine's: rating an answer does not slow anyone's decoding. 05's feedback_data checks it."""
+        if self.server.feedback_path is None:
+            raise APIError(404, "this server keeps no feedback; start it with --feedback FILE")
+        body = self.read_json(FEEDBACK_FIELDS)
+        body["model"] = self.server.model_name
+        try:
+            append_feedback(self.server.feedback_path, body)
+        except UserError as e:
+            raise APIError(400, str(e).removeprefix("request: ")) from None
+        except OSError as e:  # disk full, permissions: the rating is lost, the server is fine
+            raise APIError(500, f"could not save the rating: {e.strerror}") from None
+        self.send_json(200, {"saved": True})
 
     def generate(self, body, ids, chat):
         """Submit n requests for the prompt `ids`, then answer whole or streamed. Every special token
@@ -364,6 +391,7 @@ def main(argv=None):
             tok,
             name,
             default_max_tokens=cfg.max_tokens,
+            feedback_path=Path(cfg.feedback) if cfg.feedback else feedback_path_for(cfg.ckpt),
             api_key=cfg.api_key,
             max_body=cfg.max_body_kib * 1024,
             log_requests=not cfg.quiet,

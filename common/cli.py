@@ -240,7 +240,7 @@ def parse_config(cls, argv=None, *, doc="", presets=None, default_preset=None, s
 
 
 def command_line(script: str, argv=None) -> str:
-    """The command to paste to rerun this stage: 'python 02_tokenizer/bpe.py --data runs/tiny'."""
+    """The command to paste to rerun this stage: 'python 02_tokenizer/train_tokenizer.py --data runs/tiny'."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         rel = Path(script).resolve().relative_to(REPO)

@@ -13,7 +13,7 @@ command by hand:
     from common.layout import RunLayout
     layout = RunLayout("runs/tiny")
     check_artifact(layout.tokens, made_by=layout.made_by("tokens"))
-    # -> error: runs/tiny/tokens: missing; make it first with `python 02_tokenizer/bpe.py --data runs/tiny`
+    # -> error: runs/tiny/tokens: missing; make it first with `python 02_tokenizer/train_tokenizer.py --data runs/tiny`
 
 Interview question it answers:
 - Why declare a pipeline's stages as data rather than as code that calls them? (the orchestrator,
@@ -35,7 +35,7 @@ class Stage:
     script: str  # relative to the repository root
     folder: str  # the folder it writes under runs/<name>/ (done = it holds a manifest)
     upstream: tuple = ()  # the folders it reads
-    writes: tuple = ()  # further folders it writes (bpe.py: tokenizer/ beside tokens/)
+    writes: tuple = ()  # further folders it writes (train_tokenizer.py: tokenizer/ beside tokens/)
     run_flag: str = "--run"  # how the stage is told the run folder
     presets: tuple = ("micro",)  # run_all presets passed on as --preset (others: the stage's defaults)
     optional: bool = False  # only with run_all --add NAME (long experiments)
@@ -46,14 +46,16 @@ class Stage:
 
     @property
     def outcome_folder(self) -> str:
-        """The folder holding its outcome.json (bpe.py writes it beside the tokenizer, not the shards)."""
+        """The folder holding its outcome.json (train_tokenizer.py writes it beside the tokenizer, not the shards)."""
         return self.writes[0] if self.writes else self.folder
 
 
 PRE = ("tokenizer", "tokens", "pretrain")  # what every stage after pretraining reads
 STAGES = [
     Stage("data", "01_data/prepare.py", "data", run_flag="--out"),
-    Stage("tokenizer", "02_tokenizer/bpe.py", "tokens", ("data",), ("tokenizer",), run_flag="--data"),
+    Stage(
+        "tokenizer", "02_tokenizer/train_tokenizer.py", "tokens", ("data",), ("tokenizer",), run_flag="--data"
+    ),
     Stage("wordpiece", "02_tokenizer/wordpiece.py", "wordpiece", ("data", "tokenizer"), run_flag="--data"),
     Stage("unigram", "02_tokenizer/unigram.py", "unigram", ("data", "tokenizer"), run_flag="--data"),
     # contrastive pretraining makes its own texts from the world: no earlier stage needed

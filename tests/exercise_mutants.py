@@ -127,7 +127,7 @@ MUTANTS: dict[str, list[M]] = {
         M("log_like[:, ids]", "log_like[:, np.unique(ids)]", "each distinct n-gram counted once"),
     ],
     # -------------------------------------------------------------------------- 02_tokenizer
-    "02_tokenizer/bpe.py:merge_ids": [
+    "02_tokenizer/bpe_merges.py:merge_ids": [
         M(
             "            i += 2\n",
             "            i += 1\n",
@@ -140,12 +140,12 @@ MUTANTS: dict[str, list[M]] = {
             "merges the pair in either order",
         ),
     ],
-    "02_tokenizer/bpe.py:train_merges_naive": [
+    "02_tokenizer/bpe_merges.py:train_merges_naive": [
         M("stats[p] += n", "stats[p] += 1", "pair counts not weighted by the word's count"),
         M("(stats[p], vocab[p[0]], vocab[p[1]])", "(stats[p], p)", "ties broken by id, not by bytes"),
         M("for p in zip(w, w[1:]):", "for p in set(zip(w, w[1:])):", "a pair counted once per word"),
     ],
-    "02_tokenizer/bpe.py:merge_counting_pairs": [
+    "02_tokenizer/bpe_merges.py:merge_counting_pairs": [
         M("            delta[pair] -= n\n", "", "the merged pair keeps its count"),
         M("                delta[out[-1], a] -= n\n", "", "the left neighbour pair keeps its count"),
         M(

@@ -86,11 +86,11 @@ GRADED_BY: dict[str, list[str]] = {
         "test_lsh_curve_and_dedup_on_text",
         "test_lsh_probability_pairs_and_roots_by_hand",
     ],
-    "02_tokenizer/bpe.py:merge_ids": [
+    "02_tokenizer/bpe_merges.py:merge_ids": [
         "test_tie_break_prefers_greatest_bytes",
         "test_incremental_trainer_equals_naive",
     ],
-    "02_tokenizer/bpe.py:merge_counting_pairs": [
+    "02_tokenizer/bpe_merges.py:merge_counting_pairs": [
         "test_tie_break_prefers_greatest_bytes",
         "test_incremental_trainer_equals_naive",
     ],

@@ -17,19 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bpe import (
-    GPT2_PATTERN,
-    GPT4_PATTERN,
-    SPECIAL_TOKENS,
-    BPETokenizer,
-    train_merges,
-    train_merges_naive,
-    word_counts_of,
-)
+from bpe import BPETokenizer
+from bpe_merges import train_merges, train_merges_naive
 from bpe_fast import descending, encode_pieces, encode_texts, merge_table, train_merges_fast
 from common.cli import UserError
 from common.runs import check_artifact, write_manifest
-from tokenizer_cli import main as bpe_main
+from pretokenize import GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, word_counts_of
+from train_tokenizer import main as bpe_main
 from unigram import UnigramConfig, UnigramTokenizer, train_unigram, viterbi
 from unigram import main as unigram_main
 from wordpiece import SPECIALS, WordPieceTokenizer, train_wordpiece
@@ -252,7 +246,9 @@ def test_save_load_same_ids(tok, tmp_path):
     with pytest.raises(UserError, match="does not match its vocab"):
         BPETokenizer.load(tmp_path / "t")
     (tmp_path / "t" / "tokenizer.json").write_text(json.dumps(d)[:100])  # truncated
-    with pytest.raises(UserError, match=r"corrupt or truncated.*rerun `python 02_tokenizer/bpe.py --data"):
+    with pytest.raises(
+        UserError, match=r"corrupt or truncated.*rerun `python 02_tokenizer/train_tokenizer.py --data"
+    ):
         BPETokenizer.load(tmp_path / "t")
     (tmp_path / "t" / "tokenizer.json").write_text(json.dumps({**d, "vocab": {"x": "zz"}}))
     with pytest.raises(UserError, match=r"not a usable tokenizer \(ValueError.*rerun"):
@@ -262,7 +258,7 @@ def test_save_load_same_ids(tok, tmp_path):
 @pytest.mark.parametrize(
     "cls, filename, fmt, script",
     [
-        (BPETokenizer, "tokenizer.json", "bpe-v1", "bpe.py"),
+        (BPETokenizer, "tokenizer.json", "bpe-v1", "train_tokenizer.py"),
         (WordPieceTokenizer, "wordpiece.json", "wordpiece-v1", "wordpiece.py"),
         (UnigramTokenizer, "unigram.json", "unigram-v1", "unigram.py"),
     ],
@@ -467,7 +463,7 @@ def test_bpe_cli_writes_checked_artifacts_and_prints_the_table(tmp_path, capsys)
     tokens_manifest = check_artifact(run / "tokens", made_by="(test)")
     tok_manifest = json.loads((run / "tokenizer" / "manifest.json").read_text())
     assert set(tok_manifest["files"]) == {"tokenizer.json", "outcome.json", "bytes_per_token.png"}
-    assert tok_manifest["command"].startswith("python 02_tokenizer/bpe.py --data")
+    assert tok_manifest["command"].startswith("python 02_tokenizer/train_tokenizer.py --data")
     assert tok_manifest["config"] == {"vocab_size": 400, "pattern": "gpt4"}
     assert set(tokens_manifest["inputs"]) == {"../data", "../tokenizer"}
     assert tokens_manifest["inputs"]["../tokenizer"]["id"] == tok_manifest["id"]
@@ -527,7 +523,7 @@ def test_wordpiece_and_unigram_write_their_own_folder(
 def test_a_failure_while_writing_tokens_keeps_the_old_folder_which_then_reads_as_stale(
     base_run, tmp_path, monkeypatch
 ):
-    import tokenizer_cli
+    import train_tokenizer
 
     run = shutil.copytree(base_run, tmp_path / "run")
     old_tokens = file_hashes(run / "tokens")
@@ -536,7 +532,7 @@ def test_a_failure_while_writing_tokens_keeps_the_old_folder_which_then_reads_as
         (Path(out_dir) / "train.bin").write_bytes(b"half")
         raise OSError(28, "No space left on device", str(Path(out_dir) / "train.bin"))
 
-    monkeypatch.setattr(tokenizer_cli, "write_token_shards", disk_full)
+    monkeypatch.setattr(train_tokenizer, "write_token_shards", disk_full)
     with pytest.raises(OSError):
         bpe_main(["--data", str(run), "--vocab-size", "310", "--overwrite"])
     assert file_hashes(run / "tokens") == old_tokens and not list(run.glob(".tokens.*.tmp"))
@@ -566,10 +562,10 @@ def read_only(run):
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 BAD_INPUTS = [  # (script, flags, what is done to a copy of base_run first, the error it must give)
-    ("bpe.py", ["--vocab-size", "262"], None, r"--vocab-size 262 is below its minimum 263"),
-    ("bpe.py", ["--vocab-size", "10"], None, r"--vocab-size 10 is below its minimum 263"),
-    ("bpe.py", ["--pattern", "(?<x"], None, r"--pattern '\(\?<x' is not a valid regex \(.+\)"),
-    ("bpe.py", ["--nope"], None, r"unrecognized arguments: --nope"),
+    ("train_tokenizer.py", ["--vocab-size", "262"], None, r"--vocab-size 262 is below its minimum 263"),
+    ("train_tokenizer.py", ["--vocab-size", "10"], None, r"--vocab-size 10 is below its minimum 263"),
+    ("train_tokenizer.py", ["--pattern", "(?<x"], None, r"--pattern '\(\?<x' is not a valid regex \(.+\)"),
+    ("train_tokenizer.py", ["--nope"], None, r"unrecognized arguments: --nope"),
     ("wordpiece.py", ["--vocab-size", "5"], None, r"--vocab-size 5 is below its minimum 6"),
     (
         "wordpiece.py",
@@ -588,7 +584,7 @@ BAD_INPUTS = [  # (script, flags, what is done to a copy of base_run first, the 
     ),
     ("unigram.py", ["--prune-fraction", "1.5"], None, r"--prune-fraction 1.5 is above its maximum 0.99"),
     (
-        "bpe.py",
+        "train_tokenizer.py",
         ["--overwrite"],
         lambda run: shutil.rmtree(run / "data"),
         r"run/data: missing; make it first with `python 01_data/prepare.py --out .*run`",
@@ -605,18 +601,23 @@ BAD_INPUTS = [  # (script, flags, what is done to a copy of base_run first, the 
         lambda run: open(run / "data" / "train.jsonl", "a").write("{}\n"),
         r"train.jsonl: changed or damaged since .*; rerun",
     ),
-    ("wordpiece.py", [], rewrite_data, r"run/tokenizer is stale: .*rerun `python 02_tokenizer/bpe.py --data"),
+    (
+        "wordpiece.py",
+        [],
+        rewrite_data,
+        r"run/tokenizer is stale: .*rerun `python 02_tokenizer/train_tokenizer.py --data",
+    ),
     (
         "unigram.py",
         [],
         lambda run: (run / "tokenizer" / "tokenizer.json").write_text('{"format": "bpe-v1", "vo'),
-        r"tokenizer.json: changed or damaged since `python 02_tokenizer/bpe.py --data .*`.*; rerun",
+        r"tokenizer.json: changed or damaged since `python 02_tokenizer/train_tokenizer.py --data .*`.*; rerun",
     ),
     (
-        "bpe.py",
+        "train_tokenizer.py",
         [],
         None,
-        r"run/tokens already holds a run \(`python 02_tokenizer/bpe.py --data .* --vocab-size 300`",
+        r"run/tokens already holds a run \(`python 02_tokenizer/train_tokenizer.py --data .* --vocab-size 300`",
     ),
     (
         "wordpiece.py",
@@ -625,13 +626,13 @@ BAD_INPUTS = [  # (script, flags, what is done to a copy of base_run first, the 
         r"run/wordpiece is a file, not a folder",
     ),
     (
-        "bpe.py",
+        "train_tokenizer.py",
         ["--overwrite"],
         lambda run: ((run / ".tokens.lock").unlink(missing_ok=True), (run / ".tokens.lock").mkdir()),
         r"cannot use .*\.tokens\.lock: Is a directory",
     ),
     (
-        "bpe.py",
+        "train_tokenizer.py",
         ["--overwrite"],
         lambda run: hold_lock(run, "tokens"),
         rf"run/tokens is being written by another process \(pid {os.getpid()}\)",

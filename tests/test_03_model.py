@@ -891,7 +891,9 @@ def make_run(run):
 
     tok = BPETokenizer.train(["the cat sat on the mat, the dog sat on the log"] * 5, vocab_size=280)
     tok.save(run / "tokenizer")
-    write_manifest(run / "tokenizer", stage="02_tokenizer", command="python 02_tokenizer/bpe.py", config={})
+    write_manifest(
+        run / "tokenizer", stage="02_tokenizer", command="python 02_tokenizer/train_tokenizer.py", config={}
+    )
     model = lively(tiny(vocab_size=tok.vocab_size))
     ckpt = run / "pretrain" / "ckpt.pt"
     save_checkpoint(ckpt, dataclasses.asdict(model.cfg), model.state_dict(), tokenizer="../tokenizer")

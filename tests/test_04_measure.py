@@ -164,7 +164,9 @@ def write_shards_with_test(root, vocab=VOCAB):
         "tokenizer_dir": "tokenizer",
     }
     (tok / "meta.json").write_text(json.dumps(meta))
-    write_manifest(tok, stage="02_tokenizer", command=f"python 02_tokenizer/bpe.py --data {root}", config={})
+    write_manifest(
+        tok, stage="02_tokenizer", command=f"python 02_tokenizer/train_tokenizer.py --data {root}", config={}
+    )
     return root
 
 

@@ -81,7 +81,7 @@ def remake_tokens_manifest(root: Path, **config):
     write_manifest(
         root / "tokens",
         stage="02_tokenizer",
-        command=f"python 02_tokenizer/bpe.py --data {root}",
+        command=f"python 02_tokenizer/train_tokenizer.py --data {root}",
         config={"vocab": VOCAB, **config},
         inputs=[root / "data"],
     )
@@ -596,7 +596,7 @@ def _edit_meta(root: Path, **changes):
 
 
 TOK = lambda root: root / "tokens"
-BPE = "rerun `python 02_tokenizer/bpe.py --data"
+BPE = "rerun `python 02_tokenizer/train_tokenizer.py --data"
 # (case, the run folder it starts from, what is done to it first, flags after the TINY run's, the error)
 BAD_INPUT = [
     ("unknown flag", "plain", None, ["--bogus"], "unrecognized arguments: --bogus"),
@@ -632,7 +632,7 @@ BAD_INPUT = [
         "plain",
         lambda r: shutil.rmtree(TOK(r)),
         [],
-        "tokens: missing; make it first with `python 02_tokenizer/bpe.py --data",
+        "tokens: missing; make it first with `python 02_tokenizer/train_tokenizer.py --data",
     ),
     (
         "incomplete tokens/",
@@ -917,7 +917,11 @@ def test_overfit_summary_reads_the_last_eval_and_the_best():
     [
         ("overfit", [], "--data is required"),
         ("overfit", ["--data", "{tmp}", "--train-tokens", "100"], "too small for block_size 64"),
-        ("overfit", ["--data", "{tmp}"], "tokens: missing; make it first with `python 02_tokenizer/bpe.py"),
+        (
+            "overfit",
+            ["--data", "{tmp}"],
+            "tokens: missing; make it first with `python 02_tokenizer/train_tokenizer.py",
+        ),
         ("scaling", ["--data", "{tmp}", "--steps", "50"], "at least 2 different budgets"),
         ("scaling", ["--data", "{tmp}", "--sizes", "9"], "--sizes 9 is above its maximum 6"),
         ("scaling", ["--data", "{tmp}"], "tokens: missing"),

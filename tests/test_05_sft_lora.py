@@ -1014,3 +1014,31 @@ def test_collate_packed_by_hand():
     assert x.tolist() == [[1, 2, 4], [6, 9, 9]]
     assert y.tolist() == [[2, 3, 5], [7, -100, -100]]
     assert seg.tolist() == [[0, 0, 1], [0, -1, -1]]
+
+
+def test_feedback_file_reading_skips_a_torn_last_line_and_names_any_other_bad_line(tmp_path, capsys):
+    from feedback_data import append_feedback, feedback_counts, feedback_path_for, read_feedback
+
+    path = tmp_path / "feedback" / "feedback.jsonl"
+    q = [{"role": "user", "content": "Who?"}]
+    append_feedback(
+        path, {"messages": q, "answer": "A.", "rating": "down"}
+    )  # no better answer: trains nothing
+    append_feedback(path, {"messages": q, "answer": "B.", "rating": "down", "better": "C."})
+    with open(path, "a") as f:
+        f.write('{"messages": [{"role": "us')  # a crash mid-append
+    records = read_feedback(path)
+    assert "cut off" in capsys.readouterr().err and all("time" in r for r in records)
+    assert feedback_counts(records) == {
+        "ratings": 2, "up": 0, "down": 2, "down_with_better": 1, "sft_examples": 1, "preference_pairs": 1
+    }  # fmt: skip
+    path.write_text(path.read_text() + "\n" + '{"messages": [], "answer": "x", "rating": "up"}\n')
+    with pytest.raises(UserError, match=r"feedback.jsonl:3: not JSON"):
+        read_feedback(path)  # the once-torn line is now line 3, and no longer last
+    path.write_text("\n".join(path.read_text().splitlines()[:2] + ['{"messages": [], "answer": "x"}', ""]))
+    with pytest.raises(UserError, match=r"feedback.jsonl:3: 'messages'"):
+        read_feedback(path)  # JSON, but not a rating
+    run = tmp_path / "runs" / "x"
+    (run / "tokenizer").mkdir(parents=True)
+    assert feedback_path_for(run / "sft" / "adapter.pt") == run / "feedback" / "feedback.jsonl"
+    assert feedback_path_for(tmp_path / "model.pt") == tmp_path / "feedback" / "feedback.jsonl"

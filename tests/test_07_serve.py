@@ -43,6 +43,7 @@ from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.runs import write_manifest
 from decoding import generate
+from feedback_data import feedback_conversations, feedback_pairs, read_feedback
 from gpt import GPT, GPTConfig
 import serve
 from serve import ChatServer
@@ -517,14 +518,15 @@ def test_a_client_that_leaves_mid_stream_is_cancelled(server, monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="the chat page's script runs in node")
-def test_the_chat_page_fits_the_context_drops_old_turns_and_reports_a_dead_server(server):
+def test_the_chat_page_fits_the_context_drops_old_turns_and_reports_a_dead_server(server, tmp_path):
     """The page's own script (a stub DOM, real fetch): its defaults work on a 64-token model, a long
     conversation keeps working by dropping the oldest exchanges, the label appears once the key is
-    typed, a server that is gone gives a message, and no special token shows up as text."""
+    typed, 👍/👎 save ratings to the feedback file, a server that is gone gives a message, and no
+    special token shows up as text."""
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    server.api_key = "sesame"
+    server.api_key, server.feedback_path = "sesame", tmp_path / "feedback.jsonl"
     try:
         run = subprocess.run(
             [
@@ -541,12 +543,20 @@ def test_the_chat_page_fits_the_context_drops_old_turns_and_reports_a_dead_serve
             timeout=120,
         )
     finally:
-        server.api_key = ""
+        server.api_key, server.feedback_path = "", None
     assert run.returncode == 0, run.stderr
     page = json.loads(run.stdout)
+    assert page["rated"] == ["(rated up, saved)", "(rated down, saved)"]
+    first, second = read_feedback(tmp_path / "feedback.jsonl")
+    assert (first["rating"], second["rating"], second["better"]) == (
+        "up",
+        "down",
+        "Noin Marora lives in Lomaro.",
+    )
+    assert second["messages"][-1]["content"].endswith("please 1") and first["model"] == "test/model"
     assert page["before"] == "(type the API key)" and page["after"] == "test/model, context 64"
     assert page["placeholder"] == "auto (≤ 64)"  # the room the context leaves, not 128 (more than all of it)
-    bubbles = [b for b in page["log"] if b["tag"] == "div"]
+    bubbles = [b for b in page["log"] if b["tag"] == "div" and b["cls"] != "rate"]
     answers = [b for b in bubbles if b["cls"] != "user"]
     assert [b["cls"] for b in answers[:-1]] == ["assistant"] * 6, page["log"]  # every message answered
     assert any("dropped the oldest exchange" in b["text"] for b in page["log"] if b["tag"] == "small")
@@ -728,7 +738,9 @@ def stream_text(reply):
 
 
 def test_a_poisoned_request_fails_alone_while_concurrent_streams_complete(server, monkeypatch):
-    engine, real_sample = server.engine, server.engine.sample
+    import batching
+
+    engine, real_sample = server.engine, batching.sample_token
 
     def sample(req, logits):
         if req.params.seed == 666:
@@ -736,7 +748,7 @@ def test_a_poisoned_request_fails_alone_while_concurrent_streams_complete(server
         time.sleep(0.005)  # keep the streams in flight while the poison runs
         return real_sample(req, logits)
 
-    monkeypatch.setattr(engine, "sample", sample)
+    monkeypatch.setattr(batching, "sample_token", sample)
     _, alone = call(server, "/v1/chat/completions", CHAT)
     want = alone["choices"][0]["message"]["content"]
     results = {}
@@ -1139,3 +1151,63 @@ def test_static_batching_keeps_a_finished_row_until_its_batch_ends(model):
     # long decodes 7 times (its first token comes from the prefill), short once; static batching
     # keeps short's finished row in the batch: 2 rows a step, 14 rows, 7 + 1 = 8 of them useful
     assert engine.stats["decode_rows"] == 14 and engine.stats["decode_useful"] == 8
+
+
+# ----------------------------------------------------------------------------- user feedback
+
+
+def test_feedback_endpoint_saves_good_ratings_and_refuses_every_kind_of_bad_one(server, tmp_path):
+    """POST /v1/feedback appends a checked rating; each class of bad rating gets a 400 naming it and
+    writes nothing; a file that cannot be written is a 500 and the server goes on; none kept is a 404."""
+    q = [{"role": "user", "content": "Where does Noin Marora live?"}]
+    good = {"messages": q, "answer": "In Pelk.", "rating": "down", "better": "In Lomaro."}
+    assert call(server, "/v1/feedback", good)[0] == 404  # this server was started without a file
+    server.feedback_path = tmp_path / "fb" / "feedback.jsonl"
+    try:
+        assert call(server, "/v1/feedback", good) == (200, {"saved": True})
+        assert call(server, "/v1/feedback", {"messages": q, "answer": "x", "rating": "up"})[0] == 200
+        bad = [
+            {**good, "rating": "meh"},  # not up/down
+            {**good, "rating": "up"},  # a better answer with a good rating
+            {**good, "better": "  "},  # an empty better answer
+            {**good, "messages": q + [{"role": "assistant", "content": "hi"}]},  # not ending with the user
+            {**good, "messages": []},  # no conversation
+            {**good, "messages": [{"role": "robot", "content": "hi"}]},  # an unknown role
+            {k: v for k, v in good.items() if k != "answer"},  # no answer
+            {**good, "answer": 3},  # a field of the wrong type
+            {**good, "stars": 5},  # an unknown field
+            {**good, "model": "another/model"},  # a model this server does not serve
+        ]
+        for body in bad:
+            status, reply = call(server, "/v1/feedback", body)
+            assert status in (400, 404) and reply["error"]["message"], body
+        status, reply = call(server, "/v1/feedback", raw=b"{not json")
+        assert status == 400
+        saved = read_feedback(server.feedback_path)
+        assert [r["rating"] for r in saved] == ["down", "up"] and all(
+            r["model"] == "test/model" for r in saved
+        )
+        assert feedback_pairs(saved) == [
+            {"prompt": q, "chosen": "In Lomaro.", "rejected": "In Pelk.", "rule": "user_feedback"}
+        ]
+        assert [c["messages"][-1]["content"] for c in feedback_conversations(saved)] == ["In Lomaro.", "x"]
+        server.feedback_path = tmp_path  # a folder: the append fails
+        assert call(server, "/v1/feedback", good)[0] == 500
+        assert call(server, "/v1/chat/completions", CHAT)[0] == 200  # and the server goes on
+    finally:
+        server.feedback_path = None
+
+
+def test_terminal_chat_rates_the_last_answer_with_good_and_bad(tok, tmp_path):
+    model = tiny_model(vocab=tok.vocab_size, block_size=64, seed=1)
+    cfg = ChatConfig(temperature=0, max_tokens=4, system="Be brief.", feedback=str(tmp_path / "f.jsonl"))
+    session = ChatSession(Engine(model, tok, "sequential"), tok, cfg)
+    shown = chat_transcript(session, ["/good", "hello", "/good", "/good nice", "again", "/bad It is Lomaro."])
+    assert shown.count("error: ") == 2  # nothing to rate yet; /good with text
+    up, down = read_feedback(tmp_path / "f.jsonl")
+    assert (up["rating"], down["rating"], down["better"]) == ("up", "down", "It is Lomaro.")
+    assert up["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello"},
+    ]
+    assert down["messages"][-1]["content"] == "again" and down["answer"] == session.turns[-1]["content"]

@@ -9,6 +9,7 @@ stage, and a stage imports only earlier stages, common/ and kernels/.
 """
 
 import ast
+import functools
 import importlib.metadata
 import importlib.util
 import sys
@@ -129,6 +130,7 @@ def test_the_layout_check_rejects_a_backward_import(tmp_path, folder, line):
 
 
 # ------------------------------------------------------------------- the stage registry (common/layout.py)
+sys.path[:0] = [str(REPO)]  # pytest puts it there (pyproject.toml); `python tests/test_layout.py` does not
 from common.layout import STAGES as REGISTRY, RunLayout  # noqa: E402
 
 
@@ -156,6 +158,175 @@ def _config_source(s) -> str:
 def test_run_layout_paths_and_rerun_commands():
     layout = RunLayout("runs/x")
     assert layout.tokenizer == Path("runs/x/tokenizer") and layout.tasks == Path("runs/x/data/tasks")
-    assert layout.made_by("tokenizer") == "python 02_tokenizer/bpe.py --data runs/x"
+    assert layout.made_by("tokenizer") == "python 02_tokenizer/train_tokenizer.py --data runs/x"
     assert layout.made_by("data") == "python 01_data/prepare.py --out runs/x"
     assert layout.made_by("rm") == "python 06_rlhf_dpo/reward_model.py --run runs/x"
+
+
+# ------------------------------------------------------------------- commands are not libraries; no circles
+# A command (a stage script of the registry, run_all.py, report.py) is run, never imported for its
+# functions: what another file needs lives in a module that is not a command. And no two modules
+# import each other, directly or round a loop, at the top or inside a function (a function-local
+# import is how a circle hides; `python -X importtime` would not show it).
+TOP_COMMANDS = ("run_all.py", "report.py")
+# Left for their owners (each is a library inside a command; move it out, then drop the line here).
+KNOWN_COMMAND_IMPORTS = {
+    "run_all imports report",  # report.py: write_report, headline_of -> a report library
+    "rlaif imports dpo",  # dpo.py: train_preference, DPOConfig, plot -> a preference-training library
+    "bench_contention imports speculative",  # speculative.py: speculative_generate -> a decoding library
+}
+
+
+def module_files(repo: Path = REPO) -> dict:
+    """{module name as imported: file}: bare names for the stage folders and kernels/, common.<name>
+    for the framework package, and the two top-level commands."""
+    found = {}
+    for folder in STAGES:
+        for f in sorted((repo / folder).glob("*.py")):
+            name = f"common.{f.stem}" if folder == "common" else f.stem
+            found.setdefault(name, f)
+    for name in TOP_COMMANDS:
+        if (repo / name).is_file():
+            found[Path(name).stem] = repo / name
+    return found
+
+
+def imports_of(path: Path, ours) -> set:
+    """The modules of ours that `path` imports anywhere in it (function-local imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in ours:  # common.cli.run_cli -> common.cli
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def import_graph(repo: Path = REPO) -> dict:
+    """{module: the modules of ours it imports}."""
+    files = module_files(repo)
+    return {m: imports_of(f, files) - {m} for m, f in files.items()}
+
+
+def command_modules(repo: Path = REPO) -> set:
+    return {Path(s.script).stem for s in REGISTRY} | {Path(n).stem for n in TOP_COMMANDS}
+
+
+def commands_imported(graph: dict, commands: set) -> set:
+    """'<module> imports <command>' for every module that imports a command."""
+    return {f"{m} imports {c}" for m, deps in graph.items() for c in sorted(deps & commands)}
+
+
+def import_circles(graph: dict) -> list:
+    """Every set of modules that import each other round a loop (strongly connected, size > 1)."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while not part or part[-1] != v:
+                part.append(stack.pop())
+                on_stack.discard(part[-1])
+            if len(part) > 1:
+                circles.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+@functools.cache
+def repo_graph() -> dict:
+    return import_graph(REPO)  # read once for both checks
+
+
+def test_no_command_is_imported_for_its_functions():
+    found = commands_imported(repo_graph(), command_modules())
+    new = sorted(found - KNOWN_COMMAND_IMPORTS)
+    assert not new, (
+        "a command script is never imported for its functions; move what is shared into a module "
+        "that is not a command: " + "; ".join(new)
+    )
+
+
+def test_no_import_circles():
+    circles = import_circles(repo_graph())
+    assert not circles, f"modules that import each other (a circle): {circles}"
+
+
+def test_the_checks_find_a_command_imported_and_a_circle(tmp_path):
+    for folder in STAGES:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "02_tokenizer" / "bpe.py").write_text("import bpe_cli\n")  # library -> command ...
+    (tmp_path / "02_tokenizer" / "bpe_cli.py").write_text(
+        "def main():\n    from bpe import X\n"  # ... -> library, inside a function: a hidden circle
+        "if __name__ == '__main__':\n    main()\n"
+    )
+    (tmp_path / "02_tokenizer" / "evals.py").write_text("from common.cli import run_cli\nimport bpe\n")
+    (tmp_path / "common" / "cli.py").write_text("from common.files import x\n")
+    (tmp_path / "common" / "files.py").write_text("x = 1\n")
+    graph = import_graph(tmp_path)
+    assert graph["evals"] == {"common.cli", "bpe"} and graph["common.cli"] == {"common.files"}
+    assert commands_imported(graph, {"bpe_cli"}) == {"bpe imports bpe_cli"}
+    assert import_circles(graph) == [["bpe", "bpe_cli"]]
+    (tmp_path / "02_tokenizer" / "bpe.py").write_text("X = 1\n")
+    assert (
+        import_circles(import_graph(tmp_path)) == []
+        and commands_imported(import_graph(tmp_path), {"bpe_cli"}) == set()
+    )
+
+
+# ------------------------------------------------------------------- the shape, printed (python tests/test_layout.py)
+def folder_of(module: str, files: dict) -> str:
+    f = files[module]
+    return f.parent.name if f.parent != REPO else f.name
+
+
+def folder_import_table(repo: Path = REPO) -> str:
+    """A markdown table: row folder imports column folder (number of importing files)."""
+    files, graph = module_files(repo), import_graph(repo)
+    folders = [*STAGES[:1], "kernels", *STAGES[1:-1], *TOP_COMMANDS]
+    counts = {}
+    for m, deps in graph.items():
+        for d in {folder_of(d, files) for d in deps} - {folder_of(m, files)}:
+            counts[folder_of(m, files), d] = counts.get((folder_of(m, files), d), 0) + 1
+    lines = ["| imports -> | " + " | ".join(folders) + " |", "|---" * (len(folders) + 1) + "|"]
+    for a in folders:
+        lines.append(f"| {a} | " + " | ".join(str(counts.get((a, b), "")) for b in folders) + " |")
+    return "\n".join(lines)
+
+
+def tree_with_line_counts(repo: Path = REPO) -> str:
+    lines = []
+    for folder in [*STAGES, "tests"]:
+        files = sorted((repo / folder).glob("*.py"))
+        total = sum(len(f.read_text(encoding="utf-8").splitlines()) for f in files)
+        lines.append(f"{folder}/  ({len(files)} files, {total} lines)")
+        for f in files:
+            n = len(f.read_text(encoding="utf-8").splitlines())
+            lines.append(f"  {f.name:<28} {n:>5}{'  > 700' if n > 700 else ''}")
+    for name in TOP_COMMANDS:
+        lines.append(f"{name:<30} {len((repo / name).read_text(encoding='utf-8').splitlines()):>5}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(tree_with_line_counts(), "\n\nfiles of the row folder that import the column folder:\n")
+    print(folder_import_table())
