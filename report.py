@@ -60,8 +60,16 @@ def stage_block(s, run: Path, folder: str) -> bool:
         return False
     s.headline = o.get("headline", "(the stage wrote no headline)")
     bar = o.get("bar")
-    s.bar, s.passed = (bar["note"] or bar["metric"], bar["passed"]) if bar else ("", None)
+    s.bar, s.passed = (
+        (bar["note"] or bar["metric"], bar["passed"]) if bar else (o.get("table_only", ""), None)
+    )
+    s.ran = True
     return True
+
+
+def ci(interval, digits=3) -> str:
+    """' [lo, hi]' of a 95 % interval, or nothing when there is none."""
+    return f" [{num(interval[0], digits)}, {num(interval[1], digits)}]" if interval else ""
 
 
 def num(x, digits=3, sign=False) -> str:
@@ -83,6 +91,7 @@ class Section:
     bar: str = ""
     passed: bool = None  # None: not run, or the bar does not apply (e.g. no labels on real text)
     body: str = ""
+    ran: bool = False  # a finished run was read: passed None then means "n/a" (a table, no bar)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,8 +120,9 @@ def data_section(run, figs) -> Section:
             "injected": v["injected"],
             "caught": v["caught"],
             "missed": v["missed"],
-            "precision": num(v["precision"]),
-            "recall": num(v["recall"]),
+            "precision": num(v["precision"]) + ci(v.get("precision_ci")),
+            "recall": num(v["recall"]) + ci(v.get("recall_ci")),
+            "bar": v.get("bar", "-"),
         }
         for k, v in noise.items()
     ]
@@ -130,8 +140,10 @@ def data_section(run, figs) -> Section:
             "Cleaning, per injected noise type (precision: of what the step flagged, the share that was this noise; "
             "recall: of what was injected, the share caught):",
             markdown_table(
-                rows, ["noise type", "step", "injected", "caught", "missed", "precision", "recall"]
+                rows, ["noise type", "step", "injected", "caught", "missed", "precision", "recall", "bar"]
             ),
+            "Intervals: 95 % Wilson. edited_copy: a near_dup copy whose shingle Jaccard with its source "
+            "is below the dedup threshold, so not a near duplicate by the step's definition (not judged).",
             f"Clean documents wrongly removed: {clean.get('wrongly_removed', 0)} of {clean.get('injected', 0):,}. "
             f"Splits: {split_line}.",
             markdown_table(domains, ["domain", "docs kept", "chars", "share"]),
@@ -248,6 +260,11 @@ def bar_rows(run: Path) -> list:
 
 
 def bar_rows_of(stage: str, o) -> list:
+    """The rows of one stage's bars; a finished stage that wrote no bar (a table, or real text with no
+    labels to score) gets one row saying so, with verdict n/a."""
+    if isinstance(o, dict) and "headline" in o and o.get("bar") is None:
+        why = o.get("table_only") or "no bar: " + o["headline"]
+        return [dict.fromkeys(BAR_COLUMNS, "-") | {"stage": stage, "metric": why, "verdict": "n/a"}]
     if not isinstance(o, dict) or not isinstance(o.get("bar"), dict):
         return []
     rows = []
@@ -631,6 +648,7 @@ def serve_section(run, figs) -> Section:
         {
             "policy": r["policy"],
             "tokens/s": num(r["tokens_per_s"], 0),
+            "tokens/s per pass": ", ".join(f"{x:.0f}" for x in r.get("tokens_per_s_passes", [])) or "-",
             "requests/s": num(r["requests_per_s"], 2),
             "TTFT p50 s": num(r["ttft_p50"]),
             "latency p95 s": num(r["latency_p95"]),
@@ -675,6 +693,8 @@ SECTIONS = {
     "reward_model": reward_model_section,
     "dpo": rl_method_section("dpo"),
     "ppo": rl_method_section("ppo"),
+    "overopt": headline_section("overopt", "06 Reward over-optimization: best-of-n and PPO against a proxy"),
+    "rlaif": headline_section("rlaif", "06 RLAIF: an AI judge's labels, measured against the gold judge"),
     "grpo": rl_method_section("grpo"),
     "rl_compare": rl_compare_section,
     "distill": distill_section,
@@ -755,7 +775,12 @@ def write_report(run) -> Path:
         raise UserError(f"{run}: no such run folder; run `python run_all.py --run {run.name}` first")
     sections = [section_of(stage, run, run) for stage in SECTIONS]
     top = [
-        {"stage": s.stage, "headline": s.headline, "bar": s.bar or "-", "result": verdict(s.passed)}
+        {
+            "stage": s.stage,
+            "headline": s.headline,
+            "bar": s.bar or "-",
+            "result": "n/a" if s.ran and s.passed is None else verdict(s.passed),
+        }
         for s in sections
     ]
     ran = [s for s in sections if s.passed is not None]
@@ -775,7 +800,8 @@ def write_report(run) -> Path:
             "",
             "Every bar a stage wrote into its outcome.json (SCHEMA.md): the metric, its value and 95 % interval "
             "over n items, the strongest cheap baseline, the threshold and which side of it passes. A bar "
-            "passes only when its whole interval is on the passing side.",
+            "passes only when its whole interval is on the passing side; n/a: the stage is a table with "
+            "no bar of its own.",
             "",
             markdown_table(bars, BAR_COLUMNS),
         ]
@@ -796,7 +822,7 @@ def write_report(run) -> Path:
             markdown_table(rows, ["stage", "wall s"]),
         ]
     for s in sections:
-        mark = "" if s.passed is None else f"**{verdict(s.passed)}** "
+        mark = ("**n/a** " if s.ran else "") if s.passed is None else f"**{verdict(s.passed)}** "
         lines += ["", f"## {s.title}", "", f"{mark}{s.headline}" + (f" (bar: {s.bar})" if s.bar else "")]
         if s.body:
             lines += ["", s.body]

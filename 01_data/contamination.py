@@ -18,6 +18,11 @@ share that occur *whole* (every word of the item, in order, in the training text
 whole in pretraining is no test of knowledge (04's fact recall puts such probes beside novel ones); an
 held-out arithmetic problem that occurs whole in SFT's training set is not held out.
 
+And the proof the knowledge-extraction experiment rests on (`heldout_exposure`): the people held out of
+fine-tuning are named in pretraining only in biographies: no pretraining document names one of them in
+QA form (a chat marker or a question mark), none outside the knowledge domain, and none of their
+questions occurs whole in pretraining.
+
 Words: lower case, runs of letters and digits, each CJK character one word; punctuation and the
 articles a/an/the dropped (the usual normalization of n-gram contamination checks, so "Calinwi." and
 "calinwi" match, and the probe "X works as" + "nurse" matches the sentence "X works as a nurse").
@@ -187,6 +192,58 @@ def contamination_report(data: Path) -> list:
     return rows
 
 
+QA_MARKERS = ("User:", "Assistant:", "?", "？")
+
+
+def in_qa_form(text: str, pattern) -> bool:
+    """A chat (a User:/Assistant: marker), or a line that names one of `pattern`'s people and asks a
+    question: the forms a held-out fact must never take in pretraining. (A noise line such as
+    "Questions? Email ..." above a biography names nobody, so it does not count.)"""
+    if "User:" in text or "Assistant:" in text:
+        return True
+    return any(pattern.search(line) and ("?" in line or "？" in line) for line in text.split("\n"))
+
+
+def heldout_exposure(data: Path) -> dict:
+    """Where the held-out people (the subjects of sft_heldout.jsonl) are named in the pretraining split:
+    their facts must appear there only as biographies, never in QA form. Counts the documents that
+    name one of them (full name, English or Chinese), those in QA form (`in_qa_form`), those outside the knowledge domain (where biographies live), and the held-out questions
+    (user turns) that occur whole in pretraining. {} without the task files."""
+    tasks = data / "tasks"
+    if not (tasks / "sft_heldout.jsonl").is_file():
+        return {}
+    held = read_jsonl(tasks / "sft_heldout.jsonl", ())
+    zh = read_jsonl(tasks / "sft_zh_heldout.jsonl", ()) if (tasks / "sft_zh_heldout.jsonl").is_file() else []
+    names = sorted({r["subject"] for r in held} | {r["subject_zh"] for r in zh if r.get("subject_zh")})
+    if not names:
+        return {}
+    pattern = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
+    docs = read_jsonl(data / "train.jsonl")
+    naming = [d for d in docs if pattern.search(d["text"])]
+    questions = [r["messages"][-2]["content"] for r in held + zh]
+    overlaps = longest_overlaps([d["text"] for d in docs], questions)
+    whole = sum(o >= len(words(q)) for o, q in zip(overlaps, questions))
+    return {
+        "heldout_people": len({r["subject"] for r in held}),
+        "documents_naming_them": len(naming),
+        "in_qa_form": sum(in_qa_form(d["text"], pattern) for d in naming),
+        "outside_knowledge_domain": sum(d.get("domain") != "knowledge" for d in naming),
+        "heldout_questions": len(questions),
+        "questions_whole_in_pretraining": whole,
+    }
+
+
+def format_exposure(e: dict) -> str:
+    if not e:
+        return ""
+    return (
+        f"held-out people ({e['heldout_people']}): named in {e['documents_naming_them']} pretraining documents, "
+        f"{e['in_qa_form']} of them in QA form, {e['outside_knowledge_domain']} outside the knowledge domain "
+        f"(biographies); {e['questions_whole_in_pretraining']} of their {e['heldout_questions']} questions "
+        "occur whole in pretraining"
+    )
+
+
 def format_contamination(rows) -> str:
     head = f"| evaluation set | training data | n | median words | median / max overlap | >= {LONG} words | whole |"
     lines = [head, "|---|---|---|---|---|---|---|"]
@@ -214,6 +271,7 @@ def main(argv=None):
             f"{data}/tasks is missing: evaluation sets come from the generated world (no --input)"
         )
     print(format_contamination(contamination_report(data)))
+    print(format_exposure(heldout_exposure(data)))
 
 
 if __name__ == "__main__":

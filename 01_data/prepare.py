@@ -59,7 +59,7 @@ from common.files import read_json, read_jsonl, read_text, write_json, write_jso
 from common.layout import RunLayout
 from common.runs import MANIFEST, claim_output, run_lock, staged_dir, write_manifest
 from clean import STEPS, CleanConfig, clean_document
-from contamination import contamination_report, format_contamination
+from contamination import contamination_report, format_contamination, format_exposure, heldout_exposure
 from data_outcome import (
     WARN_HINTS,
     doc_chars,
@@ -83,7 +83,7 @@ from prepare_stream import (
     read_shard_docs,
 )
 from tasks import write_tasks
-from world import WorldConfig, build_world, generate_corpus, story_slots
+from world import build_world, generate_corpus, story_slots, world_config
 
 DOMAINS = ["dialog", "code", "knowledge", "stories"]
 SPLITS = ["train", "val", "test"]
@@ -99,8 +99,13 @@ class PrepareConfig:
         0.15, "noisy documents injected per clean one, split evenly over the 9 noise types", min=0.0, max=1.0
     )
     mix: dict = option(
-        {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3},
+        {"dialog": 0.25, "code": 0.1, "knowledge": 0.5, "stories": 0.15},
         "character share of each domain in the output; >= 0, summing to 1",
+    )
+    world: dict = option(
+        {},
+        "world knobs (world.WorldConfig, biographies.py), e.g. n_people=400,bios_per_person=1,"
+        "bio_permute=0,qa_mixed=0; bio_langs: 1 = en, 2 = en and zh",
     )
     split: tuple = option(
         (0.90, 0.05, 0.05), "train,val,test shares of the documents; each > 0, summing to 1", sep=","
@@ -164,7 +169,7 @@ def unique_documents(docs, threshold):
 
 def generated_documents(cfg: PrepareConfig):
     """(documents with noise appended, noise labels {id: type}, the world)."""
-    world = build_world(WorldConfig(seed=cfg.seed))
+    world = build_world(world_config(cfg.seed, cfg.world))
     extra = cfg.noise_frac * 1.2  # fresh documents to turn into noise
     target = {domain: share * cfg.chars * (1 + extra) for domain, share in cfg.mix.items()}
     docs, generated = [], 0
@@ -556,7 +561,7 @@ def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, 
     steps = step_table(docs, acted, removed, kept, unique, mixed)
     stats = {
         "config": config,
-        "noise": noise_table(docs, labels, acted, removed) if labels else {},
+        "noise": noise_table(docs, labels, acted, removed, cfg.dedup_threshold) if labels else {},
         "input": {"docs": len(docs), "chars": sum(map(doc_chars, docs))},
         "steps": steps,
         "domains": domain_table(docs, unique, mixed, DOMAINS),
@@ -565,6 +570,7 @@ def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, 
         "warnings": warnings_for(steps, cfg.warn_removed),
         "tasks": tasks,
         "contamination": contamination,
+        "heldout_exposure": heldout_exposure(folder) if tasks else {},  # held-out facts: biographies only
         "seconds": seconds,
     }
     write_json(folder / "stats.json", stats)
@@ -595,6 +601,8 @@ def main(argv=None):
         print(
             f"\ncontamination: longest word n-gram shared with the training data\n{format_contamination(stats['contamination'])}"
         )
+    if stats.get("heldout_exposure"):
+        print(format_exposure(stats["heldout_exposure"]))
     print(f"wrote {Path(args.out) / 'data'}", file=sys.stderr)
 
 

@@ -4,14 +4,21 @@ Task sets (written by `write_tasks`, each as `<name>_train.jsonl` and `<name>_he
 held-out part chosen by entity so no held-out question's subject appears in the train part):
 
     sft_*.jsonl          {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                          "subject": entity name, "answer": short answer string}; the train part also
-                          holds 180 arithmetic conversations (subject "arithmetic <i>") in the answer format
+                          "subject": person's name, "answer": short answer string, "attribute": "city" |
+                          "job" | "age" | "pet" | "color", "lang": "en" | "zh"}: one question per person and
+                          attribute (biographies.qa_pairs); the train part holds the training half's
+                          questions in English and Chinese and 180 arithmetic conversations (subject
+                          "arithmetic <i>") in the answer format; the held-out part the held-out half's
+                          English questions
+    sft_zh_heldout.jsonl the held-out half's Chinese questions, with "subject_zh" and "bios": "en+zh" (the
+                          person has Chinese biographies) or "en only" (the cross-language case)
     preference_*.jsonl   {"prompt": [{"role": "user", "content": q}], "chosen": str, "rejected": str,
                           "rule": "correct_fact" | "helpful_vs_rude" | "concise_vs_rambling"}
                           the rule states why `chosen` is better (the ground truth for 06's reward model / DPO);
                           the rejected replies of the held-out pairs come from pools disjoint from the train
                           pairs' (RUDE, RAMBLE), rude replies are shorter than the answer about half the time,
-                          and the held-out part pairs every question with all three rules
+                          and the held-out part pairs every question of the first PAIRED_HELDOUT (20)
+                          held-out people with all three rules (300 pairs)
     recall_*.jsonl       {"prompt": str, "answer": str, "attribute": "job" | "city" | ..., "phrasing":
                           "corpus" | "novel", "subject", "lang"}: knowledge-style completion probes of the
                           *base* model (04's fact_recall.py): "Noin Marora works as" -> "a tailor" (the
@@ -37,55 +44,26 @@ Interview questions it answers:
 
 import random
 
-from world import JOBS, RECALL_PHRASINGS, arithmetic_parts, fix_articles
+from biographies import QA_ATTRIBUTES, qa_pairs
+from world import COLORS, JOBS, RECALL_PHRASINGS, arithmetic_parts, fix_articles, is_heldout
 
 
-def fact_questions(w):
-    """(subject, question, answer sentence, short answer, wrong answer sentence) for every person."""
+def fact_questions(w, lang="en"):
+    """(subject, question, answer sentence, short answer, wrong answer sentence) for every person and
+    attribute (biographies.qa_pairs: city, job, age, pet, favorite color), in English or Chinese; the
+    wrong answer states another value of the same attribute (06's factual preference pairs)."""
     rng = random.Random(12345)
     out = []
     for p in w.people:
-        wrong_city = rng.choice([c for c in w.cities if c is not p["city"]])
-        wrong_job = rng.choice([j for j in JOBS if j != p["job"]])
-        wrong_pet = rng.choice([a for a in w.species if a is not p["pet"]])
-        wrong_friend = rng.choice([o for o in w.people if o is not p["friend"] and o is not p])
-        out += [
-            (
-                p["name"],
-                f"Where does {p['name']} live?",
-                f"{p['name']} lives in {p['city']['name']}.",
-                p["city"]["name"],
-                f"{p['name']} lives in {wrong_city['name']}.",
-            ),
-            (
-                p["name"],
-                f"What is {p['name']}'s job?",
-                f"{p['name']} is a {p['job'][0]}.",
-                p["job"][0],
-                f"{p['name']} is a {wrong_job[0]}.",
-            ),
-            (
-                p["name"],
-                f"How old is {p['name']}?",
-                f"{p['name']} is {p['age']} years old.",
-                str(p["age"]),
-                f"{p['name']} is {p['age'] + rng.choice([-7, -3, 4, 9])} years old.",
-            ),
-            (
-                p["name"],
-                f"What kind of pet does {p['name']} have?",
-                f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.",
-                p["pet"]["kind"],
-                f"{p['name']} has a {wrong_pet['kind']} named {p['pet_name']}.",
-            ),
-            (
-                p["name"],
-                f"Who is {p['name']}'s best friend?",
-                f"{p['name']}'s best friend is {p['friend']['name']}.",
-                p["friend"]["name"],
-                f"{p['name']}'s best friend is {wrong_friend['name']}.",
-            ),
-        ]
+        wrong = dict(p)
+        wrong["city"] = rng.choice([c for c in w.cities if c is not p["city"]])
+        wrong["job"] = rng.choice([j for j in JOBS if j != p["job"]])
+        wrong["age"] = p["age"] + rng.choice([-7, -3, 4, 9])
+        wrong["pet"] = rng.choice([a for a in w.species if a is not p["pet"]])
+        wrong["color"] = rng.choice([c for c in COLORS if c != p["color"]])
+        wrong_answers = {attr: a for attr, _, a, _ in qa_pairs(wrong, lang)}
+        for attr, q, a, short in qa_pairs(p, lang):
+            out.append((p["name"], q, a, short, wrong_answers[attr]))
     return out
 
 
@@ -123,12 +101,8 @@ def recall_probes(w):
     return out
 
 
-def is_heldout(subject, frac=0.25):
-    """Deterministic held-out choice by subject name (a stable string hash, not Python's salted hash())."""
-    return sum(subject.encode()) * 2654435761 % 1000 < frac * 1000
-
-
 RULES = ["correct_fact", "helpful_vs_rude", "concise_vs_rambling"]
+PAIRED_HELDOUT = 20  # held-out people whose questions get preference pairs (5 questions x 3 rules each)
 
 # Rejected answers come from pools split in two: the train pairs draw from the first half, the held-out
 # pairs from the second, so a reward model cannot pass by remembering the train pairs' exact strings.
@@ -167,6 +141,7 @@ def rejected_answer(rng, rule, answer, wrong, heldout):
     restated = answer.rstrip(".")
     hedges = (
         (" lives in ", " lives, I believe, in "),
+        (" works as ", " works, I believe, as "),
         (" has ", " has, I think, "),
         (" is ", " is, as far as I know, "),
     )
@@ -182,8 +157,29 @@ def rejected_answer(rng, rule, answer, wrong, heldout):
 def task_records(w, seed):
     """{"sft": [...], "preference": [...], "arithmetic": [...]} with a "heldout" flag on each record."""
     rng = random.Random(seed + 2)
-    sft, pref, arith = [], [], []
-    for subject, q, a, short, wrong in fact_questions(w):
+    sft, sft_zh, pref, arith = [], [], [], []
+    zh_bios = {p["name"]: p["zh_bios"] for p in w.people}
+    # Chinese: the training half's questions train (in sft_train, "lang": "zh"); the held-out half's go
+    # to sft_zh_heldout, marked by whether that person has Chinese biographies or English ones only
+    for k, (subject, q, a, short, _) in enumerate(fact_questions(w, "zh")):
+        held = is_heldout(subject)
+        record = {
+            "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "subject": subject,
+            "answer": short,
+            "attribute": QA_ATTRIBUTES[k % len(QA_ATTRIBUTES)],
+            "lang": "zh",
+            "heldout": held,
+        }
+        if held:
+            zh_name = next(p["zh"] for p in w.people if p["name"] == subject)
+            sft_zh.append(
+                record | {"subject_zh": zh_name, "bios": "en+zh" if zh_bios[subject] else "en only"}
+            )
+        else:
+            sft_zh.append(record)  # written to sft_train below (sft_zh_train would repeat it)
+    paired = {}  # held-out subject -> its order among the held-out people
+    for k, (subject, q, a, short, wrong) in enumerate(fact_questions(w)):
         a, wrong = fix_articles(a), fix_articles(wrong)
         held = is_heldout(subject)
         user = [{"role": "user", "content": q}]
@@ -192,10 +188,17 @@ def task_records(w, seed):
                 "messages": user + [{"role": "assistant", "content": a}],
                 "subject": subject,
                 "answer": short,
+                "attribute": QA_ATTRIBUTES[k % len(QA_ATTRIBUTES)],
+                "lang": "en",
                 "heldout": held,
             }
         )
-        rules = RULES if held else [rng.choice(RULES)]  # held-out: every rule on every question (3x n)
+        # held-out: every rule on every question (3x n) of the first PAIRED_HELDOUT held-out people (the
+        # set 06 scores stays near 300 pairs as the world grows)
+        if held:
+            rules = RULES if paired.setdefault(subject, len(paired)) < PAIRED_HELDOUT else []
+        else:
+            rules = [rng.choice(RULES)]
         for rule in rules:
             pref.append(
                 {"prompt": user, "chosen": a, "rejected": rejected_answer(rng, rule, a, wrong, held)}
@@ -230,8 +233,10 @@ def task_records(w, seed):
         }
         for i, r in enumerate(arith[:180])
     ]
+    sft += [r for r in sft_zh if not r["heldout"]]
+    sft_zh = [r for r in sft_zh if r["heldout"]]
     recall = [{**r, "heldout": is_heldout(r["subject"])} for r in recall_probes(w)]
-    return {"sft": sft, "preference": pref, "arithmetic": arith, "recall": recall}
+    return {"sft": sft, "sft_zh": sft_zh, "preference": pref, "arithmetic": arith, "recall": recall}
 
 
 def write_tasks(w, seed, folder, write_jsonl):
@@ -240,5 +245,7 @@ def write_tasks(w, seed, folder, write_jsonl):
     for name, records in task_records(w, seed).items():
         for part, held in (("train", False), ("heldout", True)):
             rows = [{k: v for k, v in r.items() if k != "heldout"} for r in records if r["heldout"] == held]
+            if not rows and name == "sft_zh":
+                continue  # only a held-out part: the training half's Chinese questions are in sft_train
             counts[f"{name}_{part}.jsonl"] = write_jsonl(folder / f"{name}_{part}.jsonl", rows)
     return counts

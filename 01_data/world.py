@@ -4,10 +4,22 @@ Why synthetic: the pipeline must run offline in seconds, and later stages must b
 what a model learnt. So from one seed we build a small fictional world -- people, cities, animal
 species and objects, with attributes and relations -- and write about it in four domains:
 
-    dialog     multi-turn "User: ...\\nAssistant: ..." chats about the world's facts (English)
+    dialog     multi-turn "User: ...\\nAssistant: ..." chats: with mixed training (qa_mixed) about the
+               training half of the people, including the task sets' questions, in English and Chinese;
+               without it about cities and animals only
     code       tiny Python programs over the world's numbers, each followed by its real printed output
-    knowledge  encyclopedia entries in English and in Chinese, and arithmetic word problems with answers
+    knowledge  biographies of every person (biographies.py: per person, templates, sentence order and
+               languages are knobs), city and species pages, and arithmetic word problems with answers
     stories    short English stories using the entities, and web-like pages with nav/footer boilerplate
+
+The people are split in two by name (`is_heldout`): fine-tuning asks about the training half, the
+evaluation about the held-out half, whose facts appear in the corpus *only in biographies*: every other
+document draws its people (and best friends) from the training half. That makes 05's held-out score a
+test of knowledge extraction (Allen-Zhu and Li, Physics of Language Models 3.1): can the model answer
+a question about a fact it read only in prose? contamination.heldout_exposure proves the split holds.
+Chinese biographies exist for the training half and for half of the held-out half; the other held-out
+people are written about in English only, so a Chinese question about them tests whether knowledge
+crosses languages.
 
 Every fact is stored once in the `World` and every document is rendered from it, so facts agree
 across documents (Belmo Tarin is a baker in every text that mentions her) and stage 05-07 can grade
@@ -22,14 +34,18 @@ Same seed -> byte-identical output: only `random.Random(seed)` is used, and no s
 iterated (Python salts string hashes per process).
 
     python 01_data/world.py --seed 0 --chars 20000     # print a few rendered documents
+    python 01_data/world.py --bios-per-person 1 --bio-templates 1 --no-bio-permute   # plain biographies
 
 Interview questions it answers:
 - Why train on synthetic data at all? (controlled facts -> measurable learning; no licence/PII issues;
   but it lacks real diversity, so a model trained only on it does not generalize to real text)
 - How do you keep facts consistent across a generated corpus? (one source of truth, rendered many ways)
+- How do you test knowledge extraction rather than memorization? (hold people out of fine-tuning and
+  out of every non-biography document; ask them questions in a form pretraining never used for them)
 """
 
 import contextlib
+import dataclasses
 import io
 import random
 import re
@@ -40,7 +56,8 @@ from pathlib import Path
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
-from common.cli import parse_config, run_cli
+from common.cli import UserError, parse_config, run_cli
+from biographies import EN_TEMPLATES, biography_pool, qa_dialog, qa_pairs, slots
 
 # Name syllables with a Chinese transliteration each, so every entity has an English and a Chinese name.
 SYLLABLES = [
@@ -158,10 +175,39 @@ ITEMS = ["apples", "books", "marbles", "coins", "stamps", "pencils", "shells", "
 
 @dataclass
 class WorldConfig:
+    """The world and how its people's facts are written (biographies.py explains the knobs)."""
+
     seed: int = 0
-    n_people: int = 60
+    n_people: int = 200  # half of them held out (is_heldout): their facts appear only in biographies
     n_cities: int = 12
     n_objects: int = 60
+    bios_per_person: int = 16  # distinct biographies per person and language (1 = no augmentation)
+    bio_templates: int = 0  # templates per attribute sentence to draw from (0 = all, 1 = one wording)
+    bio_permute: bool = True  # shuffle the sentences of each biography
+    bio_langs: tuple = ("en", "zh")  # languages of the biographies
+    qa_mixed: bool = True  # QA dialogs about the training half in pretraining ("mixed training")
+
+
+HELDOUT_FRAC = 0.5  # share of the people held out of fine-tuning (the paper's half)
+
+
+def name_hash(name: str, salt: int = 0) -> int:
+    """A stable hash of a name in [0, 1000) (Python's hash() is salted per process)."""
+    return (sum(name.encode()) + 7 * salt) * 2654435761 % 1000
+
+
+def is_heldout(subject, frac=HELDOUT_FRAC):
+    """Deterministic held-out choice by subject name: its questions are never trained on, and its facts
+    appear in pretraining only as biographies."""
+    return name_hash(subject) < frac * 1000
+
+
+def has_zh_bios(subject, langs=("en", "zh")):
+    """Chinese biographies: every training-half person and half of the held-out people; the other
+    held-out half is English only, the cross-language test (asked in Chinese, stored in English)."""
+    if "zh" not in langs:
+        return False
+    return not is_heldout(subject) or name_hash(subject, salt=1) % 2 == 0
 
 
 @dataclass
@@ -172,6 +218,37 @@ class World:
     cities: list = field(default_factory=list)  # dicts: name, zh, country, river, population, founded, food
     species: list = field(default_factory=list)  # dicts from SPECIES
     objects: list = field(default_factory=list)  # dicts: kind, zh, color, material, owner
+    train_people: list = field(default_factory=list)  # the people not held out: all other domains use them
+    bios: dict = field(default_factory=dict)  # (person index, lang) -> [biography text, ...]
+    bio_order: dict = field(default_factory=dict)  # lang -> [(person index, k)]: the order the corpus cycles
+    bio_next: dict = field(default_factory=dict)  # lang -> position in bio_order (the corpus's cursor)
+    qa_mixed: bool = True
+
+
+def world_config(seed: int, knobs: dict) -> WorldConfig:
+    """WorldConfig from numbers (a command line's name=number list): ints, 0/1 for the booleans, and
+    bio_langs 1 = English, 2 = English and Chinese; an unknown name or a value out of range is an error."""
+    fields = {f.name: f for f in dataclasses.fields(WorldConfig) if f.name != "seed"}
+    values = {}
+    for name, v in knobs.items():
+        if name not in fields:
+            raise UserError(f"unknown world knob {name!r}; use {', '.join(fields)}")
+        if name == "bio_langs":
+            if v not in (1, 2):
+                raise UserError(f"bio_langs={v:g}: write 1 (English) or 2 (English and Chinese)")
+            values[name] = ("en", "zh")[: int(v)]
+        elif fields[name].type in (bool, "bool"):
+            if v not in (0, 1):
+                raise UserError(f"{name}={v:g}: write 0 or 1")
+            values[name] = bool(v)
+        else:
+            lowest = 0 if name in ("bio_templates",) else 1
+            if v != int(v) or v < lowest:
+                raise UserError(f"{name}={v:g}: write a whole number >= {lowest}")
+            values[name] = int(v)
+    if values.get("n_people", 2) < 2:
+        raise UserError("n_people must be >= 2 (a training half and a held-out half)")
+    return WorldConfig(seed=seed, **values)
 
 
 def make_name(rng, n_syll, used=None):
@@ -211,14 +288,15 @@ def build_world(cfg: WorldConfig) -> World:
         while True:  # full names are unique; first names may repeat, as in life
             first, first_zh = make_name(rng, 2)
             last, last_zh = make_name(rng, rng.choice([2, 3]))
-            if f"{first} {last}" not in used:
-                used[f"{first} {last}"] = True
+            zh = f"{first_zh}·{last_zh}"  # unique too ("ca" and "ka" are both 卡)
+            if f"{first} {last}" not in used and zh not in used:
+                used[f"{first} {last}"] = used[zh] = True
                 break
         w.people.append(
             dict(
                 name=f"{first} {last}",
                 first=first,
-                zh=f"{first_zh}·{last_zh}",
+                zh=zh,
                 age=rng.randrange(18, 80),
                 job=rng.choice(JOBS),
                 city=rng.choice(w.cities),
@@ -228,8 +306,13 @@ def build_world(cfg: WorldConfig) -> World:
                 gender=rng.choice(["she", "he"]),
             )
         )
-    for i, p in enumerate(w.people):
-        p["friend"] = w.people[(i + rng.randrange(1, len(w.people))) % len(w.people)]  # anyone but p
+    for p in w.people:
+        p["heldout"] = is_heldout(p["name"])
+        p["zh_bios"] = has_zh_bios(p["name"], cfg.bio_langs)
+    w.train_people = [p for p in w.people if not p["heldout"]]
+    friends = w.train_people if len(w.train_people) > 1 else w.people  # a held-out name only in biographies
+    for p in w.people:
+        p["friend"] = rng.choice([f for f in friends if f is not p])
     for c in w.cities:
         c["residents"] = [p for p in w.people if p["city"] is c]
     for a in w.species:
@@ -247,7 +330,25 @@ def build_world(cfg: WorldConfig) -> World:
         )
     for o in w.objects:
         o["owner"].setdefault("objects", []).append(o)
+    w.bios = biography_pool(cfg.seed, w.people, cfg)
+    order_rng = random.Random(cfg.seed + 29)
+    for lang in cfg.bio_langs:
+        order = [(i, k) for (i, lg), bios in w.bios.items() if lg == lang for k in range(len(bios))]
+        order_rng.shuffle(order)
+        w.bio_order[lang], w.bio_next[lang] = order, 0
+    w.qa_mixed = cfg.qa_mixed
     return w
+
+
+def next_biography(w, lang):
+    """The next biography of the corpus in `lang` (None when there are none): the corpus cycles through
+    every (person, biography) in a fixed shuffled order, so each is used once before any repeats."""
+    order = w.bio_order.get(lang)
+    if not order:
+        return None
+    i, k = order[w.bio_next[lang] % len(order)]
+    w.bio_next[lang] += 1
+    return w.bios[(i, lang)][k]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,58 +380,32 @@ RECALL_PHRASINGS = {
 }
 
 
+# Fact-recall probes (tasks.recall_probes, 04_pretrain/fact_recall.py): per attribute, the phrasing a
+# biography uses, whose next words state the fact ("corpus", the first template of the attribute in
+# biographies.EN_TEMPLATES / ZH_TEMPLATES), and phrasings no document uses ("novel"): a model that
+# stored the fact answers both; one that memorized word sequences answers only the first.
+# The answer follows the prompt after a space (an article before it is skipped when scoring).
+# tests/test_01_contamination.py checks that no novel prompt occurs in a generated corpus.
+RECALL_PHRASINGS = {
+    "job": (
+        "{name} works as",
+        ["By trade, {name} is", "{name}'s occupation is", "The profession of {name} is"],
+    ),
+    "city": (
+        "{name} lives in",
+        ["{name}'s home town is", "{name} resides in", "The place {name} calls home is"],
+    ),
+    "pet": ("{name}'s pet is a", ["The animal that {name} looks after is a", "{name} takes care of a"]),
+    "color": ("{name}'s favorite color is", ["The color {name} prefers is", "{name}'s preferred color is"]),
+    "age": ("{name} turned", ["The age of {name} is", "{name}'s age in years:"]),
+    "job_zh": ("{zh}是一名", ["{zh}的职业是", "{zh}从事的工作是"]),
+}
+
+
 def person_facts_en(rng, p):
-    s, pos = pronouns(p)
-    c = p["city"]
-    facts = [
-        rng.choice(
-            [
-                f"{p['name']} is a {p['job'][0]} who lives in {c['name']}.",
-                f"{p['name']} works as a {p['job'][0]} in {c['name']}.",
-                f"In {c['name']}, {p['name']} earns a living as a {p['job'][0]}.",
-            ]
-        ),
-        rng.choice(
-            [
-                f"{p['first']} is {p['age']} years old.",
-                f"{s.capitalize()} is {p['age']} years old.",
-                f"{p['name']} turned {p['age']} this year.",
-                f"{p['name']} is {p['age']} years old.",
-            ]
-        ),
-        rng.choice(
-            [
-                f"{p['first']} has a {p['pet']['kind']} named {p['pet_name']}.",
-                f"{p['name']} has a {p['pet']['kind']} named {p['pet_name']}.",
-                f"{p['name']}'s pet is a {p['pet']['kind']} called {p['pet_name']}.",
-                f"{pos.capitalize()} pet {p['pet']['kind']} is called {p['pet_name']}.",
-                f"{p['pet_name']} the {p['pet']['kind']} lives with {p['first']}.",
-            ]
-        ),
-        rng.choice(
-            [
-                f"{pos.capitalize()} favorite color is {p['color'][0]}.",
-                f"{p['name']}'s favorite color is {p['color'][0]}.",
-                f"{p['first']} likes the color {p['color'][0]} best.",
-            ]
-        ),
-        rng.choice(
-            [
-                f"{p['first']}'s best friend is {p['friend']['name']}.",
-                f"{p['name']} and {p['friend']['name']} are good friends.",
-            ]
-        ),
-    ]
-    for o in p.get("objects", [])[:2]:
-        facts.append(
-            rng.choice(
-                [
-                    f"{p['first']} owns a {o['color'][0]} {o['kind'][0]} made of {o['material'][0]}.",
-                    f"{s.capitalize()} keeps a {o['material'][0]} {o['kind'][0]}, painted {o['color'][0]}.",
-                ]
-            )
-        )
-    return facts
+    """One sentence per attribute of p, each in a random biography template (03's contrastive pairs)."""
+    s = slots(p, "en")
+    return [rng.choice(templates).format(**s) for templates in EN_TEMPLATES.values()]
 
 
 def city_facts_en(rng, c):
@@ -371,22 +446,6 @@ def species_facts_en(rng, a):
     ]
 
 
-def person_facts_zh(rng, p):
-    c = p["city"]
-    facts = [
-        rng.choice(
-            [f"{p['zh']}是一名{p['job'][1]}，住在{c['zh']}。", f"{p['zh']}在{c['zh']}当{p['job'][1]}。"]
-        ),
-        rng.choice([f"{p['zh']}今年{p['age']}岁。", f"{p['zh']}的年龄是{p['age']}岁。"]),
-        f"{p['zh']}养了一只{p['pet']['zh']}，名叫{p['pet_name']}。",
-        rng.choice([f"{p['zh']}最喜欢的颜色是{p['color'][1]}。", f"{p['zh']}最喜欢{p['color'][1]}。"]),
-        f"{p['zh']}最好的朋友是{p['friend']['zh']}。",
-    ]
-    for o in p.get("objects", [])[:2]:
-        facts.append(f"{p['zh']}有一个{o['color'][1]}的{o['material'][1]}{o['kind'][1]}。")
-    return facts
-
-
 def city_facts_zh(rng, c):
     return [
         f"{c['zh']}是{c['country'][1]}的一座城市。",
@@ -408,23 +467,31 @@ def shuffled_tail(rng, facts, drop=2):
 # Domain renderers: each returns one document's text.
 
 
+# ---------------------------------------------------------------------------------------------------
+# Domain renderers: each returns one document's text. Only biographies name the held-out people; every
+# other document (city and species pages, chats, code, stories, web pages, arithmetic) draws its people
+# from the training half (w.train_people), so a held-out person's facts are in biographies alone.
+
+
 def render_knowledge_en(rng, w):
-    kind = rng.random()
-    if kind < 0.6:
-        p = rng.choice(w.people)
-        body = " ".join(shuffled_tail(rng, person_facts_en(rng, p)))
-        extra = " ".join(shuffled_tail(rng, city_facts_en(rng, p["city"]))[:3])
-        return f"{p['name']}\n\n{body}\n\nAbout {p['city']['name']}: {extra}"
-    if kind < 0.85:
+    """A biography (the corpus cycles through the pool), a city page or a species page."""
+    if rng.random() < 0.9:
+        bio = next_biography(w, "en")
+        if bio:
+            return bio
+    people = w.train_people or w.people
+    if rng.random() < 0.6:
         c = rng.choice(w.cities)
-        residents = rng.sample(c["residents"] or w.people, k=min(3, len(c["residents"] or w.people)))
-        who = ", ".join(f"{p['name']} the {p['job'][0]}" for p in residents[:3])
+        residents = [p for p in c["residents"] if not p["heldout"]] or people
+        residents = rng.sample(residents, k=min(3, len(residents)))
+        who = ", ".join(f"{p['name']} the {p['job'][0]}" for p in residents)
         return (
             f"{c['name']}\n\n{' '.join(shuffled_tail(rng, city_facts_en(rng, c)))} "
             f"Well-known residents include {who}."
         )
     a = rng.choice(w.species)
-    owners = rng.sample(a["owners"], k=min(3, len(a["owners"])))
+    owners = [p for p in a["owners"] if not p["heldout"]] or people
+    owners = rng.sample(owners, k=min(3, len(owners)))
     names = ", ".join(f"{p['name']} (whose {a['kind']} is {p['pet_name']})" for p in owners)
     facts = species_facts_en(rng, a)
     rng.shuffle(facts)
@@ -432,12 +499,14 @@ def render_knowledge_en(rng, w):
 
 
 def render_knowledge_zh(rng, w):
-    if rng.random() < 0.7:
-        p = rng.choice(w.people)
-        extra = "".join(shuffled_tail(rng, city_facts_zh(rng, p["city"]))[:3])
-        return f"{p['zh']}\n\n{''.join(shuffled_tail(rng, person_facts_zh(rng, p)))}\n\n关于{p['city']['zh']}：{extra}"
+    """A Chinese biography, or a Chinese city page."""
+    if rng.random() < 0.9:
+        bio = next_biography(w, "zh")
+        if bio:
+            return bio
     c = rng.choice(w.cities)
-    residents = rng.sample(c["residents"] or w.people, k=min(3, len(c["residents"] or w.people)))
+    residents = [p for p in c["residents"] if not p["heldout"]] or w.train_people or w.people
+    residents = rng.sample(residents, k=min(3, len(residents)))
     who = "、".join(f"{p['job'][1]}{p['zh']}" for p in residents)
     return f"{c['zh']}\n\n{''.join(shuffled_tail(rng, city_facts_zh(rng, c)))}著名的居民有{who}。"
 
@@ -463,7 +532,7 @@ ARITH_RANGES = {  # form -> (training range, held-out range) of the first operan
 def arithmetic_parts(rng, w, heldout=False):
     """(question, answer, form, numbers): one word problem, its form ("add", "sub", "mul", "div") and
     the numbers the question states; heldout=True draws the held-out template and number range."""
-    p, q = rng.sample(w.people, 2)
+    p, q = rng.sample(w.train_people or w.people, 2)
     item = rng.choice(ITEMS)
     a, b = rng.randrange(2, 60), rng.randrange(2, 40)
     form = ("add", "sub", "mul", "div")[rng.randrange(4)]
@@ -587,10 +656,6 @@ def dialog_turns(rng, p):
             ),
         ),
         (
-            ask(f"What does {f['first']} do?", f"And what is {f['name']}'s job?"),
-            f"{f['name']} works as a {f['job'][0]} in {f['city']['name']}.",
-        ),
-        (
             ask(f"What is {p['first']}'s favorite color?", f"Which color does {p['name']} like best?"),
             ask(
                 f"{p['first']}'s favorite color is {p['color'][0]}.",
@@ -606,10 +671,33 @@ def dialog_turns(rng, p):
     ]
 
 
+def place_turns(rng, w):
+    """Question-answer pairs about a city and a species: the chats of a world without mixed training."""
+    c, a = rng.choice(w.cities), rng.choice(w.species)
+    return [
+        (
+            f"Where is {c['name']}?",
+            f"{c['name']} is a city in {c['country'][0]}, on the {c['river'][0]} river.",
+        ),
+        (f"What is {c['name']} famous for?", f"{c['name']} is famous for its {c['food'][0]}."),
+        (f"How many people live in {c['name']}?", f"About {c['population']:,} people live there."),
+        (f"When was {c['name']} founded?", f"{c['name']} was founded in {c['founded']}."),
+        (f"What does a {a['kind']} eat?", f"A {a['kind']} likes to eat {a['food']}."),
+        (f"How many legs does a {a['kind']} have?", f"A {a['kind']} has {a['legs']} legs."),
+        (f"What sound does a {a['kind']} make?", f"The {a['kind']} says {a['sound']}."),
+    ]
+
+
 def render_dialog(rng, w):
-    p = rng.choice(w.people)
+    """A chat about a training-half person (mixed training: their facts in QA form, including the task
+    sets' questions), or, without mixed training, about a city and an animal."""
+    if not (w.qa_mixed and w.train_people):
+        turns = rng.sample(place_turns(rng, w), rng.randrange(3, 6))
+        return "\n".join(f"User: {q}\nAssistant: {a}" for q, a in turns)
+    p = rng.choice(w.train_people)
     c = p["city"]
-    turns = rng.sample(dialog_turns(rng, p), rng.randrange(3, 7))
+    qa = [(q, a) for _, q, a, _ in qa_pairs(p)]
+    turns = rng.sample(dialog_turns(rng, p) + qa, rng.randrange(3, 7))
     opener = rng.choice(
         [
             "Hi! Can you tell me about",
@@ -643,9 +731,17 @@ def render_dialog(rng, w):
     return "\n".join(lines)
 
 
+def render_dialog_zh(rng, w):
+    """A Chinese chat about a training-half person (mixed training), or about a city."""
+    if w.qa_mixed and w.train_people:
+        return qa_dialog(rng, rng.choice(w.train_people), "zh")
+    c = rng.choice(w.cities)
+    return f"User: {c['zh']}在哪里？\nAssistant: {c['zh']}是{c['country'][1]}的一座城市。"
+
+
 def code_snippet(rng, w):
     """Source of one small Python snippet over world data."""
-    people = rng.sample(w.people, rng.randrange(3, 6))
+    people = rng.sample(w.train_people or w.people, rng.randrange(3, 6))
     var = rng.choice(["data", "table", "info", "values", "records"])
     form = rng.randrange(6)
     if form == 0:
@@ -718,7 +814,7 @@ STORY_EVENTS = [
 
 
 def story_slots(rng, w):
-    p = rng.choice(w.people)
+    p = rng.choice(w.train_people or w.people)
     c = p["city"]
     return dict(
         first=p["first"],
@@ -777,11 +873,11 @@ def render_web(rng, w):
 
 
 RENDERERS = {  # domain -> [(renderer, language, weight)]
-    "dialog": [(render_dialog, "en", 1.0)],
+    "dialog": [(render_dialog, "en", 0.8), (render_dialog_zh, "zh", 0.2)],
     "code": [(render_code, "en", 1.0)],
     "knowledge": [
-        (render_knowledge_en, "en", 0.45),
-        (render_knowledge_zh, "zh", 0.35),
+        (render_knowledge_en, "en", 0.6),
+        (render_knowledge_zh, "zh", 0.2),
         (render_arithmetic, "en", 0.2),
     ],
     "stories": [(render_story, "en", 0.6), (render_web, "en", 0.4)],
@@ -828,7 +924,7 @@ def main(argv=None):
         WorldConfig,
         argv,
         doc=__doc__,
-        skip=("n_people", "n_cities", "n_objects"),
+        skip=("n_cities", "n_objects"),
         extra=lambda p: p.add_argument(
             "--chars", type=int, default=20_000, help="characters of text to render (default 20000)"
         ),

@@ -33,6 +33,7 @@ from common.cli import set_interrupt_hint
 from common.files import markdown_table, read_jsonl, write_json
 from common.layout import RunLayout
 from common.outcome import make_bar
+from common.stats import paired_ratio_difference_interval
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 
 from bpe import BPETokenizer  # same stage
@@ -100,6 +101,15 @@ def train_and_report(name, train, save, *, out, docs, config, command, overwrite
         with staged_dir(out) as tmp:
             save(tok, tmp)
             block = outcome_block(rows, held_to_bar=not compare_with_bpe)
+            if block["bar"] is not None:  # issue 22: GPT-2's bytes/token + a paired interval over val docs
+                counts = [
+                    [len(d["text"].encode()), len(encode(d["text"])), len(gpt2.encode_ordinary(d["text"]))]
+                    for d in val
+                ]
+                lo, hi = paired_ratio_difference_interval(*zip(*counts))
+                block["bar"] = outcome_block(
+                    rows, True, (rows[-1]["all"] + lo, rows[-1]["all"] + hi), len(val)
+                )["bar"]
             write_json(tmp / "outcome.json", {**block, "rows": rows, "table": table, "example": example})
             plot_bytes_per_token(rows, tmp / "bytes_per_token.png")
             inputs = [RunLayout(run).data] + ([RunLayout(run).tokenizer] if reference is not None else [])
@@ -108,7 +118,7 @@ def train_and_report(name, train, save, *, out, docs, config, command, overwrite
     return tok
 
 
-def outcome_block(rows, held_to_bar: bool) -> dict:
+def outcome_block(rows, held_to_bar: bool, interval=None, n=None) -> dict:
     """{"headline", "bar"} of outcome.json (common/outcome.py). rows[0] is the tokenizer just trained;
     only BPE, the pipeline's tokenizer, is held to a bar: more bytes per token than GPT-2's."""
     ours = rows[0]
@@ -130,6 +140,8 @@ def outcome_block(rows, held_to_bar: bool) -> dict:
         direction="higher",
         baseline=gpt2["all"],
         baseline_name="GPT-2's tokenizer (tiktoken)",
+        interval=interval,
+        n=n,
         note="our BPE packs more bytes per token than GPT-2's tokenizer on this corpus",
     )
     return {"headline": headline, "bar": bar}

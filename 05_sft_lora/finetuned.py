@@ -11,7 +11,15 @@ command script for its functions:
 `corpus_loss` (the forgetting metric, 07's loss of a compressed model) is 04's one held-out loss
 (heldout_loss.py), passed on from here.
 
-Interview question it answers:
+Several LoRA adapters on one base, switched per request (multi_adapter.py measures it):
+
+    model, tok = load_named_adapters({"facts": "runs/x/facts", "arithmetic": "runs/x/arithmetic"})
+    answer_requests(model, tok, [("facts", conv1), ("arithmetic", conv2), ({"facts": .5, "arithmetic": .5}, conv3)])
+
+Interview questions it answers:
+- How do you serve many fine-tunes of one model? (one base in memory, a named adapter per task or
+  customer, kilobytes each; each request names its adapter and is batched with requests for the same
+  one: S-LoRA / vLLM's multi-LoRA serving; `answer_requests` does it one group at a time)
 - How is a PEFT model shipped? (the base checkpoint once, plus kilobytes of adapter weights per task;
   loading attaches the adapter to the base, or merges it for serving: lora.merge_lora)
 """
@@ -39,7 +47,7 @@ from heldout_loss import corpus_loss as corpus_loss  # 04_pretrain
 
 from adapter import load_adapters
 from chat_template import END, decode_answer, encode_prompt
-from lora import load_lora
+from lora import load_lora, set_adapter
 from metrics import answer_in, corpus_bleu, exact_match, rouge_l, token_f1
 from sft_baselines import answer_span
 from prefix import load_prefix
@@ -61,6 +69,57 @@ def load_finetuned(sft_dir, device="cpu"):
     if loader is None:
         raise UserError(f"{sft_dir}/adapter.pt: unknown adapter kind {kind!r}; rerun `{manifest['command']}`")
     return model, tok, loader(model, sft_dir / "adapter.pt")
+
+
+def load_named_adapters(sft_dirs: dict, device="cpu"):
+    """(model, tokenizer): the base that every run in {name: sft_dir} was trained on, with each run's
+    LoRA adapter loaded under its name (none active until a request names one). Refuses runs that are
+    not LoRA or were trained on different base checkpoints (a LoRA update means nothing on another base)."""
+    if not sft_dirs:
+        raise UserError("name at least one adapter: {name: sft run folder}")
+    bases = {}
+    for name, d in sft_dirs.items():
+        d = Path(d)
+        check_artifact(d, made_by=RunLayout("runs/<name>").made_by("sft"))
+        if (
+            not (d / "adapter.pt").is_file()
+            or load_checkpoint(d / "adapter.pt").get("peft", {}).get("kind") != "lora"
+        ):
+            raise UserError(f"{d}: not a LoRA run (no LoRA adapter.pt); train it with sft.py --method lora")
+        bases[name] = (d / read_json(d / "outcome.json")["base_checkpoint"]).resolve()
+    if len(set(bases.values())) > 1:
+        raise UserError(
+            "the adapters were trained on different bases ("
+            + ", ".join(f"{n}: {b}" for n, b in bases.items())
+            + "); train every adapter on the same base checkpoint"
+        )
+    first = Path(next(iter(sft_dirs.values())))
+    tok = BPETokenizer.load(first / read_json(first / "outcome.json")["tokenizer"])
+    model = GPT.from_checkpoint(next(iter(bases.values())), map_location=device)
+    for name, d in sft_dirs.items():
+        load_lora(model, Path(d) / "adapter.pt", name=name)
+    set_adapter(model, {})
+    model.eval()
+    return model, tok
+
+
+def answer_requests(model, tok, requests, max_new_tokens=32, device="cpu") -> list:
+    """Greedy answers to [(adapter, conversation)], in order. `adapter`: a name, a weighted combination
+    {name: weight} (ΔW = Σ w_a ΔW_a) or {} for the base alone. Requests for the same adapter are batched
+    together, the adapter switched between groups (lora.set_adapter: no copy of any weight)."""
+    groups = {}
+    for i, (adapter, _) in enumerate(requests):
+        key = adapter if isinstance(adapter, str) else tuple(sorted(dict(adapter).items()))
+        groups.setdefault(key, []).append(i)
+    answers = [None] * len(requests)
+    for key, idx in groups.items():
+        set_adapter(model, key if isinstance(key, str) else dict(key))
+        for i, a in zip(
+            idx, generate_answers(model, tok, [requests[i][1] for i in idx], max_new_tokens, device)
+        ):
+            answers[i] = a
+    set_adapter(model, {})
+    return answers
 
 
 @torch.no_grad()

@@ -45,7 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "01_data")]
 from common.cli import UserError
 from world import WorldConfig, build_world  # 01_data (public functions only)
 
-HELDOUT_EVERY = 3  # person i is held out when i % 3 == 0: 20 of the default world's 60
+HELDOUT_EVERY = 3  # person i is held out when i % 3 == 0: a third of the world's people
 ANSWER = {
     "city": lambda p: p["city"]["name"],
     "job": lambda p: p["job"][0],

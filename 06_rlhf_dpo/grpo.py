@@ -134,7 +134,11 @@ class GRPOConfig:
     )
     lr: float = option(3e-4, "AdamW learning rate", min=0.0)
     format_weight: float = option(0.5, "arithmetic: reward for answering exactly 'The answer is N.'", min=0.0)
-    eval_limit: int = option(0, "held-out questions evaluated (0 = all)", min=0)
+    eval_limit: int = option(
+        120,
+        "held-out questions evaluated, the first ones (20 people × 3 attributes × 2 wordings; 0 = all)",
+        min=0,
+    )
     eval_samples: int = option(8, "k: samples per held-out question for pass@1 and pass@k", min=1)
     eval_interval: int = option(10, "steps between held-out evaluations (the curve)", min=1)
     ablate: bool = option(False, "also train without KL, without clip and without both; writes ablation.md")

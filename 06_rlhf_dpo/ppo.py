@@ -21,10 +21,23 @@ already reads responses the way the reward does). Each iteration, in the loop of
            − c_H · H(π(· | s_t))                                              (entropy bonus, 0 by default)
    and logging what CleanRL logs: clip fraction, approx KL(π_old ‖ π_θ) (k3), entropy, value loss.
 
-Judged (outcome.json "bar", alignment_bars.py) by the gold rule judge (rule_judge.py) on held-out prompts:
-the share of greedy answers it accepts, after PPO minus the stronger of SFT's and the majority answer's,
-paired over the prompts, 95 % interval above 0. The reward model's score is reported, never judged: PPO
-optimized it, so it would grade itself.
+Measured against the truth, never against the reward model it optimized (that would grade itself):
+every `eval_interval` iterations (and before the first: the SFT model) `evaluate` samples answers at
+T = 1 and records the **gold** reward (rule_judge.gold_score: fact, polite, concise), the **proxy**
+reward (the reward model) and the KL from SFT - the PPO curve of overoptimization.py. The result is
+the checkpoint with the highest gold reward on *training* prompts (never chosen on the held-out ones).
+The bar (alignment_bars.paired_bar): its held-out gold reward minus the stronger of SFT's and the
+majority answer's, paired over the prompts, 95 % interval above 0; beside it (outcome "bars") the same
+for the greedy answer accepted under every rule.
+
+What was wrong before, measured on the tiny run (runs/tiny, the LoRA SFT model of commit 09dceb1):
+- the SFT model puts 0.6 % on <|end|> after its answer sentence, so nearly every T = 1 rollout rambles
+  to max_new_tokens: PPO's rollouts are junk the reward model scores near 0, and greedy decoding (the
+  old bar) hides the policy PPO actually changes;
+- lr 1e-5 moves little (clip fraction 0.004, KL ~1 nat in 20 iterations); lr 1e-4 breaks the policy
+  (clip fraction 0.15, KL 7.4 nats in 10 iterations, the rollouts' proxy score falls, entropy rises);
+- the proxy knows facts barely (held-out correct_fact pair accuracy 0.579 [0.478, 0.673]), so the
+  proxy it climbs is mostly "stop early and be polite": the gold moves little (see the README's lab).
 
 Interview questions it answers:
 - Why a KL penalty to the SFT model? (the reward model is only right near the text it was trained on; the
@@ -38,6 +51,7 @@ Interview questions it answers:
 - Why is PPO for LLMs expensive? (four models in memory, and generation - sequential - inside the loop)
 """
 
+import copy
 import os
 import random
 import sys
@@ -62,6 +76,7 @@ from common.cli import (
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
+from common.stats import paired_bootstrap_interval
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
@@ -80,7 +95,6 @@ from rl_common import (
 from rollouts import check_rollout_fits, decode_responses, rollout_batch, sample_responses, truncated
 from alignment_bars import (
     gold_acceptance,
-    group_by_prompt,
     majority_replies,
     paired_bar,
     short_answers,
@@ -88,6 +102,7 @@ from alignment_bars import (
 )
 from reward_scoring import reward_of_responses
 from policy_io import sequence_kl
+from gold_reward import gold_scores, policy_rewards, prompt_groups
 
 
 @dataclass
@@ -118,7 +133,13 @@ class PPOConfig:
     lr: float = option(1e-5, "AdamW learning rate of the policy", min=0.0)
     value_lr: float = option(1e-4, "AdamW learning rate of the value model", min=0.0)
     eval_limit: int = option(200, "held-out prompts scored before and after (0 = all)", min=0)
-    save_interval: int = option(10, "iterations between checkpoints", min=1)
+    eval_interval: int = option(
+        10, "iterations between checkpoint evaluations (gold and proxy reward, KL from SFT)", min=1
+    )
+    eval_samples: int = option(4, "answers sampled per prompt to estimate a checkpoint's rewards", min=1)
+    select_prompts: int = option(
+        32, "training prompts whose gold reward picks the best checkpoint (never the held-out ones)", min=1
+    )
     seed: int = option(1337, "seed for the prompt order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
@@ -128,7 +149,15 @@ class PPOConfig:
 PRESETS = {
     "tiny": {},
     "micro": dict(
-        steps=2, rollouts=4, max_new_tokens=4, ppo_epochs=1, minibatch=4, eval_limit=4, save_interval=1
+        steps=2,
+        rollouts=4,
+        max_new_tokens=4,
+        ppo_epochs=1,
+        minibatch=4,
+        eval_limit=4,
+        eval_interval=1,
+        eval_samples=2,
+        select_prompts=4,
     ),
 }
 
@@ -178,17 +207,6 @@ def token_rewards(score, log_probs, ref_log_probs, mask, kl_coef):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def prompts_of(pairs) -> list:
-    """The distinct prompts of a list of preference pairs, in order (as chat turns)."""
-    seen, out = set(), []
-    for p in pairs:
-        key = repr(p["prompt"])
-        if key not in seen:
-            seen.add(key)
-            out.append(p["prompt"])
-    return out
-
-
 @torch.no_grad()
 def greedy_reward(policy, rm, tok, prompts, max_new_tokens) -> dict:
     """Mean reward-model score and length of the greedy responses to `prompts` (token-id lists)."""
@@ -214,11 +232,13 @@ def train_ppo(
     prompts,
     cfg: PPOConfig,
     device,
-    out=None,
-    tokenizer_dir=None,
+    evaluate=None,
     log=print,
 ) -> list:
-    """The PPO loop (module docstring, steps 1-4). prompts: token-id lists. Returns per-iteration records."""
+    """The PPO loop (module docstring, steps 1-4). prompts: token-id lists. Returns per-iteration records.
+
+    evaluate(step) -> dict, when given, is called before the first iteration (step 0: the SFT model) and
+    every cfg.eval_interval iterations; what it returns joins that iteration's record."""
     pad = pad_id_of(tok)
     opt = make_optimizer(
         "adamw",
@@ -240,8 +260,9 @@ def train_ppo(
     params = [p for group in opt.param_groups for p in group["params"]]
     rng = random.Random(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    ckpt = Path(out) / "ckpt.pt" if out else None
     records, t0 = [], time.time()
+    if evaluate:
+        records.append({"step": 0, **evaluate(0)})
     for step in range(1, cfg.steps + 1):
         set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
         # 1. rollouts: one sampled response per prompt from π_old
@@ -304,12 +325,17 @@ def train_ppo(
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
         records.append(rec)
-        if step % cfg.save_interval == 0 or step == cfg.steps:
-            if ckpt:
-                save_policy(ckpt, policy, tokenizer_dir, step=step, method="ppo")
+        if step % cfg.eval_interval == 0 or step == cfg.steps:
+            if evaluate:
+                rec.update(evaluate(step))
             log(
                 f"step {step}/{cfg.steps} | reward {rec['reward']:+.3f} | kl {rec['kl']:.3f} | clip {rec['clip_fraction']:.3f} | "
                 f"entropy {rec['entropy']:.2f} | value loss {rec['value_loss']:.4f} | {time.time() - t0:.0f}s"
+                + (
+                    f" | held-out gold {rec['gold']:.3f} proxy {rec['proxy']:+.3f} KL {rec['kl_sft']:.2f}"
+                    if "gold" in rec
+                    else ""
+                )
             )
     return records
 
@@ -317,23 +343,61 @@ def train_ppo(
 # ----------------------------------------------------------------------------- the run
 
 
-def plot(records, before, after, path):
+def plot(records, path):
+    """Left: the rollouts' proxy score and KL; middle: the optimizer's health; right: held-out gold and
+    proxy reward of each evaluated checkpoint against its KL from SFT (the over-optimization view)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    steps = [r["step"] for r in records]
-    axes[0].plot(steps, [r["reward"] for r in records], label="reward-model score")
-    axes[0].plot(steps, [r["kl"] for r in records], label="KL to π_ref (nats / response)")
-    axes[0].axhline(before["reward"], ls=":", c="grey", label="SFT's held-out greedy score")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    train = [r for r in records if r["step"] > 0]
+    steps = [r["step"] for r in train]
+    axes[0].plot(steps, [r["reward"] for r in train], label="proxy score of the rollouts")
+    axes[0].plot(steps, [r["kl"] for r in train], label="KL to π_ref of the rollouts (nats)")
     axes[0].set(xlabel="iteration", title="PPO rollouts")
     axes[0].legend()
     for key in ("clip_fraction", "approx_kl", "value_loss"):
-        axes[1].plot(steps, [r[key] for r in records], label=key)
+        axes[1].plot(steps, [r[key] for r in train], label=key)
     axes[1].set(xlabel="iteration", title="optimization")
     axes[1].legend()
-    axes[2].bar([0, 1], [before["reward"], after["reward"]], color=["C7", "C0"])
-    axes[2].set(xticks=[0, 1], title="held-out prompts, greedy: reward-model score")
-    axes[2].set_xticklabels(["SFT", "PPO"])
+    ev = [r for r in records if "gold" in r]
+    x = [max(r["kl_sft"], 0.0) ** 0.5 for r in ev]
+    axes[2].plot(x, [r["gold"] for r in ev], "o-", c="C2", label="gold (rule judge)")
+    twin = axes[2].twinx()
+    twin.plot(x, [r["proxy"] for r in ev], "s--", c="C1", label="proxy (reward model)")
+    twin.set_ylabel("proxy score")
+    axes[2].set(xlabel="√KL from SFT (√nats)", ylabel="gold reward", title="held-out, sampled (T = 1)")
+    axes[2].legend(loc="upper left")
+    twin.legend(loc="lower right")
     save_figure(fig, path)
+
+
+def ppo_bars(curve, best, per_prompt, greedy, majority) -> list:
+    """[main bar, greedy bar]: the GOLD reward of the selected checkpoint minus the strongest baseline's,
+    paired over the held-out prompts. Main: the graded gold reward of sampled answers (the policy's
+    expected gold reward, the quantity PPO's objective is about); second: the greedy answer accepted under
+    every rule (a different decoding, reported beside). per_prompt: step -> per-prompt gold; greedy:
+    {"PPO", "SFT"} -> per-prompt acceptance; majority: {"gold", "acceptance"} of the majority answer."""
+    name = f"PPO (step {best['step']})"
+    note = (
+        f"checkpoint chosen by the gold reward on training prompts (step {best['step']} of "
+        f"{[r['step'] for r in curve]}), never by the held-out prompts; the proxy (reward model) score "
+        "is reported beside it, never judged"
+    )
+    sampled = paired_bar(
+        f"held-out gold reward (rule judge of fact, politeness, concision; {curve[0]['samples']} answers "
+        "per prompt sampled at T = 1)",
+        name,
+        per_prompt[best["step"]],
+        {"SFT (before PPO)": per_prompt[0], "majority answer": majority["gold"]},
+        note=note,
+    )
+    greedy_bar = paired_bar(
+        "held-out gold rule-judge acceptance (greedy)",
+        name,
+        greedy["PPO"],
+        {"SFT (before PPO)": greedy["SFT"], "majority answer": majority["acceptance"]},
+        note=note,
+    )
+    return [sampled, greedy_bar]
 
 
 def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
@@ -353,49 +417,81 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
     value_model.requires_grad_(True)
     prompts_path = task_file(run, cfg.prompts_file, "preference_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "preference_heldout.jsonl")
-    prompts = [encode_response(tok, p, "")[0] for p in prompts_of(read_preference_pairs(prompts_path)[0])]
-    held_pairs = read_preference_pairs(held_path)[0]
-    held_prompts = prompts_of(held_pairs)
-    held_prompts = held_prompts[: cfg.eval_limit] if cfg.eval_limit else held_prompts
+    train_pairs = read_preference_pairs(prompts_path)[0]
+    prompts = [encode_response(tok, p, "")[0] for p in prompt_groups(train_pairs)[0]]
+    held_prompts, groups = prompt_groups(read_preference_pairs(held_path)[0], cfg.eval_limit)
+    sel_prompts, sel_groups = prompt_groups(train_pairs, cfg.select_prompts)
     held = [encode_response(tok, p, "")[0] for p in held_prompts]
-    by_question = group_by_prompt(held_pairs)
-    groups = [by_question[user_question(p)] for p in held_prompts]  # every rule stated for each prompt
+    sel = [encode_response(tok, p, "")[0] for p in sel_prompts]
     answers = short_answers(run)
     check_rollout_fits(prompts + held, cfg.max_new_tokens, policy.cfg.block_size)
     torch.manual_seed(cfg.seed)
+    per_prompt, best = {}, {}
+
+    def evaluate(step):
+        """Gold and proxy of this checkpoint on held-out prompts (the curve) and on training prompts (the
+        choice of checkpoint); the best-so-far weights are kept in memory."""
+        h, s = (
+            policy_rewards(
+                policy, reference, rm, tok, ps, gs, answers, cfg.eval_samples, cfg.max_new_tokens, cfg.seed
+            )
+            for ps, gs in ((held, groups), (sel, sel_groups))
+        )
+        per_prompt[step] = h["gold"]
+        point = {
+            "gold": h["gold_mean"],
+            "proxy": h["proxy_mean"],
+            "kl_sft": h["kl"],
+            "samples": h["samples"],
+            "select_gold": s["gold_mean"],
+            "select_proxy": s["proxy_mean"],
+        }
+        if not best or s["gold_mean"] > best["select_gold"]:
+            best.update(step=step, **point, state=copy.deepcopy(policy.state_dict()))
+        return point
+
     with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         before = greedy_reward(policy, rm, tok, held, cfg.max_new_tokens)
         print(
             f"before: held-out greedy reward-model score {before['reward']:+.3f}, {before['response_tokens']:.1f} tokens"
         )
         t0 = time.time()
-        records = train_ppo(
-            policy, reference, rm, value_model, tok, prompts, cfg, device, tmp, RunLayout(run).tokenizer
-        )
+        records = train_ppo(policy, reference, rm, value_model, tok, prompts, cfg, device, evaluate)
         train_s = time.time() - t0
+        final_step = cfg.steps
+        policy.load_state_dict(best.pop("state"))  # the selected checkpoint is the result
         after = {
             **greedy_reward(policy, rm, tok, held, cfg.max_new_tokens),
             **sequence_kl(policy, reference, tok, held, cfg.max_new_tokens, cfg.seed),
         }
-        # the bar: the gold rule judge (never the reward model PPO optimized), against SFT and the majority answer
-        gold = {
+        greedy = {
             "PPO": gold_acceptance(after.pop("answers"), groups, answers),
-            "SFT (before PPO)": gold_acceptance(before.pop("answers"), groups, answers),
-            "majority answer": gold_acceptance(
-                majority_replies([user_question(p) for p in held_prompts], run), groups, answers
-            ),
+            "SFT": gold_acceptance(before.pop("answers"), groups, answers),
         }
         before["gold_acceptance"], after["gold_acceptance"] = (
-            sum(gold[k]) / len(gold[k]) for k in ("SFT (before PPO)", "PPO")
+            sum(greedy[k]) / len(greedy[k]) for k in ("SFT", "PPO")
         )
+        curve = [r for r in records if "gold" in r]
+        before["gold_sampled"], after["gold_sampled"] = curve[0]["gold"], best["gold"]
+        majority_texts = majority_replies([user_question(p) for p in held_prompts], run)
+        majority = {
+            "gold": gold_scores(majority_texts, groups, answers),
+            "acceptance": gold_acceptance(majority_texts, groups, answers),
+        }
+        bars = ppo_bars(curve, best, per_prompt, greedy, majority)
         outcome = {
-            "bar": paired_bar(
-                "held-out gold rule-judge acceptance (greedy)",
-                "PPO",
-                gold.pop("PPO"),
-                gold,
-                note="the reward model's own score is reported beside it, never judged",
-            ),
+            "bar": bars[0],
+            "bars": bars,
+            "best_step": best["step"],
+            "gold_minus_sft": {  # against SFT alone (the bar is against the stronger baseline)
+                "value": best["gold"] - curve[0]["gold"],
+                "interval": list(paired_bootstrap_interval(per_prompt[best["step"]], per_prompt[0])),
+                "n": len(held),
+            },
+            "curve": [
+                {k: r[k] for k in ("step", "gold", "proxy", "kl_sft", "select_gold", "select_proxy")}
+                for r in curve
+            ],
             "heldout_before": before,
             "heldout_after": after,
             "steps": cfg.steps,
@@ -405,10 +501,11 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             "reward_model": os.path.relpath(rm_path, out),
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
+        save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, step=best["step"], method="ppo")
         write_jsonl(tmp / "metrics.jsonl", records)
         outcome["headline"] = method_headline("ppo", outcome)  # leads with the bar, paired_bar's
         write_json(tmp / "outcome.json", outcome)
-        plot(records, before, after, tmp / "ppo.png")
+        plot(records, tmp / "ppo.png")
         inputs = [
             RunLayout(run).sft,
             rm_path if cfg.reward_model else RunLayout(run).rm,
@@ -424,18 +521,40 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             config=asdict(cfg),
             inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
         )
-    print(
-        f"after:  held-out greedy reward-model score {after['reward']:+.3f}, {after['response_tokens']:.1f} tokens, "
-        f"KL to SFT {after['kl_per_response']:.3f} nats per response"
-    )
-    b = outcome["bar"]
-    print(
-        f"bar: gold rule-judge acceptance {before['gold_acceptance']:.3f} -> {after['gold_acceptance']:.3f}; "
-        f"PPO minus {b['baseline_name']} {b['value']:+.3f} [{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] "
-        f"(paired, n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
-    )
-    print(f"ppo: {cfg.steps} iterations in {train_s:.0f}s; wrote {out}/")
+    report(outcome, final_step, out)
     return outcome
+
+
+def report(o, final_step, out):
+    print(
+        "held-out rewards of each evaluated checkpoint (sampled at T = 1; the curve of overoptimization.py):"
+    )
+    print("  step | √KL from SFT | proxy (reward model) | gold (rule judge) | gold on training prompts")
+    for r in o["curve"]:
+        star = " <- chosen" if r["step"] == o["best_step"] else ""
+        print(
+            f"  {r['step']:4d} | {max(r['kl_sft'], 0) ** 0.5:12.2f} | {r['proxy']:+20.3f} | {r['gold']:17.3f} | "
+            f"{r['select_gold']:.3f}{star}"
+        )
+    b, a = o["heldout_before"], o["heldout_after"]
+    print(
+        f"greedy: reward-model score {b['reward']:+.3f} -> {a['reward']:+.3f}, {a['response_tokens']:.1f} tokens, "
+        f"KL to SFT {a['kl_per_response']:.3f} nats per response"
+    )
+    d = o["gold_minus_sft"]
+    print(
+        f"held-out gold reward (sampled): PPO minus SFT {d['value']:+.3f} "
+        f"[{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}] (paired, n={d['n']})"
+    )
+    for bar in o["bars"]:
+        lo, hi = bar["interval"]
+        print(
+            f"bar: {bar['metric'].split(':')[0]}: PPO minus {bar['baseline_name']} {bar['value']:+.3f} "
+            f"[{lo:+.3f}, {hi:+.3f}] (paired, n={bar['n']}): {'PASS' if bar['passed'] else 'FAIL'}"
+        )
+    print(
+        f"ppo: {final_step} iterations in {o['train_s']:.0f}s (checkpoint of step {o['best_step']}); wrote {out}/"
+    )
 
 
 def main(argv=None):

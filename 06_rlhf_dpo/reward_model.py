@@ -21,7 +21,9 @@ every response scores 0 and the first loss is exactly log 2.
 Measured: pairwise accuracy (r_chosen > r_rejected; a tie counts 1/2, never as wrong) on the held-out
 pairs (subjects never trained on, rejected replies from pools never trained on), overall and per rule,
 beside two baselines: "prefer the shorter response" and an untrained network. The bar: the accuracy's
-95 % Wilson interval lies wholly above the stronger of the two (and above chance); and on Anthropic's HH-RLHF harmless pairs from ../shared/data/preference/ when
+95 % Wilson interval lies wholly above the stronger of the two (and above chance); the same bar per rule
+in outcome.json "bars" (`per_rule_bars`: which rules the reward model learned beyond what length or an
+untrained network already tell); and on Anthropic's HH-RLHF harmless pairs from ../shared/data/preference/ when
 present (conversations cut to their last user turn when longer than the context) - out of domain for a
 model that has only seen the synthetic world, so near chance is the honest expectation there.
 
@@ -148,9 +150,21 @@ def reward_model_bar(rm_eval: dict, baselines: dict) -> dict:
         baseline_name=name if best["accuracy"] >= 0.5 else "chance (0.5)",
         interval=rm_eval["interval"],
         n=rm_eval["n"],
-        note="held-out rejected replies come from pools disjoint from training; per-rule accuracies "
-        "beside the length rule in per_rule_baselines",
+        note="held-out rejected replies come from pools disjoint from training; the per-rule bars are in "
+        "outcome.json 'bars'",
     )
+
+
+def per_rule_bars(rm_eval: dict, baselines: dict) -> list:
+    """One reward_model_bar per rule: the rule's held-out pairs only, against the baselines on the same pairs.
+
+    A rule the length rule already ranks perfectly (concise vs rambling) cannot be passed: equal to the
+    baseline is not better. That is the honest answer - length is all that rule needs."""
+    bars = []
+    for rule, acc in rm_eval["per_rule"].items():
+        bar = reward_model_bar(acc, {k: b["per_rule"][rule] for k, b in baselines.items()})
+        bars.append({**bar, "metric": f"{bar['metric']}, rule {rule}"})
+    return bars
 
 
 def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_path=None, log=print) -> list:
@@ -279,6 +293,7 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
         }
         outcome = {
             "bar": reward_model_bar(after, baselines),
+            "bars": [reward_model_bar(after, baselines), *per_rule_bars(after, baselines)],
             "heldout": after,
             "heldout_at_init": before,
             "baselines": baselines,
@@ -314,9 +329,14 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
 def report(o, out):
     h, b = o["heldout"], o["bar"]
     print(f"held-out pair accuracy per rule (ties 1/2; n={h['n']}):")
+    verdicts = {b["metric"].split("rule ")[-1]: b["passed"] for b in o["bars"][1:]}
     for rule, v in h["per_rule"].items():
         base = " | ".join(f"{k} {bl['per_rule'][rule]['accuracy']:.3f}" for k, bl in o["baselines"].items())
-        print(f"  {rule:20s} reward model {v['accuracy']:.3f} | {base}")
+        lo, hi = v["interval"]
+        print(
+            f"  {rule:20s} reward model {v['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] (n={v['n']}) | {base} | "
+            f"{'PASS' if verdicts[rule] else 'FAIL'}"
+        )
     print(
         f"bar: {b['value']:.3f} [{b['interval'][0]:.3f}, {b['interval'][1]:.3f}] vs {b['baseline_name']} "
         f"{b['baseline']:.3f}: {'PASS' if b['passed'] else 'FAIL'}"

@@ -101,6 +101,18 @@ def rule_score(rule: str, response: str, chosen: str, rejected: str, answer=None
     raise ValueError(f"no ground-truth judge for rule {rule!r}; one of {RULES}")
 
 
+def gold_score(response: str, pair: dict, answer=None) -> float:
+    """The gold reward r*(x, y) in [0, 1]: the share of the three things the rules ask for that the response
+    does - it states the fact, it is polite (and says something), it is concise (and says something).
+    `pair` is any of the prompt's pairs (its chosen reply, the correct answer sentence, sets the fact and
+    the concise length). Graded, so a policy that learns to stop rambling but not the fact moves it by 1/3."""
+    said = bool(words(response))
+    fact = states_fact(response, pair["chosen"], pair["rejected"], answer)
+    polite = said and not is_rude(response)
+    concise = said and not is_rambling(response, pair["chosen"])
+    return (int(fact) + int(polite) + int(concise)) / 3
+
+
 def judge(rule: str, a: str, b: str, pair: dict, answer=None) -> int:
     """+1 if response a is better than b under the pair's rule, −1 if worse, 0 for a tie."""
     sa = rule_score(rule, a, pair["chosen"], pair["rejected"], answer)

@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # Cross-stage imports (README, "How the code is laid out").
@@ -43,6 +44,8 @@ from common.cli import UserError
 from common.layout import RunLayout
 from common.runs import check_artifact
 from bpe import BPETokenizer  # 02_tokenizer
+from batches import eval_starts  # 04_pretrain
+from heldout_loss import window_token_losses  # 04_pretrain
 from bench_generate import tokens_per_second  # 03_model
 from checkpoint_io import save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
@@ -147,6 +150,14 @@ def generation_speeds(models: dict, prompt, n_new: int, repeats: int, device) ->
         for name, model in models.items():
             best[name] = max(best[name], tokens_per_second(model, idx, n_new, use_cache=True))
     return best
+
+
+def window_losses(model, val, n_windows: int, device, batch=16) -> np.ndarray:
+    """Mean next-token loss of each of n evenly spaced val windows (corpus_loss's windows, one number
+    each), shape (n_windows,): the unit the paired intervals of prune.py and quantize.py resample.
+    With windows of equal length their mean is corpus_loss."""
+    T = model.cfg.block_size
+    return window_token_losses(model, val, T, device, eval_starts(len(val), T, n_windows), batch).mean(axis=1)
 
 
 def measure(model, tok, val, heldout, *, eval_windows, max_new_tokens, device) -> dict:

@@ -59,7 +59,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 # Cross-stage imports (README, "How the code is laid out").
@@ -82,11 +81,17 @@ from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
-from batches import batch_starts, eval_starts, get_batch, load_shards  # 04_pretrain
-from heldout_loss import window_token_losses  # 04_pretrain
+from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from compress_eval import TEACHER_HELP, checkpoint_kib, count_params, load_teacher, nonzero_params
+from compress_eval import (
+    TEACHER_HELP,
+    checkpoint_kib,
+    count_params,
+    load_teacher,
+    nonzero_params,
+    window_losses,
+)
 
 
 @dataclass
@@ -449,13 +454,6 @@ def variants(teacher: GPT, train, cfg: PruneConfig, device):
             remove_units(teacher, neuron_keep=keep),
             None,
         )
-
-
-def window_losses(model: GPT, val, n_windows: int, device, batch=16) -> np.ndarray:
-    """Mean next-token loss of each of n evenly spaced val windows (corpus_loss's windows, one number
-    each): the unit the paired intervals resample."""
-    T = model.cfg.block_size
-    return window_token_losses(model, val, T, device, eval_starts(len(val), T, n_windows), batch).mean(axis=1)
 
 
 def prune_bars(losses: dict) -> tuple:

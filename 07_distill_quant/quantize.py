@@ -44,6 +44,7 @@ Interview questions it answers:
 """
 
 import copy
+import math
 import os
 import platform
 import time
@@ -70,15 +71,17 @@ from common.layout import RunLayout
 from common.runs import check_artifact, claim_output, run_lock, staged_dir, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
+from common.stats import paired_bootstrap_interval
 from decoding import generate  # 03_model
 from bpe import BPETokenizer  # 02_tokenizer
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
 from metrics import perplexity  # 05_sft_lora
-from finetuned import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
+from finetuned import generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
 
+from compress_eval import window_losses  # 07 (here)
 from quant_linear import (
     FLOAT_FORMATS,
     QuantSpec,
@@ -178,9 +181,15 @@ def build_variant(float_model, spec: QuantSpec, cfg, data: EvalData):
 def measure(model, spec: QuantSpec, data: EvalData) -> dict:
     """Size, validation perplexity on 04's fixed windows, and (for a chat model) held-out exact match."""
     T = model.cfg.block_size
-    loss = corpus_loss(model, data.val, T, data.windows, data.device)  # token mean over fixed windows
-    n = data.windows * T
-    row = {"format": spec.name, "bytes": model_bytes(model), "val_ppl": perplexity(loss * n, n)}
+    per_window = window_losses(model, data.val, data.windows, data.device)  # 04's fixed windows, (windows,)
+    loss, n = float(per_window.mean()), data.windows * T  # windows of T tokens each: the token mean
+    row = {
+        "format": spec.name,
+        "bytes": model_bytes(model),
+        "val_ppl": perplexity(loss * n, n),
+        "val_loss": loss,
+        "window_loss": per_window.tolist(),  # the unit the bars' paired intervals resample
+    }
     if data.heldout:
         answers = generate_answers(
             model, data.tok, [r["messages"] for r in data.heldout], data.max_new_tokens, data.device
@@ -503,28 +512,83 @@ def evaluate_saved(cfg, device):
     )
 
 
+# A quantized model is judged as quality at a size: the trivial ways to shrink it (cast to bf16, round
+# each weight to the nearest level) are the baselines, so a bar they pass too says nothing.
+INT8_MAX_LOSS = math.log(1.01)  # +1 % perplexity = +0.00995 nats/token (issue 14's INT8 goal)
+
+
+def paired_loss_bar(metric, rows_by, name, ref, threshold, baseline_name, note) -> dict:
+    """Mean val loss of `name` minus `ref`'s over the same windows (nats/token), with a paired 95 %
+    bootstrap interval over the windows; passes when the whole interval is below threshold."""
+    a, b = rows_by[name]["window_loss"], rows_by[ref]["window_loss"]
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    return make_bar(
+        metric,
+        diff,
+        threshold=threshold,
+        direction="lower",
+        interval=paired_bootstrap_interval(a, b),
+        n=len(a),
+        baseline=rows_by[ref]["val_loss"],
+        baseline_name=baseline_name,
+        note=note,
+    )
+
+
+def quant_bars(rows) -> list:
+    """The stage's bars, from the rows that were measured (none without fp32 or window losses):
+
+    int8 at a size     INT8's val loss minus fp32's < ln 1.01 (+1 % perplexity; interval wholly below)
+                       AND its bytes < 0.5x fp32's: fp32 (1x) and the bf16 cast (0.5x) fail the size;
+    GPTQ vs RTN        each GPTQ format's val loss minus round-to-nearest's at the same bits, groups
+                       and bytes < 0 (interval wholly below): the cheap quantizer is the baseline."""
+    by = {r["format"]: r for r in rows if "window_loss" in r}
+    bars = []
+    if "int8" in by and "fp32" in by:
+        size = by["int8"]["bytes"] / by["fp32"]["bytes"]
+        bar = paired_loss_bar(
+            f"INT8 val loss minus fp32's (nats/token, paired over windows) at {size:.2f}x the fp32 bytes",
+            by,
+            "int8",
+            "fp32",
+            INT8_MAX_LOSS,
+            "fp32",
+            f"INT8 keeps the loss within ln 1.01 = {INT8_MAX_LOSS:.4f} nats (1 % perplexity) of fp32 at "
+            f"< 0.5x its bytes (bf16's size): {size:.2f}x",
+        )
+        if size >= 0.5:  # no smaller than the bf16 cast: the size half of the bar fails
+            bar = bar | {"passed": False, "note": bar["note"] + " -> too large"}
+        bars.append(bar)
+    for name in by:
+        rtn = name.removesuffix("-gptq")
+        if name.endswith("-gptq") and rtn in by:
+            bars.append(
+                paired_loss_bar(
+                    f"{name} val loss minus round-to-nearest {rtn}'s (nats/token, paired over windows)",
+                    by,
+                    name,
+                    rtn,
+                    0.0,
+                    f"round-to-nearest {rtn}, the same bits and bytes",
+                    f"GPTQ beats round-to-nearest at the same size ({by[name]['bytes']:,} bytes)",
+                )
+            )
+    return bars
+
+
 def outcome_block(rows, saved_format: str) -> dict:
-    """{"headline", "bar"} of outcome.json (common/outcome.py): INT8 perplexity change <= 1 % (no bar
-    when int8 was not among the compared formats)."""
+    """{"headline", "bar", "bars"} of outcome.json (common/outcome.py): quant_bars; the stage's bar is
+    the first that fails, else the GPTQ one (the comparison with the strongest cheap baseline)."""
     by = {r["format"]: r for r in rows}
     parts = [
         f"{k} {by[k]['ppl_change_pct']:+.2f} % ppl at {by[k]['vs_fp32_bytes']:.2f}x the fp32 bytes"
-        for k in ("int8", "int4-g32")
+        for k in ("int8", "int4-g32", "int4-g32-gptq")
         if k in by
     ]
-    bar = None
-    if "int8" in by:
-        bar = make_bar(
-            "INT8 val perplexity change vs fp32 (%)",
-            by["int8"]["ppl_change_pct"],
-            threshold=1.0,
-            direction="lower",
-            inclusive=True,
-            baseline=0.0,
-            baseline_name="fp32 (the model itself)",
-            note="INT8 perplexity change <= 1 %",
-        )
-    return {"headline": "; ".join(parts) or f"saved {saved_format}", "bar": bar}
+    bars = quant_bars(rows)
+    failing = [b for b in bars if not b["passed"]]
+    bar = (failing or bars[-1:] or [None])[0]
+    return {"headline": "; ".join(parts) or f"saved {saved_format}", "bar": bar, "bars": bars}
 
 
 def main(argv=None):

@@ -76,6 +76,14 @@ STAGES = [
     Stage("reward_model", "06_rlhf_dpo/reward_model.py", "rm", ("data", "sft"), needs_tasks=True),
     Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", ("data", "sft"), needs_tasks=True),
     Stage("ppo", "06_rlhf_dpo/ppo.py", "ppo", ("data", "sft", "rm"), needs_tasks=True),
+    Stage(
+        "overopt",
+        "06_rlhf_dpo/overoptimization.py",
+        "overopt",
+        ("data", "sft", "rm", "ppo"),
+        needs_tasks=True,
+    ),
+    Stage("rlaif", "06_rlhf_dpo/rlaif.py", "rlaif", ("data", "pretrain", "sft"), needs_tasks=True),
     Stage("grpo", "06_rlhf_dpo/grpo.py", "grpo", ("data", "sft"), needs_tasks=True),
     Stage(
         "rl_compare",
@@ -131,6 +139,8 @@ class RunLayout:
     rm = property(lambda self: self.root / "rm")
     dpo = property(lambda self: self.root / "dpo")
     ppo = property(lambda self: self.root / "ppo")
+    overopt = property(lambda self: self.root / "overopt")
+    rlaif = property(lambda self: self.root / "rlaif")
     grpo = property(lambda self: self.root / "grpo")
     distill = property(lambda self: self.root / "distill")
     quant = property(lambda self: self.root / "quant")

@@ -9,6 +9,8 @@ and `"bar"`, built here so every stage decides "passed" the same way:
     bar["passed"]   # True: the whole interval lies below the threshold
 
 A stage with several bars may also write `"bars": [...]`; `"bar"` is the one that decides its verdict.
+A stage that is a comparison table with no bar of its own (rl_compare: its rows repeat the methods'
+bars) writes `"bar": null` and `"table_only": "<why>"`; report.py shows its verdict as n/a.
 
 Interview question it answers:
 - Why must the interval, not the point estimate, clear the threshold? (a point estimate that clears

@@ -587,7 +587,7 @@ MUTANTS: dict[str, list[M]] = {
             "long with probability 1 - long_frac",
         ),
     ],
-    "07_distill_quant/distill.py:kd_loss": [
+    "07_distill_quant/kd_losses.py:kd_loss": [
         M("return temperature**2 * kl.mean()", "return kl.mean()", "forgets T²"),
         M(
             "(log_p.exp() * (log_p - log_q))",
@@ -596,7 +596,7 @@ MUTANTS: dict[str, list[M]] = {
         ),
         M("teacher_logits.float() / temperature", "teacher_logits.float()", "the teacher not softened by T"),
     ],
-    "07_distill_quant/distill.py:feature_loss": [
+    "07_distill_quant/kd_losses.py:feature_loss": [
         M(
             "cosine_similarity(pred, target, dim=-1)",
             "cosine_similarity(pred, target, dim=0)",

@@ -42,6 +42,9 @@ def test_novel_probe_phrasings_never_occur_in_a_generated_corpus_and_corpus_ones
     overlaps = longest_overlaps(docs, [p["prompt"] for p in novel])
     assert all(o < len(words(p["prompt"])) for o, p in zip(overlaps, novel))
     corpus = [p for p in probes if p["phrasing"] == "corpus" and p["attribute"] == "job"]
+    # the corpus phrasing is a biography template: most people's biographies use it (the corpus above
+    # holds only a few biographies per person, so look in each person's whole pool)
+    docs += [b for bios in w.bios.values() for b in bios]
     whole = longest_overlaps(docs, [f"{p['prompt']} {p['answer']}" for p in corpus])
     assert (
         sum(o == len(words(f"{p['prompt']} {p['answer']}")) for o, p in zip(whole, corpus)) > len(corpus) / 2

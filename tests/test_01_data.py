@@ -649,7 +649,8 @@ def test_cli_run_writes_what_its_table_says(small_cli_run):
     for name in ("train", "val", "test"):
         assert len(read_split(data, name)) == stats["splits"][name]["docs"] > 0
     labels = [json.loads(x) for x in (data / "noise_labels.jsonl").read_text().splitlines()]
-    assert len(labels) == sum(stats["noise"][k]["injected"] for k in NOISE_TYPES)
+    kinds = [*NOISE_TYPES, "edited_copy"]  # a near copy edited below the dedup threshold is its own row
+    assert len(labels) == sum(stats["noise"][k]["injected"] for k in kinds if k in stats["noise"])
     kept = [d for n in ("train", "val", "test") for d in read_split(data, n)]
     assert len({d["id"] for d in kept}) == len(kept) and all(d["text"].strip() for d in kept)
     assert sum(len(d["text"]) for d in kept) == stats["input"]["chars"] - sum(

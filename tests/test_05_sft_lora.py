@@ -444,7 +444,7 @@ def test_prefix_hook_unused_or_detached_leaves_the_base_bit_identical(tmp_path):
     assert set(model.state_dict()) == keys  # the prefix lives beside the model
     prefix.fold()
     assert torch.equal(model(x)[0], y1)  # folding changes nothing
-    assert [n for n, _ in prefix.named_parameters()] == ["folded"]
+    assert [n for n, _ in prefix.named_parameters()] == ["token_in", "token_out", "folded"]  # MLP gone
     save_prefix(prefix, model, tmp_path / "p.pt")
     detach_prefix(model)
     assert torch.equal(model(x)[0], y0)
@@ -738,7 +738,7 @@ def test_sft_killed_with_sigkill_resumes_bit_exactly(run_dir, tmp_path):
 
 
 def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
-    out = tmp_path / "cmp"  # one method: every sft.py process costs a torch import
+    out = tmp_path / "cmp"  # one method, one lr: every sft.py process costs a torch import
     proc = subprocess.run(
         [
             sys.executable,
@@ -749,14 +749,20 @@ def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
             str(out),
             "--methods",
             "lora_r4",
+            "--lr-factors",
+            "1",
             "--steps",
             "2",
             "--eval-limit",
             "3",
+            "--max-new-tokens",
+            "4",
+            "--test-windows",
+            "2",
             "--device",
             "cpu",
             "--sft-args",
-            "--batch-size 2 --forget-windows 2 --max-new-tokens 4 --eval-interval 1",
+            "--batch-size 2 --forget-windows 2 --eval-interval 1",
         ],
         capture_output=True,
         text=True,
@@ -768,6 +774,7 @@ def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
     assert [r["method"] for r in result["rows"]] == ["base (template only)", "lora_r4"]
     bar = result["bars"]["lora_r4"]
     assert result["rows"][1]["beats baselines"] == "no" and bar["passed"] is False and bar["n"] == 3
+    assert result["chosen"] == {"lora_r4": "lora_r4@0.003"} and result["forgetting_split"] == "val"
     o = result["outcomes"]["lora_r4"]
     assert o["params"]["trainable"] == 2 * 4 * (
         (32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 96) + (96 + 32)
@@ -776,7 +783,9 @@ def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
     assert (
         "| lora_r4 |" in proc.stdout and (out / "compare.png").is_file() and (out / "manifest.json").is_file()
     )
-    assert (out / "lora_r4" / "adapter.pt").is_file() and (out / "lora_r4" / "manifest.json").is_file()
+    run = out / "runs" / "lora_r4@0.003"
+    assert (run / "adapter.pt").is_file() and (run / "manifest.json").is_file()
+    assert (out / "split" / "val.jsonl").is_file()  # the lr is chosen on training subjects
 
 
 # ----------------------------------------------------------------------------------------------

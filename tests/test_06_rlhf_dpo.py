@@ -30,6 +30,7 @@ from gpt import GPT, GPTConfig
 import dpo
 import arithmetic_task
 import grpo
+import overoptimization
 import policy_io
 import ppo
 import preference_data
@@ -375,6 +376,8 @@ def micro_run(tmp_path_factory, micro_tok):
         run / "tokenizer", stage="02_tokenizer", command="(test)", config={}, inputs=[run / "data"]
     )
     policy_io.save_policy(run / "sft" / "ckpt.pt", micro_model(micro_tok), run / "tokenizer")
+    policy_io.save_policy(run / "pretrain" / "best.pt", micro_model(micro_tok, seed=1), run / "tokenizer")
+    write_manifest(run / "pretrain", stage="04_pretrain", command="(test)", config={})  # rlaif's judge
     (run / "sft" / "outcome.json").write_text(json.dumps({"tokenizer": "../tokenizer"}))
     write_manifest(run / "sft", stage="05_sft_lora", command="(test)", config={}, inputs=[run / "tokenizer"])
     return run
@@ -583,7 +586,22 @@ METHOD_ARGV = {  # folder: (module, argv after --run); steps as few as still exe
             "4",
         ],
     ),
-    "rlaif": (rlaif, ["--n-prompts", "8", "--max-new-tokens", "8", "--steps", "2", "--batch-size", "4"]),
+    "overopt": (overoptimization, ["--samples", "4", "--max-new-tokens", "6", "--eval-limit", "3"]),
+    "rlaif": (
+        rlaif,
+        [
+            "--n-prompts",
+            "8",
+            "--max-new-tokens",
+            "8",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-limit",
+            "3",
+        ],
+    ),
 }
 PLOTS = {
     "rm": "rm.png",
@@ -592,6 +610,7 @@ PLOTS = {
     "simpo": "simpo.png",
     "grpo": "grpo.png",
     "ppo": "ppo.png",
+    "overopt": "overopt.png",
     "rlaif": "rlaif.png",
 }
 
@@ -611,7 +630,8 @@ def methods_run(micro_run, tmp_path_factory):
 @pytest.mark.parametrize("name", list(METHOD_ARGV))
 def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
     out = methods_run / name
-    for f in ("outcome.json", PLOTS[name], "manifest.json", "rm.pt" if name == "rm" else "ckpt.pt"):
+    weights = {"rm": "rm.pt", "overopt": "table.md"}.get(name, "ckpt.pt")
+    for f in ("outcome.json", PLOTS[name], "manifest.json", weights):
         assert (out / f).is_file(), f
     o = json.loads((out / "outcome.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
@@ -621,7 +641,7 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
         assert o["heldout_at_init"]["accuracy"] == 0.5  # a zero head ties every pair: 1/2, not 0
         assert set(o["baselines"]) == {"prefer the shorter response", "untrained model (random weights)"}
         assert o["bar"]["passed"] in (True, False) and o["bar"]["n"] == 9
-    elif name in ("dpo", "ipo", "simpo", "rlaif"):
+    elif name in ("dpo", "ipo", "simpo"):
         assert o["heldout_before"]["heldout_n"] == 9 and math.isfinite(o["heldout_after"]["heldout_loss"])
         if name != "simpo":
             assert o["heldout_before"]["heldout_reward_margin"] == 0  # policy = reference before training
@@ -632,10 +652,28 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
         assert math.isfinite(o["heldout_after"]["reward"]) and math.isfinite(
             o["heldout_after"]["kl_per_response"]
         )
+        assert [r["step"] for r in o["curve"]] == [0, 2] and "gold" in o["bar"]["metric"]
+        assert o["curve"][0]["kl_sft"] == 0 and o["bar"]["baseline_name"] in (
+            "SFT (before PPO)",
+            "majority answer",
+        )
+    elif name == "overopt":
+        assert [r["n"] for r in o["best_of_n"]] == [1, 2, 4] and o["best_of_n"][0]["kl"] == 0
+        assert (
+            [r["n"] for r in o["ppo"]] == ["step 0", "step 2"]
+            and o["ppo"][0]["method"].startswith("PPO (lr")
+            and "gold" in o["bar"]["metric"]
+        )
     if name == "rlaif":
         lab = o["labelling"]
-        assert lab["pairs"] + lab["identical_skipped"] == 8 and (out / "pairs.jsonl").is_file()
-    model, tok = policy_io.load_policy(out / "ckpt.pt") if name != "rm" else (None, None)
+        assert lab["decided_pairs"] + lab["undecided_by_gold"] + lab["identical_skipped"] == 8
+        assert (out / "pairs.jsonl").is_file() and set(o["heldout_gold"]) == {
+            "SFT",
+            "RLAIF (AI labels)",
+            "gold labels",
+        }
+        assert "gold" in o["bar"]["metric"] and len(o["bars"]) == 2
+    model, tok = policy_io.load_policy(out / "ckpt.pt") if name not in ("rm", "overopt") else (None, None)
     if model is not None:
         assert tok.vocab == BPETokenizer.load(methods_run / "tokenizer").vocab
 
@@ -800,9 +838,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
             ],
             r"a reward-model score is nan at step 1; stopped without writing this run \(the previous result",
         ),
-        "judge is no reward model": (
-            [script["rlaif"], *r, "--judge", str(run / "sft" / "ckpt.pt")],
-            r"not a reward model",
+        "judge is a reward model": (
+            [script["rlaif"], *r, "--judge", str(tmp_path / "nan_rm.pt")],
+            r"is a reward model \(a scalar head, no next-token probabilities\); the AI judge is a language model",
         ),
         "nothing to compare": (
             [script["rl_compare"], *r, "--methods", "ppo,grpo"],
@@ -863,6 +901,8 @@ def test_a_diverging_overwrite_names_the_flag_and_keeps_the_previous_result(
     module, argv = METHOD_ARGV[name]
     if name == "grpo":  # the untrained micro policy never earns a reward: zero advantages, zero gradient,
         monkeypatch.setattr(grpo, "k3_kl", lambda lp, ref: torch.full_like(lp, math.nan))  # so inject a nan
+    if name == "rlaif":  # the gold judge tells few random micro answers apart: let it decide every pair
+        monkeypatch.setattr(rlaif, "judge", lambda rule, a, b, pair, answer=None: 1)
     out = methods_run / name
     before = tree_hashes(out)
     with pytest.raises(SystemExit) as exit_info:
