@@ -100,6 +100,7 @@ from sft_baselines import (
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
 from prefix import PrefixTuning, attach_prefix, marker_ids, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
+from feedback_data import feedback_conversations, read_feedback
 from finetuned import corpus_loss, generate_answers, score
 
 METHODS = ("full", "lora", "prefix", "adapter")
@@ -112,6 +113,11 @@ class SFTConfig:
     out: str = option("", "output folder; empty = <run>/sft")
     base: str = option("", "base checkpoint; empty = <run>/pretrain/best.pt, else ckpt.pt")
     train_file: str = option("", "messages- or Alpaca-style JSONL; empty = <run>/data/tasks/sft_train.jsonl")
+    feedback: str = option(
+        "",
+        "ratings from the chat page / terminal chat (<run>/feedback/feedback.jsonl): up-rated answers and "
+        "the better answers of down-rated ones join the training conversations (feedback_data.py)",
+    )
     heldout_file: str = option(
         "", "conversations for the final evaluation; empty = <run>/data/tasks/sft_heldout.jsonl"
     )
@@ -379,6 +385,18 @@ def load_training_state(path, cfg, trainable, opt) -> dict:
     return state
 
 
+def feedback_examples(path, n_train) -> list:
+    """The conversations users' ratings add (05's feedback_data): the loop from serving back to training."""
+    extra = feedback_conversations(read_feedback(path))
+    if not extra:
+        raise UserError(
+            f"--feedback {path}: none of its ratings trains SFT (that takes an up-rated answer or a "
+            "down-rated one with a better answer); rate some in the chat, or leave --feedback out"
+        )
+    print(f"--feedback: {len(extra)} conversations from users' ratings join the {n_train} training ones")
+    return extra
+
+
 def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
     """The work of `finetune`, written into tmp (a folder beside <out>, swapped in when complete)."""
     run = Path(cfg.run)
@@ -391,6 +409,8 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
         task_file(cfg.run, cfg.heldout_file, "sft_heldout.jsonl"),
     )
     train_records, held_records = read_conversations(train_path), read_conversations(held_path)
+    if cfg.feedback:
+        train_records += feedback_examples(cfg.feedback, len(train_records))
     model = GPT.from_checkpoint(base_path, map_location=device)
     if tok.vocab_size > model.cfg.vocab_size:
         raise UserError(
@@ -594,6 +614,7 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
         RunLayout(run).tokens,
     ]
     inputs += [Path(f) if f else RunLayout(run).data for f in (cfg.train_file, cfg.heldout_file)]
+    inputs += [Path(cfg.feedback)] if cfg.feedback else []
     write_manifest(
         tmp,
         stage="05_sft_lora",

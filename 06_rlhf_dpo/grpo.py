@@ -1,31 +1,39 @@
 """GRPO: reinforcement learning with a verifiable reward, the group's mean as the baseline, no value model.
 
-    python 06_rlhf_dpo/grpo.py --run runs/tiny
+    python 06_rlhf_dpo/grpo.py --run runs/tiny                      # facts about the world's people
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --ablate             # + the same run without KL / clip / both
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task arithmetic    # 01's word problems (the tiny model: 0/200)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --group-size 16 --no-std-normalize --length-norm constant   # Dr. GRPO
 
-Reads runs/<name>/sft/ (05) and data/tasks/arithmetic_{train,heldout}.jsonl (01); writes runs/<name>/grpo/:
-ckpt.pt, outcome.json, metrics.jsonl, grpo.png (the reward curve), manifest.json.
+Reads runs/<name>/sft/ (05) and the task: by default questions about the people of the run's world
+(fact_task.py: "Where does Ansel Roha live?", checked against the world), or with --task arithmetic
+01's data/tasks/arithmetic_{train,heldout}.jsonl. Writes runs/<name>/grpo/: ckpt.pt, outcome.json,
+metrics.jsonl (one line per step), curve.jsonl (held-out pass@1 / pass@k over steps), grpo.png (the
+curves), manifest.json; with --ablate also ablation.md (the table) and ablation.png.
 
-One step, for a batch of word problems (prompts) q:
-1. Rollouts: G answers o_1..o_G per prompt sampled from π_old (the current policy) at temperature 1.
-2. Reward, checked, not learnt: r = 1[last number in o = answer] + format_weight · 1[o is "The answer is N."].
+One step, for a batch of questions q (prompts_per_step of them):
+1. Rollouts: G answers o_1..o_G per question sampled from π_old (the current policy) at temperature 1.
+2. Reward, checked, not learnt: r = 1 if the answer names the right fact and no other (fact_task.fact_reward)
+   [arithmetic: 1[last number = answer] + format_weight · 1[o is "The answer is N."]].
 3. Advantages within each group (rl_common.group_normalized_advantages): A_i = (r_i − mean r) / (std r + eps),
    the same A_i for every token of o_i. A group whose answers all score the same teaches nothing (A = 0).
-4. Loss per token (rl_common): the clipped surrogate plus the k3 KL to the frozen SFT model,
-       L_t = −min(ρ_t A_i, clip(ρ_t, 1 − ε, 1 + ε) A_i) + β_KL · (e^{r_t} − r_t − 1),   r_t = log π_ref − log π
+4. Loss per token (rl_common), the clipped surrogate plus the k3 KL to the frozen SFT model π_ref:
+       ρ_t = π(o_t) / π_old(o_t),   r_t = log π_ref(o_t) − log π(o_t)
+       L_t = −min(ρ_t A_i, clip(ρ_t, 1 − ε, 1 + ε) A_i) + β_KL · (e^{r_t} − r_t − 1)
    averaged over each response's tokens (or divided by max_new_tokens: --length-norm constant, Dr. GRPO),
-   then over responses; `epochs` passes over the rollouts (ρ ≠ 1 from the second on, where clipping acts).
+   then over responses; `epochs` passes over the rollouts. The first pass is on-policy (ρ = 1, the clip
+   cannot act); from the second on ρ ≠ 1 and the clip stops a token's update once π moved ε from π_old.
 
-The prompt shows `shots` solved problems first ("The answer is N." as the assistant's reply): 05's SFT
-data has no arithmetic, so without one example of the format the SFT model would never produce it, every
-group would score 0 and there would be nothing to learn from. The same prompt is used before and after,
-and in rl_compare.py, for every model.
+Why facts by default: RL only sharpens what sampling already finds (fact_task.py). The SFT model answers
+a held-out question right in 28 % of its samples but in 75 % of questions at least once in 8 (pass@8):
+GRPO has signal to use. On 01's two-digit arithmetic the tiny model scores pass@1 = pass@8 = 0, every
+group is all-wrong, every advantage 0, and GRPO cannot move (the --task arithmetic run shows it).
 
-Measured on held-out problems (held out by wording and number range, 01's tasks.py), before and after:
-pass@1 (greedy answer correct, with its Wilson interval) and pass@1 estimated from `eval_samples`
-samples at temperature 1 (05's unbiased pass_at_k with k = 1), the mean reward and the share of answers
-in the format. The bar (outcome.json "bar", alignment_bars.paired_bar): greedy pass@1 after GRPO minus
-the stronger of SFT's and the majority answer's, paired over the problems, 95 % interval above 0.
+Measured on held-out questions (held out by wording and by person, fact_task.py), at step 0, every
+eval_interval steps and at the end (grpo_eval.pass_rates): pass@1 and pass@k from k samples at temperature
+1, and the greedy answer. The bar (grpo_eval.sharpening_bar): sampled pass@1 after GRPO ≥ 2× and ≥ +0.15
+over the start and above the majority answer, with the two 95 % intervals apart. --ablate repeats the run
+with β_KL = 0, with no clip (ε = ∞) and with both off, from the same SFT model and seed.
 
 Interview questions it answers:
 - Why no value model? (the group mean of G sampled answers to the same prompt is a baseline for free;
@@ -34,16 +42,19 @@ Interview questions it answers:
   over-weights very easy and very hard prompts and drops it, `--no-std-normalize`)
 - Why the KL term in the loss rather than in the reward (as PPO does)? (it regularizes directly with an
   unbiased, non-negative estimator instead of entering the advantage)
-- Why can a verifiable reward still be hacked? (a format reward alone is learnt first; the last-number rule
-  is met by any text ending in the right number; the reward says what it checks, nothing more)
+- What do the KL term and the clip each buy? (the ablation table: the KL keeps the policy near π_ref, the
+  clip bounds one step's move from π_old; see the README for what this run measured)
+- Why can a verifiable reward still be hacked? (a reward that only looks for the right word is met by a
+  list of every candidate; fact_reward counts an answer naming two candidates as wrong)
 """
 
+import math
 import os
 import random
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -67,7 +78,7 @@ from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
-from policy_io import check_finite, load_reference, load_sft_policy, method_headline, save_policy
+from policy_io import check_finite, load_reference, load_sft_policy, save_policy
 from preference_data import pad_id_of
 from rl_common import (
     PG_LOSSES,
@@ -79,24 +90,34 @@ from rl_common import (
     response_log_probs,
 )
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
-from alignment_bars import paired_bar
-from arithmetic_task import arithmetic_eval, arithmetic_reward, problem_prompt, read_problems
+from arithmetic_task import arithmetic_reward, problem_prompt, read_problems
+from fact_task import fact_problems, fact_reward, world_seed_of
+from grpo_eval import interval, pass_rates, sharpening_bar
 
 
 @dataclass
 class GRPOConfig:
-    run: str = option("", "run folder runs/<name>: reads sft/ (05) and data/tasks/arithmetic_*.jsonl (01)")
+    run: str = option("", "run folder runs/<name>: reads sft/ (05) and data/ (01)")
     out: str = option("", "output folder; empty = <run>/grpo")
-    train_file: str = option(
-        "", "problems JSONL {prompt, answer}; empty = <run>/data/tasks/arithmetic_train.jsonl"
+    task: str = option(
+        "facts",
+        "facts: questions about the world's people (fact_task.py); arithmetic: 01's word problems",
+        choices=("facts", "arithmetic"),
     )
-    heldout_file: str = option("", "held-out problems; empty = <run>/data/tasks/arithmetic_heldout.jsonl")
+    train_file: str = option(
+        "", "arithmetic problems JSONL {prompt, answer}; empty = <run>/data/tasks/arithmetic_train.jsonl"
+    )
+    heldout_file: str = option(
+        "", "held-out arithmetic problems; empty = <run>/data/tasks/arithmetic_heldout.jsonl"
+    )
     reference: str = option("", "π_ref checkpoint; empty = a frozen copy of the SFT model")
-    shots: int = option(1, "solved problems shown before each question (taken from the train file)", min=0)
-    steps: int = option(25, "GRPO steps (each: rollouts, then `epochs` passes of updates)", min=1)
-    prompts_per_step: int = option(8, "problems per step", min=1)
-    group_size: int = option(8, "answers sampled per problem, G (>= 2)", min=0)
-    max_new_tokens: int = option(10, "longest answer", min=1)
+    shots: int = option(
+        1, "arithmetic: solved problems shown before each question (from the train file)", min=0
+    )
+    steps: int = option(40, "GRPO steps (each: rollouts, then `epochs` passes of updates)", min=1)
+    prompts_per_step: int = option(8, "questions per step", min=1)
+    group_size: int = option(8, "answers sampled per question, G (>= 2)", min=0)
+    max_new_tokens: int = option(12, "longest answer", min=1)
     temperature: float = option(1.0, "sampling temperature of the rollouts", min=0.0)
     loss_type: str = option("grpo_clip", "per-token policy-gradient loss", choices=PG_LOSSES)
     std_normalize: bool = option(True, "divide advantages by the group's std (--no-std-normalize: Dr. GRPO)")
@@ -105,18 +126,24 @@ class GRPOConfig:
         "per response: mean over its tokens, or sum / max_new_tokens (Dr. GRPO)",
         choices=("mean", "constant"),
     )
-    clip_eps: float = option(0.2, "clip range ε of the ratio", min=0.0)
-    kl_coef: float = option(0.04, "β_KL: weight of the k3 KL to the reference", min=0.0)
+    clip_eps: float = option(0.2, "clip range ε of the ratio (inf = no clip)", min=0.0)
+    kl_coef: float = option(0.04, "β_KL: weight of the k3 KL to the reference (0 = no KL)", min=0.0)
     epochs: int = option(2, "passes over each step's rollouts", min=1)
     micro_batch: int = option(
-        32, "responses per forward/backward (gradient accumulation over the rest)", min=1
+        64, "responses per forward/backward (gradient accumulation over the rest)", min=1
     )
-    lr: float = option(2e-5, "AdamW learning rate", min=0.0)
-    format_weight: float = option(0.5, "reward for answering exactly 'The answer is N.'", min=0.0)
-    eval_limit: int = option(200, "held-out problems evaluated (0 = all)", min=0)
-    eval_samples: int = option(4, "samples per held-out problem for the sampled pass@1", min=1)
+    lr: float = option(3e-4, "AdamW learning rate", min=0.0)
+    format_weight: float = option(0.5, "arithmetic: reward for answering exactly 'The answer is N.'", min=0.0)
+    eval_limit: int = option(
+        120,
+        "held-out questions evaluated, the first ones (20 people × 3 attributes × 2 wordings; 0 = all)",
+        min=0,
+    )
+    eval_samples: int = option(8, "k: samples per held-out question for pass@1 and pass@k", min=1)
+    eval_interval: int = option(10, "steps between held-out evaluations (the curve)", min=1)
+    ablate: bool = option(False, "also train without KL, without clip and without both; writes ablation.md")
     save_interval: int = option(10, "steps between checkpoints", min=1)
-    seed: int = option(1337, "seed for the problem order and the sampling")
+    seed: int = option(1337, "seed for the question order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
 
@@ -132,9 +159,16 @@ PRESETS = {
         max_new_tokens=4,
         micro_batch=4,
         eval_limit=4,
-        eval_samples=1,
+        eval_samples=2,
+        eval_interval=1,
         save_interval=1,
     ),
+}
+ABLATIONS = {  # name -> (kl_coef, clip_eps); None = the run's own value
+    "both on": (None, None),
+    "no KL": (0.0, None),
+    "no clip": (None, math.inf),
+    "both off": (0.0, math.inf),
 }
 
 
@@ -147,9 +181,52 @@ def check_grpo_config(cfg: GRPOConfig):
             f"--group-size {cfg.group_size}: GRPO's baseline is the mean of the other answers to the "
             "same problem, so it needs at least 2; pass --group-size 2 or more (8 is usual)"
         )
+    if cfg.task == "facts" and (cfg.train_file or cfg.heldout_file):
+        raise UserError("--train-file/--heldout-file are arithmetic problems: add --task arithmetic")
 
 
-# ----------------------------------------------------------------------------- the verifiable reward
+# ----------------------------------------------------------------------------- the task
+
+
+def load_task(cfg, run, tok) -> dict:
+    """{"train", "heldout": problems; "prompt": problem -> ids; "reward": (problem, text) -> float;
+    "correct": (problem, text) -> bool; "majority": the majority answer's held-out accuracy, "inputs"}."""
+    if cfg.task == "facts":
+        train, heldout, candidates = fact_problems(world_seed_of(run))
+        common = {
+            a: Counter(p["answer"] for p in train if p["attribute"] == a).most_common(1)[0][0]
+            for a in candidates
+        }
+        majority = lambda ps: [float(p["answer"] == common[p["attribute"]]) for p in ps]
+        score = lambda p, text: fact_reward(text, p["answer"], candidates[p["attribute"]], p["subject"])
+        return {
+            "train": train,
+            "heldout": heldout,
+            "prompt": lambda p: problem_prompt(tok, p["prompt"], []),
+            "reward": lambda p, text: score(p, text)["reward"],
+            "correct": lambda p, text: score(p, text)["correct"],
+            "majority": majority,
+            "inputs": [RunLayout(run).data],
+            "note": "held out by wording and by person (fact_task.py)",
+        }
+    train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
+    held_path = task_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")
+    train, heldout = read_problems(train_path), read_problems(held_path)
+    shots, train = train[: cfg.shots], train[cfg.shots :]
+    if not train:
+        raise UserError(f"{train_path}: no problems left after the {cfg.shots} shown as examples")
+    common = Counter(p["answer"] for p in train).most_common(1)[0][0]
+    return {
+        "train": train,
+        "heldout": heldout,
+        "prompt": lambda p: problem_prompt(tok, p["prompt"], shots),
+        "reward": lambda p, text: arithmetic_reward(text, p["answer"], cfg.format_weight)["reward"],
+        "correct": lambda p, text: arithmetic_reward(text, p["answer"])["correct"],
+        "majority": lambda ps: [float(p["answer"] == common) for p in ps],
+        "inputs": [train_path if cfg.train_file else RunLayout(run).data]
+        + ([held_path] if cfg.heldout_file else []),
+        "note": "held out by wording and number range (01_data/tasks.py)",
+    }
 
 
 # ----------------------------------------------------------------------------- one GRPO step
@@ -214,25 +291,125 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
     }
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- training and the curve
 
 
-def plot(records, before, after, path):
+def evaluate(policy, tok, task, heldout, cfg) -> dict:
+    """grpo_eval.pass_rates over the held-out questions, with the keys rl_compare and the report read."""
+    prompts = [task["prompt"](p) for p in heldout]
+    r = pass_rates(
+        policy,
+        tok,
+        prompts,
+        lambda i, text: task["correct"](heldout[i], text),
+        cfg.eval_samples,
+        cfg.max_new_tokens,
+        cfg.seed,
+    )
+    k = cfg.eval_samples
+    return {
+        "pass@1_sampled": r["pass@1"],
+        "pass@1_sampled_interval": interval(r["per_item"]),
+        f"pass@{k}": r[f"pass@{k}"],
+        "pass@1_greedy": r["greedy"],
+        "pass@1_greedy_interval": interval(r["greedy_correct"]),
+        "per_item": r["per_item"],
+        "greedy_correct": r["greedy_correct"],
+        "n": r["n"],
+        "examples": [
+            {"question": p["prompt"], "answer": p["answer"], **e} for p, e in zip(heldout, r["examples"])
+        ],
+    }
+
+
+def train_policy(cfg, run, device, log=print) -> tuple:
+    """Load the SFT policy and its frozen reference, train cfg.steps GRPO steps; returns (policy, tok,
+    records (one per step), curve (held-out pass rates at step 0, every eval_interval and the end),
+    task, heldout)."""
+    policy, tok = load_sft_policy(run, device)
+    reference = load_reference(cfg.reference, policy, tok, device)
+    task = load_task(cfg, run, tok)
+    train, heldout = task["train"], task["heldout"]
+    heldout = heldout[: cfg.eval_limit] if cfg.eval_limit else heldout
+    prompts = [task["prompt"](p) for p in train]
+    check_rollout_fits(
+        prompts + [task["prompt"](p) for p in heldout], cfg.max_new_tokens, policy.cfg.block_size
+    )
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    end = tok.special_tokens["<|end|>"]
+    opt = make_optimizer("adamw", param_groups(policy, 0.0), cfg.lr, (0.9, 0.95))
+    k = cfg.eval_samples
+
+    def point(step):
+        e = evaluate(policy, tok, task, heldout, cfg)
+        log(
+            f"step {step}: held-out pass@1 {e['pass@1_sampled']:.3f}, pass@{k} {e[f'pass@{k}']:.3f}, "
+            f"greedy {e['pass@1_greedy']:.3f}",
+            flush=True,
+        )
+        return {"step": step, **e}
+
+    curve, records, t0 = [point(0)], [], time.time()
+    for step in range(1, cfg.steps + 1):
+        set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
+        batch = rng.sample(range(len(train)), min(cfg.prompts_per_step, len(train)))
+        reward_fn = lambda i, resp: task["reward"](
+            train[batch[i]], tok.decode(resp[:-1] if resp[-1:] == [end] else resp)
+        )
+        stats = grpo_step(
+            policy, reference, opt, tok, [prompts[i] for i in batch], reward_fn, cfg, generator, step
+        )
+        records.append({"step": step, **stats, "seconds": time.time() - t0})
+        if step % cfg.eval_interval == 0 or step == cfg.steps:
+            log(
+                f"step {step}/{cfg.steps} | reward {stats['reward_mean']:.3f} | kl {stats['kl']:.4f} | "
+                f"clip {stats['clip_fraction']:.3f} | entropy {stats['entropy']:.2f} | {time.time() - t0:.0f}s",
+                flush=True,
+            )
+            curve.append(point(step))
+    return policy, tok, records, curve, task, heldout
+
+
+def plot(records, curve, k, path, ablation=None):
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     steps = [r["step"] for r in records]
-    ax1.plot(steps, [r["reward_mean"] for r in records], lw=1, label="mean reward of the rollouts")
+    ax1.plot(steps, [r["reward_mean"] for r in records], lw=1, label="mean reward of the rollouts (train)")
     ax1.plot(steps, [r["kl"] for r in records], lw=1, label="k3 KL to the reference (per token)")
-    ax1.set(xlabel="step", title="GRPO reward curve (train problems)")
+    ax1.set(xlabel="step", title="GRPO on the training questions")
     ax1.legend()
-    keys = ["pass@1_greedy", "pass@1_sampled", "mean_reward", "format_rate"]
-    xs = range(len(keys))
-    ax2.bar([x - 0.2 for x in xs], [before[k] for k in keys], 0.4, label="before (SFT)")
-    ax2.bar([x + 0.2 for x in xs], [after[k] for k in keys], 0.4, label="after GRPO")
-    ax2.set(xticks=list(xs), title="held-out problems")
-    ax2.set_xticklabels(keys, rotation=10)
-    ax2.legend()
+    xs = [c["step"] for c in curve]
+    for key, style in (("pass@1_sampled", "o-"), (f"pass@{k}", "s--"), ("pass@1_greedy", "^:")):
+        ax2.plot(xs, [c[key] for c in curve], style, label=key.replace("_sampled", " (sampled)"))
+    lo, hi = zip(*(c["pass@1_sampled_interval"] for c in curve))
+    ax2.fill_between(xs, lo, hi, alpha=0.2)
+    for name, c in (ablation or {}).items():
+        ax2.plot(
+            [p["step"] for p in c], [p["pass@1_sampled"] for p in c], lw=1, alpha=0.6, label=f"pass@1, {name}"
+        )
+    ax2.set(
+        xlabel="step", ylabel="share of held-out questions", ylim=(0, 1), title="held-out pass@1 and pass@k"
+    )
+    ax2.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def ablation_table(rows, k) -> str:
+    """Markdown: one row per variant, pass@1 at the start and the end with intervals, pass@k, KL."""
+    lines = [
+        f"| variant | β_KL | ε | pass@1 start | pass@1 end [95 %] | pass@{k} end | greedy end | KL/token (last step) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lo, hi = r["end"]["pass@1_sampled_interval"]
+        lines.append(
+            f"| {name} | {r['kl_coef']:g} | {r['clip_eps']:g} | {r['start']['pass@1_sampled']:.3f} | "
+            f"{r['end']['pass@1_sampled']:.3f} [{lo:.3f}, {hi:.3f}] | {r['end'][f'pass@{k}']:.3f} | "
+            f"{r['end']['pass@1_greedy']:.3f} | {r['kl']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
@@ -240,119 +417,98 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     check_grpo_config(cfg)
     run, device = Path(cfg.run), resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out else RunLayout(run).grpo
-    policy, tok = load_sft_policy(run, device)
-    reference = load_reference(cfg.reference, policy, tok, device)
-    train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
-    held_path = task_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")
-    train, heldout = read_problems(train_path), read_problems(held_path)
-    shots, train = train[: cfg.shots], train[cfg.shots :]
-    if not train:
-        raise UserError(f"{train_path}: no problems left after the {cfg.shots} shown as examples")
-    heldout = heldout[: cfg.eval_limit] if cfg.eval_limit else heldout
-    prompts = [problem_prompt(tok, p["prompt"], shots) for p in train]
-    check_rollout_fits(
-        prompts + [problem_prompt(tok, p["prompt"], shots) for p in heldout],
-        cfg.max_new_tokens,
-        policy.cfg.block_size,
-    )
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    k = cfg.eval_samples
     with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
-        ev = lambda m: arithmetic_eval(
-            m, tok, heldout, shots, cfg.max_new_tokens, cfg.eval_samples, cfg.format_weight, cfg.seed
-        )
-        before = ev(policy)
-        print(
-            f"before: held-out pass@1 greedy {before['pass@1_greedy']:.3f}, sampled {before['pass@1_sampled']:.3f}, "
-            f"mean reward {before['mean_reward']:.3f}, format {before['format_rate']:.3f}"
-        )
-        opt = make_optimizer("adamw", param_groups(policy, 0.0), cfg.lr, (0.9, 0.95))
-        records, t0 = [], time.time()
-        for step in range(1, cfg.steps + 1):
-            set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
-            batch = rng.sample(range(len(train)), cfg.prompts_per_step)
-            reward_fn = lambda i, resp: arithmetic_reward(
-                tok.decode(resp[:-1] if resp[-1:] == [tok.special_tokens["<|end|>"]] else resp),
-                train[batch[i]]["answer"],
-                cfg.format_weight,
-            )["reward"]
-            stats = grpo_step(
-                policy,
-                reference,
-                opt,
-                tok,
-                [prompts[i] for i in batch],
-                reward_fn,
-                cfg,
-                generator,
-                step,
-            )
-            records.append({"step": step, **stats})
-            if step % cfg.save_interval == 0 or step == cfg.steps:
-                save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, step=step, method="grpo")
-                print(
-                    f"step {step}/{cfg.steps} | reward {stats['reward_mean']:.3f} | kl {stats['kl']:.4f} | "
-                    f"clip {stats['clip_fraction']:.3f} | entropy {stats['entropy']:.2f} | {time.time() - t0:.0f}s",
-                    flush=True,
-                )
+        t0 = time.time()
+        policy, tok, records, curve, task, heldout = train_policy(cfg, run, device)
         train_s = time.time() - t0
-        after = ev(policy)
-        common = Counter(p["answer"] for p in train).most_common(1)[0][0]
+        before, after = curve[0], curve[-1]
+        save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, step=cfg.steps, method="grpo")
+        majority = task["majority"](heldout)
+        bar = sharpening_bar(before["per_item"], after["per_item"], sum(majority) / len(majority))
+        bar["note"] += f"; {task['note']}"
+        strip = lambda c: {key: v for key, v in c.items() if key not in ("per_item", "greedy_correct")}
         outcome = {
-            "bar": paired_bar(
-                "held-out arithmetic pass@1 (greedy)",
-                "GRPO",
-                after["greedy_correct"],
-                {
-                    "SFT (before GRPO)": before["greedy_correct"],
-                    f"majority answer ({common})": [float(p["answer"] == common) for p in heldout],
-                },
-                note="held out by wording and number range (01_data/tasks.py)",
-            ),
+            "bar": bar,
+            "task": cfg.task,
             "heldout_before": before,
             "heldout_after": after,
+            "curve": [strip(c) for c in curve],
+            "best": strip(max(curve, key=lambda c: c["pass@1_sampled"])),
+            "majority_answer": sum(majority) / len(majority),
             "steps": cfg.steps,
             "train_s": train_s,
             "rollouts_per_step": cfg.prompts_per_step * cfg.group_size,
             "device": device,
             "tokenizer": os.path.relpath(RunLayout(run).tokenizer, out),
         }
+        ablation = {}
+        if cfg.ablate:
+            rows = {"both on": None}
+            for name, (kl, eps) in list(ABLATIONS.items())[1:]:
+                print(f"ablation: {name}")
+                variant = replace(
+                    cfg,
+                    kl_coef=cfg.kl_coef if kl is None else kl,
+                    clip_eps=cfg.clip_eps if eps is None else eps,
+                )
+                _, _, rec, cur, _, _ = train_policy(variant, run, device, log=lambda *a, **kw: None)
+                rows[name] = {
+                    "kl_coef": variant.kl_coef,
+                    "clip_eps": variant.clip_eps,
+                    "start": cur[0],
+                    "end": cur[-1],
+                    "kl": rec[-1]["kl"],
+                    "curve": cur,
+                }
+            rows["both on"] = {
+                "kl_coef": cfg.kl_coef,
+                "clip_eps": cfg.clip_eps,
+                "start": before,
+                "end": after,
+                "kl": records[-1]["kl"],
+                "curve": curve,
+            }
+            (tmp / "ablation.md").write_text(ablation_table(rows, k))
+            outcome["ablation"] = {
+                name: {
+                    "kl_coef": r["kl_coef"],
+                    "clip_eps": str(r["clip_eps"]),
+                    "end": strip(r["end"]),
+                    "kl": r["kl"],
+                }
+                for name, r in rows.items()
+            }
+            ablation = {name: r["curve"] for name, r in rows.items() if name != "both on"}
+        b = bar
+        outcome["headline"] = (
+            f"held-out pass@1 (sampled, k = {k}) {before['pass@1_sampled']:.3f} -> {after['pass@1_sampled']:.3f} "
+            f"(goal >= {b['threshold']:.3f}, intervals apart: {'PASS' if b['passed'] else 'FAIL'}); "
+            f"pass@{k} {before[f'pass@{k}']:.3f} -> {after[f'pass@{k}']:.3f}; greedy "
+            f"{before['pass@1_greedy']:.3f} -> {after['pass@1_greedy']:.3f}; {cfg.steps} steps"
+        )
         write_jsonl(tmp / "metrics.jsonl", records)
-        outcome["headline"] = method_headline("grpo", outcome)  # leads with the bar, paired_bar's
+        write_jsonl(tmp / "curve.jsonl", outcome["curve"])
         write_json(tmp / "outcome.json", outcome)
-        plot(records, before, after, tmp / "grpo.png")
-        inputs = [
-            RunLayout(run).sft,
-            *[
-                p if given else RunLayout(run).data
-                for p, given in ((train_path, cfg.train_file), (held_path, cfg.heldout_file))
-            ],
-        ]
+        plot(records, curve, k, tmp / "grpo.png", ablation)
         write_manifest(
             tmp,
             stage="06_rlhf_dpo",
             command=command_line(__file__, argv),
-            config=asdict(cfg),
-            inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
+            config={**asdict(cfg), "clip_eps": str(cfg.clip_eps)},
+            inputs=[RunLayout(run).sft, *task["inputs"]] + ([Path(cfg.reference)] if cfg.reference else []),
         )
-    print(
-        f"after:  held-out pass@1 greedy {after['pass@1_greedy']:.3f}, sampled {after['pass@1_sampled']:.3f}, "
-        f"mean reward {after['mean_reward']:.3f}, format {after['format_rate']:.3f}"
-    )
-    b = outcome["bar"]
-    print(
-        f"bar: pass@1 {b['note'].split('; held out')[0]}; GRPO minus {b['baseline_name']} {b['value']:+.3f} "
-        f"[{b['interval'][0]:+.3f}, {b['interval'][1]:+.3f}] (paired, n={b['n']}): {'PASS' if b['passed'] else 'FAIL'}"
-    )
+    if ablation:
+        print((out / "ablation.md").read_text(), end="")
+    print(f"bar: {b['metric']}: {b['note']}: {'PASS' if b['passed'] else 'FAIL'}")
     flat = sum(r["frac_zero_std_groups"] for r in records) / len(records)
     if flat > 0.9:  # A = 0 for a group whose answers all score the same: no gradient from it
         print(
             f"note: {flat:.0%} of the groups scored all alike (mostly all 0), so their advantages were 0 and GRPO "
-            "had almost nothing to learn from; the SFT model must sometimes earn the reward (more --shots, "
-            "arithmetic in the SFT data, a larger --group-size)"
+            "had almost nothing to learn from; the starting model must sometimes earn the reward "
+            "(an easier task, more --shots, a larger --group-size)"
         )
-    print(f"grpo: {cfg.steps} steps in {train_s:.0f}s; wrote {out}/")
+    print(f"grpo: {cfg.steps} steps in {train_s:.0f}s (with the held-out evaluations); wrote {out}/")
     return outcome
 
 

@@ -84,7 +84,7 @@ def run_workload(name: str, cfg: ContentionConfig) -> float:
     """Seconds of one workload's timed section, in this process (model building excluded)."""
     sys.path[:0] = [str(REPO / "07_distill_quant")]
     from batching import Engine, Request, SamplingParams  # this stage
-    from speculative import speculative_generate  # this stage
+    from speculative_decoding import speculative_generate  # this stage
 
     target, draft = load_models(cfg)
     V, n = target.cfg.vocab_size, min(cfg.new_tokens, target.cfg.block_size // 2)

@@ -683,12 +683,12 @@ MUTANTS: dict[str, list[M]] = {
         M("json.dumps(obj, ensure_ascii=False).encode()", "str(obj).encode()", "Python repr, not JSON"),
         M('b"data: "', 'b"event: "', "the wrong field name"),
     ],
-    "07_distill_quant/speculative.py:accept_drafts": [
+    "07_distill_quant/speculative_decoding.py:accept_drafts": [
         M("u < p[i, d] / q[i, d]", "u < p[i, d]", "accepts with p, not p/q"),
         M("(p[i] - q[i]).clamp(min=0)", "p[i]", "resamples from p, not the residual"),
         M("p[len(drafts)], 1", "p[len(drafts) - 1], 1", "the bonus token from the last draft's position"),
     ],
-    "07_distill_quant/speculative.py:expected_speedup": [
+    "07_distill_quant/speculative_decoding.py:expected_speedup": [
         M("a ** (k + 1)", "a**k", "k tokens, forgetting the bonus"),
         M("(k * cost_ratio + 1)", "(k * cost_ratio)", "forgets the target's own pass"),
         M("a = min(accept_rate, 1 - 1e-9)", "a = accept_rate", "divides by zero at acceptance 1"),

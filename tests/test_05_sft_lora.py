@@ -877,6 +877,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(run_dir, tmp_path):
             r"d.jsonl:1: not valid JSON",
         ),
         "no such file": ("sft", ["--train-file", str(tmp_path / "nope.jsonl")], r"nope.jsonl"),
+        "feedback that trains nothing": (
+            "sft",
+            [
+                "--feedback",
+                jsonl("f.jsonl", {"messages": ok["messages"][:1], "answer": "a", "rating": "down"}),
+            ],
+            r"none of its ratings trains SFT",
+        ),
+        "feedback that is not a rating": (
+            "sft",
+            [
+                "--feedback",
+                jsonl("g.jsonl", {"messages": ok["messages"][:1], "answer": "a", "rating": "meh"}),
+            ],
+            r"g.jsonl:1: 'rating' must be one of up, down",
+        ),
         "lora targets": (
             "sft",
             ["--lora-targets", "q_proj,v_proj"],
@@ -1038,6 +1054,9 @@ def test_feedback_file_reading_skips_a_torn_last_line_and_names_any_other_bad_li
         f.write('{"messages": [{"role": "us')  # a crash mid-append
     records = read_feedback(path)
     assert "cut off" in capsys.readouterr().err and all("time" in r for r in records)
+    from sft import feedback_examples  # what sft.py --feedback adds to its training conversations
+
+    assert [c["messages"][-1]["content"] for c in feedback_examples(path, 3)] == ["C."]
     assert feedback_counts(records) == {
         "ratings": 2, "up": 0, "down": 2, "down_with_better": 1, "sft_examples": 1, "preference_pairs": 1
     }  # fmt: skip

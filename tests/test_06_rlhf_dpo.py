@@ -832,7 +832,14 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
             r"longer than the model's context \(96\)",
         ),
         "answer not a number": (
-            [script["grpo"], *r, "--train-file", jsonl("e.jsonl", {"prompt": "1 + 1?", "answer": "two"})],
+            [
+                script["grpo"],
+                *r,
+                "--task",
+                "arithmetic",
+                "--train-file",
+                jsonl("e.jsonl", {"prompt": "1 + 1?", "answer": "two"}),
+            ],
             r"e\.jsonl:1: 'answer' must be an integer, got str \(\"two\"\); fix that line",
         ),
         "no reward model": (

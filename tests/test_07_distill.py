@@ -46,7 +46,8 @@ from prune import (
     remove_units,
     taylor_scores,
 )
-from speculative import SpeculativeConfig, accept_drafts, expected_speedup, speculative_generate
+from speculative import SpeculativeConfig
+from speculative_decoding import accept_drafts, expected_speedup, speculative_generate
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["Kado", "Rimi", "Mosa", "Telek", "Supo", "Vando", "Kari", "Ril", "Mopo", "Teldo"]

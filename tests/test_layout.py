@@ -173,7 +173,6 @@ TOP_COMMANDS = ("run_all.py", "report.py")
 KNOWN_COMMAND_IMPORTS = {
     "run_all imports report",  # report.py: write_report, headline_of -> a report library
     "rlaif imports dpo",  # dpo.py: train_preference, DPOConfig, plot -> a preference-training library
-    "bench_contention imports speculative",  # speculative.py: speculative_generate -> a decoding library
 }
 
 

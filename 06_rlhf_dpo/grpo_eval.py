@@ -1,0 +1,93 @@
+"""How GRPO is measured: pass@1 and pass@k from k samples per held-out question, and the bar on them.
+
+    rates = pass_rates(policy, tok, prompts, is_correct, k=8, max_new_tokens=12)
+    rates["pass@1"], rates["pass@8"], rates["greedy"]          # shares over the questions
+    bar = sharpening_bar(before["per_item"], after["per_item"])  # ≥ 2×, ≥ +0.15, intervals apart
+
+pass@k is the chance that at least one of k answers sampled at temperature 1 is right. From n ≥ k samples
+of which c are right, the unbiased estimate (Chen et al. 2021, 05's metrics.pass_at_k) is
+    pass@k = 1 − C(n − c, k) / C(n, k)         (pass@1 = c / n)
+pass@k − pass@1 is what RL can harvest: answers the model already finds, but not first. RL that works
+raises pass@1 towards pass@k; it rarely raises pass@k itself (DeepSeekMath §5.2.2).
+
+The bar (SCHEMA.md, common.outcome.make_bar) is the issue's goal, stated before the run: held-out pass@1
+after GRPO at least 2× the starting model's AND at least +0.15 AND above the majority answer, and the two
+95 % intervals (bootstrap over the questions) do not overlap. A model that did not move fails it, a
+model that only moved within the noise fails it, and the majority answer fails it.
+
+Interview questions it answers:
+- pass@1 greedy or sampled? (sampled at temperature 1, estimated from k samples, is what the policy *is*;
+  greedy is one deterministic answer: both are reported, the bar uses the sampled one)
+- Why can pass@k fall while pass@1 rises? (sharpening: mass moves onto the answer the policy prefers,
+  so on questions it gets wrong it stops sampling the right answer at all: less exploration)
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+from common.outcome import make_bar
+from common.stats import bootstrap_interval
+from metrics import pass_at_k  # 05_sft_lora
+
+from rollouts import decode_responses, sample_responses
+
+
+@torch.no_grad()
+def pass_rates(model, tok, prompts, is_correct, k=8, max_new_tokens=12, seed=0) -> dict:
+    """{"pass@1", "pass@k" (k samples at temperature 1 per prompt), "greedy" (share right), "per_item"
+    (each prompt's sampled pass@1 = c/k), "greedy_correct" (0/1 per prompt), "k", "n", "examples"}.
+    is_correct(prompt_index, text) -> bool."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    sampled = decode_responses(tok, sample_responses(model, tok, prompts, k, max_new_tokens, 1.0, g))
+    greedy = decode_responses(tok, sample_responses(model, tok, prompts, 1, max_new_tokens, temperature=0))
+    counts = [sum(is_correct(i, sampled[i * k + j]) for j in range(k)) for i in range(len(prompts))]
+    right = [float(is_correct(i, t)) for i, t in enumerate(greedy)]
+    n = len(prompts)
+    return {
+        "pass@1": sum(pass_at_k(k, c, 1) for c in counts) / n,
+        f"pass@{k}": sum(pass_at_k(k, c, k) for c in counts) / n,
+        "greedy": sum(right) / n,
+        "per_item": [c / k for c in counts],
+        "greedy_correct": right,
+        "k": k,
+        "n": n,
+        "examples": [{"greedy": greedy[i], "sampled": sampled[i * k : i * k + 3]} for i in range(min(n, 3))],
+    }
+
+
+def interval(values) -> list:
+    """95 % bootstrap interval of the mean of per-question scores."""
+    return [round(x, 4) for x in bootstrap_interval(values)]
+
+
+def sharpening_bar(before, after, majority=0.0, what="held-out pass@1 (sampled)") -> dict:
+    """The goal as a bar: mean(after) ≥ max(2·mean(before), mean(before) + 0.15, majority) and the 95 %
+    intervals of before and after do not overlap. before/after: per-question pass@1 on the same questions."""
+    b, a = sum(before) / len(before), sum(after) / len(after)
+    lo_b, hi_b = interval(before)
+    lo_a, hi_a = interval(after)
+    threshold = max(2 * b, b + 0.15, majority)
+    bar = make_bar(
+        f"{what} after GRPO (goal: >= 2x the start, >= +0.15, intervals apart)",
+        a,
+        threshold=round(threshold, 4),
+        direction="higher",
+        baseline=b,
+        baseline_name="the model GRPO started from",
+        interval=None,
+        n=len(after),
+        inclusive=True,
+        note=(
+            f"start {b:.3f} [{lo_b:.3f}, {hi_b:.3f}] -> GRPO {a:.3f} [{lo_a:.3f}, {hi_a:.3f}]; "
+            f"majority answer {majority:.3f}; intervals {'apart' if lo_a > hi_b else 'overlap'}"
+        ),
+    )
+    bar["interval"] = [lo_a, hi_a]
+    bar["passed"] = bool(bar["passed"] and lo_a > hi_b)
+    return bar
