@@ -31,6 +31,7 @@ Interview questions it answers:
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -211,11 +212,26 @@ def reference_cache(reference, encoded, cfg, pad_id, device) -> dict:
     return {"chosen_sum": cache["chosen_sum"], "rejected_sum": cache["rejected_sum"]}
 
 
+@dataclass
+class PreferenceSettings:
+    """What train_preference reads from its config: dpo.py's DPOConfig has these fields (and more);
+    rlaif.py, which trains DPO without dpo.py's command line, builds one of these."""
+
+    loss: str = "dpo"  # dpo | ipo | simpo
+    beta: float = 0.1
+    simpo_gamma: float = 1.0
+    steps: int = 60
+    batch_size: int = 16
+    lr: float = 5e-5
+    eval_interval: int = 20
+    seed: int = 1337
+
+
 def train_preference(
     policy, reference, train, heldout, cfg, pad_id, device, out=None, tokenizer_dir=None, log=print
 ) -> list:
-    """DPO/IPO/SimPO steps on encoded pairs (cfg: dpo.DPOConfig's loss, beta, simpo_gamma, steps, batch_size,
-    lr, eval_interval, seed); every eval_interval steps a held-out evaluation and (with `out`)
+    """DPO/IPO/SimPO steps on encoded pairs (cfg: a PreferenceSettings, or dpo.py's DPOConfig: loss, beta,
+    simpo_gamma, steps, batch_size, lr, eval_interval, seed); every eval_interval steps a held-out evaluation and (with `out`)
     a checkpoint out/ckpt.pt. Returns the log records."""
     ref_train = reference_cache(reference, train, cfg, pad_id, device)
     ref_held = reference_cache(reference, heldout, cfg, pad_id, device)

@@ -23,7 +23,7 @@ one trained on gold labels), pairs.jsonl, outcome.json, metrics.jsonl, rlaif.png
    shorter answer" and the reward model (trained on human-style labels; the judge of the old RLAIF).
 4. The judge's agreement with the gold labels (Wilson 95 % interval): the ceiling on what DPO can learn
    from its labels. Its bar: above the length rule's agreement on the same pairs.
-5. DPO (dpo.py's train_preference, reference = the SFT model) twice on the same pairs, once with the AI
+5. DPO (preference_training.py's train_preference, reference = the SFT model) twice on the same pairs, once with the AI
    judge's labels, once with the gold labels; both policies and SFT are then scored by the gold judge
    on held-out prompts (gold_reward.policy_rewards: sampled answers, the policy's expected gold reward).
    RLAIF's bar: its gold minus SFT's, paired over the prompts, interval above 0; the gold-labelled
@@ -59,7 +59,7 @@ from common.stats import paired_bootstrap_interval, wilson_interval
 from checkpoint_io import load_checkpoint  # 03_model
 
 from alignment_bars import paired_bar, short_answers, user_question
-from dpo import DPOConfig, train_preference
+from preference_training import PreferenceSettings, train_preference
 from gold_reward import policy_rewards, prompt_groups
 from policy_io import frozen, load_policy, load_reference, load_sft_policy, save_policy
 from preference_data import encode_response, pad_id_of, read_preference_pairs
@@ -311,8 +311,7 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
                 f"{stats['decided_pairs']} and the AI judge labelled {len(ai_pairs)}: nothing to train on "
                 "(raise --n-prompts); both policies stay the SFT model"
             )
-        dpo_cfg = DPOConfig(
-            run=cfg.run,
+        dpo_cfg = PreferenceSettings(
             loss="dpo",
             beta=cfg.beta,
             steps=cfg.steps,

@@ -172,7 +172,6 @@ TOP_COMMANDS = ("run_all.py", "report.py")
 # Left for their owners (each is a library inside a command; move it out, then drop the line here).
 KNOWN_COMMAND_IMPORTS = {
     "run_all imports report",  # report.py: write_report, headline_of -> a report library
-    "rlaif imports dpo",  # dpo.py: train_preference, DPOConfig, plot -> a preference-training library
 }
 
 
