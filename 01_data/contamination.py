@@ -52,6 +52,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli
+from common.layout import RunLayout
 from common.files import read_jsonl
 from common.runs import check_artifact
 
@@ -265,7 +266,7 @@ def main(argv=None):
     if not c.data:
         raise UserError("--data is required: the run folder, e.g. --data runs/tiny")
     data = Path(c.data) / "data"
-    check_artifact(data, made_by=f"python 01_data/prepare.py --out {c.data}")
+    check_artifact(data, made_by=RunLayout(c.data).made_by("data"))
     if not (data / "tasks").is_dir():
         raise UserError(
             f"{data}/tasks is missing: evaluation sets come from the generated world (no --input)"

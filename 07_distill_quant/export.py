@@ -54,6 +54,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), str(REPO / "kernels")]
 from common.cli import UserError, option, parse_config, run_cli
+from common.layout import RunLayout
 from common.files import atomic_write_bytes, write_json
 from checkpoint_io import load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
@@ -373,7 +374,7 @@ def hf_tokenizer_json(tok) -> dict:
 
 def export_hf(ckpt_path, out_dir) -> dict:
     """Write out_dir/{config.json, model.safetensors, generation_config.json, tokenizer files}."""
-    ckpt = load_checkpoint(ckpt_path, made_by="python 04_pretrain/pretrain.py --data runs/tiny")
+    ckpt = load_checkpoint(ckpt_path, made_by=RunLayout(Path(ckpt_path).parent.parent).made_by("pretrain"))
     cfg = config_from_dict(ckpt["config"], source=str(ckpt_path))
     arch, tensors = to_hf(cfg, ckpt["model"])
     tok_dir = tokenizer_dir(ckpt_path, ckpt.get("tokenizer"))

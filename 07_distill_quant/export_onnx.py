@@ -44,6 +44,7 @@ import torch.nn as nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "kernels")]
 from common.cli import UserError, option, parse_config, run_cli
+from common.layout import RunLayout
 from checkpoint_io import load_checkpoint  # 03_model
 from decoding import KVCache  # 03_model
 from gpt import GPT, PRESETS, GPTConfig, config_from_dict  # 03_model
@@ -190,7 +191,7 @@ class OnnxConfig:
 
 def demo_model(cfg: OnnxConfig) -> GPT:
     if cfg.ckpt:
-        ckpt = load_checkpoint(cfg.ckpt, made_by="python 04_pretrain/pretrain.py --data runs/tiny")
+        ckpt = load_checkpoint(cfg.ckpt, made_by=RunLayout(Path(cfg.ckpt).parent.parent).made_by("pretrain"))
         model = GPT(config_from_dict(ckpt["config"], source=cfg.ckpt))
         model.load_state_dict(ckpt["model"])
         return model.eval()
