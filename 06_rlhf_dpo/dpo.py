@@ -59,6 +59,7 @@ from common.files import write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import fresh_output, write_manifest
 from chat_template import encode_prompt  # 05_sft_lora
+from feedback_data import feedback_pairs, read_feedback  # 05_sft_lora
 
 from alignment_bars import INFORMATIVE_RULES
 from factual_pairs import length_balanced, on_policy_pairs, qa_records, question_of
@@ -101,6 +102,11 @@ class DPOConfig:
     )
     heldout_file: str = option(
         "", "held-out style pairs (the sanity check); empty = preference_heldout.jsonl"
+    )
+    feedback: str = option(
+        "",
+        "ratings from the chat page / terminal chat (<run>/feedback/feedback.jsonl): each down-rated answer "
+        "with a better one joins the training pairs, the better one chosen (05's feedback_data.py)",
     )
     samples: int = option(8, "answers sampled per training question", min=2)
     temperature: float = option(1.0, "sampling temperature of those answers (> 0)", min=0.01)
@@ -160,6 +166,23 @@ def factual_training_pairs(policy, tok, questions, held, cfg, block_size) -> dic
     return {"train": train, "texts": pairs, "stats": stats, "heldout": heldout, "heldout_stats": held_stats}
 
 
+def feedback_training_pairs(tok, path, block_size, n_train) -> list:
+    """Users' corrections as encoded pairs (the better answer over the model's own): on-policy by
+    construction, since the rejected side is what a served model said."""
+    pairs = feedback_pairs(read_feedback(path))
+    if not pairs:
+        raise UserError(
+            f"--feedback {path}: no down-rated answer in it has a better answer, so it makes no pair; "
+            "give better answers in the chat, or leave --feedback out"
+        )
+    encoded, too_long = encode_pairs(tok, pairs, block_size)
+    print(
+        f"--feedback: {len(encoded)} pairs from users' ratings join the {n_train} training pairs"
+        + (f" ({too_long} longer than the context skipped)" if too_long else "")
+    )
+    return encoded
+
+
 def sanity_pairs(style_heldout, seed) -> list:
     """The held-out style pairs (every rule but the fact's), length-balanced by tokens."""
     style = [e for e in style_heldout if e["rule"] not in INFORMATIVE_RULES]
@@ -215,6 +238,8 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
         train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
         train, texts, pair_stats = load_pairs(tok, train_path, block, "train"), None, None
         log_pairs = style_held
+    if cfg.feedback:
+        train = train + feedback_training_pairs(tok, cfg.feedback, block, len(train))
     key = "mean" if cfg.loss == "simpo" else "sum"  # the score the loss trains
     sft_held = fact_scores(policy, tok, qa_held, cfg.max_new_tokens)  # the policy is still the SFT model
     sft_train = fact_scores(policy, tok, questions, cfg.max_new_tokens)
@@ -285,6 +310,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
         plot(records, cfg, tmp / f"{cfg.loss}.png")
         given = [(p, g) for p, g in ((qa_train_path, cfg.qa_train_file), (qa_held_path, cfg.qa_heldout_file))]
         given += [(held_path, cfg.heldout_file)] + ([(train_path, cfg.train_file)] if train_path else [])
+        given += [(Path(cfg.feedback), True)] if cfg.feedback else []
         inputs = [RunLayout(run).sft] + sorted({str(p if g else RunLayout(run).data) for p, g in given})
         write_manifest(
             tmp,

@@ -807,6 +807,24 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
             r"d\.jsonl:1: the prompt ends with a assistant",
         ),
         "unknown loss": ([script["dpo"], *r, "--loss", "kto"], r"invalid choice"),
+        "feedback without a correction": (
+            [
+                script["dpo"],
+                *r,
+                "--pairs",
+                "style",
+                "--feedback",
+                jsonl(
+                    "fb.jsonl",
+                    {"messages": [{"role": "user", "content": "q"}], "answer": "a", "rating": "up"},
+                ),
+            ],
+            r"no down-rated answer in it has a better answer",
+        ),
+        "feedback that is not a rating": (
+            [script["dpo"], *r, "--pairs", "style", "--feedback", jsonl("fb2.jsonl", {"answer": "a"})],
+            r"fb2\.jsonl:1: 'messages' must be",
+        ),
         "no factual pair": (  # the untrained micro model never samples a right answer
             [script["dpo"], *r, "--samples", "2", "--max-new-tokens", "6"],
             r"no training question yielded a correct and a wrong answer .* or pass --gold-chosen",
@@ -955,3 +973,19 @@ def test_entropy_of_low_precision_logits_is_float32():
     # bf16 logits: the entropy comes back in float32 (a bf16 sum of 50 terms loses ~3 digits)
     h = token_entropy(torch.zeros(2, 50, dtype=torch.bfloat16))
     assert h.dtype == torch.float32 and close(h, [math.log(50)] * 2)
+
+
+def test_users_corrections_become_dpo_pairs(micro_tok, tmp_path):
+    """dpo.py --feedback: a down-rated answer with a better one is a pair, the better one chosen."""
+    from dpo import feedback_training_pairs
+    from feedback_data import append_feedback
+
+    path, q = tmp_path / "feedback.jsonl", [{"role": "user", "content": "Where does Kado live?"}]
+    append_feedback(
+        path, {"messages": q, "answer": "In Toro.", "rating": "down", "better": "Kado lives in Belma."}
+    )
+    append_feedback(path, {"messages": q, "answer": "Kado lives in Belma.", "rating": "up"})  # no pair
+    (pair,) = feedback_training_pairs(micro_tok, path, 128, 0)
+    assert pair["rule"] == "user_feedback"
+    assert micro_tok.decode(pair["chosen_ids"]).startswith("Kado lives in Belma.")
+    assert micro_tok.decode(pair["rejected_ids"]).startswith("In Toro.")
