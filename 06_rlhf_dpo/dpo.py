@@ -220,32 +220,33 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
     questions = qa_train[: cfg.limit] if cfg.limit else qa_train
     style_held = load_pairs(tok, held_path, block, "held-out style")
     sanity = sanity_pairs(style_held, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    policy.eval()
-    if source == "factual":
-        made = factual_training_pairs(policy, tok, questions, qa_held, cfg, block)
-        train, texts, pair_stats = made["train"], made["texts"], made["stats"]
-        log_pairs = made["heldout"] or sanity or style_held  # what the training log evaluates
-        print(
-            f"factual pairs: {pair_stats['with_pair']} of {pair_stats['questions']} training questions yield "
-            f"a pair ({pair_stats['all_correct']} all correct, {pair_stats['all_wrong']} all wrong, "
-            f"{pair_stats['gold_chosen']} of those paired with the task file's answer), "
-            f"{len(train)} pairs; sample accuracy {pair_stats['sample_accuracy']:.3f}; "
-            f"{pair_stats['seconds']:.0f}s"
-        )
-        train_path = None
-    else:
-        train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
-        train, texts, pair_stats = load_pairs(tok, train_path, block, "train"), None, None
-        log_pairs = style_held
-    if cfg.feedback:
-        train = train + feedback_training_pairs(tok, cfg.feedback, block, len(train))
-    key = "mean" if cfg.loss == "simpo" else "sum"  # the score the loss trains
-    sft_held = fact_scores(policy, tok, qa_held, cfg.max_new_tokens)  # the policy is still the SFT model
-    sft_train = fact_scores(policy, tok, questions, cfg.max_new_tokens)
-    majority = majority_scores(qa_held, qa_train)
-    sanity_before = pair_ranks(policy, sanity, key, pad, device)
+    # claimed before any sampling: a folder holding a run is refused (or locked) before minutes of work
     with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
+        torch.manual_seed(cfg.seed)
+        policy.eval()
+        if source == "factual":
+            made = factual_training_pairs(policy, tok, questions, qa_held, cfg, block)
+            train, texts, pair_stats = made["train"], made["texts"], made["stats"]
+            log_pairs = made["heldout"] or sanity or style_held  # what the training log evaluates
+            print(
+                f"factual pairs: {pair_stats['with_pair']} of {pair_stats['questions']} training questions yield "
+                f"a pair ({pair_stats['all_correct']} all correct, {pair_stats['all_wrong']} all wrong, "
+                f"{pair_stats['gold_chosen']} of those paired with the task file's answer), "
+                f"{len(train)} pairs; sample accuracy {pair_stats['sample_accuracy']:.3f}; "
+                f"{pair_stats['seconds']:.0f}s"
+            )
+            train_path = None
+        else:
+            train_path = task_file(run, cfg.train_file, "preference_train.jsonl")
+            train, texts, pair_stats = load_pairs(tok, train_path, block, "train"), None, None
+            log_pairs = style_held
+        if cfg.feedback:
+            train = train + feedback_training_pairs(tok, cfg.feedback, block, len(train))
+        key = "mean" if cfg.loss == "simpo" else "sum"  # the score the loss trains
+        sft_held = fact_scores(policy, tok, qa_held, cfg.max_new_tokens)  # the policy is still the SFT model
+        sft_train = fact_scores(policy, tok, questions, cfg.max_new_tokens)
+        majority = majority_scores(qa_held, qa_train)
+        sanity_before = pair_ranks(policy, sanity, key, pad, device)
         t0 = time.time()
         records = train_preference(
             policy, reference, train, log_pairs, cfg, pad, device, tmp, RunLayout(run).tokenizer

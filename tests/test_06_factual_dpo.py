@@ -95,30 +95,37 @@ def test_length_balanced_pairs_leave_the_length_rule_at_one_half():
 # each loss on a hand-computed example
 
 
-def test_each_preference_loss_equals_its_hand_computed_value():
-    pc, pr, rc, rr = torch.tensor([-4.0]), torch.tensor([-10.0]), torch.tensor([-6.0]), torch.tensor([-7.0])
+PC, PR, RC, RR = torch.tensor([-4.0]), torch.tensor([-10.0]), torch.tensor([-6.0]), torch.tensor([-7.0])
+
+
+def test_dpo_loss_equals_its_hand_computed_value():
     # DPO, β = 0.5: h_w = −4 + 6 = 2, h_l = −10 + 7 = −3; rewards 0.5·2 = 1, 0.5·(−3) = −1.5;
     # L = −log σ(1 + 1.5) = log(1 + e^−2.5) = 0.078889
-    loss, rw, rl = dpo_loss(0.5, pc, pr, rc, rr)
+    loss, rw, rl = dpo_loss(0.5, PC, PR, RC, RR)
     assert torch.allclose(loss, torch.tensor([0.078889]), atol=1e-5)
     assert torch.allclose(rw, torch.tensor([1.0])) and torch.allclose(rl, torch.tensor([-1.5]))
+    # the dispatcher gives the same numbers; the rewards carry no gradient
+    assert torch.equal(preference_loss("dpo", 0.5, PC, PR, RC, RR)[0], loss)
+    x = torch.tensor([-4.0], requires_grad=True)
+    assert not dpo_loss(0.5, x, PR, RC, RR)[1].requires_grad
+    with pytest.raises(ValueError, match="kto"):
+        preference_loss("kto", 0.1, PC, PR, RC, RR)
+
+
+def test_ipo_loss_equals_its_hand_computed_value():
     # IPO, β = 0.25: target 1/(2·0.25) = 2; h_w − h_l = 5; L = (5 − 2)² = 9; rewards 0.5, −0.75
-    loss, rw, rl = ipo_loss(0.25, pc, pr, rc, rr)
+    loss, rw, rl = ipo_loss(0.25, PC, PR, RC, RR)
     assert torch.allclose(loss, torch.tensor([9.0])) and torch.allclose(rl, torch.tensor([-0.75]))
     # IPO at π = π_ref: (0 − 1/(2β))² = 1/(4β²) = 4 at β = 0.25
-    assert torch.allclose(ipo_loss(0.25, pc, pr, pc, pr)[0], torch.tensor([4.0]))
+    assert torch.allclose(ipo_loss(0.25, PC, PR, PC, PR)[0], torch.tensor([4.0]))
+
+
+def test_simpo_loss_equals_its_hand_computed_value():
     # SimPO, β = 2, γ = 0.5 on per-token means −0.5 and −1.5: rewards −1, −3;
     # L = −log σ(−1 + 3 − 0.5) = log(1 + e^−1.5) = 0.201413
     loss, rw, rl = simpo_loss(2.0, torch.tensor([-0.5]), torch.tensor([-1.5]), 0.5)
-    assert torch.allclose(loss, torch.tensor([0.201413]), atol=1e-5) and torch.allclose(
-        rw, torch.tensor([-1.0])
-    )
-    # the dispatcher gives the same numbers; the rewards carry no gradient
-    assert torch.equal(preference_loss("dpo", 0.5, pc, pr, rc, rr)[0], dpo_loss(0.5, pc, pr, rc, rr)[0])
-    x = torch.tensor([-4.0], requires_grad=True)
-    assert not dpo_loss(0.5, x, pr, rc, rr)[1].requires_grad
-    with pytest.raises(ValueError, match="kto"):
-        preference_loss("kto", 0.1, pc, pr, rc, rr)
+    assert torch.allclose(loss, torch.tensor([0.201413]), atol=1e-5)
+    assert torch.allclose(rw, torch.tensor([-1.0])) and torch.allclose(rl, torch.tensor([-3.0]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_group_normalized_advantages_equal_the_hand_computed_values():
     assert a.tolist() == [0.5, -0.5, -0.5, 0.5]  # Dr. GRPO: r − mean only
 
 
-def test_clipped_loss_and_k3_kl_equal_the_hand_computed_values():
+def test_clipped_loss_equals_the_hand_computed_values():
     # ε = 0.2.  A = 2,  ρ = 1.5: min(3.0, 1.2·2 = 2.4) = 2.4 -> loss −2.4, clipped (no gradient)
     #           A = −1, ρ = 0.5: min(−0.5, 0.8·(−1) = −0.8) = −0.8 -> loss 0.8, clipped
     #           A = 1,  ρ = 1.1: inside [0.8, 1.2] -> loss −1.1, not clipped
@@ -84,6 +84,9 @@ def test_clipped_loss_and_k3_kl_equal_the_hand_computed_values():
     assert meta["clipped"].squeeze(1).tolist() == [True, True, False]
     loss, _ = clipped_policy_loss(adv, lp, old, clip_eps=math.inf)  # "no clip" in the ablation: ρ·A
     assert torch.allclose(loss, torch.tensor([[-3.0], [0.5], [-1.1]]), atol=1e-6)
+
+
+def test_k3_kl_equals_the_hand_computed_value():
     # k3 with π_ref / π = 0.5: e^r − r − 1 = 0.5 + ln 2 − 1 = 0.19315
     assert abs(k3_kl(torch.tensor(0.0), torch.log(torch.tensor(0.5))).item() - 0.19315) < 1e-4
 
