@@ -51,7 +51,7 @@ from common.cli import UserError, option, parse_config, run_cli, set_interrupt_h
 from common.files import markdown_table, read_json, write_json
 from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage
 
-import report
+from common import report_card
 
 PRESETS = ("micro", "tiny", "small", "gpt2")
 TIMES = "run_all.json"  # runs/<name>/run_all.json: wall seconds per stage
@@ -269,10 +269,10 @@ def main(argv=None):
             sys.exit(rc if rc in (2, 130) else 1)
         times["seconds"][stage.name] = round(seconds, 1)
         write_json(run / TIMES, times)
-        print(f"{head} {fmt_s(seconds):>7}  {report.headline_of(stage.name, run)}", flush=True)
+        print(f"{head} {fmt_s(seconds):>7}  {report_card.headline_of(stage.name, run)}", flush=True)
     times["last_invocation_s"] = round(time.time() - t_start, 1)
     write_json(run / TIMES, times)
-    path = report.write_report(run)
+    path = report_card.write_report(run)
     rows = [{"stage": k, "seconds": f"{v:.1f}"} for k, v in times["seconds"].items()]
     print(
         f"\ntime per stage (wall, this machine now):\n"

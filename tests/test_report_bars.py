@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import report
+from common import report_card as report
 from common.outcome import make_bar
 
 

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import report  # noqa: E402
+from common import report_card as report  # noqa: E402
 import run_all  # noqa: E402
 from common.files import read_json
 from common.runs import check_artifact

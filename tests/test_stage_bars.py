@@ -11,7 +11,7 @@ import pytest
 import bench_serve
 import data_outcome
 import quantize
-import report
+from common import report_card as report
 import tokenizer_cli
 from common.stats import paired_ratio_difference_interval
 from test_report_bars import write_stage
