@@ -370,7 +370,7 @@ def save_training_state(path, cfg, trainable, opt, step, epoch, used, records, b
 
 def load_training_state(path, cfg, trainable, opt) -> dict:
     """The saved state, after loading weights, optimizer and RNG; refuses one made with other settings."""
-    state = load_checkpoint(path, made_by="python 05_sft_lora/sft.py (without --resume)")
+    state = load_checkpoint(path, made_by=f"{RunLayout(cfg.run).made_by('sft')} (without --resume)")
     diffs = config_differences(state["config"], asdict(cfg), ignore=("resume", "overwrite"))
     if diffs:
         raise UserError(

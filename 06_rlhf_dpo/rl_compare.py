@@ -82,15 +82,15 @@ from alignment_bars import (
     win_bar,
 )
 
-# method folder -> (the command that makes it, the column it optimizes)
+# method folder -> ((the registry folder whose stage makes it, the flags it adds), the column it optimizes)
 # (PPO's and RLAIF's objective is the reward model's score; they are judged by the gold rule judge instead)
 METHODS = {
-    "ppo": ("06_rlhf_dpo/ppo.py --run {run}", "gold"),
-    "dpo": ("06_rlhf_dpo/dpo.py --run {run}", "pair_acc"),
-    "ipo": ("06_rlhf_dpo/dpo.py --run {run} --loss ipo", "pair_acc"),
-    "simpo": ("06_rlhf_dpo/dpo.py --run {run} --loss simpo", "pair_acc"),
-    "grpo": ("06_rlhf_dpo/grpo.py --run {run}", "pass@1"),
-    "rlaif": ("06_rlhf_dpo/rlaif.py --run {run}", "gold"),
+    "ppo": (("ppo", ""), "gold"),
+    "dpo": (("dpo", ""), "pair_acc"),
+    "ipo": (("dpo", "--loss ipo"), "pair_acc"),
+    "simpo": (("dpo", "--loss simpo"), "pair_acc"),
+    "grpo": (("grpo", ""), "pass@1"),
+    "rlaif": (("rlaif", ""), "gold"),
 }
 # metric -> (what it measures, the cheap baseline beside SFT)
 METRICS = {
@@ -343,10 +343,10 @@ def available_methods(run, methods) -> tuple:
     for name in methods:
         folder = Path(run) / name
         if (folder / "manifest.json").is_file():
-            check_artifact(folder, made_by="python " + METHODS[name][0].format(run=run))
+            check_artifact(folder, made_by=RunLayout(run).made_by(*METHODS[name][0]))
             present[name] = folder
         else:
-            missing.append(f"{name}: not run (`python {METHODS[name][0].format(run=run)}`)")
+            missing.append(f"{name}: not run (`{RunLayout(run).made_by(*METHODS[name][0])}`)")
     return present, missing
 
 

@@ -124,10 +124,12 @@ class RunLayout:
         writer_of(name)  # a typo is a StopIteration here, not a wrong path later
         return self.root / name
 
-    def made_by(self, folder: str) -> str:
-        """The command that makes `folder` of this run, as a user would type it."""
+    def made_by(self, folder: str, flags: str = "") -> str:
+        """The command that makes `folder` of this run, as a user would type it (plus `flags`, e.g.
+        "--loss ipo" for the variant of a stage that writes another folder)."""
         s = writer_of(folder)
-        return f"python {s.script} {s.run_flag} {self.root}" if s.run_flag else f"python {s.script}"
+        command = f"python {s.script} {s.run_flag} {self.root}" if s.run_flag else f"python {s.script}"
+        return f"{command} {flags}" if flags else command
 
     # one property per folder, in pipeline order (what `runs/<name>/` holds after a full run)
     data = property(lambda self: self.root / "data")
