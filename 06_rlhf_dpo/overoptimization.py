@@ -147,9 +147,11 @@ def peak_and_fall(rows) -> dict:
 
 
 def overopt_bar(rows) -> dict:
-    """Best-of-n's gold at its best n ≥ 2 minus the SFT samples' (n = 1), paired over the held-out prompts."""
+    """Best-of-n's gold at the largest n minus the SFT samples' (n = 1), paired over the held-out prompts.
+    The n is fixed in advance, not the best on these prompts: picking the best of five n on the prompts
+    that judge it would report the luckiest."""
     base = rows[0]
-    best = max(rows[1:], key=lambda r: r["gold"])
+    best = rows[-1]
     lo, hi = paired_bootstrap_interval(best["per_prompt_gold"], base["per_prompt_gold"])
     return make_bar(
         f"held-out gold reward: best-of-{best['n']} against the proxy minus the SFT model's samples (paired)",
@@ -160,8 +162,8 @@ def overopt_bar(rows) -> dict:
         baseline_name="SFT samples (best-of-1)",
         interval=[lo, hi],
         n=len(base["per_prompt_gold"]),
-        note=f"best n chosen over {[r['n'] for r in rows[1:]]} on the same prompts (an optimistic choice; "
-        "the whole curve is in the outcome); gold = rule judge, proxy = reward model",
+        note="the largest n of the curve (fixed in advance; the whole curve is in the outcome); "
+        "gold = rule judge, proxy = reward model",
     )
 
 

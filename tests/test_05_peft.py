@@ -114,3 +114,18 @@ def test_the_bars_can_fail():
     same = {t: {"acc": [1, 0, 1, 1, 0, 1], "em": [0] * 6} for t in ("x", "y")}
     res = {"adapter x": same, "adapter y": same}
     assert not any(b["passed"] for b in multi_adapter.switching_bars(res, ["x", "y"]))
+
+
+def test_within_the_margin_of_a_full_fine_tune_that_beats_nothing_does_not_pass():
+    """sft_compare: a method equal to full passes only when full itself beats the cheap baselines."""
+    from compare import outcome_block
+
+    def bar(passed, lo):
+        return {"passed": passed, "interval": [lo, lo + 0.1], "metric": "m", "value": lo + 0.05}
+
+    evals = {"full@1": {"acc": [1, 0]}, "lora@1": {"acc": [1, 0]}}
+    chosen = {"full": "full@1", "lora": "lora@1"}
+    bars = {"full": bar(False, -0.02), "lora": bar(False, -0.02), "lora vs full": bar(True, -0.04)}
+    assert outcome_block(chosen, evals, bars)["bar"] is bars["full"]  # full beats nothing: it decides
+    bars["full"] = bar(True, 0.01)
+    assert outcome_block(chosen, evals, bars)["bar"] is bars["lora vs full"]

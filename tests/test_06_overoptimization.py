@@ -68,7 +68,7 @@ def test_gold_and_proxy_are_two_curves_and_a_gold_fall_under_a_rising_proxy_is_c
     shape = overoptimization.peak_and_fall(rows)
     assert shape["falls"] and shape["proxy_rises"] and shape["peak_n"] in (1, 2)
     assert "falls" in overoptimization.words({"shape": shape})
-    # the bar: best-of-n's best gold over n = 1; here no n >= 2 beats the samples: it fails
+    # the bar: best-of-n's gold at the largest n minus n = 1's; here it is below the samples': it fails
     assert not overoptimization.overopt_bar(rows)["passed"]
     # a proxy that agrees with the gold: no fall, and the bar passes
     rows = overoptimization.best_of_n_curve(proxy, (proxy >= 6).astype(float))
