@@ -689,6 +689,9 @@ SECTIONS = {
     "overfit": overfit_section,
     "sft": sft_section,
     "sft_compare": sft_compare_section,
+    "knowledge_update": headline_section(
+        "knowledge_update", "05 Knowledge update: people move (optional: `--add knowledge_update`)"
+    ),
     "reward_model": reward_model_section,
     "dpo": rl_method_section("dpo"),
     "ppo": rl_method_section("ppo"),
