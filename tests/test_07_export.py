@@ -227,3 +227,20 @@ def test_bad_input_to_the_export_commands_is_one_error_line_exit_2(tmp_path, cap
             err,
         )
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.pt").exists()
+
+
+def test_onnx_int8_by_dynamic_quantization_stays_close_to_fp32_beside_07s_int8(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import bench_onnx_int8 as B
+
+    model = tiny_model("llama", n_kv_head=2)
+    runners = B.contenders(model, tmp_path)
+    windows = torch.randint(0, 300, (3, 17), generator=torch.Generator().manual_seed(2))
+    rows = B.measure(runners, model.cfg, windows)
+    assert set(rows) == set(runners) and rows["pytorch fp32"]["max_abs_logit_diff"] == 0.0
+    assert rows["onnxruntime fp32"]["max_abs_logit_diff"] < 1e-4  # the cache path, teacher-forced, is exact
+    for name in ("pytorch int8 (07 QuantLinear)", "onnxruntime int8 (quantize_dynamic)"):
+        r = rows[name]
+        assert 0 < r["max_abs_logit_diff"] < 0.5 and r["top1_agree"] > 0.8 and abs(r["loss_change"]) < 0.05
+        assert r["weight_bytes"] < rows[name.replace("int8", "fp32").split(" (")[0]]["weight_bytes"]
