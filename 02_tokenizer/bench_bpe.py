@@ -237,8 +237,12 @@ def main(argv=None):
     )
     print(
         f"\nencoding, one call on the whole text, empty cache (x = CPU seconds / tiktoken's)\n{enc_table}"
-        f"\n\ntraining, CPU seconds (pre-tokenization shared; merges by the readable vs the array trainer)"
-        f"\n{train_table}"
+        + (
+            f"\n\ntraining, CPU seconds (pre-tokenization shared; merges by the readable vs the array trainer)"
+            f"\n{train_table}"
+            if train_rows
+            else ""
+        )
     )
     if naive:
         print(f"\nnaive vs incremental trainer: {naive}")
