@@ -994,10 +994,12 @@ def test_users_corrections_become_dpo_pairs(micro_tok, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # --resume: kill -9 at a saved step, continue, and get the uninterrupted run's weights bit for bit
 
-RESUME_ARGV = {  # name: (module, argv after --run, weights file, saves before the kill)
-    "rm": (reward_model, ["--steps", "3", "--batch-size", "4", "--eval-interval", "1", "--hh-file", "none"], "rm.pt", 1),
-    "dpo": (dpo, ["--steps", "3", "--batch-size", "4", "--eval-interval", "1", "--gold-chosen"], "ckpt.pt", 1),
-    "grpo": (grpo, [*METHOD_ARGV["grpo"][1], "--steps", "3", "--ablate"], "ckpt.pt", 3),
+RESUME_ARGV = {  # name: (module, argv after --run, weights file, saves before the kill, where it continues)
+    "rm": (reward_model, ["--steps", "3", "--batch-size", "4", "--eval-interval", "1", "--hh-file", "none"], "rm.pt", 1, "rm at step 1"),
+    "dpo": (dpo, ["--steps", "3", "--batch-size", "4", "--eval-interval", "1", "--gold-chosen"], "ckpt.pt", 1, "policy at step 1"),
+    "grpo": (grpo, [*METHOD_ARGV["grpo"][1], "--steps", "3", "--ablate"], "ckpt.pt", 3, "no KL at step 1"),
+    "ppo": (ppo, [*METHOD_ARGV["ppo"][1], "--steps", "3", "--eval-interval", "1"], "ckpt.pt", 2, "ppo at step 2"),
+    "rlaif": (rlaif, [*METHOD_ARGV["rlaif"][1], "--steps", "3", "--eval-interval", "1"], "ckpt.pt", 3, "ai at step 1"),
 }  # fmt: skip
 
 
@@ -1028,7 +1030,7 @@ def kill_at_save(n):
     train_state.RunState.save = save_then_die
 
 
-def check_resume_is_bit_exact(main, argv, weights, saves, tmp_path, name, capsys):
+def check_resume_is_bit_exact(main, argv, weights, saves, where, tmp_path, name, capsys):
     """Run once uninterrupted; once killed by SIGKILL after `saves` saved states and then --resumed; compare."""
     from forked_cli import run_forked
 
@@ -1038,7 +1040,9 @@ def check_resume_is_bit_exact(main, argv, weights, saves, tmp_path, name, capsys
     assert killed["rc"] == -9, killed["stderr"][-2000:]
     state = tmp_path / ".cut.resume.pt"
     assert state.is_file() and not cut.exists()
+    capsys.readouterr()
     main([*argv, "--out", str(cut), "--resume"])
+    assert f"--resume: continuing {where}\n" in capsys.readouterr().out  # continued, not started again
     assert not state.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     a, b = (torch.load(tmp_path / d / weights, weights_only=True)["model"] for d in ("full", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -1056,18 +1060,21 @@ def check_resume_is_bit_exact(main, argv, weights, saves, tmp_path, name, capsys
 
 
 @pytest.mark.parametrize("name", list(RESUME_ARGV))
-def test_a_trainer_killed_with_sigkill_resumes_bit_exactly(methods_run, tmp_path, name, capsys):
+def test_a_trainer_killed_with_sigkill_resumes_bit_exactly(methods_run, tmp_path, name, capsys, monkeypatch):
     """A real process (forked), kill -9 right after a saved state; --resume finishes the run, and the weights,
-    the outcome (wall-clock times aside) and the log equal those of a run never interrupted."""
-    module, argv, weights, saves = RESUME_ARGV[name]
+    the outcome (wall-clock times aside) and the log equal those of a run never interrupted. RLAIF is
+    killed in its second policy's training, so the first one comes from the saved state."""
+    module, argv, weights, saves, where = RESUME_ARGV[name]
+    if name == "rlaif":  # the gold judge tells few random micro answers apart: let it decide every pair
+        monkeypatch.setattr(rlaif, "judge", lambda rule, a, b, pair, answer=None: 1)
     argv = ["--run", str(methods_run), "--device", "cpu", *argv]
-    check_resume_is_bit_exact(module.main, argv, weights, saves, tmp_path, name, capsys)
+    check_resume_is_bit_exact(module.main, argv, weights, saves, where, tmp_path, name, capsys)
 
 
 def test_resume_refuses_a_state_saved_with_other_flags(methods_run, tmp_path, capsys):
     from forked_cli import run_forked
 
-    module, argv, _, _ = RESUME_ARGV["rm"]
+    module, argv = RESUME_ARGV["rm"][:2]
     argv = ["--run", str(methods_run), "--device", "cpu", *argv, "--out", str(tmp_path / "rm")]
     assert run_forked(module.main, argv, before=lambda: kill_at_save(1))["rc"] == -9
     capsys.readouterr()
