@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError
 from common.layout import RunLayout
-from common.runs import write_manifest
+from common.runs import fresh_output, write_manifest
 from checkpoint_io import (  # 03_model
     check_config_matches,
     config_differences,
@@ -330,11 +330,10 @@ class RunState:
     """The `--resume` state of one run of a 05-07 trainer:
 
         state = RunState(out, cfg, every=cfg.eval_interval, made_by=...)  # refuses --resume with nothing saved
-        with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:
-            state.begin()                                   # under the lock: load it, or drop a stale one
+        with state.claimed(cfg.overwrite) as tmp:           # common.runs.fresh_output, then load the state
             step, records, extra = state.restore("policy", modules, optimizers, generators, guard)
             while step < steps: ...; state.save("policy", step, modules, ...) when state.due(step)
-        state.finish()                                      # the run is complete: nothing left to resume
+                                                            # complete: swapped in, the state deleted
 
     modules, optimizers and generators are dicts {name: object}, the same names at save and restore.
     `carry` holds what the units finished before the saved one produced (the caller's to fill and read)."""
@@ -346,6 +345,22 @@ class RunState:
         self.saved, self.carry = {}, {}
         if self.resume and not self.path.is_file():
             raise UserError(f"--resume: no interrupted run of {out} to continue; start one without --resume")
+
+    @contextlib.contextmanager
+    def claimed(self, overwrite: bool):
+        """common.runs.fresh_output for a resumable run (its folder locked and claimed before any work, the
+        run built beside it), with `begin` once locked. A run that completes deletes its state (`finish`);
+        one that diverges too (resuming it would diverge again at the same step); one that is killed,
+        interrupted or fails otherwise (a full disk) keeps it for --resume."""
+        with fresh_output(self.out, overwrite or self.resume) as tmp:
+            self.begin()
+            try:
+                yield tmp
+            except UserError as e:
+                if str(e).startswith("training diverged"):
+                    self.path.unlink(missing_ok=True)
+                raise
+        self.finish()
 
     def begin(self):
         """Load the saved state (--resume; not yet applied: see `restore`) or, for a fresh run, delete an

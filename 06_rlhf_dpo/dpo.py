@@ -60,7 +60,7 @@ from common.cli import UserError, check_config, command_line, option, parse_conf
 from common.devices import resolve_device
 from common.files import write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import fresh_output, write_manifest
+from common.runs import write_manifest
 from train_state import RunState  # 04_pretrain
 from chat_template import encode_prompt  # 05_sft_lora
 from feedback_data import feedback_pairs, read_feedback  # 05_sft_lora
@@ -229,8 +229,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
     sanity = sanity_pairs(style_held, cfg.seed)
     state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("dpo", f"--loss {cfg.loss}"))
     # claimed before any sampling: a folder holding a run is refused (or locked) before minutes of work
-    with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # the old run stays until this one succeeds
-        state.begin()
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         torch.manual_seed(cfg.seed)
         policy.eval()
         if source == "factual":
@@ -329,7 +328,6 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
             config=asdict(cfg),
             inputs=[Path(p) for p in inputs] + ([Path(cfg.reference)] if cfg.reference else []),
         )
-    state.finish()
     report(outcome, out)
     return outcome
 

@@ -77,7 +77,7 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import fresh_output, write_manifest
+from common.runs import write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
@@ -439,8 +439,7 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     out = Path(cfg.out) if cfg.out else RunLayout(run).grpo
     k = cfg.eval_samples
     state = RunState(out, cfg, cfg.save_interval, RunLayout(run).made_by("grpo"))
-    with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # the old run stays until this one succeeds
-        state.begin()
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         t0 = time.time()
         policy, tok, records, curve, task, heldout = train_policy(cfg, run, device, state=state)
         train_s = time.time() - t0
@@ -522,7 +521,6 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
             config={**asdict(cfg), "clip_eps": str(cfg.clip_eps)},
             inputs=[RunLayout(run).sft, *task["inputs"]] + ([Path(cfg.reference)] if cfg.reference else []),
         )
-    state.finish()
     if ablation:
         print((out / "ablation.md").read_text(), end="")
     print(f"bar: {b['metric']}: {b['note']}: {'PASS' if b['passed'] else 'FAIL'}")

@@ -79,7 +79,7 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import check_artifact, fresh_output, write_manifest
+from common.runs import check_artifact, write_manifest
 from common.stats import paired_bootstrap_interval
 from common.devices import resolve_device
 from train_state import RunState  # 04_pretrain
@@ -474,8 +474,7 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
         return point
 
     state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("ppo"))
-    with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # the old run stays until this one succeeds
-        state.begin()
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         before = greedy_reward(policy, rm, tok, held, cfg.max_new_tokens)
         print(
             f"before: held-out greedy reward-model score {before['reward']:+.3f}, {before['response_tokens']:.1f} tokens"
@@ -558,7 +557,6 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             config=asdict(cfg),
             inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
         )
-    state.finish()
     report(outcome, final_step, out)
     return outcome
 

@@ -68,7 +68,7 @@ from common.cli import (
 from common.outcome import make_bar
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import fresh_output, write_manifest
+from common.runs import write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from train_state import RunState  # 04_pretrain
@@ -294,8 +294,7 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
     torch.manual_seed(cfg.seed)
     rm = RewardModel(policy).to(device)
     state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("rm"))
-    with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # the old run stays until this one succeeds
-        state.begin()
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         before = pairwise_accuracy(rm, heldout, pad, device)
         t0 = time.time()
         records = train_reward_model(rm, train, heldout, cfg, pad, device, tmp / "rm.pt", state=state)
@@ -338,7 +337,6 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
                 ],
             ],
         )
-    state.finish()
     report(outcome, out)
     return outcome
 

@@ -58,7 +58,7 @@ from common.devices import resolve_device
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.outcome import make_bar
-from common.runs import check_artifact, fresh_output, write_manifest
+from common.runs import check_artifact, write_manifest
 from common.stats import paired_bootstrap_interval, wilson_interval
 from checkpoint_io import load_checkpoint  # 03_model
 from train_state import RunState  # 04_pretrain
@@ -304,8 +304,7 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
     answers = short_answers(run)
     torch.manual_seed(cfg.seed)
     state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("rlaif"))
-    with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # the old run stays until this one succeeds
-        state.begin()
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         t0 = time.time()
         rows, stats = label_pairs(policy, tok, judge_model, judge_tok, rm, records, cfg, answers, device)
         for name, a in stats["agreement"].items():
@@ -441,7 +440,6 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             config=asdict(cfg),
             inputs=inputs + ([Path(cfg.reference)] if cfg.reference else []),
         )
-    state.finish()
     report(outcome, cfg, out)
     return outcome
 

@@ -25,6 +25,8 @@ from chat_template import encode_prompt
 from common.cli import UserError, run_cli
 from common.files import write_jsonl
 from common.runs import write_manifest
+from forked_cli import run_forked
+from resume_check import check_resume_is_bit_exact, kill_at_save
 from gpt import GPT, GPTConfig
 
 import dpo
@@ -1003,62 +1005,6 @@ RESUME_ARGV = {  # name: (module, argv after --run, weights file, saves before t
 }  # fmt: skip
 
 
-def without_timings(obj):
-    """A result with its wall-clock numbers dropped: everything else must match exactly."""
-    if isinstance(obj, dict):
-        timing = re.compile(r"(^|_)(s|ms|seconds|s_per_step|tok_s)$")
-        return {k: without_timings(v) for k, v in obj.items() if not timing.search(k)}
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
-
-
-def kill_at_save(n):
-    """For a forked child: SIGKILL itself right after its n-th saved training state (no handler runs)."""
-    import signal
-
-    import train_state
-
-    save, count = train_state.RunState.save, [0]
-
-    def save_then_die(self, *a, **kw):
-        save(self, *a, **kw)
-        count[0] += 1
-        if count[0] == n:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    train_state.RunState.save = save_then_die
-
-
-def check_resume_is_bit_exact(main, argv, weights, saves, where, tmp_path, name, capsys):
-    """Run once uninterrupted; once killed by SIGKILL after `saves` saved states and then --resumed; compare."""
-    from forked_cli import run_forked
-
-    main([*argv, "--out", str(tmp_path / "full")])
-    cut = tmp_path / "cut"
-    killed = run_forked(main, [*argv, "--out", str(cut)], before=lambda: kill_at_save(saves))
-    assert killed["rc"] == -9, killed["stderr"][-2000:]
-    state = tmp_path / ".cut.resume.pt"
-    assert state.is_file() and not cut.exists()
-    capsys.readouterr()
-    main([*argv, "--out", str(cut), "--resume"])
-    assert f"--resume: continuing {where}\n" in capsys.readouterr().out  # continued, not started again
-    assert not state.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    a, b = (torch.load(tmp_path / d / weights, weights_only=True)["model"] for d in ("full", "cut"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    full, resumed = (json.loads((tmp_path / d / "outcome.json").read_text()) for d in ("full", "cut"))
-    assert without_timings(resumed) == without_timings(full)
-    assert without_timings([json.loads(x) for x in (cut / "metrics.jsonl").read_text().splitlines()]) == (
-        without_timings(
-            [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-        )
-    )
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:  # the run is complete: nothing is left to resume
-        run_cli(main, [*argv, "--out", str(tmp_path / "full"), "--resume"])
-    assert exit_info.value.code == 2 and "error: --resume: no interrupted run" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("name", list(RESUME_ARGV))
 def test_a_trainer_killed_with_sigkill_resumes_bit_exactly(methods_run, tmp_path, name, capsys, monkeypatch):
     """A real process (forked), kill -9 right after a saved state; --resume finishes the run, and the weights,
@@ -1068,12 +1014,10 @@ def test_a_trainer_killed_with_sigkill_resumes_bit_exactly(methods_run, tmp_path
     if name == "rlaif":  # the gold judge tells few random micro answers apart: let it decide every pair
         monkeypatch.setattr(rlaif, "judge", lambda rule, a, b, pair, answer=None: 1)
     argv = ["--run", str(methods_run), "--device", "cpu", *argv]
-    check_resume_is_bit_exact(module.main, argv, weights, saves, where, tmp_path, name, capsys)
+    check_resume_is_bit_exact(module.main, argv, [weights], saves, where, tmp_path, capsys)
 
 
 def test_resume_refuses_a_state_saved_with_other_flags(methods_run, tmp_path, capsys):
-    from forked_cli import run_forked
-
     module, argv = RESUME_ARGV["rm"][:2]
     argv = ["--run", str(methods_run), "--device", "cpu", *argv, "--out", str(tmp_path / "rm")]
     assert run_forked(module.main, argv, before=lambda: kill_at_save(1))["rc"] == -9
