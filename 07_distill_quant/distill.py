@@ -203,15 +203,11 @@ def students_to_train(cfg: DistillConfig) -> list:
 
 
 def train_one(cfg, name, method, temperature, s_cfg, init_state, teacher, train, pools, device, state=None):
-    """One student of one seed (cfg.seed), trained (or, with `state` holding it finished, as it was);
-    returns (student, training record)."""
+    """One student of one seed (cfg.seed), trained; returns (student, training record). state: the run's
+    RunState, which this student (the unit "<name> seed <seed>") continues from and saves to."""
     init = "random" if method == "scratch" else cfg.student_init  # scratch: random init, as named
     start = None if method == "scratch" else init_state
     student = make_student(s_cfg, init, start, teacher, cfg.seed, device)
-    unit = f"{name} seed {cfg.seed}"
-    if state and unit in state.carry:  # trained before the run was interrupted
-        student.load_state_dict(state.carry[unit]["student"])
-        return student, state.carry[unit]["record"]
     if method == "sequence":
         batches = generated_batches(pools["pool"], cfg.batch_size)
     else:
@@ -226,11 +222,33 @@ def train_one(cfg, name, method, temperature, s_cfg, init_state, teacher, train,
         temperature=temperature,
         name=name,
         state=state,
-        unit=unit,
+        unit=f"{name} seed {cfg.seed}",
     )
-    if state:  # what a resumed run takes instead of training it again
-        state.carry = {**state.carry, unit: {"student": student.state_dict(), "record": record}}
     return student, record
+
+
+def trained_student(
+    cfg, name, method, temperature, s_cfg, init_state, teacher, train, val, test, pools, device, state
+):
+    """(student, record, val loss, test loss) of one student of one seed: trained and measured, or, when
+    the interrupted run had finished it, as it was (its weights are kept for the first seed only: the
+    others are needed for their losses alone)."""
+    unit, T = f"{name} seed {cfg.seed}", teacher.cfg.block_size
+    if unit in state.carry:  # finished before the run was interrupted
+        done = state.carry[unit]
+        student = make_student(s_cfg, "random", done["student"] or None, teacher, cfg.seed, device)
+        return student, done["record"], done["val"], done["test"]
+    student, record = train_one(
+        cfg, name, method, temperature, s_cfg, init_state, teacher, train, pools, device, state
+    )
+    val_loss = corpus_loss(student, val, T, cfg.eval_windows, device)
+    test_loss = corpus_loss(student, test, T, cfg.test_windows, device)
+    weights = student.state_dict() if cfg.seed == state.config["seed"] else {}
+    state.carry = {
+        **state.carry,
+        unit: {"student": weights, "record": record, "val": val_loss, "test": test_loss},
+    }
+    return student, record, val_loss, test_loss
 
 
 def distill(cfg: DistillConfig, argv=None) -> dict:
@@ -271,11 +289,23 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
         for k in range(cfg.seeds):
             cfg_k = dataclasses.replace(cfg, seed=cfg.seed + k)
             for name, method, temperature in todo:
-                student, record = train_one(
-                    cfg_k, name, method, temperature, s_cfg, init_state, teacher, train, pools, device, state
+                student, record, val_loss, test_loss = trained_student(
+                    cfg_k,
+                    name,
+                    method,
+                    temperature,
+                    s_cfg,
+                    init_state,
+                    teacher,
+                    train,
+                    val,
+                    test,
+                    pools,
+                    device,
+                    state,
                 )
-                losses[name]["val"].append(corpus_loss(student, val, T, cfg.eval_windows, device))
-                losses[name]["test"].append(corpus_loss(student, test, T, cfg.test_windows, device))
+                losses[name]["val"].append(val_loss)
+                losses[name]["test"].append(test_loss)
                 print(f"{name}, seed {cfg_k.seed}: {split} loss {losses[name]['test'][-1]:.4f}", flush=True)
                 if k == 0:  # the first seed's students are the ones measured further and saved
                     students[name], training[name] = student, record
