@@ -725,8 +725,15 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
         "majority answer",
         "prefer the shorter response",
     ]
-    assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "pair_acc"
-    assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["own metric"] == "gold"
+    assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "fact_acc"
+    grpo_task = json.loads((methods_run / "grpo" / "manifest.json").read_text())["config"]["task"]
+    assert rows["grpo"]["own metric"] == ("fact_pass@1" if grpo_task == "facts" else "pass@1")
+    assert rows["ppo"]["own metric"] == "gold"
+    for column in ("gold [95% CI]", "fact acc [95% CI]", "fact pass@1 [95% CI]"):  # a share and its interval
+        value, lo, hi = (
+            float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", rows["dpo"][column]).groups()
+        )
+        assert 0 <= lo <= value <= hi <= 1
     assert rows["ppo"]["beats baselines"] in ("yes", "no") and "majority answer" in rows
     win = result["results"]["dpo"]["win"]  # --limit 6 takes 6 questions; the micro held-out file has 3
     assert (
@@ -738,7 +745,7 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     }  # "<metric>: <method> minus ..."
     assert set(bars) == {"ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"}
     assert result["bar"]["threshold"] == 6 and result["bar"]["n"] == 6
-    assert bars["dpo"]["n"] == 3 and bars["grpo"]["n"] == 6  # informative (correct_fact) pairs; problems
+    assert bars["dpo"]["n"] == 6 and bars["grpo"]["n"] == 6  # held-out half questions; problems (--limit 6)
     assert not bars["ppo"]["passed"] and "rule-judge" in bars["ppo"]["metric"]  # 2 PPO steps move nothing
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
