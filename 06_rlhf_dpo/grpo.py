@@ -96,7 +96,7 @@ from rl_common import (
 )
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
 from arithmetic_task import arithmetic_reward, problem_prompt, read_problems
-from fact_task import fact_problems, fact_reward, world_seed_of
+from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
 from grpo_eval import interval, pass_rates, sharpening_bar
 
 
@@ -201,19 +201,13 @@ def load_task(cfg, run, tok) -> dict:
     "correct": (problem, text) -> bool; "majority": the majority answer's held-out accuracy, "inputs"}."""
     if cfg.task == "facts":
         train, heldout, candidates = fact_problems(world_seed_of(run))
-        common = {
-            a: Counter(p["answer"] for p in train if p["attribute"] == a).most_common(1)[0][0]
-            for a in candidates
-        }
-        majority = lambda ps: [float(p["answer"] == common[p["attribute"]]) for p in ps]
-        score = lambda p, text: fact_reward(text, p["answer"], candidates[p["attribute"]], p["subject"])
         return {
             "train": train,
             "heldout": heldout,
             "prompt": lambda p: problem_prompt(tok, p["prompt"], []),
-            "reward": lambda p, text: score(p, text)["reward"],
-            "correct": lambda p, text: score(p, text)["correct"],
-            "majority": majority,
+            "reward": lambda p, text: float(fact_correct(p, text, candidates)),
+            "correct": lambda p, text: fact_correct(p, text, candidates),
+            "majority": lambda ps: majority_correct(train, ps),
             "inputs": [RunLayout(run).data],
             "note": "held out by wording and by person (fact_task.py)",
         }
