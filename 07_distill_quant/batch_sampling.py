@@ -161,16 +161,17 @@ class BatchSampler:
         for flags in (*self.uses.values(), self.samples):
             flags[dst] = flags[src]
 
-    def record(self, slots, tokens):
-        """The tokens (n,) just generated in `slots` (n,) count toward the penalties from now on."""
-        idx = slots.tolist()
+    def record(self, slots, tokens, idx=None):
+        """The tokens (n,) just generated in `slots` (n,) count toward the penalties from now on.
+        idx: slots as a list, when the caller has it (spares a device sync)."""
+        idx = slots.tolist() if idx is None else idx
         if any(self.uses["repetition"][i] or self.uses["penalties"][i] for i in idx):
             self.counts[slots, tokens] += 1.0
             self.seen[slots, tokens] = True
 
-    def needs_uniforms(self, slots) -> bool:
-        """Whether any of these slots samples (a greedy batch draws no random numbers)."""
-        return any(self.samples[i] for i in slots.tolist())
+    def needs_uniforms(self, idx) -> bool:
+        """Whether any of these slots (a list) samples (a greedy batch draws no random numbers)."""
+        return any(self.samples[i] for i in idx)
 
     def adjusted_logits(self, slots, logits, used):
         """The penalties and logit bias of each row, as tensors (module docstring)."""
@@ -196,14 +197,15 @@ class BatchSampler:
         return z.softmax(dim=-1), order
 
     def sample(self, slots, logits, uniforms):
-        """(tokens (n,), rows whose logits were not finite (n,) bool) for logits (n, V) of `slots` (n,);
+        """(tokens (n,), [whether each row's logits were not finite]) for logits (n, V) of `slots` (n,);
         uniforms (n,) in [0, 1): each row's draw. Non-finite rows get token 0 and must be failed."""
         idx = slots.tolist()
         used = {k: [v[i] for i in idx] for k, v in self.uses.items()}
         x = self.adjusted_logits(slots, logits, used)
-        bad = ~torch.isfinite(x).all(dim=-1)
-        if bad.any():
-            x = torch.where(bad[:, None], torch.zeros_like(x), x)  # keep the other rows' arithmetic finite
+        finite = torch.isfinite(x).all(dim=-1)
+        bad = [not f for f in finite.tolist()]
+        if any(bad):
+            x = torch.where(finite[:, None], x, torch.zeros_like(x))  # keep the other rows' arithmetic finite
         tokens = x.argmax(dim=-1)
         if any(self.samples[i] for i in idx):
             probs, order = self.sorted_probs(slots, x)

@@ -477,7 +477,8 @@ class Engine:
                     run.v[layer][i, :, Lp - n : Lp] = kv[n_layer + layer]
         run.pos = Lp
         logits, _ = self.model(idx, attention_mask=mask, cache=run)  # (n, T, V)
-        last = logits[torch.arange(len(reqs)), torch.tensor(S) - 1]  # (n, V): each prompt's last token
+        rows, ends = torch.arange(len(reqs), device=self.device), torch.tensor(S, device=self.device) - 1
+        last = logits[rows, ends]  # (n, V): each prompt's last token
         for i, req in enumerate(reqs):
             cols = slice(Lp - P[i], Lp + S[i])  # the prompt's columns in this pass
             k_rows = [k[i, :, cols] for k in run.k]
@@ -504,13 +505,14 @@ class Engine:
     def decode(self, reqs):
         """One token for each running request, all in one forward pass over rows [0, B)."""
         B = 1 + max(i for i, r in enumerate(self.slots) if r is not None)
-        active = torch.tensor([r.slot for r in reqs], device=self.device)
+        every = len(reqs) == B  # rows [0, B) all running, in order (the usual case under compact())
+        active = slice(0, B) if every else torch.tensor([r.slot for r in reqs], device=self.device)
         idx = self.last[:B, None]  # (B, 1); rows computing padding feed whatever they held last
         logits = self.cache.decode(self.model, idx, active)  # (B, V)
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += B  # rows computed, padding included
         self.stats["decode_useful"] += len(reqs)  # rows whose token is kept
-        self.sample(reqs, logits if len(reqs) == B else logits[active])  # rows [0, B) in order, or some
+        self.sample(reqs, logits if every else logits[active])
 
     def uniforms(self, reqs):
         """One uniform in [0, 1) per request: from its own generator when seeded (the same draws
@@ -526,8 +528,9 @@ class Engine:
         call (batch_sampling.py); then each request's own bookkeeping. A row whose logits are not
         finite fails alone; if the batched call itself raises, each row is sampled alone (`alone`),
         so one request's unforeseen setting cannot fail the others."""
-        slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        u = self.uniforms(reqs) if self.sampler.needs_uniforms(slots) else torch.zeros(len(reqs))
+        idx = [r.slot for r in reqs]
+        slots = torch.tensor(idx, device=self.device)
+        u = self.uniforms(reqs) if self.sampler.needs_uniforms(idx) else torch.zeros(len(reqs))
         try:
             tokens, bad = self.sampler.sample(slots, logits, u)
         except Exception:
@@ -535,17 +538,17 @@ class Engine:
             for i, req in enumerate(reqs):
                 self.alone(self.sample_one, req, slots[i : i + 1], logits[i : i + 1], u[i : i + 1])
             return
-        self.take(reqs, slots, logits, tokens, bad)
+        self.take(reqs, slots, logits, tokens, bad, idx)
 
     def sample_one(self, req, slot, logits, u):
         tokens, bad = self.sampler.sample(slot, logits, u)
         self.take([req], slot, logits, tokens, bad)
 
-    def take(self, reqs, slots, logits, tokens, bad):
+    def take(self, reqs, slots, logits, tokens, bad, idx=None):
         """Record the sampled tokens (n,) (tensors first, for the whole batch), then append each."""
         self.last[slots] = tokens
-        self.sampler.record(slots, tokens)
-        for i, (req, token, broken) in enumerate(zip(reqs, tokens.tolist(), bad.tolist())):
+        self.sampler.record(slots, tokens, idx)
+        for i, (req, token, broken) in enumerate(zip(reqs, tokens.tolist(), bad)):
             if broken:  # multinomial would have raised (CPU) or asserted (CUDA): this row alone fails
                 print(
                     f"request {req.id}: non-finite logits; its settings or the model are broken",
