@@ -114,7 +114,17 @@ class BenchServeConfig:
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
 PRESETS = {
     "tiny": {},
-    "micro": dict(requests=4, short_max=4, long_frac=0.0, policies=["static", "continuous"], repeats=2),
+    "micro": dict(
+        requests=4,
+        short_max=4,
+        long_frac=0.0,
+        policies=["static", "continuous"],
+        repeats=2,
+        fixed_tokens=8,
+        long_min=8,
+        long_max=8,
+        shared_prefix=16,
+    ),
 }
 
 
