@@ -130,6 +130,13 @@ class ServeConfig:
     policy: str = option("continuous", "batching policy (batching.py)", choices=POLICIES)
     max_batch: int = option(8, "requests decoded together (KV-cache slots)", min=1)
     max_waiting: int = option(64, "requests that may wait for a slot; more get 503 + Retry-After", min=0)
+    prefix_blocks: int = option(
+        128,
+        "prefix cache: 16-token blocks of prompt keys/values kept for reuse (a system prompt, the earlier "
+        "turns of a conversation; batching.py, prefix_cache.py); each costs 16·2·n_layer·n_embd floats; "
+        "0 = off",
+        min=0,
+    )
     max_tokens: int = option(256, "max_tokens when a request gives none (capped by the context)", min=1)
     max_body_kib: int = option(256, "largest request body in KiB; larger ones get 413", min=1)
     timeout: float = option(
@@ -421,11 +428,11 @@ def main(argv=None):
     name = cfg.model_name or default_model_name(cfg.ckpt) if cfg.ckpt else ""
     others = compared_checkpoints(cfg.compare, taken={name})  # checked before minutes of loading
     model, tok = model_from_flags(cfg, "to serve")
-    engine = Engine(model, tok, cfg.policy, cfg.max_batch, cfg.max_waiting)
+    engine = Engine(model, tok, cfg.policy, cfg.max_batch, cfg.max_waiting, cfg.prefix_blocks)
     more = {}
     for other_name, path in others:
         m, t = load_model(path, cfg.tokenizer, resolve_device(cfg.device))
-        more[other_name] = (Engine(m, t, cfg.policy, cfg.max_batch, cfg.max_waiting), t)
+        more[other_name] = (Engine(m, t, cfg.policy, cfg.max_batch, cfg.max_waiting, cfg.prefix_blocks), t)
     try:
         server = ChatServer(
             (cfg.host, cfg.port),

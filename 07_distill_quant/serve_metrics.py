@@ -148,6 +148,22 @@ class Metrics:
             ),
             ("llm_open_connections", "gauge", "HTTP connections being served now.", open_connections),
         ]
+        caches = [e.prefix_cache for e in engines if e.prefix_cache is not None]
+        if caches:  # hit tokens / prompt tokens is the share of prefill the cache saved
+            gauges += [
+                (
+                    "llm_prefix_cache_prompt_tokens_total",
+                    "counter",
+                    "Prompt tokens looked up in the prefix cache.",
+                    sum(c.looked_up for c in caches),
+                ),
+                (
+                    "llm_prefix_cache_hit_tokens_total",
+                    "counter",
+                    "Prompt tokens whose keys/values came from the prefix cache (prefill skipped).",
+                    sum(c.hits for c in caches),
+                ),
+            ]
         for name, kind, help, value in gauges:
             out += [f"# HELP {name} {help}", f"# TYPE {name} {kind}", f"{name} {value}"]
         out += [

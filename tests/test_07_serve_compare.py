@@ -55,7 +55,10 @@ def tok():
 def two_models(tok):
     """A server of 'base' (the default) and 'sft', two models of different weights."""
     models = {"base": model_of(tok, 1), "sft": model_of(tok, 2)}
-    engines = {k: Engine(m, tok, "continuous", max_batch=4, max_waiting=16) for k, m in models.items()}
+    engines = {
+        k: Engine(m, tok, "continuous", max_batch=4, max_waiting=16, prefix_blocks=8)
+        for k, m in models.items()
+    }
     srv = ChatServer(
         ("127.0.0.1", 0),
         engines["base"],
@@ -132,6 +135,20 @@ def test_metrics_sum_the_load_of_every_engine(two_models):
     srv, _ = two_models
     status, text = call(srv, "/metrics")
     assert status == 200 and "\nllm_batch_slots 8\n" in text  # two engines of 4 slots
+
+
+def test_a_repeated_prompt_prefix_is_served_from_the_cache_with_the_same_answer(two_models):
+    srv, _ = two_models
+    long_question = [{"role": "user", "content": "Where does Noin Marora live? " * 3}]
+    body = {"model": "sft", "messages": long_question, "temperature": 0, "max_tokens": 4}
+    first, second = call(srv, "/v1/chat/completions", body), call(srv, "/v1/chat/completions", body)
+    assert first[0] == second[0] == 200
+    assert first[1]["choices"][0]["message"] == second[1]["choices"][0]["message"]
+    metrics = dict(
+        line.rsplit(" ", 1) for line in call(srv, "/metrics")[1].splitlines() if not line.startswith("#")
+    )
+    hits, looked_up = (float(metrics[f"llm_prefix_cache_{k}_tokens_total"]) for k in ("hit", "prompt"))
+    assert 16 <= hits < looked_up  # the second asking reused at least one 16-token block
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
