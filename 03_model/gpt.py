@@ -127,7 +127,7 @@ class GPTConfig:
                 f"RoPE rotates coordinate pairs, so the head dim must be even (got {self.head_dim})"
             )
         if self.attn_backend == "triton":  # forced: fail now, not at the first forward pass
-            from flash_attention import SUPPORTED_HEAD_DIMS  # kernels; loads Triton, so only when asked
+            from flash_tiles import SUPPORTED_HEAD_DIMS  # kernels; loads Triton, so only when asked
 
             if self.head_dim not in SUPPORTED_HEAD_DIMS:
                 raise UserError(
