@@ -137,12 +137,14 @@ def encode_pieces_flat(pieces, byte_ids, table, chunk_bytes=None):
     lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
     offsets = np.cumsum(lengths) - lengths
     final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(pieces), np.int64)
+    raw = np.frombuffer(b"".join(pieces), np.uint8)  # joined once; a group's bytes are a gather
     order = np.argsort(lengths, kind="stable")
     first = byte_pair_ranks(byte_ids, table)
     chunk = (np.cumsum(lengths[order]) - 1) // chunk_bytes  # the group of each piece, in sorted order
     cuts = np.flatnonzero(np.diff(chunk)) + 1
     for group in np.split(order, cuts):
-        ids, offs, lens = encode_chunk([pieces[i] for i in group.tolist()], byte_ids, table, first)
+        group_raw = raw[ranges(offsets[group], lengths[group])]
+        ids, offs, lens = encode_chunk(group_raw, lengths[group], byte_ids, table, first)
         final_lengths[group] = lens
         final[ranges(offsets[group], lens)] = ids[ranges(offs, lens)]
     return final, offsets, final_lengths
@@ -160,9 +162,10 @@ def byte_pair_ranks(byte_ids, table):
     return rank_of_pairs(table, np.repeat(byte_ids, 256), np.tile(byte_ids, 256), no_merge(table))
 
 
-def encode_chunk(pieces, byte_ids, table, first=None):
-    """(ids, offsets, lengths): the token ids of every piece (bytes) end to end, piece i being
+def encode_chunk(raw, lengths, byte_ids, table, first=None):
+    """(ids, offsets, lengths): the token ids of every piece end to end, piece i being
     ids[offsets[i] : offsets[i] + lengths[i]], equal to bpe.BPETokenizer.bpe_piece on each one.
+    The pieces come as their bytes end to end (`raw`, uint8) and their lengths in bytes.
 
     State, for the pieces still merging laid end to end in n slots:
       ids[x]   token ids, -1 in a slot whose token was merged into its left neighbour (a hole);
@@ -176,12 +179,10 @@ def encode_chunk(pieces, byte_ids, table, first=None):
     merging pieces' few slots are touched, so a round costs one pass over the slots plus work per
     piece. When finished pieces fill most slots they are copied out and the rest are packed."""
     none = no_merge(table)
-    lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
     offsets = np.cumsum(lengths) - lengths  # where each piece starts in `final`
-    final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(pieces), np.int64)
+    final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(lengths), np.int64)
     owner = np.flatnonzero(lengths > 0)  # the piece of each segment of slots
     seg = lengths[owner]  # slots per segment, holes included
-    raw = np.frombuffer(b"".join(pieces), np.uint8)
     byte_ids = np.asarray(byte_ids, np.int64)
     n = len(raw)
     ids = np.append(byte_ids[raw], 0)  # one spare slot: the "next" of the last slot
