@@ -119,7 +119,7 @@ def rank_of_pairs(table, left, right, no_merge):
 
 
 CHUNK_BYTES = 1 << 17  # pieces merged together: arrays of ~this many slots stay in the CPU's cache
-PACK = 4  # finished pieces are copied out once the merging ones fill less than 1/PACK of the slots
+PACK = 8  # finished pieces are copied out once the merging ones fill less than 1/PACK of the slots
 
 
 def ranges(starts, counts):
