@@ -101,13 +101,11 @@ def merge_table(ranks: dict):
 
 
 def rank_of_pairs(table, left, right, no_merge):
-    """The rank of merging each (left[i], right[i]), or `no_merge`: a binary search in the table
-    (or one gather in its dense form)."""
+    """The rank of merging each (left[i], right[i]), or `no_merge` (which must be no_merge(table)):
+    a binary search in the table (or one gather in its dense form, which is filled with it)."""
     keys, ranks, can_left, can_right, dense = table
     if dense is not None:
-        r = dense[left * len(can_left) + right].astype(np.int64)
-        none_here = int(ranks.max()) + 1 if len(ranks) else 1
-        return r if no_merge == none_here else np.where(r == none_here, no_merge, r)
+        return dense[left * len(can_left) + right].astype(np.int64)  # holds no_merge(table) already
     out = np.full(len(left), no_merge, np.int64)
     maybe = np.flatnonzero(can_left[left] & can_right[right])
     if len(keys) == 0 or len(maybe) == 0:
