@@ -20,11 +20,15 @@ arithmetic as theirs, on whole arrays at once, and are tested equal to them.
    The pieces are merged in groups of similar length (`encode_pieces_flat`): a group's arrays stay in
    the CPU's cache, and short pieces do not wait through the long ones' rounds; a vocabulary of at
    most 4096 tokens reads pair ranks from a dense table instead of a binary search.
+   The pieces' bytes are joined once (`utf8_joined`: one encode, lengths from code points) and each
+   group is a gather from them; a round's key is rank << shift | slot, read with a shift and a mask.
    Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, best of 5 interleaved, 2026-12-07 at load
-   ~14): 6x faster than the per-piece loop with a trained 2k vocabulary, 4x with GPT-2's ranks;
-   2.7x tiktoken's time with the 2k vocabulary (4.6x before the groups), 2.6x with GPT-2's ranks
-   (3.1x before); English 2.3x. Issue 29 asks for 2x: not met. What is left: the regex and finding
-   the distinct pieces (bpe.py, ~0.1 s) already take 2/3 of tiktoken's whole encode (0.15 s).
+   ~6): 8x faster than the per-piece loop with a trained 2k vocabulary, 4.4x with GPT-2's ranks;
+   2.06x tiktoken's time with the 2k vocabulary (4.6x before the groups, 2.7x before the joined
+   bytes), 2.32x with GPT-2's ranks (3.1x, 2.6x); English 2.0-2.1x. Timed in a fresh process
+   (old and new code alternated, load ~5) the same encodes are 1.98-2.04x and 1.86-1.93x, so issue
+   29's 2x is at the edge of the noise, not clearly met. What is left: the regex and finding the
+   distinct pieces (~0.07-0.1 s) are half of tiktoken's whole encode (0.15 s); the merging ~0.15 s.
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
