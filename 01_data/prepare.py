@@ -539,7 +539,9 @@ def decide_streamed(meta, cfg: PrepareConfig, lap=lambda name: None):
     """(removed, unique, mixed, splits) from a streamed run's metadata: dedup over keys and
     signatures, the mix over lengths, the split over signatures -- the in-memory decisions."""
     kept, removed = meta["kept"], dict(meta["dropped"])
-    exact, near, keep = dedup_by_fingerprints(meta["keys"], meta["sig"], cfg.dedup_threshold)
+    exact, near, keep = dedup_by_fingerprints(
+        meta["keys"], meta["sig"], cfg.dedup_threshold, meta.get("folder")
+    )
     removed |= {x["id"]: "exact_dedup" for x, e in zip(kept, exact) if e}
     removed |= {x["id"]: "near_dedup" for x, n in zip(kept, near) if n}
     unique = [x for x, k in zip(kept, keep) if k]

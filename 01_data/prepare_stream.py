@@ -57,6 +57,7 @@ from dedup import (
     near_duplicate_clusters,
     normalize_for_hash,
     signatures,
+    unique_shingles,
 )
 from langid_ngram import predict_lang
 
@@ -282,24 +283,45 @@ def clean_all_streamed(
         merged["dropped"].update(r["dropped"])
         merged["sig"].append(r["sig"])
     merged["sig"] = np.concatenate(merged["sig"]) if merged["sig"] else np.zeros((0, 128), np.uint32)
+    merged["folder"] = folder  # the shards, read back to verify near-duplicate candidates exactly
     if want_lines:
         return streamed_line_dedup(merged, folder, n_shards, line_dedup_docs, workers)
     merged.pop("lines")
     return merged
 
 
-def dedup_by_fingerprints(keys, sig, threshold):
+def dedup_by_fingerprints(keys, sig, threshold, folder=None):
     """Masks exact_dup, near_dup, keep over the kept documents: dedup.dedup's decisions, from the
-    8-byte keys and the signatures alone."""
+    8-byte keys and the signatures, with the near-duplicate candidates verified by their exact
+    Jaccard read back from the shards in `folder` (only the candidates' texts; without a folder, by
+    the signature estimate)."""
     seen, exact = set(), np.zeros(len(keys), dtype=bool)
     for i, k in enumerate(keys):
         exact[i] = k in seen
         seen.add(k)
     idx = np.flatnonzero(~exact)
-    roots, _, _ = near_duplicate_clusters(None, DedupConfig(threshold=threshold), sig=sig[idx])
+    cfg = DedupConfig(threshold=threshold)
+    shingles_of = shard_shingles(folder, idx, cfg.shingle) if folder is not None else None
+    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig[idx], shingles_of=shingles_of)
     near = np.zeros(len(keys), dtype=bool)
     near[idx] = roots != np.arange(len(idx))
     return exact, near, ~exact & ~near
+
+
+def shard_shingles(folder: Path, idx, k: int):
+    """shingles_of over the shards: one pass reading the kept documents back, keeping the shingle
+    sets of the asked documents only (indices into `idx`, the positions of the kept documents that
+    are not exact copies). Memory: the candidates' shingles, not the corpus."""
+
+    def shingles_of(ids):
+        wanted = {int(idx[i]): i for i in ids}
+        out, cache = {}, {}
+        for g, doc in enumerate(read_shard_docs(folder)):
+            if g in wanted:
+                out[wanted[g]] = unique_shingles(doc["text"], k, cache)
+        return out
+
+    return shingles_of
 
 
 def read_shard_docs(folder: Path):
