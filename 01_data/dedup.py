@@ -280,7 +280,8 @@ def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig(), sig=None, s
         b, r = candidate_bands(cfg.threshold, cfg.num_perm)
     pairs = candidate_pairs(sig, b, r)
     if len(pairs):
-        est = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)  # estimated Jaccard per candidate
+        # estimated Jaccard per candidate (np.asarray: a streamed run's signatures are read from disk)
+        est = (np.asarray(sig[pairs[:, 0]]) == np.asarray(sig[pairs[:, 1]])).mean(axis=1)
         if shingles_of is None:
             pairs = pairs[est >= cfg.threshold]
         else:

@@ -511,7 +511,7 @@ def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Pa
     meta = clean_all_streamed(
         docs, model, shard_dir, cfg.workers, progress=progress, line_dedup_docs=cfg.line_dedup_docs
     )
-    inputs = [{"id": i, "domain": d, "chars": n} for i, d, n in meta["inputs"]]
+    inputs = meta["inputs"]  # prepare_stream.DocRecord: id, domain, chars, without the text
     acted, removed, kept = meta["acted"], meta["dropped"], meta["kept"]
     if not kept:
         raise dropped_everything(removed, len(inputs))

@@ -146,9 +146,75 @@ def iter_documents(paths, cfg, cut_document, domains):
                     i += 1
 
 
-def exact_key(text: str) -> bytes:
-    """The exact-dedup key: the first 8 bytes of SHA-1 of the normalized text (as dedup.py hashes it)."""
-    return hashlib.sha1(normalize_for_hash(text).encode("utf-8")).digest()[:8]
+def exact_key(text: str) -> int:
+    """The exact-dedup key: the first 8 bytes of SHA-1 of the normalized text (as dedup.py hashes it),
+    as an unsigned 64-bit integer (8 bytes in a numpy array, not a 41-byte Python bytes object)."""
+    return int.from_bytes(hashlib.sha1(normalize_for_hash(text).encode("utf-8")).digest()[:8], "little")
+
+
+class DocRecord:
+    """A document without its text: what the decisions read of it ("id", "domain", "chars").
+
+    It answers doc["id"], doc["domain"], doc["chars"] and `"chars" in doc` like the dicts of the
+    in-memory path, in 56 bytes instead of a dict's 184 (with 2 million short documents, the
+    difference between fitting in 2 GB or not); an input document that cleaning left unchanged is
+    the same object in the inputs and the kept list."""
+
+    __slots__ = ("id", "domain", "chars")
+
+    def __init__(self, doc_id: str, domain: str, chars: int):
+        self.id, self.domain, self.chars = doc_id, domain, chars
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def __contains__(self, key):
+        return key in self.__slots__
+
+    def __eq__(self, other):
+        return all(self[k] == other[k] for k in self.__slots__)
+
+
+class ShardSignatures:
+    """The kept documents' MinHash signatures, left on disk (one .npy file per shard) and read a band
+    of columns or a few rows at a time: the (N, num_perm) matrix near_duplicate_clusters indexes, at
+    8 bytes of memory per document (its row number) instead of num_perm x 4 = 512.
+
+    sig[:, a:b] -> an (N, b - a) array (one LSH band); sig[rows] -> the lazy subset of those rows;
+    np.asarray(sig) -> the rows themselves (only ever a few candidates)."""
+
+    def __init__(self, paths, sizes, num_perm: int, rows=None):
+        self.paths, self.sizes, self.num_perm = list(paths), np.asarray(sizes, dtype=np.int64), num_perm
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.rows = np.arange(self.offsets[-1]) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    @property
+    def shape(self):
+        return (len(self.rows), self.num_perm)
+
+    def gather(self, rows, cols=slice(None)) -> np.ndarray:
+        """sig[rows][:, cols] as an array, reading each shard file that holds one of the rows once."""
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        width = len(range(self.num_perm)[cols])
+        out = np.empty((len(rows), width), dtype=np.uint32)
+        for s in np.unique(shard):
+            here = shard == s
+            out[here] = np.load(self.paths[s])[rows[here] - self.offsets[s]][:, cols]
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # sig[:, a:b]: a band, for every row
+            rows, cols = key
+            assert rows == slice(None), "a band is read for all rows"
+            return self.gather(self.rows, cols)
+        return ShardSignatures(self.paths, self.sizes, self.num_perm, self.rows[key])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.gather(self.rows)
+        return out if dtype is None else out.astype(dtype)
 
 
 def start_worker(model, clean_cfg, want_lines=False):
@@ -164,7 +230,8 @@ def clean_shard(index, docs, folder):
     with open(folder / f"shard_{index:06d}.jsonl", "w", encoding="utf-8") as f:
         for doc in docs:
             out, acted, step = clean_document(doc, lambda t: predict_lang(model, t), cfg)
-            meta["inputs"].append((doc["id"], doc["domain"], len(doc["text"])))
+            record = DocRecord(doc["id"], doc["domain"], len(doc["text"]))
+            meta["inputs"].append(record)
             if acted:
                 meta["acted"][doc["id"]] = acted
             if out is None:
@@ -173,13 +240,23 @@ def clean_shard(index, docs, folder):
             f.write(
                 json.dumps({k: out[k] for k in ("id", "domain", "lang", "text")}, ensure_ascii=False) + "\n"
             )
-            meta["kept"].append({"id": out["id"], "domain": out["domain"], "chars": len(out["text"])})
+            if len(out["text"]) != record.chars:
+                record = DocRecord(out["id"], out["domain"], len(out["text"]))
+            meta["kept"].append(record)
             meta["keys"].append(exact_key(out["text"]))
             kept_texts.append(out["text"])
             if _WORKER["lines"] and out["domain"] != "code":  # code is not line-deduped
                 meta["lines"].append(np.fromiter(doc_line_keys(out["text"]), dtype=np.uint64))
-    meta["sig"] = signatures(kept_texts) if kept_texts else np.zeros((0, DedupConfig.num_perm), np.uint32)
+    meta["keys"] = np.array(meta["keys"], dtype=np.uint64)
+    meta["sig"] = save_signatures(folder, index, kept_texts)
     return meta
+
+
+def save_signatures(folder: Path, index: int, texts) -> int:
+    """Write the texts' MinHash signatures to folder/shard_<index>.sig.npy; returns how many rows."""
+    sig = signatures(texts) if texts else np.zeros((0, DedupConfig.num_perm), np.uint32)
+    np.save(folder / f"shard_{index:06d}.sig.npy", sig)
+    return len(sig)
 
 
 def line_dedup_shard(index, folder, common):
@@ -198,11 +275,12 @@ def line_dedup_shard(index, folder, common):
                 meta["emptied"].append(doc["id"])
                 continue
             dst.write(json.dumps({**doc, "text": text}, ensure_ascii=False) + "\n")
-            meta["kept"].append({"id": doc["id"], "domain": doc["domain"], "chars": len(text)})
+            meta["kept"].append(DocRecord(doc["id"], doc["domain"], len(text)))
             meta["keys"].append(exact_key(text))
             texts.append(text)
     path.with_suffix(".tmp").replace(path)
-    meta["sig"] = signatures(texts) if texts else np.zeros((0, DedupConfig.num_perm), np.uint32)
+    meta["keys"] = np.array(meta["keys"], dtype=np.uint64)
+    meta["sig"] = save_signatures(folder, index, texts)
     return meta
 
 
@@ -219,15 +297,21 @@ def streamed_line_dedup(merged, folder: Path, n_shards: int, max_docs: int, work
             parts = pool.starmap(line_dedup_shard, [(i, folder, common) for i in range(n_shards)])
     else:
         parts = [line_dedup_shard(i, folder, common) for i in range(n_shards)]
-    merged["kept"], merged["keys"] = [], []
+    merged["kept"] = []
     for part in parts:
         merged["kept"] += part["kept"]
-        merged["keys"] += part["keys"]
         for doc_id, chars in part["changed"].items():
             merged["acted"].setdefault(doc_id, {})["line_dedup"] = chars
         merged["dropped"] |= dict.fromkeys(part["emptied"], "line_dedup")
-    merged["sig"] = np.concatenate([p["sig"] for p in parts]) if parts else merged["sig"]
+    merged["keys"] = np.concatenate([p["keys"] for p in parts] or [np.zeros(0, np.uint64)])
+    merged["sig"] = shard_signatures(folder, [p["sig"] for p in parts])
     return merged
+
+
+def shard_signatures(folder: Path, sizes) -> ShardSignatures:
+    """The signatures the shards saved (save_signatures), in shard order, as one lazy matrix."""
+    paths = [folder / f"shard_{i:06d}.sig.npy" for i in range(len(sizes))]
+    return ShardSignatures(paths, sizes, DedupConfig.num_perm)
 
 
 def shards(docs, size):
@@ -277,12 +361,12 @@ def clean_all_streamed(
     n_shards = len(results)
     for i in sorted(results):
         r = results.pop(i)
-        for k in ("inputs", "kept", "keys", "lines"):
-            merged[k] += r[k]
+        for k in ("inputs", "kept", "keys", "lines", "sig"):
+            merged[k] += r[k] if k != "keys" and k != "sig" else [r[k]]
         merged["acted"].update(r["acted"])
         merged["dropped"].update(r["dropped"])
-        merged["sig"].append(r["sig"])
-    merged["sig"] = np.concatenate(merged["sig"]) if merged["sig"] else np.zeros((0, 128), np.uint32)
+    merged["keys"] = np.concatenate(merged["keys"] or [np.zeros(0, np.uint64)])
+    merged["sig"] = shard_signatures(folder, merged["sig"])
     merged["folder"] = folder  # the shards, read back to verify near-duplicate candidates exactly
     if want_lines:
         return streamed_line_dedup(merged, folder, n_shards, line_dedup_docs, workers)
@@ -295,10 +379,10 @@ def dedup_by_fingerprints(keys, sig, threshold, folder=None):
     8-byte keys and the signatures, with the near-duplicate candidates verified by their exact
     Jaccard read back from the shards in `folder` (only the candidates' texts; without a folder, by
     the signature estimate)."""
-    seen, exact = set(), np.zeros(len(keys), dtype=bool)
-    for i, k in enumerate(keys):
-        exact[i] = k in seen
-        seen.add(k)
+    keys = np.asarray(keys, dtype=np.uint64)
+    _, first = np.unique(keys, return_index=True)  # the first document holding each key stays
+    exact = np.ones(len(keys), dtype=bool)
+    exact[first] = False
     idx = np.flatnonzero(~exact)
     cfg = DedupConfig(threshold=threshold)
     shingles_of = shard_shingles(folder, idx, cfg.shingle) if folder is not None else None

@@ -1027,6 +1027,46 @@ def test_learned_filter_separates_what_it_was_taught_and_scores_precision_recall
     )
 
 
+def test_toxicity_classifier_beats_the_lexicon_on_phrasings_it_never_saw():
+    # trained on pool B (26 toxic beside 400 harmless: balanced in the loss), tested on pool A's
+    # phrasings; unweighted and stopped at 300 steps, it flagged nothing there
+    from learned_data import toxicity_sets
+    from learned_filter import TOXICITY, precision_recall, predict_proba, train_classifier
+
+    pools = toxicity_sets(seed=0)
+    texts, labels = pools["A"]
+    clf = precision_recall(predict_proba(train_classifier(*pools["B"], TOXICITY), texts), labels)
+    lex = precision_recall([float(is_toxic(x)) for x in texts], labels)
+    assert clf["recall"] >= lex["recall"] + 0.2 and clf["precision"] >= 0.9, (clf, lex)
+
+
+def test_shard_signatures_read_from_disk_index_like_the_matrix(tmp_path):
+    # the streamed run keeps signatures on disk; a band, a subset and a row gather must read exactly
+    # what the in-memory matrix holds, and dedup over them must decide as dedup() does
+    from dedup import signatures
+    from prepare_stream import DocRecord, ShardSignatures, dedup_by_fingerprints, exact_key
+
+    base = "Bela Tora is a baker who lives in Mira and likes the color blue very much today. " * 3
+    texts = [base, base.replace("blue", "green", 1), base, "Boats on the river at dawn. " * 5] * 3
+    sig = signatures(texts)
+    paths = []
+    for i, (lo, hi) in enumerate([(0, 5), (5, 5), (5, 12)]):  # an empty shard in between
+        paths.append(tmp_path / f"s{i}.npy")
+        np.save(paths[-1], sig[lo:hi])
+    lazy = ShardSignatures(paths, [5, 0, 7], sig.shape[1])
+    assert len(lazy) == 12 and np.array_equal(lazy[:, 8:12], sig[:, 8:12])
+    rows = np.array([11, 0, 6])
+    assert np.array_equal(np.asarray(lazy[rows]), sig[rows]) and np.array_equal(
+        lazy[rows][:, :4], sig[rows][:, :4]
+    )
+    keys = [exact_key(t) for t in texts]
+    exact, near, keep = dedup_by_fingerprints(keys, lazy, 0.7)
+    d = dedup(texts)
+    assert exact.tolist() == d["exact_dup"].tolist() and near.tolist() == d["near_dup"].tolist()
+    record = DocRecord("in0000001", "stories", 42)
+    assert record["id"] == "in0000001" and "chars" in record and "text" not in record
+
+
 def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
     from prepare import DOMAINS
     from prepare_stream import iter_documents
