@@ -1,7 +1,7 @@
 """Experiment: does the learned quality filter lower the pretraining val loss? (two thresholds)
 
-    python 01_data/quality_effect.py --data runs/tiny                       # ~10 min on 2 cores
-    python 01_data/quality_effect.py --data runs/tiny --seeds 0,1 --steps 300 --junk-frac 0.3
+    python 01_data/quality_effect.py --data runs/tiny                  # 4 variants x 1 seed, ~8 min on 2 cores
+    python 01_data/quality_effect.py --data runs/tiny --seeds 0,1,2,3,4  # the README's table
 
 The seed articles' data-quality story, measured on a small scale. Stage 01's training split (clean)
 gets web junk added (learned_data.spam_b: comment spam, tag clouds, listicles, word salad -- a style
