@@ -1149,3 +1149,16 @@ def test_langid_naive_bayes_by_hand():
     # "aa": en log .6 + 2 log .4949 = -1.917 beats zh log .2 + 2 log .7384 = -2.216 (without the
     # prior zh would win); "aaa": zh -2.519 beats en -2.621 (a mean over n-grams would pick en)
     assert predict_lang(model, "aa", cfg) == "en" and predict_lang(model, "aaa", cfg) == "zh"
+
+
+def test_quality_effect_refuses_a_folder_without_stage_01_data(tmp_path):
+    # the experiment pretrains 4 variants per seed (minutes); a wrong --data must fail before any of it
+    from conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, str(REPO / "01_data" / "quality_effect.py"), "--data", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "no train.jsonl" in r.stderr and "Traceback" not in r.stderr, r.stderr
