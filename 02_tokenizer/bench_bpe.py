@@ -61,6 +61,7 @@ class BenchConfig:
     vocab_sizes: list = option(
         [2048, 10000], "vocabulary sizes to train (the largest is used to encode)", sep=","
     )
+    encode_only: bool = option(False, "time encoding only (the trainers' table is skipped)")
     repeats: int = option(3, "timed repeats of each encoder, interleaved; the best is kept", min=1)
     out: str = option("runs/bench_bpe", "folder for bench_bpe.json and bench_bpe.png")
 
@@ -193,7 +194,7 @@ def main(argv=None):
     )
     train_rows, enc_rows = [], []
     for name, text in texts.items():
-        for v in vocab_sizes:
+        for v in [] if cfg.encode_only else vocab_sizes:
             train_rows.append(time_training(name, text, v))
             print(train_rows[-1], flush=True)
         encoders = [BPETokenizer.train([text], v) for v in vocab_sizes]
@@ -204,7 +205,7 @@ def main(argv=None):
         for tok in encoders:
             enc_rows.append(time_encoding(name, text, tok, repeats))
             print(enc_rows[-1], flush=True)
-    naive = None if cfg.quick else time_naive(next(iter(texts.values())))
+    naive = None if cfg.quick or cfg.encode_only else time_naive(next(iter(texts.values())))
 
     enc_table = markdown_table(
         enc_rows,
@@ -236,8 +237,12 @@ def main(argv=None):
     )
     print(
         f"\nencoding, one call on the whole text, empty cache (x = CPU seconds / tiktoken's)\n{enc_table}"
-        f"\n\ntraining, CPU seconds (pre-tokenization shared; merges by the readable vs the array trainer)"
-        f"\n{train_table}"
+        + (
+            f"\n\ntraining, CPU seconds (pre-tokenization shared; merges by the readable vs the array trainer)"
+            f"\n{train_table}"
+            if train_rows
+            else ""
+        )
     )
     if naive:
         print(f"\nnaive vs incremental trainer: {naive}")

@@ -83,7 +83,11 @@ class GPTConfig:
         True, "normalize each sublayer's input (pre-LN); off = post-LN, the 2017 original"
     )
     qk_norm: bool = option(False, "RMSNorm on each head's q and k before the dot product")
-    mlp: str = option("swiglu", "gelu | relu | swiglu", choices=("gelu", "relu", "swiglu"))
+    mlp: str = option(
+        "swiglu",
+        "gelu (exact, erf) | gelu_tanh (GPT-2's tanh approximation, HF gelu_new) | relu | swiglu",
+        choices=("gelu", "gelu_tanh", "relu", "swiglu"),
+    )
     n_experts: int = option(0, "0 = dense feed-forward; > 0 = mixture of experts", min=0)
     moe_top_k: int = option(2, "experts per token", min=1)
     moe_aux_coef: float = option(0.01, "weight of the load-balancing loss added to the LM loss", min=0.0)
@@ -123,7 +127,7 @@ class GPTConfig:
                 f"RoPE rotates coordinate pairs, so the head dim must be even (got {self.head_dim})"
             )
         if self.attn_backend == "triton":  # forced: fail now, not at the first forward pass
-            from flash_attention import SUPPORTED_HEAD_DIMS  # kernels; loads Triton, so only when asked
+            from flash_tiles import SUPPORTED_HEAD_DIMS  # kernels; loads Triton, so only when asked
 
             if self.head_dim not in SUPPORTED_HEAD_DIMS:
                 raise UserError(
@@ -269,8 +273,10 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.kind == "swiglu":
             return self.down(F.silu(self.gate(x)) * self.up(x))
-        act = F.gelu if self.kind == "gelu" else F.relu
-        return self.down(act(self.up(x)))
+        h = self.up(x)
+        if self.kind == "gelu_tanh":  # GPT-2's 0.5·h·(1 + tanh(√(2/π)·(h + 0.044715·h³)))
+            return self.down(F.gelu(h, approximate="tanh"))
+        return self.down(F.gelu(h) if self.kind == "gelu" else F.relu(h))
 
 
 # ----------------------------------------------------------------------------- block

@@ -32,6 +32,19 @@ config with the new one, field by field, and sorts each difference:
   refused until someone decides otherwise. The tokens themselves are compared by their manifest id:
   a rewritten tokens/ folder is other data.
 
+**The other trainers (05–07).** DPO, PPO, GRPO, the reward model, RLAIF, distillation and pruning build
+their run in a temp folder beside <out> and swap it in when complete, so a killed run would lose all its
+work. `RunState` gives each of them the same `--resume`: every few steps it writes
+`.<out>.resume.pt` beside <out> (atomically, 03's checkpoint format with its SHA-256) holding the trained
+modules, the optimizers' moments, the step, the log records so far, the divergence guard, and every RNG
+the loop draws from: torch's (CPU and CUDA), numpy's, Python's `random`, and the trainer's own named
+generators (an RL trainer's sampling `torch.Generator`, a data order's `random.Random`). Trainers that
+train several things in turn (RLAIF's two policies, distillation's students, pruning's variants) name
+each one a *unit* and keep what the finished units produced in `carry`. A resumed run redoes the
+deterministic work before training (loading, the baselines' answers), restores the state, and reaches
+the same final weights, bit for bit. A state written with other flags is refused: it would not be the run
+it continues.
+
 Interview questions it answers:
 - What must a checkpoint hold to resume bit-exactly? (above; weights alone only let you fine-tune)
 - Why keep the best weights apart from the last ones? (early stopping: the last eval can be worse
@@ -41,9 +54,11 @@ Interview questions it answers:
 import contextlib
 import dataclasses
 import json
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -52,8 +67,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError
 from common.layout import RunLayout
-from common.runs import write_manifest
-from checkpoint_io import check_config_matches, load_checkpoint, save_checkpoint  # 03_model
+from common.runs import fresh_output, write_manifest
+from checkpoint_io import (  # 03_model
+    check_config_matches,
+    config_differences,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 from torch_parallel import full_state, load_full_state, rng_states
 
@@ -243,3 +263,172 @@ def read_metrics(out: Path, upto_step: int) -> list:
             if rec.get("step", upto_step + 1) <= upto_step:
                 records.append(rec)
     return records
+
+
+# ----------------------------------------------------------------------------------------------
+# The resume file of a 05-07 trainer (module docstring, "The other trainers")
+
+
+def resume_path(out: Path) -> Path:
+    """Where a run in progress keeps its training state: beside <out>, which only ever holds complete runs
+    (the run is built in a temp folder that a kill -9 leaves behind and the next run deletes)."""
+    out = Path(out)
+    return out.parent / f".{out.name}.resume.pt"
+
+
+def python_rng_state(r) -> dict:
+    """random.Random's state (a tuple of 625 ints) as checkpoint-safe values: a tensor and numbers."""
+    version, internal, gauss = r.getstate()
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def set_python_rng_state(r, s: dict):
+    r.setstate((s["version"], tuple(int(x) for x in s["internal"].tolist()), s["gauss"]))
+
+
+def rng_snapshot(generators: dict) -> dict:
+    """Every RNG a training loop may draw from: torch's global ones, numpy's, Python's, and the named
+    generators (torch.Generator or random.Random) the loop owns."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    snap = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": python_rng_state(random),
+        "named": {
+            k: g.get_state() if isinstance(g, torch.Generator) else python_rng_state(g)
+            for k, g in generators.items()
+        },
+    }
+    if torch.cuda.is_available():
+        snap["cuda"] = torch.cuda.get_rng_state_all()
+    return snap
+
+
+def restore_rng(snap: dict, generators: dict):
+    """Set every RNG `rng_snapshot` saved (the named ones into the given generators)."""
+    torch.set_rng_state(snap["torch"])
+    if "cuda" in snap and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda"])
+    n = snap["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    set_python_rng_state(random, snap["python"])
+    for k, g in generators.items():
+        if isinstance(g, torch.Generator):
+            g.set_state(snap["named"][k])
+        else:
+            set_python_rng_state(g, snap["named"][k])
+
+
+class RunState:
+    """The `--resume` state of one run of a 05-07 trainer:
+
+        state = RunState(out, cfg, every=cfg.eval_interval, made_by=...)  # refuses --resume with nothing saved
+        with state.claimed(cfg.overwrite) as tmp:           # common.runs.fresh_output, then load the state
+            step, records, extra = state.restore("policy", modules, optimizers, generators, guard)
+            while step < steps: ...; state.save("policy", step, modules, ...) when state.due(step)
+                                                            # complete: swapped in, the state deleted
+
+    modules, optimizers and generators are dicts {name: object}, the same names at save and restore.
+    `carry` holds what the units finished before the saved one produced (the caller's to fill and read)."""
+
+    def __init__(self, out, cfg, every: int, made_by: str):
+        self.out, self.path = Path(out), resume_path(out)
+        self.config = dataclasses.asdict(cfg)
+        self.resume, self.every, self.made_by = bool(cfg.resume), every, made_by
+        self.saved, self.carry = {}, {}
+        if self.resume and not self.path.is_file():
+            raise UserError(f"--resume: no interrupted run of {out} to continue; start one without --resume")
+
+    @contextlib.contextmanager
+    def claimed(self, overwrite: bool):
+        """common.runs.fresh_output for a resumable run (its folder locked and claimed before any work, the
+        run built beside it), with `begin` once locked. A run that completes deletes its state (`finish`);
+        one that diverges too (resuming it would diverge again at the same step); one that is killed,
+        interrupted or fails otherwise (a full disk) keeps it for --resume."""
+        with fresh_output(self.out, overwrite or self.resume) as tmp:
+            self.begin()
+            try:
+                yield tmp
+            except UserError as e:
+                if str(e).startswith("training diverged"):
+                    self.path.unlink(missing_ok=True)
+                raise
+        self.finish()
+
+    def begin(self):
+        """Load the saved state (--resume; not yet applied: see `restore`) or, for a fresh run, delete an
+        older interrupted one. Call it once the run's folder is locked."""
+        if not self.resume:
+            self.path.unlink(missing_ok=True)
+            return
+        state = load_checkpoint(self.path, made_by=f"{self.made_by} (without --resume)")
+        diffs = config_differences(state["config"], self.config, ignore=("resume", "overwrite"))
+        if diffs:
+            raise UserError(
+                f"--resume: the interrupted run of {self.out} used other settings ({'; '.join(diffs)}); "
+                "pass the same flags, or start again without --resume"
+            )
+        self.saved, self.carry = state, state["carry"]
+        print(f"--resume: continuing {state['unit']} at step {state['step']}", flush=True)
+
+    def restore(self, unit, modules: dict, optimizers=None, generators=None, guard=None) -> tuple:
+        """(step, records, extra) to continue `unit` from. When the saved state is this unit's: its step, log
+        and the loop's other state (`extra`, e.g. a data order), after loading its weights, optimizer
+        moments, RNG and guard into the given objects. Else (0, [], {}) and nothing changes (a fresh run,
+        or a unit the interrupted run had not reached)."""
+        s = self.saved
+        if not s or s["unit"] != unit:
+            return 0, [], {}
+        for k, m in modules.items():
+            m.load_state_dict(s["model"][k])
+        for k, opt in (optimizers or {}).items():
+            opt.load_state_dict(s["optimizer"][k])
+        restore_rng(s["rng"], generators or {})
+        if guard is not None:
+            guard.best, guard.stuck = s["guard"]
+        self.saved = {}  # restored once: a later unit of the same name starts fresh
+        return int(s["step"]), list(s["records"]), dict(s["extra"])
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def save(
+        self,
+        unit,
+        step,
+        modules,
+        optimizers=None,
+        generators=None,
+        guard=None,
+        records=(),
+        extra=None,
+        carry=None,
+    ):
+        """Write the state after `step` of `unit` (call it at the end of the step, after any evaluation:
+        the RNG must be where the next step starts)."""
+        if carry is not None:
+            self.carry = carry
+        save_checkpoint(
+            self.path,
+            self.config,
+            {k: m.state_dict() for k, m in modules.items()},
+            optimizer={k: o.state_dict() for k, o in (optimizers or {}).items()},
+            unit=unit,
+            step=step,
+            rng=rng_snapshot(generators or {}),
+            guard=[guard.best, guard.stuck] if guard is not None else [0.0, 0],
+            records=list(records),
+            extra=extra or {},
+            carry=self.carry,
+        )
+
+    def finish(self):
+        """The run is complete (swapped into <out>): nothing is left to resume."""
+        self.path.unlink(missing_ok=True)

@@ -4,12 +4,15 @@
     python 06_rlhf_dpo/dpo.py --run runs/tiny --loss ipo        # writes runs/tiny/ipo/
     python 06_rlhf_dpo/dpo.py --run runs/tiny --loss simpo      # writes runs/tiny/simpo/
     python 06_rlhf_dpo/dpo.py --run runs/tiny --pairs style --out runs/tiny/dpo_style   # the old pairs
+    python 06_rlhf_dpo/dpo.py --run runs/tiny --resume          # continue a killed run, bit-exact
 
 Reads runs/<name>/sft/ (05) and 01's task files: sft_{train,heldout}.jsonl (questions and the world's
 answers) and preference_{train,heldout}.jsonl (templated style pairs); writes runs/<name>/<loss>/:
 ckpt.pt, outcome.json, pairs.jsonl (the factual pairs it trained on), answers.jsonl (per held-out
 question: the truth, SFT's and the tuned model's greedy answer, each judged), metrics.jsonl, <loss>.png,
-manifest.json.
+manifest.json. Every --eval-interval steps the training state (weights, AdamW moments, the pair order
+and its RNG, the log) goes to runs/<name>/.<loss>.resume.pt: `--resume` continues a killed run from there,
+bit-exactly (04's train_state.RunState).
 
 The recipe of Tian et al. (2023), "Fine-tuning Language Models for Factuality":
 1. pairs (factual_pairs.py): for each TRAINING-half question, sample --samples answers from the SFT
@@ -52,12 +55,13 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "05_sft_lora")]
+sys.path[:0] = [str(REPO), str(REPO / "04_pretrain"), str(REPO / "05_sft_lora")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.devices import resolve_device
 from common.files import write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import fresh_output, write_manifest
+from common.runs import write_manifest
+from train_state import RunState  # 04_pretrain
 from chat_template import encode_prompt  # 05_sft_lora
 from feedback_data import feedback_pairs, read_feedback  # 05_sft_lora
 
@@ -128,6 +132,9 @@ class DPOConfig:
     seed: int = option(1337, "seed for the samples and the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --eval-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -220,8 +227,9 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
     questions = qa_train[: cfg.limit] if cfg.limit else qa_train
     style_held = load_pairs(tok, held_path, block, "held-out style")
     sanity = sanity_pairs(style_held, cfg.seed)
+    state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("dpo", f"--loss {cfg.loss}"))
     # claimed before any sampling: a folder holding a run is refused (or locked) before minutes of work
-    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         torch.manual_seed(cfg.seed)
         policy.eval()
         if source == "factual":
@@ -249,7 +257,7 @@ def train_dpo_run(cfg: DPOConfig, argv=None) -> dict:
         sanity_before = pair_ranks(policy, sanity, key, pad, device)
         t0 = time.time()
         records = train_preference(
-            policy, reference, train, log_pairs, cfg, pad, device, tmp, RunLayout(run).tokenizer
+            policy, reference, train, log_pairs, cfg, pad, device, tmp, RunLayout(run).tokenizer, state=state
         )
         train_s = time.time() - t0
         name = cfg.loss.upper()

@@ -35,6 +35,7 @@ Interview questions it answers:
 """
 
 import json
+from collections import Counter
 import re
 import sys
 from pathlib import Path
@@ -113,6 +114,23 @@ def fact_reward(text: str, answer: str, candidates, subject: str = "") -> dict:
     named = [c for c in candidates if f" {c.lower()} " in words]
     correct = len(named) == 1 and named[0].lower() == answer.lower()
     return {"correct": correct, "reward": float(correct)}
+
+
+def fact_correct(problem, text, candidates) -> bool:
+    """The answer `text` to `problem` names its answer and no other (fact_reward without the reward)."""
+    return fact_reward(text, problem["answer"], candidates[problem["attribute"]], problem["subject"])[
+        "correct"
+    ]
+
+
+def majority_correct(train, heldout) -> list:
+    """Per held-out problem, 1.0 when the commonest training answer to its attribute is right: the cheap
+    baseline (a model that learnt only which city, job or pet is most frequent)."""
+    common = {
+        a: Counter(p["answer"] for p in train if p["attribute"] == a).most_common(1)[0][0]
+        for a in {p["attribute"] for p in train}
+    }
+    return [float(p["answer"] == common.get(p["attribute"])) for p in heldout]
 
 
 def overlap(train, heldout) -> dict:

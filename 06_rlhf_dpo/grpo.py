@@ -4,12 +4,16 @@
     python 06_rlhf_dpo/grpo.py --run runs/tiny --ablate             # + the same run without KL / clip / both
     python 06_rlhf_dpo/grpo.py --run runs/tiny --task arithmetic    # 01's word problems (the tiny model: 0/200)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --group-size 16 --no-std-normalize --length-norm constant   # Dr. GRPO
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --resume             # continue a killed run, bit-exact
 
 Reads runs/<name>/sft/ (05) and the task: by default questions about the people of the run's world
 (fact_task.py: "Where does Ansel Roha live?", checked against the world), or with --task arithmetic
 01's data/tasks/arithmetic_{train,heldout}.jsonl. Writes runs/<name>/grpo/: ckpt.pt, outcome.json,
 metrics.jsonl (one line per step), curve.jsonl (held-out pass@1 / pass@k over steps), grpo.png (the
-curves), manifest.json; with --ablate also ablation.md (the table) and ablation.png.
+curves), manifest.json; with --ablate also ablation.md (the table) and ablation.png. Every
+--save-interval steps the training state (weights, AdamW moments, the sampling generator and the question
+order's RNG, the log and the curve; with --ablate, what the finished variants produced) goes to
+runs/<name>/.grpo.resume.pt: `--resume` continues a killed run from there, bit-exactly.
 
 One step, for a batch of questions q (prompts_per_step of them):
 1. Rollouts: G answers o_1..o_G per question sampled from π_old (the current policy) at temperature 1.
@@ -73,10 +77,11 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import fresh_output, write_manifest
+from common.runs import write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
+from train_state import RunState  # 04_pretrain
 
 from policy_io import check_finite, load_reference, load_sft_policy, save_policy
 from preference_data import pad_id_of
@@ -91,7 +96,7 @@ from rl_common import (
 )
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
 from arithmetic_task import arithmetic_reward, problem_prompt, read_problems
-from fact_task import fact_problems, fact_reward, world_seed_of
+from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
 from grpo_eval import interval, pass_rates, sharpening_bar
 
 
@@ -142,10 +147,13 @@ class GRPOConfig:
     eval_samples: int = option(8, "k: samples per held-out question for pass@1 and pass@k", min=1)
     eval_interval: int = option(10, "steps between held-out evaluations (the curve)", min=1)
     ablate: bool = option(False, "also train without KL, without clip and without both; writes ablation.md")
-    save_interval: int = option(10, "steps between checkpoints", min=1)
+    save_interval: int = option(10, "steps between saved training states (what --resume continues)", min=1)
     seed: int = option(1337, "seed for the question order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --save-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -193,19 +201,13 @@ def load_task(cfg, run, tok) -> dict:
     "correct": (problem, text) -> bool; "majority": the majority answer's held-out accuracy, "inputs"}."""
     if cfg.task == "facts":
         train, heldout, candidates = fact_problems(world_seed_of(run))
-        common = {
-            a: Counter(p["answer"] for p in train if p["attribute"] == a).most_common(1)[0][0]
-            for a in candidates
-        }
-        majority = lambda ps: [float(p["answer"] == common[p["attribute"]]) for p in ps]
-        score = lambda p, text: fact_reward(text, p["answer"], candidates[p["attribute"]], p["subject"])
         return {
             "train": train,
             "heldout": heldout,
             "prompt": lambda p: problem_prompt(tok, p["prompt"], []),
-            "reward": lambda p, text: score(p, text)["reward"],
-            "correct": lambda p, text: score(p, text)["correct"],
-            "majority": majority,
+            "reward": lambda p, text: float(fact_correct(p, text, candidates)),
+            "correct": lambda p, text: fact_correct(p, text, candidates),
+            "majority": lambda ps: majority_correct(train, ps),
             "inputs": [RunLayout(run).data],
             "note": "held out by wording and by person (fact_task.py)",
         }
@@ -322,10 +324,11 @@ def evaluate(policy, tok, task, heldout, cfg) -> dict:
     }
 
 
-def train_policy(cfg, run, device, log=print) -> tuple:
+def train_policy(cfg, run, device, log=print, state=None, unit="policy") -> tuple:
     """Load the SFT policy and its frozen reference, train cfg.steps GRPO steps; returns (policy, tok,
     records (one per step), curve (held-out pass rates at step 0, every eval_interval and the end),
-    task, heldout)."""
+    task, heldout). state: the run's RunState: `unit` is continued from it (or, finished before the
+    interrupt, taken from its carry) and saved every cfg.save_interval steps."""
     policy, tok = load_sft_policy(run, device)
     reference = load_reference(cfg.reference, policy, tok, device)
     task = load_task(cfg, run, tok)
@@ -341,6 +344,12 @@ def train_policy(cfg, run, device, log=print) -> tuple:
     end = tok.special_tokens["<|end|>"]
     opt = make_optimizer("adamw", param_groups(policy, 0.0), cfg.lr, (0.9, 0.95))
     k = cfg.eval_samples
+    if state and unit in state.carry:  # finished before the run was interrupted
+        done = state.carry[unit]
+        policy.load_state_dict(done["policy"])
+        return policy, tok, done["records"], done["curve"], task, heldout
+    objects = ({"policy": policy}, {"adamw": opt}, {"sampling": generator, "order": rng})
+    start, records, extra = state.restore(unit, *objects) if state else (0, [], {})
 
     def point(step):
         e = evaluate(policy, tok, task, heldout, cfg)
@@ -351,8 +360,8 @@ def train_policy(cfg, run, device, log=print) -> tuple:
         )
         return {"step": step, **e}
 
-    curve, records, t0 = [point(0)], [], time.time()
-    for step in range(1, cfg.steps + 1):
+    curve, t0 = extra.get("curve") or [point(0)], time.time()
+    for step in range(start + 1, cfg.steps + 1):
         set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
         batch = rng.sample(range(len(train)), min(cfg.prompts_per_step, len(train)))
         reward_fn = lambda i, resp: task["reward"](
@@ -369,6 +378,11 @@ def train_policy(cfg, run, device, log=print) -> tuple:
                 flush=True,
             )
             curve.append(point(step))
+        if state and state.due(step) and step < cfg.steps:
+            state.save(unit, step, *objects, records=records, extra={"curve": curve})
+    if state:  # what a resumed run takes instead of training this unit again (the weights: the main run's)
+        weights = policy.state_dict() if unit == "policy" else {}
+        state.carry = {**state.carry, unit: {"policy": weights, "records": records, "curve": curve}}
     return policy, tok, records, curve, task, heldout
 
 
@@ -418,9 +432,10 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
     run, device = Path(cfg.run), resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out else RunLayout(run).grpo
     k = cfg.eval_samples
-    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
+    state = RunState(out, cfg, cfg.save_interval, RunLayout(run).made_by("grpo"))
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         t0 = time.time()
-        policy, tok, records, curve, task, heldout = train_policy(cfg, run, device)
+        policy, tok, records, curve, task, heldout = train_policy(cfg, run, device, state=state)
         train_s = time.time() - t0
         before, after = curve[0], curve[-1]
         save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, step=cfg.steps, method="grpo")
@@ -452,7 +467,9 @@ def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:
                     kl_coef=cfg.kl_coef if kl is None else kl,
                     clip_eps=cfg.clip_eps if eps is None else eps,
                 )
-                _, _, rec, cur, _, _ = train_policy(variant, run, device, log=lambda *a, **kw: None)
+                _, _, rec, cur, _, _ = train_policy(
+                    variant, run, device, log=lambda *a, **kw: None, state=state, unit=name
+                )
                 rows[name] = {
                     "kl_coef": variant.kl_coef,
                     "clip_eps": variant.clip_eps,

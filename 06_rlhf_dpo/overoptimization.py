@@ -18,14 +18,21 @@ few hundred preference pairs. Two optimizers push the proxy, each measured by it
 - PPO: its checkpoints (ppo.py evaluates each on the same held-out prompts: sampled answers, KL from SFT
   estimated on them).
 
+Beside them, the cheapest optimizer with no reward model at all: the **length rule**, the shortest of n
+of the same samples (`length_rule_curve`, the same estimator with −length as the score). The gold
+reward counts concision, so a proxy that had only learnt "shorter is better" would climb the gold as
+far as the rule does; best-of-n is worth its reward model only where it beats the rule at the same n.
+
 The table and the plot put gold and proxy against √KL. The anchor: the proxy keeps rising with KL while
 the gold reward rises, peaks and falls - the policy has found what the reward model likes and the rule
 does not. Whether it falls in the budget here is measured, not assumed: "falls" means best-of-N's gold
 minus the peak's is below 0 with a paired 95 % interval over the prompts.
 
-The bar: the proxy is worth optimizing at all - best-of-n's gold at its best n (n ≥ 2) minus the SFT
-model's own samples' (n = 1), paired over the held-out prompts, interval above 0. A proxy that ranked
-answers at random would leave the gold where it is and fail.
+The bar: the proxy is worth optimizing at all - best-of-n's gold at the largest n minus each of two
+baselines, paired over the held-out prompts: the SFT model's own samples (n = 1) and the length rule's
+shortest of the same n. Both intervals must lie above 0; the bar shows the one nearer to failing. A
+proxy that ranked answers at random would leave the gold where it is and fail; one that only preferred
+short answers would tie the length rule and fail.
 
 Interview questions it answers:
 - What is Goodhart's law in RLHF? (a reward model is right only near the data it was trained on; push
@@ -107,23 +114,34 @@ def per_prompt_best_of_n(proxy, gold, n) -> list:
     return [best_of_n(proxy[i : i + 1], gold[i : i + 1], n) for i in range(len(proxy))]
 
 
-def best_of_n_curve(proxy, gold) -> list:
-    """Rows {"method", "n", "kl", "sqrt_kl", "proxy", "gold", "per_prompt_gold"} for n in n_values."""
+def best_of_n_curve(proxy, gold, score=None, method="best-of-n") -> list:
+    """Rows {"method", "n", "kl", "sqrt_kl", "proxy", "gold", "per_prompt_gold"} for n in n_values: the
+    answer that `score` (default: the proxy itself) ranks highest among n, its proxy and gold reward."""
+    score = proxy if score is None else score
     rows = []
     for n in n_values(proxy.shape[1]):
         kl = bon_kl(n)
         rows.append(
             {
-                "method": "best-of-n",
+                "method": method,
                 "n": n,
                 "kl": kl,
                 "sqrt_kl": kl**0.5,
-                "proxy": best_of_n(proxy, proxy, n),
-                "gold": best_of_n(proxy, gold, n),
-                "per_prompt_gold": per_prompt_best_of_n(proxy, gold, n),
+                "proxy": best_of_n(score, proxy, n),
+                "gold": best_of_n(score, gold, n),
+                "per_prompt_gold": per_prompt_best_of_n(score, gold, n),
             }
         )
     return rows
+
+
+def length_rule_curve(proxy, gold, lengths) -> list:
+    """The length rule's rows: the shortest answer (in tokens) among n of the same samples, for each n.
+    Equal lengths are ordered by sample index, an order independent of the answers (they are i.i.d.), so
+    the estimator stays unbiased; KL_bon is then the KL of that strict order's best-of-n, as for the proxy."""
+    return best_of_n_curve(
+        proxy, gold, score=-np.asarray(lengths, dtype=float), method="length rule (shortest of n)"
+    )
 
 
 def peak_and_fall(rows) -> dict:
@@ -146,25 +164,42 @@ def peak_and_fall(rows) -> dict:
     }
 
 
-def overopt_bar(rows) -> dict:
-    """Best-of-n's gold at the largest n minus the SFT samples' (n = 1), paired over the held-out prompts.
-    The n is fixed in advance, not the best on these prompts: picking the best of five n on the prompts
-    that judge it would report the luckiest."""
-    base = rows[0]
-    best = rows[-1]
-    lo, hi = paired_bootstrap_interval(best["per_prompt_gold"], base["per_prompt_gold"])
-    return make_bar(
-        f"held-out gold reward: best-of-{best['n']} against the proxy minus the SFT model's samples (paired)",
-        best["gold"] - base["gold"],
+def overopt_bar(rows, length_rows) -> dict:
+    """Best-of-n's gold at the largest n minus each baseline's, paired over the held-out prompts: the SFT
+    samples (n = 1) and the length rule's shortest of the same n. It passes only when both intervals lie
+    above 0; the bar reports the baseline whose interval's lower end is lowest (the one nearer to failing),
+    every comparison in "against". The n is fixed in advance, not the best on these prompts: picking the
+    best of five n on the prompts that judge it would report the luckiest."""
+    best, n = rows[-1], rows[-1]["n"]
+    rule = next(r for r in length_rows if r["n"] == n)
+    baselines = {"SFT samples (best-of-1)": rows[0], f"length rule (shortest of {n})": rule}
+    against = {
+        name: {
+            "gold": b["gold"],
+            "value": best["gold"] - b["gold"],
+            "interval": list(paired_bootstrap_interval(best["per_prompt_gold"], b["per_prompt_gold"])),
+        }
+        for name, b in baselines.items()
+    }
+    hardest = min(against, key=lambda k: against[k]["interval"][0])
+    others = "; ".join(
+        f"minus {k} {v['value']:+.3f} [{v['interval'][0]:+.3f}, {v['interval'][1]:+.3f}]"
+        for k, v in against.items()
+    )
+    bar = make_bar(
+        f"held-out gold reward: best-of-{n} against the proxy minus the SFT samples and the length rule's "
+        f"shortest of {n} (paired; both must be above 0)",
+        against[hardest]["value"],
         threshold=0.0,
         direction="higher",
-        baseline=base["gold"],
-        baseline_name="SFT samples (best-of-1)",
-        interval=[lo, hi],
-        n=len(base["per_prompt_gold"]),
-        note="the largest n of the curve (fixed in advance; the whole curve is in the outcome); "
-        "gold = rule judge, proxy = reward model",
+        baseline=against[hardest]["gold"],
+        baseline_name=hardest,
+        interval=against[hardest]["interval"],
+        n=len(best["per_prompt_gold"]),
+        note=f"{others}; the largest n of the curve (fixed in advance; the whole curve is in the outcome); "
+        "gold = rule judge (fact, politeness, concision), proxy = reward model",
     )
+    return {**bar, "against": against}
 
 
 def ppo_rows(folder) -> list:
@@ -228,8 +263,8 @@ def plot(rows, path):
 
 
 def sampled_rewards(policy, rm, tok, prompts, question_groups, answers, cfg, device) -> tuple:
-    """(proxy, gold), each (prompts, N): cfg.samples answers per prompt from the SFT model at T = 1, scored
-    by the reward model and by the rule judge."""
+    """(proxy, gold, lengths), each (prompts, N): cfg.samples answers per prompt from the SFT model at T = 1,
+    scored by the reward model and by the rule judge, and their lengths in tokens (the length rule's score)."""
     N = cfg.samples
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     responses = sampled_answers(policy, tok, prompts, N, cfg.max_new_tokens, g)
@@ -237,7 +272,7 @@ def sampled_rewards(policy, rm, tok, prompts, question_groups, answers, cfg, dev
     proxy = reward_of_responses(rm, rows, responses, pad_id_of(tok), device).numpy().reshape(-1, N)
     groups = [grp for grp in question_groups for _ in range(N)]
     gold = np.array(gold_scores(decode_responses(tok, responses), groups, answers)).reshape(-1, N)
-    return proxy, gold
+    return proxy, gold, np.array([len(r) for r in responses]).reshape(-1, N)
 
 
 def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
@@ -265,12 +300,17 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
     ppo = [row for d in ppo_dirs for row in ppo_rows(d)]  # read first: a bad file stops before any work
     with fresh_output(out, cfg.overwrite) as tmp:  # claimed before the first sample
         t0 = time.time()
-        proxy, gold = sampled_rewards(policy, rm, tok, prompts, question_groups, answers, cfg, device)
+        proxy, gold, lengths = sampled_rewards(
+            policy, rm, tok, prompts, question_groups, answers, cfg, device
+        )
         rows = best_of_n_curve(proxy, gold)
-        bar = overopt_bar(rows)
+        length_rows = length_rule_curve(proxy, gold, lengths)
+        bar = overopt_bar(rows, length_rows)
+        strip = lambda rs: [{k: v for k, v in r.items() if k != "per_prompt_gold"} for r in rs]
         outcome = {
             "bar": bar,
-            "best_of_n": [{k: v for k, v in r.items() if k != "per_prompt_gold"} for r in rows],
+            "best_of_n": strip(rows),
+            "length_rule": strip(length_rows),
             "ppo": ppo,
             "shape": peak_and_fall(rows),
             "prompts": len(prompts),
@@ -281,10 +321,10 @@ def overopt_run(cfg: OveroptConfig, argv=None) -> dict:
             "reward_model": os.path.relpath(rm_path, out),
         }
         outcome["headline"] = headline(outcome)
-        md = table(rows + ppo)
+        md = table(rows + length_rows + ppo)
         atomic_write_text(tmp / "table.md", md)
         write_json(tmp / "outcome.json", outcome)
-        plot(rows + ppo, tmp / "overopt.png")
+        plot(rows + length_rows + ppo, tmp / "overopt.png")
         write_manifest(
             tmp,
             stage="06_rlhf_dpo",
@@ -332,10 +372,13 @@ def words(o) -> str:
 
 def headline(o) -> str:
     b, s = o["bar"], o["shape"]
-    lo, hi = b["interval"]
+    vs = "; ".join(
+        f"{v['value']:+.3f} [{v['interval'][0]:+.3f}, {v['interval'][1]:+.3f}] over {k}"
+        for k, v in b["against"].items()
+    )
     return (
-        f"best-of-n: gold {o['best_of_n'][0]['gold']:.3f} -> {b['value'] + b['baseline']:.3f} "
-        f"({b['value']:+.3f} [{lo:+.3f}, {hi:+.3f}]); gold peaks at n={s['peak_n']}, "
+        f"best-of-{o['best_of_n'][-1]['n']}: gold {o['best_of_n'][0]['gold']:.3f} -> {o['best_of_n'][-1]['gold']:.3f} "
+        f"({vs}): {'PASS' if b['passed'] else 'FAIL'}; gold peaks at n={s['peak_n']}, "
         f"{'falls' if s['falls'] else 'no significant fall'} by n={s['last_n']}"
     )
 

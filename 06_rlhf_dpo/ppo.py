@@ -2,9 +2,13 @@
 
     python 06_rlhf_dpo/ppo.py --run runs/tiny                  # needs runs/tiny/rm/ (reward_model.py)
     python 06_rlhf_dpo/ppo.py --run runs/tiny --kl-coef 0      # no KL penalty: watch the reward model get hacked
+    python 06_rlhf_dpo/ppo.py --run runs/tiny --resume         # continue a killed run, bit-exact
 
 Reads runs/<name>/sft/ (05), rm/ (reward_model.py) and the prompts of data/tasks/preference_*.jsonl (01);
-writes runs/<name>/ppo/: ckpt.pt, outcome.json, metrics.jsonl, ppo.png, manifest.json.
+writes runs/<name>/ppo/: ckpt.pt, outcome.json, metrics.jsonl, ppo.png, manifest.json. Every
+--eval-interval iterations the training state (policy and value weights, their AdamW moments, the prompt
+order's RNG and the sampling generator, the log, the evaluated checkpoints' gold rewards and the best
+one's weights) goes to runs/<name>/.ppo.resume.pt: `--resume` continues a killed run from there, bit-exactly.
 
 Four networks: the policy π_θ (from SFT, trained), the reference π_ref (SFT, frozen), the reward model r_φ
 (frozen) and the value model V_ψ (initialized from the reward model, trained: InstructGPT's choice; it
@@ -75,9 +79,10 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import check_artifact, fresh_output, write_manifest
+from common.runs import check_artifact, write_manifest
 from common.stats import paired_bootstrap_interval
 from common.devices import resolve_device
+from train_state import RunState  # 04_pretrain
 from divergence import DivergenceGuard  # 03_model
 from optimizers import clip_grad_norm, make_optimizer  # 04_pretrain
 
@@ -143,6 +148,9 @@ class PPOConfig:
     seed: int = option(1337, "seed for the prompt order and the sampling")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --eval-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -234,11 +242,15 @@ def train_ppo(
     device,
     evaluate=None,
     log=print,
+    state=None,
+    evaluated=None,
 ) -> list:
     """The PPO loop (module docstring, steps 1-4). prompts: token-id lists. Returns per-iteration records.
 
     evaluate(step) -> dict, when given, is called before the first iteration (step 0: the SFT model) and
-    every cfg.eval_interval iterations; what it returns joins that iteration's record."""
+    every cfg.eval_interval iterations; what it returns joins that iteration's record.
+    state: the run's RunState, continued from and saved every cfg.eval_interval iterations; evaluated:
+    {name: dict} that `evaluate` fills, saved with it and refilled on resume."""
     pad = pad_id_of(tok)
     opt = make_optimizer(
         "adamw",
@@ -260,10 +272,19 @@ def train_ppo(
     params = [p for group in opt.param_groups for p in group["params"]]
     rng = random.Random(cfg.seed)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    records, t0 = [], time.time()
-    if evaluate:
+    objects = (
+        {"policy": policy, "value": value_model},
+        {"adamw": opt},
+        {"order": rng, "sampling": generator},
+    )
+    start, records, extra = state.restore("ppo", *objects) if state else (0, [], {})
+    for name, saved in extra.get("evaluated", {}).items():
+        evaluated[name].clear()
+        evaluated[name].update(saved)
+    t0 = time.time()
+    if evaluate and not start:
         records.append({"step": 0, **evaluate(0)})
-    for step in range(1, cfg.steps + 1):
+    for step in range(start + 1, cfg.steps + 1):
         set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
         # 1. rollouts: one sampled response per prompt from π_old
         batch_prompts = [prompts[i] for i in rng.sample(range(len(prompts)), min(cfg.rollouts, len(prompts)))]
@@ -337,6 +358,8 @@ def train_ppo(
                     else ""
                 )
             )
+        if state and state.due(step) and step < cfg.steps:
+            state.save("ppo", step, *objects, records=records, extra={"evaluated": evaluated or {}})
     return records
 
 
@@ -450,13 +473,26 @@ def train_ppo_run(cfg: PPOConfig, argv=None) -> dict:
             best.update(step=step, **point, state=copy.deepcopy(policy.state_dict()))
         return point
 
-    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
+    state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("ppo"))
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         before = greedy_reward(policy, rm, tok, held, cfg.max_new_tokens)
         print(
             f"before: held-out greedy reward-model score {before['reward']:+.3f}, {before['response_tokens']:.1f} tokens"
         )
         t0 = time.time()
-        records = train_ppo(policy, reference, rm, value_model, tok, prompts, cfg, device, evaluate)
+        records = train_ppo(
+            policy,
+            reference,
+            rm,
+            value_model,
+            tok,
+            prompts,
+            cfg,
+            device,
+            evaluate,
+            state=state,
+            evaluated={"per_prompt": per_prompt, "best": best},
+        )
         train_s = time.time() - t0
         final_step = cfg.steps
         policy.load_state_dict(best.pop("state"))  # the selected checkpoint is the result

@@ -228,30 +228,39 @@ class PreferenceSettings:
 
 
 def train_preference(
-    policy, reference, train, heldout, cfg, pad_id, device, out=None, tokenizer_dir=None, log=print
+    policy,
+    reference,
+    train,
+    heldout,
+    cfg,
+    pad_id,
+    device,
+    out=None,
+    tokenizer_dir=None,
+    log=print,
+    state=None,
+    unit="policy",
 ) -> list:
     """DPO/IPO/SimPO steps on encoded pairs (cfg: a PreferenceSettings, or dpo.py's DPOConfig: loss, beta,
     simpo_gamma, steps, batch_size, lr, eval_interval, seed); every eval_interval steps a held-out evaluation and (with `out`)
-    a checkpoint out/ckpt.pt. Returns the log records."""
+    a checkpoint out/ckpt.pt. Returns the log records.
+    state: the run's RunState (04's train_state), whose `unit` it continues and saves every few steps;
+    the data order's RNG and the indices left in the epoch are part of it."""
     ref_train = reference_cache(reference, train, cfg, pad_id, device)
     ref_held = reference_cache(reference, heldout, cfg, pad_id, device)
     opt = make_optimizer("adamw", param_groups(policy, 0.0), cfg.lr, (0.9, 0.95))
     rng = random.Random(cfg.seed)
-    order, records, t0 = [], [], time.time()
-    ckpt = Path(out) / "ckpt.pt" if out else None
-    records.append(
-        {
-            "step": 0,
-            **{
-                f"heldout_{k}": v
-                for k, v in preference_eval(policy, heldout, ref_held, cfg, pad_id, device).items()
-            },
-        }
-    )
-    policy.train()
     guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})")
-    for step in range(1, cfg.steps + 1):
-        set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
+    objects = ({"policy": policy}, {"adamw": opt}, {"order": rng}, guard)
+    start, records, extra = state.restore(unit, *objects) if state else (0, [], {})
+    order, t0 = extra.get("order", []), time.time()
+    ckpt = Path(out) / "ckpt.pt" if out else None
+    if not start:
+        ev = preference_eval(policy, heldout, ref_held, cfg, pad_id, device)
+        records.append({"step": 0, **{f"heldout_{k}": v for k, v in ev.items()}})
+    policy.train()
+    for step in range(start + 1, cfg.steps + 1):
+        set_interrupt_hint(f"at step {step}; the previous result, if any, is kept")
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
@@ -283,6 +292,8 @@ def train_preference(
             )
             if ckpt:
                 save_policy(ckpt, policy, tokenizer_dir, step=step, method=cfg.loss)
+        if state and state.due(step) and step < cfg.steps:
+            state.save(unit, step, *objects, records=records, extra={"order": order})
     policy.eval()
     return records
 

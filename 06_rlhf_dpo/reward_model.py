@@ -2,9 +2,12 @@
 
     python 06_rlhf_dpo/reward_model.py --run runs/tiny
     python 06_rlhf_dpo/reward_model.py --run runs/tiny --steps 300 --hh-file none
+    python 06_rlhf_dpo/reward_model.py --run runs/tiny --resume     # continue a killed run, bit-exact
 
 Reads runs/<name>/sft/ (05) and data/tasks/preference_{train,heldout}.jsonl (01); writes
-runs/<name>/rm/: rm.pt, outcome.json, metrics.jsonl, rm.png, manifest.json.
+runs/<name>/rm/: rm.pt, outcome.json, metrics.jsonl, rm.png, manifest.json. Every --eval-interval
+steps the training state (weights, AdamW moments, the pair order and its RNG, the log) goes to
+runs/<name>/.rm.resume.pt: `--resume` continues a killed run from there, bit-exactly.
 
 The model: 05's SFT GPT with its LM head replaced by a linear map to one number, read at the last
 non-pad token of prompt + response (the response's closing <|end|>, which has attended to everything):
@@ -65,9 +68,10 @@ from common.cli import (
 from common.outcome import make_bar
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import fresh_output, write_manifest
+from common.runs import write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
+from train_state import RunState  # 04_pretrain
 from gpt import GPT  # 03_model
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
 
@@ -104,6 +108,9 @@ class RMConfig:
     seed: int = option(1337, "seed for the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --eval-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -167,14 +174,19 @@ def per_rule_bars(rm_eval: dict, baselines: dict) -> list:
     return bars
 
 
-def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_path=None, log=print) -> list:
-    """Bradley–Terry training on encoded pairs (random order, epoch after epoch); returns the log records."""
+def train_reward_model(
+    rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_path=None, log=print, state=None
+) -> list:
+    """Bradley–Terry training on encoded pairs (random order, epoch after epoch); returns the log records.
+    state: the run's RunState, continued from and saved every cfg.eval_interval steps."""
     opt = make_optimizer("adamw", param_groups(rm, cfg.weight_decay), cfg.lr, (0.9, 0.95))
     rng = random.Random(cfg.seed)
-    order, records, t0 = [], [], time.time()
-    rm.train()
     guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})")
-    for step in range(1, cfg.steps + 1):
+    objects = ({"rm": rm}, {"adamw": opt}, {"order": rng}, guard)
+    start, records, extra = state.restore("rm", *objects) if state else (0, [], {})
+    order, t0 = extra.get("order", []), time.time()
+    rm.train()
+    for step in range(start + 1, cfg.steps + 1):
         set_interrupt_hint(f"at step {step}; nothing was written (the previous result, if any, is kept)")
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
@@ -202,6 +214,8 @@ def train_reward_model(rm, train, heldout, cfg: RMConfig, pad_id, device, ckpt_p
                 f"step {step}/{cfg.steps} | loss {loss.item():.4f} | held-out accuracy {acc['accuracy']:.3f} | "
                 f"{time.time() - t0:.0f}s"
             )
+        if state and state.due(step) and step < cfg.steps:
+            state.save("rm", step, *objects, records=records, extra={"order": order})
     rm.eval()
     return records
 
@@ -279,10 +293,11 @@ def train_rm_run(cfg: RMConfig, argv=None) -> dict:
     heldout = load_pairs(tok, held_path, policy.cfg.block_size, "held-out")
     torch.manual_seed(cfg.seed)
     rm = RewardModel(policy).to(device)
-    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
+    state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("rm"))
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         before = pairwise_accuracy(rm, heldout, pad, device)
         t0 = time.time()
-        records = train_reward_model(rm, train, heldout, cfg, pad, device, tmp / "rm.pt")
+        records = train_reward_model(rm, train, heldout, cfg, pad, device, tmp / "rm.pt", state=state)
         train_s = time.time() - t0
         after = pairwise_accuracy(rm, heldout, pad, device)
         baselines = {

@@ -5,7 +5,8 @@
 
 Reads runs/<name>/sft/ (05) and whichever of ppo/, dpo/, ipo/, simpo/, grpo/, rlaif/ exist (a missing one
 is named with the command that makes it), rm/ when present (the reward-model column), and the held-out
-preference pairs and arithmetic problems (01). Writes runs/<name>/rl_compare/: compare.json, compare.md,
+preference pairs, the held-out half's questions and arithmetic problems (01), and the world's fact
+questions (fact_task.py). Writes runs/<name>/rl_compare/: compare.json, compare.md,
 compare.png, manifest.json.
 
 Every model answers the same prompts greedily (temperature 0), so a difference in the table is the
@@ -20,15 +21,21 @@ model's, not the sampler's. The columns:
     pair acc       share of the informative held-out pairs (correct_fact: chosen and rejected differ only in
                    the fact) with log π(y_w) > log π(y_l), ties 1/2 (summed log-probs; SimPO's row uses its
                    per-token mean, the score it trains): what DPO/IPO/SimPO optimize
-    pass@1         greedy arithmetic answers that are right (grpo.py's prompt with its solved example)
+    fact acc       held-out half answer accuracy: greedy answers to questions about the people SFT never saw a
+                   QA of (their facts are in pretraining only as biographies), as 05 and dpo.py score them
+    fact pass@1    greedy answers to GRPO's held-out fact questions (new wordings, new people; fact_task.py)
+    pass@1         greedy arithmetic answers that are right (grpo.py --task arithmetic's prompt with its
+                   solved example)
+    [95% CI]       Wilson intervals over the questions, beside gold, fact acc and both pass@1
     length         mean tokens of the answers to the preference prompts
     train s        the method's own training time from its outcome.json (a shared CPU: compare, don't quote)
 
     gold           the share of prompts whose greedy answer the rule judge accepts under every rule the
                    prompt's pairs state (alignment_bars.gold_acceptance)
 
-"own metric" is, for each method, what it is judged by: gold acceptance for PPO and RLAIF (never the reward
-model they optimized), pair accuracy on the informative pairs for DPO/IPO/SimPO, pass@1 for GRPO.
+"own metric" is, for each method, what its own stage judges it by: gold acceptance for PPO and RLAIF
+(never the reward model they optimized), held-out fact accuracy for DPO/IPO/SimPO (they train on
+factual pairs), pass@1 on the task GRPO trained on (facts by default, arithmetic with --task arithmetic).
 "beats baselines" is that method's bar (alignment_bars.paired_bar): its score minus the strongest of SFT
 and the metric's cheap baseline (majority answer; for pair accuracy "prefer the shorter response"),
 paired over the items, with a 95 % bootstrap interval wholly above 0. Win rates count a tie as 1/2 and
@@ -62,9 +69,12 @@ from common.layout import RunLayout, task_file
 from common.runs import check_artifact, fresh_output, write_manifest
 from common.devices import resolve_device
 from common.outcome import make_bar
-from common.stats import win_rate_with_ties
+from common.stats import wilson_interval, win_rate_with_ties
 
-from arithmetic_task import arithmetic_eval, read_problems
+from arithmetic_task import arithmetic_eval, problem_prompt, read_problems
+from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
+from factual_pairs import qa_records
+from factuality import fact_scores, majority_scores
 from policy_io import check_same_model, frozen, load_policy, load_sft_policy
 from policy_io import sequence_kl
 from reward_scoring import reward_of_responses
@@ -86,25 +96,29 @@ from alignment_bars import (
 # (PPO's and RLAIF's objective is the reward model's score; they are judged by the gold rule judge instead)
 METHODS = {
     "ppo": (("ppo", ""), "gold"),
-    "dpo": (("dpo", ""), "pair_acc"),
-    "ipo": (("dpo", "--loss ipo"), "pair_acc"),
-    "simpo": (("dpo", "--loss simpo"), "pair_acc"),
-    "grpo": (("grpo", ""), "pass@1"),
+    "dpo": (("dpo", ""), "fact_acc"),
+    "ipo": (("dpo", "--loss ipo"), "fact_acc"),
+    "simpo": (("dpo", "--loss simpo"), "fact_acc"),
+    "grpo": (("grpo", ""), "fact_pass@1"),  # "pass@1" when it ran with --task arithmetic (own_metric)
     "rlaif": (("rlaif", ""), "gold"),
 }
 # metric -> (what it measures, the cheap baseline beside SFT)
 METRICS = {
     "gold": ("held-out gold rule-judge acceptance (greedy)", "majority answer"),
     "pair_acc": ("held-out pair accuracy on the informative pairs (ties 1/2)", "prefer the shorter response"),
+    "fact_acc": ("held-out half answer accuracy (greedy)", "majority answer"),
+    "fact_pass@1": ("held-out fact-question pass@1 (greedy; new wordings and people)", "majority answer"),
     "pass@1": ("held-out arithmetic pass@1 (greedy)", "majority answer"),
 }
 COLUMNS = [
     "method",
     "win vs SFT [95% CI] (W/L/T)",
-    "gold",
+    "gold [95% CI]",
     "RM score",
     "KL to SFT",
     "pair acc",
+    "fact acc [95% CI]",
+    "fact pass@1 [95% CI]",
     "pass@1",
     "length",
     "train s",
@@ -120,9 +134,14 @@ class RLCompareConfig:
     run: str = option("", "run folder runs/<name> holding sft/ and the method folders")
     out: str = option("", "output folder; empty = <run>/rl_compare")
     methods: list = option(list(METHODS), f"method folders to compare, from {','.join(METHODS)}", sep=",")
-    limit: int = option(100, "held-out preference pairs and arithmetic problems used (0 = all)", min=0)
+    limit: int = option(
+        100, "held-out preference prompts, fact questions and arithmetic problems used, each (0 = all)", min=0
+    )
     shots: int = option(1, "solved arithmetic examples before each problem (as grpo.py --shots)", min=0)
-    max_new_tokens: int = option(24, "longest answer to a preference prompt", min=1)
+    max_new_tokens: int = option(24, "longest answer to a preference prompt or a held-out question", min=1)
+    fact_tokens: int = option(
+        12, "longest answer to a GRPO fact question (as grpo.py --max-new-tokens)", min=1
+    )
     arith_tokens: int = option(
         10, "longest answer to an arithmetic problem (as grpo.py --max-new-tokens)", min=1
     )
@@ -132,7 +151,7 @@ class RLCompareConfig:
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
-PRESETS = {"tiny": {}, "micro": dict(limit=4, shots=0, max_new_tokens=4, arith_tokens=4)}
+PRESETS = {"tiny": {}, "micro": dict(limit=4, shots=0, max_new_tokens=4, arith_tokens=4, fact_tokens=4)}
 
 
 def check_rl_compare_config(cfg: RLCompareConfig):
@@ -167,6 +186,11 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
     problems = problems[: cfg.limit] if cfg.limit else problems
     common = Counter(p["answer"] for p in train).most_common(1)[0][0]
     majority = majority_replies(questions, run)
+    cut = lambda xs: xs[: cfg.limit] if cfg.limit else xs
+    qa_train = qa_records(task_file(run, "", "sft_train.jsonl"))
+    qa_held = cut(qa_records(task_file(run, "", "sft_heldout.jsonl")))
+    fact_train, fact_held, candidates = fact_problems(world_seed_of(run))
+    fact_held = cut(fact_held)
     return {
         "questions": questions,
         "groups": [[p for p, _ in groups[q]] for q in questions],
@@ -179,6 +203,12 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
         "informative": informative(pairs),
         "majority_texts": majority,
         "majority_common_answer": common,
+        "qa_held": qa_held,
+        "qa_majority": majority_scores(qa_held, qa_train)["answer_acc"],
+        "fact_problems": fact_held,
+        "fact_prompts": [problem_prompt(tok, p["prompt"], []) for p in fact_held],
+        "fact_candidates": candidates,
+        "fact_majority": majority_correct(fact_train, fact_held),
     }
 
 
@@ -191,6 +221,8 @@ def baseline_scores(held) -> dict:
         "gold": gold_acceptance(held["majority_texts"], held["groups"], held["answers"]),
         "pair_acc": pick(length_rule_scores(held["encoded"])),
         "pass@1": [float(p["answer"] == common) for p in held["problems"]],
+        "fact_acc": held["qa_majority"],
+        "fact_pass@1": held["fact_majority"],
     }
 
 
@@ -229,6 +261,12 @@ def evaluate(model, sft, rm, tok, held, cfg, sft_texts=None, mean_logprob=False)
         model, tok, held["problems"], held["shots"], cfg.arith_tokens, n_samples=1, seed=cfg.seed
     )
     scores["pass@1"] = arith["greedy_correct"]
+    scores["fact_acc"] = fact_scores(model, tok, held["qa_held"], cfg.max_new_tokens)["answer_acc"]
+    answers = sample_responses(model, tok, held["fact_prompts"], 1, cfg.fact_tokens, temperature=0)
+    scores["fact_pass@1"] = [
+        float(fact_correct(p, t, held["fact_candidates"]))
+        for p, t in zip(held["fact_problems"], decode_responses(tok, answers), strict=True)
+    ]
     row.update({k: sum(v) / len(v) for k, v in scores.items()})
     row["scores"] = scores  # per item, for the paired bars
     row["eval_s"] = time.time() - t0
@@ -244,11 +282,13 @@ def table_row(name, r, train_s, bar=None) -> dict:
         "win vs SFT [95% CI] (W/L/T)": "-"
         if win is None
         else f"{win['win_rate']:.3f} [{win['interval'][0]:.2f}, {win['interval'][1]:.2f}] ({win['wins']}/{win['losses']}/{win['ties']})",
-        "gold": fmt(r.get("gold")),
+        "gold [95% CI]": with_interval(r["scores"]["gold"]),
         "RM score": fmt(r.get("rm_score")),
         "KL to SFT": fmt(r.get("kl"), 2),
         "pair acc": fmt(r["pair_acc"]),
-        "pass@1": fmt(r["pass@1"]),
+        "fact acc [95% CI]": with_interval(r["scores"]["fact_acc"]),
+        "fact pass@1 [95% CI]": with_interval(r["scores"]["fact_pass@1"]),
+        "pass@1": with_interval(r["scores"]["pass@1"]),
         "length": fmt(r["length"], 1),
         "train s": fmt(train_s, 0),
     }
@@ -256,7 +296,7 @@ def table_row(name, r, train_s, bar=None) -> dict:
         sft = next((v for k, v in bar["contenders"].items() if k == "SFT"), None)
         row.update(
             {
-                "own metric": METHODS[name][1],
+                "own metric": bar["own"],
                 "SFT on it": fmt(sft),
                 "minus best baseline [95% CI]": f"{bar['value']:+.3f} [{bar['interval'][0]:+.3f}, "
                 f"{bar['interval'][1]:+.3f}] vs {bar['baseline_name']}",
@@ -266,13 +306,35 @@ def table_row(name, r, train_s, bar=None) -> dict:
     return row
 
 
-def method_bar(name, r, sft_row, baselines) -> dict:
+def with_interval(scores) -> str:
+    """'0.145 [0.10, 0.20]': the share of 1.0 scores with its Wilson 95 % interval ('-' with no items)."""
+    if not scores:
+        return "-"
+    lo, hi = wilson_interval(sum(scores), len(scores))
+    return f"{sum(scores) / len(scores):.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def own_metric(name, folder) -> str:
+    """The column a method is judged by: METHODS' entry, except GRPO trained with --task arithmetic
+    (its manifest's config says which task it optimized)."""
+    if name == "grpo" and folder is not None:
+        config = read_json(Path(folder) / "manifest.json").get("config") or {}
+        if config.get("task") == "arithmetic":
+            return "pass@1"
+    return METHODS[name][1]
+
+
+def method_bar(name, r, sft_row, baselines, own=None) -> dict:
     """The method's bar on its own metric: paired against SFT and the metric's cheap baseline."""
-    own = METHODS[name][1]
-    sft_scores = sft_row["scores"]["pair_acc_mean"] if name == "simpo" else sft_row["scores"][own]
+    own = own or METHODS[name][1]
+    sft_scores = (
+        sft_row["scores"]["pair_acc_mean"]
+        if own == "pair_acc" and name == "simpo"
+        else sft_row["scores"][own]
+    )
     contenders = {"SFT": sft_scores, METRICS[own][1]: baselines[own]}
     bar = paired_bar(METRICS[own][0], name, r["scores"][own], contenders)
-    return bar | {"contenders": {k: sum(v) / len(v) for k, v in contenders.items()}}
+    return bar | {"own": own, "contenders": {k: sum(v) / len(v) for k, v in contenders.items()}}
 
 
 # Why this stage writes no verdict of its own (issue 22): each row's bar is the same metric, paired on
@@ -305,7 +367,7 @@ def stage_bar(bars: dict) -> dict:
 def plot(results, path):
     plt = pyplot()
     names = list(results)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(20, 4))
     tuned = [n for n in names if "win" in results[n]]
     w = [results[n]["win"] for n in tuned]
     axes[0].bar(
@@ -323,7 +385,8 @@ def plot(results, path):
     for ax, key, title, unit in (
         (axes[1], "rm_score", "reward-model score", "mean reward (RM units)"),
         (axes[2], "pair_acc", "pair accuracy", "share of held-out pairs"),
-        (axes[3], "pass@1", "arithmetic pass@1 (greedy)", "share solved"),
+        (axes[3], "fact_acc", "held-out half fact accuracy (greedy)", "share answered right"),
+        (axes[4], "fact_pass@1", "fact-question pass@1 (greedy)", "share answered right"),
     ):
         values = [results[n].get(key) or 0.0 for n in names]
         ax.bar(names, values, color=["C7"] + ["C0"] * (len(names) - 1))
@@ -382,11 +445,23 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
             )
             train_s[name] = read_json(folder / "outcome.json").get("train_s")
             print(f"{name}: evaluated in {results[name]['eval_s']:.0f}s", flush=True)
-        bars = {n: method_bar(n, r, sft_row, baselines) for n, r in results.items() if n != "sft"}
+        bars = {
+            n: method_bar(n, r, sft_row, baselines, own_metric(n, present[n]))
+            for n, r in results.items()
+            if n != "sft"
+        }
         win_bars = {n: win_bar(r["verdicts"], n) for n, r in results.items() if n != "sft"}
         rows = [table_row(n, r, train_s[n], bars.get(n)) for n, r in results.items()]
         mean = lambda k: f"{sum(baselines[k]) / len(baselines[k]):.3f}"
-        rows.append({"method": "majority answer", "gold": mean("gold"), "pass@1": mean("pass@1")})
+        rows.append(
+            {
+                "method": "majority answer",
+                "gold [95% CI]": with_interval(baselines["gold"]),
+                "fact acc [95% CI]": with_interval(baselines["fact_acc"]),
+                "fact pass@1 [95% CI]": with_interval(baselines["fact_pass@1"]),
+                "pass@1": with_interval(baselines["pass@1"]),
+            }
+        )
         rows.append({"method": "prefer the shorter response", "pair acc": mean("pair_acc")})
         table = markdown_table(rows, COLUMNS)
         write_json(
@@ -400,6 +475,8 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                 "missing": missing,
                 "n_pairs": len(held["pairs"]),
                 "n_problems": len(held["problems"]),
+                "n_fact_questions": len(held["qa_held"]),
+                "n_fact_problems": len(held["fact_problems"]),
                 "config": asdict(cfg),
             },
         )
@@ -429,7 +506,8 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
             ],
         )
     print(
-        f"held-out: {len(held['pairs'])} preference prompts, {len(held['problems'])} arithmetic problems; greedy answers"
+        f"held-out: {len(held['pairs'])} preference prompts, {len(held['qa_held'])} held-out-half questions, "
+        f"{len(held['fact_problems'])} fact questions, {len(held['problems'])} arithmetic problems; greedy answers"
     )
     print(table)
     for line in missing:

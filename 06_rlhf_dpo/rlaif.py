@@ -3,12 +3,16 @@ and the world's gold judge says what that was worth.
 
     python 06_rlhf_dpo/rlaif.py --run runs/tiny                         # judge: the pretrained model
     python 06_rlhf_dpo/rlaif.py --run runs/tiny --judge runs/tiny/sft/ckpt.pt
+    python 06_rlhf_dpo/rlaif.py --run runs/tiny --resume            # continue a killed run, bit-exact
 
 Reads runs/<name>/sft/ (05), the judge (a language-model checkpoint; default runs/<name>/pretrain/
 best.pt, 04), the prompts of data/tasks/preference_train.jsonl and the held-out prompts (01), the sft
 files' short answers (the gold judge's facts) and, when present, rm/ (reward_model.py, for comparison);
 writes runs/<name>/rlaif/: ckpt.pt (the policy trained on the AI judge's labels), gold_labels.pt (the
-one trained on gold labels), pairs.jsonl, outcome.json, metrics.jsonl, rlaif.png, manifest.json.
+one trained on gold labels), pairs.jsonl, outcome.json, metrics.jsonl, rlaif.png, manifest.json. Every
+--eval-interval DPO steps the training state (the policy being trained, AdamW moments, the pair order
+and its RNG, the log; once the gold-labelled policy is done, its weights, log and gold reward) goes to
+runs/<name>/.rlaif.resume.pt: `--resume` continues a killed run from there, bit-exactly.
 
 1. Two answers per training prompt, sampled from the SFT model at temperature 1 (pairs whose two
    answers are identical are dropped and counted).
@@ -48,15 +52,16 @@ import torch
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "03_model")]
+sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "04_pretrain")]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
 from common.devices import resolve_device
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.outcome import make_bar
-from common.runs import check_artifact, fresh_output, write_manifest
+from common.runs import check_artifact, write_manifest
 from common.stats import paired_bootstrap_interval, wilson_interval
 from checkpoint_io import load_checkpoint  # 03_model
+from train_state import RunState  # 04_pretrain
 
 from alignment_bars import paired_bar, short_answers, user_question
 from preference_training import PreferenceSettings, train_preference
@@ -92,6 +97,9 @@ class RLAIFConfig:
     seed: int = option(1337, "seed for the prompts, the sampling and the pair order")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --eval-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -295,7 +303,8 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
     held = [encode_response(tok, c, "")[0] for c in chats]
     answers = short_answers(run)
     torch.manual_seed(cfg.seed)
-    with fresh_output(out, cfg.overwrite) as tmp:  # the old run stays until this one succeeds
+    state = RunState(out, cfg, cfg.eval_interval, RunLayout(run).made_by("rlaif"))
+    with state.claimed(cfg.overwrite) as tmp:  # the old run stays until this one succeeds
         t0 = time.time()
         rows, stats = label_pairs(policy, tok, judge_model, judge_tok, rm, records, cfg, answers, device)
         for name, a in stats["agreement"].items():
@@ -338,16 +347,28 @@ def train_rlaif_run(cfg: RLAIFConfig, argv=None) -> dict:
             )
 
         sft_eval = held_gold()
-        log_gold = (
-            train_preference(policy, reference, gold_pairs, heldout, dpo_cfg, pad, device)
-            if gold_pairs
-            else []
-        )
-        gold_eval = held_gold()
+        if "gold" in state.carry:  # trained before the run was interrupted
+            done = state.carry["gold"]
+            policy.load_state_dict(done["policy"])
+            log_gold, gold_eval = done["records"], done["eval"]
+        else:
+            log_gold = (
+                train_preference(
+                    policy, reference, gold_pairs, heldout, dpo_cfg, pad, device, state=state, unit="gold"
+                )
+                if gold_pairs
+                else []
+            )
+            gold_eval = held_gold()
+            state.carry = {"gold": {"policy": policy.state_dict(), "records": log_gold, "eval": gold_eval}}
         save_policy(tmp / "gold_labels.pt", policy, RunLayout(run).tokenizer, steps=cfg.steps, labels="gold")
         policy.load_state_dict(sft_state)
         log_ai = (
-            train_preference(policy, reference, ai_pairs, heldout, dpo_cfg, pad, device) if ai_pairs else []
+            train_preference(
+                policy, reference, ai_pairs, heldout, dpo_cfg, pad, device, state=state, unit="ai"
+            )
+            if ai_pairs
+            else []
         )
         ai_eval = held_gold()
         save_policy(tmp / "ckpt.pt", policy, RunLayout(run).tokenizer, steps=cfg.steps, method="rlaif")

@@ -31,10 +31,10 @@ The three policies (`Engine.schedule` is the only place they differ):
 The KV cache, and why 03's model needs no change. 03's GPT.forward already decodes a batch of
 left-padded rows that all write their next token into one shared column (`KVCache.pos`), with a
 mask saying which columns hold each row's tokens, and positions counted from that mask. `SlotCache`
-keeps exactly that layout: one cache row per slot, one shared write column. A new request's prompt
-is prefilled alone, as GPT.generate would, and its keys/values are copied into its row so that it
-ends at the shared column: right-aligned, where left padding would have put it; the columns before
-it are masked out. The price of a shared column: (1) rows attend over masked "dead" columns (what
+keeps exactly that layout: one cache row per slot, one shared write column. The prompts that join
+in a step are prefilled together in one forward pass (right-padded, with a mask: `Engine.prefill`),
+and each one's keys/values are copied into its row so that it ends at the shared column:
+right-aligned, where left padding would have put it; the columns before it are masked out. The price of a shared column: (1) rows attend over masked "dead" columns (what
 finished requests left, and the columns before a short row), (2) when the write column reaches the
 end of the cache, every live row is moved left past the dead columns (a copy, `SlotCache.make_room`;
 it always frees a column, because a row starting at column 0 would already be at its length limit),
@@ -46,7 +46,17 @@ kernel gathers through the table. Each sequence then has its own length (no shar
 columns, no moves), memory grows with the sequence instead of a full context row being reserved per
 slot (vLLM reports near-zero waste and 2-4x more sequences in the same memory), and requests sharing a
 prompt prefix share its blocks. Here the whole cache is max_batch x block_size positions of a
-1M-parameter model, a few MB: the waste is not worth a custom kernel.
+1M-parameter model, a few MB: the waste is not worth a custom kernel. Shared prefixes are still
+reused, by copy: `prefix_cache.py` keeps whole 16-token blocks of prompt keys/values, and a prompt
+that starts with cached blocks has only its suffix prefilled (Engine(..., prefix_blocks=N)).
+
+What keeps a step cheap (the engine must beat 03's padded GPT.generate, which does nothing per
+request): every request's sampling settings live in per-slot tensors (`batch_sampling.py`) and a
+step samples all rows in one vectorized call; the rows' last tokens stay in a tensor; under
+continuous batching a finished row's slot is filled by moving the highest running row down
+(`Engine.compact`), so a decode step computes only running rows, where generate computes every row
+until the longest answer ends; and the step runs in torch.inference_mode. Per request, Python only
+appends the token and checks for the end (and, with a tokenizer, the stop strings).
 
 Interview questions it answers:
 - Why is decode memory-bound and prefill compute-bound? (FLOPs per byte of weights read: ~1 per
@@ -62,6 +72,11 @@ Interview questions it answers:
   `held_back`; never send text you might have to take back)
 - What happens when a client disconnects? (`Request.cancel`; the engine frees its slot at the next
   step, so a dead client stops costing compute)
+- How is a batch of prompts of different lengths prefilled at once? (pad them to one length with a
+  mask; positions count real tokens only, so each is computed as if alone: `Engine.prefill`)
+- Where does a batching engine beat a plain padded generate? (finished rows leave the batch instead of
+  computing padding, and new requests join without waiting; with equal answer lengths both run the
+  same forward passes, so the engine can at best tie)
 """
 
 import collections
@@ -82,7 +97,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError
 from common.devices import decoding_threads
-from decoding import KVCache, apply_repetition_penalty, check_sampling_args, sample_next  # 03_model
+from decoding import KVCache, check_sampling_args  # 03_model
+
+from batch_sampling import (
+    MIN_TEMPERATURE,
+    MIN_TOP_P,
+    BatchSampler,
+    apply_presence_frequency,
+    token_logprobs,
+)  # this stage
+from prefix_cache import PrefixCache  # this stage
+
+__all__ = ["apply_presence_frequency", "MIN_TEMPERATURE", "MIN_TOP_P"]  # re-exported for serve.py and tests
 
 POLICIES = ("sequential", "static", "continuous")
 
@@ -105,12 +131,7 @@ class SamplingParams:
     logprobs: int | None = None  # record each token's log-probability and this many alternatives
 
 
-# Settings whose float32 arithmetic breaks the sampler are mapped to their limit before sampling:
-# logits / 1e-300 overflow to inf (and inf - inf = NaN in softmax), and top_p = 1e-300 is 0 in float32,
-# which drops every token. T -> 0 is greedy and p -> 0 keeps the most likely token alone, so the limits
-# are exact. A repetition penalty far from 1 has no such limit: Engine.submit refuses it.
-MIN_TEMPERATURE = 1e-4  # below: greedy
-MIN_TOP_P = 1e-6  # below: the most likely token alone
+# A repetition penalty far from 1 has no float32-safe limit: Engine.submit refuses it.
 PENALTY_RANGE = (1e-2, 1e2)  # repetition_penalty outside it multiplies logits toward 0 or inf
 
 
@@ -179,51 +200,6 @@ def held_back(text: str, stops) -> int:
     # <<< exercise
 
 
-# ----------------------------------------------------------------------------- sampling, one request at a time
-
-
-def apply_presence_frequency(logits, output_ids, presence, frequency):
-    """OpenAI's penalties on the tokens generated so far: logit[j] -= frequency·count[j] +
-    presence·[count[j] > 0]. logits (1, V). Unlike CTRL's repetition penalty they subtract (so they
-    treat positive and negative logits alike) and count only the answer, not the prompt."""
-    counts = torch.bincount(torch.tensor(output_ids, device=logits.device), minlength=logits.shape[-1])
-    counts = counts[: logits.shape[-1]].to(logits.dtype)
-    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
-
-
-def token_logprobs(logits, token, k) -> tuple:
-    """(log p of `token`, [(id, log p) of the k likeliest tokens]) under the model's own distribution
-    log_softmax(logits) (before temperature, penalties and filters: what the model believes)."""
-    logp = logits.float().log_softmax(dim=-1)
-    top = logp.topk(min(k, logp.shape[-1])) if k else None
-    return float(logp[token]), [] if top is None else list(zip(top.indices.tolist(), top.values.tolist()))
-
-
-def sample_token(req: Request, logits) -> int:
-    """03's sampler on one row (logits (V,)) with this request's own settings and generator: the
-    penalties and logit bias first (out of place: the model's row stays as it was), then
-    temperature, top-k and top-p at their float32-safe limits."""
-    p = req.params
-    logits = logits[None].float()  # (1, V)
-    if p.repetition_penalty != 1.0:
-        seen = torch.tensor([req.prompt_ids + req.output_ids], device=logits.device)
-        logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
-    if (p.presence_penalty or p.frequency_penalty) and req.output_ids:
-        logits = apply_presence_frequency(logits, req.output_ids, p.presence_penalty, p.frequency_penalty)
-    if p.logit_bias:
-        ids = torch.tensor(list(p.logit_bias), device=logits.device)
-        bias = torch.tensor([list(p.logit_bias.values())], device=logits.device)  # (1, k)
-        logits = logits.index_add(1, ids, bias)
-    if not torch.isfinite(logits).all():  # multinomial would raise (CPU) or assert (CUDA)
-        raise ValueError(f"request {req.id}: non-finite logits; its settings or the model are broken")
-    gen = req.generator
-    if gen is not None and gen.device != logits.device:
-        gen = req.generator = torch.Generator(device=logits.device).manual_seed(p.seed)
-    temperature = 0.0 if p.temperature < MIN_TEMPERATURE else p.temperature
-    top_p = None if p.top_p is None else max(p.top_p, MIN_TOP_P)
-    return int(sample_next(logits, temperature, p.top_k, top_p, gen)[0])
-
-
 # ----------------------------------------------------------------------------- the KV cache
 
 
@@ -284,16 +260,25 @@ class SlotCache:
         self.moves += 1
         # <<< exercise
 
-    def write_prompt(self, slot, prompt_kv: KVCache):
-        """Copy a prefilled prompt's keys/values (1, Hkv, n, hd) into the columns claimed for it."""
-        n = prompt_kv.pos
-        for layer, (k, v) in enumerate(zip(prompt_kv.k, prompt_kv.v)):
-            self.kv.k[layer][slot, :, self.pos - n : self.pos] = k[0, :, :n]
-            self.kv.v[layer][slot, :, self.pos - n : self.pos] = v[0, :, :n]
+    def write_prompt(self, slot, k_rows, v_rows):
+        """Copy a prefilled prompt's keys/values, per layer (Hkv, n, hd), into the columns claimed for it."""
+        for layer, (k, v) in enumerate(zip(k_rows, v_rows)):
+            n = k.shape[1]
+            self.kv.k[layer][slot, :, self.pos - n : self.pos] = k
+            self.kv.v[layer][slot, :, self.pos - n : self.pos] = v
 
     def release(self, slot):
         self.mask[slot] = False
         self.start[slot] = None
+
+    def move_row(self, src, dst):
+        """Move a live row's keys/values and mask from slot src to the free slot dst (Engine.compact)."""
+        cols = slice(self.start[src], self.pos)
+        for buf in self.kv.k + self.kv.v:  # (n_slots, Hkv, L, hd)
+            buf[dst, :, cols] = buf[src, :, cols]
+        self.mask[dst] = self.mask[src]
+        self.release(src)
+        self.start[dst] = cols.start
 
     def decode(self, model, idx, active):
         """One step for rows [0, B): idx (B, 1) holds each row's last token; rows in `active` keep
@@ -322,20 +307,30 @@ class Engine:
     token. Thread-safe where it must be: `submit` and `Request.cancel` may be called from any thread
     while one thread (yours, or `start()`'s) runs the steps."""
 
-    def __init__(self, model, tokenizer=None, policy="continuous", max_batch=8, max_waiting=256):
+    def __init__(
+        self, model, tokenizer=None, policy="continuous", max_batch=8, max_waiting=256, prefix_blocks=0
+    ):
         if policy not in POLICIES:
             raise UserError(f"policy {policy!r} unknown; use one of {', '.join(POLICIES)}")
-        if max_batch < 1 or max_waiting < 0:
-            raise UserError(f"max_batch={max_batch} must be >= 1 and max_waiting={max_waiting} >= 0")
+        if max_batch < 1 or max_waiting < 0 or prefix_blocks < 0:
+            raise UserError(
+                f"max_batch={max_batch} must be >= 1, max_waiting={max_waiting} and "
+                f"prefix_blocks={prefix_blocks} >= 0"
+            )
         self.model = model.eval()
-        self.decode_text = tokenizer.decode if tokenizer is not None else (lambda ids: "")
+        self.decode_text = tokenizer.decode if tokenizer is not None else None
         self.policy = policy
         self.slots = [None] * (1 if policy == "sequential" else max_batch)  # the Request in each row
         self.cache = SlotCache(model, len(self.slots))
+        self.device = next(model.parameters()).device
+        self.sampler = BatchSampler(len(self.slots), model.cfg.vocab_size, self.device)
+        self.last = torch.zeros(
+            len(self.slots), dtype=torch.long, device=self.device
+        )  # each row's last token
+        self.prefix_cache = PrefixCache(prefix_blocks) if prefix_blocks else None
         self.waiting = collections.deque()
         self.max_waiting = max_waiting
         self.cond = threading.Condition()  # guards `waiting`; wakes the background thread
-        self.device = next(model.parameters()).device
         self.stats = collections.Counter()  # prefills, decode_steps/rows/useful, finished_<reason>
         self.thread, self.stopping = None, False
 
@@ -411,43 +406,159 @@ class Engine:
         self.slots = [None if r is None or r.finish_reason else r for r in self.slots]
         # <<< exercise
 
+    def compact(self):
+        """Continuous batching: move the highest running rows down into free slots, so that a decode
+        step computes exactly the running rows [0, B) and no padding row. A move copies one row of
+        the cache (its live columns); a padding row would cost a row of every step's arithmetic
+        until the rows above it finish. Static batching keeps its finished rows by definition."""
+        if self.policy != "continuous":
+            return
+        while None in self.slots:
+            hole = self.slots.index(None)
+            top = max((i for i, r in enumerate(self.slots) if r is not None), default=-1)
+            if top < hole:
+                return
+            req = self.slots[top]
+            if self.cache.start[top] is not None:
+                self.cache.move_row(top, hole)
+            self.sampler.move_row(top, hole)
+            self.last[hole] = self.last[top]
+            self.slots[hole], self.slots[top], req.slot = req, None, hole
+            self.stats["row_moves"] += 1
+
     # -------- one step
 
     def step(self) -> bool:
         """Run one scheduling step; False when there was nothing to do."""
         prefill, decode = self.schedule()
-        with decoding_threads():  # a handful of rows per step: one thread (common/devices.py says why)
-            for req in prefill:
-                self.alone(self.prefill, req)
-            decode = [r for r in decode if r.finish_reason is None]  # a prefill may have finished one
+        self.compact()
+        # a handful of rows per step: one thread (common/devices.py says why); inference_mode, not
+        # no_grad: no autograd bookkeeping (version counters, view tracking) on any of its ~100 tensor
+        # calls per step, which at this size cost as much as the arithmetic
+        with decoding_threads(), torch.inference_mode():
+            if prefill:
+                self.prefill(prefill)
+            # a prefill may have finished one; compact() may have moved some: rows in slot order
+            decode = sorted((r for r in decode if r.finish_reason is None), key=lambda r: r.slot)
             if decode:
                 self.decode(decode)
         return bool(prefill or decode)
 
-    @torch.no_grad()
-    def prefill(self, req: Request):
-        """The prompt alone through the model (exactly GPT.generate's first step), its keys/values
-        into the request's cache row, and its first token from the last position's logits."""
-        prompt_kv = KVCache(len(self.cache.kv.k), len(req.prompt_ids))
-        idx = torch.tensor([req.prompt_ids], dtype=torch.long, device=self.device)
-        logits, _ = self.model(idx, cache=prompt_kv)  # (1, n, V)
-        self.cache.write_prompt(req.slot, prompt_kv)
-        self.stats["prefills"] += 1
-        self.next_token(req, logits[0, -1])
+    def prefill(self, reqs):
+        """Every new prompt through the model in one forward pass, their keys/values into their cache
+        rows, and each one's first token from its last position's logits.
 
-    @torch.no_grad()
+        Layout of the pass (one row per request): the cached prefix of P_i tokens (prefix_cache.py;
+        P_i = 0 without one) is copied in right-aligned before column Lp = max P_i, and the S_i
+        remaining tokens follow from column Lp, right-padded to T = max S_i:
+
+            row i:  [ masked | prefix (P_i) ][ suffix (S_i) | padding ]      mask True on the real ones
+                    0        Lp - P_i      Lp              Lp + S_i     Lp + T
+
+        Positions are counted from the mask (03's rule), so every row is seen exactly as its prompt
+        alone; padding after a row's end is never attended to by its real tokens (causality)."""
+        t0 = time.perf_counter()
+        for req in reqs:
+            self.sampler.place(req.slot, req)
+        hits = [self.prefix_cache.lookup(r.prompt_ids) if self.prefix_cache else (0, None) for r in reqs]
+        P = [n for n, _ in hits]
+        S = [len(r.prompt_ids) - n for r, n in zip(reqs, P)]
+        Lp, T = max(P), max(S)
+        idx, mask = self.prefill_inputs(reqs, P, S, Lp, T)
+        run = KVCache(len(self.cache.kv.k), Lp + T)
+        shape = (len(reqs), self.model.cfg.n_kv_head, Lp + T, self.model.cfg.head_dim)
+        run.k = [self.cache.kv.k[0].new_zeros(shape) for _ in run.k]
+        run.v = [self.cache.kv.v[0].new_zeros(shape) for _ in run.v]
+        n_layer = len(run.k)
+        for i, (n, kv) in enumerate(hits):
+            if n:  # kv (2L, Hkv, n, hd): layers' keys, then values
+                for layer in range(n_layer):
+                    run.k[layer][i, :, Lp - n : Lp] = kv[layer]
+                    run.v[layer][i, :, Lp - n : Lp] = kv[n_layer + layer]
+        run.pos = Lp
+        logits, _ = self.model(idx, attention_mask=mask, cache=run)  # (n, T, V)
+        rows, ends = torch.arange(len(reqs), device=self.device), torch.tensor(S, device=self.device) - 1
+        last = logits[rows, ends]  # (n, V): each prompt's last token
+        for i, req in enumerate(reqs):
+            cols = slice(Lp - P[i], Lp + S[i])  # the prompt's columns in this pass
+            k_rows = [k[i, :, cols] for k in run.k]
+            v_rows = [v[i, :, cols] for v in run.v]
+            self.cache.write_prompt(req.slot, k_rows, v_rows)
+            if self.prefix_cache is not None:
+                self.prefix_cache.insert(req.prompt_ids, k_rows, v_rows)
+        self.stats["prefills"] += len(reqs)
+        self.stats["prefill_passes"] += 1
+        self.stats["prefill_tokens"] += sum(S)  # computed; sum(P) came from the prefix cache
+        self.stats["prefix_hit_tokens"] += sum(P)
+        self.stats["prefill_s"] += time.perf_counter() - t0
+        self.sample(reqs, last)
+
+    def prefill_inputs(self, reqs, P, S, Lp, T) -> tuple:
+        """(idx (n, T) of the uncached suffixes, left-aligned; mask (n, Lp + T)): the layout above."""
+        idx = torch.zeros(len(reqs), T, dtype=torch.long)
+        mask = torch.zeros(len(reqs), Lp + T, dtype=torch.bool)
+        for i, req in enumerate(reqs):
+            idx[i, : S[i]] = torch.tensor(req.prompt_ids[P[i] :])
+            mask[i, Lp - P[i] : Lp + S[i]] = True
+        return idx.to(self.device), mask.to(self.device)
+
     def decode(self, reqs):
         """One token for each running request, all in one forward pass over rows [0, B)."""
         B = 1 + max(i for i, r in enumerate(self.slots) if r is not None)
-        idx = torch.zeros(B, 1, dtype=torch.long, device=self.device)  # padding rows feed token 0
-        for r in reqs:
-            idx[r.slot, 0] = r.output_ids[-1]
-        logits = self.cache.decode(self.model, idx, [r.slot for r in reqs])  # (B, V)
+        every = len(reqs) == B  # rows [0, B) all running, in order (the usual case under compact())
+        active = slice(0, B) if every else torch.tensor([r.slot for r in reqs], device=self.device)
+        idx = self.last[:B, None]  # (B, 1); rows computing padding feed whatever they held last
+        logits = self.cache.decode(self.model, idx, active)  # (B, V)
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += B  # rows computed, padding included
         self.stats["decode_useful"] += len(reqs)  # rows whose token is kept
-        for r in reqs:
-            self.alone(self.next_token, r, logits[r.slot])
+        self.sample(reqs, logits if every else logits[active])
+
+    def uniforms(self, reqs):
+        """One uniform in [0, 1) per request: from its own generator when seeded (the same draws
+        however it is batched), else all from torch's global generator in one call."""
+        u = torch.rand(len(reqs))
+        for i, req in enumerate(reqs):
+            if req.generator is not None:
+                u[i] = torch.rand((), generator=req.generator)
+        return u
+
+    def sample(self, reqs, logits):
+        """The next token of every request in `reqs` from its row of logits (n, V), in one vectorized
+        call (batch_sampling.py); then each request's own bookkeeping. A row whose logits are not
+        finite fails alone; if the batched call itself raises, each row is sampled alone (`alone`),
+        so one request's unforeseen setting cannot fail the others."""
+        idx = [r.slot for r in reqs]
+        slots = torch.tensor(idx, device=self.device)
+        u = self.uniforms(reqs) if self.sampler.needs_uniforms(idx) else torch.zeros(len(reqs))
+        try:
+            tokens, bad = self.sampler.sample(slots, logits, u)
+        except Exception:
+            traceback.print_exc()
+            for i, req in enumerate(reqs):
+                self.alone(self.sample_one, req, slots[i : i + 1], logits[i : i + 1], u[i : i + 1])
+            return
+        self.take(reqs, slots, logits, tokens, bad, idx)
+
+    def sample_one(self, req, slot, logits, u):
+        tokens, bad = self.sampler.sample(slot, logits, u)
+        self.take([req], slot, logits, tokens, bad)
+
+    def take(self, reqs, slots, logits, tokens, bad, idx=None):
+        """Record the sampled tokens (n,) (tensors first, for the whole batch), then append each."""
+        self.last[slots] = tokens
+        self.sampler.record(slots, tokens, idx)
+        for i, (req, token, broken) in enumerate(zip(reqs, tokens.tolist(), bad)):
+            if broken:  # multinomial would have raised (CPU) or asserted (CUDA): this row alone fails
+                print(
+                    f"request {req.id}: non-finite logits; its settings or the model are broken",
+                    file=sys.stderr,
+                )
+                self.finish(req, "error")
+                continue
+            if req.params.logprobs is not None:
+                req.logprobs.append(token_logprobs(logits[i], token, req.params.logprobs))
+            self.alone(self.append, req, token)
 
     def alone(self, work, req: Request, *args):
         """work(req, *args), where a failure ends this request alone (finish_reason "error") and the
@@ -460,13 +571,6 @@ class Engine:
             if req.finish_reason is None:
                 self.finish(req, "error")
 
-    def next_token(self, req: Request, logits):
-        """Sample this request's next token from its row of logits (V,) and append it."""
-        token = sample_token(req, logits)
-        if req.params.logprobs is not None:
-            req.logprobs.append(token_logprobs(logits, token, req.params.logprobs))
-        self.append(req, token)
-
     def append(self, req: Request, token: int):
         """Add a generated token: update the text, stream what is final, finish on stop or length."""
         if req.first_token_at is None:
@@ -474,9 +578,12 @@ class Engine:
         req.output_ids.append(token)
         p = req.params
         hit_stop_id = token in req.stop_ids and not p.ignore_eos
-        text, hit_stop_str = cut_at_stop(
-            self.decode_text(req.output_ids[:-1] if hit_stop_id else req.output_ids), p.stop
-        )
+        if self.decode_text is None:  # ids only (benchmarks, tests): no text to cut or stream
+            text, hit_stop_str = "", False
+        else:
+            text, hit_stop_str = cut_at_stop(
+                self.decode_text(req.output_ids[:-1] if hit_stop_id else req.output_ids), p.stop
+            )
         req.text = text
         if hit_stop_id or hit_stop_str:
             self.finish(req, "stop")

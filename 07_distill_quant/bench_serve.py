@@ -1,7 +1,17 @@
-"""Throughput and latency of the three batching policies (batching.py) on one Poisson stream of requests.
+"""Throughput and latency of the serving engine (batching.py): against a padded generate, across its
+three batching policies on one Poisson stream of requests, and with its prefix cache.
 
     python 07_distill_quant/bench_serve.py                    # a random model of the tiny run's shape, CPU
     python 07_distill_quant/bench_serve.py --ckpt runs/tiny/sft/adapter.pt --rate 30 --requests 96
+
+It prints three tables (issue 29's goals in brackets):
+  1. a fixed batch of --max-batch requests, all there at once: the continuous engine against 03's
+     padded GPT.generate (greedy), with equal answers and with answers spread over 4-80 tokens
+     (generate runs every row to the longest), min time of interleaved runs [engine >= 1.2x];
+  2. the Poisson stream below under each policy, and (2b) continuous vs static paired per pass
+     [tokens/s >= 2x, p50 time to first token >= 3x better, at a rate where static batching queues];
+  3. continuous batching with and without the prefix cache on the same stream, every prompt starting
+     with one --shared-prefix-token system prompt: hit rate and prefill seconds saved.
 
 The workload is fixed by --seed: request i arrives at the i-th event of a Poisson process of --rate
 requests per second (exponential gaps between arrivals), with a prompt of random tokens, its length
@@ -32,6 +42,9 @@ Interview questions it answers:
   a step's time grows with the batch its tokens come slower than alone; servers cap the batch. At a
   low arrival rate the batch is ~1 and the policies are alike (try --rate 0.5), because a step of so
   small a model costs about the same for 1 or 8 rows)
+- Why must the arrival rate exceed static batching's capacity? (below it every policy serves each
+  request as it comes, and tokens/s over the span is just the offered load: the policies differ in
+  latency only; the default 60/s is above static's capacity on the tiny shape and below continuous's)
 - Why judge throughput over repeated passes in alternation? (one pass samples the machine's load at
   that moment; the ratio of two policies served back to back cancels most of it, and its interval over
   passes says whether the gap survives the noise)
@@ -56,6 +69,7 @@ from common.runs import run_lock, write_manifest
 from common.devices import resolve_device, set_threads
 from common.outcome import make_bar
 from common.stats import t_interval
+from decoding import generate, left_pad  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
 from batching import POLICIES, Engine, Request, SamplingParams  # this stage
@@ -70,15 +84,17 @@ class BenchServeConfig:
     n_layer: int = option(4, "random model: blocks", min=1)
     n_embd: int = option(128, "random model: width", min=8)
     n_head: int = option(4, "random model: attention heads", min=1)
-    requests: int = option(64, "requests in the workload", min=1)
-    rate: float = option(40.0, "mean arrivals per second (Poisson)", min=1e-3)
+    requests: int = option(160, "requests in the workload", min=1)
+    rate: float = option(
+        60.0, "mean arrivals per second (Poisson): above static batching's capacity", min=1e-3
+    )
     prompt_min: int = option(8, "shortest prompt in tokens", min=1)
     prompt_max: int = option(48, "longest prompt in tokens", min=1)
     short_min: int = option(4, "shortest short answer in tokens", min=1)
-    short_max: int = option(24, "longest short answer", min=1)
-    long_min: int = option(48, "shortest long answer", min=1)
+    short_max: int = option(16, "longest short answer", min=1)
+    long_min: int = option(64, "shortest long answer", min=1)
     long_max: int = option(80, "longest long answer", min=1)
-    long_frac: float = option(0.25, "share of requests with a long answer", min=0.0, max=1.0)
+    long_frac: float = option(0.2, "share of requests with a long answer", min=0.0, max=1.0)
     max_batch: int = option(8, "slots of the static and continuous policies", min=1)
     policies: list = option(
         list(POLICIES), "policies to run, in order (the first is the reference for 'same tokens')", sep=","
@@ -86,6 +102,9 @@ class BenchServeConfig:
     repeats: int = option(
         5, "passes over the policies, in alternation (the bar's interval is over passes)", min=1
     )
+    fixed_tokens: int = option(64, "fixed batch: answer length of the equal-length batch", min=1)
+    shared_prefix: int = option(48, "prefix caching: tokens of the system prompt every request shares", min=0)
+    prefix_blocks: int = option(256, "prefix caching: blocks of 16 tokens the cache holds", min=1)
     seed: int = option(0, "seed of the workload and of the random model")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps")
     threads: int = option(1, "torch CPU threads (0 = torch's default)", min=0)
@@ -95,7 +114,17 @@ class BenchServeConfig:
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
 PRESETS = {
     "tiny": {},
-    "micro": dict(requests=4, short_max=4, long_frac=0.0, policies=["static", "continuous"], repeats=2),
+    "micro": dict(
+        requests=4,
+        short_max=4,
+        long_frac=0.0,
+        policies=["static", "continuous"],
+        repeats=2,
+        fixed_tokens=8,
+        long_min=8,
+        long_max=8,
+        shared_prefix=16,
+    ),
 }
 
 
@@ -106,6 +135,11 @@ def check_bench_config(c: BenchServeConfig, block_size):
                 f"--{lo.replace('_', '-')} {getattr(c, lo)} is above --{hi.replace('_', '-')} "
                 f"{getattr(c, hi)}"
             )
+    if c.shared_prefix + 16 + c.short_max > block_size:
+        raise UserError(
+            f"--shared-prefix {c.shared_prefix} + 16 own tokens + --short-max {c.short_max} exceeds the "
+            f"model's context of {block_size}; lower them"
+        )
     if c.prompt_max + max(c.short_max, c.long_max) > block_size:
         raise UserError(
             f"--prompt-max {c.prompt_max} + the longest answer {max(c.short_max, c.long_max)} "
@@ -150,6 +184,87 @@ def serve(engine: Engine, items) -> list:
         if not engine.step() and nxt < len(reqs):  # idle until the next arrival
             time.sleep(max(0.0, items[nxt][0] - (time.perf_counter() - start)))
     return reqs
+
+
+# ----------------------------------------------------------------------------- 1. a fixed batch
+
+
+def fixed_batches(c: BenchServeConfig, vocab) -> dict:
+    """{name: (prompts, answer lengths)}: max_batch prompts of the workload's lengths, answered with
+    `fixed_tokens` tokens each ("equal": the batch generate was made for) or with lengths spread evenly
+    from the shortest short answer to the longest long one ("spread": what a batch of requests asks)."""
+    items = workload(dataclasses.replace(c, requests=c.max_batch), vocab)
+    prompts = [prompt for _, prompt, _ in items]
+    spread = np.linspace(c.short_min, c.long_max, len(prompts)).round().astype(int).tolist()
+    return {
+        "equal answers": (prompts, [c.fixed_tokens] * len(prompts)),
+        "spread answers": (prompts, spread),
+    }
+
+
+def time_generate(model, prompts, lengths) -> tuple:
+    """(seconds, ids of each answer): 03's padded GPT generate, greedy, every row to the longest
+    answer (it has one max_new_tokens); each row's answer is cut to its own length."""
+    idx, mask = left_pad(prompts, device=next(model.parameters()).device)
+    t = time.perf_counter()
+    out = generate(model, idx, max(lengths), temperature=0, attention_mask=mask)
+    seconds = time.perf_counter() - t
+    return seconds, [row[idx.shape[1] : idx.shape[1] + n] for row, n in zip(out.tolist(), lengths)]
+
+
+def time_engine(model, prompts, lengths) -> tuple:
+    """(seconds, ids of each answer): the continuous engine, every request submitted at once."""
+    engine = Engine(model, None, "continuous", len(prompts))
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
+    reqs = [engine.submit(Request(p, sp)) for p, sp in zip(prompts, params)]
+    t = time.perf_counter()
+    engine.run_until_idle()
+    return time.perf_counter() - t, [r.output_ids for r in reqs]
+
+
+def fixed_batch_rows(model, c: BenchServeConfig) -> list:
+    """Engine vs padded generate on each fixed batch: interleaved `repeats` times, min time of each."""
+    rows = []
+    for name, (prompts, lengths) in fixed_batches(c, model.cfg.vocab_size).items():
+        times = {"generate": [], "engine": []}
+        for rep in range(max(c.repeats, 3)):
+            for side in ("generate", "engine") if rep % 2 == 0 else ("engine", "generate"):
+                seconds, ids = (time_generate if side == "generate" else time_engine)(model, prompts, lengths)
+                times[side].append(seconds)
+                if side == "generate":
+                    want = ids
+                else:
+                    got = ids
+        tokens = sum(lengths)
+        gen, eng = min(times["generate"]), min(times["engine"])
+        rows.append(
+            {
+                "batch": name,
+                "requests": len(prompts),
+                "answer tokens": f"{min(lengths)}-{max(lengths)}",
+                "generate tok/s": f"{tokens / gen:.0f}",
+                "engine tok/s": f"{tokens / eng:.0f}",
+                "engine / generate": f"{gen / eng:.2f}x",
+                "same tokens": "yes" if got == want else "NO",
+                "ratio": gen / eng,
+            }
+        )
+        print(f"fixed batch, {name}: engine {gen / eng:.2f}x padded generate", flush=True)
+    return rows
+
+
+FIXED_COLUMNS = (
+    "batch",
+    "requests",
+    "answer tokens",
+    "generate tok/s",
+    "engine tok/s",
+    "engine / generate",
+    "same tokens",
+)
+
+
+# ----------------------------------------------------------------------------- 2. a Poisson stream
 
 
 def summarize(policy, reqs, stats, reference) -> dict:
@@ -248,6 +363,94 @@ def serve_in_alternation(model, items, c: BenchServeConfig) -> dict:
     return runs
 
 
+def ratio_rows(runs: dict, rate) -> list:
+    """The issue's two goals, paired per pass: continuous / static tokens/s (>= 2) and static /
+    continuous p50 time to first token (>= 3), geometric mean with a t interval over the passes."""
+    if "continuous" not in runs or "static" not in runs:
+        return []
+    cont, stat = runs["continuous"], runs["static"]
+    out = []
+    for name, key, flip, goal in (
+        ("tokens/s, continuous / static", "tokens_per_s", False, 2.0),
+        ("p50 TTFT, static / continuous", "ttft_p50", True, 3.0),
+    ):
+        logs = [math.log((b[key] / a[key]) if flip else (a[key] / b[key])) for a, b in zip(cont, stat)]
+        lo, hi = t_interval(logs) if len(logs) > 1 else (logs[0], logs[0])
+        value = math.exp(sum(logs) / len(logs))
+        out.append(
+            {
+                "measure": name,
+                "arrival rate /s": f"{rate:g}",
+                "value": f"{value:.2f}x",
+                "95% interval": f"[{math.exp(lo):.2f}, {math.exp(hi):.2f}]",
+                "goal": f">= {goal:g}x",
+                "met": "yes" if math.exp(lo) >= goal else ("point only" if value >= goal else "NO"),
+            }
+        )
+    return out
+
+
+RATIO_COLUMNS = ("measure", "arrival rate /s", "value", "95% interval", "goal", "met")
+
+
+# ----------------------------------------------------------------------------- 3. prefix caching
+
+
+def prefix_workload(c: BenchServeConfig, vocab) -> list:
+    """The Poisson stream of `workload`, every prompt starting with one shared system prompt of
+    `shared_prefix` tokens, then 4-16 tokens of its own; short answers only."""
+    rng = random.Random(c.seed + 1)
+    system = [rng.randrange(vocab) for _ in range(c.shared_prefix)]
+    items = workload(dataclasses.replace(c, long_frac=0.0), vocab)
+    return [(t, system + [rng.randrange(vocab) for _ in range(rng.randint(4, 16))], n) for t, _, n in items]
+
+
+def prefix_rows(model, c: BenchServeConfig) -> list:
+    """Continuous batching with and without the prefix cache on the shared-prefix stream, interleaved;
+    each row is the pass with the least prefill time. Prefill seconds are the engine's own clock
+    around its prefill passes (stats["prefill_s"])."""
+    items = prefix_workload(c, model.cfg.vocab_size)
+    runs = {"no prefix cache": [], "prefix cache": []}
+    reference = None
+    for rep in range(c.repeats):
+        for name in list(runs) if rep % 2 == 0 else list(runs)[::-1]:
+            engine = Engine(
+                model, None, "continuous", c.max_batch, c.requests, c.prefix_blocks if "no" not in name else 0
+            )
+            reqs = serve(engine, items)
+            reference = reference or reqs
+            row = summarize(name, reqs, engine.stats, reference)
+            st = engine.stats
+            row.update(
+                prefill_s=st["prefill_s"],
+                hit_rate=st["prefix_hit_tokens"] / max(st["prefix_hit_tokens"] + st["prefill_tokens"], 1),
+                prefill_tokens=st["prefill_tokens"],
+            )
+            runs[name].append(row)
+    rows = []
+    for passes in runs.values():
+        best = dict(min(passes, key=lambda r: r["prefill_s"]))
+        best["same_tokens"] = all(r["same_tokens"] for r in passes)
+        rows.append(best)
+    off = rows[0]
+    for r in rows:
+        r["saved"] = 1 - r["prefill_s"] / off["prefill_s"]
+    return [
+        {
+            "engine": r["policy"],
+            "shared prefix": c.shared_prefix,
+            "hit rate (prompt tokens)": f"{r['hit_rate']:.0%}",
+            "prompt tokens computed": r["prefill_tokens"],
+            "prefill s": f"{r['prefill_s']:.3f}",
+            "prefill time saved": f"{r['saved']:.0%}",
+            "TTFT p50 s": f"{r['ttft_p50']:.3f}",
+            "tokens/s": f"{r['tokens_per_s']:.0f}",
+            "same tokens": "yes" if r["same_tokens"] else "NO",
+        }
+        for r in rows
+    ]
+
+
 def median_rows(runs: dict) -> list:
     """One row per policy: its median pass by tokens/s, with every pass's tokens/s beside it, and
     "same tokens" only when every pass gave the reference's tokens."""
@@ -316,13 +519,31 @@ def main(argv=None):
         print(what)
         warm = Engine(model, None, "continuous", 2)  # first calls allocate and pick kernels: not timed
         serve(warm, items[:2])
-        rows = median_rows(serve_in_alternation(model, items, c))
-        table = markdown_table([table_row(r) for r in rows], COLUMNS)
+        fixed = fixed_batch_rows(model, c)
+        runs = serve_in_alternation(model, items, c)
+        rows = median_rows(runs)
+        ratios = ratio_rows(runs, c.rate)
+        prefix = prefix_rows(model, c)
+        tables = {
+            f"1. a fixed batch of {c.max_batch}: the engine vs 03's padded generate (min of "
+            f"{max(c.repeats, 3)} interleaved runs)": markdown_table(fixed, FIXED_COLUMNS),
+            f"2. {c.requests} requests, Poisson arrivals at {c.rate:g}/s (medians of {c.repeats} passes)": (
+                markdown_table([table_row(r) for r in rows], COLUMNS)
+            ),
+            "2b. continuous vs static, paired per pass": markdown_table(ratios, RATIO_COLUMNS),
+            "3. prefix caching on the same stream with a shared system prompt": markdown_table(
+                prefix, tuple(prefix[0])
+            ),
+        }
+        table = "\n\n".join(f"{title}\n\n{t}" for title, t in tables.items())
         print(table)
         write_json(
             out / "bench_serve.json",
             {
                 "rows": rows,
+                "fixed_batch": fixed,
+                "ratios": ratios,
+                "prefix_cache": prefix,
                 "table": table,
                 "setup": what,
                 "config": dataclasses.asdict(c),

@@ -4,6 +4,7 @@
     python 07_distill_quant/distill.py --run runs/tiny --preset table      # every method, T sweep, 3 seeds
     python 07_distill_quant/distill.py --run runs/tiny --student-init random --methods scratch,logit
     python 07_distill_quant/distill.py --run runs/tiny --teacher sft --steps 600 --student-embd 64
+    python 07_distill_quant/distill.py --run runs/tiny --resume             # continue a killed run, bit-exact
 
 Every student has the same architecture, data order, steps, batch and schedule; seed k of every method
 draws the same initial weights and batches as seed k of scratch. Only what it learns from (and, for
@@ -24,7 +25,10 @@ pretraining TEST split (mean over --seeds), the fraction of the teacher–scratc
 seed, with a 95 % t interval, and for the first seed's model (the one saved): val perplexity, held-out
 answers (05's evaluation), greedy tokens/s (compress_eval.py). Writes runs/<name>/distill/:
 student_<method>.pt (03's checkpoint format: speculative.py uses them as drafts), outcome.json,
-metrics.jsonl, distill.png, manifest.json.
+metrics.jsonl, distill.png, manifest.json. Every --save-interval steps the training state (the student
+being trained, AdamW moments, RNG, its log; the students already trained, with their losses) goes to
+runs/<name>/.distill.resume.pt: `--resume` continues a killed run from there, bit-exactly (04's
+train_state.RunState).
 
 The bar (outcome.json "bar"): the best student, chosen on val, closes at least --gap-goal (50 %) of the
 teacher-scratch gap on test, its whole interval included; a run that closes less FAILs, however much
@@ -53,7 +57,8 @@ from common.cli import UserError, check_config, command_line, option, parse_conf
 from common.devices import resolve_device
 from common.files import write_json, write_jsonl
 from common.layout import RunLayout
-from common.runs import claim_output, run_lock, staged_dir, write_manifest
+from common.runs import write_manifest
+from train_state import RunState  # 04_pretrain
 from checkpoint_io import save_checkpoint  # 03_model
 from batches import load_shards, load_test_shard  # 04_pretrain
 from finetuned import corpus_loss  # 05_sft_lora
@@ -131,10 +136,14 @@ class DistillConfig:
     speed_tokens: int = option(64, "tokens generated for the tokens/s measurement", min=1)
     speed_repeats: int = option(3, "timing repeats (best kept)", min=1)
     log_interval: int = option(25, "steps between log lines", min=1)
+    save_interval: int = option(50, "steps between saved training states (what --resume continues)", min=1)
     seed: int = option(1337, "first seed (student init and data order, the same for every method)", min=0)
     gap_goal: float = option(0.5, "the bar: share of the teacher-scratch gap the best student must close")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --save-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds (run_all.py --preset micro); `table` is the
@@ -193,25 +202,53 @@ def students_to_train(cfg: DistillConfig) -> list:
 # ----------------------------------------------------------------------------- the run
 
 
-def train_one(cfg, name, method, temperature, s_cfg, init_state, teacher, train, pools, device):
-    """One student of one seed (cfg.seed), trained; returns (student, training record)."""
+def train_one(cfg, name, method, temperature, s_cfg, init_state, teacher, train, pools, device, state=None):
+    """One student of one seed (cfg.seed), trained; returns (student, training record). state: the run's
+    RunState, which this student (the unit "<name> seed <seed>") continues from and saves to."""
     init = "random" if method == "scratch" else cfg.student_init  # scratch: random init, as named
-    state = None if method == "scratch" else init_state
-    student = make_student(s_cfg, init, state, teacher, cfg.seed, device)
+    start = None if method == "scratch" else init_state
+    student = make_student(s_cfg, init, start, teacher, cfg.seed, device)
     if method == "sequence":
-        if "pool" not in pools:  # the teacher writes once; every seed reads the same text
-            t0 = time.time()
-            pools["pool"] = teacher_generations(teacher, train, cfg, device)
-            print(
-                f"sequence: the teacher wrote {len(pools['pool'])} sequences of {pools['pool'].shape[1]} "
-                f"tokens in {time.time() - t0:.1f}s",
-                flush=True,
-            )
         batches = generated_batches(pools["pool"], cfg.batch_size)
     else:
         batches = real_batches(train, teacher.cfg.block_size, cfg, device)
-    record = train_student(student, teacher, method, cfg, batches, device, temperature=temperature, name=name)
+    record = train_student(
+        student,
+        teacher,
+        method,
+        cfg,
+        batches,
+        device,
+        temperature=temperature,
+        name=name,
+        state=state,
+        unit=f"{name} seed {cfg.seed}",
+    )
     return student, record
+
+
+def trained_student(
+    cfg, name, method, temperature, s_cfg, init_state, teacher, train, val, test, pools, device, state
+):
+    """(student, record, val loss, test loss) of one student of one seed: trained and measured, or, when
+    the interrupted run had finished it, as it was (its weights are kept for the first seed only: the
+    others are needed for their losses alone)."""
+    unit, T = f"{name} seed {cfg.seed}", teacher.cfg.block_size
+    if unit in state.carry:  # finished before the run was interrupted
+        done = state.carry[unit]
+        student = make_student(s_cfg, "random", done["student"] or None, teacher, cfg.seed, device)
+        return student, done["record"], done["val"], done["test"]
+    student, record = train_one(
+        cfg, name, method, temperature, s_cfg, init_state, teacher, train, pools, device, state
+    )
+    val_loss = corpus_loss(student, val, T, cfg.eval_windows, device)
+    test_loss = corpus_loss(student, test, T, cfg.test_windows, device)
+    weights = student.state_dict() if cfg.seed == state.config["seed"] else {}
+    state.carry = {
+        **state.carry,
+        unit: {"student": weights, "record": record, "val": val_loss, "test": test_loss},
+    }
+    return student, record, val_loss, test_loss
 
 
 def distill(cfg: DistillConfig, argv=None) -> dict:
@@ -231,8 +268,8 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
     test = test if split == "test" else val  # an older run without tokens/test.bin: val stands in
     heldout = heldout_conversations(run, cfg.eval_limit)
     todo = students_to_train(cfg)
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)  # refuse now, not after training
+    state = RunState(out, cfg, cfg.save_interval, RunLayout(run).made_by("distill"))
+    with state.claimed(cfg.overwrite) as tmp:  # refused now, not after training; built beside <out>
         print(
             f"teacher {source} ({count_params(teacher):,} params, {teacher.cfg.n_layer} x {teacher.cfg.n_embd}); "
             f"student {param_count(s_cfg):,} params ({s_cfg.n_layer} x {s_cfg.n_embd}, {s_cfg.n_head} heads), "
@@ -240,15 +277,35 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
             f"{cfg.steps} steps x {cfg.batch_size} x {T} tokens each; {len(todo)} students x {cfg.seeds} seeds"
         )
         students, training, pools = {}, {}, {}
+        if any(method == "sequence" for _, method, _ in todo):  # the teacher writes once, with the first
+            t0 = time.time()  # seed; every seed (and a resumed run) reads the same text
+            pools["pool"] = teacher_generations(teacher, train, cfg, device)
+            print(
+                f"sequence: the teacher wrote {len(pools['pool'])} sequences of {pools['pool'].shape[1]} "
+                f"tokens in {time.time() - t0:.1f}s",
+                flush=True,
+            )
         losses = {name: {"val": [], "test": []} for name, _, _ in todo}
         for k in range(cfg.seeds):
             cfg_k = dataclasses.replace(cfg, seed=cfg.seed + k)
             for name, method, temperature in todo:
-                student, record = train_one(
-                    cfg_k, name, method, temperature, s_cfg, init_state, teacher, train, pools, device
+                student, record, val_loss, test_loss = trained_student(
+                    cfg_k,
+                    name,
+                    method,
+                    temperature,
+                    s_cfg,
+                    init_state,
+                    teacher,
+                    train,
+                    val,
+                    test,
+                    pools,
+                    device,
+                    state,
                 )
-                losses[name]["val"].append(corpus_loss(student, val, T, cfg.eval_windows, device))
-                losses[name]["test"].append(corpus_loss(student, test, T, cfg.test_windows, device))
+                losses[name]["val"].append(val_loss)
+                losses[name]["test"].append(test_loss)
                 print(f"{name}, seed {cfg_k.seed}: {split} loss {losses[name]['test'][-1]:.4f}", flush=True)
                 if k == 0:  # the first seed's students are the ones measured further and saved
                     students[name], training[name] = student, record
@@ -278,46 +335,45 @@ def distill(cfg: DistillConfig, argv=None) -> dict:
             row.update({k: v for k, v in training.get(name, {}).items() if k != "records"})
         add_gaps(rows)
 
-        with staged_dir(out) as tmp:
-            for name, student in students.items():
-                save_checkpoint(
-                    tmp / f"student_{name}.pt",
-                    asdict(student.cfg),
-                    student.state_dict(),
-                    tokenizer=os.path.relpath(RunLayout(run).tokenizer, out),
-                    distill={"method": name, "teacher": str(source)},
-                )
-            outcome = {
-                "teacher": str(source),
-                "teacher_config": asdict(teacher.cfg),
-                "student_config": asdict(s_cfg),
-                "student_init": cfg.student_init,
-                "budget": {
-                    "steps": cfg.steps,
-                    "batch_size": cfg.batch_size,
-                    "tokens": cfg.steps * cfg.batch_size * T,
-                },
-                "seeds": cfg.seeds,
-                "split": split,
-                "heldout_n": len(heldout),
-                "device": device,
-                "rows": rows,
-                **dict(zip(("bar", "bars"), deciding_bar(rows, cfg.gap_goal, split))),
-                "headline": headline(rows, split),
-            }
-            write_json(tmp / "outcome.json", outcome)
-            write_jsonl(tmp / "metrics.jsonl", [r for t in training.values() for r in t["records"]])
-            plot(rows, training, tmp / "distill.png", cfg.gap_goal)
-            inputs = [source, RunLayout(run).tokenizer, RunLayout(run).tokens, RunLayout(run).data]
-            if cfg.student_init not in ("random", "teacher"):
-                inputs.append(Path(cfg.student_init))
-            write_manifest(
-                tmp,
-                stage="07_distill_quant/distill",
-                command=command_line(__file__, argv),
-                config=asdict(cfg),
-                inputs=inputs,
+        for name, student in students.items():
+            save_checkpoint(
+                tmp / f"student_{name}.pt",
+                asdict(student.cfg),
+                student.state_dict(),
+                tokenizer=os.path.relpath(RunLayout(run).tokenizer, out),
+                distill={"method": name, "teacher": str(source)},
             )
+        outcome = {
+            "teacher": str(source),
+            "teacher_config": asdict(teacher.cfg),
+            "student_config": asdict(s_cfg),
+            "student_init": cfg.student_init,
+            "budget": {
+                "steps": cfg.steps,
+                "batch_size": cfg.batch_size,
+                "tokens": cfg.steps * cfg.batch_size * T,
+            },
+            "seeds": cfg.seeds,
+            "split": split,
+            "heldout_n": len(heldout),
+            "device": device,
+            "rows": rows,
+            **dict(zip(("bar", "bars"), deciding_bar(rows, cfg.gap_goal, split))),
+            "headline": headline(rows, split),
+        }
+        write_json(tmp / "outcome.json", outcome)
+        write_jsonl(tmp / "metrics.jsonl", [r for t in training.values() for r in t["records"]])
+        plot(rows, training, tmp / "distill.png", cfg.gap_goal)
+        inputs = [source, RunLayout(run).tokenizer, RunLayout(run).tokens, RunLayout(run).data]
+        if cfg.student_init not in ("random", "teacher"):
+            inputs.append(Path(cfg.student_init))
+        write_manifest(
+            tmp,
+            stage="07_distill_quant/distill",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=inputs,
+        )
     report(outcome, out)
     return outcome
 

@@ -184,11 +184,23 @@ def generated_batches(pool: torch.Tensor, batch_size: int):
 
 
 def train_student(
-    student: GPT, teacher: GPT, method: str, cfg, next_batch, device, log=print, temperature=None, name=None
+    student: GPT,
+    teacher: GPT,
+    method: str,
+    cfg,
+    next_batch,
+    device,
+    log=print,
+    temperature=None,
+    name=None,
+    state=None,
+    unit="student",
 ) -> dict:
     """Train `student` in place for cfg.steps; returns {"records", "s_per_step", "teacher_ms", "student_ms",
     "peak_mb"}. The teacher runs once per batch under no_grad (logit and feature methods only).
-    `temperature` overrides cfg.temperature (the sweep); `name` labels the log lines and records."""
+    `temperature` overrides cfg.temperature (the sweep); `name` labels the log lines and records.
+    state: the run's RunState (04's train_state): `unit` is continued from it and saved every
+    cfg.save_interval steps (the student, its feature projections, AdamW, RNG, log)."""
     soft = method in ("logit", "feature")
     T_soft = cfg.temperature if temperature is None else temperature
     name = name or method
@@ -203,9 +215,11 @@ def train_student(
     sched = Schedule(cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps, "cosine")
     params = [p for p in trainable.parameters() if p.requires_grad]
     student.train()
-    records, times, t0 = [], {}, time.time()
     guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})", vocab_size=student.cfg.vocab_size)
-    for step in range(cfg.steps):
+    objects = ({"student": trainable}, {"adamw": opt}, {}, guard)
+    start, records, _ = state.restore(unit, *objects) if state else (0, [], {})
+    times, t0 = {}, time.time()
+    for step in range(start, cfg.steps):
         set_interrupt_hint(f"at step {step} of the {name} student; nothing was written; rerun to start again")
         x, y = next_batch(step)
         set_lr(opt, lr_at(step, sched))
@@ -238,19 +252,22 @@ def train_student(
             opt.zero_grad(set_to_none=True)
         records.append(rec)
         if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
-            n = step + 1
+            n = step + 1 - start  # steps timed in this process
             parts = " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("method", "step"))
             log(
-                f"{name:<9} step {n}/{cfg.steps} | {parts} | {1000 * (time.time() - t0) / n:.0f} ms/step "
+                f"{name:<9} step {step + 1}/{cfg.steps} | {parts} | {1000 * (time.time() - t0) / n:.0f} ms/step "
                 f"(teacher {1000 * times.get('teacher', 0) / n:.0f}, student {1000 * times['student'] / n:.0f}) | "
                 f"peak memory {peak_memory_mb(device):.0f} MB",
                 flush=True,
             )
+        if state and state.due(step + 1) and step + 1 < cfg.steps:
+            state.save(unit, step + 1, *objects, records=records)
     student.eval()
+    ran = cfg.steps - start  # the steps this process timed (all of them unless resumed)
     return {
         "records": records,
-        "s_per_step": (time.time() - t0) / cfg.steps,
-        "teacher_ms": 1000 * times.get("teacher", 0) / cfg.steps,
-        "student_ms": 1000 * times["student"] / cfg.steps,
+        "s_per_step": (time.time() - t0) / ran,
+        "teacher_ms": 1000 * times.get("teacher", 0) / ran,
+        "student_ms": 1000 * times["student"] / ran,
         "peak_mb": peak_memory_mb(device),
     }

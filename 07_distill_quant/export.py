@@ -18,8 +18,9 @@ The mapping is a renaming plus three real conversions, each a classic interview 
   2. Llama's RoPE rotates pairs (i, i + hd/2) ("half"); ours defaults to (2i, 2i+1) ("interleaved").
      The same model in the other convention permutes the rows of wq and wk within each head
      (position_encoding.permute_rope_weights): q·k is unchanged because both get the same permutation.
-  3. HF's GPT-2 GELU is "gelu_new" (the tanh approximation); ours is exact erf, so the config says
-     "activation_function": "gelu" to keep the logits equal.
+  3. GPT-2's GELU is the tanh approximation (HF's "gelu_new"); 03's `mlp="gelu"` is the exact erf
+     form and `mlp="gelu_tanh"` is GPT-2's. The config names the one the model uses ("gelu" or
+     "gelu_new"): the two differ by up to ~1e-3 per activation, enough to change a greedy token.
 
 model.safetensors is written here by hand (no library): 8 bytes little-endian header length N, N bytes
 of JSON {name: {"dtype", "shape", "data_offsets": [begin, end]}}, then the raw little-endian tensor
@@ -27,6 +28,17 @@ bytes. Loading it runs no code (unlike a pickle) and can be memory-mapped withou
 
     python 07_distill_quant/export.py --ckpt runs/tiny/pretrain/ckpt.pt --out runs/tiny/hf
     python 07_distill_quant/export.py --import-hf runs/tiny/hf --out runs/tiny/imported/ckpt.pt
+
+Real GPT-2, offline: download once, elsewhere, the files of https://huggingface.co/openai-community/gpt2
+(config.json, model.safetensors, vocab.json, merges.txt) into a folder, then
+
+    python 07_distill_quant/export.py --import-hf ~/gpt2 --out runs/gpt2/imported/ckpt.pt
+    python 03_model/sample_text.py --ckpt runs/gpt2/imported/ckpt.pt --prompt "Hello, I'm a language model,"
+
+The import turns the weights into 03's GPT (mlp gelu_tanh, learned positions, LayerNorm, biases) and,
+when vocab.json and merges.txt are there, GPT-2's tokenizer into 02's BPETokenizer (from_gpt2) saved
+beside the checkpoint. tests/test_07_export.py checks the same path on a randomly initialised
+transformers.GPT2LMHeadModel saved with save_pretrained: equal logits and greedy tokens.
 
 The test (tests/test_07_export.py) loads the export with transformers, when installed, and checks equal
 logits and equal greedy tokens; it also imports the files back into 03's GPT.
@@ -56,9 +68,16 @@ sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "03_model"), s
 from common.cli import UserError, option, parse_config, run_cli
 from common.layout import RunLayout
 from common.files import atomic_write_bytes, write_json
+from common.runs import write_manifest
 from checkpoint_io import load_checkpoint, save_checkpoint, tokenizer_dir  # 03_model
 from gpt import GPT, GPTConfig, config_from_dict  # 03_model
 from position_encoding import permute_rope_weights  # 03_model
+
+# 03's GELU variants <-> GPT-2's config.json names; gelu_pytorch_tanh is the same tanh formula
+GPT2_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+HF_GELU_ALIASES = {"gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new"}
+# GPT2Config switches that change the attention math away from 03's (their HF defaults)
+GPT2_DEFAULT_FLAGS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False}
 
 # safetensors dtype names <-> torch dtypes (the ones a model here can hold)
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
@@ -131,7 +150,7 @@ def hf_architecture(cfg: GPTConfig) -> str:
     gpt2 = [
         "pos_emb learned",
         "norm layernorm",
-        "mlp gelu",
+        "mlp gelu or gelu_tanh",
         "bias on",
         "n_kv_head = n_head",
         "tie_weights on",
@@ -139,7 +158,7 @@ def hf_architecture(cfg: GPTConfig) -> str:
     ok_gpt2 = [
         cfg.pos_emb == "learned",
         cfg.norm == "layernorm",
-        cfg.mlp == "gelu",
+        cfg.mlp in GPT2_ACTIVATION,
         cfg.bias,
         cfg.n_kv_head == cfg.n_head,
         cfg.tie_weights,
@@ -166,7 +185,7 @@ def hf_config(cfg: GPTConfig, arch: str, bos_eos_id: int | None = None) -> dict:
             "n_layer": cfg.n_layer,
             "n_head": cfg.n_head,
             "n_inner": cfg.ffn_hidden,
-            "activation_function": "gelu",  # exact erf GELU, as F.gelu; HF's default gelu_new differs
+            "activation_function": GPT2_ACTIVATION[cfg.mlp],  # "gelu" exact erf, "gelu_new" tanh
             "layer_norm_epsilon": cfg.norm_eps,
             "resid_pdrop": 0.0,
             "embd_pdrop": 0.0,
@@ -267,21 +286,26 @@ def to_hf(cfg: GPTConfig, state: dict) -> tuple[str, dict]:
 
 def from_hf(config: dict, tensors: dict) -> tuple[GPTConfig, dict]:
     """(GPTConfig, 03 state dict) from a GPT2LMHeadModel or LlamaForCausalLM config.json + tensors.
-    Real GPT-2 uses gelu_new, which 03 does not have: refused rather than silently different."""
+    GPT-2's gelu_new becomes 03's gelu_tanh; an activation or attention variant 03 does not have is
+    refused rather than silently different."""
     arch = (config.get("architectures") or [config.get("model_type", "?")])[0]
     t = {k.removeprefix("transformer.") if arch == "GPT2LMHeadModel" else k: v for k, v in tensors.items()}
     if arch == "GPT2LMHeadModel":
         act = config.get("activation_function", "gelu_new")
-        if act != "gelu":
+        mlp = {v: k for k, v in GPT2_ACTIVATION.items()}.get(HF_GELU_ALIASES.get(act, act))
+        if mlp is None:
             raise UserError(
-                f"activation_function {act!r}: 03's GPT has exact GELU only; importing would change the "
-                "model's outputs (add a tanh-GELU option to gpt.py's MLP first)"
+                f"activation_function {act!r}: 03's GPT has exact GELU (gelu) and the tanh one "
+                "(gelu_new); importing would change the model's outputs"
             )
+        odd = [k for k, v in GPT2_DEFAULT_FLAGS.items() if config.get(k, v) != v]
+        if odd:
+            raise UserError(f"GPT-2 variant with {', '.join(odd)} changed: 03's attention does not do that")
         d, L = config["n_embd"], config["n_layer"]
         cfg = GPTConfig(
             vocab_size=config["vocab_size"], block_size=config["n_positions"], n_layer=L,
             n_head=config["n_head"], n_embd=d, bias=True, pos_emb="learned", norm="layernorm",
-            mlp="gelu", norm_eps=config.get("layer_norm_epsilon", 1e-5),
+            mlp=mlp, norm_eps=config.get("layer_norm_epsilon", 1e-5),
             mlp_hidden=(config.get("n_inner") or 4 * d) if (config.get("n_inner") or 4 * d) != 4 * d else 0,
         )  # fmt: skip
         state = {"tok_emb.weight": t["wte.weight"], "pos_emb.weight": t["wpe.weight"]}
@@ -401,7 +425,7 @@ def export_hf(ckpt_path, out_dir) -> dict:
 
 def import_hf(hf_dir, out_ckpt=None) -> tuple[GPT, GPTConfig]:
     """03's GPT from a Hugging Face folder (config.json + model.safetensors); saved as a 03 checkpoint
-    when out_ckpt is given."""
+    when out_ckpt is given, with GPT-2's tokenizer beside it when the folder has vocab.json + merges.txt."""
     hf_dir = Path(hf_dir)
     for name in ("config.json", "model.safetensors"):
         if not (hf_dir / name).is_file():
@@ -415,8 +439,29 @@ def import_hf(hf_dir, out_ckpt=None) -> tuple[GPT, GPTConfig]:
     model.load_state_dict(state)
     if out_ckpt is not None:
         Path(out_ckpt).parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out_ckpt, asdict(cfg), model.state_dict())
+        tok = import_gpt2_tokenizer(hf_dir, Path(out_ckpt).parent / "tokenizer")
+        extra = {"tokenizer": "tokenizer"} if tok else {}  # relative to the checkpoint's folder
+        save_checkpoint(out_ckpt, asdict(cfg), model.state_dict(), **extra)
     return model.eval(), cfg
+
+
+def import_gpt2_tokenizer(hf_dir: Path, out_dir: Path) -> bool:
+    """GPT-2's vocab.json + merges.txt as 02's BPETokenizer in out_dir (with a manifest, so 03's
+    sample_text.py accepts it); False when the folder has no such files."""
+    vocab, merges = hf_dir / "vocab.json", hf_dir / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        return False
+    from bpe import BPETokenizer  # 02_tokenizer
+
+    BPETokenizer.from_gpt2(vocab, merges).save(out_dir)
+    write_manifest(
+        out_dir,
+        stage="07_distill_quant",
+        command=f"python 07_distill_quant/export.py --import-hf {hf_dir}",
+        config={"from": "GPT-2 vocab.json + merges.txt"},
+        inputs=[vocab, merges],
+    )
+    return True
 
 
 @dataclass

@@ -3,6 +3,7 @@
     python 07_distill_quant/prune.py --run runs/tiny                   # 30/50/70 % magnitude, 1 head, 25 % neurons
     python 07_distill_quant/prune.py --run runs/tiny --scope layer --heads 2 --head-score ablation
     python 07_distill_quant/prune.py --run runs/tiny --fractions 0.9 --heads 0 --neuron-fraction 0 --recovery-steps 200
+    python 07_distill_quant/prune.py --run runs/tiny --resume          # continue a killed run, bit-exact
 
 Unstructured (magnitude) pruning sets the fraction f of the block matrices' weights with the smallest
 |w| to zero: ranked over all of them together (--scope global) or within each matrix (--scope layer).
@@ -29,7 +30,10 @@ one forward per head with its gate at 0: exact, but L·H forwards. The lowest-sc
 Every variant is measured before and after the same short recovery fine-tune (masks kept), next to
 the unpruned model fine-tuned the same way (a control: the teacher was not trained to convergence,
 so some "recovery" is just more training). Writes runs/<name>/prune/: <variant>.pt (03's checkpoint
-format), outcome.json, prune.png, manifest.json.
+format), outcome.json, prune.png, manifest.json. Every --save-interval recovery steps the training state
+(the variant being fine-tuned, AdamW moments, RNG; the variants already recovered) goes to
+runs/<name>/.prune.resume.pt: `--resume` continues a killed run from there, bit-exactly (04's
+train_state.RunState; a variant's pruning and its measurements are recomputed, they are deterministic).
 
 The bar (outcome.json "bar"): recovery must remove more val loss from a pruned variant than the same
 steps remove from the dense control, paired over val windows with a 95 % bootstrap interval; the
@@ -77,12 +81,13 @@ from common.outcome import make_bar
 from common.stats import bootstrap_interval
 from common.files import markdown_table, pyplot, save_figure, write_json
 from common.layout import RunLayout
-from common.runs import claim_output, run_lock, staged_dir, write_manifest
+from common.runs import write_manifest
 from common.devices import resolve_device
 from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 from optimizers import clip_grad_norm, make_optimizer, param_groups  # 04_pretrain
+from train_state import RunState  # 04_pretrain
 
 from compress_eval import (
     TEACHER_HELP,
@@ -125,8 +130,14 @@ class PruneConfig:
     batch_size: int = option(16, "sequences per step (scores and recovery)", min=1)
     eval_windows: int = option(64, "val windows for the perplexity (the same for every variant)", min=1)
     seed: int = option(7, "data order of the scores and the recovery fine-tune", min=0)
+    save_interval: int = option(
+        10, "recovery steps between saved training states (what --resume continues)", min=1
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the run already in the output folder")
+    resume: bool = option(
+        False, "continue an interrupted run from its last state (saved every --save-interval)"
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -397,10 +408,15 @@ def train_batches(train, block_size, cfg: PruneConfig, n, device, offset=0) -> l
     ]
 
 
-def recovery_finetune(model: GPT, train, cfg: PruneConfig, device, masks=None, label=""):
+def recovery_finetune(model: GPT, train, cfg: PruneConfig, device, masks=None, label="", state=None):
     """cfg.recovery_steps of AdamW on the LM loss (constant lr, no weight decay), the masks re-applied
-    after every step so pruned weights stay exactly zero."""
+    after every step so pruned weights stay exactly zero. state: the run's RunState, whose unit `label`
+    is continued (or, recovered before the interrupt, taken from its carry) and saved every
+    cfg.save_interval steps."""
     if not cfg.recovery_steps:
+        return
+    if state and label in state.carry:  # recovered before the run was interrupted
+        model.load_state_dict(state.carry[label])
         return
     for p in model.parameters():
         p.requires_grad_(True)
@@ -408,7 +424,9 @@ def recovery_finetune(model: GPT, train, cfg: PruneConfig, device, masks=None, l
     model.train()
     T = model.cfg.block_size
     guard = DivergenceGuard(lower=f"--lr (now {cfg.lr:g})", vocab_size=model.cfg.vocab_size)
-    for step in range(cfg.recovery_steps):
+    objects = ({"model": model}, {"adamw": opt}, {}, guard)
+    start, _, _ = state.restore(label, *objects) if state else (0, [], {})
+    for step in range(start, cfg.recovery_steps):
         set_interrupt_hint(f"at recovery step {step} of {label}; nothing was written; rerun to start again")
         x, y = get_batch(train, batch_starts(len(train), T, cfg.batch_size, cfg.seed + 1, step), T, device)
         loss = model(x, y)[1]
@@ -418,7 +436,11 @@ def recovery_finetune(model: GPT, train, cfg: PruneConfig, device, masks=None, l
         opt.zero_grad(set_to_none=True)
         if masks:
             apply_masks(model, masks)
+        if state and state.due(step + 1) and step + 1 < cfg.recovery_steps:
+            state.save(label, step + 1, *objects)
     model.eval()
+    if state:  # what a resumed run takes instead of fine-tuning it again
+        state.carry = {**state.carry, label: model.state_dict()}
 
 
 def variants(teacher: GPT, train, cfg: PruneConfig, device):
@@ -506,58 +528,57 @@ def prune(cfg: PruneConfig, argv=None) -> dict:
     T = teacher.cfg.block_size
     train, val, _ = load_shards(run, T)
     rows, losses = [], {}
-    with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)
+    state = RunState(out, cfg, cfg.save_interval, RunLayout(run).made_by("prune"))
+    with state.claimed(cfg.overwrite) as tmp:  # refused now, not after training; built beside <out>
         print(
             f"pruning {source} ({count_params(teacher):,} params); recovery: {cfg.recovery_steps} steps at lr {cfg.lr:g}",
             flush=True,
         )
-        with staged_dir(out) as tmp:
-            for name, what, model, masks in variants(teacher, train, cfg, device):
-                before = window_losses(model, val, cfg.eval_windows, device)
-                row = {
-                    "variant": name,
-                    "removed": what,
-                    "params": count_params(model),
-                    "nonzero_params": nonzero_params(model),
-                    "ppl_pruned": math.exp(before.mean()),
-                }
-                recovery_finetune(model, train, cfg, device, masks, name)
-                after = window_losses(model, val, cfg.eval_windows, device)
-                losses[name] = (before, after)
-                row["ppl_recovered"] = math.exp(after.mean())
-                row["nonzero_after_recovery"] = nonzero_params(model)
-                row["file_kib"] = checkpoint_kib(model, tmp / f"{name}.pt")
-                row["csr_kib"] = csr_kib(model, masks) if masks else None
-                rows.append(row)
-                print(
-                    f"{name:<14} params {row['params']:>9,} nonzero {row['nonzero_params']:>9,} | val ppl "
-                    f"{row['ppl_pruned']:8.2f} -> {row['ppl_recovered']:8.2f} after recovery | {row['file_kib']:.0f} KiB",
-                    flush=True,
-                )
-            bar, bars = prune_bars(losses)
-            for row in rows:
-                if row["variant"] in bars:
-                    row["recovery_beyond_dense"] = bars[row["variant"]]["value"]
-                    row["recovery_beyond_dense_interval"] = bars[row["variant"]]["interval"]
-            outcome = {
-                "model": str(source),
-                "config": asdict(cfg),
-                "device": device,
-                "rows": rows,
-                "bar": bar,
-                "bars": list(bars.values()),
+        for name, what, model, masks in variants(teacher, train, cfg, device):
+            before = window_losses(model, val, cfg.eval_windows, device)
+            row = {
+                "variant": name,
+                "removed": what,
+                "params": count_params(model),
+                "nonzero_params": nonzero_params(model),
+                "ppl_pruned": math.exp(before.mean()),
             }
-            outcome["headline"] = outcome_block(rows)["headline"]
-            write_json(tmp / "outcome.json", outcome)
-            plot(rows, tmp / "prune.png")
-            write_manifest(
-                tmp,
-                stage="07_distill_quant/prune",
-                command=command_line(__file__, argv),
-                config=asdict(cfg),
-                inputs=[source, RunLayout(run).tokens],
+            recovery_finetune(model, train, cfg, device, masks, name, state)
+            after = window_losses(model, val, cfg.eval_windows, device)
+            losses[name] = (before, after)
+            row["ppl_recovered"] = math.exp(after.mean())
+            row["nonzero_after_recovery"] = nonzero_params(model)
+            row["file_kib"] = checkpoint_kib(model, tmp / f"{name}.pt")
+            row["csr_kib"] = csr_kib(model, masks) if masks else None
+            rows.append(row)
+            print(
+                f"{name:<14} params {row['params']:>9,} nonzero {row['nonzero_params']:>9,} | val ppl "
+                f"{row['ppl_pruned']:8.2f} -> {row['ppl_recovered']:8.2f} after recovery | {row['file_kib']:.0f} KiB",
+                flush=True,
             )
+        bar, bars = prune_bars(losses)
+        for row in rows:
+            if row["variant"] in bars:
+                row["recovery_beyond_dense"] = bars[row["variant"]]["value"]
+                row["recovery_beyond_dense_interval"] = bars[row["variant"]]["interval"]
+        outcome = {
+            "model": str(source),
+            "config": asdict(cfg),
+            "device": device,
+            "rows": rows,
+            "bar": bar,
+            "bars": list(bars.values()),
+        }
+        outcome["headline"] = outcome_block(rows)["headline"]
+        write_json(tmp / "outcome.json", outcome)
+        plot(rows, tmp / "prune.png")
+        write_manifest(
+            tmp,
+            stage="07_distill_quant/prune",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=[source, RunLayout(run).tokens],
+        )
     report(outcome, out)
     return outcome
 

@@ -1,6 +1,8 @@
 """An OpenAI-compatible HTTP server for any checkpoint of this repository, standard library only.
 
     python 07_distill_quant/serve.py --ckpt runs/tiny/sft/adapter.pt --port 8000
+    python 07_distill_quant/serve.py --ckpt runs/tiny/sft/adapter.pt \
+        --compare base=runs/tiny/pretrain/best.pt,dpo=runs/tiny/dpo/ckpt.pt,grpo=runs/tiny/grpo/ckpt.pt
     open http://127.0.0.1:8000/                    # a small chat page, streaming
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"messages": [{"role": "user", "content": "Where does Noin Marora live?"}], "temperature": 0}'
@@ -11,7 +13,10 @@ server-sent events, `data: {chunk}` lines ending with `data: [DONE]`), POST /v1/
 continuation of a prompt), GET /v1/models and /v1/models/{id}, GET /health, GET /metrics, GET / (the
 chat page, chat_page.html), and one extension, POST /v1/feedback: a user's up/down rating of an answer
 (with an optional better answer), appended to --feedback for the next SFT/DPO round (05's
-feedback_data.py). Responses carry usage token counts. Understood fields: model, messages /
+feedback_data.py). With --compare it serves several checkpoints at once, each with its own engine:
+the request's `model` field picks one (/v1/models lists them, the default first), and the chat page
+gains a compare mode that asks every model the same question and shows the answers side by side
+(base, SFT, DPO, PPO, GRPO: what each training stage changed, on one prompt). Responses carry usage token counts. Understood fields: model, messages /
 prompt, max_tokens (or max_completion_tokens), temperature, top_p, stop, seed, n (up to 8 answers,
 decoded together), stream, stream_options.include_usage, presence_penalty, frequency_penalty,
 logit_bias, logprobs (and top_logprobs), and two extensions, top_k and repetition_penalty. Any other
@@ -67,6 +72,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "02_tokenizer"), str(REPO / "05_sft_lora")]
 from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
+from common.devices import resolve_device
 from chat_template import ROLES, encode_prompt  # 05_sft_lora
 from feedback_data import append_feedback, feedback_path_for  # 05_sft_lora
 
@@ -84,7 +90,7 @@ from openai_api import (  # this stage
     sampling_params,
 )
 from http_edge import ClientGone, GuardedHandler, GuardedServer  # this stage
-from served_model import default_model_name, model_from_flags  # this stage
+from served_model import default_model_name, load_model, model_from_flags  # this stage
 
 PAGE = Path(__file__).with_name("chat_page.html")
 
@@ -110,6 +116,13 @@ class ServeConfig:
         "other cross-origin requests get 403",
     )
     model_name: str = option("", "the model id clients send and /v1/models lists (default: <run>/<folder>)")
+    compare: list[str] = option(
+        [],
+        "more checkpoints to serve beside --ckpt, comma-separated, each name=path or a path (named "
+        "<run>/<folder>), e.g. sft=runs/tiny/sft/adapter.pt,dpo=runs/tiny/dpo/ckpt.pt: a request's "
+        "model field picks one, and the chat page's compare mode asks all of them the same question",
+        sep=",",
+    )
     feedback: str = option(
         "",
         "JSONL file the ratings of POST /v1/feedback are appended to (default: <run>/feedback/feedback.jsonl)",
@@ -117,6 +130,13 @@ class ServeConfig:
     policy: str = option("continuous", "batching policy (batching.py)", choices=POLICIES)
     max_batch: int = option(8, "requests decoded together (KV-cache slots)", min=1)
     max_waiting: int = option(64, "requests that may wait for a slot; more get 503 + Retry-After", min=0)
+    prefix_blocks: int = option(
+        128,
+        "prefix cache: 16-token blocks of prompt keys/values kept for reuse (a system prompt, the earlier "
+        "turns of a conversation; batching.py, prefix_cache.py); each costs 16·2·n_layer·n_embd floats; "
+        "0 = off",
+        min=0,
+    )
     max_tokens: int = option(256, "max_tokens when a request gives none (capped by the context)", min=1)
     max_body_kib: int = option(256, "largest request body in KiB; larger ones get 413", min=1)
     timeout: float = option(
@@ -131,16 +151,52 @@ class ServeConfig:
 # ----------------------------------------------------------------------------- the server
 
 
+@dataclass
+class Served:
+    """One model the server answers for: its id, its engine (one thread, its own KV-cache slots) and
+    its tokenizer."""
+
+    name: str
+    engine: Engine
+    tok: object
+
+
 class ChatServer(GuardedServer):
-    """http_edge's server plus what the handlers of this API need: the engine, tokenizer and settings."""
+    """http_edge's server plus what the handlers of this API need: the models, and the settings.
+    `engine, tok, model_name` is the default model (a request naming no model gets it); `more` maps
+    further ids to (engine, tok), each a model of its own with its own engine thread (--compare)."""
 
     def __init__(
-        self, address, engine: Engine, tok, model_name, default_max_tokens=256, feedback_path=None, **edge
+        self,
+        address,
+        engine: Engine,
+        tok,
+        model_name,
+        default_max_tokens=256,
+        feedback_path=None,
+        more=None,
+        **edge,
     ):
         super().__init__(address, Handler, **edge)
         self.engine, self.tok, self.model_name = engine, tok, model_name
+        self.models = {model_name: Served(model_name, engine, tok)}
+        for name, (e, t) in (more or {}).items():
+            self.models[name] = Served(name, e, t)
         self.feedback_path = feedback_path  # None: POST /v1/feedback answers 404
         self.default_max_tokens, self.created = default_max_tokens, int(time.time())
+
+    def served(self, name) -> Served:
+        """The model a request names (None: the default), or a 404 in OpenAI's shape."""
+        if name is None:
+            return self.models[self.model_name]
+        if name not in self.models:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server serves {', '.join(map(repr, self.models))}",
+                param="model",
+                code="model_not_found",
+            )
+        return self.models[name]
 
 
 # Each route: {method: Handler method}. GET /v1/models/{id} is matched by prefix.
@@ -172,14 +228,7 @@ class Handler(GuardedHandler):
         raw = self.read_body()
         body = parse_body(raw)
         check_known_fields(body, known)
-        model = get_field(body, "model", (str,))
-        if model is not None and model != self.server.model_name:
-            raise APIError(
-                404,
-                f"the model {model!r} does not exist; this server serves {self.server.model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
+        self.chosen = self.server.served(get_field(body, "model", (str,)))  # the model that answers
         return body
 
     def send_event(self, obj):
@@ -209,6 +258,7 @@ class Handler(GuardedHandler):
             {
                 "status": "ok",
                 "model": self.server.model_name,
+                "models": list(self.server.models),
                 "policy": engine.policy,
                 "running": sum(r is not None for r in engine.slots),
                 "waiting": len(engine.waiting),
@@ -218,39 +268,33 @@ class Handler(GuardedHandler):
 
     def metrics(self):
         s = self.server
-        text = s.metrics.render(s.engine, s.open_connections)
+        text = s.metrics.render([m.engine for m in s.models.values()], s.open_connections)
         self.send_bytes(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
-    def model_card(self) -> dict:
-        s = self.server
+    def model_card(self, m: Served) -> dict:
         return {
-            "id": s.model_name,
+            "id": m.name,
             "object": "model",
-            "created": s.created,
+            "created": self.server.created,
             "owned_by": "llm-from-scratch",
-            "context_length": s.engine.model.cfg.block_size,
+            "context_length": m.engine.model.cfg.block_size,
         }
 
     def models(self):
-        self.send_json(200, {"object": "list", "data": [self.model_card()]})
+        """Every model served, the default first (the chat page asks the first one)."""
+        cards = [self.model_card(m) for m in self.server.models.values()]
+        self.send_json(200, {"object": "list", "data": cards})
 
     def model(self):
         name = self.path.split("?", 1)[0][len("/v1/models/") :]
-        if name != self.server.model_name:
-            raise APIError(
-                404,
-                f"the model {name!r} does not exist; this server serves {self.server.model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
-        self.send_json(200, self.model_card())
+        self.send_json(200, self.model_card(self.server.served(name)))
 
     # -------- POST
 
     def chat_completions(self):
         body = self.read_json(CHAT_FIELDS)
         try:
-            ids = chat_prompt_ids(self.server.tok, body.get("messages"), ROLES, encode_prompt)
+            ids = chat_prompt_ids(self.chosen.tok, body.get("messages"), ROLES, encode_prompt)
         except UserError as e:  # a tokenizer without chat tokens (a base model's may lack them)
             raise APIError(400, f"{e}; use /v1/completions with this model") from None
         self.generate(body, ids, chat=True)
@@ -260,7 +304,7 @@ class Handler(GuardedHandler):
         prompt = get_field(body, "prompt", (str,))
         if prompt is None:
             raise APIError(400, "'prompt' (a string) is required", param="prompt")
-        tok = self.server.tok
+        tok = self.chosen.tok
         # after <|endoftext|>, as every document began in pretraining
         self.generate(body, [tok.eot_id] + tok.encode_ordinary(prompt), chat=False)
 
@@ -270,7 +314,7 @@ class Handler(GuardedHandler):
         if self.server.feedback_path is None:
             raise APIError(404, "this server keeps no feedback; start it with --feedback FILE")
         body = self.read_json(FEEDBACK_FIELDS)
-        body["model"] = self.server.model_name
+        body["model"] = self.chosen.name
         try:
             append_feedback(self.server.feedback_path, body)
         except UserError as e:
@@ -282,18 +326,18 @@ class Handler(GuardedHandler):
     def generate(self, body, ids, chat):
         """Submit n requests for the prompt `ids`, then answer whole or streamed. Every special token
         ends an answer: none is text (a model that emits <|pad|> or <|user|> has finished its turn)."""
-        s = self.server
-        ctx, vocab = s.engine.model.cfg.block_size, s.engine.model.cfg.vocab_size
+        s, m = self.server, self.chosen
+        ctx, vocab = m.engine.model.cfg.block_size, m.engine.model.cfg.vocab_size
         params = sampling_params(body, len(ids), ctx, s.default_max_tokens, vocab, chat)
         n = answer_count(body)
         stream = get_field(body, "stream", (bool,), False)
         include_usage = get_field(
             get_field(body, "stream_options", (dict,), {}), "include_usage", (bool,), False
         )
-        stop_ids = list(s.tok.special_tokens.values())
+        stop_ids = list(m.tok.special_tokens.values())
         reqs = [Request(ids, seeded(params, i), stop_ids) for i in range(n)]
         self.submit(reqs)
-        reply = Reply(reqs, s.model_name, chat, s.tok)
+        reply = Reply(reqs, m.name, chat, m.tok)
         try:
             if stream:
                 self.stream_reply(reqs, reply, include_usage)
@@ -319,7 +363,7 @@ class Handler(GuardedHandler):
         """Queue all n requests of a call, or none (a 503 when the queue cannot take them all)."""
         try:
             for r in reqs:
-                self.server.engine.submit(r)
+                self.chosen.engine.submit(r)
         except (QueueFull, UserError) as e:
             for r in reqs:
                 r.cancel()
@@ -381,9 +425,14 @@ def seeded(params, i):
 
 def main(argv=None):
     cfg, _ = parse_config(ServeConfig, argv, doc=__doc__)
+    name = cfg.model_name or default_model_name(cfg.ckpt) if cfg.ckpt else ""
+    others = compared_checkpoints(cfg.compare, taken={name})  # checked before minutes of loading
     model, tok = model_from_flags(cfg, "to serve")
-    name = cfg.model_name or default_model_name(cfg.ckpt)
-    engine = Engine(model, tok, cfg.policy, cfg.max_batch, cfg.max_waiting)
+    engine = Engine(model, tok, cfg.policy, cfg.max_batch, cfg.max_waiting, cfg.prefix_blocks)
+    more = {}
+    for other_name, path in others:
+        m, t = load_model(path, cfg.tokenizer, resolve_device(cfg.device))
+        more[other_name] = (Engine(m, t, cfg.policy, cfg.max_batch, cfg.max_waiting, cfg.prefix_blocks), t)
     try:
         server = ChatServer(
             (cfg.host, cfg.port),
@@ -392,6 +441,7 @@ def main(argv=None):
             name,
             default_max_tokens=cfg.max_tokens,
             feedback_path=Path(cfg.feedback) if cfg.feedback else feedback_path_for(cfg.ckpt),
+            more=more,
             api_key=cfg.api_key,
             max_body=cfg.max_body_kib * 1024,
             log_requests=not cfg.quiet,
@@ -411,16 +461,37 @@ def main(argv=None):
     host, port = server.server_address[:2]
     print(
         f"serving {name} ({model.num_params(non_embedding=False):,} parameters, context "
-        f"{model.cfg.block_size}, {cfg.policy} batching of up to {cfg.max_batch}) on http://{host}:{port}/",
+        f"{model.cfg.block_size}, {cfg.policy} batching of up to {cfg.max_batch})"
+        + (f" and {', '.join(more)}" if more else "")
+        + f" on http://{host}:{port}/",
         flush=True,
     )
     set_interrupt_hint("the server stopped")
-    engine.start()
+    engines = [m.engine for m in server.models.values()]
+    for e in engines:
+        e.start()
     try:
         server.serve_forever()
     finally:
         server.server_close()
-        engine.stop()
+        for e in engines:
+            e.stop()
+
+
+def compared_checkpoints(entries, taken) -> list:
+    """[(model id, checkpoint path)] of --compare's `name=path` or `path` entries; the ids must be
+    distinct from each other and from the default model's (`taken`), and each file must exist."""
+    out, taken = [], set(taken)
+    for entry in entries:
+        name, _, path = entry.rpartition("=") if "=" in entry else ("", "", entry)
+        name = name.strip() or default_model_name(path)
+        if not Path(path).is_file():
+            raise UserError(f"--compare: no checkpoint at {path}; give name=path of a file a stage wrote")
+        if name in taken:
+            raise UserError(f"--compare: the model id {name!r} is used twice; name each one (name=path)")
+        taken.add(name)
+        out.append((name, path))
+    return out
 
 
 if __name__ == "__main__":

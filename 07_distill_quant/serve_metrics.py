@@ -103,11 +103,15 @@ class Metrics:
         t0, n0 = self.snapshots[0]
         return (tokens - n0) / (now - t0) if now > t0 else 0.0
 
-    def render(self, engine, open_connections) -> str:
-        """The whole exposition, the engine's live numbers read now."""
-        stats = dict(engine.stats)
+    def render(self, engines, open_connections) -> str:
+        """The whole exposition, the live numbers of the engines (one per model served) read now and
+        summed: a scrape sees the server's load, whichever model carries it."""
+        stats = {}
+        for engine in engines:
+            for k, v in dict(engine.stats).items():
+                stats[k] = stats.get(k, 0) + v
         tokens = stats.get("prefills", 0) + stats.get("decode_useful", 0)  # each prefill gives a token
-        running = sum(r is not None and r.finish_reason is None for r in list(engine.slots))
+        running = sum(r is not None and r.finish_reason is None for e in engines for r in list(e.slots))
         with self.lock:
             rate = self.tokens_per_second(tokens, time.monotonic())
             out = [
@@ -134,16 +138,32 @@ class Metrics:
                 "llm_requests_waiting",
                 "gauge",
                 "Answers queued for a slot (the queue depth).",
-                len(engine.waiting),
+                sum(len(e.waiting) for e in engines),
             ),
             (
                 "llm_batch_slots",
                 "gauge",
                 "Answers the engine can generate together (--max-batch).",
-                len(engine.slots),
+                sum(len(e.slots) for e in engines),
             ),
             ("llm_open_connections", "gauge", "HTTP connections being served now.", open_connections),
         ]
+        caches = [e.prefix_cache for e in engines if e.prefix_cache is not None]
+        if caches:  # hit tokens / prompt tokens is the share of prefill the cache saved
+            gauges += [
+                (
+                    "llm_prefix_cache_prompt_tokens_total",
+                    "counter",
+                    "Prompt tokens looked up in the prefix cache.",
+                    sum(c.looked_up for c in caches),
+                ),
+                (
+                    "llm_prefix_cache_hit_tokens_total",
+                    "counter",
+                    "Prompt tokens whose keys/values came from the prefix cache (prefill skipped).",
+                    sum(c.hits for c in caches),
+                ),
+            ]
         for name, kind, help, value in gauges:
             out += [f"# HELP {name} {help}", f"# TYPE {name} {kind}", f"{name} {value}"]
         out += [

@@ -72,6 +72,15 @@ STAGES = [
     Stage("overfit", "04_pretrain/overfit.py", "overfit", ("tokens",), run_flag="--data", optional=True),
     Stage("sft", "05_sft_lora/sft.py", "sft", ("data", *PRE), needs_tasks=True),
     Stage("sft_compare", "05_sft_lora/compare.py", "sft_compare", ("data", *PRE), needs_tasks=True),
+    # the world changes (people move): continued pretraining, SFT and LoRA updates, measured against the base
+    Stage(
+        "knowledge_update",
+        "05_sft_lora/knowledge_update.py",
+        "knowledge_update",
+        ("data", *PRE),
+        needs_tasks=True,
+        optional=True,
+    ),
     # 06: alignment. The reward model first (PPO and RLAIF use it), the methods, then their common table.
     Stage("reward_model", "06_rlhf_dpo/reward_model.py", "rm", ("data", "sft"), needs_tasks=True),
     Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", ("data", "sft"), needs_tasks=True),

@@ -33,12 +33,14 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import flash_attention as fa  # noqa: E402  (kernels, this folder)
+import flash_attention_bwd as fa_bwd  # noqa: E402
+import flash_tiles as tiles  # noqa: E402
 
 TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 KERNELS = {  # name -> (kernel, autotune configs, the pointer arguments that hold the input dtype)
-    "fwd": (fa._attn_fwd, fa.FWD_CONFIGS, ("Q", "K", "V", "O")),
-    "dkdv": (fa._attn_bwd_dkdv, fa.DKDV_CONFIGS, ("Q", "K", "V", "DO", "DK", "DV")),
-    "dq": (fa._attn_bwd_dq, fa.DQ_CONFIGS, ("Q", "K", "V", "DO", "DQ")),
+    "fwd": (fa._attn_fwd, tiles.FWD_CONFIGS, ("Q", "K", "V", "O")),
+    "dkdv": (fa_bwd._attn_bwd_dkdv, tiles.DKDV_CONFIGS, ("Q", "K", "V", "DO", "DK", "DV")),
+    "dq": (fa_bwd._attn_bwd_dq, tiles.DQ_CONFIGS, ("Q", "K", "V", "DO", "DQ")),
 }
 
 
@@ -102,10 +104,10 @@ class CompileConfig:
 def main(argv=None):
     """Compile the attention kernels for a GPU target and report registers, spills and shared memory."""
     cfg, _ = parse_config(CompileConfig, argv, doc=__doc__)
-    if not set(cfg.kernels) <= set(KERNELS) or not set(cfg.head_dims) <= set(fa.SUPPORTED_HEAD_DIMS):
+    if not set(cfg.kernels) <= set(KERNELS) or not set(cfg.head_dims) <= set(tiles.SUPPORTED_HEAD_DIMS):
         raise UserError(
             f"--kernels {cfg.kernels} / --head-dims {cfg.head_dims}: choose from "
-            f"{', '.join(KERNELS)} / {', '.join(map(str, fa.SUPPORTED_HEAD_DIMS))}"
+            f"{', '.join(KERNELS)} / {', '.join(map(str, tiles.SUPPORTED_HEAD_DIMS))}"
         )
     smem_limit = 227 * 1024  # per block on sm_90; configs above it fail to launch (autotune skips them)
     print(

@@ -19,7 +19,14 @@ import pytest
 
 from bpe import BPETokenizer
 from bpe_merges import train_merges, train_merges_naive
-from bpe_fast import descending, encode_pieces, encode_texts, merge_table, train_merges_fast
+from bpe_fast import (
+    descending,
+    encode_pieces,
+    encode_pieces_flat,
+    encode_texts,
+    merge_table,
+    train_merges_fast,
+)
 from common.cli import UserError
 from common.runs import check_artifact, write_manifest
 from pretokenize import GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, word_counts_of
@@ -215,6 +222,23 @@ def test_fast_encoder_equals_per_piece_reference(tok):
     assert tok.encode_ordinary_batch(texts) == [
         [i for w in tok._pat.findall(t) for i in tok.bpe_piece(w.encode())] for t in texts
     ]
+
+
+def test_fast_encoder_groups_and_dense_table_change_no_id(tok):
+    """encode_pieces_flat merges groups of similar-length pieces (CHUNK_BYTES) and, for a small
+    vocabulary, reads pair ranks from a dense table: tiny groups, one group, and the binary search
+    all give the per-piece reference's ids."""
+    rng = random.Random(2)
+    texts = corpus(200, seed=9) + ["红楼梦第一回甄士隐梦幻识通灵贾雨村风尘怀闺秀" * 3]
+    pieces = list(dict.fromkeys(w.encode("utf-8") for t in texts for w in tok._pat.findall(t)))
+    rng.shuffle(pieces)
+    want = [tok.bpe_piece(p) for p in pieces]
+    table = merge_table(tok.ranks)
+    assert table[4] is not None  # 600 tokens: dense
+    searched = (*table[:4], None)
+    for t, chunk in ((table, 7), (table, 1 << 30), (searched, 50), (searched, None)):
+        ids, offsets, lengths = encode_pieces_flat(pieces, tok.byte_ids, t, chunk)
+        assert [ids[o : o + m].tolist() for o, m in zip(offsets, lengths)] == want
 
 
 def test_fast_encoder_equals_reference_on_real_chinese(shared_data):

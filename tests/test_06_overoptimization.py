@@ -69,10 +69,42 @@ def test_gold_and_proxy_are_two_curves_and_a_gold_fall_under_a_rising_proxy_is_c
     assert shape["falls"] and shape["proxy_rises"] and shape["peak_n"] in (1, 2)
     assert "falls" in overoptimization.words({"shape": shape})
     # the bar: best-of-n's gold at the largest n minus n = 1's; here it is below the samples': it fails
-    assert not overoptimization.overopt_bar(rows)["passed"]
-    # a proxy that agrees with the gold: no fall, and the bar passes
-    rows = overoptimization.best_of_n_curve(proxy, (proxy >= 6).astype(float))
-    assert not overoptimization.peak_and_fall(rows)["falls"] and overoptimization.overopt_bar(rows)["passed"]
+    lengths = rng.integers(3, 20, size=proxy.shape)  # lengths that say nothing about the gold
+    length_rows = overoptimization.length_rule_curve(proxy, gold, lengths)
+    assert not overoptimization.overopt_bar(rows, length_rows)["passed"]
+    # a proxy that agrees with the gold: no fall, and the bar passes (the length rule knows nothing here)
+    gold = (proxy >= 6).astype(float)
+    rows = overoptimization.best_of_n_curve(proxy, gold)
+    bar = overoptimization.overopt_bar(rows, overoptimization.length_rule_curve(proxy, gold, lengths))
+    assert not overoptimization.peak_and_fall(rows)["falls"] and bar["passed"]
+    assert set(bar["against"]) == {"SFT samples (best-of-1)", "length rule (shortest of 8)"}
+
+
+def test_the_overopt_bar_fails_a_proxy_that_only_learnt_that_shorter_is_better():
+    """The gold counts concision: a proxy that prefers short answers lifts the gold above the SFT samples,
+    but no higher than the length rule at the same n, so the bar (which needs both) fails; a proxy that
+    also knows the fact beats the rule and passes."""
+    rng = np.random.default_rng(2)
+    P, N = 80, 8
+    lengths = rng.integers(3, 30, size=(P, N))
+    correct = rng.random((P, N)) < 0.5
+    gold = 0.5 * correct + 0.5 * (lengths <= 10)  # half for the fact, half for concision
+    short_proxy = -lengths.astype(float)  # shorter is better, nothing else
+    rows = overoptimization.best_of_n_curve(short_proxy, gold)
+    length_rows = overoptimization.length_rule_curve(short_proxy, gold, lengths)
+    assert [r["n"] for r in length_rows] == [1, 2, 4, 8] and length_rows[0]["gold"] == rows[0]["gold"]
+    bar = overoptimization.overopt_bar(rows, length_rows)
+    against = bar["against"]
+    sft, rule = against["SFT samples (best-of-1)"], against["length rule (shortest of 8)"]
+    assert sft["interval"][0] > 0  # above the SFT samples: the old bar would have passed it
+    assert rule["interval"][0] <= 0 <= rule["interval"][1] and not bar["passed"]
+    assert bar["baseline_name"] == "length rule (shortest of 8)"
+    good_proxy = correct + 0.5 * (lengths <= 10) + 0.01 * rng.random((P, N))  # knows the fact too
+    bar = overoptimization.overopt_bar(
+        overoptimization.best_of_n_curve(good_proxy, gold),
+        overoptimization.length_rule_curve(good_proxy, gold, lengths),
+    )
+    assert bar["passed"] and all(v["interval"][0] > 0 for v in bar["against"].values())
 
 
 def ppo_bar_inputs(sft_gold, ppo_gold, proxy_after):

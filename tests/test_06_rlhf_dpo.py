@@ -25,6 +25,8 @@ from chat_template import encode_prompt
 from common.cli import UserError, run_cli
 from common.files import write_jsonl
 from common.runs import write_manifest
+from forked_cli import run_forked
+from resume_check import check_resume_is_bit_exact, kill_at_save
 from gpt import GPT, GPTConfig
 
 import dpo
@@ -723,8 +725,15 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
         "majority answer",
         "prefer the shorter response",
     ]
-    assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "pair_acc"
-    assert rows["grpo"]["own metric"] == "pass@1" and rows["ppo"]["own metric"] == "gold"
+    assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "fact_acc"
+    grpo_task = json.loads((methods_run / "grpo" / "manifest.json").read_text())["config"]["task"]
+    assert rows["grpo"]["own metric"] == ("fact_pass@1" if grpo_task == "facts" else "pass@1")
+    assert rows["ppo"]["own metric"] == "gold"
+    for column in ("gold [95% CI]", "fact acc [95% CI]", "fact pass@1 [95% CI]"):  # a share and its interval
+        value, lo, hi = (
+            float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", rows["dpo"][column]).groups()
+        )
+        assert 0 <= lo <= value <= hi <= 1
     assert rows["ppo"]["beats baselines"] in ("yes", "no") and "majority answer" in rows
     win = result["results"]["dpo"]["win"]  # --limit 6 takes 6 questions; the micro held-out file has 3
     assert (
@@ -736,7 +745,7 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     }  # "<metric>: <method> minus ..."
     assert set(bars) == {"ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"}
     assert result["bar"]["threshold"] == 6 and result["bar"]["n"] == 6
-    assert bars["dpo"]["n"] == 3 and bars["grpo"]["n"] == 6  # informative (correct_fact) pairs; problems
+    assert bars["dpo"]["n"] == 6 and bars["grpo"]["n"] == 6  # held-out half questions; problems (--limit 6)
     assert not bars["ppo"]["passed"] and "rule-judge" in bars["ppo"]["metric"]  # 2 PPO steps move nothing
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
@@ -989,3 +998,44 @@ def test_users_corrections_become_dpo_pairs(micro_tok, tmp_path):
     assert pair["rule"] == "user_feedback"
     assert micro_tok.decode(pair["chosen_ids"]).startswith("Kado lives in Belma.")
     assert micro_tok.decode(pair["rejected_ids"]).startswith("In Toro.")
+
+
+# ----------------------------------------------------------------------------------------------
+# --resume: kill -9 at a saved step, continue, and get the uninterrupted run's weights bit for bit
+
+RESUME_ARGV = {  # name: (module, argv after --run, weights file, saves before the kill, where it continues)
+    "rm": (reward_model, ["--steps", "3", "--batch-size", "4", "--eval-interval", "1", "--hh-file", "none"], "rm.pt", 1, "rm at step 1"),
+    "dpo": (dpo, ["--steps", "3", "--batch-size", "4", "--eval-interval", "1", "--gold-chosen"], "ckpt.pt", 1, "policy at step 1"),
+    "grpo": (grpo, [*METHOD_ARGV["grpo"][1], "--steps", "3", "--ablate"], "ckpt.pt", 3, "no KL at step 1"),
+    "ppo": (ppo, [*METHOD_ARGV["ppo"][1], "--steps", "3", "--eval-interval", "1"], "ckpt.pt", 2, "ppo at step 2"),
+    "rlaif": (rlaif, [*METHOD_ARGV["rlaif"][1], "--steps", "3", "--eval-interval", "1"], "ckpt.pt", 3, "ai at step 1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RESUME_ARGV))
+def test_a_trainer_killed_with_sigkill_resumes_bit_exactly(methods_run, tmp_path, name, capsys, monkeypatch):
+    """A real process (forked), kill -9 right after a saved state; --resume finishes the run, and the weights,
+    the outcome (wall-clock times aside) and the log equal those of a run never interrupted. RLAIF is
+    killed in its second policy's training, so the first one comes from the saved state."""
+    module, argv, weights, saves, where = RESUME_ARGV[name]
+    if name == "rlaif":  # the gold judge tells few random micro answers apart: let it decide every pair
+        monkeypatch.setattr(rlaif, "judge", lambda rule, a, b, pair, answer=None: 1)
+    argv = ["--run", str(methods_run), "--device", "cpu", *argv]
+    check_resume_is_bit_exact(module.main, argv, [weights], saves, where, tmp_path, capsys)
+
+
+def test_resume_refuses_a_state_saved_with_other_flags(methods_run, tmp_path, capsys):
+    module, argv = RESUME_ARGV["rm"][:2]
+    argv = ["--run", str(methods_run), "--device", "cpu", *argv, "--out", str(tmp_path / "rm")]
+    assert run_forked(module.main, argv, before=lambda: kill_at_save(1))["rc"] == -9
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(module.main, [*argv, "--resume", "--lr", "1e-3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and re.search(
+        r"^error: --resume: the interrupted run of .* used other settings \(lr: saved=0.0001 current=0.001\); "
+        "pass the same flags, or start again without --resume$",
+        err,
+        re.M,
+    ), err
+    assert (tmp_path / ".rm.resume.pt").is_file()  # refused, not deleted: the right flags still resume it

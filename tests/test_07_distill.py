@@ -27,6 +27,7 @@ from common.files import read_json, write_jsonl
 from common.runs import check_artifact, write_manifest
 from decoding import generate
 from gpt import GPT, GPTConfig
+from resume_check import check_resume_is_bit_exact
 import distill
 import prune
 import speculative
@@ -791,3 +792,39 @@ def test_taylor_scores_average_over_batches():
     batches = [(b1, b1.roll(-1, 1)), (b2, b2.roll(-1, 1))]
     one = [taylor_scores(model, [b], (2, 4), "heads") for b in batches]
     torch.testing.assert_close(taylor_scores(model, batches, (2, 4), "heads"), (one[0] + one[1]) / 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# --resume: kill -9 at a saved step, continue, and get the uninterrupted run's weights bit for bit
+
+RESUME_ARGV = {  # name: (main, flags after --run, weight files, saves before the kill, where it continues)
+    "distill": (
+        distill.main,
+        ["--methods", "scratch,logit,sequence", "--seeds", "2", "--steps", "4", "--warmup-steps", "1",
+         "--batch-size", "4", "--seq-pool", "4", "--eval-windows", "4", "--test-windows", "4",
+         "--eval-limit", "2", "--max-new-tokens", "4", "--speed-tokens", "4", "--speed-repeats", "1",
+         "--save-interval", "2"],
+        ["student_scratch.pt", "student_logit.pt", "student_sequence.pt"],
+        4,  # scratch, logit and sequence of the first seed saved once each: killed in the second seed
+        "scratch seed 1338 at step 2",
+    ),
+    "prune": (
+        prune.main,
+        ["--fractions", "0.5", "--heads", "1", "--neuron-fraction", "0.5", "--score-batches", "1",
+         "--recovery-steps", "3", "--batch-size", "2", "--eval-windows", "4", "--save-interval", "1"],
+        ["dense.pt", "magnitude_50.pt", "heads_1.pt", "neurons_50.pt"],
+        5,  # dense and magnitude_50 saved twice each: killed in heads_1's recovery
+        "heads_1 at step 1",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RESUME_ARGV))
+def test_distill_and_prune_killed_with_sigkill_resume_bit_exactly(run_dir, tmp_path, name, capsys):
+    """A real process (forked), kill -9 right after a saved state in the middle of a later student / variant;
+    --resume takes the finished ones from the state, continues the interrupted one, and every weight file,
+    the outcome (timings aside) and the log equal those of a run never interrupted."""
+    main, flags, weights, saves, where = RESUME_ARGV[name]
+    torch.set_num_threads(1)  # the forked child computes with the same threads
+    argv = ["--run", str(run_dir), "--device", "cpu", *flags]
+    check_resume_is_bit_exact(main, argv, weights, saves, where, tmp_path, capsys)

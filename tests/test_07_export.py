@@ -112,9 +112,78 @@ def test_models_no_architecture_matches_are_refused_with_the_reason(over, expect
         E.hf_architecture(GPTConfig(**{**SIZES, "pos_emb": "sinusoidal"}))
 
 
-def test_real_gpt2_config_with_gelu_new_is_refused_not_silently_changed():
-    with pytest.raises(UserError, match="gelu_new"):
-        E.from_hf({"architectures": ["GPT2LMHeadModel"], "n_embd": 8, "n_layer": 1}, {})
+@pytest.mark.parametrize(
+    "over, expected",
+    [
+        ({"activation_function": "relu"}, "activation_function"),
+        ({"scale_attn_by_inverse_layer_idx": True}, "scale"),
+    ],
+)
+def test_gpt2_variants_03_cannot_run_are_refused_not_silently_changed(over, expected):
+    config = {"architectures": ["GPT2LMHeadModel"], "n_embd": 8, "n_layer": 1, **over}
+    with pytest.raises(UserError, match=expected):
+        E.from_hf(config, {})
+
+
+def random_gpt2_folder(transformers, folder, vocab_size=300):
+    """A transformers.GPT2LMHeadModel (gelu_new, as real GPT-2) with random weights, save_pretrained to
+    folder: what a learner's downloaded GPT-2 folder holds, at toy size. Weights are drawn wide
+    (std 0.3) so that exact GELU and the tanh one give visibly different logits."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    assert config.activation_function == "gelu_new"
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.3)
+    hf.save_pretrained(folder)  # model.safetensors + config.json
+    return hf
+
+
+def test_a_gpt2_folder_saved_by_transformers_imports_with_equal_logits_and_greedy_tokens(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = random_gpt2_folder(transformers, tmp_path / "gpt2")
+    ours, cfg = E.import_hf(tmp_path / "gpt2", tmp_path / "imported" / "ckpt.pt")
+    assert cfg.mlp == "gelu_tanh" and cfg.pos_emb == "learned" and cfg.norm == "layernorm"
+    x = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = hf(x).logits
+        assert (ours(x)[0] - theirs).abs().max().item() < 5e-6
+        prompt = x[:1, :4]
+        assert greedy(lambda i: ours(i)[0], prompt, 16) == greedy(lambda i: hf(i).logits, prompt, 16)
+        # the reason for the option: the same weights with exact GELU are another model, off by
+        # ~2e-4 here, hundreds of times float32's ~5e-7 between the two implementations
+        exact = GPT(GPTConfig(**{**cfg.__dict__, "mlp": "gelu"}))
+        exact.load_state_dict(ours.state_dict())
+        assert (exact.eval()(x)[0] - theirs).abs().max().item() > 2e-5
+    # the saved 03 checkpoint is that model too, and exports back as gelu_new
+    back = GPT.from_checkpoint(tmp_path / "imported" / "ckpt.pt").eval()
+    with torch.no_grad():
+        assert torch.equal(back(x)[0], ours(x)[0])
+    E.export_hf(tmp_path / "imported" / "ckpt.pt", tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["activation_function"] == "gelu_new"
+
+
+GPT2_TOKENIZER = E.REPO.parent / "shared" / "data" / "tokenizer"
+
+
+@pytest.mark.skipif(not (GPT2_TOKENIZER / "gpt2_vocab.json").is_file(), reason="GPT-2's vocab.json not here")
+def test_the_import_brings_gpt2s_tokenizer_beside_the_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    from common.runs import check_artifact
+
+    random_gpt2_folder(transformers, tmp_path / "gpt2", vocab_size=50257)
+    shutil.copy(GPT2_TOKENIZER / "gpt2_vocab.json", tmp_path / "gpt2" / "vocab.json")
+    shutil.copy(GPT2_TOKENIZER / "gpt2_merges.txt", tmp_path / "gpt2" / "merges.txt")
+    E.import_hf(tmp_path / "gpt2", tmp_path / "imported" / "ckpt.pt")
+    tok_dir = tmp_path / "imported" / "tokenizer"
+    check_artifact(tok_dir, made_by="export.py --import-hf")  # what sample_text.py checks before loading
+    tok = BPETokenizer.load(tok_dir)
+    # GPT-2's ids of its own example sentence (tiktoken's "gpt2" encoding gives the same)
+    assert tok.encode_ordinary("Hello, I'm a language model,") == [15496, 11, 314, 1101, 257, 3303, 2746, 11]
+    assert tok.eot_id == 50256
 
 
 def test_onnx_with_kv_cache_gives_the_logits_and_greedy_tokens_of_eager(tmp_path):
@@ -158,3 +227,20 @@ def test_bad_input_to_the_export_commands_is_one_error_line_exit_2(tmp_path, cap
             err,
         )
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.pt").exists()
+
+
+def test_onnx_int8_by_dynamic_quantization_stays_close_to_fp32_beside_07s_int8(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import bench_onnx_int8 as B
+
+    model = tiny_model("llama", n_kv_head=2)
+    runners = B.contenders(model, tmp_path)
+    windows = torch.randint(0, 300, (3, 17), generator=torch.Generator().manual_seed(2))
+    rows = B.measure(runners, model.cfg, windows)
+    assert set(rows) == set(runners) and rows["pytorch fp32"]["max_abs_logit_diff"] == 0.0
+    assert rows["onnxruntime fp32"]["max_abs_logit_diff"] < 1e-4  # the cache path, teacher-forced, is exact
+    for name in ("pytorch int8 (07 QuantLinear)", "onnxruntime int8 (quantize_dynamic)"):
+        r = rows[name]
+        assert 0 < r["max_abs_logit_diff"] < 0.5 and r["top1_agree"] > 0.8 and abs(r["loss_change"]) < 0.05
+        assert r["weight_bytes"] < rows[name.replace("int8", "fp32").split(" (")[0]]["weight_bytes"]

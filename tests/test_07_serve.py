@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from batch_sampling import MIN_TEMPERATURE, BatchSampler, reference_probs
 from batching import (
     Engine,
     QueueFull,
@@ -36,6 +37,7 @@ from batching import (
     held_back,
 )
 from bench_serve import BenchServeConfig, workload
+from prefix_cache import PrefixCache
 from bpe import BPETokenizer
 from chat import ChatConfig, ChatSession, run_chat
 from chat_template import encode_prompt
@@ -129,9 +131,9 @@ def test_continuous_refills_a_freed_slot_at_the_next_step_and_static_waits(model
     assert steps == 8  # late waits for the batch's longest member
     padding = lambda stats: stats["decode_rows"] - stats["decode_useful"]
     assert continuous["decode_useful"] == static["decode_useful"] == 1 + 7 + 2
-    assert (
-        padding(static) == 6 and padding(continuous) == 4
-    )  # short's finished row computed padding meanwhile
+    # static: short's finished row computes padding until the batch ends; continuous: when late
+    # finishes, long moves down into row 0 (Engine.compact) and no step computes a padding row
+    assert padding(static) == 6 and padding(continuous) == 0 and continuous["row_moves"] == 1
 
 
 def test_a_cancelled_request_frees_its_slot_and_the_others_are_unchanged(model, mixed):
@@ -237,6 +239,105 @@ def test_slot_cache_move_keeps_every_row_and_its_mask(model):
     assert all(torch.equal(k[:, :, 0:7], b) for k, b in zip(cache.kv.k, before))
     assert cache.mask[0].nonzero().flatten().tolist() == [3, 4, 5, 6] and cache.mask[1, :7].all()
     assert not cache.mask[:, 7:].any()
+
+
+SETTINGS = [  # one per request: every sampler setting, alone and together
+    dict(temperature=0),
+    dict(temperature=0.7, top_k=5),
+    dict(temperature=1.3, top_p=0.8),
+    dict(temperature=1.0, top_k=20, top_p=0.9, repetition_penalty=1.3),
+    dict(temperature=0.9, presence_penalty=0.8, frequency_penalty=0.5),
+    dict(temperature=1.0, logit_bias={3: 5.0, 7: -100.0}),
+    dict(temperature=0, repetition_penalty=1.5, frequency_penalty=1.0, logit_bias={1: 2.0}),
+    dict(temperature=1e-5, top_p=0.5),
+]
+
+
+def test_the_batched_sampler_gives_the_per_request_reference_distribution():
+    """Every row of one vectorized call, each with its own settings, has the distribution that 03's
+    filters and the penalty formulas give that request alone (batch_sampling.reference_probs)."""
+    torch.manual_seed(0)
+    V = 40
+    sampler = BatchSampler(len(SETTINGS), V, torch.device("cpu"))
+    reqs = []
+    for slot, setting in enumerate(SETTINGS):
+        req = Request(torch.randint(V, (6,)).tolist(), SamplingParams(**setting))
+        req.output_ids = torch.randint(V, (5,)).tolist()
+        sampler.place(slot, req)
+        sampler.record(torch.full((5,), slot), torch.tensor(req.output_ids))
+        reqs.append(req)
+    slots = torch.arange(len(reqs))
+    logits = 3 * torch.randn(len(reqs), V)
+    used = {k: v for k, v in sampler.uses.items()}
+    x = sampler.adjusted_logits(slots, logits, used)
+    probs, order = sampler.sorted_probs(slots, x)
+    batched = torch.zeros_like(probs).scatter(1, order, probs)
+    for i, req in enumerate(reqs):
+        want = reference_probs(req.params, req.prompt_ids, req.output_ids, logits[i])
+        if req.params.temperature < MIN_TEMPERATURE:  # greedy rows: the argmax of the adjusted logits
+            assert x[i].argmax() == want.argmax()
+        else:
+            assert torch.allclose(batched[i], want, atol=1e-6), (i, req.params)
+    # the inverse-CDF draw keeps exactly the tokens of nonzero probability, in proportion
+    u = torch.rand(4000)
+    draws = torch.stack(
+        [sampler.sample(slots, logits, u[j : j + 1].expand(len(reqs)))[0] for j in range(0, 4000, 8)]
+    )
+    for i in (1, 2):
+        support = set(torch.nonzero(batched[i]).flatten().tolist())
+        assert set(draws[:, i].tolist()) <= support
+
+
+def test_sampled_tokens_are_the_same_alone_and_in_any_batch(model, mixed):
+    """Seeded sampling with every setting: each request gets the tokens it gets alone (sequential
+    policy) when eight of them share continuous batches of 3 with different arrival times."""
+
+    def run(policy, max_batch):
+        engine = Engine(model, None, policy, max_batch=max_batch)
+        reqs = []
+        for i, setting in enumerate(SETTINGS):
+            prompt, n, _ = mixed[i]
+            reqs.append(engine.submit(Request(prompt, SamplingParams(max_tokens=n, seed=100 + i, **setting))))
+            if i % 2:
+                engine.step()
+        engine.run_until_idle()
+        return [r.output_ids for r in reqs]
+
+    alone = run("sequential", 1)
+    assert run("continuous", 3) == alone and run("static", 8) == alone
+    assert alone[0] == mixed[0][2]  # the greedy row is 03's generate
+
+
+def test_prefix_cache_gives_the_same_tokens_and_skips_the_shared_prefill(model):
+    rng = random.Random(1)
+    system = [rng.randrange(64) for _ in range(20)]  # one whole block of 16 is shared
+    prompts = [system + [rng.randrange(64) for _ in range(rng.randint(1, 8))] for _ in range(6)]
+    prompts.append(system[:16])  # exactly one block: its last token is still computed
+    wants = [reference(model, p, 10) for p in prompts]
+    engine = Engine(model, None, "continuous", max_batch=3, prefix_blocks=8)
+    reqs = []
+    for i, p in enumerate(prompts):
+        reqs.append(engine.submit(Request(p, SamplingParams(max_tokens=10, temperature=0))))
+        if i % 2 == 0:
+            engine.step()
+    engine.run_until_idle()
+    assert [r.output_ids for r in reqs] == wants
+    # the first prompt prefilled alone fills the cache; the other five full prompts reuse one block
+    assert engine.stats["prefix_hit_tokens"] == 16 * 5
+    assert engine.stats["prefill_tokens"] == sum(map(len, prompts)) - 16 * 5
+    assert engine.prefix_cache.hit_rate() == 16 * 5 / sum(map(len, prompts))
+
+
+def test_prefix_cache_keys_blocks_by_the_whole_prefix_and_evicts_the_oldest():
+    cache = PrefixCache(n_blocks=2, block=2)
+    kv = lambda n, fill: ([torch.full((1, n, 1), fill)], [torch.full((1, n, 1), -fill)])
+    cache.insert([1, 2, 3, 4, 5], *kv(5, 1.0))  # blocks [1, 2] and [1, 2, 3, 4]
+    assert cache.cached_length([1, 2, 3, 4, 9]) == 4 and cache.cached_length([1, 2, 3, 4]) == 2
+    assert cache.cached_length([9, 2, 3, 4, 5]) == 0  # the same tokens after another history: no hit
+    n, got = cache.lookup([1, 2, 3, 4, 0])
+    assert n == 4 and got.shape == (2, 1, 4, 1) and got[0].eq(1).all() and got[1].eq(-1).all()
+    cache.insert([7, 8, 9], *kv(3, 2.0))  # a third block: the least recently used one goes
+    assert len(cache.blocks) == 2 and cache.cached_length([1, 2, 3]) == 2
 
 
 # ----------------------------------------------------------------------------- the benchmark's workload
@@ -702,7 +803,9 @@ def test_a_poisoned_row_fails_alone_and_the_batch_keeps_its_tokens(model, mixed)
     b = engine.submit(Request(p1, SamplingParams(max_tokens=20, temperature=1.0)))
     c = engine.submit(Request(p2, SamplingParams(max_tokens=n2, temperature=0)))
     engine.step()
-    b.params.repetition_penalty = float("nan")  # what no check let through: its sampling now raises
+    # what no check let through: a setting that turns its row of logits NaN
+    engine.sampler.repetition[b.slot] = float("nan")
+    engine.sampler.uses["repetition"][b.slot] = True
     engine.run_until_idle()
     assert b.finish_reason == "error" and b.done.is_set() and None in list(b.deltas.queue)
     assert a.output_ids == ref0 and c.output_ids == ref2 and engine.stats["finished_error"] == 1
@@ -740,15 +843,22 @@ def stream_text(reply):
 def test_a_poisoned_request_fails_alone_while_concurrent_streams_complete(server, monkeypatch):
     import batching
 
-    engine, real_sample = server.engine, batching.sample_token
+    engine, real_sample = server.engine, batching.Engine.sample_one
 
-    def sample(req, logits):
-        if req.params.seed == 666:
+    def sample_batch(slots, logits, u):  # the batched call fails whenever the poisoned row is in it
+        if any(engine.slots[s] is not None and engine.slots[s].params.seed == 666 for s in slots.tolist()):
             raise RuntimeError("poison")  # the request an unforeseen setting breaks inside the sampler
-        time.sleep(0.005)  # keep the streams in flight while the poison runs
-        return real_sample(req, logits)
+        return real_batch(slots, logits, u)
 
-    monkeypatch.setattr(batching, "sample_token", sample)
+    def sample_one(self, req, slot, logits, u):  # and so does its row alone; the others succeed alone
+        if req.params.seed == 666:
+            raise RuntimeError("poison")
+        time.sleep(0.005)  # keep the streams in flight while the poison runs
+        return real_sample(self, req, slot, logits, u)
+
+    real_batch = engine.sampler.sample
+    monkeypatch.setattr(engine.sampler, "sample", sample_batch)
+    monkeypatch.setattr(batching.Engine, "sample_one", sample_one)
     _, alone = call(server, "/v1/chat/completions", CHAT)
     want = alone["choices"][0]["message"]["content"]
     results = {}
@@ -771,6 +881,9 @@ def test_a_poisoned_request_fails_alone_while_concurrent_streams_complete(server
     )
     for name in ("tiny_t", "tiny_p"):
         assert results[name][0] == 200 and results[name][1]["choices"][0]["message"]["content"] == want
+    deadline = time.monotonic() + 10  # the engine frees the finished rows at its next step
+    while engine.busy() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert engine.stats["finished_error"] >= 1 and not engine.busy()
 
 

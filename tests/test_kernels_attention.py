@@ -27,7 +27,8 @@ from attention_backends import (
     attention_tiled_forward,
 )
 from common.cli import UserError
-from flash_attention import INTERPRET, _bh_offset, flash_attention, flash_attention_forward
+from flash_attention import flash_attention, flash_attention_forward
+from flash_tiles import INTERPRET, _bh_offset
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from common import report_card as report
+from common import report_parts
 from common.outcome import make_bar
 
 
@@ -79,13 +80,13 @@ def test_the_report_verdict_is_the_stage_bar(tmp_path, value, interval, verdict)
 
 
 def test_bar_line_lays_out_metric_value_interval_n_threshold_and_baseline():
-    line = report.bar_line(loss_bar(0.59, (0.57, 0.61)))
+    line = report_parts.bar_line(loss_bar(0.59, (0.57, 0.61)))
     assert line == (
         "test loss (nats/token), best.pt: 0.590 [0.570, 0.610] (n = 262), must be < 0.630; "
         "baseline: interpolated Kneser-Ney 8-gram 0.630"
     )
     higher = make_bar("accuracy", 0.4, threshold=0.5, direction="higher")
-    assert report.bar_line(higher) == "accuracy: 0.400, must be > 0.500"
+    assert report_parts.bar_line(higher) == "accuracy: 0.400, must be > 0.500"
 
 
 def test_an_older_pretraining_outcome_without_a_bar_gets_no_verdict(tmp_path):
