@@ -1,7 +1,8 @@
 """Compare the fine-tuning methods on one base model: what each buys (held-out accuracy) and what it
 costs (parameters, file size, time, memory, forgetting). The table this stage exists for.
 
-    python 05_sft_lora/compare.py --run runs/tiny                        # 6 methods x 2 learning rates
+    python 05_sft_lora/compare.py --run runs/tiny                        # 6 methods at their usual lr
+    python 05_sft_lora/compare.py --run runs/tiny --lr-factors 1,3       # each at 2 learning rates
     python 05_sft_lora/compare.py --run runs/tiny --methods full,prefix --lr-factors 1 --jobs 2
     python 05_sft_lora/compare.py --run runs/tiny --resume               # after a kill: keeps finished runs
 
@@ -93,7 +94,10 @@ class CompareConfig:
     out: str = option("", "output folder; empty = <run>/sft_compare")
     methods: list = option(DEFAULT_METHODS, f"methods to run, in order, from {','.join(METHODS)}", sep=",")
     lr_factors: list = option(
-        [1.0, 3.0], "the sweep: each method's usual lr times these (0.3,1,3 for a wider one)", sep=","
+        [1.0],
+        "the sweep: each method's usual lr times these (1 = its usual rate only, the tiny run's "
+        "15-minute budget; 1,3 or 0.3,1,3 for a sweep)",
+        sep=",",
     )
     steps: int = option(120, "optimizer steps per run (the same budget for all)", min=1)
     seed: int = option(1337, "the same seed for every run")
