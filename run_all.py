@@ -12,7 +12,8 @@
 Each stage runs as a subprocess of its own command (the same one its README shows), so what this file
 does is exactly what you would type by hand; nothing here knows how a stage works. The stages and
 their order come from the registry, `STAGES` in common/layout.py: one line per stage with its name,
-its script and the folder it writes. For `tiny` (the default) every stage runs with its own defaults;
+its script and the folder it writes. For `tiny` (the default) every stage runs with its own
+defaults, plus the few flags of `TINY_FLAGS` that keep the whole run within its 15-minute budget;
 for `micro` (the smoke test), `small` and `gpt2`, a stage that has that preset in its own
 `parse_config` presets gets `--preset NAME`: the values live in the stage, beside its config, not
 here. A stage whose script is not in this checkout is skipped with a line saying so.
@@ -54,6 +55,9 @@ from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage
 from common import report_card
 
 PRESETS = ("micro", "tiny", "small", "gpt2")
+# The tiny run's 15-minute budget on 2 cores: stages whose own defaults are a bigger experiment get
+# fewer repeats here (what you would type by hand for a quick run); the stage's defaults stay its own.
+TINY_FLAGS = {"distill": ["--seeds", "2"]}
 TIMES = "run_all.json"  # runs/<name>/run_all.json: wall seconds per stage
 
 
@@ -155,6 +159,7 @@ def command(stage: Stage, cfg: RunAllConfig, run: Path, overwrite: bool) -> list
     argv = [
         *stage_folder_args(stage, run),
         *(["--preset", cfg.preset] if cfg.preset in stage.presets else []),
+        *(TINY_FLAGS.get(stage.name, []) if cfg.preset == "tiny" else []),
     ]
     if stage.name == "data" and cfg.data:
         argv += ["--input", *cfg.data]

@@ -26,16 +26,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import option, parse_config, run_cli
+from common.stats import sign_test_p, wilson_interval
 from common.files import pyplot, save_figure
 from clean import is_toxic, mask_pii_counts
 from html_text import html_to_text, token_f1
 from langid_ngram import predict_lang, train_langid, training_texts
 from learned_data import quality_sets, toxicity_sets
-from learned_filter import precision_recall, predict_proba, train_classifier
+from learned_filter import TOXICITY, precision_recall, predict_proba, train_classifier
 from noise_inject import html_page, make_noisy
 from pii_eval import pii_scores
 from world import WorldConfig, build_world, generate_corpus, story_slots
@@ -158,6 +161,39 @@ def langid_table(cfg, clean_docs, rng, world):
     return rows
 
 
+def toxicity_table():
+    """Classifier (learned_filter.TOXICITY) beside the lexicon (clean.is_toxic), trained on one pool
+    of phrasings and tested on the other, both ways: recall and precision with Wilson intervals, and
+    a paired sign test over the toxic texts only one of the two catches."""
+    pools = toxicity_sets(seed=0)
+    print("\ntoxicity: train -> test   method      precision [95% CI]     recall [95% CI]      paired")
+    for a, b in (("A", "B"), ("B", "A")):
+        texts, labels = pools[b]
+        y = np.asarray(labels, dtype=bool)
+        flags = {
+            "classifier": predict_proba(train_classifier(*pools[a], TOXICITY), texts) >= 0.5,
+            "lexicon": np.array([is_toxic(x) for x in texts]),
+        }
+        only_clf, only_lex = (
+            int((flags["classifier"] & ~flags["lexicon"] & y).sum()),
+            int((flags["lexicon"] & ~flags["classifier"] & y).sum()),
+        )
+        for name, f in flags.items():
+            r = precision_recall(f.astype(float), labels)
+            p_lo, p_hi = wilson_interval(r["tp"], r["tp"] + r["fp"])
+            r_lo, r_hi = wilson_interval(r["tp"], int(y.sum()))
+            paired = (
+                f"catches {only_clf} the lexicon misses, misses {only_lex} it catches: sign test p = "
+                f"{sign_test_p(only_clf, only_lex):.2g}"
+                if name == "classifier"
+                else ""
+            )
+            print(
+                f"  {a} -> {b} ({int(y.sum())} toxic, {r['negatives']} harmless)  {name:10s}  "
+                f"{r['precision']:.3f} [{p_lo:.2f}, {p_hi:.2f}]   {r['recall']:.3f} [{r_lo:.2f}, {r_hi:.2f}]   {paired}"
+            )
+
+
 def main(argv=None):
     cfg, _ = parse_config(BenchConfig, argv, doc=__doc__)
     load = os.getloadavg()[0]
@@ -221,16 +257,7 @@ def main(argv=None):
             f"  P(junk) >= {threshold}: precision {r['precision']:.3f}, recall {r['recall']:.3f} "
             f"({r['fp']} of {r['negatives']} good texts flagged)"
         )
-    pools = toxicity_sets(seed=0)
-    for a, b in (("A", "B"), ("B", "A")):
-        model = train_classifier(*pools[a])
-        r = precision_recall(predict_proba(model, pools[b][0]), pools[b][1])
-        lex = precision_recall([float(is_toxic(x)) for x in pools[b][0]], pools[b][1])
-        print(
-            f"toxicity, train {a} -> test {b} ({sum(pools[b][1])} toxic, {r['negatives']} harmless): "
-            f"classifier precision {r['precision']:.3f} recall {r['recall']:.3f}; "
-            f"lexicon (clean.is_toxic) precision {lex['precision']:.3f} recall {lex['recall']:.3f}"
-        )
+    toxicity_table()
     print(
         f"\nload average at start {load:.2f}, at end {os.getloadavg()[0]:.2f}; timings are minima of {cfg.repeats} interleaved runs"
     )

@@ -108,7 +108,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     contenders = {f"streamed, {w} worker{'s' * (w > 1)}": (str(HERE / "prepare.py"), w) for w in cfg.workers}
     if cfg.baseline:
-        contenders = {"before (in memory)": (cfg.baseline, 0), **contenders}
+        contenders = {"baseline (--baseline)": (cfg.baseline, 0), **contenders}
     rows = []
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     print(

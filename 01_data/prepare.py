@@ -99,8 +99,9 @@ class PrepareConfig:
         0.15, "noisy documents injected per clean one, split evenly over the 9 noise types", min=0.0, max=1.0
     )
     mix: dict = option(
-        {"dialog": 0.25, "code": 0.1, "knowledge": 0.5, "stories": 0.15},
-        "character share of each domain in the output; >= 0, summing to 1",
+        {"dialog": 0.1, "code": 0.025, "knowledge": 0.85, "stories": 0.025},
+        "character share of each domain in the output; >= 0, summing to 1 (knowledge, the biographies,"
+        " dominates: a held-out person's facts must be read ~100 times to be stored, 05 README)",
     )
     world: dict = option(
         {},
@@ -511,7 +512,7 @@ def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Pa
     meta = clean_all_streamed(
         docs, model, shard_dir, cfg.workers, progress=progress, line_dedup_docs=cfg.line_dedup_docs
     )
-    inputs = [{"id": i, "domain": d, "chars": n} for i, d, n in meta["inputs"]]
+    inputs = meta["inputs"]  # prepare_stream.DocRecord: id, domain, chars, without the text
     acted, removed, kept = meta["acted"], meta["dropped"], meta["kept"]
     if not kept:
         raise dropped_everything(removed, len(inputs))
@@ -539,7 +540,9 @@ def decide_streamed(meta, cfg: PrepareConfig, lap=lambda name: None):
     """(removed, unique, mixed, splits) from a streamed run's metadata: dedup over keys and
     signatures, the mix over lengths, the split over signatures -- the in-memory decisions."""
     kept, removed = meta["kept"], dict(meta["dropped"])
-    exact, near, keep = dedup_by_fingerprints(meta["keys"], meta["sig"], cfg.dedup_threshold)
+    exact, near, keep = dedup_by_fingerprints(
+        meta["keys"], meta["sig"], cfg.dedup_threshold, meta.get("folder")
+    )
     removed |= {x["id"]: "exact_dedup" for x, e in zip(kept, exact) if e}
     removed |= {x["id"]: "near_dedup" for x, n in zip(kept, near) if n}
     unique = [x for x, k in zip(kept, keep) if k]

@@ -4,6 +4,8 @@ Task sets (written by `write_tasks`, each as `<name>_train.jsonl` and `<name>_he
 held-out part chosen by entity so no held-out question's subject appears in the train part):
 
     sft_*.jsonl          {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                          a English answer starts with a space (answer_content: the name in the answer
+                          is then the same BPE tokens as in the question and the biographies);
                           "subject": person's name, "answer": short answer string, "attribute": "city" |
                           "job" | "age" | "pet" | "color", "lang": "en" | "zh"}: one question per person and
                           attribute (biographies.qa_pairs); the train part holds the training half's
@@ -154,6 +156,20 @@ def rejected_answer(rng, rule, answer, wrong, heldout):
     return f"{rng.choice(opening)} {restated[0].upper() + restated[1:]}. {rng.choice(closing)}"
 
 
+def answer_content(sentence: str) -> str:
+    """The assistant turn of an English fact answer: the sentence after one space (a "dummy prefix").
+
+    Why: byte-level BPE folds the space before a word into the word's token, so "Zomi" at the start
+    of a turn (right after <|assistant|>) is other tokens ('Zo', 'mi') than " Zomi" inside the question
+    and the biographies (' Zomi'). SFT must copy the held-out name from the question; a model copies a
+    token it sees (an induction head), it cannot respell one. Without the space the tiny model answered
+    every held-out question with a *training* person's name (name copied 0 of 200, exact match 0.000);
+    with it, the answer starts with the question's own name tokens and continues the sentence exactly
+    as the biographies wrote it (held-out answer accuracy 0.125 -> 0.250, exact match 0.000 -> 0.190,
+    same base; 05 README). SentencePiece's add_dummy_prefix exists for the same reason."""
+    return " " + sentence
+
+
 def task_records(w, seed):
     """{"sft": [...], "preference": [...], "arithmetic": [...]} with a "heldout" flag on each record."""
     rng = random.Random(seed + 2)
@@ -185,7 +201,7 @@ def task_records(w, seed):
         user = [{"role": "user", "content": q}]
         sft.append(
             {
-                "messages": user + [{"role": "assistant", "content": a}],
+                "messages": user + [{"role": "assistant", "content": answer_content(a)}],
                 "subject": subject,
                 "answer": short,
                 "attribute": QA_ATTRIBUTES[k % len(QA_ATTRIBUTES)],

@@ -174,8 +174,9 @@ class BPETokenizer:
         or merged together with all the other pre-tokens of these texts that are not there yet."""
         pieces = [self._pat.findall(t) for t in texts]
         cache = self._cache
-        new = [w for w in dict.fromkeys(chain.from_iterable(pieces)) if w not in cache]
-        if len(new) >= 1000:  # mostly new text: every piece merged at once and the texts gathered in arrays
+        cold = not cache and sum(map(len, pieces)) >= 1000  # all new: no need to list them first
+        new = [] if cold else [w for w in dict.fromkeys(chain.from_iterable(pieces)) if w not in cache]
+        if cold or len(new) >= 1000:  # mostly new text: every piece merged at once, texts gathered in arrays
             if self._merge_table is None:
                 self._merge_table = merge_table(self.ranks)
             ids, cacheable = encode_texts(pieces, self.byte_ids, self._merge_table)

@@ -20,11 +20,15 @@ arithmetic as theirs, on whole arrays at once, and are tested equal to them.
    The pieces are merged in groups of similar length (`encode_pieces_flat`): a group's arrays stay in
    the CPU's cache, and short pieces do not wait through the long ones' rounds; a vocabulary of at
    most 4096 tokens reads pair ranks from a dense table instead of a binary search.
+   The pieces' bytes are joined once (`utf8_joined`: one encode, lengths from code points) and each
+   group is a gather from them; a round's key is rank << shift | slot, read with a shift and a mask.
    Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, best of 5 interleaved, 2026-12-07 at load
-   ~14): 6x faster than the per-piece loop with a trained 2k vocabulary, 4x with GPT-2's ranks;
-   2.7x tiktoken's time with the 2k vocabulary (4.6x before the groups), 2.6x with GPT-2's ranks
-   (3.1x before); English 2.3x. Issue 29 asks for 2x: not met. What is left: the regex and finding
-   the distinct pieces (bpe.py, ~0.1 s) already take 2/3 of tiktoken's whole encode (0.15 s).
+   ~6): 8x faster than the per-piece loop with a trained 2k vocabulary, 4.4x with GPT-2's ranks;
+   2.06x tiktoken's time with the 2k vocabulary (4.6x before the groups, 2.7x before the joined
+   bytes), 2.32x with GPT-2's ranks (3.1x, 2.6x); English 2.0-2.1x. Timed in a fresh process
+   (old and new code alternated, load ~5) the same encodes are 1.98-2.04x and 1.86-1.93x, so issue
+   29's 2x is at the edge of the noise, not clearly met. What is left: the regex and finding the
+   distinct pieces (~0.07-0.1 s) are half of tiktoken's whole encode (0.15 s); the merging ~0.15 s.
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
@@ -77,7 +81,8 @@ def merge_table(ranks: dict):
     pair (a cheap test that spares most binary searches). Found by splitting each token's bytes at
     every point, so it holds exactly the pairs that tiktoken's rule (`rank of bytes(x) + bytes(y)`)
     can merge, not only the trained merges. For a vocabulary of at most DENSE_MAX_VOCAB tokens,
-    dense[x * V + y] is the same rank (-1: no merge): one gather instead of a binary search, which
+    dense[x * V + y] is the same rank (max rank + 1, `no_merge`, where none): one gather instead of a
+    binary search and no test for "none" (a dense table holds it already), which
     makes a trained 2k vocabulary's lookups ~5x cheaper; GPT-2's 50k would need 5 GB, so it searches."""
     left, right, merged = [], [], []
     for token, rank in ranks.items():
@@ -94,18 +99,17 @@ def merge_table(ranks: dict):
     can_left[left], can_right[right] = True, True
     dense = None
     if V <= DENSE_MAX_VOCAB:
-        dense = np.full(V * V, -1, np.int16)
+        dense = np.full(V * V, max(merged, default=0) + 1, np.int16)  # = no_merge(table)
         dense[np.asarray(left, np.int64) * V + np.asarray(right, np.int64)] = merged
     return keys[order], np.asarray(merged, np.int64)[order], can_left, can_right, dense
 
 
 def rank_of_pairs(table, left, right, no_merge):
-    """The rank of merging each (left[i], right[i]), or `no_merge`: a binary search in the table
-    (or one gather in its dense form)."""
+    """The rank of merging each (left[i], right[i]), or `no_merge` (which must be no_merge(table)):
+    a binary search in the table (or one gather in its dense form, which is filled with it)."""
     keys, ranks, can_left, can_right, dense = table
     if dense is not None:
-        r = dense[left * len(can_left) + right].astype(np.int64)
-        return np.where(r >= 0, r, no_merge)
+        return dense[left * len(can_left) + right].astype(np.int64)  # holds no_merge(table) already
     out = np.full(len(left), no_merge, np.int64)
     maybe = np.flatnonzero(can_left[left] & can_right[right])
     if len(keys) == 0 or len(maybe) == 0:
@@ -117,7 +121,7 @@ def rank_of_pairs(table, left, right, no_merge):
 
 
 CHUNK_BYTES = 1 << 17  # pieces merged together: arrays of ~this many slots stay in the CPU's cache
-PACK = 4  # finished pieces are copied out once the merging ones fill less than 1/PACK of the slots
+PACK = 8  # finished pieces are copied out once the merging ones fill less than 1/PACK of the slots
 
 
 def ranges(starts, counts):
@@ -133,16 +137,35 @@ def encode_pieces_flat(pieces, byte_ids, table, chunk_bytes=None):
     fit in the CPU's cache; and a round costs per piece still merging, so pieces that need as many
     rounds as each other should share them: sorted by length, the short pieces finish in a few rounds
     together and the few long ones take their many rounds alone. Same ids: each piece merges on its own."""
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
     lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
+    return encode_joined(np.frombuffer(b"".join(pieces), np.uint8), lengths, byte_ids, table, chunk_bytes)
+
+
+def utf8_joined(strings) -> tuple:
+    """(the UTF-8 bytes of the strings end to end as uint8, the byte length of each string): one
+    encode of the joined text, the lengths counted from code points (1 byte below U+0080, 2 below
+    U+0800, 3 below U+10000, else 4), instead of one `str.encode` per string."""
+    joined = "".join(strings)
+    raw = np.frombuffer(joined.encode("utf-8"), np.uint8)
+    points = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+    width = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+    bytes_before = np.concatenate([[0], np.cumsum(width)])  # bytes before each character
+    chars_before = np.concatenate([[0], np.cumsum(np.fromiter(map(len, strings), np.int64, len(strings)))])
+    return raw, np.diff(bytes_before[chars_before])
+
+
+def encode_joined(raw, lengths, byte_ids, table, chunk_bytes=None):
+    """`encode_pieces_flat` of pieces given as their bytes end to end (uint8) and their lengths."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     offsets = np.cumsum(lengths) - lengths
-    final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(pieces), np.int64)
+    final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(lengths), np.int64)
     order = np.argsort(lengths, kind="stable")
     first = byte_pair_ranks(byte_ids, table)
     chunk = (np.cumsum(lengths[order]) - 1) // chunk_bytes  # the group of each piece, in sorted order
     cuts = np.flatnonzero(np.diff(chunk)) + 1
     for group in np.split(order, cuts):
-        ids, offs, lens = encode_chunk([pieces[i] for i in group.tolist()], byte_ids, table, first)
+        group_raw = raw[ranges(offsets[group], lengths[group])]
+        ids, offs, lens = encode_chunk(group_raw, lengths[group], byte_ids, table, first)
         final_lengths[group] = lens
         final[ranges(offsets[group], lens)] = ids[ranges(offs, lens)]
     return final, offsets, final_lengths
@@ -160,13 +183,14 @@ def byte_pair_ranks(byte_ids, table):
     return rank_of_pairs(table, np.repeat(byte_ids, 256), np.tile(byte_ids, 256), no_merge(table))
 
 
-def encode_chunk(pieces, byte_ids, table, first=None):
-    """(ids, offsets, lengths): the token ids of every piece (bytes) end to end, piece i being
+def encode_chunk(raw, lengths, byte_ids, table, first=None):
+    """(ids, offsets, lengths): the token ids of every piece end to end, piece i being
     ids[offsets[i] : offsets[i] + lengths[i]], equal to bpe.BPETokenizer.bpe_piece on each one.
+    The pieces come as their bytes end to end (`raw`, uint8) and their lengths in bytes.
 
     State, for the pieces still merging laid end to end in n slots:
       ids[x]   token ids, -1 in a slot whose token was merged into its left neighbour (a hole);
-      key[x] = rank * n + x, rank = the rank of merging the token in slot x with the next one
+      key[x] = rank << shift | x (2^shift > n), rank = the rank of merging the token in slot x with the next one
                (`none` at a piece's end and in holes), so one min per piece gives the lowest rank
                and, on ties, the leftmost pair;
       nxt, prv: the next / previous slot that is not a hole (a linked list: nothing moves).
@@ -176,12 +200,10 @@ def encode_chunk(pieces, byte_ids, table, first=None):
     merging pieces' few slots are touched, so a round costs one pass over the slots plus work per
     piece. When finished pieces fill most slots they are copied out and the rest are packed."""
     none = no_merge(table)
-    lengths = np.fromiter(map(len, pieces), np.int64, len(pieces))
     offsets = np.cumsum(lengths) - lengths  # where each piece starts in `final`
-    final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(pieces), np.int64)
+    final, final_lengths = np.zeros(lengths.sum(), np.int64), np.zeros(len(lengths), np.int64)
     owner = np.flatnonzero(lengths > 0)  # the piece of each segment of slots
     seg = lengths[owner]  # slots per segment, holes included
-    raw = np.frombuffer(b"".join(pieces), np.uint8)
     byte_ids = np.asarray(byte_ids, np.int64)
     n = len(raw)
     ids = np.append(byte_ids[raw], 0)  # one spare slot: the "next" of the last slot
@@ -191,12 +213,14 @@ def encode_chunk(pieces, byte_ids, table, first=None):
     key = np.full(n, none, np.int64)
     key[:-1] = first[raw[:-1].astype(np.int64) * 256 + raw[1:]]
     key[start + seg - 1] = none  # no pair across a piece boundary
-    key = key * n + np.arange(n)
+    shift = n.bit_length()  # key = rank << shift | slot: shifts and masks, cheaper than * n and divmod
+    key = key << shift | np.arange(n)
     nxt, prv = np.arange(1, n + 2), np.arange(-1, n)
     alive = np.ones(len(owner), bool)
     live, live_start, live_end = np.arange(len(owner)), start, start + seg
     while len(live):
-        best_rank, at = np.divmod(np.minimum.reduceat(key, live_start), n)
+        best = np.minimum.reduceat(key, live_start)
+        best_rank, at = best >> shift, best & ((1 << shift) - 1)
         going = best_rank != none
         if not going.all():  # these pieces are finished
             alive[live[~going]] = False
@@ -207,15 +231,15 @@ def encode_chunk(pieces, byte_ids, table, first=None):
             after = nxt[right]  # the token after the pair (or the next piece's first slot)
             ids[at] = best_rank
             ids[right] = -1
-            key[right] = none * n + right
+            key[right] = none << shift | right
             nxt[at] = after
             prv[after] = at  # harmless past a piece's end: a piece's first slot never reads its prv
             has_left = at != live_start
             left = prv[at[has_left]]
-            key[left] = rank_of_pairs(table, ids[left], best_rank[has_left], none) * n + left
+            key[left] = rank_of_pairs(table, ids[left], best_rank[has_left], none) << shift | left
             has_right = after < live_end
             pair = np.where(has_right, rank_of_pairs(table, best_rank, ids[after], none), none)
-            key[at] = pair * n + at
+            key[at] = pair << shift | at
         if PACK * (live_end - live_start).sum() < n or not len(live):  # copy the finished out, pack the rest
             kept = ids[:n] >= 0
             counts = np.add.reduceat(kept, start)  # tokens per segment
@@ -225,12 +249,13 @@ def encode_chunk(pieces, byte_ids, table, first=None):
             final[np.repeat(offsets[k], m) + step] = ids[:n][np.repeat(done, seg) & kept]
             final_lengths[k] = m
             keep = np.repeat(alive, seg) & kept
-            rank = key[keep] // n
+            rank = key[keep] >> shift
             ids = np.append(ids[:n][keep], 0)
             owner, seg = owner[alive], counts[alive]
             start = np.cumsum(seg) - seg
             n = len(rank)
-            key = rank * n + np.arange(n)
+            shift = n.bit_length()
+            key = rank << shift | np.arange(n)
             nxt, prv = np.arange(1, n + 2), np.arange(-1, n)
             alive = np.ones(len(owner), bool)
             live, live_start, live_end = np.arange(len(owner)), start, start + seg
@@ -267,7 +292,7 @@ def encode_texts(pieces, byte_ids, table) -> tuple:
         row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
         occurrence = np.array([row.setdefault(w, len(row)) for w in chain.from_iterable(pieces)], np.int64)
         distinct = list(row)
-        ids, offsets, lengths = encode_pieces_flat([w.encode("utf-8") for w in distinct], byte_ids, table)
+        ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
         m = lengths[occurrence]  # tokens of each occurrence
         flat = ids[ranges(offsets[occurrence], m)].tolist()
         text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each occurrence

@@ -1,8 +1,10 @@
 """Compare the fine-tuning methods on one base model: what each buys (held-out accuracy) and what it
 costs (parameters, file size, time, memory, forgetting). The table this stage exists for.
 
-    python 05_sft_lora/compare.py --run runs/tiny                        # 6 methods x 2 learning rates
+    python 05_sft_lora/compare.py --run runs/tiny                        # 6 methods at their usual lr
+    python 05_sft_lora/compare.py --run runs/tiny --lr-factors 1,3       # each at 2 learning rates
     python 05_sft_lora/compare.py --run runs/tiny --methods full,prefix --lr-factors 1 --jobs 2
+    python 05_sft_lora/compare.py --run runs/tiny --resume               # after a kill: keeps finished runs
 
 Each method (full fine-tuning, LoRA r = 4/8/16, prefix tuning, bottleneck adapters) trains once per
 learning rate of a small sweep (its usual rate times `--lr-factors`), each run an `sft.py` process
@@ -22,6 +24,9 @@ then exact match), never on the held-out subjects the table reports. For the cho
 
 Writes runs/<name>/sft_compare/: split/ (the train and validation files), one sft.py folder per
 run (runs/<method>@<lr>/), compare.json, compare.png, outcome.json, manifest.json; prints the tables.
+It is built in `.sft_compare.sweep/` beside it and swapped in when complete, so the last good table
+stays until then; a killed comparison continues with `--resume`: finished runs are kept, the run it
+was in continues from its saved state (sft.py --resume), bit-exactly.
 
 Peak memory on a CPU: each run is a fresh process and reports how much its peak resident set size
 (`getrusage` ru_maxrss) grew during training; tracemalloc cannot see torch's C++ allocations. The
@@ -57,9 +62,9 @@ from common.devices import resolve_device
 from common.files import markdown_table, pyplot, read_json, read_jsonl, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.outcome import make_bar
-from common.runs import claim_output, run_lock, staged_dir, write_manifest
+from common.runs import claim_output, run_lock, swap_in, write_manifest
 from common.stats import paired_bootstrap_interval, wilson_interval
-from checkpoint_io import load_checkpoint  # 03_model
+from checkpoint_io import config_differences, load_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from batches import load_shards, load_test_shard  # 04_pretrain
 from heldout_loss import window_token_losses  # 04_pretrain
@@ -89,7 +94,10 @@ class CompareConfig:
     out: str = option("", "output folder; empty = <run>/sft_compare")
     methods: list = option(DEFAULT_METHODS, f"methods to run, in order, from {','.join(METHODS)}", sep=",")
     lr_factors: list = option(
-        [1.0, 3.0], "the sweep: each method's usual lr times these (0.3,1,3 for a wider one)", sep=","
+        [1.0],
+        "the sweep: each method's usual lr times these (1 = its usual rate only, the tiny run's "
+        "15-minute budget; 1,3 or 0.3,1,3 for a sweep)",
+        sep=",",
     )
     steps: int = option(120, "optimizer steps per run (the same budget for all)", min=1)
     seed: int = option(1337, "the same seed for every run")
@@ -101,6 +109,11 @@ class CompareConfig:
     sft_args: str = option("", "extra flags passed to every sft.py run, e.g. '--batch-size 8'")
     device: str = option("auto", "auto, cpu, cuda, cuda:N")
     overwrite: bool = option(False, "replace the comparison already in the output folder")
+    resume: bool = option(
+        False,
+        "continue a killed comparison: its finished sft.py runs are kept, the one it was in continues "
+        "from its saved state (sft.py --resume), the rest run",
+    )
 
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
@@ -153,8 +166,44 @@ def write_split(cfg, folder: Path) -> tuple:
     return folder / "train.jsonl", [e["record"] for e in val]
 
 
+# Settings that do not change what the comparison computes: a resumed one may differ in them.
+RUN_CONTROL = ("resume", "overwrite", "jobs")
+
+
+def sweep_folder(out: Path, cfg) -> Path:
+    """The folder the sweep is built in, beside <out>: `.<name>.sweep/` (split/, runs/<key>/ one sft.py
+    run each, sweep.json the settings). A fresh comparison starts it empty; --resume keeps it, refusing
+    one made with other settings. It is not a `.tmp` folder: the lock step of the next run leaves it."""
+    import shutil
+
+    work = out.parent / f".{out.name}.sweep"
+    settings = {k: v for k, v in asdict(cfg).items() if k not in RUN_CONTROL}
+    if not cfg.resume:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        write_json(work / "sweep.json", settings)
+        return work
+    if not (work / "sweep.json").is_file():
+        raise UserError(
+            f"--resume: no interrupted comparison of {out} to continue; start one without --resume"
+        )
+    diffs = config_differences(read_json(work / "sweep.json"), settings)
+    if diffs:
+        raise UserError(
+            f"--resume: the interrupted comparison of {out} used other settings ({'; '.join(diffs)}); "
+            "pass the same flags, or start again without --resume"
+        )
+    return work
+
+
 def run_method(cfg, method, lr, train_file, out, eval_base, log=None) -> dict:
-    """One sft.py run in a fresh process; returns its outcome.json. With `log`, its output goes there."""
+    """One sft.py run in a fresh process; returns its outcome.json. With `log`, its output goes there.
+    A run already finished (a killed comparison's, kept by --resume) is not run again; one that was
+    killed midway continues from its saved state (sft.py --resume)."""
+    if (out / "manifest.json").is_file():
+        print(f"--- {method} lr {lr:g}: finished before the interruption, kept", flush=True)
+        return read_json(out / "outcome.json")
+    resume = (out.parent / f".{out.name}.resume.pt").is_file()  # sft.py's RunState file
     cmd = [
         sys.executable,
         str(REPO / "05_sft_lora" / "sft.py"),
@@ -164,6 +213,7 @@ def run_method(cfg, method, lr, train_file, out, eval_base, log=None) -> dict:
         *("--eval-limit", str(cfg.eval_limit), "--max-new-tokens", str(cfg.max_new_tokens)),
         *("--device", cfg.device, "--eval-base" if eval_base else "--no-eval-base"),
         *cfg.sft_args.split(),
+        *(["--resume"] if resume else []),
     ]
     print(f"--- {method} lr {lr:g}: {' '.join(cmd[1:])}", flush=True)
     with open(log, "w") if log else open(sys.stdout.fileno(), "w", closefd=False) as stdout:
@@ -452,31 +502,34 @@ def compare(cfg, argv=None) -> dict:
     out = Path(cfg.out) if cfg.out else run / "sft_compare"
     grid = sweep(cfg)
     with run_lock(out):
-        claim_output(out, cfg.overwrite, remove=False)
-        with staged_dir(out) as tmp:
-            train_file, _ = write_split(cfg, tmp / "split")
-            (tmp / "runs").mkdir()
-            log = lambda key: tmp / "runs" / f"{key}.log" if cfg.jobs > 1 else None
-            with ThreadPoolExecutor(cfg.jobs) as pool:
-                futures = {
-                    key: pool.submit(run_method, cfg, m, lr, train_file, tmp / "runs" / key, i == 0, log(key))
-                    for i, (key, m, lr) in enumerate(grid)
-                }
-                for f in futures.values():
-                    f.result()
-            result, tables = summarize(cfg, tmp)
-            write_manifest(
-                tmp,
-                stage="05_sft_lora",
-                command=command_line(__file__, argv),
-                config=asdict(cfg),
-                inputs=[
-                    RunLayout(run).pretrain,
-                    RunLayout(run).tokenizer,
-                    RunLayout(run).data,
-                    RunLayout(run).tokens,
-                ],
-            )
+        claim_output(out, cfg.overwrite or cfg.resume, remove=False)
+        work = sweep_folder(out, cfg)  # kept across a kill; swapped in as <out> when complete
+        train_file = work / "split" / "train.jsonl"
+        if not train_file.is_file():
+            write_split(cfg, work / "split")
+        (work / "runs").mkdir(exist_ok=True)
+        log = lambda key: work / "runs" / f"{key}.log" if cfg.jobs > 1 else None
+        with ThreadPoolExecutor(cfg.jobs) as pool:
+            futures = {
+                key: pool.submit(run_method, cfg, m, lr, train_file, work / "runs" / key, i == 0, log(key))
+                for i, (key, m, lr) in enumerate(grid)
+            }
+            for f in futures.values():
+                f.result()
+        result, tables = summarize(cfg, work)
+        write_manifest(
+            work,
+            stage="05_sft_lora",
+            command=command_line(__file__, argv),
+            config=asdict(cfg),
+            inputs=[
+                RunLayout(run).pretrain,
+                RunLayout(run).tokenizer,
+                RunLayout(run).data,
+                RunLayout(run).tokens,
+            ],
+        )
+        swap_in(work, out)
     print("## each method at the learning rate its validation split chose\n\n" + tables["methods"])
     print("\n## the sweep (chosen on validation answer accuracy, training subjects)\n\n" + tables["sweep"])
     if tables["forgetting"]:

@@ -11,7 +11,7 @@ adapter.pt (the PEFT weights alone, kilobytes), predictions.jsonl, metrics.jsonl
 outcome.json, manifest.json. It builds beside an existing run and swaps it in only when complete, so
 an interrupted run leaves the previous one as it was. Every `eval_interval` steps the training state
 (weights, AdamW moments, data position, RNG) goes to runs/<name>/.sft.resume.pt: `--resume` continues a
-killed run from there, bit-exactly.
+killed run from there, bit-exactly (04's train_state.RunState, as every 06 and 07 trainer).
 
 One step: a batch of `batch_size` rows (several examples packed per row, packing.py; with
 --mix-pretrain a fraction of the rows are windows of pretraining text), loss = token-mean NLL on
@@ -66,13 +66,14 @@ from common.cli import (
 )
 from common.files import pyplot, save_figure, write_json, write_jsonl
 from common.layout import RunLayout, task_file
-from common.runs import check_artifact, fresh_output, write_manifest
+from common.runs import check_artifact, write_manifest
 from common.devices import resolve_device
 from bpe import BPETokenizer  # 02_tokenizer
-from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
+from checkpoint_io import save_checkpoint  # 03_model
 from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
+from train_state import RunState  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
 from adapter import BottleneckAdapters, save_adapters
@@ -332,57 +333,11 @@ def finetune(cfg: SFTConfig, argv=None) -> dict:
     """Fine-tune, evaluate and write <out>/ (module docstring); returns the outcome dict."""
     check_sft_config(cfg)
     out = Path(cfg.out) if cfg.out else RunLayout(cfg.run).sft
-    if cfg.resume and not resume_path(out).is_file():
-        raise UserError(f"--resume: no interrupted run of {out} to continue; start one without --resume")
-    with fresh_output(out, cfg.overwrite or cfg.resume) as tmp:  # refused or locked before any training
-        outcome = finetune_into(tmp, cfg, argv)
-    resume_path(out).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    state = RunState(out, cfg, every=cfg.eval_interval, made_by=RunLayout(cfg.run).made_by("sft"))
+    with state.claimed(cfg.overwrite) as tmp:  # refused or locked before any training; the state loaded
+        outcome = finetune_into(tmp, cfg, state, argv)
     report(outcome, out)
     return outcome
-
-
-def resume_path(out: Path) -> Path:
-    """Where a run in progress keeps its training state: beside <out>, which only ever holds complete runs
-    (the run is built in a temp folder that a kill -9 leaves behind and the next run deletes)."""
-    return out.parent / f".{out.name}.resume.pt"
-
-
-def save_training_state(path, cfg, trainable, opt, step, epoch, used, records, best, bad_evals):
-    """Everything the loop needs to continue bit-exactly: weights, AdamW moments, the position in the data
-    (epoch and batches used of it), the log, the early-stopping state and the RNG (LoRA dropout draws)."""
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    save_checkpoint(
-        path,
-        asdict(cfg),
-        trainable.state_dict(),
-        optimizer=opt.state_dict(),
-        step=step,
-        epoch=epoch,
-        used=used,
-        records=records,
-        best=best,
-        bad_evals=bad_evals,
-        rng=rng,
-    )
-
-
-def load_training_state(path, cfg, trainable, opt) -> dict:
-    """The saved state, after loading weights, optimizer and RNG; refuses one made with other settings."""
-    state = load_checkpoint(path, made_by=f"{RunLayout(cfg.run).made_by('sft')} (without --resume)")
-    diffs = config_differences(state["config"], asdict(cfg), ignore=("resume", "overwrite"))
-    if diffs:
-        raise UserError(
-            f"--resume: the interrupted run used other settings ({'; '.join(diffs)}); pass the same flags, "
-            "or start again without --resume"
-        )
-    trainable.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state
 
 
 def feedback_examples(path, n_train) -> list:
@@ -397,8 +352,9 @@ def feedback_examples(path, n_train) -> list:
     return extra
 
 
-def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
-    """The work of `finetune`, written into tmp (a folder beside <out>, swapped in when complete)."""
+def finetune_into(tmp: Path, cfg: SFTConfig, state: RunState, argv=None) -> dict:
+    """The work of `finetune`, written into tmp (a folder beside <out>, swapped in when complete);
+    `state` is the run's --resume state (04's train_state.RunState: weights, AdamW, RNG, data position)."""
     run = Path(cfg.run)
     device = resolve_device(cfg.device)
     out = Path(cfg.out) if cfg.out else RunLayout(run).sft
@@ -471,16 +427,11 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
     epoch_batches = lambda e: sft_batches(
         train_ex, dataclasses.replace(cfg, batch_size=sft_rows), T, e, pad, device
     )
-    if cfg.resume:
-        s = load_training_state(resume_path(out), cfg, trainable, opt)
-        step, epoch, used, records, best, bad_evals = (
-            s[k] for k in ("step", "epoch", "used", "records", "best", "bad_evals")
-        )
+    step, records, loop = state.restore("sft", {"trainable": trainable}, {"opt": opt}, guard=guard)
+    if step:  # --resume: the position in the data (epoch, batches used of it) and early stopping's state
+        epoch, used, best, bad_evals = (loop[k] for k in ("epoch", "used", "best", "bad_evals"))
         batches = epoch_batches(epoch - 1)[used:] if epoch else []
         saved_step = step
-        print(f"--resume: continuing at step {step} of {cfg.steps}")
-    else:
-        resume_path(out).unlink(missing_ok=True)  # a fresh run abandons an older interrupted one
     model.train()
     for extra in extras:
         extra.train()
@@ -523,8 +474,9 @@ def finetune_into(tmp: Path, cfg: SFTConfig, argv=None) -> dict:
                 stopped = "early_stop"
                 break
         if step % cfg.eval_interval == 0 and step < cfg.steps:
-            save_training_state(
-                resume_path(out), cfg, trainable, opt, step, epoch, used, records, best, bad_evals
+            loop = {"epoch": epoch, "used": used, "best": best, "bad_evals": bad_evals}
+            state.save(
+                "sft", step, {"trainable": trainable}, {"opt": opt}, guard=guard, records=records, extra=loop
             )
             saved_step = step
     train_s, train_cpu_s = time.time() - t0, time.process_time() - cpu0

@@ -295,12 +295,22 @@ def staged_dir(out_dir):
     os.chmod(tmp, 0o755)
     try:
         yield tmp
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old{os.getpid()}.tmp"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(new, out_dir):
+    """Replace out_dir by the complete folder `new`: two renames (the old folder aside, the new one in),
+    then the old copy deleted. A crash between the renames leaves the old one as `.<name>.old*.tmp`,
+    which the next run's lock step puts back."""
+    import shutil
+
+    new, out_dir = Path(new), Path(out_dir)
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old{os.getpid()}.tmp"
+        os.replace(out_dir, old)
+    os.replace(new, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

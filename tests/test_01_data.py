@@ -515,6 +515,28 @@ def test_lsh_curve_and_dedup_on_text():
     )  # every document filtered out: nothing to dedup, no crash
 
 
+def test_near_dedup_decides_by_the_exact_jaccard_at_the_threshold():
+    # copies whose true shingle Jaccard lies just above 0.7 are all caught, just below none are: the
+    # signature estimate alone (standard error 0.04) missed about 4 in 10 of those at 0.71
+    from dedup import candidate_bands, exact_jaccard, unique_shingles
+
+    b, r = candidate_bands(0.7, 128)
+    assert b * r <= 128 and candidate_probability(0.7, b, r) >= 0.999
+    rng = np.random.default_rng(0)
+    texts, sims = [], []
+    for n in range(60):
+        words = [f"w{n}x{i}" for i in range(300)]
+        copy = list(words)
+        for _ in range(int(rng.integers(13, 23))):  # each changed word breaks up to 3 shingles
+            copy[int(rng.integers(10, 290))] = f"edit{int(rng.integers(1 << 30))}"
+        texts += [" ".join(words), " ".join(copy)]
+        sims.append(exact_jaccard(unique_shingles(texts[-2], 3), unique_shingles(texts[-1], 3)))
+    near = dedup(texts, DedupConfig(threshold=0.7))["near_dup"][1::2]
+    sims = np.array(sims)
+    assert ((sims > 0.7) & (sims < 0.76)).sum() >= 5 and ((sims < 0.7) & (sims > 0.64)).sum() >= 5
+    assert near.tolist() == (sims >= 0.7).tolist()
+
+
 # ---------------------------------------------------------------------------------------------------
 # The default run: scores, split, mixture
 
@@ -524,7 +546,7 @@ def test_default_run_scores_are_measured_not_given(default_run):
     assert set(stats["noise"]) >= set(NOISE_TYPES)
     floor = {
         "exact_dup": 0.85,
-        "near_dup": 0.7,
+        "near_dup": 0.95,
         "mojibake": 0.95,
         "html": 0.95,
         "too_short": 0.95,
@@ -536,9 +558,8 @@ def test_default_run_scores_are_measured_not_given(default_run):
     for kind in NOISE_TYPES:
         row = stats["noise"][kind]
         assert row["injected"] >= 50 and row["caught"] + row["missed"] == row["injected"], kind
-        # near_dup's precision is lower: in the 60-person world, documents about one person share much
-        # of their text, and near_dedup also flags ~15 clean ones (of ~6,000) as copies of each other
-        assert row["recall"] >= floor[kind] and row["precision"] >= (0.8 if kind == "near_dup" else 0.85), (
+        # near_dup: candidates are verified by their exact Jaccard, so recall and precision are ~1
+        assert row["recall"] >= floor[kind] and row["precision"] >= (0.95 if kind == "near_dup" else 0.85), (
             kind,
             row,
         )
@@ -1006,6 +1027,46 @@ def test_learned_filter_separates_what_it_was_taught_and_scores_precision_recall
     )
 
 
+def test_toxicity_classifier_beats_the_lexicon_on_phrasings_it_never_saw():
+    # trained on pool B (26 toxic beside 400 harmless: balanced in the loss), tested on pool A's
+    # phrasings; unweighted and stopped at 300 steps, it flagged nothing there
+    from learned_data import toxicity_sets
+    from learned_filter import TOXICITY, precision_recall, predict_proba, train_classifier
+
+    pools = toxicity_sets(seed=0)
+    texts, labels = pools["A"]
+    clf = precision_recall(predict_proba(train_classifier(*pools["B"], TOXICITY), texts), labels)
+    lex = precision_recall([float(is_toxic(x)) for x in texts], labels)
+    assert clf["recall"] >= lex["recall"] + 0.2 and clf["precision"] >= 0.9, (clf, lex)
+
+
+def test_shard_signatures_read_from_disk_index_like_the_matrix(tmp_path):
+    # the streamed run keeps signatures on disk; a band, a subset and a row gather must read exactly
+    # what the in-memory matrix holds, and dedup over them must decide as dedup() does
+    from dedup import signatures
+    from prepare_stream import DocRecord, ShardSignatures, dedup_by_fingerprints, exact_key
+
+    base = "Bela Tora is a baker who lives in Mira and likes the color blue very much today. " * 3
+    texts = [base, base.replace("blue", "green", 1), base, "Boats on the river at dawn. " * 5] * 3
+    sig = signatures(texts)
+    paths = []
+    for i, (lo, hi) in enumerate([(0, 5), (5, 5), (5, 12)]):  # an empty shard in between
+        paths.append(tmp_path / f"s{i}.npy")
+        np.save(paths[-1], sig[lo:hi])
+    lazy = ShardSignatures(paths, [5, 0, 7], sig.shape[1])
+    assert len(lazy) == 12 and np.array_equal(lazy[:, 8:12], sig[:, 8:12])
+    rows = np.array([11, 0, 6])
+    assert np.array_equal(np.asarray(lazy[rows]), sig[rows]) and np.array_equal(
+        lazy[rows][:, :4], sig[rows][:, :4]
+    )
+    keys = [exact_key(t) for t in texts]
+    exact, near, keep = dedup_by_fingerprints(keys, lazy, 0.7)
+    d = dedup(texts)
+    assert exact.tolist() == d["exact_dup"].tolist() and near.tolist() == d["near_dup"].tolist()
+    record = DocRecord("in0000001", "stories", 42)
+    assert record["id"] == "in0000001" and "chars" in record and "text" not in record
+
+
 def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
     from prepare import DOMAINS
     from prepare_stream import iter_documents
@@ -1088,3 +1149,16 @@ def test_langid_naive_bayes_by_hand():
     # "aa": en log .6 + 2 log .4949 = -1.917 beats zh log .2 + 2 log .7384 = -2.216 (without the
     # prior zh would win); "aaa": zh -2.519 beats en -2.621 (a mean over n-grams would pick en)
     assert predict_lang(model, "aa", cfg) == "en" and predict_lang(model, "aaa", cfg) == "zh"
+
+
+def test_quality_effect_refuses_a_folder_without_stage_01_data(tmp_path):
+    # the experiment pretrains 4 variants per seed (minutes); a wrong --data must fail before any of it
+    from conftest import REPO
+
+    r = subprocess.run(
+        [sys.executable, str(REPO / "01_data" / "quality_effect.py"), "--data", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "no train.jsonl" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -72,6 +72,17 @@ def test_task_sets_ask_every_attribute_and_split_by_person():
     assert not any(r["heldout"] and r["lang"] == "zh" for r in recs)  # Chinese held-out: its own file
 
 
+def test_english_answers_start_with_the_questions_name_tokens():
+    # byte-level BPE folds the space into the word: the answer's name must be " Zomi", as in the question
+    # and the biographies, not "Zomi" (other tokens), or SFT cannot copy a held-out name (tasks.answer_content)
+    recs = task_records(build_world(WorldConfig(n_people=20)), 0)["sft"]
+    english = [r for r in recs if r.get("lang") == "en"]
+    assert english and all(r["messages"][-1]["content"].startswith(" " + r["subject"]) for r in english)
+    assert all(" " + r["subject"] in " " + r["messages"][0]["content"] for r in english)
+    zh = [r for r in recs if r.get("lang") == "zh"]
+    assert zh and not any(r["messages"][-1]["content"].startswith(" ") for r in zh)
+
+
 @pytest.mark.parametrize(
     "knobs",
     [

@@ -26,6 +26,7 @@ from bpe_fast import (
     encode_texts,
     merge_table,
     train_merges_fast,
+    utf8_joined,
 )
 from common.cli import UserError
 from common.runs import check_artifact, write_manifest
@@ -239,6 +240,30 @@ def test_fast_encoder_groups_and_dense_table_change_no_id(tok):
     for t, chunk in ((table, 7), (table, 1 << 30), (searched, 50), (searched, None)):
         ids, offsets, lengths = encode_pieces_flat(pieces, tok.byte_ids, t, chunk)
         assert [ids[o : o + m].tolist() for o, m in zip(offsets, lengths)] == want
+
+
+def test_utf8_joined_equals_one_encode_per_string():
+    """utf8_joined counts each string's UTF-8 bytes from its code points (1 to 4 bytes, empty strings
+    too) and gives the same bytes as encoding each string on its own."""
+    rng = random.Random(5)
+    alphabet = "ab é ß 中文红楼 😀𝄞\n"
+    strings = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(6))) for _ in range(300)]
+    raw, lengths = utf8_joined(strings)
+    assert raw.tobytes() == "".join(strings).encode("utf-8")
+    assert lengths.tolist() == [len(s.encode("utf-8")) for s in strings]
+
+
+def test_cold_cache_path_equals_reference_on_random_text(tok):
+    """An empty cache sends any text of 1000+ pre-tokens through encode_texts (few distinct ones
+    included); random characters from several scripts give the per-piece reference's ids, cold and warm."""
+    rng = random.Random(11)
+    alphabet = "the cat sat. 红楼梦甄士隐贾雨村，。 é😀 0123\n"
+    texts = ["".join(rng.choice(alphabet) for _ in range(3000)), "ab " * 1000]
+    want = [[i for w in tok._pat.findall(t) for i in tok.bpe_piece(w.encode())] for t in texts]
+    for t, ids in zip(texts, want):
+        tok._cache.clear()
+        assert tok.encode_ordinary(t) == ids
+        assert tok.encode_ordinary(t) == ids  # warm: from the cache
 
 
 def test_fast_encoder_equals_reference_on_real_chinese(shared_data):

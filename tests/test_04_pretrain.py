@@ -886,7 +886,7 @@ def test_help_shows_each_presets_values(capsys):
         pretrain.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "transformer blocks (default 4; preset micro 1, small 6, gpt2 12)" in out
-    assert "peak learning rate (default 0.002; preset micro 0.01, small 0.001, gpt2 0.0006)" in out
+    assert "peak learning rate (default 0.004; preset micro 0.01, small 0.001, gpt2 0.0006)" in out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -1070,3 +1071,48 @@ def test_feedback_file_reading_skips_a_torn_last_line_and_names_any_other_bad_li
     (run / "tokenizer").mkdir(parents=True)
     assert feedback_path_for(run / "sft" / "adapter.pt") == run / "feedback" / "feedback.jsonl"
     assert feedback_path_for(tmp_path / "model.pt") == tmp_path / "feedback" / "feedback.jsonl"
+
+
+def test_compare_killed_with_sigkill_resumes_and_writes_the_same_table(run_dir, tmp_path):
+    """compare.py is killed (the whole process group: it and its sft.py child) once its first run is
+    finished and its second has saved a training state; --resume keeps the first, continues the second
+    from its state, and the table equals an uninterrupted comparison's (timings aside)."""
+    from resume_check import without_timings
+
+    args = [
+        sys.executable,
+        str(REPO / "05_sft_lora" / "compare.py"),
+        *("--run", str(run_dir), "--methods", "lora_r4", "--lr-factors", "1,2", "--steps", "4"),
+        *("--eval-limit", "3", "--max-new-tokens", "4", "--test-windows", "2", "--device", "cpu"),
+        *("--sft-args", "--batch-size 2 --forget-windows 2 --eval-interval 1"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "cut"
+    work = tmp_path / ".cut.sweep" / "runs"
+    proc = subprocess.Popen(
+        [*args, "--out", str(out)], env=env, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (work / ".lora_r4@0.006.resume.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (work / "lora_r4@0.003" / "manifest.json").is_file() and not out.exists()
+    first = (work / "lora_r4@0.003" / "outcome.json").stat().st_mtime_ns
+    resumed = subprocess.run([*args, "--out", str(out), "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        "finished before the interruption, kept" in resumed.stdout
+        and "--resume: continuing" in resumed.stdout
+    )
+    assert (out / "runs" / "lora_r4@0.003" / "outcome.json").stat().st_mtime_ns == first  # not run again
+    assert not (tmp_path / ".cut.sweep").exists()
+    a, b = (json.loads((d / "compare.json").read_text()) for d in (tmp_path / "whole", out))
+    assert without_timings(a["bars"]) == without_timings(b["bars"]) and a["rows"] == b["rows"]
+    for key in ("lora_r4@0.003", "lora_r4@0.006"):
+        wa, wb = (
+            torch.load(d / "runs" / key / "adapter.pt", weights_only=True) for d in (tmp_path / "whole", out)
+        )
+        assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])

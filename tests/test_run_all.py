@@ -215,6 +215,13 @@ def test_plan_and_commands_follow_the_flags():
         "--data",
         "runs/x",
     ]  # own defaults
+    # the tiny run's budget flags (TINY_FLAGS) go to tiny only; micro keeps the stage's own preset
+    assert run_all.command(stage["distill"], run_all.RunAllConfig(), Path("runs/x"), False)[-2:] == [
+        "--seeds",
+        "2",
+    ]
+    micro = run_all.command(stage["distill"], run_all.RunAllConfig(preset="micro"), Path("runs/x"), False)
+    assert "--seeds" not in micro
     gpu = run_all.RunAllConfig(preset="gpt2", nproc=4)
     cmd = run_all.command(stage["pretrain"], gpu, Path("runs/g"), True)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=4"]
