@@ -203,7 +203,7 @@ def test_bad_flags_give_one_error_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
-def test_plan_and_commands_follow_the_flags():
+def test_plan_and_commands_follow_the_flags(monkeypatch):
     cfg = run_all.RunAllConfig(preset="tiny", data=["a.txt"])
     plan = dict((s.name, skip) for s, skip in run_all.plan(cfg))
     assert plan["data"] is None and plan["pretrain"] is None
@@ -216,6 +216,7 @@ def test_plan_and_commands_follow_the_flags():
         "runs/x",
     ]  # own defaults
     # the tiny run's budget flags (TINY_FLAGS) go to tiny only; micro keeps the stage's own preset
+    monkeypatch.setattr(run_all, "TINY_FLAGS", {"distill": ["--seeds", "2"]})
     assert run_all.command(stage["distill"], run_all.RunAllConfig(), Path("runs/x"), False)[-2:] == [
         "--seeds",
         "2",
