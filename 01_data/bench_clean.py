@@ -41,7 +41,8 @@ from learned_data import quality_sets, toxicity_sets
 from learned_filter import TOXICITY, precision_recall, predict_proba, train_classifier
 from noise_inject import html_page, make_noisy
 from pii_eval import pii_scores
-from world import WorldConfig, build_world, generate_corpus, story_slots
+from world import WorldConfig, build_world
+from world_corpus import generate_corpus, story_slots
 
 FIXTURES = Path(__file__).parent / "html_fixtures"
 

@@ -39,7 +39,8 @@ from dedup import (
     union_find_roots,
 )
 from noise_inject import near_copy
-from world import WorldConfig, build_world, generate_corpus
+from world import WorldConfig, build_world
+from world_corpus import generate_corpus
 
 REPO = (
     Path(__file__).resolve().parents[1]

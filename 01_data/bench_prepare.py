@@ -47,7 +47,8 @@ def paragraphs() -> list:
     if STORIES.exists():
         text = STORIES.read_text(encoding="utf-8")
         return [p.strip() for p in re.split(r"\n\s*\n|<\|endoftext\|>", text) if len(p.strip()) > 100]
-    from world import WorldConfig, build_world, generate_corpus
+    from world import WorldConfig, build_world
+    from world_corpus import generate_corpus
 
     w = build_world(WorldConfig(seed=9))
     return [d["text"] for d in generate_corpus(w, 9, 500_000, {"stories": 1.0})]

@@ -200,14 +200,9 @@ EXTRA_TRAIN = {
 
 def training_texts(seed: int, n_per_lang: int = 300):
     """(texts, labels): en and zh documents of a world built from `seed`, and foreign sentences."""
-    from world import (
-        WorldConfig,
-        build_world,
-        render_dialog,
-        render_knowledge_en,
-        render_knowledge_zh,
-        render_story,
-    )
+    from world import WorldConfig, build_world
+    from world_dialog import render_dialog
+    from world_corpus import render_knowledge_en, render_knowledge_zh, render_story
 
     rng = random.Random(seed)
     w = build_world(WorldConfig(seed=seed, n_people=200, n_cities=20, n_objects=100))

@@ -25,7 +25,8 @@ import re
 from pathlib import Path
 
 from noise_inject import TOXIC_EN, TOXIC_ZH
-from world import WorldConfig, build_world, generate_corpus
+from world import WorldConfig, build_world
+from world_corpus import generate_corpus
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "text"
 PRODUCTS = ["shoes", "phone cases", "loans", "watches", "diet pills", "sunglasses", "VPN", "casino bonus"]

@@ -83,7 +83,8 @@ from prepare_stream import (
     read_shard_docs,
 )
 from tasks import write_tasks
-from world import build_world, generate_corpus, story_slots, world_config
+from world import build_world, world_config
+from world_corpus import generate_corpus, story_slots
 
 DOMAINS = ["dialog", "code", "knowledge", "stories"]
 SPLITS = ["train", "val", "test"]

@@ -47,7 +47,9 @@ Interview questions it answers:
 import random
 
 from biographies import QA_ATTRIBUTES, qa_pairs
-from world import COLORS, JOBS, RECALL_PHRASINGS, arithmetic_parts, fix_articles, is_heldout
+from world import COLORS, JOBS, is_heldout
+from world_facts import RECALL_PHRASINGS
+from world_corpus import arithmetic_parts, fix_articles
 
 
 def fact_questions(w, lang="en"):

@@ -69,9 +69,10 @@ class BenchConfig:
 def generated_corpus(n_chars, seed=0):
     """Documents from 01_data's synthetic world, about n_chars characters in all."""
     import world  # 01_data
+    import world_corpus  # 01_data
 
     w = world.build_world(world.WorldConfig())
-    docs = world.generate_corpus(
+    docs = world_corpus.generate_corpus(
         w, seed, n_chars, {"dialog": 0.4, "code": 0.1, "knowledge": 0.2, "stories": 0.3}
     )
     return [d["text"] for d in docs]

@@ -70,7 +70,8 @@ from common.outcome import make_bar
 from common.runs import claim_output, run_lock, staged_dir, write_manifest
 from common.stats import bootstrap_interval
 from transformer import N_SENTINELS, Transformer, TransformerConfig  # 03_model (this folder)
-from world import WorldConfig, build_world, person_facts_en  # 01_data
+from world import WorldConfig, build_world  # 01_data
+from world_facts import person_facts_en  # 01_data
 
 # Word-level synonym replacement (the seed's "synonym replacement"): each phrase is swapped with
 # probability `synonym_p` in every rendering, so two views of one fact rarely share all their words.

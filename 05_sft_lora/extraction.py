@@ -35,7 +35,8 @@ from common.files import pyplot, read_jsonl, save_figure, write_jsonl
 from common.runs import write_manifest
 from biographies import qa_dialog  # 01_data
 from tasks import write_tasks  # 01_data
-from world import WorldConfig, build_world, fix_articles  # 01_data
+from world import WorldConfig, build_world  # 01_data
+from world_corpus import fix_articles  # 01_data
 
 CELLS = [  # (name, augmentation, mixed training)
     ("plain", False, False),

@@ -8,7 +8,9 @@ import pytest
 import prepare
 from contamination import contamination_report, longest_overlaps, words
 from tasks import recall_probes
-from world import RECALL_PHRASINGS, WorldConfig, build_world, generate_corpus
+from world_facts import RECALL_PHRASINGS
+from world import WorldConfig, build_world
+from world_corpus import generate_corpus
 
 
 def test_longest_overlap_by_hand():

@@ -62,7 +62,8 @@ from noise_inject import (
 from data_outcome import BAR, NOT_CLAIMED, format_table, wilson
 from prepare import PrepareConfig, cut_document, prepare, read_documents
 from tasks import task_records
-from world import ITEMS, WorldConfig, build_world, generate_corpus
+from world import ITEMS, WorldConfig, build_world
+from world_corpus import generate_corpus
 
 SMALL = 40_000  # characters: every noise type, ~1 s
 
@@ -954,8 +955,8 @@ def test_concurrent_writer_and_read_only_run_dir(small_cli_run, tmp_path, repo_r
     [
         ("dedup.py", [], "near copy   the cat sat on the mat and looked at a dog"),
         ("dedup.py", ["--threshold", "2"], "error: --threshold 2.0 is above its maximum 1.0"),
-        ("world.py", ["--chars", "500", "--seed", "3"], "--- "),
-        ("world.py", ["--seed", "x"], "error: argument --seed: invalid int value"),
+        ("world_corpus.py", ["--chars", "500", "--seed", "3"], "--- "),
+        ("world_corpus.py", ["--seed", "x"], "error: argument --seed: invalid int value"),
         ("bench_dedup.py", ["--docs", "5"], "error: --docs 5 is below its minimum 100"),
     ],
 )

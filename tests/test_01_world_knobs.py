@@ -7,7 +7,8 @@ from biographies import EN_TEMPLATES, QA_ATTRIBUTES, qa_pairs
 from common.cli import UserError
 from contamination import QA_MARKERS
 from tasks import task_records
-from world import WorldConfig, build_world, generate_corpus, is_heldout, world_config
+from world import WorldConfig, build_world, is_heldout, world_config
+from world_corpus import generate_corpus
 
 MIX = {"dialog": 0.3, "code": 0.1, "knowledge": 0.4, "stories": 0.2}
 

@@ -11,7 +11,8 @@ import pytest
 import knowledge_update as K
 import world_update as W
 from common.cli import UserError
-from world import build_world, generate_corpus, world_config
+from world import build_world, world_config
+from world_corpus import generate_corpus
 
 MIX = {"dialog": 0.25, "code": 0.1, "knowledge": 0.5, "stories": 0.15}
 
