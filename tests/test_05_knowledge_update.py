@@ -98,11 +98,17 @@ def test_summary_and_bar_compare_each_method_with_the_base_item_by_item():
     assert s["new_unseen"]["value"] == pytest.approx(25 / 30) and s["old_cloze_corpus"]["value"] == 0.1
     assert s["others_change"]["value"] == pytest.approx(-0.25)  # (0.5 - 1.0 + 0.5 - 0.5) / 2
     assert s["test_loss_change"]["value"] == pytest.approx(0.3)
-    bar = K.update_bar({"weak": weak, "good": good}, base)
-    assert "good, best of 2" in bar["metric"] and bar["baseline"] == 0.0 and bar["passed"]
+    cities = ["Ronara", "Pelk", "Toma"] * 10  # one city for everyone would be right for 10 of 30
+    bar = K.update_bar({"weak": weak, "good": good}, base, cities)
+    assert "good, best of 2" in bar["metric"] and bar["baseline"] == pytest.approx(1 / 3) and bar["passed"]
+    assert "one city" in bar["baseline_name"]
+    # a method at the one-city answer's level fails, although it is far above the base's 0
+    assert not K.update_bar({"lookup": fake_measure([1.0] * 10 + [0.0] * 20, [1.0] * n)}, base, cities)[
+        "passed"
+    ]
     lo, _ = bar["interval"]
     assert 0.5 < lo < 25 / 30  # a Bonferroni (97.5 %) bootstrap interval around 0.83
-    assert not K.update_bar({"weak": fake_measure([0.0] * n, [1.0] * n)}, base)["passed"]
+    assert not K.update_bar({"weak": fake_measure([0.0] * n, [1.0] * n)}, base, cities)["passed"]
     old_bar = K.method_bar("good", s, K.method_summary(base, base))
     assert old_bar["passed"] and old_bar["value"] == 0.1 and old_bar["baseline"] == 1.0
     table = K.table({"base": K.method_summary(base, base), "good": s})
