@@ -425,7 +425,8 @@ def seeded(params, i):
 
 def main(argv=None):
     cfg, _ = parse_config(ServeConfig, argv, doc=__doc__)
-    name = cfg.model_name or default_model_name(cfg.ckpt) if cfg.ckpt else ""
+    # without --ckpt the name is "" and model_from_flags below says --ckpt is required
+    name = cfg.model_name or (default_model_name(cfg.ckpt) if cfg.ckpt else "")
     others = compared_checkpoints(cfg.compare, taken={name})  # checked before minutes of loading
     model, tok = model_from_flags(cfg, "to serve")
     engine = Engine(model, tok, cfg.policy, cfg.max_batch, cfg.max_waiting, cfg.prefix_blocks)
