@@ -78,6 +78,7 @@ from common.stats import bootstrap_interval, paired_bootstrap_interval, wilson_i
 from world import build_world  # 01_data (public functions only)
 from tasks import recall_probes  # 01_data
 from bpe import BPETokenizer  # 02_tokenizer
+from divergence import DivergenceGuard  # 03_model
 from gpt import GPT  # 03_model
 from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_groups, set_lr  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards, load_test_shard  # 04_pretrain
@@ -146,6 +147,7 @@ def continued_pretraining(model, tok, texts, pre_train, cfg: UpdateConfig, devic
     opt = make_optimizer("adamw", param_groups(model, 0.0), cfg.lr_cpt, (0.9, 0.95))
     sched = Schedule(cfg.lr_cpt, cfg.lr_cpt / 10, min(20, cfg.steps // 5), cfg.steps, "cosine")
     params = [p for p in model.parameters() if p.requires_grad]
+    guard = DivergenceGuard(lower=f"--lr-cpt (now {cfg.lr_cpt:g})", vocab_size=model.cfg.vocab_size)
     torch.manual_seed(cfg.seed)
     model.train()
     losses = []
@@ -159,12 +161,13 @@ def continued_pretraining(model, tok, texts, pre_train, cfg: UpdateConfig, devic
             )
             loss = (1 - cfg.replay) * loss + cfg.replay * model(px, py)[1]
         loss.backward()
-        clip_grad_norm(params, 1.0)
+        grad_norm = clip_grad_norm(params, 1.0)
+        guard.check(step + 1, loss, grad_norm)  # the one divergence guard every trainer uses (03)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss.detach())
     model.eval()
-    return {"tokens": int(len(stream)), "first_loss": losses[0], "last_loss": losses[-1]}
+    return {"tokens": int(len(stream)), "first_loss": losses[0].item(), "last_loss": losses[-1].item()}
 
 
 def sft_update(cfg: UpdateConfig, method: str, train_file: Path, out: Path, log: Path) -> Path:
