@@ -45,7 +45,6 @@ Interview questions it answers:
   any method learn more and forget more; the forgetting table below)
 """
 
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -69,7 +68,7 @@ from gpt import GPT  # 03_model
 from batches import load_shards, load_test_shard  # 04_pretrain
 from heldout_loss import window_token_losses  # 04_pretrain
 
-from finetuned import generate_answers, load_finetuned, score
+from finetuned import generate_answers, load_finetuned, run_sft, score
 from metrics import answer_in, exact_match
 from sft_baselines import answer_span, sft_bar
 from sft_data import read_conversations, split_validation
@@ -204,9 +203,7 @@ def run_method(cfg, method, lr, train_file, out, eval_base, log=None) -> dict:
         print(f"--- {method} lr {lr:g}: finished before the interruption, kept", flush=True)
         return read_json(out / "outcome.json")
     resume = (out.parent / f".{out.name}.resume.pt").is_file()  # sft.py's RunState file
-    cmd = [
-        sys.executable,
-        str(REPO / "05_sft_lora" / "sft.py"),
+    args = [
         *("--run", cfg.run, "--out", str(out), "--train-file", str(train_file)),
         *METHODS[method][0],
         *("--lr", f"{lr:g}", "--steps", str(cfg.steps), "--seed", str(cfg.seed)),
@@ -215,12 +212,8 @@ def run_method(cfg, method, lr, train_file, out, eval_base, log=None) -> dict:
         *cfg.sft_args.split(),
         *(["--resume"] if resume else []),
     ]
-    print(f"--- {method} lr {lr:g}: {' '.join(cmd[1:])}", flush=True)
-    with open(log, "w") if log else open(sys.stdout.fileno(), "w", closefd=False) as stdout:
-        proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
-        raise UserError(f"sft.py for {method} at lr {lr:g} failed: {last.removeprefix('error: ')}")
+    print(f"--- {method} lr {lr:g}: sft.py {' '.join(args)}", flush=True)
+    run_sft(args, log, what=f"{method} at lr {lr:g}")
     return read_json(out / "outcome.json")
 
 

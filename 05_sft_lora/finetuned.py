@@ -11,6 +11,10 @@ command script for its functions:
 `corpus_loss` (the forgetting metric, 07's loss of a compressed model) is 04's one held-out loss
 (heldout_loss.py), passed on from here.
 
+Experiments that train several SFT models (compare.py, knowledge_update.py) run sft.py itself, each in
+its own process, through `run_sft(args, log, what)`: one place that starts it and turns its failure
+into one line.
+
 Several LoRA adapters on one base, switched per request (multi_adapter.py measures it):
 
     model, tok = load_named_adapters({"facts": "runs/x/facts", "arithmetic": "runs/x/arithmetic"})
@@ -24,6 +28,7 @@ Interview questions it answers:
   loading attaches the adapter to the base, or merges it for serving: lora.merge_lora)
 """
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -161,3 +166,16 @@ def score(predictions, records) -> dict:
     if all(isinstance(s, str) for s in shorts):
         res["answer_acc"] = float(np.mean([answer_in(p, s) for p, s in zip(predictions, shorts)]))
     return res
+
+
+def run_sft(args: list, log=None, what="a run") -> None:
+    """05's sft.py with `args` in a fresh process (it is a command, never imported); its output goes to
+    the file `log`, or to this process's stdout. A failure is one UserError carrying sft.py's own last
+    error line, naming `what` failed (and the log, where there is one)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("sft.py")), *map(str, args)]
+    with open(log, "w") if log else open(sys.stdout.fileno(), "w", closefd=False) as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+        where = f" (log: {log})" if log else ""
+        raise UserError(f"sft.py for {what} failed: {last.removeprefix('error: ')}{where}")

@@ -50,7 +50,6 @@ Interview questions it answers:
 """
 
 import copy
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -84,7 +83,7 @@ from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_gr
 from batches import batch_starts, get_batch, load_shards, load_test_shard  # 04_pretrain
 from fact_recall import completion_matches, greedy_completions  # 04_pretrain
 
-from finetuned import load_finetuned
+from finetuned import load_finetuned, run_sft
 from world_update import (
     PROBES,
     UNSEEN,
@@ -173,9 +172,7 @@ def continued_pretraining(model, tok, texts, pre_train, cfg: UpdateConfig, devic
 def sft_update(cfg: UpdateConfig, method: str, train_file: Path, out: Path, log: Path) -> Path:
     """05's sft.py (full or LoRA) on the new QA, in its own process (it is a command, not a library)."""
     lr = cfg.lr_sft if method == "sft" else cfg.lr_lora
-    cmd = [
-        sys.executable,
-        str(REPO / "05_sft_lora" / "sft.py"),
+    args = [
         *(
             "--run",
             cfg.run,
@@ -191,11 +188,7 @@ def sft_update(cfg: UpdateConfig, method: str, train_file: Path, out: Path, log:
         *("--val-frac", "0", "--eval-limit", "8", "--no-eval-base", "--zh-heldout-file", "none"),
         *("--mix-pretrain", f"{cfg.replay:g}", "--forget-windows", "2", "--device", cfg.device),
     ]
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
-        raise UserError(f"sft.py for the {method} update failed: {last.removeprefix('error: ')} (log: {log})")
+    run_sft(args, log, what=f"the {method} update")
     return out
 
 
