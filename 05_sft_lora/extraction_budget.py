@@ -6,40 +6,34 @@
     python 05_sft_lora/extraction_budget.py --run runs/m --preset micro     # seconds: the plumbing
 
 Issue 23's goal on the default tiny run: held-out answer accuracy >= 0.8 and exact match >= 0.7 after
-SFT on the training half, within a 15-minute pipeline. When a goal is out of reach the issue asks for
-the curve, not a smaller goal. This script measures it: for each budget (STEPS, or WIDTHxSTEPS for a
-wider model) it pretrains 04's tiny model that many steps on the run's own data and tokenizer (04's
-`pretrain_loop.train`, the function pretrain.py runs; every other setting its default) into
-<out>/<label>/pretrain/, then runs 05's default SFT on it (sft.py with no method flags, as run_all.py
-runs it, through `finetuned.run_sft`) into <out>/<label>/sft/, and records per budget:
+SFT on the training half, in a 15-minute pipeline; when it is out of reach, the issue asks for the curve.
+For each budget (STEPS, or WIDTHxSTEPS for a wider model) this pretrains 04's tiny model that many steps
+on the run's data and tokenizer (`pretrain_loop.train`, what pretrain.py runs; every other setting its
+default) into <out>/<label>/pretrain/, runs 05's default SFT on it (sft.py as run_all.py runs it, via
+`finetuned.run_sft`) into <out>/<label>/sft/, and records: pretraining minutes (the stage, final
+evaluation included), tokens, the load average meanwhile; storage: 04's fact recall in the biographies'
+own wording (every person; the held-out people); extraction: held-out answer accuracy and exact match
+after SFT (95 % Wilson intervals) beside the majority answer and the base's best prompt; and, as a
+diagnostic, both scores with each answer cut at its first control byte (scores_cut_at_control_byte).
 
-    pretraining     wall minutes of the loop (and of the stage, final evaluation included), tokens
-                    seen, parameters, the load average while it ran
-    storage         04's fact recall in the biographies' own wording (every person, and the held-out
-                    people alone): does the base know the fact at all?
-    extraction      held-out answer accuracy and exact match after SFT, 95 % Wilson intervals, beside
-                    the majority answer and the base model's best prompt (sft.py's baselines)
-
-Minutes measured on a shared machine are scaled to a quiet one by a ratio measured here: the quiet
-pipeline's pretraining seconds at the default 1,000 steps (--quiet-pretrain-s) over this run's own
-1,000-step time (the fastest, when it ran twice). The answer accuracy of the default-width budgets
-is fitted as a line in log2(minutes) and extrapolated to the goal: a rough guide from a few points,
-and the JSON says how many. It prints the table, saves budget.png (accuracy, exact match and recall
-against quiet minutes, log scale, the goal lines) and outcome.json under runs/<name>/extraction_budget/.
+Minutes on a shared machine are scaled to a quiet one by a measured ratio: the quiet pipeline's seconds
+for the default 1,000 steps (--quiet-pretrain-s) over this run's own (the fastest, if run twice). Each
+score of the default width is fitted as a line in log2(minutes) and extrapolated to its goal (a rough
+guide from few points; the JSON says how many). Prints the table; writes budget.png (the scores and
+recall against minutes, log scale, the goals) and outcome.json into <run>/extraction_budget/.
 
 Interview questions it answers:
-- Why does a small model need many exposures per fact before it can answer questions about it?
-  (a fact is stored only when gradient steps on its sentence outweigh the interference of every
-  other sentence; each exposure moves the weights a little, and a 1M-parameter model shares its few
-  weights among thousands of facts, so recall climbs slowly with exposures, roughly log-linearly
-  here, and the paper's "~100 exposures per person" is where it saturates at their size)
+- Why does a small model need many exposures per fact before it can answer questions about it? (each
+  exposure moves the weights a little, and a 1M-parameter model shares them among thousands of facts:
+  recall in the biographies' words went 0.35 -> 0.88 from ~3 to ~12 passes over the corpus here)
 - Why is extraction bounded by storage? (SFT on other people teaches the format and the lookup from a
   name; it cannot add a fact the base never stored: held-out answer accuracy stays below held-out recall)
-- How do you argue for more compute? (measure the curve on the same data, scale the times to the
-  machine that will run it, name the budget where the goal is reached)
+- Why can longer pretraining break stopping? (tokens never seen get the same gradient, so their
+  embeddings converge; <|end|> is one of them until SFT trains its row, which LoRA does not)
 """
 
 import os
+import re
 import shutil
 import sys
 import threading
@@ -56,6 +50,7 @@ from common.cli import UserError, command_line, option, parse_config, run_cli
 from common.files import pyplot, read_json, read_jsonl, save_figure, write_json
 from common.layout import RunLayout
 from common.runs import check_artifact
+from common.stats import wilson_interval
 from bpe import BPETokenizer  # 02_tokenizer
 from gpt import GPT  # 03_model
 from fact_recall import fact_recall  # 04_pretrain
@@ -65,39 +60,31 @@ from pretrain_loop import train  # 04_pretrain
 
 from extraction import cell_result
 from finetuned import run_sft
+from metrics import exact_match
+from sft_baselines import answer_correct
 
 GOAL_ACC, GOAL_EM = 0.8, 0.7  # issue 23's goals on the held-out half
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")  # control bytes but newline: no text of the corpus has them
 
 
 @dataclass
 class BudgetConfig:
     run: str = option("", "run folder runs/<name> with data/ (the generated world), tokenizer/, tokens/")
     out: str = option("", "output folder (default <run>/extraction_budget)")
-    budgets: list = option(
-        ["1000", "2000", "4000"],
-        "pretraining budgets: STEPS (the default width) or WIDTHxSTEPS (n_embd x steps); repeat one to time it twice",
-        sep=",",
-    )
-    pretrain_preset: str = option(
-        "tiny", "04's preset every budget starts from", choices=tuple(PRETRAIN_PRESETS)
-    )
+    budgets: list = option(["1000", "2000", "4000"], "pretraining budgets: STEPS (the default width) or "
+                           "WIDTHxSTEPS (n_embd x steps); repeat one to time it twice", sep=",")  # fmt: skip
+    pretrain_preset: str = option("tiny", "04's preset of every budget", choices=tuple(PRETRAIN_PRESETS))
     sft_preset: str = option("tiny", "sft.py's --preset (micro: seconds)", choices=("tiny", "micro"))
-    quiet_pretrain_s: float = option(
-        177.0, "seconds the default 1,000-step pretraining takes on a quiet machine (0 = no scaling)", min=0.0
-    )
-    quiet_pipeline_min: float = option(
-        13.0, "minutes the whole default pipeline takes on a quiet machine, its pretraining included", min=0.0
-    )
+    quiet_pretrain_s: float = option(177.0, "seconds of the default 1,000-step pretraining on a quiet machine "
+                                     "(0 = no scaling)", min=0.0)  # fmt: skip
+    quiet_pipeline_min: float = option(13.0, "minutes of the whole default pipeline on a quiet machine, its "
+                                       "pretraining included", min=0.0)  # fmt: skip
     reuse: bool = option(False, "keep the budgets already finished in --out (pretraining and SFT)")
     overwrite: bool = option(False, "replace budgets already in --out")
 
 
-PRESETS = {
-    "tiny": {},
-    "micro": dict(
-        budgets=["6", "12", "48x6"], pretrain_preset="micro", sft_preset="micro", quiet_pretrain_s=0.0
-    ),
-}
+PRESETS = {"tiny": {}, "micro": dict(budgets=["6", "12"], pretrain_preset="micro", sft_preset="micro",
+                                      quiet_pretrain_s=0.0)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the budgets
@@ -165,6 +152,22 @@ def heldout_recall(run: Path, ckpt: Path) -> dict | None:
     return {"accuracy": r["accuracy"], "interval": r["interval"], "n": r["n"]}
 
 
+def scores_cut_at_control_byte(sft: Path, held_path: Path) -> dict:
+    """A diagnostic beside sft.py's scores: held-out answer accuracy and exact match with each answer cut
+    at its first control byte. Bytes the corpus never holds get identical embeddings in pretraining,
+    <|end|> among them (its rows: cosine 0.997 at 1,000 steps, 1.000 at 4,000); a LoRA SFT model on such
+    a base ends its answer with one of its twins instead and runs on (README)."""
+    preds = read_jsonl(sft / "predictions.jsonl", ("tuned", "reference"))
+    held = read_jsonl(held_path, ("answer",))[: len(preds)]
+    cut = [CONTROL.split(p["tuned"], maxsplit=1)[0] for p in preds]
+    acc = sum(answer_correct(c, h["answer"]) for c, h in zip(cut, held))
+    em = sum(exact_match(c.strip(), p["reference"]) for c, p in zip(cut, preds))
+    n = len(preds)
+    return {"cut_answer_acc": acc / n, "cut_answer_acc_interval": list(wilson_interval(acc, n)),
+            "cut_exact_match": em / n, "cut_exact_match_interval": list(wilson_interval(em, n)),
+            "with_control_byte": sum(bool(CONTROL.search(p["tuned"])) for p in preds) / n}  # fmt: skip
+
+
 def run_budget(cfg: BudgetConfig, label: str, tc: TrainConfig, folder: Path) -> dict:
     """Pretrain, then SFT, one budget (each kept with --reuse when it finished); its row of the table."""
     pre, sft = folder / "pretrain", folder / "sft"
@@ -190,7 +193,8 @@ def run_budget(cfg: BudgetConfig, label: str, tc: TrainConfig, folder: Path) -> 
         )
         timing |= {"sft_s": time.time() - t0, "sft_load": load}
         write_json(timing_file, timing)
-    return budget_row(label, tc, read_json(pre / "outcome.json"), read_json(sft / "outcome.json"), timing)
+    row = budget_row(label, tc, read_json(pre / "outcome.json"), read_json(sft / "outcome.json"), timing)
+    return row | scores_cut_at_control_byte(sft, RunLayout(cfg.run).tasks / "sft_heldout.jsonl")
 
 
 def budget_row(label, tc: TrainConfig, pre_o: dict, sft_o: dict, timing: dict) -> dict:
@@ -199,28 +203,15 @@ def budget_row(label, tc: TrainConfig, pre_o: dict, sft_o: dict, timing: dict) -
     bases = {k: v["answer_acc"]["mean"] for k, v in sft_o["contenders"].items() if not k.startswith("SFT")}
     best_base = max(bases, key=bases.get)
     held = timing.get("heldout_recall") or {}
-    return {
-        "label": label,
-        "steps": tc.max_steps,
-        "width": tc.n_embd,
-        "params": pre_o["params"],
-        "tokens": pre_o["tokens_seen"],
-        "pretrain_min": timing["pretrain_s"] / 60,  # the stage: the loop and its final evaluation
-        "pretrain_loop_min": pre_o["wall_s"] / 60,
-        "pretrain_load": timing["pretrain_load"],
-        "sft_min": timing.get("sft_s", 0) / 60,
-        "recall_bio_wording": r["memorized"],
-        "heldout_recall": held.get("accuracy"),
-        "heldout_recall_interval": held.get("interval"),
-        **{
-            k: r[k] for k in ("answer_acc", "answer_acc_interval", "exact_match", "exact_match_interval", "n")
-        },
-        "majority": r["majority"],
-        "best_baseline": best_base,
-        "best_baseline_acc": bases[best_base],
-        "goal_passed": bool(sft_o["bar"]["passed"]),
-        "pretrain_val_loss": r["pretrain_val_loss"],
-    }
+    keep = ("answer_acc", "answer_acc_interval", "exact_match", "exact_match_interval", "n", "majority")
+    return {"label": label, "steps": tc.max_steps, "width": tc.n_embd, "params": pre_o["params"],
+            "tokens": pre_o["tokens_seen"],
+            "pretrain_min": timing["pretrain_s"] / 60,  # the stage: the loop and its final evaluation
+            "pretrain_loop_min": pre_o["wall_s"] / 60, "pretrain_load": timing["pretrain_load"],
+            "sft_min": timing.get("sft_s", 0) / 60, "recall_bio_wording": r["memorized"],
+            "heldout_recall": held.get("accuracy"), "heldout_recall_interval": held.get("interval"),
+            **{k: r[k] for k in keep}, "best_baseline": best_base, "best_baseline_acc": bases[best_base],
+            "goal_passed": bool(sft_o["bar"]["passed"]), "pretrain_val_loss": r["pretrain_val_loss"]}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- quiet minutes, the fit
@@ -261,8 +252,9 @@ def fmt_ci(v, ci) -> str:
 
 def format_table(rows: list) -> str:
     head = ("| budget | params | tokens (epochs) | pretrain min (load avg) | quiet min | recall, bio wording (all / "
-            "held-out) | held-out answer acc | held-out exact match | majority | best base prompt |")  # fmt: skip
-    lines = [head, "|" + "---|" * 10]
+            "held-out) | held-out answer acc | held-out exact match | majority | best base prompt | cut at the "
+            "first control byte: acc / EM (share of answers with one) |")  # fmt: skip
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         quiet = "-" if r["quiet_min"] is None else f"{r['quiet_min']:.1f}"
         held = "-" if r["heldout_recall"] is None else f"{r['heldout_recall']:.3f}"
@@ -272,7 +264,8 @@ def format_table(rows: list) -> str:
             f"{r['pretrain_min']:.1f} ({r['pretrain_load']:.1f}) | {quiet} | {r['recall_bio_wording']:.3f} / {held} | "
             f"{fmt_ci(r['answer_acc'], r['answer_acc_interval'])} | "
             f"{fmt_ci(r['exact_match'], r['exact_match_interval'])} | {r['majority']:.3f} | "
-            f"{r['best_baseline_acc']:.3f} |"
+            f"{r['best_baseline_acc']:.3f} | {r['cut_answer_acc']:.3f} / {r['cut_exact_match']:.3f} "
+            f"({r['with_control_byte']:.2f}) |"
         )
     return "\n".join(lines)
 
@@ -298,6 +291,8 @@ def plot_budget(rows: list, fit: dict | None, path: Path, width: int):
         ax.plot(
             mins(rs), [r["exact_match"] for r in rs], style, color="C1", label="held-out exact match" + tag
         )
+        ax.plot(mins(rs), [r["cut_answer_acc"] for r in rs], style, color="C3", mfc="none",
+                label="held-out answer acc, cut at the first control byte" + tag)  # fmt: skip
         ax.plot(mins(rs), [r["heldout_recall"] or 0 for r in rs], style, color="C2", mfc="none",
                 label="held-out recall, bio wording" + tag)  # fmt: skip
         for r, m in zip(rs, mins(rs)):
@@ -321,13 +316,11 @@ def plot_budget(rows: list, fit: dict | None, path: Path, width: int):
 def format_headline(rows, fit, ratio) -> str:
     best = max(rows, key=lambda r: r["answer_acc"])
     text = (f"held-out answer accuracy {best['answer_acc']:.3f} at {best['steps']} steps x width {best['width']} "
-            f"(goal {GOAL_ACC})")  # fmt: skip
+            f"(goal {GOAL_ACC}; {best['cut_answer_acc']:.3f} cut at the first control byte)")  # fmt: skip
     if fit and fit["minutes_to_goal"]:
         text += (f"; the log-linear fit reaches {GOAL_ACC} at ~{fit['minutes_to_goal']:.0f} "
                  f"{'quiet' if ratio else 'measured'} minutes of pretraining ({fit['points']} points)")  # fmt: skip
-    elif fit:
-        text += "; the fit does not rise with minutes"
-    return text
+    return text + ("; the fit does not rise with minutes" if fit and not fit["minutes_to_goal"] else "")
 
 
 # ----------------------------------------------------------------------------- the command
@@ -373,7 +366,13 @@ def summarize(cfg: BudgetConfig, rows: list, width: int, command: str) -> dict:
     ratio = quiet_ratio(rows, cfg.quiet_pretrain_s)
     for r in rows:
         r["quiet_min"] = r["pretrain_min"] * ratio if ratio else None
-    fits = {k: goal_fit(rows, width, k, g) for k, g in (("answer_acc", GOAL_ACC), ("exact_match", GOAL_EM))}
+    goals = {
+        "answer_acc": GOAL_ACC,
+        "exact_match": GOAL_EM,
+        "cut_answer_acc": GOAL_ACC,
+        "cut_exact_match": GOAL_EM,
+    }
+    fits = {k: goal_fit(rows, width, k, g) for k, g in goals.items()}
     ref = cfg.quiet_pretrain_s / 60 if ratio else None
     for f in fits.values():
         if f and f["minutes_to_goal"] and ref:  # the pipeline with that pretraining instead of today's
