@@ -16,8 +16,8 @@ own wording (every person; the held-out people); extraction: held-out answer acc
 after SFT (95 % Wilson intervals) beside the majority answer and the base's best prompt; and, as a
 diagnostic, both scores with each answer cut at its first control byte (scores_cut_at_control_byte).
 
-Minutes on a shared machine are scaled to a quiet one by a measured ratio: the quiet pipeline's seconds
-for the default 1,000 steps (--quiet-pretrain-s) over this run's own (the fastest, if run twice). Each
+Quiet minutes: --quiet-pretrain-s (the quiet pipeline's 1,000 steps) scaled by steps and parameters; the
+measured ratio of the quiet time to this run's own 1,000 steps is kept beside it (load_scaled_min). Each
 score of the default width is fitted as a line in log2(minutes) and extrapolated to its goal (a rough
 guide from few points; the JSON says how many). Prints the table; writes budget.png (the scores and
 recall against minutes, log scale, the goals) and outcome.json into <run>/extraction_budget/.
@@ -120,8 +120,7 @@ def budget_configs(cfg: BudgetConfig, out: Path) -> list:
 
 
 def with_load_average(fn, every_s=15.0):
-    """(fn(), mean 1-minute load average sampled every `every_s` seconds while it ran): the load is
-    part of a timing on a shared machine."""
+    """(fn(), the mean 1-minute load average, sampled every `every_s` seconds while it ran)."""
     samples, done = [os.getloadavg()[0]], threading.Event()
 
     def sample():
@@ -138,8 +137,7 @@ def with_load_average(fn, every_s=15.0):
 
 
 def heldout_recall(run: Path, ckpt: Path) -> dict | None:
-    """04's fact recall on the held-out people alone, in the biographies' own wording: the most SFT
-    could extract for them. None without the world's probes."""
+    """04's fact recall of the held-out people, in the biographies' wording: the most SFT could extract."""
     path = RunLayout(run).tasks / "recall_heldout.jsonl"
     if not path.is_file():
         return None
@@ -161,8 +159,7 @@ def scores_cut_at_control_byte(sft: Path, held_path: Path) -> dict:
     held = read_jsonl(held_path, ("answer",))[: len(preds)]
     cut = [CONTROL.split(p["tuned"], maxsplit=1)[0] for p in preds]
     acc = sum(answer_correct(c, h["answer"]) for c, h in zip(cut, held))
-    em = sum(exact_match(c.strip(), p["reference"]) for c, p in zip(cut, preds))
-    n = len(preds)
+    em, n = sum(exact_match(c.strip(), p["reference"]) for c, p in zip(cut, preds)), len(preds)
     return {"cut_answer_acc": acc / n, "cut_answer_acc_interval": list(wilson_interval(acc, n)),
             "cut_exact_match": em / n, "cut_exact_match_interval": list(wilson_interval(em, n)),
             "with_control_byte": sum(bool(CONTROL.search(p["tuned"])) for p in preds) / n}  # fmt: skip
@@ -225,6 +222,12 @@ def quiet_ratio(rows: list, quiet_s: float) -> float | None:
     return quiet_s / min(times) if times and quiet_s else None
 
 
+def quiet_minutes(r: dict, quiet_s: float, ref_params: int) -> float | None:
+    """Quiet minutes of row r by compute: the quiet 1,000-step time x steps/1,000 x params / the default's
+    (FLOPs/token ~ 6 x params, output layer tied); quiet_ratio holds only while the load stays put."""
+    return quiet_s / 60 * r["steps"] / TrainConfig().max_steps * r["params"] / ref_params if quiet_s else None
+
+
 def goal_fit(rows: list, width: int, key="answer_acc", goal=GOAL_ACC) -> dict | None:
     """`key` = a + b log2(minutes) over the budgets of one width (least squares, one point per step
     count: a repeated budget's fastest minutes, the training is the same), and the minutes where the line reaches `goal` (None when it does not rise)."""
@@ -251,12 +254,13 @@ def fmt_ci(v, ci) -> str:
 
 
 def format_table(rows: list) -> str:
-    head = ("| budget | params | tokens (epochs) | pretrain min (load avg) | quiet min | recall, bio wording (all / "
+    head = ("| budget | params | tokens (epochs) | pretrain min (load avg) | quiet min (by load ratio) | recall, bio wording (all / "
             "held-out) | held-out answer acc | held-out exact match | majority | best base prompt | cut at the "
             "first control byte: acc / EM (share of answers with one) |")  # fmt: skip
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         quiet = "-" if r["quiet_min"] is None else f"{r['quiet_min']:.1f}"
+        quiet += f" ({r['load_scaled_min']:.1f})" if r.get("load_scaled_min") else ""
         held = "-" if r["heldout_recall"] is None else f"{r['heldout_recall']:.3f}"
         lines.append(
             f"| {r['steps']} steps, width {r['width']} | {r['params'] / 1e6:.2f}M | {r['tokens'] / 1e6:.1f}M "
@@ -309,17 +313,17 @@ def plot_budget(rows: list, fit: dict | None, path: Path, width: int):
     quiet = rows[0]["quiet_min"] is not None
     ax.set(xscale="log", ylim=(0, 1.02), title="knowledge extraction against pretraining budget",
            xlabel="pretraining minutes" + (" (scaled to a quiet machine)" if quiet else " (measured)"))  # fmt: skip
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, path)
 
 
-def format_headline(rows, fit, ratio) -> str:
+def format_headline(rows, fit) -> str:
     best = max(rows, key=lambda r: r["answer_acc"])
     text = (f"held-out answer accuracy {best['answer_acc']:.3f} at {best['steps']} steps x width {best['width']} "
             f"(goal {GOAL_ACC}; {best['cut_answer_acc']:.3f} cut at the first control byte)")  # fmt: skip
     if fit and fit["minutes_to_goal"]:
         text += (f"; the log-linear fit reaches {GOAL_ACC} at ~{fit['minutes_to_goal']:.0f} "
-                 f"{'quiet' if ratio else 'measured'} minutes of pretraining ({fit['points']} points)")  # fmt: skip
+                 f"{'quiet' if rows[0]['quiet_min'] else 'measured'} minutes of pretraining ({fit['points']} points)")  # fmt: skip
     return text + ("; the fit does not rise with minutes" if fit and not fit["minutes_to_goal"] else "")
 
 
@@ -364,16 +368,13 @@ def extraction_budget(cfg: BudgetConfig, command: str = "") -> dict:
 
 def summarize(cfg: BudgetConfig, rows: list, width: int, command: str) -> dict:
     ratio = quiet_ratio(rows, cfg.quiet_pretrain_s)
+    ref_params = next((r["params"] for r in rows if r["width"] == width), rows[0]["params"])
     for r in rows:
-        r["quiet_min"] = r["pretrain_min"] * ratio if ratio else None
-    goals = {
-        "answer_acc": GOAL_ACC,
-        "exact_match": GOAL_EM,
-        "cut_answer_acc": GOAL_ACC,
-        "cut_exact_match": GOAL_EM,
-    }
+        r["quiet_min"] = quiet_minutes(r, cfg.quiet_pretrain_s, ref_params)
+        r["load_scaled_min"] = r["pretrain_min"] * ratio if ratio else None  # the measured ratio's estimate
+    goals = {"answer_acc": GOAL_ACC, "exact_match": GOAL_EM, "cut_answer_acc": GOAL_ACC, "cut_exact_match": GOAL_EM}  # fmt: skip
     fits = {k: goal_fit(rows, width, k, g) for k, g in goals.items()}
-    ref = cfg.quiet_pretrain_s / 60 if ratio else None
+    ref = cfg.quiet_pretrain_s / 60 if cfg.quiet_pretrain_s else None
     for f in fits.values():
         if f and f["minutes_to_goal"] and ref:  # the pipeline with that pretraining instead of today's
             f["pipeline_min_at_goal"] = cfg.quiet_pipeline_min - ref + f["minutes_to_goal"]
@@ -383,9 +384,10 @@ def summarize(cfg: BudgetConfig, rows: list, width: int, command: str) -> dict:
         "quiet_ratio": ratio,
         "rows": rows,
         "fit": fits,
-        "headline": format_headline(rows, fits["answer_acc"], ratio),
+        "headline": format_headline(rows, fits["answer_acc"]),
         "note": "minutes: pretraining stage wall time in this process (loop + final evaluation), measured "
-        "under the load shown; quiet = measured x quiet_ratio; fit: line in log2(minutes), default width",
+        "under the load shown; quiet: by compute (quiet_minutes); load_scaled: measured x quiet_ratio; fit: "
+        "line in log2(quiet minutes), default width",
     }
 
 
