@@ -327,6 +327,8 @@ class Engine:
         self.last = torch.zeros(
             len(self.slots), dtype=torch.long, device=self.device
         )  # each row's last token
+        self.slot_list = list(range(len(self.slots)))
+        self.slot_ids = torch.arange(len(self.slots), device=self.device)
         self.prefix_cache = PrefixCache(prefix_blocks) if prefix_blocks else None
         self.waiting = collections.deque()
         self.max_waiting = max_waiting
@@ -529,10 +531,12 @@ class Engine:
         finite fails alone; if the batched call itself raises, each row is sampled alone (`alone`),
         so one request's unforeseen setting cannot fail the others."""
         idx = [r.slot for r in reqs]
-        slots = torch.tensor(idx, device=self.device)
-        u = self.uniforms(reqs) if self.sampler.needs_uniforms(idx) else torch.zeros(len(reqs))
+        n = len(idx)
+        # rows [0, n) in order (the usual decode step under compact()): a view of a ready index tensor
+        slots = self.slot_ids[:n] if idx == self.slot_list[:n] else torch.tensor(idx, device=self.device)
+        u = self.uniforms(reqs) if self.sampler.needs_uniforms(idx) else torch.zeros(n)
         try:
-            tokens, bad = self.sampler.sample(slots, logits, u)
+            tokens, bad = self.sampler.sample(slots, logits, u, idx)
         except Exception:
             traceback.print_exc()
             for i, req in enumerate(reqs):

@@ -8,8 +8,9 @@ It prints three tables (issue 29's goals in brackets):
   1. a fixed batch of --max-batch requests, all there at once: the continuous engine against 03's
      padded GPT.generate (greedy), with equal answers and with answers spread over 4-80 tokens
      (generate runs every row to the longest), min time of interleaved runs [engine >= 1.2x];
-  2. the Poisson stream below under each policy, and (2b) continuous vs static paired per pass
-     [tokens/s >= 2x, p50 time to first token >= 3x better, at a rate where static batching queues];
+  2. the request stream below under each policy at several arrival rates, and (2b) continuous vs
+     static paired per pass at the judged rate [tokens/s >= 2x, p50 time to first token >= 3x better,
+     at a rate where static batching queues];
   3. continuous batching with and without the prefix cache on the same stream, every prompt starting
      with one --shared-prefix-token system prompt: hit rate and prefill seconds saved.
 
@@ -18,6 +19,7 @@ requests per second (exponential gaps between arrivals), with a prompt of random
 uniform in [--prompt-min, --prompt-max], and an answer of exactly n tokens (ignore_eos), n uniform in
 [--short-min, --short-max] or, for a --long-frac share of requests, in [--long-min, --long-max]. That
 mix of answer lengths is what static batching pays for: each batch runs as long as its longest member.
+At any rate the prompts and answer lengths are the same; only the arrival times scale (1 / rate).
 Every policy serves the same workload in real time (the arrivals are waited for), greedy, through the
 engine directly (no HTTP). Columns:
 
@@ -28,10 +30,27 @@ engine directly (no HTTP). Columns:
     batch         mean rows computed per decode step; padding = the share of them computing padding
     same tokens   every request got exactly the tokens the sequential policy gave it
 
-The policies are served --repeats times in alternation (the order rotated each pass); each row is the
-policy's median pass. The bar: continuous / static tokens/s, paired per pass, geometric mean with a
-t interval over the passes, which must lie wholly above 1.
-
+The arrival rate, and why it is chosen by a rule. Tokens/s over the span measures a policy's capacity
+only when requests wait for it: below its capacity a policy serves requests as they come, and its
+tokens/s is the offered load, whatever the policy could do. So a rate that only static batching cannot
+keep up with (the old default, 60/s, on the tiny run) caps continuous batching's tokens/s at the
+arrival rate and the throughput ratio says nothing about it. The rate is therefore set from the
+policies' own capacities, in this order, before any judged pass:
+  a. "all at once": every request arrives at 0, one pass per policy (the sequential pass is the token
+     reference). Each policy's requests/s there is its capacity mu;
+  b. the judged rate (--rate 0, the default): twice the continuous engine's capacity, 2 mu_c. Both
+     policies queue there (static at 2 mu_c / mu_s times its capacity), so tokens/s is each one's
+     capacity, and the arrivals are still a Poisson stream spread over time, not one burst. With
+     arrivals faster than a policy serves, the i-th request starts after about i / mu and arrived at
+     i / lambda, so it waits i (1/mu - 1/lambda): at lambda = 2 mu_c the static / continuous TTFT
+     ratio is (1/mu_s - 1/(2 mu_c)) / (1/(2 mu_c)) = 2 mu_c / mu_s - 1. The two goals then ask one
+     thing: 2x the capacity is 3x the time to first token. --rate R judges at R instead.
+     static and continuous serve it --repeats times in alternation (the order rotated each pass); each
+     row is the policy's median pass, and the bar is continuous / static tokens/s paired per pass,
+     geometric mean with a t interval over the passes, which must lie wholly above 1;
+  c. --sweep loads (multiples of mu_c, default 0.5: a rate static cannot keep up with and continuous
+     can, where the policies differ mostly in latency), one pass each, for the table only.
+The rule is fixed here, before any result; the table prints mu_c and the rate it gave.
 Writes <out>/bench_serve.json and bench_serve.png. Timings are of this machine at this moment: on a
 shared CPU they move between runs; compare the policies within one run, not across runs.
 
@@ -42,9 +61,13 @@ Interview questions it answers:
   a step's time grows with the batch its tokens come slower than alone; servers cap the batch. At a
   low arrival rate the batch is ~1 and the policies are alike (try --rate 0.5), because a step of so
   small a model costs about the same for 1 or 8 rows)
-- Why must the arrival rate exceed static batching's capacity? (below it every policy serves each
-  request as it comes, and tokens/s over the span is just the offered load: the policies differ in
-  latency only; the default 60/s is above static's capacity on the tiny shape and below continuous's)
+- At which arrival rate do you compare serving policies? (above the capacity of every policy
+  compared: below its capacity a policy serves requests as they come, and tokens/s over the span is
+  just the offered load; here twice the continuous engine's measured capacity, so static and
+  continuous both queue and tokens/s is each one's capacity)
+- Why is time to first token under overload a queueing number? (the i-th request waits about
+  i (1/mu - 1/lambda): it grows with the queue, so the p50 depends on how many requests came; compare
+  policies on the same stream, never one TTFT against another run's)
 - Why judge throughput over repeated passes in alternation? (one pass samples the machine's load at
   that moment; the ratio of two policies served back to back cancels most of it, and its interval over
   passes says whether the gap survives the noise)
@@ -86,7 +109,15 @@ class BenchServeConfig:
     n_head: int = option(4, "random model: attention heads", min=1)
     requests: int = option(160, "requests in the workload", min=1)
     rate: float = option(
-        60.0, "mean arrivals per second (Poisson): above static batching's capacity", min=1e-3
+        0.0,
+        "mean arrivals per second (Poisson) of the judged passes; 0 = twice the continuous "
+        "engine's capacity measured all at once (docstring)",
+        min=0.0,
+    )
+    sweep: list = option(
+        [0.5],
+        "extra arrival rates for the table, as multiples of the continuous capacity (one pass each)",
+        sep=",",
     )
     prompt_min: int = option(8, "shortest prompt in tokens", min=1)
     prompt_max: int = option(48, "longest prompt in tokens", min=1)
@@ -148,6 +179,13 @@ def check_bench_config(c: BenchServeConfig, block_size):
     unknown = [p for p in c.policies if p not in POLICIES]
     if unknown or not c.policies:
         raise UserError(f"--policies {','.join(c.policies)}: use some of {', '.join(POLICIES)}")
+    if (not c.rate or c.sweep) and "continuous" not in c.policies:
+        raise UserError(
+            "--rate 0 and --sweep are set from the continuous policy's capacity; add continuous to "
+            "--policies or give --rate and --sweep ''"
+        )
+    if any(not x > 0 for x in c.sweep):
+        raise UserError(f"--sweep {c.sweep}: loads must be > 0 (multiples of the continuous capacity)")
 
 
 def workload(c: BenchServeConfig, vocab) -> list:
@@ -193,7 +231,7 @@ def fixed_batches(c: BenchServeConfig, vocab) -> dict:
     """{name: (prompts, answer lengths)}: max_batch prompts of the workload's lengths, answered with
     `fixed_tokens` tokens each ("equal": the batch generate was made for) or with lengths spread evenly
     from the shortest short answer to the longest long one ("spread": what a batch of requests asks)."""
-    items = workload(dataclasses.replace(c, requests=c.max_batch), vocab)
+    items = workload(dataclasses.replace(c, requests=c.max_batch, rate=1.0), vocab)  # arrivals unused
     prompts = [prompt for _, prompt, _ in items]
     spread = np.linspace(c.short_min, c.long_max, len(prompts)).round().astype(int).tolist()
     return {
@@ -288,6 +326,7 @@ def summarize(policy, reqs, stats, reference) -> dict:
 
 
 COLUMNS = (
+    "arrivals",
     "policy",
     "tokens/s",
     "requests/s",
@@ -304,6 +343,7 @@ COLUMNS = (
 def table_row(r) -> dict:
     """One summarize() row as the printed table shows it."""
     return {
+        "arrivals": r.get("arrivals", "-"),
         "policy": r["policy"],
         "tokens/s": f"{r['tokens_per_s']:.0f}",
         "requests/s": f"{r['requests_per_s']:.2f}",
@@ -344,23 +384,60 @@ def build_model(c: BenchServeConfig, device):
     return GPT(cfg).to(device).eval()
 
 
-def serve_in_alternation(model, items, c: BenchServeConfig) -> dict:
-    """{policy: [summarize() row of each pass]}: `c.repeats` passes, each serving the workload once per
-    policy, the order rotated every pass (the first pass in the given order) so no policy always runs first.
-    "same tokens" compares every run with the first policy's first run."""
-    runs, reference = {p: [] for p in c.policies}, None
-    for rep in range(c.repeats):
-        order = c.policies[rep % len(c.policies) :] + c.policies[: rep % len(c.policies)]
+def at_rate(c: BenchServeConfig, vocab, rate) -> list:
+    """The workload with Poisson arrivals at `rate` per second; rate inf: every request at 0.
+    The prompts and answer lengths are the same at every rate (workload draws them in the same order)."""
+    if math.isinf(rate):
+        return [(0.0, prompt, n) for _, prompt, n in workload(dataclasses.replace(c, rate=1.0), vocab)]
+    return workload(dataclasses.replace(c, rate=rate), vocab)
+
+
+def serve_in_alternation(model, items, c: BenchServeConfig, policies, repeats, reference) -> tuple:
+    """({policy: [summarize() row of each pass]}, reference requests): `repeats` passes, each serving the
+    workload once per policy, the order rotated every pass (the first pass in the given order) so no
+    policy always runs first. "same tokens" compares every run with `reference` (None: with the first
+    run, which becomes the reference)."""
+    runs = {p: [] for p in policies}
+    for rep in range(repeats):
+        order = policies[rep % len(policies) :] + policies[: rep % len(policies)]
         for policy in order:
             engine = Engine(model, None, policy, c.max_batch, max_waiting=c.requests)
             reqs = serve(engine, items)
             runs[policy].append(summarize(policy, reqs, engine.stats, reference))
             reference = reference or reqs
             print(
-                f"pass {rep + 1}/{c.repeats} {policy}: {runs[policy][-1]['tokens_per_s']:.0f} tokens/s",
+                f"pass {rep + 1}/{repeats} {policy}: {runs[policy][-1]['tokens_per_s']:.0f} tokens/s, "
+                f"{runs[policy][-1]['requests_per_s']:.1f} requests/s",
                 flush=True,
             )
-    return runs
+    return runs, reference
+
+
+def judged_rate(c: BenchServeConfig, capacity: dict) -> float:
+    """--rate, or (0) twice the continuous policy's requests/s with every request there at once."""
+    return c.rate or 2.0 * capacity["continuous"][0]["requests_per_s"]
+
+
+def poisson_rows(model, c: BenchServeConfig) -> tuple:
+    """(median rows at the judged rate, {policy: passes} there, that rate, rows of every rate served):
+    the order of the module docstring: capacities all at once, the judged rate, the sweep."""
+    vocab = model.cfg.vocab_size
+    capacity, reference = serve_in_alternation(model, at_rate(c, vocab, math.inf), c, c.policies, 1, None)
+    rate = judged_rate(c, capacity)
+    judged = [p for p in c.policies if p != "sequential"] or c.policies  # sequential: once, as reference
+    runs, _ = serve_in_alternation(model, at_rate(c, vocab, rate), c, judged, c.repeats, reference)
+    rows = median_rows(runs)
+    arrivals = lambda load, r: f"{load} ({r:.0f}/s)"
+    judged_as = "--rate" if c.rate else "2 mu_c"
+    table = [dict(r, arrivals="all at once (mu)") for r in median_rows(capacity)]
+    table += [
+        dict(r, arrivals=arrivals(f"judged: {judged_as}", rate) + f", median of {c.repeats}") for r in rows
+    ]
+    mu_c = capacity["continuous"][0]["requests_per_s"] if "continuous" in capacity else None
+    for load in c.sweep:
+        extra, _ = serve_in_alternation(model, at_rate(c, vocab, load * mu_c), c, judged, 1, reference)
+        table += [dict(r, arrivals=arrivals(f"{load:g} mu_c", load * mu_c)) for r in median_rows(extra)]
+    return rows, runs, rate, table
 
 
 def ratio_rows(runs: dict, rate) -> list:
@@ -380,7 +457,7 @@ def ratio_rows(runs: dict, rate) -> list:
         out.append(
             {
                 "measure": name,
-                "arrival rate /s": f"{rate:g}",
+                "arrival rate /s": f"{rate:.0f}",
                 "value": f"{value:.2f}x",
                 "95% interval": f"[{math.exp(lo):.2f}, {math.exp(hi):.2f}]",
                 "goal": f">= {goal:g}x",
@@ -396,20 +473,20 @@ RATIO_COLUMNS = ("measure", "arrival rate /s", "value", "95% interval", "goal", 
 # ----------------------------------------------------------------------------- 3. prefix caching
 
 
-def prefix_workload(c: BenchServeConfig, vocab) -> list:
-    """The Poisson stream of `workload`, every prompt starting with one shared system prompt of
-    `shared_prefix` tokens, then 4-16 tokens of its own; short answers only."""
+def prefix_workload(c: BenchServeConfig, vocab, rate) -> list:
+    """The Poisson stream of `workload` at `rate`, every prompt starting with one shared system prompt
+    of `shared_prefix` tokens, then 4-16 tokens of its own; short answers only."""
     rng = random.Random(c.seed + 1)
     system = [rng.randrange(vocab) for _ in range(c.shared_prefix)]
-    items = workload(dataclasses.replace(c, long_frac=0.0), vocab)
+    items = workload(dataclasses.replace(c, long_frac=0.0, rate=rate), vocab)
     return [(t, system + [rng.randrange(vocab) for _ in range(rng.randint(4, 16))], n) for t, _, n in items]
 
 
-def prefix_rows(model, c: BenchServeConfig) -> list:
+def prefix_rows(model, c: BenchServeConfig, rate) -> list:
     """Continuous batching with and without the prefix cache on the shared-prefix stream, interleaved;
     each row is the pass with the least prefill time. Prefill seconds are the engine's own clock
     around its prefill passes (stats["prefill_s"])."""
-    items = prefix_workload(c, model.cfg.vocab_size)
+    items = prefix_workload(c, model.cfg.vocab_size, rate)
     runs = {"no prefix cache": [], "prefix cache": []}
     reference = None
     for rep in range(c.repeats):
@@ -509,29 +586,31 @@ def main(argv=None):
     device = resolve_device(c.device)
     model = build_model(c, device)
     check_bench_config(c, model.cfg.block_size)
-    items = workload(c, model.cfg.vocab_size)
     out = Path(c.out)
     what = (
         f"{c.ckpt or 'random model'} ({model.num_params(non_embedding=False) / 1e6:.2f}M parameters), {device}, "
-        f"{torch.get_num_threads()} thread(s); {c.requests} requests at {c.rate:g}/s, batch {c.max_batch}"
+        f"{torch.get_num_threads()} thread(s); {c.requests} requests, batch {c.max_batch}"
     )
     with run_lock(out):
         print(what)
         warm = Engine(model, None, "continuous", 2)  # first calls allocate and pick kernels: not timed
-        serve(warm, items[:2])
+        serve(warm, at_rate(c, model.cfg.vocab_size, math.inf)[:2])
         fixed = fixed_batch_rows(model, c)
-        runs = serve_in_alternation(model, items, c)
-        rows = median_rows(runs)
-        ratios = ratio_rows(runs, c.rate)
-        prefix = prefix_rows(model, c)
+        rows, runs, rate, sweep = poisson_rows(model, c)
+        what += f"; judged at {rate:.0f} requests/s ({'--rate' if c.rate else '2x the continuous capacity'})"
+        ratios = ratio_rows(runs, rate)
+        prefix = prefix_rows(model, c, rate)
         tables = {
             f"1. a fixed batch of {c.max_batch}: the engine vs 03's padded generate (min of "
             f"{max(c.repeats, 3)} interleaved runs)": markdown_table(fixed, FIXED_COLUMNS),
-            f"2. {c.requests} requests, Poisson arrivals at {c.rate:g}/s (medians of {c.repeats} passes)": (
-                markdown_table([table_row(r) for r in rows], COLUMNS)
+            f"2. {c.requests} requests: all at once (each policy's capacity), at the judged rate "
+            f"{rate:.0f}/s ({c.repeats} passes), and the sweep (one pass each)": (
+                markdown_table([table_row(r) for r in sweep], COLUMNS)
             ),
-            "2b. continuous vs static, paired per pass": markdown_table(ratios, RATIO_COLUMNS),
-            "3. prefix caching on the same stream with a shared system prompt": markdown_table(
+            f"2b. continuous vs static at {rate:.0f} requests/s, paired per pass": markdown_table(
+                ratios, RATIO_COLUMNS
+            ),
+            f"3. prefix caching at {rate:.0f} requests/s with a shared system prompt": markdown_table(
                 prefix, tuple(prefix[0])
             ),
         }
@@ -541,6 +620,8 @@ def main(argv=None):
             out / "bench_serve.json",
             {
                 "rows": rows,
+                "rate": rate,
+                "sweep": sweep,
                 "fixed_batch": fixed,
                 "ratios": ratios,
                 "prefix_cache": prefix,
