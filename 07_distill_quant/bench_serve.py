@@ -228,32 +228,34 @@ def serve(engine: Engine, items) -> list:
 
 
 def fixed_batches(c: BenchServeConfig, vocab) -> dict:
-    """{name: (prompts, answer lengths)}: max_batch prompts of the workload's lengths, answered with
-    `fixed_tokens` tokens each ("equal": the batch generate was made for) or with lengths spread evenly
+    """{name: (prompts, answer lengths, temperature)}: max_batch prompts of the workload's lengths,
+    answered with `fixed_tokens` tokens each ("equal": the batch generate was made for), greedy and
+    sampled at temperature 1 (the OpenAI default: no top-k, no top-p), or with lengths spread evenly
     from the shortest short answer to the longest long one ("spread": what a batch of requests asks)."""
     items = workload(dataclasses.replace(c, requests=c.max_batch, rate=1.0), vocab)  # arrivals unused
     prompts = [prompt for _, prompt, _ in items]
     spread = np.linspace(c.short_min, c.long_max, len(prompts)).round().astype(int).tolist()
     return {
-        "equal answers": (prompts, [c.fixed_tokens] * len(prompts)),
-        "spread answers": (prompts, spread),
+        "equal answers": (prompts, [c.fixed_tokens] * len(prompts), 0.0),
+        "equal answers, sampled (T=1)": (prompts, [c.fixed_tokens] * len(prompts), 1.0),
+        "spread answers": (prompts, spread, 0.0),
     }
 
 
-def time_generate(model, prompts, lengths) -> tuple:
-    """(seconds, ids of each answer): 03's padded GPT generate, greedy, every row to the longest
-    answer (it has one max_new_tokens); each row's answer is cut to its own length."""
+def time_generate(model, prompts, lengths, temperature=0.0) -> tuple:
+    """(seconds, ids of each answer): 03's padded GPT generate, every row to the longest answer (it
+    has one max_new_tokens); each row's answer is cut to its own length."""
     idx, mask = left_pad(prompts, device=next(model.parameters()).device)
     t = time.perf_counter()
-    out = generate(model, idx, max(lengths), temperature=0, attention_mask=mask)
+    out = generate(model, idx, max(lengths), temperature=temperature, attention_mask=mask)
     seconds = time.perf_counter() - t
     return seconds, [row[idx.shape[1] : idx.shape[1] + n] for row, n in zip(out.tolist(), lengths)]
 
 
-def time_engine(model, prompts, lengths) -> tuple:
+def time_engine(model, prompts, lengths, temperature=0.0) -> tuple:
     """(seconds, ids of each answer): the continuous engine, every request submitted at once."""
     engine = Engine(model, None, "continuous", len(prompts))
-    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
+    params = [SamplingParams(max_tokens=n, temperature=temperature, ignore_eos=True) for n in lengths]
     reqs = [engine.submit(Request(p, sp)) for p, sp in zip(prompts, params)]
     t = time.perf_counter()
     engine.run_until_idle()
@@ -261,13 +263,16 @@ def time_engine(model, prompts, lengths) -> tuple:
 
 
 def fixed_batch_rows(model, c: BenchServeConfig) -> list:
-    """Engine vs padded generate on each fixed batch: interleaved `repeats` times, min time of each."""
+    """Engine vs padded generate on each fixed batch: interleaved max(repeats, 3) times (the order
+    swapped every time); the ratio of the min times, and the paired ratios' geometric mean with a
+    t interval (each pair ran back to back, so it cancels most of the machine's load of the moment)."""
     rows = []
-    for name, (prompts, lengths) in fixed_batches(c, model.cfg.vocab_size).items():
+    for name, (prompts, lengths, temperature) in fixed_batches(c, model.cfg.vocab_size).items():
         times = {"generate": [], "engine": []}
         for rep in range(max(c.repeats, 3)):
             for side in ("generate", "engine") if rep % 2 == 0 else ("engine", "generate"):
-                seconds, ids = (time_generate if side == "generate" else time_engine)(model, prompts, lengths)
+                timer = time_generate if side == "generate" else time_engine
+                seconds, ids = timer(model, prompts, lengths, temperature)
                 times[side].append(seconds)
                 if side == "generate":
                     want = ids
@@ -275,6 +280,8 @@ def fixed_batch_rows(model, c: BenchServeConfig) -> list:
                     got = ids
         tokens = sum(lengths)
         gen, eng = min(times["generate"]), min(times["engine"])
+        logs = [math.log(g / e) for g, e in zip(times["generate"], times["engine"])]
+        lo, hi = t_interval(logs)
         rows.append(
             {
                 "batch": name,
@@ -283,7 +290,10 @@ def fixed_batch_rows(model, c: BenchServeConfig) -> list:
                 "generate tok/s": f"{tokens / gen:.0f}",
                 "engine tok/s": f"{tokens / eng:.0f}",
                 "engine / generate": f"{gen / eng:.2f}x",
-                "same tokens": "yes" if got == want else "NO",
+                "paired [95% interval]": f"{math.exp(sum(logs) / len(logs)):.2f}x "
+                f"[{math.exp(lo):.2f}, {math.exp(hi):.2f}]",
+                # sampled: each side draws its own random numbers, so only greedy ids can be compared
+                "same tokens": "n/a (sampled)" if temperature else ("yes" if got == want else "NO"),
                 "ratio": gen / eng,
             }
         )
@@ -298,6 +308,7 @@ FIXED_COLUMNS = (
     "generate tok/s",
     "engine tok/s",
     "engine / generate",
+    "paired [95% interval]",
     "same tokens",
 )
 
