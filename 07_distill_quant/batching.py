@@ -52,7 +52,8 @@ that starts with cached blocks has only its suffix prefilled (Engine(..., prefix
 
 What keeps a step cheap (the engine must beat 03's padded GPT.generate, which does nothing per
 request): every request's sampling settings live in per-slot tensors (`batch_sampling.py`) and a
-step samples all rows in one vectorized call; the rows' last tokens stay in a tensor; under
+step samples all rows in one vectorized call (sorting only the rows that use top-k or top-p: a sort
+of the batch cost more than the rest of the sampler); the rows' last tokens stay in a tensor; under
 continuous batching a finished row's slot is filled by moving the highest running row down
 (`Engine.compact`), so a decode step computes only running rows, where generate computes every row
 until the longest answer ends; and the step runs in torch.inference_mode. Per request, Python only
@@ -76,7 +77,7 @@ Interview questions it answers:
   mask; positions count real tokens only, so each is computed as if alone: `Engine.prefill`)
 - Where does a batching engine beat a plain padded generate? (finished rows leave the batch instead of
   computing padding, and new requests join without waiting; with equal answer lengths both run the
-  same forward passes, so the engine can at best tie)
+  same forward passes, so the engine can at best tie, plus what inference_mode saves)
 """
 
 import collections
