@@ -6,8 +6,9 @@ three batching policies on one Poisson stream of requests, and with its prefix c
 
 It prints three tables (issue 29's goals in brackets):
   1. a fixed batch of --max-batch requests, all there at once: the continuous engine against 03's
-     padded GPT.generate (greedy), with equal answers and with answers spread over 4-80 tokens
-     (generate runs every row to the longest), min time of interleaved runs [engine >= 1.2x];
+     padded GPT.generate, with equal answers (greedy, and sampled at T=1) and with answers spread
+     over 4-80 tokens (generate runs every row to the longest): the ratio of the min times of
+     interleaved runs, and the paired ratios' geometric mean with a t interval [engine >= 1.2x];
   2. the request stream below under each policy at several arrival rates, and (2b) continuous vs
      static paired per pass at the judged rate [tokens/s >= 2x, p50 time to first token >= 3x better,
      at a rate where static batching queues];
@@ -34,7 +35,7 @@ The arrival rate, and why it is chosen by a rule. Tokens/s over the span measure
 only when requests wait for it: below its capacity a policy serves requests as they come, and its
 tokens/s is the offered load, whatever the policy could do. So a rate that only static batching cannot
 keep up with (the old default, 60/s, on the tiny run) caps continuous batching's tokens/s at the
-arrival rate and the throughput ratio says nothing about it. The rate is therefore set from the
+arrival rate and the throughput ratio says little about it. The rate is therefore set from the
 policies' own capacities, in this order, before any judged pass:
   a. "all at once": every request arrives at 0, one pass per policy (the sequential pass is the token
      reference). Each policy's requests/s there is its capacity mu;
@@ -45,9 +46,10 @@ policies' own capacities, in this order, before any judged pass:
      i / lambda, so it waits i (1/mu - 1/lambda): at lambda = 2 mu_c the static / continuous TTFT
      ratio is (1/mu_s - 1/(2 mu_c)) / (1/(2 mu_c)) = 2 mu_c / mu_s - 1. The two goals then ask one
      thing: 2x the capacity is 3x the time to first token. --rate R judges at R instead.
-     static and continuous serve it --repeats times in alternation (the order rotated each pass); each
-     row is the policy's median pass, and the bar is continuous / static tokens/s paired per pass,
-     geometric mean with a t interval over the passes, which must lie wholly above 1;
+     Static and continuous serve it --repeats times in alternation (the order rotated each pass); each
+     row is the policy's median pass; table 2b pairs the two goals' ratios per pass (geometric mean,
+     t interval over the passes: "yes" only when the whole interval clears the goal), and the stage's
+     bar is continuous / static tokens/s the same way, whose interval must lie wholly above 1;
   c. --sweep loads (multiples of mu_c, default 0.5: a rate static cannot keep up with and continuous
      can, where the policies differ mostly in latency), one pass each, for the table only.
 The rule is fixed here, before any result; the table prints mu_c and the rate it gave.
