@@ -5,10 +5,12 @@
 
 A learner's laptop is never idle. This runs the project's decoding paths and a pretraining loop, each
 in a fresh process, first on a quiet machine and then beside --busy processes that spin (`while True:
-pass`, started and killed here), under two thread policies:
+pass`, started and killed here), under three thread policies:
 
-    per-workload   the project's default (common/devices.py): decoding on one thread, training on all cores
-    all threads    OMP_NUM_THREADS=<cores> for everything: torch's default, what the code did before
+    per-workload   the project's default as run_all.py starts a stage (common/devices.py): decoding on
+                   one thread, training on all cores, threads that sleep at a barrier (OMP_WAIT_POLICY=PASSIVE)
+    spinning       the same thread counts with libgomp's default wait: spin, then sleep (a stage run by hand)
+    all threads    OMP_NUM_THREADS=<cores> for everything, spinning: torch's default, what the code did before
 
 Workloads (the functions the stages call, on the same model):
 
@@ -47,11 +49,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import markdown_table, write_json
+from common.layout import WAIT_POLICY
 from decoding import generate, generate_beam  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
 WORKLOADS = ["pretrain", "generate_b1", "generate_b16", "beam_search", "speculative", "engine"]
-POLICIES = {"per-workload": {}, "all threads": {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}}
+POLICIES = {
+    "per-workload": dict(WAIT_POLICY),
+    "spinning": {},
+    "all threads": {"OMP_NUM_THREADS": str(os.cpu_count() or 1)},
+}
+# the variables a policy decides, removed from the inherited environment before its own are added
+CHOSEN_BY_US = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 GOAL = 2.5
 
 
@@ -136,7 +145,7 @@ def timed_in_subprocess(name: str, cfg: ContentionConfig, env: dict) -> float:
     ]
     if cfg.run:
         args += ["--run", cfg.run]
-    full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    full_env = {k: v for k, v in os.environ.items() if k not in CHOSEN_BY_US}
     done = subprocess.run(
         args, check=False, env={**full_env, **env}, capture_output=True, text=True, timeout=1800
     )
