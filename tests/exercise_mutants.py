@@ -655,7 +655,7 @@ MUTANTS: dict[str, list[M]] = {
             "drops the largest",
         ),
     ],
-    "07_distill_quant/prune.py:taylor_scores": [
+    "07_distill_quant/structured_pruning.py:taylor_scores": [
         M(
             "torch.autograd.grad(loss, xi)[0].abs()",
             "torch.autograd.grad(loss, xi)[0]",
