@@ -107,7 +107,9 @@ def test_the_bars_can_fail():
     full = {"acc": list(rng.random(400) < 0.8)}
     worse = {"acc": [a and r > 0.25 for a, r in zip(full["acc"], rng.random(400))]}  # ~0.6
     assert not compare_outcome.noninferiority_bar("lora", worse, full)["passed"]
-    assert compare_outcome.noninferiority_bar("lora", full, full)["passed"]  # identical on 400: interval [0, 0]
+    assert compare_outcome.noninferiority_bar("lora", full, full)[
+        "passed"
+    ]  # identical on 400: interval [0, 0]
     few = {"acc": full["acc"][:40]}
     flipped = {"acc": [not a if i % 5 == 0 else a for i, a in enumerate(few["acc"])]}
     assert not compare_outcome.noninferiority_bar("lora", flipped, few)["passed"]  # 40 questions: too wide
