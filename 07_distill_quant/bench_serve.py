@@ -97,7 +97,8 @@ from common.stats import t_interval
 from decoding import generate, left_pad  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
-from batching import POLICIES, Engine, Request, SamplingParams  # this stage
+from batching import POLICIES, Engine  # this stage
+from serve_request import Request, SamplingParams  # this stage
 from served_model import load_model  # this stage
 
 

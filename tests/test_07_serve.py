@@ -27,16 +27,9 @@ import pytest
 import torch
 
 from batch_sampling import MIN_TEMPERATURE, BatchSampler, reference_probs
-from batching import (
-    Engine,
-    QueueFull,
-    Request,
-    SamplingParams,
-    SlotCache,
-    apply_presence_frequency,
-    cut_at_stop,
-    held_back,
-)
+from batching import Engine, apply_presence_frequency
+from serve_request import QueueFull, Request, SamplingParams, cut_at_stop, held_back
+from slot_cache import SlotCache
 from bench_serve import BenchServeConfig, at_rate, judged_rate, workload
 from prefix_cache import PrefixCache
 from bpe import BPETokenizer
