@@ -15,14 +15,9 @@ It prints three tables (issue 29's goals in brackets):
   3. continuous batching with and without the prefix cache on the same stream, every prompt starting
      with one --shared-prefix-token system prompt: hit rate and prefill seconds saved.
 
-The workload is fixed by --seed: request i arrives at the i-th event of a Poisson process of --rate
-requests per second (exponential gaps between arrivals), with a prompt of random tokens, its length
-uniform in [--prompt-min, --prompt-max], and an answer of exactly n tokens (ignore_eos), n uniform in
-[--short-min, --short-max] or, for a --long-frac share of requests, in [--long-min, --long-max]. That
-mix of answer lengths is what static batching pays for: each batch runs as long as its longest member.
-At any rate the prompts and answer lengths are the same; only the arrival times scale (1 / rate).
-Every policy serves the same workload in real time (the arrivals are waited for), greedy, through the
-engine directly (no HTTP). Columns:
+The request stream (serve_workload.py: seeded Poisson arrivals, prompts and answer lengths that are
+the same at every rate) is served by every policy in real time (the arrivals are waited for), greedy,
+through the engine directly (no HTTP). Columns:
 
     tokens/s      generated tokens / (last finish - first arrival)
     requests/s    requests / the same span
@@ -31,21 +26,13 @@ engine directly (no HTTP). Columns:
     batch         mean rows computed per decode step; padding = the share of them computing padding
     same tokens   every request got exactly the tokens the sequential policy gave it
 
-The arrival rate, and why it is chosen by a rule. Tokens/s over the span measures a policy's capacity
-only when requests wait for it: below its capacity a policy serves requests as they come, and its
-tokens/s is the offered load, whatever the policy could do. So a rate that only static batching cannot
-keep up with (the old default, 60/s, on the tiny run) caps continuous batching's tokens/s at the
-arrival rate and the throughput ratio says little about it. The rate is therefore set from the
-policies' own capacities, in this order, before any judged pass:
+The arrival rate is set by a rule, from the policies' own capacities, before any judged pass (why a
+rule, and the queueing arithmetic behind it: serve_workload.py):
   a. "all at once": every request arrives at 0, one pass per policy (the sequential pass is the token
      reference). Each policy's requests/s there is its capacity mu;
-  b. the judged rate (--rate 0, the default): twice the continuous engine's capacity, 2 mu_c. Both
-     policies queue there (static at 2 mu_c / mu_s times its capacity), so tokens/s is each one's
-     capacity, and the arrivals are still a Poisson stream spread over time, not one burst. With
-     arrivals faster than a policy serves, the i-th request starts after about i / mu and arrived at
-     i / lambda, so it waits i (1/mu - 1/lambda): at lambda = 2 mu_c the static / continuous TTFT
-     ratio is (1/mu_s - 1/(2 mu_c)) / (1/(2 mu_c)) = 2 mu_c / mu_s - 1. The two goals then ask one
-     thing: 2x the capacity is 3x the time to first token. --rate R judges at R instead.
+  b. the judged rate (--rate 0, the default): twice the continuous engine's capacity, 2 mu_c
+     (serve_workload.judged_rate). Both policies queue there, so tokens/s is each one's capacity, and
+     the goals ask one thing: 2x the capacity is 3x the time to first token. --rate R judges at R.
      Static and continuous serve it --repeats times in alternation (the order rotated each pass); each
      row is the policy's median pass; table 2b pairs the two goals' ratios per pass (geometric mean,
      t interval over the passes: "yes" only when the whole interval clears the goal), and the stage's
@@ -63,13 +50,6 @@ Interview questions it answers:
   a step's time grows with the batch its tokens come slower than alone; servers cap the batch. At a
   low arrival rate the batch is ~1 and the policies are alike (try --rate 0.5), because a step of so
   small a model costs about the same for 1 or 8 rows)
-- At which arrival rate do you compare serving policies? (above the capacity of every policy
-  compared: below its capacity a policy serves requests as they come, and tokens/s over the span is
-  just the offered load; here twice the continuous engine's measured capacity, so static and
-  continuous both queue and tokens/s is each one's capacity)
-- Why is time to first token under overload a queueing number? (the i-th request waits about
-  i (1/mu - 1/lambda): it grows with the queue, so the p50 depends on how many requests came; compare
-  policies on the same stream, never one TTFT against another run's)
 - Why judge throughput over repeated passes in alternation? (one pass samples the machine's load at
   that moment; the ratio of two policies served back to back cancels most of it, and its interval over
   passes says whether the gap survives the noise)
@@ -77,7 +57,6 @@ Interview questions it answers:
 
 import dataclasses
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -94,11 +73,11 @@ from common.runs import run_lock, write_manifest
 from common.devices import resolve_device, set_threads
 from common.outcome import make_bar
 from common.stats import t_interval
-from decoding import generate, left_pad  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
 from batching import POLICIES, Engine  # this stage
-from serve_request import Request, SamplingParams  # this stage
+from engine_vs_generate import FIXED_COLUMNS, fixed_batch_rows  # this stage
+from serve_workload import at_rate, judged_rate, prefix_workload, serve  # this stage
 from served_model import load_model  # this stage
 
 
@@ -191,131 +170,6 @@ def check_bench_config(c: BenchServeConfig, block_size):
         raise UserError(f"--sweep {c.sweep}: loads must be > 0 (multiples of the continuous capacity)")
 
 
-def workload(c: BenchServeConfig, vocab) -> list:
-    """[(arrival second, prompt ids, answer length)] in arrival order; the same for every policy."""
-    # >>> exercise: seeded Poisson arrivals (exponential gaps of mean 1/rate), uniform lengths, long_frac long
-    rng = random.Random(c.seed)
-    t, items = 0.0, []
-    for _ in range(c.requests):
-        prompt = [rng.randrange(vocab) for _ in range(rng.randint(c.prompt_min, c.prompt_max))]
-        n_out = (
-            rng.randint(c.long_min, c.long_max)
-            if rng.random() < c.long_frac
-            else rng.randint(c.short_min, c.short_max)
-        )
-        items.append((t, prompt, n_out))
-        t += rng.expovariate(c.rate)
-    return items
-    # <<< exercise
-
-
-def serve(engine: Engine, items) -> list:
-    """Replay the workload in real time: submit each request at its arrival, step the engine meanwhile."""
-    reqs = [
-        Request(prompt, SamplingParams(max_tokens=n_out, temperature=0, ignore_eos=True))
-        for _, prompt, n_out in items
-    ]
-    start, nxt = time.perf_counter(), 0
-    while nxt < len(reqs) or engine.busy():
-        now = time.perf_counter() - start
-        while nxt < len(reqs) and items[nxt][0] <= now:
-            reqs[nxt].arrival = start + items[nxt][0]
-            engine.submit(reqs[nxt])
-            nxt += 1
-        if not engine.step() and nxt < len(reqs):  # idle until the next arrival
-            time.sleep(max(0.0, items[nxt][0] - (time.perf_counter() - start)))
-    return reqs
-
-
-# ----------------------------------------------------------------------------- 1. a fixed batch
-
-
-def fixed_batches(c: BenchServeConfig, vocab) -> dict:
-    """{name: (prompts, answer lengths, temperature)}: max_batch prompts of the workload's lengths,
-    answered with `fixed_tokens` tokens each ("equal": the batch generate was made for), greedy and
-    sampled at temperature 1 (the OpenAI default: no top-k, no top-p), or with lengths spread evenly
-    from the shortest short answer to the longest long one ("spread": what a batch of requests asks)."""
-    items = workload(dataclasses.replace(c, requests=c.max_batch, rate=1.0), vocab)  # arrivals unused
-    prompts = [prompt for _, prompt, _ in items]
-    spread = np.linspace(c.short_min, c.long_max, len(prompts)).round().astype(int).tolist()
-    return {
-        "equal answers": (prompts, [c.fixed_tokens] * len(prompts), 0.0),
-        "equal answers, sampled (T=1)": (prompts, [c.fixed_tokens] * len(prompts), 1.0),
-        "spread answers": (prompts, spread, 0.0),
-    }
-
-
-def time_generate(model, prompts, lengths, temperature=0.0) -> tuple:
-    """(seconds, ids of each answer): 03's padded GPT generate, every row to the longest answer (it
-    has one max_new_tokens); each row's answer is cut to its own length."""
-    idx, mask = left_pad(prompts, device=next(model.parameters()).device)
-    t = time.perf_counter()
-    out = generate(model, idx, max(lengths), temperature=temperature, attention_mask=mask)
-    seconds = time.perf_counter() - t
-    return seconds, [row[idx.shape[1] : idx.shape[1] + n] for row, n in zip(out.tolist(), lengths)]
-
-
-def time_engine(model, prompts, lengths, temperature=0.0) -> tuple:
-    """(seconds, ids of each answer): the continuous engine, every request submitted at once."""
-    engine = Engine(model, None, "continuous", len(prompts))
-    params = [SamplingParams(max_tokens=n, temperature=temperature, ignore_eos=True) for n in lengths]
-    reqs = [engine.submit(Request(p, sp)) for p, sp in zip(prompts, params)]
-    t = time.perf_counter()
-    engine.run_until_idle()
-    return time.perf_counter() - t, [r.output_ids for r in reqs]
-
-
-def fixed_batch_rows(model, c: BenchServeConfig) -> list:
-    """Engine vs padded generate on each fixed batch: interleaved max(repeats, 3) times (the order
-    swapped every time); the ratio of the min times, and the paired ratios' geometric mean with a
-    t interval (each pair ran back to back, so it cancels most of the machine's load of the moment)."""
-    rows = []
-    for name, (prompts, lengths, temperature) in fixed_batches(c, model.cfg.vocab_size).items():
-        times = {"generate": [], "engine": []}
-        for rep in range(max(c.repeats, 3)):
-            for side in ("generate", "engine") if rep % 2 == 0 else ("engine", "generate"):
-                timer = time_generate if side == "generate" else time_engine
-                seconds, ids = timer(model, prompts, lengths, temperature)
-                times[side].append(seconds)
-                if side == "generate":
-                    want = ids
-                else:
-                    got = ids
-        tokens = sum(lengths)
-        gen, eng = min(times["generate"]), min(times["engine"])
-        logs = [math.log(g / e) for g, e in zip(times["generate"], times["engine"])]
-        lo, hi = t_interval(logs)
-        rows.append(
-            {
-                "batch": name,
-                "requests": len(prompts),
-                "answer tokens": f"{min(lengths)}-{max(lengths)}",
-                "generate tok/s": f"{tokens / gen:.0f}",
-                "engine tok/s": f"{tokens / eng:.0f}",
-                "engine / generate": f"{gen / eng:.2f}x",
-                "paired [95% interval]": f"{math.exp(sum(logs) / len(logs)):.2f}x "
-                f"[{math.exp(lo):.2f}, {math.exp(hi):.2f}]",
-                # sampled: each side draws its own random numbers, so only greedy ids can be compared
-                "same tokens": "n/a (sampled)" if temperature else ("yes" if got == want else "NO"),
-                "ratio": gen / eng,
-            }
-        )
-        print(f"fixed batch, {name}: engine {gen / eng:.2f}x padded generate", flush=True)
-    return rows
-
-
-FIXED_COLUMNS = (
-    "batch",
-    "requests",
-    "answer tokens",
-    "generate tok/s",
-    "engine tok/s",
-    "engine / generate",
-    "paired [95% interval]",
-    "same tokens",
-)
-
-
 # ----------------------------------------------------------------------------- 2. a Poisson stream
 
 
@@ -398,14 +252,6 @@ def build_model(c: BenchServeConfig, device):
     return GPT(cfg).to(device).eval()
 
 
-def at_rate(c: BenchServeConfig, vocab, rate) -> list:
-    """The workload with Poisson arrivals at `rate` per second; rate inf: every request at 0.
-    The prompts and answer lengths are the same at every rate (workload draws them in the same order)."""
-    if math.isinf(rate):
-        return [(0.0, prompt, n) for _, prompt, n in workload(dataclasses.replace(c, rate=1.0), vocab)]
-    return workload(dataclasses.replace(c, rate=rate), vocab)
-
-
 def serve_in_alternation(model, items, c: BenchServeConfig, policies, repeats, reference) -> tuple:
     """({policy: [summarize() row of each pass]}, reference requests): `repeats` passes, each serving the
     workload once per policy, the order rotated every pass (the first pass in the given order) so no
@@ -425,11 +271,6 @@ def serve_in_alternation(model, items, c: BenchServeConfig, policies, repeats, r
                 flush=True,
             )
     return runs, reference
-
-
-def judged_rate(c: BenchServeConfig, capacity: dict) -> float:
-    """--rate, or (0) twice the continuous policy's requests/s with every request there at once."""
-    return c.rate or 2.0 * capacity["continuous"][0]["requests_per_s"]
 
 
 def poisson_rows(model, c: BenchServeConfig) -> tuple:
@@ -485,15 +326,6 @@ RATIO_COLUMNS = ("measure", "arrival rate /s", "value", "95% interval", "goal", 
 
 
 # ----------------------------------------------------------------------------- 3. prefix caching
-
-
-def prefix_workload(c: BenchServeConfig, vocab, rate) -> list:
-    """The Poisson stream of `workload` at `rate`, every prompt starting with one shared system prompt
-    of `shared_prefix` tokens, then 4-16 tokens of its own; short answers only."""
-    rng = random.Random(c.seed + 1)
-    system = [rng.randrange(vocab) for _ in range(c.shared_prefix)]
-    items = workload(dataclasses.replace(c, long_frac=0.0, rate=rate), vocab)
-    return [(t, system + [rng.randrange(vocab) for _ in range(rng.randint(4, 16))], n) for t, _, n in items]
 
 
 def prefix_rows(model, c: BenchServeConfig, rate) -> list:

@@ -595,7 +595,7 @@ MUTANTS: dict[str, list[M]] = {
             survives="sequential has one slot: waiting for its batch is waiting for its one request",
         ),
     ],
-    "07_distill_quant/bench_serve.py:workload": [
+    "07_distill_quant/serve_workload.py:workload": [
         M("t += rng.expovariate(c.rate)", "t += 1 / c.rate", "evenly spaced arrivals, not Poisson"),
         M("rng.expovariate(c.rate)", "rng.expovariate(1 / c.rate)", "gaps of mean rate, not 1/rate"),
         M(

@@ -1,5 +1,5 @@
 """07_distill_quant serving: the batching engine (batching.py), the HTTP server (serve.py), the
-terminal chat (chat.py) and the benchmark's workload (bench_serve.py), with one-line errors for bad input.
+terminal chat (chat.py) and the benchmark's workload (serve_workload.py), with one-line errors for bad input.
 
 The model is an untrained 2-layer GPT and the tokenizer a small BPE trained here, so nothing depends
 on stages 01-05 having run. Untrained is enough: every check compares the engine with 03's
@@ -30,7 +30,8 @@ from batch_sampling import MIN_TEMPERATURE, BatchSampler, reference_probs
 from batching import Engine, apply_presence_frequency
 from serve_request import QueueFull, Request, SamplingParams, cut_at_stop, held_back
 from slot_cache import SlotCache
-from bench_serve import BenchServeConfig, at_rate, judged_rate, workload
+from bench_serve import BenchServeConfig
+from serve_workload import at_rate, judged_rate, workload
 from prefix_cache import PrefixCache
 from bpe import BPETokenizer
 from chat import ChatConfig, ChatSession, run_chat
