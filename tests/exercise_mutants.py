@@ -34,7 +34,7 @@ class M(NamedTuple):
 
 MUTANTS: dict[str, list[M]] = {
     # ------------------------------------------------------------------------------ 01_data
-    "01_data/clean.py:luhn_ok": [
+    "01_data/pii.py:luhn_ok": [
         M(
             "i % 2 == 0",
             "i % 2 == 1",

@@ -77,7 +77,7 @@ CHEAP_FIXTURES = {"tmp_path", "monkeypatch", "capsys", "repo_root", "request", "
 # "stage/file.py:Qual.name" -> test function names in the stage's test files, when the rule above
 # would pick a slow end-to-end test or none at all. Keep every list to fast tests (CI runs them).
 GRADED_BY: dict[str, list[str]] = {
-    "01_data/clean.py:luhn_ok": ["test_mask_pii", "test_luhn_by_hand_including_a_doubled_five"],
+    "01_data/pii.py:luhn_ok": ["test_mask_pii", "test_luhn_by_hand_including_a_doubled_five"],
     "01_data/dedup.py:candidate_pairs": [
         "test_lsh_curve_and_dedup_on_text",
         "test_lsh_probability_pairs_and_roots_by_hand",

@@ -23,15 +23,12 @@ from clean import (
     fix_encoding,
     is_biased,
     is_toxic,
-    cn_id_ok,
-    luhn_ok,
-    mask_pii,
-    mask_pii_counts,
     normalize_unicode,
     quality_problems,
     strip_boilerplate,
     strip_markup,
 )
+from pii import cn_id_ok, luhn_ok, mask_pii, mask_pii_counts
 from common.runs import check_artifact, run_lock
 from dedup import (
     DedupConfig,
@@ -1114,7 +1111,7 @@ def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
 
 
 def test_luhn_by_hand_including_a_doubled_five():
-    from clean import luhn_ok
+    from pii import luhn_ok
 
     # 79927398713 from the right: 3 + 2·1 + 7 + (2·8 = 16 -> 7) + 9 + 2·3 + 7 + 2·2 + 9 + (2·9 = 18 -> 9) + 7
     # = 3 + 2 + 7 + 7 + 9 + 6 + 7 + 4 + 9 + 9 + 7 = 70 -> valid; change the check digit and it is not
