@@ -142,7 +142,13 @@ def micro_run(tmp_path_factory):
     return run
 
 
-def test_a_micro_run_closes_the_loop_and_writes_its_outcome(micro_run, capsys, tmp_path):
+def test_a_micro_run_closes_the_loop_and_writes_its_outcome(micro_run, capsys, tmp_path, monkeypatch):
+    import sft
+
+    # sft.py in this process, with the very arguments the stage passes (a fresh interpreter per round
+    # costs seconds of imports; finetuned.run_sft, the subprocess runner, runs in the micro smoke run
+    # through compare.py)
+    monkeypatch.setattr(L, "run_sft", lambda args, log, what: sft.main([str(a) for a in args]))
     cfg = L.LoopConfig(run=str(micro_run), **L.PRESETS["micro"], device="cpu")
     o = L.feedback_loop(cfg)
     out = micro_run / "feedback_loop"
