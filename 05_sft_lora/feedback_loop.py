@@ -87,7 +87,9 @@ class LoopConfig:
     out: str = option("", "output folder; empty = <run>/feedback_loop")
     sft: str = option("", "the served model: an sft.py folder (full or LoRA); empty = <run>/sft")
     n_people: int = option(40, "held-out people the user asks about (five questions each)", min=1)
-    n_others: int = option(100, "other held-out people, not asked: their facts measure forgetting", min=1)
+    n_others: int = option(
+        100, "other held-out people, not asked (at most): their facts measure forgetting", min=1
+    )
     steps: int = option(60, "optimizer steps of the loop's SFT round (and of the control's)", min=1)
     batch_size: int = option(16, "rows per step (sft.py packs several conversations per row)", min=1)
     method: str = option("lora", "what the round trains on top of the served model", choices=("lora", "full"))
@@ -317,7 +319,7 @@ def loop_into(tmp: Path, cfg: LoopConfig, world, sft_dir: Path, device, argv) ->
         raise UserError(f"the served model answered all {len(items)} questions right: nothing to correct; "
                         "raise --n-people")  # fmt: skip
     print(f"{len(asked)} people asked {len(items)} questions: {counts['up']} up, {counts['down']} down "
-          f"(each with the right answer); {cfg.n_others} others left alone", flush=True)  # fmt: skip
+          f"(each with the right answer); {len(others)} other held-out people left alone", flush=True)  # fmt: skip
 
     args = (tok, items, other_items, test, cfg.test_windows, device)
     measured = {"before": measure_arm(model, *args)}
