@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parent
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
 from common.files import markdown_table, read_json, write_json
-from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage
+from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage, stage_env
 
 from common import report_card
 
@@ -194,7 +194,7 @@ def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
     while it runs; success makes it <stage>.log, failure <stage>.failed.log, so a failed rerun never
     replaces the log of the stage's last good run (the one its folder still holds)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = stage_env({**os.environ, "PYTHONUNBUFFERED": "1"})  # threads sleep at barriers: common/devices.py
     running = log.with_name(f"{stage.name}.running.log")
     with open(running, "w", encoding="utf-8") as f:
         f.write("$ " + shlex.join(argv) + "\n")

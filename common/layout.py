@@ -21,6 +21,7 @@ Interview question it answers:
   line; the order and the inputs of each step are visible in one place, as in a Makefile)
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,3 +177,18 @@ def task_file(run, given, name) -> Path:
         return Path(given)
     check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
     return RunLayout(run).tasks / name
+
+
+# How OpenMP threads wait at a barrier, for every stage run_all.py starts: sleep at once instead of
+# spinning, so a busy machine does not make a 2-thread training step 4-15x slower (common/devices.py
+# explains; libgomp reads it only when torch loads, hence the environment and not a function call).
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def stage_env(env=None) -> dict:
+    """The environment to start a stage's process in: `env` (default: this process's) plus
+    WAIT_POLICY, unless it already chooses a wait policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT)."""
+    env = dict(os.environ if env is None else env)
+    if not any(env.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        env.update(WAIT_POLICY)
+    return env

@@ -655,7 +655,7 @@ MUTANTS: dict[str, list[M]] = {
             "drops the largest",
         ),
     ],
-    "07_distill_quant/prune.py:taylor_scores": [
+    "07_distill_quant/structured_pruning.py:taylor_scores": [
         M(
             "torch.autograd.grad(loss, xi)[0].abs()",
             "torch.autograd.grad(loss, xi)[0]",
@@ -669,7 +669,7 @@ MUTANTS: dict[str, list[M]] = {
         M("x2.abs().amax(dim=-1)", "x2.abs().amax().expand(x2.shape[0])", "one scale for all tokens"),
         M(" * qw.scales.float()[None, :]", "", "forgets the weight scales"),
     ],
-    "07_distill_quant/quantize.py:fake_quantize": [
+    "07_distill_quant/quant_granularity.py:fake_quantize": [
         M("qmax = 2 ** (bits - 1) - 1", "qmax = 2 ** (bits - 1)", "qmax 128 at 8 bits: +128 does not exist"),
         M(
             "lo = sets.amin(dim=-1, keepdim=True).clamp(max=0)",
