@@ -99,7 +99,8 @@ def load_models(cfg: ContentionConfig) -> tuple:
 def run_workload(name: str, cfg: ContentionConfig) -> float:
     """Seconds of one workload's timed section, in this process (model building excluded)."""
     sys.path[:0] = [str(REPO / "07_distill_quant")]
-    from batching import Engine, Request, SamplingParams  # this stage
+    from batching import Engine  # this stage
+    from serve_request import Request, SamplingParams  # this stage
     from speculative_decoding import speculative_generate  # this stage
 
     target, draft = load_models(cfg)

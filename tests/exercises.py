@@ -134,7 +134,7 @@ GRADED_BY: dict[str, list[str]] = {
     "05_sft_lora/chat_template.py:token_logprobs": [
         "test_masked_logprob_helpers_sum_only_the_trained_positions"
     ],
-    "07_distill_quant/batching.py:SlotCache.decode": [
+    "07_distill_quant/slot_cache.py:SlotCache.decode": [
         "test_stop_id_ends_the_answer_and_is_kept_in_the_ids_only",
         "test_every_policy_gives_each_request_the_tokens_it_gets_alone",
     ],
