@@ -82,6 +82,15 @@ STAGES = [
         needs_tasks=True,
         optional=True,
     ),
+    # the loop from serving back to training: a simulated user rates the SFT model, sft.py --feedback learns
+    Stage(
+        "feedback_loop",
+        "05_sft_lora/feedback_loop.py",
+        "feedback_loop",
+        ("data", *PRE, "sft"),
+        needs_tasks=True,
+        optional=True,
+    ),
     # 06: alignment. The reward model first (PPO and RLAIF use it), the methods, then their common table.
     Stage("reward_model", "06_rlhf_dpo/reward_model.py", "rm", ("data", "sft"), needs_tasks=True),
     Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", ("data", "sft"), needs_tasks=True),
@@ -107,6 +116,8 @@ STAGES = [
     Stage("speculative", "07_distill_quant/speculative.py", "speculative", ("pretrain", "distill")),
     Stage("prune", "07_distill_quant/prune.py", "prune", PRE),
     Stage("quantize", "07_distill_quant/quantize.py", "quant", ("data", *PRE)),
+    # the run's model leaves the repository: Hugging Face files and ONNX, loaded back and compared
+    Stage("export", "07_distill_quant/export_roundtrip.py", "export", PRE, optional=True),
     Stage("serve", "07_distill_quant/bench_serve.py", "serve", ("pretrain",), run_flag="", overwrite=False),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
