@@ -38,7 +38,6 @@ Interview questions it answers:
 
 import copy
 import importlib.util
-import math
 import os
 import shutil
 import sys
@@ -62,8 +61,8 @@ from checkpoint_io import save_checkpoint  # 03_model
 from hf_format import export_hf
 from onnx_graph import eager_greedy, onnx_greedy
 from onnx_int8 import contenders, eager_logits, measure, run_model_and_windows, speeds
+from quant_measure import INT8_MAX_LOSS
 
-INT8_MAX_LOSS = math.log(1.01)  # issue 14's INT8 goal, +1 % perplexity (07's quantize.py holds INT8 to it)
 HF_PACKAGES = ("transformers",)
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 

@@ -25,7 +25,6 @@ Interview questions it answers:
   held-out set is coarse: a 0.5 % perplexity change rarely flips a greedy answer)
 """
 
-import math
 import os
 import platform
 import time
@@ -60,7 +59,7 @@ from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
 
 from quant_granularity import STAT_COLUMNS, weight_stats  # 07 (here)
-from quant_measure import EvalData, compare_formats, measure, tokens_per_second  # 07 (here)
+from quant_measure import INT8_MAX_LOSS, EvalData, compare_formats, measure, tokens_per_second  # 07 (here)
 from quant_linear import (
     format_name,
     load_float_model,
@@ -331,7 +330,6 @@ def evaluate_saved(cfg, device):
 
 # A quantized model is judged as quality at a size: the trivial ways to shrink it (cast to bf16, round
 # each weight to the nearest level) are the baselines, so a bar they pass too says nothing.
-INT8_MAX_LOSS = math.log(1.01)  # +1 % perplexity = +0.00995 nats/token (issue 14's INT8 goal)
 
 
 def paired_loss_bar(metric, rows_by, name, ref, threshold, baseline_name, note) -> dict:
