@@ -1,7 +1,7 @@
 """The feedback loop end to end, measured: a user rates the served SFT model's answers, the ratings train
 the next SFT round, and the corrected facts are asked again in words the user never used.
 
-    python 05_sft_lora/feedback_loop.py --run runs/tiny                # ~1-2 minutes on 2 CPU cores
+    python 05_sft_lora/feedback_loop.py --run runs/tiny                # ~4 min on 2 quiet cores (437 CPU s)
     python 05_sft_lora/feedback_loop.py --run runs/tiny --n-people 80 --steps 120
 
 The loop the pipeline describes (07's serve.py and chat.py collect ratings, 05's sft.py --feedback
