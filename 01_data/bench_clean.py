@@ -34,7 +34,8 @@ sys.path[:0] = [str(REPO)]
 from common.cli import option, parse_config, run_cli
 from common.stats import sign_test_p, wilson_interval
 from common.files import pyplot, save_figure
-from clean import is_toxic, mask_pii_counts
+from clean import is_toxic
+from pii import mask_pii_counts
 from html_text import html_to_text, token_f1
 from langid_ngram import predict_lang, train_langid, training_texts
 from learned_data import quality_sets, toxicity_sets
@@ -75,7 +76,7 @@ def html_contenders():
 
 
 def pii_contenders():
-    out = {"ours (clean.py)": mask_pii_counts}
+    out = {"ours (pii.py)": mask_pii_counts}
     try:
         from presidio_analyzer import AnalyzerEngine
 

@@ -20,7 +20,7 @@ numbers that look like PII: a masker that eats every price ruins the data)
 
 import random
 
-from clean import CN_ID_WEIGHTS, luhn_ok
+from pii import CN_ID_WEIGHTS, luhn_ok
 from html_text import text_tokens
 
 FIRST = ["ana", "li.wei", "j_smith", "maria-luisa", "tom42", "o.brien", "zhang.san", "k.tanaka"]

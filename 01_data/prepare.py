@@ -40,7 +40,6 @@ Interview questions it answers:
 
 import json
 import random
-import re
 import shutil
 import sys
 import time
@@ -55,7 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, check_config, command_line, option, parse_config, run_cli
-from common.files import read_json, read_jsonl, read_text, write_json, write_jsonl
+from common.files import read_json, write_json, write_jsonl
 from common.layout import RunLayout
 from common.runs import MANIFEST, claim_output, run_lock, staged_dir, write_manifest
 from clean import STEPS, CleanConfig, clean_document
@@ -74,19 +73,10 @@ from data_outcome import (
 from dedup import DedupConfig, dedup, line_dedup, near_duplicate_clusters
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
-from noise_inject import inject_noise
-from prepare_stream import (
-    check_input_head,
-    clean_all_streamed,
-    dedup_by_fingerprints,
-    iter_documents,
-    read_shard_docs,
-)
+from input_documents import DOMAINS, check_input_head, generated_documents, iter_documents, read_documents
+from prepare_stream import clean_all_streamed, dedup_by_fingerprints, read_shard_docs
 from tasks import write_tasks
-from world import build_world, world_config
-from world_corpus import generate_corpus, story_slots
 
-DOMAINS = ["dialog", "code", "knowledge", "stories"]
 SPLITS = ["train", "val", "test"]
 
 
@@ -153,113 +143,6 @@ class PrepareConfig:
 
 # `tiny` is the dataclass defaults; `micro` runs in seconds, for the smoke test (run_all.py --preset micro).
 PRESETS = {"tiny": {}, "micro": dict(chars=60000)}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inputs: the generated world, or the user's files.
-
-
-def unique_documents(docs, threshold):
-    """Drop generated documents that are near-duplicates of an earlier one (the world repeats entities).
-
-    The clean corpus must hold no near-duplicates, or the near-dup score would count them as false
-    positives; with a looser threshold than dedup's, every later near-dup is one we injected.
-    """
-    roots, _, _ = near_duplicate_clusters([d["text"] for d in docs], DedupConfig(threshold=threshold))
-    return [d for i, d in enumerate(docs) if roots[i] == i]
-
-
-def generated_documents(cfg: PrepareConfig):
-    """(documents with noise appended, noise labels {id: type}, the world)."""
-    world = build_world(world_config(cfg.seed, cfg.world))
-    extra = cfg.noise_frac * 1.2  # fresh documents to turn into noise
-    target = {domain: share * cfg.chars * (1 + extra) for domain, share in cfg.mix.items()}
-    docs, generated = [], 0
-    for round_ in range(4):
-        # A small world repeats itself, so near-duplicates are dropped; then each domain that fell short
-        # of its share is topped up (else mix.py would later have to cut every other domain to match).
-        have = Counter()
-        for d in docs:
-            have[d["domain"]] += len(d["text"])
-        short = {
-            domain: target[domain] - have[domain] for domain in target if have[domain] < 0.98 * target[domain]
-        }
-        if not short:
-            break
-        more = generate_corpus(
-            world,
-            cfg.seed + 1000 * round_,
-            sum(short.values()),
-            {domain: c / sum(short.values()) for domain, c in short.items()},
-            first_id=generated,
-        )
-        generated += len(more)  # ids never repeat, even of documents dropped as near-duplicates
-        docs = unique_documents(docs + more, cfg.split_threshold)
-    random.Random(cfg.seed + 2).shuffle(docs)
-    rng = random.Random(cfg.seed + 3)
-    n_fresh = int(len(docs) * extra / (1 + extra))
-    fresh, clean = docs[:n_fresh], docs[n_fresh:]
-    docs, labels = inject_noise(rng, clean, fresh, lambda r: story_slots(r, world), cfg.noise_frac)
-    return docs, labels, world
-
-
-# Where a long text may be cut, best first; each match ends a piece (the separator stays with it).
-CUTS = [re.compile(r"\n[ \t\u3000]*\n\s*"), re.compile(r"\n"), re.compile(r"(?<=[.!?。！？])[\"'”’」』]?\s*")]
-
-
-def cut_document(text: str, max_chars: int, level=0) -> list:
-    """Pieces of `text` of at most max_chars characters: consecutive paragraphs packed together,
-    a paragraph longer than that cut at line breaks, a line at sentence ends, a sentence anywhere."""
-    if len(text) <= max_chars:
-        return [text]
-    if level == len(CUTS):
-        return [text[i : i + max_chars] for i in range(0, len(text), max_chars)]
-    ends = sorted({m.end() for m in CUTS[level].finditer(text) if 0 < m.end() < len(text)})
-    pieces = [text[a:b] for a, b in zip([0] + ends, ends + [len(text)])]
-    chunks, current = [], ""
-    for piece in pieces:
-        if current and len(current) + len(piece) > max_chars:
-            chunks.append(current)
-            current = ""
-        if len(piece) > max_chars:
-            chunks += cut_document(piece, max_chars, level + 1)
-        else:
-            current += piece
-    chunks.append(current)
-    return [c.strip() for c in chunks if c.strip()]
-
-
-def read_documents(paths, cfg: PrepareConfig, prefix="in"):
-    """Documents from .txt / .jsonl files, long ones cut to cfg.max_doc_chars (ids `<prefix>0000000`)."""
-    docs = []
-    for path in paths:
-        p = Path(path)
-        if p.suffix == ".jsonl":
-            units = [
-                (rec.get("domain") if rec.get("domain") in DOMAINS else cfg.input_domain, str(rec["text"]))
-                for rec in read_jsonl(p)
-            ]
-        else:
-            text = read_text(p)
-            blocks = (
-                text.split("\n")
-                if cfg.txt_split == "line"
-                else [text]
-                if cfg.txt_split == "file"
-                else re.split(r"\n[ \t\u3000]*\n", text)
-            )
-            units = [(cfg.input_domain, b) for b in blocks]
-        for domain, text in units:
-            docs += [
-                {"domain": domain, "lang": "", "text": t}
-                for t in cut_document(text.strip(), cfg.max_doc_chars)
-                if t.strip()
-            ]
-    if not docs:
-        raise UserError(
-            f"{', '.join(map(str, paths))}: no documents in the input; pass files with text in them"
-        )
-    return [{"id": f"{prefix}{i:07d}", **d} for i, d in enumerate(docs)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -509,7 +392,7 @@ def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Pa
     """build() for --input: read, clean and fingerprint in shards (prepare_stream.py), decide over
     lengths, keys and signatures, then write the kept documents shard by shard."""
     shard_dir = folder / "shards"
-    docs = iter_documents(cfg.input, cfg, cut_document, DOMAINS)
+    docs = iter_documents(cfg.input, cfg)
     meta = clean_all_streamed(
         docs, model, shard_dir, cfg.workers, progress=progress, line_dedup_docs=cfg.line_dedup_docs
     )

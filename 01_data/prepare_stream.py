@@ -6,8 +6,8 @@ signatures instead of texts. prepare.py uses it for --input.
 Memory is what limits a pipeline that holds every document at once (about 32 bytes per input byte
 before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *text*:
 
-1. Read. Input files are read line by line and cut into documents (the rules of prepare.py's
-   read_documents); every `shard_docs` documents form a shard.
+1. Read. Input files are read line by line and cut into documents (input_documents.iter_documents);
+   every `shard_docs` documents form a shard.
 2. Clean and fingerprint, in a pool of `workers` processes with at most 2 shards per worker in
    flight (a bounded queue: a fast reader cannot pile the whole input into memory). A worker cleans
    each document (clean.py), writes the kept ones to a temporary shard file and their MinHash
@@ -41,7 +41,6 @@ Interview questions it answers:
 
 import hashlib
 import json
-import re
 import sys
 from collections import deque
 from multiprocessing import get_context
@@ -52,7 +51,6 @@ import numpy as np
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
-from common.cli import UserError
 from clean import CleanConfig, clean_document
 from dedup import (
     DedupConfig,
@@ -65,89 +63,7 @@ from dedup import (
 )
 from langid_ngram import predict_lang
 
-BLANK_LINE = re.compile(r"[ \t\u3000]*")
 _WORKER = {}  # the language model and clean config, set once per worker process
-
-
-def iter_lines(path: Path, stop_after=None):
-    """(line number, line without its newline) of a UTF-8 file, read lazily; a UserError with the
-    same wording as common.read_text for a binary, non-UTF-8 or empty file. stop_after: stop
-    (quietly) at the first line that starts after this many bytes."""
-    offset, seen_text = 0, False
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if stop_after is not None and offset > stop_after:
-                return
-            if offset < 65536 and b"\x00" in raw[: 65536 - offset]:
-                raise UserError(f"{path}: looks binary (NUL bytes); pass a UTF-8 text or .jsonl file")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(
-                    f"{path}: not valid UTF-8 at byte {offset + e.start}; convert it, e.g. `iconv -t UTF-8`"
-                ) from None
-            offset += len(raw)
-            seen_text = seen_text or bool(line.strip())
-            yield lineno, line.removesuffix("\n")
-    if not seen_text:
-        raise UserError(f"{path}: file is empty; pass a file with text in it")
-
-
-def jsonl_record(path, lineno: int, line: str) -> dict:
-    """One JSONL line as a dict with a "text" field, or a UserError naming the line."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
-    if not isinstance(rec, dict):
-        raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-    if "text" not in rec:
-        raise UserError(f"{path}:{lineno}: record has no 'text' field; each line needs 'text'")
-    return rec
-
-
-def check_input_head(path: Path, head_bytes=1 << 20):
-    """The checks iter_units makes, on the first MB of a file only, so that a wrong file fails at
-    once, before an earlier run is touched; a fault deeper in a large file fails when the stream
-    gets there (the earlier run still stays until the new one is complete)."""
-    for lineno, line in iter_lines(path, stop_after=head_bytes):
-        if path.suffix == ".jsonl" and line.strip():
-            jsonl_record(path, lineno, line)
-
-
-def iter_units(path: Path, txt_split: str, default_domain: str, domains):
-    """(domain, text) units of one input file: JSONL records, or .txt blocks/lines/the whole file."""
-    if path.suffix == ".jsonl":
-        for lineno, line in iter_lines(path):
-            if line.strip():
-                rec = jsonl_record(path, lineno, line)
-                yield (
-                    (rec.get("domain") if rec.get("domain") in domains else default_domain),
-                    str(rec["text"]),
-                )
-        return
-    block = []
-    for _, line in iter_lines(path):
-        if txt_split == "line":
-            yield default_domain, line
-        elif txt_split == "blank" and BLANK_LINE.fullmatch(line):
-            yield default_domain, "\n".join(block)
-            block = []
-        else:
-            block.append(line)
-    if txt_split != "line":
-        yield default_domain, "\n".join(block)
-
-
-def iter_documents(paths, cfg, cut_document, domains):
-    """Documents {"id", "domain", "lang", "text"} from the files, long ones cut, ids `in0000000`."""
-    i = 0
-    for path in map(Path, paths):
-        for domain, text in iter_units(path, cfg.txt_split, cfg.input_domain, domains):
-            for piece in cut_document(text.strip(), cfg.max_doc_chars):
-                if piece.strip():
-                    yield {"id": f"in{i:07d}", "domain": domain, "lang": "", "text": piece}
-                    i += 1
 
 
 def exact_key(text: str) -> int:

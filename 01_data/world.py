@@ -25,7 +25,7 @@ Every fact is stored once in the `World` and every document is rendered from it,
 across documents (Belmo Tarin is a baker in every text that mentions her) and stage 05-07 can grade
 answers. Text comes from regular templates with varied entities and several phrasings per fact: easy
 enough that a tiny GPT visibly learns it in minutes, varied enough that few documents are
-near-duplicates of each other (about 1 in 200 at Jaccard >= 0.5 on the default corpus; prepare.py's
+near-duplicates of each other (about 1 in 200 at Jaccard >= 0.5 on the default corpus; input_documents.py's
 `unique_documents` drops those before injecting noise, so every near-duplicate left is a labelled one).
 
 This file is the world itself; world_facts.py turns facts into sentences, world_dialog.py writes the

@@ -35,6 +35,7 @@ Interview question it answers: why is BPE training O(corpus) per merge when done
 makes it O(occurrences changed) instead? (the pair -> words index and the lazy-deletion heap)
 """
 
+import gc
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -104,10 +105,18 @@ def encode_reference(tok, text):
 
 
 def best_of_interleaved(sides, repeats):
-    """{name: (best CPU seconds, last result)} for callables timed in turn, round after round."""
+    """{name: (best CPU seconds, last result)} for callables timed in turn, round after round.
+
+    Each call starts from the same collector state: the side's previous result freed and a full
+    collection run, both untimed. Otherwise a side pays for the garbage collector's passes over
+    what the side before it left young (the reference loop's ~100k cached lists, a million-int id
+    list): a pass visits every item of every young list. The collector stays on during the call,
+    so each side pays for the passes its own allocations cause (timeit turns it off altogether)."""
     best, result = {name: float("inf") for name in sides}, {}
     for _ in range(repeats):
         for name, fn in sides.items():
+            result.pop(name, None)
+            gc.collect()
             t0 = time.process_time()
             result[name] = fn()
             best[name] = min(best[name], time.process_time() - t0)

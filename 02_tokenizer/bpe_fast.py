@@ -29,6 +29,11 @@ arithmetic as theirs, on whole arrays at once, and are tested equal to them.
    (old and new code alternated, load ~5) the same encodes are 1.98-2.04x and 1.86-1.93x, so issue
    29's 2x is at the edge of the noise, not clearly met. What is left: the regex and finding the
    distinct pieces (~0.07-0.1 s) are half of tiktoken's whole encode (0.15 s); the merging ~0.15 s.
+   Then `encode_texts` made the id lists after the collector's due pass instead of before it (the
+   pass had visited two million-int lists, ~25 ms) and stopped copying a single text's ids; and
+   bench_bpe.py starts each timed call from a collected heap. In one process at load 6-8, alternated
+   with the code before: 2k vocabulary 2.15x tiktoken (2.19-2.27x before), GPT-2's ranks 2.13-2.30x
+   (2.29-2.32x); alone with GPT-2's ranks 1.91-1.96x. Still not clearly within 2x under load.
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
@@ -294,11 +299,6 @@ def encode_texts(pieces, byte_ids, table) -> tuple:
         distinct = list(row)
         ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
         m = lengths[occurrence]  # tokens of each occurrence
-        flat = ids[ranges(offsets[occurrence], m)].tolist()
-        text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each occurrence
-        per_text = np.bincount(text_of, m, len(pieces)).astype(np.int64).tolist()  # tokens per text
-        ends = np.cumsum(per_text).tolist()
-        texts = [flat[end - k : end] for end, k in zip(ends, per_text)]
         repeated = np.flatnonzero(np.bincount(occurrence, minlength=len(distinct)) > 1)
         counts = lengths[repeated]
         kept = ids[ranges(offsets[repeated], counts)].tolist()  # only the repeated pieces' ids to lists
@@ -306,7 +306,18 @@ def encode_texts(pieces, byte_ids, table) -> tuple:
         cacheable = {
             distinct[r]: kept[e - k : e] for r, e, k in zip(repeated.tolist(), ends, counts.tolist())
         }
-    return texts, cacheable
+    # The collector is back on, and its young-generation pass, due after all the objects made above,
+    # runs at the next allocation: before the texts' id lists exist, not after. A pass visits every
+    # item of every young list, and a million ints scattered in memory are a million cache misses
+    # (~25 ms, 8 % of a cold encode of 红楼梦). The lists returned are young either way, as tiktoken's
+    # are: the caller's next pass visits them once, whoever made them.
+    flat = ids[ranges(offsets[occurrence], m)].tolist()
+    if len(pieces) == 1:  # one text (encode_ordinary): its ids are the whole list, no copy
+        return [flat], cacheable
+    text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each occurrence
+    per_text = np.bincount(text_of, m, len(pieces)).astype(np.int64).tolist()  # tokens per text
+    ends = np.cumsum(per_text).tolist()
+    return [flat[end - k : end] for end, k in zip(ends, per_text)], cacheable
 
 
 # ==================================================================================================

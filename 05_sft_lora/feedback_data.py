@@ -143,10 +143,23 @@ def feedback_conversations(records) -> list:
     """SFT examples, messages-style: the up-rated answers and the better answers of down-rated ones."""
     out = []
     for rec in records:
-        answer = rec["answer"] if rec["rating"] == "up" else rec.get("better")
+        answer = rec["answer"] if rec["rating"] == "up" else as_model_writes(rec.get("better"), rec["answer"])
         if answer is not None:
             out.append({"messages": rec["messages"] + [{"role": "assistant", "content": answer}]})
     return out
+
+
+def as_model_writes(better, answer: str):
+    """The user's better answer with the leading whitespace of the model's own (rated) answer.
+
+    Why: 05's English answers start with a space (01's tasks.answer_content, a "dummy prefix": byte-level
+    BPE folds the space into the next word's token), so the model writes " Belmo Tarin lives in Ravo."
+    A user types "Belmo Tarin lives in Lomaro.", which the chat strips; trained as typed, its first
+    token is another token than the one the model starts every answer with, and the correction teaches
+    a new way to begin an answer instead of the fact. Given the same start, it differs only in the fact."""
+    if better is None or better[:1].isspace():
+        return better
+    return answer[: len(answer) - len(answer.lstrip())] + better
 
 
 def feedback_pairs(records) -> list:
@@ -154,7 +167,7 @@ def feedback_pairs(records) -> list:
     return [
         {
             "prompt": rec["messages"],
-            "chosen": rec["better"],
+            "chosen": as_model_writes(rec["better"], rec["answer"]),  # else the space alone tells them apart
             "rejected": rec["answer"],
             "rule": "user_feedback",
         }

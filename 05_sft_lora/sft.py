@@ -19,7 +19,7 @@ assistant tokens only (chat_template.py), AdamW on the trainable parameters, cos
 gradient clipping (04's optimizers). Every `eval_interval` steps the loss on a validation split
 (by subject, from the training file) decides early stopping; the best state is restored.
 
-What the outcome measures, on the held-out subjects (never trained on):
+What the outcome measures, on the held-out subjects (never trained on; sft_report.py):
 - exact match, token F1 and answer accuracy (the short answer appears) of greedy answers, cut to the
   answer span, for the base model prompted with the same template and for the fine-tuned one;
 - the bar (issue 23's goal): held-out answer accuracy >= 0.8, its 95 % Wilson interval wholly at or
@@ -49,7 +49,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 # Cross-stage imports (README, "How the code is laid out").
@@ -64,7 +63,7 @@ from common.cli import (
     run_cli,
     set_interrupt_hint,
 )
-from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.files import write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import check_artifact, write_manifest
 from common.devices import resolve_device
@@ -85,24 +84,20 @@ from lora import (
     inject_lora,
     save_lora,
 )
-from chat_template import encode_prompt
-from sft_baselines import (
-    acc_scores,
-    answer_correct,
-    answer_span,
-    em_scores,
-    few_shot_conversations,
-    goal_bar,
-    majority_answers,
-    majority_short_answers,
-    sft_bar,
-    summary,
-)
 from packing import collate_packed, collate_padded, forward_packed, pack_rows
 from prefix import PrefixTuning, attach_prefix, marker_ids, save_prefix
 from sft_data import encode_examples, epoch_order, read_conversations, split_validation
 from feedback_data import feedback_conversations, read_feedback
 from finetuned import corpus_loss, generate_answers, score
+from sft_report import (
+    baseline_answers,
+    by_attribute,
+    chinese_table,
+    heldout_bars,
+    outcome_block,
+    plot,
+    report,
+)
 
 METHODS = ("full", "lora", "prefix", "adapter")
 DEFAULT_LR = {"full": 3e-4, "lora": 3e-3, "prefix": 1e-2, "adapter": 3e-3}
@@ -290,40 +285,9 @@ def validation_loss(model, batches) -> float:
     return total / max(count, 1)
 
 
-def fitting_few_shot(tok, held, train_records, cfg, block_size) -> tuple:
-    """(shots, conversations): the few-shot prompts with the most shots (at most cfg.shots) that leave
-    room for a max_new_tokens answer in the context; (0, []) when not even one shot fits."""
-    for k in range(cfg.shots, 0, -1):
-        convs = few_shot_conversations(held, train_records, k, cfg.seed)
-        if max(len(encode_prompt(tok, c)) for c in convs) + cfg.max_new_tokens <= block_size:
-            return k, convs
-    return 0, []
-
-
 def peak_rss_mb() -> float:
     """The process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def plot(records, base_eval, tuned_eval, path, title):
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    tr = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    va = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    if tr:
-        ax1.plot(*zip(*tr), lw=1, label="train (assistant tokens)")
-    if va:
-        ax1.plot(*zip(*va), "o-", label="validation subjects")
-    ax1.set(xlabel="step", ylabel="loss (nats/token)", title=title)
-    ax1.legend()
-    keys = [k for k in ("exact_match", "token_f1", "rouge_l", "answer_acc") if k in tuned_eval]
-    xs = np.arange(len(keys))
-    if base_eval:
-        ax2.bar(xs - 0.2, [base_eval[k] for k in keys], 0.4, label="base + template")
-    ax2.bar(xs + 0.2, [tuned_eval[k] for k in keys], 0.4, label="fine-tuned")
-    ax2.set(xticks=xs, xticklabels=keys, ylim=(0, 1), title="held-out subjects, greedy answers")
-    ax2.legend()
-    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -392,17 +356,7 @@ def finetune_into(tmp: Path, cfg: SFTConfig, state: RunState, argv=None) -> dict
     )
 
     pad = tok.special_tokens.get("<|pad|>", tok.eot_id)
-    base_eval, base_answers, baselines, shots = None, None, {}, 0
-    if cfg.eval_base:
-        base_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
-        base_eval = score(base_answers, held)
-        baselines["base, zero-shot"] = base_answers
-        shots, few_shot = fitting_few_shot(tok, held, train_records, cfg, T)
-        if shots:
-            baselines[f"base, {shots}-shot"] = generate_answers(
-                model, tok, few_shot, cfg.max_new_tokens, device
-            )
-    baselines["majority answer"] = majority_answers(held, train_records)
+    base_eval, baselines, shots = baseline_answers(model, tok, held, train_records, cfg, device)
     forget_before = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
 
     torch.manual_seed(cfg.seed)
@@ -489,12 +443,7 @@ def finetune_into(tmp: Path, cfg: SFTConfig, state: RunState, argv=None) -> dict
 
     tuned_answers = generate_answers(model, tok, [r["messages"] for r in held], cfg.max_new_tokens, device)
     tuned_eval = score(tuned_answers, held)
-    what = f"SFT ({cfg.method})"
-    paired, contenders = sft_bar(tuned_answers, baselines, held, what)
-    accuracy = {k: summary(acc_scores(a, held)) for k, a in {**baselines, what: tuned_answers}.items()}
-    for k in contenders:
-        contenders[k] = {"exact_match": contenders[k], "answer_acc": accuracy[k]}
-    goals = goal_bars(tuned_answers, baselines, held)
+    goals, paired, contenders = heldout_bars(tuned_answers, baselines, held, f"SFT ({cfg.method})")
     zh_table = chinese_table(model, tok, cfg, train_records, device)
     forget_after = corpus_loss(model, pre_val, T, cfg.forget_windows, device)
     # what training holds beyond the frozen weights: gradients and AdamW's two moments per trainable number
@@ -575,119 +524,6 @@ def finetune_into(tmp: Path, cfg: SFTConfig, state: RunState, argv=None) -> dict
         inputs=inputs,
     )
     return outcome
-
-
-def goal_bars(answers, baselines, held) -> list:
-    """[answer accuracy bar, exact match bar]: issue 23's goals on the held-out half (>= 0.8, >= 0.7),
-    each with its Wilson interval wholly at or above the goal and the strongest baseline."""
-    acc = {k: acc_scores(a, held) for k, a in baselines.items()}
-    em = {k: em_scores(a, held) for k, a in baselines.items()}
-    return [
-        goal_bar("held-out answer accuracy (the short answer stated)", acc_scores(answers, held), 0.8, acc),
-        goal_bar("held-out exact match of the answer sentence", em_scores(answers, held), 0.7, em),
-    ]
-
-
-def by_attribute(answers, held) -> dict:
-    """attribute -> {"answer_acc", "exact_match", "n"} of the held-out answers (records with "attribute")."""
-    groups = {}
-    for a, r in zip(answers, held):
-        g = groups.setdefault(r.get("attribute", "-"), {"answer_acc": [], "exact_match": []})
-        g["answer_acc"].append(answer_correct(a, r["answer"]) if isinstance(r.get("answer"), str) else 0.0)
-        g["exact_match"].append(em_scores([a], [r])[0])
-    return {
-        k: {m: sum(v) / len(v) for m, v in g.items()} | {"n": len(g["exact_match"])}
-        for k, g in sorted(groups.items())
-    }
-
-
-def chinese_table(model, tok, cfg, train_records, device) -> dict:
-    """Chinese questions about the held-out half, per biography language ("en+zh": the person also had
-    Chinese biographies; "en only": asked in Chinese about facts stored in English, the cross-language
-    case): answer accuracy and exact match with Wilson intervals, beside the majority short answer of
-    the attribute among the training half's Chinese questions. {} when there is no such file."""
-    if cfg.zh_heldout_file == "none":
-        return {}
-    path = (
-        Path(cfg.zh_heldout_file)
-        if cfg.zh_heldout_file
-        else RunLayout(cfg.run).tasks / "sft_zh_heldout.jsonl"
-    )
-    if not path.is_file():
-        if cfg.zh_heldout_file:
-            raise UserError(f"--zh-heldout-file {path}: no such file; 01_data/prepare.py writes it")
-        return {}
-    records = read_conversations(path)
-    table = {}
-    for group in sorted({r.get("bios", "all") for r in records}):
-        rows = [r for r in records if r.get("bios", "all") == group]
-        rows = rows[: cfg.eval_limit // 2] if cfg.eval_limit else rows
-        answers = generate_answers(model, tok, [r["messages"] for r in rows], cfg.max_new_tokens, device)
-        majority = [
-            answer_correct(m, r["answer"]) for m, r in zip(majority_short_answers(rows, train_records), rows)
-        ]
-        table[group] = {
-            "answer_acc": summary(acc_scores(answers, rows)),
-            "exact_match": summary(em_scores(answers, rows)),
-            "majority answer": summary(majority),
-            "examples": [[r["messages"][-2]["content"], answer_span(a)] for r, a in zip(rows[:3], answers)],
-        }
-    return table
-
-
-def report(o, out):
-    base, tuned, f = o["heldout_base"], o["heldout_tuned"], o["corpus_val_loss"]
-    keys = ("exact_match", "token_f1", "rouge_l", "answer_acc")
-    line = lambda e: (
-        " ".join(f"{k} {e[k]:.3f}" for k in keys if k in e)
-        + (f" bleu {e['bleu']:.1f}" if "bleu" in e else "")
-    )
-    if base:
-        print(f"held-out, base model + template: {line(base)}")
-    print(f"held-out, after SFT ({o['method']}):   {line(tuned)}")
-    print("held-out half, 95 % Wilson intervals:")
-    fmt = lambda v: f"{v['mean']:.3f} [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
-    for name, c in o["contenders"].items():
-        print(f"  {name:<18} answer accuracy {fmt(c['answer_acc'])}   exact match {fmt(c['exact_match'])}")
-    for b in o["bars"]:
-        lo, hi = b["interval"]
-        verdict = "PASS" if b["passed"] else "FAIL"
-        print(
-            f"bar: {b['metric']} = {b['value']:+.3f} [{lo:+.3f}, {hi:+.3f}] vs {b['threshold']:.3f} "
-            f"({b['baseline_name']} {b['baseline']:.3f}, n={b['n']}): {verdict}"
-        )
-    if o.get("by_attribute"):
-        print(
-            "per attribute (answer accuracy): "
-            + ", ".join(f"{k} {v['answer_acc']:.2f}" for k, v in o["by_attribute"].items())
-        )
-    for group, t in o.get("chinese", {}).items():
-        print(
-            f"asked in Chinese, biographies {group}: answer accuracy {fmt(t['answer_acc'])}, exact match "
-            f"{fmt(t['exact_match'])}, majority answer {t['majority answer']['mean']:.3f} (n={t['answer_acc']['n']})"
-        )
-    print(
-        f"pretraining val loss {f['before']:.4f} -> {f['after']:.4f} ({f['change']:+.4f}, forgetting if > 0)"
-    )
-    print(
-        f"{o['steps']} steps in {o['train_s']:.0f}s ({o['train_cpu_s']:.0f} CPU s); {o['file']} {o['file_kib']:.1f} KiB; wrote {out}/"
-    )
-
-
-def outcome_block(o: dict) -> dict:
-    """{"headline", "bar"} of outcome.json (common/outcome.py): the bar is issue 23's goal, held-out answer
-    accuracy >= 0.8 (Wilson interval, and above the strongest baseline); "bars" adds exact match >= 0.7
-    and the paired exact-match difference to the strongest baseline (sft_baselines.sft_bar)."""
-    t, b = o["heldout_tuned"], o["bar"]
-    zh = "".join(
-        f"; asked in Chinese ({g}) {v['answer_acc']['mean']:.2f}" for g, v in o.get("chinese", {}).items()
-    )
-    headline = (
-        f"{o['method']}: held-out answer accuracy {t.get('answer_acc', 0):.3f}, exact match "
-        f"{t['exact_match']:.3f} vs {b['baseline_name']} {b['baseline']:.3f} on {t['n']} questions{zh}; "
-        f"forgetting {o['corpus_val_loss']['change']:+.3f} nats"
-    )
-    return {"headline": headline, "bar": b}
 
 
 def main(argv=None):

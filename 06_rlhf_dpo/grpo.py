@@ -75,7 +75,7 @@ from common.cli import (
     run_cli,
     set_interrupt_hint,
 )
-from common.files import pyplot, save_figure, write_json, write_jsonl
+from common.files import write_json, write_jsonl
 from common.layout import RunLayout, task_file
 from common.runs import write_manifest
 from common.devices import resolve_device
@@ -97,7 +97,7 @@ from rl_common import (
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
 from arithmetic_task import arithmetic_reward, problem_prompt, read_problems
 from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
-from grpo_eval import interval, pass_rates, sharpening_bar
+from grpo_eval import ablation_table, evaluate, plot, sharpening_bar
 
 
 @dataclass
@@ -293,35 +293,7 @@ def grpo_step(policy, reference, opt, tok, prompts, reward_fn, cfg, generator, s
     }
 
 
-# ----------------------------------------------------------------------------- training and the curve
-
-
-def evaluate(policy, tok, task, heldout, cfg) -> dict:
-    """grpo_eval.pass_rates over the held-out questions, with the keys rl_compare and the report read."""
-    prompts = [task["prompt"](p) for p in heldout]
-    r = pass_rates(
-        policy,
-        tok,
-        prompts,
-        lambda i, text: task["correct"](heldout[i], text),
-        cfg.eval_samples,
-        cfg.max_new_tokens,
-        cfg.seed,
-    )
-    k = cfg.eval_samples
-    return {
-        "pass@1_sampled": r["pass@1"],
-        "pass@1_sampled_interval": interval(r["per_item"]),
-        f"pass@{k}": r[f"pass@{k}"],
-        "pass@1_greedy": r["greedy"],
-        "pass@1_greedy_interval": interval(r["greedy_correct"]),
-        "per_item": r["per_item"],
-        "greedy_correct": r["greedy_correct"],
-        "n": r["n"],
-        "examples": [
-            {"question": p["prompt"], "answer": p["answer"], **e} for p, e in zip(heldout, r["examples"])
-        ],
-    }
+# ----------------------------------------------------------------------------- training and the curve (grpo_eval.py measures it)
 
 
 def train_policy(cfg, run, device, log=print, state=None, unit="policy") -> tuple:
@@ -384,46 +356,6 @@ def train_policy(cfg, run, device, log=print, state=None, unit="policy") -> tupl
         weights = policy.state_dict() if unit == "policy" else {}
         state.carry = {**state.carry, unit: {"policy": weights, "records": records, "curve": curve}}
     return policy, tok, records, curve, task, heldout
-
-
-def plot(records, curve, k, path, ablation=None):
-    plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = [r["step"] for r in records]
-    ax1.plot(steps, [r["reward_mean"] for r in records], lw=1, label="mean reward of the rollouts (train)")
-    ax1.plot(steps, [r["kl"] for r in records], lw=1, label="k3 KL to the reference (per token)")
-    ax1.set(xlabel="step", title="GRPO on the training questions")
-    ax1.legend()
-    xs = [c["step"] for c in curve]
-    for key, style in (("pass@1_sampled", "o-"), (f"pass@{k}", "s--"), ("pass@1_greedy", "^:")):
-        ax2.plot(xs, [c[key] for c in curve], style, label=key.replace("_sampled", " (sampled)"))
-    lo, hi = zip(*(c["pass@1_sampled_interval"] for c in curve))
-    ax2.fill_between(xs, lo, hi, alpha=0.2)
-    for name, c in (ablation or {}).items():
-        ax2.plot(
-            [p["step"] for p in c], [p["pass@1_sampled"] for p in c], lw=1, alpha=0.6, label=f"pass@1, {name}"
-        )
-    ax2.set(
-        xlabel="step", ylabel="share of held-out questions", ylim=(0, 1), title="held-out pass@1 and pass@k"
-    )
-    ax2.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def ablation_table(rows, k) -> str:
-    """Markdown: one row per variant, pass@1 at the start and the end with intervals, pass@k, KL."""
-    lines = [
-        f"| variant | β_KL | ε | pass@1 start | pass@1 end [95 %] | pass@{k} end | greedy end | KL/token (last step) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        lo, hi = r["end"]["pass@1_sampled_interval"]
-        lines.append(
-            f"| {name} | {r['kl_coef']:g} | {r['clip_eps']:g} | {r['start']['pass@1_sampled']:.3f} | "
-            f"{r['end']['pass@1_sampled']:.3f} [{lo:.3f}, {hi:.3f}] | {r['end'][f'pass@{k}']:.3f} | "
-            f"{r['end']['pass@1_greedy']:.3f} | {r['kl']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def train_grpo_run(cfg: GRPOConfig, argv=None) -> dict:

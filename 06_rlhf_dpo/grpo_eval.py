@@ -3,6 +3,7 @@
     rates = pass_rates(policy, tok, prompts, is_correct, k=8, max_new_tokens=12)
     rates["pass@1"], rates["pass@8"], rates["greedy"]          # shares over the questions
     bar = sharpening_bar(before["per_item"], after["per_item"])  # ≥ 2×, ≥ +0.15, intervals apart
+    curve_point = evaluate(policy, tok, task, heldout, cfg)        # what grpo.py records every eval_interval
 
 pass@k is the chance that at least one of k answers sampled at temperature 1 is right. From n ≥ k samples
 of which c are right, the unbiased estimate (Chen et al. 2021, 05's metrics.pass_at_k) is
@@ -30,6 +31,7 @@ import torch
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model"), str(REPO / "05_sft_lora")]
+from common.files import pyplot, save_figure
 from common.outcome import make_bar
 from common.stats import bootstrap_interval
 from metrics import pass_at_k  # 05_sft_lora
@@ -91,3 +93,71 @@ def sharpening_bar(before, after, majority=0.0, what="held-out pass@1 (sampled)"
     bar["interval"] = [lo_a, hi_a]
     bar["passed"] = bool(bar["passed"] and lo_a > hi_b)
     return bar
+
+
+def evaluate(policy, tok, task, heldout, cfg) -> dict:
+    """grpo_eval.pass_rates over the held-out questions, with the keys rl_compare and the report read."""
+    prompts = [task["prompt"](p) for p in heldout]
+    r = pass_rates(
+        policy,
+        tok,
+        prompts,
+        lambda i, text: task["correct"](heldout[i], text),
+        cfg.eval_samples,
+        cfg.max_new_tokens,
+        cfg.seed,
+    )
+    k = cfg.eval_samples
+    return {
+        "pass@1_sampled": r["pass@1"],
+        "pass@1_sampled_interval": interval(r["per_item"]),
+        f"pass@{k}": r[f"pass@{k}"],
+        "pass@1_greedy": r["greedy"],
+        "pass@1_greedy_interval": interval(r["greedy_correct"]),
+        "per_item": r["per_item"],
+        "greedy_correct": r["greedy_correct"],
+        "n": r["n"],
+        "examples": [
+            {"question": p["prompt"], "answer": p["answer"], **e} for p, e in zip(heldout, r["examples"])
+        ],
+    }
+
+
+def plot(records, curve, k, path, ablation=None):
+    plt = pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in records]
+    ax1.plot(steps, [r["reward_mean"] for r in records], lw=1, label="mean reward of the rollouts (train)")
+    ax1.plot(steps, [r["kl"] for r in records], lw=1, label="k3 KL to the reference (per token)")
+    ax1.set(xlabel="step", title="GRPO on the training questions")
+    ax1.legend()
+    xs = [c["step"] for c in curve]
+    for key, style in (("pass@1_sampled", "o-"), (f"pass@{k}", "s--"), ("pass@1_greedy", "^:")):
+        ax2.plot(xs, [c[key] for c in curve], style, label=key.replace("_sampled", " (sampled)"))
+    lo, hi = zip(*(c["pass@1_sampled_interval"] for c in curve))
+    ax2.fill_between(xs, lo, hi, alpha=0.2)
+    for name, c in (ablation or {}).items():
+        ax2.plot(
+            [p["step"] for p in c], [p["pass@1_sampled"] for p in c], lw=1, alpha=0.6, label=f"pass@1, {name}"
+        )
+    ax2.set(
+        xlabel="step", ylabel="share of held-out questions", ylim=(0, 1), title="held-out pass@1 and pass@k"
+    )
+    ax2.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def ablation_table(rows, k) -> str:
+    """Markdown: one row per variant, pass@1 at the start and the end with intervals, pass@k, KL."""
+    lines = [
+        f"| variant | β_KL | ε | pass@1 start | pass@1 end [95 %] | pass@{k} end | greedy end | KL/token (last step) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lo, hi = r["end"]["pass@1_sampled_interval"]
+        lines.append(
+            f"| {name} | {r['kl_coef']:g} | {r['clip_eps']:g} | {r['start']['pass@1_sampled']:.3f} | "
+            f"{r['end']['pass@1_sampled']:.3f} [{lo:.3f}, {hi:.3f}] | {r['end'][f'pass@{k}']:.3f} | "
+            f"{r['end']['pass@1_greedy']:.3f} | {r['kl']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"

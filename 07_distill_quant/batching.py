@@ -1,6 +1,7 @@
 """Serving many requests with one model: one at a time, static batches, continuous batching.
 
-    from batching import Engine, Request, SamplingParams
+    from batching import Engine
+    from serve_request import Request, SamplingParams      # one request: settings, state, text stream
     engine = Engine(model, tok, policy="continuous", max_batch=8)
     req = engine.submit(Request(prompt_ids, SamplingParams(max_tokens=32, temperature=0)))
     engine.run_until_idle()                    # or engine.start(): a background thread (serve.py)
@@ -28,31 +29,14 @@ The three policies (`Engine.schedule` is the only place they differ):
   step: its prompt is prefilled in that step and it then decodes with the others. Under load the
   batch stays full of useful rows, and nobody waits for a stranger's long answer.
 
-The KV cache, and why 03's model needs no change. 03's GPT.forward already decodes a batch of
-left-padded rows that all write their next token into one shared column (`KVCache.pos`), with a
-mask saying which columns hold each row's tokens, and positions counted from that mask. `SlotCache`
-keeps exactly that layout: one cache row per slot, one shared write column. The prompts that join
-in a step are prefilled together in one forward pass (right-padded, with a mask: `Engine.prefill`),
-and each one's keys/values are copied into its row so that it ends at the shared column:
-right-aligned, where left padding would have put it; the columns before it are masked out. The price of a shared column: (1) rows attend over masked "dead" columns (what
-finished requests left, and the columns before a short row), (2) when the write column reaches the
-end of the cache, every live row is moved left past the dead columns (a copy, `SlotCache.make_room`;
-it always frees a column, because a row starting at column 0 would already be at its length limit),
-and (3) every slot reserves a full block_size row of memory.
-
-Paged attention (vLLM, Kwon et al. 2023) removes all three: the cache is a pool of fixed-size blocks
-(e.g. 16 tokens), each sequence has a block table from its positions to blocks, and the attention
-kernel gathers through the table. Each sequence then has its own length (no shared column, no dead
-columns, no moves), memory grows with the sequence instead of a full context row being reserved per
-slot (vLLM reports near-zero waste and 2-4x more sequences in the same memory), and requests sharing a
-prompt prefix share its blocks. Here the whole cache is max_batch x block_size positions of a
-1M-parameter model, a few MB: the waste is not worth a custom kernel. Shared prefixes are still
-reused, by copy: `prefix_cache.py` keeps whole 16-token blocks of prompt keys/values, and a prompt
-that starts with cached blocks has only its suffix prefilled (Engine(..., prefix_blocks=N)).
+The KV cache is `SlotCache` (slot_cache.py): one row per slot and one shared write column, the
+layout 03's GPT.forward already decodes, so 03's model needs no change; why, what it costs, and what
+paged attention would buy instead are told there.
 
 What keeps a step cheap (the engine must beat 03's padded GPT.generate, which does nothing per
 request): every request's sampling settings live in per-slot tensors (`batch_sampling.py`) and a
-step samples all rows in one vectorized call; the rows' last tokens stay in a tensor; under
+step samples all rows in one vectorized call (sorting only the rows that use top-k or top-p: a sort
+of the batch cost more than the rest of the sampler); the rows' last tokens stay in a tensor; under
 continuous batching a finished row's slot is filled by moving the highest running row down
 (`Engine.compact`), so a decode step computes only running rows, where generate computes every row
 until the longest answer ends; and the step runs in torch.inference_mode. Per request, Python only
@@ -63,31 +47,21 @@ Interview questions it answers:
   sequence in decode, ~T in prefill; the GPU needs ~300)
 - What does continuous batching change over static batching? (the batch is re-formed at every
   decode step: finished rows leave, waiting requests join, no padding to the longest member)
-- What does paged attention buy? (KV memory in blocks through a block table: no reservation for
-  max_tokens, no fragmentation, shared prefixes; more sequences fit, so larger batches)
 - Throughput or latency? (a bigger batch raises tokens/s, but each step is slower, so every
   request's tokens come a little later; servers cap the batch to bound the latency)
-- How do you stream text when a token can end in half a UTF-8 character, or in the first half of a
-  stop string? (hold back a trailing U+FFFD and the longest tail that begins a stop string:
-  `held_back`; never send text you might have to take back)
-- What happens when a client disconnects? (`Request.cancel`; the engine frees its slot at the next
-  step, so a dead client stops costing compute)
 - How is a batch of prompts of different lengths prefilled at once? (pad them to one length with a
   mask; positions count real tokens only, so each is computed as if alone: `Engine.prefill`)
 - Where does a batching engine beat a plain padded generate? (finished rows leave the batch instead of
   computing padding, and new requests join without waiting; with equal answer lengths both run the
-  same forward passes, so the engine can at best tie)
+  same forward passes, so the engine can at best tie, plus what inference_mode saves)
 """
 
 import collections
-import itertools
 import math
-import queue
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -107,193 +81,12 @@ from batch_sampling import (
     token_logprobs,
 )  # this stage
 from prefix_cache import PrefixCache  # this stage
+from serve_request import PENALTY_RANGE, QueueFull, Request, cut_at_stop, held_back  # this stage
+from slot_cache import SlotCache  # this stage
 
 __all__ = ["apply_presence_frequency", "MIN_TEMPERATURE", "MIN_TOP_P"]  # re-exported for serve.py and tests
 
 POLICIES = ("sequential", "static", "continuous")
-
-
-@dataclass
-class SamplingParams:
-    """One request's settings (OpenAI's names where OpenAI has them)."""
-
-    max_tokens: int = 64
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int | None = None
-    repetition_penalty: float = 1.0  # 1 = off
-    stop: tuple = ()  # stop strings: the text ends before the first one found
-    seed: int | None = None  # a generator of its own: the same draws however it is batched
-    ignore_eos: bool = False  # run to max_tokens whatever is generated (benchmarks)
-    presence_penalty: float = 0.0  # OpenAI's: minus this from every token generated at least once
-    frequency_penalty: float = 0.0  # OpenAI's: minus this times how often the token was generated
-    logit_bias: dict | None = None  # {token id: added to its logit}, -100 bans, +100 forces
-    logprobs: int | None = None  # record each token's log-probability and this many alternatives
-
-
-# A repetition penalty far from 1 has no float32-safe limit: Engine.submit refuses it.
-PENALTY_RANGE = (1e-2, 1e2)  # repetition_penalty outside it multiplies logits toward 0 or inf
-
-
-class Request:
-    """One generation: prompt ids and settings in; ids, text and timings out, streamed as produced.
-
-    `deltas` receives each piece of text as soon as it is final, then None; `done` is set at the end.
-    Times are time.perf_counter() seconds; `arrival` defaults to the moment of submit."""
-
-    _ids = itertools.count()
-
-    def __init__(self, prompt_ids, params: SamplingParams | None = None, stop_ids=(), arrival=None):
-        self.id = next(Request._ids)
-        self.prompt_ids = [int(t) for t in prompt_ids]
-        self.params = params or SamplingParams()
-        self.stop_ids = set(stop_ids)  # token ids that end the answer (03's stop_tokens)
-        self.output_ids = []  # generated ids; a final stop id is kept, as in GPT.generate
-        self.text = ""  # the answer: stop id and stop string cut off
-        self.streamed = 0  # characters of `text` already put on `deltas`
-        self.finish_reason = None  # "stop" | "length" | "cancelled" | "error"
-        self.deltas = queue.Queue()
-        self.done = threading.Event()
-        self.cancelled = False
-        self.slot = None  # its row in the KV cache while it runs
-        self.logprobs = []  # with params.logprobs: (log p of each token, [(alternative id, log p), ...])
-        self.generator = None if self.params.seed is None else torch.Generator().manual_seed(self.params.seed)
-        self.arrival, self.first_token_at, self.finished_at = arrival, None, None
-
-    def cancel(self):
-        """Ask the engine to drop this request (its client went away); its slot is freed at the next step."""
-        self.cancelled = True
-
-    def stream(self):
-        """The text pieces, blocking until each is produced."""
-        while (piece := self.deltas.get()) is not None:
-            yield piece
-
-
-class QueueFull(Exception):
-    """The waiting queue holds max_waiting requests already (serve.py answers 503 + Retry-After)."""
-
-
-# ----------------------------------------------------------------------------- streaming text
-
-
-def cut_at_stop(text: str, stops) -> tuple:
-    """(text before the earliest stop string, whether one was found)."""
-    # >>> exercise: the text before the earliest occurrence of any stop string, and whether one occurred
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(hits)], True) if hits else (text, False)
-    # <<< exercise
-
-
-def held_back(text: str, stops) -> int:
-    """How many trailing characters must not be sent yet: U+FFFD at the end (a token ended inside a
-    UTF-8 character; the next token completes it) and the longest tail that is the start of a stop
-    string (the next token may complete the stop, and then that tail is not part of the answer)."""
-    # >>> exercise: trailing U+FFFDs vs the longest tail that is a proper prefix of a stop string: the larger
-    n = len(text) - len(text.rstrip("\ufffd"))
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                n = max(n, k)
-                break
-    return n
-    # <<< exercise
-
-
-# ----------------------------------------------------------------------------- the KV cache
-
-
-class SlotCache:
-    """03's KVCache with one row per slot and one shared write column `pos` (module docstring).
-
-    k, v per layer: (n_slots, Hkv, block_size, hd). mask (n_slots, block_size): column c of row s holds
-    one of its request's tokens. A live row's tokens are the columns [start[s], pos): every step writes
-    each running row's new token at `pos`. start[s] is None when the slot holds no live request."""
-
-    def __init__(self, model, n_slots):
-        cfg, p = model.cfg, next(model.parameters())
-        self.max_len = cfg.block_size
-        self.kv = KVCache(cfg.n_layer, cfg.block_size)
-        shape = (n_slots, cfg.n_kv_head, cfg.block_size, cfg.head_dim)
-        self.kv.k = [p.new_zeros(shape) for _ in range(cfg.n_layer)]
-        self.kv.v = [p.new_zeros(shape) for _ in range(cfg.n_layer)]
-        self.mask = torch.zeros(n_slots, cfg.block_size, dtype=torch.bool, device=p.device)
-        self.start = [None] * n_slots
-        self.moves = 0  # column moves done: the price of the shared write column
-
-    @property
-    def pos(self) -> int:
-        return self.kv.pos
-
-    def left(self) -> int:
-        """The first column any live row uses; everything before it is dead."""
-        return min((s for s in self.start if s is not None), default=self.pos)
-
-    def claim(self, slot, n_prompt):
-        """Give row `slot` the n_prompt columns just before the write column (right-aligned, as left
-        padding would place it). When fewer columns are there, every live row moves right to make room."""
-        if self.pos < n_prompt:
-            self.move_columns(n_prompt - self.pos)
-        self.start[slot] = self.pos - n_prompt
-        self.mask[slot] = False
-        self.mask[slot, self.start[slot] : self.pos] = True
-
-    def make_room(self):
-        """Before a decode step at the last column: move every live row left past the dead columns.
-        Always frees a column: a live row starting at column 0 would be block_size tokens long, its limit,
-        and so finished already."""
-        if self.pos == self.max_len:
-            self.move_columns(-self.left())
-
-    def move_columns(self, shift):
-        """Move the live columns [left, pos) of every row by `shift` (negative = left). Positions are
-        counted from the mask, so the model sees the same sequences afterwards."""
-        # >>> exercise: move columns [left, pos) of every k/v buffer and the mask by shift; start[] and kv.pos too
-        lo, hi = self.left(), self.pos
-        for buf in self.kv.k + self.kv.v:  # (n_slots, Hkv, L, hd)
-            buf[:, :, lo + shift : hi + shift] = buf[:, :, lo:hi].clone()
-        moved = self.mask[:, lo:hi].clone()
-        self.mask[:] = False
-        self.mask[:, lo + shift : hi + shift] = moved
-        self.start = [None if s is None else s + shift for s in self.start]
-        self.kv.pos += shift
-        self.moves += 1
-        # <<< exercise
-
-    def write_prompt(self, slot, k_rows, v_rows):
-        """Copy a prefilled prompt's keys/values, per layer (Hkv, n, hd), into the columns claimed for it."""
-        for layer, (k, v) in enumerate(zip(k_rows, v_rows)):
-            n = k.shape[1]
-            self.kv.k[layer][slot, :, self.pos - n : self.pos] = k
-            self.kv.v[layer][slot, :, self.pos - n : self.pos] = v
-
-    def release(self, slot):
-        self.mask[slot] = False
-        self.start[slot] = None
-
-    def move_row(self, src, dst):
-        """Move a live row's keys/values and mask from slot src to the free slot dst (Engine.compact)."""
-        cols = slice(self.start[src], self.pos)
-        for buf in self.kv.k + self.kv.v:  # (n_slots, Hkv, L, hd)
-            buf[dst, :, cols] = buf[src, :, cols]
-        self.mask[dst] = self.mask[src]
-        self.release(src)
-        self.start[dst] = cols.start
-
-    def decode(self, model, idx, active):
-        """One step for rows [0, B): idx (B, 1) holds each row's last token; rows in `active` keep
-        theirs (mask 1 at the write column), the others compute padding. Returns logits (B, V)."""
-        # >>> exercise: write column live for `active` rows only; the model on rows [0, B) through a KVCache view
-        self.make_room()
-        B = idx.shape[0]
-        self.mask[:B, self.pos] = False
-        self.mask[active, self.pos] = True
-        rows = KVCache(len(self.kv.k), self.max_len)  # a view of rows [0, B): writes land in ours
-        rows.k, rows.v, rows.pos = [k[:B] for k in self.kv.k], [v[:B] for v in self.kv.v], self.pos
-        logits, _ = model(idx, attention_mask=self.mask[:B, : self.pos + 1], cache=rows)
-        self.kv.pos = rows.pos
-        return logits[:, -1]
-        # <<< exercise
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -327,6 +120,8 @@ class Engine:
         self.last = torch.zeros(
             len(self.slots), dtype=torch.long, device=self.device
         )  # each row's last token
+        self.slot_list = list(range(len(self.slots)))
+        self.slot_ids = torch.arange(len(self.slots), device=self.device)
         self.prefix_cache = PrefixCache(prefix_blocks) if prefix_blocks else None
         self.waiting = collections.deque()
         self.max_waiting = max_waiting
@@ -529,10 +324,12 @@ class Engine:
         finite fails alone; if the batched call itself raises, each row is sampled alone (`alone`),
         so one request's unforeseen setting cannot fail the others."""
         idx = [r.slot for r in reqs]
-        slots = torch.tensor(idx, device=self.device)
-        u = self.uniforms(reqs) if self.sampler.needs_uniforms(idx) else torch.zeros(len(reqs))
+        n = len(idx)
+        # rows [0, n) in order (the usual decode step under compact()): a view of a ready index tensor
+        slots = self.slot_ids[:n] if idx == self.slot_list[:n] else torch.tensor(idx, device=self.device)
+        u = self.uniforms(reqs) if self.sampler.needs_uniforms(idx) else torch.zeros(n)
         try:
-            tokens, bad = self.sampler.sample(slots, logits, u)
+            tokens, bad = self.sampler.sample(slots, logits, u, idx)
         except Exception:
             traceback.print_exc()
             for i, req in enumerate(reqs):

@@ -5,10 +5,14 @@
 
 A learner's laptop is never idle. This runs the project's decoding paths and a pretraining loop, each
 in a fresh process, first on a quiet machine and then beside --busy processes that spin (`while True:
-pass`, started and killed here), under two thread policies:
+pass`, started and killed here), under four thread policies:
 
-    per-workload   the project's default (common/devices.py): decoding on one thread, training on all cores
-    all threads    OMP_NUM_THREADS=<cores> for everything: torch's default, what the code did before
+    per-workload   the project's default as run_all.py starts a stage (common/devices.py): decoding on
+                   one thread, training on all cores, threads that sleep at a barrier (OMP_WAIT_POLICY=PASSIVE)
+    spinning       the same thread counts with libgomp's default wait: spin, then sleep (a stage run by hand)
+    short spin     the same thread counts, spinning only ~1,000 rounds before sleeping (GOMP_SPINCOUNT=1000):
+                   the middle ground, measured to choose the default
+    all threads    OMP_NUM_THREADS=<cores> for everything, spinning: torch's default, what the code did before
 
 Workloads (the functions the stages call, on the same model):
 
@@ -47,11 +51,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "03_model")]
 from common.cli import UserError, option, parse_config, run_cli
 from common.files import markdown_table, write_json
+from common.layout import WAIT_POLICY
 from decoding import generate, generate_beam  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
 WORKLOADS = ["pretrain", "generate_b1", "generate_b16", "beam_search", "speculative", "engine"]
-POLICIES = {"per-workload": {}, "all threads": {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}}
+POLICIES = {
+    "per-workload": dict(WAIT_POLICY),
+    "spinning": {},
+    "short spin": {"GOMP_SPINCOUNT": "1000"},
+    "all threads": {"OMP_NUM_THREADS": str(os.cpu_count() or 1)},
+}
+# the variables a policy decides, removed from the inherited environment before its own are added
+CHOSEN_BY_US = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 GOAL = 2.5
 
 
@@ -59,7 +71,11 @@ GOAL = 2.5
 class ContentionConfig:
     run: str = option("", "runs/<name>: use its pretrain/ckpt.pt (default: a random model of the tiny shape)")
     workloads: list = option(WORKLOADS, "which workloads: " + ", ".join(WORKLOADS), sep=",")
-    policies: list = option(list(POLICIES), "thread policies to compare: " + ", ".join(POLICIES), sep=",")
+    policies: list = option(
+        ["per-workload", "spinning", "all threads"],
+        "thread policies to compare: " + ", ".join(POLICIES),
+        sep=",",
+    )
     busy: int = option(2, "busy processes started beside each workload", min=1)
     repeats: int = option(2, "runs per cell; the minimum is reported", min=1)
     new_tokens: int = option(48, "tokens each decoding workload generates per prompt", min=1)
@@ -83,7 +99,8 @@ def load_models(cfg: ContentionConfig) -> tuple:
 def run_workload(name: str, cfg: ContentionConfig) -> float:
     """Seconds of one workload's timed section, in this process (model building excluded)."""
     sys.path[:0] = [str(REPO / "07_distill_quant")]
-    from batching import Engine, Request, SamplingParams  # this stage
+    from batching import Engine  # this stage
+    from serve_request import Request, SamplingParams  # this stage
     from speculative_decoding import speculative_generate  # this stage
 
     target, draft = load_models(cfg)
@@ -136,7 +153,7 @@ def timed_in_subprocess(name: str, cfg: ContentionConfig, env: dict) -> float:
     ]
     if cfg.run:
         args += ["--run", cfg.run]
-    full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    full_env = {k: v for k, v in os.environ.items() if k not in CHOSEN_BY_US}
     done = subprocess.run(
         args, check=False, env={**full_env, **env}, capture_output=True, text=True, timeout=1800
     )

@@ -6,20 +6,18 @@ three batching policies on one Poisson stream of requests, and with its prefix c
 
 It prints three tables (issue 29's goals in brackets):
   1. a fixed batch of --max-batch requests, all there at once: the continuous engine against 03's
-     padded GPT.generate (greedy), with equal answers and with answers spread over 4-80 tokens
-     (generate runs every row to the longest), min time of interleaved runs [engine >= 1.2x];
-  2. the Poisson stream below under each policy, and (2b) continuous vs static paired per pass
-     [tokens/s >= 2x, p50 time to first token >= 3x better, at a rate where static batching queues];
+     padded GPT.generate, with equal answers (greedy, and sampled at T=1) and with answers spread
+     over 4-80 tokens (generate runs every row to the longest): the ratio of the min times of
+     interleaved runs, and the paired ratios' geometric mean with a t interval [engine >= 1.2x];
+  2. the request stream below under each policy at several arrival rates, and (2b) continuous vs
+     static paired per pass at the judged rate [tokens/s >= 2x, p50 time to first token >= 3x better,
+     at a rate where static batching queues];
   3. continuous batching with and without the prefix cache on the same stream, every prompt starting
      with one --shared-prefix-token system prompt: hit rate and prefill seconds saved.
 
-The workload is fixed by --seed: request i arrives at the i-th event of a Poisson process of --rate
-requests per second (exponential gaps between arrivals), with a prompt of random tokens, its length
-uniform in [--prompt-min, --prompt-max], and an answer of exactly n tokens (ignore_eos), n uniform in
-[--short-min, --short-max] or, for a --long-frac share of requests, in [--long-min, --long-max]. That
-mix of answer lengths is what static batching pays for: each batch runs as long as its longest member.
-Every policy serves the same workload in real time (the arrivals are waited for), greedy, through the
-engine directly (no HTTP). Columns:
+The request stream (serve_workload.py: seeded Poisson arrivals, prompts and answer lengths that are
+the same at every rate) is served by every policy in real time (the arrivals are waited for), greedy,
+through the engine directly (no HTTP). Columns:
 
     tokens/s      generated tokens / (last finish - first arrival)
     requests/s    requests / the same span
@@ -28,10 +26,20 @@ engine directly (no HTTP). Columns:
     batch         mean rows computed per decode step; padding = the share of them computing padding
     same tokens   every request got exactly the tokens the sequential policy gave it
 
-The policies are served --repeats times in alternation (the order rotated each pass); each row is the
-policy's median pass. The bar: continuous / static tokens/s, paired per pass, geometric mean with a
-t interval over the passes, which must lie wholly above 1.
-
+The arrival rate is set by a rule, from the policies' own capacities, before any judged pass (why a
+rule, and the queueing arithmetic behind it: serve_workload.py):
+  a. "all at once": every request arrives at 0, one pass per policy (the sequential pass is the token
+     reference). Each policy's requests/s there is its capacity mu;
+  b. the judged rate (--rate 0, the default): twice the continuous engine's capacity, 2 mu_c
+     (serve_workload.judged_rate). Both policies queue there, so tokens/s is each one's capacity, and
+     the goals ask one thing: 2x the capacity is 3x the time to first token. --rate R judges at R.
+     Static and continuous serve it --repeats times in alternation (the order rotated each pass); each
+     row is the policy's median pass; table 2b pairs the two goals' ratios per pass (geometric mean,
+     t interval over the passes: "yes" only when the whole interval clears the goal), and the stage's
+     bar is continuous / static tokens/s the same way, whose interval must lie wholly above 1;
+  c. --sweep loads (multiples of mu_c, default 0.5: a rate static cannot keep up with and continuous
+     can, where the policies differ mostly in latency), one pass each, for the table only.
+The rule is fixed here, before any result; the table prints mu_c and the rate it gave.
 Writes <out>/bench_serve.json and bench_serve.png. Timings are of this machine at this moment: on a
 shared CPU they move between runs; compare the policies within one run, not across runs.
 
@@ -42,9 +50,6 @@ Interview questions it answers:
   a step's time grows with the batch its tokens come slower than alone; servers cap the batch. At a
   low arrival rate the batch is ~1 and the policies are alike (try --rate 0.5), because a step of so
   small a model costs about the same for 1 or 8 rows)
-- Why must the arrival rate exceed static batching's capacity? (below it every policy serves each
-  request as it comes, and tokens/s over the span is just the offered load: the policies differ in
-  latency only; the default 60/s is above static's capacity on the tiny shape and below continuous's)
 - Why judge throughput over repeated passes in alternation? (one pass samples the machine's load at
   that moment; the ratio of two policies served back to back cancels most of it, and its interval over
   passes says whether the gap survives the noise)
@@ -52,7 +57,6 @@ Interview questions it answers:
 
 import dataclasses
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -69,10 +73,11 @@ from common.runs import run_lock, write_manifest
 from common.devices import resolve_device, set_threads
 from common.outcome import make_bar
 from common.stats import t_interval
-from decoding import generate, left_pad  # 03_model
 from gpt import GPT, GPTConfig  # 03_model
 
-from batching import POLICIES, Engine, Request, SamplingParams  # this stage
+from batching import POLICIES, Engine  # this stage
+from engine_vs_generate import FIXED_COLUMNS, fixed_batch_rows  # this stage
+from serve_workload import at_rate, judged_rate, prefix_workload, serve  # this stage
 from served_model import load_model  # this stage
 
 
@@ -86,7 +91,15 @@ class BenchServeConfig:
     n_head: int = option(4, "random model: attention heads", min=1)
     requests: int = option(160, "requests in the workload", min=1)
     rate: float = option(
-        60.0, "mean arrivals per second (Poisson): above static batching's capacity", min=1e-3
+        0.0,
+        "mean arrivals per second (Poisson) of the judged passes; 0 = twice the continuous "
+        "engine's capacity measured all at once (docstring)",
+        min=0.0,
+    )
+    sweep: list = option(
+        [0.5],
+        "extra arrival rates for the table, as multiples of the continuous capacity (one pass each)",
+        sep=",",
     )
     prompt_min: int = option(8, "shortest prompt in tokens", min=1)
     prompt_max: int = option(48, "longest prompt in tokens", min=1)
@@ -148,120 +161,13 @@ def check_bench_config(c: BenchServeConfig, block_size):
     unknown = [p for p in c.policies if p not in POLICIES]
     if unknown or not c.policies:
         raise UserError(f"--policies {','.join(c.policies)}: use some of {', '.join(POLICIES)}")
-
-
-def workload(c: BenchServeConfig, vocab) -> list:
-    """[(arrival second, prompt ids, answer length)] in arrival order; the same for every policy."""
-    # >>> exercise: seeded Poisson arrivals (exponential gaps of mean 1/rate), uniform lengths, long_frac long
-    rng = random.Random(c.seed)
-    t, items = 0.0, []
-    for _ in range(c.requests):
-        prompt = [rng.randrange(vocab) for _ in range(rng.randint(c.prompt_min, c.prompt_max))]
-        n_out = (
-            rng.randint(c.long_min, c.long_max)
-            if rng.random() < c.long_frac
-            else rng.randint(c.short_min, c.short_max)
+    if (not c.rate or c.sweep) and "continuous" not in c.policies:
+        raise UserError(
+            "--rate 0 and --sweep are set from the continuous policy's capacity; add continuous to "
+            "--policies or give --rate and --sweep ''"
         )
-        items.append((t, prompt, n_out))
-        t += rng.expovariate(c.rate)
-    return items
-    # <<< exercise
-
-
-def serve(engine: Engine, items) -> list:
-    """Replay the workload in real time: submit each request at its arrival, step the engine meanwhile."""
-    reqs = [
-        Request(prompt, SamplingParams(max_tokens=n_out, temperature=0, ignore_eos=True))
-        for _, prompt, n_out in items
-    ]
-    start, nxt = time.perf_counter(), 0
-    while nxt < len(reqs) or engine.busy():
-        now = time.perf_counter() - start
-        while nxt < len(reqs) and items[nxt][0] <= now:
-            reqs[nxt].arrival = start + items[nxt][0]
-            engine.submit(reqs[nxt])
-            nxt += 1
-        if not engine.step() and nxt < len(reqs):  # idle until the next arrival
-            time.sleep(max(0.0, items[nxt][0] - (time.perf_counter() - start)))
-    return reqs
-
-
-# ----------------------------------------------------------------------------- 1. a fixed batch
-
-
-def fixed_batches(c: BenchServeConfig, vocab) -> dict:
-    """{name: (prompts, answer lengths)}: max_batch prompts of the workload's lengths, answered with
-    `fixed_tokens` tokens each ("equal": the batch generate was made for) or with lengths spread evenly
-    from the shortest short answer to the longest long one ("spread": what a batch of requests asks)."""
-    items = workload(dataclasses.replace(c, requests=c.max_batch), vocab)
-    prompts = [prompt for _, prompt, _ in items]
-    spread = np.linspace(c.short_min, c.long_max, len(prompts)).round().astype(int).tolist()
-    return {
-        "equal answers": (prompts, [c.fixed_tokens] * len(prompts)),
-        "spread answers": (prompts, spread),
-    }
-
-
-def time_generate(model, prompts, lengths) -> tuple:
-    """(seconds, ids of each answer): 03's padded GPT generate, greedy, every row to the longest
-    answer (it has one max_new_tokens); each row's answer is cut to its own length."""
-    idx, mask = left_pad(prompts, device=next(model.parameters()).device)
-    t = time.perf_counter()
-    out = generate(model, idx, max(lengths), temperature=0, attention_mask=mask)
-    seconds = time.perf_counter() - t
-    return seconds, [row[idx.shape[1] : idx.shape[1] + n] for row, n in zip(out.tolist(), lengths)]
-
-
-def time_engine(model, prompts, lengths) -> tuple:
-    """(seconds, ids of each answer): the continuous engine, every request submitted at once."""
-    engine = Engine(model, None, "continuous", len(prompts))
-    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
-    reqs = [engine.submit(Request(p, sp)) for p, sp in zip(prompts, params)]
-    t = time.perf_counter()
-    engine.run_until_idle()
-    return time.perf_counter() - t, [r.output_ids for r in reqs]
-
-
-def fixed_batch_rows(model, c: BenchServeConfig) -> list:
-    """Engine vs padded generate on each fixed batch: interleaved `repeats` times, min time of each."""
-    rows = []
-    for name, (prompts, lengths) in fixed_batches(c, model.cfg.vocab_size).items():
-        times = {"generate": [], "engine": []}
-        for rep in range(max(c.repeats, 3)):
-            for side in ("generate", "engine") if rep % 2 == 0 else ("engine", "generate"):
-                seconds, ids = (time_generate if side == "generate" else time_engine)(model, prompts, lengths)
-                times[side].append(seconds)
-                if side == "generate":
-                    want = ids
-                else:
-                    got = ids
-        tokens = sum(lengths)
-        gen, eng = min(times["generate"]), min(times["engine"])
-        rows.append(
-            {
-                "batch": name,
-                "requests": len(prompts),
-                "answer tokens": f"{min(lengths)}-{max(lengths)}",
-                "generate tok/s": f"{tokens / gen:.0f}",
-                "engine tok/s": f"{tokens / eng:.0f}",
-                "engine / generate": f"{gen / eng:.2f}x",
-                "same tokens": "yes" if got == want else "NO",
-                "ratio": gen / eng,
-            }
-        )
-        print(f"fixed batch, {name}: engine {gen / eng:.2f}x padded generate", flush=True)
-    return rows
-
-
-FIXED_COLUMNS = (
-    "batch",
-    "requests",
-    "answer tokens",
-    "generate tok/s",
-    "engine tok/s",
-    "engine / generate",
-    "same tokens",
-)
+    if any(not x > 0 for x in c.sweep):
+        raise UserError(f"--sweep {c.sweep}: loads must be > 0 (multiples of the continuous capacity)")
 
 
 # ----------------------------------------------------------------------------- 2. a Poisson stream
@@ -288,6 +194,7 @@ def summarize(policy, reqs, stats, reference) -> dict:
 
 
 COLUMNS = (
+    "arrivals",
     "policy",
     "tokens/s",
     "requests/s",
@@ -304,6 +211,7 @@ COLUMNS = (
 def table_row(r) -> dict:
     """One summarize() row as the printed table shows it."""
     return {
+        "arrivals": r.get("arrivals", "-"),
         "policy": r["policy"],
         "tokens/s": f"{r['tokens_per_s']:.0f}",
         "requests/s": f"{r['requests_per_s']:.2f}",
@@ -344,23 +252,47 @@ def build_model(c: BenchServeConfig, device):
     return GPT(cfg).to(device).eval()
 
 
-def serve_in_alternation(model, items, c: BenchServeConfig) -> dict:
-    """{policy: [summarize() row of each pass]}: `c.repeats` passes, each serving the workload once per
-    policy, the order rotated every pass (the first pass in the given order) so no policy always runs first.
-    "same tokens" compares every run with the first policy's first run."""
-    runs, reference = {p: [] for p in c.policies}, None
-    for rep in range(c.repeats):
-        order = c.policies[rep % len(c.policies) :] + c.policies[: rep % len(c.policies)]
+def serve_in_alternation(model, items, c: BenchServeConfig, policies, repeats, reference) -> tuple:
+    """({policy: [summarize() row of each pass]}, reference requests): `repeats` passes, each serving the
+    workload once per policy, the order rotated every pass (the first pass in the given order) so no
+    policy always runs first. "same tokens" compares every run with `reference` (None: with the first
+    run, which becomes the reference)."""
+    runs = {p: [] for p in policies}
+    for rep in range(repeats):
+        order = policies[rep % len(policies) :] + policies[: rep % len(policies)]
         for policy in order:
             engine = Engine(model, None, policy, c.max_batch, max_waiting=c.requests)
             reqs = serve(engine, items)
             runs[policy].append(summarize(policy, reqs, engine.stats, reference))
             reference = reference or reqs
             print(
-                f"pass {rep + 1}/{c.repeats} {policy}: {runs[policy][-1]['tokens_per_s']:.0f} tokens/s",
+                f"pass {rep + 1}/{repeats} {policy}: {runs[policy][-1]['tokens_per_s']:.0f} tokens/s, "
+                f"{runs[policy][-1]['requests_per_s']:.1f} requests/s",
                 flush=True,
             )
-    return runs
+    return runs, reference
+
+
+def poisson_rows(model, c: BenchServeConfig) -> tuple:
+    """(median rows at the judged rate, {policy: passes} there, that rate, rows of every rate served):
+    the order of the module docstring: capacities all at once, the judged rate, the sweep."""
+    vocab = model.cfg.vocab_size
+    capacity, reference = serve_in_alternation(model, at_rate(c, vocab, math.inf), c, c.policies, 1, None)
+    rate = judged_rate(c, capacity)
+    judged = [p for p in c.policies if p != "sequential"] or c.policies  # sequential: once, as reference
+    runs, _ = serve_in_alternation(model, at_rate(c, vocab, rate), c, judged, c.repeats, reference)
+    rows = median_rows(runs)
+    arrivals = lambda load, r: f"{load} ({r:.0f}/s)"
+    judged_as = "--rate" if c.rate else "2 mu_c"
+    table = [dict(r, arrivals="all at once (mu)") for r in median_rows(capacity)]
+    table += [
+        dict(r, arrivals=arrivals(f"judged: {judged_as}", rate) + f", median of {c.repeats}") for r in rows
+    ]
+    mu_c = capacity["continuous"][0]["requests_per_s"] if "continuous" in capacity else None
+    for load in c.sweep:
+        extra, _ = serve_in_alternation(model, at_rate(c, vocab, load * mu_c), c, judged, 1, reference)
+        table += [dict(r, arrivals=arrivals(f"{load:g} mu_c", load * mu_c)) for r in median_rows(extra)]
+    return rows, runs, rate, table
 
 
 def ratio_rows(runs: dict, rate) -> list:
@@ -380,7 +312,7 @@ def ratio_rows(runs: dict, rate) -> list:
         out.append(
             {
                 "measure": name,
-                "arrival rate /s": f"{rate:g}",
+                "arrival rate /s": f"{rate:.0f}",
                 "value": f"{value:.2f}x",
                 "95% interval": f"[{math.exp(lo):.2f}, {math.exp(hi):.2f}]",
                 "goal": f">= {goal:g}x",
@@ -396,23 +328,15 @@ RATIO_COLUMNS = ("measure", "arrival rate /s", "value", "95% interval", "goal", 
 # ----------------------------------------------------------------------------- 3. prefix caching
 
 
-def prefix_workload(c: BenchServeConfig, vocab) -> list:
-    """The Poisson stream of `workload`, every prompt starting with one shared system prompt of
-    `shared_prefix` tokens, then 4-16 tokens of its own; short answers only."""
-    rng = random.Random(c.seed + 1)
-    system = [rng.randrange(vocab) for _ in range(c.shared_prefix)]
-    items = workload(dataclasses.replace(c, long_frac=0.0), vocab)
-    return [(t, system + [rng.randrange(vocab) for _ in range(rng.randint(4, 16))], n) for t, _, n in items]
-
-
-def prefix_rows(model, c: BenchServeConfig) -> list:
+def prefix_rows(model, c: BenchServeConfig, rate) -> list:
     """Continuous batching with and without the prefix cache on the shared-prefix stream, interleaved;
-    each row is the pass with the least prefill time. Prefill seconds are the engine's own clock
+    each row is the pass with the least prefill time, of at most 3 passes each (a table, not a bar:
+    the saving is ~40 %, far above the noise of a min of 3). Prefill seconds are the engine's own clock
     around its prefill passes (stats["prefill_s"])."""
-    items = prefix_workload(c, model.cfg.vocab_size)
+    items = prefix_workload(c, model.cfg.vocab_size, rate)
     runs = {"no prefix cache": [], "prefix cache": []}
     reference = None
-    for rep in range(c.repeats):
+    for rep in range(min(c.repeats, 3)):
         for name in list(runs) if rep % 2 == 0 else list(runs)[::-1]:
             engine = Engine(
                 model, None, "continuous", c.max_batch, c.requests, c.prefix_blocks if "no" not in name else 0
@@ -464,7 +388,7 @@ def median_rows(runs: dict) -> list:
     return rows
 
 
-def outcome_block(rows) -> dict:
+def outcome_block(rows, rate=None) -> dict:
     """{"headline", "bar"} of outcome.json (common/outcome.py): continuous batching serves more tokens/s
     than static batching, with the same tokens (different tokens: the value is None, a fail).
 
@@ -489,7 +413,12 @@ def outcome_block(rows) -> dict:
             baseline=1.0,
             baseline_name=f"static batching, same request stream (median {by['static']['tokens_per_s']:.0f} tok/s)",
             note="continuous batching serves more tokens/s than static batching, with the same tokens; "
-            f"t interval over {len(logs)} passes"
+            + (
+                f"Poisson arrivals at {rate:.0f} requests/s (twice the continuous capacity unless --rate); "
+                if rate
+                else ""
+            )
+            + f"t interval over {len(logs)} passes"
             + ("" if same else "; continuous batching gave different tokens"),
         )
     return {
@@ -509,29 +438,31 @@ def main(argv=None):
     device = resolve_device(c.device)
     model = build_model(c, device)
     check_bench_config(c, model.cfg.block_size)
-    items = workload(c, model.cfg.vocab_size)
     out = Path(c.out)
     what = (
         f"{c.ckpt or 'random model'} ({model.num_params(non_embedding=False) / 1e6:.2f}M parameters), {device}, "
-        f"{torch.get_num_threads()} thread(s); {c.requests} requests at {c.rate:g}/s, batch {c.max_batch}"
+        f"{torch.get_num_threads()} thread(s); {c.requests} requests, batch {c.max_batch}"
     )
     with run_lock(out):
         print(what)
         warm = Engine(model, None, "continuous", 2)  # first calls allocate and pick kernels: not timed
-        serve(warm, items[:2])
+        serve(warm, at_rate(c, model.cfg.vocab_size, math.inf)[:2])
         fixed = fixed_batch_rows(model, c)
-        runs = serve_in_alternation(model, items, c)
-        rows = median_rows(runs)
-        ratios = ratio_rows(runs, c.rate)
-        prefix = prefix_rows(model, c)
+        rows, runs, rate, sweep = poisson_rows(model, c)
+        what += f"; judged at {rate:.0f} requests/s ({'--rate' if c.rate else '2x the continuous capacity'})"
+        ratios = ratio_rows(runs, rate)
+        prefix = prefix_rows(model, c, rate)
         tables = {
             f"1. a fixed batch of {c.max_batch}: the engine vs 03's padded generate (min of "
             f"{max(c.repeats, 3)} interleaved runs)": markdown_table(fixed, FIXED_COLUMNS),
-            f"2. {c.requests} requests, Poisson arrivals at {c.rate:g}/s (medians of {c.repeats} passes)": (
-                markdown_table([table_row(r) for r in rows], COLUMNS)
+            f"2. {c.requests} requests: all at once (each policy's capacity), at the judged rate "
+            f"{rate:.0f}/s ({c.repeats} passes), and the sweep (one pass each)": (
+                markdown_table([table_row(r) for r in sweep], COLUMNS)
             ),
-            "2b. continuous vs static, paired per pass": markdown_table(ratios, RATIO_COLUMNS),
-            "3. prefix caching on the same stream with a shared system prompt": markdown_table(
+            f"2b. continuous vs static at {rate:.0f} requests/s, paired per pass": markdown_table(
+                ratios, RATIO_COLUMNS
+            ),
+            f"3. prefix caching at {rate:.0f} requests/s with a shared system prompt": markdown_table(
                 prefix, tuple(prefix[0])
             ),
         }
@@ -541,6 +472,8 @@ def main(argv=None):
             out / "bench_serve.json",
             {
                 "rows": rows,
+                "rate": rate,
+                "sweep": sweep,
                 "fixed_batch": fixed,
                 "ratios": ratios,
                 "prefix_cache": prefix,
@@ -551,7 +484,7 @@ def main(argv=None):
                 "date": time.strftime("%Y-%m-%d"),
             },
         )
-        write_json(out / "outcome.json", outcome_block(rows))
+        write_json(out / "outcome.json", outcome_block(rows, rate))
         plot(rows, out / "bench_serve.png", what)
         write_manifest(
             out,

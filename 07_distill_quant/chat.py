@@ -35,7 +35,8 @@ from common.cli import UserError, check_config, option, parse_config, run_cli
 from chat_template import encode_prompt, special_ids  # 05_sft_lora
 from feedback_data import append_feedback, feedback_path_for  # 05_sft_lora
 
-from batching import PENALTY_RANGE, Engine, Request, SamplingParams  # this stage
+from batching import Engine  # this stage
+from serve_request import PENALTY_RANGE, Request, SamplingParams  # this stage
 from served_model import model_from_flags  # this stage
 
 SETTINGS = ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")

@@ -29,7 +29,7 @@ import json
 import time
 import uuid
 
-from batching import PENALTY_RANGE, Request, SamplingParams  # this stage
+from serve_request import PENALTY_RANGE, Request, SamplingParams  # this stage
 
 MAX_DEPTH = 32  # deepest nesting of arrays/objects a body may have (OpenAI's bodies need ~5)
 MAX_N = 8  # answers per request

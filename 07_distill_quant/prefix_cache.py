@@ -16,7 +16,7 @@ the shared part is skipped; only the suffix runs through the model, attending to
 
 How it differs from vLLM / nano-vllm. There the KV cache itself is a pool of blocks and a sequence's
 block table points at shared blocks (no copy, reference counts, copy-on-write for a partial block).
-Our engine's cache is one contiguous row per slot (batching.SlotCache), so a hit is *copied* from this
+Our engine's cache is one contiguous row per slot (slot_cache.SlotCache), so a hit is *copied* from this
 store into the row: a memory copy of n·2L·Hkv·hd numbers instead of the model's FLOPs over n tokens.
 Only whole blocks are cached, and at least one prompt token is always recomputed (its logits give the
 first answer token). Eviction is least-recently-used over blocks; a block is only useful with all

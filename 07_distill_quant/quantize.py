@@ -9,33 +9,15 @@ Reads <run>/sft/ when it holds a finished fine-tuned model (a LoRA adapter is me
 data/tasks/sft_heldout.jsonl (exact match, for a fine-tuned model only). Writes <run>/quant/: model.pt (the
 quantized checkpoint, quant_linear.save_quantized), outcome.json, tables.md, quant.png, manifest.json.
 The layers, formats and checkpoint live in quant_linear.py, GPTQ in gptq.py, the stored formulas and the Triton
-kernel in kernels/quant_matmul.py. This file measures: the outlier table and the outcome table.
+kernel in kernels/quant_matmul.py. This file is the command: it builds every format, prints the tables and
+sets the bars.
 
-## One number
-    symmetric    s = max|w| / qmax (qmax = 2^(b-1) - 1)     q = clamp(round(w / s), -qmax, qmax)        ŵ = q·s
-    asymmetric   s = (max w - min w) / (2^b - 1)   z = round(-min w / s)   q = clamp(round(w/s) + z, 0, 2^b - 1)
-                 ŵ = (q - z)·s    (min and max widened to include 0, so a 0 weight stays exactly 0)
-Rounding to nearest moves each weight by at most s/2, and no weight is clipped (s comes from the max). For a
-layer y = x·Ŵᵀ that bounds the error of every output exactly:
-    |y_n - ŷ_n| = |Σ_k x_k (W_nk - Ŵ_nk)| ≤ Σ_k |x_k| · s(n, k) / 2      (what tests/test_07_quant.py checks)
-The symmetric grid wastes one side when a set is skewed (all weights > 0: half the codes unused); the zero point
-uses all 2^b levels for [min, max] at the price of one more number per set and a subtraction.
-
-## Who shares a scale: the tensor, an output channel, a group
-The largest |w| of a set sets the step for every weight in it, so the typical error, ~s/√12 ∝ max|w| / qmax,
-is large relative to a typical |w| when max|w| / mean|w| is large (an outlier).
-    per tensor    one s for all N·K weights: one outlier coarsens the grid of the whole matrix;
-    per channel   one s per output row n: a large row hurts only itself, and s_n factors out of the dot product
-                  (y_n = s_n · Σ_k x_k q_nk): one multiply per output;
-    per group     one s per G consecutive inputs k of a row: an outlier *input* feature (the same k in every row,
-                  the pattern LLM weights show) is confined to one group per row. INT4 needs it: 15 levels are too
-                  few for a whole row. It costs 2 bytes per G weights (G = 128: 0.016 bytes/weight).
-`weight_stats` shows max|w| / mean|w| and the error of each granularity for every layer of the model
-(`fake_quantize`: quantize-dequantize in fp32, any granularity, the "simulated" quantization of QAT papers).
+How a weight becomes a few bits, and why who shares a scale matters: quant_granularity.py (with the
+outlier table this command prints). How each format is measured: quant_measure.py.
 
 Interview questions it answers:
-- Symmetric or asymmetric, per tensor, channel or group: what does each cost and buy? (sections above)
-- Why do outliers hurt per-tensor scales? (the max sets the step for all; see max|w|/mean|w| in the table)
+- Symmetric or asymmetric, per tensor, channel or group? Why do outliers hurt per-tensor scales?
+  (quant_granularity.py; the outlier table shows max|w|/mean|w| beside each granularity's error)
 - Why is the INT4 model slower than fp32 on a CPU here? (the CPU path is the readable reference: it dequantizes the
   whole weight on every call; the GPU kernel reads the int bytes and wins because decoding is memory-bound,
   bench_quant_decode.py)
@@ -43,8 +25,6 @@ Interview questions it answers:
   held-out set is coarse: a 0.5 % perplexity change rarely flips a greedy answer)
 """
 
-import copy
-import math
 import os
 import platform
 import time
@@ -53,7 +33,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 # Cross-stage imports (README, "How the code is laid out").
 REPO = Path(__file__).resolve().parents[1]
@@ -72,191 +51,28 @@ from common.runs import check_artifact, claim_output, run_lock, staged_dir, writ
 from common.devices import resolve_device
 from common.outcome import make_bar
 from common.stats import paired_bootstrap_interval
-from decoding import generate  # 03_model
 from bpe import BPETokenizer  # 02_tokenizer
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
 from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
-from metrics import perplexity  # 05_sft_lora
-from finetuned import generate_answers, load_finetuned, score  # 05_sft_lora
+from finetuned import load_finetuned  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
 
-from compress_eval import window_losses  # 07 (here)
+from quant_granularity import STAT_COLUMNS, weight_stats  # 07 (here)
+from quant_measure import INT8_MAX_LOSS, EvalData, compare_formats, measure, tokens_per_second  # 07 (here)
 from quant_linear import (
-    FLOAT_FORMATS,
-    QuantSpec,
     format_name,
     load_float_model,
     load_quantized,  # 07 (here)
     model_bytes,
     padded_in_features,
     parse_format,
-    quantize_model,
     save_quantized,
     target_layers,
 )
 
 DEFAULT_COMPARE = ["fp32", "bf16", "int8", "w8a8", "int4-g128", "int4-g32", "int4-g32-gptq"]
 GOALS = {"int8": 1.0, "int4-g32": 5.0}  # issue 14: perplexity change ≤ 1 % (INT8), ≤ 5 % (INT4-g32)
-
-
-# ----------------------------------------------------------------------------------------------------
-# 1. Why the granularity of the scale matters: the model's own weights
-# ----------------------------------------------------------------------------------------------------
-def fake_quantize(w, bits, per, symmetric=True):
-    """Ŵ (N, K): w quantized and dequantized in fp32 with one scale (and zero point) per `per`: "tensor",
-    "channel" (a row of W) or an int G (G consecutive inputs of a row; G divides K)."""
-    # >>> exercise: group w into sets by `per`, then per set: symmetric s = max|w| / (2^(b-1) - 1); asymmetric: widen [min, max] to hold 0, s = range / (2^b - 1)
-    N, K = w.shape
-    w = w.float()
-    sets = w.reshape(1, N * K) if per == "tensor" else w if per == "channel" else w.reshape(N, K // per, per)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        s = (sets.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=1e-12)
-        w_hat = torch.round(sets / s).clamp(-qmax, qmax) * s
-    else:
-        lo = sets.amin(dim=-1, keepdim=True).clamp(max=0)
-        hi = sets.amax(dim=-1, keepdim=True).clamp(min=0)
-        s = ((hi - lo) / (2**bits - 1)).clamp(min=1e-12)
-        z = torch.round(-lo / s)
-        w_hat = ((torch.round(sets / s) + z).clamp(0, 2**bits - 1) - z) * s
-    return w_hat.reshape(N, K)
-    # <<< exercise
-
-
-def relative_error(w, w_hat) -> float:
-    return float((w_hat - w.float()).norm() / w.float().norm())
-
-
-STAT_COLUMNS = {
-    "int8_tensor": (8, "tensor", True),
-    "int8_channel": (8, "channel", True),
-    "int4_channel": (4, "channel", True),
-    "int4_g32": (4, 32, True),
-    "int4_g32_asym": (4, 32, False),
-}
-
-
-@torch.no_grad()
-def weight_stats(model, targets) -> list:
-    """One row per target layer: max|w| / mean|w| and the relative error ‖Ŵ - W‖ / ‖W‖ per scale granularity."""
-    rows = []
-    for name in target_layers(model, targets):
-        w = model.get_submodule(name).weight.detach().float()
-        row = {"layer": name, "shape": list(w.shape), "max_over_mean": float(w.abs().max() / w.abs().mean())}
-        for column, (bits, per, symmetric) in STAT_COLUMNS.items():
-            fits = isinstance(per, str) or w.shape[1] % per == 0
-            row[column] = relative_error(w, fake_quantize(w, bits, per, symmetric)) if fits else None
-        rows.append(row)
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------------
-# 2. Measuring a variant: bytes, perplexity, exact match, tokens/s
-# ----------------------------------------------------------------------------------------------------
-@dataclass
-class EvalData:
-    val: object  # validation token shard (04's memmap)
-    calibration: list  # GPTQ: (B, T) token batches from the training shard
-    tok: BPETokenizer
-    heldout: list  # conversations for exact match; [] = not measured
-    windows: int
-    max_new_tokens: int
-    device: str
-
-
-def build_variant(float_model, spec: QuantSpec, cfg, data: EvalData):
-    """(model, layer metas, seconds): a copy of the float model cast or quantized to `spec`."""
-    t0 = time.perf_counter()
-    model = copy.deepcopy(float_model)
-    if spec.bits == 0:
-        return model.to(FLOAT_FORMATS[spec.name]).eval(), {}, time.perf_counter() - t0
-    layers = quantize_model(
-        model, spec, cfg.targets, cfg.pad_groups, data.calibration if spec.method == "gptq" else (), cfg.damp
-    )
-    return model.eval(), layers, time.perf_counter() - t0
-
-
-@torch.no_grad()
-def measure(model, spec: QuantSpec, data: EvalData) -> dict:
-    """Size, validation perplexity on 04's fixed windows, and (for a chat model) held-out exact match."""
-    T = model.cfg.block_size
-    per_window = window_losses(model, data.val, data.windows, data.device)  # 04's fixed windows, (windows,)
-    loss, n = float(per_window.mean()), data.windows * T  # windows of T tokens each: the token mean
-    row = {
-        "format": spec.name,
-        "bytes": model_bytes(model),
-        "val_ppl": perplexity(loss * n, n),
-        "val_loss": loss,
-        "window_loss": per_window.tolist(),  # the unit the bars' paired intervals resample
-    }
-    if data.heldout:
-        answers = generate_answers(
-            model, data.tok, [r["messages"] for r in data.heldout], data.max_new_tokens, data.device
-        )
-        row.update({k: v for k, v in score(answers, data.heldout).items() if k != "n"})
-    return row
-
-
-@torch.no_grad()
-def tokens_per_second(model, prompt, n_new) -> float:
-    """Greedy generation with 03's KV cache: new tokens per wall-clock second (batch of len(prompt))."""
-    if prompt.is_cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    generate(model, prompt, n_new, temperature=0)
-    if prompt.is_cuda:
-        torch.cuda.synchronize()
-    return prompt.shape[0] * n_new / (time.perf_counter() - t0)
-
-
-@torch.no_grad()
-def kl_to_reference(model, x, ref_logp) -> float:
-    """Mean over positions of KL(p_fp32 ‖ p_model) = Σ_v p_ref(v) (log p_ref(v) - log p(v)), nats per token.
-    A perplexity change sums signed per-token changes that partly cancel (on a small model it can even come
-    out negative by chance); the KL is ≥ 0 and 0 only for identical predictions, so it ranks formats steadily.
-    Between nearly identical distributions (int8) the true KL is ~1e-6 and float32 rounding of the sum is
-    ~1e-8 with either sign, so the sum is taken in float64 and what rounding leaves below 0 is clamped to 0."""
-    logp = F.log_softmax(model(x)[0].double(), dim=-1)
-    per_position = F.kl_div(logp, ref_logp.double(), log_target=True, reduction="none").sum(-1)
-    return float(per_position.clamp(min=0).mean())
-
-
-def compare_formats(float_model, specs, cfg, data: EvalData, rounds=3):
-    """(rows, models, layer metas) for each format; tokens/s is the best of `rounds` passes over all the models,
-    interleaved, so a busy spell of a shared machine hits every format alike."""
-    rows, models, metas = [], {}, {}
-    T = float_model.cfg.block_size
-    x = get_batch(data.val, eval_starts(len(data.val), T, min(data.windows, 16)), T, data.device)[0]
-    with torch.no_grad():
-        ref_logp = F.log_softmax(float_model(x)[0].double(), dim=-1)  # (B, T, V) of the fp32 model
-    for spec in specs:
-        model, layers, seconds = build_variant(float_model, spec, cfg, data)
-        row = {
-            **measure(model, spec, data),
-            "kl_fp32": kl_to_reference(model, x, ref_logp),
-            "quantize_s": seconds,
-        }
-        if layers and "calib_error_gptq" in next(iter(layers.values())):
-            for key in ("calib_error_rtn", "calib_error_gptq"):
-                row[key] = sum(m[key] for m in layers.values()) / len(layers)
-        rows.append(row)
-        models[spec.name], metas[spec.name] = model, layers
-        print(
-            f"{spec.name:>14}: perplexity {row['val_ppl']:.4f}, KL to fp32 {row['kl_fp32']:.2e}"
-            + (f", exact match {row['exact_match']:.3f}" if "exact_match" in row else ""),
-            flush=True,
-        )
-    prompt = torch.as_tensor(data.val[:16].astype("int64"), device=data.device)[None]
-    n_new = min(cfg.gen_tokens, T - prompt.shape[1])
-    for _ in range(rounds):
-        for row in rows:
-            row["tok_s"] = max(row.get("tok_s", 0.0), tokens_per_second(models[row["format"]], prompt, n_new))
-    base = next((r for r in rows if r["format"] == "fp32"), rows[0])
-    for row in rows:
-        row["vs_fp32_bytes"] = row["bytes"] / base["bytes"]
-        row["ppl_change_pct"] = 100 * (row["val_ppl"] / base["val_ppl"] - 1)
-    return rows, models, metas
 
 
 def goal_lines(rows) -> list:
@@ -514,7 +330,6 @@ def evaluate_saved(cfg, device):
 
 # A quantized model is judged as quality at a size: the trivial ways to shrink it (cast to bf16, round
 # each weight to the nearest level) are the baselines, so a bar they pass too says nothing.
-INT8_MAX_LOSS = math.log(1.01)  # +1 % perplexity = +0.00995 nats/token (issue 14's INT8 goal)
 
 
 def paired_loss_bar(metric, rows_by, name, ref, threshold, baseline_name, note) -> dict:

@@ -29,7 +29,7 @@ checkpoint names (stored relative to the checkpoint's folder), or --tokenizer.
 
 How it is built: one ThreadingHTTPServer thread per connection (http_edge.py: deadlines, connection
 cap, protocol edges, who may call) reads and checks the request (openai_api.py), then hands
-batching.Requests to the one Engine thread (batching.py), which owns the model and decodes every
+serve_request.Requests to the one Engine thread (batching.py), which owns the model and decodes every
 running request together; the handler thread streams the text as it appears. A failure while
 sampling one request ends that request alone; a bug in the shared forward pass ends the running ones
 with 500, and the server goes on. GET /metrics reports latency, errors, throughput and load
@@ -76,7 +76,8 @@ from common.devices import resolve_device
 from chat_template import ROLES, encode_prompt  # 05_sft_lora
 from feedback_data import append_feedback, feedback_path_for  # 05_sft_lora
 
-from batching import POLICIES, Engine, QueueFull, Request  # this stage
+from batching import POLICIES, Engine  # this stage
+from serve_request import QueueFull, Request  # this stage
 from openai_api import (  # this stage
     CHAT_FIELDS,
     COMPLETION_FIELDS,

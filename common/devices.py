@@ -25,9 +25,21 @@ has no barrier to wait at, and a tiny product gains almost nothing from a second
 An explicit choice always wins: `--threads N` (through `set_threads`) or OMP_NUM_THREADS /
 MKL_NUM_THREADS in the environment leave the thread count alone everywhere.
 
+Training keeps two threads, and they meet at a barrier after every parallel piece of every matmul.
+How a thread waits there is OpenMP's wait policy: by default (libgomp, which torch's CPU build uses) it
+spins for a while before it sleeps. On an idle machine the spin saves a wake-up; on a busy one it burns
+the core the late thread needs: beside two busy processes a 2-thread pretraining step took 2.4-7.4x
+its quiet time. With OMP_WAIT_POLICY=PASSIVE the waiting thread sleeps at once and the late one gets
+the core: the same step took 1.6-1.7x (07_distill_quant/bench_contention.py). libgomp reads the variable once,
+when `import torch` loads it, so no function can change it afterwards: `common.layout.stage_env`
+puts it in the environment of every stage run_all.py starts (a user's own OMP_WAIT_POLICY or
+GOMP_SPINCOUNT wins), and a stage run by hand on a busy machine wants `OMP_WAIT_POLICY=PASSIVE`.
+
 Interview questions it answers:
 - Why is "auto" the default? (the same command runs on a laptop and on a GPU node; the fastest
   correct path on each device is chosen at run time, never by editing code)
+- What does OMP_WAIT_POLICY change? (whether a thread that reaches a barrier first spins on its core
+  or sleeps; spinning wins by microseconds on an idle machine and loses whole time slices on a busy one)
 - Why can more threads make decoding slower? (a decoding step is many tiny matmuls, each ending in
   a barrier; with more runnable threads than free cores, the threads that arrive first busy-wait
   for a descheduled one, so the step takes as long as the slowest thread's wait for a core)

@@ -21,6 +21,7 @@ Interview question it answers:
   line; the order and the inputs of each step are visible in one place, as in a Makefile)
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,15 @@ STAGES = [
         needs_tasks=True,
         optional=True,
     ),
+    # the loop from serving back to training: a simulated user rates the SFT model, sft.py --feedback learns
+    Stage(
+        "feedback_loop",
+        "05_sft_lora/feedback_loop.py",
+        "feedback_loop",
+        ("data", *PRE, "sft"),
+        needs_tasks=True,
+        optional=True,
+    ),
     # 06: alignment. The reward model first (PPO and RLAIF use it), the methods, then their common table.
     Stage("reward_model", "06_rlhf_dpo/reward_model.py", "rm", ("data", "sft"), needs_tasks=True),
     Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", ("data", "sft"), needs_tasks=True),
@@ -106,6 +116,8 @@ STAGES = [
     Stage("speculative", "07_distill_quant/speculative.py", "speculative", ("pretrain", "distill")),
     Stage("prune", "07_distill_quant/prune.py", "prune", PRE),
     Stage("quantize", "07_distill_quant/quantize.py", "quant", ("data", *PRE)),
+    # the run's model leaves the repository: Hugging Face files and ONNX, loaded back and compared
+    Stage("export", "07_distill_quant/export_roundtrip.py", "export", PRE, optional=True),
     Stage("serve", "07_distill_quant/bench_serve.py", "serve", ("pretrain",), run_flag="", overwrite=False),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
@@ -165,3 +177,18 @@ def task_file(run, given, name) -> Path:
         return Path(given)
     check_artifact(RunLayout(run).data, made_by=RunLayout(run).made_by("data"))
     return RunLayout(run).tasks / name
+
+
+# How OpenMP threads wait at a barrier, for every stage run_all.py starts: sleep at once instead of
+# spinning, so a busy machine does not make a 2-thread training step 4-15x slower (common/devices.py
+# explains; libgomp reads it only when torch loads, hence the environment and not a function call).
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def stage_env(env=None) -> dict:
+    """The environment to start a stage's process in: `env` (default: this process's) plus
+    WAIT_POLICY, unless it already chooses a wait policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT)."""
+    env = dict(os.environ if env is None else env)
+    if not any(env.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        env.update(WAIT_POLICY)
+    return env

@@ -36,6 +36,8 @@ from common.report_pretraining import (
 )
 from common.report_posttraining import (
     distill_section,
+    export_section,
+    feedback_loop_section,
     prune_section,
     quantize_section,
     reward_model_section,
@@ -106,6 +108,7 @@ SECTIONS = {
     "knowledge_update": headline_section(
         "knowledge_update", "05 Knowledge update: people move (optional: `--add knowledge_update`)"
     ),
+    "feedback_loop": feedback_loop_section,
     "reward_model": reward_model_section,
     "dpo": rl_method_section("dpo"),
     "ppo": rl_method_section("ppo"),
@@ -117,6 +120,7 @@ SECTIONS = {
     "speculative": speculative_section,
     "prune": prune_section,
     "quantize": quantize_section,
+    "export": export_section,
     "serve": serve_section,
 }
 

@@ -1,6 +1,7 @@
 """The report card's sections for stages 05-07 (SFT and its method comparison, the reward model, DPO,
-PPO, GRPO, their comparison, distillation, speculative decoding, pruning, quantization, serving): one
-function per stage, (run folder, figure folder) -> Section, each reading only its stage's files.
+PPO, GRPO, their comparison, distillation, speculative decoding, pruning, quantization, serving, and the
+optional feedback loop and export round trip): one function per stage, (run folder, figure folder) ->
+Section, each reading only its stage's files.
 
     from common.report_posttraining import sft_section
     s = sft_section(Path("runs/tiny"), None)
@@ -10,7 +11,7 @@ Laid out by common/report_card.py; the shared pieces are in common/report_parts.
 
 from common.files import markdown_table
 from common.layout import RunLayout
-from common.report_parts import Section, figure, num, outcome, stage_block
+from common.report_parts import Section, bar_line, figure, num, outcome, stage_block, verdict
 
 
 def sft_section(run, figs) -> Section:
@@ -263,4 +264,47 @@ def serve_section(run, figs) -> Section:
             figure(RunLayout(run).serve / "bench_serve.png", "serving"),
         ]
     )
+    return s
+
+
+def feedback_loop_section(run, figs) -> Section:
+    s = Section(
+        "feedback_loop",
+        "05 Feedback loop: rate the SFT model, train on the ratings (optional: `--add feedback_loop`)",
+    )
+    o = outcome(run, "feedback_loop")
+    if o is None or not stage_block(s, run, "feedback_loop"):
+        return s
+    r = o["ratings"]
+    s.body = "\n\n".join(
+        [
+            f"A simulated user who knows the world asked {r['ratings']} questions: {r['up']} answers rated up, "
+            f"{r['down']} down, each with the right answer (feedback/feedback.jsonl, written by the server's "
+            "append function). loop: sft.py --feedback from the served model; control: the same round "
+            "without the feedback; majority: the commonest value of the attribute, said for everyone.",
+            o["table"],
+            "\n".join(f"- {bar_line(b)}: {verdict(b['passed'])}" for b in o.get("bars", [])),
+        ]
+    )
+    return s
+
+
+def export_section(run, figs) -> Section:
+    s = Section("export", "07 Export: Hugging Face and ONNX files loaded back (optional: `--add export`)")
+    o = outcome(run, "export")
+    if o is None or not stage_block(s, run, "export"):
+        return s
+    hf = o.get("transformers")
+    lines = [f"- {k}: skipped ({v})" for k, v in o.get("skipped", {}).items()]
+    if hf:
+        lossy = ", ".join(f"{k}-rounded {v:.1e}" for k, v in hf["lossy_max_abs_logit_diff"].items())
+        tok = hf.get("tokenizer_equal")
+        lines.append(
+            f"- transformers ({hf['architecture']}): max |Δ logit| {hf['max_abs_logit_diff']:.1e} over "
+            f"{hf['logits_compared']:,} logits (tolerance {o['tolerance']:g}; the same weights {lossy}); "
+            f"greedy tokens equal on {hf['greedy_equal']}/{hf['prompts']} prompts"
+            + (f"; tokenizer.json ids equal on {tok['equal']}/{tok['texts']} texts" if tok else "")
+        )
+    lines += [f"- {bar_line(b)}: {verdict(b['passed'])}" for b in o.get("bars", [])]
+    s.body = "\n\n".join([o.get("data", ""), o.get("table", ""), "\n".join(lines)])
     return s

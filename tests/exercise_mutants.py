@@ -34,7 +34,7 @@ class M(NamedTuple):
 
 MUTANTS: dict[str, list[M]] = {
     # ------------------------------------------------------------------------------ 01_data
-    "01_data/clean.py:luhn_ok": [
+    "01_data/pii.py:luhn_ok": [
         M(
             "i % 2 == 0",
             "i % 2 == 1",
@@ -523,12 +523,12 @@ MUTANTS: dict[str, list[M]] = {
         M("torch.exp(r) - r - 1", "0.5 * r**2", "k2, not k3"),
     ],
     # ---------------------------------------------------------------------- 07_distill_quant
-    "07_distill_quant/batching.py:cut_at_stop": [
+    "07_distill_quant/serve_request.py:cut_at_stop": [
         M("min(hits)", "max(hits)", "cuts at the latest stop, not the earliest"),
         M("if i >= 0]", "if i > 0]", "misses a stop string at position 0"),
         M("text.find(s)", "text.rfind(s)", "the last occurrence of each stop"),
     ],
-    "07_distill_quant/batching.py:held_back": [
+    "07_distill_quant/serve_request.py:held_back": [
         M(
             "range(min(len(s) - 1, len(text)), 0, -1)",
             "range(1, min(len(s) - 1, len(text)) + 1)",
@@ -537,12 +537,12 @@ MUTANTS: dict[str, list[M]] = {
         M("n = max(n, k)", "n = k", "the last stop string wins, not the longest hold"),
         M('text.rstrip("\\ufffd")', "text.rstrip()", "strips whitespace, not replacement characters"),
     ],
-    "07_distill_quant/batching.py:SlotCache.move_columns": [
+    "07_distill_quant/slot_cache.py:SlotCache.move_columns": [
         M("        self.mask[:] = False\n", "", "stale mask columns stay visible"),
         M("s + shift for s in self.start", "s for s in self.start", "start columns not moved"),
         M("self.kv.pos += shift", "pass", "the cache's write position not moved"),
     ],
-    "07_distill_quant/batching.py:SlotCache.decode": [
+    "07_distill_quant/slot_cache.py:SlotCache.decode": [
         M("self.mask[:B, : self.pos + 1]", "self.mask[:B, : self.pos]", "the new token does not see itself"),
         M("        self.make_room()\n", "", "no room made at the last column"),
         M("self.kv.pos = rows.pos", "pass", "the write position does not advance"),
@@ -595,7 +595,7 @@ MUTANTS: dict[str, list[M]] = {
             survives="sequential has one slot: waiting for its batch is waiting for its one request",
         ),
     ],
-    "07_distill_quant/bench_serve.py:workload": [
+    "07_distill_quant/serve_workload.py:workload": [
         M("t += rng.expovariate(c.rate)", "t += 1 / c.rate", "evenly spaced arrivals, not Poisson"),
         M("rng.expovariate(c.rate)", "rng.expovariate(1 / c.rate)", "gaps of mean rate, not 1/rate"),
         M(
@@ -655,7 +655,7 @@ MUTANTS: dict[str, list[M]] = {
             "drops the largest",
         ),
     ],
-    "07_distill_quant/prune.py:taylor_scores": [
+    "07_distill_quant/structured_pruning.py:taylor_scores": [
         M(
             "torch.autograd.grad(loss, xi)[0].abs()",
             "torch.autograd.grad(loss, xi)[0]",
@@ -669,7 +669,7 @@ MUTANTS: dict[str, list[M]] = {
         M("x2.abs().amax(dim=-1)", "x2.abs().amax().expand(x2.shape[0])", "one scale for all tokens"),
         M(" * qw.scales.float()[None, :]", "", "forgets the weight scales"),
     ],
-    "07_distill_quant/quantize.py:fake_quantize": [
+    "07_distill_quant/quant_granularity.py:fake_quantize": [
         M("qmax = 2 ** (bits - 1) - 1", "qmax = 2 ** (bits - 1)", "qmax 128 at 8 bits: +128 does not exist"),
         M(
             "lo = sets.amin(dim=-1, keepdim=True).clamp(max=0)",

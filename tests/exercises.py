@@ -77,7 +77,7 @@ CHEAP_FIXTURES = {"tmp_path", "monkeypatch", "capsys", "repo_root", "request", "
 # "stage/file.py:Qual.name" -> test function names in the stage's test files, when the rule above
 # would pick a slow end-to-end test or none at all. Keep every list to fast tests (CI runs them).
 GRADED_BY: dict[str, list[str]] = {
-    "01_data/clean.py:luhn_ok": ["test_mask_pii", "test_luhn_by_hand_including_a_doubled_five"],
+    "01_data/pii.py:luhn_ok": ["test_mask_pii", "test_luhn_by_hand_including_a_doubled_five"],
     "01_data/dedup.py:candidate_pairs": [
         "test_lsh_curve_and_dedup_on_text",
         "test_lsh_probability_pairs_and_roots_by_hand",
@@ -134,7 +134,7 @@ GRADED_BY: dict[str, list[str]] = {
     "05_sft_lora/chat_template.py:token_logprobs": [
         "test_masked_logprob_helpers_sum_only_the_trained_positions"
     ],
-    "07_distill_quant/batching.py:SlotCache.decode": [
+    "07_distill_quant/slot_cache.py:SlotCache.decode": [
         "test_stop_id_ends_the_answer_and_is_kept_in_the_ids_only",
         "test_every_policy_gives_each_request_the_tokens_it_gets_alone",
     ],

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pathlib
 import random
 import re
 import signal
@@ -22,15 +23,12 @@ from clean import (
     fix_encoding,
     is_biased,
     is_toxic,
-    cn_id_ok,
-    luhn_ok,
-    mask_pii,
-    mask_pii_counts,
     normalize_unicode,
     quality_problems,
     strip_boilerplate,
     strip_markup,
 )
+from pii import cn_id_ok, luhn_ok, mask_pii, mask_pii_counts
 from common.runs import check_artifact, run_lock
 from dedup import (
     DedupConfig,
@@ -60,7 +58,8 @@ from noise_inject import (
     to_mojibake,
 )
 from data_outcome import BAR, NOT_CLAIMED, format_table, wilson
-from prepare import PrepareConfig, cut_document, prepare, read_documents
+from input_documents import cut_document, read_documents
+from prepare import PrepareConfig, prepare
 from tasks import task_records
 from world import ITEMS, WorldConfig, build_world
 from world_corpus import generate_corpus
@@ -582,7 +581,8 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     # shards, 2 worker processes, dedup and split over keys and signatures only: every document must
     # land where the in-memory run put it, and every step must count the same characters
     from data_outcome import step_table
-    from prepare import decide_streamed, generated_documents
+    from input_documents import generated_documents
+    from prepare import decide_streamed
     from prepare_stream import clean_all_streamed
 
     data, stats = default_run
@@ -602,7 +602,8 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
 
 def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
     from data_outcome import step_table
-    from prepare import decide_streamed, generated_documents
+    from input_documents import generated_documents
+    from prepare import decide_streamed
     from prepare_stream import clean_all_streamed
 
     cfg = PrepareConfig(chars=200_000, line_dedup_docs=10)
@@ -1068,9 +1069,30 @@ def test_shard_signatures_read_from_disk_index_like_the_matrix(tmp_path):
     assert record["id"] == "in0000001" and "chars" in record and "text" not in record
 
 
+def in_memory_documents(paths, cfg) -> list:
+    """The reader prepare.py had before input was streamed: whole files, split by one regex."""
+    from common.files import read_jsonl, read_text
+    from input_documents import DOMAINS
+
+    docs = []
+    for p in map(pathlib.Path, paths):
+        if p.suffix == ".jsonl":
+            units = [
+                (r.get("domain") if r.get("domain") in DOMAINS else cfg.input_domain, r["text"])
+                for r in read_jsonl(p)
+            ]
+        else:
+            text = read_text(p)
+            blocks = {"line": text.split("\n"), "file": [text]}.get(cfg.txt_split) or re.split(
+                r"\n[ \t\u3000]*\n", text
+            )
+            units = [(cfg.input_domain, b) for b in blocks]
+        docs += [(d, t) for d, u in units for t in cut_document(u.strip(), cfg.max_doc_chars) if t.strip()]
+    return [{"id": f"in{i:07d}", "domain": d, "lang": "", "text": t} for i, (d, t) in enumerate(docs)]
+
+
 def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
-    from prepare import DOMAINS
-    from prepare_stream import iter_documents
+    from input_documents import iter_documents
 
     long = " ".join(f"Sentence {i} is here." for i in range(200))
     txt = tmp_path / "a.txt"
@@ -1079,8 +1101,8 @@ def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
     jl.write_text('{"text": "x y z", "domain": "code"}\n\n{"text": "w"}\n', encoding="utf-8")
     for split in ("blank", "line", "file"):
         cfg = PrepareConfig(input=(str(txt), str(jl)), txt_split=split, max_doc_chars=500)
-        streamed = list(iter_documents(cfg.input, cfg, cut_document, DOMAINS))
-        assert streamed == read_documents(cfg.input, cfg), split
+        streamed = list(iter_documents(cfg.input, cfg))
+        assert streamed == in_memory_documents(cfg.input, cfg) == read_documents(cfg.input, cfg), split
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1089,7 +1111,7 @@ def test_streamed_reader_cuts_documents_like_the_in_memory_one(tmp_path):
 
 
 def test_luhn_by_hand_including_a_doubled_five():
-    from clean import luhn_ok
+    from pii import luhn_ok
 
     # 79927398713 from the right: 3 + 2·1 + 7 + (2·8 = 16 -> 7) + 9 + 2·3 + 7 + 2·2 + 9 + (2·9 = 18 -> 9) + 7
     # = 3 + 2 + 7 + 7 + 9 + 6 + 7 + 4 + 9 + 9 + 7 = 70 -> valid; change the check digit and it is not

@@ -14,7 +14,7 @@ from lora import inject_lora, lora_modules, merge_lora, set_adapter, unmerge_lor
 from packing import collate_padded
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, marker_ids, save_prefix
 from finetuned import answer_requests, generate_answers
-import compare
+import compare_outcome
 import multi_adapter
 
 WORDS = ["red", "green", "blue", "cat", "dog", "sun"]
@@ -106,11 +106,13 @@ def test_the_bars_can_fail():
     rng = np.random.default_rng(0)
     full = {"acc": list(rng.random(400) < 0.8)}
     worse = {"acc": [a and r > 0.25 for a, r in zip(full["acc"], rng.random(400))]}  # ~0.6
-    assert not compare.noninferiority_bar("lora", worse, full)["passed"]
-    assert compare.noninferiority_bar("lora", full, full)["passed"]  # identical on 400: interval [0, 0]
+    assert not compare_outcome.noninferiority_bar("lora", worse, full)["passed"]
+    assert compare_outcome.noninferiority_bar("lora", full, full)[
+        "passed"
+    ]  # identical on 400: interval [0, 0]
     few = {"acc": full["acc"][:40]}
     flipped = {"acc": [not a if i % 5 == 0 else a for i, a in enumerate(few["acc"])]}
-    assert not compare.noninferiority_bar("lora", flipped, few)["passed"]  # 40 questions: too wide
+    assert not compare_outcome.noninferiority_bar("lora", flipped, few)["passed"]  # 40 questions: too wide
     same = {t: {"acc": [1, 0, 1, 1, 0, 1], "em": [0] * 6} for t in ("x", "y")}
     res = {"adapter x": same, "adapter y": same}
     assert not any(b["passed"] for b in multi_adapter.switching_bars(res, ["x", "y"]))
@@ -118,7 +120,7 @@ def test_the_bars_can_fail():
 
 def test_within_the_margin_of_a_full_fine_tune_that_beats_nothing_does_not_pass():
     """sft_compare: a method equal to full passes only when full itself beats the cheap baselines."""
-    from compare import outcome_block
+    from compare_outcome import outcome_block
 
     def bar(passed, lo):
         return {"passed": passed, "interval": [lo, lo + 0.1], "metric": "m", "value": lo + 0.05}

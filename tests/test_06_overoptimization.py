@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import overoptimization
-import ppo
+import ppo_outcome
 import rlaif
 from gold_reward import best_of_n, bon_kl
 
@@ -121,14 +121,14 @@ def ppo_bar_inputs(sft_gold, ppo_gold, proxy_after):
 
 def test_ppo_bar_is_the_gold_reward_over_sft_and_fails_when_only_the_proxy_rose():
     sft = [0.25] * 40
-    bars = ppo.ppo_bars(*ppo_bar_inputs(sft, [0.75] * 40, proxy_after=1.0))
+    bars = ppo_outcome.ppo_bars(*ppo_bar_inputs(sft, [0.75] * 40, proxy_after=1.0))
     assert all("gold" in b["metric"] for b in bars) and bars[0]["passed"]
     assert math.isclose(bars[0]["value"], 0.5) and bars[0]["baseline_name"] == "SFT (before PPO)"
     # the proxy soared, the gold fell: the bar reads the gold and fails
-    bars = ppo.ppo_bars(*ppo_bar_inputs(sft, [0.0] * 40, proxy_after=100.0))
+    bars = ppo_outcome.ppo_bars(*ppo_bar_inputs(sft, [0.0] * 40, proxy_after=100.0))
     assert not bars[0]["passed"] and bars[0]["value"] < 0
     # equal to SFT is not better
-    assert not ppo.ppo_bars(*ppo_bar_inputs(sft, sft, proxy_after=5.0))[0]["passed"]
+    assert not ppo_outcome.ppo_bars(*ppo_bar_inputs(sft, sft, proxy_after=5.0))[0]["passed"]
 
 
 def test_rlaif_agreement_counts_ties_half_and_the_judge_must_beat_the_length_rule():

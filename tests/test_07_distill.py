@@ -35,18 +35,8 @@ from distill import DistillConfig
 from distill_outcome import add_gaps, deciding_bar, distill_bar, gap_closed
 from distill_student import check_student, evenly_spaced, make_student, student_config, train_student
 from kd_losses import feature_loss, kd_loss, layer_pairs, projections
-from prune import (
-    PruneConfig,
-    apply_masks,
-    gates,
-    heads_to_keep,
-    magnitude_masks,
-    neurons_to_keep,
-    prunable_weights,
-    recovery_finetune,
-    remove_units,
-    taylor_scores,
-)
+from prune import PruneConfig, apply_masks, magnitude_masks, prunable_weights, recovery_finetune
+from structured_pruning import gates, heads_to_keep, neurons_to_keep, remove_units, taylor_scores
 from speculative import SpeculativeConfig
 from speculative_decoding import accept_drafts, expected_speedup, speculative_generate
 

@@ -1,13 +1,15 @@
-"""Tests for 07_distill_quant/export.py: Hugging Face export and import, safetensors written by hand,
-the tokenizer.json, and ONNX. The checks against transformers / safetensors / onnxruntime skip when
-those optional packages (requirements-export.txt) are absent."""
+"""Tests for 07_distill_quant/export.py and its library hf_format.py: Hugging Face export and import,
+safetensors written by hand, the tokenizer.json, and ONNX (onnx_graph.py, onnx_int8.py). The checks
+against transformers / safetensors / onnxruntime skip when those optional packages
+(requirements-export.txt) are absent."""
 
 import json
 
 import pytest
 import torch
 
-import export as E
+import export
+import hf_format as E
 from bpe import BPETokenizer
 from checkpoint_io import save_checkpoint
 from common.cli import UserError
@@ -189,7 +191,7 @@ def test_the_import_brings_gpt2s_tokenizer_beside_the_checkpoint(tmp_path):
 def test_onnx_with_kv_cache_gives_the_logits_and_greedy_tokens_of_eager(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    import export_onnx as O
+    import onnx_graph as O
 
     model = tiny_model("llama", n_kv_head=2)  # RoPE + GQA: the harder of the two for a graph
     session = O.onnx_session(O.export_onnx(model, tmp_path / "model.onnx"))
@@ -220,7 +222,7 @@ def test_bad_input_to_the_export_commands_is_one_error_line_exit_2(tmp_path, cap
     ]
     for argv, expected in cases:
         with pytest.raises(SystemExit) as e:
-            run_cli(E.main, argv)
+            run_cli(export.main, argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (
             argv,
@@ -232,7 +234,7 @@ def test_bad_input_to_the_export_commands_is_one_error_line_exit_2(tmp_path, cap
 def test_onnx_int8_by_dynamic_quantization_stays_close_to_fp32_beside_07s_int8(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    import bench_onnx_int8 as B
+    import onnx_int8 as B
 
     model = tiny_model("llama", n_kv_head=2)
     runners = B.contenders(model, tmp_path)

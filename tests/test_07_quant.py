@@ -39,7 +39,8 @@ from quant_linear import (
     w8a8_matmul,
 )
 from quant_matmul import dequantize, quantize
-from quantize import fake_quantize, main as quantize_main, weight_stats
+from quant_granularity import fake_quantize, weight_stats
+from quantize import main as quantize_main
 
 REPO = Path(__file__).resolve().parents[1]
 QUANTIZE_PY = str(REPO / "07_distill_quant" / "quantize.py")

@@ -1,5 +1,5 @@
 """07_distill_quant serving: the batching engine (batching.py), the HTTP server (serve.py), the
-terminal chat (chat.py) and the benchmark's workload (bench_serve.py), with one-line errors for bad input.
+terminal chat (chat.py) and the benchmark's workload (serve_workload.py), with one-line errors for bad input.
 
 The model is an untrained 2-layer GPT and the tokenizer a small BPE trained here, so nothing depends
 on stages 01-05 having run. Untrained is enough: every check compares the engine with 03's
@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import http.client
 import json
+import math
 import random
 import shutil
 import socket
@@ -26,17 +27,11 @@ import pytest
 import torch
 
 from batch_sampling import MIN_TEMPERATURE, BatchSampler, reference_probs
-from batching import (
-    Engine,
-    QueueFull,
-    Request,
-    SamplingParams,
-    SlotCache,
-    apply_presence_frequency,
-    cut_at_stop,
-    held_back,
-)
-from bench_serve import BenchServeConfig, workload
+from batching import Engine, apply_presence_frequency
+from serve_request import QueueFull, Request, SamplingParams, cut_at_stop, held_back
+from slot_cache import SlotCache
+from bench_serve import BenchServeConfig
+from serve_workload import at_rate, judged_rate, workload
 from prefix_cache import PrefixCache
 from bpe import BPETokenizer
 from chat import ChatConfig, ChatSession, run_chat
@@ -286,6 +281,24 @@ def test_the_batched_sampler_gives_the_per_request_reference_distribution():
     for i in (1, 2):
         support = set(torch.nonzero(batched[i]).flatten().tolist())
         assert set(draws[:, i].tolist()) <= support
+    # rows that sample without top-k or top-p skip the sort: the same distribution in vocabulary order
+    plain, _ = sampler.plain_probs(slots, x)
+    unfiltered = [
+        i for i, r in enumerate(reqs) if r.params.temperature >= MIN_TEMPERATURE and not sampler.filters[i]
+    ]
+    assert unfiltered and all(sampler.filters[i] for i in (1, 2, 3))
+    for i in unfiltered:
+        want = reference_probs(reqs[i].params, reqs[i].prompt_ids, reqs[i].output_ids, logits[i])
+        assert torch.allclose(plain[i], want, atol=1e-6), (i, reqs[i].params)
+
+
+def test_the_inverse_cdf_draw_takes_the_first_token_whose_mass_exceeds_u():
+    sampler = BatchSampler(2, 3, torch.device("cpu"))
+    probs = torch.tensor([[0.1, 0.2, 0.7], [0.7, 0.2, 0.1]])
+    order = torch.tensor([[0, 1, 2], [2, 1, 0]])  # row 1: tokens sorted by probability
+    for u, want in ((0.05, [0, 2]), (0.15, [1, 2]), (0.5, [2, 2]), (0.8, [2, 1]), (0.95, [2, 0])):
+        assert sampler.draw(probs, order, torch.tensor([u, u])).tolist() == want
+        assert sampler.draw(probs[:1], None, torch.tensor([u])).tolist() == want[:1]
 
 
 def test_sampled_tokens_are_the_same_alone_and_in_any_batch(model, mixed):
@@ -347,8 +360,8 @@ def test_workload_is_seeded_poisson_with_the_asked_mix():
     c = BenchServeConfig(requests=400, rate=50.0, long_frac=0.25)
     items = workload(c, vocab=100)
     assert items == workload(c, vocab=100) and items != workload(
-        BenchServeConfig(requests=400, seed=1), vocab=100
-    )
+        BenchServeConfig(requests=400, rate=50.0, long_frac=0.25, seed=1), vocab=100
+    )  # only the seed differs
     gaps = [b[0] - a[0] for a, b in zip(items, items[1:])]
     assert items[0][0] == 0 and all(g >= 0 for g in gaps)
     assert abs(sum(gaps) / len(gaps) - 1 / 50) < 0.2 / 50  # mean gap 1/rate
@@ -356,6 +369,17 @@ def test_workload_is_seeded_poisson_with_the_asked_mix():
     long_share = sum(n >= c.long_min for _, _, n in items) / len(items)
     assert 0.18 < long_share < 0.32
     assert all(c.prompt_min <= len(p) <= c.prompt_max for _, p, _ in items)
+
+
+def test_every_arrival_rate_serves_the_same_requests_and_the_judged_rate_is_twice_continuous_capacity():
+    c = BenchServeConfig(requests=50)
+    slow, fast, burst = (at_rate(c, 100, r) for r in (10.0, 40.0, math.inf))
+    assert [i[1:] for i in slow] == [i[1:] for i in fast] == [i[1:] for i in burst]
+    assert all(abs(a[0] - 4 * b[0]) < 1e-9 for a, b in zip(slow, fast)) and slow[-1][0] > 0
+    assert all(t == 0.0 for t, _, _ in burst)
+    capacity = {"static": [{"requests_per_s": 30.0}], "continuous": [{"requests_per_s": 70.0}]}
+    assert judged_rate(c, capacity) == 140.0  # both policies queue: 2 mu_c, 4.7 mu_s
+    assert judged_rate(dataclasses.replace(c, rate=25.0), capacity) == 25.0  # --rate wins
 
 
 # ----------------------------------------------------------------------------- the HTTP server
@@ -750,6 +774,7 @@ CLI_CASES = [  # (script, args, words in the error line)
     ("serve.py", ["--ckpt", "{ckpt}", "--timeout", "0"], "--timeout"),
     ("bench_serve.py", ["--prompt-min", "9", "--prompt-max", "3"], "--prompt-min 9 is above --prompt-max 3"),
     ("bench_serve.py", ["--block-size", "32"], "exceeds the model's context of 32"),
+    ("bench_serve.py", ["--policies", "static"], "set from the continuous policy's capacity"),
 ]
 
 

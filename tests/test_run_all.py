@@ -233,6 +233,19 @@ def test_plan_and_commands_follow_the_flags(monkeypatch):
     assert names[:3] == ["pretrain", "scaling", "sft"]
 
 
+def test_stages_start_with_threads_that_sleep_at_barriers_unless_the_user_chose(tmp_path):
+    """run_all gives every stage OMP_WAIT_POLICY=PASSIVE (common/devices.py: spinning threads make
+    a 2-thread training step several times slower on a busy machine); a user's own choice wins."""
+    from common.layout import Stage, stage_env
+
+    assert stage_env({})["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert stage_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert "OMP_WAIT_POLICY" not in stage_env({"GOMP_SPINCOUNT": "10000"})
+    probe = [sys.executable, "-c", "import os; print('policy', os.environ.get('OMP_WAIT_POLICY'))"]
+    rc, log, text = run_all.run_stage(Stage("probe", "-", "probe"), probe, tmp_path / "probe.log", False)
+    assert rc == 0 and ("policy PASSIVE" in text) == (not os.environ.get("OMP_WAIT_POLICY")), text
+
+
 def test_last_error_line_prefers_the_stages_error_line():
     assert run_all.last_error_line("step 1\nerror: x is wrong; fix it\n", 2) == "x is wrong; fix it"
     assert run_all.last_error_line("Traceback ...\nKeyError: 'k'\n", 1) == "KeyError: 'k'"
