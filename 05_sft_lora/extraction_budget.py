@@ -142,8 +142,7 @@ def heldout_recall(run: Path, ckpt: Path) -> dict | None:
     if not path.is_file():
         return None
     fields = ("prompt", "answer", "attribute")
-    probes = read_jsonl(path, fields, dict.fromkeys(fields, str))
-    probes = [p for p in probes if p.get("phrasing", "corpus") == "corpus"]
+    probes = [p for p in read_jsonl(path, fields, dict.fromkeys(fields, str)) if p.get("phrasing") != "novel"]
     model = GPT.from_checkpoint(ckpt, map_location="cpu").eval()
     rows = fact_recall(model, BPETokenizer.load(RunLayout(run).tokenizer), probes)["rows"]
     r = next(r for r in rows if r["attribute"] == "all")
