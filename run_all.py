@@ -60,8 +60,8 @@ PRESETS = ("micro", "tiny", "small", "gpt2")
 # (Distillation keeps its 3 seeds: its bar is a t interval over seeds, and with 2 seeds its t is 12.7,
 # not 4.3.) sft_compare runs two sft.py processes at once: each answers its questions on one thread
 # (decoding), which leaves the other core idle half the time; the two share the cores without
-# collapsing because run_all's stages sleep at OpenMP barriers (common/layout.stage_env). The
-# results are the same: every run is its own deterministic process.
+# collapsing because run_all's stages spin only briefly at OpenMP barriers (common/layout.stage_env).
+# The results are the same: every run is its own deterministic process.
 TINY_FLAGS = {"sft_compare": ["--jobs", "2"]}
 TIMES = "run_all.json"  # runs/<name>/run_all.json: wall seconds per stage
 
@@ -197,7 +197,7 @@ def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
     while it runs; success makes it <stage>.log, failure <stage>.failed.log, so a failed rerun never
     replaces the log of the stage's last good run (the one its folder still holds)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = stage_env({**os.environ, "PYTHONUNBUFFERED": "1"})  # threads sleep at barriers: common/devices.py
+    env = stage_env({**os.environ, "PYTHONUNBUFFERED": "1"})  # short spins at barriers: common/devices.py
     running = log.with_name(f"{stage.name}.running.log")
     with open(running, "w", encoding="utf-8") as f:
         f.write("$ " + shlex.join(argv) + "\n")

@@ -8,10 +8,11 @@ in a fresh process, first on a quiet machine and then beside --busy processes th
 pass`, started and killed here), under four thread policies:
 
     per-workload   the project's default as run_all.py starts a stage (common/devices.py): decoding on
-                   one thread, training on all cores, threads that sleep at a barrier (OMP_WAIT_POLICY=PASSIVE)
-    spinning       the same thread counts with libgomp's default wait: spin, then sleep (a stage run by hand)
-    short spin     the same thread counts, spinning only ~1,000 rounds before sleeping (GOMP_SPINCOUNT=1000):
-                   the middle ground, measured to choose the default
+                   one thread, training on all cores, threads that spin ~1,000 rounds at a barrier and then
+                   sleep (GOMP_SPINCOUNT=1000)
+    spinning       the same thread counts with libgomp's default wait: spin up to 300,000 rounds, then
+                   sleep (a stage run by hand)
+    sleeping       the same thread counts, sleeping at once (OMP_WAIT_POLICY=PASSIVE)
     all threads    OMP_NUM_THREADS=<cores> for everything, spinning: torch's default, what the code did before
 
 Workloads (the functions the stages call, on the same model):
@@ -59,7 +60,7 @@ WORKLOADS = ["pretrain", "generate_b1", "generate_b16", "beam_search", "speculat
 POLICIES = {
     "per-workload": dict(WAIT_POLICY),
     "spinning": {},
-    "short spin": {"GOMP_SPINCOUNT": "1000"},
+    "sleeping": {"OMP_WAIT_POLICY": "PASSIVE"},
     "all threads": {"OMP_NUM_THREADS": str(os.cpu_count() or 1)},
 }
 # the variables a policy decides, removed from the inherited environment before its own are added

@@ -27,19 +27,23 @@ MKL_NUM_THREADS in the environment leave the thread count alone everywhere.
 
 Training keeps two threads, and they meet at a barrier after every parallel piece of every matmul.
 How a thread waits there is OpenMP's wait policy: by default (libgomp, which torch's CPU build uses) it
-spins for a while before it sleeps. On an idle machine the spin saves a wake-up; on a busy one it burns
-the core the late thread needs: beside two busy processes a 2-thread pretraining step took 2.4-7.4x
-its quiet time. With OMP_WAIT_POLICY=PASSIVE the waiting thread sleeps at once and the late one gets
-the core: the same step took 1.6-1.7x (07_distill_quant/bench_contention.py). libgomp reads the variable once,
-when `import torch` loads it, so no function can change it afterwards: `common.layout.stage_env`
-puts it in the environment of every stage run_all.py starts (a user's own OMP_WAIT_POLICY or
-GOMP_SPINCOUNT wins), and a stage run by hand on a busy machine wants `OMP_WAIT_POLICY=PASSIVE`.
+spins up to 300,000 rounds before it sleeps. On an idle machine the spin saves a wake-up; on a busy one
+it burns the core the late thread needs. Measured with 07_distill_quant/bench_contention.py (a 4-step
+pretraining workload, min of 3, quiet vs beside two busy processes, 2026-12-07): spinning went from
+1.81 s to 3.40 s, and its three busy runs ranged up to 10.9 s (6x); OMP_WAIT_POLICY=PASSIVE (sleep at
+once) 1.88 -> 2.86 s, never above 3.3 s; GOMP_SPINCOUNT=1000 (spin briefly, then sleep) 1.79 -> 2.65 s,
+never above 3.5 s: as fast as spinning when quiet, as safe as sleeping when busy. libgomp reads these
+variables once, when `import torch` loads it, so no function can change them afterwards:
+`common.layout.stage_env` puts GOMP_SPINCOUNT=1000 in the environment of every stage run_all.py starts
+(a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins), and a stage run by hand on a busy machine wants
+`GOMP_SPINCOUNT=1000 python ...`.
 
 Interview questions it answers:
 - Why is "auto" the default? (the same command runs on a laptop and on a GPU node; the fastest
   correct path on each device is chosen at run time, never by editing code)
-- What does OMP_WAIT_POLICY change? (whether a thread that reaches a barrier first spins on its core
-  or sleeps; spinning wins by microseconds on an idle machine and loses whole time slices on a busy one)
+- What do OMP_WAIT_POLICY and GOMP_SPINCOUNT change? (whether a thread that reaches a barrier first
+  spins on its core or sleeps, and for how long; spinning wins microseconds on an idle machine and
+  loses whole time slices on a busy one, so a short spin then sleep keeps most of both)
 - Why can more threads make decoding slower? (a decoding step is many tiny matmuls, each ending in
   a barrier; with more runnable threads than free cores, the threads that arrive first busy-wait
   for a descheduled one, so the step takes as long as the slowest thread's wait for a core)

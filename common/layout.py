@@ -179,10 +179,11 @@ def task_file(run, given, name) -> Path:
     return RunLayout(run).tasks / name
 
 
-# How OpenMP threads wait at a barrier, for every stage run_all.py starts: sleep at once instead of
-# spinning, so a busy machine does not make a 2-thread training step 4-15x slower (common/devices.py
-# explains; libgomp reads it only when torch loads, hence the environment and not a function call).
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+# How OpenMP threads wait at a barrier, for every stage run_all.py starts: spin ~1,000 rounds, then
+# sleep, so a busy machine does not make a 2-thread training step several times slower
+# (common/devices.py explains and gives the numbers; libgomp reads it only when torch loads, hence
+# the environment and not a function call).
+WAIT_POLICY = {"GOMP_SPINCOUNT": "1000"}
 
 
 def stage_env(env=None) -> dict:

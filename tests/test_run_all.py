@@ -234,16 +234,18 @@ def test_plan_and_commands_follow_the_flags(monkeypatch):
 
 
 def test_stages_start_with_threads_that_sleep_at_barriers_unless_the_user_chose(tmp_path):
-    """run_all gives every stage OMP_WAIT_POLICY=PASSIVE (common/devices.py: spinning threads make
-    a 2-thread training step several times slower on a busy machine); a user's own choice wins."""
+    """run_all gives every stage GOMP_SPINCOUNT=1000 (common/devices.py: threads that spin long at
+    barriers make a 2-thread training step several times slower on a busy machine); a user's own
+    wait policy wins."""
     from common.layout import Stage, stage_env
 
-    assert stage_env({})["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert stage_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
-    assert "OMP_WAIT_POLICY" not in stage_env({"GOMP_SPINCOUNT": "10000"})
-    probe = [sys.executable, "-c", "import os; print('policy', os.environ.get('OMP_WAIT_POLICY'))"]
+    assert stage_env({})["GOMP_SPINCOUNT"] == "1000"
+    assert stage_env({"GOMP_SPINCOUNT": "5"})["GOMP_SPINCOUNT"] == "5"
+    assert "GOMP_SPINCOUNT" not in stage_env({"OMP_WAIT_POLICY": "ACTIVE"})
+    probe = [sys.executable, "-c", "import os; print('spin', os.environ.get('GOMP_SPINCOUNT'))"]
     rc, log, text = run_all.run_stage(Stage("probe", "-", "probe"), probe, tmp_path / "probe.log", False)
-    assert rc == 0 and ("policy PASSIVE" in text) == (not os.environ.get("OMP_WAIT_POLICY")), text
+    chosen = os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")
+    assert rc == 0 and ("spin 1000" in text) == (not chosen), text
 
 
 def test_last_error_line_prefers_the_stages_error_line():
