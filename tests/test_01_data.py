@@ -992,6 +992,9 @@ def test_ctrl_c_midway_keeps_the_old_run(small_cli_run, repo_root):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler:
+        # the child gets the default a terminal gives, so that the signal below is a user's Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in p.stdout:  # wait until it is building (past the lock and the overwrite check)
         if line.startswith("[generate]"):
