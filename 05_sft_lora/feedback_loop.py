@@ -56,7 +56,7 @@ from common.devices import resolve_device
 from common.files import markdown_table, read_jsonl, write_json, write_jsonl
 from common.layout import RunLayout
 from common.runs import check_artifact, fresh_output, write_manifest
-from common.stats import bootstrap_interval, paired_bootstrap_interval
+from common.stats import bootstrap_interval, paired_change
 from world import build_world  # 01_data (public functions only)
 from checkpoint_io import save_checkpoint  # 03_model
 from batches import load_shards, load_test_shard  # 04_pretrain
@@ -72,7 +72,7 @@ from feedback_user import (
     rate_answers,
 )
 from finetuned import generate_answers, load_finetuned, run_sft
-from lora import merge_lora
+from lora import merged_base_state
 from sft_baselines import paired_bar
 from world_update import run_world
 
@@ -125,8 +125,7 @@ def served_checkpoint(sft_dir: Path, tmp: Path, device) -> Path:
             f"{sft_dir}: a {type(peft).__name__} run cannot be merged into one checkpoint; "
             "serve a full or LoRA SFT model (sft.py --method full or lora), or pass --sft"
         )
-    merge_lora(model)
-    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}  # the base's own keys
+    state = merged_base_state(model)
     save_checkpoint(tmp / "served.pt", dataclasses.asdict(model.cfg), state, merged_from=str(sft_dir))
     return tmp / "served.pt"
 
@@ -190,12 +189,6 @@ def share(values) -> dict:
     return {"value": float(x.mean()), "interval": list(bootstrap_interval(x)), "n": len(x)}
 
 
-def change(after, before) -> dict:
-    """Mean of after - before, paired item by item, with its bootstrap interval."""
-    d = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
-    return {"value": float(d.mean()), "interval": list(paired_bootstrap_interval(after, before)), "n": len(d)}
-
-
 def pick(values, mask) -> list:
     return [v for v, keep in zip(values, mask) if keep]
 
@@ -212,10 +205,12 @@ def arm_summary(m: dict, before: dict, down: list) -> dict:
         "upheld_trained": share(pick(a["trained"], up)),
         "upheld_heldout": share(pick(heldout_per_fact(a), up)),
         "others_trained": share(m["others"]["trained"]),
-        "others_change": change(m["others"]["trained"], before["others"]["trained"]),
-        "others_heldout_change": change(heldout_per_fact(m["others"]), heldout_per_fact(before["others"])),
+        "others_change": paired_change(m["others"]["trained"], before["others"]["trained"]),
+        "others_heldout_change": paired_change(
+            heldout_per_fact(m["others"]), heldout_per_fact(before["others"])
+        ),
         "test_loss": float(np.mean(m["test_loss"])),
-        "test_loss_change": change(m["test_loss"], before["test_loss"]),
+        "test_loss_change": paired_change(m["test_loss"], before["test_loss"]),
     }
 
 

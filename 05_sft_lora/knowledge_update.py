@@ -73,7 +73,7 @@ from common.files import markdown_table, read_json, write_json, write_jsonl
 from common.layout import RunLayout
 from common.outcome import make_bar
 from common.runs import check_artifact, fresh_output, write_manifest
-from common.stats import bootstrap_interval, paired_bootstrap_interval, wilson_interval
+from common.stats import bootstrap_interval, paired_change, wilson_interval
 from world import build_world  # 01_data (public functions only)
 from tasks import recall_probes  # 01_data
 from bpe import BPETokenizer  # 02_tokenizer
@@ -204,16 +204,6 @@ def rate(values) -> dict:
     }
 
 
-def change(after, before) -> dict:
-    """Mean of after - before, paired item by item, with its bootstrap interval."""
-    diff = np.asarray(after) - np.asarray(before)
-    return {
-        "value": float(diff.mean()),
-        "interval": list(paired_bootstrap_interval(after, before)),
-        "n": len(diff),
-    }
-
-
 def unseen_per_person(m: dict, which: str) -> np.ndarray:
     """Per mover: the share of the two unseen probes (completion, question) naming `which` city."""
     return np.mean([m[k][which] for k in UNSEEN], axis=0)
@@ -225,10 +215,10 @@ def method_summary(m: dict, base: dict) -> dict:
     for w in ("new", "old"):
         x = unseen_per_person(m, w)
         out[f"{w}_unseen"] = {"value": float(x.mean()), "interval": list(bootstrap_interval(x)), "n": len(x)}
-    out["others_change"] = change(m["others"], base["others"])
-    out["unchanged_change"] = change(m["unchanged"], base["unchanged"])
+    out["others_change"] = paired_change(m["others"], base["others"])
+    out["unchanged_change"] = paired_change(m["unchanged"], base["unchanged"])
     out["test_loss"] = float(np.mean(m["test_loss"]))
-    out["test_loss_change"] = change(m["test_loss"], base["test_loss"])
+    out["test_loss_change"] = paired_change(m["test_loss"], base["test_loss"])
     return out
 
 

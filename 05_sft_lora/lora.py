@@ -223,6 +223,13 @@ def unmerge_lora(model):
         m.merged = {}
 
 
+def merged_base_state(model) -> dict:
+    """The state dict of a plain 03 GPT with the active adapters merged in: merge_lora, then the base's
+    own keys only (the lora_A/lora_B tensors are already inside W), ready for save_checkpoint."""
+    merge_lora(model)
+    return {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
+
+
 # ----------------------------------------------------------------------------- parameter counts
 
 
@@ -343,8 +350,7 @@ def main(argv=None):
     if not cfg.out:
         return
     out = Path(cfg.out)
-    merge_lora(model)
-    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}  # the base's own keys
+    state = merged_base_state(model)
     tok = tokenizer_dir(base, load_checkpoint(base).get("tokenizer"))
     with run_lock(out):
         claim_output(out, cfg.overwrite, remove=False)

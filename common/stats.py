@@ -93,6 +93,17 @@ def paired_bootstrap_interval(
     return bootstrap_interval(a - b, np.mean, n_boot=n_boot, seed=seed, level=level)
 
 
+def paired_change(after, before) -> dict:
+    """{"value", "interval", "n"}: the mean of after[i] - before[i] over the same items (a model before
+    and after an update, say), with its 95 % paired bootstrap interval."""
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    return {
+        "value": float(diff.mean()),
+        "interval": list(paired_bootstrap_interval(after, before)),
+        "n": len(diff),
+    }
+
+
 def paired_ratio_difference_interval(
     num: Sequence[float] | np.ndarray,
     den_a: Sequence[float] | np.ndarray,
