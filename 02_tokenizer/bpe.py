@@ -57,6 +57,7 @@ from common.cli import UserError
 from common.files import read_json, read_text, write_json
 from common.layout import RunLayout
 
+from bpe_cuts import cut_table  # same stage
 from bpe_fast import encode_pieces, encode_texts, merge_table, train_merges_fast  # same stage
 from pretokenize import (  # same stage
     GPT2_PATTERN,
@@ -93,6 +94,7 @@ class BPETokenizer:
         self._special_re = special_splitter(self.special_tokens)
         self._cache = {}  # pre-token -> its ids
         self._merge_table = None  # for bpe_fast.encode_pieces, built on first use
+        self._cut_table = None  # for bpe_fast.encode_texts, built on first use
 
     @property
     def vocab_size(self) -> int:
@@ -179,7 +181,9 @@ class BPETokenizer:
         if cold or len(new) >= 1000:  # mostly new text: every piece merged at once, texts gathered in arrays
             if self._merge_table is None:
                 self._merge_table = merge_table(self.ranks)
-            ids, cacheable = encode_texts(pieces, self.byte_ids, self._merge_table)
+            if self._cut_table is None:
+                self._cut_table = cut_table(self.ranks)
+            ids, cacheable = encode_texts(pieces, self.byte_ids, self._merge_table, self._cut_table)
             if len(cache) + len(cacheable) > self.cache_size:  # bounded memory: start over
                 cache.clear()
             cache.update(islice(cacheable.items(), self.cache_size))

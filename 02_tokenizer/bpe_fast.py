@@ -64,6 +64,8 @@ from itertools import chain
 
 import numpy as np
 
+from bpe_cuts import distinct_sub_pieces, sub_piece_starts  # same stage
+
 LOW32 = (1 << 32) - 1
 FEW = 32  # merges with at most this many positions run one by one (merge_one_by_one)
 
@@ -287,7 +289,24 @@ def gc_paused():
             gc.enable()
 
 
-def encode_texts(pieces, byte_ids, table) -> tuple:
+def encode_cut(strings, byte_ids, table, cuts) -> tuple:
+    """`encode_joined`'s (ids, offsets, lengths) for distinct pieces given as strings, each cut where
+    no token can cross (bpe_cuts.sub_piece_starts, `cuts` from bpe_cuts.cut_table): only the distinct
+    sub-pieces are merged, then each piece's ids are its sub-pieces' ids end to end (one gather)."""
+    joined = "".join(strings)
+    chars = np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.int64)
+    piece_chars = np.fromiter(map(len, strings), np.int64, len(strings))
+    starts = np.flatnonzero(sub_piece_starts(chars, piece_chars, cuts))
+    lengths = np.diff(np.append(starts, len(chars)))  # characters per sub-piece
+    subs, row = distinct_sub_pieces(joined, chars, starts, lengths)
+    ids, offsets, counts = encode_joined(*utf8_joined(subs), byte_ids, table)
+    m = counts[row]  # tokens of each sub-piece
+    piece = np.repeat(np.arange(len(strings)), piece_chars)[starts]  # the piece of each sub-piece
+    per_piece = np.bincount(piece, m, len(strings)).astype(np.int64)
+    return ids[ranges(offsets[row], m)], np.cumsum(per_piece) - per_piece, per_piece
+
+
+def encode_texts(pieces, byte_ids, table, cuts=None) -> tuple:
     """(ids of each text, {piece: ids} of the pieces seen more than once) for the pre-tokens of each
     text (`pieces`: a list of str lists), every distinct piece merged once by `encode_pieces_flat`
     and the texts put together by one gather in arrays instead of a Python loop per piece.
@@ -297,7 +316,10 @@ def encode_texts(pieces, byte_ids, table) -> tuple:
         row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
         occurrence = np.array([row.setdefault(w, len(row)) for w in chain.from_iterable(pieces)], np.int64)
         distinct = list(row)
-        ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
+        if cuts is None:
+            ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
+        else:
+            ids, offsets, lengths = encode_cut(distinct, byte_ids, table, cuts)
         m = lengths[occurrence]  # tokens of each occurrence
         repeated = np.flatnonzero(np.bincount(occurrence, minlength=len(distinct)) > 1)
         counts = lengths[repeated]

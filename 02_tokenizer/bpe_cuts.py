@@ -1,0 +1,177 @@
+"""Where a pre-token can be cut without changing its ids, and which of the parts are the same.
+
+Why it exists. BPE merges inside a pre-token ("piece") and never across two. Inside a piece a merge
+joins two adjacent tokens whose bytes, end to end, are a token of the vocabulary. So if no token of
+the vocabulary can lie across the boundary between two characters of a piece, no merge ever
+crosses it: the piece's ids are its left part's ids followed by its right part's, each part merged
+as if alone. (The lowest-rank-first rule picks, on each side, the pair that side would pick alone:
+the leftmost pair of lowest rank overall is the leftmost of lowest rank on its own side.)
+Cut at every such boundary, 红楼梦's 96k distinct pieces (2.3 MB) become sub-pieces that are mostly
+single characters, ~9k of them distinct (54 kB) with a trained 2k vocabulary, 42k (450 kB) with
+10k, 6k with GPT-2's ranks: the merging, most of a cold encode, nearly disappears. English gains
+little (most letter pairs are inside some token), and loses little: the test is a few array passes.
+
+When can a token lie across the boundary between characters A and B? Its bytes then contain the
+end of A's UTF-8 bytes and the start of B's, meeting at a character boundary of the token (a byte
+that is not a continuation byte 0x80-0xBF). `cut_table` lists, for every token and every such
+boundary j inside it, the bytes s from the token's previous character boundary (or its start) to j
+and p from j to the next one (or its end): a boundary (A, B) of the text can be crossed only if A
+ends with some s and B starts with its p. Nearly always s and p are whole characters: then (A, B)
+is a pair of code points, kept in a sorted table and tested exactly. Otherwise (half a character:
+GPT-2 has b" \\xe7", a space and the first byte of many Chinese characters) the side that is a
+whole character, or the smaller set of characters that end with s / start with p, is flagged: no
+cut after it (AFTER) / before it (BEFORE). Flags only keep pieces longer; they never change an id.
+
+Used by bpe_fast.encode_texts (a library; the command is bench_bpe.py).
+
+Interview questions it answers:
+- When do two strings' BPE ids simply concatenate? (when no vocabulary token can span the seam)
+- How do you deduplicate a million short strings without a million Python objects? (pack up to
+  three code points in one int64: a table indexed by code point for one, a sort for two or three)
+"""
+
+import numpy as np
+
+AFTER, BEFORE, LEFT, RIGHT = 1, 2, 4, 8  # flag bits of a code point, see cut_table
+N_CODE_POINTS = 0x110000
+BITS = 21  # bits of a code point (< 0x110000 < 2^21): three fit in one int64
+
+
+def utf8_of_every_code_point():
+    """((N, 4) uint8, (N,) int64): the UTF-8 bytes of every code point 0..0x10FFFF (surrogates
+    included, as arithmetic), padded with zeros, and their lengths (1 to 4)."""
+    cp = np.arange(N_CODE_POINTS, dtype=np.int64)
+    length = 1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000)
+    out = np.zeros((N_CODE_POINTS, 4), np.uint8)
+    lead = np.array([0, 0, 0xC0, 0xE0, 0xF0])[length]  # the lead byte's marker for each length
+    for k in range(4):  # byte k of a length-L character holds bits 6(L-1-k).. ; continuation bytes 10xxxxxx
+        shift = 6 * np.maximum(length - 1 - k, 0)
+        byte = np.where(k == 0, lead | (cp >> shift), 0x80 | ((cp >> shift) & 0x3F))
+        out[:, k] = np.where(k < length, byte, 0)
+    return out, length
+
+
+def characters_with(utf8, length, fragment: bytes, at_end: bool):
+    """Bool mask over code points: those whose UTF-8 ends with (at_end) or starts with `fragment`."""
+    m = len(fragment)
+    mask = length >= m
+    for k, b in enumerate(fragment):
+        col = (
+            np.take_along_axis(utf8, (length - m + k).clip(0, 3)[:, None], 1)[:, 0] if at_end else utf8[:, k]
+        )
+        mask &= col == b
+    return mask
+
+
+def one_character(fragment: bytes):
+    """The code point if `fragment` is exactly one whole UTF-8 character, else None."""
+    try:
+        s = fragment.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return ord(s) if len(s) == 1 else None
+
+
+def cut_table(ranks: dict):
+    """(flags, pairs, ends, begins) for `sub_piece_starts`. flags: uint8 per code point, bits AFTER /
+    BEFORE (a boundary after / before this character may lie inside a token: never cut there) and
+    LEFT / RIGHT (this character begins / ends some pair in `pairs`). pairs: sorted int64 A << 21 | B
+    for the pairs of whole characters (A, B) that meet inside some token. ends, begins: for the k-th
+    pair of half characters (s, p) (at most 64 of them; more are flagged whole), bit k of ends[A] says A
+    ends with s and bit k of begins[B] that B starts with p; None when there are none."""
+    flags = np.zeros(N_CODE_POINTS, np.uint8)
+    pairs, halves = set(), set()
+    for token in ranks:
+        starts = [j for j, b in enumerate(token) if not 0x80 <= b < 0xC0] + [
+            len(token)
+        ]  # character boundaries
+        edges = sorted({0, *starts})
+        for prev, j, nxt in zip(edges, edges[1:], edges[2:]):  # every boundary strictly inside the token
+            s, p = token[prev:j], token[j:nxt]
+            a, b = one_character(s), one_character(p)
+            if a is not None and b is not None:
+                pairs.add(a << BITS | b)
+            elif a is not None:
+                flags[a] |= AFTER  # only A's own boundary can be crossed: keep every boundary after A
+            elif b is not None:
+                flags[b] |= BEFORE
+            else:
+                halves.add((s, p))
+    ends = begins = None
+    if halves:  # half a character on both sides (a few in GPT-2: b"\x88" + b"\xe8"): one bit each
+        utf8, length = utf8_of_every_code_point()
+        halves = sorted(halves)
+        bits = np.min_scalar_type((1 << min(len(halves), 64)) - 1)  # uint8 for up to 8 pairs, ...
+        ends, begins = np.zeros((2, N_CODE_POINTS), bits)
+        for k, (s, p) in enumerate(halves[:64]):
+            ends[characters_with(utf8, length, s, True)] |= bits.type(1 << k)
+            begins[characters_with(utf8, length, p, False)] |= bits.type(1 << k)
+        for s, p in halves[64:]:  # too many to test exactly: flag the smaller set of characters
+            end, begin = characters_with(utf8, length, s, True), characters_with(utf8, length, p, False)
+            if end.sum() <= begin.sum():
+                flags[end] |= AFTER
+            else:
+                flags[begin] |= BEFORE
+    pairs = np.array(sorted(pairs), np.int64)
+    flags[pairs >> BITS] |= LEFT
+    flags[pairs & ((1 << BITS) - 1)] |= RIGHT
+    return flags, pairs, ends, begins
+
+
+def sub_piece_starts(chars, piece_chars, cuts):
+    """Bool per character of the pieces laid end to end (`chars`: code points, int64; `piece_chars`:
+    characters per piece): True where a sub-piece starts, that is at each piece's start and at each
+    boundary that no token of the vocabulary can lie across (see cut_table)."""
+    flags, pairs, ends, begins = cuts
+    n = len(chars)
+    left, right = chars[:-1], chars[1:]  # the characters on each side of each boundary
+    fa, fb = flags[left], flags[right]
+    whole = (fa & AFTER) | (fb & BEFORE) != 0  # may be crossed by a token with half a character
+    if ends is not None:
+        whole |= ends[left] & begins[right] != 0
+    maybe = np.flatnonzero(~whole & (fa & LEFT != 0) & (fb & RIGHT != 0))  # (A, B) may be a listed pair
+    if len(maybe) and len(pairs):
+        q = left[maybe] << BITS | right[maybe]
+        whole[maybe] = pairs[np.minimum(np.searchsorted(pairs, q), len(pairs) - 1)] == q
+    start = np.ones(n + 1, bool)  # one spare slot: an empty last piece starts at n
+    start[1:n] = ~whole
+    start[np.cumsum(piece_chars) - piece_chars] = True
+    return start[:n]
+
+
+def distinct_sub_pieces(joined: str, chars, starts, lengths):
+    """(strings, row): the distinct sub-pieces as strings and the row of each sub-piece among them,
+    for the sub-pieces joined[starts[i] : starts[i] + lengths[i]] (`chars`: joined's code points).
+
+    Without a Python string per sub-piece: up to three code points (+1 each, so that a shorter
+    string differs from a longer one) pack exactly into one int64 key. One code point: a table
+    indexed by code point finds the distinct ones (no sort); two or three: np.unique on the keys
+    (a sort of the few that are not single characters); longer: a dict of their strings."""
+    c = np.append(chars + 1, [0, 0])  # two spare zeros: the "next" code points of the last one
+    key = (
+        c[starts]
+        | np.where(lengths > 1, c[starts + 1] << BITS, 0)
+        | np.where(lengths > 2, c[starts + 2] << 2 * BITS, 0)
+    )
+    row = np.empty(len(starts), np.int64)
+    one = np.flatnonzero(lengths == 1)
+    present = np.zeros(N_CODE_POINTS + 1, bool)
+    present[key[one]] = True
+    singles = np.flatnonzero(present)  # code point + 1 of each distinct single character
+    lookup = np.empty(N_CODE_POINTS + 1, np.int64)
+    lookup[singles] = np.arange(len(singles))
+    row[one] = lookup[key[one]]
+    strings = list(map(chr, (singles - 1).tolist()))
+
+    short = np.flatnonzero((lengths == 2) | (lengths == 3))
+    keys, first, inverse = np.unique(key[short], return_index=True, return_inverse=True)
+    row[short] = len(strings) + inverse
+    at = short[first]
+    strings += [joined[s : s + m] for s, m in zip(starts[at].tolist(), lengths[at].tolist())]
+
+    long = np.flatnonzero(lengths > 3)
+    rows = {}
+    pieces = [joined[s : s + m] for s, m in zip(starts[long].tolist(), lengths[long].tolist())]
+    row[long] = len(strings) + np.array([rows.setdefault(w, len(rows)) for w in pieces], np.int64)
+    strings += list(rows)
+    return strings, row
