@@ -30,9 +30,11 @@ Interview questions it answers:
   three code points in one int64: a table indexed by code point for one, a sort for two or three)
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
-AFTER, BEFORE, LEFT, RIGHT = 1, 2, 4, 8  # flag bits of a code point, see cut_table
+AFTER, BEFORE = 1, 2  # flag bits of a code point, see cut_table
 N_CODE_POINTS = 0x110000
 BITS = 21  # bits of a code point (< 0x110000 < 2^21): three fit in one int64
 
@@ -72,13 +74,27 @@ def one_character(fragment: bytes):
     return ord(s) if len(s) == 1 else None
 
 
-def cut_table(ranks: dict):
-    """(flags, pairs, ends, begins) for `sub_piece_starts`. flags: uint8 per code point, bits AFTER /
-    BEFORE (a boundary after / before this character may lie inside a token: never cut there) and
-    LEFT / RIGHT (this character begins / ends some pair in `pairs`). pairs: sorted int64 A << 21 | B
-    for the pairs of whole characters (A, B) that meet inside some token. ends, begins: for the k-th
-    pair of half characters (s, p) (at most 64 of them; more are flagged whole), bit k of ends[A] says A
-    ends with s and bit k of begins[B] that B starts with p; None when there are none."""
+class CutTable(NamedTuple):
+    """Where tokens can lie across a character boundary (built by cut_table, read by sub_piece_starts)."""
+
+    flags: np.ndarray  # uint8 per code point: AFTER / BEFORE, a boundary after / before it may be crossed
+    row: np.ndarray  # int64 per code point: its row in `grid` (0: it begins no listed pair)
+    col: np.ndarray  # int64 per code point: its column (0: it ends no listed pair)
+    grid: np.ndarray  # bool, row[A] + col[B]: (A, B) is a listed pair; None when too large
+    pairs: np.ndarray  # sorted int64 A << 21 | B of the listed pairs (searched when grid is None)
+    ends: np.ndarray  # bit k of ends[A]: A ends with the k-th half character s; None when no halves
+    begins: np.ndarray  # bit k of begins[B]: B starts with the k-th half character p
+
+
+GRID_MAX = 1 << 26  # the pair grid is dense up to this many entries (64 MB); then searched
+
+
+def cut_table(ranks: dict) -> CutTable:
+    """Every way a token of `ranks` lies across a character boundary (see the top of the file): pairs
+    of whole characters (A, B) that meet inside a token, in a dense grid over the characters that
+    begin / end some pair; a whole character next to half of one: flagged AFTER / BEFORE; half a
+    character on both sides (s, p): one bit each in `ends` / `begins` (at most 64 of them; more
+    are flagged, on the side with fewer characters)."""
     flags = np.zeros(N_CODE_POINTS, np.uint8)
     pairs, halves = set(), set()
     for token in ranks:
@@ -113,26 +129,34 @@ def cut_table(ranks: dict):
             else:
                 flags[begin] |= BEFORE
     pairs = np.array(sorted(pairs), np.int64)
-    flags[pairs >> BITS] |= LEFT
-    flags[pairs & ((1 << BITS) - 1)] |= RIGHT
-    return flags, pairs, ends, begins
+    a, b = pairs >> BITS, pairs & ((1 << BITS) - 1)
+    row, col = np.zeros((2, N_CODE_POINTS), np.int64)
+    row[a], col[b] = 1, 1
+    width = int(col.sum()) + 1
+    row, col = np.cumsum(row) * row * width, np.cumsum(col) * col  # numbered 1, 2, ... ; 0 for the others
+    grid = None
+    if (row.max(initial=0) + width) <= GRID_MAX:
+        grid = np.zeros(row.max(initial=0) + width, bool)
+        grid[row[a] + col[b]] = True
+    return CutTable(flags, row, col, grid, pairs, ends, begins)
 
 
-def sub_piece_starts(chars, piece_chars, cuts):
+def sub_piece_starts(chars, piece_chars, cuts: CutTable):
     """Bool per character of the pieces laid end to end (`chars`: code points, int64; `piece_chars`:
     characters per piece): True where a sub-piece starts, that is at each piece's start and at each
     boundary that no token of the vocabulary can lie across (see cut_table)."""
-    flags, pairs, ends, begins = cuts
     n = len(chars)
     left, right = chars[:-1], chars[1:]  # the characters on each side of each boundary
-    fa, fb = flags[left], flags[right]
-    whole = (fa & AFTER) | (fb & BEFORE) != 0  # may be crossed by a token with half a character
-    if ends is not None:
-        whole |= ends[left] & begins[right] != 0
-    maybe = np.flatnonzero(~whole & (fa & LEFT != 0) & (fb & RIGHT != 0))  # (A, B) may be a listed pair
-    if len(maybe) and len(pairs):
+    whole = (cuts.flags[left] & AFTER) | (cuts.flags[right] & BEFORE) != 0  # a half character may cross
+    if cuts.ends is not None:
+        whole |= cuts.ends[left] & cuts.begins[right] != 0
+    at = cuts.row[left] + cuts.col[right]  # > 0 where (A, B) may be a listed pair
+    if cuts.grid is not None:
+        whole |= cuts.grid[at]
+    else:
+        maybe = np.flatnonzero(~whole & (cuts.row[left] != 0) & (cuts.col[right] != 0))
         q = left[maybe] << BITS | right[maybe]
-        whole[maybe] = pairs[np.minimum(np.searchsorted(pairs, q), len(pairs) - 1)] == q
+        whole[maybe] = cuts.pairs[np.minimum(np.searchsorted(cuts.pairs, q), len(cuts.pairs) - 1)] == q
     start = np.ones(n + 1, bool)  # one spare slot: an empty last piece starts at n
     start[1:n] = ~whole
     start[np.cumsum(piece_chars) - piece_chars] = True
@@ -143,35 +167,32 @@ def distinct_sub_pieces(joined: str, chars, starts, lengths):
     """(strings, row): the distinct sub-pieces as strings and the row of each sub-piece among them,
     for the sub-pieces joined[starts[i] : starts[i] + lengths[i]] (`chars`: joined's code points).
 
-    Without a Python string per sub-piece: up to three code points (+1 each, so that a shorter
-    string differs from a longer one) pack exactly into one int64 key. One code point: a table
-    indexed by code point finds the distinct ones (no sort); two or three: np.unique on the keys
-    (a sort of the few that are not single characters); longer: a dict of their strings."""
-    c = np.append(chars + 1, [0, 0])  # two spare zeros: the "next" code points of the last one
-    key = (
-        c[starts]
-        | np.where(lengths > 1, c[starts + 1] << BITS, 0)
-        | np.where(lengths > 2, c[starts + 2] << 2 * BITS, 0)
-    )
+    Without a Python string per sub-piece, as most are one to three characters: one character is
+    found distinct by a table indexed by code point (no sort); two or three pack exactly into one
+    int64 key (code point + 1 each, so "ab" and "ab" + chr(0) differ), made distinct by np.unique
+    (a sort of the few that are not single characters); longer ones: a dict of their strings."""
     row = np.empty(len(starts), np.int64)
     one = np.flatnonzero(lengths == 1)
-    present = np.zeros(N_CODE_POINTS + 1, bool)
-    present[key[one]] = True
-    singles = np.flatnonzero(present)  # code point + 1 of each distinct single character
-    lookup = np.empty(N_CODE_POINTS + 1, np.int64)
-    lookup[singles] = np.arange(len(singles))
-    row[one] = lookup[key[one]]
-    strings = list(map(chr, (singles - 1).tolist()))
+    code = chars[starts[one]]
+    present = np.zeros(N_CODE_POINTS, bool)
+    present[code] = True
+    singles = np.flatnonzero(present)  # each distinct single character, ascending
+    number = np.zeros(N_CODE_POINTS, np.int64)
+    number[singles] = np.arange(len(singles))
+    row[one] = number[code]
+    strings = list(map(chr, singles.tolist()))
 
     short = np.flatnonzero((lengths == 2) | (lengths == 3))
-    keys, first, inverse = np.unique(key[short], return_index=True, return_inverse=True)
+    s = starts[short]
+    third = np.where(lengths[short] == 3, chars[np.minimum(s + 2, len(chars) - 1)] + 1, 0)
+    key = (chars[s] + 1) | (chars[s + 1] + 1) << BITS | third << 2 * BITS
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     row[short] = len(strings) + inverse
-    at = short[first]
-    strings += [joined[s : s + m] for s, m in zip(starts[at].tolist(), lengths[at].tolist())]
+    strings += [joined[a : a + m] for a, m in zip(s[first].tolist(), lengths[short][first].tolist())]
 
     long = np.flatnonzero(lengths > 3)
     rows = {}
-    pieces = [joined[s : s + m] for s, m in zip(starts[long].tolist(), lengths[long].tolist())]
+    pieces = [joined[a : a + m] for a, m in zip(starts[long].tolist(), lengths[long].tolist())]
     row[long] = len(strings) + np.array([rows.setdefault(w, len(rows)) for w in pieces], np.int64)
     strings += list(rows)
     return strings, row
