@@ -30,6 +30,7 @@ Interview questions it answers:
   three code points in one int64: a table indexed by code point for one, a sort for two or three)
 """
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -39,29 +40,41 @@ N_CODE_POINTS = 0x110000
 BITS = 21  # bits of a code point (< 0x110000 < 2^21): three fit in one int64
 
 
-def utf8_of_every_code_point():
-    """((N, 4) uint8, (N,) int64): the UTF-8 bytes of every code point 0..0x10FFFF (surrogates
-    included, as arithmetic), padded with zeros, and their lengths (1 to 4)."""
-    cp = np.arange(N_CODE_POINTS, dtype=np.int64)
-    length = 1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000)
-    out = np.zeros((N_CODE_POINTS, 4), np.uint8)
-    lead = np.array([0, 0, 0xC0, 0xE0, 0xF0])[length]  # the lead byte's marker for each length
-    for k in range(4):  # byte k of a length-L character holds bits 6(L-1-k).. ; continuation bytes 10xxxxxx
-        shift = 6 * np.maximum(length - 1 - k, 0)
-        byte = np.where(k == 0, lead | (cp >> shift), 0x80 | ((cp >> shift) & 0x3F))
-        out[:, k] = np.where(k < length, byte, 0)
-    return out, length
+@functools.cache
+def code_point_tables():
+    """(length, low): the UTF-8 length (1 to 4) of every code point 0..0x10FFFF, and low[m - 1], its
+    low 6m bits: the payload of its last m bytes when those are continuation bytes (10xxxxxx)."""
+    cp = np.arange(N_CODE_POINTS, dtype=np.int32)
+    length = (1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000)).astype(np.int8)
+    return length, [cp & ((1 << 6 * m) - 1) for m in (1, 2, 3)]
 
 
-def characters_with(utf8, length, fragment: bytes, at_end: bool):
-    """Bool mask over code points: those whose UTF-8 ends with (at_end) or starts with `fragment`."""
-    m = len(fragment)
-    mask = length >= m
-    for k, b in enumerate(fragment):
-        col = (
-            np.take_along_axis(utf8, (length - m + k).clip(0, 3)[:, None], 1)[:, 0] if at_end else utf8[:, k]
-        )
-        mask &= col == b
+def ending_with(s: bytes):
+    """Bool mask over code points: the characters whose UTF-8 ends with `s`, the last bytes of a
+    character without its first (1 to 3 continuation bytes); no character for anything else."""
+    m = len(s)
+    if not (1 <= m <= 3 and all(0x80 <= b < 0xC0 for b in s)):
+        return np.zeros(N_CODE_POINTS, bool)
+    length, low = code_point_tables()
+    payload = 0
+    for b in s:
+        payload = payload << 6 | (b & 0x3F)
+    return (length > m) & (low[m - 1] == payload)
+
+
+def starting_with(p: bytes):
+    """Bool mask over code points: the characters whose UTF-8 starts with `p`, the first bytes of a
+    character without its last (a lead byte 110xxxxx / 1110xxxx / 11110xxx, then fewer continuation
+    bytes than it announces): a range of code points; no character for anything else."""
+    mask = np.zeros(N_CODE_POINTS, bool)
+    n = 2 if 0xC0 <= p[0] < 0xE0 else 3 if 0xE0 <= p[0] < 0xF0 else 4 if 0xF0 <= p[0] < 0xF8 else 0
+    if n > len(p) and all(0x80 <= b < 0xC0 for b in p[1:]):
+        payload = p[0] & (0x7F >> n)  # the lead byte's bits: 5, 4 or 3 of them
+        for b in p[1:]:
+            payload = payload << 6 | (b & 0x3F)
+        rest = 6 * (n - len(p))  # bits still to come
+        mask[payload << rest : (payload + 1) << rest] = True
+        mask &= code_point_tables()[0] == n  # an overlong start (b"\xe0\x80") begins no character
     return mask
 
 
@@ -87,6 +100,7 @@ class CutTable(NamedTuple):
 
 
 GRID_MAX = 1 << 26  # the pair grid is dense up to this many entries (64 MB); then searched
+HALVES_MAX = 64  # pairs of half characters tested exactly, one bit each (then flagged)
 
 
 def cut_table(ranks: dict) -> CutTable:
@@ -114,20 +128,19 @@ def cut_table(ranks: dict) -> CutTable:
             else:
                 halves.add((s, p))
     ends = begins = None
-    if halves:  # half a character on both sides (a few in GPT-2: b"\x88" + b"\xe8"): one bit each
-        utf8, length = utf8_of_every_code_point()
-        halves = sorted(halves)
-        bits = np.min_scalar_type((1 << min(len(halves), 64)) - 1)  # uint8 for up to 8 pairs, ...
+    halves = sorted(halves)  # half a character on both sides (a few in GPT-2: b"\x88" + b"\xe8")
+    if halves[:HALVES_MAX]:  # one bit each
+        bits = np.min_scalar_type((1 << len(halves[:HALVES_MAX])) - 1)  # uint8 for up to 8 pairs, ...
         ends, begins = np.zeros((2, N_CODE_POINTS), bits)
-        for k, (s, p) in enumerate(halves[:64]):
-            ends[characters_with(utf8, length, s, True)] |= bits.type(1 << k)
-            begins[characters_with(utf8, length, p, False)] |= bits.type(1 << k)
-        for s, p in halves[64:]:  # too many to test exactly: flag the smaller set of characters
-            end, begin = characters_with(utf8, length, s, True), characters_with(utf8, length, p, False)
-            if end.sum() <= begin.sum():
-                flags[end] |= AFTER
-            else:
-                flags[begin] |= BEFORE
+        for k, (s, p) in enumerate(halves[:HALVES_MAX]):
+            ends[ending_with(s)] |= bits.type(1 << k)
+            begins[starting_with(p)] |= bits.type(1 << k)
+    for s, p in halves[HALVES_MAX:]:  # too many to test exactly: flag the smaller set of characters
+        end, begin = ending_with(s), starting_with(p)
+        if end.sum() <= begin.sum():
+            flags[end] |= AFTER
+        else:
+            flags[begin] |= BEFORE
     pairs = np.array(sorted(pairs), np.int64)
     a, b = pairs >> BITS, pairs & ((1 << BITS) - 1)
     row, col = np.zeros((2, N_CODE_POINTS), np.int64)
