@@ -57,8 +57,8 @@ from common.cli import UserError
 from common.files import read_json, read_text, write_json
 from common.layout import RunLayout
 
-from bpe_cuts import cut_table  # same stage
-from bpe_fast import encode_pieces, encode_texts, merge_table, train_merges_fast  # same stage
+from bpe_cuts import cut_table, encode_texts  # same stage
+from bpe_fast import encode_pieces, merge_table, train_merges_fast  # same stage
 from pretokenize import (  # same stage
     GPT2_PATTERN,
     GPT4_PATTERN,
@@ -94,7 +94,7 @@ class BPETokenizer:
         self._special_re = special_splitter(self.special_tokens)
         self._cache = {}  # pre-token -> its ids
         self._merge_table = None  # for bpe_fast.encode_pieces, built on first use
-        self._cut_table = None  # for bpe_fast.encode_texts, built on first use
+        self._cut_table = None  # for bpe_cuts.encode_texts, built on first use
 
     @property
     def vocab_size(self) -> int:

@@ -1,4 +1,4 @@
-"""Where a pre-token can be cut without changing its ids, and which of the parts are the same.
+"""Encoding a batch of new text: cut each pre-token where no token can cross, merge only the distinct parts.
 
 Why it exists. BPE merges inside a pre-token ("piece") and never across two. Inside a piece a merge
 joins two adjacent tokens whose bytes, end to end, are a token of the vocabulary. So if no token of
@@ -7,9 +7,10 @@ crosses it: the piece's ids are its left part's ids followed by its right part's
 as if alone. (The lowest-rank-first rule picks, on each side, the pair that side would pick alone:
 the leftmost pair of lowest rank overall is the leftmost of lowest rank on its own side.)
 Cut at every such boundary, 红楼梦's 96k distinct pieces (2.3 MB) become sub-pieces that are mostly
-single characters, ~9k of them distinct (54 kB) with a trained 2k vocabulary, 42k (450 kB) with
-10k, 6k with GPT-2's ranks: the merging, most of a cold encode, nearly disappears. English gains
-little (most letter pairs are inside some token), and loses little: the test is a few array passes.
+single characters, ~15k of them distinct (~60 kB) with a trained 2k vocabulary, 57k with 10k, 6k
+with GPT-2's ranks: the merging (bpe_fast.encode_joined, 57 % of a cold encode before) nearly
+disappears. English gains little (most letter pairs are inside some token) and loses little: the
+test is a few array passes over the characters.
 
 When can a token lie across the boundary between characters A and B? Its bytes then contain the
 end of A's UTF-8 bytes and the start of B's, meeting at a character boundary of the token (a byte
@@ -17,12 +18,16 @@ that is not a continuation byte 0x80-0xBF). `cut_table` lists, for every token a
 boundary j inside it, the bytes s from the token's previous character boundary (or its start) to j
 and p from j to the next one (or its end): a boundary (A, B) of the text can be crossed only if A
 ends with some s and B starts with its p. Nearly always s and p are whole characters: then (A, B)
-is a pair of code points, kept in a sorted table and tested exactly. Otherwise (half a character:
-GPT-2 has b" \\xe7", a space and the first byte of many Chinese characters) the side that is a
-whole character, or the smaller set of characters that end with s / start with p, is flagged: no
-cut after it (AFTER) / before it (BEFORE). Flags only keep pieces longer; they never change an id.
+is a pair of code points, tested exactly in a grid. When one side is half a character (GPT-2 has
+b" \\xe7", a space and the first byte of many Chinese characters) the whole one is flagged: no cut
+after it (AFTER) / before it (BEFORE). When both are halves (GPT-2 has four), each such (s, p) gets
+a bit in two tables over code points, and (A, B) is tested exactly. Flags only keep pieces longer;
+they never change an id.
 
-Used by bpe_fast.encode_texts (a library; the command is bench_bpe.py).
+`encode_texts` encodes a batch of texts this way, for bpe.py's `encode_ordinary_batch`: the distinct
+pieces (a dict), their sub-pieces (`sub_piece_starts`), the distinct sub-pieces (`distinct_sub_pieces`),
+merged in rounds on arrays (bpe_fast.encode_joined), then each text's ids by gathers. A library; the
+command that times it is bench_bpe.py (tests: tests/test_02_tokenizer.py, against the per-piece loop).
 
 Interview questions it answers:
 - When do two strings' BPE ids simply concatenate? (when no vocabulary token can span the seam)
@@ -31,9 +36,14 @@ Interview questions it answers:
 """
 
 import functools
+import gc
+from contextlib import contextmanager
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
+
+from bpe_fast import encode_joined, ranges, utf8_joined  # same stage
 
 AFTER, BEFORE = 1, 2  # flag bits of a code point, see cut_table
 N_CODE_POINTS = 0x110000
@@ -100,6 +110,7 @@ class CutTable(NamedTuple):
 
 
 GRID_MAX = 1 << 26  # the pair grid is dense up to this many entries (64 MB); then searched
+SUBS_PER_PIECE = 2  # pieces are merged cut only when cut into at least this many sub-pieces on average
 HALVES_MAX = 64  # pairs of half characters tested exactly, one bit each (then flagged)
 
 
@@ -209,3 +220,72 @@ def distinct_sub_pieces(joined: str, chars, starts, lengths):
     row[long] = len(strings) + np.array([rows.setdefault(w, len(rows)) for w in pieces], np.int64)
     strings += list(rows)
     return strings, row
+
+
+@contextmanager
+def gc_paused():
+    """Python's cycle collector off for a block that makes many lists and no cycles: it would
+    otherwise scan every live object each few hundred thousand allocations (30 % of a cold encode)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def encode_cut(strings, byte_ids, table, cuts) -> tuple:
+    """`encode_joined`'s (ids, offsets, lengths) for distinct pieces given as strings, each cut where
+    no token can cross (`sub_piece_starts`, `cuts` from `cut_table`): only the distinct sub-pieces
+    are merged, then each piece's ids are its sub-pieces' ids end to end (one gather)."""
+    joined = "".join(strings)
+    chars = np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.int64)
+    piece_chars = np.fromiter(map(len, strings), np.int64, len(strings))
+    starts = np.flatnonzero(sub_piece_starts(chars, piece_chars, cuts))
+    if len(starts) < SUBS_PER_PIECE * len(strings):  # few cuts (English): merging the pieces is cheaper
+        return encode_joined(*utf8_joined(strings), byte_ids, table)
+    lengths = np.diff(np.append(starts, len(chars)))  # characters per sub-piece
+    subs, row = distinct_sub_pieces(joined, chars, starts, lengths)
+    ids, offsets, counts = encode_joined(*utf8_joined(subs), byte_ids, table)
+    m = counts[row]  # tokens of each sub-piece
+    piece = np.repeat(np.arange(len(strings)), piece_chars)[starts]  # the piece of each sub-piece
+    per_piece = np.bincount(piece, m, len(strings)).astype(np.int64)
+    return ids[ranges(offsets[row], m)], np.cumsum(per_piece) - per_piece, per_piece
+
+
+def encode_texts(pieces, byte_ids, table, cuts=None) -> tuple:
+    """(ids of each text, {piece: ids} of the pieces seen more than once) for the pre-tokens of each
+    text (`pieces`: a list of str lists), every distinct piece merged once (`encode_cut`, or without
+    `cuts` the whole pieces by bpe_fast.encode_joined) and the texts put together by one gather in
+    arrays instead of a Python loop per piece.
+    The pieces seen once are not returned: in a large batch they are mostly rare words, not worth
+    a list each in the caller's cache."""
+    with gc_paused():
+        row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
+        occurrence = np.array([row.setdefault(w, len(row)) for w in chain.from_iterable(pieces)], np.int64)
+        distinct = list(row)
+        if cuts is None:
+            ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
+        else:
+            ids, offsets, lengths = encode_cut(distinct, byte_ids, table, cuts)
+        m = lengths[occurrence]  # tokens of each occurrence
+        repeated = np.flatnonzero(np.bincount(occurrence, minlength=len(distinct)) > 1)
+        counts = lengths[repeated]
+        kept = ids[ranges(offsets[repeated], counts)].tolist()  # only the repeated pieces' ids to lists
+        ends = np.cumsum(counts).tolist()
+        cacheable = {
+            distinct[r]: kept[e - k : e] for r, e, k in zip(repeated.tolist(), ends, counts.tolist())
+        }
+    # The collector is back on, and its young-generation pass, due after all the objects made above,
+    # runs at the next allocation: before the texts' id lists exist, not after. A pass visits every
+    # item of every young list, and a million ints scattered in memory are a million cache misses
+    # (~25 ms, 8 % of a cold encode of 红楼梦). The lists returned are young either way, as tiktoken's
+    # are: the caller's next pass visits them once, whoever made them.
+    flat = ids[ranges(offsets[occurrence], m)].tolist()
+    if len(pieces) == 1:  # one text (encode_ordinary): its ids are the whole list, no copy
+        return [flat], cacheable
+    text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each occurrence
+    per_text = np.bincount(text_of, m, len(pieces)).astype(np.int64).tolist()  # tokens per text
+    ends = np.cumsum(per_text).tolist()
+    return [flat[end - k : end] for end, k in zip(ends, per_text)], cacheable

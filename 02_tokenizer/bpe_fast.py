@@ -10,30 +10,22 @@ arithmetic as theirs, on whole arrays at once, and are tested equal to them.
 
 1. Encoding in rounds (`encode_pieces_flat`). Lay all distinct pieces end to end in one array of
    token ids. Every pair of tokens (x, y) whose joined bytes are a token t is a row of a sorted table
-   with key x * 2^32 + y, found for a whole array of pairs with one `np.searchsorted`. Then, in each
-   round, every piece merges its one best pair (lowest rank, leftmost on ties) - exactly the step
-   the per-piece loop takes - so after as many rounds as the longest piece has merges, every piece
-   is done. A merged-away token leaves a hole that a linked list skips, so a round is one pass
-   (a min per piece) plus work per merging piece; finished pieces are copied out when they fill
-   most of the array. `encode_texts` merges every distinct piece of a batch this way and puts the
-   texts together with one gather, with Python's cycle collector paused.
-   The pieces are merged in groups of similar length (`encode_pieces_flat`): a group's arrays stay in
-   the CPU's cache, and short pieces do not wait through the long ones' rounds; a vocabulary of at
-   most 4096 tokens reads pair ranks from a dense table instead of a binary search.
-   The pieces' bytes are joined once (`utf8_joined`: one encode, lengths from code points) and each
-   group is a gather from them; a round's key is rank << shift | slot, read with a shift and a mask.
-   Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, best of 5 interleaved, 2026-12-07 at load
-   ~6): 8x faster than the per-piece loop with a trained 2k vocabulary, 4.4x with GPT-2's ranks;
-   2.06x tiktoken's time with the 2k vocabulary (4.6x before the groups, 2.7x before the joined
-   bytes), 2.32x with GPT-2's ranks (3.1x, 2.6x); English 2.0-2.1x. Timed in a fresh process
-   (old and new code alternated, load ~5) the same encodes are 1.98-2.04x and 1.86-1.93x, so issue
-   29's 2x is at the edge of the noise, not clearly met. What is left: the regex and finding the
-   distinct pieces (~0.07-0.1 s) are half of tiktoken's whole encode (0.15 s); the merging ~0.15 s.
-   Then `encode_texts` made the id lists after the collector's due pass instead of before it (the
-   pass had visited two million-int lists, ~25 ms) and stopped copying a single text's ids; and
-   bench_bpe.py starts each timed call from a collected heap. In one process at load 6-8, alternated
-   with the code before: 2k vocabulary 2.15x tiktoken (2.19-2.27x before), GPT-2's ranks 2.13-2.30x
-   (2.29-2.32x); alone with GPT-2's ranks 1.91-1.96x. Still not clearly within 2x under load.
+   with key x * 2^32 + y, found for a whole array of pairs with one `np.searchsorted` (or one gather
+   in a dense grid when it fits: `merge_table`). Then, in each round, every piece merges its one
+   best pair (lowest rank, leftmost on ties) - exactly the step the per-piece loop takes - so after
+   as many rounds as the longest piece has merges, every piece is done. A merged-away token leaves a
+   hole that a linked list skips, so a round is one pass (a min per piece) plus work per merging
+   piece; finished pieces are copied out when they fill most of the array. The pieces are merged in
+   groups of similar length: a group's arrays stay in the CPU's cache, and short pieces do not wait
+   through the long ones' rounds.
+   bpe_cuts.encode_texts finds the distinct pieces of a batch, cuts each where no token of the vocabulary
+   can lie across (bpe_cuts.py: 红楼梦's 96k distinct pieces, 2.3 MB, become ~15k distinct sub-pieces
+   with a trained 2k vocabulary), merges only the distinct sub-pieces this way, and puts the texts
+   together with gathers, with Python's cycle collector paused.
+   Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, see the README for the table): the rounds
+   alone brought Chinese from 16x tiktoken's time (the per-piece loop) to 2.1-3.0x; the cuts to
+   ~1.1-1.4x. What is left is mostly the regex and the dict that finds the distinct pieces (~0.07 s
+   of tiktoken's 0.14 s), and on English, where few pieces are cut, the same (~1.9x).
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
@@ -56,15 +48,10 @@ Interview questions it answers:
   occurrence of one pair) and do one step for all of them per array operation.
 """
 
-import gc
 import heapq
 from collections import Counter, defaultdict
-from contextlib import contextmanager
-from itertools import chain
 
 import numpy as np
-
-from bpe_cuts import distinct_sub_pieces, sub_piece_starts  # same stage
 
 LOW32 = (1 << 32) - 1
 FEW = 32  # merges with at most this many positions run one by one (merge_one_by_one)
@@ -140,8 +127,8 @@ PACK = 8  # finished pieces are copied out once the merging ones fill less than 
 
 def ranges(starts, counts):
     """The indices starts[0], ..., starts[0] + counts[0] - 1, then the next range's, ..., as one array."""
-    step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0, 1, .. in each range
-    return np.repeat(starts, counts) + step
+    # output position j of range i holds starts[i] + (j - positions before range i): one repeat, one arange
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
 
 
 def encode_pieces_flat(pieces, byte_ids, table, chunk_bytes=None):
@@ -281,72 +268,6 @@ def encode_pieces(pieces, byte_ids, table):
     final, offsets, lengths = encode_pieces_flat(pieces, byte_ids, table)
     flat = final.tolist()
     return [flat[s : s + m] for s, m in zip(offsets.tolist(), lengths.tolist())]
-
-
-@contextmanager
-def gc_paused():
-    """Python's cycle collector off for a block that makes many lists and no cycles: it would
-    otherwise scan every live object each few hundred thousand allocations (30 % of a cold encode)."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-def encode_cut(strings, byte_ids, table, cuts) -> tuple:
-    """`encode_joined`'s (ids, offsets, lengths) for distinct pieces given as strings, each cut where
-    no token can cross (bpe_cuts.sub_piece_starts, `cuts` from bpe_cuts.cut_table): only the distinct
-    sub-pieces are merged, then each piece's ids are its sub-pieces' ids end to end (one gather)."""
-    joined = "".join(strings)
-    chars = np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.int64)
-    piece_chars = np.fromiter(map(len, strings), np.int64, len(strings))
-    starts = np.flatnonzero(sub_piece_starts(chars, piece_chars, cuts))
-    lengths = np.diff(np.append(starts, len(chars)))  # characters per sub-piece
-    subs, row = distinct_sub_pieces(joined, chars, starts, lengths)
-    ids, offsets, counts = encode_joined(*utf8_joined(subs), byte_ids, table)
-    m = counts[row]  # tokens of each sub-piece
-    piece = np.repeat(np.arange(len(strings)), piece_chars)[starts]  # the piece of each sub-piece
-    per_piece = np.bincount(piece, m, len(strings)).astype(np.int64)
-    return ids[ranges(offsets[row], m)], np.cumsum(per_piece) - per_piece, per_piece
-
-
-def encode_texts(pieces, byte_ids, table, cuts=None) -> tuple:
-    """(ids of each text, {piece: ids} of the pieces seen more than once) for the pre-tokens of each
-    text (`pieces`: a list of str lists), every distinct piece merged once by `encode_pieces_flat`
-    and the texts put together by one gather in arrays instead of a Python loop per piece.
-    The pieces seen once are not returned: in a large batch they are mostly rare words, not worth
-    a list each in the caller's cache."""
-    with gc_paused():
-        row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
-        occurrence = np.array([row.setdefault(w, len(row)) for w in chain.from_iterable(pieces)], np.int64)
-        distinct = list(row)
-        if cuts is None:
-            ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
-        else:
-            ids, offsets, lengths = encode_cut(distinct, byte_ids, table, cuts)
-        m = lengths[occurrence]  # tokens of each occurrence
-        repeated = np.flatnonzero(np.bincount(occurrence, minlength=len(distinct)) > 1)
-        counts = lengths[repeated]
-        kept = ids[ranges(offsets[repeated], counts)].tolist()  # only the repeated pieces' ids to lists
-        ends = np.cumsum(counts).tolist()
-        cacheable = {
-            distinct[r]: kept[e - k : e] for r, e, k in zip(repeated.tolist(), ends, counts.tolist())
-        }
-    # The collector is back on, and its young-generation pass, due after all the objects made above,
-    # runs at the next allocation: before the texts' id lists exist, not after. A pass visits every
-    # item of every young list, and a million ints scattered in memory are a million cache misses
-    # (~25 ms, 8 % of a cold encode of 红楼梦). The lists returned are young either way, as tiktoken's
-    # are: the caller's next pass visits them once, whoever made them.
-    flat = ids[ranges(offsets[occurrence], m)].tolist()
-    if len(pieces) == 1:  # one text (encode_ordinary): its ids are the whole list, no copy
-        return [flat], cacheable
-    text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each occurrence
-    per_text = np.bincount(text_of, m, len(pieces)).astype(np.int64).tolist()  # tokens per text
-    ends = np.cumsum(per_text).tolist()
-    return [flat[end - k : end] for end, k in zip(ends, per_text)], cacheable
 
 
 # ==================================================================================================

@@ -19,12 +19,11 @@ import pytest
 
 from bpe import BPETokenizer
 from bpe_merges import train_merges, train_merges_naive
-from bpe_cuts import cut_table, distinct_sub_pieces, sub_piece_starts
+from bpe_cuts import cut_table, distinct_sub_pieces, encode_texts, sub_piece_starts
 from bpe_fast import (
     descending,
     encode_pieces,
     encode_pieces_flat,
-    encode_texts,
     merge_table,
     train_merges_fast,
     utf8_joined,
@@ -803,6 +802,7 @@ def test_cuts_lie_where_no_token_can_and_keep_every_id(seed, monkeypatch):
     pieces = [t._pat.findall(x) for x in texts]
     want = [[i for w in p for i in t.bpe_piece(w.encode())] for p in pieces]
     table = merge_table(t.ranks)
+    monkeypatch.setattr(bpe_cuts, "SUBS_PER_PIECE", 0)  # always merged cut
     for halves_max, grid_max in ((64, 1 << 26), (3, 1 << 26), (0, 0)):
         monkeypatch.setattr(bpe_cuts, "HALVES_MAX", halves_max)
         monkeypatch.setattr(bpe_cuts, "GRID_MAX", grid_max)
@@ -840,11 +840,14 @@ def test_distinct_sub_pieces_of_one_two_three_and_more_characters():
     assert len(set(strings)) == len(strings) and {1, 2, 3} < set(lengths.tolist()) and lengths.max() > 3
 
 
-def test_cut_encoder_on_mixed_text_cold_then_from_the_cache(tok, gpt2):
+def test_cut_encoder_on_mixed_text_cold_then_from_the_cache(tok, gpt2, monkeypatch):
     """encode_ordinary on Chinese, English, emoji and whitespace of every kind through the cut
     encoder (cold) equals tiktoken, then again with every piece a cache hit; GPT-2's ranks have
     tokens such as b" \\xe7" (a space and half a Chinese character) that the cut table flags."""
+    import bpe_cuts
+
     text = (MIXED + "\n") * 300  # every piece repeated: all of them cached by the cold call
+    monkeypatch.setattr(bpe_cuts, "SUBS_PER_PIECE", 0)  # always merged cut
     for t in (tok, gpt2):
         enc = t.to_tiktoken()
         t._cache.clear()
