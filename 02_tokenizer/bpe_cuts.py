@@ -110,7 +110,8 @@ class CutTable(NamedTuple):
 
 
 GRID_MAX = 1 << 26  # the pair grid is dense up to this many entries (64 MB); then searched
-SUBS_PER_PIECE = 2  # pieces are merged cut only when cut into at least this many sub-pieces on average
+SUBS_PER_PIECE = 2  # encode_texts cuts pieces when that makes at least this many sub-pieces per piece,
+SAMPLE = 1000  # ... judged on the first this many pieces
 HALVES_MAX = 64  # pairs of half characters tested exactly, one bit each (then flagged)
 
 
@@ -235,44 +236,45 @@ def gc_paused():
             gc.enable()
 
 
-def encode_cut(strings, byte_ids, table, cuts) -> tuple:
-    """`encode_joined`'s (ids, offsets, lengths) for distinct pieces given as strings, each cut where
-    no token can cross (`sub_piece_starts`, `cuts` from `cut_table`): only the distinct sub-pieces
-    are merged, then each piece's ids are its sub-pieces' ids end to end (one gather)."""
-    joined = "".join(strings)
+def sub_pieces(words, cuts) -> tuple:
+    """(strings, row, piece): the distinct sub-pieces of the pieces `words` (str), each cut where no
+    token can cross (`sub_piece_starts`, `cuts` from `cut_table`); the row among them of each
+    sub-piece, in order; and the index in `words` of the piece each sub-piece comes from."""
+    joined = "".join(words)
     chars = np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.int64)
-    piece_chars = np.fromiter(map(len, strings), np.int64, len(strings))
+    piece_chars = np.fromiter(map(len, words), np.int64, len(words))
     starts = np.flatnonzero(sub_piece_starts(chars, piece_chars, cuts))
-    if len(starts) < SUBS_PER_PIECE * len(strings):  # few cuts (English): merging the pieces is cheaper
-        return encode_joined(*utf8_joined(strings), byte_ids, table)
     lengths = np.diff(np.append(starts, len(chars)))  # characters per sub-piece
-    subs, row = distinct_sub_pieces(joined, chars, starts, lengths)
-    ids, offsets, counts = encode_joined(*utf8_joined(subs), byte_ids, table)
-    m = counts[row]  # tokens of each sub-piece
-    piece = np.repeat(np.arange(len(strings)), piece_chars)[starts]  # the piece of each sub-piece
-    per_piece = np.bincount(piece, m, len(strings)).astype(np.int64)
-    return ids[ranges(offsets[row], m)], np.cumsum(per_piece) - per_piece, per_piece
+    strings, row = distinct_sub_pieces(joined, chars, starts, lengths)
+    return strings, row, np.repeat(np.arange(len(words)), piece_chars)[starts]
 
 
 def encode_texts(pieces, byte_ids, table, cuts=None) -> tuple:
-    """(ids of each text, {piece: ids} of the pieces seen more than once) for the pre-tokens of each
-    text (`pieces`: a list of str lists), every distinct piece merged once (`encode_cut`, or without
-    `cuts` the whole pieces by bpe_fast.encode_joined) and the texts put together by one gather in
-    arrays instead of a Python loop per piece.
-    The pieces seen once are not returned: in a large batch they are mostly rare words, not worth
-    a list each in the caller's cache."""
+    """(ids of each text, {string: ids} of the units seen more than once) for the pre-tokens of each
+    text (`pieces`: a list of str lists). The units: the sub-pieces (`sub_pieces`, with `cuts`) when
+    cutting the first SAMPLE pieces gives at least SUBS_PER_PIECE sub-pieces per piece (Chinese:
+    4-7), else the pieces themselves (English: 1.2, where a dict that finds the distinct pieces is
+    cheaper). Each distinct unit is merged once (bpe_fast.encode_joined) and the texts are put
+    together by one gather in arrays instead of a Python loop per piece. A unit's ids are those of
+    the same string as a whole piece, so the units seen more than once can go into the caller's cache
+    (those seen once are mostly rare words, not worth a list each)."""
+    text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each piece
     with gc_paused():
-        row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
-        occurrence = np.array([row.setdefault(w, len(row)) for w in chain.from_iterable(pieces)], np.int64)
-        distinct = list(row)
-        if cuts is None:
-            ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
+        words = list(chain.from_iterable(pieces))
+        if cuts is not None and len(sub_pieces(words[:SAMPLE], cuts)[1]) >= SUBS_PER_PIECE * len(
+            words[:SAMPLE]
+        ):
+            distinct, occurrence, piece = sub_pieces(words, cuts)
+            text_of = text_of[piece]
         else:
-            ids, offsets, lengths = encode_cut(distinct, byte_ids, table, cuts)
+            row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
+            occurrence = np.array([row.setdefault(w, len(row)) for w in words], np.int64)
+            distinct = list(row)
+        ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
         m = lengths[occurrence]  # tokens of each occurrence
         repeated = np.flatnonzero(np.bincount(occurrence, minlength=len(distinct)) > 1)
         counts = lengths[repeated]
-        kept = ids[ranges(offsets[repeated], counts)].tolist()  # only the repeated pieces' ids to lists
+        kept = ids[ranges(offsets[repeated], counts)].tolist()  # only the repeated units' ids to lists
         ends = np.cumsum(counts).tolist()
         cacheable = {
             distinct[r]: kept[e - k : e] for r, e, k in zip(repeated.tolist(), ends, counts.tolist())
@@ -285,7 +287,6 @@ def encode_texts(pieces, byte_ids, table, cuts=None) -> tuple:
     flat = ids[ranges(offsets[occurrence], m)].tolist()
     if len(pieces) == 1:  # one text (encode_ordinary): its ids are the whole list, no copy
         return [flat], cacheable
-    text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each occurrence
     per_text = np.bincount(text_of, m, len(pieces)).astype(np.int64).tolist()  # tokens per text
     ends = np.cumsum(per_text).tolist()
     return [flat[end - k : end] for end, k in zip(ends, per_text)], cacheable

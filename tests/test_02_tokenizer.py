@@ -841,22 +841,24 @@ def test_distinct_sub_pieces_of_one_two_three_and_more_characters():
 
 
 def test_cut_encoder_on_mixed_text_cold_then_from_the_cache(tok, gpt2, monkeypatch):
-    """encode_ordinary on Chinese, English, emoji and whitespace of every kind through the cut
-    encoder (cold) equals tiktoken, then again with every piece a cache hit; GPT-2's ranks have
-    tokens such as b" \\xe7" (a space and half a Chinese character) that the cut table flags."""
+    """encode_ordinary on Chinese, English, emoji and whitespace of every kind, cold through the
+    sub-pieces (bpe_cuts.encode_texts) and through whole pieces, equals tiktoken; then again with
+    every piece a cache hit. GPT-2's ranks have tokens such as b" \\xe7" (a space and half a Chinese
+    character) that the cut table flags."""
     import bpe_cuts
 
-    text = (MIXED + "\n") * 300  # every piece repeated: all of them cached by the cold call
-    monkeypatch.setattr(bpe_cuts, "SUBS_PER_PIECE", 0)  # always merged cut
+    text = (MIXED + "\n") * 300  # 4,000+ pieces: the cold path
     for t in (tok, gpt2):
-        enc = t.to_tiktoken()
+        want = t.to_tiktoken().encode_ordinary(text)
+        for subs_per_piece in (0, 1000):  # always cut / never cut
+            monkeypatch.setattr(bpe_cuts, "SUBS_PER_PIECE", subs_per_piece)
+            t._cache.clear()
+            assert t.encode_ordinary(text) == want
         t._cache.clear()
-        want = enc.encode_ordinary(text)
-        assert t.encode_ordinary(text) == want and t._cut_table is not None
-        pieces = set(t._pat.findall(text))
-        assert pieces <= set(t._cache)  # the next call reads every piece from the cache
+        t.encode_ordinary(MIXED + "\n")  # a few pieces: each merged alone and cached
+        assert set(t._pat.findall(text)) <= set(t._cache)  # so the next call reads every piece from it
         assert t.encode_ordinary(text) == want
-    assert gpt2._cut_table.ends is not None or gpt2._cut_table.flags.any()
+    assert gpt2._cut_table.flags.any() and gpt2._cut_table is not None
 
 
 def test_dense_merge_table_equals_the_searched_one(tok, monkeypatch):
