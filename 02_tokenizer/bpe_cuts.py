@@ -101,8 +101,8 @@ class CutTable(NamedTuple):
     """Where tokens can lie across a character boundary (built by cut_table, read by sub_piece_starts)."""
 
     flags: np.ndarray  # uint8 per code point: AFTER / BEFORE, a boundary after / before it may be crossed
-    row: np.ndarray  # int64 per code point: its row in `grid` (0: it begins no listed pair)
-    col: np.ndarray  # int64 per code point: its column (0: it ends no listed pair)
+    row: np.ndarray  # int32/64 per code point: its row in `grid` (0: it begins no listed pair)
+    col: np.ndarray  # int32/64 per code point: its column (0: it ends no listed pair)
     grid: np.ndarray  # bool, row[A] + col[B]: (A, B) is a listed pair; None when too large
     pairs: np.ndarray  # sorted int64 A << 21 | B of the listed pairs (searched when grid is None)
     ends: np.ndarray  # bit k of ends[A]: A ends with the k-th half character s; None when no halves
@@ -163,11 +163,12 @@ def cut_table(ranks: dict) -> CutTable:
     if (row.max(initial=0) + width) <= GRID_MAX:
         grid = np.zeros(row.max(initial=0) + width, bool)
         grid[row[a] + col[b]] = True
+        row, col = row.astype(np.int32), col.astype(np.int32)  # < GRID_MAX: half the memory per boundary
     return CutTable(flags, row, col, grid, pairs, ends, begins)
 
 
 def sub_piece_starts(chars, piece_chars, cuts: CutTable):
-    """Bool per character of the pieces laid end to end (`chars`: code points, int64; `piece_chars`:
+    """Bool per character of the pieces laid end to end (`chars`: code points, uint32; `piece_chars`:
     characters per piece): True where a sub-piece starts, that is at each piece's start and at each
     boundary that no token of the vocabulary can lie across (see cut_table)."""
     n = len(chars)
@@ -180,7 +181,7 @@ def sub_piece_starts(chars, piece_chars, cuts: CutTable):
         whole |= cuts.grid[at]
     else:
         maybe = np.flatnonzero(~whole & (cuts.row[left] != 0) & (cuts.col[right] != 0))
-        q = left[maybe] << BITS | right[maybe]
+        q = left[maybe].astype(np.int64) << BITS | right[maybe]
         whole[maybe] = cuts.pairs[np.minimum(np.searchsorted(cuts.pairs, q), len(cuts.pairs) - 1)] == q
     start = np.ones(n + 1, bool)  # one spare slot: an empty last piece starts at n
     start[1:n] = ~whole
@@ -209,8 +210,8 @@ def distinct_sub_pieces(joined: str, chars, starts, lengths):
 
     short = np.flatnonzero((lengths == 2) | (lengths == 3))
     s = starts[short]
-    third = np.where(lengths[short] == 3, chars[np.minimum(s + 2, len(chars) - 1)] + 1, 0)
-    key = (chars[s] + 1) | (chars[s + 1] + 1) << BITS | third << 2 * BITS
+    c = chars.astype(np.int64)[np.stack([s, s + 1, np.minimum(s + 2, len(chars) - 1)])] + 1
+    key = c[0] | c[1] << BITS | np.where(lengths[short] == 3, c[2], 0) << 2 * BITS
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     row[short] = len(strings) + inverse
     strings += [joined[a : a + m] for a, m in zip(s[first].tolist(), lengths[short][first].tolist())]
@@ -241,7 +242,7 @@ def sub_pieces(words, cuts) -> tuple:
     token can cross (`sub_piece_starts`, `cuts` from `cut_table`); the row among them of each
     sub-piece, in order; and the index in `words` of the piece each sub-piece comes from."""
     joined = "".join(words)
-    chars = np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.int64)
+    chars = np.frombuffer(joined.encode("utf-32-le"), np.uint32)  # code points, indices into the tables
     piece_chars = np.fromiter(map(len, words), np.int64, len(words))
     starts = np.flatnonzero(sub_piece_starts(chars, piece_chars, cuts))
     lengths = np.diff(np.append(starts, len(chars)))  # characters per sub-piece
@@ -260,16 +261,19 @@ def encode_texts(pieces, byte_ids, table, cuts=None) -> tuple:
     (those seen once are mostly rare words, not worth a list each)."""
     text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each piece
     with gc_paused():
-        words = list(chain.from_iterable(pieces))
+        words = pieces[0] if len(pieces) == 1 else list(chain.from_iterable(pieces))
         if cuts is not None and len(sub_pieces(words[:SAMPLE], cuts)[1]) >= SUBS_PER_PIECE * len(
             words[:SAMPLE]
         ):
             distinct, occurrence, piece = sub_pieces(words, cuts)
             text_of = text_of[piece]
         else:
-            row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
-            occurrence = np.array([row.setdefault(w, len(row)) for w in words], np.int64)
-            distinct = list(row)
+            first = {}  # piece -> where it first occurs in `words` (a map in C, no Python loop)
+            seen_at = np.fromiter(map(first.setdefault, words, range(len(words))), np.int64, len(words))
+            distinct = list(first)  # in order of first occurrence
+            row = np.zeros(len(words), np.int64)
+            row[np.fromiter(first.values(), np.int64, len(first))] = np.arange(len(first))
+            occurrence = row[seen_at]  # the row of each piece among the distinct ones
         ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
         m = lengths[occurrence]  # tokens of each occurrence
         repeated = np.flatnonzero(np.bincount(occurrence, minlength=len(distinct)) > 1)
