@@ -24,9 +24,10 @@ after it (AFTER) / before it (BEFORE). When both are halves (GPT-2 has four), ea
 a bit in two tables over code points, and (A, B) is tested exactly. Flags only keep pieces longer;
 they never change an id.
 
-`encode_texts` encodes a batch of texts this way, for bpe.py's `encode_ordinary_batch`: the distinct
-pieces (a dict), their sub-pieces (`sub_piece_starts`), the distinct sub-pieces (`distinct_sub_pieces`),
-merged in rounds on arrays (bpe_fast.encode_joined), then each text's ids by gathers. A library; the
+`encode_texts` encodes a batch of texts this way, for bpe.py's `encode_ordinary_batch`: the pieces'
+sub-pieces (`sub_piece_starts`), the distinct ones (`distinct_sub_pieces`), merged in rounds on
+arrays (bpe_fast.encode_joined), then each text's ids by gathers. Where cutting gains little
+(English: 1.2 sub-pieces per piece) it finds the distinct pieces with a dict and merges those. A library; the
 command that times it is bench_bpe.py (tests: tests/test_02_tokenizer.py, against the per-piece loop).
 
 Interview questions it answers:

@@ -18,14 +18,14 @@ arithmetic as theirs, on whole arrays at once, and are tested equal to them.
    piece; finished pieces are copied out when they fill most of the array. The pieces are merged in
    groups of similar length: a group's arrays stay in the CPU's cache, and short pieces do not wait
    through the long ones' rounds.
-   bpe_cuts.encode_texts finds the distinct pieces of a batch, cuts each where no token of the vocabulary
-   can lie across (bpe_cuts.py: 红楼梦's 96k distinct pieces, 2.3 MB, become ~15k distinct sub-pieces
-   with a trained 2k vocabulary), merges only the distinct sub-pieces this way, and puts the texts
-   together with gathers, with Python's cycle collector paused.
+   bpe_cuts.encode_texts cuts the pieces of a batch where no token of the vocabulary can lie across
+   (红楼梦's 96k distinct pieces, 2.3 MB, become ~15k distinct sub-pieces with a trained 2k
+   vocabulary), merges only the distinct sub-pieces this way, and puts the texts together with
+   gathers, with Python's cycle collector paused.
    Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, see the README for the table): the rounds
    alone brought Chinese from 16x tiktoken's time (the per-piece loop) to 2.1-3.0x; the cuts to
-   ~1.1-1.4x. What is left is mostly the regex and the dict that finds the distinct pieces (~0.07 s
-   of tiktoken's 0.14 s), and on English, where few pieces are cut, the same (~1.9x).
+   1.1-1.4x. What is left is the regex, the cuts and the id list; on English, where few pieces are
+   cut, the regex and the dict of distinct pieces (1.9-2.1x).
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
