@@ -877,6 +877,46 @@ def test_dense_merge_table_equals_the_searched_one(tok, monkeypatch):
     assert (ranks == bpe_fast.rank_of_pairs(searched, left, right, none)).all() and (ranks < none).any()
 
 
+def test_bmp_pretokenizer_finds_the_regex_modules_pieces():
+    """pretokenize.PreTokenizer runs GPT-2's and GPT-4's patterns with the standard library's `re` on
+    text without characters beyond U+FFFF: the same pieces as the `regex` module on random text of
+    every kind of character below U+10000 (letters and digits of many scripts, marks, every
+    whitespace, ſ and the Kelvin sign that match s / k case-insensitively, apostrophes, CR/LF), with
+    an emoji added (the `regex` module's turn), and on real English and Chinese."""
+    import regex
+
+    from pretokenize import PreTokenizer
+
+    rng = random.Random(8)
+    every = [chr(c) for c in [*range(0xD800), *range(0xE000, 0x10000)]]
+    common = list("'sSdtmlLvVeErR ſK\n\r\t\x0b\x0c\x1c\x85\xa0\u2028\u3000 aZ9٣²中文，。!?-_")
+    texts = [
+        "".join(rng.choice(common if rng.random() < 0.6 else every) for _ in range(300)) for _ in range(300)
+    ]
+    texts += [x + "😀" + x for x in texts[:20]] + ["", "'S'LL's're'VE  \n\n  x", "\r\n\t \u3000'd"]
+    for name in ("gpt2", "gpt4"):
+        pre = PreTokenizer(name)
+        full = regex.compile(pre.pattern)
+        assert pre.bmp is not None
+        for x in texts:
+            assert pre.findall(x) == full.findall(x) == pre.full.findall(x)
+            if "😀" not in x:
+                assert pre.bmp.findall(x) == full.findall(x), repr(x)
+    assert PreTokenizer(r"\w+").bmp is None  # other patterns: the regex module only
+
+
+def test_bmp_pretokenizer_on_real_text(shared_data):
+    import regex
+
+    from pretokenize import PreTokenizer
+
+    for f in ("tinyshakespeare.txt", "hongloumeng.txt", "chinese_classics.txt"):
+        text = (shared_data / "text" / f).read_text(encoding="utf-8")
+        for name in ("gpt2", "gpt4"):
+            pre = PreTokenizer(name)
+            assert pre.bmp.findall(text) == regex.compile(pre.pattern).findall(text)
+
+
 def test_unigram_viterbi_tries_pieces_of_exactly_max_len():
     import math
 
