@@ -24,8 +24,9 @@ arithmetic as theirs, on whole arrays at once, and are tested equal to them.
    gathers, with Python's cycle collector paused.
    Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, see the README for the table): the rounds
    alone brought Chinese from 16x tiktoken's time (the per-piece loop) to 2.1-3.0x; the cuts to
-   1.1-1.4x. What is left is the regex, the cuts and the id list; on English, where few pieces are
-   cut, the regex and the dict of distinct pieces (1.9-2.1x).
+   1.1-1.4x, and with pretokenize.PreTokenizer's faster regex 0.9-1.2x (English 1.3-1.4x). What is
+   left is the cuts and the id list; on English, where few pieces are cut, the dict of distinct
+   pieces, the merging and the id list.
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
