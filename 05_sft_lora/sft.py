@@ -75,7 +75,7 @@ from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_gr
 from train_state import RunState  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
-from adapter import BottleneckAdapters, save_adapters
+from adapter import BottleneckAdapters, save_adapters, train_marker_rows
 from lora import (
     DEFAULT_TARGETS,
     count_params,
@@ -238,6 +238,8 @@ def apply_method(model, cfg: SFTConfig, marker_ids=()) -> list:
         return [prefix]
     adapters = BottleneckAdapters(model.cfg, cfg.adapter_dim).to(next(model.parameters()).device)
     adapters.attach(model)
+    if len(marker_ids):
+        train_marker_rows(model, marker_ids)
     return [adapters]
 
 

@@ -24,6 +24,7 @@ from lora import (
     unmerge_lora,
 )
 from packing import collate_padded
+from adapter import BottleneckAdapters, load_adapters, save_adapters, train_marker_rows
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, marker_ids, save_prefix
 from finetuned import answer_requests, generate_answers
 import compare_outcome
@@ -151,6 +152,27 @@ def test_lora_marker_rows_start_at_the_base_merge_exactly_and_round_trip(tok, tm
     plain = merged_plain_model(fresh)  # E ← E + ΔE changes input and output rows together
     assert type(plain.tok_emb) is torch.nn.Embedding and set(plain.state_dict()) == set(y0_keys(tok))
     assert torch.allclose(plain(x)[0], y1, atol=1e-5)
+
+
+def test_adapters_train_the_marker_rows_and_round_trip(tok, tmp_path):
+    model = tiny_model(tok)
+    x = torch.tensor([encode_chat(tok, conv("red"))[0]])
+    y0 = model(x)[0]
+    adapters = BottleneckAdapters(model.cfg, dim=4)
+    adapters.attach(model)
+    train_marker_rows(model, marker_ids(tok))
+    assert torch.equal(model(x)[0], y0)  # identity adapters and zero rows: the base
+    rows = model.tok_emb.lora_rows["adapter"]
+    assert rows.requires_grad and rows.shape == (len(marker_ids(tok)), 32)
+    with torch.no_grad():
+        rows.normal_()
+        for p in adapters.parameters():
+            p.normal_(std=0.1)
+    y1 = model(x)[0]
+    save_adapters(adapters, model, tmp_path / "ad.pt")
+    fresh = tiny_model(tok)
+    load_adapters(fresh, tmp_path / "ad.pt")
+    assert torch.allclose(fresh(x)[0], y1, atol=1e-6)
 
 
 def y0_keys(tok):
