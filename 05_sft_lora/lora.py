@@ -18,6 +18,9 @@ r ≪ min(in, out). Only A and B train: r·(in + out) numbers per layer instead 
 - The adapter file holds A and B alone (kilobytes) plus the base's config and its hash; loading it
   onto a base of another shape or config is refused instead of silently producing garbage.
 
+- With `token_ids` (sft.py passes the chat markers unless --no-marker-rows) the adapter also trains
+  those rows of the tied embedding (LoRARows, below): n·d more numbers, merged as exactly as ΔW.
+
 The same file format and the parameter count are shared with prefix.py and adapter.py.
 
     from lora import inject_lora, save_lora, load_lora, merge_lora, set_adapter
@@ -33,6 +36,10 @@ Interview questions it answers:
 - Why is a merged LoRA model as fast as the base? (W + ΔW is one matrix of the original shape)
 - Why does LoRA forget less than full fine-tuning? (the update is confined to a rank-r subspace of
   a few matrices; most directions of W, and the embeddings, cannot move)
+- Why can a LoRA fine-tune fail to stop, and what fixes it? (tokens the base never saw, <|end|> among
+  them, get identical embedding rows in a long pretraining; with tied embeddings their logits are then
+  equal whatever the hidden state, so no low-rank change of the linear layers can prefer <|end|>; train
+  those few rows too, as PEFT's trainable_token_indices does: LoRARows)
 """
 
 import dataclasses
