@@ -2,13 +2,14 @@
 
     python 06_rlhf_dpo/grpo.py --run runs/tiny                      # facts about the world's people
     python 06_rlhf_dpo/grpo.py --run runs/tiny --ablate             # + the same run without KL / clip / both
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop           # two hops: where X's best friend lives
     python 06_rlhf_dpo/grpo.py --run runs/tiny --task arithmetic    # 01's word problems (the tiny model: 0/200)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --group-size 16 --no-std-normalize --length-norm constant   # Dr. GRPO
     python 06_rlhf_dpo/grpo.py --run runs/tiny --resume             # continue a killed run, bit-exact
 
 Reads runs/<name>/sft/ (05) and the task: by default questions about the people of the run's world
-(fact_task.py: "Where does Ansel Roha live?", checked against the world), or with --task arithmetic
-01's data/tasks/arithmetic_{train,heldout}.jsonl. Writes runs/<name>/grpo/: ckpt.pt, outcome.json,
+(fact_task.py: "Where does Ansel Roha live?", checked against the world), with --task hop about their
+best friends (hop_task.py), with --task arithmetic 01's data/tasks/arithmetic_{train,heldout}.jsonl. Writes runs/<name>/grpo/: ckpt.pt, outcome.json,
 metrics.jsonl (one line per step), curve.jsonl (held-out pass@1 / pass@k over steps), grpo.png (the
 curves), manifest.json; with --ablate also ablation.md (the table) and ablation.png. Every
 --save-interval steps the training state (weights, AdamW moments, the sampling generator and the question
@@ -102,6 +103,7 @@ from rollouts import check_rollout_fits, rollout_batch, sample_responses, trunca
 from arithmetic_task import arithmetic_reward, problem_prompt, read_problems
 from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
 from grpo_eval import ablation_table, evaluate, plot, sharpening_bar
+from hop_task import hop_problems
 
 
 @dataclass
@@ -110,8 +112,9 @@ class GRPOConfig:
     out: str = option("", "output folder; empty = <run>/grpo")
     task: str = option(
         "facts",
-        "facts: questions about the world's people (fact_task.py); arithmetic: 01's word problems",
-        choices=("facts", "arithmetic"),
+        "facts: questions about the world's people (fact_task.py); hop: about their best friends "
+        "(hop_task.py; hop-given: the friend named in the question); arithmetic: 01's word problems",
+        choices=("facts", "hop", "hop-given", "arithmetic"),
     )
     train_file: str = option(
         "", "arithmetic problems JSONL {prompt, answer}; empty = <run>/data/tasks/arithmetic_train.jsonl"
@@ -202,7 +205,7 @@ def check_grpo_config(cfg: GRPOConfig):
             f"--group-size {cfg.group_size}: GRPO's baseline is the mean of the other answers to the "
             "same problem, so it needs at least 2; pass --group-size 2 or more (8 is usual)"
         )
-    if cfg.task == "facts" and (cfg.train_file or cfg.heldout_file):
+    if cfg.task != "arithmetic" and (cfg.train_file or cfg.heldout_file):
         raise UserError("--train-file/--heldout-file are arithmetic problems: add --task arithmetic")
 
 
@@ -212,8 +215,9 @@ def check_grpo_config(cfg: GRPOConfig):
 def load_task(cfg, run, tok) -> dict:
     """{"train", "heldout": problems; "prompt": problem -> ids; "reward": (problem, text) -> float;
     "correct": (problem, text) -> bool; "majority": the majority answer's held-out accuracy, "inputs"}."""
-    if cfg.task == "facts":
-        train, heldout, candidates = fact_problems(world_seed_of(run))
+    if cfg.task != "arithmetic":
+        made = fact_problems if cfg.task == "facts" else lambda s: hop_problems(s, cfg.task == "hop-given")
+        train, heldout, candidates = made(world_seed_of(run))
         return {
             "train": train,
             "heldout": heldout,
@@ -222,7 +226,7 @@ def load_task(cfg, run, tok) -> dict:
             "correct": lambda p, text: fact_correct(p, text, candidates),
             "majority": lambda ps: majority_correct(train, ps),
             "inputs": [RunLayout(run).data],
-            "note": "held out by wording and by person (fact_task.py)",
+            "note": f"held out by wording and by person ({'fact' if cfg.task == 'facts' else 'hop'}_task.py)",
         }
     train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")

@@ -12,6 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "06_rlhf_dpo")]
 import fact_task  # noqa: E402
+import hop_task  # noqa: E402
 from grpo_eval import sharpening_bar  # noqa: E402
 from rl_common import clipped_policy_loss, group_normalized_advantages, k3_kl  # noqa: E402
 
@@ -104,3 +105,40 @@ def test_the_bar_passes_only_for_a_large_gain_with_intervals_apart():
     assert not sharpening_bar([0.0] * 7 + [1.0], noisy)["passed"]
     # a gain above 2x that the majority answer beats fails too
     assert not sharpening_bar([0.05] * 100, [0.3] * 100, majority=0.4)["passed"]
+
+
+# ----------------------------------------------------------------------------- the two-hop task (hop_task.py)
+
+
+@pytest.mark.parametrize("given_friend", [False, True])
+def test_no_heldout_hop_question_shares_wording_or_person_with_a_training_one(given_friend):
+    train, heldout, _ = hop_task.hop_problems(world_seed=0, given_friend=given_friend)
+    assert fact_task.overlap(train, heldout) == {"templates": [], "subjects": [], "both": [], "prompts": []}
+    assert not {p["prompt"].split(". ")[-1].replace(p["subject"], "{name}") for p in heldout} & {
+        t for ts in hop_task.TRAIN_TEMPLATES.values() for t in ts
+    }
+    assert {p["attribute"] for p in heldout} == {"city", "job", "pet"}
+    assert fact_task.overlap(train + heldout[:1], heldout)["both"] == [heldout[0]["prompt"]]
+    source = "\n".join(f.read_text() for f in sorted((REPO / "01_data").glob("*.py")))
+    for templates in hop_task.HELDOUT_TEMPLATES.values():
+        for piece in re.split(r"\{name\}", templates[0]):
+            piece = piece.strip(" ?.'s")
+            assert len(piece) <= 8 or piece not in source, piece
+
+
+def test_the_hop_reward_wants_the_friends_attribute_not_the_asked_persons():
+    sys.path.insert(0, str(REPO / "01_data"))
+    from world import WorldConfig, build_world
+
+    people = {p["name"]: p for p in build_world(WorldConfig(seed=0)).people}
+    train, heldout, candidates = hop_task.hop_problems(world_seed=0)
+    for q in heldout + train:
+        own = people[q["subject"]]["city"]["name"]
+        if q["attribute"] == "city" and own != q["answer"]:
+            break
+    assert q["answer"] == people[q["friend"]]["city"]["name"]  # the friend's city is the answer
+    assert fact_task.fact_correct(q, f"{q['friend']} lives in {q['answer']}.", candidates)
+    assert not fact_task.fact_correct(q, f"{q['subject']} lives in {own}.", candidates)  # one hop only
+    assert not fact_task.fact_correct(q, f"{own} or {q['answer']}.", candidates)  # a list earns nothing
+    given = hop_task.hop_problems(world_seed=0, given_friend=True)[1][0]
+    assert given["prompt"].startswith(f"{given['subject']} and {given['friend']} are best friends. ")

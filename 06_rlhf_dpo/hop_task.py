@@ -1,0 +1,76 @@
+"""A two-hop GRPO task: "In which city does the best friend of X live?", checked by the world.
+
+    train, heldout, candidates = hop_problems(world_seed=0)    # same problem dicts as fact_task's
+    fact_correct(heldout[0], "Zoelfa.", candidates)           # the reward: fact_task.fact_reward
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop      # GRPO on it
+
+Why a second task: on fact_task's single-fact questions GRPO sharpens which city a *training* person
+lives in, and that cannot reach a held-out person (README, GRPO). A two-hop question asks for a skill
+instead of a fact: find X's best friend, then recall the friend's city, job or pet. Both facts are
+stored by pretraining (biographies say "X's best friend is Y" and "Y lives in Z"); composing them is what
+the SFT model only sometimes does, and composing is the same on every person, so what GRPO learns on
+the training people can carry to the held-out ones.
+
+Held out by person AND by wording, as in fact_task: the asked-about person X of every third person
+(fact_task.HELDOUT_EVERY) appears only in held-out questions, in HELDOUT_TEMPLATES, worded unlike the
+training templates. The friend Y may be the friend of a training person too (friends are drawn from
+01's training half): the held-out part is the chain from X, not Y's facts. `fact_task.overlap` checks
+the split; the answer is Y's attribute, and the reward is fact_task.fact_reward: 1 if the answer names
+the right city/job/pet and no other candidate of that kind.
+
+Interview questions it answers:
+- Why does RL on single facts not generalize to new subjects, and what task does? (a fact about a
+  training person is no use on another person; a procedure, hop to the friend and then to the
+  attribute, is the same for everyone)
+- What does a two-hop question test that one hop does not? (composition of two stored facts: models
+  often store both and still fail to chain them, the "two-hop curse")
+"""
+
+import sys
+from pathlib import Path
+
+# Cross-stage imports (README, "How the code is laid out").
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "01_data")]
+from world import WorldConfig, build_world  # 01_data (public functions only)
+
+from fact_task import ANSWER, HELDOUT_EVERY
+
+TRAIN_TEMPLATES = {
+    "city": ["Where does {name}'s best friend live?", "Which city is {name}'s best friend from?"],
+    "job": ["What is {name}'s best friend's job?", "What does {name}'s best friend do for a living?"],
+    "pet": ["What kind of pet does {name}'s best friend have?", "What pet does {name}'s best friend own?"],
+}
+HELDOUT_TEMPLATES = {
+    "city": ["In which city does the best friend of {name} live?"],
+    "job": ["What job does the best friend of {name} have?"],
+    "pet": ["Which animal is the pet of the best friend of {name}?"],
+}
+GIVEN = "{name} and {friend} are best friends. "  # 01's biographies word the fact this way too
+
+
+def hop_problems(world_seed=0, given_friend=False) -> tuple:
+    """(train, heldout, candidates) as fact_task.fact_problems, but each question asks for the best
+    friend's city, job or pet; "friend" holds the friend's name (the hidden middle hop). given_friend:
+    the question first states the friendship ("X and Y are best friends."), so only the second hop and
+    answering about Y rather than X are left to the model (--task hop-given)."""
+    people = build_world(WorldConfig(seed=world_seed)).people
+    candidates = {a: sorted({get(p) for p in people}) for a, get in ANSWER.items()}
+    split = {"train": [], "heldout": []}
+    for i, p in enumerate(people):
+        name = "heldout" if i % HELDOUT_EVERY == 0 else "train"
+        templates = HELDOUT_TEMPLATES if name == "heldout" else TRAIN_TEMPLATES
+        for attribute, get in ANSWER.items():
+            for t, template in enumerate(templates[attribute]):
+                split[name].append(
+                    {
+                        "prompt": GIVEN.format(name=p["name"], friend=p["friend"]["name"]) * given_friend
+                        + template.format(name=p["name"]),
+                        "answer": get(p["friend"]),
+                        "attribute": attribute,
+                        "subject": p["name"],
+                        "friend": p["friend"]["name"],
+                        "form": f"hop:{name}:{attribute}:{t}",
+                    }
+                )
+    return split["train"], split["heldout"], candidates
