@@ -2,19 +2,19 @@
 
     python 06_rlhf_dpo/grpo.py --run runs/tiny                      # facts about the world's people
     python 06_rlhf_dpo/grpo.py --run runs/tiny --ablate             # + the same run without KL / clip / both
-    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop           # two hops: where X's best friend lives
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop-given     # where X's friend lives
     python 06_rlhf_dpo/grpo.py --run runs/tiny --task arithmetic    # 01's word problems (the tiny model: 0/200)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --group-size 16 --no-std-normalize --length-norm constant   # Dr. GRPO
     python 06_rlhf_dpo/grpo.py --run runs/tiny --resume             # continue a killed run, bit-exact
 
 Reads runs/<name>/sft/ (05) and the task: by default questions about the people of the run's world
-(fact_task.py: "Where does Ansel Roha live?", checked against the world), with --task hop about their
-best friends (hop_task.py), with --task arithmetic 01's data/tasks/arithmetic_{train,heldout}.jsonl. Writes runs/<name>/grpo/: ckpt.pt, outcome.json,
-metrics.jsonl (one line per step), curve.jsonl (held-out pass@1 / pass@k over steps), grpo.png (the
-curves), manifest.json; with --ablate also ablation.md (the table) and ablation.png. Every
---save-interval steps the training state (weights, AdamW moments, the sampling generator and the question
-order's RNG, the log and the curve; with --ablate, what the finished variants produced) goes to
-runs/<name>/.grpo.resume.pt: `--resume` continues a killed run from there, bit-exactly.
+(fact_task.py: "Where does Ansel Roha live?", checked against the world), --task hop / hop-given about
+their best friends (hop_task.py), --task arithmetic 01's data/tasks/arithmetic_*.jsonl. Writes
+runs/<name>/grpo/: ckpt.pt, outcome.json, metrics.jsonl (one line per step), curve.jsonl (held-out
+pass@1 / pass@k over steps), grpo.png (the curves), manifest.json; with --ablate also ablation.md (the
+table) and ablation.png. Every --save-interval steps the training state (weights, AdamW moments, the
+sampling generator, the question order's RNG, the log and the curve; with --ablate, what the finished
+variants produced) goes to runs/<name>/.grpo.resume.pt: `--resume` continues a killed run bit-exactly.
 
 One step, for a batch of questions q (prompts_per_step of them):
 1. Rollouts: G answers o_1..o_G per question sampled from π_old (the current policy) at temperature 1.
@@ -29,20 +29,19 @@ One step, for a batch of questions q (prompts_per_step of them):
    then over responses; `epochs` passes over the rollouts. The first pass is on-policy (ρ = 1, the clip
    cannot act); from the second on ρ ≠ 1 and the clip stops a token's update once π moved ε from π_old.
 
-Why facts by default: RL only sharpens what sampling already finds (fact_task.py). The tiny run's SFT
-model answers a held-out question right in 19 % of its samples but in 46 % of questions at least once
-in 8 (pass@8): GRPO has signal to use. On 01's two-digit arithmetic the tiny model scores pass@1 =
-pass@8 = 0, every group is all-wrong, every advantage 0, and GRPO cannot move (--task arithmetic).
-What can reach held-out people: half the SFT model's answers name no city/job/pet at all (it tells
-the age instead); answering the attribute asked is a skill GRPO learns on any person, while which city
-a training person lives in is not. So pass@1 on the training questions (--train-eval) rises faster
-than on the held-out people (README, GRPO).
+Why the task is what it is: RL only sharpens what sampling already finds, and only a skill carries to
+new people. On 01's two-digit arithmetic the tiny model scores pass@1 = pass@8 = 0: every group is
+all-wrong, every advantage 0 (--task arithmetic). On single facts (--task facts) GRPO sharpens which city
+a training person lives in, which no held-out person can use. Two hops from memory (--task hop) start at
+pass@1 0.02: the model cannot recall whose best friend is whom. With the friend named in the question
+(--task hop-given: "X and Y are best friends. In which city does the best friend of X live?") the skill
+is to answer about Y, not X, and it transfers: held-out pass@1 0.03 -> 0.28 at --steps 80 (README, GRPO).
 
-Measured on held-out questions (held out by wording and by person, fact_task.py), at step 0, every
-eval_interval steps and at the end (grpo_eval.pass_rates): pass@1 and pass@k from k samples at temperature
-1, and the greedy answer. The bar (grpo_eval.sharpening_bar): sampled pass@1 after GRPO ≥ 2× and ≥ +0.15
-over the start and above the majority answer, with the two 95 % intervals apart. --ablate repeats the run
-with β_KL = 0, with no clip (ε = ∞) and with both off, from the same SFT model and seed.
+Measured on held-out questions (held out by wording and by person), at step 0, every eval_interval
+steps and at the end (grpo_eval.pass_rates): pass@1 and pass@k from k samples at temperature 1, and the
+greedy answer. The bar (grpo_eval.sharpening_bar): sampled pass@1 after GRPO ≥ 2× and ≥ +0.15 over the
+start and above the majority answer, with the two 95 % intervals apart. --ablate repeats the run with
+β_KL = 0, with no clip (ε = ∞) and with both off, from the same SFT model and seed.
 
 Interview questions it answers:
 - Why no value model? (the group mean of G sampled answers to the same prompt is a baseline for free;

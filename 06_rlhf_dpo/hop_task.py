@@ -2,13 +2,14 @@
 
     train, heldout, candidates = hop_problems(world_seed=0)    # same problem dicts as fact_task's
     fact_correct(heldout[0], "Zoelfa.", candidates)           # the reward: fact_task.fact_reward
-    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop      # GRPO on it
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop-given --steps 80   # meets GRPO's goal
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop      # two hops from memory: out of reach
 
 Why a second task: on fact_task's single-fact questions GRPO sharpens which city a *training* person
 lives in, and that cannot reach a held-out person (README, GRPO). A two-hop question asks for a skill
 instead of a fact: find X's best friend, then recall the friend's city, job or pet. Both facts are
 stored by pretraining (biographies say "X's best friend is Y" and "Y lives in Z"); composing them is what
-the SFT model only sometimes does, and composing is the same on every person, so what GRPO learns on
+the SFT model rarely does, and composing is the same on every person, so what GRPO learns on
 the training people can carry to the held-out ones.
 
 Held out by person AND by wording, as in fact_task: the asked-about person X of every third person
@@ -17,6 +18,13 @@ training templates. The friend Y may be the friend of a training person too (fri
 01's training half): the held-out part is the chain from X, not Y's facts. `fact_task.overlap` checks
 the split; the answer is Y's attribute, and the reward is fact_task.fact_reward: 1 if the answer names
 the right city/job/pet and no other candidate of that kind.
+
+What was measured (README, GRPO): the tiny SFT model recalls whose best friend is whom 2 % of the time
+but the friend's facts 90 % of the time, so `--task hop` starts at pass@1 0.02 and GRPO cannot move it.
+Naming the friend in the question (given_friend, --task hop-given) leaves the skill of answering about
+Y rather than X: held-out pass@1 0.03 -> 0.28 / 0.29 (two seeds, 80 steps), on people and on friends
+GRPO never trained on (the held-out answers are not memorized); it carries to the held-out city
+wording, hardly to the job and pet wordings.
 
 Interview questions it answers:
 - Why does RL on single facts not generalize to new subjects, and what task does? (a fact about a
