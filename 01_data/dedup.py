@@ -225,6 +225,31 @@ def union_find_roots(n: int, pairs) -> np.ndarray:
     # <<< exercise
 
 
+def component_roots(n: int, pairs) -> np.ndarray:
+    """union_find_roots with numpy arrays: the same cluster ids (the smallest index of each connected
+    component), at 8 bytes per document instead of a Python list of Python ints (~70 bytes), for the
+    millions of documents of a streamed run (prepare_stream.py). A test checks they agree.
+
+    Hook and compress: every pair whose two documents have different roots points the larger root at
+    the smaller one (np.minimum.at keeps the smallest offer), then pointer jumping, label = label[label],
+    until every label is a root. A label only ever points lower, so the smallest index of a component
+    is never hooked and ends as its root; each round removes a root from every component not yet
+    joined, and jumping halves the longest path, so rounds stay few."""
+    label = np.arange(n, dtype=np.int64)  # (n,) a document's parent, a smaller index or itself
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)  # (E, 2)
+    while True:
+        ri, rj = label[pairs[:, 0]], label[pairs[:, 1]]
+        apart = ri != rj
+        if not apart.any():
+            return label
+        np.minimum.at(label, np.maximum(ri[apart], rj[apart]), np.minimum(ri[apart], rj[apart]))
+        while True:  # compress: every document points at its root
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
+
+
 def signatures(texts, cfg: DedupConfig = None) -> np.ndarray:
     """MinHash signatures of the texts, shape (N, num_perm); each row depends on its text only, so
     signatures computed shard by shard (prepare_stream.py) stack into the same matrix."""
@@ -272,8 +297,11 @@ def estimated_jaccard(sig, pairs, cols=8) -> np.ndarray:
     return equal / sig.shape[1]
 
 
-def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig(), sig=None, shingles_of=None):
+def near_duplicate_clusters(
+    texts, cfg: DedupConfig = DedupConfig(), sig=None, shingles_of=None, roots_of=union_find_roots
+):
     """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
+    roots_of: union_find_roots, or component_roots (the same ids, in numpy) for millions of documents.
 
     With `sig` given, `texts` is not read: the index runs over signatures alone, and a candidate is
     kept when its *estimated* Jaccard (the share of equal signature entries) reaches the threshold.
@@ -302,7 +330,7 @@ def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig(), sig=None, s
             sets = shingles_of(sorted(set(pairs.ravel().tolist())))
             exact = np.array([exact_jaccard(sets[i], sets[j]) for i, j in pairs.tolist()])
             pairs = pairs[exact >= cfg.threshold] if len(pairs) else pairs
-    return union_find_roots(len(sig), pairs), sig, pairs
+    return roots_of(len(sig), pairs), sig, pairs
 
 
 def text_shingles(texts, k: int):

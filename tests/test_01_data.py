@@ -582,8 +582,7 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     # land where the in-memory run put it, and every step must count the same characters
     from data_outcome import step_table
     from input_documents import generated_documents
-    from prepare import decide_streamed
-    from prepare_stream import clean_all_streamed
+    from prepare_stream import clean_all_streamed, decide_streamed
 
     data, stats = default_run
     cfg = PrepareConfig()
@@ -603,8 +602,7 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
 def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
     from data_outcome import step_table
     from input_documents import generated_documents
-    from prepare import decide_streamed
-    from prepare_stream import clean_all_streamed
+    from prepare_stream import clean_all_streamed, decide_streamed
 
     cfg = PrepareConfig(chars=200_000, line_dedup_docs=10)
     stats = prepare(cfg, tmp_path / "run", progress=False)
@@ -1049,7 +1047,8 @@ def test_shard_signatures_read_from_disk_index_like_the_matrix(tmp_path):
     # the streamed run keeps signatures on disk; a band, a subset and a row gather must read exactly
     # what the in-memory matrix holds, and dedup over them must decide as dedup() does
     from dedup import signatures
-    from prepare_stream import DocRecord, ShardSignatures, dedup_by_fingerprints, exact_key
+    from doc_table import DocRecord
+    from prepare_stream import ShardSignatures, dedup_by_fingerprints, exact_key
 
     base = "Bela Tora is a baker who lives in Mira and likes the color blue very much today. " * 3
     texts = [base, base.replace("blue", "green", 1), base, "Boats on the river at dawn. " * 5] * 3
