@@ -133,6 +133,58 @@ class DocTable:
         row = -1 if i == len(self.ids) else i if sorter is None else int(sorter[i])
         return row if row >= 0 and self.ids[row] == key else -1
 
+    def outcome_tables(self, unique, mixed, domains=DOMAINS) -> dict:
+        """stats.json's "input", "steps", "domains" and "splits" tables from the columns (unique, mixed:
+        rows), by bincounts: data_outcome.step_table and domain_table over the records make the same
+        tables (a test checks it) but visit every document ~20 times in Python, minutes at millions."""
+        n_codes = len(STEP_NAMES)
+        count = lambda codes: np.bincount(codes, minlength=n_codes)  # documents per step code
+        total = lambda codes, chars: np.bincount(codes, weights=chars, minlength=n_codes)
+        by_step = self.dropped[self.acted_row] == self.acted_step  # the edit of the step that dropped it
+        changed, dropped = count(self.acted_step[~by_step]), count(self.acted_step[by_step])
+        chars = total(self.acted_step, self.acted_chars)
+        dedup_codes = self.dropped[self.kept]  # exact and near dedup drop kept documents, whole
+        is_dedup = (dedup_codes == STEP_CODE["exact_dedup"]) | (dedup_codes == STEP_CODE["near_dedup"])
+        dropped += count(dedup_codes[is_dedup])
+        chars += total(dedup_codes[is_dedup], self.chars[self.kept][is_dedup])
+        input_chars = int(self.chars_in.sum())
+        steps = {
+            s: {"changed": int(changed[c]), "dropped": int(dropped[c]), "chars": int(round(chars[c]))}
+            for c, s in enumerate(STEP_NAMES)
+            if c
+        }
+        steps["mix"] = {
+            "changed": 0,
+            "dropped": len(unique) - len(mixed),
+            "chars": int(self.chars[unique].sum()) - int(self.chars[mixed].sum()),
+        }
+        for r in steps.values():
+            r["share"] = r["chars"] / max(1, input_chars)
+        mixed_chars = max(1, int(self.chars[mixed].sum()))
+        table = {}
+        for dom in domains:
+            here = lambda rows: rows[self.domain[rows] == DOMAIN_CODE[dom]]
+            table[dom] = {
+                "docs_in": int(np.count_nonzero(self.domain == DOMAIN_CODE[dom])),
+                "chars_in": int(self.chars_in[self.domain == DOMAIN_CODE[dom]].sum()),
+                "docs_kept": len(here(unique)),
+                "chars_kept": int(self.chars[here(unique)].sum()),
+                "docs_mixed": len(here(mixed)),
+                "chars_mixed": int(self.chars[here(mixed)].sum()),
+                "share": int(self.chars[here(mixed)].sum()) / mixed_chars,
+            }
+        splits = {
+            name: {"docs": len(rows), "chars": int(self.chars[rows].sum())}
+            for k, name in enumerate(SPLITS)
+            for rows in [mixed[self.split[mixed] == k]]
+        }
+        return {
+            "input": {"docs": len(self), "chars": input_chars},
+            "steps": steps,
+            "domains": table,
+            "splits": splits,
+        }
+
     def records(self, rows=None, chars="chars"):
         """The documents at `rows` (None: every row) as a sequence of DocRecord (chars: "chars", the
         length after cleaning, or "chars_in", the input's)."""

@@ -414,26 +414,31 @@ def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Pa
     write_jsonl(folder / "noise_labels.jsonl", [])
     lap("write")
     outcome = (inputs, {}, acted, removed, kept, unique, mixed, splits)
-    return finish(cfg, config, outcome, false_positives, {}, dict(lap.seconds), folder, command)
+    tables = meta["table"].outcome_tables(unique.rows, mixed.rows)  # counted over columns, not records
+    return finish(cfg, config, outcome, false_positives, {}, dict(lap.seconds), folder, command, tables)
 
 
-def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, command) -> dict:
-    """The stats (data_outcome.py's tables), stats.json, the plot and the manifest; returns the stats."""
+def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, command, tables=None) -> dict:
+    """The stats (data_outcome.py's tables), stats.json, the plot and the manifest; returns the stats.
+    tables: the input, steps, domains and splits tables when the caller has them (a streamed run
+    counts them over its columns: doc_table.DocTable.outcome_tables)."""
     docs, labels, acted, removed, kept, unique, mixed, splits = outcome
     t = time.time()
     contamination = contamination_report(folder) if tasks else []  # eval sets vs training data
     if tasks:
         seconds = {**seconds, "contamination": time.time() - t}
-    steps = step_table(docs, acted, removed, kept, unique, mixed)
+    tables = tables or {
+        "input": {"docs": len(docs), "chars": sum(map(doc_chars, docs))},
+        "steps": step_table(docs, acted, removed, kept, unique, mixed),
+        "domains": domain_table(docs, unique, mixed, DOMAINS),
+        "splits": {k: {"docs": len(v), "chars": sum(map(doc_chars, v))} for k, v in splits.items()},
+    }
     stats = {
         "config": config,
         "noise": noise_table(docs, labels, acted, removed, cfg.dedup_threshold) if labels else {},
-        "input": {"docs": len(docs), "chars": sum(map(doc_chars, docs))},
-        "steps": steps,
-        "domains": domain_table(docs, unique, mixed, DOMAINS),
-        "splits": {k: {"docs": len(v), "chars": sum(map(doc_chars, v))} for k, v in splits.items()},
+        **tables,
         "false_positives": false_positives,
-        "warnings": warnings_for(steps, cfg.warn_removed),
+        "warnings": warnings_for(tables["steps"], cfg.warn_removed),
         "tasks": tasks,
         "contamination": contamination,
         "heldout_exposure": heldout_exposure(folder) if tasks else {},  # held-out facts: biographies only

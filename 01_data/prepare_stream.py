@@ -11,23 +11,26 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
 2. Clean and fingerprint, in a pool of `workers` processes with at most 2 shards per worker in
    flight (a bounded queue: a fast reader cannot pile the whole input into memory). A worker cleans
    each document (clean.py), writes the kept ones to a temporary shard file and their MinHash
-   signatures (128 x 4 bytes each) to shard_<i>.sig.npy beside it, and returns only *metadata*: per
-   document a DocRecord (id, domain, length) and what each step did, and per kept document its
-   exact-dedup key (8 bytes of SHA-1, in a uint64 array).
-3. Decide, in the main process, over metadata alone: exact dedup over the keys, near-dedup and
-   the split clusters over ShardSignatures (the signatures on disk, read one LSH band or a few
-   candidate rows at a time; dedup.near_duplicate_clusters takes it as `sig`), the near-duplicate
-   candidates verified by their exact Jaccard from the shards' texts (only theirs), the domain mix
-   over lengths. A signature depends only on its text, so these are the decisions the in-memory
+   signatures (128 x 4 bytes each) to shard_<i>.sig.npy beside it, and returns only *columns*: per
+   document its id, domain, lengths and the step that dropped it, per edit (row, step, characters
+   removed), per kept document its exact-dedup key (8 bytes of SHA-1, uint64): doc_table.DocTable.
+3. Decide, in the main process, over columns alone (decide_streamed): exact dedup over the keys,
+   near-dedup and the split clusters over ShardSignatures (the signatures on disk, read one LSH band
+   or a few candidate rows at a time; dedup.near_duplicate_clusters takes it as `sig`), the
+   near-duplicate candidates verified by their exact Jaccard from the shards' texts (only theirs),
+   the domain mix over lengths (mix_positions) and the split over cluster roots (split_codes), each
+   prepare.py's rule over arrays. A signature depends only on its text, so these are the decisions the in-memory
    pipeline makes (a test checks it on the default corpus).
    With --line-dedup-docs, a pass in between: the workers also return each prose document's line
    keys, the main process counts documents per key, and a second map over the shards drops the
    common lines and refreshes the keys and signatures (line_dedup_shard).
 4. Write: the temporary shards are read back once per split and the kept documents written out.
 
-Peak memory is the metadata: about 180 bytes per document held and 510 at the peak of the decisions
-(before the signatures went to disk and the dicts became records: 900 and 1,700), plus the shards in
-flight. One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a
+Peak memory is the metadata, and the metadata is numpy columns (doc_table.py): about 40 bytes per
+document held (ids, lengths, codes, keys, signature row numbers) and ~200 at the peak of the
+decisions (LSH band keys and candidate pairs, arrays too), plus the shards in flight. Before, a
+Python record per document, an id->row dict and the split's per-cluster dicts held ~180 bytes per
+document and ~500 at the peak (README, "Scale", has the measured slopes). One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a
 task (`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
 decisions are a reduce over signatures (an LSH band is a group-by key), and the writes are a second
 map over the shards with the decision table broadcast -- the same three phases, spread over machines.
@@ -35,6 +38,8 @@ map over the shards with the decision table broadcast -- the same three phases, 
 Interview questions it answers:
 - How do you dedup a corpus that does not fit in memory? (keep fingerprints, not texts: exact
   hashes and MinHash signatures; LSH bands are a group-by; write in a second pass)
+- Why does "metadata only" still run out of memory? (a Python object per document costs 100-200
+  bytes whatever it holds; numpy columns with integer codes cost what their dtypes say)
 - Why a bounded queue in front of a worker pool? (an unbounded one reads the whole input ahead of
   the workers, which is the memory problem again)
 """

@@ -595,7 +595,9 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     for name in ("train", "val", "test"):
         assert [x["id"] for x in splits[name]] == [x["id"] for x in read_split(data, name)], name
     steps = step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed)
-    assert steps == stats["steps"]
+    assert steps == stats["steps"]  # the records the views make: the in-memory step table
+    tables = meta["table"].outcome_tables(unique.rows, mixed.rows)  # and the same, counted over columns
+    assert tables == {k: stats[k] for k in ("input", "steps", "domains", "splits")}
     assert len(list((tmp_path / "shards").glob("shard_*.jsonl"))) == -(-len(docs) // 1000)
 
 
@@ -618,6 +620,7 @@ def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
             x["id"] for x in read_split(tmp_path / "run" / "data", name)
         ]
     assert step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed) == stats["steps"]
+    assert meta["table"].outcome_tables(unique.rows, mixed.rows)["steps"] == stats["steps"]
 
 
 def test_streamed_bookkeeping_costs_tens_of_bytes_per_document(tmp_path):
