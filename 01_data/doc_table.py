@@ -222,15 +222,13 @@ class Acted(Mapping):
     """{id: {step: characters removed}} over the table's acted columns, for the rows a step changed."""
 
     def __init__(self, table: DocTable):
-        self.table = table
-        self.order = np.argsort(table.acted_row, kind="stable")  # a row's entries side by side
-        self.rows = np.unique(table.acted_row)
+        self.table = table  # nothing is computed until asked: a run's meta holds this view unread
 
     def __len__(self):
-        return len(self.rows)
+        return len(np.unique(self.table.acted_row))
 
     def __iter__(self):
-        return (i.decode("utf-8") for i in self.table.ids[self.rows])
+        return (i.decode("utf-8") for i in self.table.ids[np.unique(self.table.acted_row)])
 
     def __getitem__(self, doc_id):
         t, row = self.table, self.table.row_of(doc_id)
@@ -242,7 +240,8 @@ class Acted(Mapping):
     def items(self):
         """(id, {step: chars}) per changed row, one pass over the columns in row order."""
         t = self.table
-        rows, steps, chars = t.acted_row[self.order], t.acted_step[self.order], t.acted_chars[self.order]
+        order = np.argsort(t.acted_row, kind="stable")  # a row's entries side by side
+        rows, steps, chars = t.acted_row[order], t.acted_step[order], t.acted_chars[order]
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.zeros(0, int)
         for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)]):
             doc_id = t.ids[rows[a]].decode("utf-8")
