@@ -284,16 +284,21 @@ def candidate_bands(threshold: float, num_perm: int, recall=0.999):
     return num_perm, 1
 
 
-def estimated_jaccard(sig, pairs, cols=8) -> np.ndarray:
-    """The share of equal signature entries per pair, shape (E,), counted `cols` columns at a time.
+def estimated_jaccard(sig, pairs, cols=8, pair_chunk=1 << 16) -> np.ndarray:
+    """The share of equal signature entries per pair, shape (E,), counted `cols` columns and
+    `pair_chunk` pairs at a time.
 
     Gathering both rows of every pair at once costs E x num_perm x 4 bytes twice: with 2.2 M short
     documents (E ~ 2 M candidates) that was a 2.7 GB spike in a streamed run. Column by column it is
-    E x cols bytes, and a streamed run's on-disk signatures are read a band at a time, as LSH reads them."""
-    equal = np.zeros(len(pairs), dtype=np.int64)
+    E x cols x 9 bytes (two gathers and their comparison), and in chunks of pairs a fixed ~5 MB: what
+    stays per pair is its count (int16). A streamed run's on-disk signatures are read a band at a
+    time, as LSH reads them."""
+    equal = np.zeros(len(pairs), dtype=np.int16)  # (E,) equal entries so far, at most num_perm
     for c in range(0, sig.shape[1], cols):
         block = sig[:, c : c + cols]  # (N, cols)
-        equal += (block[pairs[:, 0]] == block[pairs[:, 1]]).sum(axis=1)
+        for p in range(0, len(pairs), pair_chunk):
+            i, j = pairs[p : p + pair_chunk, 0], pairs[p : p + pair_chunk, 1]
+            equal[p : p + pair_chunk] += (block[i] == block[j]).sum(axis=1, dtype=np.int16)
     return equal / sig.shape[1]
 
 
