@@ -4,8 +4,9 @@ What it measures, on one CPU core, English and Chinese (../shared/data/text when
 tinyshakespeare and 红楼梦; else 01_data's generated corpus):
   - encoding throughput in MB/s, one call on the whole text with an empty cache (every distinct
     pre-token merged once): the per-piece reference loop (bpe_piece with a cache, which is how
-    bpe.py encoded before the fast path), the fast path (encode_ordinary: new pieces merged
-    together in rounds on arrays), and a tiktoken.Encoding built from the same ranks (Rust).
+    bpe.py encoded before the fast path), the fast path (encode_ordinary: new pieces cut where no
+    token can cross, bpe_cuts.py, and the distinct parts merged together in rounds on arrays,
+    bpe_fast.py), and a tiktoken.Encoding built from the same ranks (Rust).
     The ids of all three are checked equal.
   - training seconds at each vocabulary size: pre-tokenization (regex + Counter, shared), then the
     merges by the readable incremental trainer (bpe_merges.train_merges) and by the array trainer

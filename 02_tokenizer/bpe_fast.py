@@ -10,30 +10,23 @@ arithmetic as theirs, on whole arrays at once, and are tested equal to them.
 
 1. Encoding in rounds (`encode_pieces_flat`). Lay all distinct pieces end to end in one array of
    token ids. Every pair of tokens (x, y) whose joined bytes are a token t is a row of a sorted table
-   with key x * 2^32 + y, found for a whole array of pairs with one `np.searchsorted`. Then, in each
-   round, every piece merges its one best pair (lowest rank, leftmost on ties) - exactly the step
-   the per-piece loop takes - so after as many rounds as the longest piece has merges, every piece
-   is done. A merged-away token leaves a hole that a linked list skips, so a round is one pass
-   (a min per piece) plus work per merging piece; finished pieces are copied out when they fill
-   most of the array. `encode_texts` merges every distinct piece of a batch this way and puts the
-   texts together with one gather, with Python's cycle collector paused.
-   The pieces are merged in groups of similar length (`encode_pieces_flat`): a group's arrays stay in
-   the CPU's cache, and short pieces do not wait through the long ones' rounds; a vocabulary of at
-   most 4096 tokens reads pair ranks from a dense table instead of a binary search.
-   The pieces' bytes are joined once (`utf8_joined`: one encode, lengths from code points) and each
-   group is a gather from them; a round's key is rank << shift | slot, read with a shift and a mask.
-   Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, best of 5 interleaved, 2026-12-07 at load
-   ~6): 8x faster than the per-piece loop with a trained 2k vocabulary, 4.4x with GPT-2's ranks;
-   2.06x tiktoken's time with the 2k vocabulary (4.6x before the groups, 2.7x before the joined
-   bytes), 2.32x with GPT-2's ranks (3.1x, 2.6x); English 2.0-2.1x. Timed in a fresh process
-   (old and new code alternated, load ~5) the same encodes are 1.98-2.04x and 1.86-1.93x, so issue
-   29's 2x is at the edge of the noise, not clearly met. What is left: the regex and finding the
-   distinct pieces (~0.07-0.1 s) are half of tiktoken's whole encode (0.15 s); the merging ~0.15 s.
-   Then `encode_texts` made the id lists after the collector's due pass instead of before it (the
-   pass had visited two million-int lists, ~25 ms) and stopped copying a single text's ids; and
-   bench_bpe.py starts each timed call from a collected heap. In one process at load 6-8, alternated
-   with the code before: 2k vocabulary 2.15x tiktoken (2.19-2.27x before), GPT-2's ranks 2.13-2.30x
-   (2.29-2.32x); alone with GPT-2's ranks 1.91-1.96x. Still not clearly within 2x under load.
+   with key x * 2^32 + y, found for a whole array of pairs with one `np.searchsorted` (or one gather
+   in a dense grid when it fits: `merge_table`). Then, in each round, every piece merges its one
+   best pair (lowest rank, leftmost on ties) - exactly the step the per-piece loop takes - so after
+   as many rounds as the longest piece has merges, every piece is done. A merged-away token leaves a
+   hole that a linked list skips, so a round is one pass (a min per piece) plus work per merging
+   piece; finished pieces are copied out when they fill most of the array. The pieces are merged in
+   groups of similar length: a group's arrays stay in the CPU's cache, and short pieces do not wait
+   through the long ones' rounds.
+   bpe_cuts.encode_texts cuts the pieces of a batch where no token of the vocabulary can lie across
+   (红楼梦's 96k distinct pieces, 2.3 MB, become ~15k distinct sub-pieces with a trained 2k
+   vocabulary), merges only the distinct sub-pieces this way, and puts the texts together with
+   gathers, with Python's cycle collector paused.
+   Measured (bench_bpe.py, CPU time, cold, whole 红楼梦, see the README for the table): the rounds
+   alone brought Chinese from 16x tiktoken's time (the per-piece loop) to 2.1-3.0x; the cuts to
+   1.1-1.4x, and with pretokenize.PreTokenizer's faster regex 0.9-1.2x (English 1.3-1.4x). What is
+   left is the cuts and the id list; on English, where few pieces are cut, the dict of distinct
+   pieces, the merging and the id list.
 
 2. Training with a position index (`train_merges_fast`). All distinct words are laid end to end
    in one array `sym`; a doubly linked list (`nxt`, `prv`) skips the symbols that merges removed,
@@ -56,11 +49,8 @@ Interview questions it answers:
   occurrence of one pair) and do one step for all of them per array operation.
 """
 
-import gc
 import heapq
 from collections import Counter, defaultdict
-from contextlib import contextmanager
-from itertools import chain
 
 import numpy as np
 
@@ -77,7 +67,7 @@ def pair_keys(left, right):
 # 1. Encoding: every piece merges its best pair, all pieces at once, round after round
 
 
-DENSE_MAX_VOCAB = 4096  # up to here the pair table is also kept dense: V² int16 entries (<= 32 MB)
+DENSE_MAX_ENTRIES = 1 << 24  # a dense pair table of at most this many int16 entries (32 MB)
 
 
 def merge_table(ranks: dict):
@@ -85,10 +75,11 @@ def merge_table(ranks: dict):
     token, as sorted keys and the joined token's rank; can_left[x] / can_right[y]: x starts / y ends some
     pair (a cheap test that spares most binary searches). Found by splitting each token's bytes at
     every point, so it holds exactly the pairs that tiktoken's rule (`rank of bytes(x) + bytes(y)`)
-    can merge, not only the trained merges. For a vocabulary of at most DENSE_MAX_VOCAB tokens,
-    dense[x * V + y] is the same rank (max rank + 1, `no_merge`, where none): one gather instead of a
-    binary search and no test for "none" (a dense table holds it already), which
-    makes a trained 2k vocabulary's lookups ~5x cheaper; GPT-2's 50k would need 5 GB, so it searches."""
+    can merge, not only the trained merges.
+    dense, when it fits in DENSE_MAX_ENTRIES: (row, col, grid) with grid[row[x] + col[y]] the same rank
+    (`no_merge` where none), row[x] = 0 and col[y] = 0 for a token that starts / ends no pair, so
+    only the tokens that do get a row / column: one gather instead of a binary search, ~5x cheaper.
+    A trained 10k vocabulary has ~2.5k of each (6M entries); GPT-2's 50k has 17k x 14k, so it searches."""
     left, right, merged = [], [], []
     for token, rank in ranks.items():
         for cut in range(1, len(token)):
@@ -102,10 +93,15 @@ def merge_table(ranks: dict):
     V = max(ranks.values(), default=0) + 1
     can_left, can_right = np.zeros((2, V), bool)
     can_left[left], can_right[right] = True, True
+    none = max(merged, default=0) + 1  # = no_merge(table)
+    width = int(can_right.sum()) + 1
     dense = None
-    if V <= DENSE_MAX_VOCAB:
-        dense = np.full(V * V, max(merged, default=0) + 1, np.int16)  # = no_merge(table)
-        dense[np.asarray(left, np.int64) * V + np.asarray(right, np.int64)] = merged
+    if (can_left.sum() + 1) * width <= DENSE_MAX_ENTRIES and none < 1 << 15:
+        row = np.cumsum(can_left) * can_left * width  # 0 for a token that starts no pair
+        col = np.cumsum(can_right) * can_right
+        grid = np.full((can_left.sum() + 1) * width, none, np.int16)
+        grid[row[left] + col[right]] = merged
+        dense = (row, col, grid)
     return keys[order], np.asarray(merged, np.int64)[order], can_left, can_right, dense
 
 
@@ -114,7 +110,8 @@ def rank_of_pairs(table, left, right, no_merge):
     a binary search in the table (or one gather in its dense form, which is filled with it)."""
     keys, ranks, can_left, can_right, dense = table
     if dense is not None:
-        return dense[left * len(can_left) + right].astype(np.int64)  # holds no_merge(table) already
+        row, col, grid = dense
+        return grid[row[left] + col[right]].astype(np.int64)  # holds no_merge(table) already
     out = np.full(len(left), no_merge, np.int64)
     maybe = np.flatnonzero(can_left[left] & can_right[right])
     if len(keys) == 0 or len(maybe) == 0:
@@ -131,8 +128,8 @@ PACK = 8  # finished pieces are copied out once the merging ones fill less than 
 
 def ranges(starts, counts):
     """The indices starts[0], ..., starts[0] + counts[0] - 1, then the next range's, ..., as one array."""
-    step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0, 1, .. in each range
-    return np.repeat(starts, counts) + step
+    # output position j of range i holds starts[i] + (j - positions before range i): one repeat, one arange
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
 
 
 def encode_pieces_flat(pieces, byte_ids, table, chunk_bytes=None):
@@ -272,52 +269,6 @@ def encode_pieces(pieces, byte_ids, table):
     final, offsets, lengths = encode_pieces_flat(pieces, byte_ids, table)
     flat = final.tolist()
     return [flat[s : s + m] for s, m in zip(offsets.tolist(), lengths.tolist())]
-
-
-@contextmanager
-def gc_paused():
-    """Python's cycle collector off for a block that makes many lists and no cycles: it would
-    otherwise scan every live object each few hundred thousand allocations (30 % of a cold encode)."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-def encode_texts(pieces, byte_ids, table) -> tuple:
-    """(ids of each text, {piece: ids} of the pieces seen more than once) for the pre-tokens of each
-    text (`pieces`: a list of str lists), every distinct piece merged once by `encode_pieces_flat`
-    and the texts put together by one gather in arrays instead of a Python loop per piece.
-    The pieces seen once are not returned: in a large batch they are mostly rare words, not worth
-    a list each in the caller's cache."""
-    with gc_paused():
-        row = {}  # piece -> its row among the distinct pieces, numbered in order of first occurrence
-        occurrence = np.array([row.setdefault(w, len(row)) for w in chain.from_iterable(pieces)], np.int64)
-        distinct = list(row)
-        ids, offsets, lengths = encode_joined(*utf8_joined(distinct), byte_ids, table)
-        m = lengths[occurrence]  # tokens of each occurrence
-        repeated = np.flatnonzero(np.bincount(occurrence, minlength=len(distinct)) > 1)
-        counts = lengths[repeated]
-        kept = ids[ranges(offsets[repeated], counts)].tolist()  # only the repeated pieces' ids to lists
-        ends = np.cumsum(counts).tolist()
-        cacheable = {
-            distinct[r]: kept[e - k : e] for r, e, k in zip(repeated.tolist(), ends, counts.tolist())
-        }
-    # The collector is back on, and its young-generation pass, due after all the objects made above,
-    # runs at the next allocation: before the texts' id lists exist, not after. A pass visits every
-    # item of every young list, and a million ints scattered in memory are a million cache misses
-    # (~25 ms, 8 % of a cold encode of 红楼梦). The lists returned are young either way, as tiktoken's
-    # are: the caller's next pass visits them once, whoever made them.
-    flat = ids[ranges(offsets[occurrence], m)].tolist()
-    if len(pieces) == 1:  # one text (encode_ordinary): its ids are the whole list, no copy
-        return [flat], cacheable
-    text_of = np.repeat(np.arange(len(pieces)), [len(p) for p in pieces])  # the text of each occurrence
-    per_text = np.bincount(text_of, m, len(pieces)).astype(np.int64).tolist()  # tokens per text
-    ends = np.cumsum(per_text).tolist()
-    return [flat[end - k : end] for end, k in zip(ends, per_text)], cacheable
 
 
 # ==================================================================================================

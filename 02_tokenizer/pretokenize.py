@@ -5,6 +5,10 @@ runs, punctuation runs, whitespace); BPE merges never cross a pre-token, so "dog
 the token "dog". Special tokens (`<|endoftext|>`, the chat roles) are cut out before the regex runs:
 never split, never merged, never counted. Training (bpe_merges.py) counts the pre-tokens once each
 (`word_counts_of`); encoding (bpe.py) merges each pre-token on its own.
+The `regex` module runs the patterns (it has \\p{L}, Unicode letters); for GPT-2's and GPT-4's
+patterns on text with no character beyond U+FFFF, `PreTokenizer` runs the same pattern in the
+standard library's `re` with those classes spelled out, twice as fast and tested equal: the regex
+was half of a cold encode (bench_bpe.py).
 
 Used by bpe.py and bpe_merges.py (a library; the command is train_tokenizer.py).
 
@@ -15,8 +19,12 @@ Interview questions it answers:
   start the next word, so " word" is one pre-token whatever the indentation before it.
 - How are special tokens kept whole, and why must user text not be able to produce them? (split on
   them first; bpe.py's `encode_ordinary` treats a literal "<|endoftext|>" in a web page as text)
+- How can two regex engines be trusted to cut the same pieces? (derive one's character classes
+  from the other by asking it about every character, then test both on every kind of character)
 """
 
+import functools
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -42,10 +50,62 @@ PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 
-def compile_pattern(pattern: str):
-    """The compiled pre-tokenizer regex for "gpt2", "gpt4" or a regex; a bad regex is a UserError."""
+# The same two patterns for the standard library's `re`, which has no \p{..}: {L}, {N}, {S} are spelled
+# out as the characters below U+10000 that the `regex` module puts in \p{L}, \p{N}, \s, and {s}, {d}, ...
+# as those it matches case-insensitively (`bmp_classes`), so on text without characters beyond U+FFFF
+# the pieces are the same, found ~2.2x faster (`re` runs these classes as bitmaps): tinyshakespeare
+# 33 ms instead of 75, 红楼梦 19 instead of 44 (tiktoken encodes them whole in 70 and 140 ms).
+GPT2_BMP = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[{L}]+| ?[{N}]+| ?[^{S}{L}{N}]+|[{S}]+(?![^{S}])|[{S}]+"""
+GPT4_BMP = (
+    r"""'(?:{s}|{d}|{m}|{t}|{l}{l}|{v}{e}|{r}{e})|[^\r\n{L}{N}]?+[{L}]+|[{N}]{{1,3}}| ?[^{S}{L}{N}]++[\r\n]*"""
+    r"""|[{S}]*[\r\n]|[{S}]+(?![^{S}])|[{S}]+"""
+)
+BMP_PATTERNS = {GPT2_PATTERN: GPT2_BMP, GPT4_PATTERN: GPT4_BMP}
+BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")  # emoji and rarer: the `regex` module's turn
+
+
+@functools.cache
+def bmp_classes() -> dict:
+    r"""{"L": class body, "N": ..., "S": ..., "s": "[sSſ]", ...}: the characters below U+10000 that the
+    `regex` module matches with \p{L}, \p{N}, \s, and with (?i:s), (?i:d), ... (found by asking it)."""
+    every = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x10000)]))  # no lone surrogates
+
+    def spelled(chars):  # "a-zA-Z..." from the sorted characters, runs as ranges
+        points, out = [ord(c) for c in chars], []
+        for cp in points:
+            if out and cp == out[-1][1] + 1:
+                out[-1][1] = cp
+            else:
+                out.append([cp, cp])
+        return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in out)
+
+    classes = {
+        k: spelled(regex.findall(p, every)) for k, p in (("L", r"\p{L}"), ("N", r"\p{N}"), ("S", r"\s"))
+    }
+    return classes | {c: f"[{spelled(regex.findall(f'(?i:{c})', every))}]" for c in "sdmtlver"}
+
+
+class PreTokenizer:
+    """`findall` of a pre-tokenizer regex: the `regex` module's, or for GPT-2's and GPT-4's patterns on
+    text with no character beyond U+FFFF, the standard library's with the same classes (BMP_PATTERNS):
+    the same pieces, in about half the time. Tested equal on every kind of character."""
+
+    def __init__(self, pattern: str):
+        self.pattern = PATTERNS.get(pattern, pattern)
+        self.full = regex.compile(self.pattern)
+        template = BMP_PATTERNS.get(self.pattern)
+        self.bmp = re.compile(template.format(**bmp_classes())) if template else None
+
+    def findall(self, text: str) -> list:
+        if self.bmp is not None and (text.isascii() or not BEYOND_BMP.search(text)):
+            return self.bmp.findall(text)
+        return self.full.findall(text)
+
+
+def compile_pattern(pattern: str) -> PreTokenizer:
+    """The pre-tokenizer for "gpt2", "gpt4" or a regex; a bad regex is a UserError."""
     try:
-        return regex.compile(PATTERNS.get(pattern, pattern))
+        return PreTokenizer(pattern)
     except regex.error as e:
         raise UserError(
             f"--pattern {pattern!r} is not a valid regex ({str(e).splitlines()[0]}); "

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError
-from lora import load_peft, save_peft  # 05_sft_lora (this folder): the shared adapter-file format
+from lora import LoRARows, add_token_rows, load_peft, save_peft, set_adapter  # 05_sft_lora (this folder)
 
 
 class Adapter(nn.Module):
@@ -92,14 +92,30 @@ class BottleneckAdapters(nn.Module):
         self.handles = []
 
 
+def train_marker_rows(model, token_ids):
+    """The chat markers' embedding rows train beside the adapters (lora.LoRARows explains why an adapter
+    alone cannot make <|end|> win over a twin row); call after attach()."""
+    add_token_rows(model, token_ids, "adapter")
+    set_adapter(model, "adapter")
+
+
 def save_adapters(adapters: BottleneckAdapters, model, path):
-    save_peft(path, model, "adapter", adapters.state_dict(), dim=adapters.dim)
+    """The adapters' weights, and the marker rows' δ and ids when they trained."""
+    state, meta = dict(adapters.state_dict()), {}
+    if isinstance(model.tok_emb, LoRARows) and "adapter" in model.tok_emb.lora_rows:
+        state["tok_emb.rows"] = model.tok_emb.lora_rows["adapter"]
+        meta["token_ids"] = model.tok_emb.lora_token_ids.tolist()
+    save_peft(path, model, "adapter", state, dim=adapters.dim, **meta)
 
 
 def load_adapters(model, path) -> BottleneckAdapters:
     """BottleneckAdapters from `path`, checked against `model`'s config and attached to it."""
     state, meta = load_peft(path, model, "adapter")
+    rows = state.pop("tok_emb.rows", None)
     adapters = BottleneckAdapters(model.cfg, meta["dim"])
     adapters.load_state_dict(state)
     adapters.to(next(model.parameters()).device).attach(model)
+    if rows is not None:
+        train_marker_rows(model, meta["token_ids"])
+        model.tok_emb.lora_rows["adapter"].data.copy_(rows)
     return adapters

@@ -18,6 +18,9 @@ r ≪ min(in, out). Only A and B train: r·(in + out) numbers per layer instead 
 - The adapter file holds A and B alone (kilobytes) plus the base's config and its hash; loading it
   onto a base of another shape or config is refused instead of silently producing garbage.
 
+- With `token_ids` (sft.py passes the chat markers unless --no-marker-rows) the adapter also trains
+  those rows of the tied embedding (LoRARows, below): n·d more numbers, merged as exactly as ΔW.
+
 The same file format and the parameter count are shared with prefix.py and adapter.py.
 
     from lora import inject_lora, save_lora, load_lora, merge_lora, set_adapter
@@ -33,6 +36,10 @@ Interview questions it answers:
 - Why is a merged LoRA model as fast as the base? (W + ΔW is one matrix of the original shape)
 - Why does LoRA forget less than full fine-tuning? (the update is confined to a rank-r subspace of
   a few matrices; most directions of W, and the embeddings, cannot move)
+- Why can a LoRA fine-tune fail to stop, and what fixes it? (tokens the base never saw, <|end|> among
+  them, get identical embedding rows in a long pretraining; with tied embeddings their logits are then
+  equal whatever the hidden state, so no low-rank change of the linear layers can prefer <|end|>; train
+  those few rows too, as PEFT's trainable_token_indices does: LoRARows)
 """
 
 import dataclasses
@@ -86,6 +93,9 @@ class LoRALinear(nn.Module):
         self.lora_dropout[name] = nn.Dropout(dropout)
         self.scale[name] = alpha / r
 
+    def adapter_params(self, name) -> list:
+        return [self.lora_A[name], self.lora_B[name]]
+
     def delta_weight(self, name) -> torch.Tensor:
         """ΔW = (α/r) · B · A, (out, in)."""
         return self.scale[name] * (self.lora_B[name] @ self.lora_A[name])
@@ -103,6 +113,89 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, adapters={ {n: A.shape[0] for n, A in self.lora_A.items()} }"
+
+
+class LoRARows(nn.Module):
+    """The token embedding plus named trainable deltas of a few of its rows (the chat markers).
+
+    A LoRA update of a linear layer cannot give a token the base never saw a usable row: with tied
+    embeddings that row is both the token's input vector and its output direction. A base pretrained
+    on plain text never sees <|end|> (nor the control bytes its corpus lacks), so all of them receive the
+    same push-down gradient and their rows converge (cosine 1.000 after 4,000 tiny steps). Their logits
+    are then equal for every hidden state and a fine-tune that cannot move the row cannot make <|end|>
+    win: the answer runs on through a control byte. So, as PEFT's trainable_token_indices does, those n
+    rows train too, as one delta per adapter shared by both roles of the tied matrix E (V, d):
+
+        embedding(i) = E[i] + w·δ[i]        logit_i = h · (E[i] + w·δ[i])        for i in token_ids
+        ΔE = scatter(token_ids, δ): zero except n rows; n·d numbers (512 for 4 markers at d = 128)
+
+    Because δ is shared, merging is exact (E ← E + w·ΔE changes the input and the output together,
+    exactly as a full fine-tune of those rows would). It keeps the embedding's `weight` parameter (tied to
+    lm_head), so the base's state-dict key `tok_emb.weight` is unchanged; the output side is a forward
+    hook on lm_head (inject_lora registers it)."""
+
+    def __init__(self, base: nn.Embedding, token_ids):
+        super().__init__()
+        self.weight = base.weight
+        self.register_buffer("lora_token_ids", torch.tensor(sorted(set(token_ids)), dtype=torch.long))
+        self.lora_rows = nn.ParameterDict()  # name -> δ (n, d)
+        self.active = {}
+        self.merged = {}
+
+    def add_adapter(self, name):
+        n, d = len(self.lora_token_ids), self.weight.shape[1]
+        self.lora_rows[name] = nn.Parameter(torch.zeros(n, d, device=self.weight.device))
+
+    def adapter_params(self, name) -> list:
+        return [self.lora_rows[name]]
+
+    def delta_weight(self, name) -> torch.Tensor:
+        """ΔE (V, d): δ in the marker rows, zero elsewhere."""
+        return torch.zeros_like(self.weight).index_add(0, self.lora_token_ids, self.lora_rows[name])
+
+    def unmerged_delta(self):
+        """Σ w·δ of the active adapters not yet merged, (n, d); None when there is none."""
+        parts = [w * self.lora_rows[a] for a, w in self.active.items() if a not in self.merged]
+        return sum(parts) if parts else None
+
+    def forward(self, idx):
+        x = F.embedding(idx, self.weight)  # (B, T, d)
+        delta = self.unmerged_delta()
+        if delta is None:
+            return x
+        onehot = (idx.unsqueeze(-1) == self.lora_token_ids).to(x.dtype)  # (B, T, n)
+        return x + onehot @ delta.to(x.dtype)
+
+    def logits_hook(self, module, inputs, logits):
+        """Forward hook on the tied lm_head: the marker columns of logits (B, T, V) get + h · w·δᵀ."""
+        delta = self.unmerged_delta()
+        if delta is None:
+            return logits
+        add = inputs[0] @ delta.to(inputs[0].dtype).t()  # (B, T, n)
+        return logits.index_add(-1, self.lora_token_ids, add.to(logits.dtype))
+
+    def extra_repr(self):
+        return f"token_ids={self.lora_token_ids.tolist()}, adapters={list(self.lora_rows)}"
+
+
+def add_token_rows(model, token_ids, name):
+    """Wrap model.tok_emb in LoRARows (once) and give it a zero δ named `name` for `token_ids`."""
+    rows = model.tok_emb
+    if not isinstance(rows, LoRARows):
+        if not model.cfg.tie_weights:
+            raise UserError(
+                "trainable marker rows need tied embeddings (one matrix for input and output); "
+                "this base has an untied LM head: train it with --no-marker-rows or --method full"
+            )
+        rows = LoRARows(model.tok_emb, token_ids)
+        model.tok_emb = rows
+        model.lm_head.register_forward_hook(rows.logits_hook)
+    elif rows.lora_token_ids.tolist() != sorted(set(token_ids)):
+        raise UserError(
+            f"adapter {name!r} trains rows {sorted(set(token_ids))}, but the model's other adapters train "
+            f"{rows.lora_token_ids.tolist()}; adapters on one base must come from the same tokenizer"
+        )
+    rows.add_adapter(name)
 
 
 # ----------------------------------------------------------------------------- injection by name
@@ -161,10 +254,13 @@ def find_targets(model, targets, name="default") -> list:
     return chosen
 
 
-def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, name="default") -> list:
-    """Add adapter `name` to every nn.Linear whose name matches `targets`, freeze everything else,
-    make it the active adapter; returns the wrapped module names. A second call with another name
-    adds a second adapter to the same layers (the first one is frozen)."""
+def inject_lora(
+    model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, name="default", token_ids=()
+) -> list:
+    """Add adapter `name` to every nn.Linear whose name matches `targets` (and, with `token_ids`, a
+    trainable delta of those rows of the tied embedding: LoRARows), freeze everything else, make it the
+    active adapter; returns the wrapped linear layers' names. A second call with another name adds a
+    second adapter to the same layers (the first one is frozen)."""
     check_lora_args(r, alpha, dropout)
     chosen = find_targets(model, targets, name)
     for p in model.parameters():
@@ -176,11 +272,18 @@ def inject_lora(model, targets=DEFAULT_TARGETS, r=8, alpha=16.0, dropout=0.0, na
             module = LoRALinear(module)
             setattr(model.get_submodule(parent) if parent else model, child, module)
         module.add_adapter(name, r, alpha, dropout)
+    if len(token_ids):
+        add_token_rows(model, token_ids, name)
     set_adapter(model, name)
     return chosen
 
 
 def lora_modules(model) -> dict:
+    """Every module that holds LoRA updates: the wrapped linear layers, and the embedding's LoRARows."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRARows))}
+
+
+def lora_linears(model) -> dict:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
@@ -191,15 +294,16 @@ def set_adapter(model, adapters):
     for n, m in lora_modules(model).items():
         if m.merged:
             raise UserError(f"{n} has merged adapters; call unmerge_lora before switching")
-        unknown = set(weights) - set(m.lora_A)
+        names = m.lora_rows if isinstance(m, LoRARows) else m.lora_A
+        unknown = set(weights) - set(names)
+        if isinstance(m, LoRARows):  # an adapter saved without marker rows leaves them out
+            unknown = set()
         if unknown:
-            raise UserError(
-                f"no LoRA adapter named {sorted(unknown)[0]!r}; this model has {sorted(m.lora_A)}"
-            )
-        m.active = weights
-        for a in m.lora_A:
-            m.lora_A[a].requires_grad_(a in weights)
-            m.lora_B[a].requires_grad_(a in weights)
+            raise UserError(f"no LoRA adapter named {sorted(unknown)[0]!r}; this model has {sorted(names)}")
+        m.active = {a: w for a, w in weights.items() if a in names}
+        for a in names:
+            for p in m.adapter_params(a):
+                p.requires_grad_(a in weights)
 
 
 @torch.no_grad()
@@ -228,6 +332,14 @@ def merged_base_state(model) -> dict:
     own keys only (the lora_A/lora_B tensors are already inside W), ready for save_checkpoint."""
     merge_lora(model)
     return {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
+
+
+def merged_plain_model(model) -> GPT:
+    """A plain 03 GPT (no wrappers, no hooks) holding the base with the active adapters merged in: what
+    06 trains further and 07 compresses."""
+    plain = GPT(model.cfg).to(next(model.parameters()).device)
+    plain.load_state_dict(merged_base_state(model), strict=True)
+    return plain
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -288,16 +400,22 @@ def load_peft(path, model, kind: str):
 
 
 def save_lora(model, path, name="default"):
-    """Save adapter `name`: A and B of every wrapped layer, its r, α and layer names (kilobytes)."""
-    mods = {n: m for n, m in lora_modules(model).items() if name in m.lora_A}
+    """Save adapter `name`: A and B of every wrapped layer, its r, α and layer names, and the marker
+    rows' δ and ids when it has them (kilobytes)."""
+    mods = {n: m for n, m in lora_linears(model).items() if name in m.lora_A}
     if not mods:
         raise UserError(f"the model has no LoRA adapter named {name!r}")
     state = {}
     for n, m in mods.items():
         state[f"{n}.A"], state[f"{n}.B"] = m.lora_A[name], m.lora_B[name]
+    meta = {}
+    if isinstance(model.tok_emb, LoRARows) and name in model.tok_emb.lora_rows:
+        state["tok_emb.rows"] = model.tok_emb.lora_rows[name]
+        meta["token_ids"] = model.tok_emb.lora_token_ids.tolist()
     any_mod = next(iter(mods.values()))
     r = any_mod.lora_A[name].shape[0]
-    save_peft(path, model, "lora", state, name=name, r=r, alpha=any_mod.scale[name] * r, layers=sorted(mods))
+    alpha = any_mod.scale[name] * r
+    save_peft(path, model, "lora", state, name=name, r=r, alpha=alpha, layers=sorted(mods), **meta)
 
 
 def load_lora(model, path, name=None) -> str:
@@ -305,12 +423,15 @@ def load_lora(model, path, name=None) -> str:
     active one, and return the name."""
     state, meta = load_peft(path, model, "lora")
     name = name or meta["name"]
-    inject_lora(model, [f"{n}" for n in meta["layers"]], r=meta["r"], alpha=meta["alpha"], name=name)
-    mods = lora_modules(model)
+    token_ids = meta.get("token_ids", ())  # files from before the marker rows have none
+    inject_lora(model, meta["layers"], r=meta["r"], alpha=meta["alpha"], name=name, token_ids=token_ids)
+    mods = lora_linears(model)
     with torch.no_grad():
         for n in meta["layers"]:
             mods[n].lora_A[name].copy_(state[f"{n}.A"])
             mods[n].lora_B[name].copy_(state[f"{n}.B"])
+        if token_ids:
+            model.tok_emb.lora_rows[name].copy_(state["tok_emb.rows"])
     return name
 
 
@@ -340,8 +461,8 @@ def main(argv=None):
     model = GPT.from_checkpoint(base)
     base_params = model.num_params(non_embedding=False)
     name = load_lora(model, adapter)
-    mods = lora_modules(model)
-    n_lora = sum(m.lora_A[name].numel() + m.lora_B[name].numel() for m in mods.values())
+    mods = lora_linears(model)
+    n_lora = sum(p.numel() for m in lora_modules(model).values() for p in m.adapter_params(name))
     print(
         f"{adapter}: adapter {name!r}, r={next(iter(mods.values())).lora_A[name].shape[0]}, "
         f"{len(mods)} layers, {n_lora:,} parameters ({100 * n_lora / base_params:.2f}% of the base's "

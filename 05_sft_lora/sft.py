@@ -75,7 +75,7 @@ from optimizers import Schedule, clip_grad_norm, lr_at, make_optimizer, param_gr
 from train_state import RunState  # 04_pretrain
 from batches import batch_starts, get_batch, load_shards  # 04_pretrain
 
-from adapter import BottleneckAdapters, save_adapters
+from adapter import BottleneckAdapters, save_adapters, train_marker_rows
 from lora import (
     DEFAULT_TARGETS,
     count_params,
@@ -130,6 +130,11 @@ class SFTConfig:
     prefix_len: int = option(8, "prefix tuning: virtual tokens per layer", min=1)
     prefix_hidden: int = option(128, "prefix tuning: width of the reparametrizing MLP", min=1)
     adapter_dim: int = option(16, "adapters: bottleneck width m", min=1)
+    marker_rows: bool = option(
+        True,
+        "LoRA and prefix tuning also train the chat markers' embedding rows (<|end|> ...), which a base "
+        "pretrained on plain text never saw (lora.LoRARows); off: answers may not stop",
+    )
     steps: int = option(120, "optimizer steps (early stopping may end sooner)", min=1)
     batch_size: int = option(16, "rows per step; each row packs several examples", min=1)
     lr: float = option(
@@ -218,8 +223,12 @@ def apply_method(model, cfg: SFTConfig, marker_ids=()) -> list:
     """Make the method's parameters the trainable ones; returns the PEFT modules kept beside the model."""
     if cfg.method == "full":
         return []
+    if not cfg.marker_rows:
+        marker_ids = ()
     if cfg.method == "lora":
-        inject_lora(model, cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        inject_lora(
+            model, cfg.lora_targets, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, token_ids=marker_ids
+        )
         return []
     if cfg.method == "prefix":
         prefix = PrefixTuning(model.cfg, cfg.prefix_len, cfg.prefix_hidden, marker_ids).to(
@@ -229,6 +238,8 @@ def apply_method(model, cfg: SFTConfig, marker_ids=()) -> list:
         return [prefix]
     adapters = BottleneckAdapters(model.cfg, cfg.adapter_dim).to(next(model.parameters()).device)
     adapters.attach(model)
+    if len(marker_ids):
+        train_marker_rows(model, marker_ids)
     return [adapters]
 
 

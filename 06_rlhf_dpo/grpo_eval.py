@@ -129,6 +129,13 @@ def plot(records, curve, k, path, ablation=None):
     steps = [r["step"] for r in records]
     ax1.plot(steps, [r["reward_mean"] for r in records], lw=1, label="mean reward of the rollouts (train)")
     ax1.plot(steps, [r["kl"] for r in records], lw=1, label="k3 KL to the reference (per token)")
+    ax1.plot(
+        steps,
+        [1 - r["frac_zero_std_groups"] for r in records],
+        lw=1,
+        alpha=0.6,
+        label="share of groups with a nonzero advantage",
+    )
     ax1.set(xlabel="step", title="GRPO on the training questions")
     ax1.legend()
     xs = [c["step"] for c in curve]

@@ -38,7 +38,7 @@ from common.runs import check_artifact
 from checkpoint_io import config_differences, load_checkpoint, save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
 from sample_text import load_tokenizer  # 03_model
-from lora import merge_lora  # 05_sft_lora
+from lora import merged_plain_model  # 05_sft_lora
 from finetuned import load_finetuned  # 05_sft_lora
 from preference_data import pad_id_of
 from rl_common import response_log_probs
@@ -57,11 +57,8 @@ def load_sft_policy(run, device="cpu"):
     sft_dir = RunLayout(run).sft
     check_artifact(sft_dir, made_by=sft_made_by(run))
     model, tok, peft = load_finetuned(sft_dir, device)
-    if isinstance(peft, str):  # LoRA: W ← W + (α/r)·B·A, then a plain GPT
-        merge_lora(model)
-        state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
-        model = GPT(model.cfg).to(device)
-        model.load_state_dict(state)
+    if isinstance(peft, str):  # LoRA: W ← W + (α/r)·B·A (and the marker rows), then a plain GPT
+        model = merged_plain_model(model)
     elif peft is not None:
         raise UserError(
             f"{sft_dir} holds a {type(peft).__name__} fine-tune, whose extra modules live beside "

@@ -49,7 +49,7 @@ from heldout_loss import window_token_losses  # 04_pretrain
 from bench_generate import tokens_per_second  # 03_model
 from checkpoint_io import save_checkpoint  # 03_model
 from gpt import GPT  # 03_model
-from lora import lora_modules, merge_lora  # 05_sft_lora
+from lora import lora_modules, merged_plain_model  # 05_sft_lora
 from finetuned import corpus_loss, generate_answers, load_finetuned, score  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 
@@ -81,7 +81,7 @@ def load_teacher(run, which: str, device="cpu"):
                 "plain GPT; rerun 05_sft_lora/sft.py with --method full or lora, or use --teacher pretrain"
             )
         if peft is not None:
-            model = merged_copy(model)
+            model = merged_plain_model(model)
         source = RunLayout(run).sft
     else:
         path = Path(which)
@@ -102,15 +102,6 @@ def load_teacher(run, which: str, device="cpu"):
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tok, source
-
-
-def merged_copy(model) -> GPT:
-    """A plain GPT holding W + (alpha/r)·B·A for every LoRA layer (05's merge), without the wrappers."""
-    merge_lora(model)
-    plain = GPT(model.cfg).to(next(model.parameters()).device)
-    state = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}  # LoRALinear keeps W's key
-    plain.load_state_dict(state, strict=True)
-    return plain
 
 
 def count_params(model) -> int:

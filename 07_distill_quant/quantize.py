@@ -53,7 +53,7 @@ from common.outcome import make_bar
 from common.stats import paired_bootstrap_interval
 from bpe import BPETokenizer  # 02_tokenizer
 from batches import eval_starts, get_batch, load_shards  # 04_pretrain
-from lora import DEFAULT_TARGETS, merge_lora  # 05_sft_lora
+from lora import DEFAULT_TARGETS, merged_plain_model  # 05_sft_lora
 from finetuned import load_finetuned  # 05_sft_lora
 from sft_data import read_conversations  # 05_sft_lora
 from quant_matmul import check_quant_settings  # kernels
@@ -213,7 +213,7 @@ def load_source(cfg, run: Path, device):
         model, tok, peft = load_finetuned(sft_dir, device)
         if peft is None or isinstance(peft, str):
             if isinstance(peft, str):
-                merge_lora(model)
+                model = merged_plain_model(model)
                 print(
                     f"{sft_dir}: merged LoRA adapter {peft!r} into the weights (W += (α/r)·B·A) before quantizing"
                 )

@@ -19,11 +19,11 @@ import pytest
 
 from bpe import BPETokenizer
 from bpe_merges import train_merges, train_merges_naive
+from bpe_cuts import cut_table, distinct_sub_pieces, encode_texts, sub_piece_starts
 from bpe_fast import (
     descending,
     encode_pieces,
     encode_pieces_flat,
-    encode_texts,
     merge_table,
     train_merges_fast,
     utf8_joined,
@@ -764,6 +764,157 @@ def test_array_encoder_equals_reference_on_hongloumeng_with_gpt2_ranks(gpt2, sha
     gpt2._cache.clear()
     ids = gpt2.encode_ordinary(text)
     assert ids == [i for w in gpt2._pat.findall(text) for i in gpt2.bpe_piece(w.encode())]
+
+
+MIXED = "红楼梦 甄士隐，贾雨村。The cat's 12345 dogs!\n\n  naïve café 👍🏽 👨‍👩‍👧 🇨🇳\t\r\nend   ok"
+
+
+def random_vocabulary(rng, n_tokens):
+    """A BPETokenizer whose tokens are random byte slices of MIXED (cut anywhere: half characters, a
+    space with the first byte of a Chinese character, ...) at random ranks, after the 256 bytes: every
+    kind of token that can lie across a character boundary, which a trained vocabulary has only a few of."""
+    raw = MIXED.encode()
+    tokens = set()
+    while len(tokens) < n_tokens:
+        a = rng.randrange(len(raw) - 1)
+        tokens.add(raw[a : a + rng.randint(2, 7)])
+    tokens = sorted(tokens)
+    rng.shuffle(tokens)
+    vocab = {i: bytes([i]) for i in range(256)} | {256 + k: t for k, t in enumerate(tokens)}
+    return BPETokenizer(vocab, [], {})
+
+
+def random_text(rng, n):
+    return "".join(rng.choice(MIXED) for _ in range(n))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cuts_lie_where_no_token_can_and_keep_every_id(seed, monkeypatch):
+    """bpe_cuts: every cut inside a piece is a boundary that no token of a random vocabulary (half
+    characters included) lies across anywhere in the piece, checked by brute force; and the cut
+    encoder's ids equal the per-piece reference: exact halves (one bit each), too many halves
+    (flagged), and the searched pair table instead of the dense grid."""
+    import bpe_cuts
+
+    rng = random.Random(seed)
+    t = random_vocabulary(rng, 300)
+    texts = [random_text(rng, rng.randrange(1, 400)) for _ in range(60)] + [MIXED, ""]
+    pieces = [t._pat.findall(x) for x in texts]
+    want = [[i for w in p for i in t.bpe_piece(w.encode())] for p in pieces]
+    table = merge_table(t.ranks)
+    monkeypatch.setattr(bpe_cuts, "SUBS_PER_PIECE", 0)  # always merged cut
+    for halves_max, grid_max in ((64, 1 << 26), (3, 1 << 26), (0, 0)):
+        monkeypatch.setattr(bpe_cuts, "HALVES_MAX", halves_max)
+        monkeypatch.setattr(bpe_cuts, "GRID_MAX", grid_max)
+        cuts = cut_table(t.ranks)
+        assert (cuts.grid is None) == (grid_max == 0) and (cuts.ends is None) == (halves_max == 0)
+        distinct = list(dict.fromkeys(w for p in pieces for w in p))
+        chars = np.array([ord(c) for c in "".join(distinct)], np.int64)
+        lengths = np.array([len(w) for w in distinct], np.int64)
+        start = sub_piece_starts(chars, lengths, cuts)
+        for w, first in zip(distinct, np.cumsum(lengths) - lengths):
+            raw, at = w.encode(), 0  # byte offset of each character
+            for k, c in enumerate(w):
+                if k and start[first + k]:  # a cut: no token covers bytes on both sides of it
+                    assert not any(
+                        raw[a:b] in t.ranks
+                        for a in range(at)
+                        for b in range(at + 1, min(len(raw), at + 8) + 1)
+                    ), (w, k)
+                at += len(c.encode())
+        assert encode_texts(pieces, t.byte_ids, table, cuts)[0] == want
+    assert start.sum() > len(distinct)  # some pieces were cut
+
+
+def test_distinct_sub_pieces_of_one_two_three_and_more_characters():
+    """Sub-pieces of 1, 2-3 and 4+ characters are made distinct three ways; each row points to a
+    string equal to its sub-piece, chr(0) included (code points are packed + 1)."""
+    rng = random.Random(4)
+    joined = "".join(rng.choice("ab\x00中文😀") for _ in range(3000))
+    chars = np.array([ord(c) for c in joined], np.int64)
+    cuts = sorted(rng.sample(range(1, len(joined)), 900))
+    starts = np.array([0, *cuts])
+    lengths = np.diff(np.append(starts, len(joined)))
+    strings, row = distinct_sub_pieces(joined, chars, starts, lengths)
+    assert [strings[r] for r in row] == [joined[a : a + m] for a, m in zip(starts, lengths)]
+    assert len(set(strings)) == len(strings) and {1, 2, 3} < set(lengths.tolist()) and lengths.max() > 3
+
+
+def test_cut_encoder_on_mixed_text_cold_then_from_the_cache(tok, gpt2, monkeypatch):
+    """encode_ordinary on Chinese, English, emoji and whitespace of every kind, cold through the
+    sub-pieces (bpe_cuts.encode_texts) and through whole pieces, equals tiktoken; then again with
+    every piece a cache hit. GPT-2's ranks have tokens such as b" \\xe7" (a space and half a Chinese
+    character) that the cut table flags."""
+    import bpe_cuts
+
+    text = (MIXED + "\n") * 300  # 4,000+ pieces: the cold path
+    for t in (tok, gpt2):
+        want = t.to_tiktoken().encode_ordinary(text)
+        for subs_per_piece in (0, 1000):  # always cut / never cut
+            monkeypatch.setattr(bpe_cuts, "SUBS_PER_PIECE", subs_per_piece)
+            t._cache.clear()
+            assert t.encode_ordinary(text) == want
+        t._cache.clear()
+        t.encode_ordinary(MIXED + "\n")  # a few pieces: each merged alone and cached
+        assert set(t._pat.findall(text)) <= set(t._cache)  # so the next call reads every piece from it
+        assert t.encode_ordinary(text) == want
+    assert gpt2._cut_table.flags.any() and gpt2._cut_table is not None
+
+
+def test_dense_merge_table_equals_the_searched_one(tok, monkeypatch):
+    """merge_table's dense grid (a row per token that starts a pair, a column per token that ends
+    one) and the binary search give the same ranks for every pair of tokens of the vocabulary."""
+    import bpe_fast
+
+    dense = merge_table(tok.ranks)
+    monkeypatch.setattr(bpe_fast, "DENSE_MAX_ENTRIES", 0)
+    searched = merge_table(tok.ranks)
+    assert dense[4] is not None and searched[4] is None
+    V = len(tok.ranks)
+    left, right = np.repeat(np.arange(V), V), np.tile(np.arange(V), V)
+    none = bpe_fast.no_merge(dense)
+    ranks = bpe_fast.rank_of_pairs(dense, left, right, none)
+    assert (ranks == bpe_fast.rank_of_pairs(searched, left, right, none)).all() and (ranks < none).any()
+
+
+def test_bmp_pretokenizer_finds_the_regex_modules_pieces():
+    """pretokenize.PreTokenizer runs GPT-2's and GPT-4's patterns with the standard library's `re` on
+    text without characters beyond U+FFFF: the same pieces as the `regex` module on random text of
+    every kind of character below U+10000 (letters and digits of many scripts, marks, every
+    whitespace, ſ and the Kelvin sign that match s / k case-insensitively, apostrophes, CR/LF), with
+    an emoji added (the `regex` module's turn), and on real English and Chinese."""
+    import regex
+
+    from pretokenize import PreTokenizer
+
+    rng = random.Random(8)
+    every = [chr(c) for c in [*range(0xD800), *range(0xE000, 0x10000)]]
+    common = list("'sSdtmlLvVeErR ſK\n\r\t\x0b\x0c\x1c\x85\xa0\u2028\u3000 aZ9٣²中文，。!?-_")
+    texts = [
+        "".join(rng.choice(common if rng.random() < 0.6 else every) for _ in range(300)) for _ in range(300)
+    ]
+    texts += [x + "😀" + x for x in texts[:20]] + ["", "'S'LL's're'VE  \n\n  x", "\r\n\t \u3000'd"]
+    for name in ("gpt2", "gpt4"):
+        pre = PreTokenizer(name)
+        full = regex.compile(pre.pattern)
+        assert pre.bmp is not None
+        for x in texts:
+            assert pre.findall(x) == full.findall(x) == pre.full.findall(x)
+            if "😀" not in x:
+                assert pre.bmp.findall(x) == full.findall(x), repr(x)
+    assert PreTokenizer(r"\w+").bmp is None  # other patterns: the regex module only
+
+
+def test_bmp_pretokenizer_on_real_text(shared_data):
+    import regex
+
+    from pretokenize import PreTokenizer
+
+    for f in ("tinyshakespeare.txt", "hongloumeng.txt", "chinese_classics.txt"):
+        text = (shared_data / "text" / f).read_text(encoding="utf-8")
+        for name in ("gpt2", "gpt4"):
+            pre = PreTokenizer(name)
+            assert pre.bmp.findall(text) == regex.compile(pre.pattern).findall(text)
 
 
 def test_unigram_viterbi_tries_pieces_of_exactly_max_len():

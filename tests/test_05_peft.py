@@ -2,6 +2,8 @@
 markers' rows train beside the prefixes), one base serves several named LoRA adapters switched per
 request, and the comparison's bars can fail. Small models, a few seconds in all."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,19 @@ from bpe import BPETokenizer
 from chat_template import END, encode_chat, encode_prompt
 from decoding import generate
 from gpt import GPT, GPTConfig
-from lora import inject_lora, lora_modules, merge_lora, set_adapter, unmerge_lora
+from common.cli import UserError
+from lora import (
+    inject_lora,
+    load_lora,
+    lora_modules,
+    merge_lora,
+    merged_plain_model,
+    save_lora,
+    set_adapter,
+    unmerge_lora,
+)
 from packing import collate_padded
+from adapter import BottleneckAdapters, load_adapters, save_adapters, train_marker_rows
 from prefix import PrefixTuning, attach_prefix, detach_prefix, load_prefix, marker_ids, save_prefix
 from finetuned import answer_requests, generate_answers
 import compare_outcome
@@ -74,6 +87,103 @@ def test_marker_rows_save_load_and_detach_give_the_base_back(tok, tmp_path):
     fresh = tiny_model(tok)
     load_prefix(fresh, tmp_path / "p.pt")
     assert torch.allclose(fresh(x)[0], y1, atol=1e-6)
+
+
+def twin_of_end(tok, model):
+    """A base where <|end|> has a twin: a lower id with the very same embedding row, as 4,000 steps of
+    pretraining make of <|end|> and the control bytes the corpus never holds. Returns the twin's id."""
+    end = tok.special_tokens[END]
+    twin = 3  # a control byte the tiny corpus never contains
+    with torch.no_grad():
+        model.tok_emb.weight[twin] = model.tok_emb.weight[end]
+    return twin
+
+
+def train_lora_on_answers(tok, model, marker_rows, steps=150):
+    ids = marker_ids(tok) if marker_rows else ()
+    inject_lora(model, ["wq", "wk", "wv", "wo", "up", "gate", "down"], r=8, alpha=16, token_ids=ids)
+    examples = [dict(zip(("input_ids", "labels"), encode_chat(tok, conv(w))[:2])) for w in WORDS]
+    x, y = collate_padded(examples, tok.eot_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        loss = model(x, y)[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+@pytest.mark.parametrize("marker_rows", [False, True])
+def test_lora_learns_to_stop_only_when_the_marker_rows_train(tok, marker_rows):
+    """With <|end|>'s row equal to a twin's, no update of the linear layers can make <|end|> win: their
+    logits h·E[i] are equal for every h (and argmax takes the lower id). LoRARows moves <|end|>'s row."""
+    model = tiny_model(tok)
+    twin = twin_of_end(tok, model)
+    train_lora_on_answers(tok, model, marker_rows)
+    end = tok.special_tokens[END]
+    x = torch.tensor([encode_chat(tok, conv("cat"))[0]])
+    logits = model(x)[0][0, -2]  # the position whose target is <|end|>
+    if marker_rows:
+        assert logits[end] > logits[twin] + 1.0
+        for w in WORDS:
+            prompt = torch.tensor([encode_prompt(tok, conv(w, answer=False))])
+            out = generate(model, prompt, 10, temperature=0, stop_tokens=[end])[0, prompt.shape[1] :]
+            assert out[-1] == end and len(out) <= 6, tok.decode(out.tolist())
+    else:
+        assert torch.allclose(logits[end], logits[twin])
+
+
+def test_lora_marker_rows_start_at_the_base_merge_exactly_and_round_trip(tok, tmp_path):
+    model = tiny_model(tok)
+    x = torch.tensor([encode_chat(tok, conv("sun"))[0]])
+    y0 = model(x)[0]
+    inject_lora(model, ["wq", "wv"], r=2, alpha=4, token_ids=marker_ids(tok))
+    assert torch.equal(model(x)[0], y0)  # B = 0 and δ = 0: exactly the base
+    assert model.lm_head.weight is model.tok_emb.weight  # still one tied matrix
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            for p in m.adapter_params("default"):
+                p.normal_(std=0.3)
+    y1 = model(x)[0]
+    save_lora(model, tmp_path / "a.pt")
+    fresh = tiny_model(tok)
+    load_lora(fresh, tmp_path / "a.pt")
+    assert torch.allclose(fresh(x)[0], y1, atol=1e-6)
+    plain = merged_plain_model(fresh)  # E ← E + ΔE changes input and output rows together
+    assert type(plain.tok_emb) is torch.nn.Embedding and set(plain.state_dict()) == set(y0_keys(tok))
+    assert torch.allclose(plain(x)[0], y1, atol=1e-5)
+
+
+def test_adapters_train_the_marker_rows_and_round_trip(tok, tmp_path):
+    model = tiny_model(tok)
+    x = torch.tensor([encode_chat(tok, conv("red"))[0]])
+    y0 = model(x)[0]
+    adapters = BottleneckAdapters(model.cfg, dim=4)
+    adapters.attach(model)
+    train_marker_rows(model, marker_ids(tok))
+    assert torch.equal(model(x)[0], y0)  # identity adapters and zero rows: the base
+    rows = model.tok_emb.lora_rows["adapter"]
+    assert rows.requires_grad and rows.shape == (len(marker_ids(tok)), 32)
+    with torch.no_grad():
+        rows.normal_()
+        for p in adapters.parameters():
+            p.normal_(std=0.1)
+    y1 = model(x)[0]
+    save_adapters(adapters, model, tmp_path / "ad.pt")
+    fresh = tiny_model(tok)
+    load_adapters(fresh, tmp_path / "ad.pt")
+    assert torch.allclose(fresh(x)[0], y1, atol=1e-6)
+
+
+def y0_keys(tok):
+    return tiny_model(tok).state_dict().keys()
+
+
+def test_marker_rows_need_tied_embeddings(tok):
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_kv_head=2, n_embd=16)
+    model = GPT(dataclasses.replace(cfg, tie_weights=False))
+    with pytest.raises(UserError, match="tied embeddings"):
+        inject_lora(model, ["wq"], r=2, alpha=4, token_ids=marker_ids(tok))
 
 
 def test_each_request_gets_its_own_adapter_and_a_weighted_mix_is_the_merged_sum(tok):

@@ -777,9 +777,8 @@ def test_compare_runs_each_method_and_writes_the_table(run_dir, tmp_path):
     assert result["rows"][1]["beats baselines"] == "no" and bar["passed"] is False and bar["n"] == 3
     assert result["chosen"] == {"lora_r4": "lora_r4@0.003"} and result["forgetting_split"] == "val"
     o = result["outcomes"]["lora_r4"]
-    assert o["params"]["trainable"] == 2 * 4 * (
-        (32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 96) + (96 + 32)
-    )
+    lora_ab = 2 * 4 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 2 * (32 + 96) + (96 + 32))
+    assert o["params"]["trainable"] == lora_ab + 4 * 32  # + the 4 chat markers' rows (lora.LoRARows)
     assert o["heldout_base"]["n"] == 3 and o["steps"] == 2 and o["train_cpu_s"] > 0
     assert (
         "| lora_r4 |" in proc.stdout and (out / "compare.png").is_file() and (out / "manifest.json").is_file()

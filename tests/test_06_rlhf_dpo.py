@@ -579,6 +579,8 @@ METHOD_ARGV = {  # folder: (module, argv after --run); steps as few as still exe
             "4",
             "--save-interval",
             "1",
+            "--train-eval",
+            "4",
         ],
     ),
     "ppo": (
@@ -667,6 +669,9 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
     elif name == "grpo":
         assert o["heldout_before"]["n"] == 4 and 0 <= o["heldout_after"]["pass@1_sampled"] <= 1
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+        # the same measure on questions it trained on, at the start and the end only (--train-eval)
+        assert o["train_questions"]["before"]["n"] == o["train_questions"]["after"]["n"] == 4
+        assert "train" in o["curve"][0] and "train" in o["curve"][-1]
     elif name == "ppo":
         assert math.isfinite(o["heldout_after"]["reward"]) and math.isfinite(
             o["heldout_after"]["kl_per_response"]
