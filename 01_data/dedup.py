@@ -189,8 +189,10 @@ def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
     pairs = []
     for band in range(b):
-        rows = sig[:, band * r : (band + 1) * r].astype(np.uint64)
-        keys = (rows * mults).sum(axis=1)  # (N,) band key; uint64 arithmetic wraps mod 2^64
+        rows = sig[:, band * r : (band + 1) * r]  # (N, r) uint32
+        keys = np.zeros(n, dtype=np.uint64)  # (N,) band key = sum_c rows[:, c]·mults[c], wrapping mod 2^64
+        for c in range(r):  # a column at a time: no (N, r) uint64 copy and product (64 bytes a document)
+            keys += rows[:, c].astype(np.uint64) * mults[c]
         order = np.argsort(keys, kind="stable")  # equal keys end up adjacent, lower index first
         k = keys[order]
         new_run = np.ones(n, dtype=bool)
