@@ -19,7 +19,7 @@ not the signatures on disk. Columns cost what their dtype says:
     kept        int64      8 per kept  rows of the documents cleaning kept, in input order
     acted_*     3 arrays   9 per edit  (row, step, characters removed) for each step that changed a row
 
-about 30 bytes per document, against ~180 for the records and dicts they replace (and ~500 at the
+about 30 bytes per document, against ~190 for the records and dicts they replace (and ~500 at the
 decisions' peak). The views give the decisions' readers (data_outcome.step_table, domain_table,
 the tests) the dict-like records they read, one at a time, so the tables are computed by the same
 code as the in-memory run's.

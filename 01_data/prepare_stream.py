@@ -27,11 +27,14 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
 4. Write: the temporary shards are read back once per split and the kept documents written out.
 
 Peak memory is the metadata, and the metadata is numpy columns (doc_table.py): about 40 bytes per
-document held (ids, lengths, codes, keys, signature row numbers) and ~200 at the peak of the
-decisions (LSH band keys and candidate pairs, arrays too), plus the shards in flight. Before, a
-Python record per document, an id->row dict and the split's per-cluster dicts held ~180 bytes per
-document and ~500 at the peak (README, "Scale", has the measured slopes). One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a
-task (`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
+document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight; the
+decisions' LSH passes add numpy transients (band keys, sort indices, candidate pairs). A run's peak
+grew ~0.3-0.37 KB per short document from 0.5 to 2 M documents, against ~0.56 KB before, when a
+Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes per
+document (README, "Scale").
+
+One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a task
+(`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
 decisions are a reduce over signatures (an LSH band is a group-by key), and the writes are a second
 map over the shards with the decision table broadcast -- the same three phases, spread over machines.
 
