@@ -83,9 +83,9 @@ SPLITS = ["train", "val", "test"]
 @dataclass
 class PrepareConfig:
     seed: int = option(0, "seed of the world, the noise, the mix and the split", min=0)
-    # 1.5 M characters, not more: 04's 1,000 steps then read each biography ~5 times instead of ~2.7,
-    # which doubled fact recall (0.35 -> 0.67) and took 05's held-out answers from 0.28 to 0.83 (05
-    # README, "Extraction and the pretraining budget"); 0.3 noise keeps ~150 injected documents per type,
+    # 1.5 M characters, not more: 04's 1,000 steps then read each biography ~5.8 times instead of ~2.9,
+    # which doubled fact recall (0.35 -> 0.65) and took 05's held-out answers from 0.28 to 0.77 (05
+    # README, "Passes, not steps"); 0.3 noise keeps ~150 injected documents per type,
     # enough for the cleaning bars' intervals to clear 0.95
     chars: int = option(
         1_500_000, "characters of clean generated text before noise (ignored with --input)", min=10_000
