@@ -2,11 +2,14 @@
 
     python 01_data/bench_prepare.py --sizes-mb 5,50            # streamed, 1 and 2 workers
     python 01_data/bench_prepare.py --sizes-mb 5,50,500 --baseline /tmp/old/01_data/prepare.py
+    python 01_data/bench_prepare.py --sizes-mb 60,120,240 --doc-chars 120 --workers 2   # many short docs
 
 The input is TinyStories paragraphs (../shared/data/text/tinystories_valid_head.txt, or generated
 stories when it is absent) with one word in four replaced by another word of the text, so that the
 copies are not near-duplicates of each other, written as a blank-line-separated .txt of the size
-asked. Each contender runs as its own process; its peak memory is the largest sum of the resident
+asked. --doc-chars cuts each paragraph to about that many characters (at a word end): the same
+megabytes then hold more documents, which is where a per-document cost shows (the slope of peak
+memory over the document count is the bytes each document costs). Each contender runs as its own process; its peak memory is the largest sum of the resident
 memory of the process and its children, sampled every 0.1 s from /proc. --baseline runs an older
 prepare.py (e.g. `git archive <commit> 01_data | tar -x -C /tmp/old`) on the same files, in turn
 with ours. Prints a table and saves a plot.
@@ -41,6 +44,9 @@ class BenchPrepareConfig:
     baseline: str = option("", "an older prepare.py to run on the same inputs (empty: none)")
     work: str = option("runs/bench_prepare", "folder for the inputs and the runs")
     plot: str = option("runs/bench/bench_prepare.png", "where to save the plot")
+    doc_chars: int = option(
+        0, "cut each paragraph to about this many characters (0: whole paragraphs)", min=0
+    )
 
 
 def paragraphs() -> list:
@@ -54,8 +60,9 @@ def paragraphs() -> list:
     return [d["text"] for d in generate_corpus(w, 9, 500_000, {"stories": 1.0})]
 
 
-def make_input(path: Path, megabytes: float, seed=0):
-    """A .txt of blank-line-separated perturbed paragraphs, about `megabytes` MB."""
+def make_input(path: Path, megabytes: float, doc_chars=0, seed=0):
+    """A .txt of blank-line-separated perturbed paragraphs, about `megabytes` MB; doc_chars > 0: each
+    cut to its first doc_chars characters, at a word end (120 keeps the 20 words filter_length needs)."""
     if path.exists() and abs(path.stat().st_size - megabytes * 1e6) < 0.05 * megabytes * 1e6:
         return
     rng = random.Random(seed)
@@ -65,9 +72,22 @@ def make_input(path: Path, megabytes: float, seed=0):
     with open(path, "w", encoding="utf-8") as f:
         while written < megabytes * 1e6:
             words = rng.choice(paras).split()
-            text = " ".join(rng.choice(vocab) if rng.random() < 0.25 else w for w in words) + "\n\n"
+            text = " ".join(rng.choice(vocab) if rng.random() < 0.25 else w for w in words)
+            if doc_chars and len(text) > doc_chars:
+                text = text[: doc_chars + 1].rsplit(" ", 1)[0]
+            text += "\n\n"
             f.write(text)
             written += len(text.encode("utf-8"))
+
+
+def count_documents(path: Path) -> int:
+    """Blank-line-separated blocks in the file (prepare.py's documents: none is over --max-doc-chars)."""
+    n, in_block = 0, False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            n += bool(line.strip()) and not in_block
+            in_block = bool(line.strip())
+    return n
 
 
 def tree_rss(pid: int) -> int:
@@ -113,12 +133,14 @@ def main(argv=None):
     rows = []
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     print(
-        f"{'input':>8s}  {'contender':22s} {'seconds':>8s} {'peak GB':>8s} {'MB/s':>6s} {'MB/s per worker':>16s}"
+        f"{'input':>8s} {'docs':>9s}  {'contender':22s} {'seconds':>8s} {'peak GB':>8s} {'MB/s':>6s}"
+        f" {'MB/s per worker':>16s}"
     )
     for mb in cfg.sizes_mb:
-        path = work / f"stories_{mb}mb.txt"
-        make_input(path, mb)
+        path = work / f"stories_{mb}mb{f'_{cfg.doc_chars}c' if cfg.doc_chars else ''}.txt"
+        make_input(path, mb, cfg.doc_chars)
         size = path.stat().st_size / 1e6
+        n_docs = count_documents(path)
         for name, (script, workers) in contenders.items():
             cmd = [sys.executable, script, "--out", str(work / f"run_{mb}_{workers}"), "--overwrite"]
             cmd += ["--input", str(path), "--noise-frac", "0", "--mix", "stories=1"]
@@ -127,7 +149,7 @@ def main(argv=None):
             rows.append((size, name, seconds, peak, rc))
             status = "" if rc == 0 else f"  (exit {rc})"
             print(
-                f"{size:6.1f}MB  {name:22s} {seconds:8.1f} {peak / 1e9:8.2f} {size / seconds:6.2f}"
+                f"{size:6.1f}MB {n_docs:9,d}  {name:22s} {seconds:8.1f} {peak / 1e9:8.2f} {size / seconds:6.2f}"
                 f" {size / seconds / max(1, workers):16.2f}{status}",
                 flush=True,
             )

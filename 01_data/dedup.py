@@ -189,8 +189,10 @@ def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
     pairs = []
     for band in range(b):
-        rows = sig[:, band * r : (band + 1) * r].astype(np.uint64)
-        keys = (rows * mults).sum(axis=1)  # (N,) band key; uint64 arithmetic wraps mod 2^64
+        rows = sig[:, band * r : (band + 1) * r]  # (N, r) uint32
+        keys = np.zeros(n, dtype=np.uint64)  # (N,) band key = sum_c rows[:, c]·mults[c], wrapping mod 2^64
+        for c in range(r):  # a column at a time: no (N, r) uint64 copy and product (64 bytes a document)
+            keys += rows[:, c].astype(np.uint64) * mults[c]
         order = np.argsort(keys, kind="stable")  # equal keys end up adjacent, lower index first
         k = keys[order]
         new_run = np.ones(n, dtype=bool)
@@ -223,6 +225,31 @@ def union_find_roots(n: int, pairs) -> np.ndarray:
             parent[max(ri, rj)] = min(ri, rj)
     return np.array([find(i) for i in range(n)], dtype=np.int64)
     # <<< exercise
+
+
+def component_roots(n: int, pairs) -> np.ndarray:
+    """union_find_roots with numpy arrays: the same cluster ids (the smallest index of each connected
+    component), at 8 bytes per document instead of a Python list of Python ints (~70 bytes), for the
+    millions of documents of a streamed run (prepare_stream.py). A test checks they agree.
+
+    Hook and compress: every pair whose two documents have different roots points the larger root at
+    the smaller one (np.minimum.at keeps the smallest offer), then pointer jumping, label = label[label],
+    until every label is a root. A label only ever points lower, so the smallest index of a component
+    is never hooked and ends as its root; each round removes a root from every component not yet
+    joined, and jumping halves the longest path, so rounds stay few."""
+    label = np.arange(n, dtype=np.int64)  # (n,) a document's parent, a smaller index or itself
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)  # (E, 2)
+    while True:
+        ri, rj = label[pairs[:, 0]], label[pairs[:, 1]]
+        apart = ri != rj
+        if not apart.any():
+            return label
+        np.minimum.at(label, np.maximum(ri[apart], rj[apart]), np.minimum(ri[apart], rj[apart]))
+        while True:  # compress: every document points at its root
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
 
 
 def signatures(texts, cfg: DedupConfig = None) -> np.ndarray:
@@ -259,21 +286,29 @@ def candidate_bands(threshold: float, num_perm: int, recall=0.999):
     return num_perm, 1
 
 
-def estimated_jaccard(sig, pairs, cols=8) -> np.ndarray:
-    """The share of equal signature entries per pair, shape (E,), counted `cols` columns at a time.
+def estimated_jaccard(sig, pairs, cols=8, pair_chunk=1 << 16) -> np.ndarray:
+    """The share of equal signature entries per pair, shape (E,), counted `cols` columns and
+    `pair_chunk` pairs at a time.
 
     Gathering both rows of every pair at once costs E x num_perm x 4 bytes twice: with 2.2 M short
     documents (E ~ 2 M candidates) that was a 2.7 GB spike in a streamed run. Column by column it is
-    E x cols bytes, and a streamed run's on-disk signatures are read a band at a time, as LSH reads them."""
-    equal = np.zeros(len(pairs), dtype=np.int64)
+    E x cols x 9 bytes (two gathers and their comparison), and in chunks of pairs a fixed ~5 MB: what
+    stays per pair is its count (int16). A streamed run's on-disk signatures are read a band at a
+    time, as LSH reads them."""
+    equal = np.zeros(len(pairs), dtype=np.int16)  # (E,) equal entries so far, at most num_perm
     for c in range(0, sig.shape[1], cols):
         block = sig[:, c : c + cols]  # (N, cols)
-        equal += (block[pairs[:, 0]] == block[pairs[:, 1]]).sum(axis=1)
+        for p in range(0, len(pairs), pair_chunk):
+            i, j = pairs[p : p + pair_chunk, 0], pairs[p : p + pair_chunk, 1]
+            equal[p : p + pair_chunk] += (block[i] == block[j]).sum(axis=1, dtype=np.int16)
     return equal / sig.shape[1]
 
 
-def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig(), sig=None, shingles_of=None):
+def near_duplicate_clusters(
+    texts, cfg: DedupConfig = DedupConfig(), sig=None, shingles_of=None, roots_of=union_find_roots
+):
     """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
+    roots_of: union_find_roots, or component_roots (the same ids, in numpy) for millions of documents.
 
     With `sig` given, `texts` is not read: the index runs over signatures alone, and a candidate is
     kept when its *estimated* Jaccard (the share of equal signature entries) reaches the threshold.
@@ -302,7 +337,7 @@ def near_duplicate_clusters(texts, cfg: DedupConfig = DedupConfig(), sig=None, s
             sets = shingles_of(sorted(set(pairs.ravel().tolist())))
             exact = np.array([exact_jaccard(sets[i], sets[j]) for i, j in pairs.tolist()])
             pairs = pairs[exact >= cfg.threshold] if len(pairs) else pairs
-    return union_find_roots(len(sig), pairs), sig, pairs
+    return roots_of(len(sig), pairs), sig, pairs
 
 
 def text_shingles(texts, k: int):

@@ -74,7 +74,7 @@ from dedup import DedupConfig, dedup, line_dedup, near_duplicate_clusters
 from filter_fp import filter_rates
 from langid_ngram import predict_lang, train_langid, training_texts
 from input_documents import DOMAINS, check_input_head, generated_documents, iter_documents, read_documents
-from prepare_stream import clean_all_streamed, dedup_by_fingerprints, read_shard_docs
+from prepare_stream import clean_all_streamed, decide_streamed, split_documents
 from tasks import write_tasks
 
 SPLITS = ["train", "val", "test"]
@@ -400,7 +400,7 @@ def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Pa
     meta = clean_all_streamed(
         docs, model, shard_dir, cfg.workers, progress=progress, line_dedup_docs=cfg.line_dedup_docs
     )
-    inputs = meta["inputs"]  # prepare_stream.DocRecord: id, domain, chars, without the text
+    inputs = meta["inputs"]  # doc_table.DocRecord (id, domain, chars) per document, read from columns
     acted, removed, kept = meta["acted"], meta["dropped"], meta["kept"]
     if not kept:
         raise dropped_everything(removed, len(inputs))
@@ -412,53 +412,37 @@ def build_streamed(cfg: PrepareConfig, config: dict, model, fp_texts, folder: Pa
     false_positives = {name: filter_rates(texts, predict) for name, texts in fp_texts.items()}
     if fp_texts:
         lap("fp_check")
-    split_of = {x["id"]: name for name, part in splits.items() for x in part}
     for name in SPLITS:
-        write_jsonl(
-            folder / f"{name}.jsonl", (d for d in read_shard_docs(shard_dir) if split_of.get(d["id"]) == name)
-        )
+        write_jsonl(folder / f"{name}.jsonl", split_documents(meta, name))
     shutil.rmtree(shard_dir)
     write_jsonl(folder / "noise_labels.jsonl", [])
     lap("write")
     outcome = (inputs, {}, acted, removed, kept, unique, mixed, splits)
-    return finish(cfg, config, outcome, false_positives, {}, dict(lap.seconds), folder, command)
+    tables = meta["table"].outcome_tables(unique.rows, mixed.rows)  # counted over columns, not records
+    return finish(cfg, config, outcome, false_positives, {}, dict(lap.seconds), folder, command, tables)
 
 
-def decide_streamed(meta, cfg: PrepareConfig, lap=lambda name: None):
-    """(removed, unique, mixed, splits) from a streamed run's metadata: dedup over keys and
-    signatures, the mix over lengths, the split over signatures -- the in-memory decisions."""
-    kept, removed = meta["kept"], dict(meta["dropped"])
-    exact, near, keep = dedup_by_fingerprints(
-        meta["keys"], meta["sig"], cfg.dedup_threshold, meta.get("folder")
-    )
-    removed |= {x["id"]: "exact_dedup" for x, e in zip(kept, exact) if e}
-    removed |= {x["id"]: "near_dedup" for x, n in zip(kept, near) if n}
-    unique = [x for x, k in zip(kept, keep) if k]
-    lap("dedup")
-    mixed = mix_domains(unique, cfg.mix, cfg.seed)
-    lap("mix")
-    row = {x["id"]: i for i, x in enumerate(kept)}
-    sig = meta["sig"][[row[x["id"]] for x in mixed]]
-    return removed, unique, mixed, split_by_cluster(mixed, cfg.split, cfg.split_threshold, sig=sig)
-
-
-def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, command) -> dict:
-    """The stats (data_outcome.py's tables), stats.json, the plot and the manifest; returns the stats."""
+def finish(cfg, config, outcome, false_positives, tasks, seconds, folder: Path, command, tables=None) -> dict:
+    """The stats (data_outcome.py's tables), stats.json, the plot and the manifest; returns the stats.
+    tables: the input, steps, domains and splits tables when the caller has them (a streamed run
+    counts them over its columns: doc_table.DocTable.outcome_tables)."""
     docs, labels, acted, removed, kept, unique, mixed, splits = outcome
     t = time.time()
     contamination = contamination_report(folder) if tasks else []  # eval sets vs training data
     if tasks:
         seconds = {**seconds, "contamination": time.time() - t}
-    steps = step_table(docs, acted, removed, kept, unique, mixed)
+    tables = tables or {
+        "input": {"docs": len(docs), "chars": sum(map(doc_chars, docs))},
+        "steps": step_table(docs, acted, removed, kept, unique, mixed),
+        "domains": domain_table(docs, unique, mixed, DOMAINS),
+        "splits": {k: {"docs": len(v), "chars": sum(map(doc_chars, v))} for k, v in splits.items()},
+    }
     stats = {
         "config": config,
         "noise": noise_table(docs, labels, acted, removed, cfg.dedup_threshold) if labels else {},
-        "input": {"docs": len(docs), "chars": sum(map(doc_chars, docs))},
-        "steps": steps,
-        "domains": domain_table(docs, unique, mixed, DOMAINS),
-        "splits": {k: {"docs": len(v), "chars": sum(map(doc_chars, v))} for k, v in splits.items()},
+        **tables,
         "false_positives": false_positives,
-        "warnings": warnings_for(steps, cfg.warn_removed),
+        "warnings": warnings_for(tables["steps"], cfg.warn_removed),
         "tasks": tasks,
         "contamination": contamination,
         "heldout_exposure": heldout_exposure(folder) if tasks else {},  # held-out facts: biographies only

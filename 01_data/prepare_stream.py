@@ -11,37 +11,47 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
 2. Clean and fingerprint, in a pool of `workers` processes with at most 2 shards per worker in
    flight (a bounded queue: a fast reader cannot pile the whole input into memory). A worker cleans
    each document (clean.py), writes the kept ones to a temporary shard file and their MinHash
-   signatures (128 x 4 bytes each) to shard_<i>.sig.npy beside it, and returns only *metadata*: per
-   document a DocRecord (id, domain, length) and what each step did, and per kept document its
-   exact-dedup key (8 bytes of SHA-1, in a uint64 array).
-3. Decide, in the main process, over metadata alone: exact dedup over the keys, near-dedup and
-   the split clusters over ShardSignatures (the signatures on disk, read one LSH band or a few
-   candidate rows at a time; dedup.near_duplicate_clusters takes it as `sig`), the near-duplicate
-   candidates verified by their exact Jaccard from the shards' texts (only theirs), the domain mix
-   over lengths. A signature depends only on its text, so these are the decisions the in-memory
+   signatures (128 x 4 bytes each) to shard_<i>.sig.npy beside it, and returns only *columns*: per
+   document its id, domain, lengths and the step that dropped it, per edit (row, step, characters
+   removed), per kept document its exact-dedup key (8 bytes of SHA-1, uint64): doc_table.DocTable.
+3. Decide, in the main process, over columns alone (decide_streamed): exact dedup over the keys,
+   near-dedup and the split clusters over ShardSignatures (the signatures on disk, read one LSH band
+   or a few candidate rows at a time; dedup.near_duplicate_clusters takes it as `sig`), the
+   near-duplicate candidates verified by their exact Jaccard from the shards' texts (only theirs),
+   the domain mix over lengths (mix_positions) and the split over cluster roots (split_codes), each
+   prepare.py's rule over arrays. A signature depends only on its text, so these are the decisions the in-memory
    pipeline makes (a test checks it on the default corpus).
    With --line-dedup-docs, a pass in between: the workers also return each prose document's line
    keys, the main process counts documents per key, and a second map over the shards drops the
    common lines and refreshes the keys and signatures (line_dedup_shard).
 4. Write: the temporary shards are read back once per split and the kept documents written out.
 
-Peak memory is the metadata: about 180 bytes per document held and 510 at the peak of the decisions
-(before the signatures went to disk and the dicts became records: 900 and 1,700), plus the shards in
-flight. One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a
-task (`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
+Peak memory is the metadata, and the metadata is numpy columns (doc_table.py): about 40 bytes per
+document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight; the
+decisions' LSH passes add numpy transients (band keys, sort indices, candidate pairs). A run's peak
+grew ~0.3-0.37 KB per short document from 0.5 to 2 M documents, against ~0.56 KB before, when a
+Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes per
+document (README, "Scale").
+
+One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a task
+(`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
 decisions are a reduce over signatures (an LSH band is a group-by key), and the writes are a second
 map over the shards with the decision table broadcast -- the same three phases, spread over machines.
 
 Interview questions it answers:
 - How do you dedup a corpus that does not fit in memory? (keep fingerprints, not texts: exact
   hashes and MinHash signatures; LSH bands are a group-by; write in a second pass)
+- Why does "metadata only" still run out of memory? (a Python object per document costs 100-200
+  bytes whatever it holds; numpy columns with integer codes cost what their dtypes say)
 - Why a bounded queue in front of a worker pool? (an unbounded one reads the whole input ahead of
   the workers, which is the memory problem again)
 """
 
 import hashlib
 import json
+import random
 import sys
+import zlib
 from collections import deque
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,8 +62,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 from clean import CleanConfig, clean_document
+from common.cli import UserError
 from dedup import (
     DedupConfig,
+    component_roots,
     doc_line_keys,
     drop_lines,
     near_duplicate_clusters,
@@ -61,6 +73,7 @@ from dedup import (
     signatures,
     unique_shingles,
 )
+from doc_table import DOMAIN_CODE, DOMAINS, SPLITS, STEP_CODE, DocTable, encode_ids
 from langid_ngram import predict_lang
 
 _WORKER = {}  # the language model and clean config, set once per worker process
@@ -70,29 +83,6 @@ def exact_key(text: str) -> int:
     """The exact-dedup key: the first 8 bytes of SHA-1 of the normalized text (as dedup.py hashes it),
     as an unsigned 64-bit integer (8 bytes in a numpy array, not a 41-byte Python bytes object)."""
     return int.from_bytes(hashlib.sha1(normalize_for_hash(text).encode("utf-8")).digest()[:8], "little")
-
-
-class DocRecord:
-    """A document without its text: what the decisions read of it ("id", "domain", "chars").
-
-    It answers doc["id"], doc["domain"], doc["chars"] and `"chars" in doc` like the dicts of the
-    in-memory path, in 56 bytes instead of a dict's 184 (with 2 million short documents, the
-    difference between fitting in 2 GB or not); an input document that cleaning left unchanged is
-    the same object in the inputs and the kept list."""
-
-    __slots__ = ("id", "domain", "chars")
-
-    def __init__(self, doc_id: str, domain: str, chars: int):
-        self.id, self.domain, self.chars = doc_id, domain, chars
-
-    def __getitem__(self, key):
-        return getattr(self, key)
-
-    def __contains__(self, key):
-        return key in self.__slots__
-
-    def __eq__(self, other):
-        return all(self[k] == other[k] for k in self.__slots__)
 
 
 class ShardSignatures:
@@ -116,10 +106,18 @@ class ShardSignatures:
         return (len(self.rows), self.num_perm)
 
     def gather(self, rows, cols=slice(None)) -> np.ndarray:
-        """sig[rows][:, cols] as an array, reading each shard file that holds one of the rows once."""
-        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        """sig[rows][:, cols] as an array, reading each shard file that holds one of the rows once.
+        Rows in increasing order (a band, the non-exact subset) are cut into one run per shard by a
+        binary search, with no per-row shard index (8 bytes a row) and no pass over all rows per shard."""
         width = len(range(self.num_perm)[cols])
         out = np.empty((len(rows), width), dtype=np.uint32)
+        if len(rows) < 2 or np.all(rows[1:] >= rows[:-1]):
+            bounds = np.searchsorted(rows, self.offsets)  # rows[bounds[s]:bounds[s + 1]] lie in shard s
+            for s in np.flatnonzero(bounds[1:] > bounds[:-1]):
+                lo, hi = bounds[s], bounds[s + 1]
+                out[lo:hi] = np.load(self.paths[s])[rows[lo:hi] - self.offsets[s]][:, cols]
+            return out
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
         for s in np.unique(shard):
             here = shard == s
             out[here] = np.load(self.paths[s])[rows[here] - self.offsets[s]][:, cols]
@@ -142,34 +140,57 @@ def start_worker(model, clean_cfg, want_lines=False):
 
 
 def clean_shard(index, docs, folder):
-    """Clean one shard, write its kept documents to folder/shard_<index>.jsonl, return metadata only
-    (with line dedup on, also each kept prose document's line keys, as a uint64 array)."""
+    """Clean one shard, write its kept documents to folder/shard_<index>.jsonl, return its columns
+    (doc_table.DocTable's, rows numbered from 0 in this shard), the kept documents' exact keys, the
+    count of signatures saved, and with line dedup on the line keys of its prose documents (one
+    uint64 array: each document's distinct keys, one after another)."""
     model, cfg = _WORKER["model"], _WORKER["cfg"]
-    meta = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": [], "lines": []}
+    cols = {k: [] for k in ("ids", "domain", "chars_in", "chars", "dropped", "kept", "keys", "lines")}
+    acted_cols = {"acted_row": [], "acted_step": [], "acted_chars": []}
     kept_texts = []
     with open(folder / f"shard_{index:06d}.jsonl", "w", encoding="utf-8") as f:
-        for doc in docs:
+        for row, doc in enumerate(docs):
             out, acted, step = clean_document(doc, lambda t: predict_lang(model, t), cfg)
-            record = DocRecord(doc["id"], doc["domain"], len(doc["text"]))
-            meta["inputs"].append(record)
-            if acted:
-                meta["acted"][doc["id"]] = acted
+            cols["ids"].append(doc["id"])
+            cols["domain"].append(DOMAIN_CODE[doc["domain"]])
+            cols["chars_in"].append(len(doc["text"]))
+            for name, chars in acted.items():
+                acted_cols["acted_row"].append(row)
+                acted_cols["acted_step"].append(STEP_CODE[name])
+                acted_cols["acted_chars"].append(chars)
             if out is None:
-                meta["dropped"][doc["id"]] = step
+                cols["dropped"].append(STEP_CODE[step])
+                cols["chars"].append(0)
                 continue
+            cols["dropped"].append(0)
             f.write(
                 json.dumps({k: out[k] for k in ("id", "domain", "lang", "text")}, ensure_ascii=False) + "\n"
             )
-            if len(out["text"]) != record.chars:
-                record = DocRecord(out["id"], out["domain"], len(out["text"]))
-            meta["kept"].append(record)
-            meta["keys"].append(exact_key(out["text"]))
+            cols["chars"].append(len(out["text"]))
+            cols["kept"].append(row)
+            cols["keys"].append(exact_key(out["text"]))
             kept_texts.append(out["text"])
             if _WORKER["lines"] and out["domain"] != "code":  # code is not line-deduped
-                meta["lines"].append(np.fromiter(doc_line_keys(out["text"]), dtype=np.uint64))
-    meta["keys"] = np.array(meta["keys"], dtype=np.uint64)
+                cols["lines"] += doc_line_keys(out["text"])
+    meta = {k: np.array(v, dtype=COLUMN_DTYPES[k]) for k, v in {**cols, **acted_cols}.items() if k != "ids"}
+    meta["ids"] = encode_ids(cols["ids"])
     meta["sig"] = save_signatures(folder, index, kept_texts)
     return meta
+
+
+# The dtype of each column a shard returns (doc_table.py's docstring says why these widths).
+COLUMN_DTYPES = {
+    "domain": np.uint8,
+    "chars_in": np.int32,
+    "chars": np.int32,
+    "dropped": np.uint8,
+    "kept": np.int64,
+    "keys": np.uint64,
+    "lines": np.uint64,
+    "acted_row": np.int64,
+    "acted_step": np.uint8,
+    "acted_chars": np.int32,
+}
 
 
 def save_signatures(folder: Path, index: int, texts) -> int:
@@ -180,52 +201,57 @@ def save_signatures(folder: Path, index: int, texts) -> int:
 
 
 def line_dedup_shard(index, folder, common):
-    """Drop the `common` lines from one shard's prose documents, rewrite the shard, and return its
-    new metadata: kept, keys, sig, and {id: characters removed}, [ids left empty]."""
+    """Drop the `common` lines from one shard's prose documents, rewrite the shard, and return per
+    document of the shard its new length ("chars", 0 when emptied), which ones changed and by how
+    many characters ("changed", "removed"), which were emptied, and the kept ones' keys and sig count."""
     path = folder / f"shard_{index:06d}.jsonl"
-    meta = {"kept": [], "keys": [], "changed": {}, "emptied": []}
+    meta = {"chars": [], "changed": [], "removed": [], "emptied": [], "keys": []}
     texts = []
     with open(path, encoding="utf-8") as src, open(path.with_suffix(".tmp"), "w", encoding="utf-8") as dst:
-        for line in src:
+        for i, line in enumerate(src):
             doc = json.loads(line)
             text = doc["text"] if doc["domain"] == "code" else drop_lines(doc["text"], common)
+            meta["chars"].append(len(text))
             if text != doc["text"]:
-                meta["changed"][doc["id"]] = len(doc["text"]) - len(text)
+                meta["changed"].append(i)
+                meta["removed"].append(len(doc["text"]) - len(text))
             if not text:
-                meta["emptied"].append(doc["id"])
+                meta["emptied"].append(i)
                 continue
             dst.write(json.dumps({**doc, "text": text}, ensure_ascii=False) + "\n")
-            meta["kept"].append(DocRecord(doc["id"], doc["domain"], len(text)))
             meta["keys"].append(exact_key(text))
             texts.append(text)
     path.with_suffix(".tmp").replace(path)
-    meta["keys"] = np.array(meta["keys"], dtype=np.uint64)
+    meta = {k: np.array(v, dtype=np.uint64 if k == "keys" else np.int64) for k, v in meta.items()}
     meta["sig"] = save_signatures(folder, index, texts)
     return meta
 
 
-def streamed_line_dedup(merged, folder: Path, n_shards: int, max_docs: int, workers: int):
+def streamed_line_dedup(meta, max_docs: int, workers: int):
     """Second pass for line dedup: the lines whose keys are in more than max_docs prose documents
-    are removed from every shard, and the kept metadata is rebuilt (as prepare.line_dedup_all does
+    are removed from every shard, and the kept columns are updated (as prepare.line_dedup_all does
     in memory: its characters go to the "line_dedup" step, an emptied document is dropped by it)."""
-    keys, counts = np.unique(
-        np.concatenate(merged.pop("lines") or [np.zeros(0, np.uint64)]), return_counts=True
-    )
+    table, folder, sizes = meta["table"], meta["folder"], meta["sig"].sizes
+    keys, counts = np.unique(meta.pop("lines"), return_counts=True)
     common = {int(k) for k in keys[counts > max_docs]}
     if workers > 1:
         with get_context("fork").Pool(workers) as pool:
-            parts = pool.starmap(line_dedup_shard, [(i, folder, common) for i in range(n_shards)])
+            parts = pool.starmap(line_dedup_shard, [(i, folder, common) for i in range(len(sizes))])
     else:
-        parts = [line_dedup_shard(i, folder, common) for i in range(n_shards)]
-    merged["kept"] = []
-    for part in parts:
-        merged["kept"] += part["kept"]
-        for doc_id, chars in part["changed"].items():
-            merged["acted"].setdefault(doc_id, {})["line_dedup"] = chars
-        merged["dropped"] |= dict.fromkeys(part["emptied"], "line_dedup")
-    merged["keys"] = np.concatenate([p["keys"] for p in parts] or [np.zeros(0, np.uint64)])
-    merged["sig"] = shard_signatures(folder, [p["sig"] for p in parts])
-    return merged
+        parts = [line_dedup_shard(i, folder, common) for i in range(len(sizes))]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    changed, removed = [], []
+    for s, part in enumerate(parts):
+        rows = table.kept[offsets[s] : offsets[s + 1]]  # the shard's kept documents, in its order
+        table.chars[rows] = part["chars"]
+        table.dropped[rows[part["emptied"]]] = STEP_CODE["line_dedup"]
+        changed.append(rows[part["changed"]])
+        removed.append(part["removed"])
+    table.add_acted(np.concatenate(changed), "line_dedup", np.concatenate(removed))
+    table.kept = table.kept[table.dropped[table.kept] == 0]
+    meta["keys"] = np.concatenate([p["keys"] for p in parts] or [np.zeros(0, np.uint64)])
+    meta["sig"] = shard_signatures(folder, [p["sig"] for p in parts])
+    return meta
 
 
 def shard_signatures(folder: Path, sizes) -> ShardSignatures:
@@ -249,9 +275,10 @@ def clean_all_streamed(
     docs, model, folder: Path, workers=1, shard_docs=2000, progress=True, line_dedup_docs=0
 ):
     """Clean an iterable of documents shard by shard; returns the metadata of all shards merged, in
-    input order: inputs [(id, domain, chars)], acted, dropped, kept [{"id", "domain", "chars"}],
-    keys [bytes], sig (kept docs, num_perm) uint32. line_dedup_docs > 0: then drop the lines found
-    in more than that many prose documents (a second pass over the shards)."""
+    input order: table (doc_table.DocTable), and read from it inputs / kept (sequences of DocRecord),
+    acted {id: {step: chars}}, dropped {id: step}; keys (kept docs,) uint64; sig (kept docs, num_perm)
+    uint32, on disk; folder. line_dedup_docs > 0: then drop the lines found in more than that many
+    prose documents (a second pass over the shards)."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = CleanConfig()
     results = {}
@@ -277,21 +304,23 @@ def clean_all_streamed(
             while in_flight:
                 j, res = in_flight.popleft()
                 results[j] = res.get()
-    merged = {"inputs": [], "acted": {}, "dropped": {}, "kept": [], "keys": [], "lines": [], "sig": []}
-    n_shards = len(results)
-    for i in sorted(results):
-        r = results.pop(i)
-        for k in ("inputs", "kept", "keys", "lines", "sig"):
-            merged[k] += r[k] if k != "keys" and k != "sig" else [r[k]]
-        merged["acted"].update(r["acted"])
-        merged["dropped"].update(r["dropped"])
-    merged["keys"] = np.concatenate(merged["keys"] or [np.zeros(0, np.uint64)])
-    merged["sig"] = shard_signatures(folder, merged["sig"])
-    merged["folder"] = folder  # the shards, read back to verify near-duplicate candidates exactly
+    parts = [results.pop(i) for i in sorted(results)]
+    meta = {
+        "table": DocTable.concat(parts),
+        "keys": np.concatenate([p["keys"] for p in parts] or [np.zeros(0, np.uint64)]),
+        "lines": np.concatenate([p["lines"] for p in parts] or [np.zeros(0, np.uint64)]),
+        "sig": shard_signatures(folder, [p["sig"] for p in parts]),
+        "folder": folder,  # the shards, read back to verify near-duplicate candidates exactly
+    }
+    del parts
     if want_lines:
-        return streamed_line_dedup(merged, folder, n_shards, line_dedup_docs, workers)
-    merged.pop("lines")
-    return merged
+        streamed_line_dedup(meta, line_dedup_docs, workers)
+    meta.pop("lines", None)
+    table = meta["table"]
+    meta["inputs"] = table.records(None, "chars_in")
+    meta["kept"] = table.records(table.kept)
+    meta["acted"], meta["dropped"] = table.acted_view(), table.removed_view()
+    return meta
 
 
 def dedup_by_fingerprints(keys, sig, threshold, folder=None):
@@ -310,6 +339,94 @@ def dedup_by_fingerprints(keys, sig, threshold, folder=None):
     near = np.zeros(len(keys), dtype=bool)
     near[idx] = roots != np.arange(len(idx))
     return exact, near, ~exact & ~near
+
+
+def mix_positions(ids, domain, chars, ratios, seed) -> np.ndarray:
+    """prepare.mix_domains over columns: positions into the arrays of the documents kept, in id order.
+
+    ids, domain, chars: (N,) columns of the deduplicated documents. The same draws as mix_domains
+    (random.Random(seed).shuffle of 0..N-1, here a numpy array: shuffle only swaps items), the same
+    greedy take per domain, the same sort by id; a test checks they agree."""
+    codes = {d: DOMAIN_CODE[d] for d in ratios}
+    have = {d: int(chars[domain == c].sum()) for d, c in codes.items()}
+    present = {d: r for d, r in ratios.items() if r > 0 and have[d] > 0}
+    if not present:
+        names = sorted(DOMAINS[c] for c in np.unique(domain))
+        raise UserError(
+            f"--mix gives no weight to the domains the documents have ({', '.join(names)}); "
+            f"give one of them a share, e.g. --mix {names[0]}=1"
+        )
+    total = min(have[d] / r for d, r in present.items())  # the scarcest domain sets the corpus size
+    quota = {codes[d]: present[d] / sum(present.values()) * total for d in present}
+    order = np.arange(len(ids), dtype=np.int64)
+    random.Random(seed).shuffle(order)
+    taken = dict.fromkeys(quota, 0)
+    take = np.zeros(len(ids), dtype=bool)
+    for lo in range(0, len(order), 1 << 16):  # Python values a chunk at a time, not N at once
+        idx = order[lo : lo + (1 << 16)]
+        for i, d, c in zip(idx.tolist(), domain[idx].tolist(), chars[idx].tolist()):
+            if d in quota and taken[d] + c / 2 <= quota[d]:
+                take[i] = True
+                taken[d] += c
+    out = np.flatnonzero(take)
+    return out[np.argsort(ids[out], kind="stable")]
+
+
+def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
+    """prepare.split_by_cluster over columns: the split (an index into SPLITS) of each document, (N,)
+    uint8, from its id (ids: (N,) bytes) and its signature row.
+
+    The same rule with arrays instead of per-cluster dicts: clusters are the roots of
+    near_duplicate_clusters in increasing order (the order the dict version meets them: a root is
+    its cluster's first document), u = crc32(first id) % 1000 per cluster, a split from where u falls
+    among the cumulative fractions, and an empty split takes the nearest cluster (ties: lower u,
+    then the earlier cluster) from a split that keeps another."""
+    cfg = DedupConfig(threshold=threshold)
+    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig, roots_of=component_roots)
+    clusters, cluster_of = np.unique(roots, return_inverse=True)  # (C,), (N,)
+    u = np.array([zlib.crc32(ids[r]) % 1000 for r in clusters.tolist()], dtype=np.int64)  # (C,)
+    edges = np.cumsum(fractions) * 1000
+    part = np.minimum(2, np.searchsorted(edges, u, side="right"))  # (C,) split of each cluster
+    for k, (lo, hi) in enumerate(zip([0.0, *edges[:2]], edges)):
+        sizes = np.bincount(part, minlength=3)
+        donors = np.flatnonzero(sizes[part] > 1)
+        if sizes[k] == 0 and len(donors):
+            gap = np.maximum(np.maximum(lo - u[donors], u[donors] - hi), 0)
+            part[donors[np.lexsort((donors, u[donors], gap))[0]]] = k
+    return part[cluster_of].astype(np.uint8)
+
+
+def decide_streamed(meta, cfg, lap=lambda name: None):
+    """(removed, unique, mixed, splits) from a streamed run's metadata (clean_all_streamed): exact and
+    near dedup over keys and signatures, the mix over lengths, the split over signatures -- the
+    in-memory run's decisions, written into the table's `dropped` and `split` columns and returned
+    as views of it ({id: step}, sequences of DocRecord). cfg: a prepare.PrepareConfig."""
+    table = meta["table"]
+    exact, near, keep = dedup_by_fingerprints(
+        meta["keys"], meta["sig"], cfg.dedup_threshold, meta.get("folder")
+    )
+    table.dropped[table.kept[exact]] = STEP_CODE["exact_dedup"]
+    table.dropped[table.kept[near]] = STEP_CODE["near_dedup"]
+    unique_pos = np.flatnonzero(keep)  # positions among the kept documents (= signature rows)
+    unique = table.kept[unique_pos]
+    lap("dedup")
+    chosen = mix_positions(table.ids[unique], table.domain[unique], table.chars[unique], cfg.mix, cfg.seed)
+    mixed_pos = unique_pos[chosen]
+    mixed = table.kept[mixed_pos]
+    lap("mix")
+    split = split_codes(table.ids[mixed], cfg.split, cfg.split_threshold, meta["sig"][mixed_pos])
+    table.split[mixed] = split
+    splits = {name: table.records(mixed[split == k]) for k, name in enumerate(SPLITS)}
+    return table.removed_view(), table.records(unique), table.records(mixed), splits
+
+
+def split_documents(meta, name: str):
+    """The kept documents of split `name`, read back from the shards (decide_streamed set `split`)."""
+    table, k = meta["table"], SPLITS.index(name)
+    split_of_kept = table.split[table.kept]  # (kept,) the shards hold the kept documents in this order
+    for g, doc in enumerate(read_shard_docs(meta["folder"])):
+        if split_of_kept[g] == k:
+            yield doc
 
 
 def shard_shingles(folder: Path, idx, k: int):

@@ -582,8 +582,7 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     # land where the in-memory run put it, and every step must count the same characters
     from data_outcome import step_table
     from input_documents import generated_documents
-    from prepare import decide_streamed
-    from prepare_stream import clean_all_streamed
+    from prepare_stream import clean_all_streamed, decide_streamed
 
     data, stats = default_run
     cfg = PrepareConfig()
@@ -596,15 +595,16 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     for name in ("train", "val", "test"):
         assert [x["id"] for x in splits[name]] == [x["id"] for x in read_split(data, name)], name
     steps = step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed)
-    assert steps == stats["steps"]
+    assert steps == stats["steps"]  # the records the views make: the in-memory step table
+    tables = meta["table"].outcome_tables(unique.rows, mixed.rows)  # and the same, counted over columns
+    assert tables == {k: stats[k] for k in ("input", "steps", "domains", "splits")}
     assert len(list((tmp_path / "shards").glob("shard_*.jsonl"))) == -(-len(docs) // 1000)
 
 
 def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
     from data_outcome import step_table
     from input_documents import generated_documents
-    from prepare import decide_streamed
-    from prepare_stream import clean_all_streamed
+    from prepare_stream import clean_all_streamed, decide_streamed
 
     cfg = PrepareConfig(chars=200_000, line_dedup_docs=10)
     stats = prepare(cfg, tmp_path / "run", progress=False)
@@ -620,6 +620,81 @@ def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
             x["id"] for x in read_split(tmp_path / "run" / "data", name)
         ]
     assert step_table(docs, meta["acted"], removed, meta["kept"], unique, mixed) == stats["steps"]
+    assert meta["table"].outcome_tables(unique.rows, mixed.rows)["steps"] == stats["steps"]
+
+
+def test_streamed_bookkeeping_costs_tens_of_bytes_per_document(tmp_path):
+    # the streamed run's memory must not grow by a Python object per document: everything it keeps
+    # per document is a numpy column (doc_table.py), about 30 bytes, whatever the document count
+    from doc_table import DocTable
+    from input_documents import iter_documents
+    from prepare_stream import ShardSignatures, clean_all_streamed, decide_streamed
+
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on under old red mat tree river boat baker market morning".split()
+    txt = tmp_path / "short.txt"
+    txt.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(24)) + "." for _ in range(3000)))
+    cfg = PrepareConfig(input=(str(txt),), noise_frac=0, mix={"stories": 1.0})
+    model = train_langid(*training_texts(cfg.seed + 1000))
+    docs = iter_documents(cfg.input, cfg)
+    meta = clean_all_streamed(docs, model, tmp_path / "shards", shard_docs=500, progress=False)
+    removed, unique, mixed, splits = decide_streamed(meta, cfg)
+    table = meta["table"]
+    assert isinstance(table, DocTable) and len(table) == 3000 and len(mixed) > 1000
+    held = table.nbytes() + meta["keys"].nbytes + meta["sig"].rows.nbytes
+    assert held / len(table) < 48, held / len(table)  # ~9 id + 10 lengths and codes + 24 per kept
+    assert isinstance(meta["sig"], ShardSignatures) and not [
+        k for k, v in meta.items() if isinstance(v, (list, dict, set, tuple))
+    ]
+    assert sum(map(len, splits.values())) == len(mixed) and set(removed.values()) <= {
+        "exact_dedup",
+        "near_dedup",
+        "filter_length",
+        "filter_quality",
+        "filter_language",
+    }
+
+
+def test_mix_and_split_over_columns_decide_as_the_dict_versions():
+    # prepare_stream.mix_positions / split_codes are prepare.mix_domains / split_by_cluster over
+    # arrays; on random documents, and on few clusters (an empty split taking the nearest cluster)
+    from dedup import component_roots, signatures, union_find_roots
+    from doc_table import encode_ids
+    from input_documents import DOMAINS
+    from prepare import mix_domains, split_by_cluster
+    from prepare_stream import mix_positions, split_codes
+
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        n = 400
+        ids = [f"x{k:05d}" for k in rng.permutation(n)]  # not in id order, like the generated corpus
+        domain = rng.choice(["dialog", "code", "stories"], size=n).tolist()
+        chars = rng.integers(50, 5000, size=n).tolist()
+        docs = [{"id": i, "domain": d, "chars": c} for i, d, c in zip(ids, domain, chars)]
+        ratios = {"dialog": 0.3, "code": 0.2, "stories": 0.5}
+        codes = np.array([DOMAINS.index(d) for d in domain], dtype=np.uint8)
+        chosen = mix_positions(encode_ids(ids), codes, np.array(chars, np.int32), ratios, seed)
+        assert [ids[i] for i in chosen] == [x["id"] for x in mix_domains(docs, ratios, seed)], seed
+    base = [
+        "the baker of Mira sells bread and cakes in the market every morning " * 2,
+        "boats on the river " * 6,
+    ]
+    texts = [t + f" day {k}" for t in base for k in range(4)] + [
+        f"{w} and more words here " * 4 for w in "abcd"
+    ]
+    sig = signatures(texts)
+    for seed in range(20):
+        ids = [f"d{seed}-{k}" for k in range(len(texts))]
+        docs = [{"id": i, "text": t} for i, t in zip(ids, texts)]
+        for fractions in ((0.9, 0.05, 0.05), (0.4, 0.3, 0.3)):
+            want = split_by_cluster(docs, fractions, 0.5, sig=sig)
+            got = split_codes(encode_ids(ids), fractions, 0.5, sig)
+            assert [[ids[i] for i in np.flatnonzero(got == k)] for k in range(3)] == [
+                [x["id"] for x in want[name]] for name in ("train", "val", "test")
+            ], (seed, fractions)
+    for n, e in ((1, 0), (30, 20), (200, 150), (200, 400)):  # the numpy union-find: the same cluster ids
+        pairs = rng.integers(0, n, size=(e, 2))
+        assert component_roots(n, pairs).tolist() == union_find_roots(n, pairs).tolist()
 
 
 def test_split_has_no_exact_or_near_duplicate_overlap(default_run):
@@ -1049,7 +1124,8 @@ def test_shard_signatures_read_from_disk_index_like_the_matrix(tmp_path):
     # the streamed run keeps signatures on disk; a band, a subset and a row gather must read exactly
     # what the in-memory matrix holds, and dedup over them must decide as dedup() does
     from dedup import signatures
-    from prepare_stream import DocRecord, ShardSignatures, dedup_by_fingerprints, exact_key
+    from doc_table import DocRecord
+    from prepare_stream import ShardSignatures, dedup_by_fingerprints, exact_key
 
     base = "Bela Tora is a baker who lives in Mira and likes the color blue very much today. " * 3
     texts = [base, base.replace("blue", "green", 1), base, "Boats on the river at dawn. " * 5] * 3
