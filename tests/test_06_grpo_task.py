@@ -142,3 +142,18 @@ def test_the_hop_reward_wants_the_friends_attribute_not_the_asked_persons():
     assert not fact_task.fact_correct(q, f"{own} or {q['answer']}.", candidates)  # a list earns nothing
     given = hop_task.hop_problems(world_seed=0, given_friend=True)[1][0]
     assert given["prompt"].startswith(f"{given['subject']} and {given['friend']} are best friends. ")
+
+
+def test_grpo_loads_the_hop_task_and_rewards_the_friends_answer(tmp_path):
+    import grpo  # noqa: E402  (the stage's config and task loader, no training)
+    from common.cli import UserError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text('{"config": {"seed": 0}}')
+    task = grpo.load_task(grpo.GRPOConfig(run=str(tmp_path), task="hop-given"), tmp_path, tok=None)
+    p = next(q for q in task["heldout"] if q["attribute"] == "city")
+    assert p["prompt"].startswith(f"{p['subject']} and {p['friend']} are best friends.")
+    assert task["reward"](p, f"{p['friend']} lives in {p['answer']}.") == 1.0
+    assert "hop_task.py" in task["note"]
+    with pytest.raises(UserError):  # arithmetic files make no sense for the hop task
+        grpo.check_grpo_config(grpo.GRPOConfig(run="r", task="hop", train_file="a.jsonl"))
