@@ -81,28 +81,37 @@ def world_seed_of(run) -> int:
         ) from None
 
 
+def problems_split_by_person(people, train_templates, heldout_templates, problem) -> tuple:
+    """(train, heldout): problem(person, attribute, template, form) for every person, attribute and
+    template; every HELDOUT_EVERY-th person is held out and asked only in `heldout_templates`."""
+    split = {"train": [], "heldout": []}
+    for i, p in enumerate(people):
+        name = "heldout" if i % HELDOUT_EVERY == 0 else "train"
+        templates = heldout_templates if name == "heldout" else train_templates
+        for attribute in ANSWER:
+            for t, template in enumerate(templates[attribute]):
+                split[name].append(problem(p, attribute, template, f"{name}:{attribute}:{t}"))
+    return split["train"], split["heldout"]
+
+
 def fact_problems(world_seed=0) -> tuple:
     """(train, heldout, candidates): every (person, attribute, template) question once, split by person
     and template; a problem is {"prompt", "answer", "attribute", "subject", "form"}; candidates maps an
     attribute to every answer the world has for it (the reward's list of wrong answers)."""
     people = build_world(WorldConfig(seed=world_seed)).people
     candidates = {a: sorted({get(p) for p in people}) for a, get in ANSWER.items()}
-    split = {"train": [], "heldout": []}
-    for i, p in enumerate(people):
-        name = "heldout" if i % HELDOUT_EVERY == 0 else "train"
-        templates = HELDOUT_TEMPLATES if name == "heldout" else TRAIN_TEMPLATES
-        for attribute, get in ANSWER.items():
-            for t, template in enumerate(templates[attribute]):
-                split[name].append(
-                    {
-                        "prompt": template.format(name=p["name"]),
-                        "answer": get(p),
-                        "attribute": attribute,
-                        "subject": p["name"],
-                        "form": f"{name}:{attribute}:{t}",
-                    }
-                )
-    return split["train"], split["heldout"], candidates
+
+    def problem(p, attribute, template, form):
+        prompt = template.format(name=p["name"])
+        return {
+            "prompt": prompt,
+            "answer": ANSWER[attribute](p),
+            "attribute": attribute,
+            "subject": p["name"],
+            "form": form,
+        }
+
+    return (*problems_split_by_person(people, TRAIN_TEMPLATES, HELDOUT_TEMPLATES, problem), candidates)
 
 
 def fact_reward(text: str, answer: str, candidates, subject: str = "") -> dict:

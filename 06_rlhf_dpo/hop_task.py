@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "01_data")]
 from world import WorldConfig, build_world  # 01_data (public functions only)
 
-from fact_task import ANSWER, HELDOUT_EVERY
+from fact_task import ANSWER, problems_split_by_person
 
 TRAIN_TEMPLATES = {
     "city": ["Where does {name}'s best friend live?", "Which city is {name}'s best friend from?"],
@@ -64,21 +64,16 @@ def hop_problems(world_seed=0, given_friend=False) -> tuple:
     answering about Y rather than X are left to the model (--task hop-given)."""
     people = build_world(WorldConfig(seed=world_seed)).people
     candidates = {a: sorted({get(p) for p in people}) for a, get in ANSWER.items()}
-    split = {"train": [], "heldout": []}
-    for i, p in enumerate(people):
-        name = "heldout" if i % HELDOUT_EVERY == 0 else "train"
-        templates = HELDOUT_TEMPLATES if name == "heldout" else TRAIN_TEMPLATES
-        for attribute, get in ANSWER.items():
-            for t, template in enumerate(templates[attribute]):
-                split[name].append(
-                    {
-                        "prompt": GIVEN.format(name=p["name"], friend=p["friend"]["name"]) * given_friend
-                        + template.format(name=p["name"]),
-                        "answer": get(p["friend"]),
-                        "attribute": attribute,
-                        "subject": p["name"],
-                        "friend": p["friend"]["name"],
-                        "form": f"hop:{name}:{attribute}:{t}",
-                    }
-                )
-    return split["train"], split["heldout"], candidates
+
+    def problem(p, attribute, template, form):
+        given = GIVEN.format(name=p["name"], friend=p["friend"]["name"]) * given_friend
+        return {
+            "prompt": given + template.format(name=p["name"]),
+            "answer": ANSWER[attribute](p["friend"]),
+            "attribute": attribute,
+            "subject": p["name"],
+            "friend": p["friend"]["name"],
+            "form": "hop:" + form,
+        }
+
+    return (*problems_split_by_person(people, TRAIN_TEMPLATES, HELDOUT_TEMPLATES, problem), candidates)
