@@ -33,6 +33,7 @@ import functools
 import sys
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -117,5 +118,6 @@ def load_adapters(model, path) -> BottleneckAdapters:
     adapters.to(next(model.parameters()).device).attach(model)
     if rows is not None:
         train_marker_rows(model, meta["token_ids"])
-        model.tok_emb.lora_rows["adapter"].data.copy_(rows)
+        with torch.no_grad():
+            model.tok_emb.lora_rows["adapter"].copy_(rows)
     return adapters

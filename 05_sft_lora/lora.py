@@ -296,9 +296,8 @@ def set_adapter(model, adapters):
             raise UserError(f"{n} has merged adapters; call unmerge_lora before switching")
         names = m.lora_rows if isinstance(m, LoRARows) else m.lora_A
         unknown = set(weights) - set(names)
-        if isinstance(m, LoRARows):  # an adapter saved without marker rows leaves them out
-            unknown = set()
-        if unknown:
+        # every adapter has its linear layers; the marker rows only if it was trained with them
+        if unknown and not isinstance(m, LoRARows):
             raise UserError(f"no LoRA adapter named {sorted(unknown)[0]!r}; this model has {sorted(names)}")
         m.active = {a: w for a, w in weights.items() if a in names}
         for a in names:
