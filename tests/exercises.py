@@ -495,7 +495,17 @@ def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float =
             os.environ["COLUMNS"] = "1000"  # -rA summary lines whole, not cut to a terminal's width
             import pytest
 
-            args = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "-o", "addopts="]
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+            args = [
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:unraisableexception",
+                "-o",
+                "addopts=",
+                "--assert=plain",
+            ]
             code = int(pytest.main([*args, *extra, *node_ids]))
         finally:
             sys.stdout.flush()
