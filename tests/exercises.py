@@ -495,17 +495,11 @@ def pytest_in_child(copy: Path, node_ids: list[str], log: Path, timeout: float =
             os.environ["COLUMNS"] = "1000"  # -rA summary lines whole, not cut to a terminal's width
             import pytest
 
+            # ~300 children: no installed plugin is loaded, no assert is rewritten (grading reads
+            # the exit code and -rA's lines only); together ~15 % of the whole check's time
             os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-            args = [
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-p",
-                "no:unraisableexception",
-                "-o",
-                "addopts=",
-                "--assert=plain",
-            ]
+            args = ["-q", "-p", "no:cacheprovider", "-p", "no:unraisableexception", "--assert=plain"]
+            args += ["-o", "addopts="]
             code = int(pytest.main([*args, *extra, *node_ids]))
         finally:
             sys.stdout.flush()
