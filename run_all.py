@@ -8,6 +8,7 @@
     python run_all.py --only pretrain              # just that stage (its inputs must be there already)
     python run_all.py --add scaling,overfit        # also the optional experiments (scaling ~8 min on 2 cores)
     python run_all.py --data a.txt b.jsonl         # start from your text instead of the generated corpus
+    python run_all.py --jobs 1                     # one stage at a time, in the registry's order
 
 Each stage runs as a subprocess of its own command (the same one its README shows), so what this file
 does is exactly what you would type by hand; nothing here knows how a stage works. The stages and
@@ -18,7 +19,16 @@ for `micro` (the smoke test), `small` and `gpt2`, a stage that has that preset i
 `parse_config` presets gets `--preset NAME`: the values live in the stage, beside its config, not
 here. A stage whose script is not in this checkout is skipped with a line saying so.
 
-One line per stage: its number, name, wall time and headline result (report.py reads it from the
+Stages run two at a time (--jobs 2, the default), as `make -j2` runs a Makefile: the registry says
+which folders each stage reads, so a stage starts as soon as the stages writing them have finished
+(after SFT, the reward model, DPO, GRPO and distillation do not need each other). Two at a time fills
+the second core that a decoding loop leaves idle (sampling a token at a time from a small model is
+one thread's work). A stage whose outcome holds a speed (`timed` in the registry: pretraining's
+tokens/s, distillation's and quantization's decoding speeds, speculative decoding, serving) runs with
+nothing beside it, so its numbers are this machine's alone. Every stage is its own deterministic
+process, so its results are the same at --jobs 1 and 2; only the wall time differs.
+
+One line per stage as it ends: its number, name, wall time and headline result (report.py reads it from the
 outcome the stage wrote). The stage's own output goes to runs/<name>/logs/<stage>.log (`--show-output`
 also prints it). A stage that fails stops the run with its one-line error and the `--from` command
 that resumes from it; its output goes to <stage>.failed.log, and <stage>.log stays the log of the last
@@ -35,6 +45,9 @@ Interview questions it answers:
   last; a stage checks its inputs' manifests; rerun from the first stage whose input changed)
 - Why run stages as subprocesses, not function calls? (a fresh process per stage: no state leaks
   between stages, the memory is returned, a crash is contained, and the command is reproducible)
+- How do you run a pipeline's independent steps in parallel safely? (declare each step's inputs; start
+  a step when every step writing an input has finished, a topological order of the DAG; keep timed
+  measurements alone on the machine)
 """
 
 import os
@@ -42,6 +55,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +64,7 @@ REPO = Path(__file__).resolve().parent
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
 from common.files import markdown_table, read_json, write_json
-from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage, stage_env
+from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage, stage_env, writer_of
 
 from common import report_card
 
@@ -90,6 +104,12 @@ class RunAllConfig:
         [], "optional stages to run too: " + ", ".join(s.name for s in STAGES if s.optional), sep=","
     )
     overwrite: bool = option(False, "replace the run already in the run folder, all stages")
+    jobs: int = option(
+        2,
+        "stages run at once: a stage starts when the stages it reads have finished; a stage that times "
+        "itself (tokens/s, speedups) runs alone (1 = one after another, as the registry lists them)",
+        min=1,
+    )
     show_output: bool = option(False, "print each stage's own output too (it is always in runs/<run>/logs/)")
 
 
@@ -182,6 +202,22 @@ def command(stage: Stage, cfg: RunAllConfig, run: Path, overwrite: bool) -> list
     return [sys.executable, str(REPO / stage.script), *argv]
 
 
+def startable(todo: list, running: list, jobs: int) -> list:
+    """The stages of `todo` (in registry order) to start now beside `running`: each one whose inputs
+    are all made (no stage of `todo` or `running` writes a folder it reads), while fewer than `jobs`
+    run; a `timed` stage only when nothing else runs, and nothing beside it."""
+    waiting = {s.name for s in todo + running}
+    chosen = []
+    for stage in todo:
+        busy = running + chosen
+        if len(busy) >= jobs or any(s.timed for s in busy):
+            break
+        if {writer_of(f).name for f in stage.upstream} & waiting or (stage.timed and busy):
+            continue
+        chosen.append(stage)
+    return chosen
+
+
 def last_error_line(log_text: str, returncode: int) -> str:
     """The stage's one-line error (`error: ...`), else the last line it printed (a traceback's last line)."""
     lines = [l for l in log_text.splitlines() if l.strip()]
@@ -191,7 +227,7 @@ def last_error_line(log_text: str, returncode: int) -> str:
     return lines[-1].strip() if lines else f"exit code {returncode} with no output"
 
 
-def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
+def run_stage(stage: Stage, argv: list, log: Path, show_output: bool, prefix: str = "    ") -> tuple:
     """Run one stage, its stdout and stderr into `log` (and the terminal with show_output).
     Returns (return code, the path of its log, the log's text). The output goes to <stage>.running.log
     while it runs; success makes it <stage>.log, failure <stage>.failed.log, so a failed rerun never
@@ -207,7 +243,7 @@ def run_stage(stage: Stage, argv: list, log: Path, show_output: bool) -> tuple:
             f.write(line)
             f.flush()  # `tail -f` on the log follows the stage
             if show_output:
-                print("    " + line, end="", flush=True)
+                print(prefix + line, end="", flush=True)
         proc.wait()
     final = log if proc.returncode == 0 else log.with_name(f"{stage.name}.failed.log")
     os.replace(running, final)
@@ -253,42 +289,69 @@ def main(argv=None):
         flush=True,
     )
     times, t_start = read_times(run), time.time()
-    for i, (stage, skip) in enumerate(steps, 1):
-        head = f"[{i:>2}/{len(steps)}] {stage.name:<13}"
+    number = {stage.name: f"[{i:>2}/{len(steps)}] {stage.name:<13}" for i, (stage, _) in enumerate(steps, 1)}
+    for stage, skip in steps:
         if skip:
-            print(f"{head} skipped: {stage.script} {skip}", flush=True)
-            continue
-        if sys.stdout.isatty():  # a terminal sees which stage is running now
-            print(f"{head} running ...", end="\r", flush=True)
-        set_interrupt_hint(f"in stage {stage.name}; resume with `{resume_command(cfg, stage.name)}`")
-        t0 = time.time()
-        rc, log_path, log_text = run_stage(
-            stage,
-            command(stage, cfg, run, overwrite),
-            RunLayout(run).logs / f"{stage.name}.log",
-            cfg.show_output,
+            print(f"{number[stage.name]} skipped: {stage.script} {skip}", flush=True)
+    failed = run_stages([stage for stage, skip in steps if not skip], cfg, run, overwrite, number, times)
+    if failed:
+        stage, rc, log_path, log_text = failed
+        print(
+            f"error: stage {stage.name} failed: {last_error_line(log_text, rc)}; its output is in "
+            f"{log_path}; fix it, then resume with `{resume_command(cfg, stage.name)}`",
+            file=sys.stderr,
         )
-        seconds = time.time() - t0
-        if rc != 0:
-            print(f"{head} FAILED after {fmt_s(seconds)}", flush=True)
-            print(
-                f"error: stage {stage.name} failed: {last_error_line(log_text, rc)}; its output is in "
-                f"{log_path}; fix it, then resume with `{resume_command(cfg, stage.name)}`",
-                file=sys.stderr,
-            )
-            sys.exit(rc if rc in (2, 130) else 1)
-        times["seconds"][stage.name] = round(seconds, 1)
-        write_json(run / TIMES, times)
-        print(f"{head} {fmt_s(seconds):>7}  {report_card.headline_of(stage.name, run)}", flush=True)
+        sys.exit(rc if rc in (2, 130) else 1)
     times["last_invocation_s"] = round(time.time() - t_start, 1)
     write_json(run / TIMES, times)
     path = report_card.write_report(run)
-    rows = [{"stage": k, "seconds": f"{v:.1f}"} for k, v in times["seconds"].items()]
+    order = sorted(times["seconds"], key=lambda k: STAGE_NAMES.index(k) if k in STAGE_NAMES else 99)
+    rows = [{"stage": k, "seconds": f"{times['seconds'][k]:.1f}"} for k in order]
     print(
-        f"\ntime per stage (wall, this machine now):\n"
+        f"\ntime per stage (wall, this machine now; with --jobs {cfg.jobs} stages overlap, so the "
+        f"invocation's time is less than their sum):\n"
         f"{markdown_table(rows + [{'stage': 'this invocation', 'seconds': f'{time.time() - t_start:.1f}'}], ['stage', 'seconds'])}"
     )
     print(f"wrote {path}")
+
+
+def run_stages(todo: list, cfg: RunAllConfig, run: Path, overwrite: bool, number: dict, times: dict):
+    """Run the stages of `todo`, up to cfg.jobs at once (`startable` says which may start), each in a
+    thread that waits on its process; one line per stage as it ends. After a failure nothing new starts
+    and the stages already running finish. Returns (stage, return code, log path, log text) of the
+    failed stage that comes first in the registry (`--from` it redoes every other), or None."""
+    failed, running = None, {}  # running: future -> (stage, its start time)
+    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+        while True:
+            ready = [] if failed else startable(todo, [s for s, _ in running.values()], cfg.jobs)
+            for stage in ready:
+                todo.remove(stage)
+                argv = command(stage, cfg, run, overwrite)
+                log = RunLayout(run).logs / f"{stage.name}.log"
+                prefix = f"    {stage.name}: " if cfg.jobs > 1 else "    "
+                running[pool.submit(run_stage, stage, argv, log, cfg.show_output, prefix)] = (
+                    stage,
+                    time.time(),
+                )
+                if sys.stdout.isatty():  # a terminal sees which stage started last
+                    print(f"{number[stage.name]} running ...", end="\r", flush=True)
+            if not running:
+                return failed
+            first = min((s for s, _ in running.values()), key=lambda s: STAGE_NAMES.index(s.name)).name
+            set_interrupt_hint(f"in stage {first}; resume with `{resume_command(cfg, first)}`")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: STAGE_NAMES.index(running[f][0].name)):
+                stage, t0 = running.pop(future)
+                rc, log_path, log_text = future.result()
+                seconds, head = time.time() - t0, number[stage.name]
+                if rc != 0:
+                    print(f"{head} FAILED after {fmt_s(seconds)}", flush=True)
+                    if not failed or STAGE_NAMES.index(stage.name) < STAGE_NAMES.index(failed[0].name):
+                        failed = (stage, rc, log_path, log_text)  # the earliest in the registry: resume there
+                    continue
+                times["seconds"][stage.name] = round(seconds, 1)
+                write_json(run / TIMES, times)
+                print(f"{head} {fmt_s(seconds):>7}  {report_card.headline_of(stage.name, run)}", flush=True)
 
 
 def read_times(run: Path) -> dict:

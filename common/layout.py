@@ -44,6 +44,9 @@ class Stage:
         False  # reads data/tasks/ (the synthetic world's task sets; not made from --data text)
     )
     overwrite: bool = True  # has --overwrite (a stage that always replaces its folder has not)
+    # its outcome holds wall-clock speeds (tokens/s, speedups): run_all --jobs 2 runs it with nothing
+    # beside it, so a number it reports is this machine's, not this machine's shared with a second stage
+    timed: bool = False
 
     @property
     def outcome_folder(self) -> str:
@@ -68,6 +71,7 @@ STAGES = [
         ("data", "tokenizer", "tokens"),
         run_flag="--data",
         presets=("micro", "small", "gpt2"),
+        timed=True,
     ),
     Stage("scaling", "04_pretrain/scaling.py", "scaling", ("tokens",), run_flag="--data", optional=True),
     Stage("overfit", "04_pretrain/overfit.py", "overfit", ("tokens",), run_flag="--data", optional=True),
@@ -92,9 +96,11 @@ STAGES = [
         optional=True,
     ),
     # 06: alignment. The reward model first (PPO and RLAIF use it), the methods, then their common table.
-    Stage("reward_model", "06_rlhf_dpo/reward_model.py", "rm", ("data", "sft"), needs_tasks=True),
-    Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", ("data", "sft"), needs_tasks=True),
-    Stage("ppo", "06_rlhf_dpo/ppo.py", "ppo", ("data", "sft", "rm"), needs_tasks=True),
+    Stage(
+        "reward_model", "06_rlhf_dpo/reward_model.py", "rm", ("data", "tokenizer", "sft"), needs_tasks=True
+    ),
+    Stage("dpo", "06_rlhf_dpo/dpo.py", "dpo", ("data", "tokenizer", "sft"), needs_tasks=True),
+    Stage("ppo", "06_rlhf_dpo/ppo.py", "ppo", ("data", "tokenizer", "sft", "rm"), needs_tasks=True),
     Stage(
         "overopt",
         "06_rlhf_dpo/overoptimization.py",
@@ -102,23 +108,45 @@ STAGES = [
         ("data", "sft", "rm", "ppo"),
         needs_tasks=True,
     ),
-    Stage("rlaif", "06_rlhf_dpo/rlaif.py", "rlaif", ("data", "pretrain", "sft"), needs_tasks=True),
-    Stage("grpo", "06_rlhf_dpo/grpo.py", "grpo", ("data", "sft"), needs_tasks=True),
+    # the judge is the pretrained model; rm/ gives the RM-score column when it is there
+    Stage(
+        "rlaif",
+        "06_rlhf_dpo/rlaif.py",
+        "rlaif",
+        ("data", "tokenizer", "pretrain", "sft", "rm"),
+        needs_tasks=True,
+    ),
+    Stage("grpo", "06_rlhf_dpo/grpo.py", "grpo", ("data", "tokenizer", "sft"), needs_tasks=True),
     Stage(
         "rl_compare",
         "06_rlhf_dpo/rl_compare.py",
         "rl_compare",
-        ("sft", "rm", "dpo", "ppo", "grpo"),
+        ("data", "sft", "rm", "dpo", "ppo", "grpo", "rlaif"),
         needs_tasks=True,
     ),
     # 07: compression and serving, all of the pretrained model (the teacher) unless a stage picks sft/.
-    Stage("distill", "07_distill_quant/distill.py", "distill", ("data", *PRE)),
-    Stage("speculative", "07_distill_quant/speculative.py", "speculative", ("pretrain", "distill")),
+    Stage("distill", "07_distill_quant/distill.py", "distill", ("data", *PRE), timed=True),
+    Stage(
+        "speculative",
+        "07_distill_quant/speculative.py",
+        "speculative",
+        ("tokens", "pretrain", "distill"),
+        timed=True,
+    ),
     Stage("prune", "07_distill_quant/prune.py", "prune", PRE),
-    Stage("quantize", "07_distill_quant/quantize.py", "quant", ("data", *PRE)),
+    # quantizes sft/ when it is there (else pretrain/)
+    Stage("quantize", "07_distill_quant/quantize.py", "quant", ("data", *PRE, "sft"), timed=True),
     # the run's model leaves the repository: Hugging Face files and ONNX, loaded back and compared
-    Stage("export", "07_distill_quant/export_roundtrip.py", "export", PRE, optional=True),
-    Stage("serve", "07_distill_quant/bench_serve.py", "serve", ("pretrain",), run_flag="", overwrite=False),
+    Stage("export", "07_distill_quant/export_roundtrip.py", "export", PRE, optional=True, timed=True),
+    Stage(
+        "serve",
+        "07_distill_quant/bench_serve.py",
+        "serve",
+        ("pretrain",),
+        run_flag="",
+        overwrite=False,
+        timed=True,
+    ),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 

@@ -9,6 +9,7 @@ stage, and a stage imports only earlier stages, common/ and kernels/.
 """
 
 import ast
+import re
 import functools
 import importlib.metadata
 import importlib.util
@@ -144,6 +145,18 @@ def test_the_registry_names_real_scripts_each_reading_only_what_an_earlier_stage
         assert not missing, f"{s.name} reads {missing}, which no earlier stage writes"
         written |= {s.folder, *s.writes}
     assert len({s.name for s in REGISTRY}) == len(REGISTRY) == len({s.folder for s in REGISTRY})
+
+
+def test_a_stage_script_reads_no_run_folder_its_registry_line_does_not_declare():
+    """run_all --jobs 2 starts a stage once the writers of its `upstream` folders have finished: a
+    folder the script reads without declaring it (rlaif's rm/, quantize's sft/ were) would be read
+    while another stage is still writing it, or before it exists, depending on timing."""
+    folders = {s.folder for s in REGISTRY} | {w for s in REGISTRY for w in s.writes}
+    for s in REGISTRY:
+        text = (REPO / s.script).read_text(encoding="utf-8")
+        read = set(re.findall(r"(?:layout|RunLayout\([^()]*\))\.([a-z_]+)\b", text)) & folders
+        undeclared = read - {*s.upstream, s.folder, *s.writes}
+        assert not undeclared, f"{s.script} reads {sorted(undeclared)}: add them to its upstream in STAGES"
 
 
 def test_every_stage_has_its_own_micro_preset_so_the_smoke_test_runs_it():

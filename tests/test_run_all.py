@@ -170,10 +170,12 @@ def test_a_failing_stage_stops_the_run_with_its_error_and_the_resume_command(mic
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "stage sft failed" in errors[0] and "best.pt" in errors[0]
     assert f"run_all.py --preset micro --run {run} --from sft" in errors[0]
-    assert "FAILED" in proc.stdout and "sft_compare" not in proc.stdout  # stopped there
+    assert "FAILED" in proc.stdout and "reward_model" not in proc.stdout  # nothing that reads sft/ started
+
     failed = run / "logs" / "sft.failed.log"
     assert f"its output is in {failed}" in errors[0] and "best.pt" in failed.read_text()
     failed.unlink()  # the good run's log (sft.log) is as it was
+    (run / "logs" / "sft_compare.failed.log").unlink(missing_ok=True)  # it reads pretrain/ too (--jobs 2)
     assert folder_hashes(run, ["data", "tokens", "pretrain", "sft", "logs"]) == before
 
 
@@ -201,6 +203,54 @@ def test_bad_flags_give_one_error_line_and_exit_2(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def simulated_schedule(steps, jobs):
+    """Run run_all's scheduler on `steps` with a fake clock (each stage lasts len(name) ticks):
+    [(stage, start, end)]."""
+    todo, running, done, t = list(steps), [], [], 0
+    while todo or running:
+        for stage in run_all.startable(todo, [s for s, _ in running], jobs):
+            todo.remove(stage)
+            running.append((stage, t))
+        assert running, f"nothing can start, {[s.name for s in todo]} wait forever"
+        stage, t0 = min(running, key=lambda r: r[1] + len(r[0].name))
+        running.remove((stage, t0))
+        t = t0 + len(stage.name)
+        done.append((stage, t0, t))
+    return done
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_the_scheduler_starts_a_stage_after_its_inputs_and_a_timed_stage_alone(jobs):
+    from common.layout import STAGES, writer_of
+
+    done = simulated_schedule(STAGES, jobs)
+    assert sorted(s.name for s, _, _ in done) == sorted(s.name for s in STAGES)
+    end = {s.name: t1 for s, _, t1 in done}
+    for stage, t0, t1 in done:
+        assert all(end[writer_of(f).name] <= t0 for f in stage.upstream), stage.name  # inputs made first
+        at_start = [s.name for s, a, b in done if a <= t0 < b]
+        assert len(at_start) <= jobs, (stage.name, at_start)
+        beside = [s.name for s, a, b in done if s is not stage and a < t1 and t0 < b]
+        if stage.timed:
+            assert not beside, f"{stage.name} measures speed but ran beside {beside}"
+    if jobs == 1:  # one at a time is the registry's order
+        assert [s.name for s, _, _ in done] == [s.name for s in STAGES]
+    else:  # after SFT the stages that do not read each other overlap
+        span = {s.name: (a, b) for s, a, b in done}
+        assert span["dpo"][0] < span["reward_model"][1] or span["reward_model"][0] < span["dpo"][1]
+
+
+def test_startable_waits_for_a_stage_still_running_that_writes_an_input():
+    from common.layout import stage
+
+    todo = [stage("sft"), stage("sft_compare"), stage("reward_model")]
+    assert run_all.startable(todo, [stage("pretrain")], 2) == []  # both read pretrain/, which is running
+    assert run_all.startable(todo, [], 2) == todo[:2]  # the reward model reads sft/: not yet
+    assert run_all.startable([stage("reward_model"), stage("dpo")], [], 1) == [stage("reward_model")]
+    assert run_all.startable([stage("distill"), stage("prune")], [], 2) == [stage("distill")]  # timed: alone
+    assert run_all.startable([stage("prune"), stage("distill")], [], 2) == [stage("prune")]  # distill waits
 
 
 def test_plan_and_commands_follow_the_flags(monkeypatch):
