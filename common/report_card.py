@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 from common.cli import UserError
 from common.files import atomic_write_text, markdown_table, read_json
-from common.layout import stage as stage_entry
+from common.layout import STAGE_NAMES, stage as stage_entry
 from common.report_parts import Section, headline_section, num, outcome, verdict
 from common.report_pretraining import (
     data_section,
@@ -206,14 +206,19 @@ def write_report(run) -> Path:
     if not isinstance(seconds, dict) or not all(isinstance(v, (int, float)) for v in seconds.values()):
         times = None  # absent, or not run_all's {"seconds": {stage: number}}: no time table
     if times and times.get("seconds"):
-        rows = [{"stage": k, "wall s": f"{v:.1f}"} for k, v in times["seconds"].items()]
+        order = sorted(times["seconds"], key=lambda k: STAGE_NAMES.index(k) if k in STAGE_NAMES else 99)
+        rows = [{"stage": k, "wall s": f"{times['seconds'][k]:.1f}"} for k in order]
         rows.append({"stage": "sum", "wall s": f"{sum(times['seconds'].values()):.1f}"})
+        last = times.get("last_invocation_s")
+        if isinstance(last, (int, float)):
+            rows.append({"stage": "run_all's last invocation, start to end", "wall s": f"{last:.1f}"})
         lines += [
             "",
             "## Time per stage",
             "",
             "Wall seconds of each stage's latest run (run_all.json), on the machine "
-            "that ran it at that moment: a shared machine makes them noisy.",
+            "that ran it at that moment: a shared machine makes them noisy. run_all runs two stages at "
+            "once where neither reads the other's folder (--jobs 2), so a whole run takes less than the sum.",
             "",
             markdown_table(rows, ["stage", "wall s"]),
         ]
