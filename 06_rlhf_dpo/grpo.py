@@ -100,9 +100,9 @@ from rl_common import (
 )
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
 from arithmetic_task import arithmetic_reward, problem_prompt, read_problems
-from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
+from fact_task import world_seed_of
 from grpo_eval import ablation_table, evaluate, plot, sharpening_bar
-from hop_task import hop_problems
+from hop_task import question_task
 
 
 @dataclass
@@ -110,10 +110,10 @@ class GRPOConfig:
     run: str = option("", "run folder runs/<name>: reads sft/ (05) and data/ (01)")
     out: str = option("", "output folder; empty = <run>/grpo")
     task: str = option(
-        "facts",
-        "facts: questions about the world's people (fact_task.py); hop: about their best friends "
-        "(hop_task.py; hop-given: the friend named in the question); arithmetic: 01's word problems",
-        choices=("facts", "hop", "hop-given", "arithmetic"),
+        "hop-given",
+        "hop-given: where X's best friend lives, the friend named in the question (hop_task.py); hop: "
+        "the friend not named; facts: one fact about a person (fact_task.py); arithmetic: 01's word problems",
+        choices=("hop-given", "hop", "facts", "arithmetic"),
     )
     train_file: str = option(
         "", "arithmetic problems JSONL {prompt, answer}; empty = <run>/data/tasks/arithmetic_train.jsonl"
@@ -214,19 +214,8 @@ def check_grpo_config(cfg: GRPOConfig):
 def load_task(cfg, run, tok) -> dict:
     """{"train", "heldout": problems; "prompt": problem -> ids; "reward": (problem, text) -> float;
     "correct": (problem, text) -> bool; "majority": the majority answer's held-out accuracy, "inputs"}."""
-    if cfg.task != "arithmetic":
-        made = fact_problems if cfg.task == "facts" else lambda s: hop_problems(s, cfg.task == "hop-given")
-        train, heldout, candidates = made(world_seed_of(run))
-        return {
-            "train": train,
-            "heldout": heldout,
-            "prompt": lambda p: problem_prompt(tok, p["prompt"], []),
-            "reward": lambda p, text: float(fact_correct(p, text, candidates)),
-            "correct": lambda p, text: fact_correct(p, text, candidates),
-            "majority": lambda ps: majority_correct(train, ps),
-            "inputs": [RunLayout(run).data],
-            "note": f"held out by wording and by person ({'fact' if cfg.task == 'facts' else 'hop'}_task.py)",
-        }
+    if cfg.task != "arithmetic":  # questions about the world's people (hop_task.question_task)
+        return question_task(cfg.task, world_seed_of(run), tok) | {"inputs": [RunLayout(run).data]}
     train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")
     train, heldout = read_problems(train_path), read_problems(held_path)

@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "01_data")]
 from world import WorldConfig, build_world  # 01_data (public functions only)
 
-from fact_task import ANSWER, problems_split_by_person
+from arithmetic_task import problem_prompt
+from fact_task import ANSWER, fact_correct, fact_problems, majority_correct, problems_split_by_person
 
 TRAIN_TEMPLATES = {
     "city": ["Where does {name}'s best friend live?", "Which city is {name}'s best friend from?"],
@@ -77,3 +78,24 @@ def hop_problems(world_seed=0, given_friend=False) -> tuple:
         }
 
     return (*problems_split_by_person(people, TRAIN_TEMPLATES, HELDOUT_TEMPLATES, problem), candidates)
+
+
+def question_task(task, world_seed, tok) -> dict:
+    """A question task about the world's people, as grpo.py trains and evaluates it and rl_compare.py
+    scores every method on it: {"train", "heldout": problems; "prompt": problem -> ids (the question alone,
+    no solved example); "reward", "correct": (problem, text) -> 0/1, True/False (fact_task.fact_reward);
+    "majority": problems -> the majority answer's 0/1 per problem; "note"}. task: "facts" (fact_task.py),
+    "hop" or "hop-given" (the friend named in the question)."""
+    if task == "facts":
+        train, heldout, candidates = fact_problems(world_seed)
+    else:
+        train, heldout, candidates = hop_problems(world_seed, given_friend=task == "hop-given")
+    return {
+        "train": train,
+        "heldout": heldout,
+        "prompt": lambda p: problem_prompt(tok, p["prompt"], []),
+        "reward": lambda p, text: float(fact_correct(p, text, candidates)),
+        "correct": lambda p, text: fact_correct(p, text, candidates),
+        "majority": lambda ps: majority_correct(train, ps),
+        "note": f"held out by wording and by person ({'fact' if task == 'facts' else 'hop'}_task.py)",
+    }
