@@ -1,15 +1,17 @@
 """GRPO: reinforcement learning with a verifiable reward, the group's mean as the baseline, no value model.
 
-    python 06_rlhf_dpo/grpo.py --run runs/tiny                      # facts about the world's people
+    python 06_rlhf_dpo/grpo.py --run runs/tiny                      # where X's best friend Y lives (hop-given)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --ablate             # + the same run without KL / clip / both
-    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop-given     # where X's friend lives
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task facts         # single facts about the world's people
     python 06_rlhf_dpo/grpo.py --run runs/tiny --task arithmetic    # 01's word problems (the tiny model: 0/200)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --group-size 16 --no-std-normalize --length-norm constant   # Dr. GRPO
     python 06_rlhf_dpo/grpo.py --run runs/tiny --resume             # continue a killed run, bit-exact
 
-Reads runs/<name>/sft/ (05) and the task: by default questions about the people of the run's world
-(fact_task.py: "Where does Ansel Roha live?", checked against the world), --task hop / hop-given about
-their best friends (hop_task.py), --task arithmetic 01's data/tasks/arithmetic_*.jsonl. Writes
+Reads runs/<name>/sft/ (05) and the task: by default questions about the best friends of the run's
+world's people, the friend named (hop_task.py: "X and Y are best friends. In which city does the best
+friend of X live?", checked against the world), --task hop the same without the friend named, --task
+facts single facts (fact_task.py: "Where does Ansel Roha live?"), --task arithmetic 01's
+data/tasks/arithmetic_*.jsonl. Writes
 runs/<name>/grpo/: ckpt.pt, outcome.json, metrics.jsonl (one line per step), curve.jsonl (held-out
 pass@1 / pass@k over steps), grpo.png (the curves), manifest.json; with --ablate also ablation.md (the
 table) and ablation.png. Every --save-interval steps the training state (weights, AdamW moments, the

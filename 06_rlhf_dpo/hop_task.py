@@ -2,7 +2,8 @@
 
     train, heldout, candidates = hop_problems(world_seed=0)    # same problem dicts as fact_task's
     fact_correct(heldout[0], "Zoelfa.", candidates)           # the reward: fact_task.fact_reward
-    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop-given --steps 80   # meets GRPO's goal
+    task = question_task("hop-given", world_seed=0, tok=tok)  # prompts, reward, majority: grpo.py, rl_compare.py
+    python 06_rlhf_dpo/grpo.py --run runs/tiny                 # --task hop-given, the default: meets GRPO's goal
     python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop      # two hops from memory: out of reach
 
 Why a second task: on fact_task's single-fact questions GRPO sharpens which city a *training* person
