@@ -37,7 +37,8 @@ all-wrong, every advantage 0 (--task arithmetic). On single facts (--task facts)
 a training person lives in, which no held-out person can use. Two hops from memory (--task hop) start at
 pass@1 0.02: the model cannot recall whose best friend is whom. With the friend named in the question
 (--task hop-given: "X and Y are best friends. In which city does the best friend of X live?") the skill
-is to answer about Y, not X, and it transfers: held-out pass@1 0.03 -> 0.28 at --steps 80 (README, GRPO).
+is to answer about Y, not X, and it transfers: held-out pass@1 0.030 -> 0.233 at the default 40 steps
+(goal 0.180, intervals apart; 0.28 at --steps 80), so it is the default task (README, GRPO).
 
 Measured on held-out questions (held out by wording and by person), at step 0, every eval_interval
 steps and at the end (grpo_eval.pass_rates): pass@1 and pass@k from k samples at temperature 1, and the

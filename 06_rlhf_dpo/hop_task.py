@@ -23,7 +23,8 @@ the right city/job/pet and no other candidate of that kind.
 What was measured (README, GRPO): the tiny SFT model recalls whose best friend is whom 2 % of the time
 but the friend's facts 90 % of the time, so `--task hop` starts at pass@1 0.02 and GRPO cannot move it.
 Naming the friend in the question (given_friend, --task hop-given) leaves the skill of answering about
-Y rather than X: held-out pass@1 0.03 -> 0.28 / 0.29 (two seeds, 80 steps), on people and on friends
+Y rather than X: held-out pass@1 0.03 -> 0.28 / 0.29 (two seeds, 80 steps; 0.233 at the default 40
+steps, which pass the goal too, so hop-given is grpo.py's default task), on people and on friends
 GRPO never trained on (the held-out answers are not memorized); it carries to the held-out city
 wording, hardly to the job and pet wordings.
 
