@@ -1,8 +1,8 @@
-"""The task GRPO learns by default: questions about the world's people (city, job, pet), checked by the world.
+"""GRPO's single-fact task: questions about the world's people (city, job, pet), checked by the world.
 
     train, heldout, candidates = fact_problems(world_seed=0)     # [{"prompt", "answer", "attribute", ...}]
     fact_reward("Zoelfa.", "Zoelfa", candidates["city"])         # {"correct": True, "reward": 1.0}
-    python 06_rlhf_dpo/grpo.py --run runs/tiny                    # uses them (--task facts, the default)
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task facts       # uses them
 
 Why this task and not 01's arithmetic: RL can only sharpen what sampling already finds. GRPO's advantage
 is r_i − mean(r) within a group of G answers to one question; a question the model never answers right
@@ -12,7 +12,9 @@ cannot add an (a, b) it never saw (it memorizes the table, 0.03 on unseen pairs)
 different: 04's pretraining stored them for every person ("Ansel Roha is a nurse who lives in Zoelfa"
 is recalled 95 % of the time in the corpus's wording), but asked in a chat, in other words, the model
 answers right only sometimes: pass@8 is several times pass@1, the regime where RL helps
-(DeepSeekMath §5.2.2: RL raises pass@1 / Maj@K while pass@K barely moves).
+(DeepSeekMath §5.2.2: RL raises pass@1 / Maj@K while pass@K barely moves). What GRPO sharpens here is
+which city a *training* person lives in, which no held-out person can use, so grpo.py's default is the
+two-hop task built on these questions (hop_task.py), whose skill carries to new people.
 
 Held out by wording AND by person, so no held-out question shares form and subject with a training one:
 - form: training questions use TRAIN_TEMPLATES, held-out ones HELDOUT_TEMPLATES, worded unlike the

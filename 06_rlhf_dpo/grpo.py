@@ -1,15 +1,17 @@
 """GRPO: reinforcement learning with a verifiable reward, the group's mean as the baseline, no value model.
 
-    python 06_rlhf_dpo/grpo.py --run runs/tiny                      # facts about the world's people
+    python 06_rlhf_dpo/grpo.py --run runs/tiny                      # where X's best friend Y lives (hop-given)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --ablate             # + the same run without KL / clip / both
-    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop-given     # where X's friend lives
+    python 06_rlhf_dpo/grpo.py --run runs/tiny --task facts         # single facts about the world's people
     python 06_rlhf_dpo/grpo.py --run runs/tiny --task arithmetic    # 01's word problems (the tiny model: 0/200)
     python 06_rlhf_dpo/grpo.py --run runs/tiny --group-size 16 --no-std-normalize --length-norm constant   # Dr. GRPO
     python 06_rlhf_dpo/grpo.py --run runs/tiny --resume             # continue a killed run, bit-exact
 
-Reads runs/<name>/sft/ (05) and the task: by default questions about the people of the run's world
-(fact_task.py: "Where does Ansel Roha live?", checked against the world), --task hop / hop-given about
-their best friends (hop_task.py), --task arithmetic 01's data/tasks/arithmetic_*.jsonl. Writes
+Reads runs/<name>/sft/ (05) and the task: by default questions about the best friends of the run's
+world's people, the friend named (hop_task.py: "X and Y are best friends. In which city does the best
+friend of X live?", checked against the world), --task hop the same without the friend named, --task
+facts single facts (fact_task.py: "Where does Ansel Roha live?"), --task arithmetic 01's
+data/tasks/arithmetic_*.jsonl. Writes
 runs/<name>/grpo/: ckpt.pt, outcome.json, metrics.jsonl (one line per step), curve.jsonl (held-out
 pass@1 / pass@k over steps), grpo.png (the curves), manifest.json; with --ablate also ablation.md (the
 table) and ablation.png. Every --save-interval steps the training state (weights, AdamW moments, the
@@ -35,7 +37,8 @@ all-wrong, every advantage 0 (--task arithmetic). On single facts (--task facts)
 a training person lives in, which no held-out person can use. Two hops from memory (--task hop) start at
 pass@1 0.02: the model cannot recall whose best friend is whom. With the friend named in the question
 (--task hop-given: "X and Y are best friends. In which city does the best friend of X live?") the skill
-is to answer about Y, not X, and it transfers: held-out pass@1 0.03 -> 0.28 at --steps 80 (README, GRPO).
+is to answer about Y, not X, and it transfers: held-out pass@1 0.030 -> 0.233 at the default 40 steps
+(goal 0.180, intervals apart; 0.28 at --steps 80), so it is the default task (README, GRPO).
 
 Measured on held-out questions (held out by wording and by person), at step 0, every eval_interval
 steps and at the end (grpo_eval.pass_rates): pass@1 and pass@k from k samples at temperature 1, and the
@@ -100,9 +103,9 @@ from rl_common import (
 )
 from rollouts import check_rollout_fits, rollout_batch, sample_responses, truncated
 from arithmetic_task import arithmetic_reward, problem_prompt, read_problems
-from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
+from fact_task import world_seed_of
 from grpo_eval import ablation_table, evaluate, plot, sharpening_bar
-from hop_task import hop_problems
+from hop_task import question_task
 
 
 @dataclass
@@ -110,10 +113,10 @@ class GRPOConfig:
     run: str = option("", "run folder runs/<name>: reads sft/ (05) and data/ (01)")
     out: str = option("", "output folder; empty = <run>/grpo")
     task: str = option(
-        "facts",
-        "facts: questions about the world's people (fact_task.py); hop: about their best friends "
-        "(hop_task.py; hop-given: the friend named in the question); arithmetic: 01's word problems",
-        choices=("facts", "hop", "hop-given", "arithmetic"),
+        "hop-given",
+        "hop-given: where X's best friend lives, the friend named in the question (hop_task.py); hop: "
+        "the friend not named; facts: one fact about a person (fact_task.py); arithmetic: 01's word problems",
+        choices=("hop-given", "hop", "facts", "arithmetic"),
     )
     train_file: str = option(
         "", "arithmetic problems JSONL {prompt, answer}; empty = <run>/data/tasks/arithmetic_train.jsonl"
@@ -214,19 +217,8 @@ def check_grpo_config(cfg: GRPOConfig):
 def load_task(cfg, run, tok) -> dict:
     """{"train", "heldout": problems; "prompt": problem -> ids; "reward": (problem, text) -> float;
     "correct": (problem, text) -> bool; "majority": the majority answer's held-out accuracy, "inputs"}."""
-    if cfg.task != "arithmetic":
-        made = fact_problems if cfg.task == "facts" else lambda s: hop_problems(s, cfg.task == "hop-given")
-        train, heldout, candidates = made(world_seed_of(run))
-        return {
-            "train": train,
-            "heldout": heldout,
-            "prompt": lambda p: problem_prompt(tok, p["prompt"], []),
-            "reward": lambda p, text: float(fact_correct(p, text, candidates)),
-            "correct": lambda p, text: fact_correct(p, text, candidates),
-            "majority": lambda ps: majority_correct(train, ps),
-            "inputs": [RunLayout(run).data],
-            "note": f"held out by wording and by person ({'fact' if cfg.task == 'facts' else 'hop'}_task.py)",
-        }
+    if cfg.task != "arithmetic":  # questions about the world's people (hop_task.question_task)
+        return question_task(cfg.task, world_seed_of(run), tok) | {"inputs": [RunLayout(run).data]}
     train_path = task_file(run, cfg.train_file, "arithmetic_train.jsonl")
     held_path = task_file(run, cfg.heldout_file, "arithmetic_heldout.jsonl")
     train, heldout = read_problems(train_path), read_problems(held_path)

@@ -1,6 +1,7 @@
 """How GRPO is measured: pass@1 and pass@k from k samples per held-out question, and the bar on them.
 
     rates = pass_rates(policy, tok, prompts, is_correct, k=8, max_new_tokens=12)
+    texts, right = greedy_correct(policy, tok, prompts, is_correct)  # the greedy answers alone
     rates["pass@1"], rates["pass@8"], rates["greedy"]          # shares over the questions
     bar = sharpening_bar(before["per_item"], after["per_item"])  # ≥ 2×, ≥ +0.15, intervals apart
     curve_point = evaluate(policy, tok, task, heldout, cfg)        # what grpo.py records every eval_interval
@@ -47,9 +48,8 @@ def pass_rates(model, tok, prompts, is_correct, k=8, max_new_tokens=12, seed=0) 
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
     sampled = decode_responses(tok, sample_responses(model, tok, prompts, k, max_new_tokens, 1.0, g))
-    greedy = decode_responses(tok, sample_responses(model, tok, prompts, 1, max_new_tokens, temperature=0))
+    greedy, right = greedy_correct(model, tok, prompts, is_correct, max_new_tokens)
     counts = [sum(is_correct(i, sampled[i * k + j]) for j in range(k)) for i in range(len(prompts))]
-    right = [float(is_correct(i, t)) for i, t in enumerate(greedy)]
     n = len(prompts)
     return {
         "pass@1": sum(pass_at_k(k, c, 1) for c in counts) / n,
@@ -61,6 +61,14 @@ def pass_rates(model, tok, prompts, is_correct, k=8, max_new_tokens=12, seed=0) 
         "n": n,
         "examples": [{"greedy": greedy[i], "sampled": sampled[i * k : i * k + 3]} for i in range(min(n, 3))],
     }
+
+
+@torch.no_grad()
+def greedy_correct(model, tok, prompts, is_correct, max_new_tokens=12) -> tuple:
+    """(texts, right): each prompt's greedy answer (temperature 0) and 1.0 where is_correct(i, text), else
+    0.0. pass_rates' greedy column, and rl_compare.py's pass@1 columns for every method."""
+    texts = decode_responses(tok, sample_responses(model, tok, prompts, 1, max_new_tokens, temperature=0))
+    return texts, [float(is_correct(i, t)) for i, t in enumerate(texts)]
 
 
 def interval(values) -> list:

@@ -2,7 +2,8 @@
 
     train, heldout, candidates = hop_problems(world_seed=0)    # same problem dicts as fact_task's
     fact_correct(heldout[0], "Zoelfa.", candidates)           # the reward: fact_task.fact_reward
-    python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop-given --steps 80   # meets GRPO's goal
+    task = question_task("hop-given", world_seed=0, tok=tok)  # prompts, reward, majority: grpo.py, rl_compare.py
+    python 06_rlhf_dpo/grpo.py --run runs/tiny                 # --task hop-given, the default: meets GRPO's goal
     python 06_rlhf_dpo/grpo.py --run runs/tiny --task hop      # two hops from memory: out of reach
 
 Why a second task: on fact_task's single-fact questions GRPO sharpens which city a *training* person
@@ -22,7 +23,8 @@ the right city/job/pet and no other candidate of that kind.
 What was measured (README, GRPO): the tiny SFT model recalls whose best friend is whom 2 % of the time
 but the friend's facts 90 % of the time, so `--task hop` starts at pass@1 0.02 and GRPO cannot move it.
 Naming the friend in the question (given_friend, --task hop-given) leaves the skill of answering about
-Y rather than X: held-out pass@1 0.03 -> 0.28 / 0.29 (two seeds, 80 steps), on people and on friends
+Y rather than X: held-out pass@1 0.03 -> 0.28 / 0.29 (two seeds, 80 steps; 0.233 at the default 40
+steps, which pass the goal too, so hop-given is grpo.py's default task), on people and on friends
 GRPO never trained on (the held-out answers are not memorized); it carries to the held-out city
 wording, hardly to the job and pet wordings.
 
@@ -42,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "01_data")]
 from world import WorldConfig, build_world  # 01_data (public functions only)
 
-from fact_task import ANSWER, problems_split_by_person
+from arithmetic_task import problem_prompt
+from fact_task import ANSWER, fact_correct, fact_problems, majority_correct, problems_split_by_person
 
 TRAIN_TEMPLATES = {
     "city": ["Where does {name}'s best friend live?", "Which city is {name}'s best friend from?"],
@@ -77,3 +80,24 @@ def hop_problems(world_seed=0, given_friend=False) -> tuple:
         }
 
     return (*problems_split_by_person(people, TRAIN_TEMPLATES, HELDOUT_TEMPLATES, problem), candidates)
+
+
+def question_task(task, world_seed, tok) -> dict:
+    """A question task about the world's people, as grpo.py trains and evaluates it and rl_compare.py
+    scores every method on it: {"train", "heldout": problems; "prompt": problem -> ids (the question alone,
+    no solved example); "reward", "correct": (problem, text) -> 0/1, True/False (fact_task.fact_reward);
+    "majority": problems -> the majority answer's 0/1 per problem; "note"}. task: "facts" (fact_task.py),
+    "hop" or "hop-given" (the friend named in the question)."""
+    if task == "facts":
+        train, heldout, candidates = fact_problems(world_seed)
+    else:
+        train, heldout, candidates = hop_problems(world_seed, given_friend=task == "hop-given")
+    return {
+        "train": train,
+        "heldout": heldout,
+        "prompt": lambda p: problem_prompt(tok, p["prompt"], []),
+        "reward": lambda p, text: float(fact_correct(p, text, candidates)),
+        "correct": lambda p, text: fact_correct(p, text, candidates),
+        "majority": lambda ps: majority_correct(train, ps),
+        "note": f"held out by wording and by person ({'fact' if task == 'facts' else 'hop'}_task.py)",
+    }

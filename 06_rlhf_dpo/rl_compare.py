@@ -5,8 +5,8 @@
 
 Reads runs/<name>/sft/ (05) and whichever of ppo/, dpo/, ipo/, simpo/, grpo/, rlaif/ exist (a missing one
 is named with the command that makes it), rm/ when present (the reward-model column), and the held-out
-preference pairs, the held-out half's questions and arithmetic problems (01), and the world's fact
-questions (fact_task.py). Writes runs/<name>/rl_compare/: compare.json, compare.md,
+preference pairs, the held-out half's questions and arithmetic problems (01), and the world's fact and
+best-friend questions (fact_task.py, hop_task.py). Writes runs/<name>/rl_compare/: compare.json, compare.md,
 compare.png, manifest.json.
 
 Every model answers the same prompts greedily (temperature 0), so a difference in the table is the
@@ -24,9 +24,13 @@ model's, not the sampler's. The columns:
     fact acc       held-out half answer accuracy: greedy answers to questions about the people SFT never saw a
                    QA of (their facts are in pretraining only as biographies), as 05 and dpo.py score them
     fact pass@1    greedy answers to GRPO's held-out fact questions (new wordings, new people; fact_task.py)
+    hop pass@1     greedy answers to GRPO's held-out best-friend questions (hop_task.py), asked in the form
+                   GRPO trained on: "X and Y are best friends. In which city does the best friend of X
+                   live?" (--task hop-given, the default, and whenever GRPO ran no hop task), the friend
+                   left out with --task hop; prompt and reward are grpo.py's (hop_task.question_task)
     pass@1         greedy arithmetic answers that are right (grpo.py --task arithmetic's prompt with its
                    solved example)
-    [95% CI]       Wilson intervals over the questions, beside gold, fact acc and both pass@1
+    [95% CI]       Wilson intervals over the questions, beside gold, fact acc and the three pass@1
     length         mean tokens of the answers to the preference prompts
     train s        the method's own training time from its outcome.json (a shared CPU: compare, don't quote)
 
@@ -35,7 +39,8 @@ model's, not the sampler's. The columns:
 
 "own metric" is, for each method, what its own stage judges it by: gold acceptance for PPO and RLAIF
 (never the reward model they optimized), held-out fact accuracy for DPO/IPO/SimPO (they train on
-factual pairs), pass@1 on the task GRPO trained on (facts by default, arithmetic with --task arithmetic).
+factual pairs), pass@1 on the task GRPO trained on (its manifest says which: hop pass@1 for hop-given,
+the default, and hop; fact pass@1 for facts; pass@1 for arithmetic).
 "beats baselines" is that method's bar (alignment_bars.paired_bar): its score minus the strongest of SFT
 and the metric's cheap baseline (majority answer; for pair accuracy "prefer the shorter response"),
 paired over the items, with a 95 % bootstrap interval wholly above 0. Win rates count a tie as 1/2 and
@@ -71,10 +76,12 @@ from common.devices import resolve_device
 from common.outcome import make_bar
 from common.stats import wilson_interval, win_rate_with_ties
 
-from arithmetic_task import arithmetic_eval, problem_prompt, read_problems
-from fact_task import fact_correct, fact_problems, majority_correct, world_seed_of
+from arithmetic_task import arithmetic_eval, read_problems
+from fact_task import world_seed_of
 from factual_pairs import qa_records
 from factuality import fact_scores, majority_scores
+from grpo_eval import greedy_correct
+from hop_task import question_task
 from policy_io import check_same_model, frozen, load_policy, load_sft_policy
 from policy_io import sequence_kl
 from reward_scoring import reward_of_responses
@@ -99,7 +106,7 @@ METHODS = {
     "dpo": (("dpo", ""), "fact_acc"),
     "ipo": (("dpo", "--loss ipo"), "fact_acc"),
     "simpo": (("dpo", "--loss simpo"), "fact_acc"),
-    "grpo": (("grpo", ""), "fact_pass@1"),  # "pass@1" when it ran with --task arithmetic (own_metric)
+    "grpo": (("grpo", ""), "hop_pass@1"),  # the column of the task it ran (own_metric, GRPO_TASK_METRIC)
     "rlaif": (("rlaif", ""), "gold"),
 }
 # metric -> (what it measures, the cheap baseline beside SFT)
@@ -108,7 +115,18 @@ METRICS = {
     "pair_acc": ("held-out pair accuracy on the informative pairs (ties 1/2)", "prefer the shorter response"),
     "fact_acc": ("held-out half answer accuracy (greedy)", "majority answer"),
     "fact_pass@1": ("held-out fact-question pass@1 (greedy; new wordings and people)", "majority answer"),
+    "hop_pass@1": (
+        "held-out best-friend question pass@1 (greedy; new wordings and people)",
+        "majority answer",
+    ),
     "pass@1": ("held-out arithmetic pass@1 (greedy)", "majority answer"),
+}
+# grpo.py --task -> the column GRPO is judged by (its own stage's metric, greedy here)
+GRPO_TASK_METRIC = {
+    "hop-given": "hop_pass@1",
+    "hop": "hop_pass@1",
+    "facts": "fact_pass@1",
+    "arithmetic": "pass@1",
 }
 COLUMNS = [
     "method",
@@ -119,6 +137,7 @@ COLUMNS = [
     "pair acc",
     "fact acc [95% CI]",
     "fact pass@1 [95% CI]",
+    "hop pass@1 [95% CI]",
     "pass@1",
     "length",
     "train s",
@@ -135,12 +154,14 @@ class RLCompareConfig:
     out: str = option("", "output folder; empty = <run>/rl_compare")
     methods: list = option(list(METHODS), f"method folders to compare, from {','.join(METHODS)}", sep=",")
     limit: int = option(
-        100, "held-out preference prompts, fact questions and arithmetic problems used, each (0 = all)", min=0
+        100,
+        "held-out preference prompts, fact and hop questions and arithmetic problems used, each (0 = all)",
+        min=0,
     )
     shots: int = option(1, "solved arithmetic examples before each problem (as grpo.py --shots)", min=0)
     max_new_tokens: int = option(24, "longest answer to a preference prompt or a held-out question", min=1)
     fact_tokens: int = option(
-        12, "longest answer to a GRPO fact question (as grpo.py --max-new-tokens)", min=1
+        12, "longest answer to a GRPO fact or hop question (as grpo.py --max-new-tokens)", min=1
     )
     arith_tokens: int = option(
         10, "longest answer to an arithmetic problem (as grpo.py --max-new-tokens)", min=1
@@ -167,8 +188,8 @@ def check_rl_compare_config(cfg: RLCompareConfig):
 
 
 def heldout_set(run, tok, cfg, block_size) -> dict:
-    """The prompts every model answers: held-out preference pairs (with their rule and short answer) and
-    arithmetic problems, cut to cfg.limit, plus the shots grpo.py shows."""
+    """The prompts every model answers: held-out preference pairs (with their rule and short answer),
+    arithmetic problems and GRPO's fact and hop questions, cut to cfg.limit, plus the shots grpo.py shows."""
     pairs, _ = read_preference_pairs(task_file(run, "", "preference_heldout.jsonl"))
     kept = [
         (p, enc[0]) for p in pairs for enc in [encode_pairs(tok, [p], block_size)[0]] if enc
@@ -189,8 +210,7 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
     cut = lambda xs: xs[: cfg.limit] if cfg.limit else xs
     qa_train = qa_records(task_file(run, "", "sft_train.jsonl"))
     qa_held = cut(qa_records(task_file(run, "", "sft_heldout.jsonl")))
-    fact_train, fact_held, candidates = fact_problems(world_seed_of(run))
-    fact_held = cut(fact_held)
+    seed, hop = world_seed_of(run), hop_form(RunLayout(run).grpo)
     return {
         "questions": questions,
         "groups": [[p for p, _ in groups[q]] for q in questions],
@@ -205,11 +225,38 @@ def heldout_set(run, tok, cfg, block_size) -> dict:
         "majority_common_answer": common,
         "qa_held": qa_held,
         "qa_majority": majority_scores(qa_held, qa_train)["answer_acc"],
-        "fact_problems": fact_held,
-        "fact_prompts": [problem_prompt(tok, p["prompt"], []) for p in fact_held],
-        "fact_candidates": candidates,
-        "fact_majority": majority_correct(fact_train, fact_held),
+        "world": {  # column -> GRPO's held-out questions of that task
+            "fact_pass@1": world_questions("facts", seed, tok, cut),
+            "hop_pass@1": world_questions(hop, seed, tok, cut),
+        },
     }
+
+
+def world_questions(task, world_seed, tok, cut) -> dict:
+    """GRPO's held-out questions of one task, with grpo.py's prompt, reward and majority answer
+    (hop_task.question_task), cut to --limit: {"task", "problems", "prompts", "correct": (i, text) -> bool,
+    "majority": the majority answer's 0/1 per problem}."""
+    t = question_task(task, world_seed, tok)
+    problems = cut(t["heldout"])
+    return {
+        "task": task,
+        "problems": problems,
+        "prompts": [t["prompt"](p) for p in problems],
+        "correct": lambda i, text: t["correct"](problems[i], text),
+        "majority": t["majority"](problems),
+    }
+
+
+def grpo_task(folder):
+    """The --task GRPO trained with (its manifest's config), None when it has not run."""
+    path = Path(folder) / "manifest.json"
+    return (read_json(path).get("config") or {}).get("task") if path.is_file() else None
+
+
+def hop_form(folder) -> str:
+    """Which best-friend questions the hop column asks: GRPO's own hop task, else hop-given (the default)."""
+    task = grpo_task(folder)
+    return task if task in ("hop", "hop-given") else "hop-given"
 
 
 def baseline_scores(held) -> dict:
@@ -222,7 +269,7 @@ def baseline_scores(held) -> dict:
         "pair_acc": pick(length_rule_scores(held["encoded"])),
         "pass@1": [float(p["answer"] == common) for p in held["problems"]],
         "fact_acc": held["qa_majority"],
-        "fact_pass@1": held["fact_majority"],
+        **{column: w["majority"] for column, w in held["world"].items()},  # fact and hop pass@1
     }
 
 
@@ -262,11 +309,8 @@ def evaluate(model, sft, rm, tok, held, cfg, sft_texts=None, mean_logprob=False)
     )
     scores["pass@1"] = arith["greedy_correct"]
     scores["fact_acc"] = fact_scores(model, tok, held["qa_held"], cfg.max_new_tokens)["answer_acc"]
-    answers = sample_responses(model, tok, held["fact_prompts"], 1, cfg.fact_tokens, temperature=0)
-    scores["fact_pass@1"] = [
-        float(fact_correct(p, t, held["fact_candidates"]))
-        for p, t in zip(held["fact_problems"], decode_responses(tok, answers), strict=True)
-    ]
+    for column, w in held["world"].items():  # fact and hop pass@1: GRPO's greedy check (grpo_eval.py)
+        scores[column] = greedy_correct(model, tok, w["prompts"], w["correct"], cfg.fact_tokens)[1]
     row.update({k: sum(v) / len(v) for k, v in scores.items()})
     row["scores"] = scores  # per item, for the paired bars
     row["eval_s"] = time.time() - t0
@@ -288,6 +332,7 @@ def table_row(name, r, train_s, bar=None) -> dict:
         "pair acc": fmt(r["pair_acc"]),
         "fact acc [95% CI]": with_interval(r["scores"]["fact_acc"]),
         "fact pass@1 [95% CI]": with_interval(r["scores"]["fact_pass@1"]),
+        "hop pass@1 [95% CI]": with_interval(r["scores"]["hop_pass@1"]),
         "pass@1": with_interval(r["scores"]["pass@1"]),
         "length": fmt(r["length"], 1),
         "train s": fmt(train_s, 0),
@@ -315,12 +360,10 @@ def with_interval(scores) -> str:
 
 
 def own_metric(name, folder) -> str:
-    """The column a method is judged by: METHODS' entry, except GRPO trained with --task arithmetic
-    (its manifest's config says which task it optimized)."""
+    """The column a method is judged by: METHODS' entry, except GRPO's, which is the column of the task
+    it trained on (its manifest's config says which: GRPO_TASK_METRIC)."""
     if name == "grpo" and folder is not None:
-        config = read_json(Path(folder) / "manifest.json").get("config") or {}
-        if config.get("task") == "arithmetic":
-            return "pass@1"
+        return GRPO_TASK_METRIC.get(grpo_task(folder), METHODS[name][1])
     return METHODS[name][1]
 
 
@@ -367,7 +410,9 @@ def stage_bar(bars: dict) -> dict:
 def plot(results, path):
     plt = pyplot()
     names = list(results)
-    fig, axes = plt.subplots(1, 5, figsize=(20, 4))
+    # six panels in two rows: one row of six would leave each too narrow to read the method names
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    axes = axes.ravel()
     tuned = [n for n in names if "win" in results[n]]
     w = [results[n]["win"] for n in tuned]
     axes[0].bar(
@@ -387,6 +432,7 @@ def plot(results, path):
         (axes[2], "pair_acc", "pair accuracy", "share of held-out pairs"),
         (axes[3], "fact_acc", "held-out half fact accuracy (greedy)", "share answered right"),
         (axes[4], "fact_pass@1", "fact-question pass@1 (greedy)", "share answered right"),
+        (axes[5], "hop_pass@1", "best-friend question pass@1 (greedy)", "share answered right"),
     ):
         values = [results[n].get(key) or 0.0 for n in names]
         ax.bar(names, values, color=["C7"] + ["C0"] * (len(names) - 1))
@@ -459,6 +505,7 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                 "gold [95% CI]": with_interval(baselines["gold"]),
                 "fact acc [95% CI]": with_interval(baselines["fact_acc"]),
                 "fact pass@1 [95% CI]": with_interval(baselines["fact_pass@1"]),
+                "hop pass@1 [95% CI]": with_interval(baselines["hop_pass@1"]),
                 "pass@1": with_interval(baselines["pass@1"]),
             }
         )
@@ -476,7 +523,9 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
                 "n_pairs": len(held["pairs"]),
                 "n_problems": len(held["problems"]),
                 "n_fact_questions": len(held["qa_held"]),
-                "n_fact_problems": len(held["fact_problems"]),
+                "n_fact_problems": len(held["world"]["fact_pass@1"]["problems"]),
+                "n_hop_problems": len(held["world"]["hop_pass@1"]["problems"]),
+                "hop_task": held["world"]["hop_pass@1"]["task"],
                 "config": asdict(cfg),
             },
         )
@@ -507,7 +556,9 @@ def compare_run(cfg: RLCompareConfig, argv=None) -> dict:
         )
     print(
         f"held-out: {len(held['pairs'])} preference prompts, {len(held['qa_held'])} held-out-half questions, "
-        f"{len(held['fact_problems'])} fact questions, {len(held['problems'])} arithmetic problems; greedy answers"
+        f"{len(held['world']['fact_pass@1']['problems'])} fact questions, "
+        f"{len(held['world']['hop_pass@1']['problems'])} {held['world']['hop_pass@1']['task']} questions, "
+        f"{len(held['problems'])} arithmetic problems; greedy answers"
     )
     print(table)
     for line in missing:

@@ -28,9 +28,11 @@ from common.runs import write_manifest
 from forked_cli import run_forked
 from resume_check import check_resume_is_bit_exact, kill_at_save
 from gpt import GPT, GPTConfig
+from world import WorldConfig, build_world
 
 import dpo
 import arithmetic_task
+import fact_task
 import grpo
 import overoptimization
 import policy_io
@@ -347,8 +349,12 @@ def micro_tok():
 
 
 def micro_model(tok, seed=0, **kw):
+    # a context of 128: GRPO's default questions ("X and Y are best friends. In which city ...?", up to 98
+    # tokens in this small tokenizer) and rl_compare's 12 answer tokens fit
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=tok.vocab_size, block_size=96, n_layer=1, n_head=2, n_embd=32, attn_backend="torch")
+    cfg = dict(
+        vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32, attn_backend="torch"
+    )
     return GPT(GPTConfig(**{**cfg, **kw}))
 
 
@@ -396,7 +402,7 @@ def micro_run(tmp_path_factory, micro_tok):
 
 
 def micro_encoded(tok, names):
-    return preference_data.encode_pairs(tok, micro_pairs(names), 96)[0]
+    return preference_data.encode_pairs(tok, micro_pairs(names), 128)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -732,9 +738,11 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     ]
     assert rows["sft"]["win vs SFT [95% CI] (W/L/T)"] == "-" and rows["dpo"]["own metric"] == "fact_acc"
     grpo_task = json.loads((methods_run / "grpo" / "manifest.json").read_text())["config"]["task"]
-    assert rows["grpo"]["own metric"] == ("fact_pass@1" if grpo_task == "facts" else "pass@1")
+    assert grpo_task == "hop-given"  # grpo.py's default task, judged by the hop column
+    assert rows["grpo"]["own metric"] == rl_compare.GRPO_TASK_METRIC[grpo_task] == "hop_pass@1"
     assert rows["ppo"]["own metric"] == "gold"
-    for column in ("gold [95% CI]", "fact acc [95% CI]", "fact pass@1 [95% CI]"):  # a share and its interval
+    assert result["hop_task"] == "hop-given" and result["n_hop_problems"] == 6  # --limit 6 cuts them too
+    for column in ("gold [95% CI]", "fact acc [95% CI]", "fact pass@1 [95% CI]", "hop pass@1 [95% CI]"):
         value, lo, hi = (
             float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", rows["dpo"][column]).groups()
         )
@@ -750,12 +758,34 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     }  # "<metric>: <method> minus ..."
     assert set(bars) == {"ppo", "dpo", "ipo", "simpo", "grpo", "rlaif"}
     assert result["bar"]["threshold"] == 6 and result["bar"]["n"] == 6
-    assert bars["dpo"]["n"] == 6 and bars["grpo"]["n"] == 6  # held-out half questions; problems (--limit 6)
+    assert (
+        bars["dpo"]["n"] == 6 and bars["grpo"]["n"] == 6
+    )  # held-out half questions; hop questions (--limit 6)
     assert not bars["ppo"]["passed"] and "rule-judge" in bars["ppo"]["metric"]  # 2 PPO steps move nothing
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
     assert (out / "compare.png").is_file() and (out / "compare.md").read_text().startswith("| method |")
     assert (out / "manifest.json").is_file()
+
+
+def test_rl_compares_hop_column_asks_grpos_questions_and_scores_the_friends_answer(micro_run, micro_tok):
+    """The hop column's questions, prompts and check are grpo.py's (hop_task.question_task): a held-out
+    question answered with the friend's city is right; with the asked person's own city, wrong."""
+    seed = fact_task.world_seed_of(micro_run)
+    w = rl_compare.world_questions("hop-given", seed, micro_tok, lambda xs: xs[:40])
+    task = grpo.load_task(grpo.GRPOConfig(run=str(micro_run)), micro_run, micro_tok)  # the default task
+    assert w["problems"] == task["heldout"][:40] and w["prompts"] == [
+        task["prompt"](p) for p in w["problems"]
+    ]
+    people = {p["name"]: p for p in build_world(WorldConfig(seed=seed)).people}
+    i, p = next(
+        (i, p)
+        for i, p in enumerate(w["problems"])
+        if p["attribute"] == "city" and people[p["subject"]]["city"]["name"] != p["answer"]
+    )
+    assert w["correct"](i, f"{p['friend']} lives in {p['answer']}.")
+    assert not w["correct"](i, f"{p['subject']} lives in {people[p['subject']]['city']['name']}.")
+    assert rl_compare.hop_form(micro_run / "grpo") == "hop-given"  # no GRPO run: the default's form
 
 
 # ----------------------------------------------------------------------------------------------
@@ -861,7 +891,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_earlier_artifacts_alone(
         ),
         "rollout too long": (
             [script["grpo"], *r, "--max-new-tokens", "500"],
-            r"longer than the model's context \(96\)",
+            r"longer than the model's context \(128\)",
         ),
         "answer not a number": (
             [
