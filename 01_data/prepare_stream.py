@@ -65,6 +65,7 @@ from clean import CleanConfig, clean_document
 from common.cli import UserError
 from dedup import (
     DedupConfig,
+    candidate_pairs_lean,
     component_roots,
     doc_line_keys,
     drop_lines,
@@ -335,7 +336,14 @@ def dedup_by_fingerprints(keys, sig, threshold, folder=None):
     idx = np.flatnonzero(~exact)
     cfg = DedupConfig(threshold=threshold)
     shingles_of = shard_shingles(folder, idx, cfg.shingle) if folder is not None else None
-    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig[idx], shingles_of=shingles_of)
+    roots, _, _ = near_duplicate_clusters(
+        None,
+        cfg,
+        sig=sig[idx],
+        shingles_of=shingles_of,
+        roots_of=component_roots,
+        pairs_of=candidate_pairs_lean,
+    )
     near = np.zeros(len(keys), dtype=bool)
     near[idx] = roots != np.arange(len(idx))
     return exact, near, ~exact & ~near
@@ -382,7 +390,9 @@ def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
     among the cumulative fractions, and an empty split takes the nearest cluster (ties: lower u,
     then the earlier cluster) from a split that keeps another."""
     cfg = DedupConfig(threshold=threshold)
-    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig, roots_of=component_roots)
+    roots, _, _ = near_duplicate_clusters(
+        None, cfg, sig=sig, roots_of=component_roots, pairs_of=candidate_pairs_lean
+    )
     clusters, cluster_of = np.unique(roots, return_inverse=True)  # (C,), (N,)
     u = np.array([zlib.crc32(ids[r]) % 1000 for r in clusters.tolist()], dtype=np.int64)  # (C,)
     edges = np.cumsum(fractions) * 1000
