@@ -345,21 +345,23 @@ def candidate_bands(threshold: float, num_perm: int, recall=0.999):
     return num_perm, 1
 
 
-def estimated_jaccard(sig, pairs, cols=8, pair_chunk=1 << 16) -> np.ndarray:
+def estimated_jaccard(sig, pairs, cols=4, pair_chunk=1 << 16) -> np.ndarray:
     """The share of equal signature entries per pair, shape (E,), counted `cols` columns and
     `pair_chunk` pairs at a time.
 
     Gathering both rows of every pair at once costs E x num_perm x 4 bytes twice: with 2.2 M short
     documents (E ~ 2 M candidates) that was a 2.7 GB spike in a streamed run. Column by column it is
-    E x cols x 9 bytes (two gathers and their comparison), and in chunks of pairs a fixed ~5 MB: what
-    stays per pair is its count (int16). A streamed run's on-disk signatures are read a band at a
-    time, as LSH reads them."""
+    E x cols x 9 bytes (two gathers and their comparison), and in chunks of pairs a fixed ~2.5 MB:
+    what stays per pair is its count (int16). A streamed run's on-disk signatures are read `cols`
+    columns of every row at a time, as LSH reads a band: cols x 4 bytes a document (4 columns, 16
+    bytes, as much as candidate_pairs_lean's keys and order; 8 made this block the decisions' peak)."""
     equal = np.zeros(len(pairs), dtype=np.int16)  # (E,) equal entries so far, at most num_perm
     for c in range(0, sig.shape[1], cols):
         block = sig[:, c : c + cols]  # (N, cols)
         for p in range(0, len(pairs), pair_chunk):
             i, j = pairs[p : p + pair_chunk, 0], pairs[p : p + pair_chunk, 1]
             equal[p : p + pair_chunk] += (block[i] == block[j]).sum(axis=1, dtype=np.int16)
+        del block  # before the next read: `block = ...` would otherwise hold two blocks at once
     return equal / sig.shape[1]
 
 

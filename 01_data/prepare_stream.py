@@ -74,7 +74,7 @@ from dedup import (
     signatures,
     unique_shingles,
 )
-from doc_table import DOMAIN_CODE, DOMAINS, SPLITS, STEP_CODE, DocTable, encode_ids
+from doc_table import CHUNK, DOMAIN_CODE, DOMAINS, SPLITS, STEP_CODE, DocTable, encode_ids
 from langid_ngram import predict_lang
 
 _WORKER = {}  # the language model and clean config, set once per worker process
@@ -393,8 +393,13 @@ def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
     roots, _, _ = near_duplicate_clusters(
         None, cfg, sig=sig, roots_of=component_roots, pairs_of=candidate_pairs_lean
     )
-    clusters, cluster_of = np.unique(roots, return_inverse=True)  # (C,), (N,)
-    u = np.array([zlib.crc32(ids[r]) % 1000 for r in clusters.tolist()], dtype=np.int64)  # (C,)
+    # a root is its own root and the smallest index of its cluster, so the roots in increasing order
+    # are np.unique(roots), found without sorting N values (np.unique's sort took ~30 bytes a document)
+    clusters = np.flatnonzero(roots == np.arange(len(roots), dtype=roots.dtype))  # (C,)
+    cluster_of = np.searchsorted(clusters, roots)  # (N,) the index of each document's cluster
+    u = np.empty(len(clusters), dtype=np.int16)  # (C,) crc32(first id) % 1000
+    for lo in range(0, len(clusters), CHUNK):  # Python ints a chunk at a time (36 bytes each)
+        u[lo : lo + CHUNK] = [zlib.crc32(x) % 1000 for x in ids[clusters[lo : lo + CHUNK]].tolist()]
     edges = np.cumsum(fractions) * 1000
     part = np.minimum(2, np.searchsorted(edges, u, side="right"))  # (C,) split of each cluster
     for k, (lo, hi) in enumerate(zip([0.0, *edges[:2]], edges)):
@@ -403,7 +408,7 @@ def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
         if sizes[k] == 0 and len(donors):
             gap = np.maximum(np.maximum(lo - u[donors], u[donors] - hi), 0)
             part[donors[np.lexsort((donors, u[donors], gap))[0]]] = k
-    return part[cluster_of].astype(np.uint8)
+    return part.astype(np.uint8)[cluster_of]
 
 
 def decide_streamed(meta, cfg, lap=lambda name: None):
@@ -422,6 +427,7 @@ def decide_streamed(meta, cfg, lap=lambda name: None):
     lap("dedup")
     chosen = mix_positions(table.ids[unique], table.domain[unique], table.chars[unique], cfg.mix, cfg.seed)
     mixed_pos = unique_pos[chosen]
+    del chosen, unique_pos  # 8 bytes a document each, no longer needed during the split
     mixed = table.kept[mixed_pos]
     lap("mix")
     split = split_codes(table.ids[mixed], cfg.split, cfg.split_threshold, meta["sig"][mixed_pos])
