@@ -216,15 +216,16 @@ def candidate_pairs_lean(sig, b: int, r: int, chunk_rows=1 << 16) -> np.ndarray:
     sorted copy, the sort order and three more index arrays (~75 bytes a document at r = 4), and
     then every band's pairs at once (16 bytes a pair, a pair counted once per band it shares, so a
     close copy ~20 times at b = 32), concatenated and np.unique'd (three more copies). Here:
-    - the keys are hashed `chunk_rows` documents at a time, so a band's rows are never all read;
+    - the keys are hashed `chunk_rows` documents at a time: a band's rows are never held all at once;
     - the sort order is the only index array per document: the keys are sorted in place (equal keys
       are equal, so np.sort gives keys[order]), and the first document of each run of equal keys is
       found by a running maximum over positions in 4-byte ints (n < 2^31);
     - a band's pairs are merged at once into the sorted unique pairs so far, each pair (i, j) one
       int64 code i·n + j (codes sort as the (i, j) rows do), so a pair is held once, not once a band;
       only the pairs not seen yet are inserted (a binary search per pair), nothing is re-sorted.
-    Per document that is keys 8 + order 8 + run starts 4 + the sort's buffer (<= 4) bytes, ~24; per
-    pair 8 bytes (and ~3 times that while a band is merged); the pairs come back as int32 when n < 2^31."""
+    Per document that is keys 8 + order 8 + the sort's buffer (<= 4) bytes, then order 8 + run starts
+    4, ~20 at most; per pair 8 bytes (~3 times that while a band is merged); the pairs come back as
+    int32 when n < 2^31 (8 bytes a pair, not 16)."""
     n = len(sig)
     index = np.int32 if n < 2**31 else np.int64
     mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
