@@ -21,7 +21,9 @@ estimates J, and LSH finds the pairs likely to agree without comparing all of th
 
    an S-curve that is ~0 below its threshold ≈ (1/b)^(1/r) and ~1 above it. We choose (b, r) with
    b·r ≤ num_perm to minimize the area of false positives (below the wanted Jaccard threshold) plus
-   false negatives (above it) under that curve (`lsh_params`).
+   false negatives (above it) under that curve (`lsh_params`). A band is a group-by: sort the band
+   keys, and equal neighbours are candidates (`candidate_pairs`; `candidate_pairs_lean` finds the
+   same pairs in ~20 bytes a document, for the millions of documents of a streamed run).
 3. Each candidate pair is verified and joined in a union-find; one document per cluster -- the
    first in corpus order -- is kept. dedup() verifies by the *exact* Jaccard of the two shingle sets,
    with bands widened so a pair at the threshold is a candidate with probability 0.9998
@@ -38,6 +40,9 @@ Interview questions it answers:
 - Why verify LSH candidates exactly? (an estimate's errors pile up at the threshold, where copies are)
 - How do b and r move the LSH threshold, and what does each error cost? (false positive: a wasted
   comparison; false negative: a duplicate that leaks into training or across the train/test split)
+- Why can the LSH pass outgrow the documents, and how is it kept to a few bytes each? (a close copy
+  shares most bands: collect pairs per band and it is stored ~20 times; merge each band's pairs into
+  one sorted set instead, and keep one sort index per document: candidate_pairs_lean)
 - Why dedup before splitting? (otherwise a near-copy of a test document sits in train: the test
   score measures memorization)
 """
