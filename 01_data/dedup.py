@@ -381,7 +381,7 @@ def near_duplicate_clusters(
 ):
     """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
     roots_of: union_find_roots, or component_roots (the same ids, in numpy) for millions of documents;
-    pairs_of: candidate_pairs, or candidate_pairs_lean (the same pairs, ~24 bytes a document instead
+    pairs_of: candidate_pairs, or candidate_pairs_lean (the same pairs, ~20 bytes a document instead
     of ~75 and each pair held once) for millions of documents.
 
     With `sig` given, `texts` is not read: the index runs over signatures alone, and a candidate is
