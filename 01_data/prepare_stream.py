@@ -28,10 +28,13 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
 
 Peak memory is the metadata, and the metadata is numpy columns (doc_table.py): about 40 bytes per
 document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight; the
-decisions' LSH passes add numpy transients (band keys, sort indices, candidate pairs). A run's peak
-grew ~0.3-0.37 KB per short document from 0.5 to 2 M documents, against ~0.56 KB before, when a
-Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes per
-document (README, "Scale").
+decisions add numpy transients of ~20 bytes a kept document at a time (dedup.candidate_pairs_lean's
+band keys and sort order, estimated_jaccard's 4 signature columns) and the candidate pairs (8 bytes
+each, held once whatever the bands they share). A run's peak grew ~80 bytes per short document from
+0.5 to 1 M documents and ~260 from 1 to 2 M (more than tracemalloc counts live: README, "Scale", says
+what is known of the rest), against ~220-345 before the lean LSH and ~0.56 KB before the columns,
+when a Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes
+per document.
 
 One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a task
 (`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
