@@ -21,7 +21,9 @@ estimates J, and LSH finds the pairs likely to agree without comparing all of th
 
    an S-curve that is ~0 below its threshold ≈ (1/b)^(1/r) and ~1 above it. We choose (b, r) with
    b·r ≤ num_perm to minimize the area of false positives (below the wanted Jaccard threshold) plus
-   false negatives (above it) under that curve (`lsh_params`).
+   false negatives (above it) under that curve (`lsh_params`). A band is a group-by: sort the band
+   keys, and equal neighbours are candidates (`candidate_pairs`; `candidate_pairs_lean` finds the
+   same pairs in ~20 bytes a document, for the millions of documents of a streamed run).
 3. Each candidate pair is verified and joined in a union-find; one document per cluster -- the
    first in corpus order -- is kept. dedup() verifies by the *exact* Jaccard of the two shingle sets,
    with bands widened so a pair at the threshold is a candidate with probability 0.9998
@@ -38,6 +40,9 @@ Interview questions it answers:
 - Why verify LSH candidates exactly? (an estimate's errors pile up at the threshold, where copies are)
 - How do b and r move the LSH threshold, and what does each error cost? (false positive: a wasted
   comparison; false negative: a duplicate that leaks into training or across the train/test split)
+- Why can the LSH pass outgrow the documents, and how is it kept to a few bytes each? (a close copy
+  shares most bands: collect pairs per band and it is stored ~20 times; merge each band's pairs into
+  one sorted set instead, and keep one sort index per document: candidate_pairs_lean)
 - Why dedup before splitting? (otherwise a near-copy of a test document sits in train: the test
   score measures memorization)
 """
@@ -208,6 +213,60 @@ def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     # <<< exercise
 
 
+def candidate_pairs_lean(sig, b: int, r: int, chunk_rows=1 << 16) -> np.ndarray:
+    """candidate_pairs' pairs, in the same order, with less memory per document: for the millions of
+    signatures of a streamed run (prepare_stream.py). A test checks that both give the same pairs.
+
+    candidate_pairs holds, per band, the band's rows (4r bytes a document), its keys and their
+    sorted copy, the sort order and three more index arrays (~75 bytes a document at r = 4), and
+    then every band's pairs at once (16 bytes a pair, a pair counted once per band it shares, so a
+    close copy ~20 times at b = 32), concatenated and np.unique'd (three more copies). Here:
+    - the keys are hashed `chunk_rows` documents at a time: a band's rows are never held all at once;
+    - the sort order is the only index array per document: the keys are sorted in place (equal keys
+      are equal, so np.sort gives keys[order]), and the first document of each run of equal keys is
+      found by a running maximum over positions in 4-byte ints (n < 2^31);
+    - a band's pairs are merged at once into the sorted unique pairs so far, each pair (i, j) one
+      int64 code i·n + j (codes sort as the (i, j) rows do), so a pair is held once, not once a band;
+      only the pairs not seen yet are inserted (a binary search per pair), nothing is re-sorted.
+    Per document that is keys 8 + order 8 + the sort's buffer (<= 4) bytes, then order 8 + run starts
+    4, ~20 at most; per pair 8 bytes (~3 times that while a band is merged); the pairs come back as
+    int32 when n < 2^31 (8 bytes a pair, not 16)."""
+    n = len(sig)
+    index = np.int32 if n < 2**31 else np.int64
+    mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
+    codes = np.zeros(0, dtype=np.int64)  # (U,) sorted unique i·n + j of the pairs found so far
+    for band in range(b):
+        keys = np.empty(n, dtype=np.uint64)  # (N,) the same band keys as candidate_pairs
+        for lo in range(0, n, chunk_rows):
+            rows = np.asarray(sig[lo : lo + chunk_rows][:, band * r : (band + 1) * r])  # (chunk, r)
+            k = keys[lo : lo + chunk_rows]
+            k[:] = 0
+            for c in range(r):
+                k += rows[:, c].astype(np.uint64) * mults[c]
+        order = np.argsort(keys, kind="stable")  # (N,) equal keys adjacent, lower index first
+        keys.sort()  # in place: keys[order], without a second array
+        new_run = np.ones(n, dtype=bool)
+        np.not_equal(keys[1:], keys[:-1], out=new_run[1:])
+        del keys
+        first = np.arange(n, dtype=index)  # (N,) position of the first member of each position's run
+        first[~new_run] = 0
+        np.maximum.accumulate(first, out=first)
+        dup = np.flatnonzero(~new_run)  # (E_band,) positions that are not the first of their run
+        del new_run
+        band_codes = order[first[dup]] * n + order[dup]  # (E_band,) pairs (bucket's first doc, doc)
+        del first, dup, order
+        # merge into the sorted codes: only the new pairs are inserted (np.union1d would re-sort all
+        # of them every band: 30x slower here, and two more copies)
+        band_codes.sort()
+        at = np.searchsorted(codes, band_codes)  # (E_band,) where each would sit in `codes`
+        seen = at < len(codes)
+        seen[seen] = codes[at[seen]] == band_codes[seen]
+        codes = np.insert(codes, at[~seen], band_codes[~seen])
+    pairs = np.empty((len(codes), 2), dtype=index)  # (E, 2) back to (i, j)
+    pairs[:, 0], pairs[:, 1] = codes // n, codes % n
+    return pairs
+
+
 def union_find_roots(n: int, pairs) -> np.ndarray:
     """Cluster id per document: the smallest index in its connected component."""
     # >>> exercise: union-find over the pairs; cluster id = smallest index in the connected component
@@ -236,9 +295,15 @@ def component_roots(n: int, pairs) -> np.ndarray:
     the smaller one (np.minimum.at keeps the smallest offer), then pointer jumping, label = label[label],
     until every label is a root. A label only ever points lower, so the smallest index of a component
     is never hooked and ends as its root; each round removes a root from every component not yet
-    joined, and jumping halves the longest path, so rounds stay few."""
-    label = np.arange(n, dtype=np.int64)  # (n,) a document's parent, a smaller index or itself
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)  # (E, 2)
+    joined, and jumping halves the longest path, so rounds stay few.
+
+    Labels are int32 when n < 2^31 (4 bytes a document, and as many for each round's jump), and
+    int32 pairs (candidate_pairs_lean's) are read as they are, not copied to int64."""
+    index = np.int32 if n < 2**31 else np.int64
+    label = np.arange(n, dtype=index)  # (n,) a document's parent, a smaller index or itself
+    pairs = np.asarray(pairs).reshape(-1, 2)  # (E, 2)
+    if pairs.dtype.kind not in "iu":  # an empty list: no pairs
+        pairs = pairs.astype(index)
     while True:
         ri, rj = label[pairs[:, 0]], label[pairs[:, 1]]
         apart = ri != rj
@@ -286,29 +351,38 @@ def candidate_bands(threshold: float, num_perm: int, recall=0.999):
     return num_perm, 1
 
 
-def estimated_jaccard(sig, pairs, cols=8, pair_chunk=1 << 16) -> np.ndarray:
+def estimated_jaccard(sig, pairs, cols=4, pair_chunk=1 << 16) -> np.ndarray:
     """The share of equal signature entries per pair, shape (E,), counted `cols` columns and
     `pair_chunk` pairs at a time.
 
     Gathering both rows of every pair at once costs E x num_perm x 4 bytes twice: with 2.2 M short
     documents (E ~ 2 M candidates) that was a 2.7 GB spike in a streamed run. Column by column it is
-    E x cols x 9 bytes (two gathers and their comparison), and in chunks of pairs a fixed ~5 MB: what
-    stays per pair is its count (int16). A streamed run's on-disk signatures are read a band at a
-    time, as LSH reads them."""
+    E x cols x 9 bytes (two gathers and their comparison), and in chunks of pairs a fixed ~2.5 MB:
+    what stays per pair is its count (int16). A streamed run's on-disk signatures are read `cols`
+    columns of every row at a time, as LSH reads a band: cols x 4 bytes a document (4 columns, 16
+    bytes, as much as candidate_pairs_lean's keys and order; 8 made this block the decisions' peak)."""
     equal = np.zeros(len(pairs), dtype=np.int16)  # (E,) equal entries so far, at most num_perm
     for c in range(0, sig.shape[1], cols):
         block = sig[:, c : c + cols]  # (N, cols)
         for p in range(0, len(pairs), pair_chunk):
             i, j = pairs[p : p + pair_chunk, 0], pairs[p : p + pair_chunk, 1]
             equal[p : p + pair_chunk] += (block[i] == block[j]).sum(axis=1, dtype=np.int16)
+        del block  # before the next read: `block = ...` would otherwise hold two blocks at once
     return equal / sig.shape[1]
 
 
 def near_duplicate_clusters(
-    texts, cfg: DedupConfig = DedupConfig(), sig=None, shingles_of=None, roots_of=union_find_roots
+    texts,
+    cfg: DedupConfig = DedupConfig(),
+    sig=None,
+    shingles_of=None,
+    roots_of=union_find_roots,
+    pairs_of=candidate_pairs,
 ):
     """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
-    roots_of: union_find_roots, or component_roots (the same ids, in numpy) for millions of documents.
+    roots_of: union_find_roots, or component_roots (the same ids, in numpy) for millions of documents;
+    pairs_of: candidate_pairs, or candidate_pairs_lean (the same pairs, ~20 bytes a document instead
+    of ~75 and each pair held once) for millions of documents.
 
     With `sig` given, `texts` is not read: the index runs over signatures alone, and a candidate is
     kept when its *estimated* Jaccard (the share of equal signature entries) reaches the threshold.
@@ -326,7 +400,7 @@ def near_duplicate_clusters(
         b, r = lsh_params(cfg.threshold, cfg.num_perm, cfg.fp_weight, cfg.fn_weight)
     else:
         b, r = candidate_bands(cfg.threshold, cfg.num_perm)
-    pairs = candidate_pairs(sig, b, r)
+    pairs = pairs_of(sig, b, r)
     if len(pairs):
         est = estimated_jaccard(sig, pairs)
         if shingles_of is None:

@@ -28,10 +28,13 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
 
 Peak memory is the metadata, and the metadata is numpy columns (doc_table.py): about 40 bytes per
 document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight; the
-decisions' LSH passes add numpy transients (band keys, sort indices, candidate pairs). A run's peak
-grew ~0.3-0.37 KB per short document from 0.5 to 2 M documents, against ~0.56 KB before, when a
-Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes per
-document (README, "Scale").
+decisions add numpy transients of ~20 bytes a kept document at a time (dedup.candidate_pairs_lean's
+band keys and sort order, estimated_jaccard's 4 signature columns) and the candidate pairs (8 bytes
+each, held once whatever the bands they share). A run's peak grew ~80 bytes per short document from
+0.5 to 1 M documents and ~260 from 1 to 2 M (more than tracemalloc counts live: README, "Scale", says
+what is known of the rest), against ~220-345 before the lean LSH and ~0.56 KB before the columns,
+when a Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes
+per document.
 
 One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a task
 (`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
@@ -65,6 +68,7 @@ from clean import CleanConfig, clean_document
 from common.cli import UserError
 from dedup import (
     DedupConfig,
+    candidate_pairs_lean,
     component_roots,
     doc_line_keys,
     drop_lines,
@@ -73,7 +77,7 @@ from dedup import (
     signatures,
     unique_shingles,
 )
-from doc_table import DOMAIN_CODE, DOMAINS, SPLITS, STEP_CODE, DocTable, encode_ids
+from doc_table import CHUNK, DOMAIN_CODE, DOMAINS, SPLITS, STEP_CODE, DocTable, encode_ids
 from langid_ngram import predict_lang
 
 _WORKER = {}  # the language model and clean config, set once per worker process
@@ -335,7 +339,14 @@ def dedup_by_fingerprints(keys, sig, threshold, folder=None):
     idx = np.flatnonzero(~exact)
     cfg = DedupConfig(threshold=threshold)
     shingles_of = shard_shingles(folder, idx, cfg.shingle) if folder is not None else None
-    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig[idx], shingles_of=shingles_of)
+    roots, _, _ = near_duplicate_clusters(
+        None,
+        cfg,
+        sig=sig[idx],
+        shingles_of=shingles_of,
+        roots_of=component_roots,
+        pairs_of=candidate_pairs_lean,
+    )
     near = np.zeros(len(keys), dtype=bool)
     near[idx] = roots != np.arange(len(idx))
     return exact, near, ~exact & ~near
@@ -382,9 +393,16 @@ def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
     among the cumulative fractions, and an empty split takes the nearest cluster (ties: lower u,
     then the earlier cluster) from a split that keeps another."""
     cfg = DedupConfig(threshold=threshold)
-    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig, roots_of=component_roots)
-    clusters, cluster_of = np.unique(roots, return_inverse=True)  # (C,), (N,)
-    u = np.array([zlib.crc32(ids[r]) % 1000 for r in clusters.tolist()], dtype=np.int64)  # (C,)
+    roots, _, _ = near_duplicate_clusters(
+        None, cfg, sig=sig, roots_of=component_roots, pairs_of=candidate_pairs_lean
+    )
+    # a root is its own root and the smallest index of its cluster, so the roots in increasing order
+    # are np.unique(roots), found without sorting N values (np.unique's sort took ~30 bytes a document)
+    clusters = np.flatnonzero(roots == np.arange(len(roots), dtype=roots.dtype))  # (C,)
+    cluster_of = np.searchsorted(clusters, roots)  # (N,) the index of each document's cluster
+    u = np.empty(len(clusters), dtype=np.int16)  # (C,) crc32(first id) % 1000
+    for lo in range(0, len(clusters), CHUNK):  # Python ints a chunk at a time (36 bytes each)
+        u[lo : lo + CHUNK] = [zlib.crc32(x) % 1000 for x in ids[clusters[lo : lo + CHUNK]].tolist()]
     edges = np.cumsum(fractions) * 1000
     part = np.minimum(2, np.searchsorted(edges, u, side="right"))  # (C,) split of each cluster
     for k, (lo, hi) in enumerate(zip([0.0, *edges[:2]], edges)):
@@ -393,7 +411,7 @@ def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
         if sizes[k] == 0 and len(donors):
             gap = np.maximum(np.maximum(lo - u[donors], u[donors] - hi), 0)
             part[donors[np.lexsort((donors, u[donors], gap))[0]]] = k
-    return part[cluster_of].astype(np.uint8)
+    return part.astype(np.uint8)[cluster_of]
 
 
 def decide_streamed(meta, cfg, lap=lambda name: None):
@@ -412,6 +430,7 @@ def decide_streamed(meta, cfg, lap=lambda name: None):
     lap("dedup")
     chosen = mix_positions(table.ids[unique], table.domain[unique], table.chars[unique], cfg.mix, cfg.seed)
     mixed_pos = unique_pos[chosen]
+    del chosen, unique_pos  # 8 bytes a document each, no longer needed during the split
     mixed = table.kept[mixed_pos]
     lap("mix")
     split = split_codes(table.ids[mixed], cfg.split, cfg.split_threshold, meta["sig"][mixed_pos])

@@ -599,6 +599,18 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     tables = meta["table"].outcome_tables(unique.rows, mixed.rows)  # and the same, counted over columns
     assert tables == {k: stats[k] for k in ("input", "steps", "domains", "splits")}
     assert len(list((tmp_path / "shards").glob("shard_*.jsonl"))) == -(-len(docs) // 1000)
+    # the streamed run's LSH (candidate_pairs_lean) finds the reference's pairs on this corpus too,
+    # with the dedup's bands, the split's, and narrower ones
+    from dedup import candidate_bands, candidate_pairs, candidate_pairs_lean, lsh_params
+
+    sig = np.asarray(meta["sig"])  # (kept, 128): a few thousand rows
+    bands = [
+        candidate_bands(cfg.dedup_threshold, 128),
+        lsh_params(cfg.split_threshold, 128, 0.2, 0.8),
+        (18, 7),
+    ]
+    for b, r in bands:
+        assert candidate_pairs_lean(sig, b, r).tolist() == candidate_pairs(sig, b, r).tolist(), (b, r)
 
 
 def test_streamed_line_dedup_matches_the_in_memory_one(tmp_path):
@@ -1235,6 +1247,58 @@ def test_lsh_probability_pairs_and_roots_by_hand():
     assert union_find_roots(5, [(3, 4), (1, 4), (0, 2)]).tolist() == [0, 1, 0, 1, 1]
     # a chain 4-3-2-1: every node's id is 1, however long the chain of parents got
     assert union_find_roots(5, np.array([[3, 4], [2, 3], [1, 2]])).tolist() == [0, 1, 1, 1, 1]
+
+
+def planted_signatures(n, copies, agree, seed=0, values=1 << 32):
+    """(n, 128) random signatures where `copies` documents copy another's entries with probability
+    `agree` each (a near-duplicate at Jaccard ~agree), some of them copies of copies."""
+    rng = np.random.default_rng(seed)
+    sig = rng.integers(0, values, size=(n, 128), dtype=np.uint64).astype(np.uint32)
+    for src, dst in zip(rng.integers(0, n, size=copies), rng.integers(0, n, size=copies)):
+        same = rng.random(128) < agree
+        sig[dst, same] = sig[src, same]
+    return sig
+
+
+def test_lean_lsh_gives_the_reference_pairs_and_clusters():
+    # candidate_pairs_lean (the streamed run's LSH) must find exactly candidate_pairs' pairs, in the
+    # same order, and so the same clusters: planted near-duplicates at several agreements, bands of
+    # the dedup (32 x 4) and the split (18 x 7), few distinct values (big buckets), row chunks that
+    # cut the documents unevenly
+    from dedup import candidate_pairs, candidate_pairs_lean, component_roots, union_find_roots
+
+    cases = [(0, 0, 0.9, 1 << 32), (1, 0, 0.9, 1 << 32), (300, 100, 0.8, 1 << 32), (2000, 800, 0.9, 1 << 32)]
+    cases += [(2000, 300, 0.6, 1 << 32), (500, 0, 0.0, 3)]
+    for seed, (n, copies, agree, values) in enumerate(cases):
+        sig = planted_signatures(n, copies, agree, seed, values)
+        for b, r in ((32, 4), (18, 7), (1, 128)):
+            want = candidate_pairs(sig, b, r)
+            got = candidate_pairs_lean(sig, b, r, chunk_rows=333)
+            assert got.shape == want.shape and got.tolist() == want.tolist(), (n, copies, b, r)
+            roots = union_find_roots(n, want).tolist()
+            assert component_roots(n, got).tolist() == roots, (n, copies, b, r)
+    assert len(candidate_pairs_lean(planted_signatures(2000, 800, 0.9), 32, 4)) > 500  # the copies are found
+
+
+def test_lean_lsh_memory_stays_tens_of_bytes_per_document():
+    # the LSH pass of a streamed run over millions of documents: candidate_pairs holds every band's
+    # pairs (a close copy once per band it shares) and ~75 bytes of keys and indices per document,
+    # ~400 bytes a document at the peak here; the lean version ~34 (keys 8, sort order 8, run starts
+    # 4, the sort's buffer, and each pair once as an 8-byte code)
+    import tracemalloc
+
+    from dedup import candidate_pairs_lean
+
+    n = 100_000
+    sig = planted_signatures(n, n // 2, 0.9)
+    tracemalloc.start()
+    try:
+        pairs = candidate_pairs_lean(sig, 32, 4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(pairs) > n // 4  # the planted copies are there to be found
+    assert peak / n < 48, peak / n
 
 
 def test_langid_naive_bayes_by_hand():
