@@ -715,6 +715,8 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
             str(methods_run),
             "--limit",
             "6",
+            "--world-limit",
+            "6",
             "--max-new-tokens",
             "8",
             "--arith-tokens",
@@ -741,7 +743,7 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     assert grpo_task == "hop-given"  # grpo.py's default task, judged by the hop column
     assert rows["grpo"]["own metric"] == rl_compare.GRPO_TASK_METRIC[grpo_task] == "hop_pass@1"
     assert rows["ppo"]["own metric"] == "gold"
-    assert result["hop_task"] == "hop-given" and result["n_hop_problems"] == 6  # --limit 6 cuts them too
+    assert result["hop_task"] == "hop-given" and result["n_hop_problems"] == 6  # --world-limit 6
     for column in ("gold [95% CI]", "fact acc [95% CI]", "fact pass@1 [95% CI]", "hop pass@1 [95% CI]"):
         value, lo, hi = (
             float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", rows["dpo"][column]).groups()
@@ -760,7 +762,7 @@ def test_rl_compare_prints_and_saves_one_table_across_methods(methods_run, capsy
     assert result["bar"]["threshold"] == 6 and result["bar"]["n"] == 6
     assert (
         bars["dpo"]["n"] == 6 and bars["grpo"]["n"] == 6
-    )  # held-out half questions; hop questions (--limit 6)
+    )  # held-out half questions (--limit 6); hop questions (--world-limit 6)
     assert not bars["ppo"]["passed"] and "rule-judge" in bars["ppo"]["metric"]  # 2 PPO steps move nothing
     assert "| dpo |" in printed and "| method |" in printed
     out = methods_run / "rl_compare"
