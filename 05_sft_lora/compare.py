@@ -88,7 +88,7 @@ METHODS = {  # name -> (sft.py flags, the usual learning rate the sweep multipli
     "lora_r4": (["--method", "lora", "--lora-r", "4"], 3e-3),
     "lora_r8": (["--method", "lora", "--lora-r", "8"], 3e-3),
     "lora_r16": (["--method", "lora", "--lora-r", "16"], 3e-3),
-    "prefix": (["--method", "prefix"], 1e-2),
+    "prefix": (["--method", "prefix"], 2e-2),  # chosen on validation by a x0.5,1,2 sweep (sft.DEFAULT_LR)
     "adapter": (["--method", "adapter"], 3e-3),
     "full_mix": (["--method", "full", "--mix-pretrain", "0.25"], 3e-4),  # not in the default list:
     "lora_r8_mix": (["--method", "lora", "--lora-r", "8", "--mix-pretrain", "0.25"], 3e-3),  # the remedy
