@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parent
 sys.path[:0] = [str(REPO)]
 from common.cli import UserError, option, parse_config, run_cli, set_interrupt_hint
 from common.files import markdown_table, read_json, write_json
-from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage, stage_env, writer_of
+from common.layout import STAGE_NAMES, STAGES, RunLayout, Stage, in_registry_order, stage_env, writer_of
 
 from common import report_card
 
@@ -308,8 +308,9 @@ def main(argv=None):
     times["last_invocation_s"] = round(time.time() - t_start, 1)
     write_json(run / TIMES, times)
     path = report_card.write_report(run)
-    order = sorted(times["seconds"], key=lambda k: STAGE_NAMES.index(k) if k in STAGE_NAMES else 99)
-    rows = [{"stage": k, "seconds": f"{times['seconds'][k]:.1f}"} for k in order]
+    rows = [
+        {"stage": k, "seconds": f"{times['seconds'][k]:.1f}"} for k in in_registry_order(times["seconds"])
+    ]
     print(
         f"\ntime per stage (wall, this machine now; with --jobs {cfg.jobs} stages overlap, so the "
         f"invocation's time is less than their sum):\n"

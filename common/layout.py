@@ -155,6 +155,12 @@ def stage(name: str) -> Stage:
     return next(s for s in STAGES if s.name == name)
 
 
+def in_registry_order(names) -> list:
+    """Stage names sorted as STAGES lists them (an unknown name, e.g. a renamed stage's, goes last):
+    run_all --jobs 2 finishes stages out of order, and its tables should not."""
+    return sorted(names, key=lambda k: STAGE_NAMES.index(k) if k in STAGE_NAMES else len(STAGE_NAMES))
+
+
 def writer_of(folder: str) -> Stage:
     """The stage that writes `folder` of a run (its own folder or one of its `writes`)."""
     return next(s for s in STAGES if folder == s.folder or folder in s.writes)

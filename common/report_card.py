@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 from common.cli import UserError
 from common.files import atomic_write_text, markdown_table, read_json
-from common.layout import STAGE_NAMES, stage as stage_entry
+from common.layout import in_registry_order, stage as stage_entry
 from common.report_parts import Section, headline_section, num, outcome, verdict
 from common.report_pretraining import (
     data_section,
@@ -206,8 +206,9 @@ def write_report(run) -> Path:
     if not isinstance(seconds, dict) or not all(isinstance(v, (int, float)) for v in seconds.values()):
         times = None  # absent, or not run_all's {"seconds": {stage: number}}: no time table
     if times and times.get("seconds"):
-        order = sorted(times["seconds"], key=lambda k: STAGE_NAMES.index(k) if k in STAGE_NAMES else 99)
-        rows = [{"stage": k, "wall s": f"{times['seconds'][k]:.1f}"} for k in order]
+        rows = [
+            {"stage": k, "wall s": f"{times['seconds'][k]:.1f}"} for k in in_registry_order(times["seconds"])
+        ]
         rows.append({"stage": "sum", "wall s": f"{sum(times['seconds'].values()):.1f}"})
         last = times.get("last_invocation_s")
         if isinstance(last, (int, float)):
