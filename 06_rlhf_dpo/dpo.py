@@ -125,6 +125,11 @@ class DPOConfig:
         0.0, "β; 0 = the loss's default " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_BETA.items()), min=0.0
     )
     simpo_gamma: float = option(1.0, "SimPO's target reward margin γ", min=0.0)
+    nll_coef: float = option(
+        0.0,
+        "α: add α · NLL(chosen)/|chosen| to the loss (RPO, 'DPO + SFT loss'); 0 = the plain loss",
+        min=0.0,
+    )
     steps: int = option(60, "optimizer steps", min=1)
     batch_size: int = option(16, "pairs per step", min=1)
     lr: float = option(5e-5, "AdamW learning rate", min=0.0)

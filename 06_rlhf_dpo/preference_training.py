@@ -13,6 +13,17 @@ h_l likewise:
     IPO    L = (h_w − h_l − 1/(2β))²                                        (Azar et al. 2023)
     SimPO  L = −log σ(β/|y_w| · log π_θ(y_w) − β/|y_l| · log π_θ(y_l) − γ)  (Meng et al. 2024; no π_ref)
 
+The NLL term (RPO, Pang et al. 2024 "Iterative Reasoning Preference Optimization"; Llama 3's recipe),
+`nll_coef` = α > 0, for any of the three:
+
+    L = L_pref + α · NLL(y_w)/|y_w|,   NLL(y_w)/|y_w| = −(1/|y_w|) Σ_t log π_θ(y_w,t | x, y_w,<t)
+
+L_pref only sees the difference h_w − h_l, so it falls just as well when log π_θ(y_w) falls slowly and
+log π_θ(y_l) fast. When y_w and y_l share all but a few tokens (" Kado's pet is a goat." vs "... an
+owl."), the shared tokens' gradients cancel and the push-down of y_l's token spreads its probability to
+every other token, y_w's included or not: both log-probs fall (likelihood displacement). The NLL term
+is SFT's loss on the chosen answer: it holds log π_θ(y_w) up, so the margin has to come from y_l.
+
 DPO's implicit reward is r(x, y) = β log π_θ(y)/π_ref(y) (SimPO's: β/|y| log π_θ(y)); the logged reward
 margin is r(y_w) − r(y_l) and the reward accuracy P(r(y_w) > r(y_l)), a tie counting 1/2 (it starts at
 1/2: π = π_ref ties every pair). π_ref never changes, so its log-probs are computed once for every pair
@@ -24,8 +35,10 @@ Interview questions it answers:
   preferences it overfits and drifts far from π_ref; IPO regresses the gap to a finite target 1/(2β))
 - What does SimPO change? (no reference model: the length-normalized log-prob is the reward, which
   removes DPO's bias towards longer responses, and a margin γ asks for a clear gap)
-- Why can DPO lower the chosen response's log-prob too? (only the difference is trained; both often
-  fall, the rejected faster: the logged chosen/rejected rewards show it)
+- Why does DPO lower the chosen answer's likelihood, and what fixes it? (only the difference h_w − h_l
+  is trained, and the push-down of y_l's token moves probability to other tokens, not only to y_w's;
+  on pairs that differ in a few tokens both fall, the rejected faster - the logged chosen_logp_change
+  and rejected_logp_change show it. An NLL term on y_w (RPO, `nll_coef`) holds the chosen answer up)
 """
 
 import random
@@ -111,9 +124,16 @@ def preference_loss(
     raise ValueError(f"unknown preference loss {loss_type!r}; one of {LOSSES}")
 
 
+def chosen_nll(policy_chosen_mean):
+    """RPO's extra term per pair (B,): the chosen response's per-token negative log-likelihood
+    −log π_θ(y_w)/|y_w| (its masked_logprob_mean, <|end|> included), SFT's loss on the preferred answer."""
+    return -policy_chosen_mean
+
+
 def batch_loss(policy, encoded, ref, cfg, pad_id, device):
     """(mean loss, chosen rewards, rejected rewards, policy sums) for encoded pairs; `ref` holds their
-    cached reference log-probs ("chosen_sum", "rejected_sum")."""
+    cached reference log-probs ("chosen_sum", "rejected_sum"). With cfg.nll_coef = α > 0 the loss is
+    L_pref + α · NLL(y_w)/|y_w| (module docstring, "the NLL term")."""
     x, y, _, _ = pair_batch(encoded, pad_id, device)
     sums, means = sequence_log_probs(policy, x, y)
     B = len(encoded)
@@ -128,6 +148,9 @@ def batch_loss(policy, encoded, ref, cfg, pad_id, device):
             ref["chosen_sum"].to(device),
             ref["rejected_sum"].to(device),
         )
+    alpha = getattr(cfg, "nll_coef", 0.0)
+    if alpha:
+        losses = losses + alpha * chosen_nll(means[:B])
     return losses.mean(), rc, rr, sums.detach()
 
 
@@ -191,6 +214,9 @@ def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) ->
         sums.append(torch.stack([s[: len(chunk)], s[len(chunk) :]], 1).cpu())
     policy.train(was)
     rc, rr, s = torch.cat(rc_all), torch.cat(rr_all), torch.cat(sums)
+    # log π_θ(y) − log π_ref(y) per pair, for every loss (SimPO's rewards are not log-ratios): the
+    # likelihood-displacement check - both below 0 means probability left both answers
+    d_chosen, d_rejected = s[:, 0] - ref["chosen_sum"], s[:, 1] - ref["rejected_sum"]
     return {
         "loss": sum(losses) / len(encoded),
         "reward_accuracy": tie_share(rc, rr),  # 1/2 at the start: π = π_ref ties every pair
@@ -199,15 +225,16 @@ def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) ->
         "rejected_reward": rr.mean().item(),
         "logp_margin": (s[:, 0] - s[:, 1]).mean().item(),
         "ranks_chosen": tie_share(s[:, 0], s[:, 1]),
+        "chosen_logp_change": d_chosen.mean().item(),
+        "rejected_logp_change": d_rejected.mean().item(),
+        "chosen_logp_fell": (d_chosen < 0).float().mean().item(),
         "n": len(encoded),
     }
 
 
 def reference_cache(reference, encoded, cfg, pad_id, device) -> dict:
-    """The reference log-probs of every pair, once (SimPO has no reference: zeros, never read)."""
-    if cfg.loss == "simpo":
-        zeros = torch.zeros(len(encoded))
-        return {"chosen_sum": zeros, "rejected_sum": zeros}
+    """The reference log-probs of every pair, once (SimPO's loss never reads them; its log is the
+    log-prob change from π_ref, measured for every loss)."""
     cache = cached_log_probs(reference, encoded, pad_id, device=device)
     return {"chosen_sum": cache["chosen_sum"], "rejected_sum": cache["rejected_sum"]}
 
@@ -225,6 +252,7 @@ class PreferenceSettings:
     lr: float = 5e-5
     eval_interval: int = 20
     seed: int = 1337
+    nll_coef: float = 0.0  # α of the NLL term on the chosen answer (RPO); 0 = the plain loss
 
 
 def train_preference(
@@ -264,9 +292,8 @@ def train_preference(
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        loss, rc, rr, _ = batch_loss(
-            policy, [train[i] for i in idx], {k: v[idx] for k, v in ref_train.items()}, cfg, pad_id, device
-        )
+        ref_batch = {k: v[idx] for k, v in ref_train.items()}
+        loss, rc, rr, sums = batch_loss(policy, [train[i] for i in idx], ref_batch, cfg, pad_id, device)
         loss.backward()
         grad_norm = clip_grad_norm([p for p in policy.parameters() if p.requires_grad], 1.0)
         guard.check(step, loss, grad_norm)
@@ -280,6 +307,8 @@ def train_preference(
                 "reward_margin": (rc - rr).mean().item(),
                 "chosen_reward": rc.mean().item(),
                 "rejected_reward": rr.mean().item(),
+                "chosen_logp_change": (sums[: len(idx)].cpu() - ref_batch["chosen_sum"]).mean().item(),
+                "rejected_logp_change": (sums[len(idx) :].cpu() - ref_batch["rejected_sum"]).mean().item(),
                 "grad_norm": float(grad_norm),
             }
         )
