@@ -431,6 +431,31 @@ def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(micro_tok):
     assert last["heldout_reward_accuracy"] > 0.7
 
 
+def test_the_nll_term_holds_the_chosen_log_prob_above_plain_dpos(micro_tok):
+    # issue 23: plain DPO may lower log π(y_w) as long as log π(y_l) falls faster; the NLL term on y_w
+    # (--nll-coef) holds it up. Same pairs, seed and steps, α = 0 against α = 1
+    train = micro_encoded(micro_tok, PEOPLE[:6])
+    change = {}
+    for alpha in (0.0, 1.0):
+        policy = micro_model(micro_tok)
+        cfg = dpo.DPOConfig(run="-", steps=6, batch_size=9, lr=3e-3, eval_interval=6, nll_coef=alpha)
+        records = dpo.train_preference(
+            policy,
+            policy_io.frozen(policy),
+            train,
+            train,
+            cfg,
+            preference_data.pad_id_of(micro_tok),
+            "cpu",
+            log=lambda *_: None,
+        )
+        first, last = records[0], records[-1]
+        assert close(first["heldout_loss"], math.log(2))  # the preference loss alone, NLL term or not
+        assert last["heldout_reward_margin"] > 0  # the pairs are learnt either way
+        change[alpha] = last["heldout_chosen_logp_change"]
+    assert change[1.0] > change[0.0] and change[1.0] > 0
+
+
 def test_a_few_grpo_steps_raise_the_mean_reward_on_a_toy_task(micro_tok):
     # reward: the share of even token ids in the answer; a random micro model scores ~0.5, with spread
     policy, tok = micro_model(micro_tok, seed=1), micro_tok
