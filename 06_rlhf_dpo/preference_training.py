@@ -156,6 +156,10 @@ def batch_loss(policy, encoded, ref, cfg, pad_id, device):
     nll = chosen_nll(means[:B])
     terms = {"preference": losses.mean().item(), "nll": nll.mean().item()}
     alpha = getattr(cfg, "nll_coef", 0.0)
+    if alpha < 0:  # dpo.py's "auto" (-1) is resolved by the command, never trained with
+        raise ValueError(
+            f"nll_coef {alpha} < 0: pass the α to use (dpo.py resolves its auto -1 per pair source)"
+        )
     if alpha:
         losses = losses + alpha * nll
     return losses.mean(), rc, rr, sums.detach(), terms

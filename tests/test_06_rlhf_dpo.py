@@ -413,7 +413,7 @@ def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(micro_tok):
     policy = micro_model(micro_tok)
     reference = policy_io.frozen(policy)
     train, heldout = micro_encoded(micro_tok, PEOPLE[:9]), micro_encoded(micro_tok, PEOPLE[9:])
-    cfg = dpo.DPOConfig(run="-", steps=12, batch_size=9, lr=3e-3, eval_interval=12, beta=0.1)
+    cfg = dpo.DPOConfig(run="-", steps=12, batch_size=9, lr=3e-3, eval_interval=12, beta=0.1, nll_coef=0.0)
     records = dpo.train_preference(
         policy,
         reference,
@@ -688,6 +688,8 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
         assert o["bar"]["passed"] in (True, False) and o["bar"]["n"] == 9
     elif name in ("dpo", "ipo", "simpo"):
         assert math.isfinite(o["heldout_after"]["heldout_loss"])
+        # --nll-coef auto: the NLL term on for the model's own answers, off for 01's style pairs (issue 23)
+        assert o["nll_coef"] == (0.0 if name == "simpo" else 1.0)
         if name == "simpo":  # trained on style pairs, logged on the 9 held-out style pairs
             assert o["heldout_before"]["heldout_n"] == 9
         else:  # factual pairs: the bar is the held-out error rate, with the KL from SFT beside it
