@@ -50,6 +50,7 @@ Interview questions it answers:
   the workers, which is the memory problem again)
 """
 
+import ctypes
 import hashlib
 import json
 import random
@@ -72,6 +73,8 @@ from dedup import (
     component_roots,
     doc_line_keys,
     drop_lines,
+    estimated_jaccard,
+    estimated_jaccard_rows,
     near_duplicate_clusters,
     normalize_for_hash,
     signatures,
@@ -79,8 +82,20 @@ from dedup import (
 )
 from doc_table import CHUNK, DOMAIN_CODE, DOMAINS, SPLITS, STEP_CODE, DocTable, encode_ids
 from langid_ngram import predict_lang
+from lsh_buckets import candidate_pairs_bucketed, repeated_keys_bucketed
 
 _WORKER = {}  # the language model and clean config, set once per worker process
+
+
+def release_freed_memory():
+    """Give the pages of freed allocations back to the system (glibc's malloc_trim(0); elsewhere
+    nothing). numpy's arrays under glibc's mmap threshold (128 KB, raised up to 32 MB after each big
+    array is freed) live in the heap, and a heap page freed between live ones stays resident: after
+    the shards' columns are concatenated that was ~75 MB at 2 M documents, ~40 % of the process."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def exact_key(text: str) -> int:
@@ -119,12 +134,12 @@ class ShardSignatures:
             bounds = np.searchsorted(rows, self.offsets)  # rows[bounds[s]:bounds[s + 1]] lie in shard s
             for s in np.flatnonzero(bounds[1:] > bounds[:-1]):
                 lo, hi = bounds[s], bounds[s + 1]
-                out[lo:hi] = np.load(self.paths[s])[rows[lo:hi] - self.offsets[s]][:, cols]
+                out[lo:hi] = np.load(self.paths[s], mmap_mode="r")[rows[lo:hi] - self.offsets[s], cols]
             return out
         shard = np.searchsorted(self.offsets, rows, side="right") - 1
         for s in np.unique(shard):
             here = shard == s
-            out[here] = np.load(self.paths[s])[rows[here] - self.offsets[s]][:, cols]
+            out[here] = np.load(self.paths[s], mmap_mode="r")[rows[here] - self.offsets[s], cols]
         return out
 
     def __getitem__(self, key):
@@ -317,6 +332,7 @@ def clean_all_streamed(
         "folder": folder,  # the shards, read back to verify near-duplicate candidates exactly
     }
     del parts
+    release_freed_memory()
     if want_lines:
         streamed_line_dedup(meta, line_dedup_docs, workers)
     meta.pop("lines", None)
@@ -327,15 +343,32 @@ def clean_all_streamed(
     return meta
 
 
-def dedup_by_fingerprints(keys, sig, threshold, folder=None):
+def lsh_functions(work=None) -> dict:
+    """near_duplicate_clusters' pairs_of and estimate_of for a streamed run. With a `work` folder: the
+    bands grouped through bucket files there (lsh_buckets.py) and the estimate read from the
+    candidates' own rows, so neither holds anything per document; without: candidate_pairs_lean
+    (~20 bytes a document) and estimated_jaccard. The same pairs and values either way."""
+    if work is None:
+        return {"pairs_of": candidate_pairs_lean, "estimate_of": estimated_jaccard}
+    pairs_of = lambda sig, b, r: candidate_pairs_bucketed(sig, b, r, Path(work), BUCKET_ROWS)
+    return {"pairs_of": pairs_of, "estimate_of": estimated_jaccard_rows}
+
+
+BUCKET_ROWS = 1 << 19  # (key, doc) records a bucket file holds on average: 6 MB, ~23 MB while grouped
+
+
+def dedup_by_fingerprints(keys, sig, threshold, folder=None, work=None):
     """Masks exact_dup, near_dup, keep over the kept documents: dedup.dedup's decisions, from the
     8-byte keys and the signatures, with the near-duplicate candidates verified by their exact
     Jaccard read back from the shards in `folder` (only the candidates' texts; without a folder, by
-    the signature estimate)."""
+    the signature estimate). work: a folder for the LSH's bucket files (lsh_functions)."""
     keys = np.asarray(keys, dtype=np.uint64)
-    _, first = np.unique(keys, return_index=True)  # the first document holding each key stays
-    exact = np.ones(len(keys), dtype=bool)
-    exact[first] = False
+    if work is None:
+        _, first = np.unique(keys, return_index=True)  # the first document holding each key stays
+        exact = np.ones(len(keys), dtype=bool)
+        exact[first] = False
+    else:  # the same, sorting one bucket of keys at a time (np.unique: ~35 bytes a document)
+        exact = repeated_keys_bucketed(keys, Path(work), BUCKET_ROWS)
     idx = np.flatnonzero(~exact)
     cfg = DedupConfig(threshold=threshold)
     shingles_of = shard_shingles(folder, idx, cfg.shingle) if folder is not None else None
@@ -345,7 +378,7 @@ def dedup_by_fingerprints(keys, sig, threshold, folder=None):
         sig=sig[idx],
         shingles_of=shingles_of,
         roots_of=component_roots,
-        pairs_of=candidate_pairs_lean,
+        **lsh_functions(work),
     )
     near = np.zeros(len(keys), dtype=bool)
     near[idx] = roots != np.arange(len(idx))
@@ -383,7 +416,7 @@ def mix_positions(ids, domain, chars, ratios, seed) -> np.ndarray:
     return out[np.argsort(ids[out], kind="stable")]
 
 
-def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
+def split_codes(ids, fractions, threshold, sig, work=None) -> np.ndarray:
     """prepare.split_by_cluster over columns: the split (an index into SPLITS) of each document, (N,)
     uint8, from its id (ids: (N,) bytes) and its signature row.
 
@@ -393,9 +426,7 @@ def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
     among the cumulative fractions, and an empty split takes the nearest cluster (ties: lower u,
     then the earlier cluster) from a split that keeps another."""
     cfg = DedupConfig(threshold=threshold)
-    roots, _, _ = near_duplicate_clusters(
-        None, cfg, sig=sig, roots_of=component_roots, pairs_of=candidate_pairs_lean
-    )
+    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig, roots_of=component_roots, **lsh_functions(work))
     # a root is its own root and the smallest index of its cluster, so the roots in increasing order
     # are np.unique(roots), found without sorting N values (np.unique's sort took ~30 bytes a document)
     clusters = np.flatnonzero(roots == np.arange(len(roots), dtype=roots.dtype))  # (C,)
@@ -419,22 +450,24 @@ def decide_streamed(meta, cfg, lap=lambda name: None):
     near dedup over keys and signatures, the mix over lengths, the split over signatures -- the
     in-memory run's decisions, written into the table's `dropped` and `split` columns and returned
     as views of it ({id: step}, sequences of DocRecord). cfg: a prepare.PrepareConfig."""
-    table = meta["table"]
-    exact, near, keep = dedup_by_fingerprints(
-        meta["keys"], meta["sig"], cfg.dedup_threshold, meta.get("folder")
-    )
+    table, folder = meta["table"], meta.get("folder")
+    work = None if folder is None else folder / "lsh"  # the LSH's bucket files, beside the shards
+    exact, near, keep = dedup_by_fingerprints(meta["keys"], meta["sig"], cfg.dedup_threshold, folder, work)
     table.dropped[table.kept[exact]] = STEP_CODE["exact_dedup"]
     table.dropped[table.kept[near]] = STEP_CODE["near_dedup"]
     unique_pos = np.flatnonzero(keep)  # positions among the kept documents (= signature rows)
     unique = table.kept[unique_pos]
+    release_freed_memory()
     lap("dedup")
     chosen = mix_positions(table.ids[unique], table.domain[unique], table.chars[unique], cfg.mix, cfg.seed)
     mixed_pos = unique_pos[chosen]
     del chosen, unique_pos  # 8 bytes a document each, no longer needed during the split
     mixed = table.kept[mixed_pos]
+    release_freed_memory()
     lap("mix")
-    split = split_codes(table.ids[mixed], cfg.split, cfg.split_threshold, meta["sig"][mixed_pos])
+    split = split_codes(table.ids[mixed], cfg.split, cfg.split_threshold, meta["sig"][mixed_pos], work)
     table.split[mixed] = split
+    release_freed_memory()
     splits = {name: table.records(mixed[split == k]) for k, name in enumerate(SPLITS)}
     return table.removed_view(), table.records(unique), table.records(mixed), splits
 
