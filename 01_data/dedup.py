@@ -376,23 +376,6 @@ def estimated_jaccard(sig, pairs, cols=4, pair_chunk=1 << 16) -> np.ndarray:
     return equal / sig.shape[1]
 
 
-def estimated_jaccard_rows(sig, pairs, pair_chunk=1 << 15) -> np.ndarray:
-    """estimated_jaccard's values, reading only the candidates' own rows, `pair_chunk` pairs at a time:
-    for a streamed run's on-disk signatures, where reading a few columns of *every* row costs
-    memory per document (16 bytes a document for 4 columns). Here it is a fixed ~4·pair_chunk·num_perm
-    bytes: both rows of a chunk's pairs (the second side read once per distinct row, in order, then
-    spread by np.unique's inverse). sig: an array, or anything whose sig[rows] np.asarray makes."""
-    equal = np.zeros(len(pairs), dtype=np.int16)  # (E,) equal entries, at most num_perm
-    for p in range(0, len(pairs), pair_chunk):
-        i, j = pairs[p : p + pair_chunk, 0], pairs[p : p + pair_chunk, 1]
-        first = np.asarray(sig[i])  # (chunk, num_perm); i is sorted in candidate pairs: one read a shard
-        rows_j, back = np.unique(j, return_inverse=True)
-        second = np.asarray(sig[rows_j])[back]  # (chunk, num_perm)
-        equal[p : p + pair_chunk] = (first == second).sum(axis=1, dtype=np.int16)
-        del first, second
-    return equal / sig.shape[1]
-
-
 def near_duplicate_clusters(
     texts,
     cfg: DedupConfig = DedupConfig(),
@@ -400,14 +383,12 @@ def near_duplicate_clusters(
     shingles_of=None,
     roots_of=union_find_roots,
     pairs_of=candidate_pairs,
-    estimate_of=estimated_jaccard,
 ):
     """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
     roots_of: union_find_roots, or component_roots (the same ids, in numpy) for millions of documents;
     pairs_of: candidate_pairs, or candidate_pairs_lean (the same pairs, ~20 bytes a document instead
     of ~75 and each pair held once) for millions of documents, or lsh_buckets.candidate_pairs_bucketed
-    (the same again, grouped on disk); estimate_of: estimated_jaccard, or estimated_jaccard_rows (the
-    same values, reading only the candidates' rows).
+    (the same again, grouped on disk).
 
     With `sig` given, `texts` is not read: the index runs over signatures alone, and a candidate is
     kept when its *estimated* Jaccard (the share of equal signature entries) reaches the threshold.
@@ -427,7 +408,7 @@ def near_duplicate_clusters(
         b, r = candidate_bands(cfg.threshold, cfg.num_perm)
     pairs = pairs_of(sig, b, r)
     if len(pairs):
-        est = estimate_of(sig, pairs)
+        est = estimated_jaccard(sig, pairs)
         if shingles_of is None:
             pairs = pairs[est >= cfg.threshold]
         else:

@@ -27,19 +27,22 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
 4. Write: the temporary shards are read back once per split and the kept documents written out.
 
 Peak memory is the metadata, and the metadata is numpy columns (doc_table.py): about 40 bytes per
-document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight; the
-decisions add numpy transients of ~20 bytes a kept document at a time (dedup.candidate_pairs_lean's
-band keys and sort order, estimated_jaccard's 4 signature columns) and the candidate pairs (8 bytes
-each, held once whatever the bands they share). A run's peak grew ~80 bytes per short document from
-0.5 to 1 M documents and ~260 from 1 to 2 M (more than tracemalloc counts live: README, "Scale", says
-what is known of the rest), against ~220-345 before the lean LSH and ~0.56 KB before the columns,
-when a Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes
-per document.
+document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight. The
+decisions' group-bys no longer sort every document in memory: exact dedup and every LSH band are
+grouped through bucket files beside the shards (lsh_buckets.py: (key, doc) records partitioned by
+the key's top bits, one bucket of ~0.5 M records sorted at a time) and the candidate pairs are
+merged a partition of first documents at a time, each pair stored once. What still grows is a few
+arrays of 1-16 bytes per document (masks, row numbers, the union-find labels, the estimate's block
+of 4 signature columns) and the candidate pairs themselves (8 bytes each). release_freed_memory (glibc's malloc_trim) after each phase returns the heap pages
+numpy freed between live ones: the process kept ~75 MB of them at 2 M documents after the shards'
+columns were joined. README, "Scale", has the measurements: at 8 M short documents (1 GB) ...
 
-One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a task
-(`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
-decisions are a reduce over signatures (an LSH band is a group-by key), and the writes are a second
-map over the shards with the decision table broadcast -- the same three phases, spread over machines.
+On Ray or Spark the same design is spread over machines: each shard is a task (`ray.remote` / a
+partition mapped by `mapPartitions`) returning the same metadata; the bucket files are the shuffle
+(Spark's groupBy on (band, key) writes exactly such hash-partitioned files; Ray Data's
+`groupby(...).map_groups`), each bucket sorted by one task; the candidate pairs' connected
+components are a few rounds of min-label propagation (GraphFrames); and the writes are a second map
+over the shards with the decision table broadcast -- the same three phases, spread over machines.
 
 Interview questions it answers:
 - How do you dedup a corpus that does not fit in memory? (keep fingerprints, not texts: exact
@@ -73,8 +76,6 @@ from dedup import (
     component_roots,
     doc_line_keys,
     drop_lines,
-    estimated_jaccard,
-    estimated_jaccard_rows,
     near_duplicate_clusters,
     normalize_for_hash,
     signatures,
@@ -344,14 +345,17 @@ def clean_all_streamed(
 
 
 def lsh_functions(work=None) -> dict:
-    """near_duplicate_clusters' pairs_of and estimate_of for a streamed run. With a `work` folder: the
-    bands grouped through bucket files there (lsh_buckets.py) and the estimate read from the
-    candidates' own rows, so neither holds anything per document; without: candidate_pairs_lean
-    (~20 bytes a document) and estimated_jaccard. The same pairs and values either way."""
+    """near_duplicate_clusters' pairs_of for a streamed run. With a `work` folder: the bands grouped
+    through bucket files there (lsh_buckets.py), holding one bucket, not every document; without:
+    candidate_pairs_lean (~20 bytes a document). The same pairs either way.
+
+    The estimate stays estimated_jaccard, 4 signature columns of every row at a time (16 bytes a
+    document): reading only the candidates' two rows instead opens every shard file for each chunk of
+    pairs, whose second documents are anywhere; at 8 M documents that was ~11 s a chunk of 32,768
+    pairs, hours for the run, against a minute or two for the column blocks."""
     if work is None:
-        return {"pairs_of": candidate_pairs_lean, "estimate_of": estimated_jaccard}
-    pairs_of = lambda sig, b, r: candidate_pairs_bucketed(sig, b, r, Path(work), BUCKET_ROWS)
-    return {"pairs_of": pairs_of, "estimate_of": estimated_jaccard_rows}
+        return {"pairs_of": candidate_pairs_lean}
+    return {"pairs_of": lambda sig, b, r: candidate_pairs_bucketed(sig, b, r, Path(work), BUCKET_ROWS)}
 
 
 BUCKET_ROWS = 1 << 19  # (key, doc) records a bucket file holds on average: 6 MB, ~23 MB while grouped

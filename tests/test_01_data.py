@@ -1285,25 +1285,6 @@ def test_lean_lsh_gives_the_reference_pairs_and_clusters():
     assert len(candidate_pairs_lean(planted_signatures(2000, 800, 0.9), 32, 4)) > 500  # the copies are found
 
 
-def test_estimate_from_candidate_rows_equals_the_column_blocks(tmp_path):
-    # estimated_jaccard_rows reads only the pairs' rows (of on-disk shards: prepare_stream's
-    # ShardSignatures); estimated_jaccard a few columns of every row: the same values
-    from dedup import candidate_pairs_lean, estimated_jaccard, estimated_jaccard_rows
-    from prepare_stream import ShardSignatures
-
-    sig = planted_signatures(3000, 1500, 0.8, seed=3)
-    pairs = candidate_pairs_lean(sig, 32, 4)
-    paths = [tmp_path / f"s{k}.npy" for k in range(3)]
-    for k, path in enumerate(paths):
-        np.save(path, sig[k * 1000 : (k + 1) * 1000])
-    lazy = ShardSignatures(paths, [1000] * 3, 128)
-    want = estimated_jaccard(sig, pairs)
-    assert len(pairs) > 500 and want.max() > 0.7
-    for s, chunk in ((sig, 1 << 15), (lazy, 97)):
-        got = estimated_jaccard_rows(s, pairs, pair_chunk=chunk)
-        assert got.dtype == want.dtype and np.array_equal(got, want)
-
-
 def test_bucketed_lsh_gives_the_lean_pairs_through_many_buckets(tmp_path):
     # the out-of-core LSH (lsh_buckets.py) groups each band through bucket files and merges the pairs
     # through partition files: with buckets of a few dozen rows (64-128 bucket files, 10-40 pair
@@ -1354,6 +1335,28 @@ def test_lean_lsh_memory_stays_tens_of_bytes_per_document():
         tracemalloc.stop()
     assert len(pairs) > n // 4  # the planted copies are there to be found
     assert peak / n < 48, peak / n
+
+
+def test_bucketed_lsh_memory_is_a_bucket_not_the_documents(tmp_path):
+    # the out-of-core LSH sorts one bucket file at a time: with the same buckets (16,384 records)
+    # and row chunks (4,096), 4x the documents must add little more than the pairs it returns
+    # (8 bytes each, ~0.45 a document here), not candidate_pairs_lean's ~20+ bytes a document
+    import tracemalloc
+
+    from lsh_buckets import candidate_pairs_bucketed
+
+    peaks = {}
+    for n in (25_000, 100_000):
+        sig = planted_signatures(n, n // 2, 0.9)
+        tracemalloc.start()
+        try:
+            pairs = candidate_pairs_bucketed(sig, 32, 4, tmp_path / "lsh", 1 << 14, chunk_rows=1 << 12)
+            _, peaks[n] = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(pairs) > n // 4
+    slope = (peaks[100_000] - peaks[25_000]) / 75_000
+    assert slope < 10, (slope, peaks)
 
 
 def test_langid_naive_bayes_by_hand():
