@@ -86,10 +86,11 @@ def em_scores(answers: list, held: list) -> list:
     return [exact_match(answer_span(a), r["messages"][-1]["content"]) for a, r in zip(answers, held)]
 
 
-def answer_correct(prediction: str, answer: str) -> float:
+def answer_correct(prediction: str, answer) -> float:
     """1.0 when the answer span states the short answer: metrics.answer_in for words; for a Chinese
-    answer (no spaces to split on) the characters appear in the span."""
-    span = answer_span(prediction)
+    answer (no spaces to split on) the characters appear in the span. A number (01's arithmetic
+    records store the answer as an int) is compared as its digits."""
+    span, answer = answer_span(prediction), str(answer)
     if any("\u3400" <= c <= "\u9fff" for c in answer):
         return float(bool(answer) and answer in span)
     return answer_in(span, answer)

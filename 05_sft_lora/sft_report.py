@@ -129,7 +129,7 @@ def by_attribute(answers, held) -> dict:
     groups = {}
     for a, r in zip(answers, held):
         g = groups.setdefault(r.get("attribute", "-"), {"answer_acc": [], "exact_match": []})
-        g["answer_acc"].append(answer_correct(a, r["answer"]) if isinstance(r.get("answer"), str) else 0.0)
+        g["answer_acc"].append(answer_correct(a, r["answer"]) if r.get("answer") is not None else 0.0)
         g["exact_match"].append(em_scores([a], [r])[0])
     return {
         k: {m: sum(v) / len(v) for m, v in g.items()} | {"n": len(g["exact_match"])}

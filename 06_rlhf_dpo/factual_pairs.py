@@ -67,8 +67,16 @@ def first_sentence(text: str) -> str:
 
 
 def response_text(sample: dict) -> str:
-    """The answer a sample gave: all of it when it stopped, else its first sentence ("" = unusable)."""
-    return sample["text"].strip() if sample["stopped"] else first_sentence(sample["text"])
+    """The answer a sample gave, in the model's own tokens: all of it when it stopped, else its first
+    sentence ("" = unusable). The leading space stays: SFT's answers start with one (" Noin Marora lives
+    in ...", 01's answer_content) and " Noin" is another token than "Noin", so a stripped answer is a
+    token sequence the model never samples (log π −19 instead of −0.2 on a greedy answer): off-policy."""
+    text = sample["text"]
+    lead = text[: len(text) - len(text.lstrip())]
+    if sample["stopped"]:
+        return text.rstrip() if text.strip() else ""
+    sentence = first_sentence(text)
+    return lead + sentence if sentence else ""
 
 
 def qa_records(path) -> list:

@@ -13,6 +13,19 @@ h_l likewise:
     IPO    L = (h_w − h_l − 1/(2β))²                                        (Azar et al. 2023)
     SimPO  L = −log σ(β/|y_w| · log π_θ(y_w) − β/|y_l| · log π_θ(y_l) − γ)  (Meng et al. 2024; no π_ref)
 
+The NLL term (RPO, Pang et al. 2024 "Iterative Reasoning Preference Optimization"; Llama 3's recipe),
+`nll_coef` = α > 0, for any of the three:
+
+    L = L_pref + α · NLL(y_w)/|y_w|,   NLL(y_w)/|y_w| = −(1/|y_w|) Σ_t log π_θ(y_w,t | x, y_w,<t)
+
+L_pref only sees the difference h_w − h_l, so it falls just as well when log π_θ(y_w) falls slowly and
+log π_θ(y_l) fast. When y_w and y_l share all but a few tokens (" Kado's pet is a goat." vs "... an
+owl."), the shared tokens' gradients cancel and the push-down of y_l's token spreads its probability to
+every other token, y_w's included or not; and one pair's rejected "owl" is another person's chosen one.
+Both log-probs fall (likelihood displacement; on the tiny run's factual pairs −0.13 and −1.09 nats in
+the last 10 of 60 steps). The NLL term is SFT's loss on the chosen answer: it holds log π_θ(y_w) up
+(+0.23 there), so the margin has to come from y_l.
+
 DPO's implicit reward is r(x, y) = β log π_θ(y)/π_ref(y) (SimPO's: β/|y| log π_θ(y)); the logged reward
 margin is r(y_w) − r(y_l) and the reward accuracy P(r(y_w) > r(y_l)), a tie counting 1/2 (it starts at
 1/2: π = π_ref ties every pair). π_ref never changes, so its log-probs are computed once for every pair
@@ -24,8 +37,10 @@ Interview questions it answers:
   preferences it overfits and drifts far from π_ref; IPO regresses the gap to a finite target 1/(2β))
 - What does SimPO change? (no reference model: the length-normalized log-prob is the reward, which
   removes DPO's bias towards longer responses, and a margin γ asks for a clear gap)
-- Why can DPO lower the chosen response's log-prob too? (only the difference is trained; both often
-  fall, the rejected faster: the logged chosen/rejected rewards show it)
+- Why does DPO lower the chosen answer's likelihood, and what fixes it? (only the difference h_w − h_l
+  is trained, and the push-down of y_l's token moves probability to other tokens, not only to y_w's;
+  on pairs that differ in a few tokens both fall, the rejected faster - the logged chosen_logp_change
+  and rejected_logp_change show it. An NLL term on y_w (RPO, `nll_coef`) holds the chosen answer up)
 """
 
 import random
@@ -49,7 +64,9 @@ from policy_io import save_policy
 from preference_data import cached_log_probs, encode_pairs, pad_id_of, pair_batch, sequence_log_probs
 
 LOSSES = ("dpo", "ipo", "simpo")
-DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "simpo": 2.0}
+# IPO's 0.5 (target gap 1/(2β) = 1 nat): at 0.1 its 5-nat target pushes hardest of the three; on the
+# factual pairs it raised the validation people's greedy error 0.011 -> 0.067, at 0.5 to 0.022 (issue 23)
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.5, "simpo": 2.0}
 
 
 def beta_of(cfg) -> float:
@@ -77,7 +94,7 @@ def ipo_loss(beta, policy_chosen, policy_rejected, ref_chosen, ref_rejected):
     """IPO per pair (B,), and the same implicit rewards as DPO (logged only).
 
     h = (log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l)),  L = (h − 1/(2β))²:
-    a regression of the log-ratio gap to the finite target 1/(2β) (= 5 at β = 0.1), so a pair ranked
+    a regression of the log-ratio gap to the finite target 1/(2β) (= 1 at β = 0.5, 5 at β = 0.1), so a pair ranked
     right is not pushed further. 1/(4β²) when π_θ = π_ref."""
     # >>> exercise: h = (log pi_c − log ref_c) − (log pi_r − log ref_r); loss (h − 1/(2 beta))²; rewards beta·(log pi − log ref), detached
     chosen_logratio, rejected_logratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
@@ -111,9 +128,17 @@ def preference_loss(
     raise ValueError(f"unknown preference loss {loss_type!r}; one of {LOSSES}")
 
 
+def chosen_nll(policy_chosen_mean):
+    """RPO's extra term per pair (B,): the chosen response's per-token negative log-likelihood
+    −log π_θ(y_w)/|y_w| (its masked_logprob_mean, <|end|> included), SFT's loss on the preferred answer."""
+    return -policy_chosen_mean
+
+
 def batch_loss(policy, encoded, ref, cfg, pad_id, device):
-    """(mean loss, chosen rewards, rejected rewards, policy sums) for encoded pairs; `ref` holds their
-    cached reference log-probs ("chosen_sum", "rejected_sum")."""
+    """(mean loss, chosen rewards, rejected rewards, policy sums, terms) for encoded pairs; `ref` holds
+    their cached reference log-probs ("chosen_sum", "rejected_sum"). With cfg.nll_coef = α > 0 the loss
+    is L_pref + α · NLL(y_w)/|y_w| (module docstring, "the NLL term"); terms = {"preference": mean L_pref
+    (log 2 for DPO at π = π_ref), "nll": mean NLL(y_w)/|y_w|}, floats, for the log."""
     x, y, _, _ = pair_batch(encoded, pad_id, device)
     sums, means = sequence_log_probs(policy, x, y)
     B = len(encoded)
@@ -128,7 +153,16 @@ def batch_loss(policy, encoded, ref, cfg, pad_id, device):
             ref["chosen_sum"].to(device),
             ref["rejected_sum"].to(device),
         )
-    return losses.mean(), rc, rr, sums.detach()
+    nll = chosen_nll(means[:B])
+    terms = {"preference": losses.mean().item(), "nll": nll.mean().item()}
+    alpha = getattr(cfg, "nll_coef", 0.0)
+    if alpha < 0:  # dpo.py's "auto" (-1) is resolved by the command, never trained with
+        raise ValueError(
+            f"nll_coef {alpha} < 0: pass the α to use (dpo.py resolves its auto -1 per pair source)"
+        )
+    if alpha:
+        losses = losses + alpha * nll
+    return losses.mean(), rc, rr, sums.detach(), terms
 
 
 def one_example_loss(
@@ -180,34 +214,40 @@ def preference_eval(policy, encoded, ref, cfg, pad_id, device, batch_size=64) ->
     policy itself gives the chosen response the higher log-prob (log π(y_w) > log π(y_l)), on `encoded`."""
     was = policy.training
     policy.eval()
-    losses, rc_all, rr_all, sums = [], [], [], []
+    losses, nlls, rc_all, rr_all, sums = [], [], [], [], []
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i : i + batch_size]
         part = {k: v[i : i + batch_size] for k, v in ref.items()}
-        loss, rc, rr, s = batch_loss(policy, chunk, part, cfg, pad_id, device)
-        losses.append(loss.item() * len(chunk))
+        _, rc, rr, s, terms = batch_loss(policy, chunk, part, cfg, pad_id, device)
+        losses.append(terms["preference"] * len(chunk))
+        nlls.append(terms["nll"] * len(chunk))
         rc_all.append(rc.cpu())
         rr_all.append(rr.cpu())
         sums.append(torch.stack([s[: len(chunk)], s[len(chunk) :]], 1).cpu())
     policy.train(was)
     rc, rr, s = torch.cat(rc_all), torch.cat(rr_all), torch.cat(sums)
+    # log π_θ(y) − log π_ref(y) per pair, for every loss (SimPO's rewards are not log-ratios): the
+    # likelihood-displacement check - both below 0 means probability left both answers
+    d_chosen, d_rejected = s[:, 0] - ref["chosen_sum"], s[:, 1] - ref["rejected_sum"]
     return {
-        "loss": sum(losses) / len(encoded),
+        "loss": sum(losses) / len(encoded),  # the preference loss alone (log 2 for DPO at the start)
+        "chosen_nll": sum(nlls) / len(encoded),  # per token
         "reward_accuracy": tie_share(rc, rr),  # 1/2 at the start: π = π_ref ties every pair
         "reward_margin": (rc - rr).mean().item(),
         "chosen_reward": rc.mean().item(),
         "rejected_reward": rr.mean().item(),
         "logp_margin": (s[:, 0] - s[:, 1]).mean().item(),
         "ranks_chosen": tie_share(s[:, 0], s[:, 1]),
+        "chosen_logp_change": d_chosen.mean().item(),
+        "rejected_logp_change": d_rejected.mean().item(),
+        "chosen_logp_fell": (d_chosen < 0).float().mean().item(),
         "n": len(encoded),
     }
 
 
 def reference_cache(reference, encoded, cfg, pad_id, device) -> dict:
-    """The reference log-probs of every pair, once (SimPO has no reference: zeros, never read)."""
-    if cfg.loss == "simpo":
-        zeros = torch.zeros(len(encoded))
-        return {"chosen_sum": zeros, "rejected_sum": zeros}
+    """The reference log-probs of every pair, once (SimPO's loss never reads them; its log is the
+    log-prob change from π_ref, measured for every loss)."""
     cache = cached_log_probs(reference, encoded, pad_id, device=device)
     return {"chosen_sum": cache["chosen_sum"], "rejected_sum": cache["rejected_sum"]}
 
@@ -225,6 +265,7 @@ class PreferenceSettings:
     lr: float = 5e-5
     eval_interval: int = 20
     seed: int = 1337
+    nll_coef: float = 0.0  # α of the NLL term on the chosen answer (RPO); 0 = the plain loss
 
 
 def train_preference(
@@ -264,8 +305,9 @@ def train_preference(
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        loss, rc, rr, _ = batch_loss(
-            policy, [train[i] for i in idx], {k: v[idx] for k, v in ref_train.items()}, cfg, pad_id, device
+        ref_batch = {k: v[idx] for k, v in ref_train.items()}
+        loss, rc, rr, sums, terms = batch_loss(
+            policy, [train[i] for i in idx], ref_batch, cfg, pad_id, device
         )
         loss.backward()
         grad_norm = clip_grad_norm([p for p in policy.parameters() if p.requires_grad], 1.0)
@@ -276,10 +318,14 @@ def train_preference(
             {
                 "step": step,
                 "loss": loss.item(),
+                "preference_loss": terms["preference"],
+                "chosen_nll": terms["nll"],
                 "reward_accuracy": tie_share(rc, rr),
                 "reward_margin": (rc - rr).mean().item(),
                 "chosen_reward": rc.mean().item(),
                 "rejected_reward": rr.mean().item(),
+                "chosen_logp_change": (sums[: len(idx)].cpu() - ref_batch["chosen_sum"]).mean().item(),
+                "rejected_logp_change": (sums[len(idx) :].cpu() - ref_batch["rejected_sum"]).mean().item(),
                 "grad_norm": float(grad_norm),
             }
         )

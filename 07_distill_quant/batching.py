@@ -39,8 +39,11 @@ step samples all rows in one vectorized call (sorting only the rows that use top
 of the batch cost more than the rest of the sampler); the rows' last tokens stay in a tensor; under
 continuous batching a finished row's slot is filled by moving the highest running row down
 (`Engine.compact`), so a decode step computes only running rows, where generate computes every row
-until the longest answer ends; and the step runs in torch.inference_mode. Per request, Python only
-appends the token and checks for the end (and, with a tokenizer, the stop strings).
+until the longest answer ends; the step runs in torch.inference_mode; and the decode forward is the
+engine's own (decode_runner.py: fused QKV and gate-up products, a RoPE table, no per-step mask
+building), with the same logits as 03's forward, which the engine keeps for models the fused step does
+not cover (LoRA, adapters, quantized layers). Per request, Python only appends the token and checks for
+the end (and, with a tokenizer, the stop strings).
 
 Interview questions it answers:
 - Why is decode memory-bound and prefill compute-bound? (FLOPs per byte of weights read: ~1 per
@@ -53,7 +56,7 @@ Interview questions it answers:
   mask; positions count real tokens only, so each is computed as if alone: `Engine.prefill`)
 - Where does a batching engine beat a plain padded generate? (finished rows leave the batch instead of
   computing padding, and new requests join without waiting; with equal answer lengths both run the
-  same forward passes, so the engine can at best tie, plus what inference_mode saves)
+  same forward passes, and only a cheaper decode step helps: decode_runner.py)
 """
 
 import collections
@@ -80,6 +83,7 @@ from batch_sampling import (
     apply_presence_frequency,
     token_logprobs,
 )  # this stage
+from decode_runner import DecodeRunner, unsupported  # this stage
 from prefix_cache import PrefixCache  # this stage
 from serve_request import PENALTY_RANGE, QueueFull, Request, cut_at_stop, held_back  # this stage
 from slot_cache import SlotCache  # this stage
@@ -101,7 +105,14 @@ class Engine:
     while one thread (yours, or `start()`'s) runs the steps."""
 
     def __init__(
-        self, model, tokenizer=None, policy="continuous", max_batch=8, max_waiting=256, prefix_blocks=0
+        self,
+        model,
+        tokenizer=None,
+        policy="continuous",
+        max_batch=8,
+        max_waiting=256,
+        prefix_blocks=0,
+        decode_runner=True,
     ):
         if policy not in POLICIES:
             raise UserError(f"policy {policy!r} unknown; use one of {', '.join(POLICIES)}")
@@ -115,6 +126,8 @@ class Engine:
         self.policy = policy
         self.slots = [None] * (1 if policy == "sequential" else max_batch)  # the Request in each row
         self.cache = SlotCache(model, len(self.slots))
+        # the fused decode step (decode_runner.py) where it computes exactly what 03's forward does
+        self.runner = DecodeRunner(model) if decode_runner and unsupported(model) is None else None
         self.device = next(model.parameters()).device
         self.sampler = BatchSampler(len(self.slots), model.cfg.vocab_size, self.device)
         self.last = torch.zeros(
@@ -303,7 +316,10 @@ class Engine:
         every = len(reqs) == B  # rows [0, B) all running, in order (the usual case under compact())
         active = slice(0, B) if every else torch.tensor([r.slot for r in reqs], device=self.device)
         idx = self.last[:B, None]  # (B, 1); rows computing padding feed whatever they held last
-        logits = self.cache.decode(self.model, idx, active)  # (B, V)
+        if self.runner is not None:
+            logits = self.runner.decode(self.cache, idx, active)  # (B, V)
+        else:
+            logits = self.cache.decode(self.model, idx, active)
         self.stats["decode_steps"] += 1
         self.stats["decode_rows"] += B  # rows computed, padding included
         self.stats["decode_useful"] += len(reqs)  # rows whose token is kept

@@ -1,4 +1,5 @@
-"""The serving engine against 03's padded GPT.generate on one fixed batch: is the engine's bookkeeping free?
+"""The serving engine against 03's padded GPT.generate on one fixed batch: what do its scheduler and its
+decode step each buy?
 
     from engine_vs_generate import fixed_batch_rows
     rows = fixed_batch_rows(model, cfg)      # one row per batch kind: tok/s of each, their ratio, same tokens
@@ -6,17 +7,22 @@
 bench_serve.py prints these rows as its first table (`python 07_distill_quant/bench_serve.py`).
 
 A fixed batch of --max-batch requests, all there at once, three kinds: equal answers, greedy; equal
-answers sampled at T = 1 (the OpenAI default); answers spread over 4-80 tokens. Padded generate runs
-every row until the longest answer ends; the engine drops a finished row from the step. With equal
-answers both run the same forward passes, so the engine can at best tie, plus what its inference mode
-and vectorized sampler save; with spread answers it computes fewer rows. Each contender runs in turn,
-interleaved, and the table gives the ratio of their minimum times and the paired per-run ratios'
-geometric mean with a t interval (issue 29's goal: the engine >= 1.2x generate).
+answers sampled at T = 1 (the OpenAI default); answers spread over 4-80 tokens. Three contenders, run
+in turn, interleaved (the order rotated every repeat):
+- generate: padded generate runs every row until the longest answer ends, through 03's forward;
+- engine: the continuous engine with its fused decode step (decode_runner.py);
+- engine, 03's forward: the same engine decoding through 03's forward (`decode_runner=False`).
+The engine drops a finished row from the step, so with spread answers it computes fewer rows; with
+equal answers both run the same forward passes, and the scheduler alone can at best tie (the third
+contender shows it): what the engine gains there is its decode step. The table gives the ratio of the
+minimum times and the paired per-run ratios' geometric mean with a t interval (issue 29's goal: the
+engine >= 1.2x generate).
 
 Interview question it answers:
 - Where does a batching engine beat a plain padded generate? (finished rows leave the batch instead of
   computing padding, and new requests join without waiting; with equal answer lengths both run the
-  same forward passes, so the engine can at best tie)
+  same number of forward passes, so the difference is how cheap the engine makes each one: a decode
+  step written for inference, decode_runner.py)
 """
 
 import dataclasses
@@ -63,9 +69,10 @@ def time_generate(model, prompts, lengths, temperature=0.0) -> tuple:
     return seconds, [row[idx.shape[1] : idx.shape[1] + n] for row, n in zip(out.tolist(), lengths)]
 
 
-def time_engine(model, prompts, lengths, temperature=0.0) -> tuple:
-    """(seconds, ids of each answer): the continuous engine, every request submitted at once."""
-    engine = Engine(model, None, "continuous", len(prompts))
+def time_engine(model, prompts, lengths, temperature=0.0, decode_runner=True) -> tuple:
+    """(seconds, ids of each answer): the continuous engine, every request submitted at once; with
+    decode_runner=False it decodes through 03's forward instead of its fused step."""
+    engine = Engine(model, None, "continuous", len(prompts), decode_runner=decode_runner)
     params = [SamplingParams(max_tokens=n, temperature=temperature, ignore_eos=True) for n in lengths]
     reqs = [engine.submit(Request(p, sp)) for p, sp in zip(prompts, params)]
     t = time.perf_counter()
@@ -73,26 +80,29 @@ def time_engine(model, prompts, lengths, temperature=0.0) -> tuple:
     return time.perf_counter() - t, [r.output_ids for r in reqs]
 
 
+def time_plain_engine(model, prompts, lengths, temperature=0.0) -> tuple:
+    return time_engine(model, prompts, lengths, temperature, decode_runner=False)
+
+
+CONTENDERS = {"generate": time_generate, "engine": time_engine, "engine, 03's forward": time_plain_engine}
+
+
 def fixed_batch_rows(model, c) -> list:
-    """Engine vs padded generate on each fixed batch: interleaved max(repeats, 3) times (the order
-    swapped every time); the ratio of the min times, and the paired ratios' geometric mean with a
-    t interval (each pair ran back to back, so it cancels most of the machine's load of the moment)."""
-    rows = []
+    """The contenders on each fixed batch: interleaved c.fixed_repeats times (the order rotated every
+    time); the ratio of the min times, and the paired ratios' geometric mean with a t interval (each
+    pair ran back to back, so it cancels most of the machine's load of the moment)."""
+    rows, names = [], list(CONTENDERS)
     for name, (prompts, lengths, temperature) in fixed_batches(c, model.cfg.vocab_size).items():
-        times = {"generate": [], "engine": []}
-        for rep in range(max(c.repeats, 3)):
-            for side in ("generate", "engine") if rep % 2 == 0 else ("engine", "generate"):
-                timer = time_generate if side == "generate" else time_engine
-                seconds, ids = timer(model, prompts, lengths, temperature)
+        times, ids = {side: [] for side in names}, {}
+        for rep in range(c.fixed_repeats):
+            for side in names[rep % 3 :] + names[: rep % 3]:
+                seconds, ids[side] = CONTENDERS[side](model, prompts, lengths, temperature)
                 times[side].append(seconds)
-                if side == "generate":
-                    want = ids
-                else:
-                    got = ids
         tokens = sum(lengths)
-        gen, eng = min(times["generate"]), min(times["engine"])
+        gen, eng, plain = (min(times[side]) for side in names)
         logs = [math.log(g / e) for g, e in zip(times["generate"], times["engine"])]
         lo, hi = t_interval(logs)
+        same = ids["engine"] == ids["generate"] == ids["engine, 03's forward"]
         rows.append(
             {
                 "batch": name,
@@ -100,15 +110,23 @@ def fixed_batch_rows(model, c) -> list:
                 "answer tokens": f"{min(lengths)}-{max(lengths)}",
                 "generate tok/s": f"{tokens / gen:.0f}",
                 "engine tok/s": f"{tokens / eng:.0f}",
+                "engine, 03's forward tok/s": f"{tokens / plain:.0f}",
                 "engine / generate": f"{gen / eng:.2f}x",
                 "paired [95% interval]": f"{math.exp(sum(logs) / len(logs)):.2f}x "
                 f"[{math.exp(lo):.2f}, {math.exp(hi):.2f}]",
                 # sampled: each side draws its own random numbers, so only greedy ids can be compared
-                "same tokens": "n/a (sampled)" if temperature else ("yes" if got == want else "NO"),
+                "same tokens": "n/a (sampled)" if temperature else ("yes" if same else "NO"),
                 "ratio": gen / eng,
+                "paired": math.exp(sum(logs) / len(logs)),
+                "paired_interval": [math.exp(lo), math.exp(hi)],
+                "runs": len(logs),
             }
         )
-        print(f"fixed batch, {name}: engine {gen / eng:.2f}x padded generate", flush=True)
+        print(
+            f"fixed batch, {name}: engine {gen / eng:.2f}x padded generate "
+            f"(with 03's forward {gen / plain:.2f}x)",
+            flush=True,
+        )
     return rows
 
 
@@ -118,6 +136,7 @@ FIXED_COLUMNS = (
     "answer tokens",
     "generate tok/s",
     "engine tok/s",
+    "engine, 03's forward tok/s",
     "engine / generate",
     "paired [95% interval]",
     "same tokens",

@@ -23,6 +23,9 @@ def test_answer_correct_in_english_and_chinese():
     assert not answer_correct("Noin Marora lives in Lokabar.", "Lokaba")
     assert answer_correct("诺因·马罗拉住在洛卡巴。", "洛卡巴")
     assert not answer_correct("诺因·马罗拉住在巴林。\n洛卡巴", "洛卡巴")  # only the answer span counts
+    # 01's arithmetic records store the answer as an int: compared as its digits (it crashed sft.py's
+    # evaluation on arithmetic_heldout.jsonl, and with it multi_adapter.py's default task pair)
+    assert answer_correct("The answer is 42.<|end|>", 42) and not answer_correct("The answer is 421.", 42)
 
 
 def test_majority_short_answer_per_attribute_and_language():

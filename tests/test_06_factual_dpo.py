@@ -12,7 +12,16 @@ import torch
 import factual_pairs
 import factuality
 from factual_pairs import build_pairs, first_sentence, judge, length_balanced
-from preference_training import dpo_loss, ipo_loss, preference_loss, simpo_loss
+import preference_training
+from preference_training import (
+    PreferenceSettings,
+    batch_loss,
+    chosen_nll,
+    dpo_loss,
+    ipo_loss,
+    preference_loss,
+    simpo_loss,
+)
 
 
 def record(name, city):
@@ -74,6 +83,27 @@ def test_pairs_prefer_the_correct_answer_and_never_pair_two_correct_ones():
     assert not [p for p in gold if p["subject"] == "Rimi"]  # still never two correct answers
 
 
+def test_pairs_keep_the_sampled_leading_space_so_their_tokens_are_the_models_own():
+    # SFT answers " Kado lives in ..." (01's answer_content): " Kado" and "Kado" are different tokens, and
+    # a stripped answer is a sequence the model never samples (issue 23: DPO then trained off-policy)
+    recs = [record("Kado", "Belma")]
+    samples = [
+        [
+            said(" Kado lives in Belma."),
+            said(" Kado lives in Tosk.  "),
+            said(" Kado lives in Belma.ano", False),
+        ]
+    ]
+    pairs, _ = build_pairs(recs, samples, max_pairs=10, seed=0)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
+        (" Kado lives in Belma.", " Kado lives in Tosk.")
+    ]
+    assert (
+        factual_pairs.response_text(said("   ")) == ""
+        and factual_pairs.response_text(said(" x", False)) == ""
+    )
+
+
 def test_first_sentence_and_the_judge():
     assert first_sentence("Kado lives in Belma.anoKado is 4") == "Kado lives in Belma."
     assert first_sentence("卡多住在贝尔马。他") == "卡多住在贝尔马。"
@@ -126,6 +156,37 @@ def test_simpo_loss_equals_its_hand_computed_value():
     loss, rw, rl = simpo_loss(2.0, torch.tensor([-0.5]), torch.tensor([-1.5]), 0.5)
     assert torch.allclose(loss, torch.tensor([0.201413]), atol=1e-5)
     assert torch.allclose(rw, torch.tensor([-1.0])) and torch.allclose(rl, torch.tensor([-3.0]))
+
+
+def test_the_nll_term_adds_alpha_times_the_chosen_per_token_nll_to_each_loss():
+    # batch_loss with nll_coef α = plain loss + α · mean over pairs of −log π(y_w)/|y_w| (RPO)
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 7)  # 2 pairs: rows 0-1 chosen, 2-3 rejected; 5 positions, 7 tokens
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits, None
+
+    def fake_batch(encoded, pad_id, device):
+        y = torch.tensor([[-100, 1, 2, 3, -100], [-100, -100, 4, 5, 6]] * 2)
+        return None, y, None, None
+
+    mean_chosen = torch.stack(
+        [
+            logits[0, 1:4].log_softmax(-1)[torch.arange(3), torch.tensor([1, 2, 3])].mean(),
+            logits[1, 2:5].log_softmax(-1)[torch.arange(3), torch.tensor([4, 5, 6])].mean(),
+        ]
+    )
+    ref = {"chosen_sum": torch.tensor([-3.0, -4.0]), "rejected_sum": torch.tensor([-5.0, -2.0])}
+    for loss in ("dpo", "ipo", "simpo"):
+        plain = PreferenceSettings(loss=loss, beta=0.5)
+        with_nll = PreferenceSettings(loss=loss, beta=0.5, nll_coef=0.3)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(preference_training, "pair_batch", fake_batch)
+            a = batch_loss(Fixed(), [None, None], ref, plain, 0, "cpu")[0]
+            b = batch_loss(Fixed(), [None, None], ref, with_nll, 0, "cpu")[0]
+        assert torch.allclose(b, a + 0.3 * (-mean_chosen).mean()), loss
+    assert torch.equal(chosen_nll(torch.tensor([-0.5, -2.0])), torch.tensor([0.5, 2.0]))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -413,7 +413,7 @@ def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(micro_tok):
     policy = micro_model(micro_tok)
     reference = policy_io.frozen(policy)
     train, heldout = micro_encoded(micro_tok, PEOPLE[:9]), micro_encoded(micro_tok, PEOPLE[9:])
-    cfg = dpo.DPOConfig(run="-", steps=12, batch_size=9, lr=3e-3, eval_interval=12, beta=0.1)
+    cfg = dpo.DPOConfig(run="-", steps=12, batch_size=9, lr=3e-3, eval_interval=12, beta=0.1, nll_coef=0.0)
     records = dpo.train_preference(
         policy,
         reference,
@@ -429,6 +429,31 @@ def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(micro_tok):
     assert first["heldout_reward_margin"] == 0 and close(first["heldout_loss"], math.log(2))
     assert last["heldout_reward_margin"] > 0.5 and last["heldout_loss"] < 0.6 * math.log(2)
     assert last["heldout_reward_accuracy"] > 0.7
+
+
+def test_the_nll_term_holds_the_chosen_log_prob_above_plain_dpos(micro_tok):
+    # issue 23: plain DPO may lower log π(y_w) as long as log π(y_l) falls faster; the NLL term on y_w
+    # (--nll-coef) holds it up. Same pairs, seed and steps, α = 0 against α = 1
+    train = micro_encoded(micro_tok, PEOPLE[:6])
+    change = {}
+    for alpha in (0.0, 1.0):
+        policy = micro_model(micro_tok)
+        cfg = dpo.DPOConfig(run="-", steps=6, batch_size=9, lr=3e-3, eval_interval=6, nll_coef=alpha)
+        records = dpo.train_preference(
+            policy,
+            policy_io.frozen(policy),
+            train,
+            train,
+            cfg,
+            preference_data.pad_id_of(micro_tok),
+            "cpu",
+            log=lambda *_: None,
+        )
+        first, last = records[0], records[-1]
+        assert close(first["heldout_loss"], math.log(2))  # the preference loss alone, NLL term or not
+        assert last["heldout_reward_margin"] > 0  # the pairs are learnt either way
+        change[alpha] = last["heldout_chosen_logp_change"]
+    assert change[1.0] > change[0.0] and change[1.0] > 0
 
 
 def test_a_few_grpo_steps_raise_the_mean_reward_on_a_toy_task(micro_tok):
@@ -663,6 +688,8 @@ def test_each_command_writes_its_outcome_plot_and_manifest(methods_run, name):
         assert o["bar"]["passed"] in (True, False) and o["bar"]["n"] == 9
     elif name in ("dpo", "ipo", "simpo"):
         assert math.isfinite(o["heldout_after"]["heldout_loss"])
+        # --nll-coef auto: the NLL term on for the model's own answers, off for 01's style pairs (issue 23)
+        assert o["nll_coef"] == (0.0 if name == "simpo" else 1.0)
         if name == "simpo":  # trained on style pairs, logged on the 9 held-out style pairs
             assert o["heldout_before"]["heldout_n"] == 9
         else:  # factual pairs: the bar is the held-out error rate, with the KL from SFT beside it

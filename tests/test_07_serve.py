@@ -30,6 +30,7 @@ from batch_sampling import MIN_TEMPERATURE, BatchSampler, reference_probs
 from batching import Engine, apply_presence_frequency
 from serve_request import QueueFull, Request, SamplingParams, cut_at_stop, held_back
 from slot_cache import SlotCache
+from decode_runner import DecodeRunner, unsupported
 from bench_serve import BenchServeConfig
 from serve_workload import at_rate, judged_rate, workload
 from prefix_cache import PrefixCache
@@ -90,9 +91,10 @@ def mixed(model):
 # ----------------------------------------------------------------------------- the engine
 
 
-@pytest.mark.parametrize("policy", ["sequential", "static", "continuous"])
+@pytest.mark.parametrize("policy", ["sequential", "static", "continuous", "continuous, 03's forward"])
 def test_every_policy_gives_each_request_the_tokens_it_gets_alone(model, mixed, policy):
-    engine = Engine(model, None, policy, max_batch=3)
+    engine = Engine(model, None, policy.split(",")[0], max_batch=3, decode_runner="03" not in policy)
+    assert (engine.runner is None) == ("03" in policy)
     reqs = []
     for i, (prompt, n, _) in enumerate(mixed):  # arrivals mid-flight: a step between some submits
         reqs.append(engine.submit(Request(prompt, SamplingParams(max_tokens=n, temperature=0))))
@@ -234,6 +236,100 @@ def test_slot_cache_move_keeps_every_row_and_its_mask(model):
     assert all(torch.equal(k[:, :, 0:7], b) for k, b in zip(cache.kv.k, before))
     assert cache.mask[0].nonzero().flatten().tolist() == [3, 4, 5, 6] and cache.mask[1, :7].all()
     assert not cache.mask[:, 7:].any()
+
+
+# ----------------------------------------------------------------------------- the decode runner
+
+RUNNER_SHAPES = {  # every switch of 03's GPT the fused step handles
+    "llama (rope, rmsnorm, swiglu)": {},
+    "gqa, half rope, biases": dict(n_head=4, n_kv_head=2, rope_pairs="half", bias=True),
+    "gpt-2 (learned, layernorm, gelu_tanh, untied)": dict(
+        pos_emb="learned", norm="layernorm", mlp="gelu_tanh", bias=True, tie_weights=False
+    ),
+    "2017 (sinusoidal, relu), naive attention": dict(pos_emb="sinusoidal", mlp="relu", attn_backend="torch"),
+    "pruned sizes (head 12, mlp 40), no positions": dict(head_size=12, mlp_hidden=40, pos_emb="none"),
+}
+
+
+def filled_cache(model, starts, pos):
+    """A SlotCache of len(starts) rows with random keys/values, row i live on columns [starts[i], pos)
+    (None: a free row that computes padding)."""
+    cache = SlotCache(model, len(starts))
+    g = torch.Generator().manual_seed(1)
+    for buf in cache.kv.k + cache.kv.v:
+        buf.copy_(torch.randn(buf.shape, generator=g))
+    cache.kv.pos = pos
+    for row, start in enumerate(starts):
+        if start is not None:
+            cache.claim(row, pos - start)
+    return cache
+
+
+@pytest.mark.parametrize("shape", list(RUNNER_SHAPES))
+def test_the_decode_runner_computes_03s_decode_step_exactly(shape):
+    """Same logits as SlotCache.decode through 03's forward (bit for bit on this CPU; a BLAS that splits
+    a fused product differently may move the last bits), the same keys/values written, the same
+    columns, including a padding row and a step at the end of the cache (the columns move first)."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, block_size=CTX, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(dataclasses.replace(cfg, **RUNNER_SHAPES[shape])).eval()
+    assert unsupported(model) is None
+    runner = DecodeRunner(model)
+    idx = torch.tensor([[5], [9], [1], [33]])
+    for pos in (20, CTX):  # CTX: the write column is past the end, so make_room moves every row left
+        want_cache, got_cache = (
+            filled_cache(model, [3, 11, None, 0 if pos < CTX else 7], pos) for _ in range(2)
+        )
+        active = torch.tensor([0, 1, 3])
+        with torch.inference_mode():
+            want = want_cache.decode(model, idx, active)
+            got = runner.decode(got_cache, idx, active)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert torch.equal(got.argmax(-1), want.argmax(-1))
+        assert got_cache.pos == want_cache.pos and torch.equal(got_cache.mask, want_cache.mask)
+        for a, b in zip(got_cache.kv.k + got_cache.kv.v, want_cache.kv.k + want_cache.kv.v):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_models_the_fused_step_would_compute_wrongly_keep_03s_forward(model, mixed):
+    """LoRA, adapters, prefix tuning, quantized layers, pruning masks, MoE, post-LN, QK-norm: each
+    gets a reason, and the engine serves it through 03's forward with generate's tokens."""
+    cfg = GPTConfig(vocab_size=64, block_size=CTX, n_layer=2, n_head=2, n_embd=32)
+    for change, reason in (
+        (dict(n_experts=2), "mixture-of-experts"),
+        (dict(pre_norm=False), "post-LN"),
+        (dict(qk_norm=True), "QK-norm"),
+    ):
+        assert reason in unsupported(GPT(dataclasses.replace(cfg, **change)))
+    hooked = tiny_model()
+    handle = hooked.blocks[0].ffn.register_forward_hook(lambda m, i, out: out * 0.5)
+    assert "hook" in unsupported(hooked)
+    with pytest.raises(ValueError, match="hook"):
+        DecodeRunner(hooked)
+    engine = Engine(hooked, None, "continuous", max_batch=3)
+    assert engine.runner is None
+    prompt, n, _ = mixed[0]
+    req = engine.submit(Request(prompt, SamplingParams(max_tokens=n, temperature=0)))
+    engine.run_until_idle()
+    assert req.output_ids == reference(hooked, prompt, n)  # the hook is applied, as generate applies it
+    handle.remove()
+    hooked.blocks[0].ffn.up = torch.nn.Sequential(hooked.blocks[0].ffn.up)  # a wrapped layer (as LoRA does)
+    assert "Sequential" in unsupported(hooked)
+
+
+def test_the_runner_refuses_stale_weights_and_the_engine_serves_the_new_ones(mixed):
+    """Weights changed in place after the engine was built (load_state_dict, an optimizer step): the
+    fused copies are made again before the next step, so the tokens are the new model's."""
+    model = tiny_model(seed=3)
+    engine = Engine(model, None, "continuous", max_batch=3)
+    assert engine.runner is not None
+    with torch.no_grad():
+        model.load_state_dict(tiny_model(seed=4).state_dict())
+    assert engine.runner.stale()
+    reqs = [engine.submit(Request(p, SamplingParams(max_tokens=n, temperature=0))) for p, n, _ in mixed[:4]]
+    engine.run_until_idle()
+    assert not engine.runner.stale()
+    assert [r.output_ids for r in reqs] == [reference(model, p, n) for p, n, _ in mixed[:4]]
 
 
 SETTINGS = [  # one per request: every sampler setting, alone and together
