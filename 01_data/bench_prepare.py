@@ -9,8 +9,12 @@ stories when it is absent) with one word in four replaced by another word of the
 copies are not near-duplicates of each other, written as a blank-line-separated .txt of the size
 asked. --doc-chars cuts each paragraph to about that many characters (at a word end): the same
 megabytes then hold more documents, which is where a per-document cost shows (the slope of peak
-memory over the document count is the bytes each document costs). Each contender runs as its own process; its peak memory is the largest sum of the resident
-memory of the process and its children, sampled every 0.1 s from /proc. --baseline runs an older
+memory over the document count is the bytes each document costs). Each contender runs as its own
+process; its peak memory is the largest sum of the resident memory (VmRSS: anonymous pages, and
+file pages while mapped) of the process and its children, sampled every 0.1 s from /proc, and beside
+it the largest sum of their high-water marks (VmHWM, which the kernel keeps per process, so no spike
+between two samples is missed; a sum of peaks, it can only overstate the tree's). Each phase's peak
+(read+clean, dedup, mix, split, write: the run's stats.json "seconds") is the largest sample in it. --baseline runs an older
 prepare.py (e.g. `git archive <commit> 01_data | tar -x -C /tmp/old`) on the same files, in turn
 with ours. Prints a table and saves a plot.
 
@@ -18,6 +22,7 @@ Interview question it answers: how do you show a pipeline scales? (time and peak
 sizes ten times apart: time should grow linearly, memory should not grow with the text)
 """
 
+import json
 import os
 import random
 import re
@@ -90,14 +95,14 @@ def count_documents(path: Path) -> int:
     return n
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (from /proc)."""
+def tree_rss(pid: int, field="VmRSS") -> int:
+    """Resident bytes (field VmRSS; VmHWM: each process's peak) of a process and all its descendants."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
             with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
             with open(f"/proc/{p}/task/{p}/children") as f:
                 todo += [int(c) for c in f.read().split()]
         except (OSError, StopIteration):
@@ -106,17 +111,34 @@ def tree_rss(pid: int) -> int:
 
 
 def run_measured(cmd) -> tuple:
-    """(seconds, peak bytes of the process tree, return code) of a command."""
+    """(seconds, peak bytes of the process tree, the largest sum of its VmHWM, return code, samples
+    [(seconds since start, tree bytes)]) of a command."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak, hwm, samples = 0, 0, []
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        rss = tree_rss(proc.pid)
+        samples.append((time.perf_counter() - t, rss))
+        peak, hwm = max(peak, rss), max(hwm, tree_rss(proc.pid, "VmHWM"))
         time.sleep(0.1)
     err = proc.stderr.read()
     if proc.returncode != 0:
         print(err[-2000:], file=sys.stderr)
-    return time.perf_counter() - t, peak, proc.returncode
+    return time.perf_counter() - t, peak, hwm, proc.returncode, samples
+
+
+def phase_peaks(stats_path: Path, samples, seconds: float) -> str:
+    """'phase s GB, ...': each phase's seconds (stats.json) and its largest sample, the phases laid
+    end to end backwards from the run's end (what follows the last one, the stats, is ~1 s)."""
+    if not stats_path.exists():
+        return ""
+    laps = json.loads(stats_path.read_text(encoding="utf-8"))["seconds"]
+    end, out = seconds, []
+    for name, s in reversed(list(laps.items())):
+        here = [b for t, b in samples if end - s <= t <= end]
+        out.append(f"{name} {s:.0f}s {max(here, default=0) / 1e9:.2f}GB")
+        end -= s
+    return ", ".join(reversed(out))
 
 
 def main(argv=None):
@@ -133,8 +155,8 @@ def main(argv=None):
     rows = []
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     print(
-        f"{'input':>8s} {'docs':>9s}  {'contender':22s} {'seconds':>8s} {'peak GB':>8s} {'MB/s':>6s}"
-        f" {'MB/s per worker':>16s}"
+        f"{'input':>8s} {'docs':>9s}  {'contender':22s} {'seconds':>8s} {'peak GB':>8s} {'HWM GB':>7s}"
+        f" {'MB/s':>6s} {'MB/s per worker':>16s}"
     )
     for mb in cfg.sizes_mb:
         path = work / f"stories_{mb}mb{f'_{cfg.doc_chars}c' if cfg.doc_chars else ''}.txt"
@@ -145,13 +167,16 @@ def main(argv=None):
             cmd = [sys.executable, script, "--out", str(work / f"run_{mb}_{workers}"), "--overwrite"]
             cmd += ["--input", str(path), "--noise-frac", "0", "--mix", "stories=1"]
             cmd += ["--workers", str(workers)] if workers else []
-            seconds, peak, rc = run_measured(cmd)
+            seconds, peak, hwm, rc, samples = run_measured(cmd)
             rows.append((size, name, seconds, peak, rc))
             status = "" if rc == 0 else f"  (exit {rc})"
             print(
-                f"{size:6.1f}MB {n_docs:9,d}  {name:22s} {seconds:8.1f} {peak / 1e9:8.2f} {size / seconds:6.2f}"
-                f" {size / seconds / max(1, workers):16.2f}{status}",
+                f"{size:6.1f}MB {n_docs:9,d}  {name:22s} {seconds:8.1f} {peak / 1e9:8.2f} {hwm / 1e9:7.2f}"
+                f" {size / seconds:6.2f} {size / seconds / max(1, workers):16.2f}{status}",
                 flush=True,
+            )
+            print(
+                f"    phases: {phase_peaks(work / f'run_{mb}_{workers}' / 'data' / 'stats.json', samples, seconds)}"
             )
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     plt = pyplot()

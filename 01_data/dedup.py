@@ -213,6 +213,11 @@ def candidate_pairs(sig: np.ndarray, b: int, r: int) -> np.ndarray:
     # <<< exercise
 
 
+def band_multipliers(r: int) -> np.ndarray:
+    """The r odd multipliers of the band key sum_c row[c]·mults[c] mod 2^64 (candidate_pairs' own)."""
+    return np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
+
+
 def candidate_pairs_lean(sig, b: int, r: int, chunk_rows=1 << 16) -> np.ndarray:
     """candidate_pairs' pairs, in the same order, with less memory per document: for the millions of
     signatures of a streamed run (prepare_stream.py). A test checks that both give the same pairs.
@@ -233,7 +238,7 @@ def candidate_pairs_lean(sig, b: int, r: int, chunk_rows=1 << 16) -> np.ndarray:
     int32 when n < 2^31 (8 bytes a pair, not 16)."""
     n = len(sig)
     index = np.int32 if n < 2**31 else np.int64
-    mults = np.random.default_rng(0).integers(1, 1 << 62, size=r, dtype=np.uint64) | np.uint64(1)
+    mults = band_multipliers(r)
     codes = np.zeros(0, dtype=np.int64)  # (U,) sorted unique i·n + j of the pairs found so far
     for band in range(b):
         keys = np.empty(n, dtype=np.uint64)  # (N,) the same band keys as candidate_pairs
@@ -382,7 +387,8 @@ def near_duplicate_clusters(
     """(roots, sig, pairs): cluster id per document, the signatures, and the verified pairs.
     roots_of: union_find_roots, or component_roots (the same ids, in numpy) for millions of documents;
     pairs_of: candidate_pairs, or candidate_pairs_lean (the same pairs, ~20 bytes a document instead
-    of ~75 and each pair held once) for millions of documents.
+    of ~75 and each pair held once) for millions of documents, or lsh_buckets.candidate_pairs_bucketed
+    (the same again, grouped on disk).
 
     With `sig` given, `texts` is not read: the index runs over signatures alone, and a candidate is
     kept when its *estimated* Jaccard (the share of equal signature entries) reaches the threshold.

@@ -27,19 +27,24 @@ before: a 1 GB web shard needed 32 GB). Here nothing grows with the input's *tex
 4. Write: the temporary shards are read back once per split and the kept documents written out.
 
 Peak memory is the metadata, and the metadata is numpy columns (doc_table.py): about 40 bytes per
-document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight; the
-decisions add numpy transients of ~20 bytes a kept document at a time (dedup.candidate_pairs_lean's
-band keys and sort order, estimated_jaccard's 4 signature columns) and the candidate pairs (8 bytes
-each, held once whatever the bands they share). A run's peak grew ~80 bytes per short document from
-0.5 to 1 M documents and ~260 from 1 to 2 M (more than tracemalloc counts live: README, "Scale", says
-what is known of the rest), against ~220-345 before the lean LSH and ~0.56 KB before the columns,
-when a Python record per document, an id->row dict and the split's per-cluster dicts held ~190 bytes
-per document.
+document held (ids, lengths, codes, keys, signature row numbers), plus the shards in flight. The
+decisions' group-bys no longer sort every document in memory: exact dedup and every LSH band are
+grouped through bucket files beside the shards (lsh_buckets.py: (key, doc) records partitioned by
+the key's top bits, one bucket of ~0.5 M records sorted at a time) and the candidate pairs are
+merged a partition of first documents at a time, each pair stored once. What still grows is a few
+arrays of 1-16 bytes per document (masks, row numbers, the union-find labels, the estimate's block
+of 4 signature columns) and the candidate pairs themselves (8 bytes each). release_freed_memory (glibc's malloc_trim) after each phase returns the heap pages
+numpy freed between live ones: the process kept ~75 MB of them at 2 M documents after the shards'
+columns were joined. README, "Scale", has the measurements: 8,371,326 short documents (1 GB) in
+1.36 GB at the peak, against ~0.26 KB a document before; what still grows there is the join of the
+shards' columns (two copies at once) and the near-duplicate verification's candidate sets.
 
-One machine is the limit of this design, not of the idea: on Ray or Spark each shard is a task
-(`ray.remote` / a partition mapped by `mapPartitions`) returning the same metadata, the
-decisions are a reduce over signatures (an LSH band is a group-by key), and the writes are a second
-map over the shards with the decision table broadcast -- the same three phases, spread over machines.
+On Ray or Spark the same design is spread over machines: each shard is a task (`ray.remote` / a
+partition mapped by `mapPartitions`) returning the same metadata; the bucket files are the shuffle
+(Spark's groupBy on (band, key) writes exactly such hash-partitioned files; Ray Data's
+`groupby(...).map_groups`), each bucket sorted by one task; the candidate pairs' connected
+components are a few rounds of min-label propagation (GraphFrames); and the writes are a second map
+over the shards with the decision table broadcast -- the same three phases, spread over machines.
 
 Interview questions it answers:
 - How do you dedup a corpus that does not fit in memory? (keep fingerprints, not texts: exact
@@ -50,6 +55,7 @@ Interview questions it answers:
   the workers, which is the memory problem again)
 """
 
+import ctypes
 import hashlib
 import json
 import random
@@ -79,8 +85,20 @@ from dedup import (
 )
 from doc_table import CHUNK, DOMAIN_CODE, DOMAINS, SPLITS, STEP_CODE, DocTable, encode_ids
 from langid_ngram import predict_lang
+from lsh_buckets import candidate_pairs_bucketed, repeated_keys_bucketed
 
 _WORKER = {}  # the language model and clean config, set once per worker process
+
+
+def release_freed_memory():
+    """Give the pages of freed allocations back to the system (glibc's malloc_trim(0); elsewhere
+    nothing). numpy's arrays under glibc's mmap threshold (128 KB, raised up to 32 MB after each big
+    array is freed) live in the heap, and a heap page freed between live ones stays resident: after
+    the shards' columns are concatenated that was ~75 MB at 2 M documents, ~40 % of the process."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def exact_key(text: str) -> int:
@@ -119,12 +137,12 @@ class ShardSignatures:
             bounds = np.searchsorted(rows, self.offsets)  # rows[bounds[s]:bounds[s + 1]] lie in shard s
             for s in np.flatnonzero(bounds[1:] > bounds[:-1]):
                 lo, hi = bounds[s], bounds[s + 1]
-                out[lo:hi] = np.load(self.paths[s])[rows[lo:hi] - self.offsets[s]][:, cols]
+                out[lo:hi] = np.load(self.paths[s], mmap_mode="r")[rows[lo:hi] - self.offsets[s], cols]
             return out
         shard = np.searchsorted(self.offsets, rows, side="right") - 1
         for s in np.unique(shard):
             here = shard == s
-            out[here] = np.load(self.paths[s])[rows[here] - self.offsets[s]][:, cols]
+            out[here] = np.load(self.paths[s], mmap_mode="r")[rows[here] - self.offsets[s], cols]
         return out
 
     def __getitem__(self, key):
@@ -317,6 +335,7 @@ def clean_all_streamed(
         "folder": folder,  # the shards, read back to verify near-duplicate candidates exactly
     }
     del parts
+    release_freed_memory()
     if want_lines:
         streamed_line_dedup(meta, line_dedup_docs, workers)
     meta.pop("lines", None)
@@ -327,15 +346,35 @@ def clean_all_streamed(
     return meta
 
 
-def dedup_by_fingerprints(keys, sig, threshold, folder=None):
+def lsh_functions(work=None) -> dict:
+    """near_duplicate_clusters' pairs_of for a streamed run. With a `work` folder: the bands grouped
+    through bucket files there (lsh_buckets.py), holding one bucket, not every document; without:
+    candidate_pairs_lean (~20 bytes a document). The same pairs either way.
+
+    The estimate stays estimated_jaccard, 4 signature columns of every row at a time (16 bytes a
+    document): reading only the candidates' two rows instead opens every shard file for each chunk of
+    pairs, whose second documents are anywhere; at 8 M documents that was ~11 s a chunk of 32,768
+    pairs, hours for the run, against a minute or two for the column blocks."""
+    if work is None:
+        return {"pairs_of": candidate_pairs_lean}
+    return {"pairs_of": lambda sig, b, r: candidate_pairs_bucketed(sig, b, r, Path(work), BUCKET_ROWS)}
+
+
+BUCKET_ROWS = 1 << 19  # (key, doc) records a bucket file holds on average: 6 MB, ~23 MB while grouped
+
+
+def dedup_by_fingerprints(keys, sig, threshold, folder=None, work=None):
     """Masks exact_dup, near_dup, keep over the kept documents: dedup.dedup's decisions, from the
     8-byte keys and the signatures, with the near-duplicate candidates verified by their exact
     Jaccard read back from the shards in `folder` (only the candidates' texts; without a folder, by
-    the signature estimate)."""
+    the signature estimate). work: a folder for the LSH's bucket files (lsh_functions)."""
     keys = np.asarray(keys, dtype=np.uint64)
-    _, first = np.unique(keys, return_index=True)  # the first document holding each key stays
-    exact = np.ones(len(keys), dtype=bool)
-    exact[first] = False
+    if work is None:
+        _, first = np.unique(keys, return_index=True)  # the first document holding each key stays
+        exact = np.ones(len(keys), dtype=bool)
+        exact[first] = False
+    else:  # the same, sorting one bucket of keys at a time (np.unique: ~35 bytes a document)
+        exact = repeated_keys_bucketed(keys, Path(work), BUCKET_ROWS)
     idx = np.flatnonzero(~exact)
     cfg = DedupConfig(threshold=threshold)
     shingles_of = shard_shingles(folder, idx, cfg.shingle) if folder is not None else None
@@ -345,7 +384,7 @@ def dedup_by_fingerprints(keys, sig, threshold, folder=None):
         sig=sig[idx],
         shingles_of=shingles_of,
         roots_of=component_roots,
-        pairs_of=candidate_pairs_lean,
+        **lsh_functions(work),
     )
     near = np.zeros(len(keys), dtype=bool)
     near[idx] = roots != np.arange(len(idx))
@@ -383,7 +422,7 @@ def mix_positions(ids, domain, chars, ratios, seed) -> np.ndarray:
     return out[np.argsort(ids[out], kind="stable")]
 
 
-def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
+def split_codes(ids, fractions, threshold, sig, work=None) -> np.ndarray:
     """prepare.split_by_cluster over columns: the split (an index into SPLITS) of each document, (N,)
     uint8, from its id (ids: (N,) bytes) and its signature row.
 
@@ -393,9 +432,7 @@ def split_codes(ids, fractions, threshold, sig) -> np.ndarray:
     among the cumulative fractions, and an empty split takes the nearest cluster (ties: lower u,
     then the earlier cluster) from a split that keeps another."""
     cfg = DedupConfig(threshold=threshold)
-    roots, _, _ = near_duplicate_clusters(
-        None, cfg, sig=sig, roots_of=component_roots, pairs_of=candidate_pairs_lean
-    )
+    roots, _, _ = near_duplicate_clusters(None, cfg, sig=sig, roots_of=component_roots, **lsh_functions(work))
     # a root is its own root and the smallest index of its cluster, so the roots in increasing order
     # are np.unique(roots), found without sorting N values (np.unique's sort took ~30 bytes a document)
     clusters = np.flatnonzero(roots == np.arange(len(roots), dtype=roots.dtype))  # (C,)
@@ -419,22 +456,24 @@ def decide_streamed(meta, cfg, lap=lambda name: None):
     near dedup over keys and signatures, the mix over lengths, the split over signatures -- the
     in-memory run's decisions, written into the table's `dropped` and `split` columns and returned
     as views of it ({id: step}, sequences of DocRecord). cfg: a prepare.PrepareConfig."""
-    table = meta["table"]
-    exact, near, keep = dedup_by_fingerprints(
-        meta["keys"], meta["sig"], cfg.dedup_threshold, meta.get("folder")
-    )
+    table, folder = meta["table"], meta.get("folder")
+    work = None if folder is None else folder / "lsh"  # the LSH's bucket files, beside the shards
+    exact, near, keep = dedup_by_fingerprints(meta["keys"], meta["sig"], cfg.dedup_threshold, folder, work)
     table.dropped[table.kept[exact]] = STEP_CODE["exact_dedup"]
     table.dropped[table.kept[near]] = STEP_CODE["near_dedup"]
     unique_pos = np.flatnonzero(keep)  # positions among the kept documents (= signature rows)
     unique = table.kept[unique_pos]
+    release_freed_memory()
     lap("dedup")
     chosen = mix_positions(table.ids[unique], table.domain[unique], table.chars[unique], cfg.mix, cfg.seed)
     mixed_pos = unique_pos[chosen]
     del chosen, unique_pos  # 8 bytes a document each, no longer needed during the split
     mixed = table.kept[mixed_pos]
+    release_freed_memory()
     lap("mix")
-    split = split_codes(table.ids[mixed], cfg.split, cfg.split_threshold, meta["sig"][mixed_pos])
+    split = split_codes(table.ids[mixed], cfg.split, cfg.split_threshold, meta["sig"][mixed_pos], work)
     table.split[mixed] = split
+    release_freed_memory()
     splits = {name: table.records(mixed[split == k]) for k, name in enumerate(SPLITS)}
     return table.removed_view(), table.records(unique), table.records(mixed), splits
 

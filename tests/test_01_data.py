@@ -577,12 +577,16 @@ def test_default_run_scores_are_measured_not_given(default_run):
     assert stats["warnings"] == [] and set(stats["seconds"]) >= {"generate", "clean", "dedup", "mix", "split"}
 
 
-def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(default_run, tmp_path):
+def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(default_run, tmp_path, monkeypatch):
     # shards, 2 worker processes, dedup and split over keys and signatures only: every document must
-    # land where the in-memory run put it, and every step must count the same characters
+    # land where the in-memory run put it, and every step must count the same characters. The LSH
+    # goes through bucket files of ~100 rows (lsh_buckets.py: 64 buckets a band, ~60 pair partitions)
+    import prepare_stream
     from data_outcome import step_table
     from input_documents import generated_documents
     from prepare_stream import clean_all_streamed, decide_streamed
+
+    monkeypatch.setattr(prepare_stream, "BUCKET_ROWS", 100)
 
     data, stats = default_run
     cfg = PrepareConfig()
@@ -599,6 +603,7 @@ def test_streamed_pipeline_makes_the_same_decisions_on_the_default_corpus(defaul
     tables = meta["table"].outcome_tables(unique.rows, mixed.rows)  # and the same, counted over columns
     assert tables == {k: stats[k] for k in ("input", "steps", "domains", "splits")}
     assert len(list((tmp_path / "shards").glob("shard_*.jsonl"))) == -(-len(docs) // 1000)
+    assert not list((tmp_path / "shards" / "lsh").iterdir())  # the bucket files were removed
     # the streamed run's LSH (candidate_pairs_lean) finds the reference's pairs on this corpus too,
     # with the dedup's bands, the split's, and narrower ones
     from dedup import candidate_bands, candidate_pairs, candidate_pairs_lean, lsh_params
@@ -1280,6 +1285,37 @@ def test_lean_lsh_gives_the_reference_pairs_and_clusters():
     assert len(candidate_pairs_lean(planted_signatures(2000, 800, 0.9), 32, 4)) > 500  # the copies are found
 
 
+def test_bucketed_lsh_gives_the_lean_pairs_through_many_buckets(tmp_path):
+    # the out-of-core LSH (lsh_buckets.py) groups each band through bucket files and merges the pairs
+    # through partition files: with buckets of a few dozen rows (64-128 bucket files, 10-40 pair
+    # partitions) it must give candidate_pairs_lean's pairs, same order and dtype, and leave no file
+    from dedup import candidate_pairs_lean
+    from lsh_buckets import bucket_bits, candidate_pairs_bucketed
+
+    assert (bucket_bits(0, 8), bucket_bits(8, 8), bucket_bits(9, 8), bucket_bits(2000, 31)) == (0, 0, 1, 7)
+    cases = [(0, 0, 0.9, 1 << 32), (1, 0, 0.9, 1 << 32), (2000, 800, 0.9, 1 << 32), (500, 0, 0.0, 3)]
+    for seed, (n, copies, agree, values) in enumerate(cases):
+        sig = planted_signatures(n, copies, agree, seed, values)
+        for b, r in ((32, 4), (18, 7)):
+            want = candidate_pairs_lean(sig, b, r)
+            for bucket_rows in (31, 200, 1 << 20):
+                got = candidate_pairs_bucketed(sig, b, r, tmp_path / "lsh", bucket_rows, chunk_rows=333)
+                assert got.dtype == want.dtype and got.tolist() == want.tolist(), (n, b, r, bucket_rows)
+                assert not list((tmp_path / "lsh").iterdir())
+    assert len(want) > 500  # the last case's 3 values make big buckets: runs of many documents
+    # exact dedup's mask through the same buckets: np.unique's first index per key kept
+    from lsh_buckets import repeated_keys_bucketed
+
+    keys = np.random.default_rng(0).integers(0, 300, size=2000).astype(np.uint64) * np.uint64(
+        0x9E3779B97F4A7C15
+    )
+    _, first = np.unique(keys, return_index=True)
+    for bucket_rows in (31, 1 << 20):
+        repeated = repeated_keys_bucketed(keys, tmp_path / "exact", bucket_rows, chunk_rows=333)
+        assert np.flatnonzero(~repeated).tolist() == sorted(first.tolist())
+        assert not list((tmp_path / "exact").iterdir())
+
+
 def test_lean_lsh_memory_stays_tens_of_bytes_per_document():
     # the LSH pass of a streamed run over millions of documents: candidate_pairs holds every band's
     # pairs (a close copy once per band it shares) and ~75 bytes of keys and indices per document,
@@ -1299,6 +1335,28 @@ def test_lean_lsh_memory_stays_tens_of_bytes_per_document():
         tracemalloc.stop()
     assert len(pairs) > n // 4  # the planted copies are there to be found
     assert peak / n < 48, peak / n
+
+
+def test_bucketed_lsh_memory_is_a_bucket_not_the_documents(tmp_path):
+    # the out-of-core LSH sorts one bucket file at a time: with the same buckets (16,384 records)
+    # and row chunks (4,096), 4x the documents must add little more than the pairs it returns
+    # (8 bytes each, ~0.45 a document here), not candidate_pairs_lean's ~20+ bytes a document
+    import tracemalloc
+
+    from lsh_buckets import candidate_pairs_bucketed
+
+    peaks = {}
+    for n in (25_000, 100_000):
+        sig = planted_signatures(n, n // 2, 0.9)
+        tracemalloc.start()
+        try:
+            pairs = candidate_pairs_bucketed(sig, 32, 4, tmp_path / "lsh", 1 << 14, chunk_rows=1 << 12)
+            _, peaks[n] = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(pairs) > n // 4
+    slope = (peaks[100_000] - peaks[25_000]) / 75_000
+    assert slope < 10, (slope, peaks)
 
 
 def test_langid_naive_bayes_by_hand():
