@@ -284,9 +284,12 @@ class Engine:
                     run.k[layer][i, :, Lp - n : Lp] = kv[layer]
                     run.v[layer][i, :, Lp - n : Lp] = kv[n_layer + layer]
         run.pos = Lp
-        logits, _ = self.model(idx, attention_mask=mask, cache=run)  # (n, T, V)
-        rows, ends = torch.arange(len(reqs), device=self.device), torch.tensor(S, device=self.device) - 1
-        last = logits[rows, ends]  # (n, V): each prompt's last token
+        ends = torch.tensor(S, device=self.device) - 1  # each prompt's last token
+        if self.runner is not None:  # the fused pass (decode_runner.py), logits of the last tokens only
+            last = self.runner.prefill(idx, mask, run, ends)  # (n, V)
+        else:
+            logits, _ = self.model(idx, attention_mask=mask, cache=run)  # (n, T, V)
+            last = logits[torch.arange(len(reqs), device=self.device), ends]
         for i, req in enumerate(reqs):
             cols = slice(Lp - P[i], Lp + S[i])  # the prompt's columns in this pass
             k_rows = [k[i, :, cols] for k in run.k]

@@ -40,7 +40,7 @@ from chat_template import encode_prompt
 from checkpoint_io import save_checkpoint
 from common.cli import UserError
 from common.runs import write_manifest
-from decoding import generate
+from decoding import KVCache, generate
 from feedback_data import feedback_conversations, feedback_pairs, read_feedback
 from gpt import GPT, GPTConfig
 import serve
@@ -289,6 +289,39 @@ def test_the_decode_runner_computes_03s_decode_step_exactly(shape):
         assert got_cache.pos == want_cache.pos and torch.equal(got_cache.mask, want_cache.mask)
         for a, b in zip(got_cache.kv.k + got_cache.kv.v, want_cache.kv.k + want_cache.kv.v):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", list(RUNNER_SHAPES))
+def test_the_runners_prefill_is_03s_forward_on_the_engines_layout(shape):
+    """Engine.prefill's pass: cached prefix columns (a prefix-cache hit), right-padded prompts, masked
+    columns before a short prefix; the last token's logits and every key/value written match 03."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, block_size=CTX, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(dataclasses.replace(cfg, **RUNNER_SHAPES[shape])).eval()
+    B, Lp, T = 3, 5, 7
+    mask = torch.ones(B, Lp + T, dtype=torch.bool)
+    mask[0, :3] = False  # a 2-token cached prefix
+    mask[1, :Lp] = False  # no prefix
+    mask[2, Lp + 4 :] = False  # a 4-token suffix, right-padded
+    idx = torch.randint(0, 64, (B, T), generator=torch.Generator().manual_seed(2))
+    caches = []
+    for _ in range(2):
+        run = KVCache(cfg.n_layer, Lp + T)
+        g = torch.Generator().manual_seed(3)
+        shape_kv = (B, model.cfg.n_kv_head, Lp + T, model.cfg.head_dim)
+        run.k = [torch.randn(shape_kv, generator=g) for _ in range(cfg.n_layer)]
+        run.v = [torch.randn(shape_kv, generator=g) for _ in range(cfg.n_layer)]
+        run.pos = Lp
+        caches.append(run)
+    ends = torch.tensor([T - 1, T - 1, 3])
+    with torch.inference_mode():
+        logits, _ = model(idx, attention_mask=mask, cache=caches[0])
+        want = logits[torch.arange(B), ends]
+        got = DecodeRunner(model).prefill(idx, mask, caches[1], ends)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert torch.equal(got.argmax(-1), want.argmax(-1)) and caches[1].pos == caches[0].pos
+    for a, b in zip(caches[1].k + caches[1].v, caches[0].k + caches[0].v):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_models_the_fused_step_would_compute_wrongly_keep_03s_forward(model, mixed):
