@@ -409,21 +409,18 @@ def micro_encoded(tok, names):
 # the training loops move what they optimize (fixed seeds)
 
 
+def train_quietly(tok, policy, reference, train, heldout, cfg) -> list:
+    """dpo.train_preference on CPU with the micro tokenizer's pad id and no log lines: its records."""
+    pad = preference_data.pad_id_of(tok)
+    return dpo.train_preference(policy, reference, train, heldout, cfg, pad, "cpu", log=lambda *_: None)
+
+
 def test_a_few_dpo_steps_raise_the_chosen_over_rejected_margin(micro_tok):
     policy = micro_model(micro_tok)
     reference = policy_io.frozen(policy)
     train, heldout = micro_encoded(micro_tok, PEOPLE[:9]), micro_encoded(micro_tok, PEOPLE[9:])
     cfg = dpo.DPOConfig(run="-", steps=12, batch_size=9, lr=3e-3, eval_interval=12, beta=0.1, nll_coef=0.0)
-    records = dpo.train_preference(
-        policy,
-        reference,
-        train,
-        heldout,
-        cfg,
-        preference_data.pad_id_of(micro_tok),
-        "cpu",
-        log=lambda *_: None,
-    )
+    records = train_quietly(micro_tok, policy, reference, train, heldout, cfg)
     first, last = records[0], records[-1]
     # policy = reference at step 0: every implicit reward is 0 and the loss is log 2
     assert first["heldout_reward_margin"] == 0 and close(first["heldout_loss"], math.log(2))
@@ -439,16 +436,7 @@ def test_the_nll_term_holds_the_chosen_log_prob_above_plain_dpos(micro_tok):
     for alpha in (0.0, 1.0):
         policy = micro_model(micro_tok)
         cfg = dpo.DPOConfig(run="-", steps=6, batch_size=9, lr=3e-3, eval_interval=6, nll_coef=alpha)
-        records = dpo.train_preference(
-            policy,
-            policy_io.frozen(policy),
-            train,
-            train,
-            cfg,
-            preference_data.pad_id_of(micro_tok),
-            "cpu",
-            log=lambda *_: None,
-        )
+        records = train_quietly(micro_tok, policy, policy_io.frozen(policy), train, train, cfg)
         first, last = records[0], records[-1]
         assert close(first["heldout_loss"], math.log(2))  # the preference loss alone, NLL term or not
         assert last["heldout_reward_margin"] > 0  # the pairs are learnt either way
