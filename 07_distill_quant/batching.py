@@ -39,10 +39,11 @@ step samples all rows in one vectorized call (sorting only the rows that use top
 of the batch cost more than the rest of the sampler); the rows' last tokens stay in a tensor; under
 continuous batching a finished row's slot is filled by moving the highest running row down
 (`Engine.compact`), so a decode step computes only running rows, where generate computes every row
-until the longest answer ends; the step runs in torch.inference_mode; and the decode forward is the
-engine's own (decode_runner.py: fused QKV and gate-up products, a RoPE table, no per-step mask
-building), with the same logits as 03's forward, which the engine keeps for models the fused step does
-not cover (LoRA, adapters, quantized layers). Per request, Python only appends the token and checks for
+until the longest answer ends; the step runs in torch.inference_mode; and the decode and prefill
+forwards are the engine's own (decode_runner.py: fused QKV and gate-up products, a RoPE table, no
+per-step mask building, the prefill's LM head at the last prompt token only), with the same logits as
+03's forward, which the engine keeps for models the fused step does not cover (LoRA, adapters,
+quantized layers). Per request, Python only appends the token and checks for
 the end (and, with a tokenizer, the stop strings).
 
 Interview questions it answers:
