@@ -80,8 +80,8 @@ from decoding import KVCache  # 03_model
 from position_encoding import positions_and_mask, rope_cos_sin, sinusoidal_positions  # 03_model
 
 # the module types of a plain 03 GPT: anything else (LoRALinear, QuantLinear, an adapter) changes the math
-PLAIN = (GPT, Block, Attention, MLP, nn.Linear, nn.Embedding, nn.Dropout, nn.ModuleList, nn.Identity)
-PLAIN += (LayerNorm, RMSNorm)
+PLAIN = (GPT, Block, Attention, MLP, LayerNorm, RMSNorm)
+PLAIN += (nn.Linear, nn.Embedding, nn.Dropout, nn.ModuleList, nn.Identity)  # torch's, as 03 uses them
 
 
 def unsupported(model) -> str | None:
@@ -149,27 +149,16 @@ class DecodeRunner:
         self.rope = rope_tables(cfg, next(model.parameters()).device) if cfg.pos_emb == "rope" else None
         self.fuse()
 
-    def sources(self) -> list:
-        """The parameters the fused matrices copy, in a fixed order."""
-        out = []
-        for block in self.model.blocks:
-            a, f = block.attn, block.ffn
-            out += [a.wq.weight, a.wk.weight, a.wv.weight]
-            out += [a.wq.bias, a.wk.bias, a.wv.bias] if a.wq.bias is not None else []
-            if self.swiglu:
-                out += [f.gate.weight, f.up.weight] + (
-                    [f.gate.bias, f.up.bias] if f.up.bias is not None else []
-                )
-        return out
-
     def fuse(self):
         """Per layer: the norms as calls, [Wq; Wk; Wv] ((H + 2Hkv)·hd, d) and [Wgate; Wup] (2h, d) with
-        their biases (or None) as copies, and the other matrices as references to the model's own."""
+        their biases (or None) as copies, and the other matrices as references to the model's own.
+        `copied` lists the parameters the copies were made from, for `stale`."""
+        self.copied = []
 
         def stack(*linears):
-            w = torch.cat([m.weight for m in linears]).detach()
-            b = torch.cat([m.bias for m in linears]).detach() if linears[0].bias is not None else None
-            return w, b
+            parts = [[m.weight for m in linears], [m.bias for m in linears if m.bias is not None]]
+            self.copied += parts[0] + parts[1]
+            return torch.cat(parts[0]).detach(), torch.cat(parts[1]).detach() if parts[1] else None
 
         self.layers = []
         for b in self.model.blocks:
@@ -185,9 +174,7 @@ class DecodeRunner:
                     "ffn": f,
                 }
             )
-        self.norm_f = self.model.norm_f if isinstance(self.model.norm_f, nn.Identity) else None
-        self.norm_f = norm_call(self.model.norm_f) if self.norm_f is None else self.norm_f
-        self.copied = self.sources()
+        self.norm_f = norm_call(self.model.norm_f)  # pre-LN: a norm (post-LN's Identity is refused)
         self.versions = [p._version for p in self.copied]
 
     def stale(self) -> bool:
